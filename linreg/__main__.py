@@ -1,0 +1,5 @@
+"""Run the command line: `python -m linreg --help`."""
+
+from linreg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Argument checks shared by the public functions: clear errors that name the argument."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+from torch import Tensor
+
+
+def positive_int(name: str, value: object) -> int:
+    """Return value if it is an int >= 1, else raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value: object) -> int:
+    """Return value if it is an int >= 0, else raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be a non-negative int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def positive_finite(name: str, value: object) -> float:
+    """Return value as a float if it is a finite real > 0, else raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a finite number > 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def non_negative_finite(name: str, value: object) -> float:
+    """Return value as a float if it is a finite real >= 0, else raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a finite number >= 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def floating_tensor(name: str, value: object) -> Tensor:
+    """Return value if it is a floating-point tensor with finite entries, else raise."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {value.dtype}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor: it has no data to compute with")
+    return value
+
+
+def dataset(features: object, labels: object) -> tuple[Tensor, Tensor]:
+    """Check features (n, d) and labels (n,) or (n, 1) of one floating dtype, n >= 1."""
+    X = floating_tensor("features", features)
+    y = floating_tensor("labels", labels)
+    if X.ndim != 2:
+        raise ValueError(f"features must have shape (n, d), got {tuple(X.shape)}")
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError("features is empty: the dataset needs at least one example")
+    if y.shape[0] != n:
+        raise ValueError(
+            f"features and labels have different lengths: {n} examples vs {y.shape[0]} labels"
+        )
+    if y.shape not in ((n,), (n, 1)):
+        raise ValueError(f"labels must have shape ({n},) or ({n}, 1), got {tuple(y.shape)}")
+    if X.dtype != y.dtype:
+        raise TypeError(f"features and labels must share a dtype, got {X.dtype} and {y.dtype}")
+    if X.device != y.device:
+        raise ValueError(f"features and labels are on different devices: {X.device}, {y.device}")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("features contains NaN or inf")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("labels contains NaN or inf")
+    return X, y
+
+
+def params_for(features: Tensor, w: object, b: object) -> tuple[Tensor, Tensor]:
+    """Check w (d, 1) and b (1,) match features (n, d) in dtype and device."""
+    w = floating_tensor("w", w)
+    b = floating_tensor("b", b)
+    d = features.shape[-1]
+    if w.shape != (d, 1):
+        raise ValueError(
+            f"w must have shape ({d}, 1) for features with {d} columns, got {tuple(w.shape)}"
+        )
+    if b.numel() != 1:
+        raise ValueError(f"b must hold one element, got shape {tuple(b.shape)}")
+    for name, p in (("w", w), ("b", b)):
+        if p.dtype != features.dtype:
+            raise TypeError(f"{name} has dtype {p.dtype} but features has {features.dtype}")
+        if p.device != features.device:
+            raise ValueError(f"{name} is on {p.device} but features is on {features.device}")
+    return w, b
