@@ -18,8 +18,18 @@ from linreg import pitfalls
 def failing_tests(variant: str, extra: list[str]) -> tuple[list[str], float]:
     """Return the pitfalls tests that fail with variant swapped in, and the run's seconds."""
     env = {**os.environ, "LINREG_SWAP": variant}
-    cmd = [sys.executable, "-m", "pytest", "-k", "pitfalls", "-q", "-rf", "-p",
-           "no:cacheprovider", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-k",
+        "pitfalls",
+        "-q",
+        "-rf",
+        "-p",
+        "no:cacheprovider",
+        *extra,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
@@ -36,8 +46,9 @@ def main(argv: list[str]) -> int:
             print(f"{name}: replaces no linreg function; refuted directly by its own test")
             continue
         failed, seconds = failing_tests(name, argv)
-        print(f"{name} (in place of {variant.replaces}): {len(failed)} tests fail "
-              f"[{seconds:.1f} s]")
+        print(
+            f"{name} (in place of {variant.replaces}): {len(failed)} tests fail [{seconds:.1f} s]"
+        )
         for test in sorted(set(failed)):
             print(f"    {test}")
         if not failed:
