@@ -1,9 +1,11 @@
-"""The command line: `python -m linreg train` runs the book's experiment."""
+"""The command line: `python -m linreg pitfalls` shows every pitfall live; `train` runs the
+book's experiment."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -112,7 +114,86 @@ def build_parser() -> argparse.ArgumentParser:
         help="floating dtype of data and parameters (default: float32)",
     )
     t.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    p = sub.add_parser(
+        "pitfalls",
+        help="run every pitfall's wrong variant beside the correct code and show the evidence",
+        description=(
+            "Run each pitfall's demonstration on the book's data (n = 1000, batch 10, and an "
+            "uneven n = 1003 where that is the point) and print what was expected, what was "
+            "observed and whether they agree. Exit 0 when every pitfall behaved as documented, "
+            "1 otherwise: a compatibility check for the installed torch."
+        ),
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object")
+    fmt.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print Markdown: the catalogue, then each pitfall with its evidence",
+    )
+    fmt.add_argument(
+        "--list", action="store_true", help="list the pitfalls (id and title) and run nothing"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="ID",
+        help="run only this pitfall (repeatable); see --list for the ids",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the loss curves of correct vs wrong variants (needs matplotlib)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return parser
+
+
+def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the chosen demonstrations, print the report, and return the exit code."""
+    from linreg.pitfalls import BY_ID, CATALOGUE
+
+    if args.list:
+        for pitfall in CATALOGUE:
+            print(f"{pitfall.id:<26} {pitfall.title}")
+        return 0
+    unknown = [i for i in args.only or [] if i not in BY_ID]
+    if unknown:
+        parser.error(f"unknown pitfall id {unknown[0]!r}; choose from {', '.join(BY_ID)}")
+    if args.plot:
+        if not args.plot.lower().endswith(".png"):
+            parser.error(f"--plot writes a PNG: give a FILE.png, got {args.plot!r}")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'linreg-pitfalls[plot]'")
+
+    from linreg import demos, render
+
+    ids = args.only or [p.id for p in CATALOGUE]
+    runs = []
+    for k, pitfall_id in enumerate(ids, 1):
+        if not args.quiet:
+            print(f"[{k}/{len(ids)}] {pitfall_id} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            evidence = demos.DEMOS[pitfall_id]()
+        except Exception as e:  # a demonstration that crashes did not behave as documented
+            evidence = demos.Evidence(
+                pitfall_id, "the demonstration runs", f"raised {type(e).__name__}: {e}", False
+            )
+        runs.append(render.Run(evidence, time.perf_counter() - start))
+    if args.json:
+        print(json.dumps(render.to_json(runs), indent=2, allow_nan=False))
+    elif args.markdown:
+        print(render.markdown(runs), end="")
+    else:
+        print(render.table(runs, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    if args.plot:
+        panels = render.plot(runs, args.plot)
+        print(f"wrote {panels} panels of loss curves to {args.plot}", file=sys.stderr)
+    return 0 if all(r.evidence.ok for r in runs) else 1
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "pitfalls":
+        return run_pitfalls(args, parser)
     report = run_train(args)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,120 @@ def test_help_explains_each_option(capsys: pytest.CaptureFixture[str]) -> None:
         "--json",
     ):
         assert option in out
+
+
+# --- python -m linreg pitfalls ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_report() -> tuple[int, dict[str, object]]:
+    """One full run of the report as JSON (about 5 s), shared by the tests below."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "linreg", "pitfalls", "--json", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_report_json_matches_its_schema_and_every_pitfall_behaves(
+    full_report: tuple[int, dict[str, Any]],
+) -> None:
+    import jsonschema
+
+    from linreg.pitfalls import CATALOGUE
+    from linreg.render import SCHEMA
+
+    code, report = full_report
+    jsonschema.validate(report, SCHEMA)
+    assert [p["id"] for p in report["pitfalls"]] == [p.id for p in CATALOGUE]
+    failing = [(p["id"], p["observed"]) for p in report["pitfalls"] if not p["ok"]]
+    assert failing == [] and report["ok"] is True and code == 0
+
+
+def test_report_markdown_has_a_section_per_pitfall(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        main(["pitfalls", "--markdown", "-q", "--only", "rebinding", "--only", "eval-no-grad"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("# The pitfalls, shown live")
+    sections = [line for line in out.splitlines() if line.startswith("## ")]
+    assert sections == [
+        "## In place (-=) versus rebinding (param = param - ...) (`rebinding`)",
+        "## Evaluate under torch.no_grad() (`eval-no-grad`)",
+    ]
+    assert "- observed: grad mode: 2 tensors saved, 4000 bytes" in out
+
+
+def test_report_only_runs_one_and_shows_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pitfalls", "--only", "backward-twice"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == "[1/1] backward-twice ..."
+    assert "\x1b[" not in captured.out  # no colour when stdout is not a terminal
+    assert captured.out.splitlines()[-1].startswith("1 of 1 pitfalls behaved as documented")
+
+
+def test_report_list_names_every_pitfall(capsys: pytest.CaptureFixture[str]) -> None:
+    from linreg.pitfalls import CATALOGUE
+
+    assert main(["pitfalls", "--list"]) == 0
+    ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert ids == [p.id for p in CATALOGUE]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pitfalls", "--only", "nope"],
+        ["pitfalls", "--json", "--markdown"],
+        ["pitfalls", "--plot", "out.svg"],
+        ["pitfalls", "--bogus"],
+    ],
+)
+def test_report_bad_options_exit_2_with_one_line(argv: list[str]) -> None:
+    test_bad_arguments_exit_2_with_one_line(argv)
+
+
+def test_report_exit_code_is_1_when_a_pitfall_does_not_behave_as_documented(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # If linreg's own sgd rebound instead of updating in place, the demonstration would see the
+    # caller's w unchanged under sgd too, and the command must say so.
+    from linreg import pitfalls
+
+    with pitfalls.swap("optim.sgd", pitfalls.sgd_rebinding):
+        assert main(["pitfalls", "-q", "--only", "rebinding"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_report_a_crashing_demonstration_is_reported_not_raised(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from linreg import demos
+
+    def broken() -> demos.Evidence:
+        raise RuntimeError("torch changed")
+
+    monkeypatch.setitem(demos.DEMOS, "rebinding", broken)
+    assert main(["pitfalls", "-q", "--only", "rebinding", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["pitfalls"][0]["observed"] == "raised RuntimeError: torch changed"
+
+
+def test_report_plot_writes_a_png(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curves.png"
+    assert main(["pitfalls", "-q", "--only", "grad-zeroing", "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_lists_the_catalogue_as_generated() -> None:
+    from pathlib import Path
+
+    from linreg.render import catalogue_markdown
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert catalogue_markdown() in readme

@@ -1,0 +1,192 @@
+"""Render the pitfalls report: a terminal table, JSON, Markdown, or a PNG of loss curves."""
+
+from __future__ import annotations
+
+import math
+import platform
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from linreg.demos import Evidence
+from linreg.pitfalls import BY_ID, CATALOGUE
+
+
+@dataclass
+class Run:
+    """One demonstration's evidence and how long it took."""
+
+    evidence: Evidence
+    seconds: float
+
+
+def environment() -> str:
+    """Return the line naming the torch and Python versions the report ran on."""
+    return f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}"
+
+
+def table(runs: Sequence[Run], *, colour: bool = False) -> str:
+    """Return a readable terminal table: one block per pitfall, verdict first."""
+
+    def mark(ok: bool) -> str:
+        text = "ok  " if ok else "FAIL"
+        return f"\033[{32 if ok else 31}m{text}\033[0m" if colour else text
+
+    lines = [f"linreg pitfalls on {environment()}", ""]
+    for run in runs:
+        e = run.evidence
+        lines.append(f"{mark(e.ok)} {e.id:<26} {BY_ID[e.id].title} [{run.seconds:.2f} s]")
+        for label, text in (("expected", e.expected), ("observed", e.observed)):
+            wrapped = textwrap.wrap(
+                text, 92, initial_indent=f"     {label}: ", subsequent_indent=" " * 15
+            )
+            lines.extend(wrapped)
+    bad = [r.evidence.id for r in runs if not r.evidence.ok]
+    total = sum(r.seconds for r in runs)
+    lines += [
+        "",
+        f"{len(runs) - len(bad)} of {len(runs)} pitfalls behaved as documented "
+        f"in {total:.1f} s" + (f"; not: {', '.join(bad)}" if bad else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """Return value with non-finite floats as strings, so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_json(runs: Sequence[Run]) -> dict[str, Any]:
+    """Return the report as a JSON-ready dict (see SCHEMA)."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "ok": all(r.evidence.ok for r in runs),
+        "seconds": sum(r.seconds for r in runs),
+        "pitfalls": [
+            {
+                "id": r.evidence.id,
+                "title": BY_ID[r.evidence.id].title,
+                "ok": r.evidence.ok,
+                "expected": r.evidence.expected,
+                "observed": r.evidence.observed,
+                "seconds": r.seconds,
+                "figures": _plain(r.evidence.figures),
+                "curves": _plain(r.evidence.curves),
+                "variants": [v.name for v in BY_ID[r.evidence.id].variants],
+            }
+            for r in runs
+        ],
+    }
+
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["torch", "python", "ok", "seconds", "pitfalls"],
+    "properties": {
+        "torch": {"type": "string"},
+        "python": {"type": "string"},
+        "ok": {"type": "boolean"},
+        "seconds": {"type": "number", "minimum": 0},
+        "pitfalls": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "title",
+                    "ok",
+                    "expected",
+                    "observed",
+                    "seconds",
+                    "figures",
+                    "curves",
+                    "variants",
+                ],
+                "properties": {
+                    "id": {"enum": [p.id for p in CATALOGUE]},
+                    "title": {"type": "string"},
+                    "ok": {"type": "boolean"},
+                    "expected": {"type": "string"},
+                    "observed": {"type": "string"},
+                    "seconds": {"type": "number", "minimum": 0},
+                    "figures": {"type": "object"},
+                    "curves": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "array",
+                            "items": {"type": ["number", "string"]},
+                        },
+                    },
+                    "variants": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+
+
+def catalogue_markdown() -> str:
+    """Return the catalogue as a Markdown table: id, pitfall, wrong variants."""
+    rows = ["| id | pitfall | wrong variants |", "| --- | --- | --- |"]
+    rows += [
+        f"| `{p.id}` | {p.title} | " + ", ".join(f"`{v.name}`" for v in p.variants) + " |"
+        for p in CATALOGUE
+    ]
+    return "\n".join(rows)
+
+
+def markdown(runs: Sequence[Run]) -> str:
+    """Return the report as Markdown: the catalogue, then each pitfall with its evidence."""
+    parts = [f"# The pitfalls, shown live\n\nRan on {environment()}.\n", catalogue_markdown()]
+    for run in runs:
+        e, p = run.evidence, BY_ID[run.evidence.id]
+        variants = "\n".join(f"- `{v.name}`: {v.mistake}" for v in p.variants)
+        parts.append(
+            f"## {p.title} (`{p.id}`)\n\n{p.explanation}\n\nWrong variants:\n\n"
+            f"{variants}\n\n- expected: {e.expected}\n- observed: {e.observed}\n"
+            f"- verdict: {'as documented' if e.ok else 'NOT as documented'}"
+        )
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(runs: Sequence[Run], path: str) -> int:
+    """Draw each pitfall's loss curves (correct vs wrong) into one PNG; return the panel count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    with_curves = [r.evidence for r in runs if r.evidence.curves]
+    if not with_curves:
+        raise ValueError("none of the chosen pitfalls has loss curves to plot")
+    cols = min(2, len(with_curves))
+    rows = math.ceil(len(with_curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4 * rows), squeeze=False)
+    for ax, e in zip(axes.flat, with_curves, strict=False):
+        for label, values in e.curves.items():
+            ys = [v if math.isfinite(v) else math.nan for v in values]
+            ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) < 20 else None, label=label)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(BY_ID[e.id].title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("full-data loss")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(with_curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"linreg pitfalls: correct vs wrong ({environment()})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return len(with_curves)
