@@ -2,4 +2,6 @@
 
 from linreg.cli import main
 
-raise SystemExit(main())
+# Guarded: processes started with the "spawn" method import the main module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

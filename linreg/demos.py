@@ -33,6 +33,7 @@ class Evidence:
     ok: bool
     figures: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)
+    skipped: str | None = None  # why it could not run here (then ok says nothing)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -434,6 +435,86 @@ def demo_micro_batch_accumulation() -> Evidence:
     )
 
 
+def demo_distributed_sampler() -> Evidence:
+    from torch.utils.data import DistributedSampler
+
+    from linreg import distributed
+
+    world = 2
+
+    def samplers() -> list[DistributedSampler[int]]:
+        return [distributed.index_sampler(UNEVEN_N, world_size=world, rank=r) for r in range(world)]
+
+    counts: dict[int, int] = {}
+    for s in samplers():
+        for i in s:
+            counts[i] = counts.get(i, 0) + 1
+    twice = sorted(i for i, c in counts.items() if c == 2)
+    first = torch.randperm(UNEVEN_N, generator=_gen(0)).tolist()[: len(twice)]
+    same = {}
+    for name, epochs_of in (
+        ("set_epoch", distributed.sampler_epochs),
+        ("no set_epoch", pitfalls.sampler_epochs_without_set_epoch),
+    ):
+        orders = [epochs_of(s, 3) for s in samplers()]
+        same[name] = all(o[0] == o[e] for o in orders for e in (1, 2))
+    shards = [
+        len(distributed.shard_indices(UNEVEN_N, rank=r, world_size=world, epoch=0))
+        for r in range(world)
+    ]
+    ok = (
+        twice == sorted(first)
+        and len(twice) == 1
+        and same == {"set_epoch": False, "no set_epoch": True}
+    )
+    return Evidence(
+        "distributed-sampler",
+        f"n={UNEVEN_N} over {world} ranks: the sampler repeats 1 sample (the permutation's "
+        "first); without set_epoch 3 epochs share one order, with it they differ",
+        f"repeated {twice} (first of the permutation: {first}); epochs identical without "
+        f"set_epoch: {same['no set_epoch']}, with: {same['set_epoch']}; shard_iter shard "
+        f"sizes {shards}, no repeats",
+        ok,
+        {"repeated": twice, "epochs_identical": same, "shard_sizes": shards},
+    )
+
+
+def demo_ddp_sum() -> Evidence:
+    from linreg import distributed
+
+    if not distributed.gloo_available():
+        return Evidence("ddp-sum", "", "", True, skipped="torch.distributed gloo is unavailable")
+    case = {"n": N, "d": 2, "batch_size": B // 2, "lr": 0.03, "num_epochs": 1, "seed": 0}
+    cases = [
+        {**case, "worker": "linreg.distributed:ddp_trajectory", "reduction": "mean"},
+        {**case, "worker": "linreg.distributed:ddp_trajectory", "reduction": "sum"},
+        {**case, "worker": "linreg.pitfalls:ddp_trajectory_sum_unscaled", "reduction": "sum"},
+    ]
+    mean, summed, unscaled = distributed.spawn(distributed.ddp_cases, 2, cases, timeout=120)[0]
+    one = {
+        r: distributed.single_process_trajectory({**case, "reduction": r}, 2)
+        for r in ("mean", "sum")
+    }
+    half = distributed.single_process_trajectory({**case, "reduction": "sum", "lr": 0.015}, 2)
+    w0 = distributed._linear(case).weight.detach().reshape(-1)  # every run's start
+    ratio = float((unscaled[0][0] - w0).norm() / (one["sum"][0][0] - w0).norm())
+    gaps = {
+        "mean": _gap(mean, one["mean"]),
+        "sum at lr*R": _gap(summed, one["sum"]),
+        "sum at lr vs lr/R": _gap(unscaled, half),
+    }
+    ok = max(gaps.values()) < 1e-12 and math.isclose(ratio, 0.5, rel_tol=1e-9)
+    return Evidence(
+        "ddp-sum",
+        "2 ranks, book data, batch 5 per rank: DDP with mean follows one process on the union; "
+        "sum at the same lr takes steps 1/2 the size; sum at lr * 2 matches",
+        f"first step ratio (sum at lr, DDP / one process) {ratio:.6f}; largest gaps: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()),
+        ok,
+        {"first_step_ratio": ratio, "gaps": gaps},
+    )
+
+
 DEMOS: dict[str, Callable[[], Evidence]] = {
     "uneven-batches": demo_uneven_batches,
     "short-last-batch": demo_short_last_batch,
@@ -446,4 +527,6 @@ DEMOS: dict[str, Callable[[], Evidence]] = {
     "label-shape": demo_label_shape,
     "eval-no-grad": demo_eval_no_grad,
     "micro-batch-accumulation": demo_micro_batch_accumulation,
+    "distributed-sampler": demo_distributed_sampler,
+    "ddp-sum": demo_ddp_sum,
 }

@@ -295,7 +295,7 @@ class Pitfall:
     variants: tuple[Variant, ...]
 
 
-CATALOGUE: tuple[Pitfall, ...] = (
+SINGLE_PROCESS: tuple[Pitfall, ...] = (
     Pitfall(
         "uneven-batches",
         "Uneven batches: n not divisible by batch_size",
@@ -413,9 +413,6 @@ CATALOGUE: tuple[Pitfall, ...] = (
     ),
 )
 
-BY_ID: dict[str, Pitfall] = {p.id: p for p in CATALOGUE}
-VARIANTS: dict[str, Variant] = {v.name: v for p in CATALOGUE for v in p.variants}
-
 
 @contextmanager
 def swap(target: str, replacement: Callable[..., Any]) -> Iterator[None]:
@@ -428,3 +425,46 @@ def swap(target: str, replacement: Callable[..., Any]) -> Iterator[None]:
         yield
     finally:
         setattr(module, attr, original)
+
+
+# --- at scale: torch.distributed -----------------------------------------------------------------
+
+
+def sampler_epochs_without_set_epoch(sampler: Any, epochs: int) -> list[list[int]]:
+    """Mistake: no `sampler.set_epoch(epoch)`: DistributedSampler repeats epoch 0's order."""
+    return [list(sampler) for _ in range(epochs)]
+
+
+def ddp_trajectory_sum_unscaled(rank: int, world_size: int, case: dict[str, Any]) -> Any:
+    """Mistake: MSELoss(reduction='sum') under DDP at the single-process lr: steps shrink by R."""
+    from linreg.distributed import ddp_trajectory
+
+    return ddp_trajectory(rank, world_size, case, scale_sum_lr=False)
+
+
+DISTRIBUTED: tuple[Pitfall, ...] = (
+    Pitfall(
+        "distributed-sampler",
+        "DistributedSampler pads uneven data and needs set_epoch",
+        "DistributedSampler gives every rank the same number of samples: when n % R != 0 it "
+        "repeats the first total_size - n indices of the epoch's permutation, so those samples "
+        "count twice. Its order is seeded by seed + epoch: without sampler.set_epoch(epoch) "
+        "every epoch repeats the first one's order. Fix: call set_epoch every epoch; shard "
+        "without padding (linreg.distributed.shard_iter) when double counting matters.",
+        (Variant(sampler_epochs_without_set_epoch, "distributed.sampler_epochs"),),
+    ),
+    Pitfall(
+        "ddp-sum",
+        "DDP averages gradients: a summed loss's step shrinks by the world size",
+        "DistributedDataParallel all-reduces the gradients and divides by the world size R. "
+        "With MSELoss(mean) on equal shards that is exactly the gradient of the union batch; "
+        "with MSELoss(reduction='sum') it is the union's summed gradient divided by R, so at "
+        "the single-process lr every step is R times too small. Fix: multiply the lr by R "
+        "(or use the mean).",
+        (Variant(ddp_trajectory_sum_unscaled),),
+    ),
+)
+
+CATALOGUE: tuple[Pitfall, ...] = SINGLE_PROCESS + DISTRIBUTED
+BY_ID: dict[str, Pitfall] = {p.id: p for p in CATALOGUE}
+VARIANTS: dict[str, Variant] = {v.name: v for p in CATALOGUE for v in p.variants}

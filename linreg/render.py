@@ -31,15 +31,20 @@ def environment() -> str:
 def table(runs: Sequence[Run], *, colour: bool = False) -> str:
     """Return a readable terminal table: one block per pitfall, verdict first."""
 
-    def mark(ok: bool) -> str:
-        text = "ok  " if ok else "FAIL"
-        return f"\033[{32 if ok else 31}m{text}\033[0m" if colour else text
+    def mark(e: Evidence) -> str:
+        text, code = ("skip", 33) if e.skipped else ("ok  ", 32) if e.ok else ("FAIL", 31)
+        return f"\033[{code}m{text}\033[0m" if colour else text
 
     lines = [f"linreg pitfalls on {environment()}", ""]
     for run in runs:
         e = run.evidence
-        lines.append(f"{mark(e.ok)} {e.id:<26} {BY_ID[e.id].title} [{run.seconds:.2f} s]")
-        for label, text in (("expected", e.expected), ("observed", e.observed)):
+        lines.append(f"{mark(e)} {e.id:<26} {BY_ID[e.id].title} [{run.seconds:.2f} s]")
+        rows = (
+            [("skipped", e.skipped)]
+            if e.skipped
+            else [("expected", e.expected), ("observed", e.observed)]
+        )
+        for label, text in rows:
             wrapped = textwrap.wrap(
                 text, 92, initial_indent=f"     {label}: ", subsequent_indent=" " * 15
             )
@@ -127,6 +132,7 @@ SCHEMA: dict[str, Any] = {
                             "items": {"type": ["number", "string"]},
                         },
                     },
+                    "skipped": {"type": ["string", "null"]},
                     "variants": {"type": "array", "items": {"type": "string"}},
                 },
             },
