@@ -66,7 +66,7 @@ def demo_uneven_batches() -> Evidence:
         pitfalls.data_iter_never_shuffled,
         pitfalls.data_iter_shuffled_once,
     ):
-        pitfalls._ONCE.clear()
+        pitfalls.reset_shuffled_once()
         try:
             epochs[iterate.__name__] = checks.check_every_sample_seen(
                 drop_last_epochs(iterate), UNEVEN_N, 100

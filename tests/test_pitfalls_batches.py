@@ -80,7 +80,7 @@ def test_pitfalls_never_shuffling_starves_the_same_samples() -> None:
 def test_pitfalls_shuffling_once_starves_the_same_samples() -> None:
     def prop(args: tuple[tuple[int, int], int]) -> None:
         size, seed = args
-        pitfalls._ONCE.clear()  # a fresh "program run": shuffled once, at its start
+        pitfalls.reset_shuffled_once()  # a fresh "program run": shuffled once, at its start
         generator = torch.Generator().manual_seed(seed)
         every_sample_seen_with_drop_last(
             functools.partial(
@@ -99,6 +99,6 @@ def test_pitfalls_wrong_iterators_still_partition_one_epoch(
 ) -> None:
     # Their fault is across epochs, not within one: the partition property alone cannot see it.
     n, b = size
-    pitfalls._ONCE.clear()
+    pitfalls.reset_shuffled_once()
     for variant in (pitfalls.data_iter_never_shuffled, pitfalls.data_iter_shuffled_once):
         one_epoch_partition(functools.partial(variant, drop_last=True), n, b, True)
