@@ -10,7 +10,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from linreg import accumulate, checks, concise, data, loss, model, optim, train
+from linreg import accumulate, checks, concise, data, distributed, loss, model, optim, train
 from tests import strategies as sts
 from tests.test_pitfalls_update import runs
 
@@ -151,6 +151,44 @@ BAD: list[tuple[str, Any, type[Exception], str]] = [
     ("accumulate empty", lambda: accumulate.accumulate_grad([], W, B), ValueError, "empty"),
     ("full batch lr", lambda: accumulate.train_full_batch(X, Y, lr=0), ValueError, "lr"),
     ("concise batch", lambda: concise.train_concise(X, Y, batch_size=0), ValueError, "batch_size"),
+    ("NaN labels", lambda: data.data_iter(2, X, Y * math.nan), ValueError, "labels"),
+    ("meta labels", lambda: data.data_iter(2, X, Y.to("meta")), ValueError, "meta"),
+    (
+        "shard rank",
+        lambda: distributed.shard_indices(10, rank=2, world_size=2, epoch=0),
+        ValueError,
+        "rank",
+    ),
+    (
+        "shard world",
+        lambda: distributed.shard_indices(10, rank=0, world_size=0, epoch=0),
+        ValueError,
+        "world_size",
+    ),
+    (
+        "shard epoch",
+        lambda: distributed.shard_indices(10, rank=0, world_size=1, epoch=-1),
+        ValueError,
+        "epoch",
+    ),
+    (
+        "shard batch",
+        lambda: distributed.shard_iter(0, X, Y, rank=0, world_size=1, epoch=0),
+        ValueError,
+        "batch_size",
+    ),
+    (
+        "full batch epochs",
+        lambda: accumulate.train_full_batch(X, Y, num_epochs=-1),
+        ValueError,
+        "num_epochs",
+    ),
+    (
+        "accumulate losses empty",
+        lambda: accumulate.accumulate_losses([], W, B),
+        ValueError,
+        "empty",
+    ),
 ]
 
 
