@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -123,8 +124,14 @@ def _entry(
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        torch.distributed.barrier()  # leave together: no rank tears down under another's feet
     finally:
         torch.distributed.destroy_process_group()
+    # Skip the interpreter's teardown: gloo's threads can abort it ("terminate called without
+    # an active exception", seen here once under load). The result is saved; exit cleanly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _raise_if_failed(procs: list[Any]) -> None:
