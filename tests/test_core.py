@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -89,9 +90,28 @@ def test_synthetic_data_shapes_and_dtypes() -> None:
 
 def test_init_params_are_the_books() -> None:
     w, b = model.init_params(3, dtype=torch.float64)
-    assert w.shape == (3, 1) and b.shape == (1,) and w.dtype == torch.float64
+    assert w.shape == (3, 1) and b.shape == (1,)
+    assert w.dtype == b.dtype == torch.float64
     assert w.is_leaf and w.requires_grad and b.is_leaf and b.requires_grad
     assert float(b.detach()) == 0.0 and float(w.detach().abs().max()) < 0.1
+    w, _ = model.init_params(20000, generator=torch.Generator().manual_seed(0))
+    assert abs(float(w.detach().std()) - 0.01) < 5e-4  # N(0, 0.01^2): the book's scale
+    assert abs(float(w.detach().mean())) < 5e-4
+
+
+def test_analytic_mode_needs_no_autograd_and_counts_steps_from_one() -> None:
+    X, y = data.book_data(103)
+    w, b = torch.zeros(2, 1), torch.zeros(1)  # plain tensors: no grad anywhere
+    seen: list[int] = []
+    gen = torch.Generator().manual_seed(0)
+    result = train.train(
+        X, y, grad="analytic", params=(w, b), generator=gen, on_step=lambda k, *_: seen.append(k)
+    )
+    assert result.w is w
+    assert seen == list(range(1, 3 * 11 + 1))  # ceil(103 / 10) = 11 steps per epoch
+    leaves = (torch.zeros(2, 1, requires_grad=True), torch.zeros(1, requires_grad=True))
+    same = train.train(X, y, params=leaves, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.losses, same.losses, rtol=1e-5, atol=0)
 
 
 def test_concise_data_loader_converges_too() -> None:
@@ -198,5 +218,6 @@ BAD: list[tuple[str, Any, type[Exception], str]] = [
 def test_bad_input_gets_a_clear_error_naming_the_argument(
     call: Any, error: type[Exception], fragment: str
 ) -> None:
-    with pytest.raises(error, match=__import__("re").escape(fragment)):
+    # The fragment as a whole word, case and all: "lr", not "XXlrXX" or "params_for".
+    with pytest.raises(error, match=rf"(?<![\w]){re.escape(fragment)}(?![\w])"):
         call()
