@@ -44,12 +44,28 @@ def train_concise(
     criterion = nn.MSELoss(reduction=reduction)
     trainer = torch.optim.SGD(net.parameters(), lr=lr)
     batches = make_batches(features, labels, batch_size, drop_last, generator, loader)
+    # grad(sum) = B * grad(mean): with the sum, divide by each batch's real size B.
+    per_batch = (lambda size: lr / size) if reduction == "sum" else None
+    return fit(net, criterion, trainer, batches, features, labels, num_epochs, on_step, per_batch)
+
+
+def fit(
+    net: nn.Linear,
+    criterion: nn.Module,
+    trainer: torch.optim.Optimizer,
+    batches: Batches,
+    features: Tensor,
+    labels: Tensor,
+    num_epochs: int,
+    on_step: StepCallback | None,
+    lr_per_batch: Callable[[int], float] | None = None,
+) -> TrainResult:
+    """Run the book's concise loop; lr_per_batch(B), when given, sets the lr for each batch."""
     result = TrainResult(net.weight.detach().T, net.bias.detach())
     for _ in range(num_epochs):
         for X, y in batches():
-            if reduction == "sum":
-                # grad(sum) = B * grad(mean): divide by this batch's real size B.
-                trainer.param_groups[0]["lr"] = lr / X.shape[0]
+            if lr_per_batch is not None:
+                trainer.param_groups[0]["lr"] = lr_per_batch(X.shape[0])
             l = criterion(net(X), y)
             trainer.zero_grad()
             l.backward()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from linreg import _validate, data, loss, model, optim, train
-from linreg.concise import make_batches, make_linear
+from linreg.concise import fit, make_batches, make_linear
 
 # --- 1. uneven batches -------------------------------------------------------------------------
 
@@ -27,8 +27,7 @@ def data_iter_never_shuffled(
     """Mistake: `for i in range(0, n - n % b, b)` in index order: the same tail is never seen."""
     del shuffle, generator
     stop = len(features) - len(features) % batch_size if drop_last else len(features)
-    for i in range(0, stop, batch_size):
-        yield features[i : min(i + batch_size, stop)], labels[i : min(i + batch_size, stop)]
+    return data._slices(batch_size, features, labels, stop)  # data_iter's slices, unshuffled
 
 
 _ONCE: dict[int, Tensor] = {}
@@ -149,19 +148,7 @@ def train_concise_sum_nominal_lr(
     scale = batch_size if reduction == "sum" else 1
     trainer = torch.optim.SGD(net.parameters(), lr=lr / scale)
     batches = make_batches(features, labels, batch_size, drop_last, generator, loader)
-    result = train.TrainResult(net.weight.detach().T, net.bias.detach())
-    for _ in range(num_epochs):
-        for X, y in batches():
-            l = criterion(net(X), y)
-            trainer.zero_grad()
-            l.backward()
-            trainer.step()
-            result.num_steps += 1
-            if on_step is not None:
-                on_step(result.num_steps, result.w, result.b)
-        with torch.no_grad():
-            result.losses.append(float(criterion(net(features), labels)))
-    return result
+    return fit(net, criterion, trainer, batches, features, labels, num_epochs, on_step)
 
 
 # --- 7. backward twice, 8. the seed's once-per-epoch update ------------------------------------
