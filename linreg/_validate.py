@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+T = TypeVar("T")
 
 
 def positive_int(name: str, value: object) -> int:
@@ -30,7 +33,7 @@ def non_negative_int(name: str, value: object) -> int:
 def positive_finite(name: str, value: object) -> float:
     """Return value as a float if it is a finite real > 0, else raise naming the argument."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a finite number > 0, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a finite number > 0, got {type(value).__name__} {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
@@ -39,10 +42,41 @@ def positive_finite(name: str, value: object) -> float:
 def non_negative_finite(name: str, value: object) -> float:
     """Return value as a float if it is a finite real >= 0, else raise naming the argument."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a finite number >= 0, got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a finite number >= 0, got {type(value).__name__} {value!r}"
+        )
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def flag(name: str, value: object) -> bool:
+    """Return value if it is a bool, else raise naming the argument (no truthy strings)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def choice(name: str, value: T, options: tuple[T, ...]) -> T:
+    """Return value if it is one of options, else raise naming the argument."""
+    if value not in options:
+        expected = " or ".join(repr(o) for o in options)
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def generator(value: object) -> torch.Generator | None:
+    """Return value if it is None or a torch.Generator, else raise."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
+def callback(name: str, value: T) -> T:
+    """Return value if it is None or callable, else raise naming the argument."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+    return value
 
 
 def floating_tensor(name: str, value: object) -> Tensor:

@@ -24,7 +24,7 @@ def accumulate_losses(
     losses = [loss.squared_loss(model.linreg(X, w, b), y) for X, y in batches]
     if not losses:
         raise ValueError("batches is empty: there is nothing to accumulate")
-    return torch.cat(losses, dim=0), len(losses)  # (n, 1)
+    return torch.cat(losses), len(losses)  # (n, 1), joined along the examples
 
 
 def accumulate_grad(micro_batches: Iterable[tuple[Tensor, Tensor]], w: Tensor, b: Tensor) -> int:
@@ -57,6 +57,7 @@ def train_full_batch(
     lr = _validate.positive_finite("lr", lr)
     batch_size = _validate.positive_int("batch_size", batch_size)
     num_epochs = _validate.non_negative_int("num_epochs", num_epochs)
+    generator = _validate.generator(generator)
     w, b = prepare(features, labels, params, generator, leaves=True)
     result = TrainResult(w, b)
     for _ in range(num_epochs):

@@ -37,6 +37,7 @@ def synthetic_data(
     b = float(b)
     n = _validate.positive_int("num_examples", num_examples)
     noise = _validate.non_negative_finite("noise", noise)
+    generator = _validate.generator(generator)
     w = w.reshape(-1)  # (d,)
     X = torch.randn(n, w.numel(), generator=generator, dtype=w.dtype, device=w.device)  # (n, d)
     y = X @ w + b  # (n,)
@@ -56,6 +57,9 @@ def data_iter(
     """Yield one epoch of (X, y) mini-batches, reshuffled on every call."""
     batch_size = _validate.positive_int("batch_size", batch_size)
     features, labels = _validate.dataset(features, labels)
+    shuffle = _validate.flag("shuffle", shuffle)
+    drop_last = _validate.flag("drop_last", drop_last)
+    generator = _validate.generator(generator)
     n = features.shape[0]
     if shuffle:
         # One gather per epoch; the batches below are then views, not copies.

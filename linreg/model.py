@@ -10,9 +10,11 @@ from linreg import _validate
 
 def linreg(X: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """Return X @ w + b, shape (n, 1) for X (n, d) and w (d, 1)."""
-    if X.ndim != 2 or w.ndim != 2 or X.shape[1] != w.shape[0] or w.shape[1] != 1:
+    if X.ndim != 2:
+        raise ValueError(f"X must have shape (n, d), got {tuple(X.shape)}")
+    if w.shape != (X.shape[1], 1):
         raise ValueError(
-            f"w must have shape ({X.shape[-1]}, 1) for X of shape {tuple(X.shape)}, "
+            f"w must have shape ({X.shape[1]}, 1) for X of shape {tuple(X.shape)}, "
             f"got {tuple(w.shape)}"
         )
     return X @ w + b
@@ -28,6 +30,7 @@ def init_params(
     num_inputs = _validate.positive_int("num_inputs", num_inputs)
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    generator = _validate.generator(generator)
     w = (0.01 * torch.randn(num_inputs, 1, generator=generator, dtype=dtype)).requires_grad_()
     b = torch.zeros(1, dtype=dtype, requires_grad=True)
     return w, b

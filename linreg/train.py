@@ -79,11 +79,13 @@ def train(
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train w and b by minibatch SGD on the squared loss; given params are updated in place."""
-    if grad not in ("autograd", "analytic"):
-        raise ValueError(f'grad must be "autograd" or "analytic", got {grad!r}')
+    grad = _validate.choice("grad", grad, ("autograd", "analytic"))
     lr = _validate.positive_finite("lr", lr)
     batch_size = _validate.positive_int("batch_size", batch_size)
     num_epochs = _validate.non_negative_int("num_epochs", num_epochs)
+    generator = _validate.generator(generator)
+    drop_last = _validate.flag("drop_last", drop_last)
+    on_step = _validate.callback("on_step", on_step)
     w, b = prepare(features, labels, params, generator, leaves=grad == "autograd")
     step = _autograd_step if grad == "autograd" else _analytic_step
     result = TrainResult(w, b)
@@ -117,4 +119,4 @@ def _analytic_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, lr: float) -> Non
         # backward by hand, update in place
         step = lr / X.shape[0]
         w.addmm_(X.T, r, alpha=-step)
-        b.sub_(r.sum(0), alpha=step)
+        b.sub_(r.sum(), alpha=step)
