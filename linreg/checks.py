@@ -52,18 +52,16 @@ def check_epoch_partition(
         raise _fail(f"a sample appears twice in one epoch: sizes {sizes}")
     if not set(seen) <= set(range(n)):
         raise _fail("a batch holds an index outside range(n)")
+    # With no sample twice and every index in range(n), the sizes settle the rest: all n
+    # samples without drop_last, all but the last n % batch_size with it.
     if drop_last:
         if sizes != [batch_size] * (n // batch_size):
             raise _fail(f"drop_last: expected {n // batch_size} full batches, got sizes {sizes}")
-        if n - len(seen) != n % batch_size:
-            raise _fail(f"drop_last: {n - len(seen)} samples missing, expected {n % batch_size}")
     else:
         last = n - batch_size * ((n - 1) // batch_size)
         expected = [batch_size] * (ceil(n / batch_size) - 1) + [last]
         if sizes != expected:
             raise _fail(f"expected batch sizes {expected}, got {sizes}")
-        if len(seen) != n:
-            raise _fail(f"{n - len(seen)} samples never seen in the epoch")
 
 
 def batch_sampler_sizes(n: int, batch_size: int, drop_last: bool) -> list[int]:
@@ -127,7 +125,8 @@ def check_same_trajectory(
     """Check two runs took the same number of steps and agree on (w, b) after each one."""
     if len(a) != len(b):
         raise _fail(f"the runs took {len(a)} and {len(b)} steps")
-    for k, (pa, pb) in enumerate(zip(a, b, strict=True), 1):
+    pairs = zip(a, b, strict=True)  # pragma: no mutate  (lengths checked above)
+    for k, (pa, pb) in enumerate(pairs, 1):
         for name, x, y in (("w", pa[0], pb[0]), ("b", pa[1], pb[1])):
             if not torch.allclose(x, y, rtol=rtol, atol=atol):
                 gap = float((x - y).abs().max())
@@ -160,7 +159,10 @@ def check_update_in_place(
         step(params, lr, batch_size)
     except Exception as e:
         raise _fail(f"the update step raised {type(e).__name__}: {e}") from e
-    for i, (p, obj, ptr, want) in enumerate(zip(params, objects, ptrs, expected, strict=True)):
+    if len(params) != len(objects):
+        raise _fail(f"the update step changed params from {len(objects)} to {len(params)} tensors")
+    rows = zip(params, objects, ptrs, expected, strict=True)  # pragma: no mutate  (as above)
+    for i, (p, obj, ptr, want) in enumerate(rows):
         if p is not obj:
             raise _fail(f"params[{i}] was replaced by another tensor")
         if p.data_ptr() != ptr:
@@ -175,7 +177,7 @@ def check_update_in_place(
 def check_params_are_leaves(params: Sequence[Tensor]) -> None:
     """Check each param is a leaf that requires grad and has no grad_fn."""
     for i, p in enumerate(params):
-        if p.grad_fn is not None or not p.is_leaf:
+        if not p.is_leaf:  # a tensor with a grad_fn is never a leaf
             raise _fail(f"params[{i}] is not a leaf: grad_fn {p.grad_fn}")
         if not p.requires_grad:
             raise _fail(f"params[{i}] no longer requires grad")
@@ -206,7 +208,8 @@ def check_grads_close(
     """Check each gradient in got is close to its counterpart in want."""
     if len(got) != len(want):
         raise _fail(f"{len(got)} gradients, expected {len(want)}")
-    for i, (g, e) in enumerate(zip(got, want, strict=True)):
+    pairs = zip(got, want, strict=True)  # pragma: no mutate  (lengths checked above)
+    for i, (g, e) in enumerate(pairs):
         if g is None:
             raise _fail(f"grad {i} is None")
         if not torch.allclose(g, e, rtol=rtol, atol=atol):
@@ -256,7 +259,9 @@ def check_no_graph(fn: Callable[[], Tensor], inputs: Iterable[Tensor]) -> None:
 
 def check_converges(got: Sequence[Tensor], target: Sequence[Tensor], *, bound: float) -> None:
     """Check the distance from got to target (all entries, Euclidean) is at most bound."""
-    pairs = zip(got, target, strict=True)
+    if len(got) != len(target):
+        raise _fail(f"{len(got)} tensors to compare with {len(target)}")
+    pairs = zip(got, target, strict=True)  # pragma: no mutate  (lengths checked above)
     gap = torch.cat([(g.detach().double() - t.double()).reshape(-1) for g, t in pairs])
     dist = float(gap.norm())
     if not dist <= bound:

@@ -1,13 +1,16 @@
-"""The check functions themselves: each refuses a small but visible departure."""
+"""The check functions themselves: each refuses a small but visible departure and says what."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from linreg import checks
+from linreg import checks, loss, optim
 
 gaps = st.floats(min_value=1e-9, max_value=10.0, allow_nan=False, allow_infinity=False)
 
@@ -73,14 +76,207 @@ def test_check_update_in_place_refuses_a_step_off_by_a_relative_gap(rel: float) 
         checks.check_update_in_place(almost, params(), 0.1, 1)
 
 
-def test_check_epoch_partition_says_what_is_wrong() -> None:
-    with pytest.raises(checks.CheckFailed, match=r"^expected batch sizes \[2, 1\], got \[1, 2\]"):
-        checks.check_epoch_partition([[0], [1, 2]], 3, 2, False)
-    with pytest.raises(checks.CheckFailed, match=r"^drop_last: expected 1 full batches"):
-        checks.check_epoch_partition([[0], [1]], 3, 2, True)
-    with pytest.raises(checks.CheckFailed, match=r"^a sample appears twice"):
-        checks.check_epoch_partition([[0, 1], [1]], 3, 2, False)
-    with pytest.raises(checks.CheckFailed, match=r"^a batch holds an index outside"):
-        checks.check_epoch_partition([[0, 3], [1]], 3, 2, False)
-    with pytest.raises(checks.CheckFailed, match=r"^3 of 3 samples never seen in 2 epochs"):
-        checks.check_every_sample_seen(lambda: [], 3, 2)
+# --- what each check says when it fails: the whole message --------------------------------------
+
+
+def says(message: str, check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    with pytest.raises(checks.CheckFailed) as info:
+        check(*args, **kwargs)
+    assert str(info.value) == message
+
+
+def f64(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_the_batch_checks_say_what_they_saw() -> None:
+    says(
+        "a batch's labels do not belong to its features",
+        checks.epoch_indices,
+        lambda b, X, y: [(X, X)],
+        3,
+        2,
+    )
+    says("a sample appears twice in one epoch: sizes [2, 1]", check_partition, [[0, 1], [1]])
+    says("a batch holds an index outside range(n)", check_partition, [[0, 3], [1]])
+    says("expected batch sizes [2, 1], got [1, 2]", check_partition, [[0], [1, 2]])
+    says(
+        "drop_last: expected 1 full batches, got sizes [1, 1]",
+        check_partition,
+        [[0], [1]],
+        drop_last=True,
+    )
+    check_partition([[2, 0]], drop_last=True)  # sample 1 dropped: as drop_last allows
+    says(
+        "batch sizes [1, 2] differ from BatchSampler's [2, 1]",
+        checks.check_sizes_match_batch_sampler,
+        [[0], [1, 2]],
+        3,
+        2,
+        False,
+    )
+
+
+def check_partition(batches: list[list[int]], *, drop_last: bool = False) -> None:
+    checks.check_epoch_partition(batches, 3, 2, drop_last)
+
+
+def test_every_sample_seen_returns_the_first_epoch_that_completes_the_set() -> None:
+    def one_new_sample_per_epoch() -> Callable[[], list[list[int]]]:
+        calls = iter(range(100))
+        return lambda: [[next(calls)]]
+
+    assert checks.check_every_sample_seen(one_new_sample_per_epoch(), 7, 7) == 7
+    assert checks.check_every_sample_seen(one_new_sample_per_epoch(), 1, 1) == 1
+    says(
+        "6 of 8 samples never seen in 2 epochs, e.g. [2, 3, 4, 5, 6]",
+        checks.check_every_sample_seen,
+        one_new_sample_per_epoch(),
+        8,
+        2,
+    )
+
+
+def test_same_trajectory_tolerances_are_relative_and_absolute_1e_12() -> None:
+    big, zero = [(f64(1e6), f64(0.0))], [(f64(0.0), f64(0.0))]
+    checks.check_same_trajectory(big, [(f64(1e6 + 1e-7), f64(0.0))])  # 1e-13 relative
+    says(
+        "step 1: w differs by 0.001 ([1000000.0] vs [1000000.001])",
+        checks.check_same_trajectory,
+        big,
+        [(f64(1e6 + 1e-3), f64(0.0))],
+    )
+    checks.check_same_trajectory(zero, [(f64(0.0), f64(1e-13))])
+    says(
+        "step 1: b differs by 1e-09 ([0.0] vs [-1e-09])",
+        checks.check_same_trajectory,
+        zero,
+        [(f64(0.0), f64(-1e-9))],
+    )
+    says("the runs took 1 and 2 steps", checks.check_same_trajectory, zero, zero * 2)
+
+
+def test_grads_close_tolerances_are_relative_and_absolute_1e_12() -> None:
+    checks.check_grads_close([f64(1e6 + 1e-7)], [f64(1e6)])
+    says("grad 0 differs by 0.001", checks.check_grads_close, [f64(1e6 + 1e-3)], [f64(1e6)])
+    says("grad 1 differs by 1e-09", checks.check_grads_close, [f64(0), f64(-1e-9)], [f64(0)] * 2)
+    says("grad 0 is None", checks.check_grads_close, [None], [f64(0)])
+    says("1 gradients, expected 2", checks.check_grads_close, [f64(0)], [f64(0)] * 2)
+
+
+def leaf_params() -> list[torch.Tensor]:
+    params = [f64(1.0, 2.0).requires_grad_(), f64(3.0).requires_grad_()]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    return params
+
+
+def test_update_in_place_says_how_the_step_went_wrong() -> None:
+    def raises(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        raise ZeroDivisionError("boom")
+
+    def replaces(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        optim.sgd([params[1]], lr, batch_size)
+        params[0] = params[0].detach().clone()
+
+    def moves(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        params[0].data = params[0].data - lr * params[0].grad / batch_size  # type: ignore[operator]
+
+    def grows(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        optim.sgd(params, lr, batch_size)
+        params.append(f64(0.0))
+
+    def keeps_grads(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        with torch.no_grad():
+            for p in params:
+                p -= lr * p.grad / batch_size  # type: ignore[operator]
+
+    def grad_steps(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        with torch.no_grad():
+            params[1] -= lr * params[1].grad / batch_size  # type: ignore[operator]
+        params[1].grad = None
+        params[0].requires_grad_(False)
+        with torch.no_grad():
+            params[0] -= lr * params[0].grad / batch_size  # type: ignore[operator]
+            params[0].grad.zero_()  # type: ignore[union-attr]
+
+    def off(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        optim.sgd(params, 2 * lr, batch_size)
+
+    step = checks.check_update_in_place
+    says("the update step raised ZeroDivisionError: boom", step, raises, leaf_params(), 0.5, 2)
+    says("params[0] was replaced by another tensor", step, replaces, leaf_params(), 0.5, 2)
+    says("params[0] now lives in other memory", step, moves, leaf_params(), 0.5, 2)
+    says("the update step changed params from 2 to 3 tensors", step, grows, leaf_params(), 0.5, 2)
+    says(
+        "params[0] is [0.5, 1.5], expected p - lr*grad/B = [0.75, 1.75]",
+        step,
+        off,
+        leaf_params(),
+        0.5,
+        2,
+    )
+    says(
+        "params[0].grad was not zeroed: tensor([1., 1.], dtype=torch.float64)",
+        step,
+        keeps_grads,
+        leaf_params(),
+        0.5,
+        2,
+    )
+    says("params[1].grad was not zeroed: None", step, grad_steps, leaf_params(), 0.5, 2)
+    params = leaf_params()
+    params[0].requires_grad_(False)
+    params[0].grad = None
+    says("params[0] no longer requires grad", checks.check_params_are_leaves, params)
+    params = leaf_params()
+    with pytest.raises(checks.CheckFailed, match=r"^params\[1\] is not a leaf: grad_fn <Mul"):
+        checks.check_params_are_leaves([params[0], params[1] * 2])
+
+
+def test_loss_per_example_compares_to_mse_loss_to_1e_12_relative() -> None:
+    y_hat, y = f64(0.5, 1.0, -2.0).reshape(3, 1), f64(1.5, 0.0, 1.0)
+    checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b) * (1 + 1e-13), y_hat, y)
+    says(
+        "loss differs from nn.MSELoss(reduction='none') / 2",
+        checks.check_loss_per_example,
+        lambda a, b: loss.squared_loss(a, b) * (1 + 1e-9),
+        y_hat,
+        y,
+    )
+    says(
+        "loss has shape (3, 3), expected (3, 1)",
+        checks.check_loss_per_example,
+        lambda a, b: (a - b) ** 2 / 2,
+        y_hat,
+        y,
+    )
+
+
+def test_saved_for_backward_counts_what_autograd_keeps_and_leaves_backward_working() -> None:
+    X = torch.arange(5.0, dtype=torch.float64).reshape(5, 1)
+    w = f64(1.0).reshape(1, 1).requires_grad_()
+    out, saved = checks.saved_for_backward(lambda: X @ w, [X, w])
+    assert saved == checks.Saved(count=1, nbytes=40, new_nbytes=0)  # X, for w's gradient
+    out.sum().backward()  # type: ignore[no-untyped-call]
+    assert w.grad is not None and w.grad.tolist() == [[10.0]]
+    _, saved = checks.saved_for_backward(lambda: (X @ w - 1) ** 2, [X, w])
+    assert saved == checks.Saved(count=2, nbytes=80, new_nbytes=40)  # and the residual
+    with pytest.raises(
+        checks.CheckFailed,
+        match=r"^the evaluation built a graph \(<AddBackward0 .*\) holding 0 saved tensors, "
+        r"0 bytes beyond its inputs$",
+    ):
+        checks.check_no_graph(lambda: w + 1, [w])  # a graph that saves nothing still counts
+
+
+def test_converges_accepts_a_distance_equal_to_the_bound() -> None:
+    checks.check_converges([f64(3.0), f64(4.0)], [f64(0.0), f64(0.0)], bound=5.0)
+    says(
+        "distance to the target 5 exceeds the bound 4.99",
+        checks.check_converges,
+        [f64(3.0), f64(4.0)],
+        [f64(0.0), f64(0.0)],
+        bound=4.99,
+    )
+    says("1 tensors to compare with 2", checks.check_converges, [f64(0)], [f64(0)] * 2, bound=1)
