@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--seed",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="seed for the data, the initial w and the shuffling (default: 0)",
     )
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also draw the loss curves of correct vs wrong variants (needs matplotlib)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(subparser=p)  # its errors name the command: "python -m linreg pitfalls"
     return parser
 
 
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "pitfalls":
-        return run_pitfalls(args, parser)
+        return run_pitfalls(args, args.subparser)
     report = run_train(args)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -64,28 +64,78 @@ def test_train_options_reach_the_run(capsys: pytest.CaptureFixture[str]) -> None
     }
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["train", "-b", "0"],
-        ["train", "--lr", "nan"],
-        ["train", "--lr", "-1"],
-        ["train", "-e", "-2"],
+# (argv, the one line on stderr): each names the option and what it expected.
+TRAIN = "python -m linreg train: error: argument "
+PITFALLS = "python -m linreg pitfalls: error: "
+BAD_OPTIONS = [
+    (["train", "-n", "0"], TRAIN + "-n/--num-examples: expected a positive int, got '0'"),
+    (["train", "-n", "1.5"], TRAIN + "-n/--num-examples: expected a positive int, got '1.5'"),
+    (["train", "-b", "0"], TRAIN + "-b/--batch-size: expected a positive int, got '0'"),
+    (["train", "-b", "x"], TRAIN + "-b/--batch-size: expected a positive int, got 'x'"),
+    (["train", "--lr", "0"], TRAIN + "--lr: expected a finite number > 0, got '0'"),
+    (["train", "--lr", "-1"], TRAIN + "--lr: expected a finite number > 0, got '-1'"),
+    (["train", "--lr", "nan"], TRAIN + "--lr: expected a finite number > 0, got 'nan'"),
+    (["train", "--lr", "inf"], TRAIN + "--lr: expected a finite number > 0, got 'inf'"),
+    (["train", "--lr", "x"], TRAIN + "--lr: expected a number > 0, got 'x'"),
+    (["train", "-e", "-2"], TRAIN + "-e/--epochs: expected an int >= 0, got '-2'"),
+    (["train", "-e", "x"], TRAIN + "-e/--epochs: expected an int >= 0, got 'x'"),
+    (["train", "--seed", "-1"], TRAIN + "--seed: expected an int >= 0, got '-1'"),
+    (["train", "--seed", "x"], TRAIN + "--seed: expected an int >= 0, got 'x'"),
+    (
         ["train", "--grad", "numeric"],
-        ["train", "-n", "x"],
-        ["train", "--bogus"],
+        TRAIN + "--grad: invalid choice: 'numeric' (choose from 'autograd', 'analytic')",
+    ),
+    (
+        ["train", "--dtype", "float16"],
+        TRAIN + "--dtype: invalid choice: 'float16' (choose from 'float32', 'float64')",
+    ),
+    (["train", "--drop-last", "yes"], "python -m linreg: error: unrecognized arguments: yes"),
+    (["train", "--bogus"], "python -m linreg: error: unrecognized arguments: --bogus"),
+    (
         ["fly"],
-        [],
-    ],
-)
-def test_bad_arguments_exit_2_with_one_line(argv: list[str]) -> None:
+        "python -m linreg: error: argument COMMAND: invalid choice: 'fly' "
+        "(choose from 'train', 'pitfalls')",
+    ),
+    ([], "python -m linreg: error: the following arguments are required: COMMAND"),
+    (["pitfalls", "--only", "nope"], PITFALLS + "unknown pitfall id 'nope'; choose from "),
+    (["pitfalls", "--only"], PITFALLS + "argument --only: expected one argument"),
+    (
+        ["pitfalls", "--json", "--markdown"],
+        PITFALLS + "argument --markdown: not allowed with argument --json",
+    ),
+    (
+        ["pitfalls", "--plot", "out.svg"],
+        PITFALLS + "--plot writes a PNG: give a FILE.png, got 'out.svg'",
+    ),
+    (["pitfalls", "--bogus"], "python -m linreg: error: unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize(("argv", "line"), BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_exit_2_with_one_line_naming_the_option(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    if line.endswith("choose from "):  # then the ids of the catalogue, in order
+        from linreg.pitfalls import CATALOGUE
+
+        line += ", ".join(p.id for p in CATALOGUE)
+    assert err == line + " (see --help)\n"
+
+
+def test_a_bad_option_ends_the_process_with_status_2_and_nothing_on_stdout() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "linreg", *argv], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "linreg", "train", "-b", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert "error:" in proc.stderr
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == TRAIN + "-b/--batch-size: expected a positive int, got '0' (see --help)\n"
 
 
 def test_help_explains_each_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,19 +217,6 @@ def test_report_list_names_every_pitfall(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["pitfalls", "--list"]) == 0
     ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert ids == [p.id for p in CATALOGUE]
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["pitfalls", "--only", "nope"],
-        ["pitfalls", "--json", "--markdown"],
-        ["pitfalls", "--plot", "out.svg"],
-        ["pitfalls", "--bogus"],
-    ],
-)
-def test_report_bad_options_exit_2_with_one_line(argv: list[str]) -> None:
-    test_bad_arguments_exit_2_with_one_line(argv)
 
 
 def test_report_exit_code_is_1_when_a_pitfall_does_not_behave_as_documented(
