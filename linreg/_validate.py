@@ -120,7 +120,7 @@ def params_for(features: Tensor, w: object, b: object) -> tuple[Tensor, Tensor]:
     """Check w (d, 1) and b (1,) match features (n, d) in dtype and device."""
     w = floating_tensor("w", w)
     b = floating_tensor("b", b)
-    d = features.shape[-1]
+    d = features.shape[1]
     if w.shape != (d, 1):
         raise ValueError(
             f"w must have shape ({d}, 1) for features with {d} columns, got {tuple(w.shape)}"

@@ -109,8 +109,8 @@ class Trajectory:
         del step
         self.steps.append(
             (
-                w.detach().reshape(-1).to(torch.float64, copy=True),
-                b.detach().reshape(-1).to(torch.float64, copy=True),
+                w.detach().flatten().to(torch.float64, copy=True),
+                b.detach().flatten().to(torch.float64, copy=True),
             )
         )
 

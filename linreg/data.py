@@ -27,7 +27,7 @@ def synthetic_data(
     if isinstance(w, Tensor):
         w = _validate.floating_tensor("w", w).detach()
     else:
-        w = torch.tensor(list(w), dtype=torch.float32)
+        w = torch.tensor([float(v) for v in w])  # torch's default dtype, as the book has it
     if w.ndim not in (1, 2) or (w.ndim == 2 and w.shape[1] != 1) or w.numel() == 0:
         raise ValueError(f"w must have shape (d,) or (d, 1) with d >= 1, got {tuple(w.shape)}")
     if isinstance(b, Tensor):
