@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -16,30 +15,56 @@ from linreg import accumulate, checks, concise, data, model, train
 from tests import strategies as sts
 from tests.test_pitfalls_update import runs
 
-BOOK = {"lr": 0.03, "batch_size": 10, "num_epochs": 3, "drop_last": False, "generator": None}
+
+def same_run(a: train.TrainResult, b: train.TrainResult) -> bool:
+    return (
+        torch.equal(a.w, b.w)
+        and torch.equal(a.b, b.b)
+        and a.losses == b.losses
+        and a.num_steps == b.num_steps
+    )
 
 
-@pytest.mark.parametrize(
-    ("fn", "defaults"),
-    [
-        (train.train, {**BOOK, "grad": "autograd", "params": None, "on_step": None}),
-        (concise.train_concise, {**BOOK, "reduction": "mean", "loader": "data_iter"}),
-        # the seed note's full-batch loop runs 300 epochs
-        (
-            accumulate.train_full_batch,
-            {"lr": 0.03, "batch_size": 10, "num_epochs": 300, "generator": None, "params": None},
-        ),
-        (data.data_iter, {"shuffle": True, "drop_last": False, "generator": None}),
-        (data.synthetic_data, {"noise": 0.01, "generator": None}),
-        (data.book_data, {"num_examples": 1000, "seed": 0, "dtype": torch.float32}),
-        (model.init_params, {"generator": None, "dtype": torch.float32}),
-    ],
-    ids=lambda v: getattr(v, "__qualname__", ""),
-)
-def test_defaults_are_the_books(fn: Callable[..., Any], defaults: dict[str, Any]) -> None:
-    params = inspect.signature(fn).parameters
-    for name, value in defaults.items():
-        assert params[name].default == value, name
+def g0() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+BOOK = {"lr": 0.03, "batch_size": 10, "num_epochs": 3, "drop_last": False}
+
+
+def test_the_training_defaults_are_the_books() -> None:
+    X, y = data.book_data(1003)  # uneven, so that drop_last shows
+    assert same_run(
+        train.train(X, y, generator=g0()),
+        train.train(X, y, **BOOK, grad="autograd", generator=g0()),
+    )
+    assert same_run(
+        concise.train_concise(X, y, generator=g0()),
+        concise.train_concise(X, y, **BOOK, reduction="mean", loader="data_iter", generator=g0()),
+    )
+    X, y = data.book_data(25)  # the seed note's full-batch loop runs 300 epochs
+    assert same_run(
+        accumulate.train_full_batch(X, y, generator=g0()),
+        accumulate.train_full_batch(X, y, lr=0.03, batch_size=10, num_epochs=300, generator=g0()),
+    )
+
+
+def test_the_data_defaults_are_the_books() -> None:
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            data.book_data(), data.book_data(1000, seed=0, dtype=torch.float32), strict=True
+        )
+    )
+    X, y = data.synthetic_data([2, -3.4], 4.2, 13, generator=g0())
+    want = data.synthetic_data([2, -3.4], 4.2, 13, noise=0.01, generator=g0())
+    assert torch.equal(X, want[0]) and torch.equal(y, want[1])
+    batches = list(data.data_iter(3, X, y, generator=g0()))
+    explicit = list(data.data_iter(3, X, y, shuffle=True, drop_last=False, generator=g0()))
+    assert [torch.equal(a[0], b[0]) for a, b in zip(batches, explicit, strict=True)] == [True] * 5
+    w, b = model.init_params(3, generator=g0())
+    assert w.dtype == b.dtype == torch.float32
+    assert torch.equal(w, model.init_params(3, generator=g0(), dtype=torch.float32)[0])
 
 
 @given(
@@ -87,11 +112,15 @@ def test_a_list_of_weights_gives_the_books_float32() -> None:
 def test_a_default_device_set_elsewhere_does_not_move_the_data() -> None:
     w = torch.tensor([1.0, 2.0])
     X, y = data.synthetic_data(w, 0.5, 9, generator=torch.Generator().manual_seed(0))
+    params = model.init_params(2, generator=torch.Generator().manual_seed(0))
     with torch.device("meta"):  # as torch.set_default_device("cuda") would, for new tensors
         X2, y2 = data.synthetic_data(w, 0.5, 9, generator=torch.Generator().manual_seed(0))
         for g in (None, torch.Generator().manual_seed(0)):
             batches = list(data.data_iter(4, X, y, generator=g))
             assert all(Xb.device.type == "cpu" for Xb, _ in batches)
+        for p in (None, params):
+            net = concise.train_concise(X, y, num_epochs=1, params=p)
+            assert net.w.device.type == net.b.device.type == "cpu"
     assert torch.equal(X, X2) and torch.equal(y, y2)
 
 
@@ -154,9 +183,9 @@ def test_concise_init_is_the_books_from_the_generator() -> None:
     assert float(nets[0].b.abs().max()) == 0.0
 
 
-@given(runs(), st.booleans())
-def test_concise_data_loader_runs_on_the_batches_of_torchs_data_loader(
-    run: dict[str, Any], drop_last: bool
+@given(runs(), st.booleans(), st.sampled_from(["DataLoader", "data_iter"]))
+def test_concise_runs_on_the_batches_of_its_loader(
+    run: dict[str, Any], drop_last: bool, loader: str
 ) -> None:
     X, y = run["features"], run["labels"]
     got = checks.Trajectory()
@@ -170,20 +199,24 @@ def test_concise_data_loader_runs_on_the_batches_of_torchs_data_loader(
         drop_last=drop_last,
         params=run["params"],
         on_step=got,
-        loader="DataLoader",
+        loader=loader,
     )
-    # The oracle: the analytic step of the mean loss on each batch torch's DataLoader gives.
-    loader = DataLoader(
-        TensorDataset(X, y),
-        batch_size=run["batch_size"],
-        shuffle=True,
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(run["seed"]),
+    # The oracle: the analytic step of the mean loss on each batch that torch's DataLoader,
+    # or data_iter, gives from the same generator.
+    g = torch.Generator().manual_seed(run["seed"])
+    dl = DataLoader(
+        TensorDataset(X, y), run["batch_size"], shuffle=True, drop_last=drop_last, generator=g
     )
+
+    def epoch() -> Any:
+        if loader == "DataLoader":
+            return dl
+        return data.data_iter(run["batch_size"], X, y, drop_last=drop_last, generator=g)
+
     w, b = (p.detach().clone() for p in run["params"])
     want: list[tuple[torch.Tensor, torch.Tensor]] = []
     for _ in range(run["num_epochs"]):
-        for Xb, yb in loader:
+        for Xb, yb in epoch():
             r = Xb @ w + b - yb
             w, b = w - run["lr"] * 2 * Xb.T @ r / len(Xb), b - run["lr"] * 2 * r.mean(0)
             want.append((w.reshape(-1), b.reshape(-1)))
@@ -198,9 +231,12 @@ def test_on_step_counts_every_step_from_one(fn: Callable[..., train.TrainResult]
     assert seen == list(range(1, 2 * 5 + 1))
 
 
-def test_the_trajectory_keeps_float64_copies_not_views() -> None:
-    w = torch.ones(2, 1, dtype=torch.float64)
-    b = torch.ones(1, dtype=torch.float32)
+@pytest.mark.parametrize("dtypes", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_the_trajectory_keeps_float64_copies_not_views(
+    dtypes: tuple[torch.dtype, torch.dtype],
+) -> None:
+    w = torch.ones(2, 1, dtype=dtypes[0])
+    b = torch.ones(1, 1, dtype=dtypes[1])
     t = checks.Trajectory()
     t(1, w, b)
     w += 1
