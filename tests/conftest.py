@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 # torch's first call in a process is slow (lazy init), so no profile has a deadline.
 settings.register_profile("dev", max_examples=15, deadline=None)
@@ -13,6 +13,13 @@ settings.register_profile(
     "ci", max_examples=30, derandomize=True, deadline=None, print_blob=True, database=None
 )
 settings.register_profile("thorough", max_examples=2000, deadline=None)
+# tox -e mutation: the ci profile without shrinking. A mutant is killed by the first failing
+# example; making it minimal would only spend the run's time (most of it, measured).
+settings.register_profile(
+    "mutation",
+    parent=settings.get_profile("ci"),
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )

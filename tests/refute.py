@@ -39,7 +39,10 @@ def refutes(
                 database=None,
                 deadline=None,
                 derandomize=settings.default.derandomize,
-                phases=(Phase.generate, Phase.shrink),
+                # shrink only where the profile does (not under tox -e mutation)
+                phases=tuple(
+                    p for p in (Phase.generate, Phase.shrink) if p in settings.default.phases
+                ),
             ),
         )
     except NoSuchExample:
