@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=_non_negative_int,
         default=0,
-        help="seed for the data, the initial w and the shuffling (default: 0)",
+        help="seed for the data, the initial w and the shuffling, an int >= 0 (default: 0)",
     )
     t.add_argument(
         "--grad",
