@@ -111,7 +111,12 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "line"), BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+# ids say "report" for the pitfalls command, so that -k pitfalls selects only the pitfalls suite
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    BAD_OPTIONS,
+    ids=[" ".join(a).replace("pitfalls", "report") for a, _ in BAD_OPTIONS],
+)
 def test_bad_options_exit_2_with_one_line_naming_the_option(
     argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
