@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
@@ -63,3 +65,15 @@ def copy_params(params: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Return fresh leaf copies of (w, b), so two runs start from the same point."""
     w, b = params
     return w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+
+
+def run_kwargs(run: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The training arguments of a drawn run: a fresh generator from its seed, fresh params."""
+    return {
+        "lr": run["lr"],
+        "batch_size": run["batch_size"],
+        "num_epochs": run["num_epochs"],
+        "generator": torch.Generator().manual_seed(run["seed"]),
+        "params": copy_params(run["params"]),
+        **overrides,
+    }

@@ -34,16 +34,7 @@ def test_default_experiment_converges_to_the_lstsq_solution(seed: int) -> None:
 
 def trajectory(run: dict[str, Any], **kwargs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     t = checks.Trajectory()
-    kwargs = {
-        "lr": run["lr"],
-        "batch_size": run["batch_size"],
-        "num_epochs": run["num_epochs"],
-        "generator": torch.Generator().manual_seed(run["seed"]),
-        "params": sts.copy_params(run["params"]),
-        "on_step": t,
-        **kwargs,
-    }
-    train.train(run["features"], run["labels"], **kwargs)
+    train.train(run["features"], run["labels"], **sts.run_kwargs(run, on_step=t, **kwargs))
     return t.steps
 
 

@@ -23,17 +23,7 @@ def sum_follows_mean(run: dict[str, Any], sum_fn: Any = None) -> None:
     trajectories = []
     for fn, reduction in ((sum_fn, "sum"), (concise.train_concise, "mean")):
         t = checks.Trajectory()
-        fn(
-            run["features"],
-            run["labels"],
-            lr=run["lr"],
-            batch_size=run["batch_size"],
-            num_epochs=run["num_epochs"],
-            generator=torch.Generator().manual_seed(run["seed"]),
-            params=sts.copy_params(run["params"]),
-            reduction=reduction,
-            on_step=t,
-        )
+        fn(run["features"], run["labels"], **sts.run_kwargs(run, reduction=reduction, on_step=t))
         trajectories.append(t.steps)
     checks.check_same_trajectory(*trajectories)
 
@@ -88,16 +78,7 @@ def flat_labels_train_alike(run: dict[str, Any]) -> None:
     trajectories = []
     for labels in (run["labels"], run["labels"].reshape(-1)):
         t = checks.Trajectory()
-        train.train(
-            run["features"],
-            labels,
-            lr=run["lr"],
-            batch_size=run["batch_size"],
-            num_epochs=run["num_epochs"],
-            generator=torch.Generator().manual_seed(run["seed"]),
-            params=sts.copy_params(run["params"]),
-            on_step=t,
-        )
+        train.train(run["features"], labels, **sts.run_kwargs(run, on_step=t))
         trajectories.append(t.steps)
     checks.check_same_trajectory(*trajectories, rtol=0, atol=0)
 

@@ -51,24 +51,9 @@ def follows_the_oracle(run: dict[str, Any], train_fn: Callable[..., Any] | None 
     """One run of train_fn (default: linreg's train) equals the torch oracle step for step."""
     train_fn = train_fn or train.train
     ours, theirs = checks.Trajectory(), checks.Trajectory()
-    common = {"batch_size": run["batch_size"], "num_epochs": run["num_epochs"]}
-    train_fn(
-        run["features"],
-        run["labels"],
-        lr=run["lr"],
-        **common,
-        generator=torch.Generator().manual_seed(run["seed"]),
-        params=sts.copy_params(run["params"]),
-        on_step=ours,
-    )
+    train_fn(run["features"], run["labels"], **sts.run_kwargs(run, on_step=ours))
     concise.train_concise(
-        run["features"],
-        run["labels"],
-        lr=run["lr"] / 2,
-        **common,
-        generator=torch.Generator().manual_seed(run["seed"]),
-        params=sts.copy_params(run["params"]),
-        on_step=theirs,
+        run["features"], run["labels"], **sts.run_kwargs(run, lr=run["lr"] / 2, on_step=theirs)
     )
     checks.check_same_trajectory(ours.steps, theirs.steps)
 

@@ -148,13 +148,7 @@ def test_full_batch_training_takes_one_step_per_epoch_on_the_given_params(
 ) -> None:
     params = sts.copy_params(run["params"])
     result = accumulate.train_full_batch(
-        run["features"],
-        run["labels"],
-        lr=run["lr"],
-        batch_size=run["batch_size"],
-        num_epochs=run["num_epochs"],
-        generator=torch.Generator().manual_seed(run["seed"]),
-        params=params,
+        run["features"], run["labels"], **sts.run_kwargs(run, params=params)
     )
     assert result.w is params[0] and result.b is params[1]
     assert result.num_steps == run["num_epochs"] == len(result.losses)
@@ -190,16 +184,7 @@ def test_concise_runs_on_the_batches_of_its_loader(
     X, y = run["features"], run["labels"]
     got = checks.Trajectory()
     concise.train_concise(
-        X,
-        y,
-        lr=run["lr"],
-        batch_size=run["batch_size"],
-        num_epochs=run["num_epochs"],
-        generator=torch.Generator().manual_seed(run["seed"]),
-        drop_last=drop_last,
-        params=run["params"],
-        on_step=got,
-        loader=loader,
+        X, y, **sts.run_kwargs(run, drop_last=drop_last, on_step=got, loader=loader)
     )
     # The oracle: the analytic step of the mean loss on each batch that torch's DataLoader,
     # or data_iter, gives from the same generator.
