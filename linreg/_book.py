@@ -6,3 +6,4 @@ NUM_EXAMPLES = 1000
 BATCH_SIZE = 10
 LR = 0.03
 NUM_EPOCHS = 3
+UNEVEN_NUM_EXAMPLES = 1003  # an n with n % BATCH_SIZE = 3: the short last batch shows

@@ -72,6 +72,13 @@ def generator(value: object) -> torch.Generator | None:
     return value
 
 
+def function(name: str, value: T) -> T:
+    """Return value if it is callable, else raise naming the argument."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
 def callback(name: str, value: T) -> T:
     """Return value if it is None or callable, else raise naming the argument."""
     if value is not None and not callable(value):

@@ -7,13 +7,19 @@ suite drives them with Hypothesis; `python -m linreg pitfalls` runs them on the 
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from math import ceil
+from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torch.utils.data import BatchSampler, SequentialSampler
+
+from linreg import _validate
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 Iterate = Callable[[int, Tensor, Tensor], Batches]  # (batch_size, features, labels) -> batches
@@ -138,38 +144,80 @@ def check_same_trajectory(
 UpdateStep = Callable[[list[Tensor], float, int], None]
 
 
+def tolerance(dtype: torch.dtype) -> float:
+    """Return the relative (and absolute) tolerance the checks use for results of dtype."""
+    return _TOLERANCE.get(dtype, 1e-2)
+
+
+_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def _params_with_grads(params: object) -> list[Tensor]:
+    if not isinstance(params, (list, tuple)) or not all(isinstance(p, Tensor) for p in params):
+        raise TypeError(f"params must be a list of tensors, got {type(params).__name__}")
+    for i, p in enumerate(params):
+        if p.grad is None:
+            raise ValueError(f"params[{i}].grad is None: run backward() or set .grad first")
+    return list(params)
+
+
 def check_update_in_place(
     step: UpdateStep,
     params: list[Tensor],
     lr: float,
     batch_size: int,
     *,
-    rtol: float = 1e-12,
+    zeroes_grad: bool = True,
+    under_no_grad: bool = False,
+    divides_by_batch_size: bool = True,
+    rtol: float | None = None,
     atol: float = 0.0,
 ) -> None:
-    """Check step changes each param in place to p - lr*grad/B, keeping it a leaf, zeroing grad.
+    """Check step changes the caller's params in place to p - lr*grad/B and keeps them leaves.
 
-    params must be leaves that require grad, with .grad set.
+    params must be leaves that require grad, with .grad set. With zeroes_grad, each grad must
+    afterwards be zeros or None (optimizer.zero_grad()); with under_no_grad the step is called
+    inside torch.no_grad(), as a trainer that wraps it does; divides_by_batch_size=False
+    expects p - lr*grad (a step for the gradient of a mean loss). rtol follows the dtype.
     """
+    params = _params_with_grads(params)
+    step = _validate.function("step", step)
+    lr = _validate.positive_finite("lr", lr)
+    batch_size = _validate.positive_int("batch_size", batch_size)
     objects = list(params)
-    ptrs = [p.data_ptr() for p in params]
+    divisor = batch_size if divides_by_batch_size else 1
+    formula = "p - lr*grad/B" if divides_by_batch_size else "p - lr*grad"
     with torch.no_grad():
-        expected = [p - lr * p.grad / batch_size for p in params]  # type: ignore[operator]
+        before = [p.clone() for p in params]
+        expected = [p - lr * p.grad / divisor for p in params]  # type: ignore[operator]
     try:
-        step(params, lr, batch_size)
+        with torch.no_grad() if under_no_grad else contextlib.nullcontext():
+            step(params, lr, batch_size)
     except Exception as e:
-        raise _fail(f"the update step raised {type(e).__name__}: {e}") from e
+        unchanged = all(
+            torch.equal(p.detach(), old) for p, old in zip(objects, before, strict=True)
+        )
+        raise _fail(
+            f"the update step raised {type(e).__name__}: {e}"
+            + ("; the caller's params did not change" if unchanged else "")
+        ) from e
     if len(params) != len(objects):
         raise _fail(f"the update step changed params from {len(objects)} to {len(params)} tensors")
-    rows = zip(params, objects, ptrs, expected, strict=True)  # pragma: no mutate  (as above)
-    for i, (p, obj, ptr, want) in enumerate(rows):
+    rows = zip(params, objects, before, expected, strict=True)  # pragma: no mutate  (as above)
+    for i, (p, obj, old, want) in enumerate(rows):
         if p is not obj:
             raise _fail(f"params[{i}] was replaced by another tensor")
-        if p.data_ptr() != ptr:
-            raise _fail(f"params[{i}] now lives in other memory")
-        if not torch.allclose(p.detach(), want, rtol=rtol, atol=atol):
-            raise _fail(f"params[{i}] is {p.tolist()}, expected p - lr*grad/B = {want.tolist()}")
-        if p.grad is None or bool(p.grad.any()):
+        tol = tolerance(p.dtype) if rtol is None else rtol
+        now = p.detach()
+        # relative to the sizes of p and of the step, so that p - step near 0 is no problem
+        if not bool(((now - want).abs() <= atol + tol * (old.abs() + (old - want).abs())).all()):
+            if torch.equal(now, old):
+                raise _fail(
+                    f"params[{i}] did not change, expected {formula} = {want.tolist()}: "
+                    "an update that rebinds a name (param = param - ...) never reaches it"
+                )
+            raise _fail(f"params[{i}] is {p.tolist()}, expected {formula} = {want.tolist()}")
+        if zeroes_grad and p.grad is not None and bool(p.grad.any()):
             raise _fail(f"params[{i}].grad was not zeroed: {p.grad}")
     check_params_are_leaves(params)
 
@@ -185,34 +233,107 @@ def check_params_are_leaves(params: Sequence[Tensor]) -> None:
 
 # --- losses and gradients ---------------------------------------------------------------------
 
+Reduction = Literal["none", "mean", "sum"]
+
 
 def check_loss_per_example(
-    loss_fn: Callable[[Tensor, Tensor], Tensor], y_hat: Tensor, y: Tensor
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    y_hat: Tensor,
+    y: Tensor,
+    *,
+    reduction: Reduction = "none",
+    scale: float = 0.5,
+    rtol: float | None = None,
 ) -> None:
-    """Check loss_fn(y_hat, y) has y_hat's shape and equals nn.MSELoss('none') / 2 per example."""
+    """Check loss_fn(y_hat, y) equals scale * nn.MSELoss(reduction)(y_hat, y reshaped).
+
+    The defaults are the book's squared_loss: (y_hat - y)^2 / 2 per example. With
+    reduction="none" any shape with one element per example will do. rtol follows the dtype.
+    """
+    loss_fn = _validate.function("loss_fn", loss_fn)
+    y_hat = _validate.floating_tensor("y_hat", y_hat)
+    y = _validate.floating_tensor("y", y)
+    reduction = _validate.choice("reduction", reduction, ("none", "mean", "sum"))
+    scale = _validate.positive_finite("scale", scale)
+    if y.numel() != y_hat.numel():
+        raise ValueError(f"y has {y.numel()} elements but y_hat has {y_hat.numel()}")
     got = loss_fn(y_hat, y)
-    if got.shape != y_hat.shape:
-        raise _fail(f"loss has shape {tuple(got.shape)}, expected {tuple(y_hat.shape)}")
-    want = torch.nn.functional.mse_loss(y_hat, y.reshape(y_hat.shape), reduction="none") / 2
-    if not torch.allclose(got, want, rtol=1e-12, atol=0):
-        raise _fail("loss differs from nn.MSELoss(reduction='none') / 2")
+    if not isinstance(got, Tensor):
+        raise _fail(f"the loss returned {type(got).__name__}, expected a tensor")
+    with torch.no_grad():
+        per_example = scale * F.mse_loss(y_hat, y.reshape(y_hat.shape), reduction="none")
+        want = per_example if reduction == "none" else getattr(per_example, reduction)()
+    n = y_hat.numel()
+    broadcast = (
+        f": labels of shape {tuple(y.shape)} broadcast against predictions of shape "
+        f"{tuple(y_hat.shape)}; reshape y to y_hat's shape"
+    )
+    flat = y.shape != y_hat.shape
+    if got.numel() != want.numel():
+        expected = f"{n} (one per example)" if reduction == "none" else "1"
+        raise _fail(
+            f"loss has shape {tuple(got.shape)}, expected {expected} element(s) for "
+            f"reduction={reduction!r}{broadcast if flat else ''}"
+        )
+    tol = rtol if rtol is not None else max(tolerance(got.dtype), tolerance(y_hat.dtype))
+
+    def close(value: Tensor) -> bool:
+        value = value.detach().reshape(want.shape).to(want.dtype)
+        return bool(torch.allclose(value, want, rtol=tol, atol=tol * float(want.abs().max())))
+
+    if not close(got):
+        gap = float((got.detach().reshape(want.shape).to(want.dtype) - want).abs().max())
+        # the labels' shape is to blame when the same loss on reshaped labels is right
+        why = broadcast if flat and close(loss_fn(y_hat, y.reshape(y_hat.shape))) else ""
+        raise _fail(
+            f"loss differs from {scale:g} * (y_hat - y)^2 (reduction={reduction!r}) by "
+            f"{gap:.3g}: got {_short(got.detach())}, expected {_short(want)}"
+            f"{why or _ratio(got.detach(), want, n)}"
+        )
+
+
+def _short(t: Tensor) -> str:
+    values = t.reshape(-1).tolist()
+    text = ", ".join(f"{v:.6g}" for v in values[:4]) + (", ..." if len(values) > 4 else "")
+    return text if t.ndim == 0 else f"[{text}]"
+
+
+def _ratio(got: Tensor, want: Tensor, n: int) -> str:
+    """Name the likely mistake from the ratio of two losses, or say nothing."""
+    total, expected = float(got.sum()), float(want.sum())
+    if expected == 0:
+        return ""
+    r = total / expected
+    scale = "the scale is off (0.5 for the book's (y_hat - y)^2 / 2, 1 for nn.MSELoss)"
+    for factor, what in (
+        (n, f"{n} times the expected: it sums where a mean was declared"),
+        (1 / n, f"1/{n} of the expected: it takes the mean where a sum was declared"),
+        (2.0, f"twice the expected: {scale}"),
+        (0.5, f"half the expected: {scale}"),
+    ):
+        if math.isclose(r, factor, rel_tol=1e-4):
+            return f" ({what})"
+    return ""
 
 
 def check_grads_close(
     got: Sequence[Tensor | None],
     want: Sequence[Tensor],
     *,
-    rtol: float = 1e-12,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> None:
-    """Check each gradient in got is close to its counterpart in want."""
+    """Check each gradient in got is close to its counterpart in want (tolerance by dtype)."""
     if len(got) != len(want):
         raise _fail(f"{len(got)} gradients, expected {len(want)}")
     pairs = zip(got, want, strict=True)  # pragma: no mutate  (lengths checked above)
     for i, (g, e) in enumerate(pairs):
         if g is None:
             raise _fail(f"grad {i} is None")
-        if not torch.allclose(g, e, rtol=rtol, atol=atol):
+        tol = tolerance(torch.promote_types(g.dtype, e.dtype))
+        if not torch.allclose(
+            g, e, rtol=tol if rtol is None else rtol, atol=tol if atol is None else atol
+        ):
             raise _fail(f"grad {i} differs by {float((g - e).abs().max()):.3g}")
 
 
@@ -247,12 +368,18 @@ def saved_for_backward(fn: Callable[[], Tensor], inputs: Iterable[Tensor]) -> tu
     )
 
 
-def check_no_graph(fn: Callable[[], Tensor], inputs: Iterable[Tensor]) -> None:
-    """Check fn's result has no grad_fn and autograd saved nothing while it ran."""
-    out, saved = saved_for_backward(fn, inputs)
-    if out.grad_fn is not None or saved.count:
+def check_no_graph(fn: Callable[[], object], inputs: Iterable[Tensor]) -> None:
+    """Check fn's result holds no graph: it has no grad_fn, so nothing saved stays alive.
+
+    A result that was detached (`model(x).detach()`) passes: whatever autograd saved while fn
+    ran is freed with the graph. A result that is not a tensor (a float) holds no graph either.
+    """
+    fn = _validate.function("fn", fn)
+    out, saved = saved_for_backward(fn, inputs)  # type: ignore[arg-type]
+    grad_fn = out.grad_fn if isinstance(out, Tensor) else None
+    if grad_fn is not None:
         raise _fail(
-            f"the evaluation built a graph ({out.grad_fn}) holding {saved.count} saved "
+            f"the evaluation built a graph ({grad_fn}) holding {saved.count} saved "
             f"tensors, {saved.new_nbytes} bytes beyond its inputs"
         )
 

@@ -1,9 +1,10 @@
 """The command line: `python -m linreg pitfalls` shows every pitfall live; `train` runs the
-book's experiment."""
+book's experiment; `audit` checks your own iterator, update step, loss or loop."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -148,7 +149,182 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(subparser=p)  # its errors name the command: "python -m linreg pitfalls"
+
+    a = sub.add_parser(
+        "audit",
+        help="check your own iterator, update step, loss or loop against every pitfall",
+        description=(
+            "Run every pitfall property of KIND against your function MODULE:NAME through "
+            "Hypothesis, and print each verdict with the smallest counterexample found. Exit 0 "
+            "when every property holds, 1 when a pitfall is found, 2 for a usage error. "
+            "Signatures: iterator fn(batch_size, features, labels); update-step fn(params, lr, "
+            "batch_size); loss fn(y_hat, y); loop fn(features, labels, params, *, lr, "
+            "batch_size, num_epochs)."
+        ),
+    )
+    a.add_argument(
+        "kind",
+        choices=("iterator", "update-step", "loss", "loop"),
+        metavar="KIND",
+        help="iterator, update-step, loss or loop",
+    )
+    a.add_argument(
+        "target",
+        metavar="MODULE:NAME",
+        help="the function to audit, importable from the current directory",
+    )
+    a.add_argument(
+        "--drop-last",
+        action="store_true",
+        help="iterator, loop: it drops the n %% B left-over samples each epoch",
+    )
+    a.add_argument(
+        "--no-zeroes-grad",
+        dest="zeroes_grad",
+        action="store_false",
+        help="update-step: the loop zeroes the grads, not the step",
+    )
+    a.add_argument(
+        "--under-no-grad",
+        action="store_true",
+        help="update-step: the trainer calls it inside torch.no_grad()",
+    )
+    a.add_argument(
+        "--no-divide",
+        dest="divides_by_batch_size",
+        action="store_false",
+        help="update-step: it takes p - lr * grad (the gradient of a mean loss)",
+    )
+    a.add_argument(
+        "--reduction",
+        choices=("none", "mean", "sum"),
+        default="none",
+        help="loss: how it reduces over the examples (default: none)",
+    )
+    a.add_argument(
+        "--scale",
+        type=_positive_float,
+        default=0.5,
+        help="loss: the factor before (y_hat - y)^2: 0.5 for the book, 1 for "
+        "nn.MSELoss (default: 0.5)",
+    )
+    a.add_argument(
+        "--no-flat-labels",
+        dest="flat_labels",
+        action="store_false",
+        help="loss: the labels are always (n, 1); do not try labels of shape (n,)",
+    )
+    a.add_argument(
+        "--objective",
+        choices=("book", "mse"),
+        default="book",
+        help="loop: the mean of r^2 / 2 (book) or of r^2 (mse) (default: book)",
+    )
+    a.add_argument(
+        "--full-batch", action="store_true", help="loop: every step takes the whole data"
+    )
+    a.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="loop: the dtype of the data and params it is given (default: float32)",
+    )
+    a.add_argument(
+        "--max-examples",
+        type=_positive_int,
+        default=None,
+        help="examples per property (default: 50)",
+    )
+    a.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=None,
+        help="seed for Hypothesis, an int >= 0 (default: derandomized)",
+    )
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    a.set_defaults(subparser=a)
     return parser
+
+
+# The options each kind takes, by destination; any other option given is a usage error.
+AUDIT_OPTIONS = {
+    "iterator": ("drop_last",),
+    "update-step": ("zeroes_grad", "under_no_grad", "divides_by_batch_size"),
+    "loss": ("reduction", "scale", "flat_labels"),
+    "loop": ("objective", "full_batch", "drop_last", "dtype"),
+}
+_FLAGS = {
+    "drop_last": "--drop-last",
+    "zeroes_grad": "--no-zeroes-grad",
+    "under_no_grad": "--under-no-grad",
+    "divides_by_batch_size": "--no-divide",
+    "reduction": "--reduction",
+    "scale": "--scale",
+    "flat_labels": "--no-flat-labels",
+    "objective": "--objective",
+    "full_batch": "--full-batch",
+    "dtype": "--dtype",
+}
+
+
+def resolve(spec: str) -> Any:
+    """Import MODULE:NAME (NAME may be dotted) and return it; raise ValueError saying why not."""
+    module_name, colon, name = spec.partition(":")
+    if not colon or not module_name or not name:
+        raise ValueError(f"expected MODULE:NAME, got {spec!r}")
+    import importlib
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: the current directory first
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:
+        raise ValueError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no attribute {name!r}") from None
+    if not callable(obj):
+        raise ValueError(f"{spec} is not callable: it is a {type(obj).__name__}")
+    return obj
+
+
+def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Audit the target the arguments name, print the report, and return the exit code."""
+    defaults = {k: parser.get_default(k) for k in _FLAGS}
+    wrong = [
+        k for k in _FLAGS if k not in AUDIT_OPTIONS[args.kind] and getattr(args, k) != defaults[k]
+    ]
+    if wrong:
+        parser.error(f"{_FLAGS[wrong[0]]} does not apply to {args.kind}")
+    try:
+        fn = resolve(args.target)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        from linreg import audit
+    except ImportError as e:
+        parser.error(str(e))
+    import torch
+
+    options = {k: getattr(args, k) for k in AUDIT_OPTIONS[args.kind]}
+    if "dtype" in options:
+        options["dtype"] = getattr(torch, options["dtype"])
+    try:
+        audit.target_for(args.kind, fn, **options)  # the signature, before any work
+    except audit.TargetError as e:
+        parser.error(str(e))
+    if not args.quiet:
+        print(f"auditing {args.kind} {args.target} ...", file=sys.stderr, flush=True)
+    report = audit.KINDS[args.kind](fn, max_examples=args.max_examples, seed=args.seed, **options)
+    report = dataclasses.replace(report, target=args.target)  # as the user named it
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(report)
+    return 0 if report.ok else 1
 
 
 def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -249,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pitfalls":
         return run_pitfalls(args, args.subparser)
+    if args.command == "audit":
+        return run_audit(args, args.subparser)
     report = run_train(args)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -267,16 +267,22 @@ def ddp_full_shard_gradient(rank: int, world_size: int, case: dict[str, Any]) ->
     return [p.grad.detach().clone() for p in (net.weight, net.bias)]  # type: ignore[union-attr]
 
 
-def ddp_cases(rank: int, world_size: int, cases: list[dict[str, Any]]) -> list[Any]:
-    """Run each case's worker in turn, in one process group.
+def ddp_cases(
+    rank: int, world_size: int, worker: Callable[..., Any] | None, cases: list[dict[str, Any]]
+) -> list[Any]:
+    """Run worker(rank, world_size, case) on each case in turn, in one process group.
 
-    `case["worker"]` names a rank function as "module:function" (linreg's own or a wrong
-    variant from linreg.pitfalls).
+    A case may name its own worker under "worker": a rank function, or "module:function".
     """
     results = []
     for case in cases:
-        module, _, name = case["worker"].partition(":")
-        results.append(getattr(importlib.import_module(module), name)(rank, world_size, case))
+        fn = case.get("worker", worker)
+        if isinstance(fn, str):
+            module, _, name = fn.partition(":")
+            fn = getattr(importlib.import_module(module), name)
+        if fn is None:
+            raise ValueError("no worker for this case: pass one, or set case['worker']")
+        results.append(fn(rank, world_size, case))
     return results
 
 

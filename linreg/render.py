@@ -44,19 +44,38 @@ def table(runs: Sequence[Run], *, colour: bool = False) -> str:
             if e.skipped
             else [("expected", e.expected), ("observed", e.observed)]
         )
-        for label, text in rows:
+        for label, text in rows + [("property", line) for line in properties(e)]:
             wrapped = textwrap.wrap(
                 text, 92, initial_indent=f"     {label}: ", subsequent_indent=" " * 15
             )
             lines.extend(wrapped)
     bad = [r.evidence.id for r in runs if not r.evidence.ok]
+    skipped = [r.evidence.id for r in runs if r.evidence.skipped]
     total = sum(r.seconds for r in runs)
     lines += [
         "",
-        f"{len(runs) - len(bad)} of {len(runs)} pitfalls behaved as documented "
-        f"in {total:.1f} s" + (f"; not: {', '.join(bad)}" if bad else ""),
+        f"{len(runs) - len(bad) - len(skipped)} of {len(runs)} pitfalls behaved as documented "
+        f"in {total:.1f} s"
+        + (f"; not: {', '.join(bad)}" if bad else "")
+        + (f"; skipped here: {', '.join(skipped)}" if skipped else ""),
     ]
     return "\n".join(lines)
+
+
+def properties(e: Evidence) -> list[str]:
+    """Return one line per property checked on the book's example: where it held, where not."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for row in e.properties:
+        verdicts = out.setdefault(row["property"], {"holds": [], "refuted": [], "wrong": []})
+        key = "wrong" if not row["ok"] else row["expected"]
+        verdicts[key].append(row["target"] + (f" ({row['message']})" if key == "wrong" else ""))
+    lines = []
+    for name, v in out.items():
+        parts = [f"holds for {', '.join(v['holds'])}"] if v["holds"] else []
+        parts += [f"refuted for {', '.join(v['refuted'])}"] if v["refuted"] else []
+        parts += [f"NOT AS EXPECTED for {', '.join(v['wrong'])}"] if v["wrong"] else []
+        lines.append(f"{name}: {'; '.join(parts)}")
+    return lines
 
 
 def _plain(value: Any) -> Any:
@@ -87,6 +106,8 @@ def to_json(runs: Sequence[Run]) -> dict[str, Any]:
                 "seconds": r.seconds,
                 "figures": _plain(r.evidence.figures),
                 "curves": _plain(r.evidence.curves),
+                "skipped": r.evidence.skipped,
+                "properties": r.evidence.properties,
                 "variants": [v.name for v in BY_ID[r.evidence.id].variants],
             }
             for r in runs
@@ -115,6 +136,8 @@ SCHEMA: dict[str, Any] = {
                     "seconds",
                     "figures",
                     "curves",
+                    "skipped",
+                    "properties",
                     "variants",
                 ],
                 "properties": {
@@ -133,6 +156,21 @@ SCHEMA: dict[str, Any] = {
                         },
                     },
                     "skipped": {"type": ["string", "null"]},
+                    "properties": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["property", "target", "expected", "held", "ok", "message"],
+                            "properties": {
+                                "property": {"type": "string"},
+                                "target": {"type": "string"},
+                                "expected": {"enum": ["holds", "refuted"]},
+                                "held": {"type": "boolean"},
+                                "ok": {"type": "boolean"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    },
                     "variants": {"type": "array", "items": {"type": "string"}},
                 },
             },
@@ -160,7 +198,8 @@ def markdown(runs: Sequence[Run]) -> str:
         parts.append(
             f"## {p.title} (`{p.id}`)\n\n{p.explanation}\n\nWrong variants:\n\n"
             f"{variants}\n\n- expected: {e.expected}\n- observed: {e.observed}\n"
-            f"- verdict: {'as documented' if e.ok else 'NOT as documented'}"
+            + "".join(f"- property: {line}\n" for line in properties(e))
+            + f"- verdict: {'as documented' if e.ok else 'NOT as documented'}"
         )
     return "\n\n".join(parts) + "\n"
 

@@ -179,8 +179,10 @@ def test_update_in_place_says_how_the_step_went_wrong() -> None:
         optim.sgd([params[1]], lr, batch_size)
         params[0] = params[0].detach().clone()
 
-    def moves(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
-        params[0].data = params[0].data - lr * params[0].grad / batch_size  # type: ignore[operator]
+    def rebinds(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        with torch.no_grad():
+            for p in params:
+                p = p - lr * p.grad / batch_size  # type: ignore[operator]
 
     def grows(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
         optim.sgd(params, lr, batch_size)
@@ -191,22 +193,32 @@ def test_update_in_place_says_how_the_step_went_wrong() -> None:
             for p in params:
                 p -= lr * p.grad / batch_size  # type: ignore[operator]
 
-    def grad_steps(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
-        with torch.no_grad():
-            params[1] -= lr * params[1].grad / batch_size  # type: ignore[operator]
-        params[1].grad = None
+    def stops_requiring_grad(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        optim.sgd(params, lr, batch_size)
         params[0].requires_grad_(False)
-        with torch.no_grad():
-            params[0] -= lr * params[0].grad / batch_size  # type: ignore[operator]
-            params[0].grad.zero_()  # type: ignore[union-attr]
 
     def off(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
         optim.sgd(params, 2 * lr, batch_size)
 
     step = checks.check_update_in_place
-    says("the update step raised ZeroDivisionError: boom", step, raises, leaf_params(), 0.5, 2)
+    says(
+        "the update step raised ZeroDivisionError: boom; the caller's params did not change",
+        step,
+        raises,
+        leaf_params(),
+        0.5,
+        2,
+    )
     says("params[0] was replaced by another tensor", step, replaces, leaf_params(), 0.5, 2)
-    says("params[0] now lives in other memory", step, moves, leaf_params(), 0.5, 2)
+    says(
+        "params[0] did not change, expected p - lr*grad/B = [0.75, 1.75]: an update that "
+        "rebinds a name (param = param - ...) never reaches it",
+        step,
+        rebinds,
+        leaf_params(),
+        0.5,
+        2,
+    )
     says("the update step changed params from 2 to 3 tensors", step, grows, leaf_params(), 0.5, 2)
     says(
         "params[0] is [0.5, 1.5], expected p - lr*grad/B = [0.75, 1.75]",
@@ -224,7 +236,7 @@ def test_update_in_place_says_how_the_step_went_wrong() -> None:
         0.5,
         2,
     )
-    says("params[1].grad was not zeroed: None", step, grad_steps, leaf_params(), 0.5, 2)
+    says("params[0] no longer requires grad", step, stops_requiring_grad, leaf_params(), 0.5, 2)
     params = leaf_params()
     params[0].requires_grad_(False)
     params[0].grad = None
@@ -234,22 +246,130 @@ def test_update_in_place_says_how_the_step_went_wrong() -> None:
         checks.check_params_are_leaves([params[0], params[1] * 2])
 
 
+def test_update_in_place_accepts_what_correct_code_does() -> None:
+    # `.data -=` with zeroing left to the loop; optimizer.zero_grad(), which leaves None; a step
+    # written for the trainer's no_grad; a mean-loss step without / B; float32 via optim.SGD.
+    def data_update(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        for p in params:
+            p.data -= lr * p.grad / batch_size  # type: ignore[operator]
+
+    def to_none(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        trainer = torch.optim.SGD(params, lr=lr / batch_size)
+        trainer.step()
+        trainer.zero_grad()
+
+    def bare(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        for p in params:
+            p -= lr * p.grad  # type: ignore[operator]  # the caller's no_grad makes this legal
+            p.grad = None
+
+    step = checks.check_update_in_place
+    step(data_update, leaf_params(), 0.5, 2, zeroes_grad=False)
+    step(to_none, leaf_params(), 0.5, 2)
+    step(bare, leaf_params(), 0.5, 2, under_no_grad=True, divides_by_batch_size=False)
+    float32 = [p.detach().float().requires_grad_() for p in leaf_params()]
+    for p in float32:
+        p.grad = torch.full_like(p, 1 / 3)
+    step(to_none, float32, 0.1, 3)
+    with pytest.raises(checks.CheckFailed, match="leaf Variable"):
+        step(bare, leaf_params(), 0.5, 2, divides_by_batch_size=False)  # in grad mode
+
+
+def test_checks_refuse_misuse_with_a_clear_error() -> None:
+    params = leaf_params()
+    params[1].grad = None
+    with pytest.raises(ValueError, match=r"^params\[1\]\.grad is None: run backward\(\)"):
+        checks.check_update_in_place(optim.sgd, params, 0.1, 1)
+    with pytest.raises(TypeError, match=r"^params must be a list of tensors, got float"):
+        checks.check_update_in_place(optim.sgd, 0.5, 0.1, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^step must be callable, got NoneType"):
+        checks.check_update_in_place(None, leaf_params(), 0.1, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^lr must be a finite number > 0, got str"):
+        checks.check_update_in_place(optim.sgd, leaf_params(), "0.1", 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^y_hat must be a torch\.Tensor, got float"):
+        checks.check_loss_per_example(loss.squared_loss, 0.5, f64(1.0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^reduction must be 'none' or 'mean' or 'sum'"):
+        checks.check_loss_per_example(
+            loss.squared_loss,
+            f64(1.0),
+            f64(1.0),
+            reduction="avg",  # type: ignore[arg-type]
+        )
+    with pytest.raises(TypeError, match=r"^fn must be callable, got int"):
+        checks.check_no_graph(3, [])  # type: ignore[arg-type]
+
+
 def test_loss_per_example_compares_to_mse_loss_to_1e_12_relative() -> None:
     y_hat, y = f64(0.5, 1.0, -2.0).reshape(3, 1), f64(1.5, 0.0, 1.0)
     checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b) * (1 + 1e-13), y_hat, y)
     says(
-        "loss differs from nn.MSELoss(reduction='none') / 2",
+        "loss differs from 0.5 * (y_hat - y)^2 (reduction='none') by 4.5e-09: got [0.5, 0.5, "
+        "4.5], expected [0.5, 0.5, 4.5]",
         checks.check_loss_per_example,
         lambda a, b: loss.squared_loss(a, b) * (1 + 1e-9),
         y_hat,
         y,
     )
     says(
-        "loss has shape (3, 3), expected (3, 1)",
+        "loss has shape (3, 3), expected 3 (one per example) element(s) for reduction='none': "
+        "labels of shape (3,) broadcast against predictions of shape (3, 1); reshape y to "
+        "y_hat's shape",
         checks.check_loss_per_example,
         lambda a, b: (a - b) ** 2 / 2,
         y_hat,
         y,
+    )
+
+
+def test_loss_per_example_takes_a_reduction_and_a_scale_and_names_the_mismatch() -> None:
+    y_hat, y = f64(0.5, 1.0, -2.0).reshape(3, 1), f64(1.5, 0.0, 1.0).reshape(3, 1)
+    mse = torch.nn.MSELoss()
+    checks.check_loss_per_example(mse, y_hat, y, reduction="mean", scale=1.0)
+    checks.check_loss_per_example(
+        torch.nn.MSELoss(reduction="sum"), y_hat, y, reduction="sum", scale=1.0
+    )
+    checks.check_loss_per_example(  # the book's loss, per example, flattened: fine
+        lambda a, b: loss.squared_loss(a, b).reshape(-1), y_hat, y
+    )
+    says(
+        "loss differs from 1 * (y_hat - y)^2 (reduction='mean') by 7.33: got 11, expected "
+        "3.66667 (3 times the expected: it sums where a mean was declared)",
+        checks.check_loss_per_example,
+        torch.nn.MSELoss(reduction="sum"),
+        y_hat,
+        y,
+        reduction="mean",
+        scale=1.0,
+    )
+    says(
+        "loss differs from 0.5 * (y_hat - y)^2 (reduction='mean') by 1.83: got 3.66667, "
+        "expected 1.83333 (twice the expected: the scale is off (0.5 for the book's "
+        "(y_hat - y)^2 / 2, 1 for nn.MSELoss))",
+        checks.check_loss_per_example,
+        mse,
+        y_hat,
+        y,
+        reduction="mean",
+    )
+    says(
+        "loss has shape (), expected 3 (one per example) element(s) for reduction='none'",
+        checks.check_loss_per_example,
+        mse,
+        y_hat,
+        y,
+    )
+    says(
+        "the loss returned float, expected a tensor",
+        checks.check_loss_per_example,
+        lambda a, b: float(mse(a, b)),
+        y_hat,
+        y,
+        reduction="mean",
+        scale=1.0,
+    )
+    float32 = (y_hat.float(), y.float())
+    checks.check_loss_per_example(
+        lambda a, b: mse(a, b) * (1 + 1e-7), *float32, reduction="mean", scale=1.0
     )
 
 
@@ -268,6 +388,8 @@ def test_saved_for_backward_counts_what_autograd_keeps_and_leaves_backward_worki
         r"0 bytes beyond its inputs$",
     ):
         checks.check_no_graph(lambda: w + 1, [w])  # a graph that saves nothing still counts
+    checks.check_no_graph(lambda: ((X @ w - 1) ** 2).mean().detach(), [X, w])  # freed with it
+    checks.check_no_graph(lambda: float(((X @ w - 1) ** 2).mean().detach()), [X, w])  # a float
 
 
 def test_converges_accepts_a_distance_equal_to_the_bound() -> None:

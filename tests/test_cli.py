@@ -67,6 +67,7 @@ def test_train_options_reach_the_run(capsys: pytest.CaptureFixture[str]) -> None
 # (argv, the one line on stderr): each names the option and what it expected.
 TRAIN = "python -m linreg train: error: argument "
 PITFALLS = "python -m linreg pitfalls: error: "
+AUDIT = "python -m linreg audit: error: "
 BAD_OPTIONS = [
     (["train", "-n", "0"], TRAIN + "-n/--num-examples: expected a positive int, got '0'"),
     (["train", "-n", "1.5"], TRAIN + "-n/--num-examples: expected a positive int, got '1.5'"),
@@ -94,7 +95,7 @@ BAD_OPTIONS = [
     (
         ["fly"],
         "python -m linreg: error: argument COMMAND: invalid choice: 'fly' "
-        "(choose from 'train', 'pitfalls')",
+        "(choose from 'train', 'pitfalls', 'audit')",
     ),
     ([], "python -m linreg: error: the following arguments are required: COMMAND"),
     (["pitfalls", "--only", "nope"], PITFALLS + "unknown pitfall id 'nope'; choose from "),
@@ -108,10 +109,52 @@ BAD_OPTIONS = [
         PITFALLS + "--plot writes a PNG: give a FILE.png, got 'out.svg'",
     ),
     (["pitfalls", "--bogus"], "python -m linreg: error: unrecognized arguments: --bogus"),
+    (
+        ["audit", "step", "linreg.optim:sgd"],
+        AUDIT + "argument KIND: invalid choice: 'step' (choose from 'iterator', 'update-step', "
+        "'loss', 'loop')",
+    ),
+    (["audit", "loss"], AUDIT + "the following arguments are required: MODULE:NAME"),
+    (["audit", "loss", "linreg.loss"], AUDIT + "expected MODULE:NAME, got 'linreg.loss'"),
+    (
+        ["audit", "loss", "nosuch:f"],
+        AUDIT + "cannot import 'nosuch': ModuleNotFoundError: No module named 'nosuch'",
+    ),
+    (["audit", "loss", "linreg.loss:nope"], AUDIT + "'linreg.loss' has no attribute 'nope'"),
+    (
+        ["audit", "loss", "linreg._book:TRUE_B"],
+        AUDIT + "linreg._book:TRUE_B is not callable: it is a float",
+    ),
+    (
+        ["audit", "loss", "linreg.optim:sgd"],
+        AUDIT + "linreg.optim:sgd does not take (y_hat, y): missing a required argument: "
+        "'batch_size'",
+    ),
+    (
+        ["audit", "loop", "linreg.optim:sgd"],
+        AUDIT + "linreg.optim:sgd: a loop must take fn(features, labels, params, *, lr, "
+        "batch_size, num_epochs): multiple values for argument 'lr'",
+    ),
+    (
+        ["audit", "loss", "linreg.loss:squared_loss", "--drop-last"],
+        AUDIT + "--drop-last does not apply to loss",
+    ),
+    (
+        ["audit", "iterator", "linreg.data:data_iter", "--reduction", "mean"],
+        AUDIT + "--reduction does not apply to iterator",
+    ),
+    (
+        ["audit", "loss", "linreg.loss:squared_loss", "--scale", "0"],
+        AUDIT + "argument --scale: expected a finite number > 0, got '0'",
+    ),
+    (
+        ["audit", "loss", "linreg.loss:squared_loss", "--max-examples", "0"],
+        AUDIT + "argument --max-examples: expected a positive int, got '0'",
+    ),
 ]
 
 
-# ids say "report" for the pitfalls command, so that -k pitfalls selects only the pitfalls suite
+# ids say "report" for "pitfalls", so that -k pitfalls selects only the pitfalls suite
 @pytest.mark.parametrize(
     ("argv", "line"),
     BAD_OPTIONS,
@@ -264,3 +307,113 @@ def test_readme_lists_the_catalogue_as_generated() -> None:
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert catalogue_markdown() in readme
+
+
+# --- python -m linreg audit -------------------------------------------------------------------
+
+
+def test_audit_exits_0_when_every_property_holds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "update-step", "linreg.optim:sgd", "--max-examples", "5", "-q"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(
+        "audit of update-step linreg.optim:sgd (zeroes_grad=True, under_no_grad=False, "
+        "divides_by_batch_size=True): 0 failed, 3 passed, 0 skipped in "
+    )
+    assert [line.split()[:2] for line in out[1:]] == [
+        ["pass", "rebinding"],
+        ["pass", "no-grad-update"],
+        ["pass", "grad-zeroing"],
+    ]
+
+
+def test_audit_exits_1_naming_the_pitfall_and_its_counterexample(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["audit", "loss", "linreg.pitfalls:squared_loss_no_reshape", "--max-examples", "5"]
+    assert main([*argv, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "auditing loss linreg.pitfalls:squared_loss_no_reshape ...\n"
+    report = json.loads(captured.out)
+    assert report["target"] == "linreg.pitfalls:squared_loss_no_reshape"  # as the user wrote it
+    (failure,) = [r for r in report["results"] if r["verdict"] == "fail"]
+    assert failure["pitfall"] == "label-shape"
+    assert failure["counterexample"] == {"y_hat": [[0.0], [0.0]], "y": [[0.0], [0.0]]}
+    assert failure["message"].startswith("labels of shape (2,) give a loss of shape (2, 2)")
+
+
+def test_audit_takes_each_kinds_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "audit",
+                "loop",
+                "linreg.accumulate:train_full_batch",
+                "--full-batch",
+                "--dtype",
+                "float64",
+                "--max-examples",
+                "3",
+                "-q",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["options"] == {
+        "objective": "book",
+        "full_batch": True,
+        "drop_last": False,
+        "dtype": "float64",
+    }
+    assert {r["pitfall"]: r["verdict"] for r in report["results"]}["short-last-batch"] == "skip"
+
+
+def test_audit_imports_the_target_from_the_current_directory(tmp_path: Any) -> None:
+    (tmp_path / "mystep.py").write_text(
+        "import torch\n\n"
+        "def sgd(params, lr, batch_size):\n"
+        "    for p in params:\n"
+        "        p.data -= lr * p.grad / batch_size\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linreg",
+            "audit",
+            "update-step",
+            "mystep:sgd",
+            "--no-zeroes-grad",
+            "--max-examples",
+            "5",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "0 failed, 2 passed, 1 skipped" in proc.stdout
+
+
+def test_readme_shows_the_audits_real_output(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    monkeypatch.chdir(root / "examples")
+    blocks = re.findall(
+        r"```console\n(\$ python -m linreg audit .*?)```", (root / "README.md").read_text(), re.S
+    )
+    shown = [b for block in blocks for b in re.split(r"\n(?=\$ )", block.strip())]
+    assert len(shown) == 4
+    seconds = re.compile(r" in \d+\.\d s$", re.M)
+    for text in shown:
+        command, *lines = text.splitlines()
+        main([*command.removeprefix("$ python -m linreg ").split(), "-q"])
+        got = capsys.readouterr().out.rstrip("\n")
+        assert seconds.sub(" in _ s", got) == seconds.sub(" in _ s", "\n".join(lines))

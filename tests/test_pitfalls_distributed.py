@@ -8,7 +8,6 @@ timeout) over a fixed list of generated cases, and compare with one process on t
 from __future__ import annotations
 
 import multiprocessing
-import random
 from collections import Counter
 from typing import Any
 
@@ -18,8 +17,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from linreg import checks, distributed, pitfalls
-from tests import strategies as sts
-from tests.refute import refutes
+from linreg.pitfalls import ddp_sum
+from linreg.testing import strategies as sts
 
 pytestmark = pytest.mark.distributed
 
@@ -76,27 +75,6 @@ def test_pitfalls_distributed_sampler_repeats_the_first_indices_of_the_permutati
     assert twice == sorted(order[: total - n])
 
 
-def orders_differ(args: tuple[int, int, int], epochs_of: Any) -> None:
-    """Across 3 epochs, the ranks' concatenated orders are pairwise different."""
-    n, world_size, seed = args
-    per_rank = [epochs_of(sampler(n, world_size, r, seed), 3) for r in range(world_size)]
-    orders = [tuple(i for r in per_rank for i in r[e]) for e in range(3)]
-    if len(set(orders)) != 3:
-        raise checks.CheckFailed("two epochs had the same order: the sampler did not reshuffle")
-
-
-orderings = st.tuples(st.integers(20, 300), world_sizes, sts.seeds)  # 20! orders: no ties
-
-
-@given(orderings)
-def test_pitfalls_set_epoch_reshuffles_every_epoch(args: tuple[int, int, int]) -> None:
-    orders_differ(args, lambda s, e: distributed.sampler_epochs(s, e))
-
-
-def test_pitfalls_forgetting_set_epoch_repeats_the_order() -> None:
-    refutes(orderings, lambda a: orders_differ(a, pitfalls.sampler_epochs_without_set_epoch))
-
-
 @given(st.integers(1, 300), world_sizes, sts.seeds, st.integers(0, 5), st.integers(1, 16))
 @example(1003, 2, 0, 0, 10)
 def test_pitfalls_shard_iter_covers_every_sample_once_without_padding(
@@ -125,72 +103,23 @@ def test_pitfalls_shard_iter_covers_every_sample_once_without_padding(
     assert max(lengths) - min(lengths) <= 1
 
 
-# --- real DDP: 2 ranks, gloo, one process group for every case -----------------------------------
+# --- real DDP: 2 ranks, gloo ------------------------------------------------------------------
+# The catalogue's ddp-sum property runs DDP against one process on the union of the shards for
+# linreg's worker and the wrong variant (tests/test_pitfalls_catalogue.py); here, what is
+# particular to DDP: the exact size of the variant's steps, the padding, and dead or hung ranks.
 
-WORLD = 2
+WORLD = ddp_sum.WORLD
 pytest.importorskip("torch.distributed")
 needs_gloo = pytest.mark.skipif(not distributed.gloo_available(), reason="gloo is not available")
 
 
-def generated_cases() -> list[dict[str, Any]]:
-    """Cases drawn from a seeded RNG: sizes, batch sizes, lr, epochs, data seeds."""
-    rng = random.Random(0)
-    cases = []
-    for k in range(4):
-        n = WORLD * rng.randint(3, 30)  # equal shards
-        base = {
-            "n": n,
-            "d": rng.randint(1, 3),
-            "batch_size": rng.randint(1, 8),
-            "lr": rng.uniform(0.005, 0.05),
-            "num_epochs": rng.randint(1, 2),
-            "seed": k,
-        }
-        cases += [
-            {**base, "worker": "linreg.distributed:ddp_trajectory", "reduction": "mean"},
-            {**base, "worker": "linreg.distributed:ddp_trajectory", "reduction": "sum"},
-            {**base, "worker": "linreg.pitfalls:ddp_trajectory_sum_unscaled", "reduction": "sum"},
-        ]
-        cases.append(
-            {
-                **base,
-                "n": n + 1,
-                "worker": "linreg.distributed:ddp_full_shard_gradient",
-                "reduction": "mean",
-            }
-        )  # n % 2 == 1: the sampler pads one sample
-    return cases
-
-
-CASES = generated_cases()
-
-
-@pytest.fixture(scope="module")
-def ddp_results() -> list[Any]:
-    results = distributed.spawn(distributed.ddp_cases, WORLD, CASES, timeout=120)
+@needs_gloo
+def test_pitfalls_ddp_sum_at_the_same_lr_is_one_process_at_lr_over_the_world_size() -> None:
+    results = ddp_sum.ddp_results(pitfalls.ddp_trajectory_sum_unscaled)
     assert multiprocessing.active_children() == []  # no rank left behind
-    return results[0]  # DDP keeps the ranks' params identical; rank 0's are the run's
-
-
-def by_worker(name: str, results: list[Any]) -> list[tuple[dict[str, Any], Any]]:
-    return [(c, r) for c, r in zip(CASES, results, strict=True) if c["worker"].endswith(name)]
-
-
-@needs_gloo
-def test_pitfalls_ddp_follows_one_process_on_the_union_of_shards(ddp_results: list[Any]) -> None:
-    cases = by_worker(":ddp_trajectory", ddp_results)
-    assert {c["reduction"] for c, _ in cases} == {"mean", "sum"}
-    for case, steps in cases:  # mean at lr, and sum at lr * R (the correction)
-        checks.check_same_trajectory(steps, distributed.single_process_trajectory(case, WORLD))
-
-
-@needs_gloo
-def test_pitfalls_ddp_sum_at_the_same_lr_divides_every_step_by_the_world_size(
-    ddp_results: list[Any],
-) -> None:
-    cases = by_worker(":ddp_trajectory_sum_unscaled", ddp_results)
-    assert cases
-    for case, steps in cases:
+    for case, steps in zip(ddp_sum.generated_cases(), results, strict=True):
+        if case["reduction"] != "sum":
+            continue
         one = distributed.single_process_trajectory(case, WORLD)
         with pytest.raises(checks.CheckFailed):  # refuted against the single process at lr
             checks.check_same_trajectory(steps, one)
@@ -198,13 +127,18 @@ def test_pitfalls_ddp_sum_at_the_same_lr_divides_every_step_by_the_world_size(
         checks.check_same_trajectory(steps, smaller)  # exactly the single process at lr / R
 
 
+def padded_cases() -> list[dict[str, Any]]:
+    """The generated cases with n + 1 examples: an odd n, so the sampler pads one sample."""
+    return [{**c, "n": c["n"] + 1} for c in ddp_sum.generated_cases() if c["reduction"] == "mean"]
+
+
 @needs_gloo
-def test_pitfalls_ddp_gradient_on_padded_shards_counts_the_repeated_samples_twice(
-    ddp_results: list[Any],
-) -> None:
-    cases = by_worker(":ddp_full_shard_gradient", ddp_results)
-    assert cases
-    for case, g_ddp in cases:
+def test_pitfalls_ddp_gradient_on_padded_shards_counts_the_repeated_samples_twice() -> None:
+    cases = padded_cases()
+    results = distributed.spawn(
+        distributed.ddp_cases, WORLD, distributed.ddp_full_shard_gradient, cases, timeout=120
+    )[0]
+    for case, g_ddp in zip(cases, results, strict=True):
         X, y = distributed.case_data(case)
         net = distributed._linear(case)
         n, total = case["n"], WORLD * -(-case["n"] // WORLD)

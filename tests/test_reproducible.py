@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import accumulate, checks, concise, data, model, train
-from tests import strategies as sts
-from tests.test_pitfalls_update import runs
+from linreg.testing import strategies as sts
+
+runs = sts.runs
 
 
 def same_run(a: train.TrainResult, b: train.TrainResult) -> bool:

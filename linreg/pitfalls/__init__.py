@@ -1,85 +1,65 @@
-"""The catalogue of training-loop pitfalls, each with its wrong variants written out.
+"""The catalogue of training-loop pitfalls: one module per pitfall, found by discovery.
 
-Each wrong variant is a small function named after its mistake, written as the seed note, the
-book or common practice writes it; its docstring quotes the mistake. Where a variant can stand
-in for one of linreg's own functions (same signature), `Variant.replaces` names that function,
-and `swap` puts it there, so the whole suite can be run against the wrong code. The tests, the
-docs and the command line all read `CATALOGUE`.
+Each module here (not starting with "_", and not `kinds`) defines `PITFALL`: its id, title and
+explanation, its properties (each a check, where its examples come from, linreg's own targets
+that satisfy it and the wrong variants that refute it) and its live demonstration. Adding a
+pitfall is adding a module. The wrong variants, each a function named after its mistake, are
+importable from here by name (`linreg.pitfalls:sgd_rebinding`); `swap` puts one in place of
+the linreg function it `replaces`, so the whole suite can be run against the wrong code.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import pkgutil
 from typing import Any
 
-from linreg.pitfalls.catalogue import (
-    BY_ID,
-    CATALOGUE,
-    DISTRIBUTED,
-    SINGLE_PROCESS,
-    VARIANTS,
+from linreg.pitfalls._base import (
+    AUDIT_KINDS,
+    Contract,
+    Evidence,
     Pitfall,
+    Property,
+    Target,
     Variant,
-)
-from linreg.pitfalls.scale import ddp_trajectory_sum_unscaled, sampler_epochs_without_set_epoch
-from linreg.pitfalls.variants import (
-    accumulate_grad_mean_of_means,
-    accumulate_losses_seed,
-    data_iter_never_shuffled,
-    data_iter_shuffled_once,
-    full_loss_with_grad,
-    reset_shuffled_once,
-    sgd_out_of_place_in_grad_mode,
-    sgd_rebinding,
-    sgd_without_no_grad,
-    sgd_without_zero_grad,
-    squared_loss_no_reshape,
-    train_concat_backward_every_batch,
-    train_concise_sum_nominal_lr,
-    train_nominal_batch_size,
-    train_once_per_epoch_seed,
+    swap,
 )
 
 
-@contextmanager
-def swap(target: str, replacement: Callable[..., Any]) -> Iterator[None]:
-    """Put replacement in place of linreg's `module.name` target while the block runs."""
-    module_name, _, attr = target.rpartition(".")
-    module = importlib.import_module(f"linreg.{module_name}")
-    original = getattr(module, attr)
-    setattr(module, attr, replacement)
-    try:
-        yield
-    finally:
-        setattr(module, attr, original)
+def _discover() -> tuple[Pitfall, ...]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "kinds":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.append(module.PITFALL)
+    return tuple(sorted(found, key=lambda p: p.order))
 
+
+CATALOGUE: tuple[Pitfall, ...] = _discover()
+BY_ID: dict[str, Pitfall] = {p.id: p for p in CATALOGUE}
+VARIANTS: dict[str, Variant] = {v.name: v for p in CATALOGUE for v in p.variants}
+PROPERTIES: tuple[Property, ...] = tuple(prop for p in CATALOGUE for prop in p.properties)
+
+# Every wrong variant, and the helpers beside them, by name: linreg.pitfalls:sgd_rebinding.
+_NAMES: dict[str, Any] = {name: v.func for name, v in VARIANTS.items()}
+_NAMES["reset_shuffled_once"] = importlib.import_module(
+    f"{__name__}.uneven_batches"
+).reset_shuffled_once
+globals().update(_NAMES)
 
 __all__ = [
+    "AUDIT_KINDS",
     "BY_ID",
     "CATALOGUE",
-    "DISTRIBUTED",
-    "SINGLE_PROCESS",
+    "PROPERTIES",
     "VARIANTS",
+    "Contract",
+    "Evidence",
     "Pitfall",
+    "Property",
+    "Target",
     "Variant",
-    "accumulate_grad_mean_of_means",
-    "accumulate_losses_seed",
-    "data_iter_never_shuffled",
-    "data_iter_shuffled_once",
-    "ddp_trajectory_sum_unscaled",
-    "full_loss_with_grad",
-    "reset_shuffled_once",
-    "sampler_epochs_without_set_epoch",
-    "sgd_out_of_place_in_grad_mode",
-    "sgd_rebinding",
-    "sgd_without_no_grad",
-    "sgd_without_zero_grad",
-    "squared_loss_no_reshape",
     "swap",
-    "train_concat_backward_every_batch",
-    "train_concise_sum_nominal_lr",
-    "train_nominal_batch_size",
-    "train_once_per_epoch_seed",
+    *sorted(_NAMES),
 ]

@@ -1,0 +1,57 @@
+"""Small helpers the demonstrations share: the book's data, seeded generators, trajectories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linreg import checks, data, model
+from linreg._book import BATCH_SIZE
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    """Return a CPU generator seeded with seed."""
+    return torch.Generator().manual_seed(seed)
+
+
+def book(n: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """Return the book's dataset of n examples (seed 0), float64 unless asked."""
+    return data.book_data(n, dtype=dtype)
+
+
+def gap(a: Sequence[tuple[Tensor, Tensor]], b: Sequence[tuple[Tensor, Tensor]]) -> float:
+    """Return the largest entrywise difference between two trajectories of equal length."""
+    return max(
+        float((x - y).abs().max())
+        for pa, pb in zip(a, b, strict=True)
+        for x, y in zip(pa, pb, strict=True)
+    )
+
+
+def trajectory(fn: Callable[..., Any], X: Tensor, y: Tensor, lr: float, **kw: Any) -> list[Any]:
+    """Run one epoch of fn (linreg's training signature) from the book's init; return its steps."""
+    t = checks.Trajectory()
+    w, b = model.init_params(X.shape[1], generator=gen(1), dtype=X.dtype)
+    fn(
+        X,
+        y,
+        lr=lr,
+        batch_size=BATCH_SIZE,
+        num_epochs=1,
+        generator=gen(),
+        params=(w, b),
+        on_step=t,
+        **kw,
+    )
+    return t.steps
+
+
+def params_with_grads() -> list[Tensor]:
+    """Return the book's initial [w, b] with the grads of one batch's summed loss."""
+    w, b = model.init_params(2, generator=gen())
+    X, y = book(BATCH_SIZE, torch.float32)
+    ((X @ w + b - y) ** 2 / 2).sum().backward()  # type: ignore[no-untyped-call]
+    return [w, b]

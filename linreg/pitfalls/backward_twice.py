@@ -1,0 +1,152 @@
+"""Calling backward twice through one graph: the RuntimeError, and when it does not come."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from linreg import checks, data, loss, model, optim, train
+from linreg._book import BATCH_SIZE, NUM_EXAMPLES
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls.kinds import FULL_BATCH_LOOPS, LOOPS, book_run, params_like, run_loop
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+SECOND_TIME = "Trying to backward through the graph a second time"
+
+# --- the wrong variant -----------------------------------------------------------------------
+
+
+def train_concat_backward_every_batch(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    lr: float = 0.03,
+    batch_size: int = 10,
+    num_epochs: int = 1,
+    generator: torch.Generator | None = None,
+    params: tuple[Tensor, Tensor] | None = None,
+) -> train.TrainResult:
+    """Mistake: the seed's 2nd attempt: backward every batch through a loss kept from the 1st."""
+    w, b = train.prepare(features, labels, params, generator, leaves=True)
+    result = train.TrainResult(w, b)
+    for _ in range(num_epochs):
+        count = 1
+        l = None
+        for X, y in data.data_iter(batch_size, features, labels, generator=generator):
+            count += 1
+            if l is None:
+                l = loss.squared_loss(model.linreg(X, w, b), y)
+            else:
+                torch.cat((l, loss.squared_loss(model.linreg(X, w, b), y)), dim=0)
+            l.sum().backward()  # type: ignore[no-untyped-call]  # the 2nd time through the 1st batch's freed graph: RuntimeError
+            optim.sgd([w, b], lr, batch_size * count)
+            result.num_steps += 1
+    return result
+
+
+# --- the property ----------------------------------------------------------------------------
+
+
+def completes(target: Target, run: dict[str, Any]) -> None:
+    """The loop runs all its epochs over several batches without raising; its params are finite."""
+    got = run_loop(target, run)
+    if not all(bool(torch.isfinite(p).all()) for p in got):
+        raise checks.CheckFailed(f"the loop's params are not finite: {[p.tolist() for p in got]}")
+
+
+def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+    from linreg.testing import strategies as sts
+
+    return sts.loop_runs(dtype=contract.dtype)
+
+
+def _book() -> dict[str, Any]:
+    X, y = _demo.book(NUM_EXAMPLES, torch.float32)
+    return {
+        **book_run(NUM_EXAMPLES, BATCH_SIZE),
+        "features": X,
+        "labels": y,
+        "params": params_like(X, 0),
+    }
+
+
+PROPERTIES = (
+    Property(
+        "the loop runs all its epochs over several batches without raising",
+        "loop",
+        completes,
+        _runs,
+        LOOPS + FULL_BATCH_LOOPS,
+        (Variant(train_concat_backward_every_batch, None, "loop"),),
+        _book,
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Backpropagate twice with and without retain_graph, through a graph that saves nothing."""
+    X, y = _demo.book(NUM_EXAMPLES)
+    w, b = model.init_params(2, generator=_demo.gen(), dtype=X.dtype)
+    l = ((X @ w + b - y) ** 2 / 2).sum()
+    l.backward()  # type: ignore[no-untyped-call]
+    error = ""
+    try:
+        l.backward()  # type: ignore[no-untyped-call]
+    except RuntimeError as e:
+        error = str(e)
+    once = torch.autograd.grad(((X @ w + b - y) ** 2 / 2).sum(), w)[0]
+    w.grad = None
+    l = ((X @ w + b - y) ** 2 / 2).sum()
+    l.backward(retain_graph=True)  # type: ignore[no-untyped-call]
+    l.backward()  # type: ignore[no-untyped-call]
+    assert w.grad is not None
+    doubled = float((w.grad / once).mean())
+    v = torch.zeros(2, requires_grad=True)
+    lin = (v + 1).sum()
+    lin.backward()
+    lin.backward()  # saves nothing: no error
+    seed_error = ""
+    try:
+        train_concat_backward_every_batch(X, y, batch_size=BATCH_SIZE)
+    except RuntimeError as e:
+        seed_error = str(e)
+    ok = (
+        SECOND_TIME in error
+        and math.isclose(doubled, 2.0, rel_tol=1e-12)
+        and v.grad is not None
+        and bool((v.grad == 2).all())
+        and SECOND_TIME in seed_error
+    )
+    return Evidence(
+        "backward-twice",
+        "a second backward through the squared loss raises; with retain_graph the grads double; "
+        "(w + 1).sum() backpropagates twice; the seed's 2nd attempt raises at batch 2",
+        f"RuntimeError: {error.split('(')[0].strip()}; retain_graph grad ratio {doubled:.12g}; "
+        f"(w + 1).sum() twice: grad {v.grad.tolist() if v.grad is not None else None}; seed's "
+        f"loop: {'RuntimeError' if seed_error else 'no error'}",
+        ok,
+        {"error": error, "retain_graph_ratio": doubled},
+    )
+
+
+PITFALL = Pitfall(
+    "backward-twice",
+    "Calling backward twice through one graph",
+    "backward() frees the tensors the graph saved. A second backward through the same "
+    "graph raises 'Trying to backward through the graph a second time' when it needs a freed "
+    "saved tensor, as the squared loss does; with retain_graph=True it succeeds and the grads "
+    "double; a graph that saves nothing ((w + 1).sum()) never raises and just accumulates. "
+    "The seed's second attempt keeps the first batch's loss across batches and calls "
+    "backward every batch: it raises at the second batch.",
+    PROPERTIES,
+    demo,
+    order=7,
+)

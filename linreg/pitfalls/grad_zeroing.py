@@ -1,0 +1,176 @@
+"""Forgetting grad.zero_(): backward() adds to .grad, so steps use the sum of all gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from linreg import checks, data, loss, model, train
+from linreg._book import BATCH_SIZE, NUM_EXAMPLES
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls.kinds import (
+    FULL_BATCH_LOOPS,
+    LOOPS,
+    STEPS,
+    TwinRows,
+    Update,
+    follows_the_closed_form,
+    fresh,
+    seeded,
+)
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variants ----------------------------------------------------------------------
+
+
+def sgd_without_zero_grad(params: Sequence[Tensor], lr: float, batch_size: int) -> None:
+    """Mistake: no `param.grad.zero_()`: the next backward adds to this batch's gradient."""
+    with torch.no_grad():
+        for param in params:
+            param -= lr * param.grad / batch_size  # type: ignore[operator]
+
+
+def train_without_zero_grad(
+    features: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    num_epochs: int,
+) -> train.TrainResult:
+    """Mistake: the book's loop with an sgd that never calls `param.grad.zero_()`."""
+    w, b = params
+    result = train.TrainResult(w, b)
+    for _ in range(num_epochs):
+        for X, y in data.data_iter(batch_size, features, labels):
+            loss.squared_loss(model.linreg(X, w, b), y).sum().backward()  # type: ignore[no-untyped-call]
+            sgd_without_zero_grad([w, b], lr, len(X))
+            result.num_steps += 1
+        result.losses.append(train.epoch_loss(features, labels, w, b))
+    return result
+
+
+# --- the properties --------------------------------------------------------------------------
+
+
+def zeroes_grads(target: Target, update: Update) -> None:
+    """After the step each grad is zeros, or None as optimizer.zero_grad() leaves it."""
+    params, lr, batch_size = fresh(update)
+    try:
+        with torch.no_grad():
+            target.fn(params, lr, batch_size)
+    except Exception:
+        return  # a step that raises is judged by the rebinding and no-grad-update properties
+    for i, p in enumerate(params):
+        if p.grad is not None and bool(p.grad.any()):
+            raise checks.CheckFailed(
+                f"params[{i}].grad was not zeroed: {p.grad.reshape(-1).tolist()}: the next "
+                "backward() adds to it (or say zeroes_grad=False if the loop zeroes)"
+            )
+
+
+def _updates(contract: Contract) -> SearchStrategy[Update]:
+    from linreg.testing import strategies as sts
+
+    return sts.updates()
+
+
+def _single_rows(contract: Contract) -> SearchStrategy[TwinRows]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    # batches of one row, two or three epochs: every step follows another
+    return sts.twin_rows(
+        sizes=st.integers(1, 3).map(lambda n: (n, 1)), num_epochs=st.integers(2, 3)
+    )
+
+
+def _book_update() -> Update:
+    return Update(_demo.params_with_grads(), 0.03, BATCH_SIZE)
+
+
+def _book_loop() -> TwinRows:
+    return TwinRows(
+        n=2,
+        batch_size=1,
+        num_epochs=2,
+        x=(1.0, -0.5),
+        w0=(0.0, 0.0),
+        b0=0.0,
+        residual=-4.2,
+        rate=0.2,
+        seed=0,
+    )
+
+
+def _zeroes(contract: Contract) -> str | None:
+    return None if contract.zeroes_grad else "zeroes_grad=False: the loop zeroes the grads"
+
+
+PROPERTIES = (
+    Property(
+        "after the step each grad is zeros or None",
+        "update-step",
+        zeroes_grads,
+        _updates,
+        STEPS,
+        (Variant(sgd_without_zero_grad, "optim.sgd", "update-step"),),
+        _book_update,
+        applies=_zeroes,
+    ),
+    Property(
+        "on identical rows, each step uses its own batch's gradient alone",
+        "loop",
+        follows_the_closed_form,
+        _single_rows,
+        LOOPS + FULL_BATCH_LOOPS,
+        (Variant(train_without_zero_grad, None, "loop"),),
+        _book_loop,
+        requires=("backward-twice", "rebinding", "mean-vs-sum"),
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Train the book's run with and without zeroing; compare the losses after 3 epochs."""
+    X, y = _demo.book(NUM_EXAMPLES)
+
+    def init() -> list[Tensor]:
+        return list(model.init_params(2, generator=_demo.gen(1), dtype=X.dtype))
+
+    right = train.train(X, y, generator=_demo.gen(), params=tuple(init())).losses  # type: ignore[arg-type]
+    with seeded(0):
+        wrong = train_without_zero_grad(X, y, init(), lr=0.03, batch_size=10, num_epochs=3).losses
+    ok = right[-1] < 1e-3 and not (wrong[-1] < 100 * right[-1])
+    return Evidence(
+        "grad-zeroing",
+        "without grad.zero_() each step uses the sum of all gradients so far: after 3 epochs the "
+        "loss is >= 100x the correct run's",
+        f"loss after 3 epochs: with zeroing {right[-1]:.3g}, without {wrong[-1]:.3g}",
+        ok,
+        {"loss_with_zeroing": right[-1], "loss_without_zeroing": wrong[-1]},
+        {"with grad.zero_()": right, "without grad.zero_()": wrong},
+    )
+
+
+PITFALL = Pitfall(
+    "grad-zeroing",
+    "Forgetting grad.zero_()",
+    "backward() ADDS to .grad. Without zeroing, the gradient used at step k is the sum of the "
+    "gradients of all k batches so far, and training follows a different, wrong trajectory. "
+    "Fix: zero after the update (sgd does), or call optimizer.zero_grad(), which sets the "
+    "grads to None since torch 2.0.",
+    PROPERTIES,
+    demo,
+    order=6,
+)

@@ -1,0 +1,140 @@
+"""Labels of shape (n,) against predictions of shape (n, 1): a silent (n, n) broadcast."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from linreg import checks, train
+from linreg._book import NUM_EXAMPLES, TRUE_W
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late, swap
+from linreg.pitfalls.kinds import guarded
+from linreg.pitfalls.mean_vs_sum import _book_mean_loss, _book_predictions
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variants ----------------------------------------------------------------------
+
+
+def squared_loss_no_reshape(y_hat: Tensor, y: Tensor) -> Tensor:
+    """Mistake: `(y_hat - y) ** 2 / 2` without the reshape: (n, 1) - (n,) broadcasts to (n, n)."""
+    return (y_hat - y) ** 2 / 2
+
+
+def mean_loss_no_reshape(y_hat: Tensor, y: Tensor) -> Tensor:
+    """Mistake: `((y_hat - y) ** 2 / 2).mean()`: right for (n, 1) labels, wrong for (n,)."""
+    return ((y_hat - y) ** 2 / 2).mean()
+
+
+def mse_loss_no_reshape(y_hat: Tensor, y: Tensor) -> Tensor:
+    """Mistake: `nn.MSELoss()(y_hat, y)` with y of shape (n,): it warns, then broadcasts."""
+    return F.mse_loss(y_hat, y)
+
+
+# --- the property ----------------------------------------------------------------------------
+
+
+def flat_labels_agree(target: Target, case: dict[str, Tensor]) -> None:
+    """Labels of shape (n,) give the same loss as labels of shape (n, 1)."""
+    y_hat, y = case["y_hat"], case["y"]
+    n = len(y)
+    with guarded("the loss"):
+        column = target.fn(y_hat, y).detach()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            flat = target.fn(y_hat, y.reshape(-1)).detach()
+        except Exception:
+            return  # refusing labels of shape (n,) is safe: training cannot go on silently
+    said = "".join(f" (torch warned: {w.message})" for w in caught[:1])
+    if flat.numel() != column.numel():
+        raise checks.CheckFailed(
+            f"labels of shape ({n},) give a loss of shape {tuple(flat.shape)}, labels ({n}, 1) "
+            f"give {tuple(column.shape)}: (y_hat - y) broadcast ({n}, 1) against ({n},); "
+            f"reshape y to y_hat's shape{said}"
+        )
+    tol = checks.tolerance(column.dtype)
+    if not torch.allclose(flat.reshape(column.shape), column, rtol=tol, atol=tol):
+        raise checks.CheckFailed(
+            f"labels of shape ({n},) give the loss {flat.reshape(-1)[:4].tolist()}, labels "
+            f"({n}, 1) give {column.reshape(-1)[:4].tolist()}: (y_hat - y) broadcast to ({n}, "
+            f"{n}) before the reduction; reshape y to y_hat's shape{said}"
+        )
+
+
+def _predictions(contract: Contract) -> SearchStrategy[dict[str, Tensor]]:
+    from linreg.testing import strategies as sts
+
+    return sts.predictions()
+
+
+def _checks_flat_labels(contract: Contract) -> str | None:
+    return None if contract.flat_labels else "flat_labels=False: the labels are always (n, 1)"
+
+
+PROPERTIES = (
+    Property(
+        "labels of shape (n,) give the same loss as labels of shape (n, 1)",
+        "loss",
+        flat_labels_agree,
+        _predictions,
+        (
+            Target(late("loss.squared_loss"), "loss", name="squared_loss"),
+            Target(_book_mean_loss, "loss", Contract(reduction="mean"), "squared_loss(...).mean()"),
+        ),
+        (
+            Variant(squared_loss_no_reshape, "loss.squared_loss", "loss"),
+            Variant(mean_loss_no_reshape, None, "loss", Contract(reduction="mean")),
+            Variant(mse_loss_no_reshape, None, "loss", Contract(reduction="mean", scale=1.0)),
+        ),
+        _book_predictions,
+        applies=_checks_flat_labels,
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Show the (n, n) broadcast and where training on it ends."""
+    n = NUM_EXAMPLES
+    X, y = _demo.book(n)
+    flat = y.reshape(-1)  # (n,)
+    shape = tuple(squared_loss_no_reshape(X[:, :1], flat).shape)
+    right = train.train(X, flat, generator=_demo.gen())
+    with swap("loss.squared_loss", squared_loss_no_reshape):
+        wrong = train.train(X, flat, generator=_demo.gen())
+    ws = {
+        k: [round(v, 4) for v in r.w.detach().reshape(-1).tolist()]
+        for k, r in (("with reshape", right), ("without reshape", wrong))
+    }
+    err = float((wrong.w.detach().reshape(-1) - torch.tensor(TRUE_W).double()).abs().max())
+    ok = shape == (n, n) and err > 1.0 and right.losses[-1] < 1e-3
+    return Evidence(
+        "label-shape",
+        f"(y_hat - y) with y_hat ({n}, 1) and y ({n},) is ({n}, {n}); training on it ends far "
+        "from true_w = [2, -3.4]",
+        f"shape {shape}; final w with reshape {ws['with reshape']}, "
+        f"without {ws['without reshape']}",
+        ok,
+        {"broadcast_shape": list(shape), "final_w": ws},
+        {"with reshape": right.losses, "without reshape": wrong.losses},
+    )
+
+
+PITFALL = Pitfall(
+    "label-shape",
+    "Labels of shape (n,) against predictions of shape (n, 1)",
+    "(y_hat - y) with y_hat (n, 1) and y (n,) broadcasts silently to an (n, n) matrix: every "
+    "prediction is compared with every label and training converges to a wrong answer. "
+    "squared_loss reshapes y to y_hat's shape first; nn.MSELoss warns instead.",
+    PROPERTIES,
+    demo,
+    order=9,
+)

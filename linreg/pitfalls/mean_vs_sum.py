@@ -1,0 +1,332 @@
+"""MSELoss(reduction='sum') needs lr / B, with B the actual batch size."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from linreg import _validate, checks, concise, model, train
+from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
+from linreg.concise import fit, make_batches, make_linear
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls.kinds import (
+    FULL_BATCH_LOOPS,
+    LOOPS,
+    TwinRows,
+    book_run,
+    follows_the_closed_form,
+    guarded,
+    trajectory,
+)
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variants ----------------------------------------------------------------------
+
+
+def train_concise_sum_nominal_lr(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    lr: float = 0.03,
+    batch_size: int = 10,
+    num_epochs: int = 3,
+    generator: torch.Generator | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+    drop_last: bool = False,
+    params: tuple[Tensor, Tensor] | None = None,
+    on_step: train.StepCallback | None = None,
+    loader: Literal["data_iter", "DataLoader"] = "data_iter",
+) -> train.TrainResult:
+    """Mistake: `MSELoss(reduction='sum')` with `SGD(lr=lr / batch_size)`: nominal, not actual."""
+    step_lr = lr / batch_size if reduction == "sum" else lr
+    return _concise(
+        features,
+        labels,
+        step_lr,
+        batch_size,
+        num_epochs,
+        generator,
+        reduction,
+        drop_last,
+        params,
+        on_step,
+        loader,
+    )
+
+
+def train_concise_sum_at_mean_lr(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    lr: float = 0.03,
+    batch_size: int = 10,
+    num_epochs: int = 3,
+    generator: torch.Generator | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+    drop_last: bool = False,
+    params: tuple[Tensor, Tensor] | None = None,
+    on_step: train.StepCallback | None = None,
+    loader: Literal["data_iter", "DataLoader"] = "data_iter",
+) -> train.TrainResult:
+    """Mistake: `MSELoss(reduction='sum')` with the mean's `SGD(lr=lr)`: B times every step."""
+    return _concise(
+        features,
+        labels,
+        lr,
+        batch_size,
+        num_epochs,
+        generator,
+        reduction,
+        drop_last,
+        params,
+        on_step,
+        loader,
+    )
+
+
+def _concise(
+    features: Tensor,
+    labels: Tensor,
+    step_lr: float,
+    batch_size: int,
+    num_epochs: int,
+    generator: torch.Generator | None,
+    reduction: Literal["mean", "sum"],
+    drop_last: bool,
+    params: tuple[Tensor, Tensor] | None,
+    on_step: train.StepCallback | None,
+    loader: Literal["data_iter", "DataLoader"],
+) -> train.TrainResult:
+    # the book's concise loop, with SGD at step_lr whatever the reduction
+    features, labels = _validate.dataset(features, labels)
+    labels = labels.reshape(-1, 1)
+    net = make_linear(features, params, generator)
+    trainer = torch.optim.SGD(net.parameters(), lr=step_lr)
+    batches = make_batches(features, labels, batch_size, drop_last, generator, loader)
+    criterion = nn.MSELoss(reduction=reduction)
+    return fit(net, criterion, trainer, batches, features, labels, num_epochs, on_step)
+
+
+def mse_sum_used_as_mean(y_hat: Tensor, y: Tensor) -> Tensor:
+    """Mistake: `nn.MSELoss(reduction='sum')` put where the mean was, at the mean's lr."""
+    return F.mse_loss(y_hat, y, reduction="sum")
+
+
+# --- the properties --------------------------------------------------------------------------
+
+
+def sum_follows_mean(target: Target, run: dict[str, Any]) -> None:
+    """MSELoss(sum) at lr / B_actual follows MSELoss(mean) at lr, step for step."""
+    summed = trajectory(target, run, reduction="sum")
+    mean = trajectory(Target(concise.train_concise, "concise"), run, reduction="mean")
+    checks.check_same_trajectory(summed, mean)
+
+
+def loss_matches(target: Target, case: dict[str, Tensor]) -> None:
+    """With labels (n, 1), the loss and its gradient are scale * (y_hat - y)^2, reduced."""
+    c = target.contract
+    y_hat, y = case["y_hat"].detach().clone().requires_grad_(), case["y"]
+    with guarded("the loss"):
+        checks.check_loss_per_example(target.fn, y_hat, y, reduction=c.reduction, scale=c.scale)
+        got = target.fn(y_hat, y)
+    if not got.requires_grad:
+        raise checks.CheckFailed("the loss has no grad_fn: backward() cannot train through it")
+    per_example = c.scale * F.mse_loss(y_hat, y, reduction="none")
+    want = per_example if c.reduction == "none" else getattr(per_example, c.reduction)()
+    (g,) = torch.autograd.grad(got.sum(), y_hat)
+    (e,) = torch.autograd.grad(want.sum(), y_hat)
+    try:
+        checks.check_grads_close([g], [e])
+    except checks.CheckFailed as err:
+        raise checks.CheckFailed(f"the gradient with respect to y_hat: {err}") from err
+
+
+def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+    from linreg.testing import strategies as sts
+
+    return sts.runs()
+
+
+def _one_batch(contract: Contract) -> SearchStrategy[TwinRows]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    return sts.twin_rows(sizes=st.integers(2, 8).map(lambda b: (b, b)))
+
+
+def _predictions(contract: Contract) -> SearchStrategy[dict[str, Tensor]]:
+    from linreg.testing import strategies as sts
+
+    return sts.predictions()
+
+
+def _book_step() -> TwinRows:
+    return TwinRows(
+        n=BATCH_SIZE,
+        batch_size=BATCH_SIZE,
+        num_epochs=1,
+        x=(1.0, -0.5),
+        w0=(0.0, 0.0),
+        b0=0.0,
+        residual=-4.2,
+        rate=0.2,
+        seed=0,
+    )
+
+
+def _book_predictions() -> dict[str, Tensor]:
+    X, y = _demo.book(BATCH_SIZE)
+    w, b = model.init_params(2, generator=_demo.gen(), dtype=X.dtype)
+    return {"y_hat": (X @ w + b).detach(), "y": y}
+
+
+def _book_mean_loss(y_hat: Tensor, y: Tensor) -> Tensor:
+    """The mean of the book's squared_loss: what `l.mean()` trains on."""
+    mean: Tensor = late("loss.squared_loss")(y_hat, y).mean()
+    return mean
+
+
+# nn.MSELoss() is the oracle for labels of (n, 1); for (n,) it is a wrong variant (label-shape)
+MEAN_MSE = Contract(reduction="mean", scale=1.0, flat_labels=False)
+
+PROPERTIES = (
+    Property(
+        "MSELoss(sum) at lr / B_actual follows MSELoss(mean) at lr step for step",
+        "concise",
+        sum_follows_mean,
+        _runs,
+        (Target(late("concise.train_concise"), "concise", name="train_concise"),),
+        (Variant(train_concise_sum_nominal_lr, "concise.train_concise", "concise"),),
+        lambda: book_run(UNEVEN_NUM_EXAMPLES, BATCH_SIZE),
+    ),
+    Property(
+        "one step on a batch of identical rows is the declared objective's mean step",
+        "loop",
+        follows_the_closed_form,
+        _one_batch,
+        LOOPS + FULL_BATCH_LOOPS,
+        (
+            Variant(
+                train_concise_sum_at_mean_lr,
+                None,
+                "loop",
+                Contract(objective="mse"),
+                partial(train_concise_sum_at_mean_lr, reduction="sum"),
+            ),
+        ),
+        _book_step,
+        requires=("backward-twice", "rebinding"),
+    ),
+    Property(
+        "with labels (n, 1) the loss and its gradient are scale * (y_hat - y)^2, reduced",
+        "loss",
+        loss_matches,
+        _predictions,
+        (
+            Target(late("loss.squared_loss"), "loss", name="squared_loss"),
+            Target(_book_mean_loss, "loss", Contract(reduction="mean"), "squared_loss(...).mean()"),
+            Target(nn.MSELoss(), "loss", MEAN_MSE, "nn.MSELoss()"),
+            Target(
+                nn.MSELoss(reduction="sum"),
+                "loss",
+                Contract(reduction="sum", scale=1.0, flat_labels=False),
+                "nn.MSELoss(reduction='sum')",
+            ),
+        ),
+        (Variant(mse_sum_used_as_mean, None, "loss", MEAN_MSE),),
+        _book_predictions,
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Compare sum and mean trajectories, the loss ratio, and unscaled sums at large B."""
+    n = UNEVEN_NUM_EXAMPLES
+    X, y = _demo.book(n)
+    mean = _demo.trajectory(concise.train_concise, X, y, 0.03)
+    summed = _demo.trajectory(concise.train_concise, X, y, 0.03, reduction="sum")
+    nominal = _demo.trajectory(train_concise_sum_nominal_lr, X, y, 0.03, reduction="sum")
+    gaps = {"lr/B_actual": _demo.gap(summed, mean), "lr/B_nominal": _demo.gap(nominal, mean)}
+    Xn, yn = _demo.book(NUM_EXAMPLES)
+    ratio = float(F.mse_loss(Xn[:, :1], yn, reduction="sum") / F.mse_loss(Xn[:, :1], yn))
+    # The unscaled runs in float32, as the book trains: there the divergence reaches inf.
+    X32, y32 = _demo.book(NUM_EXAMPLES, torch.float32)
+    unscaled: dict[str, list[float]] = {}
+    first_inf: dict[str, int | None] = {}
+    for batch in (10, 50, 100):
+        key = f"sum, lr 0.03, B={batch}"
+        first_inf[key] = None
+
+        def watch(step: int, w: Tensor, b: Tensor, key: str = key) -> None:
+            # the full-data sum loss after this step, in float32 as the book computes it
+            if first_inf[key] is None and math.isinf(float(((X32 @ w + b - y32) ** 2).sum())):
+                first_inf[key] = step
+
+        unscaled[key] = train_concise_sum_at_mean_lr(
+            X32,
+            y32,
+            lr=0.03,
+            batch_size=batch,
+            generator=_demo.gen(),
+            reduction="sum",
+            params=model.init_params(2, generator=_demo.gen(1)),
+            on_step=watch,
+        ).losses
+    scaled = concise.train_concise(
+        X32,
+        y32,
+        batch_size=BATCH_SIZE,
+        generator=_demo.gen(),
+        reduction="sum",
+        params=model.init_params(2, generator=_demo.gen(1)),
+    ).losses
+    finals = {k: v[-1] for k, v in unscaled.items()}
+    ok = (
+        gaps["lr/B_actual"] < 1e-12 < gaps["lr/B_nominal"]
+        and math.isclose(ratio, NUM_EXAMPLES, rel_tol=1e-12)
+        and all(not (v < 100 * scaled[-1]) for k, v in finals.items() if "B=10" not in k)
+    )
+    return Evidence(
+        "mean-vs-sum",
+        f"sum at lr/B_actual follows mean at lr to 1e-12 (n={n}); at lr/B_nominal it does not; "
+        f"sum loss = {NUM_EXAMPLES} x mean loss; unscaled sum ends >= 100x worse for B = 50, 100",
+        f"gap to mean: lr/B_actual {gaps['lr/B_actual']:.1e}, lr/B_nominal "
+        f"{gaps['lr/B_nominal']:.1e}; sum/mean = {ratio:.6f}; final sum losses: "
+        + ", ".join(f"B={k.rsplit('=', 1)[1]} {v:.4g}" for k, v in finals.items())
+        + f" (lr/B: {scaled[-1]:.4g}); the sum loss first overflows to inf at step: "
+        + ", ".join(f"B={k.rsplit('=', 1)[1]} {v}" for k, v in first_inf.items()),
+        ok,
+        {
+            "gap_to_mean": gaps,
+            "sum_over_mean": ratio,
+            "final_sum_loss_unscaled": finals,
+            "final_sum_loss_scaled": scaled[-1],
+            "first_non_finite_step": first_inf,
+        },
+        {**unscaled, "sum, lr 0.03 / B, B=10": scaled},
+    )
+
+
+PITFALL = Pitfall(
+    "mean-vs-sum",
+    "MSELoss(reduction='sum') needs lr / B, with B the actual batch size",
+    "The gradient of a summed loss is B times the gradient of the mean, so SGD on the sum "
+    "at lr / B follows exactly the trajectory of SGD on the mean at lr; B must be the ACTUAL "
+    "size of each batch, or the short last batch steps too far. The full-data loss reported "
+    "with sum is n times the mean (the seed's '1000x' for n = 1000). Unscaled, the sum "
+    "diverges for large batches.",
+    PROPERTIES,
+    demo,
+    order=5,
+)

@@ -1,0 +1,110 @@
+"""Gradient accumulation over uneven micro-batches: sum, then divide once by the total count."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from linreg import accumulate, checks, loss, model
+from linreg._book import BATCH_SIZE
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls.kinds import copy_params, params_like
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variant -----------------------------------------------------------------------
+
+
+def accumulate_grad_mean_of_means(
+    micro_batches: Iterator[tuple[Tensor, Tensor]] | Sequence[tuple[Tensor, Tensor]],
+    w: Tensor,
+    b: Tensor,
+) -> int:
+    """Mistake: `loss = mean(l_i.mean() for each micro-batch)`: short micro-batches weigh more."""
+    means = [loss.squared_loss(model.linreg(X, w, b), y).mean() for X, y in micro_batches]
+    (sum(means) / len(means)).backward()  # type: ignore[union-attr]
+    return len(means)
+
+
+# --- the property ----------------------------------------------------------------------------
+
+
+def full_batch_gradient(target: Target, case: dict[str, Any]) -> None:
+    """Accumulating over the micro-batches gives the full batch's gradient of the mean loss."""
+    X, y = case["features"], case["labels"]
+    w, b = copy_params(case["params"])
+    want = torch.autograd.grad(F.mse_loss(X @ w + b, y) / 2, (w, b))  # squared_loss has a 1/2
+    target.fn(list(zip(X.split(case["sizes"]), y.split(case["sizes"]), strict=True)), w, b)
+    checks.check_grads_close([w.grad, b.grad], want)
+
+
+def _micro_batches(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+    from linreg.testing import strategies as sts
+
+    return sts.micro_batches()
+
+
+def _book() -> dict[str, Any]:
+    sizes = [BATCH_SIZE, BATCH_SIZE, 3]
+    X, y = _demo.book(sum(sizes))
+    return {"features": X, "labels": y, "sizes": sizes, "params": params_like(X, 0)}
+
+
+PROPERTIES = (
+    Property(
+        "accumulating over micro-batches gives the full batch's gradient",
+        "accumulate-grad",
+        full_batch_gradient,
+        _micro_batches,
+        (Target(late("accumulate.accumulate_grad"), "accumulate-grad", name="accumulate_grad"),),
+        (Variant(accumulate_grad_mean_of_means, "accumulate.accumulate_grad", "accumulate-grad"),),
+        _book,
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Accumulate over micro-batches of sizes 10, 10, 3; measure each recipe's gradient error."""
+    sizes = [BATCH_SIZE, BATCH_SIZE, 3]
+    X, y = _demo.book(sum(sizes))
+    errors = {}
+    for fn in (accumulate.accumulate_grad, accumulate_grad_mean_of_means):
+        w, b = model.init_params(2, generator=_demo.gen(), dtype=X.dtype)
+        want = torch.autograd.grad(((X @ w + b - y) ** 2 / 2).mean(), (w, b))
+        fn(list(zip(torch.split(X, sizes), torch.split(y, sizes), strict=True)), w, b)
+        errors[fn.__name__] = max(
+            float((p.grad - g).abs().max())  # type: ignore[operator]
+            for p, g in zip((w, b), want, strict=True)
+        )
+    ok = errors["accumulate_grad"] < 1e-12 < errors["accumulate_grad_mean_of_means"]
+    return Evidence(
+        "micro-batch-accumulation",
+        f"over micro-batches of sizes {sizes}, sum / total count gives the full-batch gradient "
+        "(1e-12); the mean of means does not",
+        f"largest gradient error: sum / count {errors['accumulate_grad']:.1e}, mean of means "
+        f"{errors['accumulate_grad_mean_of_means']:.3g}",
+        ok,
+        {"gradient_error": errors, "micro_batch_sizes": sizes},
+    )
+
+
+PITFALL = Pitfall(
+    "micro-batch-accumulation",
+    "Gradient accumulation over uneven micro-batches",
+    "Accumulating gradients over micro-batches of different sizes, the mean of the "
+    "per-micro-batch mean losses weighs the examples of a short micro-batch more than the "
+    "others, so the gradient is not the full batch's. Fix: sum the per-example losses and "
+    "divide once by the total count (the loss-normalisation bug fixed in Hugging Face "
+    "transformers in 2024).",
+    PROPERTIES,
+    demo,
+    order=11,
+)

@@ -1,0 +1,193 @@
+"""In place (`param -= ...`) versus rebinding (`param = param - ...`): reaching the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from linreg import checks, data, loss, model, optim
+from linreg._book import BATCH_SIZE
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls.kinds import (
+    FULL_BATCH_LOOPS,
+    LOOPS,
+    STEPS,
+    TwinRows,
+    Update,
+    fresh,
+    loop_tolerance,
+    run_twin_rows,
+)
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variants ----------------------------------------------------------------------
+
+
+def sgd_rebinding(params: Sequence[Tensor], lr: float, batch_size: int) -> None:
+    """Mistake: `param = param - lr * param.grad / batch_size` rebinds a local name."""
+    with torch.no_grad():
+        for param in params:
+            param = param - lr * param.grad / batch_size  # type: ignore[operator]  # a new tensor
+            param.grad.zero_()  # type: ignore[union-attr]  # None: AttributeError
+
+
+def train_rebinding(
+    features: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    num_epochs: int,
+) -> None:
+    """Mistake: `w = w - lr * w.grad / B` in the loop: it trains its own w, never the caller's."""
+    w, b = params
+    for _ in range(num_epochs):
+        for X, y in data.data_iter(batch_size, features, labels):
+            loss.squared_loss(model.linreg(X, w, b), y).sum().backward()  # type: ignore[no-untyped-call]
+            with torch.no_grad():
+                w = w - lr * w.grad / len(X)  # type: ignore[operator]  # a new tensor, named w
+                b = b - lr * b.grad / len(X)  # type: ignore[operator]
+            w.requires_grad_()
+            b.requires_grad_()
+
+
+# --- the properties --------------------------------------------------------------------------
+
+
+def updates_in_place(target: Target, update: Update) -> None:
+    """The step changes the caller's tensors in place to p - lr * grad / B (under no_grad)."""
+    params, lr, batch_size = fresh(update)
+    checks.check_update_in_place(
+        target.fn,
+        params,
+        lr,
+        batch_size,
+        zeroes_grad=False,  # the grad-zeroing property's concern
+        under_no_grad=True,  # the no-grad-update property's concern is grad mode
+        divides_by_batch_size=target.contract.divides_by_batch_size,
+    )
+
+
+def reaches_the_params(target: Target, case: TwinRows) -> None:
+    """Training on data with a non-zero residual changes the params the caller gave."""
+    params = case.tensors(target.contract.dtype)[2]
+    start = torch.cat([p.detach().double().reshape(-1) for p in params])
+    got = torch.cat(run_twin_rows(target, case))
+    if float((got - start).abs().max()) <= loop_tolerance(target.contract.dtype):
+        raise checks.CheckFailed(
+            f"after {case.num_epochs} epoch(s) the params are unchanged, {start.tolist()}: the "
+            "loop's updates never reach them (a rebound name, or a copy that is trained)"
+        )
+
+
+def _updates(contract: Contract) -> SearchStrategy[Update]:
+    from linreg.testing import strategies as sts
+
+    return sts.updates()
+
+
+def _any_loop(contract: Contract) -> SearchStrategy[TwinRows]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    sizes = st.integers(1, 12).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, n)))
+    return sts.twin_rows(sizes=sizes, num_epochs=st.integers(1, 2))
+
+
+def _book_update() -> Update:
+    return Update(_demo.params_with_grads(), 0.03, BATCH_SIZE)
+
+
+def _book_loop() -> TwinRows:
+    return TwinRows(
+        n=20,
+        batch_size=BATCH_SIZE,
+        num_epochs=1,
+        x=(1.0, -0.5),
+        w0=(0.0, 0.0),
+        b0=0.0,
+        residual=-4.2,
+        rate=0.2,
+        seed=0,
+    )
+
+
+PROPERTIES = (
+    Property(
+        "the step changes the caller's tensors in place to p - lr * grad / B",
+        "update-step",
+        updates_in_place,
+        _updates,
+        STEPS,
+        (Variant(sgd_rebinding, "optim.sgd", "update-step"),),
+        _book_update,
+    ),
+    Property(
+        "training on data with a non-zero residual changes the caller's params",
+        "loop",
+        reaches_the_params,
+        _any_loop,
+        LOOPS + FULL_BATCH_LOOPS,
+        (Variant(train_rebinding, None, "loop"),),
+        _book_loop,
+        requires=("backward-twice",),
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Show which update reaches the caller's w, and how -= differs for ints and tensors."""
+    changed = {}
+    error = ""
+    for step in (optim.sgd, sgd_rebinding):
+        params = _demo.params_with_grads()
+        before = params[0].detach().clone()
+        try:
+            step(params, 0.03, BATCH_SIZE)
+        except AttributeError as e:
+            error = str(e)
+        changed[step.__name__] = not torch.equal(before, params[0].detach())
+    ints, tensors = [1, 2], [torch.tensor(1), torch.tensor(2)]
+    for p in ints:
+        p -= 4
+    for t in tensors:
+        t -= 4
+    ok = (
+        changed == {"sgd": True, "sgd_rebinding": False}
+        and "zero_" in error
+        and ints == [1, 2]
+        and [int(t) for t in tensors] == [-3, -2]
+    )
+    return Evidence(
+        "rebinding",
+        "sgd changes the caller's w; param = param - ... leaves it unchanged and the book's next "
+        "line raises AttributeError; -= changes a list of tensors but not a list of ints",
+        f"caller's w changed: sgd {changed['sgd']}, rebinding {changed['sgd_rebinding']}; "
+        f"AttributeError: {error}; ints after -= 4: {ints}, tensors: {[int(t) for t in tensors]}",
+        ok,
+        {"changed": changed, "error": error},
+    )
+
+
+PITFALL = Pitfall(
+    "rebinding",
+    "In place (-=) versus rebinding (param = param - ...)",
+    "`param -= ...` calls Tensor.__isub__, which changes the tensor the caller holds. "
+    "`param = param - ...` builds a new tensor and rebinds the loop's local name: the caller's "
+    "w never changes, and the new tensor has no .grad, so the book's next line "
+    "`param.grad.zero_()` raises AttributeError. Python ints behave the other way: `-=` on "
+    "an int rebinds, because ints are immutable.",
+    PROPERTIES,
+    demo,
+    order=3,
+)

@@ -1,0 +1,180 @@
+"""The short last batch's step: sgd must divide by the ACTUAL size of each batch."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from linreg import checks, concise, data, loss, model, optim, train
+from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls.kinds import TwinRows, book_run, follows_the_closed_form, trajectory
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variant -----------------------------------------------------------------------
+
+
+def train_nominal_batch_size(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    lr: float = 0.03,
+    batch_size: int = 10,
+    num_epochs: int = 3,
+    generator: torch.Generator | None = None,
+    grad: Literal["autograd", "analytic"] = "autograd",
+    drop_last: bool = False,
+    params: tuple[Tensor, Tensor] | None = None,
+    on_step: train.StepCallback | None = None,
+) -> train.TrainResult:
+    """Mistake: the book's `sgd([w, b], lr, batch_size)`: a short last batch's step shrinks."""
+    del grad
+    w, b = train.prepare(features, labels, params, generator, leaves=True)
+    result = train.TrainResult(w, b)
+    for _ in range(num_epochs):
+        for X, y in data.data_iter(
+            batch_size, features, labels, drop_last=drop_last, generator=generator
+        ):
+            l = loss.squared_loss(model.linreg(X, w, b), y)
+            l.sum().backward()  # type: ignore[no-untyped-call]
+            optim.sgd([w, b], lr, batch_size)  # nominal, not X.shape[0]
+            result.num_steps += 1
+            if on_step is not None:
+                on_step(result.num_steps, w, b)
+        result.losses.append(train.epoch_loss(features, labels, w, b))
+    return result
+
+
+# --- the properties --------------------------------------------------------------------------
+
+
+def follows_the_oracle(target: Target, run: dict[str, Any]) -> None:
+    """The loop equals nn.Linear + nn.MSELoss() + optim.SGD at lr / 2, fed the same batches."""
+    ours = trajectory(target, run)
+    theirs = trajectory(Target(concise.train_concise, "train"), run, lr=run["lr"] / 2)
+    checks.check_same_trajectory(ours, theirs)
+
+
+def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+    from linreg.testing import strategies as sts
+
+    return sts.runs()
+
+
+def _short_batches(contract: Contract) -> SearchStrategy[TwinRows]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    # k full batches of b rows, then r < b: one epoch, one short batch at its end
+    sizes = st.integers(2, 6).flatmap(
+        lambda b: st.tuples(st.integers(0, 2), st.integers(1, b - 1)).map(
+            lambda kr: (kr[0] * b + kr[1], b)
+        )
+    )
+    return sts.twin_rows(sizes=sizes)
+
+
+def _book_short() -> TwinRows:
+    return TwinRows(
+        n=13,
+        batch_size=BATCH_SIZE,
+        num_epochs=1,
+        x=(1.0, -0.5),
+        w0=(0.0, 0.0),
+        b0=0.0,
+        residual=-4.2,
+        rate=0.2,
+        seed=0,
+    )
+
+
+def _has_a_short_batch(contract: Contract) -> str | None:
+    if contract.full_batch:
+        return "a full-batch loop has no short last batch"
+    if contract.drop_last:
+        return "a loop that drops the left-over samples has no short last batch"
+    return None
+
+
+PROPERTIES = (
+    Property(
+        "the loop follows nn.MSELoss() + optim.SGD at lr / 2 step for step",
+        "train",
+        follows_the_oracle,
+        _runs,
+        (Target(late("train.train"), "train", name="train"),),
+        (Variant(train_nominal_batch_size, "train.train", "train"),),
+        lambda: book_run(UNEVEN_NUM_EXAMPLES, BATCH_SIZE),
+    ),
+    Property(
+        "on identical rows, a short last batch takes the same step as a full one",
+        "loop",
+        follows_the_closed_form,
+        _short_batches,
+        (
+            Target(late("train.train"), "loop", name="train"),
+            Target(
+                late("concise.train_concise"), "loop", Contract(objective="mse"), "train_concise"
+            ),
+            Target(
+                partial(late("concise.train_concise"), reduction="sum"),
+                "loop",
+                Contract(objective="mse"),
+                "train_concise(reduction='sum')",
+            ),
+        ),
+        (Variant(train_nominal_batch_size, "train.train", "loop"),),
+        _book_short,
+        applies=_has_a_short_batch,
+        requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Measure the last step's size and each loop's gap to the torch oracle."""
+    n, b = UNEVEN_NUM_EXAMPLES, BATCH_SIZE
+    X, y = _demo.book(n)
+    oracle = _demo.trajectory(concise.train_concise, X, y, 0.015)  # MSELoss mean at lr / 2
+    ours = _demo.trajectory(train.train, X, y, 0.03)
+    book = _demo.trajectory(train_nominal_batch_size, X, y, 0.03)
+    # the last step's size, relative to the one with the right divisor
+    last = [float((s[-1][0] - s[-2][0]).norm()) for s in (book, ours)]
+    ratio = last[0] / last[1]
+    gaps = {"train": _demo.gap(ours, oracle), "train_nominal_batch_size": _demo.gap(book, oracle)}
+    ok = (
+        math.isclose(ratio, (n % b) / b, rel_tol=1e-9)
+        and gaps["train"] < 1e-12 < gaps["train_nominal_batch_size"]
+    )
+    return Evidence(
+        "short-last-batch",
+        f"n={n}, b={b}: the nominal divisor makes the last step {n % b}/{b} of its size; train "
+        "matches MSELoss + optim.SGD at lr/2 to 1e-12, the book's loop does not",
+        f"last step ratio {ratio:.6f}; largest gap to the oracle: train {gaps['train']:.1e}, "
+        f"nominal {gaps['train_nominal_batch_size']:.1e}",
+        ok,
+        {"last_step_ratio": ratio, "gap_to_oracle": gaps},
+    )
+
+
+PITFALL = Pitfall(
+    "short-last-batch",
+    "The short last batch's step: divide by the actual batch size",
+    "squared_loss is summed over the batch, so sgd divides the gradient by the batch size. "
+    "The book passes the NOMINAL batch_size, so the short last batch of an uneven epoch takes "
+    "a step (n % b) / b times too small. Fix: pass X.shape[0]; the loop then equals "
+    "nn.MSELoss() + optim.SGD at lr / 2 step for step.",
+    PROPERTIES,
+    demo,
+    order=2,
+)

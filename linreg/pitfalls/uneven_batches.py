@@ -1,0 +1,276 @@
+"""Uneven batches: n not divisible by batch_size, drop_last, and a new order every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg import checks, data
+from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls.kinds import guarded, seeded
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# 64 epochs: a sample left out with probability r / n <= 1/2 per epoch is missed by all of them
+# with probability <= 2**-64, and the RNGs are seeded, so the outcome is fixed.
+MAX_EPOCHS = 64
+
+# --- the wrong variants ----------------------------------------------------------------------
+
+
+def data_iter_never_shuffled(
+    batch_size: int,
+    features: Tensor,
+    labels: Tensor,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mistake: `for i in range(0, n - n % b, b)` in index order: the same tail is never seen."""
+    del shuffle, generator
+    stop = len(features) - len(features) % batch_size if drop_last else len(features)
+    return data._slices(batch_size, features, labels, stop)  # data_iter's slices, unshuffled
+
+
+_ONCE: dict[int, Tensor] = {}
+
+
+def reset_shuffled_once() -> None:
+    """Forget data_iter_shuffled_once's permutations, as a new run of a program would."""
+    _ONCE.clear()
+
+
+def data_iter_shuffled_once(
+    batch_size: int,
+    features: Tensor,
+    labels: Tensor,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mistake: `indices` shuffled once, before the epoch loop: every epoch drops the same ones."""
+    n = len(features)
+    if n not in _ONCE:  # the first epoch's permutation is kept for all later epochs
+        _ONCE[n] = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = _ONCE[n]
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        j = order[i : min(i + batch_size, stop)]
+        yield features[j], labels[j]
+
+
+def data_iter_floor_batches(
+    batch_size: int,
+    features: Tensor,
+    labels: Tensor,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mistake: `for i in range(n // batch_size)`: the n % b left over are dropped unasked."""
+    del drop_last
+    order = torch.randperm(len(features), generator=generator) if shuffle else None
+    for i in range(len(features) // batch_size):
+        j = slice(i * batch_size, (i + 1) * batch_size)
+        idx = order[j] if order is not None else j
+        yield features[idx], labels[idx]
+
+
+# --- the properties --------------------------------------------------------------------------
+
+
+def epoch(target: Target, n: int, batch_size: int) -> list[list[int]]:
+    """Run one epoch of an iterator target on the index dataset; return each batch's indices."""
+    with guarded("the iterator"):
+        return checks.epoch_indices(target.fn, n, batch_size)
+
+
+def _cases(sizes: SearchStrategy[tuple[int, int]]) -> SearchStrategy[dict[str, int]]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    return st.tuples(sizes, sts.seeds).map(
+        lambda t: {"n": t[0][0], "batch_size": t[0][1], "seed": t[1]}
+    )
+
+
+def _any_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
+    from linreg.testing import strategies as sts
+
+    return _cases(sts.sizes())
+
+
+def _orderable_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
+    from hypothesis import strategies as st
+
+    # n >= 20: two independent shuffles tie with probability 1/20! at most
+    n = st.integers(20, 200)
+    return _cases(n.flatmap(lambda k: st.tuples(st.just(k), st.integers(1, k))))
+
+
+def _uneven_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
+    from linreg.testing import strategies as sts
+
+    return _cases(sts.sizes(uneven=True))
+
+
+def partition(target: Target, case: dict[str, int]) -> None:
+    """One epoch is a partition of the data, in batches sized like BatchSampler's."""
+    n, b, drop_last = case["n"], case["batch_size"], target.contract.drop_last
+    with seeded(case["seed"]):
+        batches = epoch(target, n, b)
+    checks.check_epoch_partition(batches, n, b, drop_last)
+    checks.check_sizes_match_batch_sampler(batches, n, b, drop_last)
+
+
+def reshuffles(target: Target, case: dict[str, int]) -> None:
+    """Two consecutive epochs come in different orders."""
+    with seeded(case["seed"]):
+        first, second = (epoch(target, case["n"], case["batch_size"]) for _ in range(2))
+    if first == second:
+        raise checks.CheckFailed(
+            f"two consecutive epochs of n={case['n']} came in the same order, starting "
+            f"{first[0][:5]}: the iterator does not reshuffle every epoch"
+        )
+
+
+def every_sample_seen(target: Target, case: dict[str, int]) -> None:
+    """With drop_last, every sample is seen within 64 epochs."""
+    n, b = case["n"], case["batch_size"]
+    with seeded(case["seed"]):
+        checks.check_every_sample_seen(lambda: epoch(target, n, b), n, MAX_EPOCHS)
+
+
+def _loader(drop_last: bool) -> Callable[..., Any]:
+    def iterate(b: int, X: Tensor, y: Tensor) -> DataLoader[Any]:
+        return DataLoader(TensorDataset(X, y), batch_size=b, shuffle=True, drop_last=drop_last)
+
+    iterate.__name__ = f"DataLoader(shuffle=True, drop_last={drop_last})"
+    return iterate
+
+
+def _own(drop_last: bool) -> tuple[Target, ...]:
+    contract = Contract(drop_last=drop_last)
+    return (
+        Target(
+            partial(late("data.data_iter"), drop_last=drop_last),
+            "iterator",
+            contract,
+            f"data_iter(drop_last={drop_last})",
+        ),
+        Target(_loader(drop_last), "iterator", contract),  # torch's, the oracle
+    )
+
+
+def _dropping(func: Callable[..., Any]) -> Variant:
+    return Variant(
+        func, "data.data_iter", "iterator", Contract(drop_last=True), partial(func, drop_last=True)
+    )
+
+
+NEVER_SHUFFLED = _dropping(data_iter_never_shuffled)
+SHUFFLED_ONCE = _dropping(data_iter_shuffled_once)
+FLOOR_BATCHES = Variant(data_iter_floor_batches, "data.data_iter", "iterator")
+BOOK_CASE = {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0}
+
+
+def _book() -> dict[str, int]:
+    return dict(BOOK_CASE)
+
+
+def _needs_drop_last(contract: Contract) -> str | None:
+    if contract.drop_last:
+        return None
+    return "without drop_last every epoch holds every sample: the partition property covers it"
+
+
+PROPERTIES = (
+    Property(
+        "one epoch is a partition of the data, in batches sized like BatchSampler's",
+        "iterator",
+        partition,
+        _any_sizes,
+        _own(False) + _own(True),
+        (FLOOR_BATCHES,),
+        _book,
+    ),
+    Property(
+        "two consecutive epochs come in different orders",
+        "iterator",
+        reshuffles,
+        _orderable_sizes,
+        _own(False) + _own(True),
+        (NEVER_SHUFFLED, SHUFFLED_ONCE),
+        _book,
+    ),
+    Property(
+        f"with drop_last, every sample is seen within {MAX_EPOCHS} epochs",
+        "iterator",
+        every_sample_seen,
+        _uneven_sizes,
+        _own(True),
+        (NEVER_SHUFFLED, SHUFFLED_ONCE),
+        _book,
+        applies=_needs_drop_last,
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Count what a drop_last epoch skips and how many epochs each iterator needs to see all."""
+    n, b = UNEVEN_NUM_EXAMPLES, BATCH_SIZE
+
+    def drop_last_epochs(iterate: Callable[..., Any]) -> Callable[[], list[list[int]]]:
+        gen = torch.Generator().manual_seed(0)
+        return lambda: checks.epoch_indices(
+            lambda b_, f, l: iterate(b_, f, l, drop_last=True, generator=gen), n, b
+        )
+
+    skipped = n - sum(len(bt) for bt in drop_last_epochs(data.data_iter)())
+    epochs: dict[str, int | None] = {}
+    for iterate in (data.data_iter, data_iter_never_shuffled, data_iter_shuffled_once):
+        reset_shuffled_once()
+        try:
+            epochs[iterate.__name__] = checks.check_every_sample_seen(
+                drop_last_epochs(iterate), n, 100
+            )
+        except checks.CheckFailed:
+            epochs[iterate.__name__] = None
+    starved = [k for k, v in epochs.items() if v is None]
+    ok = skipped == n % b and starved == ["data_iter_never_shuffled", "data_iter_shuffled_once"]
+    return Evidence(
+        "uneven-batches",
+        f"a drop_last epoch of n={n}, b={b} skips {n % b} samples; reshuffled, all are seen "
+        "within a few epochs; never shuffled or shuffled once, some never are",
+        f"skipped {skipped} per epoch; all seen after {epochs['data_iter']} epochs with "
+        f"data_iter; not within 100 epochs with {', '.join(starved) or 'none'}",
+        ok,
+        {"skipped_per_epoch": skipped, "epochs_to_see_all": epochs},
+    )
+
+
+PITFALL = Pitfall(
+    "uneven-batches",
+    "Uneven batches: n not divisible by batch_size",
+    "When n % batch_size != 0 the last batch is short, or, with drop_last, n % batch_size "
+    "samples are left out of the epoch. If the order is never reshuffled (or shuffled only "
+    "once, before the epoch loop), the SAME samples are left out every epoch and the model "
+    "never sees them. Fix: draw a new permutation every epoch, as data_iter and "
+    "DataLoader(shuffle=True) do; then every sample is seen within a few epochs.",
+    PROPERTIES,
+    demo,
+    order=1,
+)

@@ -1,0 +1,204 @@
+"""Hypothesis strategies for the pitfall properties; use them in your own tests too.
+
+Requires Hypothesis. Every float is bounded and finite; dependent draws carry a `label`, so a
+counterexample reads as the sizes, values and seeds that produced it. The project's own suite
+draws from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from linreg.testing import NEEDS_HYPOTHESIS
+
+try:
+    from hypothesis import strategies as st
+except ImportError as e:  # pragma: no cover - checked in a subprocess without Hypothesis
+    raise ImportError(f"linreg.testing.strategies: {NEEDS_HYPOTHESIS}") from e
+from torch import Tensor
+
+from linreg import data
+from linreg.pitfalls.kinds import TwinRows, Update, book_run, copy_params, params_like, run_kwargs
+
+__all__ = [
+    "book_run",
+    "copy_params",
+    "datasets",
+    "learning_rates",
+    "loop_runs",
+    "micro_batches",
+    "num_epochs",
+    "params_like",
+    "predictions",
+    "run_kwargs",
+    "runs",
+    "seeds",
+    "sizes",
+    "twin_rows",
+    "updates",
+]
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+"""Seeds for torch.Generator and the global RNGs."""
+learning_rates = st.floats(min_value=1e-3, max_value=0.1, allow_nan=False, allow_infinity=False)
+"""Learning rates at which SGD on the generated data is stable."""
+num_epochs = st.integers(min_value=1, max_value=3)
+"""Numbers of epochs: a few, so that a run stays fast."""
+
+
+@st.composite
+def sizes(draw: st.DrawFn, *, max_n: int = 200, uneven: bool | None = None) -> tuple[int, int]:
+    """Draw (n, batch_size); uneven=True forces n % batch_size != 0, False forces 0."""
+    if uneven is None:
+        n = draw(st.integers(1, max_n), label="n")
+        return n, draw(st.integers(1, n + 3), label="batch_size")
+    batch_size = draw(st.integers(2 if uneven else 1, max(2, max_n // 2)), label="batch_size")
+    full = draw(st.integers(1, max(1, (max_n - batch_size) // batch_size)), label="full batches")
+    rest = draw(st.integers(1, batch_size - 1), label="rest") if uneven else 0
+    return full * batch_size + rest, batch_size
+
+
+def _floats(bound: float, dtype: torch.dtype) -> st.SearchStrategy[float]:
+    # float32 values for float32 tensors: what is drawn is exactly what the tensor holds
+    if dtype == torch.float32:
+        return st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=32)
+    return st.floats(-bound, bound, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def datasets(
+    draw: st.DrawFn,
+    n: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    d: int | None = None,
+    max_d: int = 4,
+    noise: float = 0.01,
+) -> tuple[Tensor, Tensor]:
+    """Draw (features (n, d), labels (n, 1)) from synthetic_data with bounded true params.
+
+    d is drawn from 1..max_d unless given.
+    """
+    d = d if d is not None else draw(st.integers(1, max_d), label="d")
+    coef = _floats(5, dtype)
+    true_w = draw(st.lists(coef, min_size=d, max_size=d), label="true_w")
+    true_b = draw(coef, label="true_b")
+    generator = torch.Generator().manual_seed(draw(seeds, label="data seed"))
+    return data.synthetic_data(
+        torch.tensor(true_w, dtype=dtype), true_b, n, noise=noise, generator=generator
+    )
+
+
+@st.composite
+def runs(
+    draw: st.DrawFn,
+    *,
+    uneven: bool | None = None,
+    max_n: int = 120,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, Any]:
+    """Draw one training run: features, labels, batch_size, lr, num_epochs, seed, params."""
+    n, b = draw(sizes(max_n=max_n, uneven=uneven))
+    X, y = draw(datasets(n, dtype=dtype))
+    seed = draw(seeds, label="seed")
+    return {
+        "features": X,
+        "labels": y,
+        "batch_size": b,
+        "lr": draw(learning_rates, label="lr"),
+        "num_epochs": draw(num_epochs, label="num_epochs"),
+        "seed": seed,
+        "params": params_like(X, seed),
+    }
+
+
+@st.composite
+def updates(draw: st.DrawFn) -> Update:
+    """Draw leaf params [w (d, 1), b (1,)] with grads set, an lr and a batch size."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    values = _floats(100, dtype)
+    params = []
+    for shape in ((draw(st.integers(1, 4), label="d"), 1), (1,)):
+        numel = shape[0]
+        p = torch.tensor(draw(st.lists(values, min_size=numel, max_size=numel)), dtype=dtype)
+        p = p.reshape(shape).requires_grad_()
+        p.grad = torch.tensor(
+            draw(st.lists(values, min_size=numel, max_size=numel)), dtype=dtype
+        ).reshape(shape)
+        params.append(p)
+    return Update(
+        params, draw(learning_rates, label="lr"), draw(st.integers(1, 1000), label="batch_size")
+    )
+
+
+@st.composite
+def twin_rows(
+    draw: st.DrawFn,
+    *,
+    sizes: st.SearchStrategy[tuple[int, int]],
+    num_epochs: st.SearchStrategy[int] | None = None,
+    d: int = 2,
+) -> TwinRows:
+    """Draw a loop example on n identical rows (see TwinRows); one epoch unless num_epochs."""
+    n, batch_size = draw(sizes, label="(n, batch_size)")
+    unit = st.floats(-1, 1, allow_nan=False, allow_infinity=False, width=32)
+    row = st.floats(-2, 2, allow_nan=False, allow_infinity=False, width=32)
+    residual = st.floats(0.5, 4, allow_nan=False, allow_infinity=False, width=32)
+    return TwinRows(
+        n=n,
+        batch_size=batch_size,
+        num_epochs=1 if num_epochs is None else draw(num_epochs, label="num_epochs"),
+        x=tuple(draw(st.lists(row, min_size=d, max_size=d), label="x")),
+        w0=tuple(draw(st.lists(unit, min_size=d, max_size=d), label="w0")),
+        b0=draw(unit, label="b0"),
+        residual=draw(residual, label="|residual|") * draw(st.sampled_from([1, -1]), label="sign"),
+        rate=draw(st.floats(0.05, 0.5), label="rate"),
+        seed=draw(st.integers(0, 2**16), label="seed"),
+    )
+
+
+@st.composite
+def micro_batches(draw: st.DrawFn, *, uneven: bool | None = None) -> dict[str, Any]:
+    """Draw a dataset split into micro-batches; uneven=True forces two different sizes."""
+    sizes_ = draw(st.lists(st.integers(1, 20), min_size=1, max_size=5), label="micro sizes")
+    if uneven is False:
+        sizes_ = [sizes_[0]] * len(sizes_)
+    elif uneven:
+        sizes_ = [*sizes_, sizes_[0] + draw(st.integers(1, 5), label="longer")]
+    X, y = draw(datasets(sum(sizes_)))
+    w, b = params_like(X, draw(seeds, label="seed"))
+    return {"features": X, "labels": y, "sizes": sizes_, "params": (w, b)}
+
+
+@st.composite
+def predictions(draw: st.DrawFn, *, min_n: int = 1, max_n: int = 20) -> dict[str, Tensor]:
+    """Draw predictions y_hat (n, 1) and labels y (n, 1) of one dtype, float32 or float64."""
+    n = draw(st.integers(min_n, max_n), label="n")
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    values = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=32)
+    column = st.lists(values, min_size=n, max_size=n)
+    return {
+        "y_hat": torch.tensor(draw(column, label="y_hat"), dtype=dtype).reshape(n, 1),
+        "y": torch.tensor(draw(column, label="y"), dtype=dtype).reshape(n, 1),
+    }
+
+
+@st.composite
+def loop_runs(
+    draw: st.DrawFn, *, dtype: torch.dtype = torch.float32, d: int = 2, max_n: int = 40
+) -> dict[str, Any]:
+    """Draw a run for a loop of the audit's signature: data with two batches or more."""
+    n = draw(st.integers(2, max_n), label="n")
+    X, y = draw(datasets(n, dtype=dtype, d=d))
+    seed = draw(seeds, label="seed")
+    return {
+        "features": X,
+        "labels": y,
+        "params": params_like(X, seed),
+        "batch_size": draw(st.integers(1, n - 1), label="batch_size"),
+        "num_epochs": draw(st.integers(1, 2), label="num_epochs"),
+        "lr": draw(st.floats(1e-3, 0.03), label="lr"),
+        "seed": seed,
+    }

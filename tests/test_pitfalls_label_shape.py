@@ -1,0 +1,45 @@
+"""The label shape in a whole training run: (n,) labels follow the same trajectory as (n, 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from linreg import checks, loss, pitfalls, train
+from linreg.pitfalls.kinds import book_run, run_kwargs
+from linreg.testing import strategies as sts
+from tests.refute import refutes
+
+
+@given(st.integers(1, 50).flatmap(lambda n: st.tuples(sts.datasets(n), sts.seeds)))
+def test_pitfalls_squared_loss_of_flat_labels_is_per_example(args: Any) -> None:
+    (X, y), seed = args
+    w, b = sts.params_like(X, seed)
+    checks.check_loss_per_example(lambda a, c: loss.squared_loss(a, c), X @ w + b, y.reshape(-1))
+
+
+def flat_labels_train_alike(run: dict[str, Any]) -> None:
+    """Training on labels (n,) follows the same trajectory as on labels (n, 1)."""
+    trajectories = []
+    for labels in (run["labels"], run["labels"].reshape(-1)):
+        t = checks.Trajectory()
+        train.train(run["features"], labels, **run_kwargs(run, on_step=t))
+        trajectories.append(t.steps)
+    checks.check_same_trajectory(*trajectories, rtol=0, atol=0)
+
+
+@given(sts.runs())
+@example(book_run(1000, 10))
+def test_pitfalls_training_on_flat_labels_follows_the_same_trajectory(run: dict[str, Any]) -> None:
+    flat_labels_train_alike(run)
+
+
+def test_pitfalls_training_without_reshape_is_refuted() -> None:
+    def prop(run: dict[str, Any]) -> None:
+        with pitfalls.swap("loss.squared_loss", pitfalls.squared_loss_no_reshape):
+            flat_labels_train_alike(run)
+
+    run = refutes(sts.runs(), prop)
+    assert run["batch_size"] >= 2

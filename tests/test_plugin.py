@@ -1,0 +1,101 @@
+"""The pytest plugin, run for real with pytester: --pitfalls-audit KIND=MODULE:NAME[,options]."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+STEPS = """
+import torch
+
+
+def good(params, lr, batch_size):
+    with torch.no_grad():
+        for p in params:
+            p -= lr * p.grad / batch_size
+            p.grad.zero_()
+
+
+def rebinds(params, lr, batch_size):
+    with torch.no_grad():
+        for p in params:
+            p = p - lr * p.grad / batch_size
+            p.grad.zero_()
+
+
+def data_step(params, lr, batch_size):
+    for p in params:
+        p.data -= lr * p.grad / batch_size
+"""
+
+
+@pytest.fixture
+def steps(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(mysteps=STEPS)
+    # in process, linreg is imported before the inner run loads the plugin: not rewritable
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    return pytester
+
+
+def test_pitfalls_plugin_collects_one_item_per_property_and_reports_verdicts(
+    steps: pytest.Pytester,
+) -> None:
+    result = steps.runpytest(
+        "--pitfalls-audit",
+        "update-step=mysteps:good",
+        "--pitfalls-audit",
+        "update-step=mysteps:rebinds",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+    )
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_pitfalls_audit?update-step=mysteps:good??rebinding: the step changes*PASSED*",
+            "*test_pitfalls_audit?update-step=mysteps:rebinds??rebinding: *FAILED*",
+            "*rebinding: the step changes the caller's tensors in place to p - lr * grad / B",
+            "the update step raised AttributeError: *; the caller's params did not change",
+            "counterexample: {'params': *",
+        ]
+    )
+
+
+def test_pitfalls_plugin_takes_the_audits_options_and_skips_what_does_not_apply(
+    steps: pytest.Pytester,
+) -> None:
+    result = steps.runpytest(
+        "--pitfalls-audit",
+        "update-step=mysteps:data_step,zeroes_grad=false",
+        "-p",
+        "no:cacheprovider",
+        "-rs",
+    )
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*zeroes_grad=False: the loop zeroes the grads*"])
+
+
+def test_pitfalls_plugin_items_are_selected_by_k_pitfalls(steps: pytest.Pytester) -> None:
+    spec = ["--pitfalls-audit", "update-step=mysteps:good", "-p", "no:cacheprovider"]
+    steps.runpytest(*spec, "-k", "pitfalls").assert_outcomes(passed=3)
+    steps.runpytest(*spec, "-k", "not pitfalls").assert_outcomes(deselected=3)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("step=mysteps:good", "expected KIND=MODULE:NAME with KIND in iterator, update-step, "),
+        ("update-step=nosuch:good", "cannot import 'nosuch': ModuleNotFoundError"),
+        ("update-step=mysteps:good,drop_last=true", "unknown option 'drop_last=true' for upd"),
+        ("update-step=mysteps:good,zeroes_grad=maybe", "zeroes_grad takes true or false, got "),
+        ("loss=mysteps:good", "mysteps:good does not take (y_hat, y): missing a required "),
+    ],
+    ids=["kind", "import", "option", "value", "signature"],
+)
+def test_pitfalls_plugin_refuses_a_bad_spec_before_running_anything(
+    steps: pytest.Pytester, spec: str, message: str
+) -> None:
+    result = steps.runpytest("--pitfalls-audit", spec, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--pitfalls-audit {spec}: {message}*"])
