@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -70,7 +69,7 @@ def train_concise_sum_at_mean_lr(
     batch_size: int = 10,
     num_epochs: int = 3,
     generator: torch.Generator | None = None,
-    reduction: Literal["mean", "sum"] = "mean",
+    reduction: Literal["mean", "sum"] = "sum",
     drop_last: bool = False,
     params: tuple[Tensor, Tensor] | None = None,
     on_step: train.StepCallback | None = None,
@@ -214,15 +213,7 @@ PROPERTIES = (
         follows_the_closed_form,
         _one_batch,
         LOOPS + FULL_BATCH_LOOPS,
-        (
-            Variant(
-                train_concise_sum_at_mean_lr,
-                None,
-                "loop",
-                Contract(objective="mse"),
-                partial(train_concise_sum_at_mean_lr, reduction="sum"),
-            ),
-        ),
+        (Variant(train_concise_sum_at_mean_lr, None, "loop", Contract(objective="mse")),),
         _book_step,
         requires=("backward-twice", "rebinding"),
     ),
