@@ -213,7 +213,12 @@ def run_property(
         suppress_health_check=list(HealthCheck),
         verbosity=Verbosity.quiet,
         print_blob=False,
-        phases=[p for p in profile.phases if shrink or p is not Phase.shrink],
+        # no explain phase: its report is not shown, and it costs as much as the shrinking
+        phases=[
+            p
+            for p in profile.phases
+            if (shrink or p is not Phase.shrink) and p is not Phase.explain
+        ],
     )(given(prop.examples(target.contract))(test))
     if seed is not None:
         wrapped = hypothesis_seed(seed)(wrapped)

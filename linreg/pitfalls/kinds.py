@@ -47,7 +47,7 @@ def seeded(seed: int) -> Iterator[None]:
     """Seed torch's and Python's global RNGs while a target runs; restore them afterwards."""
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds CUDA: slow
         random.seed(seed)
         try:
             yield
@@ -288,69 +288,90 @@ class TwinRows:
         return self.n if contract.full_batch else self.batch_size
 
 
+@dataclass(frozen=True)
+class _Line:
+    """A TwinRows case in the closed form's terms: the row [x, 1], theta0, r0 and the rate a."""
+
+    row: Tensor  # (d + 1,) float64
+    theta0: Tensor  # (d + 1,) float64
+    r0: float  # the residual at the start
+    a: float  # each correct step multiplies the residual by (1 - a)
+
+    @staticmethod
+    def of(case: TwinRows, contract: Contract) -> _Line:
+        features, labels, (w, b) = case.tensors(contract.dtype)
+        row = torch.cat([features[0].double(), torch.ones(1, dtype=torch.float64)])
+        theta0 = torch.cat([w.detach().double().reshape(-1), b.detach().double()])
+        a = case.lr(contract) * curvature(contract) * float(row @ row)
+        return _Line(row, theta0, float(row @ theta0) - float(labels[0, 0]), a)
+
+    def after(self, scales: Sequence[float], accumulate: bool = False) -> Tensor:
+        """Return [w, b] after steps of the given sizes (1 = a correct mean step).
+
+        With accumulate, each step uses the sum of all gradients so far (grads never zeroed).
+        """
+        r, total = self.r0, 0.0
+        for s in scales:
+            total = total + r * s if accumulate else r * s
+            r -= self.a * total
+        return self.theta0 - (self.r0 - r) / float(self.row @ self.row) * self.row
+
+    def step_factor(self, theta: Tensor, k: int) -> float | None:
+        """Return s such that k steps, each s times a correct one, explain theta, if one does."""
+        shrink = (float(self.row @ (theta - self.theta0)) + self.r0) / self.r0  # (1 - a s)^k
+        if k != 1 and shrink < 0:
+            return None
+        factor = (1 - (shrink if k == 1 else shrink ** (1 / k))) / self.a
+        return factor if factor > 0 else None
+
+
 def expected_params(
     case: TwinRows, contract: Contract, scales: Sequence[float], accumulate: bool = False
 ) -> Tensor:
-    """Return [w, b] in float64 after steps of the given sizes (1 = a correct mean step).
-
-    With accumulate, each step uses the sum of all gradients so far (grads never zeroed).
-    """
-    features, labels, (w, b) = case.tensors(contract.dtype)
-    row = torch.cat([features[0].double(), torch.ones(1, dtype=torch.float64)])  # (d + 1,)
-    theta0 = torch.cat([w.detach().double().reshape(-1), b.detach().double()])
-    y, a = float(labels[0, 0]), case.lr(contract) * curvature(contract) * float(row @ row)
-    r0 = float(row @ theta0) - y
-    r, total = r0, 0.0
-    for s in scales:
-        total = total + r * s if accumulate else r * s
-        r -= a * total
-    return theta0 - (r0 - r) / float(row @ row) * row
+    """Return [w, b] in float64 after steps of the given sizes (1 = a correct mean step)."""
+    return _Line.of(case, contract).after(scales, accumulate)
 
 
 def check_twin_rows(case: TwinRows, contract: Contract, got: list[Tensor]) -> None:
     """Check a loop's result on a TwinRows case against the closed form; name a likely mistake."""
+    line = _Line.of(case, contract)
     sizes = batch_sizes(case.n, case.batch_size_for(contract), contract.drop_last)
     steps = [1.0] * len(sizes) * case.num_epochs
-    want = expected_params(case, contract, steps)
+    want = line.after(steps)
     theta = torch.cat(got)
     tol = loop_tolerance(contract.dtype)
     scale = max(1.0, float(want.abs().max()), float(theta.abs().max()))
     if float((theta - want).abs().max()) <= tol * scale:
         return
     b = case.batch_size_for(contract)
-    nominal = [s / b for s in sizes] * case.num_epochs
-    summed = [float(s) for s in sizes] * case.num_epochs
     guesses: list[tuple[str, Tensor]] = [
-        ("did not move the params", expected_params(case, contract, [])),
+        ("did not move the params", line.theta0),
         (
             "divides the short last batch's step by the nominal batch size "
             "(or sums its loss at lr / B_nominal)",
-            expected_params(case, contract, nominal),
+            line.after([s / b for s in sizes] * case.num_epochs),
         ),
         (
             "sums the loss where the mean's lr was given: each step is B times too big",
-            expected_params(case, contract, summed),
+            line.after([float(s) for s in sizes] * case.num_epochs),
         ),
         (
             "never zeroes the grads: each step adds up all the gradients so far",
-            expected_params(case, contract, steps, accumulate=True),
+            line.after(steps, accumulate=True),
         ),
     ]
-    factor = _step_factor(case, contract, theta, len(steps))
+    factor = line.step_factor(theta, len(steps))
     if factor is not None:
         objective = "r^2 / 2" if contract.objective == "book" else "r^2"
         guesses.append(
             (
                 f"takes steps {factor:.4g} times those of the declared objective (objective="
                 f"{contract.objective!r}: the mean of {objective})",
-                expected_params(case, contract, [factor] * len(steps)),
+                line.after([factor] * len(steps)),
             )
         )
     guesses += [
-        (
-            f"took {k} steps where {len(steps)} were expected",
-            expected_params(case, contract, [1.0] * k),
-        )
+        (f"took {k} steps where {len(steps)} were expected", line.after([1.0] * k))
         for k in range(1, 2 * len(steps) + 1)
         if k != len(steps)
     ]
@@ -363,20 +384,6 @@ def check_twin_rows(case: TwinRows, contract: Contract, got: list[Tensor]) -> No
         f"({case.num_epochs} epoch(s) of batches {sizes}) the loop trained [w, b] to "
         f"{_fmt(theta)}, expected {_fmt(want)}: it {why}"
     )
-
-
-def _step_factor(case: TwinRows, contract: Contract, theta: Tensor, k: int) -> float | None:
-    """Return s such that k steps, each s times a correct one, explain theta; None if none do."""
-    features, labels, (w, b) = case.tensors(contract.dtype)
-    row = torch.cat([features[0].double(), torch.ones(1, dtype=torch.float64)])
-    y, a = float(labels[0, 0]), case.lr(contract) * curvature(contract) * float(row @ row)
-    r0 = float(row @ torch.cat([w.detach().double().reshape(-1), b.detach().double()])) - y
-    shrink = (float(row @ theta) - y) / r0  # (1 - a s)^k
-    if k != 1 and shrink < 0:
-        return None
-    root = shrink if k == 1 else shrink ** (1 / k)
-    factor = (1 - root) / a
-    return factor if factor > 0 else None
 
 
 def run_twin_rows(target: Target, case: TwinRows) -> list[Tensor]:
