@@ -8,7 +8,9 @@ One function per kind of target, each returning a `Report`:
 - `loss(fn)`: `fn(y_hat, y)` returns `scale * (y_hat - y)^2` under `reduction`;
 - `loop(fn)`: `fn(features, labels, params, *, lr, batch_size, num_epochs)` trains `params`
   (`[w (d, 1), b (1,)]`, leaves that require grad) and returns them, or None when it trains
-  them in place (`params` may also be a keyword-only argument, as in `linreg.train`).
+  them in place (`params` may also be a keyword-only argument, as in `linreg.train`);
+- `epoch_loss(fn)`: `fn(features, labels, params, *, lr, batch_size)` trains one epoch and
+  returns the loss it reports for it (`linreg.train.train_epoch`).
 
 Each property runs through Hypothesis (`max_examples` examples, 50 unless given; derandomized
 unless `seed` is given) and gives a verdict: pass, fail (with the smallest counterexample
@@ -42,13 +44,14 @@ except ImportError as e:  # pragma: no cover - checked in a subprocess without H
 from linreg import _validate
 from linreg.checks import CheckFailed
 from linreg.pitfalls import CATALOGUE, Contract, Property, Target
-from linreg.pitfalls.kinds import LOOP_SIGNATURE, check_loop_signature
+from linreg.pitfalls.kinds import EPOCH_SIGNATURE, LOOP_SIGNATURE, check_loop_signature
 
 __all__ = [
     "DEFAULT_EXAMPLES",
     "Report",
     "Result",
     "TargetError",
+    "epoch_loss",
     "iterator",
     "loop",
     "loss",
@@ -314,12 +317,15 @@ def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
     return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
 
 
-def _iterator(fn: Any, *, drop_last: bool = False) -> tuple[Target, dict[str, Any]]:
+def _iterator(
+    fn: Any, *, drop_last: bool = False, reused: bool = False
+) -> tuple[Target, dict[str, Any]]:
     fn = _checked(fn, "(batch_size, features, labels)", 1, None, None)
     drop_last = _validate.flag("drop_last", drop_last)
+    reused = _validate.flag("reused", reused)
     call = partial(fn, drop_last=True) if drop_last and _takes_keyword(fn, "drop_last") else fn
-    target = Target(call, "iterator", Contract(drop_last=drop_last), _name(fn))
-    return target, {"drop_last": drop_last}
+    target = Target(call, "iterator", Contract(drop_last=drop_last, reused=reused), _name(fn))
+    return target, {"drop_last": drop_last, "reused": reused}
 
 
 def _update_step(
@@ -369,7 +375,7 @@ def _loop(
     try:
         check_loop_signature(fn)
     except TypeError as e:
-        raise TargetError(f"{_name(fn)}: {e}") from None
+        raise TargetError(f"{_name(fn)}: a loop {e}") from None
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     contract = Contract(
@@ -387,11 +393,31 @@ def _loop(
     return Target(fn, "loop", contract, _name(fn)), options
 
 
+def _epoch_loss(
+    fn: Any, *, objective: str = "book", dtype: torch.dtype = torch.float32
+) -> tuple[Target, dict[str, Any]]:
+    if not callable(fn):
+        raise TargetError(f"the target must be callable, got {type(fn).__name__}")
+    try:
+        check_loop_signature(fn, epochs=False)
+    except TypeError as e:
+        raise TargetError(f"{_name(fn)}: an epoch {e}") from None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    contract = Contract(
+        objective=_validate.choice("objective", objective, ("book", "mse")),  # type: ignore[arg-type]
+        dtype=dtype,
+    )
+    options = {"objective": objective, "dtype": str(dtype).removeprefix("torch.")}
+    return Target(fn, "epoch-loss", contract, _name(fn)), options
+
+
 _TARGETS: dict[str, Callable[..., tuple[Target, dict[str, Any]]]] = {
     "iterator": _iterator,
     "update-step": _update_step,
     "loss": _loss,
     "loop": _loop,
+    "epoch-loss": _epoch_loss,
 }
 
 
@@ -418,6 +444,7 @@ def iterator(
     fn: Callable[..., Any],
     *,
     drop_last: bool = False,
+    reused: bool = False,
     max_examples: int | None = None,
     seed: int | None = None,
     shrink: bool = True,
@@ -425,10 +452,11 @@ def iterator(
     """Audit a mini-batch iterator `fn(batch_size, features, labels)`, called once per epoch.
 
     drop_last=True says it drops the n % batch_size left-over samples; if fn takes a
-    `drop_last` keyword, True is passed to it. Its shuffling is seeded per example through
-    torch's and Python's global RNGs.
+    `drop_last` keyword, True is passed to it. reused=True says the trainer calls fn once and
+    iterates what it returns every epoch. Its shuffling is seeded per example through torch's
+    and Python's global RNGs.
     """
-    return _audit(_iterator(fn, drop_last=drop_last), max_examples, seed, shrink)
+    return _audit(_iterator(fn, drop_last=drop_last, reused=reused), max_examples, seed, shrink)
 
 
 def update_step(
@@ -498,15 +526,36 @@ def loop(
     return _audit(built, max_examples, seed, shrink)
 
 
+def epoch_loss(
+    fn: Callable[..., Any],
+    *,
+    objective: Literal["book", "mse"] = "book",
+    dtype: torch.dtype = torch.float32,
+    max_examples: int | None = None,
+    seed: int | None = None,
+    shrink: bool = True,
+) -> Report:
+    """Audit one epoch that reports its loss: `fn(features, labels, params, *, lr, batch_size)`.
+
+    fn trains `params` for one epoch and returns the epoch's loss as it reports it (a float, or
+    a one-element tensor): the mean of the objective over the epoch's examples. objective is
+    "book" (the mean of (y_hat - y)^2 / 2) or "mse" (the mean of (y_hat - y)^2). With lr = 0
+    the report must be the full-data loss; it must hold no graph.
+    """
+    return _audit(_epoch_loss(fn, objective=objective, dtype=dtype), max_examples, seed, shrink)
+
+
 KINDS: dict[str, Callable[..., Report]] = {
     "iterator": iterator,
     "update-step": update_step,
     "loss": loss,
     "loop": loop,
+    "epoch-loss": epoch_loss,
 }
 SIGNATURES = {
     "iterator": "fn(batch_size, features, labels)",
     "update-step": "fn(params, lr, batch_size)",
     "loss": "fn(y_hat, y)",
     "loop": LOOP_SIGNATURE,
+    "epoch-loss": EPOCH_SIGNATURE,
 }

@@ -36,14 +36,25 @@ def _fail(message: str) -> CheckFailed:
 # --- batches -----------------------------------------------------------------------------------
 
 
-def epoch_indices(iterate: Iterate, n: int, batch_size: int) -> list[list[int]]:
-    """Run one epoch of iterate on an index dataset and return each batch's sample indices."""
+def epoch_indices(
+    iterate: Iterate, n: int, batch_size: int, *, pairs: bool = True
+) -> list[list[int]]:
+    """Run one epoch of iterate on an index dataset and return each batch's sample indices.
+
+    Row i of the features holds i, its label -i; with pairs, each batch's labels must be its
+    features' own.
+    """
     features = torch.arange(n, dtype=torch.float64).reshape(n, 1)  # row i holds i
     labels = -features  # pairs must stay together
     out: list[list[int]] = []
-    for X, y in iterate(batch_size, features, labels):
-        if not torch.equal(y, -X):
-            raise _fail("a batch's labels do not belong to its features")
+    for k, (X, y) in enumerate(iterate(batch_size, features, labels)):
+        if pairs and not torch.equal(y.reshape(-1), -X.reshape(-1)):
+            rows = [int(i) for i in X.reshape(-1).tolist()]
+            got = [int(-v) for v in y.reshape(-1).tolist()]
+            raise _fail(
+                f"a batch's labels do not belong to its features: batch {k} holds the "
+                f"features of rows {rows[:5]} with the labels of rows {got[:5]}"
+            )
         out.append([int(i) for i in X.reshape(-1).tolist()])
     return out
 

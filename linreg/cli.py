@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -159,14 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
             "when every property holds, 1 when a pitfall is found, 2 for a usage error. "
             "Signatures: iterator fn(batch_size, features, labels); update-step fn(params, lr, "
             "batch_size); loss fn(y_hat, y); loop fn(features, labels, params, *, lr, "
-            "batch_size, num_epochs)."
+            "batch_size, num_epochs); epoch-loss fn(features, labels, params, *, lr, "
+            "batch_size), returning the epoch's loss."
         ),
     )
     a.add_argument(
         "kind",
-        choices=("iterator", "update-step", "loss", "loop"),
+        choices=("iterator", "update-step", "loss", "loop", "epoch-loss"),
         metavar="KIND",
-        help="iterator, update-step, loss or loop",
+        help="iterator, update-step, loss, loop or epoch-loss",
     )
     a.add_argument(
         "target",
@@ -177,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-last",
         action="store_true",
         help="iterator, loop: it drops the n %% B left-over samples each epoch",
+    )
+    a.add_argument(
+        "--reused",
+        action="store_true",
+        help="iterator: the trainer calls it once and iterates the result every epoch",
     )
     a.add_argument(
         "--no-zeroes-grad",
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective",
         choices=("book", "mse"),
         default="book",
-        help="loop: the mean of r^2 / 2 (book) or of r^2 (mse) (default: book)",
+        help="loop, epoch-loss: the mean of r^2 / 2 (book) or of r^2 (mse) (default: book)",
     )
     a.add_argument(
         "--full-batch", action="store_true", help="loop: every step takes the whole data"
@@ -227,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=("float32", "float64"),
         default="float32",
-        help="loop: the dtype of the data and params it is given (default: float32)",
+        help="loop, epoch-loss: the dtype of the data and params (default: float32)",
     )
     a.add_argument(
         "--max-examples",
@@ -249,13 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The options each kind takes, by destination; any other option given is a usage error.
 AUDIT_OPTIONS = {
-    "iterator": ("drop_last",),
+    "iterator": ("drop_last", "reused"),
     "update-step": ("zeroes_grad", "under_no_grad", "divides_by_batch_size"),
     "loss": ("reduction", "scale", "flat_labels"),
     "loop": ("objective", "full_batch", "drop_last", "dtype"),
+    "epoch-loss": ("objective", "dtype"),
 }
 _FLAGS = {
     "drop_last": "--drop-last",
+    "reused": "--reused",
     "zeroes_grad": "--no-zeroes-grad",
     "under_no_grad": "--under-no-grad",
     "divides_by_batch_size": "--no-divide",
@@ -374,15 +383,27 @@ def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the experiment the parsed arguments describe and return its report."""
+    """Run the experiment the parsed arguments describe and return its report.
+
+    A run that diverges stops after the epoch its loss stopped being finite; the report's
+    "diverged" then names the first step after which the params were not finite, and the
+    largest stable lr for full-batch gradient descent on this data.
+    """
     import torch
 
     from linreg import data
-    from linreg.train import train
+    from linreg.train import stable_bound, train
 
     dtype = getattr(torch, args.dtype)
     features, labels = data.book_data(args.num_examples, seed=args.seed, dtype=dtype)
     generator = torch.Generator().manual_seed(args.seed + 1)
+    first_bad: list[int] = []
+
+    def watch(step: int, w: Any, b: Any) -> None:
+        # three numbers per step, here in the command only: train itself checks per epoch
+        if not first_bad and not bool(torch.isfinite(w).all() and torch.isfinite(b).all()):
+            first_bad.append(step)
+
     start = time.perf_counter()
     result = train(
         features,
@@ -393,10 +414,20 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         generator=generator,
         grad=args.grad,
         drop_last=args.drop_last,
+        on_step=watch,
     )
     seconds = time.perf_counter() - start
     w_error = (torch.tensor(TRUE_W, dtype=dtype) - result.w.detach().reshape(-1)).tolist()
     b_error = TRUE_B - float(result.b.detach())
+    diverged = None
+    if first_bad or (result.losses and not math.isfinite(result.losses[-1])):
+        steps_per_epoch = max(1, result.num_steps // max(1, len(result.losses)))
+        step = first_bad[0] if first_bad else result.num_steps
+        diverged = {
+            "step": step,
+            "epoch": (step - 1) // steps_per_epoch + 1,
+            "stable_bound": stable_bound(features),
+        }
     return {
         "config": {
             "num_examples": args.num_examples,
@@ -414,9 +445,33 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "w_error": w_error,
         "b_error": b_error,
         "num_steps": result.num_steps,
+        "diverged": diverged,
         "seconds": seconds,
         "torch": torch.__version__,
     }
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Return value with every non-finite float as None, so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def diverged_line(report: dict[str, Any]) -> str:
+    """Return the one line that says where a run diverged and the stable lr for its data."""
+    d, lr = report["diverged"], report["config"]["lr"]
+    where = "above" if lr > d["stable_bound"] else "below"
+    return (
+        f"python -m linreg train: the run diverged: the params were no longer finite after step "
+        f"{d['step']} (epoch {d['epoch']}); lr = {lr:g} is {where} 2 / lambda_max(A^T A / n) = "
+        f"{d['stable_bound']:.4g}, the largest stable lr for full-batch gradient descent on "
+        "this data" + ("" if where == "above" else " (mini-batches are less stable)")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -429,13 +484,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_audit(args, args.subparser)
     report = run_train(args)
     if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
+        print(json.dumps(_finite_or_none(report), indent=2, allow_nan=False))
+        if report["diverged"]:
+            print(diverged_line(report), file=sys.stderr)
+        return 1 if report["diverged"] else 0
     for epoch, value in enumerate(report["losses"], 1):
         print(f"epoch {epoch}, loss {value:f}")
     print("error in estimating w: [" + ", ".join(f"{e:+.6f}" for e in report["w_error"]) + "]")
     print(f"error in estimating b: {report['b_error']:+.6f}")
-    sys.stdout.flush()  # the timing line on stderr comes after the results
+    sys.stdout.flush()  # the lines on stderr come after the results
+    if report["diverged"]:
+        print(diverged_line(report), file=sys.stderr)
+        return 1
     print(
         f"{report['num_steps']} steps in {report['seconds'] * 1e3:.1f} ms "
         f"(grad={args.grad}, torch {report['torch']})",

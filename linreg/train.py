@@ -8,6 +8,7 @@ autograd) and is the speed floor the benchmarks compare against.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -78,7 +79,10 @@ def train(
     params: tuple[Tensor, Tensor] | None = None,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
-    """Train w and b by minibatch SGD on the squared loss; given params are updated in place."""
+    """Train w and b by minibatch SGD on the squared loss; given params are updated in place.
+
+    Training stops after the first epoch whose full-data loss is not finite (it diverged).
+    """
     grad = _validate.choice("grad", grad, ("autograd", "analytic"))
     lr = _validate.positive_finite("lr", lr)
     batch_size = _validate.positive_int("batch_size", batch_size)
@@ -99,7 +103,58 @@ def train(
             if on_step is not None:
                 on_step(result.num_steps, w, b)
         result.losses.append(epoch_loss(features, labels, w, b))
+        if not math.isfinite(result.losses[-1]):
+            break  # diverged: the epochs left would only compute inf and NaN
     return result
+
+
+def stable_bound(features: Tensor, *, objective: Literal["book", "mse"] = "book") -> float:
+    """Return 2 / lambda_max of the loss's Hessian: the largest stable full-batch lr.
+
+    For the mean of r^2 / 2 (the book's loss) the Hessian is A^T A / n with A = [X, 1]; the
+    mean of r^2 doubles it. Full-batch gradient descent converges below the bound and diverges
+    above it; mini-batches are less stable still.
+    """
+    X = _validate.floating_tensor("features", features).detach().double()
+    A = torch.cat([X, torch.ones(len(X), 1, dtype=torch.float64, device=X.device)], dim=1)
+    lam = float(torch.linalg.eigvalsh(A.T @ A / len(X)).max())
+    return 2.0 / (lam * (2.0 if objective == "mse" else 1.0))
+
+
+def train_epoch(
+    features: Tensor,
+    labels: Tensor,
+    params: tuple[Tensor, Tensor] | list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Run one epoch of minibatch SGD on params (w, b) in place; return its mean training loss.
+
+    The loss reported is the mean of squared_loss over the epoch's examples, each as the model
+    saw it in its batch: a sum of Python floats divided by the count, so it holds no graph, and
+    a short last batch weighs by its size. lr = 0 reports the loss without training.
+    """
+    lr = _validate.non_negative_finite("lr", lr)
+    batch_size = _validate.positive_int("batch_size", batch_size)
+    generator = _validate.generator(generator)
+    w, b = prepare(features, labels, tuple(params), generator, leaves=True)  # type: ignore[arg-type]
+    total, count = 0.0, 0
+    for X, y in data.data_iter(batch_size, features, labels, generator=generator):
+        # forward
+        l = loss.squared_loss(model.linreg(X, w, b), y)  # (B, 1)
+        # backward
+        l.sum().backward()  # type: ignore[no-untyped-call]
+        # update (no grad) and reset grads
+        if lr > 0:
+            optim.sgd([w, b], lr, X.shape[0])
+        else:
+            w.grad, b.grad = None, None
+        # report: a float, so the running total holds no graph
+        total += float(l.detach().sum())
+        count += X.shape[0]
+    return total / count
 
 
 def _autograd_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, lr: float) -> None:

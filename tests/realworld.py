@@ -406,3 +406,126 @@ def copies_loop(
         for X, y in d2l_data_iter(batch_size, features, labels):
             d2l_squared_loss(X @ w + b, y).sum().backward()
             d2l_sgd([w, b], lr, X.shape[0])
+
+
+def stored_loop(
+    features: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    num_epochs: int,
+) -> None:
+    """Twin: the trainer keeps the generator: one epoch of data for every epoch."""
+    w, b = params
+    batches = d2l_data_iter(batch_size, features, labels)
+    for _ in range(num_epochs):
+        for X, y in batches:
+            d2l_squared_loss(X @ w + b, y).sum().backward()
+            d2l_sgd([w, b], lr, X.shape[0])
+
+
+def ordered_loop(
+    features: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    num_epochs: int,
+) -> None:
+    """Twin: the rows in their stored order, every epoch."""
+    w, b = params
+    for _ in range(num_epochs):
+        for X, y in ordered_iter(batch_size, features, labels):
+            d2l_squared_loss(X @ w + b, y).sum().backward()
+            d2l_sgd([w, b], lr, X.shape[0])
+
+
+def full_batch_summed(
+    features: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    num_epochs: int,
+) -> None:
+    """Twin: a full-batch loop on the summed loss at the mean's lr."""
+    w, b = params
+    for _ in range(num_epochs):
+        d2l_squared_loss(features @ w + b, labels).sum().backward()
+        d2l_sgd([w, b], lr, 1)
+
+
+# --- epochs that report their loss -------------------------------------------------------------
+
+
+def d2l_epoch(
+    features: Tensor, labels: Tensor, params: list[Tensor], *, lr: float, batch_size: int
+) -> float:
+    """d2l's train_epoch_ch3 style: an accumulator of floats, weighted by the batch sizes."""
+    w, b = params
+    total, count = 0.0, 0
+    for X, y in d2l_data_iter(batch_size, features, labels):
+        l = d2l_squared_loss(X @ w + b, y)
+        l.sum().backward()
+        with torch.no_grad():
+            for p in (w, b):
+                p -= lr * p.grad / X.shape[0]
+                p.grad.zero_()
+        total += float(l.sum())
+        count += X.shape[0]
+    return total / count
+
+
+def item_epoch(
+    features: Tensor, labels: Tensor, params: list[Tensor], *, lr: float, batch_size: int
+) -> float:
+    """A DataLoader loop that logs `loss.item() * len(X)`, divided by the dataset size."""
+    w, b = params
+    running = 0.0
+    for X, y in loader_iter(batch_size, features, labels):
+        loss = mean_half_loss(X @ w + b, y)
+        loss.backward()
+        with torch.no_grad():
+            w -= lr * w.grad
+            b -= lr * b.grad
+        w.grad, b.grad = None, None
+        running += loss.item() * len(X)
+    return running / len(features)
+
+
+def tensor_epoch(
+    features: Tensor, labels: Tensor, params: list[Tensor], *, lr: float, batch_size: int
+) -> Tensor:
+    """Twin: `total_loss += loss`, the tensor: history accumulates across the epoch."""
+    w, b = params
+    total_loss: Any = 0
+    for X, y in loader_iter(batch_size, features, labels):
+        loss = mean_half_loss(X @ w + b, y)
+        loss.backward()
+        with torch.no_grad():
+            w -= lr * w.grad
+            b -= lr * b.grad
+        w.grad, b.grad = None, None
+        total_loss += loss * len(X)
+    return total_loss / len(features)
+
+
+def mean_of_means_epoch(
+    features: Tensor, labels: Tensor, params: list[Tensor], *, lr: float, batch_size: int
+) -> float:
+    """Twin: the mean of the batch means."""
+    w, b = params
+    losses = []
+    for X, y in loader_iter(batch_size, features, labels):
+        loss = mean_half_loss(X @ w + b, y)
+        loss.backward()
+        with torch.no_grad():
+            w -= lr * w.grad
+            b -= lr * b.grad
+        w.grad, b.grad = None, None
+        losses.append(loss.item())
+    return sum(losses) / len(losses)

@@ -43,12 +43,17 @@ CORRECT = [
     ("loop", rw.manual_none_loop, {"objective": "mse", "dtype": torch.float64}),
     ("loop", rw.data_loop, {}),
     ("loop", train.train, {}),
+    ("iterator", rw.loader_iter, {"reused": True}),  # a DataLoader can be iterated again
+    ("epoch-loss", rw.d2l_epoch, {}),
+    ("epoch-loss", rw.item_epoch, {}),
+    ("epoch-loss", train.train_epoch, {"dtype": torch.float64}),
 ]
 
 TWINS = [
     ("iterator", rw.ordered_iter, {}, "uneven-batches"),
     ("iterator", rw.floor_iter, {}, "uneven-batches"),
-    ("iterator", rw.apart_iter, {}, "uneven-batches"),
+    ("iterator", rw.apart_iter, {}, "shuffled-apart"),
+    ("iterator", rw.d2l_data_iter, {"reused": True}, "exhausted-generator"),
     ("update-step", rw.rebinding_sgd, {}, "rebinding"),
     ("update-step", rw.grad_mode_sgd, {}, "no-grad-update"),
     ("update-step", rw.unzeroed_sgd, {}, "grad-zeroing"),
@@ -69,6 +74,11 @@ TWINS = [
     ("loop", rw.manual_none_loop_forgets, {"objective": "mse"}, "grad-zeroing"),
     ("loop", rw.copies_loop, {}, "rebinding"),
     ("loop", rw.torch_loop, {}, "mean-vs-sum"),  # right loop, wrong objective declared
+    ("loop", rw.stored_loop, {}, "exhausted-generator"),
+    ("loop", rw.ordered_loop, {}, "sorted-data"),
+    ("loop", rw.full_batch_summed, {"full_batch": True}, "stable-lr"),
+    ("epoch-loss", rw.tensor_epoch, {}, "running-loss-graph"),
+    ("epoch-loss", rw.mean_of_means_epoch, {}, "epoch-mean-of-means"),
 ]
 
 

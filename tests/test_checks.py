@@ -91,7 +91,8 @@ def f64(*values: float) -> torch.Tensor:
 
 def test_the_batch_checks_say_what_they_saw() -> None:
     says(
-        "a batch's labels do not belong to its features",
+        "a batch's labels do not belong to its features: batch 0 holds the features of rows "
+        "[0, 1, 2] with the labels of rows [0, -1, -2]",
         checks.epoch_indices,
         lambda b, X, y: [(X, X)],
         3,

@@ -64,6 +64,29 @@ def test_train_options_reach_the_run(capsys: pytest.CaptureFixture[str]) -> None
     }
 
 
+def test_train_that_diverges_exits_1_naming_the_step_and_the_stable_lr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["train", "--lr", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "epoch 1, loss nan"
+    assert err == (
+        "python -m linreg train: the run diverged: the params were no longer finite after step "
+        "61 (epoch 1); lr = 5 is above 2 / lambda_max(A^T A / n) = 1.815, the largest stable lr "
+        "for full-batch gradient descent on this data\n"
+    )
+    assert main(["train", "--lr", "5", "--json"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # strict JSON: no bare NaN
+    assert report["losses"] == [None] and report["w"] == [None, None]
+    assert report["diverged"] == {
+        "step": 61,
+        "epoch": 1,
+        "stable_bound": pytest.approx(1.8154, abs=1e-3),
+    }
+    assert err.startswith("python -m linreg train: the run diverged")
+
+
 # (argv, the one line on stderr): each names the option and what it expected.
 TRAIN = "python -m linreg train: error: argument "
 PITFALLS = "python -m linreg pitfalls: error: "
@@ -112,7 +135,7 @@ BAD_OPTIONS = [
     (
         ["audit", "step", "linreg.optim:sgd"],
         AUDIT + "argument KIND: invalid choice: 'step' (choose from 'iterator', 'update-step', "
-        "'loss', 'loop')",
+        "'loss', 'loop', 'epoch-loss')",
     ),
     (["audit", "loss"], AUDIT + "the following arguments are required: MODULE:NAME"),
     (["audit", "loss", "linreg.loss"], AUDIT + "expected MODULE:NAME, got 'linreg.loss'"),

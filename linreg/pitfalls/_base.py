@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # Hypothesis is needed only to draw examples, never to import
     from hypothesis.strategies import SearchStrategy
 
 # The kinds a user can audit (linreg.audit); the other kinds are linreg's own signatures.
-AUDIT_KINDS = ("iterator", "update-step", "loss", "loop")
+AUDIT_KINDS = ("iterator", "update-step", "loss", "loop", "epoch-loss")
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,16 @@ class Contract:
     """What a target promises beyond its signature: the audit's keyword options, by kind."""
 
     drop_last: bool = False  # iterator, loop: the n % B left-over samples are dropped
+    reused: bool = False  # iterator: the trainer keeps what fn returns and iterates it again
     zeroes_grad: bool = True  # update-step: the step zeroes (or sets to None) the grads
     under_no_grad: bool = False  # update-step: the caller runs it inside torch.no_grad()
     divides_by_batch_size: bool = True  # update-step: p - lr*g/B (False: p - lr*g)
     reduction: Literal["none", "mean", "sum"] = "none"  # loss
     scale: float = 0.5  # loss: the factor in front of (y_hat - y)^2
     flat_labels: bool = True  # loss: labels of shape (n,) must give the same loss as (n, 1)
-    objective: Literal["book", "mse"] = "book"  # loop: mean of r^2 / 2, or mean of r^2
+    objective: Literal["book", "mse"] = "book"  # loop, epoch-loss: mean of r^2 / 2, or of r^2
     full_batch: bool = False  # loop: every step takes the whole data
-    dtype: torch.dtype = torch.float32  # loop: the dtype of the data and params it is given
+    dtype: torch.dtype = torch.float32  # loop, epoch-loss: the dtype of the data and params
 
 
 @dataclass(frozen=True)

@@ -87,10 +87,10 @@ def _single_rows(contract: Contract) -> SearchStrategy[TwinRows]:
 
     from linreg.testing import strategies as sts
 
-    # batches of one row, two or three epochs: every step follows another
-    return sts.twin_rows(
-        sizes=st.integers(1, 3).map(lambda n: (n, 1)), num_epochs=st.integers(2, 3)
-    )
+    if contract.full_batch:  # one row, two or three epochs: a step each
+        return sts.twin_rows(sizes=st.just((1, 1)), num_epochs=st.integers(2, 3))
+    # one epoch of single-row batches: every step follows another, however epochs are handled
+    return sts.twin_rows(sizes=st.integers(2, 4).map(lambda n: (n, 1)))
 
 
 def _book_update() -> Update:

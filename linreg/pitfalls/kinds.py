@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import checks, data
 from linreg.checks import CheckFailed
@@ -53,6 +54,42 @@ def seeded(seed: int) -> Iterator[None]:
             yield
         finally:
             random.setstate(state)
+
+
+# --- iterators -----------------------------------------------------------------------------------
+
+
+def epoch(target: Target, n: int, batch_size: int, *, pairs: bool = False) -> list[list[int]]:
+    """Run one epoch of an iterator target on the index dataset; return each batch's indices.
+
+    With pairs, each batch's labels must be its features' own (the shuffled-apart property).
+    """
+    with guarded("the iterator"):
+        return checks.epoch_indices(target.fn, n, batch_size, pairs=pairs)
+
+
+def loader(drop_last: bool) -> Callable[..., Any]:
+    """Return an iterator that wraps the data in DataLoader(shuffle=True), torch's."""
+
+    def iterate(b: int, X: Tensor, y: Tensor) -> DataLoader[Any]:
+        return DataLoader(TensorDataset(X, y), batch_size=b, shuffle=True, drop_last=drop_last)
+
+    iterate.__name__ = f"DataLoader(shuffle=True, drop_last={drop_last})"
+    return iterate
+
+
+def iterators(drop_last: bool) -> tuple[Target, ...]:
+    """Return linreg's data_iter and torch's DataLoader (the oracle) as iterator targets."""
+    contract = Contract(drop_last=drop_last)
+    return (
+        Target(
+            partial(late("data.data_iter"), drop_last=drop_last),
+            "iterator",
+            contract,
+            f"data_iter(drop_last={drop_last})",
+        ),
+        Target(loader(drop_last), "iterator", contract),
+    )
 
 
 # --- update steps --------------------------------------------------------------------------------
@@ -153,32 +190,45 @@ LOOPS = (
         "train_concise(reduction='sum')",
     ),
 )
+EPOCHS = (Target(late("train.train_epoch"), "epoch-loss", name="train_epoch"),)
 FULL_BATCH_LOOPS = (
     Target(
         late("accumulate.train_full_batch"), "loop", Contract(full_batch=True), "train_full_batch"
     ),
     Target(late("train.train"), "loop", Contract(full_batch=True), "train(batch_size=n)"),
+    Target(
+        late("concise.train_concise"),
+        "loop",
+        Contract(objective="mse", full_batch=True),
+        "train_concise(batch_size=n)",
+    ),
 )
 
 
 # --- loops ---------------------------------------------------------------------------------------
 
 LOOP_SIGNATURE = "fn(features, labels, params, *, lr, batch_size, num_epochs)"
+EPOCH_SIGNATURE = "fn(features, labels, params, *, lr, batch_size)"
 
 
-def check_loop_signature(fn: Callable[..., object]) -> None:
-    """Raise TypeError if fn cannot be called as a loop (params positional or by keyword)."""
+def check_loop_signature(fn: Callable[..., object], *, epochs: bool = True) -> None:
+    """Raise TypeError if fn cannot be called as a loop (params positional or by keyword).
+
+    epochs=False: the one-epoch signature, without num_epochs.
+    """
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin without a signature: judged when called
         return
+    kwargs = {"lr": 0, "batch_size": 0, **({"num_epochs": 0} if epochs else {})}
     try:
         if _params_by_keyword(fn):
-            sig.bind(0, 0, params=0, lr=0, batch_size=0, num_epochs=0)
+            sig.bind(0, 0, params=0, **kwargs)
         else:
-            sig.bind(0, 0, 0, lr=0, batch_size=0, num_epochs=0)
+            sig.bind(0, 0, 0, **kwargs)
     except TypeError as e:
-        raise TypeError(f"a loop must take {LOOP_SIGNATURE}: {e}") from None
+        signature = LOOP_SIGNATURE if epochs else EPOCH_SIGNATURE
+        raise TypeError(f"must take {signature}: {e}") from None
 
 
 def _params_by_keyword(fn: Callable[..., object]) -> bool:
@@ -187,6 +237,15 @@ def _params_by_keyword(fn: Callable[..., object]) -> bool:
     except (TypeError, ValueError):
         return False
     return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def call_with_params(
+    fn: Callable[..., Any], features: Tensor, labels: Tensor, params: list[Tensor], **kwargs: Any
+) -> Any:
+    """Call fn(features, labels, params, **kwargs), params by keyword if fn takes it so."""
+    if _params_by_keyword(fn):
+        return fn(features, labels, params=params, **kwargs)
+    return fn(features, labels, params, **kwargs)
 
 
 def train_loop(
@@ -207,10 +266,7 @@ def train_loop(
     """
     kwargs = {"lr": lr, "batch_size": batch_size, "num_epochs": num_epochs}
     with guarded("the loop"):
-        if _params_by_keyword(target.fn):
-            out = target.fn(features, labels, params=params, **kwargs)
-        else:
-            out = target.fn(features, labels, params, **kwargs)
+        out = call_with_params(target.fn, features, labels, params, **kwargs)
     if out is None:
         got: list[object] = list(params)
     elif isinstance(out, torch.nn.Module):  # a model with one weight and one bias
@@ -360,6 +416,11 @@ def check_twin_rows(case: TwinRows, contract: Contract, got: list[Tensor]) -> No
             line.after(steps, accumulate=True),
         ),
     ]
+    guesses += [
+        (f"took {k} steps where {len(steps)} were expected", line.after([1.0] * k))
+        for k in range(1, 2 * len(steps) + 1)
+        if k != len(steps)
+    ]
     factor = line.step_factor(theta, len(steps))
     if factor is not None:
         objective = "r^2 / 2" if contract.objective == "book" else "r^2"
@@ -370,11 +431,6 @@ def check_twin_rows(case: TwinRows, contract: Contract, got: list[Tensor]) -> No
                 line.after([factor] * len(steps)),
             )
         )
-    guesses += [
-        (f"took {k} steps where {len(steps)} were expected", line.after([1.0] * k))
-        for k in range(1, 2 * len(steps) + 1)
-        if k != len(steps)
-    ]
     why = next(
         (what for what, p in guesses if float((theta - p).abs().max()) <= tol * scale),
         "matches none of the known mistakes",
@@ -383,6 +439,27 @@ def check_twin_rows(case: TwinRows, contract: Contract, got: list[Tensor]) -> No
         f"on {case.n} identical rows with batch_size={case.batch_size_for(contract)} "
         f"({case.num_epochs} epoch(s) of batches {sizes}) the loop trained [w, b] to "
         f"{_fmt(theta)}, expected {_fmt(want)}: it {why}"
+    )
+
+
+def run_epoch(target: Target, run: dict[str, Any]) -> Any:
+    """Run one epoch of an epoch-loss target on a drawn run, RNGs seeded; return its report."""
+    with seeded(run["seed"]), guarded("the epoch"):
+        reported = call_with_params(
+            target.fn,
+            run["features"],
+            run["labels"],
+            list(copy_params(run["params"])),
+            lr=run["lr"],
+            batch_size=run["batch_size"],
+        )
+    if isinstance(reported, Tensor) and reported.numel() == 1:
+        return reported
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool):
+        return float(reported)
+    raise CheckFailed(
+        f"the epoch returned {type(reported).__name__}: expected the loss it reports, a float or "
+        "a one-element tensor"
     )
 
 

@@ -183,15 +183,7 @@ PROPERTIES = (
         "loop",
         full_batch_descent,
         _full_batch_runs,
-        (
-            *FULL_BATCH_LOOPS,
-            Target(
-                late("concise.train_concise"),
-                "loop",
-                Contract(objective="mse", full_batch=True),
-                "train_concise(batch_size=n)",
-            ),
-        ),
+        FULL_BATCH_LOOPS,
         (
             Variant(
                 train_once_per_epoch_seed,

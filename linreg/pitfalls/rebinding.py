@@ -76,14 +76,14 @@ def updates_in_place(target: Target, update: Update) -> None:
 
 
 def reaches_the_params(target: Target, case: TwinRows) -> None:
-    """Training on data with a non-zero residual changes the params the caller gave."""
+    """One step on data with a non-zero residual changes the params the caller gave."""
     params = case.tensors(target.contract.dtype)[2]
     start = torch.cat([p.detach().double().reshape(-1) for p in params])
     got = torch.cat(run_twin_rows(target, case))
     if float((got - start).abs().max()) <= loop_tolerance(target.contract.dtype):
         raise checks.CheckFailed(
-            f"after {case.num_epochs} epoch(s) the params are unchanged, {start.tolist()}: the "
-            "loop's updates never reach them (a rebound name, or a copy that is trained)"
+            f"after one step the params are unchanged, {start.tolist()}: the loop's updates "
+            "never reach them (a rebound name, or a copy that is trained)"
         )
 
 
@@ -98,8 +98,8 @@ def _any_loop(contract: Contract) -> SearchStrategy[TwinRows]:
 
     from linreg.testing import strategies as sts
 
-    sizes = st.integers(1, 12).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, n)))
-    return sts.twin_rows(sizes=sizes, num_epochs=st.integers(1, 2))
+    # one step: a loop whose updates reach the params moves them, whatever else it gets wrong
+    return sts.twin_rows(sizes=st.integers(1, 12).map(lambda n: (n, n)))
 
 
 def _book_update() -> Update:
@@ -131,7 +131,7 @@ PROPERTIES = (
         _book_update,
     ),
     Property(
-        "training on data with a non-zero residual changes the caller's params",
+        "one step on data with a non-zero residual changes the caller's params",
         "loop",
         reaches_the_params,
         _any_loop,

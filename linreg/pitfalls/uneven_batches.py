@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import checks, data
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls.kinds import guarded, seeded
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls.kinds import epoch, iterators, seeded
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -89,40 +88,26 @@ def data_iter_floor_batches(
 # --- the properties --------------------------------------------------------------------------
 
 
-def epoch(target: Target, n: int, batch_size: int) -> list[list[int]]:
-    """Run one epoch of an iterator target on the index dataset; return each batch's indices."""
-    with guarded("the iterator"):
-        return checks.epoch_indices(target.fn, n, batch_size)
-
-
-def _cases(sizes: SearchStrategy[tuple[int, int]]) -> SearchStrategy[dict[str, int]]:
-    from hypothesis import strategies as st
-
-    from linreg.testing import strategies as sts
-
-    return st.tuples(sizes, sts.seeds).map(
-        lambda t: {"n": t[0][0], "batch_size": t[0][1], "seed": t[1]}
-    )
-
-
 def _any_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
     from linreg.testing import strategies as sts
 
-    return _cases(sts.sizes())
+    return sts.epoch_cases()
 
 
 def _orderable_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
     from hypothesis import strategies as st
 
+    from linreg.testing import strategies as sts
+
     # n >= 20: two independent shuffles tie with probability 1/20! at most
     n = st.integers(20, 200)
-    return _cases(n.flatmap(lambda k: st.tuples(st.just(k), st.integers(1, k))))
+    return sts.epoch_cases(split=n.flatmap(lambda k: st.tuples(st.just(k), st.integers(1, k))))
 
 
 def _uneven_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
     from linreg.testing import strategies as sts
 
-    return _cases(sts.sizes(uneven=True))
+    return sts.epoch_cases(split=sts.sizes(uneven=True))
 
 
 def partition(target: Target, case: dict[str, int]) -> None:
@@ -150,27 +135,6 @@ def every_sample_seen(target: Target, case: dict[str, int]) -> None:
     n, b = case["n"], case["batch_size"]
     with seeded(case["seed"]):
         checks.check_every_sample_seen(lambda: epoch(target, n, b), n, MAX_EPOCHS)
-
-
-def _loader(drop_last: bool) -> Callable[..., Any]:
-    def iterate(b: int, X: Tensor, y: Tensor) -> DataLoader[Any]:
-        return DataLoader(TensorDataset(X, y), batch_size=b, shuffle=True, drop_last=drop_last)
-
-    iterate.__name__ = f"DataLoader(shuffle=True, drop_last={drop_last})"
-    return iterate
-
-
-def _own(drop_last: bool) -> tuple[Target, ...]:
-    contract = Contract(drop_last=drop_last)
-    return (
-        Target(
-            partial(late("data.data_iter"), drop_last=drop_last),
-            "iterator",
-            contract,
-            f"data_iter(drop_last={drop_last})",
-        ),
-        Target(_loader(drop_last), "iterator", contract),  # torch's, the oracle
-    )
 
 
 def _dropping(func: Callable[..., Any]) -> Variant:
@@ -201,7 +165,7 @@ PROPERTIES = (
         "iterator",
         partition,
         _any_sizes,
-        _own(False) + _own(True),
+        iterators(False) + iterators(True),
         (FLOOR_BATCHES,),
         _book,
     ),
@@ -210,7 +174,7 @@ PROPERTIES = (
         "iterator",
         reshuffles,
         _orderable_sizes,
-        _own(False) + _own(True),
+        iterators(False) + iterators(True),
         (NEVER_SHUFFLED, SHUFFLED_ONCE),
         _book,
     ),
@@ -219,7 +183,7 @@ PROPERTIES = (
         "iterator",
         every_sample_seen,
         _uneven_sizes,
-        _own(True),
+        iterators(True),
         (NEVER_SHUFFLED, SHUFFLED_ONCE),
         _book,
         applies=_needs_drop_last,

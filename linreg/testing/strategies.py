@@ -26,6 +26,7 @@ __all__ = [
     "book_run",
     "copy_params",
     "datasets",
+    "epoch_cases",
     "learning_rates",
     "loop_runs",
     "micro_batches",
@@ -58,6 +59,15 @@ def sizes(draw: st.DrawFn, *, max_n: int = 200, uneven: bool | None = None) -> t
     full = draw(st.integers(1, max(1, (max_n - batch_size) // batch_size)), label="full batches")
     rest = draw(st.integers(1, batch_size - 1), label="rest") if uneven else 0
     return full * batch_size + rest, batch_size
+
+
+def epoch_cases(
+    *, split: st.SearchStrategy[tuple[int, int]] | None = None
+) -> st.SearchStrategy[dict[str, int]]:
+    """Draw an iterator example: {"n", "batch_size", "seed"}, (n, batch_size) from split."""
+    return st.tuples(sizes() if split is None else split, seeds).map(
+        lambda t: {"n": t[0][0], "batch_size": t[0][1], "seed": t[1]}
+    )
 
 
 def _floats(bound: float, dtype: torch.dtype) -> st.SearchStrategy[float]:
@@ -140,14 +150,20 @@ def twin_rows(
     sizes: st.SearchStrategy[tuple[int, int]],
     num_epochs: st.SearchStrategy[int] | None = None,
     d: int = 2,
+    nonzero: bool = False,
 ) -> TwinRows:
-    """Draw a loop example on n identical rows (see TwinRows); one epoch unless num_epochs."""
+    """Draw a loop example on n identical rows (see TwinRows); one epoch unless num_epochs.
+
+    nonzero=True draws no zero feature, so that every weight has a gradient.
+    """
     n, batch_size = draw(sizes, label="(n, batch_size)")
     return TwinRows(
         n=n,
         batch_size=batch_size,
         num_epochs=1 if num_epochs is None else draw(num_epochs, label="num_epochs"),
-        x=tuple(draw(st.lists(_EIGHTHS, min_size=d, max_size=d), label="x")),
+        x=tuple(
+            draw(st.lists(_NONZERO if nonzero else _EIGHTHS, min_size=d, max_size=d), label="x")
+        ),
         w0=tuple(draw(st.lists(_UNIT, min_size=d, max_size=d), label="w0")),
         b0=draw(_UNIT, label="b0"),
         residual=draw(_RESIDUALS, label="residual"),
@@ -158,6 +174,7 @@ def twin_rows(
 
 # eighths: exact in float32 and float64, quick to draw, and they shrink to readable values
 _EIGHTHS = st.integers(-16, 16).map(lambda k: k / 8)  # [-2, 2]
+_NONZERO = _EIGHTHS.filter(bool)  # every feature moves its weight
 _UNIT = st.integers(-8, 8).map(lambda k: k / 8)  # [-1, 1]
 _RESIDUALS = st.tuples(st.integers(4, 32), st.sampled_from([1, -1])).map(lambda t: t[0] * t[1] / 8)
 _RATES = st.integers(1, 10).map(lambda k: k / 20)  # 0.05 .. 0.5

@@ -1,0 +1,191 @@
+"""An exhausted generator: a data source made once and iterated every epoch trains one epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from linreg import checks, data, loss, model, optim, train
+from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls.kinds import (
+    FULL_BATCH_LOOPS,
+    LOOPS,
+    TwinRows,
+    follows_the_closed_form,
+    guarded,
+    loader,
+    seeded,
+)
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variants ----------------------------------------------------------------------
+
+
+def data_iter_generator(
+    batch_size: int, features: Tensor, labels: Tensor
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mistake: a generator function whose result the trainer keeps: empty after one epoch."""
+    order = torch.randperm(len(features))
+    for i in range(0, len(features), batch_size):
+        j = order[i : i + batch_size]
+        yield features[j], labels[j]
+
+
+def train_stored_batches(
+    features: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    num_epochs: int,
+) -> None:
+    """Mistake: `batches = data_iter(...)` made once, looped over every epoch: one epoch runs."""
+    w, b = params
+    batches = data.data_iter(batch_size, features, labels)  # a generator, made once
+    for _ in range(num_epochs):
+        for X, y in batches:  # empty from the second epoch on
+            loss.squared_loss(model.linreg(X, w, b), y).sum().backward()  # type: ignore[no-untyped-call]
+            optim.sgd([w, b], lr, len(X))
+
+
+# --- the properties --------------------------------------------------------------------------
+
+
+def iterates_again(target: Target, case: dict[str, int]) -> None:
+    """What the iterator returns, iterated a second time, yields a whole epoch again."""
+    n, b = case["n"], case["batch_size"]
+    once: list[Any] = []
+
+    def made_once(batch_size: int, features: Tensor, labels: Tensor) -> Any:
+        if not once:  # the trainer's mistake, or its design: one object for every epoch
+            with guarded("the iterator"):
+                once.append(target.fn(batch_size, features, labels))
+        return once[0]
+
+    with seeded(case["seed"]):
+        first = checks.epoch_indices(made_once, n, b, pairs=False)
+        second = checks.epoch_indices(made_once, n, b, pairs=False)
+    if sum(map(len, second)) < sum(map(len, first)):
+        raise checks.CheckFailed(
+            f"iterated a second time it yielded {len(second)} batches of {sum(map(len, second))}"
+            f" samples, the first time {len(first)} of {sum(map(len, first))}: a generator is "
+            "exhausted after one epoch; call the iterator every epoch, or return a DataLoader"
+        )
+
+
+def _cases(contract: Contract) -> SearchStrategy[dict[str, int]]:
+    from linreg.testing import strategies as sts
+
+    return sts.epoch_cases()
+
+
+def _several_epochs(contract: Contract) -> SearchStrategy[TwinRows]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    sizes = st.integers(1, 8).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, n)))
+    return sts.twin_rows(sizes=sizes, num_epochs=st.integers(2, 3))
+
+
+def _reused(contract: Contract) -> str | None:
+    return None if contract.reused else "reused=False: the iterator is called every epoch"
+
+
+def _book_loop() -> TwinRows:
+    return TwinRows(
+        n=20,
+        batch_size=BATCH_SIZE,
+        num_epochs=3,
+        x=(1.0, -0.5),
+        w0=(0.0, 0.0),
+        b0=0.0,
+        residual=-4.2,
+        rate=0.2,
+        seed=0,
+    )
+
+
+REUSED = Contract(reused=True)
+
+PROPERTIES = (
+    Property(
+        "what it returns, iterated a second time, yields a whole epoch again",
+        "iterator",
+        iterates_again,
+        _cases,
+        (Target(loader(False), "iterator", REUSED, "DataLoader(shuffle=True)"),),
+        (Variant(data_iter_generator, None, "iterator", REUSED),),
+        lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},
+        applies=_reused,
+    ),
+    Property(
+        "E epochs take E * ceil(n / B) steps (E * floor(n / B) with drop_last)",
+        "loop",
+        follows_the_closed_form,
+        _several_epochs,
+        LOOPS + FULL_BATCH_LOOPS,
+        (Variant(train_stored_batches, None, "loop"),),
+        _book_loop,
+        requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Train 3 epochs with the generator kept; compare with 1 and 3 epochs of the right loop."""
+    X, y = _demo.book(NUM_EXAMPLES)
+
+    def run(fn: Any, epochs: int) -> list[Tensor]:
+        params = list(model.init_params(2, generator=_demo.gen(1), dtype=X.dtype))
+        with seeded(0):
+            fn(X, y, params, lr=0.03, batch_size=BATCH_SIZE, num_epochs=epochs)
+        return params
+
+    def right(features: Tensor, labels: Tensor, params: list[Tensor], **kw: Any) -> Any:
+        return train.train(features, labels, params=(params[0], params[1]), **kw)
+
+    stored = run(train_stored_batches, 3)
+    once, thrice = run(right, 1), run(right, 3)
+    same_as_one = all(torch.equal(a, b) for a, b in zip(stored, once, strict=True))
+    losses = {
+        k: train.epoch_loss(X, y, *p)
+        for k, p in (
+            ("stored, 3 epochs", stored),
+            ("right, 1 epoch", once),
+            ("right, 3 epochs", thrice),
+        )
+    }
+    ok = same_as_one and losses["right, 3 epochs"] < losses["stored, 3 epochs"]
+    return Evidence(
+        "exhausted-generator",
+        "a generator kept across epochs is empty after the first: 3 epochs of the loop equal "
+        "1 epoch of the right one, bit for bit",
+        f"stored generator, 3 epochs == right loop, 1 epoch: {same_as_one}; losses: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()),
+        ok,
+        {"equal_to_one_epoch": same_as_one, "loss": losses},
+    )
+
+
+PITFALL = Pitfall(
+    "exhausted-generator",
+    "An exhausted generator: one epoch of data for every epoch",
+    "A data source written as a generator function and called once (a trainer that stores "
+    "data.get_dataloader(True) and loops over it every epoch) yields nothing after the first "
+    "epoch: the loop silently trains one epoch, however many it was asked for. Fix: call the "
+    "iterator every epoch, or keep a re-iterable object such as a DataLoader.",
+    PROPERTIES,
+    demo,
+    order=15,
+)

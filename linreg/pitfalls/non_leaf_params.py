@@ -1,0 +1,218 @@
+"""Parameters that are not leaves: `torch.randn(..., requires_grad=True) * 0.01` never trains."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from linreg import checks, data, loss, model, optim, train
+from linreg._book import BATCH_SIZE, NUM_EXAMPLES
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls.kinds import (
+    FULL_BATCH_LOOPS,
+    LOOPS,
+    TwinRows,
+    loop_tolerance,
+    run_twin_rows,
+    seeded,
+)
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variants ----------------------------------------------------------------------
+
+
+def init_params_not_leaves(
+    num_inputs: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Mistake: `w = torch.randn(d, 1, requires_grad=True) * 0.01`: w is an op's output."""
+    w = torch.randn(num_inputs, 1, generator=generator, dtype=dtype, requires_grad=True) * 0.01
+    return w, torch.zeros(1, dtype=dtype, requires_grad=True)
+
+
+def train_non_leaf_w(
+    features: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    num_epochs: int,
+) -> None:
+    """Mistake: the step updates `w * 1` (an op's output), skipping None grads: w never moves."""
+    for _ in range(num_epochs):
+        for X, y in data.data_iter(batch_size, features, labels):
+            w, b = params[0] * 1, params[1]  # w is not a leaf: backward leaves its .grad None
+            loss.squared_loss(model.linreg(X, w, b), y).sum().backward()  # type: ignore[no-untyped-call]
+            with torch.no_grad():
+                for p in (w, b):
+                    if p.grad is not None:  # only b's is set
+                        p -= lr * p.grad / len(X)
+                        p.grad.zero_()
+
+
+# --- the properties --------------------------------------------------------------------------
+
+Init = tuple[int, int, dict[str, Any]]  # num_inputs, seed, a run on data with that many inputs
+
+
+def start_as_leaves(target: Target, example: Init) -> None:
+    """The initial params are leaves that require grad; one step gives each a grad and moves it."""
+    d, seed, run = example
+    w, b = target.fn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    checks.check_params_are_leaves([w, b])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns when a non-leaf's .grad is read
+        loss.squared_loss(model.linreg(run["features"], w, b), run["labels"]).sum().backward()  # type: ignore[no-untyped-call]
+    before = [p.detach().clone() for p in (w, b)]
+    for i, p in enumerate((w, b)):
+        if p.grad is None:
+            raise checks.CheckFailed(f"params[{i}].grad is None after backward()")
+    optim.sgd([w, b], 0.03, len(run["features"]))
+    for i, (p, old) in enumerate(zip((w, b), before, strict=True)):
+        if torch.equal(p.detach(), old):
+            raise checks.CheckFailed(f"params[{i}] did not move after one step")
+
+
+def every_param_moves(target: Target, case: TwinRows) -> None:
+    """On data where every weight has a gradient, each of w and b moves."""
+    start = [p.detach().double().reshape(-1) for p in case.tensors(target.contract.dtype)[2]]
+    got = run_twin_rows(target, case)
+    tol = loop_tolerance(target.contract.dtype)
+    for name, p, s in zip(("w", "b"), got, start, strict=True):
+        still = [i for i in range(len(p)) if abs(float(p[i] - s[i])) <= tol]
+        if still:
+            raise checks.CheckFailed(
+                f"{name}{still} never moved from {[float(s[i]) for i in still]} though its "
+                "gradient is not zero: a param made by an op (w = randn(...) * 0.01) is not a "
+                "leaf, so backward() leaves its .grad None"
+            )
+
+
+def _inits(contract: Contract) -> SearchStrategy[Init]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    def with_data(d: int) -> SearchStrategy[Init]:
+        runs = st.integers(1, 30).flatmap(lambda n: sts.datasets(n, d=d, noise=0.5))
+        return st.tuples(
+            st.just(d), sts.seeds, runs.map(lambda r: {"features": r[0], "labels": r[1]})
+        )
+
+    return st.integers(1, 4).flatmap(with_data)
+
+
+def _moving(contract: Contract) -> SearchStrategy[TwinRows]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    sizes = st.integers(1, 8).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, n)))
+    return sts.twin_rows(sizes=sizes, nonzero=True)
+
+
+def _book_init() -> Init:
+    X, y = _demo.book(BATCH_SIZE)
+    return 2, 0, {"features": X, "labels": y}
+
+
+def _book_loop() -> TwinRows:
+    return TwinRows(
+        n=20,
+        batch_size=BATCH_SIZE,
+        num_epochs=1,
+        x=(1.0, -0.5),
+        w0=(0.0, 0.0),
+        b0=0.0,
+        residual=-4.2,
+        rate=0.2,
+        seed=0,
+    )
+
+
+PROPERTIES = (
+    Property(
+        "the initial params are leaves, and one step gives each a grad and moves it",
+        "init",
+        start_as_leaves,
+        _inits,
+        (Target(late("model.init_params"), "init", name="init_params"),),
+        (Variant(init_params_not_leaves, "model.init_params", "init"),),
+        _book_init,
+    ),
+    Property(
+        "on data where every weight has a gradient, each of w and b moves",
+        "loop",
+        every_param_moves,
+        _moving,
+        LOOPS + FULL_BATCH_LOOPS,
+        (Variant(train_non_leaf_w, None, "loop"),),
+        _book_loop,
+        requires=("backward-twice", "rebinding"),
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Show the non-leaf, its missing grad, the book's sgd failing, a loop that trains b only."""
+    X, y = _demo.book(NUM_EXAMPLES, torch.float32)
+    w, b = init_params_not_leaves(2, generator=_demo.gen())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss.squared_loss(model.linreg(X[:BATCH_SIZE], w, b), y[:BATCH_SIZE]).sum().backward()  # type: ignore[no-untyped-call]
+        grad = w.grad
+    warned = next((str(c.message).split(". ")[0] for c in caught), "no warning")
+    error = ""
+    try:
+        # the book's sgd: param -= lr * param.grad / batch_size, with param.grad None
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w -= 0.03 * w.grad / BATCH_SIZE  # type: ignore[operator]
+    except TypeError as e:
+        error = str(e)
+    params = list(model.init_params(2, generator=_demo.gen(1)))
+    start = params[0].detach().clone()
+    with seeded(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_non_leaf_w(X, y, params, lr=0.03, batch_size=BATCH_SIZE, num_epochs=3)
+    w_moved = not torch.equal(start, params[0].detach())
+    right = train.train(X, y, generator=_demo.gen())
+    losses = {"leaf w": right.losses[-1], "non-leaf w": train.epoch_loss(X, y, *params)}
+    ok = not w.is_leaf and grad is None and "NoneType" in error and not w_moved
+    ok = ok and losses["non-leaf w"] > 100 * losses["leaf w"]
+    return Evidence(
+        "non-leaf-params",
+        "w = randn(..., requires_grad=True) * 0.01 is not a leaf: after backward its .grad is "
+        "None (torch warns), the book's sgd raises TypeError, and a step that skips None grads "
+        "trains b alone: the loss stays >= 100x the right run's",
+        f"w is a leaf: {w.is_leaf}; w.grad after backward: {grad} ({warned}); the book's sgd: "
+        f"TypeError: {error}; w moved in 3 epochs: {w_moved}; loss after 3 epochs: "
+        f"{losses['leaf w']:.3g} (leaf w) vs {losses['non-leaf w']:.3g} (non-leaf w)",
+        ok,
+        {"w_is_leaf": w.is_leaf, "w_moved": w_moved, "final_loss": losses},
+    )
+
+
+PITFALL = Pitfall(
+    "non-leaf-params",
+    "Parameters that are not leaves",
+    "`w = torch.normal(0, 0.01, (2, 1), requires_grad=True) * 1` or `torch.randn(d, 1, "
+    "requires_grad=True) * 0.01` makes w the output of an op, not a leaf: backward() leaves "
+    "its .grad None (torch warns), so an update through .grad raises or, where the step "
+    "skips None grads, never happens. Fix: scale first, then ask for grads: "
+    "`(0.01 * torch.randn(d, 1)).requires_grad_()`, as init_params does.",
+    PROPERTIES,
+    demo,
+    order=16,
+)

@@ -1,0 +1,109 @@
+"""Features and labels shuffled apart: two permutations, and the pairs are gone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from linreg import data, train
+from linreg._book import BATCH_SIZE, NUM_EXAMPLES, TRUE_B, TRUE_W, UNEVEN_NUM_EXAMPLES
+from linreg.pitfalls import _demo
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, swap
+from linreg.pitfalls.kinds import epoch, iterators, seeded
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# --- the wrong variant -----------------------------------------------------------------------
+
+
+def data_iter_shuffled_apart(
+    batch_size: int,
+    features: Tensor,
+    labels: Tensor,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mistake: `features[randperm(n)]`, `labels[randperm(n)]`: two orders, pairs pulled apart."""
+    n = len(features)
+    if shuffle:
+        features = features[torch.randperm(n, generator=generator)]
+        labels = labels[torch.randperm(n, generator=generator)]  # another permutation
+    stop = n - n % batch_size if drop_last else n
+    return data._slices(batch_size, features, labels, stop)
+
+
+# --- the property ----------------------------------------------------------------------------
+
+
+def pairs_stay_together(target: Target, case: dict[str, int]) -> None:
+    """Every (x, y) pair the iterator yields is a pair of the dataset."""
+    with seeded(case["seed"]):
+        epoch(target, case["n"], case["batch_size"], pairs=True)
+
+
+def _cases(contract: Contract) -> SearchStrategy[dict[str, int]]:
+    from linreg.testing import strategies as sts
+
+    return sts.epoch_cases()
+
+
+PROPERTIES = (
+    Property(
+        "every (x, y) pair it yields is a pair of the dataset",
+        "iterator",
+        pairs_stay_together,
+        _cases,
+        iterators(False) + iterators(True),
+        (Variant(data_iter_shuffled_apart, "data.data_iter", "iterator"),),
+        lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},
+    ),
+)
+
+# --- the demonstration -----------------------------------------------------------------------
+
+
+def demo() -> Evidence:
+    """Count the broken pairs in one epoch and train the book's model on them."""
+    n = NUM_EXAMPLES
+    X, y = _demo.book(n)
+    gen = _demo.gen()
+    batches = list(data_iter_shuffled_apart(BATCH_SIZE, X, y, generator=gen))
+    Xa, ya = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    # a pair is intact when its label is the one the features give (the noise is 0.01)
+    truth = Xa @ torch.tensor(TRUE_W, dtype=X.dtype).reshape(-1, 1) + TRUE_B
+    intact = int(((ya - truth).abs() < 0.1).sum())
+    right = train.train(X, y, generator=_demo.gen())
+    with swap("data.data_iter", data_iter_shuffled_apart), seeded(0):
+        wrong = train.train(X, y, generator=_demo.gen())
+    final = {"data_iter": right.losses[-1], "data_iter_shuffled_apart": wrong.losses[-1]}
+    ok = intact < n // 10 and final["data_iter"] < 1e-3 and final["data_iter_shuffled_apart"] > 1
+    return Evidence(
+        "shuffled-apart",
+        f"with two permutations, almost none of the {n} pairs survive an epoch and training "
+        "fits noise: the loss stays near the labels' variance",
+        f"pairs intact after one epoch: {intact} of {n}; loss after 3 epochs: "
+        f"{final['data_iter']:.3g} (one permutation) vs {final['data_iter_shuffled_apart']:.3g}"
+        " (two)",
+        ok,
+        {"intact_pairs": intact, "final_loss": final},
+        {"one permutation": right.losses, "two permutations": wrong.losses},
+    )
+
+
+PITFALL = Pitfall(
+    "shuffled-apart",
+    "Features and labels shuffled apart",
+    "A data_iter that permutes the features and the labels with two separate permutations (or "
+    "shuffles one of them in place) pairs every example with another example's label: the "
+    "model trains on noise and converges to the mean label. Fix: draw ONE permutation and "
+    "index both with it, as data_iter does, or use DataLoader(TensorDataset(X, y)).",
+    PROPERTIES,
+    demo,
+    order=14,
+)
