@@ -8,12 +8,14 @@ transformers in 2024).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-from linreg import _validate, data, loss, model, optim
+from linreg import data, loss, model, optim
+from linreg._book import BATCH_SIZE, LR
+from linreg.config import TrainConfig
 from linreg.train import TrainResult, epoch_loss, prepare
 
 
@@ -47,27 +49,44 @@ def train_full_batch(
     features: Tensor,
     labels: Tensor,
     *,
-    lr: float = 0.03,
-    batch_size: int = 10,
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
     num_epochs: int = 300,
     generator: torch.Generator | None = None,
     params: tuple[Tensor, Tensor] | None = None,
 ) -> TrainResult:
     """Take one gradient-descent step per epoch on the mean loss of all mini-batches."""
-    lr = _validate.positive_finite("lr", lr)
-    batch_size = _validate.positive_int("batch_size", batch_size)
-    num_epochs = _validate.non_negative_int("num_epochs", num_epochs)
-    generator = _validate.generator(generator)
-    w, b = prepare(features, labels, params, generator, leaves=True)
+    config = TrainConfig(lr, batch_size, num_epochs, generator)
+    return fit_per_epoch(features, labels, config, _full_batch_epoch, params)
+
+
+EpochStep = Callable[[Tensor, Tensor, Tensor, Tensor, TrainConfig], None]
+
+
+def fit_per_epoch(
+    features: Tensor,
+    labels: Tensor,
+    config: TrainConfig,
+    epoch: EpochStep,
+    params: tuple[Tensor, Tensor] | None = None,
+) -> TrainResult:
+    """Run `epoch(features, labels, w, b, config)` once per epoch: one update each."""
+    w, b = prepare(features, labels, params, config.generator, leaves=True)
     result = TrainResult(w, b)
-    for _ in range(num_epochs):
-        batches = data.data_iter(batch_size, features, labels, generator=generator)
-        # forward, over every batch
-        l, _num_batches = accumulate_losses(batches, w, b)  # (n, 1)
-        # backward, once per epoch
-        l.sum().backward()  # type: ignore[no-untyped-call]
-        # update (no grad) and reset grads: divide by the n examples summed over
-        optim.sgd([w, b], lr, l.shape[0])
+    for _ in range(config.num_epochs):
+        epoch(features, labels, w, b, config)
         result.num_steps += 1
         result.losses.append(epoch_loss(features, labels, w, b))
     return result
+
+
+def _full_batch_epoch(
+    features: Tensor, labels: Tensor, w: Tensor, b: Tensor, c: TrainConfig
+) -> None:
+    batches = data.data_iter(c.batch_size, features, labels, generator=c.generator)
+    # forward, over every batch
+    l, _num_batches = accumulate_losses(batches, w, b)  # (n, 1)
+    # backward, once per epoch
+    l.sum().backward()  # type: ignore[no-untyped-call]
+    # update (no grad) and reset grads: divide by the n examples summed over
+    optim.sgd([w, b], c.lr, l.shape[0])

@@ -358,18 +358,12 @@ def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from linreg import demos, render
 
     ids = args.only or [p.id for p in CATALOGUE]
-    runs = []
-    for k, pitfall_id in enumerate(ids, 1):
+
+    def progress(k: int, pitfall_id: str) -> None:
         if not args.quiet:
             print(f"[{k}/{len(ids)}] {pitfall_id} ...", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        try:
-            evidence = demos.DEMOS[pitfall_id]()
-        except Exception as e:  # a demonstration that crashes did not behave as documented
-            evidence = demos.Evidence(
-                pitfall_id, "the demonstration runs", f"raised {type(e).__name__}: {e}", False
-            )
-        runs.append(render.Run(evidence, time.perf_counter() - start))
+
+    runs = demos.report(ids, progress)
     if args.json:
         print(json.dumps(render.to_json(runs), indent=2, allow_nan=False))
     elif args.markdown:

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import _validate, data
-from linreg.train import StepCallback, TrainResult
+from linreg._book import BATCH_SIZE, LR, NUM_EPOCHS
+from linreg.config import StepCallback, TrainConfig
+from linreg.train import TrainResult
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]
 
@@ -24,9 +26,9 @@ def train_concise(
     features: Tensor,
     labels: Tensor,
     *,
-    lr: float = 0.03,
-    batch_size: int = 10,
-    num_epochs: int = 3,
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+    num_epochs: int = NUM_EPOCHS,
     generator: torch.Generator | None = None,
     reduction: Literal["mean", "sum"] = "mean",
     drop_last: bool = False,
@@ -35,23 +37,43 @@ def train_concise(
     loader: Literal["data_iter", "DataLoader"] = "data_iter",
 ) -> TrainResult:
     """Train nn.Linear with nn.MSELoss and optim.SGD; with reduction="sum", use lr / B per batch."""
-    lr = _validate.positive_finite("lr", lr)
-    batch_size = _validate.positive_int("batch_size", batch_size)
-    num_epochs = _validate.non_negative_int("num_epochs", num_epochs)
-    generator = _validate.generator(generator)
+    config = TrainConfig(lr, batch_size, num_epochs, generator, drop_last, on_step)
     reduction = _validate.choice("reduction", reduction, ("mean", "sum"))
-    drop_last = _validate.flag("drop_last", drop_last)
-    on_step = _validate.callback("on_step", on_step)
     loader = _validate.choice("loader", loader, ("data_iter", "DataLoader"))
+    # grad(sum) = B * grad(mean): with the sum, divide by each batch's real size B.
+    per_batch = (lambda size: config.lr / size) if reduction == "sum" else None
+    return run(features, labels, config, params, reduction, loader, per_batch)
+
+
+def run(
+    features: Tensor,
+    labels: Tensor,
+    config: TrainConfig,
+    params: tuple[Tensor, Tensor] | None,
+    reduction: Literal["mean", "sum"],
+    loader: Literal["data_iter", "DataLoader"],
+    lr_per_batch: Callable[[int], float] | None,
+) -> TrainResult:
+    """Build the book's concise model, loss, optimizer and batches; run its loop."""
     features, labels = _validate.dataset(features, labels)
     labels = labels.reshape(-1, 1)  # nn.MSELoss warns and broadcasts on (n,) vs (n, 1)
-    net = make_linear(features, params, generator)
+    net = make_linear(features, params, config.generator)
     criterion = nn.MSELoss(reduction=reduction)
-    trainer = torch.optim.SGD(net.parameters(), lr=lr)
-    batches = make_batches(features, labels, batch_size, drop_last, generator, loader)
-    # grad(sum) = B * grad(mean): with the sum, divide by each batch's real size B.
-    per_batch = (lambda size: lr / size) if reduction == "sum" else None
-    return fit(net, criterion, trainer, batches, features, labels, num_epochs, on_step, per_batch)
+    trainer = torch.optim.SGD(net.parameters(), lr=config.lr)
+    batches = make_batches(
+        features, labels, config.batch_size, config.drop_last, config.generator, loader
+    )
+    return fit(
+        net,
+        criterion,
+        trainer,
+        batches,
+        features,
+        labels,
+        config.num_epochs,
+        config.on_step,
+        lr_per_batch,
+    )
 
 
 def fit(

@@ -10,14 +10,16 @@ versions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from linreg.checks import CheckFailed
-from linreg.pitfalls import CATALOGUE, Evidence, Pitfall, Property, Target
+from linreg.pitfalls import BY_ID, CATALOGUE, Evidence, Pitfall, Property, Target
 
-__all__ = ["DEMOS", "Evidence", "run", "verdicts"]
+__all__ = ["DEMOS", "Evidence", "Run", "report", "run", "verdicts"]
 
 
 def verdicts(prop: Property) -> list[dict[str, Any]]:
@@ -60,3 +62,36 @@ def run(pitfall: Pitfall) -> Evidence:
 
 
 DEMOS: dict[str, Callable[[], Evidence]] = {p.id: partial(run, p) for p in CATALOGUE}
+
+
+@dataclass
+class Run:
+    """One demonstration's evidence and how long it took."""
+
+    evidence: Evidence
+    seconds: float
+
+
+def report(ids: Sequence[str], progress: Callable[[int, str], None] | None = None) -> list[Run]:
+    """Run the chosen pitfalls' demonstrations in catalogue order and time each.
+
+    Slow work a pitfall can start early (its processes) starts first and runs while the others
+    do. A demonstration that crashes did not behave as documented: it is reported, not raised.
+    """
+    for pitfall_id in ids:
+        prepare = BY_ID[pitfall_id].prepare
+        if prepare is not None:
+            prepare()
+    runs = []
+    for k, pitfall_id in enumerate(ids, 1):
+        if progress is not None:
+            progress(k, pitfall_id)
+        start = time.perf_counter()
+        try:
+            evidence = DEMOS[pitfall_id]()
+        except Exception as e:
+            evidence = Evidence(
+                pitfall_id, "the demonstration runs", f"raised {type(e).__name__}: {e}", False
+            )
+        runs.append(Run(evidence, time.perf_counter() - start))
+    return runs

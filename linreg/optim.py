@@ -19,8 +19,9 @@ def sgd(params: Sequence[Tensor], lr: float, batch_size: int) -> None:
             raise ValueError(f"params[{i}].grad is None: call backward() first")
     # No graph for the update itself: `-=` on a leaf that requires grad is illegal in grad mode,
     # and the update is not part of the model.
+    step = lr / batch_size
     with torch.no_grad():
         for param in params:
             grad: Tensor = param.grad  # type: ignore[assignment]  # checked above
-            param -= lr * grad / batch_size  # in place: the caller's tensor changes
+            param.sub_(grad, alpha=step)  # param -= lr * grad / B, in place, in one op
             grad.zero_()

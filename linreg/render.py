@@ -6,21 +6,12 @@ import math
 import platform
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from linreg.demos import Evidence
+from linreg.demos import Evidence, Run
 from linreg.pitfalls import BY_ID, CATALOGUE
-
-
-@dataclass
-class Run:
-    """One demonstration's evidence and how long it took."""
-
-    evidence: Evidence
-    seconds: float
 
 
 def environment() -> str:

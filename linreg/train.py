@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from linreg import _validate, data, loss, model, optim
-
-StepCallback = Callable[[int, Tensor, Tensor], None]
+from linreg._book import BATCH_SIZE, LR, NUM_EPOCHS
+from linreg.config import StepCallback, TrainConfig
 
 
 @dataclass
@@ -70,9 +70,9 @@ def train(
     features: Tensor,
     labels: Tensor,
     *,
-    lr: float = 0.03,
-    batch_size: int = 10,
-    num_epochs: int = 3,
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+    num_epochs: int = NUM_EPOCHS,
     generator: torch.Generator | None = None,
     grad: Literal["autograd", "analytic"] = "autograd",
     drop_last: bool = False,
@@ -84,24 +84,40 @@ def train(
     Training stops after the first epoch whose full-data loss is not finite (it diverged).
     """
     grad = _validate.choice("grad", grad, ("autograd", "analytic"))
-    lr = _validate.positive_finite("lr", lr)
-    batch_size = _validate.positive_int("batch_size", batch_size)
-    num_epochs = _validate.non_negative_int("num_epochs", num_epochs)
-    generator = _validate.generator(generator)
-    drop_last = _validate.flag("drop_last", drop_last)
-    on_step = _validate.callback("on_step", on_step)
-    w, b = prepare(features, labels, params, generator, leaves=grad == "autograd")
+    config = TrainConfig(lr, batch_size, num_epochs, generator, drop_last, on_step)
     step = _autograd_step if grad == "autograd" else _analytic_step
+    return fit(features, labels, config, step, params, leaves=grad == "autograd")
+
+
+Step = Callable[[Tensor, Tensor, Tensor, Tensor, TrainConfig], None]  # (X, y, w, b, config)
+
+
+def fit(
+    features: Tensor,
+    labels: Tensor,
+    config: TrainConfig,
+    step: Step,
+    params: tuple[Tensor, Tensor] | None = None,
+    *,
+    leaves: bool = True,
+) -> TrainResult:
+    """Run the training loop with the given step: train's, or a wrong variant's."""
+    w, b = prepare(features, labels, params, config.generator, leaves=leaves)
+    labels = labels.reshape(-1, 1)  # once: the loss then needs no reshape per batch
     result = TrainResult(w, b)
-    for _ in range(num_epochs):
+    for _ in range(config.num_epochs):
         batches = data.data_iter(
-            batch_size, features, labels, drop_last=drop_last, generator=generator
+            config.batch_size,
+            features,
+            labels,
+            drop_last=config.drop_last,
+            generator=config.generator,
         )
         for X, y in batches:
-            step(X, y, w, b, lr)
+            step(X, y, w, b, config)
             result.num_steps += 1
-            if on_step is not None:
-                on_step(result.num_steps, w, b)
+            if config.on_step is not None:
+                config.on_step(result.num_steps, w, b)
         result.losses.append(epoch_loss(features, labels, w, b))
         if not math.isfinite(result.losses[-1]):
             break  # diverged: the epochs left would only compute inf and NaN
@@ -157,21 +173,21 @@ def train_epoch(
     return total / count
 
 
-def _autograd_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, lr: float) -> None:
+def _autograd_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, config: TrainConfig) -> None:
     # forward
     l = loss.squared_loss(model.linreg(X, w, b), y)  # (B, 1)
     # backward
     l.sum().backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated
     # update (no grad) and reset grads: sgd does both, with the batch's real size
-    optim.sgd([w, b], lr, X.shape[0])
+    optim.sgd([w, b], config.lr, X.shape[0])
 
 
-def _analytic_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, lr: float) -> None:
+def _analytic_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, config: TrainConfig) -> None:
     # The gradients of sum((Xw + b - y)^2 / 2) are X^T r and sum(r), r the residual.
     with torch.no_grad():
         # forward
-        r = torch.addmm(b, X, w).sub_(y.reshape(-1, 1))  # (B, 1)
+        r = torch.addmm(b, X, w).sub_(y)  # (B, 1): y is (B, 1) already
         # backward by hand, update in place
-        step = lr / X.shape[0]
+        step = config.lr / X.shape[0]
         w.addmm_(X.T, r, alpha=-step)
         b.sub_(r.sum(), alpha=step)

@@ -72,7 +72,7 @@ def test_train_that_diverges_exits_1_naming_the_step_and_the_stable_lr(
     assert out.splitlines()[0] == "epoch 1, loss nan"
     assert err == (
         "python -m linreg train: the run diverged: the params were no longer finite after step "
-        "61 (epoch 1); lr = 5 is above 2 / lambda_max(A^T A / n) = 1.815, the largest stable lr "
+        "62 (epoch 1); lr = 5 is above 2 / lambda_max(A^T A / n) = 1.815, the largest stable lr "
         "for full-batch gradient descent on this data\n"
     )
     assert main(["train", "--lr", "5", "--json"]) == 1
@@ -80,7 +80,7 @@ def test_train_that_diverges_exits_1_naming_the_step_and_the_stable_lr(
     report = json.loads(out)  # strict JSON: no bare NaN
     assert report["losses"] == [None] and report["w"] == [None, None]
     assert report["diverged"] == {
-        "step": 61,
+        "step": 62,
         "epoch": 1,
         "stable_bound": pytest.approx(1.8154, abs=1e-3),
     }

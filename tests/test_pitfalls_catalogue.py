@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 import linreg.pitfalls
 from linreg import audit
-from linreg.pitfalls import AUDIT_KINDS, CATALOGUE, PROPERTIES, VARIANTS, Property, Target, Variant
+from linreg.pitfalls import (
+    AUDIT_KINDS,
+    CATALOGUE,
+    PROPERTIES,
+    VARIANTS,
+    Property,
+    Target,
+    Variant,
+)
 from tests.refute import refutes
 
 HOLDS = [(prop, target) for prop in PROPERTIES for target in prop.holds_for]

@@ -7,6 +7,7 @@ timeout) over a fixed list of generated cases, and compare with one process on t
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 from collections import Counter
 from typing import Any
@@ -16,9 +17,10 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from linreg import checks, distributed, pitfalls
+from linreg import _ddp, _spawn, checks, distributed, pitfalls
 from linreg.pitfalls import ddp_sum
 from linreg.testing import strategies as sts
+from tests import ddp_support
 
 pytestmark = pytest.mark.distributed
 
@@ -106,48 +108,42 @@ def test_pitfalls_shard_iter_covers_every_sample_once_without_padding(
 # --- real DDP: 2 ranks, gloo ------------------------------------------------------------------
 # The catalogue's ddp-sum property runs DDP against one process on the union of the shards for
 # linreg's worker and the wrong variant (tests/test_pitfalls_catalogue.py); here, what is
-# particular to DDP: the exact size of the variant's steps, the padding, and dead or hung ranks.
+# particular to DDP: the exact size of the variant's steps, the padding, and failing ranks.
 
 WORLD = ddp_sum.WORLD
 pytest.importorskip("torch.distributed")
-needs_gloo = pytest.mark.skipif(not distributed.gloo_available(), reason="gloo is not available")
+needs_gloo = pytest.mark.skipif(not _spawn.gloo_available(), reason="gloo is not available")
 
 
 @needs_gloo
 def test_pitfalls_ddp_sum_at_the_same_lr_is_one_process_at_lr_over_the_world_size() -> None:
-    results = ddp_sum.ddp_results(pitfalls.ddp_trajectory_sum_unscaled)
+    runs = ddp_sum.generated_runs()
+    results = ddp_sum.ddp_results()[pitfalls.ddp_trajectory_sum_unscaled]
     assert multiprocessing.active_children() == []  # no rank left behind
-    for case, steps in zip(ddp_sum.generated_cases(), results, strict=True):
-        if case["reduction"] != "sum":
+    for run, steps in zip(runs, results, strict=True):
+        if run.reduction != "sum":
             continue
-        one = distributed.single_process_trajectory(case, WORLD)
+        one = _ddp.single_process_trajectory(run, WORLD)
         with pytest.raises(checks.CheckFailed):  # refuted against the single process at lr
             checks.check_same_trajectory(steps, one)
-        smaller = distributed.single_process_trajectory({**case, "lr": case["lr"] / WORLD}, WORLD)
+        smaller = _ddp.single_process_trajectory(dataclasses.replace(run, lr=run.lr / WORLD), WORLD)
         checks.check_same_trajectory(steps, smaller)  # exactly the single process at lr / R
-
-
-def padded_cases() -> list[dict[str, Any]]:
-    """The generated cases with n + 1 examples: an odd n, so the sampler pads one sample."""
-    return [{**c, "n": c["n"] + 1} for c in ddp_sum.generated_cases() if c["reduction"] == "mean"]
 
 
 @needs_gloo
 def test_pitfalls_ddp_gradient_on_padded_shards_counts_the_repeated_samples_twice() -> None:
-    cases = padded_cases()
-    results = distributed.spawn(
-        distributed.ddp_cases, WORLD, distributed.ddp_full_shard_gradient, cases, timeout=120
-    )[0]
-    for case, g_ddp in zip(cases, results, strict=True):
-        X, y = distributed.case_data(case)
-        net = distributed._linear(case)
-        n, total = case["n"], WORLD * -(-case["n"] // WORLD)
+    runs = ddp_sum.padded_runs()
+    results = ddp_sum.ddp_results()[_ddp.ddp_full_shard_gradient]
+    for run, g_ddp in zip(runs, results, strict=True):
+        X, y = run.data()
+        net = run.linear()
+        n, total = run.n, WORLD * -(-run.n // WORLD)
         g_full = torch.autograd.grad(
             torch.nn.functional.mse_loss(net(X), y), (net.weight, net.bias)
         )
         with pytest.raises(checks.CheckFailed):  # not the full-data gradient
             checks.check_grads_close(g_ddp, g_full)
-        repeated = distributed.padded_gradient_identity(case, WORLD)
+        repeated = _ddp.padded_gradient_identity(run, WORLD)
         got = [total * g for g in g_ddp]
         want = [n * f + r for f, r in zip(g_full, repeated, strict=True)]
         checks.check_grads_close(got, want, rtol=1e-12, atol=1e-12 * n)
@@ -156,15 +152,26 @@ def test_pitfalls_ddp_gradient_on_padded_shards_counts_the_repeated_samples_twic
 @needs_gloo
 def test_pitfalls_ddp_a_dead_rank_fails_fast_with_a_clear_message_and_no_leftovers() -> None:
     with pytest.raises(
-        distributed.DistributedFailure,
-        match=r"^rank 1 was killed by SIGKILL; .*all ranks were ended$",
+        _spawn.DistributedFailure, match=r"^rank 1 was killed by SIGKILL; .*all ranks were ended$"
     ):
-        distributed.spawn(distributed.ddp_dies, WORLD, 1, timeout=60)
+        _spawn.spawn(ddp_support.dies, WORLD, 1, timeout=60)
+    assert multiprocessing.active_children() == []
+
+
+@needs_gloo
+def test_pitfalls_ddp_a_failing_rank_brings_its_traceback_to_the_parent() -> None:
+    with pytest.raises(
+        _spawn.DistributedFailure,
+        match=r"^rank 0 raised ValueError: rank 0 refuses; (rank 1 raised .*gloo.*; )?all ranks "
+        r"were ended$",
+    ) as info:
+        _spawn.spawn(ddp_support.raises, WORLD, 0, timeout=60)
+    assert "Traceback" in str(info.value.__cause__)  # the child's own traceback, chained
     assert multiprocessing.active_children() == []
 
 
 @needs_gloo
 def test_pitfalls_ddp_a_hung_group_times_out_and_leaves_no_process() -> None:
-    with pytest.raises(distributed.DistributedFailure, match="timed out after 3 s"):
-        distributed.spawn(distributed.ddp_hangs, WORLD, 600.0, timeout=3)
+    with pytest.raises(_spawn.DistributedFailure, match=r"^timed out after 1 s with ranks "):
+        _spawn.spawn(ddp_support.hangs, WORLD, 600.0, timeout=1)
     assert multiprocessing.active_children() == []

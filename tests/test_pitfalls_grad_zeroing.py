@@ -9,7 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from linreg import checks, loss, model, optim, pitfalls
+from linreg import checks, loss, model, optim, pitfalls, train
+from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import short_last_batch
 from linreg.testing import strategies as sts
 from tests.refute import refutes
@@ -66,8 +67,15 @@ def test_pitfalls_optimizer_zero_grad_sets_grads_to_none() -> None:
 
 
 def test_pitfalls_training_without_zeroing_is_refuted_against_the_oracle() -> None:
-    def prop(run: dict[str, Any]) -> None:
-        with pitfalls.swap("optim.sgd", pitfalls.sgd_without_zero_grad):
-            short_last_batch.follows_the_oracle(short_last_batch.PROPERTIES[0].holds_for[0], run)
+    # train's loop with sgd_without_zero_grad for its update: a variant of train's signature
+    @mirrors(train.train)
+    def train_without_zeroing(*args: Any, **kwargs: Any) -> train.TrainResult:
+        a = bind(train_without_zeroing, *args, **kwargs)
+        return train.fit(a["features"], a["labels"], TrainConfig.of(a), unzeroed, a["params"])
 
-    refutes(sts.runs(), prop)
+    def unzeroed(X: Any, y: Any, w: Any, b: Any, config: TrainConfig) -> None:
+        loss.squared_loss(model.linreg(X, w, b), y).sum().backward()
+        pitfalls.sgd_without_zero_grad([w, b], config.lr, X.shape[0])
+
+    target = pitfalls.Target(train_without_zeroing, "train")
+    refutes(sts.runs(), lambda run: short_last_batch.follows_the_oracle(target, run))

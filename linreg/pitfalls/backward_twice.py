@@ -6,10 +6,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
 
-from linreg import checks, data, loss, model, optim, train
+from linreg import accumulate, checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
+from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
 from linreg.pitfalls.kinds import FULL_BATCH_LOOPS, LOOPS, book_run, params_like, run_loop
@@ -22,30 +22,25 @@ SECOND_TIME = "Trying to backward through the graph a second time"
 # --- the wrong variant -----------------------------------------------------------------------
 
 
-def train_concat_backward_every_batch(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    lr: float = 0.03,
-    batch_size: int = 10,
-    num_epochs: int = 1,
-    generator: torch.Generator | None = None,
-    params: tuple[Tensor, Tensor] | None = None,
-) -> train.TrainResult:
+@mirrors(accumulate.train_full_batch, num_epochs=1)
+def train_concat_backward_every_batch(*args: Any, **kwargs: Any) -> train.TrainResult:
     """Mistake: the seed's 2nd attempt: backward every batch through a loss kept from the 1st."""
-    w, b = train.prepare(features, labels, params, generator, leaves=True)
+    a = bind(train_concat_backward_every_batch, *args, **kwargs)
+    c = TrainConfig.of(a)
+    features, labels = a["features"], a["labels"]
+    w, b = train.prepare(features, labels, a["params"], c.generator, leaves=True)
     result = train.TrainResult(w, b)
-    for _ in range(num_epochs):
+    for _ in range(c.num_epochs):
         count = 1
         l = None
-        for X, y in data.data_iter(batch_size, features, labels, generator=generator):
+        for X, y in data.data_iter(c.batch_size, features, labels, generator=c.generator):
             count += 1
             if l is None:
                 l = loss.squared_loss(model.linreg(X, w, b), y)
             else:
                 torch.cat((l, loss.squared_loss(model.linreg(X, w, b), y)), dim=0)
             l.sum().backward()  # type: ignore[no-untyped-call]  # the 2nd time through the 1st batch's freed graph: RuntimeError
-            optim.sgd([w, b], lr, batch_size * count)
+            optim.sgd([w, b], c.lr, c.batch_size * count)
             result.num_steps += 1
     return result
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from linreg import checks
+from linreg import _ddp, _spawn, checks
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
@@ -21,78 +23,79 @@ WORLD = 2
 # --- the wrong variant -----------------------------------------------------------------------
 
 
-def ddp_trajectory_sum_unscaled(rank: int, world_size: int, case: dict[str, Any]) -> Any:
+def ddp_trajectory_sum_unscaled(rank: int, world_size: int, run: _ddp.Run) -> _ddp.Steps:
     """Mistake: MSELoss(reduction='sum') under DDP at the single-process lr: steps shrink by R."""
-    from linreg.distributed import ddp_trajectory
-
-    return ddp_trajectory(rank, world_size, case, scale_sum_lr=False)
+    return _ddp.ddp_trajectory(rank, world_size, run, scale_sum_lr=False)
 
 
 # --- the property ----------------------------------------------------------------------------
 
 
-def generated_cases() -> list[dict[str, Any]]:
-    """Cases drawn from a seeded RNG: sizes, batch sizes, lr, epochs, data seeds, reductions."""
+def generated_runs() -> tuple[_ddp.Run, ...]:
+    """Runs drawn from a seeded RNG: sizes, batch sizes, lr, epochs, data seeds, reductions."""
     rng = random.Random(0)
-    cases = []
+    runs = []
     for k in range(4):
-        base = {
-            "n": WORLD * rng.randint(3, 30),  # equal shards
-            "d": rng.randint(1, 3),
-            "batch_size": rng.randint(1, 8),
-            "lr": rng.uniform(0.005, 0.05),
-            "num_epochs": rng.randint(1, 2),
-            "seed": k,
-        }
-        cases += [{**base, "reduction": "mean"}, {**base, "reduction": "sum"}]
-    return cases
+        mean = _ddp.Run(
+            n=WORLD * rng.randint(3, 30),  # equal shards
+            d=rng.randint(1, 3),
+            batch_size=rng.randint(1, 8),
+            lr=rng.uniform(0.005, 0.05),
+            num_epochs=rng.randint(1, 2),
+            seed=k,
+        )
+        runs += [mean, dataclasses.replace(mean, reduction="sum")]
+    return tuple(runs)
+
+
+def padded_runs() -> tuple[_ddp.Run, ...]:
+    """The generated mean runs with n + 1 examples: n odd, so the sampler pads one sample."""
+    return tuple(
+        dataclasses.replace(r, n=r.n + 1) for r in generated_runs() if r.reduction == "mean"
+    )
 
 
 @functools.cache
-def ddp_results(worker: Callable[..., Any]) -> list[Any]:
-    """Run worker on every generated case in one process group of 2 ranks; rank 0's results.
+def ddp_results() -> dict[Callable[..., Any], list[Any]]:
+    """Run every DDP job the suite and the report check, in ONE process group of 2 ranks.
 
-    Cached: processes are slow to start, and DDP keeps the ranks' params identical.
+    linreg's worker and the wrong variant on the generated runs, and the whole-shard gradient
+    on the padded runs. Cached: processes are slow to start. DDP keeps the ranks' params
+    identical: rank 0's results are the runs'.
     """
-    from linreg import distributed
+    jobs = {
+        _ddp.ddp_trajectory: generated_runs(),
+        ddp_trajectory_sum_unscaled: generated_runs(),
+        _ddp.ddp_full_shard_gradient: padded_runs(),
+    }
+    pairs = [(worker, run) for worker, runs in jobs.items() for run in runs]
+    results = iter(_spawn.spawn(_ddp.jobs, WORLD, pairs, timeout=120)[0])
+    return {worker: [next(results) for _ in runs] for worker, runs in jobs.items()}
 
-    return list(
-        distributed.spawn(distributed.ddp_cases, WORLD, worker, generated_cases(), timeout=120)[0]
-    )
 
-
-def follows_one_process(target: Target, cases: list[dict[str, Any]]) -> None:
+def follows_one_process(target: Target, runs: tuple[_ddp.Run, ...]) -> None:
     """DDP over 2 ranks follows one process on the union of the ranks' batches, step for step."""
-    from linreg import distributed
-
+    cached = ddp_results() if runs == generated_runs() else {}
     results = (
-        ddp_results(target.fn)
-        if cases == generated_cases()
-        else distributed.spawn(distributed.ddp_cases, WORLD, target.fn, cases, timeout=120)[0]
+        cached[target.fn]
+        if target.fn in cached
+        else _spawn.spawn(_ddp.jobs, WORLD, [(target.fn, r) for r in runs], timeout=120)[0]
     )
-    for case, steps in zip(cases, results, strict=True):
+    for run, steps in zip(runs, results, strict=True):
         try:
-            checks.check_same_trajectory(steps, distributed.single_process_trajectory(case, WORLD))
+            checks.check_same_trajectory(steps, _ddp.single_process_trajectory(run, WORLD))
         except checks.CheckFailed as e:
-            raise checks.CheckFailed(f"{case['reduction']} case {case}: {e}") from e
+            raise checks.CheckFailed(f"{run}: {e}") from e
 
 
-def _cases(contract: Contract) -> SearchStrategy[list[dict[str, Any]]]:
+def _runs(contract: Contract) -> SearchStrategy[tuple[_ddp.Run, ...]]:
     from hypothesis import strategies as st
 
-    return st.just(generated_cases())
+    return st.just(generated_runs())
 
 
 def _needs_gloo(contract: Contract) -> str | None:
-    from linreg import distributed
-
-    return None if distributed.gloo_available() else "torch.distributed gloo is unavailable"
-
-
-def _own() -> tuple[Target, ...]:
-    from linreg import distributed
-
-    return (Target(distributed.ddp_trajectory, "ddp-worker", name="ddp_trajectory"),)
+    return None if _spawn.gloo_available() else "torch.distributed gloo is unavailable"
 
 
 PROPERTIES = (
@@ -100,8 +103,8 @@ PROPERTIES = (
         "DDP (mean at lr, sum at lr x R) follows one process on the union of the shards",
         "ddp-worker",
         follows_one_process,
-        _cases,
-        _own(),
+        _runs,
+        (Target(_ddp.ddp_trajectory, "ddp-worker", name="ddp_trajectory"),),
         (Variant(ddp_trajectory_sum_unscaled, None, "ddp-worker"),),
         applies=_needs_gloo,
         max_examples=1,
@@ -111,39 +114,38 @@ PROPERTIES = (
 # --- the demonstration -----------------------------------------------------------------------
 
 
+_MEAN = _ddp.Run(NUM_EXAMPLES, 2, BATCH_SIZE // 2, 0.03, 1, 0)  # the book's data, batch 5 a rank
+_SUM = dataclasses.replace(_MEAN, reduction="sum")
+_DEMO_PAIRS = (
+    (_ddp.ddp_trajectory, _MEAN),
+    (_ddp.ddp_trajectory, _SUM),
+    (ddp_trajectory_sum_unscaled, _SUM),
+)
+_STARTED: dict[str, Future[list[Any]]] = {}
+
+
+def prepare() -> None:
+    """Start the demo's process group in the background: it runs while the other demos do."""
+    if _spawn.gloo_available() and "demo" not in _STARTED:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-ddp")
+        _STARTED["demo"] = pool.submit(_spawn.spawn, _ddp.jobs, WORLD, _DEMO_PAIRS, timeout=120)
+        pool.shutdown(wait=False)
+
+
 def demo() -> Evidence:
     """Run DDP with mean, sum at lr x 2 and sum at lr beside one process on the union."""
-    from linreg import distributed
-
-    if not distributed.gloo_available():
+    if not _spawn.gloo_available():
         return Evidence("ddp-sum", "", "", True, skipped="torch.distributed gloo is unavailable")
-    case = {
-        "n": NUM_EXAMPLES,
-        "d": 2,
-        "batch_size": BATCH_SIZE // 2,
-        "lr": 0.03,
-        "num_epochs": 1,
-        "seed": 0,
-    }
-    cases = [
-        {**case, "worker": distributed.ddp_trajectory, "reduction": "mean"},
-        {**case, "worker": distributed.ddp_trajectory, "reduction": "sum"},
-        {**case, "worker": ddp_trajectory_sum_unscaled, "reduction": "sum"},
-    ]
-    mean, summed, unscaled = distributed.spawn(
-        distributed.ddp_cases, WORLD, None, cases, timeout=120
-    )[0]
-    one = {
-        r: distributed.single_process_trajectory({**case, "reduction": r}, WORLD)
-        for r in ("mean", "sum")
-    }
-    half = distributed.single_process_trajectory({**case, "reduction": "sum", "lr": 0.015}, WORLD)
-    w0 = distributed._linear(case).weight.detach().reshape(-1)  # every run's start
-    ratio = float((unscaled[0][0] - w0).norm() / (one["sum"][0][0] - w0).norm())
+    prepare()
+    got_mean, got_sum, got_unscaled = _STARTED.pop("demo").result()[0]
+    one = {r.reduction: _ddp.single_process_trajectory(r, WORLD) for r in (_MEAN, _SUM)}
+    half = _ddp.single_process_trajectory(dataclasses.replace(_SUM, lr=0.015), WORLD)
+    w0 = _MEAN.linear().weight.detach().reshape(-1)  # every run's start
+    ratio = float((got_unscaled[0][0] - w0).norm() / (one["sum"][0][0] - w0).norm())
     gaps = {
-        "mean": _demo.gap(mean, one["mean"]),
-        "sum at lr*R": _demo.gap(summed, one["sum"]),
-        "sum at lr vs lr/R": _demo.gap(unscaled, half),
+        "mean": _demo.gap(got_mean, one["mean"]),
+        "sum at lr*R": _demo.gap(got_sum, one["sum"]),
+        "sum at lr vs lr/R": _demo.gap(got_unscaled, half),
     }
     ok = max(gaps.values()) < 1e-12 and math.isclose(ratio, 0.5, rel_tol=1e-9)
     return Evidence(
@@ -168,4 +170,5 @@ PITFALL = Pitfall(
     PROPERTIES,
     demo,
     order=13,
+    prepare=prepare,
 )

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from linreg import checks, train
+from linreg import checks, model, optim, train
 from linreg._book import NUM_EXAMPLES, TRUE_W
+from linreg.config import TrainConfig
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late, swap
+from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
 from linreg.pitfalls.kinds import guarded
 from linreg.pitfalls.mean_vs_sum import _book_mean_loss, _book_predictions
 
@@ -35,6 +36,12 @@ def mean_loss_no_reshape(y_hat: Tensor, y: Tensor) -> Tensor:
 def mse_loss_no_reshape(y_hat: Tensor, y: Tensor) -> Tensor:
     """Mistake: `nn.MSELoss()(y_hat, y)` with y of shape (n,): it warns, then broadcasts."""
     return F.mse_loss(y_hat, y)
+
+
+def flat_labels_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, config: TrainConfig) -> None:
+    """Mistake: a loop fed labels of shape (n,) whose loss does not reshape them."""
+    squared_loss_no_reshape(model.linreg(X, w, b), y.reshape(-1)).sum().backward()  # type: ignore[no-untyped-call]
+    optim.sgd([w, b], config.lr, X.shape[0])
 
 
 # --- the property ----------------------------------------------------------------------------
@@ -108,8 +115,7 @@ def demo() -> Evidence:
     flat = y.reshape(-1)  # (n,)
     shape = tuple(squared_loss_no_reshape(X[:, :1], flat).shape)
     right = train.train(X, flat, generator=_demo.gen())
-    with swap("loss.squared_loss", squared_loss_no_reshape):
-        wrong = train.train(X, flat, generator=_demo.gen())
+    wrong = train.fit(X, flat, TrainConfig(generator=_demo.gen()), flat_labels_step)
     ws = {
         k: [round(v, 4) for v in r.w.detach().reshape(-1).tolist()]
         for k, r in (("with reshape", right), ("without reshape", wrong))

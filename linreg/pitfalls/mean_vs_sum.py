@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from linreg import _validate, checks, concise, model, train
+from linreg import checks, concise, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
-from linreg.concise import fit, make_batches, make_linear
+from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
 from linreg.pitfalls.kinds import (
@@ -30,88 +30,25 @@ if TYPE_CHECKING:
 # --- the wrong variants ----------------------------------------------------------------------
 
 
-def train_concise_sum_nominal_lr(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    lr: float = 0.03,
-    batch_size: int = 10,
-    num_epochs: int = 3,
-    generator: torch.Generator | None = None,
-    reduction: Literal["mean", "sum"] = "mean",
-    drop_last: bool = False,
-    params: tuple[Tensor, Tensor] | None = None,
-    on_step: train.StepCallback | None = None,
-    loader: Literal["data_iter", "DataLoader"] = "data_iter",
-) -> train.TrainResult:
+@mirrors(concise.train_concise)
+def train_concise_sum_nominal_lr(*args: Any, **kwargs: Any) -> train.TrainResult:
     """Mistake: `MSELoss(reduction='sum')` with `SGD(lr=lr / batch_size)`: nominal, not actual."""
-    step_lr = lr / batch_size if reduction == "sum" else lr
-    return _concise(
-        features,
-        labels,
-        step_lr,
-        batch_size,
-        num_epochs,
-        generator,
-        reduction,
-        drop_last,
-        params,
-        on_step,
-        loader,
+    a = bind(train_concise_sum_nominal_lr, *args, **kwargs)
+    c = TrainConfig.of(a)
+    lr = c.lr / c.batch_size if a["reduction"] == "sum" else c.lr
+    return concise.run(
+        a["features"], a["labels"], c, a["params"], a["reduction"], a["loader"], lambda _: lr
     )
 
 
-def train_concise_sum_at_mean_lr(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    lr: float = 0.03,
-    batch_size: int = 10,
-    num_epochs: int = 3,
-    generator: torch.Generator | None = None,
-    reduction: Literal["mean", "sum"] = "sum",
-    drop_last: bool = False,
-    params: tuple[Tensor, Tensor] | None = None,
-    on_step: train.StepCallback | None = None,
-    loader: Literal["data_iter", "DataLoader"] = "data_iter",
-) -> train.TrainResult:
+@mirrors(concise.train_concise, reduction="sum")
+def train_concise_sum_at_mean_lr(*args: Any, **kwargs: Any) -> train.TrainResult:
     """Mistake: `MSELoss(reduction='sum')` with the mean's `SGD(lr=lr)`: B times every step."""
-    return _concise(
-        features,
-        labels,
-        lr,
-        batch_size,
-        num_epochs,
-        generator,
-        reduction,
-        drop_last,
-        params,
-        on_step,
-        loader,
+    a = bind(train_concise_sum_at_mean_lr, *args, **kwargs)
+    c = TrainConfig.of(a)
+    return concise.run(
+        a["features"], a["labels"], c, a["params"], a["reduction"], a["loader"], None
     )
-
-
-def _concise(
-    features: Tensor,
-    labels: Tensor,
-    step_lr: float,
-    batch_size: int,
-    num_epochs: int,
-    generator: torch.Generator | None,
-    reduction: Literal["mean", "sum"],
-    drop_last: bool,
-    params: tuple[Tensor, Tensor] | None,
-    on_step: train.StepCallback | None,
-    loader: Literal["data_iter", "DataLoader"],
-) -> train.TrainResult:
-    # the book's concise loop, with SGD at step_lr whatever the reduction
-    features, labels = _validate.dataset(features, labels)
-    labels = labels.reshape(-1, 1)
-    net = make_linear(features, params, generator)
-    trainer = torch.optim.SGD(net.parameters(), lr=step_lr)
-    batches = make_batches(features, labels, batch_size, drop_last, generator, loader)
-    criterion = nn.MSELoss(reduction=reduction)
-    return fit(net, criterion, trainer, batches, features, labels, num_epochs, on_step)
 
 
 def mse_sum_used_as_mean(y_hat: Tensor, y: Tensor) -> Tensor:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from linreg import checks, loss, model, optim, train
+from linreg import accumulate, checks, loss, model, optim, train
 from linreg._book import LR, NUM_EXAMPLES
+from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
 from linreg.pitfalls.kinds import FULL_BATCH_LOOPS, curvature, seeded, train_loop
@@ -21,26 +22,18 @@ if TYPE_CHECKING:
 # --- the wrong variant -----------------------------------------------------------------------
 
 
-def train_full_batch_summed(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    lr: float = 0.03,
-    batch_size: int = 10,
-    num_epochs: int = 300,
-    generator: torch.Generator | None = None,
-    params: tuple[Tensor, Tensor] | None = None,
-) -> train.TrainResult:
+@mirrors(accumulate.train_full_batch)
+def train_full_batch_summed(*args: Any, **kwargs: Any) -> train.TrainResult:
     """Mistake: the full-batch loss summed, not averaged: each step n times, the bound over n."""
-    del batch_size
-    w, b = train.prepare(features, labels, params, generator, leaves=True)
-    result = train.TrainResult(w, b)
-    for _ in range(num_epochs):
-        loss.squared_loss(model.linreg(features, w, b), labels).sum().backward()  # type: ignore[no-untyped-call]
-        optim.sgd([w, b], lr, 1)  # no / n
-        result.num_steps += 1
-        result.losses.append(train.epoch_loss(features, labels, w, b))
-    return result
+    a = bind(train_full_batch_summed, *args, **kwargs)
+    return accumulate.fit_per_epoch(
+        a["features"], a["labels"], TrainConfig.of(a), _summed_epoch, a["params"]
+    )
+
+
+def _summed_epoch(features: Tensor, labels: Tensor, w: Tensor, b: Tensor, c: TrainConfig) -> None:
+    loss.squared_loss(model.linreg(features, w, b), labels).sum().backward()  # type: ignore[no-untyped-call]
+    optim.sgd([w, b], c.lr, 1)  # no / n
 
 
 # --- the property ----------------------------------------------------------------------------

@@ -125,7 +125,9 @@ def demo() -> Evidence:
         ("random", model.init_params(2, generator=_demo.gen(1), dtype=X.dtype)),
     ):
         w, b = (p.detach().clone().requires_grad_() for p in start)
-        result = accumulate.train_full_batch(X, y, lr=1.0, num_epochs=100, params=(w, b))
+        result = accumulate.train_full_batch(
+            X, y, lr=1.0, batch_size=len(X), num_epochs=100, params=(w, b)
+        )
         dist[name] = float(
             (torch.cat([result.w.detach().reshape(-1), result.b.detach()]) - fit).norm()
         )

@@ -1,0 +1,118 @@
+"""Run a function in R local processes joined by torch.distributed (gloo), with a hard timeout.
+
+Not a launcher for real jobs: the tests and the report use it to run DDP on one machine. It is
+torch.multiprocessing.spawn(join=False) with a file:// rendezvous (no port to race for): the
+first rank that fails ends the others, and the error names it (a signal, an exit code, or the
+child's traceback); a group that outlives the timeout is killed. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.multiprocessing.spawn import (
+    ProcessContext,
+    ProcessExitedException,
+    ProcessRaisedException,
+    start_processes,
+)
+
+
+class DistributedFailure(RuntimeError):
+    """A rank died, failed, or the group did not finish in time; all ranks were ended."""
+
+
+def gloo_available() -> bool:
+    """Return whether torch.distributed with the gloo backend can be used here."""
+    return bool(torch.distributed.is_available() and torch.distributed.is_gloo_available())
+
+
+def _entry(
+    rank: int, world_size: int, folder: str, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)  # R processes on a small machine: no oversubscription
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=30),
+    )
+    try:
+        torch.save(fn(rank, world_size, *args), Path(folder) / f"rank{rank}.pt")
+        torch.distributed.barrier()  # leave together: no rank tears down under another's feet
+    finally:
+        torch.distributed.destroy_process_group()
+    # Skip the interpreter's teardown: gloo's threads can abort it ("terminate called without
+    # an active exception", seen once under load). The result is saved; exit cleanly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _failures(context: ProcessContext, e: Exception) -> list[str]:
+    """Name every rank that failed on its own: a signal death first (the likely cause), then
+    the ranks that raised, those that only lost a peer (gloo's transport errors) last."""
+    found: list[tuple[int, int, str]] = []
+    if isinstance(e, ProcessExitedException):
+        how = (
+            f"was killed by {e.signal_name}" if e.signal_name else f"exited with code {e.exit_code}"
+        )
+        found.append((0, e.error_index, f"rank {e.error_index} {how}"))
+    for rank, path in enumerate(context.error_files):
+        if os.access(path, os.R_OK):
+            with open(path, "rb") as f:
+                last = str(pickle.load(f)).strip().splitlines()[-1]
+            found.append((2 if "gloo" in last else 1, rank, f"rank {rank} raised {last}"))
+    return [text for _, _, text in sorted(found)]
+
+
+def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 60.0) -> list[Any]:
+    """Run fn(rank, world_size, *args) in world_size processes; return each rank's result.
+
+    fn must be importable by name (a module's top-level function): "spawn" pickles it.
+    """
+    if not gloo_available():
+        raise DistributedFailure("torch.distributed with the gloo backend is not available")
+    with tempfile.TemporaryDirectory(prefix="linreg-ddp-") as folder:
+        # torch.multiprocessing.spawn(..., join=False), which is start_processes with "spawn"
+        context: ProcessContext = start_processes(  # type: ignore[no-untyped-call]
+            _entry,
+            args=(world_size, folder, fn, args),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while not context.join(
+                timeout=min(max(deadline - time.monotonic(), 0), 0.5), grace_period=2
+            ):
+                if time.monotonic() >= deadline:
+                    running = [r for r, p in enumerate(context.processes) if p.is_alive()]
+                    raise DistributedFailure(
+                        f"timed out after {timeout:g} s with ranks {running} still running; "
+                        "all ranks were ended"
+                    )
+        except (ProcessExitedException, ProcessRaisedException) as e:
+            raise DistributedFailure(
+                "; ".join(_failures(context, e)) + "; all ranks were ended"
+            ) from e
+        finally:
+            for p in context.processes:
+                if p.is_alive():
+                    p.kill()
+                p.join()
+        return [
+            torch.load(Path(folder) / f"rank{r}.pt", weights_only=False) for r in range(world_size)
+        ]
