@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
 import tempfile
 import time
@@ -28,7 +29,14 @@ from torch.multiprocessing.spawn import (
 
 
 class DistributedFailure(RuntimeError):
-    """A rank died, failed, or the group did not finish in time; all ranks were ended."""
+    """A rank died, failed, or the group did not finish in time; all ranks were ended.
+
+    `tracebacks` holds each rank that raised: its own traceback, as the child printed it.
+    """
+
+    def __init__(self, message: str, tracebacks: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.tracebacks = tracebacks or {}
 
 
 def gloo_available() -> bool:
@@ -60,21 +68,27 @@ def _entry(
     os._exit(0)
 
 
-def _failures(context: ProcessContext, e: Exception) -> list[str]:
-    """Name every rank that failed on its own: a signal death first (the likely cause), then
-    the ranks that raised, those that only lost a peer (gloo's transport errors) last."""
+def _failures(context: ProcessContext, e: Exception) -> DistributedFailure:
+    """Name every rank that failed on its own: signal deaths first (the likely cause), then the
+    ranks that raised, those that only lost a peer (gloo's transport errors) last."""
     found: list[tuple[int, int, str]] = []
-    if isinstance(e, ProcessExitedException):
-        how = (
-            f"was killed by {e.signal_name}" if e.signal_name else f"exited with code {e.exit_code}"
-        )
-        found.append((0, e.error_index, f"rank {e.error_index} {how}"))
+    for rank, p in enumerate(context.processes):
+        code = p.exitcode
+        cause = isinstance(e, ProcessExitedException) and rank == e.error_index
+        # SIGTERM is how the context ends the others: not a cause, unless the first to fail
+        if code is not None and code < 0 and (cause or code != -signal.SIGTERM):
+            found.append((0, rank, f"rank {rank} was killed by {signal.Signals(-code).name}"))
+        elif cause:
+            found.append((0, rank, f"rank {rank} exited with code {code}"))
+    tracebacks = {}
     for rank, path in enumerate(context.error_files):
         if os.access(path, os.R_OK):
             with open(path, "rb") as f:
-                last = str(pickle.load(f)).strip().splitlines()[-1]
+                tracebacks[rank] = str(pickle.load(f))
+            last = tracebacks[rank].strip().splitlines()[-1]
             found.append((2 if "gloo" in last else 1, rank, f"rank {rank} raised {last}"))
-    return [text for _, _, text in sorted(found)]
+    message = "; ".join(text for _, _, text in sorted(found)) + "; all ranks were ended"
+    return DistributedFailure(message, tracebacks)
 
 
 def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 60.0) -> list[Any]:
@@ -105,9 +119,7 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 
                         "all ranks were ended"
                     )
         except (ProcessExitedException, ProcessRaisedException) as e:
-            raise DistributedFailure(
-                "; ".join(_failures(context, e)) + "; all ranks were ended"
-            ) from e
+            raise _failures(context, e) from e
         finally:
             for p in context.processes:
                 if p.is_alive():

@@ -12,7 +12,7 @@ One function per kind of target, each returning a `Report`:
 - `epoch_loss(fn)`: `fn(features, labels, params, *, lr, batch_size)` trains one epoch and
   returns the loss it reports for it (`linreg.train.train_epoch`).
 
-Each property runs through Hypothesis (`max_examples` examples, 50 unless given; derandomized
+Each property runs through Hypothesis (`max_examples` examples, 30 unless given; derandomized
 unless `seed` is given) and gives a verdict: pass, fail (with the smallest counterexample
 Hypothesis found, as plain data; `shrink=False` reports the first one found, faster) or skip (it
 does not apply, or a property it rests on failed first). Tolerances
@@ -61,7 +61,7 @@ __all__ = [
     "update_step",
 ]
 
-DEFAULT_EXAMPLES = 50  # per property, when max_examples is None
+DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile's
 Verdict = Literal["pass", "fail", "skip"]
 
 

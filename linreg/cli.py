@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-examples",
         type=_positive_int,
         default=None,
-        help="examples per property (default: 50)",
+        help="examples per property (default: 30)",
     )
     a.add_argument(
         "--seed",

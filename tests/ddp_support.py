@@ -9,17 +9,12 @@ import time
 import torch
 
 
-def dies(rank: int, world_size: int, dying_rank: int) -> None:
-    """Let `dying_rank` kill itself with SIGKILL while the others wait in an all-reduce."""
-    if rank == dying_rank:
+def fails_both_ways(rank: int, world_size: int) -> None:
+    """Let rank 0 raise and rank 1 kill itself with SIGKILL; any others wait in an all-reduce."""
+    if rank == 0:
+        raise ValueError("rank 0 refuses")
+    if rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
-    torch.distributed.all_reduce(torch.ones(1))
-
-
-def raises(rank: int, world_size: int, failing_rank: int) -> None:
-    """Let `failing_rank` raise while the others wait in an all-reduce."""
-    if rank == failing_rank:
-        raise ValueError(f"rank {rank} refuses")
     torch.distributed.all_reduce(torch.ones(1))
 
 

@@ -233,14 +233,14 @@ def test_help_explains_each_option(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.fixture(scope="module")
 def full_report() -> tuple[int, dict[str, object]]:
-    """One full run of the report as JSON (about 5 s), shared by the tests below."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "linreg", "pitfalls", "--json", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return proc.returncode, json.loads(proc.stdout)
+    """One full run of the report as JSON, in this process, shared by the tests below."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["pitfalls", "--json", "-q"])
+    return code, json.loads(out.getvalue())
 
 
 def test_report_json_matches_its_schema_and_every_pitfall_behaves(
@@ -392,33 +392,19 @@ def test_audit_takes_each_kinds_options(capsys: pytest.CaptureFixture[str]) -> N
     assert {r["pitfall"]: r["verdict"] for r in report["results"]}["short-last-batch"] == "skip"
 
 
-def test_audit_imports_the_target_from_the_current_directory(tmp_path: Any) -> None:
+def test_audit_imports_the_target_from_the_current_directory(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "mystep.py").write_text(
-        "import torch\n\n"
         "def sgd(params, lr, batch_size):\n"
         "    for p in params:\n"
         "        p.data -= lr * p.grad / batch_size\n"
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "linreg",
-            "audit",
-            "update-step",
-            "mystep:sgd",
-            "--no-zeroes-grad",
-            "--max-examples",
-            "5",
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert (proc.returncode, proc.stderr) == (0, "")
-    assert "0 failed, 2 passed, 1 skipped" in proc.stdout
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    argv = ["audit", "update-step", "mystep:sgd", "--no-zeroes-grad", "--max-examples", "5", "-q"]
+    assert main(argv) == 0
+    assert "0 failed, 2 passed, 1 skipped" in capsys.readouterr().out
 
 
 def test_readme_shows_the_audits_real_output(

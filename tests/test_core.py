@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from linreg import checks, concise, data, model, train
@@ -18,6 +18,7 @@ runs = sts.runs
 NOISE_FLOOR = 3e-3
 
 
+@settings(max_examples=max(5, settings.default.max_examples // 3))  # 300 steps each
 @given(sts.seeds)
 @example(0)
 def test_default_experiment_converges_to_the_lstsq_solution(seed: int) -> None:

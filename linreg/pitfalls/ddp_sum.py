@@ -48,6 +48,11 @@ def generated_runs() -> tuple[_ddp.Run, ...]:
     return tuple(runs)
 
 
+_MEAN = _ddp.Run(NUM_EXAMPLES, 2, BATCH_SIZE // 2, 0.03, 1, 0)  # the book's data, batch 5 a rank
+_SUM = dataclasses.replace(_MEAN, reduction="sum")
+_STARTED: dict[str, Future[Any]] = {}
+
+
 def padded_runs() -> tuple[_ddp.Run, ...]:
     """The generated mean runs with n + 1 examples: n odd, so the sampler pads one sample."""
     return tuple(
@@ -59,13 +64,13 @@ def padded_runs() -> tuple[_ddp.Run, ...]:
 def ddp_results() -> dict[Callable[..., Any], list[Any]]:
     """Run every DDP job the suite and the report check, in ONE process group of 2 ranks.
 
-    linreg's worker and the wrong variant on the generated runs, and the whole-shard gradient
-    on the padded runs. Cached: processes are slow to start. DDP keeps the ranks' params
-    identical: rank 0's results are the runs'.
+    linreg's worker and the wrong variant on the generated runs and on the demo's, and the
+    whole-shard gradient on the padded runs. Cached: processes are slow to start. DDP keeps the
+    ranks' params identical: rank 0's results are the runs'.
     """
     jobs = {
-        _ddp.ddp_trajectory: generated_runs(),
-        ddp_trajectory_sum_unscaled: generated_runs(),
+        _ddp.ddp_trajectory: (*generated_runs(), _MEAN, _SUM),
+        ddp_trajectory_sum_unscaled: (*generated_runs(), _SUM),
         _ddp.ddp_full_shard_gradient: padded_runs(),
     }
     pairs = [(worker, run) for worker, runs in jobs.items() for run in runs]
@@ -77,7 +82,7 @@ def follows_one_process(target: Target, runs: tuple[_ddp.Run, ...]) -> None:
     """DDP over 2 ranks follows one process on the union of the ranks' batches, step for step."""
     cached = ddp_results() if runs == generated_runs() else {}
     results = (
-        cached[target.fn]
+        cached[target.fn][: len(runs)]
         if target.fn in cached
         else _spawn.spawn(_ddp.jobs, WORLD, [(target.fn, r) for r in runs], timeout=120)[0]
     )
@@ -114,21 +119,11 @@ PROPERTIES = (
 # --- the demonstration -----------------------------------------------------------------------
 
 
-_MEAN = _ddp.Run(NUM_EXAMPLES, 2, BATCH_SIZE // 2, 0.03, 1, 0)  # the book's data, batch 5 a rank
-_SUM = dataclasses.replace(_MEAN, reduction="sum")
-_DEMO_PAIRS = (
-    (_ddp.ddp_trajectory, _MEAN),
-    (_ddp.ddp_trajectory, _SUM),
-    (ddp_trajectory_sum_unscaled, _SUM),
-)
-_STARTED: dict[str, Future[list[Any]]] = {}
-
-
 def prepare() -> None:
-    """Start the demo's process group in the background: it runs while the other demos do."""
+    """Start the process group in the background: it runs while the other demos do."""
     if _spawn.gloo_available() and "demo" not in _STARTED:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-ddp")
-        _STARTED["demo"] = pool.submit(_spawn.spawn, _ddp.jobs, WORLD, _DEMO_PAIRS, timeout=120)
+        _STARTED["demo"] = pool.submit(ddp_results)
         pool.shutdown(wait=False)
 
 
@@ -137,7 +132,9 @@ def demo() -> Evidence:
     if not _spawn.gloo_available():
         return Evidence("ddp-sum", "", "", True, skipped="torch.distributed gloo is unavailable")
     prepare()
-    got_mean, got_sum, got_unscaled = _STARTED.pop("demo").result()[0]
+    results = _STARTED.pop("demo").result()
+    got_mean, got_sum = results[_ddp.ddp_trajectory][-2:]
+    got_unscaled = results[ddp_trajectory_sum_unscaled][-1]
     one = {r.reduction: _ddp.single_process_trajectory(r, WORLD) for r in (_MEAN, _SUM)}
     half = _ddp.single_process_trajectory(dataclasses.replace(_SUM, lr=0.015), WORLD)
     w0 = _MEAN.linear().weight.detach().reshape(-1)  # every run's start

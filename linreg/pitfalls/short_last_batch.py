@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -13,7 +12,7 @@ from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls.kinds import TwinRows, book_run, follows_the_closed_form, trajectory
+from linreg.pitfalls.kinds import LOOPS, TwinRows, book_run, follows_the_closed_form, trajectory
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -100,18 +99,7 @@ PROPERTIES = (
         "loop",
         follows_the_closed_form,
         _short_batches,
-        (
-            Target(late("train.train"), "loop", name="train"),
-            Target(
-                late("concise.train_concise"), "loop", Contract(objective="mse"), "train_concise"
-            ),
-            Target(
-                partial(late("concise.train_concise"), reduction="sum"),
-                "loop",
-                Contract(objective="mse"),
-                "train_concise(reduction='sum')",
-            ),
-        ),
+        LOOPS,
         (Variant(train_nominal_batch_size, "train.train", "loop"),),
         _book_short,
         applies=_has_a_short_batch,
