@@ -26,6 +26,10 @@ settings.load_profile(
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one core each: torch's threads would compete
+        import torch
+
+        torch.set_num_threads(1)
     # LINREG_SWAP=<variant name> puts a wrong variant from the catalogue in place of the linreg
     # function it replaces, for the whole run: the pitfalls suite must then fail (tox -e teeth).
     name = os.environ.get("LINREG_SWAP")

@@ -4,10 +4,11 @@ holds only what is particular to it."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linreg.pitfalls
@@ -17,6 +18,7 @@ from linreg.pitfalls import (
     CATALOGUE,
     PROPERTIES,
     VARIANTS,
+    Contract,
     Property,
     Target,
     Variant,
@@ -24,6 +26,8 @@ from linreg.pitfalls import (
 from tests.refute import refutes
 
 HOLDS = [(prop, target) for prop in PROPERTIES for target in prop.holds_for]
+OWN = [(prop, target) for prop, target in HOLDS if not target.oracle]
+ORACLE = [(prop, target) for prop, target in HOLDS if target.oracle]
 REFUTED = [(prop, variant) for prop in PROPERTIES for variant in prop.refuted_by]
 
 
@@ -33,8 +37,11 @@ def ident(case: Any) -> str:
 
 
 def marks(prop: Property) -> list[pytest.MarkDecorator]:
-    # properties whose examples start processes are the distributed ones
-    return [pytest.mark.distributed] if prop.kind == "ddp-worker" else []
+    # properties whose examples start processes are the distributed ones; under xdist they share
+    # a worker with the other DDP tests, so the cached process group starts once
+    if prop.kind == "ddp-worker":
+        return [pytest.mark.distributed, pytest.mark.xdist_group("ddp")]
+    return []
 
 
 def applicable(prop: Property, target: Target) -> None:
@@ -43,12 +50,31 @@ def applicable(prop: Property, target: Target) -> None:
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=marks(c[0]), id=ident(c)) for c in HOLDS])
+@functools.cache
+def examples(prop: Property, contract: Contract) -> st.SearchStrategy[Any]:
+    """Build each property's strategy once, not once per example."""
+    return prop.examples(contract)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=marks(c[0]), id=ident(c)) for c in OWN])
 @given(data=st.data())
 def test_pitfalls_property_holds_for_linreg(case: tuple[Property, Target], data: Any) -> None:
     prop, target = case
     applicable(prop, target)
-    prop.check(target, data.draw(prop.examples(target.contract), label="example"))
+    prop.check(target, data.draw(examples(prop, target.contract), label="example"))
+
+
+# torch's own code (DataLoader, optim.SGD, nn.MSELoss, the concise loop) checks the property
+# itself: a third of the examples is plenty for a sanity check of the statement
+@pytest.mark.parametrize("case", [pytest.param(c, id=ident(c)) for c in ORACLE])
+@settings(max_examples=max(10, settings.default.max_examples // 3))
+@given(data=st.data())
+def test_pitfalls_property_holds_for_torchs_own_code(
+    case: tuple[Property, Target], data: Any
+) -> None:
+    prop, target = case
+    applicable(prop, target)
+    prop.check(target, data.draw(examples(prop, target.contract), label="example"))
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,7 @@ class Target:
     kind: str
     contract: Contract = field(default_factory=Contract)
     name: str = ""
+    oracle: bool = False  # torch's own code (DataLoader, optim.SGD, nn.MSELoss), not linreg's
 
     def __str__(self) -> str:
         return self.name or getattr(self.fn, "__name__", repr(self.fn))

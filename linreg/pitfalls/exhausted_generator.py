@@ -122,7 +122,7 @@ PROPERTIES = (
         "iterator",
         iterates_again,
         _cases,
-        (Target(loader(False), "iterator", REUSED, "DataLoader(shuffle=True)"),),
+        (Target(loader(False), "iterator", REUSED, "DataLoader(shuffle=True)", oracle=True),),
         (Variant(data_iter_generator, None, "iterator", REUSED),),
         lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},
         applies=_reused,

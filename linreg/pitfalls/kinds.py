@@ -88,7 +88,7 @@ def iterators(drop_last: bool) -> tuple[Target, ...]:
             contract,
             f"data_iter(drop_last={drop_last})",
         ),
-        Target(loader(drop_last), "iterator", contract),
+        Target(loader(drop_last), "iterator", contract, oracle=True),
     )
 
 
@@ -178,13 +178,19 @@ def sgd_via_optim_sgd(params: list[Tensor], lr: float, batch_size: int) -> None:
 
 STEPS = (
     Target(late("optim.sgd"), "update-step", name="sgd"),
-    Target(sgd_via_optim_sgd, "update-step"),  # torch's, the oracle
+    Target(sgd_via_optim_sgd, "update-step", oracle=True),  # torch's
 )
 # linreg's loop, and torch's (the oracle: nn.Linear + nn.MSELoss + optim.SGD); the summed
 # variant of the oracle is checked step for step against the mean by mean-vs-sum's property.
 LOOPS = (
     Target(late("train.train"), "loop", name="train"),
-    Target(late("concise.train_concise"), "loop", Contract(objective="mse"), "train_concise"),
+    Target(
+        late("concise.train_concise"),
+        "loop",
+        Contract(objective="mse"),
+        "train_concise",
+        oracle=True,
+    ),
 )
 EPOCHS = (Target(late("train.train_epoch"), "epoch-loss", name="train_epoch"),)
 FULL_BATCH_LOOPS = (
@@ -196,6 +202,7 @@ FULL_BATCH_LOOPS = (
         "loop",
         Contract(objective="mse", full_batch=True),
         "train_concise(batch_size=n)",
+        oracle=True,
     ),
 )
 

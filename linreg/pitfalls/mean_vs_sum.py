@@ -162,12 +162,13 @@ PROPERTIES = (
         (
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
             Target(_book_mean_loss, "loss", Contract(reduction="mean"), "squared_loss(...).mean()"),
-            Target(nn.MSELoss(), "loss", MEAN_MSE, "nn.MSELoss()"),
+            Target(nn.MSELoss(), "loss", MEAN_MSE, "nn.MSELoss()", oracle=True),
             Target(
                 nn.MSELoss(reduction="sum"),
                 "loss",
                 Contract(reduction="sum", scale=1.0, flat_labels=False),
                 "nn.MSELoss(reduction='sum')",
+                oracle=True,
             ),
         ),
         (Variant(mse_sum_used_as_mean, None, "loss", MEAN_MSE),),
