@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch only where a tensor is checked: the command line's numbers need none
+    import torch
+    from torch import Tensor
 
 T = TypeVar("T")
 
@@ -67,6 +68,8 @@ def choice(name: str, value: T, options: tuple[T, ...]) -> T:
 
 def generator(value: object) -> torch.Generator | None:
     """Return value if it is None or a torch.Generator, else raise."""
+    import torch
+
     if value is not None and not isinstance(value, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(value).__name__}")
     return value
@@ -88,6 +91,8 @@ def callback(name: str, value: T) -> T:
 
 def floating_tensor(name: str, value: object) -> Tensor:
     """Return value if it is a floating-point tensor with finite entries, else raise."""
+    from torch import Tensor
+
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
@@ -99,6 +104,8 @@ def floating_tensor(name: str, value: object) -> Tensor:
 
 def dataset(features: object, labels: object) -> tuple[Tensor, Tensor]:
     """Check features (n, d) and labels (n,) or (n, 1) of one floating dtype, n >= 1."""
+    import torch
+
     X = floating_tensor("features", features)
     y = floating_tensor("labels", labels)
     if X.ndim != 2:

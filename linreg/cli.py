@@ -10,12 +10,16 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
+from linreg import _validate
 from linreg._book import TRUE_B, TRUE_W
 
 # torch is imported inside the commands, so that --help and argument errors come at once.
+
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,34 +28,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return value
+def _converter(
+    parse: Callable[[str], T], check: Callable[[str, object], T], expected: str
+) -> Callable[[str], T]:
+    """Return an argparse type: parse the text, then _validate's check, one line if not."""
+
+    def convert(text: str) -> T:
+        try:
+            return check("value", parse(text))
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    return convert
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+_positive_int = _converter(int, _validate.positive_int, "a positive int")
+_non_negative_int = _converter(int, _validate.non_negative_int, "an int >= 0")
+_positive_float = _converter(float, _validate.positive_finite, "a finite number > 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,6 +343,15 @@ def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if args.plot:
         if not args.plot.lower().endswith(".png"):
             parser.error(f"--plot writes a PNG: give a FILE.png, got {args.plot!r}")
+        folder = Path(args.plot).parent
+        if not folder.is_dir():
+            parser.error(f"--plot: the folder {str(folder)!r} does not exist")
+        chosen = args.only or [p.id for p in CATALOGUE]
+        if not any(BY_ID[i].plots for i in chosen):
+            drawn = ", ".join(p.id for p in CATALOGUE if p.plots)
+            parser.error(
+                f"--plot: none of the chosen pitfalls draws loss curves (those that do: {drawn})"
+            )
         try:
             import matplotlib  # noqa: F401
         except ImportError:

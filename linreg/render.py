@@ -106,8 +106,11 @@ def to_json(runs: Sequence[Run]) -> dict[str, Any]:
     }
 
 
+# Strict both ways (every key required, no other key allowed), so that a test validating
+# to_json's output catches a field added to one and not the other.
 SCHEMA: dict[str, Any] = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["torch", "python", "ok", "seconds", "pitfalls"],
     "properties": {
         "torch": {"type": "string"},
@@ -118,6 +121,7 @@ SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {
                 "type": "object",
+                "additionalProperties": False,
                 "required": [
                     "id",
                     "title",
@@ -151,6 +155,7 @@ SCHEMA: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
+                            "additionalProperties": False,
                             "required": ["property", "target", "expected", "held", "ok", "message"],
                             "properties": {
                                 "property": {"type": "string"},

@@ -100,7 +100,7 @@ BAD_OPTIONS = [
     (["train", "--lr", "-1"], TRAIN + "--lr: expected a finite number > 0, got '-1'"),
     (["train", "--lr", "nan"], TRAIN + "--lr: expected a finite number > 0, got 'nan'"),
     (["train", "--lr", "inf"], TRAIN + "--lr: expected a finite number > 0, got 'inf'"),
-    (["train", "--lr", "x"], TRAIN + "--lr: expected a number > 0, got 'x'"),
+    (["train", "--lr", "x"], TRAIN + "--lr: expected a finite number > 0, got 'x'"),
     (["train", "-e", "-2"], TRAIN + "-e/--epochs: expected an int >= 0, got '-2'"),
     (["train", "-e", "x"], TRAIN + "-e/--epochs: expected an int >= 0, got 'x'"),
     (["train", "--seed", "-1"], TRAIN + "--seed: expected an int >= 0, got '-1'"),
@@ -132,6 +132,15 @@ BAD_OPTIONS = [
         PITFALLS + "--plot writes a PNG: give a FILE.png, got 'out.svg'",
     ),
     (["pitfalls", "--bogus"], "python -m linreg: error: unrecognized arguments: --bogus"),
+    (
+        ["pitfalls", "--plot", "no/such/folder/out.png"],
+        PITFALLS + "--plot: the folder 'no/such/folder' does not exist",
+    ),
+    (
+        ["pitfalls", "--plot", "out.png", "--only", "eval-no-grad"],
+        PITFALLS + "--plot: none of the chosen pitfalls draws loss curves (those that do: "
+        "mean-vs-sum, grad-zeroing, once-per-epoch, label-shape, shuffled-apart, stable-lr)",
+    ),
     (
         ["audit", "step", "linreg.optim:sgd"],
         AUDIT + "argument KIND: invalid choice: 'step' (choose from 'iterator', 'update-step', "
@@ -249,14 +258,31 @@ def test_report_json_matches_its_schema_and_every_pitfall_behaves(
 ) -> None:
     import jsonschema
 
-    from linreg.pitfalls import CATALOGUE
+    from linreg.pitfalls import BY_ID, CATALOGUE
     from linreg.render import SCHEMA
 
     code, report = full_report
     jsonschema.validate(report, SCHEMA)
     assert [p["id"] for p in report["pitfalls"]] == [p.id for p in CATALOGUE]
+    # --plot checks before any work which pitfalls draw curves: their flag must say so
+    assert {p["id"] for p in report["pitfalls"] if p["curves"]} == {
+        p.id for p in CATALOGUE if BY_ID[p.id].plots
+    }
     failing = [(p["id"], p["observed"]) for p in report["pitfalls"] if not p["ok"]]
     assert failing == [] and report["ok"] is True and code == 0
+
+
+def test_report_json_of_a_skipped_pitfall_says_why_and_keeps_to_the_schema() -> None:
+    import jsonschema
+
+    from linreg import demos, render
+
+    skipped = demos.Evidence("ddp-sum", "", "", True, skipped="gloo is unavailable")
+    report = render.to_json([demos.Run(skipped, 0.0)])
+    jsonschema.validate(report, render.SCHEMA)
+    assert report["pitfalls"][0]["skipped"] == "gloo is unavailable"
+    with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
+        jsonschema.validate({**report, "extra": 1}, render.SCHEMA)
 
 
 def test_report_markdown_has_a_section_per_pitfall(

@@ -173,4 +173,5 @@ PITFALL = Pitfall(
     PROPERTIES,
     demo,
     order=6,
+    plots=True,
 )

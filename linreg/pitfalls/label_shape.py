@@ -143,4 +143,5 @@ PITFALL = Pitfall(
     PROPERTIES,
     demo,
     order=9,
+    plots=True,
 )

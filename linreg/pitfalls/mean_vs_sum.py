@@ -258,4 +258,5 @@ PITFALL = Pitfall(
     PROPERTIES,
     demo,
     order=5,
+    plots=True,
 )

@@ -254,4 +254,5 @@ PITFALL = Pitfall(
     PROPERTIES,
     demo,
     order=8,
+    plots=True,
 )

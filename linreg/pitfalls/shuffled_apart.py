@@ -106,4 +106,5 @@ PITFALL = Pitfall(
     PROPERTIES,
     demo,
     order=14,
+    plots=True,
 )

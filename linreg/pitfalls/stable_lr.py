@@ -205,4 +205,5 @@ PITFALL = Pitfall(
     PROPERTIES,
     demo,
     order=19,
+    plots=True,
 )
