@@ -1,4 +1,5 @@
-"""The whole default experiment (n = 1000, batch 10, lr 0.03, 3 epochs: 300 steps), four loops.
+"""The whole default experiment (n = 1000, batch 10, lr 0.03, 3 epochs: 300 steps), four loops,
+timed interleaved, round by round.
 
 linreg.train with autograd and with analytic gradients, the book's loop exactly as written
 (Python-list shuffling, `torch.tensor` indices per batch, the nominal batch size), and the
@@ -10,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-import pytest
 import torch
 
 from benchmarks import book
-from benchmarks.common import sync
+from benchmarks.common import interleave, sync
 from linreg import data, train
 from linreg._book import TRUE_B, TRUE_W
 
@@ -41,19 +41,22 @@ LOOPS: dict[str, Callable[..., Result]] = {
 }
 
 
-@pytest.mark.parametrize("loop", list(LOOPS))
-def test_train_default_experiment(benchmark: Any, device: str, loop: str) -> None:
+def test_train_default_experiment(benchmark: Any, device: str) -> None:
     features, labels = (t.to(device) for t in data.book_data(1000))
+    results: dict[str, Result] = {}
 
-    def run() -> Result:
-        out = LOOPS[loop](features, labels)
-        sync(device)
-        return out
+    def case(loop: str) -> Any:
+        def run() -> None:
+            results[loop] = LOOPS[loop](features, labels)
+            sync(device)
+
+        return run
 
     benchmark.group = f"train default {device}"
-    benchmark.extra_info.update(loop=loop, device=device, steps=300)
-    w, b, final_loss = benchmark(run)
-    # fast but wrong must fail: every loop must have learned the book's parameters
-    got = torch.cat([w.detach().reshape(-1), b.detach().reshape(-1)]).double().cpu()
-    assert float((got - TRUE).abs().max()) < 5e-3, got
-    assert final_loss < 1e-3
+    benchmark.extra_info.update(device=device, steps=300, base="book loop")
+    interleave(benchmark, {loop: case(loop) for loop in LOOPS}, rounds=12, min_seconds=0)
+    for loop, (w, b, final_loss) in results.items():
+        # fast but wrong must fail: every loop must have learned the book's parameters
+        got = torch.cat([w.detach().reshape(-1), b.detach().reshape(-1)]).double().cpu()
+        assert float((got - TRUE).abs().max()) < 5e-3, (loop, got)
+        assert final_loss < 1e-3, loop

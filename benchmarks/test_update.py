@@ -1,7 +1,7 @@
 """The parameter update: linreg's sgd against the .data variant, a foreach update, and optim.SGD.
 
-Each round gets fresh params and grads (pedantic setup), so every timed call does the same
-work, and its result is checked against p - lr * g / B.
+All of them are timed interleaved, round by round; every timed call gets fresh params and grads
+(untimed setup), so each does the same work, and its result is checked against p - lr * g / B.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.common import sync
+from benchmarks.common import interleave, sync
 from linreg import optim
 
 LR, B = 0.03, 10
@@ -58,44 +58,48 @@ UPDATES: dict[str, Callable[..., Any]] = {
 }
 
 
-@pytest.mark.parametrize("update", list(UPDATES))
 @pytest.mark.parametrize("size", [2, 10**2, 10**4, 10**6])
-def test_update(benchmark: Any, device: str, size: int, update: str) -> None:
-    step = UPDATES[update]
+def test_update(benchmark: Any, device: str, size: int) -> None:
     g = torch.Generator().manual_seed(size)
     w0, gw = (
         torch.randn(size, 1, generator=g).to(device),
         torch.randn(size, 1, generator=g).to(device),
     )
     b0, gb = torch.randn(1, generator=g).to(device), torch.randn(1, generator=g).to(device)
+    updates = dict(UPDATES)
+    if device == "cpu":  # fused SGD is for accelerators; on the CPU it may not exist
+        try:
+            OptimSGD(fused=True).setup([w0.clone().requires_grad_()], LR, B)
+        except (RuntimeError, ValueError):
+            del updates["optim.SGD(fused=True)"]
+    current: dict[str, list[torch.Tensor]] = {}
 
-    def setup() -> tuple[tuple[list[torch.Tensor], float, int], dict[str, Any]]:
+    def setup(name: str) -> None:  # fresh params and grads before every timed call
         params = [w0.clone().requires_grad_(), b0.clone().requires_grad_()]
         params[0].grad, params[1].grad = gw.clone(), gb.clone()
+        step = updates[name]
         if isinstance(step, OptimSGD):
             step.setup(params, LR, B)
-        return (params, LR, B), {}
+        current[name] = params
 
-    if update == "optim.SGD(fused=True)":
-        try:
-            setup()
-        except (RuntimeError, ValueError) as e:
-            pytest.skip(f"fused SGD not supported on {device}: {e}")
+    def case(name: str) -> Any:
+        def run() -> None:
+            updates[name](current[name], LR, B)
+            sync(device)
 
-    last: list[list[torch.Tensor]] = []
-
-    def run(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
-        step(params, lr, batch_size)
-        sync(device)
-        last[:] = [params]
+        return run
 
     benchmark.group = f"update size={size:.0e} {device}"
-    benchmark.extra_info.update(size=size, update=update, device=device)
-    rounds = 200 if size <= 10**4 else 30
-    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=5)
-    (params,) = last
-    # the last timed call's result: p - lr * g / B, grads cleared
-    torch.testing.assert_close(params[0].detach(), w0 - LR * gw / B, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(params[1].detach(), b0 - LR * gb / B, rtol=1e-6, atol=1e-7)
-    assert all(p.grad is None or not bool(p.grad.any()) for p in params)
-    assert all(p.is_leaf for p in params)
+    benchmark.extra_info.update(size=size, device=device, base="sgd")
+    interleave(
+        benchmark,
+        {name: case(name) for name in updates},
+        rounds=30 if size <= 10**4 else 10,
+        setup=setup,
+    )
+    for name, params in current.items():
+        # each one's last timed call: p - lr * g / B, grads cleared
+        torch.testing.assert_close(params[0].detach(), w0 - LR * gw / B, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(params[1].detach(), b0 - LR * gb / B, rtol=1e-6, atol=1e-7)
+        assert all(p.grad is None or not bool(p.grad.any()) for p in params), name
+        assert all(p.is_leaf for p in params), name
