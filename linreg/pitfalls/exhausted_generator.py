@@ -101,17 +101,7 @@ def _reused(contract: Contract) -> str | None:
 
 
 def _book_loop() -> TwinRows:
-    return TwinRows(
-        n=20,
-        batch_size=BATCH_SIZE,
-        num_epochs=3,
-        x=(1.0, -0.5),
-        w0=(0.0, 0.0),
-        b0=0.0,
-        residual=-4.2,
-        rate=0.2,
-        seed=0,
-    )
+    return TwinRows.book(num_epochs=3)
 
 
 REUSED = Contract(reused=True)

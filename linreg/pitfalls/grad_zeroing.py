@@ -98,17 +98,7 @@ def _book_update() -> Update:
 
 
 def _book_loop() -> TwinRows:
-    return TwinRows(
-        n=2,
-        batch_size=1,
-        num_epochs=2,
-        x=(1.0, -0.5),
-        w0=(0.0, 0.0),
-        b0=0.0,
-        residual=-4.2,
-        rate=0.2,
-        seed=0,
-    )
+    return TwinRows.book(2, 1, 2)
 
 
 def _zeroes(contract: Contract) -> str | None:

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import checks, data
+from linreg._book import BATCH_SIZE
 from linreg.checks import CheckFailed
 from linreg.pitfalls._base import Contract, Target, late
 
@@ -344,6 +345,11 @@ class TwinRows:
     def batch_size_for(self, contract: Contract) -> int:
         """Return the batch size the loop is given: n for a full-batch loop."""
         return self.n if contract.full_batch else self.batch_size
+
+    @classmethod
+    def book(cls, n: int = 20, batch_size: int = BATCH_SIZE, num_epochs: int = 1) -> TwinRows:
+        """Return the demonstrations' case: the row (1, -0.5) from w = 0, b = 0, r = -4.2."""
+        return cls(n, batch_size, num_epochs, (1.0, -0.5), (0.0, 0.0), 0.0, -4.2, 0.2, 0)
 
 
 @dataclass(frozen=True)

@@ -106,17 +106,7 @@ def _predictions(contract: Contract) -> SearchStrategy[dict[str, Tensor]]:
 
 
 def _book_step() -> TwinRows:
-    return TwinRows(
-        n=BATCH_SIZE,
-        batch_size=BATCH_SIZE,
-        num_epochs=1,
-        x=(1.0, -0.5),
-        w0=(0.0, 0.0),
-        b0=0.0,
-        residual=-4.2,
-        rate=0.2,
-        seed=0,
-    )
+    return TwinRows.book(BATCH_SIZE)
 
 
 def _book_predictions() -> dict[str, Tensor]:

@@ -126,17 +126,7 @@ def _book_init() -> Init:
 
 
 def _book_loop() -> TwinRows:
-    return TwinRows(
-        n=20,
-        batch_size=BATCH_SIZE,
-        num_epochs=1,
-        x=(1.0, -0.5),
-        w0=(0.0, 0.0),
-        b0=0.0,
-        residual=-4.2,
-        rate=0.2,
-        seed=0,
-    )
+    return TwinRows.book()
 
 
 PROPERTIES = (

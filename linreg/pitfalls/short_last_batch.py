@@ -63,17 +63,7 @@ def _short_batches(contract: Contract) -> SearchStrategy[TwinRows]:
 
 
 def _book_short() -> TwinRows:
-    return TwinRows(
-        n=13,
-        batch_size=BATCH_SIZE,
-        num_epochs=1,
-        x=(1.0, -0.5),
-        w0=(0.0, 0.0),
-        b0=0.0,
-        residual=-4.2,
-        rate=0.2,
-        seed=0,
-    )
+    return TwinRows.book(13)
 
 
 def _has_a_short_batch(contract: Contract) -> str | None:

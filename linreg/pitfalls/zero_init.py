@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from linreg import accumulate, data, model
-from linreg._book import BATCH_SIZE, NUM_EXAMPLES
+from linreg._book import NUM_EXAMPLES
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Variant
 from linreg.pitfalls.kinds import (
@@ -85,17 +85,7 @@ def _from_zero(contract: Contract) -> SearchStrategy[TwinRows]:
 
 
 def _book() -> TwinRows:
-    return TwinRows(
-        n=20,
-        batch_size=BATCH_SIZE,
-        num_epochs=1,
-        x=(1.0, -0.5),
-        w0=(0.0, 0.0),
-        b0=0.0,
-        residual=-4.2,
-        rate=0.2,
-        seed=0,
-    )
+    return TwinRows.book()
 
 
 PROPERTIES = (
