@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 SECOND_TIME = "Trying to backward through the graph a second time"
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 @mirrors(accumulate.train_full_batch, num_epochs=1)
@@ -45,6 +46,7 @@ def train_concat_backward_every_batch(*args: Any, **kwargs: Any) -> train.TrainR
     return result
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

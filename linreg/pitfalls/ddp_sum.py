@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 WORLD = 2
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def ddp_trajectory_sum_unscaled(rank: int, world_size: int, run: _ddp.Run) -> _ddp.Steps:
@@ -28,6 +29,7 @@ def ddp_trajectory_sum_unscaled(rank: int, world_size: int, run: _ddp.Run) -> _d
     return _ddp.ddp_trajectory(rank, world_size, run, scale_sum_lr=False)
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def sampler_epochs_without_set_epoch(sampler: Any, epochs: int) -> list[list[int]]:
@@ -21,6 +22,7 @@ def sampler_epochs_without_set_epoch(sampler: Any, epochs: int) -> list[list[int
     return [list(sampler) for _ in range(epochs)]
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 Ordering = tuple[int, int, int]  # n, world size, seed

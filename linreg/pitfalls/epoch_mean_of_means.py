@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def train_epoch_mean_of_batch_means(
@@ -36,6 +37,7 @@ def train_epoch_mean_of_batch_means(
     return sum(means) / len(means)
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def full_loss_with_grad(features: Tensor, labels: Tensor, w: Tensor, b: Tensor) -> Tensor:
@@ -25,6 +26,7 @@ def full_loss_with_grad(features: Tensor, labels: Tensor, w: Tensor, b: Tensor) 
     return loss.squared_loss(model.linreg(features, w, b), labels).mean()
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def data_iter_generator(
@@ -56,6 +57,7 @@ def train_stored_batches(
             optim.sgd([w, b], lr, len(X))
 
 
+# pragma: no mutate end
 # --- the properties --------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def sgd_without_zero_grad(params: Sequence[Tensor], lr: float, batch_size: int) -> None:
@@ -57,6 +58,7 @@ def train_without_zero_grad(
     return result
 
 
+# pragma: no mutate end
 # --- the properties --------------------------------------------------------------------------
 
 

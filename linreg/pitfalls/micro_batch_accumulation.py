@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def accumulate_grad_mean_of_means(
@@ -32,6 +33,7 @@ def accumulate_grad_mean_of_means(
     return len(means)
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

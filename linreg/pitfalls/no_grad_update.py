@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 LEAF_ERROR = "a leaf Variable that requires grad is being used in an in-place operation"
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def sgd_without_no_grad(params: Sequence[Tensor], lr: float, batch_size: int) -> None:
@@ -36,6 +37,7 @@ def sgd_out_of_place_in_grad_mode(params: list[Tensor], lr: float, batch_size: i
         params[i] = param - lr * param.grad / batch_size  # type: ignore[operator]
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 Steps = tuple[dict[str, Any], int]  # a run, and how many steps to take

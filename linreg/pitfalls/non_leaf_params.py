@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def init_params_not_leaves(
@@ -59,6 +60,7 @@ def train_non_leaf_w(
                         p.grad.zero_()
 
 
+# pragma: no mutate end
 # --- the properties --------------------------------------------------------------------------
 
 Init = tuple[int, int, dict[str, Any]]  # num_inputs, seed, a run on data with that many inputs

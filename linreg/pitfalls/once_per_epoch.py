@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def accumulate_losses_seed(
@@ -65,6 +66,7 @@ def _seed_epoch(features: Tensor, labels: Tensor, w: Tensor, b: Tensor, c: Train
     optim.sgd([w, b], c.lr, c.batch_size * count)
 
 
+# pragma: no mutate end
 # --- the properties --------------------------------------------------------------------------
 
 

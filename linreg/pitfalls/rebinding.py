@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def sgd_rebinding(params: Sequence[Tensor], lr: float, batch_size: int) -> None:
@@ -58,6 +59,7 @@ def train_rebinding(
             b.requires_grad_()
 
 
+# pragma: no mutate end
 # --- the properties --------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def train_epoch_running_tensor(
@@ -47,6 +48,7 @@ def train_epoch_reports_in_grad_mode(
     return total / len(features)
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 @mirrors(train.train)
@@ -32,6 +33,7 @@ def _nominal_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, config: TrainConfi
     optim.sgd([w, b], config.lr, config.batch_size)  # nominal, not X.shape[0]
 
 
+# pragma: no mutate end
 # --- the properties --------------------------------------------------------------------------
 
 

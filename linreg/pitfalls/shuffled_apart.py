@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def data_iter_shuffled_apart(
@@ -38,6 +39,7 @@ def data_iter_shuffled_apart(
     return data._slices(batch_size, features, labels, stop)
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

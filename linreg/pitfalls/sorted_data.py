@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 FAILURE = 1e-12  # the chance a loop that reshuffles fails the property, per example, at most
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def train_never_shuffled(
@@ -42,6 +43,7 @@ def train_never_shuffled(
             optim.sgd([w, b], lr, len(X))
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

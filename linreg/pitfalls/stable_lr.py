@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 # --- the wrong variant -----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 @mirrors(accumulate.train_full_batch)
@@ -36,6 +37,7 @@ def _summed_epoch(features: Tensor, labels: Tensor, w: Tensor, b: Tensor, c: Tra
     optim.sgd([w, b], c.lr, 1)  # no / n
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 MAX_EPOCHS = 64
 
 # --- the wrong variants ----------------------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 def data_iter_never_shuffled(
@@ -85,6 +86,7 @@ def data_iter_floor_batches(
         yield features[idx], labels[idx]
 
 
+# pragma: no mutate end
 # --- the properties --------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 HIDDEN = 4
 
 # --- the counterexample: a hidden layer ------------------------------------------------------
+# pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
 class HiddenLayer(nn.Module):
@@ -71,6 +72,7 @@ def train_hidden_zero_init(
     return [w, b]
 
 
+# pragma: no mutate end
 # --- the property ----------------------------------------------------------------------------
 
 
