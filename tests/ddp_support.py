@@ -10,7 +10,13 @@ import torch
 
 
 def fails_both_ways(rank: int, world_size: int) -> None:
-    """Let rank 0 raise and rank 1 kill itself with SIGKILL; any others wait in an all-reduce."""
+    """Let rank 0 raise and rank 1 kill itself with SIGKILL; any others wait in an all-reduce.
+
+    A barrier first: under load rank 0 could otherwise raise and leave while rank 1 is still
+    joining the group, and rank 1 would then fail on the lost peer, never reaching its SIGKILL
+    (seen once in the thorough run).
+    """
+    torch.distributed.barrier()
     if rank == 0:
         raise ValueError("rank 0 refuses")
     if rank == 1:
