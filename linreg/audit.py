@@ -10,7 +10,10 @@ One function per kind of target, each returning a `Report`:
   (`[w (d, 1), b (1,)]`, leaves that require grad) and returns them, or None when it trains
   them in place (`params` may also be a keyword-only argument, as in `linreg.train`);
 - `epoch_loss(fn)`: `fn(features, labels, params, *, lr, batch_size)` trains one epoch and
-  returns the loss it reports for it (`linreg.train.train_epoch`).
+  returns the loss it reports for it (`linreg.train.train_epoch`);
+- `training_loop(fn, model=..., example=...)`: any PyTorch loop `fn(model, loader, optimizer,
+  *, num_epochs)`, checked against itself on copies of one sample (batch-partition invariance,
+  `linreg.pitfalls._partition`).
 
 Each property runs through Hypothesis (`max_examples` examples, 30 unless given; derandomized
 unless `seed` is given) and gives a verdict: pass, fail (with the smallest counterexample
@@ -30,6 +33,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
+import numpy
 import torch
 
 from linreg.testing import NEEDS_HYPOTHESIS
@@ -43,7 +47,7 @@ except ImportError as e:  # pragma: no cover - checked in a subprocess without H
 
 from linreg import _validate
 from linreg.checks import CheckFailed
-from linreg.pitfalls import CATALOGUE, Contract, Property, Target
+from linreg.pitfalls import CATALOGUE, Contract, Property, Target, _partition
 from linreg.pitfalls.kinds import EPOCH_SIGNATURE, LOOP_SIGNATURE, check_loop_signature
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "run",
     "run_property",
     "target_for",
+    "training_loop",
     "update_step",
 ]
 
@@ -149,8 +154,8 @@ class Report:
 def plain(value: Any) -> Any:
     """Return value as plain data: tensors as lists (with their grads), dtypes as strings."""
     if isinstance(value, torch.Tensor):
-        data = value.detach().tolist()
-        return data if value.grad is None else {"value": data, "grad": value.grad.tolist()}
+        data = _tolist(value)
+        return data if value.grad is None else {"value": data, "grad": _tolist(value.grad)}
     if isinstance(value, torch.dtype):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -166,6 +171,19 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
+
+
+def _tolist(t: torch.Tensor) -> Any:
+    """Return t as nested lists; float32 values as their shortest float32 repr (0.2, not
+    0.20000000298023224), which reads back to the same float32."""
+    data = t.detach().tolist()
+    if t.dtype != torch.float32:
+        return data
+
+    def short(x: Any) -> Any:
+        return [short(v) for v in x] if isinstance(x, list) else float(str(numpy.float32(x)))
+
+    return short(data)
 
 
 def _short(value: Any, limit: int = 400) -> str:
@@ -412,12 +430,64 @@ def _epoch_loss(
     return Target(fn, "epoch-loss", contract, _name(fn)), options
 
 
+def _training_loop(
+    fn: Any,
+    *,
+    model: Any = None,
+    example: Any = None,
+    optimizer: Any = None,
+    accumulation_steps: int = 1,
+    reduction: str = "mean",
+) -> tuple[Target, dict[str, Any]]:
+    fn = _checked(fn, _partition.TRAINING_LOOP_SIGNATURE, None, None, None, num_epochs=1)
+    if not callable(model):
+        raise TargetError(
+            f"model must be a zero-argument factory of an nn.Module, got {type(model).__name__}"
+        )
+    if optimizer is not None and not callable(optimizer):
+        raise TargetError(
+            f"optimizer must be a factory params -> torch.optim.Optimizer, got "
+            f"{type(optimizer).__name__}"
+        )
+    try:
+        pair = _partition.as_example(example() if callable(example) else example)
+        _partition.check_model(model, pair)
+        built = (optimizer or _partition.default_optimizer)(_partition.build(model).parameters())
+    except TypeError as e:
+        raise TargetError(str(e)) from None
+    if not isinstance(built, torch.optim.Optimizer):
+        raise TargetError(
+            f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer"
+        )
+    contract = _partition.contract_of(
+        model,
+        pair,
+        optimizer,
+        accumulation_steps=_validate.positive_int("accumulation_steps", accumulation_steps),
+        reduction=_validate.choice("reduction", reduction, ("mean", "sum")),
+    )
+    target = Target(fn, "training-loop", contract, _name(fn))
+    try:
+        _partition.check_loop(target)
+    except TypeError as e:
+        raise TargetError(f"{_name(fn)}: {e}") from None
+    options = {
+        "model": _name(model),
+        "example": plain(pair),
+        "optimizer": "SGD" if optimizer is None else _name(optimizer),
+        "accumulation_steps": accumulation_steps,
+        "reduction": reduction,
+    }
+    return target, options
+
+
 _TARGETS: dict[str, Callable[..., tuple[Target, dict[str, Any]]]] = {
     "iterator": _iterator,
     "update-step": _update_step,
     "loss": _loss,
     "loop": _loop,
     "epoch-loss": _epoch_loss,
+    "training-loop": _training_loop,
 }
 
 
@@ -545,12 +615,48 @@ def epoch_loss(
     return _audit(_epoch_loss(fn, objective=objective, dtype=dtype), max_examples, seed, shrink)
 
 
+def training_loop(
+    fn: Callable[..., Any],
+    *,
+    model: Callable[[], torch.nn.Module],
+    example: Any,
+    optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    accumulation_steps: int = 1,
+    reduction: Literal["mean", "sum"] = "mean",
+    max_examples: int | None = None,
+    seed: int | None = None,
+    shrink: bool = True,
+) -> Report:
+    """Audit any PyTorch training loop `fn(model, loader, optimizer, *, num_epochs)`.
+
+    model is a zero-argument factory of a fresh nn.Module (torch is seeded before each call);
+    example one (x, y) sample, unbatched, as the dataset holds it (or a zero-argument function
+    returning one); optimizer a factory params -> torch.optim.Optimizer (default: plain SGD).
+    The audit hands the loop a model, a DataLoader (in order) over copies of x and of a
+    contrast row, and the optimizer with its lr set to 0, and reads the gradients at each
+    optimizer.step(): a correct loop applies the mean of its rows' gradients at every step
+    (their sum for reduction="sum"), whatever the batching. accumulation_steps=k says the loop
+    steps once per k batches, and once for what is left at the end of an epoch. A model with
+    BatchNorm, or random in training mode beyond its Dropout modules (set to p = 0), is refused.
+    """
+    built = _training_loop(
+        fn,
+        model=model,
+        example=example,
+        optimizer=optimizer,
+        accumulation_steps=accumulation_steps,
+        reduction=reduction,
+    )
+    return _audit(built, max_examples, seed, shrink)
+
+
 KINDS: dict[str, Callable[..., Report]] = {
     "iterator": iterator,
     "update-step": update_step,
     "loss": loss,
     "loop": loop,
     "epoch-loss": epoch_loss,
+    "training-loop": training_loop,
 }
 SIGNATURES = {
     "iterator": "fn(batch_size, features, labels)",
@@ -558,4 +664,5 @@ SIGNATURES = {
     "loss": "fn(y_hat, y)",
     "loop": LOOP_SIGNATURE,
     "epoch-loss": EPOCH_SIGNATURE,
+    "training-loop": _partition.TRAINING_LOOP_SIGNATURE,
 }

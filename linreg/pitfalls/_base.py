@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # Hypothesis is needed only to draw examples, never to import
     from hypothesis.strategies import SearchStrategy
 
 # The kinds a user can audit (linreg.audit); the other kinds are linreg's own signatures.
-AUDIT_KINDS = ("iterator", "update-step", "loss", "loop", "epoch-loss")
+AUDIT_KINDS = ("iterator", "update-step", "loss", "loop", "epoch-loss", "training-loop")
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,18 @@ class Contract:
     zeroes_grad: bool = True  # update-step: the step zeroes (or sets to None) the grads
     under_no_grad: bool = False  # update-step: the caller runs it inside torch.no_grad()
     divides_by_batch_size: bool = True  # update-step: p - lr*g/B (False: p - lr*g)
-    reduction: Literal["none", "mean", "sum"] = "none"  # loss
+    reduction: Literal["none", "mean", "sum"] = "none"  # loss; training-loop (none = mean)
     scale: float = 0.5  # loss: the factor in front of (y_hat - y)^2
     flat_labels: bool = True  # loss: labels of shape (n,) must give the same loss as (n, 1)
     objective: Literal["book", "mse"] = "book"  # loop, epoch-loss: mean of r^2 / 2, or of r^2
     full_batch: bool = False  # loop: every step takes the whole data
     dtype: torch.dtype = torch.float32  # loop, epoch-loss: the dtype of the data and params
+    # training-loop: what the audit hands the loop (a model factory, one (x, y) sample, an
+    # optimizer factory; None: plain SGD), and how many loader batches each step takes
+    model: Callable[[], torch.nn.Module] | None = field(default=None, compare=False)
+    example: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False)
+    optimizer: Callable[..., torch.optim.Optimizer] | None = field(default=None, compare=False)
+    accumulation_steps: int = 1
 
 
 @dataclass(frozen=True)

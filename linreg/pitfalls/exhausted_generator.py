@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
+from linreg.checks import CheckFailed
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls._partition import (
+    CLASSIFIER,
+    TRAINING_LOOPS,
+    Batching,
+    describe,
+    expected_steps,
+    loss_of,
+    observe,
+)
 from linreg.pitfalls.kinds import (
     FULL_BATCH_LOOPS,
     LOOPS,
@@ -55,6 +66,18 @@ def train_stored_batches(
         for X, y in batches:  # empty from the second epoch on
             loss.squared_loss(model.linreg(X, w, b), y).sum().backward()  # type: ignore[no-untyped-call]
             optim.sgd([w, b], lr, len(X))
+
+
+def loop_stored_generator(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: `batches = (b for b in loader)` made once, then iterated in every epoch."""
+    batches = (batch for batch in loader)
+    for _ in range(num_epochs):
+        for X, y in batches:
+            optimizer.zero_grad()
+            loss_of(model(X), y).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
 
 
 # pragma: no mutate end
@@ -108,6 +131,35 @@ def _book_loop() -> TwinRows:
 
 REUSED = Contract(reused=True)
 
+
+def takes_every_step(target: Target, batching: Batching) -> None:
+    """E epochs of the loader take E * ceil(batches / accumulation_steps) optimizer steps."""
+    k = target.contract.accumulation_steps
+    got, want = len(observe(target, batching).applied), expected_steps(batching, k)
+    if got != want:
+        per_epoch = want // batching.num_epochs
+        why = (
+            "stepped in the first epoch only: what it iterates is used up after one pass (a "
+            "generator or iter(loader) made once?)"
+            if got == per_epoch and batching.num_epochs > 1
+            else "matches no known mistake"
+        )
+        raise CheckFailed(
+            f"on {describe(batching, k)} the loop took {got} optimizer steps, expected {want}: "
+            f"it {why}"
+        )
+
+
+def _epochs(contract: Contract) -> SearchStrategy[Batching]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    return sts.batchings(
+        accumulation_steps=contract.accumulation_steps, num_epochs=st.integers(1, 3)
+    )
+
+
 PROPERTIES = (
     Property(
         "what it returns, iterated a second time, yields a whole epoch again",
@@ -128,6 +180,16 @@ PROPERTIES = (
         (Variant(train_stored_batches, None, "loop"),),
         _book_loop,
         requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
+    ),
+    Property(
+        "E epochs of the loader take E * ceil(batches / accumulation_steps) optimizer steps",
+        "training-loop",
+        takes_every_step,
+        _epochs,
+        TRAINING_LOOPS,
+        (Variant(loop_stored_generator, None, "training-loop", CLASSIFIER),),
+        lambda: Batching((0,) * 5, 2, 3, 0),
+        requires=("non-leaf-params",),
     ),
 )
 

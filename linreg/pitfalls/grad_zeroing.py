@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from linreg import checks, data, loss, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls._partition import (
+    CLASSIFIER,
+    TRAINING_LOOPS,
+    Batching,
+    compare,
+    loss_of,
+)
 from linreg.pitfalls.kinds import (
     FULL_BATCH_LOOPS,
     LOOPS,
@@ -56,6 +65,16 @@ def train_without_zero_grad(
             result.num_steps += 1
         result.losses.append(train.epoch_loss(features, labels, w, b))
     return result
+
+
+def loop_without_zero_grad(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: no `optimizer.zero_grad()`: each step applies every gradient so far."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            loss_of(model(X), y).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
 
 
 # pragma: no mutate end
@@ -107,6 +126,34 @@ def _zeroes(contract: Contract) -> str | None:
     return None if contract.zeroes_grad else "zeroes_grad=False: the loop zeroes the grads"
 
 
+def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
+    """On identical rows, every full step applies the same gradient: its own batch's alone."""
+
+    def explain(j: int, s: float | None, b: Batching) -> str:
+        if s is not None and math.isclose(s, j + 1, rel_tol=1e-3):
+            return (
+                f"never zeroes the grads: step {j + 1} applies the sum of {j + 1} steps' gradients"
+            )
+        if s is not None and s > 1.5 and math.isclose(s, round(s), rel_tol=1e-3):
+            return f"adds up {round(s)} steps' gradients: it zeroes them less often than it steps"
+        return "matches no known mistake"
+
+    compare(target, batching, lambda j, count: True, explain)
+
+
+def _full_steps(contract: Contract) -> SearchStrategy[Batching]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    return sts.batchings(
+        steps="full",
+        min_steps=2,
+        accumulation_steps=contract.accumulation_steps,
+        num_epochs=st.integers(1, 2),
+    )
+
+
 PROPERTIES = (
     Property(
         "after the step each grad is zeros or None",
@@ -127,6 +174,16 @@ PROPERTIES = (
         (Variant(train_without_zero_grad, None, "loop"),),
         _book_loop,
         requires=("backward-twice", "rebinding", "mean-vs-sum"),
+    ),
+    Property(
+        "on identical rows every step applies its own batch's gradient alone",
+        "training-loop",
+        applies_each_steps_own_gradient,
+        _full_steps,
+        TRAINING_LOOPS,
+        (Variant(loop_without_zero_grad, None, "training-loop", CLASSIFIER),),
+        lambda: Batching((0,) * 6, 2, 2, 0),
+        requires=("non-leaf-params", "mean-vs-sum"),
     ),
 )
 

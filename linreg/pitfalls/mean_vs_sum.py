@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.optim import Optimizer
 
 from linreg import checks, concise, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls._partition import (
+    LINEAR,
+    TRAINING_LOOPS,
+    Batching,
+    compare,
+    loss_of,
+    reduced,
+)
 from linreg.pitfalls.kinds import (
     FULL_BATCH_LOOPS,
     LOOPS,
@@ -55,6 +65,17 @@ def train_concise_sum_at_mean_lr(*args: Any, **kwargs: Any) -> train.TrainResult
 def mse_sum_used_as_mean(y_hat: Tensor, y: Tensor) -> Tensor:
     """Mistake: `nn.MSELoss(reduction='sum')` put where the mean was, at the mean's lr."""
     return F.mse_loss(y_hat, y, reduction="sum")
+
+
+def loop_sum_at_mean_lr(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: `loss.sum()` (or reduction='sum') with the lr tuned for the mean."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss_of(model(X), y, "sum").backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
 
 
 # pragma: no mutate end
@@ -126,6 +147,32 @@ def _book_mean_loss(y_hat: Tensor, y: Tensor) -> Tensor:
 # nn.MSELoss() is the oracle for labels of (n, 1); for (n,) it is a wrong variant (label-shape)
 MEAN_MSE = Contract(reduction="mean", scale=1.0, flat_labels=False)
 
+
+def applies_the_rows_mean(target: Target, batching: Batching) -> None:
+    """On identical rows, a full step applies one row's gradient (B rows' for reduction=sum)."""
+    rows = len(batching.steps(target.contract.accumulation_steps)[0])
+
+    def explain(j: int, s: float | None, b: Batching) -> str:
+        if s is not None and math.isclose(s, rows, rel_tol=1e-3) and reduced(target) == "mean":
+            return (
+                f"sums the loss over the step's {rows} rows (loss.sum(), reduction='sum') where "
+                "a mean was declared: at the mean's lr every step is that many times too big"
+            )
+        if s is not None and math.isclose(s, b.batch_size, rel_tol=1e-3) and s > 1:
+            return f"sums the loss over each batch's {b.batch_size} rows where a mean was declared"
+        if s is not None and math.isclose(s * rows, 1, rel_tol=1e-3):
+            return "averages over the step's rows where reduction='sum' was declared"
+        return "matches no known mistake"
+
+    compare(target, batching, lambda j, count: j == 0, explain)
+
+
+def _full_steps(contract: Contract) -> SearchStrategy[Batching]:
+    from linreg.testing import strategies as sts
+
+    return sts.batchings(steps="full", accumulation_steps=contract.accumulation_steps)
+
+
 PROPERTIES = (
     Property(
         "MSELoss(sum) at lr / B_actual follows MSELoss(mean) at lr step for step",
@@ -165,6 +212,16 @@ PROPERTIES = (
         ),
         (Variant(mse_sum_used_as_mean, None, "loss", MEAN_MSE),),
         _book_predictions,
+    ),
+    Property(
+        "on identical rows a step applies one row's gradient: the mean over its rows",
+        "training-loop",
+        applies_the_rows_mean,
+        _full_steps,
+        TRAINING_LOOPS,
+        (Variant(loop_sum_at_mean_lr, None, "training-loop", LINEAR),),
+        lambda: Batching((0,) * 4, 4, 1, 0),
+        requires=("non-leaf-params",),
     ),
 )
 

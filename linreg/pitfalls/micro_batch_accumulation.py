@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.optim import Optimizer
 
 from linreg import accumulate, checks, loss, model
 from linreg._book import BATCH_SIZE
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls._partition import (
+    LINEAR,
+    TRAINING_LOOPS,
+    Batching,
+    compare,
+    loss_of,
+)
 from linreg.pitfalls.kinds import copy_params, params_like
 
 if TYPE_CHECKING:
@@ -31,6 +39,19 @@ def accumulate_grad_mean_of_means(
     means = [loss.squared_loss(model.linreg(X, w, b), y).mean() for X, y in micro_batches]
     (sum(means) / len(means)).backward()  # type: ignore[union-attr]
     return len(means)
+
+
+def loop_mean_of_micro_means(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: each micro-batch's mean loss / the number of micro-batches (of 2 rows)."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            micro = list(zip(X.split(2), y.split(2), strict=True))
+            for Xm, ym in micro:
+                (loss_of(model(Xm), ym) / len(micro)).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
 
 
 # pragma: no mutate end
@@ -58,6 +79,25 @@ def _book() -> dict[str, Any]:
     return {"features": X, "labels": y, "sizes": sizes, "params": params_like(X, 0)}
 
 
+def weighs_every_row_alike(target: Target, batching: Batching) -> None:
+    """With two kinds of rows, each step applies the mean of its own rows' gradients."""
+
+    def explain(j: int, s: float | None, b: Batching) -> str:
+        return (
+            "weighs the rows of a step unequally (a mean of micro-batch means, over "
+            "micro-batches of unequal sizes?): sum the per-row losses and divide once by the "
+            "step's number of rows"
+        )
+
+    compare(target, batching, lambda j, count: True, explain)
+
+
+def _mixed(contract: Contract) -> SearchStrategy[Batching]:
+    from linreg.testing import strategies as sts
+
+    return sts.batchings(mixed=True, accumulation_steps=contract.accumulation_steps)
+
+
 PROPERTIES = (
     Property(
         "accumulating over micro-batches gives the full batch's gradient",
@@ -67,6 +107,16 @@ PROPERTIES = (
         (Target(late("accumulate.accumulate_grad"), "accumulate-grad", name="accumulate_grad"),),
         (Variant(accumulate_grad_mean_of_means, "accumulate.accumulate_grad", "accumulate-grad"),),
         _book,
+    ),
+    Property(
+        "with two kinds of rows each step applies the mean of its own rows' gradients",
+        "training-loop",
+        weighs_every_row_alike,
+        _mixed,
+        TRAINING_LOOPS,
+        (Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
+        lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
+        requires=("non-leaf-params", "mean-vs-sum", "grad-zeroing", "short-last-batch"),
     ),
 )
 

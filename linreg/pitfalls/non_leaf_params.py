@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
+from linreg.checks import CheckFailed
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls._partition import (
+    CLASSIFIER,
+    LINEAR,
+    TRAINING_LOOPS,
+    Batching,
+    describe,
+    loss_of,
+    observe,
+)
 from linreg.pitfalls.kinds import (
     FULL_BATCH_LOOPS,
     LOOPS,
@@ -58,6 +70,28 @@ def train_non_leaf_w(
                     if p.grad is not None:  # only b's is set
                         p -= lr * p.grad / len(X)
                         p.grad.zero_()
+
+
+def loop_zero_grad_before_step(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: `loss.backward(); optimizer.zero_grad(); optimizer.step()`: every step is empty."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            loss_of(model(X), y).backward()  # type: ignore[no-untyped-call]
+            optimizer.zero_grad()
+            optimizer.step()
+
+
+def loop_detached_output(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: `loss_fn(model(X).detach(), y)`, then `loss.requires_grad_()` to quiet the error."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss_of(model(X).detach(), y).requires_grad_().backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
 
 
 # pragma: no mutate end
@@ -131,6 +165,34 @@ def _book_loop() -> TwinRows:
     return TwinRows.book()
 
 
+def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
+    """At every optimizer.step() some parameter has a non-zero gradient: the params can move."""
+    grads = observe(target, batching).applied
+    if not grads:
+        raise CheckFailed(
+            f"on {describe(batching, target.contract.accumulation_steps)} the loop never called "
+            "optimizer.step(): the params never move"
+        )
+    for j, g in enumerate(grads):
+        if g is None or not bool(g.any()):
+            raise CheckFailed(
+                f"at optimizer.step() {j + 1} of {len(grads)} every parameter's .grad was "
+                f"{'None' if g is None else 'zero'}: the step cannot move the params "
+                "(zero_grad() between backward() and step()? a loss computed from a detached "
+                "output?)"
+            )
+
+
+def _any_batching(contract: Contract) -> SearchStrategy[Batching]:
+    from hypothesis import strategies as st
+
+    from linreg.testing import strategies as sts
+
+    return sts.batchings(
+        accumulation_steps=contract.accumulation_steps, num_epochs=st.integers(1, 2), max_n=6
+    )
+
+
 PROPERTIES = (
     Property(
         "the initial params are leaves, and one step gives each a grad and moves it",
@@ -150,6 +212,18 @@ PROPERTIES = (
         (Variant(train_non_leaf_w, None, "loop"),),
         _book_loop,
         requires=("backward-twice", "rebinding"),
+    ),
+    Property(
+        "at every optimizer.step() some parameter has a non-zero gradient",
+        "training-loop",
+        every_step_has_a_gradient,
+        _any_batching,
+        TRAINING_LOOPS,
+        (
+            Variant(loop_zero_grad_before_step, None, "training-loop", LINEAR),
+            Variant(loop_detached_output, None, "training-loop", CLASSIFIER),
+        ),
+        lambda: Batching((0,) * 5, 2, 1, 0),
     ),
 )
 

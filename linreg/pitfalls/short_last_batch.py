@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from linreg import checks, concise, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls._partition import (
+    LINEAR,
+    TRAINING_LOOPS,
+    Batching,
+    compare,
+    loss_of,
+)
 from linreg.pitfalls.kinds import LOOPS, TwinRows, book_run, follows_the_closed_form, trajectory
 
 if TYPE_CHECKING:
@@ -31,6 +40,17 @@ def train_nominal_batch_size(*args: Any, **kwargs: Any) -> train.TrainResult:
 def _nominal_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, config: TrainConfig) -> None:
     loss.squared_loss(model.linreg(X, w, b), y).sum().backward()  # type: ignore[no-untyped-call]
     optim.sgd([w, b], config.lr, config.batch_size)  # nominal, not X.shape[0]
+
+
+def loop_nominal_batch_size(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: `loss.sum() / loader.batch_size`: the short last batch's step shrinks."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            (loss_of(model(X), y, "sum") / loader.batch_size).backward()  # type: ignore[attr-defined]
+            optimizer.step()
 
 
 # pragma: no mutate end
@@ -76,6 +96,38 @@ def _has_a_short_batch(contract: Contract) -> str | None:
     return None
 
 
+def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
+    """On identical rows, an epoch's short last step applies the same gradient as a full one."""
+    k = target.contract.accumulation_steps
+    steps = batching.steps(k)
+    per_epoch = len(steps) // batching.num_epochs
+    full = batching.batch_size * k
+
+    def explain(j: int, s: float | None, b: Batching) -> str:
+        rows = len(steps[j])
+        batches = math.ceil(rows / batching.batch_size)
+        if s is not None and k > 1 and math.isclose(s * k, batches, rel_tol=1e-3):
+            return (
+                f"divides by the nominal accumulation_steps={k} where the last step took "
+                f"{batches} batch(es)"
+            )
+        if s is not None and math.isclose(s * full, rows, rel_tol=1e-3):
+            return (
+                f"divides the short step's summed loss by the nominal {full} rows "
+                f"({'batch_size' if k == 1 else 'batch_size * accumulation_steps'}) where it "
+                f"took {rows}"
+            )
+        return "matches no known mistake"
+
+    compare(target, batching, lambda j, count: j % per_epoch == per_epoch - 1, explain)
+
+
+def _short_steps(contract: Contract) -> SearchStrategy[Batching]:
+    from linreg.testing import strategies as sts
+
+    return sts.batchings(steps="short", accumulation_steps=contract.accumulation_steps)
+
+
 PROPERTIES = (
     Property(
         "the loop follows nn.MSELoss() + optim.SGD at lr / 2 step for step",
@@ -96,6 +148,16 @@ PROPERTIES = (
         _book_short,
         applies=_has_a_short_batch,
         requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
+    ),
+    Property(
+        "on identical rows the short last step applies the same gradient as a full one",
+        "training-loop",
+        short_step_applies_the_mean,
+        _short_steps,
+        TRAINING_LOOPS,
+        (Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
+        lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),
+        requires=("non-leaf-params", "mean-vs-sum", "grad-zeroing"),
     ),
 )
 

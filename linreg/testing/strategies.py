@@ -20,9 +20,11 @@ except ImportError as e:  # pragma: no cover - checked in a subprocess without H
 from torch import Tensor
 
 from linreg import data
+from linreg.pitfalls._partition import Batching
 from linreg.pitfalls.kinds import TwinRows, Update, book_run, copy_params, params_like, run_kwargs
 
 __all__ = [
+    "batchings",
     "book_run",
     "copy_params",
     "datasets",
@@ -224,3 +226,40 @@ def loop_runs(
         "lr": draw(st.floats(1e-3, 0.03), label="lr"),
         "seed": seed,
     }
+
+
+@st.composite
+def batchings(
+    draw: st.DrawFn,
+    *,
+    steps: str = "any",
+    min_steps: int = 1,
+    accumulation_steps: int = 1,
+    num_epochs: st.SearchStrategy[int] | None = None,
+    mixed: bool = False,
+    max_n: int = 10,
+) -> Batching:
+    """Draw a run of a training loop: n rows in batches, in order (see linreg.audit).
+
+    steps="full": every optimizer step takes batch_size * accumulation_steps rows (at least
+    min_steps of them); "short": the last step of each epoch takes fewer; "any": either.
+    mixed=True draws each row as the example or its contrast row; otherwise every row is the
+    example. One epoch unless num_epochs.
+    """
+    k = accumulation_steps
+    if steps == "any":
+        n = draw(st.integers(1, max_n), label="n")
+        b = draw(st.integers(1, n + 1), label="batch_size")
+    else:
+        top = max(2, 4 // k)  # a step takes b * k rows: keep runs short when k is large
+        b = draw(st.integers(1 if steps == "full" or k > 1 else 2, top), label="batch_size")
+        whole = draw(st.integers(min_steps, 3), label="full steps")
+        rest = draw(st.integers(1, b * k - 1), label="rest") if steps == "short" else 0
+        n = b * k * whole + rest
+    rows = (0,) * n
+    if mixed:
+        rows = tuple(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n), label="rows"))
+    epochs = 1 if num_epochs is None else draw(num_epochs, label="num_epochs")
+    # a few model inits: the properties are about the loop, and each seed's reference (the
+    # loop on batches of one row) is then computed once per audit, not once per example
+    return Batching(rows, b, epochs, draw(st.integers(0, 3), label="seed"))
