@@ -154,14 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
             "Signatures: iterator fn(batch_size, features, labels); update-step fn(params, lr, "
             "batch_size); loss fn(y_hat, y); loop fn(features, labels, params, *, lr, "
             "batch_size, num_epochs); epoch-loss fn(features, labels, params, *, lr, "
-            "batch_size), returning the epoch's loss."
+            "batch_size), returning the epoch's loss; training-loop fn(model, loader, "
+            "optimizer, *, num_epochs), any PyTorch loop, with --model and --example."
         ),
     )
     a.add_argument(
         "kind",
-        choices=("iterator", "update-step", "loss", "loop", "epoch-loss"),
+        choices=("iterator", "update-step", "loss", "loop", "epoch-loss", "training-loop"),
         metavar="KIND",
-        help="iterator, update-step, loss, loop or epoch-loss",
+        help="iterator, update-step, loss, loop, epoch-loss or training-loop",
     )
     a.add_argument(
         "target",
@@ -198,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--reduction",
         choices=("none", "mean", "sum"),
-        default="none",
-        help="loss: how it reduces over the examples (default: none)",
+        default=None,
+        help="loss: how it reduces over the examples (default: none); training-loop: mean "
+        "or sum over a step's rows (default: mean)",
     )
     a.add_argument(
         "--scale",
@@ -230,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="loop, epoch-loss: the dtype of the data and params (default: float32)",
     )
     a.add_argument(
+        "--model",
+        metavar="MODULE:NAME",
+        help="training-loop: a zero-argument factory of a fresh nn.Module (a class will do)",
+    )
+    a.add_argument(
+        "--example",
+        metavar="MODULE:NAME",
+        help="training-loop: one (x, y) sample, unbatched, or a function returning one",
+    )
+    a.add_argument(
+        "--optimizer",
+        metavar="MODULE:NAME",
+        help="training-loop: a factory params -> torch.optim.Optimizer (default: plain SGD)",
+    )
+    a.add_argument(
+        "--accumulation-steps",
+        type=_positive_int,
+        default=1,
+        help="training-loop: the loop steps once per this many batches (default: 1)",
+    )
+    a.add_argument(
         "--max-examples",
         type=_positive_int,
         default=None,
@@ -254,6 +277,7 @@ AUDIT_OPTIONS = {
     "loss": ("reduction", "scale", "flat_labels"),
     "loop": ("objective", "full_batch", "drop_last", "dtype"),
     "epoch-loss": ("objective", "dtype"),
+    "training-loop": ("model", "example", "optimizer", "accumulation_steps", "reduction"),
 }
 _FLAGS = {
     "drop_last": "--drop-last",
@@ -267,11 +291,21 @@ _FLAGS = {
     "objective": "--objective",
     "full_batch": "--full-batch",
     "dtype": "--dtype",
+    "model": "--model",
+    "example": "--example",
+    "optimizer": "--optimizer",
+    "accumulation_steps": "--accumulation-steps",
 }
+# The options that name an object to import, and the kinds whose --reduction defaults differ.
+_IMPORTED = ("model", "example", "optimizer")
+_REDUCTION = {"loss": "none", "training-loop": "mean"}
 
 
-def resolve(spec: str) -> Any:
-    """Import MODULE:NAME (NAME may be dotted) and return it; raise ValueError saying why not."""
+def resolve(spec: str, *, callable_: bool = True) -> Any:
+    """Import MODULE:NAME (NAME may be dotted) and return it; raise ValueError saying why not.
+
+    callable_=False accepts any object (an example), not only a callable.
+    """
     module_name, colon, name = spec.partition(":")
     if not colon or not module_name or not name:
         raise ValueError(f"expected MODULE:NAME, got {spec!r}")
@@ -288,7 +322,7 @@ def resolve(spec: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             raise ValueError(f"{module_name!r} has no attribute {name!r}") from None
-    if not callable(obj):
+    if callable_ and not callable(obj):
         raise ValueError(f"{spec} is not callable: it is a {type(obj).__name__}")
     return obj
 
@@ -312,11 +346,23 @@ def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
     options = {k: getattr(args, k) for k in AUDIT_OPTIONS[args.kind]}
+    if "reduction" in options and options["reduction"] is None:
+        options["reduction"] = _REDUCTION[args.kind]
+    if args.kind == "training-loop":
+        missing = [_FLAGS[k] for k in ("model", "example") if options[k] is None]
+        if missing:
+            parser.error(f"training-loop needs {' and '.join(missing)} MODULE:NAME")
+        for k in _IMPORTED:
+            if options[k] is not None:
+                try:
+                    options[k] = resolve(options[k], callable_=k != "example")
+                except ValueError as e:
+                    parser.error(f"{_FLAGS[k]}: {e}")
     if "dtype" in options:
         options["dtype"] = getattr(torch, options["dtype"])
     try:
         audit.target_for(args.kind, fn, **options)  # the signature, before any work
-    except audit.TargetError as e:
+    except (TypeError, ValueError) as e:  # audit.TargetError, or an option out of range
         parser.error(str(e))
     if not args.quiet:
         print(f"auditing {args.kind} {args.target} ...", file=sys.stderr, flush=True)

@@ -144,7 +144,7 @@ BAD_OPTIONS = [
     (
         ["audit", "step", "linreg.optim:sgd"],
         AUDIT + "argument KIND: invalid choice: 'step' (choose from 'iterator', 'update-step', "
-        "'loss', 'loop', 'epoch-loss')",
+        "'loss', 'loop', 'epoch-loss', 'training-loop')",
     ),
     (["audit", "loss"], AUDIT + "the following arguments are required: MODULE:NAME"),
     (["audit", "loss", "linreg.loss"], AUDIT + "expected MODULE:NAME, got 'linreg.loss'"),
@@ -182,6 +182,58 @@ BAD_OPTIONS = [
     (
         ["audit", "loss", "linreg.loss:squared_loss", "--max-examples", "0"],
         AUDIT + "argument --max-examples: expected a positive int, got '0'",
+    ),
+    (
+        ["audit", "loss", "linreg.loss:squared_loss", "--model", "linreg.pitfalls._partition:mlp"],
+        AUDIT + "--model does not apply to loss",
+    ),
+    (
+        [
+            "audit",
+            "training-loop",
+            "linreg.pitfalls._partition:fit",
+            "--model",
+            "linreg.pitfalls._partition:mlp",
+        ],
+        AUDIT + "training-loop needs --example MODULE:NAME",
+    ),
+    (
+        [
+            "audit",
+            "training-loop",
+            "linreg.pitfalls._partition:fit",
+            "--model",
+            "linreg.pitfalls._partition:nothing",
+            "--example",
+            "examples.mlp_classifier:sample",
+        ],
+        AUDIT + "--model: 'linreg.pitfalls._partition' has no attribute 'nothing'",
+    ),
+    (
+        [
+            "audit",
+            "training-loop",
+            "linreg.pitfalls._partition:fit",
+            "--model",
+            "linreg.pitfalls._partition:mlp",
+            "--example",
+            "linreg.pitfalls._partition:TRAINING_LOOP_SIGNATURE",
+        ],
+        AUDIT + "the example must be one (x, y) sample, got str",
+    ),
+    (
+        [
+            "audit",
+            "training-loop",
+            "linreg.pitfalls._partition:fit",
+            "--model",
+            "linreg.pitfalls._partition:mlp",
+            "--example",
+            "examples.mlp_classifier:sample",
+            "--reduction",
+            "none",
+        ],
+        AUDIT + "reduction must be 'mean' or 'sum', got 'none'",
     ),
 ]
 
@@ -446,7 +498,7 @@ def test_readme_shows_the_audits_real_output(
         r"```console\n(\$ python -m linreg audit .*?)```", (root / "README.md").read_text(), re.S
     )
     shown = [b for block in blocks for b in re.split(r"\n(?=\$ )", block.strip())]
-    assert len(shown) == 4
+    assert len(shown) == 6
     seconds = re.compile(r" in \d+\.\d s$", re.M)
     for text in shown:
         command, *lines = text.splitlines()

@@ -99,3 +99,52 @@ def test_pitfalls_plugin_refuses_a_bad_spec_before_running_anything(
     result = steps.runpytest("--pitfalls-audit", spec, "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--pitfalls-audit {spec}: {message}*"])
+
+
+LOOPS = """
+import torch
+from torch import nn
+
+
+def net():
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+sample = (torch.tensor([0.5, -1.0, 2.0]), 1)
+
+
+def fit(model, loader, optimizer, *, num_epochs):
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(X), y).backward()
+            optimizer.step()
+
+
+def fit_summed(model, loader, optimizer, *, num_epochs):
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(X), y, reduction="sum").backward()
+            optimizer.step()
+"""
+
+
+def test_pitfalls_plugin_audits_a_training_loop_with_its_model_and_example(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(myloops=LOOPS)
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    given = "model=myloops:net,example=myloops:sample,accumulation_steps=1"
+    result = pytester.runpytest(
+        "--pitfalls-audit",
+        f"training-loop=myloops:fit,{given}",
+        "--pitfalls-audit",
+        f"training-loop=myloops:fit_summed,{given}",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+    )
+    # fit passes all 6; fit_summed fails mean-vs-sum, and the 3 properties resting on it skip
+    result.assert_outcomes(passed=8, failed=1, skipped=3)
+    result.stdout.fnmatch_lines(["*training-loop=myloops:fit_summed*mean-vs-sum: *FAILED*"])

@@ -26,9 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="KIND=MODULE:NAME[,option=value...]",
-        help="audit MODULE:NAME as KIND (iterator, update-step, loss, loop): one test per "
-        "pitfall property; repeatable. Options are linreg.audit's keywords, e.g. "
-        "update-step=pkg.mod:sgd,zeroes_grad=false",
+        help="audit MODULE:NAME as KIND (iterator, update-step, loss, loop, epoch-loss, "
+        "training-loop): one test per pitfall property; repeatable. Options are linreg.audit's "
+        "keywords, e.g. update-step=pkg.mod:sgd,zeroes_grad=false or "
+        "training-loop=pkg.mod:fit,model=pkg.mod:Net,example=pkg.mod:sample",
     )
 
 
@@ -43,12 +44,18 @@ class Spec:
 
 
 def _value(name: str, text: str, default: Any) -> Any:
+    if name in ("model", "example", "optimizer"):  # training-loop: objects to import
+        from linreg.cli import resolve
+
+        return resolve(text, callable_=name != "example")
     if isinstance(default, bool):
         if text.lower() not in ("true", "false"):
             raise ValueError(f"{name} takes true or false, got {text!r}")
         return text.lower() == "true"
     if isinstance(default, float):
         return float(text)
+    if isinstance(default, int):
+        return int(text)
     if name == "dtype":
         import torch
 
