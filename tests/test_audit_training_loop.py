@@ -1,0 +1,425 @@
+"""linreg.audit.training_loop on loops written as practitioners write them: each gets its verdict.
+
+The correct loops pass with every model and loss here (linear + MSE, an MLP with dropout +
+cross-entropy, a small conv net + cross-entropy); each wrong loop fails naming its pitfall. The
+loops take their loss as a keyword, so `partial(loop, loss_fn=...)` is the one adapter line.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import settings
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg import audit
+from linreg.pitfalls import _partition
+
+Loop = Callable[..., Any]
+# examples per property: a third of the profile's (ci: 10), at most 50 (thorough); each loop
+# runs on three models, and the catalogue's own tests run `fit` at the profile's full count
+EXAMPLES = min(settings.default.max_examples, 150) // 3
+
+# --- models, losses and examples ---------------------------------------------------------------
+
+
+def linear() -> nn.Module:
+    return nn.Linear(3, 1)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+
+
+def conv() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 5 * 5, 4)
+    )
+
+
+MODELS = {
+    "linear+mse": (linear, (torch.tensor([0.5, -1.0, 2.0]), torch.tensor([3.0])), nn.MSELoss()),
+    "mlp+ce": (mlp, (torch.tensor([1.0, 0.0, -2.0, 0.5]), 1), nn.CrossEntropyLoss()),
+    "conv+ce": (conv, (torch.linspace(-1, 1, 25).reshape(1, 5, 5), 3), nn.CrossEntropyLoss()),
+}
+
+# --- the correct loops ---------------------------------------------------------------------------
+
+
+def plain(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            optimizer.step()
+
+
+def zero_grad_to_zeros(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    model.train()
+    for _ in range(num_epochs):
+        for X, y in loader:
+            loss = loss_fn(model(X), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+
+
+def _groups(loader: Iterable[Any], k: int) -> Iterable[list[Any]]:
+    it = iter(loader)
+    while group := list(itertools.islice(it, k)):
+        yield group
+
+
+def accumulate_by_samples(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: Any,
+    *,
+    num_epochs: int,
+    loss_fn: nn.Module,
+    k: int = 2,
+) -> None:
+    """Gradient accumulation over k batches: each summed loss / the rows of the whole step."""
+    total = type(loss_fn)(reduction="sum")
+    for _ in range(num_epochs):
+        for group in _groups(loader, k):
+            rows = sum(len(X) for X, _ in group)
+            for X, y in group:
+                (total(model(X), y) / rows).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def clipped(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    """Gradient clipping, active (max_norm far below the gradients' norm)."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3)
+            optimizer.step()
+
+
+def scheduled(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    """A cyclic lr schedule, which sets the lr to absolute values at every step."""
+    schedule = torch.optim.lr_scheduler.CyclicLR(
+        optimizer, base_lr=0.01, max_lr=0.1, step_size_up=2, cycle_momentum=False
+    )
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            optimizer.step()
+            schedule.step()
+
+
+def rescaled(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    """The summed loss, its gradients divided by the batch's rows before the step: a mean."""
+    total = type(loss_fn)(reduction="sum")
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            total(model(X), y).backward()
+            for p in model.parameters():
+                p.grad /= len(X)
+            optimizer.step()
+
+
+# --- the wrong loops ------------------------------------------------------------------------------
+
+
+def accumulate_by_micro_batches(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: Any,
+    *,
+    num_epochs: int,
+    loss_fn: nn.Module,
+    k: int = 2,
+) -> None:
+    """Each batch's mean loss / the number of batches in the step: the 2024 transformers bug."""
+    for _ in range(num_epochs):
+        for group in _groups(loader, k):
+            for X, y in group:
+                (loss_fn(model(X), y) / len(group)).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def accumulate_by_nominal_steps(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: Any,
+    *,
+    num_epochs: int,
+    loss_fn: nn.Module,
+    k: int = 2,
+) -> None:
+    """Each batch's mean loss / k, also when the epoch's last step has fewer than k batches."""
+    for _ in range(num_epochs):
+        for group in _groups(loader, k):
+            for X, y in group:
+                (loss_fn(model(X), y) / k).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def summed(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).sum().backward()  # reduction='none' summed, at a mean's lr
+            optimizer.step()
+
+
+def zero_grad_before_step(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            loss_fn(model(X), y).backward()
+            optimizer.zero_grad()
+            optimizer.step()
+
+
+def stored_generator(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    batches = (batch for batch in loader)
+    for _ in range(num_epochs):
+        for X, y in batches:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            optimizer.step()
+
+
+def detached(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(X).detach(), y)
+            loss.requires_grad = True  # "fixes" the RuntimeError backward() raised
+            loss.backward()
+            optimizer.step()
+
+
+def never_zeroed(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, *, num_epochs: int, loss_fn: nn.Module
+) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            loss_fn(model(X), y).backward()
+            optimizer.step()
+
+
+def _with(loss_fn: nn.Module, reduction: str) -> nn.Module:
+    return type(loss_fn)(reduction=reduction)
+
+
+def audit_of(loop: Loop, model: str, **options: Any) -> audit.Report:
+    factory, example, loss_fn = MODELS[model]
+    if loop is summed:
+        loss_fn = _with(loss_fn, "none")
+    return audit.training_loop(
+        partial(loop, loss_fn=loss_fn), model=factory, example=example, **options
+    )
+
+
+CORRECT: list[tuple[Loop, dict[str, Any]]] = [
+    (plain, {}),
+    (zero_grad_to_zeros, {}),
+    (accumulate_by_samples, {"accumulation_steps": 2}),
+    (clipped, {}),
+    (scheduled, {}),
+    (rescaled, {}),
+]
+WRONG: list[tuple[Loop, dict[str, Any], str]] = [
+    (accumulate_by_micro_batches, {"accumulation_steps": 2}, "micro-batch-accumulation"),
+    (accumulate_by_nominal_steps, {"accumulation_steps": 2}, "short-last-batch"),
+    (summed, {}, "mean-vs-sum"),
+    (zero_grad_before_step, {}, "non-leaf-params"),
+    (stored_generator, {}, "exhausted-generator"),
+    (detached, {}, "non-leaf-params"),
+    (never_zeroed, {}, "grad-zeroing"),
+]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    "loop, options", [pytest.param(lo, o, id=lo.__name__) for lo, o in CORRECT]
+)
+def test_pitfalls_training_loop_a_correct_loop_passes(
+    loop: Loop, options: dict[str, Any], model: str
+) -> None:
+    report = audit_of(loop, model, max_examples=EXAMPLES, **options)
+    assert report.ok, str(report)
+    assert all(r.verdict == "pass" for r in report.results), str(report)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    "loop, options, pitfall", [pytest.param(*w, id=w[0].__name__) for w in WRONG]
+)
+def test_pitfalls_training_loop_a_wrong_loop_fails_naming_its_pitfall(
+    loop: Loop, options: dict[str, Any], pitfall: str, model: str
+) -> None:
+    report = audit_of(loop, model, max_examples=15, shrink=False, **options)
+    assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+
+
+def test_pitfalls_training_loop_a_summed_loop_passes_when_it_says_so() -> None:
+    assert audit_of(summed, "mlp+ce", reduction="sum", max_examples=EXAMPLES).ok
+    assert not audit_of(plain, "mlp+ce", reduction="sum", max_examples=EXAMPLES).ok
+
+
+# --- the same loops, as the linear kind sees them -------------------------------------------------
+
+
+def as_linear_loop(loop: Loop) -> Loop:
+    """Adapt a training loop to linreg.audit.loop's signature: nn.Linear + MSELoss + optim.SGD."""
+
+    def fn(
+        features: Tensor,
+        labels: Tensor,
+        params: list[Tensor],
+        *,
+        lr: float,
+        batch_size: int,
+        num_epochs: int,
+    ) -> nn.Module:
+        model = nn.Linear(features.shape[1], 1)
+        with torch.no_grad():
+            model.weight.copy_(params[0].reshape(1, -1))
+            model.bias.copy_(params[1])
+        loader = DataLoader(TensorDataset(features, labels), batch_size=batch_size, shuffle=True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        mse = nn.MSELoss(reduction="none" if loop is summed else "mean")
+        loop(model, loader, optimizer, num_epochs=num_epochs, loss_fn=mse)
+        return model
+
+    return fn
+
+
+# Where the two kinds name a mistake differently: params that never move are the linear kind's
+# rebinding property (one step must change the caller's params) and this kind's non-leaf-params.
+SAME_MISTAKE = {"non-leaf-params": "rebinding"}
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        plain,
+        zero_grad_to_zeros,
+        summed,
+        zero_grad_before_step,
+        stored_generator,
+        never_zeroed,
+        detached,
+    ],
+    ids=lambda lo: lo.__name__,
+)
+def test_pitfalls_training_loop_agrees_with_the_linear_loop_audit(loop: Loop) -> None:
+    ours = audit_of(loop, "linear+mse", max_examples=EXAMPLES)
+    linear_kind = audit.loop(as_linear_loop(loop), objective="mse", max_examples=EXAMPLES)
+    assert ours.ok == linear_kind.ok, f"{ours}\n{linear_kind}"
+    if not ours.ok:
+        first = ours.failures[0].pitfall
+        named = {r.pitfall for r in linear_kind.failures}
+        assert SAME_MISTAKE.get(first, first) in named, f"{ours}\n{linear_kind}"
+
+
+# --- what cannot be audited is refused before any work ------------------------------------------
+
+PLAIN_CE = partial(plain, loss_fn=nn.CrossEntropyLoss())
+
+
+def test_pitfalls_training_loop_refuses_a_loop_that_updates_the_params_itself() -> None:
+    def by_hand(model: nn.Module, loader: Any, optimizer: Any, *, num_epochs: int) -> None:
+        for _ in range(num_epochs):
+            for X, y in loader:
+                model.zero_grad()
+                nn.functional.cross_entropy(model(X), y).backward()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p -= 0.1 * p.grad
+                optimizer.step()
+
+    with pytest.raises(audit.TargetError, match=r"outside optimizer\.step"):
+        audit.training_loop(by_hand, model=mlp, example=MODELS["mlp+ce"][1])
+
+
+def test_pitfalls_training_loop_refuses_batch_norm() -> None:
+    def bn() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+
+    with pytest.raises(audit.TargetError, match="BatchNorm1d"):
+        audit.training_loop(PLAIN_CE, model=bn, example=MODELS["mlp+ce"][1])
+
+
+def test_pitfalls_training_loop_refuses_a_random_forward() -> None:
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(nn.functional.dropout(x, 0.5, self.training))
+
+    with pytest.raises(audit.TargetError, match="random in training mode"):
+        audit.training_loop(PLAIN_CE, model=Noisy, example=MODELS["mlp+ce"][1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"model": None}, "model must be a zero-argument factory"),
+        ({"example": (1, 2, 3)}, "one \\(x, y\\) sample"),
+        ({"example": ("x", 1)}, "tensors or numbers"),
+        ({"optimizer": 0.1}, "optimizer must be a factory"),
+        ({"optimizer": lambda params: list(params)}, "not a torch.optim.Optimizer"),
+        ({"model": lambda: 3}, "not an nn.Module"),
+        ({"example": (torch.zeros(5), 1)}, "raised RuntimeError"),
+    ],
+)
+def test_pitfalls_training_loop_names_what_is_wrong_with_its_arguments(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    args: dict[str, Any] = {"model": mlp, "example": MODELS["mlp+ce"][1], **kwargs}
+    with pytest.raises(audit.TargetError, match=message):
+        audit.training_loop(PLAIN_CE, **args)
+
+
+def test_pitfalls_training_loop_checks_the_loop_signature_and_options() -> None:
+    def no_epochs(model: nn.Module, loader: Any, optimizer: Any) -> None: ...
+
+    with pytest.raises(audit.TargetError, match="num_epochs"):
+        audit.training_loop(no_epochs, model=mlp, example=MODELS["mlp+ce"][1])
+    with pytest.raises(ValueError, match="reduction"):
+        audit.training_loop(PLAIN_CE, model=mlp, example=MODELS["mlp+ce"][1], reduction="none")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        audit.training_loop(PLAIN_CE, model=mlp, example=MODELS["mlp+ce"][1], accumulation_steps=0)
+
+
+def test_pitfalls_training_loop_contrast_row_differs_from_the_example() -> None:
+    for x in (torch.zeros(3), torch.tensor([1.5, -2.0]), torch.tensor([0, 4]), torch.tensor(0)):
+        assert not torch.equal(_partition.contrast(x), x)
