@@ -18,7 +18,8 @@ runs = sts.runs
 NOISE_FLOOR = 3e-3
 
 
-@settings(max_examples=max(5, settings.default.max_examples // 3))  # 300 steps each
+# 300 steps each; at most the 200 seeds the noise floor above was measured over
+@settings(max_examples=min(200, max(5, settings.default.max_examples // 3)))
 @given(sts.seeds)
 @example(0)
 def test_default_experiment_converges_to_the_lstsq_solution(seed: int) -> None:

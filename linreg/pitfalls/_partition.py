@@ -3,13 +3,15 @@
 If every row of the data is the same sample, every row has the same gradient, so a loop that
 averages correctly applies the same gradient at every step however the rows are batched: the
 gradient of one row. The audit owns what the loop is given (a fresh model from the user's
-factory, a `DataLoader` in order, an optimizer whose lr it sets to 0 so the params stay where
-they started) and reads the gradients at each `optimizer.step()` through a step pre-hook.
-Every step's gradient is then predicted from the loop itself, run for one full step on batches
-of one row (where a mean and a sum agree, and nothing is uneven): the mean (or the sum, for
-`reduction="sum"`) of its rows' gradients. Two kinds of rows (the example, and a contrast row
-with a different gradient) show how a step weighs its rows; without them a mean of
-micro-batch means is invisible.
+factory, a `DataLoader` in order, an optimizer whose lr it holds at 0 so the params stay where
+they started) and reads the gradients at each `optimizer.step()` twice: as the step finds them
+(a step pre-hook) and as backward() left them (post-accumulate-grad hooks), since a loop may
+rescale them in between (clip_grad_norm_, or dividing a summed loss's grads by the rows); a
+step passes if either reading is right. Every step's gradient is predicted from the loop
+itself, run for one full step on batches of one row (where a mean and a sum agree, and
+nothing is uneven): the mean (or the sum, for `reduction="sum"`) of its rows' gradients.
+Two kinds of rows (the example, and a contrast row with a different gradient) show how a step
+weighs its rows; without them a mean of micro-batch means is invisible.
 
 The loop must step with the optimizer it is given, once per `accumulation_steps` batches of
 the loader and once for what is left at the end of each epoch. A model whose rows interact
