@@ -206,7 +206,8 @@ def check_update_in_place(
             step(params, lr, batch_size)
     except Exception as e:
         unchanged = all(
-            torch.equal(p.detach(), old) for p, old in zip(objects, before, strict=True)
+            torch.equal(p.detach(), old)
+            for p, old in zip(objects, before, strict=True)  # pragma: no mutate  (same length)
         )
         raise _fail(
             f"the update step raised {type(e).__name__}: {e}"
@@ -299,7 +300,7 @@ def check_loss_per_example(
         raise _fail(
             f"loss differs from {scale:g} * (y_hat - y)^2 (reduction={reduction!r}) by "
             f"{gap:.3g}: got {_short(got.detach())}, expected {_short(want)}"
-            f"{why or _ratio(got.detach(), want, n)}"
+            f"{why or _ratio(got.detach(), want, n, reduction)}"
         )
 
 
@@ -309,19 +310,22 @@ def _short(t: Tensor) -> str:
     return text if t.ndim == 0 else f"[{text}]"
 
 
-def _ratio(got: Tensor, want: Tensor, n: int) -> str:
+def _ratio(got: Tensor, want: Tensor, n: int, reduction: Reduction) -> str:
     """Name the likely mistake from the ratio of two losses, or say nothing."""
     total, expected = float(got.sum()), float(want.sum())
     if expected == 0:
         return ""
     r = total / expected
     scale = "the scale is off (0.5 for the book's (y_hat - y)^2 / 2, 1 for nn.MSELoss)"
-    for factor, what in (
-        (n, f"{n} times the expected: it sums where a mean was declared"),
-        (1 / n, f"1/{n} of the expected: it takes the mean where a sum was declared"),
+    known = [
         (2.0, f"twice the expected: {scale}"),
         (0.5, f"half the expected: {scale}"),
-    ):
+    ]
+    if reduction == "mean":
+        known.append((n, f"{n} times the expected: it sums where a mean was declared"))
+    if reduction == "sum":
+        known.append((1 / n, f"1/{n} of the expected: it takes the mean where a sum was declared"))
+    for factor, what in known:
         if math.isclose(r, factor, rel_tol=1e-4):
             return f" ({what})"
     return ""

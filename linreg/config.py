@@ -36,16 +36,18 @@ class TrainConfig:
     on_step: StepCallback | None = None
 
     def __post_init__(self) -> None:
-        checked = {
-            "lr": _validate.positive_finite("lr", self.lr),
-            "batch_size": _validate.positive_int("batch_size", self.batch_size),
-            "num_epochs": _validate.non_negative_int("num_epochs", self.num_epochs),
-            "generator": _validate.generator(self.generator),
-            "drop_last": _validate.flag("drop_last", self.drop_last),
-            "on_step": _validate.callback("on_step", self.on_step),
-        }
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
+        # the numbers are stored as converted (an int lr becomes a float, a numpy int an int);
+        # the generator, drop_last and on_step are checked and kept as they are
+        object.__setattr__(self, "lr", _validate.positive_finite("lr", self.lr))
+        object.__setattr__(
+            self, "batch_size", _validate.positive_int("batch_size", self.batch_size)
+        )
+        object.__setattr__(
+            self, "num_epochs", _validate.non_negative_int("num_epochs", self.num_epochs)
+        )
+        _validate.generator(self.generator)
+        _validate.flag("drop_last", self.drop_last)
+        _validate.callback("on_step", self.on_step)
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> TrainConfig:

@@ -132,7 +132,7 @@ def stable_bound(features: Tensor, *, objective: Literal["book", "mse"] = "book"
     above it; mini-batches are less stable still.
     """
     X = _validate.floating_tensor("features", features).detach().double()
-    A = torch.cat([X, torch.ones(len(X), 1, dtype=torch.float64, device=X.device)], dim=1)
+    A = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)  # [X, 1], in X's dtype and device
     lam = float(torch.linalg.eigvalsh(A.T @ A / len(X)).max())
     return 2.0 / (lam * (2.0 if objective == "mse" else 1.0))
 

@@ -403,3 +403,164 @@ def test_converges_accepts_a_distance_equal_to_the_bound() -> None:
         bound=4.99,
     )
     says("1 tensors to compare with 2", checks.check_converges, [f64(0)], [f64(0)] * 2, bound=1)
+
+
+# --- what each message says, whole (each of these was a surviving mutant) ---------------------
+
+
+def _one_param(value: float, grad: float) -> list[torch.Tensor]:
+    p = torch.tensor([value], dtype=torch.float64, requires_grad=True)
+    p.grad = torch.tensor([grad], dtype=torch.float64)
+    return [p]
+
+
+def _sgd(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+    optim.sgd(params, lr, batch_size)
+
+
+def test_update_in_place_messages_name_the_argument_the_formula_and_the_params_state() -> None:
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive int, got 0$"):
+        checks.check_update_in_place(_sgd, _one_param(1.0, 1.0), 0.1, 0)
+
+    def rebinds(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        for p in params:
+            p = p - lr * p.grad  # type: ignore[operator]
+
+    with pytest.raises(
+        checks.CheckFailed,
+        match=r"^params\[0\] did not change, expected p - lr\*grad = \[0\.5\]: an update",
+    ):
+        checks.check_update_in_place(
+            rebinds, _one_param(1.0, 1.0), 0.5, 4, divides_by_batch_size=False
+        )
+
+    def moves_then_raises(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        with torch.no_grad():
+            params[0] -= 1.0
+        raise RuntimeError("late")
+
+    def raises(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        raise RuntimeError("early")
+
+    with pytest.raises(checks.CheckFailed, match=r"^the update step raised RuntimeError: late$"):
+        checks.check_update_in_place(moves_then_raises, _one_param(1.0, 1.0), 0.1, 1)
+    with pytest.raises(
+        checks.CheckFailed,
+        match=r"^the update step raised RuntimeError: early; the caller's params did not change$",
+    ):
+        checks.check_update_in_place(raises, _one_param(1.0, 1.0), 0.1, 1)
+
+
+def test_update_in_place_tolerance_is_relative_to_p_and_to_its_step() -> None:
+    def off_by(error: float) -> Callable[[list[torch.Tensor], float, int], None]:
+        def step(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+            optim.sgd(params, lr, batch_size)
+            with torch.no_grad():
+                params[0] += error
+
+        return step
+
+    # p = 1e6: the tolerance is 1e-12 * (|p| + |step|), about 1e-6, so 1e-8 is within it
+    checks.check_update_in_place(off_by(1e-8), _one_param(1e6, 1.0), 1.0, 1)
+    # p = 1 stepping to -1: 1e-12 * (1 + 2); an error of 2e-12 is within it
+    checks.check_update_in_place(off_by(2e-12), _one_param(1.0, 2.0), 1.0, 1)
+    with pytest.raises(checks.CheckFailed, match=r"^params\[0\] is \["):
+        checks.check_update_in_place(off_by(5e-12), _one_param(1.0, 2.0), 1.0, 1)
+    # a given rtol replaces the dtype's
+    checks.check_update_in_place(off_by(1e-3), _one_param(1.0, 1.0), 1.0, 1, rtol=1e-3)
+
+
+def test_grads_close_uses_the_tolerances_it_is_given() -> None:
+    g, e = [torch.tensor([1.001], dtype=torch.float64)], [torch.tensor([1.0], dtype=torch.float64)]
+    with pytest.raises(checks.CheckFailed, match=r"^grad 0 differs by 0\.001$"):
+        checks.check_grads_close(g, e)
+    checks.check_grads_close(g, e, rtol=1e-2, atol=0.0)
+    checks.check_grads_close(g, e, rtol=0.0, atol=1e-2)
+
+
+def test_loss_per_example_messages_name_the_argument_and_the_expected_size() -> None:
+    y_hat = torch.zeros(3, 1, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"^loss_fn must be callable, got int$"):
+        checks.check_loss_per_example(3, y_hat, y_hat)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^y must be a torch\.Tensor, got list$"):
+        checks.check_loss_per_example(loss.squared_loss, y_hat, [0.0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^scale must be a finite number > 0, got 0$"):
+        checks.check_loss_per_example(loss.squared_loss, y_hat, y_hat, scale=0)
+    with pytest.raises(ValueError, match=r"^y has 2 elements but y_hat has 3$"):
+        checks.check_loss_per_example(loss.squared_loss, y_hat, torch.zeros(2, 1))
+    with pytest.raises(
+        checks.CheckFailed,
+        match=r"^loss has shape \(3, 1\), expected 1 element\(s\) for reduction='mean'$",
+    ):
+        checks.check_loss_per_example(loss.squared_loss, y_hat, y_hat, reduction="mean")
+
+
+def test_loss_per_example_names_the_mistake_its_ratio_shows() -> None:
+    y_hat = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    y = torch.zeros(3, 1, dtype=torch.float64)
+    book = loss.squared_loss
+
+    def check(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], **kw: Any) -> str:
+        with pytest.raises(checks.CheckFailed) as info:
+            checks.check_loss_per_example(fn, y_hat, y, **kw)
+        return str(info.value)
+
+    # a sum where a sum was declared, 3 times over, is no mean's mistake: nothing is named
+    assert check(lambda a, b: book(a, b).sum() * 3, reduction="sum").endswith("expected 7")
+    assert check(lambda a, b: book(a, b).sum(), reduction="mean").endswith(
+        " (3 times the expected: it sums where a mean was declared)"
+    )
+    assert check(lambda a, b: book(a, b).mean(), reduction="sum").endswith(
+        " (1/3 of the expected: it takes the mean where a sum was declared)"
+    )
+    assert check(lambda a, b: 2 * book(a, b)).endswith(
+        " (twice the expected: the scale is off (0.5 for the book's (y_hat - y)^2 / 2, 1 for "
+        "nn.MSELoss))"
+    )
+    assert check(lambda a, b: book(a, b) / 2).endswith(" (half the expected: the scale is off "
+                                                        "(0.5 for the book's (y_hat - y)^2 / 2, "
+                                                        "1 for nn.MSELoss))")  # fmt: skip
+    # within 1e-4 of a factor still names it; the ratio of a zero loss names nothing
+    assert check(lambda a, b: 2.00001 * book(a, b)).endswith("1 for nn.MSELoss))")
+    zeros = torch.zeros(3, 1, dtype=torch.float64)
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_loss_per_example(lambda a, b: book(a, b) + 1, zeros, zeros)
+    assert str(info.value).endswith("got [1, 1, 1], expected [0, 0, 0]")
+
+
+def test_loss_per_example_blames_flat_labels_only_when_reshaping_them_fixes_the_loss() -> None:
+    y_hat = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_loss_per_example(lambda a, b: ((a - b) ** 2 / 2).mean(), y_hat, y,
+                                      reduction="mean")  # fmt: skip
+    assert str(info.value) == (
+        "loss differs from 0.5 * (y_hat - y)^2 (reduction='mean') by 0.25: got 0.25, expected "
+        "0: labels of shape (2,) broadcast against predictions of shape (2, 1); reshape y to "
+        "y_hat's shape"
+    )
+
+
+def test_loss_per_example_accepts_a_loss_in_another_dtype_and_shows_five_values_as_four() -> None:
+    y_hat = torch.arange(6, dtype=torch.float64).reshape(6, 1)
+    y = torch.zeros(6, 1, dtype=torch.float64)
+    checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b).float(), y_hat, y)
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b) + 1, y_hat, y)
+    assert "got [1, 1.5, 3, 5.5, ...], expected [0, 0.5, 2, 4.5, ...]" in str(info.value)
+    four = torch.arange(4, dtype=torch.float64).reshape(4, 1)
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b) + 1, four, y[:4])
+    assert "got [1, 1.5, 3, 5.5], expected [0, 0.5, 2, 4.5]" in str(info.value)
+
+
+def test_epoch_indices_names_at_most_five_rows_of_a_mismatched_batch() -> None:
+    def apart(b: int, X: torch.Tensor, y: torch.Tensor) -> Any:
+        yield X, y.flip(0)
+
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.epoch_indices(apart, 7, 7)
+    assert str(info.value) == (
+        "a batch's labels do not belong to its features: batch 0 holds the features of rows "
+        "[0, 1, 2, 3, 4] with the labels of rows [6, 5, 4, 3, 2]"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -111,3 +112,72 @@ def test_concise_data_loader_converges_too() -> None:
         X, y, loader="DataLoader", generator=torch.Generator().manual_seed(0)
     )
     assert result.losses[-1] < 1e-3 and result.num_steps == 300
+
+
+# --- train_epoch and stable_bound: arguments, and the epoch equals train's (mutation gaps) ----
+
+
+def test_train_epoch_is_one_epoch_of_train_on_the_callers_params() -> None:
+    X, y = data.book_data(23, dtype=torch.float64)  # uneven: a short last batch of 3
+    w0 = torch.tensor([[0.5], [-1.0]], dtype=torch.float64)
+    b0 = torch.tensor([0.25], dtype=torch.float64)
+    start = (w0.clone().requires_grad_(), b0.clone().requires_grad_())
+    want = train.train(X, y, params=start, lr=0.5, batch_size=10, num_epochs=1,
+                       generator=torch.Generator().manual_seed(3))  # fmt: skip
+    w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    torch.manual_seed(99)  # the global RNG must not matter: the generator shuffles
+    reported = train.train_epoch(
+        X, y, [w, b], lr=0.5, batch_size=10, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(w.detach(), want.w.detach()) and torch.equal(b.detach(), want.b.detach())
+    assert reported > 0 and w.grad is not None and not bool(w.grad.any())
+
+
+def test_train_epoch_names_its_bad_arguments() -> None:
+    X, y = data.book_data(4, dtype=torch.float64)
+    params = [torch.zeros(2, 1, dtype=torch.float64, requires_grad=True),
+              torch.zeros(1, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^lr must be a finite number >= 0, got -1$"):
+        train.train_epoch(X, y, params, lr=-1, batch_size=2)
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive int, got 0$"):
+        train.train_epoch(X, y, params, lr=0.1, batch_size=0)
+    with pytest.raises(TypeError, match=r"^generator must be a torch\.Generator or None, got int"):
+        train.train_epoch(X, y, params, lr=0.1, batch_size=2, generator=0)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r'^params must be leaves that require grad for grad="autog'
+    ):
+        train.train_epoch(X, y, [params[0] * 1, params[1]], lr=0.1, batch_size=2)
+
+
+def test_stable_bound_names_its_argument_and_keeps_float64() -> None:
+    with pytest.raises(TypeError, match=r"^features must be a torch\.Tensor, got list$"):
+        train.stable_bound([[1.0]])  # type: ignore[arg-type]
+    X = torch.tensor([[1.0], [3.0]], dtype=torch.float32)
+    # A = [[1, 1], [3, 1]]: A^T A / 2 = [[5, 2], [2, 1]], lambda_max = 3 + sqrt(8)
+    assert train.stable_bound(X) == pytest.approx(2 / (3 + 8**0.5), rel=1e-15)
+    assert train.stable_bound(X, objective="mse") == pytest.approx(1 / (3 + 8**0.5), rel=1e-15)
+
+
+def test_train_takes_autograds_step_or_the_analytic_one_as_asked() -> None:
+    X, y = data.book_data(20, dtype=torch.float64)
+    # autograd's step leaves zeroed grads behind (sgd zeroes them); the analytic one none
+    by_autograd = train.train(X, y, num_epochs=1, grad="autograd")
+    by_hand = train.train(X, y, num_epochs=1, grad="analytic")
+    assert by_autograd.w.grad is not None and not bool(by_autograd.w.grad.any())
+    assert by_hand.w.grad is None
+
+
+def test_the_tolerance_of_a_low_precision_dtype_is_1e_2() -> None:
+    from linreg import checks
+
+    assert checks.tolerance(torch.float16) == checks.tolerance(torch.bfloat16) == 1e-2
+
+
+def test_a_variant_built_on_fit_refuses_params_that_are_not_leaves() -> None:
+    from linreg import pitfalls
+
+    X, y = data.book_data(20, dtype=torch.float64)
+    w = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r'^params must be leaves that require grad for grad="'):
+        pitfalls.train_nominal_batch_size(X, y, params=(w * 1, b))

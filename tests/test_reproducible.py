@@ -230,3 +230,29 @@ def test_the_trajectory_keeps_float64_copies_not_views(
     [(tw, tb)] = t.steps
     assert tw.tolist() == [1.0, 1.0] and tb.tolist() == [1.0]
     assert tw.dtype == tb.dtype == torch.float64 and tw.shape == (2,) and tb.shape == (1,)
+
+
+def test_mirrors_gives_a_variant_the_loops_signature_with_the_defaults_it_changes() -> None:
+    import inspect
+
+    from linreg import concise
+    from linreg.config import mirrors
+
+    def variant(*args: object, **kwargs: object) -> None: ...
+
+    theirs = inspect.signature(concise.train_concise)
+    ours = inspect.signature(mirrors(concise.train_concise, reduction="sum")(variant))
+    assert list(ours.parameters) == list(theirs.parameters)
+    for name, p in ours.parameters.items():
+        want = "sum" if name == "reduction" else theirs.parameters[name].default
+        assert p.default == want, name
+    assert inspect.signature(mirrors(concise.train_concise)(variant)) == theirs
+
+
+def test_train_config_stores_its_numbers_converted() -> None:
+    import numpy
+
+    from linreg.config import TrainConfig
+
+    config = TrainConfig(lr=1, batch_size=numpy.int64(4), num_epochs=numpy.int64(2))
+    assert (type(config.lr), type(config.batch_size), type(config.num_epochs)) == (float, int, int)
