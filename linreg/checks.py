@@ -294,7 +294,7 @@ def check_loss_per_example(
         return bool(torch.allclose(value, want, rtol=tol, atol=tol * float(want.abs().max())))
 
     if not close(got):
-        gap = float((got.detach().reshape(want.shape).to(want.dtype) - want).abs().max())
+        gap = float((got.detach().reshape(want.shape) - want).abs().max())  # dtypes promote
         # the labels' shape is to blame when the same loss on reshaped labels is right
         why = broadcast if flat and close(loss_fn(y_hat, y.reshape(y_hat.shape))) else ""
         raise _fail(

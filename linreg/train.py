@@ -132,6 +132,7 @@ def stable_bound(features: Tensor, *, objective: Literal["book", "mse"] = "book"
     above it; mini-batches are less stable still.
     """
     X = _validate.floating_tensor("features", features).detach().double()
+    objective = _validate.choice("objective", objective, ("book", "mse"))
     A = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)  # [X, 1], in X's dtype and device
     lam = float(torch.linalg.eigvalsh(A.T @ A / len(X)).max())
     return 2.0 / (lam * (2.0 if objective == "mse" else 1.0))
@@ -155,7 +156,8 @@ def train_epoch(
     lr = _validate.non_negative_finite("lr", lr)
     batch_size = _validate.positive_int("batch_size", batch_size)
     generator = _validate.generator(generator)
-    w, b = prepare(features, labels, tuple(params), generator, leaves=True)  # type: ignore[arg-type]
+    # params are given, so prepare draws nothing: the generator only shuffles, below
+    w, b = prepare(features, labels, tuple(params), None, leaves=True)  # type: ignore[arg-type]
     total, count = 0.0, 0
     for X, y in data.data_iter(batch_size, features, labels, generator=generator):
         # forward

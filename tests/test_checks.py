@@ -548,6 +548,15 @@ def test_loss_per_example_accepts_a_loss_in_another_dtype_and_shows_five_values_
     with pytest.raises(checks.CheckFailed) as info:
         checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b) + 1, y_hat, y)
     assert "got [1, 1.5, 3, 5.5, ...], expected [0, 0.5, 2, 4.5, ...]" in str(info.value)
+    five = torch.arange(5, dtype=torch.float64).reshape(5, 1)
+    with pytest.raises(checks.CheckFailed) as info:
+        checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b) + 1, five, y[:5])
+    assert "got [1, 1.5, 3, 5.5, ...], expected [0, 0.5, 2, 4.5, ...]" in str(info.value)
+    # a given rtol replaces the dtype's
+    off = lambda a, b: loss.squared_loss(a, b) * (1 + 1e-6)  # noqa: E731
+    with pytest.raises(checks.CheckFailed):
+        checks.check_loss_per_example(off, y_hat, y)
+    checks.check_loss_per_example(off, y_hat, y, rtol=1e-5)
     four = torch.arange(4, dtype=torch.float64).reshape(4, 1)
     with pytest.raises(checks.CheckFailed) as info:
         checks.check_loss_per_example(lambda a, b: loss.squared_loss(a, b) + 1, four, y[:4])

@@ -156,6 +156,8 @@ def test_stable_bound_names_its_argument_and_keeps_float64() -> None:
     # A = [[1, 1], [3, 1]]: A^T A / 2 = [[5, 2], [2, 1]], lambda_max = 3 + sqrt(8)
     assert train.stable_bound(X) == pytest.approx(2 / (3 + 8**0.5), rel=1e-15)
     assert train.stable_bound(X, objective="mse") == pytest.approx(1 / (3 + 8**0.5), rel=1e-15)
+    with pytest.raises(ValueError, match=r"^objective must be 'book' or 'mse', got 'sum'$"):
+        train.stable_bound(X, objective="sum")  # type: ignore[arg-type]
 
 
 def test_train_takes_autograds_step_or_the_analytic_one_as_asked() -> None:
