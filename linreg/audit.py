@@ -459,12 +459,12 @@ def _training_loop(
         raise TargetError(
             f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer"
         )
-    contract = _partition.contract_of(
-        model,
-        pair,
-        optimizer,
+    contract = Contract(
+        model=model,
+        example=pair,
+        optimizer=optimizer,
         accumulation_steps=_validate.positive_int("accumulation_steps", accumulation_steps),
-        reduction=_validate.choice("reduction", reduction, ("mean", "sum")),
+        reduction=_validate.choice("reduction", reduction, ("mean", "sum")),  # type: ignore[arg-type]
     )
     target = Target(fn, "training-loop", contract, _name(fn))
     try:

@@ -184,14 +184,12 @@ def observe(target: Target, batching: Batching) -> Observed:
             latest[id(p)] = p.grad.detach().clone()
 
     def read(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for group in opt.param_groups:
-            group["lr"] = 0.0  # again: a scheduler may have set it since
+        for group in opt.param_groups:  # before every step, whatever a scheduler set: the
+            group["lr"] = 0.0  # params stay where they start, only gradients are read
         applied.append(_flat([p.grad for p in params], params))
         raw.append(_flat([latest.get(id(p)) for p in params], params))
         latest.clear()
 
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0  # the params stay where they start: only gradients are read
     handles = [optimizer.register_step_pre_hook(read)] + [
         p.register_post_accumulate_grad_hook(accumulated) for p in params if p.requires_grad
     ]
@@ -303,12 +301,13 @@ def factor(got: Tensor | None, want: Tensor, target: Target) -> float | None:
 
 def describe(batching: Batching, accumulation_steps: int) -> str:
     """Return the batching in words, for a failure message."""
-    sizes = [len(rows) for rows in batching.steps(accumulation_steps)[: len(batching.rows) + 1]]
-    per_epoch = len(batching.steps(accumulation_steps)) // batching.num_epochs
+    steps = batching.steps(accumulation_steps)
+    per_epoch = len(steps) // batching.num_epochs
+    sizes = [len(rows) for rows in steps[:per_epoch]]
     rows = "rows of both kinds" if len(set(batching.rows)) > 1 else "identical rows"
     return (
         f"{batching.n} {rows} in batches of {batching.batch_size}, {batching.num_epochs} "
-        f"epoch(s) of {per_epoch} step(s) over {sizes[:per_epoch]} rows"
+        f"epoch(s) of {per_epoch} step(s) over {sizes} rows"
     )
 
 
@@ -371,16 +370,6 @@ def reduced(target: Target) -> str:
 
 def _times(s: float | None) -> str:
     return "a gradient unlike" if s is None else f"{s:.4g} times"
-
-
-def contract_of(
-    model: Callable[[], nn.Module],
-    example: tuple[Tensor, Tensor],
-    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
-    **options: Any,
-) -> Contract:
-    """Return a training-loop contract: what the audit hands the loop, and how it steps."""
-    return Contract(model=model, example=example, optimizer=optimizer, **options)
 
 
 # --- the loops that hold, and what they are given --------------------------------------------
