@@ -16,8 +16,11 @@ from typing import Any, NoReturn, TypeVar
 
 from linreg import _validate
 from linreg._book import TRUE_B, TRUE_W
+from linreg.importing import resolve
+from linreg.plain import plain
 
-# torch is imported inside the commands, so that --help and argument errors come at once.
+# torch is imported inside the train and pitfalls commands; audit's options come from the
+# registry of kinds (linreg.targets), which imports it.
 
 T = TypeVar("T")
 
@@ -54,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Linear regression from scratch (d2l), and its training-loop pitfalls.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
+    _pitfalls_parser(sub)
+    _audit_parser(sub)
+    return parser
+
+
+def _train_parser(sub: Any) -> None:
     t = sub.add_parser(
         "train",
         help="run the book's experiment and print the loss per epoch",
@@ -110,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
+
+def _pitfalls_parser(sub: Any) -> None:
     p = sub.add_parser(
         "pitfalls",
         help="run every pitfall's wrong variant beside the correct code and show the evidence",
@@ -144,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(subparser=p)  # its errors name the command: "python -m linreg pitfalls"
 
+
+def _audit_parser(sub: Any) -> None:
+    from linreg.targets import KINDS
+
     a = sub.add_parser(
         "audit",
         help="check your own iterator, update step, loss or loop against every pitfall",
@@ -151,107 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
             "Run every pitfall property of KIND against your function MODULE:NAME through "
             "Hypothesis, and print each verdict with the smallest counterexample found. Exit 0 "
             "when every property holds, 1 when a pitfall is found, 2 for a usage error. "
-            "Signatures: iterator fn(batch_size, features, labels); update-step fn(params, lr, "
-            "batch_size); loss fn(y_hat, y); loop fn(features, labels, params, *, lr, "
-            "batch_size, num_epochs); epoch-loss fn(features, labels, params, *, lr, "
-            "batch_size), returning the epoch's loss; training-loop fn(model, loader, "
-            "optimizer, *, num_epochs), any PyTorch loop, with --model and --example."
+            "Kinds and their signatures: "
+            + "; ".join(f"{k.name} {k.signature}" for k in KINDS.values())
+            + "."
         ),
     )
     a.add_argument(
-        "kind",
-        choices=("iterator", "update-step", "loss", "loop", "epoch-loss", "training-loop"),
-        metavar="KIND",
-        help="iterator, update-step, loss, loop, epoch-loss or training-loop",
+        "kind", choices=tuple(KINDS), metavar="KIND", help=", ".join(KINDS) + ": see above"
     )
     a.add_argument(
         "target",
         metavar="MODULE:NAME",
         help="the function to audit, importable from the current directory",
     )
-    a.add_argument(
-        "--drop-last",
-        action="store_true",
-        help="iterator, loop: it drops the n %% B left-over samples each epoch",
-    )
-    a.add_argument(
-        "--reused",
-        action="store_true",
-        help="iterator: the trainer calls it once and iterates the result every epoch",
-    )
-    a.add_argument(
-        "--no-zeroes-grad",
-        dest="zeroes_grad",
-        action="store_false",
-        help="update-step: the loop zeroes the grads, not the step",
-    )
-    a.add_argument(
-        "--under-no-grad",
-        action="store_true",
-        help="update-step: the trainer calls it inside torch.no_grad()",
-    )
-    a.add_argument(
-        "--no-divide",
-        dest="divides_by_batch_size",
-        action="store_false",
-        help="update-step: it takes p - lr * grad (the gradient of a mean loss)",
-    )
-    a.add_argument(
-        "--reduction",
-        choices=("none", "mean", "sum"),
-        default=None,
-        help="loss: how it reduces over the examples (default: none); training-loop: mean "
-        "or sum over a step's rows (default: mean)",
-    )
-    a.add_argument(
-        "--scale",
-        type=_positive_float,
-        default=0.5,
-        help="loss: the factor before (y_hat - y)^2: 0.5 for the book, 1 for "
-        "nn.MSELoss (default: 0.5)",
-    )
-    a.add_argument(
-        "--no-flat-labels",
-        dest="flat_labels",
-        action="store_false",
-        help="loss: the labels are always (n, 1); do not try labels of shape (n,)",
-    )
-    a.add_argument(
-        "--objective",
-        choices=("book", "mse"),
-        default="book",
-        help="loop, epoch-loss: the mean of r^2 / 2 (book) or of r^2 (mse) (default: book)",
-    )
-    a.add_argument(
-        "--full-batch", action="store_true", help="loop: every step takes the whole data"
-    )
-    a.add_argument(
-        "--dtype",
-        choices=("float32", "float64"),
-        default="float32",
-        help="loop, epoch-loss: the dtype of the data and params (default: float32)",
-    )
-    a.add_argument(
-        "--model",
-        metavar="MODULE:NAME",
-        help="training-loop: a zero-argument factory of a fresh nn.Module (a class will do)",
-    )
-    a.add_argument(
-        "--example",
-        metavar="MODULE:NAME",
-        help="training-loop: one (x, y) sample, unbatched, or a function returning one",
-    )
-    a.add_argument(
-        "--optimizer",
-        metavar="MODULE:NAME",
-        help="training-loop: a factory params -> torch.optim.Optimizer (default: plain SGD)",
-    )
-    a.add_argument(
-        "--accumulation-steps",
-        type=_positive_int,
-        default=1,
-        help="training-loop: the loop steps once per this many batches (default: 1)",
-    )
+    for name, (field, kinds) in audit_options().items():
+        _add_option(a, name, field, kinds)
     a.add_argument(
         "--max-examples",
         type=_positive_int,
@@ -267,74 +197,66 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     a.set_defaults(subparser=a)
-    return parser
 
 
-# The options each kind takes, by destination; any other option given is a usage error.
-AUDIT_OPTIONS = {
-    "iterator": ("drop_last", "reused"),
-    "update-step": ("zeroes_grad", "under_no_grad", "divides_by_batch_size"),
-    "loss": ("reduction", "scale", "flat_labels"),
-    "loop": ("objective", "full_batch", "drop_last", "dtype"),
-    "epoch-loss": ("objective", "dtype"),
-    "training-loop": ("model", "example", "optimizer", "accumulation_steps", "reduction"),
-}
-_FLAGS = {
-    "drop_last": "--drop-last",
-    "reused": "--reused",
-    "zeroes_grad": "--no-zeroes-grad",
-    "under_no_grad": "--under-no-grad",
-    "divides_by_batch_size": "--no-divide",
-    "reduction": "--reduction",
-    "scale": "--scale",
-    "flat_labels": "--no-flat-labels",
-    "objective": "--objective",
-    "full_batch": "--full-batch",
-    "dtype": "--dtype",
-    "model": "--model",
-    "example": "--example",
-    "optimizer": "--optimizer",
-    "accumulation_steps": "--accumulation-steps",
-}
-# The options that name an object to import, and the kinds whose --reduction defaults differ.
-_IMPORTED = ("model", "example", "optimizer")
-_REDUCTION = {"loss": "none", "training-loop": "mean"}
+def audit_options() -> dict[str, tuple[dataclasses.Field[Any], list[str]]]:
+    """Return every kind's options by name: the first kind's field, and the kinds taking it."""
+    from linreg.targets import KINDS
+
+    out: dict[str, tuple[dataclasses.Field[Any], list[str]]] = {}
+    for kind in KINDS.values():
+        for f in kind.options.fields():
+            out.setdefault(f.name, (f, []))[1].append(kind.name)
+    return out
 
 
-def resolve(spec: str, *, callable_: bool = True) -> Any:
-    """Import MODULE:NAME (NAME may be dotted) and return it; raise ValueError saying why not.
+def _add_option(
+    parser: argparse.ArgumentParser, name: str, field: dataclasses.Field[Any], kinds: list[str]
+) -> None:
+    """Add one option of the kinds to the audit parser: its flag, its help, its conversion."""
+    from linreg.targets import KINDS
+    from linreg.targets.base import CHOICES, FLAG, HELP, IMPORT, from_text, shown_value
 
-    callable_=False accepts any object (an example), not only a callable.
-    """
-    module_name, colon, name = spec.partition(":")
-    if not colon or not module_name or not name:
-        raise ValueError(f"expected MODULE:NAME, got {spec!r}")
-    import importlib
+    fields = {k: next(f for f in KINDS[k].options.fields() if f.name == name) for k in kinds}
+    texts: dict[str, list[str]] = {}  # one help text, and the kinds it is theirs
+    for k, f in fields.items():
+        default = "" if isinstance(f.default, bool) or f.default is None else f.default
+        text = f.metadata[HELP] + (f" (default: {shown_value(default)})" if default != "" else "")
+        texts.setdefault(text, []).append(k)
+    helps = "; ".join(f"{', '.join(ks)}: {text}" for text, ks in texts.items()).replace("%", "%%")
+    flag = field.metadata[FLAG]
+    if isinstance(field.default, bool):  # a flag says the opposite of the default
+        parser.add_argument(
+            flag,
+            dest=name,
+            action="store_const",
+            const=not field.default,
+            default=None,
+            help=helps,
+        )
+        return
+    choices = sorted(
+        {str(shown_value(c)) for f in fields.values() for c in f.metadata.get(CHOICES) or ()}
+    )
 
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: the current directory first
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as e:
-        raise ValueError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
-    for part in name.split("."):
+    def convert(text: str) -> Any:
+        if field.metadata.get(IMPORT):
+            return text  # imported when the kind is known: an error then names the flag
         try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"{module_name!r} has no attribute {name!r}") from None
-    if callable_ and not callable(obj):
-        raise ValueError(f"{spec} is not callable: it is a {type(obj).__name__}")
-    return obj
+            return from_text(field, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    if choices:
+        parser.add_argument(flag, dest=name, default=None, choices=choices, help=helps)
+        return
+    metavar = "MODULE:NAME" if field.metadata.get(IMPORT) else None
+    parser.add_argument(flag, dest=name, default=None, metavar=metavar, type=convert, help=helps)
 
 
 def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Audit the target the arguments name, print the report, and return the exit code."""
-    defaults = {k: parser.get_default(k) for k in _FLAGS}
-    wrong = [
-        k for k in _FLAGS if k not in AUDIT_OPTIONS[args.kind] and getattr(args, k) != defaults[k]
-    ]
-    if wrong:
-        parser.error(f"{_FLAGS[wrong[0]]} does not apply to {args.kind}")
+    options = _audit_arguments(args, parser)
     try:
         fn = resolve(args.target)
     except ValueError as e:
@@ -343,36 +265,45 @@ def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from linreg import audit
     except ImportError as e:
         parser.error(str(e))
-    import torch
-
-    options = {k: getattr(args, k) for k in AUDIT_OPTIONS[args.kind]}
-    if "reduction" in options and options["reduction"] is None:
-        options["reduction"] = _REDUCTION[args.kind]
-    if args.kind == "training-loop":
-        missing = [_FLAGS[k] for k in ("model", "example") if options[k] is None]
-        if missing:
-            parser.error(f"training-loop needs {' and '.join(missing)} MODULE:NAME")
-        for k in _IMPORTED:
-            if options[k] is not None:
-                try:
-                    options[k] = resolve(options[k], callable_=k != "example")
-                except ValueError as e:
-                    parser.error(f"{_FLAGS[k]}: {e}")
-    if "dtype" in options:
-        options["dtype"] = getattr(torch, options["dtype"])
     try:
-        audit.target_for(args.kind, fn, **options)  # the signature, before any work
+        target = audit.target_for(args.kind, fn, **options)  # checked once, before any work
     except (TypeError, ValueError) as e:  # audit.TargetError, or an option out of range
         parser.error(str(e))
     if not args.quiet:
         print(f"auditing {args.kind} {args.target} ...", file=sys.stderr, flush=True)
-    report = audit.KINDS[args.kind](fn, max_examples=args.max_examples, seed=args.seed, **options)
+    report = audit.run(target, max_examples=args.max_examples, seed=args.seed)
     report = dataclasses.replace(report, target=args.target)  # as the user named it
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
         print(report)
     return 0 if report.ok else 1
+
+
+def _audit_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Return the kind's options the command line gave, converted; usage errors in one line."""
+    from linreg.targets import KINDS
+    from linreg.targets.base import FLAG, REQUIRED, from_text
+
+    own = {f.name: f for f in KINDS[args.kind].options.fields()}
+    given = {
+        name: getattr(args, name) for name in audit_options() if getattr(args, name) is not None
+    }
+    for name, (field, _) in audit_options().items():
+        if name in given and name not in own:
+            parser.error(f"{field.metadata[FLAG]} does not apply to {args.kind}")
+    missing = [
+        f.metadata[FLAG] for f in own.values() if f.metadata[REQUIRED] and f.name not in given
+    ]
+    if missing:
+        parser.error(f"{args.kind} needs {' and '.join(missing)} MODULE:NAME")
+    options = {}
+    for name, value in given.items():
+        try:
+            options[name] = from_text(own[name], value) if isinstance(value, str) else value
+        except ValueError as e:
+            parser.error(f"{own[name].metadata[FLAG]}: {e}")
+    return options
 
 
 def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -493,17 +424,6 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _finite_or_none(value: Any) -> Any:
-    """Return value with every non-finite float as None, so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
 def diverged_line(report: dict[str, Any]) -> str:
     """Return the one line that says where a run diverged and the stable lr for its data."""
     d, lr = report["diverged"], report["config"]["lr"]
@@ -526,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_audit(args, args.subparser)
     report = run_train(args)
     if args.json:
-        print(json.dumps(_finite_or_none(report), indent=2, allow_nan=False))
+        print(json.dumps(plain(report), indent=2, allow_nan=False))
         if report["diverged"]:
             print(diverged_line(report), file=sys.stderr)
         return 1 if report["diverged"] else 0

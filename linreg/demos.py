@@ -30,7 +30,7 @@ def verdicts(prop: Property) -> list[dict[str, Any]]:
     cases += [("refuted", v.target) for v in prop.refuted_by]
     rows = []
     for expected, target in cases:
-        if prop.applies(target.contract) is not None:
+        if prop.applies(target.options) is not None:
             continue
         try:
             prop.check(target, prop.book())

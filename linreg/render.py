@@ -12,6 +12,7 @@ import torch
 
 from linreg.demos import Evidence, Run
 from linreg.pitfalls import BY_ID, CATALOGUE
+from linreg.plain import plain
 
 
 def environment() -> str:
@@ -69,17 +70,6 @@ def properties(e: Evidence) -> list[str]:
     return lines
 
 
-def _plain(value: Any) -> Any:
-    """Return value with non-finite floats as strings, so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def to_json(runs: Sequence[Run]) -> dict[str, Any]:
     """Return the report as a JSON-ready dict (see SCHEMA)."""
     return {
@@ -95,8 +85,8 @@ def to_json(runs: Sequence[Run]) -> dict[str, Any]:
                 "expected": r.evidence.expected,
                 "observed": r.evidence.observed,
                 "seconds": r.seconds,
-                "figures": _plain(r.evidence.figures),
-                "curves": _plain(r.evidence.curves),
+                "figures": plain(r.evidence.figures),
+                "curves": plain(r.evidence.curves),
                 "skipped": r.evidence.skipped,
                 "properties": r.evidence.properties,
                 "variants": [v.name for v in BY_ID[r.evidence.id].variants],
@@ -147,7 +137,7 @@ SCHEMA: dict[str, Any] = {
                         "type": "object",
                         "additionalProperties": {
                             "type": "array",
-                            "items": {"type": ["number", "string"]},
+                            "items": {"type": ["number", "null"]},  # null: not finite
                         },
                     },
                     "skipped": {"type": ["string", "null"]},
@@ -182,6 +172,28 @@ def catalogue_markdown() -> str:
         f"| `{p.id}` | {p.title} | " + ", ".join(f"`{v.name}`" for v in p.variants) + " |"
         for p in CATALOGUE
     ]
+    return "\n".join(rows)
+
+
+def kinds_markdown() -> str:
+    """Return the registry of kinds as a Markdown table: kind, function, properties, options."""
+    from linreg.targets import KINDS
+
+    rows = [
+        "| kind | your function | what is checked (pitfall) | options |",
+        "| --- | --- | --- | --- |",
+    ]
+    for kind in KINDS.values():
+        checked = "; ".join(
+            f"{p.name} (`{p.pitfall}`)"
+            for pitfall in CATALOGUE
+            for p in pitfall.properties
+            if p.kind == kind.name
+        )
+        options = ", ".join(f"`{f.name}`" for f in kind.options.fields())
+        rows.append(
+            f"| `{kind.name}` | `{kind.signature}`: {kind.summary} | {checked} | {options} |"
+        )
     return "\n".join(rows)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -184,16 +185,22 @@ BAD_OPTIONS = [
         AUDIT + "argument --max-examples: expected a positive int, got '0'",
     ),
     (
-        ["audit", "loss", "linreg.loss:squared_loss", "--model", "linreg.pitfalls._partition:mlp"],
+        [
+            "audit",
+            "loss",
+            "linreg.loss:squared_loss",
+            "--model",
+            "linreg.targets.training_loop:mlp",
+        ],
         AUDIT + "--model does not apply to loss",
     ),
     (
         [
             "audit",
             "training-loop",
-            "linreg.pitfalls._partition:fit",
+            "linreg.targets.training_loop:fit",
             "--model",
-            "linreg.pitfalls._partition:mlp",
+            "linreg.targets.training_loop:mlp",
         ],
         AUDIT + "training-loop needs --example MODULE:NAME",
     ),
@@ -201,23 +208,23 @@ BAD_OPTIONS = [
         [
             "audit",
             "training-loop",
-            "linreg.pitfalls._partition:fit",
+            "linreg.targets.training_loop:fit",
             "--model",
-            "linreg.pitfalls._partition:nothing",
+            "linreg.targets.training_loop:nothing",
             "--example",
             "examples.mlp_classifier:sample",
         ],
-        AUDIT + "--model: 'linreg.pitfalls._partition' has no attribute 'nothing'",
+        AUDIT + "--model: 'linreg.targets.training_loop' has no attribute 'nothing'",
     ),
     (
         [
             "audit",
             "training-loop",
-            "linreg.pitfalls._partition:fit",
+            "linreg.targets.training_loop:fit",
             "--model",
-            "linreg.pitfalls._partition:mlp",
+            "linreg.targets.training_loop:mlp",
             "--example",
-            "linreg.pitfalls._partition:TRAINING_LOOP_SIGNATURE",
+            "linreg.targets.training_loop:SIGNATURE",
         ],
         AUDIT + "the example must be one (x, y) sample, got str",
     ),
@@ -225,9 +232,9 @@ BAD_OPTIONS = [
         [
             "audit",
             "training-loop",
-            "linreg.pitfalls._partition:fit",
+            "linreg.targets.training_loop:fit",
             "--model",
-            "linreg.pitfalls._partition:mlp",
+            "linreg.targets.training_loop:mlp",
             "--example",
             "examples.mlp_classifier:sample",
             "--reduction",
@@ -400,6 +407,33 @@ def test_report_plot_writes_a_png(tmp_path: Any, capsys: pytest.CaptureFixture[s
     out = tmp_path / "curves.png"
     assert main(["pitfalls", "-q", "--only", "grad-zeroing", "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_lists_the_kinds_as_the_registry_has_them() -> None:
+    from pathlib import Path
+
+    from linreg.render import kinds_markdown
+    from linreg.targets import KINDS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert kinds_markdown() in readme
+    listed = re.findall(r"^\| `([a-z-]+)` \| `fn\(", readme, re.M)
+    assert listed == list(KINDS)
+
+
+def test_audit_help_and_the_plugin_list_exactly_the_registrys_kinds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from linreg.targets import KINDS
+    from linreg.testing import plugin
+
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    out = capsys.readouterr().out
+    assert ", ".join(KINDS) + ": see above" in " ".join(out.split())
+    assert all(f"{k.name} {k.signature}" in " ".join(out.split()) for k in KINDS.values())
+    with pytest.raises(ValueError, match="with KIND in " + ", ".join(KINDS) + "$"):
+        plugin.parse("nokind=linreg.optim:sgd")
 
 
 def test_readme_lists_the_catalogue_as_generated() -> None:

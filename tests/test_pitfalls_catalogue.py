@@ -14,11 +14,10 @@ from hypothesis import strategies as st
 import linreg.pitfalls
 from linreg import audit
 from linreg.pitfalls import (
-    AUDIT_KINDS,
     CATALOGUE,
     PROPERTIES,
     VARIANTS,
-    Contract,
+    Options,
     Property,
     Target,
     Variant,
@@ -45,15 +44,15 @@ def marks(prop: Property) -> list[pytest.MarkDecorator]:
 
 
 def applicable(prop: Property, target: Target) -> None:
-    reason = prop.applies(target.contract)
+    reason = prop.applies(target.options)
     if reason is not None:
         pytest.skip(reason)
 
 
 @functools.cache
-def examples(prop: Property, contract: Contract) -> st.SearchStrategy[Any]:
+def examples(prop: Property, options: Options) -> st.SearchStrategy[Any]:
     """Build each property's strategy once, not once per example."""
-    return prop.examples(contract)
+    return prop.examples(options)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=marks(c[0]), id=ident(c)) for c in OWN])
@@ -61,7 +60,7 @@ def examples(prop: Property, contract: Contract) -> st.SearchStrategy[Any]:
 def test_pitfalls_property_holds_for_linreg(case: tuple[Property, Target], data: Any) -> None:
     prop, target = case
     applicable(prop, target)
-    prop.check(target, data.draw(examples(prop, target.contract), label="example"))
+    prop.check(target, data.draw(examples(prop, target.options), label="example"))
 
 
 # torch's own code (DataLoader, optim.SGD, nn.MSELoss, the concise loop) checks the property
@@ -74,7 +73,7 @@ def test_pitfalls_property_holds_for_torchs_own_code(
 ) -> None:
     prop, target = case
     applicable(prop, target)
-    prop.check(target, data.draw(examples(prop, target.contract), label="example"))
+    prop.check(target, data.draw(examples(prop, target.options), label="example"))
 
 
 @pytest.mark.parametrize(
@@ -93,7 +92,7 @@ def test_pitfalls_property_is_refuted_by_the_wrong_variant(case: tuple[Property,
     prop, variant = case
     target = variant.target
     applicable(prop, target)
-    refutes(prop.examples(target.contract), lambda example: prop.check(target, example))
+    refutes(prop.examples(target.options), lambda example: prop.check(target, example))
 
 
 def test_pitfalls_every_property_holds_somewhere_and_has_teeth() -> None:
@@ -122,7 +121,7 @@ def test_pitfalls_every_wrong_variant_is_importable_by_name() -> None:
 
 # --- the audit runs the same properties ---------------------------------------------------------
 
-AUDITED = [(prop, v) for prop, v in REFUTED if prop.kind in AUDIT_KINDS]
+AUDITED = [(prop, v) for prop, v in REFUTED if prop.kind in audit.KINDS]
 
 
 @pytest.mark.parametrize(
@@ -141,7 +140,7 @@ def test_pitfalls_audit_fails_each_wrong_variant_naming_its_pitfall(
         report.raise_for_failures()
 
 
-@pytest.mark.parametrize("kind", AUDIT_KINDS)
+@pytest.mark.parametrize("kind", audit.KINDS)
 def test_pitfalls_audit_passes_every_own_target_of_each_kind(kind: str) -> None:
     targets = {str(t): t for prop in PROPERTIES if prop.kind == kind for t in prop.holds_for}
     for target in targets.values():

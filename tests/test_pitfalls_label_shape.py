@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from linreg import checks, loss, train
 from linreg.config import TrainConfig
 from linreg.pitfalls import label_shape
-from linreg.pitfalls.kinds import book_run, run_kwargs
+from linreg.targets.runs import book_run, run_kwargs
 from linreg.testing import strategies as sts
 from tests.refute import refutes
 

@@ -88,7 +88,7 @@ def test_pitfalls_plugin_items_are_selected_by_k_pitfalls(steps: pytest.Pytester
         ("step=mysteps:good", "expected KIND=MODULE:NAME with KIND in iterator, update-step, "),
         ("update-step=nosuch:good", "cannot import 'nosuch': ModuleNotFoundError"),
         ("update-step=mysteps:good,drop_last=true", "unknown option 'drop_last=true' for upd"),
-        ("update-step=mysteps:good,zeroes_grad=maybe", "zeroes_grad takes true or false, got "),
+        ("update-step=mysteps:good,zeroes_grad=maybe", "zeroes_grad: expected true or false, got "),
         ("loss=mysteps:good", "mysteps:good does not take (y_hat, y): missing a required "),
     ],
     ids=["kind", "import", "option", "value", "signature"],

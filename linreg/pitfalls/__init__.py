@@ -1,6 +1,6 @@
 """The catalogue of training-loop pitfalls: one module per pitfall, found by discovery.
 
-Each module here (not starting with "_", and not `kinds`) defines `PITFALL`: its id, title and
+Each module here (not starting with "_") defines `PITFALL`: its id, title and
 explanation, its properties (each a check, where its examples come from, linreg's own targets
 that satisfy it and the wrong variants that refute it) and its live demonstration. Adding a
 pitfall is adding a module. The wrong variants, each a function named after its mistake, are
@@ -14,22 +14,15 @@ import importlib
 import pkgutil
 from typing import Any
 
-from linreg.pitfalls._base import (
-    AUDIT_KINDS,
-    Contract,
-    Evidence,
-    Pitfall,
-    Property,
-    Target,
-    Variant,
-    swap,
-)
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.late import swap
 
 
 def _discover() -> tuple[Pitfall, ...]:
     found = []
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "kinds":
+        if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         found.append(module.PITFALL)
@@ -49,13 +42,12 @@ _NAMES["reset_shuffled_once"] = importlib.import_module(
 globals().update(_NAMES)
 
 __all__ = [
-    "AUDIT_KINDS",
     "BY_ID",
     "CATALOGUE",
     "PROPERTIES",
     "VARIANTS",
-    "Contract",
     "Evidence",
+    "Options",
     "Pitfall",
     "Property",
     "Target",

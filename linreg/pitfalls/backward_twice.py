@@ -11,8 +11,10 @@ from linreg import accumulate, checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls.kinds import FULL_BATCH_LOOPS, LOOPS, book_run, params_like, run_loop
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Target
+from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, ObjectiveOptions, run_loop
+from linreg.targets.runs import book_run, params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -57,10 +59,10 @@ def completes(target: Target, run: dict[str, Any]) -> None:
         raise checks.CheckFailed(f"the loop's params are not finite: {[p.tolist() for p in got]}")
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
     from linreg.testing import strategies as sts
 
-    return sts.loop_runs(dtype=contract.dtype)
+    return sts.loop_runs(dtype=options.dtype)
 
 
 def _book() -> dict[str, Any]:

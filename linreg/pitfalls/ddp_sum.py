@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from linreg import _ddp, _spawn, checks
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -95,13 +96,13 @@ def follows_one_process(target: Target, runs: tuple[_ddp.Run, ...]) -> None:
             raise checks.CheckFailed(f"{run}: {e}") from e
 
 
-def _runs(contract: Contract) -> SearchStrategy[tuple[_ddp.Run, ...]]:
+def _runs(options: Options) -> SearchStrategy[tuple[_ddp.Run, ...]]:
     from hypothesis import strategies as st
 
     return st.just(generated_runs())
 
 
-def _needs_gloo(contract: Contract) -> str | None:
+def _needs_gloo(options: Options) -> str | None:
     return None if _spawn.gloo_available() else "torch.distributed gloo is unavailable"
 
 

@@ -8,7 +8,9 @@ import torch
 
 from linreg import checks
 from linreg._book import UNEVEN_NUM_EXAMPLES
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.late import late
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -42,7 +44,7 @@ def orders_differ(target: Target, args: Ordering) -> None:
         raise checks.CheckFailed("two epochs had the same order: the sampler did not reshuffle")
 
 
-def _orderings(contract: Contract) -> SearchStrategy[Ordering]:
+def _orderings(options: Options) -> SearchStrategy[Ordering]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts

@@ -10,8 +10,11 @@ from torch import Tensor
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls.kinds import EPOCHS, curvature, params_like, run_epoch
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Target
+from linreg.targets.epoch_loss import EPOCHS, run_epoch
+from linreg.targets.loop import ObjectiveOptions, curvature
+from linreg.targets.runs import params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -46,7 +49,7 @@ def reports_the_full_loss(target: Target, run: dict[str, Any]) -> None:
     X, y = run["features"], run["labels"]
     w, b = run["params"]
     with torch.no_grad():
-        full = float(((X @ w + b - y) ** 2).mean()) * curvature(target.contract) / 2
+        full = float(((X @ w + b - y) ** 2).mean()) * curvature(target.options) / 2
     reported = run_epoch(target, {**run, "lr": 0.0})
     got = float(reported.detach() if isinstance(reported, Tensor) else reported)
     tol = checks.tolerance(X.dtype) * 10
@@ -63,14 +66,14 @@ def reports_the_full_loss(target: Target, run: dict[str, Any]) -> None:
         )
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
 
     def run(n: int) -> SearchStrategy[dict[str, Any]]:
         return st.tuples(
-            sts.datasets(n, dtype=contract.dtype, d=2, noise=0.5), sts.seeds, st.integers(1, n + 3)
+            sts.datasets(n, dtype=options.dtype, d=2, noise=0.5), sts.seeds, st.integers(1, n + 3)
         ).map(
             lambda t: {
                 "features": t[0][0],

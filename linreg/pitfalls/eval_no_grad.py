@@ -11,8 +11,10 @@ from torch import Tensor
 from linreg import checks, loss, model, train
 from linreg._book import NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls.kinds import book_run
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.late import late
+from linreg.targets.runs import book_run
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -42,7 +44,7 @@ def full_loss_detached(features: Tensor, labels: Tensor, w: Tensor, b: Tensor) -
     return loss.squared_loss(model.linreg(features, w, b), labels).mean().detach()
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts

@@ -13,25 +13,22 @@ from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.checks import CheckFailed
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls._partition import (
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import guarded, seeded
+from linreg.targets.iterator import IteratorOptions, loader
+from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.targets.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,
     Batching,
+    TrainingLoopOptions,
     describe,
     expected_steps,
     loss_of,
     observe,
 )
-from linreg.pitfalls.kinds import (
-    FULL_BATCH_LOOPS,
-    LOOPS,
-    TwinRows,
-    follows_the_closed_form,
-    guarded,
-    loader,
-    seeded,
-)
+from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -106,13 +103,13 @@ def iterates_again(target: Target, case: dict[str, int]) -> None:
         )
 
 
-def _cases(contract: Contract) -> SearchStrategy[dict[str, int]]:
+def _cases(options: Options) -> SearchStrategy[dict[str, int]]:
     from linreg.testing import strategies as sts
 
     return sts.epoch_cases()
 
 
-def _several_epochs(contract: Contract) -> SearchStrategy[TwinRows]:
+def _several_epochs(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -121,20 +118,20 @@ def _several_epochs(contract: Contract) -> SearchStrategy[TwinRows]:
     return sts.twin_rows(sizes=sizes, num_epochs=st.integers(2, 3))
 
 
-def _reused(contract: Contract) -> str | None:
-    return None if contract.reused else "reused=False: the iterator is called every epoch"
+def _reused(options: IteratorOptions) -> str | None:
+    return None if options.reused else "reused=False: the iterator is called every epoch"
 
 
 def _book_loop() -> TwinRows:
     return TwinRows.book(num_epochs=3)
 
 
-REUSED = Contract(reused=True)
+REUSED = IteratorOptions(reused=True)
 
 
 def takes_every_step(target: Target, batching: Batching) -> None:
     """E epochs of the loader take E * ceil(batches / accumulation_steps) optimizer steps."""
-    k = target.contract.accumulation_steps
+    k = target.options.accumulation_steps
     got, want = len(observe(target, batching).applied), expected_steps(batching, k)
     if got != want:
         per_epoch = want // batching.num_epochs
@@ -150,13 +147,13 @@ def takes_every_step(target: Target, batching: Batching) -> None:
         )
 
 
-def _epochs(contract: Contract) -> SearchStrategy[Batching]:
+def _epochs(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
 
     return sts.batchings(
-        accumulation_steps=contract.accumulation_steps, num_epochs=st.integers(1, 3)
+        accumulation_steps=options.accumulation_steps, num_epochs=st.integers(1, 3)
     )
 
 

@@ -13,24 +13,20 @@ from torch.optim import Optimizer
 from linreg import checks, data, loss, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls._partition import (
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import seeded
+from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
+from linreg.targets.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,
     Batching,
+    TrainingLoopOptions,
     compare,
     loss_of,
 )
-from linreg.pitfalls.kinds import (
-    FULL_BATCH_LOOPS,
-    LOOPS,
-    STEPS,
-    TwinRows,
-    Update,
-    follows_the_closed_form,
-    fresh,
-    seeded,
-)
+from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
+from linreg.targets.update_step import STEPS, Update, UpdateStepOptions, fresh
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -97,18 +93,18 @@ def zeroes_grads(target: Target, update: Update) -> None:
             )
 
 
-def _updates(contract: Contract) -> SearchStrategy[Update]:
+def _updates(options: Options) -> SearchStrategy[Update]:
     from linreg.testing import strategies as sts
 
     return sts.updates()
 
 
-def _single_rows(contract: Contract) -> SearchStrategy[TwinRows]:
+def _single_rows(options: LoopOptions) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
 
-    if contract.full_batch:  # one row, two or three epochs: a step each
+    if options.full_batch:  # one row, two or three epochs: a step each
         return sts.twin_rows(sizes=st.just((1, 1)), num_epochs=st.integers(2, 3))
     # one epoch of single-row batches: every step follows another, however epochs are handled
     return sts.twin_rows(sizes=st.integers(2, 4).map(lambda n: (n, 1)))
@@ -122,8 +118,8 @@ def _book_loop() -> TwinRows:
     return TwinRows.book(2, 1, 2)
 
 
-def _zeroes(contract: Contract) -> str | None:
-    return None if contract.zeroes_grad else "zeroes_grad=False: the loop zeroes the grads"
+def _zeroes(options: UpdateStepOptions) -> str | None:
+    return None if options.zeroes_grad else "zeroes_grad=False: the loop zeroes the grads"
 
 
 def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
@@ -141,7 +137,7 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     compare(target, batching, lambda j, count: True, explain)
 
 
-def _full_steps(contract: Contract) -> SearchStrategy[Batching]:
+def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -149,7 +145,7 @@ def _full_steps(contract: Contract) -> SearchStrategy[Batching]:
     return sts.batchings(
         steps="full",
         min_steps=2,
-        accumulation_steps=contract.accumulation_steps,
+        accumulation_steps=options.accumulation_steps,
         num_epochs=st.integers(1, 2),
     )
 

@@ -13,9 +13,12 @@ from linreg import checks, model, optim, train
 from linreg._book import NUM_EXAMPLES, TRUE_W
 from linreg.config import TrainConfig
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls.kinds import guarded
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.pitfalls.mean_vs_sum import _book_mean_loss, _book_predictions
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import guarded
+from linreg.targets.late import late
+from linreg.targets.loss import LossOptions
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -77,14 +80,14 @@ def flat_labels_agree(target: Target, case: dict[str, Tensor]) -> None:
         )
 
 
-def _predictions(contract: Contract) -> SearchStrategy[dict[str, Tensor]]:
+def _predictions(options: Options) -> SearchStrategy[dict[str, Tensor]]:
     from linreg.testing import strategies as sts
 
     return sts.predictions()
 
 
-def _checks_flat_labels(contract: Contract) -> str | None:
-    return None if contract.flat_labels else "flat_labels=False: the labels are always (n, 1)"
+def _checks_flat_labels(options: LossOptions) -> str | None:
+    return None if options.flat_labels else "flat_labels=False: the labels are always (n, 1)"
 
 
 PROPERTIES = (
@@ -95,12 +98,14 @@ PROPERTIES = (
         _predictions,
         (
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
-            Target(_book_mean_loss, "loss", Contract(reduction="mean"), "squared_loss(...).mean()"),
+            Target(
+                _book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
+            ),
         ),
         (
             Variant(squared_loss_no_reshape, "loss.squared_loss", "loss"),
-            Variant(mean_loss_no_reshape, None, "loss", Contract(reduction="mean")),
-            Variant(mse_loss_no_reshape, None, "loss", Contract(reduction="mean", scale=1.0)),
+            Variant(mean_loss_no_reshape, None, "loss", LossOptions(reduction="mean")),
+            Variant(mse_loss_no_reshape, None, "loss", LossOptions(reduction="mean", scale=1.0)),
         ),
         _book_predictions,
         applies=_checks_flat_labels,

@@ -15,24 +15,23 @@ from linreg import checks, concise, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls._partition import (
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import guarded
+from linreg.targets.late import late
+from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
+from linreg.targets.loss import LossOptions
+from linreg.targets.runs import book_run, trajectory
+from linreg.targets.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
+    TrainingLoopOptions,
     compare,
     loss_of,
     reduced,
 )
-from linreg.pitfalls.kinds import (
-    FULL_BATCH_LOOPS,
-    LOOPS,
-    TwinRows,
-    book_run,
-    follows_the_closed_form,
-    guarded,
-    trajectory,
-)
+from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -91,7 +90,7 @@ def sum_follows_mean(target: Target, run: dict[str, Any]) -> None:
 
 def loss_matches(target: Target, case: dict[str, Tensor]) -> None:
     """With labels (n, 1), the loss and its gradient are scale * (y_hat - y)^2, reduced."""
-    c = target.contract
+    c = target.options
     y_hat, y = case["y_hat"].detach().clone().requires_grad_(), case["y"]
     with guarded("the loss"):
         checks.check_loss_per_example(target.fn, y_hat, y, reduction=c.reduction, scale=c.scale)
@@ -108,13 +107,13 @@ def loss_matches(target: Target, case: dict[str, Tensor]) -> None:
         raise checks.CheckFailed(f"the gradient with respect to y_hat: {err}") from err
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
     from linreg.testing import strategies as sts
 
     return sts.runs()
 
 
-def _one_batch(contract: Contract) -> SearchStrategy[TwinRows]:
+def _one_batch(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -122,7 +121,7 @@ def _one_batch(contract: Contract) -> SearchStrategy[TwinRows]:
     return sts.twin_rows(sizes=st.integers(2, 8).map(lambda b: (b, b)))
 
 
-def _predictions(contract: Contract) -> SearchStrategy[dict[str, Tensor]]:
+def _predictions(options: Options) -> SearchStrategy[dict[str, Tensor]]:
     from linreg.testing import strategies as sts
 
     return sts.predictions()
@@ -145,12 +144,12 @@ def _book_mean_loss(y_hat: Tensor, y: Tensor) -> Tensor:
 
 
 # nn.MSELoss() is the oracle for labels of (n, 1); for (n,) it is a wrong variant (label-shape)
-MEAN_MSE = Contract(reduction="mean", scale=1.0, flat_labels=False)
+MEAN_MSE = LossOptions(reduction="mean", scale=1.0, flat_labels=False)
 
 
 def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     """On identical rows, a full step applies one row's gradient (B rows' for reduction=sum)."""
-    rows = len(batching.steps(target.contract.accumulation_steps)[0])
+    rows = len(batching.steps(target.options.accumulation_steps)[0])
 
     def explain(j: int, s: float | None, b: Batching) -> str:
         if s is not None and math.isclose(s, rows, rel_tol=1e-3) and reduced(target) == "mean":
@@ -167,10 +166,10 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     compare(target, batching, lambda j, count: j == 0, explain)
 
 
-def _full_steps(contract: Contract) -> SearchStrategy[Batching]:
+def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
-    return sts.batchings(steps="full", accumulation_steps=contract.accumulation_steps)
+    return sts.batchings(steps="full", accumulation_steps=options.accumulation_steps)
 
 
 PROPERTIES = (
@@ -189,7 +188,7 @@ PROPERTIES = (
         follows_the_closed_form,
         _one_batch,
         LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_concise_sum_at_mean_lr, None, "loop", Contract(objective="mse")),),
+        (Variant(train_concise_sum_at_mean_lr, None, "loop", LoopOptions(objective="mse")),),
         _book_step,
         requires=("backward-twice", "rebinding"),
     ),
@@ -200,12 +199,14 @@ PROPERTIES = (
         _predictions,
         (
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
-            Target(_book_mean_loss, "loss", Contract(reduction="mean"), "squared_loss(...).mean()"),
+            Target(
+                _book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
+            ),
             Target(nn.MSELoss(), "loss", MEAN_MSE, "nn.MSELoss()", oracle=True),
             Target(
                 nn.MSELoss(reduction="sum"),
                 "loss",
-                Contract(reduction="sum", scale=1.0, flat_labels=False),
+                LossOptions(reduction="sum", scale=1.0, flat_labels=False),
                 "nn.MSELoss(reduction='sum')",
                 oracle=True,
             ),

@@ -13,15 +13,18 @@ from torch.optim import Optimizer
 from linreg import accumulate, checks, loss, model
 from linreg._book import BATCH_SIZE
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls._partition import (
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.late import late
+from linreg.targets.runs import copy_params, params_like
+from linreg.targets.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
+    TrainingLoopOptions,
     compare,
     loss_of,
 )
-from linreg.pitfalls.kinds import copy_params, params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -67,7 +70,7 @@ def full_batch_gradient(target: Target, case: dict[str, Any]) -> None:
     checks.check_grads_close([w.grad, b.grad], want)
 
 
-def _micro_batches(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _micro_batches(options: Options) -> SearchStrategy[dict[str, Any]]:
     from linreg.testing import strategies as sts
 
     return sts.micro_batches()
@@ -92,10 +95,10 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     compare(target, batching, lambda j, count: True, explain)
 
 
-def _mixed(contract: Contract) -> SearchStrategy[Batching]:
+def _mixed(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
-    return sts.batchings(mixed=True, accumulation_steps=contract.accumulation_steps)
+    return sts.batchings(mixed=True, accumulation_steps=options.accumulation_steps)
 
 
 PROPERTIES = (

@@ -12,8 +12,10 @@ from torch import Tensor
 from linreg import checks, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls.kinds import STEPS, book_run, copy_params
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.runs import book_run, copy_params
+from linreg.targets.update_step import STEPS
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -48,7 +50,7 @@ def stays_leaves(target: Target, example: Steps) -> None:
     run, steps = example
     X, y = run["features"], run["labels"]
     params = list(copy_params(run["params"]))
-    mode = torch.no_grad if target.contract.under_no_grad else contextlib.nullcontext
+    mode = torch.no_grad if target.options.under_no_grad else contextlib.nullcontext
     for k in range(1, steps + 1):
         ((X @ params[0] + params[1] - y) ** 2 / 2).sum().backward()
         try:
@@ -70,12 +72,12 @@ def stays_leaves(target: Target, example: Steps) -> None:
                 f"after step {k}: {e}: the update was recorded in the graph (an out-of-place "
                 "update in grad mode)"
             ) from e
-        if not target.contract.zeroes_grad:
+        if not target.options.zeroes_grad:
             for p in params:
                 p.grad = None  # the caller's loop zeroes
 
 
-def _steps(contract: Contract) -> SearchStrategy[Steps]:
+def _steps(options: Options) -> SearchStrategy[Steps]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts

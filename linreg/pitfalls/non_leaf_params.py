@@ -14,24 +14,22 @@ from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.checks import CheckFailed
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls._partition import (
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import seeded
+from linreg.targets.late import late
+from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.targets.training_loop import (
     CLASSIFIER,
     LINEAR,
     TRAINING_LOOPS,
     Batching,
+    TrainingLoopOptions,
     describe,
     loss_of,
     observe,
 )
-from linreg.pitfalls.kinds import (
-    FULL_BATCH_LOOPS,
-    LOOPS,
-    TwinRows,
-    loop_tolerance,
-    run_twin_rows,
-    seeded,
-)
+from linreg.targets.twin_rows import TwinRows, run_twin_rows
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -120,9 +118,9 @@ def start_as_leaves(target: Target, example: Init) -> None:
 
 def every_param_moves(target: Target, case: TwinRows) -> None:
     """On data where every weight has a gradient, each of w and b moves."""
-    start = [p.detach().double().reshape(-1) for p in case.tensors(target.contract.dtype)[2]]
+    start = [p.detach().double().reshape(-1) for p in case.tensors(target.options.dtype)[2]]
     got = run_twin_rows(target, case)
-    tol = loop_tolerance(target.contract.dtype)
+    tol = checks.tolerance(target.options.dtype, steps=True)
     for name, p, s in zip(("w", "b"), got, start, strict=True):
         still = [i for i in range(len(p)) if abs(float(p[i] - s[i])) <= tol]
         if still:
@@ -133,7 +131,7 @@ def every_param_moves(target: Target, case: TwinRows) -> None:
             )
 
 
-def _inits(contract: Contract) -> SearchStrategy[Init]:
+def _inits(options: Options) -> SearchStrategy[Init]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -147,7 +145,7 @@ def _inits(contract: Contract) -> SearchStrategy[Init]:
     return st.integers(1, 4).flatmap(with_data)
 
 
-def _moving(contract: Contract) -> SearchStrategy[TwinRows]:
+def _moving(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -170,7 +168,7 @@ def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
     grads = observe(target, batching).applied
     if not grads:
         raise CheckFailed(
-            f"on {describe(batching, target.contract.accumulation_steps)} the loop never called "
+            f"on {describe(batching, target.options.accumulation_steps)} the loop never called "
             "optimizer.step(): the params never move"
         )
     for j, g in enumerate(grads):
@@ -183,13 +181,13 @@ def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
             )
 
 
-def _any_batching(contract: Contract) -> SearchStrategy[Batching]:
+def _any_batching(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
 
     return sts.batchings(
-        accumulation_steps=contract.accumulation_steps, num_epochs=st.integers(1, 2), max_n=6
+        accumulation_steps=options.accumulation_steps, num_epochs=st.integers(1, 2), max_n=6
     )
 
 

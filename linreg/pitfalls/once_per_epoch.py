@@ -12,17 +12,18 @@ from linreg import accumulate, checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls.kinds import (
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import seeded
+from linreg.targets.late import late
+from linreg.targets.loop import (
     FULL_BATCH_LOOPS,
-    book_run,
-    copy_params,
+    LoopOptions,
+    ObjectiveOptions,
     curvature,
-    loop_tolerance,
-    params_like,
-    seeded,
     train_loop,
 )
+from linreg.targets.runs import book_run, copy_params, params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -91,7 +92,7 @@ def full_batch_descent(target: Target, run: dict[str, Any]) -> None:
     """
     X, y = run["features"], run["labels"]
     A = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1).double()
-    c = curvature(target.contract)
+    c = curvature(target.options)
     lr = run["rate"] / (c * float(torch.linalg.eigvalsh(A.T @ A / len(X)).max()))
     theta = torch.cat([p.detach().double().reshape(-1) for p in run["params"]])
     for _ in range(run["num_epochs"]):
@@ -108,7 +109,7 @@ def full_batch_descent(target: Target, run: dict[str, Any]) -> None:
                 num_epochs=run["num_epochs"],
             )
         )
-    tol = loop_tolerance(X.dtype) * max(1.0, float(theta.abs().max()))
+    tol = checks.tolerance(X.dtype, steps=True) * max(1.0, float(theta.abs().max()))
     if not float((got - theta).abs().max()) <= tol:
         raise checks.CheckFailed(
             f"after {run['num_epochs']} full-batch epoch(s) the params are {got.tolist()}, "
@@ -116,19 +117,19 @@ def full_batch_descent(target: Target, run: dict[str, Any]) -> None:
         )
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
     from linreg.testing import strategies as sts
 
     return sts.runs()
 
 
-def _full_batch_runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _full_batch_runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
 
     return st.tuples(
-        st.integers(2, 30).flatmap(lambda n: sts.datasets(n, dtype=contract.dtype, d=2)),
+        st.integers(2, 30).flatmap(lambda n: sts.datasets(n, dtype=options.dtype, d=2)),
         sts.seeds,
         st.floats(0.1, 1.5),
         st.integers(1, 5),
@@ -156,8 +157,8 @@ def _book_descent() -> dict[str, Any]:
     }
 
 
-def _needs_full_batch(contract: Contract) -> str | None:
-    return None if contract.full_batch else "a mini-batch loop: see the short-last-batch property"
+def _needs_full_batch(options: LoopOptions) -> str | None:
+    return None if options.full_batch else "a mini-batch loop: see the short-last-batch property"
 
 
 PROPERTIES = (
@@ -185,7 +186,7 @@ PROPERTIES = (
                 train_once_per_epoch_seed,
                 "accumulate.train_full_batch",
                 "loop",
-                Contract(full_batch=True),
+                LoopOptions(full_batch=True),
             ),
         ),
         _book_descent,

@@ -11,17 +11,11 @@ from torch import Tensor
 from linreg import checks, data, loss, model, optim
 from linreg._book import BATCH_SIZE
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls.kinds import (
-    FULL_BATCH_LOOPS,
-    LOOPS,
-    STEPS,
-    TwinRows,
-    Update,
-    fresh,
-    loop_tolerance,
-    run_twin_rows,
-)
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.targets.twin_rows import TwinRows, run_twin_rows
+from linreg.targets.update_step import STEPS, Update, fresh
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -73,29 +67,29 @@ def updates_in_place(target: Target, update: Update) -> None:
         batch_size,
         zeroes_grad=False,  # the grad-zeroing property's concern
         under_no_grad=True,  # the no-grad-update property's concern is grad mode
-        divides_by_batch_size=target.contract.divides_by_batch_size,
+        divides_by_batch_size=target.options.divides_by_batch_size,
     )
 
 
 def reaches_the_params(target: Target, case: TwinRows) -> None:
     """One step on data with a non-zero residual changes the params the caller gave."""
-    params = case.tensors(target.contract.dtype)[2]
+    params = case.tensors(target.options.dtype)[2]
     start = torch.cat([p.detach().double().reshape(-1) for p in params])
     got = torch.cat(run_twin_rows(target, case))
-    if float((got - start).abs().max()) <= loop_tolerance(target.contract.dtype):
+    if float((got - start).abs().max()) <= checks.tolerance(target.options.dtype, steps=True):
         raise checks.CheckFailed(
             f"after one step the params are unchanged, {start.tolist()}: the loop's updates "
             "never reach them (a rebound name, or a copy that is trained)"
         )
 
 
-def _updates(contract: Contract) -> SearchStrategy[Update]:
+def _updates(options: Options) -> SearchStrategy[Update]:
     from linreg.testing import strategies as sts
 
     return sts.updates()
 
 
-def _any_loop(contract: Contract) -> SearchStrategy[TwinRows]:
+def _any_loop(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts

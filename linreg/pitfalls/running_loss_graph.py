@@ -11,8 +11,11 @@ from torch import Tensor
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls.kinds import EPOCHS, params_like, run_epoch
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Target
+from linreg.targets.epoch_loss import EPOCHS, run_epoch
+from linreg.targets.loop import ObjectiveOptions
+from linreg.targets.runs import params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -84,10 +87,10 @@ def holds_no_graph(target: Target, run: dict[str, Any]) -> None:
     del reported
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
     from linreg.testing import strategies as sts
 
-    return sts.loop_runs(dtype=contract.dtype).map(lambda r: {**r, "num_epochs": 1})
+    return sts.loop_runs(dtype=options.dtype).map(lambda r: {**r, "num_epochs": 1})
 
 
 def _book() -> dict[str, Any]:

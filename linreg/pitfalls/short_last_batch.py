@@ -13,15 +13,20 @@ from linreg import checks, concise, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, late
-from linreg.pitfalls._partition import (
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.late import late
+from linreg.targets.loop import LOOPS, LoopOptions
+from linreg.targets.runs import book_run, trajectory
+from linreg.targets.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
+    TrainingLoopOptions,
     compare,
     loss_of,
 )
-from linreg.pitfalls.kinds import LOOPS, TwinRows, book_run, follows_the_closed_form, trajectory
+from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -64,13 +69,13 @@ def follows_the_oracle(target: Target, run: dict[str, Any]) -> None:
     checks.check_same_trajectory(ours, theirs)
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
     from linreg.testing import strategies as sts
 
     return sts.runs()
 
 
-def _short_batches(contract: Contract) -> SearchStrategy[TwinRows]:
+def _short_batches(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -88,17 +93,17 @@ def _book_short() -> TwinRows:
     return TwinRows.book(13)
 
 
-def _has_a_short_batch(contract: Contract) -> str | None:
-    if contract.full_batch:
+def _has_a_short_batch(options: LoopOptions) -> str | None:
+    if options.full_batch:
         return "a full-batch loop has no short last batch"
-    if contract.drop_last:
+    if options.drop_last:
         return "a loop that drops the left-over samples has no short last batch"
     return None
 
 
 def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     """On identical rows, an epoch's short last step applies the same gradient as a full one."""
-    k = target.contract.accumulation_steps
+    k = target.options.accumulation_steps
     steps = batching.steps(k)
     per_epoch = len(steps) // batching.num_epochs
     full = batching.batch_size * k
@@ -122,10 +127,10 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     compare(target, batching, lambda j, count: j % per_epoch == per_epoch - 1, explain)
 
 
-def _short_steps(contract: Contract) -> SearchStrategy[Batching]:
+def _short_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
-    return sts.batchings(steps="short", accumulation_steps=contract.accumulation_steps)
+    return sts.batchings(steps="short", accumulation_steps=options.accumulation_steps)
 
 
 PROPERTIES = (

@@ -11,8 +11,11 @@ from torch import Tensor
 from linreg import data, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, TRUE_B, TRUE_W, UNEVEN_NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, swap
-from linreg.pitfalls.kinds import epoch, iterators, seeded
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import seeded
+from linreg.targets.iterator import epoch, iterators
+from linreg.targets.late import swap
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -49,7 +52,7 @@ def pairs_stay_together(target: Target, case: dict[str, int]) -> None:
         epoch(target, case["n"], case["batch_size"], pairs=True)
 
 
-def _cases(contract: Contract) -> SearchStrategy[dict[str, int]]:
+def _cases(options: Options) -> SearchStrategy[dict[str, int]]:
     from linreg.testing import strategies as sts
 
     return sts.epoch_cases()

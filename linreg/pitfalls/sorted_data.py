@@ -12,9 +12,12 @@ from torch import Tensor
 from linreg import checks, loss, model, optim, train
 from linreg._book import NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant, swap
-from linreg.pitfalls.kinds import LOOPS, curvature, seeded, train_loop
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.pitfalls.uneven_batches import data_iter_never_shuffled
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import seeded
+from linreg.targets.late import swap
+from linreg.targets.loop import LOOPS, LoopOptions, curvature, train_loop
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -82,7 +85,7 @@ def ends_near_the_fit(target: Target, case: dict[str, Any]) -> None:
     bound fails with probability <= 1e-12 whatever order the rows were stored in. Never
     shuffled, the sorted labels end the epoch on n/2 rows of +1: b ends near 1, above it.
     """
-    X, y = sorted_labels(case, target.contract.dtype)
+    X, y = sorted_labels(case, target.options.dtype)
     B, n = case["batch_size"], len(X)
     a = case["rate"]
     bound = a * reflection_bound(n // 2) / B
@@ -96,8 +99,8 @@ def ends_near_the_fit(target: Target, case: dict[str, Any]) -> None:
             X,
             y,
             params,
-            lr=a / curvature(target.contract),
-            batch_size=n if target.contract.full_batch else B,
+            lr=a / curvature(target.options),
+            batch_size=n if target.options.full_batch else B,
             num_epochs=1,
         )
     if not abs(float(b)) <= bound * (1 + 1e-6) + 1e-6:
@@ -108,7 +111,7 @@ def ends_near_the_fit(target: Target, case: dict[str, Any]) -> None:
         )
 
 
-def _cases(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _cases(options: Options) -> SearchStrategy[dict[str, Any]]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -122,8 +125,8 @@ def _cases(contract: Contract) -> SearchStrategy[dict[str, Any]]:
     return st.tuples(st.integers(10, 20), st.integers(25, 40), sts.seeds).map(case)
 
 
-def _no_drop(contract: Contract) -> str | None:
-    if contract.drop_last:
+def _no_drop(options: LoopOptions) -> str | None:
+    if options.drop_last:
         return "a loop that drops samples: the epoch's labels need not sum to zero"
     return None
 

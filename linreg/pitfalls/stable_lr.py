@@ -13,8 +13,10 @@ from linreg import accumulate, checks, loss, model, optim, train
 from linreg._book import LR, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls.kinds import FULL_BATCH_LOOPS, curvature, seeded, train_loop
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Target
+from linreg.targets.guards import seeded
+from linreg.targets.loop import FULL_BATCH_LOOPS, LoopOptions, curvature, train_loop
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -56,8 +58,8 @@ def stable_below_unstable_above(target: Target, run: dict[str, Any]) -> None:
     """Below 2 / lambda_max the loss falls every epoch; above it, it grows without limit."""
     X, y, factor = run["features"], run["labels"], run["factor"]
     _push_toward(-abs(factor - 1))
-    c = curvature(target.contract)
-    lr = factor * train.stable_bound(X, objective=target.contract.objective)
+    c = curvature(target.options)
+    lr = factor * train.stable_bound(X, objective=target.options.objective)
 
     def full_loss(epochs: int) -> float:
         with seeded(run["seed"]):
@@ -90,7 +92,7 @@ def stable_below_unstable_above(target: Target, run: dict[str, Any]) -> None:
         )
 
 
-def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
+def _runs(options: LoopOptions) -> SearchStrategy[dict[str, Any]]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -115,7 +117,7 @@ def _runs(contract: Contract) -> SearchStrategy[dict[str, Any]]:
             "epochs_above": epochs,
         }
 
-    data_ = st.integers(3, 40).flatmap(lambda n: sts.datasets(n, dtype=contract.dtype, max_d=3))
+    data_ = st.integers(3, 40).flatmap(lambda n: sts.datasets(n, dtype=options.dtype, max_d=3))
     return st.tuples(data_, sts.seeds, factors).map(run)
 
 
@@ -134,8 +136,8 @@ def _book() -> dict[str, Any]:
     }
 
 
-def _needs_full_batch(contract: Contract) -> str | None:
-    return None if contract.full_batch else "the bound is for full-batch gradient descent"
+def _needs_full_batch(options: LoopOptions) -> str | None:
+    return None if options.full_batch else "the bound is for full-batch gradient descent"
 
 
 PROPERTIES = (
@@ -150,7 +152,7 @@ PROPERTIES = (
                 train_full_batch_summed,
                 "accumulate.train_full_batch",
                 "loop",
-                Contract(full_batch=True),
+                LoopOptions(full_batch=True),
             ),
         ),
         _book,

@@ -11,8 +11,10 @@ from torch import Tensor
 
 from linreg import checks, data
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Target, Variant
-from linreg.pitfalls.kinds import epoch, iterators, seeded
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options, Target
+from linreg.targets.guards import seeded
+from linreg.targets.iterator import IteratorOptions, epoch, iterators
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -90,13 +92,13 @@ def data_iter_floor_batches(
 # --- the properties --------------------------------------------------------------------------
 
 
-def _any_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
+def _any_sizes(options: Options) -> SearchStrategy[dict[str, int]]:
     from linreg.testing import strategies as sts
 
     return sts.epoch_cases()
 
 
-def _orderable_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
+def _orderable_sizes(options: Options) -> SearchStrategy[dict[str, int]]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
@@ -106,7 +108,7 @@ def _orderable_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
     return sts.epoch_cases(split=n.flatmap(lambda k: st.tuples(st.just(k), st.integers(1, k))))
 
 
-def _uneven_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
+def _uneven_sizes(options: Options) -> SearchStrategy[dict[str, int]]:
     from linreg.testing import strategies as sts
 
     return sts.epoch_cases(split=sts.sizes(uneven=True))
@@ -114,7 +116,7 @@ def _uneven_sizes(contract: Contract) -> SearchStrategy[dict[str, int]]:
 
 def partition(target: Target, case: dict[str, int]) -> None:
     """One epoch is a partition of the data, in batches sized like BatchSampler's."""
-    n, b, drop_last = case["n"], case["batch_size"], target.contract.drop_last
+    n, b, drop_last = case["n"], case["batch_size"], target.options.drop_last
     with seeded(case["seed"]):
         batches = epoch(target, n, b)
     checks.check_epoch_partition(batches, n, b, drop_last)
@@ -141,7 +143,11 @@ def every_sample_seen(target: Target, case: dict[str, int]) -> None:
 
 def _dropping(func: Callable[..., Any]) -> Variant:
     return Variant(
-        func, "data.data_iter", "iterator", Contract(drop_last=True), partial(func, drop_last=True)
+        func,
+        "data.data_iter",
+        "iterator",
+        IteratorOptions(drop_last=True),
+        partial(func, drop_last=True),
     )
 
 
@@ -155,8 +161,8 @@ def _book() -> dict[str, int]:
     return dict(BOOK_CASE)
 
 
-def _needs_drop_last(contract: Contract) -> str | None:
-    if contract.drop_last:
+def _needs_drop_last(options: IteratorOptions) -> str | None:
+    if options.drop_last:
         return None
     return "without drop_last every epoch holds every sample: the partition property covers it"
 

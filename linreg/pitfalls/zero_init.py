@@ -11,14 +11,11 @@ from torch import Tensor, nn
 from linreg import accumulate, data, model
 from linreg._book import NUM_EXAMPLES
 from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Contract, Evidence, Pitfall, Property, Variant
-from linreg.pitfalls.kinds import (
-    FULL_BATCH_LOOPS,
-    LOOPS,
-    TwinRows,
-    follows_the_closed_form,
-    seeded,
-)
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.targets.base import Options
+from linreg.targets.guards import seeded
+from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -76,7 +73,7 @@ def train_hidden_zero_init(
 # --- the property ----------------------------------------------------------------------------
 
 
-def _from_zero(contract: Contract) -> SearchStrategy[TwinRows]:
+def _from_zero(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts

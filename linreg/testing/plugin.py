@@ -10,7 +10,6 @@ apply, or a property it rests on failed first). The items' names contain "pitfal
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +25,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="KIND=MODULE:NAME[,option=value...]",
-        help="audit MODULE:NAME as KIND (iterator, update-step, loss, loop, epoch-loss, "
-        "training-loop): one test per pitfall property; repeatable. Options are linreg.audit's "
-        "keywords, e.g. update-step=pkg.mod:sgd,zeroes_grad=false or "
+        help="audit MODULE:NAME as KIND (" + ", ".join(_kinds()) + "): one test per pitfall "
+        "property; repeatable. Options are the kind's (linreg.audit's keywords), e.g. "
+        "update-step=pkg.mod:sgd,zeroes_grad=false or "
         "training-loop=pkg.mod:fit,model=pkg.mod:Net,example=pkg.mod:sample",
     )
+
+
+def _kinds() -> list[str]:
+    from linreg.targets import KINDS  # needs no Hypothesis: the option's help lists the kinds
+
+    return list(KINDS)
 
 
 @dataclass
@@ -43,46 +48,29 @@ class Spec:
     failed: set[str] = field(default_factory=set)  # pitfalls whose properties failed so far
 
 
-def _value(name: str, text: str, default: Any) -> Any:
-    if name in ("model", "example", "optimizer"):  # training-loop: objects to import
-        from linreg.cli import resolve
-
-        return resolve(text, callable_=name != "example")
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false"):
-            raise ValueError(f"{name} takes true or false, got {text!r}")
-        return text.lower() == "true"
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, int):
-        return int(text)
-    if name == "dtype":
-        import torch
-
-        if text not in ("float32", "float64"):
-            raise ValueError(f"dtype takes float32 or float64, got {text!r}")
-        return getattr(torch, text)
-    return text
-
-
 def parse(text: str) -> Spec:
     """Parse KIND=MODULE:NAME[,option=value...]; raise ValueError saying what is wrong."""
     from linreg import audit
-    from linreg.cli import resolve
+    from linreg.importing import resolve
+    from linreg.targets.base import from_text
 
     kind, eq, rest = text.partition("=")
     if not eq or kind not in audit.KINDS:
         raise ValueError(f"expected KIND=MODULE:NAME with KIND in {', '.join(audit.KINDS)}")
     target, *pairs = rest.split(",")
     fn = resolve(target)
-    params = inspect.signature(audit.KINDS[kind]).parameters
+    fields = {f.name: f for f in audit.KINDS[kind].options.fields()}
     options: dict[str, Any] = {}
     for pair in pairs:
         name, eq, value = pair.partition("=")
-        if not eq or name not in params or name in ("fn", "max_examples", "seed"):
-            allowed = [p for p in params if p not in ("fn", "max_examples", "seed")]
-            raise ValueError(f"unknown option {pair!r} for {kind}; options: {', '.join(allowed)}")
-        options[name] = _value(name, value, params[name].default)
+        if not eq or name not in fields:
+            raise ValueError(
+                f"unknown option {pair!r} for {kind}; options: {', '.join(fields) or 'none'}"
+            )
+        try:
+            options[name] = from_text(fields[name], value)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     return Spec(text, kind, audit.target_for(kind, fn, **options))
 
 
@@ -113,9 +101,9 @@ class AuditItem(pytest.Item):
     def runtest(self) -> None:
         from linreg import audit
 
-        blocked = [r for r in self.prop.requires if r in self.spec.failed]
-        if blocked:
-            pytest.skip(f"not judged: the {blocked[0]} property failed first")
+        reason = audit.not_judged(self.prop, self.spec.failed)
+        if reason is not None:
+            pytest.skip(reason)
         result = audit.run_property(self.prop, self.target)
         if result.verdict == "skip":
             pytest.skip(result.message)
@@ -140,11 +128,9 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     from linreg import audit
-    from linreg.pitfalls import CATALOGUE
 
     for spec in config.stash.get(_SPECS, []):
-        props = [p for pitfall in CATALOGUE for p in pitfall.properties if p.kind == spec.kind]
-        for prop in audit._in_order(props):
+        for prop in audit.properties(spec.kind):
             name = f"test_pitfalls_audit[{spec.text}][{prop.pitfall}: {prop.name}]"
             items.append(
                 AuditItem.from_parent(session, name=name, spec=spec, prop=prop, target=spec.target)

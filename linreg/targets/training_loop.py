@@ -30,15 +30,113 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+# torch has no public base class for its batch norms nor for its dropouts: the private ones
+# are what BatchNorm1d/2d/3d, SyncBatchNorm and the lazy ones, and Dropout, Dropout1d/2d/3d,
+# AlphaDropout and FeatureAlphaDropout all derive from
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.data import DataLoader, TensorDataset
 
+from linreg import _validate, checks
 from linreg.checks import CheckFailed
-from linreg.pitfalls._base import Contract, Target
-from linreg.pitfalls.kinds import guarded, seeded
+from linreg.targets.base import Kind, Options, Target, TargetError, binds, name_of, option
+from linreg.targets.guards import guarded, seeded
 
-TRAINING_LOOP_SIGNATURE = "fn(model, loader, optimizer, *, num_epochs)"
+SIGNATURE = "fn(model, loader, optimizer, *, num_epochs)"
+
+
+def _factory(name: str, value: object) -> Callable[[], nn.Module]:
+    if not callable(value):
+        raise TargetError(
+            f"{name} must be a zero-argument factory of an nn.Module, got {type(value).__name__}"
+        )
+    return value
+
+
+def _optimizer(name: str, value: object) -> Callable[..., torch.optim.Optimizer] | None:
+    if value is not None and not callable(value):
+        raise TargetError(
+            f"{name} must be a factory params -> torch.optim.Optimizer, got {type(value).__name__}"
+        )
+    return value
+
+
+def _example(name: str, value: object) -> tuple[Tensor, Tensor]:
+    try:
+        return as_example(value() if callable(value) else value)
+    except TypeError as e:
+        raise TargetError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class TrainingLoopOptions(Options):
+    """What a training loop is given, and how it steps."""
+
+    model: Callable[[], nn.Module] = option(
+        None,
+        "a zero-argument factory of a fresh nn.Module (a class will do)",
+        flag="--model",
+        check=_factory,
+        imported="callable",
+        required=True,
+        compare=False,
+    )
+    example: tuple[Tensor, Tensor] = option(
+        None,
+        "one (x, y) sample, unbatched, as the dataset holds it, or a function returning one",
+        flag="--example",
+        check=_example,
+        imported="object",
+        required=True,
+        compare=False,
+    )
+    optimizer: Callable[..., torch.optim.Optimizer] | None = option(
+        None,
+        "a factory params -> torch.optim.Optimizer (default: plain SGD)",
+        flag="--optimizer",
+        check=_optimizer,
+        imported="callable",
+        compare=False,
+    )
+    accumulation_steps: int = option(
+        1,
+        "the loop steps once per this many batches, and once for what is left of an epoch",
+        flag="--accumulation-steps",
+        check=_validate.positive_int,
+    )
+    reduction: str = option(
+        "mean",
+        "a step applies the mean (or the sum) of its rows' gradients",
+        flag="--reduction",
+        choices=("mean", "sum"),
+    )
+
+
+def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
+    """Return fn once it takes the signature, the model suits the audit and the loop steps."""
+    binds(fn, SIGNATURE, None, None, None, num_epochs=1)
+    try:
+        check_model(options.model, options.example)
+        built = (options.optimizer or default_optimizer)(build_model(options.model).parameters())
+    except TypeError as e:
+        raise TargetError(str(e)) from None
+    if not isinstance(built, torch.optim.Optimizer):
+        raise TargetError(
+            f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer"
+        )
+    try:
+        check_loop(Target(fn, "training-loop", options))
+    except TypeError as e:
+        raise TargetError(f"{name_of(fn)}: {e}") from None
+    return fn
+
+
+def options_of(target: Target) -> TrainingLoopOptions:
+    """Return a training-loop target's options."""
+    options = target.options
+    assert isinstance(options, TrainingLoopOptions), f"{target} is not a training-loop target"
+    return options
 
 
 @dataclass(frozen=True)
@@ -89,7 +187,7 @@ def as_example(example: Any) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def build(factory: Callable[[], nn.Module]) -> nn.Module:
+def build_model(factory: Callable[[], nn.Module]) -> nn.Module:
     """Return a fresh model from the factory, its Dropout modules at p = 0."""
     model = factory()
     if not isinstance(model, nn.Module):
@@ -102,7 +200,7 @@ def build(factory: Callable[[], nn.Module]) -> nn.Module:
 
 def check_model(factory: Callable[[], nn.Module], example: tuple[Tensor, Tensor]) -> None:
     """Raise TypeError if the model's rows interact or its forward is random in training mode."""
-    model = build(factory)
+    model = build_model(factory)
     norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _BatchNorm)})
     if norms:
         raise TypeError(
@@ -163,15 +261,14 @@ class Observed:
 
 def observe(target: Target, batching: Batching) -> Observed:
     """Run the loop at lr = 0 on a batching; return the gradients of each step."""
-    c = target.contract
-    assert c.model is not None and c.example is not None, "a training-loop target's contract"
+    c = options_of(target)
     x, y = c.example
     kinds = (x, contrast(x))
     features = torch.stack([kinds[r] for r in batching.rows])
     labels = torch.stack([y] * batching.n)
     loader = DataLoader(TensorDataset(features, labels), batch_size=batching.batch_size)
     with seeded(batching.seed):
-        model = build(c.model)
+        model = build_model(c.model)
         optimizer = (c.optimizer or default_optimizer)(model.parameters())
     params = [p for group in optimizer.param_groups for p in group["params"]]
     start = [p.detach().clone() for p in params]
@@ -243,7 +340,7 @@ def one_row(target: Target, kind: int, seed: int) -> dict[str, Tensor | None]:
     one row, usually), where a mean over the rows and over the batches agree and nothing is
     uneven; under reduction="sum" the step's gradient is divided by its rows.
     """
-    k = target.contract.accumulation_steps
+    k = options_of(target).accumulation_steps
     seen = observe(target, Batching((kind,) * k, 1, 1, seed))
     if len(seen.applied) != 1 or seen.applied[0] is None:
         raise CheckFailed(
@@ -264,7 +361,7 @@ def expected(
 ) -> list[Tensor | None]:
     """Return the gradient each step of a correct loop has on the batching, from the refs."""
     out: list[Tensor | None] = []
-    for rows in batching.steps(target.contract.accumulation_steps):
+    for rows in batching.steps(options_of(target).accumulation_steps):
         grads = [refs[r] for r in rows]
         if any(g is None for g in grads):
             out.append(None)
@@ -274,17 +371,16 @@ def expected(
     return out
 
 
-def tolerance(target: Target) -> float:
-    """Return the relative tolerance for a gradient in the example's dtype."""
-    dtype = target.contract.example[0].dtype if target.contract.example else torch.float32
-    return {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 2e-2)
+def tolerance(options: TrainingLoopOptions) -> float:
+    """Return the relative tolerance for a step's gradient, in the example's dtype."""
+    return checks.tolerance(options.example[0].dtype, steps=True)
 
 
 def close(got: Tensor | None, want: Tensor, target: Target, scale: float) -> bool:
     """Return True if a step's gradient matches the expected one, relative to scale."""
     if got is None:
         return bool(want.abs().max() == 0)
-    return float((got - want).abs().max()) <= tolerance(target) * max(scale, 1e-12)
+    return float((got - want).abs().max()) <= tolerance(options_of(target)) * max(scale, 1e-12)
 
 
 def factor(got: Tensor | None, want: Tensor, target: Target) -> float | None:
@@ -330,7 +426,7 @@ def compare(
     between backward() and step(), as clip_grad_norm_ does.
     """
     seen = observe(target, batching)
-    count = len(batching.steps(target.contract.accumulation_steps))
+    count = len(batching.steps(options_of(target).accumulation_steps))
     if len(seen.applied) != count:
         return  # the number of steps is exhausted-generator's property, not this one's
     refs = {r: reference(target, r, batching.seed) for r in sorted(set(batching.rows))}
@@ -350,7 +446,7 @@ def compare(
     j, g, w = mismatches[0]
     s = factor(g, w, target) if w is not None else None
     raise CheckFailed(
-        f"on {describe(batching, target.contract.accumulation_steps)}, step {j + 1} "
+        f"on {describe(batching, options_of(target).accumulation_steps)}, step {j + 1} "
         f"applied {'no gradient' if g is None else _times(s)} the gradient a correct "
         f"loop applies (the {reduced(target)} of its rows' gradients, each read from the loop "
         f"on one row): it {explain(j, s, batching)}"
@@ -365,7 +461,7 @@ def _same(got: Tensor | None, want: Tensor | None, target: Target, scale: float)
 
 def reduced(target: Target) -> str:
     """Return how a step reduces its rows' gradients: "sum" or "mean"."""
-    return "sum" if target.contract.reduction == "sum" else "mean"
+    return "sum" if options_of(target).reduction == "sum" else "mean"
 
 
 def _times(s: float | None) -> str:
@@ -416,10 +512,34 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
 
 
-LINEAR = Contract(model=linear, example=(torch.tensor([1.0, -0.5]), torch.tensor([4.2])))
-CLASSIFIER = Contract(model=mlp, example=(torch.tensor([0.5, -1.0, 0.25, 2.0]), torch.tensor(2)))
+LINEAR = TrainingLoopOptions(model=linear, example=(torch.tensor([1.0, -0.5]), torch.tensor([4.2])))
+CLASSIFIER = TrainingLoopOptions(
+    model=mlp, example=(torch.tensor([0.5, -1.0, 0.25, 2.0]), torch.tensor(2))
+)
 TRAINING_LOOPS = (
     Target(fit, "training-loop", LINEAR, "fit(nn.Linear, mse_loss)"),
     Target(fit, "training-loop", CLASSIFIER, "fit(MLP, cross_entropy)"),
     Target(fit_micro_batches, "training-loop", LINEAR, "fit_micro_batches(nn.Linear)"),
+)
+
+KIND = Kind(
+    name="training-loop",
+    signature=SIGNATURE,
+    summary="any PyTorch training loop, checked against itself on copies of one sample",
+    options=TrainingLoopOptions,
+    build=build,
+    doc=(
+        "model is a zero-argument factory of a fresh nn.Module (torch is seeded before each "
+        "call); example one (x, y) sample, unbatched, as the dataset holds it (or a "
+        "zero-argument function returning one); optimizer a factory params -> "
+        "torch.optim.Optimizer (default: plain SGD). The audit hands the loop a model, a "
+        "DataLoader (in order) over copies of x and of a contrast row, and the optimizer with "
+        "its lr set to 0, and reads the gradients at each optimizer.step(): a correct loop "
+        "applies the mean of its rows' gradients at every step (their sum for "
+        'reduction="sum"), whatever the batching. accumulation_steps=k says the loop steps '
+        "once per k batches, and once for what is left at the end of an epoch. A model with "
+        "BatchNorm, or random in training mode beyond its Dropout modules (set to p = 0), is "
+        "refused."
+    ),
+    tolerance=tolerance,
 )

@@ -1,0 +1,29 @@
+"""The kinds of target a user can audit, one module each, and the harness that runs them.
+
+Each module here holds one kind: its `KIND` record (name, signature, options, how a user's
+function becomes a target, tolerance) and what its properties need to call and observe it
+(`iterator`, `update_step`, `loss`, `loop`, `epoch_loss`, `training_loop`). Shared by all:
+`base` (Kind, Options, Target), `guards` (exceptions and RNGs), `late` (linreg's own functions,
+swappable), `runs` (runs of linreg's training signature), `twin_rows` (loop examples with a
+closed form). `KINDS` is the registry that linreg.audit, the command line, the pytest plugin
+and the README's table of kinds are made from: adding a kind is adding its module here.
+"""
+
+from __future__ import annotations
+
+from linreg.targets import epoch_loss, iterator, loop, loss, training_loop, update_step
+from linreg.targets.base import Kind, Options, Target, TargetError
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        iterator.KIND,
+        update_step.KIND,
+        loss.KIND,
+        loop.KIND,
+        epoch_loss.KIND,
+        training_loop.KIND,
+    )
+}
+
+__all__ = ["KINDS", "Kind", "Options", "Target", "TargetError"]

@@ -1,0 +1,46 @@
+"""How a target runs: its exceptions become verdicts, its RNGs are seeded and restored.
+
+A target's own exceptions become `CheckFailed` saying what raised (`guarded`); its use of
+torch's and Python's global RNGs is seeded per example and restored after (`seeded`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from linreg.checks import CheckFailed
+
+
+@contextlib.contextmanager
+def guarded(what: str) -> Iterator[None]:
+    """Turn an exception a target raises into a CheckFailed that says what raised it.
+
+    The target's warnings are ignored: a warning filter set to "error" (pytest's, say) must
+    not turn `float(loss)` in a logging line into a verdict.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except CheckFailed:
+        raise
+    except Exception as e:
+        raise CheckFailed(f"{what} raised {type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's and Python's global RNGs while a target runs; restore them afterwards."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds CUDA: slow
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
