@@ -1,8 +1,10 @@
-"""The pitfall properties as plain check functions: point them at your own code.
+"""The checks the pitfall properties are built from, as plain functions: use them directly too.
 
-Each `check_*` returns quietly when the property holds and raises `CheckFailed` (an
-AssertionError) saying what it saw when it does not. They need no test framework: the test
-suite drives them with Hypothesis; `python -m linreg pitfalls` runs them on the book's data.
+Each `check_*` returns quietly when what it checks holds and raises `CheckFailed` (an
+AssertionError) saying what it saw when it does not. They need no test framework. The
+properties that use them live with their pitfall (`linreg/pitfalls/<id>.py`), which the test
+suite, `linreg.audit` and `python -m linreg pitfalls` all run; `tolerance` is the one rule for
+comparing results by dtype.
 """
 
 from __future__ import annotations

@@ -365,7 +365,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from linreg import data
-    from linreg.train import stable_bound, train
+    from linreg.train import train
 
     dtype = getattr(torch, args.dtype)
     features, labels = data.book_data(args.num_examples, seed=args.seed, dtype=dtype)
@@ -392,15 +392,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     w_error = (torch.tensor(TRUE_W, dtype=dtype) - result.w.detach().reshape(-1)).tolist()
     b_error = TRUE_B - float(result.b.detach())
-    diverged = None
-    if first_bad or (result.losses and not math.isfinite(result.losses[-1])):
-        steps_per_epoch = max(1, result.num_steps // max(1, len(result.losses)))
-        step = first_bad[0] if first_bad else result.num_steps
-        diverged = {
-            "step": step,
-            "epoch": (step - 1) // steps_per_epoch + 1,
-            "stable_bound": stable_bound(features),
-        }
+    diverged = _diverged(first_bad, result, features)
     return {
         "config": {
             "num_examples": args.num_examples,
@@ -421,6 +413,21 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "diverged": diverged,
         "seconds": seconds,
         "torch": torch.__version__,
+    }
+
+
+def _diverged(first_bad: list[int], result: Any, features: Any) -> dict[str, Any] | None:
+    """Return where a run's params stopped being finite and the stable lr, or None."""
+    from linreg.train import stable_bound
+
+    if not first_bad and not (result.losses and not math.isfinite(result.losses[-1])):
+        return None
+    steps_per_epoch = max(1, result.num_steps // max(1, len(result.losses)))
+    step = first_bad[0] if first_bad else result.num_steps
+    return {
+        "step": step,
+        "epoch": (step - 1) // steps_per_epoch + 1,
+        "stable_bound": stable_bound(features),
     }
 
 

@@ -91,7 +91,10 @@ def report(ids: Sequence[str], progress: Callable[[int, str], None] | None = Non
             evidence = DEMOS[pitfall_id]()
         except Exception as e:
             evidence = Evidence(
-                pitfall_id, "the demonstration runs", f"raised {type(e).__name__}: {e}", False
+                id=pitfall_id,
+                expected="the demonstration runs",
+                observed=f"raised {type(e).__name__}: {e}",
+                ok=False,
             )
         runs.append(Run(evidence, time.perf_counter() - start))
     return runs

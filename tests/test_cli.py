@@ -336,7 +336,9 @@ def test_report_json_of_a_skipped_pitfall_says_why_and_keeps_to_the_schema() -> 
 
     from linreg import demos, render
 
-    skipped = demos.Evidence("ddp-sum", "", "", True, skipped="gloo is unavailable")
+    skipped = demos.Evidence(
+        id="ddp-sum", expected="", observed="", ok=True, skipped="gloo is unavailable"
+    )
     report = render.to_json([demos.Run(skipped, 0.0)])
     jsonschema.validate(report, render.SCHEMA)
     assert report["pitfalls"][0]["skipped"] == "gloo is unavailable"

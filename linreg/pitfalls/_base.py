@@ -56,7 +56,7 @@ def _always(options: Options) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Property:
     """One property of one kind of target: `check(target, example)` raises CheckFailed if not.
 
@@ -80,7 +80,7 @@ class Property:
     pitfall: str = ""  # filled in by Pitfall
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Evidence:
     """What a demonstration expected, what it observed, and whether they agree."""
 
@@ -94,7 +94,7 @@ class Evidence:
     properties: list[dict[str, Any]] = field(default_factory=list)  # verdicts on the book example
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pitfall:
     """One pitfall: an id, a title, what goes wrong and the fix, its properties and its demo."""
 

@@ -77,13 +77,13 @@ def _book() -> dict[str, Any]:
 
 PROPERTIES = (
     Property(
-        "the loop runs all its epochs over several batches without raising",
-        "loop",
-        completes,
-        _runs,
-        LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_concat_backward_every_batch, None, "loop"),),
-        _book,
+        name="the loop runs all its epochs over several batches without raising",
+        kind="loop",
+        check=completes,
+        examples=_runs,
+        holds_for=LOOPS + FULL_BATCH_LOOPS,
+        refuted_by=(Variant(train_concat_backward_every_batch, None, "loop"),),
+        book=_book,
     ),
 )
 
@@ -125,27 +125,34 @@ def demo() -> Evidence:
         and SECOND_TIME in seed_error
     )
     return Evidence(
-        "backward-twice",
-        "a second backward through the squared loss raises; with retain_graph the grads double; "
-        "(w + 1).sum() backpropagates twice; the seed's 2nd attempt raises at batch 2",
-        f"RuntimeError: {error.split('(')[0].strip()}; retain_graph grad ratio {doubled:.12g}; "
-        f"(w + 1).sum() twice: grad {v.grad.tolist() if v.grad is not None else None}; seed's "
-        f"loop: {'RuntimeError' if seed_error else 'no error'}",
-        ok,
-        {"error": error, "retain_graph_ratio": doubled},
+        id="backward-twice",
+        expected=(
+            "a second backward through the squared loss raises; with retain_graph the grads "
+            "double; "
+            "(w + 1).sum() backpropagates twice; the seed's 2nd attempt raises at batch 2"
+        ),
+        observed=(
+            f"RuntimeError: {error.split('(')[0].strip()}; retain_graph grad ratio {doubled:.12g}; "
+            f"(w + 1).sum() twice: grad {v.grad.tolist() if v.grad is not None else None}; seed's "
+            f"loop: {'RuntimeError' if seed_error else 'no error'}"
+        ),
+        ok=ok,
+        figures={"error": error, "retain_graph_ratio": doubled},
     )
 
 
 PITFALL = Pitfall(
-    "backward-twice",
-    "Calling backward twice through one graph",
-    "backward() frees the tensors the graph saved. A second backward through the same "
-    "graph raises 'Trying to backward through the graph a second time' when it needs a freed "
-    "saved tensor, as the squared loss does; with retain_graph=True it succeeds and the grads "
-    "double; a graph that saves nothing ((w + 1).sum()) never raises and just accumulates. "
-    "The seed's second attempt keeps the first batch's loss across batches and calls "
-    "backward every batch: it raises at the second batch.",
-    PROPERTIES,
-    demo,
+    id="backward-twice",
+    title="Calling backward twice through one graph",
+    explanation=(
+        "backward() frees the tensors the graph saved. A second backward through the same "
+        "graph raises 'Trying to backward through the graph a second time' when it needs a freed "
+        "saved tensor, as the squared loss does; with retain_graph=True it succeeds and the grads "
+        "double; a graph that saves nothing ((w + 1).sum()) never raises and just accumulates. "
+        "The seed's second attempt keeps the first batch's loss across batches and calls "
+        "backward every batch: it raises at the second batch."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=7,
 )

@@ -108,12 +108,12 @@ def _needs_gloo(options: Options) -> str | None:
 
 PROPERTIES = (
     Property(
-        "DDP (mean at lr, sum at lr x R) follows one process on the union of the shards",
-        "ddp-worker",
-        follows_one_process,
-        _runs,
-        (Target(_ddp.ddp_trajectory, "ddp-worker", name="ddp_trajectory"),),
-        (Variant(ddp_trajectory_sum_unscaled, None, "ddp-worker"),),
+        name="DDP (mean at lr, sum at lr x R) follows one process on the union of the shards",
+        kind="ddp-worker",
+        check=follows_one_process,
+        examples=_runs,
+        holds_for=(Target(_ddp.ddp_trajectory, "ddp-worker", name="ddp_trajectory"),),
+        refuted_by=(Variant(ddp_trajectory_sum_unscaled, None, "ddp-worker"),),
         applies=_needs_gloo,
         max_examples=1,
     ),
@@ -133,7 +133,13 @@ def prepare() -> None:
 def demo() -> Evidence:
     """Run DDP with mean, sum at lr x 2 and sum at lr beside one process on the union."""
     if not _spawn.gloo_available():
-        return Evidence("ddp-sum", "", "", True, skipped="torch.distributed gloo is unavailable")
+        return Evidence(
+            id="ddp-sum",
+            expected="",
+            observed="",
+            ok=True,
+            skipped="torch.distributed gloo is unavailable",
+        )
     prepare()
     results = _STARTED.pop("demo").result()
     got_mean, got_sum = results[_ddp.ddp_trajectory][-2:]
@@ -149,26 +155,30 @@ def demo() -> Evidence:
     }
     ok = max(gaps.values()) < 1e-12 and math.isclose(ratio, 0.5, rel_tol=1e-9)
     return Evidence(
-        "ddp-sum",
-        "2 ranks, book data, batch 5 per rank: DDP with mean follows one process on the union; "
-        "sum at the same lr takes steps 1/2 the size; sum at lr * 2 matches",
-        f"first step ratio (sum at lr, DDP / one process) {ratio:.6f}; largest gaps: "
+        id="ddp-sum",
+        expected=(
+            "2 ranks, book data, batch 5 per rank: DDP with mean follows one process on the union; "
+            "sum at the same lr takes steps 1/2 the size; sum at lr * 2 matches"
+        ),
+        observed=f"first step ratio (sum at lr, DDP / one process) {ratio:.6f}; largest gaps: "
         + ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()),
-        ok,
-        {"first_step_ratio": ratio, "gaps": gaps},
+        ok=ok,
+        figures={"first_step_ratio": ratio, "gaps": gaps},
     )
 
 
 PITFALL = Pitfall(
-    "ddp-sum",
-    "DDP averages gradients: a summed loss's step shrinks by the world size",
-    "DistributedDataParallel all-reduces the gradients and divides by the world size R. "
-    "With MSELoss(mean) on equal shards that is exactly the gradient of the union batch; "
-    "with MSELoss(reduction='sum') it is the union's summed gradient divided by R, so at "
-    "the single-process lr every step is R times too small. Fix: multiply the lr by R "
-    "(or use the mean).",
-    PROPERTIES,
-    demo,
+    id="ddp-sum",
+    title="DDP averages gradients: a summed loss's step shrinks by the world size",
+    explanation=(
+        "DistributedDataParallel all-reduces the gradients and divides by the world size R. "
+        "With MSELoss(mean) on equal shards that is exactly the gradient of the union batch; "
+        "with MSELoss(reduction='sum') it is the union's summed gradient divided by R, so at "
+        "the single-process lr every step is R times too small. Fix: multiply the lr by R "
+        "(or use the mean)."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=13,
     prepare=prepare,
 )

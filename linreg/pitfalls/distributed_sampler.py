@@ -54,17 +54,19 @@ def _orderings(options: Options) -> SearchStrategy[Ordering]:
 
 PROPERTIES = (
     Property(
-        "with set_epoch, each of 3 epochs comes in a new order",
-        "sampler-epochs",
-        orders_differ,
-        _orderings,
-        (Target(late("distributed.sampler_epochs"), "sampler-epochs", name="sampler_epochs"),),
-        (
+        name="with set_epoch, each of 3 epochs comes in a new order",
+        kind="sampler-epochs",
+        check=orders_differ,
+        examples=_orderings,
+        holds_for=(
+            Target(late("distributed.sampler_epochs"), "sampler-epochs", name="sampler_epochs"),
+        ),
+        refuted_by=(
             Variant(
                 sampler_epochs_without_set_epoch, "distributed.sampler_epochs", "sampler-epochs"
             ),
         ),
-        lambda: (UNEVEN_NUM_EXAMPLES, 2, 0),
+        book=lambda: (UNEVEN_NUM_EXAMPLES, 2, 0),
     ),
 )
 
@@ -104,26 +106,32 @@ def demo() -> Evidence:
         and same == {"set_epoch": False, "no set_epoch": True}
     )
     return Evidence(
-        "distributed-sampler",
-        f"n={n} over {world} ranks: the sampler repeats 1 sample (the permutation's first); "
-        "without set_epoch 3 epochs share one order, with it they differ",
-        f"repeated {twice} (first of the permutation: {first}); epochs identical without "
-        f"set_epoch: {same['no set_epoch']}, with: {same['set_epoch']}; shard_iter shard "
-        f"sizes {shards}, no repeats",
-        ok,
-        {"repeated": twice, "epochs_identical": same, "shard_sizes": shards},
+        id="distributed-sampler",
+        expected=(
+            f"n={n} over {world} ranks: the sampler repeats 1 sample (the permutation's first); "
+            "without set_epoch 3 epochs share one order, with it they differ"
+        ),
+        observed=(
+            f"repeated {twice} (first of the permutation: {first}); epochs identical without "
+            f"set_epoch: {same['no set_epoch']}, with: {same['set_epoch']}; shard_iter shard "
+            f"sizes {shards}, no repeats"
+        ),
+        ok=ok,
+        figures={"repeated": twice, "epochs_identical": same, "shard_sizes": shards},
     )
 
 
 PITFALL = Pitfall(
-    "distributed-sampler",
-    "DistributedSampler pads uneven data and needs set_epoch",
-    "DistributedSampler gives every rank the same number of samples: when n % R != 0 it "
-    "repeats the first total_size - n indices of the epoch's permutation, so those samples "
-    "count twice. Its order is seeded by seed + epoch: without sampler.set_epoch(epoch) "
-    "every epoch repeats the first one's order. Fix: call set_epoch every epoch; shard "
-    "without padding (linreg.distributed.shard_iter) when double counting matters.",
-    PROPERTIES,
-    demo,
+    id="distributed-sampler",
+    title="DistributedSampler pads uneven data and needs set_epoch",
+    explanation=(
+        "DistributedSampler gives every rank the same number of samples: when n % R != 0 it "
+        "repeats the first total_size - n indices of the epoch's permutation, so those samples "
+        "count twice. Its order is seeded by seed + epoch: without sampler.set_epoch(epoch) "
+        "every epoch repeats the first one's order. Fix: call set_epoch every epoch; shard "
+        "without padding (linreg.distributed.shard_iter) when double counting matters."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=12,
 )

@@ -102,13 +102,13 @@ def _book() -> dict[str, Any]:
 
 PROPERTIES = (
     Property(
-        "with lr = 0 the reported epoch loss is the full-data loss",
-        "epoch-loss",
-        reports_the_full_loss,
-        _runs,
-        EPOCHS,
-        (Variant(train_epoch_mean_of_batch_means, None, "epoch-loss"),),
-        _book,
+        name="with lr = 0 the reported epoch loss is the full-data loss",
+        kind="epoch-loss",
+        check=reports_the_full_loss,
+        examples=_runs,
+        holds_for=EPOCHS,
+        refuted_by=(Variant(train_epoch_mean_of_batch_means, None, "epoch-loss"),),
+        book=_book,
     ),
 )
 
@@ -138,25 +138,33 @@ def demo() -> Evidence:
     gap = {k: abs(v - full) / full for k, v in got.items()}
     ok = gap["train_epoch"] < 1e-12 < 1e-4 < gap["train_epoch_mean_of_batch_means"]
     return Evidence(
-        "epoch-mean-of-means",
-        f"with lr = 0 over n={n}, batch {b} (a last batch of {n % b}), the size-weighted mean is "
-        "the full-data loss; the mean of batch means is not",
-        f"full-data loss {full:.9g}; train_epoch {got['train_epoch']:.9g} (relative gap "
-        f"{gap['train_epoch']:.1e}); mean of means {got['train_epoch_mean_of_batch_means']:.9g} "
-        f"(gap {gap['train_epoch_mean_of_batch_means']:.1e})",
-        ok,
-        {"full_loss": full, "reported": got, "relative_gap": gap},
+        id="epoch-mean-of-means",
+        expected=(
+            f"with lr = 0 over n={n}, batch {b} (a last batch of {n % b}), the size-weighted mean "
+            "is "
+            "the full-data loss; the mean of batch means is not"
+        ),
+        observed=(
+            f"full-data loss {full:.9g}; train_epoch {got['train_epoch']:.9g} (relative gap "
+            f"{gap['train_epoch']:.1e}); mean of means "
+            f"{got['train_epoch_mean_of_batch_means']:.9g} "
+            f"(gap {gap['train_epoch_mean_of_batch_means']:.1e})"
+        ),
+        ok=ok,
+        figures={"full_loss": full, "reported": got, "relative_gap": gap},
     )
 
 
 PITFALL = Pitfall(
-    "epoch-mean-of-means",
-    "The epoch loss as a plain mean of batch means",
-    "With an uneven last batch, averaging the batch means weighs the short batch's samples "
-    "more than the others, so the reported epoch loss is not the mean over the epoch's "
-    "examples (it is exactly when n % batch_size == 0). Fix: sum the per-example losses, or "
-    "each batch mean times its size, and divide by the number of examples.",
-    PROPERTIES,
-    demo,
+    id="epoch-mean-of-means",
+    title="The epoch loss as a plain mean of batch means",
+    explanation=(
+        "With an uneven last batch, averaging the batch means weighs the short batch's samples "
+        "more than the others, so the reported epoch loss is not the mean over the epoch's "
+        "examples (it is exactly when n % batch_size == 0). Fix: sum the per-example losses, or "
+        "each batch mean times its size, and divide by the number of examples."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=18,
 )

@@ -56,16 +56,16 @@ def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
 
 PROPERTIES = (
     Property(
-        "the evaluation's result holds no graph",
-        "evaluation",
-        holds_no_graph,
-        _runs,
-        (
+        name="the evaluation's result holds no graph",
+        kind="evaluation",
+        check=holds_no_graph,
+        examples=_runs,
+        holds_for=(
             Target(late("train.full_loss"), "evaluation", name="full_loss"),
             Target(full_loss_detached, "evaluation"),
         ),
-        (Variant(full_loss_with_grad, "train.full_loss", "evaluation"),),
-        partial(book_run, NUM_EXAMPLES, 10),
+        refuted_by=(Variant(full_loss_with_grad, "train.full_loss", "evaluation"),),
+        book=partial(book_run, NUM_EXAMPLES, 10),
     ),
 )
 
@@ -86,24 +86,31 @@ def demo() -> Evidence:
     ] == {"saved_tensors": 0, "bytes_beyond_inputs": 0}
     g, m = held["full_loss_with_grad"], held["full_loss"]
     return Evidence(
-        "eval-no-grad",
-        f"in grad mode the full-data loss saves X and the ({n}, 1) residual: {4 * n} bytes beyond "
-        "the inputs in float32; under no_grad nothing",
-        f"grad mode: {g['saved_tensors']} tensors saved, {g['bytes_beyond_inputs']} bytes; "
-        f"no_grad: {m['saved_tensors']} tensors, {m['bytes_beyond_inputs']} bytes",
-        ok,
-        held,
+        id="eval-no-grad",
+        expected=(
+            f"in grad mode the full-data loss saves X and the ({n}, 1) residual: {4 * n} bytes "
+            "beyond "
+            "the inputs in float32; under no_grad nothing"
+        ),
+        observed=(
+            f"grad mode: {g['saved_tensors']} tensors saved, {g['bytes_beyond_inputs']} bytes; "
+            f"no_grad: {m['saved_tensors']} tensors, {m['bytes_beyond_inputs']} bytes"
+        ),
+        ok=ok,
+        figures=held,
     )
 
 
 PITFALL = Pitfall(
-    "eval-no-grad",
-    "Evaluate under torch.no_grad()",
-    "A loss computed in grad mode records a graph and keeps the tensors its backward would "
-    "need: for the full-data loss, X (the input itself) and the (n, 1) residual, 4n bytes in "
-    "float32, held until the result is freed. Under no_grad the result has no grad_fn and "
-    "nothing is saved.",
-    PROPERTIES,
-    demo,
+    id="eval-no-grad",
+    title="Evaluate under torch.no_grad()",
+    explanation=(
+        "A loss computed in grad mode records a graph and keeps the tensors its backward would "
+        "need: for the full-data loss, X (the input itself) and the (n, 1) residual, 4n bytes in "
+        "float32, held until the result is freed. Under no_grad the result has no grad_fn and "
+        "nothing is saved."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=10,
 )

@@ -159,33 +159,35 @@ def _epochs(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
 
 PROPERTIES = (
     Property(
-        "what it returns, iterated a second time, yields a whole epoch again",
-        "iterator",
-        iterates_again,
-        _cases,
-        (Target(loader(False), "iterator", REUSED, "DataLoader(shuffle=True)", oracle=True),),
-        (Variant(data_iter_generator, None, "iterator", REUSED),),
-        lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},
+        name="what it returns, iterated a second time, yields a whole epoch again",
+        kind="iterator",
+        check=iterates_again,
+        examples=_cases,
+        holds_for=(
+            Target(loader(False), "iterator", REUSED, "DataLoader(shuffle=True)", oracle=True),
+        ),
+        refuted_by=(Variant(data_iter_generator, None, "iterator", REUSED),),
+        book=lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},
         applies=_reused,
     ),
     Property(
-        "E epochs take E * ceil(n / B) steps (E * floor(n / B) with drop_last)",
-        "loop",
-        follows_the_closed_form,
-        _several_epochs,
-        LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_stored_batches, None, "loop"),),
-        _book_loop,
+        name="E epochs take E * ceil(n / B) steps (E * floor(n / B) with drop_last)",
+        kind="loop",
+        check=follows_the_closed_form,
+        examples=_several_epochs,
+        holds_for=LOOPS + FULL_BATCH_LOOPS,
+        refuted_by=(Variant(train_stored_batches, None, "loop"),),
+        book=_book_loop,
         requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
     ),
     Property(
-        "E epochs of the loader take E * ceil(batches / accumulation_steps) optimizer steps",
-        "training-loop",
-        takes_every_step,
-        _epochs,
-        TRAINING_LOOPS,
-        (Variant(loop_stored_generator, None, "training-loop", CLASSIFIER),),
-        lambda: Batching((0,) * 5, 2, 3, 0),
+        name="E epochs of the loader take E * ceil(batches / accumulation_steps) optimizer steps",
+        kind="training-loop",
+        check=takes_every_step,
+        examples=_epochs,
+        holds_for=TRAINING_LOOPS,
+        refuted_by=(Variant(loop_stored_generator, None, "training-loop", CLASSIFIER),),
+        book=lambda: Batching((0,) * 5, 2, 3, 0),
         requires=("non-leaf-params",),
     ),
 )
@@ -219,24 +221,28 @@ def demo() -> Evidence:
     }
     ok = same_as_one and losses["right, 3 epochs"] < losses["stored, 3 epochs"]
     return Evidence(
-        "exhausted-generator",
-        "a generator kept across epochs is empty after the first: 3 epochs of the loop equal "
-        "1 epoch of the right one, bit for bit",
-        f"stored generator, 3 epochs == right loop, 1 epoch: {same_as_one}; losses: "
+        id="exhausted-generator",
+        expected=(
+            "a generator kept across epochs is empty after the first: 3 epochs of the loop equal "
+            "1 epoch of the right one, bit for bit"
+        ),
+        observed=f"stored generator, 3 epochs == right loop, 1 epoch: {same_as_one}; losses: "
         + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()),
-        ok,
-        {"equal_to_one_epoch": same_as_one, "loss": losses},
+        ok=ok,
+        figures={"equal_to_one_epoch": same_as_one, "loss": losses},
     )
 
 
 PITFALL = Pitfall(
-    "exhausted-generator",
-    "An exhausted generator: one epoch of data for every epoch",
-    "A data source written as a generator function and called once (a trainer that stores "
-    "data.get_dataloader(True) and loops over it every epoch) yields nothing after the first "
-    "epoch: the loop silently trains one epoch, however many it was asked for. Fix: call the "
-    "iterator every epoch, or keep a re-iterable object such as a DataLoader.",
-    PROPERTIES,
-    demo,
+    id="exhausted-generator",
+    title="An exhausted generator: one epoch of data for every epoch",
+    explanation=(
+        "A data source written as a generator function and called once (a trainer that stores "
+        "data.get_dataloader(True) and loops over it every epoch) yields nothing after the first "
+        "epoch: the loop silently trains one epoch, however many it was asked for. Fix: call the "
+        "iterator every epoch, or keep a re-iterable object such as a DataLoader."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=15,
 )

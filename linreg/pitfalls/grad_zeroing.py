@@ -152,33 +152,33 @@ def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
 
 PROPERTIES = (
     Property(
-        "after the step each grad is zeros or None",
-        "update-step",
-        zeroes_grads,
-        _updates,
-        STEPS,
-        (Variant(sgd_without_zero_grad, "optim.sgd", "update-step"),),
-        _book_update,
+        name="after the step each grad is zeros or None",
+        kind="update-step",
+        check=zeroes_grads,
+        examples=_updates,
+        holds_for=STEPS,
+        refuted_by=(Variant(sgd_without_zero_grad, "optim.sgd", "update-step"),),
+        book=_book_update,
         applies=_zeroes,
     ),
     Property(
-        "on identical rows, each step uses its own batch's gradient alone",
-        "loop",
-        follows_the_closed_form,
-        _single_rows,
-        LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_without_zero_grad, None, "loop"),),
-        _book_loop,
+        name="on identical rows, each step uses its own batch's gradient alone",
+        kind="loop",
+        check=follows_the_closed_form,
+        examples=_single_rows,
+        holds_for=LOOPS + FULL_BATCH_LOOPS,
+        refuted_by=(Variant(train_without_zero_grad, None, "loop"),),
+        book=_book_loop,
         requires=("backward-twice", "rebinding", "mean-vs-sum"),
     ),
     Property(
-        "on identical rows every step applies its own batch's gradient alone",
-        "training-loop",
-        applies_each_steps_own_gradient,
-        _full_steps,
-        TRAINING_LOOPS,
-        (Variant(loop_without_zero_grad, None, "training-loop", CLASSIFIER),),
-        lambda: Batching((0,) * 6, 2, 2, 0),
+        name="on identical rows every step applies its own batch's gradient alone",
+        kind="training-loop",
+        check=applies_each_steps_own_gradient,
+        examples=_full_steps,
+        holds_for=TRAINING_LOOPS,
+        refuted_by=(Variant(loop_without_zero_grad, None, "training-loop", CLASSIFIER),),
+        book=lambda: Batching((0,) * 6, 2, 2, 0),
         requires=("non-leaf-params", "mean-vs-sum"),
     ),
 )
@@ -198,25 +198,30 @@ def demo() -> Evidence:
         wrong = train_without_zero_grad(X, y, init(), lr=0.03, batch_size=10, num_epochs=3).losses
     ok = right[-1] < 1e-3 and not (wrong[-1] < 100 * right[-1])
     return Evidence(
-        "grad-zeroing",
-        "without grad.zero_() each step uses the sum of all gradients so far: after 3 epochs the "
-        "loss is >= 100x the correct run's",
-        f"loss after 3 epochs: with zeroing {right[-1]:.3g}, without {wrong[-1]:.3g}",
-        ok,
-        {"loss_with_zeroing": right[-1], "loss_without_zeroing": wrong[-1]},
-        {"with grad.zero_()": right, "without grad.zero_()": wrong},
+        id="grad-zeroing",
+        expected=(
+            "without grad.zero_() each step uses the sum of all gradients so far: after 3 epochs "
+            "the "
+            "loss is >= 100x the correct run's"
+        ),
+        observed=f"loss after 3 epochs: with zeroing {right[-1]:.3g}, without {wrong[-1]:.3g}",
+        ok=ok,
+        figures={"loss_with_zeroing": right[-1], "loss_without_zeroing": wrong[-1]},
+        curves={"with grad.zero_()": right, "without grad.zero_()": wrong},
     )
 
 
 PITFALL = Pitfall(
-    "grad-zeroing",
-    "Forgetting grad.zero_()",
-    "backward() ADDS to .grad. Without zeroing, the gradient used at step k is the sum of the "
-    "gradients of all k batches so far, and training follows a different, wrong trajectory. "
-    "Fix: zero after the update (sgd does), or call optimizer.zero_grad(), which sets the "
-    "grads to None since torch 2.0.",
-    PROPERTIES,
-    demo,
+    id="grad-zeroing",
+    title="Forgetting grad.zero_()",
+    explanation=(
+        "backward() ADDS to .grad. Without zeroing, the gradient used at step k is the sum of the "
+        "gradients of all k batches so far, and training follows a different, wrong trajectory. "
+        "Fix: zero after the update (sgd does), or call optimizer.zero_grad(), which sets the "
+        "grads to None since torch 2.0."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=6,
     plots=True,
 )

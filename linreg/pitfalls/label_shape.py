@@ -92,22 +92,22 @@ def _checks_flat_labels(options: LossOptions) -> str | None:
 
 PROPERTIES = (
     Property(
-        "labels of shape (n,) give the same loss as labels of shape (n, 1)",
-        "loss",
-        flat_labels_agree,
-        _predictions,
-        (
+        name="labels of shape (n,) give the same loss as labels of shape (n, 1)",
+        kind="loss",
+        check=flat_labels_agree,
+        examples=_predictions,
+        holds_for=(
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
             Target(
                 _book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
             ),
         ),
-        (
+        refuted_by=(
             Variant(squared_loss_no_reshape, "loss.squared_loss", "loss"),
             Variant(mean_loss_no_reshape, None, "loss", LossOptions(reduction="mean")),
             Variant(mse_loss_no_reshape, None, "loss", LossOptions(reduction="mean", scale=1.0)),
         ),
-        _book_predictions,
+        book=_book_predictions,
         applies=_checks_flat_labels,
     ),
 )
@@ -130,25 +130,31 @@ def demo() -> Evidence:
     err = float((wrong.w.detach().reshape(-1) - torch.tensor(TRUE_W).double()).abs().max())
     ok = shape == (n, n) and err > 1.0 and right.losses[-1] < 1e-3
     return Evidence(
-        "label-shape",
-        f"(y_hat - y) with y_hat ({n}, 1) and y ({n},) is ({n}, {n}); training on it ends far "
-        "from true_w = [2, -3.4]",
-        f"shape {shape}; final w with reshape {ws['with reshape']}, "
-        f"without {ws['without reshape']}",
-        ok,
-        {"broadcast_shape": list(shape), "final_w": ws},
-        {"with reshape": right.losses, "without reshape": wrong.losses},
+        id="label-shape",
+        expected=(
+            f"(y_hat - y) with y_hat ({n}, 1) and y ({n},) is ({n}, {n}); training on it ends far "
+            "from true_w = [2, -3.4]"
+        ),
+        observed=(
+            f"shape {shape}; final w with reshape {ws['with reshape']}, "
+            f"without {ws['without reshape']}"
+        ),
+        ok=ok,
+        figures={"broadcast_shape": list(shape), "final_w": ws},
+        curves={"with reshape": right.losses, "without reshape": wrong.losses},
     )
 
 
 PITFALL = Pitfall(
-    "label-shape",
-    "Labels of shape (n,) against predictions of shape (n, 1)",
-    "(y_hat - y) with y_hat (n, 1) and y (n,) broadcasts silently to an (n, n) matrix: every "
-    "prediction is compared with every label and training converges to a wrong answer. "
-    "squared_loss reshapes y to y_hat's shape first; nn.MSELoss warns instead.",
-    PROPERTIES,
-    demo,
+    id="label-shape",
+    title="Labels of shape (n,) against predictions of shape (n, 1)",
+    explanation=(
+        "(y_hat - y) with y_hat (n, 1) and y (n,) broadcasts silently to an (n, n) matrix: every "
+        "prediction is compared with every label and training converges to a wrong answer. "
+        "squared_loss reshapes y to y_hat's shape first; nn.MSELoss warns instead."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=9,
     plots=True,
 )

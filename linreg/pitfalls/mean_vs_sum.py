@@ -174,30 +174,32 @@ def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
 
 PROPERTIES = (
     Property(
-        "MSELoss(sum) at lr / B_actual follows MSELoss(mean) at lr step for step",
-        "concise",
-        sum_follows_mean,
-        _runs,
-        (Target(late("concise.train_concise"), "concise", name="train_concise"),),
-        (Variant(train_concise_sum_nominal_lr, "concise.train_concise", "concise"),),
-        lambda: book_run(UNEVEN_NUM_EXAMPLES, BATCH_SIZE),
+        name="MSELoss(sum) at lr / B_actual follows MSELoss(mean) at lr step for step",
+        kind="concise",
+        check=sum_follows_mean,
+        examples=_runs,
+        holds_for=(Target(late("concise.train_concise"), "concise", name="train_concise"),),
+        refuted_by=(Variant(train_concise_sum_nominal_lr, "concise.train_concise", "concise"),),
+        book=lambda: book_run(UNEVEN_NUM_EXAMPLES, BATCH_SIZE),
     ),
     Property(
-        "one step on a batch of identical rows is the declared objective's mean step",
-        "loop",
-        follows_the_closed_form,
-        _one_batch,
-        LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_concise_sum_at_mean_lr, None, "loop", LoopOptions(objective="mse")),),
-        _book_step,
+        name="one step on a batch of identical rows is the declared objective's mean step",
+        kind="loop",
+        check=follows_the_closed_form,
+        examples=_one_batch,
+        holds_for=LOOPS + FULL_BATCH_LOOPS,
+        refuted_by=(
+            Variant(train_concise_sum_at_mean_lr, None, "loop", LoopOptions(objective="mse")),
+        ),
+        book=_book_step,
         requires=("backward-twice", "rebinding"),
     ),
     Property(
-        "with labels (n, 1) the loss and its gradient are scale * (y_hat - y)^2, reduced",
-        "loss",
-        loss_matches,
-        _predictions,
-        (
+        name="with labels (n, 1) the loss and its gradient are scale * (y_hat - y)^2, reduced",
+        kind="loss",
+        check=loss_matches,
+        examples=_predictions,
+        holds_for=(
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
             Target(
                 _book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
@@ -211,17 +213,17 @@ PROPERTIES = (
                 oracle=True,
             ),
         ),
-        (Variant(mse_sum_used_as_mean, None, "loss", MEAN_MSE),),
-        _book_predictions,
+        refuted_by=(Variant(mse_sum_used_as_mean, None, "loss", MEAN_MSE),),
+        book=_book_predictions,
     ),
     Property(
-        "on identical rows a step applies one row's gradient: the mean over its rows",
-        "training-loop",
-        applies_the_rows_mean,
-        _full_steps,
-        TRAINING_LOOPS,
-        (Variant(loop_sum_at_mean_lr, None, "training-loop", LINEAR),),
-        lambda: Batching((0,) * 4, 4, 1, 0),
+        name="on identical rows a step applies one row's gradient: the mean over its rows",
+        kind="training-loop",
+        check=applies_the_rows_mean,
+        examples=_full_steps,
+        holds_for=TRAINING_LOOPS,
+        refuted_by=(Variant(loop_sum_at_mean_lr, None, "training-loop", LINEAR),),
+        book=lambda: Batching((0,) * 4, 4, 1, 0),
         requires=("non-leaf-params",),
     ),
 )
@@ -229,18 +231,11 @@ PROPERTIES = (
 # --- the demonstration -----------------------------------------------------------------------
 
 
-def demo() -> Evidence:
-    """Compare sum and mean trajectories, the loss ratio, and unscaled sums at large B."""
-    n = UNEVEN_NUM_EXAMPLES
-    X, y = _demo.book(n)
-    mean = _demo.trajectory(concise.train_concise, X, y, 0.03)
-    summed = _demo.trajectory(concise.train_concise, X, y, 0.03, reduction="sum")
-    nominal = _demo.trajectory(train_concise_sum_nominal_lr, X, y, 0.03, reduction="sum")
-    gaps = {"lr/B_actual": _demo.gap(summed, mean), "lr/B_nominal": _demo.gap(nominal, mean)}
-    Xn, yn = _demo.book(NUM_EXAMPLES)
-    ratio = float(F.mse_loss(Xn[:, :1], yn, reduction="sum") / F.mse_loss(Xn[:, :1], yn))
-    # The unscaled runs in float32, as the book trains: there the divergence reaches inf.
-    X32, y32 = _demo.book(NUM_EXAMPLES, torch.float32)
+def _unscaled(X32: Tensor, y32: Tensor) -> tuple[dict[str, list[float]], dict[str, int | None]]:
+    """Run the sum at the mean's lr for B = 10, 50, 100: each run's losses, its first inf step.
+
+    In float32, as the book trains: there the divergence reaches inf.
+    """
     unscaled: dict[str, list[float]] = {}
     first_inf: dict[str, int | None] = {}
     for batch in (10, 50, 100):
@@ -262,6 +257,21 @@ def demo() -> Evidence:
             params=model.init_params(2, generator=_demo.gen(1)),
             on_step=watch,
         ).losses
+    return unscaled, first_inf
+
+
+def demo() -> Evidence:
+    """Compare sum and mean trajectories, the loss ratio, and unscaled sums at large B."""
+    n = UNEVEN_NUM_EXAMPLES
+    X, y = _demo.book(n)
+    mean = _demo.trajectory(concise.train_concise, X, y, 0.03)
+    summed = _demo.trajectory(concise.train_concise, X, y, 0.03, reduction="sum")
+    nominal = _demo.trajectory(train_concise_sum_nominal_lr, X, y, 0.03, reduction="sum")
+    gaps = {"lr/B_actual": _demo.gap(summed, mean), "lr/B_nominal": _demo.gap(nominal, mean)}
+    Xn, yn = _demo.book(NUM_EXAMPLES)
+    ratio = float(F.mse_loss(Xn[:, :1], yn, reduction="sum") / F.mse_loss(Xn[:, :1], yn))
+    X32, y32 = _demo.book(NUM_EXAMPLES, torch.float32)
+    unscaled, first_inf = _unscaled(X32, y32)
     scaled = concise.train_concise(
         X32,
         y32,
@@ -277,36 +287,41 @@ def demo() -> Evidence:
         and all(not (v < 100 * scaled[-1]) for k, v in finals.items() if "B=10" not in k)
     )
     return Evidence(
-        "mean-vs-sum",
-        f"sum at lr/B_actual follows mean at lr to 1e-12 (n={n}); at lr/B_nominal it does not; "
-        f"sum loss = {NUM_EXAMPLES} x mean loss; unscaled sum ends >= 100x worse for B = 50, 100",
-        f"gap to mean: lr/B_actual {gaps['lr/B_actual']:.1e}, lr/B_nominal "
+        id="mean-vs-sum",
+        expected=(
+            f"sum at lr/B_actual follows mean at lr to 1e-12 (n={n}); at lr/B_nominal it does not; "
+            f"sum loss = {NUM_EXAMPLES} x mean loss; unscaled sum ends >= 100x worse for B = 50, "
+            "100"
+        ),
+        observed=f"gap to mean: lr/B_actual {gaps['lr/B_actual']:.1e}, lr/B_nominal "
         f"{gaps['lr/B_nominal']:.1e}; sum/mean = {ratio:.6f}; final sum losses: "
         + ", ".join(f"B={k.rsplit('=', 1)[1]} {v:.4g}" for k, v in finals.items())
         + f" (lr/B: {scaled[-1]:.4g}); the sum loss first overflows to inf at step: "
         + ", ".join(f"B={k.rsplit('=', 1)[1]} {v}" for k, v in first_inf.items()),
-        ok,
-        {
+        ok=ok,
+        figures={
             "gap_to_mean": gaps,
             "sum_over_mean": ratio,
             "final_sum_loss_unscaled": finals,
             "final_sum_loss_scaled": scaled[-1],
             "first_non_finite_step": first_inf,
         },
-        {**unscaled, "sum, lr 0.03 / B, B=10": scaled},
+        curves={**unscaled, "sum, lr 0.03 / B, B=10": scaled},
     )
 
 
 PITFALL = Pitfall(
-    "mean-vs-sum",
-    "MSELoss(reduction='sum') needs lr / B, with B the actual batch size",
-    "The gradient of a summed loss is B times the gradient of the mean, so SGD on the sum "
-    "at lr / B follows exactly the trajectory of SGD on the mean at lr; B must be the ACTUAL "
-    "size of each batch, or the short last batch steps too far. The full-data loss reported "
-    "with sum is n times the mean (the seed's '1000x' for n = 1000). Unscaled, the sum "
-    "diverges for large batches.",
-    PROPERTIES,
-    demo,
+    id="mean-vs-sum",
+    title="MSELoss(reduction='sum') needs lr / B, with B the actual batch size",
+    explanation=(
+        "The gradient of a summed loss is B times the gradient of the mean, so SGD on the sum "
+        "at lr / B follows exactly the trajectory of SGD on the mean at lr; B must be the ACTUAL "
+        "size of each batch, or the short last batch steps too far. The full-data loss reported "
+        "with sum is n times the mean (the seed's '1000x' for n = 1000). Unscaled, the sum "
+        "diverges for large batches."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=5,
     plots=True,
 )

@@ -103,22 +103,26 @@ def _mixed(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
 
 PROPERTIES = (
     Property(
-        "accumulating over micro-batches gives the full batch's gradient",
-        "accumulate-grad",
-        full_batch_gradient,
-        _micro_batches,
-        (Target(late("accumulate.accumulate_grad"), "accumulate-grad", name="accumulate_grad"),),
-        (Variant(accumulate_grad_mean_of_means, "accumulate.accumulate_grad", "accumulate-grad"),),
-        _book,
+        name="accumulating over micro-batches gives the full batch's gradient",
+        kind="accumulate-grad",
+        check=full_batch_gradient,
+        examples=_micro_batches,
+        holds_for=(
+            Target(late("accumulate.accumulate_grad"), "accumulate-grad", name="accumulate_grad"),
+        ),
+        refuted_by=(
+            Variant(accumulate_grad_mean_of_means, "accumulate.accumulate_grad", "accumulate-grad"),
+        ),
+        book=_book,
     ),
     Property(
-        "with two kinds of rows each step applies the mean of its own rows' gradients",
-        "training-loop",
-        weighs_every_row_alike,
-        _mixed,
-        TRAINING_LOOPS,
-        (Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
-        lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
+        name="with two kinds of rows each step applies the mean of its own rows' gradients",
+        kind="training-loop",
+        check=weighs_every_row_alike,
+        examples=_mixed,
+        holds_for=TRAINING_LOOPS,
+        refuted_by=(Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
+        book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
         requires=("non-leaf-params", "mean-vs-sum", "grad-zeroing", "short-last-batch"),
     ),
 )
@@ -141,25 +145,31 @@ def demo() -> Evidence:
         )
     ok = errors["accumulate_grad"] < 1e-12 < errors["accumulate_grad_mean_of_means"]
     return Evidence(
-        "micro-batch-accumulation",
-        f"over micro-batches of sizes {sizes}, sum / total count gives the full-batch gradient "
-        "(1e-12); the mean of means does not",
-        f"largest gradient error: sum / count {errors['accumulate_grad']:.1e}, mean of means "
-        f"{errors['accumulate_grad_mean_of_means']:.3g}",
-        ok,
-        {"gradient_error": errors, "micro_batch_sizes": sizes},
+        id="micro-batch-accumulation",
+        expected=(
+            f"over micro-batches of sizes {sizes}, sum / total count gives the full-batch gradient "
+            "(1e-12); the mean of means does not"
+        ),
+        observed=(
+            f"largest gradient error: sum / count {errors['accumulate_grad']:.1e}, mean of means "
+            f"{errors['accumulate_grad_mean_of_means']:.3g}"
+        ),
+        ok=ok,
+        figures={"gradient_error": errors, "micro_batch_sizes": sizes},
     )
 
 
 PITFALL = Pitfall(
-    "micro-batch-accumulation",
-    "Gradient accumulation over uneven micro-batches",
-    "Accumulating gradients over micro-batches of different sizes, the mean of the "
-    "per-micro-batch mean losses weighs the examples of a short micro-batch more than the "
-    "others, so the gradient is not the full batch's. Fix: sum the per-example losses and "
-    "divide once by the total count (the loss-normalisation bug fixed in Hugging Face "
-    "transformers in 2024).",
-    PROPERTIES,
-    demo,
+    id="micro-batch-accumulation",
+    title="Gradient accumulation over uneven micro-batches",
+    explanation=(
+        "Accumulating gradients over micro-batches of different sizes, the mean of the "
+        "per-micro-batch mean losses weighs the examples of a short micro-batch more than the "
+        "others, so the gradient is not the full batch's. Fix: sum the per-example losses and "
+        "divide once by the total count (the loss-normalisation bug fixed in Hugging Face "
+        "transformers in 2024)."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=11,
 )

@@ -91,16 +91,16 @@ def _book() -> Steps:
 
 PROPERTIES = (
     Property(
-        "steps called in grad mode (or under the trainer's no_grad) keep the params leaves",
-        "update-step",
-        stays_leaves,
-        _steps,
-        STEPS,
-        (
+        name="steps called in grad mode (or under the trainer's no_grad) keep the params leaves",
+        kind="update-step",
+        check=stays_leaves,
+        examples=_steps,
+        holds_for=STEPS,
+        refuted_by=(
             Variant(sgd_without_no_grad, "optim.sgd", "update-step"),
             Variant(sgd_out_of_place_in_grad_mode, "optim.sgd", "update-step"),
         ),
-        _book,
+        book=_book,
     ),
 )
 
@@ -122,25 +122,32 @@ def demo() -> Evidence:
     grad_fn = type(params[0].grad_fn).__name__ if params[0].grad_fn is not None else None
     ok = "leaf Variable that requires grad" in error and leaves and grad_fn is not None
     return Evidence(
-        "no-grad-update",
-        "without no_grad the in-place update raises the leaf RuntimeError; with it the params "
-        f"stay leaves after {result.num_steps} steps; out of place in grad mode they get a grad_fn",
-        f"RuntimeError: {error.splitlines()[0] if error else 'none'}; leaves after "
-        f"{result.num_steps} steps: {leaves}; out-of-place grad_fn: {grad_fn}",
-        ok,
-        {"error": error, "leaves_after_training": leaves, "out_of_place_grad_fn": grad_fn},
+        id="no-grad-update",
+        expected=(
+            "without no_grad the in-place update raises the leaf RuntimeError; with it the params "
+            f"stay leaves after {result.num_steps} steps; out of place in grad mode they get a "
+            "grad_fn"
+        ),
+        observed=(
+            f"RuntimeError: {error.splitlines()[0] if error else 'none'}; leaves after "
+            f"{result.num_steps} steps: {leaves}; out-of-place grad_fn: {grad_fn}"
+        ),
+        ok=ok,
+        figures={"error": error, "leaves_after_training": leaves, "out_of_place_grad_fn": grad_fn},
     )
 
 
 PITFALL = Pitfall(
-    "no-grad-update",
-    "The update needs torch.no_grad()",
-    "w and b are leaves that require grad. In grad mode, an in-place update of a leaf raises "
-    "'a leaf Variable that requires grad is being used in an in-place operation', and an "
-    "out-of-place update records the update in the graph, so the params stop being leaves "
-    "and the graph grows with every step. Fix: update under torch.no_grad(); the params "
-    "stay leaves with no grad_fn after any number of steps.",
-    PROPERTIES,
-    demo,
+    id="no-grad-update",
+    title="The update needs torch.no_grad()",
+    explanation=(
+        "w and b are leaves that require grad. In grad mode, an in-place update of a leaf raises "
+        "'a leaf Variable that requires grad is being used in an in-place operation', and an "
+        "out-of-place update records the update in the graph, so the params stop being leaves "
+        "and the graph grows with every step. Fix: update under torch.no_grad(); the params "
+        "stay leaves with no grad_fn after any number of steps."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=4,
 )

@@ -193,35 +193,35 @@ def _any_batching(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
 
 PROPERTIES = (
     Property(
-        "the initial params are leaves, and one step gives each a grad and moves it",
-        "init",
-        start_as_leaves,
-        _inits,
-        (Target(late("model.init_params"), "init", name="init_params"),),
-        (Variant(init_params_not_leaves, "model.init_params", "init"),),
-        _book_init,
+        name="the initial params are leaves, and one step gives each a grad and moves it",
+        kind="init",
+        check=start_as_leaves,
+        examples=_inits,
+        holds_for=(Target(late("model.init_params"), "init", name="init_params"),),
+        refuted_by=(Variant(init_params_not_leaves, "model.init_params", "init"),),
+        book=_book_init,
     ),
     Property(
-        "on data where every weight has a gradient, each of w and b moves",
-        "loop",
-        every_param_moves,
-        _moving,
-        LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_non_leaf_w, None, "loop"),),
-        _book_loop,
+        name="on data where every weight has a gradient, each of w and b moves",
+        kind="loop",
+        check=every_param_moves,
+        examples=_moving,
+        holds_for=LOOPS + FULL_BATCH_LOOPS,
+        refuted_by=(Variant(train_non_leaf_w, None, "loop"),),
+        book=_book_loop,
         requires=("backward-twice", "rebinding"),
     ),
     Property(
-        "at every optimizer.step() some parameter has a non-zero gradient",
-        "training-loop",
-        every_step_has_a_gradient,
-        _any_batching,
-        TRAINING_LOOPS,
-        (
+        name="at every optimizer.step() some parameter has a non-zero gradient",
+        kind="training-loop",
+        check=every_step_has_a_gradient,
+        examples=_any_batching,
+        holds_for=TRAINING_LOOPS,
+        refuted_by=(
             Variant(loop_zero_grad_before_step, None, "training-loop", LINEAR),
             Variant(loop_detached_output, None, "training-loop", CLASSIFIER),
         ),
-        lambda: Batching((0,) * 5, 2, 1, 0),
+        book=lambda: Batching((0,) * 5, 2, 1, 0),
     ),
 )
 
@@ -256,27 +256,33 @@ def demo() -> Evidence:
     ok = not w.is_leaf and grad is None and "NoneType" in error and not w_moved
     ok = ok and losses["non-leaf w"] > 100 * losses["leaf w"]
     return Evidence(
-        "non-leaf-params",
-        "w = randn(..., requires_grad=True) * 0.01 is not a leaf: after backward its .grad is "
-        "None (torch warns), the book's sgd raises TypeError, and a step that skips None grads "
-        "trains b alone: the loss stays >= 100x the right run's",
-        f"w is a leaf: {w.is_leaf}; w.grad after backward: {grad} ({warned}); the book's sgd: "
-        f"TypeError: {error}; w moved in 3 epochs: {w_moved}; loss after 3 epochs: "
-        f"{losses['leaf w']:.3g} (leaf w) vs {losses['non-leaf w']:.3g} (non-leaf w)",
-        ok,
-        {"w_is_leaf": w.is_leaf, "w_moved": w_moved, "final_loss": losses},
+        id="non-leaf-params",
+        expected=(
+            "w = randn(..., requires_grad=True) * 0.01 is not a leaf: after backward its .grad is "
+            "None (torch warns), the book's sgd raises TypeError, and a step that skips None grads "
+            "trains b alone: the loss stays >= 100x the right run's"
+        ),
+        observed=(
+            f"w is a leaf: {w.is_leaf}; w.grad after backward: {grad} ({warned}); the book's sgd: "
+            f"TypeError: {error}; w moved in 3 epochs: {w_moved}; loss after 3 epochs: "
+            f"{losses['leaf w']:.3g} (leaf w) vs {losses['non-leaf w']:.3g} (non-leaf w)"
+        ),
+        ok=ok,
+        figures={"w_is_leaf": w.is_leaf, "w_moved": w_moved, "final_loss": losses},
     )
 
 
 PITFALL = Pitfall(
-    "non-leaf-params",
-    "Parameters that are not leaves",
-    "`w = torch.normal(0, 0.01, (2, 1), requires_grad=True) * 1` or `torch.randn(d, 1, "
-    "requires_grad=True) * 0.01` makes w the output of an op, not a leaf: backward() leaves "
-    "its .grad None (torch warns), so an update through .grad raises or, where the step "
-    "skips None grads, never happens. Fix: scale first, then ask for grads: "
-    "`(0.01 * torch.randn(d, 1)).requires_grad_()`, as init_params does.",
-    PROPERTIES,
-    demo,
+    id="non-leaf-params",
+    title="Parameters that are not leaves",
+    explanation=(
+        "`w = torch.normal(0, 0.01, (2, 1), requires_grad=True) * 1` or `torch.randn(d, 1, "
+        "requires_grad=True) * 0.01` makes w the output of an op, not a leaf: backward() leaves "
+        "its .grad None (torch warns), so an update through .grad raises or, where the step "
+        "skips None grads, never happens. Fix: scale first, then ask for grads: "
+        "`(0.01 * torch.randn(d, 1)).requires_grad_()`, as init_params does."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=16,
 )

@@ -163,25 +163,27 @@ def _needs_full_batch(options: LoopOptions) -> str | None:
 
 PROPERTIES = (
     Property(
-        "the accumulated losses hold every batch's examples, and the count is the batches'",
-        "accumulate-losses",
-        accumulates_every_batch,
-        _runs,
-        (
+        name="the accumulated losses hold every batch's examples, and the count is the batches'",
+        kind="accumulate-losses",
+        check=accumulates_every_batch,
+        examples=_runs,
+        holds_for=(
             Target(
                 late("accumulate.accumulate_losses"), "accumulate-losses", name="accumulate_losses"
             ),
         ),
-        (Variant(accumulate_losses_seed, "accumulate.accumulate_losses", "accumulate-losses"),),
-        lambda: book_run(NUM_EXAMPLES, BATCH_SIZE),
+        refuted_by=(
+            Variant(accumulate_losses_seed, "accumulate.accumulate_losses", "accumulate-losses"),
+        ),
+        book=lambda: book_run(NUM_EXAMPLES, BATCH_SIZE),
     ),
     Property(
-        "after E epochs a full-batch loop equals E steps of gradient descent on all the data",
-        "loop",
-        full_batch_descent,
-        _full_batch_runs,
-        FULL_BATCH_LOOPS,
-        (
+        name="after E epochs a full-batch loop equals E steps of gradient descent on all the data",
+        kind="loop",
+        check=full_batch_descent,
+        examples=_full_batch_runs,
+        holds_for=FULL_BATCH_LOOPS,
+        refuted_by=(
             Variant(
                 train_once_per_epoch_seed,
                 "accumulate.train_full_batch",
@@ -189,7 +191,7 @@ PROPERTIES = (
                 LoopOptions(full_batch=True),
             ),
         ),
-        _book_descent,
+        book=_book_descent,
         applies=_needs_full_batch,
         requires=("backward-twice", "rebinding"),
     ),
@@ -225,21 +227,26 @@ def demo() -> Evidence:
         and dist["train_full_batch"] < 1e-2 < dist["train_once_per_epoch_seed"]
     )
     return Evidence(
-        "once-per-epoch",
-        f"the seed's accumulated loss holds only the 1st batch ({b} of {n} rows, count "
-        f"{n // b + 1}); after 300 epochs in batches of {long_b} it is far from lstsq, full-batch "
-        "GD is within 1e-2",
-        f"accumulated {l.shape[0]} rows, count {count}; after 300 epochs loss {seed_loss:.4g} "
-        f"(seed) vs {full_loss:.3g} (full batch); distance to lstsq "
-        f"{dist['train_once_per_epoch_seed']:.3g} vs {dist['train_full_batch']:.2g}",
-        ok,
-        {
+        id="once-per-epoch",
+        expected=(
+            f"the seed's accumulated loss holds only the 1st batch ({b} of {n} rows, count "
+            f"{n // b + 1}); after 300 epochs in batches of {long_b} it is far from lstsq, "
+            "full-batch "
+            "GD is within 1e-2"
+        ),
+        observed=(
+            f"accumulated {l.shape[0]} rows, count {count}; after 300 epochs loss {seed_loss:.4g} "
+            f"(seed) vs {full_loss:.3g} (full batch); distance to lstsq "
+            f"{dist['train_once_per_epoch_seed']:.3g} vs {dist['train_full_batch']:.2g}"
+        ),
+        ok=ok,
+        figures={
             "accumulated_rows": l.shape[0],
             "count": count,
             "distance_to_lstsq": dist,
             "final_loss": {k: r.losses[-1] for k, r in runs.items()},
         },
-        {
+        curves={
             "seed's once-per-epoch": runs["train_once_per_epoch_seed"].losses,
             "full-batch GD": runs["train_full_batch"].losses,
         },
@@ -247,15 +254,17 @@ def demo() -> Evidence:
 
 
 PITFALL = Pitfall(
-    "once-per-epoch",
-    "The seed's once-per-epoch update",
-    "The seed tries one update per epoch by concatenating batch losses, but discards "
-    "torch.cat's result and starts count at 1: the loss it backpropagates holds only the "
-    "first batch, divided by b * (batches + 1). After 300 epochs it is still far from the "
-    "least-squares solution. Fix: keep the concatenation (or sum the losses) and divide by n: "
-    "that is full-batch gradient descent, which converges at the rate its curvature allows.",
-    PROPERTIES,
-    demo,
+    id="once-per-epoch",
+    title="The seed's once-per-epoch update",
+    explanation=(
+        "The seed tries one update per epoch by concatenating batch losses, but discards "
+        "torch.cat's result and starts count at 1: the loss it backpropagates holds only the "
+        "first batch, divided by b * (batches + 1). After 300 epochs it is still far from the "
+        "least-squares solution. Fix: keep the concatenation (or sum the losses) and divide by n: "
+        "that is full-batch gradient descent, which converges at the rate its curvature allows."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=8,
     plots=True,
 )

@@ -108,22 +108,22 @@ def _book_loop() -> TwinRows:
 
 PROPERTIES = (
     Property(
-        "the step changes the caller's tensors in place to p - lr * grad / B",
-        "update-step",
-        updates_in_place,
-        _updates,
-        STEPS,
-        (Variant(sgd_rebinding, "optim.sgd", "update-step"),),
-        _book_update,
+        name="the step changes the caller's tensors in place to p - lr * grad / B",
+        kind="update-step",
+        check=updates_in_place,
+        examples=_updates,
+        holds_for=STEPS,
+        refuted_by=(Variant(sgd_rebinding, "optim.sgd", "update-step"),),
+        book=_book_update,
     ),
     Property(
-        "one step on data with a non-zero residual changes the caller's params",
-        "loop",
-        reaches_the_params,
-        _any_loop,
-        LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_rebinding, None, "loop"),),
-        _book_loop,
+        name="one step on data with a non-zero residual changes the caller's params",
+        kind="loop",
+        check=reaches_the_params,
+        examples=_any_loop,
+        holds_for=LOOPS + FULL_BATCH_LOOPS,
+        refuted_by=(Variant(train_rebinding, None, "loop"),),
+        book=_book_loop,
         requires=("backward-twice",),
     ),
 )
@@ -155,25 +155,33 @@ def demo() -> Evidence:
         and [int(t) for t in tensors] == [-3, -2]
     )
     return Evidence(
-        "rebinding",
-        "sgd changes the caller's w; param = param - ... leaves it unchanged and the book's next "
-        "line raises AttributeError; -= changes a list of tensors but not a list of ints",
-        f"caller's w changed: sgd {changed['sgd']}, rebinding {changed['sgd_rebinding']}; "
-        f"AttributeError: {error}; ints after -= 4: {ints}, tensors: {[int(t) for t in tensors]}",
-        ok,
-        {"changed": changed, "error": error},
+        id="rebinding",
+        expected=(
+            "sgd changes the caller's w; param = param - ... leaves it unchanged and the book's "
+            "next "
+            "line raises AttributeError; -= changes a list of tensors but not a list of ints"
+        ),
+        observed=(
+            f"caller's w changed: sgd {changed['sgd']}, rebinding {changed['sgd_rebinding']}; "
+            f"AttributeError: {error}; ints after -= 4: {ints}, tensors: "
+            f"{[int(t) for t in tensors]}"
+        ),
+        ok=ok,
+        figures={"changed": changed, "error": error},
     )
 
 
 PITFALL = Pitfall(
-    "rebinding",
-    "In place (-=) versus rebinding (param = param - ...)",
-    "`param -= ...` calls Tensor.__isub__, which changes the tensor the caller holds. "
-    "`param = param - ...` builds a new tensor and rebinds the loop's local name: the caller's "
-    "w never changes, and the new tensor has no .grad, so the book's next line "
-    "`param.grad.zero_()` raises AttributeError. Python ints behave the other way: `-=` on "
-    "an int rebinds, because ints are immutable.",
-    PROPERTIES,
-    demo,
+    id="rebinding",
+    title="In place (-=) versus rebinding (param = param - ...)",
+    explanation=(
+        "`param -= ...` calls Tensor.__isub__, which changes the tensor the caller holds. "
+        "`param = param - ...` builds a new tensor and rebinds the loop's local name: the caller's "
+        "w never changes, and the new tensor has no .grad, so the book's next line "
+        "`param.grad.zero_()` raises AttributeError. Python ints behave the other way: `-=` on "
+        "an int rebinds, because ints are immutable."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=3,
 )

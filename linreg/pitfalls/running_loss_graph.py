@@ -108,16 +108,16 @@ def _book() -> dict[str, Any]:
 
 PROPERTIES = (
     Property(
-        "the reported loss holds no graph: no grad_fn, and no saved tensor left alive",
-        "epoch-loss",
-        holds_no_graph,
-        _runs,
-        EPOCHS,
-        (
+        name="the reported loss holds no graph: no grad_fn, and no saved tensor left alive",
+        kind="epoch-loss",
+        check=holds_no_graph,
+        examples=_runs,
+        holds_for=EPOCHS,
+        refuted_by=(
             Variant(train_epoch_running_tensor, None, "epoch-loss"),
             Variant(train_epoch_reports_in_grad_mode, None, "epoch-loss"),
         ),
-        _book,
+        book=_book,
     ),
 )
 
@@ -171,15 +171,17 @@ def demo() -> Evidence:
         > 0
     )
     return Evidence(
-        "running-loss-graph",
-        "a float running total holds nothing; `total += l` keeps a graph that grows with the "
-        "number of batches, and a report computed in grad mode also keeps its saved tensors",
-        "; ".join(
+        id="running-loss-graph",
+        expected=(
+            "a float running total holds nothing; `total += l` keeps a graph that grows with the "
+            "number of batches, and a report computed in grad mode also keeps its saved tensors"
+        ),
+        observed="; ".join(
             f"{k}: " + ", ".join(f"{b} batches {g} nodes, {a} saved" for b, (g, a) in v.items())
             for k, v in held.items()
         ),
-        ok,
-        {
+        ok=ok,
+        figures={
             k: {str(b): {"graph_nodes": g, "saved_alive": a} for b, (g, a) in v.items()}
             for k, v in held.items()
         },
@@ -187,14 +189,16 @@ def demo() -> Evidence:
 
 
 PITFALL = Pitfall(
-    "running-loss-graph",
-    "A running loss that keeps the graph",
-    "`total += l` with the tensor l (PyTorch's FAQ: don't accumulate history across your "
-    "training loop) builds one graph across the epoch: every batch's autograd nodes stay alive "
-    "until the total is freed, and a loss recomputed for the report in grad mode keeps its "
-    "saved tensors too. Fix: accumulate float(l) (or l.item()), as train_epoch does, or "
-    "compute the report under torch.no_grad().",
-    PROPERTIES,
-    demo,
+    id="running-loss-graph",
+    title="A running loss that keeps the graph",
+    explanation=(
+        "`total += l` with the tensor l (PyTorch's FAQ: don't accumulate history across your "
+        "training loop) builds one graph across the epoch: every batch's autograd nodes stay alive "
+        "until the total is freed, and a loss recomputed for the report in grad mode keeps its "
+        "saved tensors too. Fix: accumulate float(l) (or l.item()), as train_epoch does, or "
+        "compute the report under torch.no_grad()."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=17,
 )

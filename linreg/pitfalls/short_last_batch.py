@@ -135,33 +135,33 @@ def _short_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
 
 PROPERTIES = (
     Property(
-        "the loop follows nn.MSELoss() + optim.SGD at lr / 2 step for step",
-        "train",
-        follows_the_oracle,
-        _runs,
-        (Target(late("train.train"), "train", name="train"),),
-        (Variant(train_nominal_batch_size, "train.train", "train"),),
-        lambda: book_run(103, BATCH_SIZE),  # uneven like 1003, a tenth of the cost
+        name="the loop follows nn.MSELoss() + optim.SGD at lr / 2 step for step",
+        kind="train",
+        check=follows_the_oracle,
+        examples=_runs,
+        holds_for=(Target(late("train.train"), "train", name="train"),),
+        refuted_by=(Variant(train_nominal_batch_size, "train.train", "train"),),
+        book=lambda: book_run(103, BATCH_SIZE),  # uneven like 1003, a tenth of the cost
     ),
     Property(
-        "on identical rows, a short last batch takes the same step as a full one",
-        "loop",
-        follows_the_closed_form,
-        _short_batches,
-        LOOPS,
-        (Variant(train_nominal_batch_size, "train.train", "loop"),),
-        _book_short,
+        name="on identical rows, a short last batch takes the same step as a full one",
+        kind="loop",
+        check=follows_the_closed_form,
+        examples=_short_batches,
+        holds_for=LOOPS,
+        refuted_by=(Variant(train_nominal_batch_size, "train.train", "loop"),),
+        book=_book_short,
         applies=_has_a_short_batch,
         requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
     ),
     Property(
-        "on identical rows the short last step applies the same gradient as a full one",
-        "training-loop",
-        short_step_applies_the_mean,
-        _short_steps,
-        TRAINING_LOOPS,
-        (Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
-        lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),
+        name="on identical rows the short last step applies the same gradient as a full one",
+        kind="training-loop",
+        check=short_step_applies_the_mean,
+        examples=_short_steps,
+        holds_for=TRAINING_LOOPS,
+        refuted_by=(Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
+        book=lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),
         requires=("non-leaf-params", "mean-vs-sum", "grad-zeroing"),
     ),
 )
@@ -185,24 +185,30 @@ def demo() -> Evidence:
         and gaps["train"] < 1e-12 < gaps["train_nominal_batch_size"]
     )
     return Evidence(
-        "short-last-batch",
-        f"n={n}, b={b}: the nominal divisor makes the last step {n % b}/{b} of its size; train "
-        "matches MSELoss + optim.SGD at lr/2 to 1e-12, the book's loop does not",
-        f"last step ratio {ratio:.6f}; largest gap to the oracle: train {gaps['train']:.1e}, "
-        f"nominal {gaps['train_nominal_batch_size']:.1e}",
-        ok,
-        {"last_step_ratio": ratio, "gap_to_oracle": gaps},
+        id="short-last-batch",
+        expected=(
+            f"n={n}, b={b}: the nominal divisor makes the last step {n % b}/{b} of its size; train "
+            "matches MSELoss + optim.SGD at lr/2 to 1e-12, the book's loop does not"
+        ),
+        observed=(
+            f"last step ratio {ratio:.6f}; largest gap to the oracle: train {gaps['train']:.1e}, "
+            f"nominal {gaps['train_nominal_batch_size']:.1e}"
+        ),
+        ok=ok,
+        figures={"last_step_ratio": ratio, "gap_to_oracle": gaps},
     )
 
 
 PITFALL = Pitfall(
-    "short-last-batch",
-    "The short last batch's step: divide by the actual batch size",
-    "squared_loss is summed over the batch, so sgd divides the gradient by the batch size. "
-    "The book passes the NOMINAL batch_size, so the short last batch of an uneven epoch takes "
-    "a step (n % b) / b times too small. Fix: pass X.shape[0]; the loop then equals "
-    "nn.MSELoss() + optim.SGD at lr / 2 step for step.",
-    PROPERTIES,
-    demo,
+    id="short-last-batch",
+    title="The short last batch's step: divide by the actual batch size",
+    explanation=(
+        "squared_loss is summed over the batch, so sgd divides the gradient by the batch size. "
+        "The book passes the NOMINAL batch_size, so the short last batch of an uneven epoch takes "
+        "a step (n % b) / b times too small. Fix: pass X.shape[0]; the loop then equals "
+        "nn.MSELoss() + optim.SGD at lr / 2 step for step."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=2,
 )

@@ -60,13 +60,13 @@ def _cases(options: Options) -> SearchStrategy[dict[str, int]]:
 
 PROPERTIES = (
     Property(
-        "every (x, y) pair it yields is a pair of the dataset",
-        "iterator",
-        pairs_stay_together,
-        _cases,
-        iterators(False) + iterators(True),
-        (Variant(data_iter_shuffled_apart, "data.data_iter", "iterator"),),
-        lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},
+        name="every (x, y) pair it yields is a pair of the dataset",
+        kind="iterator",
+        check=pairs_stay_together,
+        examples=_cases,
+        holds_for=iterators(False) + iterators(True),
+        refuted_by=(Variant(data_iter_shuffled_apart, "data.data_iter", "iterator"),),
+        book=lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},
     ),
 )
 
@@ -89,27 +89,33 @@ def demo() -> Evidence:
     final = {"data_iter": right.losses[-1], "data_iter_shuffled_apart": wrong.losses[-1]}
     ok = intact < n // 10 and final["data_iter"] < 1e-3 and final["data_iter_shuffled_apart"] > 1
     return Evidence(
-        "shuffled-apart",
-        f"with two permutations, almost none of the {n} pairs survive an epoch and training "
-        "fits noise: the loss stays near the labels' variance",
-        f"pairs intact after one epoch: {intact} of {n}; loss after 3 epochs: "
-        f"{final['data_iter']:.3g} (one permutation) vs {final['data_iter_shuffled_apart']:.3g}"
-        " (two)",
-        ok,
-        {"intact_pairs": intact, "final_loss": final},
-        {"one permutation": right.losses, "two permutations": wrong.losses},
+        id="shuffled-apart",
+        expected=(
+            f"with two permutations, almost none of the {n} pairs survive an epoch and training "
+            "fits noise: the loss stays near the labels' variance"
+        ),
+        observed=(
+            f"pairs intact after one epoch: {intact} of {n}; loss after 3 epochs: "
+            f"{final['data_iter']:.3g} (one permutation) vs {final['data_iter_shuffled_apart']:.3g}"
+            " (two)"
+        ),
+        ok=ok,
+        figures={"intact_pairs": intact, "final_loss": final},
+        curves={"one permutation": right.losses, "two permutations": wrong.losses},
     )
 
 
 PITFALL = Pitfall(
-    "shuffled-apart",
-    "Features and labels shuffled apart",
-    "A data_iter that permutes the features and the labels with two separate permutations (or "
-    "shuffles one of them in place) pairs every example with another example's label: the "
-    "model trains on noise and converges to the mean label. Fix: draw ONE permutation and "
-    "index both with it, as data_iter does, or use DataLoader(TensorDataset(X, y)).",
-    PROPERTIES,
-    demo,
+    id="shuffled-apart",
+    title="Features and labels shuffled apart",
+    explanation=(
+        "A data_iter that permutes the features and the labels with two separate permutations (or "
+        "shuffles one of them in place) pairs every example with another example's label: the "
+        "model trains on noise and converges to the mean label. Fix: draw ONE permutation and "
+        "index both with it, as data_iter does, or use DataLoader(TensorDataset(X, y))."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=14,
     plots=True,
 )

@@ -133,13 +133,13 @@ def _no_drop(options: LoopOptions) -> str | None:
 
 PROPERTIES = (
     Property(
-        "on label-sorted rows one epoch ends within a bound that holds for any row order",
-        "loop",
-        ends_near_the_fit,
-        _cases,
-        LOOPS,
-        (Variant(train_never_shuffled, None, "loop"),),
-        lambda: {"rate": 0.1, "batch_size": 32, "batches": 60, "seed": 0},
+        name="on label-sorted rows one epoch ends within a bound that holds for any row order",
+        kind="loop",
+        check=ends_near_the_fit,
+        examples=_cases,
+        holds_for=LOOPS,
+        refuted_by=(Variant(train_never_shuffled, None, "loop"),),
+        book=lambda: {"rate": 0.1, "batch_size": 32, "batches": 60, "seed": 0},
         applies=_no_drop,
         requires=("backward-twice", "rebinding", "mean-vs-sum"),
     ),
@@ -179,29 +179,36 @@ def demo() -> Evidence:
     bound = 0.1 * reflection_bound(len(Xz) // 2) / 32
     ok = abs(ends["reshuffled"]) <= bound < ends["never shuffled"]
     return Evidence(
-        "sorted-data",
-        f"on {len(Xz)} rows sorted by label (-1, then +1; the fit b = 0), one epoch of a "
-        f"reshuffling loop ends within {bound:.3g} of the fit (failure <= 1e-12); never "
-        "shuffled, b ends near the last batches' +1",
-        f"b after one epoch: reshuffled {ends['reshuffled']:.3g}, never shuffled "
-        f"{ends['never shuffled']:.3g}; on the book's data sorted by label (noise 0.01) the "
-        f"distance to lstsq after 3 epochs is {book['reshuffled']:.2g} reshuffled vs "
-        f"{book['never shuffled']:.2g} never shuffled: with little noise the order hardly matters",
-        ok,
-        {"bound": bound, "b_after_one_epoch": ends, "book_distance_to_lstsq": book},
+        id="sorted-data",
+        expected=(
+            f"on {len(Xz)} rows sorted by label (-1, then +1; the fit b = 0), one epoch of a "
+            f"reshuffling loop ends within {bound:.3g} of the fit (failure <= 1e-12); never "
+            "shuffled, b ends near the last batches' +1"
+        ),
+        observed=(
+            f"b after one epoch: reshuffled {ends['reshuffled']:.3g}, never shuffled "
+            f"{ends['never shuffled']:.3g}; on the book's data sorted by label (noise 0.01) the "
+            f"distance to lstsq after 3 epochs is {book['reshuffled']:.2g} reshuffled vs "
+            f"{book['never shuffled']:.2g} never shuffled: with little noise the order hardly "
+            "matters"
+        ),
+        ok=ok,
+        figures={"bound": bound, "b_after_one_epoch": ends, "book_distance_to_lstsq": book},
     )
 
 
 PITFALL = Pitfall(
-    "sorted-data",
-    "Sorted data without reshuffling",
-    "On data stored sorted by label (the book's exercise), a loop that never reshuffles sees "
-    "the smallest labels first and the largest last, every epoch: each epoch ends having "
-    "stepped toward the last batches, so the fit is biased toward them wherever the labels "
-    "carry what the features cannot explain. A fresh permutation every epoch makes the order "
-    "of the stored rows irrelevant. Fix: reshuffle every epoch (data_iter, DataLoader(shuffle="
-    "True)).",
-    PROPERTIES,
-    demo,
+    id="sorted-data",
+    title="Sorted data without reshuffling",
+    explanation=(
+        "On data stored sorted by label (the book's exercise), a loop that never reshuffles sees "
+        "the smallest labels first and the largest last, every epoch: each epoch ends having "
+        "stepped toward the last batches, so the fit is biased toward them wherever the labels "
+        "carry what the features cannot explain. A fresh permutation every epoch makes the order "
+        "of the stored rows irrelevant. Fix: reshuffle every epoch (data_iter, DataLoader(shuffle="
+        "True))."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=21,
 )

@@ -142,12 +142,14 @@ def _needs_full_batch(options: LoopOptions) -> str | None:
 
 PROPERTIES = (
     Property(
-        "below 2 / lambda_max(A^T A / n) the loss falls every epoch; above, it grows unbounded",
-        "loop",
-        stable_below_unstable_above,
-        _runs,
-        FULL_BATCH_LOOPS,
-        (
+        name=(
+            "below 2 / lambda_max(A^T A / n) the loss falls every epoch; above, it grows unbounded"
+        ),
+        kind="loop",
+        check=stable_below_unstable_above,
+        examples=_runs,
+        holds_for=FULL_BATCH_LOOPS,
+        refuted_by=(
             Variant(
                 train_full_batch_summed,
                 "accumulate.train_full_batch",
@@ -155,7 +157,7 @@ PROPERTIES = (
                 LoopOptions(full_batch=True),
             ),
         ),
-        _book,
+        book=_book,
         applies=_needs_full_batch,
         requires=("backward-twice", "rebinding"),
     ),
@@ -184,30 +186,39 @@ def demo() -> Evidence:
     ok = falling and not (above[-1] < 100 * above[0]) and not (summed[-1] < 100 * summed[0])
     ok = ok and bound > LR > bound / NUM_EXAMPLES
     return Evidence(
-        "stable-lr",
-        f"on the book's data, full-batch GD falls every epoch at 0.9 x 2 / lambda_max and grows "
-        f"at 1.1 x; with a summed loss the bound is divided by n = {NUM_EXAMPLES}, so the book's "
-        f"lr = {LR} diverges",
-        f"2 / lambda_max(A^T A / n) = {bound:.4g}; loss after 30 epochs: 0.9 x {below[-1]:.3g} "
-        f"(falling every epoch: {falling}), 1.1 x {above[-1]:.3g}, summed at lr {LR} "
-        f"{summed[-1]:.3g}",
-        ok,
-        {"bound": bound, "final_loss": {k: v[-1] for k, v in runs.items()}},
-        runs,
+        id="stable-lr",
+        expected=(
+            "on the book's data, full-batch GD falls every epoch at 0.9 x 2 / lambda_max and "
+            "grows "
+            f"at 1.1 x; with a summed loss the bound is divided by n = {NUM_EXAMPLES}, so the "
+            "book's "
+            f"lr = {LR} diverges"
+        ),
+        observed=(
+            f"2 / lambda_max(A^T A / n) = {bound:.4g}; loss after 30 epochs: 0.9 x {below[-1]:.3g} "
+            f"(falling every epoch: {falling}), 1.1 x {above[-1]:.3g}, summed at lr {LR} "
+            f"{summed[-1]:.3g}"
+        ),
+        ok=ok,
+        figures={"bound": bound, "final_loss": {k: v[-1] for k, v in runs.items()}},
+        curves=runs,
     )
 
 
 PITFALL = Pitfall(
-    "stable-lr",
-    "The largest stable learning rate",
-    "Full-batch gradient descent on the book's loss (the mean of r^2 / 2, A = [X, 1]) maps the "
-    "error e to (I - lr A^T A / n) e: it converges for lr < 2 / lambda_max(A^T A / n) and "
-    "diverges above it, the loss growing without limit. A summed loss (no / n) multiplies every "
-    "step by n, so the bound is divided by n: the book's lr = 0.03 diverges at full batch on "
-    "the book's data. Mini-batches are less stable still. Fix: average the loss; keep lr below "
-    "2 / lambda_max (python -m linreg train names it when a run diverges).",
-    PROPERTIES,
-    demo,
+    id="stable-lr",
+    title="The largest stable learning rate",
+    explanation=(
+        "Full-batch gradient descent on the book's loss (the mean of r^2 / 2, A = [X, 1]) maps the "
+        "error e to (I - lr A^T A / n) e: it converges for lr < 2 / lambda_max(A^T A / n) and "
+        "diverges above it, the loss growing without limit. A summed loss (no / n) multiplies "
+        "every "
+        "step by n, so the bound is divided by n: the book's lr = 0.03 diverges at full batch on "
+        "the book's data. Mini-batches are less stable still. Fix: average the loss; keep lr below "
+        "2 / lambda_max (python -m linreg train names it when a run diverges)."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=19,
     plots=True,
 )

@@ -169,31 +169,31 @@ def _needs_drop_last(options: IteratorOptions) -> str | None:
 
 PROPERTIES = (
     Property(
-        "one epoch is a partition of the data, in batches sized like BatchSampler's",
-        "iterator",
-        partition,
-        _any_sizes,
-        iterators(False) + iterators(True),
-        (FLOOR_BATCHES,),
-        _book,
+        name="one epoch is a partition of the data, in batches sized like BatchSampler's",
+        kind="iterator",
+        check=partition,
+        examples=_any_sizes,
+        holds_for=iterators(False) + iterators(True),
+        refuted_by=(FLOOR_BATCHES,),
+        book=_book,
     ),
     Property(
-        "two consecutive epochs come in different orders",
-        "iterator",
-        reshuffles,
-        _orderable_sizes,
-        iterators(False) + iterators(True),
-        (NEVER_SHUFFLED, SHUFFLED_ONCE),
-        _book,
+        name="two consecutive epochs come in different orders",
+        kind="iterator",
+        check=reshuffles,
+        examples=_orderable_sizes,
+        holds_for=iterators(False) + iterators(True),
+        refuted_by=(NEVER_SHUFFLED, SHUFFLED_ONCE),
+        book=_book,
     ),
     Property(
-        f"with drop_last, every sample is seen within {MAX_EPOCHS} epochs",
-        "iterator",
-        every_sample_seen,
-        _uneven_sizes,
-        iterators(True),
-        (NEVER_SHUFFLED, SHUFFLED_ONCE),
-        _book,
+        name=f"with drop_last, every sample is seen within {MAX_EPOCHS} epochs",
+        kind="iterator",
+        check=every_sample_seen,
+        examples=_uneven_sizes,
+        holds_for=iterators(True),
+        refuted_by=(NEVER_SHUFFLED, SHUFFLED_ONCE),
+        book=_book,
         applies=_needs_drop_last,
     ),
 )
@@ -224,25 +224,31 @@ def demo() -> Evidence:
     starved = [k for k, v in epochs.items() if v is None]
     ok = skipped == n % b and starved == ["data_iter_never_shuffled", "data_iter_shuffled_once"]
     return Evidence(
-        "uneven-batches",
-        f"a drop_last epoch of n={n}, b={b} skips {n % b} samples; reshuffled, all are seen "
-        "within a few epochs; never shuffled or shuffled once, some never are",
-        f"skipped {skipped} per epoch; all seen after {epochs['data_iter']} epochs with "
-        f"data_iter; not within 100 epochs with {', '.join(starved) or 'none'}",
-        ok,
-        {"skipped_per_epoch": skipped, "epochs_to_see_all": epochs},
+        id="uneven-batches",
+        expected=(
+            f"a drop_last epoch of n={n}, b={b} skips {n % b} samples; reshuffled, all are seen "
+            "within a few epochs; never shuffled or shuffled once, some never are"
+        ),
+        observed=(
+            f"skipped {skipped} per epoch; all seen after {epochs['data_iter']} epochs with "
+            f"data_iter; not within 100 epochs with {', '.join(starved) or 'none'}"
+        ),
+        ok=ok,
+        figures={"skipped_per_epoch": skipped, "epochs_to_see_all": epochs},
     )
 
 
 PITFALL = Pitfall(
-    "uneven-batches",
-    "Uneven batches: n not divisible by batch_size",
-    "When n % batch_size != 0 the last batch is short, or, with drop_last, n % batch_size "
-    "samples are left out of the epoch. If the order is never reshuffled (or shuffled only "
-    "once, before the epoch loop), the SAME samples are left out every epoch and the model "
-    "never sees them. Fix: draw a new permutation every epoch, as data_iter and "
-    "DataLoader(shuffle=True) do; then every sample is seen within a few epochs.",
-    PROPERTIES,
-    demo,
+    id="uneven-batches",
+    title="Uneven batches: n not divisible by batch_size",
+    explanation=(
+        "When n % batch_size != 0 the last batch is short, or, with drop_last, n % batch_size "
+        "samples are left out of the epoch. If the order is never reshuffled (or shuffled only "
+        "once, before the epoch loop), the SAME samples are left out every epoch and the model "
+        "never sees them. Fix: draw a new permutation every epoch, as data_iter and "
+        "DataLoader(shuffle=True) do; then every sample is seen within a few epochs."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=1,
 )

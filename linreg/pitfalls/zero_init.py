@@ -89,13 +89,13 @@ def _book() -> TwinRows:
 
 PROPERTIES = (
     Property(
-        "from w = 0 and b = 0 the loop trains as from any start (the loss is convex)",
-        "loop",
-        follows_the_closed_form,
-        _from_zero,
-        LOOPS + FULL_BATCH_LOOPS,
-        (Variant(train_hidden_zero_init, None, "loop"),),
-        _book,
+        name="from w = 0 and b = 0 the loop trains as from any start (the loss is convex)",
+        kind="loop",
+        check=follows_the_closed_form,
+        examples=_from_zero,
+        holds_for=LOOPS + FULL_BATCH_LOOPS,
+        refuted_by=(Variant(train_hidden_zero_init, None, "loop"),),
+        book=_book,
         requires=("backward-twice", "rebinding"),
     ),
 )
@@ -136,29 +136,35 @@ def demo() -> Evidence:
     ok = max(dist.values()) < 1e-6 and units["zero"][0] == 1 < units["random"][0]
     ok = ok and units["zero"][1] > 10 * units["random"][1]
     return Evidence(
-        "zero-init",
-        "a myth for linear regression: from w = 0 full-batch GD reaches the same least-squares "
-        f"fit as from the book's random init; with a hidden layer of {HIDDEN} tanh units, zero "
-        "init keeps every unit identical and the loss stays >= 10x random init's",
-        f"distance to lstsq after 100 epochs: from zero {dist['zero']:.1e}, from random "
-        f"{dist['random']:.1e}; hidden layer after 200 steps: distinct units "
-        f"{units['zero'][0]} (zero init) vs {units['random'][0]} (random), loss "
-        f"{units['zero'][1]:.3g} vs {units['random'][1]:.3g}",
-        ok,
-        {"distance_to_lstsq": dist, "hidden_units": units},
+        id="zero-init",
+        expected=(
+            "a myth for linear regression: from w = 0 full-batch GD reaches the same least-squares "
+            f"fit as from the book's random init; with a hidden layer of {HIDDEN} tanh units, zero "
+            "init keeps every unit identical and the loss stays >= 10x random init's"
+        ),
+        observed=(
+            f"distance to lstsq after 100 epochs: from zero {dist['zero']:.1e}, from random "
+            f"{dist['random']:.1e}; hidden layer after 200 steps: distinct units "
+            f"{units['zero'][0]} (zero init) vs {units['random'][0]} (random), loss "
+            f"{units['zero'][1]:.3g} vs {units['random'][1]:.3g}"
+        ),
+        ok=ok,
+        figures={"distance_to_lstsq": dist, "hidden_units": units},
     )
 
 
 PITFALL = Pitfall(
-    "zero-init",
-    "Zero initialisation is fine here (a myth, not a bug)",
-    "For linear regression the loss is convex (a quadratic in w and b): from w = 0 gradient "
-    "descent reaches the same least-squares fit as from the book's N(0, 0.01) init, so "
-    "zero init is no mistake here. With a hidden layer it is one: every unit gets the same "
-    "gradient, so units that start equal stay equal, and all-zero weights get no gradient at "
-    "all. The catalogue keeps it as a myth: the property holds for linreg, and the hidden "
-    "layer is its counterexample.",
-    PROPERTIES,
-    demo,
+    id="zero-init",
+    title="Zero initialisation is fine here (a myth, not a bug)",
+    explanation=(
+        "For linear regression the loss is convex (a quadratic in w and b): from w = 0 gradient "
+        "descent reaches the same least-squares fit as from the book's N(0, 0.01) init, so "
+        "zero init is no mistake here. With a hidden layer it is one: every unit gets the same "
+        "gradient, so units that start equal stay equal, and all-zero weights get no gradient at "
+        "all. The catalogue keeps it as a myth: the property holds for linreg, and the hidden "
+        "layer is its counterexample."
+    ),
+    properties=PROPERTIES,
+    demo=demo,
     order=20,
 )
