@@ -199,3 +199,19 @@ def test_importing_linreg_needs_no_hypothesis() -> None:
     assert out.stdout.strip() == (
         "linreg.audit: this needs Hypothesis: pip install 'linreg-pitfalls[test]' (or hypothesis)"
     )
+
+
+def test_one_conversion_to_strict_json_writes_non_finite_numbers_as_null() -> None:
+    import json
+    import math
+
+    import torch
+
+    from linreg.plain import plain
+    from linreg.render import SCHEMA
+
+    value = {"x": math.inf, "t": torch.tensor([1.0, math.nan]), "n": [-math.inf, 2]}
+    assert plain(value) == {"x": None, "t": [1.0, None], "n": [None, 2]}
+    json.dumps(plain(value), allow_nan=False)  # strict: raises on a NaN or an inf left in
+    curves = SCHEMA["properties"]["pitfalls"]["items"]["properties"]["curves"]
+    assert curves["additionalProperties"]["items"]["type"] == ["number", "null"]
