@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, TypeVar
 
@@ -147,3 +148,12 @@ def params_for(features: Tensor, w: object, b: object) -> tuple[Tensor, Tensor]:
         if p.device != features.device:
             raise ValueError(f"{name} is on {p.device} but features is on {features.device}")
     return w, b
+
+
+# What each number check accepts, in words: for a value given as text (the command line, the
+# pytest plugin), "expected a positive int, got '0'".
+EXPECTED: dict[Callable[[str, object], object], str] = {
+    positive_int: "a positive int",
+    non_negative_int: "an int >= 0",
+    positive_finite: "a finite number > 0",
+}

@@ -204,7 +204,11 @@ def run_property(
 
 def properties(kind: str) -> list[Property]:
     """Return the catalogue's properties of a kind, each after those it requires."""
-    return ordered([p for pitfall in CATALOGUE for p in pitfall.properties if p.kind == kind])
+    return ordered(_of_kind(kind))
+
+
+def _of_kind(kind: str) -> list[Property]:
+    return [p for pitfall in CATALOGUE for p in pitfall.properties if p.kind == kind]
 
 
 def ordered(props: Sequence[Property]) -> list[Property]:
@@ -234,11 +238,10 @@ def run(
     max_examples: int | None = None,
     seed: int | None = None,
     shrink: bool = True,
-    options: dict[str, Any] | None = None,
 ) -> Report:
     """Run every property of the target's kind from the catalogue and return the Report."""
     start = time.perf_counter()
-    props = [p for pitfall in CATALOGUE for p in pitfall.properties if p.kind == target.kind]
+    props = _of_kind(target.kind)  # reported in the catalogue's order, run in ordered()'s
     failed: set[str] = set()
     verdicts: dict[int, Result] = {}
     for prop in ordered(props):
@@ -250,11 +253,10 @@ def run(
         if result.verdict == "fail":
             failed.add(prop.pitfall)
         verdicts[id(prop)] = result
-    shown = plain(target.options.shown()) if options is None else options
     return Report(
         str(target),
         target.kind,
-        shown,
+        plain(target.options.shown()),
         tuple(verdicts[id(p)] for p in props),
         time.perf_counter() - start,
     )

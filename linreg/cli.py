@@ -31,10 +31,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _converter(
-    parse: Callable[[str], T], check: Callable[[str, object], T], expected: str
-) -> Callable[[str], T]:
+def _converter(parse: Callable[[str], T], check: Callable[[str, object], T]) -> Callable[[str], T]:
     """Return an argparse type: parse the text, then _validate's check, one line if not."""
+    expected = _validate.EXPECTED[check]
 
     def convert(text: str) -> T:
         try:
@@ -45,9 +44,9 @@ def _converter(
     return convert
 
 
-_positive_int = _converter(int, _validate.positive_int, "a positive int")
-_non_negative_int = _converter(int, _validate.non_negative_int, "an int >= 0")
-_positive_float = _converter(float, _validate.positive_finite, "a finite number > 0")
+_positive_int = _converter(int, _validate.positive_int)
+_non_negative_int = _converter(int, _validate.non_negative_int)
+_positive_float = _converter(float, _validate.positive_finite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,8 +179,8 @@ def _audit_parser(sub: Any) -> None:
         metavar="MODULE:NAME",
         help="the function to audit, importable from the current directory",
     )
-    for name, (field, kinds) in audit_options().items():
-        _add_option(a, name, field, kinds)
+    for name, fields in audit_options().items():
+        _add_option(a, name, fields)
     a.add_argument(
         "--max-examples",
         type=_positive_int,
@@ -199,25 +198,24 @@ def _audit_parser(sub: Any) -> None:
     a.set_defaults(subparser=a)
 
 
-def audit_options() -> dict[str, tuple[dataclasses.Field[Any], list[str]]]:
-    """Return every kind's options by name: the first kind's field, and the kinds taking it."""
+def audit_options() -> dict[str, dict[str, dataclasses.Field[Any]]]:
+    """Return every kind's options by name: for each, the kinds that take it and their field."""
     from linreg.targets import KINDS
 
-    out: dict[str, tuple[dataclasses.Field[Any], list[str]]] = {}
+    out: dict[str, dict[str, dataclasses.Field[Any]]] = {}
     for kind in KINDS.values():
         for f in kind.options.fields():
-            out.setdefault(f.name, (f, []))[1].append(kind.name)
+            out.setdefault(f.name, {})[kind.name] = f
     return out
 
 
 def _add_option(
-    parser: argparse.ArgumentParser, name: str, field: dataclasses.Field[Any], kinds: list[str]
+    parser: argparse.ArgumentParser, name: str, fields: dict[str, dataclasses.Field[Any]]
 ) -> None:
     """Add one option of the kinds to the audit parser: its flag, its help, its conversion."""
-    from linreg.targets import KINDS
     from linreg.targets.base import CHOICES, FLAG, HELP, IMPORT, from_text, shown_value
 
-    fields = {k: next(f for f in KINDS[k].options.fields() if f.name == name) for k in kinds}
+    field = next(iter(fields.values()))  # the flag and the kind of value are the same for all
     texts: dict[str, list[str]] = {}  # one help text, and the kinds it is theirs
     for k, f in fields.items():
         default = "" if isinstance(f.default, bool) or f.default is None else f.default
@@ -239,19 +237,20 @@ def _add_option(
         {str(shown_value(c)) for f in fields.values() for c in f.metadata.get(CHOICES) or ()}
     )
 
+    if choices:  # converted by name once the kind is known
+        parser.add_argument(flag, dest=name, default=None, choices=choices, help=helps)
+        return
+    if field.metadata.get(IMPORT):  # imported once the kind is known: an error names the flag
+        parser.add_argument(flag, dest=name, default=None, metavar="MODULE:NAME", help=helps)
+        return
+
     def convert(text: str) -> Any:
-        if field.metadata.get(IMPORT):
-            return text  # imported when the kind is known: an error then names the flag
         try:
             return from_text(field, text)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
-    if choices:
-        parser.add_argument(flag, dest=name, default=None, choices=choices, help=helps)
-        return
-    metavar = "MODULE:NAME" if field.metadata.get(IMPORT) else None
-    parser.add_argument(flag, dest=name, default=None, metavar=metavar, type=convert, help=helps)
+    parser.add_argument(flag, dest=name, default=None, type=convert, help=helps)
 
 
 def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -286,12 +285,12 @@ def _audit_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     from linreg.targets.base import FLAG, REQUIRED, from_text
 
     own = {f.name: f for f in KINDS[args.kind].options.fields()}
-    given = {
-        name: getattr(args, name) for name in audit_options() if getattr(args, name) is not None
-    }
-    for name, (field, _) in audit_options().items():
-        if name in given and name not in own:
-            parser.error(f"{field.metadata[FLAG]} does not apply to {args.kind}")
+    every = audit_options()
+    given = {name: getattr(args, name) for name in every if getattr(args, name) is not None}
+    for name in given:
+        if name not in own:
+            flag = next(iter(every[name].values())).metadata[FLAG]
+            parser.error(f"{flag} does not apply to {args.kind}")
     missing = [
         f.metadata[FLAG] for f in own.values() if f.metadata[REQUIRED] and f.name not in given
     ]

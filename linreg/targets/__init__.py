@@ -1,7 +1,7 @@
 """The kinds of target a user can audit, one module each, and the harness that runs them.
 
 Each module here holds one kind: its `KIND` record (name, signature, options, how a user's
-function becomes a target, tolerance) and what its properties need to call and observe it
+function becomes a target) and what its properties need to call and observe it
 (`iterator`, `update_step`, `loss`, `loop`, `epoch_loss`, `training_loop`). Shared by all:
 `base` (Kind, Options, Target), `guards` (exceptions and RNGs), `late` (linreg's own functions,
 swappable), `runs` (runs of linreg's training signature), `twin_rows` (loop examples with a

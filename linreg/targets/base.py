@@ -3,7 +3,8 @@
 A `Kind` is one record per kind of target (an iterator, an update step, a loss, a loop, ...):
 its name, the signature it expects, its options as a frozen `Options` dataclass (defaults,
 help text and validation beside each field), how it turns the user's function into a `Target`
-(checked once, at the boundary), and the tolerance its results are compared with. The
+(checked once, at the boundary); its results are compared by the one rule,
+`linreg.checks.tolerance`. The
 registry, `linreg.targets.KINDS`, is what the audit functions, the command line, the pytest
 plugin and the README's table of kinds are made from.
 """
@@ -30,12 +31,6 @@ HELP, FLAG, CHOICES, CHECK, IMPORT, REQUIRED = (
     "import",
     "required",
 )
-# what each check accepts, in words, for an option given as text
-EXPECTED: dict[Callable[[str, Any], Any], str] = {
-    _validate.positive_int: "a positive int",
-    _validate.non_negative_int: "an int >= 0",
-    _validate.positive_finite: "a finite number > 0",
-}
 
 
 def option(
@@ -136,8 +131,6 @@ class Kind:
     # fn, options -> what the properties call; raises TargetError when fn cannot be one
     build: Callable[[Callable[..., Any], Any], Callable[..., Any]]
     doc: str = ""  # the audit function's docstring, after its first line
-    # options -> the relative tolerance of the kind's results (by dtype; checks.tolerance)
-    tolerance: Callable[[Any], float] | None = None
 
     def __post_init__(self) -> None:
         _DEFAULTS[self.name] = self.options
@@ -230,5 +223,7 @@ def from_text(f: dataclasses.Field[Any], text: str) -> Any:
     try:
         return parse(text) if check is None else check(f.name, parse(text))
     except (TypeError, ValueError):
-        expected = EXPECTED.get(check, f"a {parse.__name__}") if check else f"a {parse.__name__}"
+        expected = f"a {parse.__name__}"
+        if check is not None:
+            expected = _validate.EXPECTED.get(check, expected)
         raise ValueError(f"expected {expected}, got {text!r}") from None

@@ -20,7 +20,6 @@ from linreg.targets.loop import (
     ObjectiveOptions,
     call_with_params,
     check_loop_signature,
-    tolerance,
 )
 from linreg.targets.runs import copy_params
 
@@ -68,5 +67,4 @@ KIND = Kind(
         "float, or a one-element tensor): the mean of the objective over the epoch's "
         "examples. With lr = 0 the report must be the full-data loss; it must hold no graph."
     ),
-    tolerance=tolerance,
 )

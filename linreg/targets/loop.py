@@ -15,9 +15,18 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from linreg import _validate, checks
+from linreg import _validate
 from linreg.checks import CheckFailed
-from linreg.targets.base import Kind, Options, Target, TargetError, floating_dtype, name_of, option
+from linreg.targets.base import (
+    Kind,
+    Options,
+    Target,
+    TargetError,
+    floating_dtype,
+    keyword_only,
+    name_of,
+    option,
+)
 from linreg.targets.guards import guarded, seeded
 from linreg.targets.late import late
 from linreg.targets.runs import copy_params
@@ -73,11 +82,6 @@ def build(fn: Callable[..., Any], options: Options) -> Callable[..., Any]:
     return fn
 
 
-def tolerance(options: ObjectiveOptions) -> float:
-    """Return the relative tolerance for a loop's result in its dtype, over a dozen steps."""
-    return checks.tolerance(options.dtype, steps=True)
-
-
 def check_loop_signature(fn: Callable[..., object], *, epochs: bool = True) -> None:
     """Raise TypeError if fn cannot be called as a loop (params positional or by keyword).
 
@@ -89,7 +93,7 @@ def check_loop_signature(fn: Callable[..., object], *, epochs: bool = True) -> N
         return
     kwargs = {"lr": 0, "batch_size": 0, **({"num_epochs": 0} if epochs else {})}
     try:
-        if _params_by_keyword(fn):
+        if keyword_only(fn, "params"):
             sig.bind(0, 0, params=0, **kwargs)
         else:
             sig.bind(0, 0, 0, **kwargs)
@@ -98,19 +102,11 @@ def check_loop_signature(fn: Callable[..., object], *, epochs: bool = True) -> N
         raise TypeError(f"must take {signature}: {e}") from None
 
 
-def _params_by_keyword(fn: Callable[..., object]) -> bool:
-    try:
-        p = inspect.signature(fn).parameters.get("params")
-    except (TypeError, ValueError):
-        return False
-    return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
-
-
 def call_with_params(
     fn: Callable[..., Any], features: Tensor, labels: Tensor, params: list[Tensor], **kwargs: Any
 ) -> Any:
     """Call fn(features, labels, params, **kwargs), params by keyword if fn takes it so."""
-    if _params_by_keyword(fn):
+    if keyword_only(fn, "params"):
         return fn(features, labels, params=params, **kwargs)
     return fn(features, labels, params, **kwargs)
 
@@ -158,11 +154,7 @@ def train_loop(
 def run_loop(target: Target, run: dict[str, Any]) -> list[Tensor]:
     """Run a loop target on a drawn run (linreg.testing.strategies.loop_runs), RNGs seeded."""
     features = run["features"]
-    batch_size = (
-        len(features)
-        if isinstance(target.options, LoopOptions) and target.options.full_batch
-        else run["batch_size"]
-    )
+    batch_size = len(features) if target.options.full_batch else run["batch_size"]
     with seeded(run["seed"]):
         return train_loop(
             target,
@@ -220,5 +212,4 @@ KIND = Kind(
         "trains them in place. The data and params come in dtype, with 2 features; the "
         "loop's RNGs are seeded per example."
     ),
-    tolerance=tolerance,
 )

@@ -541,5 +541,4 @@ KIND = Kind(
         "BatchNorm, or random in training mode beyond its Dropout modules (set to p = 0), is "
         "refused."
     ),
-    tolerance=tolerance,
 )

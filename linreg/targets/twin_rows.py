@@ -62,11 +62,9 @@ class TwinRows:
         x = torch.tensor(self.x, dtype=options.dtype).double()
         return self.rate / (curvature(options) * (float(x @ x) + 1.0))
 
-    def batch_size_for(self, options: ObjectiveOptions) -> int:
+    def batch_size_for(self, options: LoopOptions) -> int:
         """Return the batch size the loop is given: n for a full-batch loop."""
-        return (
-            self.n if isinstance(options, LoopOptions) and options.full_batch else self.batch_size
-        )
+        return self.n if options.full_batch else self.batch_size
 
     @classmethod
     def book(cls, n: int = 20, batch_size: int = BATCH_SIZE, num_epochs: int = 1) -> TwinRows:
@@ -118,11 +116,10 @@ def expected_params(
     return _Line.of(case, options).after(scales, accumulate)
 
 
-def check_twin_rows(case: TwinRows, options: ObjectiveOptions, got: list[Tensor]) -> None:
+def check_twin_rows(case: TwinRows, options: LoopOptions, got: list[Tensor]) -> None:
     """Check a loop's result on a TwinRows case against the closed form; name a likely mistake."""
     line = _Line.of(case, options)
-    drop_last = isinstance(options, LoopOptions) and options.drop_last
-    sizes = batch_sizes(case.n, case.batch_size_for(options), drop_last)
+    sizes = batch_sizes(case.n, case.batch_size_for(options), options.drop_last)
     steps = [1.0] * len(sizes) * case.num_epochs
     want = line.after(steps)
     theta = torch.cat(got)

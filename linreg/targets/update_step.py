@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from linreg import _validate, checks
+from linreg import _validate
 from linreg.targets.base import Kind, Options, Target, binds, option
 from linreg.targets.late import late
 
@@ -88,5 +88,4 @@ KIND = Kind(
     options=UpdateStepOptions,
     build=build,
     doc="A grad of zeros or None counts as zeroed.",
-    tolerance=lambda options: checks.tolerance(torch.float32),
 )
