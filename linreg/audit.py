@@ -36,6 +36,7 @@ from linreg.checks import CheckFailed
 from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
+from linreg.targets.base import AUDIT_KEYWORDS
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -291,13 +292,6 @@ def audit(
     return run(target, max_examples=max_examples, seed=seed, shrink=shrink)
 
 
-_COMMON = (
-    ("max_examples", None, "examples per property (default: 30)"),
-    ("seed", None, "seed for Hypothesis, an int >= 0 (default: derandomized)"),
-    ("shrink", True, "shrink a failing example to the smallest (False: report the first found)"),
-)
-
-
 def _function(kind: Kind) -> Callable[..., Report]:
     """Return the audit function of one kind: fn, then the kind's options, by keyword."""
 
@@ -308,13 +302,13 @@ def _function(kind: Kind) -> Callable[..., Report]:
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter("fn", inspect.Parameter.POSITIONAL_ONLY)]
     params += [inspect.Parameter(f.name, keyword, default=f.default) for f in fields]
-    params += [inspect.Parameter(name, keyword, default=d) for name, d, _ in _COMMON]
+    params += [inspect.Parameter(name, keyword, default=d) for name, d, _ in AUDIT_KEYWORDS]
     audit_kind.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     audit_kind.__name__ = audit_kind.__qualname__ = kind.function
     audit_kind.__module__ = __name__
     lines = [f"Audit {kind.summary}: `{kind.signature}`.", "", kind.doc, "", "Options:"]
     lines += [f"    {f.name} ({_meaning(f)}): {f.metadata['help']}" for f in fields]
-    lines += [f"    {name} (default {d!r}): {text}" for name, d, text in _COMMON]
+    lines += [f"    {name} (default {d!r}): {text}" for name, d, text in AUDIT_KEYWORDS]
     audit_kind.__doc__ = "\n".join(lines)
     return audit_kind
 

@@ -158,6 +158,7 @@ def _pitfalls_parser(sub: Any) -> None:
 
 def _audit_parser(sub: Any) -> None:
     from linreg.targets import KINDS
+    from linreg.targets.base import KEYWORD_HELP
 
     a = sub.add_parser(
         "audit",
@@ -185,13 +186,13 @@ def _audit_parser(sub: Any) -> None:
         "--max-examples",
         type=_positive_int,
         default=None,
-        help="examples per property (default: 30)",
+        help=KEYWORD_HELP["max_examples"],
     )
     a.add_argument(
         "--seed",
         type=_non_negative_int,
         default=None,
-        help="seed for Hypothesis, an int >= 0 (default: derandomized)",
+        help=KEYWORD_HELP["seed"],
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")

@@ -62,6 +62,16 @@ def option(
     return field(default=default, metadata=meta, compare=compare)
 
 
+# The keywords every audit function takes beside its kind's options: name, default, help (the
+# audit functions' signatures and docstrings, and the command line's --max-examples, --seed).
+AUDIT_KEYWORDS = (
+    ("max_examples", None, "examples per property (default: 30)"),
+    ("seed", None, "seed for Hypothesis, an int >= 0 (default: derandomized)"),
+    ("shrink", True, "shrink a failing example to the smallest (False: report the first found)"),
+)
+KEYWORD_HELP = {name: text for name, _, text in AUDIT_KEYWORDS}
+
+
 class TargetError(TypeError):
     """The target cannot be audited: not callable, or not the kind's signature."""
 
