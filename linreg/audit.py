@@ -37,6 +37,7 @@ from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
 from linreg.targets.base import AUDIT_KEYWORDS
+from linreg.targets.observe import LoopRaised
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -83,11 +84,13 @@ class Report:
     options: dict[str, Any]
     results: tuple[Result, ...]
     seconds: float
+    error: str = ""  # the target itself raised: what, where, and on which example
+    error_example: Any = None
 
     @property
     def ok(self) -> bool:
-        """Return True when no property failed."""
-        return all(r.verdict != "fail" for r in self.results)
+        """Return True when no property failed and the target did not raise."""
+        return not self.error and all(r.verdict != "fail" for r in self.results)
 
     @property
     def failures(self) -> tuple[Result, ...]:
@@ -102,6 +105,8 @@ class Report:
             "options": plain(self.options),
             "ok": self.ok,
             "seconds": self.seconds,
+            "error": self.error or None,
+            "error_example": self.error_example,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -119,6 +124,10 @@ class Report:
             f"{counts['fail']} failed, {counts['pass']} passed, {counts['skip']} skipped "
             f"in {self.seconds:.1f} s"
         ]
+        if self.error:
+            lines.append(f"  ERROR {self.error}")
+            if self.error_example is not None:
+                lines.append(f"       on: {_short(self.error_example)}")
         for r in self.results:
             if only_failures and r.verdict != "fail":
                 continue
@@ -170,7 +179,7 @@ def run_property(
             with warnings.catch_warnings():  # the target's warnings are not verdicts
                 warnings.simplefilter("ignore")
                 prop.check(target, example)
-        except CheckFailed as e:
+        except (CheckFailed, LoopRaised) as e:
             failure.append((example, str(e)))  # the last one is the shrunk one, replayed
             raise
 
@@ -182,6 +191,7 @@ def run_property(
         derandomize=seed is None,
         suppress_health_check=list(HealthCheck),
         verbosity=Verbosity.quiet,
+        report_multiple_bugs=False,
         print_blob=False,
         # no explain phase: its report is not shown, and it costs as much as the shrinking
         phases=[
@@ -195,6 +205,9 @@ def run_property(
     try:
         with reporting.with_reporter(lambda *_: None):
             wrapped()
+    except LoopRaised as e:
+        example = failure[-1][0] if failure else None
+        raise LoopRaised(str(e), plain(example)) from None
     except (CheckFailed, Flaky) as e:
         example, message = failure[-1] if failure else (None, str(e))
         if isinstance(e, Flaky):
@@ -245,12 +258,21 @@ def run(
     props = _of_kind(target.kind)  # reported in the catalogue's order, run in ordered()'s
     failed: set[str] = set()
     verdicts: dict[int, Result] = {}
+    error: tuple[str, Any] = ("", None)
     for prop in ordered(props):
         reason = not_judged(prop, failed)
+        if error[0]:
+            reason = "not judged: the target raised (see the error above)"
         if reason is not None:
             result = Result(prop.pitfall, prop.name, "skip", reason)
         else:
-            result = run_property(prop, target, max_examples=max_examples, seed=seed, shrink=shrink)
+            try:
+                result = run_property(
+                    prop, target, max_examples=max_examples, seed=seed, shrink=shrink
+                )
+            except LoopRaised as e:
+                error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
+                result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")
         if result.verdict == "fail":
             failed.add(prop.pitfall)
         verdicts[id(prop)] = result
@@ -260,6 +282,7 @@ def run(
         plain(target.options.shown()),
         tuple(verdicts[id(p)] for p in props),
         time.perf_counter() - start,
+        *error,
     )
 
 

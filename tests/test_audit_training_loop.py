@@ -368,12 +368,17 @@ def test_pitfalls_training_loop_refuses_a_loop_that_updates_the_params_itself() 
         audit.training_loop(by_hand, model=mlp, example=MODELS["mlp+ce"][1])
 
 
-def test_pitfalls_training_loop_refuses_batch_norm() -> None:
-    def bn() -> nn.Module:
-        return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+def test_pitfalls_training_loop_refuses_rows_that_interact() -> None:
+    class Centred(nn.Module):  # subtracts the batch's mean: each row's output needs the others
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
 
-    with pytest.raises(audit.TargetError, match="BatchNorm1d"):
-        audit.training_loop(PLAIN_CE, model=bn, example=MODELS["mlp+ce"][1])
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x - x.mean(0))
+
+    with pytest.raises(audit.TargetError, match="depends on the other rows"):
+        audit.training_loop(PLAIN_CE, model=Centred, example=MODELS["mlp+ce"][1])
 
 
 def test_pitfalls_training_loop_refuses_a_random_forward() -> None:
@@ -393,7 +398,7 @@ def test_pitfalls_training_loop_refuses_a_random_forward() -> None:
     "kwargs, message",
     [
         ({"model": None}, "model must be a zero-argument factory"),
-        ({"example": (1, 2, 3)}, "one \\(x, y\\) sample"),
+        ({"example": (1, 2, 3)}, "one \\(x, y\\) sample or a dict"),
         ({"example": ("x", 1)}, "tensors or numbers"),
         ({"optimizer": 0.1}, "optimizer must be a factory"),
         ({"optimizer": lambda params: list(params)}, "not a torch.optim.Optimizer"),

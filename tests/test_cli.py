@@ -226,7 +226,7 @@ BAD_OPTIONS = [
             "--example",
             "linreg.targets.training_loop:SIGNATURE",
         ],
-        AUDIT + "the example must be one (x, y) sample, got str",
+        AUDIT + "the example must be one (x, y) sample or a dict of tensors, got str",
     ),
     (
         [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,6 +16,7 @@ from linreg.checks import CheckFailed
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
+from linreg.targets.gradients import NO_KNOWN
 from linreg.targets.guards import guarded, seeded
 from linreg.targets.iterator import IteratorOptions, loader
 from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
@@ -23,10 +25,12 @@ from linreg.targets.training_loop import (
     TRAINING_LOOPS,
     Batching,
     TrainingLoopOptions,
+    contract,
     describe,
     expected_steps,
     loss_of,
     observe,
+    options_of,
 )
 from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 
@@ -130,20 +134,27 @@ REUSED = IteratorOptions(reused=True)
 
 
 def takes_every_step(target: Target, batching: Batching) -> None:
-    """E epochs of the loader take E * ceil(batches / accumulation_steps) optimizer steps."""
-    k = target.options.accumulation_steps
-    got, want = len(observe(target, batching).applied), expected_steps(batching, k)
+    """E epochs take E times one epoch's optimizer steps; a step budget of S takes S steps."""
+    options = options_of(target)
+    got = len(observe(target, batching).steps)
+    if contract(target.fn).by_steps:
+        want = max(1, expected_steps(batching, options.accumulation_steps, options.drop_last))
+        what = f"a budget of max steps={want}"
+    else:
+        if batching.num_epochs == 1:
+            return
+        once = len(observe(target, replace(batching, num_epochs=1)).steps)
+        want, what = once * batching.num_epochs, f"{batching.num_epochs} epochs of {once}"
     if got != want:
-        per_epoch = want // batching.num_epochs
         why = (
             "stepped in the first epoch only: what it iterates is used up after one pass (a "
             "generator or iter(loader) made once?)"
-            if got == per_epoch and batching.num_epochs > 1
-            else "matches no known mistake"
+            if got * batching.num_epochs == want and batching.num_epochs > 1
+            else NO_KNOWN
         )
         raise CheckFailed(
-            f"on {describe(batching, k)} the loop took {got} optimizer steps, expected {want}: "
-            f"it {why}"
+            f"on {describe(batching, options)} the loop took {got} optimizer steps, expected "
+            f"{want} ({what}): it {why}"
         )
 
 
@@ -181,7 +192,7 @@ PROPERTIES = (
         requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
     ),
     Property(
-        name="E epochs of the loader take E * ceil(batches / accumulation_steps) optimizer steps",
+        name="E epochs take E times one epoch's optimizer steps; a budget of S steps takes S",
         kind="training-loop",
         check=takes_every_step,
         examples=_epochs,

@@ -15,15 +15,17 @@ from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
+from linreg.targets.gradients import NO_KNOWN, compare
 from linreg.targets.guards import seeded
 from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
+from linreg.targets.observe import Step
 from linreg.targets.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,
     Batching,
     TrainingLoopOptions,
-    compare,
     loss_of,
+    most_rows,
 )
 from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 from linreg.targets.update_step import STEPS, Update, UpdateStepOptions, fresh
@@ -124,17 +126,19 @@ def _zeroes(options: UpdateStepOptions) -> str | None:
 
 def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     """On identical rows, every full step applies the same gradient: its own batch's alone."""
+    most = most_rows(target, batching)
 
-    def explain(j: int, s: float | None, b: Batching) -> str:
-        if s is not None and math.isclose(s, j + 1, rel_tol=1e-3):
+    def explain(j: int, s: float | None, step: Step) -> str:
+        if s is not None and j > 0 and math.isclose(s, j + 1, rel_tol=1e-3):
             return (
                 f"never zeroes the grads: step {j + 1} applies the sum of {j + 1} steps' gradients"
             )
         if s is not None and s > 1.5 and math.isclose(s, round(s), rel_tol=1e-3):
             return f"adds up {round(s)} steps' gradients: it zeroes them less often than it steps"
-        return "matches no known mistake"
+        return NO_KNOWN
 
-    compare(target, batching, lambda j, count: True, explain)
+    # a step fed more rows than a full one took an epoch's left-overs: short-last-batch's
+    compare(target, batching, lambda j, steps: most is None or steps[j].rows <= most, explain)
 
 
 def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:

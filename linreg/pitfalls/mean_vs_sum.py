@@ -17,18 +17,20 @@ from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
+from linreg.targets.gradients import NO_KNOWN, compare
 from linreg.targets.guards import guarded
 from linreg.targets.late import late
 from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
 from linreg.targets.loss import LossOptions
+from linreg.targets.observe import Step
 from linreg.targets.runs import book_run, trajectory
 from linreg.targets.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
     TrainingLoopOptions,
-    compare,
     loss_of,
+    options_of,
     reduced,
 )
 from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
@@ -149,21 +151,36 @@ MEAN_MSE = LossOptions(reduction="mean", scale=1.0, flat_labels=False)
 
 def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     """On identical rows, a full step applies one row's gradient (B rows' for reduction=sum)."""
-    rows = len(batching.steps(target.options.accumulation_steps)[0])
+    k = options_of(target).accumulation_steps
+    mean = reduced(target) == "mean"
 
-    def explain(j: int, s: float | None, b: Batching) -> str:
-        if s is not None and math.isclose(s, rows, rel_tol=1e-3) and reduced(target) == "mean":
+    def explain(j: int, s: float | None, step: Step) -> str:
+        rows, parts = step.rows, len(step.sizes)
+        if s is None:
+            return NO_KNOWN
+        if s >= 1024 and math.isclose(math.log2(s), round(math.log2(s)), abs_tol=1e-6):
+            return (
+                f"steps with a loss scaler's scaled gradients ({s:.0f} = the scaler's scale): "
+                "after scaler.scale(loss).backward() call scaler.step(optimizer), not "
+                "optimizer.step(), or unscale_ first"
+            )
+        if mean and parts > 1 and math.isclose(s, parts, rel_tol=1e-3):
+            return (
+                f"adds up its {parts} micro-batches' mean losses without dividing by their "
+                f"number (accumulation_steps={k}): every step applies {parts} times the mean"
+            )
+        if mean and rows > 1 and math.isclose(s, rows, rel_tol=1e-3):
             return (
                 f"sums the loss over the step's {rows} rows (loss.sum(), reduction='sum') where "
                 "a mean was declared: at the mean's lr every step is that many times too big"
             )
-        if s is not None and math.isclose(s, b.batch_size, rel_tol=1e-3) and s > 1:
-            return f"sums the loss over each batch's {b.batch_size} rows where a mean was declared"
-        if s is not None and math.isclose(s * rows, 1, rel_tol=1e-3):
+        if mean and step.sizes[0] > 1 and math.isclose(s, step.sizes[0], rel_tol=1e-3):
+            return f"sums the loss over each batch's {step.sizes[0]} rows where a mean was declared"
+        if not mean and math.isclose(s * rows, 1, rel_tol=1e-3):
             return "averages over the step's rows where reduction='sum' was declared"
-        return "matches no known mistake"
+        return NO_KNOWN
 
-    compare(target, batching, lambda j, count: j == 0, explain)
+    compare(target, batching, lambda j, steps: j == 0, explain)
 
 
 def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:

@@ -28,6 +28,7 @@ from linreg.targets.training_loop import (
     describe,
     loss_of,
     observe,
+    options_of,
 )
 from linreg.targets.twin_rows import TwinRows, run_twin_rows
 
@@ -165,10 +166,10 @@ def _book_loop() -> TwinRows:
 
 def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
     """At every optimizer.step() some parameter has a non-zero gradient: the params can move."""
-    grads = observe(target, batching).applied
+    grads = [step.applied for step in observe(target, batching).steps]
     if not grads:
         raise CheckFailed(
-            f"on {describe(batching, target.options.accumulation_steps)} the loop never called "
+            f"on {describe(batching, options_of(target))} the loop never called "
             "optimizer.step(): the params never move"
         )
     for j, g in enumerate(grads):

@@ -11,20 +11,25 @@ from torch.optim import Optimizer
 
 from linreg import checks, concise, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
+from linreg.checks import CheckFailed
 from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
+from linreg.targets.gradients import NO_KNOWN, compare
 from linreg.targets.late import late
 from linreg.targets.loop import LOOPS, LoopOptions
+from linreg.targets.observe import Step
 from linreg.targets.runs import book_run, trajectory
 from linreg.targets.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
     TrainingLoopOptions,
-    compare,
+    describe,
     loss_of,
+    most_rows,
+    options_of,
 )
 from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 
@@ -102,15 +107,14 @@ def _has_a_short_batch(options: LoopOptions) -> str | None:
 
 
 def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
-    """On identical rows, an epoch's short last step applies the same gradient as a full one."""
-    k = target.options.accumulation_steps
-    steps = batching.steps(k)
-    per_epoch = len(steps) // batching.num_epochs
+    """On identical rows, an epoch's short last step applies the same gradient as a full one,
+    and the epoch's left-over micro-batches are stepped, neither dropped nor carried over."""
+    options = options_of(target)
+    k = options.accumulation_steps
     full = batching.batch_size * k
 
-    def explain(j: int, s: float | None, b: Batching) -> str:
-        rows = len(steps[j])
-        batches = math.ceil(rows / batching.batch_size)
+    def explain(j: int, s: float | None, step: Step) -> str:
+        rows, batches = step.rows, len(step.sizes)
         if s is not None and k > 1 and math.isclose(s * k, batches, rel_tol=1e-3):
             return (
                 f"divides by the nominal accumulation_steps={k} where the last step took "
@@ -122,9 +126,28 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
                 f"({'batch_size' if k == 1 else 'batch_size * accumulation_steps'}) where it "
                 f"took {rows}"
             )
-        return "matches no known mistake"
+        return NO_KNOWN
 
-    compare(target, batching, lambda j, count: j % per_epoch == per_epoch - 1, explain)
+    def short(j: int, steps: list[Step]) -> bool:
+        return steps[j].rows < max(s.rows for s in steps)
+
+    seen = compare(target, batching, short, explain)
+    most = most_rows(target, batching)
+    carried = [j for j, step in enumerate(seen.steps) if most is not None and step.rows > most]
+    if seen.leftover or carried:
+        where = (
+            f"after its last step, {len(seen.leftover)} micro-batch(es) went through the model "
+            "and backward() but no optimizer.step() used them"
+            if seen.leftover
+            else f"step {carried[0] + 1} took {seen.steps[carried[0]].rows} rows where "
+            f"batch_size * accumulation_steps is {most}: the epoch's left-overs were carried "
+            "into it"
+        )
+        raise CheckFailed(
+            f"on {describe(batching, options)}, {where}: the loop never steps an epoch's "
+            "left-over micro-batches (step when the data ends too, not only every "
+            f"{k} micro-batches)"
+        )
 
 
 def _short_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
@@ -155,7 +178,7 @@ PROPERTIES = (
         requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
     ),
     Property(
-        name="on identical rows the short last step applies the same gradient as a full one",
+        name="the short last step applies a full one's gradient; no rows are left unstepped",
         kind="training-loop",
         check=short_step_applies_the_mean,
         examples=_short_steps,

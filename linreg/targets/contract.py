@@ -1,0 +1,218 @@
+"""What a training loop asks for, read from its parameters' names, and what the audit passes.
+
+A loop says what it needs by naming it: `model` (or `net`), its data as a `loader` (a
+DataLoader), a `dataset` (map-style: the loop builds its own DataLoader) or a batch function
+(`get_batch`, called for each batch), an `optimizer` (else the loop builds its own: the audit
+sees it through torch's global step hooks), `num_epochs` or a step count (`max_steps`,
+`max_iters`, ...), and optionally `device`, `batch_size` and an accumulation count. Parameters
+with a default and no known name are left to the loop; one without a default that the audit
+cannot fill is refused, naming it, before any work.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from linreg.targets.base import TargetError, name_of
+
+MODEL = ("model", "net", "module")
+LOADER = (
+    "loader",
+    "dataloader",
+    "data_loader",
+    "train_loader",
+    "train_dataloader",
+    "train_iter",
+    "data_iter",
+    "batches",
+)
+DATASET = ("dataset", "train_dataset", "train_data", "ds", "data")
+BATCH_FN = ("get_batch", "batch_fn", "next_batch", "sample_batch")
+OPTIMIZER = ("optimizer", "opt", "optim")
+EPOCHS = ("num_epochs", "epochs", "n_epochs", "max_epochs")
+STEPS = (
+    "max_steps",
+    "max_iters",
+    "num_steps",
+    "num_iters",
+    "steps",
+    "iters",
+    "total_steps",
+    "train_steps",
+)
+DEVICE = ("device",)
+BATCH_SIZE = ("batch_size", "bs")
+ACCUMULATION = (
+    "accumulation_steps",
+    "gradient_accumulation_steps",
+    "grad_accum_steps",
+    "accum_steps",
+    "grad_accum",
+)
+ROLES = {
+    "model": MODEL,
+    "loader": LOADER,
+    "dataset": DATASET,
+    "batch_fn": BATCH_FN,
+    "optimizer": OPTIMIZER,
+    "epochs": EPOCHS,
+    "steps": STEPS,
+    "device": DEVICE,
+    "batch_size": BATCH_SIZE,
+    "accumulation": ACCUMULATION,
+}
+WHAT = (
+    "model (or net); loader, dataset or get_batch; num_epochs or a step count (max_steps, "
+    "max_iters, ...); optionally optimizer, device, batch_size, accumulation_steps"
+)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Which parameter of the loop plays which role (None: the loop does not ask for it)."""
+
+    names: Mapping[str, str]  # role -> the loop's parameter name
+
+    def has(self, role: str) -> bool:
+        """Return True if the loop asks for the role."""
+        return role in self.names
+
+    @property
+    def data(self) -> str:
+        """Return how the loop takes its data: "loader", "dataset" or "batch_fn"."""
+        return next(r for r in ("loader", "dataset", "batch_fn") if r in self.names)
+
+    @property
+    def by_steps(self) -> bool:
+        """Return True if the loop runs for a number of optimizer steps, not epochs."""
+        return "steps" in self.names and "epochs" not in self.names
+
+
+def contract_of(fn: Callable[..., Any]) -> Contract:
+    """Return what fn asks for, by its parameters' names; raise TargetError if it cannot run."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        raise TargetError(
+            f"{name_of(fn)} has no signature to read: the audit passes by name"
+        ) from None
+    names: dict[str, str] = {}
+    unknown = []
+    for name, p in params.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        role = next((r for r, spelled in ROLES.items() if name in spelled), None)
+        if role is not None and role not in names and p.kind is not p.POSITIONAL_ONLY:
+            names[role] = name
+        elif p.default is p.empty:
+            unknown.append(name)
+    missing = [
+        what
+        for what, roles in (
+            ("the model", ("model",)),
+            ("its data (loader, dataset or get_batch)", ("loader", "dataset", "batch_fn")),
+            ("num_epochs or a step count (max_steps, max_iters, ...)", ("epochs", "steps")),
+        )
+        if not any(r in names for r in roles)
+    ]
+    if unknown or missing:
+        why = [f"it needs {', '.join(unknown)}, which the audit cannot pass"] if unknown else []
+        why += [f"it takes no parameter for {m}" for m in missing]
+        raise TargetError(
+            f"{name_of(fn)}: {'; '.join(why)} (bind the others with functools.partial). The "
+            f"audit passes by name: {WHAT}"
+        )
+    return Contract(names)
+
+
+class Batch(dict[str, Any]):
+    """A dict batch with `.to(device)`, as a tokenizer's batches have."""
+
+    def to(self, *args: Any, **kwargs: Any) -> Batch:
+        """Return the batch with each tensor moved (a no-op on the CPU)."""
+        return Batch(
+            {k: v.to(*args, **kwargs) if isinstance(v, Tensor) else v for k, v in self.items()}
+        )
+
+
+class Rows(Dataset[Any]):
+    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.rows[i]
+
+
+def collate(rows: list[Any]) -> Any:
+    """Stack rows into a batch: [X, y] for pairs, a Batch for dicts."""
+    if isinstance(rows[0], Mapping):
+        return Batch({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+    return [torch.stack([r[i] for r in rows]) for i in range(len(rows[0]))]
+
+
+def loader(rows: list[Any], batch_size: int, drop_last: bool) -> DataLoader[Any]:
+    """Return a DataLoader over the rows, in order."""
+    return DataLoader(Rows(rows), batch_size=batch_size, drop_last=drop_last, collate_fn=collate)
+
+
+def batch_fn(rows: list[Any], batch_size: int) -> Callable[..., Any]:
+    """Return get_batch(*args): the next batch_size rows, in order, around the data forever."""
+    stream = _cycle(len(rows))
+
+    def get_batch(*args: Any, **kwargs: Any) -> Any:
+        return collate([rows[next(stream)] for _ in range(batch_size)])
+
+    return get_batch
+
+
+def _cycle(n: int) -> Iterator[int]:
+    while True:
+        yield from range(n)
+
+
+def arguments(
+    contract: Contract,
+    *,
+    model: torch.nn.Module,
+    rows: list[Any],
+    batch_size: int,
+    drop_last: bool,
+    optimizer: torch.optim.Optimizer | None,
+    num_epochs: int,
+    steps: int,
+    accumulation_steps: int,
+) -> dict[str, Any]:
+    """Return the keyword arguments the loop asks for."""
+    data: Any
+    if contract.data == "loader":
+        data = loader(rows, batch_size, drop_last)
+    elif contract.data == "dataset":
+        data = Rows(rows)
+    else:
+        data = batch_fn(rows, batch_size)
+    values: dict[str, Any] = {
+        "model": model,
+        contract.data: data,
+        "optimizer": optimizer,
+        "epochs": num_epochs,
+        "steps": steps,
+        "device": torch.device("cpu"),
+        "batch_size": batch_size,
+        "accumulation": accumulation_steps,
+    }
+    out = {name: values[role] for role, name in contract.names.items() if role in values}
+    if contract.has("epochs") and contract.has("steps"):
+        del out[contract.names["steps"]]  # epochs say how long; the step count keeps its default
+    return out

@@ -1,0 +1,343 @@
+"""What each step of a training loop should apply, and whether it did: an absolute reference.
+
+A step's correct gradient is the mean (for `reduction="sum"`, the sum), over the rows fed to
+the model for it, of each row's own gradient: the gradient of the loss on that row alone, at the
+parameters the loop holds (its lr is 0). The loss is the one the user names (`loss=`), else the
+model's own where its output carries one (a scalar, `.loss`, `["loss"]`, or a tuple holding
+one), else cross-entropy for class labels and mean squared error otherwise: a guess, confirmed
+against the loop on one row at a time. Where the guess is wrong (the loop trains another loss),
+each row's reference is the loop's own gradient on that row, and the report says so: the
+reference is then relative, and a scale the loop applies to every row alike cannot be seen.
+
+A step passes if its applied gradient is the correct one, or if what backward() left (divided by
+a loss scaler's scale, where the loop unscaled) is the correct one and the applied gradient is
+a clipping of it: clipping can then hide neither a scale error nor a missing zero_grad.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from linreg import checks
+from linreg.checks import CheckFailed
+from linreg.targets.base import Target
+from linreg.targets.observe import Call, Observed, Step, flat
+from linreg.targets.training_loop import (
+    Batching,
+    describe,
+    labels_of,
+    loss_of,
+    options_of,
+    reduced,
+    run,
+)
+
+RowLoss = Callable[[Any], Tensor]
+
+
+def own_loss(output: Any) -> Tensor | None:
+    """Return the loss a model's output carries (a scalar, .loss, ["loss"], in a tuple)."""
+    if isinstance(output, Tensor):
+        return output if output.ndim == 0 and output.is_floating_point() else None
+    if isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):
+        return own_loss(output["loss"])
+    loss = getattr(output, "loss", None)
+    if isinstance(loss, Tensor):
+        return own_loss(loss)
+    if isinstance(output, (tuple, list)):
+        found = [
+            o for o in output if isinstance(o, Tensor) and o.ndim == 0 and o.is_floating_point()
+        ]
+        return found[-1] if found else None
+    return None
+
+
+def prediction(output: Any, rows: int) -> Tensor | None:
+    """Return the batched tensor of a model's output (its logits), or None."""
+    if isinstance(output, Tensor):
+        return output if output.ndim > 0 and output.shape[0] == rows else None
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    elif not isinstance(output, (tuple, list)):
+        logits = getattr(output, "logits", None)
+        return prediction(logits, rows) if logits is not None else None
+    return next((p for o in output if (p := prediction(o, rows)) is not None), None)
+
+
+def check_model(model: nn.Module, calls: Sequence[Call]) -> None:
+    """Raise TypeError if the model's forward is random, or its rows interact, on its batches."""
+    call = next((c for c in calls if c.rows > 1 and len(set(c.row_keys())) > 1), None)
+    if call is None:
+        return
+    model.train()
+    with torch.no_grad():
+        once = prediction(model(*call.args, **call.kwargs), call.rows)
+        if once is None:
+            return  # an output the audit cannot compare: the steps are judged all the same
+        # a few more passes: a random mask can repeat once by chance, not three times
+        again = [prediction(model(*call.args, **call.kwargs), call.rows) for _ in range(3)]
+        if not all(a is not None and torch.equal(once, a) for a in again):
+            raise TypeError(
+                "the model's forward is random in training mode (with its Dropout modules at "
+                "p = 0): batchings cannot be compared; audit a factory of a deterministic model"
+            )
+        for i in range(call.rows):
+            args, kwargs = call.row(i)
+            alone = prediction(model(*args, **kwargs), 1)
+            if alone is None or not torch.allclose(once[i], alone[0], rtol=1e-5, atol=1e-6):
+                raise TypeError(
+                    "in training mode the model's output for one row depends on the other rows "
+                    "of its batch (batch norms are held in eval mode; what else mixes rows?): "
+                    "batchings cannot be compared"
+                )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Each row's own gradient, by what the row was fed, and where it comes from (in words)."""
+
+    grads: dict[bytes, Tensor]
+    source: str
+
+
+def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Tensor:
+    """Return the gradient of the loss on row i of a call alone, as one float64 vector."""
+    params = list(model.parameters())
+    trained = [p for p in params if p.requires_grad]
+    args, kwargs = call.row(i)
+    model.train()
+    with torch.enable_grad():
+        grads = torch.autograd.grad(row_loss(model(*args, **kwargs)), trained, allow_unused=True)
+    by_param = dict(zip(map(id, trained), grads, strict=True))
+    vector = flat([by_param.get(id(p)) for p in params], params)
+    assert vector is not None
+    return vector
+
+
+def _named(loss: Callable[[Any, Tensor], Tensor], y: Tensor) -> RowLoss:
+    return lambda output: loss(output, y.unsqueeze(0))
+
+
+def row_loss_for(target: Target, model: nn.Module, call: Call) -> tuple[RowLoss | None, str]:
+    """Return the loss of one row's output and its name; None where the guess must be confirmed."""
+    c = options_of(target)
+    y = labels_of(c.example)
+    if c.loss is not None:
+        if y is None:
+            raise CheckFailed("loss= needs labels: the dict example names none (labels, y, ...)")
+        return _named(c.loss, y), f"the named loss {getattr(c.loss, '__name__', c.loss)!r}"
+    args, kwargs = call.row(0)
+    with torch.no_grad():
+        output = model(*args, **kwargs)
+    if own_loss(output) is not None:
+        return _own, "the model's own loss"
+    return None, "cross-entropy" if y is not None and not y.is_floating_point() else "MSE"
+
+
+def _own(output: Any) -> Tensor:
+    loss = own_loss(output)
+    if loss is None:
+        raise CheckFailed("the model's output carried its loss on one row, not on another")
+    return loss
+
+
+_CACHE: dict[tuple[int, int], tuple[Target, Reference | None]] = {}
+
+
+def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> Reference | None:
+    """Return each row's own gradient, for every row the run fed; None if it fed none."""
+    calls = [call for step in seen.steps for call in step.calls] + seen.leftover
+    if not calls:
+        return None
+    row_loss, source = row_loss_for(target, model, calls[0])
+    if row_loss is None:
+        y = labels_of(options_of(target).example)
+        relative = _confirmed(target, source, seed)
+        if relative is not None:
+            return relative
+        assert y is not None
+        row_loss = _named(loss_of, y)
+        source += " (the labels' usual loss, confirmed against the loop on one row)"
+    grads: dict[bytes, Tensor] = {}
+    for call in calls:
+        for i, key in enumerate(call.row_keys()):
+            if key not in grads:
+                grads[key] = row_gradient(model, call, i, row_loss)
+    return Reference(grads, f"{source} on that row alone")
+
+
+def _confirmed(target: Target, guess: str, seed: int) -> Reference | None:
+    """Return None if the guessed loss is the loop's (to a scale the loop applies to every row,
+    as a missing division by the micro-batches does), else the loop's own one-row references."""
+    key = (id(target), seed)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is target:
+        return hit[1]
+    c = options_of(target)
+    y = labels_of(c.example)
+    k = c.accumulation_steps
+    own: dict[bytes, Tensor] = {}
+    factors: list[float | None] = []
+    for kind in (0, 1):
+        model, seen = run(target, Batching((kind,) * k, 1, 1, seed))
+        step = seen.steps[0] if seen.steps else None
+        if step is None or not step.calls or step.unscaled is None:
+            raise CheckFailed(
+                f"on {k} identical row(s) in batches of one the loop took "
+                f"{len(seen.steps)} optimizer step(s) with a gradient: expected one"
+            )
+        per_row = step.unscaled / (step.rows if reduced(target) == "sum" else 1)
+        call = step.calls[0]
+        own[call.row_keys()[0]] = per_row
+        if y is None:
+            factors.append(None)
+            continue
+        try:
+            guessed = row_gradient(model, call, 0, _named(loss_of, y))
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            factors.append(None)
+            continue
+        factors.append(factor(per_row, guessed, tolerance(model)))
+    confirmed = _one_known_scale(factors, k)
+    ref = (
+        None
+        if confirmed
+        else Reference(
+            own,
+            f"the loop itself on that row alone (its loss is not {guess}: name it with loss= "
+            "to judge the scale of every step)",
+        )
+    )
+    if len(_CACHE) > 256:
+        _CACHE.clear()
+    _CACHE[key] = (target, ref)
+    return ref
+
+
+def _one_known_scale(factors: list[float | None], k: int) -> bool:
+    """Return True if both kinds of rows have one factor: 1, or the k (or 1 / k) a loop that
+    mishandles its k micro-batches applies to every row alike."""
+    a, b = factors
+    if a is None or b is None or not math.isclose(a, b, rel_tol=1e-3):
+        return False
+    known = [1.0] + ([float(k), 1 / k] if k > 1 else [])
+    return any(math.isclose(a, s, rel_tol=1e-3) for s in known)
+
+
+def tolerance(model: nn.Module) -> float:
+    """Return the relative tolerance for a step's gradient, in the model's dtype."""
+    p = next(iter(model.parameters()), None)
+    return checks.tolerance(p.dtype if p is not None else torch.float32, steps=True)
+
+
+def close(got: Tensor | None, want: Tensor, tol: float, scale: float) -> bool:
+    """Return True if a gradient matches the expected one, relative to scale."""
+    if got is None:
+        return bool(want.abs().max() == 0)
+    return float((got - want).abs().max()) <= tol * max(scale, 1e-12)
+
+
+def factor(got: Tensor | None, want: Tensor, tol: float) -> float | None:
+    """Return s if got is s * want (to the tolerance), else None."""
+    if got is None:
+        return 0.0
+    norm = float(want @ want)
+    if norm == 0:
+        return None
+    s = float(got @ want) / norm
+    scale = float(want.abs().max()) * max(1.0, abs(s))
+    return s if close(got, s * want, tol, scale) else None
+
+
+def clipping(applied: Tensor | None, before: Tensor | None, tol: float) -> bool:
+    """Return True if applied is before clipped: scaled by a factor in (0, 1], or clamped."""
+    if applied is None or before is None:
+        return False
+    scale = float(before.abs().max())
+    s = factor(applied, before, tol)
+    if s is not None and 0 < s <= 1 + tol:
+        return True
+    t = float(applied.abs().max())
+    return 0 < t < scale and close(applied, before.clamp(-t, t), tol, scale)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One step's verdict: what it applied as a multiple of the correct gradient."""
+
+    ok: bool
+    ratio: float | None  # None: not a multiple of the correct gradient
+    clipped: bool  # the applied gradient is a clipping of what backward() left
+
+
+def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
+    """Return the correct gradient of a step: the mean (or sum) of its rows' own gradients."""
+    keys = [key for call in step.calls for key in call.row_keys()]
+    if not keys or any(key not in ref.grads for key in keys):
+        return None
+    total = torch.stack([ref.grads[key] for key in keys]).sum(0)
+    return total if summed else total / len(keys)
+
+
+def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
+    """Return whether a step applied the correct gradient, directly or as a clipping of it."""
+    if close(step.applied, want, tol, scale):
+        return Judged(True, 1.0, False)
+    clipped = clipping(step.applied, step.unscaled, tol)
+    if clipped and close(step.unscaled, want, tol, scale):
+        return Judged(True, 1.0, True)
+    reading = step.unscaled if clipped else step.applied
+    return Judged(False, factor(reading, want, tol), clipped)
+
+
+def compare(
+    target: Target,
+    batching: Batching,
+    which: Callable[[int, list[Step]], bool],
+    explain: Callable[[int, float | None, Step], str],
+) -> Observed:
+    """Judge the steps `which(j, steps)` picks against the reference; explain the first miss."""
+    model, seen = run(target, batching)
+    ref = references(target, model, seen, batching.seed)
+    if ref is None:
+        return seen
+    tol = tolerance(model)
+    wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
+    scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
+    verdicts = [
+        None if w is None else judge(step, w, tol, scale)
+        for step, w in zip(seen.steps, wants, strict=True)
+    ]
+    bad = [j for j, v in enumerate(verdicts) if v is not None and not v.ok and which(j, seen.steps)]
+    if bad:
+        j = bad[0]
+        v = verdicts[j]
+        assert v is not None
+        step = seen.steps[j]
+        raise CheckFailed(
+            f"on {describe(batching, options_of(target))}, step {j + 1} of {len(seen.steps)} "
+            f"(micro-batches of {step.sizes} rows) applied "
+            f"{'no gradient' if step.applied is None else _times(v.ratio)} the gradient a "
+            f"correct loop applies{' (before clipping)' if v.clipped else ''}: the "
+            f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
+            f"{_ratios(verdicts)}; it {explain(j, v.ratio, step)}"
+        )
+    return seen
+
+
+def _times(s: float | None) -> str:
+    return "a gradient unlike" if s is None else f"{s:.4g} times"
+
+
+def _ratios(verdicts: Sequence[Judged | None]) -> str:
+    shown = ["-" if v is None else "?" if v.ratio is None else f"{v.ratio:.3g}" for v in verdicts]
+    return "[" + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "") + "]"
+
+
+NO_KNOWN = "matches no known mistake of this catalogue"

@@ -1,0 +1,257 @@
+"""Watch a training loop run, as it is written: every optimizer step, and what fed each one.
+
+The audit hands the loop a fresh model and its data, and watches through torch's own hooks:
+the global optimizer step hooks (any optimizer over the model's parameters, built by the loop
+or given to it, wrapped by a framework or not), whose pre-hook holds every param group's lr at
+0 so the parameters stay where they start; each parameter's post-accumulate-grad hook (the
+gradients as backward() left them: "raw"); `GradScaler.unscale_` (the same gradients divided
+by a loss scaler's scale: "unscaled"); and the model's forward pre-hook, which records what each
+forward pass with grad enabled was fed. Each step's reading is taken after the step ("applied"),
+since a framework may run forward, zero_grad and backward inside `optimizer.step(closure)`.
+The rows a step consumed are the rows fed to the model since the step before, so prefetching,
+streams and a loop's own DataLoader are judged by what they did.
+
+Dropout modules are set to p = 0 and batch norms held in eval mode (their running statistics
+fixed): then no row's output depends on another's, and the loop's arithmetic is what is judged.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MethodType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# torch has no public base class for its batch norms nor for its dropouts: the private ones
+# are what BatchNorm1d/2d/3d, SyncBatchNorm and the lazy ones, and Dropout, Dropout1d/2d/3d,
+# AlphaDropout and FeatureAlphaDropout all derive from
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+
+class LoopRaised(Exception):
+    """The loop itself raised: reported as the loop raising, not as a pitfall."""
+
+
+def _stays_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    return module
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode."""
+    for m in model.modules():
+        if isinstance(m, _DropoutNd):
+            m.p = 0.0
+        elif isinstance(m, _BatchNorm):
+            m.eval()
+            m.train = MethodType(_stays_in_eval, m)  # type: ignore[method-assign]
+    return model
+
+
+@dataclass(frozen=True)
+class Call:
+    """One forward pass with grad enabled: what the model was fed, and its batch's rows."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    rows: int
+
+    def row(self, i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Return the call's arguments for its row i alone (a batch of one)."""
+        return _slice(self.args, i, self.rows), {
+            k: _slice1(v, i, self.rows) for k, v in self.kwargs.items()
+        }
+
+    def row_keys(self) -> list[bytes]:
+        """Return a key per row: the bytes of everything the row was fed."""
+        batched = [t for t in _tensors(self.args, self.kwargs) if t.shape[:1] == (self.rows,)]
+        return [
+            b"|".join(t[i].detach().contiguous().numpy().tobytes() for t in batched)
+            for i in range(self.rows)
+        ]
+
+
+def _tensors(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Tensor]:
+    out = []
+    for v in [*args, *kwargs.values()]:
+        if isinstance(v, Tensor):
+            out.append(v)
+        elif isinstance(v, Mapping):
+            out += [t for t in v.values() if isinstance(t, Tensor)]
+    return out
+
+
+def _slice1(v: Any, i: int, rows: int) -> Any:
+    if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == rows:
+        return v[i : i + 1]
+    if isinstance(v, Mapping):
+        return type(v)({k: _slice1(t, i, rows) for k, t in v.items()})  # type: ignore[call-arg]
+    return v
+
+
+def _slice(args: tuple[Any, ...], i: int, rows: int) -> tuple[Any, ...]:
+    return tuple(_slice1(v, i, rows) for v in args)
+
+
+def _detached(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.detach()
+    if isinstance(v, Mapping):
+        return type(v)({k: _detached(t) for k, t in v.items()})  # type: ignore[call-arg]
+    return v
+
+
+@dataclass
+class Step:
+    """One optimizer step: its gradients read three ways, and the forward passes that fed it."""
+
+    applied: Tensor | None  # the gradients as the step used them (after it: closures)
+    raw: Tensor | None  # as backward() left them
+    unscaled: Tensor | None  # raw, divided by a loss scaler's scale where the loop unscaled
+    calls: list[Call]
+
+    @property
+    def rows(self) -> int:
+        """Return the number of rows fed to the model for this step."""
+        return sum(c.rows for c in self.calls)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Return the rows of each forward pass (micro-batch) of the step."""
+        return [c.rows for c in self.calls]
+
+
+@dataclass
+class Observed:
+    """What the loop did: its optimizer steps, the forward passes after the last, whether a
+    parameter moved though the lr was held at 0."""
+
+    steps: list[Step] = field(default_factory=list)
+    leftover: list[Call] = field(default_factory=list)  # fed to the model, never stepped
+    moved: bool = False
+
+
+def _same_batch(call: Call, t: Tensor) -> bool:
+    first = next((u for u in _tensors(call.args, call.kwargs) if u.ndim > 0), None)
+    return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
+
+
+def flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor | None:
+    """Return the grads as one float64 vector (None as zeros), or None if every one is None."""
+    if all(g is None for g in grads):
+        return None
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).detach().reshape(-1).double()
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+@contextmanager
+def watching(model: nn.Module) -> Iterator[Observed]:
+    """Watch the model's training while the block runs; yield what it saw, filled in after."""
+    params = list(model.parameters())
+    ids = {id(p) for p in params}
+    start = [p.detach().clone() for p in params]
+    seen = Observed()
+    calls: list[Call] = []
+    latest: dict[int, Tensor] = {}
+    unscaled: dict[int, Tensor] = {}
+
+    def ours(opt: torch.optim.Optimizer) -> bool:
+        return any(id(p) in ids for g in opt.param_groups for p in g["params"])
+
+    def before(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if ours(opt):
+            for group in opt.param_groups:  # before every step, whatever a scheduler set
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(0.0)
+                else:
+                    group["lr"] = 0.0
+
+    def after(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not ours(opt):
+            return
+        raw = flat([latest.get(id(p)) for p in params], params)
+        seen.steps.append(
+            Step(
+                applied=flat([p.grad for p in params], params),
+                raw=raw,
+                unscaled=flat([unscaled[id(p)] for p in params], params) if unscaled else raw,
+                calls=list(calls),
+            )
+        )
+        calls.clear()
+        latest.clear()
+        unscaled.clear()
+
+    def accumulated(p: Tensor) -> None:
+        if p.grad is not None:
+            latest[id(p)] = p.grad.detach().clone()
+
+    def fed(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not torch.is_grad_enabled():
+            return  # an evaluation pass: it feeds no step
+        batch = [t for t in _tensors(args, kwargs) if t.ndim > 0]
+        if not batch:
+            return
+        if calls and _same_batch(calls[-1], batch[0]):
+            return  # the same batch fed again (a logging pass with grad on): no new rows
+        calls.append(Call(_detached(args), _detached(kwargs), batch[0].shape[0]))
+
+    original = torch.amp.GradScaler.unscale_
+
+    def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
+        original(scaler, optimizer)
+        if ours(optimizer):
+            for p in params:
+                if p.grad is not None:
+                    unscaled[id(p)] = p.grad.detach().clone()
+
+    handles = [
+        register_optimizer_step_pre_hook(before),
+        register_optimizer_step_post_hook(after),
+        model.register_forward_pre_hook(fed, with_kwargs=True),
+    ] + [
+        p.register_post_accumulate_grad_hook(accumulated)  # type: ignore[no-untyped-call]
+        for p in params
+        if p.requires_grad
+    ]
+    torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
+    try:
+        yield seen
+    finally:
+        torch.amp.GradScaler.unscale_ = original  # type: ignore[method-assign]
+        for handle in handles:
+            handle.remove()
+        seen.leftover = list(calls) if latest else []  # rows whose gradients no step used
+        seen.moved = any(not torch.equal(p.detach(), q) for p, q in zip(params, start, strict=True))
+
+
+def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
+    """Return the loop's exception as LoopRaised: its type, message and the frame it came from."""
+    frames = traceback.extract_tb(e.__traceback__)
+    source = getattr(getattr(fn, "func", fn), "__code__", None)
+    file = source.co_filename if source is not None else None
+    mine = [f for f in frames if f.filename == file] or [
+        f for f in frames if "/torch/" not in f.filename and "/linreg/targets/" not in f.filename
+    ]
+    where = ""
+    if mine:
+        f = mine[-1]
+        where = f" at {f.filename}:{f.lineno} in {f.name}" + (f": {f.line}" if f.line else "")
+    message = str(e) or "(no message)"
+    hint = ""
+    if "backward through the graph a second time" in message:
+        hint = " (backward-twice: a graph kept across steps? detach what you keep)"
+    return LoopRaised(f"the loop raised {type(e).__name__}: {message}{where}{hint}")
