@@ -15,7 +15,7 @@ from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
-from linreg.targets.gradients import NO_KNOWN, compare
+from linreg.targets.gradients import NO_KNOWN, Judged, compare
 from linreg.targets.guards import seeded
 from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
 from linreg.targets.observe import Step
@@ -128,7 +128,18 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     """On identical rows, every full step applies the same gradient: its own batch's alone."""
     most = most_rows(target, batching)
 
-    def explain(j: int, s: float | None, step: Step) -> str:
+    def explain(j: int, v: Judged, step: Step) -> str:
+        s = v.ratio
+        if v.stale:
+            return (
+                f"never zeroes the grads: step {j + 1} applies its own gradient plus what the "
+                "step before left in .grad"
+                + (
+                    " (clipped, which shrinks what is left but does not remove it)"
+                    if v.clipped
+                    else ""
+                )
+            )
         if s is not None and j > 0 and math.isclose(s, j + 1, rel_tol=1e-3):
             return (
                 f"never zeroes the grads: step {j + 1} applies the sum of {j + 1} steps' gradients"

@@ -17,7 +17,7 @@ from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
-from linreg.targets.gradients import NO_KNOWN, compare
+from linreg.targets.gradients import NO_KNOWN, Judged, compare
 from linreg.targets.guards import guarded
 from linreg.targets.late import late
 from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
@@ -154,7 +154,8 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     k = options_of(target).accumulation_steps
     mean = reduced(target) == "mean"
 
-    def explain(j: int, s: float | None, step: Step) -> str:
+    def explain(j: int, v: Judged, step: Step) -> str:
+        s = v.ratio
         rows, parts = step.rows, len(step.sizes)
         if s is None:
             return NO_KNOWN

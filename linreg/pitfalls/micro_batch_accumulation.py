@@ -15,7 +15,7 @@ from linreg._book import BATCH_SIZE
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
-from linreg.targets.gradients import compare
+from linreg.targets.gradients import Judged, compare
 from linreg.targets.late import late
 from linreg.targets.observe import Step
 from linreg.targets.runs import copy_params, params_like
@@ -86,7 +86,7 @@ def _book() -> dict[str, Any]:
 def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     """With two kinds of rows, each step applies the mean of its own rows' gradients."""
 
-    def explain(j: int, s: float | None, step: Step) -> str:
+    def explain(j: int, v: Judged, step: Step) -> str:
         return (
             "weighs the rows of a step unequally (a mean of micro-batch means, over "
             "micro-batches of unequal sizes?): sum the per-row losses and divide once by the "

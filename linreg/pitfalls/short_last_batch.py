@@ -16,7 +16,7 @@ from linreg.config import TrainConfig, bind, mirrors
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.targets.base import Options, Target
-from linreg.targets.gradients import NO_KNOWN, compare
+from linreg.targets.gradients import NO_KNOWN, Judged, compare
 from linreg.targets.late import late
 from linreg.targets.loop import LOOPS, LoopOptions
 from linreg.targets.observe import Step
@@ -113,7 +113,8 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     k = options.accumulation_steps
     full = batching.batch_size * k
 
-    def explain(j: int, s: float | None, step: Step) -> str:
+    def explain(j: int, v: Judged, step: Step) -> str:
+        s = v.ratio
         rows, batches = step.rows, len(step.sizes)
         if s is not None and k > 1 and math.isclose(s * k, batches, rel_tol=1e-3):
             return (

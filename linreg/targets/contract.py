@@ -29,6 +29,7 @@ LOADER = (
     "data_loader",
     "train_loader",
     "train_dataloader",
+    "trainloader",
     "train_iter",
     "data_iter",
     "batches",
@@ -208,7 +209,7 @@ def arguments(
         "optimizer": optimizer,
         "epochs": num_epochs,
         "steps": steps,
-        "device": torch.device("cpu"),
+        "device": "cpu",  # a str: what GradScaler(device) and `"cuda" in device` take
         "batch_size": batch_size,
         "accumulation": accumulation_steps,
     }

@@ -221,13 +221,16 @@ def _confirmed(target: Target, guess: str, seed: int) -> Reference | None:
 
 
 def _one_known_scale(factors: list[float | None], k: int) -> bool:
-    """Return True if both kinds of rows have one factor: 1, or the k (or 1 / k) a loop that
-    mishandles its k micro-batches applies to every row alike."""
+    """Return True if both kinds of rows have one factor: 1, the k (or 1 / k) a loop that
+    mishandles its k micro-batches applies to every row alike, or a loss scaler's scale (a
+    power of two from 2^10) that a loop forgot to undo."""
     a, b = factors
     if a is None or b is None or not math.isclose(a, b, rel_tol=1e-3):
         return False
     known = [1.0] + ([float(k), 1 / k] if k > 1 else [])
-    return any(math.isclose(a, s, rel_tol=1e-3) for s in known)
+    if any(math.isclose(a, s, rel_tol=1e-3) for s in known):
+        return True
+    return a >= 1024 and math.isclose(math.log2(a), round(math.log2(a)), abs_tol=1e-6)
 
 
 def tolerance(model: nn.Module) -> float:
@@ -274,6 +277,7 @@ class Judged:
     ok: bool
     ratio: float | None  # None: not a multiple of the correct gradient
     clipped: bool  # the applied gradient is a clipping of what backward() left
+    stale: bool = False  # it is the correct gradient plus what the step before left in .grad
 
 
 def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
@@ -285,22 +289,29 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
     return total if summed else total / len(keys)
 
 
-def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
-    """Return whether a step applied the correct gradient, directly or as a clipping of it."""
+def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | None = None) -> Judged:
+    """Return whether a step applied the correct gradient, directly or as a clipping of it;
+    before is the step before, whose applied gradient a loop that never zeroes adds to this one."""
     if close(step.applied, want, tol, scale):
         return Judged(True, 1.0, False)
-    clipped = clipping(step.applied, step.unscaled, tol)
+    clipped = (
+        step.unscaled is not None
+        and not close(step.applied, step.unscaled, tol, scale)
+        and clipping(step.applied, step.unscaled, tol)
+    )
     if clipped and close(step.unscaled, want, tol, scale):
         return Judged(True, 1.0, True)
     reading = step.unscaled if clipped else step.applied
-    return Judged(False, factor(reading, want, tol), clipped)
+    left = before.applied if before is not None else None
+    stale = left is not None and close(reading, want + left, tol, scale)
+    return Judged(False, factor(reading, want, tol), clipped, stale)
 
 
 def compare(
     target: Target,
     batching: Batching,
     which: Callable[[int, list[Step]], bool],
-    explain: Callable[[int, float | None, Step], str],
+    explain: Callable[[int, Judged, Step], str],
 ) -> Observed:
     """Judge the steps `which(j, steps)` picks against the reference; explain the first miss."""
     model, seen = run(target, batching)
@@ -311,8 +322,8 @@ def compare(
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
     verdicts = [
-        None if w is None else judge(step, w, tol, scale)
-        for step, w in zip(seen.steps, wants, strict=True)
+        None if w is None else judge(step, w, tol, scale, seen.steps[j - 1] if j else None)
+        for j, (step, w) in enumerate(zip(seen.steps, wants, strict=True))
     ]
     bad = [j for j, v in enumerate(verdicts) if v is not None and not v.ok and which(j, seen.steps)]
     if bad:
@@ -326,7 +337,7 @@ def compare(
             f"{'no gradient' if step.applied is None else _times(v.ratio)} the gradient a "
             f"correct loop applies{' (before clipping)' if v.clipped else ''}: the "
             f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
-            f"{_ratios(verdicts)}; it {explain(j, v.ratio, step)}"
+            f"{_ratios(verdicts)}; it {explain(j, v, step)}"
         )
     return seen
 

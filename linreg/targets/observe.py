@@ -138,6 +138,7 @@ class Observed:
     steps: list[Step] = field(default_factory=list)
     leftover: list[Call] = field(default_factory=list)  # fed to the model, never stepped
     moved: bool = False
+    fed: int = 0  # rows fed to the model with grad enabled, in all
 
 
 def _same_batch(call: Call, t: Tensor) -> bool:
@@ -208,6 +209,7 @@ def watching(model: nn.Module) -> Iterator[Observed]:
         if calls and _same_batch(calls[-1], batch[0]):
             return  # the same batch fed again (a logging pass with grad on): no new rows
         calls.append(Call(_detached(args), _detached(kwargs), batch[0].shape[0]))
+        seen.fed += batch[0].shape[0]
 
     original = torch.amp.GradScaler.unscale_
 

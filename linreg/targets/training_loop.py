@@ -215,11 +215,22 @@ def rows_of(example: Example, kinds: Iterable[int]) -> list[Any]:
     return [dict(example) if k == 0 else dict(other) for k in kinds]
 
 
-def build_model(factory: Callable[[], nn.Module]) -> nn.Module:
-    """Return a fresh model from the factory, Dropout at p = 0, batch norms held in eval mode."""
+def build_model(factory: Callable[[], nn.Module], example: Example | None = None) -> nn.Module:
+    """Return a fresh model from the factory, Dropout at p = 0, batch norms held in eval mode.
+
+    A lazy module (nn.LazyLinear, as d2l builds its models) is initialized by a forward pass on
+    the example, batched as one row, so its parameters exist before the loop runs.
+    """
     model = factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"the model factory returned {type(model).__name__}, not an nn.Module")
+    lazy = any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
+    if lazy and example is not None:
+        with torch.no_grad():
+            if isinstance(example, tuple):
+                model(example[0].unsqueeze(0))
+            else:
+                model(**{k: v.unsqueeze(0) for k, v in example.items()})
     return prepare(model)
 
 
@@ -240,7 +251,7 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
     c = options_of(target)
     asks = contract(target.fn)
     with seeded(batching.seed):
-        model = build_model(c.model)
+        model = build_model(c.model, c.example)
         optimizer = None
         if asks.has("optimizer"):
             optimizer = (c.optimizer or default_optimizer)(model.parameters())
@@ -277,7 +288,7 @@ def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[...,
     """Return fn once it says what it takes, its model can be judged and it steps the optimizer."""
     contract(fn)
     try:
-        probe = build_model(options.model)
+        probe = build_model(options.model, options.example)
         if options.optimizer is not None:
             built = options.optimizer(probe.parameters())
             if not isinstance(built, torch.optim.Optimizer):

@@ -1,0 +1,291 @@
+"""linreg.audit.training_loop on loops as real projects write them (tests/loops_as_written.py).
+
+Every correct loop passes, every twin fails naming its pitfall; the k-fold scale under
+accumulation, clipping over a scale error or a missing zero_grad, a crash, and left-over
+micro-batches never stepped each have a test; the audit's one true finding on a loop written to
+look correct is confirmed by a direct measurement.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import settings
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg import audit
+from tests import loops_as_written as L
+
+# examples per property: a third of the profile's (ci: 10), at most 50 (thorough)
+EXAMPLES = min(settings.default.max_examples, 150) // 3
+
+GPT = {"model": L.TinyGPT, "example": L.gpt_example, "accumulation_steps": 2}
+IMAGE = {"model": L.SmallConvBN, "example": L.image_example, "accumulation_steps": 2}
+VECTOR = {"model": L.LogSoftmaxNet, "example": L.vector_example}
+
+# (the loop, its twin, the pitfall the twin must fail, the audit's options)
+CASES: list[tuple[Any, Any, str, dict[str, Any]]] = [
+    (L.gpt_train, L.gpt_train_undivided, "mean-vs-sum", GPT),
+    (
+        L.iters_train,
+        L.iters_train_zero_late,
+        "non-leaf-params",
+        {"model": L.TinyGPT, "example": L.gpt_example},
+    ),
+    (L.image_train, L.image_train_bypassed, "mean-vs-sum", {**IMAGE, "drop_last": True}),
+    (L.image_train, L.image_train_unzeroed, "grad-zeroing", {**IMAGE, "drop_last": True}),
+    (
+        L.trainer_fit,
+        L.trainer_fit_summed,
+        "mean-vs-sum",
+        {"model": L.D2LStyleModel, "example": L.regression_example},
+    ),
+    (L.mnist_style, L.mnist_style_stored, "exhausted-generator", VECTOR),
+    (
+        L.manual_fit,
+        L.manual_fit_unflushed,
+        "short-last-batch",
+        {**VECTOR, "model": L.LitStyleModule, "accumulation_steps": 2, "drop_last": True},
+    ),
+    (L.script, L.script_late_zero, "non-leaf-params", VECTOR),
+    (
+        L.dict_train,
+        L.dict_train_nominal,
+        "short-last-batch",
+        {
+            "model": L.TinyClassifier,
+            "example": L.dict_example,
+            "accumulation_steps": 2,
+            "drop_last": True,
+        },
+    ),
+    (
+        L.bn_train,
+        L.bn_train_micro_means,
+        "micro-batch-accumulation",
+        {"model": L.SmallConvBN, "example": L.image_example},
+    ),
+    (L.chunked_train, None, "", {**IMAGE, "accumulation_steps": 3}),
+]
+
+
+def _id(case: tuple[Any, ...]) -> str:
+    return f"{case[0].__name__}-vs-{case[1].__name__ if case[1] else 'none'}"
+
+
+@pytest.mark.parametrize("loop, options", [pytest.param(c[0], c[3], id=_id(c)) for c in CASES])
+def test_loops_as_written_a_correct_loop_passes(loop: Any, options: dict[str, Any]) -> None:
+    report = audit.training_loop(loop, max_examples=EXAMPLES, **options)
+    assert report.ok, str(report)
+    assert {r.verdict for r in report.results} == {"pass"}, str(report)
+
+
+@pytest.mark.parametrize(
+    "twin, pitfall, options", [pytest.param(*c[1:], id=_id(c)) for c in CASES if c[1]]
+)
+def test_loops_as_written_a_twin_fails_naming_its_pitfall(
+    twin: Any, pitfall: str, options: dict[str, Any]
+) -> None:
+    report = audit.training_loop(twin, max_examples=15, shrink=False, **options)
+    assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+    assert "matches no known mistake" not in str(report), str(report)
+
+
+# --- the k-fold scale, and what clipping must not hide ------------------------------------------
+
+
+def test_loops_as_written_a_k_fold_scale_under_accumulation_fails_mean_vs_sum() -> None:
+    for clip in (0.0, 1e-3):  # clipping off, then active on every step
+        twin = partial(L.gpt_train, divide=False, grad_clip=clip)
+        report = audit.training_loop(twin, max_examples=10, **{**GPT, "accumulation_steps": 3})
+        assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+        assert "3 times the gradient" in report.failures[0].message, str(report)
+        assert "without dividing by their number" in report.failures[0].message
+
+
+def _applied(loop: Any, model: nn.Module, batches: list[Any], **kwargs: Any) -> list[Tensor]:
+    """The gradients each step applied, read in a pre-hook of the loop's own optimizer."""
+    seen: list[Tensor] = []
+
+    def read(opt: torch.optim.Optimizer, *_: Any) -> None:
+        seen.append(torch.cat([p.grad.reshape(-1).clone() for p in model.parameters()]))
+        for group in opt.param_groups:
+            group["lr"] = 0.0
+
+    hook = register_optimizer_step_pre_hook(read)
+    try:
+        loop(model, batches, **kwargs)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_loops_as_written_clipping_hides_the_bug_from_the_applied_gradient_alone() -> None:
+    """What the audit is up against: with active clipping the applied gradients of the right
+    loop and of the two twins are the same vector; only what backward() left tells them apart."""
+    torch.manual_seed(0)
+    X, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    batches = list(DataLoader(TensorDataset(X, y), batch_size=2))
+
+    def run(**kw: Any) -> list[Tensor]:
+        torch.manual_seed(1)
+        model = L.SmallConvBN()
+        model.eval()  # the batch norms' statistics fixed, as the audit holds them
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        return _applied(
+            partial(L.image_train, optimizer=optimizer, num_epochs=1, amp=False, clip=1e-3, **kw),
+            model,
+            batches,
+        )
+
+    right, unzeroed = run(), run(zero=False)
+    assert len(right) == len(unzeroed) == 2
+    # the mask is real: both steps are clipped to the same norm, and to 1% the same vector
+    assert torch.isclose(right[1].norm(), unzeroed[1].norm(), rtol=1e-5)
+    assert torch.allclose(right[1], unzeroed[1], rtol=1e-2, atol=1e-7)
+    report = audit.training_loop(
+        partial(L.image_train, clip=1e-3, zero=False, amp=False),
+        max_examples=10,
+        **{**IMAGE, "drop_last": True},
+    )
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    assert "before clipping" in report.failures[0].message
+
+
+# --- a crash, left-overs never stepped ---------------------------------------------------------
+
+
+def logs_past_warm_up(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Right, but its log line skips the first batch's loss: an epoch of one batch crashes it."""
+    for epoch in range(num_epochs):
+        losses = []
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss = F.nll_loss(model(X), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        print(f"epoch {epoch}: {torch.stack(losses[1:]).mean():.3f}")
+
+
+def test_loops_as_written_a_loop_that_raises_is_reported_as_raising_not_as_a_pitfall() -> None:
+    report = audit.training_loop(logs_past_warm_up, max_examples=10, **VECTOR)
+    assert not report.ok
+    assert report.failures == (), str(report)
+    assert report.error.startswith("the loop raised RuntimeError: stack expects"), report.error
+    assert f"{__file__}:" in report.error and "in logs_past_warm_up" in report.error
+    assert "torch.stack(losses[1:])" in report.error  # the line itself
+    assert report.error_example["batch_size"] >= len(report.error_example["rows"])
+    assert report.to_dict()["error"] == report.error
+    assert "ERROR the loop raised RuntimeError" in str(report)
+    assert all(r.verdict in ("pass", "skip") for r in report.results)
+    assert any(r.message.startswith("not judged: the target raised") for r in report.results)
+
+
+def test_loops_as_written_a_loop_that_raises_at_once_is_refused_naming_the_line() -> None:
+    def typo(model: nn.Module, loader: Any, num_epochs: int) -> None:
+        for X, _ in loader:
+            model(X).sum().backwards()  # type: ignore[attr-defined]
+
+    with pytest.raises(audit.TargetError, match=r"the loop raised AttributeError: .*backwards"):
+        audit.training_loop(typo, **VECTOR)
+
+
+def test_loops_as_written_left_overs_never_stepped_are_named() -> None:
+    report = audit.training_loop(
+        L.manual_fit_unflushed,
+        max_examples=15,
+        **{**VECTOR, "model": L.LitStyleModule, "accumulation_steps": 2},
+    )
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "never steps an epoch's left-over micro-batches" in report.failures[0].message
+
+
+# --- a true finding on a loop that looks right ------------------------------------------------
+
+
+def test_loops_as_written_a_short_last_batch_in_a_window_is_a_mean_of_means_measured() -> None:
+    """manual_fit divides every batch's mean loss by the window's length: right when the batches
+    are the same size (drop_last), a mean of micro-batch means when the last one is short. The
+    audit says so; here is the direct measurement on 3 rows in batches of 2 (one window)."""
+    report = audit.training_loop(
+        L.manual_fit,
+        max_examples=30,
+        **{**VECTOR, "model": L.LitStyleModule, "accumulation_steps": 2},
+    )
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+
+    torch.manual_seed(0)
+    X, y = torch.randn(3, 5), torch.tensor([0, 3, 1])
+    module = L.LitStyleModule()
+    module._optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    batches = list(DataLoader(TensorDataset(X, y), batch_size=2))
+    (applied,) = _applied(lambda m, b: L.manual_fit(m, b, num_epochs=1), module, batches)
+    params = list(module.parameters())
+    rows = torch.autograd.grad(F.cross_entropy(module(X), y), params)
+    means = [
+        torch.autograd.grad(F.cross_entropy(module(X[s]), y[s]), params)
+        for s in (slice(0, 2), slice(2, 3))
+    ]
+    correct = torch.cat([g.reshape(-1) for g in rows])
+    mean_of_means = torch.cat([(a + b).reshape(-1) / 2 for a, b in zip(*means, strict=True)])
+    assert not torch.allclose(applied, correct, rtol=1e-3)
+    assert torch.allclose(applied, mean_of_means, rtol=1e-5, atol=1e-7)
+
+
+# --- the contract, by name; the reference, absolute where it can be ---------------------------
+
+
+def test_loops_as_written_a_loop_that_needs_what_the_audit_cannot_pass_is_refused() -> None:
+    def needs_a_logger(model: nn.Module, loader: Any, num_epochs: int, logger: Any) -> None: ...
+
+    def no_data(model: nn.Module, num_epochs: int) -> None: ...
+
+    with pytest.raises(audit.TargetError, match="it needs logger, which the audit cannot pass"):
+        audit.training_loop(needs_a_logger, **VECTOR)
+    with pytest.raises(audit.TargetError, match="no parameter for its data"):
+        audit.training_loop(no_data, **VECTOR)
+
+
+def l1_loop(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, k: int = 1) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            (F.l1_loss(model(X), y) * k).backward()
+            optimizer.step()
+
+
+REGRESSION = {"model": lambda: nn.Linear(3, 1), "example": L.regression_example}
+
+
+def test_loops_as_written_a_loss_the_audit_cannot_guess_is_judged_against_the_loop() -> None:
+    report = audit.training_loop(l1_loop, max_examples=EXAMPLES, **REGRESSION)
+    assert report.ok, str(report)
+    named = audit.training_loop(
+        partial(l1_loop, k=2), max_examples=10, loss=F.l1_loss, **REGRESSION
+    )
+    assert [r.pitfall for r in named.failures] == ["mean-vs-sum"], str(named)
+    assert "2 times the gradient" in named.failures[0].message
+    assert "the named loss 'l1_loss'" in named.failures[0].message
+
+
+def test_loops_as_written_batch_norm_statistics_stay_as_they_started() -> None:
+    report = audit.training_loop(
+        L.bn_train, max_examples=10, model=L.SmallConvBN, example=L.image_example
+    )
+    assert report.ok, str(report)
+    model = L.SmallConvBN()
+    from linreg.targets.training_loop import build_model
+
+    held = build_model(lambda: model)
+    held.train()
+    bn = held.features[1]
+    assert not bn.training
+    held(torch.randn(4, 1, 6, 6))
+    assert torch.equal(bn.running_mean, torch.zeros(4))  # held: eval mode uses, never updates
