@@ -534,7 +534,7 @@ def test_readme_shows_the_audits_real_output(
         r"```console\n(\$ python -m linreg audit .*?)```", (root / "README.md").read_text(), re.S
     )
     shown = [b for block in blocks for b in re.split(r"\n(?=\$ )", block.strip())]
-    assert len(shown) == 6
+    assert len(shown) == 8
     seconds = re.compile(r" in \d+\.\d s$", re.M)
     for text in shown:
         command, *lines = text.splitlines()
