@@ -42,6 +42,7 @@ from linreg.targets.observe import LoopRaised
 __all__ = [
     "DEFAULT_EXAMPLES",
     "KINDS",
+    "LoopRaised",
     "Report",
     "Result",
     "TargetError",

@@ -541,3 +541,45 @@ def test_readme_shows_the_audits_real_output(
         main([*command.removeprefix("$ python -m linreg ").split(), "-q"])
         got = capsys.readouterr().out.rstrip("\n")
         assert seconds.sub(" in _ s", got) == seconds.sub(" in _ s", "\n".join(lines))
+
+
+CRASHING_LOOP = '''
+import torch
+from torch import nn
+
+
+def net():
+    return nn.Linear(2, 3)
+
+
+def sample():
+    return torch.tensor([0.5, -1.0]), 2
+
+
+def fit(model, loader, optimizer, num_epochs):
+    for _ in range(num_epochs):
+        losses = []
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(X), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        print(torch.stack(losses[1:]).mean())  # an epoch of one batch: an empty stack
+'''
+
+
+def test_audit_reports_a_loop_that_raises_as_an_error_with_exit_1(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    (tmp_path / "crashing.py").write_text(CRASHING_LOOP)
+    monkeypatch.chdir(tmp_path)
+    given = ["--model", "crashing:net", "--example", "crashing:sample", "--max-examples", "10"]
+    assert main(["audit", "training-loop", "crashing:fit", *given, "--json", "-q"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False
+    assert out["error"].startswith("the loop raised RuntimeError: stack expects")
+    assert "crashing.py:" in out["error"] and "torch.stack(losses[1:])" in out["error"]
+    assert all(r["verdict"] != "fail" for r in out["results"])

@@ -148,3 +148,56 @@ def test_pitfalls_plugin_audits_a_training_loop_with_its_model_and_example(
     # fit passes all 6; fit_summed fails mean-vs-sum, and the 3 properties resting on it skip
     result.assert_outcomes(passed=8, failed=1, skipped=3)
     result.stdout.fnmatch_lines(["*training-loop=myloops:fit_summed*mean-vs-sum: *FAILED*"])
+
+
+DICT_LOOPS = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, input_ids, labels):
+        logits = self.out(self.emb(input_ids).mean(1))
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def sample():
+    return {"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor(1)}
+
+
+def train(model, train_dataloader, max_steps, gradient_accumulation_steps):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    step, batches = 0, iter(train_dataloader)
+    while step < max_steps:
+        for _ in range(gradient_accumulation_steps):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(train_dataloader)
+                batch = next(batches)
+            (model(**batch.to("cpu"))["loss"] / gradient_accumulation_steps).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        step += 1
+"""
+
+
+def test_pitfalls_plugin_audits_a_step_budget_loop_on_dict_batches(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(dictloops=DICT_LOOPS)
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    result = pytester.runpytest(
+        "--pitfalls-audit",
+        "training-loop=dictloops:train,model=dictloops:Net,example=dictloops:sample,"
+        "accumulation_steps=2,drop_last=true",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+    )
+    result.assert_outcomes(passed=6)

@@ -164,7 +164,9 @@ def _epochs(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
     return sts.batchings(
-        accumulation_steps=options.accumulation_steps, num_epochs=st.integers(1, 3)
+        accumulation_steps=options.accumulation_steps,
+        drop_last=options.drop_last,
+        num_epochs=st.integers(1, 3),
     )
 
 

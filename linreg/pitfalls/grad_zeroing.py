@@ -161,6 +161,7 @@ def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
         steps="full",
         min_steps=2,
         accumulation_steps=options.accumulation_steps,
+        drop_last=options.drop_last,
         num_epochs=st.integers(1, 2),
     )
 

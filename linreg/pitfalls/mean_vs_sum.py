@@ -187,7 +187,9 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
 def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
-    return sts.batchings(steps="full", accumulation_steps=options.accumulation_steps)
+    return sts.batchings(
+        steps="full", accumulation_steps=options.accumulation_steps, drop_last=options.drop_last
+    )
 
 
 PROPERTIES = (

@@ -99,7 +99,9 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
 def _mixed(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
-    return sts.batchings(mixed=True, accumulation_steps=options.accumulation_steps)
+    return sts.batchings(
+        mixed=True, accumulation_steps=options.accumulation_steps, drop_last=options.drop_last
+    )
 
 
 PROPERTIES = (

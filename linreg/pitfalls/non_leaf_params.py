@@ -191,7 +191,10 @@ def _any_batching(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
     return sts.batchings(
-        accumulation_steps=options.accumulation_steps, num_epochs=st.integers(1, 2), max_n=6
+        accumulation_steps=options.accumulation_steps,
+        drop_last=options.drop_last,
+        num_epochs=st.integers(1, 2),
+        max_n=6,
     )
 
 

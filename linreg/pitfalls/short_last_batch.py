@@ -154,7 +154,9 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
 def _short_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
     from linreg.testing import strategies as sts
 
-    return sts.batchings(steps="short", accumulation_steps=options.accumulation_steps)
+    return sts.batchings(
+        steps="short", accumulation_steps=options.accumulation_steps, drop_last=options.drop_last
+    )
 
 
 PROPERTIES = (

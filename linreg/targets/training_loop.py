@@ -18,8 +18,10 @@ any work, as is a loop that moves the parameters outside `optimizer.step()`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,7 +271,7 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
     )
     with watching(model) as seen:
         try:
-            with seeded(batching.seed), warnings.catch_warnings():
+            with seeded(batching.seed), warnings.catch_warnings(), _silenced():
                 warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
                 target.fn(**kwargs)
         except (CheckFailed, LoopRaised):
@@ -277,6 +279,14 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
         except Exception as e:
             raise raised(e, target.fn) from e
     return model, seen
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Keep the loop's prints and progress bars out of the audit's output (its JSON, say)."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 def observe(target: Target, batching: Batching) -> Observed:

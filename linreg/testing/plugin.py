@@ -46,6 +46,7 @@ class Spec:
     kind: str
     target: Any  # a linreg.pitfalls.Target
     failed: set[str] = field(default_factory=set)  # pitfalls whose properties failed so far
+    error: str = ""  # the target raised: its properties after the first are not judged
 
 
 def parse(text: str) -> Spec:
@@ -102,9 +103,15 @@ class AuditItem(pytest.Item):
         from linreg import audit
 
         reason = audit.not_judged(self.prop, self.spec.failed)
+        if self.spec.error:
+            reason = "not judged: the target raised (see the first failure)"
         if reason is not None:
             pytest.skip(reason)
-        result = audit.run_property(self.prop, self.target)
+        try:
+            result = audit.run_property(self.prop, self.target)
+        except audit.LoopRaised as e:
+            self.spec.error = str(e.args[0])
+            raise AuditFailed(f"{self.spec.error}\non: {e.args[1]!r}") from None
         if result.verdict == "skip":
             pytest.skip(result.message)
         if result.verdict == "fail":

@@ -244,23 +244,29 @@ def batchings(
     num_epochs: st.SearchStrategy[int] | None = None,
     mixed: bool = False,
     max_n: int = 10,
+    drop_last: bool = False,
 ) -> Batching:
     """Draw a run of a training loop: n rows in batches, in order (see linreg.audit).
 
     steps="full": every optimizer step takes batch_size * accumulation_steps rows (at least
     min_steps of them); "short": the last step of each epoch takes fewer; "any": either.
     mixed=True draws each row as the example or its contrast row; otherwise every row is the
-    example. One epoch unless num_epochs.
+    example. One epoch unless num_epochs. drop_last=True (the audit's DataLoader drops the short
+    last batch) keeps at least one batch, and a short step short by whole batches.
     """
     k = accumulation_steps
     if steps == "any":
         n = draw(st.integers(1, max_n), label="n")
-        b = draw(st.integers(1, n + 1), label="batch_size")
+        b = draw(st.integers(1, n if drop_last else n + 1), label="batch_size")
     else:
         top = max(2, 4 // k)  # a step takes b * k rows: keep runs short when k is large
         b = draw(st.integers(1 if steps == "full" or k > 1 else 2, top), label="batch_size")
         whole = draw(st.integers(min_steps, 3), label="full steps")
-        rest = draw(st.integers(1, b * k - 1), label="rest") if steps == "short" else 0
+        rest = 0
+        if steps == "short" and drop_last and k > 1:
+            rest = b * draw(st.integers(1, k - 1), label="rest in batches")
+        elif steps == "short":
+            rest = draw(st.integers(1, b * k - 1), label="rest")
         n = b * k * whole + rest
     rows = (0,) * n
     if mixed:
