@@ -184,23 +184,7 @@ def run_property(
             failure.append((example, str(e)))  # the last one is the shrunk one, replayed
             raise
 
-    profile = settings.default or settings()  # the loaded profile's phases (no shrink: mutation)
-    wrapped = settings(
-        max_examples=limit,
-        deadline=None,
-        database=None,
-        derandomize=seed is None,
-        suppress_health_check=list(HealthCheck),
-        verbosity=Verbosity.quiet,
-        report_multiple_bugs=False,
-        print_blob=False,
-        # no explain phase: its report is not shown, and it costs as much as the shrinking
-        phases=[
-            p
-            for p in profile.phases
-            if (shrink or p is not Phase.shrink) and p is not Phase.explain
-        ],
-    )(given(prop.examples(target.options))(test))
+    wrapped = _settings(limit, seed, shrink)(given(prop.examples(target.options))(test))
     if seed is not None:
         wrapped = hypothesis_seed(seed)(wrapped)
     try:
@@ -215,6 +199,27 @@ def run_property(
             message += " (flaky: replayed, the example did not fail again)"
         return Result(prop.pitfall, prop.name, "fail", message, plain(example), seen["examples"])
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
+
+
+def _settings(limit: int, seed: int | None, shrink: bool) -> settings:
+    """Return the audit's Hypothesis settings: the loaded profile's phases, quiet, no database."""
+    profile = settings.default or settings()  # the loaded profile's phases (no shrink: mutation)
+    return settings(
+        max_examples=limit,
+        deadline=None,
+        database=None,
+        derandomize=seed is None,
+        suppress_health_check=list(HealthCheck),
+        verbosity=Verbosity.quiet,
+        report_multiple_bugs=False,
+        print_blob=False,
+        # no explain phase: its report is not shown, and it costs as much as the shrinking
+        phases=[
+            p
+            for p in profile.phases
+            if (shrink or p is not Phase.shrink) and p is not Phase.explain
+        ],
+    )
 
 
 def properties(kind: str) -> list[Property]:

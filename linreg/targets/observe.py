@@ -158,86 +158,102 @@ def flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor | N
     )
 
 
-@contextmanager
-def watching(model: nn.Module) -> Iterator[Observed]:
-    """Watch the model's training while the block runs; yield what it saw, filled in after."""
-    params = list(model.parameters())
-    ids = {id(p) for p in params}
-    start = [p.detach().clone() for p in params]
-    seen = Observed()
-    calls: list[Call] = []
-    latest: dict[int, Tensor] = {}
-    unscaled: dict[int, Tensor] = {}
+class Watcher:
+    """The hooks' shared state: what was fed since the last step, and each step's readings."""
 
-    def ours(opt: torch.optim.Optimizer) -> bool:
-        return any(id(p) in ids for g in opt.param_groups for p in g["params"])
+    def __init__(self, model: nn.Module) -> None:
+        self.params = list(model.parameters())
+        self.ids = {id(p) for p in self.params}
+        self.start = [p.detach().clone() for p in self.params]
+        self.seen = Observed()
+        self.calls: list[Call] = []
+        self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
+        self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
 
-    def before(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if ours(opt):
-            for group in opt.param_groups:  # before every step, whatever a scheduler set
+    def ours(self, opt: torch.optim.Optimizer) -> bool:
+        """Return True if the optimizer steps any of the model's parameters."""
+        return any(id(p) in self.ids for g in opt.param_groups for p in g["params"])
+
+    def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Hold every param group's lr at 0, whatever a scheduler set."""
+        if self.ours(opt):
+            for group in opt.param_groups:
                 if isinstance(group["lr"], Tensor):
                     group["lr"].fill_(0.0)
                 else:
                     group["lr"] = 0.0
 
-    def after(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not ours(opt):
+    def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Record the step: its gradients read three ways, and what fed it."""
+        if not self.ours(opt):
             return
-        raw = flat([latest.get(id(p)) for p in params], params)
-        seen.steps.append(
-            Step(
-                applied=flat([p.grad for p in params], params),
-                raw=raw,
-                unscaled=flat([unscaled[id(p)] for p in params], params) if unscaled else raw,
-                calls=list(calls),
-            )
-        )
-        calls.clear()
-        latest.clear()
-        unscaled.clear()
+        params = self.params
+        raw = flat([self.latest.get(id(p)) for p in params], params)
+        unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
+        applied = flat([p.grad for p in params], params)
+        self.seen.steps.append(Step(applied, raw, unscaled if self.unscaled else raw, self.calls))
+        self.calls, self.latest, self.unscaled = [], {}, {}
 
-    def accumulated(p: Tensor) -> None:
+    def accumulated(self, p: Tensor) -> None:
+        """Keep a param's gradient as backward() left it."""
         if p.grad is not None:
-            latest[id(p)] = p.grad.detach().clone()
+            self.latest[id(p)] = p.grad.detach().clone()
 
-    def fed(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def fed(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Record what a forward pass with grad enabled was fed."""
         if not torch.is_grad_enabled():
             return  # an evaluation pass: it feeds no step
         batch = [t for t in _tensors(args, kwargs) if t.ndim > 0]
         if not batch:
             return
-        if calls and _same_batch(calls[-1], batch[0]):
+        if self.calls and _same_batch(self.calls[-1], batch[0]):
             return  # the same batch fed again (a logging pass with grad on): no new rows
-        calls.append(Call(_detached(args), _detached(kwargs), batch[0].shape[0]))
-        seen.fed += batch[0].shape[0]
+        self.calls.append(Call(_detached(args), _detached(kwargs), batch[0].shape[0]))
+        self.seen.fed += batch[0].shape[0]
 
+    def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
+        """Keep the gradients a loss scaler just divided by its scale."""
+        if self.ours(opt):
+            for p in self.params:
+                if p.grad is not None:
+                    self.unscaled[id(p)] = p.grad.detach().clone()
+
+    def finish(self) -> Observed:
+        """Return what was seen, with the rows fed after the last step and whether params moved."""
+        self.seen.leftover = self.calls if self.latest else []  # rows no step used
+        self.seen.moved = any(
+            not torch.equal(p.detach(), q) for p, q in zip(self.params, self.start, strict=True)
+        )
+        return self.seen
+
+
+@contextmanager
+def watching(model: nn.Module) -> Iterator[Observed]:
+    """Watch the model's training while the block runs; yield what it saw, filled in after."""
+    watch = Watcher(model)
     original = torch.amp.GradScaler.unscale_
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
         original(scaler, optimizer)
-        if ours(optimizer):
-            for p in params:
-                if p.grad is not None:
-                    unscaled[id(p)] = p.grad.detach().clone()
+        watch.unscaled_by(optimizer)
 
     handles = [
-        register_optimizer_step_pre_hook(before),
-        register_optimizer_step_post_hook(after),
-        model.register_forward_pre_hook(fed, with_kwargs=True),
+        register_optimizer_step_pre_hook(watch.before),
+        register_optimizer_step_post_hook(watch.after),
+        model.register_forward_pre_hook(watch.fed, with_kwargs=True),
     ] + [
-        p.register_post_accumulate_grad_hook(accumulated)  # type: ignore[no-untyped-call]
-        for p in params
+        p.register_post_accumulate_grad_hook(watch.accumulated)  # type: ignore[no-untyped-call]
+        for p in watch.params
         if p.requires_grad
     ]
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
     try:
-        yield seen
+        yield watch.seen
     finally:
         torch.amp.GradScaler.unscale_ = original  # type: ignore[method-assign]
         for handle in handles:
             handle.remove()
-        seen.leftover = list(calls) if latest else []  # rows whose gradients no step used
-        seen.moved = any(not torch.equal(p.detach(), q) for p, q in zip(params, start, strict=True))
+        watch.finish()
 
 
 def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
