@@ -527,3 +527,98 @@ def chunked_train(
                 (total(model(x), y) / rows).backward()
             optimizer.step()
             optimizer.zero_grad()
+
+
+# --- 11. token-weighted accumulation over dict batches with -100 labels -------------------------
+
+
+class TinyCausalLM(nn.Module):
+    """A causal LM as transformers writes one: it shifts its labels, ignores -100, and with
+    num_items_in_batch divides its summed token loss by that count instead of taking a mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 6)
+        self.mix = nn.Linear(12, 6)
+        self.head = nn.Linear(6, VOCAB)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Output:
+        h = self.emb(input_ids)
+        previous = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        logits = self.head(torch.tanh(self.mix(torch.cat([h, previous], dim=-1))))
+        if labels is None:
+            return Output(logits=logits)
+        shift_logits, shift_labels = logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
+        if num_items_in_batch is None:
+            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+        else:
+            summed = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+            loss = summed / num_items_in_batch
+        return Output(loss=loss, logits=logits)
+
+
+def token_example() -> dict[str, Tensor]:
+    ids = torch.tensor([4, 7, 1, 9, 2])
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.tensor([4, 7, -100, 9, 2]),  # one target masked, as padding is
+    }
+
+
+def token_train(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+    count: str = "shifted",
+) -> None:
+    """Counts the window's targets first, then divides each micro-batch's summed loss by it."""
+    for _ in range(num_epochs):
+        batches = iter(train_dataloader)
+        while window := list(itertools.islice(batches, gradient_accumulation_steps)):
+            if count == "shifted":  # the targets the model's loss counts, after its shift
+                num_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+            else:  # the labels as given, the first position included
+                num_items = sum(int((b["labels"] != -100).sum()) for b in window)
+            for batch in window:
+                if count == "mean of means":
+                    loss = model(**batch).loss / len(window)
+                else:
+                    loss = model(**batch, num_items_in_batch=num_items).loss
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def token_train_mean_of_means(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+) -> None:
+    """Twin: each micro-batch's mean token loss / the micro-batches (the 2024 accumulation bug)."""
+    token_train(
+        model, train_dataloader, optimizer, num_epochs, gradient_accumulation_steps, "mean of means"
+    )
+
+
+def token_train_unshifted_count(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+) -> None:
+    """Twin: the targets counted before the model's causal shift (the first position counted)."""
+    token_train(
+        model, train_dataloader, optimizer, num_epochs, gradient_accumulation_steps, "unshifted"
+    )

@@ -289,3 +289,55 @@ def test_loops_as_written_batch_norm_statistics_stay_as_they_started() -> None:
     assert not bn.training
     held(torch.randn(4, 1, 6, 6))
     assert torch.equal(bn.running_mean, torch.zeros(4))  # held: eval mode uses, never updates
+
+
+# --- token-weighted accumulation: dict batches with -100 labels --------------------------------
+
+TOKENS = {"model": L.TinyCausalLM, "example": L.token_example, "accumulation_steps": 2}
+
+
+def test_loops_as_written_a_step_that_divides_by_its_count_of_targets_passes() -> None:
+    report = audit.training_loop(L.token_train, max_examples=EXAMPLES, **TOKENS)
+    assert report.ok, str(report)
+    assert "weighed by the targets it counts" not in str(report)  # passes say nothing more
+
+
+@pytest.mark.parametrize(
+    "twin, pitfall, words",
+    [
+        (
+            L.token_train_mean_of_means,
+            "micro-batch-accumulation",
+            "mean of its 2 micro-batches' mean losses, whose counts of targets differ",
+        ),
+        (L.token_train_unshifted_count, "mean-vs-sum", "counted before the model's causal shift"),
+    ],
+    ids=["mean-of-means", "unshifted-count"],
+)
+def test_loops_as_written_a_miscount_of_targets_fails_naming_it(
+    twin: Any, pitfall: str, words: str
+) -> None:
+    report = audit.training_loop(twin, max_examples=15, shrink=False, **TOKENS)
+    assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+    assert words in report.failures[0].message, str(report)
+
+
+def test_loops_as_written_the_mean_of_means_over_uneven_token_counts_measured() -> None:
+    """Directly: two micro-batches of one row, with 3 and 1 targets after the shift. The mean of
+    their means is not the mean over the step's 4 targets; dividing by the count is."""
+    torch.manual_seed(0)
+    model = L.TinyCausalLM()
+    a = L.token_example()
+    b = {**a, "labels": torch.tensor([-100, -100, -100, -100, 2])}
+    batches = [{k: v.unsqueeze(0) for k, v in row.items()} for row in (a, b)]
+    params = list(model.parameters())
+
+    def grad(loss: Tensor) -> Tensor:
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+    together = {k: torch.cat([batches[0][k], batches[1][k]]) for k in a}
+    correct = grad(model(**together).loss)  # one mean over the 4 targets
+    mean_of_means = grad(sum(model(**m).loss for m in batches) / 2)
+    by_count = grad(sum(model(**m, num_items_in_batch=4).loss for m in batches))
+    assert torch.allclose(by_count, correct, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(mean_of_means, correct, rtol=1e-2)

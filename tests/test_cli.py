@@ -543,7 +543,7 @@ def test_readme_shows_the_audits_real_output(
         assert seconds.sub(" in _ s", got) == seconds.sub(" in _ s", "\n".join(lines))
 
 
-CRASHING_LOOP = '''
+CRASHING_LOOP = """
 import torch
 from torch import nn
 
@@ -566,7 +566,7 @@ def fit(model, loader, optimizer, num_epochs):
             optimizer.step()
             losses.append(loss.detach())
         print(torch.stack(losses[1:]).mean())  # an epoch of one batch: an empty stack
-'''
+"""
 
 
 def test_audit_reports_a_loop_that_raises_as_an_error_with_exit_1(

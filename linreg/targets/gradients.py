@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,8 @@ from linreg.checks import CheckFailed
 from linreg.targets.base import Target
 from linreg.targets.observe import Call, Observed, Step, flat
 from linreg.targets.training_loop import (
+    IGNORE_INDEX,
+    LABEL_KEYS,
     Batching,
     describe,
     labels_of,
@@ -38,7 +40,7 @@ from linreg.targets.training_loop import (
     run,
 )
 
-RowLoss = Callable[[Any], Tensor]
+RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token labels)
 
 
 def own_loss(output: Any) -> Tensor | None:
@@ -104,6 +106,8 @@ class Reference:
 
     grads: dict[bytes, Tensor]
     source: str
+    weights: dict[bytes, float] | None = None  # the targets each row counts (None: one each)
+    labelled: dict[bytes, float] | None = None  # its labels that are not IGNORE_INDEX
 
 
 def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Tensor:
@@ -113,7 +117,9 @@ def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Ten
     args, kwargs = call.row(i)
     model.train()
     with torch.enable_grad():
-        grads = torch.autograd.grad(row_loss(model(*args, **kwargs)), trained, allow_unused=True)
+        labels = token_labels(call, i)
+        loss = row_loss(model(*args, **kwargs), None if labels is None else labels[1])
+        grads = torch.autograd.grad(loss, trained, allow_unused=True)
     by_param = dict(zip(map(id, trained), grads, strict=True))
     vector = flat([by_param.get(id(p)) for p in params], params)
     assert vector is not None
@@ -121,7 +127,9 @@ def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Ten
 
 
 def _named(loss: Callable[[Any, Tensor], Tensor], y: Tensor) -> RowLoss:
-    return lambda output: loss(output, y.unsqueeze(0))
+    """Return a row's loss from a loss (output, y): on the row's own token labels where it is
+    fed some, else on the example's labels, batched as one row."""
+    return lambda output, labels: loss(output, y.unsqueeze(0) if labels is None else labels)
 
 
 def row_loss_for(target: Target, model: nn.Module, call: Call) -> tuple[RowLoss | None, str]:
@@ -140,7 +148,7 @@ def row_loss_for(target: Target, model: nn.Module, call: Call) -> tuple[RowLoss 
     return None, "cross-entropy" if y is not None and not y.is_floating_point() else "MSE"
 
 
-def _own(output: Any) -> Tensor:
+def _own(output: Any, labels: Tensor | None = None) -> Tensor:
     loss = own_loss(output)
     if loss is None:
         raise CheckFailed("the model's output carried its loss on one row, not on another")
@@ -165,11 +173,51 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
         row_loss = _named(loss_of, y)
         source += " (the labels' usual loss, confirmed against the loop on one row)"
     grads: dict[bytes, Tensor] = {}
+    weights: dict[bytes, float] = {}
+    labelled: dict[bytes, float] = {}
     for call in calls:
         for i, key in enumerate(call.row_keys()):
             if key not in grads:
                 grads[key] = row_gradient(model, call, i, row_loss)
-    return Reference(grads, f"{source} on that row alone")
+                labels = token_labels(call, i)
+                if labels is not None:
+                    labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
+                    weights[key] = counted(model, call, i, labels, row_loss)
+    if not weights:
+        return Reference(grads, f"{source} on that row alone")
+    return Reference(
+        grads, f"{source} on that row alone, weighed by the targets it counts", weights, labelled
+    )
+
+
+def token_labels(call: Call, i: int) -> tuple[str, Tensor] | None:
+    """Return the keyword and the value of a row's token labels (ndim >= 1), if it is fed any."""
+    _, kwargs = call.row(i)
+    for name in LABEL_KEYS:
+        value = kwargs.get(name)
+        if isinstance(value, Tensor) and value.ndim >= 2 and not value.is_floating_point():
+            return name, value
+    return None
+
+
+def counted(
+    model: nn.Module, call: Call, i: int, labels: tuple[str, Tensor], row_loss: RowLoss
+) -> float:
+    """Return how many of a row's targets its loss counts: those whose loss alone is defined.
+
+    One forward pass per labelled target, all others set to IGNORE_INDEX: a model that shifts its
+    labels (a causal LM) drops the first, and its loss on that one alone is not a number.
+    """
+    name, value = labels
+    args, kwargs = call.row(i)
+    n = 0
+    with torch.no_grad():
+        for position in (value != IGNORE_INDEX).nonzero().tolist():
+            alone = torch.full_like(value, IGNORE_INDEX)
+            alone[tuple(position)] = value[tuple(position)]
+            loss = row_loss(model(*args, **{**kwargs, name: alone}), alone)
+            n += bool(torch.isfinite(loss)) and bool(loss != 0)
+    return float(n)
 
 
 def _confirmed(target: Target, guess: str, seed: int) -> Reference | None:
@@ -278,15 +326,18 @@ class Judged:
     ratio: float | None  # None: not a multiple of the correct gradient
     clipped: bool  # the applied gradient is a clipping of what backward() left
     stale: bool = False  # it is the correct gradient plus what the step before left in .grad
+    note: str = ""  # a known mistake the step's own numbers name (a miscount of targets)
 
 
 def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
-    """Return the correct gradient of a step: the mean (or sum) of its rows' own gradients."""
+    """Return the correct gradient of a step: the mean (or sum) of its rows' own gradients,
+    each weighed by the targets it counts where the rows count tokens."""
     keys = [key for call in step.calls for key in call.row_keys()]
     if not keys or any(key not in ref.grads for key in keys):
         return None
-    total = torch.stack([ref.grads[key] for key in keys]).sum(0)
-    return total if summed else total / len(keys)
+    weight = [1.0 if ref.weights is None else ref.weights.get(key, 1.0) for key in keys]
+    total = torch.stack([ref.grads[key] * w for key, w in zip(keys, weight, strict=True)]).sum(0)
+    return total if summed else total / max(sum(weight), 1e-12)
 
 
 def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | None = None) -> Judged:
@@ -331,15 +382,52 @@ def compare(
         v = verdicts[j]
         assert v is not None
         step = seen.steps[j]
+        v = replace(v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, tol, scale))
         raise CheckFailed(
             f"on {describe(batching, options_of(target))}, step {j + 1} of {len(seen.steps)} "
             f"(micro-batches of {step.sizes} rows) applied "
             f"{'no gradient' if step.applied is None else _times(v.ratio)} the gradient a "
             f"correct loop applies{' (before clipping)' if v.clipped else ''}: the "
             f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
-            f"{_ratios(verdicts)}; it {explain(j, v, step)}"
+            f"{_ratios(verdicts)}; it {v.note or explain(j, v, step)}"
         )
     return seen
+
+
+def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
+    """Return the mistake a step's ratio names when its rows count tokens, else ""."""
+    if ratio is None or ref.weights is None or ref.labelled is None:
+        return ""
+    keys = [key for call in step.calls for key in call.row_keys()]
+    counted = sum(ref.weights.get(key, 0.0) for key in keys)
+    labelled = sum(ref.labelled.get(key, 0.0) for key in keys)
+    if labelled > counted > 0 and math.isclose(ratio, counted / labelled, rel_tol=1e-3):
+        return (
+            f"divides by the step's {labelled:.0f} labels that are not -100 where its loss counts "
+            f"{counted:.0f} targets: counted before the model's causal shift (count "
+            "labels[..., 1:] != -100)"
+        )
+    return ""
+
+
+def means_of_means(step: Step, ref: Reference, tol: float, scale: float) -> str:
+    """Return the mistake's name if the step applied the mean of its micro-batches' means."""
+    if len(step.calls) < 2:
+        return ""
+    parts = [Step(None, None, None, [call]) for call in step.calls]
+    means = [want_of(part, ref, summed=False) for part in parts]
+    if any(m is None for m in means):
+        return ""
+    reading = step.unscaled if clipping(step.applied, step.unscaled, tol) else step.applied
+    if not close(reading, torch.stack(means).mean(0), tol, scale):  # type: ignore[arg-type]
+        return ""
+    if ref.weights is not None:
+        counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys()) for call in step.calls]
+        what = f"whose counts of targets differ ({[round(c) for c in counts]})"
+        fix = "divide each one's summed loss by the step's count of targets (num_items_in_batch)"
+    else:
+        what, fix = f"of {step.sizes} rows", "divide each one's summed loss by the step's rows"
+    return f"takes the mean of its {len(parts)} micro-batches' mean losses, {what}: {fix}"
 
 
 def _times(s: float | None) -> str:

@@ -37,6 +37,8 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
+STEP_COUNT = "num_items_in_batch"
+
 
 class LoopRaised(Exception):
     """The loop itself raised: reported as the loop raising, not as a pitfall."""
@@ -66,9 +68,13 @@ class Call:
     rows: int
 
     def row(self, i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Return the call's arguments for its row i alone (a batch of one)."""
+        """Return the call's arguments for its row i alone (a batch of one).
+
+        Without `num_items_in_batch` (transformers' count of a whole step's targets, which a
+        model divides its summed loss by): on one row alone the model's loss is its mean.
+        """
         return _slice(self.args, i, self.rows), {
-            k: _slice1(v, i, self.rows) for k, v in self.kwargs.items()
+            k: _slice1(v, i, self.rows) for k, v in self.kwargs.items() if k != STEP_COUNT
         }
 
     def row_keys(self) -> list[bytes]:

@@ -38,6 +38,7 @@ from linreg.targets.observe import LoopRaised, Observed, prepare, raised, watchi
 SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_steps)"
 INPUT_KEYS = ("input_ids", "x", "inputs", "input", "pixel_values", "features")
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
+IGNORE_INDEX = -100  # the targets a token loss does not count (nn.CrossEntropyLoss's default)
 Example = tuple[Tensor, Tensor] | dict[str, Tensor]
 
 
@@ -214,7 +215,25 @@ def rows_of(example: Example, kinds: Iterable[int]) -> list[Any]:
         return [pair[k] for k in kinds]
     key = input_key(example)
     other = {**example, key: contrast(example[key])}
+    label = next((k for k in LABEL_KEYS if k in example), None)
+    if label is not None:  # token labels: the contrast row counts fewer targets
+        other[label] = fewer_targets(example[label])
     return [dict(example) if k == 0 else dict(other) for k in kinds]
+
+
+def fewer_targets(labels: Tensor) -> Tensor:
+    """Return token labels with every target but the last set to IGNORE_INDEX (-100).
+
+    The contrast row then counts one target where the example counts several, so a step that
+    takes the mean of its micro-batches' means over uneven counts of targets shows.
+    """
+    counted = (labels != IGNORE_INDEX).nonzero()
+    if labels.ndim == 0 or labels.is_floating_point() or len(counted) < 2:
+        return labels
+    out = torch.full_like(labels, IGNORE_INDEX)
+    last = tuple(counted[-1].tolist())
+    out[last] = labels[last]
+    return out
 
 
 def build_model(factory: Callable[[], nn.Module], example: Example | None = None) -> nn.Module:
