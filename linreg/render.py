@@ -189,7 +189,7 @@ def kinds_markdown() -> str:
             for pitfall in CATALOGUE
             for p in pitfall.properties
             if p.kind == kind.name
-        )
+        ) or (f"as `{kind.judged_as}`" if kind.judged_as else "")
         options = ", ".join(f"`{f.name}`" for f in kind.options.fields())
         rows.append(
             f"| `{kind.name}` | `{kind.signature}`: {kind.summary} | {checked} | {options} |"

@@ -24,6 +24,10 @@ settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )
 
+# tests/frameworks/ needs Lightning, transformers and accelerate: `tox -e frameworks` installs
+# them and sets LINREG_FRAMEWORKS; the other environments leave the folder out.
+collect_ignore = [] if os.environ.get("LINREG_FRAMEWORKS") else ["frameworks"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):  # one core each: torch's threads would compete

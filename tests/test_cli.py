@@ -145,7 +145,7 @@ BAD_OPTIONS = [
     (
         ["audit", "step", "linreg.optim:sgd"],
         AUDIT + "argument KIND: invalid choice: 'step' (choose from 'iterator', 'update-step', "
-        "'loss', 'loop', 'epoch-loss', 'training-loop')",
+        "'loss', 'loop', 'epoch-loss', 'training-loop', 'lightning', 'hf-trainer')",
     ),
     (["audit", "loss"], AUDIT + "the following arguments are required: MODULE:NAME"),
     (["audit", "loss", "linreg.loss"], AUDIT + "expected MODULE:NAME, got 'linreg.loss'"),
@@ -583,3 +583,26 @@ def test_audit_reports_a_loop_that_raises_as_an_error_with_exit_1(
     assert out["error"].startswith("the loop raised RuntimeError: stack expects")
     assert "crashing.py:" in out["error"] and "torch.stack(losses[1:])" in out["error"]
     assert all(r["verdict"] != "fail" for r in out["results"])
+
+
+@pytest.mark.parametrize(
+    "kind, module, extra",
+    [
+        ("lightning", "pytorch_lightning", "lightning"),
+        ("hf-trainer", "transformers", "transformers"),
+    ],
+)
+def test_a_framework_audit_without_its_framework_names_the_extra_to_install(
+    kind: str, module: str, extra: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here (tox -e frameworks tests the audit itself)")
+    argv = ["audit", kind, "linreg.targets.training_loop:mlp"]
+    argv += ["--example", "examples.mlp_classifier:sample"]
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"pip install 'linreg-pitfalls[{extra}]'" in err[0], err

@@ -11,7 +11,16 @@ and the README's table of kinds are made from: adding a kind is adding its modul
 
 from __future__ import annotations
 
-from linreg.targets import epoch_loss, iterator, loop, loss, training_loop, update_step
+from linreg.targets import (
+    epoch_loss,
+    hf_trainer,
+    iterator,
+    lightning,
+    loop,
+    loss,
+    training_loop,
+    update_step,
+)
 from linreg.targets.base import Kind, Options, Target, TargetError
 
 KINDS: dict[str, Kind] = {
@@ -23,6 +32,8 @@ KINDS: dict[str, Kind] = {
         loop.KIND,
         epoch_loss.KIND,
         training_loop.KIND,
+        lightning.KIND,
+        hf_trainer.KIND,
     )
 }
 

@@ -138,9 +138,11 @@ class Kind:
     signature: str  # what the user's function must take
     summary: str  # one line: what the kind is
     options: type[Options]
-    # fn, options -> what the properties call; raises TargetError when fn cannot be one
-    build: Callable[[Callable[..., Any], Any], Callable[..., Any]]
+    # fn, options -> what the properties call, or the Target of another kind that judges it (a
+    # framework's trainer, run as a training loop); raises TargetError when fn cannot be one
+    build: Callable[[Callable[..., Any], Any], Any]
     doc: str = ""  # the audit function's docstring, after its first line
+    judged_as: str = ""  # the kind whose properties judge it, where build returns its Target
 
     def __post_init__(self) -> None:
         _DEFAULTS[self.name] = self.options
@@ -162,7 +164,10 @@ class Kind:
                 + (", ".join(sorted(known)) or "none")
             )
         built = self.options(**options)
-        return Target(self.build(fn, built), self.name, built, name_of(fn))
+        made = self.build(fn, built)
+        if isinstance(made, Target):
+            return made
+        return Target(made, self.name, built, name_of(fn))
 
 
 def name_of(fn: object) -> str:

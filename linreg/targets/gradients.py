@@ -74,16 +74,20 @@ def prediction(output: Any, rows: int) -> Tensor | None:
 
 def check_model(model: nn.Module, calls: Sequence[Call]) -> None:
     """Raise TypeError if the model's forward is random, or its rows interact, on its batches."""
-    call = next((c for c in calls if c.rows > 1 and len(set(c.row_keys())) > 1), None)
+    call = next(
+        (c for c in calls if c.rows > 1 and len(set(c.row_keys())) > 1 and c.replayable), None
+    )
     if call is None:
         return
     model.train()
     with torch.no_grad():
-        once = prediction(model(*call.args, **call.kwargs), call.rows)
+        once = prediction(call.replay(model, call.args, call.kwargs), call.rows)
         if once is None:
             return  # an output the audit cannot compare: the steps are judged all the same
         # a few more passes: a random mask can repeat once by chance, not three times
-        again = [prediction(model(*call.args, **call.kwargs), call.rows) for _ in range(3)]
+        again = [
+            prediction(call.replay(model, call.args, call.kwargs), call.rows) for _ in range(3)
+        ]
         if not all(a is not None and torch.equal(once, a) for a in again):
             raise TypeError(
                 "the model's forward is random in training mode (with its Dropout modules at "
@@ -91,7 +95,7 @@ def check_model(model: nn.Module, calls: Sequence[Call]) -> None:
             )
         for i in range(call.rows):
             args, kwargs = call.row(i)
-            alone = prediction(model(*args, **kwargs), 1)
+            alone = prediction(call.replay(model, args, kwargs), 1)
             if alone is None or not torch.allclose(once[i], alone[0], rtol=1e-5, atol=1e-6):
                 raise TypeError(
                     "in training mode the model's output for one row depends on the other rows "
@@ -118,7 +122,7 @@ def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Ten
     model.train()
     with torch.enable_grad():
         labels = token_labels(call, i)
-        loss = row_loss(model(*args, **kwargs), None if labels is None else labels[1])
+        loss = row_loss(call.replay(model, args, kwargs), None if labels is None else labels[1])
         grads = torch.autograd.grad(loss, trained, allow_unused=True)
     by_param = dict(zip(map(id, trained), grads, strict=True))
     vector = flat([by_param.get(id(p)) for p in params], params)
@@ -142,7 +146,7 @@ def row_loss_for(target: Target, model: nn.Module, call: Call) -> tuple[RowLoss 
         return _named(c.loss, y), f"the named loss {getattr(c.loss, '__name__', c.loss)!r}"
     args, kwargs = call.row(0)
     with torch.no_grad():
-        output = model(*args, **kwargs)
+        output = call.replay(model, args, kwargs)
     if own_loss(output) is not None:
         return _own, "the model's own loss"
     return None, "cross-entropy" if y is not None and not y.is_floating_point() else "MSE"
@@ -163,6 +167,8 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
     calls = [call for step in seen.steps for call in step.calls] + seen.leftover
     if not calls:
         return None
+    if not calls[0].replayable:
+        return _confirmed(target, None, seed)
     row_loss, source = row_loss_for(target, model, calls[0])
     if row_loss is None:
         y = labels_of(options_of(target).example)
@@ -215,14 +221,15 @@ def counted(
         for position in (value != IGNORE_INDEX).nonzero().tolist():
             alone = torch.full_like(value, IGNORE_INDEX)
             alone[tuple(position)] = value[tuple(position)]
-            loss = row_loss(model(*args, **{**kwargs, name: alone}), alone)
+            loss = row_loss(call.replay(model, args, {**kwargs, name: alone}), alone)
             n += bool(torch.isfinite(loss)) and bool(loss != 0)
     return float(n)
 
 
-def _confirmed(target: Target, guess: str, seed: int) -> Reference | None:
+def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None:
     """Return None if the guessed loss is the loop's (to a scale the loop applies to every row,
-    as a missing division by the micro-batches does), else the loop's own one-row references."""
+    as a missing division by the micro-batches does), else the loop's own one-row references;
+    those always where there is no guess (what the loop calls cannot be replayed)."""
     key = (id(target), seed)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is target:
@@ -243,7 +250,7 @@ def _confirmed(target: Target, guess: str, seed: int) -> Reference | None:
         per_row = step.unscaled / (step.rows if reduced(target) == "sum" else 1)
         call = step.calls[0]
         own[call.row_keys()[0]] = per_row
-        if y is None:
+        if y is None or guess is None:
             factors.append(None)
             continue
         try:
@@ -253,15 +260,13 @@ def _confirmed(target: Target, guess: str, seed: int) -> Reference | None:
             continue
         factors.append(factor(per_row, guessed, tolerance(model)))
     confirmed = _one_known_scale(factors, k)
-    ref = (
-        None
-        if confirmed
-        else Reference(
-            own,
-            f"the loop itself on that row alone (its loss is not {guess}: name it with loss= "
-            "to judge the scale of every step)",
-        )
+    why = (
+        f"its loss is not {guess}: name it with loss= to judge the scale of every step"
+        if guess is not None
+        else "what it calls steps itself and cannot be replayed on one row, so a scale that "
+        "every row shares is not judged"
     )
+    ref = None if confirmed else Reference(own, f"the loop itself on that row alone ({why})")
     if len(_CACHE) > 256:
         _CACHE.clear()
     _CACHE[key] = (target, ref)

@@ -17,6 +17,7 @@ fixed): then no row's output depends on another's, and the loop's arithmetic is 
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
+from torch.utils.hooks import RemovableHandle
 
 STEP_COUNT = "num_items_in_batch"
 
@@ -66,6 +68,20 @@ class Call:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     rows: int
+    method: str = "forward"  # what was called: the model, or a method of it (training_step)
+    replayable: bool = True  # False: calling it again has effects (it steps an optimizer)
+
+    def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call what was called, on other arguments (one row's); a method without logging."""
+        if self.method == "forward":
+            return model(*args, **kwargs)
+        quiet = {name: _no_log for name in ("log", "log_dict") if hasattr(model, name)}
+        model.__dict__.update(quiet)  # a framework's self.log() needs its loop running
+        try:
+            return getattr(model, self.method)(*args, **kwargs)
+        finally:
+            for name in quiet:
+                model.__dict__.pop(name, None)
 
     def row(self, i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Return the call's arguments for its row i alone (a batch of one).
@@ -86,13 +102,20 @@ class Call:
         ]
 
 
+def _no_log(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 def _tensors(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Tensor]:
+    """Return the tensors fed, in order, inside lists, tuples and dicts too (a batch [X, y])."""
     out = []
     for v in [*args, *kwargs.values()]:
         if isinstance(v, Tensor):
             out.append(v)
         elif isinstance(v, Mapping):
-            out += [t for t in v.values() if isinstance(t, Tensor)]
+            out += _tensors([], v)
+        elif isinstance(v, (list, tuple)):
+            out += _tensors(v, {})
     return out
 
 
@@ -101,6 +124,8 @@ def _slice1(v: Any, i: int, rows: int) -> Any:
         return v[i : i + 1]
     if isinstance(v, Mapping):
         return type(v)({k: _slice1(t, i, rows) for k, t in v.items()})  # type: ignore[call-arg]
+    if isinstance(v, (list, tuple)):
+        return type(v)(_slice1(t, i, rows) for t in v)
     return v
 
 
@@ -113,6 +138,8 @@ def _detached(v: Any) -> Any:
         return v.detach()
     if isinstance(v, Mapping):
         return type(v)({k: _detached(t) for k, t in v.items()})  # type: ignore[call-arg]
+    if isinstance(v, (list, tuple)):
+        return type(v)(_detached(t) for t in v)
     return v
 
 
@@ -167,7 +194,8 @@ def flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor | N
 class Watcher:
     """The hooks' shared state: what was fed since the last step, and each step's readings."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, method: str = "forward", replayable: bool = True) -> None:
+        self.method, self.replayable = method, replayable
         self.params = list(model.parameters())
         self.ids = {id(p) for p in self.params}
         self.start = [p.detach().clone() for p in self.params]
@@ -214,7 +242,10 @@ class Watcher:
             return
         if self.calls and _same_batch(self.calls[-1], batch[0]):
             return  # the same batch fed again (a logging pass with grad on): no new rows
-        self.calls.append(Call(_detached(args), _detached(kwargs), batch[0].shape[0]))
+        rows = batch[0].shape[0]
+        self.calls.append(
+            Call(_detached(args), _detached(kwargs), rows, self.method, self.replayable)
+        )
         self.seen.fed += batch[0].shape[0]
 
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
@@ -234,20 +265,30 @@ class Watcher:
 
 
 @contextmanager
-def watching(model: nn.Module) -> Iterator[Observed]:
-    """Watch the model's training while the block runs; yield what it saw, filled in after."""
-    watch = Watcher(model)
+def watching(
+    model: nn.Module, method: str = "forward", replayable: bool = True
+) -> Iterator[Observed]:
+    """Watch the model's training while the block runs; yield what it saw, filled in after.
+
+    What each step consumed is read from what the model's forward was fed, or, for a framework
+    that hands batches to a method of the model (Lightning's training_step), what that was fed.
+    """
+    watch = Watcher(model, method, replayable)
     original = torch.amp.GradScaler.unscale_
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
         original(scaler, optimizer)
         watch.unscaled_by(optimizer)
 
-    handles = [
+    handles: list[RemovableHandle | _Unwrap] = [
         register_optimizer_step_pre_hook(watch.before),
         register_optimizer_step_post_hook(watch.after),
-        model.register_forward_pre_hook(watch.fed, with_kwargs=True),
-    ] + [
+    ]
+    if method == "forward":
+        handles.append(model.register_forward_pre_hook(watch.fed, with_kwargs=True))
+    else:
+        handles.append(_wrapped(model, method, watch.fed))
+    handles += [
         p.register_post_accumulate_grad_hook(watch.accumulated)  # type: ignore[no-untyped-call]
         for p in watch.params
         if p.requires_grad
@@ -260,6 +301,29 @@ def watching(model: nn.Module) -> Iterator[Observed]:
         for handle in handles:
             handle.remove()
         watch.finish()
+
+
+class _Unwrap:
+    """Remove an instance attribute that wrapped a method (a hook handle's remove())."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        self.model, self.method = model, method
+
+    def remove(self) -> None:
+        self.model.__dict__.pop(self.method, None)
+
+
+def _wrapped(model: nn.Module, method: str, fed: Callable[..., None]) -> _Unwrap:
+    """Wrap model.<method> so that fed(model, args, kwargs) sees each call first."""
+    original = getattr(model, method)
+
+    @functools.wraps(original)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        fed(model, args, kwargs)
+        return original(*args, **kwargs)
+
+    model.__dict__[method] = recorded
+    return _Unwrap(model, method)
 
 
 def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:

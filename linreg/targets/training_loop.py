@@ -59,7 +59,14 @@ def _callable_or_none(what: str) -> Callable[[str, object], Any]:
     return check
 
 
-def _example(name: str, value: object) -> Example:
+EXAMPLE_HELP = (
+    "one sample, unbatched, as the dataset holds it: (x, y), or a dict of tensors (or a "
+    "function returning one)"
+)
+
+
+def checked_example(name: str, value: object) -> Example:
+    """Return the example option as (x, y) tensors or a dict of tensors; raise TargetError."""
     try:
         return as_example(value() if callable(value) else value)
     except TypeError as e:
@@ -81,10 +88,9 @@ class TrainingLoopOptions(Options):
     )
     example: Example = option(
         None,
-        "one sample, unbatched, as the dataset holds it: (x, y), or a dict of tensors (or a "
-        "function returning one)",
+        EXAMPLE_HELP,
         flag="--example",
-        check=_example,
+        check=checked_example,
         imported="object",
         required=True,
         compare=False,
@@ -288,7 +294,8 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
     )
-    with watching(model) as seen:
+    watches = getattr(target.fn, "watches", "forward")
+    with watching(model, watches, getattr(target.fn, "replayable", True)) as seen:
         try:
             with seeded(batching.seed), warnings.catch_warnings(), _silenced():
                 warnings.simplefilter("ignore")  # the loop's warnings are not verdicts

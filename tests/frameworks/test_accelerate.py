@@ -1,0 +1,75 @@
+"""accelerate's documented accumulation loop, measured directly and then audited as the loop
+it is (audit.training_loop): accelerate 1.15.0, gradient_accumulation_steps=2, batches of one
+row. Accelerator.backward divides every loss by 2 and accumulate() forces a step at the end of
+the prepared dataloader, so 3 batches apply [1.0, 0.5] times the correct gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg import audit
+from tests.frameworks.measure import applied_gradients, correct_gradient, ratio
+
+accelerate = pytest.importorskip("accelerate")
+
+
+def net() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4))
+
+
+def sample() -> tuple[Tensor, Tensor]:
+    return torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5]), torch.tensor(1)
+
+
+def train(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+) -> None:
+    """As accelerate's docs write it: accumulate(), backward(), step, zero_grad."""
+    accelerator = accelerate.Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps, cpu=True
+    )
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    for _ in range(num_epochs):
+        for inputs, targets in train_dataloader:
+            with accelerator.accumulate(model):
+                loss = F.cross_entropy(model(inputs), targets)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_accelerate_accumulation_measured_short_last_window_half() -> None:
+    torch.manual_seed(0)
+    X, y = torch.randn(3, 5), torch.randint(0, 4, (3,))
+    model = net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with applied_gradients(model) as seen:
+        train(model, DataLoader(TensorDataset(X, y), batch_size=1), optimizer, 1, 2)
+    windows = [slice(0, 2), slice(2, 3)]
+    correct = [
+        correct_gradient(model, lambda m, w=w: F.cross_entropy(m(X[w]), y[w])) for w in windows
+    ]
+    assert [round(ratio(a, c), 6) for a, c in zip(seen, correct, strict=True)] == [1.0, 0.5]
+
+
+def test_accelerate_accumulation_fails_short_last_batch_in_the_audit() -> None:
+    report = audit.training_loop(
+        train, model=net, example=sample, accumulation_steps=2, max_examples=15
+    )
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "0.5 times the gradient" in report.failures[0].message
+
+
+def test_accelerate_without_accumulation_passes() -> None:
+    report = audit.training_loop(train, model=net, example=sample, max_examples=15)
+    assert report.ok, str(report)
