@@ -188,3 +188,15 @@ def test_hf_trainer_gpt2_counts_its_targets_before_the_shift() -> None:
 def test_hf_trainer_refuses_an_example_that_is_not_a_dict() -> None:
     with pytest.raises(audit.TargetError, match="must be a dict of tensors"):
         audit.hf_trainer(NoKwargs, example=(torch.zeros(3), torch.tensor(1)))
+
+
+def test_hf_trainer_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from linreg.cli import main
+
+    argv = ["audit", "hf-trainer", "tests.frameworks.test_hf_trainer:DropsCount"]
+    argv += ["--example", "tests.loops_as_written:token_example", "--max-examples", "10"]
+    assert main([*argv, "--gradient-accumulation-steps", "2", "--json", "-q"]) == 1
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert [r["pitfall"] for r in out["results"] if r["verdict"] == "fail"] == ["mean-vs-sum"]

@@ -132,3 +132,13 @@ def test_lightning_manual_optimization_measured_and_audited() -> None:
 def test_lightning_refuses_what_is_not_a_lightning_module() -> None:
     with pytest.raises(audit.TargetError, match="not a LightningModule"):
         audit.lightning(lambda: nn.Linear(5, 4), example=sample)
+
+
+def test_lightning_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from linreg.cli import main
+
+    argv = ["audit", "lightning", "tests.frameworks.test_lightning:Classifier"]
+    argv += ["--example", "tests.frameworks.test_lightning:sample", "--max-examples", "10"]
+    assert main([*argv, "--accumulate-grad-batches", "2", "-q"]) == 1
+    assert "FAIL short-last-batch" in capsys.readouterr().out
+    assert main([*argv, "-q"]) == 0
