@@ -37,7 +37,7 @@ from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
 from linreg.targets.base import AUDIT_KEYWORDS
-from linreg.targets.observe import LoopRaised
+from linreg.targets.observe import Aborted, LoopRaised, restore_models
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -183,6 +183,9 @@ def run_property(
         except (CheckFailed, LoopRaised) as e:
             failure.append((example, str(e)))  # the last one is the shrunk one, replayed
             raise
+        except Aborted as e:  # past Hypothesis at once: a run that timed out is not replayed
+            failure.append((example, str(e.args[0])))
+            raise
 
     wrapped = _settings(limit, seed, shrink)(given(prop.examples(target.options))(test))
     if seed is not None:
@@ -190,14 +193,16 @@ def run_property(
     try:
         with reporting.with_reporter(lambda *_: None):
             wrapped()
-    except LoopRaised as e:
-        example = failure[-1][0] if failure else None
-        raise LoopRaised(str(e), plain(example)) from None
+    except (LoopRaised, Aborted) as e:
+        example, message = failure[-1] if failure else (None, str(e))
+        raise LoopRaised(message, plain(example)) from None
     except (CheckFailed, Flaky) as e:
         example, message = failure[-1] if failure else (None, str(e))
         if isinstance(e, Flaky):
             message += " (flaky: replayed, the example did not fail again)"
         return Result(prop.pitfall, prop.name, "fail", message, plain(example), seen["examples"])
+    finally:
+        restore_models()  # a factory may hand out the user's own model: put it back
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
 
 
@@ -268,7 +273,9 @@ def run(
     for prop in ordered(props):
         reason = not_judged(prop, failed)
         if error[0]:
-            reason = "not judged: the target raised (see the error above)"
+            reason = "not judged: " + (
+                "interrupted" if error[0].startswith("interrupted") else "the target raised"
+            )
         if reason is not None:
             result = Result(prop.pitfall, prop.name, "skip", reason)
         else:
@@ -279,6 +286,9 @@ def run(
             except LoopRaised as e:
                 error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
                 result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")
+            except KeyboardInterrupt:  # Ctrl-C: the state is restored; report what was judged
+                error = ("interrupted (Ctrl-C): the properties after this one were not run", None)
+                result = Result(prop.pitfall, prop.name, "skip", "not judged: interrupted")
         if result.verdict == "fail":
             failed.add(prop.pitfall)
         verdicts[id(prop)] = result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -35,8 +36,11 @@ def guarded(what: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's and Python's global RNGs while a target runs; restore them afterwards."""
+    """Seed torch's and Python's global RNGs while a target runs; restore them, and numpy's
+    (which a framework's set_seed draws), afterwards."""
     state = random.getstate()
+    numpy = sys.modules.get("numpy")
+    drawn = numpy.random.get_state() if numpy is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds CUDA: slow
         random.seed(seed)
@@ -44,3 +48,5 @@ def seeded(seed: int) -> Iterator[None]:
             yield
         finally:
             random.setstate(state)
+            if numpy is not None:
+                numpy.random.set_state(drawn)

@@ -18,6 +18,8 @@ fixed): then no row's output depends on another's, and the loop's arithmetic is 
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,19 +48,97 @@ class LoopRaised(Exception):
     """The loop itself raised: reported as the loop raising, not as a pitfall."""
 
 
+class Aborted(BaseException):
+    """Stop the audit now, past Hypothesis (which would replay and shrink): a run timed out.
+
+    Its one argument is the LoopRaised to report.
+    """
+
+
+class TimeUp(BaseException):
+    """Raised inside the loop when its time is up: a BaseException, so `except Exception` in
+    the loop cannot swallow it."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise TimeUp in the block after `seconds` (main thread only; elsewhere no limit)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ring(signum: int, frame: Any) -> None:
+        raise TimeUp
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def not_finite(seen: Observed) -> str:
+    """Return where the loop's gradients first stop being finite, or ""."""
+    for j, step in enumerate(seen.steps):
+        for what, g in (
+            ("as backward() left them", step.raw),
+            ("as the step applied them", step.applied),
+        ):
+            if g is not None and not bool(torch.isfinite(g).all()):
+                kind = "nan" if bool(torch.isnan(g).any()) else "inf"
+                return (
+                    f"the gradients {what} at optimizer step {j + 1} are not finite ({kind}): "
+                    "a loss of nan or inf on these rows (a log of 0, a division by 0?), or an "
+                    "overflow"
+                )
+    return ""
+
+
 def _stays_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
     return module
 
 
+_PREPARED: list[Callable[[], None]] = []  # what puts each prepared model back, in order
+
+
 def prepare(model: nn.Module) -> nn.Module:
-    """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode."""
+    """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode.
+
+    `restore_models()` puts every model prepared since back as it was (Dropout's p, the batch
+    norms' mode, each parameter's .grad): a factory may hand out the user's own model.
+    """
+    undo: list[Callable[[], None]] = [
+        functools.partial(setattr, p, "grad", None if p.grad is None else p.grad.clone())
+        for p in model.parameters()
+    ]
     for m in model.modules():
         if isinstance(m, _DropoutNd):
+            undo.append(functools.partial(setattr, m, "p", m.p))
             m.p = 0.0
         elif isinstance(m, _BatchNorm):
+            undo.append(functools.partial(_release, m, m.training))
             m.eval()
             m.train = MethodType(_stays_in_eval, m)  # type: ignore[method-assign]
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    _PREPARED.append(restore)
     return model
+
+
+def restore_models() -> None:
+    """Put every model prepared since the last call back as it was, the latest first."""
+    while _PREPARED:
+        _PREPARED.pop()()
+
+
+def _release(module: nn.Module, training: bool) -> None:
+    module.__dict__.pop("train", None)
+    module.train(training)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,11 +34,23 @@ from linreg.checks import CheckFailed
 from linreg.targets import contract as contracts
 from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option
 from linreg.targets.guards import seeded
-from linreg.targets.observe import LoopRaised, Observed, prepare, raised, watching
+from linreg.targets.observe import (
+    Aborted,
+    LoopRaised,
+    Observed,
+    TimeUp,
+    not_finite,
+    prepare,
+    raised,
+    restore_models,
+    time_limit,
+    watching,
+)
 
 SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_steps)"
 INPUT_KEYS = ("input_ids", "x", "inputs", "input", "pixel_values", "features")
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
+FLOOR = 10.0  # seconds: the least time a run of the loop is given (see limit_of)
 IGNORE_INDEX = -100  # the targets a token loss does not count (nn.CrossEntropyLoss's default)
 Example = tuple[Tensor, Tensor] | dict[str, Tensor]
 
@@ -71,6 +84,10 @@ def checked_example(name: str, value: object) -> Example:
         return as_example(value() if callable(value) else value)
     except TypeError as e:
         raise TargetError(str(e)) from None
+
+
+def _seconds(name: str, value: object) -> float | None:
+    return None if value is None else _validate.positive_finite(name, value)
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,25 @@ class TrainingLoopOptions(Options):
         "the audit's DataLoader drops each epoch's short last batch (drop_last=True)",
         flag="--drop-last",
     )
+    timeout: float | None = option(
+        None,
+        "seconds one run of the loop may take (default: 50 times its first small run, and at "
+        f"least {FLOOR:g} s)",
+        flag="--timeout",
+        check=_seconds,
+    )
+
+
+_LIMITS: dict[int, tuple[Callable[..., Any], float]] = {}  # each loop's derived time limit
+
+
+def limit_of(target: Target) -> float:
+    """Return the seconds one run of the target's loop may take."""
+    given = options_of(target).timeout
+    if given is not None:
+        return given
+    hit = _LIMITS.get(id(target.fn))
+    return hit[1] if hit is not None and hit[0] is target.fn else FLOOR
 
 
 def options_of(target: Target) -> TrainingLoopOptions:
@@ -295,15 +331,28 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
         accumulation_steps=k,
     )
     watches = getattr(target.fn, "watches", "forward")
+    limit = limit_of(target)
     with watching(model, watches, getattr(target.fn, "replayable", True)) as seen:
         try:
             with seeded(batching.seed), warnings.catch_warnings(), _silenced():
                 warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
-                target.fn(**kwargs)
+                with time_limit(limit):
+                    target.fn(**kwargs)
         except (CheckFailed, LoopRaised):
             raise
+        except TimeUp:
+            raise Aborted(
+                LoopRaised(
+                    f"the loop did not return within {limit:g} s, after {len(seen.steps)} "
+                    "optimizer step(s): an endless loop, or a step budget it never reaches? "
+                    "(timeout= sets the limit)"
+                )
+            ) from None
         except Exception as e:
             raise raised(e, target.fn) from e
+    infinite = not_finite(seen)
+    if infinite:
+        raise LoopRaised(infinite)
     return model, seen
 
 
@@ -322,9 +371,17 @@ def observe(target: Target, batching: Batching) -> Observed:
 
 def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
     """Return fn once it says what it takes, its model can be judged and it steps the optimizer."""
+    try:
+        return _checked(fn, options)
+    finally:
+        restore_models()
+
+
+def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
     contract(fn)
     try:
-        probe = build_model(options.model, options.example)
+        with seeded(0):  # the user's RNG is left as it was
+            probe = build_model(options.model, options.example)
         if options.optimizer is not None:
             built = options.optimizer(probe.parameters())
             if not isinstance(built, torch.optim.Optimizer):
@@ -338,10 +395,14 @@ def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[...,
 
     target = Target(fn, "training-loop", options)
     batching = Batching((0, 1, 0), 2, 2, 0)
+    start = time.perf_counter()
     try:
         model, seen = run(target, batching)
     except LoopRaised as e:
         raise TargetError(f"{name_of(fn)}: on {describe(batching, options)}, {e}") from None
+    except Aborted as e:
+        raise TargetError(f"{name_of(fn)}: on {describe(batching, options)}, {e.args[0]}") from None
+    _LIMITS[id(fn)] = (fn, max(FLOOR, 50 * (time.perf_counter() - start)))
     if seen.moved:
         raise TargetError(
             f"{name_of(fn)}: with the optimizer's lr held at 0 the loop still changed the "

@@ -1,0 +1,169 @@
+"""The training-loop audit ends, names what happened, and leaves nothing behind.
+
+A loop that never returns is stopped at its time limit; non-finite gradients are named as such;
+Ctrl-C ends the audit with the results so far. After every way an audit can end (pass, fail,
+the loop raising, timing out, interrupted) no hook of the audit's is left, torch's, Python's and
+numpy's RNGs and grad mode are as before, and a model the factory hands out is as the user left
+it (Dropout's p, BatchNorm's mode, each .grad).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.optim import optimizer as optim_module
+
+from linreg import audit
+
+Loop = Callable[..., None]
+
+
+def net() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.3), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+SAMPLE = (torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1))
+
+
+def fit(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(X), y).backward()
+            optimizer.step()
+
+
+def summed(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(X), y, reduction="sum").backward()
+            optimizer.step()
+
+
+def hangs_on_one_batch(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """A step budget that one batch never reaches: it spins."""
+    fit(model, loader, optimizer, num_epochs)
+    while len(loader) == 1:
+        time.sleep(0.01)
+
+
+def raises_on_one_batch(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    fit(model, loader, optimizer, num_epochs)
+    if len(loader) == 1:
+        raise ValueError("one batch")
+
+
+def interrupted_on_one_batch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    fit(model, loader, optimizer, num_epochs)
+    if len(loader) == 1:
+        raise KeyboardInterrupt  # as Ctrl-C would, inside the user's loop
+
+
+def nan_on_one_batch(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Weighs each batch by (batches - 1) / (batches - 1): 0 / 0 when the loader has one."""
+    weight = torch.tensor(float(len(loader) - 1))
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            (F.cross_entropy(model(X), y) * weight / weight).backward()
+            optimizer.step()
+
+
+def state() -> dict[str, Any]:
+    """What an audit must leave as it found it."""
+    return {
+        "torch rng": torch.get_rng_state(),
+        "python rng": random.getstate(),
+        "numpy rng": np.random.get_state()[1].copy(),
+        "grad mode": torch.is_grad_enabled(),
+        "pre hooks": len(optim_module._global_optimizer_pre_hooks),
+        "post hooks": len(optim_module._global_optimizer_post_hooks),
+        "unscale_": torch.amp.GradScaler.unscale_,
+    }
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    def equal(x: Any, y: Any) -> bool:
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            return bool((x == y).all())
+        return bool(x == y) if not callable(x) else x is y
+
+    return [k for k in a if not equal(a[k], b[k])]
+
+
+def test_a_loop_that_never_returns_is_refused_at_its_time_limit() -> None:
+    def spins(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        while True:
+            time.sleep(0.01)
+
+    with pytest.raises(audit.TargetError, match=r"did not return within 0\.5 s, after 0 opt"):
+        audit.training_loop(spins, model=net, example=SAMPLE, timeout=0.5)
+
+
+def test_a_loop_that_hangs_on_some_data_is_reported_at_its_time_limit() -> None:
+    report = audit.training_loop(
+        hangs_on_one_batch, model=net, example=SAMPLE, timeout=0.5, max_examples=10
+    )
+    assert report.error.startswith("the loop did not return within 0.5 s"), str(report)
+    assert report.failures == ()
+    assert len(report.error_example["rows"]) <= report.error_example["batch_size"]
+
+
+def test_non_finite_gradients_are_named_not_taken_for_another_mistake() -> None:
+    def always_nan(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        for _ in range(num_epochs):
+            for X, y in loader:
+                optimizer.zero_grad()
+                (F.cross_entropy(model(X), y) * float("nan")).backward()
+                optimizer.step()
+
+    with pytest.raises(audit.TargetError, match=r"not finite \(nan\)") as refused:
+        audit.training_loop(always_nan, model=net, example=SAMPLE)
+    assert "outside optimizer.step" not in str(refused.value)
+    report = audit.training_loop(nan_on_one_batch, model=net, example=SAMPLE, max_examples=20)
+    assert "not finite (nan)" in report.error, str(report)
+    assert report.failures == ()
+
+
+ENDINGS: list[tuple[str, Loop, dict[str, Any]]] = [
+    ("pass", fit, {}),
+    ("fail", summed, {}),
+    ("raised", raises_on_one_batch, {}),
+    ("timed out", hangs_on_one_batch, {"timeout": 0.5}),
+    ("interrupted", interrupted_on_one_batch, {}),
+    ("not finite", nan_on_one_batch, {}),
+]
+
+
+@pytest.mark.parametrize("ending, loop, options", ENDINGS, ids=[e[0] for e in ENDINGS])
+def test_every_way_an_audit_ends_leaves_the_users_state_as_it_was(
+    ending: str, loop: Loop, options: dict[str, Any]
+) -> None:
+    mine = net()  # the user's own model, handed out by the factory
+    mine[2].train()
+    for p in mine.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    before = state()
+    report = audit.training_loop(
+        loop, model=lambda: mine, example=SAMPLE, max_examples=10, **options
+    )
+    assert same(before, state()) == []
+    assert mine[1].p == 0.3 and mine[2].training and "train" not in mine[2].__dict__
+    assert all(bool((p.grad == 7.0).all()) for p in mine.parameters())
+    assert report.ok == (ending == "pass"), str(report)
+    if ending == "interrupted":
+        assert report.error.startswith("interrupted (Ctrl-C)"), str(report)
