@@ -70,6 +70,7 @@ class Result:
     message: str = ""  # why it failed, or why it was skipped
     counterexample: Any = None  # the smallest failing input Hypothesis found, as plain data
     examples: int = 0  # how many examples ran
+    measured: Any = None  # what the failing example measured, as plain data (Report.plot)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as a JSON-ready dict."""
@@ -144,6 +145,29 @@ class Report:
     def __str__(self) -> str:
         return self.describe()
 
+    def _repr_html_(self) -> str:
+        """Return the report as one HTML table, failures first (Jupyter shows it)."""
+        from linreg.display import report_html
+
+        return report_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """Return the report as a Markdown table, for front ends without HTML."""
+        from linreg.display import report_markdown
+
+        return report_markdown(self)
+
+    def plot(self, path: str | None = None) -> Any:
+        """Draw what each failing property measured; save a PNG at path; return the Figure.
+
+        For a training loop: each step's applied gradient as a multiple of the correct one,
+        1.0 marked and the failing steps highlighted. Needs matplotlib (the plot extra);
+        raises ValueError when no failure measured anything to draw.
+        """
+        from linreg.display import plot_report
+
+        return plot_report(self, path)
+
 
 def _short(value: Any, limit: int = 400) -> str:
     import json
@@ -173,6 +197,7 @@ def run_property(
         limit = min(limit, prop.max_examples)
     seen = {"examples": 0}
     failure: list[tuple[Any, str]] = []
+    measured: list[Any] = []
 
     def test(example: Any) -> None:
         seen["examples"] += 1
@@ -182,6 +207,7 @@ def run_property(
                 prop.check(target, example)
         except (CheckFailed, LoopRaised) as e:
             failure.append((example, str(e)))  # the last one is the shrunk one, replayed
+            measured.append(getattr(e, "measured", None))
             raise
         except Aborted as e:  # past Hypothesis at once: a run that timed out is not replayed
             failure.append((example, str(e.args[0])))
@@ -200,7 +226,10 @@ def run_property(
         example, message = failure[-1] if failure else (None, str(e))
         if isinstance(e, Flaky):
             message += " (flaky: replayed, the example did not fail again)"
-        return Result(prop.pitfall, prop.name, "fail", message, plain(example), seen["examples"])
+        what = plain(measured[-1]) if measured else None
+        return Result(
+            prop.pitfall, prop.name, "fail", message, plain(example), seen["examples"], what
+        )
     finally:
         restore_models()  # a factory may hand out the user's own model: put it back
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from math import ceil
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -28,7 +28,12 @@ Iterate = Callable[[int, Tensor, Tensor], Batches]  # (batch_size, features, lab
 
 
 class CheckFailed(AssertionError):
-    """A property did not hold."""
+    """A property did not hold; `measured` holds what it measured, as plain data, if anything
+    can be drawn from it (a training loop's ratio per step)."""
+
+    def __init__(self, message: str, measured: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.measured = measured
 
 
 def _fail(message: str) -> CheckFailed:

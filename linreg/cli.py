@@ -195,6 +195,13 @@ def _audit_parser(sub: Any) -> None:
         help=KEYWORD_HELP["seed"],
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="also draw what each failing property measured (a training loop's ratio per "
+        "step) into FILE.png (needs matplotlib)",
+    )
     a.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     a.set_defaults(subparser=a)
 
@@ -257,6 +264,8 @@ def _add_option(
 def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Audit the target the arguments name, print the report, and return the exit code."""
     options = _audit_arguments(args, parser)
+    if args.plot:
+        _check_plot(args.plot, parser)
     try:
         fn = resolve(args.target)
     except ValueError as e:
@@ -277,7 +286,27 @@ def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
         print(report)
+    if args.plot:
+        try:
+            report.plot(args.plot)
+        except ValueError as e:
+            parser.error(f"--plot: {e}")
+        if not args.quiet:
+            print(f"wrote the failing steps' picture to {args.plot}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _check_plot(path: str, parser: argparse.ArgumentParser) -> None:
+    """Refuse a --plot that cannot be written, before any work."""
+    if not path.lower().endswith(".png"):
+        parser.error(f"--plot writes a PNG: give a FILE.png, got {path!r}")
+    folder = Path(path).parent
+    if not folder.is_dir():
+        parser.error(f"--plot: the folder {str(folder)!r} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error("--plot needs matplotlib: pip install 'linreg-pitfalls[plot]'")
 
 
 def _audit_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -318,21 +347,13 @@ def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if unknown:
         parser.error(f"unknown pitfall id {unknown[0]!r}; choose from {', '.join(BY_ID)}")
     if args.plot:
-        if not args.plot.lower().endswith(".png"):
-            parser.error(f"--plot writes a PNG: give a FILE.png, got {args.plot!r}")
-        folder = Path(args.plot).parent
-        if not folder.is_dir():
-            parser.error(f"--plot: the folder {str(folder)!r} does not exist")
         chosen = args.only or [p.id for p in CATALOGUE]
         if not any(BY_ID[i].plots for i in chosen):
             drawn = ", ".join(p.id for p in CATALOGUE if p.plots)
             parser.error(
                 f"--plot: none of the chosen pitfalls draws loss curves (those that do: {drawn})"
             )
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("--plot needs matplotlib: pip install 'linreg-pitfalls[plot]'")
+        _check_plot(args.plot, parser)
 
     from linreg import demos, render
 

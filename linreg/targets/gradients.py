@@ -388,13 +388,20 @@ def compare(
         assert v is not None
         step = seen.steps[j]
         v = replace(v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, tol, scale))
+        measured = {
+            "ratios": [None if u is None else u.ratio for u in verdicts],
+            "failing": [i for i in bad if which(i, seen.steps)],
+            "batching": describe(batching, options_of(target)),
+            "reference": ref.source,
+        }
         raise CheckFailed(
             f"on {describe(batching, options_of(target))}, step {j + 1} of {len(seen.steps)} "
             f"(micro-batches of {step.sizes} rows) applied "
             f"{'no gradient' if step.applied is None else _times(v.ratio)} the gradient a "
             f"correct loop applies{' (before clipping)' if v.clipped else ''}: the "
             f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
-            f"{_ratios(verdicts)}; it {v.note or explain(j, v, step)}"
+            f"{_ratios(verdicts)}; it {v.note or explain(j, v, step)}",
+            measured,
         )
     return seen
 

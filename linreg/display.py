@@ -1,0 +1,139 @@
+"""An audit's Report for people: an HTML or Markdown table (a notebook shows it), and a picture.
+
+`report_html` is one table, a row per property (pitfall, property, verdict, why, counterexample),
+failures first and marked in words as well as in a tint that reads on a light and a dark
+theme. `plot_report` draws what each failing property measured: for a training loop, the
+applied gradient as a multiple of the correct one at every step, 1.0 marked, the failing steps
+highlighted, the batching in the title. It uses matplotlib's Figure, not pyplot, so it leaves
+no global figure behind.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from linreg.audit import Report, Result
+
+MARK = {"fail": "✗ FAIL", "pass": "✓ pass", "skip": "- skip"}
+TINT = {
+    "fail": "rgba(214, 39, 40, 0.18)",
+    "pass": "transparent",
+    "skip": "rgba(127, 127, 127, 0.12)",
+}
+
+
+def _ordered(report: Report) -> list[Result]:
+    return sorted(report.results, key=lambda r: {"fail": 0, "pass": 1, "skip": 2}[r.verdict])
+
+
+def _counterexample(r: Result) -> str:
+    return "" if r.verdict != "fail" or r.counterexample is None else json.dumps(r.counterexample)
+
+
+def summary(report: Report) -> str:
+    """Return the report's first line: what was audited and the counts."""
+    return report.describe().splitlines()[0]
+
+
+def report_html(report: Report) -> str:
+    """Return the report as one HTML table, failures first."""
+    cell = 'style="border: 1px solid rgba(127,127,127,0.4); padding: 4px 8px; text-align: left"'
+    rows = []
+    if report.error:
+        rows.append(
+            f'<tr style="background: {TINT["fail"]}"><td {cell}>the target</td>'
+            f"<td {cell}>ran to the end</td><td {cell}><b>ERROR</b></td>"
+            f"<td {cell}>{html.escape(report.error)}</td>"
+            f"<td {cell}><code>{html.escape(json.dumps(report.error_example))}</code></td></tr>"
+        )
+    for r in _ordered(report):
+        verdict = f"<b>{MARK[r.verdict]}</b>" if r.verdict == "fail" else MARK[r.verdict]
+        rows.append(
+            f'<tr style="background: {TINT[r.verdict]}">'
+            f"<td {cell}><code>{html.escape(r.pitfall)}</code></td>"
+            f"<td {cell}>{html.escape(r.property)}</td><td {cell}>{verdict}</td>"
+            f"<td {cell}>{html.escape(r.message)}</td>"
+            f"<td {cell}><code>{html.escape(_counterexample(r))}</code></td></tr>"
+        )
+    head = "".join(
+        f"<th {cell}>{h}</th>" for h in ("pitfall", "property", "verdict", "why", "counterexample")
+    )
+    return (
+        f'<div class="linreg-report"><p>{html.escape(summary(report))}</p>'
+        f'<table style="border-collapse: collapse"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def report_markdown(report: Report) -> str:
+    """Return the report as a Markdown table, failures first."""
+    lines = [f"**{_md(summary(report))}**", ""]
+    if report.error:
+        lines += [f"**ERROR** {_md(report.error)}", ""]
+    lines += [
+        "| pitfall | property | verdict | why | counterexample |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in _ordered(report):
+        example = _counterexample(r)
+        lines.append(
+            f"| `{r.pitfall}` | {_md(r.property)} | {MARK[r.verdict]} | {_md(r.message)} | "
+            + (f"`{_md(example)}`" if example else "")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def drawable(report: Report) -> list[Result]:
+    """Return the failing results that measured something to draw (a ratio per step)."""
+    return [
+        r
+        for r in report.results
+        if r.verdict == "fail" and isinstance(r.measured, dict) and r.measured.get("ratios")
+    ]
+
+
+def plot_report(report: Report, path: str | None = None) -> Any:
+    """Draw each failing property's ratio per step; save a PNG at path; return the Figure."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "Report.plot needs matplotlib: pip install 'linreg-pitfalls[plot]'"
+        ) from None
+    panels = drawable(report)
+    if not panels:
+        raise ValueError(
+            f"nothing to draw: no failing property of this {report.kind} audit measured a "
+            "ratio per step (a passing audit has none)"
+        )
+    fig = Figure(figsize=(7, 2.6 * len(panels)), layout="constrained")
+    for ax, r in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels, strict=True):
+        ratios = [math.nan if v is None else float(v) for v in r.measured["ratios"]]
+        steps = list(range(1, len(ratios) + 1))
+        ax.axhline(1.0, color="tab:green", linewidth=1, linestyle="--", label="correct (1.0)")
+        ax.plot(steps, ratios, marker="o", color="tab:blue", label="applied / correct")
+        failing = [j for j in r.measured.get("failing", []) if j < len(ratios)]
+        ax.scatter(
+            [steps[j] for j in failing],
+            [ratios[j] if math.isfinite(ratios[j]) else 1.0 for j in failing],
+            s=120, facecolors="none", edgecolors="tab:red", linewidths=2, zorder=3,
+            label="failing step",
+        )  # fmt: skip
+        ax.set_xticks(steps)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("applied / correct gradient")
+        ax.set_title(f"{r.pitfall}: {r.measured.get('batching', '')}", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{report.kind} audit of {report.target}", fontsize=10)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig

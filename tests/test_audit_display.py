@@ -1,0 +1,119 @@
+"""The audit's Report for people: HTML and Markdown tables, and a picture of the failing steps."""
+
+from __future__ import annotations
+
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from linreg import audit
+from linreg.cli import main
+from tests import loops_as_written as L
+
+NOMINAL = {"model": L.TinyClassifier, "example": L.dict_example, "accumulation_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def failing() -> audit.Report:
+    return audit.training_loop(L.dict_train_nominal, max_examples=10, drop_last=True, **NOMINAL)
+
+
+@pytest.fixture(scope="module")
+def passing() -> audit.Report:
+    return audit.training_loop(L.dict_train, max_examples=10, drop_last=True, **NOMINAL)
+
+
+class Rows(HTMLParser):
+    """The table's rows, as lists of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def test_a_reports_html_has_a_row_per_property_with_its_verdict_failures_first(
+    failing: audit.Report, passing: audit.Report
+) -> None:
+    for report in (failing, passing):
+        parser = Rows()
+        parser.feed(report._repr_html_())
+        head, *rows = parser.rows
+        assert head == ["pitfall", "property", "verdict", "why", "counterexample"]
+        assert sorted((r[0], r[1]) for r in rows) == sorted(
+            (r.pitfall, r.property) for r in report.results
+        )
+        verdicts = {(r[0], r[1]): r[2] for r in rows}
+        marks = {"fail": "✗ FAIL", "pass": "✓ pass", "skip": "- skip"}
+        assert all(verdicts[(r.pitfall, r.property)] == marks[r.verdict] for r in report.results)
+        order = [r[2] for r in rows]
+        assert order == sorted(order, key=lambda v: ("FAIL" not in v, "pass" not in v))
+    parser = Rows()
+    parser.feed(failing._repr_html_())
+    assert parser.rows[1][0] == "short-last-batch" and "0.5 times" in parser.rows[1][3]
+
+
+def test_a_reports_markdown_is_a_table_of_the_same_rows(failing: audit.Report) -> None:
+    text = failing._repr_markdown_()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(failing.results)
+    assert rows[0].startswith("| `short-last-batch` |") and "✗ FAIL" in rows[0]
+
+
+def test_the_picture_plots_the_ratios_the_report_states(
+    failing: audit.Report, tmp_path: Path
+) -> None:
+    path = tmp_path / "steps.png"
+    fig = failing.plot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (result,) = failing.failures
+    (ax,) = fig.axes
+    drawn = [float(y) for y in ax.lines[1].get_ydata()]  # lines[0] is the 1.0 reference
+    stated = re.search(r"per step: \[([^\]]*)\]", result.message)
+    assert stated is not None
+    assert [float(v) for v in stated.group(1).split(", ")] == pytest.approx(drawn, rel=1e-2)
+    assert drawn == pytest.approx([math.nan if v is None else v for v in result.measured["ratios"]])
+    failing_steps = ax.collections[0].get_offsets()[:, 0].tolist()
+    assert failing_steps == [j + 1 for j in result.measured["failing"]]
+    assert result.measured["batching"] in ax.get_title()
+
+
+def test_a_passing_report_has_nothing_to_draw(passing: audit.Report) -> None:
+    with pytest.raises(ValueError, match="nothing to draw"):
+        passing.plot()
+
+
+def test_audit_plot_refuses_a_missing_folder_before_any_work_and_a_passing_audit_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["audit", "training-loop", "linreg.targets.training_loop:fit"]
+    argv += ["--model", "linreg.targets.training_loop:mlp"]
+    argv += ["--example", "examples.mlp_classifier:sample", "--max-examples", "5", "-q"]
+    with pytest.raises(SystemExit) as missing:
+        main([*argv, "--plot", str(tmp_path / "no" / "such.png")])
+    assert missing.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as nothing:
+        main([*argv, "--plot", str(tmp_path / "steps.png")])
+    assert nothing.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to draw" in err[0], err
