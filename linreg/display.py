@@ -11,6 +11,7 @@ no global figure behind.
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -101,10 +102,23 @@ def drawable(report: Report) -> list[Result]:
     ]
 
 
+def _picture() -> type[Any]:
+    """Return a matplotlib Figure that a notebook shows as a PNG (without pyplot's backend)."""
+    from matplotlib.figure import Figure
+
+    class Picture(Figure):
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return Picture
+
+
 def plot_report(report: Report, path: str | None = None) -> Any:
     """Draw each failing property's ratio per step; save a PNG at path; return the Figure."""
     try:
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ImportError(
             "Report.plot needs matplotlib: pip install 'linreg-pitfalls[plot]'"
@@ -115,7 +129,7 @@ def plot_report(report: Report, path: str | None = None) -> Any:
             f"nothing to draw: no failing property of this {report.kind} audit measured a "
             "ratio per step (a passing audit has none)"
         )
-    fig = Figure(figsize=(7, 2.6 * len(panels)), layout="constrained")
+    fig = _picture()(figsize=(7, 2.6 * len(panels)), layout="constrained")
     for ax, r in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels, strict=True):
         ratios = [math.nan if v is None else float(v) for v in r.measured["ratios"]]
         steps = list(range(1, len(ratios) + 1))
