@@ -46,15 +46,7 @@ def _norm(name: str, value: object) -> float | None:
 class HFTrainerOptions(Options):
     """The TrainingArguments the user sets, and the sample the audit's rows copy."""
 
-    example: training_loop.Example = option(
-        None,
-        training_loop.EXAMPLE_HELP,
-        flag="--example",
-        check=training_loop.checked_example,
-        imported="object",
-        required=True,
-        compare=False,
-    )
+    example: training_loop.Example = training_loop.example_option()
     gradient_accumulation_steps: int = option(
         1,
         "TrainingArguments(gradient_accumulation_steps=k)",

@@ -48,15 +48,7 @@ def _clip(name: str, value: object) -> float | None:
 class LightningOptions(Options):
     """How Lightning's Trainer runs the module, and the sample its rows copy."""
 
-    example: training_loop.Example = option(
-        None,
-        training_loop.EXAMPLE_HELP,
-        flag="--example",
-        check=training_loop.checked_example,
-        imported="object",
-        required=True,
-        compare=False,
-    )
+    example: training_loop.Example = training_loop.example_option()
     accumulate_grad_batches: int = option(
         1,
         "Trainer(accumulate_grad_batches=k); for manual optimization, the batches it accumulates",

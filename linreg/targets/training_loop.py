@@ -78,6 +78,19 @@ EXAMPLE_HELP = (
 )
 
 
+def example_option() -> Any:
+    """Return the example option's field: the training loop's, and each framework's."""
+    return option(
+        None,
+        EXAMPLE_HELP,
+        flag="--example",
+        check=checked_example,
+        imported="object",
+        required=True,
+        compare=False,
+    )
+
+
 def checked_example(name: str, value: object) -> Example:
     """Return the example option as (x, y) tensors or a dict of tensors; raise TargetError."""
     try:
@@ -103,15 +116,7 @@ class TrainingLoopOptions(Options):
         required=True,
         compare=False,
     )
-    example: Example = option(
-        None,
-        EXAMPLE_HELP,
-        flag="--example",
-        check=checked_example,
-        imported="object",
-        required=True,
-        compare=False,
-    )
+    example: Example = example_option()
     optimizer: Callable[..., torch.optim.Optimizer] | None = option(
         None,
         "a factory params -> torch.optim.Optimizer, for a loop that takes one (default: SGD)",
