@@ -137,7 +137,7 @@ def pytest_collection_modifyitems(
     from linreg import audit
 
     for spec in config.stash.get(_SPECS, []):
-        for prop in audit.properties(spec.kind):
+        for prop in audit.properties(spec.target.kind):  # a framework: its loop's kind
             name = f"test_pitfalls_audit[{spec.text}][{prop.pitfall}: {prop.name}]"
             items.append(
                 AuditItem.from_parent(session, name=name, spec=spec, prop=prop, target=spec.target)

@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from linreg import audit
 from tests.frameworks.measure import applied_gradients, correct_gradient, ratio
 
+pytest_plugins = ["pytester"]
+
 pl = pytest.importorskip("pytorch_lightning")
 
 
@@ -142,3 +144,41 @@ def test_lightning_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> 
     assert main([*argv, "--accumulate-grad-batches", "2", "-q"]) == 1
     assert "FAIL short-last-batch" in capsys.readouterr().out
     assert main([*argv, "-q"]) == 0
+
+
+def test_lightning_through_the_pytest_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        litmod="""
+import torch
+from torch import nn
+from torch.nn import functional as F
+import pytorch_lightning as pl
+
+
+class Lit(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(3, 2)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def sample():
+    return torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1)
+"""
+    )
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    result = pytester.runpytest(
+        "--pitfalls-audit",
+        "lightning=litmod:Lit,example=litmod:sample,accumulate_grad_batches=2",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+    )
+    result.assert_outcomes(passed=4, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*short-last-batch*FAILED*"])
