@@ -167,3 +167,11 @@ def test_every_way_an_audit_ends_leaves_the_users_state_as_it_was(
     assert report.ok == (ending == "pass"), str(report)
     if ending == "interrupted":
         assert report.error.startswith("interrupted (Ctrl-C)"), str(report)
+
+
+def test_a_loss_that_returns_no_tensor_is_refused_once_in_one_line() -> None:
+    def as_text(y_hat: torch.Tensor, y: torch.Tensor) -> str:
+        return f"{float(((y_hat - y) ** 2).mean()):.3f}"
+
+    with pytest.raises(audit.TargetError, match=r"as_text returned str on y_hat and y"):
+        audit.loss(as_text)

@@ -6,12 +6,15 @@ shape (n, 1) and, unless told otherwise, (n,).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
 from linreg import _validate
-from linreg.targets.base import Kind, Options, binds, option
+from linreg.targets.base import Kind, Options, TargetError, binds, name_of, option
 
 SIGNATURE = "fn(y_hat, y)"
 
@@ -41,8 +44,20 @@ class LossOptions(Options):
 
 
 def build(fn: Callable[..., Any], options: LossOptions) -> Callable[..., Any]:
-    """Return fn once it takes (y_hat, y)."""
+    """Return fn once it takes (y_hat, y) and returns a tensor: a loss that returns something
+    else is refused once, in one line, not by each property in its own words."""
     binds(fn, SIGNATURE, None, None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = fn(torch.zeros(2, 1, requires_grad=True), torch.zeros(2, 1))
+    except Exception:
+        return fn  # a loss that raises: the properties say on which input
+    if not isinstance(got, torch.Tensor):
+        raise TargetError(
+            f"{name_of(fn)} returned {type(got).__name__} on y_hat and y of shape (2, 1), "
+            "expected a tensor"
+        )
     return fn
 
 
