@@ -161,8 +161,9 @@ class Report:
         """Draw what each failing property measured; save a PNG at path; return the Figure.
 
         For a training loop: each step's applied gradient as a multiple of the correct one,
-        1.0 marked and the failing steps highlighted. Needs matplotlib (the plot extra);
-        raises ValueError when no failure measured anything to draw.
+        1.0 marked and the failing steps highlighted; for the other kinds, the values the
+        property compared beside the expected ones. Needs matplotlib (the plot extra); raises
+        ValueError when no failure measured anything to draw.
         """
         from linreg.display import plot_report
 

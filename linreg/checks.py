@@ -40,6 +40,15 @@ def _fail(message: str) -> CheckFailed:
     return CheckFailed(message)
 
 
+def compared(what: str, got: Tensor, want: Tensor) -> dict[str, Any]:
+    """Return what a check compared, as plain data a picture can draw (at most 64 values)."""
+    return {
+        "compared": what,
+        "got": got.detach().double().reshape(-1)[:64].tolist(),
+        "expected": want.detach().double().reshape(-1)[:64].tolist(),
+    }
+
+
 # --- batches -----------------------------------------------------------------------------------
 
 
@@ -243,7 +252,10 @@ def check_update_in_place(
                     f"params[{i}] did not change, expected {formula} = {want.tolist()}: "
                     "an update that rebinds a name (param = param - ...) never reaches it"
                 )
-            raise _fail(f"params[{i}] is {p.tolist()}, expected {formula} = {want.tolist()}")
+            raise CheckFailed(
+                f"params[{i}] is {p.tolist()}, expected {formula} = {want.tolist()}",
+                compared(f"params[{i}] after the step", now, want),
+            )
         if zeroes_grad and p.grad is not None and bool(p.grad.any()):
             raise _fail(f"params[{i}].grad was not zeroed: {p.grad}")
     check_params_are_leaves(params)
@@ -312,10 +324,11 @@ def check_loss_per_example(
         gap = float((got.detach().reshape(want.shape) - want).abs().max())  # dtypes promote
         # the labels' shape is to blame when the same loss on reshaped labels is right
         why = broadcast if flat and close(loss_fn(y_hat, y.reshape(y_hat.shape))) else ""
-        raise _fail(
+        raise CheckFailed(
             f"loss differs from {scale:g} * (y_hat - y)^2 (reduction={reduction!r}) by "
             f"{gap:.3g}: got {_short(got.detach())}, expected {_short(want)}"
-            f"{why or _ratio(got.detach(), want, n, reduction)}"
+            f"{why or _ratio(got.detach(), want, n, reduction)}",
+            compared(f"the loss (reduction={reduction!r})", got.reshape(want.shape), want),
         )
 
 

@@ -4,7 +4,9 @@
 failures first and marked in words as well as in a tint that reads on a light and a dark
 theme. `plot_report` draws what each failing property measured: for a training loop, the
 applied gradient as a multiple of the correct one at every step, 1.0 marked, the failing steps
-highlighted, the batching in the title. It uses matplotlib's Figure, not pyplot, so it leaves
+highlighted, the batching in the title; for the other kinds, the values the property compared
+(a loop's trained [w, b] against the closed form, a loss, an update step's params) beside the
+expected ones. It uses matplotlib's Figure, not pyplot, so it leaves
 no global figure behind.
 """
 
@@ -94,12 +96,27 @@ def report_markdown(report: Report) -> str:
 
 
 def drawable(report: Report) -> list[Result]:
-    """Return the failing results that measured something to draw (a ratio per step)."""
+    """Return the failing results that measured something to draw: a ratio per step, or the
+    values a property compared with the expected ones."""
     return [
         r
         for r in report.results
-        if r.verdict == "fail" and isinstance(r.measured, dict) and r.measured.get("ratios")
+        if r.verdict == "fail"
+        and isinstance(r.measured, dict)
+        and (r.measured.get("ratios") or r.measured.get("expected"))
     ]
+
+
+def _compared(ax: Any, r: Result) -> None:
+    """Draw the values a property got beside the ones it expected, component by component."""
+    got, want = r.measured["got"], r.measured["expected"]
+    xs = list(range(len(want)))
+    ax.plot(xs, want, "o", color="tab:green", markersize=9, label="expected", fillstyle="none")
+    ax.plot(xs[: len(got)], got, "x", color="tab:red", markersize=8, label="got")
+    ax.set_xticks(xs)
+    ax.set_xlabel("component")
+    ax.set_title(f"{r.pitfall}: {r.measured.get('compared', '')}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
 
 
 def _picture() -> type[Any]:
@@ -126,11 +143,14 @@ def plot_report(report: Report, path: str | None = None) -> Any:
     panels = drawable(report)
     if not panels:
         raise ValueError(
-            f"nothing to draw: no failing property of this {report.kind} audit measured a "
-            "ratio per step (a passing audit has none)"
+            f"nothing to draw: no failing property of this {report.kind} audit measured "
+            "values to draw (a passing audit has none)"
         )
     fig = _picture()(figsize=(7, 2.6 * len(panels)), layout="constrained")
     for ax, r in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels, strict=True):
+        if not r.measured.get("ratios"):
+            _compared(ax, r)
+            continue
         ratios = [math.nan if v is None else float(v) for v in r.measured["ratios"]]
         steps = list(range(1, len(ratios) + 1))
         ax.axhline(1.0, color="tab:green", linewidth=1, linestyle="--", label="correct (1.0)")

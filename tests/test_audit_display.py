@@ -117,3 +117,26 @@ def test_audit_plot_refuses_a_missing_folder_before_any_work_and_a_passing_audit
     assert nothing.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing to draw" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "kind, target, options",
+    [
+        ("loop", "examples.d2l_style:train", {}),
+        ("loss", "torch.nn.functional:mse_loss", {"reduction": "mean"}),  # scale 1, not 0.5
+    ],
+)
+def test_the_picture_of_another_kind_shows_what_the_property_compared(
+    kind: str, target: str, options: dict[str, Any]
+) -> None:
+    from linreg.importing import resolve
+
+    report = audit.audit(kind, resolve(target), max_examples=10, **options)
+    fig = report.plot()
+    drawn = [r for r in report.failures if r.measured]
+    assert drawn and len(fig.axes) == len(drawn)
+    for ax, r in zip(fig.axes, drawn, strict=True):
+        expected, got = ax.lines[0].get_ydata().tolist(), ax.lines[1].get_ydata().tolist()
+        assert expected == pytest.approx(r.measured["expected"])
+        assert got == pytest.approx(r.measured["got"])
+        assert r.measured["compared"] in ax.get_title()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from linreg import checks
 from linreg._book import BATCH_SIZE
-from linreg.checks import CheckFailed
+from linreg.checks import CheckFailed, compared
 from linreg.targets.base import Target
 from linreg.targets.guards import seeded
 from linreg.targets.loop import LoopOptions, ObjectiveOptions, curvature, train_loop
@@ -166,7 +166,8 @@ def check_twin_rows(case: TwinRows, options: LoopOptions, got: list[Tensor]) -> 
     raise CheckFailed(
         f"on {case.n} identical rows with batch_size={case.batch_size_for(options)} "
         f"({case.num_epochs} epoch(s) of batches {sizes}) the loop trained [w, b] to "
-        f"{_fmt(theta)}, expected {_fmt(want)}: it {why}"
+        f"{_fmt(theta)}, expected {_fmt(want)}: it {why}",
+        compared("[w, b] after training, against the closed form", theta, want),
     )
 
 
