@@ -24,7 +24,7 @@ from torch import nn
 
 from linreg import _validate
 from linreg.targets import contract, training_loop
-from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option
+from linreg.targets.base import Kind, Options, Target, TargetError, option
 
 SIGNATURE = "fn() -> a PreTrainedModel, or an nn.Module whose output has a loss"
 EXTRA = "pip install 'linreg-pitfalls[transformers]'"
@@ -110,12 +110,10 @@ def build(fn: Callable[..., Any], options: HFTrainerOptions) -> Target:
     hf = framework()
     if not isinstance(options.example, dict):
         raise TargetError("the hf-trainer example must be a dict of tensors, as its dataset holds")
-    loop = fit_with(hf, options)
-    loop.__name__ = loop.__qualname__ = f"hf_trainer({name_of(fn)})"
-    loop.__module__ = ""  # named by the model it trains alone
-    return training_loop.KIND.target(
-        loop,
-        model=fn,
+    return training_loop.framework_target(
+        fit_with(hf, options),
+        "hf_trainer",
+        fn,
         example=options.example,
         accumulation_steps=options.gradient_accumulation_steps,
         drop_last=options.drop_last,

@@ -24,7 +24,7 @@ from torch import nn
 
 from linreg import _validate
 from linreg.targets import training_loop
-from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option
+from linreg.targets.base import Kind, Options, Target, TargetError, option
 
 SIGNATURE = "fn() -> a LightningModule"
 EXTRA = "pip install 'linreg-pitfalls[lightning]'"
@@ -116,12 +116,10 @@ def build(fn: Callable[..., Any], options: LightningOptions) -> Target:
             f"the module factory returned {type(module).__name__}, not a LightningModule"
         )
     automatic = bool(module.automatic_optimization)
-    loop = fit_with(pl, options, automatic)
-    loop.__name__ = loop.__qualname__ = f"lightning({name_of(fn)})"
-    loop.__module__ = ""  # named by the module it trains alone
-    return training_loop.KIND.target(
-        loop,
-        model=fn,
+    return training_loop.framework_target(
+        fit_with(pl, options, automatic),
+        "lightning",
+        fn,
         example=options.example,
         accumulation_steps=options.accumulate_grad_batches,
         drop_last=options.drop_last,

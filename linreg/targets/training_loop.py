@@ -498,6 +498,17 @@ TRAINING_LOOPS = (
     Target(fit_micro_batches, "training-loop", LINEAR, "fit_micro_batches(nn.Linear)"),
 )
 
+
+def framework_target(
+    loop: Callable[..., Any], framework: str, factory: Callable[[], nn.Module], **options: Any
+) -> Target:
+    """Return the training-loop target that judges a framework's Trainer, run by loop, on the
+    models factory makes; named framework(MODULE:NAME) after the factory alone."""
+    loop.__name__ = loop.__qualname__ = f"{framework}({name_of(factory)})"
+    loop.__module__ = ""
+    return KIND.target(loop, model=factory, **options)
+
+
 KIND = Kind(
     name="training-loop",
     signature=SIGNATURE,
