@@ -75,7 +75,7 @@ def prediction(output: Any, rows: int) -> Tensor | None:
 def check_model(model: nn.Module, calls: Sequence[Call]) -> None:
     """Raise TypeError if the model's forward is random, or its rows interact, on its batches."""
     call = next(
-        (c for c in calls if c.rows > 1 and len(set(c.row_keys())) > 1 and c.replayable), None
+        (c for c in calls if c.rows > 1 and len(set(c.row_keys)) > 1 and c.replayable), None
     )
     if call is None:
         return
@@ -164,7 +164,7 @@ _CACHE: dict[tuple[int, int], tuple[Target, Reference | None]] = {}
 
 def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> Reference | None:
     """Return each row's own gradient, for every row the run fed; None if it fed none."""
-    calls = [call for step in seen.steps for call in step.calls] + seen.leftover
+    calls = seen.calls
     if not calls:
         return None
     if not calls[0].replayable:
@@ -182,7 +182,7 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
     weights: dict[bytes, float] = {}
     labelled: dict[bytes, float] = {}
     for call in calls:
-        for i, key in enumerate(call.row_keys()):
+        for i, key in enumerate(call.row_keys):
             if key not in grads:
                 grads[key] = row_gradient(model, call, i, row_loss)
                 labels = token_labels(call, i)
@@ -249,7 +249,7 @@ def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None
             )
         per_row = step.unscaled / (step.rows if reduced(target) == "sum" else 1)
         call = step.calls[0]
-        own[call.row_keys()[0]] = per_row
+        own[call.row_keys[0]] = per_row
         if y is None or guess is None:
             factors.append(None)
             continue
@@ -337,7 +337,7 @@ class Judged:
 def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
     """Return the correct gradient of a step: the mean (or sum) of its rows' own gradients,
     each weighed by the targets it counts where the rows count tokens."""
-    keys = [key for call in step.calls for key in call.row_keys()]
+    keys = step.row_keys
     if not keys or any(key not in ref.grads for key in keys):
         return None
     weight = [1.0 if ref.weights is None else ref.weights.get(key, 1.0) for key in keys]
@@ -387,15 +387,18 @@ def compare(
         v = verdicts[j]
         assert v is not None
         step = seen.steps[j]
-        v = replace(v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, tol, scale))
+        v = replace(
+            v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, v, tol, scale)
+        )
+        where = describe(batching, options_of(target))
         measured = {
             "ratios": [None if u is None else u.ratio for u in verdicts],
-            "failing": [i for i in bad if which(i, seen.steps)],
-            "batching": describe(batching, options_of(target)),
+            "failing": bad,
+            "batching": where,
             "reference": ref.source,
         }
         raise CheckFailed(
-            f"on {describe(batching, options_of(target))}, step {j + 1} of {len(seen.steps)} "
+            f"on {where}, step {j + 1} of {len(seen.steps)} "
             f"(micro-batches of {step.sizes} rows) applied "
             f"{'no gradient' if step.applied is None else _times(v.ratio)} the gradient a "
             f"correct loop applies{' (before clipping)' if v.clipped else ''}: the "
@@ -410,7 +413,7 @@ def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
     """Return the mistake a step's ratio names when its rows count tokens, else ""."""
     if ratio is None or ref.weights is None or ref.labelled is None:
         return ""
-    keys = [key for call in step.calls for key in call.row_keys()]
+    keys = step.row_keys
     counted = sum(ref.weights.get(key, 0.0) for key in keys)
     labelled = sum(ref.labelled.get(key, 0.0) for key in keys)
     if labelled > counted > 0 and math.isclose(ratio, counted / labelled, rel_tol=1e-3):
@@ -422,19 +425,20 @@ def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
     return ""
 
 
-def means_of_means(step: Step, ref: Reference, tol: float, scale: float) -> str:
-    """Return the mistake's name if the step applied the mean of its micro-batches' means."""
+def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: float) -> str:
+    """Return the mistake's name if the step applied the mean of its micro-batches' means (read
+    before clipping where judge found the step clipped)."""
     if len(step.calls) < 2:
         return ""
     parts = [Step(None, None, None, [call]) for call in step.calls]
     means = [want_of(part, ref, summed=False) for part in parts]
     if any(m is None for m in means):
         return ""
-    reading = step.unscaled if clipping(step.applied, step.unscaled, tol) else step.applied
+    reading = step.unscaled if v.clipped else step.applied
     if not close(reading, torch.stack(means).mean(0), tol, scale):  # type: ignore[arg-type]
         return ""
     if ref.weights is not None:
-        counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys()) for call in step.calls]
+        counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys) for call in step.calls]
         what = f"whose counts of targets differ ({[round(c) for c in counts]})"
         fix = "divide each one's summed loss by the step's count of targets (num_items_in_batch)"
     else:

@@ -169,12 +169,13 @@ class Call:
         Without `num_items_in_batch` (transformers' count of a whole step's targets, which a
         model divides its summed loss by): on one row alone the model's loss is its mean.
         """
-        return _slice(self.args, i, self.rows), {
-            k: _slice1(v, i, self.rows) for k, v in self.kwargs.items() if k != STEP_COUNT
+        return _row(self.args, i, self.rows), {
+            k: _row(v, i, self.rows) for k, v in self.kwargs.items() if k != STEP_COUNT
         }
 
+    @functools.cached_property
     def row_keys(self) -> list[bytes]:
-        """Return a key per row: the bytes of everything the row was fed."""
+        """Return a key per row: the bytes of everything the row was fed (computed once)."""
         batched = [t for t in _tensors(self.args, self.kwargs) if t.shape[:1] == (self.rows,)]
         return [
             b"|".join(t[i].detach().contiguous().numpy().tobytes() for t in batched)
@@ -199,28 +200,24 @@ def _tensors(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Tensor]:
     return out
 
 
-def _slice1(v: Any, i: int, rows: int) -> Any:
-    if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == rows:
-        return v[i : i + 1]
+def _mapped(v: Any, f: Callable[[Tensor], Tensor]) -> Any:
+    """Return v with f applied to every tensor in it, inside lists, tuples and dicts too."""
+    if isinstance(v, Tensor):
+        return f(v)
     if isinstance(v, Mapping):
-        return type(v)({k: _slice1(t, i, rows) for k, t in v.items()})  # type: ignore[call-arg]
+        return type(v)({k: _mapped(t, f) for k, t in v.items()})  # type: ignore[call-arg]
     if isinstance(v, (list, tuple)):
-        return type(v)(_slice1(t, i, rows) for t in v)
+        return type(v)(_mapped(t, f) for t in v)
     return v
 
 
-def _slice(args: tuple[Any, ...], i: int, rows: int) -> tuple[Any, ...]:
-    return tuple(_slice1(v, i, rows) for v in args)
+def _row(v: Any, i: int, rows: int) -> Any:
+    """Return v with each tensor of the batch's rows cut to its row i (others as they are)."""
+    return _mapped(v, lambda t: t[i : i + 1] if t.ndim > 0 and t.shape[0] == rows else t)
 
 
 def _detached(v: Any) -> Any:
-    if isinstance(v, Tensor):
-        return v.detach()
-    if isinstance(v, Mapping):
-        return type(v)({k: _detached(t) for k, t in v.items()})  # type: ignore[call-arg]
-    if isinstance(v, (list, tuple)):
-        return type(v)(_detached(t) for t in v)
-    return v
+    return _mapped(v, Tensor.detach)
 
 
 @dataclass
@@ -242,6 +239,11 @@ class Step:
         """Return the rows of each forward pass (micro-batch) of the step."""
         return [c.rows for c in self.calls]
 
+    @property
+    def row_keys(self) -> list[bytes]:
+        """Return the key of every row fed for this step, in order."""
+        return [key for call in self.calls for key in call.row_keys]
+
 
 @dataclass
 class Observed:
@@ -252,6 +254,11 @@ class Observed:
     leftover: list[Call] = field(default_factory=list)  # fed to the model, never stepped
     moved: bool = False
     fed: int = 0  # rows fed to the model with grad enabled, in all
+
+    @property
+    def calls(self) -> list[Call]:
+        """Return every forward pass the run fed, the steps' and the left-over ones, in order."""
+        return [call for step in self.steps for call in step.calls] + self.leftover
 
 
 def _same_batch(call: Call, t: Tensor) -> bool:

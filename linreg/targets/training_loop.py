@@ -247,11 +247,17 @@ def input_key(example: Mapping[str, Tensor]) -> str:
     return next((k for k in INPUT_KEYS if k in example), next(iter(example)))
 
 
+def label_key(example: Mapping[str, Tensor]) -> str | None:
+    """Return the key of a dict example's labels (None if it names none)."""
+    return next((k for k in LABEL_KEYS if k in example), None)
+
+
 def labels_of(example: Example) -> Tensor | None:
     """Return the example's labels: y, or a dict's labels (None if it names none)."""
     if isinstance(example, tuple):
         return example[1]
-    return next((example[k] for k in LABEL_KEYS if k in example), None)
+    label = label_key(example)
+    return None if label is None else example[label]
 
 
 def rows_of(example: Example, kinds: Iterable[int]) -> list[Any]:
@@ -262,7 +268,7 @@ def rows_of(example: Example, kinds: Iterable[int]) -> list[Any]:
         return [pair[k] for k in kinds]
     key = input_key(example)
     other = {**example, key: contrast(example[key])}
-    label = next((k for k in LABEL_KEYS if k in example), None)
+    label = label_key(example)
     if label is not None:  # token labels: the contrast row counts fewer targets
         other[label] = fewer_targets(example[label])
     return [dict(example) if k == 0 else dict(other) for k in kinds]
@@ -414,9 +420,8 @@ def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[.
             "model's parameters: it updates them outside optimizer.step(), and the audit "
             "judges only a loop that steps an optimizer"
         )
-    calls = [call for step in seen.steps for call in step.calls] + seen.leftover
     try:
-        check_model(model, calls)
+        check_model(model, seen.calls)
     except TypeError as e:
         raise TargetError(str(e)) from None
     return fn
