@@ -12,7 +12,8 @@ cannot fill is refused, naming it, before any work.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,17 +171,12 @@ def loader(rows: list[Any], batch_size: int, drop_last: bool) -> DataLoader[Any]
 
 def batch_fn(rows: list[Any], batch_size: int) -> Callable[..., Any]:
     """Return get_batch(*args): the next batch_size rows, in order, around the data forever."""
-    stream = _cycle(len(rows))
+    stream = itertools.cycle(range(len(rows)))
 
     def get_batch(*args: Any, **kwargs: Any) -> Any:
         return collate([rows[next(stream)] for _ in range(batch_size)])
 
     return get_batch
-
-
-def _cycle(n: int) -> Iterator[int]:
-    while True:
-        yield from range(n)
 
 
 def arguments(
