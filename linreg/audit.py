@@ -37,6 +37,7 @@ from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
 from linreg.targets.base import AUDIT_KEYWORDS
+from linreg.targets.guards import one_thread
 from linreg.targets.observe import Aborted, LoopRaised, restore_models
 
 __all__ = [
@@ -218,7 +219,7 @@ def run_property(
     if seed is not None:
         wrapped = hypothesis_seed(seed)(wrapped)
     try:
-        with reporting.with_reporter(lambda *_: None):
+        with reporting.with_reporter(lambda *_: None), one_thread():
             wrapped()
     except (LoopRaised, Aborted) as e:
         example, message = failure[-1] if failure else (None, str(e))
@@ -339,7 +340,8 @@ def target_for(kind: str, fn: Any, **options: Any) -> Target:
     """Check fn and the options for kind (as the audit functions do) and return the Target."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return KINDS[kind].target(fn, **options)
+    with one_thread():  # a kind may call fn once to check it (a loss's trial, a loop's probe)
+        return KINDS[kind].target(fn, **options)
 
 
 def audit(

@@ -90,7 +90,17 @@ def state() -> dict[str, Any]:
         "pre hooks": len(optim_module._global_optimizer_pre_hooks),
         "post hooks": len(optim_module._global_optimizer_post_hooks),
         "unscale_": torch.amp.GradScaler.unscale_,
+        "torch threads": torch.get_num_threads(),
     }
+
+
+@pytest.fixture
+def three_threads() -> Any:
+    """The user's torch runs on 3 threads (not the test worker's 1): the audit must use 1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(before)
 
 
 def same(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -147,6 +157,7 @@ ENDINGS: list[tuple[str, Loop, dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize("ending, loop, options", ENDINGS, ids=[e[0] for e in ENDINGS])
+@pytest.mark.usefixtures("three_threads")
 def test_every_way_an_audit_ends_leaves_the_users_state_as_it_was(
     ending: str, loop: Loop, options: dict[str, Any]
 ) -> None:
@@ -175,3 +186,22 @@ def test_a_loss_that_returns_no_tensor_is_refused_once_in_one_line() -> None:
 
     with pytest.raises(audit.TargetError, match=r"as_text returned str on y_hat and y"):
         audit.loss(as_text)
+
+
+def test_the_audited_code_runs_on_one_torch_thread_and_the_users_count_comes_back(
+    three_threads: None,
+) -> None:
+    seen: set[int] = set()
+
+    def counting_fit(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        seen.add(torch.get_num_threads())
+        fit(model, loader, optimizer, num_epochs)
+
+    def counting_squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen.add(torch.get_num_threads())
+        return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+
+    assert audit.training_loop(counting_fit, model=net, example=SAMPLE, max_examples=5).ok
+    assert audit.loss(counting_squared_loss, max_examples=5).ok
+    assert seen == {1}
+    assert torch.get_num_threads() == 3
