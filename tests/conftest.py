@@ -1,8 +1,11 @@
-"""Hypothesis profiles, and LINREG_SWAP: run the suite against a wrong variant."""
+"""Hypothesis profiles; LINREG_SWAP (run the suite against a wrong variant); the heavy tests
+first; the catalogue's DDP runs once a session."""
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import pytest
 from hypothesis import Phase, settings
@@ -55,3 +58,44 @@ def pytest_report_header() -> str:
     return f"torch {torch.__version__}, hypothesis profile {settings.default._current_profile}" + (
         f", LINREG_SWAP={swap}" if swap else ""
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the heavy tests first: a worker that starts one last would end the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ddp_results_once_a_session(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Start the catalogue's DDP process group once for all workers, not once in each.
+
+    The first worker that needs `ddp_sum.ddp_results()` runs it and saves the results where
+    every worker of the session looks (xdist's workers share the base temp folder's parent);
+    one that needs them meanwhile waits on the lock. Without xdist, its cache already runs it
+    once.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+
+    import torch
+
+    from linreg.pitfalls import ddp_sum
+
+    saved = tmp_path_factory.getbasetemp().parent / "ddp_results.pt"
+    compute = ddp_sum.ddp_results
+
+    @functools.cache
+    def shared() -> Any:
+        with open(saved.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if saved.exists():
+                return torch.load(saved, weights_only=False)
+            results = compute()
+            torch.save(results, saved)
+            return results
+
+    ddp_sum.ddp_results = shared  # type: ignore[assignment]
+    yield
+    ddp_sum.ddp_results = compute  # type: ignore[assignment]

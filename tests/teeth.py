@@ -27,7 +27,7 @@ def failing_tests(variant: str, extra: list[str]) -> tuple[list[str], float]:
         "-n",
         "auto",
         "--dist",
-        "loadgroup",
+        "worksteal",
         "-q",
         "-rf",
         "-p",

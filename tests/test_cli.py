@@ -311,7 +311,7 @@ def full_report() -> tuple[int, dict[str, object]]:
     return code, json.loads(out.getvalue())
 
 
-@pytest.mark.xdist_group("ddp")  # the report's DDP demo reads the same cached process group
+@pytest.mark.heavy
 def test_report_json_matches_its_schema_and_every_pitfall_behaves(
     full_report: tuple[int, dict[str, Any]],
 ) -> None:

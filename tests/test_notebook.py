@@ -36,7 +36,7 @@ def test_the_notebook_is_committed_without_outputs() -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
-@pytest.mark.xdist_group("notebook")
+@pytest.mark.heavy
 def test_the_notebook_runs_in_a_fresh_kernel_and_shows_each_verdict() -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(

@@ -36,10 +36,10 @@ def ident(case: Any) -> str:
 
 
 def marks(prop: Property) -> list[pytest.MarkDecorator]:
-    # properties whose examples start processes are the distributed ones; under xdist they share
-    # a worker with the other DDP tests, so the cached process group starts once
+    # properties whose examples start processes are the distributed ones (the process group
+    # starts once a session: tests/conftest.py)
     if prop.kind == "ddp-worker":
-        return [pytest.mark.distributed, pytest.mark.xdist_group("ddp")]
+        return [pytest.mark.distributed, pytest.mark.heavy]
     return []
 
 

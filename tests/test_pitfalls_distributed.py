@@ -22,7 +22,7 @@ from linreg.pitfalls import ddp_sum
 from linreg.testing import strategies as sts
 from tests import ddp_support
 
-pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("ddp")]
+pytestmark = [pytest.mark.distributed, pytest.mark.heavy]
 
 world_sizes = st.integers(1, 8)
 
