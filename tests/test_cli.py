@@ -522,25 +522,41 @@ def test_audit_imports_the_target_from_the_current_directory(
     assert "0 failed, 2 passed, 1 skipped" in capsys.readouterr().out
 
 
+def _readme_audits() -> list[str]:
+    """Each `$ python -m linreg audit ...` the README shows, with the output it shows."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```console\n(\$ python -m linreg audit .*?)```", readme, re.S)
+    return [b for block in blocks for b in re.split(r"\n(?=\$ )", block.strip())]
+
+
+README_AUDITS = _readme_audits()
+
+
+def test_readme_shows_eight_audits() -> None:
+    assert len(README_AUDITS) == 8
+
+
+# one test per command shown: each is a whole audit, and the workers share them out
+@pytest.mark.parametrize(
+    "shown",
+    README_AUDITS,
+    ids=[t.split("\n")[0].removeprefix("$ python -m linreg audit ") for t in README_AUDITS],
+)
 def test_readme_shows_the_audits_real_output(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    shown: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import re
     from pathlib import Path
 
-    root = Path(__file__).parent.parent
-    monkeypatch.chdir(root / "examples")
-    blocks = re.findall(
-        r"```console\n(\$ python -m linreg audit .*?)```", (root / "README.md").read_text(), re.S
-    )
-    shown = [b for block in blocks for b in re.split(r"\n(?=\$ )", block.strip())]
-    assert len(shown) == 8
+    monkeypatch.chdir(Path(__file__).parent.parent / "examples")
     seconds = re.compile(r" in \d+\.\d s$", re.M)
-    for text in shown:
-        command, *lines = text.splitlines()
-        main([*command.removeprefix("$ python -m linreg ").split(), "-q"])
-        got = capsys.readouterr().out.rstrip("\n")
-        assert seconds.sub(" in _ s", got) == seconds.sub(" in _ s", "\n".join(lines))
+    command, *lines = shown.splitlines()
+    main([*command.removeprefix("$ python -m linreg ").split(), "-q"])
+    got = capsys.readouterr().out.rstrip("\n")
+    assert seconds.sub(" in _ s", got) == seconds.sub(" in _ s", "\n".join(lines))
 
 
 CRASHING_LOOP = """
