@@ -16,11 +16,15 @@ does not apply, or a property it rests on failed first). Tolerances follow the d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
+
+import torch
 
 from linreg.testing import NEEDS_HYPOTHESIS
 
@@ -37,7 +41,7 @@ from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
 from linreg.targets.base import AUDIT_KEYWORDS
-from linreg.targets.guards import one_thread
+from linreg.targets.guards import ended_process, one_thread
 from linreg.targets.observe import Aborted, LoopRaised, restore_models
 
 __all__ = [
@@ -56,6 +60,22 @@ __all__ = [
     "target_for",
     *sorted(k.function for k in KINDS.values()),
 ]
+
+# One audit at a time in a process: the RNGs, grad mode, torch's thread count, the optimizer
+# hooks and the time limit it sets are the process's. Audits from two threads take turns; an
+# audit inside an audited function (the same thread) goes ahead.
+_AUDITING = threading.RLock()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_at_a_time(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def in_turn(*args: Any, **kwargs: Any) -> Any:
+        with _AUDITING:
+            return fn(*args, **kwargs)
+
+    return cast(_F, in_turn)
+
 
 DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile's
 DERANDOMIZED = 0  # Hypothesis's seed when the audit is given none: the same examples every run
@@ -179,6 +199,7 @@ def _short(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 5] + " ...}"
 
 
+@_one_at_a_time
 def run_property(
     prop: Property,
     target: Target,
@@ -205,9 +226,15 @@ def run_property(
     def test(example: Any) -> None:
         seen["examples"] += 1
         try:
-            with warnings.catch_warnings():  # the target's warnings are not verdicts
+            # the target's warnings are not verdicts; grad mode is on for every example (the
+            # caller's no_grad, or the target's own set_grad_enabled(False), is put back after)
+            with warnings.catch_warnings(), torch.enable_grad():
                 warnings.simplefilter("ignore")
                 prop.check(target, example)
+        except (SystemExit, GeneratorExit) as e:  # never a pass: the target ended the process
+            ended = LoopRaised(f"the target raised {ended_process(e)}: the audit stopped it")
+            failure.append((example, str(ended)))
+            raise Aborted(ended) from None
         except (CheckFailed, LoopRaised) as e:
             failure.append((example, str(e)))  # the last one is the shrunk one, replayed
             measured.append(getattr(e, "measured", None))
@@ -292,6 +319,7 @@ def not_judged(prop: Property, failed: set[str]) -> str | None:
     return f"not judged: the {blocked[0]} property failed first" if blocked else None
 
 
+@_one_at_a_time
 def run(
     target: Target,
     *,
@@ -340,12 +368,19 @@ def run(
 # --- the kinds: one audit function each, made from the registry (linreg.targets.KINDS) ------
 
 
+@_one_at_a_time
 def target_for(kind: str, fn: Any, **options: Any) -> Target:
     """Check fn and the options for kind (as the audit functions do) and return the Target."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    with one_thread():  # a kind may call fn once to check it (a loss's trial, a loop's probe)
-        return KINDS[kind].target(fn, **options)
+    # a kind may call fn once to check it (a loss's trial, a loop's probe): as in the audit
+    with one_thread(), torch.enable_grad():
+        try:
+            return KINDS[kind].target(fn, **options)
+        except (SystemExit, GeneratorExit) as e:
+            raise TargetError(
+                f"{fn!r} raised {ended_process(e)} when called once to check it"
+            ) from None
 
 
 def audit(

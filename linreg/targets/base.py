@@ -12,6 +12,7 @@ plugin and the README's table of kinds are made from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,7 +168,22 @@ class Kind:
         made = self.build(fn, built)
         if isinstance(made, Target):
             return made
-        return Target(made, self.name, built, name_of(fn))
+        return Target(keeps_grad_mode(made), self.name, built, name_of(fn))
+
+
+def keeps_grad_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return fn that gives grad mode back as it found it: a target that turns it off for the
+    process (torch.set_grad_enabled(False)) must not turn it off for the checks after it."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        mode = torch.is_grad_enabled()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_grad_enabled(mode)
+
+    return call
 
 
 def name_of(fn: object) -> str:
@@ -214,6 +230,15 @@ def floating_dtype(name: str, value: object) -> torch.dtype:
     return value
 
 
+def _number(f: dataclasses.Field[Any]) -> Callable[[str], Any] | None:
+    """Return int or float for a number option, by its default or, when that is None (as
+    --timeout's is), by its annotation ("float | None"); None for any other option."""
+    if type(f.default) in (int, float):
+        return type(f.default)
+    names = {name.strip() for name in str(getattr(f.type, "__name__", f.type)).split("|")}
+    return float if "float" in names else int if "int" in names else None
+
+
 def from_text(f: dataclasses.Field[Any], text: str) -> Any:
     """Return an option's value from text, as the command line and the plugin give it.
 
@@ -231,7 +256,7 @@ def from_text(f: dataclasses.Field[Any], text: str) -> Any:
         if text.lower() not in ("true", "false"):
             raise ValueError(f"expected true or false, got {text!r}")
         return text.lower() == "true"
-    parse: Callable[[str], Any] | None = {int: int, float: float}.get(type(f.default))
+    parse = _number(f)
     if parse is None:
         return text
     check = f.metadata.get(CHECK)

@@ -67,3 +67,10 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def ended_process(e: BaseException) -> str:
+    """Name how the target tried to end the process: SystemExit(0), sys.exit(...)'s code."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit({e.code!r}) (sys.exit or exit() in the audited code)"
+    return f"{type(e).__name__}"

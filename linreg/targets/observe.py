@@ -18,8 +18,10 @@ fixed): then no row's output depends on another's, and the loop's arithmetic is 
 from __future__ import annotations
 
 import functools
+import inspect
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -62,21 +64,58 @@ class TimeUp(BaseException):
 
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise TimeUp in the block after `seconds` (main thread only; elsewhere no limit)."""
-    if seconds is None or threading.current_thread() is not threading.main_thread():
+    """Raise TimeUp in the block after `seconds`, in any thread; an outer limit still holds.
+
+    In the main thread a SIGALRM timer (the handler and any outer timer put back after); in
+    another thread a timer thread that raises TimeUp in this one when its Python code next runs.
+    """
+    if seconds is None:
         yield
+        return
+    seconds = min(seconds, _LONGEST)  # setitimer refuses what overflows its clock
+    if threading.current_thread() is not threading.main_thread():
+        with _thread_time_limit(seconds):
+            yield
         return
 
     def ring(signum: int, frame: Any) -> None:
         raise TimeUp
 
+    start, outer = time.monotonic(), 0.0
     previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
+        outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:  # an enclosing audit's limit: what is left of it, at least a moment
+            left = outer - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
+
+
+_LONGEST = 1e7  # seconds (116 days): longer limits are this one
+
+
+@contextmanager
+def _thread_time_limit(seconds: float) -> Iterator[None]:
+    import ctypes
+
+    ident = threading.get_ident()
+
+    def ring() -> None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(TimeUp))
+
+    timer = threading.Timer(seconds, ring)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        # rung between the block's end and the cancel: clear it, or it lands after the audit
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
 
 
 def not_finite(seen: Observed) -> str:
@@ -416,7 +455,7 @@ def _wrapped(model: nn.Module, method: str, fed: Callable[..., None]) -> _Unwrap
 def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
     """Return the loop's exception as LoopRaised: its type, message and the frame it came from."""
     frames = traceback.extract_tb(e.__traceback__)
-    source = getattr(getattr(fn, "func", fn), "__code__", None)
+    source = getattr(inspect.unwrap(getattr(fn, "func", fn)), "__code__", None)
     file = source.co_filename if source is not None else None
     mine = [f for f in frames if f.filename == file] or [
         f for f in frames if "/torch/" not in f.filename and "/linreg/targets/" not in f.filename

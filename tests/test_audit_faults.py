@@ -1,0 +1,232 @@
+"""Audited code that exits, turns grad mode off or runs under the caller's no_grad: never a
+pass it did not earn, never a false pitfall, and the caller's grad mode is left as it was.
+
+Each kind is audited from Python, and the exits also from the command line (exit 1, the
+report saying what happened).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from linreg import audit
+from linreg.cli import main
+from tests import realworld as rw
+
+FAST = {"max_examples": 5}
+
+
+def net() -> nn.Module:
+    return nn.Linear(3, 2)
+
+
+SAMPLE = (torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1))
+
+
+def fit(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(X), y).backward()
+            optimizer.step()
+
+
+# (kind, a correct target, its options): one of each kind, as people write them
+CORRECT: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+    ("iterator", rw.d2l_data_iter, {}),
+    ("update-step", rw.d2l_sgd, {}),
+    ("loss", rw.d2l_squared_loss, {}),
+    ("loop", rw.d2l_loop, {}),
+    ("epoch-loss", rw.d2l_epoch, {}),
+    ("training-loop", fit, {"model": net, "example": SAMPLE}),
+]
+IDS = [kind for kind, _, _ in CORRECT]
+
+
+def exits_after(fn: Callable[..., Any], calls: int, code: Any) -> Callable[..., Any]:
+    """Return fn that calls sys.exit(code) once it has been called `calls` times."""
+    seen = [0]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        seen[0] += 1
+        if seen[0] > calls:
+            sys.exit(code)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def grad_off_after(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return fn that turns grad mode off for the whole process after each call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_grad_enabled(False)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("calls", [0, 3], ids=["at once", "later"])
+@pytest.mark.parametrize("code", [0, 3, None])
+@pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
+def test_audited_code_that_exits_is_never_a_pass(
+    kind: str, fn: Callable[..., Any], options: dict[str, Any], code: Any, calls: int
+) -> None:
+    exiting = exits_after(fn, calls, code)
+    try:
+        report = audit.audit(kind, exiting, **options, **FAST)
+    except audit.TargetError as e:  # it exited when called once to check it
+        assert f"raised SystemExit({code!r})" in str(e)
+        return
+    assert not report.ok
+    assert f"raised SystemExit({code!r})" in report.error, str(report)
+    assert report.failures == (), str(report)  # what it did is said once, as the error
+
+
+def test_a_wrong_loss_that_exits_0_fails_the_command_line_audit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["audit", "loss", "tests.test_audit_faults:triple_loss_exits", "--json", "-q"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["ok"] is False
+    assert "raised SystemExit(0)" in out["error"]
+
+
+def triple_loss_exits(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Three times the book's loss, and the process ends on a batch of more than two rows."""
+    if y_hat.shape[0] > 2:
+        sys.exit(0)
+    return 3 * (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+
+
+@pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
+def test_correct_code_audited_under_the_callers_no_grad_passes(
+    kind: str, fn: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    with torch.no_grad():
+        report = audit.audit(kind, fn, **options, **FAST)
+        assert not torch.is_grad_enabled()
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
+def test_audited_code_that_turns_grad_mode_off_leaves_the_callers_grad_mode(
+    kind: str, fn: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    report = audit.audit(kind, grad_off_after(fn), **options, **FAST)
+    assert torch.is_grad_enabled()
+    assert report.ok, str(report)
+
+
+def sample() -> tuple[torch.Tensor, torch.Tensor]:
+    return SAMPLE
+
+
+def hangs(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Trains, then never returns."""
+    fit(model, loader, optimizer, num_epochs)
+    while True:
+        time.sleep(0.01)
+
+
+LOOP = ["--model", "tests.test_audit_faults:net", "--example", "tests.test_audit_faults:sample"]
+
+
+def test_the_time_limit_is_a_number_from_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["audit", "training-loop", "tests.test_audit_faults:fit", *LOOP, "--max-examples", "5"]
+    assert main([*argv, "--timeout", "30", "-q"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    hanging = ["audit", "training-loop", "tests.test_audit_faults:hangs", *LOOP]
+    with pytest.raises(SystemExit) as refused:  # it hangs on the first probe: refused, one line
+        main([*hanging, "--timeout", "0.5", "--json", "-q"])
+    assert refused.value.code == 2
+    assert "did not return within 0.5 s" in capsys.readouterr().err
+
+
+def process_state() -> dict[str, Any]:
+    return {
+        "torch rng": torch.get_rng_state().tolist(),
+        "python rng": random.getstate(),
+        "warnings filters": list(warnings.filters),
+        "SIGALRM": signal.getsignal(signal.SIGALRM),
+        "grad mode": torch.is_grad_enabled(),
+    }
+
+
+def test_audits_in_two_threads_take_turns_and_both_judge_right() -> None:
+    before = process_state()
+    reports: list[Any] = []
+
+    def audit_iterator() -> None:
+        reports.append(audit.iterator(rw.d2l_data_iter, max_examples=10))
+
+    for _ in range(3):
+        threads = [threading.Thread(target=audit_iterator) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(reports) == 6 and all(r.ok for r in reports), [str(r) for r in reports]
+    assert process_state() == before
+
+
+def test_the_time_limit_holds_off_the_main_thread() -> None:
+    reports: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: reports.append(
+            audit.training_loop(fit_then_hang_on_one_batch, model=net, example=SAMPLE, timeout=0.5)
+        )
+    )
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert reports[0].error.startswith("the loop did not return within 0.5 s"), str(reports[0])
+
+
+def fit_then_hang_on_one_batch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    fit(model, loader, optimizer, num_epochs)
+    while len(loader) == 1:
+        time.sleep(0.01)
+
+
+def test_an_audit_inside_an_audited_loop_keeps_the_outer_time_limit() -> None:
+    def audits_then_hangs(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        fit(model, loader, optimizer, num_epochs)
+        if len(loader) == 1:
+            assert audit.loss(rw.d2l_squared_loss, max_examples=3).ok
+            while True:
+                time.sleep(0.01)
+
+    before = process_state()
+    report = audit.training_loop(audits_then_hangs, model=net, example=SAMPLE, timeout=1.0)
+    assert report.error.startswith("the loop did not return within 1 s"), str(report)
+    assert process_state() == before
+
+
+def test_a_huge_time_limit_is_a_long_one_not_an_error() -> None:
+    before = process_state()
+    report = audit.training_loop(fit, model=net, example=SAMPLE, timeout=1e10, **FAST)
+    assert report.ok, str(report)
+    assert process_state() == before
