@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from linreg import audit
 from linreg.cli import main
 from tests import realworld as rw
+from tests.test_audit_ends import fit
 
 FAST = {"max_examples": 5}
 
@@ -35,14 +35,6 @@ def net() -> nn.Module:
 
 
 SAMPLE = (torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1))
-
-
-def fit(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
-    for _ in range(num_epochs):
-        for X, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(X), y).backward()
-            optimizer.step()
 
 
 # (kind, a correct target, its options): one of each kind, as people write them
