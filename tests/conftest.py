@@ -93,7 +93,9 @@ def ddp_results_once_a_session(tmp_path_factory: pytest.TempPathFactory) -> Any:
             if saved.exists():
                 return torch.load(saved, weights_only=False)
             results = compute()
-            torch.save(results, saved)
+            partial = saved.with_suffix(".partial")
+            torch.save(results, partial)
+            partial.replace(saved)  # whole or absent: a worker killed mid-write leaves no file
             return results
 
     ddp_sum.ddp_results = shared  # type: ignore[assignment]

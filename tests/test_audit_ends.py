@@ -205,3 +205,14 @@ def test_the_audited_code_runs_on_one_torch_thread_and_the_users_count_comes_bac
     assert audit.loss(counting_squared_loss, max_examples=5).ok
     assert seen == {1}
     assert torch.get_num_threads() == 3
+
+
+def test_the_time_limit_of_a_users_loop_is_derived_from_its_first_run() -> None:
+    from linreg.targets import training_loop
+
+    def slow_fit(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        time.sleep(0.25)  # a first small run of a quarter second: a limit of 12.5 s or more
+        fit(model, loader, optimizer, num_epochs)
+
+    target = audit.target_for("training-loop", slow_fit, model=net, example=SAMPLE)
+    assert training_loop.limit_of(target) >= 50 * 0.25 > training_loop.FLOOR

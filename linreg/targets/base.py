@@ -183,7 +183,14 @@ def keeps_grad_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             torch.set_grad_enabled(mode)
 
+    call.user_fn = fn  # type: ignore[attr-defined]
     return call
+
+
+def user_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return the user's own callable behind keeps_grad_mode's wrapper (fn itself otherwise)."""
+    inner: Callable[..., Any] = getattr(fn, "user_fn", fn)
+    return inner
 
 
 def name_of(fn: object) -> str:

@@ -18,7 +18,6 @@ fixed): then no row's output depends on another's, and the loop's arithmetic is 
 from __future__ import annotations
 
 import functools
-import inspect
 import signal
 import threading
 import time
@@ -42,6 +41,8 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 from torch.utils.hooks import RemovableHandle
+
+from linreg.targets.base import user_fn
 
 STEP_COUNT = "num_items_in_batch"
 
@@ -81,17 +82,17 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     def ring(signum: int, frame: Any) -> None:
         raise TimeUp
 
-    start, outer = time.monotonic(), 0.0
+    start, outer, interval = time.monotonic(), 0.0, 0.0
     previous = signal.signal(signal.SIGALRM, ring)
     try:
-        outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+        outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if outer:  # an enclosing audit's limit: what is left of it, at least a moment
             left = outer - (time.monotonic() - start)
-            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
 
 
 _LONGEST = 1e7  # seconds (116 days): longer limits are this one
@@ -101,10 +102,14 @@ _LONGEST = 1e7  # seconds (116 days): longer limits are this one
 def _thread_time_limit(seconds: float) -> Iterator[None]:
     import ctypes
 
-    ident = threading.get_ident()
+    ident, lock, active = threading.get_ident(), threading.Lock(), [True]
 
     def ring() -> None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(TimeUp))
+        with lock:  # never after the block has ended: it would land in the caller's code
+            if active[0]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(ident), ctypes.py_object(TimeUp)
+                )
 
     timer = threading.Timer(seconds, ring)
     timer.daemon = True
@@ -112,10 +117,9 @@ def _thread_time_limit(seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
+        with lock:
+            active[0] = False
         timer.cancel()
-        timer.join()
-        # rung between the block's end and the cancel: clear it, or it lands after the audit
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
 
 
 def not_finite(seen: Observed) -> str:
@@ -455,7 +459,8 @@ def _wrapped(model: nn.Module, method: str, fed: Callable[..., None]) -> _Unwrap
 def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
     """Return the loop's exception as LoopRaised: its type, message and the frame it came from."""
     frames = traceback.extract_tb(e.__traceback__)
-    source = getattr(inspect.unwrap(getattr(fn, "func", fn)), "__code__", None)
+    fn = user_fn(fn)
+    source = getattr(getattr(fn, "func", fn), "__code__", None)  # a partial: its function's
     file = source.co_filename if source is not None else None
     mine = [f for f in frames if f.filename == file] or [
         f for f in frames if "/torch/" not in f.filename and "/linreg/targets/" not in f.filename

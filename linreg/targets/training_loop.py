@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from linreg import _validate
 from linreg.checks import CheckFailed
 from linreg.targets import contract as contracts
-from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option
+from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option, user_fn
 from linreg.targets.guards import seeded
 from linreg.targets.observe import (
     Aborted,
@@ -169,8 +169,9 @@ def limit_of(target: Target) -> float:
     given = options_of(target).timeout
     if given is not None:
         return given
-    hit = _LIMITS.get(id(target.fn))
-    return hit[1] if hit is not None and hit[0] is target.fn else FLOOR
+    fn = user_fn(target.fn)  # as _checked saw it, before the target wrapped it
+    hit = _LIMITS.get(id(fn))
+    return hit[1] if hit is not None and hit[0] is fn else FLOOR
 
 
 def options_of(target: Target) -> TrainingLoopOptions:
