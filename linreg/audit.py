@@ -36,13 +36,13 @@ except ImportError as e:  # pragma: no cover - checked in a subprocess without H
     raise ImportError(f"linreg.audit: {NEEDS_HYPOTHESIS}") from e
 
 from linreg import _validate
-from linreg.checks import CheckFailed
+from linreg.checks import CheckFailed, LoopRaised
 from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
 from linreg.targets.base import AUDIT_KEYWORDS
 from linreg.targets.guards import ended_process, one_thread
-from linreg.targets.observe import Aborted, LoopRaised, restore_models
+from linreg.targets.observe import Aborted, restore_models
 
 __all__ = [
     "DEFAULT_EXAMPLES",

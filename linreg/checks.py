@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from math import ceil
@@ -34,6 +35,38 @@ class CheckFailed(AssertionError):
     def __init__(self, message: str, measured: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.measured = measured
+
+
+class LoopRaised(Exception):
+    """The target itself raised: reported once, as the target raising, not as a pitfall."""
+
+
+# What torch and Python raise when the code has one of the catalogue's pitfalls: such an
+# exception is the pitfall's evidence, any other is the target's own error.
+SYMPTOMS = (
+    "Trying to backward through the graph a second time",  # backward-twice
+    "a leaf Variable that requires grad is being used in an in-place operation",  # no-grad-update
+    "'NoneType' object has no attribute",  # rebinding, non-leaf-params: a .grad that is None
+    "does not require grad and does not have a grad_fn",  # a graph cut (.detach(), no_grad)
+)
+
+
+def is_symptom(e: BaseException) -> bool:
+    """Return whether e is what torch or Python raise for one of the catalogue's pitfalls."""
+    return any(symptom in str(e) for symptom in SYMPTOMS)
+
+
+def where(e: BaseException) -> str:
+    """Return " at FILE:LINE in fn: code" for the deepest frame of e outside torch and linreg."""
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if "/torch/" not in f.filename and "/linreg/" not in f.filename
+    ]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} in {f.name}" + (f": {f.line}" if f.line else "")
 
 
 def _fail(message: str) -> CheckFailed:
@@ -229,6 +262,8 @@ def check_update_in_place(
         with torch.no_grad() if under_no_grad else contextlib.nullcontext():
             step(params, lr, batch_size)
     except Exception as e:
+        if not is_symptom(e):  # the step's own error, not a pitfall: reported as the error
+            raise LoopRaised(f"the update step raised {type(e).__name__}: {e}{where(e)}") from e
         unchanged = all(
             torch.equal(p.detach(), old)
             for p, old in zip(objects, before, strict=True)  # pragma: no mutate  (same length)

@@ -222,3 +222,48 @@ def test_a_huge_time_limit_is_a_long_one_not_an_error() -> None:
     report = audit.training_loop(fit, model=net, example=SAMPLE, timeout=1e10, **FAST)
     assert report.ok, str(report)
     assert process_state() == before
+
+
+def raises_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
+    """Return fn that raises its own ValueError once it has been called `calls` times."""
+    seen = [0]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        seen[0] += 1
+        if seen[0] > calls:
+            raise ValueError("the code's own bug")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
+def test_code_that_raises_its_own_error_is_one_error_not_a_pitfall(
+    kind: str, fn: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    report = audit.audit(kind, raises_after(fn, 1), **options, **FAST)
+    assert "raised ValueError: the code's own bug" in report.error, str(report)
+    assert report.failures == (), str(report)
+
+
+def nan_after_two_rows(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+    return out * float("nan") if y_hat.shape[0] > 2 else out
+
+
+def text_after_two_rows(y_hat: torch.Tensor, y: torch.Tensor) -> Any:
+    out = (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+    return "0.5" if y_hat.shape[0] > 2 else out
+
+
+@pytest.mark.parametrize(
+    ("loss", "said"),
+    [(nan_after_two_rows, "returned nan on y_hat of shape"), (text_after_two_rows, "returned str")],
+)
+def test_a_loss_that_returns_nan_or_no_tensor_later_is_one_error_not_a_pitfall(
+    loss: Callable[..., Any], said: str
+) -> None:
+    report = audit.loss(loss, max_examples=20)
+    assert said in report.error, str(report)
+    assert report.failures == (), str(report)

@@ -176,6 +176,10 @@ def test_update_in_place_says_how_the_step_went_wrong() -> None:
     def raises(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
         raise ZeroDivisionError("boom")
 
+    def zeroes_a_missing_grad(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
+        params[0].grad = None
+        params[0].grad.zero_()  # type: ignore[union-attr]
+
     def replaces(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
         optim.sgd([params[1]], lr, batch_size)
         params[0] = params[0].detach().clone()
@@ -202,10 +206,17 @@ def test_update_in_place_says_how_the_step_went_wrong() -> None:
         optim.sgd(params, 2 * lr, batch_size)
 
     step = checks.check_update_in_place
+    # the step's own error is not a pitfall: it is reported as the step raising, and where
+    with pytest.raises(
+        checks.LoopRaised,
+        match=r"^the update step raised ZeroDivisionError: boom at .*test_checks\.py:\d+ in raises",
+    ):
+        step(raises, leaf_params(), 0.5, 2)
     says(
-        "the update step raised ZeroDivisionError: boom; the caller's params did not change",
+        "the update step raised AttributeError: 'NoneType' object has no attribute 'zero_'; "
+        "the caller's params did not change",
         step,
-        raises,
+        zeroes_a_missing_grad,
         leaf_params(),
         0.5,
         2,
@@ -434,19 +445,22 @@ def test_update_in_place_messages_name_the_argument_the_formula_and_the_params_s
             rebinds, _one_param(1.0, 1.0), 0.5, 4, divides_by_batch_size=False
         )
 
+    # a pitfall's symptom (here the in-place update of a leaf in grad mode) is judged, and the
+    # message says whether the caller's params moved before it
     def moves_then_raises(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
         with torch.no_grad():
             params[0] -= 1.0
-        raise RuntimeError("late")
+        params[0] -= 1.0
 
     def raises(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
-        raise RuntimeError("early")
+        params[0] -= 1.0
 
-    with pytest.raises(checks.CheckFailed, match=r"^the update step raised RuntimeError: late$"):
+    leaf = "a leaf Variable that requires grad is being used in an in-place operation."
+    with pytest.raises(checks.CheckFailed, match=rf"^the update step raised RuntimeError: {leaf}$"):
         checks.check_update_in_place(moves_then_raises, _one_param(1.0, 1.0), 0.1, 1)
     with pytest.raises(
         checks.CheckFailed,
-        match=r"^the update step raised RuntimeError: early; the caller's params did not change$",
+        match=rf"^the update step raised RuntimeError: {leaf}; the caller's params did not change$",
     ):
         checks.check_update_in_place(raises, _one_param(1.0, 1.0), 0.1, 1)
 

@@ -16,12 +16,13 @@ from collections.abc import Iterator
 
 import torch
 
-from linreg.checks import CheckFailed
+from linreg.checks import CheckFailed, LoopRaised, is_symptom, where
 
 
 @contextlib.contextmanager
 def guarded(what: str) -> Iterator[None]:
-    """Turn an exception a target raises into a CheckFailed that says what raised it.
+    """Turn an exception a target raises into a verdict: a CheckFailed when it is a pitfall's
+    symptom (checks.SYMPTOMS), else LoopRaised, the target's own error, saying what raised it where.
 
     The target's warnings are ignored: a warning filter set to "error" (pytest's, say) must
     not turn `float(loss)` in a logging line into a verdict.
@@ -30,10 +31,13 @@ def guarded(what: str) -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
-    except CheckFailed:
+    except (CheckFailed, LoopRaised):
         raise
     except Exception as e:
-        raise CheckFailed(f"{what} raised {type(e).__name__}: {e}") from e
+        said = f"{what} raised {type(e).__name__}: {e}"
+        if is_symptom(e):
+            raise CheckFailed(said) from e
+        raise LoopRaised(said + where(e)) from e
 
 
 @contextlib.contextmanager

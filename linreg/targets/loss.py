@@ -6,14 +6,17 @@ shape (n, 1) and, unless told otherwise, (n,).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from linreg import _validate
+from linreg.checks import LoopRaised
 from linreg.targets.base import Kind, Options, TargetError, binds, name_of, option
 
 SIGNATURE = "fn(y_hat, y)"
@@ -58,7 +61,26 @@ def build(fn: Callable[..., Any], options: LossOptions) -> Callable[..., Any]:
             f"{name_of(fn)} returned {type(got).__name__} on y_hat and y of shape (2, 1), "
             "expected a tensor"
         )
-    return fn
+    return returns_a_finite_tensor(fn)
+
+
+def returns_a_finite_tensor(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return fn that raises LoopRaised, the target's own error and not a pitfall, when it
+    returns no tensor, or a value that is not finite on finite y_hat and y."""
+
+    @functools.wraps(fn)
+    def loss(y_hat: Tensor, y: Tensor) -> Any:
+        got = fn(y_hat, y)
+        on = f"on y_hat of shape {tuple(y_hat.shape)} and y of shape {tuple(y.shape)}"
+        if not isinstance(got, torch.Tensor):
+            raise LoopRaised(f"the loss returned {type(got).__name__} {on}, expected a tensor")
+        finite = bool(torch.isfinite(y_hat).all()) and bool(torch.isfinite(y).all())
+        if finite and not bool(torch.isfinite(got.detach()).all()):
+            value = "nan" if bool(got.detach().isnan().any()) else "inf"
+            raise LoopRaised(f"the loss returned {value} {on}, both finite")
+        return got
+
+    return loss
 
 
 KIND = Kind(

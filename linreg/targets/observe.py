@@ -42,13 +42,10 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
+from linreg.checks import LoopRaised
 from linreg.targets.base import user_fn
 
 STEP_COUNT = "num_items_in_batch"
-
-
-class LoopRaised(Exception):
-    """The loop itself raised: reported as the loop raising, not as a pitfall."""
 
 
 class Aborted(BaseException):

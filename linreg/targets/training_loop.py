@@ -30,13 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from linreg import _validate
-from linreg.checks import CheckFailed
+from linreg.checks import CheckFailed, LoopRaised
 from linreg.targets import contract as contracts
 from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option, user_fn
 from linreg.targets.guards import seeded
 from linreg.targets.observe import (
     Aborted,
-    LoopRaised,
     Observed,
     TimeUp,
     not_finite,
