@@ -41,8 +41,8 @@ from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
 from linreg.targets.base import AUDIT_KEYWORDS
-from linreg.targets.guards import ended_process, one_thread
-from linreg.targets.observe import Aborted, restore_models
+from linreg.targets.guards import Aborted, ended_process, one_thread
+from linreg.targets.observe import restore_models
 
 __all__ = [
     "DEFAULT_EXAMPLES",

@@ -114,7 +114,8 @@ def test_a_failure_reads_at_a_glance_with_a_shrunk_plain_counterexample() -> Non
     text = str(report)
     assert text.splitlines()[0].startswith(
         "audit of update-step tests.realworld:rebinding_sgd (zeroes_grad=True, "
-        "under_no_grad=False, divides_by_batch_size=True): 1 failed, 2 passed, 0 skipped in "
+        "under_no_grad=False, divides_by_batch_size=True, timeout=None): 1 failed, 2 passed, 0 "
+        "skipped in "
     )
     assert "  FAIL rebinding        the step changes the caller's tensors in place" in text
     (failure,) = report.failures

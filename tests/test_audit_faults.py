@@ -267,3 +267,57 @@ def test_a_loss_that_returns_nan_or_no_tensor_later_is_one_error_not_a_pitfall(
     report = audit.loss(loss, max_examples=20)
     assert said in report.error, str(report)
     assert report.failures == (), str(report)
+
+
+def endless_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
+    """Return fn that never returns once it has been called `calls` times."""
+    seen = [0]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        seen[0] += 1
+        while seen[0] > calls:
+            time.sleep(0.01)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def endless_data_iter(batch_size: int, features: torch.Tensor, labels: torch.Tensor) -> Any:
+    """Yields its first batch forever: the caller's walk never ends."""
+    batch = features[:batch_size], labels[:batch_size]  # one batch: the walk allocates nothing
+    while True:
+        yield batch
+
+
+BOOK_KINDS = [c for c in CORRECT if c[0] != "training-loop"]  # it has its own limit's tests
+
+
+@pytest.mark.parametrize(("kind", "fn", "options"), BOOK_KINDS, ids=IDS[:-1])
+def test_code_that_never_returns_ends_the_audit_at_its_time_limit(
+    kind: str, fn: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    before = process_state()
+    report = audit.audit(kind, endless_after(fn, 1), **options, timeout=0.3, **FAST)
+    assert "did not return within 0.3 s" in report.error, str(report)
+    assert report.failures == ()
+    assert process_state() == before
+
+
+def test_an_endless_iterator_ends_the_audit_at_its_time_limit() -> None:
+    report = audit.iterator(endless_data_iter, timeout=0.3, **FAST)
+    assert "the iterator did not end within 0.3 s" in report.error, str(report)
+    assert report.failures == ()
+
+
+def test_a_trial_call_that_never_returns_is_refused_in_one_line() -> None:
+    with pytest.raises(audit.TargetError, match=r"did not return within 0\.3 s when called once"):
+        audit.loss(endless_after(rw.d2l_squared_loss, 0), timeout=0.3)
+
+
+def test_the_time_limit_of_any_kind_is_a_number_from_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["audit", "iterator", "tests.test_audit_faults:endless_data_iter", "--timeout", "0.3"]
+    assert main([*argv, "--json", "-q"]) == 1
+    assert "did not end within 0.3 s" in json.loads(capsys.readouterr().out)["error"]

@@ -455,7 +455,7 @@ def test_audit_exits_0_when_every_property_holds(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(
         "audit of update-step linreg.optim:sgd (zeroes_grad=True, under_no_grad=False, "
-        "divides_by_batch_size=True): 0 failed, 3 passed, 0 skipped in "
+        "divides_by_batch_size=True, timeout=None): 0 failed, 3 passed, 0 skipped in "
     )
     assert [line.split()[:2] for line in out[1:]] == [
         ["pass", "rebinding"],
@@ -503,6 +503,7 @@ def test_audit_takes_each_kinds_options(capsys: pytest.CaptureFixture[str]) -> N
         "full_batch": True,
         "drop_last": False,
         "dtype": "float64",
+        "timeout": None,
     }
     assert {r["pitfall"]: r["verdict"] for r in report["results"]}["short-last-batch"] == "skip"
 

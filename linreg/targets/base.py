@@ -12,7 +12,6 @@ plugin and the README's table of kinds are made from.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 
 from linreg import _validate
 from linreg.importing import resolve
+from linreg.targets.guards import FIRST, FLOOR, TimeUp, bounded, time_limit
 
 # An option's metadata: its help text, its command-line flag, its choices, its check.
 HELP, FLAG, CHOICES, CHECK, IMPORT, REQUIRED = (
@@ -144,6 +144,8 @@ class Kind:
     build: Callable[[Callable[..., Any], Any], Any]
     doc: str = ""  # the audit function's docstring, after its first line
     judged_as: str = ""  # the kind whose properties judge it, where build returns its Target
+    calls: str = "the code"  # the user's code in a message: "the loss did not return within"
+    times_itself: bool = False  # its build bounds each run itself (a training loop's probe)
 
     def __post_init__(self) -> None:
         _DEFAULTS[self.name] = self.options
@@ -165,32 +167,19 @@ class Kind:
                 + (", ".join(sorted(known)) or "none")
             )
         built = self.options(**options)
-        made = self.build(fn, built)
+        limit = None if self.times_itself else getattr(built, "timeout", None) or FIRST
+        try:
+            with time_limit(limit):  # a build may call fn once to check it (a loss's trial)
+                made = self.build(fn, built)
+        except TimeUp:
+            raise TargetError(
+                f"{name_of(fn)} did not return within {limit:g} s when called once to check it"
+            ) from None
         if isinstance(made, Target):
             return made
-        return Target(keeps_grad_mode(made), self.name, built, name_of(fn))
-
-
-def keeps_grad_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Return fn that gives grad mode back as it found it: a target that turns it off for the
-    process (torch.set_grad_enabled(False)) must not turn it off for the checks after it."""
-
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        mode = torch.is_grad_enabled()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_grad_enabled(mode)
-
-    call.user_fn = fn  # type: ignore[attr-defined]
-    return call
-
-
-def user_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Return the user's own callable behind keeps_grad_mode's wrapper (fn itself otherwise)."""
-    inner: Callable[..., Any] = getattr(fn, "user_fn", fn)
-    return inner
+        timeout = None if self.times_itself else getattr(built, "timeout", None)
+        made = bounded(made, self.calls, timeout, limited=not self.times_itself)
+        return Target(made, self.name, built, name_of(fn))
 
 
 def name_of(fn: object) -> str:
@@ -274,3 +263,19 @@ def from_text(f: dataclasses.Field[Any], text: str) -> Any:
         if check is not None:
             expected = _validate.EXPECTED.get(check, expected)
         raise ValueError(f"expected {expected}, got {text!r}") from None
+
+
+def timeout_option(what: str) -> Any:
+    """Return the --timeout option of a kind whose calls the audit bounds (guards.bounded)."""
+    return option(
+        None,
+        f"seconds one call of {what} may take (default: 50 times its first call, and at least "
+        f"{FLOOR:g} s)",
+        flag="--timeout",
+        check=seconds,
+    )
+
+
+def seconds(name: str, value: object) -> float | None:
+    """Return a time limit in seconds: None (derived) or a positive finite number."""
+    return None if value is None else _validate.positive_finite(name, value)

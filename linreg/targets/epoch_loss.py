@@ -62,6 +62,7 @@ KIND = Kind(
     summary="one epoch of training that returns the loss it reports for the epoch",
     options=ObjectiveOptions,
     build=build,
+    calls="the epoch",
     doc=(
         "fn trains params for one epoch and returns the epoch's loss as it reports it (a "
         "float, or a one-element tensor): the mean of the objective over the epoch's "

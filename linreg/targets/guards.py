@@ -9,10 +9,15 @@ computes on one thread while the audit runs, and on as many as before afterwards
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
+import signal
 import sys
+import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -78,3 +83,146 @@ def ended_process(e: BaseException) -> str:
     if isinstance(e, SystemExit):
         return f"SystemExit({e.code!r}) (sys.exit or exit() in the audited code)"
     return f"{type(e).__name__}"
+
+
+class Aborted(BaseException):
+    """Stop the audit now, past Hypothesis (which would replay and shrink): a run timed out.
+
+    Its one argument is the LoopRaised to report.
+    """
+
+
+class TimeUp(BaseException):
+    """Raised inside the loop when its time is up: a BaseException, so `except Exception` in
+    the loop cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise TimeUp in the block after `seconds`, in any thread; an outer limit still holds.
+
+    In the main thread a SIGALRM timer (the handler and any outer timer put back after); in
+    another thread a timer thread that raises TimeUp in this one when its Python code next runs.
+    """
+    if seconds is None:
+        yield
+        return
+    seconds = min(seconds, _LONGEST)  # setitimer refuses what overflows its clock
+    if threading.current_thread() is not threading.main_thread():
+        with _thread_time_limit(seconds):
+            yield
+        return
+
+    def ring(signum: int, frame: Any) -> None:
+        raise TimeUp
+
+    start, outer, interval = time.monotonic(), 0.0, 0.0
+    previous = signal.signal(signal.SIGALRM, ring)
+    try:
+        outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:  # an enclosing audit's limit: what is left of it, at least a moment
+            left = outer - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
+
+
+_LONGEST = 1e7  # seconds (116 days): longer limits are this one
+
+
+@contextlib.contextmanager
+def _thread_time_limit(seconds: float) -> Iterator[None]:
+    import ctypes
+
+    ident, lock, active = threading.get_ident(), threading.Lock(), [True]
+
+    def ring() -> None:
+        with lock:  # never after the block has ended: it would land in the caller's code
+            if active[0]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(ident), ctypes.py_object(TimeUp)
+                )
+
+    timer = threading.Timer(seconds, ring)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            active[0] = False
+        timer.cancel()
+
+
+FLOOR = 10.0  # seconds: the least time one call of the audited code is given (timeout= sets it)
+FIRST = 60.0  # seconds the first call may take, when no timeout is given: the limit's yardstick
+
+
+def bounded(
+    fn: Callable[..., Any], what: str, timeout: float | None, *, limited: bool = True
+) -> Callable[..., Any]:
+    """Return fn that cannot run forever and gives grad mode back as it found it.
+
+    Each call may take `timeout` seconds, or 50 times the first call and at least FLOOR; an
+    iterator it returns may take as long for its whole walk. Past it, the audit stops with
+    the report's error (Aborted, never replayed). Grad mode is put back after each call: a
+    target that turns it off for the process (torch.set_grad_enabled(False)) must not turn
+    it off for the checks after it. limited=False: grad mode only (the caller bounds each run).
+    """
+    limit = [timeout]
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        mode, start = torch.is_grad_enabled(), time.monotonic()
+        if not limited:  # the caller bounds it, and handles its own TimeUp
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.set_grad_enabled(mode)
+        seconds = limit[0] or FIRST
+        try:
+            with time_limit(seconds):
+                got = fn(*args, **kwargs)
+        except TimeUp:
+            raise Aborted(_late(what, "return", seconds)) from None
+        finally:
+            torch.set_grad_enabled(mode)
+        if limit[0] is None:
+            limit[0] = max(FLOOR, 50 * (time.monotonic() - start))
+        if isinstance(got, Iterator) and not isinstance(got, torch.Tensor):
+            return _walk(got, what, limit[0] or FIRST)
+        return got
+
+    call.user_fn = fn  # type: ignore[attr-defined]
+    return call
+
+
+def _walk(it: Iterator[Any], what: str, seconds: float) -> Iterator[Any]:
+    """Yield what it yields, for `seconds` in all: an endless iterator ends there."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:  # each next() was quick, and there is no end of them
+            raise Aborted(_late(what, "end", seconds))
+        try:
+            with time_limit(left):
+                item = next(it)
+        except StopIteration:
+            return
+        except TimeUp:
+            raise Aborted(_late(what, "end", seconds)) from None
+        yield item
+
+
+def _late(what: str, verb: str, seconds: float) -> LoopRaised:
+    return LoopRaised(
+        f"{what} did not {verb} within {seconds:g} s: an endless loop? (timeout= sets the limit)"
+    )
+
+
+def user_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return the user's own callable behind bounded's wrapper (fn itself otherwise)."""
+    inner: Callable[..., Any] = getattr(fn, "user_fn", fn)
+    return inner

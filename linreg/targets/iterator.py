@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import _validate, checks
-from linreg.targets.base import Kind, Options, Target, binds, option, takes_keyword
+from linreg.targets.base import Kind, Options, Target, binds, option, takes_keyword, timeout_option
 from linreg.targets.guards import guarded
 from linreg.targets.late import late
 
@@ -38,6 +38,7 @@ class IteratorOptions(Options):
         flag="--reused",
         check=_validate.flag,
     )
+    timeout: float | None = timeout_option("the iterator")
 
 
 def build(fn: Callable[..., Any], options: IteratorOptions) -> Callable[..., Any]:
@@ -87,5 +88,6 @@ KIND = Kind(
     summary="a mini-batch iterator (the book's data_iter), called once per epoch",
     options=IteratorOptions,
     build=build,
+    calls="the iterator",
     doc="Its shuffling is seeded per example through torch's and Python's global RNGs.",
 )

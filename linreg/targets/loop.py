@@ -26,6 +26,7 @@ from linreg.targets.base import (
     keyword_only,
     name_of,
     option,
+    timeout_option,
 )
 from linreg.targets.guards import guarded, seeded
 from linreg.targets.late import late
@@ -53,6 +54,7 @@ class ObjectiveOptions(Options):
         choices=(torch.float32, torch.float64),
         check=floating_dtype,
     )
+    timeout: float | None = timeout_option("the loop or epoch")
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ KIND = Kind(
     summary="a training loop of the book's kind on (features, labels) and params [w, b]",
     options=LoopOptions,
     build=build,
+    calls="the loop",
     doc=(
         "params are [w (d, 1), b (1,)], leaves that require grad (params may be a keyword-only "
         "argument, as in linreg.train); it trains them and returns them, or None when it "

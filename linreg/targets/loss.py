@@ -17,7 +17,7 @@ from torch import Tensor
 
 from linreg import _validate
 from linreg.checks import LoopRaised
-from linreg.targets.base import Kind, Options, TargetError, binds, name_of, option
+from linreg.targets.base import Kind, Options, TargetError, binds, name_of, option, timeout_option
 
 SIGNATURE = "fn(y_hat, y)"
 
@@ -44,6 +44,7 @@ class LossOptions(Options):
         flag="--no-flat-labels",
         check=_validate.flag,
     )
+    timeout: float | None = timeout_option("the loss")
 
 
 def build(fn: Callable[..., Any], options: LossOptions) -> Callable[..., Any]:
@@ -89,5 +90,6 @@ KIND = Kind(
     summary="a loss (the book's squared_loss): scale * (y_hat - y)^2, reduced",
     options=LossOptions,
     build=build,
+    calls="the loss",
     doc="scale is 0.5 for the book's squared_loss, 1.0 for nn.MSELoss.",
 )

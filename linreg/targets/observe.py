@@ -18,9 +18,6 @@ fixed): then no row's output depends on another's, and the loop's arithmetic is 
 from __future__ import annotations
 
 import functools
-import signal
-import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,80 +40,9 @@ from torch.optim.optimizer import (
 from torch.utils.hooks import RemovableHandle
 
 from linreg.checks import LoopRaised
-from linreg.targets.base import user_fn
+from linreg.targets.guards import user_fn
 
 STEP_COUNT = "num_items_in_batch"
-
-
-class Aborted(BaseException):
-    """Stop the audit now, past Hypothesis (which would replay and shrink): a run timed out.
-
-    Its one argument is the LoopRaised to report.
-    """
-
-
-class TimeUp(BaseException):
-    """Raised inside the loop when its time is up: a BaseException, so `except Exception` in
-    the loop cannot swallow it."""
-
-
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise TimeUp in the block after `seconds`, in any thread; an outer limit still holds.
-
-    In the main thread a SIGALRM timer (the handler and any outer timer put back after); in
-    another thread a timer thread that raises TimeUp in this one when its Python code next runs.
-    """
-    if seconds is None:
-        yield
-        return
-    seconds = min(seconds, _LONGEST)  # setitimer refuses what overflows its clock
-    if threading.current_thread() is not threading.main_thread():
-        with _thread_time_limit(seconds):
-            yield
-        return
-
-    def ring(signum: int, frame: Any) -> None:
-        raise TimeUp
-
-    start, outer, interval = time.monotonic(), 0.0, 0.0
-    previous = signal.signal(signal.SIGALRM, ring)
-    try:
-        outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer:  # an enclosing audit's limit: what is left of it, at least a moment
-            left = outer - (time.monotonic() - start)
-            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
-
-
-_LONGEST = 1e7  # seconds (116 days): longer limits are this one
-
-
-@contextmanager
-def _thread_time_limit(seconds: float) -> Iterator[None]:
-    import ctypes
-
-    ident, lock, active = threading.get_ident(), threading.Lock(), [True]
-
-    def ring() -> None:
-        with lock:  # never after the block has ended: it would land in the caller's code
-            if active[0]:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(ident), ctypes.py_object(TimeUp)
-                )
-
-    timer = threading.Timer(seconds, ring)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        with lock:
-            active[0] = False
-        timer.cancel()
 
 
 def not_finite(seen: Observed) -> str:

@@ -32,24 +32,22 @@ from torch import Tensor, nn
 from linreg import _validate
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.targets import contract as contracts
-from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option, user_fn
-from linreg.targets.guards import seeded
+from linreg.targets import guards
+from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option, seconds
+from linreg.targets.guards import Aborted, TimeUp, seeded, time_limit, user_fn
 from linreg.targets.observe import (
-    Aborted,
     Observed,
-    TimeUp,
     not_finite,
     prepare,
     raised,
     restore_models,
-    time_limit,
     watching,
 )
 
 SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_steps)"
 INPUT_KEYS = ("input_ids", "x", "inputs", "input", "pixel_values", "features")
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
-FLOOR = 10.0  # seconds: the least time a run of the loop is given (see limit_of)
+FLOOR = guards.FLOOR  # seconds: the least time a run of the loop is given (see limit_of)
 IGNORE_INDEX = -100  # the targets a token loss does not count (nn.CrossEntropyLoss's default)
 Example = tuple[Tensor, Tensor] | dict[str, Tensor]
 
@@ -96,10 +94,6 @@ def checked_example(name: str, value: object) -> Example:
         return as_example(value() if callable(value) else value)
     except TypeError as e:
         raise TargetError(str(e)) from None
-
-
-def _seconds(name: str, value: object) -> float | None:
-    return None if value is None else _validate.positive_finite(name, value)
 
 
 @dataclass(frozen=True)
@@ -156,7 +150,7 @@ class TrainingLoopOptions(Options):
         "seconds one run of the loop may take (default: 50 times its first small run, and at "
         f"least {FLOOR:g} s)",
         flag="--timeout",
-        check=_seconds,
+        check=seconds,
     )
 
 
@@ -520,6 +514,8 @@ KIND = Kind(
     summary="any PyTorch training loop, as written, judged step by step on copies of one sample",
     options=TrainingLoopOptions,
     build=build,
+    calls="the loop",
+    times_itself=True,
     doc=(
         "The loop asks for what it needs by name: model (or net); loader, dataset or get_batch; "
         "num_epochs or a step count (max_steps, max_iters, ...); optionally optimizer, device, "

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from linreg import _validate
-from linreg.targets.base import Kind, Options, Target, binds, option
+from linreg.targets.base import Kind, Options, Target, binds, option, timeout_option
 from linreg.targets.late import late
 
 SIGNATURE = "fn(params, lr, batch_size)"
@@ -43,6 +43,7 @@ class UpdateStepOptions(Options):
         flag="--no-divide",
         check=_validate.flag,
     )
+    timeout: float | None = timeout_option("the update step")
 
 
 def build(fn: Callable[..., Any], options: UpdateStepOptions) -> Callable[..., Any]:
@@ -87,5 +88,6 @@ KIND = Kind(
     summary="an update step (the book's sgd): p - lr * grad / B, in place",
     options=UpdateStepOptions,
     build=build,
+    calls="the update step",
     doc="A grad of zeros or None counts as zeroed.",
 )
