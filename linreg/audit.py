@@ -41,8 +41,8 @@ from linreg.pitfalls import CATALOGUE, Property
 from linreg.plain import plain
 from linreg.targets import KINDS, Kind, Target, TargetError
 from linreg.targets.base import AUDIT_KEYWORDS
-from linreg.targets.guards import Aborted, ended_process, one_thread
-from linreg.targets.observe import restore_models
+from linreg.targets.guards import Aborted, ended_process, kept_rngs, one_thread
+from linreg.targets.observe import models_restored
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -250,7 +250,9 @@ def run_property(
     wrapped = hypothesis_seed(DERANDOMIZED if seed is None else seed)(wrapped)
     wrapped._hypothesis_internal_database_key = None  # type: ignore[attr-defined]
     try:
-        with reporting.with_reporter(lambda *_: None), one_thread():
+        # a factory may hand out the user's own model: models_restored puts it back as it was
+        quiet = reporting.with_reporter(lambda *_: None)
+        with quiet, one_thread(), kept_rngs(), models_restored():
             wrapped()
     except (LoopRaised, Aborted) as e:
         example, message = failure[-1] if failure else (None, str(e))
@@ -263,8 +265,6 @@ def run_property(
         return Result(
             prop.pitfall, prop.name, "fail", message, plain(example), seen["examples"], what
         )
-    finally:
-        restore_models()  # a factory may hand out the user's own model: put it back
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
 
 
@@ -374,7 +374,7 @@ def target_for(kind: str, fn: Any, **options: Any) -> Target:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     # a kind may call fn once to check it (a loss's trial, a loop's probe): as in the audit
-    with one_thread(), torch.enable_grad():
+    with one_thread(), torch.enable_grad(), kept_rngs():
         try:
             return KINDS[kind].target(fn, **options)
         except (SystemExit, GeneratorExit) as e:

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -321,3 +322,51 @@ def test_the_time_limit_of_any_kind_is_a_number_from_the_command_line(
     argv = ["audit", "iterator", "tests.test_audit_faults:endless_data_iter", "--timeout", "0.3"]
     assert main([*argv, "--json", "-q"]) == 1
     assert "did not end within 0.3 s" in json.loads(capsys.readouterr().out)["error"]
+
+
+def seeds_every_rng(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return fn that seeds torch's, Python's and numpy's global RNGs at each call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        torch.manual_seed(7)
+        random.seed(7)
+        np.random.seed(7)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
+def test_code_that_seeds_the_global_rngs_leaves_them_as_they_were(
+    kind: str, fn: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    def rngs() -> list[Any]:
+        return [
+            torch.get_rng_state().tolist(),
+            random.getstate(),
+            np.random.get_state()[1].tolist(),
+        ]
+
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    before = rngs()
+    audit.audit(kind, seeds_every_rng(fn), **options, **FAST)
+    assert rngs() == before
+
+
+def test_an_audit_inside_an_audited_loop_leaves_the_outer_model_held() -> None:
+    modes: list[bool] = []
+
+    def bn_net() -> nn.Module:
+        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+    def audits_inside(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        assert audit.training_loop(fit, model=net, example=SAMPLE, max_examples=2).ok
+        modes.append(model[1].training)  # held in eval by the outer audit, still
+        fit(model, loader, optimizer, num_epochs)
+
+    report = audit.training_loop(audits_inside, model=bn_net, example=SAMPLE, max_examples=3)
+    assert report.ok, str(report)
+    assert modes and not any(modes)

@@ -49,12 +49,19 @@ def guarded(what: str) -> Iterator[None]:
 def seeded(seed: int) -> Iterator[None]:
     """Seed torch's and Python's global RNGs while a target runs; restore them, and numpy's
     (which a framework's set_seed draws), afterwards."""
+    with kept_rngs():
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds CUDA: slow
+        random.seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def kept_rngs() -> Iterator[None]:
+    """Give torch's, Python's and numpy's global RNGs back as they were, however code used them."""
     state = random.getstate()
     numpy = sys.modules.get("numpy")
     drawn = numpy.random.get_state() if numpy is not None else None
     with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds CUDA: slow
-        random.seed(seed)
         try:
             yield
         finally:

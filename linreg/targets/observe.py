@@ -72,8 +72,8 @@ _PREPARED: list[Callable[[], None]] = []  # what puts each prepared model back, 
 def prepare(model: nn.Module) -> nn.Module:
     """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode.
 
-    `restore_models()` puts every model prepared since back as it was (Dropout's p, the batch
-    norms' mode, each parameter's .grad): a factory may hand out the user's own model.
+    `models_restored()` puts every model prepared in its block back as it was (Dropout's p,
+    the batch norms' mode, each parameter's .grad): a factory may hand out the user's model.
     """
     undo: list[Callable[[], None]] = [
         functools.partial(setattr, p, "grad", None if p.grad is None else p.grad.clone())
@@ -96,10 +96,16 @@ def prepare(model: nn.Module) -> nn.Module:
     return model
 
 
-def restore_models() -> None:
-    """Put every model prepared since the last call back as it was, the latest first."""
-    while _PREPARED:
-        _PREPARED.pop()()
+@contextmanager
+def models_restored() -> Iterator[None]:
+    """Put every model prepared in the block back as it was, the latest first, on leaving it;
+    those an enclosing audit prepared stay as it holds them (an audit inside an audited loop)."""
+    mark = len(_PREPARED)
+    try:
+        yield
+    finally:
+        while len(_PREPARED) > mark:
+            _PREPARED.pop()()
 
 
 def _release(module: nn.Module, training: bool) -> None:

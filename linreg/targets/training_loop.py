@@ -37,10 +37,10 @@ from linreg.targets.base import Kind, Options, Target, TargetError, name_of, opt
 from linreg.targets.guards import Aborted, TimeUp, seeded, time_limit, user_fn
 from linreg.targets.observe import (
     Observed,
+    models_restored,
     not_finite,
     prepare,
     raised,
-    restore_models,
     watching,
 )
 
@@ -376,10 +376,8 @@ def observe(target: Target, batching: Batching) -> Observed:
 
 def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
     """Return fn once it says what it takes, its model can be judged and it steps the optimizer."""
-    try:
+    with models_restored():
         return _checked(fn, options)
-    finally:
-        restore_models()
 
 
 def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
