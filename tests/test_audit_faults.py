@@ -370,3 +370,35 @@ def test_an_audit_inside_an_audited_loop_leaves_the_outer_model_held() -> None:
     report = audit.training_loop(audits_inside, model=bn_net, example=SAMPLE, max_examples=3)
     assert report.ok, str(report)
     assert modes and not any(modes)
+
+
+def nan_loop(
+    features: Any, labels: Any, params: Any, *, lr: float, batch_size: int, num_epochs: int
+) -> None:
+    """The book's loop with a loss multiplied by nan: its params end up nan."""
+    w, b = params
+    for _ in range(num_epochs):
+        for i in range(0, len(features), batch_size):
+            X, y = features[i : i + batch_size], labels[i : i + batch_size]
+            (((X @ w + b - y) ** 2 / 2).sum() * float("nan")).backward()
+            rw.d2l_sgd([w, b], lr, len(X))
+
+
+def nan_epoch(features: Any, labels: Any, params: Any, *, lr: float, batch_size: int) -> Any:
+    rw.d2l_epoch(features, labels, params, lr=lr, batch_size=batch_size)
+    return torch.tensor(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "fn", "said"),
+    [
+        ("loop", nan_loop, "the loop's params are not finite"),
+        ("epoch-loss", nan_epoch, "the epoch reported a loss of nan on finite data"),
+    ],
+)
+def test_a_loop_or_epoch_that_goes_nan_is_one_error_not_a_pitfall(
+    kind: str, fn: Callable[..., Any], said: str
+) -> None:
+    report = audit.audit(kind, fn, **FAST)
+    assert said in report.error, str(report)
+    assert report.failures == (), str(report)

@@ -55,8 +55,11 @@ def train_concat_backward_every_batch(*args: Any, **kwargs: Any) -> train.TrainR
 def completes(target: Target, run: dict[str, Any]) -> None:
     """The loop runs all its epochs over several batches without raising; its params are finite."""
     got = run_loop(target, run)
-    if not all(bool(torch.isfinite(p).all()) for p in got):
-        raise checks.CheckFailed(f"the loop's params are not finite: {[p.tolist() for p in got]}")
+    if not all(bool(torch.isfinite(p).all()) for p in got):  # the loop's own error, no pitfall
+        raise checks.LoopRaised(
+            f"the loop's params are not finite after it ran on finite data at a stable lr: "
+            f"{[p.tolist() for p in got]} (a nan or inf in its loss or gradients?)"
+        )
 
 
 def _runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:

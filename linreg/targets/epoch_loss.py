@@ -6,12 +6,13 @@ the objective over the epoch's examples (linreg.train.train_epoch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 
-from linreg.checks import CheckFailed
+from linreg.checks import LoopRaised
 from linreg.targets.base import Kind, Target, TargetError, name_of
 from linreg.targets.guards import guarded, seeded
 from linreg.targets.late import late
@@ -44,14 +45,19 @@ def run_epoch(target: Target, run: dict[str, Any]) -> Any:
             lr=run["lr"],
             batch_size=run["batch_size"],
         )
+    # what the epoch returns is its own error, not a pitfall, unless it is a finite loss
     if isinstance(reported, Tensor) and reported.numel() == 1:
-        return reported
-    if isinstance(reported, (int, float)) and not isinstance(reported, bool):
-        return float(reported)
-    raise CheckFailed(
-        f"the epoch returned {type(reported).__name__}: expected the loss it reports, a float or "
-        "a one-element tensor"
-    )
+        value = float(reported.detach())
+    elif isinstance(reported, (int, float)) and not isinstance(reported, bool):
+        value = reported = float(reported)
+    else:
+        raise LoopRaised(
+            f"the epoch returned {type(reported).__name__}: expected the loss it reports, a float "
+            "or a one-element tensor"
+        )
+    if not math.isfinite(value):
+        raise LoopRaised(f"the epoch reported a loss of {value} on finite data")
+    return reported
 
 
 EPOCHS = (Target(late("train.train_epoch"), "epoch-loss", ObjectiveOptions(), "train_epoch"),)
