@@ -286,14 +286,26 @@ def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
         print(report)
+    code = 0 if report.ok else 1
     if args.plot:
-        try:
-            report.plot(args.plot)
-        except ValueError as e:
-            parser.error(f"--plot: {e}")
-        if not args.quiet:
-            print(f"wrote the failing steps' picture to {args.plot}", file=sys.stderr)
-    return 0 if report.ok else 1
+        return _plot(report, args.plot, code, quiet=args.quiet)
+    return code
+
+
+def _plot(report: Any, path: str, code: int, *, quiet: bool) -> int:
+    """Draw what the report measured into path; say why not in one line, keeping the verdict's
+    exit code (a pitfall's 1 is never hidden); a picture that cannot be written is exit 2."""
+    try:
+        report.plot(path)
+    except ValueError as e:  # nothing measured to draw: a note, not an error
+        print(f"--plot: {e}; no picture written", file=sys.stderr)
+        return code
+    except OSError as e:
+        print(f"--plot: could not write {path}: {e.strerror or e}", file=sys.stderr)
+        return code or 2
+    if not quiet:
+        print(f"wrote the failing steps' picture to {path}", file=sys.stderr)
+    return code
 
 
 def _check_plot(path: str, parser: argparse.ArgumentParser) -> None:
@@ -303,6 +315,8 @@ def _check_plot(path: str, parser: argparse.ArgumentParser) -> None:
     folder = Path(path).parent
     if not folder.is_dir():
         parser.error(f"--plot: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"--plot: the folder {str(folder)!r} is not writable")
     try:
         import matplotlib  # noqa: F401
     except ImportError:

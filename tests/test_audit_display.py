@@ -102,7 +102,7 @@ def test_a_passing_report_has_nothing_to_draw(passing: audit.Report) -> None:
         passing.plot()
 
 
-def test_audit_plot_refuses_a_missing_folder_before_any_work_and_a_passing_audit_after(
+def test_audit_plot_refuses_a_missing_folder_before_any_work_and_notes_a_passing_audit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["audit", "training-loop", "linreg.targets.training_loop:fit"]
@@ -112,11 +112,24 @@ def test_audit_plot_refuses_a_missing_folder_before_any_work_and_a_passing_audit
         main([*argv, "--plot", str(tmp_path / "no" / "such.png")])
     assert missing.value.code == 2
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as nothing:
-        main([*argv, "--plot", str(tmp_path / "steps.png")])
-    assert nothing.value.code == 2
+    # a passing audit has nothing to draw: a note, and the audit's own exit code
+    assert main([*argv, "--plot", str(tmp_path / "steps.png")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nothing to draw" in err[0], err
+    assert len(err) == 1 and "nothing to draw" in err[0] and "no picture written" in err[0], err
+    assert not (tmp_path / "steps.png").exists()
+
+
+def test_audit_plot_never_hides_a_pitfalls_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["audit", "iterator", "tests.realworld:floor_iter", "--max-examples", "5", "-q"]
+    assert main([*argv, "--plot", str(tmp_path / "steps.png")]) == 1  # nothing drawn: a note
+    assert "no picture written" in capsys.readouterr().err
+    (tmp_path / "taken.png").mkdir()  # a folder where the picture should go: it cannot be written
+    loop = ["audit", "loop", "examples.d2l_style:train", "--max-examples", "5", "-q"]
+    assert main([*loop, "--plot", str(tmp_path / "taken.png")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("--plot: could not write"), err
 
 
 @pytest.mark.parametrize(
