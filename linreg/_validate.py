@@ -152,8 +152,20 @@ def params_for(features: Tensor, w: object, b: object) -> tuple[Tensor, Tensor]:
 
 # What each number check accepts, in words: for a value given as text (the command line, the
 # pytest plugin), "expected a positive int, got '0'".
+SEED_MAX = 2**64 - 2  # torch seeds its generators with seed and seed + 1, each below 2**64
+
+
+def seed(name: str, value: object) -> int:
+    """Return value if it is an int from 0 to SEED_MAX (a torch generator's seed), else raise."""
+    value = non_negative_int(name, value)
+    if value > SEED_MAX:
+        raise ValueError(f"{name} must be an int from 0 to 2**64 - 2, got {value!r}")
+    return value
+
+
 EXPECTED: dict[Callable[[str, object], object], str] = {
     positive_int: "a positive int",
     non_negative_int: "an int >= 0",
     positive_finite: "a finite number > 0",
+    seed: "an int from 0 to 2**64 - 2",
 }

@@ -47,6 +47,7 @@ def _converter(parse: Callable[[str], T], check: Callable[[str, object], T]) -> 
 _positive_int = _converter(int, _validate.positive_int)
 _non_negative_int = _converter(int, _validate.non_negative_int)
 _positive_float = _converter(float, _validate.positive_finite)
+_seed = _converter(int, _validate.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +97,10 @@ def _train_parser(sub: Any) -> None:
     )
     t.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=_seed,
         default=0,
-        help="seed for the data, the initial w and the shuffling, an int >= 0 (default: 0)",
+        help="seed for the data, the initial w and the shuffling, an int from 0 to 2**64 - 2 "
+        "(default: 0)",
     )
     t.add_argument(
         "--grad",
@@ -118,6 +120,7 @@ def _train_parser(sub: Any) -> None:
         help="floating dtype of data and parameters (default: float32)",
     )
     t.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    t.set_defaults(subparser=t)  # its errors name the command: "python -m linreg train"
 
 
 def _pitfalls_parser(sub: Any) -> None:
@@ -390,6 +393,26 @@ def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0 if all(r.evidence.ok for r in runs) else 1
 
 
+def _check_memory(n: int, itemsize: int, parser: argparse.ArgumentParser) -> None:
+    """Refuse, in one line, a run whose data would not fit in the memory this machine has free.
+
+    Per row: the features and labels, the noise and X @ w drawn with them, and an epoch's
+    permutation (int64): about 5 numbers and 8 bytes. Linux says what is free; elsewhere, no
+    check.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvail"))
+    except (OSError, StopIteration, ValueError):
+        return
+    need = n * (5 * itemsize + 8)
+    if need > free:
+        parser.error(
+            f"-n/--num-examples: {n} rows need about {need / 2**30:.1f} GiB, more than this "
+            f"machine has free ({free / 2**30:.1f} GiB)"
+        )
+
+
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     """Run the experiment the parsed arguments describe and return its report.
 
@@ -403,6 +426,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from linreg.train import train
 
     dtype = getattr(torch, args.dtype)
+    _check_memory(args.num_examples, dtype.itemsize, args.subparser)
     features, labels = data.book_data(args.num_examples, seed=args.seed, dtype=dtype)
     generator = torch.Generator().manual_seed(args.seed + 1)
     first_bad: list[int] = []

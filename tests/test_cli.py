@@ -96,6 +96,10 @@ BAD_OPTIONS = [
     (["train", "-n", "0"], TRAIN + "-n/--num-examples: expected a positive int, got '0'"),
     (["train", "-n", "1.5"], TRAIN + "-n/--num-examples: expected a positive int, got '1.5'"),
     (["train", "-b", "0"], TRAIN + "-b/--batch-size: expected a positive int, got '0'"),
+    (
+        ["train", "--seed", str(2**64)],
+        TRAIN + f"--seed: expected an int from 0 to 2**64 - 2, got '{2**64}'",
+    ),
     (["train", "-b", "x"], TRAIN + "-b/--batch-size: expected a positive int, got 'x'"),
     (["train", "--lr", "0"], TRAIN + "--lr: expected a finite number > 0, got '0'"),
     (["train", "--lr", "-1"], TRAIN + "--lr: expected a finite number > 0, got '-1'"),
@@ -104,8 +108,8 @@ BAD_OPTIONS = [
     (["train", "--lr", "x"], TRAIN + "--lr: expected a finite number > 0, got 'x'"),
     (["train", "-e", "-2"], TRAIN + "-e/--epochs: expected an int >= 0, got '-2'"),
     (["train", "-e", "x"], TRAIN + "-e/--epochs: expected an int >= 0, got 'x'"),
-    (["train", "--seed", "-1"], TRAIN + "--seed: expected an int >= 0, got '-1'"),
-    (["train", "--seed", "x"], TRAIN + "--seed: expected an int >= 0, got 'x'"),
+    (["train", "--seed", "-1"], TRAIN + "--seed: expected an int from 0 to 2**64 - 2, got '-1'"),
+    (["train", "--seed", "x"], TRAIN + "--seed: expected an int from 0 to 2**64 - 2, got 'x'"),
     (
         ["train", "--grad", "numeric"],
         TRAIN + "--grad: invalid choice: 'numeric' (choose from 'autograd', 'analytic')",
@@ -275,6 +279,49 @@ def test_a_bad_option_ends_the_process_with_status_2_and_nothing_on_stdout() -> 
     )
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == TRAIN + "-b/--batch-size: expected a positive int, got '0' (see --help)\n"
+
+
+def test_a_run_whose_data_cannot_fit_in_memory_is_refused_before_it_allocates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "-n", str(10**11)])  # about 2.5 TiB of data
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m linreg train: error: -n/--num-examples: 100000000000 rows")
+    assert "more than this machine has free" in err
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("when", ["during import torch", "during the run"])
+def test_ctrl_c_ends_the_command_with_one_line_and_status_130(when: str) -> None:
+    import signal
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linreg", "pitfalls"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    if when == "during the run":  # its progress goes to stderr: wait for the first pitfall
+        while "[1/" not in proc.stderr.readline():
+            pass
+    else:  # until torch's library is being loaded (Linux shows it; elsewhere, a moment)
+        maps = Path(f"/proc/{proc.pid}/maps")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and maps.exists() and "torch" not in maps.read_text():
+            time.sleep(0.01)
+        if not maps.exists():
+            time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, err
+    assert err.splitlines()[-1] == "python -m linreg: interrupted (Ctrl-C)"
+    assert "Traceback" not in err
 
 
 def test_help_explains_each_option(capsys: pytest.CaptureFixture[str]) -> None:
