@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+# pytester's in-process runs forget the modules each run imported. torch._dynamo, which the first
+# optimizer a process builds imports, registers torch operator libraries and raises when imported
+# a second time in one process: import it here, before any run, so that no run imports it.
+import torch._dynamo  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 STEPS = """
@@ -76,6 +81,11 @@ def test_pitfalls_plugin_takes_the_audits_options_and_skips_what_does_not_apply(
     result.stdout.fnmatch_lines(["*zeroes_grad=False: the loop zeroes the grads*"])
 
 
+def test_pitfalls_plugin_takes_the_audits_own_keywords(steps: pytest.Pytester) -> None:
+    spec = "update-step=mysteps:good,max_examples=3,seed=5,shrink=false"
+    steps.runpytest("--pitfalls-audit", spec, "-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
 def test_pitfalls_plugin_items_are_selected_by_k_pitfalls(steps: pytest.Pytester) -> None:
     spec = ["--pitfalls-audit", "update-step=mysteps:good", "-p", "no:cacheprovider"]
     steps.runpytest(*spec, "-k", "pitfalls").assert_outcomes(passed=3)
@@ -90,8 +100,10 @@ def test_pitfalls_plugin_items_are_selected_by_k_pitfalls(steps: pytest.Pytester
         ("update-step=mysteps:good,drop_last=true", "unknown option 'drop_last=true' for upd"),
         ("update-step=mysteps:good,zeroes_grad=maybe", "zeroes_grad: expected true or false, got "),
         ("loss=mysteps:good", "mysteps:good does not take (y_hat, y): missing a required "),
+        ("update-step=mysteps:good,max_examples=0", "max_examples: expected a positive int, "),
+        ("update-step=mysteps:good,seed=-1", "seed: expected an int >= 0, got '-1'"),
     ],
-    ids=["kind", "import", "option", "value", "signature"],
+    ids=["kind", "import", "option", "value", "signature", "max_examples", "seed"],
 )
 def test_pitfalls_plugin_refuses_a_bad_spec_before_running_anything(
     steps: pytest.Pytester, spec: str, message: str

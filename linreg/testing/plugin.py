@@ -45,6 +45,7 @@ class Spec:
     text: str
     kind: str
     target: Any  # a linreg.pitfalls.Target
+    keywords: dict[str, Any] = field(default_factory=dict)  # max_examples, seed, shrink
     failed: set[str] = field(default_factory=set)  # pitfalls whose properties failed so far
     error: str = ""  # the target raised: its properties after the first are not judged
 
@@ -62,17 +63,38 @@ def parse(text: str) -> Spec:
     fn = resolve(target)
     fields = {f.name: f for f in audit.KINDS[kind].options.fields()}
     options: dict[str, Any] = {}
+    keywords: dict[str, Any] = {}
     for pair in pairs:
         name, eq, value = pair.partition("=")
+        if eq and name in KEYWORDS:
+            keywords[name] = _keyword(name, value)
+            continue
         if not eq or name not in fields:
-            raise ValueError(
-                f"unknown option {pair!r} for {kind}; options: {', '.join(fields) or 'none'}"
-            )
+            known = ", ".join([*fields, *KEYWORDS])
+            raise ValueError(f"unknown option {pair!r} for {kind}; options: {known}")
         try:
             options[name] = from_text(fields[name], value)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
-    return Spec(text, kind, audit.target_for(kind, fn, **options))
+    return Spec(text, kind, audit.target_for(kind, fn, **options), keywords)
+
+
+KEYWORDS = ("max_examples", "seed", "shrink")  # the audit's own keywords, as audit() takes them
+
+
+def _keyword(name: str, text: str) -> Any:
+    """Return an audit keyword's value from text; raise ValueError saying what was expected."""
+    from linreg import _validate
+
+    if name == "shrink":
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"shrink: expected true or false, got {text!r}")
+        return text.lower() == "true"
+    check = _validate.positive_int if name == "max_examples" else _validate.non_negative_int
+    try:
+        return check(name, int(text))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {_validate.EXPECTED[check]}, got {text!r}") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,7 +130,7 @@ class AuditItem(pytest.Item):
         if reason is not None:
             pytest.skip(reason)
         try:
-            result = audit.run_property(self.prop, self.target)
+            result = audit.run_property(self.prop, self.target, **self.spec.keywords)
         except audit.LoopRaised as e:
             self.spec.error = str(e.args[0])
             raise AuditFailed(f"{self.spec.error}\non: {e.args[1]!r}") from None
