@@ -402,3 +402,19 @@ def test_a_loop_or_epoch_that_goes_nan_is_one_error_not_a_pitfall(
     report = audit.audit(kind, fn, **FAST)
     assert said in report.error, str(report)
     assert report.failures == (), str(report)
+
+
+def test_the_loops_prints_stay_out_and_other_threads_prints_get_through(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def chatty_fit(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        other = threading.Thread(target=lambda: print("printed by another thread"))
+        other.start()
+        other.join()
+        print("printed by the loop")
+        fit(model, loader, optimizer, num_epochs)
+
+    assert audit.training_loop(chatty_fit, model=net, example=SAMPLE, **FAST).ok
+    out = capsys.readouterr().out
+    assert "printed by another thread" in out
+    assert "printed by the loop" not in out

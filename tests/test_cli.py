@@ -319,7 +319,9 @@ def test_ctrl_c_ends_the_command_with_one_line_and_status_130(when: str) -> None
     proc.send_signal(signal.SIGINT)
     with proc.stderr:
         err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 130, err
+    # 130, or killed by SIGINT as Python does when a Ctrl-C inside an import's C code left it
+    # flagged: the shell shows 130 for both
+    assert proc.wait(timeout=120) in (130, -signal.SIGINT), err
     assert err.splitlines()[-1] == "python -m linreg: interrupted (Ctrl-C)"
     assert "Traceback" not in err
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import random
 import signal
 import sys
@@ -233,3 +234,35 @@ def user_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Return the user's own callable behind bounded's wrapper (fn itself otherwise)."""
     inner: Callable[..., Any] = getattr(fn, "user_fn", fn)
     return inner
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Keep the prints and progress bars of the code this thread runs out of the audit's output
+    (its JSON, say); what other threads of the process write still reaches their streams."""
+    sink, ident = io.StringIO(), threading.get_ident()
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Routed(out, sink, ident), _Routed(err, sink, ident)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+class _Routed:
+    """A stream that sends one thread's writes to a sink and the others' on to the stream."""
+
+    def __init__(self, stream: Any, sink: io.StringIO, ident: int) -> None:
+        self._stream, self._sink, self._ident = stream, sink, ident
+
+    def _target(self) -> Any:
+        return self._sink if threading.get_ident() == self._ident else self._stream
+
+    def write(self, text: str) -> int:
+        return int(self._target().write(text))
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno: the stream's own
+        return getattr(self._stream, name)

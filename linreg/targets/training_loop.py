@@ -18,11 +18,9 @@ any work, as is a loop that moves the parameters outside `optimizer.step()`.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +32,7 @@ from linreg.checks import CheckFailed, LoopRaised
 from linreg.targets import contract as contracts
 from linreg.targets import guards
 from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option, seconds
-from linreg.targets.guards import Aborted, TimeUp, seeded, time_limit, user_fn
+from linreg.targets.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.targets.observe import (
     Observed,
     models_restored,
@@ -339,7 +337,7 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
     limit = limit_of(target)
     with watching(model, watches, getattr(target.fn, "replayable", True)) as seen:
         try:
-            with seeded(batching.seed), warnings.catch_warnings(), _silenced():
+            with seeded(batching.seed), warnings.catch_warnings(), silenced():
                 warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
                 with time_limit(limit):
                     target.fn(**kwargs)
@@ -359,14 +357,6 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
     if infinite:
         raise LoopRaised(infinite)
     return model, seen
-
-
-@contextlib.contextmanager
-def _silenced() -> Iterator[None]:
-    """Keep the loop's prints and progress bars out of the audit's output (its JSON, say)."""
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        yield
 
 
 def observe(target: Target, batching: Batching) -> Observed:
