@@ -418,3 +418,63 @@ def test_the_loops_prints_stay_out_and_other_threads_prints_get_through(
     out = capsys.readouterr().out
     assert "printed by another thread" in out
     assert "printed by the loop" not in out
+
+
+def interrupted_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
+    """Return fn that raises KeyboardInterrupt, as Ctrl-C would, once called `calls` times."""
+    seen = [0]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        seen[0] += 1
+        if seen[0] > calls:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def whole_state() -> dict[str, Any]:
+    """Everything an audit must give back, however it ends."""
+    from torch.optim import optimizer as optim_module
+
+    return {
+        **process_state(),
+        "numpy rng": np.random.get_state()[1].tolist(),
+        "torch threads": torch.get_num_threads(),
+        "stdout": sys.stdout,
+        "stderr": sys.stderr,
+        "optimizer hooks": (
+            len(optim_module._global_optimizer_pre_hooks),
+            len(optim_module._global_optimizer_post_hooks),
+        ),
+    }
+
+
+ENDINGS: list[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]], dict[str, Any]]] = [
+    ("pass", lambda fn: fn, {}),
+    ("raise", lambda fn: raises_after(fn, 1), {}),
+    ("exit", lambda fn: exits_after(fn, 1, 0), {}),
+    ("timeout", lambda fn: endless_after(fn, 1), {"timeout": 0.3}),
+    ("ctrl-c", lambda fn: interrupted_after(fn, 1), {}),
+]
+
+
+@pytest.mark.parametrize(("ending", "make", "extra"), ENDINGS, ids=[e[0] for e in ENDINGS])
+@pytest.mark.parametrize(("kind", "fn", "options"), BOOK_KINDS, ids=IDS[:-1])
+def test_every_way_an_audit_of_any_kind_ends_leaves_the_process_as_it_was(
+    kind: str,
+    fn: Callable[..., Any],
+    options: dict[str, Any],
+    ending: str,
+    make: Callable[[Callable[..., Any]], Callable[..., Any]],
+    extra: dict[str, Any],
+) -> None:
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    before = whole_state()
+    report = audit.audit(kind, make(fn), **options, **extra, **FAST)
+    assert whole_state() == before
+    assert report.ok == (ending == "pass"), str(report)
+    assert report.failures == (), str(report)  # however it ended, no pitfall was made up

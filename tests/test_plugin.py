@@ -86,6 +86,27 @@ def test_pitfalls_plugin_takes_the_audits_own_keywords(steps: pytest.Pytester) -
     steps.runpytest("--pitfalls-audit", spec, "-p", "no:cacheprovider").assert_outcomes(passed=3)
 
 
+EXITS = """
+import sys
+
+
+def loss(y_hat, y):
+    if y_hat.shape[0] > 2:
+        sys.exit(0)
+    return 3 * (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+"""
+
+
+def test_pitfalls_plugin_code_that_exits_is_one_failure_never_a_pass(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(exits=EXITS)
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    result = pytester.runpytest("--pitfalls-audit", "loss=exits:loss", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*the target raised SystemExit(0)*"])
+
+
 def test_pitfalls_plugin_items_are_selected_by_k_pitfalls(steps: pytest.Pytester) -> None:
     spec = ["--pitfalls-audit", "update-step=mysteps:good", "-p", "no:cacheprovider"]
     steps.runpytest(*spec, "-k", "pitfalls").assert_outcomes(passed=3)
