@@ -487,6 +487,32 @@ def test_audit_help_and_the_plugin_list_exactly_the_registrys_kinds(
         plugin.parse("nokind=linreg.optim:sgd")
 
 
+def test_options_of_one_name_share_their_flag_and_the_kind_of_value_in_every_kind() -> None:
+    """One --flag means one thing on the command line and in the plugin, whatever the kind."""
+    from linreg.targets import KINDS
+    from linreg.targets.base import CHOICES, FLAG, IMPORT, number_of
+
+    def meaning(f: Any) -> tuple[str, str]:
+        if f.metadata.get(IMPORT):
+            value = "MODULE:NAME"
+        elif f.metadata.get(CHOICES) is not None:
+            value = "a choice"
+        elif isinstance(f.default, bool):
+            value = "true/false"
+        else:
+            number = number_of(f)
+            value = number.__name__ if number is not None else "text"
+        return f.metadata[FLAG], value
+
+    seen: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for kind in KINDS.values():
+        for f in kind.options.fields():
+            seen.setdefault(f.name, {}).setdefault(meaning(f), []).append(kind.name)
+    assert {name: m for name, m in seen.items() if len(m) > 1} == {}
+    every_book_kind = ["iterator", "update-step", "loss", "loop", "epoch-loss", "training-loop"]
+    assert seen["timeout"] == {("--timeout", "float"): every_book_kind}  # every kind's own end
+
+
 def test_readme_lists_the_catalogue_as_generated() -> None:
     from pathlib import Path
 

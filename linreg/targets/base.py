@@ -226,7 +226,7 @@ def floating_dtype(name: str, value: object) -> torch.dtype:
     return value
 
 
-def _number(f: dataclasses.Field[Any]) -> Callable[[str], Any] | None:
+def number_of(f: dataclasses.Field[Any]) -> Callable[[str], Any] | None:
     """Return int or float for a number option, by its default or, when that is None (as
     --timeout's is), by its annotation ("float | None"); None for any other option."""
     if type(f.default) in (int, float):
@@ -252,7 +252,7 @@ def from_text(f: dataclasses.Field[Any], text: str) -> Any:
         if text.lower() not in ("true", "false"):
             raise ValueError(f"expected true or false, got {text!r}")
         return text.lower() == "true"
-    parse = _number(f)
+    parse = number_of(f)
     if parse is None:
         return text
     check = f.metadata.get(CHECK)
