@@ -96,35 +96,56 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 
 
     fn must be importable by name (a module's top-level function): "spawn" pickles it.
     """
+    return start(fn, world_size, *args).join(timeout)
+
+
+class Started:
+    """Ranks started by `start`: `join(timeout)` waits for them and returns their results."""
+
+    def __init__(self, context: ProcessContext, folder: tempfile.TemporaryDirectory[str]) -> None:
+        self.context, self.folder = context, folder
+
+    def join(self, timeout: float = 60.0) -> list[Any]:
+        """Wait for every rank (ending them all past timeout); return each rank's result."""
+        with self.folder as folder:
+            return _join(self.context, folder, timeout)
+
+
+def start(fn: Callable[..., Any], world_size: int, *args: Any, fork: bool = False) -> Started:
+    """Start fn(rank, world_size, *args) in world_size processes, spawned, or forked from this
+    one (fork=True: it has imported what the ranks need, and must run no other thread yet)."""
     if not gloo_available():
         raise DistributedFailure("torch.distributed with the gloo backend is not available")
-    with tempfile.TemporaryDirectory(prefix="linreg-ddp-") as folder:
-        # torch.multiprocessing.spawn(..., join=False), which is start_processes with "spawn"
-        context: ProcessContext = start_processes(  # type: ignore[no-untyped-call]
-            _entry,
-            args=(world_size, folder, fn, args),
-            nprocs=world_size,
-            join=False,
-            start_method="spawn",
-        )
-        deadline = time.monotonic() + timeout
-        try:
-            while not context.join(
-                timeout=min(max(deadline - time.monotonic(), 0), 0.5), grace_period=2
-            ):
-                if time.monotonic() >= deadline:
-                    running = [r for r, p in enumerate(context.processes) if p.is_alive()]
-                    raise DistributedFailure(
-                        f"timed out after {timeout:g} s with ranks {running} still running; "
-                        "all ranks were ended"
-                    )
-        except (ProcessExitedException, ProcessRaisedException) as e:
-            raise _failures(context, e) from e
-        finally:
-            for p in context.processes:
-                if p.is_alive():
-                    p.kill()
-                p.join()
-        return [
-            torch.load(Path(folder) / f"rank{r}.pt", weights_only=False) for r in range(world_size)
-        ]
+    folder = tempfile.TemporaryDirectory(prefix="linreg-ddp-")
+    # torch.multiprocessing.spawn(..., join=False), which is start_processes with "spawn"
+    context: ProcessContext = start_processes(  # type: ignore[no-untyped-call]
+        _entry,
+        args=(world_size, folder.name, fn, args),
+        nprocs=world_size,
+        join=False,
+        start_method="fork" if fork else "spawn",
+    )
+    return Started(context, folder)
+
+
+def _join(context: ProcessContext, folder: str, timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(
+            timeout=min(max(deadline - time.monotonic(), 0), 0.5), grace_period=2
+        ):
+            if time.monotonic() >= deadline:
+                running = [r for r, p in enumerate(context.processes) if p.is_alive()]
+                raise DistributedFailure(
+                    f"timed out after {timeout:g} s with ranks {running} still running; "
+                    "all ranks were ended"
+                )
+    except (ProcessExitedException, ProcessRaisedException) as e:
+        raise _failures(context, e) from e
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+            p.join()
+    ranks = range(len(context.processes))
+    return [torch.load(Path(folder) / f"rank{r}.pt", weights_only=False) for r in ranks]

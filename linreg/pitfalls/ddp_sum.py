@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import random
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -63,22 +64,39 @@ def padded_runs() -> tuple[_ddp.Run, ...]:
     )
 
 
-@functools.cache
-def ddp_results() -> dict[Callable[..., Any], list[Any]]:
+Results = dict[Callable[..., Any], list[Any]]
+_RESULTS: list[Results] = []  # ddp_results' cache
+
+
+def ddp_results() -> Results:
     """Run every DDP job the suite and the report check, in ONE process group of 2 ranks.
 
     linreg's worker and the wrong variant on the generated runs and on the demo's, and the
     whole-shard gradient on the padded runs. Cached: processes are slow to start. DDP keeps the
     ranks' params identical: rank 0's results are the runs'.
     """
-    jobs = {
-        _ddp.ddp_trajectory: (*generated_runs(), _MEAN, _SUM),
-        ddp_trajectory_sum_unscaled: (*generated_runs(), _SUM),
-        _ddp.ddp_full_shard_gradient: padded_runs(),
-    }
-    pairs = [(worker, run) for worker, runs in jobs.items() for run in runs]
-    results = iter(_spawn.spawn(_ddp.jobs, WORLD, pairs, timeout=120)[0])
-    return {worker: [next(results) for _ in runs] for worker, runs in jobs.items()}
+    if not _RESULTS:
+        _RESULTS.append(_collect(_start(fork=False)))
+    return _RESULTS[0]
+
+
+_JOBS = {
+    _ddp.ddp_trajectory: lambda: (*generated_runs(), _MEAN, _SUM),
+    ddp_trajectory_sum_unscaled: lambda: (*generated_runs(), _SUM),
+    _ddp.ddp_full_shard_gradient: padded_runs,
+}
+
+
+def _start(*, fork: bool) -> tuple[_spawn.Started, dict[Callable[..., Any], int]]:
+    runs = {worker: made() for worker, made in _JOBS.items()}
+    pairs = [(worker, run) for worker, each in runs.items() for run in each]
+    return _spawn.start(_ddp.jobs, WORLD, pairs, fork=fork), {w: len(r) for w, r in runs.items()}
+
+
+def _collect(started: tuple[_spawn.Started, dict[Callable[..., Any], int]]) -> Results:
+    ranks, counts = started
+    results = iter(ranks.join(timeout=120)[0])
+    return {worker: [next(results) for _ in range(n)] for worker, n in counts.items()}
 
 
 def follows_one_process(target: Target, runs: tuple[_ddp.Run, ...]) -> None:
@@ -123,11 +141,36 @@ PROPERTIES = (
 
 
 def prepare() -> None:
-    """Start the process group in the background: it runs while the other demos do."""
-    if _spawn.gloo_available() and "demo" not in _STARTED:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-ddp")
-        _STARTED["demo"] = pool.submit(ddp_results)
-        pool.shutdown(wait=False)
+    """Start the process group in the background: it runs while the other demos do.
+
+    In `python -m linreg`, before its first demo and with no other thread, the ranks are forked
+    from it once it has imported DDP: they need not import torch again (about 2.4 s of CPU
+    each, on the cores the demos run on). Elsewhere (a test, a notebook, any process that may
+    have run torch's thread pool, which a forked child cannot use) they are spawned.
+    """
+    if not _spawn.gloo_available() or "demo" in _STARTED:
+        return
+    if _in_the_command() and not _RESULTS:
+        import torch.nn.parallel  # noqa: F401  (and DDP's own imports: the ranks inherit them)
+
+        started = _start(fork=True)
+
+        def work() -> Results:
+            _RESULTS.append(_collect(started))
+            return _RESULTS[0]
+
+    else:
+        work = ddp_results
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-ddp")
+    _STARTED["demo"] = pool.submit(work)
+    pool.shutdown(wait=False)
+
+
+def _in_the_command() -> bool:
+    """Return whether this process is `python -m linreg`, running no other thread."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name == "linreg.__main__" and threading.active_count() == 1
 
 
 def demo() -> Evidence:
