@@ -1,27 +1,26 @@
 """Run the command line: `python -m linreg --help`."""
 
+import signal
 import sys
+from types import FrameType
+
+_CTRL_C: list[int] = []  # set when SIGINT came: an import may turn it into another exception
 
 
-def _interrupted(e: BaseException) -> bool:
-    """Return whether e is, or was caused by, Ctrl-C: numpy turns a Ctrl-C during its import
-    into an ImportError ("Importing the numpy C-extensions failed")."""
-    seen: BaseException | None = e
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def _on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    _CTRL_C.append(signum)
+    raise KeyboardInterrupt  # as Python's own handler does
 
 
 # Guarded: processes started with the "spawn" method import the main module again.
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         from linreg.cli import main  # imports torch: seconds, during which Ctrl-C may come
 
         code = main()
-    except (KeyboardInterrupt, ImportError) as e:  # one line and the shell's code for SIGINT
-        if not _interrupted(e):
+    except (KeyboardInterrupt, Exception):  # numpy, say, turns it into an ImportError
+        if not _CTRL_C:
             raise
         print("python -m linreg: interrupted (Ctrl-C)", file=sys.stderr)
         code = 130

@@ -24,8 +24,10 @@ from linreg.targets.training_loop import (
     TRAINING_LOOPS,
     Batching,
     TrainingLoopOptions,
+    describe,
     loss_of,
     most_rows,
+    options_of,
 )
 from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 from linreg.targets.update_step import STEPS, Update, UpdateStepOptions, fresh
@@ -149,7 +151,17 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
         return NO_KNOWN
 
     # a step fed more rows than a full one took an epoch's left-overs: short-last-batch's
-    compare(target, batching, lambda j, steps: most is None or steps[j].rows <= most, explain)
+    seen = compare(
+        target, batching, lambda j, steps: most is None or steps[j].rows <= most, explain
+    )
+    for j, step in enumerate(seen.steps):  # fed nothing since the update before, it applied
+        if j > 0 and not step.calls:  # a gradient (a step that applies none is no update)
+            raise checks.CheckFailed(
+                f"on {describe(batching, options_of(target))}, optimizer step {j + 1} was fed no "
+                f"rows since step {j} yet applied a gradient again: the same micro-batches "
+                "moved the params twice (a second optimizer.step() after "
+                "scaler.step(optimizer)?)"
+            )
 
 
 def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:

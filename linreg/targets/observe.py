@@ -262,6 +262,7 @@ class Watcher:
         self.calls: list[Call] = []
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
+        self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -277,15 +278,28 @@ class Watcher:
                     group["lr"] = 0.0
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Record the step: its gradients read three ways, and what fed it."""
+        """Record the update: its gradients read three ways, and what fed it.
+
+        The steps of several optimizers with nothing fed between them are one update (one for
+        the embeddings, one for the matrices); a step fed nothing that applies nothing (a flush
+        after an epoch that ended on a full window) is no update. A step fed nothing that
+        applies a gradient is recorded: the same micro-batches move the params twice.
+        """
         if not self.ours(opt):
             return
         params = self.params
+        applied = flat([p.grad for p in params], params)
+        stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+        if not self.calls:
+            if self.seen.steps and not stepped & self.stepped:  # another optimizer, same update
+                self.stepped |= stepped
+                return
+            if applied is None or not bool(applied.any()):
+                return
         raw = flat([self.latest.get(id(p)) for p in params], params)
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
-        applied = flat([p.grad for p in params], params)
         self.seen.steps.append(Step(applied, raw, unscaled if self.unscaled else raw, self.calls))
-        self.calls, self.latest, self.unscaled = [], {}, {}
+        self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
 
     def accumulated(self, p: Tensor) -> None:
         """Keep a param's gradient as backward() left it."""
