@@ -105,6 +105,17 @@ def test_pitfalls_every_property_holds_somewhere_and_has_teeth() -> None:
             assert target.kind == prop.kind, (prop.name, str(target))
 
 
+def test_pitfalls_every_property_target_and_variant_is_of_a_registered_kind() -> None:
+    from linreg.targets import INTERNAL_KINDS, KINDS
+
+    assert not set(KINDS) & set(INTERNAL_KINDS)
+    for prop in PROPERTIES:
+        kinds = {prop.kind} | {t.kind for t in prop.holds_for} | {v.kind for v in prop.refuted_by}
+        assert kinds <= set(KINDS) | set(INTERNAL_KINDS), (prop.pitfall, prop.name, kinds)
+    used = {prop.kind for prop in PROPERTIES}
+    assert set(INTERNAL_KINDS) <= used, "an internal kind no property uses"
+
+
 def test_pitfalls_every_pitfall_has_a_property_and_a_variant() -> None:
     assert len({p.id for p in CATALOGUE}) == len(CATALOGUE)
     for pitfall in CATALOGUE:

@@ -37,4 +37,18 @@ KINDS: dict[str, Kind] = {
     )
 }
 
-__all__ = ["KINDS", "Kind", "Options", "Target", "TargetError"]
+# The kinds only linreg's own code is checked as: not audited, not on the command line. Every
+# property's kind is one of these or of KINDS (tests/test_pitfalls_catalogue.py checks it), so
+# a misspelt kind cannot leave a property silently unaudited.
+INTERNAL_KINDS: dict[str, str] = {
+    "train": "a training function of linreg.train's signature",
+    "concise": "nn.Linear + nn.MSELoss + optim.SGD run at a reduction (linreg.concise)",
+    "accumulate-grad": "a gradient accumulated over micro-batches (linreg.accumulate)",
+    "accumulate-losses": "one update an epoch from the batches' losses (linreg.accumulate)",
+    "init": "parameters made by an initialisation (linreg.model.init_params)",
+    "evaluation": "a full-data loss evaluation (linreg.train.full_loss)",
+    "sampler-epochs": "a DistributedSampler's orders over epochs (linreg.distributed)",
+    "ddp-worker": "a DDP training run inside the ranks (linreg._ddp)",
+}
+
+__all__ = ["INTERNAL_KINDS", "KINDS", "Kind", "Options", "Target", "TargetError"]
