@@ -46,7 +46,11 @@ class LoopRaised(Exception):
 SYMPTOMS = (
     "Trying to backward through the graph a second time",  # backward-twice
     "a leaf Variable that requires grad is being used in an in-place operation",  # no-grad-update
-    "'NoneType' object has no attribute",  # rebinding, non-leaf-params: a .grad that is None
+    # rebinding, non-leaf-params: a .grad that is None, zeroed or used
+    "'NoneType' object has no attribute 'zero_'",
+    "'NoneType' object has no attribute 'data'",
+    "unsupported operand type(s) for *: 'float' and 'NoneType'",
+    "unsupported operand type(s) for /: 'NoneType'",
     "does not require grad and does not have a grad_fn",  # a graph cut (.detach(), no_grad)
 )
 

@@ -290,6 +290,8 @@ def run_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         print(report)
     code = 0 if report.ok else 1
+    if report.error.startswith("interrupted"):  # Ctrl-C: the verdicts so far, and the shell's
+        code = 130  # code for SIGINT, so that a script tells it from a pitfall
     if args.plot:
         return _plot(report, args.plot, code, quiet=args.quiet)
     return code

@@ -478,3 +478,30 @@ def test_every_way_an_audit_of_any_kind_ends_leaves_the_process_as_it_was(
     assert whole_state() == before
     assert report.ok == (ending == "pass"), str(report)
     assert report.failures == (), str(report)  # however it ended, no pitfall was made up
+
+
+def test_a_none_the_code_itself_trips_on_is_its_error_not_a_pitfall() -> None:
+    def loop_on_missing_config(
+        features: Any, labels: Any, params: Any, *, lr: float, batch_size: int, num_epochs: int
+    ) -> None:
+        config = None
+        rw.d2l_loop(features, labels, params, lr=lr, batch_size=batch_size, num_epochs=num_epochs)
+        print(config.shape)  # type: ignore[attr-defined]
+
+    report = audit.loop(loop_on_missing_config, **FAST)
+    assert "raised AttributeError: 'NoneType' object has no attribute 'shape'" in report.error
+    assert report.failures == (), str(report)
+
+
+def interrupts(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    fit(model, loader, optimizer, num_epochs)
+    if len(loader) == 1:
+        raise KeyboardInterrupt  # as Ctrl-C would
+
+
+def test_ctrl_c_during_an_audit_exits_130_with_the_verdicts_so_far(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["audit", "training-loop", "tests.test_audit_faults:interrupts", *LOOP, "-q"]
+    assert main([*argv, "--max-examples", "5"]) == 130
+    assert "ERROR interrupted (Ctrl-C)" in capsys.readouterr().out

@@ -171,3 +171,43 @@ def test_the_double_step_is_measured_directly_at_twice_the_params_move() -> None
 
     ratio = moved(train_amp_then_step).norm() / moved(train_amp).norm()
     assert float(ratio) == pytest.approx(2.0, rel=1e-5)
+
+
+class Lookahead(torch.optim.Optimizer):
+    """A wrapper optimizer, as Lookahead is written: its step() calls its inner one's."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        super().__init__(inner.param_groups, inner.defaults)
+        self.inner = inner
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        return self.inner.step(closure)
+
+
+def train_wrapped_optimizer(model: nn.Module, loader: Any, num_epochs: int) -> None:
+    optimizer = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+
+def train_max_steps_epochs(model: nn.Module, loader: Any, optimizer: Any, max_steps: int) -> None:
+    """A budget misread as epochs: max_steps passes over the data, not max_steps steps."""
+    for _ in range(max_steps):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+
+def test_a_wrapper_optimizers_step_is_one_update() -> None:
+    report = audit.training_loop(train_wrapped_optimizer, **LOOP)
+    assert report.ok, str(report)
+
+
+def test_a_budget_overshot_by_more_than_one_step_still_fails() -> None:
+    report = audit.training_loop(train_max_steps_epochs, **LOOP)
+    assert "exhausted-generator" in {r.pitfall for r in report.failures}, str(report)

@@ -141,7 +141,7 @@ def takes_every_step(target: Target, batching: Batching) -> None:
     if contract(target.fn).by_steps:
         want = max(1, expected_steps(batching, options.accumulation_steps, options.drop_last))
         what = f"a budget of max steps={want}"
-        if got >= want:  # used up, the data would give fewer
+        if want <= got <= want + 1:  # used up, the data would give fewer
             return
     else:
         if batching.num_epochs == 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import io
 import random
 import signal
@@ -124,6 +125,8 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     def ring(signum: int, frame: Any) -> None:
         raise TimeUp
 
+    left = signal.getitimer(signal.ITIMER_REAL)[0]  # an enclosing limit's time ends this one
+    seconds = min(seconds, left) if left > 0 else seconds
     start, outer, interval = time.monotonic(), 0.0, 0.0
     previous = signal.signal(signal.SIGALRM, ring)
     try:
@@ -199,7 +202,8 @@ def bounded(
             torch.set_grad_enabled(mode)
         if limit[0] is None:
             limit[0] = max(FLOOR, 50 * (time.monotonic() - start))
-        if isinstance(got, Iterator) and not isinstance(got, torch.Tensor):
+        if inspect.isgenerator(got):  # its walk is the call's work (an iterator class may
+            # reset itself in __iter__: left as it is)
             return _walk(got, what, limit[0] or FIRST)
         return got
 

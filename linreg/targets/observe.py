@@ -263,6 +263,7 @@ class Watcher:
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
+        self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -271,6 +272,7 @@ class Watcher:
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Hold every param group's lr at 0, whatever a scheduler set."""
         if self.ours(opt):
+            self.depth += 1
             for group in opt.param_groups:
                 if isinstance(group["lr"], Tensor):
                     group["lr"].fill_(0.0)
@@ -287,6 +289,9 @@ class Watcher:
         """
         if not self.ours(opt):
             return
+        self.depth = max(self.depth - 1, 0)
+        if self.depth:  # the inner step of a wrapper optimizer (Lookahead, ZeRO): its outer
+            return  # step is the update
         params = self.params
         applied = flat([p.grad for p in params], params)
         stepped = {id(p) for g in opt.param_groups for p in g["params"]}
