@@ -50,18 +50,49 @@ CORRECT: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
 IDS = [kind for kind, _, _ in CORRECT]
 
 
-def exits_after(fn: Callable[..., Any], calls: int, code: Any) -> Callable[..., Any]:
-    """Return fn that calls sys.exit(code) once it has been called `calls` times."""
+def after(fn: Callable[..., Any], calls: int, then: Callable[[], Any]) -> Callable[..., Any]:
+    """Return fn that does `then()` instead once it has been called `calls` times."""
     seen = [0]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         seen[0] += 1
-        if seen[0] > calls:
-            sys.exit(code)
-        return fn(*args, **kwargs)
+        return then() if seen[0] > calls else fn(*args, **kwargs)
 
     return wrapper
+
+
+def exits_after(fn: Callable[..., Any], calls: int, code: Any) -> Callable[..., Any]:
+    """Return fn that calls sys.exit(code) once it has been called `calls` times."""
+    return after(fn, calls, lambda: sys.exit(code))
+
+
+def _own_bug() -> None:
+    raise ValueError("the code's own bug")
+
+
+def raises_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
+    """Return fn that raises its own ValueError once it has been called `calls` times."""
+    return after(fn, calls, _own_bug)
+
+
+def _forever() -> None:
+    while True:
+        time.sleep(0.01)
+
+
+def endless_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
+    """Return fn that never returns once it has been called `calls` times."""
+    return after(fn, calls, _forever)
+
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt  # as Ctrl-C would
+
+
+def interrupted_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
+    """Return fn that raises KeyboardInterrupt, as Ctrl-C would, once called `calls` times."""
+    return after(fn, calls, _ctrl_c)
 
 
 def grad_off_after(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -225,20 +256,6 @@ def test_a_huge_time_limit_is_a_long_one_not_an_error() -> None:
     assert process_state() == before
 
 
-def raises_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
-    """Return fn that raises its own ValueError once it has been called `calls` times."""
-    seen = [0]
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        seen[0] += 1
-        if seen[0] > calls:
-            raise ValueError("the code's own bug")
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
 @pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
 def test_code_that_raises_its_own_error_is_one_error_not_a_pitfall(
     kind: str, fn: Callable[..., Any], options: dict[str, Any]
@@ -268,20 +285,6 @@ def test_a_loss_that_returns_nan_or_no_tensor_later_is_one_error_not_a_pitfall(
     report = audit.loss(loss, max_examples=20)
     assert said in report.error, str(report)
     assert report.failures == (), str(report)
-
-
-def endless_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
-    """Return fn that never returns once it has been called `calls` times."""
-    seen = [0]
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        seen[0] += 1
-        while seen[0] > calls:
-            time.sleep(0.01)
-        return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def endless_data_iter(batch_size: int, features: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -418,20 +421,6 @@ def test_the_loops_prints_stay_out_and_other_threads_prints_get_through(
     out = capsys.readouterr().out
     assert "printed by another thread" in out
     assert "printed by the loop" not in out
-
-
-def interrupted_after(fn: Callable[..., Any], calls: int) -> Callable[..., Any]:
-    """Return fn that raises KeyboardInterrupt, as Ctrl-C would, once called `calls` times."""
-    seen = [0]
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        seen[0] += 1
-        if seen[0] > calls:
-            raise KeyboardInterrupt
-        return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def whole_state() -> dict[str, Any]:
