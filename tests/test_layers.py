@@ -1,0 +1,104 @@
+"""The package's layers, in the order its imports follow (../shared/reference/layout.md):
+
+    the book -> checks -> targets (kinds) -> pitfalls (the catalogue) -> audit -> faces
+
+No module imports a later layer, not even inside a function; no face imports another; no two
+modules import each other at import time. The Hypothesis strategies are the catalogue's
+examples, so they sit below it (linreg.testing re-exports them for users).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import linreg
+
+ROOT = Path(linreg.__file__).parent
+FACES = {"linreg.cli": "cli", "linreg.__main__": "cli", "linreg.testing.plugin": "plugin"}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        name = ".".join(("linreg", *path.relative_to(ROOT).with_suffix("").parts))
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def layer(name: str) -> int:
+    if name in FACES:
+        return 5
+    if name in ("linreg.audit", "linreg.display", "linreg.render", "linreg.demos"):
+        return 4
+    if name.startswith("linreg.pitfalls") or name in ("linreg._ddp", "linreg._spawn"):
+        return 3
+    if name.startswith("linreg.targets") or name in ("linreg.testing", "linreg.testing.strategies"):
+        return 2
+    if name == "linreg.checks":
+        return 1
+    if name == "linreg":
+        return 6  # the map: it may name every layer
+    return 0
+
+
+def imports(path: Path, known: dict[str, Path], *, top_level_only: bool) -> set[str]:
+    """Return the linreg modules path imports (anywhere in it, or at import time only)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module in known:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & set(known)
+            rest = [a for a in node.names if f"{node.module}.{a.name}" not in known]
+            found |= subs | ({node.module} if rest else set())
+    return found
+
+
+def test_no_module_imports_a_later_layer_nor_a_face_another_face() -> None:
+    known = modules()
+    wrong = {
+        (name, target)
+        for name, path in known.items()
+        for target in imports(path, known, top_level_only=False)
+        if layer(target) > layer(name)
+        or (name in FACES and target in FACES and FACES[name] != FACES[target])
+    }
+    assert wrong == set()
+
+
+def test_no_two_modules_import_each_other_at_import_time() -> None:
+    known = modules()
+    graph = {
+        name: imports(path, known, top_level_only=True) - {name} for name, path in known.items()
+    }
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(name: str, stack: list[str]) -> None:
+        state[name] = 1
+        stack.append(name)
+        for target in graph[name]:
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                visit(target, stack)
+        stack.pop()
+        state[name] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+    assert cycles == []
+
+
+def test_the_layer_test_sees_a_wrong_import_even_inside_a_function(tmp_path: Path) -> None:
+    """The test has teeth: a catalogue module that imports the command line lazily is found."""
+    known = modules()
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("def show():\n    from linreg.cli import main\n    return main\n")
+    assert imports(wrong, known, top_level_only=False) == {"linreg.cli"}
+    assert imports(wrong, known, top_level_only=True) == set()
+    assert layer("linreg.cli") > layer("linreg.pitfalls.rebinding")
