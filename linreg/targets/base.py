@@ -119,6 +119,7 @@ class Target:
     options: Any = field(default_factory=Options)  # the kind's Options subclass
     name: str = ""
     oracle: bool = False  # torch's own code (DataLoader, optim.SGD, nn.MSELoss), not linreg's
+    watch: Any = None  # a training loop's: what its steps are read from (observe.Watch)
 
     def __post_init__(self) -> None:
         if type(self.options) is Options and self.kind in _DEFAULTS:  # the kind's defaults

@@ -25,6 +25,7 @@ from torch import nn
 from linreg import _validate
 from linreg.targets import training_loop
 from linreg.targets.base import Kind, Options, Target, TargetError, option
+from linreg.targets.observe import Watch
 
 SIGNATURE = "fn() -> a LightningModule"
 EXTRA = "pip install 'linreg-pitfalls[lightning]'"
@@ -99,8 +100,6 @@ def fit_with(pl: ModuleType, options: LightningOptions, automatic: bool) -> Call
             )
             trainer.fit(model, train_dataloaders=loader)
 
-    fit.watches = "training_step"  # type: ignore[attr-defined]
-    fit.replayable = automatic  # type: ignore[attr-defined] # a manual step steps itself
     return fit
 
 
@@ -120,6 +119,8 @@ def build(fn: Callable[..., Any], options: LightningOptions) -> Target:
         fit_with(pl, options, automatic),
         "lightning",
         fn,
+        # what each step consumed is what training_step was fed; a manual one steps itself
+        Watch("training_step", replayable=automatic),
         example=options.example,
         accumulation_steps=options.accumulate_grad_batches,
         drop_last=options.drop_last,

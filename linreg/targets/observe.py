@@ -114,6 +114,16 @@ def _release(module: nn.Module, training: bool) -> None:
 
 
 @dataclass(frozen=True)
+class Watch:
+    """What a loop's steps are read from: what each step's rows were fed to (the model's
+    forward, or a method of it a framework calls, Lightning's training_step), and whether
+    calling that again has no effects (a manual training_step steps its own optimizer)."""
+
+    method: str = "forward"
+    replayable: bool = True
+
+
+@dataclass(frozen=True)
 class Call:
     """One forward pass with grad enabled: what the model was fed, and its batch's rows."""
 

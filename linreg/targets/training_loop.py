@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ from linreg.targets.base import Kind, Options, Target, TargetError, name_of, opt
 from linreg.targets.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.targets.observe import (
     Observed,
+    Watch,
     models_restored,
     not_finite,
     prepare,
@@ -333,9 +334,9 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
     )
-    watches = getattr(target.fn, "watches", "forward")
+    watch = target.watch or Watch()
     limit = limit_of(target)
-    with watching(model, watches, getattr(target.fn, "replayable", True)) as seen:
+    with watching(model, watch.method, watch.replayable) as seen:
         try:
             with seeded(batching.seed), warnings.catch_warnings(), silenced():
                 warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
@@ -487,13 +488,18 @@ TRAINING_LOOPS = (
 
 
 def framework_target(
-    loop: Callable[..., Any], framework: str, factory: Callable[[], nn.Module], **options: Any
+    loop: Callable[..., Any],
+    framework: str,
+    factory: Callable[[], nn.Module],
+    watch: Watch | None = None,
+    **options: Any,
 ) -> Target:
     """Return the training-loop target that judges a framework's Trainer, run by loop, on the
-    models factory makes; named framework(MODULE:NAME) after the factory alone."""
+    models factory makes, watched as `watch` says; named framework(MODULE:NAME) after the
+    factory alone."""
     loop.__name__ = loop.__qualname__ = f"{framework}({name_of(factory)})"
     loop.__module__ = ""
-    return KIND.target(loop, model=factory, **options)
+    return replace(KIND.target(loop, model=factory, **options), watch=watch)
 
 
 KIND = Kind(
