@@ -117,7 +117,7 @@ def test_a_loop_that_never_returns_is_refused_at_its_time_limit() -> None:
         while True:
             time.sleep(0.01)
 
-    with pytest.raises(audit.TargetError, match=r"did not return within 0\.5 s, after 0 opt"):
+    with pytest.raises(audit.TargetError, match=r"did not return within 0\.5 s and made no update"):
         audit.training_loop(spins, model=net, example=SAMPLE, timeout=0.5)
 
 
@@ -216,3 +216,22 @@ def test_the_time_limit_of_a_users_loop_is_derived_from_its_first_run() -> None:
 
     target = audit.target_for("training-loop", slow_fit, model=net, example=SAMPLE)
     assert training_loop.limit_of(target) >= 50 * 0.25 > training_loop.FLOOR
+
+
+def evaluates_after_every_step(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Trains, and after every step spends a while on an evaluation (a forecast, a sample)."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(X), y).backward()
+            optimizer.step()
+            time.sleep(0.03)  # the evaluation: longer, over a run, than the limit allows
+
+
+def test_the_time_limit_counts_from_the_last_update_so_a_loop_making_progress_ends_well() -> None:
+    report = audit.training_loop(
+        evaluates_after_every_step, model=net, example=SAMPLE, timeout=0.1, max_examples=2
+    )
+    assert report.ok, str(report)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import inspect
 import io
+import math
 import random
 import signal
 import sys
@@ -107,31 +108,38 @@ class TimeUp(BaseException):
 
 
 @contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
+def time_limit(seconds: float | None) -> Iterator[Callable[[], None]]:
     """Raise TimeUp in the block after `seconds`, in any thread; an outer limit still holds.
 
-    In the main thread a SIGALRM timer (the handler and any outer timer put back after); in
-    another thread a timer thread that raises TimeUp in this one when its Python code next runs.
+    Yields `again()`, which starts the `seconds` anew (a loop's progress: each update it makes
+    earns it another `seconds`). In the main thread a SIGALRM timer (the handler and any outer
+    timer put back after); in another thread a timer thread that raises TimeUp in this one
+    when its Python code next runs.
     """
     if seconds is None:
-        yield
+        yield _nothing
         return
     seconds = min(seconds, _LONGEST)  # setitimer refuses what overflows its clock
     if threading.current_thread() is not threading.main_thread():
-        with _thread_time_limit(seconds):
-            yield
+        with _thread_time_limit(seconds) as anew:
+            yield anew
         return
 
     def ring(signum: int, frame: Any) -> None:
         raise TimeUp
 
+    start = time.monotonic()
     left = signal.getitimer(signal.ITIMER_REAL)[0]  # an enclosing limit's time ends this one
-    seconds = min(seconds, left) if left > 0 else seconds
-    start, outer, interval = time.monotonic(), 0.0, 0.0
+    ends = start + left if left > 0 else math.inf
+
+    def again() -> None:
+        signal.setitimer(signal.ITIMER_REAL, max(min(seconds, ends - time.monotonic()), 1e-3))
+
+    outer, interval = 0.0, 0.0
     previous = signal.signal(signal.SIGALRM, ring)
     try:
-        outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
-        yield
+        outer, interval = signal.setitimer(signal.ITIMER_REAL, min(seconds, ends - start))
+        yield again
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -140,11 +148,15 @@ def time_limit(seconds: float | None) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
 
 
+def _nothing() -> None:
+    return None
+
+
 _LONGEST = 1e7  # seconds (116 days): longer limits are this one
 
 
 @contextlib.contextmanager
-def _thread_time_limit(seconds: float) -> Iterator[None]:
+def _thread_time_limit(seconds: float) -> Iterator[Callable[[], None]]:
     import ctypes
 
     ident, lock, active = threading.get_ident(), threading.Lock(), [True]
@@ -156,15 +168,25 @@ def _thread_time_limit(seconds: float) -> Iterator[None]:
                     ctypes.c_ulong(ident), ctypes.py_object(TimeUp)
                 )
 
-    timer = threading.Timer(seconds, ring)
-    timer.daemon = True
-    timer.start()
+    def started() -> threading.Timer:
+        timer = threading.Timer(seconds, ring)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    timers = [started()]
+
+    def again() -> None:
+        with lock:
+            timers[0].cancel()
+            timers[0] = started()
+
     try:
-        yield
+        yield again
     finally:
         with lock:
             active[0] = False
-        timer.cancel()
+        timers[0].cancel()
 
 
 FLOOR = 10.0  # seconds: the least time one call of the audited code is given (timeout= sets it)

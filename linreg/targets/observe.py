@@ -263,8 +263,14 @@ def flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor | N
 class Watcher:
     """The hooks' shared state: what was fed since the last step, and each step's readings."""
 
-    def __init__(self, model: nn.Module, method: str = "forward", replayable: bool = True) -> None:
-        self.method, self.replayable = method, replayable
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "forward",
+        replayable: bool = True,
+        on_update: Callable[[], None] | None = None,
+    ) -> None:
+        self.method, self.replayable, self.on_update = method, replayable, on_update
         self.params = list(model.parameters())
         self.ids = {id(p) for p in self.params}
         self.start = [p.detach().clone() for p in self.params]
@@ -315,6 +321,8 @@ class Watcher:
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         self.seen.steps.append(Step(applied, raw, unscaled if self.unscaled else raw, self.calls))
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
+        if self.on_update is not None:
+            self.on_update()
 
     def accumulated(self, p: Tensor) -> None:
         """Keep a param's gradient as backward() left it."""
@@ -354,14 +362,18 @@ class Watcher:
 
 @contextmanager
 def watching(
-    model: nn.Module, method: str = "forward", replayable: bool = True
+    model: nn.Module,
+    method: str = "forward",
+    replayable: bool = True,
+    on_update: Callable[[], None] | None = None,
 ) -> Iterator[Observed]:
-    """Watch the model's training while the block runs; yield what it saw, filled in after.
+    """Watch the model's training while the block runs; yield what it saw, filled in after;
+    call on_update after each update it records.
 
     What each step consumed is read from what the model's forward was fed, or, for a framework
     that hands batches to a method of the model (Lightning's training_step), what that was fed.
     """
-    watch = Watcher(model, method, replayable)
+    watch = Watcher(model, method, replayable, on_update)
     original = torch.amp.GradScaler.unscale_
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:

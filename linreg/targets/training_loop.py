@@ -335,29 +335,40 @@ def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
         accumulation_steps=k,
     )
     watch = target.watch or Watch()
-    limit = limit_of(target)
-    with watching(model, watch.method, watch.replayable) as seen:
-        try:
-            with seeded(batching.seed), warnings.catch_warnings(), silenced():
-                warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
-                with time_limit(limit):
-                    target.fn(**kwargs)
-        except (CheckFailed, LoopRaised):
-            raise
-        except TimeUp:
-            raise Aborted(
-                LoopRaised(
-                    f"the loop did not return within {limit:g} s, after {len(seen.steps)} "
-                    "optimizer step(s): an endless loop, or a step budget it never reaches? "
-                    "(timeout= sets the limit)"
-                )
-            ) from None
-        except Exception as e:
-            raise raised(e, target.fn) from e
+    limit = limit_of(target)  # from the start, and anew after each update: the loop's progress
+    seen = Observed()
+    try:
+        with (
+            time_limit(limit) as anew,
+            watching(model, watch.method, watch.replayable, anew) as seen,
+            seeded(batching.seed),
+            warnings.catch_warnings(),
+            silenced(),
+        ):
+            warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
+            target.fn(**kwargs)
+    except (CheckFailed, LoopRaised):
+        raise
+    except TimeUp:
+        raise Aborted(LoopRaised(_no_progress(limit, len(seen.steps)))) from None
+    except Exception as e:
+        raise raised(e, target.fn) from e
     infinite = not_finite(seen)
     if infinite:
         raise LoopRaised(infinite)
     return model, seen
+
+
+def _no_progress(limit: float, updates: int) -> str:
+    if not updates:
+        return (
+            f"the loop did not return within {limit:g} s and made no update: an endless loop, "
+            "or a step budget it never reaches? (timeout= sets the limit)"
+        )
+    return (
+        f"the loop did not return within {limit:g} s of its update {updates}, and made no "
+        "other: an endless loop, or a step budget it never reaches? (timeout= sets the limit)"
+    )
 
 
 def observe(target: Target, batching: Batching) -> Observed:
