@@ -21,6 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+# the first torch.optim optimizer a process builds imports torch._dynamo, which installs a
+# warnings filter of sympy's: imported here, so that no audit's state check sees it come
+import torch._dynamo
 from torch import nn
 
 from linreg import audit
@@ -447,6 +451,57 @@ ENDINGS: list[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]], dic
     ("timeout", lambda fn: endless_after(fn, 1), {"timeout": 0.3}),
     ("ctrl-c", lambda fn: interrupted_after(fn, 1), {}),
 ]
+
+
+# one buggy twin of each book kind (tests/realworld.py): the audit ends with a pitfall
+TWIN = {
+    "iterator": rw.floor_iter,
+    "update-step": rw.rebinding_sgd,
+    "loss": rw.no_half,
+    "loop": rw.d2l_loop_nominal,
+    "epoch-loss": rw.tensor_epoch,
+}
+
+
+def in_a_thread(audit_it: Callable[[], Any]) -> Any:
+    """Run an audit in a thread of its own; return its report."""
+    reports: list[Any] = []
+    worker = threading.Thread(target=lambda: reports.append(audit_it()))
+    worker.start()
+    worker.join(120)
+    return reports[0]
+
+
+def inside_an_audited_loop(audit_it: Callable[[], Any]) -> Any:
+    """Run an audit inside a training loop that is itself being audited; return its report."""
+    reports: list[Any] = []
+
+    def outer(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        if not reports:
+            reports.append(audit_it())
+        fit(model, loader, optimizer, num_epochs)
+
+    assert audit.training_loop(outer, model=net, example=SAMPLE, max_examples=2).ok
+    return reports[0]
+
+
+@pytest.mark.parametrize("where", ["fail", "in a thread", "nested"])
+@pytest.mark.parametrize(("kind", "fn", "options"), BOOK_KINDS, ids=IDS[:-1])
+def test_an_audit_of_any_kind_that_fails_runs_in_a_thread_or_nests_leaves_the_process_as_it_was(
+    kind: str, fn: Callable[..., Any], options: dict[str, Any], where: str
+) -> None:
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    before = whole_state()
+    if where == "fail":
+        report = audit.audit(kind, TWIN[kind], **FAST)
+        assert report.failures, str(report)
+    else:
+        run = in_a_thread if where == "in a thread" else inside_an_audited_loop
+        report = run(lambda: audit.audit(kind, fn, **options, **FAST))
+        assert report.ok, str(report)
+    assert whole_state() == before
 
 
 @pytest.mark.parametrize(("ending", "make", "extra"), ENDINGS, ids=[e[0] for e in ENDINGS])

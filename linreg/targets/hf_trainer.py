@@ -24,7 +24,7 @@ from torch import nn
 
 from linreg import _validate
 from linreg.targets import contract, training_loop
-from linreg.targets.base import Kind, Options, Target, TargetError, option
+from linreg.targets.base import Kind, Options, Target, TargetError, option, timeout_option
 
 SIGNATURE = "fn() -> a PreTrainedModel, or an nn.Module whose output has a loss"
 EXTRA = "pip install 'linreg-pitfalls[transformers]'"
@@ -62,6 +62,7 @@ class HFTrainerOptions(Options):
     drop_last: bool = option(
         False, "TrainingArguments(dataloader_drop_last=True)", flag="--drop-last"
     )
+    timeout: float | None = timeout_option("one run of the Trainer")
 
 
 def fit_with(hf: ModuleType, options: HFTrainerOptions) -> Callable[..., None]:
@@ -117,6 +118,7 @@ def build(fn: Callable[..., Any], options: HFTrainerOptions) -> Target:
         example=options.example,
         accumulation_steps=options.gradient_accumulation_steps,
         drop_last=options.drop_last,
+        timeout=options.timeout,
     )
 
 

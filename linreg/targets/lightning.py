@@ -24,7 +24,7 @@ from torch import nn
 
 from linreg import _validate
 from linreg.targets import training_loop
-from linreg.targets.base import Kind, Options, Target, TargetError, option
+from linreg.targets.base import Kind, Options, Target, TargetError, option, timeout_option
 from linreg.targets.observe import Watch
 
 SIGNATURE = "fn() -> a LightningModule"
@@ -65,6 +65,7 @@ class LightningOptions(Options):
     drop_last: bool = option(
         False, "the DataLoader drops each epoch's short last batch", flag="--drop-last"
     )
+    timeout: float | None = timeout_option("one run of the Trainer")
 
 
 @contextlib.contextmanager
@@ -124,6 +125,7 @@ def build(fn: Callable[..., Any], options: LightningOptions) -> Target:
         example=options.example,
         accumulation_steps=options.accumulate_grad_batches,
         drop_last=options.drop_last,
+        timeout=options.timeout,
     )
 
 
