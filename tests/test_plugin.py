@@ -107,6 +107,34 @@ def test_pitfalls_plugin_code_that_exits_is_one_failure_never_a_pass(
     result.stdout.fnmatch_lines(["*the target raised SystemExit(0)*"])
 
 
+GRAD_OFF = """
+import torch
+
+
+def loss(y_hat, y):
+    out = (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+    torch.set_grad_enabled(False)  # then off for the whole process: the audit gives it back
+    return out
+"""
+
+USERS_TEST = """
+import torch
+
+
+def test_grad_mode_is_on_as_torch_starts():
+    assert torch.is_grad_enabled()
+"""
+
+
+def test_pitfalls_plugin_code_that_turns_grad_mode_off_leaves_the_users_tests_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(gradoff=GRAD_OFF, test_users_own=USERS_TEST)
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    result = pytester.runpytest("--pitfalls-audit", "loss=gradoff:loss", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)  # the user's own test, and the loss's two properties
+
+
 def test_pitfalls_plugin_items_are_selected_by_k_pitfalls(steps: pytest.Pytester) -> None:
     spec = ["--pitfalls-audit", "update-step=mysteps:good", "-p", "no:cacheprovider"]
     steps.runpytest(*spec, "-k", "pitfalls").assert_outcomes(passed=3)
