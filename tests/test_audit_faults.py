@@ -30,7 +30,7 @@ from torch import nn
 from linreg import audit
 from linreg.cli import main
 from tests import realworld as rw
-from tests.test_audit_ends import fit
+from tests.test_audit_ends import fit, summed
 
 FAST = {"max_examples": 5}
 
@@ -460,6 +460,7 @@ TWIN = {
     "loss": rw.no_half,
     "loop": rw.d2l_loop_nominal,
     "epoch-loss": rw.tensor_epoch,
+    "training-loop": summed,
 }
 
 
@@ -486,7 +487,7 @@ def inside_an_audited_loop(audit_it: Callable[[], Any]) -> Any:
 
 
 @pytest.mark.parametrize("where", ["fail", "in a thread", "nested"])
-@pytest.mark.parametrize(("kind", "fn", "options"), BOOK_KINDS, ids=IDS[:-1])
+@pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
 def test_an_audit_of_any_kind_that_fails_runs_in_a_thread_or_nests_leaves_the_process_as_it_was(
     kind: str, fn: Callable[..., Any], options: dict[str, Any], where: str
 ) -> None:
@@ -495,7 +496,7 @@ def test_an_audit_of_any_kind_that_fails_runs_in_a_thread_or_nests_leaves_the_pr
     np.random.seed(123)
     before = whole_state()
     if where == "fail":
-        report = audit.audit(kind, TWIN[kind], **FAST)
+        report = audit.audit(kind, TWIN[kind], **options, **FAST)
         assert report.failures, str(report)
     else:
         run = in_a_thread if where == "in a thread" else inside_an_audited_loop
@@ -505,7 +506,7 @@ def test_an_audit_of_any_kind_that_fails_runs_in_a_thread_or_nests_leaves_the_pr
 
 
 @pytest.mark.parametrize(("ending", "make", "extra"), ENDINGS, ids=[e[0] for e in ENDINGS])
-@pytest.mark.parametrize(("kind", "fn", "options"), BOOK_KINDS, ids=IDS[:-1])
+@pytest.mark.parametrize(("kind", "fn", "options"), CORRECT, ids=IDS)
 def test_every_way_an_audit_of_any_kind_ends_leaves_the_process_as_it_was(
     kind: str,
     fn: Callable[..., Any],
