@@ -102,3 +102,19 @@ def test_the_layer_test_sees_a_wrong_import_even_inside_a_function(tmp_path: Pat
     assert imports(wrong, known, top_level_only=False) == {"linreg.cli"}
     assert imports(wrong, known, top_level_only=True) == set()
     assert layer("linreg.cli") > layer("linreg.pitfalls.rebinding")
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    """A name with a leading underscore is its module's own (a private module, _book or
+    _validate, may be imported whole: its public names are the package's)."""
+    known = modules()
+    wrong = set()
+    for name, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in known:
+                wrong |= {
+                    (name, f"{node.module}.{a.name}")
+                    for a in node.names
+                    if a.name.startswith("_") and f"{node.module}.{a.name}" not in known
+                }
+    assert wrong == set()

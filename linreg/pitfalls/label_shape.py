@@ -14,7 +14,7 @@ from linreg._book import NUM_EXAMPLES, TRUE_W
 from linreg.config import TrainConfig
 from linreg.pitfalls import _demo
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.pitfalls.mean_vs_sum import _book_mean_loss, _book_predictions
+from linreg.pitfalls.mean_vs_sum import book_mean_loss, book_predictions
 from linreg.targets.base import Options, Target
 from linreg.targets.guards import guarded
 from linreg.targets.late import late
@@ -99,7 +99,7 @@ PROPERTIES = (
         holds_for=(
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
             Target(
-                _book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
+                book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
             ),
         ),
         refuted_by=(
@@ -107,7 +107,7 @@ PROPERTIES = (
             Variant(mean_loss_no_reshape, None, "loss", LossOptions(reduction="mean")),
             Variant(mse_loss_no_reshape, None, "loss", LossOptions(reduction="mean", scale=1.0)),
         ),
-        book=_book_predictions,
+        book=book_predictions,
         applies=_checks_flat_labels,
     ),
 )

@@ -133,13 +133,14 @@ def _book_step() -> TwinRows:
     return TwinRows.book(BATCH_SIZE)
 
 
-def _book_predictions() -> dict[str, Tensor]:
+def book_predictions() -> dict[str, Tensor]:
+    """Return one batch of the book's predictions (from its init) and labels."""
     X, y = _demo.book(BATCH_SIZE)
     w, b = model.init_params(2, generator=_demo.gen(), dtype=X.dtype)
     return {"y_hat": (X @ w + b).detach(), "y": y}
 
 
-def _book_mean_loss(y_hat: Tensor, y: Tensor) -> Tensor:
+def book_mean_loss(y_hat: Tensor, y: Tensor) -> Tensor:
     """The mean of the book's squared_loss: what `l.mean()` trains on."""
     mean: Tensor = late("loss.squared_loss")(y_hat, y).mean()
     return mean
@@ -222,7 +223,7 @@ PROPERTIES = (
         holds_for=(
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
             Target(
-                _book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
+                book_mean_loss, "loss", LossOptions(reduction="mean"), "squared_loss(...).mean()"
             ),
             Target(nn.MSELoss(), "loss", MEAN_MSE, "nn.MSELoss()", oracle=True),
             Target(
@@ -234,7 +235,7 @@ PROPERTIES = (
             ),
         ),
         refuted_by=(Variant(mse_sum_used_as_mean, None, "loss", MEAN_MSE),),
-        book=_book_predictions,
+        book=book_predictions,
     ),
     Property(
         name="on identical rows a step applies one row's gradient: the mean over its rows",
