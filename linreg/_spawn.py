@@ -8,6 +8,7 @@ child's traceback); a group that outlives the timeout is killed. Nothing is left
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -147,5 +148,8 @@ def _join(context: ProcessContext, folder: str, timeout: float) -> list[Any]:
             if p.is_alive():
                 p.kill()
             p.join()
+        for path in context.error_files:  # torch's, one per rank, read above: left nowhere
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     ranks = range(len(context.processes))
     return [torch.load(Path(folder) / f"rank{r}.pt", weights_only=False) for r in ranks]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 from collections import Counter
 from typing import Any
 
@@ -158,10 +159,13 @@ def test_pitfalls_ddp_dead_and_failing_ranks_are_named_and_none_is_left_running(
         match=r"^rank 1 was killed by SIGKILL; rank 0 raised ValueError: rank 0 refuses; "
         r"all ranks were ended$",
     ) as info:
-        _spawn.spawn(ddp_support.fails_both_ways, WORLD, timeout=60)
+        started = _spawn.start(ddp_support.fails_both_ways, WORLD)
+        started.join(timeout=60)
     traceback = info.value.tracebacks[0]
     assert traceback.startswith("Traceback") and "ValueError: rank 0 refuses" in traceback
     assert multiprocessing.active_children() == []
+    # nor is a file: torch's error file of each rank, read for the message, is removed
+    assert [path for path in started.context.error_files if os.path.exists(path)] == []
 
 
 @needs_gloo
