@@ -60,12 +60,14 @@ def is_symptom(e: BaseException) -> bool:
     return any(symptom in str(e) for symptom in SYMPTOMS)
 
 
-def where(e: BaseException) -> str:
-    """Return " at FILE:LINE in fn: code" for the deepest frame of e outside torch and linreg."""
-    frames = [
-        f
-        for f in traceback.extract_tb(e.__traceback__)
-        if "/torch/" not in f.filename and "/linreg/" not in f.filename
+def where(
+    e: BaseException, *, file: str | None = None, outside: tuple[str, ...] = ("/torch/", "/linreg/")
+) -> str:
+    """Return " at FILE:LINE in fn: code" for the deepest frame of e in file, if one is, else
+    for the deepest one outside the `outside` folders ("" when there is none)."""
+    every = traceback.extract_tb(e.__traceback__)
+    frames = [f for f in every if f.filename == file] or [
+        f for f in every if not any(folder in f.filename for folder in outside)
     ]
     if not frames:
         return ""

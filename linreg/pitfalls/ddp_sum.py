@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import sys
@@ -75,9 +76,7 @@ def ddp_results() -> Results:
     whole-shard gradient on the padded runs. Cached: processes are slow to start. DDP keeps the
     ranks' params identical: rank 0's results are the runs'.
     """
-    if not _RESULTS:
-        _RESULTS.append(_collect(_start(fork=False)))
-    return _RESULTS[0]
+    return _RESULTS[0] if _RESULTS else _kept(_start(fork=False))
 
 
 _JOBS = {
@@ -93,10 +92,12 @@ def _start(*, fork: bool) -> tuple[_spawn.Started, dict[Callable[..., Any], int]
     return _spawn.start(_ddp.jobs, WORLD, pairs, fork=fork), {w: len(r) for w, r in runs.items()}
 
 
-def _collect(started: tuple[_spawn.Started, dict[Callable[..., Any], int]]) -> Results:
+def _kept(started: tuple[_spawn.Started, dict[Callable[..., Any], int]]) -> Results:
+    """Wait for the started ranks; keep rank 0's results, by worker, as ddp_results' cache."""
     ranks, counts = started
     results = iter(ranks.join(timeout=120)[0])
-    return {worker: [next(results) for _ in range(n)] for worker, n in counts.items()}
+    _RESULTS.append({worker: [next(results) for _ in range(n)] for worker, n in counts.items()})
+    return _RESULTS[0]
 
 
 def follows_one_process(target: Target, runs: tuple[_ddp.Run, ...]) -> None:
@@ -153,12 +154,7 @@ def prepare() -> None:
     if _in_the_command() and not _RESULTS:
         import torch.nn.parallel  # noqa: F401  (and DDP's own imports: the ranks inherit them)
 
-        started = _start(fork=True)
-
-        def work() -> Results:
-            _RESULTS.append(_collect(started))
-            return _RESULTS[0]
-
+        work: Callable[[], Results] = functools.partial(_kept, _start(fork=True))
     else:
         work = ddp_results
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-ddp")

@@ -168,7 +168,8 @@ class Kind:
                 + (", ".join(sorted(known)) or "none")
             )
         built = self.options(**options)
-        limit = None if self.times_itself else getattr(built, "timeout", None) or FIRST
+        timeout = None if self.times_itself else getattr(built, "timeout", None)
+        limit = None if self.times_itself else timeout or FIRST
         try:
             with time_limit(limit):  # a build may call fn once to check it (a loss's trial)
                 made = self.build(fn, built)
@@ -178,7 +179,6 @@ class Kind:
             ) from None
         if isinstance(made, Target):
             return made
-        timeout = None if self.times_itself else getattr(built, "timeout", None)
         made = bounded(made, self.calls, timeout, limited=not self.times_itself)
         return Target(made, self.name, built, name_of(fn))
 

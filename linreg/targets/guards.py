@@ -1,9 +1,10 @@
 """How a target runs: its exceptions become verdicts, its RNGs are seeded and restored.
 
-A target's own exceptions become `CheckFailed` saying what raised (`guarded`); its use of
-torch's and Python's global RNGs is seeded per example and restored after (`seeded`); torch
-computes on one thread while the audit runs, and on as many as before afterwards
-(`one_thread`).
+A target's exceptions become a pitfall's `CheckFailed` when they are one's symptom, else the
+target's own error (`guarded`); its use of torch's, Python's and numpy's global RNGs is seeded
+per example and given back (`seeded`, `kept_rngs`); torch computes on one thread while the
+audit runs (`one_thread`); every call of it has a time limit and gives grad mode back
+(`bounded`, `time_limit`); its prints stay out of the audit's output (`silenced`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ fixed): then no row's output depends on another's, and the loop's arithmetic is 
 from __future__ import annotations
 
 import functools
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
-from linreg.checks import LoopRaised
+from linreg.checks import LoopRaised, where
 from linreg.targets.guards import user_fn
 
 STEP_COUNT = "num_items_in_batch"
@@ -428,19 +427,12 @@ def _wrapped(model: nn.Module, method: str, fed: Callable[..., None]) -> _Unwrap
 
 def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
     """Return the loop's exception as LoopRaised: its type, message and the frame it came from."""
-    frames = traceback.extract_tb(e.__traceback__)
     fn = user_fn(fn)
     source = getattr(getattr(fn, "func", fn), "__code__", None)  # a partial: its function's
     file = source.co_filename if source is not None else None
-    mine = [f for f in frames if f.filename == file] or [
-        f for f in frames if "/torch/" not in f.filename and "/linreg/targets/" not in f.filename
-    ]
-    where = ""
-    if mine:
-        f = mine[-1]
-        where = f" at {f.filename}:{f.lineno} in {f.name}" + (f": {f.line}" if f.line else "")
+    at = where(e, file=file, outside=("/torch/", "/linreg/targets/"))
     message = str(e) or "(no message)"
     hint = ""
     if "backward through the graph a second time" in message:
         hint = " (backward-twice: a graph kept across steps? detach what you keep)"
-    return LoopRaised(f"the loop raised {type(e).__name__}: {message}{where}{hint}")
+    return LoopRaised(f"the loop raised {type(e).__name__}: {message}{at}{hint}")
