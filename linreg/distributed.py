@@ -2,8 +2,8 @@
 
 `shard_iter` shards an epoch by rank so that every sample is on exactly one rank;
 `index_sampler` and `sampler_epochs` wrap DistributedSampler, which needs no process group
-when told its rank and world size. The DDP runs the pitfalls use live in linreg._ddp, started
-by linreg._spawn.
+when told its rank and world size. The DDP runs the pitfalls use live in
+linreg.pitfalls._ddp, started by linreg.pitfalls._spawn.
 """
 
 from __future__ import annotations

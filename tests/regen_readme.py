@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from linreg.cli import main
-from linreg.render import catalogue_markdown, kinds_markdown
+from linreg.pitfalls._render import catalogue_markdown, kinds_markdown
 
 ROOT = Path(__file__).parent.parent
 KINDS_TABLE = re.compile(r"\| kind \| your function \|.*?\n(?=\n)", re.S)

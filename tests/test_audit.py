@@ -193,7 +193,8 @@ def test_importing_linreg_needs_no_hypothesis() -> None:
 
     code = (
         "import sys; sys.modules['hypothesis'] = None\n"
-        "import linreg, linreg.checks, linreg.pitfalls, linreg.demos, linreg.testing.plugin\n"
+        "import linreg, linreg.checks, linreg.pitfalls, linreg.pitfalls._live\n"
+        "import linreg.testing.plugin\n"
         "try:\n    import linreg.audit\nexcept ImportError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -208,8 +209,8 @@ def test_one_conversion_to_strict_json_writes_non_finite_numbers_as_null() -> No
 
     import torch
 
-    from linreg.plain import plain
-    from linreg.render import SCHEMA
+    from linreg._plain import plain
+    from linreg.pitfalls._render import SCHEMA
 
     value = {"x": math.inf, "t": torch.tensor([1.0, math.nan]), "n": [-math.inf, 2]}
     assert plain(value) == {"x": None, "t": [1.0, None], "n": [None, 2]}

@@ -105,8 +105,8 @@ def test_a_passing_report_has_nothing_to_draw(passing: audit.Report) -> None:
 def test_audit_plot_refuses_a_missing_folder_before_any_work_and_notes_a_passing_audit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["audit", "training-loop", "linreg.targets.training_loop:fit"]
-    argv += ["--model", "linreg.targets.training_loop:mlp"]
+    argv = ["audit", "training-loop", "linreg.kinds.training_loop:fit"]
+    argv += ["--model", "linreg.kinds.training_loop:mlp"]
     argv += ["--example", "examples.mlp_classifier:sample", "--max-examples", "5", "-q"]
     with pytest.raises(SystemExit) as missing:
         main([*argv, "--plot", str(tmp_path / "no" / "such.png")])
@@ -142,7 +142,7 @@ def test_audit_plot_never_hides_a_pitfalls_exit_1(
 def test_the_picture_of_another_kind_shows_what_the_property_compared(
     kind: str, target: str, options: dict[str, Any]
 ) -> None:
-    from linreg.importing import resolve
+    from linreg.kinds.options import resolve
 
     report = audit.audit(kind, resolve(target), max_examples=10, **options)
     fig = report.plot()

@@ -208,7 +208,7 @@ def test_the_audited_code_runs_on_one_torch_thread_and_the_users_count_comes_bac
 
 
 def test_the_time_limit_of_a_users_loop_is_derived_from_its_first_run() -> None:
-    from linreg.targets import training_loop
+    from linreg.kinds import training_loop
 
     def slow_fit(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
         time.sleep(0.25)  # a first small run of a quarter second: a limit of 12.5 s or more

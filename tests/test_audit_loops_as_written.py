@@ -281,7 +281,7 @@ def test_loops_as_written_batch_norm_statistics_stay_as_they_started() -> None:
     )
     assert report.ok, str(report)
     model = L.SmallConvBN()
-    from linreg.targets.training_loop import build_model
+    from linreg.kinds.training_loop import build_model
 
     held = build_model(lambda: model)
     held.train()

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import audit
-from linreg.targets import training_loop as _partition
+from linreg.kinds import training_loop as _partition
 
 Loop = Callable[..., Any]
 # examples per property: a third of the profile's (ci: 10), at most 50 (thorough); each loop

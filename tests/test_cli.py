@@ -194,7 +194,7 @@ BAD_OPTIONS = [
             "loss",
             "linreg.loss:squared_loss",
             "--model",
-            "linreg.targets.training_loop:mlp",
+            "linreg.kinds.training_loop:mlp",
         ],
         AUDIT + "--model does not apply to loss",
     ),
@@ -202,9 +202,9 @@ BAD_OPTIONS = [
         [
             "audit",
             "training-loop",
-            "linreg.targets.training_loop:fit",
+            "linreg.kinds.training_loop:fit",
             "--model",
-            "linreg.targets.training_loop:mlp",
+            "linreg.kinds.training_loop:mlp",
         ],
         AUDIT + "training-loop needs --example MODULE:NAME",
     ),
@@ -212,23 +212,23 @@ BAD_OPTIONS = [
         [
             "audit",
             "training-loop",
-            "linreg.targets.training_loop:fit",
+            "linreg.kinds.training_loop:fit",
             "--model",
-            "linreg.targets.training_loop:nothing",
+            "linreg.kinds.training_loop:nothing",
             "--example",
             "examples.mlp_classifier:sample",
         ],
-        AUDIT + "--model: 'linreg.targets.training_loop' has no attribute 'nothing'",
+        AUDIT + "--model: 'linreg.kinds.training_loop' has no attribute 'nothing'",
     ),
     (
         [
             "audit",
             "training-loop",
-            "linreg.targets.training_loop:fit",
+            "linreg.kinds.training_loop:fit",
             "--model",
-            "linreg.targets.training_loop:mlp",
+            "linreg.kinds.training_loop:mlp",
             "--example",
-            "linreg.targets.training_loop:SIGNATURE",
+            "linreg.kinds.training_loop:SIGNATURE",
         ],
         AUDIT + "the example must be one (x, y) sample or a dict of tensors, got str",
     ),
@@ -236,9 +236,9 @@ BAD_OPTIONS = [
         [
             "audit",
             "training-loop",
-            "linreg.targets.training_loop:fit",
+            "linreg.kinds.training_loop:fit",
             "--model",
-            "linreg.targets.training_loop:mlp",
+            "linreg.kinds.training_loop:mlp",
             "--example",
             "examples.mlp_classifier:sample",
             "--reduction",
@@ -367,7 +367,7 @@ def test_report_json_matches_its_schema_and_every_pitfall_behaves(
     import jsonschema
 
     from linreg.pitfalls import BY_ID, CATALOGUE
-    from linreg.render import SCHEMA
+    from linreg.pitfalls._render import SCHEMA
 
     code, report = full_report
     jsonschema.validate(report, SCHEMA)
@@ -383,7 +383,8 @@ def test_report_json_matches_its_schema_and_every_pitfall_behaves(
 def test_report_json_of_a_skipped_pitfall_says_why_and_keeps_to_the_schema() -> None:
     import jsonschema
 
-    from linreg import demos, render
+    from linreg.pitfalls import _live as demos
+    from linreg.pitfalls import _render as render
 
     skipped = demos.Evidence(
         id="ddp-sum", expected="", observed="", ok=True, skipped="gloo is unavailable"
@@ -442,7 +443,7 @@ def test_report_exit_code_is_1_when_a_pitfall_does_not_behave_as_documented(
 def test_report_a_crashing_demonstration_is_reported_not_raised(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from linreg import demos
+    from linreg.pitfalls import _live as demos
 
     def broken() -> demos.Evidence:
         raise RuntimeError("torch changed")
@@ -463,8 +464,8 @@ def test_report_plot_writes_a_png(tmp_path: Any, capsys: pytest.CaptureFixture[s
 def test_readme_lists_the_kinds_as_the_registry_has_them() -> None:
     from pathlib import Path
 
-    from linreg.render import kinds_markdown
-    from linreg.targets import KINDS
+    from linreg.kinds import KINDS
+    from linreg.pitfalls._render import kinds_markdown
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert kinds_markdown() in readme
@@ -475,7 +476,7 @@ def test_readme_lists_the_kinds_as_the_registry_has_them() -> None:
 def test_audit_help_and_the_plugin_list_exactly_the_registrys_kinds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from linreg.targets import KINDS
+    from linreg.kinds import KINDS
     from linreg.testing import plugin
 
     with pytest.raises(SystemExit):
@@ -489,8 +490,8 @@ def test_audit_help_and_the_plugin_list_exactly_the_registrys_kinds(
 
 def test_options_of_one_name_share_their_flag_and_the_kind_of_value_in_every_kind() -> None:
     """One --flag means one thing on the command line and in the plugin, whatever the kind."""
-    from linreg.targets import KINDS
-    from linreg.targets.base import CHOICES, FLAG, IMPORT, number_of
+    from linreg.kinds import KINDS
+    from linreg.kinds.base import CHOICES, FLAG, IMPORT, number_of
 
     def meaning(f: Any) -> tuple[str, str]:
         if f.metadata.get(IMPORT):
@@ -515,7 +516,7 @@ def test_options_of_one_name_share_their_flag_and_the_kind_of_value_in_every_kin
 def test_readme_lists_the_catalogue_as_generated() -> None:
     from pathlib import Path
 
-    from linreg.render import catalogue_markdown
+    from linreg.pitfalls._render import catalogue_markdown
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert catalogue_markdown() in readme
@@ -690,7 +691,7 @@ def test_a_framework_audit_without_its_framework_names_the_extra_to_install(
 
     if importlib.util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed here (tox -e frameworks tests the audit itself)")
-    argv = ["audit", kind, "linreg.targets.training_loop:mlp"]
+    argv = ["audit", kind, "linreg.kinds.training_loop:mlp"]
     argv += ["--example", "examples.mlp_classifier:sample"]
     with pytest.raises(SystemExit) as exit:
         main(argv)

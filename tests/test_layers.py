@@ -1,6 +1,6 @@
 """The package's layers, in the order its imports follow (../shared/reference/layout.md):
 
-    the book -> checks -> targets (kinds) -> pitfalls (the catalogue) -> audit -> faces
+    the book -> checks -> kinds -> pitfalls (the catalogue) -> audit -> faces
 
 No module imports a later layer, not even inside a function; no face imports another; no two
 modules import each other at import time. The Hypothesis strategies are the catalogue's
@@ -15,7 +15,30 @@ from pathlib import Path
 import linreg
 
 ROOT = Path(linreg.__file__).parent
-FACES = {"linreg.cli": "cli", "linreg.__main__": "cli", "linreg.testing.plugin": "plugin"}
+
+
+def face(name: str) -> str | None:
+    """Return which face a module belongs to (the command line or the pytest plugin), if any."""
+    if name in ("linreg.cli", "linreg.__main__") or name.startswith("linreg.cli."):
+        return "cli"
+    return "plugin" if name == "linreg.testing.plugin" else None
+
+
+def layer(name: str) -> int:
+    """Return the layer a module sits in: its folder says it."""
+    if face(name):
+        return 5
+    if name.startswith("linreg.audit"):
+        return 4
+    if name.startswith("linreg.pitfalls"):
+        return 3
+    if name.startswith("linreg.kinds") or name in ("linreg.testing", "linreg.testing.strategies"):
+        return 2
+    if name == "linreg.checks":
+        return 1
+    if name == "linreg":
+        return 6  # the map: it may name every layer
+    return 0
 
 
 def modules() -> dict[str, Path]:
@@ -24,22 +47,6 @@ def modules() -> dict[str, Path]:
         name = ".".join(("linreg", *path.relative_to(ROOT).with_suffix("").parts))
         found[name.removesuffix(".__init__")] = path
     return found
-
-
-def layer(name: str) -> int:
-    if name in FACES:
-        return 5
-    if name in ("linreg.audit", "linreg.display", "linreg.render", "linreg.demos"):
-        return 4
-    if name.startswith("linreg.pitfalls") or name in ("linreg._ddp", "linreg._spawn"):
-        return 3
-    if name.startswith("linreg.targets") or name in ("linreg.testing", "linreg.testing.strategies"):
-        return 2
-    if name == "linreg.checks":
-        return 1
-    if name == "linreg":
-        return 6  # the map: it may name every layer
-    return 0
 
 
 def imports(path: Path, known: dict[str, Path], *, top_level_only: bool) -> set[str]:
@@ -64,7 +71,7 @@ def test_no_module_imports_a_later_layer_nor_a_face_another_face() -> None:
         for name, path in known.items()
         for target in imports(path, known, top_level_only=False)
         if layer(target) > layer(name)
-        or (name in FACES and target in FACES and FACES[name] != FACES[target])
+        or (face(name) and face(target) and face(name) != face(target))
     }
     assert wrong == set()
 

@@ -106,7 +106,7 @@ def test_pitfalls_every_property_holds_somewhere_and_has_teeth() -> None:
 
 
 def test_pitfalls_every_property_target_and_variant_is_of_a_registered_kind() -> None:
-    from linreg.targets import INTERNAL_KINDS, KINDS
+    from linreg.kinds import INTERNAL_KINDS, KINDS
 
     assert not set(KINDS) & set(INTERNAL_KINDS)
     for prop in PROPERTIES:

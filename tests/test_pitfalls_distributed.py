@@ -18,8 +18,8 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from linreg import _ddp, _spawn, checks, distributed, pitfalls
-from linreg.pitfalls import ddp_sum
+from linreg import checks, distributed, pitfalls
+from linreg.pitfalls import _ddp, _spawn, ddp_sum
 from linreg.testing import strategies as sts
 from tests import ddp_support
 

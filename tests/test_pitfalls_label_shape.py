@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from linreg import checks, loss, train
 from linreg.config import TrainConfig
+from linreg.kinds.runs import book_run, run_kwargs
 from linreg.pitfalls import label_shape
-from linreg.targets.runs import book_run, run_kwargs
 from linreg.testing import strategies as sts
 from tests.refute import refutes
 

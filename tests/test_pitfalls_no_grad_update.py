@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 
 from linreg import pitfalls
+from linreg.kinds.update_step import Update
 from linreg.pitfalls.no_grad_update import LEAF_ERROR
-from linreg.targets.update_step import Update
 from linreg.testing import strategies as sts
 
 

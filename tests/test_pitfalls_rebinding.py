@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from linreg import pitfalls
-from linreg.targets.update_step import Update
+from linreg.kinds.update_step import Update
 from linreg.testing import strategies as sts
 
 

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import example, given
 
 from linreg import pitfalls
+from linreg.kinds.runs import book_run
 from linreg.pitfalls import short_last_batch
-from linreg.targets.runs import book_run
 from linreg.testing import strategies as sts
 
 NOMINAL = pitfalls.Target(pitfalls.train_nominal_batch_size, "train")

@@ -14,9 +14,9 @@ import importlib
 import pkgutil
 from typing import Any
 
+from linreg.kinds.base import Options, Target
+from linreg.kinds.late import swap
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.late import swap
 
 
 def _discover() -> tuple[Pitfall, ...]:

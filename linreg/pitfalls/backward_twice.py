@@ -10,11 +10,11 @@ import torch
 from linreg import accumulate, checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Target
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, ObjectiveOptions, run_loop
+from linreg.kinds.runs import book_run, params_like
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Target
-from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, ObjectiveOptions, run_loop
-from linreg.targets.runs import book_run, params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -69,7 +69,7 @@ def _runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
 
 
 def _book() -> dict[str, Any]:
-    X, y = _demo.book(NUM_EXAMPLES, torch.float32)
+    X, y = _kit.book(NUM_EXAMPLES, torch.float32)
     return {
         **book_run(NUM_EXAMPLES, BATCH_SIZE),
         "features": X,
@@ -95,8 +95,8 @@ PROPERTIES = (
 
 def demo() -> Evidence:
     """Backpropagate twice with and without retain_graph, through a graph that saves nothing."""
-    X, y = _demo.book(NUM_EXAMPLES)
-    w, b = model.init_params(2, generator=_demo.gen(), dtype=X.dtype)
+    X, y = _kit.book(NUM_EXAMPLES)
+    w, b = model.init_params(2, generator=_kit.gen(), dtype=X.dtype)
     l = ((X @ w + b - y) ** 2 / 2).sum()
     l.backward()  # type: ignore[no-untyped-call]
     error = ""

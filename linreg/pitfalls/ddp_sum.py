@@ -12,11 +12,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from linreg import _ddp, _spawn, checks
+from linreg import checks
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options, Target
+from linreg.pitfalls import _ddp, _kit, _spawn
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -188,9 +188,9 @@ def demo() -> Evidence:
     w0 = _MEAN.linear().weight.detach().reshape(-1)  # every run's start
     ratio = float((got_unscaled[0][0] - w0).norm() / (one["sum"][0][0] - w0).norm())
     gaps = {
-        "mean": _demo.gap(got_mean, one["mean"]),
-        "sum at lr*R": _demo.gap(got_sum, one["sum"]),
-        "sum at lr vs lr/R": _demo.gap(got_unscaled, half),
+        "mean": _kit.gap(got_mean, one["mean"]),
+        "sum at lr*R": _kit.gap(got_sum, one["sum"]),
+        "sum at lr vs lr/R": _kit.gap(got_unscaled, half),
     }
     ok = max(gaps.values()) < 1e-12 and math.isclose(ratio, 0.5, rel_tol=1e-9)
     return Evidence(

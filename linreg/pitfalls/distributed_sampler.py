@@ -8,9 +8,9 @@ import torch
 
 from linreg import checks
 from linreg._book import UNEVEN_NUM_EXAMPLES
+from linreg.kinds.base import Options, Target
+from linreg.kinds.late import late
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.late import late
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

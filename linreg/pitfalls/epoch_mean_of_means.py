@@ -9,12 +9,12 @@ from torch import Tensor
 
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Target
+from linreg.kinds.epoch_loss import EPOCHS, run_epoch
+from linreg.kinds.loop import ObjectiveOptions, curvature
+from linreg.kinds.runs import params_like
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Target
-from linreg.targets.epoch_loss import EPOCHS, run_epoch
-from linreg.targets.loop import ObjectiveOptions, curvature
-from linreg.targets.runs import params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -89,7 +89,7 @@ def _runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
 
 
 def _book() -> dict[str, Any]:
-    X, y = _demo.book(UNEVEN_NUM_EXAMPLES, torch.float32)
+    X, y = _kit.book(UNEVEN_NUM_EXAMPLES, torch.float32)
     return {
         "features": X,
         "labels": y,
@@ -118,7 +118,7 @@ PROPERTIES = (
 def demo() -> Evidence:
     """Report the loss of the book's untrained model over n=1003 in batches of 10, both ways."""
     n, b = UNEVEN_NUM_EXAMPLES, BATCH_SIZE
-    X, y = _demo.book(n)
+    X, y = _kit.book(n)
     full = float(train.full_loss(X, y, *params_like(X, 0)))
     got = {}
     for fn in (train.train_epoch, train_epoch_mean_of_batch_means):

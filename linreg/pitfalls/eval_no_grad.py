@@ -10,11 +10,11 @@ from torch import Tensor
 
 from linreg import checks, loss, model, train
 from linreg._book import NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options, Target
+from linreg.kinds.late import late
+from linreg.kinds.runs import book_run
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.late import late
-from linreg.targets.runs import book_run
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -75,8 +75,8 @@ PROPERTIES = (
 def demo() -> Evidence:
     """Count what autograd saves for the full-data loss in grad mode and under no_grad."""
     n = NUM_EXAMPLES
-    X, y = _demo.book(n, torch.float32)
-    w, b = model.init_params(2, generator=_demo.gen())
+    X, y = _kit.book(n, torch.float32)
+    w, b = model.init_params(2, generator=_kit.gen())
     held = {}
     for fn in (full_loss_with_grad, train.full_loss):
         _, saved = checks.saved_for_backward(partial(fn, X, y, w, b), [X, y, w, b])

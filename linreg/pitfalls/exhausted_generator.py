@@ -13,26 +13,26 @@ from torch.optim import Optimizer
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.checks import CheckFailed
-from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.gradients import NO_KNOWN
-from linreg.targets.guards import guarded, seeded
-from linreg.targets.iterator import IteratorOptions, loader
-from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
-from linreg.targets.training_loop import (
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import guarded, seeded
+from linreg.kinds.iterator import IteratorOptions, loader
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.kinds.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,
     Batching,
     TrainingLoopOptions,
-    contract,
+    asks_of,
     describe,
     expected_steps,
     loss_of,
     observe,
     options_of,
 )
-from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
+from linreg.kinds.training_loop.gradients import NO_KNOWN
+from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
+from linreg.pitfalls import _kit
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -138,7 +138,7 @@ def takes_every_step(target: Target, batching: Batching) -> None:
     (a budget that counts inclusively takes S + 1: each step is judged on its own)."""
     options = options_of(target)
     got = len(observe(target, batching).steps)
-    if contract(target.fn).by_steps:
+    if asks_of(target.fn).by_steps:
         want = max(1, expected_steps(batching, options.accumulation_steps, options.drop_last))
         what = f"a budget of max steps={want}"
         if want <= got <= want + 1:  # used up, the data would give fewer
@@ -213,10 +213,10 @@ PROPERTIES = (
 
 def demo() -> Evidence:
     """Train 3 epochs with the generator kept; compare with 1 and 3 epochs of the right loop."""
-    X, y = _demo.book(NUM_EXAMPLES)
+    X, y = _kit.book(NUM_EXAMPLES)
 
     def run(fn: Any, epochs: int) -> list[Tensor]:
-        params = list(model.init_params(2, generator=_demo.gen(1), dtype=X.dtype))
+        params = list(model.init_params(2, generator=_kit.gen(1), dtype=X.dtype))
         with seeded(0):
             fn(X, y, params, lr=0.03, batch_size=BATCH_SIZE, num_epochs=epochs)
         return params

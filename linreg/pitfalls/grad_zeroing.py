@@ -12,14 +12,10 @@ from torch.optim import Optimizer
 
 from linreg import checks, data, loss, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
-from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.gradients import NO_KNOWN, Judged, compare
-from linreg.targets.guards import seeded
-from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
-from linreg.targets.observe import Step
-from linreg.targets.training_loop import (
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
+from linreg.kinds.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,
     Batching,
@@ -29,8 +25,12 @@ from linreg.targets.training_loop import (
     most_rows,
     options_of,
 )
-from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
-from linreg.targets.update_step import STEPS, Update, UpdateStepOptions, fresh
+from linreg.kinds.training_loop.gradients import NO_KNOWN, Judged, compare
+from linreg.kinds.training_loop.observe import Step
+from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
+from linreg.kinds.update_step import STEPS, Update, UpdateStepOptions, fresh
+from linreg.pitfalls import _kit
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -115,7 +115,7 @@ def _single_rows(options: LoopOptions) -> SearchStrategy[TwinRows]:
 
 
 def _book_update() -> Update:
-    return Update(_demo.params_with_grads(), 0.03, BATCH_SIZE)
+    return Update(_kit.params_with_grads(), 0.03, BATCH_SIZE)
 
 
 def _book_loop() -> TwinRows:
@@ -216,12 +216,12 @@ PROPERTIES = (
 
 def demo() -> Evidence:
     """Train the book's run with and without zeroing; compare the losses after 3 epochs."""
-    X, y = _demo.book(NUM_EXAMPLES)
+    X, y = _kit.book(NUM_EXAMPLES)
 
     def init() -> list[Tensor]:
-        return list(model.init_params(2, generator=_demo.gen(1), dtype=X.dtype))
+        return list(model.init_params(2, generator=_kit.gen(1), dtype=X.dtype))
 
-    right = train.train(X, y, generator=_demo.gen(), params=tuple(init())).losses  # type: ignore[arg-type]
+    right = train.train(X, y, generator=_kit.gen(), params=tuple(init())).losses  # type: ignore[arg-type]
     with seeded(0):
         wrong = train_without_zero_grad(X, y, init(), lr=0.03, batch_size=10, num_epochs=3).losses
     ok = right[-1] < 1e-3 and not (wrong[-1] < 100 * right[-1])

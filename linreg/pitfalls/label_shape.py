@@ -12,13 +12,13 @@ from torch.nn import functional as F
 from linreg import checks, model, optim, train
 from linreg._book import NUM_EXAMPLES, TRUE_W
 from linreg.config import TrainConfig
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import guarded
+from linreg.kinds.late import late
+from linreg.kinds.loss import LossOptions
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.pitfalls.mean_vs_sum import book_mean_loss, book_predictions
-from linreg.targets.base import Options, Target
-from linreg.targets.guards import guarded
-from linreg.targets.late import late
-from linreg.targets.loss import LossOptions
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -118,11 +118,11 @@ PROPERTIES = (
 def demo() -> Evidence:
     """Show the (n, n) broadcast and where training on it ends."""
     n = NUM_EXAMPLES
-    X, y = _demo.book(n)
+    X, y = _kit.book(n)
     flat = y.reshape(-1)  # (n,)
     shape = tuple(squared_loss_no_reshape(X[:, :1], flat).shape)
-    right = train.train(X, flat, generator=_demo.gen())
-    wrong = train.fit(X, flat, TrainConfig(generator=_demo.gen()), flat_labels_step)
+    right = train.train(X, flat, generator=_kit.gen())
+    wrong = train.fit(X, flat, TrainConfig(generator=_kit.gen()), flat_labels_step)
     ws = {
         k: [round(v, 4) for v in r.w.detach().reshape(-1).tolist()]
         for k, r in (("with reshape", right), ("without reshape", wrong))

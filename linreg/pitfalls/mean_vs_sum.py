@@ -14,17 +14,13 @@ from torch.optim import Optimizer
 from linreg import checks, concise, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.gradients import NO_KNOWN, Judged, compare
-from linreg.targets.guards import guarded
-from linreg.targets.late import late
-from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
-from linreg.targets.loss import LossOptions
-from linreg.targets.observe import Step
-from linreg.targets.runs import book_run, trajectory
-from linreg.targets.training_loop import (
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import guarded
+from linreg.kinds.late import late
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
+from linreg.kinds.loss import LossOptions
+from linreg.kinds.runs import book_run, trajectory
+from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
@@ -33,7 +29,11 @@ from linreg.targets.training_loop import (
     options_of,
     reduced,
 )
-from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
+from linreg.kinds.training_loop.gradients import NO_KNOWN, Judged, compare
+from linreg.kinds.training_loop.observe import Step
+from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
+from linreg.pitfalls import _kit
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -135,8 +135,8 @@ def _book_step() -> TwinRows:
 
 def book_predictions() -> dict[str, Tensor]:
     """Return one batch of the book's predictions (from its init) and labels."""
-    X, y = _demo.book(BATCH_SIZE)
-    w, b = model.init_params(2, generator=_demo.gen(), dtype=X.dtype)
+    X, y = _kit.book(BATCH_SIZE)
+    w, b = model.init_params(2, generator=_kit.gen(), dtype=X.dtype)
     return {"y_hat": (X @ w + b).detach(), "y": y}
 
 
@@ -273,9 +273,9 @@ def _unscaled(X32: Tensor, y32: Tensor) -> tuple[dict[str, list[float]], dict[st
             y32,
             lr=0.03,
             batch_size=batch,
-            generator=_demo.gen(),
+            generator=_kit.gen(),
             reduction="sum",
-            params=model.init_params(2, generator=_demo.gen(1)),
+            params=model.init_params(2, generator=_kit.gen(1)),
             on_step=watch,
         ).losses
     return unscaled, first_inf
@@ -284,22 +284,22 @@ def _unscaled(X32: Tensor, y32: Tensor) -> tuple[dict[str, list[float]], dict[st
 def demo() -> Evidence:
     """Compare sum and mean trajectories, the loss ratio, and unscaled sums at large B."""
     n = UNEVEN_NUM_EXAMPLES
-    X, y = _demo.book(n)
-    mean = _demo.trajectory(concise.train_concise, X, y, 0.03)
-    summed = _demo.trajectory(concise.train_concise, X, y, 0.03, reduction="sum")
-    nominal = _demo.trajectory(train_concise_sum_nominal_lr, X, y, 0.03, reduction="sum")
-    gaps = {"lr/B_actual": _demo.gap(summed, mean), "lr/B_nominal": _demo.gap(nominal, mean)}
-    Xn, yn = _demo.book(NUM_EXAMPLES)
+    X, y = _kit.book(n)
+    mean = _kit.trajectory(concise.train_concise, X, y, 0.03)
+    summed = _kit.trajectory(concise.train_concise, X, y, 0.03, reduction="sum")
+    nominal = _kit.trajectory(train_concise_sum_nominal_lr, X, y, 0.03, reduction="sum")
+    gaps = {"lr/B_actual": _kit.gap(summed, mean), "lr/B_nominal": _kit.gap(nominal, mean)}
+    Xn, yn = _kit.book(NUM_EXAMPLES)
     ratio = float(F.mse_loss(Xn[:, :1], yn, reduction="sum") / F.mse_loss(Xn[:, :1], yn))
-    X32, y32 = _demo.book(NUM_EXAMPLES, torch.float32)
+    X32, y32 = _kit.book(NUM_EXAMPLES, torch.float32)
     unscaled, first_inf = _unscaled(X32, y32)
     scaled = concise.train_concise(
         X32,
         y32,
         batch_size=BATCH_SIZE,
-        generator=_demo.gen(),
+        generator=_kit.gen(),
         reduction="sum",
-        params=model.init_params(2, generator=_demo.gen(1)),
+        params=model.init_params(2, generator=_kit.gen(1)),
     ).losses
     finals = {k: v[-1] for k, v in unscaled.items()}
     ok = (

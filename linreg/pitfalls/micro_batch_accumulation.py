@@ -12,20 +12,20 @@ from torch.optim import Optimizer
 
 from linreg import accumulate, checks, loss, model
 from linreg._book import BATCH_SIZE
-from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.gradients import Judged, compare
-from linreg.targets.late import late
-from linreg.targets.observe import Step
-from linreg.targets.runs import copy_params, params_like
-from linreg.targets.training_loop import (
+from linreg.kinds.base import Options, Target
+from linreg.kinds.late import late
+from linreg.kinds.runs import copy_params, params_like
+from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
     TrainingLoopOptions,
     loss_of,
 )
+from linreg.kinds.training_loop.gradients import Judged, compare
+from linreg.kinds.training_loop.observe import Step
+from linreg.pitfalls import _kit
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -79,7 +79,7 @@ def _micro_batches(options: Options) -> SearchStrategy[dict[str, Any]]:
 
 def _book() -> dict[str, Any]:
     sizes = [BATCH_SIZE, BATCH_SIZE, 3]
-    X, y = _demo.book(sum(sizes))
+    X, y = _kit.book(sum(sizes))
     return {"features": X, "labels": y, "sizes": sizes, "params": params_like(X, 0)}
 
 
@@ -136,10 +136,10 @@ PROPERTIES = (
 def demo() -> Evidence:
     """Accumulate over micro-batches of sizes 10, 10, 3; measure each recipe's gradient error."""
     sizes = [BATCH_SIZE, BATCH_SIZE, 3]
-    X, y = _demo.book(sum(sizes))
+    X, y = _kit.book(sum(sizes))
     errors = {}
     for fn in (accumulate.accumulate_grad, accumulate_grad_mean_of_means):
-        w, b = model.init_params(2, generator=_demo.gen(), dtype=X.dtype)
+        w, b = model.init_params(2, generator=_kit.gen(), dtype=X.dtype)
         want = torch.autograd.grad(((X @ w + b - y) ** 2 / 2).mean(), (w, b))
         fn(list(zip(torch.split(X, sizes), torch.split(y, sizes), strict=True)), w, b)
         errors[fn.__name__] = max(

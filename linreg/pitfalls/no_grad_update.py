@@ -11,11 +11,11 @@ from torch import Tensor
 
 from linreg import checks, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options, Target
+from linreg.kinds.runs import book_run, copy_params
+from linreg.kinds.update_step import STEPS
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.runs import book_run, copy_params
-from linreg.targets.update_step import STEPS
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -111,13 +111,13 @@ def demo() -> Evidence:
     """Show the leaf error, the leaves after a whole run, and the out-of-place grad_fn."""
     error = ""
     try:
-        sgd_without_no_grad(_demo.params_with_grads(), 0.03, BATCH_SIZE)
+        sgd_without_no_grad(_kit.params_with_grads(), 0.03, BATCH_SIZE)
     except RuntimeError as e:
         error = str(e)
-    X, y = _demo.book(NUM_EXAMPLES, torch.float32)
-    result = train.train(X, y, generator=_demo.gen())
+    X, y = _kit.book(NUM_EXAMPLES, torch.float32)
+    result = train.train(X, y, generator=_kit.gen())
     leaves = all(p.is_leaf and p.grad_fn is None for p in (result.w, result.b))
-    params = _demo.params_with_grads()
+    params = _kit.params_with_grads()
     sgd_out_of_place_in_grad_mode(params, 0.03, BATCH_SIZE)
     grad_fn = type(params[0].grad_fn).__name__ if params[0].grad_fn is not None else None
     ok = "leaf Variable that requires grad" in error and leaves and grad_fn is not None

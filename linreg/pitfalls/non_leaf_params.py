@@ -13,13 +13,11 @@ from torch.optim import Optimizer
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.checks import CheckFailed
-from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.guards import seeded
-from linreg.targets.late import late
-from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
-from linreg.targets.training_loop import (
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.late import late
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.kinds.training_loop import (
     CLASSIFIER,
     LINEAR,
     TRAINING_LOOPS,
@@ -30,7 +28,9 @@ from linreg.targets.training_loop import (
     observe,
     options_of,
 )
-from linreg.targets.twin_rows import TwinRows, run_twin_rows
+from linreg.kinds.twin_rows import TwinRows, run_twin_rows
+from linreg.pitfalls import _kit
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -156,7 +156,7 @@ def _moving(options: Options) -> SearchStrategy[TwinRows]:
 
 
 def _book_init() -> Init:
-    X, y = _demo.book(BATCH_SIZE)
+    X, y = _kit.book(BATCH_SIZE)
     return 2, 0, {"features": X, "labels": y}
 
 
@@ -237,8 +237,8 @@ PROPERTIES = (
 
 def demo() -> Evidence:
     """Show the non-leaf, its missing grad, the book's sgd failing, a loop that trains b only."""
-    X, y = _demo.book(NUM_EXAMPLES, torch.float32)
-    w, b = init_params_not_leaves(2, generator=_demo.gen())
+    X, y = _kit.book(NUM_EXAMPLES, torch.float32)
+    w, b = init_params_not_leaves(2, generator=_kit.gen())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loss.squared_loss(model.linreg(X[:BATCH_SIZE], w, b), y[:BATCH_SIZE]).sum().backward()  # type: ignore[no-untyped-call]
@@ -252,13 +252,13 @@ def demo() -> Evidence:
             w -= 0.03 * w.grad / BATCH_SIZE  # type: ignore[operator]
     except TypeError as e:
         error = str(e)
-    params = list(model.init_params(2, generator=_demo.gen(1)))
+    params = list(model.init_params(2, generator=_kit.gen(1)))
     start = params[0].detach().clone()
     with seeded(0), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_non_leaf_w(X, y, params, lr=0.03, batch_size=BATCH_SIZE, num_epochs=3)
     w_moved = not torch.equal(start, params[0].detach())
-    right = train.train(X, y, generator=_demo.gen())
+    right = train.train(X, y, generator=_kit.gen())
     losses = {"leaf w": right.losses[-1], "non-leaf w": train.epoch_loss(X, y, *params)}
     ok = not w.is_leaf and grad is None and "NoneType" in error and not w_moved
     ok = ok and losses["non-leaf w"] > 100 * losses["leaf w"]

@@ -11,19 +11,19 @@ from torch import Tensor
 from linreg import accumulate, checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.guards import seeded
-from linreg.targets.late import late
-from linreg.targets.loop import (
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.late import late
+from linreg.kinds.loop import (
     FULL_BATCH_LOOPS,
     LoopOptions,
     ObjectiveOptions,
     curvature,
     train_loop,
 )
-from linreg.targets.runs import book_run, copy_params, params_like
+from linreg.kinds.runs import book_run, copy_params, params_like
+from linreg.pitfalls import _kit
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -146,7 +146,7 @@ def _full_batch_runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]
 
 
 def _book_descent() -> dict[str, Any]:
-    X, y = _demo.book(NUM_EXAMPLES, torch.float32)
+    X, y = _kit.book(NUM_EXAMPLES, torch.float32)
     return {
         "features": X,
         "labels": y,
@@ -203,12 +203,12 @@ PROPERTIES = (
 def demo() -> Evidence:
     """Run the seed's update and full-batch GD for 300 epochs; measure each against lstsq."""
     n, b, long_b = NUM_EXAMPLES, BATCH_SIZE, 100  # 300 epochs in batches of 100: 10x cheaper
-    X, y = _demo.book(n)
+    X, y = _kit.book(n)
     runs = {}
     for fn in (train_once_per_epoch_seed, accumulate.train_full_batch):
-        w0, b0 = model.init_params(2, generator=_demo.gen(1), dtype=X.dtype)
+        w0, b0 = model.init_params(2, generator=_kit.gen(1), dtype=X.dtype)
         runs[fn.__name__] = fn(
-            X, y, batch_size=long_b, num_epochs=300, generator=_demo.gen(), params=(w0, b0)
+            X, y, batch_size=long_b, num_epochs=300, generator=_kit.gen(), params=(w0, b0)
         )
     A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
     theta = torch.linalg.lstsq(A, y).solution.reshape(-1)
@@ -217,7 +217,7 @@ def demo() -> Evidence:
         for k, r in runs.items()
     }
     l, count = accumulate_losses_seed(
-        data.data_iter(b, X, y, generator=_demo.gen()), *model.init_params(2, dtype=X.dtype)
+        data.data_iter(b, X, y, generator=_kit.gen()), *model.init_params(2, dtype=X.dtype)
     )
     seed_loss = runs["train_once_per_epoch_seed"].losses[-1]
     full_loss = runs["train_full_batch"].losses[-1]

@@ -10,12 +10,12 @@ from torch import Tensor
 
 from linreg import checks, data, loss, model, optim
 from linreg._book import BATCH_SIZE
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options, Target
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.kinds.twin_rows import TwinRows, run_twin_rows
+from linreg.kinds.update_step import STEPS, Update, fresh
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
-from linreg.targets.twin_rows import TwinRows, run_twin_rows
-from linreg.targets.update_step import STEPS, Update, fresh
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -99,7 +99,7 @@ def _any_loop(options: Options) -> SearchStrategy[TwinRows]:
 
 
 def _book_update() -> Update:
-    return Update(_demo.params_with_grads(), 0.03, BATCH_SIZE)
+    return Update(_kit.params_with_grads(), 0.03, BATCH_SIZE)
 
 
 def _book_loop() -> TwinRows:
@@ -136,7 +136,7 @@ def demo() -> Evidence:
     changed = {}
     error = ""
     for step in (optim.sgd, sgd_rebinding):
-        params = _demo.params_with_grads()
+        params = _kit.params_with_grads()
         before = params[0].detach().clone()
         try:
             step(params, 0.03, BATCH_SIZE)

@@ -10,12 +10,12 @@ from torch import Tensor
 
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Target
+from linreg.kinds.epoch_loss import EPOCHS, run_epoch
+from linreg.kinds.loop import ObjectiveOptions
+from linreg.kinds.runs import params_like
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Target
-from linreg.targets.epoch_loss import EPOCHS, run_epoch
-from linreg.targets.loop import ObjectiveOptions
-from linreg.targets.runs import params_like
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -94,7 +94,7 @@ def _runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
 
 
 def _book() -> dict[str, Any]:
-    X, y = _demo.book(NUM_EXAMPLES, torch.float32)
+    X, y = _kit.book(NUM_EXAMPLES, torch.float32)
     return {
         "features": X,
         "labels": y,
@@ -143,7 +143,7 @@ def demo() -> Evidence:
     for fn in (train.train_epoch, train_epoch_running_tensor, train_epoch_reports_in_grad_mode):
         held[fn.__name__] = {}
         for n in (100, NUM_EXAMPLES):
-            X, y = _demo.book(n, torch.float32)
+            X, y = _kit.book(n, torch.float32)
             run = {
                 "features": X,
                 "labels": y,

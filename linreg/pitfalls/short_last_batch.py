@@ -13,15 +13,11 @@ from linreg import checks, concise, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
 from linreg.checks import CheckFailed
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.pitfalls import _demo
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.gradients import NO_KNOWN, Judged, compare
-from linreg.targets.late import late
-from linreg.targets.loop import LOOPS, LoopOptions
-from linreg.targets.observe import Step
-from linreg.targets.runs import book_run, trajectory
-from linreg.targets.training_loop import (
+from linreg.kinds.base import Options, Target
+from linreg.kinds.late import late
+from linreg.kinds.loop import LOOPS, LoopOptions
+from linreg.kinds.runs import book_run, trajectory
+from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
@@ -31,7 +27,11 @@ from linreg.targets.training_loop import (
     most_rows,
     options_of,
 )
-from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
+from linreg.kinds.training_loop.gradients import NO_KNOWN, Judged, compare
+from linreg.kinds.training_loop.observe import Step
+from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
+from linreg.pitfalls import _kit
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -198,14 +198,14 @@ PROPERTIES = (
 def demo() -> Evidence:
     """Measure the last step's size and each loop's gap to the torch oracle."""
     n, b = UNEVEN_NUM_EXAMPLES, BATCH_SIZE
-    X, y = _demo.book(n)
-    oracle = _demo.trajectory(concise.train_concise, X, y, 0.015)  # MSELoss mean at lr / 2
-    ours = _demo.trajectory(train.train, X, y, 0.03)
-    book = _demo.trajectory(train_nominal_batch_size, X, y, 0.03)
+    X, y = _kit.book(n)
+    oracle = _kit.trajectory(concise.train_concise, X, y, 0.015)  # MSELoss mean at lr / 2
+    ours = _kit.trajectory(train.train, X, y, 0.03)
+    book = _kit.trajectory(train_nominal_batch_size, X, y, 0.03)
     # the last step's size, relative to the one with the right divisor
     last = [float((s[-1][0] - s[-2][0]).norm()) for s in (book, ours)]
     ratio = last[0] / last[1]
-    gaps = {"train": _demo.gap(ours, oracle), "train_nominal_batch_size": _demo.gap(book, oracle)}
+    gaps = {"train": _kit.gap(ours, oracle), "train_nominal_batch_size": _kit.gap(book, oracle)}
     ok = (
         math.isclose(ratio, (n % b) / b, rel_tol=1e-9)
         and gaps["train"] < 1e-12 < gaps["train_nominal_batch_size"]

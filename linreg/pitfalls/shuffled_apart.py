@@ -10,12 +10,12 @@ from torch import Tensor
 
 from linreg import data, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, TRUE_B, TRUE_W, UNEVEN_NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.iterator import epoch, iterators
+from linreg.kinds.late import swap
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.guards import seeded
-from linreg.targets.iterator import epoch, iterators
-from linreg.targets.late import swap
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -76,16 +76,16 @@ PROPERTIES = (
 def demo() -> Evidence:
     """Count the broken pairs in one epoch and train the book's model on them."""
     n = NUM_EXAMPLES
-    X, y = _demo.book(n)
-    gen = _demo.gen()
+    X, y = _kit.book(n)
+    gen = _kit.gen()
     batches = list(data_iter_shuffled_apart(BATCH_SIZE, X, y, generator=gen))
     Xa, ya = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     # a pair is intact when its label is the one the features give (the noise is 0.01)
     truth = Xa @ torch.tensor(TRUE_W, dtype=X.dtype).reshape(-1, 1) + TRUE_B
     intact = int(((ya - truth).abs() < 0.1).sum())
-    right = train.train(X, y, generator=_demo.gen())
+    right = train.train(X, y, generator=_kit.gen())
     with swap("data.data_iter", data_iter_shuffled_apart), seeded(0):
-        wrong = train.train(X, y, generator=_demo.gen())
+        wrong = train.train(X, y, generator=_kit.gen())
     final = {"data_iter": right.losses[-1], "data_iter_shuffled_apart": wrong.losses[-1]}
     ok = intact < n // 10 and final["data_iter"] < 1e-3 and final["data_iter_shuffled_apart"] > 1
     return Evidence(

@@ -11,13 +11,13 @@ from torch import Tensor
 
 from linreg import checks, loss, model, optim, train
 from linreg._book import NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.late import swap
+from linreg.kinds.loop import LOOPS, LoopOptions, curvature, train_loop
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.pitfalls.uneven_batches import data_iter_never_shuffled
-from linreg.targets.base import Options, Target
-from linreg.targets.guards import seeded
-from linreg.targets.late import swap
-from linreg.targets.loop import LOOPS, LoopOptions, curvature, train_loop
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -150,7 +150,7 @@ PROPERTIES = (
 
 def demo() -> Evidence:
     """Train on label-sorted data with and without reshuffling: the book's data, then +-1 labels."""
-    X, y = _demo.book(NUM_EXAMPLES)
+    X, y = _kit.book(NUM_EXAMPLES)
     order = torch.argsort(y.reshape(-1))
     A = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
     fit = torch.linalg.lstsq(A, y).solution.reshape(-1)
@@ -159,7 +159,7 @@ def demo() -> Evidence:
         with (
             swap("data.data_iter", data_iter_never_shuffled) if never else contextlib.nullcontext()
         ):
-            r = train.train(X[order], y[order], generator=_demo.gen())
+            r = train.train(X[order], y[order], generator=_kit.gen())
         theta = torch.cat([r.w.detach().reshape(-1), r.b.detach()])
         book[name] = float((theta - fit).norm())
     case = {"rate": 0.1, "batch_size": 32, "batches": 60, "seed": 0}

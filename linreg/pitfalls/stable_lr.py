@@ -12,11 +12,11 @@ from torch import Tensor
 from linreg import accumulate, checks, loss, model, optim, train
 from linreg._book import LR, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LoopOptions, curvature, train_loop
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Target
-from linreg.targets.guards import seeded
-from linreg.targets.loop import FULL_BATCH_LOOPS, LoopOptions, curvature, train_loop
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -122,7 +122,7 @@ def _runs(options: LoopOptions) -> SearchStrategy[dict[str, Any]]:
 
 
 def _book() -> dict[str, Any]:
-    X, y = _demo.book(NUM_EXAMPLES)
+    X, y = _kit.book(NUM_EXAMPLES)
     A = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
     _, vectors = torch.linalg.eigh(A.T @ A)
     start = torch.linalg.lstsq(A, y).solution.reshape(-1) + vectors[:, -1]
@@ -168,7 +168,7 @@ PROPERTIES = (
 
 def demo() -> Evidence:
     """Measure the bound on the book's data; run full-batch GD just below and above it."""
-    X, y = _demo.book(NUM_EXAMPLES)
+    X, y = _kit.book(NUM_EXAMPLES)
     bound = train.stable_bound(X)
     runs = {}
     for name, fn, lr, epochs in (
@@ -176,10 +176,10 @@ def demo() -> Evidence:
         ("1.1 x bound", train.train, 1.1 * bound, 30),
         (f"summed, lr {LR}", train_full_batch_summed, LR, 30),
     ):
-        w, b = model.init_params(2, generator=_demo.gen(1), dtype=X.dtype)
+        w, b = model.init_params(2, generator=_kit.gen(1), dtype=X.dtype)
         kw = {"batch_size": len(X)} if fn is train.train else {}
         runs[name] = fn(
-            X, y, lr=lr, num_epochs=epochs, generator=_demo.gen(), params=(w, b), **kw
+            X, y, lr=lr, num_epochs=epochs, generator=_kit.gen(), params=(w, b), **kw
         ).losses
     below, above, summed = runs.values()
     falling = all(b <= a for a, b in itertools.pairwise(below))

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from linreg import checks, data
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
+from linreg.kinds.base import Options, Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.iterator import IteratorOptions, epoch, iterators
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options, Target
-from linreg.targets.guards import seeded
-from linreg.targets.iterator import IteratorOptions, epoch, iterators
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

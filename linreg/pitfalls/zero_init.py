@@ -10,12 +10,12 @@ from torch import Tensor, nn
 
 from linreg import accumulate, data, model
 from linreg._book import NUM_EXAMPLES
-from linreg.pitfalls import _demo
+from linreg.kinds.base import Options
+from linreg.kinds.guards import seeded
+from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
-from linreg.targets.base import Options
-from linreg.targets.guards import seeded
-from linreg.targets.loop import FULL_BATCH_LOOPS, LOOPS
-from linreg.targets.twin_rows import TwinRows, follows_the_closed_form
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -105,13 +105,13 @@ PROPERTIES = (
 
 def demo() -> Evidence:
     """Fit the book's data from zero and from random init; then a hidden layer from zero."""
-    X, y = _demo.book(NUM_EXAMPLES)
+    X, y = _kit.book(NUM_EXAMPLES)
     A = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
     fit = torch.linalg.lstsq(A, y).solution.reshape(-1)
     dist = {}
     for name, start in (
         ("zero", (torch.zeros(2, 1, dtype=X.dtype), torch.zeros(1, dtype=X.dtype))),
-        ("random", model.init_params(2, generator=_demo.gen(1), dtype=X.dtype)),
+        ("random", model.init_params(2, generator=_kit.gen(1), dtype=X.dtype)),
     ):
         w, b = (p.detach().clone().requires_grad_() for p in start)
         result = accumulate.train_full_batch(

@@ -33,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _kinds() -> list[str]:
-    from linreg.targets import KINDS  # needs no Hypothesis: the option's help lists the kinds
+    from linreg.kinds import KINDS  # needs no Hypothesis: the option's help lists the kinds
 
     return list(KINDS)
 
@@ -53,8 +53,8 @@ class Spec:
 def parse(text: str) -> Spec:
     """Parse KIND=MODULE:NAME[,option=value...]; raise ValueError saying what is wrong."""
     from linreg import audit
-    from linreg.importing import resolve
-    from linreg.targets.base import from_text
+    from linreg.kinds.base import from_text
+    from linreg.kinds.options import resolve
 
     kind, eq, rest = text.partition("=")
     if not eq or kind not in audit.KINDS:

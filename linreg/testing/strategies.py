@@ -20,10 +20,10 @@ except ImportError as e:  # pragma: no cover - checked in a subprocess without H
 from torch import Tensor
 
 from linreg import data
-from linreg.targets.runs import book_run, copy_params, params_like, run_kwargs
-from linreg.targets.training_loop import Batching
-from linreg.targets.twin_rows import TwinRows
-from linreg.targets.update_step import Update
+from linreg.kinds.runs import book_run, copy_params, params_like, run_kwargs
+from linreg.kinds.training_loop import Batching
+from linreg.kinds.twin_rows import TwinRows
+from linreg.kinds.update_step import Update
 
 __all__ = [
     "batchings",

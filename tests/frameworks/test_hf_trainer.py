@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from linreg import audit
-from linreg.targets.contract import Rows, collate
+from linreg.kinds.training_loop.contract import Rows, collate
 from tests import loops_as_written as L
 from tests.frameworks.measure import applied_gradients, correct_gradient, cosine, ratio
 

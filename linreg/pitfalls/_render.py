@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from linreg.demos import Evidence, Run
+from linreg._plain import plain
 from linreg.pitfalls import BY_ID, CATALOGUE
-from linreg.plain import plain
+from linreg.pitfalls._live import Evidence, Run
 
 
 def environment() -> str:
@@ -177,7 +177,7 @@ def catalogue_markdown() -> str:
 
 def kinds_markdown() -> str:
     """Return the registry of kinds as a Markdown table: kind, function, properties, options."""
-    from linreg.targets import KINDS
+    from linreg.kinds import KINDS
 
     rows = [
         "| kind | your function | what is checked (pitfall) | options |",

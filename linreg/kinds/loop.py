@@ -2,7 +2,7 @@
 
 A loop is observed only through what it is given and what it returns (`train_loop`): it may
 train `params` in place and return None, return new [w, b], a model, or an object with .w and
-.b. The epoch-loss kind (`linreg.targets.epoch_loss`) shares its signature, less num_epochs.
+.b. The epoch-loss kind (`linreg.kinds.epoch_loss`) shares its signature, less num_epochs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from linreg import _validate
 from linreg.checks import CheckFailed
-from linreg.targets.base import (
+from linreg.kinds.base import (
     Kind,
     Options,
     Target,
@@ -28,9 +28,9 @@ from linreg.targets.base import (
     option,
     timeout_option,
 )
-from linreg.targets.guards import guarded, seeded
-from linreg.targets.late import late
-from linreg.targets.runs import copy_params
+from linreg.kinds.guards import guarded, seeded
+from linreg.kinds.late import late
+from linreg.kinds.runs import copy_params
 
 SIGNATURE = "fn(features, labels, params, *, lr, batch_size, num_epochs)"
 EPOCH_SIGNATURE = "fn(features, labels, params, *, lr, batch_size)"

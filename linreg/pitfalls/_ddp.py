@@ -1,7 +1,7 @@
 """DDP training runs: inside the ranks, and the one-process references they are checked against.
 
 A `Run` is one training run's data and hyperparameters; a worker `fn(rank, world_size, run)`
-runs inside the ranks that `linreg._spawn.spawn` starts; `jobs` runs several (worker, run)
+runs inside the ranks that `linreg.pitfalls._spawn.spawn` starts; `jobs` runs several (worker, run)
 pairs in one process group, since processes are slow to start.
 """
 

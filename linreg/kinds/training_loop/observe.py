@@ -39,7 +39,7 @@ from torch.optim.optimizer import (
 from torch.utils.hooks import RemovableHandle
 
 from linreg.checks import LoopRaised, where
-from linreg.targets.guards import user_fn
+from linreg.kinds.guards import user_fn
 
 STEP_COUNT = "num_items_in_batch"
 
@@ -430,7 +430,7 @@ def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
     fn = user_fn(fn)
     source = getattr(getattr(fn, "func", fn), "__code__", None)  # a partial: its function's
     file = source.co_filename if source is not None else None
-    at = where(e, file=file, outside=("/torch/", "/linreg/targets/"))
+    at = where(e, file=file, outside=("/torch/", "/linreg/kinds/"))
     message = str(e) or "(no message)"
     hint = ""
     if "backward through the graph a second time" in message:

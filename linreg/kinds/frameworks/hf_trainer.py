@@ -5,7 +5,7 @@ nn.Module whose forward takes the example's keys and returns a loss), completes 
 `TrainingArguments` (a temporary output folder, the CPU, no reporting, no saving, no
 evaluation, a constant schedule; `max_grad_norm` as the user sets it, transformers' 1.0 by
 default), and runs `Trainer.train()` over a dataset of copies of the sample and of a contrast
-row that counts fewer targets, watching every optimizer step as `linreg.targets.training_loop`
+row that counts fewer targets, watching every optimizer step as `linreg.kinds.training_loop`
 does. Nothing is downloaded. Needs transformers (`pip install 'linreg-pitfalls[transformers]'`).
 """
 
@@ -23,8 +23,9 @@ from typing import Any
 from torch import nn
 
 from linreg import _validate
-from linreg.targets import contract, training_loop
-from linreg.targets.base import Kind, Options, Target, TargetError, option, timeout_option
+from linreg.kinds import training_loop
+from linreg.kinds.base import Kind, Options, Target, TargetError, option, timeout_option
+from linreg.kinds.training_loop import contract
 
 SIGNATURE = "fn() -> a PreTrainedModel, or an nn.Module whose output has a loss"
 EXTRA = "pip install 'linreg-pitfalls[transformers]'"

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from linreg import _validate
-from linreg.targets.base import Kind, Options, Target, binds, option, timeout_option
-from linreg.targets.late import late
+from linreg.kinds.base import Kind, Options, Target, binds, option, timeout_option
+from linreg.kinds.late import late
 
 SIGNATURE = "fn(params, lr, batch_size)"
 

@@ -2,7 +2,7 @@
 
 The audit builds a fresh module from the user's factory, hands Lightning's `Trainer` (CPU, one
 device, no logger, no checkpoints, no validation) a DataLoader over the audit's rows, and
-watches every optimizer step as `linreg.targets.training_loop` does; what each step consumed is
+watches every optimizer step as `linreg.kinds.training_loop` does; what each step consumed is
 what `training_step` was fed (a module may call a submodule, not itself, in it). Automatic
 optimization runs with `accumulate_grad_batches`; a manually optimized module steps itself, and
 `accumulate_grad_batches` then says how many batches it accumulates. Works with `lightning` or
@@ -23,9 +23,9 @@ from typing import Any
 from torch import nn
 
 from linreg import _validate
-from linreg.targets import training_loop
-from linreg.targets.base import Kind, Options, Target, TargetError, option, timeout_option
-from linreg.targets.observe import Watch
+from linreg.kinds import training_loop
+from linreg.kinds.base import Kind, Options, Target, TargetError, option, timeout_option
+from linreg.kinds.training_loop.observe import Watch
 
 SIGNATURE = "fn() -> a LightningModule"
 EXTRA = "pip install 'linreg-pitfalls[lightning]'"

@@ -16,11 +16,11 @@ from typing import Any, NoReturn, TypeVar
 
 from linreg import _validate
 from linreg._book import TRUE_B, TRUE_W
-from linreg.importing import resolve
-from linreg.plain import plain
+from linreg._plain import plain
+from linreg.kinds.options import resolve
 
 # torch is imported inside the train and pitfalls commands; audit's options come from the
-# registry of kinds (linreg.targets), which imports it.
+# registry of kinds (linreg.kinds), which imports it.
 
 T = TypeVar("T")
 
@@ -160,8 +160,8 @@ def _pitfalls_parser(sub: Any) -> None:
 
 
 def _audit_parser(sub: Any) -> None:
-    from linreg.targets import KINDS
-    from linreg.targets.base import KEYWORD_HELP
+    from linreg.kinds import KINDS
+    from linreg.kinds.base import KEYWORD_HELP
 
     a = sub.add_parser(
         "audit",
@@ -211,7 +211,7 @@ def _audit_parser(sub: Any) -> None:
 
 def audit_options() -> dict[str, dict[str, dataclasses.Field[Any]]]:
     """Return every kind's options by name: for each, the kinds that take it and their field."""
-    from linreg.targets import KINDS
+    from linreg.kinds import KINDS
 
     out: dict[str, dict[str, dataclasses.Field[Any]]] = {}
     for kind in KINDS.values():
@@ -224,7 +224,7 @@ def _add_option(
     parser: argparse.ArgumentParser, name: str, fields: dict[str, dataclasses.Field[Any]]
 ) -> None:
     """Add one option of the kinds to the audit parser: its flag, its help, its conversion."""
-    from linreg.targets.base import CHOICES, FLAG, HELP, IMPORT, from_text, shown_value
+    from linreg.kinds.base import CHOICES, FLAG, HELP, IMPORT, from_text, shown_value
 
     field = next(iter(fields.values()))  # the flag and the kind of value are the same for all
     texts: dict[str, list[str]] = {}  # one help text, and the kinds it is theirs
@@ -330,8 +330,8 @@ def _check_plot(path: str, parser: argparse.ArgumentParser) -> None:
 
 def _audit_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Return the kind's options the command line gave, converted; usage errors in one line."""
-    from linreg.targets import KINDS
-    from linreg.targets.base import FLAG, REQUIRED, from_text
+    from linreg.kinds import KINDS
+    from linreg.kinds.base import FLAG, REQUIRED, from_text
 
     own = {f.name: f for f in KINDS[args.kind].options.fields()}
     every = audit_options()
@@ -374,7 +374,8 @@ def run_pitfalls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             )
         _check_plot(args.plot, parser)
 
-    from linreg import demos, render
+    from linreg.pitfalls import _live as demos
+    from linreg.pitfalls import _render as render
 
     ids = args.only or [p.id for p in CATALOGUE]
 

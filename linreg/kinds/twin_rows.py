@@ -16,9 +16,9 @@ from torch import Tensor
 from linreg import checks
 from linreg._book import BATCH_SIZE
 from linreg.checks import CheckFailed, compared
-from linreg.targets.base import Target
-from linreg.targets.guards import seeded
-from linreg.targets.loop import LoopOptions, ObjectiveOptions, curvature, train_loop
+from linreg.kinds.base import Target
+from linreg.kinds.guards import seeded
+from linreg.kinds.loop import LoopOptions, ObjectiveOptions, curvature, train_loop
 
 
 def batch_sizes(n: int, batch_size: int, drop_last: bool) -> list[int]:

@@ -15,9 +15,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import _validate, checks
-from linreg.targets.base import Kind, Options, Target, binds, option, takes_keyword, timeout_option
-from linreg.targets.guards import guarded
-from linreg.targets.late import late
+from linreg.kinds.base import Kind, Options, Target, binds, option, takes_keyword, timeout_option
+from linreg.kinds.guards import guarded
+from linreg.kinds.late import late
 
 SIGNATURE = "fn(batch_size, features, labels)"
 

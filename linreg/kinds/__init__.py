@@ -11,17 +11,9 @@ and the README's table of kinds are made from: adding a kind is adding its modul
 
 from __future__ import annotations
 
-from linreg.targets import (
-    epoch_loss,
-    hf_trainer,
-    iterator,
-    lightning,
-    loop,
-    loss,
-    training_loop,
-    update_step,
-)
-from linreg.targets.base import Kind, Options, Target, TargetError
+from linreg.kinds import epoch_loss, iterator, loop, loss, training_loop, update_step
+from linreg.kinds.base import Kind, Options, Target, TargetError
+from linreg.kinds.frameworks import hf_trainer, lightning
 
 KINDS: dict[str, Kind] = {
     k.name: k
@@ -48,7 +40,7 @@ INTERNAL_KINDS: dict[str, str] = {
     "init": "parameters made by an initialisation (linreg.model.init_params)",
     "evaluation": "a full-data loss evaluation (linreg.train.full_loss)",
     "sampler-epochs": "a DistributedSampler's orders over epochs (linreg.distributed)",
-    "ddp-worker": "a DDP training run inside the ranks (linreg._ddp)",
+    "ddp-worker": "a DDP training run inside the ranks (linreg.pitfalls._ddp)",
 }
 
 __all__ = ["INTERNAL_KINDS", "KINDS", "Kind", "Options", "Target", "TargetError"]

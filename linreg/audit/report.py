@@ -1,4 +1,8 @@
-"""An audit's Report for people: an HTML or Markdown table (a notebook shows it), and a picture.
+"""An audit's Report, in all its forms: text, JSON-ready dict, HTML, Markdown and a picture.
+
+`Result` is one property's verdict; `Report` every verdict on one target, with `describe()` (the
+text), `to_dict()` (what `--json` prints), `_repr_html_`/`_repr_markdown_` (a notebook shows
+them) and `plot()`.
 
 `report_html` is one table, a row per property (pitfall, property, verdict, why, counterexample),
 failures first and marked in words as well as in a tint that reads on a light and a dark
@@ -6,20 +10,134 @@ theme. `plot_report` draws what each failing property measured: for a training l
 applied gradient as a multiple of the correct one at every step, 1.0 marked, the failing steps
 highlighted, the batching in the title; for the other kinds, the values the property compared
 (a loop's trained [w, b] against the closed form, a loss, an update step's params) beside the
-expected ones. It uses matplotlib's Figure, not pyplot, so it leaves
-no global figure behind.
+expected ones. It uses matplotlib's Figure, not pyplot, so it leaves no global figure behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from linreg.audit import Report, Result
+from linreg._plain import plain
+from linreg.checks import CheckFailed
+
+__all__ = ["Report", "Result", "Verdict", "plot_report", "report_html", "report_markdown"]
+
+Verdict = Literal["pass", "fail", "skip"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One property's verdict on the target."""
+
+    pitfall: str  # the catalogue id
+    property: str  # what the property states
+    verdict: Verdict
+    message: str = ""  # why it failed, or why it was skipped
+    counterexample: Any = None  # the smallest failing input Hypothesis found, as plain data
+    examples: int = 0  # how many examples ran
+    measured: Any = None  # what the failing example measured, as plain data (Report.plot)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Every applicable property's verdict on one target."""
+
+    target: str
+    kind: str
+    options: dict[str, Any]
+    results: tuple[Result, ...]
+    seconds: float
+    error: str = ""  # the target itself raised: what, where, and on which example
+    error_example: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """Return True when no property failed and the target did not raise."""
+        return not self.error and all(r.verdict != "fail" for r in self.results)
+
+    @property
+    def failures(self) -> tuple[Result, ...]:
+        """Return the results that failed."""
+        return tuple(r for r in self.results if r.verdict == "fail")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-ready dict."""
+        return {
+            "target": self.target,
+            "kind": self.kind,
+            "options": plain(self.options),
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "error": self.error or None,
+            "error_example": self.error_example,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    def raise_for_failures(self) -> None:
+        """Raise CheckFailed naming each failed pitfall, if any failed."""
+        if not self.ok:
+            raise CheckFailed(self.describe(only_failures=True))
+
+    def describe(self, *, only_failures: bool = False) -> str:
+        """Return the report as text: a summary line, then one block per property."""
+        counts = {v: sum(r.verdict == v for r in self.results) for v in ("fail", "pass", "skip")}
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        lines = [
+            f"audit of {self.kind} {self.target}" + (f" ({options})" if options else "") + ": "
+            f"{counts['fail']} failed, {counts['pass']} passed, {counts['skip']} skipped "
+            f"in {self.seconds:.1f} s"
+        ]
+        if self.error:
+            lines.append(f"  ERROR {self.error}")
+            if self.error_example is not None:
+                lines.append(f"       on: {_short(self.error_example)}")
+        for r in self.results:
+            if only_failures and r.verdict != "fail":
+                continue
+            mark = {"fail": "FAIL", "pass": "pass", "skip": "skip"}[r.verdict]
+            tail = f" ({r.examples} examples)" if r.verdict == "pass" else ""
+            lines.append(f"  {mark} {r.pitfall:<16} {r.property}{tail}")
+            if r.message:
+                lines.append(f"       {'why' if r.verdict == 'fail' else 'reason'}: {r.message}")
+            if r.verdict == "fail" and r.counterexample is not None:
+                lines.append(f"       counterexample: {_short(r.counterexample)}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def _repr_html_(self) -> str:
+        """Return the report as one HTML table, failures first (Jupyter shows it)."""
+        return report_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """Return the report as a Markdown table, for front ends without HTML."""
+        return report_markdown(self)
+
+    def plot(self, path: str | None = None) -> Any:
+        """Draw what each failing property measured; save a PNG at path; return the Figure.
+
+        For a training loop: each step's applied gradient as a multiple of the correct one,
+        1.0 marked and the failing steps highlighted; for the other kinds, the values the
+        property compared beside the expected ones. Needs matplotlib (the plot extra); raises
+        ValueError when no failure measured anything to draw.
+        """
+        return plot_report(self, path)
+
+
+def _short(value: Any, limit: int = 400) -> str:
+    text = json.dumps(value, allow_nan=False)
+    return text if len(text) <= limit else text[: limit - 5] + " ...}"
+
 
 MARK = {"fail": "✗ FAIL", "pass": "✓ pass", "skip": "- skip"}
 TINT = {

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from linreg import checks, data
-from linreg.targets.base import Target
-from linreg.targets.guards import guarded
+from linreg.kinds.base import Target
+from linreg.kinds.guards import guarded
 
 
 def params_like(features: Tensor, seed: int) -> tuple[Tensor, Tensor]:

@@ -26,9 +26,8 @@ from torch import Tensor, nn
 
 from linreg import checks
 from linreg.checks import CheckFailed
-from linreg.targets.base import Target
-from linreg.targets.observe import Call, Observed, Step, flat
-from linreg.targets.training_loop import (
+from linreg.kinds.base import Target
+from linreg.kinds.training_loop import (
     IGNORE_INDEX,
     LABEL_KEYS,
     Batching,
@@ -39,6 +38,7 @@ from linreg.targets.training_loop import (
     reduced,
     run,
 )
+from linreg.kinds.training_loop.observe import Call, Observed, Step, flat
 
 RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token labels)
 

@@ -5,7 +5,7 @@ its name, the signature it expects, its options as a frozen `Options` dataclass 
 help text and validation beside each field), how it turns the user's function into a `Target`
 (checked once, at the boundary); its results are compared by the one rule,
 `linreg.checks.tolerance`. The
-registry, `linreg.targets.KINDS`, is what the audit functions, the command line, the pytest
+registry, `linreg.kinds.KINDS`, is what the audit functions, the command line, the pytest
 plugin and the README's table of kinds are made from.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from linreg import _validate
-from linreg.importing import resolve
-from linreg.targets.guards import FIRST, FLOOR, TimeUp, bounded, time_limit
+from linreg.kinds.guards import FIRST, FLOOR, TimeUp, bounded, time_limit
+from linreg.kinds.options import resolve
 
 # An option's metadata: its help text, its command-line flag, its choices, its check.
 HELP, FLAG, CHOICES, CHECK, IMPORT, REQUIRED = (

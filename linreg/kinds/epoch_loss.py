@@ -13,16 +13,16 @@ from typing import Any
 from torch import Tensor
 
 from linreg.checks import LoopRaised
-from linreg.targets.base import Kind, Target, TargetError, name_of
-from linreg.targets.guards import guarded, seeded
-from linreg.targets.late import late
-from linreg.targets.loop import (
+from linreg.kinds.base import Kind, Target, TargetError, name_of
+from linreg.kinds.guards import guarded, seeded
+from linreg.kinds.late import late
+from linreg.kinds.loop import (
     EPOCH_SIGNATURE,
     ObjectiveOptions,
     call_with_params,
     check_loop_signature,
 )
-from linreg.targets.runs import copy_params
+from linreg.kinds.runs import copy_params
 
 
 def build(fn: Callable[..., Any], options: ObjectiveOptions) -> Callable[..., Any]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from linreg.targets.base import TargetError, name_of
+from linreg.kinds.base import TargetError, name_of
 
 MODEL = ("model", "net", "module")
 LOADER = (

@@ -1,12 +1,12 @@
 """Any PyTorch training loop, as it is written, checked on rows it can be judged on.
 
-The audit hands the loop what its parameters ask for (`linreg.targets.contract`: a fresh model
+The audit hands the loop what its parameters ask for (`contract`, in this folder: a fresh model
 from the user's factory, a DataLoader, a dataset or a batch function over the audit's rows, an
-optimizer or none, a number of epochs or of steps) and watches it run (`linreg.targets
-.observe`): every optimizer step over the model's parameters, its lr held at 0, and the rows
-fed to the model before it. The rows are copies of one example and of a contrast row with a
+optimizer or none, a number of epochs or of steps) and watches it run (`observe`): every
+optimizer step over the model's parameters, its lr held at 0, and the rows fed to the model
+before it. The rows are copies of one example and of a contrast row with a
 different gradient, so how a step weighs its rows shows. Each step's gradient is judged
-against an absolute reference (`linreg.targets.gradients`): the mean (or, for
+against an absolute reference (`gradients`): the mean (or, for
 `reduction="sum"`, the sum) over the rows it consumed of each row's own gradient, from the
 loss the user names, the model's own loss where its output carries one, or else the usual loss
 for the labels, confirmed against the loop on one row at a time.
@@ -29,11 +29,11 @@ from torch import Tensor, nn
 
 from linreg import _validate
 from linreg.checks import CheckFailed, LoopRaised
-from linreg.targets import contract as contracts
-from linreg.targets import guards
-from linreg.targets.base import Kind, Options, Target, TargetError, name_of, option, seconds
-from linreg.targets.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
-from linreg.targets.observe import (
+from linreg.kinds import guards
+from linreg.kinds.base import Kind, Options, Target, TargetError, name_of, option, seconds
+from linreg.kinds.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
+from linreg.kinds.training_loop import contract as contracts
+from linreg.kinds.training_loop.observe import (
     Observed,
     Watch,
     models_restored,
@@ -304,7 +304,7 @@ def build_model(factory: Callable[[], nn.Module], example: Example | None = None
 _CONTRACTS: dict[int, tuple[Callable[..., Any], contracts.Contract]] = {}
 
 
-def contract(fn: Callable[..., Any]) -> contracts.Contract:
+def asks_of(fn: Callable[..., Any]) -> contracts.Contract:
     """Return what the loop asks for, read once per function."""
     hit = _CONTRACTS.get(id(fn))
     if hit is None or hit[0] is not fn:
@@ -316,7 +316,7 @@ def contract(fn: Callable[..., Any]) -> contracts.Contract:
 def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
     """Run the loop at lr = 0 on a batching; return its model and what it did."""
     c = options_of(target)
-    asks = contract(target.fn)
+    asks = asks_of(target.fn)
     with seeded(batching.seed):
         model = build_model(c.model, c.example)
         optimizer = None
@@ -383,7 +383,7 @@ def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[...,
 
 
 def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
-    contract(fn)
+    asks_of(fn)
     try:
         with seeded(0):  # the user's RNG is left as it was
             probe = build_model(options.model, options.example)
@@ -396,7 +396,7 @@ def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[.
                 )
     except TypeError as e:
         raise TargetError(str(e)) from None
-    from linreg.targets.gradients import check_model  # the references need this module
+    from linreg.kinds.training_loop.gradients import check_model  # the references need this module
 
     target = Target(fn, "training-loop", options)
     batching = Batching((0, 1, 0), 2, 2, 0)
@@ -423,7 +423,7 @@ def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[.
 
 def most_rows(target: Target, batching: Batching) -> int | None:
     """Return the most rows a step of a correct loop consumes (None: the loop batches itself)."""
-    asks = contract(target.fn)
+    asks = asks_of(target.fn)
     if asks.data == "dataset" and not asks.has("batch_size"):
         return None
     return batching.batch_size * options_of(target).accumulation_steps
