@@ -491,7 +491,7 @@ def test_audit_help_and_the_plugin_list_exactly_the_registrys_kinds(
 def test_options_of_one_name_share_their_flag_and_the_kind_of_value_in_every_kind() -> None:
     """One --flag means one thing on the command line and in the plugin, whatever the kind."""
     from linreg.kinds import KINDS
-    from linreg.kinds.base import CHOICES, FLAG, IMPORT, number_of
+    from linreg.kinds.options import CHOICES, FLAG, IMPORT, number_of
 
     def meaning(f: Any) -> tuple[str, str]:
         if f.metadata.get(IMPORT):

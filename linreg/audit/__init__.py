@@ -33,7 +33,7 @@ from linreg.audit.runner import (
 )
 from linreg.checks import LoopRaised
 from linreg.kinds import KINDS, Kind, TargetError
-from linreg.kinds.base import AUDIT_KEYWORDS
+from linreg.kinds.options import AUDIT_KEYWORDS
 
 __all__ = [
     "DEFAULT_EXAMPLES",

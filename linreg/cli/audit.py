@@ -17,7 +17,7 @@ from linreg.kinds.options import resolve
 
 def add_parser(sub: Any) -> None:
     from linreg.kinds import KINDS
-    from linreg.kinds.base import KEYWORD_HELP
+    from linreg.kinds.options import KEYWORD_HELP
 
     a = sub.add_parser(
         "audit",
@@ -80,7 +80,7 @@ def _add_option(
     parser: argparse.ArgumentParser, name: str, fields: dict[str, dataclasses.Field[Any]]
 ) -> None:
     """Add one option of the kinds to the audit parser: its flag, its help, its conversion."""
-    from linreg.kinds.base import CHOICES, FLAG, HELP, IMPORT, from_text, shown_value
+    from linreg.kinds.options import CHOICES, FLAG, HELP, IMPORT, from_text, shown_value
 
     field = next(iter(fields.values()))  # the flag and the kind of value are the same for all
     texts: dict[str, list[str]] = {}  # one help text, and the kinds it is theirs
@@ -172,7 +172,7 @@ def _plot(report: Any, path: str, code: int, *, quiet: bool) -> int:
 def _audit_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Return the kind's options the command line gave, converted; usage errors in one line."""
     from linreg.kinds import KINDS
-    from linreg.kinds.base import FLAG, REQUIRED, from_text
+    from linreg.kinds.options import FLAG, REQUIRED, from_text
 
     own = {f.name: f for f in KINDS[args.kind].options.fields()}
     every = audit_options()

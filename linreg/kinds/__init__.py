@@ -12,8 +12,9 @@ and the README's table of kinds are made from: adding a kind is adding its modul
 from __future__ import annotations
 
 from linreg.kinds import epoch_loss, iterator, loop, loss, training_loop, update_step
-from linreg.kinds.base import Kind, Options, Target, TargetError
+from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.frameworks import hf_trainer, lightning
+from linreg.kinds.options import Options
 
 KINDS: dict[str, Kind] = {
     k.name: k

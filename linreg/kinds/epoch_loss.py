@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from linreg.checks import LoopRaised
-from linreg.kinds.base import Kind, Target, TargetError, name_of
+from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.guards import guarded, seeded
 from linreg.kinds.late import late
 from linreg.kinds.loop import (
@@ -22,6 +22,7 @@ from linreg.kinds.loop import (
     call_with_params,
     check_loop_signature,
 )
+from linreg.kinds.options import name_of
 from linreg.kinds.runs import copy_params
 
 

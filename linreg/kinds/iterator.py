@@ -15,9 +15,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import _validate, checks
-from linreg.kinds.base import Kind, Options, Target, binds, option, takes_keyword, timeout_option
+from linreg.kinds.base import Kind, Target, binds, takes_keyword
 from linreg.kinds.guards import guarded
 from linreg.kinds.late import late
+from linreg.kinds.options import Options, option, timeout_option
 
 SIGNATURE = "fn(batch_size, features, labels)"
 

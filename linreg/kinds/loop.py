@@ -17,19 +17,10 @@ from torch import Tensor
 
 from linreg import _validate
 from linreg.checks import CheckFailed
-from linreg.kinds.base import (
-    Kind,
-    Options,
-    Target,
-    TargetError,
-    floating_dtype,
-    keyword_only,
-    name_of,
-    option,
-    timeout_option,
-)
+from linreg.kinds.base import Kind, Target, TargetError, keyword_only
 from linreg.kinds.guards import guarded, seeded
 from linreg.kinds.late import late
+from linreg.kinds.options import Options, floating_dtype, name_of, option, timeout_option
 from linreg.kinds.runs import copy_params
 
 SIGNATURE = "fn(features, labels, params, *, lr, batch_size, num_epochs)"

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from linreg import _validate
 from linreg.checks import LoopRaised
-from linreg.kinds.base import Kind, Options, TargetError, binds, name_of, option, timeout_option
+from linreg.kinds.base import Kind, TargetError, binds
+from linreg.kinds.options import Options, name_of, option, timeout_option
 
 SIGNATURE = "fn(y_hat, y)"
 

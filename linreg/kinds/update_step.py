@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from linreg import _validate
-from linreg.kinds.base import Kind, Options, Target, binds, option, timeout_option
+from linreg.kinds.base import Kind, Target, binds
 from linreg.kinds.late import late
+from linreg.kinds.options import Options, option, timeout_option
 
 SIGNATURE = "fn(params, lr, batch_size)"
 

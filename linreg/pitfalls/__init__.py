@@ -14,8 +14,9 @@ import importlib
 import pkgutil
 from typing import Any
 
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.late import swap
+from linreg.kinds.options import Options
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
+from linreg.kinds.options import Options
 
 if TYPE_CHECKING:  # Hypothesis is needed only to draw examples, never to import linreg
     from hypothesis.strategies import SearchStrategy

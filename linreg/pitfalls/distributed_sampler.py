@@ -8,8 +8,9 @@ import torch
 
 from linreg import checks
 from linreg._book import UNEVEN_NUM_EXAMPLES
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.late import late
+from linreg.kinds.options import Options
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:

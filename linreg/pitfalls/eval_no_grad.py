@@ -10,8 +10,9 @@ from torch import Tensor
 
 from linreg import checks, loss, model, train
 from linreg._book import NUM_EXAMPLES
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.late import late
+from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant

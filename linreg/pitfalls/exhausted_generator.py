@@ -13,10 +13,11 @@ from torch.optim import Optimizer
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.checks import CheckFailed
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.guards import guarded, seeded
 from linreg.kinds.iterator import IteratorOptions, loader
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.kinds.options import Options
 from linreg.kinds.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,

@@ -12,9 +12,10 @@ from torch.optim import Optimizer
 
 from linreg import checks, data, loss, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
+from linreg.kinds.options import Options
 from linreg.kinds.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,

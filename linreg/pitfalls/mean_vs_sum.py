@@ -14,11 +14,12 @@ from torch.optim import Optimizer
 from linreg import checks, concise, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.guards import guarded
 from linreg.kinds.late import late
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
 from linreg.kinds.loss import LossOptions
+from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run, trajectory
 from linreg.kinds.training_loop import (
     LINEAR,

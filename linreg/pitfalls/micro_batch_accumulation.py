@@ -12,8 +12,9 @@ from torch.optim import Optimizer
 
 from linreg import accumulate, checks, loss, model
 from linreg._book import BATCH_SIZE
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.late import late
+from linreg.kinds.options import Options
 from linreg.kinds.runs import copy_params, params_like
 from linreg.kinds.training_loop import (
     LINEAR,

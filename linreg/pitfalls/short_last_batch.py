@@ -13,9 +13,10 @@ from linreg import checks, concise, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
 from linreg.checks import CheckFailed
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.kinds.base import Options, Target
+from linreg.kinds.base import Target
 from linreg.kinds.late import late
 from linreg.kinds.loop import LOOPS, LoopOptions
+from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run, trajectory
 from linreg.kinds.training_loop import (
     LINEAR,

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from linreg import accumulate, data, model
 from linreg._book import NUM_EXAMPLES
-from linreg.kinds.base import Options
 from linreg.kinds.guards import seeded
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
+from linreg.kinds.options import Options
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant

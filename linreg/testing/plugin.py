@@ -53,8 +53,7 @@ class Spec:
 def parse(text: str) -> Spec:
     """Parse KIND=MODULE:NAME[,option=value...]; raise ValueError saying what is wrong."""
     from linreg import audit
-    from linreg.kinds.base import from_text
-    from linreg.kinds.options import resolve
+    from linreg.kinds.options import from_text, resolve
 
     kind, eq, rest = text.partition("=")
     if not eq or kind not in audit.KINDS:

@@ -24,7 +24,8 @@ from torch import nn
 
 from linreg import _validate
 from linreg.kinds import training_loop
-from linreg.kinds.base import Kind, Options, Target, TargetError, option, timeout_option
+from linreg.kinds.base import Kind, Target, TargetError
+from linreg.kinds.options import Options, option, timeout_option
 from linreg.kinds.training_loop import contract
 
 SIGNATURE = "fn() -> a PreTrainedModel, or an nn.Module whose output has a loss"

@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from linreg import _validate
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds import guards
-from linreg.kinds.base import Kind, Options, Target, TargetError, name_of, option, seconds
+from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
+from linreg.kinds.options import Options, name_of, option, seconds
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.observe import (
     Observed,

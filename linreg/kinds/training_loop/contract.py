@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from linreg.kinds.base import TargetError, name_of
+from linreg.kinds.base import TargetError
+from linreg.kinds.options import name_of
 
 MODEL = ("model", "net", "module")
 LOADER = (
