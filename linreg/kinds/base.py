@@ -2,11 +2,11 @@
 
 A `Kind` is one record per kind of target (an iterator, an update step, a loss, a loop, ...):
 its name, the signature it expects, its options as a frozen `Options` dataclass
-(`linreg.kinds.options`: defaults, help text and validation beside each field), how it turns the user's function into a `Target`
-(checked once, at the boundary); its results are compared by the one rule,
-`linreg.checks.tolerance`. The
-registry, `linreg.kinds.KINDS`, is what the audit functions, the command line, the pytest
-plugin and the README's table of kinds are made from.
+(`linreg.kinds.options`: defaults, help text and validation beside each field), how it turns
+the user's function into a `Target` (checked once, at the boundary); its results are compared
+by the one rule, `linreg.checks.tolerance`. The registry, `linreg.kinds.KINDS`, is what the
+audit functions, the command line, the pytest plugin and the README's table of kinds are made
+from.
 """
 
 from __future__ import annotations
