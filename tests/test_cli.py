@@ -149,7 +149,7 @@ BAD_OPTIONS = [
     (
         ["audit", "step", "linreg.optim:sgd"],
         AUDIT + "argument KIND: invalid choice: 'step' (choose from 'iterator', 'update-step', "
-        "'loss', 'loop', 'epoch-loss', 'training-loop', 'lightning', 'hf-trainer')",
+        "'loss', 'loop', 'epoch-loss', 'training-loop', 'hf-trainer', 'lightning')",
     ),
     (["audit", "loss"], AUDIT + "the following arguments are required: MODULE:NAME"),
     (["audit", "loss", "linreg.loss"], AUDIT + "expected MODULE:NAME, got 'linreg.loss'"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from linreg.kinds import epoch_loss, iterator, loop, loss, training_loop, update_step
 from linreg.kinds.base import Kind, Target, TargetError
-from linreg.kinds.frameworks import hf_trainer, lightning
+from linreg.kinds.frameworks import FRAMEWORKS
 from linreg.kinds.options import Options
 
 KINDS: dict[str, Kind] = {
@@ -25,8 +25,7 @@ KINDS: dict[str, Kind] = {
         loop.KIND,
         epoch_loss.KIND,
         training_loop.KIND,
-        lightning.KIND,
-        hf_trainer.KIND,
+        *(f.kind() for f in FRAMEWORKS),
     )
 }
 

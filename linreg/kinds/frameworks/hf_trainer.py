@@ -12,7 +12,6 @@ does. Nothing is downloaded. Needs transformers (`pip install 'linreg-pitfalls[t
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -24,20 +23,10 @@ from torch import nn
 
 from linreg import _validate
 from linreg.kinds import training_loop
-from linreg.kinds.base import Kind, Target, TargetError
+from linreg.kinds.base import TargetError
+from linreg.kinds.frameworks.framework import Fit, Framework
 from linreg.kinds.options import Options, option, timeout_option
 from linreg.kinds.training_loop import contract
-
-SIGNATURE = "fn() -> a PreTrainedModel, or an nn.Module whose output has a loss"
-EXTRA = "pip install 'linreg-pitfalls[transformers]'"
-
-
-def framework() -> ModuleType:
-    """Return transformers; raise TargetError naming the extra to install."""
-    try:
-        return importlib.import_module("transformers")
-    except ImportError:
-        raise TargetError(f"the hf-trainer audit needs transformers: {EXTRA}") from None
 
 
 def _norm(name: str, value: object) -> float | None:
@@ -108,29 +97,21 @@ def fit_with(hf: ModuleType, options: HFTrainerOptions) -> Callable[..., None]:
     return fit
 
 
-def build(fn: Callable[..., Any], options: HFTrainerOptions) -> Target:
-    """Return the training-loop target that runs the model under transformers' Trainer."""
-    hf = framework()
+def fit(hf: ModuleType, fn: Callable[..., Any], options: HFTrainerOptions) -> Fit:
+    """Return how transformers' Trainer trains the factory's models (a dict example only)."""
     if not isinstance(options.example, dict):
         raise TargetError("the hf-trainer example must be a dict of tensors, as its dataset holds")
-    return training_loop.framework_target(
-        fit_with(hf, options),
-        "hf_trainer",
-        fn,
-        example=options.example,
-        accumulation_steps=options.gradient_accumulation_steps,
-        drop_last=options.drop_last,
-        timeout=options.timeout,
-    )
+    return Fit(fit_with(hf, options), options.gradient_accumulation_steps)
 
 
-KIND = Kind(
+FRAMEWORK = Framework(
     name="hf-trainer",
-    signature=SIGNATURE,
+    modules=("transformers",),
+    extra="transformers",
+    signature="fn() -> a PreTrainedModel, or an nn.Module whose output has a loss",
     summary="a model trained by transformers' own Trainer on CPU",
     options=HFTrainerOptions,
-    build=build,
-    judged_as="training-loop",
+    fit=fit,
     doc=(
         "model is a zero-argument factory (a PreTrainedModel built from a config, or any "
         "nn.Module whose forward takes the example's keys and returns an output with a loss); "
@@ -140,7 +121,6 @@ KIND = Kind(
         "schedule), runs Trainer.train() over copies of the sample and of a contrast row that "
         "counts fewer targets, holds every step's lr at 0, and judges each step as the "
         "training-loop audit does: the mean over every target the step consumed. "
-        f"max_grad_norm as you set it (transformers clips at 1.0 by default). Needs "
-        f"transformers: {EXTRA}."
+        "max_grad_norm as you set it (transformers clips at 1.0 by default)."
     ),
 )

@@ -12,7 +12,6 @@ optimization runs with `accumulate_grad_batches`; a manually optimized module st
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,22 +23,10 @@ from torch import nn
 
 from linreg import _validate
 from linreg.kinds import training_loop
-from linreg.kinds.base import Kind, Target, TargetError
+from linreg.kinds.base import TargetError
+from linreg.kinds.frameworks.framework import Fit, Framework
 from linreg.kinds.options import Options, option, timeout_option
 from linreg.kinds.training_loop.observe import Watch
-
-SIGNATURE = "fn() -> a LightningModule"
-EXTRA = "pip install 'linreg-pitfalls[lightning]'"
-
-
-def framework() -> ModuleType:
-    """Return `lightning.pytorch` or `pytorch_lightning`; raise TargetError naming the extra."""
-    for name in ("lightning.pytorch", "pytorch_lightning"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise TargetError(f"the lightning audit needs lightning or pytorch-lightning: {EXTRA}")
 
 
 def _clip(name: str, value: object) -> float | None:
@@ -105,9 +92,8 @@ def fit_with(pl: ModuleType, options: LightningOptions, automatic: bool) -> Call
     return fit
 
 
-def build(fn: Callable[..., Any], options: LightningOptions) -> Target:
-    """Return the training-loop target that runs the module under Lightning's Trainer."""
-    pl = framework()
+def fit(pl: ModuleType, fn: Callable[..., Any], options: LightningOptions) -> Fit:
+    """Return how Lightning's Trainer trains the factory's modules, watched at training_step."""
     try:
         module = fn()
     except Exception as e:
@@ -117,26 +103,19 @@ def build(fn: Callable[..., Any], options: LightningOptions) -> Target:
             f"the module factory returned {type(module).__name__}, not a LightningModule"
         )
     automatic = bool(module.automatic_optimization)
-    return training_loop.framework_target(
-        fit_with(pl, options, automatic),
-        "lightning",
-        fn,
-        # what each step consumed is what training_step was fed; a manual one steps itself
-        Watch("training_step", replayable=automatic),
-        example=options.example,
-        accumulation_steps=options.accumulate_grad_batches,
-        drop_last=options.drop_last,
-        timeout=options.timeout,
-    )
+    # what each step consumed is what training_step was fed; a manual one steps itself
+    watch = Watch("training_step", replayable=automatic)
+    return Fit(fit_with(pl, options, automatic), options.accumulate_grad_batches, watch)
 
 
-KIND = Kind(
+FRAMEWORK = Framework(
     name="lightning",
-    signature=SIGNATURE,
+    modules=("lightning.pytorch", "pytorch_lightning"),
+    extra="lightning",
+    signature="fn() -> a LightningModule",
     summary="a LightningModule, trained by Lightning's own Trainer on CPU",
     options=LightningOptions,
-    build=build,
-    judged_as="training-loop",
+    fit=fit,
     doc=(
         "module is a zero-argument factory of a LightningModule (torch is seeded before each "
         "call); example one sample, unbatched, as its dataset holds it: (x, y), or a dict of "
@@ -144,7 +123,6 @@ KIND = Kind(
         "or validation) over a DataLoader of copies of the sample and of a contrast row, holds "
         "every step's lr at 0, and judges each step as the training-loop audit does, from "
         "what training_step was fed. accumulate_grad_batches=k is passed to the Trainer under "
-        "automatic optimization; a manually optimized module accumulates k batches itself. "
-        f"Needs lightning or pytorch-lightning: {EXTRA}."
+        "automatic optimization; a manually optimized module accumulates k batches itself."
     ),
 )
