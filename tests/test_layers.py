@@ -125,3 +125,24 @@ def test_no_module_imports_another_modules_private_name() -> None:
                     if a.name.startswith("_") and f"{node.module}.{a.name}" not in known
                 }
     assert wrong == set()
+
+
+def test_the_readme_layout_names_every_module_and_folder() -> None:
+    """The README's Layout is the map a newcomer reads: each module and folder of linreg is
+    named in it (the catalogue's own pitfall modules are listed by the catalogue table)."""
+    readme = (ROOT.parent / "README.md").read_text()
+    start = readme.index("```text", readme.index("## Layout"))
+    block = readme[start : readme.index("```", start + 3)]
+
+    def shown_as(path: Path) -> str | None:
+        if path.parent == ROOT and path.name in ("__init__.py", "__main__.py"):
+            return None  # the map itself, and python -m linreg
+        if path.parent == ROOT / "pitfalls" and not path.name.startswith("_"):
+            return None
+        return f"{path.parent.name}/" if path.name == "__init__.py" else path.name
+
+    named = {path: shown_as(path) for path in ROOT.rglob("*.py")}
+    missing = sorted(
+        str(p.relative_to(ROOT)) for p, name in named.items() if name and name not in block
+    )
+    assert missing == []
