@@ -242,12 +242,12 @@ def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None
     for kind in (0, 1):
         model, seen = run(target, Batching((kind,) * k, 1, 1, seed))
         step = seen.steps[0] if seen.steps else None
-        if step is None or not step.calls or step.unscaled is None:
+        if step is None or not step.calls or step.before_clipping is None:
             raise CheckFailed(
                 f"on {k} identical row(s) in batches of one the loop took "
                 f"{len(seen.steps)} optimizer step(s) with a gradient: expected one"
             )
-        per_row = step.unscaled / (step.rows if reduced(target) == "sum" else 1)
+        per_row = step.before_clipping / (step.rows if reduced(target) == "sum" else 1)
         call = step.calls[0]
         own[call.row_keys[0]] = per_row
         if y is None or guess is None:
@@ -350,14 +350,15 @@ def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | Non
     before is the step before, whose applied gradient a loop that never zeroes adds to this one."""
     if close(step.applied, want, tol, scale):
         return Judged(True, 1.0, False)
+    before_clip = step.before_clipping
     clipped = (
-        step.unscaled is not None
-        and not close(step.applied, step.unscaled, tol, scale)
-        and clipping(step.applied, step.unscaled, tol)
+        before_clip is not None
+        and not close(step.applied, before_clip, tol, scale)
+        and clipping(step.applied, before_clip, tol)
     )
-    if clipped and close(step.unscaled, want, tol, scale):
+    if clipped and close(before_clip, want, tol, scale):
         return Judged(True, 1.0, True)
-    reading = step.unscaled if clipped else step.applied
+    reading = before_clip if clipped else step.applied
     left = before.applied if before is not None else None
     stale = left is not None and close(reading, want + left, tol, scale)
     return Judged(False, factor(reading, want, tol), clipped, stale)
@@ -434,7 +435,7 @@ def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: flo
     means = [want_of(part, ref, summed=False) for part in parts]
     if any(m is None for m in means):
         return ""
-    reading = step.unscaled if v.clipped else step.applied
+    reading = step.before_clipping if v.clipped else step.applied
     if not close(reading, torch.stack(means).mean(0), tol, scale):  # type: ignore[arg-type]
         return ""
     if ref.weights is not None:

@@ -209,6 +209,16 @@ class Step:
     raw: Tensor | None  # as backward() left them
     unscaled: Tensor | None  # raw, divided by a loss scaler's scale where the loop unscaled
     calls: list[Call]
+    scale: float | None = None  # the loss scaler's scale when the loop unscaled, else None
+
+    @property
+    def before_clipping(self) -> Tensor | None:
+        """Return the gradient before any clipping: what backward() left, divided by the loss
+        scaler's scale where the loop unscaled (a clip of the still-scaled gradient, before
+        unscale_, shows as unscaled differing from this)."""
+        if self.scale is None or self.raw is None:
+            return self.unscaled
+        return self.raw / self.scale
 
     @property
     def rows(self) -> int:
@@ -277,6 +287,7 @@ class Watcher:
         self.calls: list[Call] = []
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
+        self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
 
@@ -318,8 +329,10 @@ class Watcher:
                 return
         raw = flat([self.latest.get(id(p)) for p in params], params)
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
-        self.seen.steps.append(Step(applied, raw, unscaled if self.unscaled else raw, self.calls))
+        kept = unscaled if self.unscaled else raw
+        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale))
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
+        self.scale = None
         if self.on_update is not None:
             self.on_update()
 
@@ -343,9 +356,10 @@ class Watcher:
         )
         self.seen.fed += batch[0].shape[0]
 
-    def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
-        """Keep the gradients a loss scaler just divided by its scale."""
+    def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
+        """Keep the gradients a loss scaler just divided by its scale, and the scale."""
         if self.ours(opt):
+            self.scale = scale
             for p in self.params:
                 if p.grad is not None:
                     self.unscaled[id(p)] = p.grad.detach().clone()
@@ -377,7 +391,8 @@ def watching(
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
         original(scaler, optimizer)
-        watch.unscaled_by(optimizer)
+        if scaler.is_enabled():  # a disabled scaler (enabled=use_amp) neither scales nor unscales
+            watch.unscaled_by(optimizer, scaler.get_scale())
 
     handles: list[RemovableHandle | _Unwrap] = [
         register_optimizer_step_pre_hook(watch.before),
