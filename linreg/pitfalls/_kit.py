@@ -1,15 +1,37 @@
-"""Small helpers the demonstrations share: the book's data, seeded generators, trajectories."""
+"""What the pitfall modules share: a property's examples by name (`drawn`), and the
+demonstrations' helpers (the book's data, seeded generators, trajectories)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from linreg import checks, data, model
 from linreg._book import BATCH_SIZE
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+
+def drawn(strategy: str, /, **keywords: Any) -> Callable[[Any], SearchStrategy[Any]]:
+    """Return a property's examples: `linreg.testing.strategies.<strategy>(**keywords)`, given
+    the kind's Options where the strategy takes them. Made when first drawn: importing the
+    catalogue needs no Hypothesis."""
+
+    def examples(options: Any) -> SearchStrategy[Any]:
+        from linreg.testing import strategies as sts
+
+        make = getattr(sts, strategy)
+        if "options" in inspect.signature(make).parameters:
+            return make(options, **keywords)  # type: ignore[no-any-return]
+        return make(**keywords)  # type: ignore[no-any-return]
+
+    examples.__name__ = examples.__qualname__ = strategy
+    return examples
 
 
 def gen(seed: int = 0) -> torch.Generator:

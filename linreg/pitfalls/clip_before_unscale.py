@@ -14,17 +14,17 @@ from linreg.kinds.base import Target
 from linreg.kinds.training_loop import (
     LINEAR,
     Batching,
-    TrainingLoopOptions,
     describe,
     loss_of,
     options_of,
     run,
 )
 from linreg.kinds.training_loop.gradients import close, factor, tolerance
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
-    from hypothesis.strategies import SearchStrategy
+    pass
 
 MAX_NORM = 1.0  # the clip the loops below ask for (a common choice: transformers' default)
 
@@ -91,12 +91,6 @@ def unscales_before_clipping(target: Target, batching: Batching) -> None:
         )
 
 
-def _batchings(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
-    from linreg.testing import strategies as sts
-
-    return sts.batchings(accumulation_steps=options.accumulation_steps, drop_last=options.drop_last)
-
-
 FIT_SCALED = Target(fit_scaled_clipped, "training-loop", LINEAR, "fit_scaled_clipped(nn.Linear)")
 
 PROPERTIES = (
@@ -104,7 +98,7 @@ PROPERTIES = (
         name="a loss scaler unscales the gradients backward() left: nothing clips them before",
         kind="training-loop",
         check=unscales_before_clipping,
-        examples=_batchings,
+        examples=_kit.drawn("batchings"),
         holds_for=(FIT_SCALED,),
         refuted_by=(Variant(loop_clip_before_unscale, None, "training-loop", LINEAR),),
         book=lambda: Batching((0, 0, 1, 1, 0), 2, 1, 0),

@@ -22,7 +22,6 @@ from linreg.kinds.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,
     Batching,
-    TrainingLoopOptions,
     asks_of,
     describe,
     expected_steps,
@@ -108,12 +107,6 @@ def iterates_again(target: Target, case: dict[str, int]) -> None:
         )
 
 
-def _cases(options: Options) -> SearchStrategy[dict[str, int]]:
-    from linreg.testing import strategies as sts
-
-    return sts.epoch_cases()
-
-
 def _several_epochs(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
@@ -162,24 +155,12 @@ def takes_every_step(target: Target, batching: Batching) -> None:
         )
 
 
-def _epochs(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
-    from hypothesis import strategies as st
-
-    from linreg.testing import strategies as sts
-
-    return sts.batchings(
-        accumulation_steps=options.accumulation_steps,
-        drop_last=options.drop_last,
-        num_epochs=st.integers(1, 3),
-    )
-
-
 PROPERTIES = (
     Property(
         name="what it returns, iterated a second time, yields a whole epoch again",
         kind="iterator",
         check=iterates_again,
-        examples=_cases,
+        examples=_kit.drawn("epoch_cases"),
         holds_for=(
             Target(loader(False), "iterator", REUSED, "DataLoader(shuffle=True)", oracle=True),
         ),
@@ -201,7 +182,7 @@ PROPERTIES = (
         name="E epochs take E times one epoch's optimizer steps; a budget of S steps at least S",
         kind="training-loop",
         check=takes_every_step,
-        examples=_epochs,
+        examples=_kit.drawn("batchings", max_epochs=3),
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_stored_generator, None, "training-loop", CLASSIFIER),),
         book=lambda: Batching((0,) * 5, 2, 3, 0),

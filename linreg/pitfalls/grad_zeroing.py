@@ -15,12 +15,10 @@ from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
-from linreg.kinds.options import Options
 from linreg.kinds.training_loop import (
     CLASSIFIER,
     TRAINING_LOOPS,
     Batching,
-    TrainingLoopOptions,
     describe,
     loss_of,
     most_rows,
@@ -98,12 +96,6 @@ def zeroes_grads(target: Target, update: Update) -> None:
             )
 
 
-def _updates(options: Options) -> SearchStrategy[Update]:
-    from linreg.testing import strategies as sts
-
-    return sts.updates()
-
-
 def _single_rows(options: LoopOptions) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
@@ -165,26 +157,12 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
             )
 
 
-def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
-    from hypothesis import strategies as st
-
-    from linreg.testing import strategies as sts
-
-    return sts.batchings(
-        steps="full",
-        min_steps=2,
-        accumulation_steps=options.accumulation_steps,
-        drop_last=options.drop_last,
-        num_epochs=st.integers(1, 2),
-    )
-
-
 PROPERTIES = (
     Property(
         name="after the step each grad is zeros or None",
         kind="update-step",
         check=zeroes_grads,
-        examples=_updates,
+        examples=_kit.drawn("updates"),
         holds_for=STEPS,
         refuted_by=(Variant(sgd_without_zero_grad, "optim.sgd", "update-step"),),
         book=_book_update,
@@ -204,7 +182,7 @@ PROPERTIES = (
         name="on identical rows every step applies its own batch's gradient alone",
         kind="training-loop",
         check=applies_each_steps_own_gradient,
-        examples=_full_steps,
+        examples=_kit.drawn("batchings", steps="full", min_steps=2, max_epochs=2),
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_without_zero_grad, None, "training-loop", CLASSIFIER),),
         book=lambda: Batching((0,) * 6, 2, 2, 0),

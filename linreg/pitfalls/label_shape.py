@@ -16,13 +16,12 @@ from linreg.kinds.base import Target
 from linreg.kinds.guards import guarded
 from linreg.kinds.late import late
 from linreg.kinds.loss import LossOptions
-from linreg.kinds.options import Options
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 from linreg.pitfalls.mean_vs_sum import book_mean_loss, book_predictions
 
 if TYPE_CHECKING:
-    from hypothesis.strategies import SearchStrategy
+    pass
 
 # --- the wrong variants ----------------------------------------------------------------------
 # pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
@@ -81,12 +80,6 @@ def flat_labels_agree(target: Target, case: dict[str, Tensor]) -> None:
         )
 
 
-def _predictions(options: Options) -> SearchStrategy[dict[str, Tensor]]:
-    from linreg.testing import strategies as sts
-
-    return sts.predictions()
-
-
 def _checks_flat_labels(options: LossOptions) -> str | None:
     return None if options.flat_labels else "flat_labels=False: the labels are always (n, 1)"
 
@@ -96,7 +89,7 @@ PROPERTIES = (
         name="labels of shape (n,) give the same loss as labels of shape (n, 1)",
         kind="loss",
         check=flat_labels_agree,
-        examples=_predictions,
+        examples=_kit.drawn("predictions"),
         holds_for=(
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
             Target(

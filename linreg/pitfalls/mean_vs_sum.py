@@ -25,7 +25,6 @@ from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
-    TrainingLoopOptions,
     loss_of,
     options_of,
     reduced,
@@ -110,24 +109,12 @@ def loss_matches(target: Target, case: dict[str, Tensor]) -> None:
         raise checks.CheckFailed(f"the gradient with respect to y_hat: {err}") from err
 
 
-def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
-    from linreg.testing import strategies as sts
-
-    return sts.runs()
-
-
 def _one_batch(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
     from linreg.testing import strategies as sts
 
     return sts.twin_rows(sizes=st.integers(2, 8).map(lambda b: (b, b)))
-
-
-def _predictions(options: Options) -> SearchStrategy[dict[str, Tensor]]:
-    from linreg.testing import strategies as sts
-
-    return sts.predictions()
 
 
 def _book_step() -> TwinRows:
@@ -186,20 +173,12 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     compare(target, batching, lambda j, steps: j == 0, explain)
 
 
-def _full_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
-    from linreg.testing import strategies as sts
-
-    return sts.batchings(
-        steps="full", accumulation_steps=options.accumulation_steps, drop_last=options.drop_last
-    )
-
-
 PROPERTIES = (
     Property(
         name="MSELoss(sum) at lr / B_actual follows MSELoss(mean) at lr step for step",
         kind="concise",
         check=sum_follows_mean,
-        examples=_runs,
+        examples=_kit.drawn("runs"),
         holds_for=(Target(late("concise.train_concise"), "concise", name="train_concise"),),
         refuted_by=(Variant(train_concise_sum_nominal_lr, "concise.train_concise", "concise"),),
         book=lambda: book_run(UNEVEN_NUM_EXAMPLES, BATCH_SIZE),
@@ -220,7 +199,7 @@ PROPERTIES = (
         name="with labels (n, 1) the loss and its gradient are scale * (y_hat - y)^2, reduced",
         kind="loss",
         check=loss_matches,
-        examples=_predictions,
+        examples=_kit.drawn("predictions"),
         holds_for=(
             Target(late("loss.squared_loss"), "loss", name="squared_loss"),
             Target(
@@ -242,7 +221,7 @@ PROPERTIES = (
         name="on identical rows a step applies one row's gradient: the mean over its rows",
         kind="training-loop",
         check=applies_the_rows_mean,
-        examples=_full_steps,
+        examples=_kit.drawn("batchings", steps="full"),
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_sum_at_mean_lr, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 4, 4, 1, 0),

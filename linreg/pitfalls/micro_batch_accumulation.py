@@ -14,13 +14,11 @@ from linreg import accumulate, checks, loss, model
 from linreg._book import BATCH_SIZE
 from linreg.kinds.base import Target
 from linreg.kinds.late import late
-from linreg.kinds.options import Options
 from linreg.kinds.runs import copy_params, params_like
 from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
-    TrainingLoopOptions,
     loss_of,
 )
 from linreg.kinds.training_loop.gradients import Judged, compare
@@ -29,7 +27,7 @@ from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
-    from hypothesis.strategies import SearchStrategy
+    pass
 
 # --- the wrong variant -----------------------------------------------------------------------
 # pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
@@ -72,12 +70,6 @@ def full_batch_gradient(target: Target, case: dict[str, Any]) -> None:
     checks.check_grads_close([w.grad, b.grad], want)
 
 
-def _micro_batches(options: Options) -> SearchStrategy[dict[str, Any]]:
-    from linreg.testing import strategies as sts
-
-    return sts.micro_batches()
-
-
 def _book() -> dict[str, Any]:
     sizes = [BATCH_SIZE, BATCH_SIZE, 3]
     X, y = _kit.book(sum(sizes))
@@ -97,20 +89,12 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     compare(target, batching, lambda j, steps: True, explain)
 
 
-def _mixed(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
-    from linreg.testing import strategies as sts
-
-    return sts.batchings(
-        mixed=True, accumulation_steps=options.accumulation_steps, drop_last=options.drop_last
-    )
-
-
 PROPERTIES = (
     Property(
         name="accumulating over micro-batches gives the full batch's gradient",
         kind="accumulate-grad",
         check=full_batch_gradient,
-        examples=_micro_batches,
+        examples=_kit.drawn("micro_batches"),
         holds_for=(
             Target(late("accumulate.accumulate_grad"), "accumulate-grad", name="accumulate_grad"),
         ),
@@ -123,7 +107,7 @@ PROPERTIES = (
         name="with two kinds of rows each step applies the mean of its own rows' gradients",
         kind="training-loop",
         check=weighs_every_row_alike,
-        examples=_mixed,
+        examples=_kit.drawn("batchings", mixed=True),
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
         book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),

@@ -23,7 +23,6 @@ from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
-    TrainingLoopOptions,
     describe,
     loss_of,
     observe,
@@ -186,19 +185,6 @@ def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
             )
 
 
-def _any_batching(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
-    from hypothesis import strategies as st
-
-    from linreg.testing import strategies as sts
-
-    return sts.batchings(
-        accumulation_steps=options.accumulation_steps,
-        drop_last=options.drop_last,
-        num_epochs=st.integers(1, 2),
-        max_n=6,
-    )
-
-
 PROPERTIES = (
     Property(
         name="the initial params are leaves, and one step gives each a grad and moves it",
@@ -223,7 +209,7 @@ PROPERTIES = (
         name="at every optimizer.step() some parameter has a non-zero gradient",
         kind="training-loop",
         check=every_step_has_a_gradient,
-        examples=_any_batching,
+        examples=_kit.drawn("batchings", max_epochs=2, max_n=6),
         holds_for=TRAINING_LOOPS,
         refuted_by=(
             Variant(loop_zero_grad_before_step, None, "training-loop", LINEAR),

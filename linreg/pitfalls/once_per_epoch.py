@@ -21,7 +21,6 @@ from linreg.kinds.loop import (
     curvature,
     train_loop,
 )
-from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run, copy_params, params_like
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
@@ -118,12 +117,6 @@ def full_batch_descent(target: Target, run: dict[str, Any]) -> None:
         )
 
 
-def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
-    from linreg.testing import strategies as sts
-
-    return sts.runs()
-
-
 def _full_batch_runs(options: ObjectiveOptions) -> SearchStrategy[dict[str, Any]]:
     from hypothesis import strategies as st
 
@@ -167,7 +160,7 @@ PROPERTIES = (
         name="the accumulated losses hold every batch's examples, and the count is the batches'",
         kind="accumulate-losses",
         check=accumulates_every_batch,
-        examples=_runs,
+        examples=_kit.drawn("runs"),
         holds_for=(
             Target(
                 late("accumulate.accumulate_losses"), "accumulate-losses", name="accumulate_losses"

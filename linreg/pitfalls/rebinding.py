@@ -84,12 +84,6 @@ def reaches_the_params(target: Target, case: TwinRows) -> None:
         )
 
 
-def _updates(options: Options) -> SearchStrategy[Update]:
-    from linreg.testing import strategies as sts
-
-    return sts.updates()
-
-
 def _any_loop(options: Options) -> SearchStrategy[TwinRows]:
     from hypothesis import strategies as st
 
@@ -112,7 +106,7 @@ PROPERTIES = (
         name="the step changes the caller's tensors in place to p - lr * grad / B",
         kind="update-step",
         check=updates_in_place,
-        examples=_updates,
+        examples=_kit.drawn("updates"),
         holds_for=STEPS,
         refuted_by=(Variant(sgd_rebinding, "optim.sgd", "update-step"),),
         book=_book_update,

@@ -22,7 +22,6 @@ from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
-    TrainingLoopOptions,
     describe,
     loss_of,
     most_rows,
@@ -73,12 +72,6 @@ def follows_the_oracle(target: Target, run: dict[str, Any]) -> None:
     ours = trajectory(target, run)
     theirs = trajectory(Target(concise.train_concise, "train"), run, lr=run["lr"] / 2)
     checks.check_same_trajectory(ours, theirs)
-
-
-def _runs(options: Options) -> SearchStrategy[dict[str, Any]]:
-    from linreg.testing import strategies as sts
-
-    return sts.runs()
 
 
 def _short_batches(options: Options) -> SearchStrategy[TwinRows]:
@@ -152,20 +145,12 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         )
 
 
-def _short_steps(options: TrainingLoopOptions) -> SearchStrategy[Batching]:
-    from linreg.testing import strategies as sts
-
-    return sts.batchings(
-        steps="short", accumulation_steps=options.accumulation_steps, drop_last=options.drop_last
-    )
-
-
 PROPERTIES = (
     Property(
         name="the loop follows nn.MSELoss() + optim.SGD at lr / 2 step for step",
         kind="train",
         check=follows_the_oracle,
-        examples=_runs,
+        examples=_kit.drawn("runs"),
         holds_for=(Target(late("train.train"), "train", name="train"),),
         refuted_by=(Variant(train_nominal_batch_size, "train.train", "train"),),
         book=lambda: book_run(103, BATCH_SIZE),  # uneven like 1003, a tenth of the cost
@@ -185,7 +170,7 @@ PROPERTIES = (
         name="the short last step applies a full one's gradient; no rows are left unstepped",
         kind="training-loop",
         check=short_step_applies_the_mean,
-        examples=_short_steps,
+        examples=_kit.drawn("batchings", steps="short"),
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),

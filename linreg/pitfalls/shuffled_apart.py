@@ -14,12 +14,11 @@ from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.iterator import epoch, iterators
 from linreg.kinds.late import swap
-from linreg.kinds.options import Options
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
-    from hypothesis.strategies import SearchStrategy
+    pass
 
 # --- the wrong variant -----------------------------------------------------------------------
 # pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
@@ -53,18 +52,12 @@ def pairs_stay_together(target: Target, case: dict[str, int]) -> None:
         epoch(target, case["n"], case["batch_size"], pairs=True)
 
 
-def _cases(options: Options) -> SearchStrategy[dict[str, int]]:
-    from linreg.testing import strategies as sts
-
-    return sts.epoch_cases()
-
-
 PROPERTIES = (
     Property(
         name="every (x, y) pair it yields is a pair of the dataset",
         kind="iterator",
         check=pairs_stay_together,
-        examples=_cases,
+        examples=_kit.drawn("epoch_cases"),
         holds_for=iterators(False) + iterators(True),
         refuted_by=(Variant(data_iter_shuffled_apart, "data.data_iter", "iterator"),),
         book=lambda: {"n": UNEVEN_NUM_EXAMPLES, "batch_size": BATCH_SIZE, "seed": 0},

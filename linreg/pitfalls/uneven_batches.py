@@ -15,6 +15,7 @@ from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.iterator import IteratorOptions, epoch, iterators
 from linreg.kinds.options import Options
+from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
@@ -93,12 +94,6 @@ def data_iter_floor_batches(
 # --- the properties --------------------------------------------------------------------------
 
 
-def _any_sizes(options: Options) -> SearchStrategy[dict[str, int]]:
-    from linreg.testing import strategies as sts
-
-    return sts.epoch_cases()
-
-
 def _orderable_sizes(options: Options) -> SearchStrategy[dict[str, int]]:
     from hypothesis import strategies as st
 
@@ -173,7 +168,7 @@ PROPERTIES = (
         name="one epoch is a partition of the data, in batches sized like BatchSampler's",
         kind="iterator",
         check=partition,
-        examples=_any_sizes,
+        examples=_kit.drawn("epoch_cases"),
         holds_for=iterators(False) + iterators(True),
         refuted_by=(FLOOR_BATCHES,),
         book=_book,

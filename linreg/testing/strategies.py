@@ -21,7 +21,7 @@ from torch import Tensor
 
 from linreg import data
 from linreg.kinds.runs import book_run, copy_params, params_like, run_kwargs
-from linreg.kinds.training_loop import Batching
+from linreg.kinds.training_loop import Batching, TrainingLoopOptions
 from linreg.kinds.twin_rows import TwinRows
 from linreg.kinds.update_step import Update
 
@@ -237,23 +237,28 @@ def loop_runs(
 @st.composite
 def batchings(
     draw: st.DrawFn,
+    options: TrainingLoopOptions | None = None,
     *,
     steps: str = "any",
     min_steps: int = 1,
-    accumulation_steps: int = 1,
-    num_epochs: st.SearchStrategy[int] | None = None,
+    max_epochs: int = 1,
     mixed: bool = False,
     max_n: int = 10,
+    accumulation_steps: int = 1,
     drop_last: bool = False,
 ) -> Batching:
     """Draw a run of a training loop: n rows in batches, in order (see linreg.audit).
 
-    steps="full": every optimizer step takes batch_size * accumulation_steps rows (at least
-    min_steps of them); "short": the last step of each epoch takes fewer; "any": either.
-    mixed=True draws each row as the example or its contrast row; otherwise every row is the
-    example. One epoch unless num_epochs. drop_last=True (the audit's DataLoader drops the short
-    last batch) keeps at least one batch, and a short step short by whole batches.
+    options, the training-loop kind's Options, give the accumulation count and drop_last (else
+    accumulation_steps and drop_last do). steps="full": every optimizer step takes batch_size *
+    accumulation_steps rows (at least min_steps of them); "short": the last step of each epoch
+    takes fewer; "any": either. mixed=True draws each row as the example or its contrast row;
+    otherwise every row is the example. From 1 to max_epochs epochs. drop_last=True (the
+    audit's DataLoader drops the short last batch) keeps at least one batch, and a short step
+    short by whole batches.
     """
+    if options is not None:
+        accumulation_steps, drop_last = options.accumulation_steps, options.drop_last
     k = accumulation_steps
     if steps == "any":
         n = draw(st.integers(1, max_n), label="n")
@@ -271,7 +276,7 @@ def batchings(
     rows = (0,) * n
     if mixed:
         rows = tuple(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n), label="rows"))
-    epochs = 1 if num_epochs is None else draw(num_epochs, label="num_epochs")
+    epochs = 1 if max_epochs == 1 else draw(st.integers(1, max_epochs), label="num_epochs")
     # a few model inits: the properties are about the loop, and each seed's reference (the
     # loop on batches of one row) is then computed once per audit, not once per example
     return Batching(rows, b, epochs, draw(st.integers(0, 3), label="seed"))
