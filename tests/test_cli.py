@@ -389,7 +389,7 @@ def test_report_json_of_a_skipped_pitfall_says_why_and_keeps_to_the_schema() -> 
     skipped = demos.Evidence(
         id="ddp-sum", expected="", observed="", ok=True, skipped="gloo is unavailable"
     )
-    report = render.to_json([demos.Run(skipped, 0.0)])
+    report = render.to_json([demos.Shown(skipped, 0.0)])
     jsonschema.validate(report, render.SCHEMA)
     assert report["pitfalls"][0]["skipped"] == "gloo is unavailable"
     with pytest.raises(jsonschema.ValidationError, match="Additional properties"):

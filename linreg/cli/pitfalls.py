@@ -76,7 +76,7 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not args.quiet:
             print(f"[{k}/{len(ids)}] {pitfall_id} ...", file=sys.stderr, flush=True)
 
-    runs = demos.report(ids, progress)
+    runs = demos.show(ids, progress)
     if args.json:
         print(json.dumps(render.to_json(runs), indent=2, allow_nan=False))
     elif args.markdown:

@@ -106,7 +106,7 @@ class Pitfall:
     demo: Callable[[], Evidence]
     order: int  # its place in the catalogue
     extra_variants: tuple[Variant, ...] = ()  # wrong variants no property of its own refutes
-    prepare: Callable[[], None] | None = None  # start slow work (processes) before the demos
+    start_early: Callable[[], None] | None = None  # start slow work (processes) before the demos
     plots: bool = False  # its demo draws loss curves (python -m linreg pitfalls --plot)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """DDP training runs: inside the ranks, and the one-process references they are checked against.
 
-A `Run` is one training run's data and hyperparameters; a worker `fn(rank, world_size, run)`
+A `Setup` is one training run's data and hyperparameters; a worker `fn(rank, world_size, run)`
 runs inside the ranks that `linreg.pitfalls._spawn.spawn` starts; `jobs` runs several (worker, run)
 pairs in one process group, since processes are slow to start.
 """
@@ -18,11 +18,11 @@ from linreg.data import synthetic_data
 from linreg.distributed import index_sampler
 
 Steps = list[tuple[Tensor, Tensor]]  # (w, b) after each step, float64
-Worker = Callable[[int, int, "Run"], Any]
+Worker = Callable[[int, int, "Setup"], Any]
 
 
 @dataclass(frozen=True)
-class Run:
+class Setup:
     """One training run: its data (from seed), batch size, lr, epochs and loss reduction."""
 
     n: int
@@ -57,7 +57,7 @@ class Run:
 
 
 def trajectory(
-    run: Run,
+    run: Setup,
     net: nn.Linear,
     model: nn.Module,
     batches: Callable[[int], Sequence[list[int]]],
@@ -80,7 +80,7 @@ def trajectory(
     return steps
 
 
-def ddp_trajectory(rank: int, world_size: int, run: Run, *, scale_sum_lr: bool = True) -> Steps:
+def ddp_trajectory(rank: int, world_size: int, run: Setup, *, scale_sum_lr: bool = True) -> Steps:
     """Train under DDP on this rank's shard; a summed loss's lr is multiplied by world_size.
 
     DDP AVERAGES the gradients over the ranks, so with reduction="sum" each rank's summed
@@ -95,7 +95,7 @@ def ddp_trajectory(rank: int, world_size: int, run: Run, *, scale_sum_lr: bool =
     )
 
 
-def single_process_trajectory(run: Run, world_size: int) -> Steps:
+def single_process_trajectory(run: Setup, world_size: int) -> Steps:
     """Train one process on the union of the ranks' batches, step for step: the reference."""
 
     def union(epoch: int) -> list[list[int]]:
@@ -106,7 +106,7 @@ def single_process_trajectory(run: Run, world_size: int) -> Steps:
     return trajectory(run, net, net, union, run.lr)
 
 
-def ddp_full_shard_gradient(rank: int, world_size: int, run: Run) -> list[Tensor]:
+def ddp_full_shard_gradient(rank: int, world_size: int, run: Setup) -> list[Tensor]:
     """Return the DDP gradient of MSELoss(mean) when each rank takes its whole shard at once."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -118,7 +118,7 @@ def ddp_full_shard_gradient(rank: int, world_size: int, run: Run) -> list[Tensor
     return [p.grad.detach().clone() for p in (net.weight, net.bias)]  # type: ignore[union-attr]
 
 
-def padded_gradient_identity(run: Run, world_size: int) -> tuple[Tensor, ...]:
+def padded_gradient_identity(run: Setup, world_size: int) -> tuple[Tensor, ...]:
     """Return (total * g_DDP - n * g_full) the padding predicts: the duplicates' gradients.
 
     With padding, DDP averages R equal shards of total = R * ceil(n / R) samples, so
@@ -137,6 +137,6 @@ def padded_gradient_identity(run: Run, world_size: int) -> tuple[Tensor, ...]:
     return torch.autograd.grad(per_sample, (net.weight, net.bias))
 
 
-def jobs(rank: int, world_size: int, pairs: Sequence[tuple[Worker, Run]]) -> list[Any]:
-    """Run each (worker, run) pair in turn, in one process group; return their results."""
+def jobs(rank: int, world_size: int, pairs: Sequence[tuple[Worker, Setup]]) -> list[Any]:
+    """Setup each (worker, run) pair in turn, in one process group; return their results."""
     return [worker(rank, world_size, run) for worker, run in pairs]

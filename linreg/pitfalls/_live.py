@@ -1,11 +1,11 @@
 """Live demonstrations: each pitfall's properties on the book's example, and its measured story.
 
-`run(pitfall)` checks every property that has a book example against linreg's own targets (each
-must hold) and against the wrong variants (each must be refuted, there and then), and runs the
-pitfall's own `demo` for the figures: what the catalogue says should happen, what was
-observed, and loss curves where there are some. `python -m linreg pitfalls` runs them all; its
-exit code is 1 if any disagrees, so the command doubles as a compatibility check across torch
-versions.
+`demonstrate(pitfall)` checks every property that has a book example against linreg's own
+targets (each must hold) and against the wrong variants (each must be refuted, there and then),
+and runs the pitfall's own `demo` for the figures: what the catalogue says should happen, what
+was observed, and loss curves where there are some. `show(ids)` runs the chosen ones, as
+`python -m linreg pitfalls` does; its exit code is 1 if any disagrees, so the command doubles
+as a compatibility check across torch versions.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from linreg.checks import CheckFailed
 from linreg.pitfalls import BY_ID, CATALOGUE, Evidence, Pitfall, Property, Target
 
-__all__ = ["DEMOS", "Evidence", "Run", "report", "run", "verdicts"]
+__all__ = ["DEMOS", "Evidence", "Shown", "demonstrate", "show", "verdicts"]
 
 
 def verdicts(prop: Property) -> list[dict[str, Any]]:
@@ -50,8 +50,8 @@ def verdicts(prop: Property) -> list[dict[str, Any]]:
     return rows
 
 
-def run(pitfall: Pitfall) -> Evidence:
-    """Run a pitfall's demonstration and check its properties on the book's example."""
+def demonstrate(pitfall: Pitfall) -> Evidence:
+    """Shown a pitfall's demonstration and check its properties on the book's example."""
     evidence = pitfall.demo()
     if evidence.skipped:
         return evidence
@@ -61,28 +61,28 @@ def run(pitfall: Pitfall) -> Evidence:
     return evidence
 
 
-DEMOS: dict[str, Callable[[], Evidence]] = {p.id: partial(run, p) for p in CATALOGUE}
+DEMOS: dict[str, Callable[[], Evidence]] = {p.id: partial(demonstrate, p) for p in CATALOGUE}
 
 
 @dataclass
-class Run:
+class Shown:
     """One demonstration's evidence and how long it took."""
 
     evidence: Evidence
     seconds: float
 
 
-def report(ids: Sequence[str], progress: Callable[[int, str], None] | None = None) -> list[Run]:
+def show(ids: Sequence[str], progress: Callable[[int, str], None] | None = None) -> list[Shown]:
     """Run the chosen pitfalls' demonstrations in catalogue order and time each.
 
     Slow work a pitfall can start early (its processes) starts first and runs while the others
     do. A demonstration that crashes did not behave as documented: it is reported, not raised.
     """
     for pitfall_id in ids:
-        prepare = BY_ID[pitfall_id].prepare
-        if prepare is not None:
-            prepare()
-    runs = []
+        early = BY_ID[pitfall_id].start_early
+        if early is not None:
+            early()
+    shown = []
     for k, pitfall_id in enumerate(ids, 1):
         if progress is not None:
             progress(k, pitfall_id)
@@ -96,5 +96,5 @@ def report(ids: Sequence[str], progress: Callable[[int, str], None] | None = Non
                 observed=f"raised {type(e).__name__}: {e}",
                 ok=False,
             )
-        runs.append(Run(evidence, time.perf_counter() - start))
-    return runs
+        shown.append(Shown(evidence, time.perf_counter() - start))
+    return shown

@@ -12,7 +12,7 @@ import torch
 
 from linreg._plain import plain
 from linreg.pitfalls import BY_ID, CATALOGUE
-from linreg.pitfalls._live import Evidence, Run
+from linreg.pitfalls._live import Evidence, Shown
 
 
 def environment() -> str:
@@ -20,7 +20,7 @@ def environment() -> str:
     return f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}"
 
 
-def table(runs: Sequence[Run], *, colour: bool = False) -> str:
+def table(runs: Sequence[Shown], *, colour: bool = False) -> str:
     """Return a readable terminal table: one block per pitfall, verdict first."""
 
     def mark(e: Evidence) -> str:
@@ -70,7 +70,7 @@ def properties(e: Evidence) -> list[str]:
     return lines
 
 
-def to_json(runs: Sequence[Run]) -> dict[str, Any]:
+def to_json(runs: Sequence[Shown]) -> dict[str, Any]:
     """Return the report as a JSON-ready dict (see SCHEMA)."""
     return {
         "torch": torch.__version__,
@@ -197,7 +197,7 @@ def kinds_markdown() -> str:
     return "\n".join(rows)
 
 
-def markdown(runs: Sequence[Run]) -> str:
+def markdown(runs: Sequence[Shown]) -> str:
     """Return the report as Markdown: the catalogue, then each pitfall with its evidence."""
     parts = [f"# The pitfalls, shown live\n\nRan on {environment()}.\n", catalogue_markdown()]
     for run in runs:
@@ -212,7 +212,7 @@ def markdown(runs: Sequence[Run]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def plot(runs: Sequence[Run], path: str) -> int:
+def plot(runs: Sequence[Shown], path: str) -> int:
     """Draw each pitfall's loss curves (correct vs wrong) into one PNG; return the panel count."""
     import matplotlib
 

@@ -17,7 +17,7 @@ from linreg.kinds.training_loop import (
     describe,
     loss_of,
     options_of,
-    run,
+    run_at_zero_lr,
 )
 from linreg.kinds.training_loop.gradients import close, factor, tolerance
 from linreg.pitfalls import _kit
@@ -69,7 +69,7 @@ def loop_clip_before_unscale(
 
 def unscales_before_clipping(target: Target, batching: Batching) -> None:
     """Where a GradScaler unscales, it finds what backward() left: nothing clipped it before."""
-    model, seen = run(target, batching)
+    model, seen = run_at_zero_lr(target, batching)
     tol = tolerance(model)
     for j, step in enumerate(seen.steps):
         want, got = step.before_clipping, step.unscaled

@@ -28,7 +28,7 @@ WORLD = 2
 # pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
 
 
-def ddp_trajectory_sum_unscaled(rank: int, world_size: int, run: _ddp.Run) -> _ddp.Steps:
+def ddp_trajectory_sum_unscaled(rank: int, world_size: int, run: _ddp.Setup) -> _ddp.Steps:
     """Mistake: MSELoss(reduction='sum') under DDP at the single-process lr: steps shrink by R."""
     return _ddp.ddp_trajectory(rank, world_size, run, scale_sum_lr=False)
 
@@ -37,12 +37,12 @@ def ddp_trajectory_sum_unscaled(rank: int, world_size: int, run: _ddp.Run) -> _d
 # --- the property ----------------------------------------------------------------------------
 
 
-def generated_runs() -> tuple[_ddp.Run, ...]:
+def generated_runs() -> tuple[_ddp.Setup, ...]:
     """Runs drawn from a seeded RNG: sizes, batch sizes, lr, epochs, data seeds, reductions."""
     rng = random.Random(0)
     runs = []
     for k in range(4):
-        mean = _ddp.Run(
+        mean = _ddp.Setup(
             n=WORLD * rng.randint(3, 30),  # equal shards
             d=rng.randint(1, 3),
             batch_size=rng.randint(1, 8),
@@ -54,12 +54,12 @@ def generated_runs() -> tuple[_ddp.Run, ...]:
     return tuple(runs)
 
 
-_MEAN = _ddp.Run(NUM_EXAMPLES, 2, BATCH_SIZE // 2, 0.03, 1, 0)  # the book's data, batch 5 a rank
+_MEAN = _ddp.Setup(NUM_EXAMPLES, 2, BATCH_SIZE // 2, 0.03, 1, 0)  # the book's data, batch 5 a rank
 _SUM = dataclasses.replace(_MEAN, reduction="sum")
 _STARTED: dict[str, Future[Any]] = {}
 
 
-def padded_runs() -> tuple[_ddp.Run, ...]:
+def padded_runs() -> tuple[_ddp.Setup, ...]:
     """The generated mean runs with n + 1 examples: n odd, so the sampler pads one sample."""
     return tuple(
         dataclasses.replace(r, n=r.n + 1) for r in generated_runs() if r.reduction == "mean"
@@ -101,7 +101,7 @@ def _kept(started: tuple[_spawn.Started, dict[Callable[..., Any], int]]) -> Resu
     return _RESULTS[0]
 
 
-def follows_one_process(target: Target, runs: tuple[_ddp.Run, ...]) -> None:
+def follows_one_process(target: Target, runs: tuple[_ddp.Setup, ...]) -> None:
     """DDP over 2 ranks follows one process on the union of the ranks' batches, step for step."""
     cached = ddp_results() if runs == generated_runs() else {}
     results = (
@@ -116,7 +116,7 @@ def follows_one_process(target: Target, runs: tuple[_ddp.Run, ...]) -> None:
             raise checks.CheckFailed(f"{run}: {e}") from e
 
 
-def _runs(options: Options) -> SearchStrategy[tuple[_ddp.Run, ...]]:
+def _runs(options: Options) -> SearchStrategy[tuple[_ddp.Setup, ...]]:
     from hypothesis import strategies as st
 
     return st.just(generated_runs())
@@ -142,7 +142,7 @@ PROPERTIES = (
 # --- the demonstration -----------------------------------------------------------------------
 
 
-def prepare() -> None:
+def start_early() -> None:
     """Start the process group in the background: it runs while the other demos do.
 
     In `python -m linreg`, before its first demo and with no other thread, the ranks are forked
@@ -180,7 +180,7 @@ def demo() -> Evidence:
             ok=True,
             skipped="torch.distributed gloo is unavailable",
         )
-    prepare()
+    start_early()
     results = _STARTED.pop("demo").result()
     got_mean, got_sum = results[_ddp.ddp_trajectory][-2:]
     got_unscaled = results[ddp_trajectory_sum_unscaled][-1]
@@ -220,5 +220,5 @@ PITFALL = Pitfall(
     properties=PROPERTIES,
     demo=demo,
     order=13,
-    prepare=prepare,
+    start_early=start_early,
 )

@@ -37,9 +37,9 @@ from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.observe import (
     Observed,
     Watch,
+    held_still,
     models_restored,
     not_finite,
-    prepare,
     raised,
     watching,
 )
@@ -299,7 +299,7 @@ def build_model(factory: Callable[[], nn.Module], example: Example | None = None
                 model(example[0].unsqueeze(0))
             else:
                 model(**{k: v.unsqueeze(0) for k, v in example.items()})
-    return prepare(model)
+    return held_still(model)
 
 
 _CONTRACTS: dict[int, tuple[Callable[..., Any], contracts.Contract]] = {}
@@ -314,7 +314,7 @@ def asks_of(fn: Callable[..., Any]) -> contracts.Contract:
     return hit[1]
 
 
-def run(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
+def run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
     """Run the loop at lr = 0 on a batching; return its model and what it did."""
     c = options_of(target)
     asks = asks_of(target.fn)
@@ -374,7 +374,7 @@ def _no_progress(limit: float, updates: int) -> str:
 
 def observe(target: Target, batching: Batching) -> Observed:
     """Run the loop at lr = 0 on a batching; return what it did."""
-    return run(target, batching)[1]
+    return run_at_zero_lr(target, batching)[1]
 
 
 def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
@@ -403,7 +403,7 @@ def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[.
     batching = Batching((0, 1, 0), 2, 2, 0)
     start = time.perf_counter()
     try:
-        model, seen = run(target, batching)
+        model, seen = run_at_zero_lr(target, batching)
     except LoopRaised as e:
         raise TargetError(f"{name_of(fn)}: on {describe(batching, options)}, {e}") from None
     except Aborted as e:

@@ -36,7 +36,7 @@ from linreg.kinds.training_loop import (
     loss_of,
     options_of,
     reduced,
-    run,
+    run_at_zero_lr,
 )
 from linreg.kinds.training_loop.observe import Call, Observed, Step, flat
 
@@ -240,7 +240,7 @@ def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None
     own: dict[bytes, Tensor] = {}
     factors: list[float | None] = []
     for kind in (0, 1):
-        model, seen = run(target, Batching((kind,) * k, 1, 1, seed))
+        model, seen = run_at_zero_lr(target, Batching((kind,) * k, 1, 1, seed))
         step = seen.steps[0] if seen.steps else None
         if step is None or not step.calls or step.before_clipping is None:
             raise CheckFailed(
@@ -371,7 +371,7 @@ def compare(
     explain: Callable[[int, Judged, Step], str],
 ) -> Observed:
     """Judge the steps `which(j, steps)` picks against the reference; explain the first miss."""
-    model, seen = run(target, batching)
+    model, seen = run_at_zero_lr(target, batching)
     ref = references(target, model, seen, batching.seed)
     if ref is None:
         return seen

@@ -65,13 +65,13 @@ def _stays_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
     return module
 
 
-_PREPARED: list[Callable[[], None]] = []  # what puts each prepared model back, in order
+_HELD: list[Callable[[], None]] = []  # what puts each held model back, in order
 
 
-def prepare(model: nn.Module) -> nn.Module:
+def held_still(model: nn.Module) -> nn.Module:
     """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode.
 
-    `models_restored()` puts every model prepared in its block back as it was (Dropout's p,
+    `models_restored()` puts every model held still in its block back as it was (Dropout's p,
     the batch norms' mode, each parameter's .grad): a factory may hand out the user's model.
     """
     undo: list[Callable[[], None]] = [
@@ -91,20 +91,20 @@ def prepare(model: nn.Module) -> nn.Module:
         for step in reversed(undo):
             step()
 
-    _PREPARED.append(restore)
+    _HELD.append(restore)
     return model
 
 
 @contextmanager
 def models_restored() -> Iterator[None]:
-    """Put every model prepared in the block back as it was, the latest first, on leaving it;
-    those an enclosing audit prepared stay as it holds them (an audit inside an audited loop)."""
-    mark = len(_PREPARED)
+    """Put every model held still in the block back as it was, the latest first, on leaving it;
+    those an enclosing audit held stay as it holds them (an audit inside an audited loop)."""
+    mark = len(_HELD)
     try:
         yield
     finally:
-        while len(_PREPARED) > mark:
-            _PREPARED.pop()()
+        while len(_HELD) > mark:
+            _HELD.pop()()
 
 
 def _release(module: nn.Module, training: bool) -> None:
