@@ -211,3 +211,78 @@ def test_a_wrapper_optimizers_step_is_one_update() -> None:
 def test_a_budget_overshot_by_more_than_one_step_still_fails() -> None:
     report = audit.training_loop(train_max_steps_epochs, **LOOP)
     assert "exhausted-generator" in {r.pitfall for r in report.failures}, str(report)
+
+
+# --- accumulation windows that cross the epoch boundary ---------------------------------------
+
+
+class Trainer:
+    """An engine-style trainer: one iteration counter for the whole run, so an accumulation
+    window may start in one epoch and end in the next (Ignite's and DeepSpeed's way)."""
+
+    def __init__(self, model: nn.Module, optimizer: Any, accumulation_steps: int, flush: bool):
+        self.model, self.optimizer = model, optimizer
+        self.accumulation_steps, self.flush = accumulation_steps, flush
+        self.iteration, self.window_rows = 0, 0
+        self.updates = 0
+
+    def update(self) -> None:
+        for p in self.model.parameters():  # each window: its summed loss over its own rows
+            if p.grad is not None:
+                p.grad /= self.window_rows
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.window_rows = 0
+        self.updates += 1
+
+    def process(self, batch: Any) -> None:
+        inputs, targets = batch
+        F.cross_entropy(self.model(inputs), targets, reduction="sum").backward()
+        self.window_rows += len(targets)
+        self.iteration += 1
+        if self.iteration % self.accumulation_steps == 0:
+            self.update()
+
+    def run(self, loader: Any, max_epochs: int) -> None:
+        for _ in range(max_epochs):
+            for batch in loader:
+                self.process(batch)
+        if self.flush and self.window_rows:  # the run's last, partial window
+            self.update()
+
+
+def train_engine(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    Trainer(model, optimizer, accumulation_steps, flush=True).run(loader, num_epochs)
+
+
+def train_engine_no_flush(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    Trainer(model, optimizer, accumulation_steps, flush=False).run(loader, num_epochs)
+
+
+def test_windows_that_cross_epochs_with_right_weights_pass() -> None:
+    report = audit.training_loop(train_engine, accumulation_steps=2, **LOOP)
+    assert report.ok, report.describe(only_failures=True)
+
+
+def test_a_last_window_never_applied_fails_short_last_batch_alone() -> None:
+    report = audit.training_loop(train_engine_no_flush, accumulation_steps=2, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"]
+    assert "no optimizer.step() used them" in report.failures[0].message
+
+
+def test_the_last_window_is_measured_directly_to_be_left_unapplied() -> None:
+    """3 batches an epoch, windows of 2, 3 epochs: 9 micro-batches, 4 updates, 1 left over;
+    with the flush, 5 updates."""
+    data = [(torch.randn(2, 3), torch.tensor([0, 1])) for _ in range(3)]
+    counts = {}
+    for flush in (False, True):
+        model = TwoPart()
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), 2, flush)
+        trainer.run(data, 3)
+        counts[flush] = (trainer.iteration, trainer.updates, trainer.window_rows)
+    assert counts[False] == (9, 4, 2)  # the ninth micro-batch's 2 rows: backward, never a step
+    assert counts[True] == (9, 5, 0)

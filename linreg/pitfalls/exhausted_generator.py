@@ -128,31 +128,40 @@ REUSED = IteratorOptions(reused=True)
 
 
 def takes_every_step(target: Target, batching: Batching) -> None:
-    """E epochs take E times one epoch's optimizer steps; a step budget of S takes at least S
-    (a budget that counts inclusively takes S + 1: each step is judged on its own)."""
+    """E epochs feed the model E times one epoch's rows; a step budget of S takes at least S
+    steps (a budget that counts inclusively takes S + 1: each step is judged on its own).
+
+    Epochs are judged by the rows that went through the model, not by the steps: a loop whose
+    accumulation windows cross the epoch boundary steps a different number of times per epoch
+    and is right; one whose data is used up after a pass feeds nothing after the first.
+    """
     options = options_of(target)
-    got = len(observe(target, batching).steps)
+    seen = observe(target, batching)
     if asks_of(target.fn).by_steps:
+        got = len(seen.steps)
         want = max(1, expected_steps(batching, options.accumulation_steps, options.drop_last))
-        what = f"a budget of max steps={want}"
         if want <= got <= want + 1:  # used up, the data would give fewer
             return
-    else:
-        if batching.num_epochs == 1:
-            return
-        once = len(observe(target, replace(batching, num_epochs=1)).steps)
-        want, what = once * batching.num_epochs, f"{batching.num_epochs} epochs of {once}"
-    if got != want:
-        why = (
-            "stepped in the first epoch only: what it iterates is used up after one pass (a "
-            "generator or iter(loader) made once?)"
-            if got * batching.num_epochs == want and batching.num_epochs > 1
-            else NO_KNOWN
-        )
         raise CheckFailed(
             f"on {describe(batching, options)} the loop took {got} optimizer steps, expected "
-            f"{want} ({what}): it {why}"
+            f"{want} (a budget of max steps={want}): it {NO_KNOWN}"
         )
+    if batching.num_epochs == 1:
+        return
+    once = observe(target, replace(batching, num_epochs=1)).fed
+    want = once * batching.num_epochs
+    if seen.fed == want:
+        return
+    why = (
+        "fed rows in the first epoch only: what it iterates is used up after one pass (a "
+        "generator or iter(loader) made once?)"
+        if seen.fed == once
+        else NO_KNOWN
+    )
+    raise CheckFailed(
+        f"on {describe(batching, options)} {seen.fed} rows went through the model, expected "
+        f"{want} ({batching.num_epochs} epochs of {once}): it {why}"
+    )
 
 
 PROPERTIES = (
@@ -179,7 +188,7 @@ PROPERTIES = (
         requires=("backward-twice", "rebinding", "mean-vs-sum", "grad-zeroing"),
     ),
     Property(
-        name="E epochs take E times one epoch's optimizer steps; a budget of S steps at least S",
+        name="E epochs feed E times one epoch's rows; a budget of S steps takes at least S",
         kind="training-loop",
         check=takes_every_step,
         examples=_kit.drawn("batchings", max_epochs=3),
