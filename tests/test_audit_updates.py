@@ -286,3 +286,23 @@ def test_the_last_window_is_measured_directly_to_be_left_unapplied() -> None:
         counts[flush] = (trainer.iteration, trainer.updates, trainer.window_rows)
     assert counts[False] == (9, 4, 2)  # the ninth micro-batch's 2 rows: backward, never a step
     assert counts[True] == (9, 5, 0)
+
+
+# --- two mistakes in one loop: each named ------------------------------------------------------
+
+
+def train_two_mistakes(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """A summed loss at a mean's lr, and no zero_grad: two independent bugs."""
+    model.train()
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            loss = F.cross_entropy(model(inputs), targets, reduction="sum")
+            loss.backward()
+            optimizer.step()
+
+
+def test_a_loop_with_two_mistakes_fails_naming_both() -> None:
+    report = audit.training_loop(train_two_mistakes, **LOOP)
+    assert {r.pitfall for r in report.failures} == {"mean-vs-sum", "grad-zeroing"}
+    zeroing = next(r for r in report.failures if r.pitfall == "grad-zeroing")
+    assert "never zeroes the grads" in zeroing.message

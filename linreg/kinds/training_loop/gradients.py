@@ -369,8 +369,15 @@ def compare(
     batching: Batching,
     which: Callable[[int, list[Step]], bool],
     explain: Callable[[int, Judged, Step], str],
+    *,
+    relative: bool = False,
 ) -> Observed:
-    """Judge the steps `which(j, steps)` picks against the reference; explain the first miss."""
+    """Judge the steps `which(j, steps)` picks against the reference; explain the first miss.
+
+    relative=True judges each step against the correct gradient times the first step's ratio
+    to it: a scale the loop applies to every step alike (a summed loss: mean-vs-sum's) is left
+    to the property that judges the scale, so a second mistake is still seen on its own.
+    """
     model, seen = run_at_zero_lr(target, batching)
     ref = references(target, model, seen, batching.seed)
     if ref is None:
@@ -378,6 +385,13 @@ def compare(
     tol = tolerance(model)
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
+    first = None
+    if relative and seen.steps and wants[0] is not None:
+        first = judge(seen.steps[0], wants[0], tol, scale)
+    by = first.ratio if first is not None and not first.ok and first.ratio else None
+    if by is not None and by > 0:
+        wants = [None if w is None else w * by for w in wants]
+        scale *= by
     verdicts = [
         None if w is None else judge(step, w, tol, scale, seen.steps[j - 1] if j else None)
         for j, (step, w) in enumerate(zip(seen.steps, wants, strict=True))
@@ -392,6 +406,7 @@ def compare(
             v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, v, tol, scale)
         )
         where = describe(batching, options_of(target))
+        relative_to = f" times the first step's {by:.4g}" if by is not None and by > 0 else ""
         measured = {
             "ratios": [None if u is None else u.ratio for u in verdicts],
             "failing": bad,
@@ -402,7 +417,8 @@ def compare(
             f"on {where}, step {j + 1} of {len(seen.steps)} "
             f"(micro-batches of {step.sizes} rows) applied "
             f"{'no gradient' if step.applied is None else _times(v.ratio)} the gradient a "
-            f"correct loop applies{' (before clipping)' if v.clipped else ''}: the "
+            f"correct loop applies{' (before clipping)' if v.clipped else ''}"
+            f"{relative_to}: the "
             f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
             f"{_ratios(verdicts)}; it {v.note or explain(j, v, step)}",
             measured,
