@@ -32,7 +32,7 @@ from linreg.audit.report import Report, Result
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds import KINDS, Target, TargetError
 from linreg.kinds.guards import Aborted, ended_process, kept_rngs, one_thread
-from linreg.kinds.training_loop.observe import models_restored
+from linreg.kinds.training_loop import models_restored
 from linreg.pitfalls import CATALOGUE, Property
 
 __all__ = [

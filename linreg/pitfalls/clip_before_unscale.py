@@ -14,12 +14,14 @@ from linreg.kinds.base import Target
 from linreg.kinds.training_loop import (
     LINEAR,
     Batching,
+    close,
     describe,
+    factor,
     loss_of,
     options_of,
     run_at_zero_lr,
+    tolerance,
 )
-from linreg.kinds.training_loop.gradients import close, factor, tolerance
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 

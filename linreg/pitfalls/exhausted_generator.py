@@ -20,6 +20,7 @@ from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
 from linreg.kinds.options import Options
 from linreg.kinds.training_loop import (
     CLASSIFIER,
+    NO_KNOWN,
     TRAINING_LOOPS,
     Batching,
     asks_of,
@@ -29,7 +30,6 @@ from linreg.kinds.training_loop import (
     observe,
     options_of,
 )
-from linreg.kinds.training_loop.gradients import NO_KNOWN
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant

@@ -17,15 +17,17 @@ from linreg.kinds.guards import seeded
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
 from linreg.kinds.training_loop import (
     CLASSIFIER,
+    NO_KNOWN,
     TRAINING_LOOPS,
     Batching,
+    Judged,
+    Step,
+    compare,
     describe,
     loss_of,
     most_rows,
     options_of,
 )
-from linreg.kinds.training_loop.gradients import NO_KNOWN, Judged, compare
-from linreg.kinds.training_loop.observe import Step
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.kinds.update_step import STEPS, Update, UpdateStepOptions, fresh
 from linreg.pitfalls import _kit

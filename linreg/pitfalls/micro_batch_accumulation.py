@@ -19,10 +19,11 @@ from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
+    Judged,
+    Step,
+    compare,
     loss_of,
 )
-from linreg.kinds.training_loop.gradients import Judged, compare
-from linreg.kinds.training_loop.observe import Step
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
 

@@ -20,15 +20,17 @@ from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run, trajectory
 from linreg.kinds.training_loop import (
     LINEAR,
+    NO_KNOWN,
     TRAINING_LOOPS,
     Batching,
+    Judged,
+    Step,
+    compare,
     describe,
     loss_of,
     most_rows,
     options_of,
 )
-from linreg.kinds.training_loop.gradients import NO_KNOWN, Judged, compare
-from linreg.kinds.training_loop.observe import Step
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
 from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant

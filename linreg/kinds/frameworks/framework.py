@@ -18,7 +18,7 @@ from typing import Any
 from linreg.kinds import training_loop
 from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.options import Options
-from linreg.kinds.training_loop.observe import Watch
+from linreg.kinds.training_loop import Watch
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from linreg.kinds import training_loop
 from linreg.kinds.base import TargetError
 from linreg.kinds.frameworks.framework import Fit, Framework
 from linreg.kinds.options import Options, option, timeout_option
-from linreg.kinds.training_loop.observe import Watch
+from linreg.kinds.training_loop import Watch
 
 
 def _clip(name: str, value: object) -> float | None:

@@ -1,44 +1,27 @@
-"""What each step of a training loop should apply, and whether it did: an absolute reference.
-
-A step's correct gradient is the mean (for `reduction="sum"`, the sum), over the rows fed to
-the model for it, of each row's own gradient: the gradient of the loss on that row alone, at the
-parameters the loop holds (its lr is 0). The loss is the one the user names (`loss=`), else the
-model's own where its output carries one (a scalar, `.loss`, `["loss"]`, or a tuple holding
-one), else cross-entropy for class labels and mean squared error otherwise: a guess, confirmed
-against the loop on one row at a time. Where the guess is wrong (the loop trains another loss),
-each row's reference is the loop's own gradient on that row, and the report says so: the
-reference is then relative, and a scale the loop applies to every row alike cannot be seen.
-
-A step passes if its applied gradient is the correct one, or if what backward() left (divided by
-a loss scaler's scale, where the loop unscaled) is the correct one and the applied gradient is
-a clipping of it: clipping can then hide neither a scale error nor a missing zero_grad.
+"""What each update should have applied: every row's own gradient at the parameters the loop
+holds (its lr is 0), from the loss the user names, else the model's own where its output
+carries one, else cross-entropy for class labels and mean squared error otherwise: a guess,
+confirmed against the loop on one row at a time. Where the guess is wrong, each row's
+reference is the loop's own gradient on that row, and the report says so.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from linreg import checks
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
-from linreg.kinds.training_loop import (
-    IGNORE_INDEX,
-    LABEL_KEYS,
-    Batching,
-    describe,
-    labels_of,
-    loss_of,
-    options_of,
-    reduced,
-    run_at_zero_lr,
-)
-from linreg.kinds.training_loop.observe import Call, Observed, Step, flat
+from linreg.kinds.training_loop.ledger import Call, Observed, flat
+from linreg.kinds.training_loop.measure import factor, tolerance
+from linreg.kinds.training_loop.one_run import run_at_zero_lr
+from linreg.kinds.training_loop.rows import IGNORE_INDEX, LABEL_KEYS, labels_of, loss_of
+from linreg.kinds.training_loop.settings import Batching, options_of, reduced
 
 RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token labels)
 
@@ -284,192 +267,3 @@ def _one_known_scale(factors: list[float | None], k: int) -> bool:
     if any(math.isclose(a, s, rel_tol=1e-3) for s in known):
         return True
     return a >= 1024 and math.isclose(math.log2(a), round(math.log2(a)), abs_tol=1e-6)
-
-
-def tolerance(model: nn.Module) -> float:
-    """Return the relative tolerance for a step's gradient, in the model's dtype."""
-    p = next(iter(model.parameters()), None)
-    return checks.tolerance(p.dtype if p is not None else torch.float32, steps=True)
-
-
-def close(got: Tensor | None, want: Tensor, tol: float, scale: float) -> bool:
-    """Return True if a gradient matches the expected one, relative to scale."""
-    if got is None:
-        return bool(want.abs().max() == 0)
-    return float((got - want).abs().max()) <= tol * max(scale, 1e-12)
-
-
-def factor(got: Tensor | None, want: Tensor, tol: float) -> float | None:
-    """Return s if got is s * want (to the tolerance), else None."""
-    if got is None:
-        return 0.0
-    norm = float(want @ want)
-    if norm == 0:
-        return None
-    s = float(got @ want) / norm
-    scale = float(want.abs().max()) * max(1.0, abs(s))
-    return s if close(got, s * want, tol, scale) else None
-
-
-def clipping(applied: Tensor | None, before: Tensor | None, tol: float) -> bool:
-    """Return True if applied is before clipped: scaled by a factor in (0, 1], or clamped."""
-    if applied is None or before is None:
-        return False
-    scale = float(before.abs().max())
-    s = factor(applied, before, tol)
-    if s is not None and 0 < s <= 1 + tol:
-        return True
-    t = float(applied.abs().max())
-    return 0 < t < scale and close(applied, before.clamp(-t, t), tol, scale)
-
-
-@dataclass(frozen=True)
-class Judged:
-    """One step's verdict: what it applied as a multiple of the correct gradient."""
-
-    ok: bool
-    ratio: float | None  # None: not a multiple of the correct gradient
-    clipped: bool  # the applied gradient is a clipping of what backward() left
-    stale: bool = False  # it is the correct gradient plus what the step before left in .grad
-    note: str = ""  # a known mistake the step's own numbers name (a miscount of targets)
-
-
-def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
-    """Return the correct gradient of a step: the mean (or sum) of its rows' own gradients,
-    each weighed by the targets it counts where the rows count tokens."""
-    keys = step.row_keys
-    if not keys or any(key not in ref.grads for key in keys):
-        return None
-    weight = [1.0 if ref.weights is None else ref.weights.get(key, 1.0) for key in keys]
-    total = torch.stack([ref.grads[key] * w for key, w in zip(keys, weight, strict=True)]).sum(0)
-    return total if summed else total / max(sum(weight), 1e-12)
-
-
-def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | None = None) -> Judged:
-    """Return whether a step applied the correct gradient, directly or as a clipping of it;
-    before is the step before, whose applied gradient a loop that never zeroes adds to this one."""
-    if close(step.applied, want, tol, scale):
-        return Judged(True, 1.0, False)
-    before_clip = step.before_clipping
-    clipped = (
-        before_clip is not None
-        and not close(step.applied, before_clip, tol, scale)
-        and clipping(step.applied, before_clip, tol)
-    )
-    if clipped and close(before_clip, want, tol, scale):
-        return Judged(True, 1.0, True)
-    reading = before_clip if clipped else step.applied
-    left = before.applied if before is not None else None
-    stale = left is not None and close(reading, want + left, tol, scale)
-    return Judged(False, factor(reading, want, tol), clipped, stale)
-
-
-def compare(
-    target: Target,
-    batching: Batching,
-    which: Callable[[int, list[Step]], bool],
-    explain: Callable[[int, Judged, Step], str],
-    *,
-    relative: bool = False,
-) -> Observed:
-    """Judge the steps `which(j, steps)` picks against the reference; explain the first miss.
-
-    relative=True judges each step against the correct gradient times the first step's ratio
-    to it: a scale the loop applies to every step alike (a summed loss: mean-vs-sum's) is left
-    to the property that judges the scale, so a second mistake is still seen on its own.
-    """
-    model, seen = run_at_zero_lr(target, batching)
-    ref = references(target, model, seen, batching.seed)
-    if ref is None:
-        return seen
-    tol = tolerance(model)
-    wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
-    scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
-    first = None
-    if relative and seen.steps and wants[0] is not None:
-        first = judge(seen.steps[0], wants[0], tol, scale)
-    by = first.ratio if first is not None and not first.ok and first.ratio else None
-    if by is not None and by > 0:
-        wants = [None if w is None else w * by for w in wants]
-        scale *= by
-    verdicts = [
-        None if w is None else judge(step, w, tol, scale, seen.steps[j - 1] if j else None)
-        for j, (step, w) in enumerate(zip(seen.steps, wants, strict=True))
-    ]
-    bad = [j for j, v in enumerate(verdicts) if v is not None and not v.ok and which(j, seen.steps)]
-    if bad:
-        j = bad[0]
-        v = verdicts[j]
-        assert v is not None
-        step = seen.steps[j]
-        v = replace(
-            v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, v, tol, scale)
-        )
-        where = describe(batching, options_of(target))
-        relative_to = f" times the first step's {by:.4g}" if by is not None and by > 0 else ""
-        measured = {
-            "ratios": [None if u is None else u.ratio for u in verdicts],
-            "failing": bad,
-            "batching": where,
-            "reference": ref.source,
-        }
-        raise CheckFailed(
-            f"on {where}, step {j + 1} of {len(seen.steps)} "
-            f"(micro-batches of {step.sizes} rows) applied "
-            f"{'no gradient' if step.applied is None else _times(v.ratio)} the gradient a "
-            f"correct loop applies{' (before clipping)' if v.clipped else ''}"
-            f"{relative_to}: the "
-            f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
-            f"{_ratios(verdicts)}; it {v.note or explain(j, v, step)}",
-            measured,
-        )
-    return seen
-
-
-def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
-    """Return the mistake a step's ratio names when its rows count tokens, else ""."""
-    if ratio is None or ref.weights is None or ref.labelled is None:
-        return ""
-    keys = step.row_keys
-    counted = sum(ref.weights.get(key, 0.0) for key in keys)
-    labelled = sum(ref.labelled.get(key, 0.0) for key in keys)
-    if labelled > counted > 0 and math.isclose(ratio, counted / labelled, rel_tol=1e-3):
-        return (
-            f"divides by the step's {labelled:.0f} labels that are not -100 where its loss counts "
-            f"{counted:.0f} targets: counted before the model's causal shift (count "
-            "labels[..., 1:] != -100)"
-        )
-    return ""
-
-
-def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: float) -> str:
-    """Return the mistake's name if the step applied the mean of its micro-batches' means (read
-    before clipping where judge found the step clipped)."""
-    if len(step.calls) < 2:
-        return ""
-    parts = [Step(None, None, None, [call]) for call in step.calls]
-    means = [want_of(part, ref, summed=False) for part in parts]
-    if any(m is None for m in means):
-        return ""
-    reading = step.before_clipping if v.clipped else step.applied
-    if not close(reading, torch.stack(means).mean(0), tol, scale):  # type: ignore[arg-type]
-        return ""
-    if ref.weights is not None:
-        counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys) for call in step.calls]
-        what = f"whose counts of targets differ ({[round(c) for c in counts]})"
-        fix = "divide each one's summed loss by the step's count of targets (num_items_in_batch)"
-    else:
-        what, fix = f"of {step.sizes} rows", "divide each one's summed loss by the step's rows"
-    return f"takes the mean of its {len(parts)} micro-batches' mean losses, {what}: {fix}"
-
-
-def _times(s: float | None) -> str:
-    return "a gradient unlike" if s is None else f"{s:.4g} times"
-
-
-def _ratios(verdicts: Sequence[Judged | None]) -> str:
-    shown = ["-" if v is None else "?" if v.ratio is None else f"{v.ratio:.3g}" for v in verdicts]
-    return "[" + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "") + "]"
-
-
-NO_KNOWN = "matches no known mistake of this catalogue"

@@ -1,0 +1,69 @@
+"""The model held still: Dropout at p = 0 and batch norms in eval mode while the audit runs
+the loop, so no row's output depends on another's; everything put back afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import MethodType
+
+from torch import nn
+
+# torch has no public base class for its batch norms nor for its dropouts: the private ones
+# are what BatchNorm1d/2d/3d, SyncBatchNorm and the lazy ones, and Dropout, Dropout1d/2d/3d,
+# AlphaDropout and FeatureAlphaDropout all derive from
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+
+
+def _stays_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    return module
+
+
+_HELD: list[Callable[[], None]] = []  # what puts each held model back, in order
+
+
+def held_still(model: nn.Module) -> nn.Module:
+    """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode.
+
+    `models_restored()` puts every model held still in its block back as it was (Dropout's p,
+    the batch norms' mode, each parameter's .grad): a factory may hand out the user's model.
+    """
+    undo: list[Callable[[], None]] = [
+        functools.partial(setattr, p, "grad", None if p.grad is None else p.grad.clone())
+        for p in model.parameters()
+    ]
+    for m in model.modules():
+        if isinstance(m, _DropoutNd):
+            undo.append(functools.partial(setattr, m, "p", m.p))
+            m.p = 0.0
+        elif isinstance(m, _BatchNorm):
+            undo.append(functools.partial(_release, m, m.training))
+            m.eval()
+            m.train = MethodType(_stays_in_eval, m)  # type: ignore[method-assign]
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    _HELD.append(restore)
+    return model
+
+
+@contextmanager
+def models_restored() -> Iterator[None]:
+    """Put every model held still in the block back as it was, the latest first, on leaving it;
+    those an enclosing audit held stay as it holds them (an audit inside an audited loop)."""
+    mark = len(_HELD)
+    try:
+        yield
+    finally:
+        while len(_HELD) > mark:
+            _HELD.pop()()
+
+
+def _release(module: nn.Module, training: bool) -> None:
+    module.__dict__.pop("train", None)
+    module.train(training)

@@ -1,0 +1,229 @@
+"""Watch a training loop run, as it is written, through torch's own hooks: the global optimizer
+step hooks (any optimizer over the model's parameters; the pre-hook holds every param group's
+lr at 0), each parameter's post-accumulate-grad hook (the gradients as backward() left them:
+"raw"), `GradScaler.unscale_` (divided by the loss scaler's scale: "unscaled", and the scale),
+and the model's forward pre-hook (what each forward pass with grad enabled was fed). Each
+step's reading is taken after the step ("applied"), since a framework may run forward,
+zero_grad and backward inside `optimizer.step(closure)`. The rows an update consumed are the
+rows fed since the update before: prefetching and a loop's own DataLoader are judged by what
+they did.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils.hooks import RemovableHandle
+
+from linreg.checks import LoopRaised, where
+from linreg.kinds.guards import user_fn
+from linreg.kinds.training_loop.ledger import Call, Observed, Step, detached, flat, tensors_in
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a loop's steps are read from: what each step's rows were fed to (the model's
+    forward, or a method of it a framework calls, Lightning's training_step), and whether
+    calling that again has no effects (a manual training_step steps its own optimizer)."""
+
+    method: str = "forward"
+    replayable: bool = True
+
+
+def _same_batch(call: Call, t: Tensor) -> bool:
+    first = next((u for u in tensors_in(call.args, call.kwargs) if u.ndim > 0), None)
+    return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
+
+
+class Watcher:
+    """The hooks' shared state: what was fed since the last step, and each step's readings."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "forward",
+        replayable: bool = True,
+        on_update: Callable[[], None] | None = None,
+    ) -> None:
+        self.method, self.replayable, self.on_update = method, replayable, on_update
+        self.params = list(model.parameters())
+        self.ids = {id(p) for p in self.params}
+        self.start = [p.detach().clone() for p in self.params]
+        self.seen = Observed()
+        self.calls: list[Call] = []
+        self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
+        self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
+        self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
+        self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
+        self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
+
+    def ours(self, opt: torch.optim.Optimizer) -> bool:
+        """Return True if the optimizer steps any of the model's parameters."""
+        return any(id(p) in self.ids for g in opt.param_groups for p in g["params"])
+
+    def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Hold every param group's lr at 0, whatever a scheduler set."""
+        if self.ours(opt):
+            self.depth += 1
+            for group in opt.param_groups:
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(0.0)
+                else:
+                    group["lr"] = 0.0
+
+    def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Record the update: its gradients read three ways, and what fed it.
+
+        The steps of several optimizers with nothing fed between them are one update (one for
+        the embeddings, one for the matrices); a step fed nothing that applies nothing (a flush
+        after an epoch that ended on a full window) is no update. A step fed nothing that
+        applies a gradient is recorded: the same micro-batches move the params twice.
+        """
+        if not self.ours(opt):
+            return
+        self.depth = max(self.depth - 1, 0)
+        if self.depth:  # the inner step of a wrapper optimizer (Lookahead, ZeRO): its outer
+            return  # step is the update
+        params = self.params
+        applied = flat([p.grad for p in params], params)
+        stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+        if not self.calls:
+            if self.seen.steps and not stepped & self.stepped:  # another optimizer, same update
+                self.stepped |= stepped
+                return
+            if applied is None or not bool(applied.any()):
+                return
+        raw = flat([self.latest.get(id(p)) for p in params], params)
+        unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
+        kept = unscaled if self.unscaled else raw
+        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale))
+        self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
+        self.scale = None
+        if self.on_update is not None:
+            self.on_update()
+
+    def accumulated(self, p: Tensor) -> None:
+        """Keep a param's gradient as backward() left it."""
+        if p.grad is not None:
+            self.latest[id(p)] = p.grad.detach().clone()
+
+    def fed(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Record what a forward pass with grad enabled was fed."""
+        if not torch.is_grad_enabled():
+            return  # an evaluation pass: it feeds no step
+        batch = [t for t in tensors_in(args, kwargs) if t.ndim > 0]
+        if not batch:
+            return
+        if self.calls and _same_batch(self.calls[-1], batch[0]):
+            return  # the same batch fed again (a logging pass with grad on): no new rows
+        rows = batch[0].shape[0]
+        self.calls.append(
+            Call(detached(args), detached(kwargs), rows, self.method, self.replayable)
+        )
+        self.seen.fed += batch[0].shape[0]
+
+    def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
+        """Keep the gradients a loss scaler just divided by its scale, and the scale."""
+        if self.ours(opt):
+            self.scale = scale
+            for p in self.params:
+                if p.grad is not None:
+                    self.unscaled[id(p)] = p.grad.detach().clone()
+
+    def finish(self) -> Observed:
+        """Return what was seen, with the rows fed after the last step and whether params moved."""
+        self.seen.leftover = self.calls if self.latest else []  # rows no step used
+        self.seen.moved = any(
+            not torch.equal(p.detach(), q) for p, q in zip(self.params, self.start, strict=True)
+        )
+        return self.seen
+
+
+@contextmanager
+def watching(
+    model: nn.Module,
+    method: str = "forward",
+    replayable: bool = True,
+    on_update: Callable[[], None] | None = None,
+) -> Iterator[Observed]:
+    """Watch the model's training while the block runs; yield what it saw, filled in after;
+    call on_update after each update it records.
+
+    What each step consumed is read from what the model's forward was fed, or, for a framework
+    that hands batches to a method of the model (Lightning's training_step), what that was fed.
+    """
+    watch = Watcher(model, method, replayable, on_update)
+    original = torch.amp.GradScaler.unscale_
+
+    def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
+        original(scaler, optimizer)
+        if scaler.is_enabled():  # a disabled scaler (enabled=use_amp) neither scales nor unscales
+            watch.unscaled_by(optimizer, scaler.get_scale())
+
+    handles: list[RemovableHandle | _Unwrap] = [
+        register_optimizer_step_pre_hook(watch.before),
+        register_optimizer_step_post_hook(watch.after),
+    ]
+    if method == "forward":
+        handles.append(model.register_forward_pre_hook(watch.fed, with_kwargs=True))
+    else:
+        handles.append(_wrapped(model, method, watch.fed))
+    handles += [
+        p.register_post_accumulate_grad_hook(watch.accumulated)  # type: ignore[no-untyped-call]
+        for p in watch.params
+        if p.requires_grad
+    ]
+    torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
+    try:
+        yield watch.seen
+    finally:
+        torch.amp.GradScaler.unscale_ = original  # type: ignore[method-assign]
+        for handle in handles:
+            handle.remove()
+        watch.finish()
+
+
+class _Unwrap:
+    """Remove an instance attribute that wrapped a method (a hook handle's remove())."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        self.model, self.method = model, method
+
+    def remove(self) -> None:
+        self.model.__dict__.pop(self.method, None)
+
+
+def _wrapped(model: nn.Module, method: str, fed: Callable[..., None]) -> _Unwrap:
+    """Wrap model.<method> so that fed(model, args, kwargs) sees each call first."""
+    original = getattr(model, method)
+
+    @functools.wraps(original)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        fed(model, args, kwargs)
+        return original(*args, **kwargs)
+
+    model.__dict__[method] = recorded
+    return _Unwrap(model, method)
+
+
+def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
+    """Return the loop's exception as LoopRaised: its type, message and the frame it came from."""
+    fn = user_fn(fn)
+    source = getattr(getattr(fn, "func", fn), "__code__", None)  # a partial: its function's
+    file = source.co_filename if source is not None else None
+    at = where(e, file=file, outside=("/torch/", "/linreg/kinds/"))
+    message = str(e) or "(no message)"
+    hint = ""
+    if "backward through the graph a second time" in message:
+        hint = " (backward-twice: a graph kept across steps? detach what you keep)"
+    return LoopRaised(f"the loop raised {type(e).__name__}: {message}{at}{hint}")

@@ -1,0 +1,174 @@
+"""What the loop did, as records: each forward pass's rows (a Call), each update's gradients
+read three ways and the calls that fed it (a Step), and the whole run (Observed).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+STEP_COUNT = "num_items_in_batch"
+
+
+def _no_log(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One forward pass with grad enabled: what the model was fed, and its batch's rows."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    rows: int
+    method: str = "forward"  # what was called: the model, or a method of it (training_step)
+    replayable: bool = True  # False: calling it again has effects (it steps an optimizer)
+
+    def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call what was called, on other arguments (one row's); a method without logging."""
+        if self.method == "forward":
+            return model(*args, **kwargs)
+        quiet = {name: _no_log for name in ("log", "log_dict") if hasattr(model, name)}
+        model.__dict__.update(quiet)  # a framework's self.log() needs its loop running
+        try:
+            return getattr(model, self.method)(*args, **kwargs)
+        finally:
+            for name in quiet:
+                model.__dict__.pop(name, None)
+
+    def row(self, i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Return the call's arguments for its row i alone (a batch of one).
+
+        Without `num_items_in_batch` (transformers' count of a whole step's targets, which a
+        model divides its summed loss by): on one row alone the model's loss is its mean.
+        """
+        return _row(self.args, i, self.rows), {
+            k: _row(v, i, self.rows) for k, v in self.kwargs.items() if k != STEP_COUNT
+        }
+
+    @functools.cached_property
+    def row_keys(self) -> list[bytes]:
+        """Return a key per row: the bytes of everything the row was fed (computed once)."""
+        batched = [t for t in tensors_in(self.args, self.kwargs) if t.shape[:1] == (self.rows,)]
+        return [
+            b"|".join(t[i].detach().contiguous().numpy().tobytes() for t in batched)
+            for i in range(self.rows)
+        ]
+
+
+def tensors_in(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Tensor]:
+    """Return the tensors fed, in order, inside lists, tuples and dicts too (a batch [X, y])."""
+    out = []
+    for v in [*args, *kwargs.values()]:
+        if isinstance(v, Tensor):
+            out.append(v)
+        elif isinstance(v, Mapping):
+            out += tensors_in([], v)
+        elif isinstance(v, (list, tuple)):
+            out += tensors_in(v, {})
+    return out
+
+
+def _mapped(v: Any, f: Callable[[Tensor], Tensor]) -> Any:
+    """Return v with f applied to every tensor in it, inside lists, tuples and dicts too."""
+    if isinstance(v, Tensor):
+        return f(v)
+    if isinstance(v, Mapping):
+        return type(v)({k: _mapped(t, f) for k, t in v.items()})  # type: ignore[call-arg]
+    if isinstance(v, (list, tuple)):
+        return type(v)(_mapped(t, f) for t in v)
+    return v
+
+
+def _row(v: Any, i: int, rows: int) -> Any:
+    """Return v with each tensor of the batch's rows cut to its row i (others as they are)."""
+    return _mapped(v, lambda t: t[i : i + 1] if t.ndim > 0 and t.shape[0] == rows else t)
+
+
+def detached(v: Any) -> Any:
+    return _mapped(v, Tensor.detach)
+
+
+@dataclass
+class Step:
+    """One optimizer step: its gradients read three ways, and the forward passes that fed it."""
+
+    applied: Tensor | None  # the gradients as the step used them (after it: closures)
+    raw: Tensor | None  # as backward() left them
+    unscaled: Tensor | None  # raw, divided by a loss scaler's scale where the loop unscaled
+    calls: list[Call]
+    scale: float | None = None  # the loss scaler's scale when the loop unscaled, else None
+
+    @property
+    def before_clipping(self) -> Tensor | None:
+        """Return the gradient before any clipping: what backward() left, divided by the loss
+        scaler's scale where the loop unscaled (a clip of the still-scaled gradient, before
+        unscale_, shows as unscaled differing from this)."""
+        if self.scale is None or self.raw is None:
+            return self.unscaled
+        return self.raw / self.scale
+
+    @property
+    def rows(self) -> int:
+        """Return the number of rows fed to the model for this step."""
+        return sum(c.rows for c in self.calls)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Return the rows of each forward pass (micro-batch) of the step."""
+        return [c.rows for c in self.calls]
+
+    @property
+    def row_keys(self) -> list[bytes]:
+        """Return the key of every row fed for this step, in order."""
+        return [key for call in self.calls for key in call.row_keys]
+
+
+@dataclass
+class Observed:
+    """What the loop did: its optimizer steps, the forward passes after the last, whether a
+    parameter moved though the lr was held at 0."""
+
+    steps: list[Step] = field(default_factory=list)
+    leftover: list[Call] = field(default_factory=list)  # fed to the model, never stepped
+    moved: bool = False
+    fed: int = 0  # rows fed to the model with grad enabled, in all
+
+    @property
+    def calls(self) -> list[Call]:
+        """Return every forward pass the run fed, the steps' and the left-over ones, in order."""
+        return [call for step in self.steps for call in step.calls] + self.leftover
+
+
+def flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor | None:
+    """Return the grads as one float64 vector (None as zeros), or None if every one is None."""
+    if all(g is None for g in grads):
+        return None
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).detach().reshape(-1).double()
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+def not_finite(seen: Observed) -> str:
+    """Return where the loop's gradients first stop being finite, or ""."""
+    for j, step in enumerate(seen.steps):
+        for what, g in (
+            ("as backward() left them", step.raw),
+            ("as the step applied them", step.applied),
+        ):
+            if g is not None and not bool(torch.isfinite(g).all()):
+                kind = "nan" if bool(torch.isnan(g).any()) else "inf"
+                return (
+                    f"the gradients {what} at optimizer step {j + 1} are not finite ({kind}): "
+                    "a loss of nan or inf on these rows (a log of 0, a division by 0?), or an "
+                    "overflow"
+                )
+    return ""

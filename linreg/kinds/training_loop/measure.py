@@ -1,0 +1,47 @@
+"""How two gradients compare: the tolerance of a model's dtype, closeness relative to a scale,
+the factor one is of the other, and whether one is a clipping of the other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from linreg import checks
+
+
+def tolerance(model: nn.Module) -> float:
+    """Return the relative tolerance for a step's gradient, in the model's dtype."""
+    p = next(iter(model.parameters()), None)
+    return checks.tolerance(p.dtype if p is not None else torch.float32, steps=True)
+
+
+def close(got: Tensor | None, want: Tensor, tol: float, scale: float) -> bool:
+    """Return True if a gradient matches the expected one, relative to scale."""
+    if got is None:
+        return bool(want.abs().max() == 0)
+    return float((got - want).abs().max()) <= tol * max(scale, 1e-12)
+
+
+def factor(got: Tensor | None, want: Tensor, tol: float) -> float | None:
+    """Return s if got is s * want (to the tolerance), else None."""
+    if got is None:
+        return 0.0
+    norm = float(want @ want)
+    if norm == 0:
+        return None
+    s = float(got @ want) / norm
+    scale = float(want.abs().max()) * max(1.0, abs(s))
+    return s if close(got, s * want, tol, scale) else None
+
+
+def clipping(applied: Tensor | None, before: Tensor | None, tol: float) -> bool:
+    """Return True if applied is before clipped: scaled by a factor in (0, 1], or clamped."""
+    if applied is None or before is None:
+        return False
+    scale = float(before.abs().max())
+    s = factor(applied, before, tol)
+    if s is not None and 0 < s <= 1 + tol:
+        return True
+    t = float(applied.abs().max())
+    return 0 < t < scale and close(applied, before.clamp(-t, t), tol, scale)

@@ -1,0 +1,106 @@
+"""The rows the audit hands a loop: copies of the user's example and of a contrast row whose
+gradient differs (for token labels: one that counts fewer targets), and how their labels and
+the usual loss are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+INPUT_KEYS = ("input_ids", "x", "inputs", "input", "pixel_values", "features")
+
+
+LABEL_KEYS = ("labels", "label", "y", "target", "targets")
+
+
+IGNORE_INDEX = -100  # the targets a token loss does not count (nn.CrossEntropyLoss's default)
+
+
+Example = tuple[Tensor, Tensor] | dict[str, Tensor]
+
+
+def contrast(x: Tensor) -> Tensor:
+    """Return a row unlike x, valid wherever x is: x + 1 for floats; 0 (or 1) for indices."""
+    if x.is_floating_point() or x.is_complex():
+        return x + 1
+    return torch.zeros_like(x) if bool(x.any()) else torch.ones_like(x)
+
+
+def as_example(example: Any) -> Example:
+    """Return a sample as (x, y) tensors or a dict of tensors; raise TypeError otherwise."""
+    if isinstance(example, Mapping):
+        if not example:
+            raise TypeError("the example is an empty dict: give the sample's tensors by name")
+        try:
+            return {str(k): torch.as_tensor(v) for k, v in example.items()}
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"the example's values must be tensors or numbers: {e}") from None
+    if not isinstance(example, (tuple, list)) or len(example) != 2:
+        raise TypeError(
+            f"the example must be one (x, y) sample or a dict of tensors, got "
+            f"{type(example).__name__}"
+            + (f" of length {len(example)}" if isinstance(example, (tuple, list)) else "")
+        )
+    try:
+        x, y = (torch.as_tensor(v) for v in example)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"the example's x and y must be tensors or numbers: {e}") from None
+    return x, y
+
+
+def input_key(example: Mapping[str, Tensor]) -> str:
+    """Return the key of a dict example whose value the contrast row changes."""
+    return next((k for k in INPUT_KEYS if k in example), next(iter(example)))
+
+
+def label_key(example: Mapping[str, Tensor]) -> str | None:
+    """Return the key of a dict example's labels (None if it names none)."""
+    return next((k for k in LABEL_KEYS if k in example), None)
+
+
+def labels_of(example: Example) -> Tensor | None:
+    """Return the example's labels: y, or a dict's labels (None if it names none)."""
+    if isinstance(example, tuple):
+        return example[1]
+    label = label_key(example)
+    return None if label is None else example[label]
+
+
+def rows_of(example: Example, kinds: Iterable[int]) -> list[Any]:
+    """Return the rows: the example (0) or its contrast row (1), as the dataset holds them."""
+    if isinstance(example, tuple):
+        x, y = example
+        pair = ((x, y), (contrast(x), y))
+        return [pair[k] for k in kinds]
+    key = input_key(example)
+    other = {**example, key: contrast(example[key])}
+    label = label_key(example)
+    if label is not None:  # token labels: the contrast row counts fewer targets
+        other[label] = fewer_targets(example[label])
+    return [dict(example) if k == 0 else dict(other) for k in kinds]
+
+
+def fewer_targets(labels: Tensor) -> Tensor:
+    """Return token labels with every target but the last set to IGNORE_INDEX (-100).
+
+    The contrast row then counts one target where the example counts several, so a step that
+    takes the mean of its micro-batches' means over uneven counts of targets shows.
+    """
+    counted = (labels != IGNORE_INDEX).nonzero()
+    if labels.ndim == 0 or labels.is_floating_point() or len(counted) < 2:
+        return labels
+    out = torch.full_like(labels, IGNORE_INDEX)
+    last = tuple(counted[-1].tolist())
+    out[last] = labels[last]
+    return out
+
+
+def loss_of(y_hat: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    """Return cross-entropy for class labels, else mean squared error, under reduction."""
+    if y.dtype in (torch.int64, torch.int32):
+        return nn.functional.cross_entropy(y_hat, y, reduction=reduction)
+    return nn.functional.mse_loss(y_hat, y, reduction=reduction)

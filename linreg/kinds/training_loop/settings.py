@@ -1,0 +1,179 @@
+"""What the audit is told about a loop (its Options: the model factory, the example, the
+optimizer, the loss, the accumulation count, ...) and what it draws for one run (a Batching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from linreg import _validate
+from linreg.kinds import guards
+from linreg.kinds.base import Target, TargetError
+from linreg.kinds.options import Options, option, seconds
+from linreg.kinds.training_loop.rows import Example, as_example
+
+SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_steps)"
+
+
+FLOOR = guards.FLOOR  # seconds: the least time a run of the loop is given (see limit_of)
+
+
+def _factory(name: str, value: object) -> Callable[[], nn.Module]:
+    if not callable(value):
+        raise TargetError(
+            f"{name} must be a zero-argument factory of an nn.Module, got {type(value).__name__}"
+        )
+    return value
+
+
+def _callable_or_none(what: str) -> Callable[[str, object], Any]:
+    def check(name: str, value: object) -> Any:
+        if value is not None and not callable(value):
+            raise TargetError(f"{name} must be {what}, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+EXAMPLE_HELP = (
+    "one sample, unbatched, as the dataset holds it: (x, y), or a dict of tensors (or a "
+    "function returning one)"
+)
+
+
+def example_option() -> Any:
+    """Return the example option's field: the training loop's, and each framework's."""
+    return option(
+        None,
+        EXAMPLE_HELP,
+        flag="--example",
+        check=checked_example,
+        imported="object",
+        required=True,
+        compare=False,
+    )
+
+
+def checked_example(name: str, value: object) -> Example:
+    """Return the example option as (x, y) tensors or a dict of tensors; raise TargetError."""
+    try:
+        return as_example(value() if callable(value) else value)
+    except TypeError as e:
+        raise TargetError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class TrainingLoopOptions(Options):
+    """What a training loop is given, and how it steps."""
+
+    model: Callable[[], nn.Module] = option(
+        None,
+        "a zero-argument factory of a fresh nn.Module (a class will do)",
+        flag="--model",
+        check=_factory,
+        imported="callable",
+        required=True,
+        compare=False,
+    )
+    example: Example = example_option()
+    optimizer: Callable[..., torch.optim.Optimizer] | None = option(
+        None,
+        "a factory params -> torch.optim.Optimizer, for a loop that takes one (default: SGD)",
+        flag="--optimizer",
+        check=_callable_or_none("a factory params -> torch.optim.Optimizer"),
+        imported="callable",
+        compare=False,
+    )
+    loss: Callable[[Any, Tensor], Tensor] | None = option(
+        None,
+        "the loss the loop trains, (output, y) -> the batch's mean loss (default: the model's "
+        "own where its output carries one, else cross-entropy for class labels and mean "
+        "squared error otherwise, confirmed against the loop)",
+        flag="--loss",
+        check=_callable_or_none("a function (output, y) -> loss"),
+        imported="callable",
+        compare=False,
+    )
+    accumulation_steps: int = option(
+        1,
+        "the loop steps once per this many batches, and once for what is left of an epoch",
+        flag="--accumulation-steps",
+        check=_validate.positive_int,
+    )
+    reduction: str = option(
+        "mean",
+        "a step applies the mean (or the sum) of its rows' gradients",
+        flag="--reduction",
+        choices=("mean", "sum"),
+    )
+    drop_last: bool = option(
+        False,
+        "the audit's DataLoader drops each epoch's short last batch (drop_last=True)",
+        flag="--drop-last",
+    )
+    timeout: float | None = option(
+        None,
+        "seconds one run of the loop may take (default: 50 times its first small run, and at "
+        f"least {FLOOR:g} s)",
+        flag="--timeout",
+        check=seconds,
+    )
+
+
+def options_of(target: Target) -> TrainingLoopOptions:
+    """Return a training-loop target's options."""
+    options = target.options
+    assert isinstance(options, TrainingLoopOptions), f"{target} is not a training-loop target"
+    return options
+
+
+@dataclass(frozen=True)
+class Batching:
+    """One run of a loop: n rows (0 = the example, 1 = the contrast row) in batches, in order."""
+
+    rows: tuple[int, ...]
+    batch_size: int
+    num_epochs: int
+    seed: int  # torch's and Python's RNGs, seeded before the model is built and the loop runs
+
+    @property
+    def n(self) -> int:
+        """Return the number of rows."""
+        return len(self.rows)
+
+    def steps(self, accumulation_steps: int, drop_last: bool = False) -> list[tuple[int, ...]]:
+        """Return the rows each optimizer step of a correct loop consumes, over every epoch."""
+        b, k = self.batch_size, accumulation_steps
+        end = self.n - self.n % b if drop_last else self.n
+        batches = [self.rows[i : i + b] for i in range(0, end, b)]
+        groups = [sum(batches[j : j + k], ()) for j in range(0, len(batches), k)]
+        return groups * self.num_epochs
+
+
+def expected_steps(batching: Batching, accumulation_steps: int, drop_last: bool = False) -> int:
+    """Return the number of optimizer steps a correct loop takes on the batching."""
+    return len(batching.steps(accumulation_steps, drop_last))
+
+
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """Return plain SGD (the audit holds its lr at 0: only the gradients are read)."""
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def describe(batching: Batching, options: TrainingLoopOptions) -> str:
+    """Return the batching in words, for a failure message."""
+    rows = "rows of both kinds" if len(set(batching.rows)) > 1 else "identical rows"
+    return (
+        f"{batching.n} {rows} in batches of {batching.batch_size}, for {batching.num_epochs} "
+        f"epoch(s)" + (" (drop_last)" if options.drop_last else "")
+    )
+
+
+def reduced(target: Target) -> str:
+    """Return how a step reduces its rows' gradients: "sum" or "mean"."""
+    return "sum" if options_of(target).reduction == "sum" else "mean"
