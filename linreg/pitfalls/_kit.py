@@ -1,5 +1,7 @@
-"""What the pitfall modules share: a property's examples by name (`drawn`), and the
-demonstrations' helpers (the book's data, seeded generators, trajectories)."""
+"""What the pitfall modules share: the shapes they fill in (Pitfall, Property, Variant,
+Evidence) and the targets they name (Target, a kind's Options), a property's examples by name
+(`drawn`), and the demonstrations' helpers (the book's data, seeded generators, trajectories).
+A pitfall module imports these from here, and what it checks from its kind's package."""
 
 from __future__ import annotations
 
@@ -12,6 +14,24 @@ from torch import Tensor
 
 from linreg import checks, data, model
 from linreg._book import BATCH_SIZE
+from linreg.kinds.base import Target
+from linreg.kinds.options import Options
+from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+
+__all__ = [
+    "Evidence",
+    "Options",
+    "Pitfall",
+    "Property",
+    "Target",
+    "Variant",
+    "book",
+    "drawn",
+    "gap",
+    "gen",
+    "params_with_grads",
+    "trajectory",
+]
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

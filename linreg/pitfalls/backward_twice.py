@@ -10,11 +10,10 @@ import torch
 from linreg import accumulate, checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.kinds.base import Target
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, ObjectiveOptions, run_loop
 from linreg.kinds.runs import book_run, params_like
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

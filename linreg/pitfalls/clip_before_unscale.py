@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from linreg.checks import CheckFailed
-from linreg.kinds.base import Target
 from linreg.kinds.training_loop import (
     LINEAR,
     Batching,
@@ -23,7 +22,7 @@ from linreg.kinds.training_loop import (
     tolerance,
 )
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     pass

@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from linreg import checks
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
-from linreg.kinds.base import Target
-from linreg.kinds.options import Options
 from linreg.pitfalls import _ddp, _kit, _spawn
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

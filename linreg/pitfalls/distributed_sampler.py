@@ -8,10 +8,8 @@ import torch
 
 from linreg import checks
 from linreg._book import UNEVEN_NUM_EXAMPLES
-from linreg.kinds.base import Target
 from linreg.kinds.late import late
-from linreg.kinds.options import Options
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

@@ -9,12 +9,11 @@ from torch import Tensor
 
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
-from linreg.kinds.base import Target
 from linreg.kinds.epoch_loss import EPOCHS, run_epoch
 from linreg.kinds.loop import ObjectiveOptions, curvature
 from linreg.kinds.runs import params_like
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

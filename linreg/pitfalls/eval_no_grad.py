@@ -10,12 +10,10 @@ from torch import Tensor
 
 from linreg import checks, loss, model, train
 from linreg._book import NUM_EXAMPLES
-from linreg.kinds.base import Target
 from linreg.kinds.late import late
-from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

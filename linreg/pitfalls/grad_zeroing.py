@@ -12,7 +12,6 @@ from torch.optim import Optimizer
 
 from linreg import checks, data, loss, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
-from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
 from linreg.kinds.training_loop import (
@@ -31,7 +30,7 @@ from linreg.kinds.training_loop import (
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.kinds.update_step import STEPS, Update, UpdateStepOptions, fresh
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

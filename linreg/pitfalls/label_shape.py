@@ -12,12 +12,11 @@ from torch.nn import functional as F
 from linreg import checks, model, optim, train
 from linreg._book import NUM_EXAMPLES, TRUE_W
 from linreg.config import TrainConfig
-from linreg.kinds.base import Target
 from linreg.kinds.guards import guarded
 from linreg.kinds.late import late
 from linreg.kinds.loss import LossOptions
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 from linreg.pitfalls.mean_vs_sum import book_mean_loss, book_predictions
 
 if TYPE_CHECKING:

@@ -14,12 +14,10 @@ from torch.optim import Optimizer
 from linreg import checks, concise, model, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, UNEVEN_NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.kinds.base import Target
 from linreg.kinds.guards import guarded
 from linreg.kinds.late import late
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS, LoopOptions
 from linreg.kinds.loss import LossOptions
-from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run, trajectory
 from linreg.kinds.training_loop import (
     LINEAR,
@@ -35,7 +33,7 @@ from linreg.kinds.training_loop import (
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

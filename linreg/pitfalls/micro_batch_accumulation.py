@@ -12,7 +12,6 @@ from torch.optim import Optimizer
 
 from linreg import accumulate, checks, loss, model
 from linreg._book import BATCH_SIZE
-from linreg.kinds.base import Target
 from linreg.kinds.late import late
 from linreg.kinds.runs import copy_params, params_like
 from linreg.kinds.training_loop import (
@@ -25,7 +24,7 @@ from linreg.kinds.training_loop import (
     loss_of,
 )
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     pass

@@ -13,11 +13,9 @@ from torch.optim import Optimizer
 from linreg import checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.checks import CheckFailed
-from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.late import late
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
-from linreg.kinds.options import Options
 from linreg.kinds.training_loop import (
     CLASSIFIER,
     LINEAR,
@@ -30,7 +28,7 @@ from linreg.kinds.training_loop import (
 )
 from linreg.kinds.twin_rows import TwinRows, run_twin_rows
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

@@ -11,7 +11,6 @@ from torch import Tensor
 from linreg import accumulate, checks, data, loss, model, optim, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.late import late
 from linreg.kinds.loop import (
@@ -23,7 +22,7 @@ from linreg.kinds.loop import (
 )
 from linreg.kinds.runs import book_run, copy_params, params_like
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

@@ -10,13 +10,11 @@ from torch import Tensor
 
 from linreg import checks, data, loss, model, optim
 from linreg._book import BATCH_SIZE
-from linreg.kinds.base import Target
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
-from linreg.kinds.options import Options
 from linreg.kinds.twin_rows import TwinRows, run_twin_rows
 from linreg.kinds.update_step import STEPS, Update, fresh
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

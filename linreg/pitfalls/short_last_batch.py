@@ -13,10 +13,8 @@ from linreg import checks, concise, loss, model, optim, train
 from linreg._book import BATCH_SIZE, UNEVEN_NUM_EXAMPLES
 from linreg.checks import CheckFailed
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.kinds.base import Target
 from linreg.kinds.late import late
 from linreg.kinds.loop import LOOPS, LoopOptions
-from linreg.kinds.options import Options
 from linreg.kinds.runs import book_run, trajectory
 from linreg.kinds.training_loop import (
     LINEAR,
@@ -33,7 +31,7 @@ from linreg.kinds.training_loop import (
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

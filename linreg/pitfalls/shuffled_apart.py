@@ -10,12 +10,11 @@ from torch import Tensor
 
 from linreg import data, train
 from linreg._book import BATCH_SIZE, NUM_EXAMPLES, TRUE_B, TRUE_W, UNEVEN_NUM_EXAMPLES
-from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.iterator import epoch, iterators
 from linreg.kinds.late import swap
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     pass

@@ -11,13 +11,11 @@ from torch import Tensor
 
 from linreg import checks, loss, model, optim, train
 from linreg._book import NUM_EXAMPLES
-from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.late import swap
 from linreg.kinds.loop import LOOPS, LoopOptions, curvature, train_loop
-from linreg.kinds.options import Options
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 from linreg.pitfalls.uneven_batches import data_iter_never_shuffled
 
 if TYPE_CHECKING:

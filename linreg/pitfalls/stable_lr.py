@@ -12,11 +12,10 @@ from torch import Tensor
 from linreg import accumulate, checks, loss, model, optim, train
 from linreg._book import LR, NUM_EXAMPLES
 from linreg.config import TrainConfig, bind, mirrors
-from linreg.kinds.base import Target
 from linreg.kinds.guards import seeded
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LoopOptions, curvature, train_loop
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

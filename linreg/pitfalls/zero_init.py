@@ -12,10 +12,9 @@ from linreg import accumulate, data, model
 from linreg._book import NUM_EXAMPLES
 from linreg.kinds.guards import seeded
 from linreg.kinds.loop import FULL_BATCH_LOOPS, LOOPS
-from linreg.kinds.options import Options
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
-from linreg.pitfalls._base import Evidence, Pitfall, Property, Variant
+from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
