@@ -19,6 +19,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from linreg import audit
+from linreg.checks import CheckFailed
+from linreg.kinds.training_loop import Batching
+from linreg.pitfalls.short_last_batch import short_step_applies_the_mean
 
 
 class TwoPart(nn.Module):
@@ -306,3 +309,77 @@ def test_a_loop_with_two_mistakes_fails_naming_both() -> None:
     assert {r.pitfall for r in report.failures} == {"mean-vs-sum", "grad-zeroing"}
     zeroing = next(r for r in report.failures if r.pitfall == "grad-zeroing")
     assert "never zeroes the grads" in zeroing.message
+
+
+# --- the window read from the run, not declared ----------------------------------------------
+
+
+def train_pairs_of_batches(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Accumulates two batches a step by itself (declared nowhere: it takes no count), each
+    window's summed loss over the rows it holds: right, and its steps hold 2 batches' rows."""
+    for _ in range(num_epochs):
+        window: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for inputs, targets in loader:
+            window.append((inputs, targets))
+            if len(window) == 2:
+                rows = sum(len(t) for _, t in window)
+                for x, t in window:
+                    (F.cross_entropy(model(x), t, reduction="sum") / rows).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                window = []
+        if window:  # the epoch's odd batch: a window of one
+            rows = sum(len(t) for _, t in window)
+            for x, t in window:
+                (F.cross_entropy(model(x), t, reduction="sum") / rows).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def train_carry_over(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Each micro-batch's mean loss / accumulation_steps, stepped every k batches of the
+    epoch; the epoch's left-over gradient stays in .grad and is applied with the next epoch's
+    first window (skorch's accumulation recipe)."""
+    for _ in range(num_epochs):
+        for i, (inputs, targets) in enumerate(loader, 1):
+            (F.cross_entropy(model(inputs), targets) / accumulation_steps).backward()
+            if i % accumulation_steps == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_a_window_the_loop_accumulates_by_itself_is_read_from_the_run() -> None:
+    report = audit.training_loop(train_pairs_of_batches, **LOOP)
+    assert report.ok, report.describe(only_failures=True)
+    assert report.options["accumulation_steps"] == 2  # read from its first run, shown as such
+
+
+def test_a_left_over_carried_into_the_next_epoch_fails_on_its_weights() -> None:
+    report = audit.training_loop(train_carry_over, accumulation_steps=2, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"]  # shrunk: 1 epoch
+    # over two epochs of 3 rows, the second epoch's first step holds 3 rows at 1.5x
+    target = audit.target_for(
+        "training-loop", train_carry_over, model=TwoPart, example=sample, accumulation_steps=2
+    )
+    with pytest.raises(CheckFailed, match=r"step 2 of 2 .* applied 1\.5 times .* carried into"):
+        short_step_applies_the_mean(target, Batching((0, 0, 0), 1, 2, 0))
+
+
+def test_the_carry_over_is_measured_directly_at_one_and_a_half_times() -> None:
+    """3 batches an epoch, windows of 2, 2 epochs: 2 steps; the second holds 3 micro-batches'
+    gradients, each divided by 2: 1.5 times the mean over its rows (one row kind, so the
+    gradient of each micro-batch is the same)."""
+    x, t = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([1])
+    model = TwoPart()
+    applied: list[torch.Tensor] = []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.register_step_pre_hook(
+        lambda *_: applied.append(model.head.bias.grad.detach().clone())
+    )
+    train_carry_over(model, [(x, t)] * 3, optimizer, num_epochs=2, accumulation_steps=2)
+    one = torch.autograd.grad(F.cross_entropy(model(x), t), model.head.bias)[0]
+    assert len(applied) == 2
+    torch.testing.assert_close(applied[0], one)
+    torch.testing.assert_close(applied[1], 1.5 * one)

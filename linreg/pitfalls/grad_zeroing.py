@@ -23,8 +23,8 @@ from linreg.kinds.training_loop import (
     Step,
     compare,
     describe,
+    full_window,
     loss_of,
-    most_rows,
     options_of,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
@@ -122,7 +122,6 @@ def _zeroes(options: UpdateStepOptions) -> str | None:
 
 def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     """On identical rows, every full step applies the same gradient: its own batch's alone."""
-    most = most_rows(target, batching)
 
     def explain(j: int, v: Judged, step: Step) -> str:
         s = v.ratio
@@ -148,7 +147,7 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     seen = compare(
         target,
         batching,
-        lambda j, steps: most is None or steps[j].rows <= most,
+        lambda j, steps: steps[j].rows <= full_window(steps),
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
     )

@@ -26,7 +26,6 @@ from linreg.kinds.training_loop import (
     compare,
     describe,
     loss_of,
-    most_rows,
     options_of,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
@@ -102,46 +101,58 @@ def _has_a_short_batch(options: LoopOptions) -> str | None:
 
 def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     """On identical rows, an epoch's short last step applies the same gradient as a full one,
-    and the epoch's left-over micro-batches are stepped, neither dropped nor carried over."""
+    and the epoch's left-over micro-batches are stepped, neither dropped nor carried over with
+    the wrong weight. A full step's rows are read from the run, not from what was declared."""
     options = options_of(target)
     k = options.accumulation_steps
-    full = batching.batch_size * k
+    nominal = batching.batch_size * k
+
+    per_epoch = len(batching.rows)
+    if options.drop_last:
+        per_epoch -= per_epoch % batching.batch_size
+
+    def crosses(j: int) -> bool:
+        """Return True if step j's rows start in one epoch and end in the next."""
+        start = sum(step.rows for step in steps[:j])
+        return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
 
     def explain(j: int, v: Judged, step: Step) -> str:
         s = v.ratio
         rows, batches = step.rows, len(step.sizes)
+        if crosses(j):
+            return (
+                f"took {rows} rows across the epoch's end: the epoch's left-over micro-batches "
+                "were carried into it, unzeroed, and weighed wrong (step them when the data "
+                "ends, or divide the window by all its rows)"
+            )
         if s is not None and k > 1 and math.isclose(s * k, batches, rel_tol=1e-3):
             return (
                 f"divides by the nominal accumulation_steps={k} where the last step took "
                 f"{batches} batch(es)"
             )
-        if s is not None and math.isclose(s * full, rows, rel_tol=1e-3):
+        if s is not None and math.isclose(s * nominal, rows, rel_tol=1e-3):
             return (
-                f"divides the short step's summed loss by the nominal {full} rows "
+                f"divides the short step's summed loss by the nominal {nominal} rows "
                 f"({'batch_size' if k == 1 else 'batch_size * accumulation_steps'}) where it "
                 f"took {rows}"
             )
         return NO_KNOWN
 
-    def short(j: int, steps: list[Step]) -> bool:
-        return steps[j].rows < max(s.rows for s in steps)
+    steps: list[Step] = []
 
-    seen = compare(target, batching, short, explain)
-    most = most_rows(target, batching)
-    carried = [j for j, step in enumerate(seen.steps) if most is not None and step.rows > most]
-    if seen.leftover or carried:
-        where = (
-            f"after its last step, {len(seen.leftover)} micro-batch(es) went through the model "
-            "and backward() but no optimizer.step() used them"
-            if seen.leftover
-            else f"step {carried[0] + 1} took {seen.steps[carried[0]].rows} rows where "
-            f"batch_size * accumulation_steps is {most}: the epoch's left-overs were carried "
-            "into it"
-        )
+    def judged(j: int, seen: list[Step]) -> bool:
+        # every step, on its weights: with mean-vs-sum and grad-zeroing passed first, a full
+        # step is right, so what fails here is a short step or a window across the epoch's end
+        steps[:] = seen
+        return True
+
+    seen = compare(target, batching, judged, explain)
+    if seen.leftover:
         raise CheckFailed(
-            f"on {describe(batching, options)}, {where}: the loop never steps an epoch's "
-            "left-over micro-batches (step when the data ends too, not only every "
-            f"{k} micro-batches)"
+            f"on {describe(batching, options)}, after its last step, {len(seen.leftover)} "
+            "micro-batch(es) went through the model and backward() but no optimizer.step() "
+            "used them: the loop never steps an epoch's left-over micro-batches (step when the "
+            f"data ends too, not only every {k} micro-batches)"
         )
 
 

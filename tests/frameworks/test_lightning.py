@@ -131,6 +131,16 @@ def test_lightning_manual_optimization_measured_and_audited() -> None:
     assert [r.pitfall for r in wrong.failures] == ["short-last-batch"], str(wrong)
 
 
+def test_a_manual_window_declared_nowhere_is_read_from_the_run() -> None:
+    """Lightning forbids accumulate_grad_batches under manual optimization: the module's own
+    window of 2 batches is what the audit sees, and it judges each step by the rows it held."""
+    given = {"example": sample, "drop_last": True, "max_examples": 15}
+    right = audit.lightning(ManualClassifier, **given)
+    assert right.ok, str(right)
+    wrong = audit.lightning(ManualUnscaled, **given)
+    assert [r.pitfall for r in wrong.failures] == ["short-last-batch"], str(wrong)
+
+
 def test_lightning_refuses_what_is_not_a_lightning_module() -> None:
     with pytest.raises(audit.TargetError, match="not a LightningModule"):
         audit.lightning(lambda: nn.Linear(5, 4), example=sample)

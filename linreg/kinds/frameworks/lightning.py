@@ -40,7 +40,7 @@ class LightningOptions(Options):
     example: training_loop.Example = training_loop.example_option()
     accumulate_grad_batches: int = option(
         1,
-        "Trainer(accumulate_grad_batches=k); for manual optimization, the batches it accumulates",
+        "Trainer(accumulate_grad_batches=k); a manual optimization's window is read from the run",
         flag="--accumulate-grad-batches",
         check=_validate.positive_int,
     )
@@ -123,6 +123,7 @@ FRAMEWORK = Framework(
         "or validation) over a DataLoader of copies of the sample and of a contrast row, holds "
         "every step's lr at 0, and judges each step as the training-loop audit does, from "
         "what training_step was fed. accumulate_grad_batches=k is passed to the Trainer under "
-        "automatic optimization; a manually optimized module accumulates k batches itself."
+        "automatic optimization; the window a manually optimized module accumulates itself is read "
+        "from its first run."
     ),
 )

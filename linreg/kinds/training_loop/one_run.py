@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,12 +17,12 @@ from torch import nn
 
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Kind, Target, TargetError
-from linreg.kinds.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
+from linreg.kinds.guards import Aborted, TimeUp, bounded, seeded, silenced, time_limit, user_fn
 from linreg.kinds.options import name_of
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.held import held_still, models_restored
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
-from linreg.kinds.training_loop.ledger import Observed, not_finite
+from linreg.kinds.training_loop.ledger import Observed, Step, not_finite
 from linreg.kinds.training_loop.rows import Example, rows_of
 from linreg.kinds.training_loop.settings import (
     FLOOR,
@@ -141,13 +142,44 @@ def observe(target: Target, batching: Batching) -> Observed:
     return run_at_zero_lr(target, batching)[1]
 
 
-def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
-    """Return fn once it says what it takes, its model can be judged and it steps the optimizer."""
+def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Target:
+    """Return the target once fn says what it takes, its model can be judged and it steps the
+    optimizer; its accumulation window read from that first run where it was not declared."""
     with models_restored():
-        return _checked(fn, options)
+        checked, seen = _checked(fn, options)
+    made = Target(
+        bounded(checked, "the loop", None, limited=False), KIND.name, options, name_of(fn)
+    )
+    return windowed(made, seen)
 
 
-def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[..., Any]:
+PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 4 shows
+
+
+def window_of(seen: Observed) -> int:
+    """Return the micro-batches a full update consumed in a run: the most common count of
+    forward passes an update was fed (the larger on a tie: an epoch's short last window)."""
+    counts = Counter(len(step.calls) for step in seen.steps if step.calls)
+    return max(counts, key=lambda k: (counts[k], k), default=1)
+
+
+def windowed(target: Target, seen: Observed | None = None) -> Target:
+    """Return the target with its accumulation count read from a run (seen, or one made here),
+    where the loop does not take one and none was declared: the window of a loop that
+    accumulates by itself (a manual optimization's) is then what its updates consumed."""
+    options = options_of(target)
+    if options.accumulation_steps != 1 or asks_of(target.fn).has("accumulation"):
+        return target
+    if seen is None:
+        with models_restored():
+            seen = observe(target, PROBE)
+    k = window_of(seen)
+    return target if k < 2 else replace(target, options=replace(options, accumulation_steps=k))
+
+
+def _checked(
+    fn: Callable[..., Any], options: TrainingLoopOptions
+) -> tuple[Callable[..., Any], Observed]:
     asks_of(fn)
     try:
         with seeded(0):  # the user's RNG is left as it was
@@ -164,7 +196,7 @@ def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[.
     from linreg.kinds.training_loop.references import check_model  # it imports this module
 
     target = Target(fn, "training-loop", options)
-    batching = Batching((0, 1, 0), 2, 2, 0)
+    batching = PROBE
     start = time.perf_counter()
     try:
         model, seen = run_at_zero_lr(target, batching)
@@ -183,15 +215,14 @@ def _checked(fn: Callable[..., Any], options: TrainingLoopOptions) -> Callable[.
         check_model(model, seen.calls)
     except TypeError as e:
         raise TargetError(str(e)) from None
-    return fn
+    return fn, seen
 
 
-def most_rows(target: Target, batching: Batching) -> int | None:
-    """Return the most rows a step of a correct loop consumes (None: the loop batches itself)."""
-    asks = asks_of(target.fn)
-    if asks.data == "dataset" and not asks.has("batch_size"):
-        return None
-    return batching.batch_size * options_of(target).accumulation_steps
+def full_window(steps: Sequence[Step]) -> int:
+    """Return the rows of a full update, as the run shows it: the most common count of rows a
+    step consumed (the smaller on a tie), not what the loop was declared to accumulate."""
+    counts = Counter(step.rows for step in steps)
+    return max(counts, key=lambda rows: (counts[rows], -rows), default=0)
 
 
 def framework_target(
@@ -206,7 +237,9 @@ def framework_target(
     factory alone."""
     loop.__name__ = loop.__qualname__ = f"{framework}({name_of(factory)})"
     loop.__module__ = ""
-    return replace(KIND.target(loop, model=factory, **options), watch=watch)
+    target = replace(KIND.target(loop, model=factory, **options), watch=watch)
+    # a framework that hands batches to a method of the model was probed without its watch
+    return target if watch is None else windowed(target)
 
 
 KIND = Kind(
@@ -230,7 +263,8 @@ KIND = Kind(
         "it: a correct loop applies the mean of those rows' own gradients (their sum for "
         "reduction=\"sum\"), each from the loss (loss=, the model's own, or the labels' "
         "usual loss confirmed against the loop). accumulation_steps=k says the loop steps "
-        "once per k batches, and once for what is left at the end of an epoch; drop_last=True "
+        "once per k batches, and once for what is left at the end of an epoch (for a loop "
+        "that takes no count and is given none: read from its first run); drop_last=True "
         "that the audit's DataLoader drops the short last batch. Dropout is set to p = 0 and "
         "batch norms held in eval mode; a model still random, or whose rows still interact, "
         "is refused, as is a loop that moves the parameters outside optimizer.step()."
