@@ -175,3 +175,59 @@ def test_an_amp_loop_that_clips_before_unscaling_fails_naming_that_alone() -> No
     )
     assert [r.pitfall for r in report.failures] == ["clip-before-unscale"]
     assert "scaler.unscale_(optimizer) before clipping" in report.failures[0].message
+
+
+def train_amp_divide_in_place(
+    model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Optimizer, *, num_epochs: int
+) -> None:
+    """Summed loss, the still-scaled gradients divided by the batch's rows in place, then
+    unscale_ and clip: a change before unscale_ that is no clip, and right."""
+    scaler = torch.amp.GradScaler("cpu")
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            scaler.scale(F.mse_loss(model(X), y, reduction="sum")).backward()
+            for p in model.parameters():
+                p.grad /= len(X)
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+
+
+class TwoPart(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(2, 3), nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(x)))
+
+
+def train_amp_two_optimizers(model: TwoPart, loader: Iterable[Any], *, num_epochs: int) -> None:
+    """PyTorch's AMP recipe with two optimizers: one scaler, each optimizer unscaled before the
+    clip of every parameter, a step for each, one update."""
+    opt0 = torch.optim.SGD(model.body.parameters(), lr=0.1)
+    opt1 = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    for _ in range(num_epochs):
+        for X, y in loader:
+            opt0.zero_grad()
+            opt1.zero_grad()
+            scaler.scale(F.mse_loss(model(X), y)).backward()
+            scaler.unscale_(opt0)
+            scaler.unscale_(opt1)
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt0)
+            scaler.step(opt1)
+            scaler.update()
+
+
+@pytest.mark.parametrize(
+    ("loop", "model"), [(train_amp_divide_in_place, linear), (train_amp_two_optimizers, TwoPart)]
+)
+def test_a_right_change_before_unscale_and_two_optimizers_with_one_scaler_pass(
+    loop: Any, model: Any
+) -> None:
+    report = audit.training_loop(loop, model=model, example=SAMPLE)
+    assert report.ok, report.describe(only_failures=True)

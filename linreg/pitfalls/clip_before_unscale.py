@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,14 +18,14 @@ from linreg.kinds.training_loop import (
     factor,
     loss_of,
     options_of,
+    reduced,
+    references,
     run_at_zero_lr,
     tolerance,
+    want_of,
 )
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
-
-if TYPE_CHECKING:
-    pass
 
 MAX_NORM = 1.0  # the clip the loops below ask for (a common choice: transformers' default)
 
@@ -69,25 +69,31 @@ def loop_clip_before_unscale(
 
 
 def unscales_before_clipping(target: Target, batching: Batching) -> None:
-    """Where a GradScaler unscales, it finds what backward() left: nothing clipped it before."""
+    """Where a GradScaler unscales, nothing has clipped the gradients backward() left: an
+    update whose gradient was right before unscale_ and is smaller after it (by more than the
+    scale) was clipped while still scaled."""
     model, seen = run_at_zero_lr(target, batching)
+    ref = references(target, model, seen, batching.seed)
+    if ref is None:
+        return
     tol = tolerance(model)
     for j, step in enumerate(seen.steps):
-        want, got = step.before_clipping, step.unscaled
-        if step.scale is None or want is None or got is None:
-            continue  # no loss scaler unscaled this step: nothing to judge
+        before, got = step.before_clipping, step.unscaled
+        want = want_of(step, ref, reduced(target) == "sum")
+        if step.scale is None or before is None or got is None or want is None:
+            continue  # no loss scaler unscaled this update: nothing to judge
         scale = float(want.abs().max())
-        if close(got, want, tol, scale):
-            continue
-        s = factor(got, want, tol)
+        if not close(before, want, tol, scale) or close(got, want, tol, scale):
+            continue  # right after unscale_, or not right before it: not this mistake
+        s = factor(got, before, tol)
         changed = "unlike" if s is None else f"{s:.3g} times"
         raise CheckFailed(
             f"on {describe(batching, options_of(target))}, step {j + 1} of {len(seen.steps)}: "
             f"GradScaler.unscale_ found gradients {changed} what backward() left divided by the "
-            f"scale ({step.scale:g}): they were changed while still scaled. clip_grad_norm_ "
-            f"before unscale_ measures a norm {step.scale:g} times the true one, so it clips "
-            "nearly every step, and far below max_norm once unscaled: call "
-            "scaler.unscale_(optimizer) before clipping",
+            f"scale ({step.scale:g}), which was the correct gradient: they were changed while "
+            f"still scaled. clip_grad_norm_ before unscale_ measures a norm {step.scale:g} "
+            "times the true one, so it clips nearly every step, and far below max_norm once "
+            "unscaled: call scaler.unscale_(optimizer) before clipping",
             {"factor": s, "scale": step.scale, "step": j + 1},
         )
 

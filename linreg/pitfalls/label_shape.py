@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -18,9 +17,6 @@ from linreg.kinds.loss import LossOptions
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 from linreg.pitfalls.mean_vs_sum import book_mean_loss, book_predictions
-
-if TYPE_CHECKING:
-    pass
 
 # --- the wrong variants ----------------------------------------------------------------------
 # pragma: no mutate start (a negative control stays wrong: docs/mutation.md)

@@ -100,6 +100,7 @@ class Watcher:
         if not self.calls:
             if self.seen.steps and not stepped & self.stepped:  # another optimizer, same update
                 self.stepped |= stepped
+                self._refresh(self.seen.steps[-1], stepped)
                 return
             if applied is None or not bool(applied.any()):
                 return
@@ -111,6 +112,23 @@ class Watcher:
         self.scale = None
         if self.on_update is not None:
             self.on_update()
+
+    def _refresh(self, step: Step, stepped: set[int]) -> None:
+        """Read an update's gradients again for the params a later optimizer of the same update
+        stepped: as that step used them, and as its loss scaler unscaled them."""
+        now = flat([p.grad for p in self.params], self.params)
+        unscaled = flat([self.unscaled.get(id(p)) for p in self.params], self.params)
+        at, mine = 0, []
+        for p in self.params:
+            if id(p) in stepped:
+                mine.append(slice(at, at + p.numel()))
+            at += p.numel()
+        for part in mine:
+            if step.applied is not None and now is not None:
+                step.applied[part] = now[part]
+            if step.unscaled is not None and unscaled is not None and self.unscaled:
+                step.unscaled[part] = unscaled[part]
+        self.unscaled = {}
 
     def accumulated(self, p: Tensor) -> None:
         """Keep a param's gradient as backward() left it."""
@@ -130,14 +148,15 @@ class Watcher:
         self.calls.append(
             Call(detached(args), detached(kwargs), rows, self.method, self.replayable)
         )
-        self.seen.fed += batch[0].shape[0]
+        self.seen.fed += rows
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
         """Keep the gradients a loss scaler just divided by its scale, and the scale."""
         if self.ours(opt):
             self.scale = scale
+            own = {id(p) for g in opt.param_groups for p in g["params"]}
             for p in self.params:
-                if p.grad is not None:
+                if p.grad is not None and id(p) in own:
                     self.unscaled[id(p)] = p.grad.detach().clone()
 
     def finish(self) -> Observed:

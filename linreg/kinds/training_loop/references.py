@@ -225,14 +225,17 @@ def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None
     for kind in (0, 1):
         model, seen = run_at_zero_lr(target, Batching((kind,) * k, 1, 1, seed))
         step = seen.steps[0] if seen.steps else None
-        if step is None or not step.calls or step.before_clipping is None:
+        if step is None or not step.calls or step.unscaled is None:
             raise CheckFailed(
                 f"on {k} identical row(s) in batches of one the loop took "
                 f"{len(seen.steps)} optimizer step(s) with a gradient: expected one"
             )
-        per_row = step.before_clipping / (step.rows if reduced(target) == "sum" else 1)
+        per = step.rows if reduced(target) == "sum" else 1
+        # as the loss scaler unscaled it, or, where something changed the still-scaled
+        # gradient before unscale_ (a clip), as backward() left it over the scale
+        readings = [g / per for g in (step.unscaled, step.before_clipping) if g is not None]
         call = step.calls[0]
-        own[call.row_keys[0]] = per_row
+        own[call.row_keys[0]] = readings[0]
         if y is None or guess is None:
             factors.append(None)
             continue
@@ -241,7 +244,9 @@ def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None
         except (RuntimeError, ValueError, IndexError, TypeError):
             factors.append(None)
             continue
-        factors.append(factor(per_row, guessed, tolerance(model)))
+        found = [factor(g, guessed, tolerance(model)) for g in readings]
+        matching = [f for f in found if f is not None and math.isclose(f, 1.0, rel_tol=1e-3)]
+        factors.append(matching[0] if matching else found[0])
     confirmed = _one_known_scale(factors, k)
     why = (
         f"its loss is not {guess}: name it with loss= to judge the scale of every step"

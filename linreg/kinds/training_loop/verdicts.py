@@ -45,21 +45,26 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
 
 def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | None = None) -> Judged:
     """Return whether a step applied the correct gradient, directly or as a clipping of it;
-    before is the step before, whose applied gradient a loop that never zeroes adds to this one."""
+    before is the step before, whose applied gradient a loop that never zeroes adds to this one.
+
+    What was clipped is the gradient as the loss scaler unscaled it or, where something changed
+    the still-scaled gradient first (a clip before unscale_: clip-before-unscale's to name),
+    what backward() left over the scale: the step is right if either is right and what it
+    applied is a clipping of it."""
     if close(step.applied, want, tol, scale):
         return Judged(True, 1.0, False)
-    before_clip = step.before_clipping
-    clipped = (
-        before_clip is not None
-        and not close(step.applied, before_clip, tol, scale)
-        and clipping(step.applied, before_clip, tol)
-    )
-    if clipped and close(before_clip, want, tol, scale):
+    candidates = [g for g in (step.unscaled, step.before_clipping) if g is not None]
+    clipped = [
+        g
+        for g in candidates
+        if not close(step.applied, g, tol, scale) and clipping(step.applied, g, tol)
+    ]
+    if any(close(g, want, tol, scale) for g in clipped):
         return Judged(True, 1.0, True)
-    reading = before_clip if clipped else step.applied
+    reading = clipped[0] if clipped else step.applied
     left = before.applied if before is not None else None
     stale = left is not None and close(reading, want + left, tol, scale)
-    return Judged(False, factor(reading, want, tol), clipped, stale)
+    return Judged(False, factor(reading, want, tol), bool(clipped), stale)
 
 
 def compare(
@@ -149,7 +154,7 @@ def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: flo
     means = [want_of(part, ref, summed=False) for part in parts]
     if any(m is None for m in means):
         return ""
-    reading = step.before_clipping if v.clipped else step.applied
+    reading = step.unscaled if v.clipped else step.applied
     if not close(reading, torch.stack(means).mean(0), tol, scale):  # type: ignore[arg-type]
         return ""
     if ref.weights is not None:
