@@ -383,17 +383,16 @@ def test_report_json_matches_its_schema_and_every_pitfall_behaves(
 def test_report_json_of_a_skipped_pitfall_says_why_and_keeps_to_the_schema() -> None:
     import jsonschema
 
-    from linreg.pitfalls import _live as demos
-    from linreg.pitfalls import _render as render
+    from linreg.pitfalls import _live, _render
 
-    skipped = demos.Evidence(
+    skipped = _live.Evidence(
         id="ddp-sum", expected="", observed="", ok=True, skipped="gloo is unavailable"
     )
-    report = render.to_json([demos.Shown(skipped, 0.0)])
-    jsonschema.validate(report, render.SCHEMA)
+    report = _render.to_json([_live.Shown(skipped, 0.0)])
+    jsonschema.validate(report, _render.SCHEMA)
     assert report["pitfalls"][0]["skipped"] == "gloo is unavailable"
     with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
-        jsonschema.validate({**report, "extra": 1}, render.SCHEMA)
+        jsonschema.validate({**report, "extra": 1}, _render.SCHEMA)
 
 
 def test_report_markdown_has_a_section_per_pitfall(
@@ -443,12 +442,12 @@ def test_report_exit_code_is_1_when_a_pitfall_does_not_behave_as_documented(
 def test_report_a_crashing_demonstration_is_reported_not_raised(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from linreg.pitfalls import _live as demos
+    from linreg.pitfalls import _live
 
-    def broken() -> demos.Evidence:
+    def broken() -> _live.Evidence:
         raise RuntimeError("torch changed")
 
-    monkeypatch.setitem(demos.DEMOS, "rebinding", broken)
+    monkeypatch.setitem(_live.DEMOS, "rebinding", broken)
     assert main(["pitfalls", "-q", "--only", "rebinding", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["pitfalls"][0]["observed"] == "raised RuntimeError: torch changed"

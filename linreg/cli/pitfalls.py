@@ -67,8 +67,7 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
         arguments.check_plot(args.plot, parser)
 
-    from linreg.pitfalls import _live as demos
-    from linreg.pitfalls import _render as render
+    from linreg.pitfalls import _live, _render
 
     ids = args.only or [p.id for p in CATALOGUE]
 
@@ -76,14 +75,14 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not args.quiet:
             print(f"[{k}/{len(ids)}] {pitfall_id} ...", file=sys.stderr, flush=True)
 
-    runs = demos.show(ids, progress)
+    runs = _live.show(ids, progress)
     if args.json:
-        print(json.dumps(render.to_json(runs), indent=2, allow_nan=False))
+        print(json.dumps(_render.to_json(runs), indent=2, allow_nan=False))
     elif args.markdown:
-        print(render.markdown(runs), end="")
+        print(_render.markdown(runs), end="")
     else:
-        print(render.table(runs, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+        print(_render.table(runs, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
     if args.plot:
-        panels = render.plot(runs, args.plot)
+        panels = _render.plot(runs, args.plot)
         print(f"wrote {panels} panels of loss curves to {args.plot}", file=sys.stderr)
     return 0 if all(r.evidence.ok for r in runs) else 1

@@ -129,9 +129,10 @@ def takes_every_step(target: Target, batching: Batching) -> None:
     """E epochs feed the model E times one epoch's rows; a step budget of S takes at least S
     steps (a budget that counts inclusively takes S + 1: each step is judged on its own).
 
-    Epochs are judged by the rows that went through the model, not by the steps: a loop whose
+    Epochs are judged by the rows that went through the model and by the steps: a loop whose
     accumulation windows cross the epoch boundary steps a different number of times per epoch
-    and is right; one whose data is used up after a pass feeds nothing after the first.
+    and feeds every epoch; one with a pass of its own over the data feeds more and steps every
+    epoch; one whose data is used up after a pass does neither after the first.
     """
     options = options_of(target)
     seen = observe(target, batching)
@@ -146,19 +147,21 @@ def takes_every_step(target: Target, batching: Batching) -> None:
         )
     if batching.num_epochs == 1:
         return
-    once = observe(target, replace(batching, num_epochs=1)).fed
-    want = once * batching.num_epochs
-    if seen.fed == want:
-        return
+    once = observe(target, replace(batching, num_epochs=1))
+    epochs = batching.num_epochs
+    if seen.fed == once.fed * epochs or len(seen.steps) == len(once.steps) * epochs:
+        return  # every epoch fed the model its rows, or took its steps
     why = (
-        "fed rows in the first epoch only: what it iterates is used up after one pass (a "
-        "generator or iter(loader) made once?)"
-        if seen.fed == once
+        "fed rows and stepped in the first epoch only: what it iterates is used up after one "
+        "pass (a generator or iter(loader) made once?)"
+        if seen.fed == once.fed and len(seen.steps) == len(once.steps)
         else NO_KNOWN
     )
     raise CheckFailed(
-        f"on {describe(batching, options)} {seen.fed} rows went through the model, expected "
-        f"{want} ({batching.num_epochs} epochs of {once}): it {why}"
+        f"on {describe(batching, options)} {seen.fed} rows went through the model in "
+        f"{len(seen.steps)} optimizer steps, expected {once.fed * epochs} rows or "
+        f"{len(once.steps) * epochs} steps ({epochs} epochs of {once.fed} rows, "
+        f"{len(once.steps)} steps): it {why}"
     )
 
 

@@ -152,7 +152,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             f"on {describe(batching, options)}, after its last step, {len(seen.leftover)} "
             "micro-batch(es) went through the model and backward() but no optimizer.step() "
             "used them: the loop never steps an epoch's left-over micro-batches (step when the "
-            f"data ends too, not only every {k} micro-batches)"
+            f"data ends too{f', not only every {k} micro-batches' if k > 1 else ''})"
         )
 
 

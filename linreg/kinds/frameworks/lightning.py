@@ -5,7 +5,7 @@ device, no logger, no checkpoints, no validation) a DataLoader over the audit's 
 watches every optimizer step as `linreg.kinds.training_loop` does; what each step consumed is
 what `training_step` was fed (a module may call a submodule, not itself, in it). Automatic
 optimization runs with `accumulate_grad_batches`; a manually optimized module steps itself, and
-`accumulate_grad_batches` then says how many batches it accumulates. Works with `lightning` or
+the window it accumulates is read from its first run. Works with `lightning` or
 `pytorch_lightning` installed (`pip install 'linreg-pitfalls[lightning]'`).
 """
 

@@ -2,11 +2,11 @@
 
 The audit hands the loop what its parameters ask for (`contract`, in this folder: a fresh model
 from the user's factory, a DataLoader, a dataset or a batch function over the audit's rows, an
-optimizer or none, a number of epochs or of steps) and watches it run (`observe`): every
+optimizer or none, a number of epochs or of steps) and watches it run (`hooks`): every
 optimizer step over the model's parameters, its lr held at 0, and the rows fed to the model
 before it. The rows are copies of one example and of a contrast row with a
 different gradient, so how a step weighs its rows shows. Each step's gradient is judged
-against an absolute reference (`gradients`): the mean (or, for
+(`verdicts`) against a reference (`references`): the mean (or, for
 `reduction="sum"`, the sum) over the rows it consumed of each row's own gradient, from the
 loss the user names, the model's own loss where its output carries one, or else the usual loss
 for the labels, confirmed against the loop on one row at a time.

@@ -153,7 +153,7 @@ def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Target:
     return windowed(made, seen)
 
 
-PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 4 shows
+PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 5 shows
 
 
 def window_of(seen: Observed) -> int:
@@ -165,14 +165,18 @@ def window_of(seen: Observed) -> int:
 
 def windowed(target: Target, seen: Observed | None = None) -> Target:
     """Return the target with its accumulation count read from a run (seen, or one made here),
-    where the loop does not take one and none was declared: the window of a loop that
+    where the loop does not take one and it is 1 (the default: 1 given explicitly reads the
+    same): the window of a loop that
     accumulates by itself (a manual optimization's) is then what its updates consumed."""
     options = options_of(target)
     if options.accumulation_steps != 1 or asks_of(target.fn).has("accumulation"):
         return target
     if seen is None:
-        with models_restored():
-            seen = observe(target, PROBE)
+        try:
+            with models_restored():
+                seen = observe(target, PROBE)
+        except (LoopRaised, Aborted):
+            return target  # the properties meet it on their own examples, and report it
     k = window_of(seen)
     return target if k < 2 else replace(target, options=replace(options, accumulation_steps=k))
 
@@ -238,8 +242,9 @@ def framework_target(
     loop.__name__ = loop.__qualname__ = f"{framework}({name_of(factory)})"
     loop.__module__ = ""
     target = replace(KIND.target(loop, model=factory, **options), watch=watch)
-    # a framework that hands batches to a method of the model was probed without its watch
-    return target if watch is None else windowed(target)
+    # a module that steps itself (manual optimization) and is fed through a method of its own
+    # was probed without its watch: its window is read again, watched
+    return target if watch is None or watch.replayable else windowed(target)
 
 
 KIND = Kind(
@@ -263,8 +268,8 @@ KIND = Kind(
         "it: a correct loop applies the mean of those rows' own gradients (their sum for "
         "reduction=\"sum\"), each from the loss (loss=, the model's own, or the labels' "
         "usual loss confirmed against the loop). accumulation_steps=k says the loop steps "
-        "once per k batches, and once for what is left at the end of an epoch (for a loop "
-        "that takes no count and is given none: read from its first run); drop_last=True "
+        "once per k batches, windows that cross an epoch's end judged by their weights (for "
+        "a loop that takes no count and is given none: read from its first run); drop_last=True "
         "that the audit's DataLoader drops the short last batch. Dropout is set to p = 0 and "
         "batch norms held in eval mode; a model still random, or whose rows still interact, "
         "is refused, as is a loop that moves the parameters outside optimizer.step()."

@@ -101,7 +101,8 @@ class TrainingLoopOptions(Options):
     )
     accumulation_steps: int = option(
         1,
-        "the loop steps once per this many batches, and once for what is left of an epoch",
+        "the loop steps once per this many batches (windows may cross an epoch's end; the "
+        "last is stepped too); read from the run for a loop that takes no count",
         flag="--accumulation-steps",
         check=_validate.positive_int,
     )

@@ -16,7 +16,7 @@ from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
 from linreg.kinds.training_loop.ledger import Observed, Step
 from linreg.kinds.training_loop.measure import clipping, close, factor, tolerance
-from linreg.kinds.training_loop.one_run import run_at_zero_lr
+from linreg.kinds.training_loop.one_run import full_window, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
 from linreg.kinds.training_loop.settings import Batching, describe, options_of, reduced
 
@@ -77,9 +77,10 @@ def compare(
 ) -> Observed:
     """Judge the steps `which(j, steps)` picks against the reference; explain the first miss.
 
-    relative=True judges each step against the correct gradient times the first step's ratio
-    to it: a scale the loop applies to every step alike (a summed loss: mean-vs-sum's) is left
-    to the property that judges the scale, so a second mistake is still seen on its own.
+    relative=True judges each step against the correct gradient times the ratio of the first
+    judged full step (of the run's most common size) to it: a scale the loop applies to every
+    step alike (a summed loss: mean-vs-sum's) is left to the property that judges the scale, so
+    a second mistake is still seen on its own.
     """
     model, seen = run_at_zero_lr(target, batching)
     ref = references(target, model, seen, batching.seed)
@@ -89,8 +90,14 @@ def compare(
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
     first = None
-    if relative and seen.steps and wants[0] is not None:
-        first = judge(seen.steps[0], wants[0], tol, scale)
+    full = [
+        j
+        for j, step in enumerate(seen.steps)
+        if which(j, seen.steps) and step.rows == full_window(seen.steps) and wants[j] is not None
+    ]
+    chosen = wants[full[0]] if relative and full else None
+    if chosen is not None:
+        first = judge(seen.steps[full[0]], chosen, tol, scale)
     by = first.ratio if first is not None and not first.ok and first.ratio else None
     if by is not None and by > 0:
         wants = [None if w is None else w * by for w in wants]
@@ -105,11 +112,12 @@ def compare(
         v = verdicts[j]
         assert v is not None
         step = seen.steps[j]
-        v = replace(
-            v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, v, tol, scale)
-        )
+        if by is None:  # the notes read absolute ratios
+            v = replace(
+                v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, v, tol, scale)
+            )
         where = describe(batching, options_of(target))
-        relative_to = f" times the first step's {by:.4g}" if by is not None and by > 0 else ""
+        relative_to = f" times the first full step's {by:.4g}" if by is not None and by > 0 else ""
         measured = {
             "ratios": [None if u is None else u.ratio for u in verdicts],
             "failing": bad,
