@@ -383,3 +383,20 @@ def test_the_carry_over_is_measured_directly_at_one_and_a_half_times() -> None:
     assert len(applied) == 2
     torch.testing.assert_close(applied[0], one)
     torch.testing.assert_close(applied[1], 1.5 * one)
+
+
+def train_then_report_loss(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Trains, then reports the training loss in a pass of its own, grad left on: one more
+    pass over the data that feeds no step."""
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+    total = sum(float(F.cross_entropy(model(x), t, reduction="sum")) for x, t in loader)
+    print(f"train loss {total / len(loader.dataset):.4f}")
+
+
+def test_a_pass_of_its_own_over_the_data_after_training_passes() -> None:
+    report = audit.training_loop(train_then_report_loss, **LOOP)
+    assert report.ok, report.describe(only_failures=True)
