@@ -6,15 +6,11 @@ from the registry of kinds, which imports it)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from linreg.cli import arguments, audit, pitfalls, train
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
-    "train": train.command,
-    "pitfalls": pitfalls.command,
-    "audit": audit.command,
-}
+COMMANDS = {"train": train, "pitfalls": pitfalls, "audit": audit}  # each: add_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Linear regression from scratch (d2l), and its training-loop pitfalls.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, pitfalls, audit):
+    for command in COMMANDS.values():
         command.add_parser(sub)
     return parser
 
@@ -32,4 +28,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args, args.subparser)
+    code: int = COMMANDS[args.command].command(args, args.subparser)
+    return code

@@ -54,7 +54,8 @@ class Kind:
     signature: str  # what the user's function must take
     summary: str  # one line: what the kind is
     options: type[Options]
-    # fn, options -> what the properties call, or the Target of another kind that judges it (a
+    # fn, options -> what the properties call (alone, or with the options a first call showed:
+    # a loop's accumulation window), or the Target of another kind that judges it (a
     # framework's trainer, run as a training loop); raises TargetError when fn cannot be one
     build: Callable[[Callable[..., Any], Any], Any]
     doc: str = ""  # the audit function's docstring, after its first line
@@ -93,6 +94,8 @@ class Kind:
             ) from None
         if isinstance(made, Target):
             return made
+        if isinstance(made, tuple):
+            made, built = made
         made = bounded(made, self.calls, timeout, limited=not self.times_itself)
         return Target(made, self.name, built, name_of(fn))
 

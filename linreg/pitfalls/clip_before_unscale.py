@@ -18,11 +18,7 @@ from linreg.kinds.training_loop import (
     factor,
     loss_of,
     options_of,
-    reduced,
-    references,
-    run_at_zero_lr,
-    tolerance,
-    want_of,
+    wanted,
 )
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
@@ -72,14 +68,12 @@ def unscales_before_clipping(target: Target, batching: Batching) -> None:
     """Where a GradScaler unscales, nothing has clipped the gradients backward() left: an
     update whose gradient was right before unscale_ and is smaller after it (by more than the
     scale) was clipped while still scaled."""
-    model, seen = run_at_zero_lr(target, batching)
-    ref = references(target, model, seen, batching.seed)
-    if ref is None:
+    run = wanted(target, batching)
+    if run.ref is None:
         return
-    tol = tolerance(model)
-    for j, step in enumerate(seen.steps):
+    seen, tol = run.seen, run.tol
+    for j, (step, want) in enumerate(zip(seen.steps, run.wants, strict=True)):
         before, got = step.before_clipping, step.unscaled
-        want = want_of(step, ref, reduced(target) == "sum")
         if step.scale is None or before is None or got is None or want is None:
             continue  # no loss scaler unscaled this update: nothing to judge
         scale = float(want.abs().max())

@@ -23,7 +23,7 @@ from linreg.kinds.training_loop import (
     Step,
     compare,
     describe,
-    full_window,
+    full_step_rows,
     loss_of,
     options_of,
 )
@@ -123,7 +123,7 @@ def _zeroes(options: UpdateStepOptions) -> str | None:
 def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     """On identical rows, every full step applies the same gradient: its own batch's alone."""
 
-    def explain(j: int, v: Judged, step: Step) -> str:
+    def explain(j: int, v: Judged, steps: list[Step]) -> str:
         s = v.ratio
         if v.stale:
             return (
@@ -147,7 +147,7 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     seen = compare(
         target,
         batching,
-        lambda j, steps: steps[j].rows <= full_window(steps),
+        lambda j, steps: steps[j].rows <= full_step_rows(steps),
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
     )

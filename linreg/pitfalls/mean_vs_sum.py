@@ -143,7 +143,8 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     k = options_of(target).accumulation_steps
     mean = reduced(target) == "mean"
 
-    def explain(j: int, v: Judged, step: Step) -> str:
+    def explain(j: int, v: Judged, steps: list[Step]) -> str:
+        step = steps[j]
         s = v.ratio
         rows, parts = step.rows, len(step.sizes)
         if s is None:

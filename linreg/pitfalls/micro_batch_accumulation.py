@@ -76,7 +76,7 @@ def _book() -> dict[str, Any]:
 def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     """With two kinds of rows, each step applies the mean of its own rows' gradients."""
 
-    def explain(j: int, v: Judged, step: Step) -> str:
+    def explain(j: int, v: Judged, steps: list[Step]) -> str:
         return (
             "weighs the rows of a step unequally (a mean of micro-batch means, over "
             "micro-batches of unequal sizes?): sum the per-row losses and divide once by the "

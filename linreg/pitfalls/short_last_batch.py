@@ -111,15 +111,16 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     if options.drop_last:
         per_epoch -= per_epoch % batching.batch_size
 
-    def crosses(j: int) -> bool:
+    def crosses(j: int, steps: list[Step]) -> bool:
         """Return True if step j's rows start in one epoch and end in the next."""
         start = sum(step.rows for step in steps[:j])
         return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
 
-    def explain(j: int, v: Judged, step: Step) -> str:
+    def explain(j: int, v: Judged, steps: list[Step]) -> str:
+        step = steps[j]
         s = v.ratio
         rows, batches = step.rows, len(step.sizes)
-        if crosses(j):
+        if crosses(j, steps):
             return (
                 f"took {rows} rows across the epoch's end: the epoch's left-over micro-batches "
                 "were carried into it, unzeroed, and weighed wrong (step them when the data "
@@ -138,15 +139,9 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             )
         return NO_KNOWN
 
-    steps: list[Step] = []
-
-    def judged(j: int, seen: list[Step]) -> bool:
-        # every step, on its weights: with mean-vs-sum and grad-zeroing passed first, a full
-        # step is right, so what fails here is a short step or a window across the epoch's end
-        steps[:] = seen
-        return True
-
-    seen = compare(target, batching, judged, explain)
+    # every step, on its weights: with mean-vs-sum and grad-zeroing passed first, a full step
+    # is right, so what fails here is a short step or a window across the epoch's end
+    seen = compare(target, batching, lambda j, steps: True, explain)
     if seen.leftover:
         raise CheckFailed(
             f"on {describe(batching, options)}, after its last step, {len(seen.leftover)} "

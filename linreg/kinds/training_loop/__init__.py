@@ -58,7 +58,7 @@ from linreg.kinds.training_loop.one_run import (
     build,
     build_model,
     framework_target,
-    full_window,
+    full_step_rows,
     limit_of,
     observe,
     run_at_zero_lr,
@@ -115,11 +115,13 @@ from linreg.kinds.training_loop.settings import (
 from linreg.kinds.training_loop.verdicts import (
     NO_KNOWN,
     Judged,
+    Wanted,
     compare,
     judge,
     means_of_means,
     miscount,
     want_of,
+    wanted,
 )
 
 __all__ = [
@@ -144,6 +146,7 @@ __all__ = [
     "RowLoss",
     "Step",
     "TrainingLoopOptions",
+    "Wanted",
     "Watch",
     "Watcher",
     "as_example",
@@ -169,7 +172,7 @@ __all__ = [
     "fit_micro_batches",
     "flat",
     "framework_target",
-    "full_window",
+    "full_step_rows",
     "held_still",
     "input_key",
     "judge",
@@ -198,5 +201,6 @@ __all__ = [
     "token_labels",
     "tolerance",
     "want_of",
+    "wanted",
     "watching",
 ]

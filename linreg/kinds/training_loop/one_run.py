@@ -17,7 +17,7 @@ from torch import nn
 
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Kind, Target, TargetError
-from linreg.kinds.guards import Aborted, TimeUp, bounded, seeded, silenced, time_limit, user_fn
+from linreg.kinds.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.options import name_of
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.held import held_still, models_restored
@@ -142,15 +142,15 @@ def observe(target: Target, batching: Batching) -> Observed:
     return run_at_zero_lr(target, batching)[1]
 
 
-def build(fn: Callable[..., Any], options: TrainingLoopOptions) -> Target:
-    """Return the target once fn says what it takes, its model can be judged and it steps the
-    optimizer; its accumulation window read from that first run where it was not declared."""
+def build(
+    fn: Callable[..., Any], options: TrainingLoopOptions
+) -> tuple[Callable[..., Any], TrainingLoopOptions]:
+    """Return fn once it says what it takes, its model can be judged and it steps the
+    optimizer, with the options its first run showed: its accumulation window read from that
+    run where it was not declared."""
     with models_restored():
         checked, seen = _checked(fn, options)
-    made = Target(
-        bounded(checked, "the loop", None, limited=False), KIND.name, options, name_of(fn)
-    )
-    return windowed(made, seen)
+    return checked, with_window(options, seen) if reads_window(fn, options) else options
 
 
 PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 5 shows
@@ -163,22 +163,31 @@ def window_of(seen: Observed) -> int:
     return max(counts, key=lambda k: (counts[k], k), default=1)
 
 
-def windowed(target: Target, seen: Observed | None = None) -> Target:
-    """Return the target with its accumulation count read from a run (seen, or one made here),
-    where the loop does not take one and it is 1 (the default: 1 given explicitly reads the
-    same): the window of a loop that
-    accumulates by itself (a manual optimization's) is then what its updates consumed."""
-    options = options_of(target)
-    if options.accumulation_steps != 1 or asks_of(target.fn).has("accumulation"):
-        return target
-    if seen is None:
-        try:
-            with models_restored():
-                seen = observe(target, PROBE)
-        except (LoopRaised, Aborted):
-            return target  # the properties meet it on their own examples, and report it
+def reads_window(fn: Callable[..., Any], options: TrainingLoopOptions) -> bool:
+    """Return True if the loop's accumulation window is read from a run: it takes no count,
+    and the count is 1 (the default; 1 given explicitly reads the same)."""
+    return options.accumulation_steps == 1 and not asks_of(fn).has("accumulation")
+
+
+def with_window(options: TrainingLoopOptions, seen: Observed) -> TrainingLoopOptions:
+    """Return the options with the window a run showed, where it is more than one batch: a
+    loop that accumulates by itself (a manual optimization's) consumed that many per update."""
     k = window_of(seen)
-    return target if k < 2 else replace(target, options=replace(options, accumulation_steps=k))
+    return options if k < 2 else replace(options, accumulation_steps=k)
+
+
+def windowed(target: Target) -> Target:
+    """Return the target with its window read from a run of its own (a framework's module
+    that steps itself, watched through a method of its own), where the window is read."""
+    options = options_of(target)
+    if not reads_window(target.fn, options):
+        return target
+    try:
+        with models_restored():
+            seen = observe(target, PROBE)
+    except (LoopRaised, Aborted):
+        return target  # the properties meet it on their own examples, and report it
+    return replace(target, options=with_window(options, seen))
 
 
 def _checked(
@@ -222,7 +231,7 @@ def _checked(
     return fn, seen
 
 
-def full_window(steps: Sequence[Step]) -> int:
+def full_step_rows(steps: Sequence[Step]) -> int:
     """Return the rows of a full update, as the run shows it: the most common count of rows a
     step consumed (the smaller on a tie), not what the loop was declared to accumulate."""
     counts = Counter(step.rows for step in steps)

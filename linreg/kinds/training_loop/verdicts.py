@@ -16,7 +16,7 @@ from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
 from linreg.kinds.training_loop.ledger import Observed, Step
 from linreg.kinds.training_loop.measure import clipping, close, factor, tolerance
-from linreg.kinds.training_loop.one_run import full_window, run_at_zero_lr
+from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
 from linreg.kinds.training_loop.settings import Batching, describe, options_of, reduced
 
@@ -67,33 +67,54 @@ def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | Non
     return Judged(False, factor(reading, want, tol), bool(clipped), stale)
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """A run at lr 0, and what each of its updates should have applied."""
+
+    seen: Observed
+    ref: Reference | None  # each row's own gradient; None: the run gives no reference
+    wants: list[Tensor | None]  # each update's correct gradient (None: a row without one)
+    tol: float  # the relative tolerance in the model's dtype
+    scale: float  # the largest entry of any update's correct gradient
+
+
+def wanted(target: Target, batching: Batching) -> Wanted:
+    """Run the loop at lr 0 on a batching; return what it did beside what it should have."""
+    model, seen = run_at_zero_lr(target, batching)
+    ref = references(target, model, seen, batching.seed)
+    tol = tolerance(model)
+    if ref is None:
+        return Wanted(seen, None, [], tol, 0.0)
+    wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
+    scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
+    return Wanted(seen, ref, wants, tol, scale)
+
+
 def compare(
     target: Target,
     batching: Batching,
     which: Callable[[int, list[Step]], bool],
-    explain: Callable[[int, Judged, Step], str],
+    explain: Callable[[int, Judged, list[Step]], str],
     *,
     relative: bool = False,
 ) -> Observed:
-    """Judge the steps `which(j, steps)` picks against the reference; explain the first miss.
+    """Judge the steps `which(j, steps)` picks against the reference; explain the first miss
+    (`explain(j, verdict, steps)`).
 
     relative=True judges each step against the correct gradient times the ratio of the first
     judged full step (of the run's most common size) to it: a scale the loop applies to every
     step alike (a summed loss: mean-vs-sum's) is left to the property that judges the scale, so
     a second mistake is still seen on its own.
     """
-    model, seen = run_at_zero_lr(target, batching)
-    ref = references(target, model, seen, batching.seed)
+    run = wanted(target, batching)
+    seen, ref, wants, tol, scale = run.seen, run.ref, run.wants, run.tol, run.scale
     if ref is None:
         return seen
-    tol = tolerance(model)
-    wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
-    scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
     first = None
     full = [
         j
         for j, step in enumerate(seen.steps)
-        if which(j, seen.steps) and step.rows == full_window(seen.steps) and wants[j] is not None
+        if which(j, seen.steps) and step.rows == full_step_rows(seen.steps) and wants[j] is not None
     ]
     chosen = wants[full[0]] if relative and full else None
     if chosen is not None:
@@ -131,7 +152,7 @@ def compare(
             f"correct loop applies{' (before clipping)' if v.clipped else ''}"
             f"{relative_to}: the "
             f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
-            f"{_ratios(verdicts)}; it {v.note or explain(j, v, step)}",
+            f"{_ratios(verdicts)}; it {v.note or explain(j, v, seen.steps)}",
             measured,
         )
     return seen
