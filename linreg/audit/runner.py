@@ -31,7 +31,7 @@ from linreg._plain import plain
 from linreg.audit.report import Report, Result
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds import KINDS, Target, TargetError
-from linreg.kinds.guards import Aborted, ended_process, kept_rngs, one_thread
+from linreg.kinds.guards import Aborted, ended_process, kept_rngs, one_thread, watchdog_kept
 from linreg.kinds.training_loop import models_restored
 from linreg.pitfalls import CATALOGUE, Property
 
@@ -55,7 +55,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _one_at_a_time(fn: _F) -> _F:
     @functools.wraps(fn)
     def in_turn(*args: Any, **kwargs: Any) -> Any:
-        with _AUDITING:
+        with _AUDITING, watchdog_kept():
             return fn(*args, **kwargs)
 
     return cast(_F, in_turn)

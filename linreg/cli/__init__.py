@@ -1,11 +1,13 @@
 """The command line, one module per command: `python -m linreg pitfalls` shows every pitfall
 live; `train` runs the book's experiment; `audit` checks your own iterator, update step, loss or
-loop. torch is imported when a command runs, not to parse its arguments (audit's options come
-from the registry of kinds, which imports it)."""
+loop. Only the command given is built in full (audit's options come from the registry of kinds,
+which imports torch): a usage error or `--help` answers at once, and torch is imported when a
+command runs."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from linreg.cli import arguments, audit, pitfalls, train
@@ -13,20 +15,25 @@ from linreg.cli import arguments, audit, pitfalls, train
 COMMANDS = {"train": train, "pitfalls": pitfalls, "audit": audit}  # each: add_parser, command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the parser for `python -m linreg`."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Return the parser for `python -m linreg`: every command in full, or only the command
+    `only` (the others by name and help alone; "" for none)."""
     parser = arguments.Parser(
         prog="python -m linreg",
         description="Linear regression from scratch (d2l), and its training-loop pitfalls.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS.values():
-        command.add_parser(sub)
+    for name, command in COMMANDS.items():
+        if only is None or name == only:
+            command.add_parser(sub)
+        else:
+            sub.add_parser(name, help=command.HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(given[0] if given and given[0] in COMMANDS else "").parse_args(given)
     code: int = COMMANDS[args.command].command(args, args.subparser)
     return code

@@ -12,7 +12,8 @@ import sys
 from typing import Any
 
 from linreg.cli import arguments
-from linreg.kinds.options import resolve
+
+HELP = "check your own iterator, update step, loss or loop against every pitfall"
 
 
 def add_parser(sub: Any) -> None:
@@ -21,7 +22,7 @@ def add_parser(sub: Any) -> None:
 
     a = sub.add_parser(
         "audit",
-        help="check your own iterator, update step, loss or loop against every pitfall",
+        help=HELP,
         description=(
             "Run every pitfall property of KIND against your function MODULE:NAME through "
             "Hypothesis, and print each verdict with the smallest counterexample found. Exit 0 "
@@ -126,6 +127,8 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.plot:
         arguments.check_plot(args.plot, parser)
     try:
+        from linreg.kinds.options import resolve
+
         fn = resolve(args.target)
     except ValueError as e:
         parser.error(str(e))

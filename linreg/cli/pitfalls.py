@@ -10,11 +10,13 @@ from typing import Any
 
 from linreg.cli import arguments
 
+HELP = "run every pitfall's wrong variant beside the correct code and show the evidence"
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "pitfalls",
-        help="run every pitfall's wrong variant beside the correct code and show the evidence",
+        help=HELP,
         description=(
             "Run each pitfall's demonstration on the book's data (n = 1000, batch 10, and an "
             "uneven n = 1003 where that is the point) and print what was expected, what was "

@@ -10,14 +10,15 @@ import time
 from typing import Any
 
 from linreg._book import TRUE_B, TRUE_W
-from linreg._plain import plain
 from linreg.cli import arguments
+
+HELP = "run the book's experiment and print the loss per epoch"
 
 
 def add_parser(sub: Any) -> None:
     t = sub.add_parser(
         "train",
-        help="run the book's experiment and print the loss per epoch",
+        help=HELP,
         description=(
             "Train linear regression from scratch on the book's synthetic data "
             f"(true_w = {list(TRUE_W)}, true_b = {TRUE_B}) and print the full-data "
@@ -189,6 +190,8 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the experiment, print its results, and return the exit code."""
     report = run_train(args)
     if args.json:
+        from linreg._plain import plain
+
         print(json.dumps(plain(report), indent=2, allow_nan=False))
         if report["diverged"]:
             print(diverged_line(report), file=sys.stderr)

@@ -156,38 +156,103 @@ def _nothing() -> None:
 _LONGEST = 1e7  # seconds (116 days): longer limits are this one
 
 
+class _Watchdog:
+    """One thread that raises TimeUp in the threads whose time limit is up (off the main
+    thread, where there is no SIGALRM).
+
+    A limit is an entry (its deadline, its thread), not a thread of its own: an audit sets one
+    around every call and every next() of the code it runs, and a thread started for each (and
+    again at each update) made an audit in a thread 9x slower. The thread runs while some block
+    keeps it (`kept`: each audit, for its length) and is gone after, as the audit found the
+    process.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[object, tuple[float, int]] = {}  # key: (deadline, thread ident)
+        self._wake = math.inf  # when the thread looks next
+        self._users = 0
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[None]:
+        with self._cond:
+            self._users += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="linreg-time-limit", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                ending = self._thread if self._users == 0 else None
+                if ending is not None:
+                    self._thread = None
+                    self._cond.notify_all()
+            if ending is not None:
+                ending.join()
+
+    def set(self, key: object, seconds: float) -> None:
+        """Set (or move) key's deadline to `seconds` from now, for the calling thread."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            self._due[key] = (deadline, threading.get_ident())
+            if deadline < self._wake:
+                self._cond.notify_all()
+
+    def drop(self, key: object) -> None:
+        """End key's limit: once this returns, it raises nothing more."""
+        with self._cond:
+            self._due.pop(key, None)
+
+    def _run(self) -> None:
+        import ctypes
+
+        me = threading.current_thread()
+        with self._cond:
+            while self._thread is me:
+                now = time.monotonic()
+                for key, (deadline, ident) in list(self._due.items()):
+                    if deadline <= now:  # under the lock: never after its block has ended
+                        del self._due[key]
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(ident), ctypes.py_object(TimeUp)
+                        )
+                self._wake = min((d for d, _ in self._due.values()), default=math.inf)
+                self._cond.wait(None if self._wake == math.inf else self._wake - now)
+            self._wake = math.inf
+
+
+_WATCHDOG = _Watchdog()
+
+
+@contextlib.contextmanager
+def watchdog_kept() -> Iterator[None]:
+    """Keep the time limits' thread running through the block, off the main thread (on it,
+    SIGALRM needs none): each limit set inside is then an entry, not a thread started."""
+    if threading.current_thread() is threading.main_thread():
+        yield
+        return
+    with _WATCHDOG.kept():
+        yield
+
+
 @contextlib.contextmanager
 def _thread_time_limit(seconds: float) -> Iterator[Callable[[], None]]:
-    import ctypes
-
-    ident, lock, active = threading.get_ident(), threading.Lock(), [True]
-
-    def ring() -> None:
-        with lock:  # never after the block has ended: it would land in the caller's code
-            if active[0]:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(ident), ctypes.py_object(TimeUp)
-                )
-
-    def started() -> threading.Timer:
-        timer = threading.Timer(seconds, ring)
-        timer.daemon = True
-        timer.start()
-        return timer
-
-    timers = [started()]
+    key = object()
 
     def again() -> None:
-        with lock:
-            timers[0].cancel()
-            timers[0] = started()
+        _WATCHDOG.set(key, seconds)
 
-    try:
-        yield again
-    finally:
-        with lock:
-            active[0] = False
-        timers[0].cancel()
+    with _WATCHDOG.kept():  # a moment's work when an audit keeps it already
+        again()
+        try:
+            yield again
+        finally:
+            _WATCHDOG.drop(key)
 
 
 FLOOR = 10.0  # seconds: the least time one call of the audited code is given (timeout= sets it)
