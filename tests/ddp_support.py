@@ -27,3 +27,13 @@ def fails_both_ways(rank: int, world_size: int) -> None:
 def hangs(rank: int, world_size: int, seconds: float) -> None:
     """Sleep past any reasonable timeout: a stand-in for a rank that never finishes."""
     time.sleep(seconds)
+
+
+def interrupted(rank: int, world_size: int) -> None:
+    """Let rank 0 get a Ctrl-C (SIGINT, as a terminal sends to the whole group) while the
+    others wait for it in an all-reduce."""
+    torch.distributed.barrier()
+    if rank == 0:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(600)  # a rank that took Ctrl-C as an exception to catch would still be here
+    torch.distributed.all_reduce(torch.ones(1))

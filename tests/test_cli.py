@@ -298,20 +298,26 @@ def test_a_run_whose_data_cannot_fit_in_memory_is_refused_before_it_allocates(
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("when", ["during import torch", "during the run"])
-def test_ctrl_c_ends_the_command_with_one_line_and_status_130(when: str) -> None:
+@pytest.mark.parametrize(
+    "when", ["during import torch", "during the run", "during the run, from a terminal"]
+)
+def test_ctrl_c_ends_the_command_with_one_line_and_status_130_leaving_nothing_running(
+    when: str,
+) -> None:
+    import os
     import signal
     import time
     from pathlib import Path
 
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # a session of its own: its group is it and the ranks it starts
         [sys.executable, "-m", "linreg", "pitfalls"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     assert proc.stderr is not None
-    if when == "during the run":  # its progress goes to stderr: wait for the first pitfall
+    if when.startswith("during the run"):  # its progress goes to stderr: wait for the first
         while "[1/" not in proc.stderr.readline():
             pass
     else:  # until torch's library is being loaded (Linux shows it; elsewhere, a moment)
@@ -321,7 +327,10 @@ def test_ctrl_c_ends_the_command_with_one_line_and_status_130(when: str) -> None
             time.sleep(0.01)
         if not maps.exists():
             time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    if when.endswith("terminal"):  # a terminal sends it to the whole group: the DDP ranks too
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
     with proc.stderr:
         err = proc.stderr.read()
     # 130, or killed by SIGINT as Python does when a Ctrl-C inside an import's C code left it
@@ -329,6 +338,16 @@ def test_ctrl_c_ends_the_command_with_one_line_and_status_130(when: str) -> None
     assert proc.wait(timeout=120) in (130, -signal.SIGINT), err
     assert err.splitlines()[-1] == "python -m linreg: interrupted (Ctrl-C)"
     assert "Traceback" not in err
+    # no rank outlives it (gloo would hold one in a collective for its 30 s timeout)
+    left = True
+    for _ in range(100):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            left = False
+            break
+        time.sleep(0.05)
+    assert not left, "a process of its group is still running"
 
 
 def test_help_explains_each_option(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from linreg.checks import CheckFailed
-from linreg.pitfalls import BY_ID, CATALOGUE, Evidence, Pitfall, Property, Target
+from linreg.pitfalls import BY_ID, CATALOGUE, Evidence, Pitfall, Property, Target, _spawn
 
 __all__ = ["DEMOS", "Evidence", "Shown", "demonstrate", "show", "verdicts"]
 
@@ -82,6 +82,14 @@ def show(ids: Sequence[str], progress: Callable[[int, str], None] | None = None)
         early = BY_ID[pitfall_id].start_early
         if early is not None:
             early()
+    try:
+        return _shown(ids, progress)
+    except KeyboardInterrupt:  # Ctrl-C: the processes started early are not waited for
+        _spawn.end_all()
+        raise
+
+
+def _shown(ids: Sequence[str], progress: Callable[[int, str], None] | None) -> list[Shown]:
     shown = []
     for k, pitfall_id in enumerate(ids, 1):
         if progress is not None:

@@ -3,7 +3,9 @@
 Not a launcher for real jobs: the tests and the report use it to run DDP on one machine. It is
 torch.multiprocessing.spawn(join=False) with a file:// rendezvous (no port to race for): the
 first rank that fails ends the others, and the error names it (a signal, an exit code, or the
-child's traceback); a group that outlives the timeout is killed. Nothing is left running.
+child's traceback); a group that outlives the timeout is killed. Nothing is left running: a
+rank ends at once on Ctrl-C (even inside a collective, where gloo would wait its 30 s), and
+`end_all()` ends the groups still running when their parent is interrupted.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def gloo_available() -> bool:
 def _entry(
     rank: int, world_size: int, folder: str, fn: Callable[..., Any], args: tuple[Any, ...]
 ) -> None:
+    # Ctrl-C in a terminal reaches every rank: end now, not at the collective's timeout
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)  # R processes on a small machine: no oversubscription
     torch.distributed.init_process_group(
@@ -100,6 +104,18 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 
     return start(fn, world_size, *args).join(timeout)
 
 
+_RUNNING: set[ProcessContext] = set()  # groups started and not yet joined
+
+
+def end_all() -> None:
+    """Kill the ranks of every group still running (their joins then report it): the parent
+    was interrupted and will not wait for them."""
+    for context in list(_RUNNING):
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+
+
 class Started:
     """Ranks started by `start`: `join(timeout)` waits for them and returns their results."""
 
@@ -126,6 +142,7 @@ def start(fn: Callable[..., Any], world_size: int, *args: Any, fork: bool = Fals
         join=False,
         start_method="fork" if fork else "spawn",
     )
+    _RUNNING.add(context)
     return Started(context, folder)
 
 
@@ -144,6 +161,7 @@ def _join(context: ProcessContext, folder: str, timeout: float) -> list[Any]:
     except (ProcessExitedException, ProcessRaisedException) as e:
         raise _failures(context, e) from e
     finally:
+        _RUNNING.discard(context)
         for p in context.processes:
             if p.is_alive():
                 p.kill()
