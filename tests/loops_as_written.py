@@ -622,3 +622,65 @@ def token_train_unshifted_count(
     token_train(
         model, train_dataloader, optimizer, num_epochs, gradient_accumulation_steps, "unshifted"
     )
+
+
+# --- 12. a loss computed outside the model: the labels popped from the batch first -------------
+
+
+class LogitsOnlyLM(TinyCausalLM):
+    """The same causal LM with a forward that takes no labels (it returns logits alone)."""
+
+    def forward(  # type: ignore[override]
+        self, input_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> Output:
+        return super().forward(input_ids, attention_mask)
+
+
+def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """The next-token loss summed over the targets that count (-100 is ignored)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+
+
+def popped_train(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+    per_batch_mean: bool = False,
+) -> None:
+    """Pops the labels (the model returns logits only), then divides the window's summed token
+    loss by the window's count of targets, as transformers' Trainer does with num_items_in_batch."""
+    model.train()
+    for _ in range(num_epochs):
+        batches = list(train_dataloader)
+        for start in range(0, len(batches), gradient_accumulation_steps):
+            window = batches[start : start + gradient_accumulation_steps]
+            n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+            for batch in window:
+                labels = batch.pop("labels")
+                logits = model(**batch).logits
+                if per_batch_mean:
+                    own = max(1, int((labels[:, 1:] != -100).sum()))
+                    loss = next_token_loss(logits, labels) / own / len(window)
+                else:
+                    loss = next_token_loss(logits, labels) / n_targets
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+
+def popped_train_mean_of_means(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+) -> None:
+    """Twin: each micro-batch's mean over its own targets, divided by the window's batches."""
+    popped_train(model, train_dataloader, optimizer, num_epochs, gradient_accumulation_steps, True)

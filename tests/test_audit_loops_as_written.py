@@ -322,6 +322,20 @@ def test_loops_as_written_a_miscount_of_targets_fails_naming_it(
     assert words in report.failures[0].message, str(report)
 
 
+@pytest.mark.parametrize(
+    "model", [L.TinyCausalLM, L.LogitsOnlyLM], ids=["takes-labels", "logits-only"]
+)
+def test_loops_as_written_labels_popped_before_the_forward_are_the_rows_own(model: Any) -> None:
+    # the loop computes its loss outside the model: each row's labels are read from the batch
+    # the audit built, not taken as the example's (the contrast row counts 1 target, not 3)
+    options = {**TOKENS, "model": model}
+    report = audit.training_loop(L.popped_train, max_examples=EXAMPLES, **options)
+    assert report.ok, str(report)
+    twin = audit.training_loop(L.popped_train_mean_of_means, max_examples=15, **options)
+    assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
+    assert "micro-batches' mean losses, whose counts of targets differ ([3, 1])" in str(twin)
+
+
 def test_loops_as_written_the_mean_of_means_over_uneven_token_counts_measured() -> None:
     """Directly: two micro-batches of one row, with 3 and 1 targets after the shift. The mean of
     their means is not the mean over the step's 4 targets; dividing by the count is."""

@@ -9,7 +9,9 @@ different gradient, so how a step weighs its rows shows. Each step's gradient is
 (`verdicts`) against a reference (`references`): the mean (or, for
 `reduction="sum"`, the sum) over the rows it consumed of each row's own gradient, from the
 loss the user names, the model's own loss where its output carries one, or else the usual loss
-for the labels, confirmed against the loop on one row at a time.
+for the labels (for token labels: cross-entropy after a causal shift, or over every token),
+confirmed against the loop on one row at a time. Labels the loop takes out of a dict batch
+before the forward, to compute its own loss, are read from the rows the audit handed out.
 
 Dropout modules are set to p = 0 and batch norms held in eval mode, so no row's output depends
 on another's; a forward that is still random, or rows that still interact, is refused before
@@ -18,9 +20,9 @@ any work, as is a loop that moves the parameters outside `optimizer.step()`.
 One concept per module: `contract` (what the loop asks for, by name), `settings` (what the
 audit is told, and a drawn Batching), `rows` (the example and its contrast row), `held` (the
 model held still), `hooks` (the hooks that watch), `ledger` (what the loop did: calls and
-updates), `one_run` (one run at lr 0, the probe, the kind), `references` (each row's own
-gradient), `measure` and `verdicts` (whether each update applied what it should),
-`own_loops` (linreg's correct loops).
+updates), `one_run` (one run at lr 0, the probe, the kind), `labels` (each row's labels, fed or
+held, and the targets its loss counts), `references` (each row's own gradient), `measure` and
+`verdicts` (whether each update applied what it should), `own_loops` (linreg's correct loops).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from linreg.kinds.training_loop.hooks import (
     raised,
     watching,
 )
+from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels
 from linreg.kinds.training_loop.ledger import (
     STEP_COUNT,
     Call,
@@ -74,15 +77,12 @@ from linreg.kinds.training_loop.own_loops import (
 )
 from linreg.kinds.training_loop.references import (
     Reference,
-    RowLoss,
     check_model,
-    counted,
     own_loss,
     prediction,
     references,
     row_gradient,
     row_loss_for,
-    token_labels,
 )
 from linreg.kinds.training_loop.rows import (
     IGNORE_INDEX,

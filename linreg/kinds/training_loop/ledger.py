@@ -28,6 +28,10 @@ class Call:
     rows: int
     method: str = "forward"  # what was called: the model, or a method of it (training_step)
     replayable: bool = True  # False: calling it again has effects (it steps an optimizer)
+    # labels its rows held that the loop took out before the forward (batch.pop("labels")),
+    # never part of a row's key: fed to a replay where the model's forward takes them
+    given: dict[str, Any] = field(default_factory=dict)
+    feeds_given: bool = False
 
     def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call what was called, on other arguments (one row's); a method without logging."""
@@ -47,9 +51,14 @@ class Call:
         Without `num_items_in_batch` (transformers' count of a whole step's targets, which a
         model divides its summed loss by): on one row alone the model's loss is its mean.
         """
+        fed = {**self.kwargs, **self.given} if self.feeds_given else self.kwargs
         return _row(self.args, i, self.rows), {
-            k: _row(v, i, self.rows) for k, v in self.kwargs.items() if k != STEP_COUNT
+            k: _row(v, i, self.rows) for k, v in fed.items() if k != STEP_COUNT
         }
+
+    def held(self, i: int) -> dict[str, Any]:
+        """Return the labels row i held that the loop did not feed (see given)."""
+        return {k: _row(v, i, self.rows) for k, v in self.given.items()}
 
     @functools.cached_property
     def row_keys(self) -> list[bytes]:

@@ -17,21 +17,21 @@ from torch import Tensor, nn
 
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
+from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
 from linreg.kinds.training_loop.ledger import Call, Observed, flat
 from linreg.kinds.training_loop.measure import factor, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
-from linreg.kinds.training_loop.rows import IGNORE_INDEX, LABEL_KEYS, labels_of, loss_of
+from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, loss_of
 from linreg.kinds.training_loop.settings import Batching, options_of, reduced
-
-RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token labels)
 
 
 def own_loss(output: Any) -> Tensor | None:
     """Return the loss a model's output carries (a scalar, .loss, ["loss"], in a tuple)."""
     if isinstance(output, Tensor):
         return output if output.ndim == 0 and output.is_floating_point() else None
-    if isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):
-        return own_loss(output["loss"])
+    if isinstance(output, Mapping):  # by key only: a dict's attributes may raise KeyError
+        loss = output.get("loss")
+        return own_loss(loss) if isinstance(loss, Tensor) else None
     loss = getattr(output, "loss", None)
     if isinstance(loss, Tensor):
         return own_loss(loss)
@@ -135,6 +135,33 @@ def row_loss_for(target: Target, model: nn.Module, call: Call) -> tuple[RowLoss 
     return None, "cross-entropy" if y is not None and not y.is_floating_point() else "MSE"
 
 
+def guesses(y: Tensor, tokens: bool) -> list[tuple[str, RowLoss]]:
+    """Return the losses a loop that computes its own most likely uses, by its labels: for token
+    labels, cross-entropy over the tokens a causal LM predicts (each position's next), then over
+    every position (a tagger's); otherwise cross-entropy for class labels, MSE for values."""
+    if tokens:
+        return [
+            ("token cross-entropy after a causal shift", _token_loss(1)),
+            ("token cross-entropy", _token_loss(0)),
+        ]
+    return [("cross-entropy" if not y.is_floating_point() else "MSE", _named(loss_of, y))]
+
+
+def _token_loss(shift: int) -> RowLoss:
+    def loss(output: Any, labels: Tensor | None) -> Tensor:
+        logits = prediction(output, 1)
+        if logits is None or labels is None or logits.ndim != labels.ndim + 1:
+            raise ValueError("no logits of one row's tokens to compare")
+        kept = logits.shape[1] - shift
+        return nn.functional.cross_entropy(
+            logits[:, :kept].flatten(0, -2),
+            labels[:, shift:].flatten(),
+            ignore_index=IGNORE_INDEX,
+        )
+
+    return loss
+
+
 def _own(output: Any, labels: Tensor | None = None) -> Tensor:
     loss = own_loss(output)
     if loss is None:
@@ -142,25 +169,34 @@ def _own(output: Any, labels: Tensor | None = None) -> Tensor:
     return loss
 
 
-_CACHE: dict[tuple[int, int], tuple[Target, Reference | None]] = {}
+_CACHE: dict[tuple[int, int, str | None], tuple[Target, Reference | None]] = {}
 
 
 def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> Reference | None:
     """Return each row's own gradient, for every row the run fed; None if it fed none."""
-    calls = seen.calls
+    calls = with_held_labels(target, model, seen.calls)
     if not calls:
         return None
     if not calls[0].replayable:
         return _confirmed(target, None, seed)
     row_loss, source = row_loss_for(target, model, calls[0])
-    if row_loss is None:
-        y = labels_of(options_of(target).example)
-        relative = _confirmed(target, source, seed)
+    if row_loss is _own and calls[0].given:  # the loop's loss is its own: confirm the model's
+        source = "the model's own loss on the labels its batch held (popped before the forward)"
+        relative = _confirmed(target, source, seed, _own)
         if relative is not None:
             return relative
+    if row_loss is None:
+        y = labels_of(options_of(target).example)
         assert y is not None
-        row_loss = _named(loss_of, y)
-        source += " (the labels' usual loss, confirmed against the loop on one row)"
+        for name, guess in guesses(y, token_labels(calls[0], 0) is not None):
+            relative = _confirmed(target, name, seed, guess)
+            if relative is None:
+                row_loss = guess
+                source = f"{name} (the labels' usual loss, confirmed against the loop on one row)"
+                break
+        else:  # no guess is the loop's loss: each row's reference is the loop's own
+            return relative
+    assert row_loss is not None
     grads: dict[bytes, Tensor] = {}
     weights: dict[bytes, float] = {}
     labelled: dict[bytes, float] = {}
@@ -179,41 +215,14 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
     )
 
 
-def token_labels(call: Call, i: int) -> tuple[str, Tensor] | None:
-    """Return the keyword and the value of a row's token labels (ndim >= 1), if it is fed any."""
-    _, kwargs = call.row(i)
-    for name in LABEL_KEYS:
-        value = kwargs.get(name)
-        if isinstance(value, Tensor) and value.ndim >= 2 and not value.is_floating_point():
-            return name, value
-    return None
-
-
-def counted(
-    model: nn.Module, call: Call, i: int, labels: tuple[str, Tensor], row_loss: RowLoss
-) -> float:
-    """Return how many of a row's targets its loss counts: those whose loss alone is defined.
-
-    One forward pass per labelled target, all others set to IGNORE_INDEX: a model that shifts its
-    labels (a causal LM) drops the first, and its loss on that one alone is not a number.
-    """
-    name, value = labels
-    args, kwargs = call.row(i)
-    n = 0
-    with torch.no_grad():
-        for position in (value != IGNORE_INDEX).nonzero().tolist():
-            alone = torch.full_like(value, IGNORE_INDEX)
-            alone[tuple(position)] = value[tuple(position)]
-            loss = row_loss(call.replay(model, args, {**kwargs, name: alone}), alone)
-            n += bool(torch.isfinite(loss)) and bool(loss != 0)
-    return float(n)
-
-
-def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None:
-    """Return None if the guessed loss is the loop's (to a scale the loop applies to every row,
-    as a missing division by the micro-batches does), else the loop's own one-row references;
-    those always where there is no guess (what the loop calls cannot be replayed)."""
-    key = (id(target), seed)
+def _confirmed(
+    target: Target, guess: str | None, seed: int, guessed_loss: RowLoss | None = None
+) -> Reference | None:
+    """Return None if the guessed loss (the labels' usual one, or guessed_loss) is the loop's
+    (to a scale the loop applies to every row, as a missing division by the micro-batches
+    does), else the loop's own one-row references; those always where there is no guess (what
+    the loop calls cannot be replayed)."""
+    key = (id(target), seed, guess)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is target:
         return hit[1]
@@ -234,13 +243,13 @@ def _confirmed(target: Target, guess: str | None, seed: int) -> Reference | None
         # as the loss scaler unscaled it, or, where something changed the still-scaled
         # gradient before unscale_ (a clip), as backward() left it over the scale
         readings = [g / per for g in (step.unscaled, step.before_clipping) if g is not None]
-        call = step.calls[0]
+        call = with_held_labels(target, model, step.calls[:1])[0]
         own[call.row_keys[0]] = readings[0]
         if y is None or guess is None:
             factors.append(None)
             continue
         try:
-            guessed = row_gradient(model, call, 0, _named(loss_of, y))
+            guessed = row_gradient(model, call, 0, guessed_loss or _named(loss_of, y))
         except (RuntimeError, ValueError, IndexError, TypeError):
             factors.append(None)
             continue

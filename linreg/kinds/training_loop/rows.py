@@ -99,6 +99,30 @@ def fewer_targets(labels: Tensor) -> Tensor:
     return out
 
 
+def held_labels(example: Example, kwargs: Mapping[str, Any], rows: int) -> dict[str, Tensor]:
+    """Return the labels a dict batch held for the rows a forward was fed without them (the
+    loop popped them first), each row's found by its input among the rows the audit handed
+    out; {} where the forward was fed labels, or a row is none of them."""
+    if isinstance(example, tuple) or any(k in kwargs for k in LABEL_KEYS):
+        return {}
+    label, key = label_key(example), input_key(example)
+    fed = kwargs.get(key)
+    if label is None or not isinstance(fed, Tensor) or fed.shape[:1] != (rows,):
+        return {}
+    held = rows_of(example, (0, 1))
+    found = []
+    for i in range(rows):
+        row = next((r for r in held if _same(fed[i], r[key])), None)
+        if row is None:
+            return {}
+        found.append(row[label])
+    return {label: torch.stack(found)}
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a.detach().cpu().to(b.dtype), b))
+
+
 def loss_of(y_hat: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     """Return cross-entropy for class labels, else mean squared error, under reduction."""
     if y.dtype in (torch.int64, torch.int32):

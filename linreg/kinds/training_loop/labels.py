@@ -1,0 +1,75 @@
+"""Each row's labels, and the targets its loss counts: read from what the forward was fed, or,
+where the loop took them out of the batch before the forward (`labels = batch.pop("labels")`,
+its loss computed outside the model), from the rows the audit handed out.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from linreg.kinds.base import Target
+from linreg.kinds.training_loop.ledger import Call
+from linreg.kinds.training_loop.rows import IGNORE_INDEX, LABEL_KEYS, held_labels, label_key
+from linreg.kinds.training_loop.settings import options_of
+
+RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token labels)
+
+
+def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) -> list[Call]:
+    """Return the calls, each forward fed without its batch's labels given them back: fed to a
+    replay where the model's forward takes them, else for the loss alone."""
+    example = options_of(target).example
+    if not isinstance(example, Mapping):
+        return list(calls)
+    feeds = _takes(model, label_key(example))
+    out = []
+    for call in calls:
+        held = held_labels(example, call.kwargs, call.rows) if call.method == "forward" else {}
+        out.append(replace(call, given=held, feeds_given=feeds) if held else call)
+    return out
+
+
+def _takes(model: nn.Module, name: str | None) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def token_labels(call: Call, i: int) -> tuple[str, Tensor] | None:
+    """Return the keyword and the value of a row's token labels (ndim >= 1), fed or held."""
+    _, kwargs = call.row(i)
+    kwargs = {**call.held(i), **kwargs}
+    for name in LABEL_KEYS:
+        value = kwargs.get(name)
+        if isinstance(value, Tensor) and value.ndim >= 2 and not value.is_floating_point():
+            return name, value
+    return None
+
+
+def counted(
+    model: nn.Module, call: Call, i: int, labels: tuple[str, Tensor], row_loss: RowLoss
+) -> float:
+    """Return how many of a row's targets its loss counts: those whose loss alone is defined.
+
+    One forward pass per labelled target, all others set to IGNORE_INDEX: a loss that shifts
+    its labels (a causal LM's) drops the first, and its loss on that one alone is not a number.
+    """
+    name, value = labels
+    args, kwargs = call.row(i)
+    n = 0
+    with torch.no_grad():
+        for position in (value != IGNORE_INDEX).nonzero().tolist():
+            alone = torch.full_like(value, IGNORE_INDEX)
+            alone[tuple(position)] = value[tuple(position)]
+            fed = {**kwargs, name: alone} if name in kwargs else kwargs
+            loss = row_loss(call.replay(model, args, fed), alone)
+            n += bool(torch.isfinite(loss)) and bool(loss != 0)
+    return float(n)
