@@ -400,3 +400,67 @@ def train_then_report_loss(model: nn.Module, loader: Any, optimizer: Any, num_ep
 def test_a_pass_of_its_own_over_the_data_after_training_passes() -> None:
     report = audit.training_loop(train_then_report_loss, **LOOP)
     assert report.ok, report.describe(only_failures=True)
+
+
+# --- a recipe that needs k batches an epoch: its schedule is sized by len(loader) // k ---------
+
+
+def train_scheduled_windows(
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+    nominal: bool = False,
+) -> None:
+    """A linear decay over the run's optimizer steps, counted as len(loader) // k an epoch (0,
+    and a ZeroDivisionError, on fewer than k batches); each window divided by its batches."""
+    k = gradient_accumulation_steps
+    total_steps = num_epochs * (len(loader) // k)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            window = k if nominal else min(k, len(loader) - i // k * k)
+            (F.cross_entropy(model(x), y) / window).backward()
+            if (i + 1) % k == 0 or i + 1 == len(loader):
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+
+
+def train_scheduled_windows_nominal(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, gradient_accumulation_steps: int
+) -> None:
+    """Twin: the short last window divided by k, as a full one."""
+    train_scheduled_windows(
+        model, loader, optimizer, num_epochs, gradient_accumulation_steps, nominal=True
+    )
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])  # 8: more than the first probe's 5 batches an epoch
+def test_a_recipe_that_needs_k_batches_an_epoch_is_judged_on_k_or_more(k: int) -> None:
+    report = audit.training_loop(train_scheduled_windows, accumulation_steps=k, **LOOP)
+    assert report.ok, str(report)
+    assert report.options["least_batches"] == k  # read from the run, and shown
+
+
+def test_its_twin_with_a_nominal_last_window_fails_short_last_batch() -> None:
+    report = audit.training_loop(train_scheduled_windows_nominal, accumulation_steps=3, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert report.options["least_batches"] == 3
+
+
+def test_a_loop_that_raises_on_every_size_is_refused_naming_what_was_tried() -> None:
+    def refuses(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        raise ValueError("no data of mine")
+
+    with pytest.raises(TypeError, match="raised ValueError: no data of mine") as refused:
+        audit.training_loop(refuses, **LOOP)
+    assert str(refused.value).endswith(
+        "(it raised on each of: 5 batches an epoch; 9 batches an epoch; 17 batches an epoch)"
+    )
+
+
+def test_a_loop_that_runs_on_one_batch_shows_no_least_batches() -> None:
+    report = audit.training_loop(train_two_optimizers, **LOOP)
+    assert report.ok and "least_batches" not in report.options, str(report)

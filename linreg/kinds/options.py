@@ -23,13 +23,14 @@ from linreg import _validate
 from linreg.kinds.guards import FLOOR
 
 # An option's metadata: its help text, its command-line flag, its choices, its check.
-HELP, FLAG, CHOICES, CHECK, IMPORT, REQUIRED = (
+HELP, FLAG, CHOICES, CHECK, IMPORT, REQUIRED, READ = (
     "help",
     "flag",
     "choices",
     "check",
     "import",
     "required",
+    "read",
 )
 
 
@@ -62,6 +63,13 @@ def option(
     return field(default=default, metadata=meta, compare=compare)
 
 
+def read_from_run(default: Any, help: str) -> Any:
+    """Return a dataclass field for what the audit reads from the loop's first runs, never
+    given: no keyword, flag or plugin key takes it, and a report shows it where it is not the
+    default (what the run showed)."""
+    return field(default=default, metadata={HELP: help, READ: True})
+
+
 # The keywords every audit function takes beside its kind's options: name, default, help (the
 # audit functions' signatures and docstrings, and the command line's --max-examples, --seed).
 AUDIT_KEYWORDS = (
@@ -88,12 +96,17 @@ class Options:
 
     @classmethod
     def fields(cls) -> tuple[dataclasses.Field[Any], ...]:
-        """Return the options' fields, in order."""
-        return dataclasses.fields(cls)
+        """Return the options' fields that can be given, in order (not those read from a run)."""
+        return tuple(f for f in dataclasses.fields(cls) if not f.metadata.get(READ))
 
     def shown(self) -> dict[str, Any]:
-        """Return the options as a report shows them: dtypes by name, objects by MODULE:NAME."""
-        return {f.name: shown_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Return the options as a report shows them: dtypes by name, objects by MODULE:NAME;
+        what was read from a run where it is not the default."""
+        return {
+            f.name: shown_value(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if not f.metadata.get(READ) or getattr(self, f.name) != f.default
+        }
 
 
 def shown_value(value: Any) -> Any:

@@ -250,23 +250,28 @@ def batchings(
     """Draw a run of a training loop: n rows in batches, in order (see linreg.audit).
 
     options, the training-loop kind's Options, give the accumulation count and drop_last (else
-    accumulation_steps and drop_last do). steps="full": every optimizer step takes batch_size *
+    accumulation_steps and drop_last do), and the fewest batches an epoch the loop runs on (an
+    epoch of fewer grows to that many). steps="full": every optimizer step takes batch_size *
     accumulation_steps rows (at least min_steps of them); "short": the last step of each epoch
     takes fewer; "any": either. mixed=True draws each row as the example or its contrast row;
     otherwise every row is the example. From 1 to max_epochs epochs. drop_last=True (the
     audit's DataLoader drops the short last batch) keeps at least one batch, and a short step
     short by whole batches.
     """
+    least = 1  # batches an epoch: a loop that raised on fewer gets at least this many
     if options is not None:
         accumulation_steps, drop_last = options.accumulation_steps, options.drop_last
+        least = options.least_batches
     k = accumulation_steps
     if steps == "any":
         n = draw(st.integers(1, max_n), label="n")
         b = draw(st.integers(1, n if drop_last else n + 1), label="batch_size")
+        if least > 1:
+            n = max(n, least * b)
     else:
         top = max(2, 4 // k)  # a step takes b * k rows: keep runs short when k is large
         b = draw(st.integers(1 if steps == "full" or k > 1 else 2, top), label="batch_size")
-        whole = draw(st.integers(min_steps, 3), label="full steps")
+        whole = max(draw(st.integers(min_steps, 3), label="full steps"), -(-least // k))
         rest = 0
         if steps == "short" and drop_last and k > 1:
             rest = b * draw(st.integers(1, k - 1), label="rest in batches")

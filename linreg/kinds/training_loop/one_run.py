@@ -149,11 +149,38 @@ def build(
     optimizer, with the options its first run showed: its accumulation window read from that
     run where it was not declared."""
     with models_restored():
-        checked, seen = _checked(fn, options)
-    return checked, with_window(options, seen) if reads_window(fn, options) else options
+        checked, seen, ran = _checked(fn, options)
+        if reads_window(fn, options):
+            options = with_window(options, seen)
+        least = least_batches(Target(fn, "training-loop", options), ran)
+    return checked, replace(options, least_batches=least)
 
 
 PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 5 shows
+# the first run, then larger ones (9 and 17 batches an epoch) where the loop raised on less
+PROBES = (PROBE, Batching((0, 1) * 8 + (0,), 2, 2, 0), Batching((0, 1) * 16 + (0,), 2, 2, 0))
+
+
+def _batches(batching: Batching) -> str:
+    return f"{-(-batching.n // batching.batch_size)} batches an epoch"
+
+
+def least_batches(target: Target, ran: Batching) -> int:
+    """Return the fewest batches an epoch, up to one window (k) or those of `ran` (it ran
+    there), that the loop runs on without raising: a recipe that sizes its schedule by
+    len(loader) // k raises on an epoch shorter than its window. A loop that raises on more
+    data than that is the report's error. A run that hangs or ends in a pitfall's symptom
+    counts as running: the properties meet it on their own examples, and report it."""
+    most = min(-(-ran.n // ran.batch_size), options_of(target).accumulation_steps)
+    for b in range(1, most):
+        try:
+            observe(target, Batching((0,) * b, 1, 1, 0))
+        except LoopRaised:
+            continue
+        except (CheckFailed, Aborted):
+            return b
+        return b
+    return most
 
 
 def window_of(seen: Observed) -> int:
@@ -192,7 +219,7 @@ def windowed(target: Target) -> Target:
 
 def _checked(
     fn: Callable[..., Any], options: TrainingLoopOptions
-) -> tuple[Callable[..., Any], Observed]:
+) -> tuple[Callable[..., Any], Observed, Batching]:
     asks_of(fn)
     try:
         with seeded(0):  # the user's RNG is left as it was
@@ -209,14 +236,21 @@ def _checked(
     from linreg.kinds.training_loop.references import check_model  # it imports this module
 
     target = Target(fn, "training-loop", options)
-    batching = PROBE
-    start = time.perf_counter()
-    try:
-        model, seen = run_at_zero_lr(target, batching)
-    except LoopRaised as e:
-        raise TargetError(f"{name_of(fn)}: on {describe(batching, options)}, {e}") from None
-    except Aborted as e:
-        raise TargetError(f"{name_of(fn)}: on {describe(batching, options)}, {e.args[0]}") from None
+    raised: list[str] = []
+    for batching in PROBES:  # larger data where the loop raised on less: it may need more
+        start = time.perf_counter()
+        try:
+            model, seen = run_at_zero_lr(target, batching)
+            break
+        except LoopRaised as e:
+            raised.append(f"on {describe(batching, options)}, {e}")
+        except Aborted as e:
+            raise TargetError(
+                f"{name_of(fn)}: on {describe(batching, options)}, {e.args[0]}"
+            ) from None
+    else:
+        tried = "; ".join(_batches(b) for b in PROBES)
+        raise TargetError(f"{name_of(fn)}: {raised[0]} (it raised on each of: {tried})")
     _LIMITS[id(fn)] = (fn, max(FLOOR, 50 * (time.perf_counter() - start)))
     if seen.moved:
         raise TargetError(
@@ -228,7 +262,7 @@ def _checked(
         check_model(model, seen.calls)
     except TypeError as e:
         raise TargetError(str(e)) from None
-    return fn, seen
+    return fn, seen, batching
 
 
 def full_step_rows(steps: Sequence[Step]) -> int:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from linreg import _validate
 from linreg.kinds import guards
 from linreg.kinds.base import Target, TargetError
-from linreg.kinds.options import Options, option, seconds
+from linreg.kinds.options import Options, option, read_from_run, seconds
 from linreg.kinds.training_loop.rows import Example, as_example
 
 SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_steps)"
@@ -123,6 +123,11 @@ class TrainingLoopOptions(Options):
         f"least {FLOOR:g} s)",
         flag="--timeout",
         check=seconds,
+    )
+    least_batches: int = read_from_run(
+        1,
+        "the fewest batches an epoch the loop runs on: it raised on fewer (its examples hold"
+        " at least this many)",
     )
 
 
