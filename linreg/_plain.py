@@ -22,6 +22,9 @@ def plain(value: Any) -> Any:
         return data if value.grad is None else {"value": data, "grad": _tolist(value.grad)}
     if isinstance(value, torch.dtype):
         return str(value)
+    shown = getattr(value, "__plain__", None)
+    if shown is not None and not isinstance(value, type):  # a record that says how it shows
+        return plain(shown())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple: keep its names

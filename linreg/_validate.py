@@ -163,8 +163,14 @@ def seed(name: str, value: object) -> int:
     return value
 
 
+def positive_int_or_none(name: str, value: object) -> int | None:
+    """Return value if it is None or an int >= 1, else raise naming the argument."""
+    return None if value is None else positive_int(name, value)
+
+
 EXPECTED: dict[Callable[[str, object], object], str] = {
     positive_int: "a positive int",
+    positive_int_or_none: "a positive int",
     non_negative_int: "an int >= 0",
     positive_finite: "a finite number > 0",
     seed: "an int from 0 to 2**64 - 2",

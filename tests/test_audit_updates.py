@@ -464,3 +464,19 @@ def test_a_loop_that_raises_on_every_size_is_refused_naming_what_was_tried() -> 
 def test_a_loop_that_runs_on_one_batch_shows_no_least_batches() -> None:
     report = audit.training_loop(train_two_optimizers, **LOOP)
     assert report.ok and "least_batches" not in report.options, str(report)
+
+
+def test_a_loop_that_takes_a_count_and_is_given_none_is_run_at_drawn_counts() -> None:
+    report = audit.training_loop(train_scheduled_windows, **LOOP)
+    assert report.ok, str(report)
+    assert report.options["accumulation_steps"] is None and report.options["draws_count"]
+    # its twin's bug shows only at a count above 1: drawn, not declared, it is found
+    twin = audit.training_loop(train_scheduled_windows_nominal, **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
+    assert twin.failures[0].counterexample["accumulation_steps"] >= 2
+    assert "accumulation count" in twin.failures[0].message
+
+
+def test_a_count_given_as_one_is_taken_as_given_not_drawn() -> None:
+    report = audit.training_loop(train_scheduled_windows_nominal, accumulation_steps=1, **LOOP)
+    assert report.ok and "draws_count" not in report.options, str(report)

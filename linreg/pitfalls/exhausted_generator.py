@@ -22,6 +22,7 @@ from linreg.kinds.training_loop import (
     TRAINING_LOOPS,
     Batching,
     asks_of,
+    count_of,
     describe,
     expected_steps,
     loss_of,
@@ -138,7 +139,7 @@ def takes_every_step(target: Target, batching: Batching) -> None:
     seen = observe(target, batching)
     if asks_of(target.fn).by_steps:
         got = len(seen.steps)
-        want = max(1, expected_steps(batching, options.accumulation_steps, options.drop_last))
+        want = max(1, expected_steps(batching, count_of(options, batching), options.drop_last))
         if want <= got <= want + 1:  # used up, the data would give fewer
             return
         raise CheckFailed(

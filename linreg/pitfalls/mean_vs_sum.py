@@ -27,6 +27,7 @@ from linreg.kinds.training_loop import (
     Judged,
     Step,
     compare,
+    count_of,
     loss_of,
     options_of,
     reduced,
@@ -140,7 +141,7 @@ MEAN_MSE = LossOptions(reduction="mean", scale=1.0, flat_labels=False)
 
 def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     """On identical rows, a full step applies one row's gradient (B rows' for reduction=sum)."""
-    k = options_of(target).accumulation_steps
+    k = count_of(options_of(target), batching)
     mean = reduced(target) == "mean"
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:

@@ -24,6 +24,7 @@ from linreg.kinds.training_loop import (
     Judged,
     Step,
     compare,
+    count_of,
     describe,
     loss_of,
     options_of,
@@ -104,7 +105,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     and the epoch's left-over micro-batches are stepped, neither dropped nor carried over with
     the wrong weight. A full step's rows are read from the run, not from what was declared."""
     options = options_of(target)
-    k = options.accumulation_steps
+    k = count_of(options, batching)
     nominal = batching.batch_size * k
 
     per_epoch = len(batching.rows)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from linreg import data
 from linreg.kinds.runs import book_run, copy_params, params_like, run_kwargs
-from linreg.kinds.training_loop import Batching, TrainingLoopOptions
+from linreg.kinds.training_loop import MOST_DRAWN, Batching, TrainingLoopOptions
 from linreg.kinds.twin_rows import TwinRows
 from linreg.kinds.update_step import Update
 
@@ -251,7 +251,9 @@ def batchings(
 
     options, the training-loop kind's Options, give the accumulation count and drop_last (else
     accumulation_steps and drop_last do), and the fewest batches an epoch the loop runs on (an
-    epoch of fewer grows to that many). steps="full": every optimizer step takes batch_size *
+    epoch of fewer grows to that many); for a loop that takes a count and was given none, the
+    count is drawn too (1 to MOST_DRAWN), and handed to the loop with the batching.
+    steps="full": every optimizer step takes batch_size *
     accumulation_steps rows (at least min_steps of them); "short": the last step of each epoch
     takes fewer; "any": either. mixed=True draws each row as the example or its contrast row;
     otherwise every row is the example. From 1 to max_epochs epochs. drop_last=True (the
@@ -259,9 +261,12 @@ def batchings(
     short by whole batches.
     """
     least = 1  # batches an epoch: a loop that raised on fewer gets at least this many
+    drawn = None  # the count handed to a loop that takes one and was given none
     if options is not None:
-        accumulation_steps, drop_last = options.accumulation_steps, options.drop_last
+        accumulation_steps, drop_last = options.accumulation_steps or 1, options.drop_last
         least = options.least_batches
+        if options.draws_count:
+            drawn = accumulation_steps = draw(st.integers(1, MOST_DRAWN), label="count")
     k = accumulation_steps
     if steps == "any":
         n = draw(st.integers(1, max_n), label="n")
@@ -284,4 +289,4 @@ def batchings(
     epochs = 1 if max_epochs == 1 else draw(st.integers(1, max_epochs), label="num_epochs")
     # a few model inits: the properties are about the loop, and each seed's reference (the
     # loop on batches of one row) is then computed once per audit, not once per example
-    return Batching(rows, b, epochs, draw(st.integers(0, 3), label="seed"))
+    return Batching(rows, b, epochs, draw(st.integers(0, 3), label="seed"), drawn)

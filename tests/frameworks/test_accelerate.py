@@ -71,5 +71,15 @@ def test_accelerate_accumulation_fails_short_last_batch_in_the_audit() -> None:
 
 
 def test_accelerate_without_accumulation_passes() -> None:
-    report = audit.training_loop(train, model=net, example=sample, max_examples=15)
+    report = audit.training_loop(
+        train, model=net, example=sample, accumulation_steps=1, max_examples=15
+    )
     assert report.ok, str(report)
+
+
+def test_accelerate_given_no_count_is_run_at_drawn_counts_and_its_short_window_found() -> None:
+    # the loop takes gradient_accumulation_steps: undeclared, the audit draws it (1 to 4), and
+    # a count above 1 shows the half-weighted short last window measured above
+    report = audit.training_loop(train, model=net, example=sample, max_examples=15)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert report.failures[0].counterexample["accumulation_steps"] >= 2

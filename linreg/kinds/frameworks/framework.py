@@ -26,7 +26,8 @@ class Fit:
     """How the framework trains: the loop the audit calls, and what it watches in it."""
 
     loop: Callable[..., None]  # asks by name, as a training loop does: model, loader, ...
-    accumulation_steps: int = 1  # batches per optimizer step, as the framework is told
+    accumulation_steps: int = 1  # batches per optimizer step, as the framework is told (1:
+    # none, and a module that steps itself accumulates as its run shows)
     watch: Watch | None = None  # where each step's rows are read (None: the model's forward)
 
 
@@ -71,7 +72,7 @@ class Framework:
             fn,
             fit.watch,
             example=options.example,
-            accumulation_steps=fit.accumulation_steps,
+            accumulation_steps=fit.accumulation_steps if fit.accumulation_steps > 1 else None,
             drop_last=options.drop_last,
             timeout=options.timeout,
         )

@@ -26,9 +26,11 @@ from linreg.kinds.training_loop.ledger import Observed, Step, not_finite
 from linreg.kinds.training_loop.rows import Example, rows_of
 from linreg.kinds.training_loop.settings import (
     FLOOR,
+    MOST_DRAWN,
     SIGNATURE,
     Batching,
     TrainingLoopOptions,
+    count_of,
     default_optimizer,
     describe,
     expected_steps,
@@ -88,7 +90,7 @@ def run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Obser
         optimizer = None
         if asks.has("optimizer"):
             optimizer = (c.optimizer or default_optimizer)(model.parameters())
-    k = c.accumulation_steps
+    k = count_of(c, batching)
     kwargs = contracts.arguments(
         asks,
         model=model,
@@ -150,8 +152,11 @@ def build(
     run where it was not declared."""
     with models_restored():
         checked, seen, ran = _checked(fn, options)
-        if reads_window(fn, options):
-            options = with_window(options, seen)
+        if options.accumulation_steps is None:
+            if asks_of(fn).has("accumulation"):  # drawn for each example
+                options = replace(options, draws_count=True)
+            else:  # read from the run
+                options = replace(options, accumulation_steps=window_of(seen))
         least = least_batches(Target(fn, "training-loop", options), ran)
     return checked, replace(options, least_batches=least)
 
@@ -166,15 +171,17 @@ def _batches(batching: Batching) -> str:
 
 
 def least_batches(target: Target, ran: Batching) -> int:
-    """Return the fewest batches an epoch, up to one window (k) or those of `ran` (it ran
-    there), that the loop runs on without raising: a recipe that sizes its schedule by
-    len(loader) // k raises on an epoch shorter than its window. A loop that raises on more
-    data than that is the report's error. A run that hangs or ends in a pitfall's symptom
-    counts as running: the properties meet it on their own examples, and report it."""
-    most = min(-(-ran.n // ran.batch_size), options_of(target).accumulation_steps)
+    """Return the fewest batches an epoch, up to one window (k, or the largest drawn) or those
+    of `ran` (it ran there), that the loop runs on without raising: a recipe that sizes its
+    schedule by len(loader) // k raises on an epoch shorter than its window. A loop that
+    raises on more data than that is the report's error. A run that hangs or ends in a
+    pitfall's symptom counts as running: the properties meet it on their own examples."""
+    options = options_of(target)
+    k = MOST_DRAWN if options.draws_count else count_of(options)
+    most = min(-(-ran.n // ran.batch_size), k)
     for b in range(1, most):
         try:
-            observe(target, Batching((0,) * b, 1, 1, 0))
+            observe(target, Batching((0,) * b, 1, 1, 0, k if options.draws_count else None))
         except LoopRaised:
             continue
         except (CheckFailed, Aborted):
@@ -190,31 +197,16 @@ def window_of(seen: Observed) -> int:
     return max(counts, key=lambda k: (counts[k], k), default=1)
 
 
-def reads_window(fn: Callable[..., Any], options: TrainingLoopOptions) -> bool:
-    """Return True if the loop's accumulation window is read from a run: it takes no count,
-    and the count is 1 (the default; 1 given explicitly reads the same)."""
-    return options.accumulation_steps == 1 and not asks_of(fn).has("accumulation")
-
-
-def with_window(options: TrainingLoopOptions, seen: Observed) -> TrainingLoopOptions:
-    """Return the options with the window a run showed, where it is more than one batch: a
-    loop that accumulates by itself (a manual optimization's) consumed that many per update."""
-    k = window_of(seen)
-    return options if k < 2 else replace(options, accumulation_steps=k)
-
-
 def windowed(target: Target) -> Target:
-    """Return the target with its window read from a run of its own (a framework's module
-    that steps itself, watched through a method of its own), where the window is read."""
-    options = options_of(target)
-    if not reads_window(target.fn, options):
-        return target
+    """Return the target with its window read again from a run of its own, watched (a
+    framework's module that steps itself, fed through a method of its own: the probe saw it
+    unwatched)."""
     try:
         with models_restored():
             seen = observe(target, PROBE)
     except (LoopRaised, Aborted):
         return target  # the properties meet it on their own examples, and report it
-    return replace(target, options=with_window(options, seen))
+    return replace(target, options=replace(options_of(target), accumulation_steps=window_of(seen)))
 
 
 def _checked(
@@ -286,8 +278,10 @@ def framework_target(
     loop.__module__ = ""
     target = replace(KIND.target(loop, model=factory, **options), watch=watch)
     # a module that steps itself (manual optimization) and is fed through a method of its own
-    # was probed without its watch: its window is read again, watched
-    return target if watch is None or watch.replayable else windowed(target)
+    # was probed without its watch: its window, where the framework was told none, is read
+    # again, watched
+    told = options.get("accumulation_steps") is not None
+    return target if watch is None or watch.replayable or told else windowed(target)
 
 
 KIND = Kind(

@@ -22,7 +22,7 @@ from linreg.kinds.training_loop.ledger import Call, Observed, flat
 from linreg.kinds.training_loop.measure import factor, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
 from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, loss_of
-from linreg.kinds.training_loop.settings import Batching, options_of, reduced
+from linreg.kinds.training_loop.settings import Batching, count_of, options_of, reduced
 
 
 def own_loss(output: Any) -> Tensor | None:
@@ -228,7 +228,7 @@ def _confirmed(
         return hit[1]
     c = options_of(target)
     y = labels_of(c.example)
-    k = c.accumulation_steps
+    k = count_of(c)
     own: dict[bytes, Tensor] = {}
     factors: list[float | None] = []
     for kind in (0, 1):

@@ -5,7 +5,7 @@ optimizer, the loss, the accumulation count, ...) and what it draws for one run 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_ste
 
 
 FLOOR = guards.FLOOR  # seconds: the least time a run of the loop is given (see limit_of)
+MOST_DRAWN = 4  # the largest accumulation count drawn for a loop that takes one, given none
 
 
 def _factory(name: str, value: object) -> Callable[[], nn.Module]:
@@ -99,12 +100,13 @@ class TrainingLoopOptions(Options):
         imported="callable",
         compare=False,
     )
-    accumulation_steps: int = option(
-        1,
+    accumulation_steps: int | None = option(
+        None,
         "the loop steps once per this many batches (windows may cross an epoch's end; the "
-        "last is stepped too); read from the run for a loop that takes no count",
+        "last is stepped too). Default: read from the run for a loop that takes no count; "
+        f"drawn for each example (1 to {MOST_DRAWN}) for a loop that takes one",
         flag="--accumulation-steps",
-        check=_validate.positive_int,
+        check=_validate.positive_int_or_none,
     )
     reduction: str = option(
         "mean",
@@ -123,6 +125,10 @@ class TrainingLoopOptions(Options):
         f"least {FLOOR:g} s)",
         flag="--timeout",
         check=seconds,
+    )
+    draws_count: bool = read_from_run(
+        False,
+        "the loop takes an accumulation count and none was given: each example draws one",
     )
     least_batches: int = read_from_run(
         1,
@@ -146,11 +152,19 @@ class Batching:
     batch_size: int
     num_epochs: int
     seed: int  # torch's and Python's RNGs, seeded before the model is built and the loop runs
+    accumulation_steps: int | None = None  # the count the loop is handed (None: the options')
 
     @property
     def n(self) -> int:
         """Return the number of rows."""
         return len(self.rows)
+
+    def __plain__(self) -> dict[str, Any]:
+        """Return the batching as a report shows it: the count only where one was drawn."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.accumulation_steps is None:
+            del shown["accumulation_steps"]
+        return shown
 
     def steps(self, accumulation_steps: int, drop_last: bool = False) -> list[tuple[int, ...]]:
         """Return the rows each optimizer step of a correct loop consumes, over every epoch."""
@@ -171,12 +185,22 @@ def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.1)
 
 
+def count_of(options: TrainingLoopOptions, batching: Batching | None = None) -> int:
+    """Return the accumulation count of a run: the one drawn for it, else the options' (1
+    where none was given or read)."""
+    drawn = batching.accumulation_steps if batching is not None else None
+    return drawn or options.accumulation_steps or 1
+
+
 def describe(batching: Batching, options: TrainingLoopOptions) -> str:
     """Return the batching in words, for a failure message."""
     rows = "rows of both kinds" if len(set(batching.rows)) > 1 else "identical rows"
+    count = batching.accumulation_steps
     return (
-        f"{batching.n} {rows} in batches of {batching.batch_size}, for {batching.num_epochs} "
-        f"epoch(s)" + (" (drop_last)" if options.drop_last else "")
+        f"{batching.n} {rows} in batches of {batching.batch_size}"
+        + (f", accumulation count {count}" if count is not None else "")
+        + f", for {batching.num_epochs} epoch(s)"
+        + (" (drop_last)" if options.drop_last else "")
     )
 
 
