@@ -684,3 +684,19 @@ def popped_train_mean_of_means(
 ) -> None:
     """Twin: each micro-batch's mean over its own targets, divided by the window's batches."""
     popped_train(model, train_dataloader, optimizer, num_epochs, gradient_accumulation_steps, True)
+
+
+# --- 13. a loop that weighs rows in a way no known mistake does ---------------------------------
+
+
+def front_weighted(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Weighs the first half of each batch twice (a curriculum gone wrong): each step applies
+    a weighted mean of its rows' gradients, not their mean, and matches no known mistake."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            per_row = F.cross_entropy(model(x), y, reduction="none")
+            weight = torch.ones_like(per_row)
+            weight[: (len(per_row) + 1) // 2] = 2.0
+            ((per_row * weight).sum() / weight.sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad()

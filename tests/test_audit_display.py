@@ -153,3 +153,64 @@ def test_the_picture_of_another_kind_shows_what_the_property_compared(
         assert expected == pytest.approx(r.measured["expected"])
         assert got == pytest.approx(r.measured["got"])
         assert r.measured["compared"] in ax.get_title()
+
+
+@pytest.fixture(scope="module")
+def weighed() -> audit.Report:
+    return audit.training_loop(
+        L.front_weighted, model=L.LogSoftmaxNet, example=L.vector_example, max_examples=15
+    )
+
+
+def front_weights(rows: list[int]) -> list[float]:
+    """Directly: the weight front_weighted puts on each distinct row of one batch (the first
+    half of the batch twice), summed over its copies, in order of first use."""
+    weight = [2.0 if i < (len(rows) + 1) // 2 else 1.0 for i in range(len(rows))]
+    distinct = list(dict.fromkeys(rows))
+    return [
+        sum(w for r, w in zip(rows, weight, strict=True) if r == d) / sum(weight) for d in distinct
+    ]
+
+
+def test_an_update_that_weighs_its_rows_wrong_shows_its_weights_on_their_gradients(
+    weighed: audit.Report,
+) -> None:
+    (failure,) = weighed.failures
+    example = failure.counterexample
+    assert example["batch_size"] >= len(example["rows"]), example  # one step: its rows
+    weights = failure.measured["weights"]
+    assert weights["applied"] == pytest.approx(front_weights(example["rows"]), rel=1e-4)
+    copies = [example["rows"].count(d) for d in dict.fromkeys(example["rows"])]
+    assert weights["correct"] == pytest.approx([c / len(example["rows"]) for c in copies])
+    assert "as weights on its distinct rows' own gradients" in failure.message
+    assert (
+        "weighs the rows of its one micro-batch unequally: it matches no known" in failure.message
+    )
+
+
+def test_the_picture_draws_the_failing_updates_weights_beside_the_correct_ones(
+    weighed: audit.Report,
+) -> None:
+    fig = weighed.plot()
+    (failure,) = weighed.failures
+    # its one step applied no multiple of the correct gradient: the weights alone are drawn
+    (bars,) = fig.axes
+    correct, applied = bars.containers
+    assert [b.get_height() for b in applied] == pytest.approx(
+        failure.measured["weights"]["applied"]
+    )
+    assert [b.get_height() for b in correct] == pytest.approx(
+        failure.measured["weights"]["correct"]
+    )
+
+
+def test_the_readmes_ledger_example_weighs_its_rows_as_the_readme_says() -> None:
+    from examples import mlp_classifier as mlp
+
+    report = audit.training_loop(mlp.fit_in_chunks, model=mlp.Net, example=mlp.sample)
+    (failure,) = report.failures
+    assert failure.pitfall == "micro-batch-accumulation"
+    weights = failure.measured["weights"]
+    assert weights["rows"] == [2, 1]
+    assert weights["applied"] == pytest.approx([0.5, 0.5], rel=1e-4)
+    assert weights["correct"] == pytest.approx([2 / 3, 1 / 3])

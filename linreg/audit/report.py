@@ -127,7 +127,9 @@ class Report:
         """Draw what each failing property measured; save a PNG at path; return the Figure.
 
         For a training loop: each step's applied gradient as a multiple of the correct one,
-        1.0 marked and the failing steps highlighted; for the other kinds, the values the
+        1.0 marked and the failing steps highlighted, and where the failing step weighed its
+        rows wrong, its weight on each distinct row's own gradient beside a correct loop's;
+        for the other kinds, the values the
         property compared beside the expected ones. Needs matplotlib (the plot extra); raises
         ValueError when no failure measured anything to draw.
         """
@@ -237,6 +239,35 @@ def _compared(ax: Any, r: Result) -> None:
     ax.legend(fontsize=7, loc="best")
 
 
+def _weights(r: Result) -> dict[str, Any] | None:
+    """Return the failing update's weights on two or more distinct rows, if it measured them."""
+    weights = r.measured.get("weights") if isinstance(r.measured, dict) else None
+    return weights if isinstance(weights, dict) and len(weights.get("rows", [])) > 1 else None
+
+
+def _panels(r: Result) -> int:
+    """Return the panels a failure draws: its weights, and its ratios where one is a number."""
+    if not _weights(r):
+        return 1
+    return 2 if any(v is not None for v in r.measured.get("ratios", [])) else 1
+
+
+def _weighed(ax: Any, r: Result) -> None:
+    """Draw the failing update's weight on each distinct row's own gradient beside a correct
+    loop's: the ledger's coefficients."""
+    weights = _weights(r)
+    assert weights is not None
+    xs = list(range(len(weights["rows"])))
+    ax.bar([x - 0.2 for x in xs], weights["correct"], 0.4, color="tab:green", label="correct")
+    ax.bar([x + 0.2 for x in xs], weights["applied"], 0.4, color="tab:red", label="applied")
+    copies = ["1 copy" if n == 1 else f"{n} copies" for n in weights["rows"]]
+    ax.set_xticks(xs, [f"row {x + 1} ({c})" for x, c in enumerate(copies)])
+    ax.set_ylabel("weight on its gradient")
+    step = r.measured["failing"][0] + 1
+    ax.set_title(f"{r.pitfall}: step {step}'s weights on its rows' own gradients", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+
+
 def _picture() -> type[Any]:
     """Return a matplotlib Figure that a notebook shows as a PNG (without pyplot's backend)."""
     from matplotlib.figure import Figure
@@ -264,11 +295,19 @@ def plot_report(report: Report, path: str | None = None) -> Any:
             f"nothing to draw: no failing property of this {report.kind} audit measured "
             "values to draw (a passing audit has none)"
         )
-    fig = _picture()(figsize=(7, 2.6 * len(panels)), layout="constrained")
-    for ax, r in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels, strict=True):
+    rows = sum(_panels(r) for r in panels)
+    fig = _picture()(figsize=(7, 2.6 * rows), layout="constrained")
+    axes = iter(fig.subplots(rows, 1, squeeze=False)[:, 0])
+    for r in panels:
+        ax = next(axes)
         if not r.measured.get("ratios"):
             _compared(ax, r)
             continue
+        if _weights(r):
+            if _panels(r) == 1:  # no step's gradient was a multiple of the correct one
+                _weighed(ax, r)
+                continue
+            _weighed(next(axes), r)
         ratios = [math.nan if v is None else float(v) for v in r.measured["ratios"]]
         steps = list(range(1, len(ratios) + 1))
         ax.axhline(1.0, color="tab:green", linewidth=1, linestyle="--", label="correct (1.0)")

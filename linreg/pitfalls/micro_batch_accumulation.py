@@ -16,6 +16,7 @@ from linreg.kinds.late import late
 from linreg.kinds.runs import copy_params, params_like
 from linreg.kinds.training_loop import (
     LINEAR,
+    NO_KNOWN,
     TRAINING_LOOPS,
     Batching,
     Judged,
@@ -77,6 +78,8 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     """With two kinds of rows, each step applies the mean of its own rows' gradients."""
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
+        if len(steps[j].sizes) == 1:  # one micro-batch: no mean of means can be the cause
+            return f"weighs the rows of its one micro-batch unequally: it {NO_KNOWN}"
         return (
             "weighs the rows of a step unequally (a mean of micro-batch means, over "
             "micro-batches of unequal sizes?): sum the per-row losses and divide once by the "

@@ -22,7 +22,8 @@ audit is told, and a drawn Batching), `rows` (the example and its contrast row),
 model held still), `hooks` (the hooks that watch), `ledger` (what the loop did: calls and
 updates), `one_run` (one run at lr 0, the probe, the kind), `labels` (each row's labels, fed or
 held, and the targets its loss counts), `references` (each row's own gradient), `measure` and
-`verdicts` (whether each update applied what it should), `own_loops` (linreg's correct loops).
+`verdicts` (whether each update applied what it should), `weights` (an update as weights on its
+rows' own gradients), `own_loops` (linreg's correct loops).
 """
 
 from __future__ import annotations

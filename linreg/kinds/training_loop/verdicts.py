@@ -19,6 +19,7 @@ from linreg.kinds.training_loop.measure import clipping, close, factor, toleranc
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
 from linreg.kinds.training_loop.settings import Batching, describe, options_of, reduced
+from linreg.kinds.training_loop.weights import weights_of
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,19 @@ def compare(
             )
         where = describe(batching, options_of(target))
         relative_to = f" times the first full step's {by:.4g}" if by is not None and by > 0 else ""
+        weights = weights_of(
+            step, ref, reduced(target) == "sum", step.unscaled if v.clipped else step.applied
+        )
         measured = {
             "ratios": [None if u is None else u.ratio for u in verdicts],
             "failing": bad,
             "batching": where,
             "reference": ref.source,
+            "weights": weights,
         }
+        why = v.note or explain(j, v, seen.steps)
+        if weights is not None and len(weights.rows) > 1 and (v.ratio is None or why == NO_KNOWN):
+            why += f" ({weights})"  # no multiple of the correct gradient: how it weighed rows
         raise CheckFailed(
             f"on {where}, step {j + 1} of {len(seen.steps)} "
             f"(micro-batches of {step.sizes} rows) applied "
@@ -152,7 +160,7 @@ def compare(
             f"correct loop applies{' (before clipping)' if v.clipped else ''}"
             f"{relative_to}: the "
             f"{reduced(target)} of its rows' gradients, each from {ref.source}; per step: "
-            f"{_ratios(verdicts)}; it {v.note or explain(j, v, seen.steps)}",
+            f"{_ratios(verdicts)}; it {why}",
             measured,
         )
     return seen
