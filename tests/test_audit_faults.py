@@ -550,3 +550,33 @@ def test_ctrl_c_during_an_audit_exits_130_with_the_verdicts_so_far(
     argv = ["audit", "training-loop", "tests.test_audit_faults:interrupts", *LOOP, "-q"]
     assert main([*argv, "--max-examples", "5"]) == 130
     assert "ERROR interrupted (Ctrl-C)" in capsys.readouterr().out
+
+
+def test_time_limits_off_the_main_thread_end_on_time_and_never_leave_the_watchdog_stuck() -> None:
+    # limits that run out while their thread is taking the watchdog's lock to move a deadline:
+    # each TimeUp lands inside its own block, and the lock is never left held (a Condition's
+    # own lock was, once in about 10,000 such limits here: the audit then hung at its end)
+    from linreg.kinds.guards import TimeUp, time_limit, watchdog_kept
+
+    seen = {"in time": 0, "late": 0}
+
+    def work() -> None:
+        with watchdog_kept():
+            for _ in range(30_000):
+                try:
+                    try:
+                        with time_limit(2e-4) as again:
+                            for _ in range(50):
+                                again()
+                    except TimeUp:
+                        seen["in time"] += 1
+                    sum(range(20))  # outside any limit: a TimeUp here came late
+                except TimeUp:
+                    seen["late"] += 1
+
+    worker = threading.Thread(target=work, daemon=True)  # stuck, it must not hold the exit
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), f"the watchdog's lock was left held: {seen}"
+    assert seen["late"] == 0, seen
+    assert [t.name for t in threading.enumerate() if t.name == "linreg-time-limit"] == []

@@ -114,8 +114,8 @@ def time_limit(seconds: float | None) -> Iterator[Callable[[], None]]:
 
     Yields `again()`, which starts the `seconds` anew (a loop's progress: each update it makes
     earns it another `seconds`). In the main thread a SIGALRM timer (the handler and any outer
-    timer put back after); in another thread a timer thread that raises TimeUp in this one
-    when its Python code next runs.
+    timer put back after); in another thread an entry on the watchdog thread (`_Watchdog`),
+    which raises TimeUp in this one when its Python code next runs.
     """
     if seconds is None:
         yield _nothing
@@ -168,7 +168,11 @@ class _Watchdog:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # a plain Lock taken by `with` in the threads it limits: a Condition's own __enter__
+        # is Python code, where a TimeUp fired at a thread waiting for the lock would land
+        # after the lock is taken and before the block, leaving it held (a deadlock)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._due: dict[object, tuple[float, int]] = {}  # key: (deadline, thread ident)
         self._wake = math.inf  # when the thread looks next
         self._users = 0
@@ -176,7 +180,7 @@ class _Watchdog:
 
     @contextlib.contextmanager
     def kept(self) -> Iterator[None]:
-        with self._cond:
+        with self._lock:
             self._users += 1
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -186,7 +190,7 @@ class _Watchdog:
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._users -= 1
                 ending = self._thread if self._users == 0 else None
                 if ending is not None:
@@ -198,14 +202,14 @@ class _Watchdog:
     def set(self, key: object, seconds: float) -> None:
         """Set (or move) key's deadline to `seconds` from now, for the calling thread."""
         deadline = time.monotonic() + seconds
-        with self._cond:
+        with self._lock:
             self._due[key] = (deadline, threading.get_ident())
             if deadline < self._wake:
                 self._cond.notify_all()
 
     def drop(self, key: object) -> None:
         """End key's limit: once this returns, it raises nothing more."""
-        with self._cond:
+        with self._lock:
             self._due.pop(key, None)
 
     def _run(self) -> None:

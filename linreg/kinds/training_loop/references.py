@@ -188,8 +188,11 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
     if row_loss is None:
         y = labels_of(options_of(target).example)
         assert y is not None
-        for name, guess in guesses(y, token_labels(calls[0], 0) is not None):
-            relative = _confirmed(target, name, seed, guess)
+        tried = guesses(y, token_labels(calls[0], 0) is not None)
+        for i, (name, guess) in enumerate(tried):
+            last = i == len(tried) - 1  # its reason names every guess: "not A nor B"
+            said = " nor ".join(n for n, _ in tried) if last else name
+            relative = _confirmed(target, said, seed, guess)
             if relative is None:
                 row_loss = guess
                 source = f"{name} (the labels' usual loss, confirmed against the loop on one row)"
@@ -229,10 +232,11 @@ def _confirmed(
     c = options_of(target)
     y = labels_of(c.example)
     k = count_of(c)
+    n = max(k, c.least_batches)  # a window of k rows; an epoch of as many batches as it needs
     own: dict[bytes, Tensor] = {}
     factors: list[float | None] = []
     for kind in (0, 1):
-        model, seen = run_at_zero_lr(target, Batching((kind,) * k, 1, 1, seed))
+        model, seen = run_at_zero_lr(target, Batching((kind,) * n, 1, 1, seed))
         step = seen.steps[0] if seen.steps else None
         if step is None or not step.calls or step.unscaled is None:
             raise CheckFailed(

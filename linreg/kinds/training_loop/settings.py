@@ -132,8 +132,8 @@ class TrainingLoopOptions(Options):
     )
     least_batches: int = read_from_run(
         1,
-        "the fewest batches an epoch the loop runs on: it raised on fewer (its examples hold"
-        " at least this many)",
+        "the fewest batches an epoch the loop runs on, up to one window: it raised on fewer "
+        "(its examples hold at least this many, and what it raised there is not judged)",
     )
 
 
