@@ -480,3 +480,70 @@ def test_a_loop_that_takes_a_count_and_is_given_none_is_run_at_drawn_counts() ->
 def test_a_count_given_as_one_is_taken_as_given_not_drawn() -> None:
     report = audit.training_loop(train_scheduled_windows_nominal, accumulation_steps=1, **LOOP)
     assert report.ok and "draws_count" not in report.options, str(report)
+
+
+# --- the accumulation loop as Fabric's docs write it: iteration % k, mean losses summed -------
+
+
+def train_fabric_style(
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    accumulation_steps: int,
+    as_documented: bool = True,
+) -> None:
+    """Steps when `iteration % k == 0`, so its first window holds one batch, and backward()s
+    each batch's mean loss undivided (as documented); the fix counts from 1 and divides each
+    window's summed loss by the rows it holds."""
+    k = accumulation_steps
+    n, b = len(loader.dataset), loader.batch_size
+    sizes = [min(b, n - i * b) for i in range(len(loader))]  # the last batch may be short
+    for _ in range(num_epochs):
+        for iteration, (x, y) in enumerate(loader):
+            if as_documented:
+                accumulating = iteration % k != 0
+                loss = F.cross_entropy(model(x), y)
+            else:  # the window's summed loss over the rows it holds
+                accumulating = (iteration + 1) % k != 0 and iteration + 1 != len(loader)
+                start = iteration - iteration % k
+                loss = F.cross_entropy(model(x), y, reduction="sum") / sum(sizes[start : start + k])
+            loss.backward()
+            if not accumulating:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def train_fabric_style_fixed(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    train_fabric_style(model, loader, optimizer, num_epochs, accumulation_steps, False)
+
+
+def test_a_first_window_of_one_batch_then_sums_of_means_fails_mean_vs_sum() -> None:
+    report = audit.training_loop(train_fabric_style, accumulation_steps=2, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "adds up its 2 micro-batches' mean losses" in report.failures[0].message
+    assert audit.training_loop(train_fabric_style_fixed, accumulation_steps=2, **LOOP).ok
+
+
+def test_the_fabric_style_weights_are_measured_directly_at_one_then_two() -> None:
+    """Directly, on 5 identical rows in batches of 1 (k = 2): the gradient each of its 3 steps
+    applies, as a multiple of one row's: the first window holds one batch, the others sum 2."""
+    x, y = sample()
+    torch.manual_seed(0)
+    model = TwoPart()
+    grads = torch.autograd.grad(F.cross_entropy(model(x[None]), y[None]), model.parameters())
+    loader = DataLoader(list(zip([x] * 5, [y] * 5, strict=True)), batch_size=1)
+    # at lr 0 the gradients it steps with are what it applied: read them per step
+    applied: list[float] = []
+
+    class Reader(torch.optim.SGD):
+        def step(self, closure: Any = None) -> Any:
+            g = [p.grad for p in model.parameters()]
+            ratio = float(sum((a * b).sum() for a, b in zip(g, grads, strict=True)))
+            applied.append(ratio / float(sum((b * b).sum() for b in grads)))
+            return super().step(closure)
+
+    train_fabric_style(model, loader, Reader(model.parameters(), lr=0.0), 1, 2)
+    assert applied == pytest.approx([1.0, 2.0, 2.0])

@@ -143,11 +143,12 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
             return f"adds up {round(s)} steps' gradients: it zeroes them less often than it steps"
         return NO_KNOWN
 
-    # a step fed more rows than a full one took an epoch's left-overs: short-last-batch's
+    # only full steps: one fed more rows took an epoch's left-overs, one fed fewer is a short
+    # window (an epoch's last, or a first window that counts from 0): short-last-batch's
     seen = compare(
         target,
         batching,
-        lambda j, steps: steps[j].rows <= full_step_rows(steps),
+        lambda j, steps: steps[j].rows == full_step_rows(steps),
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
     )

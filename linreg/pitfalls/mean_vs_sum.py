@@ -28,6 +28,7 @@ from linreg.kinds.training_loop import (
     Step,
     compare,
     count_of,
+    full_step_rows,
     loss_of,
     options_of,
     reduced,
@@ -172,7 +173,12 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
             return "averages over the step's rows where reduction='sum' was declared"
         return NO_KNOWN
 
-    compare(target, batching, lambda j, steps: j == 0, explain)
+    def first_full(j: int, steps: list[Step]) -> bool:
+        """Return True for the run's first full step (a first window may be short)."""
+        full = full_step_rows(steps)
+        return steps[j].rows == full and all(s.rows != full for s in steps[:j])
+
+    compare(target, batching, first_full, explain)
 
 
 PROPERTIES = (
