@@ -174,10 +174,14 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
         return NO_KNOWN
 
     def first_full(j: int, steps: list[Step]) -> bool:
-        """Return True for the run's first full step (a first window may be short)."""
-        full = full_step_rows(steps)
+        """Return True for the run's first full step, of the batch_size * k rows the batching
+        hands each window (a first window may be short), else of the run's most common size."""
+        nominal = batching.batch_size * k
+        full = nominal if any(s.rows == nominal for s in steps) else full_step_rows(steps)
         return steps[j].rows == full and all(s.rows != full for s in steps[:j])
 
+    # on identical rows a sum of two means and a step that also applied the one before's
+    # gradient read alike: a loop that never zeroes and starts with a short window is named here
     compare(target, batching, first_full, explain)
 
 

@@ -129,7 +129,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             )
         if s is not None and k > 1 and math.isclose(s * k, batches, rel_tol=1e-3):
             return (
-                f"divides by the nominal accumulation_steps={k} where the last step took "
+                f"divides by the nominal accumulation_steps={k} where step {j + 1} took "
                 f"{batches} batch(es)"
             )
         if s is not None and math.isclose(s * nominal, rows, rel_tol=1e-3):

@@ -140,9 +140,10 @@ def compare(
             )
         where = describe(batching, options_of(target))
         relative_to = f" times the first full step's {by:.4g}" if by is not None and by > 0 else ""
-        weights = weights_of(
-            step, ref, reduced(target) == "sum", step.unscaled if v.clipped else step.applied
-        )
+        weights = None  # a stale step's gradient holds the step before's rows too
+        if not v.stale:
+            reading = step.unscaled if v.clipped else step.applied
+            weights = weights_of(step, ref, reduced(target) == "sum", reading)
         measured = {
             "ratios": [None if u is None else u.ratio for u in verdicts],
             "failing": bad,
