@@ -50,8 +50,11 @@ def gloo_available() -> bool:
 def _entry(
     rank: int, world_size: int, folder: str, fn: Callable[..., Any], args: tuple[Any, ...]
 ) -> None:
-    # Ctrl-C in a terminal reaches every rank: end now, not at the collective's timeout
+    # Ctrl-C in a terminal reaches every rank: end now, not at the collective's timeout (one
+    # that came while the rank was started, held back until here, ends it now too)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)  # R processes on a small machine: no oversubscription
     torch.distributed.init_process_group(
@@ -134,14 +137,24 @@ def start(fn: Callable[..., Any], world_size: int, *args: Any, fork: bool = Fals
     if not gloo_available():
         raise DistributedFailure("torch.distributed with the gloo backend is not available")
     folder = tempfile.TemporaryDirectory(prefix="linreg-ddp-")
-    # torch.multiprocessing.spawn(..., join=False), which is start_processes with "spawn"
-    context: ProcessContext = start_processes(  # type: ignore[no-untyped-call]
-        _entry,
-        args=(world_size, folder.name, fn, args),
-        nprocs=world_size,
-        join=False,
-        start_method="fork" if fork else "spawn",
-    )
+    # Ctrl-C held back while the ranks start: a child's Python handler, inherited, would
+    # raise it inside its own start-up (a traceback from threading's _after_fork); the parent
+    # gets it once they are started, and each rank when _entry lets it through
+    held = hasattr(signal, "pthread_sigmask")
+    if held:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        # torch.multiprocessing.spawn(..., join=False), which is start_processes with "spawn"
+        context: ProcessContext = start_processes(  # type: ignore[no-untyped-call]
+            _entry,
+            args=(world_size, folder.name, fn, args),
+            nprocs=world_size,
+            join=False,
+            start_method="fork" if fork else "spawn",
+        )
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     _RUNNING.add(context)
     return Started(context, folder)
 
