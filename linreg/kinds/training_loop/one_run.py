@@ -166,10 +166,6 @@ PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of 
 PROBES = (PROBE, Batching((0, 1) * 8 + (0,), 2, 2, 0), Batching((0, 1) * 16 + (0,), 2, 2, 0))
 
 
-def _batches(batching: Batching) -> str:
-    return f"{-(-batching.n // batching.batch_size)} batches an epoch"
-
-
 def least_batches(target: Target, ran: Batching) -> int:
     """Return the fewest batches an epoch, up to one window (k, or the largest drawn) or those
     of `ran` (it ran there), that the loop runs on without raising: a recipe that sizes its
@@ -178,14 +174,14 @@ def least_batches(target: Target, ran: Batching) -> int:
     pitfall's symptom counts as running: the properties meet it on their own examples."""
     options = options_of(target)
     k = MOST_DRAWN if options.draws_count else count_of(options)
-    most = min(-(-ran.n // ran.batch_size), k)
+    most = min(ran.batches, k)
     for b in range(1, most):
         try:
             observe(target, Batching((0,) * b, 1, 1, 0, k if options.draws_count else None))
         except LoopRaised:
             continue
         except (CheckFailed, Aborted):
-            return b
+            pass  # it ran
         return b
     return most
 
@@ -228,21 +224,21 @@ def _checked(
     from linreg.kinds.training_loop.references import check_model  # it imports this module
 
     target = Target(fn, "training-loop", options)
-    raised: list[str] = []
+    first = ""  # what it raised on the first probe: the refusal's reason
     for batching in PROBES:  # larger data where the loop raised on less: it may need more
         start = time.perf_counter()
         try:
             model, seen = run_at_zero_lr(target, batching)
             break
         except LoopRaised as e:
-            raised.append(f"on {describe(batching, options)}, {e}")
+            first = first or f"on {describe(batching, options)}, {e}"
         except Aborted as e:
             raise TargetError(
                 f"{name_of(fn)}: on {describe(batching, options)}, {e.args[0]}"
             ) from None
     else:
-        tried = "; ".join(_batches(b) for b in PROBES)
-        raise TargetError(f"{name_of(fn)}: {raised[0]} (it raised on each of: {tried})")
+        tried = "; ".join(f"{b.batches} batches an epoch" for b in PROBES)
+        raise TargetError(f"{name_of(fn)}: {first} (it raised on each of: {tried})")
     _LIMITS[id(fn)] = (fn, max(FLOOR, 50 * (time.perf_counter() - start)))
     if seen.moved:
         raise TargetError(

@@ -159,6 +159,11 @@ class Batching:
         """Return the number of rows."""
         return len(self.rows)
 
+    @property
+    def batches(self) -> int:
+        """Return the batches of one epoch, the short last one included."""
+        return -(-self.n // self.batch_size)
+
     def __plain__(self) -> dict[str, Any]:
         """Return the batching as a report shows it: the count only where one was drawn."""
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
