@@ -311,6 +311,27 @@ def test_a_loop_with_two_mistakes_fails_naming_both() -> None:
     assert "never zeroes the grads" in zeroing.message
 
 
+def train_chunked_never_zeroed(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Splits each batch into chunks of 2 and averages their mean losses (a mean of means on an
+    odd batch), and never zeroes the grads: two independent bugs."""
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            chunks = list(zip(inputs.split(2), targets.split(2), strict=True))
+            for x, t in chunks:
+                (F.cross_entropy(model(x), t) / len(chunks)).backward()
+            optimizer.step()
+
+
+def test_a_mean_of_means_that_never_zeroes_fails_naming_both() -> None:
+    report = audit.training_loop(train_chunked_never_zeroed, **LOOP)
+    failures = {r.pitfall: r.message for r in report.failures}
+    assert set(failures) == {"grad-zeroing", "micro-batch-accumulation"}, str(report)
+    assert "mean of its" in failures["micro-batch-accumulation"], str(report)
+    assert "never zeroes the grads" in failures["grad-zeroing"], str(report)
+
+
 # --- the window read from the run, not declared ----------------------------------------------
 
 
@@ -520,11 +541,35 @@ def train_fabric_style_fixed(
     train_fabric_style(model, loader, optimizer, num_epochs, accumulation_steps, False)
 
 
-def test_a_first_window_of_one_batch_then_sums_of_means_fails_mean_vs_sum() -> None:
+def test_a_first_window_of_one_batch_then_sums_of_means_fails_mean_vs_sum_and_leaves_rows() -> None:
+    """Two findings, each named: the summed means (mean-vs-sum), and an epoch of an even count
+    of batches whose last one goes through backward() and is never stepped (short-last-batch;
+    measured directly below)."""
     report = audit.training_loop(train_fabric_style, accumulation_steps=2, **LOOP)
-    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
-    assert "adds up its 2 micro-batches' mean losses" in report.failures[0].message
+    failures = {r.pitfall: r.message for r in report.failures}
+    assert set(failures) == {"mean-vs-sum", "short-last-batch"}, str(report)
+    assert "adds up its 2 micro-batches' mean losses" in failures["mean-vs-sum"]
+    assert "no optimizer.step() used them" in failures["short-last-batch"]
     assert audit.training_loop(train_fabric_style_fixed, accumulation_steps=2, **LOOP).ok
+
+
+def test_the_fabric_style_last_batch_of_an_even_epoch_is_measured_directly_never_stepped() -> None:
+    """7 rows in batches of 2 (4 batches), k = 2, one epoch: steps at iterations 0 and 2, so the
+    4th batch's gradient is accumulated after the last step and never applied."""
+    x, y = sample()
+    model = TwoPart()
+    loader = DataLoader(list(zip([x] * 7, [y] * 7, strict=True)), batch_size=2)
+    events: list[str] = []
+    model.register_forward_pre_hook(lambda m, a: events.append("batch"))
+
+    class Counting(torch.optim.SGD):
+        def step(self, closure: Any = None) -> Any:
+            events.append("step")
+            return super().step(closure)
+
+    train_fabric_style(model, loader, Counting(model.parameters(), lr=0.0), 1, 2)
+    assert events == ["batch", "step", "batch", "batch", "step", "batch"]
+    assert any(p.grad is not None and bool(p.grad.any()) for p in model.parameters())
 
 
 def test_the_fabric_style_weights_are_measured_directly_at_one_then_two() -> None:

@@ -23,7 +23,7 @@ from linreg.kinds.training_loop import (
     Step,
     compare,
     describe,
-    full_step_rows,
+    full_rows,
     loss_of,
     options_of,
 )
@@ -148,7 +148,7 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     seen = compare(
         target,
         batching,
-        lambda j, steps: steps[j].rows == full_step_rows(steps),
+        lambda j, steps: steps[j].rows == full_rows(target, batching, steps),
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
     )

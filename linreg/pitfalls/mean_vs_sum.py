@@ -28,7 +28,7 @@ from linreg.kinds.training_loop import (
     Step,
     compare,
     count_of,
-    full_step_rows,
+    full_rows,
     loss_of,
     options_of,
     reduced,
@@ -174,10 +174,8 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
         return NO_KNOWN
 
     def first_full(j: int, steps: list[Step]) -> bool:
-        """Return True for the run's first full step, of the batch_size * k rows the batching
-        hands each window (a first window may be short), else of the run's most common size."""
-        nominal = batching.batch_size * k
-        full = nominal if any(s.rows == nominal for s in steps) else full_step_rows(steps)
+        """Return True for the run's first full step (full_rows: a first window may be short)."""
+        full = full_rows(target, batching, steps)
         return steps[j].rows == full and all(s.rows != full for s in steps[:j])
 
     # on identical rows a sum of two means and a step that also applied the one before's

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
@@ -23,9 +23,12 @@ from linreg.kinds.training_loop import (
     Batching,
     Judged,
     Step,
+    Wanted,
     compare,
     count_of,
+    crosses,
     describe,
+    full_rows,
     loss_of,
     options_of,
 )
@@ -103,25 +106,39 @@ def _has_a_short_batch(options: LoopOptions) -> str | None:
 def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     """On identical rows, an epoch's short last step applies the same gradient as a full one,
     and the epoch's left-over micro-batches are stepped, neither dropped nor carried over with
-    the wrong weight. A full step's rows are read from the run, not from what was declared."""
+    the wrong weight. A full step's rows are read from the run, not from what was declared.
+
+    Judged on its own: full steps are mean-vs-sum's and grad-zeroing's, so only a step of
+    another size, or one across an epoch's end, is judged here, relative to the full steps'
+    scale; a short step that applies that scale per row (a summed loss: fewer rows, less
+    gradient), or that adds its own rows rightly to what it found in .grad, is theirs."""
     options = options_of(target)
     k = count_of(options, batching)
     nominal = batching.batch_size * k
 
-    per_epoch = len(batching.rows)
-    if options.drop_last:
-        per_epoch -= per_epoch % batching.batch_size
+    def judged(j: int, steps: list[Step]) -> bool:
+        full = full_rows(target, batching, steps)
+        return steps[j].rows != full or crosses(batching, options.drop_last, steps, j)
 
-    def crosses(j: int, steps: list[Step]) -> bool:
-        """Return True if step j's rows start in one epoch and end in the next."""
-        start = sum(step.rows for step in steps[:j])
-        return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
+    def excused(j: int, verdicts: Sequence[Judged | None], run: Wanted, by: float | None) -> bool:
+        v, steps = verdicts[j], run.seen.steps
+        assert v is not None
+        full = full_rows(target, batching, steps)
+        parts = next((len(s.sizes) for s in steps if s.rows == full), 1)
+        # right; or, where the full steps carry a scale (mean-vs-sum's), that scale taken per
+        # row (a summed loss) or per micro-batch (summed means), or none at all (right as is)
+        shares = [1.0] + ([steps[j].rows / full, len(steps[j].sizes) / parts, 1 / by] if by else [])
+
+        def fits(s: float | None) -> bool:
+            return s is not None and any(math.isclose(s, t, rel_tol=1e-3) for t in shares)
+
+        return fits(v.ratio) or v.stale or (v.carried and fits(v.own))
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
         step = steps[j]
         s = v.ratio
         rows, batches = step.rows, len(step.sizes)
-        if crosses(j, steps):
+        if crosses(batching, options.drop_last, steps, j):
             return (
                 f"took {rows} rows across the epoch's end: the epoch's left-over micro-batches "
                 "were carried into it, unzeroed, and weighed wrong (step them when the data "
@@ -140,9 +157,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             )
         return NO_KNOWN
 
-    # every step, on its weights: with mean-vs-sum and grad-zeroing passed first, a full step
-    # is right, so what fails here is a short step or a window across the epoch's end
-    seen = compare(target, batching, lambda j, steps: True, explain)
+    seen = compare(target, batching, judged, explain, relative=True, excused=excused)
     if seen.leftover:
         raise CheckFailed(
             f"on {describe(batching, options)}, after its last step, {len(seen.leftover)} "
@@ -181,7 +196,7 @@ PROPERTIES = (
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),
-        requires=("non-leaf-params", "mean-vs-sum", "grad-zeroing"),
+        requires=("non-leaf-params",),
     ),
 )
 

@@ -1,12 +1,13 @@
 """Watch a training loop run, as it is written, through torch's own hooks: the global optimizer
 step hooks (any optimizer over the model's parameters; the pre-hook holds every param group's
 lr at 0), each parameter's post-accumulate-grad hook (the gradients as backward() left them:
-"raw"), `GradScaler.unscale_` (divided by the loss scaler's scale: "unscaled", and the scale),
-and the model's forward pre-hook (what each forward pass with grad enabled was fed). Each
-step's reading is taken after the step ("applied"), since a framework may run forward,
-zero_grad and backward inside `optimizer.step(closure)`. The rows an update consumed are the
-rows fed since the update before: prefetching and a loop's own DataLoader are judged by what
-they did.
+"raw") and gradient hook (what .grad held when an update's first backward() reached it:
+"carried", the trace of a missing zero_grad), `GradScaler.unscale_` (divided by the loss
+scaler's scale: "unscaled", and the scale), and the model's forward pre-hook (what each
+forward pass with grad enabled was fed). Each step's reading is taken after the step
+("applied"), since a framework may run forward, zero_grad and backward inside
+`optimizer.step(closure)`. The rows an update consumed are the rows fed since the update
+before: prefetching and a loop's own DataLoader are judged by what they did.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Watcher:
         self.seen = Observed()
         self.calls: list[Call] = []
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
+        self.carried: dict[int, Tensor | None] = {}  # its grad as the update's first began
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
         self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
@@ -107,8 +109,10 @@ class Watcher:
         raw = flat([self.latest.get(id(p)) for p in params], params)
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         kept = unscaled if self.unscaled else raw
-        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale))
+        carried = flat([self.carried.get(id(p)) for p in params], params)
+        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried))
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
+        self.carried = {}
         self.scale = None
         if self.on_update is not None:
             self.on_update()
@@ -129,6 +133,12 @@ class Watcher:
             if step.unscaled is not None and unscaled is not None and self.unscaled:
                 step.unscaled[part] = unscaled[part]
         self.unscaled = {}
+
+    def incoming(self, p: Tensor, grad: Tensor) -> None:
+        """Keep what a param's .grad holds as the update's first gradient reaches it."""
+        del grad
+        if id(p) not in self.carried:
+            self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
 
     def accumulated(self, p: Tensor) -> None:
         """Keep a param's gradient as backward() left it."""
@@ -197,11 +207,12 @@ def watching(
         handles.append(model.register_forward_pre_hook(watch.fed, with_kwargs=True))
     else:
         handles.append(_wrapped(model, method, watch.fed))
-    handles += [
-        p.register_post_accumulate_grad_hook(watch.accumulated)  # type: ignore[no-untyped-call]
-        for p in watch.params
-        if p.requires_grad
-    ]
+    for p in watch.params:
+        if p.requires_grad:
+            handles += [
+                p.register_post_accumulate_grad_hook(watch.accumulated),  # type: ignore[no-untyped-call]
+                p.register_hook(functools.partial(watch.incoming, p)),  # type: ignore[no-untyped-call]
+            ]
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
     try:
         yield watch.seen

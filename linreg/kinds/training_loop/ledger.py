@@ -105,13 +105,15 @@ def detached(v: Any) -> Any:
 
 @dataclass
 class Step:
-    """One optimizer step: its gradients read three ways, and the forward passes that fed it."""
+    """One optimizer step: its gradients read three ways, what it found in .grad, and the
+    forward passes that fed it."""
 
     applied: Tensor | None  # the gradients as the step used them (after it: closures)
     raw: Tensor | None  # as backward() left them
     unscaled: Tensor | None  # raw, divided by a loss scaler's scale where the loop unscaled
     calls: list[Call]
     scale: float | None = None  # the loss scaler's scale when the loop unscaled, else None
+    carried: Tensor | None = None  # what .grad held as the step's first backward() began
 
     @property
     def before_clipping(self) -> Tensor | None:

@@ -18,7 +18,13 @@ from linreg.kinds.training_loop.ledger import Observed, Step
 from linreg.kinds.training_loop.measure import clipping, close, factor, tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
-from linreg.kinds.training_loop.settings import Batching, describe, options_of, reduced
+from linreg.kinds.training_loop.settings import (
+    Batching,
+    count_of,
+    describe,
+    options_of,
+    reduced,
+)
 from linreg.kinds.training_loop.weights import weights_of
 
 
@@ -31,6 +37,8 @@ class Judged:
     clipped: bool  # the applied gradient is a clipping of what backward() left
     stale: bool = False  # it is the correct gradient plus what the step before left in .grad
     note: str = ""  # a known mistake the step's own numbers name (a miscount of targets)
+    own: float | None = None  # what it applied beyond what it found in .grad, as a multiple
+    carried: bool = False  # it found a gradient in .grad: the loop did not zero it
 
 
 def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
@@ -64,8 +72,21 @@ def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | Non
         return Judged(True, 1.0, True)
     reading = clipped[0] if clipped else step.applied
     left = before.applied if before is not None else None
-    stale = left is not None and close(reading, want + left, tol, scale)
-    return Judged(False, factor(reading, want, tol), bool(clipped), stale)
+    found = step.carried if step.carried is not None and bool(step.carried.any()) else None
+    stale = any(g is not None and close(reading, want + g, tol, scale) for g in (left, found))
+    own = factor(reading - found, want, tol) if found is not None and reading is not None else None
+    return Judged(
+        False,
+        factor(reading, want, tol),
+        bool(clipped),
+        stale,
+        own=own,
+        carried=bool(found is not None),
+    )
+
+
+# (j, every step's verdict, the run, the full steps' common ratio or None) -> another's cause
+Excuse = Callable[[int, Sequence["Judged | None"], "Wanted", float | None], bool]
 
 
 @dataclass(frozen=True)
@@ -98,25 +119,24 @@ def compare(
     explain: Callable[[int, Judged, list[Step]], str],
     *,
     relative: bool = False,
+    excused: Excuse | None = None,
 ) -> Observed:
     """Judge the steps `which(j, steps)` picks against the reference; explain the first miss
     (`explain(j, verdict, steps)`).
 
-    relative=True judges each step against the correct gradient times the ratio of the first
-    judged full step (of the run's most common size) to it: a scale the loop applies to every
-    step alike (a summed loss: mean-vs-sum's) is left to the property that judges the scale, so
-    a second mistake is still seen on its own.
+    relative=True judges each step against the correct gradient times the ratio of the run's
+    first full step (of its most common size) to it: a scale the loop applies to every step
+    alike (a summed loss: mean-vs-sum's) is left to the property that judges the scale, so a
+    second mistake is still seen on its own. `excused(j, verdicts, run, by)` says that a
+    step's miss is another property's cause (by: that ratio, None where it is 1).
     """
     run = wanted(target, batching)
     seen, ref, wants, tol, scale = run.seen, run.ref, run.wants, run.tol, run.scale
     if ref is None:
         return seen
     first = None
-    full = [
-        j
-        for j, step in enumerate(seen.steps)
-        if which(j, seen.steps) and step.rows == full_step_rows(seen.steps) and wants[j] is not None
-    ]
+    rows = full_rows(target, batching, seen.steps)
+    full = [j for j, step in enumerate(seen.steps) if step.rows == rows and wants[j] is not None]
     chosen = wants[full[0]] if relative and full else None
     if chosen is not None:
         first = judge(seen.steps[full[0]], chosen, tol, scale)
@@ -128,7 +148,14 @@ def compare(
         None if w is None else judge(step, w, tol, scale, seen.steps[j - 1] if j else None)
         for j, (step, w) in enumerate(zip(seen.steps, wants, strict=True))
     ]
-    bad = [j for j, v in enumerate(verdicts) if v is not None and not v.ok and which(j, seen.steps)]
+    bad = [
+        j
+        for j, v in enumerate(verdicts)
+        if v is not None
+        and not v.ok
+        and which(j, seen.steps)
+        and not (excused is not None and excused(j, verdicts, run, by))
+    ]
     if bad:
         j = bad[0]
         v = verdicts[j]
@@ -167,6 +194,20 @@ def compare(
     return seen
 
 
+def full_rows(target: Target, batching: Batching, steps: Sequence[Step]) -> int:
+    """Return the rows of a full step: the batch_size * k rows the batching hands a window
+    where a step took them (a first or last window may be short), else the run's most common."""
+    nominal = batching.batch_size * count_of(options_of(target), batching)
+    return nominal if any(step.rows == nominal for step in steps) else full_step_rows(steps)
+
+
+def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) -> bool:
+    """Return True if step j's rows start in one epoch of the batching and end in the next."""
+    per_epoch = batching.n - (batching.n % batching.batch_size if drop_last else 0)
+    start = sum(step.rows for step in steps[:j])
+    return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
+
+
 def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
     """Return the mistake a step's ratio names when its rows count tokens, else ""."""
     if ratio is None or ref.weights is None or ref.labelled is None:
@@ -183,17 +224,19 @@ def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
     return ""
 
 
+def summed_means(step: Step, ref: Reference) -> Tensor | None:
+    """Return the sum of a step's micro-batches' own mean gradients (None: a row without one)."""
+    means = [want_of(Step(None, None, None, [call]), ref, summed=False) for call in step.calls]
+    known = [m for m in means if m is not None]
+    return torch.stack(known).sum(0) if known and len(known) == len(means) else None
+
+
 def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: float) -> str:
     """Return the mistake's name if the step applied the mean of its micro-batches' means (read
     before clipping where judge found the step clipped)."""
-    if len(step.calls) < 2:
-        return ""
-    parts = [Step(None, None, None, [call]) for call in step.calls]
-    means = [want_of(part, ref, summed=False) for part in parts]
-    if any(m is None for m in means):
-        return ""
+    summed = summed_means(step, ref) if len(step.calls) > 1 else None
     reading = step.unscaled if v.clipped else step.applied
-    if not close(reading, torch.stack(means).mean(0), tol, scale):  # type: ignore[arg-type]
+    if summed is None or not close(reading, summed / len(step.calls), tol, scale):
         return ""
     if ref.weights is not None:
         counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys) for call in step.calls]
@@ -201,7 +244,7 @@ def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: flo
         fix = "divide each one's summed loss by the step's count of targets (num_items_in_batch)"
     else:
         what, fix = f"of {step.sizes} rows", "divide each one's summed loss by the step's rows"
-    return f"takes the mean of its {len(parts)} micro-batches' mean losses, {what}: {fix}"
+    return f"takes the mean of its {len(step.calls)} micro-batches' mean losses, {what}: {fix}"
 
 
 def _times(s: float | None) -> str:
