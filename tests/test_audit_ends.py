@@ -235,3 +235,49 @@ def test_the_time_limit_counts_from_the_last_update_so_a_loop_making_progress_en
         evaluates_after_every_step, model=net, example=SAMPLE, timeout=0.1, max_examples=2
     )
     assert report.ok, str(report)
+
+
+def evaluates_briefly(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+) -> None:
+    """Evaluates for a moment after every step; nominal=True: the twin, each batch's summed
+    loss over the nominal batch_size."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            if nominal:
+                loss = F.cross_entropy(model(X), y, reduction="sum") / loader.batch_size
+            else:
+                loss = F.cross_entropy(model(X), y)
+            loss.backward()
+            optimizer.step()
+            time.sleep(0.001)
+
+
+def evaluates_briefly_nominal(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    evaluates_briefly(model, loader, optimizer, num_epochs, nominal=True)
+
+
+def test_a_slow_loop_at_default_examples_runs_fewer_says_so_and_still_finds_its_mistake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no time left in the budget after the first property, every later property runs the
+    fewest examples; the report says how many and why; the twin's mistake is still found."""
+    from linreg.audit import runner
+
+    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    report = audit.training_loop(evaluates_briefly, model=net, example=SAMPLE)
+    assert report.ok, str(report)
+    counts = sorted(r.examples for r in report.results if r.verdict == "pass")
+    assert counts[-1] == runner.DEFAULT_EXAMPLES and set(counts[:-1]) == {runner.FEWEST}
+    assert f"ran {runner.FEWEST}-{runner.FEWEST} examples, not 30" in report.note
+    assert report.to_dict()["note"] == report.note and report.note in str(report)
+
+    twin = audit.training_loop(evaluates_briefly_nominal, model=net, example=SAMPLE)
+    assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
+
+    # asked for, the examples are run whatever the time
+    asked = audit.training_loop(evaluates_briefly, model=net, example=SAMPLE, max_examples=5)
+    assert not asked.note and {r.examples for r in asked.results} == {5}

@@ -58,6 +58,7 @@ class Report:
     seconds: float
     error: str = ""  # the target itself raised: what, where, and on which example
     error_example: Any = None
+    note: str = ""  # how the audit ran where it differs from the defaults (examples it cut)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +80,7 @@ class Report:
             "seconds": self.seconds,
             "error": self.error or None,
             "error_example": self.error_example,
+            "note": self.note or None,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -96,6 +98,8 @@ class Report:
             f"{counts['fail']} failed, {counts['pass']} passed, {counts['skip']} skipped "
             f"in {self.seconds:.1f} s"
         ]
+        if self.note:
+            lines.append(f"  note: {self.note}")
         if self.error:
             lines.append(f"  ERROR {self.error}")
             if self.error_example is not None:

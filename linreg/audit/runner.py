@@ -9,11 +9,12 @@ factory hands out) is restored after each property.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import torch
@@ -62,6 +63,11 @@ def _one_at_a_time(fn: _F) -> _F:
 
 
 DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile's
+# At the default examples, an audit of a slow target (a loop that evaluates after every step)
+# fits its properties into BUDGET seconds: each property gets its share of what is left at the
+# cost per example measured so far, never fewer than FEWEST examples, and the report says so.
+BUDGET = 8.0
+FEWEST = 8
 DERANDOMIZED = 0  # Hypothesis's seed when the audit is given none: the same examples every run
 
 
@@ -199,6 +205,7 @@ def run(
     failed: set[str] = set()
     verdicts: dict[int, Result] = {}
     error: tuple[str, Any] = ("", None)
+    budget = _Budget(max_examples is None, len(props))
     for prop in ordered(props):
         reason = not_judged(prop, failed)
         if error[0]:
@@ -209,9 +216,11 @@ def run(
             result = Result(prop.pitfall, prop.name, "skip", reason)
         else:
             try:
-                result = run_property(
-                    prop, target, max_examples=max_examples, seed=seed, shrink=shrink
-                )
+                with budget.spent() as limit:
+                    result = run_property(
+                        prop, target, max_examples=max_examples or limit, seed=seed, shrink=shrink
+                    )
+                    budget.ran(result)
             except LoopRaised as e:
                 error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
                 result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")
@@ -228,7 +237,47 @@ def run(
         tuple(verdicts[id(p)] for p in props),
         time.perf_counter() - start,
         *error,
+        note=budget.note(),
     )
+
+
+class _Budget:
+    """The examples each property of a slow target gets, so that the audit ends in BUDGET s."""
+
+    def __init__(self, on: bool, properties: int) -> None:
+        self.on, self.seconds, self.examples, self.left = on, 0.0, 0, properties
+        self.cut: list[int] = []
+
+    @contextlib.contextmanager
+    def spent(self) -> Iterator[int | None]:
+        """Yield the examples the next property may run (None: the default); count its time."""
+        limit = None
+        if self.on and self.examples:
+            per_example = self.seconds / self.examples
+            share = (BUDGET - self.seconds) / max(self.left, 1)
+            fit = int(share / per_example) if per_example > 0 else DEFAULT_EXAMPLES
+            if fit < DEFAULT_EXAMPLES:
+                limit = max(FEWEST, fit)
+                self.cut.append(limit)
+        start = time.perf_counter()
+        try:
+            yield limit
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.left = max(self.left - 1, 0)
+
+    def ran(self, result: Result) -> None:
+        self.examples += result.examples or 0
+
+    def note(self) -> str:
+        if not self.cut:
+            return ""
+        cost = self.seconds / max(self.examples, 1)
+        return (
+            f"{len(self.cut)} properties ran {min(self.cut)}-{max(self.cut)} examples, not "
+            f"{DEFAULT_EXAMPLES}, to end near {BUDGET:g} s: the target took {cost * 1000:.0f} ms "
+            "an example (max_examples= runs as many as you ask)"
+        )
 
 
 @_one_at_a_time
