@@ -263,15 +263,14 @@ def evaluates_briefly_nominal(
 def test_a_slow_loop_at_default_examples_runs_fewer_says_so_and_still_finds_its_mistake(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With no time left in the budget after the first property, every later property runs the
-    fewest examples; the report says how many and why; the twin's mistake is still found."""
+    """With no time in the budget, every property runs the fewest examples and passes over the
+    rest; the report says how many and why; the twin's mistake is still found."""
     from linreg.audit import runner
 
     monkeypatch.setattr(runner, "BUDGET", 0.0)
     report = audit.training_loop(evaluates_briefly, model=net, example=SAMPLE)
     assert report.ok, str(report)
-    counts = sorted(r.examples for r in report.results if r.verdict == "pass")
-    assert counts[-1] == runner.DEFAULT_EXAMPLES and set(counts[:-1]) == {runner.FEWEST}
+    assert {r.examples for r in report.results} == {runner.FEWEST}
     assert f"ran {runner.FEWEST}-{runner.FEWEST} examples, not 30" in report.note
     assert report.to_dict()["note"] == report.note and report.note in str(report)
 

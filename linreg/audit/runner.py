@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 import time
 import warnings
@@ -37,7 +38,10 @@ from linreg.kinds.training_loop import models_restored
 from linreg.pitfalls import CATALOGUE, Property
 
 __all__ = [
+    "BUDGET",
     "DEFAULT_EXAMPLES",
+    "FEWEST",
+    "Budget",
     "not_judged",
     "ordered",
     "properties",
@@ -64,8 +68,8 @@ def _one_at_a_time(fn: _F) -> _F:
 
 DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile's
 # At the default examples, an audit of a slow target (a loop that evaluates after every step)
-# fits its properties into BUDGET seconds: each property gets its share of what is left at the
-# cost per example measured so far, never fewer than FEWEST examples, and the report says so.
+# fits its properties into about BUDGET seconds: each property runs until its share of what is
+# left is spent, never fewer than FEWEST examples, and the report says so (Budget).
 BUDGET = 8.0
 FEWEST = 8
 DERANDOMIZED = 0  # Hypothesis's seed when the audit is given none: the same examples every run
@@ -79,11 +83,14 @@ def run_property(
     max_examples: int | None = None,
     seed: int | None = None,
     shrink: bool = True,
+    budget: Budget | None = None,
 ) -> Result:
     """Run one property against a target through Hypothesis and return its verdict.
 
     shrink=False reports the first failing example found, unshrunk: faster, but larger.
-    Hypothesis's phases otherwise follow the loaded profile.
+    Hypothesis's phases otherwise follow the loaded profile. With a budget, the examples left
+    when its time is spent are passed over (never once one has failed: shrinking and the
+    replay of the failure run in full).
     """
     reason = prop.applies(target.options)
     if reason is not None:
@@ -91,11 +98,14 @@ def run_property(
     limit = max_examples or DEFAULT_EXAMPLES
     if prop.max_examples is not None:
         limit = min(limit, prop.max_examples)
-    seen = {"examples": 0}
+    seen = {"examples": 0, "passed over": 0}
     failure: list[tuple[Any, str]] = []
     measured: list[Any] = []
 
     def test(example: Any) -> None:
+        if budget is not None and not failure and budget.over(seen["examples"]):
+            seen["passed over"] += 1
+            return
         seen["examples"] += 1
         try:
             # the target's warnings are not verdicts; grad mode is on for every example (the
@@ -137,6 +147,8 @@ def run_property(
         return Result(
             prop.pitfall, prop.name, "fail", message, plain(example), seen["examples"], what
         )
+    if budget is not None:
+        budget.ran(seen["examples"], seen["passed over"] > 0)
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
 
 
@@ -205,7 +217,7 @@ def run(
     failed: set[str] = set()
     verdicts: dict[int, Result] = {}
     error: tuple[str, Any] = ("", None)
-    budget = _Budget(max_examples is None, len(props))
+    budget = Budget(len(props))
     for prop in ordered(props):
         reason = not_judged(prop, failed)
         if error[0]:
@@ -216,11 +228,15 @@ def run(
             result = Result(prop.pitfall, prop.name, "skip", reason)
         else:
             try:
-                with budget.spent() as limit:
+                with budget.share() as shared:
                     result = run_property(
-                        prop, target, max_examples=max_examples or limit, seed=seed, shrink=shrink
+                        prop,
+                        target,
+                        max_examples=max_examples,
+                        seed=seed,
+                        shrink=shrink,
+                        budget=shared if max_examples is None else None,
                     )
-                    budget.ran(result)
             except LoopRaised as e:
                 error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
                 result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")
@@ -241,38 +257,41 @@ def run(
     )
 
 
-class _Budget:
-    """The examples each property of a slow target gets, so that the audit ends in BUDGET s."""
+class Budget:
+    """The time an audit's properties share at the default examples: each property runs until
+    its share of what is left is spent (after FEWEST examples at least), so that a slow target
+    (a loop that evaluates after every step) ends the audit near BUDGET s; what was cut is said."""
 
-    def __init__(self, on: bool, properties: int) -> None:
-        self.on, self.seconds, self.examples, self.left = on, 0.0, 0, properties
+    def __init__(self, properties: int) -> None:
+        self.left, self.spent, self.until = properties, 0.0, math.inf
         self.cut: list[int] = []
+        self.examples = 0
 
     @contextlib.contextmanager
-    def spent(self) -> Iterator[int | None]:
-        """Yield the examples the next property may run (None: the default); count its time."""
-        limit = None
-        if self.on and self.examples:
-            per_example = self.seconds / self.examples
-            share = (BUDGET - self.seconds) / max(self.left, 1)
-            fit = int(share / per_example) if per_example > 0 else DEFAULT_EXAMPLES
-            if fit < DEFAULT_EXAMPLES:
-                limit = max(FEWEST, fit)
-                self.cut.append(limit)
+    def share(self) -> Iterator[Budget]:
+        """Give the next property its share of the time left, and count what it took."""
         start = time.perf_counter()
+        self.until = start + max(BUDGET - self.spent, 0.0) / max(self.left, 1)
         try:
-            yield limit
+            yield self
         finally:
-            self.seconds += time.perf_counter() - start
+            self.spent += time.perf_counter() - start
             self.left = max(self.left - 1, 0)
 
-    def ran(self, result: Result) -> None:
-        self.examples += result.examples or 0
+    def over(self, examples: int) -> bool:
+        """Return True if the property has run its fewest examples and its time is spent."""
+        return examples >= FEWEST and time.perf_counter() > self.until
+
+    def ran(self, examples: int, cut: bool) -> None:
+        self.examples += examples
+        if cut:
+            self.cut.append(examples)
 
     def note(self) -> str:
+        """Return what was cut and why, for the report ("" if nothing was)."""
         if not self.cut:
             return ""
-        cost = self.seconds / max(self.examples, 1)
+        cost = self.spent / max(self.examples, 1)
         return (
             f"{len(self.cut)} properties ran {min(self.cut)}-{max(self.cut)} examples, not "
             f"{DEFAULT_EXAMPLES}, to end near {BUDGET:g} s: the target took {cost * 1000:.0f} ms "
