@@ -18,7 +18,14 @@ from linreg.pitfalls._render import catalogue_markdown, kinds_markdown
 ROOT = Path(__file__).parent.parent
 KINDS_TABLE = re.compile(r"\| kind \| your function \|.*?\n(?=\n)", re.S)
 PITFALLS_TABLE = re.compile(r"\| id \| pitfall \| wrong variants \|.*?\n(?=\n)", re.S)
-AUDIT_BLOCK = re.compile(r"```console\n(\$ python -m linreg audit .*?)```", re.S)
+AUDIT_BLOCK = re.compile(r"```console\n(\$ python -m linreg (?:audit|watch) .*?)```", re.S)
+
+
+def quiet(command: str) -> list[str]:
+    """Return a README command's arguments with -q (watch: before the script, whose own the
+    arguments after it are)."""
+    name, *rest = command.removeprefix("$ python -m linreg ").split()
+    return [name, "-q", *rest] if name == "watch" else [name, *rest, "-q"]
 
 
 def _audit_output(block: str) -> str:
@@ -26,8 +33,8 @@ def _audit_output(block: str) -> str:
     for text in re.split(r"\n(?=\$ )", block.strip()):
         command = text.splitlines()[0]
         buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            main([*command.removeprefix("$ python -m linreg ").split(), "-q"])
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(io.StringIO()):
+            main(quiet(command))
         out.append(command + "\n" + buffer.getvalue().rstrip("\n"))
     return "```console\n" + "\n\n".join(out) + "\n```"
 

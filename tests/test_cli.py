@@ -123,7 +123,7 @@ BAD_OPTIONS = [
     (
         ["fly"],
         "python -m linreg: error: argument COMMAND: invalid choice: 'fly' "
-        "(choose from 'train', 'pitfalls', 'audit')",
+        "(choose from 'train', 'pitfalls', 'audit', 'watch')",
     ),
     ([], "python -m linreg: error: the following arguments are required: COMMAND"),
     (["pitfalls", "--only", "nope"], PITFALLS + "unknown pitfall id 'nope'; choose from "),
@@ -627,22 +627,23 @@ def _readme_audits() -> list[str]:
     from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    blocks = re.findall(r"```console\n(\$ python -m linreg audit .*?)```", readme, re.S)
+    blocks = re.findall(r"```console\n(\$ python -m linreg (?:audit|watch) .*?)```", readme, re.S)
     return [b for block in blocks for b in re.split(r"\n(?=\$ )", block.strip())]
 
 
 README_AUDITS = _readme_audits()
 
 
-def test_readme_shows_eight_audits() -> None:
-    assert len(README_AUDITS) == 8
+def test_readme_shows_eight_audits_and_two_watches() -> None:
+    assert [t.split()[4] for t in README_AUDITS].count("audit") == 8
+    assert [t.split()[4] for t in README_AUDITS].count("watch") == 2
 
 
 # one test per command shown: each is a whole audit, and the workers share them out
 @pytest.mark.parametrize(
     "shown",
     README_AUDITS,
-    ids=[t.split("\n")[0].removeprefix("$ python -m linreg audit ") for t in README_AUDITS],
+    ids=[t.split("\n")[0].removeprefix("$ python -m linreg ") for t in README_AUDITS],
 )
 def test_readme_shows_the_audits_real_output(
     shown: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -652,8 +653,10 @@ def test_readme_shows_the_audits_real_output(
 
     monkeypatch.chdir(Path(__file__).parent.parent / "examples")
     seconds = re.compile(r" in \d+\.\d s$", re.M)
+    from tests.regen_readme import quiet
+
     command, *lines = shown.splitlines()
-    main([*command.removeprefix("$ python -m linreg ").split(), "-q"])
+    main(quiet(command))
     got = capsys.readouterr().out.rstrip("\n")
     assert seconds.sub(" in _ s", got) == seconds.sub(" in _ s", "\n".join(lines))
 

@@ -31,6 +31,7 @@ from linreg.audit.runner import (
     run_property,
     target_for,
 )
+from linreg.audit.watcher import watch, watch_script
 from linreg.checks import LoopRaised
 from linreg.kinds import KINDS, Kind, TargetError
 from linreg.kinds.options import AUDIT_KEYWORDS
@@ -49,6 +50,8 @@ __all__ = [
     "run",
     "run_property",
     "target_for",
+    "watch",
+    "watch_script",
     *sorted(k.function for k in KINDS.values()),
 ]
 

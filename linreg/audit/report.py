@@ -94,7 +94,13 @@ class Report:
         counts = {v: sum(r.verdict == v for r in self.results) for v in ("fail", "pass", "skip")}
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         lines = [
-            f"audit of {self.kind} {self.target}" + (f" ({options})" if options else "") + ": "
+            (
+                f"watch of {self.target}"
+                if self.kind == "watch"
+                else f"audit of {self.kind} {self.target}"
+            )
+            + (f" ({options})" if options else "")
+            + ": "
             f"{counts['fail']} failed, {counts['pass']} passed, {counts['skip']} skipped "
             f"in {self.seconds:.1f} s"
         ]
@@ -108,7 +114,9 @@ class Report:
             if only_failures and r.verdict != "fail":
                 continue
             mark = {"fail": "FAIL", "pass": "pass", "skip": "skip"}[r.verdict]
-            tail = f" ({r.examples} examples)" if r.verdict == "pass" else ""
+            unit = "update" if self.kind == "watch" else "example"  # watch: what it judged
+            tail = f" ({r.examples} {unit}{'s' if r.examples != 1 else ''})"
+            tail = tail if r.verdict == "pass" else ""
             lines.append(f"  {mark} {r.pitfall:<16} {r.property}{tail}")
             if r.message:
                 lines.append(f"       {'why' if r.verdict == 'fail' else 'reason'}: {r.message}")

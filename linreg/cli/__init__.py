@@ -1,8 +1,8 @@
 """The command line, one module per command: `python -m linreg pitfalls` shows every pitfall
 live; `train` runs the book's experiment; `audit` checks your own iterator, update step, loss or
-loop. Only the command given is built in full (audit's options come from the registry of kinds,
-which imports torch): a usage error or `--help` answers at once, and torch is imported when a
-command runs."""
+loop; `watch` runs your training script unchanged and judges its updates. Only the command
+given is built in full (audit's options come from the registry of kinds, which imports torch):
+a usage error or `--help` answers at once, and torch is imported when a command runs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from linreg.cli import arguments, audit, pitfalls, train
+from linreg.cli import arguments, audit, pitfalls, train, watch
 
-COMMANDS = {"train": train, "pitfalls": pitfalls, "audit": audit}  # each: add_parser, command
+COMMANDS = {
+    "train": train,
+    "pitfalls": pitfalls,
+    "audit": audit,
+    "watch": watch,
+}  # each: add_parser, command
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

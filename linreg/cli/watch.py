@@ -1,0 +1,77 @@
+"""`python -m linreg watch [--steps N] [--json] SCRIPT [ARGS...]` (or `-m MODULE [ARGS...]`):
+your training script, unchanged, run as `python SCRIPT ARGS` would and judged update by update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from linreg.cli import arguments
+
+HELP = "run your training script unchanged and judge every update it makes"
+
+
+def add_parser(sub: Any) -> None:
+    a = sub.add_parser(
+        "watch",
+        help=HELP,
+        description=(
+            "Run SCRIPT with ARGS (or -m MODULE with ARGS) as python would: its __main__, "
+            "argv, imports and working directory. Every loss it computes with a torch loss "
+            "function, every backward() and every optimizer update is watched, with every lr "
+            "held at 0 (the params do not move); each update is judged against the mean of the "
+            "rows it consumed. The script is ended after the first update that follows an "
+            "epoch's end (a DataLoader running out), or after --steps updates. What the script "
+            "prints goes to stderr, the report to stdout. Exit 0 when no pitfall is found, 1 "
+            "when one is or the script failed, 2 for a usage error."
+        ),
+    )
+    a.add_argument(
+        "--steps",
+        type=arguments.positive_int,
+        default=None,
+        help="end the script after this many updates (default: the first after an epoch's end)",
+    )
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
+    a.add_argument(
+        "-m",
+        dest="module",
+        nargs=argparse.REMAINDER,
+        metavar="MODULE [ARGS]",
+        help="run a module, as python -m does, with the arguments after it",
+    )
+    a.add_argument(
+        "script",
+        nargs=argparse.REMAINDER,
+        metavar="SCRIPT [ARGS]",
+        help="the training script, and its own arguments",
+    )
+    a.set_defaults(subparser=a)
+
+
+def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Watch the script the arguments name, print the report, and return the exit code."""
+    module = bool(args.module)
+    given = args.module if module else args.script
+    if not given:
+        parser.error("give a SCRIPT, or -m MODULE, to watch")
+    name, rest = given[0], given[1:]
+    if not module and not os.path.isfile(name):
+        parser.error(f"no such script: {name!r}")
+    try:
+        from linreg.audit.watcher import watch_script
+    except ImportError as e:
+        parser.error(str(e))
+    if not args.quiet:
+        print(f"watching {name} ...", file=sys.stderr, flush=True)
+    report = watch_script(name, rest, module=module, steps=args.steps)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(report)
+    return 0 if report.ok else 1

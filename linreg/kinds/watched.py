@@ -1,0 +1,355 @@
+"""Watch real training code run, unchanged: every loss it computes with a torch loss function,
+every backward() and every optimizer update, on the user's own rows.
+
+Three of torch's own seams, all put back after: the loss functions of `torch.nn.functional`
+(the `nn` loss modules call them too), whose call the watcher repeats with reduction="none" on
+the same input to take the gradient of the summed per-element loss through the loop's own graph
+(dropout masks, BatchNorm and -100 labels as they ran) and the count a mean divides by;
+`Tensor.backward` and `torch.autograd.backward`, which tell which of those losses each
+micro-batch's backward() reached and what .grad held before the update's first; and the global
+optimizer step hooks, which hold every lr at 0 and close each update. Nothing is copied: what
+an update applied is read against the micro-batches it consumed (`Update`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+# the loss functions read, each with the argument that holds its target
+LOSSES = (
+    "cross_entropy",
+    "nll_loss",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+)
+_INDEXED = ("cross_entropy", "nll_loss")  # class-index targets: -100 and class weights count
+
+
+class Enough(BaseException):
+    """Raised from the step hook once the updates asked for were seen: ends the code cleanly."""
+
+
+@dataclass
+class LossCall:
+    """One loss the code computed with grad on: its output, its per-element gradients, and the
+    count its mean divides by."""
+
+    node: Any  # the loss output's grad_fn: a backward() reaches it or not
+    grads: dict[int, Tensor]  # per parameter (id): the gradient of the summed per-element loss
+    count: float  # rows, elements or targets (not -100, class-weighted) a mean divides by
+
+
+@dataclass
+class MicroBatch:
+    """One backward(): the losses it reached."""
+
+    losses: list[LossCall]
+
+    @property
+    def count(self) -> float:
+        return sum(c.count for c in self.losses)
+
+
+@dataclass
+class Update:
+    """One update: the optimizer steps with no backward() between them, and what fed it."""
+
+    params: list[Tensor]
+    applied: Tensor | None  # every param's .grad as the steps used it, flat
+    before_clipping: Tensor | None  # as the last backward() left it (unscaled where it was)
+    carried: Tensor | None  # what .grad held as the update's first backward() began
+    micro: list[MicroBatch]
+    blind: int = 0  # backward() calls that reached no loss the watcher read
+
+    def grad_of(self, mb: MicroBatch) -> Tensor:
+        """Return a micro-batch's gradient of its summed per-element losses, flat."""
+        return flat([_sum_of(mb, p) for p in self.params], self.params)
+
+
+def _sum_of(mb: MicroBatch, p: Tensor) -> Tensor | None:
+    parts = [c.grads[id(p)] for c in mb.losses if id(p) in c.grads]
+    return torch.stack(parts).sum(0) if parts else None
+
+
+def flat(grads: list[Tensor | None], params: list[Tensor]) -> Tensor:
+    """Return the grads as one float64 vector, None as zeros."""
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).detach().reshape(-1).double()
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+@dataclass
+class Watched:
+    """What the watched code did: its updates, and the micro-batches after the last."""
+
+    updates: list[Update] = field(default_factory=list)
+    leftover: list[MicroBatch] = field(default_factory=list)
+    ended: bool = False  # the watcher ended the code once it had the updates asked for
+    lrs: dict[int, list[Any]] = field(default_factory=dict)  # each optimizer's lrs, as set
+
+
+class _Watcher:
+    def __init__(self, steps: int | None) -> None:
+        self.steps, self.seen = steps, Watched()
+        self.ends: list[int] = []  # the updates made when a DataLoader ran out (an epoch ended)
+        self.pending: list[LossCall] = []  # losses computed, no backward() has reached yet
+        self.micro: list[MicroBatch] = []
+        self.blind = 0
+        self.carried: dict[int, Tensor | None] | None = None
+        self.raw: dict[int, Tensor] = {}
+        self.unscaled: dict[int, Tensor] = {}
+        self.busy = False  # inside the watcher's own autograd calls, or a backward() already
+
+    # --- losses ---------------------------------------------------------------------------
+    def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
+        if self.busy or not isinstance(out, Tensor) or out.grad_fn is None or out.ndim != 0:
+            return
+        if "size_average" in kwargs or "reduce" in kwargs:
+            return  # the legacy arguments: not read
+        self.busy = True
+        try:
+            per = fn(*args, **{**kwargs, "reduction": "none"})
+            leaves = _leaves(per.grad_fn)
+            grads = torch.autograd.grad(per.sum(), leaves, retain_graph=True, allow_unused=True)
+            self.pending.append(
+                LossCall(
+                    out.grad_fn,
+                    {
+                        id(p): g.detach()
+                        for p, g in zip(leaves, grads, strict=True)
+                        if g is not None
+                    },
+                    _count(name, per, args, kwargs),
+                )
+            )
+        finally:
+            self.busy = False
+
+    # --- backward -------------------------------------------------------------------------
+    def backward(self, roots: list[Tensor], run: Callable[[], None]) -> None:
+        if self.busy:
+            run()
+            return
+        under = _graph([t.grad_fn for t in roots if t.grad_fn is not None])
+        reached = [c for c in self.pending if id(c.node) in under]
+        if self.carried is None:  # the update's first backward(): what .grad holds now
+            self.carried = {
+                id(p): None if p.grad is None else p.grad.detach().clone()
+                for c in reached
+                for p in _leaves_of(c)
+            }
+        self.busy = True
+        try:
+            run()
+        finally:
+            self.busy = False
+        self.pending = [c for c in self.pending if c not in reached]
+        for c in reached:  # the gradients as this backward() left them
+            for p in _leaves_of(c):
+                if p.grad is not None:
+                    self.raw[id(p)] = p.grad.detach().clone()
+        if reached:
+            self.micro.append(MicroBatch(reached))
+        else:
+            self.blind += 1
+
+    # --- updates --------------------------------------------------------------------------
+    def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if id(opt) not in self.seen.lrs:
+            self.seen.lrs[id(opt)] = [
+                g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"]
+                for g in opt.param_groups
+            ]
+        for group in opt.param_groups:
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(0.0)
+            else:
+                group["lr"] = 0.0
+
+    def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for g in opt.param_groups for p in g["params"]]
+        applied = flat([p.grad for p in params], params)
+        if not self.micro and not self.blind:
+            if self.seen.updates and set(map(id, params)) - set(
+                map(id, self.seen.updates[-1].params)
+            ):
+                last = self.seen.updates[-1]  # another optimizer of the same update
+                last.params += params
+                last.applied = flat([p.grad for p in last.params], last.params)
+                return
+            if not bool(applied.any()):
+                return  # a flush that applies nothing is no update
+        carried = self.carried or {}
+        before = [self.unscaled.get(id(p), self.raw.get(id(p), p.grad)) for p in params]
+        self.seen.updates.append(
+            Update(
+                params,
+                applied,
+                flat(before, params),
+                flat([carried.get(id(p)) for p in params], params),
+                self.micro,
+                self.blind,
+            )
+        )
+        self.micro, self.blind, self.carried, self.raw, self.unscaled = [], 0, None, {}, {}
+        made = len(self.seen.updates)
+        enough = made >= self.steps if self.steps is not None else self.past_an_epoch(made)
+        if enough:
+            self.seen.ended = True
+            raise Enough
+
+    def past_an_epoch(self, made: int) -> bool:
+        """Return True once an update follows an epoch's end that updates preceded (a loop that
+        lists its loader before training runs it out first: its next end counts)."""
+        return any(0 < e < made for e in self.ends)
+
+    def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            if p.grad is not None:
+                self.unscaled[id(p)] = p.grad.detach().clone()
+
+
+def _leaves(node: Any) -> list[Tensor]:
+    """Return the leaf tensors that require grad under an autograd node, in a fixed order."""
+    out: dict[int, Tensor] = {}
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        variable = getattr(n, "variable", None)
+        if isinstance(variable, Tensor):
+            out.setdefault(id(variable), variable)
+        stack += [m for m, _ in n.next_functions]
+    return list(out.values())
+
+
+def _leaves_of(call: LossCall) -> list[Tensor]:
+    return _leaves(call.node)
+
+
+def _graph(roots: list[Any]) -> set[int]:
+    """Return the ids of every autograd node under the roots."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack += [m for m, _ in n.next_functions]
+    return seen
+
+
+def _count(name: str, per: Tensor, args: Any, kwargs: Any) -> float:
+    """Return what the loss's mean divides by: class-index targets not ignored (weighted by
+    their class weight), else every element."""
+    if name in _INDEXED:
+        target = kwargs.get("target", args[1] if len(args) > 1 else None)
+        if isinstance(target, Tensor) and not target.is_floating_point():
+            ignore = kwargs.get("ignore_index", -100)
+            kept = target != ignore
+            weight = kwargs.get("weight")
+            if isinstance(weight, Tensor):
+                return float(weight[target[kept]].sum())
+            return float(kept.sum())
+    return float(per.numel())
+
+
+@contextmanager
+def watching(steps: int | None = None) -> Iterator[Watched]:
+    """Watch the code the block runs; yield what it saw, filled in as it runs. After `steps`
+    updates (None: the first update after a DataLoader ran out, an epoch's end) the step hook
+    raises Enough, which ends the block cleanly here. Every seam is put
+    back after, and every lr the hooks held at 0 is as the code had set it."""
+    w = _Watcher(steps)
+    losses = {name: getattr(F, name) for name in LOSSES}
+    loader_next = _BaseDataLoaderIter.__next__
+
+    def next_batch(self: _BaseDataLoaderIter) -> Any:
+        try:
+            return loader_next(self)
+        except StopIteration:
+            w.ends.append(len(w.seen.updates))
+            raise
+
+    tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
+    unscale = torch.amp.GradScaler.unscale_
+    optimizers: list[torch.optim.Optimizer] = []
+
+    def loss_of(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        @functools.wraps(fn)
+        def read(*args: Any, **kwargs: Any) -> Tensor:
+            out = fn(*args, **kwargs)
+            w.loss(name, fn, args, kwargs, out)
+            return out
+
+        return read
+
+    def backward(self: Tensor, *args: Any, **kwargs: Any) -> None:
+        w.backward([self], lambda: tensor_backward(self, *args, **kwargs))  # type: ignore[no-untyped-call]
+
+    def autograd(tensors: Any, *args: Any, **kwargs: Any) -> None:
+        roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+        w.backward(roots, lambda: autograd_backward(tensors, *args, **kwargs))
+
+    def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
+        unscale(scaler, optimizer)
+        if scaler.is_enabled():
+            w.unscaled_by(optimizer)
+
+    def before(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if all(o is not opt for o in optimizers):
+            optimizers.append(opt)
+        w.before(opt, args, kwargs)
+
+    grad_mode = torch.is_grad_enabled()
+    handles = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(w.after)]
+    for name in LOSSES:
+        setattr(F, name, loss_of(name, losses[name]))
+    Tensor.backward = backward  # type: ignore[method-assign]
+    torch.autograd.backward = autograd
+    torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
+    _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign]
+    try:
+        yield w.seen
+    except Enough:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, fn in losses.items():
+            setattr(F, name, fn)
+        Tensor.backward = tensor_backward  # type: ignore[method-assign]
+        torch.autograd.backward = autograd_backward
+        torch.amp.GradScaler.unscale_ = unscale  # type: ignore[method-assign]
+        _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
+        for opt in optimizers:
+            for group, lr in zip(opt.param_groups, w.seen.lrs[id(opt)], strict=False):
+                if isinstance(group["lr"], Tensor) and isinstance(lr, Tensor):
+                    group["lr"].copy_(lr)  # filled with 0 in place: its value put back
+                else:
+                    group["lr"] = lr
+        w.seen.leftover = w.micro
+        torch.set_grad_enabled(grad_mode)

@@ -1,0 +1,280 @@
+"""`python -m linreg watch SCRIPT`: real training scripts (tests/watch_scripts/), run unchanged,
+judged update by update; each twin is the same script with one line replaced, and fails naming
+its pitfall.
+
+Most run in this process through `watch_script` (what the command calls); the real process is
+the subject of the tests of exit codes and of stdout (the report) against stderr (the script's
+own output).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.optim import optimizer as optim_module
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from linreg import audit
+from linreg.audit.watcher import watch_script
+from linreg.cli import main
+
+SCRIPTS = Path(__file__).parent / "watch_scripts"
+
+
+def regress_files(tmp: Path) -> list[str]:
+    """A config file and the CSV it names: 30 rows of 3 features and a target."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 3, generator=gen)
+    y = x @ torch.tensor([1.5, -2.0, 0.5]) + 0.1 * torch.randn(30, generator=gen)
+    with (tmp / "data.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([[*map(float, r), float(t)] for r, t in zip(x, y, strict=True)])
+    config = {"data": "data.csv", "batch_size": 8, "lr": 0.05, "epochs": 3}
+    (tmp / "config.json").write_text(json.dumps(config))
+    return [str(tmp / "config.json")]
+
+
+def token_file(tmp: Path) -> list[str]:
+    torch.save(
+        torch.randint(0, 13, (64,), generator=torch.Generator().manual_seed(2)), tmp / "t.pt"
+    )
+    return [str(tmp / "t.pt"), "--max-iters", "3"]
+
+
+def image_file(tmp: Path) -> list[str]:
+    gen = torch.Generator().manual_seed(3)
+    torch.save(
+        (torch.randn(14, 1, 8, 8, generator=gen), torch.randint(0, 3, (14,), generator=gen)),
+        tmp / "i.pt",
+    )
+    return [str(tmp / "i.pt")]
+
+
+def no_files(tmp: Path) -> list[str]:
+    return []
+
+
+# (script, its arguments written under tmp, the line a twin replaces, the twin's line, pitfall)
+CASES: list[tuple[str, Callable[[Path], list[str]], str, str, str]] = [
+    (
+        "classify_accum.py",
+        no_files,
+        "rows = sum(sizes[i - i % k : i - i % k + k])",
+        "rows = b * k",
+        "short-last-batch",  # the epoch's last window, one batch, divided by two batches' rows
+    ),
+    (
+        "classify_accum.py",
+        no_files,
+        "if (i + 1) % k == 0 or i + 1 == len(loader):",
+        "if (i + 1) % k == 0:",
+        "short-last-batch",  # the epoch's odd batch carried, unstepped, into the next epoch
+    ),
+    (
+        "regress_config.py",
+        regress_files,
+        "loss = F.mse_loss(model(features), target)",
+        'loss = F.mse_loss(model(features), target, reduction="sum")',
+        "mean-vs-sum",
+    ),
+    ("lm_budget.py", token_file, "loss = loss / args.grad_accum", "pass", "mean-vs-sum"),
+    (
+        "amp_scaler.py",
+        no_files,
+        "scaler.step(optimizer)",
+        "scaler.step(optimizer)\n            optimizer.step()",
+        "grad-zeroing",  # the same micro-batch applied twice
+    ),
+    (
+        "tokens_ragged.py",
+        no_files,
+        "(loss / num_items).backward()",
+        '(loss / (batch["labels"] != -100).sum() / accumulation).backward()',
+        "micro-batch-accumulation",  # a mean of means over unequal counts of tokens
+    ),
+    ("bn_images.py", image_file, "optimizer.zero_grad()", "pass", "grad-zeroing"),
+]
+
+
+def _id(case: tuple[Any, ...]) -> str:
+    return f"{case[0][:-3]}-{case[4]}"
+
+
+def _twin(tmp: Path, script: str, line: str, bug: str) -> Path:
+    text = (SCRIPTS / script).read_text()
+    assert text.count(line) == 1, f"{line!r} is not one line of {script}"
+    path = tmp / f"twin_{script}"
+    path.write_text(text.replace(line, bug))
+    return path
+
+
+@pytest.mark.parametrize("script, files", sorted({(c[0], c[1]) for c in CASES}, key=str))
+def test_watch_a_correct_script_run_unchanged_passes(
+    script: str, files: Callable[[Path], list[str]], tmp_path: Path
+) -> None:
+    report = watch_script(str(SCRIPTS / script), files(tmp_path))
+    assert report.ok, str(report)
+    assert any(r.verdict == "pass" for r in report.results), str(report)
+
+
+@pytest.mark.parametrize(
+    "script, files, line, bug, pitfall", [pytest.param(*c, id=_id(c)) for c in CASES]
+)
+def test_watch_a_twin_with_one_line_changed_fails_naming_its_pitfall(
+    script: str,
+    files: Callable[[Path], list[str]],
+    line: str,
+    bug: str,
+    pitfall: str,
+    tmp_path: Path,
+) -> None:
+    report = watch_script(str(_twin(tmp_path, script, line, bug)), files(tmp_path))
+    assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+    assert not report.error, str(report)
+    assert "matches no known mistake" not in str(report), str(report)
+
+
+def test_watch_a_module_runs_as_python_m_does() -> None:
+    report = watch_script("tests.watch_scripts.tokens_ragged", module=True)
+    assert report.ok and report.target == "tests.watch_scripts.tokens_ragged", str(report)
+
+
+# --- what the numbers say, measured directly ---------------------------------------------------
+
+
+def test_the_nominal_window_of_the_classifier_twin_is_measured_directly_at_half() -> None:
+    """5 batches of 4 in windows of 2: the last window holds one batch; divided by 8 rows it
+    applies half its own mean gradient."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    x, y = torch.randn(4, 5), torch.randint(0, 3, (4,))
+    (F.cross_entropy(model(x), y, reduction="sum") / 8).backward()
+    applied = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    mean = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    for a, m in zip(applied, mean, strict=True):
+        assert torch.allclose(a, m / 2)
+
+
+# --- the command: exit codes, stdout and stderr ------------------------------------------------
+
+
+def test_watch_command_prints_the_report_on_stdout_and_the_scripts_output_on_stderr(
+    tmp_path: Path,
+) -> None:
+    def run(path: Path | str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "linreg",
+                "watch",
+                "--json",
+                str(path),
+                *regress_files(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = run(SCRIPTS / "regress_config.py")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["kind"] == "watch"
+    assert {r["pitfall"]: r["verdict"] for r in report["results"]}["mean-vs-sum"] == "pass"
+    assert "epoch 1: mse" in done.stderr
+
+    line, bug = CASES[2][2:4]
+    twin = run(_twin(tmp_path, "regress_config.py", line, bug))
+    assert twin.returncode == 1, twin.stderr
+    assert [r["pitfall"] for r in json.loads(twin.stdout)["results"] if r["verdict"] == "fail"] == [
+        "mean-vs-sum"
+    ]
+
+
+def test_watch_usage_errors_exit_2_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["watch"], ["watch", "no_such_script.py"], ["watch", "--steps", "0", "x.py"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error:" in err
+
+
+def test_a_script_that_raises_is_reported_as_failing_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text("import torch\n\nraise RuntimeError('no data found')\n")
+    report = watch_script(str(path))
+    assert not report.ok and "RuntimeError: no data found" in report.error
+    assert "broken.py:3" in report.error
+
+
+def test_a_loss_written_by_hand_is_not_judged_and_never_passes(tmp_path: Path) -> None:
+    path = tmp_path / "by_hand.py"
+    path.write_text(
+        "import torch\n"
+        "w = torch.zeros(3, requires_grad=True)\n"
+        "opt = torch.optim.SGD([w], lr=0.1)\n"
+        "for _ in range(3):\n"
+        "    x, y = torch.randn(4, 3), torch.randn(4)\n"
+        "    opt.zero_grad()\n"
+        "    ((x @ w - y) ** 2).mean().backward()\n"
+        "    opt.step()\n"
+    )
+    report = watch_script(str(path))
+    assert not report.ok and report.error.startswith("no update could be judged")
+
+
+# --- leaves nothing behind ---------------------------------------------------------------------
+
+
+def _state() -> dict[str, Any]:
+    return {
+        "losses": [getattr(F, name) for name in ("cross_entropy", "mse_loss", "nll_loss")],
+        "backward": (Tensor.backward, torch.autograd.backward),
+        "loader": _BaseDataLoaderIter.__next__,
+        "hooks": (
+            len(optim_module._global_optimizer_pre_hooks),
+            len(optim_module._global_optimizer_post_hooks),
+        ),
+        "grad": torch.is_grad_enabled(),
+        "argv": sys.argv[:],
+        "path": sys.path[:],
+    }
+
+
+def test_watching_leaves_the_process_as_it_found_it_and_every_lr_as_it_was(tmp_path: Path) -> None:
+    before = _state()
+    watch_script(str(SCRIPTS / "classify_accum.py"))
+    watch_script(
+        str(_twin(tmp_path, "bn_images.py", "optimizer.zero_grad()", "pass")), image_file(tmp_path)
+    )
+    assert _state() == before
+
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.25)
+    start = [p.detach().clone() for p in model.parameters()]
+    rows = list(zip(torch.randn(6, 3), torch.randint(0, 2, (6,)), strict=True))
+    with torch.no_grad():
+        with audit.watch() as reports, torch.enable_grad():
+            for _ in range(3):
+                for x, y in DataLoader(rows, batch_size=4):
+                    optimizer.zero_grad()
+                    F.cross_entropy(model(x), y).backward()
+                    optimizer.step()
+        assert not torch.is_grad_enabled()  # the caller's no_grad, as it was
+    assert _state() == before
+    assert optimizer.param_groups[0]["lr"] == 0.25
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), start, strict=True))
+    (report,) = reports
+    assert report.ok and "then ended the code" in report.note, str(report)
