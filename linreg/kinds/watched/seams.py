@@ -1,13 +1,14 @@
 """Watch real training code run, unchanged: every loss it computes with a torch loss function,
 every backward() and every optimizer update, on the user's own rows.
 
-Three of torch's own seams, all put back after: the loss functions of `torch.nn.functional`
+Torch's own seams, all put back after: the loss functions of `torch.nn.functional`
 (the `nn` loss modules call them too), whose call the watcher repeats with reduction="none" on
 the same input to take the gradient of the summed per-element loss through the loop's own graph
 (dropout masks, BatchNorm and -100 labels as they ran) and the count a mean divides by;
 `Tensor.backward` and `torch.autograd.backward`, which tell which of those losses each
 micro-batch's backward() reached and what .grad held before the update's first; and the global
-optimizer step hooks, which hold every lr at 0 and close each update. Nothing is copied: what
+optimizer step hooks, which hold every lr at 0 and close each update; `GradScaler.unscale_`
+(the gradients unscaled) and a DataLoader's iterator (an epoch's end). Nothing is copied: what
 an update applied is read against the micro-batches it consumed (`Update`).
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,19 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from linreg.kinds.watched.records import (
+    Enough,
+    LossCall,
+    MicroBatch,
+    Update,
+    Watched,
+    count_of,
+    flat,
+    graph,
+    leaves,
+    leaves_of,
+)
 
 # the loss functions read, each with the argument that holds its target
 LOSSES = (
@@ -39,73 +52,6 @@ LOSSES = (
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
 )
-_INDEXED = ("cross_entropy", "nll_loss")  # class-index targets: -100 and class weights count
-
-
-class Enough(BaseException):
-    """Raised from the step hook once the updates asked for were seen: ends the code cleanly."""
-
-
-@dataclass
-class LossCall:
-    """One loss the code computed with grad on: its output, its per-element gradients, and the
-    count its mean divides by."""
-
-    node: Any  # the loss output's grad_fn: a backward() reaches it or not
-    grads: dict[int, Tensor]  # per parameter (id): the gradient of the summed per-element loss
-    count: float  # rows, elements or targets (not -100, class-weighted) a mean divides by
-
-
-@dataclass
-class MicroBatch:
-    """One backward(): the losses it reached."""
-
-    losses: list[LossCall]
-
-    @property
-    def count(self) -> float:
-        return sum(c.count for c in self.losses)
-
-
-@dataclass
-class Update:
-    """One update: the optimizer steps with no backward() between them, and what fed it."""
-
-    params: list[Tensor]
-    applied: Tensor | None  # every param's .grad as the steps used it, flat
-    before_clipping: Tensor | None  # as the last backward() left it (unscaled where it was)
-    carried: Tensor | None  # what .grad held as the update's first backward() began
-    micro: list[MicroBatch]
-    blind: int = 0  # backward() calls that reached no loss the watcher read
-
-    def grad_of(self, mb: MicroBatch) -> Tensor:
-        """Return a micro-batch's gradient of its summed per-element losses, flat."""
-        return flat([_sum_of(mb, p) for p in self.params], self.params)
-
-
-def _sum_of(mb: MicroBatch, p: Tensor) -> Tensor | None:
-    parts = [c.grads[id(p)] for c in mb.losses if id(p) in c.grads]
-    return torch.stack(parts).sum(0) if parts else None
-
-
-def flat(grads: list[Tensor | None], params: list[Tensor]) -> Tensor:
-    """Return the grads as one float64 vector, None as zeros."""
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).detach().reshape(-1).double()
-            for g, p in zip(grads, params, strict=True)
-        ]
-    )
-
-
-@dataclass
-class Watched:
-    """What the watched code did: its updates, and the micro-batches after the last."""
-
-    updates: list[Update] = field(default_factory=list)
-    leftover: list[MicroBatch] = field(default_factory=list)
-    ended: bool = False  # the watcher ended the code once it had the updates asked for
-    lrs: dict[int, list[Any]] = field(default_factory=dict)  # each optimizer's lrs, as set
 
 
 class _Watcher:
@@ -129,17 +75,17 @@ class _Watcher:
         self.busy = True
         try:
             per = fn(*args, **{**kwargs, "reduction": "none"})
-            leaves = _leaves(per.grad_fn)
-            grads = torch.autograd.grad(per.sum(), leaves, retain_graph=True, allow_unused=True)
+            under = leaves(per.grad_fn)
+            grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
             self.pending.append(
                 LossCall(
                     out.grad_fn,
                     {
                         id(p): g.detach()
-                        for p, g in zip(leaves, grads, strict=True)
+                        for p, g in zip(under, grads, strict=True)
                         if g is not None
                     },
-                    _count(name, per, args, kwargs),
+                    count_of(name, per, args, kwargs),
                 )
             )
         finally:
@@ -150,13 +96,13 @@ class _Watcher:
         if self.busy:
             run()
             return
-        under = _graph([t.grad_fn for t in roots if t.grad_fn is not None])
+        under = graph([t.grad_fn for t in roots if t.grad_fn is not None])
         reached = [c for c in self.pending if id(c.node) in under]
         if self.carried is None:  # the update's first backward(): what .grad holds now
             self.carried = {
                 id(p): None if p.grad is None else p.grad.detach().clone()
                 for c in reached
-                for p in _leaves_of(c)
+                for p in leaves_of(c)
             }
         self.busy = True
         try:
@@ -165,7 +111,7 @@ class _Watcher:
             self.busy = False
         self.pending = [c for c in self.pending if c not in reached]
         for c in reached:  # the gradients as this backward() left them
-            for p in _leaves_of(c):
+            for p in leaves_of(c):
                 if p.grad is not None:
                     self.raw[id(p)] = p.grad.detach().clone()
         if reached:
@@ -227,54 +173,6 @@ class _Watcher:
         for p in (p for g in opt.param_groups for p in g["params"]):
             if p.grad is not None:
                 self.unscaled[id(p)] = p.grad.detach().clone()
-
-
-def _leaves(node: Any) -> list[Tensor]:
-    """Return the leaf tensors that require grad under an autograd node, in a fixed order."""
-    out: dict[int, Tensor] = {}
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if n is None or id(n) in seen:
-            continue
-        seen.add(id(n))
-        variable = getattr(n, "variable", None)
-        if isinstance(variable, Tensor):
-            out.setdefault(id(variable), variable)
-        stack += [m for m, _ in n.next_functions]
-    return list(out.values())
-
-
-def _leaves_of(call: LossCall) -> list[Tensor]:
-    return _leaves(call.node)
-
-
-def _graph(roots: list[Any]) -> set[int]:
-    """Return the ids of every autograd node under the roots."""
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n is None or id(n) in seen:
-            continue
-        seen.add(id(n))
-        stack += [m for m, _ in n.next_functions]
-    return seen
-
-
-def _count(name: str, per: Tensor, args: Any, kwargs: Any) -> float:
-    """Return what the loss's mean divides by: class-index targets not ignored (weighted by
-    their class weight), else every element."""
-    if name in _INDEXED:
-        target = kwargs.get("target", args[1] if len(args) > 1 else None)
-        if isinstance(target, Tensor) and not target.is_floating_point():
-            ignore = kwargs.get("ignore_index", -100)
-            kept = target != ignore
-            weight = kwargs.get("weight")
-            if isinstance(weight, Tensor):
-                return float(weight[target[kept]].sum())
-            return float(kept.sum())
-    return float(per.numel())
 
 
 @contextmanager

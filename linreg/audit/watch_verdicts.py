@@ -1,0 +1,266 @@
+"""Judge watched training code from what it did: each update read as weights on the gradients of
+the micro-batches it consumed (`linreg.kinds.watched`), against a correct update's (each
+micro-batch weighed by its count of rows or targets over the update's: the mean); `report_of`
+makes the Report. A pattern of weights is named as the catalogue names it: one scale on every
+full update (mean-vs-sum), another on a short one (short-last-batch), micro-batches weighed
+alike over unequal counts (micro-batch-accumulation), what .grad held before the update, or a
+step fed nothing (grad-zeroing), an update with nothing to apply (non-leaf-params).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from linreg import checks
+from linreg.audit.report import Report, Result
+from linreg.kinds.training_loop import NO_KNOWN, clipping, close
+from linreg.kinds.watched import Update, Watched
+
+TOL = checks.tolerance(torch.float32, steps=True)
+
+# each pitfall the watcher judges, and what it states of every update it saw
+PROPERTIES = {
+    "short-last-batch": "a short update applies the mean of its rows as a full one does; no "
+    "micro-batch is left unstepped",
+    "mean-vs-sum": "a full update applies the mean of its rows' gradients, not a multiple",
+    "grad-zeroing": "an update applies its own micro-batches alone, and once",
+    "micro-batch-accumulation": "an update weighs its micro-batches by their counts of rows or "
+    "targets",
+    "non-leaf-params": "every update after a backward() has a gradient to apply",
+}
+
+
+@dataclass
+class _Reading:
+    """One update's weights: each micro-batch's, relative to a correct update's (1: right)."""
+
+    j: int
+    count: float  # rows or targets the update consumed
+    parts: list[float]  # each micro-batch's count
+    relative: list[float] | None  # None: not a combination of its micro-batches' gradients
+    clipped: bool
+
+
+@dataclass
+class _Verdicts:
+    failed: dict[str, str] = field(default_factory=dict)  # the first failure of each pitfall
+    judged: Counter[str] = field(default_factory=Counter)
+
+    def fail(self, pitfall: str, message: str) -> None:
+        self.failed.setdefault(pitfall, message)
+
+
+def read(j: int, u: Update, summed: bool) -> _Reading | None:
+    """Return an update's weights, or None where a backward() reached no loss the watcher read."""
+    if u.blind or not u.micro:
+        return None
+    grads = [u.grad_of(mb) for mb in u.micro]
+    parts = [mb.count for mb in u.micro]
+    total = sum(parts)
+    want = torch.stack(grads).sum(0) / (1.0 if summed else max(total, 1e-12))
+    scale = float(want.abs().max())
+    assert u.applied is not None
+    reading, clipped = u.applied - (u.carried if u.carried is not None else 0), False
+    before = u.before_clipping
+    if not close(reading, want, TOL, scale) and before is not None:
+        own = before - (u.carried if u.carried is not None else 0)
+        if clipping(reading, own, TOL) and not close(reading, own, TOL, scale):
+            reading, clipped = own, True
+    means = torch.stack([g / max(c, 1e-12) for g, c in zip(grads, parts, strict=True)])
+    a = torch.linalg.lstsq(means.T, reading.unsqueeze(1)).solution.squeeze(1)
+    if not close(means.T @ a, reading, TOL, max(scale, float(reading.abs().max()))):
+        return _Reading(j, total, parts, None, clipped)
+    share = [(c if not summed else 1.0) / (total if not summed else 1.0) for c in parts]
+    return _Reading(j, total, parts, [float(x) / s for x, s in zip(a, share, strict=True)], clipped)
+
+
+def judge(seen: Watched, summed: bool = False) -> _Verdicts:
+    """Return the verdicts on every update seen."""
+    v = _Verdicts()
+    readings: list[_Reading] = []
+    for j, u in enumerate(seen.updates):
+        at = f"update {j + 1} of {len(seen.updates)}"
+        if not u.micro and not u.blind:
+            v.fail(
+                "grad-zeroing",
+                f"{at} was fed no backward() since the update before, yet applied a gradient "
+                "again: the same micro-batches moved the params twice (a second "
+                "optimizer.step() after scaler.step(optimizer)?)",
+            )
+            continue
+        if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
+            continue
+        if u.applied is None or not bool(u.applied.any()):
+            v.fail("non-leaf-params", f"{at} followed a backward() yet had no gradient to apply")
+            continue
+        v.judged["non-leaf-params"] += 1
+        if u.carried is not None and bool(u.carried.any()):
+            v.fail(
+                "grad-zeroing",
+                f"{at} found a gradient in .grad before its first backward(): the update before "
+                "left it there (no zero_grad), and this one applies both",
+            )
+        else:
+            v.judged["grad-zeroing"] += 1
+        r = read(j, u, summed)
+        if r is not None:
+            readings.append(r)
+    _weights(readings, len(seen.updates), v)
+    if seen.leftover and not seen.ended:
+        v.fail(
+            "short-last-batch",
+            f"after its last update, {len(seen.leftover)} micro-batch(es) went through "
+            "backward() and no optimizer.step() used them: step when the data ends too",
+        )
+    return v
+
+
+def _weights(readings: list[_Reading], updates: int, v: _Verdicts) -> None:
+    """Name each update's weights as the catalogue names them."""
+    counts = Counter(r.count for r in readings if r.relative is not None)
+    full = max(counts, key=lambda c: (counts[c], c), default=0.0)
+    fulls = [r for r in readings if r.count == full and r.relative and _alike(r.relative)]
+    s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
+    parts_full = len(fulls[0].parts) if fulls else 1
+    for r in readings:
+        at = f"update {r.j + 1} of {updates} ({len(r.parts)} micro-batch(es), {r.count:g} counted)"
+        rel = r.relative
+        if rel is None:
+            v.fail(
+                "micro-batch-accumulation",
+                f"{at} applied a gradient that is no combination of its micro-batches' own: "
+                f"it {NO_KNOWN} (a loss the watcher does not read?)",
+            )
+            continue
+        unequal = len(set(r.parts)) > 1
+        v.judged["mean-vs-sum" if r.count == full else "short-last-batch"] += 1
+        v.judged["micro-batch-accumulation"] += unequal
+        if _alike(rel):
+            s = rel[0]
+            if r.count == full:
+                if not _near(s, 1):
+                    v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the mean: {_why(s, r)}")
+            else:  # an update of another size: right, or the full ones' scale is its cause
+                theirs = [s_full, s_full * r.count / full, s_full * len(r.parts) / parts_full]
+                if not _near(s, 1) and (_near(s_full, 1) or not any(_near(s, t) for t in theirs)):
+                    v.fail("short-last-batch", _short(at, s, r, full))
+            continue
+        weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
+        if full and r.count > full:
+            v.fail(
+                "short-last-batch",
+                f"{at} took more than a full update's {full:g}, and weighs its micro-batches "
+                f"{_shown(weights)} where a correct update weighs them "
+                f"{_shown([c / r.count for c in r.parts])}: micro-batches left over from "
+                "before (an epoch's last window, never stepped) were carried into it",
+            )
+            continue
+        dropped = next((i for i, x in enumerate(rel) if not _near(x, 0)), len(rel))
+        if 0 < dropped < len(rel) and _alike(rel[dropped:]):
+            v.fail(
+                "short-last-batch",
+                f"{at}: its first {dropped} micro-batch(es) went through backward() and were "
+                "never applied (their gradient zeroed before any step: an epoch's left-over "
+                "window dropped): step when the data ends too",
+            )
+            continue
+        if unequal and _alike(weights):
+            each = weights[0]
+            if _near(each, 1.0):
+                v.fail(
+                    "mean-vs-sum",
+                    f"{at} adds up its {len(r.parts)} micro-batches' mean losses without "
+                    f"dividing, over counts {_shown(r.parts)}: divide each one's summed loss by "
+                    "the update's count",
+                )
+            else:
+                v.fail(
+                    "micro-batch-accumulation",
+                    f"{at} takes the mean of its {len(r.parts)} micro-batches' mean losses over "
+                    f"counts {_shown(r.parts)} (weights {_shown(weights)}): divide each one's "
+                    "summed loss by the update's count",
+                )
+            continue
+        v.fail(
+            "micro-batch-accumulation",
+            f"{at} weighs its micro-batches {_shown(weights)} where a correct update weighs "
+            f"them {_shown([c / r.count for c in r.parts])}: it {NO_KNOWN}",
+        )
+
+
+def _short(at: str, s: float, r: _Reading, full: float) -> str:
+    if _near(s, r.count / full):
+        return (
+            f"{at} applied {s:.4g} times the mean: it divides by a full update's {full:g} where "
+            f"it took {r.count:g} (a nominal batch size or accumulation count)"
+        )
+    return f"{at} applied {s:.4g} times the mean, unlike a full update: it {NO_KNOWN}"
+
+
+def _why(s: float, r: _Reading) -> str:
+    if s >= 1024 and _near(math.log2(s), round(math.log2(s))):
+        return "it steps with a loss scaler's scaled gradients (call scaler.step, or unscale_)"
+    if len(r.parts) > 1 and _near(s, len(r.parts)):
+        return f"it adds up its {len(r.parts)} micro-batches' mean losses without dividing"
+    if _near(s, r.count):
+        return "it sums the loss over the update's rows (reduction='sum') where a mean was meant"
+    return NO_KNOWN
+
+
+def _alike(xs: list[float]) -> bool:
+    return all(_near(x, xs[0]) for x in xs)
+
+
+def _near(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6)
+
+
+def _shown(xs: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
+
+
+def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Report:
+    """Return the Report of a watched run: a verdict per pitfall, "not judged" where the run
+    showed nothing the property reads."""
+    v = judge(seen)
+    results = []
+    for pitfall, statement in PROPERTIES.items():
+        if pitfall in v.failed:
+            results.append(
+                Result(pitfall, statement, "fail", v.failed[pitfall], examples=v.judged[pitfall])
+            )
+        elif v.judged[pitfall]:
+            results.append(Result(pitfall, statement, "pass", examples=v.judged[pitfall]))
+        else:
+            results.append(Result(pitfall, statement, "skip", _unjudged(pitfall, seen)))
+    if not seen.updates and not error:
+        error = "the code made no optimizer update: nothing to judge"
+    elif not error and not any(r.verdict != "skip" for r in results):
+        error = (
+            "no update could be judged: every backward() reached a loss computed without a "
+            "torch loss function (F.cross_entropy, nn.MSELoss, ...), which the watcher reads"
+        )
+    blind = sum(1 for u in seen.updates if u.blind)
+    note = f"watched {len(seen.updates)} update(s)" + (
+        " (then ended the code)" if seen.ended else ""
+    )
+    if blind:
+        note += (
+            f"; {blind} reached backward() through a loss computed without a torch loss "
+            "function: not judged"
+        )
+    return Report(target, "watch", {}, tuple(results), seconds, error, note=note)
+
+
+def _unjudged(pitfall: str, seen: Watched) -> str:
+    why = {
+        "short-last-batch": "no update took fewer rows than a full one",
+        "mean-vs-sum": "no full update could be read",
+        "micro-batch-accumulation": "no update held micro-batches of unequal counts",
+    }.get(pitfall, "no update could be read")
+    more = " (the watch ended first: --steps watches more)" if seen.ended else ""
+    return f"not judged: {why}{more}"

@@ -1,0 +1,15 @@
+"""Real training code watched as it runs (`python -m linreg watch`): records.py (what it did:
+its losses, micro-batches and updates), seams.py (torch's seams the watcher goes through, and
+`watching()`, which puts each back)."""
+
+from linreg.kinds.watched.records import (
+    Enough,
+    LossCall,
+    MicroBatch,
+    Update,
+    Watched,
+    flat,
+)
+from linreg.kinds.watched.seams import LOSSES, watching
+
+__all__ = ["LOSSES", "Enough", "LossCall", "MicroBatch", "Update", "Watched", "flat", "watching"]
