@@ -262,7 +262,7 @@ def test_watching_leaves_the_process_as_it_found_it_and_every_lr_as_it_was(tmp_p
     assert _state() == before
 
     model = nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.25)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.25, momentum=0.9)
     start = [p.detach().clone() for p in model.parameters()]
     rows = list(zip(torch.randn(6, 3), torch.randint(0, 2, (6,)), strict=True))
     with torch.no_grad():
@@ -275,6 +275,37 @@ def test_watching_leaves_the_process_as_it_found_it_and_every_lr_as_it_was(tmp_p
         assert not torch.is_grad_enabled()  # the caller's no_grad, as it was
     assert _state() == before
     assert optimizer.param_groups[0]["lr"] == 0.25
+    assert optimizer.state_dict()["state"] == {}  # no momentum buffer from the watched steps
+    assert all(p.grad is None for p in model.parameters())  # .grad as the watch found it
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), start, strict=True))
     (report,) = reports
     assert report.ok and "then ended the code" in report.note, str(report)
+
+
+# --- the pytest fixture ------------------------------------------------------------------------
+
+
+def _fit(model: nn.Module, optimizer: Any, loader: Any, divide: bool) -> None:
+    for _ in range(2):
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y)
+            (loss / 2 if divide else loss).backward()
+            if i % 2 == 1:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_the_pitfalls_watch_fixture_passes_right_code_and_fails_a_test_naming_the_pitfall(
+    pitfalls_watch: Any,
+) -> None:
+    rows = list(zip(torch.randn(8, 3), torch.randint(0, 2, (8,)), strict=True))
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pitfalls_watch() as reports:
+        _fit(model, optimizer, DataLoader(rows, batch_size=2), divide=True)
+    assert reports[0].ok
+    with pytest.raises(AssertionError, match="mean-vs-sum"), pitfalls_watch():
+        _fit(model, optimizer, DataLoader(rows, batch_size=2), divide=False)
+    with pitfalls_watch(check=False) as reports:
+        _fit(model, optimizer, DataLoader(rows, batch_size=2), divide=False)
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"]

@@ -6,10 +6,16 @@ apply, or a property it rests on failed first). The items' names contain "pitfal
 `-k pitfalls` keeps them. Options are the audit function's keywords, e.g.
 `update-step=mypkg.optim:sgd,zeroes_grad=false,under_no_grad=true`. Registered through the
 `pytest11` entry point; needs Hypothesis.
+
+The fixture `pitfalls_watch` watches training code inside a test, unchanged:
+`with pitfalls_watch() as reports: train(model, loader)` fails the test, naming each pitfall,
+when the block's updates show one (`check=False` leaves the Report in `reports` alone).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,3 +169,21 @@ def pytest_collection_modifyitems(
             items.append(
                 AuditItem.from_parent(session, name=name, spec=spec, prop=prop, target=spec.target)
             )
+
+
+@pytest.fixture
+def pitfalls_watch() -> Callable[..., contextlib.AbstractContextManager[list[Any]]]:
+    """Return watch(steps=None, check=True): a context manager that watches the training code
+    its block runs (`linreg.audit.watch`) and, with check, fails the test naming each pitfall
+    its updates show, or saying why none could be judged."""
+
+    @contextlib.contextmanager
+    def watch(steps: int | None = None, check: bool = True) -> Iterator[list[Any]]:
+        from linreg import audit
+
+        with audit.watch(steps) as reports:
+            yield reports
+        if check and not reports[0].ok:
+            raise AuditFailed(reports[0].describe(only_failures=True))
+
+    return watch

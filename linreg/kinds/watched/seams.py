@@ -14,6 +14,7 @@ an update applied is read against the micro-batches it consumed (`Update`).
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,6 +66,8 @@ class _Watcher:
         self.raw: dict[int, Tensor] = {}
         self.unscaled: dict[int, Tensor] = {}
         self.busy = False  # inside the watcher's own autograd calls, or a backward() already
+        self.found: dict[int, tuple[Tensor, Tensor | None]] = {}  # each param's .grad at first
+        self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -76,15 +79,14 @@ class _Watcher:
         try:
             per = fn(*args, **{**kwargs, "reduction": "none"})
             under = leaves(per.grad_fn)
+            for p in under:  # its .grad as the watch found it, put back after
+                if id(p) not in self.found:
+                    self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
             grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
             self.pending.append(
                 LossCall(
                     out.grad_fn,
-                    {
-                        id(p): g.detach()
-                        for p, g in zip(under, grads, strict=True)
-                        if g is not None
-                    },
+                    {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
                     count_of(name, per, args, kwargs),
                 )
             )
@@ -121,7 +123,8 @@ class _Watcher:
 
     # --- updates --------------------------------------------------------------------------
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if id(opt) not in self.seen.lrs:
+        if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
+            self.states.append((opt, copy.deepcopy(opt.state_dict())))
             self.seen.lrs[id(opt)] = [
                 g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"]
                 for g in opt.param_groups
@@ -169,6 +172,19 @@ class _Watcher:
         lists its loader before training runs it out first: its next end counts)."""
         return any(0 < e < made for e in self.ends)
 
+    def put_back(self) -> None:
+        """Put back what the watched steps changed: each optimizer's state and lrs (a tensor
+        lr filled with 0 in place included), each param's .grad as it was found."""
+        for opt, state in self.states:
+            opt.load_state_dict(state)
+            for group, lr in zip(opt.param_groups, self.seen.lrs[id(opt)], strict=False):
+                if isinstance(group["lr"], Tensor) and isinstance(lr, Tensor):
+                    group["lr"].copy_(lr)
+                else:
+                    group["lr"] = lr
+        for p, grad in self.found.values():
+            p.grad = grad
+
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
         for p in (p for g in opt.param_groups for p in g["params"]):
             if p.grad is not None:
@@ -194,7 +210,6 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
     unscale = torch.amp.GradScaler.unscale_
-    optimizers: list[torch.optim.Optimizer] = []
 
     def loss_of(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         @functools.wraps(fn)
@@ -217,13 +232,11 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         if scaler.is_enabled():
             w.unscaled_by(optimizer)
 
-    def before(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if all(o is not opt for o in optimizers):
-            optimizers.append(opt)
-        w.before(opt, args, kwargs)
-
     grad_mode = torch.is_grad_enabled()
-    handles = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(w.after)]
+    handles = [
+        register_optimizer_step_pre_hook(w.before),
+        register_optimizer_step_post_hook(w.after),
+    ]
     for name in LOSSES:
         setattr(F, name, loss_of(name, losses[name]))
     Tensor.backward = backward  # type: ignore[method-assign]
@@ -243,11 +256,6 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         torch.autograd.backward = autograd_backward
         torch.amp.GradScaler.unscale_ = unscale  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
-        for opt in optimizers:
-            for group, lr in zip(opt.param_groups, w.seen.lrs[id(opt)], strict=False):
-                if isinstance(group["lr"], Tensor) and isinstance(lr, Tensor):
-                    group["lr"].copy_(lr)  # filled with 0 in place: its value put back
-                else:
-                    group["lr"] = lr
+        w.put_back()
         w.seen.leftover = w.micro
         torch.set_grad_enabled(grad_mode)
