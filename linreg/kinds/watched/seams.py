@@ -68,6 +68,7 @@ class _Watcher:
         self.busy = False  # inside the watcher's own autograd calls, or a backward() already
         self.found: dict[int, tuple[Tensor, Tensor | None]] = {}  # each param's .grad at first
         self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
+        self.depth = 0  # optimizer steps under way: a wrapper's (accelerate's) holds its inner one
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -123,6 +124,7 @@ class _Watcher:
 
     # --- updates --------------------------------------------------------------------------
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.depth += 1
         if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
             self.states.append((opt, copy.deepcopy(opt.state_dict())))
             self.seen.lrs[id(opt)] = [
@@ -136,6 +138,9 @@ class _Watcher:
                 group["lr"] = 0.0
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.depth = max(self.depth - 1, 0)
+        if self.depth:  # the inner step of a wrapper optimizer: its outer step is the update
+            return
         params = [p for g in opt.param_groups for p in g["params"]]
         applied = flat([p.grad for p in params], params)
         if not self.micro and not self.blind:
