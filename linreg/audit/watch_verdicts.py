@@ -17,7 +17,7 @@ import torch
 
 from linreg import checks
 from linreg.audit.report import Report, Result
-from linreg.kinds.training_loop import NO_KNOWN, clipping, close
+from linreg.kinds.training_loop import NO_KNOWN
 from linreg.kinds.watched import Update, Watched
 
 TOL = checks.tolerance(torch.float32, steps=True)
@@ -55,27 +55,34 @@ class _Verdicts:
 
 
 def read(j: int, u: Update, summed: bool) -> _Reading | None:
-    """Return an update's weights, or None where a backward() reached no loss the watcher read."""
-    if u.blind or not u.micro:
+    """Return an update's weights on its micro-batches' mean gradients M_i = S_i / count_i, from
+    its inner products alone, or None where a backward() reached no loss the watcher read.
+
+    What it applied beyond what .grad held is read as it is when right, else before clipping
+    where it is a clipping of that (a factor in (0, 1]); least squares gives the weights, and an
+    update they do not explain (to the tolerance, relative) is no combination of its own."""
+    if u.blind or not u.counts:
         return None
-    grads = [u.grad_of(mb) for mb in u.micro]
-    parts = [mb.count for mb in u.micro]
-    total = sum(parts)
-    want = torch.stack(grads).sum(0) / (1.0 if summed else max(total, 1e-12))
-    scale = float(want.abs().max())
-    assert u.applied is not None
-    reading, clipped = u.applied - (u.carried if u.carried is not None else 0), False
-    before = u.before_clipping
-    if not close(reading, want, TOL, scale) and before is not None:
-        own = before - (u.carried if u.carried is not None else 0)
-        if clipping(reading, own, TOL) and not close(reading, own, TOL, scale):
-            reading, clipped = own, True
-    means = torch.stack([g / max(c, 1e-12) for g, c in zip(grads, parts, strict=True)])
-    a = torch.linalg.lstsq(means.T, reading.unsqueeze(1)).solution.squeeze(1)
-    if not close(means.T @ a, reading, TOL, max(scale, float(reading.abs().max()))):
+    c = torch.tensor(u.counts, dtype=torch.float64)
+    gram = u.gram / torch.outer(c, c)
+    want = c if summed else c / c.sum()  # a correct update: sum (or mean) of its rows'
+
+    def residual(dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:
+        return float(rr - 2 * (w @ dots) + w @ gram @ w)  # |R - sum w_i M_i|^2
+
+    ww, tol2 = float(want @ gram @ want), TOL**2
+    dots, rr, clipped = u.sa / c, u.aa, False
+    if residual(dots, rr, want) > tol2 * max(ww, rr) and u.bb > 0:
+        s = u.ab / u.bb
+        scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2: A is s times B
+        same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
+        if 0 < s <= 1 + TOL and scaled <= tol2 * u.aa and same > tol2 * u.aa:
+            dots, rr, clipped = u.sb / c, u.bb, True
+    a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    parts, total = list(u.counts), float(c.sum())
+    if residual(dots, rr, a) > tol2 * max(rr, ww):
         return _Reading(j, total, parts, None, clipped)
-    share = [(c if not summed else 1.0) / (total if not summed else 1.0) for c in parts]
-    return _Reading(j, total, parts, [float(x) / s for x, s in zip(a, share, strict=True)], clipped)
+    return _Reading(j, total, parts, [float(x) for x in a / want], clipped)
 
 
 def judge(seen: Watched, summed: bool = False) -> _Verdicts:
@@ -84,7 +91,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
     readings: list[_Reading] = []
     for j, u in enumerate(seen.updates):
         at = f"update {j + 1} of {len(seen.updates)}"
-        if not u.micro and not u.blind:
+        if not u.fed:
             v.fail(
                 "grad-zeroing",
                 f"{at} was fed no backward() since the update before, yet applied a gradient "
@@ -94,11 +101,11 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
             continue
         if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
             continue
-        if u.applied is None or not bool(u.applied.any()):
+        if not u.applied_any:
             v.fail("non-leaf-params", f"{at} followed a backward() yet had no gradient to apply")
             continue
         v.judged["non-leaf-params"] += 1
-        if u.carried is not None and bool(u.carried.any()):
+        if u.carried:
             v.fail(
                 "grad-zeroing",
                 f"{at} found a gradient in .grad before its first backward(): the update before "

@@ -6,10 +6,21 @@ from linreg.kinds.watched.records import (
     Enough,
     LossCall,
     MicroBatch,
+    Open,
     Update,
     Watched,
-    flat,
+    close,
 )
 from linreg.kinds.watched.seams import LOSSES, watching
 
-__all__ = ["LOSSES", "Enough", "LossCall", "MicroBatch", "Update", "Watched", "flat", "watching"]
+__all__ = [
+    "LOSSES",
+    "Enough",
+    "LossCall",
+    "MicroBatch",
+    "Open",
+    "Update",
+    "Watched",
+    "close",
+    "watching",
+]

@@ -1,6 +1,7 @@
 """What watched training code did: the losses it computed (`LossCall`), each backward() as a
-micro-batch of them (`MicroBatch`), each update and what fed it (`Update`), and the run
-(`Watched`); and how an autograd graph is read (its leaves, its nodes, a loss's count).
+micro-batch of them (`MicroBatch`), each update as it is read (`Open`) and as the numbers kept
+of it (`Update`, `close`), and the run (`Watched`); and how an autograd graph is read (its
+leaves, its nodes, a loss's count).
 """
 
 from __future__ import annotations
@@ -40,34 +41,85 @@ class MicroBatch:
 
 
 @dataclass
-class Update:
-    """One update: the optimizer steps with no backward() between them, and what fed it."""
+class Open:
+    """An update as it is read: the params its optimizers stepped and, per param, what the steps
+    applied, what the last backward() left (unscaled where it was) and what .grad held before
+    the update's first backward(); the micro-batches that fed it."""
 
     params: list[Tensor]
-    applied: Tensor | None  # every param's .grad as the steps used it, flat
-    before_clipping: Tensor | None  # as the last backward() left it (unscaled where it was)
-    carried: Tensor | None  # what .grad held as the update's first backward() began
+    applied: dict[int, Tensor | None]
+    before: dict[int, Tensor | None]
+    carried: dict[int, Tensor | None]
     micro: list[MicroBatch]
     blind: int = 0  # backward() calls that reached no loss the watcher read
 
-    def grad_of(self, mb: MicroBatch) -> Tensor:
-        """Return a micro-batch's gradient of its summed per-element losses, flat."""
-        return flat([_sum_of(mb, p) for p in self.params], self.params)
+
+@dataclass(frozen=True)
+class Update:
+    """One update, kept as numbers (no gradient is kept): its micro-batches' counts and the
+    inner products of their summed-loss gradients S_i, of what it applied beyond what .grad held
+    (A), and of that before any clipping (B)."""
+
+    counts: list[float]
+    gram: Tensor  # <S_i, S_j>, float64
+    sa: Tensor  # <S_i, A>
+    sb: Tensor  # <S_i, B>
+    aa: float
+    bb: float
+    ab: float
+    carried: bool  # .grad held a gradient as the update's first backward() began
+    applied_any: bool  # the steps had a non-zero gradient to apply
+    blind: int = 0
+
+    @property
+    def fed(self) -> bool:
+        """Return True if any backward() fed the update."""
+        return bool(self.counts) or self.blind > 0
+
+
+def close(update: Open) -> Update:
+    """Return an update's numbers, read param by param in float64 (no vector of every param at
+    once is built: an update costs a few of one param's gradients at a time)."""
+    m = len(update.micro)
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    sa, sb = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    aa = bb = ab = 0.0
+    carried = applied_any = False
+    for p in update.params:
+        key = id(p)
+        got, before, held = update.applied.get(key), update.before.get(key), update.carried.get(key)
+        a = _vec(got, p)
+        applied_any = applied_any or bool(a.any())
+        held_any = held is not None and bool(held.any())
+        carried = carried or held_any
+        if held_any:
+            a = a - _vec(held, p)
+        # before clipping: most updates clip nothing, and it is what they applied
+        same = before is None or before is got or (got is not None and torch.equal(before, got))
+        b = a if same else _vec(before, p) - (_vec(held, p) if held_any else 0.0)
+        a_a = float(a @ a)
+        aa += a_a
+        bb += a_a if same else float(b @ b)
+        ab += a_a if same else float(a @ b)
+        if m:
+            s = torch.stack([_vec(_sum_of(mb, p), p) for mb in update.micro])
+            gram += s @ s.T
+            s_a = s @ a
+            sa += s_a
+            sb += s_a if same else s @ b
+    counts = [mb.count for mb in update.micro]
+    return Update(counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind)
+
+
+def _vec(t: Tensor | None, p: Tensor) -> Tensor:
+    if t is None:
+        return torch.zeros(p.numel(), dtype=torch.float64)
+    return t.detach().reshape(-1).double()
 
 
 def _sum_of(mb: MicroBatch, p: Tensor) -> Tensor | None:
     parts = [c.grads[id(p)] for c in mb.losses if id(p) in c.grads]
     return torch.stack(parts).sum(0) if parts else None
-
-
-def flat(grads: list[Tensor | None], params: list[Tensor]) -> Tensor:
-    """Return the grads as one float64 vector, None as zeros."""
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).detach().reshape(-1).double()
-            for g, p in zip(grads, params, strict=True)
-        ]
-    )
 
 
 @dataclass

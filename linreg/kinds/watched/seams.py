@@ -33,10 +33,10 @@ from linreg.kinds.watched.records import (
     Enough,
     LossCall,
     MicroBatch,
-    Update,
+    Open,
     Watched,
+    close,
     count_of,
-    flat,
     graph,
     leaves,
     leaves_of,
@@ -63,12 +63,14 @@ class _Watcher:
         self.micro: list[MicroBatch] = []
         self.blind = 0
         self.carried: dict[int, Tensor | None] | None = None
-        self.raw: dict[int, Tensor] = {}
+        self.raw: dict[int, Tensor] = {}  # buffers: each param's .grad after a backward()
+        self.fresh: set[int] = set()  # the params whose raw buffer this update's backward() set
         self.unscaled: dict[int, Tensor] = {}
         self.busy = False  # inside the watcher's own autograd calls, or a backward() already
         self.found: dict[int, tuple[Tensor, Tensor | None]] = {}  # each param's .grad at first
         self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
         self.depth = 0  # optimizer steps under way: a wrapper's (accelerate's) holds its inner one
+        self.open: Open | None = None  # the last update, read again if another optimizer steps
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -101,7 +103,9 @@ class _Watcher:
             return
         under = graph([t.grad_fn for t in roots if t.grad_fn is not None])
         reached = [c for c in self.pending if id(c.node) in under]
+        self.open = None  # the update before is closed: its gradients are let go
         if self.carried is None:  # the update's first backward(): what .grad holds now
+            self.fresh, self.unscaled = set(), {}
             self.carried = {
                 id(p): None if p.grad is None else p.grad.detach().clone()
                 for c in reached
@@ -113,10 +117,15 @@ class _Watcher:
         finally:
             self.busy = False
         self.pending = [c for c in self.pending if c not in reached]
-        for c in reached:  # the gradients as this backward() left them
+        for c in reached:  # the gradients as this backward() left them, into kept buffers
             for p in leaves_of(c):
                 if p.grad is not None:
-                    self.raw[id(p)] = p.grad.detach().clone()
+                    self.fresh.add(id(p))
+                    kept = self.raw.get(id(p))
+                    if kept is not None and kept.shape == p.grad.shape:
+                        kept.copy_(p.grad)
+                    else:
+                        self.raw[id(p)] = p.grad.detach().clone()
         if reached:
             self.micro.append(MicroBatch(reached))
         else:
@@ -138,39 +147,43 @@ class _Watcher:
                 group["lr"] = 0.0
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Close an update: the steps of several optimizers with nothing fed between them are
+        one (one for the embeddings, one for the rest); a step fed nothing that applies nothing
+        (a flush after an epoch that ended on a full window) is none; one fed nothing that
+        applies a gradient is recorded: the same micro-batches move the params twice."""
         self.depth = max(self.depth - 1, 0)
         if self.depth:  # the inner step of a wrapper optimizer: its outer step is the update
             return
         params = [p for g in opt.param_groups for p in g["params"]]
-        applied = flat([p.grad for p in params], params)
-        if not self.micro and not self.blind:
-            if self.seen.updates and set(map(id, params)) - set(
-                map(id, self.seen.updates[-1].params)
-            ):
-                last = self.seen.updates[-1]  # another optimizer of the same update
-                last.params += params
-                last.applied = flat([p.grad for p in last.params], last.params)
-                return
-            if not bool(applied.any()):
-                return  # a flush that applies nothing is no update
-        carried = self.carried or {}
-        before = [self.unscaled.get(id(p), self.raw.get(id(p), p.grad)) for p in params]
-        self.seen.updates.append(
-            Update(
-                params,
-                applied,
-                flat(before, params),
-                flat([carried.get(id(p)) for p in params], params),
-                self.micro,
-                self.blind,
-            )
-        )
-        self.micro, self.blind, self.carried, self.raw, self.unscaled = [], 0, None, {}, {}
+        fed = bool(self.micro or self.blind)
+        last = self.open
+        if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
+            last.params += params  # another optimizer of the same update: read it again
+            self._read(last, params)
+            self.seen.updates[-1] = close(last)
+            return
+        if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
+            return
+        update = Open([], {}, {}, {}, self.micro, self.blind)
+        update.params = params
+        self._read(update, params)
+        self.open = update
+        self.seen.updates.append(close(update))
+        self.micro, self.blind, self.carried = [], 0, None
         made = len(self.seen.updates)
         enough = made >= self.steps if self.steps is not None else self.past_an_epoch(made)
         if enough:
             self.seen.ended = True
             raise Enough
+
+    def _read(self, update: Open, params: list[Tensor]) -> None:
+        carried = self.carried or {}
+        for p in params:
+            key = id(p)
+            update.applied[key] = None if p.grad is None else p.grad.detach().clone()
+            raw = self.raw[key] if key in self.fresh else update.applied[key]
+            update.before[key] = self.unscaled.get(key, raw)
+            update.carried[key] = carried.get(key)
 
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
