@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from linreg import checks
 from linreg.audit.report import Report, Result
 from linreg.kinds.training_loop import NO_KNOWN
-from linreg.kinds.watched import Update, Watched
-
-TOL = checks.tolerance(torch.float32, steps=True)
+from linreg.kinds.watched import TOL, Update, Watched
 
 # each pitfall the watcher judges, and what it states of every update it saw
 PROPERTIES = {
@@ -63,6 +60,8 @@ def read(j: int, u: Update, summed: bool) -> _Reading | None:
     update they do not explain (to the tolerance, relative) is no combination of its own."""
     if u.blind or not u.counts:
         return None
+    if u.right:
+        return _Reading(j, sum(u.counts), list(u.counts), [1.0] * len(u.counts), u.clipped)
     c = torch.tensor(u.counts, dtype=torch.float64)
     gram = u.gram / torch.outer(c, c)
     want = c if summed else c / c.sum()  # a correct update: sum (or mean) of its rows'

@@ -70,6 +70,8 @@ class Update:
     carried: bool  # .grad held a gradient as the update's first backward() began
     applied_any: bool  # the steps had a non-zero gradient to apply
     blind: int = 0
+    right: bool = False  # it applied the mean of its rows, or a clipping of it (then no gram)
+    clipped: bool = False
 
     @property
     def fed(self) -> bool:
@@ -77,9 +79,16 @@ class Update:
         return bool(self.counts) or self.blind > 0
 
 
-def close(update: Open) -> Update:
-    """Return an update's numbers, read param by param in float64 (no vector of every param at
-    once is built: an update costs a few of one param's gradients at a time)."""
+def close(update: Open, tol: float) -> Update:
+    """Return an update's numbers, read param by param (no vector of every param at once is
+    built): first whether it applied the mean of its rows (or a clipping of it) to the relative
+    tolerance tol, directly; where not, the float64 inner products its weights are solved from."""
+    counts = [mb.count for mb in update.micro]
+    if counts and not update.blind:
+        right = _right(update, sum(counts), tol)
+        if right is not None:
+            none = torch.zeros(0, dtype=torch.float64)
+            return Update(counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right)
     m = len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
     sa, sb = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
@@ -109,6 +118,47 @@ def close(update: Open) -> Update:
             sb += s_a if same else s @ b
     counts = [mb.count for mb in update.micro]
     return Update(counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind)
+
+
+def _right(update: Open, total: float, tol: float) -> bool | None:
+    """Return whether the update applied its rows' mean as it is (False) or clipped (True),
+    compared element by element in the gradients' dtype; None where it did neither (or found
+    a gradient in .grad: that is judged on its own)."""
+    rows = []  # per param: what it applied, what backward() left, the mean of its rows
+    aw = ww = aa = 0.0
+    for p in update.params:
+        key = id(p)
+        held = update.carried.get(key)
+        if held is not None and bool(held.any()):
+            return None
+        grads = [g for g in (_sum_of(mb, p) for mb in update.micro) if g is not None]
+        w = (torch.stack(grads).sum(0) if len(grads) > 1 else grads[0]) / total if grads else None
+        a = update.applied.get(key)
+        rows.append((a, update.before.get(key), w))
+        d = a if w is None else -w if a is None else a - w
+        if d is not None:
+            aw += _dot(d, d)
+        ww += 0.0 if w is None else _dot(w, w)
+        aa += 0.0 if a is None else _dot(a, a)
+    if aw <= tol**2 * max(ww, aa):
+        return False
+    bw = bb = ab = 0.0  # before clipping: right, and what it applied a factor of it
+    for a, b, w in rows:
+        b = a if b is None else b
+        if b is None:
+            continue
+        d = b if w is None else b - w
+        bw, bb = bw + _dot(d, d), bb + _dot(b, b)
+        ab += 0.0 if a is None else _dot(a, b)
+    if bb == 0 or bw > tol**2 * max(ww, bb):
+        return None
+    s = ab / bb
+    off = sum(_dot(a - s * b, a - s * b) for a, b, _ in rows if a is not None and b is not None)
+    return True if 0 < s <= 1 + tol and off <= tol**2 * aa else None
+
+
+def _dot(x: Tensor, y: Tensor) -> float:
+    return float(torch.dot(x.reshape(-1), y.reshape(-1)))
 
 
 def _vec(t: Tensor | None, p: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from torch.optim.optimizer import (
 )
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+from linreg import checks
 from linreg.kinds.watched.records import (
     Enough,
     LossCall,
@@ -53,6 +54,9 @@ LOSSES = (
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
 )
+
+
+TOL = checks.tolerance(torch.float32, steps=True)  # an update's relative tolerance
 
 
 class _Watcher:
@@ -160,7 +164,7 @@ class _Watcher:
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
             self._read(last, params)
-            self.seen.updates[-1] = close(last)
+            self.seen.updates[-1] = close(last, TOL)
             return
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
@@ -168,7 +172,7 @@ class _Watcher:
         update.params = params
         self._read(update, params)
         self.open = update
-        self.seen.updates.append(close(update))
+        self.seen.updates.append(close(update, TOL))
         self.micro, self.blind, self.carried = [], 0, None
         made = len(self.seen.updates)
         enough = made >= self.steps if self.steps is not None else self.past_an_epoch(made)
