@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             watched.append(time.perf_counter() - start)
             ratios.append(watched[-1] / plain[-1])
         params = sum(p.numel() for p in model.parameters())
+        ratio = statistics.median(ratios)
         print(
-            f"width {width:5d} ({params:>9,} params): watched / plain {statistics.median(ratios):.2f}x "
+            f"width {width:5d} ({params:>9,} params): watched / plain {ratio:.2f}x "
             f"(plain {statistics.median(plain) * 1000:.1f} ms, watched "
             f"{statistics.median(watched) * 1000:.1f} ms for 50 steps)"
         )
