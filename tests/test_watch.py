@@ -309,3 +309,18 @@ def test_the_pitfalls_watch_fixture_passes_right_code_and_fails_a_test_naming_th
     with pitfalls_watch(check=False) as reports:
         _fit(model, optimizer, DataLoader(rows, batch_size=2), divide=False)
     assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"]
+
+
+def test_watch_plot_draws_each_failing_update_and_keeps_the_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    line, bug = CASES[3][2:4]  # lm_budget: every update applies 2 times the mean
+    twin = _twin(tmp_path, "lm_budget.py", line, bug)
+    picture = tmp_path / "watch.png"
+    assert main(["watch", "-q", "--plot", str(picture), str(twin), *token_file(tmp_path)]) == 1
+    assert picture.stat().st_size > 0
+    report = watch_script(str(twin), token_file(tmp_path))
+    (failure,) = report.failures
+    assert failure.measured["ratios"] == pytest.approx([2.0, 2.0, 2.0], rel=1e-3)
+    assert failure.measured["failing"] == [0, 1, 2]

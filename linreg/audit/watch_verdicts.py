@@ -46,9 +46,14 @@ class _Reading:
 class _Verdicts:
     failed: dict[str, str] = field(default_factory=dict)  # the first failure of each pitfall
     judged: Counter[str] = field(default_factory=Counter)
+    failing: dict[str, list[int]] = field(default_factory=dict)  # the updates each names
+    ratios: dict[int, float | None] = field(default_factory=dict)  # per update: one scale
+    at: int | None = None  # the update being judged
 
     def fail(self, pitfall: str, message: str) -> None:
         self.failed.setdefault(pitfall, message)
+        if self.at is not None:
+            self.failing.setdefault(pitfall, []).append(self.at)
 
 
 def read(j: int, u: Update, summed: bool) -> _Reading | None:
@@ -89,6 +94,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
     v = _Verdicts()
     readings: list[_Reading] = []
     for j, u in enumerate(seen.updates):
+        v.at, v.ratios[j] = j, None
         at = f"update {j + 1} of {len(seen.updates)}"
         if not u.fed:
             v.fail(
@@ -116,6 +122,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
         if r is not None:
             readings.append(r)
     _weights(readings, len(seen.updates), v)
+    v.at = None
     if seen.leftover and not seen.ended:
         v.fail(
             "short-last-batch",
@@ -133,6 +140,9 @@ def _weights(readings: list[_Reading], updates: int, v: _Verdicts) -> None:
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
     for r in readings:
+        v.at = r.j
+        if r.relative is not None and _alike(r.relative):
+            v.ratios[r.j] = r.relative[0]
         at = f"update {r.j + 1} of {updates} ({len(r.parts)} micro-batch(es), {r.count:g} counted)"
         rel = r.relative
         if rel is None:
@@ -236,8 +246,20 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
     results = []
     for pitfall, statement in PROPERTIES.items():
         if pitfall in v.failed:
+            measured = {
+                "ratios": [v.ratios.get(j) for j in range(len(seen.updates))],
+                "failing": v.failing.get(pitfall, []),
+                "batching": f"the {len(seen.updates)} updates watched, each read on its own rows",
+            }
             results.append(
-                Result(pitfall, statement, "fail", v.failed[pitfall], examples=v.judged[pitfall])
+                Result(
+                    pitfall,
+                    statement,
+                    "fail",
+                    v.failed[pitfall],
+                    examples=v.judged[pitfall],
+                    measured=measured,
+                )
             )
         elif v.judged[pitfall]:
             results.append(Result(pitfall, statement, "pass", examples=v.judged[pitfall]))

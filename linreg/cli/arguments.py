@@ -1,12 +1,14 @@
-"""What the commands share: the parser that errs in one line, value conversions, --plot's check."""
+"""What the commands share: the parser that errs in one line, value conversions, --plot's check
+and its drawing."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from linreg import _validate
 
@@ -51,3 +53,19 @@ def check_plot(path: str, parser: argparse.ArgumentParser) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         parser.error("--plot needs matplotlib: pip install 'linreg-pitfalls[plot]'")
+
+
+def plot(report: Any, path: str, code: int, *, quiet: bool) -> int:
+    """Draw what the report measured into path; say why not in one line, keeping the verdict's
+    exit code (a pitfall's 1 is never hidden); a picture that cannot be written is exit 2."""
+    try:
+        report.plot(path)
+    except ValueError as e:  # nothing measured to draw: a note, not an error
+        print(f"--plot: {e}; no picture written", file=sys.stderr)
+        return code
+    except OSError as e:
+        print(f"--plot: could not write {path}: {e.strerror or e}", file=sys.stderr)
+        return code or 2
+    if not quiet:
+        print(f"wrote the failing steps' picture to {path}", file=sys.stderr)
+    return code

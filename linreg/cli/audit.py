@@ -152,23 +152,7 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if report.error.startswith("interrupted"):  # Ctrl-C: the verdicts so far, and the shell's
         code = 130  # code for SIGINT, so that a script tells it from a pitfall
     if args.plot:
-        return _plot(report, args.plot, code, quiet=args.quiet)
-    return code
-
-
-def _plot(report: Any, path: str, code: int, *, quiet: bool) -> int:
-    """Draw what the report measured into path; say why not in one line, keeping the verdict's
-    exit code (a pitfall's 1 is never hidden); a picture that cannot be written is exit 2."""
-    try:
-        report.plot(path)
-    except ValueError as e:  # nothing measured to draw: a note, not an error
-        print(f"--plot: {e}; no picture written", file=sys.stderr)
-        return code
-    except OSError as e:
-        print(f"--plot: could not write {path}: {e.strerror or e}", file=sys.stderr)
-        return code or 2
-    if not quiet:
-        print(f"wrote the failing steps' picture to {path}", file=sys.stderr)
+        return arguments.plot(report, args.plot, code, quiet=args.quiet)
     return code
 
 

@@ -1,5 +1,6 @@
-"""`python -m linreg watch [--steps N] [--json] SCRIPT [ARGS...]` (or `-m MODULE [ARGS...]`):
-your training script, unchanged, run as `python SCRIPT ARGS` would and judged update by update.
+"""`python -m linreg watch [--steps N] [--json] [--plot FILE.png] SCRIPT [ARGS...]` (or
+`-m MODULE [ARGS...]`): your training script, unchanged, run as `python SCRIPT ARGS` would and
+judged update by update.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def add_parser(sub: Any) -> None:
         help="end the script after this many updates (default: the first after an epoch's end)",
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="also draw each failing property's scale per update into FILE.png (needs matplotlib)",
+    )
     a.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
     a.add_argument(
         "-m",
@@ -63,6 +70,8 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     name, rest = given[0], given[1:]
     if not module and not os.path.isfile(name):
         parser.error(f"no such script: {name!r}")
+    if args.plot:
+        arguments.check_plot(args.plot, parser)
     try:
         from linreg.audit.watcher import watch_script
     except ImportError as e:
@@ -74,4 +83,7 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
         print(report)
-    return 0 if report.ok else 1
+    code = 0 if report.ok else 1
+    if args.plot:
+        return arguments.plot(report, args.plot, code, quiet=args.quiet)
+    return code
