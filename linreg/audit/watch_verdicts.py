@@ -269,17 +269,20 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
         error = "the code made no optimizer update: nothing to judge"
     elif not error and not any(r.verdict != "skip" for r in results):
         error = (
-            "no update could be judged: every backward() reached a loss computed without a "
-            "torch loss function (F.cross_entropy, nn.MSELoss, ...), which the watcher reads"
+            "no update could be judged: every backward() reached no loss the watcher could read "
+            "(it reads torch's loss functions, F.cross_entropy, nn.MSELoss, ...: not one "
+            "written by hand, nor a graph that allows no second pass)"
         )
     blind = sum(1 for u in seen.updates if u.blind)
     note = f"watched {len(seen.updates)} update(s)" + (
         " (then ended the code)" if seen.ended else ""
     )
+    if seen.skipped:
+        note += f"; the loss scaler skipped {seen.skipped} step(s) (inf or nan): not judged"
     if blind:
         note += (
-            f"; {blind} reached backward() through a loss computed without a torch loss "
-            "function: not judged"
+            f"; {blind} reached backward() through no loss the watcher could read (one written "
+            "by hand, or a graph that allows no second pass): not judged"
         )
     return Report(target, "watch", {}, tuple(results), seconds, error, note=note)
 

@@ -179,6 +179,7 @@ class Watched:
     updates: list[Update] = field(default_factory=list)
     leftover: list[MicroBatch] = field(default_factory=list)
     ended: bool = False  # the watcher ended the code once it had the updates asked for
+    skipped: int = 0  # steps a loss scaler skipped (inf or nan): their micro-batches let go
     lrs: dict[int, list[Any]] = field(default_factory=dict)  # each optimizer's lrs, as set
 
 
@@ -215,16 +216,14 @@ def graph(roots: list[Any]) -> set[int]:
     return seen
 
 
-def count_of(name: str, per: Tensor, args: Any, kwargs: Any) -> float:
+def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
     """Return what the loss's mean divides by: class-index targets not ignored (weighted by
-    their class weight), else every element."""
-    if name in _INDEXED:
-        target = kwargs.get("target", args[1] if len(args) > 1 else None)
-        if isinstance(target, Tensor) and not target.is_floating_point():
-            ignore = kwargs.get("ignore_index", -100)
-            kept = target != ignore
-            weight = kwargs.get("weight")
-            if isinstance(weight, Tensor):
-                return float(weight[target[kept]].sum())
-            return float(kept.sum())
+    their class weight), else every element; `given` is the call's arguments by name."""
+    target = given.get("target")
+    if name in _INDEXED and isinstance(target, Tensor) and not target.is_floating_point():
+        kept = target != given.get("ignore_index", -100)
+        weight = given.get("weight")
+        if isinstance(weight, Tensor):
+            return float(weight[target[kept]].sum())
+        return float(kept.sum())
     return float(per.numel())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -75,28 +77,40 @@ class _Watcher:
         self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
         self.depth = 0  # optimizer steps under way: a wrapper's (accelerate's) holds its inner one
         self.open: Open | None = None  # the last update, read again if another optimizer steps
+        self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
+        self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
+        self.lr_values: dict[int, list[Any]] = {}
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
+        """Read a loss the code computed with grad on: repeated per element on the same input,
+        its summed per-element loss differentiated through the code's own graph. What cannot be
+        read (legacy arguments, a graph that allows no second pass: reentrant checkpointing) is
+        left unread, never raised into the code: a backward() that reaches it is not judged."""
         if self.busy or not isinstance(out, Tensor) or out.grad_fn is None or out.ndim != 0:
             return
-        if "size_average" in kwargs or "reduce" in kwargs:
-            return  # the legacy arguments: not read
         self.busy = True
         try:
-            per = fn(*args, **{**kwargs, "reduction": "none"})
+            bound = inspect.signature(fn).bind(*args, **kwargs)
+            given = bound.arguments
+            if given.get("size_average") is not None or given.get("reduce") is not None:
+                return  # the legacy arguments: not read
+            given["reduction"] = "none"
+            per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
+            grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
             for p in under:  # its .grad as the watch found it, put back after
                 if id(p) not in self.found:
                     self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
-            grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
             self.pending.append(
                 LossCall(
                     out.grad_fn,
                     {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
-                    count_of(name, per, args, kwargs),
+                    count_of(name, per, given),
                 )
             )
+        except Exception:
+            return
         finally:
             self.busy = False
 
@@ -140,7 +154,8 @@ class _Watcher:
         self.depth += 1
         if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
             self.states.append((opt, copy.deepcopy(opt.state_dict())))
-            self.seen.lrs[id(opt)] = [
+            self.seen.lrs[id(opt)] = [g["lr"] for g in opt.param_groups]  # a tensor: the same
+            self.lr_values[id(opt)] = [  # object, and its value
                 g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"]
                 for g in opt.param_groups
             ]
@@ -194,18 +209,35 @@ class _Watcher:
         lists its loader before training runs it out first: its next end counts)."""
         return any(0 < e < made for e in self.ends)
 
+    def dropped(self) -> None:
+        """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
+        self.micro, self.blind, self.carried = [], 0, None
+        self.seen.skipped += 1
+
     def put_back(self) -> None:
         """Put back what the watched steps changed: each optimizer's state and lrs (a tensor
-        lr filled with 0 in place included), each param's .grad as it was found."""
+        lr, filled with 0 in place: the user's own object, with its value), each scheduler's
+        and loss scaler's state (a scaler ended between unscale_ and update() too), each
+        param's .grad as it was found."""
         for opt, state in self.states:
             opt.load_state_dict(state)
-            for group, lr in zip(opt.param_groups, self.seen.lrs[id(opt)], strict=False):
-                if isinstance(group["lr"], Tensor) and isinstance(lr, Tensor):
-                    group["lr"].copy_(lr)
-                else:
-                    group["lr"] = lr
+            for group, lr, value in zip(
+                opt.param_groups, self.seen.lrs[id(opt)], self.lr_values[id(opt)], strict=False
+            ):
+                if isinstance(lr, Tensor) and isinstance(value, Tensor):
+                    lr.copy_(value)
+                group["lr"] = lr
+        for thing, state in self.kept.values():
+            thing.load_state_dict(state)
+        for scaler in self.scalers.values():  # no unscale_ left pending
+            scaler._per_optimizer_states.clear()
         for p, grad in self.found.values():
             p.grad = grad
+
+    def keep(self, thing: Any) -> None:
+        """Keep a scheduler's or scaler's state as the watch found it, to put back after."""
+        if id(thing) not in self.kept:
+            self.kept[id(thing)] = (thing, copy.deepcopy(thing.state_dict()))
 
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
         for p in (p for g in opt.param_groups for p in g["params"]):
@@ -231,7 +263,13 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             raise
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
-    unscale = torch.amp.GradScaler.unscale_
+    unscale, scaler_step = torch.amp.GradScaler.unscale_, torch.amp.GradScaler.step
+    scheduler_step = LRScheduler.step
+
+    def schedule(scheduler: LRScheduler, *a: Any, **k: Any) -> None:
+        if hasattr(scheduler, "last_epoch"):  # set up: its state as found (not its own first)
+            w.keep(scheduler)
+        scheduler_step(scheduler, *a, **k)
 
     def loss_of(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         @functools.wraps(fn)
@@ -250,9 +288,20 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.backward(roots, lambda: autograd_backward(tensors, *args, **kwargs))
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
+        if scaler.is_enabled():
+            w.keep(scaler)
         unscale(scaler, optimizer)
         if scaler.is_enabled():
             w.unscaled_by(optimizer)
+            w.scalers.setdefault(id(scaler), scaler)
+
+    def step(
+        scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *a: Any, **k: Any
+    ) -> Any:
+        out = scaler_step(scaler, optimizer, *a, **k)
+        if w.micro and scaler.is_enabled():  # skipped on inf or nan: its gradient is dropped
+            w.dropped()
+        return out
 
     grad_mode = torch.is_grad_enabled()
     handles = [
@@ -264,6 +313,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     Tensor.backward = backward  # type: ignore[method-assign]
     torch.autograd.backward = autograd
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
+    torch.amp.GradScaler.step = step  # type: ignore[method-assign,assignment]
+    LRScheduler.step = schedule  # type: ignore[method-assign,assignment]
     _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign]
     try:
         yield w.seen
@@ -277,6 +328,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         Tensor.backward = tensor_backward  # type: ignore[method-assign]
         torch.autograd.backward = autograd_backward
         torch.amp.GradScaler.unscale_ = unscale  # type: ignore[method-assign]
+        torch.amp.GradScaler.step = scaler_step  # type: ignore[method-assign]
+        LRScheduler.step = scheduler_step  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
         w.put_back()
         w.seen.leftover = w.micro
