@@ -324,3 +324,101 @@ def test_watch_plot_draws_each_failing_update_and_keeps_the_exit_code(
     (failure,) = report.failures
     assert failure.measured["ratios"] == pytest.approx([2.0, 2.0, 2.0], rel=1e-3)
     assert failure.measured["failing"] == [0, 1, 2]
+
+
+# --- losses as they come: constants, penalties, positional arguments, checkpoints -------------
+
+REGRESSION = """
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+torch.manual_seed(0)
+data = TensorDataset(torch.randn(14, 3), torch.randn(14, 2))
+model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for epoch in range(2):
+    for x, y in DataLoader(data, batch_size=4):
+        optimizer.zero_grad()
+        out = model(x)
+        LOSS.backward()
+        optimizer.step()
+"""
+
+
+def _loss_script(tmp: Path, loss: str) -> str:
+    path = tmp / "regress.py"
+    path.write_text(REGRESSION.replace("LOSS", loss))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "loss, verdicts",
+    [
+        ("(0.5 * F.mse_loss(out, y))", {"mean-vs-sum": "pass", "short-last-batch": "pass"}),
+        ("(F.mse_loss(out, y, reduction='sum') / len(x))", {"mean-vs-sum": "pass"}),
+        ("(F.mse_loss(out, y) * len(x))", {"mean-vs-sum": "fail"}),
+        (
+            "(F.mse_loss(out, y) + 0.1 * sum(p.pow(2).sum() for p in model.parameters()))",
+            {"mean-vs-sum": "skip", "grad-zeroing": "pass"},
+        ),
+        ("F.mse_loss(out, y, None, None, 'mean')", {"mean-vs-sum": "pass"}),
+    ],
+    ids=["halved", "summed-over-features", "times-the-batch", "l2-penalty", "positional"],
+)
+def test_watch_reads_a_constant_factor_as_the_loss_and_a_growing_one_as_a_sum(
+    loss: str, verdicts: dict[str, str], tmp_path: Path
+) -> None:
+    """A factor the same on the short last batch (4, 4, 4, 2 rows) is the loss's own; one that
+    grows with the rows is a sum; a term the watcher does not read is not judged, never failed."""
+    report = watch_script(_loss_script(tmp_path, loss), steps=6)
+    got = {r.pitfall: r.verdict for r in report.results}
+    assert {k: got[k] for k in verdicts} == verdicts, str(report)
+    assert not report.error, str(report)
+
+
+def test_a_reentrant_checkpoint_is_not_broken_by_the_watch(tmp_path: Path) -> None:
+    path = _loss_script(tmp_path, "F.mse_loss(out, y)")
+    checkpointed = "checkpoint(model, x.requires_grad_(), use_reentrant=True)"
+    text = Path(path).read_text().replace("out = model(x)", f"out = {checkpointed}")
+    Path(path).write_text("from torch.utils.checkpoint import checkpoint\n" + text)
+    report = watch_script(path, steps=3)
+    assert "raised" not in report.error, str(report)  # its losses unread: not judged
+
+
+def test_a_step_the_loss_scaler_skips_is_let_go_not_read_as_a_left_over(tmp_path: Path) -> None:
+    path = _loss_script(tmp_path, "scaler.scale(F.mse_loss(out, y))")
+    text = (
+        Path(path)
+        .read_text()
+        .replace("optimizer.step()", "scaler.step(optimizer)\n        scaler.update()")
+    )
+    scaler = "scaler = torch.amp.GradScaler('cpu', init_scale=2.0**127)\n"  # the first overflow
+    text = text.replace("for epoch", scaler + "for epoch", 1)
+    Path(path).write_text(text.replace("torch.randn(14, 2)", "100 * torch.randn(14, 2)"))
+    report = watch_script(path, steps=4)
+    assert report.ok and "the loss scaler skipped" in report.note, str(report)
+
+
+def test_watching_puts_back_a_scaler_ended_mid_step_a_scheduler_and_a_tensor_lr() -> None:
+    model = nn.Linear(3, 2)
+    lr = torch.tensor(0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    scaler = torch.amp.GradScaler("cpu")
+    rows = list(zip(torch.randn(8, 3), torch.randint(0, 2, (8,)), strict=True))
+
+    def train() -> None:
+        for x, y in DataLoader(rows, batch_size=4):
+            optimizer.zero_grad()
+            scaler.scale(F.cross_entropy(model(x), y)).backward()
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)  # the watch ends here, before update()
+            scaler.update()
+            scheduler.step()
+
+    with audit.watch(steps=1):
+        train()
+    assert optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1)
+    assert scheduler.last_epoch == 0 and scheduler.get_last_lr() == [pytest.approx(0.1)]
+    train()  # the scaler takes an unscale_ again

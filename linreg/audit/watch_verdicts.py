@@ -17,7 +17,7 @@ import torch
 
 from linreg.audit.report import Report, Result
 from linreg.kinds.training_loop import NO_KNOWN
-from linreg.kinds.watched import TOL, Update, Watched
+from linreg.kinds.watched import Update, Watched
 
 # each pitfall the watcher judges, and what it states of every update it saw
 PROPERTIES = {
@@ -40,6 +40,7 @@ class _Reading:
     parts: list[float]  # each micro-batch's count
     relative: list[float] | None  # None: not a combination of its micro-batches' gradients
     clipped: bool
+    unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
 
 
 @dataclass
@@ -49,6 +50,9 @@ class _Verdicts:
     failing: dict[str, list[int]] = field(default_factory=dict)  # the updates each names
     ratios: dict[int, float | None] = field(default_factory=dict)  # per update: one scale
     at: int | None = None  # the update being judged
+    unread: int = 0  # updates whose weights could not be read
+    constant: float | None = None  # a scale taken as the loss's own
+    unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
 
     def fail(self, pitfall: str, message: str) -> None:
         self.failed.setdefault(pitfall, message)
@@ -74,16 +78,21 @@ def read(j: int, u: Update, summed: bool) -> _Reading | None:
     def residual(dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:
         return float(rr - 2 * (w @ dots) + w @ gram @ w)  # |R - sum w_i M_i|^2
 
-    ww, tol2 = float(want @ gram @ want), TOL**2
+    ww, tol2 = float(want @ gram @ want), u.tol**2
     dots, rr, clipped = u.sa / c, u.aa, False
     if residual(dots, rr, want) > tol2 * max(ww, rr) and u.bb > 0:
         s = u.ab / u.bb
         scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2: A is s times B
         same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
-        if 0 < s <= 1 + TOL and scaled <= tol2 * u.aa and same > tol2 * u.aa:
+        if 0 < s <= 1 + u.tol and scaled <= tol2 * u.aa and same > tol2 * u.aa:
             dots, rr, clipped = u.sb / c, u.bb, True
-    a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     parts, total = list(u.counts), float(c.sum())
+    scale = float(want @ dots) / ww if ww > 0 else 0.0  # one scale on the correct update?
+    if ww > 0 and residual(dots, rr, scale * want) <= tol2 * max(rr, ww):
+        return _Reading(j, total, parts, [scale] * len(parts), clipped)
+    if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(parts):
+        return _Reading(j, total, parts, None, clipped, unread=True)  # weights not unique
+    a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     if residual(dots, rr, a) > tol2 * max(rr, ww):
         return _Reading(j, total, parts, None, clipped)
     return _Reading(j, total, parts, [float(x) for x in a / want], clipped)
@@ -139,21 +148,39 @@ def _weights(readings: list[_Reading], updates: int, v: _Verdicts) -> None:
     fulls = [r for r in readings if r.count == full and r.relative and _alike(r.relative)]
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
+    # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
+    # features over the batch): the loss's own constant; every update is read relative to it
+    kappa = s_full if fulls and s_full > 0 and _why(s_full, fulls[0]) == NO_KNOWN else 1.0
+    if not _near(kappa, 1):  # a constant is the same on a shorter update; a sum grows with rows
+        shorts = [r for r in readings if r.count < full and r.relative and _alike(r.relative)]
+        grows = [r for r in shorts if r.relative and _near(r.relative[0], kappa * r.count / full)]
+        if grows:
+            r = grows[0]
+            v.at = r.j
+            v.fail(
+                "mean-vs-sum",
+                f"every full update applies {kappa:.4g} times the mean of its {full:g} counted, "
+                f"and update {r.j + 1} of {r.count:g} applies {kappa * r.count / full:.4g} times "
+                "its own: a factor that grows with the rows (a loss summed over them, or "
+                "multiplied by the batch size) where a mean was meant",
+            )
+            kappa = 1.0
+        elif any(r.relative and _near(r.relative[0], kappa) for r in shorts):
+            v.constant, s_full = kappa, 1.0
+        else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
+            v.constant, s_full, v.unconfirmed = kappa, 1.0, kappa
     for r in readings:
         v.at = r.j
-        if r.relative is not None and _alike(r.relative):
-            v.ratios[r.j] = r.relative[0]
         at = f"update {r.j + 1} of {updates} ({len(r.parts)} micro-batch(es), {r.count:g} counted)"
-        rel = r.relative
-        if rel is None:
-            v.fail(
-                "micro-batch-accumulation",
-                f"{at} applied a gradient that is no combination of its micro-batches' own: "
-                f"it {NO_KNOWN} (a loss the watcher does not read?)",
-            )
+        rel = None if r.relative is None else [x / kappa for x in r.relative]
+        if rel is not None and _alike(rel):
+            v.ratios[r.j] = rel[0]
+        if r.unread or rel is None:  # dependent gradients, or no combination of them (a
+            v.unread += 1  # term the watcher does not read: a penalty, a hand-written loss)
             continue
         unequal = len(set(r.parts)) > 1
-        v.judged["mean-vs-sum" if r.count == full else "short-last-batch"] += 1
+        if r.count != full or v.unconfirmed is None:
+            v.judged["mean-vs-sum" if r.count == full else "short-last-batch"] += 1
         v.judged["micro-batch-accumulation"] += unequal
         if _alike(rel):
             s = rel[0]
@@ -277,6 +304,23 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
     note = f"watched {len(seen.updates)} update(s)" + (
         " (then ended the code)" if seen.ended else ""
     )
+    if v.unread:
+        note += (
+            f"; {v.unread} update(s) applied what their micro-batches' read losses do not "
+            "explain (a term the watcher does not read: a penalty, a part written by hand), or "
+            "had micro-batches whose gradients are dependent: not judged"
+        )
+    if v.constant is not None:
+        note += (
+            f"; every full update applies {v.constant:.4g} times the mean of its rows, which no "
+            "known mistake names: taken as the loss's own constant, each update read relative "
+            "to it"
+            + (
+                " (no shorter update showed whether it grows with the rows: mean-vs-sum not judged)"
+                if v.unconfirmed is not None
+                else " (a shorter update applies it too)"
+            )
+        )
     if seen.skipped:
         note += f"; the loss scaler skipped {seen.skipped} step(s) (inf or nan): not judged"
     if blind:

@@ -11,11 +11,10 @@ from linreg.kinds.watched.records import (
     Watched,
     close,
 )
-from linreg.kinds.watched.seams import LOSSES, TOL, watching
+from linreg.kinds.watched.seams import LOSSES, watching
 
 __all__ = [
     "LOSSES",
-    "TOL",
     "Enough",
     "LossCall",
     "MicroBatch",

@@ -72,6 +72,7 @@ class Update:
     blind: int = 0
     right: bool = False  # it applied the mean of its rows, or a clipping of it (then no gram)
     clipped: bool = False
+    tol: float = 1e-4  # the relative tolerance of its params' dtype
 
     @property
     def fed(self) -> bool:
@@ -88,7 +89,7 @@ def close(update: Open, tol: float) -> Update:
         right = _right(update, sum(counts), tol)
         if right is not None:
             none = torch.zeros(0, dtype=torch.float64)
-            return Update(counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right)
+            return Update(counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right, tol)
     m = len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
     sa, sb = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
@@ -117,7 +118,8 @@ def close(update: Open, tol: float) -> Update:
             sa += s_a
             sb += s_a if same else s @ b
     counts = [mb.count for mb in update.micro]
-    return Update(counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind)
+    blind = update.blind
+    return Update(counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol)
 
 
 def _right(update: Open, total: float, tol: float) -> bool | None:

@@ -58,7 +58,9 @@ LOSSES = (
 )
 
 
-TOL = checks.tolerance(torch.float32, steps=True)  # an update's relative tolerance
+def tolerance_of(params: list[Tensor]) -> float:
+    """Return an update's relative tolerance: the audit's, for its least precise param."""
+    return max((checks.tolerance(p.dtype, steps=True) for p in params), default=1e-4)
 
 
 class _Watcher:
@@ -179,7 +181,7 @@ class _Watcher:
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
             self._read(last, params)
-            self.seen.updates[-1] = close(last, TOL)
+            self.seen.updates[-1] = close(last, tolerance_of(last.params))
             return
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
@@ -187,7 +189,7 @@ class _Watcher:
         update.params = params
         self._read(update, params)
         self.open = update
-        self.seen.updates.append(close(update, TOL))
+        self.seen.updates.append(close(update, tolerance_of(params)))
         self.micro, self.blind, self.carried = [], 0, None
         made = len(self.seen.updates)
         enough = made >= self.steps if self.steps is not None else self.past_an_epoch(made)
