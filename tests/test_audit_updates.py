@@ -332,6 +332,43 @@ def test_a_mean_of_means_that_never_zeroes_fails_naming_both() -> None:
     assert "never zeroes the grads" in failures["grad-zeroing"], str(report)
 
 
+def train_chunks_summed_never_zeroed(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Each batch in chunks of 2 whose mean losses are added up undivided, and no zero_grad:
+    two bugs (a k-fold scale, and a missing zero_grad), each named once."""
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            for x, t in zip(inputs.split(2), targets.split(2), strict=True):
+                F.cross_entropy(model(x), t).backward()
+            optimizer.step()
+
+
+def train_windows_from_zero_never_zeroed(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Windows counted from batch 0 (the first holds one batch, as Fabric's documented loop),
+    each batch's summed loss over the rows of its window: right, but never zero_grad."""
+    k = accumulation_steps
+    n, b = len(loader.dataset), loader.batch_size
+    sizes = [min(b, n - i * b) for i in range(len(loader))]
+    starts = [0, *range(1, len(sizes), k)]
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            start = max(s for s in starts if s <= i)
+            end = 1 if start == 0 else min(start + k, len(sizes))
+            F.cross_entropy(model(x), y, reduction="sum").div(sum(sizes[start:end])).backward()
+            if i + 1 == end or i + 1 == len(sizes):
+                optimizer.step()
+
+
+def test_two_bugs_one_of_them_no_zero_grad_are_each_named_once() -> None:
+    report = audit.training_loop(train_chunks_summed_never_zeroed, **LOOP)
+    assert {r.pitfall for r in report.failures} == {"mean-vs-sum", "grad-zeroing"}, str(report)
+    report = audit.training_loop(train_windows_from_zero_never_zeroed, accumulation_steps=2, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+
+
 # --- the window read from the run, not declared ----------------------------------------------
 
 

@@ -52,9 +52,9 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
     return total if summed else total / max(sum(weight), 1e-12)
 
 
-def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | None = None) -> Judged:
-    """Return whether a step applied the correct gradient, directly or as a clipping of it;
-    before is the step before, whose applied gradient a loop that never zeroes adds to this one.
+def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
+    """Return whether a step applied the correct gradient, directly or as a clipping of it; a
+    loop that never zeroes adds it to what the step found in .grad (stale, own).
 
     What was clipped is the gradient as the loss scaler unscaled it or, where something changed
     the still-scaled gradient first (a clip before unscale_: clip-before-unscale's to name),
@@ -71,9 +71,11 @@ def judge(step: Step, want: Tensor, tol: float, scale: float, before: Step | Non
     if any(close(g, want, tol, scale) for g in clipped):
         return Judged(True, 1.0, True)
     reading = clipped[0] if clipped else step.applied
-    left = before.applied if before is not None else None
+    # what .grad held as the step's first backward() began, as the gradient hook saw it: on
+    # identical rows a sum of two means reads as a step plus the one before, so staleness is
+    # what was seen, not what the step before applied
     found = step.carried if step.carried is not None and bool(step.carried.any()) else None
-    stale = any(g is not None and close(reading, want + g, tol, scale) for g in (left, found))
+    stale = found is not None and close(reading, want + found, tol, scale)
     own = factor(reading - found, want, tol) if found is not None and reading is not None else None
     return Judged(
         False,
@@ -140,13 +142,15 @@ def compare(
     chosen = wants[full[0]] if relative and full else None
     if chosen is not None:
         first = judge(seen.steps[full[0]], chosen, tol, scale)
+    if first is not None and first.carried and first.own is not None:
+        first = replace(first, ok=math.isclose(first.own, 1, rel_tol=tol), ratio=first.own)
     by = first.ratio if first is not None and not first.ok and first.ratio else None
     if by is not None and by > 0:
         wants = [None if w is None else w * by for w in wants]
         scale *= by
     verdicts = [
-        None if w is None else judge(step, w, tol, scale, seen.steps[j - 1] if j else None)
-        for j, (step, w) in enumerate(zip(seen.steps, wants, strict=True))
+        None if w is None else judge(step, w, tol, scale)
+        for step, w in zip(seen.steps, wants, strict=True)
     ]
     bad = [
         j
@@ -196,9 +200,14 @@ def compare(
 
 def full_rows(target: Target, batching: Batching, steps: Sequence[Step]) -> int:
     """Return the rows of a full step: the batch_size * k rows the batching hands a window
-    where a step took them (a first or last window may be short), else the run's most common."""
-    nominal = batching.batch_size * count_of(options_of(target), batching)
-    return nominal if any(step.rows == nominal for step in steps) else full_step_rows(steps)
+    where a step took them (a first or last window may be short), else the most common among
+    steps of k micro-batches, else among all."""
+    k = count_of(options_of(target), batching)
+    nominal = batching.batch_size * k
+    if any(step.rows == nominal for step in steps):
+        return nominal
+    windows = [step for step in steps if len(step.sizes) == k]  # of k micro-batches: full
+    return full_step_rows(windows or steps)
 
 
 def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) -> bool:
