@@ -144,6 +144,8 @@ def run_property(
         if isinstance(e, Flaky):
             message += " (flaky: replayed, the example did not fail again)"
         what = plain(measured[-1]) if measured else None
+        if budget is not None:  # its examples, shrinking's too: the time per example is theirs
+            budget.ran(seen["examples"], False)
         return Result(
             prop.pitfall, prop.name, "fail", message, plain(example), seen["examples"], what
         )
@@ -226,6 +228,7 @@ def run(
             )
         if reason is not None:
             result = Result(prop.pitfall, prop.name, "skip", reason)
+            budget.left = max(budget.left - 1, 0)  # its share goes to the others
         else:
             try:
                 with budget.share() as shared:
@@ -292,10 +295,12 @@ class Budget:
         if not self.cut:
             return ""
         cost = self.spent / max(self.examples, 1)
+        ran = f"{min(self.cut)}-{max(self.cut)}" if len(self.cut) > 1 else f"{self.cut[0]}"
+        which = f"{len(self.cut)} properties" if len(self.cut) > 1 else "1 property"
         return (
-            f"{len(self.cut)} properties ran {min(self.cut)}-{max(self.cut)} examples, not "
-            f"{DEFAULT_EXAMPLES}, to end near {BUDGET:g} s: the target took {cost * 1000:.0f} ms "
-            "an example (max_examples= runs as many as you ask)"
+            f"{which} ran {ran} examples and passed over the rest, to end near {BUDGET:g} s: "
+            f"the target took {cost * 1000:.0f} ms an example (max_examples= runs as many as "
+            "you ask)"
         )
 
 

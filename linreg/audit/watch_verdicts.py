@@ -105,13 +105,14 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
     for j, u in enumerate(seen.updates):
         v.at, v.ratios[j] = j, None
         at = f"update {j + 1} of {len(seen.updates)}"
-        if not u.fed:
-            v.fail(
-                "grad-zeroing",
-                f"{at} was fed no backward() since the update before, yet applied a gradient "
-                "again: the same micro-batches moved the params twice (a second "
-                "optimizer.step() after scaler.step(optimizer)?)",
-            )
+        if not u.fed:  # after a fed update: its micro-batches applied twice; else no backward()
+            if j and seen.updates[j - 1].fed:  # at all (gradients set by hand): not judged
+                v.fail(
+                    "grad-zeroing",
+                    f"{at} was fed no backward() since the update before, yet applied a "
+                    "gradient again: the same micro-batches moved the params twice (a second "
+                    "optimizer.step() after scaler.step(optimizer)?)",
+                )
             continue
         if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
             continue
