@@ -13,6 +13,7 @@ from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.kinds.epoch_loss import EPOCHS, run_epoch
 from linreg.kinds.loop import ObjectiveOptions
 from linreg.kinds.runs import params_like
+from linreg.kinds.watched.records import graph
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
@@ -125,15 +126,7 @@ PROPERTIES = (
 
 def _graph_size(t: object) -> int:
     """Count the autograd nodes reachable from t's grad_fn."""
-    seen: set[int] = set()
-    stack = [getattr(t, "grad_fn", None)]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack += [f for f, _ in node.next_functions]
-    return len(seen)
+    return len(graph([getattr(t, "grad_fn", None)]))
 
 
 def demo() -> Evidence:

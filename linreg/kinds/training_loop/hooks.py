@@ -41,6 +41,15 @@ class Watch:
     replayable: bool = True
 
 
+def zero_lr(opt: torch.optim.Optimizer) -> None:
+    """Hold every param group's lr at 0 (a tensor lr filled in place), whatever a scheduler set."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], Tensor):
+            group["lr"].fill_(0.0)
+        else:
+            group["lr"] = 0.0
+
+
 def _same_batch(call: Call, t: Tensor) -> bool:
     first = next((u for u in tensors_in(call.args, call.kwargs) if u.ndim > 0), None)
     return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
@@ -77,11 +86,7 @@ class Watcher:
         """Hold every param group's lr at 0, whatever a scheduler set."""
         if self.ours(opt):
             self.depth += 1
-            for group in opt.param_groups:
-                if isinstance(group["lr"], Tensor):
-                    group["lr"].fill_(0.0)
-                else:
-                    group["lr"] = 0.0
+            zero_lr(opt)
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Record the update: its gradients read three ways, and what fed it.

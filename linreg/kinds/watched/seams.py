@@ -32,6 +32,7 @@ from torch.optim.optimizer import (
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import checks
+from linreg.kinds.training_loop.hooks import zero_lr
 from linreg.kinds.watched.records import (
     Enough,
     LossCall,
@@ -161,11 +162,7 @@ class _Watcher:
                 g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"]
                 for g in opt.param_groups
             ]
-        for group in opt.param_groups:
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(0.0)
-            else:
-                group["lr"] = 0.0
+        zero_lr(opt)
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Close an update: the steps of several optimizers with nothing fed between them are
