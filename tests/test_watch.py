@@ -110,10 +110,11 @@ def _id(case: tuple[Any, ...]) -> str:
     return f"{case[0][:-3]}-{case[4]}"
 
 
-def _twin(tmp: Path, script: str, line: str, bug: str) -> Path:
-    text = (SCRIPTS / script).read_text()
-    assert text.count(line) == 1, f"{line!r} is not one line of {script}"
-    path = tmp / f"twin_{script}"
+def twin_of(tmp: Path, script: Path, line: str, bug: str) -> Path:
+    """Write the script with one line replaced (it must occur once) under tmp."""
+    text = script.read_text()
+    assert text.count(line) == 1, f"{line!r} is not one line of {script.name}"
+    path = tmp / f"twin_{script.name}"
     path.write_text(text.replace(line, bug))
     return path
 
@@ -138,7 +139,7 @@ def test_watch_a_twin_with_one_line_changed_fails_naming_its_pitfall(
     pitfall: str,
     tmp_path: Path,
 ) -> None:
-    report = watch_script(str(_twin(tmp_path, script, line, bug)), files(tmp_path))
+    report = watch_script(str(twin_of(tmp_path, SCRIPTS / script, line, bug)), files(tmp_path))
     assert [r.pitfall for r in report.failures] == [pitfall], str(report)
     assert not report.error, str(report)
     assert "matches no known mistake" not in str(report), str(report)
@@ -195,7 +196,7 @@ def test_watch_command_prints_the_report_on_stdout_and_the_scripts_output_on_std
     assert "epoch 1: mse" in done.stderr
 
     line, bug = CASES[2][2:4]
-    twin = run(_twin(tmp_path, "regress_config.py", line, bug))
+    twin = run(twin_of(tmp_path, SCRIPTS / "regress_config.py", line, bug))
     assert twin.returncode == 1, twin.stderr
     assert [r["pitfall"] for r in json.loads(twin.stdout)["results"] if r["verdict"] == "fail"] == [
         "mean-vs-sum"
@@ -257,7 +258,8 @@ def test_watching_leaves_the_process_as_it_found_it_and_every_lr_as_it_was(tmp_p
     before = _state()
     watch_script(str(SCRIPTS / "classify_accum.py"))
     watch_script(
-        str(_twin(tmp_path, "bn_images.py", "optimizer.zero_grad()", "pass")), image_file(tmp_path)
+        str(twin_of(tmp_path, SCRIPTS / "bn_images.py", "optimizer.zero_grad()", "pass")),
+        image_file(tmp_path),
     )
     assert _state() == before
 
@@ -316,7 +318,7 @@ def test_watch_plot_draws_each_failing_update_and_keeps_the_exit_code(
 ) -> None:
     pytest.importorskip("matplotlib")
     line, bug = CASES[3][2:4]  # lm_budget: every update applies 2 times the mean
-    twin = _twin(tmp_path, "lm_budget.py", line, bug)
+    twin = twin_of(tmp_path, SCRIPTS / "lm_budget.py", line, bug)
     picture = tmp_path / "watch.png"
     assert main(["watch", "-q", "--plot", str(picture), str(twin), *token_file(tmp_path)]) == 1
     assert picture.stat().st_size > 0
