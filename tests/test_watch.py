@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import audit
-from linreg.audit.watcher import watch_script
+from linreg.audit.watcher import watch, watch_script
 from linreg.cli import main
 
 SCRIPTS = Path(__file__).parent / "watch_scripts"
@@ -234,6 +234,42 @@ def test_a_loss_written_by_hand_is_not_judged_and_never_passes(tmp_path: Path) -
     )
     report = watch_script(str(path))
     assert not report.ok and report.error.startswith("no update could be judged")
+
+
+def _sgd_by_hand(params: list[Tensor], lr: float, batch_size: int) -> None:
+    with torch.no_grad():  # d2l's sgd: each param updated in place, no optimizer
+        for param in params:
+            assert param.grad is not None
+            param -= lr * param.grad / batch_size
+            param.grad.zero_()
+
+
+def _data_add_by_hand(params: list[Tensor], lr: float, batch_size: int) -> None:
+    for param in params:  # the old idiom: through .data, past autograd's version counter
+        assert param.grad is not None
+        param.data.add_(param.grad, alpha=-lr / batch_size)
+        param.grad = None
+
+
+@pytest.mark.parametrize("update", [_sgd_by_hand, _data_add_by_hand])
+def test_an_update_made_by_hand_is_one_error_the_code_ended_and_the_params_put_back(
+    update: Callable[[list[Tensor], float, int], None],
+) -> None:
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 2), torch.randn(40, 1)
+    w, b = torch.zeros(2, 1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    batches = 0
+    with watch() as reports:
+        for _ in range(3):
+            for i in range(0, 40, 10):
+                batches += 1
+                F.mse_loss(X[i : i + 10] @ w + b, y[i : i + 10], reduction="sum").backward()
+                update([w, b], 0.1, 10)
+    report = reports[0]
+    assert report.error.startswith("the params moved, yet no torch optimizer stepped"), str(report)
+    assert not report.failures, str(report)  # one cause, said once
+    assert batches == 2  # ended at the backward() after the first update by hand
+    assert not w.any() and not b.any()  # as they were at the first backward()
 
 
 # --- leaves nothing behind ---------------------------------------------------------------------

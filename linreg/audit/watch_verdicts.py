@@ -41,6 +41,7 @@ class _Reading:
     relative: list[float] | None  # None: not a combination of its micro-batches' gradients
     clipped: bool
     unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
+    summed: bool = False  # its every loss call asked for reduction="sum"
 
 
 @dataclass
@@ -130,10 +131,11 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
             v.judged["grad-zeroing"] += 1
         r = read(j, u, summed)
         if r is not None:
+            r.summed = u.summed
             readings.append(r)
     _weights(readings, len(seen.updates), v)
     v.at = None
-    if seen.leftover and not seen.ended:
+    if seen.leftover and seen.updates and not seen.ended:
         v.fail(
             "short-last-batch",
             f"after its last update, {len(seen.leftover)} micro-batch(es) went through "
@@ -248,6 +250,13 @@ def _short(at: str, s: float, r: _Reading, full: float) -> str:
 def _why(s: float, r: _Reading) -> str:
     if s >= 1024 and _near(math.log2(s), round(math.log2(s))):
         return "it steps with a loss scaler's scaled gradients (call scaler.step, or unscale_)"
+    if r.summed:  # the loss call said so: no constant of the loss's own
+        each = len(r.parts) > 1 and _near(s, r.count / len(r.parts))
+        return (
+            "its loss sums over the rows (reduction='sum')"
+            + (f" and is divided by the {len(r.parts)} micro-batches" if each else "")
+            + " where a mean was meant"
+        )
     if len(r.parts) > 1 and _near(s, len(r.parts)):
         return f"it adds up its {len(r.parts)} micro-batches' mean losses without dividing"
     if _near(s, r.count):
@@ -293,7 +302,13 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
             results.append(Result(pitfall, statement, "pass", examples=v.judged[pitfall]))
         else:
             results.append(Result(pitfall, statement, "skip", _unjudged(pitfall, seen)))
-    if not seen.updates and not error:
+    if not seen.updates and not error and seen.moved:
+        error = (
+            "the params moved, yet no torch optimizer stepped: an update made by hand (p.data."
+            "add_, param -= lr * param.grad) or by an optimizer that is not a torch.optim."
+            "Optimizer cannot be watched; audit the update itself: linreg.audit.update_step"
+        )
+    elif not seen.updates and not error:
         error = "the code made no optimizer update: nothing to judge"
     elif not error and not any(r.verdict != "skip" for r in results):
         error = (
@@ -321,6 +336,11 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                 if v.unconfirmed is not None
                 else " (a shorter update applies it too)"
             )
+        )
+    if seen.crossed:
+        note += (
+            f"; {seen.crossed} update(s) held micro-batches from both sides of an epoch's end "
+            "(a window that crosses it: each judged by the weights it applied)"
         )
     if seen.skipped:
         note += f"; the loss scaler skipped {seen.skipped} step(s) (inf or nan): not judged"

@@ -16,7 +16,11 @@ _INDEXED = ("cross_entropy", "nll_loss")  # class-index targets: -100 and class 
 
 
 class Enough(BaseException):
-    """Raised from the step hook once the updates asked for were seen: ends the code cleanly."""
+    """Raised from the step hook once the updates asked for were seen: ends the code cleanly.
+    A framework that logs what ended its run (Ignite's engine) prints this message."""
+
+    def __init__(self) -> None:
+        super().__init__("linreg watch has seen what it needs and ends the run here")
 
 
 @dataclass
@@ -27,6 +31,7 @@ class LossCall:
     node: Any  # the loss output's grad_fn: a backward() reaches it or not
     grads: dict[int, Tensor]  # per parameter (id): the gradient of the summed per-element loss
     count: float  # rows, elements or targets (not -100, class-weighted) a mean divides by
+    summed: bool = False  # the call asked for reduction="sum"
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Update:
     right: bool = False  # it applied the mean of its rows, or a clipping of it (then no gram)
     clipped: bool = False
     tol: float = 1e-4  # the relative tolerance of its params' dtype
+    summed: bool = False  # every loss that fed it was called with reduction="sum"
 
     @property
     def fed(self) -> bool:
@@ -119,7 +125,11 @@ def close(update: Open, tol: float) -> Update:
             sb += s_a if same else s @ b
     counts = [mb.count for mb in update.micro]
     blind = update.blind
-    return Update(counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol)
+    calls = [c for mb in update.micro for c in mb.losses]
+    summed = bool(calls) and all(c.summed for c in calls)
+    return Update(
+        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol, summed=summed
+    )
 
 
 def _right(update: Open, total: float, tol: float) -> bool | None:
@@ -183,6 +193,8 @@ class Watched:
     ended: bool = False  # the watcher ended the code once it had the updates asked for
     skipped: int = 0  # steps a loss scaler skipped (inf or nan): their micro-batches let go
     lrs: dict[int, list[Any]] = field(default_factory=dict)  # each optimizer's lrs, as set
+    moved: bool = False  # params moved, yet no torch optimizer stepped: an update by hand
+    crossed: int = 0  # updates whose micro-batches came from both sides of an epoch's end
 
 
 def leaves(node: Any) -> list[Tensor]:

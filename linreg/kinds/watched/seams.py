@@ -83,6 +83,8 @@ class _Watcher:
         self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
         self.lr_values: dict[int, list[Any]] = {}
+        self.first: dict[int, tuple[Tensor, Tensor]] = {}  # the params at the first backward()
+        self.straddles = False  # an epoch ended while the open update held micro-batches
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -98,6 +100,7 @@ class _Watcher:
             given = bound.arguments
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
+            summed = given.get("reduction") == "sum"
             given["reduction"] = "none"
             per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
@@ -110,6 +113,7 @@ class _Watcher:
                     out.grad_fn,
                     {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
                     count_of(name, per, given),
+                    summed,
                 )
             )
         except Exception:
@@ -122,7 +126,16 @@ class _Watcher:
         if self.busy:
             run()
             return
+        if self.first and not self.seen.updates and self.moved():
+            raise Enough  # an update made by hand: nothing the watch can read, ended here
         under = graph([t.grad_fn for t in roots if t.grad_fn is not None])
+        if not self.first and not self.seen.updates:  # to see an update made by hand
+            self.first = {
+                id(p): (p, p.detach().clone())
+                for t in roots
+                if t.grad_fn is not None
+                for p in leaves(t.grad_fn)
+            }
         reached = [c for c in self.pending if id(c.node) in under]
         self.open = None  # the update before is closed: its gradients are let go
         if self.carried is None:  # the update's first backward(): what .grad holds now
@@ -187,7 +200,8 @@ class _Watcher:
         self._read(update, params)
         self.open = update
         self.seen.updates.append(close(update, tolerance_of(params)))
-        self.micro, self.blind, self.carried = [], 0, None
+        self.seen.crossed += self.straddles
+        self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         made = len(self.seen.updates)
         enough = made >= self.steps if self.steps is not None else self.past_an_epoch(made)
         if enough:
@@ -210,14 +224,15 @@ class _Watcher:
 
     def dropped(self) -> None:
         """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
-        self.micro, self.blind, self.carried = [], 0, None
+        self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.seen.skipped += 1
 
     def put_back(self) -> None:
         """Put back what the watched steps changed: each optimizer's state and lrs (a tensor
         lr, filled with 0 in place: the user's own object, with its value), each scheduler's
         and loss scaler's state (a scaler ended between unscale_ and update() too), each
-        param's .grad as it was found."""
+        param's .grad as it was found; params an update made by hand moved (no optimizer
+        stepped), as they were at the first backward()."""
         for opt, state in self.states:
             opt.load_state_dict(state)
             for group, lr, value in zip(
@@ -232,6 +247,17 @@ class _Watcher:
             scaler._per_optimizer_states.clear()
         for p, grad in self.found.values():
             p.grad = grad
+        if not self.seen.updates and self.moved():  # by hand: put back as first seen
+            for p, value in self.first.values():
+                p.detach().copy_(value)
+
+    def moved(self) -> bool:
+        """Return whether a param moved since the first backward() (read while no optimizer
+        has stepped: after one, the lrs are held at 0)."""
+        self.seen.moved = self.seen.moved or any(
+            not torch.equal(p.detach(), value) for p, value in self.first.values()
+        )
+        return self.seen.moved
 
     def keep(self, thing: Any) -> None:
         """Keep a scheduler's or scaler's state as the watch found it, to put back after."""
@@ -259,6 +285,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             return loader_next(self)
         except StopIteration:
             w.ends.append(len(w.seen.updates))
+            w.straddles = w.straddles or bool(w.micro)  # the open window runs into the next
             raise
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
