@@ -41,7 +41,6 @@ class _Reading:
     relative: list[float] | None  # None: not a combination of its micro-batches' gradients
     clipped: bool
     unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
-    summed: bool = False  # its every loss call asked for reduction="sum"
 
 
 @dataclass
@@ -131,7 +130,6 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
             v.judged["grad-zeroing"] += 1
         r = read(j, u, summed)
         if r is not None:
-            r.summed = u.summed
             readings.append(r)
     _weights(readings, len(seen.updates), v)
     v.at = None
@@ -250,13 +248,6 @@ def _short(at: str, s: float, r: _Reading, full: float) -> str:
 def _why(s: float, r: _Reading) -> str:
     if s >= 1024 and _near(math.log2(s), round(math.log2(s))):
         return "it steps with a loss scaler's scaled gradients (call scaler.step, or unscale_)"
-    if r.summed:  # the loss call said so: no constant of the loss's own
-        each = len(r.parts) > 1 and _near(s, r.count / len(r.parts))
-        return (
-            "its loss sums over the rows (reduction='sum')"
-            + (f" and is divided by the {len(r.parts)} micro-batches" if each else "")
-            + " where a mean was meant"
-        )
     if len(r.parts) > 1 and _near(s, len(r.parts)):
         return f"it adds up its {len(r.parts)} micro-batches' mean losses without dividing"
     if _near(s, r.count):

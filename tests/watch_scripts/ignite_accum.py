@@ -36,10 +36,8 @@ def main() -> None:
     @trainer.on(Events.EPOCH_COMPLETED)
     def log_validation(engine):
         evaluator.run(val_loader)
-        metrics = evaluator.state.metrics
-        print(
-            f"epoch {engine.state.epoch}: accuracy {metrics['accuracy']:.3f} loss {metrics['loss']:.4f}"
-        )
+        accuracy, loss = evaluator.state.metrics["accuracy"], evaluator.state.metrics["loss"]
+        print(f"epoch {engine.state.epoch}: accuracy {accuracy:.3f} loss {loss:.4f}")
 
     trainer.run(train_loader, max_epochs=args.epochs)
 

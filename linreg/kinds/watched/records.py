@@ -31,7 +31,6 @@ class LossCall:
     node: Any  # the loss output's grad_fn: a backward() reaches it or not
     grads: dict[int, Tensor]  # per parameter (id): the gradient of the summed per-element loss
     count: float  # rows, elements or targets (not -100, class-weighted) a mean divides by
-    summed: bool = False  # the call asked for reduction="sum"
 
 
 @dataclass
@@ -78,7 +77,6 @@ class Update:
     right: bool = False  # it applied the mean of its rows, or a clipping of it (then no gram)
     clipped: bool = False
     tol: float = 1e-4  # the relative tolerance of its params' dtype
-    summed: bool = False  # every loss that fed it was called with reduction="sum"
 
     @property
     def fed(self) -> bool:
@@ -125,11 +123,7 @@ def close(update: Open, tol: float) -> Update:
             sb += s_a if same else s @ b
     counts = [mb.count for mb in update.micro]
     blind = update.blind
-    calls = [c for mb in update.micro for c in mb.losses]
-    summed = bool(calls) and all(c.summed for c in calls)
-    return Update(
-        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol, summed=summed
-    )
+    return Update(counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol)
 
 
 def _right(update: Open, total: float, tol: float) -> bool | None:

@@ -100,7 +100,6 @@ class _Watcher:
             given = bound.arguments
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
-            summed = given.get("reduction") == "sum"
             given["reduction"] = "none"
             per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
@@ -113,7 +112,6 @@ class _Watcher:
                     out.grad_fn,
                     {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
                     count_of(name, per, given),
-                    summed,
                 )
             )
         except Exception:
