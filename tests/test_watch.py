@@ -103,6 +103,14 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str, str, str]] = [
         "micro-batch-accumulation",  # a mean of means over unequal counts of tokens
     ),
     ("bn_images.py", image_file, "optimizer.zero_grad()", "pass", "grad-zeroing"),
+    (
+        "tokens_ragged.py",
+        no_files,
+        'loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum")',
+        'loss = F.cross_entropy(logits[:, 1:].flatten(0, 1), batch["labels"][:, 1:].flatten(), '
+        'reduction="sum")',
+        "mean-vs-sum",  # the loss drops each sequence's first label; num_items counted them
+    ),
 ]
 
 

@@ -144,6 +144,22 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
 
 def _weights(readings: list[_Reading], updates: int, v: _Verdicts) -> None:
     """Name each update's weights as the catalogue names them."""
+    over = _over_counted(readings)
+    for n, (r, extra) in enumerate(over):  # named once, then read as if divided right
+        assert r.relative is not None
+        s = r.relative[0]
+        if not n:
+            v.at = r.j
+            v.fail(
+                "mean-vs-sum",
+                f"update {r.j + 1} of {updates} applied {s:.4g} times the mean of its "
+                f"{r.count:g} counted: it divides by {r.count + extra:g}, {extra} more than its "
+                "loss counts, and every update is over-counted by a whole number: its "
+                "sequences' first labels, counted before the causal shift that drops them (as "
+                "transformers' Trainer counts them for a model whose loss_type is None: "
+                "GPT2LMHeadModel)",
+            )
+        r.relative = [x / s for x in r.relative]
     counts = Counter(r.count for r in readings if r.relative is not None)
     full = max(counts, key=lambda c: (counts[c], c), default=0.0)
     fulls = [r for r in readings if r.count == full and r.relative and _alike(r.relative)]
@@ -234,6 +250,23 @@ def _weights(readings: list[_Reading], updates: int, v: _Verdicts) -> None:
             f"{at} weighs its micro-batches {_shown(weights)} where a correct update weighs "
             f"them {_shown([c / r.count for c in r.parts])}: it {NO_KNOWN}",
         )
+
+
+def _over_counted(readings: list[_Reading]) -> list[tuple[_Reading, int]]:
+    """Return each update with the whole number its divisor exceeds its count by, where every
+    update applies count / (count + m) of the mean with m a whole number >= 1 and the scales
+    differ (one scale on all is a constant of the loss's own); else []."""
+    uniform = [r for r in readings if r.relative and _alike(r.relative)]
+    out = []
+    for r in uniform:
+        assert r.relative is not None
+        s = r.relative[0]
+        extra = r.count * (1 / s - 1) if 0 < s < 1 else 0.0
+        if not (1 - 0.02 <= extra < r.count) or abs(extra - round(extra)) > 0.02:
+            return []
+        out.append((r, round(extra)))
+    scales = [r.relative[0] for r, _ in out if r.relative]
+    return out if len(out) > 1 and not _alike(scales) else []
 
 
 def _short(at: str, s: float, r: _Reading, full: float) -> str:

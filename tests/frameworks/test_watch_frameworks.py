@@ -6,7 +6,9 @@ measured directly at [1.0, 0.5] in test_accelerate.py and test_lightning.py). A 
 `no_backward_sync` passes, and each twin with one line of Fabric's documented loop fails: the
 mean losses summed (mean-vs-sum, 2x) and windows counted from batch 0, whose first holds one
 batch (short-last-batch, 0.5x; the [1.0, 2.0] of the documented loop is measured directly in
-tests/test_audit_updates.py)."""
+tests/test_audit_updates.py). transformers' Trainer on padded rows passes with a model whose loss
+divides by num_items_in_batch (Llama), names a mean of micro-batch means when the Trainer stops
+passing the count, and names GPT2LMHeadModel's labels counted before its shift."""
 
 from __future__ import annotations
 
@@ -55,3 +57,21 @@ def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfal
         report = watch_script(str(twin_of(tmp_path, script, line, bug)))
         assert [r.pitfall for r in report.failures] == [pitfall], str(report)
         assert f"applied {factor} the mean" in report.failures[0].message, str(report)
+
+
+def test_watching_a_trainer_script_passes_and_names_a_mean_of_means_and_an_over_count(
+    tmp_path: Path,
+) -> None:
+    # the behaviours test_hf_trainer.py measures directly, seen on a script with padded rows
+    pytest.importorskip("transformers")
+    script = SCRIPTS / "hf_trainer_lm.py"
+    out = ["--output-dir", str(tmp_path / "out")]
+    report = watch_script(str(script), out)
+    assert report.ok, str(report)
+    line = "    trainer.train()"  # the Trainer no longer passes num_items_in_batch to the model
+    twin = twin_of(tmp_path, script, line, "    trainer.model_accepts_loss_kwargs = False\n" + line)
+    report = watch_script(str(twin), out)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+    report = watch_script(str(script), [*out, "--model", "gpt2"])
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "counted before the causal shift" in report.failures[0].message, str(report)
