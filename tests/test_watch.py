@@ -153,6 +153,21 @@ def test_watch_a_twin_with_one_line_changed_fails_naming_its_pitfall(
     assert "matches no known mistake" not in str(report), str(report)
 
 
+def test_labels_counted_before_a_shift_on_rows_of_one_length_are_a_hint_never_a_verdict(
+    tmp_path: Path,
+) -> None:
+    # one length: every window counts 36 labels where its loss counts 30 (one constant, 30 /
+    # 36), which a loss's own constant would show too: not judged, and the note says so
+    (*_, line, shifted, _) = CASES[-1]
+    twin = twin_of(tmp_path, SCRIPTS / "tokens_ragged.py", line, shifted)
+    one_length = "lengths = torch.randint(2, 7, (2,), generator=gen)"
+    fixed = twin_of(tmp_path, twin, one_length, "lengths = torch.full((2,), 6)")
+    report = watch_script(str(fixed))
+    assert report.ok and not report.error, str(report)
+    assert "mean-vs-sum" not in {r.pitfall for r in report.results if r.verdict != "skip"}
+    assert "it is 30 / (30 + 6)" in (report.note or ""), str(report)
+
+
 def test_watch_a_module_runs_as_python_m_does() -> None:
     report = watch_script("tests.watch_scripts.tokens_ragged", module=True)
     assert report.ok and report.target == "tests.watch_scripts.tokens_ragged", str(report)

@@ -52,6 +52,7 @@ class _Verdicts:
     at: int | None = None  # the update being judged
     unread: int = 0  # updates whose weights could not be read
     constant: float | None = None  # a scale taken as the loss's own
+    full: float = 0.0  # a full update's count
     unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
 
     def fail(self, pitfall: str, message: str) -> None:
@@ -186,6 +187,7 @@ def _weights(readings: list[_Reading], updates: int, v: _Verdicts) -> None:
             v.constant, s_full = kappa, 1.0
         else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
             v.constant, s_full, v.unconfirmed = kappa, 1.0, kappa
+        v.full = full
     for r in readings:
         v.at = r.j
         at = f"update {r.j + 1} of {updates} ({len(r.parts)} micro-batch(es), {r.count:g} counted)"
@@ -361,6 +363,13 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                 else " (a shorter update applies it too)"
             )
         )
+        extra = v.full * (1 / v.constant - 1) if 0 < v.constant < 1 else 0.0
+        if v.unconfirmed is not None and 1 <= round(extra) < v.full and _near(extra, round(extra)):
+            note += (  # a hint, not a verdict: a constant of the loss's own looks the same
+                f"; it is {v.full:g} / ({v.full:g} + {round(extra)}): if the loop divides by "
+                "its labels counted before a causal shift drops each sequence's first, that "
+                "is mean-vs-sum (rows of unequal lengths would tell)"
+            )
     if seen.crossed:
         note += (
             f"; {seen.crossed} update(s) held micro-batches from both sides of an epoch's end "
