@@ -25,8 +25,10 @@ from tests import loops_as_written as L
 # examples per property: a third of the profile's (ci: 10), at most 50 (thorough)
 EXAMPLES = min(settings.default.max_examples, 150) // 3
 
-GPT = {"model": L.TinyGPT, "example": L.gpt_example, "accumulation_steps": 2}
-IMAGE = {"model": L.SmallConvBN, "example": L.image_example, "accumulation_steps": 2}
+# no window declared: a loop that takes a count is run at drawn ones, a window is read from
+# the run (tests/test_audit_updates.py covers a declared count)
+GPT = {"model": L.TinyGPT, "example": L.gpt_example}
+IMAGE = {"model": L.SmallConvBN, "example": L.image_example}
 VECTOR = {"model": L.LogSoftmaxNet, "example": L.vector_example}
 
 # (the loop, its twin, the pitfall the twin must fail, the audit's options)
@@ -51,7 +53,7 @@ CASES: list[tuple[Any, Any, str, dict[str, Any]]] = [
         L.manual_fit,
         L.manual_fit_unflushed,
         "short-last-batch",
-        {**VECTOR, "model": L.LitStyleModule, "accumulation_steps": 2, "drop_last": True},
+        {**VECTOR, "model": L.LitStyleModule, "drop_last": True},
     ),
     (L.script, L.script_late_zero, "non-leaf-params", VECTOR),
     (
@@ -61,7 +63,6 @@ CASES: list[tuple[Any, Any, str, dict[str, Any]]] = [
         {
             "model": L.TinyClassifier,
             "example": L.dict_example,
-            "accumulation_steps": 2,
             "drop_last": True,
         },
     ),
@@ -71,7 +72,7 @@ CASES: list[tuple[Any, Any, str, dict[str, Any]]] = [
         "micro-batch-accumulation",
         {"model": L.SmallConvBN, "example": L.image_example},
     ),
-    (L.chunked_train, None, "", {**IMAGE, "accumulation_steps": 3}),
+    (L.chunked_train, None, "", IMAGE),
 ]
 
 
@@ -201,7 +202,7 @@ def test_loops_as_written_left_overs_never_stepped_are_named() -> None:
     report = audit.training_loop(
         L.manual_fit_unflushed,
         max_examples=15,
-        **{**VECTOR, "model": L.LitStyleModule, "accumulation_steps": 2},
+        **{**VECTOR, "model": L.LitStyleModule},
     )
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert "never steps an epoch's left-over micro-batches" in report.failures[0].message
@@ -217,7 +218,7 @@ def test_loops_as_written_a_short_last_batch_in_a_window_is_a_mean_of_means_meas
     report = audit.training_loop(
         L.manual_fit,
         max_examples=30,
-        **{**VECTOR, "model": L.LitStyleModule, "accumulation_steps": 2},
+        **{**VECTOR, "model": L.LitStyleModule},
     )
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
 
@@ -293,7 +294,7 @@ def test_loops_as_written_batch_norm_statistics_stay_as_they_started() -> None:
 
 # --- token-weighted accumulation: dict batches with -100 labels --------------------------------
 
-TOKENS = {"model": L.TinyCausalLM, "example": L.token_example, "accumulation_steps": 2}
+TOKENS = {"model": L.TinyCausalLM, "example": L.token_example}
 
 
 def test_loops_as_written_a_step_that_divides_by_its_count_of_targets_passes() -> None:
