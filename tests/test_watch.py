@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -293,6 +294,51 @@ def test_an_update_made_by_hand_is_one_error_the_code_ended_and_the_params_put_b
     assert not report.failures, str(report)  # one cause, said once
     assert batches == 2  # ended at the backward() after the first update by hand
     assert not w.any() and not b.any()  # as they were at the first backward()
+
+
+COMPILED = """
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x, targets=None):
+        logits = self.head(torch.tanh(self.body(x)))
+        loss = None if targets is None else F.cross_entropy(logits, targets, reduction="REDUCE")
+        return logits, loss
+
+torch.manual_seed(0)
+model = torch.compile(Net())
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+X, y = torch.randn(60, 6), torch.randint(0, 3, (60,))
+for it in range(20):
+    i = (it * 8) % 60
+    _, loss = model(X[i : i + 8], y[i : i + 8])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+"""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, importing dynamo
+@pytest.mark.parametrize("reduction, failures", [("mean", []), ("sum", ["mean-vs-sum"])])
+def test_a_compiled_model_is_watched_eagerly_and_its_setting_put_back(
+    reduction: str, failures: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.delenv("TORCH_COMPILE_DISABLE", raising=False)
+    path = tmp_path / "compiled.py"
+    path.write_text(COMPILED.replace("REDUCE", reduction))
+    report = watch_script(str(path), steps=8)  # 8 rows a batch, then a short one of 4
+    assert [r.pitfall for r in report.failures] == failures, str(report)
+    assert not report.error and any(r.verdict == "pass" for r in report.results), str(report)
+    assert dynamo_config.disable is False
+    assert "TORCH_COMPILE_DISABLE" not in os.environ
 
 
 # --- leaves nothing behind ---------------------------------------------------------------------

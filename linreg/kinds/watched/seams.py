@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -328,6 +330,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         return out
 
     grad_mode = torch.is_grad_enabled()
+    eager = _eager()
     handles = [
         register_optimizer_step_pre_hook(w.before),
         register_optimizer_step_post_hook(w.after),
@@ -358,3 +361,27 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.put_back()
         w.seen.leftover = w.micro
         torch.set_grad_enabled(grad_mode)
+        eager()
+
+
+def _eager() -> Callable[[], None]:
+    """Run torch.compile'd code eagerly while watched (a compiled graph calls no torch loss
+    function the watcher could read; the math is the same), whether torch._dynamo is imported
+    now or by the code; return what puts its setting back."""
+    env = os.environ.get("TORCH_COMPILE_DISABLE")
+    config = sys.modules.get("torch._dynamo.config")
+    was = getattr(config, "disable", None)
+    os.environ["TORCH_COMPILE_DISABLE"] = "1"  # read when the code imports torch._dynamo
+    if config is not None:
+        setattr(config, "disable", True)  # noqa: B010 (a module found at run time)
+
+    def back() -> None:
+        if env is None:
+            os.environ.pop("TORCH_COMPILE_DISABLE", None)
+        else:
+            os.environ["TORCH_COMPILE_DISABLE"] = env
+        now = sys.modules.get("torch._dynamo.config")
+        if now is not None:  # as found; imported while watched: as the environment says
+            setattr(now, "disable", was if was is not None else env == "1")  # noqa: B010
+
+    return back
