@@ -296,6 +296,32 @@ def test_an_update_made_by_hand_is_one_error_the_code_ended_and_the_params_put_b
     assert not w.any() and not b.any()  # as they were at the first backward()
 
 
+def test_a_run_whose_epoch_never_ends_is_ended_at_the_most_updates_and_the_note_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from linreg.kinds.watched import MOST
+
+    path = tmp_path / "budget.py"
+    path.write_text(  # batches drawn at random for a budget of 10^6 updates: no epoch at all
+        "import torch\n"
+        "from torch.nn import functional as F\n"
+        "model = torch.nn.Linear(3, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for it in range(10**6):\n"
+        "    x = torch.randn(4, 3)\n"
+        "    F.mse_loss(model(x), x.sum(1, keepdim=True)).backward()\n"
+        "    opt.step()\n"
+        "    opt.zero_grad()\n"
+    )
+    report = watch_script(str(path))
+    assert report.ok, str(report)
+    assert f"watched {MOST} update(s) (then ended the code)" in (report.note or ""), str(report)
+    assert f"no epoch ended within {MOST} updates" in (report.note or ""), str(report)
+    with pytest.raises(SystemExit):
+        main(["watch", "--help"])
+    assert f"the {MOST}th if none ends" in " ".join(capsys.readouterr().out.split())
+
+
 COMPILED = """
 import torch
 from torch import nn

@@ -346,6 +346,11 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
     note = f"watched {len(seen.updates)} update(s)" + (
         " (then ended the code)" if seen.ended else ""
     )
+    if seen.capped:
+        note += (
+            f"; no epoch ended within {len(seen.updates)} updates, the most watched unless "
+            "--steps asks (an epoch's end shows its last, short update: --steps N watches N)"
+        )
     if v.unread:
         note += (
             f"; {v.unread} update(s) applied what their micro-batches' read losses do not "

@@ -11,10 +11,11 @@ from linreg.kinds.watched.records import (
     Watched,
     close,
 )
-from linreg.kinds.watched.seams import LOSSES, watching
+from linreg.kinds.watched.seams import LOSSES, MOST, watching
 
 __all__ = [
     "LOSSES",
+    "MOST",
     "Enough",
     "LossCall",
     "MicroBatch",

@@ -189,6 +189,7 @@ class Watched:
     lrs: dict[int, list[Any]] = field(default_factory=dict)  # each optimizer's lrs, as set
     moved: bool = False  # params moved, yet no torch optimizer stepped: an update by hand
     crossed: int = 0  # updates whose micro-batches came from both sides of an epoch's end
+    capped: bool = False  # ended at the most updates watched by default, no epoch's end seen
 
 
 def leaves(node: Any) -> list[Tensor]:

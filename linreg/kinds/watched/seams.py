@@ -49,6 +49,9 @@ from linreg.kinds.watched.records import (
 )
 
 # the loss functions read, each with the argument that holds its target
+# with no --steps: the updates watched at most when no epoch ends (get_batch() loops drawing
+# at random, an epoch longer than this): the code is ended there and the note says so
+MOST = 64
 LOSSES = (
     "cross_entropy",
     "nll_loss",
@@ -203,7 +206,11 @@ class _Watcher:
         self.seen.crossed += self.straddles
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         made = len(self.seen.updates)
-        enough = made >= self.steps if self.steps is not None else self.past_an_epoch(made)
+        if self.steps is not None:
+            enough = made >= self.steps
+        else:  # an epoch's end, or a run with none in sight (batches drawn at random, a
+            self.seen.capped = made >= MOST and not self.past_an_epoch(made)  # long epoch)
+            enough = self.seen.capped or self.past_an_epoch(made)
         if enough:
             self.seen.ended = True
             raise Enough
