@@ -322,6 +322,59 @@ def test_a_run_whose_epoch_never_ends_is_ended_at_the_most_updates_and_the_note_
     assert f"the {MOST}th if none ends" in " ".join(capsys.readouterr().out.split())
 
 
+ONE_EPOCH = """
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+loader = DataLoader(TensorDataset(torch.randn(10, 3), torch.randint(0, 2, (10,))), batch_size=2)
+for i, (x, y) in enumerate(loader):  # 5 batches, windows of 2: the last batch never stepped
+    (F.cross_entropy(model(x), y) / 2).backward()
+    if (i + 1) % 2 == 0:
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+
+CLOSURE_LOGGED = """
+import torch
+
+torch.manual_seed(0)
+X = torch.randn(40, 3)
+y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
+model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+criterion = torch.nn.MSELoss()
+optimizer = torch.optim.LBFGS(model.parameters(), lr=0.8)
+
+def closure():
+    optimizer.zero_grad()
+    loss = criterion(model(X), y)
+    loss.backward()
+    return loss
+
+for i in range(4):
+    optimizer.step(closure)
+    print("step", i, closure().item())  # one more backward() after each step, to log
+"""
+
+
+def test_a_window_the_data_ran_out_on_is_named_and_a_backward_to_log_is_not(
+    tmp_path: Path,
+) -> None:
+    left = tmp_path / "left.py"
+    left.write_text(ONE_EPOCH)
+    report = watch_script(str(left))
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "the data ran out" in report.failures[0].message
+    logged = tmp_path / "logged.py"
+    logged.write_text(CLOSURE_LOGGED)
+    report = watch_script(str(logged))
+    assert report.ok and not report.error, str(report)
+    assert "1 backward() call(s) after the last update" in (report.note or ""), str(report)
+
+
 COMPILED = """
 import torch
 from torch import nn

@@ -134,11 +134,12 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
             readings.append(r)
     _weights(readings, len(seen.updates), v)
     v.at = None
-    if seen.leftover and seen.updates and not seen.ended:
+    if seen.leftover and seen.updates and not seen.ended and seen.ran_out:
         v.fail(
             "short-last-batch",
             f"after its last update, {len(seen.leftover)} micro-batch(es) went through "
-            "backward() and no optimizer.step() used them: step when the data ends too",
+            "backward(), the data ran out, and no optimizer.step() used them: step when the "
+            "data ends too",
         )
     return v
 
@@ -375,6 +376,12 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
+    if seen.leftover and seen.updates and not seen.ended and not seen.ran_out:
+        note += (
+            f"; {len(seen.leftover)} backward() call(s) after the last update, no data run out "
+            "after them, were never stepped (a diagnostic backward, a closure called to log "
+            "its loss, or a last window of batches drawn without a DataLoader): not judged"
+        )
     if seen.crossed:
         note += (
             f"; {seen.crossed} update(s) held micro-batches from both sides of an epoch's end "

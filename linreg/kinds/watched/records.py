@@ -190,6 +190,7 @@ class Watched:
     moved: bool = False  # params moved, yet no torch optimizer stepped: an update by hand
     crossed: int = 0  # updates whose micro-batches came from both sides of an epoch's end
     capped: bool = False  # ended at the most updates watched by default, no epoch's end seen
+    ran_out: bool = False  # the data ran out (an epoch's end) with micro-batches left unstepped
 
 
 def leaves(node: Any) -> list[Tensor]:

@@ -366,7 +366,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         LRScheduler.step = scheduler_step  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
         w.put_back()
-        w.seen.leftover = w.micro
+        w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         torch.set_grad_enabled(grad_mode)
         eager()
 
