@@ -375,6 +375,65 @@ def test_a_window_the_data_ran_out_on_is_named_and_a_backward_to_log_is_not(
     assert "1 backward() call(s) after the last update" in (report.note or ""), str(report)
 
 
+GAN = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+netG = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6), nn.Tanh())
+netD = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1), nn.Sigmoid())
+criterion = nn.BCELoss()
+optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+loader = DataLoader(TensorDataset(torch.randn(30, 6)), batch_size=8, shuffle=True)
+for epoch in range(2):
+    for real, in loader:
+        netD.zero_grad()  # D: the real batch's mean loss and the fake one's, each backward()
+        label = torch.full((real.size(0), 1), 1.0)
+        criterion(netD(real), label).backward()
+        fake = netG(torch.randn(real.size(0), 4))
+        criterion(netD(fake.detach()), label.fill_(0.0)).backward()
+        optimizerD.step()
+        netG.zero_grad()
+        criterion(netD(fake), label.fill_(1.0)).backward()
+        optimizerG.step()
+"""
+
+CHUNKED = """
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+model = torch.nn.Linear(5, 3)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+loader = DataLoader(TensorDataset(torch.randn(18, 5), torch.randint(0, 3, (18,))), batch_size=6)
+for epoch in range(2):
+    for x, y in loader:  # each batch in chunks of 4 and 2 rows, their mean losses averaged
+        for xc, yc in zip(x.split(4), y.split(4)):
+            (F.cross_entropy(model(xc), yc) / 2).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+
+
+def test_terms_of_one_objective_are_not_read_as_micro_batches_and_chunks_of_a_batch_are(
+    tmp_path: Path,
+) -> None:
+    gan = tmp_path / "gan.py"
+    gan.write_text(GAN)  # the DCGAN recipe: D's real and fake terms, one DataLoader batch
+    report = watch_script(str(gan))
+    assert report.ok and not report.error, str(report)
+    assert "terms of one objective" in (report.note or ""), str(report)
+    assert {r.verdict for r in report.results if r.pitfall == "mean-vs-sum"} == {"pass"}
+    chunked = tmp_path / "chunked.py"
+    chunked.write_text(CHUNKED)  # chunks are views of the batch: still micro-batches, judged
+    report = watch_script(str(chunked))
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+    assert "terms of one objective" not in (report.note or ""), str(report)
+
+
 COMPILED = """
 import torch
 from torch import nn

@@ -51,6 +51,7 @@ class _Verdicts:
     ratios: dict[int, float | None] = field(default_factory=dict)  # per update: one scale
     at: int | None = None  # the update being judged
     unread: int = 0  # updates whose weights could not be read
+    terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
     constant: float | None = None  # a scale taken as the loss's own
     full: float = 0.0  # a full update's count
     unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
@@ -129,6 +130,9 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
             )
         else:
             v.judged["grad-zeroing"] += 1
+        if u.terms:  # terms of one objective: their weights are the objective's, not judged
+            v.terms += 1
+            continue
         r = read(j, u, summed)
         if r is not None:
             readings.append(r)
@@ -376,6 +380,12 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
+    if v.terms:
+        note += (
+            f"; {v.terms} update(s) held more backward() calls than DataLoader batches, on "
+            "targets no batch held (terms of one objective, as a GAN's real and fake): their "
+            "weights not judged"
+        )
     if seen.leftover and seen.updates and not seen.ended and not seen.ran_out:
         note += (
             f"; {len(seen.leftover)} backward() call(s) after the last update, no data run out "

@@ -31,6 +31,7 @@ class LossCall:
     node: Any  # the loss output's grad_fn: a backward() reaches it or not
     grads: dict[int, Tensor]  # per parameter (id): the gradient of the summed per-element loss
     count: float  # rows, elements or targets (not -100, class-weighted) a mean divides by
+    from_batch: bool = True  # its target is (a view of) a tensor a DataLoader yielded
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Open:
     carried: dict[int, Tensor | None]
     micro: list[MicroBatch]
     blind: int = 0  # backward() calls that reached no loss the watcher read
+    terms: bool = False  # more backward() calls than DataLoader batches, not all on them
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Update:
     right: bool = False  # it applied the mean of its rows, or a clipping of it (then no gram)
     clipped: bool = False
     tol: float = 1e-4  # the relative tolerance of its params' dtype
+    terms: bool = False  # its micro-batches are terms of one objective (a GAN's real and fake)
 
     @property
     def fed(self) -> bool:
@@ -93,7 +96,10 @@ def close(update: Open, tol: float) -> Update:
         right = _right(update, sum(counts), tol)
         if right is not None:
             none = torch.zeros(0, dtype=torch.float64)
-            return Update(counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right, tol)
+            return Update(
+                counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right, tol,
+                update.terms,
+            )  # fmt: skip
     m = len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
     sa, sb = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
@@ -123,7 +129,9 @@ def close(update: Open, tol: float) -> Update:
             sb += s_a if same else s @ b
     counts = [mb.count for mb in update.micro]
     blind = update.blind
-    return Update(counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol)
+    return Update(
+        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol, terms=update.terms
+    )
 
 
 def _right(update: Open, total: float, tol: float) -> bool | None:
@@ -224,6 +232,19 @@ def graph(roots: list[Any]) -> set[int]:
         seen.add(id(n))
         stack += [m for m, _ in n.next_functions]
     return seen
+
+
+def storages(thing: Any, out: set[int]) -> set[int]:
+    """Add the storages of the tensors in a batch (tuples, lists, dicts of them) to out."""
+    if isinstance(thing, Tensor):
+        out.add(thing.untyped_storage().data_ptr())
+    elif isinstance(thing, (list, tuple)):
+        for t in thing:
+            storages(t, out)
+    elif isinstance(thing, dict):
+        for t in thing.values():
+            storages(t, out)
+    return out
 
 
 def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:

@@ -14,6 +14,7 @@ an update applied is read against the micro-batches it consumed (`Update`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -46,6 +47,7 @@ from linreg.kinds.watched.records import (
     graph,
     leaves,
     leaves_of,
+    storages,
 )
 
 # the loss functions read, each with the argument that holds its target
@@ -90,6 +92,8 @@ class _Watcher:
         self.lr_values: dict[int, list[Any]] = {}
         self.first: dict[int, tuple[Tensor, Tensor]] = {}  # the params at the first backward()
         self.straddles = False  # an epoch ended while the open update held micro-batches
+        self.fetched = 0  # DataLoader batches since the last update
+        self.batched: set[int] = set()  # their tensors' storages
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -117,12 +121,22 @@ class _Watcher:
                     out.grad_fn,
                     {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
                     count_of(name, per, given),
+                    self._from_batch(given.get("target")),
                 )
             )
         except Exception:
             return
         finally:
             self.busy = False
+
+    def _from_batch(self, target: Any) -> bool:
+        return isinstance(target, Tensor) and target.untyped_storage().data_ptr() in self.batched
+
+    def fetch(self, batch: Any) -> None:
+        """Count a batch a DataLoader yielded, and keep its tensors' storages."""
+        self.fetched += 1
+        with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
+            storages(batch, self.batched)
 
     # --- backward -------------------------------------------------------------------------
     def backward(self, roots: list[Tensor], run: Callable[[], None]) -> None:
@@ -198,13 +212,14 @@ class _Watcher:
             return
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
-        update = Open([], {}, {}, {}, self.micro, self.blind)
+        update = Open([], {}, {}, {}, self.micro, self.blind, self.terms())
         update.params = params
         self._read(update, params)
         self.open = update
         self.seen.updates.append(close(update, tolerance_of(params)))
         self.seen.crossed += self.straddles
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
+        self.fetched, self.batched = 0, set()
         made = len(self.seen.updates)
         if self.steps is not None:
             enough = made >= self.steps
@@ -224,6 +239,14 @@ class _Watcher:
             update.before[key] = self.unscaled.get(key, raw)
             update.carried[key] = carried.get(key)
 
+    def terms(self) -> bool:
+        """Return whether the update's micro-batches are terms of one objective rather than
+        batches of data: more backward() calls than the DataLoader batches fetched for it
+        (at least one), some on targets no batch held (a GAN's real and fake labels; chunks
+        of a fetched batch are views of it, and stay micro-batches)."""
+        calls = [c for mb in self.micro for c in mb.losses]
+        return 0 < self.fetched < len(self.micro) and not all(c.from_batch for c in calls)
+
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
         lists its loader before training runs it out first: its next end counts)."""
@@ -232,6 +255,7 @@ class _Watcher:
     def dropped(self) -> None:
         """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
+        self.fetched, self.batched = 0, set()
         self.seen.skipped += 1
 
     def put_back(self) -> None:
@@ -289,7 +313,9 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         try:
-            return loader_next(self)
+            batch = loader_next(self)
+            w.fetch(batch)
+            return batch
         except StopIteration:
             w.ends.append(len(w.seen.updates))
             w.straddles = w.straddles or bool(w.micro)  # the open window runs into the next
