@@ -282,9 +282,11 @@ def test_an_update_made_by_hand_is_one_error_the_code_ended_and_the_params_put_b
     torch.manual_seed(0)
     X, y = torch.randn(40, 2), torch.randn(40, 1)
     w, b = torch.zeros(2, 1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    from linreg.kinds.watched import MOST
+
     batches = 0
     with watch() as reports:
-        for _ in range(3):
+        for _ in range(100):
             for i in range(0, 40, 10):
                 batches += 1
                 F.mse_loss(X[i : i + 10] @ w + b, y[i : i + 10], reduction="sum").backward()
@@ -292,11 +294,14 @@ def test_an_update_made_by_hand_is_one_error_the_code_ended_and_the_params_put_b
     report = reports[0]
     assert report.error.startswith("the params moved, yet no torch optimizer stepped"), str(report)
     assert not report.failures, str(report)  # one cause, said once
-    assert batches == 2  # ended at the backward() after the first update by hand
+    # a move alone is not an update by hand (SAM, an attack, pruning move params before a torch
+    # optimizer steps): the run is ended once MOST backward() calls followed the first with
+    # the params moved and no optimizer stepped, at the next one's start
+    assert batches == MOST + 2
     assert not w.any() and not b.any()  # as they were at the first backward()
 
 
-def test_a_run_whose_epoch_never_ends_is_ended_at_the_most_updates_and_the_note_says_so(
+def test_a_run_whose_epoch_never_ends_is_ended_at_the_most_updates_and_a_long_one_is_not(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from linreg.kinds.watched import MOST
@@ -316,6 +321,23 @@ def test_a_run_whose_epoch_never_ends_is_ended_at_the_most_updates_and_the_note_
     report = watch_script(str(path))
     assert report.ok, str(report)
     assert f"watched {MOST} update(s) (then ended the code)" in (report.note or ""), str(report)
+    long_epoch = tmp_path / "long_epoch.py"
+    long_epoch.write_text(  # an epoch of 101 batches, of a known length: watched to its end
+        "import torch\n"
+        "from torch.nn import functional as F\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "data = TensorDataset(torch.randn(803, 3), torch.randn(803, 1))\n"
+        "model = torch.nn.Linear(3, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for epoch in range(2):\n"
+        "    for x, y in DataLoader(data, batch_size=8):\n"
+        "        (F.mse_loss(model(x), y, reduction='sum') / 8).backward()\n"
+        "        opt.step()\n"
+        "        opt.zero_grad()\n"
+    )
+    whole = watch_script(str(long_epoch))
+    assert [r.pitfall for r in whole.failures] == ["short-last-batch"], str(whole)
+    assert "update 101 of 102" in whole.failures[0].message, str(whole)
     assert f"no epoch ended within {MOST} updates" in (report.note or ""), str(report)
     with pytest.raises(SystemExit):
         main(["watch", "--help"])
@@ -479,6 +501,25 @@ def test_a_compiled_model_is_watched_eagerly_and_its_setting_put_back(
     assert "TORCH_COMPILE_DISABLE" not in os.environ
 
 
+@pytest.mark.heavy
+def test_dynamo_imported_by_the_watched_code_is_left_enabled_after(tmp_path: Path) -> None:
+    path = tmp_path / "compiled.py"
+    path.write_text(COMPILED.replace("REDUCE", "mean"))
+    after = (  # a fresh interpreter: torch._dynamo is first imported by the watched script
+        "import os, sys\n"
+        "from linreg.audit import watch_script\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        f"report = watch_script({str(path)!r}, steps=4)\n"
+        "print(report.ok, sys.modules['torch._dynamo.config'].disable,"
+        " os.environ.get('TORCH_COMPILE_DISABLE'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_COMPILE_DISABLE"}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", after], capture_output=True, text=True, env=env
+    )
+    assert out.stdout.split() == ["True", "False", "None"], out.stdout + out.stderr
+
+
 # --- leaves nothing behind ---------------------------------------------------------------------
 
 
@@ -494,6 +535,10 @@ def _state() -> dict[str, Any]:
         "grad": torch.is_grad_enabled(),
         "argv": sys.argv[:],
         "path": sys.path[:],
+        "compile": (
+            os.environ.get("TORCH_COMPILE_DISABLE"),
+            getattr(sys.modules.get("torch._dynamo.config"), "disable", None),
+        ),
     }
 
 

@@ -41,6 +41,7 @@ class _Reading:
     relative: list[float] | None  # None: not a combination of its micro-batches' gradients
     clipped: bool
     unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
+    tol: float = 1e-4  # the relative tolerance of its params' dtype
 
 
 @dataclass
@@ -52,6 +53,7 @@ class _Verdicts:
     at: int | None = None  # the update being judged
     unread: int = 0  # updates whose weights could not be read
     terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
+    let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
     constant: float | None = None  # a scale taken as the loss's own
     full: float = 0.0  # a full update's count
     unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
@@ -116,6 +118,23 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
                     "optimizer.step() after scaler.step(optimizer)?)",
                 )
             continue
+        if u.dropped:  # the code zeroed .grad between the update's backward() calls
+            if j == 0 or u.redone:  # a pass before training, or the same targets again: the
+                v.let_go += u.dropped  # code's own (SAM's two passes, an attack, a closure)
+            elif u.crossed:
+                v.fail(
+                    "short-last-batch",
+                    f"{at}: {u.dropped} micro-batch(es) went through backward() before an "
+                    "epoch's end and were zeroed before any step (an epoch's left-over window "
+                    "dropped): step when the data ends too",
+                )
+            else:
+                v.fail(
+                    "grad-zeroing",
+                    f"{at}: .grad was zeroed between its micro-batches, so {u.dropped} of them, "
+                    "on other data, went through backward() and were never applied (zero_grad "
+                    "inside the accumulation loop: zero once a window, after the step)",
+                )
         if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
             continue
         if not u.applied_any:
@@ -135,6 +154,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
             continue
         r = read(j, u, summed)
         if r is not None:
+            r.tol = u.tol
             readings.append(r)
     _weights(readings, len(seen.updates), v)
     v.at = None
@@ -160,10 +180,10 @@ def _weights(readings: list[_Reading], updates: int, v: _Verdicts) -> None:
                 "mean-vs-sum",
                 f"update {r.j + 1} of {updates} applied {s:.4g} times the mean of its "
                 f"{r.count:g} counted: it divides by {r.count + extra:g}, {extra} more than its "
-                "loss counts, and every update is over-counted by a whole number: its "
-                "sequences' first labels, counted before the causal shift that drops them (as "
-                "transformers' Trainer counts them for a model whose loss_type is None: "
-                "GPT2LMHeadModel)",
+                "loss counts, and every update is over-counted by a whole number: targets "
+                "its loss never counts were counted (each sequence's first label, before the "
+                "causal shift drops it, as transformers' Trainer counts them for a model whose "
+                "loss_type is None, GPT2LMHeadModel; or padding)",
             )
         r.relative = [x / s for x in r.relative]
     counts = Counter(r.count for r in readings if r.relative is not None)
@@ -270,6 +290,8 @@ def _over_counted(readings: list[_Reading]) -> list[tuple[_Reading, int]]:
         s = r.relative[0]
         extra = r.count * (1 / s - 1) if 0 < s < 1 else 0.0
         if not (1 - 0.02 <= extra < r.count) or abs(extra - round(extra)) > 0.02:
+            return []
+        if r.count * r.tol > 0.02:  # the dtype cannot tell a whole number from another
             return []
         out.append((r, round(extra)))
     scales = [r.relative[0] for r, _ in out if r.relative]
@@ -380,6 +402,12 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
+    if v.let_go:
+        note += (
+            f"; {v.let_go} backward() call(s) had their gradients zeroed by the code before a "
+            "step, before training began or on the same targets again (a scoring pass, SAM's "
+            "first pass, an attack, a closure): not part of an update"
+        )
     if v.terms:
         note += (
             f"; {v.terms} update(s) held more backward() calls than DataLoader batches, on "
@@ -392,6 +420,8 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
             "after them, were never stepped (a diagnostic backward, a closure called to log "
             "its loss, or a last window of batches drawn without a DataLoader): not judged"
         )
+    if seen.unrestored:
+        note += "; could not put back, as the code left them: " + "; ".join(seen.unrestored)
     if seen.crossed:
         note += (
             f"; {seen.crossed} update(s) held micro-batches from both sides of an epoch's end "

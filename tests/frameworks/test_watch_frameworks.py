@@ -74,4 +74,4 @@ def test_watching_a_trainer_script_passes_and_names_a_mean_of_means_and_an_over_
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
     report = watch_script(str(script), [*out, "--model", "gpt2"])
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
-    assert "counted before the causal shift" in report.failures[0].message, str(report)
+    assert "before the causal shift drops it" in report.failures[0].message, str(report)

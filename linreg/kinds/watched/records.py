@@ -19,8 +19,8 @@ class Enough(BaseException):
     """Raised from the step hook once the updates asked for were seen: ends the code cleanly.
     A framework that logs what ended its run (Ignite's engine) prints this message."""
 
-    def __init__(self) -> None:
-        super().__init__("linreg watch has seen what it needs and ends the run here")
+    def __init__(self, *args: object) -> None:  # copied and pickled with its message
+        super().__init__(*(args or ("linreg watch has seen what it needs and ends the run here",)))
 
 
 @dataclass
@@ -28,10 +28,13 @@ class LossCall:
     """One loss the code computed with grad on: its output, its per-element gradients, and the
     count its mean divides by."""
 
-    node: Any  # the loss output's grad_fn: a backward() reaches it or not
+    node: Any  # the loss output's grad_fn: a backward() reaches it or not (then let go: a
+    # graph held past its backward() would keep autograd's accumulators, and their shapes)
     grads: dict[int, Tensor]  # per parameter (id): the gradient of the summed per-element loss
     count: float  # rows, elements or targets (not -100, class-weighted) a mean divides by
     from_batch: bool = True  # its target is (a view of) a tensor a DataLoader yielded
+    target: int | None = None  # its target's storage: the same batch's targets share it
+    under: list[Tensor] = field(default_factory=list)  # the leaves that require grad under it
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Open:
     micro: list[MicroBatch]
     blind: int = 0  # backward() calls that reached no loss the watcher read
     terms: bool = False  # more backward() calls than DataLoader batches, not all on them
+    dropped: int = 0  # micro-batches before the code zeroed .grad: let go, not stepped
+    redone: bool = True  # those were on the targets of the ones kept (SAM, an attack, a closure)
+    crossed: bool = False  # an epoch ended while it was open
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,9 @@ class Update:
     clipped: bool = False
     tol: float = 1e-4  # the relative tolerance of its params' dtype
     terms: bool = False  # its micro-batches are terms of one objective (a GAN's real and fake)
+    dropped: int = 0  # micro-batches the code zeroed before the step (not among counts)
+    redone: bool = True  # those were on the targets of the ones kept
+    crossed: bool = False  # an epoch ended while it was open
 
     @property
     def fed(self) -> bool:
@@ -98,7 +107,7 @@ def close(update: Open, tol: float) -> Update:
             none = torch.zeros(0, dtype=torch.float64)
             return Update(
                 counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right, tol,
-                update.terms,
+                update.terms, update.dropped, update.redone, update.crossed,
             )  # fmt: skip
     m = len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
@@ -130,8 +139,9 @@ def close(update: Open, tol: float) -> Update:
     counts = [mb.count for mb in update.micro]
     blind = update.blind
     return Update(
-        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol, terms=update.terms
-    )
+        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol,
+        terms=update.terms, dropped=update.dropped, redone=update.redone, crossed=update.crossed,
+    )  # fmt: skip
 
 
 def _right(update: Open, total: float, tol: float) -> bool | None:
@@ -199,6 +209,7 @@ class Watched:
     crossed: int = 0  # updates whose micro-batches came from both sides of an epoch's end
     capped: bool = False  # ended at the most updates watched by default, no epoch's end seen
     ran_out: bool = False  # the data ran out (an epoch's end) with micro-batches left unstepped
+    unrestored: list[str] = field(default_factory=list)  # what could not be put back, and why
 
 
 def leaves(node: Any) -> list[Tensor]:
@@ -218,7 +229,7 @@ def leaves(node: Any) -> list[Tensor]:
 
 
 def leaves_of(call: LossCall) -> list[Tensor]:
-    return leaves(call.node)
+    return call.under
 
 
 def graph(roots: list[Any]) -> set[int]:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import (
@@ -54,6 +54,12 @@ from linreg.kinds.watched.records import (
 # with no --steps: the updates watched at most when no epoch ends (get_batch() loops drawing
 # at random, an epoch longer than this): the code is ended there and the note says so
 MOST = 64
+# losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
+# with grad on computes many: each holds its graph)
+PENDING = 64
+# an epoch of known length up to this many batches is watched to its end (its last, short
+# update is what short-last-batch reads)
+LONGEST = 2048
 LOSSES = (
     "cross_entropy",
     "nll_loss",
@@ -91,7 +97,10 @@ class _Watcher:
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
         self.lr_values: dict[int, list[Any]] = {}
         self.first: dict[int, tuple[Tensor, Tensor]] = {}  # the params at the first backward()
+        self.before_any = 0  # backward() calls before any optimizer stepped
+        self.longest = MOST  # the updates watched at most with no --steps (an epoch's, if known)
         self.straddles = False  # an epoch ended while the open update held micro-batches
+        self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
         self.fetched = 0  # DataLoader batches since the last update
         self.batched: set[int] = set()  # their tensors' storages
 
@@ -116,12 +125,15 @@ class _Watcher:
             for p in under:  # its .grad as the watch found it, put back after
                 if id(p) not in self.found:
                     self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+            del self.pending[:-PENDING]  # losses no backward() reached: the latest
             self.pending.append(
                 LossCall(
                     out.grad_fn,
                     {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
                     count_of(name, per, given),
                     self._from_batch(given.get("target")),
+                    _storage(given.get("target")),
+                    under,
                 )
             )
         except Exception:
@@ -130,10 +142,13 @@ class _Watcher:
             self.busy = False
 
     def _from_batch(self, target: Any) -> bool:
-        return isinstance(target, Tensor) and target.untyped_storage().data_ptr() in self.batched
+        return _storage(target) in self.batched
 
-    def fetch(self, batch: Any) -> None:
-        """Count a batch a DataLoader yielded, and keep its tensors' storages."""
+    def fetch(self, batch: Any, epoch: int | None) -> None:
+        """Count a batch a DataLoader yielded, and keep its tensors' storages; an epoch of a
+        known length up to LONGEST batches is watched to its end (updates <= batches)."""
+        if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
+            self.longest = epoch + 1
         self.fetched += 1
         with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
             storages(batch, self.batched)
@@ -143,8 +158,10 @@ class _Watcher:
         if self.busy:
             run()
             return
-        if self.first and not self.seen.updates and self.moved():
-            raise Enough  # an update made by hand: nothing the watch can read, ended here
+        if self.first and not self.seen.updates:  # no torch optimizer has stepped yet
+            self.before_any += 1
+            if self.before_any > MOST and self.moved():
+                raise Enough  # updates made by hand: nothing the watch can read, ended here
         under = graph([t.grad_fn for t in roots if t.grad_fn is not None])
         if not self.first and not self.seen.updates:  # to see an update made by hand
             self.first = {
@@ -155,6 +172,8 @@ class _Watcher:
             }
         reached = [c for c in self.pending if id(c.node) in under]
         self.open = None  # the update before is closed: its gradients are let go
+        if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
+            self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
         if self.carried is None:  # the update's first backward(): what .grad holds now
             self.fresh, self.unscaled = set(), {}
             self.carried = {
@@ -167,7 +186,8 @@ class _Watcher:
             run()
         finally:
             self.busy = False
-        self.pending = [c for c in self.pending if c not in reached]
+        gone = {id(c) for c in reached}
+        self.pending = [c for c in self.pending if id(c) not in gone]
         for c in reached:  # the gradients as this backward() left them, into kept buffers
             for p in leaves_of(c):
                 if p.grad is not None:
@@ -177,6 +197,8 @@ class _Watcher:
                         kept.copy_(p.grad)
                     else:
                         self.raw[id(p)] = p.grad.detach().clone()
+        for c in reached:  # reached: its graph is let go
+            c.node = None
         if reached:
             self.micro.append(MicroBatch(reached))
         else:
@@ -212,19 +234,23 @@ class _Watcher:
             return
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
-        update = Open([], {}, {}, {}, self.micro, self.blind, self.terms())
+        kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
+        update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
+        update.dropped, update.crossed = len(let_go), self.straddles
+        update.redone = _targets(let_go) <= _targets(kept)
         update.params = params
         self._read(update, params)
         self.open = update
         self.seen.updates.append(close(update, tolerance_of(params)))
+        self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
         self.seen.crossed += self.straddles
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
-        self.fetched, self.batched = 0, set()
+        self.fetched, self.batched, self.cut = 0, set(), 0
         made = len(self.seen.updates)
         if self.steps is not None:
             enough = made >= self.steps
         else:  # an epoch's end, or a run with none in sight (batches drawn at random, a
-            self.seen.capped = made >= MOST and not self.past_an_epoch(made)  # long epoch)
+            self.seen.capped = made >= self.longest and not self.past_an_epoch(made)  # long one)
             enough = self.seen.capped or self.past_an_epoch(made)
         if enough:
             self.seen.ended = True
@@ -239,13 +265,23 @@ class _Watcher:
             update.before[key] = self.unscaled.get(key, raw)
             update.carried[key] = carried.get(key)
 
-    def terms(self) -> bool:
+    def _reset(self) -> bool:
+        """Return whether the code zeroed the gradients since the last backward() (zero_grad,
+        set to None or filled with 0): every nn.Parameter that backward() gave one holds none."""
+        params = [
+            p
+            for key in self.fresh
+            if key in self.found and isinstance(p := self.found[key][0], nn.Parameter)
+        ]
+        return bool(params) and all(p.grad is None or not bool(p.grad.any()) for p in params)
+
+    def terms(self, micro: list[MicroBatch]) -> bool:
         """Return whether the update's micro-batches are terms of one objective rather than
         batches of data: more backward() calls than the DataLoader batches fetched for it
         (at least one), some on targets no batch held (a GAN's real and fake labels; chunks
         of a fetched batch are views of it, and stay micro-batches)."""
-        calls = [c for mb in self.micro for c in mb.losses]
-        return 0 < self.fetched < len(self.micro) and not all(c.from_batch for c in calls)
+        calls = [c for mb in micro for c in mb.losses]
+        return 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
 
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
@@ -255,7 +291,7 @@ class _Watcher:
     def dropped(self) -> None:
         """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
-        self.fetched, self.batched = 0, set()
+        self.fetched, self.batched, self.cut = 0, set(), 0
         self.seen.skipped += 1
 
     def put_back(self) -> None:
@@ -265,29 +301,45 @@ class _Watcher:
         param's .grad as it was found; params an update made by hand moved (no optimizer
         stepped), as they were at the first backward()."""
         for opt, state in self.states:
-            opt.load_state_dict(state)
-            for group, lr, value in zip(
-                opt.param_groups, self.seen.lrs[id(opt)], self.lr_values[id(opt)], strict=False
-            ):
-                if isinstance(lr, Tensor) and isinstance(value, Tensor):
-                    lr.copy_(value)
-                group["lr"] = lr
+            with self.attempt(f"{type(opt).__name__}'s state and lrs"):
+                opt.load_state_dict(state)
+                for group, lr, value in zip(
+                    opt.param_groups, self.seen.lrs[id(opt)], self.lr_values[id(opt)], strict=False
+                ):
+                    if isinstance(lr, Tensor) and isinstance(value, Tensor):
+                        lr.copy_(value)
+                    group["lr"] = lr
         for thing, state in self.kept.values():
-            thing.load_state_dict(state)
+            with self.attempt(f"{type(thing).__name__}'s state"):
+                thing.load_state_dict(state)
         for scaler in self.scalers.values():  # no unscale_ left pending
             scaler._per_optimizer_states.clear()
         for p, grad in self.found.values():
-            p.grad = grad
+            with self.attempt("a param's .grad"):
+                p.grad = grad
         if not self.seen.updates and self.moved():  # by hand: put back as first seen
             for p, value in self.first.values():
-                p.detach().copy_(value)
+                if _same_kind(p, value):  # a param the code reshaped is left as it is
+                    p.detach().copy_(value)
+
+    @contextmanager
+    def attempt(self, what: str) -> Iterator[None]:
+        """Put one thing back; if it cannot be (the code changed it past restoring), say so
+        in the report and go on to the next."""
+        try:
+            yield
+        except Exception as e:
+            self.seen.unrestored.append(f"{what} ({type(e).__name__}: {e})")
 
     def moved(self) -> bool:
         """Return whether a param moved since the first backward() (read while no optimizer
         has stepped: after one, the lrs are held at 0)."""
-        self.seen.moved = self.seen.moved or any(
-            not torch.equal(p.detach(), value) for p, value in self.first.values()
-        )
+        try:
+            self.seen.moved = self.seen.moved or any(
+                not _same(p.detach(), value) for p, value in self.first.values()
+            )
+        except Exception:  # a param that cannot be compared (meta, offloaded): not read
+            return False
         return self.seen.moved
 
     def keep(self, thing: Any) -> None:
@@ -314,7 +366,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         try:
             batch = loader_next(self)
-            w.fetch(batch)
+            w.fetch(batch, _length(self))
             return batch
         except StopIteration:
             w.ends.append(len(w.seen.updates))
@@ -391,10 +443,10 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         torch.amp.GradScaler.step = scaler_step  # type: ignore[method-assign]
         LRScheduler.step = scheduler_step  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
-        w.put_back()
-        w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         torch.set_grad_enabled(grad_mode)
         eager()
+        w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
+        w.put_back()
 
 
 def _eager() -> Callable[[], None]:
@@ -416,5 +468,35 @@ def _eager() -> Callable[[], None]:
         now = sys.modules.get("torch._dynamo.config")
         if now is not None:  # as found; imported while watched: as the environment says
             setattr(now, "disable", was if was is not None else env == "1")  # noqa: B010
+        dynamo = sys.modules.get("torch._dynamo")
+        if config is None and dynamo is not None:  # imported while watched: the frames it
+            with contextlib.suppress(Exception):  # skipped then are compiled when next run
+                dynamo.reset()
 
     return back
+
+
+def _same_kind(t: Tensor, u: Tensor) -> bool:
+    return t.shape == u.shape and t.dtype == u.dtype and t.device == u.device
+
+
+def _same(t: Tensor, u: Tensor) -> bool:
+    return _same_kind(t, u) and torch.equal(t, u)
+
+
+def _length(it: _BaseDataLoaderIter) -> int | None:
+    """Return the batches of the epoch a DataLoader's iterator runs, None where not known."""
+    try:
+        return len(it)
+    except Exception:  # an IterableDataset without a length
+        return None
+
+
+def _targets(micro: list[MicroBatch]) -> set[int]:
+    """Return the storages of the targets the micro-batches' losses were called on."""
+    return {c.target for mb in micro for c in mb.losses if c.target is not None}
+
+
+def _storage(t: Any) -> int | None:
+    """Return the address of a tensor's storage (its views share it), None if not a tensor."""
+    return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None

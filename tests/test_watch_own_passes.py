@@ -1,0 +1,165 @@
+"""The watch on correct code that moves its params or zeroes its own gradients before a torch
+optimizer steps: none of it is an update by hand or a dropped window. SAM's first pass, an
+adversarial attack's passes, a pruning pass that reshapes the params, rows renormalised by
+an embedding's max_norm. And the mistakes that look alike still fail: zero_grad inside the
+accumulation loop, an epoch's left-over window zeroed at the next epoch's first step."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from linreg.audit.watcher import watch, watch_script
+from linreg.kinds.watched import Enough
+
+HEAD = """
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+data = TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,)))
+loader = DataLoader(data, batch_size=8, shuffle=True)
+model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+"""
+
+SHARPNESS_AWARE = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+for epoch in range(2):
+    for x, y in loader:
+        F.cross_entropy(model(x), y).backward()  # the first pass: climb to w + e(w)
+        with torch.no_grad():
+            norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+            climbs = [0.05 * p.grad / norm for p in model.parameters()]
+            for p, e in zip(model.parameters(), climbs):
+                p.add_(e)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()  # the second pass, at w + e(w)
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), climbs):
+                p.sub_(e)
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+
+ATTACKED = """
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+for epoch in range(2):
+    for x, y in loader:
+        delta = torch.zeros_like(x, requires_grad=True)
+        for _ in range(3):  # projected gradient ascent on the input
+            F.cross_entropy(model(x + delta), y).backward()
+            delta.data = (delta + 0.01 * delta.grad.sign()).clamp(-0.05, 0.05)
+            delta.grad.zero_()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x + delta.detach()), y).backward()
+        optimizer.step()
+"""
+
+PRUNED = """
+first, last = model[0], model[2]
+for x, y in loader:  # score the hidden units by |w * grad|, over one epoch
+    F.cross_entropy(model(x), y).backward()
+with torch.no_grad():
+    keep = (first.weight * first.weight.grad).abs().sum(1).argsort(descending=True)[:8]
+    first.weight.data, first.bias.data = first.weight.data[keep], first.bias.data[keep]
+    last.weight.data = last.weight.data[:, keep]
+model.zero_grad(set_to_none=True)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+"""
+
+MAX_NORM = """
+emb = nn.Embedding(20, 6, max_norm=1.0)  # rows looked up are renormalised in place
+tokens = torch.randint(0, 20, (48,))
+optimizer = torch.optim.SGD(list(model.parameters()) + list(emb.parameters()), lr=0.1)
+for epoch in range(2):
+    for i, (x, y) in enumerate(loader):
+        idx = tokens[i * 8 : i * 8 + 8]
+        (F.cross_entropy(model(emb(idx) + x), y) / 2).backward()
+        if i % 2 == 1:
+            optimizer.step()
+            optimizer.zero_grad()
+"""
+
+ZEROED_EACH = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for i, (x, y) in enumerate(loader):
+        optimizer.zero_grad()  # inside the window: only its last batch is ever applied
+        (F.cross_entropy(model(x), y) / 2).backward()
+        if i % 2 == 1:
+            optimizer.step()
+"""
+
+LEFT_OVER_ZEROED = """
+loader = DataLoader(data, batch_size=16)  # 3 batches an epoch, windows of 2
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(3):
+    for i, (x, y) in enumerate(loader):
+        if i % 2 == 0:
+            optimizer.zero_grad()  # at the next epoch's start: the left-over batch is lost
+        (F.cross_entropy(model(x), y) / 2).backward()
+        if i % 2 == 1:
+            optimizer.step()
+"""
+
+
+def _watched(tmp: Path, body: str) -> str:
+    path = tmp / "train.py"
+    path.write_text(HEAD + body)
+    return str(path)
+
+
+def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_overs(
+    tmp_path: Path,
+) -> None:
+    for body in (SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM):
+        report = watch_script(_watched(tmp_path, body))
+        assert report.ok and not report.error, str(report)
+        assert any(r.verdict == "pass" for r in report.results), str(report)
+
+
+def test_passes_zeroed_before_training_or_on_the_same_rows_again_are_said_in_the_note(
+    tmp_path: Path,
+) -> None:
+    # 6 batches an epoch, watched to the first update of the next: 7 updates
+    for body, passes in ((SHARPNESS_AWARE, 7), (ATTACKED, 7 * 3), (PRUNED, 6)):
+        report = watch_script(_watched(tmp_path, body))
+        note = report.note or ""
+        assert f"{passes} backward() call(s) had their gradients zeroed by the code" in note, note
+
+
+def test_a_window_zeroed_inside_or_lost_at_an_epochs_start_still_fails(tmp_path: Path) -> None:
+    report = watch_script(_watched(tmp_path, ZEROED_EACH))
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    assert "zero_grad inside the accumulation loop" in report.failures[0].message
+    report = watch_script(_watched(tmp_path, LEFT_OVER_ZEROED))
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "an epoch's left-over window dropped" in report.failures[0].message
+
+
+def test_a_watched_block_that_reshapes_its_params_ends_without_raising_into_the_code() -> None:
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    with watch() as reports:
+        F.mse_loss(torch.randn(5, 3) @ w.T, torch.randn(5, 4)).backward()
+        w.data = w.data[:2]  # cut by hand; no optimizer ever steps
+        w.grad = None
+        F.mse_loss(torch.randn(5, 3) @ w.T, torch.randn(5, 2)).backward()
+    assert w.shape == (2, 3)  # left as the code made it: a snapshot of another shape is not put
+    assert reports[0].error, str(reports[0])
+
+
+def test_the_watchs_end_of_run_signal_copies_and_pickles_with_its_message() -> None:
+    for again in (copy.copy(Enough()), pickle.loads(pickle.dumps(Enough()))):
+        assert isinstance(again, Enough) and "linreg watch" in str(again)
