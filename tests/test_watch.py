@@ -304,7 +304,7 @@ def test_an_update_made_by_hand_is_one_error_the_code_ended_and_the_params_put_b
 def test_a_run_whose_epoch_never_ends_is_ended_at_the_most_updates_and_a_long_one_is_not(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from linreg.kinds.watched import MOST
+    from linreg.kinds.watched import LONGEST, MOST
 
     path = tmp_path / "budget.py"
     path.write_text(  # batches drawn at random for a budget of 10^6 updates: no epoch at all
@@ -341,7 +341,8 @@ def test_a_run_whose_epoch_never_ends_is_ended_at_the_most_updates_and_a_long_on
     assert f"no epoch ended within {MOST} updates" in (report.note or ""), str(report)
     with pytest.raises(SystemExit):
         main(["watch", "--help"])
-    assert f"the {MOST}th if none ends" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"the {MOST}th if no epoch of a known length up to {LONGEST} batches" in shown
 
 
 ONE_EPOCH = """

@@ -26,8 +26,9 @@ def add_parser(sub: Any) -> None:
             "function, every backward() and every optimizer update is watched, with every lr "
             "held at 0 (the params do not move); each update is judged against the mean of the "
             "rows it consumed. The script is ended after the first update that follows an "
-            "epoch's end (a DataLoader running out), or after 64 updates if no epoch ends "
-            "first, or after --steps updates. What the script "
+            "epoch's end (a DataLoader running out), or after 64 updates if no epoch of a "
+            "known length up to 2048 batches is under way, or after --steps updates. What the "
+            "script "
             "prints goes to stderr, the report to stdout. Exit 0 when no pitfall is found, 1 "
             "when one is or the script failed, 2 for a usage error."
         ),
@@ -37,7 +38,7 @@ def add_parser(sub: Any) -> None:
         type=arguments.positive_int,
         default=None,
         help="end the script after this many updates (default: the first after an epoch's "
-        "end, or the 64th if none ends before)",
+        "end; the 64th if no epoch of a known length up to 2048 batches is under way)",
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.add_argument(

@@ -11,9 +11,10 @@ from linreg.kinds.watched.records import (
     Watched,
     close,
 )
-from linreg.kinds.watched.seams import LOSSES, MOST, watching
+from linreg.kinds.watched.seams import LONGEST, LOSSES, MOST, watching
 
 __all__ = [
+    "LONGEST",
     "LOSSES",
     "MOST",
     "Enough",
