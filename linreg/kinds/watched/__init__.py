@@ -1,7 +1,9 @@
 """Real training code watched as it runs (`python -m linreg watch`): records.py (what it did:
-its losses, micro-batches and updates), seams.py (torch's seams the watcher goes through, and
-`watching()`, which puts each back)."""
+its losses, micro-batches and updates), observer.py (what the watcher does at each seam, and
+what it puts back), seams.py (torch's seams the watcher goes through, and `watching()`, which
+puts each back)."""
 
+from linreg.kinds.watched.observer import LONGEST, MOST
 from linreg.kinds.watched.records import (
     Enough,
     LossCall,
@@ -11,7 +13,7 @@ from linreg.kinds.watched.records import (
     Watched,
     close,
 )
-from linreg.kinds.watched.seams import LONGEST, LOSSES, MOST, watching
+from linreg.kinds.watched.seams import LOSSES, watching
 
 __all__ = [
     "LONGEST",

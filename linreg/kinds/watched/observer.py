@@ -1,0 +1,351 @@
+"""What the watcher does at each of torch's seams (seams.py): reads a loss the code computed,
+notes which losses each backward() reached and what .grad held, closes an update when the
+optimizers step (or ends the code), and puts back what the watched steps changed."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from linreg import checks
+from linreg.kinds.training_loop.hooks import zero_lr
+from linreg.kinds.watched.records import (
+    Enough,
+    LossCall,
+    MicroBatch,
+    Open,
+    Watched,
+    close,
+    count_of,
+    graph,
+    leaves,
+    leaves_of,
+    storages,
+)
+
+# with no --steps: the updates watched at most when no epoch ends (get_batch() loops drawing
+# at random, an epoch longer than this): the code is ended there and the note says so
+MOST = 64
+# losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
+# with grad on computes many: each holds its graph)
+PENDING = 64
+# an epoch of known length up to this many batches is watched to its end (its last, short
+# update is what short-last-batch reads)
+LONGEST = 2048
+
+
+def tolerance_of(params: list[Tensor]) -> float:
+    """Return an update's relative tolerance: the audit's, for its least precise param."""
+    return max((checks.tolerance(p.dtype, steps=True) for p in params), default=1e-4)
+
+
+class Observer:
+    """What the watched code did so far, and what to put back after."""
+
+    def __init__(self, steps: int | None) -> None:
+        self.steps, self.seen = steps, Watched()
+        self.ends: list[int] = []  # the updates made when a DataLoader ran out (an epoch ended)
+        self.pending: list[LossCall] = []  # losses computed, no backward() has reached yet
+        self.micro: list[MicroBatch] = []
+        self.blind = 0
+        self.carried: dict[int, Tensor | None] | None = None
+        self.raw: dict[int, Tensor] = {}  # buffers: each param's .grad after a backward()
+        self.fresh: set[int] = set()  # the params whose raw buffer this update's backward() set
+        self.unscaled: dict[int, Tensor] = {}
+        self.busy = False  # inside the watcher's own autograd calls, or a backward() already
+        self.found: dict[int, tuple[Tensor, Tensor | None]] = {}  # each param's .grad at first
+        self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
+        self.depth = 0  # optimizer steps under way: a wrapper's (accelerate's) holds its inner one
+        self.open: Open | None = None  # the last update, read again if another optimizer steps
+        self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
+        self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
+        self.lr_values: dict[int, list[Any]] = {}
+        self.first: dict[int, tuple[Tensor, Tensor]] = {}  # the params at the first backward()
+        self.before_any = 0  # backward() calls before any optimizer stepped
+        self.longest = MOST  # the updates watched at most with no --steps (an epoch's, if known)
+        self.straddles = False  # an epoch ended while the open update held micro-batches
+        self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
+        self.fetched = 0  # DataLoader batches since the last update
+        self.batched: set[int] = set()  # their tensors' storages
+
+    # --- losses ---------------------------------------------------------------------------
+    def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
+        """Read a loss the code computed with grad on: repeated per element on the same input,
+        its summed per-element loss differentiated through the code's own graph. What cannot be
+        read (legacy arguments, a graph that allows no second pass: reentrant checkpointing) is
+        left unread, never raised into the code: a backward() that reaches it is not judged."""
+        if self.busy or not isinstance(out, Tensor) or out.grad_fn is None or out.ndim != 0:
+            return
+        self.busy = True
+        try:
+            bound = inspect.signature(fn).bind(*args, **kwargs)
+            given = bound.arguments
+            if given.get("size_average") is not None or given.get("reduce") is not None:
+                return  # the legacy arguments: not read
+            given["reduction"] = "none"
+            per = fn(*bound.args, **bound.kwargs)
+            under = leaves(per.grad_fn)
+            grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
+            for p in under:  # its .grad as the watch found it, put back after
+                if id(p) not in self.found:
+                    self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+            del self.pending[:-PENDING]  # losses no backward() reached: the latest
+            self.pending.append(
+                LossCall(
+                    out.grad_fn,
+                    {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
+                    count_of(name, per, given),
+                    self._from_batch(given.get("target")),
+                    _storage(given.get("target")),
+                    under,
+                )
+            )
+        except Exception:
+            return
+        finally:
+            self.busy = False
+
+    def _from_batch(self, target: Any) -> bool:
+        return _storage(target) in self.batched
+
+    def fetch(self, batch: Any, epoch: int | None) -> None:
+        """Count a batch a DataLoader yielded, and keep its tensors' storages; an epoch of a
+        known length up to LONGEST batches is watched to its end (updates <= batches)."""
+        if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
+            self.longest = epoch + 1
+        self.fetched += 1
+        with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
+            storages(batch, self.batched)
+
+    # --- backward -------------------------------------------------------------------------
+    def backward(self, roots: list[Tensor], run: Callable[[], None]) -> None:
+        if self.busy:
+            run()
+            return
+        if self.first and not self.seen.updates:  # no torch optimizer has stepped yet
+            self.before_any += 1
+            if self.before_any > MOST and self.moved():
+                raise Enough  # updates made by hand: nothing the watch can read, ended here
+        under = graph([t.grad_fn for t in roots if t.grad_fn is not None])
+        if not self.first and not self.seen.updates:  # to see an update made by hand
+            self.first = {
+                id(p): (p, p.detach().clone())
+                for t in roots
+                if t.grad_fn is not None
+                for p in leaves(t.grad_fn)
+            }
+        reached = [c for c in self.pending if id(c.node) in under]
+        self.open = None  # the update before is closed: its gradients are let go
+        if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
+            self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
+        if self.carried is None:  # the update's first backward(): what .grad holds now
+            self.fresh, self.unscaled = set(), {}
+            self.carried = {
+                id(p): None if p.grad is None else p.grad.detach().clone()
+                for c in reached
+                for p in leaves_of(c)
+            }
+        self.busy = True
+        try:
+            run()
+        finally:
+            self.busy = False
+        gone = {id(c) for c in reached}
+        self.pending = [c for c in self.pending if id(c) not in gone]
+        for c in reached:  # the gradients as this backward() left them, into kept buffers
+            for p in leaves_of(c):
+                if p.grad is not None:
+                    self.fresh.add(id(p))
+                    kept = self.raw.get(id(p))
+                    if kept is not None and kept.shape == p.grad.shape:
+                        kept.copy_(p.grad)
+                    else:
+                        self.raw[id(p)] = p.grad.detach().clone()
+        for c in reached:  # reached: its graph is let go
+            c.node = None
+        if reached:
+            self.micro.append(MicroBatch(reached))
+        else:
+            self.blind += 1
+
+    # --- updates --------------------------------------------------------------------------
+    def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.depth += 1
+        if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
+            self.states.append((opt, copy.deepcopy(opt.state_dict())))
+            self.seen.lrs[id(opt)] = [g["lr"] for g in opt.param_groups]  # a tensor: the same
+            self.lr_values[id(opt)] = [  # object, and its value
+                g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"]
+                for g in opt.param_groups
+            ]
+        zero_lr(opt)
+
+    def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Close an update: the steps of several optimizers with nothing fed between them are
+        one (one for the embeddings, one for the rest); a step fed nothing that applies nothing
+        (a flush after an epoch that ended on a full window) is none; one fed nothing that
+        applies a gradient is recorded: the same micro-batches move the params twice."""
+        self.depth = max(self.depth - 1, 0)
+        if self.depth:  # the inner step of a wrapper optimizer: its outer step is the update
+            return
+        params = [p for g in opt.param_groups for p in g["params"]]
+        fed = bool(self.micro or self.blind)
+        last = self.open
+        if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
+            last.params += params  # another optimizer of the same update: read it again
+            self._read(last, params)
+            self.seen.updates[-1] = close(last, tolerance_of(last.params))
+            return
+        if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
+            return
+        kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
+        update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
+        update.dropped, update.crossed = len(let_go), self.straddles
+        update.redone = _targets(let_go) <= _targets(kept)
+        update.params = params
+        self._read(update, params)
+        self.open = update
+        self.seen.updates.append(close(update, tolerance_of(params)))
+        self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
+        self.seen.crossed += self.straddles
+        self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
+        self.fetched, self.batched, self.cut = 0, set(), 0
+        made = len(self.seen.updates)
+        if self.steps is not None:
+            enough = made >= self.steps
+        else:  # an epoch's end, or a run with none in sight (batches drawn at random, a
+            self.seen.capped = made >= self.longest and not self.past_an_epoch(made)  # long one)
+            enough = self.seen.capped or self.past_an_epoch(made)
+        if enough:
+            self.seen.ended = True
+            raise Enough
+
+    def _read(self, update: Open, params: list[Tensor]) -> None:
+        carried = self.carried or {}
+        for p in params:
+            key = id(p)
+            update.applied[key] = None if p.grad is None else p.grad.detach().clone()
+            raw = self.raw[key] if key in self.fresh else update.applied[key]
+            update.before[key] = self.unscaled.get(key, raw)
+            update.carried[key] = carried.get(key)
+
+    def _reset(self) -> bool:
+        """Return whether the code zeroed the gradients since the last backward() (zero_grad,
+        set to None or filled with 0): every nn.Parameter that backward() gave one holds none."""
+        params = [
+            p
+            for key in self.fresh
+            if key in self.found and isinstance(p := self.found[key][0], nn.Parameter)
+        ]
+        return bool(params) and all(p.grad is None or not bool(p.grad.any()) for p in params)
+
+    def terms(self, micro: list[MicroBatch]) -> bool:
+        """Return whether the update's micro-batches are terms of one objective rather than
+        batches of data: more backward() calls than the DataLoader batches fetched for it
+        (at least one), some on targets no batch held (a GAN's real and fake labels; chunks
+        of a fetched batch are views of it, and stay micro-batches)."""
+        calls = [c for mb in micro for c in mb.losses]
+        return 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
+
+    def past_an_epoch(self, made: int) -> bool:
+        """Return True once an update follows an epoch's end that updates preceded (a loop that
+        lists its loader before training runs it out first: its next end counts)."""
+        return any(0 < e < made for e in self.ends)
+
+    def dropped(self) -> None:
+        """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
+        self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
+        self.fetched, self.batched, self.cut = 0, set(), 0
+        self.seen.skipped += 1
+
+    def put_back(self) -> None:
+        """Put back what the watched steps changed: each optimizer's state and lrs (a tensor
+        lr, filled with 0 in place: the user's own object, with its value), each scheduler's
+        and loss scaler's state (a scaler ended between unscale_ and update() too), each
+        param's .grad as it was found; params an update made by hand moved (no optimizer
+        stepped), as they were at the first backward()."""
+        for opt, state in self.states:
+            with self.attempt(f"{type(opt).__name__}'s state and lrs"):
+                opt.load_state_dict(state)
+                for group, lr, value in zip(
+                    opt.param_groups, self.seen.lrs[id(opt)], self.lr_values[id(opt)], strict=False
+                ):
+                    if isinstance(lr, Tensor) and isinstance(value, Tensor):
+                        lr.copy_(value)
+                    group["lr"] = lr
+        for thing, state in self.kept.values():
+            with self.attempt(f"{type(thing).__name__}'s state"):
+                thing.load_state_dict(state)
+        for scaler in self.scalers.values():  # no unscale_ left pending
+            scaler._per_optimizer_states.clear()
+        for p, grad in self.found.values():
+            with self.attempt("a param's .grad"):
+                p.grad = grad
+        if not self.seen.updates and self.moved():  # by hand: put back as first seen
+            for p, value in self.first.values():
+                if _same_kind(p, value):  # a param the code reshaped is left as it is
+                    p.detach().copy_(value)
+
+    @contextmanager
+    def attempt(self, what: str) -> Iterator[None]:
+        """Put one thing back; if it cannot be (the code changed it past restoring), say so
+        in the report and go on to the next."""
+        try:
+            yield
+        except Exception as e:
+            self.seen.unrestored.append(f"{what} ({type(e).__name__}: {e})")
+
+    def moved(self) -> bool:
+        """Return whether a param moved since the first backward() (read while no optimizer
+        has stepped: after one, the lrs are held at 0)."""
+        try:
+            self.seen.moved = self.seen.moved or any(
+                not _same(p.detach(), value) for p, value in self.first.values()
+            )
+        except Exception:  # a param that cannot be compared (meta, offloaded): not read
+            return False
+        return self.seen.moved
+
+    def keep(self, thing: Any) -> None:
+        """Keep a scheduler's or scaler's state as the watch found it, to put back after."""
+        if id(thing) not in self.kept:
+            self.kept[id(thing)] = (thing, copy.deepcopy(thing.state_dict()))
+
+    def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            if p.grad is not None:
+                self.unscaled[id(p)] = p.grad.detach().clone()
+
+
+def _same_kind(t: Tensor, u: Tensor) -> bool:
+    return t.shape == u.shape and t.dtype == u.dtype and t.device == u.device
+
+
+def _same(t: Tensor, u: Tensor) -> bool:
+    return _same_kind(t, u) and torch.equal(t, u)
+
+
+def length(it: _BaseDataLoaderIter) -> int | None:
+    """Return the batches of the epoch a DataLoader's iterator runs, None where not known."""
+    try:
+        return len(it)
+    except Exception:  # an IterableDataset without a length
+        return None
+
+
+def _targets(micro: list[MicroBatch]) -> set[int]:
+    """Return the storages of the targets the micro-batches' losses were called on."""
+    return {c.target for mb in micro for c in mb.losses if c.target is not None}
+
+
+def _storage(t: Any) -> int | None:
+    """Return the address of a tensor's storage (its views share it), None if not a tensor."""
+    return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
