@@ -1,8 +1,10 @@
-"""The watch on correct code that moves its params or zeroes its own gradients before a torch
-optimizer steps: none of it is an update by hand or a dropped window. SAM's first pass, an
-adversarial attack's passes, a pruning pass that reshapes the params, rows renormalised by
-an embedding's max_norm. And the mistakes that look alike still fail: zero_grad inside the
-accumulation loop, an epoch's left-over window zeroed at the next epoch's first step."""
+"""The watch on correct code that moves its params, zeroes or rescales its own gradients, or
+skips a step: none of it is an update by hand, a dropped window or a scale. SAM's first pass,
+an adversarial attack's passes, a pruning pass that reshapes the params, rows renormalised by
+an embedding's max_norm, a step skipped on a large gradient, a summed loss divided on the
+gradients before clipping, two optimizers stepped as one update. And the mistakes that look
+alike still fail: zero_grad inside the accumulation loop, an epoch's left-over window zeroed
+at the next epoch's first step, one of two optimizers never zeroed."""
 
 from __future__ import annotations
 
@@ -114,6 +116,44 @@ for epoch in range(3):
 """
 
 
+SKIPS_LARGE = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for i, (x, y) in enumerate(loader):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+        if i == 2 or not torch.isfinite(norm):  # a step skipped now and then, on purpose
+            continue
+        optimizer.step()
+"""
+
+DIVIDED_THEN_CLIPPED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y, reduction="sum").backward()
+        for p in model.parameters():  # the summed loss divided on the gradients, then clipped
+            p.grad.mul_(1 / len(y))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+        optimizer.step()
+"""
+
+TWO_OPTIMIZERS = """
+body, head = model[0], model[2]
+first = torch.optim.SGD(body.parameters(), lr=0.1)
+second = torch.optim.Adam(head.parameters(), lr=1e-3)
+for epoch in range(2):
+    for x, y in loader:
+        F.cross_entropy(model(x), y).backward()
+        first.step()
+        second.step()
+        first.zero_grad()
+        second.zero_grad()
+"""
+
+
 def _watched(tmp: Path, body: str) -> str:
     path = tmp / "train.py"
     path.write_text(HEAD + body)
@@ -123,7 +163,7 @@ def _watched(tmp: Path, body: str) -> str:
 def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_overs(
     tmp_path: Path,
 ) -> None:
-    for body in (SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM):
+    for body in (SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED):
         report = watch_script(_watched(tmp_path, body))
         assert report.ok and not report.error, str(report)
         assert any(r.verdict == "pass" for r in report.results), str(report)
@@ -163,3 +203,18 @@ def test_a_watched_block_that_reshapes_its_params_ends_without_raising_into_the_
 def test_the_watchs_end_of_run_signal_copies_and_pickles_with_its_message() -> None:
     for again in (copy.copy(Enough()), pickle.loads(pickle.dumps(Enough()))):
         assert isinstance(again, Enough) and "linreg watch" in str(again)
+
+
+def test_a_step_skipped_now_and_then_is_said_in_the_note(tmp_path: Path) -> None:
+    report = watch_script(_watched(tmp_path, SKIPS_LARGE))
+    assert "a step the code skipped" in (report.note or ""), str(report)
+
+
+def test_two_optimizers_are_one_update_and_the_one_never_zeroed_is_named(
+    tmp_path: Path,
+) -> None:
+    report = watch_script(_watched(tmp_path, TWO_OPTIMIZERS))
+    assert report.ok and not report.error, str(report)
+    for unzeroed in ("        first.zero_grad()\n", "        second.zero_grad()\n"):
+        report = watch_script(_watched(tmp_path, TWO_OPTIMIZERS.replace(unzeroed, "")))
+        assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)

@@ -54,6 +54,7 @@ class _Verdicts:
     unread: int = 0  # updates whose weights could not be read
     terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
     let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
+    skipped: int = 0  # backward() calls of steps the code skipped now and then
     constant: float | None = None  # a scale taken as the loss's own
     full: float = 0.0  # a full update's count
     unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
@@ -128,13 +129,15 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
                     "epoch's end and were zeroed before any step (an epoch's left-over window "
                     "dropped): step when the data ends too",
                 )
-            else:
+            elif not _now_and_then(seen.updates):
                 v.fail(
                     "grad-zeroing",
                     f"{at}: .grad was zeroed between its micro-batches, so {u.dropped} of them, "
                     "on other data, went through backward() and were never applied (zero_grad "
                     "inside the accumulation loop: zero once a window, after the step)",
                 )
+            else:  # now and then: a step the code chose to skip (a gradient too large, inf)
+                v.skipped += u.dropped
         if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
             continue
         if not u.applied_any:
@@ -298,6 +301,14 @@ def _over_counted(readings: list[_Reading]) -> list[tuple[_Reading, int]]:
     return out if len(out) > 1 and not _alike(scales) else []
 
 
+def _now_and_then(updates: list[Update]) -> bool:
+    """Return whether micro-batches on other data were zeroed unstepped in at most half the
+    updates after the first: steps the code skipped on purpose (zero_grad inside every window
+    drops some in each)."""
+    dropping = sum(1 for u in updates[1:] if u.dropped and not u.redone and not u.crossed)
+    return 2 * dropping <= len(updates) - 1
+
+
 def _short(at: str, s: float, r: _Reading, full: float) -> str:
     if _near(s, r.count / full):
         return (
@@ -313,7 +324,10 @@ def _why(s: float, r: _Reading) -> str:
     if len(r.parts) > 1 and _near(s, len(r.parts)):
         return f"it adds up its {len(r.parts)} micro-batches' mean losses without dividing"
     if _near(s, r.count):
-        return "it sums the loss over the update's rows (reduction='sum') where a mean was meant"
+        return (
+            "it sums the loss over the update's rows or targets (reduction='sum', or a mean "
+            "loss per row or step added up) where a mean was meant"
+        )
     return NO_KNOWN
 
 
@@ -366,8 +380,9 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
     elif not error and not any(r.verdict != "skip" for r in results):
         error = (
             "no update could be judged: every backward() reached no loss the watcher could read "
-            "(it reads torch's loss functions, F.cross_entropy, nn.MSELoss, ...: not one "
-            "written by hand, nor a graph that allows no second pass)"
+            "(it reads the scalar a torch loss function returns, F.cross_entropy, nn.MSELoss, "
+            "...: not a loss written by hand, nor one called with reduction='none' and reduced "
+            "by the code, nor a graph that allows no second pass)"
         )
     blind = sum(1 for u in seen.updates if u.blind)
     note = f"watched {len(seen.updates)} update(s)" + (
@@ -402,6 +417,11 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
+    if v.skipped:
+        note += (
+            f"; {v.skipped} backward() call(s) on other data were zeroed with no step, now and "
+            "then (a step the code skipped: a gradient too large or not finite): not judged"
+        )
     if v.let_go:
         note += (
             f"; {v.let_go} backward() call(s) had their gradients zeroed by the code before a "

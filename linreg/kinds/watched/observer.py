@@ -57,9 +57,12 @@ class Observer:
         self.micro: list[MicroBatch] = []
         self.blind = 0
         self.carried: dict[int, Tensor | None] | None = None
+        self.closed: dict[int, Tensor | None] = {}  # the last closed update's, for its others
         self.raw: dict[int, Tensor] = {}  # buffers: each param's .grad after a backward()
         self.fresh: set[int] = set()  # the params whose raw buffer this update's backward() set
-        self.unscaled: dict[int, Tensor] = {}
+        self.prior: dict[
+            int, Tensor
+        ] = {}  # each .grad before clipping: at unscale_, clip_grad_norm_
         self.busy = False  # inside the watcher's own autograd calls, or a backward() already
         self.found: dict[int, tuple[Tensor, Tensor | None]] = {}  # each param's .grad at first
         self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
@@ -147,7 +150,7 @@ class Observer:
         if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
             self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
         if self.carried is None:  # the update's first backward(): what .grad holds now
-            self.fresh, self.unscaled = set(), {}
+            self.fresh, self.prior = set(), {}
             self.carried = {
                 id(p): None if p.grad is None else p.grad.detach().clone()
                 for c in reached
@@ -201,7 +204,7 @@ class Observer:
         last = self.open
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
-            self._read(last, params)
+            self._read(last, params, self.closed)
             self.seen.updates[-1] = close(last, tolerance_of(last.params))
             return
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
@@ -211,11 +214,12 @@ class Observer:
         update.dropped, update.crossed = len(let_go), self.straddles
         update.redone = _targets(let_go) <= _targets(kept)
         update.params = params
-        self._read(update, params)
+        self._read(update, params, self.carried or {})
         self.open = update
         self.seen.updates.append(close(update, tolerance_of(params)))
         self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
         self.seen.crossed += self.straddles
+        self.closed = self.carried or {}  # another optimizer of the same update reads it
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.fetched, self.batched, self.cut = 0, set(), 0
         made = len(self.seen.updates)
@@ -228,13 +232,12 @@ class Observer:
             self.seen.ended = True
             raise Enough
 
-    def _read(self, update: Open, params: list[Tensor]) -> None:
-        carried = self.carried or {}
+    def _read(self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]) -> None:
         for p in params:
             key = id(p)
             update.applied[key] = None if p.grad is None else p.grad.detach().clone()
             raw = self.raw[key] if key in self.fresh else update.applied[key]
-            update.before[key] = self.unscaled.get(key, raw)
+            update.before[key] = self.prior.get(key, raw)
             update.carried[key] = carried.get(key)
 
     def _reset(self) -> bool:
@@ -320,9 +323,14 @@ class Observer:
             self.kept[id(thing)] = (thing, copy.deepcopy(thing.state_dict()))
 
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
-        for p in (p for g in opt.param_groups for p in g["params"]):
+        self.clipping([p for g in opt.param_groups for p in g["params"]])
+
+    def clipping(self, params: list[Tensor]) -> None:
+        """Keep the gradients as they are before clipping (unscaled, divided by the code as it
+        meant): what a clipped update is read as a factor of."""
+        for p in params:
             if p.grad is not None:
-                self.unscaled[id(p)] = p.grad.detach().clone()
+                self.prior[id(p)] = p.grad.detach().clone()
 
 
 def _same_kind(t: Tensor, u: Tensor) -> bool:

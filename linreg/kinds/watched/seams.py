@@ -8,7 +8,8 @@ the same input to take the gradient of the summed per-element loss through the l
 `Tensor.backward` and `torch.autograd.backward`, which tell which of those losses each
 micro-batch's backward() reached and what .grad held before the update's first; and the global
 optimizer step hooks, which hold every lr at 0 and close each update; `GradScaler.unscale_`
-(the gradients unscaled) and a DataLoader's iterator (an epoch's end). Nothing is copied: what
+and `clip_grad_norm_` (the gradients before clipping, as the code left them) and a
+DataLoader's iterator (an epoch's end). Nothing is copied: what
 an update applied is read against the micro-batches it consumed (`Update`).
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from torch.nn.utils import clip_grad
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
@@ -109,6 +111,14 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             w.dropped()
         return out
 
+    clip_norm = clip_grad.clip_grad_norm_
+
+    @functools.wraps(clip_norm)
+    def clip_grad_norm_(parameters: Any, *a: Any, **k: Any) -> Tensor:
+        params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+        w.clipping(params)
+        return clip_norm(params, *a, **k)
+
     grad_mode = torch.is_grad_enabled()
     eager = _eager()
     handles = [
@@ -123,6 +133,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     torch.amp.GradScaler.step = step  # type: ignore[method-assign,assignment]
     LRScheduler.step = schedule  # type: ignore[method-assign,assignment]
     _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign]
+    clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
     try:
         yield w.seen
     except Enough:
@@ -138,6 +149,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         torch.amp.GradScaler.step = scaler_step  # type: ignore[method-assign]
         LRScheduler.step = scheduler_step  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
+        clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_norm
         torch.set_grad_enabled(grad_mode)
         eager()
         w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
