@@ -1,6 +1,6 @@
 """`watch()` wraps any training code (a notebook cell, a test) and leaves its Report when the
 block ends; `watch_script()` runs a script or module as `python` would, watched. The verdicts
-are watch_verdicts.py's.
+are watch_verdicts.py's, the Report watch_report.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from linreg import checks
 from linreg.audit.report import Report
-from linreg.audit.watch_verdicts import report_of
+from linreg.audit.watch_report import report_of
 from linreg.kinds.watched import watching
 
 

@@ -1,0 +1,94 @@
+"""A watched update read as weights on the gradients of the micro-batches it consumed
+(`linreg.kinds.watched`), relative to a correct update's: each micro-batch weighed by its count
+of rows or targets over the update's (the mean). watch_verdicts.py names the patterns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from linreg.kinds.watched import Update
+
+
+@dataclass
+class Reading:
+    """One update's weights: each micro-batch's, relative to a correct update's (1: right)."""
+
+    j: int
+    count: float  # rows or targets the update consumed
+    parts: list[float]  # each micro-batch's count
+    relative: list[float] | None  # None: not a combination of its micro-batches' gradients
+    clipped: bool
+    unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
+    tol: float = 1e-4  # the relative tolerance of its params' dtype
+
+
+def read(j: int, u: Update, summed: bool) -> Reading | None:
+    """Return an update's weights on its micro-batches' mean gradients M_i = S_i / count_i, from
+    its inner products alone, or None where a backward() reached no loss the watcher read.
+
+    What it applied beyond what .grad held is read as it is when right, else before clipping
+    where it is a clipping of that (a factor in (0, 1]); least squares gives the weights, and an
+    update they do not explain (to the tolerance, relative) is no combination of its own."""
+    if u.blind or not u.counts:
+        return None
+    if u.right:
+        return Reading(j, sum(u.counts), list(u.counts), [1.0] * len(u.counts), u.clipped)
+    c = torch.tensor(u.counts, dtype=torch.float64)
+    gram = u.gram / torch.outer(c, c)
+    want = c if summed else c / c.sum()  # a correct update: sum (or mean) of its rows'
+
+    def residual(dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:
+        return float(rr - 2 * (w @ dots) + w @ gram @ w)  # |R - sum w_i M_i|^2
+
+    ww, tol2 = float(want @ gram @ want), u.tol**2
+    dots, rr, clipped = u.sa / c, u.aa, False
+    if residual(dots, rr, want) > tol2 * max(ww, rr) and u.bb > 0:
+        s = u.ab / u.bb
+        scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2: A is s times B
+        same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
+        if 0 < s <= 1 + u.tol and scaled <= tol2 * u.aa and same > tol2 * u.aa:
+            dots, rr, clipped = u.sb / c, u.bb, True
+    parts, total = list(u.counts), float(c.sum())
+    scale = float(want @ dots) / ww if ww > 0 else 0.0  # one scale on the correct update?
+    if ww > 0 and residual(dots, rr, scale * want) <= tol2 * max(rr, ww):
+        return Reading(j, total, parts, [scale] * len(parts), clipped)
+    if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(parts):
+        return Reading(j, total, parts, None, clipped, unread=True)  # weights not unique
+    a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    if residual(dots, rr, a) > tol2 * max(rr, ww):
+        return Reading(j, total, parts, None, clipped)
+    return Reading(j, total, parts, [float(x) for x in a / want], clipped)
+
+
+def over_counted(readings: list[Reading]) -> list[tuple[Reading, int]]:
+    """Return each update with the whole number its divisor exceeds its count by, where every
+    update applies count / (count + m) of the mean with m a whole number >= 1 and the scales
+    differ (one scale on all is a constant of the loss's own); else []."""
+    uniform = [r for r in readings if r.relative and alike(r.relative)]
+    out = []
+    for r in uniform:
+        assert r.relative is not None
+        s = r.relative[0]
+        extra = r.count * (1 / s - 1) if 0 < s < 1 else 0.0
+        if not (1 - 0.02 <= extra < r.count) or abs(extra - round(extra)) > 0.02:
+            return []
+        if r.count * r.tol > 0.02:  # the dtype cannot tell a whole number from another
+            return []
+        out.append((r, round(extra)))
+    scales = [r.relative[0] for r, _ in out if r.relative]
+    return out if len(out) > 1 and not alike(scales) else []
+
+
+def alike(xs: list[float]) -> bool:
+    return all(near(x, xs[0]) for x in xs)
+
+
+def near(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6)
+
+
+def shown(xs: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"

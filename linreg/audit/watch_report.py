@@ -1,0 +1,133 @@
+"""The Report of a watched run: a verdict per pitfall from watch_verdicts.py, "not judged"
+where the run showed nothing a property reads, and a note of what was seen and let go."""
+
+from __future__ import annotations
+
+from linreg.audit.report import Report, Result
+from linreg.audit.watch_readings import near
+from linreg.audit.watch_verdicts import PROPERTIES, judge
+from linreg.kinds.watched import Watched
+
+
+def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Report:
+    """Return the Report of a watched run: a verdict per pitfall, "not judged" where the run
+    showed nothing the property reads."""
+    v = judge(seen)
+    results = []
+    for pitfall, statement in PROPERTIES.items():
+        if pitfall in v.failed:
+            measured = {
+                "ratios": [v.ratios.get(j) for j in range(len(seen.updates))],
+                "failing": v.failing.get(pitfall, []),
+                "batching": f"the {len(seen.updates)} updates watched, each read on its own rows",
+            }
+            results.append(
+                Result(
+                    pitfall,
+                    statement,
+                    "fail",
+                    v.failed[pitfall],
+                    examples=v.judged[pitfall],
+                    measured=measured,
+                )
+            )
+        elif v.judged[pitfall]:
+            results.append(Result(pitfall, statement, "pass", examples=v.judged[pitfall]))
+        else:
+            results.append(Result(pitfall, statement, "skip", _unjudged(pitfall, seen)))
+    if not seen.updates and not error and seen.moved:
+        error = (
+            "the params moved, yet no torch optimizer stepped: an update made by hand (p.data."
+            "add_, param -= lr * param.grad) or by an optimizer that is not a torch.optim."
+            "Optimizer cannot be watched; audit the update itself: linreg.audit.update_step"
+        )
+    elif not seen.updates and not error:
+        error = "the code made no optimizer update: nothing to judge"
+    elif not error and not any(r.verdict != "skip" for r in results):
+        error = (
+            "no update could be judged: every backward() reached no loss the watcher could read "
+            "(it reads the scalar a torch loss function returns, F.cross_entropy, nn.MSELoss, "
+            "...: not a loss written by hand, nor one called with reduction='none' and reduced "
+            "by the code, nor a graph that allows no second pass)"
+        )
+    blind = sum(1 for u in seen.updates if u.blind)
+    note = f"watched {len(seen.updates)} update(s)" + (
+        " (then ended the code)" if seen.ended else ""
+    )
+    if seen.capped:
+        note += (
+            f"; no epoch ended within {len(seen.updates)} updates, the most watched unless "
+            "--steps asks (an epoch's end shows its last, short update: --steps N watches N)"
+        )
+    if v.unread:
+        note += (
+            f"; {v.unread} update(s) applied what their micro-batches' read losses do not "
+            "explain (a term the watcher does not read: a penalty, a part written by hand), or "
+            "had micro-batches whose gradients are dependent: not judged"
+        )
+    if v.constant is not None:
+        note += (
+            f"; every full update applies {v.constant:.4g} times the mean of its rows, which no "
+            "known mistake names: taken as the loss's own constant, each update read relative "
+            "to it"
+            + (
+                " (no shorter update showed whether it grows with the rows: mean-vs-sum not judged)"
+                if v.unconfirmed is not None
+                else " (a shorter update applies it too)"
+            )
+        )
+        extra = v.full * (1 / v.constant - 1) if 0 < v.constant < 1 else 0.0
+        if v.unconfirmed is not None and 1 <= round(extra) < v.full and near(extra, round(extra)):
+            note += (  # a hint, not a verdict: a constant of the loss's own looks the same
+                f"; it is {v.full:g} / ({v.full:g} + {round(extra)}): if the loop divides by "
+                "its labels counted before a causal shift drops each sequence's first, that "
+                "is mean-vs-sum (rows of unequal lengths would tell)"
+            )
+    if v.skipped:
+        note += (
+            f"; {v.skipped} backward() call(s) on other data were zeroed with no step, now and "
+            "then (a step the code skipped: a gradient too large or not finite): not judged"
+        )
+    if v.let_go:
+        note += (
+            f"; {v.let_go} backward() call(s) had their gradients zeroed by the code before a "
+            "step, before training began or on the same targets again (a scoring pass, SAM's "
+            "first pass, an attack, a closure): not part of an update"
+        )
+    if v.terms:
+        note += (
+            f"; {v.terms} update(s) held more backward() calls than DataLoader batches, on "
+            "targets no batch held (terms of one objective, as a GAN's real and fake): their "
+            "weights not judged"
+        )
+    if seen.leftover and seen.updates and not seen.ended and not seen.ran_out:
+        note += (
+            f"; {len(seen.leftover)} backward() call(s) after the last update, no data run out "
+            "after them, were never stepped (a diagnostic backward, a closure called to log "
+            "its loss, or a last window of batches drawn without a DataLoader): not judged"
+        )
+    if seen.unrestored:
+        note += "; could not put back, as the code left them: " + "; ".join(seen.unrestored)
+    if seen.crossed:
+        note += (
+            f"; {seen.crossed} update(s) held micro-batches from both sides of an epoch's end "
+            "(a window that crosses it: each judged by the weights it applied)"
+        )
+    if seen.skipped:
+        note += f"; the loss scaler skipped {seen.skipped} step(s) (inf or nan): not judged"
+    if blind:
+        note += (
+            f"; {blind} reached backward() through no loss the watcher could read (one written "
+            "by hand, or a graph that allows no second pass): not judged"
+        )
+    return Report(target, "watch", {}, tuple(results), seconds, error, note=note)
+
+
+def _unjudged(pitfall: str, seen: Watched) -> str:
+    why = {
+        "short-last-batch": "no update took fewer rows than a full one",
+        "mean-vs-sum": "no full update could be read",
+        "micro-batch-accumulation": "no update held micro-batches of unequal counts",
+    }.get(pitfall, "no update could be read")
+    more = " (the watch ended first: --steps watches more)" if seen.ended else ""
+    return f"not judged: {why}{more}"
