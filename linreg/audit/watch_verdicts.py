@@ -1,10 +1,11 @@
 """Judge watched training code from what it did: each update read as weights on the gradients of
 the micro-batches it consumed (`linreg.kinds.watched`), against a correct update's (each
 micro-batch weighed by its count of rows or targets over the update's: the mean, as
-watch_readings.py reads it). A pattern of weights is named as the catalogue names it: one scale on every
-full update (mean-vs-sum), another on a short one (short-last-batch), micro-batches weighed
-alike over unequal counts (micro-batch-accumulation), what .grad held before the update, or a
-step fed nothing (grad-zeroing), an update with nothing to apply (non-leaf-params).
+watch_readings.py reads it). A pattern of weights is named as the catalogue names it: one
+scale on every full update (mean-vs-sum), another on a short one (short-last-batch),
+micro-batches weighed alike over unequal counts (micro-batch-accumulation), what .grad held
+before the update, or a step fed nothing (grad-zeroing), an update with nothing to apply
+(non-leaf-params).
 """
 
 from __future__ import annotations
