@@ -457,6 +457,31 @@ def test_terms_of_one_objective_are_not_read_as_micro_batches_and_chunks_of_a_ba
     assert "terms of one objective" not in (report.note or ""), str(report)
 
 
+def test_an_epochs_end_is_seen_when_the_loader_is_never_asked_past_its_last_batch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "counted.py"
+    path.write_text(  # as a fetcher that knows the length: next() exactly len(loader) times
+        "import torch\n"
+        "from torch.nn import functional as F\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "data = TensorDataset(torch.randn(10, 3), torch.randn(10, 1))\n"
+        "loader = DataLoader(data, batch_size=4)\n"
+        "model = torch.nn.Linear(3, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for epoch in range(5):\n"
+        "    batches = iter(loader)\n"
+        "    for _ in range(len(loader)):\n"
+        "        x, y = next(batches)\n"
+        "        F.mse_loss(model(x), y).backward()\n"
+        "        opt.step()\n"
+        "        opt.zero_grad()\n"
+    )
+    report = watch_script(str(path))
+    assert report.ok, str(report)  # 3 updates an epoch, then the next epoch's first: ended
+    assert (report.note or "").startswith("watched 4 update(s) (then ended the code)"), str(report)
+
+
 COMPILED = """
 import torch
 from torch import nn

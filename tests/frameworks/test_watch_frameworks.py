@@ -75,3 +75,16 @@ def test_watching_a_trainer_script_passes_and_names_a_mean_of_means_and_an_over_
     report = watch_script(str(script), [*out, "--model", "gpt2"])
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "before the causal shift drops it" in report.failures[0].message, str(report)
+
+
+def test_watching_a_manual_optimization_module_reads_its_own_window(tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_lightning")
+    script = SCRIPTS / "lightning_manual.py"
+    report = watch_script(str(script))  # 10 rows, windows of 2 batches of 2: the last short
+    assert report.ok, str(report)
+    assert "then ended the code" in (report.note or ""), str(report)  # its epoch's end seen
+    line = 'loss = F.cross_entropy(self.net(x), y, reduction="sum") / rows'
+    twin = twin_of(tmp_path, script, line, "loss = F.cross_entropy(self.net(x), y) / self.window")
+    report = watch_script(str(twin))
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "applied 0.5 times the mean" in report.failures[0].message, str(report)

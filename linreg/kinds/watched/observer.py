@@ -77,6 +77,7 @@ class Observer:
         self.straddles = False  # an epoch ended while the open update held micro-batches
         self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
         self.fetched = 0  # DataLoader batches since the last update
+        self.last_fetched = False  # the last batch of a DataLoader's pass was fetched
         self.batched: set[int] = set()  # their tensors' storages
 
     # --- losses ---------------------------------------------------------------------------
@@ -118,6 +119,14 @@ class Observer:
 
     def _from_batch(self, target: Any) -> bool:
         return _storage(target) in self.batched
+
+    def ran_out(self, now: bool = False) -> None:
+        """Note an epoch's end: a DataLoader ran out (now), or the pass whose last batch was
+        fetched is over (the next fetch, or the watch's end, comes after it)."""
+        if now or self.last_fetched:
+            self.ends.append(len(self.seen.updates))
+            self.straddles = self.straddles or bool(self.micro)  # the open window runs on
+        self.last_fetched = False
 
     def fetch(self, batch: Any, epoch: int | None) -> None:
         """Count a batch a DataLoader yielded, and keep its tensors' storages; an epoch of a

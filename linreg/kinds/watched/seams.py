@@ -61,14 +61,17 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     loader_next = _BaseDataLoaderIter.__next__
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
+        w.ran_out()  # a pass whose last batch was fetched before: ended
         try:
             batch = loader_next(self)
-            w.fetch(batch, length(self))
-            return batch
         except StopIteration:
-            w.ends.append(len(w.seen.updates))
-            w.straddles = w.straddles or bool(w.micro)  # the open window runs into the next
+            w.ran_out(now=True)
             raise
+        size = length(self)
+        w.fetch(batch, size)
+        # its last batch (a fetcher that knows the length never asks past it: Lightning's)
+        w.last_fetched = size is not None and getattr(self, "_num_yielded", 0) >= size
+        return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
     unscale, scaler_step = torch.amp.GradScaler.unscale_, torch.amp.GradScaler.step
@@ -152,6 +155,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_norm
         torch.set_grad_enabled(grad_mode)
         eager()
+        w.ran_out()
         w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         w.put_back()
 
