@@ -9,7 +9,9 @@ at the next epoch's first step, one of two optimizers never zeroed."""
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
+import weakref
 from pathlib import Path
 
 import torch
@@ -154,6 +156,85 @@ for epoch in range(2):
 """
 
 
+TWO_TASKS = """
+trunk, head_a, head_b = model[0], nn.Linear(16, 3), nn.Linear(16, 2)
+params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
+optimizer = torch.optim.SGD(params, lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        h = torch.relu(trunk(x))  # each task's mean loss its own backward() on one forward
+        F.cross_entropy(head_a(h), y).backward(retain_graph=True)
+        F.cross_entropy(head_b(h), y % 2).backward()
+        optimizer.step()
+"""
+
+PER_EXAMPLE_CLIPPED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        summed = [torch.zeros_like(p) for p in model.parameters()]
+        for i in range(len(x)):  # DP-SGD by hand: each example's gradient clipped, then summed
+            model.zero_grad()
+            F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+            norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+            for s, p in zip(summed, model.parameters()):
+                s += p.grad * min(1.0, 0.5 / float(norm))
+        for s, p in zip(summed, model.parameters()):
+            p.grad = s / len(x)
+        optimizer.step()
+"""
+
+VALIDATION_NORMS = """
+val = DataLoader(TensorDataset(torch.randn(16, 6), torch.randint(0, 3, (16,))), batch_size=8)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for x, y in val:  # each validation batch's gradient norm, for a plot: no step
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+"""
+
+ZIPPED = """
+unlabelled = DataLoader(TensorDataset(torch.randn(48, 6)), batch_size=8, shuffle=True)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for i, ((x, y), (u,)) in enumerate(zip(loader, unlabelled)):
+        loss = F.cross_entropy(model(x), y, reduction="sum") / 16  # windows of 2 batches
+        (loss + 0.0 * model(u).sum()).backward()
+        if i % 2 == 1:
+            optimizer.step()
+            optimizer.zero_grad()
+"""
+
+CHUNK_ZEROED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        for xc, yc in zip(x.chunk(2), y.chunk(2)):  # in chunks for memory
+            optimizer.zero_grad()  # inside the chunk loop: only the last chunk is applied
+            (F.cross_entropy(model(xc), yc) / 2).backward()
+        optimizer.step()
+"""
+
+PER_STEP = """
+rnn, out = nn.GRUCell(6, 8), nn.Linear(8, 3)
+optimizer = torch.optim.Adam([*rnn.parameters(), *out.parameters()], lr=1e-3)
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        h, loss = torch.zeros(len(x), 8), 0.0
+        for t in range(100):  # a loss at each of 100 steps, one backward()
+            h = rnn(x, h)
+            loss = loss + F.cross_entropy(out(h), y)
+        (loss / 100).backward()
+        optimizer.step()
+"""
+
+
 def _watched(tmp: Path, body: str) -> str:
     path = tmp / "train.py"
     path.write_text(HEAD + body)
@@ -163,7 +244,10 @@ def _watched(tmp: Path, body: str) -> str:
 def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_overs(
     tmp_path: Path,
 ) -> None:
-    for body in (SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED):
+    for body in (
+        SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED,
+        TWO_TASKS, PER_EXAMPLE_CLIPPED, VALIDATION_NORMS, ZIPPED, PER_STEP,
+    ):  # fmt: skip
         report = watch_script(_watched(tmp_path, body))
         assert report.ok and not report.error, str(report)
         assert any(r.verdict == "pass" for r in report.results), str(report)
@@ -218,3 +302,29 @@ def test_two_optimizers_are_one_update_and_the_one_never_zeroed_is_named(
     for unzeroed in ("        first.zero_grad()\n", "        second.zero_grad()\n"):
         report = watch_script(_watched(tmp_path, TWO_OPTIMIZERS.replace(unzeroed, "")))
         assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+
+
+def test_chunks_of_one_batch_zeroed_inside_the_loop_still_fail(tmp_path: Path) -> None:
+    report = watch_script(_watched(tmp_path, CHUNK_ZEROED))  # views of one batch: other rows
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+
+
+def test_a_hundred_losses_one_backward_reaches_are_all_read(tmp_path: Path) -> None:
+    # undivided: every update applies 100 times its mean, read only if all 100 losses are (on
+    # equal batches a constant the loss's own could be: noted, not judged)
+    report = watch_script(_watched(tmp_path, PER_STEP.replace("(loss / 100)", "loss")))
+    assert "every full update applies 100 times the mean" in (report.note or ""), str(report)
+
+
+def test_names_kept_from_a_watched_block_pass_straight_through_after_it() -> None:
+    with watch():
+        kept_loss, kept_clip = F.cross_entropy, torch.nn.utils.clip_grad_norm_
+    assert torch.nn.utils.clip_grad_norm_ is not kept_clip  # the module's own again
+    w = torch.nn.Parameter(torch.randn(3, 2))
+    h = torch.randn(4, 2, requires_grad=True) * 1.0  # saved by the matmul's graph
+    alive = weakref.ref(h)
+    loss = kept_loss(h @ w.T, torch.tensor([0, 1, 2, 0]))
+    del h, loss  # a wrapper still watching would hold the loss's graph, and h with it
+    gc.collect()
+    assert alive() is None
+    kept_clip([w], 1.0)  # and clips as the original does

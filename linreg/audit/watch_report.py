@@ -49,8 +49,11 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
             "(it reads the scalar a torch loss function returns, F.cross_entropy, nn.MSELoss, "
             "...: not a loss written by hand, nor one called with reduction='none' and reduced "
             "by the code, nor a graph that allows no second pass)"
+            if not any(u.unreadable for u in seen.updates)
+            else "no update could be judged: see the note"
         )
-    blind = sum(1 for u in seen.updates if u.blind)
+    unreadable = sum(1 for u in seen.updates if u.unreadable)
+    blind = sum(1 for u in seen.updates if u.blind) - unreadable
     note = f"watched {len(seen.updates)} update(s)" + (
         " (then ended the code)" if seen.ended else ""
     )
@@ -83,6 +86,11 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
+    if v.recombined:
+        note += (
+            f"; {v.recombined} update(s) applied a gradient the code rebuilt from backward() "
+            "passes it had zeroed (per-example clipping, gradient surgery): not judged"
+        )
     if v.skipped:
         note += (
             f"; {v.skipped} backward() call(s) on other data were zeroed with no step, now and "
@@ -115,6 +123,11 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
         )
     if seen.skipped:
         note += f"; the loss scaler skipped {seen.skipped} step(s) (inf or nan): not judged"
+    if unreadable:
+        note += (
+            f"; {unreadable} update(s) applied gradients the watcher cannot take apart (sparse "
+            "ones, as nn.Embedding(sparse=True) gives, or of another kind): not judged"
+        )
     if blind:
         note += (
             f"; {blind} reached backward() through no loss the watcher could read (one written "

@@ -41,6 +41,7 @@ class _Verdicts:
     terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
     let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
     skipped: int = 0  # backward() calls of steps the code skipped now and then
+    recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed
     constant: float | None = None  # a scale taken as the loss's own
     full: float = 0.0  # a full update's count
     unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
@@ -68,8 +69,12 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
                 )
             continue
         if u.dropped:  # the code zeroed .grad between the update's backward() calls
-            if j == 0 or u.redone:  # a pass before training, or the same targets again: the
-                v.let_go += u.dropped  # code's own (SAM's two passes, an attack, a closure)
+            own = None if u.blind or u.terms else read(j, u, summed)
+            if j == 0 or u.redone:  # a pass before training, the same targets again, another
+                v.let_go += u.dropped  # loader's: the code's own (SAM, an attack, a closure)
+            elif own is None or own.relative is None or own.unread:
+                v.recombined += 1  # what it applied is not its last micro-batches' alone: the
+                continue  # code rebuilt .grad from the passes it zeroed (per-example clipping)
             elif u.crossed:
                 v.fail(
                     "short-last-batch",

@@ -22,6 +22,7 @@ from linreg.kinds.watched.records import (
     LossCall,
     MicroBatch,
     Open,
+    Update,
     Watched,
     close,
     count_of,
@@ -29,6 +30,7 @@ from linreg.kinds.watched.records import (
     leaves,
     leaves_of,
     storages,
+    unread,
 )
 
 # with no --steps: the updates watched at most when no epoch ends (get_batch() loops drawing
@@ -36,7 +38,7 @@ from linreg.kinds.watched.records import (
 MOST = 64
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
 # with grad on computes many: each holds its graph)
-PENDING = 64
+PENDING = 1024
 # an epoch of known length up to this many batches is watched to its end (its last, short
 # update is what short-last-batch reads)
 LONGEST = 2048
@@ -77,7 +79,10 @@ class Observer:
         self.straddles = False  # an epoch ended while the open update held micro-batches
         self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
         self.fetched = 0  # DataLoader batches since the last update
-        self.last_fetched = False  # the last batch of a DataLoader's pass was fetched
+        self.last_fetched: tuple[int, int] | None = None  # (iterator, dataset) whose last
+        # batch was fetched: its pass is over at its next fetch, a new pass over its dataset,
+        # or the watch's end (not at another loader's fetch: two loaders zipped)
+        self.source: int | None = None  # the dataset of the last batch fetched
         self.batched: set[int] = set()  # their tensors' storages
 
     # --- losses ---------------------------------------------------------------------------
@@ -108,7 +113,7 @@ class Observer:
                     {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
                     count_of(name, per, given),
                     self._from_batch(given.get("target")),
-                    _storage(given.get("target")),
+                    _view(given.get("target")),
                     under,
                 )
             )
@@ -120,13 +125,16 @@ class Observer:
     def _from_batch(self, target: Any) -> bool:
         return _storage(target) in self.batched
 
-    def ran_out(self, now: bool = False) -> None:
+    def ran_out(self, now: bool = False, at: tuple[int, int] | None = None) -> None:
         """Note an epoch's end: a DataLoader ran out (now), or the pass whose last batch was
-        fetched is over (the next fetch, or the watch's end, comes after it)."""
-        if now or self.last_fetched:
+        fetched is over: `at` (iterator, dataset) fetches again or a new pass over its dataset
+        begins, or the watch ends (at=None)."""
+        last = self.last_fetched
+        over = last is not None and (at is None or at[0] == last[0] or at[1] == last[1])
+        if now or over:
             self.ends.append(len(self.seen.updates))
             self.straddles = self.straddles or bool(self.micro)  # the open window runs on
-        self.last_fetched = False
+            self.last_fetched = None
 
     def fetch(self, batch: Any, epoch: int | None) -> None:
         """Count a batch a DataLoader yielded, and keep its tensors' storages; an epoch of a
@@ -138,7 +146,9 @@ class Observer:
             storages(batch, self.batched)
 
     # --- backward -------------------------------------------------------------------------
-    def backward(self, roots: list[Tensor], run: Callable[[], None]) -> None:
+    def backward(
+        self, roots: list[Tensor], run: Callable[[], None], retained: bool = False
+    ) -> None:
         if self.busy:
             run()
             return
@@ -184,7 +194,7 @@ class Observer:
         for c in reached:  # reached: its graph is let go
             c.node = None
         if reached:
-            self.micro.append(MicroBatch(reached))
+            self.micro.append(MicroBatch(reached, self.source, retained))
         else:
             self.blind += 1
 
@@ -213,22 +223,23 @@ class Observer:
         last = self.open
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
-            self._read(last, params, self.closed)
-            self.seen.updates[-1] = close(last, tolerance_of(last.params))
+            self.seen.updates[-1] = self._closed(last, params, self.closed)
             return
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.redone = _targets(let_go) <= _targets(kept)
+        update.redone = _targets(let_go) <= _targets(kept) or _sources(let_go).isdisjoint(
+            _sources(kept)
+        )  # the same targets again, or another loader's (a diagnostic pass over validation)
         update.params = params
-        self._read(update, params, self.carried or {})
         self.open = update
-        self.seen.updates.append(close(update, tolerance_of(params)))
+        self.seen.updates.append(self._closed(update, params, self.carried or {}))
         self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
         self.seen.crossed += self.straddles
         self.closed = self.carried or {}  # another optimizer of the same update reads it
+        self.pending = []  # losses no backward() reached before the step: let go
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.fetched, self.batched, self.cut = 0, set(), 0
         made = len(self.seen.updates)
@@ -240,6 +251,17 @@ class Observer:
         if enough:
             self.seen.ended = True
             raise Enough
+
+    def _closed(
+        self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]
+    ) -> Update:
+        """Read what the steps applied to params and close the update; one that cannot be
+        read is unread (not judged), never an error raised into the code's step."""
+        try:
+            self._read(update, params, carried)
+            return close(update, tolerance_of(update.params))
+        except Exception:
+            return unread(tolerance_of(update.params))
 
     def _read(self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]) -> None:
         for p in params:
@@ -265,6 +287,8 @@ class Observer:
         (at least one), some on targets no batch held (a GAN's real and fake labels; chunks
         of a fetched batch are views of it, and stay micro-batches)."""
         calls = [c for mb in micro for c in mb.losses]
+        if any(mb.retained for mb in micro[:-1]):  # backward() calls on one forward's graph
+            return True  # (retain_graph=True): each task's loss, not a batch of data
         return 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
 
     def past_an_epoch(self, made: int) -> bool:
@@ -358,11 +382,23 @@ def length(it: _BaseDataLoaderIter) -> int | None:
         return None
 
 
-def _targets(micro: list[MicroBatch]) -> set[int]:
-    """Return the storages of the targets the micro-batches' losses were called on."""
+def _sources(micro: list[MicroBatch]) -> set[int | None]:
+    return {mb.source for mb in micro}
+
+
+def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:
+    """Return the views of the targets the micro-batches' losses were called on."""
     return {c.target for mb in micro for c in mb.losses if c.target is not None}
 
 
 def _storage(t: Any) -> int | None:
     """Return the address of a tensor's storage (its views share it), None if not a tensor."""
     return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
+
+
+def _view(t: Any) -> tuple[Any, ...] | None:
+    """Return what tells one tensor's elements from another's: its storage, offset, shape and
+    strides (chunks and slices of one batch share a storage, not a view)."""
+    if not isinstance(t, Tensor):
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())

@@ -33,7 +33,7 @@ class LossCall:
     grads: dict[int, Tensor]  # per parameter (id): the gradient of the summed per-element loss
     count: float  # rows, elements or targets (not -100, class-weighted) a mean divides by
     from_batch: bool = True  # its target is (a view of) a tensor a DataLoader yielded
-    target: int | None = None  # its target's storage: the same batch's targets share it
+    target: tuple[Any, ...] | None = None  # its target's view: the same targets share it
     under: list[Tensor] = field(default_factory=list)  # the leaves that require grad under it
 
 
@@ -42,6 +42,8 @@ class MicroBatch:
     """One backward(): the losses it reached."""
 
     losses: list[LossCall]
+    source: int | None = None  # the dataset of the DataLoader batch fetched last before it
+    retained: bool = False  # its backward() kept the graph for another (retain_graph=True)
 
     @property
     def count(self) -> float:
@@ -89,6 +91,7 @@ class Update:
     dropped: int = 0  # micro-batches the code zeroed before the step (not among counts)
     redone: bool = True  # those were on the targets of the ones kept
     crossed: bool = False  # an epoch ended while it was open
+    unreadable: bool = False  # its gradients could not be taken apart (sparse ones): not read
 
     @property
     def fed(self) -> bool:
@@ -144,6 +147,15 @@ def close(update: Open, tol: float) -> Update:
     )  # fmt: skip
 
 
+def unread(tol: float) -> Update:
+    """Return an update that could not be read (its gradients of a kind the watcher cannot
+    take apart): fed, not judged."""
+    none = torch.zeros(0, dtype=torch.float64)
+    return Update(
+        [], none.reshape(0, 0), none, none, 0.0, 0.0, 0.0, False, True, 1, tol=tol, unreadable=True
+    )
+
+
 def _right(update: Open, total: float, tol: float) -> bool | None:
     """Return whether the update applied its rows' mean as it is (False) or clipped (True),
     compared element by element in the gradients' dtype; None where it did neither (or found
@@ -188,7 +200,8 @@ def _dot(x: Tensor, y: Tensor) -> float:
 def _vec(t: Tensor | None, p: Tensor) -> Tensor:
     if t is None:
         return torch.zeros(p.numel(), dtype=torch.float64)
-    return t.detach().reshape(-1).double()
+    t = t.detach()
+    return (t.to_dense() if t.is_sparse else t).reshape(-1).double()  # SparseAdam's grads
 
 
 def _sum_of(mb: MicroBatch, p: Tensor) -> Tensor | None:

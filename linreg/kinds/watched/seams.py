@@ -60,8 +60,13 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     losses = {name: getattr(F, name) for name in LOSSES}
     loader_next = _BaseDataLoaderIter.__next__
 
+    live = [True]  # a wrapper a name kept after the watch passes straight through
+
     def next_batch(self: _BaseDataLoaderIter) -> Any:
-        w.ran_out()  # a pass whose last batch was fetched before: ended
+        if not live[0]:
+            return loader_next(self)
+        at = (id(self), id(getattr(self, "_dataset", self)))
+        w.ran_out(at=at)  # a pass whose last batch was fetched before: ended
         try:
             batch = loader_next(self)
         except StopIteration:
@@ -69,8 +74,10 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             raise
         size = length(self)
         w.fetch(batch, size)
+        w.source = at[1]
         # its last batch (a fetcher that knows the length never asks past it: Lightning's)
-        w.last_fetched = size is not None and getattr(self, "_num_yielded", 0) >= size
+        if size is not None and getattr(self, "_num_yielded", 0) >= size:
+            w.last_fetched = at
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
@@ -78,7 +85,9 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     scheduler_step = LRScheduler.step
 
     def schedule(scheduler: LRScheduler, *a: Any, **k: Any) -> None:
-        if hasattr(scheduler, "last_epoch"):  # set up: its state as found (not its own first)
+        if live[0] and hasattr(
+            scheduler, "last_epoch"
+        ):  # set up: its state as found (not its own first)
             w.keep(scheduler)
         scheduler_step(scheduler, *a, **k)
 
@@ -86,23 +95,36 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         @functools.wraps(fn)
         def read(*args: Any, **kwargs: Any) -> Tensor:
             out = fn(*args, **kwargs)
-            w.loss(name, fn, args, kwargs, out)
+            if live[0]:
+                w.loss(name, fn, args, kwargs, out)
             return out
 
         return read
 
     def backward(self: Tensor, *args: Any, **kwargs: Any) -> None:
-        w.backward([self], lambda: tensor_backward(self, *args, **kwargs))  # type: ignore[no-untyped-call]
+        def run() -> None:
+            tensor_backward(self, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+        if live[0]:
+            w.backward([self], run, _retains(args, kwargs))
+        else:
+            run()
 
     def autograd(tensors: Any, *args: Any, **kwargs: Any) -> None:
-        roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-        w.backward(roots, lambda: autograd_backward(tensors, *args, **kwargs))
+        def run() -> None:
+            autograd_backward(tensors, *args, **kwargs)
+
+        if live[0]:
+            roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+            w.backward(roots, run, _retains(args, kwargs))
+        else:
+            run()
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
-        if scaler.is_enabled():
+        if live[0] and scaler.is_enabled():
             w.keep(scaler)
         unscale(scaler, optimizer)
-        if scaler.is_enabled():
+        if live[0] and scaler.is_enabled():
             w.unscaled_by(optimizer)
             w.scalers.setdefault(id(scaler), scaler)
 
@@ -110,7 +132,9 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *a: Any, **k: Any
     ) -> Any:
         out = scaler_step(scaler, optimizer, *a, **k)
-        if w.micro and scaler.is_enabled():  # skipped on inf or nan: its gradient is dropped
+        if (
+            live[0] and w.micro and scaler.is_enabled()
+        ):  # skipped on inf or nan: its gradient is dropped
             w.dropped()
         return out
 
@@ -119,7 +143,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     @functools.wraps(clip_norm)
     def clip_grad_norm_(parameters: Any, *a: Any, **k: Any) -> Tensor:
         params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-        w.clipping(params)
+        if live[0]:
+            w.clipping(params)
         return clip_norm(params, *a, **k)
 
     grad_mode = torch.is_grad_enabled()
@@ -142,6 +167,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     except Enough:
         pass
     finally:
+        live[0] = False
         for handle in handles:
             handle.remove()
         for name, fn in losses.items():
@@ -185,3 +211,11 @@ def _eager() -> Callable[[], None]:
                 dynamo.reset()
 
     return back
+
+
+def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Return whether a backward() call keeps its graph for another (retain_graph, or
+    create_graph, which retains it): the second argument after the tensors' gradients."""
+    keep = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
+    make = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
+    return bool(keep if keep is not None else make)
