@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--per-device-train-batch-size", type=int, default=2)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -79,6 +80,7 @@ def main() -> None:
         num_train_epochs=args.epochs,
         learning_rate=5e-4,
         weight_decay=0.01,
+        max_grad_norm=args.max_grad_norm,
         logging_steps=1,
         save_strategy="no",
         report_to="none",

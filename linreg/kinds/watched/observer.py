@@ -79,6 +79,8 @@ class Observer:
         self.straddles = False  # an epoch ended while the open update held micro-batches
         self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
         self.fetched = 0  # DataLoader batches since the last update
+        self.all_fetched = self.all_micro = 0  # batches and micro-batches since the start: a
+        # fetcher that fetches ahead (accelerate's) counts a window's batches in the one before
         self.last_fetched: tuple[int, int] | None = None  # (iterator, dataset) whose last
         # batch was fetched: its pass is over at its next fetch, a new pass over its dataset,
         # or the watch's end (not at another loader's fetch: two loaders zipped)
@@ -142,6 +144,7 @@ class Observer:
         if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
             self.longest = epoch + 1
         self.fetched += 1
+        self.all_fetched += 1
         with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
             storages(batch, self.batched)
 
@@ -195,6 +198,7 @@ class Observer:
             c.node = None
         if reached:
             self.micro.append(MicroBatch(reached, self.source, retained))
+            self.all_micro += 1
         else:
             self.blind += 1
 
@@ -289,7 +293,8 @@ class Observer:
         calls = [c for mb in micro for c in mb.losses]
         if any(mb.retained for mb in micro[:-1]):  # backward() calls on one forward's graph
             return True  # (retain_graph=True): each task's loss, not a batch of data
-        return 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
+        more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
+        return more and 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
 
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
