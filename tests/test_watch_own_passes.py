@@ -235,6 +235,57 @@ for epoch in range(2):
 """
 
 
+RETAINED_BY_HABIT = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for i, (x, y) in enumerate(loader):
+        F.cross_entropy(model(x), y).backward(retain_graph=True)  # not divided by the window
+        if i % 2 == 1:
+            optimizer.step()
+            optimizer.zero_grad()
+"""
+
+TWO_MODELS = """
+other = nn.Linear(6, 3)
+first = torch.optim.SGD(model.parameters(), lr=0.1)
+second = torch.optim.SGD(other.parameters(), lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        loss_a = F.cross_entropy(model(x), y)  # both losses first, then each model's step
+        loss_b = F.cross_entropy(other(x), y, reduction="sum")
+        first.zero_grad()
+        loss_a.backward()
+        first.step()
+        second.zero_grad()
+        loss_b.backward()
+        second.step()
+"""
+
+ZEROED_WITH_PENALTY = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+for epoch in range(2):
+    for i, (x, y) in enumerate(loader):
+        optimizer.zero_grad()  # inside the window, with a penalty the watch does not read
+        penalty = 1e-3 * sum((p**2).sum() for p in model.parameters())
+        ((F.cross_entropy(model(x), y) + penalty) / 2).backward()
+        if i % 2 == 1:
+            optimizer.step()
+"""
+
+ROUND_ROBIN = """
+tasks = [loader, DataLoader(TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,))), 8)]
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    streams = [iter(task) for task in tasks]
+    for step in range(len(loader)):
+        for stream in streams:  # a batch of each task a window, zero_grad inside it
+            x, y = next(stream)
+            optimizer.zero_grad()
+            (F.cross_entropy(model(x), y) / 2).backward()
+        optimizer.step()
+"""
+
+
 def _watched(tmp: Path, body: str) -> str:
     path = tmp / "train.py"
     path.write_text(HEAD + body)
@@ -328,3 +379,15 @@ def test_names_kept_from_a_watched_block_pass_straight_through_after_it() -> Non
     gc.collect()
     assert alive() is None
     kept_clip([w], 1.0)  # and clips as the original does
+
+
+def test_what_looks_like_the_codes_own_still_shows_the_bugs_it_holds(tmp_path: Path) -> None:
+    report = watch_script(_watched(tmp_path, RETAINED_BY_HABIT))  # one forward a backward()
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    report = watch_script(_watched(tmp_path, TWO_MODELS))  # its loss read before the step
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    report = watch_script(_watched(tmp_path, ROUND_ROBIN))  # another loader, every window
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    report = watch_script(_watched(tmp_path, ZEROED_WITH_PENALTY))  # cannot be told apart
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["grad-zeroing"] == "skip", str(report)  # never a pass

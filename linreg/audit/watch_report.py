@@ -31,6 +31,13 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
                     measured=measured,
                 )
             )
+        elif pitfall == "grad-zeroing" and v.recombined:  # some updates could not be told
+            why = (  # from zero_grad inside the window: no pass on the others alone
+                f"not judged: {v.recombined} update(s) zeroed passes on other data and applied "
+                "what their last micro-batches alone do not explain (a gradient the code "
+                "rebuilt from those passes, or a term the watcher does not read)"
+            )
+            results.append(Result(pitfall, statement, "skip", why))
         elif v.judged[pitfall]:
             results.append(Result(pitfall, statement, "pass", examples=v.judged[pitfall]))
         else:
@@ -104,9 +111,9 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
         )
     if v.terms:
         note += (
-            f"; {v.terms} update(s) held more backward() calls than DataLoader batches, on "
-            "targets no batch held (terms of one objective, as a GAN's real and fake): their "
-            "weights not judged"
+            f"; {v.terms} update(s) held backward() calls that are terms of one objective "
+            "(a GAN's real and fake losses on targets no batch held; each task's loss on one "
+            "forward's retained graph): their weights not judged"
         )
     if seen.leftover and seen.updates and not seen.ended and not seen.ran_out:
         note += (

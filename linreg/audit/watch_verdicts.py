@@ -70,11 +70,13 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
             continue
         if u.dropped:  # the code zeroed .grad between the update's backward() calls
             own = None if u.blind or u.terms else read(j, u, summed)
-            if j == 0 or u.redone:  # a pass before training, the same targets again, another
-                v.let_go += u.dropped  # loader's: the code's own (SAM, an attack, a closure)
+            rare = _now_and_then(seen.updates)
+            if j == 0 or u.redone or (u.foreign and rare):  # a pass before training, the
+                v.let_go += u.dropped  # same targets again, now and then another loader's
             elif own is None or own.relative is None or own.unread:
                 v.recombined += 1  # what it applied is not its last micro-batches' alone: the
-                continue  # code rebuilt .grad from the passes it zeroed (per-example clipping)
+                continue  # code rebuilt .grad from them (DP-SGD), or a term is unread: either
+                # way grad-zeroing is not judged on this run (never passed: see report_of)
             elif u.crossed:
                 v.fail(
                     "short-last-batch",
@@ -82,7 +84,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
                     "epoch's end and were zeroed before any step (an epoch's left-over window "
                     "dropped): step when the data ends too",
                 )
-            elif not _now_and_then(seen.updates):
+            elif not rare:
                 v.fail(
                     "grad-zeroing",
                     f"{at}: .grad was zeroed between its micro-batches, so {u.dropped} of them, "

@@ -79,9 +79,12 @@ class Observer:
         self.straddles = False  # an epoch ended while the open update held micro-batches
         self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
         self.fetched = 0  # DataLoader batches since the last update
+        self.kept_graph: set[int] = set()  # the inner nodes of graphs retained this update
+        self.kept_roots: list[Any] = []  # their roots, held so that their ids stay theirs
+        self.accumulators: set[int] = set()  # leaves' nodes: any graph on the params has them
         self.all_fetched = self.all_micro = 0  # batches and micro-batches since the start: a
         # fetcher that fetches ahead (accelerate's) counts a window's batches in the one before
-        self.last_fetched: tuple[int, int] | None = None  # (iterator, dataset) whose last
+        self.last_fetched: dict[int, int] = {}  # iterator -> dataset, each whose last
         # batch was fetched: its pass is over at its next fetch, a new pass over its dataset,
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
@@ -127,16 +130,22 @@ class Observer:
     def _from_batch(self, target: Any) -> bool:
         return _storage(target) in self.batched
 
-    def ran_out(self, now: bool = False, at: tuple[int, int] | None = None) -> None:
-        """Note an epoch's end: a DataLoader ran out (now), or the pass whose last batch was
-        fetched is over: `at` (iterator, dataset) fetches again or a new pass over its dataset
-        begins, or the watch ends (at=None)."""
-        last = self.last_fetched
-        over = last is not None and (at is None or at[0] == last[0] or at[1] == last[1])
+    def ran_out(
+        self, now: bool = False, at: tuple[int, int] | None = None, fresh: bool = False
+    ) -> None:
+        """Note an epoch's end: a DataLoader ran out (now), or a pass whose last batch was
+        fetched is over: `at` (iterator, dataset) fetches again, a new pass begins (fresh:
+        over any loader; zipped loaders end together), or the watch ends (at=None)."""
+        over = [
+            it
+            for it, data in self.last_fetched.items()
+            if at is None or fresh or at[0] == it or at[1] == data
+        ]
+        for it in over:
+            del self.last_fetched[it]
         if now or over:
             self.ends.append(len(self.seen.updates))
             self.straddles = self.straddles or bool(self.micro)  # the open window runs on
-            self.last_fetched = None
 
     def fetch(self, batch: Any, epoch: int | None) -> None:
         """Count a batch a DataLoader yielded, and keep its tensors' storages; an epoch of a
@@ -160,6 +169,11 @@ class Observer:
             if self.before_any > MOST and self.moved():
                 raise Enough  # updates made by hand: nothing the watch can read, ended here
         under = graph([t.grad_fn for t in roots if t.grad_fn is not None])
+        inner = {key for key in under if key not in self.accumulators} if self.kept_graph else set()
+        shared = bool(inner & self.kept_graph)  # on a graph an earlier backward() retained
+        if retained:  # kept (the code retained it anyway) so its ids stay its own
+            self.kept_roots += [t.grad_fn for t in roots if t.grad_fn is not None]
+            self.kept_graph |= {key for key in under if key not in self._leaf_ids(roots)}
         if not self.first and not self.seen.updates:  # to see an update made by hand
             self.first = {
                 id(p): (p, p.detach().clone())
@@ -197,7 +211,7 @@ class Observer:
         for c in reached:  # reached: its graph is let go
             c.node = None
         if reached:
-            self.micro.append(MicroBatch(reached, self.source, retained))
+            self.micro.append(MicroBatch(reached, self.source, shared))
             self.all_micro += 1
         else:
             self.blind += 1
@@ -234,16 +248,17 @@ class Observer:
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.redone = _targets(let_go) <= _targets(kept) or _sources(let_go).isdisjoint(
-            _sources(kept)
-        )  # the same targets again, or another loader's (a diagnostic pass over validation)
+        update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
+        update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params = params
         self.open = update
         self.seen.updates.append(self._closed(update, params, self.carried or {}))
         self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
         self.seen.crossed += self.straddles
         self.closed = self.carried or {}  # another optimizer of the same update reads it
-        self.pending = []  # losses no backward() reached before the step: let go
+        stepped = {id(p) for p in params}  # losses on what was stepped, never reached: let go
+        self.pending = [c for c in self.pending if stepped.isdisjoint(map(id, c.under))]
+        self.kept_graph, self.kept_roots = set(), []
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.fetched, self.batched, self.cut = 0, set(), 0
         made = len(self.seen.updates)
@@ -275,6 +290,20 @@ class Observer:
             update.before[key] = self.prior.get(key, raw)
             update.carried[key] = carried.get(key)
 
+    def _leaf_ids(self, roots: list[Tensor]) -> set[int]:
+        """Return (and keep) the ids of the leaves' accumulator nodes under the roots."""
+        stack: list[Any] = [t.grad_fn for t in roots]
+        seen: set[int] = set()
+        while stack:
+            n = stack.pop()
+            if n is None or id(n) in seen:
+                continue
+            seen.add(id(n))
+            if hasattr(n, "variable"):
+                self.accumulators.add(id(n))
+            stack += [m for m, _ in n.next_functions]
+        return self.accumulators
+
     def _reset(self) -> bool:
         """Return whether the code zeroed the gradients since the last backward() (zero_grad,
         set to None or filled with 0): every nn.Parameter that backward() gave one holds none."""
@@ -291,8 +320,8 @@ class Observer:
         (at least one), some on targets no batch held (a GAN's real and fake labels; chunks
         of a fetched batch are views of it, and stay micro-batches)."""
         calls = [c for mb in micro for c in mb.losses]
-        if any(mb.retained for mb in micro[:-1]):  # backward() calls on one forward's graph
-            return True  # (retain_graph=True): each task's loss, not a batch of data
+        if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
+            return True  # (retain_graph=True): each task's loss on one forward, not a batch
         more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
         return more and 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
 

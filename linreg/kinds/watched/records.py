@@ -43,7 +43,7 @@ class MicroBatch:
 
     losses: list[LossCall]
     source: int | None = None  # the dataset of the DataLoader batch fetched last before it
-    retained: bool = False  # its backward() kept the graph for another (retain_graph=True)
+    retained: bool = False  # its backward() ran on a graph an earlier one retained
 
     @property
     def count(self) -> float:
@@ -65,6 +65,7 @@ class Open:
     terms: bool = False  # more backward() calls than DataLoader batches, not all on them
     dropped: int = 0  # micro-batches before the code zeroed .grad: let go, not stepped
     redone: bool = True  # those were on the targets of the ones kept (SAM, an attack, a closure)
+    foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
 
 
@@ -90,6 +91,7 @@ class Update:
     terms: bool = False  # its micro-batches are terms of one objective (a GAN's real and fake)
     dropped: int = 0  # micro-batches the code zeroed before the step (not among counts)
     redone: bool = True  # those were on the targets of the ones kept
+    foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
     unreadable: bool = False  # its gradients could not be taken apart (sparse ones): not read
 
@@ -110,7 +112,8 @@ def close(update: Open, tol: float) -> Update:
             none = torch.zeros(0, dtype=torch.float64)
             return Update(
                 counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right, tol,
-                update.terms, update.dropped, update.redone, update.crossed,
+                terms=update.terms, dropped=update.dropped, redone=update.redone,
+                foreign=update.foreign, crossed=update.crossed,
             )  # fmt: skip
     m = len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
@@ -144,6 +147,7 @@ def close(update: Open, tol: float) -> Update:
     return Update(
         counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol,
         terms=update.terms, dropped=update.dropped, redone=update.redone, crossed=update.crossed,
+        foreign=update.foreign,
     )  # fmt: skip
 
 

@@ -66,7 +66,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         if not live[0]:
             return loader_next(self)
         at = (id(self), id(getattr(self, "_dataset", self)))
-        w.ran_out(at=at)  # a pass whose last batch was fetched before: ended
+        fresh = getattr(self, "_num_yielded", 1) == 0  # the first fetch of a new pass
+        w.ran_out(at=at, fresh=fresh)  # a pass whose last batch was fetched before: ended
         try:
             batch = loader_next(self)
         except StopIteration:
@@ -77,7 +78,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.source = at[1]
         # its last batch (a fetcher that knows the length never asks past it: Lightning's)
         if size is not None and getattr(self, "_num_yielded", 0) >= size:
-            w.last_fetched = at
+            w.last_fetched[at[0]] = at[1]
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
