@@ -286,6 +286,25 @@ for epoch in range(2):
 """
 
 
+LISTED_GAN = """
+batches = list(loader)  # the data listed up front: no DataLoader fetch during training
+generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6))
+critic = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
+opt_d = torch.optim.Adam(critic.parameters(), lr=1e-3)
+for epoch in range(2):
+    for x, _ in batches:
+        fake = generator(torch.randn(len(x), 4))
+        opt_d.zero_grad()  # the real term and the fake one, each its own backward()
+        F.binary_cross_entropy_with_logits(critic(x), torch.ones(len(x), 1)).backward()
+        F.binary_cross_entropy_with_logits(critic(fake.detach()), torch.zeros(len(x), 1)).backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        F.binary_cross_entropy_with_logits(critic(fake), torch.ones(len(x), 1)).backward()
+        opt_g.step()
+"""
+
+
 def _watched(tmp: Path, body: str) -> str:
     path = tmp / "train.py"
     path.write_text(HEAD + body)
@@ -297,7 +316,7 @@ def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_
 ) -> None:
     for body in (
         SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED,
-        TWO_TASKS, PER_EXAMPLE_CLIPPED, VALIDATION_NORMS, ZIPPED, PER_STEP,
+        TWO_TASKS, PER_EXAMPLE_CLIPPED, VALIDATION_NORMS, ZIPPED, PER_STEP, LISTED_GAN,
     ):  # fmt: skip
         report = watch_script(_watched(tmp_path, body))
         assert report.ok and not report.error, str(report)

@@ -120,6 +120,7 @@ class Observer:
                     self._from_batch(given.get("target")),
                     _view(given.get("target")),
                     under,
+                    _constant(given.get("target")),
                 )
             )
         except Exception:
@@ -316,12 +317,17 @@ class Observer:
 
     def terms(self, micro: list[MicroBatch]) -> bool:
         """Return whether the update's micro-batches are terms of one objective rather than
-        batches of data: more backward() calls than the DataLoader batches fetched for it
-        (at least one), some on targets no batch held (a GAN's real and fake labels; chunks
-        of a fetched batch are views of it, and stay micro-batches)."""
+        batches of data: a backward() on a graph an earlier one retained (each task's loss on
+        one forward); micro-batches each of one label for all its rows, not the same label (a
+        GAN's real and fake); or more backward() calls than the DataLoader batches fetched,
+        some on targets no batch held (chunks of a fetched batch are views of it, and stay
+        micro-batches)."""
         calls = [c for mb in micro for c in mb.losses]
         if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
             return True  # (retain_graph=True): each task's loss on one forward, not a batch
+        labels = [c.constant for c in calls]
+        if len(micro) > 1 and None not in labels and len(set(labels)) > 1:
+            return True  # each micro-batch one label for all its rows, not the same: a GAN's
         more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
         return more and 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
 
@@ -436,3 +442,11 @@ def _view(t: Any) -> tuple[Any, ...] | None:
     if not isinstance(t, Tensor):
         return None
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
+def _constant(t: Any) -> float | None:
+    """Return the one value of a target of two or more equal elements, else None."""
+    if not isinstance(t, Tensor) or t.numel() < 2 or t.is_sparse:
+        return None
+    flat = t.detach().reshape(-1)
+    return float(flat[0]) if bool((flat == flat[0]).all()) else None

@@ -35,6 +35,8 @@ class LossCall:
     from_batch: bool = True  # its target is (a view of) a tensor a DataLoader yielded
     target: tuple[Any, ...] | None = None  # its target's view: the same targets share it
     under: list[Tensor] = field(default_factory=list)  # the leaves that require grad under it
+    constant: float | None = None  # the one value of a target of 2+ equal elements (a GAN's
+    # "real" or "fake" label), else None
 
 
 @dataclass
