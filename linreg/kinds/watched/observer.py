@@ -62,9 +62,8 @@ class Observer:
         self.closed: dict[int, Tensor | None] = {}  # the last closed update's, for its others
         self.raw: dict[int, Tensor] = {}  # buffers: each param's .grad after a backward()
         self.fresh: set[int] = set()  # the params whose raw buffer this update's backward() set
-        self.prior: dict[
-            int, Tensor
-        ] = {}  # each .grad before clipping: at unscale_, clip_grad_norm_
+        # each param's .grad before clipping, as at unscale_ or clip_grad_norm_'s call
+        self.prior: dict[int, Tensor] = {}
         self.busy = False  # inside the watcher's own autograd calls, or a backward() already
         self.found: dict[int, tuple[Tensor, Tensor | None]] = {}  # each param's .grad at first
         self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
@@ -81,7 +80,6 @@ class Observer:
         self.fetched = 0  # DataLoader batches since the last update
         self.kept_graph: set[int] = set()  # the inner nodes of graphs retained this update
         self.kept_roots: list[Any] = []  # their roots, held so that their ids stay theirs
-        self.accumulators: set[int] = set()  # leaves' nodes: any graph on the params has them
         self.all_fetched = self.all_micro = 0  # batches and micro-batches since the start: a
         # fetcher that fetches ahead (accelerate's) counts a window's batches in the one before
         self.last_fetched: dict[int, int] = {}  # iterator -> dataset, each whose last
@@ -169,12 +167,12 @@ class Observer:
             self.before_any += 1
             if self.before_any > MOST and self.moved():
                 raise Enough  # updates made by hand: nothing the watch can read, ended here
-        under = graph([t.grad_fn for t in roots if t.grad_fn is not None])
-        inner = {key for key in under if key not in self.accumulators} if self.kept_graph else set()
-        shared = bool(inner & self.kept_graph)  # on a graph an earlier backward() retained
+        # its nodes but the leaves' (every graph on the same params shares those)
+        under = graph([t.grad_fn for t in roots if t.grad_fn is not None], accumulators=False)
+        shared = not under.isdisjoint(self.kept_graph)  # on a graph an earlier one retained
         if retained:  # kept (the code retained it anyway) so its ids stay its own
             self.kept_roots += [t.grad_fn for t in roots if t.grad_fn is not None]
-            self.kept_graph |= {key for key in under if key not in self._leaf_ids(roots)}
+            self.kept_graph |= under
         if not self.first and not self.seen.updates:  # to see an update made by hand
             self.first = {
                 id(p): (p, p.detach().clone())
@@ -259,9 +257,7 @@ class Observer:
         self.closed = self.carried or {}  # another optimizer of the same update reads it
         stepped = {id(p) for p in params}  # losses on what was stepped, never reached: let go
         self.pending = [c for c in self.pending if stepped.isdisjoint(map(id, c.under))]
-        self.kept_graph, self.kept_roots = set(), []
-        self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
-        self.fetched, self.batched, self.cut = 0, set(), 0
+        self._anew()
         made = len(self.seen.updates)
         if self.steps is not None:
             enough = made >= self.steps
@@ -290,20 +286,6 @@ class Observer:
             raw = self.raw[key] if key in self.fresh else update.applied[key]
             update.before[key] = self.prior.get(key, raw)
             update.carried[key] = carried.get(key)
-
-    def _leaf_ids(self, roots: list[Tensor]) -> set[int]:
-        """Return (and keep) the ids of the leaves' accumulator nodes under the roots."""
-        stack: list[Any] = [t.grad_fn for t in roots]
-        seen: set[int] = set()
-        while stack:
-            n = stack.pop()
-            if n is None or id(n) in seen:
-                continue
-            seen.add(id(n))
-            if hasattr(n, "variable"):
-                self.accumulators.add(id(n))
-            stack += [m for m, _ in n.next_functions]
-        return self.accumulators
 
     def _reset(self) -> bool:
         """Return whether the code zeroed the gradients since the last backward() (zero_grad,
@@ -338,9 +320,14 @@ class Observer:
 
     def dropped(self) -> None:
         """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
+        self._anew()
+        self.seen.skipped += 1
+
+    def _anew(self) -> None:
+        """Begin the next update: nothing fed, carried, fetched or retained yet."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.fetched, self.batched, self.cut = 0, set(), 0
-        self.seen.skipped += 1
+        self.kept_graph, self.kept_roots = set(), []
 
     def put_back(self) -> None:
         """Put back what the watched steps changed: each optimizer's state and lrs (a tensor

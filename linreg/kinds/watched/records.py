@@ -251,17 +251,21 @@ def leaves_of(call: LossCall) -> list[Tensor]:
     return call.under
 
 
-def graph(roots: list[Any]) -> set[int]:
-    """Return the ids of every autograd node under the roots."""
+def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
+    """Return the ids of every autograd node under the roots; accumulators=False leaves out
+    the leaves' own nodes (AccumulateGrad), which every graph on the same params shares."""
     seen: set[int] = set()
+    leaf: set[int] = set()
     stack = list(roots)
     while stack:
         n = stack.pop()
         if n is None or id(n) in seen:
             continue
         seen.add(id(n))
+        if not accumulators and hasattr(n, "variable"):
+            leaf.add(id(n))
         stack += [m for m, _ in n.next_functions]
-    return seen
+    return seen - leaf
 
 
 def storages(thing: Any, out: set[int]) -> set[int]:
