@@ -119,6 +119,15 @@ def _id(case: tuple[Any, ...]) -> str:
     return f"{case[0][:-3]}-{case[4]}"
 
 
+def assert_windows_judged(script: Path, rows: int, pitfall: str | None, crosses: bool) -> None:
+    """Watch an accumulation script on `--rows rows`: it fails only `pitfall` (None: passes),
+    and its note says a window crossed an epoch's end exactly when `crosses`."""
+    report = watch_script(str(script), ["--rows", str(rows)])
+    assert [r.pitfall for r in report.failures] == ([pitfall] if pitfall else []), str(report)
+    assert not report.error, str(report)
+    assert ("both sides of an epoch's end" in (report.note or "")) == crosses, str(report)
+
+
 def twin_of(tmp: Path, script: Path, line: str, bug: str) -> Path:
     """Write the script with one line replaced (it must occur once) under tmp."""
     text = script.read_text()

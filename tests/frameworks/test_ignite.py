@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit import watch_script
 from tests.frameworks.measure import applied_gradients, correct_gradient
-from tests.test_watch import twin_of
+from tests.test_watch import assert_windows_judged, twin_of
 
 engine = pytest.importorskip("ignite.engine")
 
@@ -64,10 +64,7 @@ def test_watching_an_ignite_script_judges_each_window_by_its_weights(
 ) -> None:
     # batches of 4: 6 per epoch (windows end with the epoch); 5 (a window crosses it, batches
     # equal); 6, the last of 2 rows (a window of 4 and 2 rows weighed as a mean of means)
-    report = watch_script(str(SCRIPT), ["--rows", str(rows)])
-    assert [r.pitfall for r in report.failures] == ([pitfall] if pitfall else []), str(report)
-    assert not report.error, str(report)
-    assert ("both sides of an epoch's end" in (report.note or "")) == (rows == 20), str(report)
+    assert_windows_judged(SCRIPT, rows, pitfall, crosses=rows == 20)
 
 
 def test_watching_an_ignite_twin_that_sums_its_loss_names_mean_vs_sum(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from linreg.audit import watch_script
 from tests.frameworks.measure import applied_gradients, correct_gradient
+from tests.test_watch import assert_windows_judged
 
 pytest.importorskip("skorch")
 
@@ -53,7 +53,4 @@ def test_watching_a_skorch_script_judges_each_window_by_its_weights(
 ) -> None:
     # batches of 8: 6 an epoch; 5 (a window crosses the epoch's end, batches equal); 6, the
     # last of 4 rows (a window of 8 and 4 rows weighed as a mean of means)
-    report = watch_script(str(SCRIPT), ["--rows", str(rows)])
-    assert [r.pitfall for r in report.failures] == ([pitfall] if pitfall else []), str(report)
-    assert not report.error, str(report)
-    assert ("both sides of an epoch's end" in (report.note or "")) == (rows == 40), str(report)
+    assert_windows_judged(SCRIPT, rows, pitfall, crosses=rows == 40)
