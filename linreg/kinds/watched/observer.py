@@ -146,9 +146,15 @@ class Observer:
             self.ends.append(len(self.seen.updates))
             self.straddles = self.straddles or bool(self.micro)  # the open window runs on
 
-    def fetch(self, batch: Any, epoch: int | None) -> None:
-        """Count a batch a DataLoader yielded, and keep its tensors' storages; an epoch of a
-        known length up to LONGEST batches is watched to its end (updates <= batches)."""
+    def fetch(self, batch: Any, at: tuple[int, int], epoch: int | None, yielded: int) -> None:
+        """Count a batch a DataLoader's iterator (`at`: iterator, dataset) yielded, the
+        `yielded`th of an epoch of `epoch` batches (None: not known), and keep its tensors'
+        storages. An epoch of a known length up to LONGEST batches is watched to its end
+        (updates <= batches); its last batch fetched, the pass ends at the next fetch (a
+        fetcher that knows the length never asks past it: Lightning's)."""
+        self.source = at[1]
+        if epoch is not None and yielded >= epoch:
+            self.last_fetched[at[0]] = at[1]
         if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
             self.longest = epoch + 1
         self.fetched += 1

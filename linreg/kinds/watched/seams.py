@@ -73,12 +73,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         except StopIteration:
             w.ran_out(now=True)
             raise
-        size = length(self)
-        w.fetch(batch, size)
-        w.source = at[1]
-        # its last batch (a fetcher that knows the length never asks past it: Lightning's)
-        if size is not None and getattr(self, "_num_yielded", 0) >= size:
-            w.last_fetched[at[0]] = at[1]
+        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0))
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
@@ -86,9 +81,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     scheduler_step = LRScheduler.step
 
     def schedule(scheduler: LRScheduler, *a: Any, **k: Any) -> None:
-        if live[0] and hasattr(
-            scheduler, "last_epoch"
-        ):  # set up: its state as found (not its own first)
+        # set up (not its own first step): its state as found, to put back
+        if live[0] and hasattr(scheduler, "last_epoch"):
             w.keep(scheduler)
         scheduler_step(scheduler, *a, **k)
 
@@ -133,9 +127,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *a: Any, **k: Any
     ) -> Any:
         out = scaler_step(scaler, optimizer, *a, **k)
-        if (
-            live[0] and w.micro and scaler.is_enabled()
-        ):  # skipped on inf or nan: its gradient is dropped
+        if live[0] and w.micro and scaler.is_enabled():  # skipped (inf or nan): let go
             w.dropped()
         return out
 
