@@ -309,7 +309,7 @@ def test_loops_as_written_a_step_that_divides_by_its_count_of_targets_passes() -
         (
             L.token_train_mean_of_means,
             "micro-batch-accumulation",
-            "mean of its 2 micro-batches' mean losses, whose counts of targets differ",
+            "micro-batches' mean losses, whose counts of targets differ",
         ),
         (L.token_train_unshifted_count, "mean-vs-sum", "counted before the model's causal shift"),
     ],

@@ -469,17 +469,24 @@ def train_scheduled_windows(
     optimizer: Any,
     num_epochs: int,
     gradient_accumulation_steps: int,
-    nominal: bool = False,
+    divide_by: str = "rows",
 ) -> None:
     """A linear decay over the run's optimizer steps, counted as len(loader) // k an epoch (0,
-    and a ZeroDivisionError, on fewer than k batches); each window divided by its batches."""
-    k = gradient_accumulation_steps
+    and a ZeroDivisionError, on fewer than k batches); each window's summed loss divided by
+    the rows it holds."""
+    k, size, n = gradient_accumulation_steps, loader.batch_size, len(loader.dataset)
     total_steps = num_epochs * (len(loader) // k)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
     for _ in range(num_epochs):
         for i, (x, y) in enumerate(loader):
-            window = k if nominal else min(k, len(loader) - i // k * k)
-            (F.cross_entropy(model(x), y) / window).backward()
+            rows = min(k * size, n - i // k * k * size)  # the window's, its last batch's too
+            if divide_by == "rows":
+                loss = F.cross_entropy(model(x), y, reduction="sum") / rows
+            elif divide_by == "nominal batches":  # each batch's mean loss over k
+                loss = F.cross_entropy(model(x), y) / k
+            else:  # each batch's mean loss over the window's count of batches
+                loss = F.cross_entropy(model(x), y) / min(k, len(loader) - i // k * k)
+            loss.backward()
             if (i + 1) % k == 0 or i + 1 == len(loader):
                 optimizer.step()
                 scheduler.step()
@@ -489,10 +496,18 @@ def train_scheduled_windows(
 def train_scheduled_windows_nominal(
     model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, gradient_accumulation_steps: int
 ) -> None:
-    """Twin: the short last window divided by k, as a full one."""
+    """Twin: each batch's mean loss divided by k, a short last window's as a full one's."""
     train_scheduled_windows(
-        model, loader, optimizer, num_epochs, gradient_accumulation_steps, nominal=True
+        model, loader, optimizer, num_epochs, gradient_accumulation_steps, "nominal batches"
     )
+
+
+def train_scheduled_batch_means(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, gradient_accumulation_steps: int
+) -> None:
+    """Twin: each window divided by its count of batches, each batch's loss a mean: a window
+    holding the epoch's short last batch is a mean of unequal batches' means."""
+    train_scheduled_windows(model, loader, optimizer, num_epochs, gradient_accumulation_steps, "")
 
 
 @pytest.mark.parametrize("k", [2, 4, 8])  # 8: more than the first probe's 5 batches an epoch
@@ -506,6 +521,25 @@ def test_its_twin_with_a_nominal_last_window_fails_short_last_batch() -> None:
     report = audit.training_loop(train_scheduled_windows_nominal, accumulation_steps=3, **LOOP)
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert report.options["least_batches"] == 3
+
+
+def test_windows_divided_by_their_batches_weigh_a_short_last_batchs_rows_more_measured() -> None:
+    """Directly: a window of a batch of 3 rows and one of 1, each batch's mean loss divided by
+    the 2 batches, applies each row of the short batch 1/2 where the window's mean gives 1/4."""
+    torch.manual_seed(0)
+    model = TwoPart()
+    x = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 1, 0])
+    full = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    halves = [(x[:3], y[:3]), (x[3:], y[3:])]
+    means = [
+        torch.autograd.grad(F.cross_entropy(model(a), b) / 2, list(model.parameters()))
+        for a, b in halves
+    ]
+    applied = [m + n for m, n in zip(*means, strict=True)]
+    assert max(float((a - f).abs().max()) for a, f in zip(applied, full, strict=True)) > 1e-3
+    report = audit.training_loop(train_scheduled_batch_means, accumulation_steps=2, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
 
 
 def test_a_loop_that_raises_on_every_size_is_refused_naming_what_was_tried() -> None:

@@ -34,7 +34,7 @@ from linreg.audit.report import Report, Result
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds import KINDS, Target, TargetError
 from linreg.kinds.guards import Aborted, ended_process, kept_rngs, one_thread, watchdog_kept
-from linreg.kinds.training_loop import models_restored
+from linreg.kinds.training_loop import models_restored, runs_shared, sharing
 from linreg.pitfalls import CATALOGUE, Property
 
 __all__ = [
@@ -134,7 +134,9 @@ def run_property(
     try:
         # a factory may hand out the user's own model: models_restored puts it back as it was
         quiet = reporting.with_reporter(lambda *_: None)
-        with quiet, one_thread(), kept_rngs(), models_restored():
+        # (in an audit whose properties share runs, when the audit ends: runs_shared)
+        restored = contextlib.nullcontext() if sharing() else models_restored()
+        with quiet, one_thread(), kept_rngs(), restored:
             wrapped()
     except (LoopRaised, Aborted) as e:
         example, message = failure[-1] if failure else (None, str(e))
@@ -220,35 +222,14 @@ def run(
     verdicts: dict[int, Result] = {}
     error: tuple[str, Any] = ("", None)
     budget = Budget(len(props))
-    for prop in ordered(props):
-        reason = not_judged(prop, failed)
-        if error[0]:
-            reason = "not judged: " + (
-                "interrupted" if error[0].startswith("interrupted") else "the target raised"
+    with runs_shared():  # a run one property made, another that draws it reads
+        for prop in ordered(props):
+            result, error = _verdict(
+                prop, target, failed, error, budget, max_examples, seed, shrink
             )
-        if reason is not None:
-            result = Result(prop.pitfall, prop.name, "skip", reason)
-            budget.left = max(budget.left - 1, 0)  # its share goes to the others
-        else:
-            try:
-                with budget.share() as shared:
-                    result = run_property(
-                        prop,
-                        target,
-                        max_examples=max_examples,
-                        seed=seed,
-                        shrink=shrink,
-                        budget=shared if max_examples is None else None,
-                    )
-            except LoopRaised as e:
-                error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
-                result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")
-            except KeyboardInterrupt:  # Ctrl-C: the state is restored; report what was judged
-                error = ("interrupted (Ctrl-C): the properties after this one were not run", None)
-                result = Result(prop.pitfall, prop.name, "skip", "not judged: interrupted")
-        if result.verdict == "fail":
-            failed.add(prop.pitfall)
-        verdicts[id(prop)] = result
+            if result.verdict == "fail":
+                failed.add(prop.pitfall)
+            verdicts[id(prop)] = result
     return Report(
         str(target),
         target.kind,
@@ -258,6 +239,44 @@ def run(
         *error,
         note=budget.note(),
     )
+
+
+def _verdict(
+    prop: Property,
+    target: Target,
+    failed: set[str],
+    error: tuple[str, Any],
+    budget: Budget,
+    max_examples: int | None,
+    seed: int | None,
+    shrink: bool,
+) -> tuple[Result, tuple[str, Any]]:
+    """Return one property's verdict in an audit, and the audit's error after it."""
+    reason = not_judged(prop, failed)
+    if error[0]:
+        reason = "not judged: " + (
+            "interrupted" if error[0].startswith("interrupted") else "the target raised"
+        )
+    if reason is not None:
+        budget.left = max(budget.left - 1, 0)  # its share goes to the others
+        return Result(prop.pitfall, prop.name, "skip", reason), error
+    try:
+        with budget.share() as shared:
+            result = run_property(
+                prop,
+                target,
+                max_examples=max_examples,
+                seed=seed,
+                shrink=shrink,
+                budget=shared if max_examples is None else None,
+            )
+    except LoopRaised as e:
+        error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
+        result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")
+    except KeyboardInterrupt:  # Ctrl-C: the state is restored; report what was judged
+        error = ("interrupted (Ctrl-C): the properties after this one were not run", None)
+        result = Result(prop.pitfall, prop.name, "skip", "not judged: interrupted")
+    return result, error
 
 
 class Budget:

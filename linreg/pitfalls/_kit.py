@@ -30,6 +30,7 @@ __all__ = [
     "gap",
     "gen",
     "params_with_grads",
+    "training_runs",
     "trajectory",
 ]
 
@@ -52,6 +53,13 @@ def drawn(strategy: str, /, **keywords: Any) -> Callable[[Any], SearchStrategy[A
 
     examples.__name__ = examples.__qualname__ = strategy
     return examples
+
+
+def training_runs(options: Any) -> SearchStrategy[Any]:
+    """Return the runs every property of the training-loop kind draws: one strategy, so that
+    each property draws the same batchings and an audit runs each once (`shared`). Full
+    steps, then maybe a short one; identical rows or two kinds; one or two epochs."""
+    return drawn("batchings", steps="either", mixed=None, max_epochs=2)(options)
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -193,7 +193,7 @@ PROPERTIES = (
         name="E epochs feed E times one epoch's rows; a budget of S steps takes at least S",
         kind="training-loop",
         check=takes_every_step,
-        examples=_kit.drawn("batchings", max_epochs=3),
+        examples=_kit.training_runs,
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_stored_generator, None, "training-loop", CLASSIFIER),),
         book=lambda: Batching((0,) * 5, 2, 3, 0),

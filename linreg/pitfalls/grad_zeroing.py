@@ -21,11 +21,13 @@ from linreg.kinds.training_loop import (
     Batching,
     Judged,
     Step,
+    Wanted,
     compare,
     describe,
     full_rows,
     loss_of,
     options_of,
+    unequal_weights,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.kinds.update_step import STEPS, Update, UpdateStepOptions, fresh
@@ -121,7 +123,8 @@ def _zeroes(options: UpdateStepOptions) -> str | None:
 
 
 def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
-    """On identical rows, every full step applies the same gradient: its own batch's alone."""
+    """Every full step applies its own rows' gradient alone, nothing a step before left in
+    .grad (on identical rows, every full step the same gradient)."""
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
         s = v.ratio
@@ -141,7 +144,17 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
             )
         if s is not None and s > 1.5 and math.isclose(s, round(s), rel_tol=1e-3):
             return f"adds up {round(s)} steps' gradients: it zeroes them less often than it steps"
+        if v.carried:
+            return (
+                f"never zeroes the grads: step {j + 1} found a gradient in .grad as its first "
+                "backward() began, and applied it with its own"
+            )
         return NO_KNOWN
+
+    def excused(j: int, verdicts: Sequence[Judged | None], run: Wanted, by: float | None) -> bool:
+        """Rows weighed unequally, nothing found in .grad: micro-batch-accumulation's."""
+        v = verdicts[j]
+        return v is not None and not v.carried and unequal_weights(v, batching)
 
     # only full steps: one fed more rows took an epoch's left-overs, one fed fewer is a short
     # window (an epoch's last, or a first window that counts from 0): short-last-batch's
@@ -151,6 +164,7 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
         lambda j, steps: steps[j].rows == full_rows(target, batching, steps),
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
+        excused=excused,
     )
     for j, step in enumerate(seen.steps):  # fed nothing since the update before, it applied
         if j > 0 and not step.calls:  # a gradient (a step that applies none is no update)
@@ -184,10 +198,10 @@ PROPERTIES = (
         requires=("backward-twice", "rebinding", "mean-vs-sum"),
     ),
     Property(
-        name="on identical rows every step applies its own batch's gradient alone",
+        name="every full step applies its own rows' gradient alone",
         kind="training-loop",
         check=applies_each_steps_own_gradient,
-        examples=_kit.drawn("batchings", steps="full", min_steps=2, max_epochs=2),
+        examples=_kit.training_runs,
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_without_zero_grad, None, "training-loop", CLASSIFIER),),
         book=lambda: Batching((0,) * 6, 2, 2, 0),

@@ -33,6 +33,7 @@ from linreg.kinds.training_loop import (
     loss_of,
     options_of,
     reduced,
+    unequal_weights,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
@@ -142,7 +143,9 @@ MEAN_MSE = LossOptions(reduction="mean", scale=1.0, flat_labels=False)
 
 
 def applies_the_rows_mean(target: Target, batching: Batching) -> None:
-    """On identical rows, a full step applies one row's gradient (B rows' for reduction=sum)."""
+    """A full step applies the mean of its rows' gradients (their sum for reduction=sum): on
+    identical rows, one row's (B rows'). On two kinds of rows, a step that weighs its rows
+    unequally is micro-batch-accumulation's; its scale, where it has one, is judged here."""
     k = count_of(options_of(target), batching)
     mean = reduced(target) == "mean"
 
@@ -184,7 +187,9 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
     def excused(j: int, verdicts: Sequence[Judged | None], run: Wanted, by: float | None) -> bool:
         v = verdicts[j]  # its own part right, on top of what .grad held: grad-zeroing's
         return v is not None and (
-            v.stale or (v.carried and v.own is not None and math.isclose(v.own, 1, rel_tol=1e-3))
+            v.stale
+            or (v.carried and v.own is not None and math.isclose(v.own, 1, rel_tol=1e-3))
+            or unequal_weights(v, batching)  # no scale to read: micro-batch-accumulation's
         )
 
     compare(target, batching, first_full, explain, excused=excused)
@@ -235,10 +240,10 @@ PROPERTIES = (
         book=book_predictions,
     ),
     Property(
-        name="on identical rows a step applies one row's gradient: the mean over its rows",
+        name="a full step applies the mean of its rows' gradients, not their sum",
         kind="training-loop",
         check=applies_the_rows_mean,
-        examples=_kit.drawn("batchings", steps="full"),
+        examples=_kit.training_runs,
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_sum_at_mean_lr, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 4, 4, 1, 0),

@@ -142,7 +142,7 @@ PROPERTIES = (
         name="with two kinds of rows each step applies the mean of its own rows' gradients",
         kind="training-loop",
         check=weighs_every_row_alike,
-        examples=_kit.drawn("batchings", mixed=True),
+        examples=_kit.training_runs,
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
         book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),

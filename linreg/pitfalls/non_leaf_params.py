@@ -207,7 +207,7 @@ PROPERTIES = (
         name="at every optimizer.step() some parameter has a non-zero gradient",
         kind="training-loop",
         check=every_step_has_a_gradient,
-        examples=_kit.drawn("batchings", max_epochs=2, max_n=6),
+        examples=_kit.training_runs,
         holds_for=TRAINING_LOOPS,
         refuted_by=(
             Variant(loop_zero_grad_before_step, None, "training-loop", LINEAR),

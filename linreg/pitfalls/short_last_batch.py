@@ -31,6 +31,7 @@ from linreg.kinds.training_loop import (
     full_rows,
     loss_of,
     options_of,
+    unequal_weights,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
@@ -104,9 +105,10 @@ def _has_a_short_batch(options: LoopOptions) -> str | None:
 
 
 def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
-    """On identical rows, an epoch's short last step applies the same gradient as a full one,
-    and the epoch's left-over micro-batches are stepped, neither dropped nor carried over with
-    the wrong weight. A full step's rows are read from the run, not from what was declared.
+    """An epoch's short last step applies the mean of its rows' gradients as a full one does
+    (on identical rows, the same gradient), and the epoch's left-over micro-batches are
+    stepped, neither dropped nor carried over with the wrong weight. A full step's rows are
+    read from the run, not from what was declared.
 
     Judged on its own: full steps are mean-vs-sum's and grad-zeroing's, so only a step of
     another size, or one across an epoch's end, is judged here, relative to the full steps'
@@ -132,7 +134,12 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         def fits(s: float | None) -> bool:
             return s is not None and any(math.isclose(s, t, rel_tol=1e-3) for t in shares)
 
-        return fits(v.ratio) or v.stale or (v.carried and fits(v.own))
+        # on two kinds of rows, a window of uneven micro-batches divided by their count reads
+        # as no multiple at all: micro-batch-accumulation's (on identical rows, a nominal
+        # count shows here as its ratio)
+        return (
+            fits(v.ratio) or v.stale or (v.carried and fits(v.own)) or unequal_weights(v, batching)
+        )
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
         step = steps[j]
@@ -192,7 +199,7 @@ PROPERTIES = (
         name="the short last step applies a full one's gradient; no rows are left unstepped",
         kind="training-loop",
         check=short_step_applies_the_mean,
-        examples=_kit.drawn("batchings", steps="short"),
+        examples=_kit.training_runs,
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),

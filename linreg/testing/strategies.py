@@ -242,7 +242,7 @@ def batchings(
     steps: str = "any",
     min_steps: int = 1,
     max_epochs: int = 1,
-    mixed: bool = False,
+    mixed: bool | None = False,
     max_n: int = 10,
     accumulation_steps: int = 1,
     drop_last: bool = False,
@@ -255,8 +255,10 @@ def batchings(
     count is drawn too (1 to MOST_DRAWN), and handed to the loop with the batching.
     steps="full": every optimizer step takes batch_size *
     accumulation_steps rows (at least min_steps of them); "short": the last step of each epoch
-    takes fewer; "any": either. mixed=True draws each row as the example or its contrast row;
-    otherwise every row is the example. From 1 to max_epochs epochs. drop_last=True (the
+    takes fewer; "either": full steps, then maybe a short one; "any": any n and batch size.
+    mixed=True draws each row as the example or its contrast row; False makes every row the
+    example; None draws which of the two (the training-loop kind's properties judge both, on
+    the same runs). From 1 to max_epochs epochs. drop_last=True (the
     audit's DataLoader drops the short last batch) keeps at least one batch, and a short step
     short by whole batches.
     """
@@ -274,16 +276,20 @@ def batchings(
         if least > 1:
             n = max(n, least * b)
     else:
-        top = max(2, 4 // k)  # a step takes b * k rows: keep runs short when k is large
-        b = draw(st.integers(1 if steps == "full" or k > 1 else 2, top), label="batch_size")
+        # a step takes b * k rows: keep runs short when k is large ("either" keeps batches of 3,
+        # which a loop that splits each batch in two micro-batches splits unevenly)
+        top = max(3, 5 // k) if steps == "either" else max(2, 4 // k)
+        b = draw(st.integers(1 if steps != "short" or k > 1 else 2, top), label="batch_size")
         whole = max(draw(st.integers(min_steps, 3), label="full steps"), -(-least // k))
-        rest = 0
-        if steps == "short" and drop_last and k > 1:
-            rest = b * draw(st.integers(1, k - 1), label="rest in batches")
-        elif steps == "short":
-            rest = draw(st.integers(1, b * k - 1), label="rest")
+        rest, least_rest = 0, int(steps == "short")
+        if steps in ("short", "either") and drop_last and k > 1:
+            rest = b * draw(st.integers(least_rest, k - 1), label="rest in batches")
+        elif steps in ("short", "either"):
+            rest = draw(st.integers(least_rest, b * k - 1), label="rest")
         n = b * k * whole + rest
     rows = (0,) * n
+    if mixed is None:
+        mixed = draw(st.booleans(), label="mixed")
     if mixed:
         rows = tuple(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n), label="rows"))
     epochs = 1 if max_epochs == 1 else draw(st.integers(1, max_epochs), label="num_epochs")

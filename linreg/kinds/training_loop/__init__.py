@@ -19,11 +19,12 @@ any work, as is a loop that moves the parameters outside `optimizer.step()`.
 
 One concept per module: `contract` (what the loop asks for, by name), `settings` (what the
 audit is told, and a drawn Batching), `rows` (the example and its contrast row), `held` (the
-model held still), `hooks` (the hooks that watch), `ledger` (what the loop did: calls and
-updates), `one_run` (one run at lr 0, the probe, the kind), `labels` (each row's labels, fed or
-held, and the targets its loss counts), `references` (each row's own gradient), `measure` and
-`verdicts` (whether each update applied what it should), `weights` (an update as weights on its
-rows' own gradients), `own_loops` (linreg's correct loops).
+model held still), `shared` (one audit's runs, shared by its properties), `hooks` (the hooks
+that watch), `ledger` (what the loop did: calls and updates), `one_run` (one run at lr 0, the
+probe, the kind), `labels` (each row's labels, fed or held, and the targets its loss counts),
+`references` (each row's own gradient), `measure` and `verdicts` (whether each update applied
+what it should), `weights` (an update as weights on its rows' own gradients), `own_loops`
+(linreg's correct loops).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ from linreg.kinds.training_loop.settings import (
     options_of,
     reduced,
 )
+from linreg.kinds.training_loop.shared import runs_shared, sharing
 from linreg.kinds.training_loop.verdicts import (
     NO_KNOWN,
     Excuse,
@@ -127,6 +129,7 @@ from linreg.kinds.training_loop.verdicts import (
     means_of_means,
     miscount,
     summed_means,
+    unequal_weights,
     want_of,
     wanted,
 )
@@ -209,10 +212,13 @@ __all__ = [
     "row_loss_for",
     "rows_of",
     "run_at_zero_lr",
+    "runs_shared",
+    "sharing",
     "summed_means",
     "tensors_in",
     "token_labels",
     "tolerance",
+    "unequal_weights",
     "want_of",
     "wanted",
     "watching",

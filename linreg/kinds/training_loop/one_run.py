@@ -36,6 +36,7 @@ from linreg.kinds.training_loop.settings import (
     expected_steps,
     options_of,
 )
+from linreg.kinds.training_loop.shared import kept
 
 _LIMITS: dict[int, tuple[Callable[..., Any], float]] = {}  # each loop's derived time limit
 
@@ -82,7 +83,12 @@ def asks_of(fn: Callable[..., Any]) -> contracts.Contract:
 
 
 def run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
-    """Run the loop at lr = 0 on a batching; return its model and what it did."""
+    """Run the loop at lr = 0 on a batching; return its model and what it did (within an
+    audit, once: `shared`)."""
+    return kept("run", target, batching, lambda: _run_at_zero_lr(target, batching))
+
+
+def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
     c = options_of(target)
     asks = asks_of(target.fn)
     with seeded(batching.seed):

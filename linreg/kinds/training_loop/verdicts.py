@@ -25,6 +25,7 @@ from linreg.kinds.training_loop.settings import (
     options_of,
     reduced,
 )
+from linreg.kinds.training_loop.shared import kept
 from linreg.kinds.training_loop.weights import weights_of
 
 
@@ -103,7 +104,12 @@ class Wanted:
 
 
 def wanted(target: Target, batching: Batching) -> Wanted:
-    """Run the loop at lr 0 on a batching; return what it did beside what it should have."""
+    """Run the loop at lr 0 on a batching; return what it did beside what it should have
+    (within an audit, once: `shared`)."""
+    return kept("wanted", target, batching, lambda: _wanted(target, batching))
+
+
+def _wanted(target: Target, batching: Batching) -> Wanted:
     model, seen = run_at_zero_lr(target, batching)
     ref = references(target, model, seen, batching.seed)
     tol = tolerance(model)
@@ -152,6 +158,17 @@ def compare(
         None if w is None else judge(step, w, tol, scale)
         for step, w in zip(seen.steps, wants, strict=True)
     ]
+
+    def absolutely(j: int) -> bool:
+        """Judged relative to the first full step, a step that is right as it is, or whose own
+        ratio is a miscount of its targets (on two kinds of rows, each step's own): the first
+        full step's scale is mean-vs-sum's, which judges the absolute scale, to name."""
+        want = run.wants[j]
+        if by is None or want is None:
+            return False
+        alone = judge(seen.steps[j], want, tol, run.scale)
+        return alone.ok or bool(miscount(seen.steps[j], ref, alone.ratio))
+
     bad = [
         j
         for j, v in enumerate(verdicts)
@@ -159,6 +176,7 @@ def compare(
         and not v.ok
         and which(j, seen.steps)
         and not (excused is not None and excused(j, verdicts, run, by))
+        and not absolutely(j)
     ]
     if bad:
         j = bad[0]
@@ -196,6 +214,15 @@ def compare(
             measured,
         )
     return seen
+
+
+def unequal_weights(v: Judged | None, batching: Batching) -> bool:
+    """Return True if, on two kinds of rows, what a step applied beyond what it found in .grad
+    is no multiple of the correct gradient: it weighs its own rows unequally,
+    micro-batch-accumulation's to name (a scale, or what .grad carried, stays the others')."""
+    if v is None or v.stale or len(set(batching.rows)) < 2:
+        return False
+    return (v.own if v.carried else v.ratio) is None
 
 
 def full_rows(target: Target, batching: Batching, steps: Sequence[Step]) -> int:
