@@ -165,6 +165,7 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
         excused=excused,
+        needs_scale=True,
     )
     for j, step in enumerate(seen.steps):  # fed nothing since the update before, it applied
         if j > 0 and not step.calls:  # a gradient (a step that applies none is no update)

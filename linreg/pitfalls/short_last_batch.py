@@ -164,7 +164,9 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             )
         return NO_KNOWN
 
-    seen = compare(target, batching, judged, explain, relative=True, excused=excused)
+    seen = compare(
+        target, batching, judged, explain, relative=True, excused=excused, needs_scale=True
+    )
     if seen.leftover:
         raise CheckFailed(
             f"on {describe(batching, options)}, after its last step, {len(seen.leftover)} "

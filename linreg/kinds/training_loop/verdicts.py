@@ -128,6 +128,7 @@ def compare(
     *,
     relative: bool = False,
     excused: Excuse | None = None,
+    needs_scale: bool = False,
 ) -> Observed:
     """Judge the steps `which(j, steps)` picks against the reference; explain the first miss
     (`explain(j, verdict, steps)`).
@@ -136,7 +137,9 @@ def compare(
     first full step (of its most common size) to it: a scale the loop applies to every step
     alike (a summed loss: mean-vs-sum's) is left to the property that judges the scale, so a
     second mistake is still seen on its own. `excused(j, verdicts, run, by)` says that a
-    step's miss is another property's cause (by: that ratio, None where it is 1).
+    step's miss is another property's cause (by: that ratio, None where it is 1). With
+    needs_scale=True a run whose first full step has no scale to be relative to (on two kinds
+    of rows it weighs them unequally: micro-batch-accumulation's) judges nothing.
     """
     run = wanted(target, batching)
     seen, ref, wants, tol, scale = run.seen, run.ref, run.wants, run.tol, run.scale
@@ -150,6 +153,8 @@ def compare(
         first = judge(seen.steps[full[0]], chosen, tol, scale)
     if first is not None and first.carried and first.own is not None:
         first = replace(first, ok=math.isclose(first.own, 1, rel_tol=tol), ratio=first.own)
+    if needs_scale and first is not None and not first.ok and unequal_weights(first, batching):
+        return seen
     by = first.ratio if first is not None and not first.ok and first.ratio else None
     if by is not None and by > 0:
         wants = [None if w is None else w * by for w in wants]
