@@ -2,9 +2,11 @@
 
 `run_property` gives one property's verdict on a target; `run` every property of the target's
 kind, each after those it requires (`ordered`), a property whose requirement failed first
-skipped (`not_judged`); `target_for` checks a function and options once, as a kind's target.
-Everything the user's code might change (RNGs, grad mode, torch's thread count, the models the
-factory hands out) is restored after each property.
+skipped (`not_judged`), the runs one property made read by the others that draw them
+(`runs_shared`); `target_for` checks a function and options once, as a kind's target.
+Everything the user's code might change (RNGs, grad mode, torch's thread count) is restored
+after each property, and the models the factory hands out when the audit ends (after each
+property where runs are not shared).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from linreg.audit.report import Report, Result
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds import KINDS, Target, TargetError
 from linreg.kinds.guards import Aborted, ended_process, kept_rngs, one_thread, watchdog_kept
-from linreg.kinds.training_loop import models_restored, runs_shared, sharing
+from linreg.kinds.training_loop import models_restored, runs_shared, sharing, unshared
 from linreg.pitfalls import CATALOGUE, Property
 
 __all__ = [
@@ -221,7 +223,8 @@ def run(
     failed: set[str] = set()
     verdicts: dict[int, Result] = {}
     error: tuple[str, Any] = ("", None)
-    budget = Budget(len(props))
+    # properties that draw one strategy share their runs (runs_shared), and so the budget
+    budget = Budget(len(props), whole=len({p.examples for p in props}) == 1)
     with runs_shared():  # a run one property made, another that draws it reads
         for prop in ordered(props):
             result, error = _verdict(
@@ -282,18 +285,25 @@ def _verdict(
 class Budget:
     """The time an audit's properties share at the default examples: each property runs until
     its share of what is left is spent (after FEWEST examples at least), so that a slow target
-    (a loop that evaluates after every step) ends the audit near BUDGET s; what was cut is said."""
+    (a loop that evaluates after every step) ends the audit near BUDGET s; what was cut is said.
 
-    def __init__(self, properties: int) -> None:
+    Where the properties draw one strategy (whole=True: the training-loop kind's), the first
+    makes the runs the others read, so each runs until half the time left is spent (the rest
+    for what the others add: references, a run of one epoch): an even share would cut the
+    first, which pays for all, and leave the others' unused."""
+
+    def __init__(self, properties: int, *, whole: bool = False) -> None:
         self.left, self.spent, self.until = properties, 0.0, math.inf
         self.cut: list[int] = []
         self.examples = 0
+        self.whole = whole
 
     @contextlib.contextmanager
     def share(self) -> Iterator[Budget]:
         """Give the next property its share of the time left, and count what it took."""
         start = time.perf_counter()
-        self.until = start + max(BUDGET - self.spent, 0.0) / max(self.left, 1)
+        left = max(BUDGET - self.spent, 0.0)
+        self.until = start + (left / 2 if self.whole else left / max(self.left, 1))
         try:
             yield self
         finally:
@@ -336,7 +346,7 @@ def target_for(kind: str, fn: Any, **options: Any) -> Target:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     # a kind may call fn once to check it (a loss's trial, a loop's probe): as in the audit
-    with one_thread(), torch.enable_grad(), kept_rngs():
+    with one_thread(), torch.enable_grad(), kept_rngs(), unshared():
         try:
             return KINDS[kind].target(fn, **options)
         except (SystemExit, GeneratorExit) as e:

@@ -116,7 +116,7 @@ from linreg.kinds.training_loop.settings import (
     options_of,
     reduced,
 )
-from linreg.kinds.training_loop.shared import runs_shared, sharing
+from linreg.kinds.training_loop.shared import runs_shared, sharing, unshared
 from linreg.kinds.training_loop.verdicts import (
     NO_KNOWN,
     Excuse,
@@ -219,6 +219,7 @@ __all__ = [
     "token_labels",
     "tolerance",
     "unequal_weights",
+    "unshared",
     "want_of",
     "wanted",
     "watching",

@@ -29,7 +29,7 @@ from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.ledger import Observed
 from linreg.kinds.training_loop.settings import Batching
 
-__all__ = ["KEEP_BYTES", "kept", "runs_shared", "sharing"]
+__all__ = ["KEEP_BYTES", "kept", "runs_shared", "sharing", "unshared"]
 
 KEEP_BYTES = 256 * 2**20  # the tensors one audit keeps, at most
 _T = TypeVar("_T")
@@ -39,6 +39,9 @@ class _Scope:
     def __init__(self) -> None:
         self.runs: dict[tuple[str, int, Batching], tuple[Target, Any]] = {}
         self.bytes = 0
+        self.counted: set[int] = set()  # the tensors counted in bytes (kept alive by runs)
+        self.models: set[int] = set()  # the models of the runs kept
+        self.full = False  # past KEEP_BYTES, or a factory that hands out one model: no more
 
 
 _SCOPE: _Scope | None = None
@@ -46,27 +49,43 @@ _SCOPE: _Scope | None = None
 
 @contextlib.contextmanager
 def runs_shared() -> Iterator[None]:
-    """Share the runs made inside (one audit's) among its properties; an inner scope is the
-    outer one's."""
+    """Share the runs made inside (one audit's) among its properties. An audit inside an
+    audited loop has a scope of its own, and puts its models back when it ends."""
     global _SCOPE
-    if _SCOPE is not None:
-        yield
-        return
-    _SCOPE = _Scope()
+    outer = _SCOPE
     try:
+        _SCOPE = _Scope()
         with models_restored():  # put back as they were when the audit ends
             yield
     finally:
+        _SCOPE = outer
+
+
+@contextlib.contextmanager
+def unshared() -> Iterator[None]:
+    """Share nothing inside: a probe (in an audited loop, inside another audit's scope) makes
+    runs no property will read."""
+    global _SCOPE
+    outer = _SCOPE
+    try:
         _SCOPE = None
+        yield
+    finally:
+        _SCOPE = outer
 
 
 def sharing() -> bool:
-    """Return True inside a scope: the models built in it are put back when it ends."""
-    return _SCOPE is not None
+    """Return True while the scope keeps runs: the models built then are put back when it
+    ends (once it is full, each property puts back its own, as outside any scope)."""
+    return _SCOPE is not None and not _SCOPE.full
 
 
 def kept(what: str, target: Target, batching: Batching, make: Callable[[], _T]) -> _T:
-    """Return what make() gives for the target's run on a batching: made once per scope."""
+    """Return what make() gives for the target's run on a batching: made once per scope.
+
+    A factory that hands out the same model to every run (the user's own) makes a run's
+    model the next run's too: a later property would compute its references on a model
+    other runs have touched since, so nothing is shared from then on."""
     scope = _SCOPE
     if scope is None:
         return make()
@@ -75,17 +94,27 @@ def kept(what: str, target: Target, batching: Batching, make: Callable[[], _T]) 
     if hit is not None and hit[0] is target:
         return hit[1]  # type: ignore[no-any-return]
     value = make()
-    size = _bytes(value)
-    if scope.bytes + size <= KEEP_BYTES:
-        scope.runs[key] = (target, value)  # the target kept alive: its id stays its own
-        scope.bytes += size
+    if scope.full:
+        return value
+    model = value[0] if isinstance(value, tuple) and isinstance(value[0], nn.Module) else None
+    if model is not None and id(model) in scope.models:
+        scope.runs.clear()
+        scope.full = True
+        return value
+    size = _bytes(value, scope.counted)
+    if scope.bytes + size > KEEP_BYTES:
+        scope.full = True
+        return value
+    scope.runs[key] = (target, value)  # the target kept alive: its id stays its own
+    scope.bytes += size
+    if model is not None:
+        scope.models.add(id(model))
     return value
 
 
-def _bytes(value: Any, seen: set[int] | None = None) -> int:
+def _bytes(value: Any, seen: set[int]) -> int:
     """Return the bytes of the tensors a run's records hold (a model's parameters, each
-    step's gradients), each tensor counted once."""
-    seen = set() if seen is None else seen
+    step's gradients) that are not in seen, and add them to it: each counted once."""
     if id(value) in seen:
         return 0
     seen.add(id(value))

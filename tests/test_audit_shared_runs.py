@@ -1,0 +1,110 @@
+"""One audit's runs shared by its properties: each run made once, judged by every property.
+
+The training-loop kind's seven properties draw one strategy, so each draws the same batchings,
+and a run the first property made is read by the others. What is shared must be what a fresh
+run gives: the models stay held still while later properties read them, an audit inside an
+audited loop keeps its own, a factory that hands out one model shares nothing, and a full
+scope falls back to running again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from linreg import audit
+from linreg.audit import runner
+from linreg.kinds.training_loop import fit, shared
+from linreg.kinds.training_loop.settings import Batching
+
+SAMPLE = (torch.tensor([0.5, -1.0, 0.25, 2.0]), torch.tensor(2))
+
+
+def dropout_net() -> nn.Module:
+    """A classifier whose Dropout, at p = 0.5 as built, makes any reference taken on it after
+    it was put back random: a shared run's model must stay held until the audit ends."""
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+
+
+def counting(runs: Counter[Batching]) -> Any:
+    def loop(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        runs[_batching_of(loader, num_epochs)] += 1
+        fit(model, loader, optimizer, num_epochs=num_epochs)
+
+    return loop
+
+
+def _batching_of(loader: Any, num_epochs: int) -> tuple[Any, ...]:
+    rows = tuple(int(y) for _, y in loader.dataset)  # the example's label, or the contrast's
+    return (rows, loader.batch_size, num_epochs, torch.initial_seed())
+
+
+def test_an_audit_runs_each_batching_once_for_all_seven_properties() -> None:
+    runs: Counter[Any] = Counter()
+    report = audit.training_loop(counting(runs), model=dropout_net, example=SAMPLE)
+    assert report.ok, str(report)
+    judged = sum(r.examples for r in report.results)
+    assert judged >= 7 * 25, str(report)  # every property judged its examples
+    # each property drew the same batchings: ~30 runs (and the references' runs of one row
+    # per seed, the probe's), where each property running its own would make ~210
+    assert sum(runs.values()) < judged / 3, runs
+
+
+def test_a_factory_that_hands_out_one_model_shares_nothing_and_still_passes() -> None:
+    torch.manual_seed(0)
+    the_model = dropout_net()
+    p = next(m for m in the_model.modules() if isinstance(m, nn.Dropout))
+    runs: Counter[Any] = Counter()
+    report = audit.training_loop(counting(runs), model=lambda: the_model, example=SAMPLE)
+    assert report.ok, str(report)
+    assert sum(runs.values()) > sum(r.examples for r in report.results) / 2, runs  # run again
+    assert p.p == 0.5 and the_model.training  # put back as it was
+
+
+def test_an_audit_inside_an_audited_loop_puts_its_own_models_back_when_it_ends() -> None:
+    built: list[nn.Module] = []
+    after_inner: list[set[float]] = []
+
+    def inner_net() -> nn.Module:
+        built.append(dropout_net())
+        return built[-1]
+
+    def audits_inside(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        # once, past the probe (9 rows, outside the audit's scope): an inner audit, then the
+        # p of every model it built
+        if not after_inner and len(loader.dataset) != 9:
+            inner = audit.training_loop(fit, model=inner_net, example=SAMPLE)
+            assert inner.ok, str(inner)
+            after_inner.append({m.p for net in built for m in net.modules() if _dropout(m)})
+        fit(model, loader, optimizer, num_epochs=num_epochs)
+
+    report = audit.training_loop(audits_inside, model=dropout_net, example=SAMPLE, max_examples=3)
+    assert report.ok, str(report)
+    assert after_inner == [{0.5}]  # the inner audit ended: its models as built, not held
+
+
+def _dropout(module: nn.Module) -> bool:
+    return isinstance(module, nn.Dropout)
+
+
+def test_a_full_scope_makes_and_judges_runs_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared, "KEEP_BYTES", 4_000)  # a few runs' worth, then none kept
+    runs: Counter[Any] = Counter()
+    report = audit.training_loop(counting(runs), model=dropout_net, example=SAMPLE)
+    assert report.ok, str(report)
+    assert sum(runs.values()) > sum(r.examples for r in report.results) / 2, runs
+    assert not shared.sharing()  # outside an audit, nothing is kept
+
+
+def test_outside_an_audit_a_property_runs_its_loop_for_itself() -> None:
+    runs: Counter[Any] = Counter()
+    target = runner.target_for("training-loop", counting(runs), model=dropout_net, example=SAMPLE)
+    prop = next(p for p in runner.properties("training-loop") if p.pitfall == "mean-vs-sum")
+    runs.clear()
+    for _ in range(2):
+        assert runner.run_property(prop, target, max_examples=5).verdict == "pass"
+    assert all(count >= 2 for count in runs.values()), runs  # nothing kept between them
