@@ -20,11 +20,12 @@ any work, as is a loop that moves the parameters outside `optimizer.step()`.
 One concept per module: `contract` (what the loop asks for, by name), `settings` (what the
 audit is told, and a drawn Batching), `rows` (the example and its contrast row), `held` (the
 model held still), `shared` (one audit's runs, shared by its properties), `hooks` (the hooks
-that watch), `ledger` (what the loop did: calls and updates), `one_run` (one run at lr 0, the
-probe, the kind), `labels` (each row's labels, fed or held, and the targets its loss counts),
-`references` (each row's own gradient), `measure` and `verdicts` (whether each update applied
-what it should), `weights` (an update as weights on its rows' own gradients), `own_loops`
-(linreg's correct loops).
+that watch), `ledger` (what the loop did: calls and updates), `one_run` (one run at lr 0),
+`probe` (the probe that checks a loop once, and the kind), `outputs` (what a model's output
+holds, a forward that can be judged), `labels` (each row's labels, fed or held, and the
+targets its loss counts), `references` (each row's own gradient), `measure`, `judge` and
+`verdicts` (whether each update applied what it should), `weights` (an update as weights on
+its rows' own gradients), `own_loops` (linreg's correct loops).
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ from linreg.kinds.training_loop.hooks import (
     Watcher,
     raised,
     watching,
+)
+from linreg.kinds.training_loop.judge import (
+    Judged,
+    judge,
+    means_of_means,
+    miscount,
+    summed_means,
+    unequal_weights,
+    want_of,
 )
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels
 from linreg.kinds.training_loop.ledger import (
@@ -58,16 +68,14 @@ from linreg.kinds.training_loop.measure import (
     tolerance,
 )
 from linreg.kinds.training_loop.one_run import (
-    KIND,
     asks_of,
-    build,
     build_model,
-    framework_target,
     full_step_rows,
     limit_of,
     observe,
     run_at_zero_lr,
 )
+from linreg.kinds.training_loop.outputs import check_model, own_loss, prediction
 from linreg.kinds.training_loop.own_loops import (
     CLASSIFIER,
     LINEAR,
@@ -77,11 +85,9 @@ from linreg.kinds.training_loop.own_loops import (
     linear,
     mlp,
 )
+from linreg.kinds.training_loop.probe import KIND, build, framework_target
 from linreg.kinds.training_loop.references import (
     Reference,
-    check_model,
-    own_loss,
-    prediction,
     references,
     row_gradient,
     row_loss_for,
@@ -120,17 +126,10 @@ from linreg.kinds.training_loop.shared import runs_shared, sharing, unshared
 from linreg.kinds.training_loop.verdicts import (
     NO_KNOWN,
     Excuse,
-    Judged,
     Wanted,
     compare,
     crosses,
     full_rows,
-    judge,
-    means_of_means,
-    miscount,
-    summed_means,
-    unequal_weights,
-    want_of,
     wanted,
 )
 

@@ -1,6 +1,6 @@
-"""Whether each update applied what it should: the correct gradient, or a clipping of it (what
-backward() left, divided by a loss scaler's scale where the loop unscaled, is then correct),
-and, where not, which known mistake the numbers name.
+"""A run's verdicts: the loop run at lr 0 beside what each update should have applied
+(`wanted`), the updates a property picks judged (`judge`, in this folder) and the first miss
+explained, with the ratios of every update and its weights on its rows' gradients (`compare`).
 """
 
 from __future__ import annotations
@@ -9,13 +9,20 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import torch
 from torch import Tensor
 
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
+from linreg.kinds.training_loop.judge import (
+    Judged,
+    judge,
+    means_of_means,
+    miscount,
+    unequal_weights,
+    want_of,
+)
 from linreg.kinds.training_loop.ledger import Observed, Step
-from linreg.kinds.training_loop.measure import clipping, close, factor, tolerance
+from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
 from linreg.kinds.training_loop.settings import (
@@ -27,66 +34,6 @@ from linreg.kinds.training_loop.settings import (
 )
 from linreg.kinds.training_loop.shared import kept
 from linreg.kinds.training_loop.weights import weights_of
-
-
-@dataclass(frozen=True)
-class Judged:
-    """One step's verdict: what it applied as a multiple of the correct gradient."""
-
-    ok: bool
-    ratio: float | None  # None: not a multiple of the correct gradient
-    clipped: bool  # the applied gradient is a clipping of what backward() left
-    stale: bool = False  # it is the correct gradient plus what the step before left in .grad
-    note: str = ""  # a known mistake the step's own numbers name (a miscount of targets)
-    own: float | None = None  # what it applied beyond what it found in .grad, as a multiple
-    carried: bool = False  # it found a gradient in .grad: the loop did not zero it
-
-
-def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
-    """Return the correct gradient of a step: the mean (or sum) of its rows' own gradients,
-    each weighed by the targets it counts where the rows count tokens."""
-    keys = step.row_keys
-    if not keys or any(key not in ref.grads for key in keys):
-        return None
-    weight = [1.0 if ref.weights is None else ref.weights.get(key, 1.0) for key in keys]
-    total = torch.stack([ref.grads[key] * w for key, w in zip(keys, weight, strict=True)]).sum(0)
-    return total if summed else total / max(sum(weight), 1e-12)
-
-
-def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
-    """Return whether a step applied the correct gradient, directly or as a clipping of it; a
-    loop that never zeroes adds it to what the step found in .grad (stale, own).
-
-    What was clipped is the gradient as the loss scaler unscaled it or, where something changed
-    the still-scaled gradient first (a clip before unscale_: clip-before-unscale's to name),
-    what backward() left over the scale: the step is right if either is right and what it
-    applied is a clipping of it."""
-    if close(step.applied, want, tol, scale):
-        return Judged(True, 1.0, False)
-    candidates = [g for g in (step.unscaled, step.before_clipping) if g is not None]
-    clipped = [
-        g
-        for g in candidates
-        if not close(step.applied, g, tol, scale) and clipping(step.applied, g, tol)
-    ]
-    if any(close(g, want, tol, scale) for g in clipped):
-        return Judged(True, 1.0, True)
-    reading = clipped[0] if clipped else step.applied
-    # what .grad held as the step's first backward() began, as the gradient hook saw it: on
-    # identical rows a sum of two means reads as a step plus the one before, so staleness is
-    # what was seen, not what the step before applied
-    found = step.carried if step.carried is not None and bool(step.carried.any()) else None
-    stale = found is not None and close(reading, want + found, tol, scale)
-    own = factor(reading - found, want, tol) if found is not None and reading is not None else None
-    return Judged(
-        False,
-        factor(reading, want, tol),
-        bool(clipped),
-        stale,
-        own=own,
-        carried=bool(found is not None),
-    )
-
 
 # (j, every step's verdict, the run, the full steps' common ratio or None) -> another's cause
 Excuse = Callable[[int, Sequence["Judged | None"], "Wanted", float | None], bool]
@@ -221,15 +168,6 @@ def compare(
     return seen
 
 
-def unequal_weights(v: Judged | None, batching: Batching) -> bool:
-    """Return True if, on two kinds of rows, what a step applied beyond what it found in .grad
-    is no multiple of the correct gradient: it weighs its own rows unequally,
-    micro-batch-accumulation's to name (a scale, or what .grad carried, stays the others')."""
-    if v is None or v.stale or len(set(batching.rows)) < 2:
-        return False
-    return (v.own if v.carried else v.ratio) is None
-
-
 def full_rows(target: Target, batching: Batching, steps: Sequence[Step]) -> int:
     """Return the rows of a full step: the batch_size * k rows the batching hands a window
     where a step took them (a first or last window may be short), else the most common among
@@ -247,45 +185,6 @@ def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) 
     per_epoch = batching.n - (batching.n % batching.batch_size if drop_last else 0)
     start = sum(step.rows for step in steps[:j])
     return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
-
-
-def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
-    """Return the mistake a step's ratio names when its rows count tokens, else ""."""
-    if ratio is None or ref.weights is None or ref.labelled is None:
-        return ""
-    keys = step.row_keys
-    counted = sum(ref.weights.get(key, 0.0) for key in keys)
-    labelled = sum(ref.labelled.get(key, 0.0) for key in keys)
-    if labelled > counted > 0 and math.isclose(ratio, counted / labelled, rel_tol=1e-3):
-        return (
-            f"divides by the step's {labelled:.0f} labels that are not -100 where its loss counts "
-            f"{counted:.0f} targets: counted before the model's causal shift (count "
-            "labels[..., 1:] != -100)"
-        )
-    return ""
-
-
-def summed_means(step: Step, ref: Reference) -> Tensor | None:
-    """Return the sum of a step's micro-batches' own mean gradients (None: a row without one)."""
-    means = [want_of(Step(None, None, None, [call]), ref, summed=False) for call in step.calls]
-    known = [m for m in means if m is not None]
-    return torch.stack(known).sum(0) if known and len(known) == len(means) else None
-
-
-def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: float) -> str:
-    """Return the mistake's name if the step applied the mean of its micro-batches' means (read
-    before clipping where judge found the step clipped)."""
-    summed = summed_means(step, ref) if len(step.calls) > 1 else None
-    reading = step.unscaled if v.clipped else step.applied
-    if summed is None or not close(reading, summed / len(step.calls), tol, scale):
-        return ""
-    if ref.weights is not None:
-        counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys) for call in step.calls]
-        what = f"whose counts of targets differ ({[round(c) for c in counts]})"
-        fix = "divide each one's summed loss by the step's count of targets (num_items_in_batch)"
-    else:
-        what, fix = f"of {step.sizes} rows", "divide each one's summed loss by the step's rows"
-    return f"takes the mean of its {len(step.calls)} micro-batches' mean losses, {what}: {fix}"
 
 
 def _times(s: float | None) -> str:
