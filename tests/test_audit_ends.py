@@ -282,3 +282,42 @@ def test_a_slow_loop_at_default_examples_runs_fewer_says_so_and_still_finds_its_
     # asked for, the examples are run whatever the time
     asked = audit.training_loop(evaluates_briefly, model=net, example=SAMPLE, max_examples=5)
     assert not asked.note and {r.examples for r in asked.results} == {5}
+
+
+def evaluates_at_length(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+) -> None:
+    """Evaluates for 5 ms after every step (over the test's SLOW): its examples hold fewer
+    updates; nominal=True: the twin, each batch's summed loss over the nominal batch_size."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(X), y, reduction="sum")
+            (loss / (loader.batch_size if nominal else len(X))).backward()
+            optimizer.step()
+            time.sleep(0.005)
+
+
+def evaluates_at_length_nominal(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    evaluates_at_length(model, loader, optimizer, num_epochs, nominal=True)
+
+
+def test_a_loop_slow_in_each_update_is_run_on_small_runs_and_its_twin_still_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from linreg.audit import runner
+    from linreg.kinds.training_loop import probe
+
+    monkeypatch.setattr(runner, "BUDGET", 0.0)  # the fewest examples: the test stays short
+    monkeypatch.setattr(probe, "SLOW", 0.004)  # slow at 5 ms an update, not 50
+    report = audit.training_loop(evaluates_at_length, model=net, example=SAMPLE, max_examples=2)
+    assert report.ok, str(report)
+    assert report.options["slow"] is True  # read from the probe's run, and shown
+    twin = audit.training_loop(evaluates_at_length_nominal, model=net, example=SAMPLE, shrink=False)
+    assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
+    example = twin.failures[0].counterexample
+    assert example["batch_size"] <= 2 and example["seed"] <= 1, example  # small runs
+    fast = audit.training_loop(evaluates_briefly, model=net, example=SAMPLE, max_examples=3)
+    assert "slow" not in fast.options, str(fast)

@@ -72,7 +72,7 @@ DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile
 # At the default examples, an audit of a slow target (a loop that evaluates after every step)
 # fits its properties into about BUDGET seconds: each property runs until its share of what is
 # left is spent, never fewer than FEWEST examples, and the report says so (Budget).
-BUDGET = 8.0
+BUDGET = 6.0
 FEWEST = 8
 DERANDOMIZED = 0  # Hypothesis's seed when the audit is given none: the same examples every run
 

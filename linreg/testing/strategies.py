@@ -252,7 +252,8 @@ def batchings(
     options, the training-loop kind's Options, give the accumulation count and drop_last (else
     accumulation_steps and drop_last do), and the fewest batches an epoch the loop runs on (an
     epoch of fewer grows to that many); for a loop that takes a count and was given none, the
-    count is drawn too (1 to MOST_DRAWN), and handed to the loop with the batching.
+    count is drawn too (1 to MOST_DRAWN), and handed to the loop with the batching; for a slow
+    loop (options.slow) batches of 2 rows at most, 2 full steps an epoch, 2 seeds.
     steps="full": every optimizer step takes batch_size *
     accumulation_steps rows (at least min_steps of them); "short": the last step of each epoch
     takes fewer; "either": full steps, then maybe a short one; "any": any n and batch size.
@@ -264,9 +265,10 @@ def batchings(
     """
     least = 1  # batches an epoch: a loop that raised on fewer gets at least this many
     drawn = None  # the count handed to a loop that takes one and was given none
+    slow = False  # a slow loop's runs hold fewer updates
     if options is not None:
         accumulation_steps, drop_last = options.accumulation_steps or 1, options.drop_last
-        least = options.least_batches
+        least, slow = options.least_batches, options.slow
         if options.draws_count:
             drawn = accumulation_steps = draw(st.integers(1, MOST_DRAWN), label="count")
     k = accumulation_steps
@@ -279,8 +281,9 @@ def batchings(
         # a step takes b * k rows: keep runs short when k is large ("either" keeps batches of 3,
         # which a loop that splits each batch in two micro-batches splits unevenly)
         top = max(3, 5 // k) if steps == "either" else max(2, 4 // k)
+        top, most = (2, max(min_steps, 2)) if slow else (top, 3)
         b = draw(st.integers(1 if steps != "short" or k > 1 else 2, top), label="batch_size")
-        whole = max(draw(st.integers(min_steps, 3), label="full steps"), -(-least // k))
+        whole = max(draw(st.integers(min_steps, most), label="full steps"), -(-least // k))
         rest, least_rest = 0, int(steps == "short")
         if steps in ("short", "either") and drop_last and k > 1:
             rest = b * draw(st.integers(least_rest, k - 1), label="rest in batches")
@@ -295,4 +298,4 @@ def batchings(
     epochs = 1 if max_epochs == 1 else draw(st.integers(1, max_epochs), label="num_epochs")
     # a few model inits: the properties are about the loop, and each seed's reference (the
     # loop on batches of one row) is then computed once per audit, not once per example
-    return Batching(rows, b, epochs, draw(st.integers(0, 3), label="seed"), drawn)
+    return Batching(rows, b, epochs, draw(st.integers(0, 1 if slow else 3), label="seed"), drawn)

@@ -13,6 +13,7 @@ before: prefetching and a loop's own DataLoader are judged by what they did.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class Watcher:
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
         self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried))
+        self.seen.stepped_at.append(time.perf_counter())
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
         self.carried = {}
         self.scale = None

@@ -149,6 +149,7 @@ class Observed:
     leftover: list[Call] = field(default_factory=list)  # fed to the model, never stepped
     moved: bool = False
     fed: int = 0  # rows fed to the model with grad enabled, in all
+    stepped_at: list[float] = field(default_factory=list)  # time.perf_counter() at each step
 
     @property
     def calls(self) -> list[Call]:

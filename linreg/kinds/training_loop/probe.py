@@ -6,6 +6,7 @@ read from that run; a framework's Trainer made a target of the kind.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from linreg.kinds.training_loop.outputs import check_model
 from linreg.kinds.training_loop.settings import (
     MOST_DRAWN,
     SIGNATURE,
+    SLOW,
     Batching,
     TrainingLoopOptions,
     count_of,
@@ -46,9 +48,12 @@ def build(
 ) -> tuple[Callable[..., Any], TrainingLoopOptions]:
     """Return fn once it says what it takes, its model can be judged and it steps the
     optimizer, with the options its first run showed: its accumulation window read from that
-    run where it was not declared."""
+    run where it was not declared, and whether it is slow (over SLOW s an update: work of its
+    own after each step, an evaluation, a checkpoint)."""
     with models_restored():
         checked, seen, ran = _checked(fn, options)
+        if per_update(seen) > SLOW:  # its examples hold fewer updates: the audit ends sooner
+            options = replace(options, slow=True)
         if options.accumulation_steps is None:
             if asks_of(fn).has("accumulation"):  # drawn for each example
                 options = replace(options, draws_count=True)
@@ -56,6 +61,13 @@ def build(
                 options = replace(options, accumulation_steps=window_of(seen))
         least = least_batches(Target(fn, "training-loop", options), ran)
     return checked, replace(options, least_batches=least)
+
+
+def per_update(seen: Observed) -> float:
+    """Return the seconds from one update to the next in a run (their median: a first
+    update's one-time costs, torch's lazy imports, are not the loop's); 0 with fewer than 2."""
+    between = [b - a for a, b in zip(seen.stepped_at, seen.stepped_at[1:], strict=False)]
+    return statistics.median(between) if between else 0.0
 
 
 PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 5 shows

@@ -22,6 +22,7 @@ SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_ste
 
 FLOOR = guards.FLOOR  # seconds: the least time a run of the loop is given (see limit_of)
 MOST_DRAWN = 4  # the largest accumulation count drawn for a loop that takes one, given none
+SLOW = 0.05  # seconds an update, in the probe's run, past which the examples hold fewer
 
 
 def _factory(name: str, value: object) -> Callable[[], nn.Module]:
@@ -129,6 +130,12 @@ class TrainingLoopOptions(Options):
     draws_count: bool = read_from_run(
         False,
         "the loop takes an accumulation count and none was given: each example draws one",
+    )
+    slow: bool = read_from_run(
+        False,
+        f"one update of the loop's first run took over {SLOW:g} s (work of its own after each "
+        "step): its examples hold fewer updates (batches of 1 or 2, at most 2 full steps an "
+        "epoch, 2 model inits)",
     )
     least_batches: int = read_from_run(
         1,
