@@ -466,6 +466,44 @@ def test_terms_of_one_objective_are_not_read_as_micro_batches_and_chunks_of_a_ba
     assert "terms of one objective" not in (report.note or ""), str(report)
 
 
+CAST_CHUNKS = """
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+model = torch.nn.Linear(5, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+data = TensorDataset(torch.randn(18, 5), torch.randint(0, 2, (18,)))
+for epoch in range(2):
+    for x, y in DataLoader(data, batch_size=6):
+        y = y.float()  # for BCE: a new storage (on a GPU, y.to(device) is one too)
+        for xc, yc in zip(x.split(4), y.split(4)):
+            loss = F.binary_cross_entropy_with_logits(model(xc).squeeze(1), yc, reduction="sum")
+            (loss / len(x)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+
+
+def test_chunks_of_a_batch_whose_targets_were_cast_are_micro_batches_judged(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "cast_chunks.py"
+    script.write_text(CAST_CHUNKS)  # each chunk's summed loss over the batch's rows: right
+    report = watch_script(str(script))
+    assert report.ok and not report.error, str(report)
+    assert "terms of one objective" not in (report.note or ""), str(report)
+    assert {r.verdict for r in report.results if r.pitfall == "micro-batch-accumulation"} == {
+        "pass"
+    }, str(report)
+    twin = twin_of(  # each chunk's mean loss, averaged over the 2 chunks: 4 and 2 rows alike
+        tmp_path, script, "(loss / len(x)).backward()", "(loss / len(xc) / 2).backward()"
+    )
+    report = watch_script(str(twin))
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+
+
 def test_an_epochs_end_is_seen_when_the_loader_is_never_asked_past_its_last_batch(
     tmp_path: Path,
 ) -> None:

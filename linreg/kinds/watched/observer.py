@@ -29,7 +29,7 @@ from linreg.kinds.watched.records import (
     graph,
     leaves,
     leaves_of,
-    storages,
+    tensors_of,
     unread,
 )
 
@@ -87,6 +87,7 @@ class Observer:
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
         self.batched: set[int] = set()  # their tensors' storages
+        self.batch_tensors: list[Tensor] = []  # the tensors themselves (cast targets: _cast)
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -127,7 +128,11 @@ class Observer:
             self.busy = False
 
     def _from_batch(self, target: Any) -> bool:
-        return _storage(target) in self.batched
+        """Return whether a target is a fetched batch's: a view of its tensors, or rows of one
+        cast or moved (y.float(), y.to(device): a new storage, the batch's values)."""
+        if _storage(target) in self.batched:
+            return True
+        return isinstance(target, Tensor) and any(_cast(target, f) for f in self.batch_tensors)
 
     def ran_out(
         self, now: bool = False, at: tuple[int, int] | None = None, fresh: bool = False
@@ -160,7 +165,9 @@ class Observer:
         self.fetched += 1
         self.all_fetched += 1
         with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
-            storages(batch, self.batched)
+            fetched = tensors_of(batch)
+            self.batched |= {t.untyped_storage().data_ptr() for t in fetched}
+            self.batch_tensors += fetched
 
     # --- backward -------------------------------------------------------------------------
     def backward(
@@ -332,7 +339,7 @@ class Observer:
     def _anew(self) -> None:
         """Begin the next update: nothing fed, carried, fetched or retained yet."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
-        self.fetched, self.batched, self.cut = 0, set(), 0
+        self.fetched, self.batched, self.batch_tensors, self.cut = 0, set(), [], 0
         self.kept_graph, self.kept_roots = set(), []
 
     def put_back(self) -> None:
@@ -427,6 +434,19 @@ def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:
 def _storage(t: Any) -> int | None:
     """Return the address of a tensor's storage (its views share it), None if not a tensor."""
     return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
+
+
+def _cast(t: Tensor, fetched: Tensor) -> bool:
+    """Return whether t holds rows of a fetched tensor, cast or moved: equal, in t's dtype, to
+    the fetched rows at one of the offsets a split into chunks of len(t) rows starts at."""
+    n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
+    if not 0 < n <= rows or t.shape[1:] != fetched.shape[1:] or t.dtype == fetched.dtype:
+        return False
+    with torch.no_grad():
+        values = fetched.detach().to(device=t.device, dtype=t.dtype)
+        return any(
+            torch.equal(values[i : i + n], t) for i in {*range(0, rows - n + 1, n), rows - n}
+        )
 
 
 def _view(t: Any) -> tuple[Any, ...] | None:

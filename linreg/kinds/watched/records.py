@@ -268,17 +268,15 @@ def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
     return seen - leaf
 
 
-def storages(thing: Any, out: set[int]) -> set[int]:
-    """Add the storages of the tensors in a batch (tuples, lists, dicts of them) to out."""
+def tensors_of(thing: Any) -> list[Tensor]:
+    """Return the tensors in a batch (tuples, lists, dicts of them)."""
     if isinstance(thing, Tensor):
-        out.add(thing.untyped_storage().data_ptr())
-    elif isinstance(thing, (list, tuple)):
-        for t in thing:
-            storages(t, out)
-    elif isinstance(thing, dict):
-        for t in thing.values():
-            storages(t, out)
-    return out
+        return [thing]
+    if isinstance(thing, (list, tuple)):
+        return [t for part in thing for t in tensors_of(part)]
+    if isinstance(thing, dict):
+        return [t for part in thing.values() for t in tensors_of(part)]
+    return []
 
 
 def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
