@@ -504,6 +504,40 @@ def test_chunks_of_a_batch_whose_targets_were_cast_are_micro_batches_judged(
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
 
 
+CLIPPED_BY_VALUE = """
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+loader = DataLoader(TensorDataset(torch.randn(40, 8), torch.randn(40)), batch_size=16)
+for epoch in range(2):
+    for xb, yb in loader:
+        optimizer.zero_grad()
+        loss = F.huber_loss(model(xb).squeeze(-1), yb, delta=1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), 0.05)  # clips most elements
+        optimizer.step()
+"""
+
+
+def test_an_update_clipped_by_value_is_judged_as_it_was_before_the_clip(tmp_path: Path) -> None:
+    script = tmp_path / "clipped_by_value.py"
+    script.write_text(CLIPPED_BY_VALUE)
+    found = torch.nn.utils.clip_grad_value_, torch.nn.utils.clip_grad.clip_grad_value_
+    report = watch_script(str(script))
+    assert report.ok and not report.error, str(report)
+    judged = {r.pitfall: r.verdict for r in report.results}
+    assert judged["mean-vs-sum"] == judged["short-last-batch"] == "pass", str(report)
+    twin = twin_of(tmp_path, script, "delta=1.0)", "delta=1.0, reduction='sum')")
+    report = watch_script(str(twin))
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "16 times the mean" in report.failures[0].message, str(report)
+    assert (torch.nn.utils.clip_grad_value_, torch.nn.utils.clip_grad.clip_grad_value_) == found
+
+
 def test_an_epochs_end_is_seen_when_the_loader_is_never_asked_past_its_last_batch(
     tmp_path: Path,
 ) -> None:

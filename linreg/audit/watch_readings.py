@@ -44,7 +44,7 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
         return float(rr - 2 * (w @ dots) + w @ gram @ w)  # |R - sum w_i M_i|^2
 
     ww, tol2 = float(want @ gram @ want), u.tol**2
-    dots, rr, clipped = u.sa / c, u.aa, False
+    dots, rr, clipped = u.sa / c, u.aa, u.clipped  # (by value: read before it, in close)
     if residual(dots, rr, want) > tol2 * max(ww, rr) and u.bb > 0:
         s = u.ab / u.bb
         scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2: A is s times B

@@ -88,6 +88,7 @@ class Observer:
         self.source: int | None = None  # the dataset of the last batch fetched
         self.batched: set[int] = set()  # their tensors' storages
         self.batch_tensors: list[Tensor] = []  # the tensors themselves (cast targets: _cast)
+        self.clip_value: float | None = None  # clip_grad_value_'s bound in this update
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -260,6 +261,7 @@ class Observer:
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
+        update.clip_value = self.clip_value
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params = params
@@ -339,6 +341,7 @@ class Observer:
     def _anew(self) -> None:
         """Begin the next update: nothing fed, carried, fetched or retained yet."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
+        self.clip_value = None
         self.fetched, self.batched, self.batch_tensors, self.cut = 0, set(), [], 0
         self.kept_graph, self.kept_roots = set(), []
 
@@ -398,12 +401,15 @@ class Observer:
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
         self.clipping([p for g in opt.param_groups for p in g["params"]])
 
-    def clipping(self, params: list[Tensor]) -> None:
+    def clipping(self, params: list[Tensor], value: float | None = None) -> None:
         """Keep the gradients as they are before clipping (unscaled, divided by the code as it
-        meant): what a clipped update is read as a factor of."""
+        meant): what a clipped update is read as a factor of, or, clipped by value (each
+        element to [-value, value]), read as."""
         for p in params:
             if p.grad is not None:
                 self.prior[id(p)] = p.grad.detach().clone()
+        if value is not None:
+            self.clip_value = value
 
 
 def _same_kind(t: Tensor, u: Tensor) -> bool:

@@ -6,7 +6,7 @@ leaves, its nodes, a loss's count).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -69,6 +69,7 @@ class Open:
     redone: bool = True  # those were on the targets of the ones kept (SAM, an attack, a closure)
     foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
+    clip_value: float | None = None  # clip_grad_value_'s bound, where the code clipped so
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,17 @@ def close(update: Open, tol: float) -> Update:
     """Return an update's numbers, read param by param (no vector of every param at once is
     built): first whether it applied the mean of its rows (or a clipping of it) to the relative
     tolerance tol, directly; where not, the float64 inner products its weights are solved from."""
+    value_clipped = update.clip_value is not None and _clamped(update, update.clip_value, tol)
+    if value_clipped:  # elementwise, no factor of it: read before clipping, as it was meant
+        update = replace(update, applied=dict(update.before))
     counts = [mb.count for mb in update.micro]
     if counts and not update.blind:
         right = _right(update, sum(counts), tol)
         if right is not None:
             none = torch.zeros(0, dtype=torch.float64)
             return Update(
-                counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True, right, tol,
+                counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True,
+                right or value_clipped, tol,
                 terms=update.terms, dropped=update.dropped, redone=update.redone,
                 foreign=update.foreign, crossed=update.crossed,
             )  # fmt: skip
@@ -147,9 +152,9 @@ def close(update: Open, tol: float) -> Update:
     counts = [mb.count for mb in update.micro]
     blind = update.blind
     return Update(
-        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, tol=tol,
-        terms=update.terms, dropped=update.dropped, redone=update.redone, crossed=update.crossed,
-        foreign=update.foreign,
+        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, clipped=value_clipped,
+        tol=tol, terms=update.terms, dropped=update.dropped, redone=update.redone,
+        crossed=update.crossed, foreign=update.foreign,
     )  # fmt: skip
 
 
@@ -197,6 +202,21 @@ def _right(update: Open, total: float, tol: float) -> bool | None:
     s = ab / bb
     off = sum(_dot(a - s * b, a - s * b) for a, b, _ in rows if a is not None and b is not None)
     return True if 0 < s <= 1 + tol and off <= tol**2 * aa else None
+
+
+def _clamped(update: Open, bound: float, tol: float) -> bool:
+    """Return whether what each param's step applied is what .grad held before
+    clip_grad_value_, clamped to [-bound, bound] (the code's clip and nothing more)."""
+    for p in update.params:
+        got, before = update.applied.get(id(p)), update.before.get(id(p))
+        if got is None or before is None:
+            if got is not before:
+                return False
+            continue
+        want = before.clamp(-bound, bound)
+        if not torch.allclose(got, want, rtol=tol, atol=tol * max(bound, 1e-12)):
+            return False
+    return True
 
 
 def _dot(x: Tensor, y: Tensor) -> float:

@@ -8,7 +8,8 @@ the same input to take the gradient of the summed per-element loss through the l
 `Tensor.backward` and `torch.autograd.backward`, which tell which of those losses each
 micro-batch's backward() reached and what .grad held before the update's first; and the global
 optimizer step hooks, which hold every lr at 0 and close each update; `GradScaler.unscale_`
-and `clip_grad_norm_` (the gradients before clipping, as the code left them) and a
+`clip_grad_norm_` and `clip_grad_value_` (the gradients before clipping, as the code left
+them; clipped by value, an update is read as it was before) and a
 DataLoader's iterator (an epoch's end). Nothing is copied: what
 an update applied is read against the micro-batches it consumed (`Update`).
 """
@@ -140,6 +141,15 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             w.clipping(params)
         return clip_norm(params, *a, **k)
 
+    clip_value_fn = clip_grad.clip_grad_value_
+
+    @functools.wraps(clip_value_fn)
+    def clip_grad_value_(parameters: Any, clip_value: float, *a: Any, **k: Any) -> None:
+        params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+        if live[0]:
+            w.clipping(params, float(clip_value))
+        clip_value_fn(params, clip_value, *a, **k)
+
     grad_mode = torch.is_grad_enabled()
     eager = _eager()
     handles = [
@@ -155,6 +165,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     LRScheduler.step = schedule  # type: ignore[method-assign,assignment]
     _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign]
     clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
+    clip_grad.clip_grad_value_ = torch.nn.utils.clip_grad_value_ = clip_grad_value_
     try:
         yield w.seen
     except Enough:
@@ -172,6 +183,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         LRScheduler.step = scheduler_step  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
         clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_norm
+        clip_grad.clip_grad_value_ = torch.nn.utils.clip_grad_value_ = clip_value_fn
         torch.set_grad_enabled(grad_mode)
         eager()
         w.ran_out()
