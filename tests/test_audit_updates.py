@@ -663,3 +663,64 @@ def test_the_fabric_style_weights_are_measured_directly_at_one_then_two() -> Non
 
     train_fabric_style(model, loader, Reader(model.parameters(), lr=0.0), 1, 2)
     assert applied == pytest.approx([1.0, 2.0, 2.0])
+
+
+# --- windows over the whole run, across epochs: right when their weights are right ----------
+
+
+def train_run_windows(
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+    by_rows: bool = True,
+) -> None:
+    """Windows of k batches counted over the whole run, so they cross epochs (as Ignite's and
+    DeepSpeed's do), the run's last one stepped too; each batch's summed loss over the
+    window's rows (by_rows=False: each batch's mean loss over the window's batches)."""
+    k = gradient_accumulation_steps
+    batches = [batch for _ in range(num_epochs) for batch in loader]
+    for start in range(0, len(batches), k):
+        window = batches[start : start + k]
+        rows = sum(len(x) for x, _ in window)
+        for x, y in window:
+            if by_rows:
+                (F.cross_entropy(model(x), y, reduction="sum") / rows).backward()
+            else:
+                (F.cross_entropy(model(x), y) / len(window)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def train_run_windows_of_means(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, gradient_accumulation_steps: int
+) -> None:
+    """Twin: a window holding an epoch's short last batch is a mean of unequal batches' means."""
+    train_run_windows(model, loader, optimizer, num_epochs, gradient_accumulation_steps, False)
+
+
+def test_windows_across_epochs_pass_with_right_weights_and_fail_with_a_mean_of_means() -> None:
+    report = audit.training_loop(train_run_windows, **LOOP)
+    assert report.ok, str(report)
+    twin = audit.training_loop(train_run_windows_of_means, **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
+    assert "mean of its" in twin.failures[0].message, str(twin)
+
+
+def test_a_window_across_an_epochs_end_that_weighs_its_rows_unequally_is_named() -> None:
+    """Batches of 2, 1 and 2 rows in one window across the epoch's end (3 rows an epoch, a
+    window of 3 batches), each batch's mean over the 3: a mean of means that no window inside
+    an epoch shows (the run's last holds one batch alone, right)."""
+    from linreg.audit.runner import target_for
+    from linreg.pitfalls.micro_batch_accumulation import weighs_every_row_alike
+
+    target = target_for("training-loop", train_run_windows_of_means, model=TwoPart, example=sample)
+    with pytest.raises(
+        CheckFailed, match=r"mean of its 3 micro-batches' mean losses, of \[2, 1, 2\]"
+    ):
+        weighs_every_row_alike(target, Batching((0, 1, 1), 2, 2, 0, 3))
+    weighs_every_row_alike(
+        target_for("training-loop", train_run_windows, model=TwoPart, example=sample),
+        Batching((0, 1, 1), 2, 2, 0, 3),
+    )

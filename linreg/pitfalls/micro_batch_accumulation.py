@@ -85,22 +85,24 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
 
     Judged beside the others: a step that applies a multiple of that mean weighs its rows
     alike (the multiple is mean-vs-sum's or short-last-batch's to judge), one that adds a
-    multiple of it to what it found in .grad is grad-zeroing's, and a window across an epoch's
-    end or longer than a full one is short-last-batch's; here fails any other step that weighs
-    its own rows unequally. One overlap stays: a window holding an epoch's short last batch,
-    divided by its count of batches, is a mean of means and, where that count is the nominal
-    one, short-last-batch's too; the two read alike, so a short-last-batch failure leaves this
-    property not judged (requires)."""
+    multiple of it to what it found in .grad is grad-zeroing's, and a window longer than a full
+    one, or across an epoch's end with the epoch's left-over carried into it unzeroed, is
+    short-last-batch's; here fails any other step that weighs its own rows unequally (a window
+    across an epoch's end, as Ignite counts them, too). One overlap stays: a window holding an
+    epoch's short last batch, divided by its count of batches, is a mean of means and, where
+    that count is the nominal one, short-last-batch's too; the two read alike, so a
+    short-last-batch failure leaves this property not judged (requires)."""
     options = options_of(target)
 
     def judged(j: int, steps: list[Step]) -> bool:
-        full = full_rows(target, batching, steps)
-        return steps[j].rows <= full and not crosses(batching, options.drop_last, steps, j)
+        return steps[j].rows <= full_rows(target, batching, steps)
 
     def excused(j: int, verdicts: Sequence[Judged | None], run: Wanted, by: float | None) -> bool:
         v, step = verdicts[j], run.seen.steps[j]
         if v is None or v.ratio is not None or v.stale or (v.carried and v.own is not None):
             return True
+        if crosses(batching, options.drop_last, run.seen.steps, j) and v.carried:
+            return True  # an epoch's left-over carried, unzeroed, into it: short-last-batch's
         # its micro-batches' means added up undivided: mean-vs-sum's k-fold scale, which over
         # micro-batches of unequal counts is also a mean of means times k: one mistake, named
         # there (its fix, dividing by the step's rows or targets, mends both)
