@@ -238,10 +238,15 @@ def test_the_time_limit_counts_from_the_last_update_so_a_loop_making_progress_en
 
 
 def evaluates_briefly(
-    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    nominal: bool = False,
+    pause: float = 0.001,
 ) -> None:
-    """Evaluates for a moment after every step; nominal=True: the twin, each batch's summed
-    loss over the nominal batch_size."""
+    """Evaluates for a moment (pause s) after every step; nominal=True: the twin, each batch's
+    summed loss over the nominal batch_size."""
     for _ in range(num_epochs):
         for X, y in loader:
             optimizer.zero_grad()
@@ -251,7 +256,7 @@ def evaluates_briefly(
                 loss = F.cross_entropy(model(X), y)
             loss.backward()
             optimizer.step()
-            time.sleep(0.001)
+            time.sleep(pause)
 
 
 def evaluates_briefly_nominal(
@@ -284,24 +289,15 @@ def test_a_slow_loop_at_default_examples_runs_fewer_says_so_and_still_finds_its_
     assert not asked.note and {r.examples for r in asked.results} == {5}
 
 
-def evaluates_at_length(
-    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
-) -> None:
-    """Evaluates for 5 ms after every step (over the test's SLOW): its examples hold fewer
-    updates; nominal=True: the twin, each batch's summed loss over the nominal batch_size."""
-    for _ in range(num_epochs):
-        for X, y in loader:
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(X), y, reduction="sum")
-            (loss / (loader.batch_size if nominal else len(X))).backward()
-            optimizer.step()
-            time.sleep(0.005)
+def evaluates_at_length(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Evaluates for 5 ms after every step (over the test's SLOW): its examples hold fewer."""
+    evaluates_briefly(model, loader, optimizer, num_epochs, pause=0.005)
 
 
 def evaluates_at_length_nominal(
     model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
 ) -> None:
-    evaluates_at_length(model, loader, optimizer, num_epochs, nominal=True)
+    evaluates_briefly(model, loader, optimizer, num_epochs, nominal=True, pause=0.005)
 
 
 def test_a_loop_slow_in_each_update_is_run_on_small_runs_and_its_twin_still_fails(
