@@ -536,6 +536,53 @@ def test_an_update_clipped_by_value_is_judged_as_it_was_before_the_clip(tmp_path
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "16 times the mean" in report.failures[0].message, str(report)
     assert (torch.nn.utils.clip_grad_value_, torch.nn.utils.clip_grad.clip_grad_value_) == found
+    # the first layer's grads alone clipped: the others, over the bound, as they were
+    subset = twin_of(
+        tmp_path, script, "(model.parameters(), 0.05)", "(model[0].parameters(), 0.05)"
+    )
+    report = watch_script(str(subset))
+    assert report.ok, str(report)
+    assert {r.pitfall: r.verdict for r in report.results}["mean-vs-sum"] == "pass", str(report)
+
+
+AUX_TERM = """
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+body, head, aux = torch.nn.Linear(5, 8), torch.nn.Linear(8, 3), torch.nn.Linear(8, 2)
+params = [*body.parameters(), *head.parameters(), *aux.parameters()]
+optimizer = torch.optim.SGD(params, lr=0.1)
+# each row: features, a class, and a weight in [0, 1) this run does not use
+data = TensorDataset(torch.randn(24, 5), torch.randint(0, 3, (24,)), torch.rand(24))
+for epoch in range(2):
+    for x, y, weight in DataLoader(data, batch_size=6):
+        optimizer.zero_grad()
+        F.cross_entropy(head(body(x)), y).backward()
+        background = torch.zeros(len(x), dtype=torch.long)  # an auxiliary term: class 0
+        (0.1 * F.cross_entropy(aux(body(x)), background)).backward()
+        optimizer.step()
+"""
+
+
+def test_a_target_equal_to_a_batch_column_only_through_a_lossy_cast_is_not_that_column(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "aux_term.py"
+    script.write_text(AUX_TERM)  # zeros: the weights in [0, 1) cast to integers, not the same
+    report = watch_script(str(script))
+    assert report.ok and not report.error, str(report)
+    assert "terms of one objective" in (report.note or ""), str(report)
+
+
+def test_chunks_of_a_batchs_labels_copied_to_a_device_are_micro_batches(tmp_path: Path) -> None:
+    script = tmp_path / "copied.py"  # y.to(device) on a GPU: a new storage, the same dtype
+    script.write_text(
+        CHUNKED.replace("for xc, yc in", 'y = y.to("cpu", copy=True)\n        for xc, yc in')
+    )
+    report = watch_script(str(script))
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
 
 
 def test_an_epochs_end_is_seen_when_the_loader_is_never_asked_past_its_last_batch(

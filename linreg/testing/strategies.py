@@ -253,7 +253,7 @@ def batchings(
     accumulation_steps and drop_last do), and the fewest batches an epoch the loop runs on (an
     epoch of fewer grows to that many); for a loop that takes a count and was given none, the
     count is drawn too (1 to MOST_DRAWN), and handed to the loop with the batching; for a slow
-    loop (options.slow) batches of 2 rows at most, 2 full steps an epoch, 2 seeds.
+    loop (options.slow) batches of 3 rows at most, 2 full steps an epoch, 2 seeds.
     steps="full": every optimizer step takes batch_size *
     accumulation_steps rows (at least min_steps of them); "short": the last step of each epoch
     takes fewer; "either": full steps, then maybe a short one; "any": any n and batch size.
@@ -281,7 +281,9 @@ def batchings(
         # a step takes b * k rows: keep runs short when k is large ("either" keeps batches of 3,
         # which a loop that splits each batch in two micro-batches splits unevenly)
         top = max(3, 5 // k) if steps == "either" else max(2, 4 // k)
-        top, most = (2, max(min_steps, 2)) if slow else (top, 3)
+        # slow: batches of 3 at most (a batch split in two still splits unevenly), 2 full
+        # steps an epoch
+        top, most = (min(top, 3), max(min_steps, 2)) if slow else (top, 3)
         b = draw(st.integers(1 if steps != "short" or k > 1 else 2, top), label="batch_size")
         whole = max(draw(st.integers(min_steps, most), label="full steps"), -(-least // k))
         rest, least_rest = 0, int(steps == "short")

@@ -72,9 +72,6 @@ def per_update(seen: Observed) -> float:
 
 PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 5 shows
 # the first run, then larger ones (9 and 17 batches an epoch) where the loop raised on less
-
-
-# the first run, then larger ones (9 and 17 batches an epoch) where the loop raised on less
 PROBES = (PROBE, Batching((0, 1) * 8 + (0,), 2, 2, 0), Batching((0, 1) * 16 + (0,), 2, 2, 0))
 
 

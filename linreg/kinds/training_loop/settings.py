@@ -133,9 +133,9 @@ class TrainingLoopOptions(Options):
     )
     slow: bool = read_from_run(
         False,
-        f"one update of the loop's first run took over {SLOW:g} s (work of its own after each "
-        "step): its examples hold fewer updates (batches of 1 or 2, at most 2 full steps an "
-        "epoch, 2 model inits)",
+        f"one update of the loop's first run took over {SLOW:g} s (a large model, or work of its "
+        "own after each step): its examples hold fewer updates (batches of 3 rows at most, at "
+        "most 2 full steps an epoch, 2 model inits)",
     )
     least_batches: int = read_from_run(
         1,

@@ -4,6 +4,7 @@ optimizers step (or ends the code), and puts back what the watched steps changed
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import inspect
@@ -42,6 +43,8 @@ PENDING = 1024
 # an epoch of known length up to this many batches is watched to its end (its last, short
 # update is what short-last-batch reads)
 LONGEST = 2048
+# the fetched tensors kept to tell a cast target (y.float(), y.to(device)) as a batch's
+KEPT_TENSORS = 64
 
 
 def tolerance_of(params: list[Tensor]) -> float:
@@ -87,8 +90,11 @@ class Observer:
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
         self.batched: set[int] = set()  # their tensors' storages
-        self.batch_tensors: list[Tensor] = []  # the tensors themselves (cast targets: _cast)
+        # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
+        # data before training keeps no more than these alive
+        self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
         self.clip_value: float | None = None  # clip_grad_value_'s bound in this update
+        self.clip_ids: set[int] = set()  # the params it clipped
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -168,7 +174,7 @@ class Observer:
         with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
             fetched = tensors_of(batch)
             self.batched |= {t.untyped_storage().data_ptr() for t in fetched}
-            self.batch_tensors += fetched
+            self.batch_tensors.extend(fetched)
 
     # --- backward -------------------------------------------------------------------------
     def backward(
@@ -261,7 +267,7 @@ class Observer:
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.clip_value = self.clip_value
+        update.clip_value, update.clip_ids = self.clip_value, self.clip_ids
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params = params
@@ -341,8 +347,9 @@ class Observer:
     def _anew(self) -> None:
         """Begin the next update: nothing fed, carried, fetched or retained yet."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
-        self.clip_value = None
-        self.fetched, self.batched, self.batch_tensors, self.cut = 0, set(), [], 0
+        self.clip_value, self.clip_ids = None, set()
+        self.fetched, self.batched, self.cut = 0, set(), 0
+        self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
 
     def put_back(self) -> None:
@@ -409,7 +416,7 @@ class Observer:
             if p.grad is not None:
                 self.prior[id(p)] = p.grad.detach().clone()
         if value is not None:
-            self.clip_value = value
+            self.clip_value, self.clip_ids = value, {id(p) for p in params}
 
 
 def _same_kind(t: Tensor, u: Tensor) -> bool:
@@ -443,15 +450,20 @@ def _storage(t: Any) -> int | None:
 
 
 def _cast(t: Tensor, fetched: Tensor) -> bool:
-    """Return whether t holds rows of a fetched tensor, cast or moved: equal, in t's dtype, to
-    the fetched rows at one of the offsets a split into chunks of len(t) rows starts at."""
+    """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
+    of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
+    on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
+    integer 0 is not the label 0)."""
     n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
-    if not 0 < n <= rows or t.shape[1:] != fetched.shape[1:] or t.dtype == fetched.dtype:
+    if not 0 < n <= rows or t.shape[1:] != fetched.shape[1:]:
         return False
     with torch.no_grad():
         values = fetched.detach().to(device=t.device, dtype=t.dtype)
+        back = t.detach().to(device=fetched.device, dtype=fetched.dtype)
+        starts = {*range(0, rows - n + 1, n), rows - n}
         return any(
-            torch.equal(values[i : i + n], t) for i in {*range(0, rows - n + 1, n), rows - n}
+            torch.equal(values[i : i + n], t) and torch.equal(fetched[i : i + n], back)
+            for i in starts
         )
 
 
