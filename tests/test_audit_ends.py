@@ -9,6 +9,7 @@ it (Dropout's p, BatchNorm's mode, each .grad).
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -317,3 +318,25 @@ def test_a_loop_slow_in_each_update_is_run_on_small_runs_and_its_twin_still_fail
     assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
     example = twin.failures[0].counterexample
     assert example["batch_size"] <= 3 and example["seed"] <= 1, example  # small runs
+
+
+def test_a_loop_on_a_budget_of_its_own_is_ended_past_twice_the_updates_and_named() -> None:
+    """A budget loop that ignores the budget it is handed (its own 3000 steps) is ended once it
+    took more than twice the updates a correct loop takes: it never runs its 3000, and
+    exhausted-generator names what it did."""
+    longest: list[int] = []
+
+    def train(model: nn.Module, loader: Any, optimizer: Any, max_steps: int) -> None:
+        batches = itertools.cycle(loader)
+        longest.append(0)
+        for taken in range(1, 3001):
+            x, y = next(batches)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            longest[-1] = taken
+
+    report = audit.training_loop(train, model=net, example=SAMPLE, max_examples=5)
+    assert [r.pitfall for r in report.failures] == ["exhausted-generator"], str(report)
+    assert "and went on (the audit ended it there)" in report.failures[0].message, str(report)
+    assert 0 < max(longest) < 100, longest  # ended, every run, far before its own budget

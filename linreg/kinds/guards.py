@@ -103,6 +103,11 @@ class Aborted(BaseException):
     """
 
 
+class Overran(BaseException):
+    """Raised from the step hook once a run took more updates than any correct loop takes on
+    what it was handed: ends the loop (a BaseException, as TimeUp), and what it did is judged."""
+
+
 class TimeUp(BaseException):
     """Raised inside the loop when its time is up: a BaseException, so `except Exception` in
     the loop cannot swallow it."""

@@ -142,9 +142,10 @@ def takes_every_step(target: Target, batching: Batching) -> None:
         want = max(1, expected_steps(batching, count_of(options, batching), options.drop_last))
         if want <= got <= want + 1:  # used up, the data would give fewer
             return
+        went_on = " and went on (the audit ended it there)" if seen.overran else ""
         raise CheckFailed(
-            f"on {describe(batching, options)} the loop took {got} optimizer steps, expected "
-            f"{want} (a budget of max steps={want}): it {NO_KNOWN}"
+            f"on {describe(batching, options)} the loop took {got} optimizer steps{went_on}, "
+            f"expected {want} (a budget of max steps={want}): it {NO_KNOWN}"
         )
     if batching.num_epochs == 1:
         return

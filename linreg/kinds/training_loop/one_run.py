@@ -14,7 +14,7 @@ from torch import nn
 
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Target
-from linreg.kinds.guards import Aborted, TimeUp, seeded, silenced, time_limit, user_fn
+from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
@@ -109,10 +109,24 @@ def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Obse
     watch = target.watch or Watch()
     limit = limit_of(target)  # from the start, and anew after each update: the loop's progress
     seen = Observed()
+    # more updates than twice the batches (or steps) it was handed: a loop on a budget of its
+    # own; ended there, what it did is judged (a correct loop never comes near)
+    most = 2 * max(expected_steps(batching, k, c.drop_last), batching.num_epochs * batching.batches)
+    updates = [0]
+
+    def stepped(anew: Callable[[], None]) -> Callable[[], None]:
+        def after() -> None:
+            anew()
+            updates[0] += 1
+            if updates[0] >= most + 4:
+                raise Overran
+
+        return after
+
     try:
         with (
             time_limit(limit) as anew,
-            watching(model, watch.method, watch.replayable, anew) as seen,
+            watching(model, watch.method, watch.replayable, stepped(anew)) as seen,
             seeded(batching.seed),
             warnings.catch_warnings(),
             silenced(),
@@ -121,6 +135,8 @@ def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Obse
             target.fn(**kwargs)
     except (CheckFailed, LoopRaised):
         raise
+    except Overran:
+        seen.overran = True
     except TimeUp:
         raise Aborted(LoopRaised(_no_progress(limit, len(seen.steps)))) from None
     except Exception as e:
