@@ -320,9 +320,9 @@ def test_a_loop_slow_in_each_update_is_run_on_small_runs_and_its_twin_still_fail
     assert example["batch_size"] <= 3 and example["seed"] <= 1, example  # small runs
 
 
-def test_a_loop_on_a_budget_of_its_own_is_ended_past_twice_the_updates_and_named() -> None:
+def test_a_loop_on_a_budget_of_its_own_is_ended_past_four_updates_a_row_and_named() -> None:
     """A budget loop that ignores the budget it is handed (its own 3000 steps) is ended once it
-    took more than twice the updates a correct loop takes: it never runs its 3000, and
+    took more than four updates for each row it was handed: it never runs its 3000, and
     exhausted-generator names what it did."""
     longest: list[int] = []
 
@@ -340,3 +340,31 @@ def test_a_loop_on_a_budget_of_its_own_is_ended_past_twice_the_updates_and_named
     assert [r.pitfall for r in report.failures] == ["exhausted-generator"], str(report)
     assert "and went on (the audit ended it there)" in report.failures[0].message, str(report)
     assert 0 < max(longest) < 100, longest  # ended, every run, far before its own budget
+
+
+def test_a_loop_of_batches_of_one_on_its_own_loader_is_never_ended_early() -> None:
+    """A loop that takes the dataset and builds its own DataLoader (batches of one, the default)
+    takes an update per row, more than the audit's batches: it is run to its end and passes."""
+
+    def train(model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int) -> None:
+        for _ in range(num_epochs):
+            for x, y in torch.utils.data.DataLoader(dataset, shuffle=True):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+
+    report = audit.training_loop(train, model=net, example=SAMPLE)
+    assert report.ok, str(report)
+
+
+def test_a_loop_that_does_not_stop_at_its_epochs_is_ended_and_named() -> None:
+    def train(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        for _ in range(1000):  # its own epochs, not num_epochs
+            for x, y in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+
+    report = audit.training_loop(train, model=net, example=SAMPLE, max_examples=5)
+    assert [r.pitfall for r in report.failures] == ["exhausted-generator"], str(report)
+    assert "it does not stop when its 1 epoch(s) are done" in str(report), str(report)

@@ -104,8 +104,9 @@ class Aborted(BaseException):
 
 
 class Overran(BaseException):
-    """Raised from the step hook once a run took more updates than any correct loop takes on
-    what it was handed: ends the loop (a BaseException, as TimeUp), and what it did is judged."""
+    """Raised from the step hook once a run took more updates than four for each row it was
+    handed (a budget of its own): ends the loop (a BaseException, as TimeUp), and what it did
+    is judged."""
 
 
 class TimeUp(BaseException):

@@ -147,6 +147,13 @@ def takes_every_step(target: Target, batching: Batching) -> None:
             f"on {describe(batching, options)} the loop took {got} optimizer steps{went_on}, "
             f"expected {want} (a budget of max steps={want}): it {NO_KNOWN}"
         )
+    if seen.overran:  # ended by the audit: no run stops there when its epochs are done
+        raise CheckFailed(
+            f"on {describe(batching, options)} the loop took {len(seen.steps)} optimizer steps, "
+            f"more than four for each of the {batching.num_epochs * batching.n} rows it was "
+            "handed, and went on (the audit ended it there): it does not stop when its "
+            f"{batching.num_epochs} epoch(s) are done (a budget of its own?)"
+        )
     if batching.num_epochs == 1:
         return
     once = observe(target, replace(batching, num_epochs=1))

@@ -150,7 +150,7 @@ class Observed:
     moved: bool = False
     fed: int = 0  # rows fed to the model with grad enabled, in all
     stepped_at: list[float] = field(default_factory=list)  # time.perf_counter() at each step
-    overran: bool = False  # ended by the audit past twice the updates a correct loop takes
+    overran: bool = False  # ended by the audit past four updates a row it was handed
 
     @property
     def calls(self) -> list[Call]:

@@ -109,16 +109,17 @@ def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Obse
     watch = target.watch or Watch()
     limit = limit_of(target)  # from the start, and anew after each update: the loop's progress
     seen = Observed()
-    # more updates than twice the batches (or steps) it was handed: a loop on a budget of its
-    # own; ended there, what it did is judged (a correct loop never comes near)
-    most = 2 * max(expected_steps(batching, k, c.drop_last), batching.num_epochs * batching.batches)
+    # more updates than four for each row it was handed (or step it was asked for): a loop on
+    # a budget of its own; ended there, what it did is judged (each update needs a row fed: a
+    # correct loop comes near only with four optimizers each stepping on its own rows of one)
+    most = 4 * max(expected_steps(batching, k, c.drop_last), batching.num_epochs * batching.n)
     updates = [0]
 
     def stepped(anew: Callable[[], None]) -> Callable[[], None]:
         def after() -> None:
             anew()
             updates[0] += 1
-            if updates[0] >= most + 4:
+            if updates[0] >= most + 8:
                 raise Overran
 
         return after
