@@ -113,21 +113,16 @@ def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Obse
     # a budget of its own; ended there, what it did is judged (each update needs a row fed: a
     # correct loop comes near only with four optimizers each stepping on its own rows of one)
     most = 4 * max(expected_steps(batching, k, c.drop_last), batching.num_epochs * batching.n)
-    updates = [0]
 
-    def stepped(anew: Callable[[], None]) -> Callable[[], None]:
-        def after() -> None:
-            anew()
-            updates[0] += 1
-            if updates[0] >= most + 8:
-                raise Overran
-
-        return after
+    def stepped() -> None:  # after each update: its time limit anew, and the budget's end
+        anew()
+        if len(seen.steps) >= most + 8:
+            raise Overran
 
     try:
         with (
             time_limit(limit) as anew,
-            watching(model, watch.method, watch.replayable, stepped(anew)) as seen,
+            watching(model, watch.method, watch.replayable, stepped) as seen,
             seeded(batching.seed),
             warnings.catch_warnings(),
             silenced(),

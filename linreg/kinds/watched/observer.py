@@ -18,6 +18,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import checks
 from linreg.kinds.training_loop.hooks import zero_lr
+from linreg.kinds.training_loop.ledger import tensors_in
 from linreg.kinds.watched.records import (
     Enough,
     LossCall,
@@ -30,7 +31,6 @@ from linreg.kinds.watched.records import (
     graph,
     leaves,
     leaves_of,
-    tensors_of,
     unread,
 )
 
@@ -172,7 +172,7 @@ class Observer:
         self.fetched += 1
         self.all_fetched += 1
         with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
-            fetched = tensors_of(batch)
+            fetched = tensors_in([batch], {})
             self.batched |= {t.untyped_storage().data_ptr() for t in fetched}
             self.batch_tensors.extend(fetched)
 

@@ -290,17 +290,6 @@ def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
     return seen - leaf
 
 
-def tensors_of(thing: Any) -> list[Tensor]:
-    """Return the tensors in a batch (tuples, lists, dicts of them)."""
-    if isinstance(thing, Tensor):
-        return [thing]
-    if isinstance(thing, (list, tuple)):
-        return [t for part in thing for t in tensors_of(part)]
-    if isinstance(thing, dict):
-        return [t for part in thing.values() for t in tensors_of(part)]
-    return []
-
-
 def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
     """Return what the loss's mean divides by: class-index targets not ignored (weighted by
     their class weight), else every element; `given` is the call's arguments by name."""
