@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from torch.optim import optimizer as optim_module
 
 from linreg import audit
+from linreg._plain import plain
 
 Loop = Callable[..., None]
 
@@ -318,6 +319,43 @@ def test_a_loop_slow_in_each_update_is_run_on_small_runs_and_its_twin_still_fail
     assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
     example = twin.failures[0].counterexample
     assert example["batch_size"] <= 3 and example["seed"] <= 1, example  # small runs
+
+
+def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_fails_unshrunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However long a slow loop works after each update, its audit makes a fixed handful of
+    updates: the probe ends at its second update, then one run (strategies.first_run) holds
+    what every property judges, and the references take one update a row; the twin fails on
+    that first run, reported as found."""
+    from linreg.audit import runner
+    from linreg.kinds.training_loop import probe
+    from linreg.testing.strategies import first_run
+
+    monkeypatch.setattr(runner, "BUDGET", 0.0)  # no time for more than the fewest examples
+    monkeypatch.setattr(probe, "SLOW", 0.004)  # slow at 5 ms an update, not 50
+    updates = 0
+
+    def count(*_: Any) -> None:
+        nonlocal updates
+        updates += 1
+
+    hook = optim_module.register_optimizer_step_post_hook(count)
+    try:
+        report = audit.training_loop(evaluates_at_length, model=net, example=SAMPLE)
+        made = updates
+        twin = audit.training_loop(evaluates_at_length_nominal, model=net, example=SAMPLE)
+    finally:
+        hook.remove()
+    assert report.ok and report.options["slow"] is True, str(report)
+    assert {r.examples for r in report.results} == {1}, str(report)
+    # the probe's 2, the first run's 4 (a full step and a short one, two epochs), one a row
+    assert made <= 8, made
+    assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
+    options = audit.target_for(
+        "training-loop", evaluates_at_length_nominal, model=net, example=SAMPLE
+    ).options
+    assert twin.failures[0].counterexample == plain(first_run(options)), str(twin)
 
 
 def test_a_loop_on_a_budget_of_its_own_is_ended_past_four_updates_a_row_and_named() -> None:

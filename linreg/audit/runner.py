@@ -71,7 +71,8 @@ def _one_at_a_time(fn: _F) -> _F:
 DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile's
 # At the default examples, an audit of a slow target (a loop that evaluates after every step)
 # fits its properties into about BUDGET seconds: each property runs until its share of what is
-# left is spent, never fewer than FEWEST examples, and the report says so (Budget).
+# left is spent, never fewer than FEWEST examples (a slow target's, 1: its first example holds
+# what every property judges, Options.is_slow), and the report says so (Budget).
 BUDGET = 6.0
 FEWEST = 8
 DERANDOMIZED = 0  # Hypothesis's seed when the audit is given none: the same examples every run
@@ -109,6 +110,7 @@ def run_property(
             seen["passed over"] += 1
             return
         seen["examples"] += 1
+        start = time.perf_counter()
         try:
             # the target's warnings are not verdicts; grad mode is on for every example (the
             # caller's no_grad, or the target's own set_grad_enabled(False), is put back after)
@@ -126,6 +128,9 @@ def run_property(
         except Aborted as e:  # past Hypothesis at once: a run that timed out is not replayed
             failure.append((example, str(e.args[0])))
             raise
+        finally:
+            if budget is not None:
+                budget.took(time.perf_counter() - start)
 
     wrapped = _settings(limit, seed, shrink)(given(prop.examples(target.options))(test))
     # Derandomized, Hypothesis would seed from a hash of this function's source and key its
@@ -224,7 +229,11 @@ def run(
     verdicts: dict[int, Result] = {}
     error: tuple[str, Any] = ("", None)
     # properties that draw one strategy share their runs (runs_shared), and so the budget
-    budget = Budget(len(props), whole=len({p.examples for p in props}) == 1)
+    slow = target.options.is_slow()  # one example each at least, failures unshrunk
+    budget = Budget(
+        len(props), whole=len({p.examples for p in props}) == 1, fewest=1 if slow else FEWEST
+    )
+    shrink = shrink and not slow
     with runs_shared():  # a run one property made, another that draws it reads
         for prop in ordered(props):
             result, error = _verdict(
@@ -284,7 +293,8 @@ def _verdict(
 
 class Budget:
     """The time an audit's properties share at the default examples: each property runs until
-    its share of what is left is spent (after FEWEST examples at least), so that a slow target
+    another example, as long as the longest so far, would end past its share of what is left
+    (after FEWEST examples at least), so that a slow target
     (a loop that evaluates after every step) ends the audit near BUDGET s; what was cut is said.
 
     Where the properties draw one strategy (whole=True: the training-loop kind's), the first
@@ -292,11 +302,13 @@ class Budget:
     for what the others add: references, a run of one epoch): an even share would cut the
     first, which pays for all, and leave the others' unused."""
 
-    def __init__(self, properties: int, *, whole: bool = False) -> None:
+    def __init__(self, properties: int, *, whole: bool = False, fewest: int = FEWEST) -> None:
         self.left, self.spent, self.until = properties, 0.0, math.inf
+        self.longest = 0.0  # seconds: the audit's longest example so far
         self.cut: list[int] = []
         self.examples = 0
         self.whole = whole
+        self.fewest = fewest  # a slow target's: 1 (Options.is_slow)
 
     @contextlib.contextmanager
     def share(self) -> Iterator[Budget]:
@@ -311,8 +323,14 @@ class Budget:
             self.left = max(self.left - 1, 0)
 
     def over(self, examples: int) -> bool:
-        """Return True if the property has run its fewest examples and its time is spent."""
-        return examples >= FEWEST and time.perf_counter() > self.until
+        """Return True if the property has run its fewest examples and another, as long as the
+        longest example of the audit so far, would end past its share (a run the properties
+        share costs its first reader alone: a slow loop's next one may take seconds)."""
+        return examples >= self.fewest and time.perf_counter() + self.longest > self.until
+
+    def took(self, seconds: float) -> None:
+        """Count one example's time."""
+        self.longest = max(self.longest, seconds)
 
     def ran(self, examples: int, cut: bool) -> None:
         self.examples += examples
@@ -332,8 +350,9 @@ class Budget:
                 f"s: the target took {cost * 1000:.0f} ms an example (max_examples= runs as "
                 "many as you ask)"
             )
-        return (  # the fewest examples a property runs cost more than the aim: said, not hidden
-            f"{which} ran {ran} examples, the fewest each runs, and passed over the rest: the "
+        fewest = ", the fewest each runs," if max(self.cut) <= self.fewest else ""
+        return (  # past the aim (the fewest examples cost more): said, not hidden
+            f"{which} ran {ran} examples{fewest} and passed over the rest: the "
             f"target took {cost * 1000:.0f} ms an example, so the properties took "
             f"{self.spent:.0f} s, past the {BUDGET:g} s aimed at (max_examples= runs as many as "
             "you ask)"

@@ -105,8 +105,8 @@ class Aborted(BaseException):
 
 class Overran(BaseException):
     """Raised from the step hook once a run took more updates than four for each row it was
-    handed (a budget of its own): ends the loop (a BaseException, as TimeUp), and what it did
-    is judged."""
+    handed (a budget of its own), or showed what the audit ran it for (a slow loop's probe):
+    ends the loop (a BaseException, as TimeUp), and what it did is judged."""
 
 
 class TimeUp(BaseException):

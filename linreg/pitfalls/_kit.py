@@ -55,11 +55,9 @@ def drawn(strategy: str, /, **keywords: Any) -> Callable[[Any], SearchStrategy[A
     return examples
 
 
-def training_runs(options: Any) -> SearchStrategy[Any]:
-    """Return the runs every property of the training-loop kind draws: one strategy, so that
-    each property draws the same batchings and an audit runs each once (`shared`). Full
-    steps, then maybe a short one; identical rows or two kinds; one or two epochs."""
-    return drawn("batchings", steps="either", mixed=None, max_epochs=2)(options)
+training_runs = drawn("training_runs")
+"""The runs every property of the training-loop kind draws (strategies.training_runs): one
+strategy, so that each property draws the same batchings and an audit runs each once."""
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -80,13 +80,20 @@ def asks_of(fn: Callable[..., Any]) -> contracts.Contract:
     return hit[1]
 
 
-def run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
+def run_at_zero_lr(
+    target: Target, batching: Batching, enough: Callable[[Observed], bool] | None = None
+) -> tuple[nn.Module, Observed]:
     """Run the loop at lr = 0 on a batching; return its model and what it did (within an
-    audit, once: `shared`)."""
+    audit, once: `shared`). enough(seen), asked after each update, True: the loop is ended
+    there (the probe's run of a slow loop), and that shorter run is not shared."""
+    if enough is not None:
+        return _run_at_zero_lr(target, batching, enough)
     return kept("run", target, batching, lambda: _run_at_zero_lr(target, batching))
 
 
-def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Observed]:
+def _run_at_zero_lr(
+    target: Target, batching: Batching, enough: Callable[[Observed], bool] | None = None
+) -> tuple[nn.Module, Observed]:
     c = options_of(target)
     asks = asks_of(target.fn)
     with seeded(batching.seed):
@@ -117,6 +124,9 @@ def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Obse
     def stepped() -> None:  # after each update: its time limit anew, and the budget's end
         anew()
         if len(seen.steps) >= most + 8:
+            seen.overran = True
+            raise Overran
+        if enough is not None and enough(seen):
             raise Overran
 
     try:
@@ -132,7 +142,7 @@ def _run_at_zero_lr(target: Target, batching: Batching) -> tuple[nn.Module, Obse
     except (CheckFailed, LoopRaised):
         raise
     except Overran:
-        seen.overran = True
+        pass  # ended by the audit: past its budget (seen.overran), or seen enough
     except TimeUp:
         raise Aborted(LoopRaised(_no_progress(limit, len(seen.steps)))) from None
     except Exception as e:

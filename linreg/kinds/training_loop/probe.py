@@ -70,6 +70,13 @@ def per_update(seen: Observed) -> float:
     return statistics.median(between) if between else 0.0
 
 
+def shown_slow(seen: Observed) -> bool:
+    """Return True once a run has shown a slow loop (2 updates over SLOW s apart): the probe
+    ends it there, as the properties' runs of a slow loop hold fewer updates (a window of up
+    to 5 batches still shows: the more common count of two, the larger on a tie)."""
+    return len(seen.steps) >= 2 and per_update(seen) > SLOW
+
+
 PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 5 shows
 # the first run, then larger ones (9 and 17 batches an epoch) where the loop raised on less
 PROBES = (PROBE, Batching((0, 1) * 8 + (0,), 2, 2, 0), Batching((0, 1) * 16 + (0,), 2, 2, 0))
@@ -135,7 +142,7 @@ def _checked(
     for batching in PROBES:  # larger data where the loop raised on less: it may need more
         start = time.perf_counter()
         try:
-            model, seen = run_at_zero_lr(target, batching)
+            model, seen = run_at_zero_lr(target, batching, shown_slow)
             break
         except LoopRaised as e:
             first = first or f"on {describe(batching, options)}, {e}"

@@ -134,14 +134,21 @@ class TrainingLoopOptions(Options):
     slow: bool = read_from_run(
         False,
         f"one update of the loop's first run took over {SLOW:g} s (a large model, or work of its "
-        "own after each step): its examples hold fewer updates (batches of 3 rows at most, at "
-        "most 2 full steps an epoch, 2 model inits)",
+        "own after each step): its audit first makes one run that holds what every property "
+        "judges (4 updates, for a loop that steps every batch), then smaller ones while its "
+        "time lasts (batches of 3 rows "
+        "at most, at most 2 full steps an epoch, 2 model inits), and reports a failure "
+        "unshrunk",
     )
     least_batches: int = read_from_run(
         1,
         "the fewest batches an epoch the loop runs on, up to one window: it raised on fewer "
         "(its examples hold at least this many, and what it raised there is not judged)",
     )
+
+    def is_slow(self) -> bool:
+        """Return True for a slow loop: its properties' first run is `strategies.first_run`."""
+        return self.slow
 
 
 def options_of(target: Target) -> TrainingLoopOptions:
