@@ -178,6 +178,94 @@ def test_labels_counted_before_a_shift_on_rows_of_one_length_are_a_hint_never_a_
     assert "it is 30 / (30 + 6)" in (report.note or ""), str(report)
 
 
+def pair_file(tmp: Path) -> list[str]:
+    """Ten pairs of token sequences, source and target of 1 to 5 tokens, in a TSV file."""
+    gen = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(10):
+        source, target = (
+            torch.randint(2, 10, (int(torch.randint(lo, hi, (), generator=gen)),), generator=gen)
+            for lo, hi in ((2, 6), (1, 5))
+        )
+        lines.append(
+            " ".join(map(str, source.tolist())) + "\t" + " ".join(map(str, target.tolist()))
+        )
+    (tmp / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    return [str(tmp / "pairs.tsv")]
+
+
+def test_a_loss_summed_on_purpose_passes_when_the_watch_is_told_and_not_otherwise(
+    tmp_path: Path,
+) -> None:
+    """The summed seq2seq loss (its lr set for a sum) is right for reduction="sum"; judged
+    against the mean, as the watch does unless told, it is a sum where a mean was meant."""
+    script = str(SCRIPTS / "seq2seq_summed.py")
+    summed = watch_script(script, pair_file(tmp_path), reduction="sum")
+    assert summed.ok and summed.options == {"reduction": "sum"}, str(summed)
+    assert {r.pitfall for r in summed.results if r.verdict == "pass"} >= {"mean-vs-sum"}
+    meant = watch_script(script, pair_file(tmp_path))
+    assert [r.pitfall for r in meant.failures] == ["mean-vs-sum"], str(meant)
+    assert "it sums the loss over the update's rows or targets" in str(meant)
+
+
+def test_a_mean_where_the_sum_was_meant_fails_mean_vs_sum(tmp_path: Path) -> None:
+    twin = twin_of(
+        tmp_path,
+        SCRIPTS / "seq2seq_summed.py",
+        "    loss.backward()",
+        "    (loss / target.size(0)).backward()",
+    )
+    report = watch_script(str(twin), pair_file(tmp_path), reduction="sum")
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert (
+        "takes the mean over the update's rows or targets (reduction='mean') where their sum"
+        in (report.failures[0].message)
+    ), str(report)
+
+
+def _summed_windows(pitfalls_watch: Any, k: int, per_micro_batch_mean: bool) -> Any:
+    """Windows of k batches of 4 over 10 rows (the last batch of 2), each micro-batch's loss
+    summed over its rows, or (the twin) its mean, added up, never divided."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 3, generator=gen), torch.randn(10, 1, generator=gen)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    with pitfalls_watch(check=False, reduction="sum") as reports:
+        for i, (xb, yb) in enumerate(loader):
+            reduction = "mean" if per_micro_batch_mean else "sum"
+            F.mse_loss(model(xb), yb, reduction=reduction).backward()
+            if (i + 1) % k == 0 or i == len(loader) - 1:
+                optimizer.step()
+                optimizer.zero_grad()
+    return reports[0]
+
+
+@pytest.mark.parametrize(
+    "k, pitfall, says",
+    [
+        (2, "mean-vs-sum", "adds up its 2 micro-batches' mean losses (reduction='mean') where"),
+        (3, "micro-batch-accumulation", "weighs its 3 micro-batches alike over counts [4, 4, 2]"),
+    ],
+)
+def test_summed_micro_batches_pass_and_added_means_fail_where_the_sum_was_meant(
+    pitfalls_watch: Any, k: int, pitfall: str, says: str
+) -> None:
+    right = _summed_windows(pitfalls_watch, k, per_micro_batch_mean=False)
+    assert right.ok, str(right)
+    twin = _summed_windows(pitfalls_watch, k, per_micro_batch_mean=True)
+    assert [r.pitfall for r in twin.failures] == [pitfall], str(twin)
+    assert says in str(twin), str(twin)
+
+
+def test_a_reduction_that_is_neither_mean_nor_sum_is_refused() -> None:
+    refused = pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'max'")
+    with refused, watch(reduction="max"):
+        pass  # pragma: no cover
+    with pytest.raises(ValueError, match="reduction must be"):
+        watch_script("x.py", reduction="none")
+
+
 def test_watch_a_module_runs_as_python_m_does() -> None:
     report = watch_script("tests.watch_scripts.tokens_ragged", module=True)
     assert report.ok and report.target == "tests.watch_scripts.tokens_ragged", str(report)
@@ -237,7 +325,12 @@ def test_watch_command_prints_the_report_on_stdout_and_the_scripts_output_on_std
 
 
 def test_watch_usage_errors_exit_2_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["watch"], ["watch", "no_such_script.py"], ["watch", "--steps", "0", "x.py"]):
+    for argv in (
+        ["watch"],
+        ["watch", "no_such_script.py"],
+        ["watch", "--steps", "0", "x.py"],
+        ["watch", "--reduction", "max", "x.py"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

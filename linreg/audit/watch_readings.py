@@ -34,8 +34,10 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
     update they do not explain (to the tolerance, relative) is no combination of its own."""
     if u.blind or not u.counts:
         return None
-    if u.right:
-        return Reading(j, sum(u.counts), list(u.counts), [1.0] * len(u.counts), u.clipped)
+    if u.right:  # it applied its rows' mean (read as the watcher closed it): 1 / count a sum
+        total = sum(u.counts)
+        each = 1 / total if summed else 1.0
+        return Reading(j, total, list(u.counts), [each] * len(u.counts), u.clipped)
     c = torch.tensor(u.counts, dtype=torch.float64)
     gram = u.gram / torch.outer(c, c)
     want = c if summed else c / c.sum()  # a correct update: sum (or mean) of its rows'

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 from linreg.audit.report import Report, Result
 from linreg.audit.watch_readings import near
-from linreg.audit.watch_verdicts import PROPERTIES, judge
+from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
 from linreg.kinds.watched import Watched
 
 
-def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Report:
+def report_of(
+    seen: Watched, target: str, seconds: float, error: str = "", reduction: str = "mean"
+) -> Report:
     """Return the Report of a watched run: a verdict per pitfall, "not judged" where the run
-    showed nothing the property reads."""
-    v = judge(seen)
+    showed nothing the property reads; each update judged against the mean of its rows'
+    gradients, or their sum (reduction="sum": a loss summed on purpose)."""
+    summed = reduction == "sum"
+    v = judge(seen, summed)
     results = []
-    for pitfall, statement in PROPERTIES.items():
+    for pitfall, statement in (SUMMED if summed else PROPERTIES).items():
         if pitfall in v.failed:
             measured = {
                 "ratios": [v.ratios.get(j) for j in range(len(seen.updates))],
@@ -77,7 +81,8 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
         )
     if v.constant is not None:
         note += (
-            f"; every full update applies {v.constant:.4g} times the mean of its rows, which no "
+            f"; every full update applies {v.constant:.4g} times the {v.meant} of its rows, "
+            "which no "
             "known mistake names: taken as the loss's own constant, each update read relative "
             "to it"
             + (
@@ -140,7 +145,8 @@ def report_of(seen: Watched, target: str, seconds: float, error: str = "") -> Re
             f"; {blind} reached backward() through no loss the watcher could read (one written "
             "by hand, or a graph that allows no second pass): not judged"
         )
-    return Report(target, "watch", {}, tuple(results), seconds, error, note=note)
+    options = {"reduction": "sum"} if summed else {}
+    return Report(target, "watch", options, tuple(results), seconds, error, note=note)
 
 
 def _unjudged(pitfall: str, seen: Watched) -> str:

@@ -28,6 +28,12 @@ PROPERTIES = {
     "targets",
     "non-leaf-params": "every update after a backward() has a gradient to apply",
 }
+SUMMED = {  # where the code means the sum (reduction="sum": a loss summed on purpose)
+    **PROPERTIES,
+    "short-last-batch": "a short update applies the sum of its rows as a full one does; no "
+    "micro-batch is left unstepped",
+    "mean-vs-sum": "a full update applies the sum of its rows' gradients, not a multiple",
+}
 
 
 @dataclass
@@ -45,6 +51,7 @@ class _Verdicts:
     constant: float | None = None  # a scale taken as the loss's own
     full: float = 0.0  # a full update's count
     unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
+    meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
 
     def fail(self, pitfall: str, message: str) -> None:
         self.failed.setdefault(pitfall, message)
@@ -53,8 +60,9 @@ class _Verdicts:
 
 
 def judge(seen: Watched, summed: bool = False) -> _Verdicts:
-    """Return the verdicts on every update seen."""
-    v = _Verdicts()
+    """Return the verdicts on every update seen: against the mean of each update's rows'
+    gradients, or (summed) their sum."""
+    v = _Verdicts(meant="sum" if summed else "mean")
     readings: list[Reading] = []
     for j, u in enumerate(seen.updates):
         v.at, v.ratios[j] = j, None
@@ -128,7 +136,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
 
 def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
     """Name each update's weights as the catalogue names them."""
-    over = over_counted(readings)
+    over = over_counted(readings) if v.meant == "mean" else []  # a mean's divisor
     for n, (r, extra) in enumerate(over):  # named once, then read as if divided right
         assert r.relative is not None
         s = r.relative[0]
@@ -151,7 +159,7 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
     parts_full = len(fulls[0].parts) if fulls else 1
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
-    kappa = s_full if fulls and s_full > 0 and _why(s_full, fulls[0]) == NO_KNOWN else 1.0
+    kappa = s_full if fulls and s_full > 0 and _why(s_full, fulls[0], v.meant) == NO_KNOWN else 1.0
     if not near(kappa, 1):  # a constant is the same on a shorter update; a sum grows with rows
         shorts = [r for r in readings if r.count < full and r.relative and alike(r.relative)]
         grows = [r for r in shorts if r.relative and near(r.relative[0], kappa * r.count / full)]
@@ -160,10 +168,11 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
             v.at = r.j
             v.fail(
                 "mean-vs-sum",
-                f"every full update applies {kappa:.4g} times the mean of its {full:g} counted, "
-                f"and update {r.j + 1} of {r.count:g} applies {kappa * r.count / full:.4g} times "
-                "its own: a factor that grows with the rows (a loss summed over them, or "
-                "multiplied by the batch size) where a mean was meant",
+                f"every full update applies {kappa:.4g} times the {v.meant} of its {full:g} "
+                f"counted, and update {r.j + 1} of {r.count:g} applies "
+                f"{kappa * r.count / full:.4g} times its own: a factor that grows with the rows "
+                f"(a loss summed over them, or multiplied by the batch size) where a {v.meant} "
+                "was meant",
             )
             kappa = 1.0
         elif any(r.relative and near(r.relative[0], kappa) for r in shorts):
@@ -188,11 +197,15 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
             s = rel[0]
             if r.count == full:
                 if not near(s, 1):
-                    v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the mean: {_why(s, r)}")
+                    why = _why(s, r, v.meant)
+                    v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the {v.meant}: {why}")
             else:  # an update of another size: right, or the full ones' scale is its cause
                 theirs = [s_full, s_full * r.count / full, s_full * len(r.parts) / parts_full]
+                if v.meant == "sum":  # a mean where the sum was meant: of the update's count,
+                    theirs.append(s_full * full / r.count)  # or each micro-batch's own
+                    theirs.append(s_full * full * len(r.parts) / (r.count * parts_full))
                 if not near(s, 1) and (near(s_full, 1) or not any(near(s, t) for t in theirs)):
-                    v.fail("short-last-batch", _short(at, s, r, full))
+                    v.fail("short-last-batch", _short(at, s, r, full, v.meant))
             continue
         weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
         if full and r.count > full:
@@ -211,6 +224,14 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
                 f"{at}: its first {dropped} micro-batch(es) went through backward() and were "
                 "never applied (their gradient zeroed before any step: an epoch's left-over "
                 "window dropped): step when the data ends too",
+            )
+            continue
+        if unequal and alike(weights) and v.meant == "sum":
+            v.fail(
+                "micro-batch-accumulation",
+                f"{at} weighs its {len(r.parts)} micro-batches alike over counts "
+                f"{shown(r.parts)} (each {weights[0]:.3g} of the update): add up each one's "
+                "summed loss (reduction='sum'), as the sum of the update's rows was meant",
             )
             continue
         if unequal and alike(weights):
@@ -245,18 +266,35 @@ def _now_and_then(updates: list[Update]) -> bool:
     return 2 * dropping <= len(updates) - 1
 
 
-def _short(at: str, s: float, r: Reading, full: float) -> str:
-    if near(s, r.count / full):
+def _short(at: str, s: float, r: Reading, full: float, meant: str = "mean") -> str:
+    if meant == "mean" and near(s, r.count / full):
         return (
             f"{at} applied {s:.4g} times the mean: it divides by a full update's {full:g} where "
             f"it took {r.count:g} (a nominal batch size or accumulation count)"
         )
-    return f"{at} applied {s:.4g} times the mean, unlike a full update: it {NO_KNOWN}"
+    return f"{at} applied {s:.4g} times the {meant}, unlike a full update: it {NO_KNOWN}"
 
 
-def _why(s: float, r: Reading) -> str:
+def _why(s: float, r: Reading, meant: str = "mean") -> str:
     if s >= 1024 and near(math.log2(s), round(math.log2(s))):
         return "it steps with a loss scaler's scaled gradients (call scaler.step, or unscale_)"
+    if meant == "sum":
+        if near(s, 1 / r.count):
+            return (
+                "it takes the mean over the update's rows or targets (reduction='mean') where "
+                "their sum was meant"
+            )
+        if len(r.parts) > 1 and near(s, 1 / len(r.parts)):
+            return (
+                f"it averages its {len(r.parts)} micro-batches' summed losses where their sum "
+                "was meant"
+            )
+        if len(r.parts) > 1 and near(s, len(r.parts) / r.count):
+            return (
+                f"it adds up its {len(r.parts)} micro-batches' mean losses (reduction='mean') "
+                "where the sum of their rows was meant"
+            )
+        return NO_KNOWN
     if len(r.parts) > 1 and near(s, len(r.parts)):
         return f"it adds up its {len(r.parts)} micro-batches' mean losses without dividing"
     if near(s, r.count):

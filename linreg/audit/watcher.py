@@ -13,18 +13,28 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from linreg import checks
+from linreg import _validate, checks
 from linreg.audit.report import Report
 from linreg.audit.watch_report import report_of
 from linreg.kinds.watched import watching
 
+REDUCTIONS = ("mean", "sum")
+
 
 def watch_script(
-    script: str, args: Sequence[str] = (), *, module: bool = False, steps: int | None = None
+    script: str,
+    args: Sequence[str] = (),
+    *,
+    module: bool = False,
+    steps: int | None = None,
+    reduction: str = "mean",
 ) -> Report:
     """Run a script (or, module=True, a module) as `python SCRIPT ARGS` would, watched, and
     return its Report: its __main__, argv, and its folder first on sys.path; what it prints goes
-    to stderr. It is ended after `steps` updates (None: the first after an epoch's end)."""
+    to stderr. It is ended after `steps` updates (None: the first after an epoch's end). Each
+    update is judged against the mean of its rows' gradients, or their sum (reduction="sum":
+    the code sums its loss on purpose, its lr scaled to it)."""
+    _validate.choice("reduction", reduction, REDUCTIONS)
     argv, path = sys.argv[:], sys.path[:]
     start = time.perf_counter()
     error = ""
@@ -48,11 +58,11 @@ def watch_script(
         finally:
             sys.argv, sys.path[:] = argv, path
     assert seen is not None
-    return report_of(seen, script, time.perf_counter() - start, error)
+    return report_of(seen, script, time.perf_counter() - start, error, reduction)
 
 
 @contextmanager
-def watch(steps: int | None = None) -> Iterator[list[Report]]:
+def watch(steps: int | None = None, reduction: str = "mean") -> Iterator[list[Report]]:
     """Watch the training code the block runs; after it, the list holds its Report.
 
         with linreg.audit.watch() as reports:
@@ -60,9 +70,11 @@ def watch(steps: int | None = None) -> Iterator[list[Report]]:
         print(reports[0])
 
     Every lr is held at 0 while the block runs (the params do not move) and put back after;
-    after `steps` updates the block is ended where it stands."""
+    after `steps` updates the block is ended where it stands. Each update is judged against
+    the mean of its rows' gradients, or their sum (reduction="sum")."""
+    _validate.choice("reduction", reduction, REDUCTIONS)
     out: list[Report] = []
     start = time.perf_counter()
     with watching(steps) as seen:
         yield out
-    out.append(report_of(seen, "the watched block", time.perf_counter() - start))
+    out.append(report_of(seen, "the watched block", time.perf_counter() - start, "", reduction))

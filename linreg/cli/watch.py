@@ -1,4 +1,5 @@
-"""`python -m linreg watch [--steps N] [--json] [--plot FILE.png] SCRIPT [ARGS...]` (or
+"""`python -m linreg watch [--steps N] [--reduction sum] [--json] [--plot FILE.png] SCRIPT
+[ARGS...]` (or
 `-m MODULE [ARGS...]`): your training script, unchanged, run as `python SCRIPT ARGS` would and
 judged update by update.
 """
@@ -25,12 +26,12 @@ def add_parser(sub: Any) -> None:
             "argv, imports and working directory. Every loss it computes with a torch loss "
             "function, every backward() and every optimizer update is watched, with every lr "
             "held at 0 (the params do not move); each update is judged against the mean of the "
-            "rows it consumed. The script is ended after the first update that follows an "
-            "epoch's end (a DataLoader running out), or after 64 updates if no epoch of a "
-            "known length up to 2048 batches is under way, or after --steps updates. What the "
-            "script "
-            "prints goes to stderr, the report to stdout. Exit 0 when no pitfall is found, 1 "
-            "when one is or the script failed, 2 for a usage error."
+            "rows it consumed (their sum with --reduction sum). The script is ended after the "
+            "first update that follows an epoch's end (a DataLoader running out), or after 64 "
+            "updates if no epoch of a known length up to 2048 batches is under way, or after "
+            "--steps updates. What the script prints goes to stderr, the report to stdout. "
+            "Exit 0 when no pitfall is found, 1 when one is or the script failed, 2 for a usage "
+            "error."
         ),
     )
     a.add_argument(
@@ -39,6 +40,13 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="end the script after this many updates (default: the first after an epoch's "
         "end; the 64th if no epoch of a known length up to 2048 batches is under way)",
+    )
+    a.add_argument(
+        "--reduction",
+        choices=("mean", "sum"),
+        default="mean",
+        help="what a correct update applies of its rows' gradients: their mean (default), or "
+        "their sum, for a script that sums its loss on purpose with its lr scaled to it",
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.add_argument(
@@ -81,7 +89,7 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(e))
     if not args.quiet:
         print(f"watching {name} ...", file=sys.stderr, flush=True)
-    report = watch_script(name, rest, module=module, steps=args.steps)
+    report = watch_script(name, rest, module=module, steps=args.steps, reduction=args.reduction)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:

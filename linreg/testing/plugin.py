@@ -173,15 +173,17 @@ def pytest_collection_modifyitems(
 
 @pytest.fixture
 def pitfalls_watch() -> Callable[..., contextlib.AbstractContextManager[list[Any]]]:
-    """Return watch(steps=None, check=True): a context manager that watches the training code
-    its block runs (`linreg.audit.watch`) and, with check, fails the test naming each pitfall
-    its updates show, or saying why none could be judged."""
+    """Return watch(steps=None, check=True, reduction="mean"): a context manager that watches
+    the training code its block runs (`linreg.audit.watch`) and, with check, fails the test
+    naming each pitfall its updates show, or saying why none could be judged."""
 
     @contextlib.contextmanager
-    def watch(steps: int | None = None, check: bool = True) -> Iterator[list[Any]]:
+    def watch(
+        steps: int | None = None, check: bool = True, reduction: str = "mean"
+    ) -> Iterator[list[Any]]:
         from linreg import audit
 
-        with audit.watch(steps) as reports:
+        with audit.watch(steps, reduction) as reports:
             yield reports
         if check and not reports[0].ok:
             raise AuditFailed(reports[0].describe(only_failures=True))
