@@ -638,6 +638,27 @@ def test_an_update_clipped_by_value_is_judged_as_it_was_before_the_clip(tmp_path
     assert {r.pitfall: r.verdict for r in report.results}["mean-vs-sum"] == "pass", str(report)
 
 
+def test_each_group_clipped_by_value_with_its_own_bound_is_judged_as_it_was_before(
+    tmp_path: Path,
+) -> None:
+    """Two clip_grad_value_ calls an update (the first layer to 0.05, the last to 0.02; then
+    the first again, to 0.5, which clamps nothing more): each param read against its own
+    least bound, and what it held before the first clip."""
+    script = tmp_path / "clipped_by_value.py"
+    script.write_text(CLIPPED_BY_VALUE)
+    each = "(model[0].parameters(), 0.05)\n        torch.nn.utils.clip_grad_value_"
+    each += "(model[2].parameters(), 0.02)\n        torch.nn.utils.clip_grad_value_"
+    each += "(model[0].parameters(), 0.5)"
+    groups = twin_of(tmp_path, script, "(model.parameters(), 0.05)", each)
+    report = watch_script(str(groups))
+    assert report.ok and not report.note.count("not judged"), str(report)
+    assert {r.pitfall: r.verdict for r in report.results}["mean-vs-sum"] == "pass", str(report)
+    summed = twin_of(tmp_path, groups, "delta=1.0)", "delta=1.0, reduction='sum')")
+    report = watch_script(str(summed))
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "16 times the mean" in report.failures[0].message, str(report)
+
+
 AUX_TERM = """
 import torch
 from torch.nn import functional as F

@@ -8,6 +8,7 @@ import collections
 import contextlib
 import copy
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -93,8 +94,9 @@ class Observer:
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
-        self.clip_value: float | None = None  # clip_grad_value_'s bound in this update
-        self.clip_ids: set[int] = set()  # the params it clipped
+        self.clip_bounds: dict[int, float] = {}  # param id -> clip_grad_value_'s bound, in
+        # this update (the least, clipped twice)
+        self.clipped: set[int] = set()  # params clipped in this update: before, the first's
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -267,7 +269,7 @@ class Observer:
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.clip_value, update.clip_ids = self.clip_value, self.clip_ids
+        update.clip_bounds = self.clip_bounds
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params = params
@@ -347,7 +349,7 @@ class Observer:
     def _anew(self) -> None:
         """Begin the next update: nothing fed, carried, fetched or retained yet."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
-        self.clip_value, self.clip_ids = None, set()
+        self.clip_bounds, self.clipped = {}, set()
         self.fetched, self.batched, self.cut = 0, set(), 0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
@@ -406,17 +408,24 @@ class Observer:
             self.kept[id(thing)] = (thing, copy.deepcopy(thing.state_dict()))
 
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
-        self.clipping([p for g in opt.param_groups for p in g["params"]])
+        self.clipping([p for g in opt.param_groups for p in g["params"]], clips=False)
 
-    def clipping(self, params: list[Tensor], value: float | None = None) -> None:
+    def clipping(
+        self, params: list[Tensor], value: float | None = None, clips: bool = True
+    ) -> None:
         """Keep the gradients as they are before clipping (unscaled, divided by the code as it
         meant): what a clipped update is read as a factor of, or, clipped by value (each
-        element to [-value, value]), read as."""
+        element to [-value, value]), read as. A param clipped twice in an update (its
+        groups clipped one by one, or by value, then by norm) keeps what it held before the
+        first clip; each param keeps its own bound (the least, where clamped twice)."""
         for p in params:
-            if p.grad is not None:
+            if p.grad is not None and id(p) not in self.clipped:
                 self.prior[id(p)] = p.grad.detach().clone()
+        if clips:
+            self.clipped |= {id(p) for p in params}
         if value is not None:
-            self.clip_value, self.clip_ids = value, {id(p) for p in params}
+            for p in params:
+                self.clip_bounds[id(p)] = min(value, self.clip_bounds.get(id(p), math.inf))
 
 
 def _same_kind(t: Tensor, u: Tensor) -> bool:

@@ -69,8 +69,8 @@ class Open:
     redone: bool = True  # those were on the targets of the ones kept (SAM, an attack, a closure)
     foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
-    clip_value: float | None = None  # clip_grad_value_'s bound, where the code clipped so
-    clip_ids: set[int] = field(default_factory=set)  # the params it clipped (by id)
+    clip_bounds: dict[int, float] = field(default_factory=dict)  # param id -> the bound
+    # clip_grad_value_ clamped it to, where the code clipped so
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def close(update: Open, tol: float) -> Update:
     """Return an update's numbers, read param by param (no vector of every param at once is
     built): first whether it applied the mean of its rows (or a clipping of it) to the relative
     tolerance tol, directly; where not, the float64 inner products its weights are solved from."""
-    value_clipped = update.clip_value is not None and _clamped(update, update.clip_value, tol)
+    value_clipped = bool(update.clip_bounds) and _clamped(update, tol)
     if value_clipped:  # elementwise, no factor of it: read before clipping, as it was meant
         update = replace(update, applied=dict(update.before))
     counts = [mb.count for mb in update.micro]
@@ -205,18 +205,20 @@ def _right(update: Open, total: float, tol: float) -> bool | None:
     return True if 0 < s <= 1 + tol and off <= tol**2 * aa else None
 
 
-def _clamped(update: Open, bound: float, tol: float) -> bool:
+def _clamped(update: Open, tol: float) -> bool:
     """Return whether what each param's step applied is what .grad held before
-    clip_grad_value_, clamped to [-bound, bound] for the params it clipped, as it was for the
-    others (the code's clip and nothing more)."""
+    clip_grad_value_, clamped to [-bound, bound] for the params it clipped (each its own
+    bound), as it was for the others (the code's clips and nothing more)."""
     for p in update.params:
         got, before = update.applied.get(id(p)), update.before.get(id(p))
         if got is None or before is None:
             if got is not before:
                 return False
             continue
-        want = before.clamp(-bound, bound) if id(p) in update.clip_ids else before
-        if not torch.allclose(got, want, rtol=tol, atol=tol * max(bound, 1e-12)):
+        bound = update.clip_bounds.get(id(p))
+        want = before if bound is None else before.clamp(-bound, bound)
+        scale = max(update.clip_bounds.values()) if bound is None else bound
+        if not torch.allclose(got, want, rtol=tol, atol=tol * max(scale, 1e-12)):
             return False
     return True
 
