@@ -321,19 +321,8 @@ def test_a_loop_slow_in_each_update_is_run_on_small_runs_and_its_twin_still_fail
     assert example["batch_size"] <= 3 and example["seed"] <= 1, example  # small runs
 
 
-def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_fails_unshrunk(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """However long a slow loop works after each update, its audit makes a fixed handful of
-    updates: the probe ends at its second update, then one run (strategies.first_run) holds
-    what every property judges, and the references take one update a row; the twin fails on
-    that first run, reported as found."""
-    from linreg.audit import runner
-    from linreg.kinds.training_loop import probe
-    from linreg.testing.strategies import first_run
-
-    monkeypatch.setattr(runner, "BUDGET", 0.0)  # no time for more than the fewest examples
-    monkeypatch.setattr(probe, "SLOW", 0.004)  # slow at 5 ms an update, not 50
+def _counted(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Return fn()'s result and the optimizer updates made while it ran."""
     updates = 0
 
     def count(*_: Any) -> None:
@@ -342,20 +331,126 @@ def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_f
 
     hook = optim_module.register_optimizer_step_post_hook(count)
     try:
-        report = audit.training_loop(evaluates_at_length, model=net, example=SAMPLE)
-        made = updates
-        twin = audit.training_loop(evaluates_at_length_nominal, model=net, example=SAMPLE)
+        return fn(), updates
     finally:
         hook.remove()
+
+
+@pytest.fixture
+def slow_at_5_ms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop is slow from 4 ms an update, and no time is left past the fewest examples."""
+    from linreg.audit import runner
+    from linreg.kinds.training_loop import probe
+
+    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    monkeypatch.setattr(probe, "SLOW", 0.004)
+
+
+def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_fails_unshrunk(
+    slow_at_5_ms: None,
+) -> None:
+    """However long a slow loop works after each update, its audit makes a fixed handful of
+    updates: the probe ends at its third, then one run (first_runs) holds what every property
+    judges, its one epoch again for exhausted-generator, and the references take one update a
+    row; the twin fails on that first run, reported as found."""
+    from linreg.kinds.training_loop import first_runs
+
+    report, made = _counted(
+        lambda: audit.training_loop(evaluates_at_length, model=net, example=SAMPLE)
+    )
     assert report.ok and report.options["slow"] is True, str(report)
     assert {r.examples for r in report.results} == {1}, str(report)
-    # the probe's 2, the first run's 4 (a full step and a short one, two epochs), one a row
-    assert made <= 8, made
+    # the probe's 3; the first run's 6 (two full steps and a short one, two epochs); 3 for
+    # its one epoch; one a row
+    assert made <= 14, made
+    twin = audit.training_loop(evaluates_at_length_nominal, model=net, example=SAMPLE)
     assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
     options = audit.target_for(
         "training-loop", evaluates_at_length_nominal, model=net, example=SAMPLE
     ).options
-    assert twin.failures[0].counterexample == plain(first_run(options)), str(twin)
+    assert twin.failures[0].counterexample == plain(first_runs(options)[0]), str(twin)
+
+
+def zeroes_once_an_epoch(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: zero_grad once an epoch, not once a step (and a pause: slow)."""
+    for _ in range(num_epochs):
+        optimizer.zero_grad()
+        for X, y in loader:
+            F.cross_entropy(model(X), y).backward()
+            optimizer.step()
+            time.sleep(0.005)
+
+
+def drops_the_left_over_window(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Twin: steps on full windows alone; an epoch's left-over micro-batches go through
+    backward() and the next zero_grad throws them away (and a pause: slow)."""
+    total = nn.CrossEntropyLoss(reduction="sum")
+    for _ in range(num_epochs):
+        optimizer.zero_grad()
+        batches = list(loader)
+        for s in range(0, len(batches), accumulation_steps):
+            window = batches[s : s + accumulation_steps]
+            rows = sum(len(x) for x, _ in window)
+            for x, y in window:
+                (total(model(x), y) / rows).backward()
+            if len(window) == accumulation_steps:
+                optimizer.step()
+                optimizer.zero_grad()
+                time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    "twin, options, pitfall",
+    [
+        (zeroes_once_an_epoch, {}, "grad-zeroing"),
+        (zeroes_once_an_epoch, {"drop_last": True}, "grad-zeroing"),
+        (drops_the_left_over_window, {}, "short-last-batch"),
+        (drops_the_left_over_window, {"accumulation_steps": 3}, "short-last-batch"),
+    ],
+    ids=["zeroed-once", "zeroed-once-drop-last", "left-over-dropped", "left-over-dropped-k3"],
+)
+def test_a_slow_loops_first_runs_alone_show_each_mistake(
+    slow_at_5_ms: None, twin: Any, options: dict[str, Any], pitfall: str
+) -> None:
+    """Only the first runs judged (no time for more): a full step after a full step in every
+    epoch, and for a count a partial last window."""
+    report = audit.training_loop(twin, model=net, example=SAMPLE, **options)
+    assert report.options["slow"] is True, str(report)
+    assert pitfall in [r.pitfall for r in report.failures], str(report)
+
+
+def test_one_long_pause_does_not_make_a_loop_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause after the first update alone (a logger made once) is not the loop's pace."""
+    from linreg.kinds.training_loop import probe
+
+    monkeypatch.setattr(probe, "SLOW", 0.004)
+    paused = []
+
+    def fit_once_paused(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        for _ in range(num_epochs):
+            for X, y in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(X), y).backward()
+                optimizer.step()
+                if not paused:
+                    paused.append(time.sleep(0.05))
+
+    report = audit.training_loop(fit_once_paused, model=net, example=SAMPLE, max_examples=2)
+    assert report.ok and "slow" not in report.options, str(report)
+
+
+def test_a_loop_on_epochs_of_its_own_fails_exhausted_generator() -> None:
+    def two_epochs_always(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        for _ in range(2):  # not num_epochs
+            for X, y in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(X), y).backward()
+                optimizer.step()
+
+    report = audit.training_loop(two_epochs_always, model=net, example=SAMPLE, max_examples=10)
+    assert [r.pitfall for r in report.failures] == ["exhausted-generator"], str(report)
 
 
 def test_a_loop_on_a_budget_of_its_own_is_ended_past_four_updates_a_row_and_named() -> None:

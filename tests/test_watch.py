@@ -258,6 +258,22 @@ def test_summed_micro_batches_pass_and_added_means_fail_where_the_sum_was_meant(
     assert says in str(twin), str(twin)
 
 
+def test_a_mean_times_a_constant_where_the_sum_was_meant_shrinks_as_the_rows_grow() -> None:
+    """0.5 * F.mse_loss (a mean, halved) on 10 rows in batches of 4, the sum meant: 1/8 of
+    the sum on a full update, 1/4 on the short one, a factor that no constant explains."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 3, generator=gen), torch.randn(10, 1, generator=gen)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(reduction="sum") as reports:
+        for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4):
+            optimizer.zero_grad()
+            (0.5 * F.mse_loss(model(xb), yb)).backward()
+            optimizer.step()
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+    assert "a factor that shrinks as the rows grow" in str(reports[0]), str(reports[0])
+
+
 def test_a_reduction_that_is_neither_mean_nor_sum_is_refused() -> None:
     refused = pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'max'")
     with refused, watch(reduction="max"):

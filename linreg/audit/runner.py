@@ -26,6 +26,7 @@ from linreg.testing import NEEDS_HYPOTHESIS
 
 try:
     from hypothesis import HealthCheck, Phase, Verbosity, given, reporting, settings
+    from hypothesis import example as explicit
     from hypothesis import seed as hypothesis_seed
     from hypothesis.errors import Flaky
 except ImportError as e:  # pragma: no cover - checked in a subprocess without Hypothesis
@@ -71,8 +72,8 @@ def _one_at_a_time(fn: _F) -> _F:
 DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile's
 # At the default examples, an audit of a slow target (a loop that evaluates after every step)
 # fits its properties into about BUDGET seconds: each property runs until its share of what is
-# left is spent, never fewer than FEWEST examples (a slow target's, 1: its first example holds
-# what every property judges, Options.is_slow), and the report says so (Budget).
+# left is spent, never fewer than FEWEST examples (a slow target's: the few that hold what
+# every property judges, Options.first_examples), and the report says so (Budget).
 BUDGET = 6.0
 FEWEST = 8
 DERANDOMIZED = 0  # Hypothesis's seed when the audit is given none: the same examples every run
@@ -132,7 +133,10 @@ def run_property(
             if budget is not None:
                 budget.took(time.perf_counter() - start)
 
-    wrapped = _settings(limit, seed, shrink)(given(prop.examples(target.options))(test))
+    wrapped = given(prop.examples(target.options))(test)
+    for first in reversed(target.options.first_examples()):  # run in order, before the drawn
+        wrapped = explicit(first)(wrapped)
+    wrapped = _settings(limit, seed, shrink)(wrapped)
     # Derandomized, Hypothesis would seed from a hash of this function's source and key its
     # database by another (about 4 ms each, at every property of every audit): a fixed seed
     # instead, and no database key, as there is no database (Hypothesis's find() does the same)
@@ -229,11 +233,11 @@ def run(
     verdicts: dict[int, Result] = {}
     error: tuple[str, Any] = ("", None)
     # properties that draw one strategy share their runs (runs_shared), and so the budget
-    slow = target.options.is_slow()  # one example each at least, failures unshrunk
+    firsts = target.options.first_examples()  # a slow target's: those at least, unshrunk
     budget = Budget(
-        len(props), whole=len({p.examples for p in props}) == 1, fewest=1 if slow else FEWEST
+        len(props), whole=len({p.examples for p in props}) == 1, fewest=len(firsts) or FEWEST
     )
-    shrink = shrink and not slow
+    shrink = shrink and not firsts
     with runs_shared():  # a run one property made, another that draws it reads
         for prop in ordered(props):
             result, error = _verdict(
@@ -308,7 +312,7 @@ class Budget:
         self.cut: list[int] = []
         self.examples = 0
         self.whole = whole
-        self.fewest = fewest  # a slow target's: 1 (Options.is_slow)
+        self.fewest = fewest  # a slow target's: its first examples (Options.first_examples)
 
     @contextlib.contextmanager
     def share(self) -> Iterator[Budget]:

@@ -1,6 +1,7 @@
 """A watched update read as weights on the gradients of the micro-batches it consumed
 (`linreg.kinds.watched`), relative to a correct update's: each micro-batch weighed by its count
-of rows or targets over the update's (the mean). watch_verdicts.py names the patterns."""
+of rows or targets over the update's (the mean), or by its count (the sum, where the code sums
+its loss on purpose). watch_verdicts.py names the patterns."""
 
 from __future__ import annotations
 

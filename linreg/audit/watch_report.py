@@ -86,7 +86,8 @@ def report_of(
             "known mistake names: taken as the loss's own constant, each update read relative "
             "to it"
             + (
-                " (no shorter update showed whether it grows with the rows: mean-vs-sum not judged)"
+                " (no shorter update showed whether it changes with the rows: mean-vs-sum not "
+                "judged)"
                 if v.unconfirmed is not None
                 else " (a shorter update applies it too)"
             )

@@ -1,11 +1,11 @@
 """Judge watched training code from what it did: each update read as weights on the gradients of
 the micro-batches it consumed (`linreg.kinds.watched`), against a correct update's (each
 micro-batch weighed by its count of rows or targets over the update's: the mean, as
-watch_readings.py reads it). A pattern of weights is named as the catalogue names it: one
-scale on every full update (mean-vs-sum), another on a short one (short-last-batch),
-micro-batches weighed alike over unequal counts (micro-batch-accumulation), what .grad held
-before the update, or a step fed nothing (grad-zeroing), an update with nothing to apply
-(non-leaf-params).
+watch_readings.py reads it; or, where the code sums its loss on purpose, by its count: the
+sum). A pattern of weights is named as the catalogue names it: one scale on every full update
+(mean-vs-sum), another on a short one (short-last-batch), micro-batches weighed alike over
+unequal counts (micro-batch-accumulation), what .grad held before the update, or a step fed
+nothing (grad-zeroing), an update with nothing to apply (non-leaf-params).
 """
 
 from __future__ import annotations
@@ -162,17 +162,26 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
     kappa = s_full if fulls and s_full > 0 and _why(s_full, fulls[0], v.meant) == NO_KNOWN else 1.0
     if not near(kappa, 1):  # a constant is the same on a shorter update; a sum grows with rows
         shorts = [r for r in readings if r.count < full and r.relative and alike(r.relative)]
-        grows = [r for r in shorts if r.relative and near(r.relative[0], kappa * r.count / full)]
+        # (where the sum was meant, a mean shrinks as the rows grow)
+
+        def of(count: float) -> float:
+            return count / full if v.meant == "mean" else full / count
+
+        grows = [r for r in shorts if r.relative and near(r.relative[0], kappa * of(r.count))]
         if grows:
             r = grows[0]
             v.at = r.j
+            how = (
+                "grows with the rows (a loss summed over them, or multiplied by the batch size)"
+                if v.meant == "mean"
+                else "shrinks as the rows grow (a mean over them, times a constant)"
+            )
             v.fail(
                 "mean-vs-sum",
                 f"every full update applies {kappa:.4g} times the {v.meant} of its {full:g} "
                 f"counted, and update {r.j + 1} of {r.count:g} applies "
-                f"{kappa * r.count / full:.4g} times its own: a factor that grows with the rows "
-                f"(a loss summed over them, or multiplied by the batch size) where a {v.meant} "
-                "was meant",
+                f"{kappa * of(r.count):.4g} times its own: a factor that {how} where a "
+                f"{v.meant} was meant",
             )
             kappa = 1.0
         elif any(r.relative and near(r.relative[0], kappa) for r in shorts):

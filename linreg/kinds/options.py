@@ -99,12 +99,12 @@ class Options:
         """Return the options' fields that can be given, in order (not those read from a run)."""
         return tuple(f for f in dataclasses.fields(cls) if not f.metadata.get(READ))
 
-    def is_slow(self) -> bool:
-        """Return True if the kind read from its target's first run that it is slow, and made
-        its properties' first example one that holds what each of them judges: an audit then
-        runs at least that one example of each, and reports a failure as found, unshrunk
-        (shrinking would run the slow target again and again)."""
-        return False
+    def first_examples(self) -> tuple[Any, ...]:
+        """Return the examples every property of the kind runs first, where the kind read
+        from its target's first run that it is slow: a few that hold what each property
+        judges. An audit then runs those at least, the rest while its time lasts, and reports
+        a failure as found, unshrunk (shrinking would run the slow target again and again)."""
+        return ()
 
     def shown(self) -> dict[str, Any]:
         """Return the options as a report shows them: dtypes by name, objects by MODULE:NAME;

@@ -156,10 +156,6 @@ def takes_every_step(target: Target, batching: Batching) -> None:
         )
     if batching.num_epochs == 1:
         return
-    rows = batching.n - (batching.n % batching.batch_size if options.drop_last else 0)
-    steps = expected_steps(batching, count_of(options, batching), options.drop_last)
-    if seen.fed == rows * batching.num_epochs and len(seen.steps) == steps:
-        return  # every epoch fed the model its rows and took its steps, as the data has them
     once = observe(target, replace(batching, num_epochs=1))
     epochs = batching.num_epochs
     if seen.fed == once.fed * epochs or len(seen.steps) == len(once.steps) * epochs:

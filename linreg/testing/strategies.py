@@ -31,7 +31,6 @@ __all__ = [
     "copy_params",
     "datasets",
     "epoch_cases",
-    "first_run",
     "learning_rates",
     "loop_runs",
     "micro_batches",
@@ -307,28 +306,6 @@ def batchings(
 
 def training_runs(options: TrainingLoopOptions) -> st.SearchStrategy[Batching]:
     """Draw the runs of the training-loop kind's properties (`batchings`): full steps, then
-    maybe a short one; identical rows or two kinds; one or two epochs. A slow loop's first run
-    (the simplest example, which Hypothesis draws first) is `first_run`, which holds every
-    property's evidence: its audit may end after that one run (`Options.is_slow`)."""
-    runs = batchings(options, steps="either", mixed=None, max_epochs=2)
-    return st.one_of(st.just(first_run(options)), runs) if options.slow else runs
-
-
-def first_run(options: TrainingLoopOptions) -> Batching:
-    """Return the run a slow loop's audit makes first, one that batchings(options,
-    steps="either", mixed=None, max_epochs=2) can draw: rows of both kinds, alternating, in
-    batches of 3, a full step (more where the loop needs more batches an epoch), then a short
-    one (a short last batch; for a count k over 1, k - 1 full batches and a row: a short
-    window of unequal micro-batches), for 2 epochs. One run (4 updates for a loop that steps
-    every batch) holds what each
-    property of the kind judges: a step after a step, a short one, an epoch's end, rows whose
-    gradients differ. A loop that takes a count draws 2.
-    """
-    drawn = 2 if options.draws_count else None
-    k = drawn or options.accumulation_steps or 1
-    b = 3
-    whole = max(1, -(-options.least_batches // k))
-    # k - 1 full batches and a row; with drop_last, a short window is short by whole batches
-    rest = 1 if k == 1 else b * (k - 1) + (0 if options.drop_last else 1)
-    n = b * k * whole + rest
-    return Batching(tuple(i % 2 for i in range(n)), b, 2, 0, drawn)
+    maybe a short one; identical rows or two kinds; one or two epochs. (A slow loop's audit
+    runs `first_runs` first, as Hypothesis's explicit examples: Options.first_examples.)"""
+    return batchings(options, steps="either", mixed=None, max_epochs=2)

@@ -119,6 +119,7 @@ from linreg.kinds.training_loop.settings import (
     describe,
     example_option,
     expected_steps,
+    first_runs,
     options_of,
     reduced,
 )
@@ -181,6 +182,7 @@ __all__ = [
     "expected_steps",
     "factor",
     "fewer_targets",
+    "first_runs",
     "fit",
     "fit_micro_batches",
     "flat",

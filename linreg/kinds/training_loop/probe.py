@@ -71,10 +71,12 @@ def per_update(seen: Observed) -> float:
 
 
 def shown_slow(seen: Observed) -> bool:
-    """Return True once a run has shown a slow loop (2 updates over SLOW s apart): the probe
-    ends it there, as the properties' runs of a slow loop hold fewer updates (a window of up
-    to 5 batches still shows: the more common count of two, the larger on a tie)."""
-    return len(seen.steps) >= 2 and per_update(seen) > SLOW
+    """Return True once a run has shown a slow loop: its last two gaps between updates each
+    over SLOW s (one long pause, a first update's imports or a logger made once, is not the
+    loop's). The probe ends it there, as the properties' runs of a slow loop hold fewer
+    updates (a window of up to 5 batches still shows in 3 updates)."""
+    at = seen.stepped_at
+    return len(at) >= 3 and min(at[-1] - at[-2], at[-2] - at[-3]) > SLOW
 
 
 PROBE = Batching((0, 1) * 4 + (0,), 2, 2, 0)  # 5 batches an epoch: a window of up to 5 shows

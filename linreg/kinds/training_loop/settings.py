@@ -134,9 +134,9 @@ class TrainingLoopOptions(Options):
     slow: bool = read_from_run(
         False,
         f"one update of the loop's first run took over {SLOW:g} s (a large model, or work of its "
-        "own after each step): its audit first makes one run that holds what every property "
-        "judges (4 updates, for a loop that steps every batch), then smaller ones while its "
-        "time lasts (batches of 3 rows "
+        "own after each step): its audit first makes the one or two runs that hold what every "
+        "property judges (6 updates each, for a loop that steps every batch), then smaller ones "
+        "while its time lasts (batches of 3 rows "
         "at most, at most 2 full steps an epoch, 2 model inits), and reports a failure "
         "unshrunk",
     )
@@ -146,9 +146,9 @@ class TrainingLoopOptions(Options):
         "(its examples hold at least this many, and what it raised there is not judged)",
     )
 
-    def is_slow(self) -> bool:
-        """Return True for a slow loop: its properties' first run is `strategies.first_run`."""
-        return self.slow
+    def first_examples(self) -> tuple[Batching, ...]:
+        """Return the runs a slow loop's audit makes first (`first_runs`), else none."""
+        return first_runs(self) if self.slow else ()
 
 
 def options_of(target: Target) -> TrainingLoopOptions:
@@ -192,6 +192,31 @@ class Batching:
         batches = [self.rows[i : i + b] for i in range(0, end, b)]
         groups = [sum(batches[j : j + k], ()) for j in range(0, len(batches), k)]
         return groups * self.num_epochs
+
+
+def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
+    """Return the runs a slow loop's audit makes first, each one batchings(options,
+    steps="either", mixed=None, max_epochs=2) can draw: rows of both kinds, alternating, in
+    batches of 3, two full steps an epoch (more where the loop needs more batches an epoch),
+    then the epoch's rest, for 2 epochs. The rest: a short last batch (for a count k over 1,
+    k - 1 full batches and a row: a last window of unequal micro-batches; then a second run
+    whose rest is one row, a partial last window; with drop_last, k - 1 whole batches).
+    Together they hold what each property of the kind judges: a full step after a full step,
+    a short one, an epoch's end, rows whose gradients differ. A loop that takes a count draws 2.
+    """
+    drawn = 2 if options.draws_count else None
+    k = drawn or options.accumulation_steps or 1
+    b = 3
+    whole = b * k * max(2, -(-options.least_batches // k))
+    if k == 1:
+        rests = [1]
+    elif options.drop_last:
+        rests = [b * (k - 1)]
+    else:
+        rests = [b * (k - 1) + 1, 1]
+    return tuple(
+        Batching(tuple(i % 2 for i in range(whole + rest)), b, 2, 0, drawn) for rest in rests
+    )
 
 
 def expected_steps(batching: Batching, accumulation_steps: int, drop_last: bool = False) -> int:
