@@ -350,18 +350,18 @@ def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_f
     slow_at_5_ms: None,
 ) -> None:
     """However long a slow loop works after each update, its audit makes a fixed handful of
-    updates: the probe ends at its third, then one run (first_runs) holds what every property
-    judges, its one epoch again for exhausted-generator, and the references take one update a
-    row; the twin fails on that first run, reported as found."""
+    updates: the probe ends at its third, then two runs (first_runs) hold what every property
+    judges (the second, the first's one epoch, is what exhausted-generator reads again), and
+    the references take one update a row; the twin fails on the first, reported as found."""
     from linreg.kinds.training_loop import first_runs
 
     report, made = _counted(
         lambda: audit.training_loop(evaluates_at_length, model=net, example=SAMPLE)
     )
     assert report.ok and report.options["slow"] is True, str(report)
-    assert {r.examples for r in report.results} == {1}, str(report)
-    # the probe's 3; the first run's 6 (two full steps and a short one, two epochs); 3 for
-    # its one epoch; one a row
+    assert {r.examples for r in report.results} == {2}, str(report)  # the first runs alone
+    # the probe's 3; the first run's 6 (two full steps and a short one, two epochs); the
+    # second's 3 (its one epoch); one a row
     assert made <= 14, made
     twin = audit.training_loop(evaluates_at_length_nominal, model=net, example=SAMPLE)
     assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
@@ -401,6 +401,38 @@ def drops_the_left_over_window(
                 time.sleep(0.005)
 
 
+def counts_a_global_step(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Twin: windows counted by a global step, across epochs (allowed), each divided by its
+    rows; the run's last, partial window is never stepped (and a pause: slow)."""
+    total = nn.CrossEntropyLoss(reduction="sum")
+    global_step, rows = 0, 0
+    optimizer.zero_grad()
+    for _ in range(num_epochs):
+        for x, y in loader:
+            total(model(x), y).backward()
+            global_step, rows = global_step + 1, rows + len(x)
+            if global_step % accumulation_steps == 0:
+                for p in model.parameters():
+                    p.grad /= rows
+                optimizer.step()
+                optimizer.zero_grad()
+                rows = 0
+                time.sleep(0.005)
+
+
+def a_budget_of_six(model: nn.Module, loader: Any, optimizer: Any, max_steps: int) -> None:
+    """Twin: a step budget of its own, 6, whatever it is handed (and a pause: slow)."""
+    batches = itertools.cycle(loader)
+    for _ in range(6):
+        x, y = next(batches)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        time.sleep(0.005)
+
+
 @pytest.mark.parametrize(
     "twin, options, pitfall",
     [
@@ -408,8 +440,19 @@ def drops_the_left_over_window(
         (zeroes_once_an_epoch, {"drop_last": True}, "grad-zeroing"),
         (drops_the_left_over_window, {}, "short-last-batch"),
         (drops_the_left_over_window, {"accumulation_steps": 3}, "short-last-batch"),
+        (counts_a_global_step, {}, "short-last-batch"),
+        (counts_a_global_step, {"accumulation_steps": 2, "drop_last": True}, "short-last-batch"),
+        (a_budget_of_six, {}, "exhausted-generator"),
     ],
-    ids=["zeroed-once", "zeroed-once-drop-last", "left-over-dropped", "left-over-dropped-k3"],
+    ids=[
+        "zeroed-once",
+        "zeroed-once-drop-last",
+        "left-over-dropped",
+        "left-over-dropped-k3",
+        "global-step-last-window",
+        "global-step-last-window-drop-last",
+        "budget-of-its-own",
+    ],
 )
 def test_a_slow_loops_first_runs_alone_show_each_mistake(
     slow_at_5_ms: None, twin: Any, options: dict[str, Any], pitfall: str
@@ -419,6 +462,20 @@ def test_a_slow_loops_first_runs_alone_show_each_mistake(
     report = audit.training_loop(twin, model=net, example=SAMPLE, **options)
     assert report.options["slow"] is True, str(report)
     assert pitfall in [r.pitfall for r in report.failures], str(report)
+
+
+def test_a_slow_loops_first_runs_run_whatever_the_profiles_phases(slow_at_5_ms: None) -> None:
+    """A profile without Hypothesis's explicit phase (a user's own) still runs them first."""
+    from hypothesis import Phase, settings
+
+    before = settings.get_current_profile_name()
+    settings.register_profile("linreg-no-explicit", phases=[Phase.generate, Phase.shrink])
+    settings.load_profile("linreg-no-explicit")
+    try:
+        report = audit.training_loop(zeroes_once_an_epoch, model=net, example=SAMPLE)
+    finally:
+        settings.load_profile(before)
+    assert "grad-zeroing" in [r.pitfall for r in report.failures], str(report)
 
 
 def test_one_long_pause_does_not_make_a_loop_slow(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -134,9 +134,10 @@ def run_property(
                 budget.took(time.perf_counter() - start)
 
     wrapped = given(prop.examples(target.options))(test)
-    for first in reversed(target.options.first_examples()):  # run in order, before the drawn
+    firsts = target.options.first_examples()
+    for first in reversed(firsts):  # run in order, before the drawn
         wrapped = explicit(first)(wrapped)
-    wrapped = _settings(limit, seed, shrink)(wrapped)
+    wrapped = _settings(limit, seed, shrink, explicit=bool(firsts))(wrapped)
     # Derandomized, Hypothesis would seed from a hash of this function's source and key its
     # database by another (about 4 ms each, at every property of every audit): a fixed seed
     # instead, and no database key, as there is no database (Hypothesis's find() does the same)
@@ -167,9 +168,16 @@ def run_property(
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
 
 
-def _settings(limit: int, seed: int | None, shrink: bool) -> settings:
-    """Return the audit's Hypothesis settings: the loaded profile's phases, quiet, no database."""
+def _settings(limit: int, seed: int | None, shrink: bool, explicit: bool = False) -> settings:
+    """Return the audit's Hypothesis settings: the loaded profile's phases (with the explicit
+    one where the target's first examples must run, whatever the profile), quiet, no
+    database."""
     profile = settings.default or settings()  # the loaded profile's phases (no shrink: mutation)
+    phases = [
+        p for p in profile.phases if (shrink or p is not Phase.shrink) and p is not Phase.explain
+    ]
+    if explicit and Phase.explicit not in phases:
+        phases.insert(0, Phase.explicit)
     return settings(
         max_examples=limit,
         deadline=None,
@@ -180,11 +188,7 @@ def _settings(limit: int, seed: int | None, shrink: bool) -> settings:
         report_multiple_bugs=False,
         print_blob=False,
         # no explain phase: its report is not shown, and it costs as much as the shrinking
-        phases=[
-            p
-            for p in profile.phases
-            if (shrink or p is not Phase.shrink) and p is not Phase.explain
-        ],
+        phases=phases,
     )
 
 

@@ -179,7 +179,7 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
             v.fail(
                 "mean-vs-sum",
                 f"every full update applies {kappa:.4g} times the {v.meant} of its {full:g} "
-                f"counted, and update {r.j + 1} of {r.count:g} applies "
+                f"counted, and update {r.j + 1} ({r.count:g} counted) applies "
                 f"{kappa * of(r.count):.4g} times its own: a factor that {how} where a "
                 f"{v.meant} was meant",
             )

@@ -133,10 +133,11 @@ class TrainingLoopOptions(Options):
     )
     slow: bool = read_from_run(
         False,
-        f"one update of the loop's first run took over {SLOW:g} s (a large model, or work of its "
-        "own after each step): its audit first makes the one or two runs that hold what every "
-        "property judges (6 updates each, for a loop that steps every batch), then smaller ones "
-        "while its time lasts (batches of 3 rows "
+        f"the loop's first run took over {SLOW:g} s from one update to the next (the median; "
+        "a large model, or work of its own after each step; that run is ended once two gaps in "
+        "a row are over it): its audit first makes two runs that hold what every property "
+        "judges (6 and 3 updates, for a loop that steps every batch), then smaller ones while "
+        "its time lasts (batches of 3 rows "
         "at most, at most 2 full steps an epoch, 2 model inits), and reports a failure "
         "unshrunk",
     )
@@ -198,25 +199,28 @@ def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
     """Return the runs a slow loop's audit makes first, each one batchings(options,
     steps="either", mixed=None, max_epochs=2) can draw: rows of both kinds, alternating, in
     batches of 3, two full steps an epoch (more where the loop needs more batches an epoch),
-    then the epoch's rest, for 2 epochs. The rest: a short last batch (for a count k over 1,
-    k - 1 full batches and a row: a last window of unequal micro-batches; then a second run
-    whose rest is one row, a partial last window; with drop_last, k - 1 whole batches).
-    Together they hold what each property of the kind judges: a full step after a full step,
-    a short one, an epoch's end, rows whose gradients differ. A loop that takes a count draws 2.
+    then the epoch's rest. The first run, for 2 epochs: a short last batch (for a count k
+    over 1, k - 1 full batches and a row: a last window of unequal micro-batches; with
+    drop_last, k - 1 whole batches). The second, for 1 epoch, of another length: for a count,
+    one batch past the full windows, so that the run ends on a partial window however the
+    loop counts its windows (over epochs too); else the first run's one epoch (a budget of
+    its own shows, and exhausted-generator reads that run again). Together they hold what
+    each property of the kind judges: a full step after a full step, a short one, an epoch's
+    end, a run's end, rows whose gradients differ. A loop that takes a count draws 2.
     """
     drawn = 2 if options.draws_count else None
     k = drawn or options.accumulation_steps or 1
     b = 3
     whole = b * k * max(2, -(-options.least_batches // k))
+
+    def run(rest: int, epochs: int) -> Batching:
+        return Batching(tuple(i % 2 for i in range(whole + rest)), b, epochs, 0, drawn)
+
     if k == 1:
-        rests = [1]
-    elif options.drop_last:
-        rests = [b * (k - 1)]
-    else:
-        rests = [b * (k - 1) + 1, 1]
-    return tuple(
-        Batching(tuple(i % 2 for i in range(whole + rest)), b, 2, 0, drawn) for rest in rests
-    )
+        return run(1, 2), run(1, 1)
+    if options.drop_last:
+        return run(b * (k - 1), 2), run(b, 1)
+    return run(b * (k - 1) + 1, 2), run(1, 1)
 
 
 def expected_steps(batching: Batching, accumulation_steps: int, drop_last: bool = False) -> int:
