@@ -134,7 +134,8 @@ def run_property(
                 budget.took(time.perf_counter() - start)
 
     wrapped = given(prop.examples(target.options))(test)
-    firsts = target.options.first_examples()
+    firsts = target.options.first_examples()  # a slow target's: its failures unshrunk
+    shrink = shrink and not firsts
     for first in reversed(firsts):  # run in order, before the drawn
         wrapped = explicit(first)(wrapped)
     wrapped = _settings(limit, seed, shrink, explicit=bool(firsts))(wrapped)
@@ -237,11 +238,10 @@ def run(
     verdicts: dict[int, Result] = {}
     error: tuple[str, Any] = ("", None)
     # properties that draw one strategy share their runs (runs_shared), and so the budget
-    firsts = target.options.first_examples()  # a slow target's: those at least, unshrunk
+    firsts = target.options.first_examples()  # a slow target's: those at least
     budget = Budget(
         len(props), whole=len({p.examples for p in props}) == 1, fewest=len(firsts) or FEWEST
     )
-    shrink = shrink and not firsts
     with runs_shared():  # a run one property made, another that draws it reads
         for prop in ordered(props):
             result, error = _verdict(

@@ -235,17 +235,16 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
                 "window dropped): step when the data ends too",
             )
             continue
-        if unequal and alike(weights) and v.meant == "sum":
-            v.fail(
-                "micro-batch-accumulation",
-                f"{at} weighs its {len(r.parts)} micro-batches alike over counts "
-                f"{shown(r.parts)} (each {weights[0]:.3g} of the update): add up each one's "
-                "summed loss (reduction='sum'), as the sum of the update's rows was meant",
-            )
-            continue
         if unequal and alike(weights):
             each = weights[0]
-            if near(each, 1.0):
+            if v.meant == "sum":
+                v.fail(
+                    "micro-batch-accumulation",
+                    f"{at} weighs its {len(r.parts)} micro-batches alike over counts "
+                    f"{shown(r.parts)} (each {each:.3g} of the update): add up each one's "
+                    "summed loss (reduction='sum'), as the sum of the update's rows was meant",
+                )
+            elif near(each, 1.0):
                 v.fail(
                     "mean-vs-sum",
                     f"{at} adds up its {len(r.parts)} micro-batches' mean losses without "
