@@ -350,19 +350,30 @@ def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_f
     slow_at_5_ms: None,
 ) -> None:
     """However long a slow loop works after each update, its audit makes a fixed handful of
-    updates: the probe ends at its third, then two runs (first_runs) hold what every property
-    judges (the second, the first's one epoch, is what exhausted-generator reads again), and
-    the references take one update a row; the twin fails on the first, reported as found."""
+    updates, and waits for fewer pauses after them: the probe ends at its third; the first run
+    (two epochs of a full step and a short one) at its last update; the second, its one
+    epoch, runs to the loop's end (what exhausted-generator reads again); the references end
+    at their one update. The twin fails on the first run, reported as found."""
     from linreg.kinds.training_loop import first_runs
 
-    report, made = _counted(
-        lambda: audit.training_loop(evaluates_at_length, model=net, example=SAMPLE)
-    )
+    paused = 0
+
+    def evaluates(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        nonlocal paused
+        for _ in range(num_epochs):
+            for X, y in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(X), y).backward()
+                optimizer.step()
+                paused += 1
+                time.sleep(0.005)
+
+    report, made = _counted(lambda: audit.training_loop(evaluates, model=net, example=SAMPLE))
     assert report.ok and report.options["slow"] is True, str(report)
     assert {r.examples for r in report.results} == {2}, str(report)  # the first runs alone
-    # the probe's 3; the first run's 6 (two full steps and a short one, two epochs); the
-    # second's 3 (its one epoch); one a row
-    assert made <= 14, made
+    # updates: the probe's 3, the first run's 4, the second's 2, a row's reference 1 each; the
+    # pauses after them: 2 of the probe's, 3 of the first run's, the second's 2
+    assert (made, paused) == (11, 7), (made, paused)
     twin = audit.training_loop(evaluates_at_length_nominal, model=net, example=SAMPLE)
     assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
     options = audit.target_for(
@@ -464,6 +475,69 @@ def test_a_slow_loops_first_runs_alone_show_each_mistake(
     assert pitfall in [r.pitfall for r in report.failures], str(report)
 
 
+def runs_one_epoch_more(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: range(num_epochs + 1) (and a pause: slow)."""
+    for _ in range(num_epochs + 1):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            time.sleep(0.005)
+
+
+def steps_again_at_its_end(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: one more optimizer.step() once training is done, on the last batch's gradient
+    (and a pause: slow)."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            time.sleep(0.005)
+    optimizer.step()
+
+
+def two_optimizers(model: nn.Module, loader: Any, num_epochs: int) -> None:
+    """Correct: one optimizer for the first layer, another for the last, under one loss
+    scaler, each stepped once an update: each unscales its own params (and a pause: slow)."""
+    first = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    last = torch.optim.Adam(model[2].parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    for _ in range(num_epochs):
+        for x, y in loader:
+            first.zero_grad()
+            last.zero_grad()
+            scaler.scale(F.cross_entropy(model(x), y)).backward()
+            scaler.step(first)
+            scaler.step(last)
+            scaler.update()
+            time.sleep(0.005)
+
+
+def layered() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize(
+    "loop, pitfalls",
+    [
+        (runs_one_epoch_more, ["exhausted-generator"]),
+        (steps_again_at_its_end, ["grad-zeroing"]),
+        (two_optimizers, []),
+    ],
+    ids=["one-epoch-more", "steps-again-at-its-end", "two-optimizers"],
+)
+def test_a_slow_loops_first_run_ended_at_its_last_update_hides_nothing_after_it(
+    slow_at_5_ms: None, loop: Any, pitfalls: list[str]
+) -> None:
+    """The first run of a slow loop is ended at the update that applies its last rows; what a
+    loop does past that (one more epoch, one more step) shows on the second, which runs to the
+    loop's end; an update that another optimizer's step joins is never ended there."""
+    report = audit.training_loop(loop, model=layered, example=SAMPLE)
+    assert report.options["slow"] is True, str(report)
+    assert [r.pitfall for r in report.failures] == pitfalls, str(report)
+
+
 def test_a_slow_loops_first_runs_run_whatever_the_profiles_phases(slow_at_5_ms: None) -> None:
     """A profile without Hypothesis's explicit phase (a user's own) still runs them first."""
     from hypothesis import Phase, settings
@@ -538,7 +612,7 @@ def test_a_loop_of_batches_of_one_on_its_own_loader_is_never_ended_early() -> No
 @pytest.mark.parametrize(
     "epochs, says",
     [
-        (2, "fed rows and stepped in the first epoch only"),  # as its own 2 at 1 epoch asked
+        (2, "it runs epochs of its own, not num_epochs"),  # its own 2 fed when 1 was asked
         (1000, "it does not stop when its 1 epoch(s) are done"),  # ended by the audit
     ],
 )

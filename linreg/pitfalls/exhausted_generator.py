@@ -160,12 +160,16 @@ def takes_every_step(target: Target, batching: Batching) -> None:
     epochs = batching.num_epochs
     if seen.fed == once.fed * epochs or len(seen.steps) == len(once.steps) * epochs:
         return  # every epoch fed the model its rows, or took its steps
-    why = (
-        "fed rows and stepped in the first epoch only: what it iterates is used up after one "
-        "pass (a generator or iter(loader) made once?)"
-        if seen.fed == once.fed and len(seen.steps) == len(once.steps)
-        else NO_KNOWN
-    )
+    handed = batching.n - (batching.n % batching.batch_size if options.drop_last else 0)
+    why = NO_KNOWN
+    if seen.fed == once.fed and len(seen.steps) == len(once.steps):
+        why = (
+            "fed rows and stepped in the first epoch only: what it iterates is used up after "
+            "one pass (a generator or iter(loader) made once?)"
+            if once.fed <= handed
+            else f"fed as many when asked for 1 epoch ({once.fed} rows, {once.fed / handed:g} "
+            "epochs' worth): it runs epochs of its own, not num_epochs"
+        )
     raise CheckFailed(
         f"on {describe(batching, options)} {seen.fed} rows went through the model in "
         f"{len(seen.steps)} optimizer steps, expected {once.fed * epochs} rows or "

@@ -22,6 +22,7 @@ from linreg.kinds.training_loop import (
     Judged,
     Step,
     Wanted,
+    carries,
     compare,
     describe,
     full_rows,
@@ -124,7 +125,8 @@ def _zeroes(options: UpdateStepOptions) -> str | None:
 
 def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     """Every full step applies its own rows' gradient alone, nothing a step before left in
-    .grad (on identical rows, every full step the same gradient)."""
+    .grad (on identical rows, every full step the same gradient); a short step too, where it
+    found a gradient in .grad as its first backward() began (its scale is short-last-batch's)."""
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
         s = v.ratio
@@ -156,12 +158,13 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
         v = verdicts[j]
         return v is not None and not v.carried and unequal_weights(v, batching)
 
-    # only full steps: one fed more rows took an epoch's left-overs, one fed fewer is a short
-    # window (an epoch's last, or a first window that counts from 0): short-last-batch's
+    # full steps, and any step that found a gradient in .grad: the scale of one fed more rows
+    # (it took an epoch's left-overs) or fewer (a short window: an epoch's last, or a first
+    # window that counts from 0) is short-last-batch's; what it found in .grad is this one's
     seen = compare(
         target,
         batching,
-        lambda j, steps: steps[j].rows == full_rows(target, batching, steps),
+        lambda j, steps: steps[j].rows == full_rows(target, batching, steps) or carries(steps[j]),
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
         excused=excused,

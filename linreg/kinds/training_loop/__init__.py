@@ -43,6 +43,7 @@ from linreg.kinds.training_loop.hooks import (
 )
 from linreg.kinds.training_loop.judge import (
     Judged,
+    carries,
     judge,
     means_of_means,
     miscount,
@@ -165,6 +166,7 @@ __all__ = [
     "asks_of",
     "build",
     "build_model",
+    "carries",
     "check_model",
     "checked_example",
     "clipping",

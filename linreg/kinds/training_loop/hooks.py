@@ -118,6 +118,7 @@ class Watcher:
         carried = flat([self.carried.get(id(p)) for p in params], params)
         self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried))
         self.seen.stepped_at.append(time.perf_counter())
+        self.seen.whole = all(id(p) in stepped for p in params if p.grad is not None)
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
         self.carried = {}
         self.scale = None

@@ -64,7 +64,7 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
     # what .grad held as the step's first backward() began, as the gradient hook saw it: on
     # identical rows a sum of two means reads as a step plus the one before, so staleness is
     # what was seen, not what the step before applied
-    found = step.carried if step.carried is not None and bool(step.carried.any()) else None
+    found = step.carried if carries(step) else None
     stale = found is not None and close(reading, want + found, tol, scale)
     own = factor(reading - found, want, tol) if found is not None and reading is not None else None
     return Judged(
@@ -75,6 +75,12 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
         own=own,
         carried=bool(found is not None),
     )
+
+
+def carries(step: Step) -> bool:
+    """Return True if a step found a gradient in .grad as its first backward() began (the
+    loop did not zero it since the step before)."""
+    return step.carried is not None and bool(step.carried.any())
 
 
 def unequal_weights(v: Judged | None, batching: Batching) -> bool:

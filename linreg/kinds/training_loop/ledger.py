@@ -151,6 +151,9 @@ class Observed:
     fed: int = 0  # rows fed to the model with grad enabled, in all
     stepped_at: list[float] = field(default_factory=list)  # time.perf_counter() at each step
     overran: bool = False  # ended by the audit past four updates a row it was handed
+    # the last update's optimizer stepped every param with a gradient: no other optimizer's
+    # step is to join that update (the audit may end the run there)
+    whole: bool = False
 
     @property
     def calls(self) -> list[Call]:

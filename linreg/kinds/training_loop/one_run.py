@@ -26,6 +26,7 @@ from linreg.kinds.training_loop.settings import (
     count_of,
     default_optimizer,
     expected_steps,
+    first_runs,
     options_of,
 )
 from linreg.kinds.training_loop.shared import kept
@@ -85,7 +86,8 @@ def run_at_zero_lr(
 ) -> tuple[nn.Module, Observed]:
     """Run the loop at lr = 0 on a batching; return its model and what it did (within an
     audit, once: `shared`). enough(seen), asked after each update, True: the loop is ended
-    there (the probe's run of a slow loop), and that shorter run is not shared."""
+    there (the probe's run of a slow loop, a reference's one update), and that shorter run is
+    not shared."""
     if enough is not None:
         return _run_at_zero_lr(target, batching, enough)
     return kept("run", target, batching, lambda: _run_at_zero_lr(target, batching))
@@ -120,6 +122,7 @@ def _run_at_zero_lr(
     # a budget of its own; ended there, what it did is judged (each update needs a row fed: a
     # correct loop comes near only with four optimizers each stepping on its own rows of one)
     most = 4 * max(expected_steps(batching, k, c.drop_last), batching.num_epochs * batching.n)
+    last = _last_update(target, batching, k)
 
     def stepped() -> None:  # after each update: its time limit anew, and the budget's end
         anew()
@@ -127,6 +130,8 @@ def _run_at_zero_lr(
             seen.overran = True
             raise Overran
         if enough is not None and enough(seen):
+            raise Overran
+        if seen.whole and (len(seen.steps), seen.fed) == last:
             raise Overran
 
     try:
@@ -151,6 +156,19 @@ def _run_at_zero_lr(
     if infinite:
         raise LoopRaised(infinite)
     return model, seen
+
+
+def _last_update(target: Target, batching: Batching, k: int) -> tuple[int, int] | None:
+    """Return the updates and rows fed at which a slow loop's first run (`first_runs`) has
+    applied every row it was handed, as a correct loop does at its last update: the run is
+    ended there, its work after that update not waited for. None for any other run. A loop
+    that goes on past its epochs, or steps again at its run's end, shows it on the second
+    first run, which runs to its end (exhausted-generator reads the two together)."""
+    c = options_of(target)
+    if not c.slow or batching != first_runs(c)[0]:
+        return None
+    handed = batching.n - batching.n % batching.batch_size if c.drop_last else batching.n
+    return expected_steps(batching, k, c.drop_last), handed * batching.num_epochs
 
 
 def _no_progress(limit: float, updates: int) -> str:

@@ -197,20 +197,25 @@ class Batching:
 def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
     """Return the runs a slow loop's audit makes first, each one batchings(options,
     steps="either", mixed=None, max_epochs=2) can draw: rows of both kinds, alternating, in
-    batches of 3, two full steps an epoch (more where the loop needs more batches an epoch),
-    then the epoch's rest. The first run, for 2 epochs: a short last batch (for a count k
-    over 1, k - 1 full batches and a row: a last window of unequal micro-batches; with
-    drop_last, k - 1 whole batches). The second, for 1 epoch, of another length: for a count,
-    one batch past the full windows, so that the run ends on a partial window however the
-    loop counts its windows (over epochs too); else the first run's one epoch (a budget of
-    its own shows, and exhausted-generator reads that run again). Together they hold what
-    each property of the kind judges: a full step after a full step, a short one, an epoch's
-    end, a run's end, rows whose gradients differ. A loop that takes a count draws 2.
+    batches of 3, full steps (more where the loop needs more batches an epoch), then the
+    epoch's rest. The first run, for 2 epochs: one full step and a short last batch, the
+    fewest updates that each follow a full step (for a count k over 1, two full windows, then
+    k - 1 full batches and a row: a last window of unequal micro-batches; with drop_last, two
+    full steps, then k - 1 whole batches, where one would be the whole epoch). The second,
+    for 1 epoch, of another length: for a count, one batch past the full windows, so that the
+    run ends on a partial window however the loop counts its windows (over epochs too); else
+    the first run's one epoch (a budget of its own shows, and exhausted-generator reads that
+    run again). Together they hold what each property of the kind judges: a step after a
+    full step, a short one, an epoch's end, a run's end, rows whose gradients differ. A loop
+    that takes a count draws 2.
     """
     drawn = 2 if options.draws_count else None
     k = drawn or options.accumulation_steps or 1
     b = 3
-    whole = b * k * max(2, -(-options.least_batches // k))
+    if k == 1 and not options.drop_last:  # each update a step after a full one: the fewest
+        whole = b * max(1, options.least_batches - 1)
+    else:
+        whole = b * k * max(2, -(-options.least_batches // k))
 
     def run(rest: int, epochs: int) -> Batching:
         return Batching(tuple(i % 2 for i in range(whole + rest)), b, epochs, 0, drawn)
