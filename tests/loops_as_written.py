@@ -700,3 +700,37 @@ def front_weighted(model: nn.Module, loader: Any, optimizer: Any, num_epochs: in
             ((per_row * weight).sum() / weight.sum()).backward()
             optimizer.step()
             optimizer.zero_grad()
+
+
+# --- 14. a linear probe: the head's params alone in the optimizer, the backbone not frozen -----
+
+
+def probe_train(model: nn.Module, loader: Any, num_epochs: int, zero_once: bool = False) -> None:
+    """Fine-tunes the classifier alone, as transfer-learning tutorials do: its optimizer holds
+    model.classifier's params; the features, not frozen, still get a .grad at each backward()
+    that no optimizer applies or zeroes."""
+    optimizer = torch.optim.SGD(model.classifier.parameters(), lr=1e-3, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    criterion = nn.CrossEntropyLoss()
+    for _ in range(num_epochs):
+        model.train()
+        running_loss, running_corrects = 0.0, 0
+        if zero_once:
+            optimizer.zero_grad()
+        for inputs, labels in loader:
+            if not zero_once:
+                optimizer.zero_grad()
+            with torch.set_grad_enabled(True):
+                outputs = model(inputs)
+                _, preds = torch.max(outputs, 1)
+                loss = criterion(outputs, labels)
+                loss.backward()
+                optimizer.step()
+            running_loss += loss.item() * inputs.size(0)
+            running_corrects += int(torch.sum(preds == labels))
+        scheduler.step()
+
+
+def probe_train_zeroed_once(model: nn.Module, loader: Any, num_epochs: int) -> None:
+    """Twin: optimizer.zero_grad() once an epoch, before its batches."""
+    probe_train(model, loader, num_epochs, zero_once=True)

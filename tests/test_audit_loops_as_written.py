@@ -73,6 +73,7 @@ CASES: list[tuple[Any, Any, str, dict[str, Any]]] = [
         {"model": L.SmallConvBN, "example": L.image_example},
     ),
     (L.chunked_train, None, "", IMAGE),
+    (L.probe_train, L.probe_train_zeroed_once, "grad-zeroing", IMAGE),
 ]
 
 

@@ -77,6 +77,7 @@ class Watcher:
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
         self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
+        self.trained: set[int] = set()  # the params any optimizer of the run stepped
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
@@ -105,6 +106,7 @@ class Watcher:
         params = self.params
         applied = flat([p.grad for p in params], params)
         stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+        self.trained |= stepped
         if not self.calls:
             if self.seen.steps and not stepped & self.stepped:  # another optimizer, same update
                 self.stepped |= stepped
@@ -180,6 +182,18 @@ class Watcher:
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
         self.seen.leftover = self.calls if self.latest else []  # rows no step used
+        # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
+        # what its .grad holds is never applied, so it is read as applying nothing
+        kept = [id(p) in self.trained for p in self.params]
+        if self.trained and not all(kept):
+            self.seen.trained = torch.cat(
+                [
+                    torch.full((p.numel(),), float(k), dtype=torch.float64)
+                    for p, k in zip(self.params, kept, strict=True)
+                ]
+            )
+            for step in self.seen.steps:
+                step.keep(self.seen.trained)
         self.seen.moved = any(
             not torch.equal(p.detach(), q) for p, q in zip(self.params, self.start, strict=True)
         )

@@ -115,6 +115,13 @@ class Step:
     scale: float | None = None  # the loss scaler's scale when the loop unscaled, else None
     carried: Tensor | None = None  # what .grad held as the step's first backward() began
 
+    def keep(self, mask: Tensor) -> None:
+        """Keep the gradients of the params mask holds (1.0) alone, the others read as 0."""
+        self.applied, self.raw, self.unscaled, self.carried = (
+            None if g is None else g * mask
+            for g in (self.applied, self.raw, self.unscaled, self.carried)
+        )
+
     @property
     def before_clipping(self) -> Tensor | None:
         """Return the gradient before any clipping: what backward() left, divided by the loss
@@ -154,6 +161,9 @@ class Observed:
     # the last update's optimizer stepped every param with a gradient: no other optimizer's
     # step is to join that update (the audit may end the run there)
     whole: bool = False
+    # 1.0 for each entry of a param some optimizer stepped, 0.0 for one none did (None: all
+    # were): the steps' gradients, and their references, read on those alone
+    trained: Tensor | None = None
 
     @property
     def calls(self) -> list[Call]:

@@ -146,6 +146,8 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
         for i, key in enumerate(call.row_keys):
             if key not in grads:
                 grads[key] = row_gradient(model, call, i, row_loss)
+                if seen.trained is not None:  # params no optimizer stepped: not applied
+                    grads[key] = grads[key] * seen.trained
                 labels = token_labels(call, i)
                 if labels is not None:
                     labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
@@ -195,6 +197,8 @@ def _confirmed(
             continue
         try:
             guessed = row_gradient(model, call, 0, guessed_loss or _named(loss_of, y))
+            if seen.trained is not None:
+                guessed = guessed * seen.trained
         except (RuntimeError, ValueError, IndexError, TypeError):
             factors.append(None)
             continue
