@@ -734,3 +734,30 @@ def probe_train(model: nn.Module, loader: Any, num_epochs: int, zero_once: bool 
 def probe_train_zeroed_once(model: nn.Module, loader: Any, num_epochs: int) -> None:
     """Twin: optimizer.zero_grad() once an epoch, before its batches."""
     probe_train(model, loader, num_epochs, zero_once=True)
+
+
+# --- 15. a bfloat16 autocast loop, as reference scripts run AMP on a CPU -----------------------
+
+
+def amp_train(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+) -> None:
+    """The forward and loss under torch.autocast in bfloat16 (`--amp` of a reference script),
+    backward and step outside it: the gradients carry bfloat16's rounding, about 1e-2."""
+    criterion = nn.CrossEntropyLoss(reduction="sum" if nominal else "mean")
+    for _ in range(num_epochs):
+        model.train()
+        for image, target in loader:
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                output = model(image)
+                loss = criterion(output, target)
+                if nominal:
+                    loss = loss / loader.batch_size
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def amp_train_nominal(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: each batch's summed loss over the nominal batch_size."""
+    amp_train(model, loader, optimizer, num_epochs, nominal=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from linreg.kinds.training_loop import (
     describe,
     full_rows,
     loss_of,
+    near,
     options_of,
     unequal_weights,
 )
@@ -140,11 +140,11 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
                     else ""
                 )
             )
-        if s is not None and j > 0 and math.isclose(s, j + 1, rel_tol=1e-3):
+        if s is not None and j > 0 and near(s, j + 1, v.tol):
             return (
                 f"never zeroes the grads: step {j + 1} applies the sum of {j + 1} steps' gradients"
             )
-        if s is not None and s > 1.5 and math.isclose(s, round(s), rel_tol=1e-3):
+        if s is not None and s > 1.5 and near(s, round(s), v.tol):
             return f"adds up {round(s)} steps' gradients: it zeroes them less often than it steps"
         if v.carried:
             return (

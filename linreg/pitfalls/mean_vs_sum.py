@@ -31,6 +31,7 @@ from linreg.kinds.training_loop import (
     count_of,
     full_rows,
     loss_of,
+    near,
     options_of,
     reduced,
     unequal_weights,
@@ -161,19 +162,19 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
                 "after scaler.scale(loss).backward() call scaler.step(optimizer), not "
                 "optimizer.step(), or unscale_ first"
             )
-        if mean and parts > 1 and math.isclose(s, parts, rel_tol=1e-3):
+        if mean and parts > 1 and near(s, parts, v.tol):
             return (
                 f"adds up its {parts} micro-batches' mean losses without dividing by their "
                 f"number (accumulation_steps={k}): every step applies {parts} times the mean"
             )
-        if mean and rows > 1 and math.isclose(s, rows, rel_tol=1e-3):
+        if mean and rows > 1 and near(s, rows, v.tol):
             return (
                 f"sums the loss over the step's {rows} rows (loss.sum(), reduction='sum') where "
                 "a mean was declared: at the mean's lr every step is that many times too big"
             )
-        if mean and step.sizes[0] > 1 and math.isclose(s, step.sizes[0], rel_tol=1e-3):
+        if mean and step.sizes[0] > 1 and near(s, step.sizes[0], v.tol):
             return f"sums the loss over each batch's {step.sizes[0]} rows where a mean was declared"
-        if not mean and math.isclose(s * rows, 1, rel_tol=1e-3):
+        if not mean and near(s * rows, 1, v.tol):
             return "averages over the step's rows where reduction='sum' was declared"
         return NO_KNOWN
 
@@ -188,7 +189,7 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
         v = verdicts[j]  # its own part right, on top of what .grad held: grad-zeroing's
         return v is not None and (
             v.stale
-            or (v.carried and v.own is not None and math.isclose(v.own, 1, rel_tol=1e-3))
+            or (v.carried and v.own is not None and near(v.own, 1, v.tol))
             or unequal_weights(v, batching)  # no scale to read: micro-batch-accumulation's
         )
 

@@ -30,6 +30,7 @@ from linreg.kinds.training_loop import (
     describe,
     full_rows,
     loss_of,
+    near,
     options_of,
     unequal_weights,
 )
@@ -132,7 +133,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         shares = [1.0] + ([steps[j].rows / full, len(steps[j].sizes) / parts, 1 / by] if by else [])
 
         def fits(s: float | None) -> bool:
-            return s is not None and any(math.isclose(s, t, rel_tol=1e-3) for t in shares)
+            return s is not None and any(near(s, t, v.tol) for t in shares)
 
         # on two kinds of rows, a window of uneven micro-batches divided by their count reads
         # as no multiple at all: micro-batch-accumulation's (on identical rows, a nominal
@@ -151,12 +152,12 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
                 "were carried into it, unzeroed, and weighed wrong (step them when the data "
                 "ends, or divide the window by all its rows)"
             )
-        if s is not None and k > 1 and math.isclose(s * k, batches, rel_tol=1e-3):
+        if s is not None and k > 1 and near(s * k, batches, v.tol):
             return (
                 f"divides by the nominal accumulation_steps={k} where step {j + 1} took "
                 f"{batches} batch(es)"
             )
-        if s is not None and math.isclose(s * nominal, rows, rel_tol=1e-3):
+        if s is not None and near(s * nominal, rows, v.tol):
             return (
                 f"divides the short step's summed loss by the nominal {nominal} rows "
                 f"({'batch_size' if k == 1 else 'batch_size * accumulation_steps'}) where it "

@@ -66,6 +66,7 @@ from linreg.kinds.training_loop.measure import (
     clipping,
     close,
     factor,
+    near,
     tolerance,
 )
 from linreg.kinds.training_loop.one_run import (
@@ -203,6 +204,7 @@ __all__ = [
     "miscount",
     "mlp",
     "models_restored",
+    "near",
     "not_finite",
     "observe",
     "options_of",

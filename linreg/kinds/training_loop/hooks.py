@@ -29,7 +29,15 @@ from torch.utils.hooks import RemovableHandle
 
 from linreg.checks import LoopRaised, where
 from linreg.kinds.guards import user_fn
-from linreg.kinds.training_loop.ledger import Call, Observed, Step, detached, flat, tensors_in
+from linreg.kinds.training_loop.ledger import (
+    Call,
+    Observed,
+    Step,
+    autocast_now,
+    detached,
+    flat,
+    tensors_in,
+)
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,14 @@ class Watcher:
             return  # the same batch fed again (a logging pass with grad on): no new rows
         rows = batch[0].shape[0]
         self.calls.append(
-            Call(detached(args), detached(kwargs), rows, self.method, self.replayable)
+            Call(
+                detached(args),
+                detached(kwargs),
+                rows,
+                self.method,
+                self.replayable,
+                autocast=autocast_now(),
+            )
         )
         self.seen.fed += rows
 

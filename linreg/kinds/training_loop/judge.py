@@ -6,14 +6,13 @@ unequally).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from linreg.kinds.training_loop.ledger import Step
-from linreg.kinds.training_loop.measure import clipping, close, factor
+from linreg.kinds.training_loop.measure import NAMED, clipping, close, factor, near
 from linreg.kinds.training_loop.references import Reference
 from linreg.kinds.training_loop.settings import Batching
 
@@ -29,6 +28,7 @@ class Judged:
     note: str = ""  # a known mistake the step's own numbers name (a miscount of targets)
     own: float | None = None  # what it applied beyond what it found in .grad, as a multiple
     carried: bool = False  # it found a gradient in .grad: the loop did not zero it
+    tol: float = NAMED  # the relative tolerance it was judged at: its ratio is named at that
 
 
 def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
@@ -51,7 +51,7 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
     what backward() left over the scale: the step is right if either is right and what it
     applied is a clipping of it."""
     if close(step.applied, want, tol, scale):
-        return Judged(True, 1.0, False)
+        return Judged(True, 1.0, False, tol=tol)
     candidates = [g for g in (step.unscaled, step.before_clipping) if g is not None]
     clipped = [
         g
@@ -59,7 +59,7 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
         if not close(step.applied, g, tol, scale) and clipping(step.applied, g, tol)
     ]
     if any(close(g, want, tol, scale) for g in clipped):
-        return Judged(True, 1.0, True)
+        return Judged(True, 1.0, True, tol=tol)
     reading = clipped[0] if clipped else step.applied
     # what .grad held as the step's first backward() began, as the gradient hook saw it: on
     # identical rows a sum of two means reads as a step plus the one before, so staleness is
@@ -74,6 +74,7 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
         stale,
         own=own,
         carried=bool(found is not None),
+        tol=tol,
     )
 
 
@@ -92,14 +93,14 @@ def unequal_weights(v: Judged | None, batching: Batching) -> bool:
     return (v.own if v.carried else v.ratio) is None
 
 
-def miscount(step: Step, ref: Reference, ratio: float | None) -> str:
+def miscount(step: Step, ref: Reference, ratio: float | None, tol: float) -> str:
     """Return the mistake a step's ratio names when its rows count tokens, else ""."""
     if ratio is None or ref.weights is None or ref.labelled is None:
         return ""
     keys = step.row_keys
     counted = sum(ref.weights.get(key, 0.0) for key in keys)
     labelled = sum(ref.labelled.get(key, 0.0) for key in keys)
-    if labelled > counted > 0 and math.isclose(ratio, counted / labelled, rel_tol=1e-3):
+    if labelled > counted > 0 and near(ratio, counted / labelled, tol):
         return (
             f"divides by the step's {labelled:.0f} labels that are not -100 where its loss counts "
             f"{counted:.0f} targets: counted before the model's causal shift (count "

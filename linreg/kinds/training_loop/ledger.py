@@ -32,18 +32,23 @@ class Call:
     # never part of a row's key: fed to a replay where the model's forward takes them
     given: dict[str, Any] = field(default_factory=dict)
     feeds_given: bool = False
+    # the device type and dtype torch.autocast ran the forward in (None: not under autocast)
+    autocast: tuple[str, torch.dtype] | None = None
 
     def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Call what was called, on other arguments (one row's); a method without logging."""
-        if self.method == "forward":
-            return model(*args, **kwargs)
-        quiet = {name: _no_log for name in ("log", "log_dict") if hasattr(model, name)}
-        model.__dict__.update(quiet)  # a framework's self.log() needs its loop running
-        try:
-            return getattr(model, self.method)(*args, **kwargs)
-        finally:
-            for name in quiet:
-                model.__dict__.pop(name, None)
+        """Call what was called, on other arguments (one row's), under the autocast it ran
+        under; a method without logging."""
+        device, dtype = self.autocast or ("cpu", None)
+        with torch.autocast(device, dtype=dtype, enabled=self.autocast is not None):
+            if self.method == "forward":
+                return model(*args, **kwargs)
+            quiet = {name: _no_log for name in ("log", "log_dict") if hasattr(model, name)}
+            model.__dict__.update(quiet)  # a framework's self.log() needs its loop running
+            try:
+                return getattr(model, self.method)(*args, **kwargs)
+            finally:
+                for name in quiet:
+                    model.__dict__.pop(name, None)
 
     def row(self, i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Return the call's arguments for its row i alone (a batch of one).
@@ -68,6 +73,20 @@ class Call:
             b"|".join(t[i].detach().contiguous().numpy().tobytes() for t in batched)
             for i in range(self.rows)
         ]
+
+
+def autocast_now() -> tuple[str, torch.dtype] | None:
+    """Return the device type and dtype torch.autocast runs a forward in now, or None."""
+    for device in ("cuda", "cpu"):
+        try:
+            if torch.is_autocast_enabled(device):
+                return device, torch.get_autocast_dtype(device)
+        except (TypeError, AttributeError):  # torch < 2.4: a function per device
+            on = torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
+            if on:
+                dtype = getattr(torch, f"get_autocast_{'cpu' if device == 'cpu' else 'gpu'}_dtype")
+                return device, dtype()
+    return None
 
 
 def tensors_in(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Tensor]:

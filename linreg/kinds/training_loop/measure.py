@@ -4,16 +4,32 @@ the factor one is of the other, and whether one is a clipping of the other.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from linreg import checks
+from linreg.kinds.training_loop.ledger import Call
 
 
-def tolerance(model: nn.Module) -> float:
-    """Return the relative tolerance for a step's gradient, in the model's dtype."""
+def tolerance(model: nn.Module, calls: Sequence[Call] = ()) -> float:
+    """Return the relative tolerance for a step's gradient, in the model's dtype, or in the
+    lower precision torch.autocast ran any of the calls' forward passes in."""
     p = next(iter(model.parameters()), None)
-    return checks.tolerance(p.dtype if p is not None else torch.float32, steps=True)
+    dtypes = [p.dtype if p is not None else torch.float32]
+    dtypes += [call.autocast[1] for call in calls if call.autocast is not None]
+    return max(checks.tolerance(dtype, steps=True) for dtype in dtypes)
+
+
+NAMED = 1e-3  # the relative tolerance a ratio is named at (a k, a count of rows), at least
+
+
+def near(a: float, b: float, tol: float) -> bool:
+    """Return True if a ratio a is b, to the run's tolerance (at least NAMED): a forward under
+    autocast reads ratios to its lower precision."""
+    return math.isclose(a, b, rel_tol=max(NAMED, tol))
 
 
 def close(got: Tensor | None, want: Tensor, tol: float, scale: float) -> bool:

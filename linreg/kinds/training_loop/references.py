@@ -19,7 +19,7 @@ from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
 from linreg.kinds.training_loop.ledger import Call, Observed, flat
-from linreg.kinds.training_loop.measure import factor, tolerance
+from linreg.kinds.training_loop.measure import factor, near, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
 from linreg.kinds.training_loop.outputs import own_loss, prediction
 from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, loss_of
@@ -176,6 +176,7 @@ def _confirmed(
     n = max(k, c.least_batches)  # a window of k rows; an epoch of as many batches as it needs
     own: dict[bytes, Tensor] = {}
     factors: list[float | None] = []
+    tol = 0.0  # the runs' tolerance: in the lower precision of an autocast forward
     for kind in (0, 1):
         # its first update is all that is read: the run ends there (a slow loop's work after
         # each update is not waited for), unless another optimizer's step may still join it
@@ -192,6 +193,7 @@ def _confirmed(
         readings = [g / per for g in (step.unscaled, step.before_clipping) if g is not None]
         call = with_held_labels(target, model, step.calls[:1])[0]
         own[call.row_keys[0]] = readings[0]
+        tol = max(tol, tolerance(model, step.calls))
         if y is None or guess is None:
             factors.append(None)
             continue
@@ -202,10 +204,10 @@ def _confirmed(
         except (RuntimeError, ValueError, IndexError, TypeError):
             factors.append(None)
             continue
-        found = [factor(g, guessed, tolerance(model)) for g in readings]
-        matching = [f for f in found if f is not None and math.isclose(f, 1.0, rel_tol=1e-3)]
+        found = [factor(g, guessed, tol) for g in readings]
+        matching = [f for f in found if f is not None and near(f, 1.0, tol)]
         factors.append(matching[0] if matching else found[0])
-    confirmed = _one_known_scale(factors, k)
+    confirmed = _one_known_scale(factors, k, tol)
     why = (
         f"its loss is not {guess}: name it with loss= to judge the scale of every step"
         if guess is not None
@@ -223,14 +225,14 @@ def _one_update(seen: Observed) -> bool:
     return bool(seen.steps) and seen.whole
 
 
-def _one_known_scale(factors: list[float | None], k: int) -> bool:
+def _one_known_scale(factors: list[float | None], k: int, tol: float) -> bool:
     """Return True if both kinds of rows have one factor: 1, the k (or 1 / k) a loop that
     mishandles its k micro-batches applies to every row alike, or a loss scaler's scale (a
     power of two from 2^10) that a loop forgot to undo."""
     a, b = factors
-    if a is None or b is None or not math.isclose(a, b, rel_tol=1e-3):
+    if a is None or b is None or not near(a, b, tol):
         return False
     known = [1.0] + ([float(k), 1 / k] if k > 1 else [])
-    if any(math.isclose(a, s, rel_tol=1e-3) for s in known):
+    if any(near(a, s, tol) for s in known):
         return True
     return a >= 1024 and math.isclose(math.log2(a), round(math.log2(a)), abs_tol=1e-6)

@@ -59,7 +59,7 @@ def wanted(target: Target, batching: Batching) -> Wanted:
 def _wanted(target: Target, batching: Batching) -> Wanted:
     model, seen = run_at_zero_lr(target, batching)
     ref = references(target, model, seen, batching.seed)
-    tol = tolerance(model)
+    tol = tolerance(model, seen.calls)
     if ref is None:
         return Wanted(seen, None, [], tol, 0.0)
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
@@ -119,7 +119,7 @@ def compare(
         if by is None or want is None:
             return False
         alone = judge(seen.steps[j], want, tol, run.scale)
-        return alone.ok or bool(miscount(seen.steps[j], ref, alone.ratio))
+        return alone.ok or bool(miscount(seen.steps[j], ref, alone.ratio, tol))
 
     bad = [
         j
@@ -137,7 +137,8 @@ def compare(
         step = seen.steps[j]
         if by is None:  # the notes read absolute ratios
             v = replace(
-                v, note=miscount(step, ref, v.ratio) or means_of_means(step, ref, v, tol, scale)
+                v,
+                note=miscount(step, ref, v.ratio, tol) or means_of_means(step, ref, v, tol, scale),
             )
         where = describe(batching, options_of(target))
         relative_to = f" times the first full step's {by:.4g}" if by is not None and by > 0 else ""
