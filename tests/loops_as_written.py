@@ -761,3 +761,35 @@ def amp_train(
 def amp_train_nominal(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
     """Twin: each batch's summed loss over the nominal batch_size."""
     amp_train(model, loader, optimizer, num_epochs, nominal=True)
+
+
+# --- 16. a validation pass each epoch, written without torch.no_grad() --------------------------
+
+VALIDATION = (torch.linspace(-1, 1, 4 * 36).reshape(4, 1, 6, 6), torch.tensor([0, 1, 2, 1]))
+
+
+def validated_train(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+) -> list[float]:
+    """Validates after each epoch in grad mode (the forward keeps a graph no backward() uses:
+    wasteful, as eval-no-grad says, but no update's gradient changes)."""
+    history = []
+    for _ in range(num_epochs):
+        model.train()
+        for x, y in loader:
+            optimizer.zero_grad()
+            if nominal:
+                loss = F.cross_entropy(model(x), y, reduction="sum") / loader.batch_size
+            else:
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        images, labels = VALIDATION
+        history.append(F.cross_entropy(model(images), labels).item())
+    return history
+
+
+def validated_train_nominal(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: each batch's summed loss over the nominal batch_size."""
+    validated_train(model, loader, optimizer, num_epochs, nominal=True)

@@ -75,6 +75,7 @@ CASES: list[tuple[Any, Any, str, dict[str, Any]]] = [
     (L.chunked_train, None, "", IMAGE),
     (L.probe_train, L.probe_train_zeroed_once, "grad-zeroing", IMAGE),
     (L.amp_train, L.amp_train_nominal, "short-last-batch", IMAGE),
+    (L.validated_train, L.validated_train_nominal, "short-last-batch", IMAGE),
 ]
 
 

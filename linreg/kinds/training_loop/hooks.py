@@ -86,6 +86,8 @@ class Watcher:
         self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
         self.trained: set[int] = set()  # the params any optimizer of the run stepped
+        self.last: Call | None = None  # the forward under way, until its output is seen
+        self.reached: set[int] = set()  # the calls a backward() went through (by id)
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
@@ -114,6 +116,7 @@ class Watcher:
         params = self.params
         applied = flat([p.grad for p in params], params)
         stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+        self.calls = self.consumed()
         self.trained |= stepped
         if not self.calls:
             if self.seen.steps and not stepped & self.stepped:  # another optimizer, same update
@@ -163,14 +166,39 @@ class Watcher:
         if p.grad is not None:
             self.latest[id(p)] = p.grad.detach().clone()
 
+    def consumed(self) -> list[Call]:
+        """Return the calls since the last update that fed a backward(): a forward in grad
+        mode whose output none reached (an evaluation without torch.no_grad()) fed no update.
+        A method's calls (Lightning's training_step, which may call backward itself) all count."""
+        return [c for c in self.calls if c.method != "forward" or id(c) in self.reached]
+
+    def output(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> None:
+        """Mark the forward under way as consumed once a backward() reaches its output (at
+        once, where no output tensor requires grad: nothing to tell by)."""
+        call, self.last = self.last, None
+        if call is None:
+            return
+        outputs = [t for t in tensors_in([out], {}) if t.requires_grad]
+        if not outputs:
+            self.reached.add(id(call))
+        for t in outputs:
+            t.register_hook(functools.partial(self._reached, id(call)))  # type: ignore[no-untyped-call]
+
+    def _reached(self, key: int, grad: Tensor) -> None:
+        self.reached.add(key)
+
     def fed(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Record what a forward pass with grad enabled was fed."""
+        self.last = None
         if not torch.is_grad_enabled():
             return  # an evaluation pass: it feeds no step
         batch = [t for t in tensors_in(args, kwargs) if t.ndim > 0]
         if not batch:
             return
         if self.calls and _same_batch(self.calls[-1], batch[0]):
+            self.last = self.calls[-1]  # a backward() through this pass consumes that call
             return  # the same batch fed again (a logging pass with grad on): no new rows
         rows = batch[0].shape[0]
         self.calls.append(
@@ -183,6 +211,7 @@ class Watcher:
                 autocast=autocast_now(),
             )
         )
+        self.last = self.calls[-1]
         self.seen.fed += rows
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
@@ -196,7 +225,7 @@ class Watcher:
 
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
-        self.seen.leftover = self.calls if self.latest else []  # rows no step used
+        self.seen.leftover = self.consumed() if self.latest else []  # rows no step used
         # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
         # what its .grad holds is never applied, so it is read as applying nothing
         kept = [id(p) in self.trained for p in self.params]
@@ -242,6 +271,7 @@ def watching(
     ]
     if method == "forward":
         handles.append(model.register_forward_pre_hook(watch.fed, with_kwargs=True))
+        handles.append(model.register_forward_hook(watch.output, with_kwargs=True))
     else:
         handles.append(_wrapped(model, method, watch.fed))
     for p in watch.params:
