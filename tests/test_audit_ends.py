@@ -10,6 +10,7 @@ it (Dropout's p, BatchNorm's mode, each .grad).
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import time
 from collections.abc import Callable
@@ -627,3 +628,47 @@ def test_a_loop_on_epochs_of_its_own_fails_exhausted_generator(epochs: int, says
     report = audit.training_loop(train, model=net, example=SAMPLE, max_examples=10)
     assert [r.pitfall for r in report.failures] == ["exhausted-generator"], str(report)
     assert says in str(report), str(report)
+
+
+COMPILED: list[int] = []  # one entry each time torch.compile compiles a graph
+
+
+def counted_backend(gm: Any, example_inputs: Any) -> Any:
+    """A torch.compile backend that runs the graph as it is, counting each compile."""
+    COMPILED.append(1)
+    return gm.forward
+
+
+def compiled_fit(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, summed: bool = False
+) -> None:
+    """nanoGPT's way: the model compiled once, before training."""
+    model = torch.compile(model, backend=counted_backend)  # type: ignore[assignment]
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y, reduction="sum" if summed else "mean").backward()
+            optimizer.step()
+
+
+def compiled_fit_summed(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: the loss summed over the batch."""
+    compiled_fit(model, loader, optimizer, num_epochs, summed=True)
+
+
+def test_a_compiled_loop_is_audited_eagerly_and_compiling_is_as_it_was_after() -> None:
+    """torch.compile'd code runs eagerly while audited: nothing is compiled (compiling can take
+    longer than a run's time limit: "an endless loop?"); after, compiling is as it was."""
+    import torch._dynamo.config as dynamo_config
+
+    before = (os.environ.get("TORCH_COMPILE_DISABLE"), dynamo_config.disable)
+    COMPILED.clear()
+    report = audit.training_loop(compiled_fit, model=net, example=SAMPLE, max_examples=5)
+    assert report.ok, str(report)
+    twin = audit.training_loop(compiled_fit_summed, model=net, example=SAMPLE, max_examples=5)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+    assert COMPILED == [], "the audited loop was compiled"
+    assert (os.environ.get("TORCH_COMPILE_DISABLE"), dynamo_config.disable) == before
+    compiled = torch.compile(lambda t: t * 2 + 1, backend=counted_backend)
+    assert torch.equal(compiled(torch.ones(2)), torch.full((2,), 3.0))
+    assert COMPILED == [1], "compiling was left off after the audit"

@@ -36,7 +36,14 @@ from linreg._plain import plain
 from linreg.audit.report import Report, Result
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds import KINDS, Target, TargetError
-from linreg.kinds.guards import Aborted, ended_process, kept_rngs, one_thread, watchdog_kept
+from linreg.kinds.guards import (
+    Aborted,
+    eager,
+    ended_process,
+    kept_rngs,
+    one_thread,
+    watchdog_kept,
+)
 from linreg.kinds.training_loop import models_restored, runs_shared, sharing, unshared
 from linreg.pitfalls import CATALOGUE, Property
 
@@ -63,7 +70,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _one_at_a_time(fn: _F) -> _F:
     @functools.wraps(fn)
     def in_turn(*args: Any, **kwargs: Any) -> Any:
-        with _AUDITING, watchdog_kept():
+        with _AUDITING, watchdog_kept(), eager():
             return fn(*args, **kwargs)
 
     return cast(_F, in_turn)

@@ -3,8 +3,9 @@
 A target's exceptions become a pitfall's `CheckFailed` when they are one's symptom, else the
 target's own error (`guarded`); its use of torch's, Python's and numpy's global RNGs is seeded
 per example and given back (`seeded`, `kept_rngs`); torch computes on one thread while the
-audit runs (`one_thread`); every call of it has a time limit and gives grad mode back
-(`bounded`, `time_limit`); its prints stay out of the audit's output (`silenced`).
+audit runs (`one_thread`), and torch.compile'd code runs eagerly (`eager`); every call of it
+has a time limit and gives grad mode back (`bounded`, `time_limit`); its prints stay out of
+the audit's output (`silenced`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import inspect
 import io
 import math
+import os
 import random
 import signal
 import sys
@@ -72,6 +74,44 @@ def kept_rngs() -> Iterator[None]:
             random.setstate(state)
             if numpy is not None:
                 numpy.random.set_state(drawn)
+
+
+def compile_disabled() -> Callable[[], None]:
+    """Run torch.compile'd code eagerly from now (a compiled graph calls no torch loss
+    function a watcher could read, and compiling takes longer than an audit's runs; the math
+    is the same), whether torch._dynamo is imported now or by the code; return what puts its
+    setting back."""
+    env = os.environ.get("TORCH_COMPILE_DISABLE")
+    config = sys.modules.get("torch._dynamo.config")
+    was = getattr(config, "disable", None)
+    os.environ["TORCH_COMPILE_DISABLE"] = "1"  # read when the code imports torch._dynamo
+    if config is not None:
+        setattr(config, "disable", True)  # noqa: B010 (a module found at run time)
+
+    def back() -> None:
+        if env is None:
+            os.environ.pop("TORCH_COMPILE_DISABLE", None)
+        else:
+            os.environ["TORCH_COMPILE_DISABLE"] = env
+        now = sys.modules.get("torch._dynamo.config")
+        if now is not None:  # as found; imported since: as the environment says
+            setattr(now, "disable", was if was is not None else env == "1")  # noqa: B010
+        dynamo = sys.modules.get("torch._dynamo")
+        if config is None and dynamo is not None:  # imported since: the frames it
+            with contextlib.suppress(Exception):  # skipped meanwhile are compiled when next run
+                dynamo.reset()
+
+    return back
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run torch.compile'd code eagerly inside (compile_disabled), put back after."""
+    back = compile_disabled()
+    try:
+        yield
+    finally:
+        back()
 
 
 @contextlib.contextmanager

@@ -16,10 +16,7 @@ an update applied is read against the micro-batches it consumed (`Update`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +32,7 @@ from torch.optim.optimizer import (
 )
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+from linreg.kinds.guards import compile_disabled
 from linreg.kinds.watched.observer import Observer, length
 from linreg.kinds.watched.records import Enough, Watched
 
@@ -151,7 +149,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         clip_value_fn(params, clip_value, *a, **k)
 
     grad_mode = torch.is_grad_enabled()
-    eager = _eager()
+    eager = compile_disabled()
     handles = [
         register_optimizer_step_pre_hook(w.before),
         register_optimizer_step_post_hook(w.after),
@@ -189,33 +187,6 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.ran_out()
         w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         w.put_back()
-
-
-def _eager() -> Callable[[], None]:
-    """Run torch.compile'd code eagerly while watched (a compiled graph calls no torch loss
-    function the watcher could read; the math is the same), whether torch._dynamo is imported
-    now or by the code; return what puts its setting back."""
-    env = os.environ.get("TORCH_COMPILE_DISABLE")
-    config = sys.modules.get("torch._dynamo.config")
-    was = getattr(config, "disable", None)
-    os.environ["TORCH_COMPILE_DISABLE"] = "1"  # read when the code imports torch._dynamo
-    if config is not None:
-        setattr(config, "disable", True)  # noqa: B010 (a module found at run time)
-
-    def back() -> None:
-        if env is None:
-            os.environ.pop("TORCH_COMPILE_DISABLE", None)
-        else:
-            os.environ["TORCH_COMPILE_DISABLE"] = env
-        now = sys.modules.get("torch._dynamo.config")
-        if now is not None:  # as found; imported while watched: as the environment says
-            setattr(now, "disable", was if was is not None else env == "1")  # noqa: B010
-        dynamo = sys.modules.get("torch._dynamo")
-        if config is None and dynamo is not None:  # imported while watched: the frames it
-            with contextlib.suppress(Exception):  # skipped then are compiled when next run
-                dynamo.reset()
-
-    return back
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
