@@ -383,6 +383,36 @@ def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_f
     assert twin.failures[0].counterexample == plain(first_runs(options)[0]), str(twin)
 
 
+def test_a_slow_loop_that_takes_a_count_waits_for_few_pauses_too(slow_at_5_ms: None) -> None:
+    """A loop that takes an accumulation count: the probe's 3 updates (2 pauses); its smallest
+    epoch, probed to its first update (no pause); the first run, a full window and a window
+    of unequal micro-batches for two epochs, ended at its last update (4 updates, 3 pauses);
+    that run's one epoch, which exhausted-generator reads, and the second run, one row past a
+    full window, both to the loop's end (2 each); a row's reference, one update each."""
+    paused = 0
+
+    def accumulates(
+        model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+    ) -> None:
+        nonlocal paused
+        total = nn.CrossEntropyLoss(reduction="sum")
+        for _ in range(num_epochs):
+            batches = list(loader)
+            for start in range(0, len(batches), accumulation_steps):
+                window = batches[start : start + accumulation_steps]
+                rows = sum(len(x) for x, _ in window)
+                optimizer.zero_grad()
+                for x, y in window:
+                    (total(model(x), y) / rows).backward()
+                optimizer.step()
+                paused += 1
+                time.sleep(0.005)
+
+    report, made = _counted(lambda: audit.training_loop(accumulates, model=net, example=SAMPLE))
+    assert report.ok and report.options["slow"] is True, str(report)
+    assert (made, paused) == (14, 9), (made, paused)
+
+
 def zeroes_once_an_epoch(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
     """Twin: zero_grad once an epoch, not once a step (and a pause: slow)."""
     for _ in range(num_epochs):

@@ -190,6 +190,12 @@ class Observed:
         return [call for step in self.steps for call in step.calls] + self.leftover
 
 
+def one_update(seen: Observed) -> bool:
+    """Return True once a run made an update that no other optimizer's step may still join:
+    a run that reads its first update alone can end there (run_at_zero_lr's enough)."""
+    return bool(seen.steps) and seen.whole
+
+
 def flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor | None:
     """Return the grads as one float64 vector (None as zeros), or None if every one is None."""
     if all(g is None for g in grads):

@@ -22,7 +22,7 @@ from linreg.kinds.guards import Aborted, seeded
 from linreg.kinds.options import name_of
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.hooks import Watch
-from linreg.kinds.training_loop.ledger import Observed
+from linreg.kinds.training_loop.ledger import Observed, one_update
 from linreg.kinds.training_loop.one_run import (
     asks_of,
     build_model,
@@ -93,9 +93,13 @@ def least_batches(target: Target, ran: Batching) -> int:
     options = options_of(target)
     k = MOST_DRAWN if options.draws_count else count_of(options)
     most = min(ran.batches, k)
+    # a slow loop's run ends at its first update (its work after it is not waited for): a
+    # loop that needs more batches raises before, where it sizes its schedule
+    enough = one_update if options.slow else None
     for b in range(1, most):
+        batching = Batching((0,) * b, 1, 1, 0, k if options.draws_count else None)
         try:
-            observe(target, Batching((0,) * b, 1, 1, 0, k if options.draws_count else None))
+            run_at_zero_lr(target, batching, enough)
         except LoopRaised:
             continue
         except (CheckFailed, Aborted):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
-from linreg.kinds.training_loop.ledger import Call, Observed, flat
+from linreg.kinds.training_loop.ledger import Call, Observed, flat, one_update
 from linreg.kinds.training_loop.measure import factor, near, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
 from linreg.kinds.training_loop.outputs import own_loss, prediction
@@ -180,7 +180,7 @@ def _confirmed(
     for kind in (0, 1):
         # its first update is all that is read: the run ends there (a slow loop's work after
         # each update is not waited for), unless another optimizer's step may still join it
-        model, seen = run_at_zero_lr(target, Batching((kind,) * n, 1, 1, seed), _one_update)
+        model, seen = run_at_zero_lr(target, Batching((kind,) * n, 1, 1, seed), one_update)
         step = seen.steps[0] if seen.steps else None
         if step is None or not step.calls or step.unscaled is None:
             raise CheckFailed(
@@ -219,10 +219,6 @@ def _confirmed(
         _CACHE.clear()
     _CACHE[key] = (target, ref)
     return ref
-
-
-def _one_update(seen: Observed) -> bool:
-    return bool(seen.steps) and seen.whole
 
 
 def _one_known_scale(factors: list[float | None], k: int, tol: float) -> bool:

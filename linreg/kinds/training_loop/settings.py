@@ -199,9 +199,10 @@ def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
     steps="either", mixed=None, max_epochs=2) can draw: rows of both kinds, alternating, in
     batches of 3, full steps (more where the loop needs more batches an epoch), then the
     epoch's rest. The first run, for 2 epochs: one full step and a short last batch, the
-    fewest updates that each follow a full step (for a count k over 1, two full windows, then
-    k - 1 full batches and a row: a last window of unequal micro-batches; with drop_last, two
-    full steps, then k - 1 whole batches, where one would be the whole epoch). The second,
+    fewest updates that each follow a full step (for a count k over 1, one full window, then
+    k - 1 full batches and a row: a last window of unequal micro-batches; with drop_last, k - 1
+    whole batches, and for no count two full steps, where one would be the whole epoch;
+    grad-zeroing judges a short step that found a gradient in .grad). The second,
     for 1 epoch, of another length: for a count, one batch past the full windows, so that the
     run ends on a partial window however the loop counts its windows (over epochs too); else
     the first run's one epoch (a budget of its own shows, and exhausted-generator reads that
@@ -212,10 +213,11 @@ def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
     drawn = 2 if options.draws_count else None
     k = drawn or options.accumulation_steps or 1
     b = 3
-    if k == 1 and not options.drop_last:  # each update a step after a full one: the fewest
-        whole = b * max(1, options.least_batches - 1)
-    else:
-        whole = b * k * max(2, -(-options.least_batches // k))
+    least = options.least_batches
+    if k == 1 and options.drop_last:  # two full steps: one would be the whole epoch
+        whole = b * max(2, least)
+    else:  # one full window, then the rest: every epoch at least `least` batches long
+        whole = b * k * max(1, -(-(least - 1) // k))
 
     def run(rest: int, epochs: int) -> Batching:
         return Batching(tuple(i % 2 for i in range(whole + rest)), b, epochs, 0, drawn)
