@@ -10,6 +10,7 @@ a step budget that counts inclusively takes one step more, each of them right.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -724,3 +725,147 @@ def test_a_window_across_an_epochs_end_that_weighs_its_rows_unequally_is_named()
         target_for("training-loop", train_run_windows, model=TwoPart, example=sample),
         Batching((0, 1, 1), 2, 2, 0, 3),
     )
+
+
+# --- what an update consumed: forwards a backward() reached, or made in train mode -------------
+
+
+def backward_on_the_kth_batch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Twin: loss.backward() indented under the step's `if`: the other batches of a window go
+    through the model in train mode and are thrown away (it trains on 1/k of its data)."""
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y)
+            if (i + 1) % accumulation_steps == 0 or i + 1 == len(loader):
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_a_forward_in_train_mode_no_backward_reached_is_consumed_and_named() -> None:
+    """A forward in train mode is the window's even where no backward() reaches it: the rows it
+    threw away weigh 0 where a correct loop gives them their share."""
+    report = audit.training_loop(backward_on_the_kth_batch, **LOOP)
+    assert "micro-batch-accumulation" in [r.pitfall for r in report.failures], str(report)
+
+
+class LearnedVariance(nn.Module):
+    """Heteroscedastic regression: the forward returns a parameter as it is, a learned log
+    variance, beside the mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 1)
+        self.log_var = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc(x).squeeze(-1), self.log_var
+
+
+def gaussian_nll(out: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    mean, log_var = out
+    return F.gaussian_nll_loss(mean, y, log_var.exp().expand_as(mean))
+
+
+VALIDATION = (torch.linspace(-1, 1, 12).reshape(4, 3), torch.tensor([0.1, -0.3, 0.7, 0.2]))
+
+
+def validates_in_grad_mode(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Correct: validates after each epoch in eval mode, without torch.no_grad()."""
+    for _ in range(num_epochs):
+        model.train()
+        for x, y in loader:
+            optimizer.zero_grad()
+            gaussian_nll(model(x), y).backward()
+            optimizer.step()
+        model.eval()
+        gaussian_nll(model(VALIDATION[0]), VALIDATION[1]).item()
+
+
+def test_a_validation_pass_on_a_model_that_returns_a_parameter_passes_and_leaves_no_hook() -> None:
+    """The forward's outputs are watched for the backward() that reaches them, a leaf returned
+    as it is never (a backward() through the parameter tells nothing of one pass), and the
+    hooks on them are gone after."""
+    model = LearnedVariance()
+    report = audit.training_loop(
+        validates_in_grad_mode,
+        model=lambda: model,
+        example=(torch.tensor([0.5, -1.0, 2.0]), torch.tensor(0.7)),
+        loss=gaussian_nll,
+        max_examples=10,
+    )
+    assert report.ok, str(report)
+    assert not model.log_var._backward_hooks, model.log_var._backward_hooks
+
+
+class Probed(nn.Module):
+    """An encoder and head, and a linear probe on the detached features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 2)
+        self.probe = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.tanh(self.encoder(x))
+        return self.head(features), self.probe(features.detach())
+
+
+def both_heads(out: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out[0], y) + F.cross_entropy(out[1], y)
+
+
+def probe_between_steps(model: Probed, loader: Any, num_epochs: int) -> None:
+    """Correct: an online probe, as self-supervised codebases train one: the head's loss and
+    step, then the probe's, a backward() between the two steps (a pause after: slow)."""
+    main = torch.optim.SGD([*model.encoder.parameters(), *model.head.parameters()], lr=0.1)
+    probe = torch.optim.SGD(model.probe.parameters(), lr=0.1)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            main.zero_grad()
+            probe.zero_grad()
+            logits, probed = model(x)
+            F.cross_entropy(logits, y).backward()
+            main.step()
+            F.cross_entropy(probed, y).backward()
+            probe.step()
+            time.sleep(0.005)
+
+
+def test_two_optimizers_with_a_backward_between_their_steps_pass_when_slow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that reads its first update alone ends there only once every param the loop's
+    first run stepped was stepped: the second optimizer's step still joins the update."""
+    from linreg.audit import runner
+    from linreg.kinds.training_loop import probe
+
+    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    monkeypatch.setattr(probe, "SLOW", 0.004)
+    report = audit.training_loop(probe_between_steps, model=Probed, example=sample, loss=both_heads)
+    assert report.options["slow"] is True, str(report)
+    assert report.ok, str(report)
+
+
+def late_second_optimizer(model: TwoPart, loader: Any, num_epochs: int) -> None:
+    """Correct: the first layer's optimizer starts after 2 updates (a warm-up of the head),
+    with label smoothing (a loss the audit reads from the loop's own one-row runs)."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    head = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    embed = torch.optim.SGD(model.embed.parameters(), lr=0.01)
+    for it, (x, y) in enumerate(itertools.chain.from_iterable(loader for _ in range(num_epochs))):
+        model.zero_grad()
+        criterion(model(x), y).backward()
+        head.step()
+        if it >= 2:
+            embed.step()
+
+
+def test_a_second_optimizer_that_starts_late_passes() -> None:
+    """Every run reads the params the loop's first run stepped: a one-row run, which never
+    reaches the second optimizer, reads the same ones as the runs it is the reference of."""
+    report = audit.training_loop(late_second_optimizer, **LOOP)
+    assert report.ok, str(report)

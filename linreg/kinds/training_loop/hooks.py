@@ -73,10 +73,16 @@ class Watcher:
         method: str = "forward",
         replayable: bool = True,
         on_update: Callable[[], None] | None = None,
+        trained: frozenset[int] | None = None,
     ) -> None:
         self.method, self.replayable, self.on_update = method, replayable, on_update
         self.params = list(model.parameters())
         self.ids = {id(p) for p in self.params}
+        # the params (by position) the loop's first run stepped: where known, every run reads
+        # those alone, and an update is whole once its steps cover them
+        self.known = (
+            None if trained is None else {id(p) for i, p in enumerate(self.params) if i in trained}
+        )
         self.start = [p.detach().clone() for p in self.params]
         self.seen = Observed()
         self.calls: list[Call] = []
@@ -88,6 +94,8 @@ class Watcher:
         self.trained: set[int] = set()  # the params any optimizer of the run stepped
         self.last: Call | None = None  # the forward under way, until its output is seen
         self.reached: set[int] = set()  # the calls a backward() went through (by id)
+        self.evaluating: set[int] = set()  # the calls made with the model in eval mode
+        self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
@@ -131,7 +139,11 @@ class Watcher:
         carried = flat([self.carried.get(id(p)) for p in params], params)
         self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried))
         self.seen.stepped_at.append(time.perf_counter())
-        self.seen.whole = all(id(p) in stepped for p in params if p.grad is not None)
+        self.seen.whole = (
+            stepped >= self.known
+            if self.known is not None
+            else all(id(p) in stepped for p in params if p.grad is not None)
+        )
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
         self.carried = {}
         self.scale = None
@@ -167,10 +179,16 @@ class Watcher:
             self.latest[id(p)] = p.grad.detach().clone()
 
     def consumed(self) -> list[Call]:
-        """Return the calls since the last update that fed a backward(): a forward in grad
-        mode whose output none reached (an evaluation without torch.no_grad()) fed no update.
-        A method's calls (Lightning's training_step, which may call backward itself) all count."""
-        return [c for c in self.calls if c.method != "forward" or id(c) in self.reached]
+        """Return the calls since the last update that it consumed: a forward made in eval
+        mode, in grad mode, that no backward() reached (a validation pass written without
+        torch.no_grad()) fed no update; one in train mode did, reached or not (a loop that
+        calls backward() on every k-th batch alone throws the others away). A method's calls
+        (Lightning's training_step, which may call backward itself) all count."""
+        return [
+            c
+            for c in self.calls
+            if c.method != "forward" or id(c) in self.reached or id(c) not in self.evaluating
+        ]
 
     def output(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
@@ -180,11 +198,15 @@ class Watcher:
         call, self.last = self.last, None
         if call is None:
             return
-        outputs = [t for t in tensors_in([out], {}) if t.requires_grad]
+        # a leaf returned as it is (a parameter: a learned variance) is every pass's, not this
+        # one's: a backward() through it tells nothing of this pass
+        outputs = [t for t in tensors_in([out], {}) if t.requires_grad and t.grad_fn is not None]
         if not outputs:
             self.reached.add(id(call))
         for t in outputs:
-            t.register_hook(functools.partial(self._reached, id(call)))  # type: ignore[no-untyped-call]
+            self.handles.append(
+                t.register_hook(functools.partial(self._reached, id(call)))  # type: ignore[no-untyped-call]
+            )
 
     def _reached(self, key: int, grad: Tensor) -> None:
         self.reached.add(key)
@@ -212,6 +234,8 @@ class Watcher:
             )
         )
         self.last = self.calls[-1]
+        if not module.training:
+            self.evaluating.add(id(self.last))
         self.seen.fed += rows
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
@@ -226,10 +250,17 @@ class Watcher:
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
         self.seen.leftover = self.consumed() if self.latest else []  # rows no step used
+        for handle in self.handles:
+            handle.remove()
+        self.seen.stepped_params = frozenset(
+            i for i, p in enumerate(self.params) if id(p) in self.trained
+        )
         # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
-        # what its .grad holds is never applied, so it is read as applying nothing
-        kept = [id(p) in self.trained for p in self.params]
-        if self.trained and not all(kept):
+        # what its .grad holds is never applied, so it is read as applying nothing; where the
+        # loop's first run said which params its optimizers step, every run reads those alone
+        trained = self.known if self.known is not None else self.trained
+        kept = [id(p) in trained for p in self.params]
+        if trained and not all(kept):
             self.seen.trained = torch.cat(
                 [
                     torch.full((p.numel(),), float(k), dtype=torch.float64)
@@ -250,14 +281,16 @@ def watching(
     method: str = "forward",
     replayable: bool = True,
     on_update: Callable[[], None] | None = None,
+    trained: frozenset[int] | None = None,
 ) -> Iterator[Observed]:
     """Watch the model's training while the block runs; yield what it saw, filled in after;
-    call on_update after each update it records.
+    call on_update after each update it records; trained: the params (by position) the
+    loop's first run stepped, read alone.
 
     What each step consumed is read from what the model's forward was fed, or, for a framework
     that hands batches to a method of the model (Lightning's training_step), what that was fed.
     """
-    watch = Watcher(model, method, replayable, on_update)
+    watch = Watcher(model, method, replayable, on_update, trained)
     original = torch.amp.GradScaler.unscale_
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:

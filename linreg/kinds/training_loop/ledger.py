@@ -183,6 +183,7 @@ class Observed:
     # 1.0 for each entry of a param some optimizer stepped, 0.0 for one none did (None: all
     # were): the steps' gradients, and their references, read on those alone
     trained: Tensor | None = None
+    stepped_params: frozenset[int] = frozenset()  # the params (by position) any optimizer stepped
 
     @property
     def calls(self) -> list[Call]:

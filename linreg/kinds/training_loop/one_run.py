@@ -26,7 +26,6 @@ from linreg.kinds.training_loop.settings import (
     count_of,
     default_optimizer,
     expected_steps,
-    first_runs,
     options_of,
 )
 from linreg.kinds.training_loop.shared import kept
@@ -42,6 +41,26 @@ def limit_of(target: Target) -> float:
     fn = user_fn(target.fn)  # as _checked saw it, before the target wrapped it
     hit = _LIMITS.get(id(fn))
     return hit[1] if hit is not None and hit[0] is fn else FLOOR
+
+
+_TRAINED: dict[int, tuple[Callable[..., Any], frozenset[int]]] = {}  # each loop's, by position
+
+
+def trained_of(target: Target) -> frozenset[int] | None:
+    """Return the params (by position) the target's loop stepped on its first run (the
+    probe's), or None before it."""
+    fn = user_fn(target.fn)
+    hit = _TRAINED.get(id(fn))
+    return hit[1] if hit is not None and hit[0] is fn else None
+
+
+def trained_from(fn: Callable[..., Any], seen: Observed | None) -> None:
+    """Keep the params a loop's first run stepped, for each run of it after (None: forget
+    them, before a probe of its own)."""
+    if seen is None:
+        _TRAINED.pop(id(fn), None)
+    else:
+        _TRAINED[id(fn)] = (fn, seen.stepped_params)
 
 
 def limit_from(fn: Callable[..., Any], seconds: float) -> None:
@@ -122,7 +141,6 @@ def _run_at_zero_lr(
     # a budget of its own; ended there, what it did is judged (each update needs a row fed: a
     # correct loop comes near only with four optimizers each stepping on its own rows of one)
     most = 4 * max(expected_steps(batching, k, c.drop_last), batching.num_epochs * batching.n)
-    last = _last_update(target, batching, k)
 
     def stepped() -> None:  # after each update: its time limit anew, and the budget's end
         anew()
@@ -131,13 +149,11 @@ def _run_at_zero_lr(
             raise Overran
         if enough is not None and enough(seen):
             raise Overran
-        if seen.whole and (len(seen.steps), seen.fed) == last:
-            raise Overran
 
     try:
         with (
             time_limit(limit) as anew,
-            watching(model, watch.method, watch.replayable, stepped) as seen,
+            watching(model, watch.method, watch.replayable, stepped, trained_of(target)) as seen,
             seeded(batching.seed),
             warnings.catch_warnings(),
             silenced(),
@@ -156,19 +172,6 @@ def _run_at_zero_lr(
     if infinite:
         raise LoopRaised(infinite)
     return model, seen
-
-
-def _last_update(target: Target, batching: Batching, k: int) -> tuple[int, int] | None:
-    """Return the updates and rows fed at which a slow loop's first run (`first_runs`) has
-    applied every row it was handed, as a correct loop does at its last update: the run is
-    ended there, its work after that update not waited for. None for any other run. A loop
-    that goes on past its epochs, or steps again at its run's end, shows it on the second
-    first run, which runs to its end (exhausted-generator reads the two together)."""
-    c = options_of(target)
-    if not c.slow or batching != first_runs(c)[0]:
-        return None
-    handed = batching.n - batching.n % batching.batch_size if c.drop_last else batching.n
-    return expected_steps(batching, k, c.drop_last), handed * batching.num_epochs
 
 
 def _no_progress(limit: float, updates: int) -> str:

@@ -29,6 +29,7 @@ from linreg.kinds.training_loop.one_run import (
     limit_from,
     observe,
     run_at_zero_lr,
+    trained_from,
 )
 from linreg.kinds.training_loop.outputs import check_model
 from linreg.kinds.training_loop.settings import (
@@ -144,6 +145,7 @@ def _checked(
     except TypeError as e:
         raise TargetError(str(e)) from None
     target = Target(fn, "training-loop", options)
+    trained_from(fn, None)  # the probe reads what its own run steps
     first = ""  # what it raised on the first probe: the refusal's reason
     for batching in PROBES:  # larger data where the loop raised on less: it may need more
         start = time.perf_counter()
@@ -160,6 +162,7 @@ def _checked(
         tried = "; ".join(f"{b.batches} batches an epoch" for b in PROBES)
         raise TargetError(f"{name_of(fn)}: {first} (it raised on each of: {tried})")
     limit_from(fn, time.perf_counter() - start)
+    trained_from(fn, seen)
     if seen.moved:
         raise TargetError(
             f"{name_of(fn)}: with the optimizer's lr held at 0 the loop still changed the "
