@@ -24,6 +24,7 @@ from linreg.kinds.training_loop import (
     Judged,
     Step,
     Wanted,
+    close,
     compare,
     count_of,
     crosses,
@@ -32,6 +33,7 @@ from linreg.kinds.training_loop import (
     loss_of,
     near,
     options_of,
+    summed_means,
     unequal_weights,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
@@ -123,6 +125,8 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         full = full_rows(target, batching, steps)
         return steps[j].rows != full or crosses(batching, options.drop_last, steps, j)
 
+    over_k: set[int] = set()  # steps that divide their micro-batches' means by the nominal k
+
     def excused(j: int, verdicts: Sequence[Judged | None], run: Wanted, by: float | None) -> bool:
         v, steps = verdicts[j], run.seen.steps
         assert v is not None
@@ -138,9 +142,20 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         # on two kinds of rows, a window of uneven micro-batches divided by their count reads
         # as no multiple at all: micro-batch-accumulation's (on identical rows, a nominal
         # count shows here as its ratio)
-        return (
-            fits(v.ratio) or v.stale or (v.carried and fits(v.own)) or unequal_weights(v, batching)
-        )
+        if fits(v.ratio) or v.stale or (v.carried and fits(v.own)):
+            return True
+        if not unequal_weights(v, batching):
+            return False
+        # a short window's micro-batch means over the nominal count: a mean of means, and a
+        # nominal divisor too, named here once (on identical rows it reads as a scale)
+        step = steps[j]
+        means = summed_means(step, run.ref) if run.ref is not None and k > 1 else None
+        if means is not None and len(step.sizes) < k:
+            reading = step.unscaled if v.clipped else step.applied
+            if close(reading, means * (by or 1.0) / k, run.tol, run.scale * (by or 1.0)):
+                over_k.add(j)
+                return False
+        return True
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
         step = steps[j]
@@ -151,6 +166,11 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
                 f"took {rows} rows across the epoch's end: the epoch's left-over micro-batches "
                 "were carried into it, unzeroed, and weighed wrong (step them when the data "
                 "ends, or divide the window by all its rows)"
+            )
+        if j in over_k:
+            return (
+                f"divides its {batches} micro-batches' mean losses by the nominal "
+                f"accumulation_steps={k} where step {j + 1} took {batches} batch(es)"
             )
         if s is not None and k > 1 and near(s * k, batches, v.tol):
             return (

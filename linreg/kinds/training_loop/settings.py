@@ -197,20 +197,22 @@ class Batching:
 def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
     """Return the runs a slow loop's audit makes first, each one batchings(options,
     steps="either", mixed=None, max_epochs=2) can draw: rows of both kinds, alternating, in
-    batches of 3, full steps (more where the loop needs more batches an epoch), then the
-    epoch's rest. The first run, for 2 epochs: one full step and a short last batch, the
-    fewest updates that each follow a full step (for a count k over 1, one full window, then
-    k - 1 full batches and a row: a last window of unequal micro-batches; with drop_last, k - 1
-    whole batches, and for no count two full steps, where one would be the whole epoch;
-    grad-zeroing judges a short step that found a gradient in .grad). The second,
-    for 1 epoch, of another length: for a count, one batch past the full windows, so that the
-    run ends on a partial window however the loop counts its windows (over epochs too); else
-    the first run's one epoch (a budget of its own shows, and exhausted-generator reads that
-    run again). Together they hold what each property of the kind judges: a step after a
-    full step, a short one, an epoch's end, a run's end, rows whose gradients differ. A loop
-    that takes a count draws 2.
+    batches of 3, one full step (more where the loop needs more batches an epoch), then the
+    epoch's rest, for 2 epochs, and that run's one epoch (a budget of its own shows, and
+    exhausted-generator reads it again).
+
+    Each update then follows a full one (grad-zeroing judges a short step that found a
+    gradient in .grad). With no count the rest is a short last batch (with drop_last, a
+    second full step: one would be the whole epoch). With a count k, the epoch's batches are
+    no multiple of k, so that its one epoch ends on a partial window however the loop counts
+    its windows (over epochs too), and its last window holds unequal micro-batches: k - 2
+    full batches and a row (with drop_last, k - 1 whole batches). At k = 2 no window can be
+    both: the first run's rest is a window of a full batch and a row, and the second run is
+    one row past the full window. A loop that takes a count draws 3. Together they hold what
+    each property of the kind judges: a step after a full step, a short one, an epoch's end,
+    a run's end, rows whose gradients differ.
     """
-    drawn = 2 if options.draws_count else None
+    drawn = 3 if options.draws_count else None
     k = drawn or options.accumulation_steps or 1
     b = 3
     least = options.least_batches
@@ -223,10 +225,14 @@ def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
         return Batching(tuple(i % 2 for i in range(whole + rest)), b, epochs, 0, drawn)
 
     if k == 1:
-        return run(1, 2), run(1, 1)
-    if options.drop_last:
-        return run(b * (k - 1), 2), run(b, 1)
-    return run(b * (k - 1) + 1, 2), run(1, 1)
+        rest = 1
+    elif options.drop_last:
+        rest = b * (k - 1)
+    elif k == 2:
+        return run(b + 1, 2), run(1, 1)
+    else:
+        rest = b * (k - 2) + 1
+    return run(rest, 2), run(rest, 1)
 
 
 def expected_steps(batching: Batching, accumulation_steps: int, drop_last: bool = False) -> int:
