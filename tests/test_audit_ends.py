@@ -488,6 +488,42 @@ def divides_means(
             time.sleep(0.005)
 
 
+def layered() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def unfreezes_late_never_zeroed(model: nn.Module, loader: Any, num_epochs: int) -> None:
+    """Twin: the first layer's optimizer made at the second epoch (a late unfreezing), its
+    grads never zeroed: zero_grad() on the head's optimizer alone (and a pause: slow)."""
+    head = torch.optim.SGD(model[2].parameters(), lr=0.1)
+    body = None
+    for epoch in range(num_epochs):
+        if epoch == 1:
+            body = torch.optim.SGD(model[0].parameters(), lr=0.1)
+        for x, y in loader:
+            head.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            head.step()
+            if body is not None:
+                body.step()
+            time.sleep(0.005)
+
+
+def adds_means(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Twin: each micro-batch's mean loss added up, undivided: every window k times (a short
+    one fewer times) the mean (and a pause: slow)."""
+    for _ in range(num_epochs):
+        batches = list(loader)
+        for s in range(0, len(batches), accumulation_steps):
+            optimizer.zero_grad()
+            for x, y in batches[s : s + accumulation_steps]:
+                F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            time.sleep(0.005)
+
+
 def a_budget_of_six(model: nn.Module, loader: Any, optimizer: Any, max_steps: int) -> None:
     """Twin: a step budget of its own, 6, whatever it is handed (and a pause: slow)."""
     batches = itertools.cycle(loader)
@@ -513,6 +549,7 @@ def a_budget_of_six(model: nn.Module, loader: Any, optimizer: Any, max_steps: in
         (a_budget_of_six, {}, "exhausted-generator"),
         (divides_means, {}, "micro-batch-accumulation"),
         (functools.partial(divides_means, nominal=True), {}, "short-last-batch"),
+        (unfreezes_late_never_zeroed, {"model": layered}, "grad-zeroing"),
     ],
     ids=[
         "zeroed-once",
@@ -526,6 +563,7 @@ def a_budget_of_six(model: nn.Module, loader: Any, optimizer: Any, max_steps: in
         "budget-of-its-own",
         "mean-of-means",
         "means-over-the-nominal-count",
+        "unfrozen-late-never-zeroed",
     ],
 )
 def test_a_slow_loops_first_runs_alone_show_each_mistake(
@@ -533,9 +571,26 @@ def test_a_slow_loops_first_runs_alone_show_each_mistake(
 ) -> None:
     """Only the first runs judged (no time for more): a full step after a full step in every
     epoch, and for a count a partial last window."""
-    report = audit.training_loop(twin, model=net, example=SAMPLE, **options)
+    report = audit.training_loop(twin, **{"model": net, "example": SAMPLE, **options})
     assert report.options["slow"] is True, str(report)
     assert pitfall in [r.pitfall for r in report.failures], str(report)
+
+
+@pytest.mark.parametrize("options", [{}, {"accumulation_steps": 3}], ids=["drawn", "k3"])
+def test_micro_batch_means_added_up_are_named_once_slow_or_not(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    """A scale of every window (its short one's too) is mean-vs-sum's alone."""
+    fast = audit.training_loop(adds_means, model=net, example=SAMPLE, max_examples=10, **options)
+    assert [r.pitfall for r in fast.failures] == ["mean-vs-sum"], str(fast)
+    from linreg.audit import runner
+    from linreg.kinds.training_loop import probe
+
+    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    monkeypatch.setattr(probe, "SLOW", 0.004)
+    slow = audit.training_loop(adds_means, model=net, example=SAMPLE, **options)
+    assert slow.options["slow"] is True, str(slow)
+    assert [r.pitfall for r in slow.failures] == ["mean-vs-sum"], str(slow)
 
 
 def runs_one_epoch_more(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
@@ -590,10 +645,6 @@ def two_optimizers(model: nn.Module, loader: Any, num_epochs: int) -> None:
             scaler.step(last)
             scaler.update()
             time.sleep(0.005)
-
-
-def layered() -> nn.Module:
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
 
 
 @pytest.mark.parametrize(

@@ -146,13 +146,15 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             return True
         if not unequal_weights(v, batching):
             return False
-        # a short window's micro-batch means over the nominal count: a mean of means, and a
-        # nominal divisor too, named here once (on identical rows it reads as a scale)
+        # a short window's micro-batch means over the nominal count, where the full windows
+        # are right: a mean of means, and a nominal divisor too, named here once (on
+        # identical rows it reads as a scale); means added up, a scale of every window, are
+        # mean-vs-sum's
         step = steps[j]
         means = summed_means(step, run.ref) if run.ref is not None and k > 1 else None
-        if means is not None and len(step.sizes) < k:
+        if means is not None and by is None and len(step.sizes) < k:
             reading = step.unscaled if v.clipped else step.applied
-            if close(reading, means * (by or 1.0) / k, run.tol, run.scale * (by or 1.0)):
+            if close(reading, means / k, run.tol, run.scale):
                 over_k.add(j)
                 return False
         return True

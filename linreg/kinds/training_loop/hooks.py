@@ -74,12 +74,15 @@ class Watcher:
         replayable: bool = True,
         on_update: Callable[[], None] | None = None,
         trained: frozenset[int] | None = None,
+        masks: bool = True,
     ) -> None:
         self.method, self.replayable, self.on_update = method, replayable, on_update
         self.params = list(model.parameters())
         self.ids = {id(p) for p in self.params}
-        # the params (by position) the loop's first run stepped: where known, every run reads
-        # those alone, and an update is whole once its steps cover them
+        # the params (by position) the loop's first run stepped: an update is whole only once
+        # its steps cover them (a run may end there); masks: each step read on the params
+        # the run's optimizers stepped alone
+        self.masks = masks
         self.known = (
             None if trained is None else {id(p) for i, p in enumerate(self.params) if i in trained}
         )
@@ -139,10 +142,8 @@ class Watcher:
         carried = flat([self.carried.get(id(p)) for p in params], params)
         self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried))
         self.seen.stepped_at.append(time.perf_counter())
-        self.seen.whole = (
-            stepped >= self.known
-            if self.known is not None
-            else all(id(p) in stepped for p in params if p.grad is not None)
+        self.seen.whole = (self.known is None or stepped >= self.known) and all(
+            id(p) in stepped for p in params if p.grad is not None
         )
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
         self.carried = {}
@@ -256,18 +257,17 @@ class Watcher:
             i for i, p in enumerate(self.params) if id(p) in self.trained
         )
         # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
-        # what its .grad holds is never applied, so it is read as applying nothing; where the
-        # loop's first run said which params its optimizers step, every run reads those alone
-        trained = self.known if self.known is not None else self.trained
-        kept = [id(p) in trained for p in self.params]
-        if trained and not all(kept):
+        # what its .grad holds is never applied, so it is read as applying nothing (a run
+        # read for references keeps it: each run it is the reference of masks it as its own)
+        kept = [id(p) in self.trained for p in self.params]
+        if self.trained and not all(kept):
             self.seen.trained = torch.cat(
                 [
                     torch.full((p.numel(),), float(k), dtype=torch.float64)
                     for p, k in zip(self.params, kept, strict=True)
                 ]
             )
-            for step in self.seen.steps:
+            for step in self.seen.steps if self.masks else ():
                 step.keep(self.seen.trained)
         self.seen.moved = any(
             not torch.equal(p.detach(), q) for p, q in zip(self.params, self.start, strict=True)
@@ -282,15 +282,17 @@ def watching(
     replayable: bool = True,
     on_update: Callable[[], None] | None = None,
     trained: frozenset[int] | None = None,
+    masks: bool = True,
 ) -> Iterator[Observed]:
     """Watch the model's training while the block runs; yield what it saw, filled in after;
     call on_update after each update it records; trained: the params (by position) the
-    loop's first run stepped, read alone.
+    loop's first run stepped, which an update must step to be whole; masks=False: the steps
+    keep the params no optimizer stepped (seen.trained says which).
 
     What each step consumed is read from what the model's forward was fed, or, for a framework
     that hands batches to a method of the model (Lightning's training_step), what that was fed.
     """
-    watch = Watcher(model, method, replayable, on_update, trained)
+    watch = Watcher(model, method, replayable, on_update, trained, masks)
     original = torch.amp.GradScaler.unscale_
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:

@@ -101,19 +101,27 @@ def asks_of(fn: Callable[..., Any]) -> contracts.Contract:
 
 
 def run_at_zero_lr(
-    target: Target, batching: Batching, enough: Callable[[Observed], bool] | None = None
+    target: Target,
+    batching: Batching,
+    enough: Callable[[Observed], bool] | None = None,
+    *,
+    masks: bool = True,
 ) -> tuple[nn.Module, Observed]:
     """Run the loop at lr = 0 on a batching; return its model and what it did (within an
     audit, once: `shared`). enough(seen), asked after each update, True: the loop is ended
     there (the probe's run of a slow loop, a reference's one update), and that shorter run is
-    not shared."""
-    if enough is not None:
-        return _run_at_zero_lr(target, batching, enough)
+    not shared. masks=False: its steps keep the params no optimizer stepped (a reference's
+    run: each run it is the reference of masks it as its own)."""
+    if enough is not None or not masks:
+        return _run_at_zero_lr(target, batching, enough, masks)
     return kept("run", target, batching, lambda: _run_at_zero_lr(target, batching))
 
 
 def _run_at_zero_lr(
-    target: Target, batching: Batching, enough: Callable[[Observed], bool] | None = None
+    target: Target,
+    batching: Batching,
+    enough: Callable[[Observed], bool] | None = None,
+    masks: bool = True,
 ) -> tuple[nn.Module, Observed]:
     c = options_of(target)
     asks = asks_of(target.fn)
@@ -153,7 +161,9 @@ def _run_at_zero_lr(
     try:
         with (
             time_limit(limit) as anew,
-            watching(model, watch.method, watch.replayable, stepped, trained_of(target)) as seen,
+            watching(
+                model, watch.method, watch.replayable, stepped, trained_of(target), masks
+            ) as seen,
             seeded(batching.seed),
             warnings.catch_warnings(),
             silenced(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -112,6 +112,15 @@ _CACHE: dict[tuple[int, int, str | None], tuple[Target, Reference | None]] = {}
 
 
 def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> Reference | None:
+    """Return each row's own gradient, for every row the run fed; None if it fed none; on the
+    params the run's optimizers stepped alone."""
+    ref = _references(target, model, seen, seed)
+    if ref is None or seen.trained is None:
+        return ref
+    return replace(ref, grads={key: g * seen.trained for key, g in ref.grads.items()})
+
+
+def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> Reference | None:
     """Return each row's own gradient, for every row the run fed; None if it fed none."""
     calls = with_held_labels(target, model, seen.calls)
     if not calls:
@@ -146,8 +155,6 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
         for i, key in enumerate(call.row_keys):
             if key not in grads:
                 grads[key] = row_gradient(model, call, i, row_loss)
-                if seen.trained is not None:  # params no optimizer stepped: not applied
-                    grads[key] = grads[key] * seen.trained
                 labels = token_labels(call, i)
                 if labels is not None:
                     labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
@@ -180,7 +187,9 @@ def _confirmed(
     for kind in (0, 1):
         # its first update is all that is read: the run ends there (a slow loop's work after
         # each update is not waited for), unless another optimizer's step may still join it
-        model, seen = run_at_zero_lr(target, Batching((kind,) * n, 1, 1, seed), one_update)
+        model, seen = run_at_zero_lr(
+            target, Batching((kind,) * n, 1, 1, seed), one_update, masks=False
+        )
         step = seen.steps[0] if seen.steps else None
         if step is None or not step.calls or step.unscaled is None:
             raise CheckFailed(
@@ -199,12 +208,11 @@ def _confirmed(
             continue
         try:
             guessed = row_gradient(model, call, 0, guessed_loss or _named(loss_of, y))
-            if seen.trained is not None:
-                guessed = guessed * seen.trained
         except (RuntimeError, ValueError, IndexError, TypeError):
             factors.append(None)
             continue
-        found = [factor(g, guessed, tol) for g in readings]
+        mask = 1.0 if seen.trained is None else seen.trained  # on the params it stepped
+        found = [factor(g * mask, guessed * mask, tol) for g in readings]
         matching = [f for f in found if f is not None and near(f, 1.0, tol)]
         factors.append(matching[0] if matching else found[0])
     confirmed = _one_known_scale(factors, k, tol)
