@@ -751,6 +751,24 @@ def test_a_forward_in_train_mode_no_backward_reached_is_consumed_and_named() -> 
     assert "micro-batch-accumulation" in [r.pitfall for r in report.failures], str(report)
 
 
+def accuracy_after_the_step(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> int:
+    """Correct: reads each batch's accuracy with the updated weights, in train mode, without
+    torch.no_grad(): a forward no backward() reaches, on the batch just consumed."""
+    correct = 0
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            correct += int((model(x).argmax(dim=1) == y).sum())
+    return correct
+
+
+def test_a_forward_after_the_step_on_the_batch_just_consumed_feeds_no_update() -> None:
+    report = audit.training_loop(accuracy_after_the_step, **LOOP)
+    assert report.ok, str(report)
+
+
 class LearnedVariance(nn.Module):
     """Heteroscedastic regression: the forward returns a parameter as it is, a learned log
     variance, beside the mean."""

@@ -98,6 +98,7 @@ class Watcher:
         self.last: Call | None = None  # the forward under way, until its output is seen
         self.reached: set[int] = set()  # the calls a backward() went through (by id)
         self.evaluating: set[int] = set()  # the calls made with the model in eval mode
+        self.repeated: set[int] = set()  # the calls on a batch the last update consumed
         self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
 
@@ -180,15 +181,18 @@ class Watcher:
             self.latest[id(p)] = p.grad.detach().clone()
 
     def consumed(self) -> list[Call]:
-        """Return the calls since the last update that it consumed: a forward made in eval
-        mode, in grad mode, that no backward() reached (a validation pass written without
-        torch.no_grad()) fed no update; one in train mode did, reached or not (a loop that
-        calls backward() on every k-th batch alone throws the others away). A method's calls
+        """Return the calls since the last update that it consumed: a forward in grad mode
+        that no backward() reached fed no update where it was made in eval mode (a validation
+        pass written without torch.no_grad()) or on the batch the last update consumed (an
+        accuracy read after the step); one on new rows in train mode did (a loop that calls
+        backward() on every k-th batch alone throws the others away). A method's calls
         (Lightning's training_step, which may call backward itself) all count."""
         return [
             c
             for c in self.calls
-            if c.method != "forward" or id(c) in self.reached or id(c) not in self.evaluating
+            if c.method != "forward"
+            or id(c) in self.reached
+            or not (id(c) in self.evaluating or id(c) in self.repeated)
         ]
 
     def output(
@@ -223,6 +227,9 @@ class Watcher:
         if self.calls and _same_batch(self.calls[-1], batch[0]):
             self.last = self.calls[-1]  # a backward() through this pass consumes that call
             return  # the same batch fed again (a logging pass with grad on): no new rows
+        again = not self.calls and any(
+            _same_batch(c, batch[0]) for c in (self.seen.steps[-1].calls if self.seen.steps else ())
+        )
         rows = batch[0].shape[0]
         self.calls.append(
             Call(
@@ -237,6 +244,8 @@ class Watcher:
         self.last = self.calls[-1]
         if not module.training:
             self.evaluating.add(id(self.last))
+        if again:
+            self.repeated.add(id(self.last))
         self.seen.fed += rows
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
