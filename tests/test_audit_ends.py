@@ -593,25 +593,25 @@ def test_micro_batch_means_added_up_are_named_once_slow_or_not(
     assert [r.pitfall for r in slow.failures] == ["mean-vs-sum"], str(slow)
 
 
+def _slow_epoch(model: nn.Module, loader: Any, optimizer: Any) -> None:
+    """One epoch of a plain loop, with a pause after each step (slow)."""
+    for x, y in loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        time.sleep(0.005)
+
+
 def runs_one_epoch_more(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
-    """Twin: range(num_epochs + 1) (and a pause: slow)."""
+    """Twin: range(num_epochs + 1)."""
     for _ in range(num_epochs + 1):
-        for x, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            time.sleep(0.005)
+        _slow_epoch(model, loader, optimizer)
 
 
 def steps_again_at_its_end(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
-    """Twin: one more optimizer.step() once training is done, on the last batch's gradient
-    (and a pause: slow)."""
+    """Twin: one more optimizer.step() once training is done, on the last batch's gradient."""
     for _ in range(num_epochs):
-        for x, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            time.sleep(0.005)
+        _slow_epoch(model, loader, optimizer)
     optimizer.step()
 
 
@@ -619,13 +619,9 @@ def steps_again_after_each_epoch_past_the_first(
     model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
 ) -> None:
     """Twin: optimizer.step() at each epoch's end from the second on, where scheduler.step()
-    was meant: the last gradient applied again (and a pause: slow)."""
+    was meant: the last gradient applied again."""
     for epoch in range(num_epochs):
-        for x, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            time.sleep(0.005)
+        _slow_epoch(model, loader, optimizer)
         if epoch >= 1:
             optimizer.step()
 
