@@ -129,6 +129,7 @@ class Watcher:
         applied = flat([p.grad for p in params], params)
         stepped = {id(p) for g in opt.param_groups for p in g["params"]}
         self.calls = self.consumed()
+        self._forget_all_but(self.calls)  # a dropped call's id may be a new call's
         self.trained |= stepped
         if not self.calls:
             if self.seen.steps and not stepped & self.stepped:  # another optimizer, same update
@@ -147,10 +148,23 @@ class Watcher:
             id(p) in stepped for p in params if p.grad is not None
         )
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
+        self._forget_all_but(self.calls)
         self.carried = {}
         self.scale = None
         if self.on_update is not None:
             self.on_update()
+
+    def _forget_all_but(self, calls: list[Call]) -> None:
+        """Keep what was marked of these calls alone: the marks of calls no longer kept go
+        (their ids may be reused), and, where none is left, the hooks on their outputs."""
+        live = {id(c) for c in calls}
+        self.reached &= live
+        self.evaluating &= live
+        self.repeated &= live
+        if not calls:
+            for handle in self.handles:
+                handle.remove()
+            self.handles = []
 
     def _refresh(self, step: Step, stepped: set[int]) -> None:
         """Read an update's gradients again for the params a later optimizer of the same update
