@@ -65,6 +65,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
+@pytest.fixture
+def slow_at_5_ms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop is slow from 4 ms an update, and no time is left past the fewest examples."""
+    from linreg.audit import runner
+    from linreg.kinds.training_loop import probe
+
+    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    monkeypatch.setattr(probe, "SLOW", 0.004)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ddp_results_once_a_session(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Start the catalogue's DDP process group once for all workers, not once in each.

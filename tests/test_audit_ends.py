@@ -338,16 +338,6 @@ def _counted(fn: Callable[[], Any]) -> tuple[Any, int]:
         hook.remove()
 
 
-@pytest.fixture
-def slow_at_5_ms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A loop is slow from 4 ms an update, and no time is left past the fewest examples."""
-    from linreg.audit import runner
-    from linreg.kinds.training_loop import probe
-
-    monkeypatch.setattr(runner, "BUDGET", 0.0)
-    monkeypatch.setattr(probe, "SLOW", 0.004)
-
-
 def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_fails_unshrunk(
     slow_at_5_ms: None,
 ) -> None:

@@ -854,15 +854,10 @@ def probe_between_steps(model: Probed, loader: Any, num_epochs: int) -> None:
 
 
 def test_two_optimizers_with_a_backward_between_their_steps_pass_when_slow(
-    monkeypatch: pytest.MonkeyPatch,
+    slow_at_5_ms: None,
 ) -> None:
     """A run that reads its first update alone ends there only once every param the loop's
     first run stepped was stepped: the second optimizer's step still joins the update."""
-    from linreg.audit import runner
-    from linreg.kinds.training_loop import probe
-
-    monkeypatch.setattr(runner, "BUDGET", 0.0)
-    monkeypatch.setattr(probe, "SLOW", 0.004)
     report = audit.training_loop(probe_between_steps, model=Probed, example=sample, loss=both_heads)
     assert report.options["slow"] is True, str(report)
     assert report.ok, str(report)

@@ -97,8 +97,9 @@ class Watcher:
         self.trained: set[int] = set()  # the params any optimizer of the run stepped
         self.last: Call | None = None  # the forward under way, until its output is seen
         self.reached: set[int] = set()  # the calls a backward() went through (by id)
-        self.evaluating: set[int] = set()  # the calls made with the model in eval mode
-        self.repeated: set[int] = set()  # the calls on a batch the last update consumed
+        # the calls that feed no update unless a backward() reaches them: made in eval mode,
+        # or on the batch the last update consumed
+        self.unless_reached: set[int] = set()
         self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
 
@@ -159,8 +160,7 @@ class Watcher:
         (their ids may be reused), and, where none is left, the hooks on their outputs."""
         live = {id(c) for c in calls}
         self.reached &= live
-        self.evaluating &= live
-        self.repeated &= live
+        self.unless_reached &= live
         if not calls:
             for handle in self.handles:
                 handle.remove()
@@ -204,9 +204,7 @@ class Watcher:
         return [
             c
             for c in self.calls
-            if c.method != "forward"
-            or id(c) in self.reached
-            or not (id(c) in self.evaluating or id(c) in self.repeated)
+            if c.method != "forward" or id(c) in self.reached or id(c) not in self.unless_reached
         ]
 
     def output(
@@ -256,10 +254,8 @@ class Watcher:
             )
         )
         self.last = self.calls[-1]
-        if not module.training:
-            self.evaluating.add(id(self.last))
-        if again:
-            self.repeated.add(id(self.last))
+        if again or not module.training:
+            self.unless_reached.add(id(self.last))
         self.seen.fed += rows
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
@@ -274,15 +270,12 @@ class Watcher:
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
         self.seen.leftover = self.consumed() if self.latest else []  # rows no step used
-        for handle in self.handles:
-            handle.remove()
-        self.seen.stepped_params = frozenset(
-            i for i, p in enumerate(self.params) if id(p) in self.trained
-        )
+        self._forget_all_but([])
         # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
         # what its .grad holds is never applied, so it is read as applying nothing (a run
         # read for references keeps it: each run it is the reference of masks it as its own)
         kept = [id(p) in self.trained for p in self.params]
+        self.seen.stepped_params = frozenset(i for i, k in enumerate(kept) if k)
         if self.trained and not all(kept):
             self.seen.trained = torch.cat(
                 [

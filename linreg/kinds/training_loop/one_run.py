@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -30,7 +30,17 @@ from linreg.kinds.training_loop.settings import (
 )
 from linreg.kinds.training_loop.shared import kept
 
-_LIMITS: dict[int, tuple[Callable[..., Any], float]] = {}  # each loop's derived time limit
+_T = TypeVar("_T")
+# what each loop's first run (the probe's) showed, by the function: kept beside it, as an id
+# may be a later function's
+_LIMITS: dict[int, tuple[Callable[..., Any], float]] = {}  # its derived time limit
+_TRAINED: dict[int, tuple[Callable[..., Any], frozenset[int]]] = {}  # its stepped params
+
+
+def _kept_for(table: dict[int, tuple[Callable[..., Any], _T]], fn: Callable[..., Any]) -> _T | None:
+    """Return what the table keeps for fn itself, or None."""
+    hit = table.get(id(fn))
+    return hit[1] if hit is not None and hit[0] is fn else None
 
 
 def limit_of(target: Target) -> float:
@@ -38,29 +48,20 @@ def limit_of(target: Target) -> float:
     given = options_of(target).timeout
     if given is not None:
         return given
-    fn = user_fn(target.fn)  # as _checked saw it, before the target wrapped it
-    hit = _LIMITS.get(id(fn))
-    return hit[1] if hit is not None and hit[0] is fn else FLOOR
-
-
-_TRAINED: dict[int, tuple[Callable[..., Any], frozenset[int]]] = {}  # each loop's, by position
+    # the function as _checked saw it, before the target wrapped it
+    limit = _kept_for(_LIMITS, user_fn(target.fn))
+    return FLOOR if limit is None else limit
 
 
 def trained_of(target: Target) -> frozenset[int] | None:
     """Return the params (by position) the target's loop stepped on its first run (the
     probe's), or None before it."""
-    fn = user_fn(target.fn)
-    hit = _TRAINED.get(id(fn))
-    return hit[1] if hit is not None and hit[0] is fn else None
+    return _kept_for(_TRAINED, user_fn(target.fn))
 
 
-def trained_from(fn: Callable[..., Any], seen: Observed | None) -> None:
-    """Keep the params a loop's first run stepped, for each run of it after (None: forget
-    them, before a probe of its own)."""
-    if seen is None:
-        _TRAINED.pop(id(fn), None)
-    else:
-        _TRAINED[id(fn)] = (fn, seen.stepped_params)
+def trained_from(fn: Callable[..., Any], seen: Observed) -> None:
+    """Keep the params a loop's first run stepped, for each run of it after."""
+    _TRAINED[id(fn)] = (fn, seen.stepped_params)
 
 
 def limit_from(fn: Callable[..., Any], seconds: float) -> None:
@@ -93,11 +94,11 @@ _CONTRACTS: dict[int, tuple[Callable[..., Any], contracts.Contract]] = {}
 
 def asks_of(fn: Callable[..., Any]) -> contracts.Contract:
     """Return what the loop asks for, read once per function."""
-    hit = _CONTRACTS.get(id(fn))
-    if hit is None or hit[0] is not fn:
-        hit = (fn, contracts.contract_of(fn))
-        _CONTRACTS[id(fn)] = hit
-    return hit[1]
+    asks = _kept_for(_CONTRACTS, fn)
+    if asks is None:
+        asks = contracts.contract_of(fn)
+        _CONTRACTS[id(fn)] = (fn, asks)
+    return asks
 
 
 def run_at_zero_lr(

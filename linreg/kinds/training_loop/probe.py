@@ -145,7 +145,6 @@ def _checked(
     except TypeError as e:
         raise TargetError(str(e)) from None
     target = Target(fn, "training-loop", options)
-    trained_from(fn, None)  # the probe reads what its own run steps
     first = ""  # what it raised on the first probe: the refusal's reason
     for batching in PROBES:  # larger data where the loop raised on less: it may need more
         start = time.perf_counter()

@@ -136,7 +136,7 @@ class TrainingLoopOptions(Options):
         f"the loop's first run took over {SLOW:g} s from one update to the next (the median; "
         "a large model, or work of its own after each step; that run is ended once two gaps in "
         "a row are over it): its audit first makes two runs that hold what every property "
-        "judges (6 and 3 updates, for a loop that steps every batch), then smaller ones while "
+        "judges (4 and 2 updates, for a loop that steps every batch), then smaller ones while "
         "its time lasts (batches of 3 rows at most, at most 2 full steps an epoch, 2 model "
         "inits), and reports a failure unshrunk",
     )
