@@ -65,6 +65,15 @@ def no_files(tmp: Path) -> list[str]:
     return []
 
 
+def table_file(tmp: Path) -> list[str]:
+    """30 rows of 4 features, a price and a kind of 3: batches of 8 end on one of 6."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 4, generator=gen)
+    price = x @ torch.tensor([1.0, -2.0, 0.5, 0.3])
+    torch.save((x, price, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()), tmp / "table.pt")
+    return [str(tmp / "table.pt")]
+
+
 # (script, its arguments written under tmp, the line a twin replaces, the twin's line, pitfall)
 CASES: list[tuple[str, Callable[[Path], list[str]], str, str, str]] = [
     (
@@ -112,7 +121,18 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str, str, str]] = [
         'reduction="sum")',
         "mean-vs-sum",  # the loss drops each sequence's first label; num_items counted them
     ),
+    (
+        "multitask_heads.py",
+        table_file,
+        '"kind": nn.CrossEntropyLoss()}',
+        '"kind": nn.CrossEntropyLoss(reduction="sum")}',
+        "mean-vs-sum",  # one task's term summed over the rows, weighted 0.3: grows with them
+    ),
 ]
+
+
+def _case(script: str, pitfall: str) -> tuple[str, Callable[[Path], list[str]], str, str, str]:
+    return next(c for c in CASES if c[0] == script and c[4] == pitfall)
 
 
 def _id(case: tuple[Any, ...]) -> str:
@@ -168,7 +188,7 @@ def test_labels_counted_before_a_shift_on_rows_of_one_length_are_a_hint_never_a_
 ) -> None:
     # one length: every window counts 36 labels where its loss counts 30 (one constant, 30 /
     # 36), which a loss's own constant would show too: not judged, and the note says so
-    (*_, line, shifted, _) = CASES[-1]
+    (*_, line, shifted, _) = _case("tokens_ragged.py", "mean-vs-sum")
     twin = twin_of(tmp_path, SCRIPTS / "tokens_ragged.py", line, shifted)
     one_length = "lengths = torch.randint(2, 7, (2,), generator=gen)"
     fixed = twin_of(tmp_path, twin, one_length, "lengths = torch.full((2,), 6)")
@@ -176,6 +196,69 @@ def test_labels_counted_before_a_shift_on_rows_of_one_length_are_a_hint_never_a_
     assert report.ok and not report.error, str(report)
     assert "mean-vs-sum" not in {r.pitfall for r in report.results if r.verdict != "skip"}
     assert "it is 30 / (30 + 6)" in (report.note or ""), str(report)
+
+
+def test_a_weighted_term_of_a_mean_passes_and_a_summed_one_never_does_on_full_batches_only(
+    tmp_path: Path,
+) -> None:
+    """Batches of 10 over 30 rows: no short update. 0.3 on a term whose function took the mean
+    is the code's coefficient (mean-vs-sum passes); 0.3 on one summed over 10 rows applies 3
+    times its mean, which a coefficient of 3 would too: not judged, never a pass."""
+    script = SCRIPTS / "multitask_heads.py"
+    (*_, line, bug, _) = _case(script.name, "mean-vs-sum")
+    args = [*table_file(tmp_path), "--batch-size", "10"]
+    right = watch_script(str(script), args)
+    assert right.ok and not right.error, str(right)
+    assert {r.pitfall: r.verdict for r in right.results}["mean-vs-sum"] == "pass", str(right)
+    assert "its cross_entropy term applies 0.3 times the mean" in (right.note or ""), str(right)
+    twin = watch_script(str(twin_of(tmp_path, script, line, bug)), args)
+    verdict = next(r for r in twin.results if r.pitfall == "mean-vs-sum")
+    assert verdict.verdict == "skip", str(twin)
+    assert "its cross_entropy term applies 3 times the mean of its rows" in verdict.message
+
+
+def test_a_multi_task_loss_clipped_by_norm_is_read_before_its_clipping(
+    pitfalls_watch: Any,
+) -> None:
+    """mse + 0.2 * cross_entropy, its gradient clipped to a norm of 0.05 every step: what each
+    step applied is a factor of a correct update's, read as one (any combination of the two
+    terms would explain it too, at weights a twentieth of the right ones)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 4, generator=gen)
+    price, kind = x @ torch.randn(4, generator=gen), (x[:, 0] > 0).long()
+    trunk, head, classes = nn.Linear(4, 8), nn.Linear(8, 1), nn.Linear(8, 2)
+    params = [*trunk.parameters(), *head.parameters(), *classes.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, price, kind), batch_size=4)
+    with pitfalls_watch(check=False) as reports:
+        for _ in range(2):
+            for xb, pb, kb in loader:
+                h = torch.tanh(trunk(xb))
+                loss = F.mse_loss(head(h).squeeze(-1), pb) + 0.2 * F.cross_entropy(classes(h), kb)
+                optimizer.zero_grad()
+                loss.backward()
+                clipped = torch.nn.utils.clip_grad_norm_(params, 0.05)
+                assert clipped > 0.05  # every step clipped: measured
+                optimizer.step()
+    verdicts = {r.pitfall: r.verdict for r in reports[0].results}
+    assert verdicts["mean-vs-sum"] == verdicts["short-last-batch"] == "pass", str(reports[0])
+    assert reports[0].ok, str(reports[0])
+
+
+def test_a_loss_per_row_added_up_is_one_term_and_is_read_as_a_sum(pitfalls_watch: Any) -> None:
+    """Losses of one function added up in one backward() (a loss per row) are one term, their
+    sum, however many: 4 mse_loss calls of a row each, undivided, are 4 times the mean."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 3, generator=gen), torch.randn(12, 1, generator=gen)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pitfalls_watch(check=False) as reports:
+        for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4):
+            optimizer.zero_grad()
+            sum(F.mse_loss(model(xi), yi) for xi, yi in zip(xb, yb, strict=True)).backward()
+            optimizer.step()
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+    assert "it sums the loss over the update's rows" in str(reports[0]), str(reports[0])
 
 
 def pair_file(tmp: Path) -> list[str]:

@@ -24,6 +24,7 @@ class Reading:
     clipped: bool
     unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
     tol: float = 1e-4  # the relative tolerance of its params' dtype
+    own_mean: bool = False  # one term of several, whose function took the mean itself
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -64,6 +65,51 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
     if residual(dots, rr, a) > tol2 * max(rr, ww):
         return Reading(j, total, parts, None, clipped)
     return Reading(j, total, parts, [float(x) for x in a / want], clipped)
+
+
+def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
+    """Return the readings of an update whose backward() calls reached losses of several
+    functions (a multi-task loss, mse + 0.5 * cross_entropy): its weights on each micro-batch's
+    terms' mean gradients, one Reading per term (its function) whose targets are a batch's,
+    relative to the mean (or sum) of that term's own rows. A term's coefficient is the code's:
+    read as a constant of its own, as a single loss's is. Where the terms do not explain the
+    update, or their gradients are dependent, one unexplained Reading (weights not judged)."""
+    total = sum(u.counts)
+    if u.blind or not u.columns:
+        return []
+    c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
+    gram = u.gram / torch.outer(c, c)  # of the calls' mean gradients M_i = S_i / count_i
+
+    def solved(dots: torch.Tensor, rr: float) -> torch.Tensor | None:
+        a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        r = float(rr - 2 * (a @ dots) + a @ gram @ a)
+        return a if r <= u.tol**2 * max(rr, float(a @ gram @ a)) else None
+
+    if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(u.columns):
+        return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
+    dots, rr, clipped = u.sa / c, u.aa, u.clipped
+    if u.bb > 0:  # what it applied a clipping (a factor in (0, 1]) of what .grad held: B
+        s = u.ab / u.bb
+        scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2
+        same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
+        if 0 < s <= 1 + u.tol and scaled <= u.tol**2 * u.aa and same > u.tol**2 * u.aa:
+            dots, rr, clipped = u.sb / c, u.bb, True
+    a = solved(dots, rr)
+    if a is None:
+        return [("", Reading(j, total, list(u.counts), None, clipped))]
+    out = []
+    for term in dict.fromkeys(col.term for col in u.columns):
+        at = [i for i, col in enumerate(u.columns) if col.term == term]
+        if not all(u.columns[i].from_batch for i in at):
+            continue  # a penalty, a GAN's constant label: its weight is the code's to choose
+        parts = [float(c[i]) for i in at]
+        want = parts if summed else [x / sum(parts) for x in parts]
+        relative = [float(a[i]) / w for i, w in zip(at, want, strict=True)]
+        own = all(u.columns[i].own_mean for i in at)
+        out.append(
+            (term, Reading(j, sum(parts), parts, relative, clipped, tol=u.tol, own_mean=own))
+        )
+    return out
 
 
 def over_counted(readings: list[Reading]) -> list[tuple[Reading, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from linreg.audit.report import Report, Result
 from linreg.audit.watch_readings import near
-from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
+from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, Constant, judge
 from linreg.kinds.watched import Watched
 
 
@@ -31,7 +31,7 @@ def report_of(
                     statement,
                     "fail",
                     v.failed[pitfall],
-                    examples=v.judged[pitfall],
+                    examples=len(v.judged[pitfall]),
                     measured=measured,
                 )
             )
@@ -43,9 +43,11 @@ def report_of(
             )
             results.append(Result(pitfall, statement, "skip", why))
         elif v.judged[pitfall]:
-            results.append(Result(pitfall, statement, "pass", examples=v.judged[pitfall]))
+            results.append(Result(pitfall, statement, "pass", examples=len(v.judged[pitfall])))
         else:
-            results.append(Result(pitfall, statement, "skip", _unjudged(pitfall, seen)))
+            results.append(
+                Result(pitfall, statement, "skip", _unjudged(pitfall, seen, v.constants))
+            )
     if not seen.updates and not error and seen.moved:
         error = (
             "the params moved, yet no torch optimizer stepped: an update made by hand (p.data."
@@ -75,27 +77,30 @@ def report_of(
         )
     if v.unread:
         note += (
-            f"; {v.unread} update(s) applied what their micro-batches' read losses do not "
+            f"; {len(v.unread)} update(s) applied what their micro-batches' read losses do not "
             "explain (a term the watcher does not read: a penalty, a part written by hand), or "
             "had micro-batches whose gradients are dependent: not judged"
         )
-    if v.constant is not None:
+    for c in v.constants:
+        of_term = f"its {c.term} term" if c.term else "every full update"
         note += (
-            f"; every full update applies {v.constant:.4g} times the {v.meant} of its rows, "
-            "which no "
-            "known mistake names: taken as the loss's own constant, each update read relative "
-            "to it"
+            f"; {of_term} applies {c.scale:.4g} times the {v.meant} of its rows"
+            + (" in every full update" if c.term else "")
+            + ", which no known mistake names: taken as the loss's own constant, each update "
+            "read relative to it"
             + (
                 " (no shorter update showed whether it changes with the rows: mean-vs-sum not "
                 "judged)"
-                if v.unconfirmed is not None
+                if c.unconfirmed
                 else " (a shorter update applies it too)"
+                if c.shorter
+                else " (a coefficient: its function took the mean of its rows itself)"
             )
         )
-        extra = v.full * (1 / v.constant - 1) if 0 < v.constant < 1 else 0.0
-        if v.unconfirmed is not None and 1 <= round(extra) < v.full and near(extra, round(extra)):
+        extra = c.full * (1 / c.scale - 1) if 0 < c.scale < 1 else 0.0
+        if c.unconfirmed and 1 <= round(extra) < c.full and near(extra, round(extra)):
             note += (  # a hint, not a verdict: a constant of the loss's own looks the same
-                f"; it is {v.full:g} / ({v.full:g} + {round(extra)}): if the loop divides by "
+                f"; it is {c.full:g} / ({c.full:g} + {round(extra)}): if the loop divides by "
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
@@ -150,7 +155,16 @@ def report_of(
     return Report(target, "watch", options, tuple(results), seconds, error, note=note)
 
 
-def _unjudged(pitfall: str, seen: Watched) -> str:
+def _unjudged(pitfall: str, seen: Watched, constants: list[Constant]) -> str:
+    unsure = [c for c in constants if c.unconfirmed]
+    if pitfall == "mean-vs-sum" and unsure:
+        c = unsure[0]
+        of = f"its {c.term} term" if c.term else "every full update"
+        return (
+            f"not judged: {of} applies {c.scale:.4g} times the mean of its rows, and no shorter "
+            "update showed whether that changes with the rows (a constant of the loss's own, "
+            "or a sum): data whose size is no multiple of the batch size would tell"
+        )
     why = {
         "short-last-batch": "no update took fewer rows than a full one",
         "mean-vs-sum": "no full update could be read",

@@ -11,10 +11,18 @@ nothing (grad-zeroing), an update with nothing to apply (non-leaf-params).
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from linreg.audit.watch_readings import Reading, alike, near, over_counted, read, shown
+from linreg.audit.watch_readings import (
+    Reading,
+    alike,
+    near,
+    over_counted,
+    read,
+    read_terms,
+    shown,
+)
 from linreg.kinds.training_loop import NO_KNOWN
 from linreg.kinds.watched import Update, Watched
 
@@ -36,21 +44,33 @@ SUMMED = {  # where the code means the sum (reduction="sum": a loss summed on pu
 }
 
 
+@dataclass(frozen=True)
+class Constant:
+    """A scale on every full update of a term that no known mistake names: the loss's own."""
+
+    term: str  # "" where each backward() reached one loss
+    scale: float
+    full: float  # a full update's count
+    unconfirmed: bool  # no shorter update told it from a sum: mean-vs-sum not judged
+    shorter: bool = True  # a shorter update applies it too (else: a term whose function took
+    # the mean itself, its coefficient)
+
+
 @dataclass
 class _Verdicts:
     failed: dict[str, str] = field(default_factory=dict)  # the first failure of each pitfall
-    judged: Counter[str] = field(default_factory=Counter)
+    judged: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # updates
     failing: dict[str, list[int]] = field(default_factory=dict)  # the updates each names
     ratios: dict[int, float | None] = field(default_factory=dict)  # per update: one scale
     at: int | None = None  # the update being judged
-    unread: int = 0  # updates whose weights could not be read
+    unread: set[int] = field(default_factory=set)  # updates whose weights could not be read
     terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
     let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
     skipped: int = 0  # backward() calls of steps the code skipped now and then
     recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed
-    constant: float | None = None  # a scale taken as the loss's own
-    full: float = 0.0  # a full update's count
-    unconfirmed: float | None = None  # that scale, where no shorter update told it from a sum
+    # per term (one loss: ""): a scale on its full updates taken as the loss's own, their
+    # count, and whether no shorter update told it from a sum (mean-vs-sum not judged there)
+    constants: list[Constant] = field(default_factory=list)
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
 
     def fail(self, pitfall: str, message: str) -> None:
@@ -63,7 +83,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
     """Return the verdicts on every update seen: against the mean of each update's rows'
     gradients, or (summed) their sum."""
     v = _Verdicts(meant="sum" if summed else "mean")
-    readings: list[Reading] = []
+    readings: dict[str, list[Reading]] = defaultdict(list)  # per term ("": one loss)
     for j, u in enumerate(seen.updates):
         v.at, v.ratios[j] = j, None
         at = f"update {j + 1} of {len(seen.updates)}"
@@ -77,7 +97,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
                 )
             continue
         if u.dropped:  # the code zeroed .grad between the update's backward() calls
-            own = None if u.blind or u.terms else read(j, u, summed)
+            own = None if u.blind or u.terms else _read(j, u, summed)
             rare = _now_and_then(seen.updates)
             if j == 0 or u.redone or (u.foreign and rare):  # a pass before training, the
                 v.let_go += u.dropped  # same targets again, now and then another loader's
@@ -106,7 +126,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
         if not u.applied_any:
             v.fail("non-leaf-params", f"{at} followed a backward() yet had no gradient to apply")
             continue
-        v.judged["non-leaf-params"] += 1
+        v.judged["non-leaf-params"].add(j)
         if u.carried:
             v.fail(
                 "grad-zeroing",
@@ -114,15 +134,18 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
                 "left it there (no zero_grad), and this one applies both",
             )
         else:
-            v.judged["grad-zeroing"] += 1
+            v.judged["grad-zeroing"].add(j)
         if u.terms:  # terms of one objective: their weights are the objective's, not judged
             v.terms += 1
             continue
-        r = read(j, u, summed)
-        if r is not None:
-            r.tol = u.tol
-            readings.append(r)
-    _weights(readings, len(seen.updates), v)
+        for term, r in read_terms(j, u, summed) if u.columns else [("", read(j, u, summed))]:
+            if r is not None:
+                r.tol = u.tol
+                readings[term].append(r)
+    for term, rs in readings.items():
+        _weights(rs, len(seen.updates), v, term)
+    if any(c.unconfirmed for c in v.constants):  # a term not told from a sum: no pass on the
+        v.judged["mean-vs-sum"] = set()  # others' alone
     v.at = None
     if seen.leftover and seen.updates and not seen.ended and seen.ran_out:
         v.fail(
@@ -134,8 +157,18 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
     return v
 
 
-def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
-    """Name each update's weights as the catalogue names them."""
+def _read(j: int, u: Update, summed: bool) -> Reading | None:
+    """Return an update's one reading: its one loss's, or where its backward() calls reached
+    several, one unexplained (not one combination) or its first judged term's."""
+    if not u.columns:
+        return read(j, u, summed)
+    return next((r for _, r in read_terms(j, u, summed)), None)
+
+
+def _weights(readings: list[Reading], updates: int, v: _Verdicts, term: str = "") -> None:
+    """Name each update's weights as the catalogue names them: one loss's, or one term's of
+    a loss made of several (term: its place and function)."""
+    of_term = f", its {term} term" if term else ""
     over = over_counted(readings) if v.meant == "mean" else []  # a mean's divisor
     for n, (r, extra) in enumerate(over):  # named once, then read as if divided right
         assert r.relative is not None
@@ -144,7 +177,7 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
             v.at = r.j
             v.fail(
                 "mean-vs-sum",
-                f"update {r.j + 1} of {updates} applied {s:.4g} times the mean of its "
+                f"update {r.j + 1} of {updates}{of_term} applied {s:.4g} times the mean of its "
                 f"{r.count:g} counted: it divides by {r.count + extra:g}, {extra} more than its "
                 "loss counts, and every update is over-counted by a whole number: targets "
                 "its loss never counts were counted (each sequence's first label, before the "
@@ -160,6 +193,7 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
     kappa = s_full if fulls and s_full > 0 and _why(s_full, fulls[0], v.meant) == NO_KNOWN else 1.0
+    unconfirmed = False
     if not near(kappa, 1):  # a constant is the same on a shorter update; a sum grows with rows
         shorts = [r for r in readings if r.count < full and r.relative and alike(r.relative)]
         # (where the sum was meant, a mean shrinks as the rows grow)
@@ -178,30 +212,35 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts) -> None:
             )
             v.fail(
                 "mean-vs-sum",
-                f"every full update applies {kappa:.4g} times the {v.meant} of its {full:g} "
-                f"counted, and update {r.j + 1} ({r.count:g} counted) applies "
+                f"every full update{of_term} applies {kappa:.4g} times the {v.meant} of its "
+                f"{full:g} counted, and update {r.j + 1} ({r.count:g} counted) applies "
                 f"{kappa * of(r.count):.4g} times its own: a factor that {how} where a "
                 f"{v.meant} was meant",
             )
             kappa = 1.0
-        elif any(r.relative and near(r.relative[0], kappa) for r in shorts):
-            v.constant, s_full = kappa, 1.0
         else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
-            v.constant, s_full, v.unconfirmed = kappa, 1.0, kappa
-        v.full = full
+            # (or, a term of several, whose function took the mean itself: its coefficient)
+            shorter = any(r.relative and near(r.relative[0], kappa) for r in shorts)
+            unconfirmed = not shorter and not all(r.own_mean for r in fulls)
+            v.constants.append(Constant(term, kappa, full, unconfirmed, shorter))
+            s_full = 1.0
     for r in readings:
         v.at = r.j
-        at = f"update {r.j + 1} of {updates} ({len(r.parts)} micro-batch(es), {r.count:g} counted)"
+        at = (
+            f"update {r.j + 1} of {updates}{of_term} ({len(r.parts)} micro-batch(es), "
+            f"{r.count:g} counted)"
+        )
         rel = None if r.relative is None else [x / kappa for x in r.relative]
         if rel is not None and alike(rel):
             v.ratios[r.j] = rel[0]
         if r.unread or rel is None:  # dependent gradients, or no combination of them (a
-            v.unread += 1  # term the watcher does not read: a penalty, a hand-written loss)
+            v.unread.add(r.j)  # term the watcher does not read: a penalty, a hand-written loss)
             continue
         unequal = len(set(r.parts)) > 1
-        if r.count != full or v.unconfirmed is None:
-            v.judged["mean-vs-sum" if r.count == full else "short-last-batch"] += 1
-        v.judged["micro-batch-accumulation"] += unequal
+        if r.count != full or not unconfirmed:
+            v.judged["mean-vs-sum" if r.count == full else "short-last-batch"].add(r.j)
+        if unequal:
+            v.judged["micro-batch-accumulation"].add(r.j)
         if alike(rel):
             s = rel[0]
             if r.count == full:

@@ -112,6 +112,7 @@ class Observer:
             given = bound.arguments
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
+            reduction = given.get("reduction", "mean")
             given["reduction"] = "none"
             per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
@@ -129,6 +130,8 @@ class Observer:
                     _view(given.get("target")),
                     under,
                     _constant(given.get("target")),
+                    name,
+                    reduction,
                 )
             )
         except Exception:

@@ -37,6 +37,8 @@ class LossCall:
     under: list[Tensor] = field(default_factory=list)  # the leaves that require grad under it
     constant: float | None = None  # the one value of a target of 2+ equal elements (a GAN's
     # "real" or "fake" label), else None
+    name: str = ""  # the loss function's (cross_entropy, mse_loss, ...)
+    reduction: str = "mean"  # as the code called it
 
 
 @dataclass
@@ -98,11 +100,36 @@ class Update:
     foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
     unreadable: bool = False  # its gradients could not be taken apart (sparse ones): not read
+    # where a backward() reached losses of 2+ functions (a multi-task loss, mse + 0.5 *
+    # cross_entropy): the inner products are over each micro-batch's term (its losses of one
+    # function), not each micro-batch
+    columns: tuple[Column, ...] = ()
 
     @property
     def fed(self) -> bool:
         """Return True if any backward() fed the update."""
         return bool(self.counts) or self.blind > 0
+
+
+@dataclass(frozen=True)
+class Column:
+    """One loss call of an update whose backward() calls reached several: a term of its own."""
+
+    term: str  # its function: cross_entropy, mse_loss
+    count: float
+    from_batch: bool
+    own_mean: bool  # one call, whose function took the mean (reduction="mean"): a constant
+    # on it is the code's coefficient, not a sum (its function divided by its count)
+
+
+def _terms(mb: MicroBatch) -> list[list[LossCall]]:
+    """Return a micro-batch's loss calls, those of one function together: a loss per row or
+    per step added up is one term (its sum); losses of different functions are each a term of
+    their own (a multi-task loss: mse + 0.5 * cross_entropy)."""
+    by: dict[str, list[LossCall]] = {}
+    for c in mb.losses:
+        by.setdefault(c.name, []).append(c)
+    return list(by.values())
 
 
 def close(update: Open, tol: float) -> Update:
@@ -113,7 +140,9 @@ def close(update: Open, tol: float) -> Update:
     if value_clipped:  # elementwise, no factor of it: read before clipping, as it was meant
         update = replace(update, applied=dict(update.before))
     counts = [mb.count for mb in update.micro]
-    if counts and not update.blind:
+    calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
+    several = len(calls) > len(update.micro)  # terms weighed each its own way: not one mean
+    if counts and not update.blind and not several:
         right = _right(update, sum(counts), tol)
         if right is not None:
             none = torch.zeros(0, dtype=torch.float64)
@@ -123,7 +152,7 @@ def close(update: Open, tol: float) -> Update:
                 terms=update.terms, dropped=update.dropped, redone=update.redone,
                 foreign=update.foreign, crossed=update.crossed,
             )  # fmt: skip
-    m = len(update.micro)
+    m = len(calls) if several else len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
     sa, sb = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
     aa = bb = ab = 0.0
@@ -145,17 +174,27 @@ def close(update: Open, tol: float) -> Update:
         bb += a_a if same else float(b @ b)
         ab += a_a if same else float(a @ b)
         if m:
-            s = torch.stack([_vec(_sum_of(mb, p), p) for mb in update.micro])
+            if several:
+                s = torch.stack([_vec(_sum_of(MicroBatch(c), p), p) for c in calls])
+            else:
+                s = torch.stack([_vec(_sum_of(mb, p), p) for mb in update.micro])
             gram += s @ s.T
             s_a = s @ a
             sa += s_a
             sb += s_a if same else s @ b
-    counts = [mb.count for mb in update.micro]
-    blind = update.blind
+    columns = tuple(
+        Column(
+            c[0].name or "loss",
+            sum(x.count for x in c),
+            all(x.from_batch for x in c),
+            len(c) == 1 and c[0].reduction == "mean",
+        )
+        for c in calls
+    ) if several else ()  # fmt: skip
     return Update(
-        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, blind, clipped=value_clipped,
-        tol=tol, terms=update.terms, dropped=update.dropped, redone=update.redone,
-        crossed=update.crossed, foreign=update.foreign,
+        counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind,
+        clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
+        redone=update.redone, crossed=update.crossed, foreign=update.foreign, columns=columns,
     )  # fmt: skip
 
 
