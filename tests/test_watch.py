@@ -758,6 +758,32 @@ def test_each_group_clipped_by_value_with_its_own_bound_is_judged_as_it_was_befo
     assert "16 times the mean" in report.failures[0].message, str(report)
 
 
+def test_an_update_clipped_by_value_then_by_norm_is_judged_as_it_was_before_both(
+    tmp_path: Path,
+) -> None:
+    """clip_grad_value_ to 0.05, then clip_grad_norm_ to 0.1, which every step's norm exceeds
+    (measured: the script prints it): each step applies a factor of the clamped gradient."""
+    script = tmp_path / "clipped_by_value.py"
+    script.write_text(CLIPPED_BY_VALUE)
+    line = "torch.nn.utils.clip_grad_value_(model.parameters(), 0.05)  # clips most elements"
+    both = twin_of(
+        tmp_path,
+        script,
+        line,
+        f"{line}\n        print(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)))",
+    )
+    ran = subprocess.run([sys.executable, str(both)], capture_output=True, text=True, check=True)
+    assert all(float(norm) > 0.1 for norm in ran.stdout.split()), ran.stdout
+    report = watch_script(str(both))
+    assert report.ok and not report.error, str(report)
+    judged = {r.pitfall: r.verdict for r in report.results}
+    assert judged["mean-vs-sum"] == judged["short-last-batch"] == "pass", str(report)
+    summed = twin_of(tmp_path, both, "delta=1.0)", "delta=1.0, reduction='sum')")
+    report = watch_script(str(summed))
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "16 times the mean" in report.failures[0].message, str(report)
+
+
 AUX_TERM = """
 import torch
 from torch.nn import functional as F

@@ -247,7 +247,9 @@ def _right(update: Open, total: float, tol: float) -> bool | None:
 def _clamped(update: Open, tol: float) -> bool:
     """Return whether what each param's step applied is what .grad held before
     clip_grad_value_, clamped to [-bound, bound] for the params it clipped (each its own
-    bound), as it was for the others (the code's clips and nothing more)."""
+    bound), as it was for the others, all times one factor in (0, 1] (1: the code's value clips
+    and nothing more; below 1: then clipped by norm, clip_grad_norm_ after clip_grad_value_)."""
+    pairs = []
     for p in update.params:
         got, before = update.applied.get(id(p)), update.before.get(id(p))
         if got is None or before is None:
@@ -256,10 +258,15 @@ def _clamped(update: Open, tol: float) -> bool:
             continue
         bound = update.clip_bounds.get(id(p))
         want = before if bound is None else before.clamp(-bound, bound)
-        scale = max(update.clip_bounds.values()) if bound is None else bound
-        if not torch.allclose(got, want, rtol=tol, atol=tol * max(scale, 1e-12)):
-            return False
-    return True
+        pairs.append((got, want, max(update.clip_bounds.values()) if bound is None else bound))
+    ww = sum(_dot(w, w) for _, w, _ in pairs)
+    f = sum(_dot(g, w) for g, w, _ in pairs) / ww if ww > 0 else 1.0  # the norm clip's factor
+    if not 0 < f <= 1 + tol:
+        return False
+    return all(
+        torch.allclose(got, f * want, rtol=tol, atol=tol * max(f * bound, 1e-12))
+        for got, want, bound in pairs
+    )
 
 
 def _dot(x: Tensor, y: Tensor) -> float:
