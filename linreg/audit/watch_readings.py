@@ -24,7 +24,9 @@ class Reading:
     clipped: bool
     unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
     tol: float = 1e-4  # the relative tolerance of its params' dtype
-    own_mean: bool = False  # one term of several, whose function took the mean itself
+    calls: int = 1  # the most loss calls of its term a micro-batch held (heads' means added)
+    native: bool = False  # one term of several, whose function reduced as meant itself (took
+    # the mean, or the sum where the sum is meant): its weight is a coefficient of the code's
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -71,8 +73,7 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     """Return the readings of an update whose backward() calls reached losses of several
     functions (a multi-task loss, mse + 0.5 * cross_entropy): its weights on each micro-batch's
     terms' mean gradients, one Reading per term (its function) whose targets are a batch's,
-    relative to the mean (or sum) of that term's own rows. A term's coefficient is the code's:
-    read as a constant of its own, as a single loss's is. Where the terms do not explain the
+    relative to the mean (or sum) of that term's own rows. Where the terms do not explain the
     update, or their gradients are dependent, one unexplained Reading (weights not judged)."""
     total = sum(u.counts)
     if u.blind or not u.columns:
@@ -105,10 +106,12 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         parts = [float(c[i]) for i in at]
         want = parts if summed else [x / sum(parts) for x in parts]
         relative = [float(a[i]) / w for i, w in zip(at, want, strict=True)]
-        own = all(u.columns[i].own_mean for i in at)
-        out.append(
-            (term, Reading(j, sum(parts), parts, relative, clipped, tol=u.tol, own_mean=own))
+        own = all(u.columns[i].reduction == ("sum" if summed else "mean") for i in at)
+        calls = max(u.columns[i].calls for i in at)
+        reading = Reading(
+            j, sum(parts), parts, relative, clipped, tol=u.tol, calls=calls, native=own
         )
+        out.append((term, reading))
     return out
 
 

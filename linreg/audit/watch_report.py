@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from linreg.audit.report import Report, Result
 from linreg.audit.watch_readings import near
-from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, Constant, judge
+from linreg.audit.watch_tally import Verdicts
+from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
 from linreg.kinds.watched import Watched
 
 
@@ -45,9 +46,7 @@ def report_of(
         elif v.judged[pitfall]:
             results.append(Result(pitfall, statement, "pass", examples=len(v.judged[pitfall])))
         else:
-            results.append(
-                Result(pitfall, statement, "skip", _unjudged(pitfall, seen, v.constants))
-            )
+            results.append(Result(pitfall, statement, "skip", _unjudged(pitfall, seen, v)))
     if not seen.updates and not error and seen.moved:
         error = (
             "the params moved, yet no torch optimizer stepped: an update made by hand (p.data."
@@ -93,8 +92,6 @@ def report_of(
                 "judged)"
                 if c.unconfirmed
                 else " (a shorter update applies it too)"
-                if c.shorter
-                else " (a coefficient: its function took the mean of its rows itself)"
             )
         )
         extra = c.full * (1 / c.scale - 1) if 0 < c.scale < 1 else 0.0
@@ -155,15 +152,21 @@ def report_of(
     return Report(target, "watch", options, tuple(results), seconds, error, note=note)
 
 
-def _unjudged(pitfall: str, seen: Watched, constants: list[Constant]) -> str:
-    unsure = [c for c in constants if c.unconfirmed]
+def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
+    unsure = [c for c in v.constants if c.unconfirmed]
     if pitfall == "mean-vs-sum" and unsure:
         c = unsure[0]
         of = f"its {c.term} term" if c.term else "every full update"
         return (
-            f"not judged: {of} applies {c.scale:.4g} times the mean of its rows, and no shorter "
-            "update showed whether that changes with the rows (a constant of the loss's own, "
-            "or a sum): data whose size is no multiple of the batch size would tell"
+            f"not judged: {of} applies {c.scale:.4g} times the {v.meant} of its rows, and no "
+            "shorter update showed whether that changes with the rows (a constant of the "
+            "loss's own, or a sum): data whose size is no multiple of the batch size would tell"
+        )
+    if pitfall in ("mean-vs-sum", "short-last-batch") and v.free:
+        return (
+            f"not judged: the weight on each term ({', '.join(v.free)}) is a coefficient of the "
+            f"code's, each term's function having taken the {v.meant} itself: a multiple of "
+            "it cannot be told from a coefficient"
         )
     why = {
         "short-last-batch": "no update took fewer rows than a full one",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 
 from linreg.audit.watch_readings import (
     Reading,
@@ -23,6 +22,8 @@ from linreg.audit.watch_readings import (
     read_terms,
     shown,
 )
+from linreg.audit.watch_tally import Constant, Verdicts
+from linreg.audit.watch_terms import coefficients
 from linreg.kinds.training_loop import NO_KNOWN
 from linreg.kinds.watched import Update, Watched
 
@@ -44,45 +45,10 @@ SUMMED = {  # where the code means the sum (reduction="sum": a loss summed on pu
 }
 
 
-@dataclass(frozen=True)
-class Constant:
-    """A scale on every full update of a term that no known mistake names: the loss's own."""
-
-    term: str  # "" where each backward() reached one loss
-    scale: float
-    full: float  # a full update's count
-    unconfirmed: bool  # no shorter update told it from a sum: mean-vs-sum not judged
-    shorter: bool = True  # a shorter update applies it too (else: a term whose function took
-    # the mean itself, its coefficient)
-
-
-@dataclass
-class _Verdicts:
-    failed: dict[str, str] = field(default_factory=dict)  # the first failure of each pitfall
-    judged: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # updates
-    failing: dict[str, list[int]] = field(default_factory=dict)  # the updates each names
-    ratios: dict[int, float | None] = field(default_factory=dict)  # per update: one scale
-    at: int | None = None  # the update being judged
-    unread: set[int] = field(default_factory=set)  # updates whose weights could not be read
-    terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
-    let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
-    skipped: int = 0  # backward() calls of steps the code skipped now and then
-    recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed
-    # per term (one loss: ""): a scale on its full updates taken as the loss's own, their
-    # count, and whether no shorter update told it from a sum (mean-vs-sum not judged there)
-    constants: list[Constant] = field(default_factory=list)
-    meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
-
-    def fail(self, pitfall: str, message: str) -> None:
-        self.failed.setdefault(pitfall, message)
-        if self.at is not None:
-            self.failing.setdefault(pitfall, []).append(self.at)
-
-
-def judge(seen: Watched, summed: bool = False) -> _Verdicts:
+def judge(seen: Watched, summed: bool = False) -> Verdicts:
     """Return the verdicts on every update seen: against the mean of each update's rows'
     gradients, or (summed) their sum."""
-    v = _Verdicts(meant="sum" if summed else "mean")
+    v = Verdicts(meant="sum" if summed else "mean")
     readings: dict[str, list[Reading]] = defaultdict(list)  # per term ("": one loss)
     for j, u in enumerate(seen.updates):
         v.at, v.ratios[j] = j, None
@@ -141,6 +107,7 @@ def judge(seen: Watched, summed: bool = False) -> _Verdicts:
         for term, r in read_terms(j, u, summed) if u.columns else [("", read(j, u, summed))]:
             if r is not None:
                 r.tol = u.tol
+                r.calls = r.calls if term else u.calls
                 readings[term].append(r)
     for term, rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
@@ -165,9 +132,14 @@ def _read(j: int, u: Update, summed: bool) -> Reading | None:
     return next((r for _, r in read_terms(j, u, summed)), None)
 
 
-def _weights(readings: list[Reading], updates: int, v: _Verdicts, term: str = "") -> None:
+def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "") -> None:
     """Name each update's weights as the catalogue names them: one loss's, or one term's of
-    a loss made of several (term: its place and function)."""
+    a loss made of several (term: its function). A term's scale on its full updates is read as
+    a single loss's is, but named only where a known mistake shows (a sum over its rows, or a
+    nominal divisor on a shorter update): another may be a coefficient of the code's."""
+    if term and readings and all(r.native for r in readings):
+        coefficients(readings, updates, v, term)
+        return
     of_term = f", its {term} term" if term else ""
     over = over_counted(readings) if v.meant == "mean" else []  # a mean's divisor
     for n, (r, extra) in enumerate(over):  # named once, then read as if divided right
@@ -190,6 +162,7 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts, term: str = ""
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
+    windows = max((len(r.parts) for r in readings if r.count == full), default=1)  # a full's
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
     kappa = s_full if fulls and s_full > 0 and _why(s_full, fulls[0], v.meant) == NO_KNOWN else 1.0
@@ -201,7 +174,11 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts, term: str = ""
         def of(count: float) -> float:
             return count / full if v.meant == "mean" else full / count
 
-        grows = [r for r in shorts if r.relative and near(r.relative[0], kappa * of(r.count))]
+        grows = [  # (a count a full one's to the tolerance tells nothing)
+            r
+            for r in shorts
+            if r.relative and near(r.relative[0], kappa * of(r.count)) and not near(of(r.count), 1)
+        ]
         if grows:
             r = grows[0]
             v.at = r.j
@@ -219,9 +196,11 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts, term: str = ""
             )
             kappa = 1.0
         else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
-            # (or, a term of several, whose function took the mean itself: its coefficient)
-            shorter = any(r.relative and near(r.relative[0], kappa) for r in shorts)
-            unconfirmed = not shorter and not all(r.own_mean for r in fulls)
+            shorter = any(  # (a count a full one's to the tolerance tells nothing)
+                r.relative and near(r.relative[0], kappa) and not near(of(r.count), 1)
+                for r in shorts
+            )
+            unconfirmed = not shorter
             v.constants.append(Constant(term, kappa, full, unconfirmed, shorter))
             s_full = 1.0
     for r in readings:
@@ -231,32 +210,43 @@ def _weights(readings: list[Reading], updates: int, v: _Verdicts, term: str = ""
             f"{r.count:g} counted)"
         )
         rel = None if r.relative is None else [x / kappa for x in r.relative]
-        if rel is not None and alike(rel):
+        if rel is not None and alike(rel) and not term:
             v.ratios[r.j] = rel[0]
         if r.unread or rel is None:  # dependent gradients, or no combination of them (a
             v.unread.add(r.j)  # term the watcher does not read: a penalty, a hand-written loss)
             continue
         unequal = len(set(r.parts)) > 1
-        if r.count != full or not unconfirmed:
-            v.judged["mean-vs-sum" if r.count == full else "short-last-batch"].add(r.j)
-        if unequal:
-            v.judged["micro-batch-accumulation"].add(r.j)
         if alike(rel):
             s = rel[0]
             if r.count == full:
+                why = _why(s, r, v.meant)
+                if term and why == NO_KNOWN and not near(s, 1):
+                    continue  # another coefficient of the code's, this update (not judged)
+                if not unconfirmed:
+                    v.judged["mean-vs-sum"].add(r.j)
                 if not near(s, 1):
-                    why = _why(s, r, v.meant)
                     v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the {v.meant}: {why}")
             else:  # an update of another size: right, or the full ones' scale is its cause
                 theirs = [s_full, s_full * r.count / full, s_full * len(r.parts) / parts_full]
                 if v.meant == "sum":  # a mean where the sum was meant: of the update's count,
                     theirs.append(s_full * full / r.count)  # or each micro-batch's own
                     theirs.append(s_full * full * len(r.parts) / (r.count * parts_full))
-                if not near(s, 1) and (near(s_full, 1) or not any(near(s, t) for t in theirs)):
+                wrong = not near(s, 1) and (near(s_full, 1) or not any(near(s, t) for t in theirs))
+                nominal = v.meant == "mean" and near(s, r.count / full)
+                if term and wrong and not nominal:
+                    continue  # another coefficient of the code's, this update (not judged)
+                v.judged["short-last-batch"].add(r.j)
+                if wrong:
                     v.fail("short-last-batch", _short(at, s, r, full, v.meant))
+            if unequal:
+                v.judged["micro-batch-accumulation"].add(r.j)
             continue
+        if r.count != full or not unconfirmed:  # its micro-batches weighed unlike: judged
+            v.judged["mean-vs-sum" if r.count == full else "short-last-batch"].add(r.j)
+        if unequal:
+            v.judged["micro-batch-accumulation"].add(r.j)
         weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
-        if full and r.count > full:
+        if full and r.count > full and len(r.parts) > windows:  # more micro-batches too
             v.fail(
                 "short-last-batch",
                 f"{at} took more than a full update's {full:g}, and weighs its micro-batches "
@@ -342,7 +332,7 @@ def _why(s: float, r: Reading, meant: str = "mean") -> str:
                 "where the sum of their rows was meant"
             )
         return NO_KNOWN
-    if len(r.parts) > 1 and near(s, len(r.parts)):
+    if len(r.parts) > 1 and near(s, len(r.parts) * r.calls):  # (each the means of its calls)
         return f"it adds up its {len(r.parts)} micro-batches' mean losses without dividing"
     if near(s, r.count):
         return (

@@ -97,6 +97,7 @@ class Observer:
         self.clip_bounds: dict[int, float] = {}  # param id -> clip_grad_value_'s bound, in
         # this update (the least, clipped twice)
         self.clipped: set[int] = set()  # params clipped in this update: before, the first's
+        self.norm_clipped = False  # clip_grad_norm_ was called in this update
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -272,7 +273,7 @@ class Observer:
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.clip_bounds = self.clip_bounds
+        update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params = params
@@ -352,7 +353,7 @@ class Observer:
     def _anew(self) -> None:
         """Begin the next update: nothing fed, carried, fetched or retained yet."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
-        self.clip_bounds, self.clipped = {}, set()
+        self.clip_bounds, self.clipped, self.norm_clipped = {}, set(), False
         self.fetched, self.batched, self.cut = 0, set(), 0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
@@ -426,6 +427,7 @@ class Observer:
                 self.prior[id(p)] = p.grad.detach().clone()
         if clips:
             self.clipped |= {id(p) for p in params}
+            self.norm_clipped = self.norm_clipped or value is None
         if value is not None:
             for p in params:
                 self.clip_bounds[id(p)] = min(value, self.clip_bounds.get(id(p), math.inf))

@@ -73,6 +73,7 @@ class Open:
     crossed: bool = False  # an epoch ended while it was open
     clip_bounds: dict[int, float] = field(default_factory=dict)  # param id -> the bound
     # clip_grad_value_ clamped it to, where the code clipped so
+    norm_clipped: bool = False  # clip_grad_norm_ was called in it
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Update:
     # cross_entropy): the inner products are over each micro-batch's term (its losses of one
     # function), not each micro-batch
     columns: tuple[Column, ...] = ()
+    calls: int = 1  # the most loss calls a micro-batch's backward() reached (one term: heads'
+    # means added, ce(out) + ce(aux), each a micro-batch's)
 
     @property
     def fed(self) -> bool:
@@ -118,8 +121,9 @@ class Column:
     term: str  # its function: cross_entropy, mse_loss
     count: float
     from_batch: bool
-    own_mean: bool  # one call, whose function took the mean (reduction="mean"): a constant
-    # on it is the code's coefficient, not a sum (its function divided by its count)
+    reduction: str  # "mean": one call, whose function took the mean itself; "sum": its calls
+    # all summed; "": calls of its function added up (a loss per row or per step)
+    calls: int = 1
 
 
 def _terms(mb: MicroBatch) -> list[list[LossCall]]:
@@ -151,6 +155,7 @@ def close(update: Open, tol: float) -> Update:
                 right or value_clipped, tol,
                 terms=update.terms, dropped=update.dropped, redone=update.redone,
                 foreign=update.foreign, crossed=update.crossed,
+                calls=max(len(mb.losses) for mb in update.micro),
             )  # fmt: skip
     m = len(calls) if several else len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
@@ -187,7 +192,9 @@ def close(update: Open, tol: float) -> Update:
             c[0].name or "loss",
             sum(x.count for x in c),
             all(x.from_batch for x in c),
-            len(c) == 1 and c[0].reduction == "mean",
+            "mean" if len(c) == 1 and c[0].reduction == "mean"
+            else "sum" if all(x.reduction == "sum" for x in c) else "",
+            len(c),
         )
         for c in calls
     ) if several else ()  # fmt: skip
@@ -195,6 +202,7 @@ def close(update: Open, tol: float) -> Update:
         counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind,
         clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
         redone=update.redone, crossed=update.crossed, foreign=update.foreign, columns=columns,
+        calls=max((len(mb.losses) for mb in update.micro), default=1),
     )  # fmt: skip
 
 
@@ -248,7 +256,7 @@ def _clamped(update: Open, tol: float) -> bool:
     """Return whether what each param's step applied is what .grad held before
     clip_grad_value_, clamped to [-bound, bound] for the params it clipped (each its own
     bound), as it was for the others, all times one factor in (0, 1] (1: the code's value clips
-    and nothing more; below 1: then clipped by norm, clip_grad_norm_ after clip_grad_value_)."""
+    and nothing more; below 1: clipped by norm after, where clip_grad_norm_ was called)."""
     pairs = []
     for p in update.params:
         got, before = update.applied.get(id(p)), update.before.get(id(p))
@@ -261,7 +269,9 @@ def _clamped(update: Open, tol: float) -> bool:
         pairs.append((got, want, max(update.clip_bounds.values()) if bound is None else bound))
     ww = sum(_dot(w, w) for _, w, _ in pairs)
     f = sum(_dot(g, w) for g, w, _ in pairs) / ww if ww > 0 else 1.0  # the norm clip's factor
-    if not 0 < f <= 1 + tol:
+    if not update.norm_clipped:  # no clip_grad_norm_: a factor is the code's own (a division
+        f = 1.0  # it made on .grad after the clip), not a clipping
+    elif not 0 < f <= 1 + tol:
         return False
     return all(
         torch.allclose(got, f * want, rtol=tol, atol=tol * max(f * bound, 1e-12))

@@ -1,0 +1,44 @@
+"""What the judging of a watched run holds so far (watch_verdicts.py): each pitfall's first
+failure and the updates it names, the updates each property judged, and what was read but
+not judged (constants of a loss's own, coefficients of the code's, updates unread)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A scale on every full update of a term that no known mistake names: the loss's own."""
+
+    term: str  # "" where each backward() reached one loss
+    scale: float
+    full: float  # a full update's count
+    unconfirmed: bool  # no shorter update told it from a sum: mean-vs-sum not judged
+    shorter: bool = True  # a shorter update applies it too
+
+
+@dataclass
+class Verdicts:
+    failed: dict[str, str] = field(default_factory=dict)  # the first failure of each pitfall
+    judged: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # updates
+    failing: dict[str, list[int]] = field(default_factory=dict)  # the updates each names
+    ratios: dict[int, float | None] = field(default_factory=dict)  # per update: one scale
+    at: int | None = None  # the update being judged
+    unread: set[int] = field(default_factory=set)  # updates whose weights could not be read
+    terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
+    let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
+    skipped: int = 0  # backward() calls of steps the code skipped now and then
+    recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed
+    # per term (one loss: ""): a scale on its full updates taken as the loss's own, their
+    # count, and whether no shorter update told it from a sum (mean-vs-sum not judged there)
+    constants: list[Constant] = field(default_factory=list)
+    free: list[str] = field(default_factory=list)  # terms whose weights are coefficients of the
+    # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there)
+    meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
+
+    def fail(self, pitfall: str, message: str) -> None:
+        self.failed.setdefault(pitfall, message)
+        if self.at is not None:
+            self.failing.setdefault(pitfall, []).append(self.at)
