@@ -227,7 +227,8 @@ def _two_tasks(
 ) -> audit.Report:
     """A regression head and a 3-class head on one trunk, 3 epochs over `rows` rows in
     batches of 16, a step every k batches (and at each epoch's end), each backward() of
-    loss_of(price, price_target, logits, kind, epoch, step) / k; clipped to a norm of `clip`."""
+    loss_of(price, price_target, logits, kind, epoch, batches) / k (batches: those before
+    it); clipped to a norm of `clip`."""
     gen = torch.Generator().manual_seed(0)
     x, price = torch.randn(rows, 8, generator=gen), torch.randn(rows, 2, generator=gen)
     kind = torch.randint(0, 3, (rows,), generator=gen)
@@ -235,18 +236,18 @@ def _two_tasks(
     params = [*trunk.parameters(), *head.parameters(), *classes.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.1)
     loader = DataLoader(torch.utils.data.TensorDataset(x, price, kind), batch_size=16)
-    step = 0
+    seen = 0
     with watch(reduction=reduction) as reports:
         for epoch in range(3):
             for i, (xb, pb, kb) in enumerate(loader):
                 h = torch.relu(trunk(xb))
-                (loss_of(head(h), pb, classes(h), kb, epoch, step) / k).backward()
+                (loss_of(head(h), pb, classes(h), kb, epoch, seen) / k).backward()
+                seen += 1
                 if (i + 1) % k == 0 or i + 1 == len(loader):
                     if clip is not None:
                         assert torch.nn.utils.clip_grad_norm_(params, clip) > clip  # measured
                     optimizer.step()
                     optimizer.zero_grad()
-                    step += 1
     return reports[0]
 
 
@@ -255,20 +256,41 @@ def _two_tasks(
     [
         (
             "ramped",
-            lambda p, t, c, y, e, s: (
-                F.mse_loss(p, t) + min(1.0, 0.1 * (s + 1)) * F.cross_entropy(c, y)
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t) + min(1.0, 0.1 * (b + 1)) * F.cross_entropy(c, y)
             ),
             1,
         ),
         (
             "per epoch",
-            lambda p, t, c, y, e, s: F.mse_loss(p, t) + (0.3 + 0.1 * e) * F.cross_entropy(c, y),
+            lambda p, t, c, y, e, b: F.mse_loss(p, t) + (0.3 + 0.1 * e) * F.cross_entropy(c, y),
             1,
         ),
-        ("equal to k", lambda p, t, c, y, e, s: F.mse_loss(p, t) + 2.0 * F.cross_entropy(c, y), 2),
+        ("equal to k", lambda p, t, c, y, e, b: F.mse_loss(p, t) + 2.0 * F.cross_entropy(c, y), 2),
+        (
+            "equal to k, on a sum divided",
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t) + 2.0 * F.cross_entropy(c, y, reduction="sum") / len(y)
+            ),
+            2,
+        ),
+        (
+            "equal to the batch, on a sum divided",
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t) + 16.0 * F.cross_entropy(c, y, reduction="sum") / len(y)
+            ),
+            1,
+        ),
+        (
+            "warmed up batch by batch",
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t) + min(1.0, 0.5 + 0.01 * b) * F.cross_entropy(c, y)
+            ),
+            2,
+        ),
         (
             "two heads of one function",
-            lambda p, t, c, y, e, s: (
+            lambda p, t, c, y, e, b: (
                 F.cross_entropy(c, y) + F.cross_entropy(c[:, [1, 2, 0]], y) + F.mse_loss(p, t)
             ),
             2,
@@ -278,11 +300,50 @@ def _two_tasks(
 def test_a_terms_weight_that_changes_or_equals_the_window_is_no_mistake(
     name: str, loss_of: Callable[..., Tensor], k: int
 ) -> None:
-    """Correct code: a weight ramped up over the steps, one set per epoch, a weight of 2 in
-    windows of 2 (each divided by 2), heads' means of one function added: nothing fails."""
+    """Correct code: a weight ramped up, one set per epoch, one warmed up batch by batch
+    (unequal within a window), a weight of 2 in windows of 2 (each divided by 2) or of 16 on
+    a batch of 16 (a sum divided by its rows), heads' means of one function added: nothing
+    fails."""
     for rows in (96, 100):
         report = _two_tasks(loss_of, rows, k)
         assert report.ok and not report.error, f"{name}, {rows} rows: {report}"
+
+
+def test_a_term_whose_scale_is_the_codes_holds_back_the_pass_of_the_others() -> None:
+    """mse times the batch's rows (a sum where a mean is meant: its scale not judged, the
+    function took the mean) beside a cross-entropy summed and divided by its rows (right):
+    the right term alone passes neither mean-vs-sum nor short-last-batch."""
+
+    def loss_of(p: Tensor, t: Tensor, c: Tensor, y: Tensor, e: int, b: int) -> Tensor:
+        return F.mse_loss(p, t) * len(p) + F.cross_entropy(c, y, reduction="sum") / len(y)
+
+    verdicts = {r.pitfall: r.verdict for r in _two_tasks(loss_of, 100).results}
+    assert verdicts["mean-vs-sum"] == verdicts["short-last-batch"] == "skip", verdicts
+
+
+def test_per_step_means_averaged_then_added_over_a_window_undivided_fail_mean_vs_sum() -> None:
+    """A GRU's per-step losses added and divided by the 3 steps (each micro-batch's mean),
+    the window of 2 never divided: 2 times the mean, named although each micro-batch holds
+    3 loss calls."""
+    gen = torch.Generator().manual_seed(0)
+    cell, head = nn.GRUCell(6, 8), nn.Linear(8, 4)
+    optimizer = torch.optim.SGD([*cell.parameters(), *head.parameters()], lr=0.1)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(32, 3, 6, generator=gen), torch.randint(0, 4, (32, 3), generator=gen)
+    )
+    with watch() as reports:
+        for _ in range(2):
+            for i, (x, y) in enumerate(DataLoader(data, batch_size=4)):
+                h, loss = torch.zeros(len(x), 8), torch.zeros(())
+                for t in range(3):
+                    h = cell(x[:, t], h)
+                    loss = loss + F.cross_entropy(head(h), y[:, t])
+                (loss / 3).backward()
+                if i % 2:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+    assert "adds up its 2 micro-batches' mean losses" in str(reports[0]), str(reports[0])
 
 
 @pytest.mark.parametrize("reduction, failures", [("mean", []), ("sum", ["mean-vs-sum"])])
@@ -843,10 +904,9 @@ for epoch in range(2):
 """
 
 
-def test_an_update_clipped_by_value_is_judged_as_it_was_before_the_clip(tmp_path: Path) -> None:
-    script = tmp_path / "clipped_by_value.py"
-    script.write_text(CLIPPED_BY_VALUE)
-    found = torch.nn.utils.clip_grad_value_, torch.nn.utils.clip_grad.clip_grad_value_
+def assert_read_before_clipping(script: Path, tmp_path: Path) -> None:
+    """The clipped script passes, its full and short updates judged; its twin summing the
+    loss over the batch of 16 fails mean-vs-sum, 16 times the mean."""
     report = watch_script(str(script))
     assert report.ok and not report.error, str(report)
     judged = {r.pitfall: r.verdict for r in report.results}
@@ -855,6 +915,13 @@ def test_an_update_clipped_by_value_is_judged_as_it_was_before_the_clip(tmp_path
     report = watch_script(str(twin))
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "16 times the mean" in report.failures[0].message, str(report)
+
+
+def test_an_update_clipped_by_value_is_judged_as_it_was_before_the_clip(tmp_path: Path) -> None:
+    script = tmp_path / "clipped_by_value.py"
+    script.write_text(CLIPPED_BY_VALUE)
+    found = torch.nn.utils.clip_grad_value_, torch.nn.utils.clip_grad.clip_grad_value_
+    assert_read_before_clipping(script, tmp_path)
     assert (torch.nn.utils.clip_grad_value_, torch.nn.utils.clip_grad.clip_grad_value_) == found
     # the first layer's grads alone clipped: the others, over the bound, as they were
     subset = twin_of(
@@ -902,14 +969,7 @@ def test_an_update_clipped_by_value_then_by_norm_is_judged_as_it_was_before_both
     )
     ran = subprocess.run([sys.executable, str(both)], capture_output=True, text=True, check=True)
     assert all(float(norm) > 0.1 for norm in ran.stdout.split()), ran.stdout
-    report = watch_script(str(both))
-    assert report.ok and not report.error, str(report)
-    judged = {r.pitfall: r.verdict for r in report.results}
-    assert judged["mean-vs-sum"] == judged["short-last-batch"] == "pass", str(report)
-    summed = twin_of(tmp_path, both, "delta=1.0)", "delta=1.0, reduction='sum')")
-    report = watch_script(str(summed))
-    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
-    assert "16 times the mean" in report.failures[0].message, str(report)
+    assert_read_before_clipping(both, tmp_path)
 
 
 AUX_TERM = """

@@ -144,3 +144,18 @@ def near(a: float, b: float) -> bool:
 
 def shown(xs: list[float]) -> str:
     return "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
+
+
+def first_applied(rel: list[float]) -> int | None:
+    """Return how many micro-batches an update applied none of before the rest, all alike
+    (an epoch's left-over window zeroed before any step); None where it is not so."""
+    dropped = next((i for i, x in enumerate(rel) if not near(x, 0)), len(rel))
+    return dropped if 0 < dropped < len(rel) and alike(rel[dropped:]) else None
+
+
+def never_applied(at: str, dropped: int) -> str:
+    return (
+        f"{at}: its first {dropped} micro-batch(es) went through backward() and were never "
+        "applied (their gradient zeroed before any step: an epoch's left-over window "
+        "dropped): step when the data ends too"
+    )

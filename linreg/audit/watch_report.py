@@ -101,6 +101,12 @@ def report_of(
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
+    if v.no_batch:
+        note += (
+            f"; {len(v.no_batch)} update(s) reached losses of several functions, none on targets "
+            "of a batch the watch saw fetched (fetched ahead of the window, or made by the "
+            "code): their weights not judged"
+        )
     if v.recombined:
         note += (
             f"; {v.recombined} update(s) applied a gradient the code rebuilt from backward() "

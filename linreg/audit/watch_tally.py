@@ -34,6 +34,8 @@ class Verdicts:
     # per term (one loss: ""): a scale on its full updates taken as the loss's own, their
     # count, and whether no shorter update told it from a sum (mean-vs-sum not judged there)
     constants: list[Constant] = field(default_factory=list)
+    no_batch: set[int] = field(default_factory=set)  # updates of several terms, none of whose
+    # targets was a fetched batch's (fetched ahead, or made by the code): weights not judged
     free: list[str] = field(default_factory=list)  # terms whose weights are coefficients of the
     # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there)
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"

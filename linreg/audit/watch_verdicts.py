@@ -16,7 +16,9 @@ from collections import Counter, defaultdict
 from linreg.audit.watch_readings import (
     Reading,
     alike,
+    first_applied,
     near,
+    never_applied,
     over_counted,
     read,
     read_terms,
@@ -104,15 +106,20 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
         if u.terms:  # terms of one objective: their weights are the objective's, not judged
             v.terms += 1
             continue
-        for term, r in read_terms(j, u, summed) if u.columns else [("", read(j, u, summed))]:
+        terms = read_terms(j, u, summed) if u.columns else [("", read(j, u, summed))]
+        if not terms:  # no term's targets a fetched batch's: weights not judged
+            v.no_batch.add(j)
+        for term, r in terms:
             if r is not None:
                 r.tol = u.tol
                 r.calls = r.calls if term else u.calls
                 readings[term].append(r)
     for term, rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
-    if any(c.unconfirmed for c in v.constants):  # a term not told from a sum: no pass on the
-        v.judged["mean-vs-sum"] = set()  # others' alone
+    if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or
+        v.judged["mean-vs-sum"] = set()  # one whose scale is the code's: no pass on the
+    if v.free:  # others' alone
+        v.judged["short-last-batch"] = set()
     v.at = None
     if seen.leftover and seen.updates and not seen.ended and seen.ran_out:
         v.fail(
@@ -165,7 +172,10 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     windows = max((len(r.parts) for r in readings if r.count == full), default=1)  # a full's
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
-    kappa = s_full if fulls and s_full > 0 and _why(s_full, fulls[0], v.meant) == NO_KNOWN else 1.0
+    # (a term's scale is named only where a shorter update shows it growing with the rows: on
+    # its full updates alone, a sum and a coefficient of the code's look the same)
+    unnamed = fulls and (term or _why(s_full, fulls[0], v.meant) == NO_KNOWN)
+    kappa = s_full if unnamed and s_full > 0 else 1.0
     unconfirmed = False
     if not near(kappa, 1):  # a constant is the same on a shorter update; a sum grows with rows
         shorts = [r for r in readings if r.count < full and r.relative and alike(r.relative)]
@@ -255,14 +265,9 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 "before (an epoch's last window, never stepped) were carried into it",
             )
             continue
-        dropped = next((i for i, x in enumerate(rel) if not near(x, 0)), len(rel))
-        if 0 < dropped < len(rel) and alike(rel[dropped:]):
-            v.fail(
-                "short-last-batch",
-                f"{at}: its first {dropped} micro-batch(es) went through backward() and were "
-                "never applied (their gradient zeroed before any step: an epoch's left-over "
-                "window dropped): step when the data ends too",
-            )
+        dropped = first_applied(rel)
+        if dropped is not None:
+            v.fail("short-last-batch", never_applied(at, dropped))
             continue
         if unequal and alike(weights):
             each = weights[0]
@@ -332,8 +337,9 @@ def _why(s: float, r: Reading, meant: str = "mean") -> str:
                 "where the sum of their rows was meant"
             )
         return NO_KNOWN
-    if len(r.parts) > 1 and near(s, len(r.parts) * r.calls):  # (each the means of its calls)
-        return f"it adds up its {len(r.parts)} micro-batches' mean losses without dividing"
+    k = len(r.parts)  # (micro-batches of several calls each: their means added, or averaged)
+    if k > 1 and (near(s, k * r.calls) or (k != r.calls and near(s, k))):
+        return f"it adds up its {k} micro-batches' mean losses without dividing"
     if near(s, r.count):
         return (
             "it sums the loss over the update's rows or targets (reduction='sum', or a mean "
