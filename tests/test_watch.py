@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -1293,3 +1294,12 @@ def test_watching_puts_back_a_scaler_ended_mid_step_a_scheduler_and_a_tensor_lr(
     assert optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1)
     assert scheduler.last_epoch == 0 and scheduler.get_last_lr() == [pytest.approx(0.1)]
     train()  # the scaler takes an unscale_ again
+
+
+def test_the_readme_names_every_loss_function_the_watch_reads() -> None:
+    from linreg.kinds.watched import LOSSES
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    said = readme[readme.index("- **The loss it called.**") :]
+    read = said[: said.index("Others (")]  # the functions it reads, then those it does not
+    assert set(re.findall(r"`F\.(\w+)`", read)) == set(LOSSES), read
