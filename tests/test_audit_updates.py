@@ -882,3 +882,60 @@ def test_a_second_optimizer_that_starts_late_passes() -> None:
     reaches the second optimizer, reads the same ones as the runs it is the reference of."""
     report = audit.training_loop(late_second_optimizer, **LOOP)
     assert report.ok, str(report)
+
+
+# --- a short batch skipped before its forward --------------------------------------------------
+
+
+def train_skipping_short(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, peek: str = ""
+) -> None:
+    """Plain steps that skip any batch smaller than batch_size before its forward (a
+    drop_last written by hand, undeclared); peek: a pass of the loop's own that is no
+    training ("counts": class counts read from the loader first; "eval": an accuracy on the
+    training data after each epoch, under no_grad)."""
+    if peek == "counts":
+        counts = torch.zeros(2)
+        for _, y in loader:  # class frequencies, as class-weighted losses begin
+            counts += torch.bincount(y, minlength=2)
+    for _ in range(num_epochs):
+        model.train()
+        for X, y in loader:
+            if not peek and len(X) < loader.batch_size:
+                continue
+            optimizer.zero_grad()
+            F.cross_entropy(model(X), y).backward()
+            optimizer.step()
+        if peek == "eval":
+            model.eval()
+            with torch.no_grad():
+                for X, y in loader:
+                    model(X).argmax(1).eq(y).float().mean()
+
+
+def test_a_short_batch_skipped_before_its_forward_fails_short_last_batch() -> None:
+    report = audit.training_loop(train_skipping_short, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "never passed it through the model" in report.failures[0].message, str(report)
+
+
+@pytest.mark.parametrize("peek", ["counts", "eval"])
+def test_passes_over_the_loader_that_are_no_training_are_no_skipped_batch(peek: str) -> None:
+    def loop(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        train_skipping_short(model, loader, optimizer, num_epochs, peek)
+
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+
+
+def test_the_skipped_short_batch_is_measured_directly_never_applied() -> None:
+    """10 rows in batches of 4, 2 epochs: the model sees 8 rows an epoch, and the params
+    move by what the 4-row batches alone give (the rows 8 and 9 are never applied)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    model = TwoPart()
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    train_skipping_short(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 2)
+    assert seen == [4, 4, 4, 4]  # each epoch's last 2 rows never reach the model

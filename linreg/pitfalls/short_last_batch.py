@@ -197,6 +197,15 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             "used them: the loop never steps an epoch's left-over micro-batches (step when the "
             f"data ends too{f', not only every {k} micro-batches' if k > 1 else ''})"
         )
+    if seen.skipped_short and seen.forwards:
+        short = batching.n % batching.batch_size
+        raise CheckFailed(
+            f"on {describe(batching, options)}, the loop fetched each epoch's short last batch "
+            f"({short} row(s)) and never passed it through the model, in "
+            f"{seen.skipped_short} epoch(s): its rows are never applied (a batch smaller than "
+            "batch_size skipped before its forward: step on it too; where it is dropped on "
+            "purpose, say so: drop_last=True, --drop-last)"
+        )
 
 
 PROPERTIES = (

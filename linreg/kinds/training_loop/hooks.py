@@ -231,6 +231,7 @@ class Watcher:
     def fed(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Record what a forward pass with grad enabled was fed."""
         self.last = None
+        self.seen.forwards += 1
         if not torch.is_grad_enabled():
             return  # an evaluation pass: it feeds no step
         batch = [t for t in tensors_in(args, kwargs) if t.ndim > 0]

@@ -184,6 +184,8 @@ class Observed:
     # were): the steps' gradients, and their references, read on those alone
     trained: Tensor | None = None
     stepped_params: frozenset[int] = frozenset()  # the params (by position) any optimizer stepped
+    forwards: int = 0  # forward passes of the model, in any mode
+    skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
 
     @property
     def calls(self) -> list[Call]:

@@ -143,6 +143,10 @@ def _run_at_zero_lr(
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
     )
+    short = ShortFetches(batching) if asks.data == "loader" and not c.drop_last else None
+    if short is not None:  # told each batch the audit's loader makes
+        data = kwargs[asks.names["loader"]]
+        data.collate_fn = short.collating(data.collate_fn)
     watch = target.watch or Watch()
     limit = limit_of(target)  # from the start, and anew after each update: the loop's progress
     seen = Observed()
@@ -170,7 +174,11 @@ def _run_at_zero_lr(
             silenced(),
         ):
             warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
+            if short is not None:
+                short.seen = seen
             target.fn(**kwargs)
+            if short is not None:  # returned: a short batch fetched last is settled too
+                short.settle()
     except (CheckFailed, LoopRaised):
         raise
     except Overran:
@@ -183,6 +191,41 @@ def _run_at_zero_lr(
     if infinite:
         raise LoopRaised(infinite)
     return model, seen
+
+
+class ShortFetches:
+    """Tell each pass over the audit's loader whose full batches went through the model and
+    whose short last batch did not (a loop that skips a batch smaller than batch_size before
+    its forward): each batch settled at the next the loader makes, or when the loop returns
+    (not where the audit ended it, mid-epoch). A pass with no forward at all (class counts,
+    statistics read from the loader) is not training, and tells nothing."""
+
+    def __init__(self, batching: Batching) -> None:
+        self.batch_size = batching.batch_size
+        self.seen: Observed | None = None
+        self.last: tuple[bool, int] | None = None  # the last batch: short?, forwards before
+        self.trained = False  # a full batch of this pass went through the model
+
+    def collating(self, collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+        def collated(rows: list[Any]) -> Any:
+            self.settle()
+            if self.seen is not None:
+                self.last = (len(rows) < self.batch_size, self.seen.forwards)
+            return collate(rows)
+
+        return collated
+
+    def settle(self) -> None:
+        if self.seen is None or self.last is None:
+            return
+        short, before = self.last
+        used = self.seen.forwards > before
+        if short:  # the pass's end
+            self.seen.skipped_short += self.trained and not used
+            self.trained = False
+        else:
+            self.trained = self.trained or used
+        self.last = None
 
 
 def _no_progress(limit: float, updates: int) -> str:
