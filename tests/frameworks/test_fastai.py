@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit import watch_script
 from tests.frameworks.measure import applied_gradients, correct_gradient, ratio
+from tests.test_watch import twin_of
 
 with warnings.catch_warnings():  # fastai's own, at import (torch.jit.script's deprecation)
     warnings.simplefilter("ignore")
@@ -69,3 +70,14 @@ def test_watching_a_fastai_script_judges_each_window_by_its_rows(
     assert not report.error, str(report)
     if pitfall:
         assert "applies 1.375 times the mean of its 22 counted" in str(report), str(report)
+
+
+def test_fastais_own_optimizer_is_no_torch_one_and_is_one_error(tmp_path: Path) -> None:
+    """fastai's default optimizer (its own Adam) is not a torch.optim.Optimizer: the params
+    move with no torch optimizer's step, which the watch cannot read, and says so once."""
+    own = twin_of(
+        tmp_path, SCRIPT, "        opt_func=partial(OptimWrapper, opt=torch.optim.SGD),\n", ""
+    )
+    report = watch_script(str(own))
+    assert report.error.startswith("the params moved, yet no torch optimizer stepped"), str(report)
+    assert not report.failures and not report.ok, str(report)
