@@ -939,3 +939,96 @@ def test_the_skipped_short_batch_is_measured_directly_never_applied() -> None:
     loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
     train_skipping_short(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 2)
     assert seen == [4, 4, 4, 4]  # each epoch's last 2 rows never reach the model
+
+
+def _step_on(model: nn.Module, optimizer: Any, X: torch.Tensor, y: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    F.cross_entropy(model(X), y).backward()
+    optimizer.step()
+
+
+def capped_evaluation(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """An accuracy on the first training batch after each epoch, its cap checked at the top
+    of the body: the batch after the cap is fetched and dropped (the short one, at times)."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            _step_on(model, optimizer, X, y)
+        model.eval()
+        with torch.no_grad():
+            for i, (X, y) in enumerate(loader):
+                if i == 1:  # max_eval_batches
+                    break
+                model(X).argmax(1).eq(y).sum()
+        model.train()
+
+
+def sample_then_counts(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """A forward on one sample batch (a shape check), then class counts read from the loader."""
+    X, _ = next(iter(loader))
+    with torch.no_grad():
+        model(X)
+    counts = torch.zeros(2)
+    for _, y in loader:
+        counts += torch.bincount(y, minlength=2)
+    for _ in range(num_epochs):
+        for X, y in loader:
+            _step_on(model, optimizer, X, y)
+
+
+def mixup_of_two_passes(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Mixup over two iterators of the loader, zipped: both short batches come together."""
+    for _ in range(num_epochs):
+        for (X1, y1), (X2, y2) in zip(loader, loader, strict=True):
+            optimizer.zero_grad()
+            out = model(0.7 * X1 + 0.3 * X2)
+            (0.7 * F.cross_entropy(out, y1) + 0.3 * F.cross_entropy(out, y2)).backward()
+            optimizer.step()
+
+
+def rebatched(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Batches of exactly batch_size, the rows left over carried into the next epoch, and the
+    last ones stepped after the last epoch: the short batch's rows are applied, later."""
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    for _ in range(num_epochs):
+        for X, y in loader:
+            Xc, yc = torch.cat([*xs, X]), torch.cat([*ys, y])
+            while len(Xc) >= batch_size:
+                _step_on(model, optimizer, Xc[:batch_size], yc[:batch_size])
+                Xc, yc = Xc[batch_size:], yc[batch_size:]
+            xs, ys = [Xc], [yc]
+    if xs and len(xs[0]):
+        _step_on(model, optimizer, xs[0], ys[0])
+
+
+def budget_at_the_top(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, max_steps: int = 3
+) -> None:
+    """Epochs and a budget of its own checked at the top of the body: it stops early, an
+    exhausted-generator mistake, and drops the batch it fetched last (at times the short one)."""
+    step = 0
+    for _ in range(num_epochs):
+        for X, y in loader:
+            if step >= max_steps:
+                break
+            _step_on(model, optimizer, X, y)
+            step += 1
+
+
+@pytest.mark.parametrize(
+    "loop, failures",
+    [
+        (capped_evaluation, []),
+        (sample_then_counts, []),
+        (mixup_of_two_passes, []),
+        (rebatched, []),
+        (budget_at_the_top, ["exhausted-generator"]),
+    ],
+)
+def test_a_short_batch_fetched_and_not_forwarded_for_a_reason_of_its_own_is_no_skip(
+    loop: Any, failures: list[str]
+) -> None:
+    report = audit.training_loop(loop, **LOOP)
+    assert [r.pitfall for r in report.failures] == failures, str(report)

@@ -197,7 +197,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             "used them: the loop never steps an epoch's left-over micro-batches (step when the "
             f"data ends too{f', not only every {k} micro-batches' if k > 1 else ''})"
         )
-    if seen.skipped_short and seen.forwards:
+    if seen.skipped_short and seen.fed < seen.train_rows:  # (rows carried over are fed)
         short = batching.n % batching.batch_size
         raise CheckFailed(
             f"on {describe(batching, options)}, the loop fetched each epoch's short last batch "

@@ -186,6 +186,7 @@ class Observed:
     stepped_params: frozenset[int] = frozenset()  # the params (by position) any optimizer stepped
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
+    train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
 
     @property
     def calls(self) -> list[Call]:

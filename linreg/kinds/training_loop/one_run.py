@@ -177,8 +177,8 @@ def _run_at_zero_lr(
             if short is not None:
                 short.seen = seen
             target.fn(**kwargs)
-            if short is not None:  # returned: a short batch fetched last is settled too
-                short.settle()
+            if short is not None:  # returned: its last pass's rows, if it trained
+                short.finish()
     except (CheckFailed, LoopRaised):
         raise
     except Overran:
@@ -194,38 +194,62 @@ def _run_at_zero_lr(
 
 
 class ShortFetches:
-    """Tell each pass over the audit's loader whose full batches went through the model and
-    whose short last batch did not (a loop that skips a batch smaller than batch_size before
-    its forward): each batch settled at the next the loader makes, or when the loop returns
-    (not where the audit ended it, mid-epoch). A pass with no forward at all (class counts,
-    statistics read from the loader) is not training, and tells nothing."""
+    """Tell each pass over the audit's loader that trained (an update during its full batches)
+    and whose short last batch went through no forward before the loader made a full batch
+    again (a loop that skips a batch smaller than batch_size before its forward), and the
+    rows such passes fetched. A pass with no update (an evaluation, class counts, one sample
+    batch) tells nothing; nor does a short batch fetched last, where the loop may have
+    stopped (a budget, an early stop), nor one another iterator's batch follows (zipped
+    loaders). short-last-batch names a skip only where the rows the loop fed with grad fall
+    short of those its training passes fetched: rows carried into the next epoch are fed."""
 
     def __init__(self, batching: Batching) -> None:
         self.batch_size = batching.batch_size
         self.seen: Observed | None = None
-        self.last: tuple[bool, int] | None = None  # the last batch: short?, forwards before
-        self.trained = False  # a full batch of this pass went through the model
+        self.rows = 0  # this pass's rows so far
+        self.steps_at = 0  # the updates before this pass's first batch
+        self.pending: tuple[int, bool] | None = None  # a short batch: forwards before, trained
+        self.resumed: int | None = None  # the forwards as the full batch after a skip came
 
     def collating(self, collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
         def collated(rows: list[Any]) -> Any:
-            self.settle()
             if self.seen is not None:
-                self.last = (len(rows) < self.batch_size, self.seen.forwards)
+                self.fetched(self.seen, len(rows))
             return collate(rows)
 
         return collated
 
-    def settle(self) -> None:
-        if self.seen is None or self.last is None:
-            return
-        short, before = self.last
-        used = self.seen.forwards > before
+    def fetched(self, seen: Observed, rows: int) -> None:
+        self._resumed(seen)
+        short = rows < self.batch_size
+        if self.pending is not None and not short:  # a full batch again: the loop moved on
+            before, trained = self.pending
+            if trained and seen.forwards == before:  # skipped, if it trains on this one
+                self.resumed = seen.forwards
+            self.pending = None
+        if not self.rows:  # a new pass
+            self.steps_at = len(seen.steps)
+        self.rows += rows
         if short:  # the pass's end
-            self.seen.skipped_short += self.trained and not used
-            self.trained = False
-        else:
-            self.trained = self.trained or used
-        self.last = None
+            trained = len(seen.steps) > self.steps_at
+            seen.train_rows += self.rows if trained else 0
+            if self.pending is None:
+                self.pending = (seen.forwards, trained)
+            self.rows = 0
+
+    def _resumed(self, seen: Observed) -> None:
+        """A short batch skipped: the full batch after it went through the model (a loop that
+        stopped there, at a budget or an early stop, broke off; it skipped nothing)."""
+        if self.resumed is not None and seen.forwards > self.resumed:
+            seen.skipped_short += 1
+        self.resumed = None
+
+    def finish(self) -> None:
+        """Count the rows of a pass the loop left before its short batch, where it trained."""
+        if self.seen is not None:
+            self._resumed(self.seen)
+            if self.rows and len(self.seen.steps) > self.steps_at:
+                self.seen.train_rows += self.rows
 
 
 def _no_progress(limit: float, updates: int) -> str:
