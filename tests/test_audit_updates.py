@@ -1032,3 +1032,24 @@ def test_a_short_batch_fetched_and_not_forwarded_for_a_reason_of_its_own_is_no_s
 ) -> None:
     report = audit.training_loop(loop, **LOOP)
     assert [r.pitfall for r in report.failures] == failures, str(report)
+
+
+def test_the_audit_loaders_collate_pickles_into_a_worker_and_collates_there_alone() -> None:
+    """A loop may rebuild the loader with num_workers (spawned: pickled): the collate that
+    tells the audit each batch goes, and in the worker collates without counting."""
+    import pickle
+
+    from linreg.kinds.training_loop.contract import collate
+    from linreg.kinds.training_loop.ledger import Observed
+    from linreg.kinds.training_loop.one_run import ShortFetches
+
+    fetches = ShortFetches(Batching((0, 1, 0), 2, 1, 0))
+    fetches.seen = Observed()
+    told = fetches.collating(collate)
+    rows = [(torch.ones(3), torch.tensor(1)), (torch.zeros(3), torch.tensor(0))]
+    told(rows)
+    assert fetches.rows == 2  # counted here
+    copy = pickle.loads(pickle.dumps(told))
+    X, y = copy(rows)
+    assert X.shape == (2, 3) and y.tolist() == [1, 0]
+    assert fetches.rows == 2  # not by the copy

@@ -16,7 +16,6 @@ class Constant:
     scale: float
     full: float  # a full update's count
     unconfirmed: bool  # no shorter update told it from a sum: mean-vs-sum not judged
-    shorter: bool = True  # a shorter update applies it too
 
 
 @dataclass

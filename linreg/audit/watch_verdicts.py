@@ -211,7 +211,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 for r in shorts
             )
             unconfirmed = not shorter
-            v.constants.append(Constant(term, kappa, full, unconfirmed, shorter))
+            v.constants.append(Constant(term, kappa, full, unconfirmed))
             s_full = 1.0
     for r in readings:
         v.at = r.j

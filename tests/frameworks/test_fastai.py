@@ -1,10 +1,11 @@
 """fastai (2.8) with its GradientAccumulation callback, measured directly and then watched as a
 script: the callback divides each batch's mean loss by n_acc / batch size (its summed loss by
 n_acc, the samples a step should hold) and steps once it has counted n_acc samples or more,
-counting over the whole fit. A window that overshoots n_acc (an epoch's short last batch, then
-the next epoch's first) holds more rows than it divides by: 22 rows over 16, 1.375 times the
-mean of its rows. Windows that hold n_acc exactly are right. fastai's Learner steps a torch
-optimizer through OptimWrapper; its own optimizers are not torch's, and cannot be watched."""
+counting over the whole fit. A window that overshoots n_acc (an epoch's third batch, its short
+last batch and the next epoch's first) holds more rows than it divides by: 22 rows over 16,
+1.375 times the mean of its rows. Windows that hold n_acc exactly are right. fastai's Learner
+steps a torch optimizer through OptimWrapper; its own optimizers are not torch's, and cannot be
+watched."""
 
 from __future__ import annotations
 

@@ -212,12 +212,7 @@ class ShortFetches:
         self.resumed: int | None = None  # the forwards as the full batch after a skip came
 
     def collating(self, collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
-        def collated(rows: list[Any]) -> Any:
-            if self.seen is not None:
-                self.fetched(self.seen, len(rows))
-            return collate(rows)
-
-        return collated
+        return _Told(collate, self)
 
     def fetched(self, seen: Observed, rows: int) -> None:
         self._resumed(seen)
@@ -250,6 +245,23 @@ class ShortFetches:
             self._resumed(self.seen)
             if self.rows and len(self.seen.steps) > self.steps_at:
                 self.seen.train_rows += self.rows
+
+
+class _Told:
+    """The audit loader's collate, telling ShortFetches each batch it makes. Pickled into a
+    loader's worker process (a loop that rebuilds the loader with num_workers, spawned), it
+    collates alone: what a worker makes is not this process's to count."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any], fetches: ShortFetches | None) -> None:
+        self.collate, self.fetches = collate, fetches
+
+    def __call__(self, rows: list[Any]) -> Any:
+        if self.fetches is not None and self.fetches.seen is not None:
+            self.fetches.fetched(self.fetches.seen, len(rows))
+        return self.collate(rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"collate": self.collate, "fetches": None}
 
 
 def _no_progress(limit: float, updates: int) -> str:
