@@ -45,26 +45,18 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
     c = torch.tensor(u.counts, dtype=torch.float64)
     gram = u.gram / torch.outer(c, c)
     want = c if summed else c / c.sum()  # a correct update: sum (or mean) of its rows'
-
-    def residual(dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:
-        return float(rr - 2 * (w @ dots) + w @ gram @ w)  # |R - sum w_i M_i|^2
-
     ww, tol2 = float(want @ gram @ want), u.tol**2
     dots, rr, clipped = u.sa / c, u.aa, u.clipped  # (by value: read before it, in close)
-    if residual(dots, rr, want) > tol2 * max(ww, rr) and u.bb > 0:
-        s = u.ab / u.bb
-        scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2: A is s times B
-        same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
-        if 0 < s <= 1 + u.tol and scaled <= tol2 * u.aa and same > tol2 * u.aa:
-            dots, rr, clipped = u.sb / c, u.bb, True
+    if _residual(gram, dots, rr, want) > tol2 * max(ww, rr) and _a_clipping(u):
+        dots, rr, clipped = u.sb / c, u.bb, True
     parts, total = list(u.counts), float(c.sum())
     scale = float(want @ dots) / ww if ww > 0 else 0.0  # one scale on the correct update?
-    if ww > 0 and residual(dots, rr, scale * want) <= tol2 * max(rr, ww):
+    if ww > 0 and _residual(gram, dots, rr, scale * want) <= tol2 * max(rr, ww):
         return Reading(j, total, parts, [scale] * len(parts), clipped)
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(parts):
         return Reading(j, total, parts, None, clipped, unread=True)  # weights not unique
     a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
-    if residual(dots, rr, a) > tol2 * max(rr, ww):
+    if _residual(gram, dots, rr, a) > tol2 * max(rr, ww):
         return Reading(j, total, parts, None, clipped)
     return Reading(j, total, parts, [float(x) for x in a / want], clipped)
 
@@ -79,24 +71,14 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     if u.blind or not u.columns:
         return []
     c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
-    gram = u.gram / torch.outer(c, c)  # of the calls' mean gradients M_i = S_i / count_i
-
-    def solved(dots: torch.Tensor, rr: float) -> torch.Tensor | None:
-        a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
-        r = float(rr - 2 * (a @ dots) + a @ gram @ a)
-        return a if r <= u.tol**2 * max(rr, float(a @ gram @ a)) else None
-
+    gram = u.gram / torch.outer(c, c)  # of the terms' mean gradients M_i = S_i / count_i
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(u.columns):
         return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
     dots, rr, clipped = u.sa / c, u.aa, u.clipped
-    if u.bb > 0:  # what it applied a clipping (a factor in (0, 1]) of what .grad held: B
-        s = u.ab / u.bb
-        scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2
-        same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
-        if 0 < s <= 1 + u.tol and scaled <= u.tol**2 * u.aa and same > u.tol**2 * u.aa:
-            dots, rr, clipped = u.sb / c, u.bb, True
-    a = solved(dots, rr)
-    if a is None:
+    if _a_clipping(u):  # (no correct update to try first: the terms' weights are the code's)
+        dots, rr, clipped = u.sb / c, u.bb, True
+    a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    if _residual(gram, dots, rr, a) > u.tol**2 * max(rr, float(a @ gram @ a)):
         return [("", Reading(j, total, list(u.counts), None, clipped))]
     out = []
     for term in dict.fromkeys(col.term for col in u.columns):
@@ -113,6 +95,22 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         )
         out.append((term, reading))
     return out
+
+
+def _residual(gram: torch.Tensor, dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:
+    """Return |R - sum w_i M_i|^2 from the inner products: <M_i, M_j>, <M_i, R> and |R|^2."""
+    return float(rr - 2 * (w @ dots) + w @ gram @ w)
+
+
+def _a_clipping(u: Update) -> bool:
+    """Return whether what an update applied (A) is a clipping of what .grad held before it
+    (B): s times B for one s in (0, 1], and not B itself."""
+    if u.bb <= 0:
+        return False
+    s, tol2 = u.ab / u.bb, u.tol**2
+    scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2
+    same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
+    return 0 < s <= 1 + u.tol and scaled <= tol2 * u.aa and same > tol2 * u.aa
 
 
 def over_counted(readings: list[Reading]) -> list[tuple[Reading, int]]:

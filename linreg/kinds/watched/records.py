@@ -116,7 +116,8 @@ class Update:
 
 @dataclass(frozen=True)
 class Column:
-    """One loss call of an update whose backward() calls reached several: a term of its own."""
+    """One term of a micro-batch whose backward() reached losses of several functions: its
+    calls of one function."""
 
     term: str  # its function: cross_entropy, mse_loss
     count: float
