@@ -214,7 +214,11 @@ class ShortFetches:
     def collating(self, collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
         return _Told(collate, self)
 
-    def fetched(self, seen: Observed, rows: int) -> None:
+    def fetched(self, rows: int) -> None:
+        """Note a batch of `rows` the loader made (once the run is watched: seen is set)."""
+        seen = self.seen
+        if seen is None:
+            return
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
@@ -241,10 +245,11 @@ class ShortFetches:
 
     def finish(self) -> None:
         """Count the rows of a pass the loop left before its short batch, where it trained."""
-        if self.seen is not None:
-            self._resumed(self.seen)
-            if self.rows and len(self.seen.steps) > self.steps_at:
-                self.seen.train_rows += self.rows
+        seen = self.seen
+        if seen is not None:
+            self._resumed(seen)
+            if self.rows and len(seen.steps) > self.steps_at:
+                seen.train_rows += self.rows
 
 
 class _Told:
@@ -256,8 +261,8 @@ class _Told:
         self.collate, self.fetches = collate, fetches
 
     def __call__(self, rows: list[Any]) -> Any:
-        if self.fetches is not None and self.fetches.seen is not None:
-            self.fetches.fetched(self.fetches.seen, len(rows))
+        if self.fetches is not None:
+            self.fetches.fetched(len(rows))
         return self.collate(rows)
 
     def __getstate__(self) -> dict[str, Any]:
