@@ -374,6 +374,44 @@ def test_a_slow_loops_audit_makes_a_few_updates_in_all_and_its_twins_first_run_f
     assert twin.failures[0].counterexample == plain(first_runs(options)[0]), str(twin)
 
 
+@pytest.mark.parametrize("count", [None, 3], ids=["steps-each-batch", "windows-of-3"])
+def test_one_long_gap_ends_the_probe_at_its_second_update_and_its_window_still_shows(
+    slow_at_5_ms: None, monkeypatch: pytest.MonkeyPatch, count: int | None
+) -> None:
+    """A gap over LONG after the first update shows a slow loop at once: the probe ends at its
+    second update (1 pause, not 2), and the window read from those two updates is the loop's
+    (windows of 3 on the probe's epochs of 5 batches: a full one, then the epoch's 2)."""
+    from linreg.kinds.training_loop import probe
+
+    monkeypatch.setattr(probe, "LONG", 0.004)
+    paused = 0
+
+    def evaluates(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        nonlocal paused
+        k = count or 1
+        for _ in range(num_epochs):
+            batches = list(loader)
+            for start in range(0, len(batches), k):
+                window = batches[start : start + k]
+                rows = sum(len(x) for x, _ in window)
+                optimizer.zero_grad()
+                for x, y in window:
+                    (F.cross_entropy(model(x), y, reduction="sum") / rows).backward()
+                optimizer.step()
+                paused += 1
+                time.sleep(0.005)
+
+    report, made = _counted(lambda: audit.training_loop(evaluates, model=net, example=SAMPLE))
+    assert report.ok and report.options["slow"] is True, str(report)
+    assert report.options["accumulation_steps"] == (count or 1), str(report)
+    # paused after: the probe's first update (it ends at its second), the first runs' 4 and
+    # 2; not: the probe's second, a reference's one update for each kind of row, and with
+    # windows the smallest epoch's probe (one update)
+    assert (made - paused, paused) == (3 if count is None else 4, 7), (made, paused)
+    twin = audit.training_loop(evaluates_at_length_nominal, model=net, example=SAMPLE)
+    assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
+
+
 def test_a_slow_loop_that_takes_a_count_waits_for_few_pauses_too(slow_at_5_ms: None) -> None:
     """A loop that takes an accumulation count: the probe's 3 updates (2 pauses); its smallest
     epoch, probed to its first update (no pause); the first run, at a drawn count of 3 a full

@@ -33,6 +33,7 @@ from linreg.kinds.training_loop.one_run import (
 )
 from linreg.kinds.training_loop.outputs import check_model
 from linreg.kinds.training_loop.settings import (
+    LONG,
     MOST_DRAWN,
     SIGNATURE,
     SLOW,
@@ -74,9 +75,13 @@ def per_update(seen: Observed) -> float:
 def shown_slow(seen: Observed) -> bool:
     """Return True once a run has shown a slow loop: its last two gaps between updates each
     over SLOW s (one long pause, a first update's imports or a logger made once, is not the
-    loop's). The probe ends it there, as the properties' runs of a slow loop hold fewer
-    updates (a window of up to 5 batches still shows in 3 updates)."""
+    loop's), or its first over LONG s (a wait of its own for another, as long, costs more than
+    a loop mistaken for slow: its audit holds fewer examples). The probe ends it there, as the
+    properties' runs of a slow loop hold fewer updates (a window of up to 5 batches still
+    shows in 2 updates: a full one, the larger on a tie)."""
     at = seen.stepped_at
+    if len(at) == 2:
+        return at[1] - at[0] > LONG
     return len(at) >= 3 and min(at[-1] - at[-2], at[-2] - at[-3]) > SLOW
 
 

@@ -23,6 +23,7 @@ SIGNATURE = "fn(model, loader/dataset/get_batch, [optimizer], num_epochs/max_ste
 FLOOR = guards.FLOOR  # seconds: the least time a run of the loop is given (see limit_of)
 MOST_DRAWN = 4  # the largest accumulation count drawn for a loop that takes one, given none
 SLOW = 0.05  # seconds an update, in the probe's run, past which the examples hold fewer
+LONG = 1.0  # seconds: one gap between the probe's updates this long shows a slow loop at once
 
 
 def _factory(name: str, value: object) -> Callable[[], nn.Module]:
@@ -135,10 +136,10 @@ class TrainingLoopOptions(Options):
         False,
         f"the loop's first run took over {SLOW:g} s from one update to the next (the median; "
         "a large model, or work of its own after each step; that run is ended once two gaps in "
-        "a row are over it): its audit first makes two runs that hold what every property "
-        "judges (4 and 2 updates, for a loop that steps every batch), then smaller ones while "
-        "its time lasts (batches of 3 rows at most, at most 2 full steps an epoch, 2 model "
-        "inits), and reports a failure unshrunk",
+        f"a row are over it, or its first is over {LONG:g} s): its audit first makes two runs "
+        "that hold what every property judges (4 and 2 updates, for a loop that steps every "
+        "batch), then smaller ones while its time lasts (batches of 3 rows at most, at most 2 "
+        "full steps an epoch, 2 model inits), and reports a failure unshrunk",
     )
     least_batches: int = read_from_run(
         1,
