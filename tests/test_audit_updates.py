@@ -1053,3 +1053,81 @@ def test_the_audit_loaders_collate_pickles_into_a_worker_and_collates_there_alon
     X, y = copy(rows)
     assert X.shape == (2, 3) and y.tolist() == [1, 0]
     assert fetches.rows == 2  # not by the copy
+
+
+# --- a short batch forwarded, then skipped before its backward ---------------------------------
+
+
+def train_dropping_short_after_forward(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, spelling: str = "continue"
+) -> None:
+    """Twin: the loss computed first, then a batch smaller than batch_size skipped before its
+    backward ("continue"), or the epoch ended there ("break", as fixed-length recipes write
+    it): a drop_last by hand, undeclared, after the forward."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(X), y)
+            if X.shape[0] != loader.batch_size:
+                if spelling == "break":
+                    break
+                continue
+            loss.backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize("spelling", ["continue", "break"])
+def test_a_short_batch_forwarded_then_skipped_before_its_backward_fails_short_last_batch(
+    spelling: str,
+) -> None:
+    """Its forward is the next update's first call (train mode, new rows), and no backward()
+    reaches it: on identical rows that update applies the right mean, so the ledger's record
+    of what backward() reached names it."""
+
+    def loop(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        train_dropping_short_after_forward(model, loader, optimizer, num_epochs, spelling)
+
+    report = audit.training_loop(loop, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "no backward() reached it" in report.failures[0].message, str(report)
+    declared = audit.training_loop(loop, drop_last=True, **LOOP)  # dropped on purpose, said so
+    assert declared.ok, str(declared)
+
+
+def test_the_short_batch_forwarded_and_skipped_is_measured_directly_never_applied() -> None:
+    """10 rows in batches of 4, 2 epochs: the model sees each epoch's 2 last rows, and the
+    params end where the 4-row batches alone take them (the same loop on 8 rows)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    seen: list[int] = []
+    ends = []
+    for n in (10, 8):
+        torch.manual_seed(1)
+        model = TwoPart()
+        hook = model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+        loader = DataLoader(torch.utils.data.TensorDataset(x[:n], y[:n]), batch_size=4)
+        train_dropping_short_after_forward(
+            model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 2
+        )
+        hook.remove()
+        ends.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert seen[:6] == [4, 4, 2, 4, 4, 2]  # the short batch reaches the model...
+    assert torch.equal(ends[0], ends[1])  # ...and moves nothing: its rows are never applied
+
+
+def peeks_at_a_prediction(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Correct: prints the first row's prediction before each step, in train mode with grad on
+    (no torch.no_grad()): a forward of rows the step's own batch applies."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            model(X[:1]).argmax(1)  # a peek, for a log line
+            F.cross_entropy(model(X), y).backward()
+            optimizer.step()
+
+
+def test_a_peek_at_rows_of_the_batch_a_step_applies_feeds_no_update() -> None:
+    """X[:1] is a view inside X: its rows are applied by X's pass, so the peek is no
+    micro-batch of its own (before, it was one weighing 0: a false micro-batch-accumulation)."""
+    report = audit.training_loop(peeks_at_a_prediction, **LOOP)
+    assert report.ok, str(report)

@@ -132,6 +132,7 @@ from linreg.kinds.training_loop.verdicts import (
     Wanted,
     compare,
     crosses,
+    dropped_shorts,
     full_rows,
     wanted,
 )
@@ -181,6 +182,7 @@ __all__ = [
     "default_optimizer",
     "describe",
     "detached",
+    "dropped_shorts",
     "example_option",
     "expected_steps",
     "factor",

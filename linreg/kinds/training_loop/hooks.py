@@ -59,9 +59,27 @@ def zero_lr(opt: torch.optim.Optimizer) -> None:
             group["lr"] = 0.0
 
 
+def _first(call: Call) -> Tensor | None:
+    return next((u for u in tensors_in(call.args, call.kwargs) if u.ndim > 0), None)
+
+
 def _same_batch(call: Call, t: Tensor) -> bool:
-    first = next((u for u in tensors_in(call.args, call.kwargs) if u.ndim > 0), None)
+    first = _first(call)
     return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
+
+
+def _within(call: Call, other: Call) -> bool:
+    """Return True if call was fed rows of other's batch: its first tensor a view of rows
+    inside other's (X[:1], a peek at a prediction), whose rows other's pass applies."""
+    u, v = _first(call), _first(other)
+    if u is None or v is None or u is v or u.shape[1:] != v.shape[1:]:
+        return False
+    if u.layout != torch.strided or v.layout != torch.strided:
+        return False
+    if u.untyped_storage().data_ptr() != v.untyped_storage().data_ptr():
+        return False
+    end = v.data_ptr() + v.numel() * v.element_size()
+    return v.data_ptr() <= u.data_ptr() and u.data_ptr() + u.numel() * u.element_size() <= end
 
 
 class Watcher:
@@ -143,7 +161,12 @@ class Watcher:
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
-        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried))
+        unreached = tuple(
+            i
+            for i, c in enumerate(self.calls)
+            if c.method == "forward" and id(c) not in self.reached
+        )
+        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried, unreached))
         self.seen.stepped_at.append(time.perf_counter())
         self.seen.whole = (self.known is None or stepped >= self.known) and all(
             id(p) in stepped for p in params if p.grad is not None
@@ -197,14 +220,19 @@ class Watcher:
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed: a forward in grad mode
         that no backward() reached fed no update where it was made in eval mode (a validation
-        pass written without torch.no_grad()) or on the batch the last update consumed (an
-        accuracy read after the step); one on new rows in train mode did (a loop that calls
-        backward() on every k-th batch alone throws the others away). A method's calls
-        (Lightning's training_step, which may call backward itself) all count."""
+        pass written without torch.no_grad()), on the batch the last update consumed (an
+        accuracy read after the step) or on rows of a batch a pass this update or the last
+        consumed (a peek at X[:1]'s prediction); one on new rows in train mode did (a loop
+        that calls backward() on every k-th batch alone throws the others away). A method's
+        calls (Lightning's training_step, which may call backward itself) all count."""
+        reached = [c for c in self.calls if id(c) in self.reached]
+        applied = reached + (self.seen.steps[-1].calls if self.seen.steps else [])
         return [
             c
             for c in self.calls
-            if c.method != "forward" or id(c) in self.reached or id(c) not in self.unless_reached
+            if c.method != "forward"
+            or id(c) in self.reached
+            or (id(c) not in self.unless_reached and not any(_within(c, a) for a in applied))
         ]
 
     def output(

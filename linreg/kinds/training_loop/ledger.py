@@ -133,6 +133,8 @@ class Step:
     calls: list[Call]
     scale: float | None = None  # the loss scaler's scale when the loop unscaled, else None
     carried: Tensor | None = None  # what .grad held as the step's first backward() began
+    # the calls (by position) whose output no backward() reached: their rows fed it nothing
+    unreached: tuple[int, ...] = ()
 
     def keep(self, mask: Tensor) -> None:
         """Keep the gradients of the params mask holds (1.0) alone, the others read as 0."""

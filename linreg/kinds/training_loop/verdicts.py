@@ -188,6 +188,28 @@ def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) 
     return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
 
 
+def dropped_shorts(batching: Batching, drop_last: bool, steps: Sequence[Step]) -> int:
+    """Return how many times an epoch's short last batch went through the model and no
+    backward() reached it (a batch smaller than batch_size skipped after its forward): an
+    update's first call, of the short batch's rows, where the updates before consumed the
+    epoch's rows up to it. (A batch an epoch's last update never steps is no update's.)"""
+    short = 0 if drop_last else batching.n % batching.batch_size
+    if not short:
+        return 0
+    dropped, start = 0, 0
+    for step in steps:
+        first = step.calls[0] if step.calls else None
+        if (
+            first is not None
+            and 0 in step.unreached
+            and first.rows == short
+            and start % batching.n == batching.n - short
+        ):
+            dropped += 1
+        start += step.rows
+    return dropped
+
+
 def _times(s: float | None) -> str:
     return "a gradient unlike" if s is None else f"{s:.4g} times"
 
