@@ -1131,3 +1131,21 @@ def test_a_peek_at_rows_of_the_batch_a_step_applies_feeds_no_update() -> None:
     micro-batch of its own (before, it was one weighing 0: a false micro-batch-accumulation)."""
     report = audit.training_loop(peeks_at_a_prediction, **LOOP)
     assert report.ok, str(report)
+
+
+def logs_a_fixed_row(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Trains every batch, the short one too, and after each step predicts one fixed row of
+    the dataset in train mode with grad on: a forward of 1 row, which no backward() reaches."""
+    x0 = loader.dataset[0][0].unsqueeze(0)
+    for _ in range(num_epochs):
+        for X, y in loader:
+            _step_on(model, optimizer, X, y)
+            model(x0).argmax(1)
+
+
+def test_a_forward_no_backward_reached_is_a_dropped_short_batch_only_if_it_is_that_batch() -> None:
+    """The rule reads the batch itself (the audit's loader keeps each short batch it made),
+    not a forward of the short batch's size at its place in the epoch: a fixed row predicted
+    after each step is not the epoch's short batch, which this loop trains."""
+    report = audit.training_loop(logs_a_fixed_row, **LOOP)
+    assert "short-last-batch" not in [r.pitfall for r in report.failures], str(report)

@@ -198,14 +198,15 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             "used them: the loop never steps an epoch's left-over micro-batches (step when the "
             f"data ends too{f', not only every {k} micro-batches' if k > 1 else ''})"
         )
-    dropped = dropped_shorts(batching, options.drop_last, seen.steps)
+    dropped = dropped_shorts(seen)
     if dropped:
         raise CheckFailed(
-            f"on {describe(batching, options)}, each epoch's short last batch "
+            f"on {describe(batching, options)}, an epoch's short last batch "
             f"({batching.n % batching.batch_size} row(s)) went through the model and no "
-            f"backward() reached it, in {dropped} epoch(s): its rows are never applied (a "
-            "batch smaller than batch_size skipped after its forward: step on it too; where "
-            "it is dropped on purpose, say so: drop_last=True, --drop-last)"
+            f"backward() reached it (seen {dropped} time(s), before an update that followed): "
+            "its rows are never applied (a batch smaller than batch_size skipped after its "
+            "forward: step on it too; where it is dropped on purpose, say so: drop_last=True, "
+            "--drop-last)"
         )
     if seen.skipped_short and seen.fed < seen.train_rows:  # (rows carried over are fed)
         short = batching.n % batching.batch_size

@@ -189,6 +189,9 @@ class Observed:
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
+    # the tensors of each short last batch the audit's loader made (kept: their memory tells a
+    # forward of that very batch)
+    shorts: list[Tensor] = field(default_factory=list)
 
     @property
     def calls(self) -> list[Call]:

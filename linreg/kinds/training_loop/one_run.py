@@ -18,7 +18,7 @@ from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
-from linreg.kinds.training_loop.ledger import Observed, Step, not_finite
+from linreg.kinds.training_loop.ledger import Observed, Step, not_finite, tensors_in
 from linreg.kinds.training_loop.rows import Example, rows_of
 from linreg.kinds.training_loop.settings import (
     FLOOR,
@@ -214,11 +214,14 @@ class ShortFetches:
     def collating(self, collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
         return _Told(collate, self)
 
-    def fetched(self, rows: int) -> None:
-        """Note a batch of `rows` the loader made (once the run is watched: seen is set)."""
+    def fetched(self, rows: int, batch: Any = None) -> None:
+        """Note a batch of `rows` the loader made (once the run is watched: seen is set); a
+        short one's tensors are kept, to tell a forward of that very batch."""
         seen = self.seen
         if seen is None:
             return
+        if rows < self.batch_size and batch is not None:
+            seen.shorts += tensors_in([batch], {})
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
@@ -261,9 +264,10 @@ class _Told:
         self.collate, self.fetches = collate, fetches
 
     def __call__(self, rows: list[Any]) -> Any:
+        batch = self.collate(rows)
         if self.fetches is not None:
-            self.fetches.fetched(len(rows))
-        return self.collate(rows)
+            self.fetches.fetched(len(rows), batch)
+        return batch
 
     def __getstate__(self) -> dict[str, Any]:
         return {"collate": self.collate, "fetches": None}

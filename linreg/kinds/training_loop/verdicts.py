@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor
 
 from linreg.checks import CheckFailed
@@ -21,7 +22,7 @@ from linreg.kinds.training_loop.judge import (
     unequal_weights,
     want_of,
 )
-from linreg.kinds.training_loop.ledger import Observed, Step
+from linreg.kinds.training_loop.ledger import Call, Observed, Step, tensors_in
 from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
@@ -188,26 +189,20 @@ def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) 
     return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
 
 
-def dropped_shorts(batching: Batching, drop_last: bool, steps: Sequence[Step]) -> int:
-    """Return how many times an epoch's short last batch went through the model and no
-    backward() reached it (a batch smaller than batch_size skipped after its forward): an
-    update's first call, of the short batch's rows, where the updates before consumed the
-    epoch's rows up to it. (A batch an epoch's last update never steps is no update's.)"""
-    short = 0 if drop_last else batching.n % batching.batch_size
-    if not short:
+def dropped_shorts(seen: Observed) -> int:
+    """Return the updates that hold a forward of a short last batch the audit's loader made,
+    the batch itself, that no backward() reached (a batch smaller than batch_size skipped after
+    its forward). An epoch's last update never steps such a batch: it shows where an update
+    followed, and not at all on a loop handed no loader of the audit's."""
+    shorts = {(t.data_ptr(), t.shape) for t in seen.shorts if t.layout == torch.strided}
+    if not shorts:
         return 0
-    dropped, start = 0, 0
-    for step in steps:
-        first = step.calls[0] if step.calls else None
-        if (
-            first is not None
-            and 0 in step.unreached
-            and first.rows == short
-            and start % batching.n == batching.n - short
-        ):
-            dropped += 1
-        start += step.rows
-    return dropped
+
+    def short(call: Call) -> bool:
+        first = next((t for t in tensors_in(call.args, call.kwargs) if t.ndim > 0), None)
+        return first is not None and (first.data_ptr(), first.shape) in shorts
+
+    return sum(any(short(step.calls[i]) for i in step.unreached) for step in seen.steps)
 
 
 def _times(s: float | None) -> str:
