@@ -1149,3 +1149,35 @@ def test_a_forward_no_backward_reached_is_a_dropped_short_batch_only_if_it_is_th
     after each step is not the epoch's short batch, which this loop trains."""
     report = audit.training_loop(logs_a_fixed_row, **LOOP)
     assert "short-last-batch" not in [r.pitfall for r in report.failures], str(report)
+
+
+def test_a_fixed_row_predicted_for_a_log_line_feeds_no_update() -> None:
+    """Handed the audit's loader, the loop's forward of rows of no batch the loader made (a
+    row of its own, in train mode with grad on, no backward()) is no micro-batch: it was read
+    as one weighing 0 (a false micro-batch-accumulation), and its window as 2 batches."""
+    report = audit.training_loop(logs_a_fixed_row, **LOOP)
+    assert report.ok, str(report)
+    assert report.options["accumulation_steps"] == 1, str(report)
+
+
+@pytest.mark.parametrize(
+    "peek, applied, inside",
+    [
+        (slice(0, 1), slice(None), True),
+        (slice(3, 4), slice(None), True),
+        (slice(0, 4, 2), slice(None), True),
+        (slice(2, 3), slice(0, 4, 2), True),
+        (slice(1, 2), slice(0, 4, 2), False),  # between the applied rows, inside their span
+        (slice(1, 3), slice(0, 4, 2), False),
+        (slice(0, 2), slice(2, 4), False),
+    ],
+)
+def test_a_peek_is_inside_an_applied_batch_only_where_its_rows_are_that_batchs(
+    peek: slice, applied: slice, inside: bool
+) -> None:
+    from linreg.kinds.training_loop import Call
+    from linreg.kinds.training_loop.hooks import _within
+
+    X = torch.arange(12.0).reshape(4, 3)
+    u, v = X[peek], X[applied]
+    assert _within(Call((u,), {}, len(u)), Call((v,), {}, len(v))) is inside

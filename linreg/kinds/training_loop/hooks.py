@@ -70,16 +70,26 @@ def _same_batch(call: Call, t: Tensor) -> bool:
 
 def _within(call: Call, other: Call) -> bool:
     """Return True if call was fed rows of other's batch: its first tensor a view of rows
-    inside other's (X[:1], a peek at a prediction), whose rows other's pass applies."""
+    of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies."""
     u, v = _first(call), _first(other)
-    if u is None or v is None or u is v or u.shape[1:] != v.shape[1:]:
+    if u is None or v is None or not u.numel() or u.shape[1:] != v.shape[1:]:
+        return False
+    if u.stride()[1:] != v.stride()[1:]:
         return False
     if u.layout != torch.strided or v.layout != torch.strided:
         return False
     if u.untyped_storage().data_ptr() != v.untyped_storage().data_ptr():
         return False
-    end = v.data_ptr() + v.numel() * v.element_size()
-    return v.data_ptr() <= u.data_ptr() and u.data_ptr() + u.numel() * u.element_size() <= end
+    row = v.stride(0) * v.element_size()  # bytes from one of other's rows to the next
+    offset = u.data_ptr() - v.data_ptr()
+    if row <= 0 or offset % row:
+        return False
+    first, step = offset // row, 1
+    if u.shape[0] > 1:  # its rows every `step` rows of other's (X[::2] of X)
+        step, left = divmod(u.stride(0), v.stride(0))
+        if step <= 0 or left:
+            return False
+    return first >= 0 and first + step * (u.shape[0] - 1) < v.shape[0]
 
 
 class Watcher:
@@ -221,18 +231,30 @@ class Watcher:
         """Return the calls since the last update that it consumed: a forward in grad mode
         that no backward() reached fed no update where it was made in eval mode (a validation
         pass written without torch.no_grad()), on the batch the last update consumed (an
-        accuracy read after the step) or on rows of a batch a pass this update or the last
-        consumed (a peek at X[:1]'s prediction); one on new rows in train mode did (a loop
-        that calls backward() on every k-th batch alone throws the others away). A method's
-        calls (Lightning's training_step, which may call backward itself) all count."""
+        accuracy read after the step), on rows of a batch a pass this update or the last
+        consumed (a peek at X[:1]'s prediction) or, where the loop was handed the audit's
+        loader, on rows of no batch it made (a fixed row predicted for a log line); one on
+        new rows of the data in train mode did (a loop that calls backward() on every k-th
+        batch alone throws the others away). A method's calls (Lightning's training_step,
+        which may call backward itself) all count."""
         reached = [c for c in self.calls if id(c) in self.reached]
         applied = reached + (self.seen.steps[-1].calls if self.seen.steps else [])
+        loaded = self.seen.loaded
+
+        def thrown_away(c: Call) -> bool:  # in train mode, on new rows: the loop's own
+            if id(c) in self.unless_reached or any(_within(c, a) for a in applied):
+                return False
+            first = _first(c)  # handed the audit's loader: one of the batches it made
+            return not loaded or (
+                first is not None
+                and first.layout == torch.strided
+                and first.untyped_storage().data_ptr() in loaded
+            )
+
         return [
             c
             for c in self.calls
-            if c.method != "forward"
-            or id(c) in self.reached
-            or (id(c) not in self.unless_reached and not any(_within(c, a) for a in applied))
+            if c.method != "forward" or id(c) in self.reached or thrown_away(c)
         ]
 
     def output(

@@ -192,6 +192,9 @@ class Observed:
     # the tensors of each short last batch the audit's loader made (kept: their memory tells a
     # forward of that very batch)
     shorts: list[Tensor] = field(default_factory=list)
+    # every batch the audit's loader made, its tensors by their memory (kept alive, so that
+    # the address is theirs alone); empty where the loop was handed no loader of the audit's
+    loaded: dict[int, Tensor] = field(default_factory=dict)
 
     @property
     def calls(self) -> list[Call]:

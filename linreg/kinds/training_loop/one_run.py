@@ -143,8 +143,8 @@ def _run_at_zero_lr(
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
     )
-    short = ShortFetches(batching) if asks.data == "loader" and not c.drop_last else None
-    if short is not None:  # told each batch the audit's loader makes
+    short = ShortFetches(batching) if asks.data == "loader" else None
+    if short is not None:  # told each batch the audit's loader makes (drop_last: no short one)
         data = kwargs[asks.names["loader"]]
         data.collate_fn = short.collating(data.collate_fn)
     watch = target.watch or Watch()
@@ -215,13 +215,16 @@ class ShortFetches:
         return _Told(collate, self)
 
     def fetched(self, rows: int, batch: Any = None) -> None:
-        """Note a batch of `rows` the loader made (once the run is watched: seen is set); a
-        short one's tensors are kept, to tell a forward of that very batch."""
+        """Note a batch of `rows` the loader made (once the run is watched: seen is set): its
+        tensors are kept, to tell a forward of the data from one of rows of the loop's own,
+        and a short one's apart, to tell a forward of that very batch."""
         seen = self.seen
         if seen is None:
             return
-        if rows < self.batch_size and batch is not None:
-            seen.shorts += tensors_in([batch], {})
+        tensors = [t for t in tensors_in([batch], {}) if t.layout == torch.strided]
+        seen.loaded.update((t.untyped_storage().data_ptr(), t) for t in tensors)
+        if rows < self.batch_size:
+            seen.shorts += tensors
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
