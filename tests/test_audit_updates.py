@@ -1181,3 +1181,37 @@ def test_a_peek_is_inside_an_applied_batch_only_where_its_rows_are_that_batchs(
     X = torch.arange(12.0).reshape(4, 3)
     u, v = X[peek], X[applied]
     assert _within(Call((u,), {}, len(u)), Call((v,), {}, len(v))) is inside
+
+
+def accuracy_pass_in_train_mode(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Correct: after each epoch an accuracy over the training loader, still in train mode
+    and with grad on (no model.eval(), no torch.no_grad()): its short batch is the loader's
+    too, fetched by a pass that trains nothing."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            _step_on(model, optimizer, X, y)
+        sum(int((model(X).argmax(1) == y).sum()) for X, y in loader)
+
+
+def test_an_accuracy_pass_in_train_mode_over_the_training_loader_is_no_dropped_batch() -> None:
+    """A review's false alarm: its short batch was named forwarded and never applied."""
+    report = audit.training_loop(accuracy_pass_in_train_mode, **LOOP)
+    assert report.ok, str(report)
+
+
+def calls_its_layers(model: TwoPart, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Calls the model's layers, never the model: head(relu(embed(X)))."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model.head(torch.relu(model.embed(X))), y).backward()
+            optimizer.step()
+
+
+def test_a_loop_that_never_calls_the_model_is_refused_saying_so() -> None:
+    """Its updates apply gradients fed by no forward the audit watches: judged, each read as
+    a second step on the same gradients (a false grad-zeroing); refused, it says why."""
+    with pytest.raises(audit.TargetError, match="never called the model"):
+        audit.target_for("training-loop", calls_its_layers, model=TwoPart, example=sample)

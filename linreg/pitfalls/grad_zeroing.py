@@ -175,8 +175,8 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
             raise checks.CheckFailed(
                 f"on {describe(batching, options_of(target))}, optimizer step {j + 1} was fed no "
                 f"rows since step {j} yet applied a gradient again: the same micro-batches "
-                "moved the params twice (a second optimizer.step() after "
-                "scaler.step(optimizer)?)"
+                "moved the params twice (optimizer.step() called again on the same "
+                "gradients: a second one in the loop, or after scaler.step(optimizer)?)"
             )
 
 

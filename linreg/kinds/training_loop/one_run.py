@@ -217,14 +217,13 @@ class ShortFetches:
     def fetched(self, rows: int, batch: Any = None) -> None:
         """Note a batch of `rows` the loader made (once the run is watched: seen is set): its
         tensors are kept, to tell a forward of the data from one of rows of the loop's own,
-        and a short one's apart, to tell a forward of that very batch."""
+        and a short one's apart where its pass trained, to tell a forward of that very batch
+        (a pass of the loop's own, an accuracy in train mode, trains nothing)."""
         seen = self.seen
         if seen is None:
             return
         tensors = [t for t in tensors_in([batch], {}) if t.layout == torch.strided]
         seen.loaded.update((t.untyped_storage().data_ptr(), t) for t in tensors)
-        if rows < self.batch_size:
-            seen.shorts += tensors
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
@@ -238,6 +237,7 @@ class ShortFetches:
         if short:  # the pass's end
             trained = len(seen.steps) > self.steps_at
             seen.train_rows += self.rows if trained else 0
+            seen.shorts += tensors if trained else []
             if self.pending is None:
                 self.pending = (seen.forwards, trained)
             self.rows = 0
