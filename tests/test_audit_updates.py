@@ -1215,3 +1215,25 @@ def test_a_loop_that_never_calls_the_model_is_refused_saying_so() -> None:
     a second step on the same gradients (a false grad-zeroing); refused, it says why."""
     with pytest.raises(audit.TargetError, match="never called the model"):
         audit.target_for("training-loop", calls_its_layers, model=TwoPart, example=sample)
+
+
+def backward_under_the_if(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: accumulation meant over 2 batches, each loss divided by 2, with loss.backward()
+    indented under the step's `if`: the first batch of each pair is forwarded and thrown away
+    (an epoch's odd last batch too)."""
+    for _ in range(num_epochs):
+        for i, (X, y) in enumerate(loader):
+            loss = F.cross_entropy(model(X), y) / 2
+            if (i + 1) % 2 == 0:
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_micro_batches_no_backward_reached_are_one_failure_that_says_so() -> None:
+    """One cause, one name: the pairs' weights [0, 0.5] are micro-batch-accumulation's, and the
+    message says what the ledger saw; its scale of 0.5 is no mean-vs-sum mistake, and its
+    short batch, thrown away as every first of a pair is, no drop_last by hand."""
+    report = audit.training_loop(backward_under_the_if, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+    assert "no backward() reached" in report.failures[0].message, str(report)

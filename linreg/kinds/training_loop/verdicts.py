@@ -155,6 +155,13 @@ def compare(
             "weights": weights,
         }
         why = v.note or explain(j, v, seen.steps)
+        if step.unreached and not v.note:  # what the ledger saw, not what the ratio suggests
+            unreached = [step.calls[i].rows for i in step.unreached]
+            why = (
+                f"fed the model {len(unreached)} of its {len(step.calls)} micro-batches "
+                f"({sum(unreached)} row(s)) that no backward() reached: their rows weigh 0 "
+                "(loss.backward() under the step's `if`? call it on every micro-batch)"
+            )
         if weights is not None and len(weights.rows) > 1 and (v.ratio is None or why == NO_KNOWN):
             why += f" ({weights})"  # no multiple of the correct gradient: how it weighed rows
         raise CheckFailed(
@@ -192,8 +199,9 @@ def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) 
 def dropped_shorts(seen: Observed) -> int:
     """Return the updates that hold a forward of a short last batch the audit's loader made,
     the batch itself, that no backward() reached (a batch smaller than batch_size skipped after
-    its forward). An epoch's last update never steps such a batch: it shows where an update
-    followed, and not at all on a loop handed no loader of the audit's."""
+    its forward), where it is all the update's forwards no backward() reached. An epoch's last
+    update never steps such a batch: it shows where an update followed, and not at all on a
+    loop handed no loader of the audit's."""
     shorts = {(t.data_ptr(), t.shape) for t in seen.shorts if t.layout == torch.strided}
     if not shorts:
         return 0
@@ -202,7 +210,12 @@ def dropped_shorts(seen: Observed) -> int:
         first = next((t for t in tensors_in(call.args, call.kwargs) if t.ndim > 0), None)
         return first is not None and (first.data_ptr(), first.shape) in shorts
 
-    return sum(any(short(step.calls[i]) for i in step.unreached) for step in seen.steps)
+    # an update whose other forwards no backward() reached either is no skip of the short
+    # batch alone (backward() on every k-th batch: the ratios' to name)
+    return sum(
+        bool(step.unreached) and all(short(step.calls[i]) for i in step.unreached)
+        for step in seen.steps
+    )
 
 
 def _times(s: float | None) -> str:
