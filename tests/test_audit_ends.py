@@ -384,24 +384,13 @@ def test_one_long_gap_ends_the_probe_at_its_second_update_and_its_window_still_s
     from linreg.kinds.training_loop import probe
 
     monkeypatch.setattr(probe, "LONG", 0.004)
-    paused = 0
+    pauses: list[float] = []
 
     def evaluates(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
-        nonlocal paused
-        k = count or 1
-        for _ in range(num_epochs):
-            batches = list(loader)
-            for start in range(0, len(batches), k):
-                window = batches[start : start + k]
-                rows = sum(len(x) for x, _ in window)
-                optimizer.zero_grad()
-                for x, y in window:
-                    (F.cross_entropy(model(x), y, reduction="sum") / rows).backward()
-                optimizer.step()
-                paused += 1
-                time.sleep(0.005)
+        _windows_paused(model, loader, optimizer, num_epochs, count or 1, pauses)
 
     report, made = _counted(lambda: audit.training_loop(evaluates, model=net, example=SAMPLE))
+    paused = len(pauses)
     assert report.ok and report.options["slow"] is True, str(report)
     assert report.options["accumulation_steps"] == (count or 1), str(report)
     # paused after: the probe's first update (it ends at its second), the first runs' 4 and
@@ -418,28 +407,35 @@ def test_a_slow_loop_that_takes_a_count_waits_for_few_pauses_too(slow_at_5_ms: N
     window and a partial one of unequal micro-batches for two epochs (4 updates); its one
     epoch, the second run, which ends on a partial window however the loop counts them (2);
     a row's reference, one update each (no pause)."""
-    paused = 0
+    pauses: list[float] = []
 
     def accumulates(
         model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
     ) -> None:
-        nonlocal paused
-        total = nn.CrossEntropyLoss(reduction="sum")
-        for _ in range(num_epochs):
-            batches = list(loader)
-            for start in range(0, len(batches), accumulation_steps):
-                window = batches[start : start + accumulation_steps]
-                rows = sum(len(x) for x, _ in window)
-                optimizer.zero_grad()
-                for x, y in window:
-                    (total(model(x), y) / rows).backward()
-                optimizer.step()
-                paused += 1
-                time.sleep(0.005)
+        _windows_paused(model, loader, optimizer, num_epochs, accumulation_steps, pauses)
 
     report, made = _counted(lambda: audit.training_loop(accumulates, model=net, example=SAMPLE))
     assert report.ok and report.options["slow"] is True, str(report)
-    assert (made, paused) == (12, 8), (made, paused)
+    assert (made, len(pauses)) == (12, 8), (made, pauses)
+
+
+def _windows_paused(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, k: int, pauses: list[float]
+) -> None:
+    """Correct: windows of k batches, each window's summed loss divided by its rows, and a
+    pause of 5 ms after each update (noted in pauses)."""
+    total = nn.CrossEntropyLoss(reduction="sum")
+    for _ in range(num_epochs):
+        batches = list(loader)
+        for start in range(0, len(batches), k):
+            window = batches[start : start + k]
+            rows = sum(len(x) for x, _ in window)
+            optimizer.zero_grad()
+            for x, y in window:
+                (total(model(x), y) / rows).backward()
+            optimizer.step()
+            pauses.append(0.005)
+            time.sleep(0.005)
 
 
 def zeroes_once_an_epoch(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
