@@ -191,8 +191,9 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
             v.stale
             or (v.carried and v.own is not None and near(v.own, 1, v.tol))
             or unequal_weights(v, batching)  # no scale to read: micro-batch-accumulation's
-            # micro-batches no backward() reached weigh 0: micro-batch-accumulation's too
-            or bool(run.seen.steps[j].unreached)
+            # micro-batches no backward() reached weigh 0, and its ratio names no mistake of
+            # the reduction: micro-batch-accumulation's
+            or (bool(run.seen.steps[j].unreached) and explain(j, v, run.seen.steps) == NO_KNOWN)
         )
 
     compare(target, batching, first_full, explain, excused=excused)

@@ -29,6 +29,7 @@ from linreg.kinds.training_loop import (
     loss_of,
     options_of,
     summed_means,
+    unreached_why,
 )
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
@@ -115,6 +116,8 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
         return summed is not None and close(reading, summed, run.tol, run.scale * len(step.calls))
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
+        if steps[j].unreached:  # seen, not guessed from the weights
+            return unreached_why(steps[j])
         if len(steps[j].sizes) == 1:  # one micro-batch: no mean of means can be the cause
             return f"weighs the rows of its one micro-batch unequally: it {NO_KNOWN}"
         return (

@@ -134,6 +134,7 @@ from linreg.kinds.training_loop.verdicts import (
     crosses,
     dropped_shorts,
     full_rows,
+    unreached_why,
     wanted,
 )
 
@@ -226,6 +227,7 @@ __all__ = [
     "token_labels",
     "tolerance",
     "unequal_weights",
+    "unreached_why",
     "unshared",
     "want_of",
     "wanted",

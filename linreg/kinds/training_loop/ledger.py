@@ -133,7 +133,8 @@ class Step:
     calls: list[Call]
     scale: float | None = None  # the loss scaler's scale when the loop unscaled, else None
     carried: Tensor | None = None  # what .grad held as the step's first backward() began
-    # the calls (by position) whose output no backward() reached: their rows fed it nothing
+    # the calls (by position) whose output no backward() reached: their rows, counted in the
+    # step's, weigh nothing in what it applied
     unreached: tuple[int, ...] = ()
 
     def keep(self, mask: Tensor) -> None:
@@ -189,12 +190,9 @@ class Observed:
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
-    # the tensors of each short last batch the audit's loader made (kept: their memory tells a
-    # forward of that very batch)
+    # the tensors of the short last batches the audit's loader made in passes that trained
+    # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)
-    # every batch the audit's loader made, its tensors by their memory (kept alive, so that
-    # the address is theirs alone); empty where the loop was handed no loader of the audit's
-    loaded: dict[int, Tensor] = field(default_factory=dict)
 
     @property
     def calls(self) -> list[Call]:

@@ -143,8 +143,8 @@ def _run_at_zero_lr(
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
     )
-    short = ShortFetches(batching) if asks.data == "loader" else None
-    if short is not None:  # told each batch the audit's loader makes (drop_last: no short one)
+    short = ShortFetches(batching) if asks.data == "loader" and not c.drop_last else None
+    if short is not None:  # told each batch the audit's loader makes
         data = kwargs[asks.names["loader"]]
         data.collate_fn = short.collating(data.collate_fn)
     watch = target.watch or Watch()
@@ -215,15 +215,12 @@ class ShortFetches:
         return _Told(collate, self)
 
     def fetched(self, rows: int, batch: Any = None) -> None:
-        """Note a batch of `rows` the loader made (once the run is watched: seen is set): its
-        tensors are kept, to tell a forward of the data from one of rows of the loop's own,
-        and a short one's apart where its pass trained, to tell a forward of that very batch
+        """Note a batch of `rows` the loader made (once the run is watched: seen is set); a
+        short one's tensors are kept where its pass trained, to tell a forward of that batch
         (a pass of the loop's own, an accuracy in train mode, trains nothing)."""
         seen = self.seen
         if seen is None:
             return
-        tensors = [t for t in tensors_in([batch], {}) if t.layout == torch.strided]
-        seen.loaded.update((t.untyped_storage().data_ptr(), t) for t in tensors)
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
@@ -237,7 +234,8 @@ class ShortFetches:
         if short:  # the pass's end
             trained = len(seen.steps) > self.steps_at
             seen.train_rows += self.rows if trained else 0
-            seen.shorts += tensors if trained else []
+            if trained:
+                seen.shorts += [t for t in tensors_in([batch], {}) if t.numel()]
             if self.pending is None:
                 self.pending = (seen.forwards, trained)
             self.rows = 0

@@ -155,13 +155,8 @@ def compare(
             "weights": weights,
         }
         why = v.note or explain(j, v, seen.steps)
-        if step.unreached and not v.note:  # what the ledger saw, not what the ratio suggests
-            unreached = [step.calls[i].rows for i in step.unreached]
-            why = (
-                f"fed the model {len(unreached)} of its {len(step.calls)} micro-batches "
-                f"({sum(unreached)} row(s)) that no backward() reached: their rows weigh 0 "
-                "(loss.backward() under the step's `if`? call it on every micro-batch)"
-            )
+        if step.unreached and why == NO_KNOWN:  # what the ledger saw, where no ratio tells
+            why = unreached_why(step)
         if weights is not None and len(weights.rows) > 1 and (v.ratio is None or why == NO_KNOWN):
             why += f" ({weights})"  # no multiple of the correct gradient: how it weighed rows
         raise CheckFailed(
@@ -196,26 +191,38 @@ def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) 
     return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
 
 
+def unreached_why(step: Step) -> str:
+    """Return what an update's forwards no backward() reached tell: their rows weigh 0."""
+    unreached = [step.calls[i].rows for i in step.unreached]
+    return (
+        f"fed the model {len(unreached)} of its {len(step.calls)} micro-batches "
+        f"({sum(unreached)} row(s)) that no backward() reached: their rows weigh 0 "
+        "(loss.backward() under the step's `if`? call it on every micro-batch)"
+    )
+
+
 def dropped_shorts(seen: Observed) -> int:
-    """Return the updates that hold a forward of a short last batch the audit's loader made,
-    the batch itself, that no backward() reached (a batch smaller than batch_size skipped after
-    its forward), where it is all the update's forwards no backward() reached. An epoch's last
-    update never steps such a batch: it shows where an update followed, and not at all on a
-    loop handed no loader of the audit's."""
-    shorts = {(t.data_ptr(), t.shape) for t in seen.shorts if t.layout == torch.strided}
-    if not shorts:
-        return 0
+    """Return the updates that hold a forward no backward() reached of a short last batch the
+    audit's loader made in a pass that trained (the batch, or a view of it: a batch smaller
+    than batch_size skipped after its forward), where such batches are all the run's forwards
+    no backward() reached (others: backward() on every k-th batch, the weights' to name). An
+    epoch's last update never steps one: it shows where an update followed, and not at all
+    on a loop handed no loader of the audit's."""
+    shorts = {t.untyped_storage().data_ptr() for t in seen.shorts if t.layout == torch.strided}
 
     def short(call: Call) -> bool:
         first = next((t for t in tensors_in(call.args, call.kwargs) if t.ndim > 0), None)
-        return first is not None and (first.data_ptr(), first.shape) in shorts
+        return (
+            first is not None
+            and first.numel() > 0
+            and first.layout == torch.strided
+            and first.untyped_storage().data_ptr() in shorts
+        )
 
-    # an update whose other forwards no backward() reached either is no skip of the short
-    # batch alone (backward() on every k-th batch: the ratios' to name)
-    return sum(
-        bool(step.unreached) and all(short(step.calls[i]) for i in step.unreached)
-        for step in seen.steps
-    )
+    unreached = [[short(step.calls[i]) for i in step.unreached] for step in seen.steps]
+    if not shorts or not all(all(marks) for marks in unreached):
+        return 0
+    return sum(bool(marks) for marks in unreached)
 
 
 def _times(s: float | None) -> str:
