@@ -1133,14 +1133,23 @@ def test_a_peek_at_rows_of_the_batch_a_step_applies_feeds_no_update() -> None:
     assert report.ok, str(report)
 
 
-def logs_a_fixed_row(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
-    """Trains every batch, the short one too, and after each step predicts one fixed row of
-    the dataset in train mode with grad on: a forward of 1 row, which no backward() reaches."""
-    x0 = loader.dataset[0][0].unsqueeze(0)
-    for _ in range(num_epochs):
-        for X, y in loader:
-            _step_on(model, optimizer, X, y)
-            model(x0).argmax(1)
+FIXED = torch.tensor([[0.1, 0.2, 0.3]])  # a row of no dataset's: one for a log line
+
+
+def logs_a_fixed_row(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, how: str = "after"
+) -> None:
+    """Trains every batch, the short one too, and predicts one fixed row in train mode with
+    grad on (a forward of 1 row no backward() reaches): after each step ("after"), built
+    anew each time before the step ("anew"), or at the first step alone ("once")."""
+    for step, (X, y) in enumerate(b for _ in range(num_epochs) for b in loader):
+        if how == "anew":
+            model(torch.tensor([[0.1, 0.2, 0.3]])).argmax(1)
+        if how == "once" and step == 0:
+            model(FIXED).argmax(1)
+        _step_on(model, optimizer, X, y)
+        if how == "after":
+            model(FIXED).argmax(1)
 
 
 def test_a_forward_no_backward_reached_is_a_dropped_short_batch_only_if_it_is_that_batch() -> None:
@@ -1151,11 +1160,17 @@ def test_a_forward_no_backward_reached_is_a_dropped_short_batch_only_if_it_is_th
     assert "short-last-batch" not in [r.pitfall for r in report.failures], str(report)
 
 
-def test_a_fixed_row_predicted_for_a_log_line_feeds_no_update() -> None:
-    """Handed the audit's loader, the loop's forward of rows of no batch the loader made (a
-    row of its own, in train mode with grad on, no backward()) is no micro-batch: it was read
-    as one weighing 0 (a false micro-batch-accumulation), and its window as 2 batches."""
-    report = audit.training_loop(logs_a_fixed_row, **LOOP)
+@pytest.mark.parametrize("how", ["after", "anew", "once"])
+def test_a_fixed_row_predicted_for_a_log_line_feeds_no_update(how: str) -> None:
+    """Handed the audit's loader, a forward made after a fetch whose batch a backward()
+    reached (or before any fetch) is the loop's own, however its input was made: it was read
+    as a micro-batch weighing 0 (a false micro-batch-accumulation, short-last-batch or
+    grad-zeroing), and its window as 2 batches."""
+
+    def loop(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        logs_a_fixed_row(model, loader, optimizer, num_epochs, how)
+
+    report = audit.training_loop(loop, **LOOP)
     assert report.ok, str(report)
     assert report.options["accumulation_steps"] == 1, str(report)
 
@@ -1210,13 +1225,32 @@ def calls_its_layers(model: TwoPart, loader: Any, optimizer: Any, num_epochs: in
             optimizer.step()
 
 
-def test_a_loop_that_never_calls_the_model_is_one_error_that_says_so() -> None:
+def trains_through_forward_evaluates_through_the_model(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Trains through model.forward(X), which no hook sees; an accuracy through model(X)
+    under no_grad after each epoch."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model.forward(X), y).backward()
+            optimizer.step()
+        with torch.no_grad():
+            sum(int((model(X).argmax(1) == y).sum()) for X, y in loader)
+
+
+@pytest.mark.parametrize(
+    "loop", [calls_its_layers, trains_through_forward_evaluates_through_the_model]
+)
+def test_a_loop_that_never_calls_the_model_to_train_is_one_error_that_says_so(
+    loop: Any,
+) -> None:
     """Its updates apply gradients fed by no forward the audit watches: each was read as a
-    second step on the same gradients (a false grad-zeroing); it is one error, saying why. (A
-    framework's module fed through training_step is watched there: its probe, which is not,
-    is not refused.)"""
-    report = audit.training_loop(calls_its_layers, **LOOP)
-    assert "never called the model" in report.error, str(report)
+    second step on the same gradients (a false grad-zeroing), its short batch as skipped; it
+    is one error, saying why. (A framework's module fed through training_step is watched
+    there: its probe, which is not, is not refused.)"""
+    report = audit.training_loop(loop, **LOOP)
+    assert "never called the model to train" in report.error, str(report)
     assert report.failures == (), str(report)
 
 

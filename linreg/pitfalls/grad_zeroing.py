@@ -170,13 +170,14 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
         excused=excused,
         needs_scale=True,
     )
-    if seen.steps and not seen.forwards:  # (a framework's module fed through a method of its
-        # own is watched there: its probe, unwatched, is not judged)
+    # no update held a forward with grad (a framework's module fed through a method of its
+    # own is watched there: its probe, unwatched, is not judged)
+    if seen.steps and not any(step.calls for step in seen.steps):
         raise checks.LoopRaised(
-            f"the loop stepped the optimizer {len(seen.steps)} time(s) and never called the "
-            "model: it calls its submodules (model.head(model.body(X))) or model.forward(X) "
-            "itself, which the audit does not watch; call the model (model(X)), whose "
-            "forward may call its submodules"
+            f"the loop applied gradients in {len(seen.steps)} optimizer step(s) and never "
+            "called the model to train: it calls its submodules (model.head(model.body(X))) "
+            "or model.forward(X) itself, which the audit does not watch; call the model "
+            "(model(X)), whose forward may call its submodules"
         )
     for j, step in enumerate(seen.steps):  # fed nothing since the update before, it applied
         if j > 0 and not step.calls:  # a gradient (a step that applies none is no update)

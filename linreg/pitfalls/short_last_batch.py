@@ -208,7 +208,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             "forward: step on it too; where it is dropped on purpose, say so: drop_last=True, "
             "--drop-last)"
         )
-    if seen.skipped_short and seen.fed < seen.train_rows:  # (rows carried over are fed)
+    if seen.skipped_short and 0 < seen.fed < seen.train_rows:  # (rows carried over are fed)
         short = batching.n % batching.batch_size
         raise CheckFailed(
             f"on {describe(batching, options)}, the loop fetched each epoch's short last batch "

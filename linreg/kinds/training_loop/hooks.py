@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,31 +66,6 @@ def _first(call: Call) -> Tensor | None:
 def _same_batch(call: Call, t: Tensor) -> bool:
     first = _first(call)
     return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
-
-
-def _key(call: Call) -> tuple[int, torch.Size] | None:
-    """Return the memory and shape of a call's first tensor (None: none, or empty)."""
-    first = _first(call)
-    if first is None or not first.numel() or first.layout != torch.strided:
-        return None
-    return first.data_ptr(), first.shape
-
-
-def _drop_fixed_inputs(steps: list[Step]) -> None:
-    """Drop from the updates the forwards no backward() reached of one tensor fed again and
-    again (a fixed row predicted for a log line, grad on): no batch of the data, which comes
-    anew, but an input of the loop's own. Each call keeps its tensor, so an address two of
-    them share is one tensor's."""
-    counts = Counter(_key(s.calls[i]) for s in steps for i in s.unreached)
-    fixed = {key for key, n in counts.items() if key is not None and n > 1}
-    if not fixed:
-        return
-    for step in steps:
-        gone = {i for i in step.unreached if _key(step.calls[i]) in fixed}
-        if gone:
-            kept = [i for i in range(len(step.calls)) if i not in gone]
-            step.unreached = tuple(j for j, i in enumerate(kept) if i in step.unreached)
-            step.calls = [step.calls[i] for i in kept]
 
 
 def _within(call: Call, other: Call) -> bool:
@@ -258,18 +232,28 @@ class Watcher:
         that no backward() reached fed no update where it was made in eval mode (a validation
         pass written without torch.no_grad()), on the batch the last update consumed (an
         accuracy read after the step) or on rows of a batch a pass this update or the last
-        consumed (a peek at X[:1]'s prediction); one on new rows in train mode did (a loop
-        that calls backward() on every k-th batch alone throws the others away), unless the
-        same tensor is fed so again and again (`finish`). A method's calls (Lightning's
-        training_step, which may call backward itself) all count."""
+        consumed (a peek at X[:1]'s prediction) or, handed the audit's loader, made after a
+        fetch whose batch a backward() reached, or before any (a fixed row predicted for a
+        log line); one on new rows in train mode did (a loop that calls backward() on every
+        k-th batch alone throws the others away, transformed or not). A method's calls
+        (Lightning's training_step, which may call backward itself) all count."""
         reached = [c for c in self.calls if id(c) in self.reached]
-        applied = reached + (self.seen.steps[-1].calls if self.seen.steps else [])
+        last = self.seen.steps[-1].calls if self.seen.steps else []
+        applied = reached + last
+        # a fetched batch a backward() reached: any other forward since that fetch (a fixed
+        # row predicted for a log line) is the loop's own
+        trained = {c.fetch for c in reached} | {c.fetch for c in last}
+        loader = self.seen.fetches > 0  # handed the audit's loader, and it made batches
+
+        def own(c: Call) -> bool:
+            return (
+                id(c) in self.unless_reached
+                or any(_within(c, a) for a in applied)
+                or (loader and (c.fetch == 0 or c.fetch in trained))
+            )
+
         return [
-            c
-            for c in self.calls
-            if c.method != "forward"
-            or id(c) in self.reached
-            or (id(c) not in self.unless_reached and not any(_within(c, a) for a in applied))
+            c for c in self.calls if c.method != "forward" or id(c) in self.reached or not own(c)
         ]
 
     def output(
@@ -317,6 +301,7 @@ class Watcher:
                 self.method,
                 self.replayable,
                 autocast=autocast_now(),
+                fetch=self.seen.fetches,
             )
         )
         self.last = self.calls[-1]
@@ -336,7 +321,6 @@ class Watcher:
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
         self.seen.leftover = self.consumed() if self.latest else []  # rows no step used
-        _drop_fixed_inputs(self.seen.steps)
         self._forget_all_but([])
         # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
         # what its .grad holds is never applied, so it is read as applying nothing (a run

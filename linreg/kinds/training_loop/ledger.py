@@ -34,6 +34,9 @@ class Call:
     feeds_given: bool = False
     # the device type and dtype torch.autocast ran the forward in (None: not under autocast)
     autocast: tuple[str, torch.dtype] | None = None
+    # the batches the audit's loader had made when it was fed (0: none, or no loader of ours):
+    # the forwards after one fetch and before the next make that batch's group
+    fetch: int = 0
 
     def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call what was called, on other arguments (one row's), under the autocast it ran
@@ -190,6 +193,7 @@ class Observed:
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
+    fetches: int = 0  # the batches the audit's loader made during the run
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)

@@ -143,8 +143,8 @@ def _run_at_zero_lr(
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
     )
-    short = ShortFetches(batching) if asks.data == "loader" and not c.drop_last else None
-    if short is not None:  # told each batch the audit's loader makes
+    short = ShortFetches(batching) if asks.data == "loader" else None
+    if short is not None:  # told each batch the audit's loader makes (drop_last: no short one)
         data = kwargs[asks.names["loader"]]
         data.collate_fn = short.collating(data.collate_fn)
     watch = target.watch or Watch()
@@ -221,6 +221,7 @@ class ShortFetches:
         seen = self.seen
         if seen is None:
             return
+        seen.fetches += 1
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
