@@ -1318,3 +1318,26 @@ def skips_the_short_batch_after_a_reshape(
 def test_a_short_batch_skipped_after_its_forward_is_read_through_a_view_of_it() -> None:
     report = audit.training_loop(skips_the_short_batch_after_a_reshape, **LOOP)
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+
+
+def cycles_every_other(model: nn.Module, loader: Any, optimizer: Any, max_steps: int) -> None:
+    """Twin: cycles the loader for a budget of steps, calling backward() and stepping on every
+    other batch alone: itertools.cycle replays the first pass's batches without a fetch."""
+    batches, steps = itertools.cycle(loader), 0
+    for i in itertools.count():
+        if steps == max_steps:
+            return
+        X, y = next(batches)
+        loss = F.cross_entropy(model(X), y)
+        if i % 2 == 0:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+
+
+def test_batches_a_cycle_replays_and_throws_away_are_the_updates() -> None:
+    """A forward after a trained batch's fetch is the loop's own only on an input no update
+    consumed before: a replayed batch is the data's (a version without that passed this)."""
+    report = audit.training_loop(cycles_every_other, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)

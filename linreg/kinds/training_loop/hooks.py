@@ -68,6 +68,14 @@ def _same_batch(call: Call, t: Tensor) -> bool:
     return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
 
 
+def _input_key(call: Call) -> tuple[int, torch.Size] | None:
+    """Return the memory and shape of a call's first tensor (None: none, or empty)."""
+    first = _first(call)
+    if first is None or not first.numel() or first.layout != torch.strided:
+        return None
+    return first.data_ptr(), first.shape
+
+
 def _within(call: Call, other: Call) -> bool:
     """Return True if call was fed rows of other's batch: its first tensor a view of rows
     of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies."""
@@ -130,6 +138,9 @@ class Watcher:
         self.unless_reached: set[int] = set()
         self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
+        # the inputs (memory, shape) of the forwards the updates so far consumed, kept alive by
+        # their steps: a batch fed again without a fetch (itertools.cycle's replay) is data
+        self.fed_before: set[tuple[int, torch.Size]] = set()
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -177,6 +188,7 @@ class Watcher:
             if c.method == "forward" and id(c) not in self.reached
         )
         self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried, unreached))
+        self.fed_before.update(k for k in map(_input_key, self.calls) if k is not None)
         self.seen.stepped_at.append(time.perf_counter())
         self.seen.whole = (self.known is None or stepped >= self.known) and all(
             id(p) in stepped for p in params if p.grad is not None
@@ -233,8 +245,9 @@ class Watcher:
         pass written without torch.no_grad()), on the batch the last update consumed (an
         accuracy read after the step) or on rows of a batch a pass this update or the last
         consumed (a peek at X[:1]'s prediction) or, handed the audit's loader, made after a
-        fetch whose batch a backward() reached, or before any (a fixed row predicted for a
-        log line); one on new rows in train mode did (a loop that calls backward() on every
+        fetch whose batch a backward() reached, or before any, on no input an update consumed
+        before (a fixed row predicted for a log line; a batch itertools.cycle replays is the
+        data's); one on new rows in train mode did (a loop that calls backward() on every
         k-th batch alone throws the others away, transformed or not). A method's calls
         (Lightning's training_step, which may call backward itself) all count."""
         reached = [c for c in self.calls if id(c) in self.reached]
@@ -249,7 +262,11 @@ class Watcher:
             return (
                 id(c) in self.unless_reached
                 or any(_within(c, a) for a in applied)
-                or (loader and (c.fetch == 0 or c.fetch in trained))
+                or (
+                    loader
+                    and (c.fetch == 0 or c.fetch in trained)
+                    and _input_key(c) not in self.fed_before
+                )
             )
 
         return [
