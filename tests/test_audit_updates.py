@@ -1292,9 +1292,9 @@ def every_other_batch_normalized(
 
 
 def test_batches_thrown_away_are_read_though_the_loop_makes_its_own_input_tensors() -> None:
-    """A forward of a new tensor each batch is the data's: only one tensor fed again and again
-    (a fixed row for a log line) is the loop's own. (A version that kept the forwards of
-    batches the audit's loader made alone passed this twin.)"""
+    """A forward of a new tensor made of each batch, after a fetch whose batch no backward()
+    reached, is the data's: the loop's own are those after a trained batch's fetch. (A
+    version that kept the forwards of batches the audit's loader made alone passed this.)"""
     report = audit.training_loop(every_other_batch_normalized, **LOOP)
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
     assert "no backward() reached" in report.failures[0].message, str(report)
