@@ -35,7 +35,9 @@ from linreg.kinds.training_loop.ledger import (
     Step,
     autocast_now,
     detached,
+    first_input,
     flat,
+    storage_of,
     tensors_in,
 )
 
@@ -59,19 +61,15 @@ def zero_lr(opt: torch.optim.Optimizer) -> None:
             group["lr"] = 0.0
 
 
-def _first(call: Call) -> Tensor | None:
-    return next((u for u in tensors_in(call.args, call.kwargs) if u.ndim > 0), None)
-
-
 def _same_batch(call: Call, t: Tensor) -> bool:
-    first = _first(call)
+    first = first_input(call)
     return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
 
 
 def _input_key(call: Call) -> tuple[int, torch.Size] | None:
     """Return the memory and shape of a call's first tensor (None: none, or empty)."""
-    first = _first(call)
-    if first is None or not first.numel() or first.layout != torch.strided:
+    first = first_input(call)
+    if first is None or storage_of(first) is None:
         return None
     return first.data_ptr(), first.shape
 
@@ -79,14 +77,10 @@ def _input_key(call: Call) -> tuple[int, torch.Size] | None:
 def _within(call: Call, other: Call) -> bool:
     """Return True if call was fed rows of other's batch: its first tensor a view of rows
     of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies."""
-    u, v = _first(call), _first(other)
-    if u is None or v is None or not u.numel() or u.shape[1:] != v.shape[1:]:
+    u, v = first_input(call), first_input(other)
+    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride()[1:] != v.stride()[1:]:
         return False
-    if u.stride()[1:] != v.stride()[1:]:
-        return False
-    if u.layout != torch.strided or v.layout != torch.strided:
-        return False
-    if u.untyped_storage().data_ptr() != v.untyped_storage().data_ptr():
+    if storage_of(u) is None or storage_of(u) != storage_of(v):
         return False
     row = v.stride(0) * v.element_size()  # bytes from one of other's rows to the next
     offset = u.data_ptr() - v.data_ptr()

@@ -92,6 +92,19 @@ def autocast_now() -> tuple[str, torch.dtype] | None:
     return None
 
 
+def first_input(call: Call) -> Tensor | None:
+    """Return the first batched tensor (ndim > 0) a forward was fed, or None."""
+    return next((t for t in tensors_in(call.args, call.kwargs) if t.ndim > 0), None)
+
+
+def storage_of(t: Tensor) -> int | None:
+    """Return the address of a non-empty strided tensor's storage (its views share it), or
+    None (an empty or sparse tensor has none to tell by)."""
+    if not t.numel() or t.layout != torch.strided:
+        return None
+    return int(t.untyped_storage().data_ptr())
+
+
 def tensors_in(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Tensor]:
     """Return the tensors fed, in order, inside lists, tuples and dicts too (a batch [X, y])."""
     out = []

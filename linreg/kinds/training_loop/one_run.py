@@ -201,7 +201,11 @@ class ShortFetches:
     batch) tells nothing; nor does a short batch fetched last, where the loop may have
     stopped (a budget, an early stop), nor one another iterator's batch follows (zipped
     loaders). short-last-batch names a skip only where the rows the loop fed with grad fall
-    short of those its training passes fetched: rows carried into the next epoch are fed."""
+    short of those its training passes fetched: rows carried into the next epoch are fed.
+
+    It also counts the batches the loader makes (Observed.fetches: a forward's fetch, which
+    tells the loop's own forwards from the data's) and keeps the short batches of passes that
+    trained (Observed.shorts: a forward of one that no backward() reached is a skip too)."""
 
     def __init__(self, batching: Batching) -> None:
         self.batch_size = batching.batch_size

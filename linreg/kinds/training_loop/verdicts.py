@@ -9,7 +9,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import torch
 from torch import Tensor
 
 from linreg.checks import CheckFailed
@@ -22,7 +21,7 @@ from linreg.kinds.training_loop.judge import (
     unequal_weights,
     want_of,
 )
-from linreg.kinds.training_loop.ledger import Call, Observed, Step, tensors_in
+from linreg.kinds.training_loop.ledger import Call, Observed, Step, first_input, storage_of
 from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
@@ -208,16 +207,11 @@ def dropped_shorts(seen: Observed) -> int:
     no backward() reached (others: backward() on every k-th batch, the weights' to name). An
     epoch's last update never steps one: it shows where an update followed, and not at all
     on a loop handed no loader of the audit's."""
-    shorts = {t.untyped_storage().data_ptr() for t in seen.shorts if t.layout == torch.strided}
+    shorts = {storage_of(t) for t in seen.shorts} - {None}
 
     def short(call: Call) -> bool:
-        first = next((t for t in tensors_in(call.args, call.kwargs) if t.ndim > 0), None)
-        return (
-            first is not None
-            and first.numel() > 0
-            and first.layout == torch.strided
-            and first.untyped_storage().data_ptr() in shorts
-        )
+        first = first_input(call)
+        return first is not None and storage_of(first) in shorts
 
     unreached = [[short(step.calls[i]) for i in step.unreached] for step in seen.steps]
     if not shorts or not all(all(marks) for marks in unreached):
