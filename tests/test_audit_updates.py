@@ -1341,3 +1341,160 @@ def test_batches_a_cycle_replays_and_throws_away_are_the_updates() -> None:
     consumed before: a replayed batch is the data's (a version without that passed this)."""
     report = audit.training_loop(cycles_every_other, **LOOP)
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+
+
+# a held-out set of the loop's own: rows of no data the audit hands out
+HELD_OUT = torch.linspace(-1.0, 1.0, 18).reshape(6, 3), torch.tensor([0, 1, 1, 0, 1, 0])
+
+
+def validates_each_epoch_in_train_mode(
+    model: nn.Module, dataset: Any, num_epochs: int, batch_size: int = 2
+) -> float:
+    """Correct: its own optimizer and DataLoader over the dataset; after each epoch a loss
+    over a held-out loader, still in train mode and with grad on (no eval(), no no_grad())."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    held_out = DataLoader(torch.utils.data.TensorDataset(*HELD_OUT), batch_size=3)
+    val_loss = 0.0
+    for _ in range(num_epochs):
+        for X, y in train:
+            _step_on(model, optimizer, X, y)
+        val_loss = sum(F.cross_entropy(model(X), y).item() for X, y in held_out)
+    return val_loss
+
+
+def prefetches_and_logs_a_held_out_loss(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Correct: fetches the next batch before the backward, and logs a held-out batch's loss
+    beside the gradient norm, between the backward and the step, in train mode with grad on."""
+    for _ in range(num_epochs):
+        batches = iter(loader)
+        batch = next(batches, None)
+        while batch is not None:
+            X, y = batch
+            loss = F.cross_entropy(model(X), y)
+            batch = next(batches, None)
+            optimizer.zero_grad()
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+            held_out = F.cross_entropy(model(HELD_OUT[0][:4]), HELD_OUT[1][:4]).item()
+            print(f"grad norm {float(norm):.3f}, held-out loss {held_out:.3f}", end="\r")
+            optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "loop", [validates_each_epoch_in_train_mode, prefetches_and_logs_a_held_out_loss]
+)
+def test_a_forward_on_held_out_rows_feeds_no_update(
+    loop: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's false alarms: a forward on rows of the loop's own, more distinct rows than
+    the audit's data holds, was read as a micro-batch weighing 0 (a false
+    micro-batch-accumulation), there being no fetch of the audit's loader to tell it by (its
+    own DataLoader over a dataset), or a fetch whose batch had not trained yet (a prefetch)."""
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+    assert report.options["accumulation_steps"] == 1, str(report)
+
+
+def throws_away_every_other_batch_of_its_own(
+    model: nn.Module, dataset: Any, num_epochs: int, batch_size: int = 2
+) -> None:
+    """Twin: its own DataLoader; backward() and a step on every other batch alone, each loss
+    divided by 2 as if the pair were accumulated."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(num_epochs):
+        for i, (X, y) in enumerate(DataLoader(dataset, batch_size=batch_size)):
+            loss = F.cross_entropy(model(X), y) / 2
+            if i % 2:
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_batches_of_the_loops_own_loader_thrown_away_are_still_the_updates() -> None:
+    """Its batches hold the data's rows, however many: no more distinct ones than the data."""
+    report = audit.training_loop(throws_away_every_other_batch_of_its_own, **LOOP)
+    assert "micro-batch-accumulation" in [r.pitfall for r in report.failures], str(report)
+
+
+def estimates_the_loss_without_no_grad(
+    model: nn.Module, get_batch: Any, max_iters: int, eval_interval: int = 2
+) -> dict[str, float]:
+    """Correct, nanoGPT-style: AdamW of its own, the next batch fetched before the backward,
+    and every eval_interval iterations a loss estimated on both splits, written without
+    torch.no_grad() and model.eval(): forwards on the data's own rows no backward() reaches."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def estimate_loss(eval_iters: int = 2) -> dict[str, float]:
+        out = {}
+        for split in ("train", "val"):
+            losses = [F.cross_entropy(model(X), Y).item() for X, Y in map(get_batch, [split] * 2)]
+            out[split] = sum(losses) / eval_iters
+        return out
+
+    losses: dict[str, float] = {}
+    X, Y = get_batch("train")
+    for it in range(max_iters):
+        if it % eval_interval == 0:
+            losses = estimate_loss()
+        loss = F.cross_entropy(model(X), Y)
+        X, Y = get_batch("train")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def loss_on(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(X), y)
+
+
+def trains_and_logs_through_one_helper(
+    model: nn.Module, dataset: Any, num_epochs: int, batch_size: int = 2
+) -> list[float]:
+    """Correct: one helper makes every loss; after each step it logs the loss of the first
+    batch it drew, in train mode with grad on: that forward is made on the same line as the
+    training ones, by another caller."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    first, log = next(iter(train)), []
+    for _ in range(num_epochs):
+        for X, y in train:
+            optimizer.zero_grad()
+            loss_on(model, X, y).backward()
+            optimizer.step()
+            log.append(loss_on(model, *first).item())
+    return log
+
+
+@pytest.mark.parametrize(
+    "loop", [estimates_the_loss_without_no_grad, trains_and_logs_through_one_helper]
+)
+def test_a_forward_made_where_the_loop_never_trains_feeds_no_update(loop: Any) -> None:
+    """A review's false alarms: forwards of the data's own rows that no backward() reaches,
+    made where no forward a backward() reached was (an estimate of the loss, an evaluation
+    through the training's helper), were micro-batches weighing 0."""
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+
+
+def backward_after_the_micro_steps(
+    model: nn.Module, get_batch: Any, max_iters: int, gradient_accumulation_steps: int = 2
+) -> None:
+    """Twin: the backward is indented out of the micro-step loop, so that only the window's
+    last micro-batch reaches it; the others are forwarded on the same line and thrown away."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(max_iters):
+        for _ in range(gradient_accumulation_steps):
+            X, Y = get_batch("train")
+            loss = F.cross_entropy(model(X), Y) / gradient_accumulation_steps
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def test_micro_batches_forwarded_where_the_loop_trains_and_thrown_away_are_read() -> None:
+    report = audit.training_loop(backward_after_the_micro_steps, **LOOP)
+    assert "micro-batch-accumulation" in [r.pitfall for r in report.failures], str(report)

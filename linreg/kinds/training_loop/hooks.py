@@ -13,10 +13,13 @@ before: prefetching and a loop's own DataLoader are judged by what they did.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -94,6 +97,42 @@ def _within(call: Call, other: Call) -> bool:
     return first >= 0 and first + step * (u.shape[0] - 1) < v.shape[0]
 
 
+def _foreign(call: Call, kinds: int) -> bool:
+    """Return True if call was fed more distinct rows than the data the audit handed the loop
+    holds (`kinds`: its example row, and its contrast row where the run mixes them): rows of
+    the loop's own (a held-out set), since no transform of a batch that maps equal rows to
+    equal rows (a cast, a normalization, a reshape) makes more."""
+    first = first_input(call)
+    if first is None or first.ndim == 0 or first.shape[0] <= kinds:
+        return False
+    rows = first.detach().reshape(first.shape[0], -1)
+    return int(torch.unique(rows, dim=0).shape[0]) > kinds
+
+
+# the audit's frames and torch's, between a forward's hook and the loop that made the call
+_OURS = tuple(
+    os.path.dirname(m.__file__) + os.sep
+    for m in (torch, sys.modules["linreg"])
+    if m.__file__ is not None
+)
+
+
+def site(depth: int = 3) -> tuple[tuple[str, int], ...]:
+    """Return where the code under audit made the call being watched: its innermost `depth`
+    frames' (file, line), torch's and the audit's own passed over (a helper the training and
+    the evaluation both call is told apart by its callers)."""
+    frames: list[tuple[str, int]] = []
+    f: FrameType | None = sys._getframe(1)
+    while f is not None and len(frames) < depth:
+        file = f.f_code.co_filename
+        if not file.startswith(_OURS):
+            frames.append((file, f.f_lineno))
+        elif frames:  # back in the audit, past the loop's outermost frame
+            break
+        f = f.f_back
+    return tuple(frames)
+
+
 class Watcher:
     """The hooks' shared state: what was fed since the last step, and each step's readings."""
 
@@ -105,8 +144,10 @@ class Watcher:
         on_update: Callable[[], None] | None = None,
         trained: frozenset[int] | None = None,
         masks: bool = True,
+        kinds: int | None = None,
     ) -> None:
         self.method, self.replayable, self.on_update = method, replayable, on_update
+        self.kinds = kinds  # the distinct rows of the data the loop was handed, where known
         self.params = list(model.parameters())
         self.ids = {id(p) for p in self.params}
         # the params (by position) the loop's first run stepped: an update is whole only once
@@ -135,6 +176,9 @@ class Watcher:
         # the inputs (memory, shape) of the forwards the updates so far consumed, kept alive by
         # their steps: a batch fed again without a fetch (itertools.cycle's replay) is data
         self.fed_before: set[tuple[int, torch.Size]] = set()
+        # where the loop made the forwards a backward() reached: a forward made nowhere such is
+        # the loop's own (an evaluation, a log line), never a micro-batch it threw away
+        self.sites: set[tuple[tuple[str, int], ...]] = set()
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -236,14 +280,17 @@ class Watcher:
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed: a forward in grad mode
         that no backward() reached fed no update where it was made in eval mode (a validation
-        pass written without torch.no_grad()), on the batch the last update consumed (an
-        accuracy read after the step) or on rows of a batch a pass this update or the last
-        consumed (a peek at X[:1]'s prediction) or, handed the audit's loader, made after a
+        pass written without torch.no_grad()); where the loop made no forward a backward()
+        reached (an evaluation or a log line of its own); on the batch the last update
+        consumed (an accuracy read after the step) or on rows of a batch a pass this update or
+        the last consumed (a peek at X[:1]'s prediction); handed the audit's loader, after a
         fetch whose batch a backward() reached, or before any, on no input an update consumed
         before (a fixed row predicted for a log line; a batch itertools.cycle replays is the
-        data's); one on new rows in train mode did (a loop that calls backward() on every
-        k-th batch alone throws the others away, transformed or not). A method's calls
-        (Lightning's training_step, which may call backward itself) all count."""
+        data's); or on more distinct rows than the data holds (a held-out set). One on the
+        data's rows in train mode, made where the loop trains, did (a loop that calls
+        backward() on every k-th batch alone throws the others away, transformed or not). A
+        method's calls (Lightning's training_step, which may call backward itself) all
+        count."""
         reached = [c for c in self.calls if id(c) in self.reached]
         last = self.seen.steps[-1].calls if self.seen.steps else []
         applied = reached + last
@@ -251,16 +298,19 @@ class Watcher:
         # row predicted for a log line) is the loop's own
         trained = {c.fetch for c in reached} | {c.fetch for c in last}
         loader = self.seen.fetches > 0  # handed the audit's loader, and it made batches
+        self.sites.update(c.site for c in reached)
 
         def own(c: Call) -> bool:
             return (
                 id(c) in self.unless_reached
+                or c.site not in self.sites
                 or any(_within(c, a) for a in applied)
                 or (
                     loader
                     and (c.fetch == 0 or c.fetch in trained)
                     and _input_key(c) not in self.fed_before
                 )
+                or (self.kinds is not None and _foreign(c, self.kinds))
             )
 
         return [
@@ -313,6 +363,7 @@ class Watcher:
                 self.replayable,
                 autocast=autocast_now(),
                 fetch=self.seen.fetches,
+                site=site(),
             )
         )
         self.last = self.calls[-1]
@@ -361,16 +412,18 @@ def watching(
     on_update: Callable[[], None] | None = None,
     trained: frozenset[int] | None = None,
     masks: bool = True,
+    kinds: int | None = None,
 ) -> Iterator[Observed]:
     """Watch the model's training while the block runs; yield what it saw, filled in after;
     call on_update after each update it records; trained: the params (by position) the
     loop's first run stepped, which an update must step to be whole; masks=False: the steps
-    keep the params no optimizer stepped (seen.trained says which).
+    keep the params no optimizer stepped (seen.trained says which); kinds: the distinct rows
+    of the data the loop was handed (a forward fed more is none of its batches).
 
     What each step consumed is read from what the model's forward was fed, or, for a framework
     that hands batches to a method of the model (Lightning's training_step), what that was fed.
     """
-    watch = Watcher(model, method, replayable, on_update, trained, masks)
+    watch = Watcher(model, method, replayable, on_update, trained, masks, kinds)
     original = torch.amp.GradScaler.unscale_
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:

@@ -37,6 +37,8 @@ class Call:
     # the batches the audit's loader had made when it was fed (0: none, or no loader of ours):
     # the forwards after one fetch and before the next make that batch's group
     fetch: int = 0
+    # where the loop made it: its innermost frames' (file, line), as hooks.site() reads them
+    site: tuple[tuple[str, int], ...] = ()
 
     def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call what was called, on other arguments (one row's), under the autocast it ran

@@ -167,7 +167,13 @@ def _run_at_zero_lr(
         with (
             time_limit(limit) as anew,
             watching(
-                model, watch.method, watch.replayable, stepped, trained_of(target), masks
+                model,
+                watch.method,
+                watch.replayable,
+                stepped,
+                trained_of(target),
+                masks,
+                kinds=len(set(batching.rows)),
             ) as seen,
             seeded(batching.seed),
             warnings.catch_warnings(),
