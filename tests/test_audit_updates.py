@@ -1191,11 +1191,11 @@ def test_a_peek_is_inside_an_applied_batch_only_where_its_rows_are_that_batchs(
     peek: slice, applied: slice, inside: bool
 ) -> None:
     from linreg.kinds.training_loop import Call
-    from linreg.kinds.training_loop.hooks import _within
+    from linreg.kinds.training_loop.feeds import within
 
     X = torch.arange(12.0).reshape(4, 3)
     u, v = X[peek], X[applied]
-    assert _within(Call((u,), {}, len(u)), Call((v,), {}, len(v))) is inside
+    assert within(Call((u,), {}, len(u)), Call((v,), {}, len(v))) is inside
 
 
 def accuracy_pass_in_train_mode(

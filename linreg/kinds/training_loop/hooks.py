@@ -7,19 +7,17 @@ scaler's scale: "unscaled", and the scale), and the model's forward pre-hook (wh
 forward pass with grad enabled was fed). Each step's reading is taken after the step
 ("applied"), since a framework may run forward, zero_grad and backward inside
 `optimizer.step(closure)`. The rows an update consumed are the rows fed since the update
-before: prefetching and a loop's own DataLoader are judged by what they did.
+before (which of those forwards fed it: feeds.py): prefetching and a loop's own DataLoader are
+judged by what they did.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import torch
@@ -32,15 +30,14 @@ from torch.utils.hooks import RemovableHandle
 
 from linreg.checks import LoopRaised, where
 from linreg.kinds.guards import user_fn
+from linreg.kinds.training_loop.feeds import Feeds, same_batch, site
 from linreg.kinds.training_loop.ledger import (
     Call,
     Observed,
     Step,
     autocast_now,
     detached,
-    first_input,
     flat,
-    storage_of,
     tensors_in,
 )
 
@@ -64,75 +61,6 @@ def zero_lr(opt: torch.optim.Optimizer) -> None:
             group["lr"] = 0.0
 
 
-def _same_batch(call: Call, t: Tensor) -> bool:
-    first = first_input(call)
-    return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
-
-
-def _input_key(call: Call) -> tuple[int, torch.Size] | None:
-    """Return the memory and shape of a call's first tensor (None: none, or empty)."""
-    first = first_input(call)
-    if first is None or storage_of(first) is None:
-        return None
-    return first.data_ptr(), first.shape
-
-
-def _within(call: Call, other: Call) -> bool:
-    """Return True if call was fed rows of other's batch: its first tensor a view of rows
-    of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies."""
-    u, v = first_input(call), first_input(other)
-    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride()[1:] != v.stride()[1:]:
-        return False
-    if storage_of(u) is None or storage_of(u) != storage_of(v):
-        return False
-    row = v.stride(0) * v.element_size()  # bytes from one of other's rows to the next
-    offset = u.data_ptr() - v.data_ptr()
-    if row <= 0 or offset % row:
-        return False
-    first, step = offset // row, 1
-    if u.shape[0] > 1:  # its rows every `step` rows of other's (X[::2] of X)
-        step, left = divmod(u.stride(0), v.stride(0))
-        if step <= 0 or left:
-            return False
-    return first >= 0 and first + step * (u.shape[0] - 1) < v.shape[0]
-
-
-def _foreign(call: Call, kinds: int) -> bool:
-    """Return True if call was fed more distinct rows than the data the audit handed the loop
-    holds (`kinds`: its example row, and its contrast row where the run mixes them): rows of
-    the loop's own (a held-out set), since no transform of a batch that maps equal rows to
-    equal rows (a cast, a normalization, a reshape) makes more."""
-    first = first_input(call)
-    if first is None or first.ndim == 0 or first.shape[0] <= kinds:
-        return False
-    rows = first.detach().reshape(first.shape[0], -1)
-    return int(torch.unique(rows, dim=0).shape[0]) > kinds
-
-
-# the audit's frames and torch's, between a forward's hook and the loop that made the call
-_OURS = tuple(
-    os.path.dirname(m.__file__) + os.sep
-    for m in (torch, sys.modules["linreg"])
-    if m.__file__ is not None
-)
-
-
-def site(depth: int = 3) -> tuple[tuple[str, int], ...]:
-    """Return where the code under audit made the call being watched: its innermost `depth`
-    frames' (file, line), torch's and the audit's own passed over (a helper the training and
-    the evaluation both call is told apart by its callers)."""
-    frames: list[tuple[str, int]] = []
-    f: FrameType | None = sys._getframe(1)
-    while f is not None and len(frames) < depth:
-        file = f.f_code.co_filename
-        if not file.startswith(_OURS):
-            frames.append((file, f.f_lineno))
-        elif frames:  # back in the audit, past the loop's outermost frame
-            break
-        f = f.f_back
-    return tuple(frames)
-
-
 class Watcher:
     """The hooks' shared state: what was fed since the last step, and each step's readings."""
 
@@ -147,7 +75,7 @@ class Watcher:
         kinds: int | None = None,
     ) -> None:
         self.method, self.replayable, self.on_update = method, replayable, on_update
-        self.kinds = kinds  # the distinct rows of the data the loop was handed, where known
+        self.feeds = Feeds(kinds)  # which forwards fed an update
         self.params = list(model.parameters())
         self.ids = {id(p) for p in self.params}
         # the params (by position) the loop's first run stepped: an update is whole only once
@@ -167,18 +95,8 @@ class Watcher:
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
         self.trained: set[int] = set()  # the params any optimizer of the run stepped
         self.last: Call | None = None  # the forward under way, until its output is seen
-        self.reached: set[int] = set()  # the calls a backward() went through (by id)
-        # the calls that feed no update unless a backward() reaches them: made in eval mode,
-        # or on the batch the last update consumed
-        self.unless_reached: set[int] = set()
         self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
-        # the inputs (memory, shape) of the forwards the updates so far consumed, kept alive by
-        # their steps: a batch fed again without a fetch (itertools.cycle's replay) is data
-        self.fed_before: set[tuple[int, torch.Size]] = set()
-        # where the loop made the forwards a backward() reached: a forward made nowhere such is
-        # the loop's own (an evaluation, a log line), never a micro-batch it threw away
-        self.sites: set[tuple[tuple[str, int], ...]] = set()
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -220,13 +138,9 @@ class Watcher:
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
-        unreached = tuple(
-            i
-            for i, c in enumerate(self.calls)
-            if c.method == "forward" and id(c) not in self.reached
-        )
+        unreached = self.feeds.unreached(self.calls)
         self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried, unreached))
-        self.fed_before.update(k for k in map(_input_key, self.calls) if k is not None)
+        self.feeds.stepped(self.calls)
         self.seen.stepped_at.append(time.perf_counter())
         self.seen.whole = (self.known is None or stepped >= self.known) and all(
             id(p) in stepped for p in params if p.grad is not None
@@ -241,9 +155,7 @@ class Watcher:
     def _forget_all_but(self, calls: list[Call]) -> None:
         """Keep what was marked of these calls alone: the marks of calls no longer kept go
         (their ids may be reused), and, where none is left, the hooks on their outputs."""
-        live = {id(c) for c in calls}
-        self.reached &= live
-        self.unless_reached &= live
+        self.feeds.forget_all_but(calls)
         if not calls:
             for handle in self.handles:
                 handle.remove()
@@ -278,44 +190,9 @@ class Watcher:
             self.latest[id(p)] = p.grad.detach().clone()
 
     def consumed(self) -> list[Call]:
-        """Return the calls since the last update that it consumed: a forward in grad mode
-        that no backward() reached fed no update where it was made in eval mode (a validation
-        pass written without torch.no_grad()); where the loop made no forward a backward()
-        reached (an evaluation or a log line of its own); on the batch the last update
-        consumed (an accuracy read after the step) or on rows of a batch a pass this update or
-        the last consumed (a peek at X[:1]'s prediction); handed the audit's loader, after a
-        fetch whose batch a backward() reached, or before any, on no input an update consumed
-        before (a fixed row predicted for a log line; a batch itertools.cycle replays is the
-        data's); or on more distinct rows than the data holds (a held-out set). One on the
-        data's rows in train mode, made where the loop trains, did (a loop that calls
-        backward() on every k-th batch alone throws the others away, transformed or not). A
-        method's calls (Lightning's training_step, which may call backward itself) all
-        count."""
-        reached = [c for c in self.calls if id(c) in self.reached]
+        """Return the calls since the last update that it consumed (Feeds.consumed)."""
         last = self.seen.steps[-1].calls if self.seen.steps else []
-        applied = reached + last
-        # a fetched batch a backward() reached: any other forward since that fetch (a fixed
-        # row predicted for a log line) is the loop's own
-        trained = {c.fetch for c in reached} | {c.fetch for c in last}
-        loader = self.seen.fetches > 0  # handed the audit's loader, and it made batches
-        self.sites.update(c.site for c in reached)
-
-        def own(c: Call) -> bool:
-            return (
-                id(c) in self.unless_reached
-                or c.site not in self.sites
-                or any(_within(c, a) for a in applied)
-                or (
-                    loader
-                    and (c.fetch == 0 or c.fetch in trained)
-                    and _input_key(c) not in self.fed_before
-                )
-                or (self.kinds is not None and _foreign(c, self.kinds))
-            )
-
-        return [
-            c for c in self.calls if c.method != "forward" or id(c) in self.reached or not own(c)
-        ]
+        return self.feeds.consumed(self.calls, last, loader=self.seen.fetches > 0)
 
     def output(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
@@ -329,14 +206,14 @@ class Watcher:
         # one's: a backward() through it tells nothing of this pass
         outputs = [t for t in tensors_in([out], {}) if t.requires_grad and t.grad_fn is not None]
         if not outputs:
-            self.reached.add(id(call))
+            self.feeds.reached.add(id(call))
         for t in outputs:
             self.handles.append(
                 t.register_hook(functools.partial(self._reached, id(call)))  # type: ignore[no-untyped-call]
             )
 
     def _reached(self, key: int, grad: Tensor) -> None:
-        self.reached.add(key)
+        self.feeds.reached.add(key)
 
     def fed(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Record what a forward pass with grad enabled was fed."""
@@ -347,11 +224,11 @@ class Watcher:
         batch = [t for t in tensors_in(args, kwargs) if t.ndim > 0]
         if not batch:
             return
-        if self.calls and _same_batch(self.calls[-1], batch[0]):
+        if self.calls and same_batch(self.calls[-1], batch[0]):
             self.last = self.calls[-1]  # a backward() through this pass consumes that call
             return  # the same batch fed again (a logging pass with grad on): no new rows
         again = not self.calls and any(
-            _same_batch(c, batch[0]) for c in (self.seen.steps[-1].calls if self.seen.steps else ())
+            same_batch(c, batch[0]) for c in (self.seen.steps[-1].calls if self.seen.steps else ())
         )
         rows = batch[0].shape[0]
         self.calls.append(
@@ -368,7 +245,7 @@ class Watcher:
         )
         self.last = self.calls[-1]
         if again or not module.training:
-            self.unless_reached.add(id(self.last))
+            self.feeds.unless_reached.add(id(self.last))
         self.seen.fed += rows
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:

@@ -1,0 +1,157 @@
+"""Which forwards fed an update: those a `backward()` reached, and those no `backward()` reached
+that were the data's (micro-batches thrown away: they weigh 0), told from the loop's own (an
+evaluation, a log line, a peek at a prediction). `Feeds` keeps what tells them apart as the
+loop runs; the hooks (hooks.py) fill it in."""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import FrameType
+
+import torch
+from torch import Tensor
+
+from linreg.kinds.training_loop.ledger import Call, first_input, storage_of
+
+Site = tuple[tuple[str, int], ...]
+
+
+def same_batch(call: Call, t: Tensor) -> bool:
+    """Return True if t is the tensor call was first fed (the same memory and shape)."""
+    first = first_input(call)
+    return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
+
+
+def input_key(call: Call) -> tuple[int, torch.Size] | None:
+    """Return the memory and shape of a call's first tensor (None: none, or empty)."""
+    first = first_input(call)
+    if first is None or storage_of(first) is None:
+        return None
+    return first.data_ptr(), first.shape
+
+
+def within(call: Call, other: Call) -> bool:
+    """Return True if call was fed rows of other's batch: its first tensor a view of rows
+    of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies."""
+    u, v = first_input(call), first_input(other)
+    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride()[1:] != v.stride()[1:]:
+        return False
+    if storage_of(u) is None or storage_of(u) != storage_of(v):
+        return False
+    row = v.stride(0) * v.element_size()  # bytes from one of other's rows to the next
+    offset = u.data_ptr() - v.data_ptr()
+    if row <= 0 or offset % row:
+        return False
+    first, step = offset // row, 1
+    if u.shape[0] > 1:  # its rows every `step` rows of other's (X[::2] of X)
+        step, left = divmod(u.stride(0), v.stride(0))
+        if step <= 0 or left:
+            return False
+    return first >= 0 and first + step * (u.shape[0] - 1) < v.shape[0]
+
+
+def foreign(call: Call, kinds: int) -> bool:
+    """Return True if call was fed more distinct rows than the data the audit handed the loop
+    holds (`kinds`: its example row, and its contrast row where the run mixes them): rows of
+    the loop's own (a held-out set), since no transform of a batch that maps equal rows to
+    equal rows (a cast, a normalization, a reshape) makes more."""
+    first = first_input(call)
+    if first is None or first.ndim == 0 or first.shape[0] <= kinds:
+        return False
+    rows = first.detach().reshape(first.shape[0], -1)
+    return int(torch.unique(rows, dim=0).shape[0]) > kinds
+
+
+# the audit's frames and torch's, between a forward's hook and the loop that made the call
+_OURS = tuple(
+    os.path.dirname(m.__file__) + os.sep
+    for m in (torch, sys.modules["linreg"])
+    if m.__file__ is not None
+)
+
+
+def site(depth: int = 3) -> Site:
+    """Return where the code under audit made the call being watched: its innermost `depth`
+    frames' (file, line), torch's and the audit's own passed over (a helper the training and
+    the evaluation both call is told apart by its callers)."""
+    frames: list[tuple[str, int]] = []
+    f: FrameType | None = sys._getframe(1)
+    while f is not None and len(frames) < depth:
+        file = f.f_code.co_filename
+        if not file.startswith(_OURS):
+            frames.append((file, f.f_lineno))
+        elif frames:  # back in the audit, past the loop's outermost frame
+            break
+        f = f.f_back
+    return tuple(frames)
+
+
+class Feeds:
+    """What tells an update's forwards apart, kept across the run."""
+
+    def __init__(self, kinds: int | None = None) -> None:
+        self.kinds = kinds  # the distinct rows of the data the loop was handed, where known
+        self.reached: set[int] = set()  # the calls a backward() went through (by id)
+        # the calls that feed no update unless a backward() reaches them: made in eval mode,
+        # or on the batch the last update consumed
+        self.unless_reached: set[int] = set()
+        # the inputs (memory, shape) of the forwards the updates so far consumed, kept alive by
+        # their steps: a batch fed again without a fetch (itertools.cycle's replay) is data
+        self.fed_before: set[tuple[int, torch.Size]] = set()
+        # where the loop made the forwards a backward() reached: a forward made nowhere such is
+        # the loop's own (an evaluation, a log line), never a micro-batch it threw away
+        self.sites: set[Site] = set()
+
+    def consumed(self, calls: list[Call], last: list[Call], loader: bool) -> list[Call]:
+        """Return the calls since the last update that it consumed (`last`: those the update
+        before consumed; loader: the loop was handed the audit's loader, and it made batches):
+        a forward in grad mode that no backward() reached fed no update where it was made in
+        eval mode (a validation pass written without torch.no_grad()); where the loop made no
+        forward a backward() reached (an evaluation or a log line of its own); on the batch
+        the last update consumed (an accuracy read after the step) or on rows of a batch a
+        pass this update or the last consumed (a peek at X[:1]'s prediction); handed the
+        audit's loader, after a fetch whose batch a backward() reached, or before any, on no
+        input an update consumed before (a fixed row predicted for a log line; a batch
+        itertools.cycle replays is the data's); or on more distinct rows than the data holds
+        (a held-out set). One on the data's rows in train mode, made where the loop trains,
+        did (a loop that calls backward() on every k-th batch alone throws the others away,
+        transformed or not). A method's calls (Lightning's training_step, which may call
+        backward itself) all count."""
+        reached = [c for c in calls if id(c) in self.reached]
+        applied = reached + last
+        # a fetched batch a backward() reached: any other forward since that fetch (a fixed
+        # row predicted for a log line) is the loop's own
+        trained = {c.fetch for c in reached} | {c.fetch for c in last}
+        self.sites.update(c.site for c in reached)
+
+        def own(c: Call) -> bool:
+            return (
+                id(c) in self.unless_reached
+                or c.site not in self.sites
+                or any(within(c, a) for a in applied)
+                or (
+                    loader
+                    and (c.fetch == 0 or c.fetch in trained)
+                    and input_key(c) not in self.fed_before
+                )
+                or (self.kinds is not None and foreign(c, self.kinds))
+            )
+
+        return [c for c in calls if c.method != "forward" or id(c) in self.reached or not own(c)]
+
+    def unreached(self, calls: list[Call]) -> tuple[int, ...]:
+        """Return the positions of the forwards among calls that no backward() reached."""
+        return tuple(
+            i for i, c in enumerate(calls) if c.method == "forward" and id(c) not in self.reached
+        )
+
+    def stepped(self, calls: list[Call]) -> None:
+        """Note the inputs an update consumed."""
+        self.fed_before.update(k for k in map(input_key, calls) if k is not None)
+
+    def forget_all_but(self, calls: list[Call]) -> None:
+        """Keep the marks of these calls alone (the ids of calls no longer kept may be reused)."""
+        live = {id(c) for c in calls}
+        self.reached &= live
+        self.unless_reached &= live
