@@ -9,6 +9,8 @@ a step budget that counts inclusively takes one step more, each of them right.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import time
 from typing import Any
@@ -1455,8 +1457,8 @@ def trains_and_logs_through_one_helper(
     model: nn.Module, dataset: Any, num_epochs: int, batch_size: int = 2
 ) -> list[float]:
     """Correct: one helper makes every loss; after each step it logs the loss of the first
-    batch it drew, in train mode with grad on: that forward is made on the same line as the
-    training ones, by another caller."""
+    batch it drew, in train mode with grad on: that forward is made in the same functions as
+    the training ones, on no batch drawn for it."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train = DataLoader(dataset, batch_size=batch_size, shuffle=True)
     first, log = next(iter(train)), []
@@ -1472,10 +1474,13 @@ def trains_and_logs_through_one_helper(
 @pytest.mark.parametrize(
     "loop", [estimates_the_loss_without_no_grad, trains_and_logs_through_one_helper]
 )
-def test_a_forward_made_where_the_loop_never_trains_feeds_no_update(loop: Any) -> None:
-    """A review's false alarms: forwards of the data's own rows that no backward() reaches,
-    made where no forward a backward() reached was (an estimate of the loss, an evaluation
-    through the training's helper), were micro-batches weighing 0."""
+def test_an_estimate_of_its_own_and_a_log_line_after_a_trained_draw_feed_no_update(
+    loop: Any,
+) -> None:
+    """A review's false alarms: forwards of the data's own rows that no backward() reaches
+    were micro-batches weighing 0: made in a function no forward a backward() reached was
+    made in (nanoGPT's estimate_loss without no_grad), or, through the training's own
+    helper, after a draw of the dataset's rows whose batch a backward() reached (a log line)."""
     report = audit.training_loop(loop, **LOOP)
     assert report.ok, str(report)
 
@@ -1498,3 +1503,140 @@ def backward_after_the_micro_steps(
 def test_micro_batches_forwarded_where_the_loop_trains_and_thrown_away_are_read() -> None:
     report = audit.training_loop(backward_after_the_micro_steps, **LOOP)
     assert "micro-batch-accumulation" in [r.pitfall for r in report.failures], str(report)
+
+
+def forgets_the_backward_in_the_accumulating_branch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Twin: the branch that should accumulate computes the loss and never calls backward();
+    the stepping branch, on its own line, does: the window's other batches are thrown away."""
+    k = accumulation_steps
+    for _ in range(num_epochs):
+        for i, (X, y) in enumerate(loader):
+            if (i + 1) % k:
+                loss = F.cross_entropy(model(X), y) / k
+            else:
+                loss = F.cross_entropy(model(X), y) / k
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def skips_every_other_draw_after_its_forward(
+    model: nn.Module, get_batch: Any, max_iters: int
+) -> None:
+    """Twin: nanoGPT-style draws; every other one is forwarded on a line of its own, then
+    skipped with `continue` before any backward()."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for it in range(2 * max_iters):
+        X, Y = get_batch("train")
+        if it % 2 == 0:
+            logits = model(X)
+            continue
+        logits = model(X)
+        optimizer.zero_grad()
+        F.cross_entropy(logits, Y).backward()
+        optimizer.step()
+
+
+def accumulates_without_sync_and_forgets_the_backward(
+    model: nn.Module, get_batch: Any, max_iters: int, gradient_accumulation_steps: int
+) -> None:
+    """Twin: DDP's pattern, the first k - 1 micro-batches under no_sync() (here a null
+    context), the last one outside it; the backward() is missing under no_sync()."""
+    k = gradient_accumulation_steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    no_sync = contextlib.nullcontext  # model.no_sync under DistributedDataParallel
+    for _ in range(max_iters):
+        for _ in range(k - 1):
+            X, Y = get_batch("train")
+            with no_sync():
+                loss = F.cross_entropy(model(X), Y) / k  # noqa: F841 - its backward() is missing
+        X, Y = get_batch("train")
+        (F.cross_entropy(model(X), Y) / k).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def calls_through_a_lambda_and_skips_odd_batches(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Twin: every forward goes through one lambda; odd batches are predicted on a line of
+    their own and skipped."""
+    predict = lambda x: model(x)  # noqa: E731 - the loop's own wrapper
+    for _ in range(num_epochs):
+        for i, (X, y) in enumerate(loader):
+            if i % 2:
+                predict(X)
+                continue
+            optimizer.zero_grad()
+            F.cross_entropy(predict(X), y).backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        forgets_the_backward_in_the_accumulating_branch,
+        skips_every_other_draw_after_its_forward,
+        accumulates_without_sync_and_forgets_the_backward,
+        calls_through_a_lambda_and_skips_odd_batches,
+    ],
+)
+def test_micro_batches_forwarded_on_a_line_of_their_own_where_the_loop_trains_are_read(
+    loop: Any,
+) -> None:
+    """A review's false passes: a forward made in the function the loop trains in, on a line
+    no backward() follows, was read as the loop's own (a version keyed by line read these
+    as evaluations, or named the lost micro-batches' scale as mean-vs-sum's). It is the
+    data's where the loop drew the batch for it."""
+    report = audit.training_loop(loop, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+    assert "no backward() reached" in report.failures[0].message, str(report)
+
+
+def trains_from_static_buffers(
+    model: nn.Module, get_batch: Any, max_iters: int, batch_size: int, every: int = 1
+) -> None:
+    """Correct (every=1): copies each batch into static input buffers, as CUDA-graph loops do,
+    and trains on them. Twin (every=2): steps on every other buffer fill alone."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    static_x, static_y = torch.zeros(batch_size, 3), torch.zeros(batch_size, dtype=torch.long)
+    for it in range(every * max_iters):
+        X, Y = get_batch("train")
+        static_x.copy_(X)
+        static_y.copy_(Y)
+        loss = F.cross_entropy(model(static_x), static_y) / every
+        if (it + 1) % every == 0:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+
+def logs_a_validation_draw(model: nn.Module, get_batch: Any, max_iters: int) -> None:
+    """Correct: after every other step, a loss on get_batch("val") for the log, in train mode
+    with grad on, inline in the training loop."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for it in range(max_iters):
+        X, Y = get_batch("train")
+        loss = F.cross_entropy(model(X), Y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if it % 2 == 0:
+            Xv, Yv = get_batch("val")
+            print(f"{it}: {loss.item():.3f} {F.cross_entropy(model(Xv), Yv).item():.3f}", end="\r")
+
+
+def test_a_static_buffer_refilled_in_place_holds_each_batch_as_it_was_fed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A review's false alarm: the ledger kept the buffer itself, so that each refill rewrote
+    the rows an earlier update was read on (a window weighing its one micro-batch unequally).
+    Its twin fails, a refill being a new batch in the same memory, and no peek at the last."""
+    report = audit.training_loop(trains_from_static_buffers, **LOOP)
+    assert report.ok, str(report)
+    twin = audit.training_loop(functools.partial(trains_from_static_buffers, every=2), **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
+    report = audit.training_loop(logs_a_validation_draw, **LOOP)
+    assert report.ok, str(report)

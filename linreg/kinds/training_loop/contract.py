@@ -146,16 +146,22 @@ class Batch(dict[str, Any]):
 
 
 class Rows(Dataset[Any]):
-    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors."""
+    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors; drew() is called on
+    each row taken (not in a loader's worker process, where it is not this process's)."""
 
-    def __init__(self, rows: list[Any]) -> None:
-        self.rows = rows
+    def __init__(self, rows: list[Any], drew: Callable[[], None] | None = None) -> None:
+        self.rows, self.drew = rows, drew
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> Any:
+        if self.drew is not None:
+            self.drew()
         return self.rows[i]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rows": self.rows, "drew": None}
 
 
 def collate(rows: list[Any]) -> Any:
@@ -170,12 +176,20 @@ def loader(rows: list[Any], batch_size: int, drop_last: bool) -> DataLoader[Any]
     return DataLoader(Rows(rows), batch_size=batch_size, drop_last=drop_last, collate_fn=collate)
 
 
-def batch_fn(rows: list[Any], batch_size: int) -> Callable[..., Any]:
-    """Return get_batch(*args): the next batch_size rows, in order, around the data forever."""
+def batch_fn(
+    rows: list[Any], batch_size: int, drew: Callable[[], None] | None = None
+) -> Callable[..., Any]:
+    """Return get_batch(*args): the next batch_size rows, in order, around the data forever;
+    drew() is called on each batch for training (get_batch("val") is the loop's own: an
+    evaluation)."""
     stream = itertools.cycle(range(len(rows)))
 
     def get_batch(*args: Any, **kwargs: Any) -> Any:
-        return collate([rows[next(stream)] for _ in range(batch_size)])
+        batch = collate([rows[next(stream)] for _ in range(batch_size)])
+        split = args[0] if args else kwargs.get("split")
+        if drew is not None and (not isinstance(split, str) or split.lower().startswith("train")):
+            drew()
+        return batch
 
     return get_batch
 
@@ -191,15 +205,17 @@ def arguments(
     num_epochs: int,
     steps: int,
     accumulation_steps: int,
+    drew: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Return the keyword arguments the loop asks for."""
+    """Return the keyword arguments the loop asks for; drew() is called on each draw of a
+    dataset or get_batch (a loader's batches are told by its collate_fn)."""
     data: Any
     if contract.data == "loader":
         data = loader(rows, batch_size, drop_last)
     elif contract.data == "dataset":
-        data = Rows(rows)
+        data = Rows(rows, drew)
     else:
-        data = batch_fn(rows, batch_size)
+        data = batch_fn(rows, batch_size, drew)
     values: dict[str, Any] = {
         "model": model,
         contract.data: data,

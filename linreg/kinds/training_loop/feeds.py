@@ -7,35 +7,51 @@ from __future__ import annotations
 
 import os
 import sys
-from types import FrameType
+from types import CodeType, FrameType
 
 import torch
 from torch import Tensor
 
-from linreg.kinds.training_loop.ledger import Call, first_input, storage_of
+from linreg.kinds.training_loop.ledger import (
+    Call,
+    first_input,
+    first_value,
+    storage_of,
+    version_of,
+)
 
-Site = tuple[tuple[str, int], ...]
+Site = tuple[CodeType, ...]
 
 
 def same_batch(call: Call, t: Tensor) -> bool:
-    """Return True if t is the tensor call was first fed (the same memory and shape)."""
+    """Return True if t is the tensor call was first fed, unchanged since (the same memory,
+    shape and version: a static buffer refilled in place holds another batch)."""
     first = first_input(call)
-    return first is not None and first.shape == t.shape and first.data_ptr() == t.data_ptr()
+    return (
+        first is not None
+        and first.shape == t.shape
+        and first.data_ptr() == t.data_ptr()
+        and version_of(t) == call.version
+    )
 
 
-def input_key(call: Call) -> tuple[int, torch.Size] | None:
-    """Return the memory and shape of a call's first tensor (None: none, or empty)."""
+def input_key(call: Call) -> tuple[int, torch.Size, int] | None:
+    """Return the memory, shape and version of a call's first tensor as it was fed (None:
+    none, or empty)."""
     first = first_input(call)
     if first is None or storage_of(first) is None:
         return None
-    return first.data_ptr(), first.shape
+    return first.data_ptr(), first.shape, call.version
 
 
 def within(call: Call, other: Call) -> bool:
     """Return True if call was fed rows of other's batch: its first tensor a view of rows
-    of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies."""
+    of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies, and
+    unchanged between the two (a static buffer refilled in place holds another batch)."""
     u, v = first_input(call), first_input(other)
     if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride()[1:] != v.stride()[1:]:
+        return False
+    if call.version != other.version:
         return False
     if storage_of(u) is None or storage_of(u) != storage_of(v):
         return False
@@ -56,10 +72,10 @@ def foreign(call: Call, kinds: int) -> bool:
     holds (`kinds`: its example row, and its contrast row where the run mixes them): rows of
     the loop's own (a held-out set), since no transform of a batch that maps equal rows to
     equal rows (a cast, a normalization, a reshape) makes more."""
-    first = first_input(call)
+    first = first_value(call)
     if first is None or first.ndim == 0 or first.shape[0] <= kinds:
         return False
-    rows = first.detach().reshape(first.shape[0], -1)
+    rows = first.reshape(first.shape[0], -1)
     return int(torch.unique(rows, dim=0).shape[0]) > kinds
 
 
@@ -71,20 +87,20 @@ _OURS = tuple(
 )
 
 
-def site(depth: int = 3) -> Site:
-    """Return where the code under audit made the call being watched: its innermost `depth`
-    frames' (file, line), torch's and the audit's own passed over (a helper the training and
-    the evaluation both call is told apart by its callers)."""
-    frames: list[tuple[str, int]] = []
+def site(most: int = 16) -> Site:
+    """Return where the code under audit made the call being watched: the functions (code
+    objects) of its frames, innermost first, from the call to the loop the audit called,
+    torch's and the audit's own passed over (at most `most`)."""
+    codes: list[CodeType] = []
     f: FrameType | None = sys._getframe(1)
-    while f is not None and len(frames) < depth:
-        file = f.f_code.co_filename
-        if not file.startswith(_OURS):
-            frames.append((file, f.f_lineno))
-        elif frames:  # back in the audit, past the loop's outermost frame
+    while f is not None and len(codes) < most:
+        code = f.f_code
+        if not code.co_filename.startswith(_OURS):
+            codes.append(code)
+        elif codes:  # back in the audit, past the loop's outermost frame
             break
         f = f.f_back
-    return tuple(frames)
+    return tuple(codes)
 
 
 class Feeds:
@@ -98,40 +114,42 @@ class Feeds:
         self.unless_reached: set[int] = set()
         # the inputs (memory, shape) of the forwards the updates so far consumed, kept alive by
         # their steps: a batch fed again without a fetch (itertools.cycle's replay) is data
-        self.fed_before: set[tuple[int, torch.Size]] = set()
-        # where the loop made the forwards a backward() reached: a forward made nowhere such is
-        # the loop's own (an evaluation, a log line), never a micro-batch it threw away
-        self.sites: set[Site] = set()
+        self.fed_before: set[tuple[int, torch.Size, int]] = set()
+        # the functions the forwards a backward() reached were made in (each frame's): a
+        # forward made in any other (an evaluation, an estimate of the loss) is the loop's own;
+        # one made in these alone, on another line (a branch that forgot its backward), is not
+        self.codes: set[CodeType] = set()
 
-    def consumed(self, calls: list[Call], last: list[Call], loader: bool) -> list[Call]:
+    def consumed(self, calls: list[Call], last: list[Call], fetched: bool) -> list[Call]:
         """Return the calls since the last update that it consumed (`last`: those the update
-        before consumed; loader: the loop was handed the audit's loader, and it made batches):
+        before consumed; fetched: the loop drew the audit's data and the draws were counted):
         a forward in grad mode that no backward() reached fed no update where it was made in
-        eval mode (a validation pass written without torch.no_grad()); where the loop made no
-        forward a backward() reached (an evaluation or a log line of its own); on the batch
-        the last update consumed (an accuracy read after the step) or on rows of a batch a
-        pass this update or the last consumed (a peek at X[:1]'s prediction); handed the
-        audit's loader, after a fetch whose batch a backward() reached, or before any, on no
-        input an update consumed before (a fixed row predicted for a log line; a batch
-        itertools.cycle replays is the data's); or on more distinct rows than the data holds
-        (a held-out set). One on the data's rows in train mode, made where the loop trains,
-        did (a loop that calls backward() on every k-th batch alone throws the others away,
-        transformed or not). A method's calls (Lightning's training_step, which may call
+        eval mode (a validation pass written without torch.no_grad()); in a function no
+        forward a backward() reached was made in (an evaluation, an estimate of the loss); on
+        the batch the last update consumed (an accuracy read after the step) or on rows of a
+        batch a pass this update or the last consumed (a peek at X[:1]'s prediction); after a
+        draw of the audit's data (a batch of its loader, a get_batch() call, a dataset's row)
+        whose batch a backward() reached, or before any, on no input an update consumed
+        before (a fixed row predicted for a log line; a batch itertools.cycle replays is the
+        data's); or on more distinct rows than the data holds (a held-out set). One on the
+        data's rows in train mode, made where the loop trains, did (a loop that calls
+        backward() on every k-th batch alone, or forgets it in a branch, throws the others
+        away, transformed or not). A method's calls (Lightning's training_step, which may call
         backward itself) all count."""
         reached = [c for c in calls if id(c) in self.reached]
         applied = reached + last
         # a fetched batch a backward() reached: any other forward since that fetch (a fixed
         # row predicted for a log line) is the loop's own
         trained = {c.fetch for c in reached} | {c.fetch for c in last}
-        self.sites.update(c.site for c in reached)
+        self.codes.update(code for c in reached for code in c.site)
 
         def own(c: Call) -> bool:
             return (
                 id(c) in self.unless_reached
-                or c.site not in self.sites
+                or any(code not in self.codes for code in c.site)
                 or any(within(c, a) for a in applied)
                 or (
-                    loader
+                    fetched
                     and (c.fetch == 0 or c.fetch in trained)
                     and input_key(c) not in self.fed_before
                 )

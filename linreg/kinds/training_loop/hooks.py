@@ -36,9 +36,10 @@ from linreg.kinds.training_loop.ledger import (
     Observed,
     Step,
     autocast_now,
-    detached,
+    copied,
     flat,
     tensors_in,
+    version_of,
 )
 
 
@@ -192,7 +193,7 @@ class Watcher:
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed (Feeds.consumed)."""
         last = self.seen.steps[-1].calls if self.seen.steps else []
-        return self.feeds.consumed(self.calls, last, loader=self.seen.fetches > 0)
+        return self.feeds.consumed(self.calls, last, fetched=self.seen.fetches > 0)
 
     def output(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
@@ -233,14 +234,16 @@ class Watcher:
         rows = batch[0].shape[0]
         self.calls.append(
             Call(
-                detached(args),
-                detached(kwargs),
+                copied(args),
+                copied(kwargs),
                 rows,
                 self.method,
                 self.replayable,
                 autocast=autocast_now(),
                 fetch=self.seen.fetches,
                 site=site(),
+                first=batch[0].detach(),
+                version=version_of(batch[0]),
             )
         )
         self.last = self.calls[-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 import torch
@@ -34,11 +35,18 @@ class Call:
     feeds_given: bool = False
     # the device type and dtype torch.autocast ran the forward in (None: not under autocast)
     autocast: tuple[str, torch.dtype] | None = None
-    # the batches the audit's loader had made when it was fed (0: none, or no loader of ours):
-    # the forwards after one fetch and before the next make that batch's group
+    # the draws of the audit's data made when it was fed (batches of its loader, get_batch()
+    # calls, rows of its dataset; 0: none, or none counted): the forwards after one draw and
+    # before the next make that batch's group
     fetch: int = 0
-    # where the loop made it: its innermost frames' (file, line), as hooks.site() reads them
-    site: tuple[tuple[str, int], ...] = ()
+    # where the loop made it: the functions of its frames, as feeds.site() reads them
+    site: tuple[CodeType, ...] = ()
+    # args and kwargs hold what it was fed as it was then (a copy: a static input buffer the
+    # loop refills in place is rewritten); `first` is its first batched tensor itself, whose
+    # memory tells a batch fed again or a view of one, and `version` that tensor's version
+    # counter then (a buffer refilled in place holds a new batch in the same memory)
+    first: Tensor | None = None
+    version: int = 0
 
     def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call what was called, on other arguments (one row's), under the autocast it ran
@@ -95,8 +103,21 @@ def autocast_now() -> tuple[str, torch.dtype] | None:
 
 
 def first_input(call: Call) -> Tensor | None:
-    """Return the first batched tensor (ndim > 0) a forward was fed, or None."""
+    """Return the first batched tensor (ndim > 0) a forward was fed, itself, or None."""
+    return call.first if call.first is not None else first_value(call)
+
+
+def first_value(call: Call) -> Tensor | None:
+    """Return the values of the first batched tensor a forward was fed, as they were then."""
     return next((t for t in tensors_in(call.args, call.kwargs) if t.ndim > 0), None)
+
+
+def version_of(t: Tensor) -> int:
+    """Return a tensor's version counter (-1: an inference tensor keeps none)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return -1
 
 
 def storage_of(t: Tensor) -> int | None:
@@ -136,8 +157,9 @@ def _row(v: Any, i: int, rows: int) -> Any:
     return _mapped(v, lambda t: t[i : i + 1] if t.ndim > 0 and t.shape[0] == rows else t)
 
 
-def detached(v: Any) -> Any:
-    return _mapped(v, Tensor.detach)
+def copied(v: Any) -> Any:
+    """Return v with each tensor in it detached and copied (its values as they are now)."""
+    return _mapped(v, lambda t: t.detach().clone())
 
 
 @dataclass
@@ -208,7 +230,7 @@ class Observed:
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
-    fetches: int = 0  # the batches the audit's loader made during the run
+    fetches: int = 0  # the draws of the audit's data during the run (Call.fetch)
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)

@@ -132,6 +132,11 @@ def _run_at_zero_lr(
         if asks.has("optimizer"):
             optimizer = (c.optimizer or default_optimizer)(model.parameters())
     k = count_of(c, batching)
+    seen = Observed()
+
+    def drew() -> None:  # a draw of the audit's dataset or get_batch: a forward's fetch
+        seen.fetches += 1
+
     kwargs = contracts.arguments(
         asks,
         model=model,
@@ -142,6 +147,7 @@ def _run_at_zero_lr(
         num_epochs=batching.num_epochs,
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
+        drew=drew,
     )
     short = ShortFetches(batching) if asks.data == "loader" else None
     if short is not None:  # told each batch the audit's loader makes (drop_last: no short one)
@@ -149,7 +155,6 @@ def _run_at_zero_lr(
         data.collate_fn = short.collating(data.collate_fn)
     watch = target.watch or Watch()
     limit = limit_of(target)  # from the start, and anew after each update: the loop's progress
-    seen = Observed()
     # more updates than four for each row it was handed (or step it was asked for): a loop on
     # a budget of its own; ended there, what it did is judged (each update needs a row fed: a
     # correct loop comes near only with four optimizers each stepping on its own rows of one)
