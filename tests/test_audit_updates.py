@@ -1640,3 +1640,28 @@ def test_a_static_buffer_refilled_in_place_holds_each_batch_as_it_was_fed(
     assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
     report = audit.training_loop(logs_a_validation_draw, **LOOP)
     assert report.ok, str(report)
+
+
+def test_rows_of_the_loops_own_are_foreign_and_the_datas_transformed_or_augmented_are_not() -> None:
+    """A review: random augmentation makes more distinct rows than the data holds, so that a
+    batch augmented and thrown away read as a held-out set's (a spurious mean-vs-sum on a
+    loop that indents its backward() out of the micro-step loop). Augmented rows stay near
+    the data's; a held-out set's are far."""
+    from linreg.kinds.training_loop import Call
+    from linreg.kinds.training_loop.feeds import foreign
+
+    data = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-1.0, 0.25, 1.0])]
+    X = torch.stack([data[i % 2] for i in range(6)])
+    rng = torch.Generator().manual_seed(0)
+    noise = torch.randn(X.shape, generator=rng)
+    jitter = torch.empty(len(X), 1).uniform_(0.9, 1.1, generator=rng)
+
+    def fed(t: torch.Tensor) -> Call:
+        return Call((t,), {}, len(t))
+
+    assert not foreign(fed(X), data)
+    assert not foreign(fed((X - 0.5) / 2.0), data)  # normalized: no more distinct rows
+    assert not foreign(fed(X + 0.01 * noise), data)  # noise
+    assert not foreign(fed(X * jitter), data)  # per-sample scale jitter
+    assert foreign(fed(HELD_OUT[0]), data)
+    assert foreign(fed(torch.cat([X[:2], HELD_OUT[0][:1]])), data)  # one row of its own

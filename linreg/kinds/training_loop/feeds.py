@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from types import CodeType, FrameType
 
 import torch
@@ -67,16 +68,23 @@ def within(call: Call, other: Call) -> bool:
     return first >= 0 and first + step * (u.shape[0] - 1) < v.shape[0]
 
 
-def foreign(call: Call, kinds: int) -> bool:
-    """Return True if call was fed more distinct rows than the data the audit handed the loop
-    holds (`kinds`: its example row, and its contrast row where the run mixes them): rows of
-    the loop's own (a held-out set), since no transform of a batch that maps equal rows to
-    equal rows (a cast, a normalization, a reshape) makes more."""
+def foreign(call: Call, data: Sequence[Tensor]) -> bool:
+    """Return True if call was fed rows of the loop's own (a held-out set): more distinct rows
+    than the data the audit handed the loop holds (`data`: its example row's first tensor,
+    and its contrast row's where the run mixes them), since no transform that maps equal rows
+    to equal rows (a cast, a normalization, a reshape) makes more, and a row far from each of
+    them, since a random augmentation of the data (noise, jitter) does make more, near them."""
     first = first_value(call)
-    if first is None or first.ndim == 0 or first.shape[0] <= kinds:
+    if first is None or first.ndim == 0 or first.shape[0] <= len(data):
         return False
-    rows = first.reshape(first.shape[0], -1)
-    return int(torch.unique(rows, dim=0).shape[0]) > kinds
+    rows = first.reshape(first.shape[0], -1).double()
+    if int(torch.unique(rows, dim=0).shape[0]) <= len(data):
+        return False
+    ref = torch.stack([d.reshape(-1).double() for d in data])
+    if ref.shape[1] != rows.shape[1]:
+        return True  # reshaped: no row to compare with
+    far = 0.25 * float(ref.abs().max()) + 1e-6
+    return bool(((rows[:, None, :] - ref[None]).abs().amax(-1).amin(-1) > far).any())
 
 
 # the audit's frames and torch's, between a forward's hook and the loop that made the call
@@ -106,8 +114,9 @@ def site(most: int = 16) -> Site:
 class Feeds:
     """What tells an update's forwards apart, kept across the run."""
 
-    def __init__(self, kinds: int | None = None) -> None:
-        self.kinds = kinds  # the distinct rows of the data the loop was handed, where known
+    def __init__(self, data: Sequence[Tensor] | None = None) -> None:
+        # the first tensor of each distinct row of the data the loop was handed, where known
+        self.data = data
         self.reached: set[int] = set()  # the calls a backward() went through (by id)
         # the calls that feed no update unless a backward() reaches them: made in eval mode,
         # or on the batch the last update consumed
@@ -153,7 +162,7 @@ class Feeds:
                     and (c.fetch == 0 or c.fetch in trained)
                     and input_key(c) not in self.fed_before
                 )
-                or (self.kinds is not None and foreign(c, self.kinds))
+                or (self.data is not None and foreign(c, self.data))
             )
 
         return [c for c in calls if c.method != "forward" or id(c) in self.reached or not own(c)]

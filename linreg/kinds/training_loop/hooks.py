@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -73,10 +73,10 @@ class Watcher:
         on_update: Callable[[], None] | None = None,
         trained: frozenset[int] | None = None,
         masks: bool = True,
-        kinds: int | None = None,
+        data: Sequence[Tensor] | None = None,
     ) -> None:
         self.method, self.replayable, self.on_update = method, replayable, on_update
-        self.feeds = Feeds(kinds)  # which forwards fed an update
+        self.feeds = Feeds(data)  # which forwards fed an update
         self.params = list(model.parameters())
         self.ids = {id(p) for p in self.params}
         # the params (by position) the loop's first run stepped: an update is whole only once
@@ -292,18 +292,18 @@ def watching(
     on_update: Callable[[], None] | None = None,
     trained: frozenset[int] | None = None,
     masks: bool = True,
-    kinds: int | None = None,
+    data: Sequence[Tensor] | None = None,
 ) -> Iterator[Observed]:
     """Watch the model's training while the block runs; yield what it saw, filled in after;
     call on_update after each update it records; trained: the params (by position) the
     loop's first run stepped, which an update must step to be whole; masks=False: the steps
-    keep the params no optimizer stepped (seen.trained says which); kinds: the distinct rows
-    of the data the loop was handed (a forward fed more is none of its batches).
+    keep the params no optimizer stepped (seen.trained says which); data: the first tensor of
+    each distinct row of the data the loop was handed (feeds.foreign).
 
     What each step consumed is read from what the model's forward was fed, or, for a framework
     that hands batches to a method of the model (Lightning's training_step), what that was fed.
     """
-    watch = Watcher(model, method, replayable, on_update, trained, masks, kinds)
+    watch = Watcher(model, method, replayable, on_update, trained, masks, data)
     original = torch.amp.GradScaler.unscale_
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:

@@ -178,7 +178,7 @@ def _run_at_zero_lr(
                 stepped,
                 trained_of(target),
                 masks,
-                kinds=len(set(batching.rows)),
+                data=distinct_rows(c.example, batching),
             ) as seen,
             seeded(batching.seed),
             warnings.catch_warnings(),
@@ -202,6 +202,13 @@ def _run_at_zero_lr(
     if infinite:
         raise LoopRaised(infinite)
     return model, seen
+
+
+def distinct_rows(example: Example, batching: Batching) -> list[torch.Tensor] | None:
+    """Return the first tensor of each distinct row of a run's data (the example's, the
+    contrast row's where the run mixes them; None: a row holds none)."""
+    firsts = [tensors_in([row], {})[:1] for row in rows_of(example, sorted(set(batching.rows)))]
+    return [t for first in firsts for t in first] if all(firsts) else None
 
 
 class ShortFetches:
