@@ -1665,3 +1665,105 @@ def test_rows_of_the_loops_own_are_foreign_and_the_datas_transformed_or_augmente
     assert not foreign(fed(X * jitter), data)  # per-sample scale jitter
     assert foreign(fed(HELD_OUT[0]), data)
     assert foreign(fed(torch.cat([X[:2], HELD_OUT[0][:1]])), data)  # one row of its own
+
+
+def preloads_then_steps_on_every_other_batch(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: reads the whole dataset into tensors first (every draw before training), then
+    steps on every other batch of its own loader."""
+    X = torch.stack([x for x, _ in dataset])
+    Y = torch.stack([y for _, y in dataset])
+    loader = DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=batch_size)
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y)
+            if i % 2 == 0:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+
+def chunks_each_draw_and_backwards_the_last(
+    model: nn.Module, get_batch: Any, optimizer: Any, max_iters: int
+) -> None:
+    """Twin: splits each draw into two micro-batches, with the backward() indented out of
+    the chunk loop: the first chunk of every draw is thrown away."""
+    for _ in range(max_iters):
+        X, Y = get_batch("train")
+        for x, y in zip(X.chunk(2), Y.chunk(2), strict=True):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def micro_step(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def sync_step(model: nn.Module, optimizer: Any, batch: Any) -> None:
+    x, y = batch
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def accumulates_through_a_helper_that_forgot_backward(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Twin: the accumulating micro-step is a helper of its own, never trained, that forgot
+    its backward(); the stepping one trains."""
+    for _ in range(num_epochs):
+        for i, batch in enumerate(loader):
+            if (i + 1) % accumulation_steps == 0:
+                sync_step(model, optimizer, batch)
+            else:
+                micro_step(model, batch)
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        preloads_then_steps_on_every_other_batch,
+        chunks_each_draw_and_backwards_the_last,
+        accumulates_through_a_helper_that_forgot_backward,
+    ],
+)
+def test_batches_drawn_up_front_chunks_of_a_draw_and_untrained_helpers_are_the_datas(
+    loop: Any,
+) -> None:
+    """A review's false passes: data drawn up front made every forward 'after a trained
+    draw'; a draw's first chunk came after the draw its last chunk trained; a helper that
+    never trained was read as an evaluation. Only a function whose name says it evaluates
+    is the loop's own, and only a draw whose one batch trained, not its chunks."""
+    report = audit.training_loop(loop, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+
+
+class Clamped(TwoPart):
+    """Clamps its input in place, as some models guard against outliers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.clamp_(-10.0, 10.0)
+        return super().forward(x)
+
+
+def test_an_input_the_model_changes_in_place_is_still_the_batch_it_was() -> None:
+    """A review's false alarm: the model's own clamp_ made the batch a new one (its version
+    counter moved), so that an accuracy read after the step on that batch fed the next update
+    wherever no draw of the audit's data tells it (a loader with workers). A forward's input
+    is taken as the forward left it."""
+    from linreg.kinds.training_loop.hooks import watching
+
+    model = Clamped()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(2, 3), torch.tensor([0, 1])) for _ in range(2)]
+    with watching(model) as seen:
+        for x, y in batches:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            (model(x).argmax(1) == y).float().mean()
+    assert [len(step.calls) for step in seen.steps] == [1, 1]

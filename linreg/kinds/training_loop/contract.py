@@ -146,10 +146,10 @@ class Batch(dict[str, Any]):
 
 
 class Rows(Dataset[Any]):
-    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors; drew() is called on
+    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors; drew(1) is called on
     each row taken (not in a loader's worker process, where it is not this process's)."""
 
-    def __init__(self, rows: list[Any], drew: Callable[[], None] | None = None) -> None:
+    def __init__(self, rows: list[Any], drew: Callable[[int], None] | None = None) -> None:
         self.rows, self.drew = rows, drew
 
     def __len__(self) -> int:
@@ -157,7 +157,7 @@ class Rows(Dataset[Any]):
 
     def __getitem__(self, i: int) -> Any:
         if self.drew is not None:
-            self.drew()
+            self.drew(1)
         return self.rows[i]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -177,10 +177,10 @@ def loader(rows: list[Any], batch_size: int, drop_last: bool) -> DataLoader[Any]
 
 
 def batch_fn(
-    rows: list[Any], batch_size: int, drew: Callable[[], None] | None = None
+    rows: list[Any], batch_size: int, drew: Callable[[int], None] | None = None
 ) -> Callable[..., Any]:
     """Return get_batch(*args): the next batch_size rows, in order, around the data forever;
-    drew() is called on each batch for training (get_batch("val") is the loop's own: an
+    drew(batch_size) is called on each batch for training (get_batch("val") is the loop's own: an
     evaluation)."""
     stream = itertools.cycle(range(len(rows)))
 
@@ -188,7 +188,7 @@ def batch_fn(
         batch = collate([rows[next(stream)] for _ in range(batch_size)])
         split = args[0] if args else kwargs.get("split")
         if drew is not None and (not isinstance(split, str) or split.lower().startswith("train")):
-            drew()
+            drew(batch_size)
         return batch
 
     return get_batch
@@ -205,10 +205,10 @@ def arguments(
     num_epochs: int,
     steps: int,
     accumulation_steps: int,
-    drew: Callable[[], None] | None = None,
+    drew: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Return the keyword arguments the loop asks for; drew() is called on each draw of a
-    dataset or get_batch (a loader's batches are told by its collate_fn)."""
+    """Return the keyword arguments the loop asks for; drew(rows) is called on each draw of
+    a dataset or get_batch (a loader's batches are told by its collate_fn)."""
     data: Any
     if contract.data == "loader":
         data = loader(rows, batch_size, drop_last)

@@ -6,6 +6,7 @@ loop runs; the hooks (hooks.py) fill it in."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from types import CodeType, FrameType
@@ -22,6 +23,11 @@ from linreg.kinds.training_loop.ledger import (
 )
 
 Site = tuple[CodeType, ...]
+
+
+def _memory(call: Call) -> int | None:
+    first = first_input(call)
+    return None if first is None else storage_of(first)
 
 
 def same_batch(call: Call, t: Tensor) -> bool:
@@ -87,6 +93,18 @@ def foreign(call: Call, data: Sequence[Tensor]) -> bool:
     return bool(((rows[:, None, :] - ref[None]).abs().amax(-1).amin(-1) > far).any())
 
 
+def of_the_data(call: Call, data: Sequence[Tensor]) -> bool:
+    """Return True if every row call was fed is one of the data's rows, as they are."""
+    first = first_value(call)
+    if first is None or first.ndim == 0:
+        return False
+    rows = first.reshape(first.shape[0], -1)
+    return all(
+        any(d.numel() == r.numel() and torch.equal(r, d.reshape(-1).to(r.dtype)) for d in data)
+        for r in rows
+    )
+
+
 # the audit's frames and torch's, between a forward's hook and the loop that made the call
 _OURS = tuple(
     os.path.dirname(m.__file__) + os.sep
@@ -111,6 +129,25 @@ def site(most: int = 16) -> Site:
     return tuple(codes)
 
 
+# the words of a function's name that say it evaluates (estimate_loss, validate, log_sample,
+# computeAccuracy): whole words, or words that begin so
+_EVALUATES = frozenset({"val", "acc", "log", "test", "eval", "score", "probe", "check", "show"})
+_EVALUATES_STEMS = (
+    "evaluat", "valid", "estimat", "predict", "infer", "metric", "accura", "sampl", "generat",
+    "monitor", "report", "sanity", "debug", "plot", "print", "summar", "inspect", "visuali",
+    "perplex", "measur", "track", "tests", "logg",
+)  # fmt: skip
+
+
+def evaluates(code: CodeType) -> bool:
+    """Return True if a function's name says it evaluates (lambdas and comprehensions say
+    nothing: they are their caller's)."""
+    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", code.co_name).lower())
+    return not code.co_name.startswith("<") and any(
+        w in _EVALUATES or w.startswith(_EVALUATES_STEMS) for w in words
+    )
+
+
 class Feeds:
     """What tells an update's forwards apart, kept across the run."""
 
@@ -125,47 +162,74 @@ class Feeds:
         # their steps: a batch fed again without a fetch (itertools.cycle's replay) is data
         self.fed_before: set[tuple[int, torch.Size, int]] = set()
         # the functions the forwards a backward() reached were made in (each frame's): a
-        # forward made in any other (an evaluation, an estimate of the loss) is the loop's own;
-        # one made in these alone, on another line (a branch that forgot its backward), is not
+        # forward made in another whose name says it evaluates (estimate_loss, validate) is the
+        # loop's own; one made in these alone, on another line (a branch that forgot its
+        # backward), or in a helper of another name (a micro-step that forgot it), is not
         self.codes: set[CodeType] = set()
+        # the memory of the inputs a backward() reached, by the draw they came after: a draw
+        # whose forwards a backward() reached on one batch alone is that batch (not the data
+        # drawn up front for the whole run)
+        self.batches: dict[int, set[int | None]] = {}
 
     def consumed(self, calls: list[Call], last: list[Call], fetched: bool) -> list[Call]:
         """Return the calls since the last update that it consumed (`last`: those the update
         before consumed; fetched: the loop drew the audit's data and the draws were counted):
         a forward in grad mode that no backward() reached fed no update where it was made in
-        eval mode (a validation pass written without torch.no_grad()); in a function no
-        forward a backward() reached was made in (an evaluation, an estimate of the loss); on
-        the batch the last update consumed (an accuracy read after the step) or on rows of a
-        batch a pass this update or the last consumed (a peek at X[:1]'s prediction); after a
-        draw of the audit's data (a batch of its loader, a get_batch() call, a dataset's row)
-        whose batch a backward() reached, or before any, on no input an update consumed
-        before (a fixed row predicted for a log line; a batch itertools.cycle replays is the
-        data's); or on more distinct rows than the data holds (a held-out set). One on the
+        eval mode (a validation pass written without torch.no_grad()); in a function whose
+        name says it evaluates and in which no forward a backward() reached was made
+        (estimate_loss, validate); on the batch the last update consumed (an accuracy read
+        after the step) or on rows of a batch a pass this update or the last consumed (a peek
+        at X[:1]'s prediction); after a draw of the audit's data (a batch of its loader, a
+        get_batch() call, a dataset's row) whose one batch a backward() reached, or before
+        any, on another input than that batch and than any an update consumed before (a fixed
+        row predicted for a log line; a batch's chunks, and a batch itertools.cycle replays,
+        are the data's); or on more distinct rows than the data holds (a held-out set). One on the
         data's rows in train mode, made where the loop trains, did (a loop that calls
         backward() on every k-th batch alone, or forgets it in a branch, throws the others
         away, transformed or not). A method's calls (Lightning's training_step, which may call
         backward itself) all count."""
         reached = [c for c in calls if id(c) in self.reached]
         applied = reached + last
-        # a fetched batch a backward() reached: any other forward since that fetch (a fixed
-        # row predicted for a log line) is the loop's own
-        trained = {c.fetch for c in reached} | {c.fetch for c in last}
         self.codes.update(code for c in reached for code in c.site)
+        for c in reached:
+            self.batches.setdefault(c.fetch, set()).add(_memory(c))
+        # the draws of this update a backward() reached, each at its first such forward
+        first_reached: dict[int, int] = {}
+        for i, c in enumerate(calls):
+            if id(c) in self.reached:
+                first_reached.setdefault(c.fetch, i)
 
-        def own(c: Call) -> bool:
+        def after_a_trained_draw(i: int, c: Call) -> bool:
+            # before any draw, or after a draw whose one batch a backward() reached, on another
+            # input than that batch (its chunks are the data's) and than any an update consumed,
+            # and not on the data's rows before that batch's forward (one thrown away, of data
+            # drawn up front)
+            if input_key(c) in self.fed_before:
+                return False
+            if c.fetch == 0:
+                return True
+            batch = self.batches.get(c.fetch, set())
+            before = i < first_reached.get(c.fetch, i)
+            return (
+                len(batch) == 1
+                and _memory(c) not in batch
+                and not (before and self.data is not None and of_the_data(c, self.data))
+            )
+
+        def own(i: int, c: Call) -> bool:
             return (
                 id(c) in self.unless_reached
-                or any(code not in self.codes for code in c.site)
+                or any(code not in self.codes and evaluates(code) for code in c.site)
                 or any(within(c, a) for a in applied)
-                or (
-                    fetched
-                    and (c.fetch == 0 or c.fetch in trained)
-                    and input_key(c) not in self.fed_before
-                )
+                or (fetched and after_a_trained_draw(i, c))
                 or (self.data is not None and foreign(c, self.data))
             )
 
-        return [c for c in calls if c.method != "forward" or id(c) in self.reached or not own(c)]
+        return [
+            c
+            for i, c in enumerate(calls)
+            if c.method != "forward" or id(c) in self.reached or not own(i, c)
+        ]
 
     def unreached(self, calls: list[Call]) -> tuple[int, ...]:
         """Return the positions of the forwards among calls that no backward() reached."""

@@ -203,6 +203,7 @@ class Watcher:
         call, self.last = self.last, None
         if call is None:
             return
+        call.settle()
         # a leaf returned as it is (a parameter: a learned variance) is every pass's, not this
         # one's: a backward() through it tells nothing of this pass
         outputs = [t for t in tensors_in([out], {}) if t.requires_grad and t.grad_fn is not None]

@@ -35,9 +35,9 @@ class Call:
     feeds_given: bool = False
     # the device type and dtype torch.autocast ran the forward in (None: not under autocast)
     autocast: tuple[str, torch.dtype] | None = None
-    # the draws of the audit's data made when it was fed (batches of its loader, get_batch()
-    # calls, rows of its dataset; 0: none, or none counted): the forwards after one draw and
-    # before the next make that batch's group
+    # the rows of the audit's data drawn when it was fed (from its loader, get_batch() or
+    # dataset; 0: none, or none counted): the forwards after one draw and before the next
+    # make that draw's group
     fetch: int = 0
     # where the loop made it: the functions of its frames, as feeds.site() reads them
     site: tuple[CodeType, ...] = ()
@@ -47,6 +47,12 @@ class Call:
     # counter then (a buffer refilled in place holds a new batch in the same memory)
     first: Tensor | None = None
     version: int = 0
+
+    def settle(self) -> None:
+        """Take the version its first tensor has as the forward ends: a model that changes
+        its input in place (x.clamp_()) made that change, not the loop."""
+        if self.first is not None:
+            object.__setattr__(self, "version", version_of(self.first))  # frozen but for this
 
     def replay(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call what was called, on other arguments (one row's), under the autocast it ran
@@ -230,7 +236,7 @@ class Observed:
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
-    fetches: int = 0  # the draws of the audit's data during the run (Call.fetch)
+    fetches: int = 0  # the rows of the audit's data drawn during the run (Call.fetch)
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)

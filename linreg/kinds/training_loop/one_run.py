@@ -134,8 +134,8 @@ def _run_at_zero_lr(
     k = count_of(c, batching)
     seen = Observed()
 
-    def drew() -> None:  # a draw of the audit's dataset or get_batch: a forward's fetch
-        seen.fetches += 1
+    def drew(rows: int) -> None:  # a draw of the audit's dataset or get_batch: its rows
+        seen.fetches += rows
 
     kwargs = contracts.arguments(
         asks,
@@ -221,7 +221,7 @@ class ShortFetches:
     loaders). short-last-batch names a skip only where the rows the loop fed with grad fall
     short of those its training passes fetched: rows carried into the next epoch are fed.
 
-    It also counts the batches the loader makes (Observed.fetches: a forward's fetch, which
+    It also counts the rows the loader's batches hold (Observed.fetches: a forward's fetch, which
     tells the loop's own forwards from the data's) and keeps the short batches of passes that
     trained (Observed.shorts: a forward of one that no backward() reached is a skip too)."""
 
@@ -243,7 +243,7 @@ class ShortFetches:
         seen = self.seen
         if seen is None:
             return
-        seen.fetches += 1
+        seen.fetches += rows
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
