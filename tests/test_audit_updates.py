@@ -1767,3 +1767,108 @@ def test_an_input_the_model_changes_in_place_is_still_the_batch_it_was() -> None
             optimizer.step()
             (model(x).argmax(1) == y).float().mean()
     assert [len(step.calls) for step in seen.steps] == [1, 1]
+
+
+def log_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+    loss = F.cross_entropy(model(x), y).item()
+    print(f"step {step}: {loss:.3f}", end="\r")
+    return loss
+
+
+def logs_every_other_batch_and_skips_it(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Twin: every other batch the loop drew goes to a logging helper, then `continue`
+    skips its training: the helper's name says it evaluates, but it never drew that batch."""
+    step = 0
+    for _ in range(num_epochs):
+        for x, y in loader:
+            step += 1
+            if step % 2 == 0:
+                log_metrics(model, x, y, step)
+                continue
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+
+def test_a_batch_the_loop_drew_and_handed_to_a_logging_helper_untrained_is_the_datas() -> None:
+    """A review's false pass: a function whose name says it evaluates made every forward in
+    it the loop's own; it is so only on data it drew itself (estimate_loss's get_batch
+    calls) or after a draw whose batch trained."""
+    report = audit.training_loop(logs_every_other_batch_and_skips_it, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+
+
+def prints_a_probe_row_at_the_top_of_the_body(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Correct: keeps the first training row as a probe and prints its prediction at the
+    top of every other step's body, between the draw and the training forward."""
+    probe, step = next(iter(loader))[0][:1].clone(), 0
+    for _ in range(num_epochs):
+        for x, y in loader:
+            if step % 2 == 0:
+                print(model(probe).softmax(-1).tolist(), end="\r")
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            step += 1
+
+
+def get_batch_by_flag(model: nn.Module, get_batch: Any, optimizer: Any, max_iters: int) -> None:
+    """Correct: training draws by get_batch(train=True), a loss on get_batch(train=False)
+    logged after each step, in train mode with grad on."""
+    for _ in range(max_iters):
+        x, y = get_batch(train=True)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        xv, yv = get_batch(train=False)
+        print(F.cross_entropy(model(xv), yv).item(), end="\r")
+
+
+def get_batch_by_mode(model: nn.Module, get_batch: Any, optimizer: Any, max_iters: int) -> None:
+    """Correct: get_batch(mode="train") to train, get_batch(mode="val") for the log line."""
+    for _ in range(max_iters):
+        x, y = get_batch(mode="train")
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        xv, yv = get_batch(mode="val")
+        print(F.cross_entropy(model(xv), yv).item(), end="\r")
+
+
+def run_evals(model: nn.Module, loader: Any) -> float:
+    return sum(F.cross_entropy(model(x), y).item() for x, y in loader)
+
+
+def runs_evals_after_every_step(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Correct: run_evals over the training loader after every step, grad on."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            run_evals(model, loader)
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        prints_a_probe_row_at_the_top_of_the_body,
+        get_batch_by_flag,
+        get_batch_by_mode,
+        runs_evals_after_every_step,
+    ],
+)
+def test_a_probe_row_validation_draws_by_flag_or_mode_and_run_evals_feed_no_update(
+    loop: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's false alarms: a fixed training row forwarded before a batch that was its
+    whole draw was read as a batch drawn up front and thrown away; get_batch(train=False)
+    and get_batch(mode="val") were training draws; run_evals was no evaluation's name."""
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)

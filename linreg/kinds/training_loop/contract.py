@@ -146,10 +146,10 @@ class Batch(dict[str, Any]):
 
 
 class Rows(Dataset[Any]):
-    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors; drew(1) is called on
-    each row taken (not in a loader's worker process, where it is not this process's)."""
+    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors; drew(1, False) is called
+    on each row taken (not in a loader's worker process, where it is not this process's)."""
 
-    def __init__(self, rows: list[Any], drew: Callable[[int], None] | None = None) -> None:
+    def __init__(self, rows: list[Any], drew: Callable[[int, bool], None] | None = None) -> None:
         self.rows, self.drew = rows, drew
 
     def __len__(self) -> int:
@@ -157,7 +157,7 @@ class Rows(Dataset[Any]):
 
     def __getitem__(self, i: int) -> Any:
         if self.drew is not None:
-            self.drew(1)
+            self.drew(1, False)
         return self.rows[i]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -177,21 +177,30 @@ def loader(rows: list[Any], batch_size: int, drop_last: bool) -> DataLoader[Any]
 
 
 def batch_fn(
-    rows: list[Any], batch_size: int, drew: Callable[[int], None] | None = None
+    rows: list[Any], batch_size: int, drew: Callable[[int, bool], None] | None = None
 ) -> Callable[..., Any]:
     """Return get_batch(*args): the next batch_size rows, in order, around the data forever;
-    drew(batch_size) is called on each batch for training (get_batch("val") is the loop's own: an
-    evaluation)."""
+    drew(batch_size, True) is called on each batch for training (for_training: a call for
+    get_batch("val") is the loop's own evaluation)."""
     stream = itertools.cycle(range(len(rows)))
 
     def get_batch(*args: Any, **kwargs: Any) -> Any:
         batch = collate([rows[next(stream)] for _ in range(batch_size)])
-        split = args[0] if args else kwargs.get("split")
-        if drew is not None and (not isinstance(split, str) or split.lower().startswith("train")):
-            drew(batch_size)
+        if drew is not None and for_training(args, kwargs):
+            drew(batch_size, True)
         return batch
 
     return get_batch
+
+
+def for_training(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Return True if a get_batch() call asks for training data: every string it was passed
+    names the training split ("train", "training"), and no keyword about training is False
+    (get_batch("val"), get_batch(32, "val"), get_batch(mode="eval"), get_batch(train=False)
+    ask for the loop's own evaluation)."""
+    words = [v for v in (*args, *kwargs.values()) if isinstance(v, str)]
+    off = any(v is False for k, v in kwargs.items() if "train" in k.lower())
+    return not off and all(w.lower().startswith("train") for w in words)
 
 
 def arguments(
@@ -205,10 +214,10 @@ def arguments(
     num_epochs: int,
     steps: int,
     accumulation_steps: int,
-    drew: Callable[[int], None] | None = None,
+    drew: Callable[[int, bool], None] | None = None,
 ) -> dict[str, Any]:
-    """Return the keyword arguments the loop asks for; drew(rows) is called on each draw of
-    a dataset or get_batch (a loader's batches are told by its collate_fn)."""
+    """Return the keyword arguments the loop asks for; drew(rows, batch) is called on each
+    draw of a dataset's row or a get_batch() batch (a loader's are told by its collate_fn)."""
     data: Any
     if contract.data == "loader":
         data = loader(rows, batch_size, drop_last)

@@ -131,11 +131,11 @@ def site(most: int = 16) -> Site:
 
 # the words of a function's name that say it evaluates (estimate_loss, validate, log_sample,
 # computeAccuracy): whole words, or words that begin so
-_EVALUATES = frozenset({"val", "acc", "log", "test", "eval", "score", "probe", "check", "show"})
+_EVALUATES = frozenset({"val", "acc", "log", "test", "score", "probe", "check", "show"})
 _EVALUATES_STEMS = (
-    "evaluat", "valid", "estimat", "predict", "infer", "metric", "accura", "sampl", "generat",
+    "eval", "valid", "estimat", "predict", "infer", "metric", "accura", "sampl", "generat",
     "monitor", "report", "sanity", "debug", "plot", "print", "summar", "inspect", "visuali",
-    "perplex", "measur", "track", "tests", "logg",
+    "perplex", "measur", "track", "tests", "logg", "decod",
 )  # fmt: skip
 
 
@@ -170,24 +170,32 @@ class Feeds:
         # whose forwards a backward() reached on one batch alone is that batch (not the data
         # drawn up front for the whole run)
         self.batches: dict[int, set[int | None]] = {}
+        self.groups: set[int] = set()  # the draws forwards came after (Call.fetch)
 
-    def consumed(self, calls: list[Call], last: list[Call], fetched: bool) -> list[Call]:
+    def consumed(
+        self,
+        calls: list[Call],
+        last: list[Call],
+        draws: dict[int, tuple[int, frozenset[CodeType]]],
+    ) -> list[Call]:
         """Return the calls since the last update that it consumed (`last`: those the update
-        before consumed; fetched: the loop drew the audit's data and the draws were counted):
-        a forward in grad mode that no backward() reached fed no update where it was made in
+        before consumed; draws: Observed.draws, the draws of the audit's data counted): a
+        forward in grad mode that no backward() reached fed no update where it was made in
         eval mode (a validation pass written without torch.no_grad()); in a function whose
         name says it evaluates and in which no forward a backward() reached was made
-        (estimate_loss, validate); on the batch the last update consumed (an accuracy read
-        after the step) or on rows of a batch a pass this update or the last consumed (a peek
-        at X[:1]'s prediction); after a draw of the audit's data (a batch of its loader, a
-        get_batch() call, a dataset's row) whose one batch a backward() reached, or before
-        any, on another input than that batch and than any an update consumed before (a fixed
-        row predicted for a log line; a batch's chunks, and a batch itertools.cycle replays,
-        are the data's); or on more distinct rows than the data holds (a held-out set). One on the
-        data's rows in train mode, made where the loop trains, did (a loop that calls
-        backward() on every k-th batch alone, or forgets it in a branch, throws the others
-        away, transformed or not). A method's calls (Lightning's training_step, which may call
-        backward itself) all count."""
+        (estimate_loss, validate), on data it drew itself or after a draw whose batch trained
+        (a batch the loop drew, then logged and skipped, is the data's); on the batch the last
+        update consumed (an accuracy read after the step) or on rows of a batch a pass this
+        update or the last consumed (a peek at X[:1]'s prediction); after a draw of the
+        audit's data (a batch of its loader, a get_batch() call, a dataset's row) whose one
+        batch a backward() reached, or before any, on another input than that batch and than
+        any an update consumed before (a fixed row predicted for a log line; a batch's chunks,
+        data drawn up front, and a batch itertools.cycle replays, are the data's); or on more
+        distinct rows than the data holds (a held-out set). One on the data's rows in train
+        mode, made where the loop trains, did (a loop that calls backward() on every k-th
+        batch alone, or forgets it in a branch, throws the others away, transformed or not).
+        A method's calls (Lightning's training_step, which may call backward itself) all
+        count."""
         reached = [c for c in calls if id(c) in self.reached]
         applied = reached + last
         self.codes.update(code for c in reached for code in c.site)
@@ -198,6 +206,18 @@ class Feeds:
         for i, c in enumerate(calls):
             if id(c) in self.reached:
                 first_reached.setdefault(c.fetch, i)
+        fetched = bool(draws)
+        self.groups.update(c.fetch for c in calls)
+
+        def evaluation(c: Call) -> bool:
+            # made in a function that says it evaluates and never trained, on data it drew
+            # itself, or drawn for a batch that trained (or before any draw)
+            untrained = c.fetch != 0 and c.fetch not in self.batches
+            by = draws.get(c.fetch, (0, frozenset()))[1]
+            return any(
+                code not in self.codes and evaluates(code) and (not untrained or code in by)
+                for code in c.site
+            )
 
         def after_a_trained_draw(i: int, c: Call) -> bool:
             # before any draw, or after a draw whose one batch a backward() reached, on another
@@ -209,7 +229,15 @@ class Feeds:
             if c.fetch == 0:
                 return True
             batch = self.batches.get(c.fetch, set())
-            before = i < first_reached.get(c.fetch, i)
+            # the data's rows forwarded before a batch of a draw larger than the batch (data
+            # drawn up front: the rows drawn one at a time since the forwards before) are the
+            # data's; before a batch that was the whole draw, a fixed row's (a probe)
+            drawn = draws.get(c.fetch, (0,))[0] or c.fetch - max(
+                (g for g in self.groups if g < c.fetch), default=0
+            )
+            before = i < first_reached.get(c.fetch, i) and drawn != max(
+                (r.rows for r in calls if id(r) in self.reached and r.fetch == c.fetch), default=0
+            )
             return (
                 len(batch) == 1
                 and _memory(c) not in batch
@@ -219,7 +247,7 @@ class Feeds:
         def own(i: int, c: Call) -> bool:
             return (
                 id(c) in self.unless_reached
-                or any(code not in self.codes and evaluates(code) for code in c.site)
+                or evaluation(c)
                 or any(within(c, a) for a in applied)
                 or (fetched and after_a_trained_draw(i, c))
                 or (self.data is not None and foreign(c, self.data))

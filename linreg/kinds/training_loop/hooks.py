@@ -193,7 +193,7 @@ class Watcher:
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed (Feeds.consumed)."""
         last = self.seen.steps[-1].calls if self.seen.steps else []
-        return self.feeds.consumed(self.calls, last, fetched=self.seen.fetches > 0)
+        return self.feeds.consumed(self.calls, last, self.seen.draws)
 
     def output(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any

@@ -237,6 +237,10 @@ class Observed:
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
     fetches: int = 0  # the rows of the audit's data drawn during the run (Call.fetch)
+    # each draw, by the rows drawn once it was made: the rows of the batch it drew (0: a
+    # dataset's row, drawn one at a time), and the functions that made it (the loop's, or an
+    # evaluation's of its own)
+    draws: dict[int, tuple[int, frozenset[CodeType]]] = field(default_factory=dict)
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)
@@ -245,6 +249,13 @@ class Observed:
     def calls(self) -> list[Call]:
         """Return every forward pass the run fed, the steps' and the left-over ones, in order."""
         return [call for step in self.steps for call in step.calls] + self.leftover
+
+
+def drew(seen: Observed, rows: int, by: Sequence[CodeType], batch: bool = True) -> None:
+    """Note a draw of the audit's data: its rows, a batch of them or a dataset's row, and the
+    functions that made it."""
+    seen.fetches += rows
+    seen.draws[seen.fetches] = (rows if batch else 0, frozenset(by))
 
 
 def one_update(seen: Observed) -> bool:

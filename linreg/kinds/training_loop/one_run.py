@@ -16,9 +16,10 @@ from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Target
 from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.training_loop import contract as contracts
+from linreg.kinds.training_loop.feeds import site
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
-from linreg.kinds.training_loop.ledger import Observed, Step, not_finite, tensors_in
+from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite, tensors_in
 from linreg.kinds.training_loop.rows import Example, rows_of
 from linreg.kinds.training_loop.settings import (
     FLOOR,
@@ -134,8 +135,8 @@ def _run_at_zero_lr(
     k = count_of(c, batching)
     seen = Observed()
 
-    def drew(rows: int) -> None:  # a draw of the audit's dataset or get_batch: its rows
-        seen.fetches += rows
+    def drew_rows(rows: int, batch: bool) -> None:  # a draw of the audit's dataset or get_batch
+        drew(seen, rows, site(), batch)
 
     kwargs = contracts.arguments(
         asks,
@@ -147,7 +148,7 @@ def _run_at_zero_lr(
         num_epochs=batching.num_epochs,
         steps=max(1, expected_steps(batching, k, c.drop_last)),
         accumulation_steps=k,
-        drew=drew,
+        drew=drew_rows,
     )
     short = ShortFetches(batching) if asks.data == "loader" else None
     if short is not None:  # told each batch the audit's loader makes (drop_last: no short one)
@@ -243,7 +244,7 @@ class ShortFetches:
         seen = self.seen
         if seen is None:
             return
-        seen.fetches += rows
+        drew(seen, rows, site())
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on
