@@ -1872,3 +1872,73 @@ def test_a_probe_row_validation_draws_by_flag_or_mode_and_run_evals_feed_no_upda
     and get_batch(mode="val") were training draws; run_evals was no evaluation's name."""
     report = audit.training_loop(loop, **LOOP)
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, training",
+    [
+        (("train",), {}, True),
+        (("train", "cuda"), {}, True),
+        ((), {"split": "training", "device": "cpu"}, True),
+        ((32,), {}, True),
+        (("val",), {}, False),
+        ((32, "val"), {}, False),
+        ((), {"mode": "eval"}, False),
+        ((), {"split": "test"}, False),
+        ((), {"train": False}, False),
+        ((), {"is_training": False}, False),
+    ],
+)
+def test_a_get_batch_call_is_for_training_unless_it_names_a_held_out_split(
+    args: tuple[Any, ...], kwargs: dict[str, Any], training: bool
+) -> None:
+    from linreg.kinds.training_loop.contract import for_training
+
+    assert for_training(args, kwargs) is training
+
+
+class Wrapped(nn.Module):
+    """The loop's own wrapper around the model (as DataParallel-like wrappers are)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def evaluate(net: nn.Module, loader: Any) -> float:
+    return sum(F.cross_entropy(net(x), y).item() for x, y in loader)
+
+
+def evaluates_through_a_wrapper_after_every_step(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Correct: trains and evaluates through a wrapper module of its own, the evaluation
+    over the training loader after every step, in train mode with grad on."""
+    net = Wrapped(model)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+            evaluate(net, loader)
+
+
+def test_an_evaluation_through_a_wrapper_module_is_read_past_torchs_frames() -> None:
+    """A review: the functions a forward was made in were read up to the first of torch's
+    frames, so that a wrapper module's forward hid the evaluate() that called it."""
+    report = audit.training_loop(evaluates_through_a_wrapper_after_every_step, **LOOP)
+    assert report.ok, str(report)
+
+
+def test_rows_of_another_size_than_the_datas_are_no_held_out_set() -> None:
+    """A crop or a resize of the data makes rows no data row can be compared with: a batch
+    so transformed and thrown away is the data's, not a held-out set's."""
+    from linreg.kinds.training_loop import Call
+    from linreg.kinds.training_loop.feeds import foreign
+
+    data = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-1.0, 0.25, 1.0])]
+    cropped = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    assert not foreign(Call((cropped,), {}, 6), data)

@@ -193,14 +193,17 @@ def batch_fn(
     return get_batch
 
 
+_HELD_OUT = ("val", "eval", "test", "dev", "holdout", "held")  # how splits are named
+
+
 def for_training(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Return True if a get_batch() call asks for training data: every string it was passed
-    names the training split ("train", "training"), and no keyword about training is False
-    (get_batch("val"), get_batch(32, "val"), get_batch(mode="eval"), get_batch(train=False)
-    ask for the loop's own evaluation)."""
-    words = [v for v in (*args, *kwargs.values()) if isinstance(v, str)]
+    """Return True if a get_batch() call asks for training data: no string it was passed
+    names a held-out split, and no keyword about training is False (get_batch("val"),
+    get_batch(32, "val"), get_batch(mode="eval"), get_batch(train=False) ask for the loop's
+    own evaluation; get_batch("train", "cuda") for training)."""
+    words = [v.lower() for v in (*args, *kwargs.values()) if isinstance(v, str)]
     off = any(v is False for k, v in kwargs.items() if "train" in k.lower())
-    return not off and all(w.lower().startswith("train") for w in words)
+    return not off and not any(w.startswith(_HELD_OUT) for w in words)
 
 
 def arguments(

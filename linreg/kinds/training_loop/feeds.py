@@ -5,11 +5,8 @@ loop runs; the hooks (hooks.py) fill it in."""
 
 from __future__ import annotations
 
-import os
-import re
-import sys
 from collections.abc import Sequence
-from types import CodeType, FrameType
+from types import CodeType
 
 import torch
 from torch import Tensor
@@ -21,8 +18,7 @@ from linreg.kinds.training_loop.ledger import (
     storage_of,
     version_of,
 )
-
-Site = tuple[CodeType, ...]
+from linreg.kinds.training_loop.sites import evaluates
 
 
 def _memory(call: Call) -> int | None:
@@ -79,18 +75,20 @@ def foreign(call: Call, data: Sequence[Tensor]) -> bool:
     than the data the audit handed the loop holds (`data`: its example row's first tensor,
     and its contrast row's where the run mixes them), since no transform that maps equal rows
     to equal rows (a cast, a normalization, a reshape) makes more, and a row far from each of
-    them, since a random augmentation of the data (noise, jitter) does make more, near them."""
+    them, since a random augmentation of the data (noise, jitter) does make more, near them.
+    Rows of another size than the data's (a crop, a resize) are none of a held-out set's."""
     first = first_value(call)
     if first is None or first.ndim == 0 or first.shape[0] <= len(data):
         return False
     rows = first.reshape(first.shape[0], -1).double()
     if int(torch.unique(rows, dim=0).shape[0]) <= len(data):
         return False
-    ref = torch.stack([d.reshape(-1).double() for d in data])
-    if ref.shape[1] != rows.shape[1]:
-        return True  # reshaped: no row to compare with
-    far = 0.25 * float(ref.abs().max()) + 1e-6
-    return bool(((rows[:, None, :] - ref[None]).abs().amax(-1).amin(-1) > far).any())
+    ref = [d.reshape(-1).to(rows.device, torch.float64) for d in data]
+    if any(r.numel() != rows.shape[1] for r in ref):
+        return False
+    far = 0.25 * max(float(r.abs().max()) for r in ref) + 1e-6
+    nearest = torch.stack([(rows - r).abs().amax(1) for r in ref]).amin(0)
+    return bool((nearest > far).any())
 
 
 def of_the_data(call: Call, data: Sequence[Tensor]) -> bool:
@@ -100,51 +98,11 @@ def of_the_data(call: Call, data: Sequence[Tensor]) -> bool:
         return False
     rows = first.reshape(first.shape[0], -1)
     return all(
-        any(d.numel() == r.numel() and torch.equal(r, d.reshape(-1).to(r.dtype)) for d in data)
+        any(
+            d.numel() == r.numel() and torch.equal(r, d.reshape(-1).to(r.device, r.dtype))
+            for d in data
+        )
         for r in rows
-    )
-
-
-# the audit's frames and torch's, between a forward's hook and the loop that made the call
-_OURS = tuple(
-    os.path.dirname(m.__file__) + os.sep
-    for m in (torch, sys.modules["linreg"])
-    if m.__file__ is not None
-)
-
-
-def site(most: int = 16) -> Site:
-    """Return where the code under audit made the call being watched: the functions (code
-    objects) of its frames, innermost first, from the call to the loop the audit called,
-    torch's and the audit's own passed over (at most `most`)."""
-    codes: list[CodeType] = []
-    f: FrameType | None = sys._getframe(1)
-    while f is not None and len(codes) < most:
-        code = f.f_code
-        if not code.co_filename.startswith(_OURS):
-            codes.append(code)
-        elif codes:  # back in the audit, past the loop's outermost frame
-            break
-        f = f.f_back
-    return tuple(codes)
-
-
-# the words of a function's name that say it evaluates (estimate_loss, validate, log_sample,
-# computeAccuracy): whole words, or words that begin so
-_EVALUATES = frozenset({"val", "acc", "log", "test", "score", "probe", "check", "show"})
-_EVALUATES_STEMS = (
-    "eval", "valid", "estimat", "predict", "infer", "metric", "accura", "sampl", "generat",
-    "monitor", "report", "sanity", "debug", "plot", "print", "summar", "inspect", "visuali",
-    "perplex", "measur", "track", "tests", "logg", "decod",
-)  # fmt: skip
-
-
-def evaluates(code: CodeType) -> bool:
-    """Return True if a function's name says it evaluates (lambdas and comprehensions say
-    nothing: they are their caller's)."""
-    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", code.co_name).lower())
-    return not code.co_name.startswith("<") and any(
-        w in _EVALUATES or w.startswith(_EVALUATES_STEMS) for w in words
     )
 
 
@@ -158,8 +116,8 @@ class Feeds:
         # the calls that feed no update unless a backward() reaches them: made in eval mode,
         # or on the batch the last update consumed
         self.unless_reached: set[int] = set()
-        # the inputs (memory, shape) of the forwards the updates so far consumed, kept alive by
-        # their steps: a batch fed again without a fetch (itertools.cycle's replay) is data
+        # the inputs (memory, shape, version) of the forwards the updates so far consumed, kept
+        # alive by their steps: a batch fed again without a draw (itertools.cycle's) is data
         self.fed_before: set[tuple[int, torch.Size, int]] = set()
         # the functions the forwards a backward() reached were made in (each frame's): a
         # forward made in another whose name says it evaluates (estimate_loss, validate) is the

@@ -30,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from linreg.checks import LoopRaised, where
 from linreg.kinds.guards import user_fn
-from linreg.kinds.training_loop.feeds import Feeds, same_batch, site
+from linreg.kinds.training_loop.feeds import Feeds, same_batch
 from linreg.kinds.training_loop.ledger import (
     Call,
     Observed,
@@ -41,6 +41,7 @@ from linreg.kinds.training_loop.ledger import (
     tensors_in,
     version_of,
 )
+from linreg.kinds.training_loop.sites import site
 
 
 @dataclass(frozen=True)

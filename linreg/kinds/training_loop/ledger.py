@@ -44,7 +44,8 @@ class Call:
     # args and kwargs hold what it was fed as it was then (a copy: a static input buffer the
     # loop refills in place is rewritten); `first` is its first batched tensor itself, whose
     # memory tells a batch fed again or a view of one, and `version` that tensor's version
-    # counter then (a buffer refilled in place holds a new batch in the same memory)
+    # counter as the forward left it (settle(): a buffer refilled in place holds a new batch
+    # in the same memory; a model that clamps its input in place does not make one)
     first: Tensor | None = None
     version: int = 0
 
@@ -109,7 +110,8 @@ def autocast_now() -> tuple[str, torch.dtype] | None:
 
 
 def first_input(call: Call) -> Tensor | None:
-    """Return the first batched tensor (ndim > 0) a forward was fed, itself, or None."""
+    """Return the first batched tensor (ndim > 0) a forward was fed, itself where the hooks
+    kept it (Call.first; else as copied), or None."""
     return call.first if call.first is not None else first_value(call)
 
 

@@ -16,7 +16,6 @@ from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Target
 from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.training_loop import contract as contracts
-from linreg.kinds.training_loop.feeds import site
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
 from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite, tensors_in
@@ -30,6 +29,7 @@ from linreg.kinds.training_loop.settings import (
     options_of,
 )
 from linreg.kinds.training_loop.shared import kept
+from linreg.kinds.training_loop.sites import site
 
 _T = TypeVar("_T")
 # what each loop's first run (the probe's) showed, by the function: kept beside it, as an id
@@ -209,7 +209,7 @@ def distinct_rows(example: Example, batching: Batching) -> list[torch.Tensor] | 
     """Return the first tensor of each distinct row of a run's data (the example's, the
     contrast row's where the run mixes them; None: a row holds none)."""
     firsts = [tensors_in([row], {})[:1] for row in rows_of(example, sorted(set(batching.rows)))]
-    return [t for first in firsts for t in first] if all(firsts) else None
+    return [t for first in firsts for t in first] if firsts and all(firsts) else None
 
 
 class ShortFetches:
