@@ -1839,20 +1839,33 @@ def get_batch_by_mode(model: nn.Module, get_batch: Any, optimizer: Any, max_iter
         print(F.cross_entropy(model(xv), yv).item(), end="\r")
 
 
+class Wrapped(nn.Module):
+    """The loop's own wrapper around the model (as DataParallel-like wrappers are)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
 def run_evals(model: nn.Module, loader: Any) -> float:
     return sum(F.cross_entropy(model(x), y).item() for x, y in loader)
 
 
 def runs_evals_after_every_step(
-    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, wrap: bool = False
 ) -> None:
-    """Correct: run_evals over the training loader after every step, grad on."""
+    """Correct: run_evals over the training loader after every step, grad on; wrap=True
+    trains and evaluates through a wrapper module of its own (as DataParallel-like ones)."""
+    net = Wrapped(model) if wrap else model
     for _ in range(num_epochs):
         for x, y in loader:
             optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(net(x), y).backward()
             optimizer.step()
-            run_evals(model, loader)
+            run_evals(net, loader)
 
 
 @pytest.mark.parametrize(
@@ -1897,39 +1910,11 @@ def test_a_get_batch_call_is_for_training_unless_it_names_a_held_out_split(
     assert for_training(args, kwargs) is training
 
 
-class Wrapped(nn.Module):
-    """The loop's own wrapper around the model (as DataParallel-like wrappers are)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-
-def evaluate(net: nn.Module, loader: Any) -> float:
-    return sum(F.cross_entropy(net(x), y).item() for x, y in loader)
-
-
-def evaluates_through_a_wrapper_after_every_step(
-    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
-) -> None:
-    """Correct: trains and evaluates through a wrapper module of its own, the evaluation
-    over the training loader after every step, in train mode with grad on."""
-    net = Wrapped(model)
-    for _ in range(num_epochs):
-        for x, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            optimizer.step()
-            evaluate(net, loader)
-
-
 def test_an_evaluation_through_a_wrapper_module_is_read_past_torchs_frames() -> None:
     """A review: the functions a forward was made in were read up to the first of torch's
     frames, so that a wrapper module's forward hid the evaluate() that called it."""
-    report = audit.training_loop(evaluates_through_a_wrapper_after_every_step, **LOOP)
+    loop = functools.partial(runs_evals_after_every_step, wrap=True)
+    report = audit.training_loop(loop, **LOOP)
     assert report.ok, str(report)
 
 
