@@ -1927,3 +1927,28 @@ def test_rows_of_another_size_than_the_datas_are_no_held_out_set() -> None:
     data = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-1.0, 0.25, 1.0])]
     cropped = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
     assert not foreign(Call((cropped,), {}, 6), data)
+
+
+def takes_a_batch_for_an_accuracy_line(
+    model: nn.Module, loader: Any, optimizer: Any, max_steps: int
+) -> None:
+    """Twin: cycles the loader for a budget of steps; after every other step the next
+    training batch is taken from the cycle for an accuracy line (train mode, grad on), and
+    so never trained."""
+    batches = itertools.cycle(loader)
+    for step in range(max_steps):
+        x, y = next(batches)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if step % 2 == 0:
+            xv, yv = next(batches)
+            print(float((model(xv).argmax(1) == yv).float().mean()), end="\r")
+
+
+def test_a_training_batch_taken_for_a_log_line_is_never_trained_and_fails() -> None:
+    """A review's false pass at the stop's start: the taken batch's forward came after a
+    draw no backward() reached, on the data's rows, where the loop trains."""
+    report = audit.training_loop(takes_a_batch_for_an_accuracy_line, **LOOP)
+    assert len(report.failures) == 1 and not report.error, str(report)
+    assert "no backward() reached" in report.failures[0].message, str(report)
