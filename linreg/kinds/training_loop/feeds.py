@@ -15,15 +15,11 @@ from linreg.kinds.training_loop.ledger import (
     Call,
     first_input,
     first_value,
+    memory_of,
     storage_of,
     version_of,
 )
 from linreg.kinds.training_loop.sites import evaluates
-
-
-def _memory(call: Call) -> int | None:
-    first = first_input(call)
-    return None if first is None else storage_of(first)
 
 
 def same_batch(call: Call, t: Tensor) -> bool:
@@ -128,7 +124,7 @@ class Feeds:
         # whose forwards a backward() reached on one batch alone is that batch (not the data
         # drawn up front for the whole run)
         self.batches: dict[int, set[int | None]] = {}
-        self.groups: set[int] = set()  # the draws forwards came after (Call.fetch)
+        self.groups: set[int] = set()  # the draws forwards came after (Call.drawn)
 
     def consumed(
         self,
@@ -158,20 +154,23 @@ class Feeds:
         applied = reached + last
         self.codes.update(code for c in reached for code in c.site)
         for c in reached:
-            self.batches.setdefault(c.fetch, set()).add(_memory(c))
-        # the draws of this update a backward() reached, each at its first such forward
+            self.batches.setdefault(c.drawn, set()).add(memory_of(c))
+        # the draws of this update a backward() reached: each at its first such forward, and
+        # the rows of its largest such forward
         first_reached: dict[int, int] = {}
+        trained_rows: dict[int, int] = {}
         for i, c in enumerate(calls):
             if id(c) in self.reached:
-                first_reached.setdefault(c.fetch, i)
+                first_reached.setdefault(c.drawn, i)
+                trained_rows[c.drawn] = max(trained_rows.get(c.drawn, 0), c.rows)
         fetched = bool(draws)
-        self.groups.update(c.fetch for c in calls)
+        self.groups.update(c.drawn for c in calls)
 
         def evaluation(c: Call) -> bool:
             # made in a function that says it evaluates and never trained, on data it drew
             # itself, or drawn for a batch that trained (or before any draw)
-            untrained = c.fetch != 0 and c.fetch not in self.batches
-            by = draws.get(c.fetch, (0, frozenset()))[1]
+            untrained = c.drawn != 0 and c.drawn not in self.batches
+            by = draws.get(c.drawn, (0, frozenset()))[1]
             return any(
                 code not in self.codes and evaluates(code) and (not untrained or code in by)
                 for code in c.site
@@ -184,21 +183,19 @@ class Feeds:
             # drawn up front)
             if input_key(c) in self.fed_before:
                 return False
-            if c.fetch == 0:
+            if c.drawn == 0:
                 return True
-            batch = self.batches.get(c.fetch, set())
+            batch = self.batches.get(c.drawn, set())
             # the data's rows forwarded before a batch of a draw larger than the batch (data
             # drawn up front: the rows drawn one at a time since the forwards before) are the
             # data's; before a batch that was the whole draw, a fixed row's (a probe)
-            drawn = draws.get(c.fetch, (0,))[0] or c.fetch - max(
-                (g for g in self.groups if g < c.fetch), default=0
+            drawn = draws.get(c.drawn, (0,))[0] or c.drawn - max(
+                (g for g in self.groups if g < c.drawn), default=0
             )
-            before = i < first_reached.get(c.fetch, i) and drawn != max(
-                (r.rows for r in calls if id(r) in self.reached and r.fetch == c.fetch), default=0
-            )
+            before = i < first_reached.get(c.drawn, i) and drawn != trained_rows.get(c.drawn, 0)
             return (
                 len(batch) == 1
-                and _memory(c) not in batch
+                and memory_of(c) not in batch
                 and not (before and self.data is not None and of_the_data(c, self.data))
             )
 

@@ -242,7 +242,7 @@ class Watcher:
                 self.method,
                 self.replayable,
                 autocast=autocast_now(),
-                fetch=self.seen.fetches,
+                drawn=self.seen.drawn,
                 site=site(),
                 first=batch[0].detach(),
                 version=version_of(batch[0]),

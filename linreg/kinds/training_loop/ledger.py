@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from linreg.kinds.training_loop.sites import site
+
 STEP_COUNT = "num_items_in_batch"
 
 
@@ -38,8 +40,8 @@ class Call:
     # the rows of the audit's data drawn when it was fed (from its loader, get_batch() or
     # dataset; 0: none, or none counted): the forwards after one draw and before the next
     # make that draw's group
-    fetch: int = 0
-    # where the loop made it: the functions of its frames, as feeds.site() reads them
+    drawn: int = 0
+    # where the loop made it: the functions of its frames, as sites.site() reads them
     site: tuple[CodeType, ...] = ()
     # args and kwargs hold what it was fed as it was then (a copy: a static input buffer the
     # loop refills in place is rewritten); `first` is its first batched tensor itself, whose
@@ -126,6 +128,13 @@ def version_of(t: Tensor) -> int:
         return int(t._version)
     except RuntimeError:
         return -1
+
+
+def memory_of(call: Call) -> int | None:
+    """Return the storage address of the first batched tensor a forward was fed (None: none
+    to tell by): the batch's, for the batch and its views alike."""
+    first = first_input(call)
+    return None if first is None else storage_of(first)
 
 
 def storage_of(t: Tensor) -> int | None:
@@ -238,7 +247,7 @@ class Observed:
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
-    fetches: int = 0  # the rows of the audit's data drawn during the run (Call.fetch)
+    drawn: int = 0  # the rows of the audit's data drawn during the run (Call.drawn)
     # each draw, by the rows drawn once it was made: the rows of the batch it drew (0: a
     # dataset's row, drawn one at a time), and the functions that made it (the loop's, or an
     # evaluation's of its own)
@@ -253,11 +262,11 @@ class Observed:
         return [call for step in self.steps for call in step.calls] + self.leftover
 
 
-def drew(seen: Observed, rows: int, by: Sequence[CodeType], batch: bool = True) -> None:
-    """Note a draw of the audit's data: its rows, a batch of them or a dataset's row, and the
-    functions that made it."""
-    seen.fetches += rows
-    seen.draws[seen.fetches] = (rows if batch else 0, frozenset(by))
+def drew(seen: Observed, rows: int, batch: bool = True) -> None:
+    """Note a draw of the audit's data, where the loop made it: its rows, a batch of them or
+    a dataset's row, and the functions that made it."""
+    seen.drawn += rows
+    seen.draws[seen.drawn] = (rows if batch else 0, frozenset(site()))
 
 
 def one_update(seen: Observed) -> bool:

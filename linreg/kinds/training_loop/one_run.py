@@ -29,7 +29,6 @@ from linreg.kinds.training_loop.settings import (
     options_of,
 )
 from linreg.kinds.training_loop.shared import kept
-from linreg.kinds.training_loop.sites import site
 
 _T = TypeVar("_T")
 # what each loop's first run (the probe's) showed, by the function: kept beside it, as an id
@@ -133,10 +132,10 @@ def _run_at_zero_lr(
         if asks.has("optimizer"):
             optimizer = (c.optimizer or default_optimizer)(model.parameters())
     k = count_of(c, batching)
-    seen = Observed()
+    seen = Observed()  # watching()'s, once the run is watched (drew_rows reads the name)
 
     def drew_rows(rows: int, batch: bool) -> None:  # a draw of the audit's dataset or get_batch
-        drew(seen, rows, site(), batch)
+        drew(seen, rows, batch)
 
     kwargs = contracts.arguments(
         asks,
@@ -222,7 +221,7 @@ class ShortFetches:
     loaders). short-last-batch names a skip only where the rows the loop fed with grad fall
     short of those its training passes fetched: rows carried into the next epoch are fed.
 
-    It also counts the rows the loader's batches hold (Observed.fetches: a forward's fetch, which
+    It also counts the rows the loader's batches hold (Observed.drawn: a forward's draw, which
     tells the loop's own forwards from the data's) and keeps the short batches of passes that
     trained (Observed.shorts: a forward of one that no backward() reached is a skip too)."""
 
@@ -244,7 +243,7 @@ class ShortFetches:
         seen = self.seen
         if seen is None:
             return
-        drew(seen, rows, site())
+        drew(seen, rows)
         self._resumed(seen)
         short = rows < self.batch_size
         if self.pending is not None and not short:  # a full batch again: the loop moved on

@@ -21,7 +21,7 @@ from linreg.kinds.training_loop.judge import (
     unequal_weights,
     want_of,
 )
-from linreg.kinds.training_loop.ledger import Call, Observed, Step, first_input, storage_of
+from linreg.kinds.training_loop.ledger import Call, Observed, Step, memory_of, storage_of
 from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
@@ -210,8 +210,7 @@ def dropped_shorts(seen: Observed) -> int:
     shorts = {storage_of(t) for t in seen.shorts} - {None}
 
     def short(call: Call) -> bool:
-        first = first_input(call)
-        return first is not None and storage_of(first) in shorts
+        return memory_of(call) in shorts
 
     unreached = [[short(step.calls[i]) for i in step.unreached] for step in seen.steps]
     if not shorts or not all(all(marks) for marks in unreached):
