@@ -11,7 +11,7 @@ from types import CodeType
 import torch
 from torch import Tensor
 
-from linreg.kinds.training_loop.ledger import (
+from linreg.kinds.training_loop.calls import (
     Call,
     first_input,
     first_value,

@@ -30,17 +30,15 @@ from torch.utils.hooks import RemovableHandle
 
 from linreg.checks import LoopRaised, where
 from linreg.kinds.guards import user_fn
-from linreg.kinds.training_loop.feeds import Feeds, same_batch
-from linreg.kinds.training_loop.ledger import (
+from linreg.kinds.training_loop.calls import (
     Call,
-    Observed,
-    Step,
     autocast_now,
     copied,
-    flat,
     tensors_in,
     version_of,
 )
+from linreg.kinds.training_loop.feeds import Feeds, same_batch
+from linreg.kinds.training_loop.ledger import Observed, Step, flat
 from linreg.kinds.training_loop.sites import site
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from linreg.kinds.base import Target
-from linreg.kinds.training_loop.ledger import Call
+from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.rows import IGNORE_INDEX, LABEL_KEYS, held_labels, label_key
 from linreg.kinds.training_loop.settings import options_of
 

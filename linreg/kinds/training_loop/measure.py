@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from linreg import checks
-from linreg.kinds.training_loop.ledger import Call
+from linreg.kinds.training_loop.calls import Call
 
 
 def tolerance(model: nn.Module, calls: Sequence[Call] = ()) -> float:

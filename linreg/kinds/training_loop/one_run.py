@@ -16,9 +16,10 @@ from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Target
 from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.training_loop import contract as contracts
+from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
-from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite, tensors_in
+from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite
 from linreg.kinds.training_loop.rows import Example, rows_of
 from linreg.kinds.training_loop.settings import (
     FLOOR,

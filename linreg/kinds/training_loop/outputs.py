@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from linreg.kinds.training_loop.ledger import Call
+from linreg.kinds.training_loop.calls import Call
 
 
 def own_loss(output: Any) -> Tensor | None:

@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
+from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
-from linreg.kinds.training_loop.ledger import Call, Observed, flat, one_update
+from linreg.kinds.training_loop.ledger import Observed, flat, one_update
 from linreg.kinds.training_loop.measure import factor, near, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
 from linreg.kinds.training_loop.outputs import own_loss, prediction

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
+from linreg.kinds.training_loop.calls import Call, memory_of, storage_of
 from linreg.kinds.training_loop.judge import (
     Judged,
     judge,
@@ -21,7 +22,7 @@ from linreg.kinds.training_loop.judge import (
     unequal_weights,
     want_of,
 )
-from linreg.kinds.training_loop.ledger import Call, Observed, Step, memory_of, storage_of
+from linreg.kinds.training_loop.ledger import Observed, Step
 from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import checks
+from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.training_loop.hooks import zero_lr
-from linreg.kinds.training_loop.ledger import tensors_in
 from linreg.kinds.watched.records import (
     Enough,
     LossCall,
