@@ -19,7 +19,7 @@ from torch import nn
 from linreg import audit
 from linreg.audit import runner
 from linreg.kinds.training_loop import fit, shared
-from linreg.kinds.training_loop.settings import Batching
+from linreg.kinds.training_loop.batching import Batching
 
 SAMPLE = (torch.tensor([0.5, -1.0, 0.25, 2.0]), torch.tensor(2))
 

@@ -18,20 +18,27 @@ on another's; a forward that is still random, or rows that still interact, is re
 any work, as is a loop that moves the parameters outside `optimizer.step()`.
 
 One concept per module: `contract` (what the loop asks for, by name), `settings` (what the
-audit is told, and a drawn Batching), `rows` (the example and its contrast row), `held` (the
-model held still), `shared` (one audit's runs, shared by its properties), `hooks` (the hooks
-that watch), `calls` (each forward pass: what it was fed), `ledger` (what the loop did: its
-updates and the run), `one_run` (one run at lr 0), `probe` (the probe that checks a loop once,
-and the kind), `outputs` (what a model's output holds, a forward that can be judged), `labels`
-(each row's labels, fed or held, and the targets its loss counts), `references` (each row's own
-gradient), `measure`, `judge` and `verdicts` (whether each update applied what it should),
-`weights` (an update as weights on its rows' own gradients), `own_loops` (linreg's correct
-loops).
+audit is told), `batching` (a drawn Batching), `rows` (the example and its contrast row),
+`held` (the model held still), `shared` (one audit's runs, shared by its properties), `hooks`
+(the hooks that watch), `calls` (each forward pass: what it was fed), `ledger` (what the loop
+did: its updates and the run), `one_run` (one run at lr 0), `probe` (the probe that checks a
+loop once, and the kind), `outputs` (what a model's output holds, a forward that can be
+judged), `labels` (each row's labels, fed or held, and the targets its loss counts),
+`references` (each row's own gradient), `measure`, `judge` and `verdicts` (whether each update
+applied what it should), `weights` (an update as weights on its rows' own gradients),
+`own_loops` (linreg's correct loops).
 """
 
 from __future__ import annotations
 
 from linreg.kinds.training_loop import contract
+from linreg.kinds.training_loop.batching import (
+    Batching,
+    count_of,
+    describe,
+    expected_steps,
+    first_runs,
+)
 from linreg.kinds.training_loop.calls import STEP_COUNT, Call, copied, tensors_in
 from linreg.kinds.training_loop.held import (
     held_still,
@@ -106,15 +113,10 @@ from linreg.kinds.training_loop.settings import (
     FLOOR,
     MOST_DRAWN,
     SIGNATURE,
-    Batching,
     TrainingLoopOptions,
     checked_example,
-    count_of,
     default_optimizer,
-    describe,
     example_option,
-    expected_steps,
-    first_runs,
     options_of,
     reduced,
 )

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from linreg.kinds.training_loop.batching import Batching
 from linreg.kinds.training_loop.ledger import Step
 from linreg.kinds.training_loop.measure import NAMED, clipping, close, factor, near
 from linreg.kinds.training_loop.references import Reference
-from linreg.kinds.training_loop.settings import Batching
 
 
 @dataclass(frozen=True)

@@ -16,19 +16,13 @@ from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Target
 from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.training_loop import contract as contracts
+from linreg.kinds.training_loop.batching import Batching, count_of, expected_steps
 from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
 from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite
 from linreg.kinds.training_loop.rows import Example, rows_of
-from linreg.kinds.training_loop.settings import (
-    FLOOR,
-    Batching,
-    count_of,
-    default_optimizer,
-    expected_steps,
-    options_of,
-)
+from linreg.kinds.training_loop.settings import FLOOR, default_optimizer, options_of
 from linreg.kinds.training_loop.shared import kept
 
 _T = TypeVar("_T")

@@ -20,6 +20,7 @@ from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.guards import Aborted, seeded
 from linreg.kinds.options import name_of
+from linreg.kinds.training_loop.batching import Batching, count_of, describe
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.hooks import Watch
 from linreg.kinds.training_loop.ledger import Observed, one_update
@@ -37,10 +38,7 @@ from linreg.kinds.training_loop.settings import (
     MOST_DRAWN,
     SIGNATURE,
     SLOW,
-    Batching,
     TrainingLoopOptions,
-    count_of,
-    describe,
     options_of,
 )
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
+from linreg.kinds.training_loop.batching import Batching, count_of
 from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
 from linreg.kinds.training_loop.ledger import Observed, flat, one_update
@@ -24,7 +25,7 @@ from linreg.kinds.training_loop.measure import factor, near, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
 from linreg.kinds.training_loop.outputs import own_loss, prediction
 from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, loss_of
-from linreg.kinds.training_loop.settings import Batching, count_of, options_of, reduced
+from linreg.kinds.training_loop.settings import options_of, reduced
 
 
 @dataclass(frozen=True)

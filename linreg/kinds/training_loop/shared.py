@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from linreg.kinds.base import Target
+from linreg.kinds.training_loop.batching import Batching
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.ledger import Observed
-from linreg.kinds.training_loop.settings import Batching
 
 __all__ = ["KEEP_BYTES", "kept", "runs_shared", "sharing", "unshared"]
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
+from linreg.kinds.training_loop.batching import Batching, count_of, describe
 from linreg.kinds.training_loop.calls import Call, memory_of, storage_of
 from linreg.kinds.training_loop.judge import (
     Judged,
@@ -26,13 +27,7 @@ from linreg.kinds.training_loop.ledger import Observed, Step
 from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
-from linreg.kinds.training_loop.settings import (
-    Batching,
-    count_of,
-    describe,
-    options_of,
-    reduced,
-)
+from linreg.kinds.training_loop.settings import options_of, reduced
 from linreg.kinds.training_loop.shared import kept
 from linreg.kinds.training_loop.weights import weights_of
 
