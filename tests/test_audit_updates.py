@@ -1042,8 +1042,8 @@ def test_the_audit_loaders_collate_pickles_into_a_worker_and_collates_there_alon
     import pickle
 
     from linreg.kinds.training_loop.contract import collate
+    from linreg.kinds.training_loop.fetches import ShortFetches
     from linreg.kinds.training_loop.ledger import Observed
-    from linreg.kinds.training_loop.one_run import ShortFetches
 
     fetches = ShortFetches(Batching((0, 1, 0), 2, 1, 0))
     fetches.seen = Observed()
