@@ -21,12 +21,13 @@ One concept per module: `contract` (what the loop asks for, by name), `settings`
 audit is told), `batching` (a drawn Batching), `rows` (the example and its contrast row),
 `held` (the model held still), `shared` (one audit's runs, shared by its properties), `hooks`
 (the hooks that watch), `calls` (each forward pass: what it was fed), `ledger` (what the loop
-did: its updates and the run), `one_run` (one run at lr 0), `fetches` (the audit loader's
-batches, as the loop fetches them), `probe` (the probe that checks a loop once, and the kind),
-`outputs` (what a model's output holds, a forward that can be judged), `labels` (each row's
-labels, fed or held, and the targets its loss counts), `references` (each row's own gradient),
-`measure`, `judge` and `verdicts` (whether each update applied what it should), `weights` (an
-update as weights on its rows' own gradients), `own_loops` (linreg's correct loops).
+did: its updates and the run), `one_run` (one run at lr 0), `known` (what is known of each
+loop, by its function), `fetches` (the audit loader's batches, as the loop fetches them),
+`probe` (the probe that checks a loop once, and the kind), `outputs` (what a model's output
+holds, a forward that can be judged), `labels` (each row's labels, fed or held, and the targets
+its loss counts), `references` (each row's own gradient), `measure`, `judge` and `verdicts`
+(whether each update applied what it should), `weights` (an update as weights on its rows' own
+gradients), `own_loops` (linreg's correct loops).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from linreg.kinds.training_loop.judge import (
     unequal_weights,
     want_of,
 )
+from linreg.kinds.training_loop.known import asks_of, limit_of
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels
 from linreg.kinds.training_loop.ledger import Observed, Step, flat, not_finite
 from linreg.kinds.training_loop.measure import (
@@ -69,14 +71,7 @@ from linreg.kinds.training_loop.measure import (
     near,
     tolerance,
 )
-from linreg.kinds.training_loop.one_run import (
-    asks_of,
-    build_model,
-    full_step_rows,
-    limit_of,
-    observe,
-    run_at_zero_lr,
-)
+from linreg.kinds.training_loop.one_run import build_model, full_step_rows, observe, run_at_zero_lr
 from linreg.kinds.training_loop.outputs import check_model, own_loss, prediction
 from linreg.kinds.training_loop.own_loops import (
     CLASSIFIER,

@@ -7,63 +7,24 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Target
-from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
+from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.batching import Batching, count_of, expected_steps
 from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.training_loop.fetches import ShortFetches
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, raised, watching
+from linreg.kinds.training_loop.known import asks_of, limit_of, trained_of
 from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite
 from linreg.kinds.training_loop.rows import Example, rows_of
-from linreg.kinds.training_loop.settings import FLOOR, default_optimizer, options_of
+from linreg.kinds.training_loop.settings import default_optimizer, options_of
 from linreg.kinds.training_loop.shared import kept
-
-_T = TypeVar("_T")
-# what each loop's first run (the probe's) showed, by the function: kept beside it, as an id
-# may be a later function's
-_LIMITS: dict[int, tuple[Callable[..., Any], float]] = {}  # its derived time limit
-_TRAINED: dict[int, tuple[Callable[..., Any], frozenset[int]]] = {}  # its stepped params
-
-
-def _kept_for(table: dict[int, tuple[Callable[..., Any], _T]], fn: Callable[..., Any]) -> _T | None:
-    """Return what the table keeps for fn itself, or None."""
-    hit = table.get(id(fn))
-    return hit[1] if hit is not None and hit[0] is fn else None
-
-
-def limit_of(target: Target) -> float:
-    """Return the seconds one run of the target's loop may take."""
-    given = options_of(target).timeout
-    if given is not None:
-        return given
-    # the function as _checked saw it, before the target wrapped it
-    limit = _kept_for(_LIMITS, user_fn(target.fn))
-    return FLOOR if limit is None else limit
-
-
-def trained_of(target: Target) -> frozenset[int] | None:
-    """Return the params (by position) the target's loop stepped on its first run (the
-    probe's), or None before it."""
-    return _kept_for(_TRAINED, user_fn(target.fn))
-
-
-def trained_from(fn: Callable[..., Any], seen: Observed) -> None:
-    """Keep the params a loop's first run stepped, for each run of it after."""
-    _TRAINED[id(fn)] = (fn, seen.stepped_params)
-
-
-def limit_from(fn: Callable[..., Any], seconds: float) -> None:
-    """Keep the time limit a loop's first run (the probe's) gave: 50 times that run, at least
-    FLOOR, for each run of it after."""
-    _LIMITS[id(fn)] = (fn, max(FLOOR, 50 * seconds))
 
 
 def build_model(factory: Callable[[], nn.Module], example: Example | None = None) -> nn.Module:
@@ -83,18 +44,6 @@ def build_model(factory: Callable[[], nn.Module], example: Example | None = None
             else:
                 model(**{k: v.unsqueeze(0) for k, v in example.items()})
     return held_still(model)
-
-
-_CONTRACTS: dict[int, tuple[Callable[..., Any], contracts.Contract]] = {}
-
-
-def asks_of(fn: Callable[..., Any]) -> contracts.Contract:
-    """Return what the loop asks for, read once per function."""
-    asks = _kept_for(_CONTRACTS, fn)
-    if asks is None:
-        asks = contracts.contract_of(fn)
-        _CONTRACTS[id(fn)] = (fn, asks)
-    return asks
 
 
 def run_at_zero_lr(

@@ -23,15 +23,9 @@ from linreg.kinds.options import name_of
 from linreg.kinds.training_loop.batching import Batching, count_of, describe
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.hooks import Watch
+from linreg.kinds.training_loop.known import asks_of, limit_from, trained_from
 from linreg.kinds.training_loop.ledger import Observed, one_update
-from linreg.kinds.training_loop.one_run import (
-    asks_of,
-    build_model,
-    limit_from,
-    observe,
-    run_at_zero_lr,
-    trained_from,
-)
+from linreg.kinds.training_loop.one_run import build_model, observe, run_at_zero_lr
 from linreg.kinds.training_loop.outputs import check_model
 from linreg.kinds.training_loop.settings import (
     LONG,
