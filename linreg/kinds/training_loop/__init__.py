@@ -45,12 +45,7 @@ from linreg.kinds.training_loop.held import (
     held_still,
     models_restored,
 )
-from linreg.kinds.training_loop.hooks import (
-    Watch,
-    Watcher,
-    raised,
-    watching,
-)
+from linreg.kinds.training_loop.hooks import Watch, Watcher, watching
 from linreg.kinds.training_loop.judge import (
     Judged,
     carries,
@@ -71,7 +66,13 @@ from linreg.kinds.training_loop.measure import (
     near,
     tolerance,
 )
-from linreg.kinds.training_loop.one_run import build_model, full_step_rows, observe, run_at_zero_lr
+from linreg.kinds.training_loop.one_run import (
+    build_model,
+    full_step_rows,
+    observe,
+    raised,
+    run_at_zero_lr,
+)
 from linreg.kinds.training_loop.outputs import check_model, own_loss, prediction
 from linreg.kinds.training_loop.own_loops import (
     CLASSIFIER,

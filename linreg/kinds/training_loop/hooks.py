@@ -28,8 +28,6 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
-from linreg.checks import LoopRaised, where
-from linreg.kinds.guards import user_fn
 from linreg.kinds.training_loop.calls import (
     Call,
     autocast_now,
@@ -357,16 +355,3 @@ def _wrapped(model: nn.Module, method: str, fed: Callable[..., None]) -> _Unwrap
 
     model.__dict__[method] = recorded
     return _Unwrap(model, method)
-
-
-def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
-    """Return the loop's exception as LoopRaised: its type, message and the frame it came from."""
-    fn = user_fn(fn)
-    source = getattr(getattr(fn, "func", fn), "__code__", None)  # a partial: its function's
-    file = source.co_filename if source is not None else None
-    at = where(e, file=file, outside=("/torch/", "/linreg/kinds/"))
-    message = str(e) or "(no message)"
-    hint = ""
-    if "backward through the graph a second time" in message:
-        hint = " (backward-twice: a graph kept across steps? detach what you keep)"
-    return LoopRaised(f"the loop raised {type(e).__name__}: {message}{at}{hint}")

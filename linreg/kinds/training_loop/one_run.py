@@ -1,5 +1,6 @@
 """One run of a loop at lr 0: the model built from the factory, the loop called with what it
-asks for, watched within its time limit (within an audit, once: `shared`).
+asks for, watched within its time limit (within an audit, once: `shared`), and what it raised
+told as LoopRaised.
 """
 
 from __future__ import annotations
@@ -7,19 +8,20 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from linreg.checks import CheckFailed, LoopRaised
+from linreg.checks import CheckFailed, LoopRaised, where
 from linreg.kinds.base import Target
-from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit
+from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.batching import Batching, count_of, expected_steps
 from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.training_loop.fetches import ShortFetches
 from linreg.kinds.training_loop.held import held_still
-from linreg.kinds.training_loop.hooks import Watch, raised, watching
+from linreg.kinds.training_loop.hooks import Watch, watching
 from linreg.kinds.training_loop.known import asks_of, limit_of, trained_of
 from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite
 from linreg.kinds.training_loop.rows import Example, rows_of
@@ -154,6 +156,19 @@ def distinct_rows(example: Example, batching: Batching) -> list[torch.Tensor] | 
     contrast row's where the run mixes them; None: a row holds none)."""
     firsts = [tensors_in([row], {})[:1] for row in rows_of(example, sorted(set(batching.rows)))]
     return [t for first in firsts for t in first] if firsts and all(firsts) else None
+
+
+def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:
+    """Return the loop's exception as LoopRaised: its type, message and the frame it came from."""
+    fn = user_fn(fn)
+    source = getattr(getattr(fn, "func", fn), "__code__", None)  # a partial: its function's
+    file = source.co_filename if source is not None else None
+    at = where(e, file=file, outside=("/torch/", "/linreg/kinds/"))
+    message = str(e) or "(no message)"
+    hint = ""
+    if "backward through the graph a second time" in message:
+        hint = " (backward-twice: a graph kept across steps? detach what you keep)"
+    return LoopRaised(f"the loop raised {type(e).__name__}: {message}{at}{hint}")
 
 
 def _no_progress(limit: float, updates: int) -> str:
