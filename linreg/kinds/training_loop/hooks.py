@@ -8,13 +8,12 @@ forward pass with grad enabled was fed). Each step's reading is taken after the 
 ("applied"), since a framework may run forward, zero_grad and backward inside
 `optimizer.step(closure)`. The rows an update consumed are the rows fed since the update
 before (which of those forwards fed it: feeds.py): prefetching and a loop's own DataLoader are
-judged by what they did.
+judged by what they did. What each hook does, and the state they share: watcher.py.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,16 +27,8 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.calls import (
-    Call,
-    autocast_now,
-    copied,
-    tensors_in,
-    version_of,
-)
-from linreg.kinds.training_loop.feeds import Feeds, same_batch
-from linreg.kinds.training_loop.ledger import Observed, Step, flat
-from linreg.kinds.training_loop.sites import site
+from linreg.kinds.training_loop.ledger import Observed
+from linreg.kinds.training_loop.watcher import Watcher
 
 
 @dataclass(frozen=True)
@@ -48,238 +39,6 @@ class Watch:
 
     method: str = "forward"
     replayable: bool = True
-
-
-def zero_lr(opt: torch.optim.Optimizer) -> None:
-    """Hold every param group's lr at 0 (a tensor lr filled in place), whatever a scheduler set."""
-    for group in opt.param_groups:
-        if isinstance(group["lr"], Tensor):
-            group["lr"].fill_(0.0)
-        else:
-            group["lr"] = 0.0
-
-
-class Watcher:
-    """The hooks' shared state: what was fed since the last step, and each step's readings."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        method: str = "forward",
-        replayable: bool = True,
-        on_update: Callable[[], None] | None = None,
-        trained: frozenset[int] | None = None,
-        masks: bool = True,
-        data: Sequence[Tensor] | None = None,
-    ) -> None:
-        self.method, self.replayable, self.on_update = method, replayable, on_update
-        self.feeds = Feeds(data)  # which forwards fed an update
-        self.params = list(model.parameters())
-        self.ids = {id(p) for p in self.params}
-        # the params (by position) the loop's first run stepped: an update is whole only once
-        # its steps cover them (a run may end there); masks: each step read on the params
-        # the run's optimizers stepped alone
-        self.masks = masks
-        self.known = (
-            None if trained is None else {id(p) for i, p in enumerate(self.params) if i in trained}
-        )
-        self.start = [p.detach().clone() for p in self.params]
-        self.seen = Observed()
-        self.calls: list[Call] = []
-        self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
-        self.carried: dict[int, Tensor | None] = {}  # its grad as the update's first began
-        self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
-        self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
-        self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
-        self.trained: set[int] = set()  # the params any optimizer of the run stepped
-        self.last: Call | None = None  # the forward under way, until its output is seen
-        self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
-        self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
-
-    def ours(self, opt: torch.optim.Optimizer) -> bool:
-        """Return True if the optimizer steps any of the model's parameters."""
-        return any(id(p) in self.ids for g in opt.param_groups for p in g["params"])
-
-    def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Hold every param group's lr at 0, whatever a scheduler set."""
-        if self.ours(opt):
-            self.depth += 1
-            zero_lr(opt)
-
-    def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Record the update: its gradients read three ways, and what fed it.
-
-        The steps of several optimizers with nothing fed between them are one update (one for
-        the embeddings, one for the matrices); a step fed nothing that applies nothing (a flush
-        after an epoch that ended on a full window) is no update. A step fed nothing that
-        applies a gradient is recorded: the same micro-batches move the params twice.
-        """
-        if not self.ours(opt):
-            return
-        self.depth = max(self.depth - 1, 0)
-        if self.depth:  # the inner step of a wrapper optimizer (Lookahead, ZeRO): its outer
-            return  # step is the update
-        params = self.params
-        applied = flat([p.grad for p in params], params)
-        stepped = {id(p) for g in opt.param_groups for p in g["params"]}
-        self.calls = self.consumed()
-        self._forget_all_but(self.calls)  # a dropped call's id may be a new call's
-        self.trained |= stepped
-        if not self.calls:
-            if self.seen.steps and not stepped & self.stepped:  # another optimizer, same update
-                self.stepped |= stepped
-                self._refresh(self.seen.steps[-1], stepped)
-                return
-            if applied is None or not bool(applied.any()):
-                return
-        raw = flat([self.latest.get(id(p)) for p in params], params)
-        unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
-        kept = unscaled if self.unscaled else raw
-        carried = flat([self.carried.get(id(p)) for p in params], params)
-        unreached = self.feeds.unreached(self.calls)
-        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried, unreached))
-        self.feeds.stepped(self.calls)
-        self.seen.stepped_at.append(time.perf_counter())
-        self.seen.whole = (self.known is None or stepped >= self.known) and all(
-            id(p) in stepped for p in params if p.grad is not None
-        )
-        self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
-        self._forget_all_but(self.calls)
-        self.carried = {}
-        self.scale = None
-        if self.on_update is not None:
-            self.on_update()
-
-    def _forget_all_but(self, calls: list[Call]) -> None:
-        """Keep what was marked of these calls alone: the marks of calls no longer kept go
-        (their ids may be reused), and, where none is left, the hooks on their outputs."""
-        self.feeds.forget_all_but(calls)
-        if not calls:
-            for handle in self.handles:
-                handle.remove()
-            self.handles = []
-
-    def _refresh(self, step: Step, stepped: set[int]) -> None:
-        """Read an update's gradients again for the params a later optimizer of the same update
-        stepped: as that step used them, and as its loss scaler unscaled them."""
-        now = flat([p.grad for p in self.params], self.params)
-        unscaled = flat([self.unscaled.get(id(p)) for p in self.params], self.params)
-        at, mine = 0, []
-        for p in self.params:
-            if id(p) in stepped:
-                mine.append(slice(at, at + p.numel()))
-            at += p.numel()
-        for part in mine:
-            if step.applied is not None and now is not None:
-                step.applied[part] = now[part]
-            if step.unscaled is not None and unscaled is not None and self.unscaled:
-                step.unscaled[part] = unscaled[part]
-        self.unscaled = {}
-
-    def incoming(self, p: Tensor, grad: Tensor) -> None:
-        """Keep what a param's .grad holds as the update's first gradient reaches it."""
-        del grad
-        if id(p) not in self.carried:
-            self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
-
-    def accumulated(self, p: Tensor) -> None:
-        """Keep a param's gradient as backward() left it."""
-        if p.grad is not None:
-            self.latest[id(p)] = p.grad.detach().clone()
-
-    def consumed(self) -> list[Call]:
-        """Return the calls since the last update that it consumed (Feeds.consumed)."""
-        last = self.seen.steps[-1].calls if self.seen.steps else []
-        return self.feeds.consumed(self.calls, last, self.seen.draws)
-
-    def output(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
-    ) -> None:
-        """Mark the forward under way as consumed once a backward() reaches its output (at
-        once, where no output tensor requires grad: nothing to tell by)."""
-        call, self.last = self.last, None
-        if call is None:
-            return
-        call.settle()
-        # a leaf returned as it is (a parameter: a learned variance) is every pass's, not this
-        # one's: a backward() through it tells nothing of this pass
-        outputs = [t for t in tensors_in([out], {}) if t.requires_grad and t.grad_fn is not None]
-        if not outputs:
-            self.feeds.reached.add(id(call))
-        for t in outputs:
-            self.handles.append(
-                t.register_hook(functools.partial(self._reached, id(call)))  # type: ignore[no-untyped-call]
-            )
-
-    def _reached(self, key: int, grad: Tensor) -> None:
-        self.feeds.reached.add(key)
-
-    def fed(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Record what a forward pass with grad enabled was fed."""
-        self.last = None
-        self.seen.forwards += 1
-        if not torch.is_grad_enabled():
-            return  # an evaluation pass: it feeds no step
-        batch = [t for t in tensors_in(args, kwargs) if t.ndim > 0]
-        if not batch:
-            return
-        if self.calls and same_batch(self.calls[-1], batch[0]):
-            self.last = self.calls[-1]  # a backward() through this pass consumes that call
-            return  # the same batch fed again (a logging pass with grad on): no new rows
-        again = not self.calls and any(
-            same_batch(c, batch[0]) for c in (self.seen.steps[-1].calls if self.seen.steps else ())
-        )
-        rows = batch[0].shape[0]
-        self.calls.append(
-            Call(
-                copied(args),
-                copied(kwargs),
-                rows,
-                self.method,
-                self.replayable,
-                autocast=autocast_now(),
-                drawn=self.seen.drawn,
-                site=site(),
-                first=batch[0].detach(),
-                version=version_of(batch[0]),
-            )
-        )
-        self.last = self.calls[-1]
-        if again or not module.training:
-            self.feeds.unless_reached.add(id(self.last))
-        self.seen.fed += rows
-
-    def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
-        """Keep the gradients a loss scaler just divided by its scale, and the scale."""
-        if self.ours(opt):
-            self.scale = scale
-            own = {id(p) for g in opt.param_groups for p in g["params"]}
-            for p in self.params:
-                if p.grad is not None and id(p) in own:
-                    self.unscaled[id(p)] = p.grad.detach().clone()
-
-    def finish(self) -> Observed:
-        """Return what was seen, with the rows fed after the last step and whether params moved."""
-        self.seen.leftover = self.consumed() if self.latest else []  # rows no step used
-        self._forget_all_but([])
-        # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
-        # what its .grad holds is never applied, so it is read as applying nothing (a run
-        # read for references keeps it: each run it is the reference of masks it as its own)
-        kept = [id(p) in self.trained for p in self.params]
-        self.seen.stepped_params = frozenset(i for i, k in enumerate(kept) if k)
-        if self.trained and not all(kept):
-            self.seen.trained = torch.cat(
-                [
-                    torch.full((p.numel(),), float(k), dtype=torch.float64)
-                    for p, k in zip(self.params, kept, strict=True)
-                ]
-            )
-            for step in self.seen.steps if self.masks else ():
-                step.keep(self.seen.trained)
-        self.seen.moved = any(
-            not torch.equal(p.detach(), q) for p, q in zip(self.params, self.start, strict=True)
-        )
-        return self.seen
 
 
 @contextmanager

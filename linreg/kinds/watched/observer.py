@@ -19,7 +19,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import checks
 from linreg.kinds.training_loop.calls import tensors_in
-from linreg.kinds.training_loop.hooks import zero_lr
+from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.records import (
     Enough,
     LossCall,
