@@ -1,7 +1,7 @@
 """Which forwards fed an update: those a `backward()` reached, and those no `backward()` reached
 that were the data's (micro-batches thrown away: they weigh 0), told from the loop's own (an
 evaluation, a log line, a peek at a prediction). `Feeds` keeps what tells them apart as the
-loop runs; the hooks (hooks.py) fill it in."""
+loop runs; the hooks fill it in (watcher.py, forwards.py)."""
 
 from __future__ import annotations
 

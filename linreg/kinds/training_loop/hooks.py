@@ -8,7 +8,8 @@ forward pass with grad enabled was fed). Each step's reading is taken after the 
 ("applied"), since a framework may run forward, zero_grad and backward inside
 `optimizer.step(closure)`. The rows an update consumed are the rows fed since the update
 before (which of those forwards fed it: feeds.py): prefetching and a loop's own DataLoader are
-judged by what they did. What each hook does, and the state they share: watcher.py.
+judged by what they did. What each hook does, and the state they share: watcher.py (the
+forward hooks: forwards.py).
 """
 
 from __future__ import annotations

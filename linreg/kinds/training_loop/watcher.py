@@ -2,13 +2,12 @@
 pre-hook holds its lr at 0 and its post-hook records the update (its gradients read three ways,
 and the forwards that fed it); each parameter's gradient hooks keep its gradient as backward()
 left it and what .grad held as the update's first backward() reached it; a loss scaler's
-unscale_ keeps what it divided, and the scale; the forward hooks record what each forward was
-fed. hooks.py installs them all.
+unscale_ keeps what it divided, and the scale; the forward hooks (forwards.py) record what
+each forward was fed. hooks.py installs them all.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,16 +16,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.calls import (
-    Call,
-    autocast_now,
-    copied,
-    tensors_in,
-    version_of,
-)
-from linreg.kinds.training_loop.feeds import Feeds, same_batch
+from linreg.kinds.training_loop.calls import Call
+from linreg.kinds.training_loop.feeds import Feeds
+from linreg.kinds.training_loop.forwards import ForwardHooks
 from linreg.kinds.training_loop.ledger import Observed, Step, flat
-from linreg.kinds.training_loop.sites import site
 
 
 def zero_lr(opt: torch.optim.Optimizer) -> None:
@@ -38,8 +31,9 @@ def zero_lr(opt: torch.optim.Optimizer) -> None:
             group["lr"] = 0.0
 
 
-class Watcher:
-    """The hooks' shared state: what was fed since the last step, and each step's readings."""
+class Watcher(ForwardHooks):
+    """The hooks' shared state: what was fed since the last step, and each step's readings
+    (its forward hooks: ForwardHooks, forwards.py)."""
 
     def __init__(
         self,
@@ -170,63 +164,6 @@ class Watcher:
         """Return the calls since the last update that it consumed (Feeds.consumed)."""
         last = self.seen.steps[-1].calls if self.seen.steps else []
         return self.feeds.consumed(self.calls, last, self.seen.draws)
-
-    def output(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
-    ) -> None:
-        """Mark the forward under way as consumed once a backward() reaches its output (at
-        once, where no output tensor requires grad: nothing to tell by)."""
-        call, self.last = self.last, None
-        if call is None:
-            return
-        call.settle()
-        # a leaf returned as it is (a parameter: a learned variance) is every pass's, not this
-        # one's: a backward() through it tells nothing of this pass
-        outputs = [t for t in tensors_in([out], {}) if t.requires_grad and t.grad_fn is not None]
-        if not outputs:
-            self.feeds.reached.add(id(call))
-        for t in outputs:
-            self.handles.append(
-                t.register_hook(functools.partial(self._reached, id(call)))  # type: ignore[no-untyped-call]
-            )
-
-    def _reached(self, key: int, grad: Tensor) -> None:
-        self.feeds.reached.add(key)
-
-    def fed(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Record what a forward pass with grad enabled was fed."""
-        self.last = None
-        self.seen.forwards += 1
-        if not torch.is_grad_enabled():
-            return  # an evaluation pass: it feeds no step
-        batch = [t for t in tensors_in(args, kwargs) if t.ndim > 0]
-        if not batch:
-            return
-        if self.calls and same_batch(self.calls[-1], batch[0]):
-            self.last = self.calls[-1]  # a backward() through this pass consumes that call
-            return  # the same batch fed again (a logging pass with grad on): no new rows
-        again = not self.calls and any(
-            same_batch(c, batch[0]) for c in (self.seen.steps[-1].calls if self.seen.steps else ())
-        )
-        rows = batch[0].shape[0]
-        self.calls.append(
-            Call(
-                copied(args),
-                copied(kwargs),
-                rows,
-                self.method,
-                self.replayable,
-                autocast=autocast_now(),
-                drawn=self.seen.drawn,
-                site=site(),
-                first=batch[0].detach(),
-                version=version_of(batch[0]),
-            )
-        )
-        self.last = self.calls[-1]
-        if again or not module.training:
-            self.feeds.unless_reached.add(id(self.last))
-        self.seen.fed += rows
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
         """Keep the gradients a loss scaler just divided by its scale, and the scale."""
