@@ -1952,3 +1952,121 @@ def test_a_training_batch_taken_for_a_log_line_is_never_trained_and_fails() -> N
     report = audit.training_loop(takes_a_batch_for_an_accuracy_line, **LOOP)
     assert len(report.failures) == 1 and not report.error, str(report)
     assert "no backward() reached" in report.failures[0].message, str(report)
+
+
+def tracks_the_training_loss_after_every_step(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: after every step, the loss over the whole training set through the loop's
+    own DataLoader, inline, in train mode with grad on."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    history = []
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            total = sum(F.cross_entropy(model(xb), yb, reduction="sum").item() for xb, yb in loader)
+            history.append(total / len(dataset))
+
+
+def sums_the_loss_over_its_loader_after_every_step(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, every: int = 1
+) -> None:
+    """Correct (every=1): the audit's loader, passed over again inside its own pass after
+    each step for the summed loss. Twin (every=2): forwards every batch, trains on every
+    other one alone."""
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y)
+            if i % every == 0:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            sum(F.cross_entropy(model(xb), yb, reduction="sum").item() for xb, yb in loader)
+
+
+def logs_the_first_rows_prediction(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: after every step, a log line with the prediction for the dataset's first
+    row, read by index (train mode, grad on)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            x0, y0 = dataset[0]
+            print(loss.item(), model(x0.unsqueeze(0)).argmax(-1).item(), int(y0), end="\r")
+
+
+def trains_on_every_other_row_read_by_index(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Twin: reads the rows by index in a shuffled order, forwards each, and steps on those
+    at even indices alone (the others are thrown away)."""
+    for _ in range(num_epochs):
+        for i in torch.randperm(len(dataset)).tolist():
+            x, y = dataset[i]
+            loss = F.cross_entropy(model(x.unsqueeze(0)), y.unsqueeze(0))
+            if i % 2 == 0:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+
+def draws_each_micro_batch_from_a_new_pass(
+    model: nn.Module, dataset: Any, optimizer: Any, max_steps: int, batch_size: int
+) -> None:
+    """Twin: two micro-batches a step, each next(iter(loader)) of a shuffled loader (a new
+    pass cut short), the first thrown away (its backward() forgotten)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(max_steps):
+        optimizer.zero_grad()
+        for micro in range(2):
+            x, y = next(iter(loader))
+            loss = F.cross_entropy(model(x), y) / 2
+            if micro == 1:
+                loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        tracks_the_training_loss_after_every_step,
+        sums_the_loss_over_its_loader_after_every_step,
+        logs_the_first_rows_prediction,
+    ],
+)
+def test_a_pass_over_the_training_data_or_a_row_read_where_nothing_trains_feeds_no_update(
+    loop: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """False alarms that predate the ledger: forwards drawn in a pass over a DataLoader no
+    batch of which trained (an inline loss over the training set after each step), or read
+    by index where the loop trains only on its loader's batches, were micro-batches thrown
+    away. Where a batch was drawn tells them apart (the loop's own: another pass)."""
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        functools.partial(sums_the_loss_over_its_loader_after_every_step, every=2),
+        trains_on_every_other_row_read_by_index,
+        draws_each_micro_batch_from_a_new_pass,
+    ],
+)
+def test_batches_thrown_away_where_the_loop_draws_what_it_trains_on_still_fail(
+    loop: Any,
+) -> None:
+    """The rule above reads where each batch was drawn: a batch thrown away in the pass
+    that trains (beside a pass of the loop's own), a row read by index where rows read by
+    index train, or a batch of a pass cut short (not a whole pass of the loop's own), weighs
+    0 in its update."""
+    report = audit.training_loop(loop, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+    assert "no backward() reached" in report.failures[0].message, str(report)

@@ -6,6 +6,7 @@ loop runs; the hooks fill it in (watcher.py, forwards.py)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from types import CodeType
 
 import torch
@@ -19,6 +20,7 @@ from linreg.kinds.training_loop.calls import (
     storage_of,
     version_of,
 )
+from linreg.kinds.training_loop.ledger import Draw
 from linreg.kinds.training_loop.sites import evaluates
 
 
@@ -125,12 +127,16 @@ class Feeds:
         # drawn up front for the whole run)
         self.batches: dict[int, set[int | None]] = {}
         self.groups: set[int] = set()  # the draws forwards came after (Call.drawn)
+        # where the batches a backward() reached were drawn: the passes over a DataLoader
+        # (Draw.source), None for draws outside any (get_batch(), a dataset read by index)
+        self.trained_from: set[int | None] = set()
 
     def consumed(
         self,
         calls: list[Call],
         last: list[Call],
-        draws: dict[int, tuple[int, frozenset[CodeType]]],
+        draws: dict[int, Draw],
+        ended: AbstractSet[int],
     ) -> list[Call]:
         """Return the calls since the last update that it consumed (`last`: those the update
         before consumed; draws: Observed.draws, the draws of the audit's data counted): a
@@ -155,6 +161,8 @@ class Feeds:
         self.codes.update(code for c in reached for code in c.site)
         for c in reached:
             self.batches.setdefault(c.drawn, set()).add(memory_of(c))
+            if c.drawn in draws:
+                self.trained_from.add(draws[c.drawn].source)
         # the draws of this update a backward() reached: each at its first such forward, and
         # the rows of its largest such forward
         first_reached: dict[int, int] = {}
@@ -170,7 +178,7 @@ class Feeds:
             # made in a function that says it evaluates and never trained, on data it drew
             # itself, or drawn for a batch that trained (or before any draw)
             untrained = c.drawn != 0 and c.drawn not in self.batches
-            by = draws.get(c.drawn, (0, frozenset()))[1]
+            by = draws[c.drawn].by if c.drawn in draws else frozenset()
             return any(
                 code not in self.codes and evaluates(code) and (not untrained or code in by)
                 for code in c.site
@@ -189,7 +197,7 @@ class Feeds:
             # the data's rows forwarded before a batch of a draw larger than the batch (data
             # drawn up front: the rows drawn one at a time since the forwards before) are the
             # data's; before a batch that was the whole draw, a fixed row's (a probe)
-            drawn = draws.get(c.drawn, (0,))[0] or c.drawn - max(
+            drawn = (draws[c.drawn].rows if c.drawn in draws else 0) or c.drawn - max(
                 (g for g in self.groups if g < c.drawn), default=0
             )
             before = i < first_reached.get(c.drawn, i) and drawn != trained_rows.get(c.drawn, 0)
@@ -199,10 +207,21 @@ class Feeds:
                 and not (before and self.data is not None and of_the_data(c, self.data))
             )
 
+        def another_pass(c: Call) -> bool:
+            # drawn in a whole pass over a DataLoader no batch of which a backward() reached
+            # (a loss over the training set after the step), or read outside any pass (a log
+            # line's row, by index) where every batch that trained came from a pass; not in a
+            # pass cut short (next(iter(loader)) for each micro-batch is the data's)
+            draw = draws.get(c.drawn)
+            if draw is None or not self.trained_from or draw.source in self.trained_from:
+                return False
+            return draw.source is None or draw.source in ended
+
         def own(i: int, c: Call) -> bool:
             return (
                 id(c) in self.unless_reached
                 or evaluation(c)
+                or another_pass(c)
                 or any(within(c, a) for a in applied)
                 or (fetched and after_a_trained_draw(i, c))
                 or (self.data is not None and foreign(c, self.data))

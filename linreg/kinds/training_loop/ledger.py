@@ -4,15 +4,29 @@ passes that fed it (a Step; each forward pass a Call, calls.py), and the whole r
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CodeType
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from linreg.kinds.training_loop.calls import Call
-from linreg.kinds.training_loop.sites import site
+from linreg.kinds.training_loop.sites import loader_pass, site
+
+
+class Draw(NamedTuple):
+    """One draw of the audit's data: the rows of the batch it drew (0: a dataset's row, drawn
+    one at a time), the functions that made it (the loop's, or an evaluation's of its own),
+    and the pass over a DataLoader it was made in (its number in the run; None: made outside
+    any, as get_batch() and a dataset read by index are)."""
+
+    rows: int
+    by: frozenset[CodeType]
+    source: int | None
 
 
 @dataclass
@@ -84,10 +98,13 @@ class Observed:
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
     drawn: int = 0  # the rows of the audit's data drawn during the run (Call.drawn)
-    # each draw, by the rows drawn once it was made: the rows of the batch it drew (0: a
-    # dataset's row, drawn one at a time), and the functions that made it (the loop's, or an
-    # evaluation's of its own)
-    draws: dict[int, tuple[int, frozenset[CodeType]]] = field(default_factory=dict)
+    draws: dict[int, Draw] = field(default_factory=dict)  # each, by the rows drawn once made
+    # the passes over a DataLoader the draws were made in, numbered as they began (weakly
+    # kept: an iterator's memory, once it is freed, may be a later pass's)
+    passes: weakref.WeakKeyDictionary[object, int] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    ended: set[int] = field(default_factory=set)  # the passes that drew their last batch
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)
@@ -100,9 +117,25 @@ class Observed:
 
 def drew(seen: Observed, rows: int, batch: bool = True) -> None:
     """Note a draw of the audit's data, where the loop made it: its rows, a batch of them or
-    a dataset's row, and the functions that made it."""
+    a dataset's row, the functions that made it and the pass over a DataLoader it was made in."""
     seen.drawn += rows
-    seen.draws[seen.drawn] = (rows if batch else 0, frozenset(site()))
+    seen.draws[seen.drawn] = Draw(rows if batch else 0, frozenset(site()), _pass_of(seen))
+
+
+def _pass_of(seen: Observed) -> int | None:
+    it = loader_pass()
+    if it is None:
+        return None
+    try:
+        number = seen.passes.get(it)
+        if number is None:
+            number = seen.passes[it] = len(seen.draws)  # unique: no two passes begin at a draw
+    except TypeError:  # an iterator that cannot be weakly referenced: no pass told
+        return None
+    with contextlib.suppress(TypeError, AttributeError):  # a loader of no length: never ends
+        if it._num_yielded + 1 >= len(it):  # type: ignore[attr-defined, arg-type]
+            seen.ended.add(number)  # the batch being made is the pass's last
+    return number
 
 
 def one_update(seen: Observed) -> bool:
