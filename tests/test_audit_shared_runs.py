@@ -108,3 +108,47 @@ def test_outside_an_audit_a_property_runs_its_loop_for_itself() -> None:
     for _ in range(2):
         assert runner.run_property(prop, target, max_examples=5).verdict == "pass"
     assert all(count >= 2 for count in runs.values()), runs  # nothing kept between them
+
+
+def summed(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: the batch's summed cross-entropy at the mean's lr."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(X), y, reduction="sum").backward()
+            optimizer.step()
+
+
+def plain(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    fit(model, loader, optimizer, num_epochs=num_epochs)
+
+
+@pytest.mark.parametrize("loop", [plain, summed])
+def test_each_propertys_verdict_in_an_audit_is_the_one_it_gives_run_alone(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The properties after the first that passed check the examples Hypothesis offered it,
+    outside Hypothesis (runner.Offered), and run through Hypothesis only to shrink a failure:
+    each verdict, its number of examples and its counterexample are those the property gives
+    when it runs alone, through Hypothesis, on the same seed."""
+    replayed: list[bool] = []
+    pass_ = runner.Offered.pass_
+
+    def spied(self: runner.Offered, test: Any, limit: int) -> bool:
+        replayed.append(pass_(self, test, limit))
+        return replayed[-1]
+
+    monkeypatch.setattr(runner.Offered, "pass_", spied)
+    target = runner.target_for("training-loop", loop, model=dropout_net, example=SAMPLE)
+    report = runner.run(target, max_examples=12)
+    judged = [r for r in report.results if not r.message.startswith("not judged")]
+    assert len(judged) >= 6, str(report)
+    props = {p.name: p for p in runner.properties("training-loop")}
+    for result in judged:
+        alone = runner.run_property(props[result.property], target, max_examples=12)
+        got = (result.verdict, result.examples, result.counterexample)
+        assert got == (alone.verdict, alone.examples, alone.counterexample), (result, alone)
+    assert sum(replayed) >= len(judged) - 2, replayed  # the others checked outside Hypothesis
+    if loop is summed:
+        assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+        assert not all(replayed)  # the failure found in the replay was run again, and shrunk

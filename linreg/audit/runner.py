@@ -95,13 +95,15 @@ def run_property(
     seed: int | None = None,
     shrink: bool = True,
     budget: Budget | None = None,
+    offered: Offered | None = None,
 ) -> Result:
     """Run one property against a target through Hypothesis and return its verdict.
 
     shrink=False reports the first failing example found, unshrunk: faster, but larger.
     Hypothesis's phases otherwise follow the loaded profile. With a budget, the examples left
     when its time is spent are passed over (never once one has failed: shrinking and the
-    replay of the failure run in full).
+    replay of the failure run in full). With `offered` (the examples another property that
+    draws the same strategy was offered), those are checked first, outside Hypothesis.
     """
     reason = prop.applies(target.options)
     if reason is not None:
@@ -112,8 +114,10 @@ def run_property(
     seen = {"examples": 0, "passed over": 0}
     failure: list[tuple[Any, str]] = []
     measured: list[Any] = []
+    drawn: list[Any] = []  # the examples test() was offered, in order
 
     def test(example: Any) -> None:
+        drawn.append(example)
         if budget is not None and not failure and budget.over(seen["examples"]):
             seen["passed over"] += 1
             return
@@ -157,7 +161,10 @@ def run_property(
         # (in an audit whose properties share runs, when the audit ends: runs_shared)
         restored = contextlib.nullcontext() if sharing() else models_restored()
         with quiet, one_thread(), kept_rngs(), restored:
-            wrapped()
+            if offered is None or not offered.pass_(test, limit):
+                seen.update({"examples": 0, "passed over": 0})
+                del failure[:], measured[:], drawn[:]
+                wrapped()
     except (LoopRaised, Aborted) as e:
         example, message = failure[-1] if failure else (None, str(e))
         raise LoopRaised(message, plain(example)) from None
@@ -173,7 +180,40 @@ def run_property(
         )
     if budget is not None:
         budget.ran(seen["examples"], seen["passed over"] > 0)
+    if offered is not None:
+        offered.keep(drawn, limit)
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
+
+
+class Offered:
+    """The examples Hypothesis offered the first property of an audit that passed, where every
+    property draws one strategy (the training-loop kind's): with the same seed and the same
+    number of examples, Hypothesis offers each of the others the same ones, in the same order,
+    while all pass. So each of the others checks them first, outside Hypothesis (whose engine
+    would cost more than the checks of runs the properties share); one that fails is run
+    through Hypothesis again, which finds it at the same place and shrinks it."""
+
+    def __init__(self) -> None:
+        self.examples: list[Any] | None = None
+        self.limit = 0
+
+    def keep(self, examples: list[Any], limit: int) -> None:
+        """Keep the examples a property that passed was offered (the first such property's)."""
+        if self.examples is None and examples:
+            self.examples, self.limit = list(examples), limit
+
+    def pass_(self, test: Callable[[Any], None], limit: int) -> bool:
+        """Return True if test passed on each example kept; False where none are kept for this
+        number of examples, or one failed (CheckFailed, LoopRaised: Hypothesis runs the
+        property then, to shrink it)."""
+        if self.examples is None or self.limit != limit:
+            return False
+        try:
+            for example in self.examples:
+                test(example)
+        except (CheckFailed, LoopRaised):
+            return False
+        return True
 
 
 def _settings(limit: int, seed: int | None, shrink: bool, explicit: bool = False) -> settings:
@@ -249,10 +289,11 @@ def run(
     budget = Budget(
         len(props), whole=len({p.examples for p in props}) == 1, fewest=len(firsts) or FEWEST
     )
+    offered = Offered() if budget.whole else None  # one strategy: the examples offered
     with runs_shared():  # a run one property made, another that draws it reads
         for prop in ordered(props):
             result, error = _verdict(
-                prop, target, failed, error, budget, max_examples, seed, shrink
+                prop, target, failed, error, budget, max_examples, seed, shrink, offered
             )
             if result.verdict == "fail":
                 failed.add(prop.pitfall)
@@ -277,6 +318,7 @@ def _verdict(
     max_examples: int | None,
     seed: int | None,
     shrink: bool,
+    offered: Offered | None = None,
 ) -> tuple[Result, tuple[str, Any]]:
     """Return one property's verdict in an audit, and the audit's error after it."""
     reason = not_judged(prop, failed)
@@ -296,6 +338,7 @@ def _verdict(
                 seed=seed,
                 shrink=shrink,
                 budget=shared if max_examples is None else None,
+                offered=offered,
             )
     except LoopRaised as e:
         error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
