@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from linreg import audit
 from linreg.checks import CheckFailed
@@ -1648,7 +1648,7 @@ def test_rows_of_the_loops_own_are_foreign_and_the_datas_transformed_or_augmente
     loop that indents its backward() out of the micro-step loop). Augmented rows stay near
     the data's; a held-out set's are far."""
     from linreg.kinds.training_loop import Call
-    from linreg.kinds.training_loop.feeds import foreign
+    from linreg.kinds.training_loop.rows import foreign
 
     data = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-1.0, 0.25, 1.0])]
     X = torch.stack([data[i % 2] for i in range(6)])
@@ -1922,7 +1922,7 @@ def test_rows_of_another_size_than_the_datas_are_no_held_out_set() -> None:
     """A crop or a resize of the data makes rows no data row can be compared with: a batch
     so transformed and thrown away is the data's, not a held-out set's."""
     from linreg.kinds.training_loop import Call
-    from linreg.kinds.training_loop.feeds import foreign
+    from linreg.kinds.training_loop.rows import foreign
 
     data = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-1.0, 0.25, 1.0])]
     cropped = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
@@ -2002,6 +2002,92 @@ def logs_the_first_rows_prediction(
             print(loss.item(), model(x0.unsqueeze(0)).argmax(-1).item(), int(y0), end="\r")
 
 
+def measures_the_training_loss_before_each_step(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: the loss over the whole training set at the top of each step's body, between
+    the batch's draw and its forward (its own DataLoader, grad on)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            before = sum(
+                F.cross_entropy(model(xb), yb, reduction="sum").item() for xb, yb in loader
+            )
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            print(before / len(dataset), end="\r")
+
+
+def logs_the_first_rows_prediction_first(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: the dataset's first row's prediction printed at the top of each step's body."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            print(model(dataset[0][0].unsqueeze(0)).softmax(-1).tolist(), end="\r")
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+
+def skips_every_other_batch_after_a_loss_under_no_grad(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Twin: the summed loss over the loader under no_grad at the top of each body (its draws
+    come between the batch's draw and its forward), then every other batch thrown away."""
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            with torch.no_grad():
+                sum(F.cross_entropy(model(xb), yb, reduction="sum").item() for xb, yb in loader)
+            loss = F.cross_entropy(model(x), y)
+            if i % 2 == 0:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+
+def logs_the_first_row_and_skips(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: on every other batch, after its forward, a log line reads dataset[0] under
+    no_grad, then `continue`s before the batch's backward()."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y)
+            if i % 2:
+                with torch.no_grad():
+                    print(loss.item(), model(dataset[0][0].unsqueeze(0)).tolist(), end="\r")
+                continue
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def rehearses_without_the_memory_loss(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: a rehearsal memory of the first two rows (a loader of one batch a pass, begun
+    again when used up) whose loss is logged and never added to the batch's."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    memory = DataLoader(Subset(dataset, range(min(2, len(dataset)))), batch_size=2)
+    recalled = iter(memory)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            try:
+                mx, my = next(recalled)
+            except StopIteration:
+                recalled = iter(memory)
+                mx, my = next(recalled)
+            print(F.cross_entropy(model(mx), my).item(), end="\r")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
 def trains_on_every_other_row_read_by_index(
     model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int
 ) -> None:
@@ -2039,6 +2125,8 @@ def draws_each_micro_batch_from_a_new_pass(
         tracks_the_training_loss_after_every_step,
         sums_the_loss_over_its_loader_after_every_step,
         logs_the_first_rows_prediction,
+        measures_the_training_loss_before_each_step,
+        logs_the_first_rows_prediction_first,
     ],
 )
 def test_a_pass_over_the_training_data_or_a_row_read_where_nothing_trains_feeds_no_update(
@@ -2047,7 +2135,9 @@ def test_a_pass_over_the_training_data_or_a_row_read_where_nothing_trains_feeds_
     """False alarms that predate the ledger: forwards drawn in a pass over a DataLoader no
     batch of which trained (an inline loss over the training set after each step), or read
     by index where the loop trains only on its loader's batches, were micro-batches thrown
-    away. Where a batch was drawn tells them apart (the loop's own: another pass)."""
+    away. Where the batch a forward was fed came from tells them apart: a whole pass that
+    trained nothing, or the one row read outside any pass, is the loop's own, before the
+    batch's forward or after it."""
     report = audit.training_loop(loop, **LOOP)
     assert report.ok, str(report)
 
@@ -2058,15 +2148,19 @@ def test_a_pass_over_the_training_data_or_a_row_read_where_nothing_trains_feeds_
         functools.partial(sums_the_loss_over_its_loader_after_every_step, every=2),
         trains_on_every_other_row_read_by_index,
         draws_each_micro_batch_from_a_new_pass,
+        skips_every_other_batch_after_a_loss_under_no_grad,
+        logs_the_first_row_and_skips,
+        rehearses_without_the_memory_loss,
     ],
 )
 def test_batches_thrown_away_where_the_loop_draws_what_it_trains_on_still_fail(
     loop: Any,
 ) -> None:
-    """The rule above reads where each batch was drawn: a batch thrown away in the pass
-    that trains (beside a pass of the loop's own), a row read by index where rows read by
-    index train, or a batch of a pass cut short (not a whole pass of the loop's own), weighs
-    0 in its update."""
+    """The rule above reads the batch each forward was fed, not the draw made last: a batch
+    thrown away in the pass that trains (beside a pass of the loop's own, under no_grad or
+    not, before its forward or after), a row read by index where rows read by index train,
+    a batch of a pass cut short (next(iter(loader))) or of a pass over part of the data (a
+    memory's), weighs 0 in its update (a review's false passes of the rule's first form)."""
     report = audit.training_loop(loop, **LOOP)
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
     assert "no backward() reached" in report.failures[0].message, str(report)

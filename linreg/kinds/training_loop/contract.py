@@ -145,20 +145,25 @@ class Batch(dict[str, Any]):
         )
 
 
-class Rows(Dataset[Any]):
-    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors; drew(1, False) is called
-    on each row taken (not in a loader's worker process, where it is not this process's)."""
+Drew = Callable[[int, bool, Any], None]  # told a draw: its rows, a batch or a row, what it drew
 
-    def __init__(self, rows: list[Any], drew: Callable[[int, bool], None] | None = None) -> None:
+
+class Rows(Dataset[Any]):
+    """A map-style dataset of rows: (x, y) pairs, or dicts of tensors; drew(1, False, row) is
+    called on each row taken (not in a loader's worker process, where it is not this
+    process's)."""
+
+    def __init__(self, rows: list[Any], drew: Drew | None = None) -> None:
         self.rows, self.drew = rows, drew
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> Any:
+        row = self.rows[i]
         if self.drew is not None:
-            self.drew(1, False)
-        return self.rows[i]
+            self.drew(1, False, row)
+        return row
 
     def __getstate__(self) -> dict[str, Any]:
         return {"rows": self.rows, "drew": None}
@@ -176,18 +181,16 @@ def loader(rows: list[Any], batch_size: int, drop_last: bool) -> DataLoader[Any]
     return DataLoader(Rows(rows), batch_size=batch_size, drop_last=drop_last, collate_fn=collate)
 
 
-def batch_fn(
-    rows: list[Any], batch_size: int, drew: Callable[[int, bool], None] | None = None
-) -> Callable[..., Any]:
+def batch_fn(rows: list[Any], batch_size: int, drew: Drew | None = None) -> Callable[..., Any]:
     """Return get_batch(*args): the next batch_size rows, in order, around the data forever;
-    drew(batch_size, True) is called on each batch for training (for_training: a call for
+    drew(batch_size, True, batch) is called on each batch for training (for_training: a call for
     get_batch("val") is the loop's own evaluation)."""
     stream = itertools.cycle(range(len(rows)))
 
     def get_batch(*args: Any, **kwargs: Any) -> Any:
         batch = collate([rows[next(stream)] for _ in range(batch_size)])
         if drew is not None and for_training(args, kwargs):
-            drew(batch_size, True)
+            drew(batch_size, True, batch)
         return batch
 
     return get_batch
@@ -217,7 +220,7 @@ def arguments(
     num_epochs: int,
     steps: int,
     accumulation_steps: int,
-    drew: Callable[[int, bool], None] | None = None,
+    drew: Drew | None = None,
 ) -> dict[str, Any]:
     """Return the keyword arguments the loop asks for; drew(rows, batch) is called on each
     draw of a dataset's row or a get_batch() batch (a loader's are told by its collate_fn)."""

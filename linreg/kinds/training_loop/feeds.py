@@ -6,7 +6,6 @@ loop runs; the hooks fill it in (watcher.py, forwards.py)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from collections.abc import Set as AbstractSet
 from types import CodeType
 
 import torch
@@ -15,12 +14,12 @@ from torch import Tensor
 from linreg.kinds.training_loop.calls import (
     Call,
     first_input,
-    first_value,
     memory_of,
     storage_of,
     version_of,
 )
-from linreg.kinds.training_loop.ledger import Draw
+from linreg.kinds.training_loop.ledger import ANOTHER, Observed, source_of, whole_pass
+from linreg.kinds.training_loop.rows import foreign, of_the_data
 from linreg.kinds.training_loop.sites import evaluates
 
 
@@ -68,42 +67,6 @@ def within(call: Call, other: Call) -> bool:
     return first >= 0 and first + step * (u.shape[0] - 1) < v.shape[0]
 
 
-def foreign(call: Call, data: Sequence[Tensor]) -> bool:
-    """Return True if call was fed rows of the loop's own (a held-out set): more distinct rows
-    than the data the audit handed the loop holds (`data`: its example row's first tensor,
-    and its contrast row's where the run mixes them), since no transform that maps equal rows
-    to equal rows (a cast, a normalization, a reshape) makes more, and a row far from each of
-    them, since a random augmentation of the data (noise, jitter) does make more, near them.
-    Rows of another size than the data's (a crop, a resize) are none of a held-out set's."""
-    first = first_value(call)
-    if first is None or first.ndim == 0 or first.shape[0] <= len(data):
-        return False
-    rows = first.reshape(first.shape[0], -1).double()
-    if int(torch.unique(rows, dim=0).shape[0]) <= len(data):
-        return False
-    ref = [d.reshape(-1).to(rows.device, torch.float64) for d in data]
-    if any(r.numel() != rows.shape[1] for r in ref):
-        return False
-    far = 0.25 * max(float(r.abs().max()) for r in ref) + 1e-6
-    nearest = torch.stack([(rows - r).abs().amax(1) for r in ref]).amin(0)
-    return bool((nearest > far).any())
-
-
-def of_the_data(call: Call, data: Sequence[Tensor]) -> bool:
-    """Return True if every row call was fed is one of the data's rows, as they are."""
-    first = first_value(call)
-    if first is None or first.ndim == 0:
-        return False
-    rows = first.reshape(first.shape[0], -1)
-    return all(
-        any(
-            d.numel() == r.numel() and torch.equal(r, d.reshape(-1).to(r.device, r.dtype))
-            for d in data
-        )
-        for r in rows
-    )
-
-
 class Feeds:
     """What tells an update's forwards apart, kept across the run."""
 
@@ -127,19 +90,19 @@ class Feeds:
         # drawn up front for the whole run)
         self.batches: dict[int, set[int | None]] = {}
         self.groups: set[int] = set()  # the draws forwards came after (Call.drawn)
-        # where the batches a backward() reached were drawn: the passes over a DataLoader
-        # (Draw.source), None for draws outside any (get_batch(), a dataset read by index)
+        # where the batches a backward() reached came from (ledger.source_of): the passes
+        # over a DataLoader, None for rows read outside any, ANOTHER for tensors of the loop's
         self.trained_from: set[int | None] = set()
+        self.read_alone: set[int | None] = set()  # rows read outside any pass, fed untrained
 
     def consumed(
         self,
         calls: list[Call],
         last: list[Call],
-        draws: dict[int, Draw],
-        ended: AbstractSet[int],
+        seen: Observed,
     ) -> list[Call]:
         """Return the calls since the last update that it consumed (`last`: those the update
-        before consumed; draws: Observed.draws, the draws of the audit's data counted): a
+        before consumed; seen: the run's records, its draws of the audit's data counted): a
         forward in grad mode that no backward() reached fed no update where it was made in
         eval mode (a validation pass written without torch.no_grad()); in a function whose
         name says it evaluates and in which no forward a backward() reached was made
@@ -150,19 +113,22 @@ class Feeds:
         audit's data (a batch of its loader, a get_batch() call, a dataset's row) whose one
         batch a backward() reached, or before any, on another input than that batch and than
         any an update consumed before (a fixed row predicted for a log line; a batch's chunks,
-        data drawn up front, and a batch itertools.cycle replays, are the data's); or on more
-        distinct rows than the data holds (a held-out set). One on the data's rows in train
+        data drawn up front, and a batch itertools.cycle replays, are the data's); on a batch
+        of a whole pass over a DataLoader that trained nothing, or on one row read outside any
+        pass, where what trained came from a pass (a loss over the training set; a log line's
+        dataset[0]); or on more distinct rows than the data holds (a held-out set). One on
+        the data's rows in train
         mode, made where the loop trains, did (a loop that calls backward() on every k-th
         batch alone, or forgets it in a branch, throws the others away, transformed or not).
         A method's calls (Lightning's training_step, which may call backward itself) all
         count."""
         reached = [c for c in calls if id(c) in self.reached]
         applied = reached + last
+        draws = seen.draws
         self.codes.update(code for c in reached for code in c.site)
         for c in reached:
             self.batches.setdefault(c.drawn, set()).add(memory_of(c))
-            if c.drawn in draws:
-                self.trained_from.add(draws[c.drawn].source)
+            self.trained_from.add(source_of(seen, c))
         # the draws of this update a backward() reached: each at its first such forward, and
         # the rows of its largest such forward
         first_reached: dict[int, int] = {}
@@ -208,14 +174,20 @@ class Feeds:
             )
 
         def another_pass(c: Call) -> bool:
-            # drawn in a whole pass over a DataLoader no batch of which a backward() reached
-            # (a loss over the training set after the step), or read outside any pass (a log
-            # line's row, by index) where every batch that trained came from a pass; not in a
-            # pass cut short (next(iter(loader)) for each micro-batch is the data's)
-            draw = draws.get(c.drawn)
-            if draw is None or not self.trained_from or draw.source in self.trained_from:
+            # fed a batch of a whole pass over a DataLoader no batch of which a backward()
+            # reached (a loss over the training set, after the step or before it), or the one
+            # row read outside any pass the untrained forwards were fed (a log line's
+            # dataset[0]), where every batch that trained came from a pass; not a batch of a
+            # pass cut short (next(iter(loader)) for each micro-batch), rows read by index
+            # that vary (a replay's), nor where a batch that trained was one the loop made
+            source = source_of(seen, c)
+            trained = self.trained_from
+            if source == ANOTHER or not trained or ANOTHER in trained or source in trained:
                 return False
-            return draw.source is None or draw.source in ended
+            if source is None:
+                self.read_alone.add(memory_of(c))
+                return len(self.read_alone) == 1
+            return whole_pass(seen, source)
 
         def own(i: int, c: Call) -> bool:
             return (

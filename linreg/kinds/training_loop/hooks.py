@@ -6,15 +6,17 @@ lr at 0), each parameter's post-accumulate-grad hook (the gradients as backward(
 scaler's scale: "unscaled", and the scale), and the model's forward pre-hook (what each
 forward pass with grad enabled was fed). Each step's reading is taken after the step
 ("applied"), since a framework may run forward, zero_grad and backward inside
-`optimizer.step(closure)`. The rows an update consumed are the rows fed since the update
-before (which of those forwards fed it: feeds.py): prefetching and a loop's own DataLoader are
-judged by what they did. What each hook does, and the state they share: watcher.py (the
-forward hooks: forwards.py).
+`optimizer.step(closure)`. Each batch a DataLoader's pass makes is held, by its memory, with
+the pass that made it (a forward fed it came from there). The rows an update consumed are the
+rows fed since the update before (which of those forwards fed it: feeds.py): prefetching and
+a loop's own DataLoader are judged by what they did. What each hook does, and the state
+they share: watcher.py (the forward hooks: forwards.py).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,9 +28,10 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.ledger import Observed
+from linreg.kinds.training_loop.ledger import Observed, batch_made
 from linreg.kinds.training_loop.watcher import Watcher
 
 
@@ -56,7 +59,7 @@ def watching(
     call on_update after each update it records; trained: the params (by position) the
     loop's first run stepped, which an update must step to be whole; masks=False: the steps
     keep the params no optimizer stepped (seen.trained says which); data: the first tensor of
-    each distinct row of the data the loop was handed (feeds.foreign).
+    each distinct row of the data the loop was handed (rows.foreign).
 
     What each step consumed is read from what the model's forward was fed, or, for a framework
     that hands batches to a method of the model (Lightning's training_step), what that was fed.
@@ -84,11 +87,22 @@ def watching(
                 p.register_post_accumulate_grad_hook(watch.accumulated),  # type: ignore[no-untyped-call]
                 p.register_hook(functools.partial(watch.incoming, p)),  # type: ignore[no-untyped-call]
             ]
+    made = _BaseDataLoaderIter.__next__
+    thread = threading.get_ident()
+
+    def next_batch(it: _BaseDataLoaderIter) -> Any:
+        batch = made(it)
+        if threading.get_ident() == thread:  # this run's (not another thread's loader)
+            batch_made(watch.seen, it, batch)
+        return batch
+
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
+    _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign,assignment]
     try:
         yield watch.seen
     finally:
         torch.amp.GradScaler.unscale_ = original  # type: ignore[method-assign]
+        _BaseDataLoaderIter.__next__ = made  # type: ignore[method-assign]
         for handle in handles:
             handle.remove()
         watch.finish()

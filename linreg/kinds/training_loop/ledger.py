@@ -9,12 +9,12 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CodeType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from linreg.kinds.training_loop.calls import Call
+from linreg.kinds.training_loop.calls import Call, memory_of, storage_of, tensors_in
 from linreg.kinds.training_loop.sites import loader_pass, site
 
 
@@ -104,7 +104,15 @@ class Observed:
     passes: weakref.WeakKeyDictionary[object, int] = field(
         default_factory=weakref.WeakKeyDictionary
     )
+    began: int = 0  # the passes begun so far (each one's number)
     ended: set[int] = field(default_factory=set)  # the passes that drew their last batch
+    pass_rows: dict[int, int] = field(default_factory=dict)  # the rows each pass drew
+    pass_batch: dict[int, int] = field(default_factory=dict)  # each pass's batch size
+    handed: int = 0  # the rows of the data the audit handed the loop
+    # where each batch the loop was handed came from, by its memory: the pass over a
+    # DataLoader that made it, or None (a row or batch read outside any: dataset[0],
+    # get_batch()); its first tensor kept alive, so that no other batch takes that memory
+    held: dict[int, tuple[Tensor, int | None]] = field(default_factory=dict)
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)
@@ -115,21 +123,62 @@ class Observed:
         return [call for step in self.steps for call in step.calls] + self.leftover
 
 
-def drew(seen: Observed, rows: int, batch: bool = True) -> None:
+def drew(seen: Observed, rows: int, batch: bool = True, value: Any = None) -> None:
     """Note a draw of the audit's data, where the loop made it: its rows, a batch of them or
-    a dataset's row, the functions that made it and the pass over a DataLoader it was made in."""
+    a dataset's row, the functions that made it and the pass over a DataLoader it was made in
+    (value: what was drawn, held where it was read outside any pass)."""
+    source = _pass_of(seen, loader_pass())
     seen.drawn += rows
-    seen.draws[seen.drawn] = Draw(rows if batch else 0, frozenset(site()), _pass_of(seen))
+    seen.draws[seen.drawn] = Draw(rows if batch else 0, frozenset(site()), source)
+    if source is not None:
+        seen.pass_rows[source] = seen.pass_rows.get(source, 0) + rows
+    elif value is not None:
+        _hold(seen, value, None)
 
 
-def _pass_of(seen: Observed) -> int | None:
-    it = loader_pass()
+def batch_made(seen: Observed, it: object, batch: Any) -> None:
+    """Note a batch a pass over a DataLoader (it, its iterator) made, by its memory."""
+    source = _pass_of(seen, it)
+    if source is not None:
+        _hold(seen, batch, source)
+
+
+def _hold(seen: Observed, value: Any, source: int | None) -> None:
+    for t in tensors_in([value], {}):
+        memory = storage_of(t)
+        if memory is not None:
+            seen.held[memory] = (t, source)
+
+
+ANOTHER = -1  # the source of a forward fed none of the batches held (a tensor of the loop's)
+
+
+def source_of(seen: Observed, call: Call) -> int | None:
+    """Return where the batch a forward was fed came from: a pass's number, None (read outside
+    any pass), or ANOTHER (none of the batches held: one the loop made)."""
+    memory = memory_of(call)
+    held = seen.held.get(memory) if memory is not None else None
+    return ANOTHER if held is None else held[1]
+
+
+def whole_pass(seen: Observed, source: int) -> bool:
+    """Return True if a pass drew its last batch and every row of the data the audit handed
+    the loop (but those a drop_last leaves: fewer than its batch)."""
+    return source in seen.ended and seen.pass_rows.get(
+        source, 0
+    ) > seen.handed - seen.pass_batch.get(source, 1)
+
+
+def _pass_of(seen: Observed, it: object | None) -> int | None:
     if it is None:
         return None
     try:
         number = seen.passes.get(it)
         if number is None:
-            number = seen.passes[it] = len(seen.draws)  # unique: no two passes begin at a draw
+            seen.began += 1
+            number = seen.passes[it] = seen.began
+            batches = getattr(getattr(it, "_index_sampler", None), "batch_size", None)
+            seen.pass_batch[number] = batches if isinstance(batches, int) else 1
     except TypeError:  # an iterator that cannot be weakly referenced: no pass told
         return None
     with contextlib.suppress(TypeError, AttributeError):  # a loader of no length: never ends

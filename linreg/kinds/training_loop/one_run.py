@@ -81,8 +81,8 @@ def _run_at_zero_lr(
     k = count_of(c, batching)
     seen = Observed()  # watching()'s, once the run is watched (drew_rows reads the name)
 
-    def drew_rows(rows: int, batch: bool) -> None:  # a draw of the audit's dataset or get_batch
-        drew(seen, rows, batch)
+    def drew_rows(rows: int, batch: bool, value: Any) -> None:  # its dataset's or get_batch's
+        drew(seen, rows, batch, value)
 
     kwargs = contracts.arguments(
         asks,
@@ -134,6 +134,7 @@ def _run_at_zero_lr(
             warnings.simplefilter("ignore")  # the loop's warnings are not verdicts
             if short is not None:
                 short.seen = seen
+            seen.handed = batching.n
             target.fn(**kwargs)
             if short is not None:  # returned: its last pass's rows, if it trained
                 short.finish()

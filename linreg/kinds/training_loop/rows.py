@@ -1,15 +1,18 @@
 """The rows the audit hands a loop: copies of the user's example and of a contrast row whose
 gradient differs (for token labels: one that counts fewer targets), and how their labels and
-the usual loss are read.
+the usual loss are read; whether the rows a forward was fed are theirs (`of_the_data`) or a
+held-out set's (`foreign`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from linreg.kinds.training_loop.calls import Call, first_value
 
 INPUT_KEYS = ("input_ids", "x", "inputs", "input", "pixel_values", "features")
 
@@ -128,3 +131,39 @@ def loss_of(y_hat: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     if y.dtype in (torch.int64, torch.int32):
         return nn.functional.cross_entropy(y_hat, y, reduction=reduction)
     return nn.functional.mse_loss(y_hat, y, reduction=reduction)
+
+
+def foreign(call: Call, data: Sequence[Tensor]) -> bool:
+    """Return True if call was fed rows of the loop's own (a held-out set): more distinct rows
+    than the data the audit handed the loop holds (`data`: its example row's first tensor,
+    and its contrast row's where the run mixes them), since no transform that maps equal rows
+    to equal rows (a cast, a normalization, a reshape) makes more, and a row far from each of
+    them, since a random augmentation of the data (noise, jitter) does make more, near them.
+    Rows of another size than the data's (a crop, a resize) are none of a held-out set's."""
+    first = first_value(call)
+    if first is None or first.ndim == 0 or first.shape[0] <= len(data):
+        return False
+    rows = first.reshape(first.shape[0], -1).double()
+    if int(torch.unique(rows, dim=0).shape[0]) <= len(data):
+        return False
+    ref = [d.reshape(-1).to(rows.device, torch.float64) for d in data]
+    if any(r.numel() != rows.shape[1] for r in ref):
+        return False
+    far = 0.25 * max(float(r.abs().max()) for r in ref) + 1e-6
+    nearest = torch.stack([(rows - r).abs().amax(1) for r in ref]).amin(0)
+    return bool((nearest > far).any())
+
+
+def of_the_data(call: Call, data: Sequence[Tensor]) -> bool:
+    """Return True if every row call was fed is one of the data's rows, as they are."""
+    first = first_value(call)
+    if first is None or first.ndim == 0:
+        return False
+    rows = first.reshape(first.shape[0], -1)
+    return all(
+        any(
+            d.numel() == r.numel() and torch.equal(r, d.reshape(-1).to(r.device, r.dtype))
+            for d in data
+        )
+        for r in rows
+    )

@@ -163,7 +163,7 @@ class Watcher(ForwardHooks):
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed (Feeds.consumed)."""
         last = self.seen.steps[-1].calls if self.seen.steps else []
-        return self.feeds.consumed(self.calls, last, self.seen.draws, self.seen.ended)
+        return self.feeds.consumed(self.calls, last, self.seen)
 
     def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
         """Keep the gradients a loss scaler just divided by its scale, and the scale."""
