@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.optim import optimizer as optim_module
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import audit
 from linreg._plain import plain
@@ -94,6 +95,7 @@ def state() -> dict[str, Any]:
         "pre hooks": len(optim_module._global_optimizer_pre_hooks),
         "post hooks": len(optim_module._global_optimizer_post_hooks),
         "unscale_": torch.amp.GradScaler.unscale_,
+        "a DataLoader pass's __next__": _BaseDataLoaderIter.__next__,
         "torch threads": torch.get_num_threads(),
     }
 

@@ -26,6 +26,7 @@ import torch
 # warnings filter of sympy's: imported here, so that no audit's state check sees it come
 import torch._dynamo
 from torch import nn
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import audit
 from linreg.cli import main
@@ -441,6 +442,9 @@ def whole_state() -> dict[str, Any]:
             len(optim_module._global_optimizer_pre_hooks),
             len(optim_module._global_optimizer_post_hooks),
         ),
+        # what the training-loop audit patches while a loop runs
+        "GradScaler.unscale_": torch.amp.GradScaler.unscale_,
+        "a DataLoader pass's __next__": _BaseDataLoaderIter.__next__,
     }
 
 
