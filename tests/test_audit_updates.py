@@ -2164,3 +2164,36 @@ def test_batches_thrown_away_where_the_loop_draws_what_it_trains_on_still_fail(
     report = audit.training_loop(loop, **LOOP)
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
     assert "no backward() reached" in report.failures[0].message, str(report)
+
+
+class EndlessBatches(torch.utils.data.Sampler[list[int]]):
+    """A batch sampler that never ends (as detection codebases write one): its len() raises."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
+
+    def __iter__(self) -> Any:
+        g = torch.Generator().manual_seed(0)
+        while True:
+            yield torch.randperm(self.n, generator=g)[: self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        raise ValueError("an endless sampler has no length")
+
+
+def trains_on_an_endless_sampler(
+    model: nn.Module, dataset: Any, optimizer: Any, max_steps: int, batch_size: int
+) -> None:
+    """Correct: a step budget over a loader whose batch sampler never ends."""
+    loader = DataLoader(dataset, batch_sampler=EndlessBatches(len(dataset), batch_size))
+    for _, (x, y) in zip(range(max_steps), loader, strict=False):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def test_a_loader_of_no_length_is_watched_without_asking_its_length() -> None:
+    """A review: where each batch came from was read by len() of its pass at every batch,
+    which an endless batch sampler answers with a ValueError (the loop's next() raised)."""
+    report = audit.training_loop(trains_on_an_endless_sampler, **LOOP)
+    assert report.ok and not report.error, str(report)

@@ -4,7 +4,6 @@ passes that fed it (a Step; each forward pass a Call, calls.py), and the whole r
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.data.dataloader import _DatasetKind
 
 from linreg.kinds.training_loop.calls import Call, memory_of, storage_of, tensors_in
 from linreg.kinds.training_loop.sites import loader_pass, site
@@ -108,6 +108,7 @@ class Observed:
     ended: set[int] = field(default_factory=set)  # the passes that drew their last batch
     pass_rows: dict[int, int] = field(default_factory=dict)  # the rows each pass drew
     pass_batch: dict[int, int] = field(default_factory=dict)  # each pass's batch size
+    pass_length: dict[int, int | None] = field(default_factory=dict)  # its batches (None: ?)
     handed: int = 0  # the rows of the data the audit handed the loop
     # where each batch the loop was handed came from, by its memory: the pass over a
     # DataLoader that made it, or None (a row or batch read outside any: dataset[0],
@@ -138,7 +139,7 @@ def drew(seen: Observed, rows: int, batch: bool = True, value: Any = None) -> No
 
 def batch_made(seen: Observed, it: object, batch: Any) -> None:
     """Note a batch a pass over a DataLoader (it, its iterator) made, by its memory."""
-    source = _pass_of(seen, it)
+    source = _pass_of(seen, it, made=True)
     if source is not None:
         _hold(seen, batch, source)
 
@@ -169,7 +170,10 @@ def whole_pass(seen: Observed, source: int) -> bool:
     ) > seen.handed - seen.pass_batch.get(source, 1)
 
 
-def _pass_of(seen: Observed, it: object | None) -> int | None:
+def _pass_of(seen: Observed, it: object | None, made: bool = False) -> int | None:
+    """Return the number of a pass over a DataLoader (it, its iterator; None: none), noting
+    its batch size and length once, and that it ended at its last batch (made: that batch is
+    made, and counted; else it is being made)."""
     if it is None:
         return None
     try:
@@ -179,12 +183,26 @@ def _pass_of(seen: Observed, it: object | None) -> int | None:
             number = seen.passes[it] = seen.began
             batches = getattr(getattr(it, "_index_sampler", None), "batch_size", None)
             seen.pass_batch[number] = batches if isinstance(batches, int) else 1
+            seen.pass_length[number] = _length(it)
     except TypeError:  # an iterator that cannot be weakly referenced: no pass told
         return None
-    with contextlib.suppress(TypeError, AttributeError):  # a loader of no length: never ends
-        if it._num_yielded + 1 >= len(it):  # type: ignore[attr-defined, arg-type]
-            seen.ended.add(number)  # the batch being made is the pass's last
+    length = seen.pass_length.get(number)
+    yielded = getattr(it, "_num_yielded", None)
+    if length is not None and isinstance(yielded, int) and yielded + (not made) >= length:
+        seen.ended.add(number)  # its last batch
     return number
+
+
+def _length(it: object) -> int | None:
+    """Return the batches a pass over a map-style dataset makes (its index sampler's length),
+    or None: an iterable dataset's (asking would make torch warn when it yields more), or a
+    sampler of no length (an endless one raises)."""
+    if getattr(it, "_dataset_kind", None) != _DatasetKind.Map:
+        return None
+    try:
+        return len(it._index_sampler)  # type: ignore[attr-defined]
+    except Exception:
+        return None
 
 
 def one_update(seen: Observed) -> bool:
