@@ -68,10 +68,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def slow_at_5_ms(monkeypatch: pytest.MonkeyPatch) -> None:
     """A loop is slow from 4 ms an update, and no time is left past the fewest examples."""
-    from linreg.audit import runner
+    from linreg.audit import budget
     from linreg.kinds.training_loop import probe
 
-    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    monkeypatch.setattr(budget, "BUDGET", 0.0)
     monkeypatch.setattr(probe, "SLOW", 0.004)
 
 

@@ -277,13 +277,13 @@ def test_a_slow_loop_at_default_examples_runs_fewer_says_so_and_still_finds_its_
     """With no time in the budget, every property runs the fewest examples and passes over the
     rest; the report says how many, why, and that the aim was missed; the twin's mistake is
     still found."""
-    from linreg.audit import runner
+    from linreg.audit import budget
 
-    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    monkeypatch.setattr(budget, "BUDGET", 0.0)
     report = audit.training_loop(evaluates_briefly, model=net, example=SAMPLE)
     assert report.ok, str(report)
-    assert {r.examples for r in report.results} == {runner.FEWEST}
-    ran = f"properties ran {runner.FEWEST}-{runner.FEWEST} examples, the fewest each runs"
+    assert {r.examples for r in report.results} == {budget.FEWEST}
+    ran = f"properties ran {budget.FEWEST}-{budget.FEWEST} examples, the fewest each runs"
     assert ran in report.note and "past the 0 s aimed at" in report.note, report.note
     assert report.to_dict()["note"] == report.note and report.note in str(report)
 
@@ -309,12 +309,12 @@ def evaluates_at_length_nominal(
 def test_a_loop_slow_in_each_update_is_run_on_small_runs_and_its_twin_still_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from linreg.audit import runner
+    from linreg.audit import budget
     from linreg.kinds.training_loop import probe
 
     fast = audit.training_loop(evaluates_briefly, model=net, example=SAMPLE, max_examples=3)
     assert "slow" not in fast.options, str(fast)  # about 2 ms an update: not slow at 50 ms
-    monkeypatch.setattr(runner, "BUDGET", 0.0)  # the fewest examples: the test stays short
+    monkeypatch.setattr(budget, "BUDGET", 0.0)  # the fewest examples: the test stays short
     monkeypatch.setattr(probe, "SLOW", 0.004)  # slow at 5 ms an update, not 50
     report = audit.training_loop(evaluates_at_length, model=net, example=SAMPLE, max_examples=2)
     assert report.ok, str(report)
@@ -609,10 +609,10 @@ def test_micro_batch_means_added_up_are_named_once_slow_or_not(
     """A scale of every window (its short one's too) is mean-vs-sum's alone."""
     fast = audit.training_loop(adds_means, model=net, example=SAMPLE, max_examples=10, **options)
     assert [r.pitfall for r in fast.failures] == ["mean-vs-sum"], str(fast)
-    from linreg.audit import runner
+    from linreg.audit import budget
     from linreg.kinds.training_loop import probe
 
-    monkeypatch.setattr(runner, "BUDGET", 0.0)
+    monkeypatch.setattr(budget, "BUDGET", 0.0)
     monkeypatch.setattr(probe, "SLOW", 0.004)
     slow = audit.training_loop(adds_means, model=net, example=SAMPLE, **options)
     assert slow.options["slow"] is True, str(slow)

@@ -128,7 +128,7 @@ def test_each_propertys_verdict_in_an_audit_is_the_one_it_gives_run_alone(
     loop: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The properties after the first that passed check the examples Hypothesis offered it,
-    outside Hypothesis (runner.Offered), and run through Hypothesis only to shrink a failure:
+    outside Hypothesis (audit/offered.py), and run through Hypothesis only to shrink a failure:
     each verdict, its number of examples and its counterexample are those the property gives
     when it runs alone, through Hypothesis, on the same seed."""
     replayed: list[bool] = []

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import torch
@@ -33,6 +32,8 @@ except ImportError as e:  # pragma: no cover - checked in a subprocess without H
     raise ImportError(f"linreg.audit: {NEEDS_HYPOTHESIS}") from e
 
 from linreg._plain import plain
+from linreg.audit.budget import BUDGET, FEWEST, Budget
+from linreg.audit.offered import Offered
 from linreg.audit.report import Report, Result
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds import KINDS, Target, TargetError
@@ -77,12 +78,6 @@ def _one_at_a_time(fn: _F) -> _F:
 
 
 DEFAULT_EXAMPLES = 30  # per property, when max_examples is None: the ci profile's
-# At the default examples, an audit of a slow target (a loop that evaluates after every step)
-# fits its properties into about BUDGET seconds: each property runs until its share of what is
-# left is spent, never fewer than FEWEST examples (a slow target's: the few that hold what
-# every property judges, Options.first_examples), and the report says so (Budget).
-BUDGET = 6.0
-FEWEST = 8
 DERANDOMIZED = 0  # Hypothesis's seed when the audit is given none: the same examples every run
 
 
@@ -183,37 +178,6 @@ def run_property(
     if offered is not None:
         offered.keep(drawn, limit)
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
-
-
-class Offered:
-    """The examples Hypothesis offered the first property of an audit that passed, where every
-    property draws one strategy (the training-loop kind's): with the same seed and the same
-    number of examples, Hypothesis offers each of the others the same ones, in the same order,
-    while all pass. So each of the others checks them first, outside Hypothesis (whose engine
-    would cost more than the checks of runs the properties share); one that fails is run
-    through Hypothesis again, which finds it at the same place and shrinks it."""
-
-    def __init__(self) -> None:
-        self.examples: list[Any] | None = None
-        self.limit = 0
-
-    def keep(self, examples: list[Any], limit: int) -> None:
-        """Keep the examples a property that passed was offered (the first such property's)."""
-        if self.examples is None and examples:
-            self.examples, self.limit = list(examples), limit
-
-    def pass_(self, test: Callable[[Any], None], limit: int) -> bool:
-        """Return True if test passed on each example kept; False where none are kept for this
-        number of examples, or one failed (CheckFailed, LoopRaised: Hypothesis runs the
-        property then, to shrink it)."""
-        if self.examples is None or self.limit != limit:
-            return False
-        try:
-            for example in self.examples:
-                test(example)
-        except (CheckFailed, LoopRaised):
-            return False
-        return True
 
 
 def _settings(limit: int, seed: int | None, shrink: bool, explicit: bool = False) -> settings:
@@ -347,74 +311,6 @@ def _verdict(
         error = ("interrupted (Ctrl-C): the properties after this one were not run", None)
         result = Result(prop.pitfall, prop.name, "skip", "not judged: interrupted")
     return result, error
-
-
-class Budget:
-    """The time an audit's properties share at the default examples: each property runs until
-    another example, as long as the longest so far, would end past its share of what is left
-    (after FEWEST examples at least), so that a slow target
-    (a loop that evaluates after every step) ends the audit near BUDGET s; what was cut is said.
-
-    Where the properties draw one strategy (whole=True: the training-loop kind's), the first
-    makes the runs the others read, so each runs until half the time left is spent (the rest
-    for what the others add: references, a run of one epoch): an even share would cut the
-    first, which pays for all, and leave the others' unused."""
-
-    def __init__(self, properties: int, *, whole: bool = False, fewest: int = FEWEST) -> None:
-        self.left, self.spent, self.until = properties, 0.0, math.inf
-        self.longest = 0.0  # seconds: the audit's longest example so far
-        self.cut: list[int] = []
-        self.examples = 0
-        self.whole = whole
-        self.fewest = fewest  # a slow target's: its first examples (Options.first_examples)
-
-    @contextlib.contextmanager
-    def share(self) -> Iterator[Budget]:
-        """Give the next property its share of the time left, and count what it took."""
-        start = time.perf_counter()
-        left = max(BUDGET - self.spent, 0.0)
-        self.until = start + (left / 2 if self.whole else left / max(self.left, 1))
-        try:
-            yield self
-        finally:
-            self.spent += time.perf_counter() - start
-            self.left = max(self.left - 1, 0)
-
-    def over(self, examples: int) -> bool:
-        """Return True if the property has run its fewest examples and another, as long as the
-        longest example of the audit so far, would end past its share (a run the properties
-        share costs its first reader alone: a slow loop's next one may take seconds)."""
-        return examples >= self.fewest and time.perf_counter() + self.longest > self.until
-
-    def took(self, seconds: float) -> None:
-        """Count one example's time."""
-        self.longest = max(self.longest, seconds)
-
-    def ran(self, examples: int, cut: bool) -> None:
-        self.examples += examples
-        if cut:
-            self.cut.append(examples)
-
-    def note(self) -> str:
-        """Return what was cut and why, for the report ("" if nothing was)."""
-        if not self.cut:
-            return ""
-        cost = self.spent / max(self.examples, 1)
-        ran = f"{min(self.cut)}-{max(self.cut)}" if len(self.cut) > 1 else f"{self.cut[0]}"
-        which = f"{len(self.cut)} properties" if len(self.cut) > 1 else "1 property"
-        if self.spent <= BUDGET * 1.25:
-            return (
-                f"{which} ran {ran} examples and passed over the rest, to end near {BUDGET:g} "
-                f"s: the target took {cost * 1000:.0f} ms an example (max_examples= runs as "
-                "many as you ask)"
-            )
-        fewest = ", the fewest each runs," if max(self.cut) <= self.fewest else ""
-        return (  # past the aim (the fewest examples cost more): said, not hidden
-            f"{which} ran {ran} examples{fewest} and passed over the rest: the "
-            f"target took {cost * 1000:.0f} ms an example, so the properties took "
-            f"{self.spent:.0f} s, past the {BUDGET:g} s aimed at (max_examples= runs as many as "
-            "you ask)"
-        )
 
 
 @_one_at_a_time
