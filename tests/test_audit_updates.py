@@ -2088,6 +2088,35 @@ def rehearses_without_the_memory_loss(
             optimizer.step()
 
 
+class Prefetcher:
+    """Keeps the next batch of a loader fetched while the current one trains (as apex's
+    data_prefetcher does on a side stream)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.batches = iter(loader)
+        self.ahead = next(self.batches, None)
+
+    def next(self) -> Any:
+        batch, self.ahead = self.ahead, next(self.batches, None)
+        return batch
+
+
+def trains_through_a_prefetcher(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, every: int = 1
+) -> None:
+    """Correct (every=1): each batch comes from a prefetcher, which has drawn the next one
+    before the batch's forward. Twin (every=2): every other batch forwarded, never trained."""
+    for _ in range(num_epochs):
+        prefetcher, i = Prefetcher(loader), 0
+        while (batch := prefetcher.next()) is not None:
+            loss = F.cross_entropy(model(batch[0]), batch[1])
+            if i % every == 0:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            i += 1
+
+
 def trains_on_every_other_row_read_by_index(
     model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int
 ) -> None:
@@ -2127,6 +2156,7 @@ def draws_each_micro_batch_from_a_new_pass(
         logs_the_first_rows_prediction,
         measures_the_training_loss_before_each_step,
         logs_the_first_rows_prediction_first,
+        trains_through_a_prefetcher,
     ],
 )
 def test_a_pass_over_the_training_data_or_a_row_read_where_nothing_trains_feeds_no_update(
@@ -2151,6 +2181,7 @@ def test_a_pass_over_the_training_data_or_a_row_read_where_nothing_trains_feeds_
         skips_every_other_batch_after_a_loss_under_no_grad,
         logs_the_first_row_and_skips,
         rehearses_without_the_memory_loss,
+        functools.partial(trains_through_a_prefetcher, every=2),
     ],
 )
 def test_batches_thrown_away_where_the_loop_draws_what_it_trains_on_still_fail(
@@ -2160,7 +2191,9 @@ def test_batches_thrown_away_where_the_loop_draws_what_it_trains_on_still_fail(
     thrown away in the pass that trains (beside a pass of the loop's own, under no_grad or
     not, before its forward or after), a row read by index where rows read by index train,
     a batch of a pass cut short (next(iter(loader))) or of a pass over part of the data (a
-    memory's), weighs 0 in its update (a review's false passes of the rule's first form)."""
+    memory's), weighs 0 in its update (a review's false passes of the rule's first form); so
+    does a batch of the pass that trains, fetched ahead by a prefetcher and never applied
+    (a false pass that predates the rule: the forward came after the next batch's draw)."""
     report = audit.training_loop(loop, **LOOP)
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
     assert "no backward() reached" in report.failures[0].message, str(report)

@@ -157,6 +157,9 @@ class Feeds:
             # drawn up front)
             if input_key(c) in self.fed_before:
                 return False
+            source = source_of(seen, c)
+            if isinstance(source, int) and source != ANOTHER and source in self.trained_from:
+                return False  # a batch of a pass that trained, never applied (a prefetcher's)
             if c.drawn == 0:
                 return True
             batch = self.batches.get(c.drawn, set())
