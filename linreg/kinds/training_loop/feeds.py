@@ -150,15 +150,14 @@ class Feeds:
                 for code in c.site
             )
 
-        def after_a_trained_draw(i: int, c: Call) -> bool:
+        def after_a_trained_draw(i: int, c: Call, source: int | None) -> bool:
             # before any draw, or after a draw whose one batch a backward() reached, on another
             # input than that batch (its chunks are the data's) and than any an update consumed,
             # and not on the data's rows before that batch's forward (one thrown away, of data
             # drawn up front)
             if input_key(c) in self.fed_before:
                 return False
-            source = source_of(seen, c)
-            if isinstance(source, int) and source != ANOTHER and source in self.trained_from:
+            if source not in (None, ANOTHER) and source in self.trained_from:
                 return False  # a batch of a pass that trained, never applied (a prefetcher's)
             if c.drawn == 0:
                 return True
@@ -176,14 +175,13 @@ class Feeds:
                 and not (before and self.data is not None and of_the_data(c, self.data))
             )
 
-        def another_pass(c: Call) -> bool:
+        def another_pass(c: Call, source: int | None) -> bool:
             # fed a batch of a whole pass over a DataLoader no batch of which a backward()
             # reached (a loss over the training set, after the step or before it), or the one
             # row read outside any pass the untrained forwards were fed (a log line's
             # dataset[0]), where every batch that trained came from a pass; not a batch of a
             # pass cut short (next(iter(loader)) for each micro-batch), rows read by index
             # that vary (a replay's), nor where a batch that trained was one the loop made
-            source = source_of(seen, c)
             trained = self.trained_from
             if source == ANOTHER or not trained or ANOTHER in trained or source in trained:
                 return False
@@ -193,12 +191,13 @@ class Feeds:
             return whole_pass(seen, source)
 
         def own(i: int, c: Call) -> bool:
+            source = source_of(seen, c)  # where the batch it was fed came from
             return (
                 id(c) in self.unless_reached
                 or evaluation(c)
-                or another_pass(c)
+                or another_pass(c, source)
                 or any(within(c, a) for a in applied)
-                or (fetched and after_a_trained_draw(i, c))
+                or (fetched and after_a_trained_draw(i, c, source))
                 or (self.data is not None and foreign(c, self.data))
             )
 

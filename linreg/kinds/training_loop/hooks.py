@@ -91,9 +91,15 @@ def watching(
     thread = threading.get_ident()
 
     def next_batch(it: _BaseDataLoaderIter) -> Any:
-        batch = made(it)
-        if threading.get_ident() == thread:  # this run's (not another thread's loader)
-            batch_made(watch.seen, it, batch)
+        if threading.get_ident() != thread:  # another thread's loader: not this run's
+            return made(it)
+        seen = watch.seen
+        outer, seen.drawing = seen.drawing, it  # the pass the rows drawn meanwhile are of
+        try:
+            batch = made(it)
+        finally:
+            seen.drawing = outer
+        batch_made(seen, it, batch)
         return batch
 
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]

@@ -15,18 +15,16 @@ from torch import Tensor
 from torch.utils.data.dataloader import _DatasetKind
 
 from linreg.kinds.training_loop.calls import Call, memory_of, storage_of, tensors_in
-from linreg.kinds.training_loop.sites import loader_pass, site
+from linreg.kinds.training_loop.sites import site
 
 
 class Draw(NamedTuple):
     """One draw of the audit's data: the rows of the batch it drew (0: a dataset's row, drawn
-    one at a time), the functions that made it (the loop's, or an evaluation's of its own),
-    and the pass over a DataLoader it was made in (its number in the run; None: made outside
-    any, as get_batch() and a dataset read by index are)."""
+    one at a time), and the functions that made it (the loop's, or an evaluation's of its
+    own)."""
 
     rows: int
     by: frozenset[CodeType]
-    source: int | None
 
 
 @dataclass
@@ -105,6 +103,7 @@ class Observed:
         default_factory=weakref.WeakKeyDictionary
     )
     began: int = 0  # the passes begun so far (each one's number)
+    drawing: object | None = None  # the pass making its next batch now (hooks.watching)
     ended: set[int] = field(default_factory=set)  # the passes that drew their last batch
     pass_rows: dict[int, int] = field(default_factory=dict)  # the rows each pass drew
     pass_batch: dict[int, int] = field(default_factory=dict)  # each pass's batch size
@@ -128,9 +127,9 @@ def drew(seen: Observed, rows: int, batch: bool = True, value: Any = None) -> No
     """Note a draw of the audit's data, where the loop made it: its rows, a batch of them or
     a dataset's row, the functions that made it and the pass over a DataLoader it was made in
     (value: what was drawn, held where it was read outside any pass)."""
-    source = _pass_of(seen, loader_pass())
+    source = _pass_of(seen, seen.drawing)
     seen.drawn += rows
-    seen.draws[seen.drawn] = Draw(rows if batch else 0, frozenset(site()), source)
+    seen.draws[seen.drawn] = Draw(rows if batch else 0, frozenset(site()))
     if source is not None:
         seen.pass_rows[source] = seen.pass_rows.get(source, 0) + rows
     elif value is not None:

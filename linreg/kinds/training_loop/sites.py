@@ -11,7 +11,6 @@ import sys
 from types import CodeType, FrameType
 
 import torch
-from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 Site = tuple[CodeType, ...]
 
@@ -35,19 +34,6 @@ def site(most: int = 16) -> Site:
             codes.append(f.f_code)
         f = f.f_back
     return tuple(codes)
-
-
-def loader_pass() -> object | None:
-    """Return the pass over a DataLoader (its iterator, making its next batch) the call being
-    watched was made in, or None (outside any: get_batch(), a dataset read by index)."""
-    f: FrameType | None = sys._getframe(1)
-    while f is not None:
-        if f.f_code.co_name == "__next__":
-            it = f.f_locals.get("self")
-            if isinstance(it, _BaseDataLoaderIter):
-                return it
-        f = f.f_back
-    return None
 
 
 # the words of a function's name that say it evaluates (estimate_loss, validate, log_sample,
