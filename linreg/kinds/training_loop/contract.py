@@ -222,8 +222,9 @@ def arguments(
     accumulation_steps: int,
     drew: Drew | None = None,
 ) -> dict[str, Any]:
-    """Return the keyword arguments the loop asks for; drew(rows, batch) is called on each
-    draw of a dataset's row or a get_batch() batch (a loader's are told by its collate_fn)."""
+    """Return the keyword arguments the loop asks for; drew(rows, batch, value) is called on
+    each draw of a dataset's row or a get_batch() batch (a loader's are told by its
+    collate_fn)."""
     data: Any
     if contract.data == "loader":
         data = loader(rows, batch_size, drop_last)
