@@ -41,6 +41,7 @@ class Call:
     # dataset; 0: none, or none counted): the forwards after one draw and before the next
     # make that draw's group
     drawn: int = 0
+    clock: int = 0  # when it was fed, in the run's order (Observed.clock)
     # where the loop made it: the functions of its frames, as sites.site() reads them
     site: tuple[CodeType, ...] = ()
     # args and kwargs hold what it was fed as it was then (a copy: a static input buffer the

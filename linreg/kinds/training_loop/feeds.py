@@ -5,6 +5,7 @@ loop runs; the hooks fill it in (watcher.py, forwards.py)."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from types import CodeType
 
@@ -190,12 +191,41 @@ class Feeds:
                 return len(self.read_alone) == 1
             return whole_pass(seen, source)
 
+        sources = {id(c): source_of(seen, c) for c in calls}  # where each batch came from
+
+        def in_a_gap(c: Call, source: int | None) -> bool:
+            # fed a batch of a pass that trained nothing, whose draws and the forwards this
+            # update fed its batches all came between two events of the passes that trained
+            # (their draws and ends, the forwards of their batches a backward() reached), of
+            # one pass or after the end of one: an evaluation on a few batches after a step, at
+            # the top of the body or after an epoch; not a loader zipped with the one that
+            # trains (their draws interleave), nor a pass per micro-batch (none ended)
+            if source is None or source == ANOTHER or source in self.trained_from:
+                return False
+            mine = seen.pass_events.get(source)
+            if not mine:
+                return False
+            first = mine[0]
+            last = max([mine[-1]] + [d.clock for d in calls if sources[id(d)] == source])
+            events = sorted(
+                (clock, other)
+                for other in self.trained_from - {None, ANOTHER}
+                for clock in seen.pass_events.get(other or 0, [])
+                + [d.clock for d in reached if sources[id(d)] == other]
+            )
+            at = bisect.bisect_left(events, (first, 0))
+            if not 0 < at < len(events) or events[at][0] <= last:
+                return False
+            (before, one), (_, other) = events[at - 1], events[at]
+            return one == other or before in seen.ends
+
         def own(i: int, c: Call) -> bool:
-            source = source_of(seen, c)  # where the batch it was fed came from
+            source = sources[id(c)]
             return (
                 id(c) in self.unless_reached
                 or evaluation(c)
                 or another_pass(c, source)
+                or in_a_gap(c, source)
                 or any(within(c, a) for a in applied)
                 or (fetched and after_a_trained_draw(i, c, source))
                 or (self.data is not None and foreign(c, self.data))

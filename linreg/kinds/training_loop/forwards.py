@@ -69,6 +69,7 @@ class ForwardHooks:
             same_batch(c, batch[0]) for c in (self.seen.steps[-1].calls if self.seen.steps else ())
         )
         rows = batch[0].shape[0]
+        self.seen.clock += 1
         self.calls.append(
             Call(
                 copied(args),
@@ -78,6 +79,7 @@ class ForwardHooks:
                 self.replayable,
                 autocast=autocast_now(),
                 drawn=self.seen.drawn,
+                clock=self.seen.clock,
                 site=site(),
                 first=batch[0].detach(),
                 version=version_of(batch[0]),

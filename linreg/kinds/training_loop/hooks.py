@@ -31,7 +31,7 @@ from torch.optim.optimizer import (
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.ledger import Observed, batch_made
+from linreg.kinds.training_loop.ledger import Observed, batch_made, pass_ended
 from linreg.kinds.training_loop.watcher import Watcher
 
 
@@ -97,6 +97,9 @@ def watching(
         outer, seen.drawing = seen.drawing, it  # the pass the rows drawn meanwhile are of
         try:
             batch = made(it)
+        except StopIteration:
+            pass_ended(seen, it)
+            raise
         finally:
             seen.drawing = outer
         batch_made(seen, it, batch)

@@ -109,6 +109,11 @@ class Observed:
     pass_batch: dict[int, int] = field(default_factory=dict)  # each pass's batch size
     pass_length: dict[int, int | None] = field(default_factory=dict)  # its batches (None: ?)
     handed: int = 0  # the rows of the data the audit handed the loop
+    # the order of what the loop did, counted: each batch a pass made, each pass's end and each
+    # forward recorded (Call.clock) move it on by one; each pass's events, by their counts
+    clock: int = 0
+    pass_events: dict[int, list[int]] = field(default_factory=dict)
+    ends: set[int] = field(default_factory=set)  # the events that were a pass's end
     # where each batch the loop was handed came from, by its memory: the pass over a
     # DataLoader that made it, or None (a row or batch read outside any: dataset[0],
     # get_batch()); its first tensor kept alive, so that no other batch takes that memory
@@ -141,6 +146,23 @@ def batch_made(seen: Observed, it: object, batch: Any) -> None:
     source = _pass_of(seen, it, made=True)
     if source is not None:
         _hold(seen, batch, source)
+        _event(seen, source)
+
+
+def pass_ended(seen: Observed, it: object) -> None:
+    """Note that a pass over a DataLoader (it, its iterator) found no batch left."""
+    try:
+        source = seen.passes.get(it)
+    except TypeError:  # an iterator that cannot be weakly referenced: no pass told
+        return
+    if source is not None:
+        _event(seen, source)
+        seen.ends.add(seen.clock)
+
+
+def _event(seen: Observed, source: int) -> None:
+    seen.clock += 1
+    seen.pass_events.setdefault(source, []).append(seen.clock)
 
 
 def _hold(seen: Observed, value: Any, source: int | None) -> None:

@@ -1,0 +1,217 @@
+"""A pass cut short that trained nothing, between two events of the pass that trains, is the
+loop's own: an evaluation on a few batches after each step or at the top of the body, or
+`next(iter(loader))` for an accuracy line. Its forwards, grad on and in train mode, were
+micro-batches thrown away (false alarms that predate the ledger). What still fails: a batch
+thrown away in the pass that trains, a memory's batch fetched after the batch's forward, a
+pass per micro-batch."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+from linreg import audit
+
+
+def model() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def sample() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1)
+
+
+LOOP = {"model": model, "example": sample, "max_examples": 15}
+
+
+def estimates_the_loss_on_two_batches_after_each_step(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int, every: int = 1
+) -> None:
+    """Correct (every=1): after each step, the loss on the first two batches of a shuffled
+    evaluation loader over the training set (a `break`), inline, grad on, train mode. Twin
+    (every=2): every other training batch forwarded and thrown away."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    estimate = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y)
+            if i % every:
+                continue
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses = []
+            for j, (xe, ye) in enumerate(estimate):
+                if j == 2:
+                    break
+                losses.append(F.cross_entropy(model(xe), ye).item())
+            print(f"step {i}: {sum(losses) / len(losses):.3f}", end="\r")
+
+
+def prints_the_accuracy_on_a_first_batch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Correct: after each step, the accuracy on `next(iter(loader))` of the loader it
+    trains on (a second pass, cut short at its first batch), grad on, train mode."""
+    for epoch in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            xs, ys = next(iter(loader))
+            accuracy = (model(xs).argmax(-1) == ys).float().mean()
+            print(f"epoch {epoch}: accuracy {accuracy.item():.2f}", end="\r")
+
+
+def logs_a_few_batches_loss_first(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: at the top of each step's body, between the batch's draw and its forward,
+    the summed loss on two batches of an evaluation loader (itertools.islice)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    estimate = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            before = sum(
+                F.cross_entropy(model(xe), ye, reduction="sum").item()
+                for xe, ye in itertools.islice(estimate, 2)
+            )
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            print(before, end="\r")
+
+
+def recalls_a_memory_batch_and_drops_its_loss(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: after each batch's forward, a rehearsal batch from a fresh pass over a memory
+    of the first two rows, whose loss is printed and never added to the batch's."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    memory = DataLoader(Subset(dataset, range(min(2, len(dataset)))), batch_size=2, shuffle=True)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            mx, my = next(iter(memory))
+            print(F.cross_entropy(model(mx), my).item(), end="\r")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        estimates_the_loss_on_two_batches_after_each_step,
+        prints_the_accuracy_on_a_first_batch,
+        logs_a_few_batches_loss_first,
+    ],
+)
+def test_a_pass_cut_short_between_the_training_passs_events_feeds_no_update(
+    loop: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok and not report.error, str(report)
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        functools.partial(estimates_the_loss_on_two_batches_after_each_step, every=2),
+        recalls_a_memory_batch_and_drops_its_loss,
+    ],
+)
+def test_a_batch_thrown_away_beside_a_pass_cut_short_still_fails(
+    loop: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The training pass's own batch thrown away, and a memory's batch drawn after the
+    batch's forward (inside the update the training batch opened), weigh 0 in their update."""
+    report = audit.training_loop(loop, **LOOP)
+    assert [f.pitfall for f in report.failures] == ["micro-batch-accumulation"], str(report)
+    assert "no backward() reached" in report.failures[0].message, str(report)
+
+
+def updates_of(loop: Any) -> list[list[int]]:
+    """Return the rows of the forwards each update of loop(model, loader, optimizer) consumed
+    (watched directly: 6 distinct rows in batches of 2, 2 epochs, lr 0.1)."""
+    from linreg.kinds.training_loop.hooks import watching
+
+    torch.manual_seed(0)
+    net = model()
+    data = torch.utils.data.TensorDataset(torch.randn(6, 3), torch.tensor([0, 1] * 3))
+    loader = DataLoader(data, batch_size=2, shuffle=True)
+    with watching(net) as seen:
+        loop(net, loader, torch.optim.SGD(net.parameters(), lr=0.1))
+    return [step.sizes for step in seen.steps]
+
+
+def evaluates_after_each_epoch(model: nn.Module, loader: Any, optimizer: Any) -> None:
+    for _ in range(2):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        x, y = next(iter(loader))
+        print(F.cross_entropy(model(x), y).item(), end="\r")
+
+
+def evaluates_after_each_epochs_last_step(model: nn.Module, loader: Any, optimizer: Any) -> None:
+    for _ in range(2):
+        for i, (x, y) in enumerate(loader):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            if i == len(loader) - 1:
+                xe, ye = next(iter(loader))
+                print(F.cross_entropy(model(xe), ye).item(), end="\r")
+
+
+def takes_each_micro_batch_from_a_new_pass(model: nn.Module, loader: Any, optimizer: Any) -> None:
+    for _ in range(3):
+        optimizer.zero_grad()
+        for micro in range(2):
+            x, y = next(iter(loader))
+            loss = F.cross_entropy(model(x), y)
+            if micro:
+                loss.backward()
+        optimizer.step()
+
+
+def zips_a_second_pass_forwarded_first(model: nn.Module, loader: Any, optimizer: Any) -> None:
+    for (x, y), (x2, y2) in zip(loader, loader, strict=True):
+        dropped = F.cross_entropy(model(x2), y2)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        print(dropped.item(), end="\r")
+
+
+@pytest.mark.parametrize(
+    "loop", [evaluates_after_each_epoch, evaluates_after_each_epochs_last_step]
+)
+def test_an_evaluation_cut_short_after_an_epoch_feeds_the_next_update_nothing(
+    loop: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An evaluation on a pass cut short after an epoch (its pass ended) or at its last step
+    (before it ended) feeds the next epoch's first update nothing: each update consumed its
+    batch alone."""
+    assert updates_of(loop) == [[2]] * 6
+
+
+def test_a_pass_per_micro_batch_and_a_zipped_pass_still_feed_their_updates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A pass per micro-batch (none ended) feeds each update both micro-batches; a second pass
+    zipped with the first feeds the update where its draws interleave the first's: the rows
+    of a batch thrown away weigh 0 there. (The zipped pass's first batch, drawn between the
+    first batch's draw and its forward, reads as an evaluation's; its last, of a whole pass
+    that trained nothing, as a loss over the training set's: the README says so.)"""
+    assert updates_of(takes_each_micro_batch_from_a_new_pass) == [[2, 2]] * 3
+    assert updates_of(zips_a_second_pass_forwarded_first)[1] == [2, 2]
