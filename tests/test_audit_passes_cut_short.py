@@ -1,9 +1,10 @@
-"""A pass cut short that trained nothing, between two events of the pass that trains, is the
-loop's own: an evaluation on a few batches after each step or at the top of the body, or
-`next(iter(loader))` for an accuracy line. Its forwards, grad on and in train mode, were
-micro-batches thrown away (false alarms that predate the ledger). What still fails: a batch
-thrown away in the pass that trains, a memory's batch fetched after the batch's forward, a
-pass per micro-batch."""
+"""A batch of a pass that trained nothing, made and fed between two events of the passes that
+train, is the loop's own: an evaluation on a few batches after each step, at the top of the
+body or after an epoch, a validation iterator kept across steps, `next(iter(loader))` for an
+accuracy line. Its forwards, grad on and in train mode, were micro-batches thrown away (false
+alarms that predate the ledger). What still fails: a batch thrown away in the pass that
+trains, a memory's batch fetched after the batch's forward, a pass per micro-batch, a loader
+zipped with the one that trains whose batch is fed after the first's."""
 
 from __future__ import annotations
 
@@ -106,9 +107,89 @@ def recalls_a_memory_batch_and_drops_its_loss(
             optimizer.step()
 
 
+def checks_a_validation_batch_after_each_step(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: after each step, the loss on the next batch of a validation iterator kept
+    across steps (begun again when used up), grad on, train mode: its pass's draws come
+    between the training pass's, each after a step."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    validation = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    batches = iter(validation)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            try:
+                xv, yv = next(batches)
+            except StopIteration:
+                batches = iter(validation)
+                xv, yv = next(batches)
+            print(F.cross_entropy(model(xv), yv).item(), end="\r")
+
+
+def zips_two_loaders_and_drops_the_second_loss(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: two shuffled loaders over the data, zipped; the second batch's loss is printed
+    and never added to the first's."""
+    first = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    second = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for (x, y), (x2, y2) in zip(first, second, strict=True):
+            loss = F.cross_entropy(model(x), y)
+            dropped = F.cross_entropy(model(x2), y2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            print(loss.item(), dropped.item(), end="\r")
+
+
+def rehearses_a_memory_and_logs_its_loss(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: a memory of the first two rows, its iterator kept across steps (begun again when
+    used up) and drawn at the top of the body; its batch's loss, computed after the batch's,
+    is printed and never added to it."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    memory = DataLoader(Subset(dataset, range(min(2, len(dataset)))), batch_size=2, shuffle=True)
+    recalled = iter(memory)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            try:
+                mx, my = next(recalled)
+            except StopIteration:
+                recalled = iter(memory)
+                mx, my = next(recalled)
+            loss = F.cross_entropy(model(x), y)
+            print(F.cross_entropy(model(mx), my).item(), end="\r")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def zips_with_a_listed_second_loader_and_drops_it(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: a second shuffled loader listed up front each epoch (a whole pass before any
+    step), zipped with the first; its batch's loss is left out of backward()."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        second = list(DataLoader(dataset, batch_size=batch_size, shuffle=True))
+        for (x, y), (x2, y2) in zip(loader, second, strict=True):
+            loss = F.cross_entropy(model(x), y)
+            dropped = F.cross_entropy(model(x2), y2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            print(dropped.item(), end="\r")
+
+
 @pytest.mark.parametrize(
     "loop",
     [
+        checks_a_validation_batch_after_each_step,
         estimates_the_loss_on_two_batches_after_each_step,
         prints_the_accuracy_on_a_first_batch,
         logs_a_few_batches_loss_first,
@@ -126,13 +207,18 @@ def test_a_pass_cut_short_between_the_training_passs_events_feeds_no_update(
     [
         functools.partial(estimates_the_loss_on_two_batches_after_each_step, every=2),
         recalls_a_memory_batch_and_drops_its_loss,
+        zips_two_loaders_and_drops_the_second_loss,
+        rehearses_a_memory_and_logs_its_loss,
+        zips_with_a_listed_second_loader_and_drops_it,
     ],
 )
 def test_a_batch_thrown_away_beside_a_pass_cut_short_still_fails(
     loop: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The training pass's own batch thrown away, and a memory's batch drawn after the
-    batch's forward (inside the update the training batch opened), weigh 0 in their update."""
+    """The training pass's own batch thrown away, a memory's batch drawn after the batch's
+    forward or fed after it, and a zipped loader's batch fed after the batch's (inside the
+    update the training batch opened; the second loader listed up front or not), weigh 0 in
+    their update."""
     report = audit.training_loop(loop, **LOOP)
     assert [f.pitfall for f in report.failures] == ["micro-batch-accumulation"], str(report)
     assert "no backward() reached" in report.failures[0].message, str(report)
@@ -184,11 +270,12 @@ def takes_each_micro_batch_from_a_new_pass(model: nn.Module, loader: Any, optimi
         optimizer.step()
 
 
-def zips_a_second_pass_forwarded_first(model: nn.Module, loader: Any, optimizer: Any) -> None:
+def zips_a_second_pass_and_drops_its_loss(model: nn.Module, loader: Any, optimizer: Any) -> None:
     for (x, y), (x2, y2) in zip(loader, loader, strict=True):
+        loss = F.cross_entropy(model(x), y)
         dropped = F.cross_entropy(model(x2), y2)
         optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        loss.backward()
         optimizer.step()
         print(dropped.item(), end="\r")
 
@@ -208,10 +295,9 @@ def test_an_evaluation_cut_short_after_an_epoch_feeds_the_next_update_nothing(
 def test_a_pass_per_micro_batch_and_a_zipped_pass_still_feed_their_updates(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A pass per micro-batch (none ended) feeds each update both micro-batches; a second pass
-    zipped with the first feeds the update where its draws interleave the first's: the rows
-    of a batch thrown away weigh 0 there. (The zipped pass's first batch, drawn between the
-    first batch's draw and its forward, reads as an evaluation's; its last, of a whole pass
-    that trained nothing, as a loss over the training set's: the README says so.)"""
+    """A pass per micro-batch (none ended) feeds each update both micro-batches; so does a
+    second pass zipped with the first, whose batch is fed after the first's (a window open),
+    its last batch too (its pass is whole, but its draws interleave the first's): the rows of
+    a batch thrown away weigh 0 there."""
     assert updates_of(takes_each_micro_batch_from_a_new_pass) == [[2, 2]] * 3
-    assert updates_of(zips_a_second_pass_forwarded_first)[1] == [2, 2]
+    assert updates_of(zips_a_second_pass_and_drops_its_loss) == [[2, 2]] * 3

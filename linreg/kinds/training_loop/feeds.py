@@ -6,6 +6,7 @@ loop runs; the hooks fill it in (watcher.py, forwards.py)."""
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Sequence
 from types import CodeType
 
@@ -19,7 +20,7 @@ from linreg.kinds.training_loop.calls import (
     storage_of,
     version_of,
 )
-from linreg.kinds.training_loop.ledger import ANOTHER, Observed, source_of, whole_pass
+from linreg.kinds.training_loop.ledger import ANOTHER, Observed, made_at, source_of, whole_pass
 from linreg.kinds.training_loop.rows import foreign, of_the_data
 from linreg.kinds.training_loop.sites import evaluates
 
@@ -113,14 +114,18 @@ class Feeds:
         update or the last consumed (a peek at X[:1]'s prediction); after a draw of the
         audit's data (a batch of its loader, a get_batch() call, a dataset's row) whose one
         batch a backward() reached, or before any, on another input than that batch and than
-        any an update consumed before (a fixed row predicted for a log line; a batch's chunks,
-        data drawn up front, and a batch itertools.cycle replays, are the data's); on a batch
-        of a whole pass over a DataLoader that trained nothing, or on one row read outside any
-        pass, where what trained came from a pass (a loss over the training set; a log line's
-        dataset[0]); or on more distinct rows than the data holds (a held-out set). One on
-        the data's rows in train
-        mode, made where the loop trains, did (a loop that calls backward() on every k-th
-        batch alone, or forgets it in a branch, throws the others away, transformed or not).
+        any an update consumed before, unless it is a batch of another pass fed after a batch
+        that trained (a fixed row predicted for a log line; a batch's chunks, data drawn up
+        front, a batch itertools.cycle replays, and a zipped loader's batch, are the data's);
+        on a batch of a whole pass over a DataLoader that trained nothing, whose draws came
+        between those of the passes that trained, or on one row read outside any pass, where
+        what trained came from a pass (a loss over the training set; a log line's dataset[0]);
+        on a batch of a pass that trained nothing, made and fed between two events of the
+        passes that trained, of one pass or after the end of one (an evaluation that breaks
+        after a few batches; a validation iterator kept across steps); or on more distinct
+        rows than the data holds (a held-out set). One on the data's rows in train mode, made
+        where the loop trains, did (a loop that calls backward() on every k-th batch alone,
+        or forgets it in a branch, throws the others away, transformed or not).
         A method's calls (Lightning's training_step, which may call backward itself) all
         count."""
         reached = [c for c in calls if id(c) in self.reached]
@@ -139,6 +144,7 @@ class Feeds:
                 first_reached.setdefault(c.drawn, i)
                 trained_rows[c.drawn] = max(trained_rows.get(c.drawn, 0), c.rows)
         fetched = bool(draws)
+        opened = min(first_reached.values(), default=len(calls))  # the first trained forward
         self.groups.update(c.drawn for c in calls)
 
         def evaluation(c: Call) -> bool:
@@ -160,6 +166,8 @@ class Feeds:
                 return False
             if source not in (None, ANOTHER) and source in self.trained_from:
                 return False  # a batch of a pass that trained, never applied (a prefetcher's)
+            if source not in (None, ANOTHER) and i > opened:
+                return False  # of another pass, fed after a batch that trained (zipped)
             if c.drawn == 0:
                 return True
             batch = self.batches.get(c.drawn, set())
@@ -176,12 +184,36 @@ class Feeds:
                 and not (before and self.data is not None and of_the_data(c, self.data))
             )
 
+        sources = {id(c): source_of(seen, c) for c in calls}  # where each batch came from
+
+        @functools.cache
+        def trained_events() -> list[tuple[int, int]]:
+            # the events of the passes that trained, by their clocks: their draws and ends,
+            # and the forwards of their batches a backward() reached in this update
+            return sorted(
+                (clock, other)
+                for other in self.trained_from
+                if other is not None and other != ANOTHER
+                for clock in seen.pass_events.get(other, [])
+                + [d.clock for d in reached if sources[id(d)] == other]
+            )
+
+        def interleaved(source: int) -> bool:
+            # an event of a pass that trained came among a pass's own (from its first draw to
+            # the last forward this update fed it)
+            mine = seen.pass_events.get(source, [0])
+            last = max([mine[-1]] + [d.clock for d in calls if sources[id(d)] == source])
+            events = trained_events()
+            at = bisect.bisect_left(events, (mine[0], 0))
+            return at < len(events) and events[at][0] < last
+
         def another_pass(c: Call, source: int | None) -> bool:
             # fed a batch of a whole pass over a DataLoader no batch of which a backward()
-            # reached (a loss over the training set, after the step or before it), or the one
-            # row read outside any pass the untrained forwards were fed (a log line's
-            # dataset[0]), where every batch that trained came from a pass; not a batch of a
-            # pass cut short (next(iter(loader)) for each micro-batch), rows read by index
+            # reached, no event of a pass that trained among its own (a loss over the training
+            # set, after the step or before it; not a loader zipped with the one that trains),
+            # or the one row read outside any pass the untrained forwards were fed (a log
+            # line's dataset[0]), where every batch that trained came from a pass; not a batch
+            # of a pass cut short (next(iter(loader)) for each micro-batch), rows read by index
             # that vary (a replay's), nor where a batch that trained was one the loop made
             trained = self.trained_from
             if source == ANOTHER or not trained or ANOTHER in trained or source in trained:
@@ -189,32 +221,22 @@ class Feeds:
             if source is None:
                 self.read_alone.add(memory_of(c))
                 return len(self.read_alone) == 1
-            return whole_pass(seen, source)
-
-        sources = {id(c): source_of(seen, c) for c in calls}  # where each batch came from
+            return whole_pass(seen, source) and not interleaved(source)
 
         def in_a_gap(c: Call, source: int | None) -> bool:
-            # fed a batch of a pass that trained nothing, whose draws and the forwards this
-            # update fed its batches all came between two events of the passes that trained
-            # (their draws and ends, the forwards of their batches a backward() reached), of
-            # one pass or after the end of one: an evaluation on a few batches after a step, at
-            # the top of the body or after an epoch; not a loader zipped with the one that
-            # trains (their draws interleave), nor a pass per micro-batch (none ended)
+            # fed a batch of a pass that trained nothing, that batch made and this forward fed
+            # it between two events of the passes that trained (their draws and ends, the
+            # forwards of their batches a backward() reached), of one pass or after the end of
+            # one: an evaluation on a few batches, or a validation batch of an iterator kept
+            # across steps, after a step, at the top of the body or after an epoch; not a
+            # loader zipped with the one that trains, fed after its batch (a window open), a
+            # memory's batch fed after the batch's forward, nor a pass per micro-batch (none
+            # ended)
             if source is None or source == ANOTHER or source in self.trained_from:
                 return False
-            mine = seen.pass_events.get(source)
-            if not mine:
-                return False
-            first = mine[0]
-            last = max([mine[-1]] + [d.clock for d in calls if sources[id(d)] == source])
-            events = sorted(
-                (clock, other)
-                for other in self.trained_from - {None, ANOTHER}
-                for clock in seen.pass_events.get(other or 0, [])
-                + [d.clock for d in reached if sources[id(d)] == other]
-            )
-            at = bisect.bisect_left(events, (first, 0))
-            if not 0 < at < len(events) or events[at][0] <= last:
+            events = trained_events()
+            at = bisect.bisect_left(events, (made_at(seen, c), 0))
+            if not 0 < at < len(events) or events[at][0] <= c.clock:
                 return False
             (before, one), (_, other) = events[at - 1], events[at]
             return one == other or before in seen.ends

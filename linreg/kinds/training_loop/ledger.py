@@ -116,8 +116,9 @@ class Observed:
     ends: set[int] = field(default_factory=set)  # the events that were a pass's end
     # where each batch the loop was handed came from, by its memory: the pass over a
     # DataLoader that made it, or None (a row or batch read outside any: dataset[0],
-    # get_batch()); its first tensor kept alive, so that no other batch takes that memory
-    held: dict[int, tuple[Tensor, int | None]] = field(default_factory=dict)
+    # get_batch()), and when a pass made it (its clock; 0 outside any); its first tensor
+    # kept alive, so that no other batch takes that memory
+    held: dict[int, tuple[Tensor, int | None, int]] = field(default_factory=dict)
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)
@@ -145,8 +146,8 @@ def batch_made(seen: Observed, it: object, batch: Any) -> None:
     """Note a batch a pass over a DataLoader (it, its iterator) made, by its memory."""
     source = _pass_of(seen, it, made=True)
     if source is not None:
-        _hold(seen, batch, source)
         _event(seen, source)
+        _hold(seen, batch, source, seen.clock)
 
 
 def pass_ended(seen: Observed, it: object) -> None:
@@ -165,11 +166,11 @@ def _event(seen: Observed, source: int) -> None:
     seen.pass_events.setdefault(source, []).append(seen.clock)
 
 
-def _hold(seen: Observed, value: Any, source: int | None) -> None:
+def _hold(seen: Observed, value: Any, source: int | None, clock: int = 0) -> None:
     for t in tensors_in([value], {}):
         memory = storage_of(t)
         if memory is not None:
-            seen.held[memory] = (t, source)
+            seen.held[memory] = (t, source, clock)
 
 
 ANOTHER = -1  # the source of a forward fed none of the batches held (a tensor of the loop's)
@@ -181,6 +182,14 @@ def source_of(seen: Observed, call: Call) -> int | None:
     memory = memory_of(call)
     held = seen.held.get(memory) if memory is not None else None
     return ANOTHER if held is None else held[1]
+
+
+def made_at(seen: Observed, call: Call) -> int:
+    """Return when the pass that made the batch a forward was fed made it (its clock; 0: no
+    pass made it)."""
+    memory = memory_of(call)
+    held = seen.held.get(memory) if memory is not None else None
+    return 0 if held is None else held[2]
 
 
 def whole_pass(seen: Observed, source: int) -> bool:
