@@ -224,22 +224,24 @@ def test_a_batch_thrown_away_beside_a_pass_cut_short_still_fails(
     assert "no backward() reached" in report.failures[0].message, str(report)
 
 
-def updates_of(loop: Any) -> list[list[int]]:
-    """Return the rows of the forwards each update of loop(model, loader, optimizer) consumed
-    (watched directly: 6 distinct rows in batches of 2, 2 epochs, lr 0.1)."""
+def updates_of(loop: Any, num_epochs: int) -> list[list[int]]:
+    """Return the rows of the forwards each update of loop(model, dataset, optimizer,
+    num_epochs, batch_size=2) consumed, watched directly (6 distinct rows, lr 0.1)."""
     from linreg.kinds.training_loop.hooks import watching
 
     torch.manual_seed(0)
     net = model()
     data = torch.utils.data.TensorDataset(torch.randn(6, 3), torch.tensor([0, 1] * 3))
-    loader = DataLoader(data, batch_size=2, shuffle=True)
     with watching(net) as seen:
-        loop(net, loader, torch.optim.SGD(net.parameters(), lr=0.1))
+        loop(net, data, torch.optim.SGD(net.parameters(), lr=0.1), num_epochs, 2)
     return [step.sizes for step in seen.steps]
 
 
-def evaluates_after_each_epoch(model: nn.Module, loader: Any, optimizer: Any) -> None:
-    for _ in range(2):
+def evaluates_after_each_epoch(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
         for x, y in loader:
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
@@ -248,8 +250,11 @@ def evaluates_after_each_epoch(model: nn.Module, loader: Any, optimizer: Any) ->
         print(F.cross_entropy(model(x), y).item(), end="\r")
 
 
-def evaluates_after_each_epochs_last_step(model: nn.Module, loader: Any, optimizer: Any) -> None:
-    for _ in range(2):
+def evaluates_after_each_epochs_last_step(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
         for i, (x, y) in enumerate(loader):
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
@@ -259,8 +264,11 @@ def evaluates_after_each_epochs_last_step(model: nn.Module, loader: Any, optimiz
                 print(F.cross_entropy(model(xe), ye).item(), end="\r")
 
 
-def takes_each_micro_batch_from_a_new_pass(model: nn.Module, loader: Any, optimizer: Any) -> None:
-    for _ in range(3):
+def takes_each_micro_batch_from_a_new_pass(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(3 * num_epochs):
         optimizer.zero_grad()
         for micro in range(2):
             x, y = next(iter(loader))
@@ -268,16 +276,6 @@ def takes_each_micro_batch_from_a_new_pass(model: nn.Module, loader: Any, optimi
             if micro:
                 loss.backward()
         optimizer.step()
-
-
-def zips_a_second_pass_and_drops_its_loss(model: nn.Module, loader: Any, optimizer: Any) -> None:
-    for (x, y), (x2, y2) in zip(loader, loader, strict=True):
-        loss = F.cross_entropy(model(x), y)
-        dropped = F.cross_entropy(model(x2), y2)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        print(dropped.item(), end="\r")
 
 
 @pytest.mark.parametrize(
@@ -289,7 +287,7 @@ def test_an_evaluation_cut_short_after_an_epoch_feeds_the_next_update_nothing(
     """An evaluation on a pass cut short after an epoch (its pass ended) or at its last step
     (before it ended) feeds the next epoch's first update nothing: each update consumed its
     batch alone."""
-    assert updates_of(loop) == [[2]] * 6
+    assert updates_of(loop, 2) == [[2]] * 6
 
 
 def test_a_pass_per_micro_batch_and_a_zipped_pass_still_feed_their_updates(
@@ -299,5 +297,5 @@ def test_a_pass_per_micro_batch_and_a_zipped_pass_still_feed_their_updates(
     second pass zipped with the first, whose batch is fed after the first's (a window open),
     its last batch too (its pass is whole, but its draws interleave the first's): the rows of
     a batch thrown away weigh 0 there."""
-    assert updates_of(takes_each_micro_batch_from_a_new_pass) == [[2, 2]] * 3
-    assert updates_of(zips_a_second_pass_and_drops_its_loss) == [[2, 2]] * 3
+    assert updates_of(takes_each_micro_batch_from_a_new_pass, 1) == [[2, 2]] * 3
+    assert updates_of(zips_two_loaders_and_drops_the_second_loss, 1) == [[2, 2]] * 3
