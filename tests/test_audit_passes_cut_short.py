@@ -1,10 +1,12 @@
-"""A batch of a pass that trained nothing, made and fed between two events of the passes that
-train, is the loop's own: an evaluation on a few batches after each step, at the top of the
-body or after an epoch, a validation iterator kept across steps, `next(iter(loader))` for an
-accuracy line. Its forwards, grad on and in train mode, were micro-batches thrown away (false
-alarms that predate the ledger). What still fails: a batch thrown away in the pass that
-trains, a memory's batch fetched after the batch's forward, a pass per micro-batch, a loader
-zipped with the one that trains whose batch is fed after the first's."""
+"""A batch of a pass that trained nothing, made and fed with no event of the passes that train
+between, within the life of one or after its end, or after an update's last backward() and
+before its step, is the loop's own: an evaluation on a few batches after each step, at the top
+of the body, after an epoch or before the step, a validation iterator kept across steps,
+`next(iter(loader))` for an accuracy line, beside one loader that trains or two. Its
+forwards, grad on and in train mode, were micro-batches thrown away (false alarms that predate
+the ledger). What still fails: a batch thrown away in the pass that trains, a memory's batch
+fetched after the batch's forward, a pass per micro-batch, a loader zipped with the one that
+trains whose batch is fed after the first's."""
 
 from __future__ import annotations
 
@@ -146,6 +148,64 @@ def zips_two_loaders_and_drops_the_second_loss(
             print(loss.item(), dropped.item(), end="\r")
 
 
+def checks_the_validation_loss_before_stepping(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: on every other step, after backward() and before optimizer.step(), the loss
+    on the first batch of a validation loader (for a plateau check), grad on, train mode."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    validation = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            if i % 2 == 0:
+                xv, yv = next(iter(validation))
+                print(F.cross_entropy(model(xv), yv).item(), end="\r")
+            optimizer.step()
+
+
+def trains_on_two_zipped_loaders_and_evaluates(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: two shuffled loaders zipped, both batches' rows in one mean; after each step,
+    the loss on the first batch of a third loader (a `break`), grad on, train mode."""
+    first = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    second = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    estimate = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for (x, y), (x2, y2) in zip(first, second, strict=True):
+            total = F.cross_entropy(model(x), y, reduction="sum")
+            total = total + F.cross_entropy(model(x2), y2, reduction="sum")
+            optimizer.zero_grad()
+            (total / (len(y) + len(y2))).backward()
+            optimizer.step()
+            for xe, ye in estimate:
+                print(F.cross_entropy(model(xe), ye).item(), end="\r")
+                break
+
+
+def rehearses_each_step_and_evaluates(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: after each batch's forward, a rehearsal batch from a fresh pass over a memory
+    of the first rows, both batches' rows in one mean; after each step, the loss on the first
+    batch of an evaluation loader, grad on, train mode."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    memory = DataLoader(Subset(dataset, range(min(4, len(dataset)))), batch_size=2, shuffle=True)
+    estimate = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            total = F.cross_entropy(model(x), y, reduction="sum")
+            mx, my = next(iter(memory))
+            total = total + F.cross_entropy(model(mx), my, reduction="sum")
+            optimizer.zero_grad()
+            (total / (len(y) + len(my))).backward()
+            optimizer.step()
+            xe, ye = next(iter(estimate))
+            print(F.cross_entropy(model(xe), ye).item(), end="\r")
+
+
 def rehearses_a_memory_and_logs_its_loss(
     model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
 ) -> None:
@@ -190,6 +250,9 @@ def zips_with_a_listed_second_loader_and_drops_it(
     "loop",
     [
         checks_a_validation_batch_after_each_step,
+        checks_the_validation_loss_before_stepping,
+        trains_on_two_zipped_loaders_and_evaluates,
+        rehearses_each_step_and_evaluates,
         estimates_the_loss_on_two_batches_after_each_step,
         prints_the_accuracy_on_a_first_batch,
         logs_a_few_batches_loss_first,
@@ -233,6 +296,7 @@ def updates_of(loop: Any, num_epochs: int) -> list[list[int]]:
     net = model()
     data = torch.utils.data.TensorDataset(torch.randn(6, 3), torch.tensor([0, 1] * 3))
     with watching(net) as seen:
+        seen.handed = len(data)  # as the audit counts the rows it hands a loop
         loop(net, data, torch.optim.SGD(net.parameters(), lr=0.1), num_epochs, 2)
     return [step.sizes for step in seen.steps]
 
@@ -295,7 +359,9 @@ def test_a_pass_per_micro_batch_and_a_zipped_pass_still_feed_their_updates(
 ) -> None:
     """A pass per micro-batch (none ended) feeds each update both micro-batches; so does a
     second pass zipped with the first, whose batch is fed after the first's (a window open),
-    its last batch too (its pass is whole, but its draws interleave the first's): the rows of
-    a batch thrown away weigh 0 there."""
+    its last batch too (its pass is whole, but its draws interleave the first's), and a
+    memory's batch drawn after the batch's forward, before this update's backward() (the
+    last update's came before it): the rows of a batch thrown away weigh 0 there."""
     assert updates_of(takes_each_micro_batch_from_a_new_pass, 1) == [[2, 2]] * 3
     assert updates_of(zips_two_loaders_and_drops_the_second_loss, 1) == [[2, 2]] * 3
+    assert updates_of(recalls_a_memory_batch_and_drops_its_loss, 1) == [[2, 2]] * 3

@@ -120,10 +120,11 @@ class Feeds:
         on a batch of a whole pass over a DataLoader that trained nothing, whose draws came
         between those of the passes that trained, or on one row read outside any pass, where
         what trained came from a pass (a loss over the training set; a log line's dataset[0]);
-        on a batch of a pass that trained nothing, made and fed between two events of the
-        passes that trained, of one pass or after the end of one (an evaluation that breaks
-        after a few batches; a validation iterator kept across steps); or on more distinct
-        rows than the data holds (a held-out set). One on the data's rows in train mode, made
+        on a batch of a pass that trained nothing, made and fed with no event of the passes
+        that trained between, within the life of one or after its end, or made after this
+        update's last backward() (an evaluation that breaks after a few batches, after the
+        step or before it; a validation iterator kept across steps); or on more distinct rows
+        than the data holds (a held-out set). One on the data's rows in train mode, made
         where the loop trains, did (a loop that calls backward() on every k-th batch alone,
         or forgets it in a branch, throws the others away, transformed or not).
         A method's calls (Lightning's training_step, which may call backward itself) all
@@ -225,21 +226,27 @@ class Feeds:
 
         def in_a_gap(c: Call, source: int | None) -> bool:
             # fed a batch of a pass that trained nothing, that batch made and this forward fed
-            # it between two events of the passes that trained (their draws and ends, the
-            # forwards of their batches a backward() reached), of one pass or after the end of
-            # one: an evaluation on a few batches, or a validation batch of an iterator kept
-            # across steps, after a step, at the top of the body or after an epoch; not a
-            # loader zipped with the one that trains, fed after its batch (a window open), a
-            # memory's batch fed after the batch's forward, nor a pass per micro-batch (none
-            # ended)
+            # it with no event of the passes that trained between (their draws and ends, the
+            # forwards of their batches a backward() reached), after the end of one or within
+            # the life of one (events of it before and after): an evaluation on a few batches,
+            # or a validation batch of an iterator kept across steps, after a step, at the top
+            # of the body or after an epoch; or made after this update's last backward(),
+            # before its step (an evaluation there). Not a loader zipped with the one that
+            # trains, fed after its batch, a memory's batch fed after the batch's forward and
+            # before its backward(), nor a pass per micro-batch (each drawn once, none ended)
             if source is None or source == ANOTHER or source in self.trained_from:
                 return False
+            made = made_at(seen, c)
+            if reached and made > seen.backward_at:  # after this update's last backward()
+                return True
             events = trained_events()
-            at = bisect.bisect_left(events, (made_at(seen, c), 0))
+            at = bisect.bisect_left(events, (made, 0))
             if not 0 < at < len(events) or events[at][0] <= c.clock:
                 return False
-            (before, one), (_, other) = events[at - 1], events[at]
-            return one == other or before in seen.ends
+            if events[at - 1][0] in seen.ends:
+                return True
+            alive = {other for _, other in events[:at]}  # passes with events before it
+            return any(other in alive for _, other in events[at:])
 
         def own(i: int, c: Call) -> bool:
             source = sources[id(c)]

@@ -114,6 +114,7 @@ class Observed:
     clock: int = 0
     pass_events: dict[int, list[int]] = field(default_factory=dict)
     ends: set[int] = field(default_factory=set)  # the events that were a pass's end
+    backward_at: int = 0  # the event that was the latest backward() (its gradients' arrival)
     # where each batch the loop was handed came from, by its memory: the pass over a
     # DataLoader that made it, or None (a row or batch read outside any: dataset[0],
     # get_batch()), and when a pass made it (its clock; 0 outside any); its first tensor

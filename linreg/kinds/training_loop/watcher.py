@@ -150,8 +150,12 @@ class Watcher(ForwardHooks):
         self.unscaled = {}
 
     def incoming(self, p: Tensor, grad: Tensor) -> None:
-        """Keep what a param's .grad holds as the update's first gradient reaches it."""
+        """Keep what a param's .grad holds as the update's first gradient reaches it; count a
+        backward() among the run's events, once however many params it reaches."""
         del grad
+        if self.seen.backward_at != self.seen.clock:
+            self.seen.clock += 1
+            self.seen.backward_at = self.seen.clock
         if id(p) not in self.carried:
             self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
 
