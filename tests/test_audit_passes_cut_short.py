@@ -1,12 +1,13 @@
 """A batch of a pass that trained nothing, made and fed with no event of the passes that train
-between, within the life of one or after its end, or after an update's last backward() and
-before its step, is the loop's own: an evaluation on a few batches after each step, at the top
-of the body, after an epoch or before the step, a validation iterator kept across steps,
-`next(iter(loader))` for an accuracy line, beside one loader that trains or two. Its
-forwards, grad on and in train mode, were micro-batches thrown away (false alarms that predate
-the ledger). What still fails: a batch thrown away in the pass that trains, a memory's batch
-fetched after the batch's forward, a pass per micro-batch, a loader zipped with the one that
-trains whose batch is fed after the first's."""
+between, within the life of one or after its end, or fed after an update's last backward()
+and before its step from another loader, is the loop's own: an evaluation on a few batches
+after each step, at the top of the body, after an epoch or before the step, a fixed batch, a
+validation iterator kept across steps, `next(iter(loader))` for an accuracy line, beside one
+loader that trains or two. Its forwards, grad on and in train mode, were micro-batches thrown
+away (false alarms that predate the ledger). What still fails: a batch thrown away in the
+pass that trains, a memory's batch fetched after the batch's forward, a pass per micro-batch
+(its last forgotten after the window's last backward() or not), a loader zipped with the one
+that trains whose batch is fed after the first's."""
 
 from __future__ import annotations
 
@@ -165,6 +166,22 @@ def checks_the_validation_loss_before_stepping(
             optimizer.step()
 
 
+def scores_a_fixed_batch_before_stepping(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Correct: one evaluation batch drawn before training, scored at every step after
+    backward() and the clipping, before optimizer.step(), grad on, train mode."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    xe, ye = next(iter(DataLoader(dataset, batch_size=batch_size, shuffle=True)))
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+            print(F.cross_entropy(model(xe), ye).item(), end="\r")
+            optimizer.step()
+
+
 def trains_on_two_zipped_loaders_and_evaluates(
     model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
 ) -> None:
@@ -204,6 +221,23 @@ def rehearses_each_step_and_evaluates(
             optimizer.step()
             xe, ye = next(iter(estimate))
             print(F.cross_entropy(model(xe), ye).item(), end="\r")
+
+
+def forgets_the_last_micro_batchs_backward(
+    model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+) -> None:
+    """Twin: three micro-batches a step, each next(iter(loader)) of a shuffled loader (a new
+    pass), backward() on all but the last, which is forwarded after the window's last
+    backward() and thrown away."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    for _ in range(num_epochs * len(loader)):
+        optimizer.zero_grad()
+        for micro in range(3):
+            x, y = next(iter(loader))
+            loss = F.cross_entropy(model(x), y) / 3
+            if micro < 2:
+                loss.backward()
+        optimizer.step()
 
 
 def rehearses_a_memory_and_logs_its_loss(
@@ -251,6 +285,7 @@ def zips_with_a_listed_second_loader_and_drops_it(
     [
         checks_a_validation_batch_after_each_step,
         checks_the_validation_loss_before_stepping,
+        scores_a_fixed_batch_before_stepping,
         trains_on_two_zipped_loaders_and_evaluates,
         rehearses_each_step_and_evaluates,
         estimates_the_loss_on_two_batches_after_each_step,
@@ -273,15 +308,16 @@ def test_a_pass_cut_short_between_the_training_passs_events_feeds_no_update(
         zips_two_loaders_and_drops_the_second_loss,
         rehearses_a_memory_and_logs_its_loss,
         zips_with_a_listed_second_loader_and_drops_it,
+        forgets_the_last_micro_batchs_backward,
     ],
 )
 def test_a_batch_thrown_away_beside_a_pass_cut_short_still_fails(
     loop: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The training pass's own batch thrown away, a memory's batch drawn after the batch's
-    forward or fed after it, and a zipped loader's batch fed after the batch's (inside the
-    update the training batch opened; the second loader listed up front or not), weigh 0 in
-    their update."""
+    forward or fed after it, a zipped loader's batch fed after the batch's (inside the update
+    the training batch opened; the second loader listed up front or not), and a micro-batch of
+    the loader that trains fed after the window's last backward(), weigh 0 in their update."""
     report = audit.training_loop(loop, **LOOP)
     assert [f.pitfall for f in report.failures] == ["micro-batch-accumulation"], str(report)
     assert "no backward() reached" in report.failures[0].message, str(report)

@@ -121,13 +121,13 @@ class Feeds:
         between those of the passes that trained, or on one row read outside any pass, where
         what trained came from a pass (a loss over the training set; a log line's dataset[0]);
         on a batch of a pass that trained nothing, made and fed with no event of the passes
-        that trained between, within the life of one or after its end, or made after this
-        update's last backward() (an evaluation that breaks after a few batches, after the
-        step or before it; a validation iterator kept across steps); or on more distinct rows
-        than the data holds (a held-out set). One on the data's rows in train mode, made
-        where the loop trains, did (a loop that calls backward() on every k-th batch alone,
-        or forgets it in a branch, throws the others away, transformed or not).
-        A method's calls (Lightning's training_step, which may call backward itself) all
+        that trained between, within the life of one or after its end, or fed after this
+        update's last backward() from another DataLoader (an evaluation that breaks after a
+        few batches, after the step or before it; a validation iterator kept across steps);
+        or on more distinct rows than the data holds (a held-out set). One on the data's rows
+        in train mode, made where the loop trains, did (a loop that calls backward() on every
+        k-th batch alone, or forgets it in a branch, throws the others away, transformed or
+        not). A method's calls (Lightning's training_step, which may call backward itself) all
         count."""
         reached = [c for c in calls if id(c) in self.reached]
         applied = reached + last
@@ -224,21 +224,30 @@ class Feeds:
                 return len(self.read_alone) == 1
             return whole_pass(seen, source) and not interleaved(source)
 
+        def same_loader(source: int) -> bool:
+            # a pass over the DataLoader a batch this update trained on came from
+            sampler = seen.pass_sampler.get(source)
+            return sampler is not None and any(
+                seen.pass_sampler.get(sources[id(d)] or 0) is sampler for d in reached
+            )
+
         def in_a_gap(c: Call, source: int | None) -> bool:
             # fed a batch of a pass that trained nothing, that batch made and this forward fed
             # it with no event of the passes that trained between (their draws and ends, the
             # forwards of their batches a backward() reached), after the end of one or within
             # the life of one (events of it before and after): an evaluation on a few batches,
             # or a validation batch of an iterator kept across steps, after a step, at the top
-            # of the body or after an epoch; or made after this update's last backward(),
-            # before its step (an evaluation there). Not a loader zipped with the one that
-            # trains, fed after its batch, a memory's batch fed after the batch's forward and
-            # before its backward(), nor a pass per micro-batch (each drawn once, none ended)
+            # of the body or after an epoch; or fed after this update's last backward() and
+            # before its step, from another DataLoader than this update trained on (an
+            # evaluation there, on a batch drawn then or before). Not a loader zipped with the
+            # one that trains, fed after its batch, a memory's batch fed after the batch's
+            # forward and before its backward(), nor a pass per micro-batch (each drawn once,
+            # none ended; its last forgotten after the window's last backward())
             if source is None or source == ANOTHER or source in self.trained_from:
                 return False
+            if reached and c.clock > seen.backward_at and not same_loader(source):
+                return True  # fed after this update's last backward(), of another loader
             made = made_at(seen, c)
-            if reached and made > seen.backward_at:  # after this update's last backward()
-                return True
             events = trained_events()
             at = bisect.bisect_left(events, (made, 0))
             if not 0 < at < len(events) or events[at][0] <= c.clock:

@@ -108,6 +108,8 @@ class Observed:
     pass_rows: dict[int, int] = field(default_factory=dict)  # the rows each pass drew
     pass_batch: dict[int, int] = field(default_factory=dict)  # each pass's batch size
     pass_length: dict[int, int | None] = field(default_factory=dict)  # its batches (None: ?)
+    # the sampler each pass drew its indices from: one DataLoader's passes share it
+    pass_sampler: dict[int, object] = field(default_factory=dict)
     handed: int = 0  # the rows of the data the audit handed the loop
     # the order of what the loop did, counted: each batch a pass made, each pass's end and each
     # forward recorded (Call.clock) move it on by one; each pass's events, by their counts
@@ -215,6 +217,7 @@ def _pass_of(seen: Observed, it: object | None, made: bool = False) -> int | Non
             batches = getattr(getattr(it, "_index_sampler", None), "batch_size", None)
             seen.pass_batch[number] = batches if isinstance(batches, int) else 1
             seen.pass_length[number] = _length(it)
+            seen.pass_sampler[number] = getattr(it, "_index_sampler", None)
     except TypeError:  # an iterator that cannot be weakly referenced: no pass told
         return None
     length = seen.pass_length.get(number)
