@@ -252,7 +252,7 @@ class Feeds:
             at = bisect.bisect_left(events, (made, 0))
             if not 0 < at < len(events) or events[at][0] <= c.clock:
                 return False
-            if events[at - 1][0] in seen.ends:
+            if events[at - 1][0] in seen.pass_ends:
                 return True
             alive = {other for _, other in events[:at]}  # passes with events before it
             return any(other in alive for _, other in events[at:])

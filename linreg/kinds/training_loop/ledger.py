@@ -111,11 +111,12 @@ class Observed:
     # the sampler each pass drew its indices from: one DataLoader's passes share it
     pass_sampler: dict[int, object] = field(default_factory=dict)
     handed: int = 0  # the rows of the data the audit handed the loop
-    # the order of what the loop did, counted: each batch a pass made, each pass's end and each
-    # forward recorded (Call.clock) move it on by one; each pass's events, by their counts
+    # the order of what the loop did, counted: each batch a pass made, each pass's end, each
+    # forward recorded (Call.clock) and each backward() move it on by one; each pass's
+    # events (its batches and its end), by their counts
     clock: int = 0
     pass_events: dict[int, list[int]] = field(default_factory=dict)
-    ends: set[int] = field(default_factory=set)  # the events that were a pass's end
+    pass_ends: set[int] = field(default_factory=set)  # the events that were a pass's end
     backward_at: int = 0  # the event that was the latest backward() (its gradients' arrival)
     # where each batch the loop was handed came from, by its memory: the pass over a
     # DataLoader that made it, or None (a row or batch read outside any: dataset[0],
@@ -161,7 +162,7 @@ def pass_ended(seen: Observed, it: object) -> None:
         return
     if source is not None:
         _event(seen, source)
-        seen.ends.add(seen.clock)
+        seen.pass_ends.add(seen.clock)
 
 
 def _event(seen: Observed, source: int) -> None:
@@ -179,19 +180,23 @@ def _hold(seen: Observed, value: Any, source: int | None, clock: int = 0) -> Non
 ANOTHER = -1  # the source of a forward fed none of the batches held (a tensor of the loop's)
 
 
+def _held_of(seen: Observed, call: Call) -> tuple[Tensor, int | None, int] | None:
+    """Return what is held of the batch a forward was fed (None: none of the batches held)."""
+    memory = memory_of(call)
+    return seen.held.get(memory) if memory is not None else None
+
+
 def source_of(seen: Observed, call: Call) -> int | None:
     """Return where the batch a forward was fed came from: a pass's number, None (read outside
     any pass), or ANOTHER (none of the batches held: one the loop made)."""
-    memory = memory_of(call)
-    held = seen.held.get(memory) if memory is not None else None
+    held = _held_of(seen, call)
     return ANOTHER if held is None else held[1]
 
 
 def made_at(seen: Observed, call: Call) -> int:
     """Return when the pass that made the batch a forward was fed made it (its clock; 0: no
     pass made it)."""
-    memory = memory_of(call)
-    held = seen.held.get(memory) if memory is not None else None
+    held = _held_of(seen, call)
     return 0 if held is None else held[2]
 
 
@@ -214,10 +219,10 @@ def _pass_of(seen: Observed, it: object | None, made: bool = False) -> int | Non
         if number is None:
             seen.began += 1
             number = seen.passes[it] = seen.began
-            batches = getattr(getattr(it, "_index_sampler", None), "batch_size", None)
+            sampler = seen.pass_sampler[number] = getattr(it, "_index_sampler", None)
+            batches = getattr(sampler, "batch_size", None)
             seen.pass_batch[number] = batches if isinstance(batches, int) else 1
             seen.pass_length[number] = _length(it)
-            seen.pass_sampler[number] = getattr(it, "_index_sampler", None)
     except TypeError:  # an iterator that cannot be weakly referenced: no pass told
         return None
     length = seen.pass_length.get(number)
