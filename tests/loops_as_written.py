@@ -793,3 +793,57 @@ def validated_train(
 def validated_train_nominal(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
     """Twin: each batch's summed loss over the nominal batch_size."""
     validated_train(model, loader, optimizer, num_epochs, nominal=True)
+
+
+# --- 17. a fine-tuning recipe that scales .grad itself before each step (torchtune's shape) -----
+
+
+def scale_grads(model: nn.Module, scaler: Tensor | float) -> None:
+    """Multiplies every gradient the model holds by scaler, in place."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(scaler)
+
+
+def recipe_train(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+    rescale: bool = True,
+) -> None:
+    """Pops the labels, weighs each micro-batch's mean token loss by its targets, then scales
+    the window's gradients by 1 / its targets and clips their norm before the step (the
+    division is in .grad, not in the loss); the epoch's last, partial window is stepped too."""
+    model.train()
+    for _ in range(num_epochs):
+        num_tokens = torch.tensor(0)
+        for idx, batch in enumerate(train_dataloader):
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            targets = labels[..., 1:]
+            current = (targets != -100).sum()
+            num_tokens += current
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100
+            )
+            (loss * current).backward()
+            if (idx + 1) % gradient_accumulation_steps == 0 or idx + 1 == len(train_dataloader):
+                if rescale:
+                    scale_grads(model, 1 / num_tokens)
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                num_tokens = torch.tensor(0)
+
+
+def recipe_train_unscaled(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+) -> None:
+    """Twin: the scaling dropped, so each step applies the window's summed token loss."""
+    recipe_train(model, train_dataloader, optimizer, num_epochs, gradient_accumulation_steps, False)

@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import clip_grad
 from torch.optim import optimizer as optim_module
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
@@ -96,6 +97,7 @@ def state() -> dict[str, Any]:
         "post hooks": len(optim_module._global_optimizer_post_hooks),
         "unscale_": torch.amp.GradScaler.unscale_,
         "a DataLoader pass's __next__": _BaseDataLoaderIter.__next__,
+        "what torch's clipping groups grads with": clip_grad._group_tensors_by_device_and_dtype,
         "torch threads": torch.get_num_threads(),
     }
 

@@ -26,6 +26,7 @@ import torch
 # warnings filter of sympy's: imported here, so that no audit's state check sees it come
 import torch._dynamo
 from torch import nn
+from torch.nn.utils import clip_grad
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import audit
@@ -445,6 +446,7 @@ def whole_state() -> dict[str, Any]:
         # what the training-loop audit patches while a loop runs
         "GradScaler.unscale_": torch.amp.GradScaler.unscale_,
         "a DataLoader pass's __next__": _BaseDataLoaderIter.__next__,
+        "what torch's clipping groups grads with": clip_grad._group_tensors_by_device_and_dtype,
     }
 
 

@@ -76,6 +76,12 @@ CASES: list[tuple[Any, Any, str, dict[str, Any]]] = [
     (L.probe_train, L.probe_train_zeroed_once, "grad-zeroing", IMAGE),
     (L.amp_train, L.amp_train_nominal, "short-last-batch", IMAGE),
     (L.validated_train, L.validated_train_nominal, "short-last-batch", IMAGE),
+    (
+        L.recipe_train,
+        L.recipe_train_unscaled,
+        "mean-vs-sum",
+        {"model": L.LogitsOnlyLM, "example": L.token_example},
+    ),
 ]
 
 

@@ -294,6 +294,87 @@ def test_the_last_window_is_measured_directly_to_be_left_unapplied() -> None:
     assert counts[True] == (9, 5, 0)
 
 
+# --- a window divided in .grad, in place, by every row it fed -----------------------------------
+
+
+def train_rehearsing(
+    model: nn.Module,
+    dataset: Any,
+    optimizer: Any,
+    num_epochs: int,
+    batch_size: int,
+    accumulation_steps: int,
+    nominal: bool = False,
+) -> None:
+    """Each batch's summed loss and a rehearsal batch's, backward() apart; the window's .grad
+    divided in place by the rows it fed, both sources counted, before the step (nominal=True:
+    by the rows a full window holds, 2 * batch_size * accumulation_steps)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    memory = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    recalled = iter(memory)
+    for _ in range(num_epochs):
+        rows = 0
+        for i, (x, y) in enumerate(loader, 1):
+            F.cross_entropy(model(x), y, reduction="sum").backward()
+            try:
+                xm, ym = next(recalled)
+            except StopIteration:
+                recalled = iter(memory)
+                xm, ym = next(recalled)
+            F.cross_entropy(model(xm), ym, reduction="sum").backward()
+            rows += len(y) + len(ym)
+            if i % accumulation_steps == 0 or i == len(loader):
+                divisor = 2 * batch_size * accumulation_steps if nominal else rows
+                for p in model.parameters():
+                    p.grad /= divisor
+                optimizer.step()
+                optimizer.zero_grad()
+                rows = 0
+
+
+def test_a_window_divided_in_grad_by_the_rows_of_both_its_sources_passes() -> None:
+    # the division is in .grad, after backward(): the one-row runs that confirm the loss read
+    # the gradient as the step used it, not as backward() left it (twice the row's, 2 sources)
+    report = audit.training_loop(train_rehearsing, **LOOP)
+    assert report.ok, report.describe(only_failures=True)
+
+
+def logs_the_norm_then_divides_and_clips(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> list[float]:
+    """Summed losses; at each window's end the gradient norm is logged as backward() left it,
+    then .grad is divided by the window's rows and clipped at a norm most windows exceed."""
+    norms, rows = [], 0
+    params = list(model.parameters())
+    for _ in range(num_epochs):
+        for i, (X, y) in enumerate(loader, 1):
+            F.cross_entropy(model(X), y, reduction="sum").backward()
+            rows += len(y)
+            if i % accumulation_steps == 0 or i == len(loader):
+                norms.append(float(nn.utils.get_total_norm([p.grad for p in params])))
+                torch._foreach_div_([p.grad for p in params], rows)
+                nn.utils.clip_grad_norm_(params, max_norm=0.05)
+                optimizer.step()
+                optimizer.zero_grad()
+                rows = 0
+    return norms
+
+
+def test_a_norm_logged_before_the_division_is_not_the_gradient_the_clip_found() -> None:
+    # torch's clipping is called twice: the log reads the summed gradient, the clip the mean
+    report = audit.training_loop(logs_the_norm_then_divides_and_clips, **LOOP)
+    assert report.ok, report.describe(only_failures=True)
+
+
+def test_its_twin_with_a_nominal_divisor_fails_on_the_ratio_it_applied() -> None:
+    # a short window divided by a full one's rows applies less than its mean: the ratio named
+    # is what the step applied, not what backward() left (which the division is no clip of)
+    twin = functools.partial(train_rehearsing, nominal=True)
+    report = audit.training_loop(twin, **LOOP)
+    assert "short-last-batch" in [r.pitfall for r in report.failures], str(report)
+    assert "before clipping" not in str(report), str(report)
+
+
 # --- two mistakes in one loop: each named ------------------------------------------------------
 
 

@@ -110,7 +110,7 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
         summed = (
             summed_means(step, run.ref) if run.ref is not None and len(step.calls) > 1 else None
         )
-        reading = step.unscaled if v.clipped else step.applied
+        reading = v.reading
         if reading is not None and v.carried and step.carried is not None:
             reading = reading - step.carried  # its own part: what it found is grad-zeroing's
         return summed is not None and close(reading, summed, run.tol, run.scale * len(step.calls))

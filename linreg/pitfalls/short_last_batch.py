@@ -154,7 +154,7 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         step = steps[j]
         means = summed_means(step, run.ref) if run.ref is not None and k > 1 else None
         if means is not None and by is None and len(step.sizes) < k:
-            reading = step.unscaled if v.clipped else step.applied
+            reading = v.reading
             if close(reading, means / k, run.tol, run.scale):
                 over_k.add(j)
                 return False

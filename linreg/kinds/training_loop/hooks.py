@@ -3,7 +3,8 @@ step hooks (any optimizer over the model's parameters; the pre-hook holds every 
 lr at 0), each parameter's post-accumulate-grad hook (the gradients as backward() left them:
 "raw") and gradient hook (what .grad held when an update's first backward() reached it:
 "carried", the trace of a missing zero_grad), `GradScaler.unscale_` (divided by the loss
-scaler's scale: "unscaled", and the scale), and the model's forward pre-hook (what each
+scaler's scale: "unscaled", and the scale), torch's clipping (the gradients as a clip first
+found them, after what the loop did to .grad itself), and the model's forward pre-hook (what each
 forward pass with grad enabled was fed). Each step's reading is taken after the step
 ("applied"), since a framework may run forward, zero_grad and backward inside
 `optimizer.step(closure)`. Each batch a DataLoader's pass makes is held, by its memory, with
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import clip_grad
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -89,6 +91,14 @@ def watching(
             ]
     made = _BaseDataLoaderIter.__next__
     thread = threading.get_ident()
+    # every clip of torch.nn.utils (by norm, by value, the norm alone) groups the grads through
+    # this module global first, whatever name the loop imported the clip under
+    grouped = clip_grad._group_tensors_by_device_and_dtype  # type: ignore[attr-defined]
+
+    def group(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() == thread:
+            watch.clipping()
+        return grouped(*args, **kwargs)
 
     def next_batch(it: _BaseDataLoaderIter) -> Any:
         if threading.get_ident() != thread:  # another thread's loader: not this run's
@@ -107,11 +117,13 @@ def watching(
 
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
     _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign,assignment]
+    clip_grad._group_tensors_by_device_and_dtype = group  # type: ignore[attr-defined]
     try:
         yield watch.seen
     finally:
         torch.amp.GradScaler.unscale_ = original  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = made  # type: ignore[method-assign]
+        clip_grad._group_tensors_by_device_and_dtype = grouped  # type: ignore[attr-defined]
         for handle in handles:
             handle.remove()
         watch.finish()

@@ -29,6 +29,7 @@ class Judged:
     own: float | None = None  # what it applied beyond what it found in .grad, as a multiple
     carried: bool = False  # it found a gradient in .grad: the loop did not zero it
     tol: float = NAMED  # the relative tolerance it was judged at: its ratio is named at that
+    reading: Tensor | None = None  # the gradient its ratio reads: as applied, or before a clip
 
 
 def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
@@ -51,15 +52,17 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
     what backward() left over the scale: the step is right if either is right and what it
     applied is a clipping of it."""
     if close(step.applied, want, tol, scale):
-        return Judged(True, 1.0, False, tol=tol)
-    candidates = [g for g in (step.unscaled, step.before_clipping) if g is not None]
+        return Judged(True, 1.0, False, tol=tol, reading=step.applied)
     clipped = [
         g
-        for g in candidates
+        for g in step.unclipped
         if not close(step.applied, g, tol, scale) and clipping(step.applied, g, tol)
     ]
-    if any(close(g, want, tol, scale) for g in clipped):
-        return Judged(True, 1.0, True, tol=tol)
+    right = [g for g in clipped if close(g, want, tol, scale)]
+    if right:
+        return Judged(True, 1.0, True, tol=tol, reading=right[0])
+    if not step.clip_found and factor(step.applied, want, tol) is not None:
+        clipped = []  # no clip of torch's ran: a multiple is the loop's own division of .grad
     reading = clipped[0] if clipped else step.applied
     # what .grad held as the step's first backward() began, as the gradient hook saw it: on
     # identical rows a sum of two means reads as a step plus the one before, so staleness is
@@ -75,6 +78,7 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
         own=own,
         carried=bool(found is not None),
         tol=tol,
+        reading=reading,
     )
 
 
@@ -120,8 +124,7 @@ def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: flo
     """Return the mistake's name if the step applied the mean of its micro-batches' means (read
     before clipping where judge found the step clipped)."""
     summed = summed_means(step, ref) if len(step.calls) > 1 else None
-    reading = step.unscaled if v.clipped else step.applied
-    if summed is None or not close(reading, summed / len(step.calls), tol, scale):
+    if summed is None or not close(v.reading, summed / len(step.calls), tol, scale):
         return ""
     if ref.weights is not None:
         counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys) for call in step.calls]

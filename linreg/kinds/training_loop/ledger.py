@@ -41,6 +41,9 @@ class Step:
     # the calls (by position) whose output no backward() reached: their rows, counted in the
     # step's, weigh nothing in what it applied
     unreached: tuple[int, ...] = ()
+    # the gradients as each call of torch.nn.utils' clipping in the update found them (after
+    # any division of .grad the loop made itself; a norm logged first, then the clip), in turn
+    clip_found: tuple[Tensor, ...] = ()
 
     def keep(self, mask: Tensor) -> None:
         """Keep the gradients of the params mask holds (1.0) alone, the others read as 0."""
@@ -48,6 +51,7 @@ class Step:
             None if g is None else g * mask
             for g in (self.applied, self.raw, self.unscaled, self.carried)
         )
+        self.clip_found = tuple(g * mask for g in self.clip_found)
 
     @property
     def before_clipping(self) -> Tensor | None:
@@ -57,6 +61,14 @@ class Step:
         if self.scale is None or self.raw is None:
             return self.unscaled
         return self.raw / self.scale
+
+    @property
+    def unclipped(self) -> list[Tensor]:
+        """Return what the step's gradient may have been before a clip: as torch's clipping
+        found it (its last call first), as the loss scaler unscaled it, as backward() left it
+        over the scale."""
+        later = [g for g in (self.unscaled, self.before_clipping) if g is not None]
+        return [*reversed(self.clip_found), *later]
 
     @property
     def rows(self) -> int:

@@ -200,8 +200,12 @@ def _confirmed(
             )
         per = step.rows if reduced(target) == "sum" else 1
         # as the loss scaler unscaled it, or, where something changed the still-scaled
-        # gradient before unscale_ (a clip), as backward() left it over the scale
+        # gradient before unscale_ (a clip), as backward() left it over the scale, or as
+        # clipping found it and the step used it: a loop that scales .grad itself before
+        # its step (torchtune's scale_grads by 1 / the window's tokens) divides there, not in
+        # its loss
         readings = [g / per for g in (step.unscaled, step.before_clipping) if g is not None]
+        readings += [g / per for g in (*step.clip_found, step.applied) if g is not None]
         call = with_held_labels(target, model, step.calls[:1])[0]
         own[call.row_keys[0]] = readings[0]
         tol = max(tol, tolerance(model, step.calls))

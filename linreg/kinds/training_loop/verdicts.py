@@ -140,7 +140,7 @@ def compare(
         relative_to = f" times the first full step's {by:.4g}" if by is not None and by > 0 else ""
         weights = None  # a stale step's gradient holds the step before's rows too
         if not v.stale:
-            reading = step.unscaled if v.clipped else step.applied
+            reading = v.reading
             weights = weights_of(step, ref, reduced(target) == "sum", reading)
         measured = {
             "ratios": [None if u is None else u.ratio for u in verdicts],

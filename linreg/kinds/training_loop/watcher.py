@@ -63,6 +63,7 @@ class Watcher(ForwardHooks):
         self.carried: dict[int, Tensor | None] = {}  # its grad as the update's first began
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
         self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
+        self.clip_found: list[Tensor] = []  # the grads as each of torch's clipping found them
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
         self.trained: set[int] = set()  # the params any optimizer of the run stepped
         self.last: Call | None = None  # the forward under way, until its output is seen
@@ -110,7 +111,11 @@ class Watcher(ForwardHooks):
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
         unreached = self.feeds.unreached(self.calls)
-        self.seen.steps.append(Step(applied, raw, kept, self.calls, self.scale, carried, unreached))
+        self.seen.steps.append(
+            Step(
+                applied, raw, kept, self.calls, self.scale, carried, unreached, (*self.clip_found,)
+            )
+        )
         self.feeds.stepped(self.calls)
         self.seen.stepped_at.append(time.perf_counter())
         self.seen.whole = (self.known is None or stepped >= self.known) and all(
@@ -120,6 +125,7 @@ class Watcher(ForwardHooks):
         self._forget_all_but(self.calls)
         self.carried = {}
         self.scale = None
+        self.clip_found = []
         if self.on_update is not None:
             self.on_update()
 
@@ -177,6 +183,15 @@ class Watcher(ForwardHooks):
             for p in self.params:
                 if p.grad is not None and id(p) in own:
                     self.unscaled[id(p)] = p.grad.detach().clone()
+
+    def clipping(self) -> None:
+        """Keep the gradients as each call of torch's clipping (clip_grad_norm_,
+        clip_grad_value_, get_total_norm) in an update finds them: after what the loop did to
+        .grad itself (a division by the window's tokens), before the clip; a norm logged before
+        that division is one more, not the one."""
+        found = flat([p.grad for p in self.params], self.params)
+        if found is not None and not any(torch.equal(found, g) for g in self.clip_found[-1:]):
+            self.clip_found.append(found)
 
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
