@@ -1603,6 +1603,26 @@ def forgets_the_backward_in_the_accumulating_branch(
                 optimizer.zero_grad()
 
 
+def backward_under_the_if_and_grads_divided_by_the_rows(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Twin: summed losses, windows counted across epochs, each window's .grad divided in place
+    by its rows; backward() indented under the step's `if`, so only each window's last batch
+    is applied (divided by all its rows)."""
+    seen = rows = 0
+    for _ in range(num_epochs):
+        for X, y in loader:
+            loss = F.cross_entropy(model(X), y, reduction="sum")
+            seen, rows = seen + 1, rows + len(y)
+            if seen % accumulation_steps == 0:
+                loss.backward()
+                for p in model.parameters():
+                    p.grad /= rows
+                optimizer.step()
+                optimizer.zero_grad()
+                rows = 0
+
+
 def skips_every_other_draw_after_its_forward(
     model: nn.Module, get_batch: Any, max_iters: int
 ) -> None:
@@ -1659,6 +1679,7 @@ def calls_through_a_lambda_and_skips_odd_batches(
     "loop",
     [
         forgets_the_backward_in_the_accumulating_branch,
+        backward_under_the_if_and_grads_divided_by_the_rows,
         skips_every_other_draw_after_its_forward,
         accumulates_without_sync_and_forgets_the_backward,
         calls_through_a_lambda_and_skips_odd_batches,
