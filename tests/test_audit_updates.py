@@ -61,6 +61,40 @@ def train_two_optimizers(model: TwoPart, loader: Any, num_epochs: int) -> None:
                 opt.zero_grad(set_to_none=True)
 
 
+def train_two_optimizers_clipped_apart(
+    model: TwoPart, loader: Any, num_epochs: int, summed: bool = False
+) -> None:
+    """The two optimizers, each clipping its own params' norm (at a size most batches exceed)
+    just before its step, as recipes that tune each part apart do."""
+    optimizers = [
+        (torch.optim.SGD(model.embed.parameters(), lr=0.1), model.embed),
+        (torch.optim.AdamW(model.head.parameters(), lr=1e-3, weight_decay=0.0), model.head),
+    ]
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            loss = F.cross_entropy(model(inputs), targets, reduction="sum" if summed else "mean")
+            loss.backward()
+            for opt, part in optimizers:
+                nn.utils.clip_grad_norm_(part.parameters(), max_norm=0.05)
+                opt.step()
+            for opt, _ in optimizers:
+                opt.zero_grad(set_to_none=True)
+
+
+def train_backbone_clipped(
+    model: TwoPart, loader: Any, optimizer: Any, num_epochs: int, summed: bool = False
+) -> None:
+    """Clips the first layer's gradient norm alone (a recurrent or pretrained part), the head
+    as backward() left it."""
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(inputs), targets, reduction="sum" if summed else "mean")
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.embed.parameters(), max_norm=0.05)
+            optimizer.step()
+
+
 def train_with_flush(
     model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
 ) -> None:
@@ -138,6 +172,16 @@ def train_amp(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) ->
 def test_two_optimizers_stepped_once_each_per_batch_are_one_update() -> None:
     report = audit.training_loop(train_two_optimizers, **LOOP)
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("loop", [train_two_optimizers_clipped_apart, train_backbone_clipped])
+def test_params_clipped_apart_are_judged_part_by_part_before_their_clip(loop: Any) -> None:
+    # each part a clipping of its own gradient, the rest as backward() left it: no one factor
+    # of the whole gradient, yet each part's own before its clip is right
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+    twin = audit.training_loop(functools.partial(loop, summed=True), **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
 
 
 def test_a_flush_step_that_applies_nothing_is_no_update() -> None:

@@ -95,10 +95,10 @@ def watching(
     # this module global first, whatever name the loop imported the clip under
     grouped = clip_grad._group_tensors_by_device_and_dtype  # type: ignore[attr-defined]
 
-    def group(*args: Any, **kwargs: Any) -> Any:
+    def group(tensorlistlist: Any, *args: Any, **kwargs: Any) -> Any:
         if threading.get_ident() == thread:
-            watch.clipping()
-        return grouped(*args, **kwargs)
+            watch.clipping([t for ts in tensorlistlist for t in ts if t is not None])
+        return grouped(tensorlistlist, *args, **kwargs)
 
     def next_batch(it: _BaseDataLoaderIter) -> Any:
         if threading.get_ident() != thread:  # another thread's loader: not this run's

@@ -61,8 +61,13 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
     right = [g for g in clipped if close(g, want, tol, scale)]
     if right:
         return Judged(True, 1.0, True, tol=tol, reading=right[0])
+    apart = step.clipped_apart if clipped_apart(step, tol) else None
+    if apart is not None and close(apart, want, tol, scale):
+        return Judged(True, 1.0, True, tol=tol, reading=apart)
     if not step.clip_found and factor(step.applied, want, tol) is not None:
         clipped = []  # no clip of torch's ran: a multiple is the loop's own division of .grad
+    elif not clipped and apart is not None:
+        clipped = [apart]  # its parts clipped apart: read before their clips
     reading = clipped[0] if clipped else step.applied
     # what .grad held as the step's first backward() began, as the gradient hook saw it: on
     # identical rows a sum of two means reads as a step plus the one before, so staleness is
@@ -80,6 +85,20 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
         tol=tol,
         reading=reading,
     )
+
+
+def clipped_apart(step: Step, tol: float) -> bool:
+    """Return True if each call of torch's clipping in a step that clipped some params alone
+    left them a clipping of what it found (or as they were): by the next call, or the step."""
+    if step.applied is None or all(bool(m.all()) for m in step.clip_covered):
+        return False
+    left = [*step.clip_found[1:], step.applied]
+    for found, covered, after in zip(step.clip_found, step.clip_covered, left, strict=True):
+        part = covered.bool()
+        a, b = after[part], found[part]
+        if not (close(a, b, tol, float(b.abs().max())) or clipping(a, b, tol)):
+            return False
+    return True
 
 
 def carries(step: Step) -> bool:

@@ -44,6 +44,7 @@ class Step:
     # the gradients as each call of torch.nn.utils' clipping in the update found them (after
     # any division of .grad the loop made itself; a norm logged first, then the clip), in turn
     clip_found: tuple[Tensor, ...] = ()
+    clip_covered: tuple[Tensor, ...] = ()  # the params each of those calls clipped (1.0 each)
 
     def keep(self, mask: Tensor) -> None:
         """Keep the gradients of the params mask holds (1.0) alone, the others read as 0."""
@@ -69,6 +70,18 @@ class Step:
         over the scale."""
         later = [g for g in (self.unscaled, self.before_clipping) if g is not None]
         return [*reversed(self.clip_found), *later]
+
+    @property
+    def clipped_apart(self) -> Tensor | None:
+        """Return the gradient before torch's clipping where its calls clipped parts of the
+        params apart (a backbone alone, each optimizer's own): each param as the first call that
+        clipped it found it, the others as applied; None where no call clipped a part alone."""
+        if self.applied is None or all(bool(m.all()) for m in self.clip_covered):
+            return None
+        before = self.applied.clone()
+        for found, covered in zip(self.clip_found[::-1], self.clip_covered[::-1], strict=True):
+            before = torch.where(covered.bool(), found, before)
+        return before
 
     @property
     def rows(self) -> int:

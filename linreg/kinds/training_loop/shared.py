@@ -126,7 +126,14 @@ def _bytes(value: Any, seen: set[int]) -> int:
         return sum(
             _bytes(t, seen)
             for step in value.steps
-            for t in (step.applied, step.raw, step.unscaled, step.carried, *step.clip_found)
+            for t in (
+                step.applied,
+                step.raw,
+                step.unscaled,
+                step.carried,
+                *step.clip_found,
+                *step.clip_covered,
+            )
             if t is not None
         )
     if isinstance(value, (tuple, list)):

@@ -9,7 +9,7 @@ each forward was fed. hooks.py installs them all.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -64,6 +64,7 @@ class Watcher(ForwardHooks):
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
         self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
         self.clip_found: list[Tensor] = []  # the grads as each of torch's clipping found them
+        self.clip_covered: list[Tensor] = []  # the params each of those calls clipped
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
         self.trained: set[int] = set()  # the params any optimizer of the run stepped
         self.last: Call | None = None  # the forward under way, until its output is seen
@@ -113,7 +114,15 @@ class Watcher(ForwardHooks):
         unreached = self.feeds.unreached(self.calls)
         self.seen.steps.append(
             Step(
-                applied, raw, kept, self.calls, self.scale, carried, unreached, (*self.clip_found,)
+                applied,
+                raw,
+                kept,
+                self.calls,
+                self.scale,
+                carried,
+                unreached,
+                (*self.clip_found,),
+                (*self.clip_covered,),
             )
         )
         self.feeds.stepped(self.calls)
@@ -125,7 +134,7 @@ class Watcher(ForwardHooks):
         self._forget_all_but(self.calls)
         self.carried = {}
         self.scale = None
-        self.clip_found = []
+        self.clip_found, self.clip_covered = [], []
         if self.on_update is not None:
             self.on_update()
 
@@ -154,6 +163,10 @@ class Watcher(ForwardHooks):
             if step.unscaled is not None and unscaled is not None and self.unscaled:
                 step.unscaled[part] = unscaled[part]
         self.unscaled = {}
+        # what torch's clipping found since the first optimizer's step (each its own params')
+        step.clip_found += (*self.clip_found,)
+        step.clip_covered += (*self.clip_covered,)
+        self.clip_found, self.clip_covered = [], []
 
     def incoming(self, p: Tensor, grad: Tensor) -> None:
         """Keep what a param's .grad holds as the update's first gradient reaches it; count a
@@ -184,14 +197,29 @@ class Watcher(ForwardHooks):
                 if p.grad is not None and id(p) in own:
                     self.unscaled[id(p)] = p.grad.detach().clone()
 
-    def clipping(self) -> None:
+    def clipping(self, tensors: Collection[Tensor]) -> None:
         """Keep the gradients as each call of torch's clipping (clip_grad_norm_,
-        clip_grad_value_, get_total_norm) in an update finds them: after what the loop did to
-        .grad itself (a division by the window's tokens), before the clip; a norm logged before
-        that division is one more, not the one."""
+        clip_grad_value_, get_total_norm) in an update finds them, and which params' it was
+        handed (tensors): after what the loop did to .grad itself (a division by the window's
+        tokens), before the clip; a norm logged before that division is one more, not the one."""
+        handed = {id(t) for t in tensors}
         found = flat([p.grad for p in self.params], self.params)
-        if found is not None and not any(torch.equal(found, g) for g in self.clip_found[-1:]):
-            self.clip_found.append(found)
+        if found is None or not any(id(p.grad) in handed for p in self.params):
+            return  # another model's
+        covered = torch.cat(
+            [
+                torch.full((p.numel(),), float(id(p.grad) in handed), dtype=torch.float64)
+                for p in self.params
+            ]
+        )
+        if (
+            self.clip_found
+            and torch.equal(found, self.clip_found[-1])
+            and torch.equal(covered, self.clip_covered[-1])
+        ):
+            return  # get_total_norm, then the clip it called
+        self.clip_found.append(found)
+        self.clip_covered.append(covered)
 
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
