@@ -184,6 +184,53 @@ def test_params_clipped_apart_are_judged_part_by_part_before_their_clip(loop: An
     assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
 
 
+def divides_a_mean_again(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Twin: each batch's mean loss, its gradient then divided again by the batch's rows (a
+    sum's normalisation kept after switching to a mean): a factor below 1, and no clip."""
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(inputs), targets).backward()
+            for p in model.parameters():
+                p.grad /= len(targets)
+            optimizer.step()
+
+
+def test_a_mean_divided_again_is_no_clip_and_fails() -> None:
+    # before, any factor below 1 of a right gradient passed as a clipping of it
+    report = audit.training_loop(divides_a_mean_again, **LOOP)
+    assert "mean-vs-sum" in [r.pitfall for r in report.failures], str(report)
+
+
+def clips_by_hand_after_dividing(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, zero: bool = True
+) -> None:
+    """Summed losses; .grad divided by the rows in place, then its norm clipped by hand (a
+    framework's own clip, as fairseq's multiply_grads then clip_grad_norm_): what the clip
+    found is never seen. Twin (zero=False): zero_grad forgotten."""
+    params = list(model.parameters())
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            if zero:
+                optimizer.zero_grad()
+            F.cross_entropy(model(inputs), targets, reduction="sum").backward()
+            torch._foreach_mul_([p.grad for p in params], 1 / len(targets))
+            norm = torch.sqrt(sum((p.grad**2).sum() for p in params))
+            coef = torch.clamp(0.2 / (norm + 1e-6), max=1.0)
+            for p in params:
+                p.grad.mul_(coef)
+            optimizer.step()
+
+
+def test_a_clip_by_hand_after_the_loops_own_division_passes() -> None:
+    # each update a factor below 1 of the correct gradient, all at one norm: a clip (what the
+    # division left, before it, is not seen; backward() left the sum)
+    report = audit.training_loop(clips_by_hand_after_dividing, **LOOP)
+    assert report.ok, str(report)
+    twin = audit.training_loop(functools.partial(clips_by_hand_after_dividing, zero=False), **LOOP)
+    assert "grad-zeroing" in [r.pitfall for r in twin.failures], str(twin)
+
+
 def test_a_flush_step_that_applies_nothing_is_no_update() -> None:
     report = audit.training_loop(train_with_flush, **LOOP, accumulation_steps=2)
     assert report.ok, str(report)

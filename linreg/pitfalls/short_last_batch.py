@@ -145,9 +145,13 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         # count shows here as its ratio)
         if fits(v.ratio) or v.stale or (v.carried and fits(v.own)):
             return True
-        if steps[j].unreached and (
-            explain(j, v, steps) == NO_KNOWN or crosses(batching, options.drop_last, steps, j)
-        ):  # micro-batches no backward() reached weigh its rows wrong: micro-batch-accumulation's
+        crossing = crosses(batching, options.drop_last, steps, j)
+        if (
+            steps[j].unreached  # micro-batches no backward() reached: micro-batch-accumulation's
+            and steps[j].rows <= full  # (the steps it judges)
+            and not (crossing and v.carried)
+            and (explain(j, v, steps) == NO_KNOWN or crossing)
+        ):
             return True
         if not unequal_weights(v, batching):
             return False

@@ -6,6 +6,8 @@ unequally).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +25,7 @@ class Judged:
 
     ok: bool
     ratio: float | None  # None: not a multiple of the correct gradient
-    clipped: bool  # the applied gradient is a clipping of what backward() left
+    clipped: bool  # the applied gradient is a clipping of what it was before a clip
     stale: bool = False  # it is the correct gradient plus what the step before left in .grad
     note: str = ""  # a known mistake the step's own numbers name (a miscount of targets)
     own: float | None = None  # what it applied beyond what it found in .grad, as a multiple
@@ -43,30 +45,48 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
     return total if summed else total / max(sum(weight), 1e-12)
 
 
-def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
+def judge(
+    step: Step,
+    want: Tensor,
+    tol: float,
+    scale: float,
+    by_norm: bool = False,
+    right_by_norm: bool = False,
+) -> Judged:
     """Return whether a step applied the correct gradient, directly or as a clipping of it; a
     loop that never zeroes adds it to what the step found in .grad (stale, own).
 
-    What was clipped is the gradient as the loss scaler unscaled it or, where something changed
-    the still-scaled gradient first (a clip before unscale_: clip-before-unscale's to name),
-    what backward() left over the scale: the step is right if either is right and what it
-    applied is a clipping of it."""
+    What was clipped is the gradient as torch's clipping found it, as the loss scaler unscaled
+    it or, where something changed the still-scaled gradient first (a clip before unscale_:
+    clip-before-unscale's to name), what backward() left over the scale; each param as its
+    own clip found it, where parts were clipped apart. The step is right if one of those is
+    right and what it applied is a clipping of it: clamped (by value), or a factor below 1
+    where the run shows a clip of the norm (by_norm; right_by_norm: right before it,
+    `clipped_by_norm`); elsewhere such a factor is a division the loop made (a mean's gradient
+    divided again by its rows), and the step is read as it applied it."""
     if close(step.applied, want, tol, scale):
         return Judged(True, 1.0, False, tol=tol, reading=step.applied)
+    if right_by_norm:
+        before = next((g for g in step.unclipped if close(g, want, tol, scale)), want)
+        return Judged(True, 1.0, True, tol=tol, reading=before)
     clipped = [
         g
         for g in step.unclipped
         if not close(step.applied, g, tol, scale) and clipping(step.applied, g, tol)
     ]
-    right = [g for g in clipped if close(g, want, tol, scale)]
+    right = [  # clamped, or scaled where the run shows a clip of the norm
+        g
+        for g in clipped
+        if close(g, want, tol, scale) and (by_norm or factor(step.applied, g, tol) is None)
+    ]
     if right:
         return Judged(True, 1.0, True, tol=tol, reading=right[0])
-    apart = step.clipped_apart if clipped_apart(step, tol) else None
+    apart = step.clipped_apart if each_clip_a_clipping(step, tol) else None
     if apart is not None and close(apart, want, tol, scale):
         return Judged(True, 1.0, True, tol=tol, reading=apart)
-    if not step.clip_found and factor(step.applied, want, tol) is not None:
-        clipped = []  # no clip of torch's ran: a multiple is the loop's own division of .grad
-    elif not clipped and apart is not None:
+    if not by_norm:  # scaled down with no clip's one norm: a division, read as applied
+        clipped = [g for g in clipped if factor(step.applied, g, tol) is None]
+    if not clipped and apart is not None:
         clipped = [apart]  # its parts clipped apart: read before their clips
     reading = clipped[0] if clipped else step.applied
     # what .grad held as the step's first backward() began, as the gradient hook saw it: on
@@ -87,18 +107,90 @@ def judge(step: Step, want: Tensor, tol: float, scale: float) -> Judged:
     )
 
 
-def clipped_apart(step: Step, tol: float) -> bool:
-    """Return True if each call of torch's clipping in a step that clipped some params alone
-    left them a clipping of what it found (or as they were): by the next call, or the step."""
-    if step.applied is None or all(bool(m.all()) for m in step.clip_covered):
+def each_clip_a_clipping(step: Step, tol: float) -> bool:
+    """Return True if, in a step whose calls of torch's clipping clipped some params alone,
+    what each call found of its params became a clipping of it (or stayed as it was), from
+    one call to the next and to the step."""
+    if step.applied is None or step.clipped_apart is None:
         return False
-    left = [*step.clip_found[1:], step.applied]
-    for found, covered, after in zip(step.clip_found, step.clip_covered, left, strict=True):
+    states = [*step.clip_found, step.applied]
+    for i, covered in enumerate(step.clip_covered):
         part = covered.bool()
-        a, b = after[part], found[part]
-        if not (close(a, b, tol, float(b.abs().max())) or clipping(a, b, tol)):
-            return False
+        if not part.any():
+            continue
+        for a, b in zip(states[i + 1 :], states[i:], strict=False):
+            later, earlier = a[part], b[part]
+            scale = float(earlier.abs().max())
+            if not (close(later, earlier, tol, scale) or clipping(later, earlier, tol)):
+                return False
     return True
+
+
+def clipped_by_norm(
+    steps: Sequence[Step], wants: Sequence[Tensor | None], tol: float, scale: float
+) -> tuple[frozenset[int], frozenset[int]]:
+    """Return the updates a clip of the gradient's norm (torch's, or the loop's own) explains,
+    and those of them right before it: each applied a factor below 1 of what it was before the
+    clip (as torch's clipping last found it, else as backward() left it), all at one norm (L2,
+    or the largest entry), while every update the clip let through was no longer than that and
+    each it scaled was longer. Right: right before its clip, or (a clip after the loop divided
+    .grad itself, where nothing was seen between) a factor below 1 of the correct gradient
+    where the run let an update through as it was, right, or clipped every one. A mean's
+    gradient divided again by its rows is no clip: its norm goes with them.
+    """
+    near_norm = max(10 * tol, 1e-2)
+
+    def below(applied: Tensor, g: Tensor) -> bool:  # a factor of g in (0, 1)
+        r = factor(applied, g, tol)
+        return r is not None and 0 < r < 1 - near_norm
+
+    through: list[Tensor] = []  # what each update let through was before the clip
+    clipped: dict[int, Tensor] = {}  # what each update it scaled was before the clip
+    right: set[int] = set()
+    let_right = False  # it let an update through as it was, right (its scale right unclipped)
+    for j, (step, want) in enumerate(zip(steps, wants, strict=True)):
+        applied = step.applied
+        if want is None or applied is None or step.clipped_apart is not None:
+            continue  # (parts clipped apart: each_clip_a_clipping's)
+        # before the clip: as torch's last clip found it, else as backward() left it (over
+        # the loss scaler's scale)
+        before = step.clip_found[-1] if step.clip_found else step.before_clipping
+        if before is None:
+            continue
+        if close(applied, want, tol, scale) or close(applied, before, tol, scale):
+            right_through = close(applied, want, tol, scale)
+            through.append(want if right_through else before)
+            let_right = let_right or right_through
+        elif below(applied, before) and close(before, want, tol, scale):
+            clipped[j] = before
+            right.add(j)
+        elif not step.clip_found and below(applied, want):
+            clipped[j] = want  # the loop's own division between (unseen): right where shown
+        elif below(applied, before):
+            clipped[j] = before
+    if not clipped:
+        return frozenset(), frozenset()
+    for norm in (torch.linalg.vector_norm, lambda g: g.abs().max()):
+        m = [float(norm(steps[j].applied)) for j in clipped]
+        if (
+            all(math.isclose(x, m[0], rel_tol=near_norm) for x in m)
+            and all(float(norm(g)) <= m[0] * (1 + near_norm) for g in through)
+            and all(float(norm(g)) >= m[0] * (1 - near_norm) for g in clipped.values())
+        ):
+            break
+    else:
+        return frozenset(), frozenset()
+    # unseen before a clip by hand after the loop's own division of .grad: right where the run
+    # let an update through right, or clipped every one (then no scale showed through it)
+    shown = let_right or not through
+    unseen = {j for j, g in clipped.items() if j not in right and shown and g is wants[j]}
+    # a clip by hand (none of torch's ran) shows only beside another update: one it let
+    # through, or one it scaled from another norm to the same; alone, a wrong update's factor
+    # below 1 is as much the loop's own division, and is read as it applied it
+    befores = [float(torch.linalg.vector_norm(g)) for g in clipped.values()]
+    if not through and all(math.isclose(b, befores[0], rel_tol=near_norm) for b in befores):
+        clipped = {j: g for j, g in clipped.items() if steps[j].clip_found or j in right}
+    return frozenset(clipped), frozenset(right | unseen)
 
 
 def carries(step: Step) -> bool:

@@ -1,4 +1,4 @@
-"""What the loop did, as records: each update's gradients read three ways and the forward
+"""What the loop did, as records: each update's gradients read at each stage and the forward
 passes that fed it (a Step; each forward pass a Call, calls.py), and the whole run (Observed).
 """
 
@@ -29,8 +29,9 @@ class Draw(NamedTuple):
 
 @dataclass
 class Step:
-    """One optimizer step: its gradients read three ways, what it found in .grad, and the
-    forward passes that fed it."""
+    """One optimizer step: its gradients read at each stage (as backward() left them, as a
+    loss scaler unscaled them, as each of torch's clips found them, as the step used them),
+    what it found in .grad, and the forward passes that fed it."""
 
     applied: Tensor | None  # the gradients as the step used them (after it: closures)
     raw: Tensor | None  # as backward() left them
@@ -53,6 +54,8 @@ class Step:
             for g in (self.applied, self.raw, self.unscaled, self.carried)
         )
         self.clip_found = tuple(g * mask for g in self.clip_found)
+        # a param no optimizer steps reads as clipped by every call: it is 0 in each
+        self.clip_covered = tuple(c * mask + (1 - mask) for c in self.clip_covered)
 
     @property
     def before_clipping(self) -> Tensor | None:

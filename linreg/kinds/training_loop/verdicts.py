@@ -17,6 +17,7 @@ from linreg.kinds.training_loop.batching import Batching, count_of, describe
 from linreg.kinds.training_loop.calls import Call, memory_of, storage_of
 from linreg.kinds.training_loop.judge import (
     Judged,
+    clipped_by_norm,
     judge,
     means_of_means,
     miscount,
@@ -44,6 +45,13 @@ class Wanted:
     wants: list[Tensor | None]  # each update's correct gradient (None: a row without one)
     tol: float  # the relative tolerance in the model's dtype
     scale: float  # the largest entry of any update's correct gradient
+    by_norm: frozenset[int] = frozenset()  # the updates a clip of the norm explains
+    right_by_norm: frozenset[int] = frozenset()  # those of them right before it
+
+    def clips(self, j: int) -> tuple[bool, bool]:
+        """Return whether a clip of the norm explains update j, and whether it was right
+        before it (judge's by_norm, right_by_norm)."""
+        return j in self.by_norm, j in self.right_by_norm
 
 
 def wanted(target: Target, batching: Batching) -> Wanted:
@@ -60,7 +68,7 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
         return Wanted(seen, None, [], tol, 0.0)
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
-    return Wanted(seen, ref, wants, tol, scale)
+    return Wanted(seen, ref, wants, tol, scale, *clipped_by_norm(seen.steps, wants, tol, scale))
 
 
 def compare(
@@ -93,7 +101,7 @@ def compare(
     full = [j for j, step in enumerate(seen.steps) if step.rows == rows and wants[j] is not None]
     chosen = wants[full[0]] if relative and full else None
     if chosen is not None:
-        first = judge(seen.steps[full[0]], chosen, tol, scale)
+        first = judge(seen.steps[full[0]], chosen, tol, scale, *run.clips(full[0]))
     if first is not None and first.carried and first.own is not None:
         first = replace(first, ok=math.isclose(first.own, 1, rel_tol=tol), ratio=first.own)
     if needs_scale and first is not None and not first.ok and unequal_weights(first, batching):
@@ -103,8 +111,8 @@ def compare(
         wants = [None if w is None else w * by for w in wants]
         scale *= by
     verdicts = [
-        None if w is None else judge(step, w, tol, scale)
-        for step, w in zip(seen.steps, wants, strict=True)
+        None if w is None else judge(step, w, tol, scale, *run.clips(j))
+        for j, (step, w) in enumerate(zip(seen.steps, wants, strict=True))
     ]
 
     def absolutely(j: int) -> bool:
@@ -114,7 +122,7 @@ def compare(
         want = run.wants[j]
         if by is None or want is None:
             return False
-        alone = judge(seen.steps[j], want, tol, run.scale)
+        alone = judge(seen.steps[j], want, tol, run.scale, *run.clips(j))
         return alone.ok or bool(miscount(seen.steps[j], ref, alone.ratio, tol))
 
     bad = [

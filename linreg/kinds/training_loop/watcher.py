@@ -1,8 +1,9 @@
 """The hooks' shared state (a Watcher) and what each hook does with it: an optimizer step's
-pre-hook holds its lr at 0 and its post-hook records the update (its gradients read three ways,
-and the forwards that fed it); each parameter's gradient hooks keep its gradient as backward()
-left it and what .grad held as the update's first backward() reached it; a loss scaler's
-unscale_ keeps what it divided, and the scale; the forward hooks (forwards.py) record what
+pre-hook holds its lr at 0 and its post-hook records the update (its gradients read at each
+stage, and the forwards that fed it); each parameter's gradient hooks keep its gradient as
+backward() left it and what .grad held as the update's first backward() reached it; a loss
+scaler's unscale_ keeps what it divided, and the scale; each call of torch's clipping keeps
+what it found, and whose; the forward hooks (forwards.py) record what
 each forward was fed. hooks.py installs them all.
 """
 
@@ -65,6 +66,7 @@ class Watcher(ForwardHooks):
         self.scale: float | None = None  # the scale GradScaler.unscale_ divided by
         self.clip_found: list[Tensor] = []  # the grads as each of torch's clipping found them
         self.clip_covered: list[Tensor] = []  # the params each of those calls clipped
+        self.unscaled_at = 0  # how many of those came before GradScaler.unscale_
         self.stepped: set[int] = set()  # the params the optimizers of the last update stepped
         self.trained: set[int] = set()  # the params any optimizer of the run stepped
         self.last: Call | None = None  # the forward under way, until its output is seen
@@ -82,7 +84,7 @@ class Watcher(ForwardHooks):
             zero_lr(opt)
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Record the update: its gradients read three ways, and what fed it.
+        """Record the update: its gradients read at each stage, and what fed it.
 
         The steps of several optimizers with nothing fed between them are one update (one for
         the embeddings, one for the matrices); a step fed nothing that applies nothing (a flush
@@ -106,6 +108,7 @@ class Watcher(ForwardHooks):
                 self._refresh(self.seen.steps[-1], stepped)
                 return
             if applied is None or not bool(applied.any()):
+                self.clip_found, self.clip_covered = [], []  # a flush's: no update's
                 return
         raw = flat([self.latest.get(id(p)) for p in params], params)
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
@@ -121,8 +124,10 @@ class Watcher(ForwardHooks):
                 self.scale,
                 carried,
                 unreached,
-                (*self.clip_found,),
-                (*self.clip_covered,),
+                # a clip of the still-scaled gradient (clip-before-unscale's) is read as
+                # backward() left it over the scale (Step.before_clipping)
+                (*self.clip_found[self.unscaled_at if self.scale is not None else 0 :],),
+                (*self.clip_covered[self.unscaled_at if self.scale is not None else 0 :],),
             )
         )
         self.feeds.stepped(self.calls)
@@ -134,7 +139,7 @@ class Watcher(ForwardHooks):
         self._forget_all_but(self.calls)
         self.carried = {}
         self.scale = None
-        self.clip_found, self.clip_covered = [], []
+        self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if self.on_update is not None:
             self.on_update()
 
@@ -175,6 +180,8 @@ class Watcher(ForwardHooks):
         if self.seen.backward_at != self.seen.clock:
             self.seen.clock += 1
             self.seen.backward_at = self.seen.clock
+        if not self.carried:  # the update's first: a clip or a norm logged before is not its
+            self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if id(p) not in self.carried:
             self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
 
@@ -192,6 +199,7 @@ class Watcher(ForwardHooks):
         """Keep the gradients a loss scaler just divided by its scale, and the scale."""
         if self.ours(opt):
             self.scale = scale
+            self.unscaled_at = len(self.clip_found)  # a clip before is of the scaled gradient
             own = {id(p) for g in opt.param_groups for p in g["params"]}
             for p in self.params:
                 if p.grad is not None and id(p) in own:
@@ -203,12 +211,18 @@ class Watcher(ForwardHooks):
         handed (tensors): after what the loop did to .grad itself (a division by the window's
         tokens), before the clip; a norm logged before that division is one more, not the one."""
         handed = {id(t) for t in tensors}
-        found = flat([p.grad for p in self.params], self.params)
-        if found is None or not any(id(p.grad) in handed for p in self.params):
+        if not any(p.grad is not None and id(p.grad) in handed for p in self.params):
             return  # another model's
+        found = flat([p.grad for p in self.params], self.params)
+        assert found is not None
         covered = torch.cat(
             [
-                torch.full((p.numel(),), float(id(p.grad) in handed), dtype=torch.float64)
+                torch.full(
+                    (p.numel(),),
+                    float(p.grad is not None and id(p.grad) in handed),
+                    dtype=torch.float64,
+                    device=found.device,
+                )
                 for p in self.params
             ]
         )
