@@ -1303,3 +1303,20 @@ def test_the_readme_names_every_loss_function_the_watch_reads() -> None:
     said = readme[readme.index("- **The loss it called.**") :]
     read = said[: said.index("Others (")]  # the functions it reads, then those it does not
     assert set(re.findall(r"`F\.(\w+)`", read)) == set(LOSSES), read
+
+
+def test_watch_a_mean_divided_again_by_its_rows_is_no_clip_and_fails(tmp_path: Path) -> None:
+    """A factor below 1 of what backward() left is a clip only where clip_grad_norm_ ran: a
+    mean's gradient divided again by the rows (1/8 a full batch, 1/6 the epoch's short one)
+    passed as clipped before; its short update now shows a step unlike a full one."""
+    twin = twin_of(
+        tmp_path,
+        SCRIPTS / "regress_config.py",
+        "            loss.backward()\n",
+        "            loss.backward()\n"
+        "            for p in model.parameters():\n"
+        "                p.grad /= len(target)\n",
+    )
+    report = watch_script(str(twin), regress_files(tmp_path))
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "0.125 times the mean" in (report.note or ""), str(report)

@@ -104,10 +104,13 @@ def _residual(gram: torch.Tensor, dots: torch.Tensor, rr: float, w: torch.Tensor
 
 def _a_clipping(u: Update) -> bool:
     """Return whether what an update applied (A) is a clipping of what .grad held before it
-    (B): s times B for one s in (0, 1], and not B itself."""
+    (B): s times B for one s in (0, 1], and not B itself; below 1 only where clip_grad_norm_
+    was called in it (else the factor is the code's own division of .grad, read as applied)."""
     if u.bb <= 0:
         return False
     s, tol2 = u.ab / u.bb, u.tol**2
+    if s < 1 - u.tol and not u.norm_clipped:
+        return False
     scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2
     same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
     return 0 < s <= 1 + u.tol and scaled <= tol2 * u.aa and same > tol2 * u.aa

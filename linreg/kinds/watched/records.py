@@ -107,6 +107,7 @@ class Update:
     columns: tuple[Column, ...] = ()
     calls: int = 1  # the most loss calls a micro-batch's backward() reached (one term: heads'
     # means added, ce(out) + ce(aux), each a micro-batch's)
+    norm_clipped: bool = False  # clip_grad_norm_ was called in it: a factor below 1 can clip
 
     @property
     def fed(self) -> bool:
@@ -204,6 +205,7 @@ def close(update: Open, tol: float) -> Update:
         clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
         redone=update.redone, crossed=update.crossed, foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
+        norm_clipped=update.norm_clipped,
     )  # fmt: skip
 
 
@@ -249,6 +251,8 @@ def _right(update: Open, total: float, tol: float) -> bool | None:
     if bb == 0 or bw > tol**2 * max(ww, bb):
         return None
     s = ab / bb
+    if s < 1 - tol and not update.norm_clipped:  # no clip_grad_norm_: the code's own division
+        return None  # of .grad after backward() (a mean's divided again by its rows)
     off = sum(_dot(a - s * b, a - s * b) for a, b, _ in rows if a is not None and b is not None)
     return True if 0 < s <= 1 + tol and off <= tol**2 * aa else None
 
