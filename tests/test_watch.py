@@ -1320,3 +1320,22 @@ def test_watch_a_mean_divided_again_by_its_rows_is_no_clip_and_fails(tmp_path: P
     report = watch_script(str(twin), regress_files(tmp_path))
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert "0.125 times the mean" in (report.note or ""), str(report)
+
+
+def test_watch_a_clip_of_the_norm_by_hand_passes_where_its_updates_share_one_norm(
+    tmp_path: Path,
+) -> None:
+    """A framework's own clip of the norm (DeepSpeed's: the norm computed, each .grad scaled
+    by min(1, max_norm / norm)) calls no clip_grad_norm_: its updates scaled below 1 all land
+    on one norm, and none it let through is longer, so each is read as clipped and right."""
+    twin = twin_of(
+        tmp_path,
+        SCRIPTS / "regress_config.py",
+        "            optimizer.step()\n",
+        "            norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))\n"
+        "            for p in model.parameters():\n"
+        "                p.grad.mul_(torch.clamp(1.0 / (norm + 1e-6), max=1.0))\n"
+        "            optimizer.step()\n",
+    )
+    report = watch_script(str(twin), regress_files(tmp_path))
+    assert report.ok, str(report)

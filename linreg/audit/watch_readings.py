@@ -6,7 +6,8 @@ its loss on purpose). watch_verdicts.py names the patterns."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -95,6 +96,27 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         )
         out.append((term, reading))
     return out
+
+
+def by_hand(updates: Sequence[Update]) -> list[Update]:
+    """Return the updates, each a clip of the norm by hand explains read as right and clipped:
+    each applied a factor below 1 of its right gradient with no clip_grad_norm_ called, all at
+    one norm, none let through as it was longer and none scaled shorter (a framework's own
+    clip, DeepSpeed's). A mean's gradient divided again by its rows is no such clip: its norm
+    goes with the rows, and it is read as applied."""
+    hand = [j for j, u in enumerate(updates) if u.hand > 0]
+    if not hand:
+        return list(updates)
+    near_norm = max(10 * max(updates[j].tol for j in hand), 1e-2)
+    m = updates[hand[0]].hand
+    through = [u.norm for u in updates if u.right and not u.clipped and u.norm > 0]
+    if not (
+        all(math.isclose(updates[j].hand, m, rel_tol=near_norm) for j in hand)
+        and all(n <= m * (1 + near_norm) for n in through)
+        and all(updates[j].hand_before >= m * (1 - near_norm) for j in hand)
+    ):
+        return list(updates)
+    return [replace(u, right=True, clipped=True) if u.hand > 0 else u for u in updates]
 
 
 def _residual(gram: torch.Tensor, dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:

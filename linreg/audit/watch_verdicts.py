@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from linreg.audit.watch_readings import (
     Reading,
     alike,
+    by_hand,
     first_applied,
     near,
     never_applied,
@@ -52,7 +53,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     gradients, or (summed) their sum."""
     v = Verdicts(meant="sum" if summed else "mean")
     readings: dict[str, list[Reading]] = defaultdict(list)  # per term ("": one loss)
-    for j, u in enumerate(seen.updates):
+    for j, u in enumerate(by_hand(seen.updates)):
         v.at, v.ratios[j] = j, None
         at = f"update {j + 1} of {len(seen.updates)}"
         if not u.fed:  # after a fed update: its micro-batches applied twice; else no backward()

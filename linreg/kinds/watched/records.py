@@ -6,6 +6,7 @@ leaves, its nodes, a loss's count).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,6 +109,11 @@ class Update:
     calls: int = 1  # the most loss calls a micro-batch's backward() reached (one term: heads'
     # means added, ce(out) + ce(aux), each a micro-batch's)
     norm_clipped: bool = False  # clip_grad_norm_ was called in it: a factor below 1 can clip
+    norm: float = 0.0  # |what it applied|, where that was right as it is (right, not clipped)
+    # |what it applied| and |before|, where it applied a factor below 1 of a right gradient
+    # with no clip_grad_norm_ called: a clip by hand, or a division (watch_readings.by_hand)
+    hand: float = 0.0
+    hand_before: float = 0.0
 
     @property
     def fed(self) -> bool:
@@ -148,8 +154,9 @@ def close(update: Open, tol: float) -> Update:
     counts = [mb.count for mb in update.micro]
     calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
     several = len(calls) > len(update.micro)  # terms weighed each its own way: not one mean
+    hand = (0.0, 0.0)
     if counts and not update.blind and not several:
-        right = _right(update, sum(counts), tol)
+        right, hand = _right(update, sum(counts), tol)
         if right is not None:
             none = torch.zeros(0, dtype=torch.float64)
             return Update(
@@ -158,6 +165,7 @@ def close(update: Open, tol: float) -> Update:
                 terms=update.terms, dropped=update.dropped, redone=update.redone,
                 foreign=update.foreign, crossed=update.crossed,
                 calls=max(len(mb.losses) for mb in update.micro),
+                norm=0.0 if right or value_clipped else hand[0],
             )  # fmt: skip
     m = len(calls) if several else len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
@@ -205,7 +213,7 @@ def close(update: Open, tol: float) -> Update:
         clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
         redone=update.redone, crossed=update.crossed, foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
-        norm_clipped=update.norm_clipped,
+        norm_clipped=update.norm_clipped, hand=hand[0] if hand[1] else 0.0, hand_before=hand[1],
     )  # fmt: skip
 
 
@@ -218,17 +226,19 @@ def unread(tol: float) -> Update:
     )
 
 
-def _right(update: Open, total: float, tol: float) -> bool | None:
+def _right(update: Open, total: float, tol: float) -> tuple[bool | None, tuple[float, float]]:
     """Return whether the update applied its rows' mean as it is (False) or clipped (True),
     compared element by element in the gradients' dtype; None where it did neither (or found
-    a gradient in .grad: that is judged on its own)."""
+    a gradient in .grad: that is judged on its own). Beside it: |what it applied| where it was
+    right as it is, and that and |before| where it applied a factor below 1 of a right
+    gradient with no clip_grad_norm_ called (a clip by hand, or a division: None here)."""
     rows = []  # per param: what it applied, what backward() left, the mean of its rows
     aw = ww = aa = 0.0
     for p in update.params:
         key = id(p)
         held = update.carried.get(key)
         if held is not None and bool(held.any()):
-            return None
+            return None, (0.0, 0.0)
         grads = [g for g in (_sum_of(mb, p) for mb in update.micro) if g is not None]
         w = (torch.stack(grads).sum(0) if len(grads) > 1 else grads[0]) / total if grads else None
         a = update.applied.get(key)
@@ -239,7 +249,7 @@ def _right(update: Open, total: float, tol: float) -> bool | None:
         ww += 0.0 if w is None else _dot(w, w)
         aa += 0.0 if a is None else _dot(a, a)
     if aw <= tol**2 * max(ww, aa):
-        return False
+        return False, (math.sqrt(aa), 0.0)
     bw = bb = ab = 0.0  # before clipping: right, and what it applied a factor of it
     for a, b, w in rows:
         b = a if b is None else b
@@ -249,12 +259,14 @@ def _right(update: Open, total: float, tol: float) -> bool | None:
         bw, bb = bw + _dot(d, d), bb + _dot(b, b)
         ab += 0.0 if a is None else _dot(a, b)
     if bb == 0 or bw > tol**2 * max(ww, bb):
-        return None
+        return None, (0.0, 0.0)
     s = ab / bb
-    if s < 1 - tol and not update.norm_clipped:  # no clip_grad_norm_: the code's own division
-        return None  # of .grad after backward() (a mean's divided again by its rows)
     off = sum(_dot(a - s * b, a - s * b) for a, b, _ in rows if a is not None and b is not None)
-    return True if 0 < s <= 1 + tol and off <= tol**2 * aa else None
+    if not (0 < s <= 1 + tol and off <= tol**2 * aa):
+        return None, (0.0, 0.0)
+    if s < 1 - tol and not update.norm_clipped:  # no clip_grad_norm_: a clip by hand, or the
+        return None, (math.sqrt(aa), math.sqrt(bb))  # code's own division (by_hand tells)
+    return True, (0.0, 0.0)
 
 
 def _clamped(update: Open, tol: float) -> bool:
