@@ -1339,3 +1339,47 @@ def test_watch_a_clip_of_the_norm_by_hand_passes_where_its_updates_share_one_nor
     )
     report = watch_script(str(twin), regress_files(tmp_path))
     assert report.ok, str(report)
+
+
+def _clipped_by_hand(reduction: str, full_batch_divided: bool = False) -> Any:
+    """A regression fit, each .grad scaled by min(1, max_norm / norm) computed by hand (or,
+    full_batch_divided: the whole data each step, its mean's gradient divided again by its
+    rows), watched."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 4, generator=gen)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 3.0]))[:, None]
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01 if full_batch_divided else 0.05)
+    loader = DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=37 if full_batch_divided else 4
+    )
+    with watch(reduction=reduction) as reports:
+        for _ in range(20 if full_batch_divided else 3):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                F.mse_loss(model(xb), yb, reduction=reduction).backward()
+                if full_batch_divided:
+                    for p in model.parameters():
+                        p.grad /= len(xb)
+                else:
+                    norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+                    for p in model.parameters():
+                        p.grad.mul_(torch.clamp(8.0 / (norm + 1e-6), max=1.0))
+                optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_watch_a_clip_by_hand_of_a_mean_or_of_a_sum_meant_passes(reduction: str) -> None:
+    report = _clipped_by_hand(reduction)
+    assert report.ok, str(report)
+
+
+def test_watch_a_full_batch_divided_again_is_no_clip_and_its_scale_not_passed() -> None:
+    """One size of update, each a factor below 1 of a right gradient whose norm barely moves:
+    no clip shows (none let through, no two norms brought to one), so the factor is read as
+    applied: a constant no shorter update can tell from a sum, mean-vs-sum not judged."""
+    report = _clipped_by_hand("mean", full_batch_divided=True)
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["mean-vs-sum"] == "skip", str(report)
+    assert "0.02703 times the mean" in (report.note or ""), str(report)  # 1 / 37

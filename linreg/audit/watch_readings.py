@@ -99,24 +99,31 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
 
 
 def by_hand(updates: Sequence[Update]) -> list[Update]:
-    """Return the updates, each a clip of the norm by hand explains read as right and clipped:
-    each applied a factor below 1 of its right gradient with no clip_grad_norm_ called, all at
-    one norm, none let through as it was longer and none scaled shorter (a framework's own
-    clip, DeepSpeed's). A mean's gradient divided again by its rows is no such clip: its norm
-    goes with the rows, and it is read as applied."""
-    hand = [j for j, u in enumerate(updates) if u.hand > 0]
-    if not hand:
-        return list(updates)
-    near_norm = max(10 * max(updates[j].tol for j in hand), 1e-2)
-    m = updates[hand[0]].hand
-    through = [u.norm for u in updates if u.right and not u.clipped and u.norm > 0]
-    if not (
-        all(math.isclose(updates[j].hand, m, rel_tol=near_norm) for j in hand)
-        and all(n <= m * (1 + near_norm) for n in through)
-        and all(updates[j].hand_before >= m * (1 - near_norm) for j in hand)
-    ):
-        return list(updates)
-    return [replace(u, right=True, clipped=True) if u.hand > 0 else u for u in updates]
+    """Return the updates, each a clip of the norm by hand explains marked so (hand_ok: read
+    before it): the updates of one set of params that applied a factor below 1 of what they
+    held before with no clip_grad_norm_ called all land on one norm, none of theirs let through
+    as it was is longer, and the run shows it is a clip: one let through, or befores of
+    different norms brought to the same (a framework's own clip, DeepSpeed's). A mean's
+    gradient divided again by its rows is no such clip: its norm goes with the rows."""
+    out = list(updates)
+    for group in {u.group for u in updates if u.hand > 0}:
+        mine = [j for j, u in enumerate(updates) if u.group == group]
+        hand = [j for j in mine if updates[j].hand > 0]
+        near_norm = min(max(10 * max(updates[j].tol for j in hand), 1e-2), 0.05)
+        m = updates[hand[0]].hand
+        through = [updates[j].norm for j in mine if updates[j].norm > 0]
+        befores = [updates[j].hand_before for j in hand]
+        shown = bool(through) or any(  # else as much a division of the code's own
+            not math.isclose(b, befores[0], rel_tol=near_norm) for b in befores
+        )
+        if (
+            shown
+            and all(math.isclose(updates[j].hand, m, rel_tol=near_norm) for j in hand)
+            and all(n <= m * (1 + near_norm) for n in through)
+        ):
+            for j in hand:
+                out[j] = replace(updates[j], hand_ok=True)
+    return out
 
 
 def _residual(gram: torch.Tensor, dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:
@@ -131,7 +138,7 @@ def _a_clipping(u: Update) -> bool:
     if u.bb <= 0:
         return False
     s, tol2 = u.ab / u.bb, u.tol**2
-    if s < 1 - u.tol and not u.norm_clipped:
+    if s < 1 - u.tol and not (u.norm_clipped or u.hand_ok):
         return False
     scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2
     same = u.aa - 2 * u.ab + u.bb  # |A - B|^2

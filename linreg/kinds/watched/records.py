@@ -109,11 +109,13 @@ class Update:
     calls: int = 1  # the most loss calls a micro-batch's backward() reached (one term: heads'
     # means added, ce(out) + ce(aux), each a micro-batch's)
     norm_clipped: bool = False  # clip_grad_norm_ was called in it: a factor below 1 can clip
-    norm: float = 0.0  # |what it applied|, where that was right as it is (right, not clipped)
-    # |what it applied| and |before|, where it applied a factor below 1 of a right gradient
+    norm: float = 0.0  # |what it applied|, where it applied what it held before (let through)
+    # |what it applied| and |before|, where it applied a factor below 1 of what it held before
     # with no clip_grad_norm_ called: a clip by hand, or a division (watch_readings.by_hand)
     hand: float = 0.0
     hand_before: float = 0.0
+    hand_ok: bool = False  # by_hand found it a clip by hand: read before it (_a_clipping)
+    group: int = 0  # the params its optimizers stepped (their ids' hash): a clip is theirs
 
     @property
     def fed(self) -> bool:
@@ -154,9 +156,9 @@ def close(update: Open, tol: float) -> Update:
     counts = [mb.count for mb in update.micro]
     calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
     several = len(calls) > len(update.micro)  # terms weighed each its own way: not one mean
-    hand = (0.0, 0.0)
+    group = hash(tuple(sorted(id(p) for p in update.params)))
     if counts and not update.blind and not several:
-        right, hand = _right(update, sum(counts), tol)
+        right, through = _right(update, sum(counts), tol)
         if right is not None:
             none = torch.zeros(0, dtype=torch.float64)
             return Update(
@@ -165,7 +167,7 @@ def close(update: Open, tol: float) -> Update:
                 terms=update.terms, dropped=update.dropped, redone=update.redone,
                 foreign=update.foreign, crossed=update.crossed,
                 calls=max(len(mb.losses) for mb in update.micro),
-                norm=0.0 if right or value_clipped else hand[0],
+                norm=0.0 if right or value_clipped else through, group=group,
             )  # fmt: skip
     m = len(calls) if several else len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
@@ -208,13 +210,37 @@ def close(update: Open, tol: float) -> Update:
         )
         for c in calls
     ) if several else ()  # fmt: skip
+    norm, hand, hand_before = _scaled(aa, bb, ab, tol, value_clipped or update.norm_clipped)
     return Update(
         counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind,
         clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
         redone=update.redone, crossed=update.crossed, foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
-        norm_clipped=update.norm_clipped, hand=hand[0] if hand[1] else 0.0, hand_before=hand[1],
+        norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
+        hand_before=hand_before,
     )  # fmt: skip
+
+
+def _scaled(
+    aa: float, bb: float, ab: float, tol: float, clipped: bool
+) -> tuple[float, float, float]:
+    """Return |what an update applied| where it applied what it held before (let through),
+    and that and |before| where it applied a factor below 1 of it with no clip of torch's by
+    norm (a clip by hand, or a division), from its inner products: (norm, hand, hand_before)."""
+    if bb <= 0 or aa <= 0 or clipped:
+        return 0.0, 0.0, 0.0
+    s = ab / bb
+    if aa - 2 * ab + bb <= tol**2 * aa:  # |A - B|^2: as it was
+        return math.sqrt(aa), 0.0, 0.0
+    if 0 < s < 1 - tol and aa - 2 * s * ab + s * s * bb <= tol**2 * aa:  # |A - s B|^2
+        return 0.0, math.sqrt(aa), math.sqrt(bb)
+    return 0.0, 0.0, 0.0
+    s = ab / bb
+    if aa - 2 * ab + bb <= tol**2 * aa:  # |A - B|^2: as it was
+        return {"norm": math.sqrt(aa)}
+    if 0 < s < 1 - tol and aa - 2 * s * ab + s * s * bb <= tol**2 * aa:  # |A - s B|^2
+        return {"hand": math.sqrt(aa), "hand_before": math.sqrt(bb)}
+    return {}
 
 
 def unread(tol: float) -> Update:
@@ -226,19 +252,19 @@ def unread(tol: float) -> Update:
     )
 
 
-def _right(update: Open, total: float, tol: float) -> tuple[bool | None, tuple[float, float]]:
+def _right(update: Open, total: float, tol: float) -> tuple[bool | None, float]:
     """Return whether the update applied its rows' mean as it is (False) or clipped (True),
     compared element by element in the gradients' dtype; None where it did neither (or found
-    a gradient in .grad: that is judged on its own). Beside it: |what it applied| where it was
-    right as it is, and that and |before| where it applied a factor below 1 of a right
-    gradient with no clip_grad_norm_ called (a clip by hand, or a division: None here)."""
+    a gradient in .grad: that is judged on its own; or applied a factor below 1 of it with no
+    clip_grad_norm_ called: a clip by hand, or a division, watch_readings.by_hand tells).
+    Beside it: |what it applied|, where it was right as it is."""
     rows = []  # per param: what it applied, what backward() left, the mean of its rows
     aw = ww = aa = 0.0
     for p in update.params:
         key = id(p)
         held = update.carried.get(key)
         if held is not None and bool(held.any()):
-            return None, (0.0, 0.0)
+            return None, 0.0
         grads = [g for g in (_sum_of(mb, p) for mb in update.micro) if g is not None]
         w = (torch.stack(grads).sum(0) if len(grads) > 1 else grads[0]) / total if grads else None
         a = update.applied.get(key)
@@ -249,7 +275,7 @@ def _right(update: Open, total: float, tol: float) -> tuple[bool | None, tuple[f
         ww += 0.0 if w is None else _dot(w, w)
         aa += 0.0 if a is None else _dot(a, a)
     if aw <= tol**2 * max(ww, aa):
-        return False, (math.sqrt(aa), 0.0)
+        return False, math.sqrt(aa)
     bw = bb = ab = 0.0  # before clipping: right, and what it applied a factor of it
     for a, b, w in rows:
         b = a if b is None else b
@@ -259,14 +285,12 @@ def _right(update: Open, total: float, tol: float) -> tuple[bool | None, tuple[f
         bw, bb = bw + _dot(d, d), bb + _dot(b, b)
         ab += 0.0 if a is None else _dot(a, b)
     if bb == 0 or bw > tol**2 * max(ww, bb):
-        return None, (0.0, 0.0)
+        return None, 0.0
     s = ab / bb
     off = sum(_dot(a - s * b, a - s * b) for a, b, _ in rows if a is not None and b is not None)
-    if not (0 < s <= 1 + tol and off <= tol**2 * aa):
-        return None, (0.0, 0.0)
-    if s < 1 - tol and not update.norm_clipped:  # no clip_grad_norm_: a clip by hand, or the
-        return None, (math.sqrt(aa), math.sqrt(bb))  # code's own division (by_hand tells)
-    return True, (0.0, 0.0)
+    if not (0 < s <= 1 + tol and off <= tol**2 * aa) or (s < 1 - tol and not update.norm_clipped):
+        return None, 0.0
+    return True, 0.0
 
 
 def _clamped(update: Open, tol: float) -> bool:
