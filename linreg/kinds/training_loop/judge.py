@@ -138,7 +138,7 @@ def clipped_by_norm(
     where the run let an update through as it was, right, or clipped every one. A mean's
     gradient divided again by its rows is no clip: its norm goes with them.
     """
-    near_norm = max(10 * tol, 1e-2)
+    near_norm = min(max(10 * tol, 1e-2), 0.05)  # "one norm": at most 5% wide
 
     def below(applied: Tensor, g: Tensor) -> bool:  # a factor of g in (0, 1)
         r = factor(applied, g, tol)
