@@ -1383,3 +1383,30 @@ def test_watch_a_full_batch_divided_again_is_no_clip_and_its_scale_not_passed() 
     verdicts = {r.pitfall: r.verdict for r in report.results}
     assert verdicts["mean-vs-sum"] == "skip", str(report)
     assert "0.02703 times the mean" in (report.note or ""), str(report)  # 1 / 37
+
+
+def test_watch_a_clip_by_hand_of_one_model_is_judged_apart_from_another_unclipped() -> None:
+    """Two models stepped in turn (a critic clipped by hand, a predictor not, its gradients
+    longer than the critic's clip): the predictor's updates, let through longer than the clip's
+    one norm, belong to other params and veto nothing."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 4, generator=gen)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 3.0]))[:, None]
+    critic, predictor = nn.Linear(4, 1), nn.Linear(4, 1)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (critic, predictor)]
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    with watch() as reports:
+        for _ in range(3):
+            for xb, yb in loader:
+                for model, optimizer, clip in zip(
+                    (critic, predictor), optimizers, (True, False), strict=True
+                ):
+                    optimizer.zero_grad()
+                    F.mse_loss(model(xb), 10 * yb if not clip else yb).backward()
+                    if clip:
+                        norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+                        for p in model.parameters():
+                            p.grad.mul_(torch.clamp(4.0 / (norm + 1e-6), max=1.0))
+                    optimizer.step()
+    report = reports[0]
+    assert report.ok, str(report)
