@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from linreg.kinds.watched import Update
+from linreg.kinds.training_loop.measure import norm_width, one_norm, shows_a_clip
+from linreg.kinds.watched import Update, scaled_by
 
 
 @dataclass
@@ -109,17 +110,11 @@ def by_hand(updates: Sequence[Update]) -> list[Update]:
     for group in {u.group for u in updates if u.hand > 0}:
         mine = [j for j, u in enumerate(updates) if u.group == group]
         hand = [j for j in mine if updates[j].hand > 0]
-        near_norm = min(max(10 * max(updates[j].tol for j in hand), 1e-2), 0.05)
-        m = updates[hand[0]].hand
+        width = norm_width(max(updates[j].tol for j in hand))
         through = [updates[j].norm for j in mine if updates[j].norm > 0]
         befores = [updates[j].hand_before for j in hand]
-        shown = bool(through) or any(  # else as much a division of the code's own
-            not math.isclose(b, befores[0], rel_tol=near_norm) for b in befores
-        )
-        if (
-            shown
-            and all(math.isclose(updates[j].hand, m, rel_tol=near_norm) for j in hand)
-            and all(n <= m * (1 + near_norm) for n in through)
+        if shows_a_clip(befores, bool(through), width) and one_norm(
+            [updates[j].hand for j in hand], befores, through, width
         ):
             for j in hand:
                 out[j] = replace(updates[j], hand_ok=True)
@@ -135,14 +130,10 @@ def _a_clipping(u: Update) -> bool:
     """Return whether what an update applied (A) is a clipping of what .grad held before it
     (B): s times B for one s in (0, 1], and not B itself; below 1 only where clip_grad_norm_
     was called in it (else the factor is the code's own division of .grad, read as applied)."""
-    if u.bb <= 0:
+    s, same = scaled_by(u.aa, u.bb, u.ab, u.tol)
+    if s is None or same or not 0 < s <= 1 + u.tol:
         return False
-    s, tol2 = u.ab / u.bb, u.tol**2
-    if s < 1 - u.tol and not (u.norm_clipped or u.hand_ok):
-        return False
-    scaled = u.aa - 2 * s * u.ab + s * s * u.bb  # |A - s B|^2
-    same = u.aa - 2 * u.ab + u.bb  # |A - B|^2
-    return 0 < s <= 1 + u.tol and scaled <= tol2 * u.aa and same > tol2 * u.aa
+    return s >= 1 - u.tol or u.norm_clipped or u.hand_ok
 
 
 def over_counted(readings: list[Reading]) -> list[tuple[Reading, int]]:

@@ -3,10 +3,10 @@ step hooks (any optimizer over the model's parameters; the pre-hook holds every 
 lr at 0), each parameter's post-accumulate-grad hook (the gradients as backward() left them:
 "raw") and gradient hook (what .grad held when an update's first backward() reached it:
 "carried", the trace of a missing zero_grad), `GradScaler.unscale_` (divided by the loss
-scaler's scale: "unscaled", and the scale), torch's clipping (the gradients as a clip first
-found them, after what the loop did to .grad itself), and the model's forward pre-hook (what each
-forward pass with grad enabled was fed). Each step's reading is taken after the step
-("applied"), since a framework may run forward, zero_grad and backward inside
+scaler's scale: "unscaled", and the scale), torch's clipping (the gradients as each call
+found them, after what the loop did to .grad itself, and whose), and the model's forward
+pre-hook (what each forward pass with grad enabled was fed). Each step's reading is taken
+after the step ("applied"), since a framework may run forward, zero_grad and backward inside
 `optimizer.step(closure)`. Each batch a DataLoader's pass makes is held, by its memory, with
 the pass that made it (a forward fed it came from there). The rows an update consumed are the
 rows fed since the update before (which of those forwards fed it: feeds.py): prefetching and

@@ -6,7 +6,6 @@ unequally).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +14,16 @@ from torch import Tensor
 
 from linreg.kinds.training_loop.batching import Batching
 from linreg.kinds.training_loop.ledger import Step
-from linreg.kinds.training_loop.measure import NAMED, clipping, close, factor, near
+from linreg.kinds.training_loop.measure import (
+    NAMED,
+    clipping,
+    close,
+    factor,
+    near,
+    norm_width,
+    one_norm,
+    shows_a_clip,
+)
 from linreg.kinds.training_loop.references import Reference
 
 
@@ -111,7 +119,7 @@ def each_clip_a_clipping(step: Step, tol: float) -> bool:
     """Return True if, in a step whose calls of torch's clipping clipped some params alone,
     what each call found of its params became a clipping of it (or stayed as it was), from
     one call to the next and to the step."""
-    if step.applied is None or step.clipped_apart is None:
+    if step.applied is None or not step.clips_apart:
         return False
     states = [*step.clip_found, step.applied]
     for i, covered in enumerate(step.clip_covered):
@@ -138,7 +146,7 @@ def clipped_by_norm(
     where the run let an update through as it was, right, or clipped every one. A mean's
     gradient divided again by its rows is no clip: its norm goes with them.
     """
-    near_norm = min(max(10 * tol, 1e-2), 0.05)  # "one norm": at most 5% wide
+    near_norm = norm_width(tol)
 
     def below(applied: Tensor, g: Tensor) -> bool:  # a factor of g in (0, 1)
         r = factor(applied, g, tol)
@@ -150,7 +158,7 @@ def clipped_by_norm(
     let_right = False  # it let an update through as it was, right (its scale right unclipped)
     for j, (step, want) in enumerate(zip(steps, wants, strict=True)):
         applied = step.applied
-        if want is None or applied is None or step.clipped_apart is not None:
+        if want is None or applied is None or step.clips_apart:
             continue  # (parts clipped apart: each_clip_a_clipping's)
         # before the clip: as torch's last clip found it, else as backward() left it (over
         # the loss scaler's scale)
@@ -170,15 +178,15 @@ def clipped_by_norm(
             clipped[j] = before
     if not clipped:
         return frozenset(), frozenset()
-    for norm in (torch.linalg.vector_norm, lambda g: g.abs().max()):
-        m = [float(norm(steps[j].applied)) for j in clipped]
-        if (
-            all(math.isclose(x, m[0], rel_tol=near_norm) for x in m)
-            and all(float(norm(g)) <= m[0] * (1 + near_norm) for g in through)
-            and all(float(norm(g)) >= m[0] * (1 - near_norm) for g in clipped.values())
-        ):
-            break
-    else:
+    if not any(
+        one_norm(
+            [float(norm(steps[j].applied)) for j in clipped],
+            [float(norm(g)) for g in clipped.values()],
+            [float(norm(g)) for g in through],
+            near_norm,
+        )
+        for norm in (torch.linalg.vector_norm, lambda g: g.abs().max())
+    ):
         return frozenset(), frozenset()
     # unseen before a clip by hand after the loop's own division of .grad: right where the run
     # let an update through right, or clipped every one (then no scale showed through it)
@@ -188,7 +196,7 @@ def clipped_by_norm(
     # through, or one it scaled from another norm to the same; alone, a wrong update's factor
     # below 1 is as much the loop's own division, and is read as it applied it
     befores = [float(torch.linalg.vector_norm(g)) for g in clipped.values()]
-    if not through and all(math.isclose(b, befores[0], rel_tol=near_norm) for b in befores):
+    if not shows_a_clip(befores, bool(through), near_norm):
         clipped = {j: g for j, g in clipped.items() if steps[j].clip_found or j in right}
     return frozenset(clipped), frozenset(right | unseen)
 

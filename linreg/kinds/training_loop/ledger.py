@@ -75,11 +75,16 @@ class Step:
         return [*reversed(self.clip_found), *later]
 
     @property
+    def clips_apart(self) -> bool:
+        """Return True if a call of torch's clipping clipped some of the params alone."""
+        return self.applied is not None and not all(bool(m.all()) for m in self.clip_covered)
+
+    @property
     def clipped_apart(self) -> Tensor | None:
         """Return the gradient before torch's clipping where its calls clipped parts of the
         params apart (a backbone alone, each optimizer's own): each param as the first call that
         clipped it found it, the others as applied; None where no call clipped a part alone."""
-        if self.applied is None or all(bool(m.all()) for m in self.clip_covered):
+        if self.applied is None or not self.clips_apart:
             return None
         before = self.applied.clone()
         for found, covered in zip(self.clip_found[::-1], self.clip_covered[::-1], strict=True):

@@ -61,3 +61,29 @@ def clipping(applied: Tensor | None, before: Tensor | None, tol: float) -> bool:
         return True
     t = float(applied.abs().max())
     return 0 < t < scale and close(applied, before.clamp(-t, t), tol, scale)
+
+
+def norm_width(tol: float) -> float:
+    """Return how far apart (relative) norms may lie and still be one clip's one norm: ten times
+    the dtype's tolerance, at least 1%, at most 5% (half precision's 2e-2 would make it 20%)."""
+    return min(max(10 * tol, 1e-2), 0.05)
+
+
+def one_norm(
+    scaled: Sequence[float], before: Sequence[float], through: Sequence[float], width: float
+) -> bool:
+    """Return True if the updates a clip scaled below 1 (the norms of what each applied and of
+    what each held before) show one clip of the norm: all at one norm, each longer before it,
+    and none of those it let through as they were (their norms) longer than that."""
+    m = scaled[0]
+    return (
+        all(math.isclose(x, m, rel_tol=width) for x in scaled)
+        and all(n <= m * (1 + width) for n in through)
+        and all(b >= m * (1 - width) for b in before)
+    )
+
+
+def shows_a_clip(before: Sequence[float], let_through: bool, width: float) -> bool:
+    """Return True if a run shows that its updates scaled below 1 were clipped, not divided: one
+    let through as it was, or norms before of more than one size brought to one."""
+    return let_through or any(not math.isclose(b, before[0], rel_tol=width) for b in before)

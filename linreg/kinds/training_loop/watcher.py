@@ -115,6 +115,9 @@ class Watcher(ForwardHooks):
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
         unreached = self.feeds.unreached(self.calls)
+        # a clip of the still-scaled gradient (clip-before-unscale's) is read as backward()
+        # left it over the scale (Step.before_clipping)
+        kept_from = self.unscaled_at if self.scale is not None else 0
         self.seen.steps.append(
             Step(
                 applied,
@@ -124,10 +127,8 @@ class Watcher(ForwardHooks):
                 self.scale,
                 carried,
                 unreached,
-                # a clip of the still-scaled gradient (clip-before-unscale's) is read as
-                # backward() left it over the scale (Step.before_clipping)
-                (*self.clip_found[self.unscaled_at if self.scale is not None else 0 :],),
-                (*self.clip_covered[self.unscaled_at if self.scale is not None else 0 :],),
+                (*self.clip_found[kept_from:],),
+                (*self.clip_covered[kept_from:],),
             )
         )
         self.feeds.stepped(self.calls)

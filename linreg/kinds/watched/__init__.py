@@ -12,6 +12,7 @@ from linreg.kinds.watched.records import (
     Update,
     Watched,
     close,
+    scaled_by,
 )
 from linreg.kinds.watched.seams import LOSSES, watching
 
@@ -26,5 +27,6 @@ __all__ = [
     "Update",
     "Watched",
     "close",
+    "scaled_by",
     "watching",
 ]

@@ -227,20 +227,26 @@ def _scaled(
     """Return |what an update applied| where it applied what it held before (let through),
     and that and |before| where it applied a factor below 1 of it with no clip of torch's by
     norm (a clip by hand, or a division), from its inner products: (norm, hand, hand_before)."""
-    if bb <= 0 or aa <= 0 or clipped:
+    if aa <= 0 or clipped:
         return 0.0, 0.0, 0.0
-    s = ab / bb
-    if aa - 2 * ab + bb <= tol**2 * aa:  # |A - B|^2: as it was
+    s, same = scaled_by(aa, bb, ab, tol)
+    if same:
         return math.sqrt(aa), 0.0, 0.0
-    if 0 < s < 1 - tol and aa - 2 * s * ab + s * s * bb <= tol**2 * aa:  # |A - s B|^2
+    if s is not None and 0 < s < 1 - tol:
         return 0.0, math.sqrt(aa), math.sqrt(bb)
     return 0.0, 0.0, 0.0
+
+
+def scaled_by(aa: float, bb: float, ab: float, tol: float) -> tuple[float | None, bool]:
+    """Return, from the inner products of what an update applied (A) and what it held before
+    (B), the s with A = s B (None: none, to the tolerance relative to |A|) and whether A is
+    B as it was."""
+    if bb <= 0:
+        return None, False
     s = ab / bb
-    if aa - 2 * ab + bb <= tol**2 * aa:  # |A - B|^2: as it was
-        return {"norm": math.sqrt(aa)}
-    if 0 < s < 1 - tol and aa - 2 * s * ab + s * s * bb <= tol**2 * aa:  # |A - s B|^2
-        return {"hand": math.sqrt(aa), "hand_before": math.sqrt(bb)}
-    return {}
+    scaled = aa - 2 * s * ab + s * s * bb  # |A - s B|^2
+    same = aa - 2 * ab + bb  # |A - B|^2
+    return (s if scaled <= tol**2 * aa else None), same <= tol**2 * aa
 
 
 def unread(tol: float) -> Update:
