@@ -203,7 +203,12 @@ def test_a_mean_divided_again_is_no_clip_and_fails() -> None:
 
 
 def clips_by_hand_after_dividing(
-    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, zero: bool = True
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    zero: bool = True,
+    max_norm: float = 0.2,
 ) -> None:
     """Summed losses; .grad divided by the rows in place, then its norm clipped by hand (a
     framework's own clip, as fairseq's multiply_grads then clip_grad_norm_): what the clip
@@ -216,7 +221,7 @@ def clips_by_hand_after_dividing(
             F.cross_entropy(model(inputs), targets, reduction="sum").backward()
             torch._foreach_mul_([p.grad for p in params], 1 / len(targets))
             norm = torch.sqrt(sum((p.grad**2).sum() for p in params))
-            coef = torch.clamp(0.2 / (norm + 1e-6), max=1.0)
+            coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
             for p in params:
                 p.grad.mul_(coef)
             optimizer.step()
@@ -227,8 +232,20 @@ def test_a_clip_by_hand_after_the_loops_own_division_passes() -> None:
     # division left, before it, is not seen; backward() left the sum)
     report = audit.training_loop(clips_by_hand_after_dividing, **LOOP)
     assert report.ok, str(report)
+    # every update of those runs clipped: their scale never showed, and the report says so
+    assert "a clip that is not torch's scaled every update down to one norm" in report.note
     twin = audit.training_loop(functools.partial(clips_by_hand_after_dividing, zero=False), **LOOP)
     assert "grad-zeroing" in [r.pitfall for r in twin.failures], str(twin)
+
+
+@pytest.mark.parametrize("max_norm", [1.4, 1e9], ids=["some let through", "none clipped"])
+def test_a_clip_by_hand_that_lets_a_right_update_through_shows_the_scale_and_needs_no_note(
+    max_norm: float,
+) -> None:
+    loop = functools.partial(clips_by_hand_after_dividing, max_norm=max_norm)
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+    assert report.note == "", str(report)
 
 
 def test_a_flush_step_that_applies_nothing_is_no_update() -> None:

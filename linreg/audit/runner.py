@@ -45,7 +45,13 @@ from linreg.kinds.guards import (
     one_thread,
     watchdog_kept,
 )
-from linreg.kinds.training_loop import models_restored, runs_shared, sharing, unshared
+from linreg.kinds.training_loop import (
+    blind_note,
+    models_restored,
+    runs_shared,
+    sharing,
+    unshared,
+)
 from linreg.pitfalls import CATALOGUE, Property
 
 __all__ = [
@@ -262,6 +268,7 @@ def run(
             if result.verdict == "fail":
                 failed.add(prop.pitfall)
             verdicts[id(prop)] = result
+        seen = blind_note()  # what the runs showed that limits the verdicts
     return Report(
         str(target),
         target.kind,
@@ -269,7 +276,7 @@ def run(
         tuple(verdicts[id(p)] for p in props),
         time.perf_counter() - start,
         *error,
-        note=budget.note(),
+        note="; ".join(n for n in (budget.note(), seen) if n),
     )
 
 

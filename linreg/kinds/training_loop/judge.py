@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -134,9 +135,20 @@ def each_clip_a_clipping(step: Step, tol: float) -> bool:
     return True
 
 
+class Clipped(NamedTuple):
+    """The updates of a run a clip of the gradient's norm explains (clipped_by_norm)."""
+
+    by_norm: frozenset[int] = frozenset()
+    right: frozenset[int] = frozenset()  # those right before the clip
+    # right only up to the clip: a clip by hand after the loop's own division of .grad that
+    # scaled every update of the run, so no update showed the scale before it
+    blind: frozenset[int] = frozenset()
+    shown: frozenset[int] = frozenset()  # the same where the run let a right update through
+
+
 def clipped_by_norm(
     steps: Sequence[Step], wants: Sequence[Tensor | None], tol: float, scale: float
-) -> tuple[frozenset[int], frozenset[int]]:
+) -> Clipped:
     """Return the updates a clip of the gradient's norm (torch's, or the loop's own) explains,
     and those of them right before it: each applied a factor below 1 of what it was before the
     clip (as torch's clipping last found it, else as backward() left it), all at one norm (L2,
@@ -177,7 +189,7 @@ def clipped_by_norm(
         elif below(applied, before):
             clipped[j] = before
     if not clipped:
-        return frozenset(), frozenset()
+        return Clipped()
     if not any(
         one_norm(
             [float(norm(steps[j].applied)) for j in clipped],
@@ -187,7 +199,7 @@ def clipped_by_norm(
         )
         for norm in (torch.linalg.vector_norm, lambda g: g.abs().max())
     ):
-        return frozenset(), frozenset()
+        return Clipped()
     # unseen before a clip by hand after the loop's own division of .grad: right where the run
     # let an update through right, or clipped every one (then no scale showed through it)
     shown = let_right or not through
@@ -198,7 +210,12 @@ def clipped_by_norm(
     befores = [float(torch.linalg.vector_norm(g)) for g in clipped.values()]
     if not shows_a_clip(befores, bool(through), near_norm):
         clipped = {j: g for j, g in clipped.items() if steps[j].clip_found or j in right}
-    return frozenset(clipped), frozenset(right | unseen)
+    return Clipped(
+        frozenset(clipped),
+        frozenset(right | unseen),
+        blind=frozenset() if through else frozenset(unseen),
+        shown=frozenset(unseen) if through else frozenset(),
+    )
 
 
 def carries(step: Step) -> bool:

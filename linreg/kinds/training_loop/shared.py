@@ -29,7 +29,7 @@ from linreg.kinds.training_loop.batching import Batching
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.ledger import Observed
 
-__all__ = ["KEEP_BYTES", "kept", "runs_shared", "sharing", "unshared"]
+__all__ = ["KEEP_BYTES", "kept", "runs_shared", "sharing", "tallied", "tally", "unshared"]
 
 KEEP_BYTES = 256 * 2**20  # the tensors one audit keeps, at most
 _T = TypeVar("_T")
@@ -42,6 +42,8 @@ class _Scope:
         self.counted: set[int] = set()  # the tensors counted in bytes (kept alive by runs)
         self.models: set[int] = set()  # the models of the runs kept
         self.full = False  # past KEEP_BYTES, or a factory that hands out one model: no more
+        # what each run showed that the report says (tally): what -> batching -> count
+        self.tallies: dict[str, dict[Batching, int]] = {}
 
 
 _SCOPE: _Scope | None = None
@@ -78,6 +80,21 @@ def sharing() -> bool:
     """Return True while the scope keeps runs: the models built then are put back when it
     ends (once it is full, each property puts back its own, as outside any scope)."""
     return _SCOPE is not None and not _SCOPE.full
+
+
+def tally(batching: Batching, **counts: int) -> None:
+    """Count, for the report, what a run on a batching showed (counted once per run, however
+    often it is made; outside any scope, nothing is)."""
+    if _SCOPE is None:
+        return
+    for what, n in counts.items():
+        if n:
+            _SCOPE.tallies.setdefault(what, {})[batching] = n
+
+
+def tallied(what: str) -> dict[Batching, int]:
+    """Return each run's count of what (tally), the runs that showed none left out."""
+    return dict(_SCOPE.tallies.get(what, {})) if _SCOPE is not None else {}
 
 
 def kept(what: str, target: Target, batching: Batching, make: Callable[[], _T]) -> _T:

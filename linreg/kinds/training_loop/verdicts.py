@@ -29,7 +29,7 @@ from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
 from linreg.kinds.training_loop.settings import options_of, reduced
-from linreg.kinds.training_loop.shared import kept
+from linreg.kinds.training_loop.shared import kept, tallied, tally
 from linreg.kinds.training_loop.weights import weights_of
 
 # (j, every step's verdict, the run, the full steps' common ratio or None) -> another's cause
@@ -68,7 +68,26 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
         return Wanted(seen, None, [], tol, 0.0)
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
-    return Wanted(seen, ref, wants, tol, scale, *clipped_by_norm(seen.steps, wants, tol, scale))
+    clipped = clipped_by_norm(seen.steps, wants, tol, scale)
+    tally(batching, judged=1, clipped_blind=len(clipped.blind), clipped_shown=len(clipped.shown))
+    return Wanted(seen, ref, wants, tol, scale, clipped.by_norm, clipped.right)
+
+
+def blind_note() -> str:
+    """Return what the report says where, in every run the audit judged that clipped by hand
+    after an unseen change of .grad, the clip scaled every update ("" elsewhere): those updates
+    are right only up to the clip's factor, and no update showed the scale before it."""
+    blind = tallied("clipped_blind")
+    if not blind or tallied("clipped_shown"):
+        return ""
+    return (
+        f"in {len(blind)} of the {len(tallied('judged'))} runs judged, a clip that is not "
+        "torch's scaled every update down to one norm, from a gradient other than backward()'s: "
+        f"those {sum(blind.values())} updates are right only up to the clip's factor, since a "
+        "division of .grad of yours before the clip (as fairseq's multiply_grads) is not seen, "
+        "and without it (a loss summed where a mean is meant) they would read the same; a "
+        "max_norm that lets some updates through judges their scale"
+    )
 
 
 def compare(
