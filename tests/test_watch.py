@@ -1341,10 +1341,18 @@ def test_watch_a_clip_of_the_norm_by_hand_passes_where_its_updates_share_one_nor
     assert report.ok, str(report)
 
 
-def _clipped_by_hand(reduction: str, full_batch_divided: bool = False) -> Any:
+def _clipped_by_hand(
+    reduction: str,
+    full_batch_divided: bool = False,
+    *,
+    summed: bool = False,
+    divided: bool = False,
+    max_norm: float = 8.0,
+) -> Any:
     """A regression fit, each .grad scaled by min(1, max_norm / norm) computed by hand (or,
     full_batch_divided: the whole data each step, its mean's gradient divided again by its
-    rows), watched."""
+    rows), watched meaning the reduction. summed: the loss summed whatever is meant; divided:
+    then each .grad divided by the batch's rows before the clip (fairseq's multiply_grads)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(37, 4, generator=gen)
     y = (x @ torch.tensor([1.0, -2.0, 0.5, 3.0]))[:, None]
@@ -1357,14 +1365,14 @@ def _clipped_by_hand(reduction: str, full_batch_divided: bool = False) -> Any:
         for _ in range(20 if full_batch_divided else 3):
             for xb, yb in loader:
                 optimizer.zero_grad()
-                F.mse_loss(model(xb), yb, reduction=reduction).backward()
-                if full_batch_divided:
+                F.mse_loss(model(xb), yb, reduction="sum" if summed else reduction).backward()
+                if full_batch_divided or divided:
                     for p in model.parameters():
                         p.grad /= len(xb)
-                else:
+                if not full_batch_divided:
                     norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
                     for p in model.parameters():
-                        p.grad.mul_(torch.clamp(8.0 / (norm + 1e-6), max=1.0))
+                        p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
                 optimizer.step()
     return reports[0]
 
@@ -1373,6 +1381,35 @@ def _clipped_by_hand(reduction: str, full_batch_divided: bool = False) -> Any:
 def test_watch_a_clip_by_hand_of_a_mean_or_of_a_sum_meant_passes(reduction: str) -> None:
     report = _clipped_by_hand(reduction)
     assert report.ok, str(report)
+
+
+def test_watch_a_clip_by_hand_after_the_codes_own_division_passes_and_its_twin_fails() -> None:
+    """fairseq's shape: a summed loss, each .grad divided by the rows, then a clip by hand.
+    What backward() left is the sum, the division between is unseen: the updates the clip
+    scaled are right as a clip of the mean, as the ones it let through show. Without the
+    division, the sums it let through are 4 times the mean."""
+    report = _clipped_by_hand("mean", summed=True, divided=True)
+    assert report.ok and "clipped by hand" not in (report.note or ""), str(report)
+    twin = _clipped_by_hand("mean", summed=True)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+    assert "4 times the mean" in twin.failures[0].message, str(twin)
+
+
+def test_watch_a_clip_by_hand_that_clipped_every_update_after_a_division_says_so() -> None:
+    """Every update clipped: no update shows the scale before the clip, so the division is
+    taken as made (the guide ranks a false alarm above a miss), and the note says so."""
+    report = _clipped_by_hand("mean", summed=True, divided=True, max_norm=0.5)
+    assert report.ok, str(report)
+    assert "were clipped by hand (not by torch) to one norm" in (report.note or ""), str(report)
+
+
+def test_watch_an_update_of_one_row_let_through_shows_no_scale_and_the_note_stays() -> None:
+    """A loss summed where a mean is meant, no division, clipped by hand below a quarter of
+    every full update's sum: each reads as a clip of the mean, as fairseq's would (a miss the
+    note owns). The short last update, of one row, is let through: a sum over one row is its
+    mean, so it shows no scale, and the note stays."""
+    report = _clipped_by_hand("mean", summed=True, max_norm=4.0)
+    assert "were clipped by hand (not by torch) to one norm" in (report.note or ""), str(report)
 
 
 def test_watch_a_full_batch_divided_again_is_no_clip_and_its_scale_not_passed() -> None:

@@ -29,6 +29,8 @@ class Reading:
     calls: int = 1  # the most loss calls of its term a micro-batch held (heads' means added)
     native: bool = False  # one term of several, whose function reduced as meant itself (took
     # the mean, or the sum where the sum is meant): its weight is a coefficient of the code's
+    blind: bool = False  # right only up to a clip by hand that clipped every update of its
+    # params: their scale before it never showed (Update.hand_unseen)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -49,9 +51,13 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
     want = c if summed else c / c.sum()  # a correct update: sum (or mean) of its rows'
     ww, tol2 = float(want @ gram @ want), u.tol**2
     dots, rr, clipped = u.sa / c, u.aa, u.clipped  # (by value: read before it, in close)
-    if _residual(gram, dots, rr, want) > tol2 * max(ww, rr) and _a_clipping(u):
-        dots, rr, clipped = u.sb / c, u.bb, True
     parts, total = list(u.counts), float(c.sum())
+    if _residual(gram, dots, rr, want) > tol2 * max(ww, rr) and _a_clipping(u):
+        if u.hand_unseen and _unseen_clip(gram, u.sb / c, u.bb, u.sa / c, u.aa, want, u.tol):
+            return Reading(
+                j, total, parts, [1.0] * len(parts), True, blind=u.hand_unseen == "blind"
+            )
+        dots, rr, clipped = u.sb / c, u.bb, True
     scale = float(want @ dots) / ww if ww > 0 else 0.0  # one scale on the correct update?
     if ww > 0 and _residual(gram, dots, rr, scale * want) <= tol2 * max(rr, ww):
         return Reading(j, total, parts, [scale] * len(parts), clipped)
@@ -116,9 +122,39 @@ def by_hand(updates: Sequence[Update]) -> list[Update]:
         if shows_a_clip(befores, bool(through), width) and one_norm(
             [updates[j].hand for j in hand], befores, through, width
         ):
+            # a division of .grad before the clip is unseen: a clip of the correct update is
+            # right where the run let a right update through, or clipped every one (no scale
+            # showed through it; the report says so)
+            let = [  # (over one row or target, a sum is the mean: no scale shows)
+                updates[j] for j in mine if updates[j].norm > 0 and sum(updates[j].counts) != 1
+            ]
+            let_right = any(u.right and not u.clipped for u in let)
+            unseen = "shown" if let_right else "" if let else "blind"
             for j in hand:
-                out[j] = replace(updates[j], hand_ok=True)
+                out[j] = replace(updates[j], hand_ok=True, hand_unseen=unseen)
     return out
+
+
+def _unseen_clip(
+    gram: torch.Tensor,
+    b_dots: torch.Tensor,
+    bb: float,
+    a_dots: torch.Tensor,
+    aa: float,
+    want: torch.Tensor,
+    tol: float,
+) -> bool:
+    """Return whether a clip by hand applied a factor below 1 of the correct update (A = s W,
+    0 < s < 1) while what backward() left was not the correct update (B != W): a division of
+    .grad between the two, unseen, made it right before the clip."""
+    ww = float(want @ gram @ want)
+    if ww <= 0:
+        return False
+    tol2 = tol**2
+    if _residual(gram, b_dots, bb, want) <= tol2 * max(ww, bb):
+        return False  # right before the clip as backward() left it: read there
+    s = float(want @ a_dots) / ww
+    return 0 < s < 1 - tol and _residual(gram, a_dots, aa, s * want) <= tol2 * max(aa, ww)
 
 
 def _residual(gram: torch.Tensor, dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:

@@ -101,6 +101,15 @@ def report_of(
                 "its labels counted before a causal shift drops each sequence's first, that "
                 "is mean-vs-sum (rows of unequal lengths would tell)"
             )
+    if v.blind_clipped:
+        note += (
+            f"; {v.blind_clipped} update(s) were clipped by hand (not by torch) to one norm, "
+            "every update of their params, from a gradient other than backward()'s: each is "
+            "right only up to the clip's factor, since a division of .grad before the clip (as "
+            "fairseq's multiply_grads) is not seen, and without it (a loss summed where a mean "
+            "is meant) they would read the same; a max_norm that lets some updates through "
+            "judges their scale"
+        )
     if v.no_batch:
         note += (
             f"; {len(v.no_batch)} update(s) reached losses of several functions, none on targets "

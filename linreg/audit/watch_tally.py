@@ -30,6 +30,7 @@ class Verdicts:
     let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
     skipped: int = 0  # backward() calls of steps the code skipped now and then
     recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed
+    blind_clipped: int = 0  # updates right only up to a clip by hand that clipped every one
     # per term (one loss: ""): a scale on its full updates taken as the loss's own, their
     # count, and whether no shorter update told it from a sum (mean-vs-sum not judged there)
     constants: list[Constant] = field(default_factory=list)

@@ -115,6 +115,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 r.tol = u.tol
                 r.calls = r.calls if term else u.calls
                 readings[term].append(r)
+                v.blind_clipped += r.blind
     for term, rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
     if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or

@@ -54,6 +54,12 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
     return total if summed else total / max(sum(weight), 1e-12)
 
 
+def count_of_step(step: Step, ref: Reference) -> float:
+    """Return the rows a step consumed, or the targets they count where they count tokens: its
+    mean is its sum over this (one: the two are the same, and show no scale)."""
+    return sum(1.0 if ref.weights is None else ref.weights.get(k, 1.0) for k in step.row_keys)
+
+
 def judge(
     step: Step,
     want: Tensor,
@@ -147,7 +153,11 @@ class Clipped(NamedTuple):
 
 
 def clipped_by_norm(
-    steps: Sequence[Step], wants: Sequence[Tensor | None], tol: float, scale: float
+    steps: Sequence[Step],
+    wants: Sequence[Tensor | None],
+    counts: Sequence[float],
+    tol: float,
+    scale: float,
 ) -> Clipped:
     """Return the updates a clip of the gradient's norm (torch's, or the loop's own) explains,
     and those of them right before it: each applied a factor below 1 of what it was before the
@@ -155,7 +165,8 @@ def clipped_by_norm(
     or the largest entry), while every update the clip let through was no longer than that and
     each it scaled was longer. Right: right before its clip, or (a clip after the loop divided
     .grad itself, where nothing was seen between) a factor below 1 of the correct gradient
-    where the run let an update through as it was, right, or clipped every one. A mean's
+    where the run let an update through as it was, right, or clipped every one (an update of
+    one row or target, whose sum is its mean, shows no scale either way). A mean's
     gradient divided again by its rows is no clip: its norm goes with them.
     """
     near_norm = norm_width(tol)
@@ -167,7 +178,9 @@ def clipped_by_norm(
     through: list[Tensor] = []  # what each update let through was before the clip
     clipped: dict[int, Tensor] = {}  # what each update it scaled was before the clip
     right: set[int] = set()
-    let_right = False  # it let an update through as it was, right (its scale right unclipped)
+    # it let an update through as it was, right, or one at all, that shows its scale (its
+    # count is not 1: over one row or target, a sum is the mean)
+    let_right = let_any = False
     for j, (step, want) in enumerate(zip(steps, wants, strict=True)):
         applied = step.applied
         if want is None or applied is None or step.clips_apart:
@@ -180,7 +193,8 @@ def clipped_by_norm(
         if close(applied, want, tol, scale) or close(applied, before, tol, scale):
             right_through = close(applied, want, tol, scale)
             through.append(want if right_through else before)
-            let_right = let_right or right_through
+            let_right = let_right or (right_through and counts[j] != 1)
+            let_any = let_any or counts[j] != 1
         elif below(applied, before) and close(before, want, tol, scale):
             clipped[j] = before
             right.add(j)
@@ -202,7 +216,7 @@ def clipped_by_norm(
         return Clipped()
     # unseen before a clip by hand after the loop's own division of .grad: right where the run
     # let an update through right, or clipped every one (then no scale showed through it)
-    shown = let_right or not through
+    shown = let_right or not let_any
     unseen = {j for j, g in clipped.items() if j not in right and shown and g is wants[j]}
     # a clip by hand (none of torch's ran) shows only beside another update: one it let
     # through, or one it scaled from another norm to the same; alone, a wrong update's factor
@@ -213,8 +227,8 @@ def clipped_by_norm(
     return Clipped(
         frozenset(clipped),
         frozenset(right | unseen),
-        blind=frozenset() if through else frozenset(unseen),
-        shown=frozenset(unseen) if through else frozenset(),
+        blind=frozenset() if let_any else frozenset(unseen),
+        shown=frozenset(unseen) if let_any else frozenset(),
     )
 
 

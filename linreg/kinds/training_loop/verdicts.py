@@ -18,6 +18,7 @@ from linreg.kinds.training_loop.calls import Call, memory_of, storage_of
 from linreg.kinds.training_loop.judge import (
     Judged,
     clipped_by_norm,
+    count_of_step,
     judge,
     means_of_means,
     miscount,
@@ -68,7 +69,8 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
         return Wanted(seen, None, [], tol, 0.0)
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
-    clipped = clipped_by_norm(seen.steps, wants, tol, scale)
+    counts = [count_of_step(step, ref) for step in seen.steps]
+    clipped = clipped_by_norm(seen.steps, wants, counts, tol, scale)
     tally(batching, judged=1, clipped_blind=len(clipped.blind), clipped_shown=len(clipped.shown))
     return Wanted(seen, ref, wants, tol, scale, clipped.by_norm, clipped.right)
 

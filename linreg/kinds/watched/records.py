@@ -115,6 +115,10 @@ class Update:
     hand: float = 0.0
     hand_before: float = 0.0
     hand_ok: bool = False  # by_hand found it a clip by hand: read before it (_a_clipping)
+    # where its params' run let a right update through ("shown") or clipped every one
+    # ("blind"): a clip by hand may follow a division of .grad the watcher does not see
+    # (fairseq's multiply_grads), so a clip of the correct update is right too
+    hand_unseen: str = ""
     group: int = 0  # the params its optimizers stepped (their ids' hash): a clip is theirs
 
     @property
