@@ -248,6 +248,53 @@ def test_a_clip_by_hand_that_lets_a_right_update_through_shows_the_scale_and_nee
     assert report.note == "", str(report)
 
 
+def unfreezes_the_first_layer(
+    model: TwoPart, loader: Any, num_epochs: int, frozen_first: bool = True
+) -> None:
+    """Transfer learning as it is often written: the first layer frozen (requires_grad_(False))
+    for the first epoch, then trained with the head, by one optimizer over every param (a
+    frozen one has no .grad and is skipped); or (frozen_first=False) trained, then frozen."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for epoch in range(num_epochs):
+        model.embed.requires_grad_((epoch >= 1) == frozen_first)
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+
+def unfreezes_with_an_optimizer_never_zeroed(model: TwoPart, loader: Any, num_epochs: int) -> None:
+    """Twin: the first layer's own optimizer, made as it is unfrozen, is stepped and never
+    zeroed (the loop zeroes the head's alone)."""
+    model.embed.requires_grad_(False)
+    head = torch.optim.Adam(model.head.parameters(), lr=1e-3)
+    embed = None
+    for epoch in range(num_epochs):
+        if epoch == 1:
+            model.embed.requires_grad_(True)
+            embed = torch.optim.Adam(model.embed.parameters(), lr=1e-4)
+        for x, y in loader:
+            head.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            head.step()
+            if embed is not None:
+                embed.step()
+
+
+@pytest.mark.parametrize("frozen_first", [True, False], ids=["then unfrozen", "then frozen"])
+def test_a_layer_frozen_for_an_epoch_trains_nothing_there_and_passes(frozen_first: bool) -> None:
+    # each step is judged on the params that required grad at it: the references were taken
+    # as the run ended, when the layer was unfrozen (or frozen) for every step alike
+    loop = functools.partial(unfreezes_the_first_layer, frozen_first=frozen_first)
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+
+
+def test_an_optimizer_made_at_unfreezing_and_never_zeroed_fails_grad_zeroing_alone() -> None:
+    report = audit.training_loop(unfreezes_with_an_optimizer_never_zeroed, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+
+
 def test_a_flush_step_that_applies_nothing_is_no_update() -> None:
     report = audit.training_loop(train_with_flush, **LOOP, accumulation_steps=2)
     assert report.ok, str(report)

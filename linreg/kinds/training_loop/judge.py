@@ -51,6 +51,8 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
         return None
     weight = [1.0 if ref.weights is None else ref.weights.get(key, 1.0) for key in keys]
     total = torch.stack([ref.grads[key] * w for key, w in zip(keys, weight, strict=True)]).sum(0)
+    if step.live is not None:  # the params frozen at the step train nothing there
+        total = total * step.live
     return total if summed else total / max(sum(weight), 1e-12)
 
 

@@ -46,6 +46,9 @@ class Step:
     # any division of .grad the loop made itself; a norm logged first, then the clip), in turn
     clip_found: tuple[Tensor, ...] = ()
     clip_covered: tuple[Tensor, ...] = ()  # the params each of those calls clipped (1.0 each)
+    # 1.0 for each entry of a param that required grad at the step, 0.0 for one frozen then
+    # (None: none was): a backbone frozen for the first epoch trains nothing there
+    live: Tensor | None = None
 
     def keep(self, mask: Tensor) -> None:
         """Keep the gradients of the params mask holds (1.0) alone, the others read as 0."""
@@ -125,6 +128,7 @@ class Observed:
     # were): the steps' gradients, and their references, read on those alone
     trained: Tensor | None = None
     stepped_params: frozenset[int] = frozenset()  # the params (by position) any optimizer stepped
+    live_params: frozenset[int] = frozenset()  # those (by position) some step found unfrozen
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained

@@ -7,8 +7,9 @@ reference is the loop's own gradient on that row, and the report says so.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,6 +53,21 @@ def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Ten
     vector = flat([by_param.get(id(p)) for p in params], params)
     assert vector is not None
     return vector
+
+
+@contextlib.contextmanager
+def _thawed(model: nn.Module, live: frozenset[int]) -> Iterator[None]:
+    """Let the params (by position) some step found unfrozen require grad while the rows'
+    gradients are taken, as they were put back after: a backbone the loop froze again after
+    training it has a gradient in the steps that trained it (Step.live masks the others)."""
+    thawed = [p for i, p in enumerate(model.parameters()) if i in live and not p.requires_grad]
+    try:
+        for p in thawed:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p in thawed:
+            p.requires_grad_(False)
 
 
 def _named(loss: Callable[[Any, Tensor], Tensor], y: Tensor) -> RowLoss:
@@ -153,14 +169,15 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
     grads: dict[bytes, Tensor] = {}
     weights: dict[bytes, float] = {}
     labelled: dict[bytes, float] = {}
-    for call in calls:
-        for i, key in enumerate(call.row_keys):
-            if key not in grads:
-                grads[key] = row_gradient(model, call, i, row_loss)
-                labels = token_labels(call, i)
-                if labels is not None:
-                    labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
-                    weights[key] = counted(model, call, i, labels, row_loss)
+    with _thawed(model, seen.live_params):
+        for call in calls:
+            for i, key in enumerate(call.row_keys):
+                if key not in grads:
+                    grads[key] = row_gradient(model, call, i, row_loss)
+                    labels = token_labels(call, i)
+                    if labels is not None:
+                        labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
+                        weights[key] = counted(model, call, i, labels, row_loss)
     if not weights:
         return Reference(grads, f"{source} on that row alone")
     return Reference(

@@ -72,6 +72,7 @@ class Watcher(ForwardHooks):
         self.last: Call | None = None  # the forward under way, until its output is seen
         self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
+        self.live: dict[tuple[bool, ...], Tensor | None] = {}  # Step.live, by what was frozen
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -118,6 +119,7 @@ class Watcher(ForwardHooks):
         # a clip of the still-scaled gradient (clip-before-unscale's) is read as backward()
         # left it over the scale (Step.before_clipping)
         kept_from = self.unscaled_at if self.scale is not None else 0
+        live = self._live()
         self.seen.steps.append(
             Step(
                 applied,
@@ -129,6 +131,7 @@ class Watcher(ForwardHooks):
                 unreached,
                 (*self.clip_found[kept_from:],),
                 (*self.clip_covered[kept_from:],),
+                live,
             )
         )
         self.feeds.stepped(self.calls)
@@ -143,6 +146,24 @@ class Watcher(ForwardHooks):
         self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if self.on_update is not None:
             self.on_update()
+
+    def _live(self) -> Tensor | None:
+        """Return Step.live: which params require grad now (None: all do), and count them in
+        Observed.live_params."""
+        live = tuple(p.requires_grad for p in self.params)
+        if live not in self.live:
+            self.seen.live_params |= {i for i, k in enumerate(live) if k}
+            self.live[live] = (
+                None
+                if all(live)
+                else torch.cat(
+                    [
+                        torch.full((p.numel(),), float(k), dtype=torch.float64)
+                        for p, k in zip(self.params, live, strict=True)
+                    ]
+                )
+            )
+        return self.live[live]
 
     def _forget_all_but(self, calls: list[Call]) -> None:
         """Keep what was marked of these calls alone: the marks of calls no longer kept go
