@@ -277,12 +277,52 @@ REGRESSION = {"model": lambda: nn.Linear(3, 1), "example": L.regression_example}
 def test_loops_as_written_a_loss_the_audit_cannot_guess_is_judged_against_the_loop() -> None:
     report = audit.training_loop(l1_loop, max_examples=EXAMPLES, **REGRESSION)
     assert report.ok, str(report)
+    # a scale every row shares is not judged then, and the report says so
+    assert "reference was the loop's own gradient on that row alone: its loss is not MSE" in (
+        report.note
+    ), str(report)
     named = audit.training_loop(
         partial(l1_loop, k=2), max_examples=10, loss=F.l1_loss, **REGRESSION
     )
     assert [r.pitfall for r in named.failures] == ["mean-vs-sum"], str(named)
     assert "2 times the gradient" in named.failures[0].message
     assert "the named loss 'l1_loss'" in named.failures[0].message
+
+
+def logs_the_norm_by_a_backward_of_its_own(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> list[float]:
+    """A gradient-norm logger that calls backward(retain_graph=True) on the loss itself, then
+    the loop's own backward(): every step applies twice the gradient (backward twice through
+    one graph, its RuntimeError silenced by retain_graph)."""
+
+    def grad_norm(loss: torch.Tensor) -> float:
+        loss.backward(retain_graph=True)
+        return float(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm())
+
+    norms = []
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss = F.mse_loss(model(X), y)
+            norms.append(grad_norm(loss))
+            loss.backward()
+            optimizer.step()
+    return norms
+
+
+def test_loops_as_written_backward_twice_through_one_graph_is_named_in_the_note() -> None:
+    # twice on every row: a scale the loop's own one-row gradient shares, so only a named
+    # loss judges it; unnamed, the note says what the one-row run measured
+    report = audit.training_loop(logs_the_norm_by_a_backward_of_its_own, **REGRESSION)
+    assert "on one row 2 times its gradient (backward() called 2 times through one graph" in (
+        report.note
+    ), str(report)
+    named = audit.training_loop(
+        logs_the_norm_by_a_backward_of_its_own, loss=F.mse_loss, **REGRESSION
+    )
+    assert [r.pitfall for r in named.failures] == ["mean-vs-sum"], str(named)
+    assert "2 times the gradient" in named.failures[0].message
 
 
 def test_loops_as_written_batch_norm_statistics_stay_as_they_started() -> None:

@@ -46,8 +46,8 @@ from linreg.kinds.guards import (
     watchdog_kept,
 )
 from linreg.kinds.training_loop import (
-    blind_note,
     models_restored,
+    notes,
     runs_shared,
     sharing,
     unshared,
@@ -268,7 +268,7 @@ def run(
             if result.verdict == "fail":
                 failed.add(prop.pitfall)
             verdicts[id(prop)] = result
-        seen = blind_note()  # what the runs showed that limits the verdicts
+        seen = notes()  # what the runs showed that limits the verdicts
     return Report(
         str(target),
         target.kind,

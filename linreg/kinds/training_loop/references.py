@@ -37,6 +37,7 @@ class Reference:
     source: str
     weights: dict[bytes, float] | None = None  # the targets each row counts (None: one each)
     labelled: dict[bytes, float] | None = None  # its labels that are not IGNORE_INDEX
+    own: str = ""  # why each row's is the loop's own gradient on it ("": it is not)
 
 
 def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Tensor:
@@ -240,16 +241,32 @@ def _confirmed(
         factors.append(matching[0] if matching else found[0])
     confirmed = _one_known_scale(factors, k, tol)
     why = (
-        f"its loss is not {guess}: name it with loss= to judge the scale of every step"
+        f"its loss is not {guess}{_times(factors, tol)}: name it with loss= to judge the scale "
+        "of every step"
         if guess is not None
         else "what it calls steps itself and cannot be replayed on one row, so a scale that "
         "every row shares is not judged"
     )
-    ref = None if confirmed else Reference(own, f"the loop itself on that row alone ({why})")
+    ref = (
+        None if confirmed else Reference(own, f"the loop itself on that row alone ({why})", own=why)
+    )
     if len(_CACHE) > 256:
         _CACHE.clear()
     _CACHE[key] = (target, ref)
     return ref
+
+
+def _times(factors: list[float | None], tol: float) -> str:
+    """Return the one factor both kinds of rows give the loop's gradient over the guessed
+    loss's, in words ("" if none): a whole number is what backward() called as many times
+    through one graph gives."""
+    a, b = factors
+    if a is None or b is None or not near(a, b, tol) or a <= 0:
+        return ""
+    said = f", on one row {a:.4g} times its gradient"
+    if round(a) >= 2 and near(a, round(a), tol):
+        said += f" (backward() called {round(a)} times through one graph, retain_graph=True?)"
+    return said
 
 
 def _one_known_scale(factors: list[float | None], k: int, tol: float) -> bool:

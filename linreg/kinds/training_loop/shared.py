@@ -29,7 +29,17 @@ from linreg.kinds.training_loop.batching import Batching
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.ledger import Observed
 
-__all__ = ["KEEP_BYTES", "kept", "runs_shared", "sharing", "tallied", "tally", "unshared"]
+__all__ = [
+    "KEEP_BYTES",
+    "kept",
+    "runs_shared",
+    "said",
+    "say",
+    "sharing",
+    "tallied",
+    "tally",
+    "unshared",
+]
 
 KEEP_BYTES = 256 * 2**20  # the tensors one audit keeps, at most
 _T = TypeVar("_T")
@@ -44,6 +54,7 @@ class _Scope:
         self.full = False  # past KEEP_BYTES, or a factory that hands out one model: no more
         # what each run showed that the report says (tally): what -> batching -> count
         self.tallies: dict[str, dict[Batching, int]] = {}
+        self.said: dict[str, None] = {}  # what the report says once (say), in order
 
 
 _SCOPE: _Scope | None = None
@@ -95,6 +106,17 @@ def tally(batching: Batching, **counts: int) -> None:
 def tallied(what: str) -> dict[Batching, int]:
     """Return each run's count of what (tally), the runs that showed none left out."""
     return dict(_SCOPE.tallies.get(what, {})) if _SCOPE is not None else {}
+
+
+def say(text: str) -> None:
+    """Keep, for the report, something a run showed that limits the verdicts (once)."""
+    if _SCOPE is not None:
+        _SCOPE.said[text] = None
+
+
+def said() -> list[str]:
+    """Return what the runs gave the report to say (say), in order."""
+    return list(_SCOPE.said) if _SCOPE is not None else []
 
 
 def kept(what: str, target: Target, batching: Batching, make: Callable[[], _T]) -> _T:

@@ -30,7 +30,7 @@ from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
 from linreg.kinds.training_loop.references import Reference, references
 from linreg.kinds.training_loop.settings import options_of, reduced
-from linreg.kinds.training_loop.shared import kept, tallied, tally
+from linreg.kinds.training_loop.shared import kept, said, say, tallied, tally
 from linreg.kinds.training_loop.weights import weights_of
 
 # (j, every step's verdict, the run, the full steps' common ratio or None) -> another's cause
@@ -71,8 +71,17 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
     counts = [count_of_step(step, ref) for step in seen.steps]
     clipped = clipped_by_norm(seen.steps, wants, counts, tol, scale)
+    if ref.own:
+        say(f"each row's reference was the loop's own gradient on that row alone: {ref.own}")
     tally(batching, judged=1, clipped_blind=len(clipped.blind), clipped_shown=len(clipped.shown))
     return Wanted(seen, ref, wants, tol, scale, clipped.by_norm, clipped.right)
+
+
+def notes() -> str:
+    """Return what the runs showed that limits the verdicts, for the report ("" if nothing):
+    references that are the loop's own (said as the runs met them), and a clip by hand that
+    scaled every update (blind_note)."""
+    return "; ".join(n for n in (*said(), blind_note()) if n)
 
 
 def blind_note() -> str:
