@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from html.parser import HTMLParser
@@ -214,3 +215,9 @@ def test_the_readmes_ledger_example_weighs_its_rows_as_the_readme_says() -> None
     assert weights["rows"] == [2, 1]
     assert weights["applied"] == pytest.approx([0.5, 0.5], rel=1e-4)
     assert weights["correct"] == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_a_target_bound_with_functools_partial_is_named_by_its_function_and_what_it_fixed() -> None:
+    loop = functools.partial(L.dict_train, device="cpu")
+    report = audit.training_loop(loop, max_examples=3, drop_last=True, **NOMINAL)
+    assert report.target == "tests.loops_as_written:dict_train(device='cpu')", report.target

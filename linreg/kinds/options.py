@@ -10,6 +10,7 @@ takes beside its kind's options.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import sys
@@ -126,7 +127,11 @@ def shown_value(value: Any) -> Any:
 
 
 def name_of(fn: object) -> str:
-    """Return MODULE:QUALNAME for a function or class, as the CLI names targets."""
+    """Return MODULE:QUALNAME for a function or class, as the CLI names targets; a
+    functools.partial as its function's, with the arguments it fixed."""
+    if isinstance(fn, functools.partial):
+        fixed = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in fn.keywords.items()]
+        return f"{name_of(fn.func)}({', '.join(fixed)})"
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     return f"{module}:{name}" if module else name
