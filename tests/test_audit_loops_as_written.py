@@ -325,6 +325,42 @@ def test_loops_as_written_backward_twice_through_one_graph_is_named_in_the_note(
     assert "2 times the gradient" in named.failures[0].message
 
 
+def regresses_on_flat_targets(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, squeeze: bool = True
+) -> None:
+    """A regression fit on a dataset of 1-D targets, shape (n,): the predictions squeezed to
+    (n,) before nn.MSELoss. Twin (squeeze=False): predictions (n, 1) against targets (n,)."""
+    criterion = nn.MSELoss()
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            prediction = model(X)
+            loss = criterion(prediction.squeeze(-1) if squeeze else prediction, y)
+            loss.backward()
+            optimizer.step()
+
+
+FLAT_TARGETS = {"model": lambda: nn.Linear(3, 1), "example": (torch.tensor([1.0, -2.0, 0.5]), 0.7)}
+
+
+def test_loops_as_written_predictions_against_flat_targets_fail_label_shape_measured() -> None:
+    # directly: on rows of different targets the broadcast loss's gradient is not the mean
+    # squared error's (on the audit's rows, of one target, the two agree: the loss calls show it)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    X, y = torch.randn(4, 3), torch.tensor([0.7, -1.0, 2.0, 0.1])
+    with pytest.warns(UserWarning, match="different to the input size"):
+        broadcast = torch.autograd.grad(F.mse_loss(model(X), y), list(model.parameters()))
+    right = torch.autograd.grad(F.mse_loss(model(X).squeeze(-1), y), list(model.parameters()))
+    assert max(float((a - b).abs().max()) for a, b in zip(broadcast, right, strict=True)) > 0.1
+    report = audit.training_loop(regresses_on_flat_targets, **FLAT_TARGETS)
+    assert report.ok, str(report)
+    twin = audit.training_loop(partial(regresses_on_flat_targets, squeeze=False), **FLAT_TARGETS)
+    (failure,) = twin.failures
+    assert failure.pitfall == "label-shape", str(twin)
+    assert "predictions of shape (2, 1) with labels of shape (2,)" in failure.message
+
+
 def test_loops_as_written_batch_norm_statistics_stay_as_they_started() -> None:
     report = audit.training_loop(
         L.bn_train, max_examples=10, model=L.SmallConvBN, example=L.image_example

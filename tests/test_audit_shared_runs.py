@@ -1,6 +1,6 @@
 """One audit's runs shared by its properties: each run made once, judged by every property.
 
-The training-loop kind's seven properties draw one strategy, so each draws the same batchings,
+The training-loop kind's eight properties draw one strategy, so each draws the same batchings,
 and a run the first property made is read by the others. What is shared must be what a fresh
 run gives: the models stay held still while later properties read them, an audit inside an
 audited loop keeps its own, a factory that hands out one model shares nothing, and a full
@@ -43,14 +43,14 @@ def _batching_of(loader: Any, num_epochs: int) -> tuple[Any, ...]:
     return (rows, loader.batch_size, num_epochs, torch.initial_seed())
 
 
-def test_an_audit_runs_each_batching_once_for_all_seven_properties() -> None:
+def test_an_audit_runs_each_batching_once_for_all_its_properties() -> None:
     runs: Counter[Any] = Counter()
     report = audit.training_loop(counting(runs), model=dropout_net, example=SAMPLE)
     assert report.ok, str(report)
     judged = sum(r.examples for r in report.results)
-    assert judged >= 7 * 25, str(report)  # every property judged its examples
+    assert len(report.results) == 8 and judged >= 8 * 25, str(report)  # each judged its own
     # each property drew the same batchings: ~30 runs (and the references' runs of one row
-    # per seed, the probe's), where each property running its own would make ~210
+    # per seed, the probe's), where each property running its own would make ~240
     assert sum(runs.values()) < judged / 3, runs
 
 

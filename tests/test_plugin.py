@@ -206,10 +206,10 @@ def test_pitfalls_plugin_audits_a_training_loop_with_its_model_and_example(
         "no:cacheprovider",
         "-v",
     )
-    # fit passes all 7; fit_summed fails mean-vs-sum and passes the other 6, each judged on its
+    # fit passes all 8; fit_summed fails mean-vs-sum and passes the other 7, each judged on its
     # own (grad-zeroing, short-last-batch and micro-batch-accumulation relative to the summed
     # loss's scale: fewer rows, less gradient, is that one mistake's)
-    result.assert_outcomes(passed=13, failed=1, skipped=0)
+    result.assert_outcomes(passed=15, failed=1, skipped=0)
     result.stdout.fnmatch_lines(["*training-loop=myloops:fit_summed*mean-vs-sum: *FAILED*"])
 
 
@@ -263,4 +263,4 @@ def test_pitfalls_plugin_audits_a_step_budget_loop_on_dict_batches(
         "no:cacheprovider",
         "-v",
     )
-    result.assert_outcomes(passed=7)  # every training-loop property
+    result.assert_outcomes(passed=8)  # every training-loop property

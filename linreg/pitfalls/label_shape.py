@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.optim import Optimizer
 
 from linreg import checks, model, optim, train
 from linreg._book import NUM_EXAMPLES, TRUE_W
@@ -14,6 +17,14 @@ from linreg.config import TrainConfig
 from linreg.kinds.guards import guarded
 from linreg.kinds.late import late
 from linreg.kinds.loss import LossOptions
+from linreg.kinds.training_loop import (
+    LINEAR,
+    TRAINING_LOOPS,
+    Batching,
+    describe,
+    options_of,
+    run_at_zero_lr,
+)
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 from linreg.pitfalls.mean_vs_sum import book_mean_loss, book_predictions
@@ -35,6 +46,18 @@ def mean_loss_no_reshape(y_hat: Tensor, y: Tensor) -> Tensor:
 def mse_loss_no_reshape(y_hat: Tensor, y: Tensor) -> Tensor:
     """Mistake: `nn.MSELoss()(y_hat, y)` with y of shape (n,): it warns, then broadcasts."""
     return F.mse_loss(y_hat, y)
+
+
+def loop_flat_labels(
+    model: nn.Module, loader: Iterable[Any], optimizer: Optimizer, *, num_epochs: int
+) -> None:
+    """Mistake: labels of shape (n,), as a dataset of 1-D targets holds them, against
+    predictions of shape (n, 1): nn.MSELoss warns, then broadcasts."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.mse_loss(model(X), y.reshape(-1)).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
 
 
 def flat_labels_step(X: Tensor, y: Tensor, w: Tensor, b: Tensor, config: TrainConfig) -> None:
@@ -75,6 +98,20 @@ def flat_labels_agree(target: Target, case: dict[str, Tensor]) -> None:
         )
 
 
+def trains_on_like_shapes(target: Target, batching: Batching) -> None:
+    """No loss the loop trains on (torch's losses of values, called with grad) broadcasts its
+    predictions against labels of another shape into more entries than either holds."""
+    _, seen = run_at_zero_lr(target, batching)  # (the run alone: no reference is needed)
+    if seen.broadcast:
+        raise checks.CheckFailed(
+            f"on {describe(batching, options_of(target))}: {seen.broadcast}. Each row's "
+            "prediction is pulled toward the mean of the batch's labels, not its own (the "
+            "audit's labels are all one value, which hides it): reshape the labels to the "
+            "predictions' shape (y.view_as(y_hat)), or squeeze the predictions",
+            {"broadcast": seen.broadcast},
+        )
+
+
 def _checks_flat_labels(options: LossOptions) -> str | None:
     return None if options.flat_labels else "flat_labels=False: the labels are always (n, 1)"
 
@@ -98,6 +135,15 @@ PROPERTIES = (
         ),
         book=book_predictions,
         applies=_checks_flat_labels,
+    ),
+    Property(
+        name="no loss the loop trains on broadcasts predictions against labels of another shape",
+        kind="training-loop",
+        check=trains_on_like_shapes,
+        examples=_kit.training_runs,
+        holds_for=TRAINING_LOOPS,
+        refuted_by=(Variant(loop_flat_labels, None, "training-loop", LINEAR),),
+        book=lambda: Batching((0,) * 6, 2, 2, 0),
     ),
 )
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils import clip_grad
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
@@ -35,6 +36,10 @@ from torch.utils.hooks import RemovableHandle
 
 from linreg.kinds.training_loop.ledger import Observed, batch_made, pass_ended
 from linreg.kinds.training_loop.watcher import Watcher
+
+# the losses of values that broadcast predictions against labels of another shape (torch warns,
+# then goes on): Watcher.compared reads each call
+BROADCASTING = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,17 @@ def watching(
             ]
     made = _BaseDataLoaderIter.__next__
     thread = threading.get_ident()
+    losses = {name: getattr(F, name) for name in BROADCASTING}
+
+    def compared(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        @functools.wraps(fn)
+        def loss(input: Any, target: Any, *args: Any, **kwargs: Any) -> Tensor:
+            if threading.get_ident() == thread:
+                watch.compared(name, input, target)
+            return fn(input, target, *args, **kwargs)
+
+        return loss
+
     # every clip of torch.nn.utils (by norm, by value, the norm alone) groups the grads through
     # this module global first, whatever name the loop imported the clip under
     grouped = clip_grad._group_tensors_by_device_and_dtype  # type: ignore[attr-defined]
@@ -118,12 +134,16 @@ def watching(
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
     _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign,assignment]
     clip_grad._group_tensors_by_device_and_dtype = group  # type: ignore[attr-defined]
+    for name, fn in losses.items():  # nn.MSELoss and the others call these by attribute
+        setattr(F, name, compared(name, fn))
     try:
         yield watch.seen
     finally:
         torch.amp.GradScaler.unscale_ = original  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = made  # type: ignore[method-assign]
         clip_grad._group_tensors_by_device_and_dtype = grouped  # type: ignore[attr-defined]
+        for name, fn in losses.items():
+            setattr(F, name, fn)
         for handle in handles:
             handle.remove()
         watch.finish()

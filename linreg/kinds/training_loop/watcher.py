@@ -147,6 +147,25 @@ class Watcher(ForwardHooks):
         if self.on_update is not None:
             self.on_update()
 
+    def compared(self, name: str, input: Any, target: Any) -> None:
+        """Keep the first loss call with grad whose predictions and labels broadcast into
+        more entries than either holds: (n, 1) against (n,) compares every prediction with
+        every label, (n, n), which the labels' all being one value hides."""
+        if self.seen.broadcast or not (torch.is_grad_enabled() and isinstance(input, Tensor)):
+            return
+        if not input.requires_grad or not isinstance(target, Tensor):
+            return
+        try:
+            shape = torch.broadcast_shapes(input.shape, target.shape)  # type: ignore[no-untyped-call]
+        except RuntimeError:
+            return  # torch raises on its own
+        if shape.numel() > max(input.numel(), target.numel()):
+            self.seen.broadcast = (
+                f"F.{name} compared predictions of shape {tuple(input.shape)} with labels of "
+                f"shape {tuple(target.shape)}: they broadcast to {tuple(shape)}, every "
+                "prediction against every label"
+            )
+
     def _live(self) -> Tensor | None:
         """Return Step.live: which params require grad now (None: all do), and count them in
         Observed.live_params."""
