@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from linreg import audit
 from linreg.checks import CheckFailed
-from linreg.kinds.training_loop import Batching
+from linreg.kinds.training_loop import Batching, Step
 from linreg.pitfalls.short_last_batch import short_step_applies_the_mean
 
 
@@ -238,6 +238,39 @@ def test_a_clip_by_hand_after_the_loops_own_division_passes() -> None:
     assert "grad-zeroing" in [r.pitfall for r in twin.failures], str(twin)
 
 
+def _updates_clipped_by_hand(through: torch.Tensor) -> tuple[list[Step], list[torch.Tensor]]:
+    """Three updates of a loop that divides .grad itself, then clips it by hand to norm 1 (what
+    the division left is never seen: backward() left each one's sum): the first, of norm 0.5,
+    let through as `through`; the others, of 2 rows and norms 2 and 3, clipped."""
+    wants = [torch.tensor([0.3, 0.4], dtype=torch.float64), torch.tensor([1.2, 1.6]).double()]
+    wants.append(torch.tensor([0.0, 3.0], dtype=torch.float64))
+    raws = [through, 2 * wants[1], 2 * wants[2]]
+    applied = [through, wants[1] / 2, wants[2] / 3]
+    steps = [Step(a, r, r, []) for a, r in zip(applied, raws, strict=True)]
+    return steps, wants
+
+
+@pytest.mark.parametrize(
+    "rows, right, blind, shown",
+    [
+        ((2, 2, 2), True, set(), True),  # the right update let through shows the scale
+        ((1, 2, 2), True, {1, 2}, False),  # of one row, its sum is its mean: it shows nothing
+        ((2, 2, 2), False, set(), False),  # a sum let through: the clipped are no clip of W
+    ],
+    ids=["shown", "one row shows nothing", "a sum let through"],
+)
+def test_a_clip_after_an_unseen_division_is_right_where_an_update_of_rows_shows_the_scale(
+    rows: tuple[int, ...], right: bool, blind: set[int], shown: bool
+) -> None:
+    from linreg.kinds.training_loop.judge import clipped_by_norm
+
+    first = torch.tensor([0.3, 0.4], dtype=torch.float64)
+    steps, wants = _updates_clipped_by_hand(first if right else 2 * first)
+    clipped = clipped_by_norm(steps, wants, [float(r) for r in rows], 1e-6, 3.0)
+    assert clipped.right == (frozenset({1, 2}) if right else frozenset()), clipped
+    assert (clipped.blind, clipped.scale_shown) == (blind, shown), clipped
+
+
 @pytest.mark.parametrize("max_norm", [1.4, 1e9], ids=["some let through", "none clipped"])
 def test_a_clip_by_hand_that_lets_a_right_update_through_shows_the_scale_and_needs_no_note(
     max_norm: float,
@@ -249,7 +282,11 @@ def test_a_clip_by_hand_that_lets_a_right_update_through_shows_the_scale_and_nee
 
 
 def unfreezes_the_first_layer(
-    model: TwoPart, loader: Any, num_epochs: int, frozen_first: bool = True
+    model: TwoPart,
+    loader: Any,
+    num_epochs: int,
+    frozen_first: bool = True,
+    label_smoothing: float = 0.0,
 ) -> None:
     """Transfer learning as it is often written: the first layer frozen (requires_grad_(False))
     for the first epoch, then trained with the head, by one optimizer over every param (a
@@ -259,7 +296,21 @@ def unfreezes_the_first_layer(
         model.embed.requires_grad_((epoch >= 1) == frozen_first)
         for x, y in loader:
             optimizer.zero_grad()
+            F.cross_entropy(model(x), y, label_smoothing=label_smoothing).backward()
+            optimizer.step()
+
+
+def unfreezes_before_the_epochs_last_step(model: TwoPart, loader: Any, num_epochs: int) -> None:
+    """The first layer frozen for the first epoch, unfrozen right after its last backward(),
+    before its step: that step trains the head alone, as its backward() did."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.embed.requires_grad_(False)
+    for epoch in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
+            if epoch == 0 and i == len(loader) - 1:
+                model.embed.requires_grad_(True)
             optimizer.step()
 
 
@@ -288,6 +339,33 @@ def test_a_layer_frozen_for_an_epoch_trains_nothing_there_and_passes(frozen_firs
     loop = functools.partial(unfreezes_the_first_layer, frozen_first=frozen_first)
     report = audit.training_loop(loop, **LOOP)
     assert report.ok, str(report)
+
+
+def test_a_layer_unfrozen_between_a_backward_and_its_step_is_judged_as_backward_left_it() -> None:
+    report = audit.training_loop(unfreezes_before_the_epochs_last_step, **LOOP)
+    assert report.ok, str(report)
+
+
+def test_a_frozen_layer_beside_a_loss_the_audit_cannot_guess_passes_saying_what_it_skipped() -> (
+    None
+):
+    # label smoothing: each row's reference is the loop's own, from a one-row run that froze
+    # the layer; the steps that trained it have no reference there, and are said not judged
+    loop = functools.partial(unfreezes_the_first_layer, label_smoothing=0.1)
+    report = audit.training_loop(loop, **LOOP)
+    assert report.ok, str(report)
+    assert "steps that trained params the loop's one-row run had frozen" in report.note
+
+
+def test_a_model_the_user_handed_out_is_unfrozen_again_after_a_loop_that_froze_it() -> None:
+    def trains_then_freezes(model: TwoPart, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        unfreezes_the_first_layer(model, loader, num_epochs)
+        model.embed.requires_grad_(False)  # the head alone, from here on
+
+    mine = TwoPart()
+    report = audit.training_loop(trains_then_freezes, **{**LOOP, "model": lambda: mine})
+    assert report.ok, str(report)
+    assert all(p.requires_grad for p in mine.parameters())
 
 
 def test_an_optimizer_made_at_unfreezing_and_never_zeroed_fails_grad_zeroing_alone() -> None:

@@ -268,7 +268,8 @@ def run(
             if result.verdict == "fail":
                 failed.add(prop.pitfall)
             verdicts[id(prop)] = result
-        seen = notes()  # what the runs showed that limits the verdicts
+        # what the runs showed that limits the verdicts, where it passed (a failure says its own)
+        seen = notes() if not failed and not error[0] else ""
     return Report(
         str(target),
         target.kind,

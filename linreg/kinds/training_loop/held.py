@@ -29,11 +29,15 @@ def held_still(model: nn.Module) -> nn.Module:
     """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode.
 
     `models_restored()` puts every model held still in its block back as it was (Dropout's p,
-    the batch norms' mode, each parameter's .grad): a factory may hand out the user's model.
+    the batch norms' mode, each parameter's .grad and requires_grad, which a loop that freezes
+    a backbone changes): a factory may hand out the user's model.
     """
     undo: list[Callable[[], None]] = [
         functools.partial(setattr, p, "grad", None if p.grad is None else p.grad.clone())
         for p in model.parameters()
+    ]
+    undo += [
+        functools.partial(setattr, p, "requires_grad", p.requires_grad) for p in model.parameters()
     ]
     for m in model.modules():
         if isinstance(m, _DropoutNd):

@@ -151,7 +151,8 @@ class Clipped(NamedTuple):
     # right only up to the clip: a clip by hand after the loop's own division of .grad that
     # scaled every update of the run, so no update showed the scale before it
     blind: frozenset[int] = frozenset()
-    shown: frozenset[int] = frozenset()  # the same where the run let a right update through
+    # the run let a right update through whose count is not 1: its scale showed right
+    scale_shown: bool = False
 
 
 def clipped_by_norm(
@@ -205,7 +206,7 @@ def clipped_by_norm(
         elif below(applied, before):
             clipped[j] = before
     if not clipped:
-        return Clipped()
+        return Clipped(scale_shown=let_right)
     if not any(
         one_norm(
             [float(norm(steps[j].applied)) for j in clipped],
@@ -215,7 +216,7 @@ def clipped_by_norm(
         )
         for norm in (torch.linalg.vector_norm, lambda g: g.abs().max())
     ):
-        return Clipped()
+        return Clipped(scale_shown=let_right)
     # unseen before a clip by hand after the loop's own division of .grad: right where the run
     # let an update through right, or clipped every one (then no scale showed through it)
     shown = let_right or not let_any
@@ -230,7 +231,7 @@ def clipped_by_norm(
         frozenset(clipped),
         frozenset(right | unseen),
         blind=frozenset() if let_any else frozenset(unseen),
-        shown=frozenset(unseen) if let_any else frozenset(),
+        scale_shown=let_right,
     )
 
 
@@ -267,7 +268,10 @@ def miscount(step: Step, ref: Reference, ratio: float | None, tol: float) -> str
 
 def summed_means(step: Step, ref: Reference) -> Tensor | None:
     """Return the sum of a step's micro-batches' own mean gradients (None: a row without one)."""
-    means = [want_of(Step(None, None, None, [call]), ref, summed=False) for call in step.calls]
+    means = [
+        want_of(Step(None, None, None, [call], live=step.live), ref, summed=False)
+        for call in step.calls
+    ]
     known = [m for m in means if m is not None]
     return torch.stack(known).sum(0) if known and len(known) == len(means) else None
 

@@ -38,6 +38,7 @@ class Reference:
     weights: dict[bytes, float] | None = None  # the targets each row counts (None: one each)
     labelled: dict[bytes, float] | None = None  # its labels that are not IGNORE_INDEX
     own: str = ""  # why each row's is the loop's own gradient on it ("": it is not)
+    live: Tensor | None = None  # the params those were taken on (None: every one; others 0)
 
 
 def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Tensor:
@@ -202,6 +203,7 @@ def _confirmed(
     k = count_of(c)
     n = max(k, c.least_batches)  # a window of k rows; an epoch of as many batches as it needs
     own: dict[bytes, Tensor] = {}
+    live: Tensor | None = None  # the params the one-row runs trained (None: every one)
     factors: list[float | None] = []
     tol = 0.0  # the runs' tolerance: in the lower precision of an autocast forward
     for kind in (0, 1):
@@ -226,6 +228,8 @@ def _confirmed(
         readings += [g / per for g in (*step.clip_found, step.applied) if g is not None]
         call = with_held_labels(target, model, step.calls[:1])[0]
         own[call.row_keys[0]] = readings[0]
+        if step.live is not None:  # what it froze there, each row's own reference lacks
+            live = step.live if live is None else live * step.live
         tol = max(tol, tolerance(model, step.calls))
         if y is None or guess is None:
             factors.append(None)
@@ -235,7 +239,10 @@ def _confirmed(
         except (RuntimeError, ValueError, IndexError, TypeError):
             factors.append(None)
             continue
-        mask = 1.0 if seen.trained is None else seen.trained  # on the params it stepped
+        # on the params it stepped, and trained there (not frozen in its backward())
+        mask = (1.0 if seen.trained is None else seen.trained) * (
+            1.0 if step.live is None else step.live
+        )
         found = [factor(g * mask, guessed * mask, tol) for g in readings]
         matching = [f for f in found if f is not None and near(f, 1.0, tol)]
         factors.append(matching[0] if matching else found[0])
@@ -248,7 +255,9 @@ def _confirmed(
         "every row shares is not judged"
     )
     ref = (
-        None if confirmed else Reference(own, f"the loop itself on that row alone ({why})", own=why)
+        None
+        if confirmed
+        else Reference(own, f"the loop itself on that row alone ({why})", own=why, live=live)
     )
     if len(_CACHE) > 256:
         _CACHE.clear()
@@ -265,7 +274,10 @@ def _times(factors: list[float | None], tol: float) -> str:
         return ""
     said = f", on one row {a:.4g} times its gradient"
     if round(a) >= 2 and near(a, round(a), tol):
-        said += f" (backward() called {round(a)} times through one graph, retain_graph=True?)"
+        said += (
+            f" (backward() called {round(a)} times through one graph, retain_graph=True, or a "
+            f"loss summed over {round(a)} outputs?)"
+        )
     return said
 
 

@@ -172,6 +172,7 @@ def _bytes(value: Any, seen: set[int]) -> int:
                 step.carried,
                 *step.clip_found,
                 *step.clip_covered,
+                step.live,
             )
             if t is not None
         )

@@ -68,13 +68,30 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
     if ref is None:
         return Wanted(seen, None, [], tol, 0.0)
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
+    if ref.live is not None:  # the loop's own references lack what its one-row run froze:
+        lacking = [  # the steps that trained it are not judged
+            j for j, step in enumerate(seen.steps) if _trains_beyond(step.live, ref.live)
+        ]
+        for j in lacking:
+            wants[j] = None
+        if lacking:
+            say(
+                "steps that trained params the loop's one-row run had frozen are not judged: "
+                "each row's reference is the loop's own gradient there (name the loss with "
+                "loss= to judge them)"
+            )
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
     counts = [count_of_step(step, ref) for step in seen.steps]
     clipped = clipped_by_norm(seen.steps, wants, counts, tol, scale)
     if ref.own:
         say(f"each row's reference was the loop's own gradient on that row alone: {ref.own}")
-    tally(batching, judged=1, clipped_blind=len(clipped.blind), clipped_shown=len(clipped.shown))
+    tally(batching, judged=1, clipped_blind=len(clipped.blind), scale_shown=clipped.scale_shown)
     return Wanted(seen, ref, wants, tol, scale, clipped.by_norm, clipped.right)
+
+
+def _trains_beyond(step: Tensor | None, ref: Tensor) -> bool:
+    """Return whether a step trained (Step.live; None: every param) an entry ref lacks."""
+    return bool(((1.0 if step is None else step) * (1 - ref)).any())
 
 
 def notes() -> str:
@@ -85,11 +102,11 @@ def notes() -> str:
 
 
 def blind_note() -> str:
-    """Return what the report says where, in every run the audit judged that clipped by hand
-    after an unseen change of .grad, the clip scaled every update ("" elsewhere): those updates
-    are right only up to the clip's factor, and no update showed the scale before it."""
+    """Return what the report says where runs clipped every update by hand after an unseen
+    change of .grad and no run let a right update of more than one row through ("" elsewhere):
+    those updates are right only up to the clip's factor, and no update showed the scale."""
     blind = tallied("clipped_blind")
-    if not blind or tallied("clipped_shown"):
+    if not blind or tallied("scale_shown"):
         return ""
     return (
         f"in {len(blind)} of the {len(tallied('judged'))} runs judged, a clip that is not "

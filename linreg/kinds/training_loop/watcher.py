@@ -9,6 +9,7 @@ each forward was fed. hooks.py installs them all.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -73,6 +74,7 @@ class Watcher(ForwardHooks):
         self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
         self.live: dict[tuple[bool, ...], Tensor | None] = {}  # Step.live, by what was frozen
+        self.live_now: tuple[bool, ...] | None = None  # the update's backward() calls' (_live)
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -167,9 +169,10 @@ class Watcher(ForwardHooks):
             )
 
     def _live(self) -> Tensor | None:
-        """Return Step.live: which params require grad now (None: all do), and count them in
-        Observed.live_params."""
-        live = tuple(p.requires_grad for p in self.params)
+        """Return Step.live: which params required grad in some backward() of the update (or,
+        where none was seen, now; None: all did), and count them in Observed.live_params."""
+        live = self.live_now or tuple(p.requires_grad for p in self.params)
+        self.live_now = None
         if live not in self.live:
             self.seen.live_params |= {i for i, k in enumerate(live) if k}
             self.live[live] = (
@@ -221,6 +224,11 @@ class Watcher(ForwardHooks):
         if self.seen.backward_at != self.seen.clock:
             self.seen.clock += 1
             self.seen.backward_at = self.seen.clock
+            # the params this backward() trains: those frozen in each of the update's train
+            # nothing in it, whatever the loop unfreezes before its step
+            now = tuple(q.requires_grad for q in self.params)
+            was = self.live_now
+            self.live_now = now if was is None else tuple(map(operator.or_, was, now))
         if not self.carried:  # the update's first: a clip or a norm logged before is not its
             self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if id(p) not in self.carried:

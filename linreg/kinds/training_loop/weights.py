@@ -53,6 +53,8 @@ def weights_of(step: Step, ref: Reference, summed: bool, reading: Tensor | None)
     total = sum(counted)
     correct = counted if summed else [c / max(total, 1e-12) for c in counted]
     grads = torch.stack([ref.grads[key] for key in distinct], dim=1)  # (params, rows)
+    if step.live is not None:  # the params frozen at the step trained nothing there
+        grads = grads * step.live.reshape(-1, 1)
     target = reading.to(grads.dtype).reshape(-1, 1)
     # float32 models: gradients parallel but for rounding count as dependent
     if int(torch.linalg.matrix_rank(grads, rtol=1e-5)) < len(distinct):
