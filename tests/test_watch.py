@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1410,6 +1411,30 @@ def test_watch_an_update_of_one_row_let_through_shows_no_scale_and_the_note_stay
     mean, so it shows no scale, and the note stays."""
     report = _clipped_by_hand("mean", summed=True, max_norm=4.0)
     assert "were clipped by hand (not by torch) to one norm" in (report.note or ""), str(report)
+
+
+@pytest.mark.parametrize("squeezed", [True, False], ids=["squeezed", "(n, 1) against (n,)"])
+def test_watch_predictions_against_labels_of_another_shape_fail_label_shape(
+    squeezed: bool,
+) -> None:
+    """A regression fit on 1-D targets: its predictions (n, 1) squeezed before nn.MSELoss, or
+    not (it warns, then broadcasts to (n, n): each prediction pulled toward every label)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 4, generator=gen)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])  # (37,)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    with watch() as reports, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own, on the broadcast
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            prediction = model(xb)
+            nn.MSELoss()(prediction.squeeze(-1) if squeezed else prediction, yb).backward()
+            optimizer.step()
+    verdicts = {r.pitfall: r.verdict for r in reports[0].results}
+    assert verdicts["label-shape"] == ("pass" if squeezed else "fail"), str(reports[0])
+    assert [r.pitfall for r in reports[0].failures] == ([] if squeezed else ["label-shape"])
 
 
 def test_watch_a_full_batch_divided_again_is_no_clip_and_its_scale_not_passed() -> None:

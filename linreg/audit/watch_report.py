@@ -19,6 +19,14 @@ def report_of(
     summed = reduction == "sum"
     v = judge(seen, summed)
     results = []
+    if seen.broadcast:  # read from the loss calls, not the updates' weights
+        v.failed["label-shape"] = (
+            f"{seen.broadcast}. Each prediction is pulled toward the mean of the batch's labels, "
+            "not its own: reshape the labels to the predictions' shape (y.view_as(y_hat)), or "
+            "squeeze the predictions"
+        )
+    elif seen.values:  # the updates whose losses were read: those of values broadcast none
+        v.judged["label-shape"] = set(range(len(seen.updates)))
     for pitfall, statement in (SUMMED if summed else PROPERTIES).items():
         if pitfall in v.failed:
             measured = {
@@ -184,9 +192,15 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "it cannot be told from a coefficient"
         )
     why = {
+        "label-shape": "the code called no loss of values (F.mse_loss, F.l1_loss, "
+        "F.smooth_l1_loss, F.huber_loss), the losses that broadcast",
         "short-last-batch": "no update took fewer rows than a full one",
         "mean-vs-sum": "no full update could be read",
         "micro-batch-accumulation": "no update held micro-batches of unequal counts",
     }.get(pitfall, "no update could be read")
-    more = " (the watch ended first: --steps watches more)" if seen.ended else ""
+    more = (  # (a loss the code never calls, more updates would not show)
+        " (the watch ended first: --steps watches more)"
+        if seen.ended and pitfall != "label-shape"
+        else ""
+    )
     return f"not judged: {why}{more}"

@@ -36,6 +36,8 @@ PROPERTIES = {
     "micro-batch is left unstepped",
     "mean-vs-sum": "a full update applies the mean of its rows' gradients, not a multiple",
     "grad-zeroing": "an update applies its own micro-batches alone, and once",
+    "label-shape": "no loss the code trains on broadcasts predictions against labels of another "
+    "shape",
     "micro-batch-accumulation": "an update weighs its micro-batches by their counts of rows or "
     "targets",
     "non-leaf-params": "every update after a backward() has a gradient to apply",

@@ -34,12 +34,9 @@ from torch.optim.optimizer import (
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 from torch.utils.hooks import RemovableHandle
 
+from linreg.kinds.training_loop.labels import BROADCASTING
 from linreg.kinds.training_loop.ledger import Observed, batch_made, pass_ended
 from linreg.kinds.training_loop.watcher import Watcher
-
-# the losses of values that broadcast predictions against labels of another shape (torch warns,
-# then goes on): Watcher.compared reads each call
-BROADCASTING = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,31 @@ from linreg.kinds.training_loop.settings import options_of
 
 RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token labels)
 
+# the losses of values, which broadcast predictions against labels of another shape (torch
+# warns, then goes on): the audit's hooks and the watch read each call (broadcast)
+BROADCASTING = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+
+
+def broadcast(name: str, input: Any, target: Any) -> str:
+    """Return, for a call with grad of a loss of values, how its predictions and labels
+    broadcast into more entries than either holds ("" where they do not): (n, 1) against (n,)
+    compares every prediction with every label, (n, n)."""
+    if not (torch.is_grad_enabled() and isinstance(input, Tensor) and input.requires_grad):
+        return ""
+    if not isinstance(target, Tensor):
+        return ""
+    try:
+        shape = torch.broadcast_shapes(input.shape, target.shape)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        return ""  # torch raises on its own
+    if shape.numel() <= max(input.numel(), target.numel()):
+        return ""
+    return (
+        f"F.{name} compared predictions of shape {tuple(input.shape)} with labels of shape "
+        f"{tuple(target.shape)}: they broadcast to {tuple(shape)}, every prediction against "
+        "every label"
+    )
+
 
 def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) -> list[Call]:
     """Return the calls, each forward fed without its batch's labels given them back: fed to a

@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
+from linreg.kinds.training_loop.labels import broadcast
 from linreg.kinds.training_loop.ledger import Observed, Step, flat
 
 
@@ -151,22 +152,10 @@ class Watcher(ForwardHooks):
 
     def compared(self, name: str, input: Any, target: Any) -> None:
         """Keep the first loss call with grad whose predictions and labels broadcast into
-        more entries than either holds: (n, 1) against (n,) compares every prediction with
-        every label, (n, n), which the labels' all being one value hides."""
-        if self.seen.broadcast or not (torch.is_grad_enabled() and isinstance(input, Tensor)):
-            return
-        if not input.requires_grad or not isinstance(target, Tensor):
-            return
-        try:
-            shape = torch.broadcast_shapes(input.shape, target.shape)  # type: ignore[no-untyped-call]
-        except RuntimeError:
-            return  # torch raises on its own
-        if shape.numel() > max(input.numel(), target.numel()):
-            self.seen.broadcast = (
-                f"F.{name} compared predictions of shape {tuple(input.shape)} with labels of "
-                f"shape {tuple(target.shape)}: they broadcast to {tuple(shape)}, every "
-                "prediction against every label"
-            )
+        more entries than either holds (labels.broadcast), which the audit's labels, all one
+        value, would otherwise hide."""
+        if not self.seen.broadcast:
+            self.seen.broadcast = broadcast(name, input, target)
 
     def _live(self) -> Tensor | None:
         """Return Step.live: which params required grad in some backward() of the update (or,

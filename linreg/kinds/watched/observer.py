@@ -19,6 +19,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import checks
 from linreg.kinds.training_loop.calls import tensors_in
+from linreg.kinds.training_loop.labels import BROADCASTING, broadcast
 from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.records import (
     Enough,
@@ -111,6 +112,10 @@ class Observer:
         try:
             bound = inspect.signature(fn).bind(*args, **kwargs)
             given = bound.arguments
+            if name in BROADCASTING:  # label-shape's
+                self.seen.values += 1
+                if not self.seen.broadcast:
+                    self.seen.broadcast = broadcast(name, given.get("input"), given.get("target"))
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
             reduction = given.get("reduction", "mean")
