@@ -28,6 +28,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import audit
 from linreg._plain import plain
+from linreg.kinds.training_loop.labels import BROADCASTING
 
 Loop = Callable[..., None]
 
@@ -98,6 +99,7 @@ def state() -> dict[str, Any]:
         "unscale_": torch.amp.GradScaler.unscale_,
         "a DataLoader pass's __next__": _BaseDataLoaderIter.__next__,
         "what torch's clipping groups grads with": clip_grad._group_tensors_by_device_and_dtype,
+        "the losses of values": [getattr(F, name) for name in BROADCASTING],
         "torch threads": torch.get_num_threads(),
     }
 

@@ -8,6 +8,7 @@ look correct is confirmed by a direct measurement.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Any
 
@@ -358,7 +359,43 @@ def test_loops_as_written_predictions_against_flat_targets_fail_label_shape_meas
     twin = audit.training_loop(partial(regresses_on_flat_targets, squeeze=False), **FLAT_TARGETS)
     (failure,) = twin.failures
     assert failure.pitfall == "label-shape", str(twin)
-    assert "predictions of shape (2, 1) with labels of shape (2,)" in failure.message
+    assert "compared tensors of shapes (2, 1) and (2,)" in failure.message
+
+
+def compares_flat_targets(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, how: str
+) -> None:
+    """A regression fit on 1-D targets (n,), its loss written one way or another."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            prediction = model(X)
+            if how == "reversed":  # the labels first: (n,) against (n, 1) broadcasts as well
+                loss = F.mse_loss(y, prediction)
+            elif how == "logged":  # trains on like shapes; a metric logged with grad does not
+                loss = F.mse_loss(prediction.squeeze(-1), y)
+                F.l1_loss(prediction, y)
+            elif how == "pairwise":  # every prediction against every target, on purpose
+                loss = F.mse_loss(prediction, y[None, :].expand(len(y), -1))
+            else:  # written by hand: not read
+                loss = ((prediction - y) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "how, verdict",
+    [("reversed", "fail"), ("logged", "pass"), ("pairwise", "pass"), ("by hand", "skip")],
+)
+def test_loops_as_written_label_shape_reads_the_losses_a_backward_reaches(
+    how: str, verdict: str
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own, on the broadcast
+        report = audit.training_loop(partial(compares_flat_targets, how=how), **FLAT_TARGETS)
+    (shape,) = [r for r in report.results if r.pitfall == "label-shape"]
+    assert shape.verdict == verdict, str(report)
+    assert verdict != "skip" or "squared error written by hand" in shape.message, str(report)
 
 
 def test_loops_as_written_batch_norm_statistics_stay_as_they_started() -> None:

@@ -357,6 +357,24 @@ def test_a_frozen_layer_beside_a_loss_the_audit_cannot_guess_passes_saying_what_
     assert "steps that trained params the loop's one-row run had frozen" in report.note
 
 
+def warms_up_the_head_and_never_zeroes(model: TwoPart, loader: Any, num_epochs: int) -> None:
+    """The first layer frozen for the first step alone, label smoothing (each row's reference
+    is the loop's own, from a one-row run that froze the layer), and no zero_grad at all."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = 0
+    for _ in range(num_epochs):
+        for x, y in loader:
+            model.embed.requires_grad_(steps > 0)
+            F.cross_entropy(model(x), y, label_smoothing=0.1).backward()
+            optimizer.step()
+            steps += 1
+
+
+def test_steps_judged_on_the_params_the_references_have_still_show_a_missing_zero_grad() -> None:
+    report = audit.training_loop(warms_up_the_head_and_never_zeroes, **LOOP)
+    assert "grad-zeroing" in [r.pitfall for r in report.failures], str(report)
+
+
 def test_a_model_the_user_handed_out_is_unfrozen_again_after_a_loop_that_froze_it() -> None:
     def trains_then_freezes(model: TwoPart, loader: Any, optimizer: Any, num_epochs: int) -> None:
         unfreezes_the_first_layer(model, loader, num_epochs)

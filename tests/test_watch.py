@@ -1437,6 +1437,29 @@ def test_watch_predictions_against_labels_of_another_shape_fail_label_shape(
     assert [r.pitfall for r in reports[0].failures] == ([] if squeezed else ["label-shape"])
 
 
+def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_nothing() -> None:
+    """The training loss written by hand (not read), an MAE logged with grad on predictions
+    (n, 1) against labels (n,): no backward() reaches the metric, so it is neither a verdict
+    of label-shape nor something judged: the watch says it could judge no update."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 4, generator=gen)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    logged = []
+    with watch() as reports, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own, on the broadcast
+        for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4):
+            optimizer.zero_grad()
+            prediction = model(xb)
+            logged.append(F.l1_loss(prediction, yb))  # a metric, with grad
+            ((prediction.squeeze(-1) - yb) ** 2).mean().backward()
+            optimizer.step()
+    report = reports[0]
+    assert report.error.startswith("no update could be judged"), str(report)
+    assert not report.failures, str(report)
+
+
 def test_watch_a_full_batch_divided_again_is_no_clip_and_its_scale_not_passed() -> None:
     """One size of update, each a factor below 1 of a right gradient whose norm barely moves:
     no clip shows (none let through, no two norms brought to one), so the factor is read as

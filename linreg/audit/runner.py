@@ -268,8 +268,7 @@ def run(
             if result.verdict == "fail":
                 failed.add(prop.pitfall)
             verdicts[id(prop)] = result
-        # what the runs showed that limits the verdicts, where it passed (a failure says its own)
-        seen = notes() if not failed and not error[0] else ""
+        seen = notes(passed=not failed and not error[0])  # what limits the verdicts
     return Report(
         str(target),
         target.kind,
@@ -312,6 +311,9 @@ def _verdict(
                 budget=shared if max_examples is None else None,
                 offered=offered,
             )
+        why = prop.unjudged(target) if prop.unjudged is not None else None
+        if result.verdict == "pass" and why:  # it held, on nothing it reads
+            result = Result(prop.pitfall, prop.name, "skip", why)
     except LoopRaised as e:
         error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
         result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")

@@ -63,7 +63,8 @@ def report_of(
         )
     elif not seen.updates and not error:
         error = "the code made no optimizer update: nothing to judge"
-    elif not error and not any(r.verdict != "skip" for r in results):
+    elif not error and all(r.verdict == "skip" or r.pitfall == "label-shape" for r in results):
+        # (label-shape reads the loss calls, not the updates: no update judged is still none)
         error = (
             "no update could be judged: every backward() reached no loss the watcher could read "
             "(it reads the scalar a torch loss function returns, F.cross_entropy, nn.MSELoss, "

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import reprlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,11 +131,18 @@ def name_of(fn: object) -> str:
     """Return MODULE:QUALNAME for a function or class, as the CLI names targets; a
     functools.partial as its function's, with the arguments it fixed."""
     if isinstance(fn, functools.partial):
-        fixed = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in fn.keywords.items()]
+        fixed = [_short(a) for a in fn.args] + [f"{k}={_short(v)}" for k, v in fn.keywords.items()]
         return f"{name_of(fn.func)}({', '.join(fixed)})"
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     return f"{module}:{name}" if module else name
+
+
+def _short(value: object) -> str:
+    """Return a value a partial fixed, on one short line: a function or class by its name."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return name_of(value)
+    return " ".join(reprlib.repr(value).split())
 
 
 def floating_dtype(name: str, value: object) -> torch.dtype:

@@ -78,6 +78,9 @@ class Property:
     applies: Callable[[Any], str | None] = _always  # the kind's Options -> why not
     requires: tuple[str, ...] = ()
     max_examples: int | None = None  # a cap, for properties whose examples start processes
+    # after an audit's examples held: why they judged nothing (None: they did), as the runs
+    # the audit shares showed it (a loop that never called what the property reads)
+    unjudged: Callable[[Target], str | None] | None = None
     pitfall: str = ""  # filled in by Pitfall
 
 

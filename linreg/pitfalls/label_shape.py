@@ -22,9 +22,11 @@ from linreg.kinds.training_loop import (
     TRAINING_LOOPS,
     Batching,
     describe,
+    labels_of,
     options_of,
     run_at_zero_lr,
 )
+from linreg.kinds.training_loop.shared import tallied, tally
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 from linreg.pitfalls.mean_vs_sum import book_mean_loss, book_predictions
@@ -102,6 +104,7 @@ def trains_on_like_shapes(target: Target, batching: Batching) -> None:
     """No loss the loop trains on (torch's losses of values, called with grad) broadcasts its
     predictions against labels of another shape into more entries than either holds."""
     _, seen = run_at_zero_lr(target, batching)  # (the run alone: no reference is needed)
+    tally(batching, values=seen.values)
     if seen.broadcast:
         raise checks.CheckFailed(
             f"on {describe(batching, options_of(target))}: {seen.broadcast}. Each row's "
@@ -110,6 +113,20 @@ def trains_on_like_shapes(target: Target, batching: Batching) -> None:
             "predictions' shape (y.view_as(y_hat)), or squeeze the predictions",
             {"broadcast": seen.broadcast},
         )
+
+
+def _read_none(target: Target) -> str | None:
+    """Return why an audit's runs judged nothing of label-shape: labels that are values (a
+    class's index cannot be compared with a prediction of another shape: cross-entropy
+    raises), and no loss of values read."""
+    y = labels_of(options_of(target).example)
+    if y is None or not y.is_floating_point() or tallied("values"):
+        return None
+    return (
+        "not judged: no backward() reached a loss of values (F.mse_loss, F.l1_loss, "
+        "F.smooth_l1_loss, F.huber_loss, or the nn modules that call them): a squared error "
+        "written by hand, or one imported by name before the audit ran, is not read"
+    )
 
 
 def _checks_flat_labels(options: LossOptions) -> str | None:
@@ -144,6 +161,7 @@ PROPERTIES = (
         holds_for=TRAINING_LOOPS,
         refuted_by=(Variant(loop_flat_labels, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 6, 2, 2, 0),
+        unjudged=_read_none,
     ),
 )
 

@@ -98,9 +98,10 @@ def watching(
     def compared(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         @functools.wraps(fn)
         def loss(input: Any, target: Any, *args: Any, **kwargs: Any) -> Tensor:
+            out = fn(input, target, *args, **kwargs)
             if threading.get_ident() == thread:
-                watch.compared(name, input, target)
-            return fn(input, target, *args, **kwargs)
+                watch.compared(name, input, target, out)
+            return out
 
         return loss
 

@@ -26,12 +26,13 @@ BROADCASTING = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
 
 
 def broadcast(name: str, input: Any, target: Any) -> str:
-    """Return, for a call with grad of a loss of values, how its predictions and labels
-    broadcast into more entries than either holds ("" where they do not): (n, 1) against (n,)
-    compares every prediction with every label, (n, n)."""
-    if not (torch.is_grad_enabled() and isinstance(input, Tensor) and input.requires_grad):
+    """Return, for a call with grad of a loss of values, how its two tensors of different ranks
+    broadcast into more entries than either holds ("" where they do not): predictions (n, 1)
+    against labels (n,), either way round, compare every prediction with every label, (n, n).
+    Tensors of one rank broadcast on purpose (a set's pairwise loss) are not this mistake."""
+    if not (isinstance(input, Tensor) and isinstance(target, Tensor)):
         return ""
-    if not isinstance(target, Tensor):
+    if input.ndim == target.ndim or not (input.requires_grad or target.requires_grad):
         return ""
     try:
         shape = torch.broadcast_shapes(input.shape, target.shape)  # type: ignore[no-untyped-call]
@@ -40,9 +41,8 @@ def broadcast(name: str, input: Any, target: Any) -> str:
     if shape.numel() <= max(input.numel(), target.numel()):
         return ""
     return (
-        f"F.{name} compared predictions of shape {tuple(input.shape)} with labels of shape "
-        f"{tuple(target.shape)}: they broadcast to {tuple(shape)}, every prediction against "
-        "every label"
+        f"F.{name} compared tensors of shapes {tuple(input.shape)} and {tuple(target.shape)}: "
+        f"they broadcast to {tuple(shape)}, every prediction against every label"
     )
 
 

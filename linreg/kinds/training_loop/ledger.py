@@ -131,9 +131,10 @@ class Observed:
     live_params: frozenset[int] = frozenset()  # those (by position) some step found unfrozen
     forwards: int = 0  # forward passes of the model, in any mode
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
-    # the first loss call with grad that broadcast its predictions against labels of another
-    # shape into more entries than either holds, in words ("": none did)
+    # the first loss call a backward() reached that broadcast its predictions against labels
+    # of another shape into more entries than either holds, in words ("": none did)
     broadcast: str = ""
+    values: int = 0  # the calls of those losses of values a backward() reached
     train_rows: int = 0  # rows the loop fetched from the audit's loader in passes that trained
     drawn: int = 0  # the rows of the audit's data drawn during the run (Call.drawn)
     draws: dict[int, Draw] = field(default_factory=dict)  # each, by the rows drawn once made

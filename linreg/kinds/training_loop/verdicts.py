@@ -5,6 +5,7 @@ explained, with the ratios of every update and its weights on its rows' gradient
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -67,19 +68,17 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
     tol = tolerance(model, seen.calls)
     if ref is None:
         return Wanted(seen, None, [], tol, 0.0)
+    if ref.live is not None and any(_trains_beyond(s.live, ref.live) for s in seen.steps):
+        # the loop's own references lack what its one-row run froze: the steps that trained
+        # it are judged on the other params alone (a copy: the run is shared as it was seen)
+        steps = [_on(s, ref.live) if _trains_beyond(s.live, ref.live) else s for s in seen.steps]
+        seen = replace(seen, steps=steps)
+        say(
+            "steps that trained params the loop's one-row run had frozen are judged on the "
+            "others alone: each row's reference is the loop's own gradient, which has none "
+            "for those (name the loss with loss= to judge them)"
+        )
     wants = [want_of(step, ref, reduced(target) == "sum") for step in seen.steps]
-    if ref.live is not None:  # the loop's own references lack what its one-row run froze:
-        lacking = [  # the steps that trained it are not judged
-            j for j, step in enumerate(seen.steps) if _trains_beyond(step.live, ref.live)
-        ]
-        for j in lacking:
-            wants[j] = None
-        if lacking:
-            say(
-                "steps that trained params the loop's one-row run had frozen are not judged: "
-                "each row's reference is the loop's own gradient there (name the loss with "
-                "loss= to judge them)"
-            )
     scale = max((float(w.abs().max()) for w in wants if w is not None), default=0.0)
     counts = [count_of_step(step, ref) for step in seen.steps]
     clipped = clipped_by_norm(seen.steps, wants, counts, tol, scale)
@@ -89,16 +88,25 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
     return Wanted(seen, ref, wants, tol, scale, clipped.by_norm, clipped.right)
 
 
+def _on(step: Step, mask: Tensor) -> Step:
+    """Return a copy of a step read on the params mask holds alone (Step.keep)."""
+    kept = copy.copy(step)
+    kept.keep(mask)
+    kept.live = mask if step.live is None else step.live * mask
+    return kept
+
+
 def _trains_beyond(step: Tensor | None, ref: Tensor) -> bool:
     """Return whether a step trained (Step.live; None: every param) an entry ref lacks."""
     return bool(((1.0 if step is None else step) * (1 - ref)).any())
 
 
-def notes() -> str:
+def notes(passed: bool) -> str:
     """Return what the runs showed that limits the verdicts, for the report ("" if nothing):
-    references that are the loop's own (said as the runs met them), and a clip by hand that
-    scaled every update (blind_note)."""
-    return "; ".join(n for n in (*said(), blind_note()) if n)
+    references that are the loop's own (said as the runs met them), and, on a report that
+    passed, a clip by hand that scaled every update (blind_note: a failing report's runs count
+    its shrinking too)."""
+    return "; ".join(n for n in (*said(), blind_note() if passed else "") if n)
 
 
 def blind_note() -> str:

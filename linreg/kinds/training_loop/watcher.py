@@ -150,12 +150,22 @@ class Watcher(ForwardHooks):
         if self.on_update is not None:
             self.on_update()
 
-    def compared(self, name: str, input: Any, target: Any) -> None:
-        """Keep the first loss call with grad whose predictions and labels broadcast into
-        more entries than either holds (labels.broadcast), which the audit's labels, all one
-        value, would otherwise hide."""
-        if not self.seen.broadcast:
-            self.seen.broadcast = broadcast(name, input, target)
+    def compared(self, name: str, input: Any, target: Any, out: Any) -> None:
+        """Count a call of a loss of values whose output a backward() reaches, and keep the
+        first whose predictions and labels broadcast into more entries than either holds
+        (labels.broadcast), which the audit's labels, all one value, would otherwise hide: a
+        metric logged with grad that no backward() reaches trains nothing."""
+        if not (isinstance(out, Tensor) and out.requires_grad):
+            return
+        said = broadcast(name, input, target)
+        seen = self.seen
+
+        def reached(grad: Tensor) -> None:
+            seen.values += 1
+            if said and not seen.broadcast:
+                seen.broadcast = said
+
+        out.register_hook(reached)  # type: ignore[no-untyped-call]
 
     def _live(self) -> Tensor | None:
         """Return Step.live: which params required grad in some backward() of the update (or,

@@ -112,10 +112,8 @@ class Observer:
         try:
             bound = inspect.signature(fn).bind(*args, **kwargs)
             given = bound.arguments
-            if name in BROADCASTING:  # label-shape's
-                self.seen.values += 1
-                if not self.seen.broadcast:
-                    self.seen.broadcast = broadcast(name, given.get("input"), given.get("target"))
+            if name in BROADCASTING:  # label-shape's, where a backward() reaches it
+                self._reached(out, broadcast(name, given.get("input"), given.get("target")))
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
             reduction = given.get("reduction", "mean")
@@ -144,6 +142,18 @@ class Observer:
             return
         finally:
             self.busy = False
+
+    def _reached(self, out: Tensor, said: str) -> None:
+        """Count a loss of values once a backward() reaches it, and keep the first that
+        broadcast (labels.broadcast): a metric logged with grad trains nothing."""
+        seen = self.seen
+
+        def reached(grad: Tensor) -> None:
+            seen.values += 1
+            if said and not seen.broadcast:
+                seen.broadcast = said
+
+        out.register_hook(reached)  # type: ignore[no-untyped-call]
 
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, or rows of one

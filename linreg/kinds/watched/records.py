@@ -360,10 +360,10 @@ class Watched:
     capped: bool = False  # ended at the most updates watched by default, no epoch's end seen
     ran_out: bool = False  # the data ran out (an epoch's end) with micro-batches left unstepped
     unrestored: list[str] = field(default_factory=list)  # what could not be put back, and why
-    # the first loss call with grad whose predictions and labels broadcast into more entries
-    # than either holds (labels.broadcast): label-shape's
+    # the first loss call a backward() reached whose predictions and labels broadcast into
+    # more entries than either holds (labels.broadcast): label-shape's
     broadcast: str = ""
-    values: int = 0  # the calls with grad of those losses of values read
+    values: int = 0  # the calls of those losses of values a backward() reached
 
 
 def leaves(node: Any) -> list[Tensor]:
