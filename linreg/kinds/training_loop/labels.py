@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,29 @@ RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token
 # the losses of values, which broadcast predictions against labels of another shape (torch
 # warns, then goes on): the audit's hooks and the watch read each call (broadcast)
 BROADCASTING = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+
+
+class Reads(Protocol):
+    """What the audit's and the watch's records keep of the losses of values (compared)."""
+
+    values: int  # the calls a backward() reached
+    broadcast: str  # the first of those that broadcast, in words ("": none)
+
+
+def compared(name: str, input: Any, target: Any, out: Any, seen: Reads) -> None:
+    """Count a call of a loss of values once a backward() reaches its output, and keep the
+    first that broadcast (broadcast): a metric logged with grad, which no backward() reaches,
+    trains nothing."""
+    if not (isinstance(out, Tensor) and out.requires_grad):
+        return
+    said = broadcast(name, input, target)
+
+    def reached(grad: Tensor) -> None:
+        seen.values += 1
+        if said and not seen.broadcast:
+            seen.broadcast = said
+
+    out.register_hook(reached)  # type: ignore[no-untyped-call]
 
 
 def broadcast(name: str, input: Any, target: Any) -> str:

@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
-from linreg.kinds.training_loop.labels import broadcast
+from linreg.kinds.training_loop.labels import compared
 from linreg.kinds.training_loop.ledger import Observed, Step, flat
 
 
@@ -151,21 +151,9 @@ class Watcher(ForwardHooks):
             self.on_update()
 
     def compared(self, name: str, input: Any, target: Any, out: Any) -> None:
-        """Count a call of a loss of values whose output a backward() reaches, and keep the
-        first whose predictions and labels broadcast into more entries than either holds
-        (labels.broadcast), which the audit's labels, all one value, would otherwise hide: a
-        metric logged with grad that no backward() reaches trains nothing."""
-        if not (isinstance(out, Tensor) and out.requires_grad):
-            return
-        said = broadcast(name, input, target)
-        seen = self.seen
-
-        def reached(grad: Tensor) -> None:
-            seen.values += 1
-            if said and not seen.broadcast:
-                seen.broadcast = said
-
-        out.register_hook(reached)  # type: ignore[no-untyped-call]
+        """Read a call of a loss of values (labels.compared): predictions and labels that
+        broadcast, which the audit's labels, all one value, would otherwise hide."""
+        compared(name, input, target, out, self.seen)
 
     def _live(self) -> Tensor | None:
         """Return Step.live: which params required grad in some backward() of the update (or,

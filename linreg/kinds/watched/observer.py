@@ -19,7 +19,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import checks
 from linreg.kinds.training_loop.calls import tensors_in
-from linreg.kinds.training_loop.labels import BROADCASTING, broadcast
+from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.records import (
     Enough,
@@ -113,7 +113,7 @@ class Observer:
             bound = inspect.signature(fn).bind(*args, **kwargs)
             given = bound.arguments
             if name in BROADCASTING:  # label-shape's, where a backward() reaches it
-                self._reached(out, broadcast(name, given.get("input"), given.get("target")))
+                compared(name, given.get("input"), given.get("target"), out, self.seen)
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
             reduction = given.get("reduction", "mean")
@@ -142,18 +142,6 @@ class Observer:
             return
         finally:
             self.busy = False
-
-    def _reached(self, out: Tensor, said: str) -> None:
-        """Count a loss of values once a backward() reaches it, and keep the first that
-        broadcast (labels.broadcast): a metric logged with grad trains nothing."""
-        seen = self.seen
-
-        def reached(grad: Tensor) -> None:
-            seen.values += 1
-            if said and not seen.broadcast:
-                seen.broadcast = said
-
-        out.register_hook(reached)  # type: ignore[no-untyped-call]
 
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, or rows of one
