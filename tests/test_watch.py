@@ -1460,6 +1460,80 @@ def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_not
     assert not report.failures, str(report)
 
 
+@pytest.mark.parametrize("nominal", [False, True], ids=["divided by its rows", "nominal"])
+def test_watch_a_validation_loader_run_out_mid_epoch_is_no_epochs_end(nominal: bool) -> None:
+    """Validation every 4 steps on a loader of its own: it runs out mid-epoch, which ended
+    the watch at update 5 as an epoch's end, before the short last batch (update 10) showed a
+    nominal divisor. The end is the training loader's alone."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(47, 4, generator=gen), torch.randn(47, 1, generator=gen)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    train = DataLoader(torch.utils.data.TensorDataset(x[:37], y[:37]), batch_size=4)
+    val = DataLoader(torch.utils.data.TensorDataset(x[37:], y[37:]), batch_size=5)
+    steps = 0
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in train:
+                optimizer.zero_grad()
+                rows = 4 if nominal else len(xb)
+                (F.mse_loss(model(xb), yb, reduction="sum") / rows).backward()
+                optimizer.step()
+                steps += 1
+                if steps % 4 == 0:
+                    with torch.no_grad():
+                        sum(F.mse_loss(model(a), b).item() for a, b in val)
+    report = reports[0]
+    assert "watched 11 update(s)" in (report.note or ""), str(report)
+    assert [r.pitfall for r in report.failures] == (["short-last-batch"] if nominal else [])
+
+
+@pytest.mark.parametrize("nominal", [False, True], ids=["divided by its rows", "nominal"])
+def test_watch_updates_under_bfloat16_autocast_are_read_to_its_precision(nominal: bool) -> None:
+    """A forward under torch.autocast(bfloat16) of float32 params: its gradients differ from
+    float32's by up to 2%, past float32's tolerance, so every update was unread and a nominal
+    divisor on the short last batch exited 0; read to bfloat16's tolerance, it fails."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(70, 32, generator=gen), torch.randint(0, 5, (70,), generator=gen)
+    model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    rows = 8 if nominal else len(xb)
+                    loss = F.cross_entropy(model(xb), yb, reduction="sum") / rows
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+    report = reports[0]
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["mean-vs-sum"] == "pass", str(report)
+    assert verdicts["short-last-batch"] == ("fail" if nominal else "pass"), str(report)
+
+
+def test_watch_a_checkpoint_saved_while_watched_holds_the_codes_lr_not_zero() -> None:
+    """The watch holds every lr at 0 for each step alone: a checkpoint the code saves after
+    a step (to resume from later), and a scheduler that reads the lr, see the code's own."""
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    saved, read = [], []
+    x, y = torch.randn(12, 4), torch.randn(12, 1)
+    with watch(steps=5):
+        for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2):
+            optimizer.zero_grad()
+            F.mse_loss(model(xb), yb).backward()
+            optimizer.step()
+            scheduler.step()
+            read.append(optimizer.param_groups[0]["lr"])
+            saved.append(optimizer.state_dict()["param_groups"][0]["lr"])
+    assert saved == read == [0.05, 0.05, 0.025, 0.025], (saved, read)  # the 5th ends it
+
+
 def test_watch_a_full_batch_divided_again_is_no_clip_and_its_scale_not_passed() -> None:
     """One size of update, each a factor below 1 of a right gradient whose norm barely moves:
     no clip shows (none let through, no two norms brought to one), so the factor is read as

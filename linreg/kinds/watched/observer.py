@@ -54,6 +54,17 @@ def tolerance_of(params: list[Tensor]) -> float:
     return max((checks.tolerance(p.dtype, steps=True) for p in params), default=1e-4)
 
 
+def _precision(args: Any) -> float:
+    """Return the tolerance of the least precise floating tensor a loss was called on, or of
+    the autocast it ran under (0.0: neither): a forward under torch.autocast computes in
+    bfloat16 or float16 whatever its params' dtype."""
+    dtypes = [t.dtype for t in args if isinstance(t, Tensor) and t.is_floating_point()]
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            dtypes.append(torch.get_autocast_dtype(device))
+    return max((checks.tolerance(d, steps=True) for d in dtypes), default=0.0)
+
+
 class Observer:
     """What the watched code did so far, and what to put back after."""
 
@@ -91,6 +102,9 @@ class Observer:
         # batch was fetched: its pass is over at its next fetch, a new pass over its dataset,
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
+        self.precision = 0.0  # the update's losses' lowest precision, as a tolerance
+        self.held: dict[int, list[Any]] = {}  # each stepping optimizer's lrs, as the code set
+        self.trained_from: set[int | None] = set()  # the datasets whose batches fed an update
         self.batched: set[int] = set()  # their tensors' storages
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
@@ -108,6 +122,7 @@ class Observer:
         left unread, never raised into the code: a backward() that reaches it is not judged."""
         if self.busy or not isinstance(out, Tensor) or out.grad_fn is None or out.ndim != 0:
             return
+        self.precision = max(self.precision, _precision(args))
         self.busy = True
         try:
             bound = inspect.signature(fn).bind(*args, **kwargs)
@@ -157,13 +172,17 @@ class Observer:
         fetched is over: `at` (iterator, dataset) fetches again, a new pass begins (fresh:
         over any loader; zipped loaders end together), or the watch ends (at=None)."""
         over = [
-            it
+            (it, data)
             for it, data in self.last_fetched.items()
             if at is None or fresh or at[0] == it or at[1] == data
         ]
-        for it in over:
+        for it, _ in over:
             del self.last_fetched[it]
-        if now or over:
+        # an epoch's end is a training loader's: one whose batches fed an update or the open
+        # window (a validation loader run out mid-epoch, every N steps, is none)
+        trains = self.trained_from | _sources(self.micro)
+        ran = now and (at is None or at[1] in trains)
+        if ran or any(data in trains for _, data in over):
             self.ends.append(len(self.seen.updates))
             self.straddles = self.straddles or bool(self.micro)  # the open window runs on
 
@@ -254,6 +273,11 @@ class Observer:
                 g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"]
                 for g in opt.param_groups
             ]
+        # the code's lrs, given back after the step: a checkpoint the code saves, or a
+        # scheduler that reads them, sees its own, not the watch's 0
+        self.held[id(opt)] = [
+            g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in opt.param_groups
+        ]
         zero_lr(opt)
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -262,6 +286,11 @@ class Observer:
         (a flush after an epoch that ended on a full window) is none; one fed nothing that
         applies a gradient is recorded: the same micro-batches move the params twice."""
         self.depth = max(self.depth - 1, 0)
+        for group, lr in zip(opt.param_groups, self.held.pop(id(opt), []), strict=False):
+            if isinstance(group["lr"], Tensor) and isinstance(lr, Tensor):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
         if self.depth:  # the inner step of a wrapper optimizer: its outer step is the update
             return
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -279,6 +308,7 @@ class Observer:
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
+        self.trained_from |= _sources(kept)
         update.params = params
         self.open = update
         self.seen.updates.append(self._closed(update, params, self.carried or {}))
@@ -305,7 +335,7 @@ class Observer:
         read is unread (not judged), never an error raised into the code's step."""
         try:
             self._read(update, params, carried)
-            return close(update, tolerance_of(update.params))
+            return close(update, max(tolerance_of(update.params), self.precision))
         except Exception:
             return unread(tolerance_of(update.params))
 
@@ -358,6 +388,7 @@ class Observer:
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.clip_bounds, self.clipped, self.norm_clipped = {}, set(), False
         self.fetched, self.batched, self.cut = 0, set(), 0
+        self.precision = 0.0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
 

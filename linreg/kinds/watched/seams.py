@@ -70,7 +70,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         try:
             batch = loader_next(self)
         except StopIteration:
-            w.ran_out(now=True)
+            w.ran_out(now=True, at=at)
             raise
         w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0))
         return batch
