@@ -1460,17 +1460,22 @@ def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_not
     assert not report.failures, str(report)
 
 
+@pytest.mark.parametrize("same", [False, True], ids=["a validation set", "the training set"])
 @pytest.mark.parametrize("nominal", [False, True], ids=["divided by its rows", "nominal"])
-def test_watch_a_validation_loader_run_out_mid_epoch_is_no_epochs_end(nominal: bool) -> None:
-    """Validation every 4 steps on a loader of its own: it runs out mid-epoch, which ended
-    the watch at update 5 as an epoch's end, before the short last batch (update 10) showed a
-    nominal divisor. The end is the training loader's alone."""
+def test_watch_a_validation_loader_run_out_mid_epoch_is_no_epochs_end(
+    nominal: bool, same: bool
+) -> None:
+    """An evaluation every 4 steps on a loader of its own (over a validation set, or the
+    training set's loss): it runs out mid-epoch, which ended the watch at update 5 as an
+    epoch's end, before the short last batch (update 10) showed a nominal divisor. An end is
+    a pass's during which a backward() ran."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(47, 4, generator=gen), torch.randn(47, 1, generator=gen)
     model = nn.Linear(4, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    train = DataLoader(torch.utils.data.TensorDataset(x[:37], y[:37]), batch_size=4)
-    val = DataLoader(torch.utils.data.TensorDataset(x[37:], y[37:]), batch_size=5)
+    data = torch.utils.data.TensorDataset(x[:37], y[:37])
+    train = DataLoader(data, batch_size=4)
+    val = DataLoader(data if same else torch.utils.data.TensorDataset(x[37:], y[37:]), batch_size=5)
     steps = 0
     with watch() as reports:
         for _ in range(2):
@@ -1532,6 +1537,26 @@ def test_watch_a_checkpoint_saved_while_watched_holds_the_codes_lr_not_zero() ->
             read.append(optimizer.param_groups[0]["lr"])
             saved.append(optimizer.state_dict()["param_groups"][0]["lr"])
     assert saved == read == [0.05, 0.05, 0.025, 0.025], (saved, read)  # the 5th ends it
+
+
+def test_watch_windows_over_a_zip_with_another_loader_see_the_epochs_end() -> None:
+    """Accumulating 4 batches over zip(train, unlabeled), the epoch's left-over window of 2
+    never stepped: the unlabeled loader is fetched last before each backward(), yet the
+    training loader's running out is the epoch's end (a backward() ran in its pass)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 4, generator=gen), torch.randn(40, 1, generator=gen)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    train = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)  # 10 batches
+    unlabeled = DataLoader(torch.utils.data.TensorDataset(torch.randn(80, 4)), batch_size=4)
+    with watch() as reports:
+        optimizer.zero_grad()
+        for i, ((xb, yb), _) in enumerate(zip(train, unlabeled, strict=False)):
+            (F.mse_loss(model(xb), yb) / 4).backward()
+            if (i + 1) % 4 == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    assert [r.pitfall for r in reports[0].failures] == ["short-last-batch"], str(reports[0])
 
 
 def test_watch_a_full_batch_divided_again_is_no_clip_and_its_scale_not_passed() -> None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import checks
-from linreg.kinds.training_loop.calls import tensors_in
+from linreg.kinds.training_loop.calls import autocast_now, tensors_in
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.records import (
@@ -54,14 +54,16 @@ def tolerance_of(params: list[Tensor]) -> float:
     return max((checks.tolerance(p.dtype, steps=True) for p in params), default=1e-4)
 
 
-def _precision(args: Any) -> float:
-    """Return the tolerance of the least precise floating tensor a loss was called on, or of
-    the autocast it ran under (0.0: neither): a forward under torch.autocast computes in
-    bfloat16 or float16 whatever its params' dtype."""
-    dtypes = [t.dtype for t in args if isinstance(t, Tensor) and t.is_floating_point()]
-    for device in ("cpu", "cuda"):
-        if torch.is_autocast_enabled(device):
-            dtypes.append(torch.get_autocast_dtype(device))
+def _precision(predictions: Any) -> float:
+    """Return the tolerance of the predictions a loss was called on, or of the autocast it ran
+    under (0.0: neither), where it is lower than float32's: a forward under torch.autocast
+    computes in bfloat16 or float16 whatever its params' dtype (the labels' dtype is theirs)."""
+    dtypes = []
+    if isinstance(predictions, Tensor) and predictions.is_floating_point():
+        dtypes.append(predictions.dtype)
+    now = autocast_now()
+    if now is not None:
+        dtypes.append(now[1])
     return max((checks.tolerance(d, steps=True) for d in dtypes), default=0.0)
 
 
@@ -104,7 +106,8 @@ class Observer:
         self.source: int | None = None  # the dataset of the last batch fetched
         self.precision = 0.0  # the update's losses' lowest precision, as a tolerance
         self.held: dict[int, list[Any]] = {}  # each stepping optimizer's lrs, as the code set
-        self.trained_from: set[int | None] = set()  # the datasets whose batches fed an update
+        self.backwards = 0  # the backward() calls watched
+        self.began: dict[int, int] = {}  # each iterator's: backward() calls as its pass began
         self.batched: set[int] = set()  # their tensors' storages
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
@@ -122,11 +125,11 @@ class Observer:
         left unread, never raised into the code: a backward() that reaches it is not judged."""
         if self.busy or not isinstance(out, Tensor) or out.grad_fn is None or out.ndim != 0:
             return
-        self.precision = max(self.precision, _precision(args))
         self.busy = True
         try:
             bound = inspect.signature(fn).bind(*args, **kwargs)
             given = bound.arguments
+            self.precision = max(self.precision, _precision(given.get("input")))
             if name in BROADCASTING:  # label-shape's, where a backward() reaches it
                 compared(name, given.get("input"), given.get("target"), out, self.seen)
             if given.get("size_average") is not None or given.get("reduce") is not None:
@@ -178,13 +181,17 @@ class Observer:
         ]
         for it, _ in over:
             del self.last_fetched[it]
-        # an epoch's end is a training loader's: one whose batches fed an update or the open
-        # window (a validation loader run out mid-epoch, every N steps, is none)
-        trains = self.trained_from | _sources(self.micro)
-        ran = now and (at is None or at[1] in trains)
-        if ran or any(data in trains for _, data in over):
+        # an epoch's end is a training pass's: one during which a backward() ran (a validation
+        # pass under no_grad, every N steps, mid-epoch, is none, over any dataset)
+        ran = now and (at is None or self._trained_in(at[0]))
+        if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
             self.straddles = self.straddles or bool(self.micro)  # the open window runs on
+
+    def _trained_in(self, it: int) -> bool:
+        """Return whether a backward() ran since an iterator's pass began (or, for one whose
+        start was not seen, at all)."""
+        return self.backwards > self.began.get(it, -1)
 
     def fetch(self, batch: Any, at: tuple[int, int], epoch: int | None, yielded: int) -> None:
         """Count a batch a DataLoader's iterator (`at`: iterator, dataset) yielded, the
@@ -193,6 +200,8 @@ class Observer:
         (updates <= batches); its last batch fetched, the pass ends at the next fetch (a
         fetcher that knows the length never asks past it: Lightning's)."""
         self.source = at[1]
+        if yielded <= 1:  # a pass's first batch: its backward() calls are counted from here
+            self.began[at[0]] = self.backwards
         if epoch is not None and yielded >= epoch:
             self.last_fetched[at[0]] = at[1]
         if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
@@ -211,6 +220,7 @@ class Observer:
         if self.busy:
             run()
             return
+        self.backwards += 1
         if self.first and not self.seen.updates:  # no torch optimizer has stepped yet
             self.before_any += 1
             if self.before_any > MOST and self.moved():
@@ -308,7 +318,6 @@ class Observer:
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
-        self.trained_from |= _sources(kept)
         update.params = params
         self.open = update
         self.seen.updates.append(self._closed(update, params, self.carried or {}))
