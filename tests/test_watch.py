@@ -1107,6 +1107,8 @@ def test_dynamo_imported_by_the_watched_code_is_left_enabled_after(tmp_path: Pat
 
 
 def _state() -> dict[str, Any]:
+    import torch._dynamo.config as dynamo  # its setting itself: not yet imported is no value
+
     return {
         "losses": [getattr(F, name) for name in ("cross_entropy", "mse_loss", "nll_loss")],
         "backward": (Tensor.backward, torch.autograd.backward),
@@ -1120,7 +1122,7 @@ def _state() -> dict[str, Any]:
         "path": sys.path[:],
         "compile": (
             os.environ.get("TORCH_COMPILE_DISABLE"),
-            getattr(sys.modules.get("torch._dynamo.config"), "disable", None),
+            dynamo.disable,
         ),
     }
 
