@@ -8,6 +8,7 @@ from linreg.audit.watch_readings import near
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
 from linreg.kinds.watched import Watched
+from linreg.pitfalls.label_shape import PULLED
 
 
 def report_of(
@@ -20,11 +21,7 @@ def report_of(
     v = judge(seen, summed)
     results = []
     if seen.broadcast:  # read from the loss calls, not the updates' weights
-        v.failed["label-shape"] = (
-            f"{seen.broadcast}. Each prediction is pulled toward the mean of the batch's labels, "
-            "not its own: reshape the labels to the predictions' shape (y.view_as(y_hat)), or "
-            "squeeze the predictions"
-        )
+        v.failed["label-shape"] = f"{seen.broadcast}; {PULLED}"
     elif seen.values:  # the updates whose losses were read: those of values broadcast none
         v.judged["label-shape"] = set(range(len(seen.updates)))
     for pitfall, statement in (SUMMED if summed else PROPERTIES).items():

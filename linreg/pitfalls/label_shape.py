@@ -100,6 +100,13 @@ def flat_labels_agree(target: Target, case: dict[str, Tensor]) -> None:
         )
 
 
+# what a broadcast loss does to training, and the fix: the audit's verdict and the watch's
+PULLED = (
+    "each row's prediction is pulled toward the mean of the batch's labels, not its own: "
+    "reshape the labels to the predictions' shape (y.view_as(y_hat)), or squeeze the predictions"
+)
+
+
 def trains_on_like_shapes(target: Target, batching: Batching) -> None:
     """No loss the loop trains on (torch's losses of values, called with grad) broadcasts its
     predictions against labels of another shape into more entries than either holds."""
@@ -107,10 +114,8 @@ def trains_on_like_shapes(target: Target, batching: Batching) -> None:
     tally(batching, values=seen.values)
     if seen.broadcast:
         raise checks.CheckFailed(
-            f"on {describe(batching, options_of(target))}: {seen.broadcast}. Each row's "
-            "prediction is pulled toward the mean of the batch's labels, not its own (the "
-            "audit's labels are all one value, which hides it): reshape the labels to the "
-            "predictions' shape (y.view_as(y_hat)), or squeeze the predictions",
+            f"on {describe(batching, options_of(target))}: {seen.broadcast} (the audit's "
+            f"labels are all one value, which hides it in the gradient); {PULLED}",
             {"broadcast": seen.broadcast},
         )
 

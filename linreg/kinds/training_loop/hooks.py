@@ -34,7 +34,7 @@ from torch.optim.optimizer import (
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.labels import BROADCASTING
+from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.training_loop.ledger import Observed, batch_made, pass_ended
 from linreg.kinds.training_loop.watcher import Watcher
 
@@ -95,12 +95,12 @@ def watching(
     thread = threading.get_ident()
     losses = {name: getattr(F, name) for name in BROADCASTING}
 
-    def compared(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    def read(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         @functools.wraps(fn)
         def loss(input: Any, target: Any, *args: Any, **kwargs: Any) -> Tensor:
             out = fn(input, target, *args, **kwargs)
-            if threading.get_ident() == thread:
-                watch.compared(name, input, target, out)
+            if threading.get_ident() == thread:  # label-shape's, once a backward() reaches it
+                compared(name, input, target, out, watch.seen)
             return out
 
         return loss
@@ -133,7 +133,7 @@ def watching(
     _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign,assignment]
     clip_grad._group_tensors_by_device_and_dtype = group  # type: ignore[attr-defined]
     for name, fn in losses.items():  # nn.MSELoss and the others call these by attribute
-        setattr(F, name, compared(name, fn))
+        setattr(F, name, read(name, fn))
     try:
         yield watch.seen
     finally:

@@ -303,6 +303,16 @@ def flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor | N
     )
 
 
+def mask(flags: Sequence[bool], params: Sequence[Tensor], device: Any = None) -> Tensor:
+    """Return a float64 vector laid out as flat's: 1.0 over each param flagged, 0.0 elsewhere."""
+    return torch.cat(
+        [
+            torch.full((p.numel(),), float(k), dtype=torch.float64, device=device)
+            for k, p in zip(flags, params, strict=True)
+        ]
+    )
+
+
 def not_finite(seen: Observed) -> str:
     """Return where the loop's gradients first stop being finite, or ""."""
     for j, step in enumerate(seen.steps):

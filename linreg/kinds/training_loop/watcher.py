@@ -21,8 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
-from linreg.kinds.training_loop.labels import compared
-from linreg.kinds.training_loop.ledger import Observed, Step, flat
+from linreg.kinds.training_loop.ledger import Observed, Step, flat, mask
 
 
 def zero_lr(opt: torch.optim.Optimizer) -> None:
@@ -150,11 +149,6 @@ class Watcher(ForwardHooks):
         if self.on_update is not None:
             self.on_update()
 
-    def compared(self, name: str, input: Any, target: Any, out: Any) -> None:
-        """Read a call of a loss of values (labels.compared): predictions and labels that
-        broadcast, which the audit's labels, all one value, would otherwise hide."""
-        compared(name, input, target, out, self.seen)
-
     def _live(self) -> Tensor | None:
         """Return Step.live: which params required grad in some backward() of the update (or,
         where none was seen, now; None: all did), and count them in Observed.live_params."""
@@ -162,16 +156,7 @@ class Watcher(ForwardHooks):
         self.live_now = None
         if live not in self.live:
             self.seen.live_params |= {i for i, k in enumerate(live) if k}
-            self.live[live] = (
-                None
-                if all(live)
-                else torch.cat(
-                    [
-                        torch.full((p.numel(),), float(k), dtype=torch.float64)
-                        for p, k in zip(self.params, live, strict=True)
-                    ]
-                )
-            )
+            self.live[live] = None if all(live) else mask(live, self.params)
         return self.live[live]
 
     def _forget_all_but(self, calls: list[Call]) -> None:
@@ -251,17 +236,8 @@ class Watcher(ForwardHooks):
             return  # another model's
         found = flat([p.grad for p in self.params], self.params)
         assert found is not None
-        covered = torch.cat(
-            [
-                torch.full(
-                    (p.numel(),),
-                    float(p.grad is not None and id(p.grad) in handed),
-                    dtype=torch.float64,
-                    device=found.device,
-                )
-                for p in self.params
-            ]
-        )
+        mine = [p.grad is not None and id(p.grad) in handed for p in self.params]
+        covered = mask(mine, self.params, found.device)
         if (
             self.clip_found
             and torch.equal(found, self.clip_found[-1])
@@ -281,12 +257,7 @@ class Watcher(ForwardHooks):
         kept = [id(p) in self.trained for p in self.params]
         self.seen.stepped_params = frozenset(i for i, k in enumerate(kept) if k)
         if self.trained and not all(kept):
-            self.seen.trained = torch.cat(
-                [
-                    torch.full((p.numel(),), float(k), dtype=torch.float64)
-                    for p, k in zip(self.params, kept, strict=True)
-                ]
-            )
+            self.seen.trained = mask(kept, self.params)
             for step in self.seen.steps if self.masks else ():
                 step.keep(self.seen.trained)
         self.seen.moved = any(

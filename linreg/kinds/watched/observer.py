@@ -54,6 +54,11 @@ def tolerance_of(params: list[Tensor]) -> float:
     return max((checks.tolerance(p.dtype, steps=True) for p in params), default=1e-4)
 
 
+def _lr_values(opt: torch.optim.Optimizer) -> list[Any]:
+    """Return each param group's lr as it is now (a tensor lr copied: zero_lr fills it)."""
+    return [g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in opt.param_groups]
+
+
 def _precision(predictions: Any) -> float:
     """Return the tolerance of the predictions a loss was called on, or of the autocast it ran
     under (0.0: neither), where it is lower than float32's: a forward under torch.autocast
@@ -279,15 +284,10 @@ class Observer:
         if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
             self.states.append((opt, copy.deepcopy(opt.state_dict())))
             self.seen.lrs[id(opt)] = [g["lr"] for g in opt.param_groups]  # a tensor: the same
-            self.lr_values[id(opt)] = [  # object, and its value
-                g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"]
-                for g in opt.param_groups
-            ]
+            self.lr_values[id(opt)] = _lr_values(opt)  # object, and its value
         # the code's lrs, given back after the step: a checkpoint the code saves, or a
         # scheduler that reads them, sees its own, not the watch's 0
-        self.held[id(opt)] = [
-            g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in opt.param_groups
-        ]
+        self.held[id(opt)] = _lr_values(opt)
         zero_lr(opt)
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
