@@ -686,6 +686,51 @@ def popped_train_mean_of_means(
     popped_train(model, train_dataloader, optimizer, num_epochs, gradient_accumulation_steps, True)
 
 
+def shifted_token_loss(output: Output, labels: Tensor) -> Tensor:
+    """The causal LM's loss on labels, as a user names it with loss=: the mean over the targets
+    that count after the shift."""
+    return next_token_loss(output.logits, labels) / (labels[:, 1:] != -100).sum()
+
+
+def positional_train(
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+    per_batch_mean: bool = False,
+) -> None:
+    """Leaves the labels in the batch and feeds the model its input ids alone, positionally
+    (`model(batch["input_ids"])`, as nanoGPT-style scripts on dict batches do), then divides
+    the window's summed token loss by the window's count of targets."""
+    for _ in range(num_epochs):
+        batches = list(loader)
+        for start in range(0, len(batches), gradient_accumulation_steps):
+            window = batches[start : start + gradient_accumulation_steps]
+            n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+            for b in window:
+                loss = next_token_loss(model(b["input_ids"]).logits, b["labels"])
+                if per_batch_mean:
+                    own = max(1, int((b["labels"][:, 1:] != -100).sum()))
+                    loss = loss / own / len(window)
+                else:
+                    loss = loss / n_targets
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def positional_train_mean_of_means(
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+) -> None:
+    """Twin: each micro-batch's mean over its own targets, divided by the window's batches."""
+    positional_train(model, loader, optimizer, num_epochs, gradient_accumulation_steps, True)
+
+
 # --- 13. a loop that weighs rows in a way no known mistake does ---------------------------------
 
 

@@ -362,6 +362,48 @@ def test_loops_as_written_predictions_against_flat_targets_fail_label_shape_meas
     assert "compared tensors of shapes (2, 1) and (2,)" in failure.message
 
 
+class TwoHeads(nn.Module):
+    """A class head and a value head, returned as a plain tuple: no loss in the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 4)
+        self.logits = nn.Linear(4, 2)
+        self.value = nn.Linear(4, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = torch.tanh(self.body(x))
+        return self.logits(h), self.value(h)
+
+
+def trains_two_heads(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, zero: bool = True
+) -> None:
+    """A multi-task fit: each row's labels hold its class and its value; cross-entropy on one
+    head plus half the squared error on the other, both means over the batch."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            logits, value = model(x)
+            loss = F.cross_entropy(logits, y[:, 0].long()) + 0.5 * F.mse_loss(value, y[:, 1:])
+            if zero:
+                optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def test_loops_as_written_a_model_of_two_heads_with_no_loss_in_its_output_is_judged() -> None:
+    # the labels' usual loss (MSE on float labels) fits no tuple: the guess is dropped, not
+    # raised, and each row's reference is the loop's own gradient on it
+    example = (torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 0.7]))
+    report = audit.training_loop(trains_two_heads, model=TwoHeads, example=example)
+    assert report.ok, str(report)
+    assert "each row's reference was the loop's own gradient on that row alone" in str(report)
+    twin = audit.training_loop(
+        partial(trains_two_heads, zero=False), model=TwoHeads, example=example
+    )
+    assert [r.pitfall for r in twin.failures] == ["grad-zeroing"], str(twin)
+
+
 def compares_flat_targets(
     model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, how: str
 ) -> None:
@@ -457,6 +499,22 @@ def test_loops_as_written_labels_popped_before_the_forward_are_the_rows_own(mode
     twin = audit.training_loop(L.popped_train_mean_of_means, max_examples=15, **options)
     assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
     assert "micro-batches' mean losses, whose counts of targets differ ([3, 1])" in str(twin)
+
+
+def test_loops_as_written_labels_left_in_the_batch_beside_a_positional_input_are_the_rows_own():
+    # model(batch["input_ids"]): the forward is fed no labels by name; each row's are read from
+    # the batch the audit built, as where the loop pops them (the contrast row counts 1 target)
+    options = {**TOKENS, "model": L.LogitsOnlyLM}
+    report = audit.training_loop(L.positional_train, max_examples=EXAMPLES, **options)
+    assert report.ok, str(report)
+    twin = audit.training_loop(L.positional_train_mean_of_means, max_examples=15, **options)
+    assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
+    assert "micro-batches' mean losses, whose counts of targets differ ([3, 1])" in str(twin)
+    # naming the loss reads each row's labels the same way: the contrast row's are its own
+    named = audit.training_loop(
+        L.positional_train, max_examples=EXAMPLES, loss=L.shifted_token_loss, **options
+    )
+    assert named.ok, str(named)
 
 
 def test_loops_as_written_the_mean_of_means_over_uneven_token_counts_measured() -> None:

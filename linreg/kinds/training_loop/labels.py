@@ -78,7 +78,11 @@ def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) ->
     feeds = _takes(model, label_key(example))
     out = []
     for call in calls:
-        held = held_labels(example, call.kwargs, call.rows) if call.method == "forward" else {}
+        held = (
+            held_labels(example, call.args, call.kwargs, call.rows)
+            if call.method == "forward"
+            else {}
+        )
         out.append(replace(call, given=held, feeds_given=feeds) if held else call)
     return out
 

@@ -102,14 +102,17 @@ def fewer_targets(labels: Tensor) -> Tensor:
     return out
 
 
-def held_labels(example: Example, kwargs: Mapping[str, Any], rows: int) -> dict[str, Tensor]:
+def held_labels(
+    example: Example, args: Sequence[Any], kwargs: Mapping[str, Any], rows: int
+) -> dict[str, Tensor]:
     """Return the labels a dict batch held for the rows a forward was fed without them (the
-    loop popped them first), each row's found by its input among the rows the audit handed
-    out; {} where the forward was fed labels, or a row is none of them."""
+    loop popped them first, or fed the input alone: `model(batch["input_ids"])`), each row's
+    found by its input, by keyword or first, among the rows the audit handed out; {} where the
+    forward was fed labels, or a row is none of them."""
     if isinstance(example, tuple) or any(k in kwargs for k in LABEL_KEYS):
         return {}
     label, key = label_key(example), input_key(example)
-    fed = kwargs.get(key)
+    fed = kwargs.get(key, args[0] if args else None)
     if label is None or not isinstance(fed, Tensor) or fed.shape[:1] != (rows,):
         return {}
     held = rows_of(example, (0, 1))
