@@ -2583,3 +2583,81 @@ def test_a_loader_of_no_length_is_watched_without_asking_its_length() -> None:
     which an endless batch sampler answers with a ValueError (the loop's next() raised)."""
     report = audit.training_loop(trains_on_an_endless_sampler, **LOOP)
     assert report.ok and not report.error, str(report)
+
+
+# --- .grad erased inside a window, and a penalty beside a summed loss --------------------------
+
+
+def accumulates_zeroing_each(
+    model: TwoPart, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int,
+    inside: bool = False,
+) -> None:  # fmt: skip
+    """Accumulates windows of accumulation_steps batches, each batch's summed loss over the
+    window's rows; zero_grad() at the top of each window, or (inside) of every batch."""
+    rows, size, batches = len(loader.dataset), loader.batch_size, len(loader)
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            start = i - i % accumulation_steps
+            window = min(rows, (start + accumulation_steps) * size) - start * size
+            if inside or i % accumulation_steps == 0:
+                optimizer.zero_grad(set_to_none=True)
+            (F.cross_entropy(model(x), y, reduction="sum") / window).backward()
+            if (i + 1) % accumulation_steps == 0 or i + 1 == batches:
+                optimizer.step()
+
+
+def test_a_zero_grad_inside_the_window_fails_micro_batch_accumulation_alone_measured() -> None:
+    # directly: two batches of one row, a window of 2: zeroing before each backward() leaves
+    # the second's gradient alone, half of it (its loss is divided by the window's 2 rows)
+    torch.manual_seed(0)
+    model, (x, y) = TwoPart(), sample()
+    params = list(model.parameters())
+
+    def grad(loss: torch.Tensor) -> torch.Tensor:
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+    one = grad(F.cross_entropy(model(x[None]), y[None]))
+    applied = grad(F.cross_entropy(model(x[None]), y[None], reduction="sum") / 2)
+    assert torch.allclose(applied, one / 2)
+    right = audit.training_loop(accumulates_zeroing_each, **LOOP)
+    assert right.ok, str(right)
+    twin = audit.training_loop(functools.partial(accumulates_zeroing_each, inside=True), **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
+    assert "erased .grad between the backward() calls of one update" in str(twin)
+
+
+def penalised(
+    model: TwoPart, loader: Any, optimizer: Any, num_epochs: int, summed: bool = False
+) -> None:
+    """An L2 penalty on the params written into the loss, as weight decay by hand: added once
+    to each batch's mean loss, or (summed) to its summed loss at the mean's lr."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            data = F.cross_entropy(model(x), y, reduction="sum" if summed else "mean")
+            (data + 1e-2 * sum(p.pow(2).sum() for p in model.parameters())).backward()
+            optimizer.step()
+
+
+def test_a_penalty_beside_a_summed_loss_fails_mean_vs_sum_alone_measured() -> None:
+    # directly: on 2 identical rows the summed loss's step is no multiple of one row's
+    # gradient (the penalty's part stays once), so no property but mean-vs-sum names it:
+    # the loop zeroes its grads, and its rows are all alike
+    torch.manual_seed(0)
+    model, (x, y) = TwoPart(), sample()
+    params = list(model.parameters())
+    X, Y = x.expand(2, -1), y.expand(2)
+
+    def penalty() -> torch.Tensor:
+        return 1e-2 * sum(p.pow(2).sum() for p in params)  # type: ignore[return-value]
+
+    one = torch.autograd.grad(F.cross_entropy(model(X[:1]), Y[:1]) + penalty(), params)
+    two = torch.autograd.grad(F.cross_entropy(model(X), Y, reduction="sum") + penalty(), params)
+    a, b = (torch.cat([g.reshape(-1) for g in gs]) for gs in (one, two))
+    ratio = float(a @ b / (a @ a))
+    assert (b - ratio * a).norm() > 1e-3 * b.norm()  # no multiple of it
+    right = audit.training_loop(penalised, **LOOP)
+    assert right.ok, str(right)
+    twin = audit.training_loop(functools.partial(penalised, summed=True), **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+    assert "part of its loss grows with the rows and part does not" in str(twin)

@@ -29,6 +29,7 @@ from linreg.kinds.training_loop import (
     near,
     options_of,
     unequal_weights,
+    unscaled,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.kinds.update_step import STEPS, Update, UpdateStepOptions, fresh
@@ -154,9 +155,14 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
         return NO_KNOWN
 
     def excused(j: int, verdicts: Sequence[Judged | None], run: Wanted, by: float | None) -> bool:
-        """Rows weighed unequally, nothing found in .grad: micro-batch-accumulation's."""
+        """Nothing found in .grad: rows weighed unequally (micro-batch-accumulation's), or a
+        step beside a first full step that has no scale (unscaled: that step's failure)."""
         v = verdicts[j]
-        return v is not None and not v.carried and unequal_weights(v, batching)
+        return (
+            v is not None
+            and not (v.carried or v.stale)
+            and (unequal_weights(v, batching) or unscaled(target, batching, run, verdicts))
+        )
 
     # full steps, and any step that found a gradient in .grad: the scale of one fed more rows
     # (it took an epoch's left-overs) or fewer (a short window: an epoch's last, or a first

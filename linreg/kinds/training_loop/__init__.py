@@ -127,7 +127,8 @@ from linreg.kinds.training_loop.verdicts import (
     dropped_shorts,
     full_rows,
     notes,
-    unreached_why,
+    unapplied_why,
+    unscaled,
     wanted,
 )
 from linreg.kinds.training_loop.watcher import Watcher
@@ -221,8 +222,9 @@ __all__ = [
     "tensors_in",
     "token_labels",
     "tolerance",
+    "unapplied_why",
     "unequal_weights",
-    "unreached_why",
+    "unscaled",
     "unshared",
     "want_of",
     "wanted",

@@ -249,7 +249,8 @@ def _confirmed(
     confirmed = _one_known_scale(factors, k, tol)
     why = (
         f"its loss is not {guess}{_times(factors, tol)}: name it with loss= to judge the scale "
-        "of every step"
+        "of every step (a loss of the output and labels alone: one with a penalty on the params "
+        "added is not one)"
         if guess is not None
         else "what it calls steps itself and cannot be replayed on one row, so a scale that "
         "every row shares is not judged"
