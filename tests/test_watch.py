@@ -1233,19 +1233,16 @@ def _loss_script(tmp: Path, loss: str) -> str:
         ("(0.5 * F.mse_loss(out, y))", {"mean-vs-sum": "pass", "short-last-batch": "pass"}),
         ("(F.mse_loss(out, y, reduction='sum') / len(x))", {"mean-vs-sum": "pass"}),
         ("(F.mse_loss(out, y) * len(x))", {"mean-vs-sum": "fail"}),
-        (
-            "(F.mse_loss(out, y) + 0.1 * sum(p.pow(2).sum() for p in model.parameters()))",
-            {"mean-vs-sum": "skip", "grad-zeroing": "pass"},
-        ),
         ("F.mse_loss(out, y, None, None, 'mean')", {"mean-vs-sum": "pass"}),
     ],
-    ids=["halved", "summed-over-features", "times-the-batch", "l2-penalty", "positional"],
+    ids=["halved", "summed-over-features", "times-the-batch", "positional"],
 )
 def test_watch_reads_a_constant_factor_as_the_loss_and_a_growing_one_as_a_sum(
     loss: str, verdicts: dict[str, str], tmp_path: Path
 ) -> None:
     """A factor the same on the short last batch (4, 4, 4, 2 rows) is the loss's own; one that
-    grows with the rows is a sum; a term the watcher does not read is not judged, never failed."""
+    grows with the rows is a sum (a term the watcher does not read on every update: an error,
+    test_watch_a_penalty_by_hand_on_every_update_is_an_error_not_a_pass)."""
     report = watch_script(_loss_script(tmp_path, loss), steps=6)
     got = {r.pitfall: r.verdict for r in report.results}
     assert {k: got[k] for k in verdicts} == verdicts, str(report)
@@ -1460,6 +1457,29 @@ def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_not
     report = reports[0]
     assert report.error.startswith("no update could be judged"), str(report)
     assert not report.failures, str(report)
+
+
+@pytest.mark.parametrize("summed", [False, True], ids=["mean", "summed"])
+def test_watch_a_penalty_by_hand_on_every_update_is_an_error_not_a_pass(summed: bool) -> None:
+    """An L2 penalty written into the loss, a term the watcher does not read: every update is
+    unread, so nothing but .grad's zeroing is judged. That is no pass (it exited 0, whether the
+    cross-entropy was a mean or a sum, 16 times the mean here), and the properties it could not
+    judge say so, not that the watch ended first."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 4, generator=gen), torch.randint(0, 3, (90,), generator=gen)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports:
+        for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(xb), yb, reduction="sum" if summed else "mean")
+            (loss + 1e-3 * model.weight.pow(2).sum()).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.ok and report.error == "no update could be judged: see the note", str(report)
+    assert "6 update(s) applied what their micro-batches' read losses do not explain" in str(report)
+    (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
+    assert scale.verdict == "skip" and "6 of the 6 updates" in scale.message, str(report)
 
 
 @pytest.mark.parametrize("same", [False, True], ids=["a validation set", "the training set"])

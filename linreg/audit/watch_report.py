@@ -60,14 +60,19 @@ def report_of(
         )
     elif not seen.updates and not error:
         error = "the code made no optimizer update: nothing to judge"
-    elif not error and all(r.verdict == "skip" or r.pitfall == "label-shape" for r in results):
+    elif not error and (
+        all(r.verdict == "skip" or r.pitfall == "label-shape" for r in results)
+        # every update unread: what passed (grad-zeroing, non-leaf-params, read from .grad
+        # itself) judged none of the weights the watch exists to judge
+        or len(v.unread) == len(seen.updates)
+    ):
         # (label-shape reads the loss calls, not the updates: no update judged is still none)
         error = (
             "no update could be judged: every backward() reached no loss the watcher could read "
             "(it reads the scalar a torch loss function returns, F.cross_entropy, nn.MSELoss, "
             "...: not a loss written by hand, nor one called with reduction='none' and reduced "
             "by the code, nor a graph that allows no second pass)"
-            if not any(u.unreadable for u in seen.updates)
+            if not v.unread and not any(u.unreadable for u in seen.updates)
             else "no update could be judged: see the note"
         )
     unreadable = sum(1 for u in seen.updates if u.unreadable)
@@ -188,6 +193,14 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             f"not judged: the weight on each term ({', '.join(v.free)}) is a coefficient of the "
             f"code's, each term's function having taken the {v.meant} itself: a multiple of "
             "it cannot be told from a coefficient"
+        )
+    unread = len(v.unread)
+    if unread and pitfall != "label-shape":  # its evidence is in updates that were not read
+        read = len(seen.updates) - unread
+        return (
+            f"not judged: {unread} of the {len(seen.updates)} updates applied what their "
+            "micro-batches' read losses do not explain (see the note)"
+            + (f", and the {read} read showed nothing for it" if read else "")
         )
     why = {
         "label-shape": "the code called no loss of values (F.mse_loss, F.l1_loss, "
