@@ -156,7 +156,7 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
 
     def excused(j: int, verdicts: Sequence[Judged | None], run: Wanted, by: float | None) -> bool:
         """Nothing found in .grad: rows weighed unequally (micro-batch-accumulation's), or a
-        step beside a first full step that has no scale (unscaled: that step's failure)."""
+        step beside a first full step that has no scale (unscaled: mean-vs-sum's failure)."""
         v = verdicts[j]
         return (
             v is not None

@@ -154,7 +154,7 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
         step = steps[j]
         s = v.ratio
         rows, parts = step.rows, len(step.sizes)
-        if s is None and rows > 1 and len(set(step.row_keys)) == 1 and not step.unapplied:
+        if s is None and rows > 1 and len(set(step.row_keys)) == 1 and not step.unreached:
             return (
                 f"{NO_KNOWN}: on {rows} identical rows it applied neither one row's gradient "
                 "nor a multiple of it, so part of its loss grows with the rows and part does "
@@ -198,9 +198,9 @@ def applies_the_rows_mean(target: Target, batching: Batching) -> None:
             v.stale
             or (v.carried and v.own is not None and near(v.own, 1, v.tol))
             or unequal_weights(v, batching)  # no scale to read: micro-batch-accumulation's
-            # micro-batches no backward() reached, or whose gradient was erased, weigh 0, and
-            # its ratio names no mistake of the reduction: micro-batch-accumulation's
-            or (bool(run.seen.steps[j].unapplied) and explain(j, v, run.seen.steps) == NO_KNOWN)
+            # micro-batches no backward() reached weigh 0, and its ratio names no mistake of
+            # the reduction: micro-batch-accumulation's
+            or (bool(run.seen.steps[j].unreached) and explain(j, v, run.seen.steps) == NO_KNOWN)
         )
 
     compare(target, batching, first_full, explain, excused=excused)

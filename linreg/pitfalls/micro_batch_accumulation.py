@@ -29,9 +29,8 @@ from linreg.kinds.training_loop import (
     loss_of,
     options_of,
     summed_means,
-    unapplied_why,
+    unreached_why,
 )
-from linreg.kinds.training_loop.weights import beyond_its_rows
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
@@ -103,6 +102,8 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
         v, step = verdicts[j], run.seen.steps[j]
         if v is None or v.ratio is not None or v.stale or (v.carried and v.own is not None):
             return True
+        if len(set(step.row_keys)) < 2 and not step.unreached:
+            return True  # rows of one kind, all reached: no weighting, its scale's to judge
         if crosses(batching, options.drop_last, run.seen.steps, j) and v.carried:
             return True  # an epoch's left-over carried, unzeroed, into it: short-last-batch's
         # its micro-batches' means added up undivided: mean-vs-sum's k-fold scale, which over
@@ -114,15 +115,11 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
         reading = v.reading
         if reading is not None and v.carried and step.carried is not None:
             reading = reading - step.carried  # its own part: what it found is grad-zeroing's
-        if len(set(step.row_keys)) < 2 or (
-            run.ref is not None and beyond_its_rows(step, run.ref, reading)
-        ):
-            return True  # rows of one kind, or no weighting of its rows: its scale's to judge
         return summed is not None and close(reading, summed, run.tol, run.scale * len(step.calls))
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
-        if steps[j].unapplied:  # seen, not guessed from the weights
-            return unapplied_why(steps[j])
+        if steps[j].unreached:  # seen, not guessed from the weights
+            return unreached_why(steps[j])
         if len(steps[j].sizes) == 1:  # one micro-batch: no mean of means can be the cause
             return f"weighs the rows of its one micro-batch unequally: it {NO_KNOWN}"
         return (

@@ -36,7 +36,6 @@ from linreg.kinds.training_loop import (
     options_of,
     summed_means,
     unequal_weights,
-    unscaled,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
@@ -146,11 +145,9 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         # count shows here as its ratio)
         if fits(v.ratio) or v.stale or (v.carried and fits(v.own)):
             return True
-        if not v.carried and unscaled(target, batching, run, verdicts):
-            return True  # no full step's scale to be relative to: that step's failure
         crossing = crosses(batching, options.drop_last, steps, j)
         if (
-            steps[j].unapplied  # micro-batches that weigh 0: micro-batch-accumulation's
+            steps[j].unreached  # micro-batches no backward() reached: micro-batch-accumulation's
             and steps[j].rows <= full  # (the steps it judges)
             and not (crossing and v.carried)
             and (explain(j, v, steps) == NO_KNOWN or crossing)

@@ -127,7 +127,7 @@ from linreg.kinds.training_loop.verdicts import (
     dropped_shorts,
     full_rows,
     notes,
-    unapplied_why,
+    unreached_why,
     unscaled,
     wanted,
 )
@@ -222,8 +222,8 @@ __all__ = [
     "tensors_in",
     "token_labels",
     "tolerance",
-    "unapplied_why",
     "unequal_weights",
+    "unreached_why",
     "unscaled",
     "unshared",
     "want_of",

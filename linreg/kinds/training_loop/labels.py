@@ -75,16 +75,27 @@ def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) ->
     example = options_of(target).example
     if not isinstance(example, Mapping):
         return list(calls)
-    feeds = _takes(model, label_key(example))
+    label = label_key(example)
+    feeds = _takes(model, label)
     out = []
     for call in calls:
         held = (
             held_labels(example, call.args, call.kwargs, call.rows)
-            if call.method == "forward"
+            if call.method == "forward" and not _fed_by_position(model, label, call.args)
             else {}
         )
         out.append(replace(call, given=held, feeds_given=feeds) if held else call)
     return out
+
+
+def _fed_by_position(model: nn.Module, name: str | None, args: tuple[Any, ...]) -> bool:
+    """Return whether a forward's positional arguments fill its parameter of the labels
+    (`model(input_ids, attention_mask, labels)`): the labels were fed, none held back."""
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args)
+    except (TypeError, ValueError):
+        return False
+    return name is not None and name in bound.arguments
 
 
 def _takes(model: nn.Module, name: str | None) -> bool:

@@ -49,15 +49,6 @@ class Step:
     # 1.0 for each entry of a param that required grad at the step, 0.0 for one frozen then
     # (None: none was): a backbone frozen for the first epoch trains nothing there
     live: Tensor | None = None
-    # the calls (by position) a backward() reached whose gradient the loop then erased before
-    # a later backward() of the same update (optimizer.zero_grad() inside its window)
-    wiped: tuple[int, ...] = ()
-
-    @property
-    def unapplied(self) -> tuple[int, ...]:
-        """Return the calls (by position) the ledger saw weigh nothing in what the step
-        applied: no backward() reached them, or their gradient was erased before the step."""
-        return tuple(sorted({*self.unreached, *self.wiped}))
 
     def keep(self, mask: Tensor) -> None:
         """Keep the gradients of the params mask holds (1.0) alone, the others read as 0."""

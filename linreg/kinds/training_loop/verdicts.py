@@ -213,8 +213,8 @@ def compare(
             "weights": weights,
         }
         why = v.note or explain(j, v, seen.steps)
-        if step.unapplied and why == NO_KNOWN:  # what the ledger saw, where no ratio tells
-            why = unapplied_why(step)
+        if step.unreached and why == NO_KNOWN:  # what the ledger saw, where no ratio tells
+            why = unreached_why(step)
         if weights is not None and len(weights.rows) > 1 and (v.ratio is None or why == NO_KNOWN):
             why += f" ({weights})"  # no multiple of the correct gradient: how it weighed rows
         raise CheckFailed(
@@ -247,8 +247,7 @@ def unscaled(
 ) -> bool:
     """Return True if the run's first full step, finding nothing in .grad, applied no multiple
     of its correct gradient (a term summed beside a mean, a penalty on the params beside a
-    summed loss): the steps judged relative to it have no scale to be judged by, and its
-    failure is the property's that judges that step's scale (mean-vs-sum's, or the weights')."""
+    summed loss): mean-vs-sum judges that step, and fails it on identical rows."""
     rows = full_rows(target, batching, run.seen.steps)
     first = next(
         (v for s, v in zip(run.seen.steps, verdicts, strict=True) if s.rows == rows and v), None
@@ -268,25 +267,14 @@ def crosses(batching: Batching, drop_last: bool, steps: Sequence[Step], j: int) 
     return per_epoch > 0 and start // per_epoch != (start + steps[j].rows - 1) // per_epoch
 
 
-def unapplied_why(step: Step) -> str:
-    """Return what the ledger saw of an update's micro-batches that weigh nothing in it: those
-    no backward() reached, and those whose gradient the loop erased before a later backward()."""
-    said = []
-    if step.unreached:
-        rows = [step.calls[i].rows for i in step.unreached]
-        said.append(
-            f"fed the model {len(rows)} of its {len(step.calls)} micro-batches "
-            f"({sum(rows)} row(s)) that no backward() reached: their rows weigh 0 "
-            "(loss.backward() under the step's `if`? call it on every micro-batch)"
-        )
-    if step.wiped:
-        rows = [step.calls[i].rows for i in step.wiped]
-        said.append(
-            f"erased .grad between the backward() calls of one update: {len(rows)} of its "
-            f"{len(step.calls)} micro-batches ({sum(rows)} row(s)) went through backward() and "
-            "weigh 0 (zero_grad() inside the accumulation window? call it after the step)"
-        )
-    return "; and it ".join(said)
+def unreached_why(step: Step) -> str:
+    """Return what an update's forwards no backward() reached tell: their rows weigh 0."""
+    unreached = [step.calls[i].rows for i in step.unreached]
+    return (
+        f"fed the model {len(unreached)} of its {len(step.calls)} micro-batches "
+        f"({sum(unreached)} row(s)) that no backward() reached: their rows weigh 0 "
+        "(loss.backward() under the step's `if`? call it on every micro-batch)"
+    )
 
 
 def dropped_shorts(seen: Observed) -> int:

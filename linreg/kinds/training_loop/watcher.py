@@ -75,11 +75,6 @@ class Watcher(ForwardHooks):
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
         self.live: dict[tuple[bool, ...], Tensor | None] = {}  # Step.live, by what was frozen
         self.live_now: tuple[bool, ...] | None = None  # the update's backward() calls' (_live)
-        # the clock of the update's backward() before the one under way, and of the last one
-        # after which the loop erased .grad before another (0: none): what was fed before it
-        # a backward() reached, and the step never applied
-        self.previous_backward = 0
-        self.wiped_before = 0
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -123,11 +118,6 @@ class Watcher(ForwardHooks):
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
         unreached = self.feeds.unreached(self.calls)
-        wiped = tuple(
-            i
-            for i, call in enumerate(self.calls)
-            if call.clock < self.wiped_before and i not in unreached
-        )
         # a clip of the still-scaled gradient (clip-before-unscale's) is read as backward()
         # left it over the scale (Step.before_clipping)
         kept_from = self.unscaled_at if self.scale is not None else 0
@@ -144,7 +134,6 @@ class Watcher(ForwardHooks):
                 (*self.clip_found[kept_from:],),
                 (*self.clip_covered[kept_from:],),
                 live,
-                wiped,
             )
         )
         self.feeds.stepped(self.calls)
@@ -155,7 +144,6 @@ class Watcher(ForwardHooks):
         self.calls, self.latest, self.unscaled, self.stepped = [], {}, {}, stepped
         self._forget_all_but(self.calls)
         self.carried = {}
-        self.previous_backward = self.wiped_before = 0
         self.scale = None
         self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if self.on_update is not None:
@@ -206,7 +194,6 @@ class Watcher(ForwardHooks):
         backward() among the run's events, once however many params it reaches."""
         del grad
         if self.seen.backward_at != self.seen.clock:
-            self.previous_backward = self.seen.backward_at if self.latest else 0
             self.seen.clock += 1
             self.seen.backward_at = self.seen.clock
             # the params this backward() trains: those frozen in each of the update's train
@@ -218,9 +205,6 @@ class Watcher(ForwardHooks):
             self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if id(p) not in self.carried:
             self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
-        before = self.latest.get(id(p))  # what an earlier backward() of the update left
-        if before is not None and bool(before.any()) and (p.grad is None or not p.grad.any()):
-            self.wiped_before = max(self.wiped_before, self.previous_backward)
 
     def accumulated(self, p: Tensor) -> None:
         """Keep a param's gradient as backward() left it."""

@@ -55,33 +55,11 @@ def weights_of(step: Step, ref: Reference, summed: bool, reading: Tensor | None)
     grads = torch.stack([ref.grads[key] for key in distinct], dim=1)  # (params, rows)
     if step.live is not None:  # the params frozen at the step trained nothing there
         grads = grads * step.live.reshape(-1, 1)
-    solved, _ = _solved(grads, reading)
-    if solved is None:
-        return None
-    return Weights(copies, [float(w) for w in solved.reshape(-1)], correct)
-
-
-def beyond_its_rows(step: Step, ref: Reference, reading: Tensor | None) -> bool:
-    """Return True if the step's reading is no combination of its distinct rows' own gradients,
-    which are independent (a penalty on the params beside a summed loss): no weighting of its
-    rows, so none that a mean of means or a miscount makes."""
-    keys = list(dict.fromkeys(step.row_keys))
-    if reading is None or not keys or any(key not in ref.grads for key in keys):
-        return False
-    grads = torch.stack([ref.grads[key] for key in keys], dim=1)
-    if step.live is not None:
-        grads = grads * step.live.reshape(-1, 1)
-    return _solved(grads, reading)[1]
-
-
-def _solved(grads: Tensor, reading: Tensor) -> tuple[Tensor | None, bool]:
-    """Return the weights that make reading of the columns of grads (None: the columns are
-    dependent, or no weights make it), and whether it is beyond them (no weights make it)."""
     target = reading.to(grads.dtype).reshape(-1, 1)
     # float32 models: gradients parallel but for rounding count as dependent
-    if int(torch.linalg.matrix_rank(grads, rtol=1e-5)) < grads.shape[1]:
-        return None, False
+    if int(torch.linalg.matrix_rank(grads, rtol=1e-5)) < len(distinct):
+        return None
     solved = torch.linalg.lstsq(grads, target).solution
     if float((grads @ solved - target).norm()) > 1e-4 * max(float(target.norm()), 1e-12):
-        return None, True
-    return solved, False
+        return None
+    return Weights(copies, [float(w) for w in solved.reshape(-1)], correct)
