@@ -2624,3 +2624,32 @@ def test_a_penalty_beside_a_summed_loss_fails_mean_vs_sum_and_blames_no_zeroing_
     failed = [r.pitfall for r in twin.failures]
     assert "mean-vs-sum" in failed and "grad-zeroing" not in failed, str(twin)
     assert "part of its loss grows with the rows and part does not" in str(twin)
+
+
+def decays_by_hand(
+    model: TwoPart, loader: Any, optimizer: Any, num_epochs: int, summed: bool = False
+) -> None:
+    """Weight decay written into .grad after backward(), as optim.SGD's weight_decay does
+    inside its step: each step applies the batch's mean gradient plus wd times the params."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y, reduction="sum" if summed else "mean").backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.grad.add_(p, alpha=1e-2)  # type: ignore[union-attr]
+            optimizer.step()
+
+
+def test_weight_decay_added_to_grad_by_hand_is_the_loops_own_and_a_summed_loss_beside_fails() -> (
+    None
+):
+    # the one-row run's backward() gives cross-entropy's gradient, but its step applies more:
+    # the references are the loop's own steps on each row, so the decay is in them (it failed
+    # as "matches no known mistake"); a summed loss beside it grows with the rows, the decay
+    # does not
+    right = audit.training_loop(decays_by_hand, **LOOP)
+    assert right.ok, str(right)
+    assert "changes .grad after backward() by more than a scale or a clip" in str(right)
+    twin = audit.training_loop(functools.partial(decays_by_hand, summed=True), **LOOP)
+    assert "mean-vs-sum" in [r.pitfall for r in twin.failures], str(twin)

@@ -21,8 +21,8 @@ from linreg.kinds.base import Target
 from linreg.kinds.training_loop.batching import Batching, count_of
 from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
-from linreg.kinds.training_loop.ledger import Observed, flat, one_update
-from linreg.kinds.training_loop.measure import factor, near, tolerance
+from linreg.kinds.training_loop.ledger import Observed, Step, flat, one_update
+from linreg.kinds.training_loop.measure import clipping, factor, near, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
 from linreg.kinds.training_loop.outputs import own_loss, prediction
 from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, loss_of
@@ -206,6 +206,7 @@ def _confirmed(
     live: Tensor | None = None  # the params the one-row runs trained (None: every one)
     factors: list[float | None] = []
     tol = 0.0  # the runs' tolerance: in the lower precision of an autocast forward
+    changed = False  # a one-row step applied more than backward() left (_added)
     for kind in (0, 1):
         # its first update is all that is read: the run ends there (a slow loop's work after
         # each update is not waited for), unless another optimizer's step may still join it
@@ -227,11 +228,16 @@ def _confirmed(
         readings = [g / per for g in (step.unscaled, step.before_clipping) if g is not None]
         readings += [g / per for g in (*step.clip_found, step.applied) if g is not None]
         call = with_held_labels(target, model, step.calls[:1])[0]
-        own[call.row_keys[0]] = readings[0]
+        tol = max(tol, tolerance(model, step.calls))
+        # what it applied beyond what backward() left by more than a scale or a clip (weight
+        # decay added to .grad by hand, p.grad += wd * p): each row's reference is the
+        # loop's own gradient as its step used it
+        added = _added(step, readings[0], per, tol)
+        changed = changed or added is not None
+        own[call.row_keys[0]] = readings[0] if added is None else added
         if step.live is not None:  # what it froze there, each row's own reference lacks
             live = step.live if live is None else live * step.live
-        tol = max(tol, tolerance(model, step.calls))
-        if y is None or guess is None:
+        if y is None or guess is None or added is not None:
             factors.append(None)
             continue
         try:
@@ -250,9 +256,13 @@ def _confirmed(
         factors.append(matching[0] if matching else found[0])
     confirmed = _one_known_scale(factors, k, tol)
     why = (
-        f"its loss is not {guess}{_times(factors, tol)}: name it with loss= to judge the scale "
-        "of every step (a loss of the output and labels alone: one with a penalty on the params "
-        "added is not one)"
+        "it changes .grad after backward() by more than a scale or a clip (weight decay added "
+        "to .grad by hand?): each row's reference is its own step on that row, so a scale "
+        "that every row shares is not judged"
+        if changed
+        else f"its loss is not {guess}{_times(factors, tol)}: name it with loss= to judge the "
+        "scale of every step (a loss of the output and labels alone: one with a penalty on the "
+        "params added is not one)"
         if guess is not None
         else "what it calls steps itself and cannot be replayed on one row, so a scale that "
         "every row shares is not judged"
@@ -266,6 +276,18 @@ def _confirmed(
         _CACHE.clear()
     _CACHE[key] = (target, ref)
     return ref
+
+
+def _added(step: Step, before: Tensor, per: int, tol: float) -> Tensor | None:
+    """Return what a one-row step applied (over per) where the loop changed .grad after
+    backward() by more than a multiple or a clip of what it left, and no call of torch's
+    clipping came between (None: it did not)."""
+    if step.applied is None or step.clip_found:
+        return None
+    applied = step.applied / per
+    if factor(applied, before, tol) is not None or clipping(applied, before, tol):
+        return None
+    return applied
 
 
 def _times(factors: list[float | None], tol: float) -> str:
