@@ -1459,6 +1459,59 @@ def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_not
     assert not report.failures, str(report)
 
 
+@pytest.mark.parametrize(
+    "reduce, failed",
+    [
+        (lambda l, x: l.mean(), []),  # d2l's train_epoch_ch3
+        (lambda l, x: l.sum() / len(x), []),
+        (lambda l, x: l.sum(), ["mean-vs-sum"]),
+        (lambda l, x: l.sum() / 16, ["short-last-batch"]),  # the nominal batch size
+    ],
+    ids=["mean", "sum over its rows", "sum", "nominal divisor"],
+)
+def test_watch_reads_a_loss_called_with_reduction_none_and_reduced_by_the_code(
+    reduce: Callable[[Tensor, Tensor], Tensor], failed: list[str]
+) -> None:
+    """d2l's softmax regression: nn.CrossEntropyLoss(reduction='none'), then l.mean().backward()
+    (it was not read: an error, exit 1, on the book's own loop). The per-row losses are the
+    call's output; what the code made of them is solved for as a summed loss's coefficient."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 4, generator=gen), torch.randint(0, 3, (90,), generator=gen)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    loss = nn.CrossEntropyLoss(reduction="none")
+    trainer = torch.optim.SGD(net.parameters(), lr=0.1)
+    with watch() as reports:
+        for X, Y in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16):
+            trainer.zero_grad()
+            reduce(loss(net(X), Y), X).backward()
+            trainer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)
+    judged = {r.pitfall: r.verdict for r in report.results}
+    assert judged["mean-vs-sum"] in ("pass", "fail") and judged["short-last-batch"] != "skip"
+
+
+def test_watch_a_per_row_weighting_of_a_reduction_none_loss_is_no_false_alarm() -> None:
+    """Rows weighed by a class weight the code computes itself, ((l * w).sum() / w.sum()): no
+    coefficient of the summed per-row loss makes that update: not judged (an error), never
+    failed."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 4, generator=gen), torch.randint(0, 3, (90,), generator=gen)
+    net = nn.Linear(4, 3)
+    trainer = torch.optim.SGD(net.parameters(), lr=0.1)
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    with watch() as reports:
+        for X, Y in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16):
+            trainer.zero_grad()
+            l = F.cross_entropy(net(X), Y, reduction="none")
+            ((l * weight[Y]).sum() / weight[Y].sum()).backward()
+            trainer.step()
+    assert not reports[0].failures, str(reports[0])
+    assert reports[0].error == "no update could be judged: see the note", str(reports[0])
+    assert "rows weighed by the code" in (reports[0].note or ""), str(reports[0])
+
+
 @pytest.mark.parametrize("summed", [False, True], ids=["mean", "summed"])
 def test_watch_a_penalty_by_hand_on_every_update_is_an_error_not_a_pass(summed: bool) -> None:
     """An L2 penalty written into the loss, a term the watcher does not read: every update is

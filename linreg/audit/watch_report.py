@@ -70,8 +70,7 @@ def report_of(
         error = (
             "no update could be judged: every backward() reached no loss the watcher could read "
             "(it reads the scalar a torch loss function returns, F.cross_entropy, nn.MSELoss, "
-            "...: not a loss written by hand, nor one called with reduction='none' and reduced "
-            "by the code, nor a graph that allows no second pass)"
+            "...: not a loss written by hand, nor a graph that allows no second pass)"
             if not v.unread and not any(u.unreadable for u in seen.updates)
             else "no update could be judged: see the note"
         )
@@ -88,7 +87,8 @@ def report_of(
     if v.unread:
         note += (
             f"; {len(v.unread)} update(s) applied what their micro-batches' read losses do not "
-            "explain (a term the watcher does not read: a penalty, a part written by hand), or "
+            "explain (a term the watcher does not read: a penalty, a part written by hand, or "
+            "rows weighed by the code: a reduction='none' loss times weights of its own), or "
             "had micro-batches whose gradients are dependent: not judged"
         )
     for c in v.constants:

@@ -128,20 +128,25 @@ class Observer:
         its summed per-element loss differentiated through the code's own graph. What cannot be
         read (legacy arguments, a graph that allows no second pass: reentrant checkpointing) is
         left unread, never raised into the code: a backward() that reaches it is not judged."""
-        if self.busy or not isinstance(out, Tensor) or out.grad_fn is None or out.ndim != 0:
+        if self.busy or not isinstance(out, Tensor) or out.grad_fn is None:
             return
         self.busy = True
         try:
             bound = inspect.signature(fn).bind(*args, **kwargs)
             given = bound.arguments
+            if out.ndim != 0 and given.get("reduction") != "none":
+                return
             self.precision = max(self.precision, _precision(given.get("input")))
             if name in BROADCASTING:  # label-shape's, where a backward() reaches it
                 compared(name, given.get("input"), given.get("target"), out, self.seen)
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
             reduction = given.get("reduction", "mean")
-            given["reduction"] = "none"
-            per = fn(*bound.args, **bound.kwargs)
+            if reduction == "none":  # the code reduces it (l.mean(), l.sum() / n): read as a
+                per, reduction = out, "sum"  # summed loss's, its coefficient the code's
+            else:
+                given["reduction"] = "none"
+                per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
             grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
             for p in under:  # its .grad as the watch found it, put back after
