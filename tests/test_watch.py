@@ -581,37 +581,35 @@ def test_the_nominal_window_of_the_classifier_twin_is_measured_directly_at_half(
 
 
 def test_watch_command_prints_the_report_on_stdout_and_the_scripts_output_on_stderr(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run(path: Path | str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "linreg",
-                "watch",
-                "--json",
-                str(path),
-                *regress_files(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    done = run(SCRIPTS / "regress_config.py")
+    # a real process: its streams and exit code are the subject
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linreg",
+            "watch",
+            "--json",
+            str(SCRIPTS / "regress_config.py"),
+            *regress_files(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] and report["kind"] == "watch"
     assert {r["pitfall"]: r["verdict"] for r in report["results"]}["mean-vs-sum"] == "pass"
     assert "epoch 1: mse" in done.stderr
 
+    # its twin in this process (the command's main(), as `python -m linreg` calls it)
     line, bug = CASES[2][2:4]
-    twin = run(twin_of(tmp_path, SCRIPTS / "regress_config.py", line, bug))
-    assert twin.returncode == 1, twin.stderr
-    assert [r["pitfall"] for r in json.loads(twin.stdout)["results"] if r["verdict"] == "fail"] == [
-        "mean-vs-sum"
-    ]
+    twin = twin_of(tmp_path, SCRIPTS / "regress_config.py", line, bug)
+    assert main(["watch", "--json", str(twin), *regress_files(tmp_path)]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert [r["pitfall"] for r in out["results"] if r["verdict"] == "fail"] == ["mean-vs-sum"]
 
 
 def test_watch_usage_errors_exit_2_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
