@@ -1511,6 +1511,36 @@ def test_watch_a_per_row_weighting_of_a_reduction_none_loss_is_no_false_alarm() 
 
 
 @pytest.mark.parametrize("summed", [False, True], ids=["mean", "summed"])
+def test_watch_a_distillation_solves_for_its_kl_term_and_judges_its_labels_term(
+    summed: bool,
+) -> None:
+    """Knowledge distillation: a frozen teacher's softened outputs (F.kl_div, batchmean) beside
+    cross-entropy on the labels. F.kl_div was not read, so every update was unread (an error,
+    exit 1, on a correct script); its weight is now solved for, never judged, and the labels'
+    term is: summed over the rows, it grows with them and fails mean-vs-sum."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 4, generator=gen), torch.randint(0, 3, (90,), generator=gen)
+    teacher, student = nn.Linear(4, 3).requires_grad_(False), nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    T = 2.0
+    with watch() as reports:
+        for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16):
+            optimizer.zero_grad()
+            logits = student(xb)
+            soft = F.kl_div(
+                F.log_softmax(logits / T, -1),
+                F.softmax(teacher(xb) / T, -1),
+                reduction="batchmean",
+            )
+            hard = F.cross_entropy(logits, yb, reduction="sum" if summed else "mean")
+            (0.5 * soft * T * T + 0.5 * hard).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == (["mean-vs-sum"] if summed else []), str(report)
+
+
+@pytest.mark.parametrize("summed", [False, True], ids=["mean", "summed"])
 def test_watch_a_penalty_by_hand_on_every_update_is_an_error_not_a_pass(summed: bool) -> None:
     """An L2 penalty written into the loss, a term the watcher does not read: every update is
     unread, so nothing but .grad's zeroing is judged. That is no pass (it exited 0, whether the

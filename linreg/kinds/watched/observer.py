@@ -48,6 +48,10 @@ LONGEST = 2048
 # the fetched tensors kept to tell a cast target (y.float(), y.to(device)) as a batch's
 KEPT_TENSORS = 64
 
+# the losses read whose target is a distribution, never a batch's labels (a teacher's outputs,
+# soft labels): their weight is solved for, as a penalty's, and never judged
+SOLVED = ("kl_div",)
+
 
 def tolerance_of(params: list[Tensor]) -> float:
     """Return an update's relative tolerance: the audit's, for its least precise param."""
@@ -158,7 +162,9 @@ class Observer:
                     out.grad_fn,
                     {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
                     count_of(name, per, given),
-                    self._from_batch(given.get("target")),
+                    # a KL term's target is a distribution (a teacher's, soft labels): its
+                    # weight is solved for, never judged, as a penalty's
+                    name not in SOLVED and self._from_batch(given.get("target")),
                     _view(given.get("target")),
                     under,
                     _constant(given.get("target")),

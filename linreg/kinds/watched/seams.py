@@ -46,6 +46,7 @@ LOSSES = (
     "huber_loss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "kl_div",  # a distillation's term: its weight solved for, never judged (observer.SOLVED)
 )
 
 
