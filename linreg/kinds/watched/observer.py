@@ -33,6 +33,7 @@ from linreg.kinds.watched.records import (
     graph,
     leaves,
     leaves_of,
+    reduced_whole,
     unread,
 )
 
@@ -146,8 +147,9 @@ class Observer:
             if given.get("size_average") is not None or given.get("reduce") is not None:
                 return  # the legacy arguments: not read
             reduction = given.get("reduction", "mean")
-            if reduction == "none":  # the code reduces it (l.mean(), l.sum() / n): read as a
-                per, reduction = out, "sum"  # summed loss's, its coefficient the code's
+            by_code = reduction == "none"
+            if by_code:  # the code reduces it (l.mean(), l.sum() / n): read as a summed
+                per, reduction = out, "sum"  # loss's, its coefficient the code's (reduced_whole)
             else:
                 given["reduction"] = "none"
                 per = fn(*bound.args, **bound.kwargs)
@@ -170,6 +172,7 @@ class Observer:
                     _constant(given.get("target")),
                     name,
                     reduction,
+                    by_code,
                 )
             )
         except Exception:
@@ -254,7 +257,11 @@ class Observer:
                 if t.grad_fn is not None
                 for p in leaves(t.grad_fn)
             }
-        reached = [c for c in self.pending if id(c.node) in under]
+        matched = [c for c in self.pending if id(c.node) in under]
+        reached = matched
+        if any(c.by_code for c in matched):  # rows the code weighs itself are not read
+            nodes = [t.grad_fn for t in roots if t.grad_fn is not None]
+            reached = [c for c in matched if not c.by_code or reduced_whole(nodes, c.node)]
         self.open = None  # the update before is closed: its gradients are let go
         if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
             self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
@@ -270,7 +277,7 @@ class Observer:
             run()
         finally:
             self.busy = False
-        gone = {id(c) for c in reached}
+        gone = {id(c) for c in matched}
         self.pending = [c for c in self.pending if id(c) not in gone]
         for c in reached:  # the gradients as this backward() left them, into kept buffers
             for p in leaves_of(c):
@@ -281,7 +288,7 @@ class Observer:
                         kept.copy_(p.grad)
                     else:
                         self.raw[id(p)] = p.grad.detach().clone()
-        for c in reached:  # reached: its graph is let go
+        for c in matched:  # reached: its graph is let go
             c.node = None
         if reached:
             self.micro.append(MicroBatch(reached, self.source, shared))

@@ -40,6 +40,7 @@ class LossCall:
     # "real" or "fake" label), else None
     name: str = ""  # the loss function's (cross_entropy, mse_loss, ...)
     reduction: str = "mean"  # as the code called it
+    by_code: bool = False  # called with reduction="none": the code reduces its output
 
 
 @dataclass
@@ -401,6 +402,45 @@ def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
             leaf.add(id(n))
         stack += [m for m, _ in n.next_functions]
     return seen - leaf
+
+
+# what a per-element loss may pass through on its way to a sum or a mean of all its elements
+_RESHAPES = ("View", "UnsafeView", "ReshapeAlias", "Permute", "Transpose", "T", "Squeeze",
+             "Unsqueeze", "Clone")  # fmt: skip
+_WHOLE = ("SumBackward0", "MeanBackward0")
+
+
+def reduced_whole(roots: list[Any], node: Any) -> bool:
+    """Return whether every use of a node's output under the roots is a sum or a mean of all
+    its elements (through reshapes): `l.mean()`, `l.sum() / n`, a coefficient of the code's;
+    not rows weighed by the code (`(l * w).sum()`, `l.mean(dim=1)`), which no coefficient of
+    the summed loss makes."""
+    users: dict[int, list[Any]] = {}
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        for m, _ in n.next_functions:
+            if m is not None:
+                users.setdefault(id(m), []).append(n)
+                stack.append(m)
+
+    def whole(n: Any, depth: int) -> bool:
+        found = users.get(id(n), [])
+        return bool(found) and all(
+            type(u).__name__ in _WHOLE
+            or (
+                type(u).__name__.rstrip("0123456789").removesuffix("Backward") in _RESHAPES
+                and depth < 8
+                and whole(u, depth + 1)
+            )
+            for u in found
+        )
+
+    return whole(node, 0)
 
 
 def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
