@@ -536,3 +536,108 @@ def test_loops_as_written_the_mean_of_means_over_uneven_token_counts_measured() 
     by_count = grad(sum(model(**m, num_items_in_batch=4).loss for m in batches))
     assert torch.allclose(by_count, correct, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(mean_of_means, correct, rtol=1e-2)
+
+
+# --- d2l's own loops: weights initialized inside the loop, a state-carrying RNN, nothing done --
+
+
+def lenet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 2, kernel_size=3, padding=1), nn.Sigmoid(), nn.Flatten(), nn.Linear(32, 3)
+    )
+
+
+LENET = {"model": lenet, "example": (torch.linspace(-1, 1, 16).reshape(1, 4, 4), torch.tensor(2))}
+
+
+def train_ch6(
+    net: nn.Module, train_iter: Any, num_epochs: int, device: str, zero: bool = True
+) -> None:
+    """d2l's train_ch6: it initializes the weights itself (Xavier), then trains."""
+
+    def init_weights(m: nn.Module) -> None:
+        if type(m) in (nn.Linear, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)  # type: ignore[arg-type]
+
+    net.apply(init_weights)
+    net.to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.9)
+    loss = nn.CrossEntropyLoss()
+    for _ in range(num_epochs):
+        net.train()
+        for X, y in train_iter:
+            if zero:
+                optimizer.zero_grad()
+            loss(net(X.to(device)), y.to(device)).backward()
+            optimizer.step()
+
+
+def reinitializes_each_epoch(net: nn.Module, train_iter: Any, num_epochs: int) -> None:
+    """Draws new weights at every epoch's start: the params move between steps."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.9)
+    for _ in range(num_epochs):
+        nn.init.xavier_uniform_(net[-1].weight)  # type: ignore[index]
+        for X, y in train_iter:
+            optimizer.zero_grad()
+            F.cross_entropy(net(X), y).backward()
+            optimizer.step()
+
+
+def test_loops_as_written_weights_the_loop_initializes_before_it_trains_are_its_own() -> None:
+    # net.apply(init_weights) before the first step was refused as "it updates them outside
+    # optimizer.step()": the book's train_ch6 could not be audited
+    report = audit.training_loop(train_ch6, **LENET)
+    assert report.ok, str(report)
+    twin = audit.training_loop(partial(train_ch6, zero=False), **LENET)
+    assert [r.pitfall for r in twin.failures] == ["grad-zeroing"], str(twin)
+    with pytest.raises(audit.TargetError, match=r"outside optimizer\.step\(\)"):
+        audit.training_loop(reinitializes_each_epoch, **LENET)
+
+
+class StatefulRNN(nn.Module):
+    """d2l's RNNModel: it takes the state the loop carries, (layers, batch, hidden)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 4)
+        self.rnn = nn.RNN(4, 8, batch_first=True)
+        self.out = nn.Linear(8, 5)
+
+    def forward(self, X: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        Y, state = self.rnn(self.embed(X), state)
+        return self.out(Y).reshape(-1, 5), state
+
+
+def carries_a_state(net: nn.Module, train_iter: Any, num_epochs: int) -> None:
+    """d2l's train_epoch_ch8 with random sampling: a fresh state each batch, passed in."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    for _ in range(num_epochs):
+        for X, Y in train_iter:
+            state = torch.zeros(1, X.shape[0], 8)
+            y_hat, _ = net(X, state)
+            optimizer.zero_grad()
+            F.cross_entropy(y_hat, Y.reshape(-1)).backward()
+            optimizer.step()
+
+
+def test_loops_as_written_a_forward_that_cannot_take_one_row_alone_is_an_error_not_a_crash() -> (
+    None
+):
+    # the state is batch-sized: one row alone is refused by the RNN; that raised out of the audit
+    example = (torch.tensor([1, 2, 3, 4]), torch.tensor([2, 3, 4, 0]))
+    report = audit.training_loop(carries_a_state, model=StatefulRNN, example=example)
+    assert not report.ok and "cannot be split into rows" in report.error, str(report)
+
+
+def does_nothing(net: nn.Module, train_iter: Any, num_epochs: int) -> None:
+    """Never calls the model, never steps: a loop that trains a scratch model of its own."""
+    w = torch.zeros(3, requires_grad=True)
+    for _ in range(num_epochs):
+        for _batch in train_iter:
+            w.sum().backward()
+
+
+def test_loops_as_written_a_loop_that_neither_feeds_the_model_nor_steps_is_refused() -> None:
+    # it passed every property, on nothing (exit 0 without judging)
+    with pytest.raises(audit.TargetError, match="nothing to judge"):
+        audit.training_loop(does_nothing, **LENET)

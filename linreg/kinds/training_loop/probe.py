@@ -159,6 +159,13 @@ def _checked(
         raise TargetError(f"{name_of(fn)}: {first} (it raised on each of: {tried})")
     limit_from(fn, time.perf_counter() - start)
     trained_from(fn, seen)
+    if not seen.steps and not seen.fed:
+        raise TargetError(
+            f"{name_of(fn)}: on {describe(batching, options)} the loop neither fed the model a "
+            "batch with grad on nor stepped an optimizer: nothing to judge (it trains tensors "
+            "of its own, a scratch model's, by hand: audit.loop and audit.update_step judge "
+            "those; or it did nothing on data this small)"
+        )
     if seen.moved:
         raise TargetError(
             f"{name_of(fn)}: with the optimizer's lr held at 0 the loop still changed the "

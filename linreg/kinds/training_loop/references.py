@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from linreg.checks import CheckFailed
+from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Target
 from linreg.kinds.training_loop.batching import Batching, count_of
 from linreg.kinds.training_loop.calls import Call
@@ -134,7 +134,18 @@ _CACHE: dict[tuple[int, int, str | None], tuple[Target, Reference | None]] = {}
 def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> Reference | None:
     """Return each row's own gradient, for every row the run fed; None if it fed none; on the
     params the run's optimizers stepped alone."""
-    ref = _references(target, model, seen, seed)
+    try:
+        ref = _references(target, model, seen, seed)
+    except (CheckFailed, LoopRaised):
+        raise
+    except Exception as e:  # the model's forward, replayed on one row alone, raised
+        raise LoopRaised(
+            f"the model's forward raised {type(e).__name__} when fed one row of its batch "
+            f"alone, for that row's own gradient ({str(e)[:200]}): a forward that takes a "
+            "batch-sized state of its own (an RNN's (layers, batch, hidden) state) cannot be "
+            "split into rows; audit a model whose rows are independent (the state made inside "
+            "its forward, or None)"
+        ) from None
     if ref is None or seen.trained is None:
         return ref
     return replace(ref, grads={key: g * seen.trained for key, g in ref.grads.items()})

@@ -58,7 +58,10 @@ class Watcher(ForwardHooks):
         self.known = (
             None if trained is None else {id(p) for i, p in enumerate(self.params) if i in trained}
         )
+        # the params as the run's first backward() found them: what the loop did to them
+        # before it trained (net.apply(init_weights), as d2l's train_ch6 begins) is its own
         self.start = [p.detach().clone() for p in self.params]
+        self.based = False
         self.seen = Observed()
         self.calls: list[Call] = []
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
@@ -193,6 +196,10 @@ class Watcher(ForwardHooks):
         """Keep what a param's .grad holds as the update's first gradient reaches it; count a
         backward() among the run's events, once however many params it reaches."""
         del grad
+        if not self.based:
+            self.based = True
+            if not self.seen.steps:
+                self.start = [q.detach().clone() for q in self.params]
         if self.seen.backward_at != self.seen.clock:
             self.seen.clock += 1
             self.seen.backward_at = self.seen.clock
