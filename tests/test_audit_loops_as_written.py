@@ -641,3 +641,27 @@ def test_loops_as_written_a_loop_that_neither_feeds_the_model_nor_steps_is_refus
     # it passed every property, on nothing (exit 0 without judging)
     with pytest.raises(audit.TargetError, match="nothing to judge"):
         audit.training_loop(does_nothing, **LENET)
+
+
+def train_epoch_ch3(
+    net: nn.Module, train_iter: Any, num_epochs: int, updater: Any, summed: bool = False
+) -> None:
+    """d2l's train_epoch_ch3 with a torch optimizer as its updater: the per-row losses of
+    nn.CrossEntropyLoss(reduction='none'), averaged (l.mean()), or summed at the mean's lr."""
+    loss = nn.CrossEntropyLoss(reduction="none")
+    for _ in range(num_epochs):
+        net.train()
+        for X, y in train_iter:
+            l = loss(net(X), y)
+            if isinstance(updater, torch.optim.Optimizer):
+                updater.zero_grad()
+                (l.sum() if summed else l.mean()).backward()
+                updater.step()
+
+
+def test_loops_as_written_d2ls_updater_is_the_optimizer() -> None:
+    # `updater` (and `trainer`) name the optimizer, as the book names it
+    report = audit.training_loop(train_epoch_ch3, **LENET)
+    assert report.ok, str(report)
+    twin = audit.training_loop(partial(train_epoch_ch3, summed=True), **LENET)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)

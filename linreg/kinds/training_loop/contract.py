@@ -38,7 +38,7 @@ LOADER = (
 )
 DATASET = ("dataset", "train_dataset", "train_data", "ds", "data")
 BATCH_FN = ("get_batch", "batch_fn", "next_batch", "sample_batch")
-OPTIMIZER = ("optimizer", "opt", "optim")
+OPTIMIZER = ("optimizer", "opt", "optim", "trainer", "updater")  # d2l: trainer, updater
 EPOCHS = ("num_epochs", "epochs", "n_epochs", "max_epochs")
 STEPS = (
     "max_steps",
