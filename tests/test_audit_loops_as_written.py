@@ -665,3 +665,41 @@ def test_loops_as_written_d2ls_updater_is_the_optimizer() -> None:
     assert report.ok, str(report)
     twin = audit.training_loop(partial(train_epoch_ch3, summed=True), **LENET)
     assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+
+
+def decays_tokens(
+    model: nn.Module, train_dataloader: Any, optimizer: Any, num_epochs: int, per_row: bool = False
+) -> None:
+    """Each batch's summed token loss over its count of targets, then weight decay added to
+    .grad by hand; or (per_row) the mean of each row's own token mean, a mean of means."""
+    for _ in range(num_epochs):
+        for batch in train_dataloader:
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            if per_row:
+                loss = torch.stack(
+                    [
+                        L.next_token_loss(logits[i : i + 1], labels[i : i + 1])
+                        / (labels[i, 1:] != -100).sum()
+                        for i in range(len(labels))
+                    ]
+                ).mean()
+            else:
+                loss = L.next_token_loss(logits, labels) / (labels[:, 1:] != -100).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.grad.add_(p, alpha=1e-2)  # type: ignore[union-attr]
+            optimizer.step()
+
+
+def test_loops_as_written_weight_decay_by_hand_keeps_each_rows_count_of_targets() -> None:
+    # the references beside the decay are the token loss's own, weighed by each row's targets
+    # (3 and 1): the loop's own steps alone weighed them alike, a false alarm on the right
+    # loop and a pass of the mean of means
+    options = {**TOKENS, "model": L.LogitsOnlyLM}
+    report = audit.training_loop(decays_tokens, max_examples=EXAMPLES, **options)
+    assert report.ok, str(report)
+    twin = audit.training_loop(partial(decays_tokens, per_row=True), max_examples=15, **options)
+    assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)

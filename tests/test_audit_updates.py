@@ -2653,3 +2653,36 @@ def test_weight_decay_added_to_grad_by_hand_is_the_loops_own_and_a_summed_loss_b
     assert "changes .grad after backward() by more than a scale or a clip" in str(right)
     twin = audit.training_loop(functools.partial(decays_by_hand, summed=True), **LOOP)
     assert "mean-vs-sum" in [r.pitfall for r in twin.failures], str(twin)
+
+
+def accumulates_and_decays(
+    model: TwoPart, loader: Any, optimizer: Any, num_epochs: int, divided: bool = True
+) -> None:
+    """Windows of 2 batches, each batch's summed loss over the window's rows (or its mean,
+    undivided), weight decay added to .grad by hand before each step; the epoch's last window
+    stepped whatever its size."""
+    for _ in range(num_epochs):
+        batches = list(loader)
+        for start in range(0, len(batches), 2):
+            window = batches[start : start + 2]
+            rows = sum(len(y) for _, y in window)
+            for x, y in window:
+                if divided:
+                    F.cross_entropy(model(x), y, reduction="sum").div(rows).backward()
+                else:
+                    F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.grad.add_(p, alpha=1e-2)  # type: ignore[union-attr]
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_a_scale_of_the_loss_beside_weight_decay_by_hand_is_still_judged() -> None:
+    # the one-row references are the loss's gradient plus what the step added: a window's
+    # means left undivided (2 times) is not taken into them as the loop's own
+    right = audit.training_loop(accumulates_and_decays, **LOOP)
+    assert right.ok, str(right)
+    assert "cross-entropy's gradient on it plus what the loop's step added" in str(right)
+    twin = audit.training_loop(functools.partial(accumulates_and_decays, divided=False), **LOOP)
+    assert "mean-vs-sum" in [r.pitfall for r in twin.failures], str(twin)

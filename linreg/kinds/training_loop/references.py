@@ -39,6 +39,10 @@ class Reference:
     labelled: dict[bytes, float] | None = None  # its labels that are not IGNORE_INDEX
     own: str = ""  # why each row's is the loop's own gradient on it ("": it is not)
     live: Tensor | None = None  # the params those were taken on (None: every one; others 0)
+    # the guessed loss's gradients plus what the loop's step added on one row, where its
+    # backward() gave that loss's gradient and the step more (weight decay added to .grad):
+    # each row's targets are counted by that loss (_counted)
+    confirmed: bool = False
 
 
 def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Tensor:
@@ -163,7 +167,7 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
         source = "the model's own loss on the labels its batch held (popped before the forward)"
         relative = _confirmed(target, source, seed, _own)
         if relative is not None:
-            return relative
+            return _counted(relative, model, calls, _own) if relative.confirmed else relative
     if row_loss is None:
         y = labels_of(options_of(target).example)
         assert y is not None
@@ -172,6 +176,8 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
             last = i == len(tried) - 1  # its reason names every guess: "not A nor B"
             said = " nor ".join(n for n, _ in tried) if last else name
             relative = _confirmed(target, said, seed, guess)
+            if relative is not None and relative.confirmed:
+                return _counted(relative, model, calls, guess)
             if relative is None:
                 row_loss = guess
                 source = f"{name} (the labels' usual loss, confirmed against the loop on one row)"
@@ -198,6 +204,20 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
     )
 
 
+def _counted(ref: Reference, model: nn.Module, calls: list[Call], row_loss: RowLoss) -> Reference:
+    """Return the loop's own references weighed by the targets each row counts under the loss
+    its backward() was confirmed to be (rows of token labels; others as they are)."""
+    weights: dict[bytes, float] = {}
+    labelled: dict[bytes, float] = {}
+    for call in calls:
+        for i, key in enumerate(call.row_keys):
+            labels = token_labels(call, i)
+            if key not in weights and labels is not None:
+                labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
+                weights[key] = counted(model, call, i, labels, row_loss)
+    return replace(ref, weights=weights, labelled=labelled) if weights else ref
+
+
 def _confirmed(
     target: Target, guess: str | None, seed: int, guessed_loss: RowLoss | None = None
 ) -> Reference | None:
@@ -218,6 +238,7 @@ def _confirmed(
     factors: list[float | None] = []
     tol = 0.0  # the runs' tolerance: in the lower precision of an autocast forward
     changed = False  # a one-row step applied more than backward() left (_added)
+    beside: dict[bytes, Tensor] = {}  # the guessed loss's gradient plus that, per row
     for kind in (0, 1):
         # its first update is all that is read: the run ends there (a slow loop's work after
         # each update is not waited for), unless another optimizer's step may still join it
@@ -248,7 +269,7 @@ def _confirmed(
         own[call.row_keys[0]] = readings[0] if added is None else added
         if step.live is not None:  # what it froze there, each row's own reference lacks
             live = step.live if live is None else live * step.live
-        if y is None or guess is None or added is not None:
+        if y is None or guess is None:
             factors.append(None)
             continue
         try:
@@ -265,11 +286,23 @@ def _confirmed(
         found = [factor(g * mask, guessed * mask, tol) for g in readings]
         matching = [f for f in found if f is not None and near(f, 1.0, tol)]
         factors.append(matching[0] if matching else found[0])
+        if added is not None and reduced(target) == "mean":  # the guess, and what the step
+            beside[call.row_keys[0]] = guessed + (added - readings[0])  # added (its decay)
     confirmed = _one_known_scale(factors, k, tol)
+    # (changed: backward() gave the guessed loss's gradient, the step applied more: the loop's
+    # own step is each row's reference, its targets counted by that loss)
+    ref_confirmed, confirmed = changed and confirmed, confirmed and not changed
+    added_to = ref_confirmed and len(beside) == len(own)
+    if added_to:  # a scale of the loss's (k micro-batches undivided) is still judged, the
+        own = beside  # addition taken as the loop's own
     why = (
         "it changes .grad after backward() by more than a scale or a clip (weight decay added "
-        "to .grad by hand?): each row's reference is its own step on that row, so a scale "
-        "that every row shares is not judged"
+        f"to .grad by hand?): each row's reference is {guess}'s gradient on it plus what the "
+        "loop's step added on one row"
+        if added_to
+        else "it changes .grad after backward() by more than a scale or a clip (weight decay "
+        "added to .grad by hand?): each row's reference is its own step on that row, so a "
+        "scale that every row shares is not judged"
         if changed
         else f"its loss is not {guess}{_times(factors, tol)}: name it with loss= to judge the "
         "scale of every step (a loss of the output and labels alone: one with a penalty on the "
@@ -281,7 +314,15 @@ def _confirmed(
     ref = (
         None
         if confirmed
-        else Reference(own, f"the loop itself on that row alone ({why})", own=why, live=live)
+        else Reference(
+            own,
+            f"{guess} plus the loop's addition, on that row alone ({why})"
+            if added_to
+            else f"the loop itself on that row alone ({why})",
+            own=why,
+            live=live,
+            confirmed=added_to,
+        )
     )
     if len(_CACHE) > 256:
         _CACHE.clear()

@@ -83,7 +83,11 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
     counts = [count_of_step(step, ref) for step in seen.steps]
     clipped = clipped_by_norm(seen.steps, wants, counts, tol, scale)
     if ref.own:
-        say(f"each row's reference was the loop's own gradient on that row alone: {ref.own}")
+        say(
+            ref.own
+            if ref.confirmed
+            else f"each row's reference was the loop's own gradient on that row alone: {ref.own}"
+        )
     tally(batching, judged=1, clipped_blind=len(clipped.blind), scale_shown=clipped.scale_shown)
     return Wanted(seen, ref, wants, tol, scale, clipped.by_norm, clipped.right)
 
