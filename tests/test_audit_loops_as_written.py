@@ -703,3 +703,28 @@ def test_loops_as_written_weight_decay_by_hand_keeps_each_rows_count_of_targets(
     assert report.ok, str(report)
     twin = audit.training_loop(partial(decays_tokens, per_row=True), max_examples=15, **options)
     assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
+
+
+def regresses_on_a_dict(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, zero: bool = True
+) -> None:
+    """Batches as dicts whose value to predict is under a name of the loop's own ("price")."""
+    for _ in range(num_epochs):
+        for batch in loader:
+            if zero:
+                optimizer.zero_grad()
+            F.mse_loss(model(batch["x"]), batch["price"]).backward()
+            optimizer.step()
+
+
+def test_loops_as_written_a_dict_example_that_names_no_labels_is_judged_on_the_loops_own() -> None:
+    # no label key to guess a loss by: it raised the audit's own AssertionError
+    options = {
+        "model": lambda: nn.Linear(3, 1),
+        "example": {"x": torch.tensor([1.0, -2.0, 0.5]), "price": torch.tensor([0.7])},
+    }
+    report = audit.training_loop(regresses_on_a_dict, **options)
+    assert report.ok, str(report)
+    assert "its example names no labels" in str(report)
+    twin = audit.training_loop(partial(regresses_on_a_dict, zero=False), **options)
+    assert [r.pitfall for r in twin.failures] == ["grad-zeroing"], str(twin)

@@ -140,7 +140,7 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
     params the run's optimizers stepped alone."""
     try:
         ref = _references(target, model, seen, seed)
-    except (CheckFailed, LoopRaised):
+    except (AssertionError, LoopRaised):  # a verdict (CheckFailed), or the audit's own
         raise
     except Exception as e:  # the model's forward, replayed on one row alone, raised
         raise LoopRaised(
@@ -170,7 +170,8 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
             return _counted(relative, model, calls, _own) if relative.confirmed else relative
     if row_loss is None:
         y = labels_of(options_of(target).example)
-        assert y is not None
+        if y is None:  # a dict example that names no labels: no loss to guess by them
+            return _confirmed(target, None, seed, unguessed=NO_LABELS)
         tried = guesses(y, token_labels(calls[0], 0) is not None)
         for i, (name, guess) in enumerate(tried):
             last = i == len(tried) - 1  # its reason names every guess: "not A nor B"
@@ -218,8 +219,16 @@ def _counted(ref: Reference, model: nn.Module, calls: list[Call], row_loss: RowL
     return replace(ref, weights=weights, labelled=labelled) if weights else ref
 
 
+NO_LABELS = "its example names no labels (labels, y, ...) to guess its loss by"
+UNREPLAYABLE = "what it calls steps itself and cannot be replayed on one row"
+
+
 def _confirmed(
-    target: Target, guess: str | None, seed: int, guessed_loss: RowLoss | None = None
+    target: Target,
+    guess: str | None,
+    seed: int,
+    guessed_loss: RowLoss | None = None,
+    unguessed: str = UNREPLAYABLE,
 ) -> Reference | None:
     """Return None if the guessed loss (the labels' usual one, or guessed_loss) is the loop's
     (to a scale the loop applies to every row, as a missing division by the micro-batches
@@ -308,8 +317,7 @@ def _confirmed(
         "scale of every step (a loss of the output and labels alone: one with a penalty on the "
         "params added is not one)"
         if guess is not None
-        else "what it calls steps itself and cannot be replayed on one row, so a scale that "
-        "every row shares is not judged"
+        else f"{unguessed}, so a scale that every row shares is not judged"
     )
     ref = (
         None
