@@ -572,10 +572,15 @@ def train_ch6(
             optimizer.step()
 
 
-def reinitializes_each_epoch(net: nn.Module, train_iter: Any, num_epochs: int) -> None:
-    """Draws new weights at every epoch's start: the params move between steps."""
+def reinitializes_each_epoch(
+    net: nn.Module, train_iter: Any, num_epochs: int, seeded: bool = False
+) -> None:
+    """Draws new weights at every epoch's start (seeded: the same ones each time, which at
+    lr 0 change nothing): the params are written between steps."""
     optimizer = torch.optim.SGD(net.parameters(), lr=0.9)
     for _ in range(num_epochs):
+        if seeded:
+            torch.manual_seed(0)
         nn.init.xavier_uniform_(net[-1].weight)  # type: ignore[index]
         for X, y in train_iter:
             optimizer.zero_grad()
@@ -592,6 +597,10 @@ def test_loops_as_written_weights_the_loop_initializes_before_it_trains_are_its_
     assert [r.pitfall for r in twin.failures] == ["grad-zeroing"], str(twin)
     with pytest.raises(audit.TargetError, match=r"outside optimizer\.step\(\)"):
         audit.training_loop(reinitializes_each_epoch, **LENET)
+    # the same values written again each epoch (a seeded init, a checkpoint loaded again) are
+    # no change at lr 0, but a write outside a step all the same: it never trains past one
+    with pytest.raises(audit.TargetError, match=r"outside optimizer\.step\(\)"):
+        audit.training_loop(partial(reinitializes_each_epoch, seeded=True), **LENET)
 
 
 class StatefulRNN(nn.Module):

@@ -1464,8 +1464,19 @@ def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_not
         (lambda l, x: l.sum() / len(x), []),
         (lambda l, x: l.sum(), ["mean-vs-sum"]),
         (lambda l, x: l.sum() / 16, ["short-last-batch"]),  # the nominal batch size
+        (lambda l, x: l.mean(0), []),  # a reduction over a dim, of every element alike
+        (lambda l, x: l.view(-1, 1).sum(1).mean(), []),
+        (lambda l, x: l.sum(0), ["mean-vs-sum"]),
     ],
-    ids=["mean", "sum over its rows", "sum", "nominal divisor"],
+    ids=[
+        "mean",
+        "sum over its rows",
+        "sum",
+        "nominal divisor",
+        "mean(0)",
+        "sum(1).mean()",
+        "sum(0)",
+    ],
 )
 def test_watch_reads_a_loss_called_with_reduction_none_and_reduced_by_the_code(
     reduce: Callable[[Tensor, Tensor], Tensor], failed: list[str]

@@ -300,7 +300,10 @@ def _confirmed(
     confirmed = _one_known_scale(factors, k, tol)
     # (changed: backward() gave the guessed loss's gradient, the step applied more: the loop's
     # own step is each row's reference, its targets counted by that loss)
-    ref_confirmed, confirmed = changed and confirmed, confirmed and not changed
+    # (beside the loss's own gradient, only where backward() gave it as it is: a k the loop
+    # divides .grad by after backward() is no addition of its own, and is the loop's own)
+    ref_confirmed = changed and all(f is not None and near(f, 1.0, tol) for f in factors)
+    confirmed = confirmed and not changed
     added_to = ref_confirmed and len(beside) == len(own)
     if added_to:  # a scale of the loss's (k micro-batches undivided) is still judged, the
         own = beside  # addition taken as the loop's own

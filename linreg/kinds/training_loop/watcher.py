@@ -62,6 +62,13 @@ class Watcher(ForwardHooks):
         # before it trained (net.apply(init_weights), as d2l's train_ch6 begins) is its own
         self.start = [p.detach().clone() for p in self.params]
         self.based = False
+        # where the loop changed them before that (initialized them itself), each param's
+        # version counter then, and the bumps optimizer steps made since: a write outside a
+        # step afterwards, of the same values (the same init again each epoch, a checkpoint
+        # loaded again), is an update outside optimizer.step() too (finish)
+        self.versions: list[int] | None = None
+        self.in_steps = [0] * len(self.params)
+        self.step_versions: list[int] = []
         self.seen = Observed()
         self.calls: list[Call] = []
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
@@ -86,6 +93,8 @@ class Watcher(ForwardHooks):
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Hold every param group's lr at 0, whatever a scheduler set."""
         if self.ours(opt):
+            if not self.depth:
+                self.step_versions = [p._version for p in self.params]
             self.depth += 1
             zero_lr(opt)
 
@@ -102,6 +111,8 @@ class Watcher(ForwardHooks):
         self.depth = max(self.depth - 1, 0)
         if self.depth:  # the inner step of a wrapper optimizer (Lookahead, ZeRO): its outer
             return  # step is the update
+        for i, (p, v) in enumerate(zip(self.params, self.step_versions, strict=False)):
+            self.in_steps[i] += p._version - v
         params = self.params
         applied = flat([p.grad for p in params], params)
         stepped = {id(p) for g in opt.param_groups for p in g["params"]}
@@ -198,8 +209,12 @@ class Watcher(ForwardHooks):
         del grad
         if not self.based:
             self.based = True
-            if not self.seen.steps:
-                self.start = [q.detach().clone() for q in self.params]
+            found = [q.detach().clone() for q in self.params]
+            if not self.seen.steps and any(
+                not torch.equal(a, b) for a, b in zip(found, self.start, strict=True)
+            ):
+                self.start = found
+                self.versions = [q._version for q in self.params]
         if self.seen.backward_at != self.seen.clock:
             self.seen.clock += 1
             self.seen.backward_at = self.seen.clock
@@ -269,5 +284,11 @@ class Watcher(ForwardHooks):
                 step.keep(self.seen.trained)
         self.seen.moved = any(
             not torch.equal(p.detach(), q) for p, q in zip(self.params, self.start, strict=True)
+        ) or (
+            self.versions is not None
+            and any(
+                p._version - v > n
+                for p, v, n in zip(self.params, self.versions, self.in_steps, strict=True)
+            )
         )
         return self.seen

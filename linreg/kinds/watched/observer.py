@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -52,6 +53,15 @@ KEPT_TENSORS = 64
 # the losses read whose target is a distribution, never a batch's labels (a teacher's outputs,
 # soft labels): their weight is solved for, as a penalty's, and never judged
 SOLVED = ("kl_div",)
+
+
+def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
+    """Note whether a reduction="none" loss's elements were all weighed alike (LossCall.alike)
+    by what the backward() brought them: those whose loss is not 0 (an ignored target's, a
+    padded position's, has no gradient to weigh, whatever a mask gives it)."""
+    g = grad.detach().flatten()[counts.flatten()]
+    if g.numel() > 1 and not torch.allclose(g, g[:1].expand_as(g), rtol=1e-5, atol=0.0):
+        call.alike = False
 
 
 def tolerance_of(params: list[Tensor]) -> float:
@@ -173,8 +183,12 @@ class Observer:
                     name,
                     reduction,
                     by_code,
+                    elements=out.numel(),
                 )
             )
+            if by_code:  # the weight each element gets from the backward() that reaches it
+                weighed = functools.partial(_weighed, self.pending[-1], out.detach() != 0)
+                out.register_hook(weighed)  # type: ignore[no-untyped-call]
         except Exception:
             return
         finally:
@@ -259,9 +273,11 @@ class Observer:
             }
         matched = [c for c in self.pending if id(c.node) in under]
         reached = matched
-        if any(c.by_code for c in matched):  # rows the code weighs itself are not read
-            nodes = [t.grad_fn for t in roots if t.grad_fn is not None]
-            reached = [c for c in matched if not c.by_code or reduced_whole(nodes, c.node)]
+        if any(c.by_code and c.elements == 1 for c in matched):  # one element: its weight
+            nodes = [t.grad_fn for t in roots if t.grad_fn is not None]  # looks like a
+            for c in matched:  # coefficient, so what uses it tells (reduced_whole)
+                if c.by_code and c.elements == 1 and not reduced_whole(nodes, c.node):
+                    c.alike = False
         self.open = None  # the update before is closed: its gradients are let go
         if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
             self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
@@ -277,6 +293,8 @@ class Observer:
             run()
         finally:
             self.busy = False
+        # rows the code weighs itself (a mask, a class weight, a focal term) are not read
+        reached = [c for c in matched if c.alike]
         gone = {id(c) for c in matched}
         self.pending = [c for c in self.pending if id(c) not in gone]
         for c in reached:  # the gradients as this backward() left them, into kept buffers

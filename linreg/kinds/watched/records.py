@@ -41,6 +41,10 @@ class LossCall:
     name: str = ""  # the loss function's (cross_entropy, mse_loss, ...)
     reduction: str = "mean"  # as the code called it
     by_code: bool = False  # called with reduction="none": the code reduces its output
+    # (by_code) every element weighed alike by what reached it from the backward() (a sum or
+    # mean of any dims; not a mask or weights of the code's), and how many it has
+    alike: bool = True
+    elements: int = 0
 
 
 @dataclass
@@ -407,14 +411,13 @@ def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
 # what a per-element loss may pass through on its way to a sum or a mean of all its elements
 _RESHAPES = ("View", "UnsafeView", "ReshapeAlias", "Permute", "Transpose", "T", "Squeeze",
              "Unsqueeze", "Clone")  # fmt: skip
-_WHOLE = ("SumBackward0", "MeanBackward0")
+_WHOLE = ("SumBackward0", "MeanBackward0", "SumBackward1", "MeanBackward1")
 
 
 def reduced_whole(roots: list[Any], node: Any) -> bool:
-    """Return whether every use of a node's output under the roots is a sum or a mean of all
-    its elements (through reshapes): `l.mean()`, `l.sum() / n`, a coefficient of the code's;
-    not rows weighed by the code (`(l * w).sum()`, `l.mean(dim=1)`), which no coefficient of
-    the summed loss makes."""
+    """Return whether every use of a node's output under the roots is a sum or a mean (over
+    any dims, through reshapes): `l.mean()`, `l.sum() / n`, `l.mean(0)`; not a weight of the
+    code's (`l * w`), which, on an output of one element, looks like a coefficient."""
     users: dict[int, list[Any]] = {}
     seen: set[int] = set()
     stack = list(roots)
