@@ -7,6 +7,7 @@ leaves, its nodes, a loss's count).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -391,21 +392,23 @@ def leaves_of(call: LossCall) -> list[Tensor]:
     return call.under
 
 
-def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
-    """Return the ids of every autograd node under the roots; accumulators=False leaves out
-    the leaves' own nodes (AccumulateGrad), which every graph on the same params shares."""
+def _nodes(roots: list[Any]) -> Iterator[Any]:
+    """Yield every autograd node under the roots, once each."""
     seen: set[int] = set()
-    leaf: set[int] = set()
     stack = list(roots)
     while stack:
         n = stack.pop()
         if n is None or id(n) in seen:
             continue
         seen.add(id(n))
-        if not accumulators and hasattr(n, "variable"):
-            leaf.add(id(n))
+        yield n
         stack += [m for m, _ in n.next_functions]
-    return seen - leaf
+
+
+def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
+    """Return the ids of every autograd node under the roots; accumulators=False leaves out
+    the leaves' own nodes (AccumulateGrad), which every graph on the same params shares."""
+    return {id(n) for n in _nodes(roots) if accumulators or not hasattr(n, "variable")}
 
 
 # what a per-element loss may pass through on its way to a sum or a mean of all its elements
@@ -419,17 +422,10 @@ def reduced_whole(roots: list[Any], node: Any) -> bool:
     any dims, through reshapes): `l.mean()`, `l.sum() / n`, `l.mean(0)`; not a weight of the
     code's (`l * w`), which, on an output of one element, looks like a coefficient."""
     users: dict[int, list[Any]] = {}
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n is None or id(n) in seen:
-            continue
-        seen.add(id(n))
+    for n in _nodes(roots):
         for m, _ in n.next_functions:
             if m is not None:
                 users.setdefault(id(m), []).append(n)
-                stack.append(m)
 
     def whole(n: Any, depth: int) -> bool:
         found = users.get(id(n), [])
