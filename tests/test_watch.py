@@ -1528,6 +1528,7 @@ def test_watch_rows_weighed_by_the_code_on_a_reduction_none_loss_are_not_read(
             trainer.step()
     assert not reports[0].failures, str(reports[0])
     assert reports[0].error.startswith("no update could be judged"), str(reports[0])
+    assert "one whose rows the code weighs itself" in (reports[0].note or ""), str(reports[0])
 
 
 @pytest.mark.parametrize("summed", [False, True], ids=["mean", "summed"])

@@ -69,8 +69,10 @@ def report_of(
         # (label-shape reads the loss calls, not the updates: no update judged is still none)
         error = (
             "no update could be judged: every backward() reached no loss the watcher could read "
-            "(it reads the scalar a torch loss function returns, F.cross_entropy, nn.MSELoss, "
-            "...: not a loss written by hand, nor a graph that allows no second pass)"
+            "(it reads a torch loss function's, F.cross_entropy, nn.MSELoss, ..., and one called "
+            "with reduction='none' whose elements the code weighs alike: not a loss written by "
+            "hand, nor rows the code weighs itself, a mask or weights of its own, nor a graph "
+            "that allows no second pass)"
             if not v.unread and not any(u.unreadable for u in seen.updates)
             else "no update could be judged: see the note"
         )
@@ -172,7 +174,8 @@ def report_of(
     if blind:
         note += (
             f"; {blind} reached backward() through no loss the watcher could read (one written "
-            "by hand, or a graph that allows no second pass): not judged"
+            "by hand, one whose rows the code weighs itself, or a graph that allows no second "
+            "pass): not judged"
         )
     options = {"reduction": "sum"} if summed else {}
     return Report(target, "watch", options, tuple(results), seconds, error, note=note)
