@@ -737,3 +737,43 @@ def test_loops_as_written_a_dict_example_that_names_no_labels_is_judged_on_the_l
     assert "its example names no labels" in str(report)
     twin = audit.training_loop(partial(regresses_on_a_dict, zero=False), **options)
     assert [r.pitfall for r in twin.failures] == ["grad-zeroing"], str(twin)
+
+
+def feeds_labels_by_position(
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+    per_batch_mean: bool = False,
+) -> None:
+    """The model's own loss, its labels fed by position (`model(ids, mask, labels)`); each
+    window's micro-batches weighed by their counts of targets (num_items_in_batch), or (the
+    twin) each micro-batch's mean divided by the window's batches."""
+    for _ in range(num_epochs):
+        batches = list(loader)
+        for start in range(0, len(batches), gradient_accumulation_steps):
+            window = batches[start : start + gradient_accumulation_steps]
+            count = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+            for b in window:
+                if per_batch_mean:
+                    loss = model(b["input_ids"], b["attention_mask"], b["labels"]).loss
+                    loss = loss / len(window)
+                else:
+                    loss = model(b["input_ids"], b["attention_mask"], b["labels"], count).loss
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_loops_as_written_labels_fed_by_position_are_each_rows_own() -> None:
+    # they were read as the example's for every row (the contrast row counts 1 target, not
+    # 3): a false alarm on the right loop (micro-batch-accumulation), and, before b8bfa69, a
+    # TypeError out of the audit
+    report = audit.training_loop(feeds_labels_by_position, max_examples=EXAMPLES, **TOKENS)
+    assert report.ok, str(report)
+    twin = audit.training_loop(
+        partial(feeds_labels_by_position, per_batch_mean=True), max_examples=15, **TOKENS
+    )
+    assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
+    assert "micro-batches' mean losses, whose counts of targets differ ([3, 1])" in str(twin)

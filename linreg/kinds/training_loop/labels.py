@@ -79,23 +79,36 @@ def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) ->
     feeds = _takes(model, label)
     out = []
     for call in calls:
-        held = (
-            held_labels(example, call.args, call.kwargs, call.rows)
-            if call.method == "forward" and not _fed_by_position(model, label, call.args)
-            else {}
-        )
+        at = _label_at(model, label, call.args) if call.method == "forward" else None
+        if at is not None:  # fed by position: named, so that each row's are read as its own
+            out.append(_named_from(model, call, at))
+            continue
+        held = held_labels(example, call.args, call.kwargs, call.rows)
         out.append(replace(call, given=held, feeds_given=feeds) if held else call)
     return out
 
 
-def _fed_by_position(model: nn.Module, name: str | None, args: tuple[Any, ...]) -> bool:
-    """Return whether a forward's positional arguments fill its parameter of the labels
-    (`model(input_ids, attention_mask, labels)`): the labels were fed, none held back."""
+def _label_at(model: nn.Module, name: str | None, args: tuple[Any, ...]) -> int | None:
+    """Return the position of the labels among a forward's positional arguments
+    (`model(input_ids, attention_mask, labels)`), None where they were not fed so."""
     try:
         bound = inspect.signature(model.forward).bind_partial(*args)
     except (TypeError, ValueError):
-        return False
-    return name is not None and name in bound.arguments
+        return None
+    names = list(bound.arguments)
+    if name is None or name not in names or len(names) != len(args):
+        return None
+    return names.index(name)
+
+
+def _named_from(model: nn.Module, call: Call, at: int) -> Call:
+    """Return the call with its positional arguments from the labels on fed by name, as the
+    forward binds them; its rows keep their keys (each what the row was fed, in order)."""
+    names = list(inspect.signature(model.forward).bind_partial(*call.args).arguments)
+    moved = dict(zip(names[at:], call.args[at:], strict=True))
+    named = replace(call, args=call.args[:at], kwargs={**moved, **call.kwargs})
+    named.__dict__["row_keys"] = call.row_keys  # (a cached property: the row's own bytes)
+    return named
 
 
 def _takes(model: nn.Module, name: str | None) -> bool:
