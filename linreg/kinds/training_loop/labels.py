@@ -79,32 +79,26 @@ def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) ->
     feeds = _takes(model, label)
     out = []
     for call in calls:
-        at = _label_at(model, label, call.args) if call.method == "forward" else None
-        if at is not None:  # fed by position: named, so that each row's are read as its own
-            out.append(_named_from(model, call, at))
+        named = _labels_named(model, label, call) if call.method == "forward" else None
+        if named is not None:  # fed by position: named, so that each row's are read as its own
+            out.append(named)
             continue
         held = held_labels(example, call.args, call.kwargs, call.rows)
         out.append(replace(call, given=held, feeds_given=feeds) if held else call)
     return out
 
 
-def _label_at(model: nn.Module, name: str | None, args: tuple[Any, ...]) -> int | None:
-    """Return the position of the labels among a forward's positional arguments
-    (`model(input_ids, attention_mask, labels)`), None where they were not fed so."""
+def _labels_named(model: nn.Module, name: str | None, call: Call) -> Call | None:
+    """Return the call with its positional arguments from the labels on fed by name, as the
+    forward binds them (`model(input_ids, attention_mask, labels)`), its rows keeping their
+    keys (each what the row was fed, in order); None where the labels were not fed so."""
     try:
-        bound = inspect.signature(model.forward).bind_partial(*args)
+        names = list(inspect.signature(model.forward).bind_partial(*call.args).arguments)
     except (TypeError, ValueError):
         return None
-    names = list(bound.arguments)
-    if name is None or name not in names or len(names) != len(args):
+    if name is None or name not in names or len(names) != len(call.args):
         return None
-    return names.index(name)
-
-
-def _named_from(model: nn.Module, call: Call, at: int) -> Call:
-    """Return the call with its positional arguments from the labels on fed by name, as the
-    forward binds them; its rows keep their keys (each what the row was fed, in order)."""
-    names = list(inspect.signature(model.forward).bind_partial(*call.args).arguments)
+    at = names.index(name)
     moved = dict(zip(names[at:], call.args[at:], strict=True))
     named = replace(call, args=call.args[:at], kwargs={**moved, **call.kwargs})
     named.__dict__["row_keys"] = call.row_keys  # (a cached property: the row's own bytes)

@@ -42,7 +42,7 @@ class Reference:
     # the guessed loss's gradients plus what the loop's step added on one row, where its
     # backward() gave that loss's gradient and the step more (weight decay added to .grad):
     # each row's targets are counted by that loss (_counted)
-    confirmed: bool = False
+    added: bool = False
 
 
 def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Tensor:
@@ -167,7 +167,7 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
         source = "the model's own loss on the labels its batch held (popped before the forward)"
         relative = _confirmed(target, source, seed, _own)
         if relative is not None:
-            return _counted(relative, model, calls, _own) if relative.confirmed else relative
+            return _counted(relative, model, calls, _own) if relative.added else relative
     if row_loss is None:
         y = labels_of(options_of(target).example)
         if y is None:  # a dict example that names no labels: no loss to guess by them
@@ -177,7 +177,7 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
             last = i == len(tried) - 1  # its reason names every guess: "not A nor B"
             said = " nor ".join(n for n, _ in tried) if last else name
             relative = _confirmed(target, said, seed, guess)
-            if relative is not None and relative.confirmed:
+            if relative is not None and relative.added:
                 return _counted(relative, model, calls, guess)
             if relative is None:
                 row_loss = guess
@@ -187,27 +187,20 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
             return relative
     assert row_loss is not None
     grads: dict[bytes, Tensor] = {}
-    weights: dict[bytes, float] = {}
-    labelled: dict[bytes, float] = {}
     with _thawed(model, seen.live_params):
         for call in calls:
             for i, key in enumerate(call.row_keys):
                 if key not in grads:
                     grads[key] = row_gradient(model, call, i, row_loss)
-                    labels = token_labels(call, i)
-                    if labels is not None:
-                        labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
-                        weights[key] = counted(model, call, i, labels, row_loss)
-    if not weights:
-        return Reference(grads, f"{source} on that row alone")
-    return Reference(
-        grads, f"{source} on that row alone, weighed by the targets it counts", weights, labelled
-    )
+    ref = _counted(Reference(grads, f"{source} on that row alone"), model, calls, row_loss)
+    if ref.weights is None:
+        return ref
+    return replace(ref, source=f"{ref.source}, weighed by the targets it counts")
 
 
 def _counted(ref: Reference, model: nn.Module, calls: list[Call], row_loss: RowLoss) -> Reference:
-    """Return the loop's own references weighed by the targets each row counts under the loss
-    its backward() was confirmed to be (rows of token labels; others as they are)."""
+    """Return the references weighed by the targets each row counts under row_loss (rows of
+    token labels; others as they are)."""
     weights: dict[bytes, float] = {}
     labelled: dict[bytes, float] = {}
     for call in calls:
@@ -297,42 +290,39 @@ def _confirmed(
         factors.append(matching[0] if matching else found[0])
         if added is not None and reduced(target) == "mean":  # the guess, and what the step
             beside[call.row_keys[0]] = guessed + (added - readings[0])  # added (its decay)
-    confirmed = _one_known_scale(factors, k, tol)
-    # (changed: backward() gave the guessed loss's gradient, the step applied more: the loop's
-    # own step is each row's reference, its targets counted by that loss)
-    # (beside the loss's own gradient, only where backward() gave it as it is: a k the loop
-    # divides .grad by after backward() is no addition of its own, and is the loop's own)
-    ref_confirmed = changed and all(f is not None and near(f, 1.0, tol) for f in factors)
-    confirmed = confirmed and not changed
-    added_to = ref_confirmed and len(beside) == len(own)
-    if added_to:  # a scale of the loss's (k micro-batches undivided) is still judged, the
-        own = beside  # addition taken as the loop's own
-    why = (
-        "it changes .grad after backward() by more than a scale or a clip (weight decay added "
-        f"to .grad by hand?): each row's reference is {guess}'s gradient on it plus what the "
-        "loop's step added on one row"
-        if added_to
-        else "it changes .grad after backward() by more than a scale or a clip (weight decay "
-        "added to .grad by hand?): each row's reference is its own step on that row, so a "
-        "scale that every row shares is not judged"
-        if changed
-        else f"its loss is not {guess}{_times(factors, tol)}: name it with loss= to judge the "
-        "scale of every step (a loss of the output and labels alone: one with a penalty on the "
-        "params added is not one)"
-        if guess is not None
-        else f"{unguessed}, so a scale that every row shares is not judged"
+    confirmed = _one_known_scale(factors, k, tol) and not changed
+    # where the loop changed .grad after backward(), the loss's own gradient plus that change
+    # only where backward() gave the gradient as it is (a k the loop divides .grad by after
+    # backward() is no addition): a scale of the loss (k micro-batches undivided) stays judged
+    plus_added = (
+        changed
+        and len(beside) == len(own)
+        and all(f is not None and near(f, 1.0, tol) for f in factors)
     )
+    changes = "it changes .grad after backward() by more than a scale or a clip (weight decay "
+    changes += "added to .grad by hand?): each row's reference is "
+    if plus_added:
+        own, source = beside, f"{guess} plus the loop's addition"
+        why = f"{changes}{guess}'s gradient on it plus what the loop's step added on one row"
+    else:
+        source = "the loop itself"
+        if changed:
+            why = (
+                f"{changes}its own step on that row, so a scale that every row shares is not judged"
+            )
+        elif guess is not None:
+            why = (
+                f"its loss is not {guess}{_times(factors, tol)}: name it with loss= to judge the "
+                "scale of every step (a loss of the output and labels alone: one with a penalty "
+                "on the params added is not one)"
+            )
+        else:
+            why = f"{unguessed}, so a scale that every row shares is not judged"
     ref = (
         None
         if confirmed
         else Reference(
-            own,
-            f"{guess} plus the loop's addition, on that row alone ({why})"
-            if added_to
-            else f"the loop itself on that row alone ({why})",
-            own=why,
-            live=live,
-            confirmed=added_to,
+            own, f"{source} on that row alone ({why})", own=why, live=live, added=plus_added
         )
     )
     if len(_CACHE) > 256:

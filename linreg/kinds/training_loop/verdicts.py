@@ -85,7 +85,7 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
     if ref.own:
         say(
             ref.own
-            if ref.confirmed
+            if ref.added
             else f"each row's reference was the loop's own gradient on that row alone: {ref.own}"
         )
     tally(batching, judged=1, clipped_blind=len(clipped.blind), scale_shown=clipped.scale_shown)

@@ -272,7 +272,6 @@ class Observer:
                 for p in leaves(t.grad_fn)
             }
         matched = [c for c in self.pending if id(c.node) in under]
-        reached = matched
         if any(c.by_code and c.elements == 1 for c in matched):  # one element: its weight
             nodes = [t.grad_fn for t in roots if t.grad_fn is not None]  # looks like a
             for c in matched:  # coefficient, so what uses it tells (reduced_whole)
@@ -285,7 +284,7 @@ class Observer:
             self.fresh, self.prior = set(), {}
             self.carried = {
                 id(p): None if p.grad is None else p.grad.detach().clone()
-                for c in reached
+                for c in matched
                 for p in leaves_of(c)
             }
         self.busy = True
