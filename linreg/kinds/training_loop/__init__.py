@@ -85,12 +85,8 @@ from linreg.kinds.training_loop.own_loops import (
     mlp,
 )
 from linreg.kinds.training_loop.probe import KIND, build, framework_target
-from linreg.kinds.training_loop.references import (
-    Reference,
-    references,
-    row_gradient,
-    row_loss_for,
-)
+from linreg.kinds.training_loop.references import references
+from linreg.kinds.training_loop.row_gradients import Reference, row_gradient, row_loss_for
 from linreg.kinds.training_loop.rows import (
     IGNORE_INDEX,
     INPUT_KEYS,

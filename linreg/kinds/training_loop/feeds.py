@@ -20,9 +20,10 @@ from linreg.kinds.training_loop.calls import (
     storage_of,
     version_of,
 )
-from linreg.kinds.training_loop.ledger import ANOTHER, Observed, made_at, source_of, whole_pass
+from linreg.kinds.training_loop.ledger import Observed
 from linreg.kinds.training_loop.rows import foreign, of_the_data
 from linreg.kinds.training_loop.sites import evaluates
+from linreg.kinds.training_loop.sources import ANOTHER, made_at, source_of, whole_pass
 
 
 def same_batch(call: Call, t: Tensor) -> bool:
@@ -92,7 +93,7 @@ class Feeds:
         # drawn up front for the whole run)
         self.batches: dict[int, set[int | None]] = {}
         self.groups: set[int] = set()  # the draws forwards came after (Call.drawn)
-        # where the batches a backward() reached came from (ledger.source_of): the passes
+        # where the batches a backward() reached came from (sources.source_of): the passes
         # over a DataLoader, None for rows read outside any, ANOTHER for tensors of the loop's
         self.trained_from: set[int | None] = set()
         self.read_alone: set[int | None] = set()  # rows read outside any pass, fed untrained

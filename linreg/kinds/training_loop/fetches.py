@@ -10,7 +10,8 @@ from typing import Any
 
 from linreg.kinds.training_loop.batching import Batching
 from linreg.kinds.training_loop.calls import tensors_in
-from linreg.kinds.training_loop.ledger import Observed, drew
+from linreg.kinds.training_loop.ledger import Observed
+from linreg.kinds.training_loop.sources import drew
 
 
 class ShortFetches:

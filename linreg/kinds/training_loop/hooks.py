@@ -35,7 +35,8 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 from torch.utils.hooks import RemovableHandle
 
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
-from linreg.kinds.training_loop.ledger import Observed, batch_made, pass_ended
+from linreg.kinds.training_loop.ledger import Observed
+from linreg.kinds.training_loop.sources import batch_made, pass_ended
 from linreg.kinds.training_loop.watcher import Watcher
 
 

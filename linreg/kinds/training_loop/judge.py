@@ -25,7 +25,7 @@ from linreg.kinds.training_loop.measure import (
     one_norm,
     shows_a_clip,
 )
-from linreg.kinds.training_loop.references import Reference
+from linreg.kinds.training_loop.row_gradients import Reference
 
 
 @dataclass(frozen=True)

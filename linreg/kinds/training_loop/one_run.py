@@ -23,10 +23,11 @@ from linreg.kinds.training_loop.fetches import ShortFetches
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, watching
 from linreg.kinds.training_loop.known import asks_of, limit_of, trained_of
-from linreg.kinds.training_loop.ledger import Observed, Step, drew, not_finite
+from linreg.kinds.training_loop.ledger import Observed, Step, not_finite
 from linreg.kinds.training_loop.rows import Example, rows_of
 from linreg.kinds.training_loop.settings import default_optimizer, options_of
 from linreg.kinds.training_loop.shared import kept
+from linreg.kinds.training_loop.sources import drew
 
 
 def build_model(factory: Callable[[], nn.Module], example: Example | None = None) -> nn.Module:

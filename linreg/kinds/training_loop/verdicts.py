@@ -29,7 +29,8 @@ from linreg.kinds.training_loop.judge import (
 from linreg.kinds.training_loop.ledger import Observed, Step
 from linreg.kinds.training_loop.measure import tolerance
 from linreg.kinds.training_loop.one_run import full_step_rows, run_at_zero_lr
-from linreg.kinds.training_loop.references import Reference, references
+from linreg.kinds.training_loop.references import references
+from linreg.kinds.training_loop.row_gradients import Reference
 from linreg.kinds.training_loop.settings import options_of, reduced
 from linreg.kinds.training_loop.shared import kept, said, say, tallied, tally
 from linreg.kinds.training_loop.weights import weights_of

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from linreg.kinds.training_loop.ledger import Step
-from linreg.kinds.training_loop.references import Reference
+from linreg.kinds.training_loop.row_gradients import Reference
 
 
 @dataclass(frozen=True)
