@@ -777,3 +777,35 @@ def test_loops_as_written_labels_fed_by_position_are_each_rows_own() -> None:
     )
     assert [r.pitfall for r in twin.failures] == ["micro-batch-accumulation"], str(twin)
     assert "micro-batches' mean losses, whose counts of targets differ ([3, 1])" in str(twin)
+
+
+def multiplies_grads(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+) -> None:
+    """fairseq's way: each batch's token loss summed, then .grad multiplied by 1 / the targets
+    it counted (optimizer.multiply_grads), then a clip; or (nominal) by 1 / a full batch's
+    targets, too small a step on a short last batch."""
+    for _ in range(num_epochs):
+        for src, tgt in loader:
+            optimizer.zero_grad()
+            logits, _ = model(src)
+            loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="sum")
+            loss.backward()
+            sample_size = loader.batch_size * tgt.shape[1] if nominal else tgt.numel()
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / sample_size)
+            nn.utils.clip_grad_norm_(model.parameters(), 25.0)
+            optimizer.step()
+
+
+def test_loops_as_written_grads_multiplied_by_one_over_the_targets_are_the_mean() -> None:
+    """A review's false alarm: the model's output (logits, None) fits no guessed loss, so each
+    row's reference is the loop's own gradient on one row, which was read as backward() left
+    it (summed over the row's tokens, before the loop's division): a correct loop failed
+    mean-vs-sum at 1 / its tokens. It is read as the loop handed it on, divided."""
+    report = audit.training_loop(multiplies_grads, **GPT)
+    assert report.ok, str(report)
+    assert "the loop's own gradient on that row" in report.note, report.note
+    twin = audit.training_loop(partial(multiplies_grads, nominal=True), **GPT)
+    assert "short-last-batch" in [r.pitfall for r in twin.failures], str(twin)

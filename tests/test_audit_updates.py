@@ -2714,3 +2714,33 @@ def test_a_division_of_grad_after_backward_then_weight_decay_by_hand_passes() ->
     for k in (2, 3):  # declared: the one-row runs take a window of k
         report = audit.training_loop(divides_grad_then_decays, accumulation_steps=k, **LOOP)
         assert report.ok, str(report)
+
+
+def clips_just_below_its_norm(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+) -> None:
+    """Correct: clips at 0.995 of the first update's norm, so that update is trimmed by 0.5%
+    (as nanoGPT's grad_clip=1.0 trims a norm of 1.005) and each later one is clipped to the
+    same norm or let through. The twin (nominal=True) divides each batch's summed loss by the
+    nominal batch size: a short last batch's step is too small."""
+    max_norm = None
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(X), y)
+            (loss * len(X) / loader.batch_size if nominal else loss).backward()
+            if max_norm is None:
+                max_norm = 0.995 * float(nn.utils.clip_grad_norm_(model.parameters(), 1e9))
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+
+
+def test_a_clip_that_trims_less_than_one_percent_is_a_clip() -> None:
+    """A review's false alarm: a correct GPT loop clipping at 1.0 whose gradient's norm was
+    1.006 applied 0.994 of it, read as a wrong update (short-last-batch, mean-vs-sum and
+    grad-zeroing) where torch's clip_grad_norm_ had been called: a factor under 1% from 1 was
+    taken for no clip at all."""
+    report = audit.training_loop(clips_just_below_its_norm, **LOOP)
+    assert report.ok, str(report)
+    twin = audit.training_loop(functools.partial(clips_just_below_its_norm, nominal=True), **LOOP)
+    assert "short-last-batch" in [r.pitfall for r in twin.failures], str(twin)

@@ -81,7 +81,7 @@ def confirmed(
         # loop's own gradient as its step used it
         added = _added(step, readings[0], per, tol)
         changed = changed or added is not None
-        own[call.row_keys[0]] = readings[0] if added is None else added
+        own[call.row_keys[0]] = _as_used(step, per, readings[0], tol) if added is None else added
         if step.live is not None:  # what it froze there, each row's own reference lacks
             live = step.live if live is None else live * step.live
         if y is None or guess is None:
@@ -154,6 +154,22 @@ def _added(step: Step, before: Tensor, per: int, tol: float) -> Tensor | None:
     if factor(applied, before, tol) is not None or clipping(applied, before, tol):
         return None
     return applied
+
+
+def _as_used(step: Step, per: int, before: Tensor, tol: float) -> Tensor:
+    """Return a one-row step's gradient as the loop's own reference for that row, over per: as
+    the loop handed it on (to torch's first clip, else to the step) where it divided what
+    backward() left by a whole number after backward() (fairseq's multiply_grads by 1 / its
+    targets, a .grad divided by its rows): the rows of a longer update divide alike; else as
+    backward() left it (before): a factor below 1 of no whole number is a clip by hand, one
+    of the loss scaler's scale a clip before unscale_."""
+    handed = step.clip_found[0] if step.clip_found else step.applied
+    f = None if handed is None else factor(handed / per, before, tol)
+    if handed is None or f is None or f >= 1:  # (a clip before unscale_ hands on f = scale)
+        return before
+    if round(1 / f) < 2 or not near(1 / f, round(1 / f), tol):
+        return before
+    return handed / per
 
 
 def _times(factors: list[float | None], tol: float) -> str:

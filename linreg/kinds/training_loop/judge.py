@@ -174,9 +174,11 @@ def clipped_by_norm(
     """
     near_norm = norm_width(tol)
 
-    def below(applied: Tensor, g: Tensor) -> bool:  # a factor of g in (0, 1)
+    def below(applied: Tensor, g: Tensor, seen: bool) -> bool:  # a factor of g in (0, 1)
+        # where torch's clipping was called (seen) any factor below 1 is its clip (a norm of
+        # 1.006 clipped to 1.0 is 0.994); a clip by hand must be further than norms lie apart
         r = factor(applied, g, tol)
-        return r is not None and 0 < r < 1 - near_norm
+        return r is not None and 0 < r < (1 if seen else 1 - near_norm)
 
     through: list[Tensor] = []  # what each update let through was before the clip
     clipped: dict[int, Tensor] = {}  # what each update it scaled was before the clip
@@ -191,6 +193,7 @@ def clipped_by_norm(
         # before the clip: as torch's last clip found it, else as backward() left it (over
         # the loss scaler's scale)
         before = step.clip_found[-1] if step.clip_found else step.before_clipping
+        seen = bool(step.clip_found)
         if before is None:
             continue
         if close(applied, want, tol, scale) or close(applied, before, tol, scale):
@@ -198,12 +201,12 @@ def clipped_by_norm(
             through.append(want if right_through else before)
             let_right = let_right or (right_through and counts[j] != 1)
             let_any = let_any or counts[j] != 1
-        elif below(applied, before) and close(before, want, tol, scale):
+        elif below(applied, before, seen) and close(before, want, tol, scale):
             clipped[j] = before
             right.add(j)
-        elif not step.clip_found and below(applied, want):
+        elif not seen and below(applied, want, seen):
             clipped[j] = want  # the loop's own division between (unseen): right where shown
-        elif below(applied, before):
+        elif below(applied, before, seen):
             clipped[j] = before
     if not clipped:
         return Clipped(scale_shown=let_right)
