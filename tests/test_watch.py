@@ -532,6 +532,36 @@ def test_summed_micro_batches_pass_and_added_means_fail_where_the_sum_was_meant(
     assert says in str(twin), str(twin)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_summed_loss_divided_by_the_accumulation_count_fails_mean_vs_sum_on_full_windows(
+    pitfalls_watch: Any, reduction: str
+) -> None:
+    """A review's false pass: accelerate's and Lightning's accumulation divide each micro-batch's
+    loss by the count; with reduction='sum' every full window applied (rows per micro-batch)
+    times its mean, a factor no known mistake named, so it was taken for the loss's own
+    constant and mean-vs-sum was not judged (exit 0, measured 8x on windows of 2 batches of 8)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, generator=gen), torch.randint(0, 2, (32,), generator=gen)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+    accumulation_steps = 2
+    with pitfalls_watch(check=False) as reports:
+        for epoch in range(2):
+            for i, (xb, yb) in enumerate(loader):
+                loss = F.cross_entropy(model(xb), yb, reduction=reduction)
+                (loss / accumulation_steps).backward()
+                if (i + 1) % accumulation_steps == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    report = reports[0]
+    if reduction == "mean":
+        assert report.ok, str(report)
+    else:
+        assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+        assert "8 times the mean: it sums each micro-batch's loss" in str(report), str(report)
+
+
 def test_a_mean_times_a_constant_where_the_sum_was_meant_shrinks_as_the_rows_grow() -> None:
     """0.5 * F.mse_loss (a mean, halved) on 10 rows in batches of 4, the sum meant: 1/8 of
     the sum on a full update, 1/4 on the short one, a factor that no constant explains."""
