@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -547,7 +547,7 @@ def test_a_summed_loss_divided_by_the_accumulation_count_fails_mean_vs_sum_on_fu
     loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
     accumulation_steps = 2
     with pitfalls_watch(check=False) as reports:
-        for epoch in range(2):
+        for _ in range(2):
             for i, (xb, yb) in enumerate(loader):
                 loss = F.cross_entropy(model(xb), yb, reduction=reduction)
                 (loss / accumulation_steps).backward()
@@ -816,6 +816,51 @@ def test_a_window_the_data_ran_out_on_is_named_and_a_backward_to_log_is_not(
     report = watch_script(str(logged))
     assert report.ok and not report.error, str(report)
     assert "1 backward() call(s) after the last update" in (report.note or ""), str(report)
+
+
+def fetched_ahead(loader: DataLoader[Any]) -> Iterator[Any]:
+    """Hand on each batch once the next one is fetched, as accelerate's DataLoaderShard does:
+    the DataLoader runs out before its last batch is handed on."""
+    batches = iter(loader)
+    current = next(batches)
+    for following in batches:
+        yield current
+        current = following
+    yield current
+
+
+def _windows_fetched_ahead(pitfalls_watch: Any, zero_inside: bool) -> Any:
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+    with pitfalls_watch(check=False) as reports:
+        for _ in range(2):
+            for step, (xb, yb) in enumerate(fetched_ahead(loader)):
+                if zero_inside:
+                    optimizer.zero_grad()
+                (F.cross_entropy(model(xb), yb) / 4).backward()
+                if (step + 1) % 4 == 0:
+                    optimizer.step()
+                    if not zero_inside:
+                        optimizer.zero_grad()
+    return reports[0]
+
+
+def test_a_loader_fetched_ahead_ends_its_epoch_after_its_last_batch_is_handed_on(
+    pitfalls_watch: Any,
+) -> None:
+    """A review's wrong name: under accelerate, which fetches a batch ahead, zero_grad() inside
+    the accumulation loop (every update applies its last micro-batch alone, measured) failed
+    short-last-batch ("zeroed before an epoch's end") and passed grad-zeroing: the DataLoader
+    ran out before its last batch was handed on, and that was taken for the epoch's end,
+    inside the last window. A correct run said a window crossed the epoch's end."""
+    right = _windows_fetched_ahead(pitfalls_watch, zero_inside=False)
+    assert right.ok, str(right)
+    assert "both sides of an epoch's end" not in (right.note or ""), str(right)
+    twin = _windows_fetched_ahead(pitfalls_watch, zero_inside=True)
+    assert [r.pitfall for r in twin.failures] == ["grad-zeroing"], str(twin)
 
 
 GAN = """

@@ -70,8 +70,10 @@ def test_watching_an_ignite_script_judges_each_window_by_its_weights(
 def test_watching_an_ignite_twin_that_sums_its_loss_names_mean_vs_sum(tmp_path: Path) -> None:
     line = "criterion = nn.CrossEntropyLoss()"
     twin = twin_of(tmp_path, SCRIPT, line, 'criterion = nn.CrossEntropyLoss(reduction="sum")')
-    # 22 rows: a shorter window shows the factor (4 on windows of 8 rows) grows with the rows;
-    # on equal windows alone it could be the loss's own constant, and is not judged
+    # Ignite divides each micro-batch's loss by the count: on windows of 2 batches of 4 rows
+    # the summed loss applies 4 times the mean, a micro-batch's rows, which names the sum on
+    # the full windows (22 rows: a shorter one follows, and is not needed)
     report = watch_script(str(twin), ["--rows", "22"])
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
-    assert "grows with the rows" in report.failures[0].message, str(report)
+    message = report.failures[0].message
+    assert "applied 4 times the mean: it sums each micro-batch's loss" in message, str(report)

@@ -124,6 +124,11 @@ class Observer:
         # batch was fetched: its pass is over at its next fetch, a new pass over its dataset,
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
+        # each iterator's last batch fetched (its tensors), until a loss reads a target of it:
+        # a wrapper that fetches ahead (accelerate's) runs the DataLoader out before it hands
+        # the code its last batch, whose pass then ends as a pass whose last batch was fetched
+        self.unread_last: dict[int, list[Tensor]] = {}
+        self.ahead: set[int] = set()  # iterators whose pass's end waits for its last batch
         self.precision = 0.0  # the update's losses' lowest precision, as a tolerance
         self.held: dict[int, list[Any]] = {}  # each stepping optimizer's lrs, as the code set
         self.backwards = 0  # the backward() calls watched
@@ -152,6 +157,7 @@ class Observer:
             if out.ndim != 0 and given.get("reduction") != "none":
                 return
             self.precision = max(self.precision, _precision(given.get("input")))
+            self._read_last(given.get("target"))
             if name in BROADCASTING:  # label-shape's, where a backward() reaches it
                 compared(name, given.get("input"), given.get("target"), out, self.seen)
             if given.get("size_average") is not None or given.get("reduce") is not None:
@@ -214,12 +220,31 @@ class Observer:
         ]
         for it, _ in over:
             del self.last_fetched[it]
+        if at is not None and not fresh and self._ahead(at, now, over):
+            over = [(it, data) for it, data in over if it != at[0]]
+            now = False
+        self.ahead.difference_update(it for it, _ in over)
         # an epoch's end is a training pass's: one during which a backward() ran (a validation
         # pass under no_grad, every N steps, mid-epoch, is none, over any dataset)
         ran = now and (at is None or self._trained_in(at[0]))
         if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
             self.straddles = self.straddles or bool(self.micro)  # the open window runs on
+
+    def _ahead(self, at: tuple[int, int], now: bool, over: list[tuple[int, int]]) -> bool:
+        """Return True, the pass's end put off, where a training pass (at: iterator, dataset)
+        ran out (now), or asked past its last batch, before any loss read that batch: a
+        wrapper that fetches ahead (accelerate's) still hands it on, so the pass ends at the
+        next fetch of another pass, or at the watch's end."""
+        it, data = at
+        if it not in self.ahead and (it not in self.unread_last or not self._trained_in(it)):
+            return False  # (a pass no backward() ran in, an evaluation's, ends no epoch)
+        if not now and all(i != it for i, _ in over):
+            return False
+        self.unread_last.pop(it, None)
+        self.ahead.add(it)
+        self.last_fetched[it] = data
+        return True
 
     def _trained_in(self, it: int) -> bool:
         """Return whether a backward() ran since an iterator's pass began (or, for one whose
@@ -245,6 +270,18 @@ class Observer:
             fetched = tensors_in([batch], {})
             self.batched |= {t.untyped_storage().data_ptr() for t in fetched}
             self.batch_tensors.extend(fetched)
+            self.unread_last[at[0]] = fetched
+
+    def _read_last(self, target: Any) -> None:
+        """Note that a loss read a target of an iterator's last batch fetched (a view of it):
+        that batch was handed on. (Not its values: a batch's few class labels may equal the
+        next one's; a target cast or moved only puts off the end of its pass, _ahead.)"""
+        if not isinstance(target, Tensor) or not self.unread_last:
+            return
+        memory = _storage(target)
+        for it, fetched in list(self.unread_last.items()):
+            if any(_storage(t) == memory for t in fetched):
+                del self.unread_last[it]
 
     # --- backward -------------------------------------------------------------------------
     def backward(
