@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import time
 from typing import Any
 
@@ -2744,3 +2745,62 @@ def test_a_clip_that_trims_less_than_one_percent_is_a_clip() -> None:
     assert report.ok, str(report)
     twin = audit.training_loop(functools.partial(clips_just_below_its_norm, nominal=True), **LOOP)
     assert "short-last-batch" in [r.pitfall for r in twin.failures], str(twin)
+
+
+def forwards_without_grad(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, no_grad: bool = True
+) -> None:
+    """Twin: the forward under torch.no_grad() 'to save memory', its output then made to
+    require grad so that backward() runs: every step has nothing to apply. Correct
+    (no_grad=False): the forward with grad on, after one optimizer.step() before training (to
+    silence the scheduler's warning), which steps nothing."""
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    optimizer.step()
+    for _ in range(num_epochs):
+        for X, y in loader:
+            with torch.no_grad() if no_grad else contextlib.nullcontext():
+                output = model(X)
+            loss = F.cross_entropy(output.requires_grad_(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+
+
+def test_steps_that_never_have_a_gradient_fail_non_leaf_params_not_a_refusal() -> None:
+    """A review's wrong refusal: a loop whose every step had nothing to apply (its forward under
+    no_grad) was refused as one that 'neither fed the model a batch with grad on nor stepped
+    an optimizer', its steps taken for flushes after full windows. It stepped: it fails."""
+    twin = audit.training_loop(forwards_without_grad, **LOOP)
+    assert not twin.error, twin.error
+    assert [r.pitfall for r in twin.failures] == ["non-leaf-params"], str(twin)
+    assert "fed only with grad off" in twin.failures[0].message
+    report = audit.training_loop(functools.partial(forwards_without_grad, no_grad=False), **LOOP)
+    assert report.ok, str(report)
+
+
+def zips_a_schedule(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, short: bool = False
+) -> None:
+    """Correct: sets each batch's lr from a cosine schedule zipped with the loader. The twin
+    (short=True) builds the schedule one entry short: zip() drops each epoch's last batch."""
+    for _ in range(num_epochs):
+        n = len(loader) - (1 if short else 0)
+        schedule = [0.05 * (1 + math.cos(math.pi * i / max(n, 1))) for i in range(n)]
+        for (X, y), lr in zip(loader, schedule, strict=False):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad()
+            F.cross_entropy(model(X), y).backward()
+            optimizer.step()
+
+
+def test_a_schedule_one_short_that_drops_each_epochs_last_batch_is_named_once() -> None:
+    """A review's extra names: on an epoch of one batch the twin steps nothing, so the one-row
+    run each reference is checked against took no step, and that became every property's
+    failure (short-last-batch, mean-vs-sum, grad-zeroing, clip-before-unscale). That run is
+    now made on a row or two more where the loop stepped nothing."""
+    report = audit.training_loop(zips_a_schedule, **LOOP)
+    assert report.ok, str(report)
+    twin = audit.training_loop(functools.partial(zips_a_schedule, short=True), **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)

@@ -21,6 +21,7 @@ from linreg.kinds.training_loop import (
     LINEAR,
     TRAINING_LOOPS,
     Batching,
+    blind_steps,
     describe,
     loss_of,
     observe,
@@ -166,6 +167,13 @@ def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
     """At every optimizer.step() some parameter has a non-zero gradient: the params can move."""
     seen = observe(target, batching)
     grads = [step.applied for step in seen.steps]
+    if blind_steps(seen):
+        raise CheckFailed(
+            f"on {describe(batching, options_of(target))}: at each of its {seen.empty_steps} "
+            "optimizer.step() calls every parameter's .grad was None or zero, and the model was "
+            "fed only with grad off (a forward under torch.no_grad(), its output then made to "
+            "require grad?): the steps cannot move the params"
+        )
     if not grads and (seen.leftover or not seen.fed):
         return  # nothing fed, or rows fed and never stepped: short-last-batch's to name
     if not grads:

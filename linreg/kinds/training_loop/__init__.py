@@ -59,7 +59,7 @@ from linreg.kinds.training_loop.judge import (
 )
 from linreg.kinds.training_loop.known import asks_of, limit_of
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels
-from linreg.kinds.training_loop.ledger import Observed, Step, flat, not_finite
+from linreg.kinds.training_loop.ledger import Observed, Step, blind_steps, flat, not_finite
 from linreg.kinds.training_loop.measure import (
     clipping,
     close,
@@ -158,6 +158,7 @@ __all__ = [
     "Watcher",
     "as_example",
     "asks_of",
+    "blind_steps",
     "build",
     "build_model",
     "carries",

@@ -57,9 +57,14 @@ def confirmed(
     for kind in (0, 1):
         # its first update is all that is read: the run ends there (a slow loop's work after
         # each update is not waited for), unless another optimizer's step may still join it
-        model, seen = run_at_zero_lr(
-            target, Batching((kind,) * n, 1, 1, seed), one_update, masks=False
-        )
+        # on n rows, or a few more where it stepped nothing (a loop that zips its loader with
+        # a schedule one short never steps on an epoch of one batch)
+        for rows in range(n, n + 3):
+            model, seen = run_at_zero_lr(
+                target, Batching((kind,) * rows, 1, 1, seed), one_update, masks=False
+            )
+            if seen.steps:
+                break
         step = seen.steps[0] if seen.steps else None
         if step is None or not step.calls or step.unscaled is None:
             raise CheckFailed(

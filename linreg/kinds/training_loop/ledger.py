@@ -128,6 +128,7 @@ class Observed:
     stepped_params: frozenset[int] = frozenset()  # the params (by position) any optimizer stepped
     live_params: frozenset[int] = frozenset()  # those (by position) some step found unfrozen
     forwards: int = 0  # forward passes of the model, in any mode
+    empty_steps: int = 0  # optimizer steps fed nothing that applied nothing (a flush's)
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     # the first loss call a backward() reached that broadcast its predictions against labels
     # of another shape into more entries than either holds, in words ("": none did)
@@ -170,6 +171,13 @@ class Observed:
     def calls(self) -> list[Call]:
         """Return every forward pass the run fed, the steps' and the left-over ones, in order."""
         return [call for step in self.steps for call in step.calls] + self.leftover
+
+
+def blind_steps(seen: Observed) -> bool:
+    """Return True if a run stepped an optimizer with nothing to apply at every step, having
+    fed the model only with grad off (a forward under no_grad, its output then made to
+    require grad): steps that can never move the params, not a flush after full windows."""
+    return not seen.steps and not seen.fed and seen.empty_steps > 0 and seen.forwards > 0
 
 
 def one_update(seen: Observed) -> bool:

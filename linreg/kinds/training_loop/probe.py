@@ -24,7 +24,7 @@ from linreg.kinds.training_loop.batching import Batching, count_of, describe
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.hooks import Watch
 from linreg.kinds.training_loop.known import asks_of, limit_from, trained_from
-from linreg.kinds.training_loop.ledger import Observed, one_update
+from linreg.kinds.training_loop.ledger import Observed, blind_steps, one_update
 from linreg.kinds.training_loop.one_run import build_model, observe, run_at_zero_lr
 from linreg.kinds.training_loop.outputs import check_model
 from linreg.kinds.training_loop.settings import (
@@ -159,7 +159,7 @@ def _checked(
         raise TargetError(f"{name_of(fn)}: {first} (it raised on each of: {tried})")
     limit_from(fn, time.perf_counter() - start)
     trained_from(fn, seen)
-    if not seen.steps and not seen.fed:
+    if not seen.steps and not seen.fed and not blind_steps(seen):
         raise TargetError(
             f"{name_of(fn)}: on {describe(batching, options)} the loop neither fed the model a "
             "batch with grad on nor stepped an optimizer: nothing to judge (it trains tensors "

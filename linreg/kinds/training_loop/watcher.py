@@ -126,6 +126,7 @@ class Watcher(ForwardHooks):
                 return
             if applied is None or not bool(applied.any()):
                 self.clip_found, self.clip_covered = [], []  # a flush's: no update's
+                self.seen.empty_steps += 1
                 return
         raw = flat([self.latest.get(id(p)) for p in params], params)
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
