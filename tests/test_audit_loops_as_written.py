@@ -799,6 +799,22 @@ def multiplies_grads(
             optimizer.step()
 
 
+def averages_over_a_world_size(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, world_size: int = 2
+) -> None:
+    """Twin: an L1 loss's mean, then each .grad divided by a world size of 2 in a single
+    process (DDP's average written by hand where DDP already averages, or no DDP runs): every
+    step half the mean. Correct at world_size=1."""
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            F.l1_loss(model(X), y).backward()
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad /= world_size
+            optimizer.step()
+
+
 def test_loops_as_written_grads_multiplied_by_one_over_the_targets_are_the_mean() -> None:
     """A review's false alarm: the model's output (logits, None) fits no guessed loss, so each
     row's reference is the loop's own gradient on one row, which was read as backward() left
@@ -809,3 +825,10 @@ def test_loops_as_written_grads_multiplied_by_one_over_the_targets_are_the_mean(
     assert "the loop's own gradient on that row" in report.note, report.note
     twin = audit.training_loop(partial(multiplies_grads, nominal=True), **GPT)
     assert "short-last-batch" in [r.pitfall for r in twin.failures], str(twin)
+    # a division by another number than the step's targets (a world size in one process) is
+    # the loop's scale, as backward() left it, not its rows': the code review's false pass
+    regression = {"model": L.D2LStyleModel, "example": L.regression_example}
+    right = audit.training_loop(partial(averages_over_a_world_size, world_size=1), **regression)
+    assert right.ok, str(right)
+    halved = audit.training_loop(averages_over_a_world_size, **regression)
+    assert [r.pitfall for r in halved.failures] == ["mean-vs-sum"], str(halved)

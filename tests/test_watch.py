@@ -562,6 +562,31 @@ def test_a_summed_loss_divided_by_the_accumulation_count_fails_mean_vs_sum_on_fu
         assert "8 times the mean: it sums each micro-batch's loss" in str(report), str(report)
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_a_loss_summed_over_each_rows_outputs_under_accumulation_is_the_losss_own_constant(
+    pitfalls_watch: Any, batch_size: int
+) -> None:
+    """The code review's false alarm of the rule above: a per-row squared error summed over 4
+    outputs, the mean over rows, each micro-batch's loss divided by the count (measured: the
+    mean of that loss's own gradients). At one row a micro-batch its factor, 4, is also the
+    update's count of elements over its micro-batches: a count of a row's elements, not of
+    rows, names no sum."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, generator=gen), torch.randn(32, 4, generator=gen)
+    model = nn.Linear(3, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+    with pitfalls_watch(check=False) as reports:
+        for _ in range(2):
+            for i, (xb, yb) in enumerate(loader):
+                loss = F.mse_loss(model(xb), yb, reduction="none").sum(1).mean()
+                (loss / 2).backward()
+                if (i + 1) % 2 == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    assert reports[0].ok, str(reports[0])
+
+
 def test_a_mean_times_a_constant_where_the_sum_was_meant_shrinks_as_the_rows_grow() -> None:
     """0.5 * F.mse_loss (a mean, halved) on 10 rows in batches of 4, the sum meant: 1/8 of
     the sum on a full update, 1/4 on the short one, a factor that no constant explains."""

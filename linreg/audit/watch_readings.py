@@ -31,9 +31,17 @@ class Reading:
     # the mean, or the sum where the sum is meant): its weight is a coefficient of the code's
     blind: bool = False  # right only up to a clip by hand that clipped every update of its
     # params: their scale before it never showed (Update.hand_unseen)
+    one_per_row: bool = False  # its count is of rows, one target each (Update.one_per_row)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
+    """Return an update's weights on its micro-batches' mean gradients (_read), and whether its
+    count is of rows, one target each."""
+    reading = _read(j, u, summed)
+    return reading if reading is None else replace(reading, one_per_row=u.one_per_row)
+
+
+def _read(j: int, u: Update, summed: bool) -> Reading | None:
     """Return an update's weights on its micro-batches' mean gradients M_i = S_i / count_i, from
     its inner products alone, or None where a backward() reached no loss the watcher read.
 
