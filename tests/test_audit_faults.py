@@ -31,6 +31,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import audit
 from linreg.cli import main
+from linreg.kinds.options import name_of
 from tests import realworld as rw
 from tests.test_audit_ends import fit, summed
 
@@ -125,6 +126,8 @@ def test_audited_code_that_exits_is_never_a_pass(
         report = audit.audit(kind, exiting, **options, **FAST)
     except audit.TargetError as e:  # it exited when called once to check it
         assert f"raised SystemExit({code!r})" in str(e)
+        # named as every other error names it, not by its repr (a memory address)
+        assert str(e).startswith(f"{name_of(exiting)} raised"), str(e)
         return
     assert not report.ok
     assert f"raised SystemExit({code!r})" in report.error, str(report)

@@ -188,6 +188,10 @@ BAD_OPTIONS = [
         ["audit", "loss", "linreg.loss:squared_loss", "--max-examples", "0"],
         AUDIT + "argument --max-examples: expected a positive int, got '0'",
     ),
+    (  # a float, but none a time limit can be (the review's: "expected a float, got '-5'")
+        ["audit", "loss", "linreg.loss:squared_loss", "--timeout", "-5"],
+        AUDIT + "argument --timeout: expected a finite number > 0, got '-5'",
+    ),
     (
         [
             "audit",
@@ -724,3 +728,20 @@ def test_a_framework_audit_without_its_framework_names_the_extra_to_install(
     assert exit.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"pip install 'linreg-pitfalls[{extra}]'" in err[0], err
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly_with_its_own_exit_code() -> None:
+    """A review's traceback: `python -m linreg pitfalls --list | head -1` printed a
+    BrokenPipeError traceback and exited 1 (so did train, audit and watch, and a --plot after
+    the report was never written). The reader of stdout is gone before the command prints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linreg", "pitfalls", "--list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone long before the command has imported torch and printed
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -667,18 +667,30 @@ def test_watch_command_prints_the_report_on_stdout_and_the_scripts_output_on_std
     assert [r["pitfall"] for r in out["results"] if r["verdict"] == "fail"] == ["mean-vs-sum"]
 
 
-def test_watch_usage_errors_exit_2_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (
-        ["watch"],
-        ["watch", "no_such_script.py"],
-        ["watch", "--steps", "0", "x.py"],
-        ["watch", "--reduction", "max", "x.py"],
+def test_watch_usage_errors_exit_2_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for argv, says in (
+        (["watch"], "give a SCRIPT, or -m MODULE"),
+        (["watch", "no_such_script.py"], "no such script: 'no_such_script.py'"),
+        (["watch", "--steps", "0", "x.py"], "--steps"),
+        (["watch", "--reduction", "max", "x.py"], "--reduction"),
+        # the review's: a report of six skips and an error inside runpy, exit 1; and a folder
+        # that exists called no such script (python runs a folder's __main__.py)
+        (["watch", "-m", "no_such_module_here"], "no module named 'no_such_module_here'"),
+        (["watch", str(tmp_path)], f"{str(tmp_path)!r} is a folder with no __main__.py"),
     ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "error:" in err
+        assert len(err.splitlines()) == 1 and "error:" in err and says in err, err
+
+
+def test_watch_runs_a_folders_main_as_python_does(tmp_path: Path) -> None:
+    (tmp_path / "__main__.py").write_text(ONE_EPOCH)
+    report = watch_script(str(tmp_path))
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
 
 
 def test_a_script_that_raises_is_reported_as_failing_with_its_line(tmp_path: Path) -> None:

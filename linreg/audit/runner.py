@@ -45,6 +45,7 @@ from linreg.kinds.guards import (
     one_thread,
     watchdog_kept,
 )
+from linreg.kinds.options import name_of
 from linreg.kinds.training_loop import (
     models_restored,
     notes,
@@ -334,5 +335,5 @@ def target_for(kind: str, fn: Any, **options: Any) -> Target:
             return KINDS[kind].target(fn, **options)
         except (SystemExit, GeneratorExit) as e:
             raise TargetError(
-                f"{fn!r} raised {ended_process(e)} when called once to check it"
+                f"{name_of(fn)} raised {ended_process(e)} when called once to check it"
             ) from None

@@ -7,8 +7,11 @@ a usage error or `--help` answers at once, and torch is imported when a command 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from linreg.cli import arguments, audit, pitfalls, train, watch
 
@@ -40,5 +43,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     given = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(given[0] if given and given[0] in COMMANDS else "").parse_args(given)
-    code: int = COMMANDS[args.command].command(args, args.subparser)
+    stdout = sys.stdout
+    sys.stdout = reader = _Reader(stdout)
+    try:
+        code: int = COMMANDS[args.command].command(args, args.subparser)
+        reader.flush()
+    finally:
+        sys.stdout = stdout
     return code
+
+
+class _Reader:
+    """stdout, whose reader may leave (`| head -1`): what is left to print is then dropped and
+    the command goes on, its picture written and its exit code its own, with no traceback."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        """Send the rest, and what the interpreter flushes as it exits, nowhere."""
+        self._gone = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -7,6 +7,7 @@ judged update by update.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -79,7 +80,12 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not given:
         parser.error("give a SCRIPT, or -m MODULE, to watch")
     name, rest = given[0], given[1:]
-    if not module and not os.path.isfile(name):
+    if module and not _module_exists(name):
+        parser.error(f"no module named {name!r}")
+    if not module and os.path.isdir(name):  # python runs a folder's __main__.py
+        if not os.path.isfile(os.path.join(name, "__main__.py")):
+            parser.error(f"{name!r} is a folder with no __main__.py, not a script")
+    elif not module and not os.path.isfile(name):
         parser.error(f"no such script: {name!r}")
     if args.plot:
         arguments.check_plot(args.plot, parser)
@@ -98,3 +104,12 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.plot:
         return arguments.plot(report, args.plot, code, quiet=args.quiet)
     return code
+
+
+def _module_exists(name: str) -> bool:
+    """Return whether python -m could find the module (its parent packages are imported, as
+    python -m imports them)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
