@@ -86,5 +86,6 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(_render.table(runs, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
     if args.plot:
         panels = _render.plot(runs, args.plot)
-        print(f"wrote {panels} panels of loss curves to {args.plot}", file=sys.stderr)
+        what = "panel" if panels == 1 else "panels"
+        print(f"wrote {panels} {what} of loss curves to {args.plot}", file=sys.stderr)
     return 0 if all(r.evidence.ok for r in runs) else 1

@@ -230,5 +230,8 @@ def resolve(spec: str, *, callable_: bool = True) -> Any:
         except AttributeError:
             raise ValueError(f"{module_name!r} has no attribute {name!r}") from None
     if callable_ and not callable(obj):
-        raise ValueError(f"{spec} is not callable: it is a {type(obj).__name__}")
+        kind = type(obj).__name__
+        raise ValueError(
+            f"{spec} is not callable: it is {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+        )
     return obj
