@@ -98,6 +98,21 @@ def test_the_picture_plots_the_ratios_the_report_states(
     assert result.measured["batching"] in ax.get_title()
 
 
+def test_a_failing_update_with_no_one_ratio_is_marked_apart_not_on_the_correct_line() -> None:
+    """A review's misreading: the watch's update 3 of examples/train_script_undivided.py, its
+    micro-batches' means added up over [4, 2] rows (no one multiple of the correct gradient),
+    was circled as a failing step on the correct 1.0 line."""
+    measured = {"ratios": [2.0, 2.0, None, 2.0], "failing": [0, 1, 2, 3], "batching": "b"}
+    result = audit.Result("mean-vs-sum", "p", "fail", "m", None, 4, measured)
+    report = audit.Report("t", "watch", {}, (result,), 0.0)
+    (ax,) = report.plot().axes
+    circled, crossed = (c.get_offsets()[:, :].tolist() for c in ax.collections)
+    assert circled == [[1, 2.0], [2, 2.0], [4, 2.0]]
+    assert [x for x, _ in crossed] == [3]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "failing step, no one multiple of the correct gradient" in labels
+
+
 def test_a_passing_report_has_nothing_to_draw(passing: audit.Report) -> None:
     with pytest.raises(ValueError, match="nothing to draw"):
         passing.plot()

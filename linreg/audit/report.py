@@ -325,12 +325,19 @@ def plot_report(report: Report, path: str | None = None) -> Any:
         ax.axhline(1.0, color="tab:green", linewidth=1, linestyle="--", label="correct (1.0)")
         ax.plot(steps, ratios, marker="o", color="tab:blue", label="applied / correct")
         failing = [j for j in r.measured.get("failing", []) if j < len(ratios)]
+        scaled = [j for j in failing if math.isfinite(ratios[j])]
         ax.scatter(
-            [steps[j] for j in failing],
-            [ratios[j] if math.isfinite(ratios[j]) else 1.0 for j in failing],
+            [steps[j] for j in scaled], [ratios[j] for j in scaled],
             s=120, facecolors="none", edgecolors="tab:red", linewidths=2, zorder=3,
             label="failing step",
         )  # fmt: skip
+        unscaled = [j for j in failing if not math.isfinite(ratios[j])]
+        if unscaled:  # no one multiple of the correct gradient: marked on its step, no ratio
+            ax.scatter(
+                [steps[j] for j in unscaled], [1.0] * len(unscaled),
+                marker="x", s=80, color="tab:red", linewidths=2, zorder=3,
+                label="failing step, no one multiple of the correct gradient",
+            )  # fmt: skip
         ax.set_xticks(steps)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("applied / correct gradient")
