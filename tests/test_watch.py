@@ -587,6 +587,31 @@ def test_a_loss_summed_over_each_rows_outputs_under_accumulation_is_the_losss_ow
     assert reports[0].ok, str(reports[0])
 
 
+def test_means_added_up_undivided_over_unequal_micro_batches_are_one_name_not_a_pass(
+    pitfalls_watch: Any,
+) -> None:
+    """The README review's misreading: windows of 2 batches of 4 over 12 rows, each batch's mean
+    loss added up undivided; the epoch's last window holds [4, 2] rows, weighed alike. Named
+    mean-vs-sum, whose fix (divide each one's summed loss by the update's count) weighs them
+    by their counts too: micro-batch-accumulation said "pass (1 update)" of that very update."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(14, 3, generator=gen), torch.arange(14) % 5  # no batch of one label
+    model = nn.Linear(3, 5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    with pitfalls_watch(check=False) as reports:
+        for _ in range(2):
+            for i, (xb, yb) in enumerate(loader):
+                F.cross_entropy(model(xb), yb).backward()
+                if i % 2 == 1 or i == len(loader) - 1:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    (mba,) = [r for r in report.results if r.pitfall == "micro-batch-accumulation"]
+    assert mba.verdict == "skip" and "named mean-vs-sum" in mba.message, str(report)
+
+
 def test_a_mean_times_a_constant_where_the_sum_was_meant_shrinks_as_the_rows_grow() -> None:
     """0.5 * F.mse_loss (a mean, halved) on 10 rows in batches of 4, the sum meant: 1/8 of
     the sum on a full update, 1/4 on the short one, a factor that no constant explains."""

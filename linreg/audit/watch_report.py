@@ -197,6 +197,12 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             f"code's, each term's function having taken the {v.meant} itself: a multiple of "
             "it cannot be told from a coefficient"
         )
+    if pitfall == "micro-batch-accumulation" and v.taken:
+        return (
+            f"not judged: the {len(v.taken)} update(s) of micro-batches of unequal counts add "
+            "up their mean losses undivided, named mean-vs-sum, whose fix (each one's summed "
+            "loss divided by the update's count) weighs them by their counts too"
+        )
     unread = len(v.unread)
     if unread and pitfall != "label-shape":  # its evidence is in updates that were not read
         read = len(seen.updates) - unread

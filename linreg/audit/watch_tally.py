@@ -39,6 +39,9 @@ class Verdicts:
     free: list[str] = field(default_factory=list)  # terms whose weights are coefficients of the
     # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there)
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
+    # updates of unequal micro-batches whose weights another pitfall named (their means added
+    # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here
+    taken: set[int] = field(default_factory=set)
 
     def fail(self, pitfall: str, message: str) -> None:
         self.failed.setdefault(pitfall, message)

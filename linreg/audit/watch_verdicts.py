@@ -283,6 +283,8 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                     "summed loss (reduction='sum'), as the sum of the update's rows was meant",
                 )
             elif near(each, 1.0):
+                v.judged["micro-batch-accumulation"].discard(r.j)  # its weights named there
+                v.taken.add(r.j)
                 v.fail(
                     "mean-vs-sum",
                     f"{at} adds up its {len(r.parts)} micro-batches' mean losses without "
