@@ -118,8 +118,9 @@ BAD_OPTIONS = [
         ["train", "--dtype", "float16"],
         TRAIN + "--dtype: invalid choice: 'float16' (choose from 'float32', 'float64')",
     ),
-    (["train", "--drop-last", "yes"], "python -m linreg: error: unrecognized arguments: yes"),
-    (["train", "--bogus"], "python -m linreg: error: unrecognized arguments: --bogus"),
+    # the command's own error, as its others are (it was "python -m linreg: error: ...")
+    (["train", "--drop-last", "yes"], "python -m linreg train: error: unrecognized arguments: yes"),
+    (["train", "--bogus"], "python -m linreg train: error: unrecognized arguments: --bogus"),
     (
         ["fly"],
         "python -m linreg: error: argument COMMAND: invalid choice: 'fly' "
@@ -136,7 +137,11 @@ BAD_OPTIONS = [
         ["pitfalls", "--plot", "out.svg"],
         PITFALLS + "--plot writes a PNG: give a FILE.png, got 'out.svg'",
     ),
-    (["pitfalls", "--bogus"], "python -m linreg: error: unrecognized arguments: --bogus"),
+    (["pitfalls", "--bogus"], PITFALLS + "unrecognized arguments: --bogus"),
+    (
+        ["audit", "loss", "linreg.loss:squared_loss", "--bogus"],
+        AUDIT + "unrecognized arguments: --bogus",
+    ),
     (
         ["pitfalls", "--plot", "no/such/folder/out.png"],
         PITFALLS + "--plot: the folder 'no/such/folder' does not exist",
@@ -248,7 +253,9 @@ BAD_OPTIONS = [
             "--reduction",
             "none",
         ],
-        AUDIT + "reduction must be 'mean' or 'sum', got 'none'",
+        AUDIT
+        + "argument --reduction: invalid choice for training-loop: 'none' (choose from 'mean', "
+        "'sum')",
     ),
 ]
 

@@ -42,7 +42,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     given = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(given[0] if given and given[0] in COMMANDS else "").parse_args(given)
+    parser = build_parser(given[0] if given and given[0] in COMMANDS else "")
+    args, extra = parser.parse_known_args(given)
+    if extra:  # the command's own error, as every other usage error of a command is
+        args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     stdout = sys.stdout
     sys.stdout = reader = _Reader(stdout)
     try:

@@ -159,7 +159,7 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _audit_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Return the kind's options the command line gave, converted; usage errors in one line."""
     from linreg.kinds import KINDS
-    from linreg.kinds.options import FLAG, REQUIRED, from_text
+    from linreg.kinds.options import CHOICES, FLAG, REQUIRED, from_text, shown_value
 
     own = {f.name: f for f in KINDS[args.kind].options.fields()}
     every = audit_options()
@@ -175,6 +175,12 @@ def _audit_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"{args.kind} needs {' and '.join(missing)} MODULE:NAME")
     options = {}
     for name, value in given.items():
+        choices = [str(shown_value(c)) for c in own[name].metadata.get(CHOICES) or ()]
+        if choices and isinstance(value, str) and value not in choices:  # (the union's, not
+            parser.error(  # this kind's: --help lists every kind's)
+                f"argument {own[name].metadata[FLAG]}: invalid choice for {args.kind}: "
+                f"{value!r} (choose from {', '.join(map(repr, choices))})"
+            )
         try:
             options[name] = from_text(own[name], value) if isinstance(value, str) else value
         except ValueError as e:
