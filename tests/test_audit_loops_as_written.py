@@ -780,15 +780,23 @@ def test_loops_as_written_labels_fed_by_position_are_each_rows_own() -> None:
 
 
 def multiplies_grads(
-    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, nominal: bool = False
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    nominal: bool = False,
+    shifted: bool = False,
 ) -> None:
     """fairseq's way: each batch's token loss summed, then .grad multiplied by 1 / the targets
     it counted (optimizer.multiply_grads), then a clip; or (nominal) by 1 / a full batch's
-    targets, too small a step on a short last batch."""
+    targets, too small a step on a short last batch. shifted: it scores every position's
+    next token but the last's, and counts those."""
     for _ in range(num_epochs):
         for src, tgt in loader:
             optimizer.zero_grad()
             logits, _ = model(src)
+            if shifted:
+                logits, tgt = logits[:, :-1], tgt[:, 1:]
             loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="sum")
             loss.backward()
             sample_size = loader.batch_size * tgt.shape[1] if nominal else tgt.numel()
@@ -823,6 +831,10 @@ def test_loops_as_written_grads_multiplied_by_one_over_the_targets_are_the_mean(
     report = audit.training_loop(multiplies_grads, **GPT)
     assert report.ok, str(report)
     assert "the loop's own gradient on that row" in report.note, report.note
+    # its targets counted after a shift (3 of each row's 4): the second code review's false
+    # alarm, at 1 / 3 of the row's labels
+    shifted = audit.training_loop(partial(multiplies_grads, shifted=True), **GPT)
+    assert shifted.ok, str(shifted)
     twin = audit.training_loop(partial(multiplies_grads, nominal=True), **GPT)
     assert "short-last-batch" in [r.pitfall for r in twin.failures], str(twin)
     # a division by another number than the step's targets (a world size in one process) is

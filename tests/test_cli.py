@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -138,6 +139,8 @@ BAD_OPTIONS = [
         PITFALLS + "--plot writes a PNG: give a FILE.png, got 'out.svg'",
     ),
     (["pitfalls", "--bogus"], PITFALLS + "unrecognized arguments: --bogus"),
+    # before the command, the top level's (it raised AttributeError, no command's parser)
+    (["--bogus", "audit"], "python -m linreg: error: unrecognized arguments: --bogus"),
     (
         ["audit", "loss", "linreg.loss:squared_loss", "--bogus"],
         AUDIT + "unrecognized arguments: --bogus",
@@ -752,3 +755,13 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly_with_its_own_exit_c
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    # no stdout at all (>&-, sys.stdout None): the code review's AttributeError on its write;
+    # train flushes stdout itself, which crashed too
+    closed = subprocess.run(
+        [sys.executable, "-m", "linreg", "train"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.close(1),
+        timeout=120,
+    )
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed.stderr

@@ -562,6 +562,39 @@ def test_a_summed_loss_divided_by_the_accumulation_count_fails_mean_vs_sum_on_fu
         assert "8 times the mean: it sums each micro-batch's loss" in str(report), str(report)
 
 
+@pytest.mark.parametrize("outputs, ignored", [(4, False), (1, True)])
+def test_a_summed_loss_of_several_targets_a_row_under_accumulation_fails_mean_vs_sum(
+    pitfalls_watch: Any, outputs: int, ignored: bool
+) -> None:
+    """The second code review's false passes of the narrowed rule: a summed squared error over
+    4 outputs a row, or a summed cross-entropy whose last target of each batch is -100, each
+    micro-batch's loss divided by the count: 16 and 7 times the mean (counted), which was
+    taken for the loss's own constant (exit 0). Only micro-batches of one row share that
+    factor with a loss's own constant."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=gen)
+    model = nn.Linear(3, outputs if not ignored else 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    y = torch.randn(32, outputs, generator=gen) if not ignored else torch.arange(32) % 3
+    if ignored:
+        y[7::8] = -100
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    with pitfalls_watch(check=False) as reports:
+        for _ in range(2):
+            for i, (xb, yb) in enumerate(loader):
+                if ignored:
+                    loss = F.cross_entropy(model(xb), yb, reduction="sum")
+                else:
+                    loss = F.mse_loss(model(xb), yb, reduction="sum")
+                (loss / 2).backward()
+                if (i + 1) % 2 == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "it sums each micro-batch's loss" in report.failures[0].message, str(report)
+
+
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_a_loss_summed_over_each_rows_outputs_under_accumulation_is_the_losss_own_constant(
     pitfalls_watch: Any, batch_size: int

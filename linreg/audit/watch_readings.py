@@ -31,14 +31,14 @@ class Reading:
     # the mean, or the sum where the sum is meant): its weight is a coefficient of the code's
     blind: bool = False  # right only up to a clip by hand that clipped every update of its
     # params: their scale before it never showed (Update.hand_unseen)
-    one_per_row: bool = False  # its count is of rows, one target each (Update.one_per_row)
+    one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
-    """Return an update's weights on its micro-batches' mean gradients (_read), and whether its
-    count is of rows, one target each."""
+    """Return an update's weights on its micro-batches' mean gradients (_read), and whether each
+    micro-batch held one row."""
     reading = _read(j, u, summed)
-    return reading if reading is None else replace(reading, one_per_row=u.one_per_row)
+    return reading if reading is None else replace(reading, one_row=u.one_row)
 
 
 def _read(j: int, u: Update, summed: bool) -> Reading | None:

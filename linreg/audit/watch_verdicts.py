@@ -351,7 +351,7 @@ def _why(s: float, r: Reading, meant: str = "mean") -> str:
             "it sums the loss over the update's rows or targets (reduction='sum', or a mean "
             "loss per row or step added up) where a mean was meant"
         )
-    if k > 1 and r.one_per_row and r.count > k and near(s, r.count / k):
+    if k > 1 and not r.one_row and r.count > k and near(s, r.count / k):
         return (
             f"it sums each micro-batch's loss over its rows or targets (reduction='sum') and "
             f"divides by the {k} micro-batches (as accelerate and Lightning divide each "

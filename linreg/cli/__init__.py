@@ -45,14 +45,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(given[0] if given and given[0] in COMMANDS else "")
     args, extra = parser.parse_known_args(given)
     if extra:  # the command's own error, as every other usage error of a command is
-        args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     stdout = sys.stdout
-    sys.stdout = reader = _Reader(stdout)
-    try:
-        code: int = COMMANDS[args.command].command(args, args.subparser)
-        reader.flush()
-    finally:
-        sys.stdout = stdout
+    with contextlib.ExitStack() as stack:
+        # stdout closed (>&-, sys.stdout None): what the command prints goes nowhere
+        stream = stdout or stack.enter_context(open(os.devnull, "w"))
+        sys.stdout = reader = _Reader(stream)
+        try:
+            code: int = COMMANDS[args.command].command(args, args.subparser)
+            reader.flush()
+        finally:
+            sys.stdout = stdout
     return code
 
 

@@ -20,7 +20,7 @@ from linreg.kinds.training_loop.ledger import Step, one_update
 from linreg.kinds.training_loop.measure import clipping, factor, near, tolerance
 from linreg.kinds.training_loop.one_run import run_at_zero_lr
 from linreg.kinds.training_loop.row_gradients import Reference, named, row_gradient
-from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, loss_of
+from linreg.kinds.training_loop.rows import labels_of, loss_of
 from linreg.kinds.training_loop.settings import options_of, reduced
 
 _CACHE: dict[tuple[int, int, str | None], tuple[Target, Reference | None]] = {}
@@ -86,7 +86,7 @@ def confirmed(
         # loop's own gradient as its step used it
         added = _added(step, readings[0], per, tol)
         changed = changed or added is not None
-        targets = 1 if y is None else int((y != IGNORE_INDEX).sum())  # a row's (tokens)
+        targets = 1 if y is None else y.numel()  # a row's labels (tokens)
         used = _as_used(step, per, readings[0], tol, targets)
         own[call.row_keys[0]] = used if added is None else added
         if step.live is not None:  # what it froze there, each row's own reference lacks
@@ -166,16 +166,19 @@ def _added(step: Step, before: Tensor, per: int, tol: float) -> Tensor | None:
 def _as_used(step: Step, per: int, before: Tensor, tol: float, targets: int) -> Tensor:
     """Return a one-row step's gradient as the loop's own reference for that row, over per: as
     the loop handed it on (to torch's first clip, else to the step) where it divided what
-    backward() left by the update's count of targets, its rows times each row's `targets`
-    (fairseq's multiply_grads by 1 / its tokens; rows of several targets each): the rows of a
-    longer update are divided alike. Else as backward() left it (before): a division by any
-    other number (a world size, an accumulation count divided by twice) is the loop's scale,
-    not its rows', and a factor below 1 of no count a clip by hand."""
+    backward() left by a count of the update's targets, rows of `targets` labels each (from
+    its rows to all their labels: fairseq's multiply_grads by 1 / its tokens, counted after a
+    causal shift or without padding too): the rows of a longer update are divided alike.
+    Else as backward() left it (before): for rows of one label, a division by any number but
+    their count (a world size in one process, an accumulation count divided by twice) is
+    the loop's scale, and a factor below 1 of no count a clip by hand."""
     handed = step.clip_found[0] if step.clip_found else step.applied
     f = None if handed is None else factor(handed / per, before, tol)
     if handed is None or f is None or not 0 < f < 1 or targets < 2:
         return before
-    return handed / per if near(1 / f, step.rows * targets, tol) else before
+    n = 1 / f
+    whole = near(n, round(n), tol) and step.rows <= round(n) <= step.rows * targets
+    return handed / per if whole else before
 
 
 def _times(factors: list[float | None], tol: float) -> str:

@@ -115,9 +115,9 @@ class Update:
     calls: int = 1  # the most loss calls a micro-batch's backward() reached (one term: heads'
     # means added, ce(out) + ce(aux), each a micro-batch's)
     norm_clipped: bool = False  # clip_grad_norm_ was called in it: a factor below 1 can clip
-    # every loss its backward() calls reached counted one target per row of its target (class
-    # labels, a column of values): a count of a micro-batch's rows, not of a row's elements
-    one_per_row: bool = False
+    # every loss its backward() calls reached had a target of one row (a micro-batch of one
+    # row): its count is that row's elements, which a loss's own constant may equal
+    one_row: bool = False
     norm: float = 0.0  # |what it applied|, where it applied what it held before (let through)
     # |what it applied| and |before|, where it applied a factor below 1 of what it held before
     # with no clip_grad_norm_ called: a clip by hand, or a division (watch_readings.by_hand)
@@ -230,16 +230,16 @@ def close(update: Open, tol: float) -> Update:
         redone=update.redone, crossed=update.crossed, foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
-        hand_before=hand_before, one_per_row=_one_per_row(update.micro),
+        hand_before=hand_before, one_row=_one_row(update.micro),
     )  # fmt: skip
 
 
-def _one_per_row(micro: list[MicroBatch]) -> bool:
-    """Return whether every loss the micro-batches reached counted one target per row of its
-    target: its count is the target's leading size (not a row of several elements, each
-    counted: a loss summed over a row's outputs is the loss's own constant, not a sum)."""
+def _one_row(micro: list[MicroBatch]) -> bool:
+    """Return whether every loss the micro-batches reached had a target of one row (its leading
+    size 1): each micro-batch's count is then one row's elements, and a loss summed over a
+    row's outputs, its own constant, applies that many times the mean, as a sum would."""
     return bool(micro) and all(
-        c.target is not None and len(c.target[2]) >= 1 and c.count == c.target[2][0]
+        c.target is not None and len(c.target[2]) >= 1 and c.target[2][0] == 1
         for mb in micro
         for c in mb.losses
     )
