@@ -885,8 +885,19 @@ def test_a_loop_that_raises_on_every_size_is_refused_naming_what_was_tried() -> 
     with pytest.raises(TypeError, match="raised ValueError: no data of mine") as refused:
         audit.training_loop(refuses, **LOOP)
     assert str(refused.value).endswith(
-        "(it raised on each of: 5 batches an epoch; 9 batches an epoch; 17 batches an epoch)"
+        "(the same on each of: 5 batches an epoch; 9 batches an epoch; 17 batches an epoch)"
     )
+
+    def goes_nan(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        for X, y in loader:
+            optimizer.zero_grad()
+            (F.cross_entropy(model(X), y) * math.nan).backward()
+            optimizer.step()
+
+    # a loop whose gradients are nan did not raise (the README review's: "it raised on each")
+    with pytest.raises(TypeError, match="are not finite") as refused:
+        audit.training_loop(goes_nan, **LOOP)
+    assert "raised" not in str(refused.value), str(refused.value)
 
 
 def test_a_loop_that_runs_on_one_batch_shows_no_least_batches() -> None:

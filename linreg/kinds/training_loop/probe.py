@@ -156,7 +156,7 @@ def _checked(
             ) from None
     else:
         tried = "; ".join(f"{b.batches} batches an epoch" for b in PROBES)
-        raise TargetError(f"{name_of(fn)}: {first} (it raised on each of: {tried})")
+        raise TargetError(f"{name_of(fn)}: {first} (the same on each of: {tried})")
     limit_from(fn, time.perf_counter() - start)
     trained_from(fn, seen)
     if not seen.steps and not seen.fed and not blind_steps(seen):
