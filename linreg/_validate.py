@@ -168,10 +168,17 @@ def positive_int_or_none(name: str, value: object) -> int | None:
     return None if value is None else positive_int(name, value)
 
 
+def positive_finite_or_none(name: str, value: object) -> float | None:
+    """Return value if it is None or a finite number > 0 (a time limit: None, derived), else
+    raise naming the argument."""
+    return None if value is None else positive_finite(name, value)
+
+
 EXPECTED: dict[Callable[[str, object], object], str] = {
     positive_int: "a positive int",
     positive_int_or_none: "a positive int",
     non_negative_int: "an int >= 0",
     positive_finite: "a finite number > 0",
+    positive_finite_or_none: "a finite number > 0",
     seed: "an int from 0 to 2**64 - 2",
 }

@@ -187,7 +187,7 @@ def from_text(f: dataclasses.Field[Any], text: str) -> Any:
     except (TypeError, ValueError):
         expected = f"a {parse.__name__}"
         if check is not None:
-            expected = _validate.EXPECTED.get(check, _EXPECTED.get(check, expected))
+            expected = _validate.EXPECTED.get(check, expected)
         raise ValueError(f"expected {expected}, got {text!r}") from None
 
 
@@ -198,16 +198,8 @@ def timeout_option(what: str) -> Any:
         f"seconds one call of {what} may take (default: 50 times its first call, and at least "
         f"{FLOOR:g} s)",
         flag="--timeout",
-        check=seconds,
+        check=_validate.positive_finite_or_none,
     )
-
-
-def seconds(name: str, value: object) -> float | None:
-    """Return a time limit in seconds: None (derived) or a positive finite number."""
-    return None if value is None else _validate.positive_finite(name, value)
-
-
-_EXPECTED: dict[Callable[[str, object], object], str] = {seconds: "a finite number > 0"}
 
 
 def resolve(spec: str, *, callable_: bool = True) -> Any:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from linreg import _validate
 from linreg.kinds import guards
 from linreg.kinds.base import Target, TargetError
-from linreg.kinds.options import Options, option, read_from_run, seconds
+from linreg.kinds.options import Options, option, read_from_run
 from linreg.kinds.training_loop.batching import Batching, first_runs
 from linreg.kinds.training_loop.rows import Example, as_example
 
@@ -128,7 +128,7 @@ class TrainingLoopOptions(Options):
         "seconds one run of the loop may take (default: 50 times its first small run, and at "
         f"least {FLOOR:g} s)",
         flag="--timeout",
-        check=seconds,
+        check=_validate.positive_finite_or_none,
     )
     draws_count: bool = read_from_run(
         False,
