@@ -46,6 +46,7 @@ def confirmed(
         return hit[1]
     c = options_of(target)
     y = labels_of(c.example)
+    targets = 1 if y is None else y.numel()  # each row's labels (tokens), for _as_used
     k = count_of(c)
     n = max(k, c.least_batches)  # a window of k rows; an epoch of as many batches as it needs
     own: dict[bytes, Tensor] = {}
@@ -86,7 +87,6 @@ def confirmed(
         # loop's own gradient as its step used it
         added = _added(step, readings[0], per, tol)
         changed = changed or added is not None
-        targets = 1 if y is None else y.numel()  # a row's labels (tokens)
         used = _as_used(step, per, readings[0], tol, targets)
         own[call.row_keys[0]] = used if added is None else added
         if step.live is not None:  # what it froze there, each row's own reference lacks
