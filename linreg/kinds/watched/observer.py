@@ -223,7 +223,10 @@ class Observer:
         if at is not None and not fresh and self._ahead(at, now, over):
             over = [(it, data) for it, data in over if it != at[0]]
             now = False
-        self.ahead.difference_update(it for it, _ in over)
+        ended = {it for it, _ in over} | ({at[0]} if now and at is not None else set())
+        self.ahead -= ended
+        for it in ended:  # their last batches are not held past their passes (an evaluation
+            self.unread_last.pop(it, None)  # pass's each N steps, never read by a loss)
         # an epoch's end is a training pass's: one during which a backward() ran (a validation
         # pass under no_grad, every N steps, mid-epoch, is none, over any dataset)
         ran = now and (at is None or self._trained_in(at[0]))
