@@ -263,7 +263,7 @@ def _updates_clipped_by_hand(through: torch.Tensor) -> tuple[list[Step], list[to
 def test_a_clip_after_an_unseen_division_is_right_where_an_update_of_rows_shows_the_scale(
     rows: tuple[int, ...], right: bool, blind: set[int], shown: bool
 ) -> None:
-    from linreg.kinds.training_loop.judge import clipped_by_norm
+    from linreg.kinds.training_loop.clipped import clipped_by_norm
 
     first = torch.tensor([0.3, 0.4], dtype=torch.float64)
     steps, wants = _updates_clipped_by_hand(first if right else 2 * first)
@@ -1537,7 +1537,7 @@ def test_a_peek_is_inside_an_applied_batch_only_where_its_rows_are_that_batchs(
     peek: slice, applied: slice, inside: bool
 ) -> None:
     from linreg.kinds.training_loop import Call
-    from linreg.kinds.training_loop.feeds import within
+    from linreg.kinds.training_loop.calls import within
 
     X = torch.arange(12.0).reshape(4, 3)
     u, v = X[peek], X[applied]

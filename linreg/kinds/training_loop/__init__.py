@@ -117,16 +117,14 @@ from linreg.kinds.training_loop.shared import runs_shared, sharing, unshared
 from linreg.kinds.training_loop.verdicts import (
     NO_KNOWN,
     Excuse,
-    Wanted,
     compare,
     crosses,
     dropped_shorts,
     full_rows,
-    notes,
     unreached_why,
     unscaled,
-    wanted,
 )
+from linreg.kinds.training_loop.wanted import Wanted, notes, wanted
 from linreg.kinds.training_loop.watcher import Watcher
 
 __all__ = [

@@ -178,3 +178,47 @@ def _row(v: Any, i: int, rows: int) -> Any:
 def copied(v: Any) -> Any:
     """Return v with each tensor in it detached and copied (its values as they are now)."""
     return _mapped(v, lambda t: t.detach().clone())
+
+
+def same_batch(call: Call, t: Tensor) -> bool:
+    """Return True if t is the tensor call was first fed, unchanged since (the same memory,
+    shape and version: a static buffer refilled in place holds another batch)."""
+    first = first_input(call)
+    return (
+        first is not None
+        and first.shape == t.shape
+        and first.data_ptr() == t.data_ptr()
+        and version_of(t) == call.version
+    )
+
+
+def input_key(call: Call) -> tuple[int, torch.Size, int] | None:
+    """Return the memory, shape and version of a call's first tensor as it was fed (None:
+    none, or empty)."""
+    first = first_input(call)
+    if first is None or storage_of(first) is None:
+        return None
+    return first.data_ptr(), first.shape, call.version
+
+
+def within(call: Call, other: Call) -> bool:
+    """Return True if call was fed rows of other's batch: its first tensor a view of rows
+    of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies, and
+    unchanged between the two (a static buffer refilled in place holds another batch)."""
+    u, v = first_input(call), first_input(other)
+    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride()[1:] != v.stride()[1:]:
+        return False
+    if call.version != other.version:
+        return False
+    if storage_of(u) is None or storage_of(u) != storage_of(v):
+        return False
+    row = v.stride(0) * v.element_size()  # bytes from one of other's rows to the next
+    offset = u.data_ptr() - v.data_ptr()
+    if row <= 0 or offset % row:
+        return False
+    first, step = offset // row, 1
+    if u.shape[0] > 1:  # its rows every `step` rows of other's (X[::2] of X)
+        step, left = divmod(u.stride(0), v.stride(0))
+        if step <= 0 or left:
+            return False
+    return first >= 0 and first + step * (u.shape[0] - 1) < v.shape[0]

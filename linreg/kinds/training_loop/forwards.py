@@ -13,8 +13,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.calls import Call, autocast_now, copied, tensors_in, version_of
-from linreg.kinds.training_loop.feeds import Feeds, same_batch
+from linreg.kinds.training_loop.calls import (
+    Call,
+    autocast_now,
+    copied,
+    same_batch,
+    tensors_in,
+    version_of,
+)
+from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.ledger import Observed
 from linreg.kinds.training_loop.sites import site
 

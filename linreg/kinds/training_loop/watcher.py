@@ -1,17 +1,15 @@
-"""The hooks' shared state (a Watcher) and what each hook does with it: an optimizer step's
+"""The hooks' shared state (a Watcher) and what the optimizer's hooks do with it: a step's
 pre-hook holds its lr at 0 and its post-hook records the update (its gradients read at each
-stage, and the forwards that fed it); each parameter's gradient hooks keep its gradient as
-backward() left it and what .grad held as the update's first backward() reached it; a loss
-scaler's unscale_ keeps what it divided, and the scale; each call of torch's clipping keeps
-what it found, and whose; the forward hooks (forwards.py) record what
-each forward was fed. hooks.py installs them all.
+stage, and the forwards that fed it). The gradient hooks (gradient_hooks.py) keep each
+parameter's gradient as backward() left it and what .grad held as the update's first
+backward() reached it, what a loss scaler unscaled and what torch's clipping found; the
+forward hooks (forwards.py) record what each forward was fed. hooks.py installs them all.
 """
 
 from __future__ import annotations
 
-import operator
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +19,7 @@ from torch.utils.hooks import RemovableHandle
 from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
+from linreg.kinds.training_loop.gradient_hooks import GradientHooks
 from linreg.kinds.training_loop.ledger import Observed, Step, flat, mask
 
 
@@ -33,9 +32,10 @@ def zero_lr(opt: torch.optim.Optimizer) -> None:
             group["lr"] = 0.0
 
 
-class Watcher(ForwardHooks):
+class Watcher(ForwardHooks, GradientHooks):
     """The hooks' shared state: what was fed since the last step, and each step's readings
-    (its forward hooks: ForwardHooks, forwards.py)."""
+    (its forward hooks: ForwardHooks, forwards.py; its gradient hooks: GradientHooks,
+    gradient_hooks.py)."""
 
     def __init__(
         self,
@@ -85,10 +85,6 @@ class Watcher(ForwardHooks):
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
         self.live: dict[tuple[bool, ...], Tensor | None] = {}  # Step.live, by what was frozen
         self.live_now: tuple[bool, ...] | None = None  # the update's backward() calls' (_live)
-
-    def ours(self, opt: torch.optim.Optimizer) -> bool:
-        """Return True if the optimizer steps any of the model's parameters."""
-        return any(id(p) in self.ids for g in opt.param_groups for p in g["params"])
 
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Hold every param group's lr at 0, whatever a scheduler set."""
@@ -204,71 +200,10 @@ class Watcher(ForwardHooks):
         step.clip_covered += (*self.clip_covered,)
         self.clip_found, self.clip_covered = [], []
 
-    def incoming(self, p: Tensor, grad: Tensor) -> None:
-        """Keep what a param's .grad holds as the update's first gradient reaches it; count a
-        backward() among the run's events, once however many params it reaches."""
-        del grad
-        if not self.based:
-            self.based = True
-            found = [q.detach().clone() for q in self.params]
-            if not self.seen.steps and any(
-                not torch.equal(a, b) for a, b in zip(found, self.start, strict=True)
-            ):
-                self.start = found
-                self.versions = [q._version for q in self.params]
-        if self.seen.backward_at != self.seen.clock:
-            self.seen.clock += 1
-            self.seen.backward_at = self.seen.clock
-            # the params this backward() trains: those frozen in each of the update's train
-            # nothing in it, whatever the loop unfreezes before its step
-            now = tuple(q.requires_grad for q in self.params)
-            was = self.live_now
-            self.live_now = now if was is None else tuple(map(operator.or_, was, now))
-        if not self.carried:  # the update's first: a clip or a norm logged before is not its
-            self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
-        if id(p) not in self.carried:
-            self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
-
-    def accumulated(self, p: Tensor) -> None:
-        """Keep a param's gradient as backward() left it."""
-        if p.grad is not None:
-            self.latest[id(p)] = p.grad.detach().clone()
-
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed (Feeds.consumed)."""
         last = self.seen.steps[-1].calls if self.seen.steps else []
         return self.feeds.consumed(self.calls, last, self.seen)
-
-    def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
-        """Keep the gradients a loss scaler just divided by its scale, and the scale."""
-        if self.ours(opt):
-            self.scale = scale
-            self.unscaled_at = len(self.clip_found)  # a clip before is of the scaled gradient
-            own = {id(p) for g in opt.param_groups for p in g["params"]}
-            for p in self.params:
-                if p.grad is not None and id(p) in own:
-                    self.unscaled[id(p)] = p.grad.detach().clone()
-
-    def clipping(self, tensors: Collection[Tensor]) -> None:
-        """Keep the gradients as each call of torch's clipping (clip_grad_norm_,
-        clip_grad_value_, get_total_norm) in an update finds them, and which params' it was
-        handed (tensors): after what the loop did to .grad itself (a division by the window's
-        tokens), before the clip; a norm logged before that division is one more, not the one."""
-        handed = {id(t) for t in tensors}
-        if not any(p.grad is not None and id(p.grad) in handed for p in self.params):
-            return  # another model's
-        found = flat([p.grad for p in self.params], self.params)
-        assert found is not None
-        mine = [p.grad is not None and id(p.grad) in handed for p in self.params]
-        covered = mask(mine, self.params, found.device)
-        if (
-            self.clip_found
-            and torch.equal(found, self.clip_found[-1])
-            and torch.equal(covered, self.clip_covered[-1])
-        ):
-            return  # get_total_norm, then the clip it called
-        self.clip_found.append(found)
-        self.clip_covered.append(covered)
 
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""

@@ -1,0 +1,100 @@
+"""What each gradient hook of the Watcher keeps (GradientHooks): a param's .grad as the
+update's first backward() reaches it and as backward() left it; what a loss scaler's unscale_
+divided, and the scale; what each call of torch's clipping found, and whose. The state they
+read and write is the Watcher's (watcher.py); hooks.py installs them.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Collection
+
+import torch
+from torch import Tensor
+
+from linreg.kinds.training_loop.ledger import Observed, flat, mask
+
+
+class GradientHooks:
+    """The Watcher's gradient, loss-scaler and clipping hooks; the attributes they read and
+    write are the Watcher's (set in Watcher.__init__)."""
+
+    params: list[Tensor]
+    ids: set[int]  # the params' ids
+    start: list[Tensor]  # the params as the run's first backward() found them
+    based: bool  # that backward() has come
+    versions: list[int] | None  # each param's version counter then
+    seen: Observed
+    latest: dict[int, Tensor]  # each param's grad after its last backward()
+    carried: dict[int, Tensor | None]  # its grad as the update's first began
+    unscaled: dict[int, Tensor]  # each param's grad after GradScaler.unscale_
+    scale: float | None  # the scale GradScaler.unscale_ divided by
+    clip_found: list[Tensor]  # the grads as each of torch's clipping found them
+    clip_covered: list[Tensor]  # the params each of those calls clipped
+    unscaled_at: int  # how many of those came before GradScaler.unscale_
+    live_now: tuple[bool, ...] | None  # which params the update's backward() calls train
+
+    def ours(self, opt: torch.optim.Optimizer) -> bool:
+        """Return True if the optimizer steps any of the model's parameters."""
+        return any(id(p) in self.ids for g in opt.param_groups for p in g["params"])
+
+    def incoming(self, p: Tensor, grad: Tensor) -> None:
+        """Keep what a param's .grad holds as the update's first gradient reaches it; count a
+        backward() among the run's events, once however many params it reaches."""
+        del grad
+        if not self.based:
+            self.based = True
+            found = [q.detach().clone() for q in self.params]
+            if not self.seen.steps and any(
+                not torch.equal(a, b) for a, b in zip(found, self.start, strict=True)
+            ):
+                self.start = found
+                self.versions = [q._version for q in self.params]
+        if self.seen.backward_at != self.seen.clock:
+            self.seen.clock += 1
+            self.seen.backward_at = self.seen.clock
+            # the params this backward() trains: those frozen in each of the update's train
+            # nothing in it, whatever the loop unfreezes before its step
+            now = tuple(q.requires_grad for q in self.params)
+            was = self.live_now
+            self.live_now = now if was is None else tuple(map(operator.or_, was, now))
+        if not self.carried:  # the update's first: a clip or a norm logged before is not its
+            self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
+        if id(p) not in self.carried:
+            self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
+
+    def accumulated(self, p: Tensor) -> None:
+        """Keep a param's gradient as backward() left it."""
+        if p.grad is not None:
+            self.latest[id(p)] = p.grad.detach().clone()
+
+    def unscaled_by(self, opt: torch.optim.Optimizer, scale: float) -> None:
+        """Keep the gradients a loss scaler just divided by its scale, and the scale."""
+        if self.ours(opt):
+            self.scale = scale
+            self.unscaled_at = len(self.clip_found)  # a clip before is of the scaled gradient
+            own = {id(p) for g in opt.param_groups for p in g["params"]}
+            for p in self.params:
+                if p.grad is not None and id(p) in own:
+                    self.unscaled[id(p)] = p.grad.detach().clone()
+
+    def clipping(self, tensors: Collection[Tensor]) -> None:
+        """Keep the gradients as each call of torch's clipping (clip_grad_norm_,
+        clip_grad_value_, get_total_norm) in an update finds them, and which params' it was
+        handed (tensors): after what the loop did to .grad itself (a division by the window's
+        tokens), before the clip; a norm logged before that division is one more, not the one."""
+        handed = {id(t) for t in tensors}
+        if not any(p.grad is not None and id(p.grad) in handed for p in self.params):
+            return  # another model's
+        found = flat([p.grad for p in self.params], self.params)
+        assert found is not None
+        mine = [p.grad is not None and id(p.grad) in handed for p in self.params]
+        covered = mask(mine, self.params, found.device)
+        if (
+            self.clip_found
+            and torch.equal(found, self.clip_found[-1])
+            and torch.equal(covered, self.clip_covered[-1])
+        ):
+            return  # get_total_norm, then the clip it called
+        self.clip_found.append(found)
+        self.clip_covered.append(covered)
