@@ -398,6 +398,30 @@ def full_report() -> tuple[int, dict[str, object]]:
     return code, json.loads(out.getvalue())
 
 
+def _readme_json_row(command: str) -> str:
+    """The README's `--json` row of a command's options table (the first after its text)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index(f"`python -m linreg {command}` runs") :]
+    return next(line for line in section.splitlines() if line.startswith("| `--json` |"))
+
+
+def test_readme_names_every_key_of_the_reports_json(
+    full_report: tuple[int, dict[str, Any]],
+) -> None:
+    _, report = full_report
+    row = set(re.findall(r"[a-z_]+", _readme_json_row("pitfalls")))
+    pitfall = report["pitfalls"][0]
+    assert set(report) - row == set() and set(pitfall) - row == set()
+
+
+def test_readme_names_every_key_of_trains_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--json", "-e", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) - set(re.findall(r"[a-z_]+", _readme_json_row("train"))) == set()
+
+
 @pytest.mark.heavy
 def test_report_json_matches_its_schema_and_every_pitfall_behaves(
     full_report: tuple[int, dict[str, Any]],
