@@ -323,6 +323,85 @@ def test_a_term_whose_scale_is_the_codes_holds_back_the_pass_of_the_others() -> 
     assert verdicts["mean-vs-sum"] == verdicts["short-last-batch"] == "skip", verdicts
 
 
+def _rebuilt_after_its_optimizer(rebuilt: bool) -> float:
+    """A classifier whose optimizer is made, then the model made again (a head sized for the
+    final vocabulary): the optimizer steps the first one's params. Returns how far the trained
+    model moved."""
+    gen = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(20, 4, generator=gen), torch.randint(0, 3, (20,), generator=gen)
+    )
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if rebuilt:
+        model = nn.Linear(4, 3)
+    start = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):
+        for x, y in DataLoader(data, batch_size=8):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    moved = zip(model.parameters(), start, strict=True)
+    return max(float((p.detach() - q).abs().max()) for p, q in moved)
+
+
+def test_an_optimizer_over_a_model_made_again_fails_non_leaf_params_measured() -> None:
+    """Before, every update read the losses' params as applied and the watch exited 0
+    (review 21): the model trained never moves (measured, unwatched)."""
+    with watch() as reports:
+        _rebuilt_after_its_optimizer(rebuilt=True)
+    assert [r.pitfall for r in reports[0].failures] == ["non-leaf-params"], str(reports[0])
+    assert "optimizer built over another model" in str(reports[0])
+    with watch() as right:
+        _rebuilt_after_its_optimizer(rebuilt=False)
+    assert right[0].ok and not right[0].error, str(right[0])
+    assert _rebuilt_after_its_optimizer(rebuilt=True) == 0.0
+    assert _rebuilt_after_its_optimizer(rebuilt=False) > 0.0
+
+
+def _masked_tokens(divide_by_count: bool) -> Any:
+    """A token classifier in windows of 2 micro-batches of 2 sequences of 4 tokens, masked
+    (-100) so that each window counts its targets unlike the others (as a masking collator
+    draws them), and some window's two micro-batches count alike ([3, 3], [2, 6], [4, 3]):
+    transformers' Trainer on a model whose loss ignores num_items_in_batch (its mean losses
+    added up undivided), or each micro-batch's summed loss divided by the window's count."""
+    gen = torch.Generator().manual_seed(0)
+    embed, head = nn.Embedding(10, 8), nn.Linear(8, 10)
+    optimizer = torch.optim.AdamW([*embed.parameters(), *head.parameters()], lr=1e-3)
+    tokens = torch.randint(0, 10, (12, 4), generator=gen)
+    labels = torch.randint(0, 10, (12, 4), generator=gen)
+    kept = [3, 0, 3, 0, 2, 0, 4, 2, 4, 0, 3, 0]  # each sequence's targets, the rest -100
+    for row, n in enumerate(kept):
+        labels[row, n:] = -100
+    batches = list(zip(tokens.split(2), labels.split(2), strict=True))
+    with watch() as reports:
+        for i, (x, y) in enumerate(batches):
+            logits = head(embed(x)).flatten(0, 1)
+            if divide_by_count:
+                window = torch.cat([t for _, t in batches[i - i % 2 : i - i % 2 + 2]])
+                count = int((window != -100).sum())
+                loss = F.cross_entropy(logits, y.flatten(), reduction="sum") / count
+            else:
+                loss = F.cross_entropy(logits, y.flatten())
+            loss.backward()
+            if i % 2:
+                optimizer.step()
+                optimizer.zero_grad()
+    return reports[0]
+
+
+def test_means_added_up_undivided_over_windows_of_unlike_counts_are_one_mean_vs_sum() -> None:
+    """Every window a count of its own, none the full one: the window whose micro-batches count
+    alike applies 2 times the mean, the same cause as the others' weights of 1 on each
+    micro-batch's mean, named once (it was also a short update before: stop 47's T04). Its
+    correct twin, each summed loss divided by the window's count, passes."""
+    report = _masked_tokens(divide_by_count=False)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "adds up its 2 micro-batches' mean losses" in str(report), str(report)
+    right = _masked_tokens(divide_by_count=True)
+    assert right.ok and not right.error, str(right)
+
+
 def test_per_step_means_averaged_then_added_over_a_window_undivided_fail_mean_vs_sum() -> None:
     """A GRU's per-step losses added and divided by the 3 steps (each micro-batch's mean),
     the window of 2 never divided: 2 times the mean, named although each micro-batch holds

@@ -94,6 +94,14 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 v.skipped += u.dropped
         if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
             continue
+        if u.elsewhere:
+            v.fail(
+                "non-leaf-params",
+                f"{at} stepped an optimizer whose params no backward() of it reached, none with "
+                "a gradient: an optimizer built over another model (the model made again after "
+                "it, or a copy), so the model trained never moves",
+            )
+            continue
         if not u.applied_any:
             v.fail("non-leaf-params", f"{at} followed a backward() yet had no gradient to apply")
             continue
@@ -249,6 +257,14 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 nominal = v.meant == "mean" and near(s, r.count / full)
                 if term and wrong and not nominal:
                     continue  # another coefficient of the code's, this update (not judged)
+                # its own numbers name a scale's cause (its micro-batches' means added up
+                # undivided, a sum, a loss scaler's scale): mean-vs-sum's, however its count
+                # stands to the full one's (a masking collator gives each window its own)
+                why = "" if nominal or not wrong else _why(s, r, v.meant)
+                if why and why != NO_KNOWN and not term:
+                    v.judged["mean-vs-sum"].add(r.j)
+                    v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the {v.meant}: {why}")
+                    wrong = False
                 v.judged["short-last-batch"].add(r.j)
                 if wrong:
                     v.fail("short-last-batch", _short(at, s, r, full, v.meant))

@@ -129,6 +129,7 @@ class Update:
     # (fairseq's multiply_grads), so a clip of the correct update is right too
     hand_unseen: str = ""
     group: int = 0  # the params its optimizers stepped (their ids' hash): a clip is theirs
+    elsewhere: bool = False  # its optimizers stepped params no loss of it reached (_elsewhere)
 
     @property
     def fed(self) -> bool:
@@ -167,6 +168,10 @@ def close(update: Open, tol: float) -> Update:
     if value_clipped:  # elementwise, no factor of it: read before clipping, as it was meant
         update = replace(update, applied=dict(update.before))
     counts = [mb.count for mb in update.micro]
+    if counts and _elsewhere(update):  # its optimizers stepped params no loss reached
+        none = torch.zeros(0, dtype=torch.float64)
+        empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
+        return Update(counts, *empty, tol=tol, elsewhere=True)
     calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
     several = len(calls) > len(update.micro)  # terms weighed each its own way: not one mean
     group = hash(tuple(sorted(id(p) for p in update.params)))
@@ -232,6 +237,16 @@ def close(update: Open, tol: float) -> Update:
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
         hand_before=hand_before, one_row=_one_row(update.micro),
     )  # fmt: skip
+
+
+def _elsewhere(update: Open) -> bool:
+    """Return True if the update's optimizers stepped params none of which any loss its
+    micro-batches reached has, and none of which holds a gradient: an optimizer built over
+    another model (one made again after it, a copy), so the model trained never moves."""
+    reached = {key for mb in update.micro for c in mb.losses for key in c.grads}
+    return reached.isdisjoint(map(id, update.params)) and not any(
+        g is not None and bool(g.any()) for g in update.applied.values()
+    )
 
 
 def _one_row(micro: list[MicroBatch]) -> bool:
