@@ -10,6 +10,7 @@ a step budget that counts inclusively takes one step more, each of them right.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import math
@@ -777,6 +778,145 @@ def test_the_carry_over_is_measured_directly_at_one_and_a_half_times() -> None:
     assert len(applied) == 2
     torch.testing.assert_close(applied[0], one)
     torch.testing.assert_close(applied[1], 1.5 * one)
+
+
+def train_zeroing_every_batch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Accumulation written with zero_grad() at the top of every batch, as a loop without
+    accumulation has it: each window applies its last micro-batch's gradient alone. (Each
+    micro-batch's mean divided by its window's batches, the last window's too: right but for
+    the zeroing.)"""
+    model.train()
+    for _ in range(num_epochs):
+        for step, (inputs, targets) in enumerate(loader):
+            optimizer.zero_grad()
+            start = step - step % accumulation_steps
+            window = min(accumulation_steps, len(loader) - start)
+            loss = F.cross_entropy(model(inputs), targets) / window
+            loss.backward()
+            if (step + 1) % accumulation_steps == 0 or step + 1 == len(loader):
+                optimizer.step()
+
+
+def train_checking_each_batch_first(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """A gradient norm taken on each batch for a log, zeroed, then the batch trained on: the
+    zeroing throws away no rows, the batch's forward comes again."""
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            F.cross_entropy(model(inputs), targets).backward()
+            norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+            assert bool(torch.isfinite(norm))
+            optimizer.zero_grad()
+            F.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_zeroing_inside_an_accumulation_window_fails_grad_zeroing_alone() -> None:
+    """Before, its windows failed mean-vs-sum and short-last-batch as no known mistake, and
+    grad-zeroing passed (every full window alike at 1/k: relative to the first, right)."""
+    report = audit.training_loop(train_zeroing_every_batch, accumulation_steps=2, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    assert "zero_grad inside the accumulation window" in str(report), str(report)
+    assert audit.training_loop(train_checking_each_batch_first, **LOOP).ok
+
+
+def test_zeroing_inside_the_window_is_measured_directly_to_apply_the_last_batch_alone() -> None:
+    """Windows of 2 micro-batches of one row each: the step applies the second row's
+    gradient / 2, none of the first's."""
+    xs = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]])
+    ts = torch.tensor([1, 0])
+    model = TwoPart()
+    applied: list[torch.Tensor] = []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.register_step_pre_hook(
+        lambda *_: applied.append(model.head.weight.grad.detach().clone())
+    )
+    loader = [(xs[:1], ts[:1]), (xs[1:], ts[1:])]
+    train_zeroing_every_batch(model, loader, optimizer, num_epochs=1, accumulation_steps=2)
+    each = [
+        torch.autograd.grad(F.cross_entropy(model(x), t), model.head.weight)[0] for x, t in loader
+    ]
+    assert len(applied) == 1
+    torch.testing.assert_close(applied[0], each[1] / 2)
+    assert not torch.allclose(applied[0], (each[0] + each[1]) / 2)
+
+
+def train_per_example_grads(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Opacus-style per-example gradients from torch.func, averaged into .grad by hand."""
+
+    def one_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Any:
+        out = torch.func.functional_call(model, params, (x[None],))
+        return F.cross_entropy(out, y[None])
+
+    each = torch.func.vmap(torch.func.grad(one_loss), in_dims=(None, 0, 0))
+    for _ in range(num_epochs):
+        for x, y in loader:
+            grads = each({k: v.detach() for k, v in model.named_parameters()}, x, y)
+            for name, p in model.named_parameters():
+                p.grad = grads[name].mean(0)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def train_logging_per_example_norms(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Trains by backward(), and logs each batch's largest per-example gradient norm, taken
+    with torch.func."""
+
+    def one_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Any:
+        return F.cross_entropy(torch.func.functional_call(model, params, (x[None],)), y[None])
+
+    each = torch.func.vmap(torch.func.grad(one_loss), in_dims=(None, 0, 0))
+    for _ in range(num_epochs):
+        for x, y in loader:
+            grads = each({k: v.detach() for k, v in model.named_parameters()}, x, y)
+            norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()]).norm(dim=0)
+            print(f"largest per-example norm {float(norms.max()):.3f}")
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+
+def test_a_loop_of_torch_func_gradients_alone_is_refused_saying_why() -> None:
+    """Before, the audit's own hook raised on vmap's wrapped tensors, and the loop was said
+    to have raised NotImplementedError (review 21)."""
+    with pytest.raises(audit.TargetError, match=r"torch\.func's transforms"):
+        audit.training_loop(train_per_example_grads, **LOOP)
+    # torch.func beside backward(): the forwards backward() reached are judged
+    report = audit.training_loop(train_logging_per_example_norms, **LOOP)
+    assert report.ok, str(report)
+
+
+def train_ema_optimized(model: nn.Module, loader: Any, num_epochs: int) -> None:
+    """An EMA copy kept beside the model, its optimizer built over the copy by mistake: the
+    steps move the copy's params, which no backward() reaches."""
+    ema = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(ema.parameters(), lr=1e-3)
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+                    e.lerp_(p, 0.01)
+
+
+def test_an_optimizer_over_an_ema_copy_fails_non_leaf_params_alone_measured() -> None:
+    """Before, four properties failed on "took 0 optimizer step(s) with a gradient" and
+    non-leaf-params passed (review 21); the model never moves (measured)."""
+    report = audit.training_loop(train_ema_optimized, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["non-leaf-params"], str(report)
+    assert "no optimizer over the model's params ever stepped" in str(report)
+    model = TwoPart()
+    start = [p.detach().clone() for p in model.parameters()]
+    train_ema_optimized(model, [(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))], num_epochs=2)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), start, strict=True))
 
 
 def train_then_report_loss(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:

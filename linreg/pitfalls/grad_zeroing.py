@@ -126,11 +126,19 @@ def _zeroes(options: UpdateStepOptions) -> str | None:
 
 def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     """Every full step applies its own rows' gradient alone, nothing a step before left in
-    .grad (on identical rows, every full step the same gradient); a short step too, where it
-    found a gradient in .grad as its first backward() began (its scale is short-last-batch's)."""
+    .grad (on identical rows, every full step the same gradient), and all of its rows: none
+    zeroed before the step; a short step too, where it found a gradient in .grad as its first
+    backward() began, or the loop zeroed it between two backward() calls (its scale is
+    otherwise short-last-batch's)."""
 
     def explain(j: int, v: Judged, steps: list[Step]) -> str:
         s = v.ratio
+        if steps[j].zeroed and not (v.stale or v.carried):
+            return (
+                "zeroes the grads between the backward() calls of one step (zero_grad inside "
+                "the accumulation window): the micro-batches before the zeroing weigh 0 in it; "
+                "zero them after optimizer.step() alone"
+            )
         if v.stale:
             return (
                 f"never zeroes the grads: step {j + 1} applies its own gradient plus what the "
@@ -170,11 +178,16 @@ def applies_each_steps_own_gradient(target: Target, batching: Batching) -> None:
     seen = compare(
         target,
         batching,
-        lambda j, steps: steps[j].rows == full_rows(target, batching, steps) or carries(steps[j]),
+        lambda j, steps: (
+            steps[j].rows == full_rows(target, batching, steps)
+            or carries(steps[j])
+            or steps[j].zeroed
+        ),
         explain,
         relative=True,  # a summed loss's scale is mean-vs-sum's: judged here only relative to it
         excused=excused,
         needs_scale=True,
+        zeroing=True,
     )
     # no update held a forward with grad (a framework's module fed through a method of its
     # own is watched there: its probe, unwatched, is not judged)

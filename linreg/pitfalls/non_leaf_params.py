@@ -174,6 +174,14 @@ def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
             "fed only with grad off (a forward under torch.no_grad(), its output then made to "
             "require grad?): the steps cannot move the params"
         )
+    if not grads and seen.fed and seen.foreign_empty:
+        raise CheckFailed(
+            f"on {describe(batching, options_of(target))} the loop fed the model and called "
+            f"optimizer.step() {seen.foreign_empty} time(s), but no optimizer over the model's "
+            "params ever stepped: the one it stepped holds other params, none with a gradient "
+            "(an optimizer built over a copy of the model: an EMA's, or a model made again?), "
+            "so the params never move"
+        )
     if not grads and (seen.leftover or not seen.fed):
         return  # nothing fed, or rows fed and never stepped: short-last-batch's to name
     if not grads:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.utils.hooks import RemovableHandle
 
 from linreg.kinds.training_loop.calls import (
@@ -69,6 +70,9 @@ class ForwardHooks:
         batch = [t for t in tensors_in(args, kwargs) if t.ndim > 0]
         if not batch:
             return
+        if any(is_functorch_wrapped_tensor(t) for t in batch):
+            self.seen.transformed += 1  # under torch.func's vmap or grad: no backward() of
+            return  # the run's reaches it, and its rows cannot be replayed one at a time
         if self.calls and same_batch(self.calls[-1], batch[0]):
             self.last = self.calls[-1]  # a backward() through this pass consumes that call
             return  # the same batch fed again (a logging pass with grad on): no new rows

@@ -33,6 +33,11 @@ class GradientHooks:
     clip_covered: list[Tensor]  # the params each of those calls clipped
     unscaled_at: int  # how many of those came before GradScaler.unscale_
     live_now: tuple[bool, ...] | None  # which params the update's backward() calls train
+    depth: int  # optimizer steps under way
+    backward_before: int  # the clock of the backward() before the latest
+    # the clock of the update's backward() whose gradients the loop zeroed before its next
+    # (0: none): the forwards fed before it weigh 0 in the update
+    zeroed_after: int
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -52,7 +57,7 @@ class GradientHooks:
                 self.versions = [q._version for q in self.params]
         if self.seen.backward_at != self.seen.clock:
             self.seen.clock += 1
-            self.seen.backward_at = self.seen.clock
+            self.backward_before, self.seen.backward_at = self.seen.backward_at, self.seen.clock
             # the params this backward() trains: those frozen in each of the update's train
             # nothing in it, whatever the loop unfreezes before its step
             now = tuple(q.requires_grad for q in self.params)
@@ -62,6 +67,17 @@ class GradientHooks:
             self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if id(p) not in self.carried:
             self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
+        # what the update's backward() before left, gone before this one (zero_grad between
+        # the micro-batches of a window): the forwards fed before that backward() weigh 0.
+        # (Inside an optimizer step: a closure's, LBFGS's, zeroed each call.)
+        left = self.latest.get(id(p))
+        if (
+            left is not None
+            and not self.depth
+            and (p.grad is None or not p.grad.any())
+            and bool(left.any())
+        ):
+            self.zeroed_after = self.backward_before
 
     def accumulated(self, p: Tensor) -> None:
         """Keep a param's gradient as backward() left it."""

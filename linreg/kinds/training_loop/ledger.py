@@ -47,6 +47,9 @@ class Step:
     # 1.0 for each entry of a param that required grad at the step, 0.0 for one frozen then
     # (None: none was): a backbone frozen for the first epoch trains nothing there
     live: Tensor | None = None
+    # the loop zeroed .grad between two backward() calls of the update, outside a step: the
+    # forwards fed before weigh 0 (zero_grad inside an accumulation window)
+    zeroed: bool = False
 
     def keep(self, mask: Tensor) -> None:
         """Keep the gradients of the params mask holds (1.0) alone, the others read as 0."""
@@ -128,7 +131,11 @@ class Observed:
     stepped_params: frozenset[int] = frozenset()  # the params (by position) any optimizer stepped
     live_params: frozenset[int] = frozenset()  # those (by position) some step found unfrozen
     forwards: int = 0  # forward passes of the model, in any mode
+    transformed: int = 0  # forwards fed tensors under torch.func's transforms (vmap, grad)
     empty_steps: int = 0  # optimizer steps fed nothing that applied nothing (a flush's)
+    # steps of optimizers over params that are not the model's, none with a gradient (an
+    # optimizer built over a copy of the model: an EMA's)
+    foreign_empty: int = 0
     skipped_short: int = 0  # epochs whose short last batch the loop fetched and never forwarded
     # the first loss call a backward() reached that broadcast its predictions against labels
     # of another shape into more entries than either holds, in words ("": none did)

@@ -166,6 +166,13 @@ def _checked(
             "of its own, a scratch model's, by hand: audit.loop and audit.update_step judge "
             "those; or it did nothing on data this small)"
         )
+    if seen.transformed and not any(step.calls for step in seen.steps):
+        raise TargetError(
+            f"{name_of(fn)}: on {describe(batching, options)} the loop fed the model under "
+            "torch.func's transforms (vmap, grad) alone and set .grad itself: the audit "
+            "judges the gradients backward() computes, row by row, and none reached these "
+            "forwards (audit the per-row loss with audit.loss, or a loop that calls backward())"
+        )
     if seen.moved:
         raise TargetError(
             f"{name_of(fn)}: with the optimizer's lr held at 0 the loop still changed the "

@@ -39,6 +39,7 @@ def compare(
     relative: bool = False,
     excused: Excuse | None = None,
     needs_scale: bool = False,
+    zeroing: bool = False,
 ) -> Observed:
     """Judge the steps `which(j, steps)` picks against the reference; explain the first miss
     (`explain(j, verdict, steps)`).
@@ -49,7 +50,9 @@ def compare(
     second mistake is still seen on its own. `excused(j, verdicts, run, by)` says that a
     step's miss is another property's cause (by: that ratio, None where it is 1). With
     needs_scale=True a run whose first full step has no scale to be relative to (on two kinds
-    of rows it weighs them unequally: micro-batch-accumulation's) judges nothing.
+    of rows it weighs them unequally: micro-batch-accumulation's) judges nothing. A step the
+    loop zeroed inside (Step.zeroed: micro-batches it consumed weigh 0) is grad-zeroing's
+    (zeroing=True) alone, and no scale to be relative to.
     """
     run = wanted(target, batching)
     seen, ref, wants, tol, scale = run.seen, run.ref, run.wants, run.tol, run.scale
@@ -57,7 +60,11 @@ def compare(
         return seen
     first = None
     rows = full_rows(target, batching, seen.steps)
-    full = [j for j, step in enumerate(seen.steps) if step.rows == rows and wants[j] is not None]
+    full = [
+        j
+        for j, step in enumerate(seen.steps)
+        if step.rows == rows and wants[j] is not None and not step.zeroed
+    ]
     chosen = wants[full[0]] if relative and full else None
     if chosen is not None:
         first = judge(seen.steps[full[0]], chosen, tol, scale, *run.clips(full[0]))
@@ -90,6 +97,7 @@ def compare(
         if v is not None
         and not v.ok
         and which(j, seen.steps)
+        and (zeroing or not seen.steps[j].zeroed)
         and not (excused is not None and excused(j, verdicts, run, by))
         and not absolutely(j)
     ]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.calls import Call
+from linreg.kinds.training_loop.calls import Call, input_key, within
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
 from linreg.kinds.training_loop.gradient_hooks import GradientHooks
@@ -85,6 +85,8 @@ class Watcher(ForwardHooks, GradientHooks):
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
         self.live: dict[tuple[bool, ...], Tensor | None] = {}  # Step.live, by what was frozen
         self.live_now: tuple[bool, ...] | None = None  # the update's backward() calls' (_live)
+        self.backward_before = 0  # the clock of the backward() before the latest
+        self.zeroed_after = 0  # Step.zeroed's: the clock of a backward() the loop zeroed after
 
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Hold every param group's lr at 0, whatever a scheduler set."""
@@ -103,6 +105,10 @@ class Watcher(ForwardHooks, GradientHooks):
         applies a gradient is recorded: the same micro-batches move the params twice.
         """
         if not self.ours(opt):
+            if not self.depth and all(
+                p.grad is None or not p.grad.any() for g in opt.param_groups for p in g["params"]
+            ):
+                self.seen.foreign_empty += 1  # over params not the model's, none with a gradient
             return
         self.depth = max(self.depth - 1, 0)
         if self.depth:  # the inner step of a wrapper optimizer (Lookahead, ZeRO): its outer
@@ -133,6 +139,8 @@ class Watcher(ForwardHooks, GradientHooks):
         # left it over the scale (Step.before_clipping)
         kept_from = self.unscaled_at if self.scale is not None else 0
         live = self._live()
+        zeroed = _zeroed(self.calls, self.zeroed_after)
+        self.zeroed_after = 0
         self.seen.steps.append(
             Step(
                 applied,
@@ -145,6 +153,7 @@ class Watcher(ForwardHooks, GradientHooks):
                 (*self.clip_found[kept_from:],),
                 (*self.clip_covered[kept_from:],),
                 live,
+                zeroed,
             )
         )
         self.feeds.stepped(self.calls)
@@ -228,3 +237,18 @@ class Watcher(ForwardHooks, GradientHooks):
             )
         )
         return self.seen
+
+
+def _zeroed(calls: list[Call], after: int) -> bool:
+    """Return True if the loop zeroed the gradients of forwards an update consumed, fed before
+    a backward() at clock `after`, and fed none of their batches again after (a closure, or
+    SAM's second pass, recomputes the same batch's)."""
+    if not after:
+        return False
+    kept = [c for c in calls if c.clock > after]
+    keys = {input_key(c) for c in kept}
+    return any(
+        input_key(c) not in keys and not any(within(c, k) or within(k, c) for k in kept)
+        for c in calls
+        if c.clock < after
+    )
