@@ -185,7 +185,7 @@ def pitfalls_watch() -> Callable[..., contextlib.AbstractContextManager[list[Any
 
         with audit.watch(steps, reduction) as reports:
             yield reports
-        if check and not reports[0].ok:
-            raise AuditFailed(reports[0].describe(only_failures=True))
+        if check and not reports[0].ok:  # (not chained to the watch's own end of the run)
+            raise AuditFailed(reports[0].describe(only_failures=True)) from None
 
     return watch
