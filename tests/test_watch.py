@@ -359,6 +359,28 @@ def test_an_optimizer_over_a_model_made_again_fails_non_leaf_params_measured() -
     assert _rebuilt_after_its_optimizer(rebuilt=False) > 0.0
 
 
+def test_updates_whose_grad_torch_func_set_are_an_error_that_says_no_backward_fed_them() -> None:
+    """Before, the reason was that "every backward() reached no loss", in code that calls no
+    backward() (review 21's w9)."""
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def one_loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(torch.func.functional_call(model, params, (x[None],)), y[None])
+
+    each = torch.func.vmap(torch.func.grad(one_loss), in_dims=(None, 0, 0))
+    rows = list(zip(torch.randn(8, 3), torch.randint(0, 2, (8,)), strict=True))
+    with watch() as reports:
+        for x, y in DataLoader(rows, batch_size=4):
+            grads = each({k: v.detach() for k, v in model.named_parameters()}, x, y)
+            for name, p in model.named_parameters():
+                p.grad = grads[name].mean(0)
+            optimizer.step()
+            optimizer.zero_grad()
+    assert "no backward() fed any of them, the code set .grad itself" in reports[0].error
+    assert not reports[0].ok
+
+
 def _masked_tokens(divide_by_count: bool) -> Any:
     """A token classifier in windows of 2 micro-batches of 2 sequences of 4 tokens, masked
     (-100) so that each window counts its targets unlike the others (as a masking collator

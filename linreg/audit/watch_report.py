@@ -60,6 +60,12 @@ def report_of(
         )
     elif not seen.updates and not error:
         error = "the code made no optimizer update: nothing to judge"
+    elif not error and not any(u.fed for u in seen.updates):
+        error = (
+            "no update could be judged: no backward() fed any of them, the code set .grad "
+            "itself (torch.func's grad and vmap, or gradients taken by hand), which the watch "
+            "does not read (audit the per-row loss with linreg.audit.loss)"
+        )
     elif not error and (
         all(r.verdict == "skip" or r.pitfall == "label-shape" for r in results)
         # every update unread: what passed (grad-zeroing, non-leaf-params, read from .grad
