@@ -824,6 +824,55 @@ def test_zeroing_inside_an_accumulation_window_fails_grad_zeroing_alone() -> Non
     assert audit.training_loop(train_checking_each_batch_first, **LOOP).ok
 
 
+def train_per_row_summed_by_hand(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """DP-SGD written by hand, its division forgotten: each row's gradient by its own
+    backward(), zeroed between rows, then their sum written into .grad."""
+    params = list(model.parameters())
+    for _ in range(num_epochs):
+        for x, y in loader:
+            total = [torch.zeros_like(p) for p in params]
+            for i in range(len(x)):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+                total = [t + p.grad for t, p in zip(total, params, strict=True)]
+            for p, t in zip(params, total, strict=True):
+                p.grad = t
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def train_freezing_by_dropping_grads_mean_of_means(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """The first layer frozen by dropping its .grad after each backward(); each micro-batch's
+    mean divided by its window's batches: a mean of means on an uneven last window."""
+    n = len(loader)
+    for _ in range(num_epochs):
+        for i, (x, y) in enumerate(loader):
+            window = min(accumulation_steps, n - (i - i % accumulation_steps))
+            (F.cross_entropy(model(x), y) / window).backward()
+            model.embed.weight.grad = model.embed.bias.grad = None
+            if (i + 1) % accumulation_steps == 0 or i + 1 == n:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_zeroing_that_throws_no_rows_away_is_no_grad_zeroing_and_the_mistake_keeps_its_name() -> (
+    None
+):
+    """The first version of the rule took any .grad zeroed between two backward() calls for
+    rows thrown away (the code review's): a sum rebuilt by hand was named grad-zeroing, and
+    a layer's .grad dropped to freeze it hid a mean of means."""
+    report = audit.training_loop(train_per_row_summed_by_hand, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    report = audit.training_loop(
+        train_freezing_by_dropping_grads_mean_of_means, accumulation_steps=2, **LOOP
+    )
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+
+
 def test_zeroing_inside_the_window_is_measured_directly_to_apply_the_last_batch_alone() -> None:
     """Windows of 2 micro-batches of one row each: the step applies the second row's
     gradient / 2, none of the first's."""

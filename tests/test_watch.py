@@ -345,6 +345,32 @@ def _rebuilt_after_its_optimizer(rebuilt: bool) -> float:
     return max(float((p.detach() - q).abs().max()) for p, q in moved)
 
 
+@pytest.mark.parametrize("steps", [None, 2])
+def test_a_frozen_backbones_optimizer_stepped_before_the_heads_is_one_update_at_the_end(
+    steps: int | None,
+) -> None:
+    """The watch ended the run at the backbone's step (frozen: no gradient), before the head's
+    could join the update, which then failed non-leaf-params (the code review's false alarm)."""
+    gen = torch.Generator().manual_seed(0)
+    backbone, head = nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Linear(8, 3)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(24, 4, generator=gen), torch.randint(0, 3, (24,), generator=gen)
+    )
+    optimizers = [
+        torch.optim.SGD(backbone.parameters(), lr=0.01),
+        torch.optim.SGD(head.parameters(), lr=0.1),
+    ]
+    backbone.requires_grad_(False)
+    with watch(steps) as reports:
+        for _ in range(2):
+            for x, y in DataLoader(data, batch_size=8):
+                F.cross_entropy(head(backbone(x)), y).backward()
+                for optimizer in optimizers:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
 def test_an_optimizer_over_a_model_made_again_fails_non_leaf_params_measured() -> None:
     """Before, every update read the losses' params as applied and the watch exited 0
     (review 21): the model trained never moves (measured, unwatched)."""

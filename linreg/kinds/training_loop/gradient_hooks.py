@@ -35,9 +35,9 @@ class GradientHooks:
     live_now: tuple[bool, ...] | None  # which params the update's backward() calls train
     depth: int  # optimizer steps under way
     backward_before: int  # the clock of the backward() before the latest
-    # the clock of the update's backward() whose gradients the loop zeroed before its next
-    # (0: none): the forwards fed before it weigh 0 in the update
-    zeroed_after: int
+    # per backward() of the update (its clock) that found what the one before left: how many
+    # params it found zeroed, how many not, and the clock of that backward() before
+    resets: dict[int, list[int]]
 
     def ours(self, opt: torch.optim.Optimizer) -> bool:
         """Return True if the optimizer steps any of the model's parameters."""
@@ -67,17 +67,14 @@ class GradientHooks:
             self.clip_found, self.clip_covered, self.unscaled_at = [], [], 0
         if id(p) not in self.carried:
             self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
-        # what the update's backward() before left, gone before this one (zero_grad between
-        # the micro-batches of a window): the forwards fed before that backward() weigh 0.
-        # (Inside an optimizer step: a closure's, LBFGS's, zeroed each call.)
+        # what the update's backward() before left, gone before this one for every param it
+        # reaches (zero_grad between the micro-batches of a window, not one layer's .grad
+        # dropped to freeze it): the forwards fed before that backward() may weigh 0
+        # (watcher._zeroed). (Inside an optimizer step: a closure's, LBFGS's, zeroed each call.)
         left = self.latest.get(id(p))
-        if (
-            left is not None
-            and not self.depth
-            and (p.grad is None or not p.grad.any())
-            and bool(left.any())
-        ):
-            self.zeroed_after = self.backward_before
+        if left is not None and not self.depth and bool(left.any()):
+            tally = self.resets.setdefault(self.seen.backward_at, [0, 0, self.backward_before])
+            tally[0 if p.grad is None or not p.grad.any() else 1] += 1
 
     def accumulated(self, p: Tensor) -> None:
         """Keep a param's gradient as backward() left it."""

@@ -86,7 +86,7 @@ class Watcher(ForwardHooks, GradientHooks):
         self.live: dict[tuple[bool, ...], Tensor | None] = {}  # Step.live, by what was frozen
         self.live_now: tuple[bool, ...] | None = None  # the update's backward() calls' (_live)
         self.backward_before = 0  # the clock of the backward() before the latest
-        self.zeroed_after = 0  # Step.zeroed's: the clock of a backward() the loop zeroed after
+        self.resets: dict[int, list[int]] = {}  # Step.zeroed's (GradientHooks.resets)
 
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Hold every param group's lr at 0, whatever a scheduler set."""
@@ -139,8 +139,8 @@ class Watcher(ForwardHooks, GradientHooks):
         # left it over the scale (Step.before_clipping)
         kept_from = self.unscaled_at if self.scale is not None else 0
         live = self._live()
-        zeroed = _zeroed(self.calls, self.zeroed_after)
-        self.zeroed_after = 0
+        zeroed = _zeroed(self.calls, self.resets, applied, kept)
+        self.resets = {}
         self.seen.steps.append(
             Step(
                 applied,
@@ -239,16 +239,25 @@ class Watcher(ForwardHooks, GradientHooks):
         return self.seen
 
 
-def _zeroed(calls: list[Call], after: int) -> bool:
-    """Return True if the loop zeroed the gradients of forwards an update consumed, fed before
-    a backward() at clock `after`, and fed none of their batches again after (a closure, or
-    SAM's second pass, recomputes the same batch's)."""
-    if not after:
+def _zeroed(
+    calls: list[Call], resets: dict[int, list[int]], applied: Tensor | None, left: Tensor | None
+) -> bool:
+    """Return True if the loop zeroed every param's gradient between two backward() calls of
+    an update (resets: GradientHooks'), applied what the last backward() left (left: unscaled
+    where a loss scaler unscaled it; no gradient rebuilt by hand after: DP-SGD's), and none
+    of the batches fed before the zeroing was fed again after (a closure, SAM's second pass,
+    a copy or an attack on the same draw)."""
+    after = max(
+        (before for zeroed, kept, before in resets.values() if zeroed and not kept), default=0
+    )
+    if not after or applied is None or left is None or not torch.equal(applied, left):
         return False
     kept = [c for c in calls if c.clock > after]
-    keys = {input_key(c) for c in kept}
+    keys, draws = {input_key(c) for c in kept}, {c.drawn for c in kept}
     return any(
-        input_key(c) not in keys and not any(within(c, k) or within(k, c) for k in kept)
+        c.drawn not in draws
+        and input_key(c) not in keys
+        and not any(within(c, k) or within(k, c) for k in kept)
         for c in calls
         if c.clock < after
     )

@@ -106,6 +106,7 @@ class Observer:
         self.found: dict[int, tuple[Tensor, Tensor | None]] = {}  # each param's .grad at first
         self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
         self.depth = 0  # optimizer steps under way: a wrapper's (accelerate's) holds its inner one
+        self.ending = False  # the run ends at the next optimizer step (after)
         self.open: Open | None = None  # the last update, read again if another optimizer steps
         self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
@@ -384,7 +385,9 @@ class Observer:
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
             self.seen.updates[-1] = self._closed(last, params, self.closed)
+            self._end_if(self.ending)
             return
+        self._end_if(self.ending)  # the update before was the last: this step is another's
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
@@ -408,6 +411,14 @@ class Observer:
         else:  # an epoch's end, or a run with none in sight (batches drawn at random, a
             self.seen.capped = made >= self.longest and not self.past_an_epoch(made)  # long one)
             enough = self.seen.capped or self.past_an_epoch(made)
+        # an update whose optimizer stepped params no loss of it reached may be joined by the
+        # next optimizer's step (a frozen backbone's optimizer stepped before the head's): the
+        # run ends at the next step instead, once that one has joined it or is another update
+        self.ending = enough and self.seen.updates[-1].elsewhere
+        self._end_if(enough and not self.ending)
+
+    def _end_if(self, enough: bool) -> None:
+        """End the code's run here (Enough) where the watch has what it needs."""
         if enough:
             self.seen.ended = True
             raise Enough
