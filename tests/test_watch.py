@@ -371,6 +371,32 @@ def test_a_frozen_backbones_optimizer_stepped_before_the_heads_is_one_update_at_
     assert reports[0].ok and not reports[0].error, str(reports[0])
 
 
+def test_a_gans_two_updates_are_each_read_against_their_own_rows() -> None:
+    """D's objective, the means of its real and fake terms added up (2 times the mean of its
+    16 targets), beside G's of 8: read as one set of updates, G's looked like a shorter update
+    at half D's scale, and mean-vs-sum failed a correct GAN (the code review's). Each
+    optimizer's updates are now read apart."""
+    gen = torch.Generator().manual_seed(0)
+    g_net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 4))
+    d_net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt_g = torch.optim.Adam(g_net.parameters(), 1e-3)
+    opt_d = torch.optim.Adam(d_net.parameters(), 1e-3)
+    loader = DataLoader(torch.utils.data.TensorDataset(torch.randn(24, 4, generator=gen)), 8)
+    with watch() as reports:
+        for _ in range(3):
+            for (real,) in loader:
+                bce = F.binary_cross_entropy_with_logits  # (as the watch has it)
+                fake = g_net(torch.randn(len(real), 2, generator=gen))
+                opt_d.zero_grad()
+                ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+                (bce(d_net(real), ones) + bce(d_net(fake.detach()), zeros)).backward()
+                opt_d.step()
+                opt_g.zero_grad()
+                bce(d_net(fake), ones).backward()
+                opt_g.step()
+    assert not reports[0].failures and not reports[0].error, str(reports[0])
+
+
 def test_an_optimizer_over_a_model_made_again_fails_non_leaf_params_measured() -> None:
     """Before, every update read the losses' params as applied and the watch exited 0
     (review 21): the model trained never moves (measured, unwatched)."""

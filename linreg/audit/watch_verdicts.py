@@ -54,7 +54,9 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     """Return the verdicts on every update seen: against the mean of each update's rows'
     gradients, or (summed) their sum."""
     v = Verdicts(meant="sum" if summed else "mean")
-    readings: dict[str, list[Reading]] = defaultdict(list)  # per term ("": one loss)
+    # per optimizer group (the params its steps stepped: a GAN's D and G updates each weigh
+    # their own rows, each scale its own) and term ("": one loss)
+    readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)
     for j, u in enumerate(by_hand(seen.updates)):
         v.at, v.ratios[j] = j, None
         at = f"update {j + 1} of {len(seen.updates)}"
@@ -124,9 +126,9 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             if r is not None:
                 r.tol = u.tol
                 r.calls = r.calls if term else u.calls
-                readings[term].append(r)
+                readings[u.group, term].append(r)
                 v.blind_clipped += r.blind
-    for term, rs in readings.items():
+    for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
     if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or
         v.judged["mean-vs-sum"] = set()  # one whose scale is the code's: no pass on the
