@@ -859,6 +859,50 @@ def train_freezing_by_dropping_grads_mean_of_means(
                 optimizer.zero_grad()
 
 
+def train_zeroing_every_batch_clipped(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """The zeroing twin of a window that clips its norm to 0.01 before its step (a clip that
+    acts on every update)."""
+    n = len(loader)
+    for _ in range(num_epochs):
+        for step, (inputs, targets) in enumerate(loader):
+            optimizer.zero_grad()
+            window = min(accumulation_steps, n - (step - step % accumulation_steps))
+            (F.cross_entropy(model(inputs), targets) / window).backward()
+            if (step + 1) % accumulation_steps == 0 or step + 1 == n:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+                optimizer.step()
+
+
+def train_zeroing_each_of_a_fetched_window(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Each window's batches fetched before its first forward (as transformers' Trainer
+    fetches them), .grad zeroed before each one's backward()."""
+    for _ in range(num_epochs):
+        batches = iter(loader)
+        while window := list(itertools.islice(batches, accumulation_steps)):
+            for inputs, targets in window:
+                optimizer.zero_grad()
+                (F.cross_entropy(model(inputs), targets) / len(window)).backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "loop", [train_zeroing_every_batch_clipped, train_zeroing_each_of_a_fetched_window]
+)
+def test_zeroing_inside_a_clipped_or_prefetched_window_is_still_grad_zeroing_alone(
+    loop: Any,
+) -> None:
+    """The narrowed rule read a step as zeroed only where it applied what the last backward()
+    left, exactly, and where no batch of the same draw came after: a clip that acts, or a
+    window fetched whole, gave mean-vs-sum, short-last-batch or micro-batch-accumulation
+    again (the second code review's)."""
+    report = audit.training_loop(loop, accumulation_steps=2, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+
+
 def test_zeroing_that_throws_no_rows_away_is_no_grad_zeroing_and_the_mistake_keeps_its_name() -> (
     None
 ):

@@ -352,19 +352,22 @@ def test_a_frozen_backbones_optimizer_stepped_before_the_heads_is_one_update_at_
     """The watch ended the run at the backbone's step (frozen: no gradient), before the head's
     could join the update, which then failed non-leaf-params (the code review's false alarm)."""
     gen = torch.Generator().manual_seed(0)
-    backbone, head = nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Linear(8, 3)
+    backbone, neck = nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Linear(8, 8)
+    head = nn.Linear(8, 3)
     data = torch.utils.data.TensorDataset(
         torch.randn(24, 4, generator=gen), torch.randint(0, 3, (24,), generator=gen)
     )
     optimizers = [
         torch.optim.SGD(backbone.parameters(), lr=0.01),
+        torch.optim.SGD(neck.parameters(), lr=0.01),  # frozen too (the second review's)
         torch.optim.SGD(head.parameters(), lr=0.1),
     ]
     backbone.requires_grad_(False)
+    neck.requires_grad_(False)
     with watch(steps) as reports:
         for _ in range(2):
             for x, y in DataLoader(data, batch_size=8):
-                F.cross_entropy(head(backbone(x)), y).backward()
+                F.cross_entropy(head(neck(backbone(x))), y).backward()
                 for optimizer in optimizers:
                     optimizer.step()
                     optimizer.zero_grad()

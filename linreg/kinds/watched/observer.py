@@ -385,7 +385,7 @@ class Observer:
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
             self.seen.updates[-1] = self._closed(last, params, self.closed)
-            self._end_if(self.ending)
+            self._end_if(self.ending and not self.seen.updates[-1].elsewhere)  # (more may join)
             return
         self._end_if(self.ending)  # the update before was the last: this step is another's
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
