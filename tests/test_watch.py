@@ -400,6 +400,27 @@ def test_a_gans_two_updates_are_each_read_against_their_own_rows() -> None:
     assert not reports[0].failures and not reports[0].error, str(reports[0])
 
 
+def test_two_optimizers_of_one_update_are_both_read_at_the_watchs_last_update() -> None:
+    """Each set of optimizers' updates read apart: where the watch ended the run at the first
+    optimizer's step of its last update, that update's set was its own, and a nominal divisor
+    on it was taken for a constant of the loss's (exit 0, the third review's). The run now
+    ends once the update's other optimizers have stepped it."""
+    gen = torch.Generator().manual_seed(0)
+    embed, head = nn.Linear(4, 8), nn.Linear(8, 3)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(28, 4, generator=gen), torch.randint(0, 3, (28,), generator=gen)
+    )
+    optimizers = [torch.optim.SGD(embed.parameters(), 0.1), torch.optim.AdamW(head.parameters())]
+    with watch(steps=4) as reports:  # batches of 8, 8, 8 and 4: the fourth update is short
+        for x, y in DataLoader(data, batch_size=8):
+            loss = F.cross_entropy(head(torch.tanh(embed(x))), y, reduction="sum") / 8
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad()
+    assert [r.pitfall for r in reports[0].failures] == ["short-last-batch"], str(reports[0])
+
+
 def test_an_optimizer_over_a_model_made_again_fails_non_leaf_params_measured() -> None:
     """Before, every update read the losses' params as applied and the watch exited 0
     (review 21): the model trained never moves (measured, unwatched)."""

@@ -54,8 +54,8 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     """Return the verdicts on every update seen: against the mean of each update's rows'
     gradients, or (summed) their sum."""
     v = Verdicts(meant="sum" if summed else "mean")
-    # per optimizer group (the params its steps stepped: a GAN's D and G updates each weigh
-    # their own rows, each scale its own) and term ("": one loss)
+    # per set of optimizers (a GAN's D and G updates each weigh their own rows, each scale its
+    # own) and term ("": one loss)
     readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)
     for j, u in enumerate(by_hand(seen.updates)):
         v.at, v.ratios[j] = j, None
@@ -126,7 +126,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             if r is not None:
                 r.tol = u.tol
                 r.calls = r.calls if term else u.calls
-                readings[u.group, term].append(r)
+                readings[u.optimizers, term].append(r)
                 v.blind_clipped += r.blind
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)

@@ -107,6 +107,7 @@ class Observer:
         self.states: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []  # as first stepped
         self.depth = 0  # optimizer steps under way: a wrapper's (accelerate's) holds its inner one
         self.ending = False  # the run ends at the next optimizer step (after)
+        self.optimizers: set[int] = set()  # the ids of those that stepped an update
         self.open: Open | None = None  # the last update, read again if another optimizer steps
         self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
@@ -384,8 +385,14 @@ class Observer:
         last = self.open
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
+            last.optimizers.append(id(opt))
             self.seen.updates[-1] = self._closed(last, params, self.closed)
-            self._end_if(self.ending and not self.seen.updates[-1].elsewhere)  # (more may join)
+            self.optimizers.add(id(opt))
+            self._end_if(  # (more may join)
+                self.ending
+                and not self.seen.updates[-1].elsewhere
+                and len(last.optimizers) >= len(self.optimizers)
+            )
             return
         self._end_if(self.ending)  # the update before was the last: this step is another's
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
@@ -396,7 +403,8 @@ class Observer:
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
-        update.params = params
+        update.params, update.optimizers = params, [id(opt)]
+        self.optimizers.add(id(opt))
         self.open = update
         self.seen.updates.append(self._closed(update, params, self.carried or {}))
         self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
@@ -414,7 +422,11 @@ class Observer:
         # an update whose optimizer stepped params no loss of it reached may be joined by the
         # next optimizer's step (a frozen backbone's optimizer stepped before the head's): the
         # run ends at the next step instead, once that one has joined it or is another update
-        self.ending = enough and self.seen.updates[-1].elsewhere
+        # or (fewer optimizers than the run has stepped) by another's step, each set's updates
+        # read apart
+        self.ending = enough and (
+            self.seen.updates[-1].elsewhere or len(update.optimizers) < len(self.optimizers)
+        )
         self._end_if(enough and not self.ending)
 
     def _end_if(self, enough: bool) -> None:

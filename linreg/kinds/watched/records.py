@@ -81,6 +81,7 @@ class Open:
     clip_bounds: dict[int, float] = field(default_factory=dict)  # param id -> the bound
     # clip_grad_value_ clamped it to, where the code clipped so
     norm_clipped: bool = False  # clip_grad_norm_ was called in it
+    optimizers: list[int] = field(default_factory=list)  # the ids of those that stepped it
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class Update:
     hand_unseen: str = ""
     group: int = 0  # the params its optimizers stepped (their ids' hash): a clip is theirs
     elsewhere: bool = False  # its optimizers stepped params no loss of it reached (_elsewhere)
+    # its optimizers (their ids' hash): each set's updates are read apart (a GAN's D and G)
+    optimizers: int = 0
 
     @property
     def fed(self) -> bool:
@@ -168,10 +171,11 @@ def close(update: Open, tol: float) -> Update:
     if value_clipped:  # elementwise, no factor of it: read before clipping, as it was meant
         update = replace(update, applied=dict(update.before))
     counts = [mb.count for mb in update.micro]
+    optimizers = hash(tuple(sorted(update.optimizers)))
     if counts and _elsewhere(update):  # its optimizers stepped params no loss reached
         none = torch.zeros(0, dtype=torch.float64)
         empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
-        return Update(counts, *empty, tol=tol, elsewhere=True)
+        return Update(counts, *empty, tol=tol, elsewhere=True, optimizers=optimizers)
     calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
     several = len(calls) > len(update.micro)  # terms weighed each its own way: not one mean
     group = hash(tuple(sorted(id(p) for p in update.params)))
@@ -186,6 +190,7 @@ def close(update: Open, tol: float) -> Update:
                 foreign=update.foreign, crossed=update.crossed,
                 calls=max(len(mb.losses) for mb in update.micro),
                 norm=0.0 if right or value_clipped else through, group=group,
+                optimizers=optimizers,
             )  # fmt: skip
     m = len(calls) if several else len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
@@ -235,6 +240,7 @@ def close(update: Open, tol: float) -> Update:
         redone=update.redone, crossed=update.crossed, foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
+        optimizers=optimizers,
         hand_before=hand_before, one_row=_one_row(update.micro),
     )  # fmt: skip
 
