@@ -1,7 +1,9 @@
 """What each gradient hook of the Watcher keeps (GradientHooks): a param's .grad as the
 update's first backward() reaches it and as backward() left it; what a loss scaler's unscale_
-divided, and the scale; what each call of torch's clipping found, and whose. The state they
-read and write is the Watcher's (watcher.py); hooks.py installs them.
+divided, and the scale; what each call of torch's clipping found, and whose; whether a
+backward() found .grad zeroed since the one before (`zeroed_in`: zero_grad inside an
+accumulation window). The state they read and write is the Watcher's (watcher.py); hooks.py
+installs them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Collection
 import torch
 from torch import Tensor
 
+from linreg.kinds.training_loop.calls import Call, input_key, memory_of, within
 from linreg.kinds.training_loop.ledger import Observed, flat, mask
+from linreg.kinds.training_loop.measure import clipping
 
 
 class GradientHooks:
@@ -111,3 +115,39 @@ class GradientHooks:
             return  # get_total_norm, then the clip it called
         self.clip_found.append(found)
         self.clip_covered.append(covered)
+
+
+def zeroed_in(
+    calls: list[Call],
+    resets: dict[int, list[int]],
+    applied: Tensor | None,
+    left: Tensor | None,
+    held: Collection[int],
+) -> bool:
+    """Return True if the loop zeroed every param's gradient between two backward() calls of
+    an update (resets: GradientHooks'), applied what the last backward() left or a clip of it
+    (left: unscaled where a loss scaler unscaled it; no gradient rebuilt by hand after:
+    DP-SGD's), and a batch fed before the zeroing was not fed again after: of another draw,
+    or (a window fetched before its first forward) one of the data's batches (held: their
+    memory) where those fed after are others of them, not a copy of it (an attack's, SAM's,
+    a closure's second pass on the same batch)."""
+    after = max(
+        (before for zeroed, kept, before in resets.values() if zeroed and not kept), default=0
+    )
+    if not after or applied is None or left is None:
+        return False
+    if not (torch.equal(applied, left) or clipping(applied, left, 1e-4)):
+        return False
+    kept = [c for c in calls if c.clock > after]
+    keys, draws = {input_key(c) for c in kept}, {c.drawn for c in kept}
+    memories = [memory_of(c) for c in kept]
+
+    def lost(c: Call) -> bool:
+        if input_key(c) in keys or any(within(c, k) or within(k, c) for k in kept):
+            return False  # the same batch fed again
+        if c.drawn not in draws:
+            return True
+        memory = memory_of(c)
+        return memory in held and all(m in held and m != memory for m in memories)
+
+    return any(lost(c) for c in calls if c.clock < after)

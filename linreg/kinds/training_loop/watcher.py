@@ -9,19 +9,18 @@ forward hooks (forwards.py) record what each forward was fed. hooks.py installs 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.calls import Call, input_key, memory_of, within
+from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
-from linreg.kinds.training_loop.gradient_hooks import GradientHooks
+from linreg.kinds.training_loop.gradient_hooks import GradientHooks, zeroed_in
 from linreg.kinds.training_loop.ledger import Observed, Step, flat, mask
-from linreg.kinds.training_loop.measure import clipping
 
 
 def zero_lr(opt: torch.optim.Optimizer) -> None:
@@ -140,7 +139,7 @@ class Watcher(ForwardHooks, GradientHooks):
         # left it over the scale (Step.before_clipping)
         kept_from = self.unscaled_at if self.scale is not None else 0
         live = self._live()
-        zeroed = _zeroed(self.calls, self.resets, applied, kept, self.seen.held)
+        zeroed = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held)
         self.resets = {}
         self.seen.steps.append(
             Step(
@@ -238,39 +237,3 @@ class Watcher(ForwardHooks, GradientHooks):
             )
         )
         return self.seen
-
-
-def _zeroed(
-    calls: list[Call],
-    resets: dict[int, list[int]],
-    applied: Tensor | None,
-    left: Tensor | None,
-    held: Collection[int],
-) -> bool:
-    """Return True if the loop zeroed every param's gradient between two backward() calls of
-    an update (resets: GradientHooks'), applied what the last backward() left or a clip of it
-    (left: unscaled where a loss scaler unscaled it; no gradient rebuilt by hand after:
-    DP-SGD's), and a batch fed before the zeroing was not fed again after: of another draw,
-    or (a window fetched before its first forward) one of the data's batches (held: their
-    memory) where those fed after are others of them, not a copy of it (an attack's, SAM's,
-    a closure's second pass on the same batch)."""
-    after = max(
-        (before for zeroed, kept, before in resets.values() if zeroed and not kept), default=0
-    )
-    if not after or applied is None or left is None:
-        return False
-    if not (torch.equal(applied, left) or clipping(applied, left, 1e-4)):
-        return False
-    kept = [c for c in calls if c.clock > after]
-    keys, draws = {input_key(c) for c in kept}, {c.drawn for c in kept}
-    memories = [memory_of(c) for c in kept]
-
-    def lost(c: Call) -> bool:
-        if input_key(c) in keys or any(within(c, k) or within(k, c) for k in kept):
-            return False  # the same batch fed again
-        if c.drawn not in draws:
-            return True
-        memory = memory_of(c)
-        return memory in held and all(m in held and m != memory for m in memories)
-
-    return any(lost(c) for c in calls if c.clock < after)
