@@ -786,18 +786,21 @@ def multiplies_grads(
     num_epochs: int,
     nominal: bool = False,
     shifted: bool = False,
+    smoothing: float = 0.0,
 ) -> None:
     """fairseq's way: each batch's token loss summed, then .grad multiplied by 1 / the targets
     it counted (optimizer.multiply_grads), then a clip; or (nominal) by 1 / a full batch's
     targets, too small a step on a short last batch. shifted: it scores every position's
-    next token but the last's, and counts those."""
+    next token but the last's, and counts those. smoothing: fairseq's label-smoothed
+    cross-entropy, which no guessed loss is."""
     for _ in range(num_epochs):
         for src, tgt in loader:
             optimizer.zero_grad()
             logits, _ = model(src)
             if shifted:
                 logits, tgt = logits[:, :-1], tgt[:, 1:]
-            loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="sum")
+            flat = logits.flatten(0, 1)
+            loss = F.cross_entropy(flat, tgt.flatten(), reduction="sum", label_smoothing=smoothing)
             loss.backward()
             sample_size = loader.batch_size * tgt.shape[1] if nominal else tgt.numel()
             for p in model.parameters():
@@ -824,18 +827,22 @@ def averages_over_a_world_size(
 
 
 def test_loops_as_written_grads_multiplied_by_one_over_the_targets_are_the_mean() -> None:
-    """A review's false alarm: the model's output (logits, None) fits no guessed loss, so each
-    row's reference is the loop's own gradient on one row, which was read as backward() left
-    it (summed over the row's tokens, before the loop's division): a correct loop failed
-    mean-vs-sum at 1 / its tokens. It is read as the loop handed it on, divided."""
-    report = audit.training_loop(multiplies_grads, **GPT)
+    """A review's false alarm: with a loss no guess is (label-smoothed), each row's reference
+    is the loop's own gradient on one row, which was read as backward() left it (summed over
+    the row's tokens, before the loop's division): a correct loop failed mean-vs-sum at 1 /
+    its tokens. It is read as the loop handed it on, divided. (Plain cross-entropy on the
+    tags fed apart from the ids is token cross-entropy's, guessed and confirmed.)"""
+    plain = audit.training_loop(multiplies_grads, **GPT)
+    assert plain.ok and "the loop's own gradient" not in plain.note, str(plain)
+    smoothed = partial(multiplies_grads, smoothing=0.1)
+    report = audit.training_loop(smoothed, **GPT)
     assert report.ok, str(report)
     assert "the loop's own gradient on that row" in report.note, report.note
     # its targets counted after a shift (3 of each row's 4): the second code review's false
     # alarm, at 1 / 3 of the row's labels
-    shifted = audit.training_loop(partial(multiplies_grads, shifted=True), **GPT)
+    shifted = audit.training_loop(partial(smoothed, shifted=True), **GPT)
     assert shifted.ok, str(shifted)
-    twin = audit.training_loop(partial(multiplies_grads, nominal=True), **GPT)
+    twin = audit.training_loop(partial(smoothed, nominal=True), **GPT)
     assert "short-last-batch" in [r.pitfall for r in twin.failures], str(twin)
     # a division by another number than the step's targets (a world size in one process) is
     # the loop's scale, as backward() left it, not its rows': the code review's false pass

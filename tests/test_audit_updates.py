@@ -1012,6 +1012,51 @@ def test_an_optimizer_over_an_ema_copy_fails_non_leaf_params_alone_measured() ->
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), start, strict=True))
 
 
+class ConvTagger(nn.Module):
+    """A token tagger: embeddings, a 1-d convolution, a tag per position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 8, padding_idx=0)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.tags = nn.Linear(8, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tags(torch.relu(self.conv(self.embed(ids).transpose(1, 2))).transpose(1, 2))
+
+
+def tagged() -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and their tags, the padding's ignored (-100)."""
+    return torch.tensor([3, 9, 4, 0, 0]), torch.tensor([1, 2, 3, -100, -100])
+
+
+def train_tagger(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """(ids, tags) batches; each micro-batch's mean over its tokens divided by its window's
+    batches: a mean of means where a window's batches count unlike tokens."""
+    criterion = nn.CrossEntropyLoss(ignore_index=-100)
+    n = len(loader)
+    for _ in range(num_epochs):
+        for i, (ids, tags) in enumerate(loader):
+            logits = model(ids)
+            window = min(accumulation_steps, n - (i - i % accumulation_steps))
+            (criterion(logits.flatten(0, 1), tags.flatten()) / window).backward()
+            if (i + 1) % accumulation_steps == 0 or i + 1 == n:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_tags_fed_apart_from_the_ids_are_judged_under_token_cross_entropy() -> None:
+    """Tags in the batch's second place never pass through forward: only labels fed to the
+    model were read as tokens, and each row's reference fell back to the loop's own gradient
+    ("its loss is not cross-entropy"), its scale not judged (review 21)."""
+    report = audit.training_loop(train_tagger, model=ConvTagger, example=tagged, max_examples=15)
+    assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
+    assert "each from token cross-entropy (the labels' usual loss" in str(report), str(report)
+    assert "loop's own gradient" not in report.note, report.note
+
+
 def train_then_report_loss(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
     """Trains, then reports the training loss in a pass of its own, grad left on: one more
     pass over the data that feeds no step."""

@@ -22,6 +22,7 @@ from linreg.kinds.training_loop.ledger import Observed
 from linreg.kinds.training_loop.row_gradients import (
     Reference,
     guesses,
+    named,
     own_row_loss,
     row_gradient,
     row_loss_for,
@@ -67,7 +68,12 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
         y = labels_of(options_of(target).example)
         if y is None:  # a dict example that names no labels: no loss to guess by them
             return confirmed(target, None, seed, unguessed=NO_LABELS)
-        tried = guesses(y, token_labels(calls[0], 0) is not None)
+        tokens = token_labels(calls[0], 0) is not None
+        tried = guesses(y, tokens)
+        if not tokens and y.ndim >= 1 and not y.is_floating_point():
+            # a row of class labels fed apart from the input (a tagger's (ids, tags)): the
+            # token losses on the example's labels, batched as one row
+            tried += [(name, named(loss, y)) for name, loss in guesses(y, True)]
         for i, (name, guess) in enumerate(tried):
             last = i == len(tried) - 1  # its reason names every guess: "not A nor B"
             said = " nor ".join(n for n, _ in tried) if last else name
