@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch._C._functorch import is_functorch_wrapped_tensor
 
 STEP_COUNT = "num_items_in_batch"
 
@@ -142,8 +141,8 @@ def memory_of(call: Call) -> int | None:
 def storage_of(t: Tensor) -> int | None:
     """Return the address of a non-empty strided tensor's storage (its views share it), or
     None (an empty or sparse tensor has none to tell by)."""
-    if not t.numel() or t.layout != torch.strided or is_functorch_wrapped_tensor(t):
-        return None  # (a tensor under torch.func's transforms has no storage of its own)
+    if not t.numel() or t.layout != torch.strided:
+        return None
     return int(t.untyped_storage().data_ptr())
 
 
@@ -188,8 +187,6 @@ def same_batch(call: Call, t: Tensor) -> bool:
     return (
         first is not None
         and first.shape == t.shape
-        and storage_of(first) is not None
-        and storage_of(t) is not None
         and first.data_ptr() == t.data_ptr()
         and version_of(t) == call.version
     )

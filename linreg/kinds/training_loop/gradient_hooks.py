@@ -74,7 +74,7 @@ class GradientHooks:
         # what the update's backward() before left, gone before this one for every param it
         # reaches (zero_grad between the micro-batches of a window, not one layer's .grad
         # dropped to freeze it): the forwards fed before that backward() may weigh 0
-        # (watcher._zeroed). (Inside an optimizer step: a closure's, LBFGS's, zeroed each call.)
+        # (zeroed_in). (Inside an optimizer step: a closure's, LBFGS's, zeroed each call.)
         left = self.latest.get(id(p))
         if left is not None and not self.depth and bool(left.any()):
             tally = self.resets.setdefault(self.seen.backward_at, [0, 0, self.backward_before])
