@@ -109,6 +109,14 @@ def test_each_buggy_twin_fails_naming_its_pitfall(
     assert pitfall in {r.pitfall for r in report.failures}, str(report)
 
 
+def test_the_books_nominal_divisor_is_one_failure_not_three() -> None:
+    """exhausted-generator and zero-init drew uneven batches too, and failed on the same short
+    batch's step (the README's book loop showed three failures for one cause): they are
+    judged on full batches, which the divisor does not touch."""
+    report = audit.audit("loop", rw.d2l_loop_nominal, **FAST)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+
+
 def test_a_failure_reads_at_a_glance_with_a_shrunk_plain_counterexample() -> None:
     report = audit.update_step(rw.rebinding_sgd, seed=0, **FAST)
     text = str(report)

@@ -77,7 +77,8 @@ def _from_zero(options: Options) -> SearchStrategy[TwinRows]:
 
     from linreg.testing import strategies as sts
 
-    sizes = st.integers(1, 8).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, n)))
+    # full batches alone: a short last batch's step is short-last-batch's to judge
+    sizes = sts.sizes(max_n=8, uneven=False)
     cases = sts.twin_rows(sizes=sizes, num_epochs=st.integers(1, 2), nonzero=True)
     return cases.map(lambda c: dataclasses.replace(c, w0=(0.0,) * len(c.x), b0=0.0))
 
