@@ -917,6 +917,47 @@ def test_zeroing_that_throws_no_rows_away_is_no_grad_zeroing_and_the_mistake_kee
     assert [r.pitfall for r in report.failures] == ["micro-batch-accumulation"], str(report)
 
 
+def train_summed_after_a_throwaway_pass_on_a_copy(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """Summed on purpose: each batch's gradient norm read for a log by a pass of its own,
+    zeroed, then the batch trained on as a copy the loop makes (a dtype or device move)."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            F.cross_entropy(model(x), y, reduction="sum").backward()
+            norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+            assert bool(torch.isfinite(norm))
+            optimizer.zero_grad()
+            F.cross_entropy(model(x.clone()), y, reduction="sum").backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_a_pass_zeroed_away_before_its_batch_trains_as_a_copy_is_no_micro_batch() -> None:
+    """Before, the zeroed pass counted among the step's micro-batches, so the correct summed
+    loop applied "0.5 times" the sum and failed mean-vs-sum. Run at the mean's lr, the sum
+    still fails mean-vs-sum alone."""
+    loop = train_summed_after_a_throwaway_pass_on_a_copy
+    assert audit.training_loop(loop, reduction="sum", **LOOP).ok
+    report = audit.training_loop(loop, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+
+
+def test_a_pass_zeroed_away_is_measured_directly_to_weigh_nothing() -> None:
+    """The copy loop's step applies the sum of its batch's rows' gradients, once."""
+    xs = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]])
+    ts = torch.tensor([1, 0])
+    model = TwoPart()
+    applied: list[torch.Tensor] = []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.register_step_pre_hook(
+        lambda *_: applied.append(model.head.weight.grad.detach().clone())
+    )
+    train_summed_after_a_throwaway_pass_on_a_copy(model, [(xs, ts)], optimizer, num_epochs=1)
+    loss = F.cross_entropy(model(xs), ts, reduction="sum")
+    torch.testing.assert_close(applied, [torch.autograd.grad(loss, model.head.weight)[0]])
+
+
 def test_zeroing_inside_the_window_is_measured_directly_to_apply_the_last_batch_alone() -> None:
     """Windows of 2 micro-batches of one row each: the step applies the second row's
     gradient / 2, none of the first's."""

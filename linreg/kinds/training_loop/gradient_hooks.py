@@ -9,12 +9,12 @@ installs them.
 from __future__ import annotations
 
 import operator
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import Tensor
 
-from linreg.kinds.training_loop.calls import Call, input_key, memory_of, within
+from linreg.kinds.training_loop.calls import Call, first_value, input_key, memory_of, within
 from linreg.kinds.training_loop.ledger import Observed, flat, mask
 from linreg.kinds.training_loop.measure import clipping
 
@@ -122,32 +122,66 @@ def zeroed_in(
     resets: dict[int, list[int]],
     applied: Tensor | None,
     left: Tensor | None,
-    held: Collection[int],
-) -> bool:
-    """Return True if the loop zeroed every param's gradient between two backward() calls of
-    an update (resets: GradientHooks'), applied what the last backward() left or a clip of it
+    held: Mapping[int, tuple[Tensor, int | None, int]],
+) -> tuple[bool, list[Call]]:
+    """Return whether the loop zeroed inside the update, and the calls the update consumed.
+
+    Zeroed (True): the loop zeroed every param's gradient between two backward() calls of an
+    update (resets: GradientHooks'), applied what the last backward() left or a clip of it
     (left: unscaled where a loss scaler unscaled it; no gradient rebuilt by hand after:
     DP-SGD's), and a batch fed before the zeroing was not fed again after: of another draw,
     or (a window fetched before its first forward) one of the data's batches (held: their
     memory) where those fed after are others of them, not a copy of it (an attack's, SAM's,
-    a closure's second pass on the same batch)."""
+    a closure's second pass on the same batch).
+
+    Where every batch fed before such a zeroing is fed again after (the same tensor, a view
+    of it, or a copy the loop made of a batch of the data: its rows, of the same draw), that
+    pass was a throwaway (a gradient norm logged, then the batch trained on as a copy): the
+    update consumed the calls after the zeroing alone. Else all the calls, as given."""
     after = max(
         (before for zeroed, kept, before in resets.values() if zeroed and not kept), default=0
     )
     if not after or applied is None or left is None:
-        return False
+        return False, calls
     if not (torch.equal(applied, left) or clipping(applied, left, 1e-4)):
-        return False
+        return False, calls
     kept = [c for c in calls if c.clock > after]
     keys, draws = {input_key(c) for c in kept}, {c.drawn for c in kept}
     memories = [memory_of(c) for c in kept]
 
+    def copy(c: Call, k: Call) -> bool:
+        """One of the two a batch of the data, the other a copy of its rows the loop made, and
+        no other batch made since that one holds those rows (two copies, or two batches of
+        equal rows, are no copy of each other: a window fetched whole, on identical rows)."""
+        one, other = memory_of(c), memory_of(k)
+        if (one in held) == (other in held) or c.drawn != k.drawn or c.row_keys != k.row_keys:
+            return False
+        batch, made = (one, k) if one in held else (other, c)
+        values = first_value(made)
+        since = held[batch][2] if batch is not None else 0
+        return values is not None and not any(
+            memory != batch and clock >= since and _equal(t, values)
+            for memory, (t, _, clock) in held.items()
+        )
+
+    def again(c: Call) -> bool:  # the same batch, a view of it or a copy, fed again
+        return input_key(c) in keys or any(within(c, k) or within(k, c) or copy(c, k) for k in kept)
+
     def lost(c: Call) -> bool:
-        if input_key(c) in keys or any(within(c, k) or within(k, c) for k in kept):
-            return False  # the same batch fed again
+        if again(c):
+            return False
         if c.drawn not in draws:
             return True
         memory = memory_of(c)
         return memory in held and all(m in held and m != memory for m in memories)
 
-    return any(lost(c) for c in calls if c.clock < after)
+    before = [c for c in calls if c.clock < after]
+    if any(lost(c) for c in before):
+        return True, calls
+    if before and all(again(c) for c in before):
+        return False, kept
+    return False, calls
+
+
+def _equal(t: Tensor, values: Tensor) -> bool:
+    return t.shape == values.shape and t.dtype == values.dtype and torch.equal(t, values)

@@ -134,12 +134,14 @@ class Watcher(ForwardHooks, GradientHooks):
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
+        zeroed, consumed = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held)
+        if len(consumed) < len(self.calls):  # a throwaway pass first: .grad zeroed since
+            self.calls, carried = consumed, None
         unreached = self.feeds.unreached(self.calls)
         # a clip of the still-scaled gradient (clip-before-unscale's) is read as backward()
         # left it over the scale (Step.before_clipping)
         kept_from = self.unscaled_at if self.scale is not None else 0
         live = self._live()
-        zeroed = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held)
         self.resets = {}
         self.seen.steps.append(
             Step(
