@@ -28,8 +28,11 @@ from linreg.kinds.training_loop import (
     full_rows,
     loss_of,
     options_of,
+    reduced,
     summed_means,
     unreached_why,
+    unscaled,
+    weights_of,
 )
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
@@ -106,6 +109,17 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
             return True  # rows of one kind, all reached: no weighting, its scale's to judge
         if crosses(batching, options.drop_last, run.seen.steps, j) and v.carried:
             return True  # an epoch's left-over carried, unzeroed, into it: short-last-batch's
+        if run.seen.broadcast and not v.carried:
+            return True  # its loss broadcast predictions against labels: each row's loss
+            # holds the others' labels, which reads as unequal weights (label-shape's)
+        if (
+            not v.carried
+            and run.ref is not None
+            and unscaled(target, batching, run, verdicts)
+            and weights_of(step, run.ref, reduced(target) == "sum", v.reading) is None
+        ):
+            return True  # no weighting of its rows at all, beside full steps of no scale: a
+            # term summed beside a mean (mean-vs-sum's, which names it on identical rows)
         # its micro-batches' means added up undivided: mean-vs-sum's k-fold scale, which over
         # micro-batches of unequal counts is also a mean of means times k: one mistake, named
         # there (its fix, dividing by the step's rows or targets, mends both)

@@ -36,6 +36,7 @@ from linreg.kinds.training_loop import (
     options_of,
     summed_means,
     unequal_weights,
+    unscaled,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
@@ -145,6 +146,9 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         # count shows here as its ratio)
         if fits(v.ratio) or v.stale or (v.carried and fits(v.own)):
             return True
+        if not v.carried and unscaled(target, batching, run, verdicts):
+            return True  # the full steps apply no multiple of theirs (a term summed beside a
+            # mean: mean-vs-sum's): no scale of theirs to judge this one's against
         crossing = crosses(batching, options.drop_last, steps, j)
         if (
             steps[j].unreached  # micro-batches no backward() reached: micro-batch-accumulation's

@@ -126,6 +126,7 @@ from linreg.kinds.training_loop.verdicts import (
 )
 from linreg.kinds.training_loop.wanted import Wanted, notes, wanted
 from linreg.kinds.training_loop.watcher import Watcher
+from linreg.kinds.training_loop.weights import weights_of
 
 __all__ = [
     "CLASSIFIER",
@@ -224,4 +225,5 @@ __all__ = [
     "want_of",
     "wanted",
     "watching",
+    "weights_of",
 ]

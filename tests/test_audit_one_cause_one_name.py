@@ -1,0 +1,100 @@
+"""One mistake, one name: a loop with one bug fails the property that names it, and the
+others, whose evidence the same bug bends, stay quiet (review 22's held-out twins: a term
+summed beside a mean, a loss broadcast against labels of another shape, a nominal divisor).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from linreg import audit
+
+
+class Student(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            self.teacher = nn.Linear(3, 3).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def labelled() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1)
+
+
+def _distil(summed: bool) -> Any:
+    def train(model: Student, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        """Distillation: KL to a frozen teacher's softened outputs beside cross-entropy."""
+        t = 2.0
+        for _ in range(num_epochs):
+            for x, y in loader:
+                logits = model(x)
+                soft = F.kl_div(
+                    F.log_softmax(logits / t, -1),
+                    F.softmax(model.teacher(x) / t, -1),
+                    reduction="sum" if summed else "batchmean",
+                )
+                loss = 0.5 * soft * t * t + 0.5 * F.cross_entropy(logits, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+    train.__name__ = "distil_summed_kl" if summed else "distil"
+    return train
+
+
+def test_a_term_summed_beside_a_mean_is_mean_vs_sum_alone() -> None:
+    """The KL term summed over the rows (reduction="sum" where batchmean was meant) grows with
+    the rows and the labels' term does not: mean-vs-sum names it on identical rows. Before,
+    short-last-batch failed too ("matches no known mistake": a short step's rows scale only
+    the summed part), and, once that was quiet, micro-batch-accumulation did (two kinds of
+    rows weighed by no combination of their gradients)."""
+    options = {"model": Student, "example": labelled, "max_examples": 20}
+    assert audit.training_loop(_distil(False), **options).ok
+    report = audit.training_loop(_distil(True), **options)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+
+
+class Regressor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def value() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([0.5, -1.0, 2.0]), torch.tensor(0.7)
+
+
+@pytest.mark.parametrize("reshaped", [True, False], ids=["reshaped", "broadcast"])
+def test_a_weighted_loss_broadcast_against_flat_labels_is_label_shape_alone(
+    reshaped: bool,
+) -> None:
+    """Per-row weights times mse_loss(reduction="none") of (n, 1) predictions against (n,)
+    labels: an (n, n) loss whose rows hold each other's labels, each column weighed by a
+    row's weight, which on two kinds of rows reads as rows weighed unequally. Before,
+    micro-batch-accumulation failed beside label-shape."""
+
+    def weighted(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        for _ in range(num_epochs):
+            for x, y in loader:
+                weight = 1.0 + 0.5 * torch.tanh(x[:, 0])
+                predicted = model(x).squeeze(-1) if reshaped else model(x)
+                loss = (weight * F.mse_loss(predicted, y, reduction="none")).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+    report = audit.training_loop(weighted, model=Regressor, example=value, max_examples=20)
+    assert [r.pitfall for r in report.failures] == ([] if reshaped else ["label-shape"])
