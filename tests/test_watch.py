@@ -226,11 +226,13 @@ def _two_tasks(
     k: int = 1,
     clip: float | None = None,
     reduction: str = "mean",
+    nominal: bool = False,
 ) -> audit.Report:
     """A regression head and a 3-class head on one trunk, 3 epochs over `rows` rows in
     batches of 16, a step every k batches (and at each epoch's end), each backward() of
-    loss_of(price, price_target, logits, kind, epoch, batches) / k (batches: those before
-    it); clipped to a norm of `clip`."""
+    loss_of(price, price_target, logits, kind, epoch, batches) divided by the batches of its
+    window (batches: those before it; nominal: by k, the epoch's last window too); clipped
+    to a norm of `clip`."""
     gen = torch.Generator().manual_seed(0)
     x, price = torch.randn(rows, 8, generator=gen), torch.randn(rows, 2, generator=gen)
     kind = torch.randint(0, 3, (rows,), generator=gen)
@@ -243,7 +245,8 @@ def _two_tasks(
         for epoch in range(3):
             for i, (xb, pb, kb) in enumerate(loader):
                 h = torch.relu(trunk(xb))
-                (loss_of(head(h), pb, classes(h), kb, epoch, seen) / k).backward()
+                window = k if nominal else min(k, len(loader) - (i - i % k))
+                (loss_of(head(h), pb, classes(h), kb, epoch, seen) / window).backward()
                 seen += 1
                 if (i + 1) % k == 0 or i + 1 == len(loader):
                     if clip is not None:
@@ -303,12 +306,33 @@ def test_a_terms_weight_that_changes_or_equals_the_window_is_no_mistake(
     name: str, loss_of: Callable[..., Tensor], k: int
 ) -> None:
     """Correct code: a weight ramped up, one set per epoch, one warmed up batch by batch
-    (unequal within a window), a weight of 2 in windows of 2 (each divided by 2) or of 16 on
-    a batch of 16 (a sum divided by its rows), heads' means of one function added: nothing
-    fails."""
+    (unequal within a window), a weight of 2 in windows of 2 (each divided by the batches of
+    its window) or of 16 on a batch of 16 (a sum divided by its rows), heads' means of one
+    function added: nothing fails."""
     for rows in (96, 100):
         report = _two_tasks(loss_of, rows, k)
         assert report.ok and not report.error, f"{name}, {rows} rows: {report}"
+
+
+@pytest.mark.parametrize(
+    "loss_of",
+    [
+        lambda p, t, c, y, e, b: F.mse_loss(p, t) + 2.0 * F.cross_entropy(c, y),
+        lambda p, t, c, y, e, b: (
+            F.mse_loss(p, t) + min(1.0, 0.5 + 0.01 * b) * F.cross_entropy(c, y)
+        ),
+    ],
+    ids=["a weight of 2", "warmed up batch by batch"],
+)
+def test_terms_divided_by_the_nominal_window_on_an_epochs_last_fail_short_last_batch(
+    loss_of: Callable[..., Tensor],
+) -> None:
+    """Each window divided by k = 2 where an epoch's last holds one batch (100 rows, 7
+    batches): every term's weight was the code's, so it passed, and so did this file's own
+    loops above, written that way. A term whose full updates keep one coefficient shows the
+    last window's half (a warmed-up term's do not: the other shows it)."""
+    report = _two_tasks(loss_of, 100, 2, nominal=True)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
 
 
 def test_a_term_whose_scale_is_the_codes_holds_back_the_pass_of_the_others() -> None:

@@ -169,6 +169,12 @@ def report_of(
         note += (
             f"; {seen.crossed} update(s) held micro-batches from both sides of an epoch's end "
             "(a window that crosses it: each judged by the weights it applied)"
+            + (
+                "; the watch ended the code before its data ran out, so whether the run's last "
+                "window is ever stepped was not seen (--steps N to the run's end shows it)"
+                if seen.ended
+                else ""
+            )
         )
     if seen.skipped:
         note += f"; the loss scaler skipped {seen.skipped} step(s) (inf or nan): not judged"
@@ -188,6 +194,13 @@ def report_of(
 
 
 def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
+    weighed = ("short-last-batch", "mean-vs-sum", "micro-batch-accumulation")
+    if v.scaled_clips and pitfall in weighed:
+        return (
+            f"not judged: {v.scaled_clips} of the {len(seen.updates)} updates clipped the "
+            "gradient a loss scaler still held scaled (clip-before-unscale): what they applied "
+            "is the clip's, not their micro-batches' weights"
+        )
     unsure = [c for c in v.constants if c.unconfirmed]
     if pitfall == "mean-vs-sum" and unsure:
         c = unsure[0]
@@ -223,10 +236,11 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
         "short-last-batch": "no update took fewer rows than a full one",
         "mean-vs-sum": "no full update could be read",
         "micro-batch-accumulation": "no update held micro-batches of unequal counts",
+        "clip-before-unscale": "no loss scaler (GradScaler) unscaled the gradients",
     }.get(pitfall, "no update could be read")
     more = (  # (a loss the code never calls, more updates would not show)
         " (the watch ended first: --steps watches more)"
-        if seen.ended and pitfall != "label-shape"
+        if seen.ended and pitfall not in ("label-shape", "clip-before-unscale")
         else ""
     )
     return f"not judged: {why}{more}"

@@ -30,6 +30,7 @@ class Verdicts:
     let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
     skipped: int = 0  # backward() calls of steps the code skipped now and then
     recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed
+    scaled_clips: int = 0  # updates clipped before a loss scaler unscaled: weights not read
     blind_clipped: int = 0  # updates right only up to a clip by hand that clipped every one
     # per term (one loss: ""): a scale on its full updates taken as the loss's own, their
     # count, and whether no shorter update told it from a sum (mean-vs-sum not judged there)
@@ -38,6 +39,8 @@ class Verdicts:
     # targets was a fetched batch's (fetched ahead, or made by the code): weights not judged
     free: list[str] = field(default_factory=list)  # terms whose weights are coefficients of the
     # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there)
+    # per such term, the shorter updates judged against its full ones' one coefficient
+    shorter: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
     # updates of unequal micro-batches whose weights another pitfall named (their means added
     # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here

@@ -1,11 +1,20 @@
 """The weights of one term of a loss made of several (a multi-task loss) whose function
 reduced as meant itself: the scale on it is a coefficient of the code's, so only how each
-update weighs its micro-batches against one another is judged (watch_verdicts.py judges
-the rest)."""
+update weighs its micro-batches against one another is judged, and a shorter update against
+the full ones where they all keep one coefficient (watch_verdicts.py judges the rest)."""
 
 from __future__ import annotations
 
-from linreg.audit.watch_readings import Reading, alike, first_applied, never_applied, shown
+from collections import Counter
+
+from linreg.audit.watch_readings import (
+    Reading,
+    alike,
+    first_applied,
+    near,
+    never_applied,
+    shown,
+)
 from linreg.audit.watch_tally import Verdicts
 
 
@@ -16,6 +25,7 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
     its micro-batches against one another is judged, and only for a known mistake: alike over
     unequal counts, or the first ones never applied."""
     v.free.append(term)
+    _shorter(readings, updates, v, term)
     for r in readings:
         v.at = r.j
         at = (
@@ -46,3 +56,63 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
             )
         # else: no known mistake, and a coefficient changed between its micro-batches (a
         # weight warmed up batch by batch) would look the same: not judged
+
+
+def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> None:
+    """Judge a term's shorter updates against its full ones (of the most common count), where
+    every full update weighs its micro-batches alike at one coefficient: a coefficient the
+    code keeps applies on a shorter update too. Divided there by a full update's count of
+    micro-batches, it is a nominal accumulation count (short-last-batch); scaled by its share
+    of a full update's rows, it is a nominal batch size where the coefficient is 1, a sum over
+    the rows where it is a full update's count (mean-vs-sum), and either, not told apart,
+    elsewhere (not judged). A coefficient that changes (ramped, per epoch) leaves the full
+    ones unlike, or the shorter one at none of these: not judged."""
+    scales: list[tuple[Reading, float]] = []
+    for r in readings:
+        if r.unread or r.relative is None:
+            continue
+        s = sum(x * c for x, c in zip(r.relative, r.parts, strict=True)) / r.count
+        if s > 0 and alike([x / s for x in r.relative]):
+            scales.append((r, s))
+    counts = Counter(r.count for r, _ in scales)
+    full = max(counts, key=lambda c: (counts[c], c), default=0.0)
+    fulls = [(r, s) for r, s in scales if r.count == full]
+    if len(fulls) < 2 or not alike([s for _, s in fulls]):
+        return
+    coefficient, parts = fulls[0][1], max(len(r.parts) for r, _ in fulls)
+    for r, s in scales:
+        if r.count >= full:
+            continue
+        at = f"update {r.j + 1} of {updates}, its {term} term ({len(r.parts)} micro-batch(es), "
+        at += f"{r.count:g} counted)"
+        share, by_rows = len(r.parts) / parts, r.count / full
+        if near(s, coefficient):
+            v.shorter[term].add(r.j)
+        elif near(s, coefficient * share) and not near(share, 1):
+            v.at = r.j
+            v.shorter[term].add(r.j)
+            v.fail(
+                "short-last-batch",
+                f"{at} applies {share:.4g} times the coefficient every full update ({parts} "
+                f"micro-batch(es), {full:g} counted) applies to its mean: it divides by a full "
+                f"update's {parts} micro-batches where it took {len(r.parts)} (a nominal "
+                "accumulation count)",
+            )
+        elif near(s, coefficient * by_rows) and near(coefficient, 1):
+            v.at = r.j
+            v.shorter[term].add(r.j)
+            v.fail(
+                "short-last-batch",
+                f"{at} applies {by_rows:.4g} times the mean a full update ({full:g} counted) "
+                f"applies: it divides by a full update's {full:g} where it took {r.count:g} "
+                "(a nominal batch size)",
+            )
+        elif near(s, coefficient * by_rows) and near(coefficient, full):
+            v.at = r.j
+            v.fail(
+                "mean-vs-sum",
+                f"every full update, its {term} term applies {coefficient:.4g} times the mean "
+                f"of its {full:g} counted, and {at} applies {s:.4g} times its own: a factor "
+                "that grows with the rows (a loss summed over them, or multiplied by the batch "
+                "size) where a mean was meant",
+            )

@@ -41,6 +41,8 @@ PROPERTIES = {
     "micro-batch-accumulation": "an update weighs its micro-batches by their counts of rows or "
     "targets",
     "non-leaf-params": "every update after a backward() has a gradient to apply",
+    "clip-before-unscale": "a loss scaler unscales the gradients backward() left: nothing clips "
+    "them before",
 }
 SUMMED = {  # where the code means the sum (reduction="sum": a loss summed on purpose)
     **PROPERTIES,
@@ -94,6 +96,16 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 )
             else:  # now and then: a step the code chose to skip (a gradient too large, inf)
                 v.skipped += u.dropped
+        if u.scaled_clip:
+            v.fail(
+                "clip-before-unscale",
+                f"{at} clipped its gradients while a loss scaler still held them scaled, so "
+                "the clip's bound held the scaled gradient (a scale of 2^16 makes nearly every "
+                "update a clip, then divided by the scale): call scaler.unscale_(optimizer) "
+                "before clip_grad_norm_",
+            )
+        elif u.unscaled:
+            v.judged["clip-before-unscale"].add(j)
         if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
             continue
         if u.elsewhere:
@@ -116,6 +128,9 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             )
         else:
             v.judged["grad-zeroing"].add(j)
+        if u.scaled_clip:  # its weights would read a clip of the still-scaled gradient
+            v.scaled_clips += 1
+            continue
         if u.terms:  # terms of one objective: their weights are the objective's, not judged
             v.terms += 1
             continue
@@ -132,8 +147,11 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
         _weights(rs, len(seen.updates), v, term)
     if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or
         v.judged["mean-vs-sum"] = set()  # one whose scale is the code's: no pass on the
-    if v.free:  # others' alone
-        v.judged["short-last-batch"] = set()
+    if v.free:  # others' alone: judged where each such term's full updates judged it
+        shorts = set.intersection(*(v.shorter[term] for term in v.free))
+        if any(term not in v.free for _, term in readings):
+            shorts &= v.judged["short-last-batch"]
+        v.judged["short-last-batch"] = shorts
     v.at = None
     if seen.leftover and seen.updates and not seen.ended and seen.ran_out:
         v.fail(

@@ -84,6 +84,7 @@ def test_watching_a_trainer_script_passes_and_names_a_mean_of_means_and_an_over_
     assert clipped.ok and "terms of one objective" not in (clipped.note or ""), str(clipped)
     verdicts = {r.pitfall: r.verdict for r in clipped.results}
     assert verdicts.pop("label-shape") == "skip", str(clipped)  # cross-entropy: no broadcast
+    assert verdicts.pop("clip-before-unscale") == "skip", str(clipped)  # no loss scaler
     assert set(verdicts.values()) == {"pass"}, str(clipped)  # each other one judged
     line = "    trainer.train()"  # the Trainer no longer passes num_items_in_batch to the model
     twin = twin_of(tmp_path, script, line, "    trainer.model_accepts_loss_kwargs = False\n" + line)

@@ -10,8 +10,9 @@ import copy
 import functools
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -143,6 +144,8 @@ class Observer:
         # this update (the least, clipped twice)
         self.clipped: set[int] = set()  # params clipped in this update: before, the first's
         self.norm_clipped = False  # clip_grad_norm_ was called in this update
+        self.unscaled = False  # a loss scaler unscaled in this update
+        self.scaled_clip = False  # torch's clipping was called before that unscale_
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -203,11 +206,15 @@ class Observer:
             self.busy = False
 
     def _from_batch(self, target: Any) -> bool:
-        """Return whether a target is a fetched batch's: a view of its tensors, or rows of one
-        cast or moved (y.float(), y.to(device): a new storage, the batch's values)."""
+        """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
+        or moved (y.float(), y.to(device): a new storage, the batch's values), or the samples'
+        own tensors stacked (a list of dicts, each sample's boxes: detectron2's)."""
         if _storage(target) in self.batched:
             return True
-        return isinstance(target, Tensor) and any(_cast(target, f) for f in self.batch_tensors)
+        return isinstance(target, Tensor) and (
+            any(_cast(target, f) for f in self.batch_tensors)
+            or _stacked(target, self.batch_tensors)
+        )
 
     def ran_out(
         self, now: bool = False, at: tuple[int, int] | None = None, fresh: bool = False
@@ -401,6 +408,7 @@ class Observer:
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
+        update.unscaled, update.scaled_clip = self.unscaled, self.scaled_clip
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params, update.optimizers = params, [id(opt)]
@@ -442,9 +450,10 @@ class Observer:
         read is unread (not judged), never an error raised into the code's step."""
         try:
             self._read(update, params, carried)
-            return close(update, max(tolerance_of(update.params), self.precision))
+            closed = close(update, max(tolerance_of(update.params), self.precision))
         except Exception:
-            return unread(tolerance_of(update.params))
+            closed = unread(tolerance_of(update.params))
+        return replace(closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip)
 
     def _read(self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]) -> None:
         for p in params:
@@ -494,6 +503,7 @@ class Observer:
         """Begin the next update: nothing fed, carried, fetched or retained yet."""
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.clip_bounds, self.clipped, self.norm_clipped = {}, set(), False
+        self.unscaled = self.scaled_clip = False
         self.fetched, self.batched, self.cut = 0, set(), 0
         self.precision = 0.0
         self.batch_tensors.clear()
@@ -551,6 +561,13 @@ class Observer:
         """Keep a scheduler's or scaler's state as the watch found it, to put back after."""
         if id(thing) not in self.kept:
             self.kept[id(thing)] = (thing, copy.deepcopy(thing.state_dict()))
+
+    def unscaling(self, opt: torch.optim.Optimizer) -> None:
+        """Note a loss scaler about to unscale an optimizer's gradients, and whether torch's
+        clipping was called on any of them before, in this update (clip-before-unscale)."""
+        params = [p for g in opt.param_groups for p in g["params"]]
+        self.unscaled = True
+        self.scaled_clip = self.scaled_clip or any(id(p) in self.clipped for p in params)
 
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
         self.clipping([p for g in opt.param_groups for p in g["params"]], clips=False)
@@ -619,6 +636,19 @@ def _cast(t: Tensor, fetched: Tensor) -> bool:
         return any(
             torch.equal(values[i : i + n], t) and torch.equal(fetched[i : i + n], back)
             for i in starts
+        )
+
+
+def _stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:
+    """Return whether each row of t (rows of one or more elements: a label per sample is too
+    easily equal to another's) is one of the fetched tensors, of its shape and dtype, by value:
+    the samples' tensors stacked by the code (torch.stack([d["boxes"] for d in batch]))."""
+    if t.ndim < 2 or not t.shape[0]:
+        return False
+    with torch.no_grad():
+        own = [f for f in fetched if f.shape == t.shape[1:] and f.dtype == t.dtype]
+        return len(own) >= t.shape[0] and all(
+            any(torch.equal(row, f.to(row.device)) for f in own) for row in t.detach()
         )
 
 

@@ -1,0 +1,172 @@
+"""The watch on terms whose weight is the code's (a distillation's labels term beside its KL
+term), on targets the model stacks from the samples' own tensors (detectron2's list of dicts),
+and on a loss scaler's gradients clipped before they are unscaled: each judged, and each
+one-line twin failing under its own name (review 22's held-out scripts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg.audit.watcher import watch
+
+
+def _distil(nominal: bool, applied: list[torch.Tensor] | None = None) -> Any:
+    """Distillation with accumulation over 2 batches, each window's loss divided by the batches
+    it holds (nominal: by 2, the last window of 1 batch too); 26 rows in batches of 4, so each
+    epoch's last window holds one batch of 2 rows."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(26, 6, generator=gen), torch.randint(0, 3, (26,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    with torch.random.fork_rng():  # the same models for both versions
+        torch.manual_seed(0)
+        teacher = nn.Linear(6, 3).requires_grad_(False)
+        student = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0 if applied is not None else 0.1)
+    if applied is not None:
+        optimizer.register_step_pre_hook(
+            lambda *_: applied.append(torch.cat([p.grad.flatten() for p in student.parameters()]))
+        )
+    n, k, t = len(loader), 2, 2.0
+    for _ in range(2):
+        for i, (xb, yb) in enumerate(loader):
+            logits = student(xb)
+            soft = F.kl_div(
+                F.log_softmax(logits / t, -1), F.softmax(teacher(xb) / t, -1), reduction="batchmean"
+            )
+            loss = 0.5 * soft * t * t + 0.5 * F.cross_entropy(logits, yb)
+            (loss / (k if nominal else min(k, n - (i - i % k)))).backward()
+            if (i + 1) % k == 0 or i + 1 == n:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("nominal", [False, True], ids=["right", "nominal"])
+def test_a_terms_coefficient_kept_on_full_updates_judges_the_short_one(nominal: bool) -> None:
+    """The labels term's weight is the code's coefficient (0.5 here), so a short update was
+    never judged against the full ones, and the twin that divides the epoch's last window by
+    the nominal 2 exited 0. A coefficient every full update keeps applies on the short one
+    too: the right script passes short-last-batch, the twin fails it alone."""
+    with watch() as reports:
+        _distil(nominal)
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == (["short-last-batch"] if nominal else [])
+    (short,) = [r for r in report.results if r.pitfall == "short-last-batch"]
+    assert short.verdict == ("fail" if nominal else "pass"), str(report)
+    if nominal:
+        assert "applies 0.5 times the coefficient every full update" in short.message
+
+
+def test_the_nominal_distillation_window_is_measured_directly_at_half() -> None:
+    right: list[torch.Tensor] = []
+    nominal: list[torch.Tensor] = []
+    _distil(False, right)
+    _distil(True, nominal)
+    torch.testing.assert_close(nominal[0], right[0])  # a full window: the same
+    torch.testing.assert_close(nominal[3], right[3] / 2)  # the epoch's last: half
+
+
+class Detector(nn.Module):
+    """A detector as detectron2 writes one: fed a list of dicts, it stacks each sample's
+    tensors itself and returns its losses in training mode (smooth L1 on the boxes, summed
+    and divided by the instances, as fast_rcnn does)."""
+
+    def __init__(self, per_instance: bool) -> None:
+        super().__init__()
+        self.per_instance = per_instance
+        self.backbone = nn.Sequential(nn.Linear(6, 16), nn.ReLU())
+        self.cls_score, self.bbox_pred = nn.Linear(16, 3), nn.Linear(16, 4)
+
+    def forward(self, batched: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        images = torch.stack([d["image"] for d in batched])
+        classes = torch.tensor([d["gt_class"] for d in batched])
+        boxes = torch.stack([d["gt_box"] for d in batched])
+        feats = self.backbone(images)
+        box = F.smooth_l1_loss(self.bbox_pred(feats), boxes, beta=0.0, reduction="sum")
+        return {
+            "loss_cls": F.cross_entropy(self.cls_score(feats), classes),
+            "loss_box_reg": box / len(batched) if self.per_instance else box,
+        }
+
+
+@pytest.mark.parametrize("per_instance", [True, False], ids=["normalized", "summed"])
+def test_box_targets_the_model_stacks_from_each_samples_dict_are_the_batchs(
+    per_instance: bool,
+) -> None:
+    """Every loss's targets were made by the model, none a fetched batch's: no weight was
+    judged, and the summed box term exited 0. Targets whose rows are the samples' own tensors
+    are the batch's: the normalized box term passes, the summed one fails mean-vs-sum."""
+    gen = torch.Generator().manual_seed(0)
+    samples = [
+        {
+            "image": torch.randn(6, generator=gen),
+            "gt_class": int(torch.randint(0, 3, (), generator=gen)),
+            "gt_box": torch.randn(4, generator=gen),
+        }
+        for _ in range(30)
+    ]
+    loader = DataLoader(samples, batch_size=8, collate_fn=lambda batch: batch)  # type: ignore[arg-type,var-annotated]
+    model = Detector(per_instance)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch() as reports:
+        for _ in range(2):
+            for batched in loader:
+                losses = model(batched)
+                optimizer.zero_grad()
+                sum(losses.values()).backward()
+                optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == ([] if per_instance else ["mean-vs-sum"])
+    (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
+    assert scale.verdict == ("pass" if per_instance else "fail"), str(report)
+
+
+def _scaled(clip_first: bool, norms: list[float] | None = None) -> None:
+    """A loss scaler's loop (timm's NativeScaler) with clip_grad_norm_ at 0.5, after unscale_
+    or (clip_first) before it, on the still-scaled gradient."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    if norms is not None:
+        optimizer.register_step_pre_hook(
+            lambda *_: norms.append(
+                float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+            )
+        )
+    scaler = torch.amp.GradScaler("cpu")
+    for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
+        optimizer.zero_grad()
+        scaler.scale(F.cross_entropy(model(xb), yb)).backward()
+        if not clip_first:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        scaler.step(optimizer)
+        scaler.update()
+
+
+@pytest.mark.parametrize("clip_first", [False, True], ids=["unscaled", "clipped-first"])
+def test_a_clip_of_the_still_scaled_gradient_fails_clip_before_unscale_alone(
+    clip_first: bool,
+) -> None:
+    """The watch had no clip-before-unscale: the twin was named mean-vs-sum, "6.554e+04
+    times the mean", where it applies about 1e-5 of it (the clip's bound over the scale)."""
+    with watch() as reports:
+        _scaled(clip_first)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == (["clip-before-unscale"] if clip_first else [])
+    (clip,) = [r for r in report.results if r.pitfall == "clip-before-unscale"]
+    assert clip.verdict == ("fail" if clip_first else "pass"), str(report)
+
+
+def test_a_clip_before_unscale_is_measured_directly_to_apply_the_bound_over_the_scale() -> None:
+    norms: list[float] = []
+    _scaled(True, norms)
+    assert norms[0] == pytest.approx(0.5 / 65536.0, rel=1e-3)
