@@ -943,34 +943,35 @@ def test_a_pass_zeroed_away_before_its_batch_trains_as_a_copy_is_no_micro_batch(
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
 
 
-def test_a_pass_zeroed_away_is_measured_directly_to_weigh_nothing() -> None:
-    """The copy loop's step applies the sum of its batch's rows' gradients, once."""
-    xs = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]])
-    ts = torch.tensor([1, 0])
+XS, TS = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]]), torch.tensor([1, 0])
+
+
+def head_grads_applied(loop: Any, loader: Any, **kwargs: Any) -> tuple[TwoPart, list[torch.Tensor]]:
+    """Return a TwoPart model the loop ran on for one epoch at lr 0, and the head's .grad as
+    each of its steps found it."""
     model = TwoPart()
     applied: list[torch.Tensor] = []
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     optimizer.register_step_pre_hook(
         lambda *_: applied.append(model.head.weight.grad.detach().clone())
     )
-    train_summed_after_a_throwaway_pass_on_a_copy(model, [(xs, ts)], optimizer, num_epochs=1)
-    loss = F.cross_entropy(model(xs), ts, reduction="sum")
+    loop(model, loader, optimizer, num_epochs=1, **kwargs)
+    return model, applied
+
+
+def test_a_pass_zeroed_away_is_measured_directly_to_weigh_nothing() -> None:
+    """The copy loop's step applies the sum of its batch's rows' gradients, once."""
+    loop = train_summed_after_a_throwaway_pass_on_a_copy
+    model, applied = head_grads_applied(loop, [(XS, TS)])
+    loss = F.cross_entropy(model(XS), TS, reduction="sum")
     torch.testing.assert_close(applied, [torch.autograd.grad(loss, model.head.weight)[0]])
 
 
 def test_zeroing_inside_the_window_is_measured_directly_to_apply_the_last_batch_alone() -> None:
     """Windows of 2 micro-batches of one row each: the step applies the second row's
     gradient / 2, none of the first's."""
-    xs = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]])
-    ts = torch.tensor([1, 0])
-    model = TwoPart()
-    applied: list[torch.Tensor] = []
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    optimizer.register_step_pre_hook(
-        lambda *_: applied.append(model.head.weight.grad.detach().clone())
-    )
-    loader = [(xs[:1], ts[:1]), (xs[1:], ts[1:])]
-    train_zeroing_every_batch(model, loader, optimizer, num_epochs=1, accumulation_steps=2)
+    loader = [(XS[:1], TS[:1]), (XS[1:], TS[1:])]
+    model, applied = head_grads_applied(train_zeroing_every_batch, loader, accumulation_steps=2)
     each = [
         torch.autograd.grad(F.cross_entropy(model(x), t), model.head.weight)[0] for x, t in loader
     ]

@@ -86,26 +86,23 @@ def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> N
         at = f"update {r.j + 1} of {updates}, its {term} term ({len(r.parts)} micro-batch(es), "
         at += f"{r.count:g} counted)"
         share, by_rows = len(r.parts) / parts, r.count / full
+        # the share of a full update's coefficient it applies, and the divisor that explains it
+        nominal: tuple[float, str] | None = None
+        if near(s, coefficient * share) and not near(share, 1):
+            count = f"{parts} micro-batches where it took {len(r.parts)}"
+            nominal = share, f"{count} (a nominal accumulation count)"
+        elif near(s, coefficient * by_rows) and near(coefficient, 1):
+            nominal = by_rows, f"{full:g} counted where it took {r.count:g} (a nominal batch size)"
         if near(s, coefficient):
             v.shorter[term].add(r.j)
-        elif near(s, coefficient * share) and not near(share, 1):
+        elif nominal is not None:
             v.at = r.j
             v.shorter[term].add(r.j)
             v.fail(
                 "short-last-batch",
-                f"{at} applies {share:.4g} times the coefficient every full update ({parts} "
+                f"{at} applies {nominal[0]:.4g} times the coefficient every full update ({parts} "
                 f"micro-batch(es), {full:g} counted) applies to its mean: it divides by a full "
-                f"update's {parts} micro-batches where it took {len(r.parts)} (a nominal "
-                "accumulation count)",
-            )
-        elif near(s, coefficient * by_rows) and near(coefficient, 1):
-            v.at = r.j
-            v.shorter[term].add(r.j)
-            v.fail(
-                "short-last-batch",
-                f"{at} applies {by_rows:.4g} times the mean a full update ({full:g} counted) "
-                f"applies: it divides by a full update's {full:g} where it took {r.count:g} "
-                "(a nominal batch size)",
+                f"update's {nominal[1]}",
             )
         elif near(s, coefficient * by_rows) and near(coefficient, full):
             v.at = r.j
