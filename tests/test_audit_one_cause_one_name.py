@@ -98,3 +98,37 @@ def test_a_weighted_loss_broadcast_against_flat_labels_is_label_shape_alone(
 
     report = audit.training_loop(weighted, model=Regressor, example=value, max_examples=20)
     assert [r.pitfall for r in report.failures] == ([] if reshaped else ["label-shape"])
+
+
+def _adversarial(summed: bool) -> Any:
+    def train(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+        """FGSM adversarial training: the input's gradient sign from a first pass, zeroed,
+        then the step on the perturbed rows alone."""
+        for _ in range(num_epochs):
+            for x, y in loader:
+                x = x.clone().requires_grad_(True)
+                F.cross_entropy(model(x), y).backward()
+                attacked = (x + 0.1 * x.grad.sign()).detach()
+                optimizer.zero_grad()
+                reduction = "sum" if summed else "mean"
+                F.cross_entropy(model(attacked), y, reduction=reduction).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+    train.__name__ = "fgsm_summed" if summed else "fgsm"
+    return train
+
+
+@pytest.mark.parametrize("summed", [False, True], ids=["mean", "summed"])
+def test_steps_on_rows_the_loop_made_with_no_reference_are_an_error_never_a_pass(
+    summed: bool,
+) -> None:
+    """Every step trains on perturbed rows, and each row's reference is the loop's own
+    gradient on a row it was handed: no step had one, so the four step-judging properties
+    held on nothing, and the audit passed, its summed twin too. Now they are not judged and
+    the audit is an error (exit 1)."""
+    options = {"model": Student, "example": labelled, "max_examples": 10}
+    report = audit.training_loop(_adversarial(summed), **options)
+    assert not report.ok and report.error.startswith("no step of any run could be judged")
+    skipped = {r.pitfall for r in report.results if r.verdict == "skip"}
+    assert {"short-last-batch", "mean-vs-sum", "grad-zeroing"} <= skipped, str(report)

@@ -51,6 +51,7 @@ from linreg.kinds.training_loop import (
     notes,
     runs_shared,
     sharing,
+    unreferenced_error,
     unshared,
 )
 from linreg.pitfalls import CATALOGUE, Property
@@ -269,6 +270,9 @@ def run(
             if result.verdict == "fail":
                 failed.add(prop.pitfall)
             verdicts[id(prop)] = result
+        unjudged = unreferenced_error()  # no step of any run could be judged: no pass
+        if unjudged is not None and not failed and not error[0]:
+            error = (unjudged, None)
         seen = notes(passed=not failed and not error[0])  # what limits the verdicts
     return Report(
         str(target),

@@ -29,6 +29,7 @@ from linreg.kinds.training_loop import (
     near,
     options_of,
     unequal_weights,
+    unreferenced,
     unscaled,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
@@ -238,6 +239,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_without_zero_grad, None, "training-loop", CLASSIFIER),),
         book=lambda: Batching((0,) * 6, 2, 2, 0),
         requires=("non-leaf-params",),
+        unjudged=unreferenced,
     ),
 )
 

@@ -35,6 +35,7 @@ from linreg.kinds.training_loop import (
     options_of,
     reduced,
     unequal_weights,
+    unreferenced,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
@@ -259,6 +260,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_sum_at_mean_lr, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 4, 4, 1, 0),
         requires=("non-leaf-params",),
+        unjudged=unreferenced,
     ),
 )
 

@@ -31,6 +31,7 @@ from linreg.kinds.training_loop import (
     reduced,
     summed_means,
     unreached_why,
+    unreferenced,
     unscaled,
     weights_of,
 )
@@ -168,6 +169,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
         book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
         requires=("non-leaf-params", "short-last-batch"),
+        unjudged=unreferenced,
     ),
 )
 

@@ -36,6 +36,7 @@ from linreg.kinds.training_loop import (
     options_of,
     summed_means,
     unequal_weights,
+    unreferenced,
     unscaled,
 )
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
@@ -261,6 +262,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),
         requires=("non-leaf-params",),
+        unjudged=unreferenced,
     ),
 )
 

@@ -124,7 +124,13 @@ from linreg.kinds.training_loop.verdicts import (
     unreached_why,
     unscaled,
 )
-from linreg.kinds.training_loop.wanted import Wanted, notes, wanted
+from linreg.kinds.training_loop.wanted import (
+    Wanted,
+    notes,
+    unreferenced,
+    unreferenced_error,
+    wanted,
+)
 from linreg.kinds.training_loop.watcher import Watcher
 from linreg.kinds.training_loop.weights import weights_of
 
@@ -220,6 +226,8 @@ __all__ = [
     "tolerance",
     "unequal_weights",
     "unreached_why",
+    "unreferenced",
+    "unreferenced_error",
     "unscaled",
     "unshared",
     "want_of",

@@ -73,7 +73,14 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
             if ref.added
             else f"each row's reference was the loop's own gradient on that row alone: {ref.own}"
         )
-    tally(batching, judged=1, clipped_blind=len(clipped.blind), scale_shown=clipped.scale_shown)
+    unwanted = bool(seen.steps) and all(w is None for w in wants)  # no step had a reference
+    tally(
+        batching,
+        judged=1,
+        unwanted=int(unwanted),
+        clipped_blind=len(clipped.blind),
+        scale_shown=clipped.scale_shown,
+    )
     return Wanted(seen, ref, wants, tol, scale, clipped.by_norm, clipped.right)
 
 
@@ -112,4 +119,29 @@ def blind_note() -> str:
         "division of .grad of yours before the clip (as fairseq's multiply_grads) is not seen, "
         "and without it (a loss summed where a mean is meant) they would read the same; a "
         "max_norm that lets some updates through judges their scale"
+    )
+
+
+def unreferenced(target: Target | None = None) -> str | None:
+    """Return why no step of the audit's runs could be judged (None: some could): each fed
+    rows that have no reference, rows the loop made from the data's (an attack's
+    perturbation, a mix of two rows), where each row's reference is the loop's own gradient
+    on a row it was handed. A step-judging property that held there held on nothing (its
+    reason, short); an audit all of whose runs are so is an error, never a pass
+    (unreferenced_error, the whole of it)."""
+    del target
+    judged, unwanted = tallied("judged"), tallied("unwanted")
+    if not judged or set(unwanted) != set(judged):
+        return None
+    return "not judged: no step of any run had a reference for every row it trained on"
+
+
+def unreferenced_error() -> str | None:
+    """Return the audit's error where no step of its runs could be judged (unreferenced)."""
+    if unreferenced() is None:
+        return None
+    return (
+        "no step of any run could be judged: each trained on rows the loop made from the ones "
+        "it was handed (an attack's perturbation, a mix of two rows), which have no reference "
+        "where each row's is the loop's own gradient on a row it was handed"
     )
