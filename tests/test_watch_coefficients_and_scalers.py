@@ -170,3 +170,36 @@ def test_a_clip_before_unscale_is_measured_directly_to_apply_the_bound_over_the_
     norms: list[float] = []
     _scaled(True, norms)
     assert norms[0] == pytest.approx(0.5 / 65536.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("flush", [True, False], ids=["flushed", "carried"])
+def test_a_window_flushed_after_its_epochs_end_crosses_no_end(flush: bool) -> None:
+    """A left-over window stepped after the loader's pass ran out (a callback's on_epoch_end)
+    held micro-batches from before the end alone, yet the note said it crossed. Carried into
+    the next epoch (no flush), a window does cross, and the note says so."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(28, 5, generator=gen), torch.randint(0, 3, (28,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)  # 7 batches: a window of 1 left
+    model = nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        held = 0
+        for _ in range(3):
+            for xb, yb in loader:
+                F.cross_entropy(model(xb), yb, reduction="sum").backward()
+                held += len(yb)
+                if held == 8:
+                    for p in model.parameters():
+                        p.grad.div_(held)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    held = 0
+            if flush and held:
+                for p in model.parameters():
+                    p.grad.div_(held)
+                optimizer.step()
+                optimizer.zero_grad()
+                held = 0
+    report = reports[0]
+    assert report.ok and not report.error, str(report)
+    assert ("both sides of an epoch's end" in (report.note or "")) == (not flush), str(report)

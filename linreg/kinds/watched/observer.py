@@ -117,6 +117,7 @@ class Observer:
         self.before_any = 0  # backward() calls before any optimizer stepped
         self.longest = MOST  # the updates watched at most with no --steps (an epoch's, if known)
         self.straddles = False  # an epoch ended while the open update held micro-batches
+        self.held_at_end = 0  # how many it held then (more after: it crosses the end)
         self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
         self.fetched = 0  # DataLoader batches since the last update
         self.kept_graph: set[int] = set()  # the inner nodes of graphs retained this update
@@ -241,7 +242,8 @@ class Observer:
         ran = now and (at is None or self._trained_in(at[0]))
         if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
-            self.straddles = self.straddles or bool(self.micro)  # the open window runs on
+            if self.micro and not self.straddles:  # the open window runs on
+                self.straddles, self.held_at_end = True, len(self.micro)
 
     def _ahead(self, at: tuple[int, int], now: bool, over: list[tuple[int, int]]) -> bool:
         """Return True, the pass's end put off, where a training pass (at: iterator, dataset)
@@ -416,7 +418,8 @@ class Observer:
         self.open = update
         self.seen.updates.append(self._closed(update, params, self.carried or {}))
         self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
-        self.seen.crossed += self.straddles
+        # (a flush after the epoch's end, stepping what came before it alone, crosses none)
+        self.seen.crossed += self.straddles and len(self.micro) > self.held_at_end
         self.closed = self.carried or {}  # another optimizer of the same update reads it
         stepped = {id(p) for p in params}  # losses on what was stepped, never reached: let go
         self.pending = [c for c in self.pending if stepped.isdisjoint(map(id, c.under))]
