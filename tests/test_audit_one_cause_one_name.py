@@ -62,6 +62,8 @@ def test_a_term_summed_beside_a_mean_is_mean_vs_sum_alone() -> None:
     assert audit.training_loop(_distil(False), **options).ok
     report = audit.training_loop(_distil(True), **options)
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    verdicts = {r.pitfall: r.verdict for r in report.results}  # not judged, never passed
+    assert verdicts["short-last-batch"] == verdicts["micro-batch-accumulation"] == "skip"
 
 
 class Regressor(nn.Module):
@@ -132,3 +134,32 @@ def test_steps_on_rows_the_loop_made_with_no_reference_are_an_error_never_a_pass
     assert not report.ok and report.error.startswith("no step of any run could be judged")
     skipped = {r.pitfall for r in report.results if r.verdict == "skip"}
     assert {"short-last-batch", "mean-vs-sum", "grad-zeroing"} <= skipped, str(report)
+
+
+def broadcast_mean_of_means(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, accumulation_steps: int
+) -> None:
+    """Two mistakes: (n, 1) predictions against (n,) labels, and each micro-batch's mean
+    divided by its window's count of batches (a mean of means on an uneven last window)."""
+    for _ in range(num_epochs):
+        n = len(loader)
+        for i, (x, y) in enumerate(loader):
+            window = min(accumulation_steps, n - (i - i % accumulation_steps))
+            (F.mse_loss(model(x), y) / window).backward()
+            if (i + 1) % accumulation_steps == 0 or i + 1 == n:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_a_broadcast_beside_a_mean_of_means_keeps_both_names() -> None:
+    """A broadcast excuses micro-batch-accumulation on a step of one micro-batch alone (its
+    rows' labels mixed read as unequal weights); a window's mean of means is still named (the
+    code review's: excused run-wide, it passed)."""
+    report = audit.training_loop(
+        broadcast_mean_of_means,
+        model=Regressor,
+        example=value,
+        accumulation_steps=2,
+        max_examples=20,
+    )
+    assert [r.pitfall for r in report.failures] == ["label-shape", "micro-batch-accumulation"]

@@ -35,6 +35,7 @@ from linreg.kinds.training_loop import (
     unscaled,
     weights_of,
 )
+from linreg.kinds.training_loop.shared import tallied, tally
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
@@ -110,17 +111,19 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
             return True  # rows of one kind, all reached: no weighting, its scale's to judge
         if crosses(batching, options.drop_last, run.seen.steps, j) and v.carried:
             return True  # an epoch's left-over carried, unzeroed, into it: short-last-batch's
-        if run.seen.broadcast and not v.carried:
-            return True  # its loss broadcast predictions against labels: each row's loss
-            # holds the others' labels, which reads as unequal weights (label-shape's)
+        if run.seen.broadcast and not v.carried and len(step.sizes) == 1:
+            return True  # one micro-batch, whose loss broadcast predictions against labels:
+            # each row's loss holds the others' labels, which reads as unequal weights
+            # (label-shape's); no mean of micro-batch means is in one
         if (
             not v.carried
             and run.ref is not None
             and unscaled(target, batching, run, verdicts)
             and weights_of(step, run.ref, reduced(target) == "sum", v.reading) is None
         ):
-            return True  # no weighting of its rows at all, beside full steps of no scale: a
-            # term summed beside a mean (mean-vs-sum's, which names it on identical rows)
+            tally(batching, unscaled_mba=1)  # no weighting of its rows at all, beside full
+            return True  # steps of no scale: a term summed beside a mean (mean-vs-sum's,
+            # which names it on identical rows); not judged here (unjudged_beside_a_sum)
         # its micro-batches' means added up undivided: mean-vs-sum's k-fold scale, which over
         # micro-batches of unequal counts is also a mean of means times k: one mistake, named
         # there (its fix, dividing by the step's rows or targets, mends both)
@@ -146,6 +149,20 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     compare(target, batching, judged, explain, relative=True, excused=excused)
 
 
+def _unjudged(target: Target) -> str | None:
+    """Return why the property held on nothing it could judge (None: it judged): no step had
+    a reference (unreferenced), or the full steps applied no multiple of their correct
+    gradient (a term summed beside a mean: mean-vs-sum's), so a step of two kinds of rows
+    had none to be read by."""
+    if tallied("unscaled_mba"):
+        return (
+            "not judged: the full steps applied no multiple of their correct gradient (a term "
+            "summed beside a mean: mean-vs-sum's), so a step of two kinds of rows has no scale "
+            "to be read against"
+        )
+    return unreferenced(target)
+
+
 PROPERTIES = (
     Property(
         name="accumulating over micro-batches gives the full batch's gradient",
@@ -169,7 +186,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
         book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
         requires=("non-leaf-params", "short-last-batch"),
-        unjudged=unreferenced,
+        unjudged=_unjudged,
     ),
 )
 
