@@ -32,6 +32,7 @@ class Reading:
     blind: bool = False  # right only up to a clip by hand that clipped every update of its
     # params: their scale before it never showed (Update.hand_unseen)
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
+    micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -107,7 +108,15 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         own = all(u.columns[i].reduction == ("sum" if summed else "mean") for i in at)
         calls = max(u.columns[i].calls for i in at)
         reading = Reading(
-            j, sum(parts), parts, relative, clipped, tol=u.tol, calls=calls, native=own
+            j,
+            sum(parts),
+            parts,
+            relative,
+            clipped,
+            tol=u.tol,
+            calls=calls,
+            native=own,
+            micro=len(u.counts),
         )
         out.append((term, reading))
     return out

@@ -210,6 +210,12 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "shorter update showed whether that changes with the rows (a constant of the "
             "loss's own, or a sum): data whose size is no multiple of the batch size would tell"
         )
+    if pitfall == "short-last-batch" and v.free and v.partial:
+        return (
+            f"not judged: {len(v.partial)} update(s) held a term no batch's targets fed (a "
+            "teacher's outputs, a penalty), whose weight is never judged, so the other terms "
+            "alone do not pass a shorter update"
+        )
     if pitfall in ("mean-vs-sum", "short-last-batch") and v.free:
         return (
             f"not judged: the weight on each term ({', '.join(v.free)}) is a coefficient of the "

@@ -41,6 +41,12 @@ class Verdicts:
     # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there)
     # per such term, the shorter updates judged against its full ones' one coefficient
     shorter: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    # such a term's shorter updates that apply a fixed coefficient per micro-batch: (kind:
+    # "nominal", "undivided" or "either", the update, where, its share of the full ones'
+    # coefficient, the count it was divided by, the full ones' coefficient), named once
+    shortfalls: list[tuple[str, int, str, float, str, float]] = field(default_factory=list)
+    partial: set[int] = field(default_factory=set)  # updates with a term no batch's targets
+    # fed (a teacher's outputs, a penalty): its weight never judged
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
     # updates of unequal micro-batches whose weights another pitfall named (their means added
     # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here

@@ -60,17 +60,21 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
 
 def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> None:
     """Judge a term's shorter updates against its full ones (of the most common count), where
-    every full update weighs its micro-batches alike at one coefficient: a coefficient the
-    code keeps applies on a shorter update too. Divided there by a full update's count of
-    micro-batches, it is a nominal accumulation count (short-last-batch); scaled by its share
-    of a full update's rows, it is a nominal batch size where the coefficient is 1, a sum over
-    the rows where it is a full update's count (mean-vs-sum), and either, not told apart,
-    elsewhere (not judged). A coefficient that changes (ramped, per epoch) leaves the full
-    ones unlike, or the shorter one at none of these: not judged."""
+    the term is in every micro-batch and every full update weighs its micro-batches alike at
+    one coefficient: a coefficient the code keeps applies on a shorter update too.
+
+    One that applies it times its share of a full update's micro-batches (or, where it is
+    1, of its rows) weighs each micro-batch at a fixed coefficient whatever the window holds:
+    a nominal divisor on the shorter update (short-last-batch) where the full ones apply the
+    mean (a coefficient of 1), means added up undivided on the full ones (mean-vs-sum) where
+    the shorter one does, and either elsewhere, named once for the run (Verdicts.shortfalls).
+    One scaled by its share of a full update's rows where the coefficient is a full update's
+    count is a sum over the rows (mean-vs-sum). A coefficient that changes (ramped, per
+    epoch) leaves the full ones unlike, or the shorter one at none of these: not judged."""
     scales: list[tuple[Reading, float]] = []
     for r in readings:
-        if r.unread or r.relative is None:
-            continue
+        if r.unread or r.relative is None or len(r.parts) != r.micro:
+            continue  # (a term on some micro-batches alone: its share is not theirs)
         s = sum(x * c for x, c in zip(r.relative, r.parts, strict=True)) / r.count
         if s > 0 and alike([x / s for x in r.relative]):
             scales.append((r, s))
@@ -86,24 +90,18 @@ def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> N
         at = f"update {r.j + 1} of {updates}, its {term} term ({len(r.parts)} micro-batch(es), "
         at += f"{r.count:g} counted)"
         share, by_rows = len(r.parts) / parts, r.count / full
-        # the share of a full update's coefficient it applies, and the divisor that explains it
-        nominal: tuple[float, str] | None = None
-        if near(s, coefficient * share) and not near(share, 1):
-            count = f"{parts} micro-batches where it took {len(r.parts)}"
-            nominal = share, f"{count} (a nominal accumulation count)"
-        elif near(s, coefficient * by_rows) and near(coefficient, 1):
-            nominal = by_rows, f"{full:g} counted where it took {r.count:g} (a nominal batch size)"
+        fixed = near(s, coefficient * share) and not near(share, 1)  # each micro-batch alike
         if near(s, coefficient):
             v.shorter[term].add(r.j)
-        elif nominal is not None:
-            v.at = r.j
+        elif fixed or (near(s, coefficient * by_rows) and near(coefficient, 1)):
             v.shorter[term].add(r.j)
-            v.fail(
-                "short-last-batch",
-                f"{at} applies {nominal[0]:.4g} times the coefficient every full update ({parts} "
-                f"micro-batch(es), {full:g} counted) applies to its mean: it divides by a full "
-                f"update's {nominal[1]}",
+            what = (
+                f"{parts} micro-batches where it took {len(r.parts)}"
+                if fixed
+                else f"{full:g} counted where it took {r.count:g}"
             )
+            kind = "nominal" if near(coefficient, 1) else "undivided" if near(s, 1) else "either"
+            v.shortfalls.append((kind, r.j, at, s / coefficient, what, coefficient))
         elif near(s, coefficient * by_rows) and near(coefficient, full):
             v.at = r.j
             v.fail(
@@ -113,3 +111,40 @@ def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> N
                 "that grows with the rows (a loss summed over them, or multiplied by the batch "
                 "size) where a mean was meant",
             )
+
+
+def name_shortfalls(v: Verdicts) -> None:
+    """Name the run's shorter updates whose terms apply a fixed coefficient per micro-batch
+    (_shorter) once. Means added up undivided on the full updates and a nominal divisor on
+    the shorter ones give the same numbers ((2 * mse + ce) / k is mse + 0.5 * ce undivided):
+    mean-vs-sum where some term's shorter update applies its mean and no term's full ones do
+    (the full ones are k times it), else short-last-batch, saying it may be either where no
+    term's full updates apply its mean alone."""
+    if not v.shortfalls:
+        return
+    kinds = {x[0] for x in v.shortfalls}
+    if kinds == {"undivided"} or kinds == {"undivided", "either"}:
+        _, j, at, _, _, coefficient = next(x for x in v.shortfalls if x[0] == "undivided")
+        v.at = j
+        v.fail(
+            "mean-vs-sum",
+            f"every full update applies {coefficient:.4g} times the mean of its rows where {at} "
+            "applies its own mean: it adds up its micro-batches' mean losses undivided (divide "
+            "each one's summed loss by the update's count)",
+        )
+        return
+    _, j, at, ratio, what, _ = next((x for x in v.shortfalls if x[0] == "nominal"), v.shortfalls[0])
+    either = (
+        ""
+        if kinds == {"nominal"}
+        else " (or the full updates add their micro-batches' means undivided, each at the "
+        "coefficient the shorter one applies: the numbers are the same; either way, divide "
+        "each micro-batch's summed loss by the count its update took)"
+    )
+    v.at = j
+    v.fail(
+        "short-last-batch",
+        f"{at} applies {ratio:.4g} times the coefficient every full update applies to its "
+        f"mean: it divides by a full update's {what} (a nominal batch size or accumulation "
+        f"count){either}",
+    )

@@ -26,7 +26,7 @@ from linreg.audit.watch_readings import (
     shown,
 )
 from linreg.audit.watch_tally import Constant, Verdicts
-from linreg.audit.watch_terms import coefficients
+from linreg.audit.watch_terms import coefficients, name_shortfalls
 from linreg.kinds.training_loop import NO_KNOWN
 from linreg.kinds.watched import Update, Watched
 
@@ -135,6 +135,8 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             v.terms += 1
             continue
         terms = read_terms(j, u, summed) if u.columns else [("", read(j, u, summed))]
+        if not all(col.from_batch for col in u.columns):
+            v.partial.add(j)
         if not terms:  # no term's targets a fetched batch's: weights not judged
             v.no_batch.add(j)
         for term, r in terms:
@@ -145,10 +147,11 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 v.blind_clipped += r.blind
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
+    name_shortfalls(v)
     if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or
         v.judged["mean-vs-sum"] = set()  # one whose scale is the code's: no pass on the
     if v.free:  # others' alone: judged where each such term's full updates judged it
-        shorts = set.intersection(*(v.shorter[term] for term in v.free))
+        shorts = set.intersection(*(v.shorter[term] for term in v.free)) - v.partial
         if any(term not in v.free for _, term in readings):
             shorts &= v.judged["short-last-batch"]
         v.judged["short-last-batch"] = shorts

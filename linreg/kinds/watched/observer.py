@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +88,14 @@ def _precision(predictions: Any) -> float:
     return max((checks.tolerance(d, steps=True) for d in dtypes), default=0.0)
 
 
+class Clip(NamedTuple):
+    """A call of torch's clipping as it began (Observer.clip_begins)."""
+
+    fresh: set[int]  # the params it found first in the update
+    was: bool  # a clip of the norm was called before in the update
+    before: list[Tensor | None]  # their gradients then
+
+
 class Observer:
     """What the watched code did so far, and what to put back after."""
 
@@ -146,7 +154,8 @@ class Observer:
         self.clipped: set[int] = set()  # params clipped in this update: before, the first's
         self.norm_clipped = False  # clip_grad_norm_ was called in this update
         self.unscaled = False  # a loss scaler unscaled in this update
-        self.scaled_clip = False  # torch's clipping was called before that unscale_
+        self.scaled_clip = False  # torch's clipping changed them before that unscale_
+        self.changed: set[int] = set()  # params whose gradients torch's clipping changed
 
     # --- losses ---------------------------------------------------------------------------
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
@@ -507,6 +516,7 @@ class Observer:
         self.micro, self.blind, self.carried, self.straddles = [], 0, None, False
         self.clip_bounds, self.clipped, self.norm_clipped = {}, set(), False
         self.unscaled = self.scaled_clip = False
+        self.changed = set()
         self.fetched, self.batched, self.cut = 0, set(), 0
         self.precision = 0.0
         self.batch_tensors.clear()
@@ -567,10 +577,41 @@ class Observer:
 
     def unscaling(self, opt: torch.optim.Optimizer) -> None:
         """Note a loss scaler about to unscale an optimizer's gradients, and whether torch's
-        clipping was called on any of them before, in this update (clip-before-unscale)."""
+        clipping changed any of them before, in this update (clip-before-unscale)."""
         params = [p for g in opt.param_groups for p in g["params"]]
         self.unscaled = True
-        self.scaled_clip = self.scaled_clip or any(id(p) in self.clipped for p in params)
+        self.scaled_clip = self.scaled_clip or any(id(p) in self.changed for p in params)
+
+    def clip_begins(self, params: list[Tensor], value: float | None = None) -> Clip:
+        """Note a call of torch's clipping about to run (clipping), and return what clip_ends
+        needs: the params it finds first in this update, whether a clip of the norm was
+        called before, and their gradients now."""
+        if not (self.micro or self.blind):  # after a step, before zero_grad: no update's
+            return Clip(set(), self.norm_clipped, [])
+        fresh = {id(p) for p in params if p.grad is not None and id(p) not in self.clipped}
+        was = self.norm_clipped
+        before = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        self.clipping(params, value)
+        return Clip(fresh, was, before)
+
+    def clip_ends(self, params: list[Tensor], clip: Clip) -> None:
+        """Note what the clip changed. One that changed a param's gradient in an update a
+        backward() fed counts for clip-before-unscale; one that changed nothing (a norm logged
+        at an infinite bound, a bound that never binds) is no clip: what it found is not the
+        gradient before clipping, and no clip of the norm was called."""
+        if not clip.before:  # no update's (clip_begins)
+            return
+        changed = {
+            id(p)
+            for p, b in zip(params, clip.before, strict=True)
+            if p.grad is not None and b is not None and not torch.equal(p.grad, b)
+        }
+        self.changed |= changed
+        for key in clip.fresh - changed:
+            self.prior.pop(key, None)
+            self.clipped.discard(key)
+        if not changed:
+            self.norm_clipped = clip.was
 
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
         self.clipping([p for g in opt.param_groups for p in g["params"]], clips=False)

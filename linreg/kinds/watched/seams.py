@@ -137,18 +137,24 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     @functools.wraps(clip_norm)
     def clip_grad_norm_(parameters: Any, *a: Any, **k: Any) -> Tensor:
         params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-        if live[0]:
-            w.clipping(params)
-        return clip_norm(params, *a, **k)
+        if not live[0]:
+            return clip_norm(params, *a, **k)
+        clip = w.clip_begins(params)
+        norm = clip_norm(params, *a, **k)
+        w.clip_ends(params, clip)
+        return norm
 
     clip_value_fn = clip_grad.clip_grad_value_
 
     @functools.wraps(clip_value_fn)
     def clip_grad_value_(parameters: Any, clip_value: float, *a: Any, **k: Any) -> None:
         params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-        if live[0]:
-            w.clipping(params, float(clip_value))
+        if not live[0]:
+            clip_value_fn(params, clip_value, *a, **k)
+            return
+        clip = w.clip_begins(params, float(clip_value))
         clip_value_fn(params, clip_value, *a, **k)
+        w.clip_ends(params, clip)
 
     grad_mode = torch.is_grad_enabled()
     eager = compile_disabled()
