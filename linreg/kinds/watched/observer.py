@@ -9,11 +9,10 @@ import contextlib
 import copy
 import functools
 import inspect
-import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +22,7 @@ from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now, tensors_in
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.training_loop.watcher import zero_lr
+from linreg.kinds.watched.clips import ClipHooks
 from linreg.kinds.watched.records import (
     Enough,
     LossCall,
@@ -88,16 +88,9 @@ def _precision(predictions: Any) -> float:
     return max((checks.tolerance(d, steps=True) for d in dtypes), default=0.0)
 
 
-class Clip(NamedTuple):
-    """A call of torch's clipping as it began (Observer.clip_begins)."""
-
-    fresh: set[int]  # the params it found first in the update
-    was: bool  # a clip of the norm was called before in the update
-    before: list[Tensor | None]  # their gradients then
-
-
-class Observer:
-    """What the watched code did so far, and what to put back after."""
+class Observer(ClipHooks):
+    """What the watched code did so far, and what to put back after (the clip and loss-scaler
+    hooks' part: ClipHooks)."""
 
     def __init__(self, steps: int | None) -> None:
         self.steps, self.seen = steps, Watched()
@@ -574,65 +567,6 @@ class Observer:
         """Keep a scheduler's or scaler's state as the watch found it, to put back after."""
         if id(thing) not in self.kept:
             self.kept[id(thing)] = (thing, copy.deepcopy(thing.state_dict()))
-
-    def unscaling(self, opt: torch.optim.Optimizer) -> None:
-        """Note a loss scaler about to unscale an optimizer's gradients, and whether torch's
-        clipping changed any of them before, in this update (clip-before-unscale)."""
-        params = [p for g in opt.param_groups for p in g["params"]]
-        self.unscaled = True
-        self.scaled_clip = self.scaled_clip or any(id(p) in self.changed for p in params)
-
-    def clip_begins(self, params: list[Tensor], value: float | None = None) -> Clip:
-        """Note a call of torch's clipping about to run (clipping), and return what clip_ends
-        needs: the params it finds first in this update, whether a clip of the norm was
-        called before, and their gradients now."""
-        if not (self.micro or self.blind):  # after a step, before zero_grad: no update's
-            return Clip(set(), self.norm_clipped, [])
-        fresh = {id(p) for p in params if p.grad is not None and id(p) not in self.clipped}
-        was = self.norm_clipped
-        before = [None if p.grad is None else p.grad.detach().clone() for p in params]
-        self.clipping(params, value)
-        return Clip(fresh, was, before)
-
-    def clip_ends(self, params: list[Tensor], clip: Clip) -> None:
-        """Note what the clip changed. One that changed a param's gradient in an update a
-        backward() fed counts for clip-before-unscale; one that changed nothing (a norm logged
-        at an infinite bound, a bound that never binds) is no clip: what it found is not the
-        gradient before clipping, and no clip of the norm was called."""
-        if not clip.before:  # no update's (clip_begins)
-            return
-        changed = {
-            id(p)
-            for p, b in zip(params, clip.before, strict=True)
-            if p.grad is not None and b is not None and not torch.equal(p.grad, b)
-        }
-        self.changed |= changed
-        for key in clip.fresh - changed:
-            self.prior.pop(key, None)
-            self.clipped.discard(key)
-        if not changed:
-            self.norm_clipped = clip.was
-
-    def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
-        self.clipping([p for g in opt.param_groups for p in g["params"]], clips=False)
-
-    def clipping(
-        self, params: list[Tensor], value: float | None = None, clips: bool = True
-    ) -> None:
-        """Keep the gradients as they are before clipping (unscaled, divided by the code as it
-        meant): what a clipped update is read as a factor of, or, clipped by value (each
-        element to [-value, value]), read as. A param clipped twice in an update (its
-        groups clipped one by one, or by value, then by norm) keeps what it held before the
-        first clip; each param keeps its own bound (the least, where clamped twice)."""
-        for p in params:
-            if p.grad is not None and id(p) not in self.clipped:
-                self.prior[id(p)] = p.grad.detach().clone()
-        if clips:
-            self.clipped |= {id(p) for p in params}
-            self.norm_clipped = self.norm_clipped or value is None
-        if value is not None:
-            for p in params:
-                self.clip_bounds[id(p)] = min(value, self.clip_bounds.get(id(p), math.inf))
 
 
 def _same_kind(t: Tensor, u: Tensor) -> bool:
