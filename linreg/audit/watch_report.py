@@ -212,9 +212,10 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
         )
     if pitfall == "short-last-batch" and v.free and v.partial:
         return (
-            f"not judged: {len(v.partial)} update(s) held a term no batch's targets fed (a "
-            "teacher's outputs, a penalty), whose weight is never judged, so the other terms "
-            "alone do not pass a shorter update"
+            f"not judged: {len(v.partial)} update(s) held a term on targets of no batch the "
+            "watch saw fetched (a teacher's outputs, a penalty, or a batch fetched before the "
+            "watch began), whose weight is never judged, so the other terms alone do not pass "
+            "a shorter update"
         )
     if pitfall in ("mean-vs-sum", "short-last-batch") and v.free:
         return (

@@ -100,9 +100,9 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             v.fail(
                 "clip-before-unscale",
                 f"{at} clipped its gradients while a loss scaler still held them scaled, so "
-                "the clip's bound held the scaled gradient (a scale of 2^16 makes nearly every "
-                "update a clip, then divided by the scale): call scaler.unscale_(optimizer) "
-                "before clip_grad_norm_",
+                "the clip's bound held the scaled gradient (a loss scaler's scale, 2^16 at its "
+                "start, makes nearly every update a clip, then divided by the scale): call "
+                "scaler.unscale_(optimizer) before clip_grad_norm_",
             )
         elif u.unscaled:
             v.judged["clip-before-unscale"].add(j)

@@ -54,7 +54,7 @@ class ClipHooks:
         fresh = {id(p) for p in params if p.grad is not None and id(p) not in self.clipped}
         was = self.norm_clipped
         before = [None if p.grad is None else p.grad.detach().clone() for p in params]
-        self.clipping(params, value)
+        self.clipping(params, value, found=before)
         return Clip(fresh, was, before)
 
     def clip_ends(self, params: list[Tensor], clip: Clip) -> None:
@@ -73,6 +73,7 @@ class ClipHooks:
         for key in clip.fresh - changed:
             self.prior.pop(key, None)
             self.clipped.discard(key)
+            self.clip_bounds.pop(key, None)
         if not changed:
             self.norm_clipped = clip.was
 
@@ -80,16 +81,22 @@ class ClipHooks:
         self.clipping([p for g in opt.param_groups for p in g["params"]], clips=False)
 
     def clipping(
-        self, params: list[Tensor], value: float | None = None, clips: bool = True
+        self,
+        params: list[Tensor],
+        value: float | None = None,
+        clips: bool = True,
+        found: list[Tensor | None] | None = None,
     ) -> None:
         """Keep the gradients as they are before clipping (unscaled, divided by the code as it
         meant): what a clipped update is read as a factor of, or, clipped by value (each
         element to [-value, value]), read as. A param clipped twice in an update (its
         groups clipped one by one, or by value, then by norm) keeps what it held before the
-        first clip; each param keeps its own bound (the least, where clamped twice)."""
-        for p in params:
+        first clip; each param keeps its own bound (the least, where clamped twice). found:
+        their gradients, copied already (clip_begins: not copied twice)."""
+        for i, p in enumerate(params):
             if p.grad is not None and id(p) not in self.clipped:
-                self.prior[id(p)] = p.grad.detach().clone()
+                copy = found[i] if found is not None else None
+                self.prior[id(p)] = copy if copy is not None else p.grad.detach().clone()
         if clips:
             self.clipped |= {id(p) for p in params}
             self.norm_clipped = self.norm_clipped or value is None
