@@ -48,6 +48,13 @@ def report_of(
                 "rebuilt from those passes, or a term the watcher does not read)"
             )
             results.append(Result(pitfall, statement, "skip", why))
+        elif pitfall == "short-last-batch" and seen.crossed and seen.ended:
+            why = (  # its windows run on over epochs: what is left at the run's end unseen
+                f"not judged: {seen.crossed} update(s) held micro-batches from both sides of an "
+                "epoch's end, so whether the run's last window is ever stepped shows only at "
+                "the run's end, which the watch did not reach (--steps N to the run's end)"
+            )
+            results.append(Result(pitfall, statement, "skip", why))
         elif v.judged[pitfall]:
             results.append(Result(pitfall, statement, "pass", examples=len(v.judged[pitfall])))
         else:
@@ -169,12 +176,6 @@ def report_of(
         note += (
             f"; {seen.crossed} update(s) held micro-batches from both sides of an epoch's end "
             "(a window that crosses it: each judged by the weights it applied)"
-            + (
-                "; the watch ended the code before its data ran out, so whether the run's last "
-                "window is ever stepped was not seen (--steps N to the run's end shows it)"
-                if seen.ended
-                else ""
-            )
         )
     if seen.skipped:
         note += f"; the loss scaler skipped {seen.skipped} step(s) (inf or nan): not judged"
