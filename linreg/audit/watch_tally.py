@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,18 @@ class Constant:
     scale: float
     full: float  # a full update's count
     unconfirmed: bool  # no shorter update told it from a sum: mean-vs-sum not judged
+
+
+class Shortfall(NamedTuple):
+    """A term's shorter update that applies the full ones' coefficient times its share of
+    them: a fixed coefficient per micro-batch (watch_terms.name_shortfalls names it)."""
+
+    kind: str  # "nominal": the full ones apply the mean; "undivided": it does; else "either"
+    j: int  # the update
+    at: str  # where, in words
+    ratio: float  # its share of the full ones' coefficient
+    what: str  # the count it was divided by, beside the count it took
+    coefficient: float  # the full ones' coefficient
 
 
 @dataclass
@@ -41,10 +54,8 @@ class Verdicts:
     # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there)
     # per such term, the shorter updates judged against its full ones' one coefficient
     shorter: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
-    # such a term's shorter updates that apply a fixed coefficient per micro-batch: (kind:
-    # "nominal", "undivided" or "either", the update, where, its share of the full ones'
-    # coefficient, the count it was divided by, the full ones' coefficient), named once
-    shortfalls: list[tuple[str, int, str, float, str, float]] = field(default_factory=list)
+    # such a term's shorter updates that apply a fixed coefficient per micro-batch, named once
+    shortfalls: list[Shortfall] = field(default_factory=list)
     partial: set[int] = field(default_factory=set)  # updates with a term no batch's targets
     # fed (a teacher's outputs, a penalty): its weight never judged
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"

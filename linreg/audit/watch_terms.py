@@ -15,7 +15,7 @@ from linreg.audit.watch_readings import (
     never_applied,
     shown,
 )
-from linreg.audit.watch_tally import Verdicts
+from linreg.audit.watch_tally import Shortfall, Verdicts
 
 
 def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) -> None:
@@ -101,7 +101,7 @@ def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> N
                 else f"{full:g} counted where it took {r.count:g}"
             )
             kind = "nominal" if near(coefficient, 1) else "undivided" if near(s, 1) else "either"
-            v.shortfalls.append((kind, r.j, at, s / coefficient, what, coefficient))
+            v.shortfalls.append(Shortfall(kind, r.j, at, s / coefficient, what, coefficient))
         elif near(s, coefficient * by_rows) and near(coefficient, full):
             v.at = r.j
             v.fail(
@@ -122,18 +122,18 @@ def name_shortfalls(v: Verdicts) -> None:
     term's full updates apply its mean alone."""
     if not v.shortfalls:
         return
-    kinds = {x[0] for x in v.shortfalls}
+    kinds = {x.kind for x in v.shortfalls}
     if kinds == {"undivided"} or kinds == {"undivided", "either"}:
-        _, j, at, _, _, coefficient = next(x for x in v.shortfalls if x[0] == "undivided")
-        v.at = j
+        x = next(x for x in v.shortfalls if x.kind == "undivided")
+        v.at = x.j
         v.fail(
             "mean-vs-sum",
-            f"every full update applies {coefficient:.4g} times the mean of its rows where {at} "
-            "applies its own mean: it adds up its micro-batches' mean losses undivided (divide "
-            "each one's summed loss by the update's count)",
+            f"every full update applies {x.coefficient:.4g} times the mean of its rows where "
+            f"{x.at} applies its own mean: it adds up its micro-batches' mean losses undivided "
+            "(divide each one's summed loss by the update's count)",
         )
         return
-    _, j, at, ratio, what, _ = next((x for x in v.shortfalls if x[0] == "nominal"), v.shortfalls[0])
+    x = next((x for x in v.shortfalls if x.kind == "nominal"), v.shortfalls[0])
     either = (
         ""
         if kinds == {"nominal"}
@@ -141,10 +141,10 @@ def name_shortfalls(v: Verdicts) -> None:
         "coefficient the shorter one applies: the numbers are the same; either way, divide "
         "each micro-batch's summed loss by the count its update took)"
     )
-    v.at = j
+    v.at = x.j
     v.fail(
         "short-last-batch",
-        f"{at} applies {ratio:.4g} times the coefficient every full update applies to its "
-        f"mean: it divides by a full update's {what} (a nominal batch size or accumulation "
+        f"{x.at} applies {x.ratio:.4g} times the coefficient every full update applies to its "
+        f"mean: it divides by a full update's {x.what} (a nominal batch size or accumulation "
         f"count){either}",
     )

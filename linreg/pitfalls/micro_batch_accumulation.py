@@ -22,6 +22,7 @@ from linreg.kinds.training_loop import (
     Judged,
     Step,
     Wanted,
+    beside_a_sum,
     close,
     compare,
     crosses,
@@ -30,14 +31,15 @@ from linreg.kinds.training_loop import (
     options_of,
     reduced,
     summed_means,
+    unjudged_beside_a_sum,
     unreached_why,
-    unreferenced,
     unscaled,
     weights_of,
 )
-from linreg.kinds.training_loop.shared import tallied, tally
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
+
+JUDGED = "a step of two kinds of rows"  # what the property judges (its not-judged reason)
 
 # --- the wrong variant -----------------------------------------------------------------------
 # pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
@@ -121,9 +123,10 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
             and unscaled(target, batching, run, verdicts)
             and weights_of(step, run.ref, reduced(target) == "sum", v.reading) is None
         ):
-            tally(batching, unscaled_mba=1)  # no weighting of its rows at all, beside full
-            return True  # steps of no scale: a term summed beside a mean (mean-vs-sum's,
-            # which names it on identical rows); not judged here (unjudged_beside_a_sum)
+            # no weighting of its rows at all, beside full steps of no scale: a term summed
+            # beside a mean (mean-vs-sum's, which names it on identical rows); not judged here
+            beside_a_sum(batching, JUDGED)
+            return True
         # its micro-batches' means added up undivided: mean-vs-sum's k-fold scale, which over
         # micro-batches of unequal counts is also a mean of means times k: one mistake, named
         # there (its fix, dividing by the step's rows or targets, mends both)
@@ -149,20 +152,6 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     compare(target, batching, judged, explain, relative=True, excused=excused)
 
 
-def _unjudged(target: Target) -> str | None:
-    """Return why the property held on nothing it could judge (None: it judged): no step had
-    a reference (unreferenced), or the full steps applied no multiple of their correct
-    gradient (a term summed beside a mean: mean-vs-sum's), so a step of two kinds of rows
-    had none to be read by."""
-    if tallied("unscaled_mba"):
-        return (
-            "not judged: the full steps applied no multiple of their correct gradient (a term "
-            "summed beside a mean: mean-vs-sum's), so a step of two kinds of rows has no scale "
-            "to be read against"
-        )
-    return unreferenced(target)
-
-
 PROPERTIES = (
     Property(
         name="accumulating over micro-batches gives the full batch's gradient",
@@ -186,7 +175,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
         book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
         requires=("non-leaf-params", "short-last-batch"),
-        unjudged=_unjudged,
+        unjudged=unjudged_beside_a_sum(JUDGED),
     ),
 )
 

@@ -24,6 +24,7 @@ from linreg.kinds.training_loop import (
     Judged,
     Step,
     Wanted,
+    beside_a_sum,
     close,
     compare,
     count_of,
@@ -36,16 +37,17 @@ from linreg.kinds.training_loop import (
     options_of,
     summed_means,
     unequal_weights,
-    unreferenced,
+    unjudged_beside_a_sum,
     unscaled,
 )
-from linreg.kinds.training_loop.shared import tallied, tally
 from linreg.kinds.twin_rows import TwinRows, follows_the_closed_form
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Options, Pitfall, Property, Target, Variant
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
+
+JUDGED = "a shorter step"  # what the property judges (its not-judged reason)
 
 # --- the wrong variant -----------------------------------------------------------------------
 # pragma: no mutate start (a negative control stays wrong: docs/mutation.md)
@@ -149,9 +151,10 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         if fits(v.ratio) or v.stale or (v.carried and fits(v.own)):
             return True
         if not v.carried and unscaled(target, batching, run, verdicts):
-            tally(batching, unscaled_short=1)  # the full steps apply no multiple of theirs
-            return True  # (a term summed beside a mean: mean-vs-sum's): no scale of theirs
-            # to judge this one's against; not judged (unjudged_beside_a_sum)
+            # the full steps apply no multiple of theirs (a term summed beside a mean:
+            # mean-vs-sum's): no scale of theirs to judge this one's against; not judged
+            beside_a_sum(batching, JUDGED)
+            return True
         crossing = crosses(batching, options.drop_last, steps, j)
         if (
             steps[j].unreached  # micro-batches no backward() reached: micro-batch-accumulation's
@@ -234,20 +237,6 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         )
 
 
-def _unjudged(target: Target) -> str | None:
-    """Return why the property held on nothing it could judge (None: it judged): no step had
-    a reference (unreferenced), or the full steps applied no multiple of their correct
-    gradient (a term summed beside a mean: mean-vs-sum's), so a shorter step had none to be read
-    by."""
-    if tallied("unscaled_short"):
-        return (
-            "not judged: the full steps applied no multiple of their correct gradient (a term "
-            "summed beside a mean: mean-vs-sum's), so a shorter step has no scale to be read "
-            "against"
-        )
-    return unreferenced(target)
-
-
 PROPERTIES = (
     Property(
         name="the loop follows nn.MSELoss() + optim.SGD at lr / 2 step for step",
@@ -278,7 +267,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_nominal_batch_size, None, "training-loop", LINEAR),),
         book=lambda: Batching((0,) * 13, BATCH_SIZE, 1, 0),
         requires=("non-leaf-params",),
-        unjudged=_unjudged,
+        unjudged=unjudged_beside_a_sum(JUDGED),
     ),
 )
 

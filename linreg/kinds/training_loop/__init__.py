@@ -126,7 +126,9 @@ from linreg.kinds.training_loop.verdicts import (
 )
 from linreg.kinds.training_loop.wanted import (
     Wanted,
+    beside_a_sum,
     notes,
+    unjudged_beside_a_sum,
     unreferenced,
     unreferenced_error,
     wanted,
@@ -163,6 +165,7 @@ __all__ = [
     "Watcher",
     "as_example",
     "asks_of",
+    "beside_a_sum",
     "blind_steps",
     "build",
     "build_model",
@@ -225,6 +228,7 @@ __all__ = [
     "token_labels",
     "tolerance",
     "unequal_weights",
+    "unjudged_beside_a_sum",
     "unreached_why",
     "unreferenced",
     "unreferenced_error",

@@ -6,6 +6,7 @@ verdicts (`notes`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from torch import Tensor
@@ -145,3 +146,27 @@ def unreferenced_error() -> str | None:
         "it was handed (an attack's perturbation, a mix of two rows), which have no reference "
         "where each row's is the loop's own gradient on a row it was handed"
     )
+
+
+def beside_a_sum(batching: Batching, what: str) -> None:
+    """Note that a property excused a step of the run (what: the steps it judges, "a shorter
+    step") beside full steps that apply no multiple of their correct gradient: a term summed
+    beside a mean, mean-vs-sum's to name (unjudged_beside_a_sum reads it)."""
+    tally(batching, **{f"beside a sum: {what}": 1})
+
+
+def unjudged_beside_a_sum(what: str) -> Callable[[Target], str | None]:
+    """Return the unjudged hook of a property that excuses steps beside a sum (beside_a_sum):
+    where it excused one, it held on no step it could read; else, as every step property,
+    where no step had a reference (unreferenced)."""
+
+    def unjudged(target: Target) -> str | None:
+        if tallied(f"beside a sum: {what}"):
+            return (
+                "not judged: the full steps applied no multiple of their correct gradient (a "
+                f"term summed beside a mean: mean-vs-sum's), so {what} has no scale to be read "
+                "against"
+            )
+        return unreferenced(target)
+
+    return unjudged

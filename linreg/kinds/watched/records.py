@@ -83,7 +83,7 @@ class Open:
     norm_clipped: bool = False  # clip_grad_norm_ was called in it
     optimizers: list[int] = field(default_factory=list)  # the ids of those that stepped it
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
-    scaled_clip: bool = False  # torch's clipping was called on them before that unscale_
+    scaled_clip: bool = False  # torch's clipping changed them before that unscale_
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Update:
     crossed: bool = False  # an epoch ended while it was open
     unreadable: bool = False  # its gradients could not be taken apart (sparse ones): not read
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
-    scaled_clip: bool = False  # torch's clipping was called on them before that unscale_: the
+    scaled_clip: bool = False  # torch's clipping changed them before that unscale_: the
     # clip's bound held the still-scaled gradient (clip-before-unscale)
     # where a backward() reached losses of 2+ functions (a multi-task loss, mse + 0.5 *
     # cross_entropy): the inner products are over each micro-batch's term (its losses of one
