@@ -168,6 +168,7 @@ def run_property(
                 seen.update({"examples": 0, "passed over": 0})
                 del failure[:], measured[:], drawn[:]
                 wrapped()
+            _last(test, prop.last(target.options), drawn, failure, seen)
     except (LoopRaised, Aborted) as e:
         example, message = failure[-1] if failure else (None, str(e))
         raise LoopRaised(message, plain(example)) from None
@@ -186,6 +187,26 @@ def run_property(
     if offered is not None:
         offered.keep(drawn, limit)
     return Result(prop.pitfall, prop.name, "pass", examples=seen["examples"])
+
+
+def _last(
+    test: Callable[[Any], None],
+    lasts: Sequence[Any],
+    drawn: list[Any],
+    failure: list[Any],
+    seen: dict[str, int],
+) -> None:
+    """Check a property's last examples once its drawn ones passed; never offered to another
+    property. One the target raised on, or ran out of time on, is passed over uncounted: the
+    drawn ones judged the loop; a failure is a CheckFailed, reported unshrunk."""
+    for last in lasts:
+        try:
+            test(last)
+        except (LoopRaised, Aborted):
+            del failure[:]
+            seen["examples"] -= 1
+        finally:
+            drawn.pop()
 
 
 def _settings(limit: int, seed: int | None, shrink: bool, explicit: bool = False) -> settings:

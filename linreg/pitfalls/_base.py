@@ -52,6 +52,10 @@ class Variant:
         return Target(self.call or self.func, self.kind, self.options, self.name)
 
 
+def _nothing_last(options: Any) -> tuple[Any, ...]:
+    return ()
+
+
 def _always(options: Options) -> str | None:
     del options
     return None
@@ -78,6 +82,9 @@ class Property:
     applies: Callable[[Any], str | None] = _always  # the kind's Options -> why not
     requires: tuple[str, ...] = ()
     max_examples: int | None = None  # a cap, for properties whose examples start processes
+    # the kind's Options -> examples it judges once its drawn ones passed, found there unshrunk
+    # (what the drawn never hold: the training-loop kind's wide run)
+    last: Callable[[Any], tuple[Any, ...]] = _nothing_last
     # after an audit's examples held: why they judged nothing (None: they did), as the runs
     # the audit shares showed it (a loop that never called what the property reads)
     unjudged: Callable[[Target], str | None] | None = None

@@ -35,6 +35,7 @@ from linreg.kinds.training_loop import (
     unreached_why,
     unscaled,
     weights_of,
+    wide_run,
 )
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
@@ -176,6 +177,7 @@ PROPERTIES = (
         book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
         requires=("non-leaf-params", "short-last-batch"),
         unjudged=unjudged_beside_a_sum(JUDGED),
+        last=lambda options: (wide_run(options),),  # chunks of a batch of its own: uneven
     ),
 )
 

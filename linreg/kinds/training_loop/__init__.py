@@ -35,11 +35,13 @@ from __future__ import annotations
 
 from linreg.kinds.training_loop import contract
 from linreg.kinds.training_loop.batching import (
+    WIDE,
     Batching,
     count_of,
     describe,
     expected_steps,
     first_runs,
+    wide_run,
 )
 from linreg.kinds.training_loop.calls import STEP_COUNT, Call, copied, tensors_in
 from linreg.kinds.training_loop.held import (
@@ -150,6 +152,7 @@ __all__ = [
     "SIGNATURE",
     "STEP_COUNT",
     "TRAINING_LOOPS",
+    "WIDE",
     "Batching",
     "Call",
     "Example",
@@ -238,4 +241,5 @@ __all__ = [
     "wanted",
     "watching",
     "weights_of",
+    "wide_run",
 ]

@@ -88,6 +88,26 @@ def first_runs(options: TrainingLoopOptions) -> tuple[Batching, ...]:
     return run(rest, 2), run(rest, 1)
 
 
+WIDE = 37  # rows in the wide run's batches: a prime, so no chunk size nor count splits one evenly
+
+
+def wide_run(options: TrainingLoopOptions) -> Batching:
+    """Return the run an audit makes last: one window of batches of WIDE rows, for one epoch.
+
+    The drawn runs' batches hold 5 rows at most, so a loop that splits each batch into chunks
+    of 4, 8 or 16 (or into 2 or 4 by torch.chunk) splits them evenly or not at all, and a mean
+    of its chunks' means applies the mean. A prime number of rows splits unevenly under every
+    chunk size and count; the example's rows first and the contrast row's after weigh each
+    chunk's share (or a lone last row's) apart. A loop that takes a count is handed 1; one
+    given a count k runs one full window of k batches (at least the batches it needs).
+    """
+    k = 1 if options.draws_count else options.accumulation_steps or 1
+    half = WIDE // 2 + 1
+    batch = (0,) * half + (1,) * (WIDE - half)
+    batches = max(k, options.least_batches)
+    return Batching(batch * batches, WIDE, 1, 0, 1 if options.draws_count else None)
+
+
 def expected_steps(batching: Batching, accumulation_steps: int, drop_last: bool = False) -> int:
     """Return the number of optimizer steps a correct loop takes on the batching."""
     return len(batching.steps(accumulation_steps, drop_last))
