@@ -1607,6 +1607,55 @@ def test_the_skipped_short_batch_is_measured_directly_never_applied() -> None:
     assert seen == [4, 4, 4, 4]  # each epoch's last 2 rows never reach the model
 
 
+def buffered_windows(
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    accumulation_steps: int,
+    flush: bool = True,
+) -> None:
+    """Windows fetched whole before their forwards, each batch's summed loss over the window's
+    rows; the epoch's left-over window fed and stepped when the data ends (flush), or dropped
+    with the list (review 23's A6b)."""
+    for _ in range(num_epochs):
+        window: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, batch in enumerate(loader):
+            window.append(batch)
+            if len(window) < accumulation_steps and not (flush and i + 1 == len(loader)):
+                continue
+            rows = sum(len(y) for _, y in window)
+            for X, y in window:
+                (F.cross_entropy(model(X), y, reduction="sum") / rows).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            window = []
+
+
+@pytest.mark.parametrize("flush", [True, False], ids=["flushed", "dropped"])
+def test_a_left_over_window_fetched_and_never_fed_fails_short_last_batch(flush: bool) -> None:
+    """Each fetch of a window's batches came before any forward, so the skipped short batch
+    was read as no skip (the full batch after it had not gone through the model when the next
+    was fetched): the dropped left-over passed."""
+
+    loop = functools.partial(buffered_windows, flush=flush)
+    report = audit.training_loop(loop, **LOOP)
+    assert [r.pitfall for r in report.failures] == ([] if flush else ["short-last-batch"])
+    if not flush:
+        assert "left-over window, fewer than" in report.failures[0].message, str(report)
+
+
+def test_the_left_over_window_never_fed_is_measured_directly() -> None:
+    """7 rows in batches of 3, windows of 2, 2 epochs: the model sees 6 rows an epoch."""
+    x, y = torch.randn(7, 3), torch.randint(0, 2, (7,))
+    model = TwoPart()
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    buffered_windows(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 2, 2, False)
+    assert seen == [3, 3, 3, 3]  # each epoch's last row never reaches the model
+
+
 def _step_on(model: nn.Module, optimizer: Any, X: torch.Tensor, y: torch.Tensor) -> None:
     optimizer.zero_grad()
     F.cross_entropy(model(X), y).backward()

@@ -228,12 +228,20 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         )
     if seen.skipped_short and 0 < seen.fed < seen.train_rows:  # (rows carried over are fed)
         short = batching.n % batching.batch_size
+        unfed = seen.train_rows - seen.fed
+        why = (
+            f"{unfed} fetched rows in all: an epoch's left-over window, fewer than {k} "
+            "batches, or its short batch, never fed: feed and step them too, when the data ends"
+            if k > 1
+            else "a batch smaller than batch_size skipped before its forward: step on it too; "
+            "where it is dropped on purpose, say so: drop_last=True, --drop-last"
+            if unfed <= short * batching.num_epochs
+            else f"{unfed} fetched rows in all"
+        )
         raise CheckFailed(
             f"on {describe(batching, options)}, the loop fetched each epoch's short last batch "
             f"({short} row(s)) and never passed it through the model, in "
-            f"{seen.skipped_short} epoch(s): its rows are never applied (a batch smaller than "
-            "batch_size skipped before its forward: step on it too; where it is dropped on "
-            "purpose, say so: drop_last=True, --drop-last)"
+            f"{seen.skipped_short} epoch(s): its rows are never applied ({why})"
         )
 
 

@@ -67,11 +67,12 @@ class ShortFetches:
             self.rows = 0
 
     def _resumed(self, seen: Observed) -> None:
-        """A short batch skipped: the full batch after it went through the model (a loop that
-        stopped there, at a budget or an early stop, broke off; it skipped nothing)."""
+        """A short batch skipped: the model ran again after the full batch that followed it, at
+        once or once the loop fetched more (a window fetched whole before its forwards; a loop
+        that stopped there, at a budget or an early stop, broke off: it skipped nothing)."""
         if self.resumed is not None and seen.forwards > self.resumed:
             seen.skipped_short += 1
-        self.resumed = None
+            self.resumed = None
 
     def finish(self) -> None:
         """Count the rows of a pass the loop left before its short batch, where it trained."""
