@@ -404,6 +404,11 @@ def test_pitfalls_training_loop_refuses_a_random_forward() -> None:
         ({"optimizer": lambda params: list(params)}, "not a torch.optim.Optimizer"),
         ({"model": lambda: 3}, "not an nn.Module"),
         ({"example": (torch.zeros(5), 1)}, "raised RuntimeError"),
+        # two heads' labels: a DataLoader collates them apart, one tensor would not (review 23)
+        (
+            {"example": (torch.zeros(4), (torch.tensor(0.7), torch.tensor(2)))},
+            "y is a tuple of 2 tensors .* give a dict example that names each part",
+        ),
     ],
 )
 def test_pitfalls_training_loop_names_what_is_wrong_with_its_arguments(

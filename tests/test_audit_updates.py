@@ -1099,6 +1099,78 @@ def test_tags_fed_apart_from_the_ids_are_judged_under_token_cross_entropy() -> N
     assert "loop's own gradient" not in report.note, report.note
 
 
+class PaddedTags(nn.Module):
+    """A tagger over ids padded with 0 (what `get_batch` hands a window's micro-batches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 6, padding_idx=0)
+        self.tags = nn.Linear(6, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tags(torch.tanh(self.embed(ids)))
+
+
+def padded_tags() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([3, 9, 4, 7, 0, 0]), torch.tensor([1, 2, 3, 1, -100, -100])
+
+
+def token_windows(mean_of_means: bool) -> Any:
+    def train(model: nn.Module, get_batch: Any, max_iters: int, accumulation_steps: int) -> None:
+        """nanoGPT's shape: a budget of updates, accumulation_steps micro-batches each; each
+        micro-batch's summed token loss over the window's counted tokens (right), or its mean
+        over the window's micro-batches (the accumulation bug transformers fixed in 2024)."""
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(max_iters):
+            window = [get_batch() for _ in range(accumulation_steps)]
+            tokens = sum(int((tags != -100).sum()) for _, tags in window)
+            for ids, tags in window:
+                logits = model(ids).flatten(0, 1)
+                if mean_of_means:
+                    loss = F.cross_entropy(logits, tags.flatten()) / accumulation_steps
+                else:
+                    loss = F.cross_entropy(logits, tags.flatten(), reduction="sum") / tokens
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return train
+
+
+@pytest.mark.parametrize("mean_of_means", [False, True], ids=["by tokens", "mean of means"])
+def test_tags_padded_in_a_tuple_example_count_fewer_on_the_contrast_row(
+    mean_of_means: bool,
+) -> None:
+    """An (ids, tags) example padded with -100: its contrast row kept the example's tags, so
+    every micro-batch of get_batch's equal rows counted equal tokens and the mean of means
+    passed (review 23's A4b). The contrast row now counts one token, each row's tags read by
+    its ids."""
+    report = audit.training_loop(token_windows(mean_of_means), model=PaddedTags,
+                                 example=padded_tags)  # fmt: skip
+    assert [r.pitfall for r in report.failures] == (
+        ["micro-batch-accumulation"] if mean_of_means else []
+    ), str(report)
+    assert "loop's own gradient" not in report.note, report.note
+
+
+def test_a_mean_of_means_over_unlike_token_counts_is_measured_directly() -> None:
+    """Two micro-batches of one row, 4 tokens and 1: the mean of means weighs the lone token
+    as much as the other four together, the window's token mean a fifth of them."""
+    ids = torch.tensor([[3, 9, 4, 7, 0, 0], [0, 0, 0, 0, 0, 0]])
+    tags = torch.tensor([[1, 2, 3, 1, -100, -100], [-100] * 5 + [1]])
+    batches = iter([(ids[:1], tags[:1]), (ids[1:], tags[1:])] * 2)
+    moved = []
+    for mean_of_means in (False, True):
+        torch.manual_seed(0)
+        model = PaddedTags()
+        before = [p.detach().clone() for p in model.parameters()]
+        token_windows(mean_of_means)(model, lambda: next(batches), 1, 2)
+        moved.append(
+            torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+        )
+    assert not torch.allclose(moved[0], moved[1], rtol=1e-3, atol=1e-6)
+
+
 def train_then_report_loss(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
     """Trains, then reports the training loss in a pass of its own, grad left on: one more
     pass over the data that feeds no step."""

@@ -73,8 +73,9 @@ def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) ->
     """Return the calls, each forward fed without its batch's labels given them back: fed to a
     replay where the model's forward takes them, else for the loss alone."""
     example = options_of(target).example
-    if not isinstance(example, Mapping):
-        return list(calls)
+    if not isinstance(example, Mapping):  # (x, y): y for the loss alone, where it is padded
+        held_apart = (held_labels(example, c.args, c.kwargs, c.rows) for c in calls)
+        return [replace(c, given=h) if h else c for c, h in zip(calls, held_apart, strict=True)]
     label = label_key(example)
     feeds = _takes(model, label)
     out = []

@@ -48,6 +48,16 @@ def as_example(example: Any) -> Example:
             f"{type(example).__name__}"
             + (f" of length {len(example)}" if isinstance(example, (tuple, list)) else "")
         )
+    for name, v in zip("xy", example, strict=True):
+        parts = list(v) if isinstance(v, (tuple, list)) else []
+        if any(isinstance(p, (Tensor, tuple, list, Mapping)) for p in parts):
+            raise TypeError(
+                f"the example's {name} is a {type(v).__name__} of {len(parts)} tensors (or "
+                "sequences), which a DataLoader collates apart, each into a batch of its own: "
+                "the audit's rows hold x and y as one tensor each; give a dict example that "
+                "names each part (x, y_reg, y_cls, ...), and a loop that reads them by name "
+                "from its dict batches"
+            )
     try:
         x, y = (torch.as_tensor(v) for v in example)
     except (TypeError, ValueError, RuntimeError) as e:
@@ -77,7 +87,8 @@ def rows_of(example: Example, kinds: Iterable[int]) -> list[Any]:
     """Return the rows: the example (0) or its contrast row (1), as the dataset holds them."""
     if isinstance(example, tuple):
         x, y = example
-        pair = ((x, y), (contrast(x), y))
+        # token labels the example pads with IGNORE_INDEX: the contrast row counts fewer too
+        pair = ((x, y), (contrast(x), fewer_targets(y) if padded(y) else y))
         return [pair[k] for k in kinds]
     key = input_key(example)
     other = {**example, key: contrast(example[key])}
@@ -85,6 +96,12 @@ def rows_of(example: Example, kinds: Iterable[int]) -> list[Any]:
     if label is not None:  # token labels: the contrast row counts fewer targets
         other[label] = fewer_targets(example[label])
     return [dict(example) if k == 0 else dict(other) for k in kinds]
+
+
+def padded(labels: Tensor) -> bool:
+    """Return True for token labels that pad with IGNORE_INDEX (a tuple example's are then its
+    contrast row's too, fewer: rows_of; and each row's are read by its input: held_labels)."""
+    return not labels.is_floating_point() and bool((labels == IGNORE_INDEX).any())
 
 
 def fewer_targets(labels: Tensor) -> Tensor:
@@ -106,22 +123,30 @@ def held_labels(
     example: Example, args: Sequence[Any], kwargs: Mapping[str, Any], rows: int
 ) -> dict[str, Tensor]:
     """Return the labels a dict batch held for the rows a forward was fed without them (the
-    loop popped them first, or fed the input alone: `model(batch["input_ids"])`), each row's
-    found by its input, by keyword or first, among the rows the audit handed out; {} where the
-    forward was fed labels, or a row is none of them."""
-    if isinstance(example, tuple) or any(k in kwargs for k in LABEL_KEYS):
+    loop popped them first, or fed the input alone: `model(batch["input_ids"])`), or a tuple
+    example's padded token labels (the contrast row's count fewer), each row's found by its
+    input, by keyword or first, among the rows the audit handed out; {} where the forward was
+    fed labels, or a row is none of them."""
+    label: str | None
+    if isinstance(example, tuple):  # (x, y): y held apart, each row's read by its x if padded
+        if not padded(example[1]):
+            return {}
+        label, fed = LABEL_KEYS[0], args[0] if args else None
+        pairs = [(x, y) for x, y in rows_of(example, (0, 1))]
+    elif any(k in kwargs for k in LABEL_KEYS):
         return {}
-    label, key = label_key(example), input_key(example)
-    fed = kwargs.get(key, args[0] if args else None)
+    else:
+        label, key = label_key(example), input_key(example)
+        fed = kwargs.get(key, args[0] if args else None)
+        pairs = [(r[key], r[label]) for r in rows_of(example, (0, 1))] if label else []
     if label is None or not isinstance(fed, Tensor) or fed.shape[:1] != (rows,):
         return {}
-    held = rows_of(example, (0, 1))
     found = []
     for i in range(rows):
-        row = next((r for r in held if _same(fed[i], r[key])), None)
-        if row is None:
+        labels = next((y for x, y in pairs if _same(fed[i], x)), None)
+        if labels is None:
             return {}
-        found.append(row[label])
+        found.append(labels)
     return {label: torch.stack(found)}
 
 

@@ -46,8 +46,8 @@ def _callable_or_none(what: str) -> Callable[[str, object], Any]:
 
 
 EXAMPLE_HELP = (
-    "one sample, unbatched, as the dataset holds it: (x, y), or a dict of tensors (or a "
-    "function returning one)"
+    "one sample, unbatched, as the dataset holds it: (x, y), each one tensor, or a dict of "
+    "tensors, one per part (or a function returning one)"
 )
 
 
