@@ -398,6 +398,83 @@ def test_a_frozen_backbones_optimizer_stepped_before_the_heads_is_one_update_at_
     assert reports[0].ok and not reports[0].error, str(reports[0])
 
 
+def _summed_windows_per_epoch(flush: bool, log_each_step: bool = False) -> None:
+    """50 rows in batches of 8 (7 batches, the last of 2), windows of 2: each batch's summed
+    loss added to the window's, one backward() of it over the window's rows a window; the
+    epoch's last window flushed when the data ends, or let go with the sum at the next
+    epoch's start (review 23's W5b); log_each_step: a fresh forward's loss after each step,
+    grad on, for a log line (a loss no backward() ever reaches)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=gen)
+    y = torch.randint(0, 3, (50,), generator=gen)
+    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    for _ in range(3):
+        total: Tensor | float = 0.0
+        rows = 0
+        for i, (xb, yb) in enumerate(loader):
+            total = total + F.cross_entropy(model(xb), yb, reduction="sum")
+            rows += len(yb)
+            if (i + 1) % 2 == 0 or (flush and i + 1 == len(loader)):
+                assert isinstance(total, Tensor)
+                (total / rows).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                total, rows = 0.0, 0
+                if log_each_step:
+                    print(f"{F.cross_entropy(model(xb), yb).item():.3f}", end="\r")
+
+
+def _watched_windows(flush: bool, log_each_step: bool = False) -> audit.Report:
+    with watch() as reports:
+        _summed_windows_per_epoch(flush, log_each_step)
+    return reports[0]
+
+
+def test_an_epochs_last_loss_let_go_before_any_backward_fails_short_last_batch() -> None:
+    """Its loss computed, its backward() never called: no micro-batch was left over (no
+    backward() reached it), so short-last-batch was not judged and the watch passed."""
+    assert _watched_windows(flush=True).ok
+    report = _watched_windows(flush=False)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "were let go" in report.failures[0].message
+
+
+def test_batches_the_code_skips_by_their_loss_now_and_then_tell_nothing_at_an_epochs_end() -> None:
+    """A loop that computes each batch's loss and trains on two of every three (the third's
+    skipped, as a loss spike's would be), the epoch's last among them: within the epoch a
+    backward() let such losses go too, so the last one let go is the code's choice."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=gen), torch.randint(0, 3, (50,), generator=gen)
+    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    with watch() as reports:
+        for _ in range(3):
+            for i, (xb, yb) in enumerate(loader):
+                loss = F.cross_entropy(model(xb), yb)
+                if i % 3 == 0:  # 0, 3 and 6, the last
+                    continue
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    assert "short-last-batch" not in [r.pitfall for r in reports[0].failures], str(reports[0])
+
+
+def test_the_let_go_left_over_is_measured_directly() -> None:
+    """The dropped window's 2 rows never reach a backward(): 3 updates an epoch, not 4."""
+    steps: list[int] = []
+    handle = optim_module.register_optimizer_step_post_hook(lambda *a: steps.append(1))
+    try:
+        _summed_windows_per_epoch(flush=False)
+        dropped = len(steps)
+        _summed_windows_per_epoch(flush=True)
+    finally:
+        handle.remove()
+    assert (dropped, len(steps) - dropped) == (9, 12)
+
+
 def test_a_gans_two_updates_are_each_read_against_their_own_rows() -> None:
     """D's objective, the means of its real and fake terms added up (2 times the mean of its
     16 targets), beside G's of 8: read as one set of updates, G's looked like a shorter update

@@ -163,6 +163,14 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             "backward(), the data ran out, and no optimizer.step() used them: step when the "
             "data ends too",
         )
+    if seen.unreached and not seen.strays:
+        v.fail(
+            "short-last-batch",
+            f"{seen.unreached} loss(es) computed on an epoch's last batches after its last "
+            "backward() were let go: the next backward(), after the data ran out, did not "
+            "reach them, so their rows were never applied (an epoch's left-over window "
+            "dropped): backward and step when the data ends too",
+        )
     return v
 
 

@@ -96,6 +96,9 @@ class Observer(ClipHooks):
         self.steps, self.seen = steps, Watched()
         self.ends: list[int] = []  # the updates made when a DataLoader ran out (an epoch ended)
         self.pending: list[LossCall] = []  # losses computed, no backward() has reached yet
+        # those pending as a training pass ended, computed after its last backward(): the next
+        # backward() that reaches a loss tells whether they were let go (Watched.unreached)
+        self.at_end: list[LossCall] = []
         self.micro: list[MicroBatch] = []
         self.blind = 0
         self.carried: dict[int, Tensor | None] | None = None
@@ -198,6 +201,7 @@ class Observer(ClipHooks):
                     reduction,
                     by_code,
                     elements=out.numel(),
+                    backwards=self.backwards,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -244,6 +248,9 @@ class Observer(ClipHooks):
         ran = now and (at is None or self._trained_in(at[0]))
         if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
+            self.at_end = [
+                c for c in self.pending if c.from_batch and c.backwards == self.backwards
+            ]
             if self.micro and not self.straddles:  # the open window runs on
                 self.straddles, self.held_at_end = True, len(self.micro)
 
@@ -348,6 +355,8 @@ class Observer(ClipHooks):
         # rows the code weighs itself (a mask, a class weight, a focal term) are not read
         reached = [c for c in matched if c.alike]
         gone = {id(c) for c in matched}
+        if matched:
+            self._let_go(gone)
         self.pending = [c for c in self.pending if id(c) not in gone]
         for c in reached:  # the gradients as this backward() left them, into kept buffers
             for p in leaves_of(c):
@@ -365,6 +374,19 @@ class Observer(ClipHooks):
             self.all_micro += 1
         else:
             self.blind += 1
+
+    def _let_go(self, gone: set[int]) -> None:
+        """Count the losses on fetched batches, computed since the backward() before, that this
+        one (reaching others: gone) let go: strays within a pass, or an epoch's last ones."""
+        ended = {id(c) for c in self.at_end}
+        skipped = [
+            c
+            for c in self.pending
+            if c.from_batch and c.backwards == self.backwards - 1 and id(c) not in gone
+        ]
+        self.seen.unreached += sum(id(c) in ended for c in skipped)
+        self.seen.strays += sum(id(c) not in ended for c in skipped)
+        self.at_end = []
 
     # --- updates --------------------------------------------------------------------------
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

@@ -46,6 +46,7 @@ class LossCall:
     # mean of any dims; not a mask or weights of the code's), and how many it has
     alike: bool = True
     elements: int = 0
+    backwards: int = 0  # the backward() calls watched before it was computed
 
 
 @dataclass
@@ -405,6 +406,11 @@ class Watched:
     crossed: int = 0  # updates whose micro-batches came from both sides of an epoch's end
     capped: bool = False  # ended at the most updates watched by default, no epoch's end seen
     ran_out: bool = False  # the data ran out (an epoch's end) with micro-batches left unstepped
+    # losses on a training pass's batches, computed after its last backward(), that the first
+    # backward() after the pass's end (reaching others) did not reach: rows never applied
+    unreached: int = 0
+    strays: int = 0  # losses on fetched batches a backward() skipped within a pass: the code
+    # computes losses it never trains on (a log), so those at an epoch's end tell nothing
     unrestored: list[str] = field(default_factory=list)  # what could not be put back, and why
     # the first loss call a backward() reached whose predictions and labels broadcast into
     # more entries than either holds (labels.broadcast): label-shape's
