@@ -558,6 +558,32 @@ def test_updates_whose_grad_torch_func_set_are_an_error_that_says_no_backward_fe
     assert not reports[0].ok
 
 
+def test_sparse_gradients_are_an_error_whose_reasons_ask_for_no_more_steps() -> None:
+    """An EmbeddingBag(sparse=True) under SparseAdam beside Adam on the head: no update's
+    gradients can be taken apart, so nothing is judged (never a pass), and the reasons said
+    "--steps watches more", which cannot help (review 23's W6)."""
+    bag, head = nn.EmbeddingBag(20, 8, mode="mean", sparse=True), nn.Linear(8, 2)
+    optimizers = [
+        torch.optim.SparseAdam(list(bag.parameters()), lr=0.01),
+        torch.optim.Adam(head.parameters(), lr=0.01),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    rows = list(zip(torch.randint(0, 20, (40, 5), generator=gen), torch.randint(0, 2, (40,),
+                generator=gen), strict=True))  # fmt: skip
+    with watch() as reports:
+        for _ in range(2):
+            for ids, y in DataLoader(rows, batch_size=8):
+                F.cross_entropy(head(bag(ids)), y).backward()
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad()
+    report = reports[0]
+    assert not report.ok and report.error.startswith("no update could be judged"), str(report)
+    assert "sparse ones" in report.note, report.note
+    reasons = [r.message for r in report.results if r.verdict == "skip"]
+    assert reasons and not any("--steps" in m for m in reasons), str(report)
+
+
 def _masked_tokens(divide_by_count: bool) -> Any:
     """A token classifier in windows of 2 micro-batches of 2 sequences of 4 tokens, masked
     (-100) so that each window counts its targets unlike the others (as a masking collator

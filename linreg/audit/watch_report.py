@@ -246,9 +246,10 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
         "micro-batch-accumulation": "no update held micro-batches of unequal counts",
         "clip-before-unscale": "no loss scaler (GradScaler) unscaled the gradients",
     }.get(pitfall, "no update could be read")
+    own = pitfall in ("label-shape", "clip-before-unscale")  # read apart from the gradients
+    if not own and seen.updates and all(u.unreadable or u.blind for u in seen.updates):
+        return "not judged: no update's gradients could be read (see the note)"
     more = (  # (a loss the code never calls, more updates would not show)
-        " (the watch ended first: --steps watches more)"
-        if seen.ended and pitfall not in ("label-shape", "clip-before-unscale")
-        else ""
+        " (the watch ended first: --steps watches more)" if seen.ended and not own else ""
     )
     return f"not judged: {why}{more}"
