@@ -163,3 +163,35 @@ def test_a_broadcast_beside_a_mean_of_means_keeps_both_names() -> None:
         max_examples=20,
     )
     assert [r.pitfall for r in report.failures] == ["label-shape", "micro-batch-accumulation"]
+
+
+def _doubling(divide: str) -> Any:
+    def train(
+        model: nn.Module, dataset: Any, optimizer: Any, num_epochs: int, batch_size: int
+    ) -> None:
+        """A batch-size curriculum: a DataLoader of its own each epoch, the batch doubled;
+        each batch's loss its mean, its sum, or its sum over the first epoch's batch size."""
+        for epoch in range(num_epochs):
+            size = batch_size * 2 ** min(epoch, 2)
+            for x, y in torch.utils.data.DataLoader(dataset, batch_size=size):
+                optimizer.zero_grad()
+                loss = F.mse_loss(model(x).squeeze(-1), y, reduction="sum")
+                (loss / {"mean": len(y), "sum": 1, "nominal": batch_size}[divide]).backward()
+                optimizer.step()
+
+    return train
+
+
+@pytest.mark.parametrize(
+    "divide, pitfalls",
+    [("mean", []), ("sum", ["mean-vs-sum"]), ("nominal", ["short-last-batch"])],
+)
+def test_a_summed_loss_on_a_doubling_batch_is_mean_vs_sum_alone(
+    divide: str, pitfalls: list[str]
+) -> None:
+    """Where the full steps hold one row, a step of two that applies twice the mean is a sum's
+    as much as a divisor's of one row: short-last-batch named it beside mean-vs-sum for one
+    summed loss (review 24's A4b). A divisor fixed at the first epoch's batch size, right on
+    it, still fails short-last-batch on the wider batches."""
+    report = audit.training_loop(_doubling(divide), model=Regressor, example=value)
+    assert [r.pitfall for r in report.failures] == pitfalls, str(report)

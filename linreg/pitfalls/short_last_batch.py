@@ -141,6 +141,9 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         # right; or, where the full steps carry a scale (mean-vs-sum's), that scale taken per
         # row (a summed loss) or per micro-batch (summed means), or none at all (right as is)
         shares = [1.0] + ([steps[j].rows / full, len(steps[j].sizes) / parts, 1 / by] if by else [])
+        if not by and full == 1:  # a full step of one row shows no sum's scale: a step taking
+            shares.append(steps[j].rows)  # its rows' sum is a summed loss's (mean-vs-sum's on
+            # wider full steps) as much as a divisor of one row's
 
         def fits(s: float | None) -> bool:
             return s is not None and any(near(s, t, v.tol) for t in shares)
