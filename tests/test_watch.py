@@ -558,6 +558,68 @@ def test_updates_whose_grad_torch_func_set_are_an_error_that_says_no_backward_fe
     assert not reports[0].ok
 
 
+def _penalized(reduction: str, penalty: str) -> tuple[audit.Report, list[Tensor]]:
+    """d2l's weight decay written into the loss: cross-entropy plus lambda times an L2 penalty
+    on the weights alone (d2l's l2_penalty(w)), on every param, or an L1 penalty; batches of
+    8 over 30 rows, 2 epochs. Returns the report and, unwatched, each update's .grad."""
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(30, 4, generator=gen), torch.randint(0, 3, (30,), generator=gen)
+
+    def run() -> list[Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        grads = []
+        for _ in range(2):
+            for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8):
+                optimizer.zero_grad()
+                weights = [p for p in model.parameters() if p.ndim > 1]
+                if penalty == "l2 on w":
+                    extra = sum((w**2).sum() for w in weights) / 2
+                elif penalty == "l2":
+                    extra = sum((p**2).sum() for p in model.parameters()) / 2
+                else:
+                    extra = sum(p.abs().sum() for p in model.parameters())
+                loss = F.cross_entropy(model(xb), yb, reduction=reduction)
+                (loss + 1e-2 * extra).backward()
+                grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+                optimizer.step()
+        return grads
+
+    with watch() as reports:
+        run()
+    return reports[0], run()
+
+
+@pytest.mark.parametrize("penalty", ["l2 on w", "l2", "l1"])
+def test_a_penalty_on_the_params_in_the_loss_is_read_apart_and_a_summed_loss_beside_fails(
+    penalty: str,
+) -> None:
+    """Every update applied what its read losses do not explain (the penalty's gradient), so
+    nothing was judged and the watch was an error: now the penalty is read beside them, its
+    weight the code's, and the loss's weights are judged as alone."""
+    report, _ = _penalized("mean", penalty)
+    assert report.ok and not report.error, str(report)
+    assert "held a penalty on the params beside their losses" in report.note, report.note
+    judged = {r.pitfall: r.verdict for r in report.results}
+    assert judged["mean-vs-sum"] == judged["short-last-batch"] == "pass", str(report)
+    report, _ = _penalized("sum", penalty)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "applied 8 times the mean" in report.failures[0].message, str(report)
+
+
+def test_the_summed_loss_beside_a_penalty_is_measured_directly() -> None:
+    """On the first batch (same params), the summed twin's .grad less the penalty's equals 8
+    times the mean's less the penalty's."""
+    _, mean = _penalized("mean", "l2")
+    _, summed = _penalized("sum", "l2")
+    torch.manual_seed(0)
+    params = torch.cat([p.detach().flatten() for p in nn.Sequential(nn.Linear(4, 8), nn.Tanh(),
+                        nn.Linear(8, 3)).parameters()])  # fmt: skip
+    own = 1e-2 * params
+    assert torch.allclose(summed[0] - own, 8 * (mean[0] - own), atol=1e-5)
+
+
 def test_sparse_gradients_are_an_error_whose_reasons_ask_for_no_more_steps() -> None:
     """An EmbeddingBag(sparse=True) under SparseAdam beside Adam on the head: no update's
     gradients can be taken apart, so nothing is judged (never a pass), and the reasons said
@@ -2040,19 +2102,20 @@ def test_watch_a_distillation_solves_for_its_kl_term_and_judges_its_labels_term(
 
 @pytest.mark.parametrize("summed", [False, True], ids=["mean", "summed"])
 def test_watch_a_penalty_by_hand_on_every_update_is_an_error_not_a_pass(summed: bool) -> None:
-    """An L2 penalty written into the loss, a term the watcher does not read: every update is
-    unread, so nothing but .grad's zeroing is judged. That is no pass (it exited 0, whether the
-    cross-entropy was a mean or a sum, 16 times the mean here), and the properties it could not
-    judge say so, not that the watch ended first."""
+    """A penalty on the activations written into the loss, a term the watcher does not read
+    (one on the params it reads apart): every update is unread, so nothing but .grad's
+    zeroing is judged. That is no pass (it exited 0, whether the cross-entropy was a mean or a
+    sum), and the properties it could not judge say so, not that the watch ended first."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(90, 4, generator=gen), torch.randint(0, 3, (90,), generator=gen)
-    model = nn.Linear(4, 3)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    trunk, head = nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Linear(8, 3)
+    optimizer = torch.optim.SGD([*trunk.parameters(), *head.parameters()], lr=0.05)
     with watch() as reports:
         for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16):
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(xb), yb, reduction="sum" if summed else "mean")
-            (loss + 1e-3 * model.weight.pow(2).sum()).backward()
+            hidden = trunk(xb)
+            loss = F.cross_entropy(head(hidden), yb, reduction="sum" if summed else "mean")
+            (loss + 1e-2 * hidden.pow(2).mean()).backward()
             optimizer.step()
     report = reports[0]
     assert not report.ok and report.error == "no update could be judged: see the note", str(report)

@@ -33,6 +33,7 @@ class Reading:
     # params: their scale before it never showed (Update.hand_unseen)
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
+    penalized: bool = False  # read beside a penalty on the params (Update.penalty)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -73,9 +74,38 @@ def _read(j: int, u: Update, summed: bool) -> Reading | None:
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(parts):
         return Reading(j, total, parts, None, clipped, unread=True)  # weights not unique
     a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    beside = None
     if _residual(gram, dots, rr, a) > tol2 * max(rr, ww):
-        return Reading(j, total, parts, None, clipped)
-    return Reading(j, total, parts, [float(x) for x in a / want], clipped)
+        beside = _beside_a_penalty(u, c, gram, dots, rr, clipped and not u.clipped)
+        if beside is None:
+            return Reading(j, total, parts, None, clipped)
+        a = beside
+    relative = [float(x) for x in a / want]
+    return Reading(j, total, parts, relative, clipped, penalized=beside is not None)
+
+
+def _beside_a_penalty(
+    u: Update, c: torch.Tensor, gram: torch.Tensor, dots: torch.Tensor, rr: float, before: bool
+) -> torch.Tensor | None:
+    """Return the weights on an update's micro-batches' mean gradients where a penalty on the
+    params (L2, L1: Update.penalty) beside them explains the rest of what it applied (before
+    a clip: before), its own weight the code's; None where it does not."""
+    if u.penalty is None:
+        return None
+    qq, sq, qa, qb = u.penalty
+    held = [k for k in range(len(qq)) if float(qq[k, k]) > 0]
+    if not held:
+        return None
+    m = len(dots)
+    side = sq[:, held] / c.unsqueeze(1)
+    g = torch.cat([torch.cat([gram, side], 1), torch.cat([side.T, qq[held][:, held]], 1)])
+    d = torch.cat([dots, (qb if before else qa)[held]])
+    if int(torch.linalg.matrix_rank(g, rtol=1e-6)) < len(d):
+        return None  # a penalty's gradient among the losses': the weights are not unique
+    a: torch.Tensor = torch.linalg.lstsq(g, d.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    if _residual(g, d, rr, a) > u.tol**2 * max(rr, float(a[:m] @ gram @ a[:m])):
+        return None
+    return a[:m]
 
 
 def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
@@ -95,8 +125,12 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     if _a_clipping(u):  # (no correct update to try first: the terms' weights are the code's)
         dots, rr, clipped = u.sb / c, u.bb, True
     a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    beside = None
     if _residual(gram, dots, rr, a) > u.tol**2 * max(rr, float(a @ gram @ a)):
-        return [("", Reading(j, total, list(u.counts), None, clipped))]
+        beside = _beside_a_penalty(u, c, gram, dots, rr, clipped and not u.clipped)
+        if beside is None:
+            return [("", Reading(j, total, list(u.counts), None, clipped))]
+        a = beside
     out = []
     for term in dict.fromkeys(col.term for col in u.columns):
         at = [i for i, col in enumerate(u.columns) if col.term == term]
@@ -117,6 +151,7 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
             calls=calls,
             native=own,
             micro=len(u.counts),
+            penalized=beside is not None,
         )
         out.append((term, reading))
     return out

@@ -136,6 +136,11 @@ def report_of(
             "is meant) they would read the same; a max_norm that lets some updates through "
             "judges their scale"
         )
+    if v.penalized:
+        note += (
+            f"; {len(v.penalized)} update(s) held a penalty on the params beside their losses "
+            "(L2 or L1, on the weights or on every param): read apart, its weight the code's"
+        )
     if v.no_batch:
         note += (
             f"; {len(v.no_batch)} update(s) reached losses of several functions, none on targets "

@@ -145,6 +145,8 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 r.calls = r.calls if term else u.calls
                 readings[u.optimizers, term].append(r)
                 v.blind_clipped += r.blind
+                if r.penalized:
+                    v.penalized.add(j)
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
     name_shortfalls(v)

@@ -139,6 +139,10 @@ class Update:
     elsewhere: bool = False  # its optimizers stepped params no loss of it reached (_elsewhere)
     # its optimizers (their ids' hash): each set's updates are read apart (a GAN's D and G)
     optimizers: int = 0
+    # the inner products of PENALTIES, the gradients a penalty on the params gives (L2: the
+    # params, L1: their signs; on the weights, or on the rest): <Q_k, Q_l>, <S_i, Q_k>,
+    # <Q_k, A>, <Q_k, B>; None where the update applied its rows' mean (right)
+    penalty: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     @property
     def fed(self) -> bool:
@@ -201,6 +205,12 @@ def close(update: Open, tol: float) -> Update:
     m = len(calls) if several else len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
     sa, sb = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    qq = torch.zeros(PENALTIES, PENALTIES, dtype=torch.float64)
+    sq = torch.zeros(m, PENALTIES, dtype=torch.float64)
+    qa, qb = (
+        torch.zeros(PENALTIES, dtype=torch.float64),
+        torch.zeros(PENALTIES, dtype=torch.float64),
+    )
     aa = bb = ab = 0.0
     carried = applied_any = False
     for p in update.params:
@@ -219,6 +229,11 @@ def close(update: Open, tol: float) -> Update:
         aa += a_a
         bb += a_a if same else float(b @ b)
         ab += a_a if same else float(a @ b)
+        q = _penalties(p)
+        qq += q @ q.T
+        q_a = q @ a
+        qa += q_a
+        qb += q_a if same else q @ b
         if m:
             if several:
                 s = torch.stack([_vec(_sum_of(MicroBatch(c), p), p) for c in calls])
@@ -228,6 +243,7 @@ def close(update: Open, tol: float) -> Update:
             s_a = s @ a
             sa += s_a
             sb += s_a if same else s @ b
+            sq += s @ q.T
     columns = tuple(
         Column(
             c[0].name or "loss",
@@ -247,8 +263,25 @@ def close(update: Open, tol: float) -> Update:
         calls=max((len(mb.losses) for mb in update.micro), default=1),
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
         optimizers=optimizers,
-        hand_before=hand_before, one_row=_one_row(update.micro),
+        hand_before=hand_before, one_row=_one_row(update.micro), penalty=(qq, sq, qa, qb),
     )  # fmt: skip
+
+
+PENALTIES = 4  # the penalties on the params an update is read beside (_penalties)
+
+
+def _penalties(p: Tensor) -> Tensor:
+    """Return the gradients of the penalties an update may hold beside its losses, on one
+    param (PENALTIES rows): L2's (the param) and L1's (its sign), each on the weights (2+
+    dims) or on the rest (biases, norms' scales), apart: d2l's penalty on w alone, or one on
+    every param (up to its coefficient, the code's: weight decay added to .grad by hand too)."""
+    q = torch.zeros(PENALTIES, p.numel(), dtype=torch.float64)
+    if not p.requires_grad:  # frozen: no penalty's gradient reaches it
+        return q
+    value = p.detach().reshape(-1).double()
+    rest = int(p.ndim < 2)
+    q[rest], q[2 + rest] = value, value.sign()
+    return q
 
 
 def _elsewhere(update: Open) -> bool:
