@@ -620,6 +620,33 @@ def test_the_summed_loss_beside_a_penalty_is_measured_directly() -> None:
     assert torch.allclose(summed[0] - own, 8 * (mean[0] - own), atol=1e-5)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_grad_centralized_by_hand_before_the_step_is_read_as_backward_left_it(
+    reduction: str,
+) -> None:
+    """Gradient centralization: each weight's .grad made zero-mean over its fan-in between
+    backward() and the step, by no factor. Every update was unexplained and the watch an
+    error (review 24's W4); what backward() left is read instead, the change the code's, so a
+    summed loss still fails mean-vs-sum."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8):
+                optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb, reduction=reduction).backward()
+                for p in model.parameters():
+                    if p.grad is not None and p.ndim > 1:
+                        p.grad -= p.grad.mean(dim=1, keepdim=True)
+                optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert "applied a .grad the code changed after backward()" in report.note, report.note
+    assert [r.pitfall for r in report.failures] == ([] if reduction == "mean" else ["mean-vs-sum"])
+
+
 def test_sparse_gradients_are_an_error_whose_reasons_ask_for_no_more_steps() -> None:
     """An EmbeddingBag(sparse=True) under SparseAdam beside Adam on the head: no update's
     gradients can be taken apart, so nothing is judged (never a pass), and the reasons said

@@ -34,6 +34,8 @@ class Reading:
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
+    changed: bool = False  # read as backward() left .grad: the code changed it after, by no
+    # factor (a projection, noise, a per-layer scale: _as_backward_left_it)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -78,10 +80,27 @@ def _read(j: int, u: Update, summed: bool) -> Reading | None:
     if _residual(gram, dots, rr, a) > tol2 * max(rr, ww):
         beside = _beside_a_penalty(u, c, gram, dots, rr, clipped and not u.clipped)
         if beside is None:
-            return Reading(j, total, parts, None, clipped)
+            left = None if clipped else _as_backward_left_it(j, u, summed)
+            return left or Reading(j, total, parts, None, clipped)
         a = beside
     relative = [float(x) for x in a / want]
     return Reading(j, total, parts, relative, clipped, penalized=beside is not None)
+
+
+def _as_backward_left_it(j: int, u: Update, summed: bool) -> Reading | None:
+    """Return the reading of what backward() left in .grad (B), where the update applied what
+    its losses do not explain (A) and the code changed .grad between its backward() and the
+    step by no factor (gradient centralization, noise, a per-layer scale of its own): that
+    change is the code's, as a clip is; None where A is B, or a factor of it, or B too is
+    unexplained."""
+    s, same = scaled_by(u.aa, u.bb, u.ab, u.tol)
+    if same or s is not None or u.bb <= 0:
+        return None
+    penalty = u.penalty and (u.penalty[0], u.penalty[1], u.penalty[3], u.penalty[3])
+    left = _read(j, replace(u, sa=u.sb, aa=u.bb, ab=u.bb, penalty=penalty), summed)
+    if left is None or left.relative is None:
+        return None
+    return replace(left, changed=True)
 
 
 def _beside_a_penalty(

@@ -141,6 +141,12 @@ def report_of(
             f"; {len(v.penalized)} update(s) held a penalty on the params beside their losses "
             "(L2 or L1, on the weights or on every param): read apart, its weight the code's"
         )
+    if v.changed:
+        note += (
+            f"; {len(v.changed)} update(s) applied a .grad the code changed after backward() "
+            "by no clip nor factor (a projection such as gradient centralization, noise, a "
+            "per-layer scale): each read as backward() left it, the change the code's"
+        )
     if v.no_batch:
         note += (
             f"; {len(v.no_batch)} update(s) reached losses of several functions, none on targets "

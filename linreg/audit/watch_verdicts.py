@@ -147,6 +147,8 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 v.blind_clipped += r.blind
                 if r.penalized:
                     v.penalized.add(j)
+                if r.changed:
+                    v.changed.add(j)
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
     name_shortfalls(v)
