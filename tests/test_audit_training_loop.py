@@ -404,6 +404,8 @@ def test_pitfalls_training_loop_refuses_a_random_forward() -> None:
         ({"optimizer": lambda params: list(params)}, "not a torch.optim.Optimizer"),
         ({"model": lambda: 3}, "not an nn.Module"),
         ({"example": (torch.zeros(5), 1)}, "raised RuntimeError"),
+        ({"loss": int}, "loss must be a function \\(output, y\\) -> loss, got the class int"),
+        ({"loss": nn.Linear}, "the loss class Linear cannot be made with its defaults"),
         # two heads' labels: a DataLoader collates them apart, one tensor would not (review 23)
         (
             {"example": (torch.zeros(4), (torch.tensor(0.7), torch.tensor(2)))},
@@ -417,6 +419,16 @@ def test_pitfalls_training_loop_names_what_is_wrong_with_its_arguments(
     args: dict[str, Any] = {"model": mlp, "example": MODELS["mlp+ce"][1], **kwargs}
     with pytest.raises(audit.TargetError, match=message):
         audit.training_loop(PLAIN_CE, **args)
+
+
+def test_a_loss_modules_class_is_made_with_its_defaults() -> None:
+    """`--loss torch.nn:CrossEntropyLoss` names the class: it was called as the loss, and the
+    TypeError blamed the model's forward (review 24)."""
+    report = audit.training_loop(
+        PLAIN_CE, model=mlp, example=MODELS["mlp+ce"][1], loss=nn.CrossEntropyLoss
+    )
+    assert report.ok, str(report)
+    assert report.options["loss"] == "torch.nn.modules.loss:CrossEntropyLoss", report.options
 
 
 def test_pitfalls_training_loop_checks_the_loop_signature_and_options() -> None:

@@ -45,6 +45,24 @@ def _callable_or_none(what: str) -> Callable[[str, object], Any]:
     return check
 
 
+def _loss_or_none(name: str, value: object) -> Any:
+    """A loss function, or a loss module's class (nn.MSELoss, as the command line names it):
+    made with its defaults, as `nn.MSELoss()` is."""
+    if isinstance(value, type):
+        if not issubclass(value, nn.Module):
+            raise TargetError(
+                f"{name} must be a function (output, y) -> loss, got the class {value.__name__}"
+            )
+        try:
+            return value()
+        except Exception as e:
+            raise TargetError(
+                f"{name}: the loss class {value.__name__} cannot be made with its defaults "
+                f"({type(e).__name__}: {e}): name a function (output, y) -> loss"
+            ) from None
+    return _callable_or_none("a function (output, y) -> loss")(name, value)
+
+
 EXAMPLE_HELP = (
     "one sample, unbatched, as the dataset holds it: (x, y), each one tensor, or a dict of "
     "tensors, one per part (or a function returning one)"
@@ -96,11 +114,12 @@ class TrainingLoopOptions(Options):
     )
     loss: Callable[[Any, Tensor], Tensor] | None = option(
         None,
-        "the loss the loop trains, (output, y) -> the batch's mean loss (default: the model's "
+        "the loss the loop trains, (output, y) -> the batch's mean loss, or a loss module's "
+        "class, made with its defaults (default: the model's "
         "own where its output carries one, else cross-entropy for class labels and mean "
         "squared error otherwise, confirmed against the loop)",
         flag="--loss",
-        check=_callable_or_none("a function (output, y) -> loss"),
+        check=_loss_or_none,
         imported="callable",
         compare=False,
     )
