@@ -34,8 +34,8 @@ class Reading:
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
-    changed: bool = False  # read as backward() left .grad: the code changed it after, by no
-    # factor (a projection, noise, a per-layer scale: _as_backward_left_it)
+    changed: bool = False  # read as backward() left .grad: the code projected it after (a
+    # gradient centralization: _as_backward_left_it)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -87,14 +87,18 @@ def _read(j: int, u: Update, summed: bool) -> Reading | None:
     return Reading(j, total, parts, relative, clipped, penalized=beside is not None)
 
 
+PROJECTED = 1e-3  # how far <A, B> may lie from |A|^2, relative, for A to be a projection of B
+
+
 def _as_backward_left_it(j: int, u: Update, summed: bool) -> Reading | None:
     """Return the reading of what backward() left in .grad (B), where the update applied what
-    its losses do not explain (A) and the code changed .grad between its backward() and the
-    step by no factor (gradient centralization, noise, a per-layer scale of its own): that
-    change is the code's, as a clip is; None where A is B, or a factor of it, or B too is
-    unexplained."""
+    its losses do not explain (A) and the code projected .grad between its backward() and the
+    step (gradient centralization: A = P B, P an orthogonal projection, so <A, B> = |A|^2):
+    that change is the code's, as a clip is. None where A is B, or a factor of it, or no
+    projection of it (a division by hand after a clip by value, noise, a per-layer scale:
+    <A, B> != |A|^2), or B too is unexplained."""
     s, same = scaled_by(u.aa, u.bb, u.ab, u.tol)
-    if same or s is not None or u.bb <= 0:
+    if same or s is not None or u.bb <= 0 or abs(u.ab - u.aa) > PROJECTED * u.aa:
         return None
     penalty = u.penalty and (u.penalty[0], u.penalty[1], u.penalty[3], u.penalty[3])
     left = _read(j, replace(u, sa=u.sb, aa=u.bb, ab=u.bb, penalty=penalty), summed)

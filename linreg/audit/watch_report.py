@@ -143,9 +143,9 @@ def report_of(
         )
     if v.changed:
         note += (
-            f"; {len(v.changed)} update(s) applied a .grad the code changed after backward() "
-            "by no clip nor factor (a projection such as gradient centralization, noise, a "
-            "per-layer scale): each read as backward() left it, the change the code's"
+            f"; {len(v.changed)} update(s) applied a .grad the code projected after backward() "
+            "(as gradient centralization does: no clip, no factor): each read as backward() "
+            "left it, the projection the code's"
         )
     if v.no_batch:
         note += (

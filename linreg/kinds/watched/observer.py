@@ -132,6 +132,7 @@ class Observer(ClipHooks):
         # batch was fetched: its pass is over at its next fetch, a new pass over its dataset,
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
+        self.iterator: int | None = None  # the iterator that fetched it
         # each iterator's last batch fetched (its tensors), until a loss reads a target of it:
         # a wrapper that fetches ahead (accelerate's) runs the DataLoader out before it hands
         # the code its last batch, whose pass then ends as a pass whose last batch was fetched
@@ -202,6 +203,7 @@ class Observer(ClipHooks):
                     by_code,
                     elements=out.numel(),
                     backwards=self.backwards,
+                    fetched_by=self.iterator,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -248,8 +250,12 @@ class Observer(ClipHooks):
         ran = now and (at is None or self._trained_in(at[0]))
         if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
+            # (a validation pass with grad on, after the last backward(), is another's)
+            trained = {it for it in ended if self._trained_in(it)}
             self.at_end = [
-                c for c in self.pending if c.from_batch and c.backwards == self.backwards
+                c
+                for c in self.pending
+                if c.from_batch and c.backwards == self.backwards and c.fetched_by in trained
             ]
             if self.micro and not self.straddles:  # the open window runs on
                 self.straddles, self.held_at_end = True, len(self.micro)
@@ -280,7 +286,7 @@ class Observer(ClipHooks):
         storages. An epoch of a known length up to LONGEST batches is watched to its end
         (updates <= batches); its last batch fetched, the pass ends at the next fetch (a
         fetcher that knows the length never asks past it: Lightning's)."""
-        self.source = at[1]
+        self.source, self.iterator = at[1], at[0]
         if yielded <= 1:  # a pass's first batch: its backward() calls are counted from here
             self.began[at[0]] = self.backwards
         if epoch is not None and yielded >= epoch:

@@ -47,6 +47,7 @@ class LossCall:
     alike: bool = True
     elements: int = 0
     backwards: int = 0  # the backward() calls watched before it was computed
+    fetched_by: int | None = None  # the DataLoader iterator that fetched the batch last before
 
 
 @dataclass
