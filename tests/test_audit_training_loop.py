@@ -409,7 +409,7 @@ def test_pitfalls_training_loop_refuses_a_random_forward() -> None:
         # two heads' labels: a DataLoader collates them apart, one tensor would not (review 23)
         (
             {"example": (torch.zeros(4), (torch.tensor(0.7), torch.tensor(2)))},
-            "y is a tuple of 2 tensors .* give a dict example that names each part",
+            "y is a tuple of 2 parts holding tensors.* give a dict example that names each part",
         ),
     ],
 )
@@ -419,6 +419,24 @@ def test_pitfalls_training_loop_names_what_is_wrong_with_its_arguments(
     args: dict[str, Any] = {"model": mlp, "example": MODELS["mlp+ce"][1], **kwargs}
     with pytest.raises(audit.TargetError, match=message):
         audit.training_loop(PLAIN_CE, **args)
+
+
+def test_an_example_of_nested_numbers_is_one_tensor() -> None:
+    """x = [[0.2, -1.3], [0.7, 2.0]], a grid as a JSON file holds it, is one tensor: it was
+    refused as parts a DataLoader collates apart (code review cr12's R4)."""
+
+    class Grid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layers(x)
+
+    report = audit.training_loop(
+        PLAIN_CE, model=Grid, example=([[0.2, -1.3], [0.7, 2.0]], 2), max_examples=5
+    )
+    assert report.ok, str(report)
 
 
 def test_a_loss_modules_class_is_made_with_its_defaults() -> None:

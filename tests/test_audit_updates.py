@@ -1153,6 +1153,74 @@ def test_tags_padded_in_a_tuple_example_count_fewer_on_the_contrast_row(
     assert "loop's own gradient" not in report.note, report.note
 
 
+class ShiftsInside(nn.Module):
+    """A causal LM as Hugging Face writes one: forward(input_ids, labels=None) shifts the
+    labels inside and returns its loss, the token mean over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.out = nn.Embedding(12, 6), nn.Linear(6, 12)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        logits = self.out(torch.tanh(self.embed(input_ids)))
+        if labels is None:
+            return {"logits": logits}
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        return {"logits": logits, "loss": loss}
+
+
+def causal_sample() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([5, 3, 9, 3, 1, 0, 0]), torch.tensor([5, 3, 9, 3, 1, -100, -100])
+
+
+def labels_by_position(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    for _ in range(num_epochs):
+        for ids, labels in loader:
+            optimizer.zero_grad()
+            model(ids, labels)["loss"].backward()
+            optimizer.step()
+
+
+def label_smoothed(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    for _ in range(num_epochs):
+        for ids, tags in loader:
+            optimizer.zero_grad()
+            logits = model(ids).flatten(0, 1)
+            F.cross_entropy(logits, tags.flatten(), label_smoothing=0.1).backward()
+            optimizer.step()
+
+
+def test_labels_fed_by_position_to_a_model_that_shifts_them_are_its_own() -> None:
+    """model(ids, labels): the labels were taken as held apart (popped before the forward), so
+    each row counted its targets before the shift: 0.833/0.167 wanted where the token mean
+    after it applies 0.8/0.2 (code review cr12's R2). Named by the forward's signature, each
+    row's are read as the model's own loss counts them."""
+    report = audit.training_loop(labels_by_position, model=ShiftsInside, example=causal_sample)
+    assert report.ok, str(report)
+
+
+def test_a_loss_the_audit_cannot_find_over_unlike_token_counts_leaves_the_weights_unjudged() -> (
+    None
+):
+    """Token cross-entropy with label smoothing: no guess is the loop's loss, so each row's
+    reference is the loop's own gradient, which tells nothing of how a step weighs rows that
+    count unlike numbers of targets (a token mean, or a mean of each row's mean). It failed
+    micro-batch-accumulation on the right token mean (code review cr12's R3); it is not
+    judged now, and saying loss= judges it."""
+    report = audit.training_loop(label_smoothed, model=PaddedTags, example=padded_tags)
+    (weights,) = [r for r in report.results if r.pitfall == "micro-batch-accumulation"]
+    assert report.ok and weights.verdict == "skip", str(report)
+    assert "name it with loss= to judge it" in weights.message, str(report)
+
+    def smoothed(output: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output.flatten(0, 1), tags.flatten(), label_smoothing=0.1)
+
+    named = audit.training_loop(label_smoothed, model=PaddedTags, example=padded_tags,
+                                loss=smoothed)  # fmt: skip
+    assert named.ok and all(r.verdict == "pass" for r in named.results if r.pitfall in (
+        "micro-batch-accumulation", "mean-vs-sum")), str(named)  # fmt: skip
+
+
 def test_a_mean_of_means_over_unlike_token_counts_is_measured_directly() -> None:
     """Two micro-batches of one row, 4 tokens and 1: the mean of means weighs the lone token
     as much as the other four together, the window's token mean a fifth of them."""
@@ -1726,6 +1794,27 @@ def test_the_left_over_window_never_fed_is_measured_directly() -> None:
     loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
     buffered_windows(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 2, 2, False)
     assert seen == [3, 3, 3, 3]  # each epoch's last row never reaches the model
+
+
+def prefetching(model: nn.Module, loader: Any, optimizer: Any, max_steps: int) -> None:
+    """A step budget over an endless stream of the loader's passes, batches fetched three at
+    a time into a buffer (as a background prefetcher hands them over): every batch is fed, in
+    order; the run stops at its budget with what it fetched ahead."""
+    stream = itertools.chain.from_iterable(itertools.repeat(loader))
+    buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for _ in range(max_steps):
+        if not buffer:
+            buffer.extend(itertools.islice(stream, 3))
+        X, y = buffer.pop(0)
+        _step_on(model, optimizer, X, y)
+
+
+def test_a_short_batch_fetched_ahead_and_fed_later_is_no_skip() -> None:
+    """The short batch was fetched before the next epoch's full one, with no forward between:
+    read as skipped once the model ran again, though it was in the buffer and fed later (code
+    review cr12's R1, a false alarm already at a prefetch of 3 before). A short batch some
+    forward took is fed."""
+    assert audit.training_loop(prefetching, **LOOP).ok
 
 
 def _step_on(model: nn.Module, optimizer: Any, X: torch.Tensor, y: torch.Tensor) -> None:

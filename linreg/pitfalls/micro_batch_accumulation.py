@@ -20,6 +20,7 @@ from linreg.kinds.training_loop import (
     TRAINING_LOOPS,
     Batching,
     Judged,
+    Reference,
     Step,
     Wanted,
     beside_a_sum,
@@ -37,6 +38,7 @@ from linreg.kinds.training_loop import (
     weights_of,
     wide_run,
 )
+from linreg.kinds.training_loop.shared import tallied, tally
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 
@@ -112,6 +114,9 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
             return True
         if len(set(step.row_keys)) < 2 and not step.unreached:
             return True  # rows of one kind, all reached: no weighting, its scale's to judge
+        if run.ref is not None and run.ref.weights is None and _unlike_targets(step, run.ref):
+            tally(batching, **{UNLIKE: 1})  # the loop's own references, rows of unlike counts
+            return True  # of targets: weighed by them or alike, the loss's (not seen)
         if crosses(batching, options.drop_last, run.seen.steps, j) and v.carried:
             return True  # an epoch's left-over carried, unzeroed, into it: short-last-batch's
         if run.seen.broadcast and not v.carried and len(step.sizes) == 1:
@@ -153,6 +158,28 @@ def weighs_every_row_alike(target: Target, batching: Batching) -> None:
     compare(target, batching, judged, explain, relative=True, excused=excused)
 
 
+UNLIKE = "own references, unlike counts of targets"
+
+
+def _unlike_targets(step: Step, ref: Reference) -> bool:
+    """Return whether a step's rows count unlike numbers of labelled targets (ref.labelled, set
+    with no weights where each row's reference is the loop's own: references._labelled)."""
+    if ref.labelled is None:
+        return False
+    return len({ref.labelled.get(key) for key in set(step.row_keys)}) > 1
+
+
+def _unjudged(target: Target) -> str | None:
+    if tallied(UNLIKE):
+        return (
+            "not judged: each row's reference was the loop's own gradient, and its rows count "
+            "unlike numbers of targets: whether a step weighs them by their targets (a token "
+            "mean) or alike (a mean of each row's mean) is the loss's, which the audit could "
+            "not find (name it with loss= to judge it)"
+        )
+    return unjudged_beside_a_sum(JUDGED)(target)
+
+
 PROPERTIES = (
     Property(
         name="accumulating over micro-batches gives the full batch's gradient",
@@ -176,7 +203,7 @@ PROPERTIES = (
         refuted_by=(Variant(loop_mean_of_micro_means, None, "training-loop", LINEAR),),
         book=lambda: Batching((0, 0, 1, 1, 0, 1, 0), 3, 1, 0),
         requires=("non-leaf-params", "short-last-batch"),
-        unjudged=unjudged_beside_a_sum(JUDGED),
+        unjudged=_unjudged,
         last=lambda options: (wide_run(options),),  # chunks of a batch of its own: uneven
     ),
 )

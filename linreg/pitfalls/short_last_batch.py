@@ -37,6 +37,7 @@ from linreg.kinds.training_loop import (
     options_of,
     summed_means,
     unequal_weights,
+    unfed_short,
     unjudged_beside_a_sum,
     unscaled,
 )
@@ -229,7 +230,8 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             "forward: step on it too; where it is dropped on purpose, say so: drop_last=True, "
             "--drop-last)"
         )
-    if seen.skipped_short and 0 < seen.fed < seen.train_rows:  # (rows carried over are fed)
+    # (rows carried over are fed; a short batch fetched ahead, fed later, was fed)
+    if seen.skipped_short and 0 < seen.fed < seen.train_rows and unfed_short(seen):
         short = batching.n % batching.batch_size
         unfed = seen.train_rows - seen.fed
         why = (

@@ -123,6 +123,7 @@ from linreg.kinds.training_loop.verdicts import (
     crosses,
     dropped_shorts,
     full_rows,
+    unfed_short,
     unreached_why,
     unscaled,
 )
@@ -231,6 +232,7 @@ __all__ = [
     "token_labels",
     "tolerance",
     "unequal_weights",
+    "unfed_short",
     "unjudged_beside_a_sum",
     "unreached_why",
     "unreferenced",

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 
 from linreg.kinds.base import Target
 from linreg.kinds.training_loop.calls import Call
-from linreg.kinds.training_loop.rows import IGNORE_INDEX, LABEL_KEYS, held_labels, label_key
+from linreg.kinds.training_loop.rows import (
+    IGNORE_INDEX,
+    LABEL_KEYS,
+    held_labels,
+    label_key,
+    padded,
+)
 from linreg.kinds.training_loop.settings import options_of
 
 RowLoss = Callable[[Any, Tensor | None], Tensor]  # (one row's output, its token labels)
@@ -73,11 +79,10 @@ def with_held_labels(target: Target, model: nn.Module, calls: Sequence[Call]) ->
     """Return the calls, each forward fed without its batch's labels given them back: fed to a
     replay where the model's forward takes them, else for the loss alone."""
     example = options_of(target).example
-    if not isinstance(example, Mapping):  # (x, y): y for the loss alone, where it is padded
-        held_apart = (held_labels(example, c.args, c.kwargs, c.rows) for c in calls)
-        return [replace(c, given=h) if h else c for c, h in zip(calls, held_apart, strict=True)]
-    label = label_key(example)
-    feeds = _takes(model, label)
+    if isinstance(example, Mapping):
+        label, feeds = label_key(example), _takes(model, label_key(example))
+    else:  # (x, y) padded: y fed by position is named, else held for the loss alone
+        label, feeds = (_label_param(model) if padded(example[1]) else None), False
     out = []
     for call in calls:
         named = _labels_named(model, label, call) if call.method == "forward" else None
@@ -104,6 +109,16 @@ def _labels_named(model: nn.Module, name: str | None, call: Call) -> Call | None
     named = replace(call, args=call.args[:at], kwargs={**moved, **call.kwargs})
     named.__dict__["row_keys"] = call.row_keys  # (a cached property: the row's own bytes)
     return named
+
+
+def _label_param(model: nn.Module) -> str:
+    """Return the name the model's forward takes labels by (the first of LABEL_KEYS it has;
+    else LABEL_KEYS' first, the name labels held apart are given)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return LABEL_KEYS[0]
+    return next((k for k in LABEL_KEYS if k in params), LABEL_KEYS[0])
 
 
 def _takes(model: nn.Module, name: str | None) -> bool:

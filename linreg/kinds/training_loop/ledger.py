@@ -173,6 +173,8 @@ class Observed:
     # the tensors of the short last batches the audit's loader made in passes that trained
     # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
     shorts: list[Tensor] = field(default_factory=list)
+    # each such batch's tensors' memories, one set a batch: a forward of none of them fed it
+    short_memories: list[frozenset[int]] = field(default_factory=list)
 
     @property
     def calls(self) -> list[Call]:

@@ -85,7 +85,7 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
                 source = f"{name} (the labels' usual loss, confirmed against the loop on one row)"
                 break
         else:  # no guess is the loop's loss: each row's reference is the loop's own
-            return relative
+            return _labelled(relative, calls) if relative is not None else None
     assert row_loss is not None
     grads: dict[bytes, Tensor] = {}
     with _thawed(model, seen.live_params):
@@ -111,6 +111,19 @@ def _counted(ref: Reference, model: nn.Module, calls: list[Call], row_loss: RowL
                 labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
                 weights[key] = counted(model, call, i, labels, row_loss)
     return replace(ref, weights=weights, labelled=labelled) if weights else ref
+
+
+def _labelled(ref: Reference, calls: list[Call]) -> Reference:
+    """Return the loop's own references with each row's count of labels that are not
+    IGNORE_INDEX, where its rows hold token labels: whether a step weighs them by those (a
+    token mean) or alike (a mean of sequence means) is its loss's, not seen (unlike_targets)."""
+    labelled = {
+        key: float((labels[1] != IGNORE_INDEX).sum())
+        for call in calls
+        for i, key in enumerate(call.row_keys)
+        if (labels := token_labels(call, i)) is not None
+    }
+    return replace(ref, labelled=labelled) if labelled else ref
 
 
 @contextlib.contextmanager

@@ -49,11 +49,10 @@ def as_example(example: Any) -> Example:
             + (f" of length {len(example)}" if isinstance(example, (tuple, list)) else "")
         )
     for name, v in zip("xy", example, strict=True):
-        parts = list(v) if isinstance(v, (tuple, list)) else []
-        if any(isinstance(p, (Tensor, tuple, list, Mapping)) for p in parts):
+        if isinstance(v, (tuple, list)) and _holds_tensors(v):
             raise TypeError(
-                f"the example's {name} is a {type(v).__name__} of {len(parts)} tensors (or "
-                "sequences), which a DataLoader collates apart, each into a batch of its own: "
+                f"the example's {name} is a {type(v).__name__} of {len(v)} parts holding "
+                "tensors, which a DataLoader collates apart, each into a batch of its own: "
                 "the audit's rows hold x and y as one tensor each; give a dict example that "
                 "names each part (x, y_reg, y_cls, ...), and a loop that reads them by name "
                 "from its dict batches"
@@ -63,6 +62,13 @@ def as_example(example: Any) -> Example:
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"the example's x and y must be tensors or numbers: {e}") from None
     return x, y
+
+
+def _holds_tensors(v: Any) -> bool:
+    """Return True if a (nested) sequence holds a tensor or a dict (numbers alone: one tensor)."""
+    if isinstance(v, (Tensor, Mapping)):
+        return True
+    return isinstance(v, (tuple, list)) and any(_holds_tensors(p) for p in v)
 
 
 def input_key(example: Mapping[str, Tensor]) -> str:
@@ -147,7 +153,10 @@ def held_labels(
         if labels is None:
             return {}
         found.append(labels)
-    return {label: torch.stack(found)}
+    held = torch.stack(found)
+    if any(_same(v, held) for v in [*args[1:], *kwargs.values()] if isinstance(v, Tensor)):
+        return {}  # fed by position (model(x, y)): the forward's own, row by row
+    return {label: held}
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

@@ -207,6 +207,14 @@ def dropped_shorts(seen: Observed) -> int:
     return sum(bool(marks) for marks in unreached)
 
 
+def unfed_short(seen: Observed) -> bool:
+    """Return True if a short last batch of a pass that trained went through no forward (none
+    was fed its tensors or a view of them): a loop that fetches ahead feeds it later, one that
+    casts or augments it feeds new tensors (then its forwards alone tell: ShortFetches)."""
+    fed = {memory_of(call) for call in seen.calls}
+    return any(memories.isdisjoint(fed) for memories in seen.short_memories)
+
+
 def _times(s: float | None) -> str:
     return "a gradient unlike" if s is None else f"{s:.4g} times"
 
