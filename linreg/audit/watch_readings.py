@@ -96,9 +96,10 @@ def _as_backward_left_it(j: int, u: Update, summed: bool) -> Reading | None:
     step (gradient centralization: A = P B, P an orthogonal projection, so <A, B> = |A|^2):
     that change is the code's, as a clip is. None where A is B, or a factor of it, or no
     projection of it (a division by hand after a clip by value, noise, a per-layer scale:
-    <A, B> != |A|^2), or B too is unexplained."""
+    <A, B> != |A|^2), or one that zeroed a whole param's gradient (a misplaced zero_grad() of
+    a part, or a freeze: the two read alike), or B too is unexplained."""
     s, same = scaled_by(u.aa, u.bb, u.ab, u.tol)
-    if same or s is not None or u.bb <= 0 or abs(u.ab - u.aa) > PROJECTED * u.aa:
+    if same or s is not None or u.bb <= 0 or abs(u.ab - u.aa) > PROJECTED * u.aa or u.zeroed:
         return None
     penalty = u.penalty and (u.penalty[0], u.penalty[1], u.penalty[3], u.penalty[3])
     left = _read(j, replace(u, sa=u.sb, aa=u.bb, ab=u.bb, penalty=penalty), summed)

@@ -143,6 +143,7 @@ class Observer(ClipHooks):
         self.backwards = 0  # the backward() calls watched
         self.began: dict[int, int] = {}  # each iterator's: backward() calls as its pass began
         self.batched: set[int] = set()  # their tensors' storages
+        self.fetchers: dict[int, int] = {}  # each such storage's iterator (the one fetching it)
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
@@ -203,7 +204,9 @@ class Observer(ClipHooks):
                     by_code,
                     elements=out.numel(),
                     backwards=self.backwards,
-                    fetched_by=self.iterator,
+                    # the iterator that fetched its target (else the last to fetch: a target
+                    # cast or stacked from a batch's)
+                    fetched_by=self._fetcher(given.get("target")),
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -213,6 +216,11 @@ class Observer(ClipHooks):
             return
         finally:
             self.busy = False
+
+    def _fetcher(self, target: Any) -> int | None:
+        """Return the iterator that fetched a target's batch (else the last to fetch one)."""
+        memory = _storage(target)
+        return self.iterator if memory is None else self.fetchers.get(memory, self.iterator)
 
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
@@ -251,11 +259,16 @@ class Observer(ClipHooks):
         if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
             # (a validation pass with grad on, after the last backward(), is another's)
+            # (zipped loaders' passes end one by one: each adds its own)
             trained = {it for it in ended if self._trained_in(it)}
-            self.at_end = [
+            held = {id(c) for c in self.at_end}
+            self.at_end += [
                 c
                 for c in self.pending
-                if c.from_batch and c.backwards == self.backwards and c.fetched_by in trained
+                if c.from_batch
+                and c.backwards == self.backwards
+                and c.fetched_by in trained
+                and id(c) not in held
             ]
             if self.micro and not self.straddles:  # the open window runs on
                 self.straddles, self.held_at_end = True, len(self.micro)
@@ -274,6 +287,10 @@ class Observer(ClipHooks):
         self.ahead.add(it)
         self.last_fetched[it] = data
         return True
+
+    def _trained_before(self, it: int | None) -> bool:
+        """Return whether a backward() before the one under way ran in an iterator's pass."""
+        return it is not None and self.backwards - 1 > self.began.get(it, -1)
 
     def _trained_in(self, it: int) -> bool:
         """Return whether a backward() ran since an iterator's pass began (or, for one whose
@@ -297,7 +314,9 @@ class Observer(ClipHooks):
         self.all_fetched += 1
         with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
             fetched = tensors_in([batch], {})
-            self.batched |= {t.untyped_storage().data_ptr() for t in fetched}
+            memories = {t.untyped_storage().data_ptr() for t in fetched}
+            self.batched |= memories
+            self.fetchers.update(dict.fromkeys(memories, at[0]))
             self.batch_tensors.extend(fetched)
             self.unread_last[at[0]] = fetched
 
@@ -391,7 +410,10 @@ class Observer(ClipHooks):
             if c.from_batch and c.backwards == self.backwards - 1 and id(c) not in gone
         ]
         self.seen.unreached += sum(id(c) in ended for c in skipped)
-        self.seen.strays += sum(id(c) not in ended for c in skipped)
+        # strays: those of a pass that trained before this backward() (not a validation's)
+        self.seen.strays += sum(
+            id(c) not in ended and self._trained_before(c.fetched_by) for c in skipped
+        )
         self.at_end = []
 
     # --- updates --------------------------------------------------------------------------
@@ -539,6 +561,7 @@ class Observer(ClipHooks):
         self.unscaled = self.scaled_clip = False
         self.changed = set()
         self.fetched, self.batched, self.cut = 0, set(), 0
+        self.fetchers = {}
         self.precision = 0.0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []

@@ -144,6 +144,7 @@ class Update:
     # params, L1: their signs; on the weights, or on the rest): <Q_k, Q_l>, <S_i, Q_k>,
     # <Q_k, A>, <Q_k, B>; None where the update applied its rows' mean (right)
     penalty: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    zeroed: int = 0  # params backward() gave a gradient that the code zeroed whole before it
 
     @property
     def fed(self) -> bool:
@@ -214,6 +215,7 @@ def close(update: Open, tol: float) -> Update:
     )
     aa = bb = ab = 0.0
     carried = applied_any = False
+    zeroed = 0
     for p in update.params:
         key = id(p)
         got, before, held = update.applied.get(key), update.before.get(key), update.carried.get(key)
@@ -226,6 +228,7 @@ def close(update: Open, tol: float) -> Update:
         # before clipping: most updates clip nothing, and it is what they applied
         same = before is None or before is got or (got is not None and torch.equal(before, got))
         b = a if same else _vec(before, p) - (_vec(held, p) if held_any else 0.0)
+        zeroed += not same and bool(b.any()) and not a.any()
         a_a = float(a @ a)
         aa += a_a
         bb += a_a if same else float(b @ b)
@@ -265,6 +268,7 @@ def close(update: Open, tol: float) -> Update:
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
         optimizers=optimizers,
         hand_before=hand_before, one_row=_one_row(update.micro), penalty=(qq, sq, qa, qb),
+        zeroed=zeroed,
     )  # fmt: skip
 
 
