@@ -48,7 +48,7 @@ class Verdicts:
     penalized: set[int] = field(default_factory=set)  # updates read beside a penalty on the
     # params (L2 or L1 in the loss), its weight the code's
     changed: set[int] = field(default_factory=set)  # updates read as backward() left .grad,
-    # which the code changed after by no factor (a projection, noise)
+    # which the code projected after (gradient centralization)
     # per term (one loss: ""): a scale on its full updates taken as the loss's own, their
     # count, and whether no shorter update told it from a sum (mean-vs-sum not judged there)
     constants: list[Constant] = field(default_factory=list)

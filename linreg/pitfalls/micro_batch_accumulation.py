@@ -163,13 +163,16 @@ UNLIKE = "own references, unlike counts of targets"
 
 def _unlike_targets(step: Step, ref: Reference) -> bool:
     """Return whether a step's rows count unlike numbers of labelled targets (ref.labelled, set
-    with no weights where each row's reference is the loop's own: references._labelled)."""
+    with no weights where each row's reference is the loop's own: references._own_labelled)."""
     if ref.labelled is None:
         return False
     return len({ref.labelled.get(key) for key in set(step.row_keys)}) > 1
 
 
 def _unjudged(target: Target) -> str | None:
+    """Return why the property held on nothing it could judge (None: it judged): steps whose
+    rows count unlike targets beside references of the loop's own, else as a property that
+    excuses steps beside a sum (unjudged_beside_a_sum)."""
     if tallied(UNLIKE):
         return (
             "not judged: each row's reference was the loop's own gradient, and its rows count "

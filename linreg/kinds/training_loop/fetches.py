@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from linreg.kinds.training_loop.batching import Batching
-from linreg.kinds.training_loop.calls import storage_of, tensors_in
+from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.training_loop.ledger import Observed
 from linreg.kinds.training_loop.sources import drew
 
@@ -61,10 +61,7 @@ class ShortFetches:
             trained = len(seen.steps) > self.steps_at
             seen.train_rows += self.rows if trained else 0
             if trained:
-                tensors = [t for t in tensors_in([batch], {}) if t.numel()]
-                seen.shorts += tensors
-                memories = (storage_of(t) for t in tensors)
-                seen.short_memories.append(frozenset(m for m in memories if m is not None))
+                seen.shorts.append([t for t in tensors_in([batch], {}) if t.numel()])
             if self.pending is None:
                 self.pending = (seen.forwards, trained)
             self.rows = 0

@@ -170,11 +170,10 @@ class Observed:
     # get_batch()), and when a pass made it (its clock; 0 outside any); its first tensor
     # kept alive, so that no other batch takes that memory
     held: dict[int, tuple[Tensor, int | None, int]] = field(default_factory=dict)
-    # the tensors of the short last batches the audit's loader made in passes that trained
-    # (kept alive: the memory of one tells a forward of that batch, or of a view of it)
-    shorts: list[Tensor] = field(default_factory=list)
-    # each such batch's tensors' memories, one set a batch: a forward of none of them fed it
-    short_memories: list[frozenset[int]] = field(default_factory=list)
+    # the tensors of the short last batches the audit's loader made in passes that trained,
+    # one list a batch (kept alive: the memory of one tells a forward of that batch, or of a
+    # view of it; a forward of none of a batch's fed it none)
+    shorts: list[list[Tensor]] = field(default_factory=list)
 
     @property
     def calls(self) -> list[Call]:

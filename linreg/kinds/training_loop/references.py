@@ -85,7 +85,7 @@ def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> 
                 source = f"{name} (the labels' usual loss, confirmed against the loop on one row)"
                 break
         else:  # no guess is the loop's loss: each row's reference is the loop's own
-            return _labelled(relative, calls) if relative is not None else None
+            return _own_labelled(relative, calls) if relative is not None else None
     assert row_loss is not None
     grads: dict[bytes, Tensor] = {}
     with _thawed(model, seen.live_params):
@@ -103,26 +103,31 @@ def _counted(ref: Reference, model: nn.Module, calls: list[Call], row_loss: RowL
     """Return the references weighed by the targets each row counts under row_loss (rows of
     token labels; others as they are)."""
     weights: dict[bytes, float] = {}
-    labelled: dict[bytes, float] = {}
     for call in calls:
         for i, key in enumerate(call.row_keys):
             labels = token_labels(call, i)
             if key not in weights and labels is not None:
-                labelled[key] = float((labels[1] != IGNORE_INDEX).sum())
                 weights[key] = counted(model, call, i, labels, row_loss)
-    return replace(ref, weights=weights, labelled=labelled) if weights else ref
+    return replace(ref, weights=weights, labelled=_labelled(calls)) if weights else ref
 
 
-def _labelled(ref: Reference, calls: list[Call]) -> Reference:
-    """Return the loop's own references with each row's count of labels that are not
-    IGNORE_INDEX, where its rows hold token labels: whether a step weighs them by those (a
-    token mean) or alike (a mean of sequence means) is its loss's, not seen (unlike_targets)."""
-    labelled = {
+def _labelled(calls: list[Call]) -> dict[bytes, float]:
+    """Return each row's count of token labels that are not IGNORE_INDEX (rows of token
+    labels; {} where none holds any)."""
+    return {
         key: float((labels[1] != IGNORE_INDEX).sum())
         for call in calls
         for i, key in enumerate(call.row_keys)
         if (labels := token_labels(call, i)) is not None
     }
+
+
+def _own_labelled(ref: Reference, calls: list[Call]) -> Reference:
+    """Return the loop's own references with each row's count of labelled targets, where its
+    rows hold token labels: whether a step weighs them by those (a token mean) or alike (a
+    mean of each row's mean) is its loss's, not seen (micro_batch_accumulation's
+    _unlike_targets)."""
+    labelled = _labelled(calls)
     return replace(ref, labelled=labelled) if labelled else ref
 
 

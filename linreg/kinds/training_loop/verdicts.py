@@ -196,7 +196,7 @@ def dropped_shorts(seen: Observed) -> int:
     no backward() reached (others: backward() on every k-th batch, the weights' to name). An
     epoch's last update never steps one: it shows where an update followed, and not at all
     on a loop handed no loader of the audit's."""
-    shorts = {storage_of(t) for t in seen.shorts} - {None}
+    shorts = {storage_of(t) for batch in seen.shorts for t in batch} - {None}
 
     def short(call: Call) -> bool:
         return memory_of(call) in shorts
@@ -212,7 +212,7 @@ def unfed_short(seen: Observed) -> bool:
     was fed its tensors or a view of them): a loop that fetches ahead feeds it later, one that
     casts or augments it feeds new tensors (then its forwards alone tell: ShortFetches)."""
     fed = {memory_of(call) for call in seen.calls}
-    return any(memories.isdisjoint(fed) for memories in seen.short_memories)
+    return any(({storage_of(t) for t in batch} - {None}).isdisjoint(fed) for batch in seen.shorts)
 
 
 def _times(s: float | None) -> str:

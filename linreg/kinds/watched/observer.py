@@ -204,8 +204,6 @@ class Observer(ClipHooks):
                     by_code,
                     elements=out.numel(),
                     backwards=self.backwards,
-                    # the iterator that fetched its target (else the last to fetch: a target
-                    # cast or stacked from a batch's)
                     fetched_by=self._fetcher(given.get("target")),
                 )
             )
