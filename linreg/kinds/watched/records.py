@@ -47,7 +47,8 @@ class LossCall:
     alike: bool = True
     elements: int = 0
     backwards: int = 0  # the backward() calls watched before it was computed
-    fetched_by: int | None = None  # the DataLoader iterator that fetched the batch last before
+    fetched_by: int | None = None  # the DataLoader iterator that fetched its target's batch
+    # (else the last to fetch one before it: a target cast or stacked from a batch's)
 
 
 @dataclass
@@ -233,11 +234,13 @@ def close(update: Open, tol: float) -> Update:
         aa += a_a
         bb += a_a if same else float(b @ b)
         ab += a_a if same else float(a @ b)
-        q = _penalties(p)
-        qq += q @ q.T
-        q_a = q @ a
-        qa += q_a
-        qb += q_a if same else q @ b
+        penalized = _penalties(p)
+        if penalized is not None:  # (into its rows of the PENALTIES)
+            at, q = penalized
+            qq[at.unsqueeze(1), at] += q @ q.T
+            q_a = q @ a
+            qa[at] += q_a
+            qb[at] += q_a if same else q @ b
         if m:
             if several:
                 s = torch.stack([_vec(_sum_of(MicroBatch(c), p), p) for c in calls])
@@ -247,7 +250,8 @@ def close(update: Open, tol: float) -> Update:
             s_a = s @ a
             sa += s_a
             sb += s_a if same else s @ b
-            sq += s @ q.T
+            if penalized is not None:
+                sq[:, at] += s @ q.T
     columns = tuple(
         Column(
             c[0].name or "loss",
@@ -275,18 +279,17 @@ def close(update: Open, tol: float) -> Update:
 PENALTIES = 4  # the penalties on the params an update is read beside (_penalties)
 
 
-def _penalties(p: Tensor) -> Tensor:
-    """Return the gradients of the penalties an update may hold beside its losses, on one
-    param (PENALTIES rows): L2's (the param) and L1's (its sign), each on the weights (2+
-    dims) or on the rest (biases, norms' scales), apart: d2l's penalty on w alone, or one on
-    every param (up to its coefficient, the code's: weight decay added to .grad by hand too)."""
-    q = torch.zeros(PENALTIES, p.numel(), dtype=torch.float64)
-    if not p.requires_grad:  # frozen: no penalty's gradient reaches it
-        return q
+def _penalties(p: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Return the gradients of the penalties an update may hold beside its losses on one param,
+    and which of the PENALTIES they are: L2's (the param) and L1's (its sign), each on the
+    weights (2+ dims: rows 0 and 2) or on the rest (biases, norms' scales: rows 1 and 3),
+    apart: d2l's penalty on w alone, or one on every param (up to its coefficient, the code's:
+    weight decay added to .grad by hand too). None for a frozen param: none reaches it."""
+    if not p.requires_grad:
+        return None
     value = p.detach().reshape(-1).double()
     rest = int(p.ndim < 2)
-    q[rest], q[2 + rest] = value, value.sign()
-    return q
+    return torch.tensor([rest, 2 + rest]), torch.stack([value, value.sign()])
 
 
 def _elsewhere(update: Open) -> bool:
