@@ -129,11 +129,14 @@ def test_box_targets_the_model_stacks_from_each_samples_dict_are_the_batchs(
     assert scale.verdict == ("pass" if per_instance else "fail"), str(report)
 
 
-def _scaled(clip_first: bool, norms: list[float] | None = None, extra: str = "") -> None:
+def _scaled(
+    clip_first: bool, norms: list[float] | None = None, extra: str = "", reduction: str = "mean"
+) -> None:
     """A loss scaler's loop (timm's NativeScaler) with clip_grad_norm_ at 0.5, after unscale_
     or (clip_first) before it, on the still-scaled gradient; extra: "log" logs the scaled
     norm first (a clip at an infinite bound, which changes nothing), "after" clips again
-    after the step, before zero_grad (no clip of the next update's)."""
+    after the step, before zero_grad (no clip of the next update's), "value" clips each
+    element to 0.01 instead of the norm; reduction: the cross-entropy's."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
@@ -147,12 +150,15 @@ def _scaled(clip_first: bool, norms: list[float] | None = None, extra: str = "")
     scaler = torch.amp.GradScaler("cpu")
     for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
         optimizer.zero_grad()
-        scaler.scale(F.cross_entropy(model(xb), yb)).backward()
+        scaler.scale(F.cross_entropy(model(xb), yb, reduction=reduction)).backward()
         if extra == "log":
             torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         if not clip_first:
             scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        if extra == "value":
+            torch.nn.utils.clip_grad_value_(model.parameters(), 0.01)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         scaler.step(optimizer)
         scaler.update()
         if extra == "after":
@@ -171,6 +177,45 @@ def test_a_clip_of_the_still_scaled_gradient_fails_clip_before_unscale_alone(
     assert [r.pitfall for r in report.failures] == (["clip-before-unscale"] if clip_first else [])
     (clip,) = [r for r in report.results if r.pitfall == "clip-before-unscale"]
     assert clip.verdict == ("fail" if clip_first else "pass"), str(report)
+
+
+@pytest.mark.parametrize("extra", ["", "value"], ids=["norm", "value"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_clip_of_the_still_scaled_gradient_hides_no_second_bug(
+    extra: str, reduction: str
+) -> None:
+    """The updates that clipped before unscale_ left the weights unread, every weighed
+    property "not judged": a summed loss beside the clip went unnamed (stop 49's list, code
+    review cr10's two-bug loop). What the clip kept is read over the loss scaler's scale, as
+    backward() left the unscaled loss's, so each bug is named once."""
+    with watch() as reports:
+        _scaled(True, extra=extra, reduction=reduction)
+    report = reports[0]
+    assert not report.error, str(report)
+    named = ["mean-vs-sum"] if reduction == "sum" else []
+    assert [r.pitfall for r in report.failures] == [*named, "clip-before-unscale"], str(report)
+    (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
+    assert scale.verdict == ("fail" if named else "pass"), str(report)
+
+
+def test_a_last_window_of_one_short_batch_divided_by_the_count_is_named_a_nominal_count() -> None:
+    """50 rows in batches of 8, windows of 2: the last window is one batch of 2 rows, and a
+    loop that always divides by 2 applies half its mean there, a share that is no rows'
+    ratio (2 of 16): it was "a factor that matches no known mistake"."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=gen), torch.randint(0, 3, (50,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    model = nn.Linear(6, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        for i, (xb, yb) in enumerate(loader):
+            (F.cross_entropy(model(xb), yb) / 2).backward()
+            if i % 2 == 1 or i + 1 == len(loader):
+                optimizer.step()
+                optimizer.zero_grad()
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "full update's 2 micro-batches where it took 1" in str(report), str(report)
 
 
 def test_a_clip_before_unscale_is_measured_directly_to_apply_the_bound_over_the_scale() -> None:

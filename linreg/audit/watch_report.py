@@ -206,13 +206,6 @@ def report_of(
 
 
 def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
-    weighed = ("short-last-batch", "mean-vs-sum", "micro-batch-accumulation")
-    if v.scaled_clips and pitfall in weighed:
-        return (
-            f"not judged: {v.scaled_clips} of the {len(seen.updates)} updates clipped the "
-            "gradient a loss scaler still held scaled (clip-before-unscale): what they applied "
-            "is the clip's, not their micro-batches' weights"
-        )
     unsure = [c for c in v.constants if c.unconfirmed]
     if pitfall == "mean-vs-sum" and unsure:
         c = unsure[0]

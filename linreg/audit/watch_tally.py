@@ -43,7 +43,6 @@ class Verdicts:
     let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
     skipped: int = 0  # backward() calls of steps the code skipped now and then
     recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed
-    scaled_clips: int = 0  # updates clipped before a loss scaler unscaled: weights not read
     blind_clipped: int = 0  # updates right only up to a clip by hand that clipped every one
     penalized: set[int] = field(default_factory=set)  # updates read beside a penalty on the
     # params (L2 or L1 in the loss), its weight the code's

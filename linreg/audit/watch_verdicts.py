@@ -128,9 +128,6 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             )
         else:
             v.judged["grad-zeroing"].add(j)
-        if u.scaled_clip:  # its weights would read a clip of the still-scaled gradient
-            v.scaled_clips += 1
-            continue
         if u.terms:  # terms of one objective: their weights are the objective's, not judged
             v.terms += 1
             continue
@@ -302,7 +299,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                     wrong = False
                 v.judged["short-last-batch"].add(r.j)
                 if wrong:
-                    v.fail("short-last-batch", _short(at, s, r, full, v.meant))
+                    v.fail("short-last-batch", _short(at, s, r, full, v.meant, parts_full))
             if unequal:
                 v.judged["micro-batch-accumulation"].add(r.j)
             continue
@@ -365,11 +362,19 @@ def _now_and_then(updates: list[Update]) -> bool:
     return 2 * dropping <= len(updates) - 1
 
 
-def _short(at: str, s: float, r: Reading, full: float, meant: str = "mean") -> str:
+def _short(
+    at: str, s: float, r: Reading, full: float, meant: str = "mean", parts_full: int = 0
+) -> str:
     if meant == "mean" and near(s, r.count / full):
         return (
             f"{at} applied {s:.4g} times the mean: it divides by a full update's {full:g} where "
             f"it took {r.count:g} (a nominal batch size or accumulation count)"
+        )
+    if meant == "mean" and len(r.parts) < parts_full and near(s, len(r.parts) / parts_full):
+        return (
+            f"{at} applied {s:.4g} times the mean: it divides by a full update's "
+            f"{parts_full} micro-batches where it took {len(r.parts)} (a nominal accumulation "
+            "count)"
         )
     return f"{at} applied {s:.4g} times the {meant}, unlike a full update: it {NO_KNOWN}"
 

@@ -8,6 +8,7 @@ seams.py installs them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -38,12 +39,22 @@ class ClipHooks:
     scaled_clip: bool  # torch's clipping changed them before that unscale_
     changed: set[int]  # params whose gradients torch's clipping changed
 
-    def unscaling(self, opt: torch.optim.Optimizer) -> None:
+    def unscaling(self, opt: torch.optim.Optimizer, scale: Callable[[], float]) -> None:
         """Note a loss scaler about to unscale an optimizer's gradients, and whether torch's
-        clipping changed any of them before, in this update (clip-before-unscale)."""
+        clipping changed any of them before, in this update (clip-before-unscale). What a clip
+        kept of them before (and its bound by value) held the scale: it is kept over the scale
+        (scale(): the scaler's), as backward() left the unscaled loss's, so that the update is
+        read as a clipping of that, its weights judged beside clip-before-unscale."""
         params = [p for g in opt.param_groups for p in g["params"]]
         self.unscaled = True
         self.scaled_clip = self.scaled_clip or any(id(p) in self.changed for p in params)
+        scaled = [id(p) for p in params if id(p) in self.prior]  # each kept before unscale_
+        if scaled:
+            inverse = 1.0 / scale()
+            for key in scaled:
+                self.prior[key] = self.prior[key] * inverse
+                if key in self.clip_bounds:
+                    self.clip_bounds[key] *= inverse
 
     def clip_begins(self, params: list[Tensor], value: float | None = None) -> Clip:
         """Note a call of torch's clipping about to run (clipping), and return what clip_ends

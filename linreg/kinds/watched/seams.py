@@ -118,7 +118,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
         if live[0] and scaler.is_enabled():
             w.keep(scaler)
-            w.unscaling(optimizer)
+            w.unscaling(optimizer, scaler.get_scale)
         unscale(scaler, optimizer)
         if live[0] and scaler.is_enabled():
             w.unscaled_by(optimizer)
