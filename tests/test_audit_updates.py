@@ -980,6 +980,101 @@ def test_zeroing_inside_the_window_is_measured_directly_to_apply_the_last_batch_
     assert not torch.allclose(applied[0], (each[0] + each[1]) / 2)
 
 
+def train_rows_one_by_one(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, zero_each: bool = False
+) -> None:
+    """Each batch's rows fed one by one (a model that takes one row), each row's loss over
+    the batch's rows; zero_each: .grad zeroed before every row's backward(), not once a
+    batch (a zero_grad moved into the row loop)."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            if not zero_each:
+                optimizer.zero_grad()
+            for row in range(len(x)):
+                if zero_each:
+                    optimizer.zero_grad()
+                (F.cross_entropy(model(x[row : row + 1]), y[row : row + 1]) / len(x)).backward()
+            optimizer.step()
+
+
+def train_rows_one_by_one_zeroed_each(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    train_rows_one_by_one(model, loader, optimizer, num_epochs, zero_each=True)
+
+
+def test_zeroing_between_a_batchs_rows_fed_one_by_one_fails_grad_zeroing_alone() -> None:
+    """Review 25's A3: the rows, views of one fetched batch, were taken for that batch fed
+    again (SAM's, a closure's second pass): grad-zeroing passed, and the last row's 1/len(x)
+    failed short-last-batch and mean-vs-sum as no known mistake."""
+    assert audit.training_loop(train_rows_one_by_one, **LOOP).ok
+    report = audit.training_loop(train_rows_one_by_one_zeroed_each, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+
+
+def test_zeroing_between_a_batchs_rows_is_measured_directly_to_apply_its_last_row_alone() -> None:
+    """A batch of 2 rows: the step applies the second row's gradient / 2, none of the first's."""
+    model, applied = head_grads_applied(train_rows_one_by_one_zeroed_each, [(XS, TS)])
+    each = [
+        torch.autograd.grad(
+            F.cross_entropy(model(XS[i : i + 1]), TS[i : i + 1]), model.head.weight
+        )[0]
+        for i in range(2)
+    ]
+    assert len(XS) == 2 and len(applied) == 1
+    torch.testing.assert_close(applied[0], each[1] / 2)
+    assert not torch.allclose(applied[0], (each[0] + each[1]) / 2)
+
+
+def train_budget_in_windows(
+    model: nn.Module,
+    dataset: Any,
+    optimizer: Any,
+    max_steps: int,
+    accumulation_steps: int,
+    from_zero: bool = False,
+    batch_size: int = 2,
+) -> None:
+    """A step budget over passes of a shuffled loader of full batches, windows of
+    accumulation_steps batches each divided by the count; from_zero: the batch counter tested
+    before it is counted, so the first window holds one batch (still divided by the count)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+    fed = steps = 0
+    while steps < max_steps:
+        for x, y in loader:
+            (F.cross_entropy(model(x), y) / accumulation_steps).backward()
+            fed += not from_zero
+            if fed % accumulation_steps == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+                steps += 1
+                if steps == max_steps:
+                    return
+            fed += from_zero
+
+
+def train_budget_in_windows_from_zero(
+    model: nn.Module,
+    dataset: Any,
+    optimizer: Any,
+    max_steps: int,
+    accumulation_steps: int,
+    batch_size: int = 2,
+) -> None:
+    train_budget_in_windows(
+        model, dataset, optimizer, max_steps, accumulation_steps, True, batch_size
+    )
+
+
+def test_a_first_window_of_one_batch_fails_short_last_batch_alone_on_a_one_step_budget() -> None:
+    """Review 25's A6: a run whose budget was one step held one short window and no full
+    one, and that step was taken for a full one: mean-vs-sum failed beside short-last-batch
+    ("matches no known mistake", on a one-step run) for the one cause."""
+    assert audit.training_loop(train_budget_in_windows, **LOOP).ok
+    report = audit.training_loop(train_budget_in_windows_from_zero, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+
+
 def train_per_example_grads(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
     """Opacus-style per-example gradients from torch.func, averaged into .grad by hand."""
 

@@ -317,3 +317,43 @@ def test_a_fixed_coefficient_per_micro_batch_is_named_by_the_term_that_tells(
     report = _two_terms(mode)
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == failures, str(report)
+
+
+def _rows_one_by_one(zero_inside: bool, divide: bool, chunk: int) -> Any:
+    """Each shuffled batch of 5 (23 rows: a last batch of 3) run in chunks of `chunk` rows,
+    each chunk's summed loss over the batch's rows (divide) or not; zero_inside: .grad zeroed
+    before each chunk's backward(), not once a batch."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(23, 6, generator=gen), torch.randint(0, 2, (23,), generator=gen)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True, generator=gen)
+    with watch() as reports:
+        for _ in range(3):
+            for xb, yb in loader:
+                if not zero_inside:
+                    optimizer.zero_grad()
+                for xc, yc in zip(xb.split(chunk), yb.split(chunk), strict=True):
+                    if zero_inside:
+                        optimizer.zero_grad()
+                    loss = F.cross_entropy(model(xc), yc, reduction="sum")
+                    (loss / len(xb) if divide else loss).backward()
+                optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 2], ids=["rows", "chunks"])
+@pytest.mark.parametrize("divide", [True, False], ids=["divided", "summed"])
+@pytest.mark.parametrize("zero_inside", [False, True], ids=["zeroed-once", "zeroed-inside"])
+def test_zeroing_between_a_batchs_own_chunks_is_grad_zeroing_and_its_weight_the_windows(
+    zero_inside: bool, divide: bool, chunk: int
+) -> None:
+    """Review 25's W7: zeroed before each row's backward(), every update applies its last row
+    alone at 1/5, which was read against that row's own mean: grad-zeroing beside a
+    mean-vs-sum "1.667 times the mean" for one cause, and the first update's zeroed rows let
+    go as a pass before training. Read against every row the update consumed, the divided
+    twin is grad-zeroing alone, and the summed one gets both names."""
+    report = _rows_one_by_one(zero_inside, divide, chunk)
+    assert not report.error, str(report)
+    named = ([] if divide else ["mean-vs-sum"]) + (["grad-zeroing"] if zero_inside else [])
+    assert [r.pitfall for r in report.failures] == named, str(report)

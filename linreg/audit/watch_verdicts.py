@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from dataclasses import replace
 
 from linreg.audit.watch_readings import (
     Reading,
@@ -59,8 +60,10 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     # per set of optimizers (a GAN's D and G updates each weigh their own rows, each scale its
     # own) and term ("": one loss)
     readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)
+    rare = _now_and_then(seen.updates)
     for j, u in enumerate(by_hand(seen.updates)):
         v.at, v.ratios[j] = j, None
+        lost = False  # micro-batches of its own zeroed before its step: grad-zeroing's
         at = f"update {j + 1} of {len(seen.updates)}"
         if not u.fed:  # after a fed update: its micro-batches applied twice; else no backward()
             if j and seen.updates[j - 1].fed:  # at all (gradients set by hand): not judged
@@ -73,10 +76,13 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             continue
         if u.dropped:  # the code zeroed .grad between the update's backward() calls
             own = None if u.blind or u.terms else _read(j, u, summed)
-            rare = _now_and_then(seen.updates)
-            if j == 0 or u.redone or (u.foreign and rare):  # a pass before training, the
-                v.let_go += u.dropped  # same targets again, now and then another loader's
-            elif own is None or own.relative is None or own.unread:
+            # a pass before training (the first update's, where later ones drop none or its
+            # last micro-batches do not explain it), the same targets again, now and then
+            # another loader's
+            unexplained = own is None or own.relative is None or own.unread
+            if (j == 0 and (rare or unexplained)) or u.redone or (u.foreign and rare):
+                v.let_go += u.dropped
+            elif unexplained:
                 v.recombined += 1  # what it applied is not its last micro-batches' alone: the
                 continue  # code rebuilt .grad from them (DP-SGD), or a term is unread: either
                 # way grad-zeroing is not judged on this run (never passed: see report_of)
@@ -88,6 +94,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                     "dropped): step when the data ends too",
                 )
             elif not rare:
+                lost = True
                 v.fail(
                     "grad-zeroing",
                     f"{at}: .grad was zeroed between its micro-batches, so {u.dropped} of them, "
@@ -138,6 +145,8 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             v.no_batch.add(j)
         for term, r in terms:
             if r is not None:
+                if lost and not term:  # weighed against every row it consumed, those it
+                    r = _with_dropped(r, u, summed)  # zeroed too (grad-zeroing's alone)
                 r.tol = u.tol
                 r.calls = r.calls if term else u.calls
                 readings[u.optimizers, term].append(r)
@@ -352,6 +361,17 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             f"{at} weighs its micro-batches {shown(weights)} where a correct update weighs "
             f"them {shown([c / r.count for c in r.parts])}: it {NO_KNOWN}",
         )
+
+
+def _with_dropped(r: Reading, u: Update, summed: bool) -> Reading:
+    """Return an update's reading against the mean of every row it consumed, its micro-batches
+    zeroed before the step included: a window's loss / k whose first micro-batches were
+    zeroed applies its last one at the window's weight, right beside grad-zeroing (where it
+    was read against that micro-batch's own mean, a scale of k)."""
+    if summed or r.relative is None or not u.dropped_count:
+        return r
+    grown = (r.count + u.dropped_count) / r.count
+    return replace(r, count=r.count + u.dropped_count, relative=[x * grown for x in r.relative])
 
 
 def _now_and_then(updates: list[Update]) -> bool:

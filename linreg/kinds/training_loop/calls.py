@@ -201,6 +201,22 @@ def input_key(call: Call) -> tuple[int, torch.Size, int] | None:
     return first.data_ptr(), first.shape, call.version
 
 
+def apart(call: Call, other: Call) -> bool:
+    """Return True if call and other were fed rows of one tensor that neither shares (X[:2]
+    and X[2:4], chunks of a batch run one by one), the tensor unchanged between the two."""
+    u, v = first_input(call), first_input(other)
+    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride() != v.stride():
+        return False
+    if call.version != other.version or storage_of(u) is None or storage_of(u) != storage_of(v):
+        return False
+    row = v.stride(0) * v.element_size()
+    offset = u.data_ptr() - v.data_ptr()
+    if row <= 0 or offset % row:
+        return False
+    first = offset // row  # u's first row, counted from v's
+    return first >= v.shape[0] or first + u.shape[0] <= 0
+
+
 def within(call: Call, other: Call) -> bool:
     """Return True if call was fed rows of other's batch: its first tensor a view of rows
     of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies, and

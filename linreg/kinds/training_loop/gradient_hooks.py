@@ -14,7 +14,14 @@ from collections.abc import Collection, Mapping
 import torch
 from torch import Tensor
 
-from linreg.kinds.training_loop.calls import Call, first_value, input_key, memory_of, within
+from linreg.kinds.training_loop.calls import (
+    Call,
+    apart,
+    first_value,
+    input_key,
+    memory_of,
+    within,
+)
 from linreg.kinds.training_loop.ledger import Observed, flat, mask
 from linreg.kinds.training_loop.measure import clipping
 
@@ -130,9 +137,10 @@ def zeroed_in(
     update (resets: GradientHooks'), applied what the last backward() left or a clip of it
     (left: unscaled where a loss scaler unscaled it; no gradient rebuilt by hand after:
     DP-SGD's), and a batch fed before the zeroing was not fed again after: of another draw,
-    or (a window fetched before its first forward) one of the data's batches (held: their
-    memory) where those fed after are others of them, not a copy of it (an attack's, SAM's,
-    a closure's second pass on the same batch).
+    rows of one batch that those fed after do not hold (its chunks, or its rows one by one,
+    zeroed between), or (a window fetched before its first forward) one of the data's
+    batches (held: their memory) where those fed after are others of them, not a copy of it
+    (an attack's, SAM's, a closure's second pass on the same batch).
 
     Where every batch fed before such a zeroing is fed again after (the same tensor, a view
     of it, or a copy the loop made of a batch of the data: its rows, of the same draw), that
@@ -172,6 +180,9 @@ def zeroed_in(
             return False
         if c.drawn not in draws:
             return True
+        ours = [k for k in kept if memory_of(k) == memory_of(c)]
+        if ours and all(apart(c, k) for k in ours):  # rows of the batch none after holds
+            return True  # (its chunks run one by one, zeroed between)
         memory = memory_of(c)
         return memory in held and all(m in held and m != memory for m in memories)
 

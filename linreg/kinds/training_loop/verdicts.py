@@ -145,12 +145,16 @@ def compare(
 def full_rows(target: Target, batching: Batching, steps: Sequence[Step]) -> int:
     """Return the rows of a full step: the batch_size * k rows the batching hands a window
     where a step took them (a first or last window may be short), else the most common among
-    steps of k micro-batches, else among all."""
+    steps of k micro-batches, else among all; where k > 1 and a run's one step holds fewer
+    micro-batches (a budget of one step whose window is short), the nominal rows: no step of
+    it is full (a loop that never gathers k batches shows it in runs of more steps)."""
     k = count_of(options_of(target), batching)
     nominal = batching.batch_size * k
     if any(step.rows == nominal for step in steps):
         return nominal
     windows = [step for step in steps if len(step.sizes) == k]  # of k micro-batches: full
+    if not windows and k > 1 and len(steps) == 1:
+        return nominal
     return full_step_rows(windows or steps)
 
 

@@ -459,6 +459,7 @@ class Observer(ClipHooks):
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
+        update.dropped_count = sum(mb.count for mb in let_go)
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.unscaled, update.scaled_clip = self.unscaled, self.scaled_clip
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
