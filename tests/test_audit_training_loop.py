@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import settings
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg import audit
@@ -392,6 +393,101 @@ def test_pitfalls_training_loop_refuses_a_random_forward() -> None:
 
     with pytest.raises(audit.TargetError, match="random in training mode"):
         audit.training_loop(PLAIN_CE, model=Noisy, example=MODELS["mlp+ce"][1])
+
+
+class AttendsThenRecurs(nn.Module):
+    """Torch's defaults that drop at random without a Dropout module: a Transformer layer's
+    attention (0.1, kept as a number by nn.MultiheadAttention) and a 2-layer GRU's dropout
+    between its layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True)
+        self.gru = nn.GRU(4, 4, num_layers=2, dropout=0.3, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.gru(self.encoder(x.view(len(x), 2, 2).repeat(1, 1, 2)))[0][:, -1])
+
+
+def test_attention_and_recurrent_dropout_kept_as_numbers_are_held_still_and_put_back() -> None:
+    """Review 26's A1: a classifier on nn.TransformerEncoderLayer's defaults was refused as
+    a random forward: its attention's dropout is a number, not a Dropout module."""
+    made: list[nn.Module] = []
+
+    def model() -> nn.Module:
+        made.append(AttendsThenRecurs())
+        return made[-1]
+
+    report = audit.training_loop(PLAIN_CE, model=model, example=MODELS["mlp+ce"][1])
+    assert report.ok and not report.error, str(report)
+    attention = [m for m in made[0].modules() if isinstance(m, nn.MultiheadAttention)]
+    assert [m.dropout for m in attention] == [0.1] and made[0].gru.dropout == 0.3
+
+
+def margin_scorer() -> nn.Module:
+    """A scorer whose margin the example (x = 0, score 0) misses and its contrast row (x + 1,
+    score 5) meets: a batch of contrast rows alone has a hinge loss of 0, and no gradient."""
+    scorer = nn.Linear(1, 1)
+    with torch.no_grad():
+        scorer.weight.fill_(5.0)
+        scorer.bias.zero_()
+    return scorer
+
+
+def hinge_fit(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, num_epochs: int, late: bool = False
+) -> None:
+    """An SVM-style hinge loss on +1/-1 labels; late: zero_grad() after backward()."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            if not late:
+                optimizer.zero_grad()
+            F.relu(1 - y * model(x).squeeze(1)).mean().backward()
+            if late:
+                optimizer.zero_grad()
+            optimizer.step()
+
+
+def hinge_fit_zeroed_late(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, num_epochs: int
+) -> None:
+    hinge_fit(model, loader, optimizer, num_epochs, late=True)
+
+
+def test_a_step_whose_loss_is_flat_is_no_lost_gradient_and_a_late_zero_grad_still_is() -> None:
+    """A step on rows that all meet the margin left every .grad 0 after a backward() that
+    reached them, and non-leaf-params blamed the loop ("zero_grad() between backward() and
+    step()?"), a false alarm on correct code. The gradient zeroed after backward() fails
+    it still."""
+    hinge = {"model": margin_scorer, "example": (torch.tensor([0.0]), torch.tensor(1.0))}
+    report = audit.training_loop(hinge_fit, **hinge)
+    assert report.ok and not report.error, str(report)
+    report = audit.training_loop(hinge_fit_zeroed_late, **hinge)
+    assert [r.pitfall for r in report.failures] == ["non-leaf-params"], str(report)
+
+
+def pairs_pushed_apart(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, num_epochs: int
+) -> None:
+    """Online pair mining (review 26's A7, a batch-hard triplet loss, in another form): every
+    pair of rows of two labels pushed to a distance of 1; a batch of one label has none."""
+    for _ in range(num_epochs):
+        for x, y in loader:
+            z = model(x)
+            apart = (y[:, None] != y[None, :]).float()
+            gap = torch.cdist(z, z)
+            loss = (F.relu(1.0 - gap) * apart).sum() / apart.sum().clamp(min=1.0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def test_a_loss_with_no_gradient_on_rows_of_one_label_is_refused_saying_so() -> None:
+    """Every row the audit makes shares the example's label: the mined loss was 0 at every
+    step, and both the loop and a twin that never zeroes failed non-leaf-params."""
+    with pytest.raises(audit.TargetError, match=r"every backward\(\) left every gradient 0"):
+        audit.training_loop(pairs_pushed_apart, model=mlp, example=MODELS["mlp+ce"][1])
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,14 @@ from linreg.kinds.training_loop.judge import (
 )
 from linreg.kinds.training_loop.known import asks_of, limit_of
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels
-from linreg.kinds.training_loop.ledger import Observed, Step, blind_steps, flat, not_finite
+from linreg.kinds.training_loop.ledger import (
+    Observed,
+    Step,
+    blind_steps,
+    flat,
+    flat_loss,
+    not_finite,
+)
 from linreg.kinds.training_loop.measure import (
     clipping,
     close,
@@ -196,6 +203,7 @@ __all__ = [
     "fit",
     "fit_micro_batches",
     "flat",
+    "flat_loss",
     "framework_target",
     "full_rows",
     "full_step_rows",

@@ -1,5 +1,6 @@
-"""The model held still: Dropout at p = 0 and batch norms in eval mode while the audit runs
-the loop, so no row's output depends on another's; everything put back afterwards.
+"""The model held still: Dropout at p = 0 (attention's and an RNN's between layers too) and
+batch norms in eval mode while the audit runs the loop, so no row's output depends on
+another's; everything put back afterwards.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ _HELD: list[Callable[[], None]] = []  # what puts each held model back, in order
 
 
 def held_still(model: nn.Module) -> nn.Module:
-    """Set the model's Dropout modules to p = 0 and hold its batch norms in eval mode.
+    """Set the model's Dropout modules to p = 0 (and the dropout nn.MultiheadAttention and an
+    RNN keep as a number) and hold its batch norms in eval mode.
 
     `models_restored()` puts every model held still in its block back as it was (Dropout's p,
     the batch norms' mode, each parameter's .grad and requires_grad, which a loop that freezes
@@ -43,6 +45,11 @@ def held_still(model: nn.Module) -> nn.Module:
         if isinstance(m, _DropoutNd):
             undo.append(functools.partial(setattr, m, "p", m.p))
             m.p = 0.0
+        elif isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
+            # a dropout kept as a number, not a module (attention weights', between an RNN's
+            # layers): nn.TransformerEncoderLayer's attention drops 0.1 by default
+            undo.append(functools.partial(setattr, m, "dropout", m.dropout))
+            m.dropout = 0.0
         elif isinstance(m, _BatchNorm):
             undo.append(functools.partial(_release, m, m.training))
             m.eval()

@@ -188,6 +188,19 @@ def blind_steps(seen: Observed) -> bool:
     return not seen.steps and not seen.fed and seen.empty_steps > 0 and seen.forwards > 0
 
 
+def flat_loss(step: Step) -> bool:
+    """Return True if every backward() of the step reached each forward's output and left
+    every gradient 0: the loss has none on those rows (a batch-hard triplet loss on rows of
+    one label, a margin already met), no gradient the loop lost (zero_grad() after backward(),
+    a loss on a detached output, which no backward() reaches)."""
+    return (
+        bool(step.calls)
+        and not step.unreached
+        and step.raw is not None
+        and not bool(step.raw.any())
+    )
+
+
 def one_update(seen: Observed) -> bool:
     """Return True once a run made an update that no other optimizer's step may still join:
     a run that reads its first update alone can end there (run_at_zero_lr's enough)."""

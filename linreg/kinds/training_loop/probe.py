@@ -24,7 +24,7 @@ from linreg.kinds.training_loop.batching import Batching, count_of, describe
 from linreg.kinds.training_loop.held import models_restored
 from linreg.kinds.training_loop.hooks import Watch
 from linreg.kinds.training_loop.known import asks_of, limit_from, trained_from
-from linreg.kinds.training_loop.ledger import Observed, blind_steps, one_update
+from linreg.kinds.training_loop.ledger import Observed, blind_steps, flat_loss, one_update
 from linreg.kinds.training_loop.one_run import build_model, observe, run_at_zero_lr
 from linreg.kinds.training_loop.outputs import check_model
 from linreg.kinds.training_loop.settings import (
@@ -172,6 +172,14 @@ def _checked(
             "torch.func's transforms (vmap, grad) alone and set .grad itself: the audit "
             "judges the gradients backward() computes, row by row, and none reached these "
             "forwards (audit the per-row loss with audit.loss, or a loop that calls backward())"
+        )
+    if seen.steps and all(flat_loss(step) for step in seen.steps):
+        raise TargetError(
+            f"{name_of(fn)}: on {describe(batching, options)} every backward() left every "
+            "gradient 0: the loss has none on the audit's rows, copies of the example that "
+            "share its label (a loss that needs rows of two labels in a batch, as batch-hard "
+            "triplet mining does; a margin the example already meets): nothing to judge. The "
+            "audit judges a loss with a gradient on each row alone: give an example it has one on"
         )
     if seen.moved:
         raise TargetError(
