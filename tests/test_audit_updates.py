@@ -1066,6 +1066,25 @@ def train_budget_in_windows_from_zero(
     )
 
 
+def train_budget_divided_never_gathered(
+    model: nn.Module,
+    dataset: Any,
+    optimizer: Any,
+    max_steps: int,
+    accumulation_steps: int,
+    batch_size: int = 2,
+) -> None:
+    """Each batch's loss divided by the count, and a step after every batch: no window is
+    ever gathered (the guard on the count forgotten), each step half its batch's mean at 2."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+    for step, (x, y) in enumerate(itertools.cycle(loader)):
+        if step == max_steps:
+            return
+        (F.cross_entropy(model(x), y) / accumulation_steps).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def test_a_first_window_of_one_batch_fails_short_last_batch_alone_on_a_one_step_budget() -> None:
     """Review 25's A6: a run whose budget was one step held one short window and no full
     one, and that step was taken for a full one: mean-vs-sum failed beside short-last-batch
@@ -1073,6 +1092,10 @@ def test_a_first_window_of_one_batch_fails_short_last_batch_alone_on_a_one_step_
     assert audit.training_loop(train_budget_in_windows, **LOOP).ok
     report = audit.training_loop(train_budget_in_windows_from_zero, **LOOP)
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    # a run of one step that gathered one batch is neither full nor short: a loop that
+    # never gathers k batches fails mean-vs-sum alone (code review cr14's D)
+    report = audit.training_loop(train_budget_divided_never_gathered, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
 
 
 def train_per_example_grads(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:

@@ -2381,3 +2381,23 @@ def test_watch_a_clip_by_hand_of_one_model_is_judged_apart_from_another_unclippe
                     optimizer.step()
     report = reports[0]
     assert report.ok, str(report)
+
+
+def test_a_watched_losss_own_warning_points_at_the_codes_line_once_as_unwatched() -> None:
+    """Review 26: torch's broadcast warning of a watched mse_loss named the seam's line in
+    linreg, and the watch's own call with reduction='none' warned again from another."""
+    x, y = torch.randn(20, 3), torch.randn(20)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught, audit.watch() as reports:
+        warnings.simplefilter("default")
+        for _ in range(2):
+            for xb, yb in DataLoader(list(zip(x, y, strict=True)), batch_size=8):
+                optimizer.zero_grad()
+                F.mse_loss(model(xb), yb).backward()  # (n, 1) against (n,)
+                optimizer.step()
+    at = [(w.filename, w.lineno) for w in caught if "target size" in str(w.message)]
+    lines = Path(__file__).read_text().splitlines()
+    shown = next(i for i, text in enumerate(lines, 1) if text.endswith("# (n, 1) against (n,)"))
+    assert at == [(__file__, shown)] * 2, at  # batches of 8 and 4: one text each
+    assert [r.pitfall for r in reports[0].failures] == ["label-shape"], str(reports[0])

@@ -357,3 +357,83 @@ def test_zeroing_between_a_batchs_own_chunks_is_grad_zeroing_and_its_weight_the_
     assert not report.error, str(report)
     named = ([] if divide else ["mean-vs-sum"]) + (["grad-zeroing"] if zero_inside else [])
     assert [r.pitfall for r in report.failures] == named, str(report)
+
+
+@pytest.mark.parametrize("extra", ["", "value"], ids=["norm", "value"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_clip_before_unscale_under_two_optimizers_of_one_scaler_names_each_bug_once(
+    extra: str, reduction: str
+) -> None:
+    """Code review cr14's A: one clip of every param before any unscale_, then the scaler
+    steps the first layer's optimizer and the second's. The second's unscale_ overwrote what
+    the clip had kept of its params, and its bounds by value were never taken over the scale:
+    mean-vs-sum, short-last-batch or an error beside clip-before-unscale, on a right mean."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    first = torch.optim.SGD(model[0].parameters(), lr=0.05)
+    second = torch.optim.SGD(model[2].parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
+            first.zero_grad()
+            second.zero_grad()
+            scaler.scale(F.cross_entropy(model(xb), yb, reduction=reduction)).backward()
+            if extra == "value":
+                torch.nn.utils.clip_grad_value_(model.parameters(), 0.01)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            scaler.step(first)
+            scaler.step(second)
+            scaler.update()
+    report = reports[0]
+    assert not report.error, str(report)
+    named = ["mean-vs-sum"] if reduction == "sum" else []
+    assert [r.pitfall for r in report.failures] == [*named, "clip-before-unscale"], str(report)
+
+
+def _zeroed_passes(probe: bool, validation: bool, zero_inside: bool, k: int, n: int) -> Any:
+    """Batches of 4 over n rows, windows of k each divided by k; probe: a batch's backward()
+    before training, zeroed; validation: each batch first a validation batch's backward()
+    (a gradient norm), zeroed; zero_inside: zero_grad() before each batch's backward()."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 6, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    held_out = DataLoader(TensorDataset(x[:16] + 1, y[:16]), batch_size=4)
+    with watch() as reports:
+        if probe:
+            xb, yb = next(iter(loader))
+            F.cross_entropy(model(xb), yb).backward()
+            optimizer.zero_grad()
+        for _ in range(2):
+            checks = iter(held_out)
+            for i, (xb, yb) in enumerate(loader):
+                if validation:
+                    vx, vy = next(checks, (None, None))
+                    if vx is None:
+                        checks = iter(held_out)
+                        vx, vy = next(checks)
+                    F.cross_entropy(model(vx), vy).backward()
+                    optimizer.zero_grad()
+                if zero_inside:
+                    optimizer.zero_grad()
+                (F.cross_entropy(model(xb), yb) / k).backward()
+                if (i + 1) % k == 0 or i + 1 == len(loader):
+                    optimizer.step()
+                    optimizer.zero_grad()
+    return reports[0]
+
+
+def test_passes_zeroed_before_training_or_on_another_loader_are_no_rows_of_an_update() -> None:
+    """Code review cr14's B and C: the rows of a probe's pass before training, or of a
+    validation batch's pass before each step, were counted as the update's own where it
+    zeroed its micro-batches: short-last-batch beside grad-zeroing for the probe, and beside
+    each right step for the validation passes."""
+    report = _zeroed_passes(probe=True, validation=False, zero_inside=True, k=4, n=32)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    report = _zeroed_passes(probe=False, validation=True, zero_inside=False, k=1, n=42)
+    assert not {"short-last-batch", "mean-vs-sum"} & {r.pitfall for r in report.failures}
+    report = _zeroed_passes(probe=True, validation=False, zero_inside=False, k=4, n=32)
+    assert report.ok and not report.error, str(report)

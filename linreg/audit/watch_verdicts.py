@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 
 from linreg.audit.watch_readings import (
@@ -61,6 +62,10 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     # own) and term ("": one loss)
     readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)
     rare = _now_and_then(seen.updates)
+    later = Counter(
+        u.dropped for u in seen.updates[1:] if u.dropped and not u.redone and not u.crossed
+    )
+    each = later.most_common(1)[0][0] if later else 0  # micro-batches a later update zeroes
     for j, u in enumerate(by_hand(seen.updates)):
         v.at, v.ratios[j] = j, None
         lost = False  # micro-batches of its own zeroed before its step: grad-zeroing's
@@ -146,7 +151,11 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
         for term, r in terms:
             if r is not None:
                 if lost and not term:  # weighed against every row it consumed, those it
-                    r = _with_dropped(r, u, summed)  # zeroed too (grad-zeroing's alone)
+                    # zeroed too (grad-zeroing's alone); the first update's as many as a later
+                    # one zeroes (a pass before training zeroed first is none of its)
+                    r = _with_dropped(
+                        r, u.dropped_counts[-each:] if j == 0 else u.dropped_counts, summed
+                    )
                 r.tol = u.tol
                 r.calls = r.calls if term else u.calls
                 readings[u.optimizers, term].append(r)
@@ -363,15 +372,17 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
         )
 
 
-def _with_dropped(r: Reading, u: Update, summed: bool) -> Reading:
-    """Return an update's reading against the mean of every row it consumed, its micro-batches
-    zeroed before the step included: a window's loss / k whose first micro-batches were
-    zeroed applies its last one at the window's weight, right beside grad-zeroing (where it
-    was read against that micro-batch's own mean, a scale of k)."""
-    if summed or r.relative is None or not u.dropped_count:
+def _with_dropped(r: Reading, dropped: Sequence[float], summed: bool) -> Reading:
+    """Return an update's reading against the mean of every row it consumed, the counts of
+    its micro-batches zeroed before the step (dropped, of its own loader) included: a window's
+    loss / k whose first micro-batches were zeroed applies its last one at the window's
+    weight, right beside grad-zeroing (where it was read against that micro-batch's own mean,
+    a scale of k)."""
+    more = sum(dropped)
+    if summed or r.relative is None or not more:
         return r
-    grown = (r.count + u.dropped_count) / r.count
-    return replace(r, count=r.count + u.dropped_count, relative=[x * grown for x in r.relative])
+    grown = (r.count + more) / r.count
+    return replace(r, count=r.count + more, relative=[x * grown for x in r.relative])
 
 
 def _now_and_then(updates: list[Update]) -> bool:

@@ -36,6 +36,7 @@ from linreg.kinds.training_loop import (
     near,
     options_of,
     summed_means,
+    undecided,
     unequal_weights,
     unfed_short,
     unjudged_beside_a_sum,
@@ -129,6 +130,8 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
     nominal = batching.batch_size * k
 
     def judged(j: int, steps: list[Step]) -> bool:
+        if undecided(target, batching, steps):  # one step, fewer than k micro-batches: a
+            return False  # short first window, or a loop that never gathers k (unknown here)
         full = full_rows(target, batching, steps)
         return steps[j].rows != full or crosses(batching, options.drop_last, steps, j)
 

@@ -145,17 +145,25 @@ def compare(
 def full_rows(target: Target, batching: Batching, steps: Sequence[Step]) -> int:
     """Return the rows of a full step: the batch_size * k rows the batching hands a window
     where a step took them (a first or last window may be short), else the most common among
-    steps of k micro-batches, else among all; where k > 1 and a run's one step holds fewer
-    micro-batches (a budget of one step whose window is short), the nominal rows: no step of
-    it is full (a loop that never gathers k batches shows it in runs of more steps)."""
+    steps of k micro-batches, else among all; the nominal rows, which no step took, in a run
+    of one step of another count than k (k > 1): no step of it is full."""
     k = count_of(options_of(target), batching)
     nominal = batching.batch_size * k
     if any(step.rows == nominal for step in steps):
         return nominal
     windows = [step for step in steps if len(step.sizes) == k]  # of k micro-batches: full
-    if not windows and k > 1 and len(steps) == 1:
-        return nominal
+    if not windows and k > 1 and len(steps) == 1:  # one step of another count: none full
+        return nominal  # (shorter: `undecided`; longer: a window that took the left-over)
     return full_step_rows(windows or steps)
+
+
+def undecided(target: Target, batching: Batching, steps: Sequence[Step]) -> bool:
+    """Return True for a run of one step that holds fewer than the k micro-batches drawn or
+    given (k > 1): a first window short of them, or a loop that never gathers k, which runs
+    of more steps tell apart. Neither full (full_rows) nor short (short-last-batch's): no
+    property judges its step."""
+    k = count_of(options_of(target), batching)
+    return k > 1 and len(steps) == 1 and len(steps[0].sizes) < k
 
 
 def unscaled(

@@ -53,8 +53,14 @@ class ClipHooks:
             inverse = 1.0 / scale()
             for key in scaled:
                 self.prior[key] = self.prior[key] * inverse
-                if key in self.clip_bounds:
-                    self.clip_bounds[key] *= inverse
+                for bounds in (self.clip_bounds, *self.joined_bounds()):
+                    if key in bounds:
+                        bounds[key] *= inverse
+
+    def joined_bounds(self) -> list[dict[int, float]]:
+        """Return the clip bounds of an update another optimizer's step of it closed already
+        (its own, not clip_bounds since), which this optimizer's step joins: none here."""
+        return []
 
     def clip_begins(self, params: list[Tensor], value: float | None = None) -> Clip:
         """Note a call of torch's clipping about to run (clipping), and return what clip_ends
@@ -89,7 +95,10 @@ class ClipHooks:
             self.norm_clipped = clip.was
 
     def unscaled_by(self, opt: torch.optim.Optimizer) -> None:
-        self.clipping([p for g in opt.param_groups for p in g["params"]], clips=False)
+        # what a clip kept before unscale_ (divided by unscaling) stays: an optimizer's step
+        # of the same update before this one began clip_bounds anew, not prior
+        params = [p for g in opt.param_groups for p in g["params"]]
+        self.clipping([p for p in params if id(p) not in self.prior], clips=False)
 
     def clipping(
         self,

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -181,7 +182,9 @@ class Observer(ClipHooks):
                 per, reduction = out, "sum"  # loss's, its coefficient the code's (reduced_whole)
             else:
                 given["reduction"] = "none"
-                per = fn(*bound.args, **bound.kwargs)
+                with warnings.catch_warnings():  # (the code's own call warned already)
+                    warnings.simplefilter("ignore")
+                    per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
             grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
             for p in under:  # its .grad as the watch found it, put back after
@@ -459,7 +462,9 @@ class Observer(ClipHooks):
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.dropped_count = sum(mb.count for mb in let_go)
+        update.dropped_counts = tuple(
+            mb.count for mb in let_go if _fetchers([mb]) & _fetchers(kept)
+        )
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.unscaled, update.scaled_clip = self.unscaled, self.scaled_clip
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
@@ -490,6 +495,13 @@ class Observer(ClipHooks):
             self.seen.updates[-1].elsewhere or len(update.optimizers) < len(self.optimizers)
         )
         self._end_if(enough and not self.ending)
+
+    def joined_bounds(self) -> list[dict[int, float]]:
+        """Return the clip bounds of the update this step may join (ClipHooks.joined_bounds):
+        the open one's, closed by another optimizer's step since the last backward()."""
+        if self.open is None or self.open.clip_bounds is self.clip_bounds:
+            return []
+        return [self.open.clip_bounds]
 
     def _end_if(self, enough: bool) -> None:
         """End the code's run here (Enough) where the watch has what it needs."""
@@ -637,6 +649,12 @@ def length(it: _BaseDataLoaderIter) -> int | None:
 
 def _sources(micro: list[MicroBatch]) -> set[int | None]:
     return {mb.source for mb in micro}
+
+
+def _fetchers(micro: list[MicroBatch]) -> set[int | None]:
+    """Return the iterators that fetched the targets the micro-batches' losses were called on
+    (a validation loader's pass between a batch and its loss is not the batch's)."""
+    return {c.fetched_by for mb in micro for c in mb.losses}
 
 
 def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:

@@ -78,7 +78,9 @@ class Open:
     blind: int = 0  # backward() calls that reached no loss the watcher read
     terms: bool = False  # more backward() calls than DataLoader batches, not all on them
     dropped: int = 0  # micro-batches before the code zeroed .grad: let go, not stepped
-    dropped_count: float = 0.0  # their counts (rows or targets) added up
+    # the counts (rows or targets) of those whose targets the iterators of the kept ones'
+    # fetched, in turn
+    dropped_counts: tuple[float, ...] = ()
     redone: bool = True  # those were on the targets of the ones kept (SAM, an attack, a closure)
     foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
@@ -111,7 +113,9 @@ class Update:
     tol: float = 1e-4  # the relative tolerance of its params' dtype
     terms: bool = False  # its micro-batches are terms of one objective (a GAN's real and fake)
     dropped: int = 0  # micro-batches the code zeroed before the step (not among counts)
-    dropped_count: float = 0.0  # their counts (rows or targets) added up
+    # the counts (rows or targets) of those whose targets the iterators of the kept ones'
+    # fetched, in turn
+    dropped_counts: tuple[float, ...] = ()
     redone: bool = True  # those were on the targets of the ones kept
     foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
@@ -202,7 +206,8 @@ def close(update: Open, tol: float) -> Update:
                 counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True,
                 right or value_clipped, tol,
                 terms=update.terms, dropped=update.dropped, redone=update.redone,
-                dropped_count=update.dropped_count, foreign=update.foreign, crossed=update.crossed,
+                dropped_counts=update.dropped_counts, foreign=update.foreign,
+                crossed=update.crossed,
                 calls=max(len(mb.losses) for mb in update.micro),
                 norm=0.0 if right or value_clipped else through, group=group,
                 optimizers=optimizers,
@@ -269,7 +274,7 @@ def close(update: Open, tol: float) -> Update:
     return Update(
         counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind,
         clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
-        dropped_count=update.dropped_count, redone=update.redone, crossed=update.crossed,
+        dropped_counts=update.dropped_counts, redone=update.redone, crossed=update.crossed,
         foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
