@@ -190,9 +190,9 @@ def blind_steps(seen: Observed) -> bool:
 
 def flat_loss(step: Step) -> bool:
     """Return True if every backward() of the step reached each forward's output and left
-    every gradient 0: the loss has none on those rows (a batch-hard triplet loss on rows of
-    one label, a margin already met), no gradient the loop lost (zero_grad() after backward(),
-    a loss on a detached output, which no backward() reaches)."""
+    every gradient 0: the loss has none there (by its making, torch.round on the output; or
+    on those rows, a batch-hard triplet loss on rows of one label), no gradient the loop
+    lost after (zero_grad() after backward(); a loss on a detached output reaches none)."""
     return (
         bool(step.calls)
         and not step.unreached

@@ -175,11 +175,13 @@ def _checked(
         )
     if seen.steps and all(flat_loss(step) for step in seen.steps):
         raise TargetError(
-            f"{name_of(fn)}: on {describe(batching, options)} every backward() left every "
-            "gradient 0: the loss has none on the audit's rows, copies of the example that "
-            "share its label (a loss that needs rows of two labels in a batch, as batch-hard "
-            "triplet mining does; a margin the example already meets): nothing to judge. The "
-            "audit judges a loss with a gradient on each row alone: give an example it has one on"
+            f"{name_of(fn)}: on {describe(batching, options)} every backward() reached the "
+            "model's outputs and left every gradient 0, so no step can move the params: "
+            "the loss has no gradient there, either by its making (torch.round or torch.sign "
+            "on the output, a mask that drops every row: the loop never trains) or on the "
+            "audit's rows alone, copies of the example that share its label (a loss that "
+            "needs rows of two labels in a batch, as batch-hard triplet mining does; a "
+            "margin the example already meets: give an example it has a gradient on)"
         )
     if seen.moved:
         raise TargetError(

@@ -9,7 +9,6 @@ import contextlib
 import copy
 import functools
 import inspect
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -145,6 +144,7 @@ class Observer(ClipHooks):
         self.began: dict[int, int] = {}  # each iterator's: backward() calls as its pass began
         self.batched: set[int] = set()  # their tensors' storages
         self.fetchers: dict[int, int] = {}  # each such storage's iterator (the one fetching it)
+        self.datasets: dict[int, int] = {}  # and its dataset's id (iterators' ids are reused)
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
@@ -182,8 +182,13 @@ class Observer(ClipHooks):
                 per, reduction = out, "sum"  # loss's, its coefficient the code's (reduced_whole)
             else:
                 given["reduction"] = "none"
-                with warnings.catch_warnings():  # (the code's own call warned already)
-                    warnings.simplefilter("ignore")
+                both = (given.get("input"), given.get("target"))
+                if name in BROADCASTING and all(isinstance(t, Tensor) for t in both):
+                    # the shapes it broadcasts made equal first: the same elements, and no
+                    # second warning of torch's (the code's own call gave it)
+                    equal = torch.broadcast_tensors(*both)  # type: ignore[no-untyped-call]
+                    per = fn(**{**given, "input": equal[0], "target": equal[1]})
+                else:
                     per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
             grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
@@ -208,6 +213,7 @@ class Observer(ClipHooks):
                     elements=out.numel(),
                     backwards=self.backwards,
                     fetched_by=self._fetcher(given.get("target")),
+                    fetched_from=self._dataset_of(given.get("target")),
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -222,6 +228,11 @@ class Observer(ClipHooks):
         """Return the iterator that fetched a target's batch (else the last to fetch one)."""
         memory = _storage(target)
         return self.iterator if memory is None else self.fetchers.get(memory, self.iterator)
+
+    def _dataset_of(self, target: Any) -> int | None:
+        """Return the dataset of the loader that fetched a target's batch (else the last's)."""
+        memory = _storage(target)
+        return self.source if memory is None else self.datasets.get(memory, self.source)
 
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
@@ -318,6 +329,7 @@ class Observer(ClipHooks):
             memories = {t.untyped_storage().data_ptr() for t in fetched}
             self.batched |= memories
             self.fetchers.update(dict.fromkeys(memories, at[0]))
+            self.datasets.update(dict.fromkeys(memories, at[1]))
             self.batch_tensors.extend(fetched)
             self.unread_last[at[0]] = fetched
 
@@ -462,9 +474,7 @@ class Observer(ClipHooks):
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.dropped_counts = tuple(
-            mb.count for mb in let_go if _fetchers([mb]) & _fetchers(kept)
-        )
+        update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & _loaders(kept))
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.unscaled, update.scaled_clip = self.unscaled, self.scaled_clip
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
@@ -572,7 +582,7 @@ class Observer(ClipHooks):
         self.unscaled = self.scaled_clip = False
         self.changed = set()
         self.fetched, self.batched, self.cut = 0, set(), 0
-        self.fetchers = {}
+        self.fetchers, self.datasets = {}, {}
         self.precision = 0.0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
@@ -651,10 +661,10 @@ def _sources(micro: list[MicroBatch]) -> set[int | None]:
     return {mb.source for mb in micro}
 
 
-def _fetchers(micro: list[MicroBatch]) -> set[int | None]:
-    """Return the iterators that fetched the targets the micro-batches' losses were called on
-    (a validation loader's pass between a batch and its loss is not the batch's)."""
-    return {c.fetched_by for mb in micro for c in mb.losses}
+def _loaders(micro: list[MicroBatch]) -> set[int | None]:
+    """Return the datasets whose loaders fetched the targets the micro-batches' losses were
+    called on (a validation loader's pass between a batch and its loss is not the batch's)."""
+    return {c.fetched_from for mb in micro for c in mb.losses}
 
 
 def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:

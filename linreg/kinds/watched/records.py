@@ -48,6 +48,7 @@ class LossCall:
     elements: int = 0
     backwards: int = 0  # the backward() calls watched before it was computed
     fetched_by: int | None = None  # the DataLoader iterator that fetched its target's batch
+    fetched_from: int | None = None  # the dataset of that DataLoader
     # (else the last to fetch one before it: a target cast or stacked from a batch's)
 
 
@@ -78,7 +79,7 @@ class Open:
     blind: int = 0  # backward() calls that reached no loss the watcher read
     terms: bool = False  # more backward() calls than DataLoader batches, not all on them
     dropped: int = 0  # micro-batches before the code zeroed .grad: let go, not stepped
-    # the counts (rows or targets) of those whose targets the iterators of the kept ones'
+    # the counts (rows or targets) of those whose targets the loaders of the kept ones'
     # fetched, in turn
     dropped_counts: tuple[float, ...] = ()
     redone: bool = True  # those were on the targets of the ones kept (SAM, an attack, a closure)
@@ -113,7 +114,7 @@ class Update:
     tol: float = 1e-4  # the relative tolerance of its params' dtype
     terms: bool = False  # its micro-batches are terms of one objective (a GAN's real and fake)
     dropped: int = 0  # micro-batches the code zeroed before the step (not among counts)
-    # the counts (rows or targets) of those whose targets the iterators of the kept ones'
+    # the counts (rows or targets) of those whose targets the loaders of the kept ones'
     # fetched, in turn
     dropped_counts: tuple[float, ...] = ()
     redone: bool = True  # those were on the targets of the ones kept

@@ -17,11 +17,8 @@ an update applied is read against the micro-batches it consumed (`Update`).
 from __future__ import annotations
 
 import functools
-import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 import torch
@@ -64,7 +61,6 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     loader_next = _BaseDataLoaderIter.__next__
 
     live = [True]  # a wrapper a name kept after the watch passes straight through
-    warned: set[tuple[str, int, str]] = set()  # what the losses warned, where: shown once
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         if not live[0]:
@@ -93,13 +89,9 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     def loss_of(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         @functools.wraps(fn)
         def read(*args: Any, **kwargs: Any) -> Tensor:
-            if not live[0]:
-                return fn(*args, **kwargs)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                out = fn(*args, **kwargs)
-            _warned_at_the_caller(caught, sys._getframe(1), warned)
-            w.loss(name, fn, args, kwargs, out)
+            out = fn(*args, **kwargs)
+            if live[0]:
+                w.loss(name, fn, args, kwargs, out)
             return out
 
         return read
@@ -211,24 +203,3 @@ def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     keep = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
     make = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
     return bool(keep if keep is not None else make)
-
-
-def _warned_at_the_caller(
-    caught: list[warnings.WarningMessage], caller: FrameType, warned: set[tuple[str, int, str]]
-) -> None:
-    """Warn again what a torch loss warned through the seam (a target broadcast against its
-    input), at the code's line that called it and under its filters, once a line and text as
-    the default filter would (the seams' catching bumps the filters' version, which clears
-    the registries that tell a warning shown before)."""
-    for m in caught:
-        key = (caller.f_code.co_filename, caller.f_lineno, str(m.message))
-        if key in warned:
-            continue
-        warned.add(key)
-        warnings.warn_explicit(
-            m.message,
-            m.category,
-            caller.f_code.co_filename,
-            caller.f_lineno,
-            module=caller.f_globals.get("__name__"),
-        )
