@@ -2411,3 +2411,25 @@ def test_a_watched_losss_own_warning_is_shown_as_often_as_unwatched() -> None:
     assert len(watched) == len(alone) == 2, [(w.filename, w.lineno) for w in watched]
     assert not any(w.filename.endswith("observer.py") for w in watched)
     assert [r.pitfall for r in reports[0].failures] == ["label-shape"], str(reports[0])
+
+
+def test_updates_with_nothing_to_apply_leave_reasons_that_ask_for_no_more_steps() -> None:
+    """zero_grad() between backward() and step() on every batch: non-leaf-params fails, and
+    the weighed properties' reasons said "--steps watches more", which cannot help (review
+    26's W6)."""
+    gen = torch.Generator().manual_seed(0)
+    rows = list(zip(torch.randn(30, 4, generator=gen), torch.randint(0, 3, (30,), generator=gen),
+                strict=True))  # fmt: skip
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        for _ in range(2):
+            for x, y in DataLoader(rows, batch_size=8):
+                F.cross_entropy(model(x), y).backward()
+                optimizer.zero_grad()
+                optimizer.step()
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["non-leaf-params"], str(report)
+    (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
+    assert scale.verdict == "skip" and "no update had a gradient to apply" in scale.message
+    assert not any("--steps" in r.message for r in report.results), str(report)

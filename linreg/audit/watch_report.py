@@ -253,6 +253,8 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     own = pitfall in ("label-shape", "clip-before-unscale")  # read apart from the gradients
     if not own and seen.updates and all(u.unreadable or u.blind for u in seen.updates):
         return "not judged: no update's gradients could be read (see the note)"
+    if not own and seen.updates and not any(u.applied_any for u in seen.updates):
+        return "not judged: no update had a gradient to apply (non-leaf-params says why)"
     more = (  # (a loss the code never calls, more updates would not show)
         " (the watch ended first: --steps watches more)" if seen.ended and not own else ""
     )
