@@ -61,11 +61,14 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     # per set of optimizers (a GAN's D and G updates each weigh their own rows, each scale its
     # own) and term ("": one loss)
     readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)
-    rare = _now_and_then(seen.updates)
+    # micro-batches on other data zeroed unstepped, in the updates after the first: in at most
+    # half of them (rare), steps the code skipped on purpose (zero_grad inside every window
+    # drops some in each); each: as many as a later update zeroes
     later = Counter(
         u.dropped for u in seen.updates[1:] if u.dropped and not u.redone and not u.crossed
     )
-    each = later.most_common(1)[0][0] if later else 0  # micro-batches a later update zeroes
+    rare = 2 * later.total() <= len(seen.updates) - 1
+    each = later.most_common(1)[0][0] if later else 0
     for j, u in enumerate(by_hand(seen.updates)):
         v.at, v.ratios[j] = j, None
         lost = False  # micro-batches of its own zeroed before its step: grad-zeroing's
@@ -383,14 +386,6 @@ def _with_dropped(r: Reading, dropped: Sequence[float], summed: bool) -> Reading
         return r
     grown = (r.count + more) / r.count
     return replace(r, count=r.count + more, relative=[x * grown for x in r.relative])
-
-
-def _now_and_then(updates: list[Update]) -> bool:
-    """Return whether micro-batches on other data were zeroed unstepped in at most half the
-    updates after the first: steps the code skipped on purpose (zero_grad inside every window
-    drops some in each)."""
-    dropping = sum(1 for u in updates[1:] if u.dropped and not u.redone and not u.crossed)
-    return 2 * dropping <= len(updates) - 1
 
 
 def _short(

@@ -201,19 +201,31 @@ def input_key(call: Call) -> tuple[int, torch.Size, int] | None:
     return first.data_ptr(), first.shape, call.version
 
 
+def _rows_of_one(call: Call, other: Call) -> tuple[Tensor, Tensor, int] | None:
+    """Return call's and other's first tensors and the row of other's that call's begins at
+    (counted from other's first), where both are views of one tensor, unchanged between the
+    two, whose rows they lay out alike (None: not)."""
+    u, v = first_input(call), first_input(other)
+    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride()[1:] != v.stride()[1:]:
+        return None
+    if call.version != other.version:
+        return None
+    if storage_of(u) is None or storage_of(u) != storage_of(v):
+        return None
+    row = v.stride(0) * v.element_size()  # bytes from one of other's rows to the next
+    offset = u.data_ptr() - v.data_ptr()
+    if row <= 0 or offset % row:
+        return None
+    return u, v, offset // row
+
+
 def apart(call: Call, other: Call) -> bool:
     """Return True if call and other were fed rows of one tensor that neither shares (X[:2]
     and X[2:4], chunks of a batch run one by one), the tensor unchanged between the two."""
-    u, v = first_input(call), first_input(other)
-    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride() != v.stride():
+    found = _rows_of_one(call, other)
+    if found is None or found[0].stride(0) != found[1].stride(0):
         return False
-    if call.version != other.version or storage_of(u) is None or storage_of(u) != storage_of(v):
-        return False
-    row = v.stride(0) * v.element_size()
-    offset = u.data_ptr() - v.data_ptr()
-    if row <= 0 or offset % row:
-        return False
-    first = offset // row  # u's first row, counted from v's
+    u, v, first = found
     return first >= v.shape[0] or first + u.shape[0] <= 0
 
 
@@ -221,18 +233,11 @@ def within(call: Call, other: Call) -> bool:
     """Return True if call was fed rows of other's batch: its first tensor a view of rows
     of other's (X[:1], X[-1:], a peek at a prediction), whose rows other's pass applies, and
     unchanged between the two (a static buffer refilled in place holds another batch)."""
-    u, v = first_input(call), first_input(other)
-    if u is None or v is None or u.shape[1:] != v.shape[1:] or u.stride()[1:] != v.stride()[1:]:
+    found = _rows_of_one(call, other)
+    if found is None:
         return False
-    if call.version != other.version:
-        return False
-    if storage_of(u) is None or storage_of(u) != storage_of(v):
-        return False
-    row = v.stride(0) * v.element_size()  # bytes from one of other's rows to the next
-    offset = u.data_ptr() - v.data_ptr()
-    if row <= 0 or offset % row:
-        return False
-    first, step = offset // row, 1
+    u, v, first = found
+    step = 1
     if u.shape[0] > 1:  # its rows every `step` rows of other's (X[::2] of X)
         step, left = divmod(u.stride(0), v.stride(0))
         if step <= 0 or left:

@@ -180,10 +180,10 @@ def zeroed_in(
             return False
         if c.drawn not in draws:
             return True
-        ours = [k for k in kept if memory_of(k) == memory_of(c)]
+        memory = memory_of(c)
+        ours = [k for k, m in zip(kept, memories, strict=True) if m == memory]
         if ours and all(apart(c, k) for k in ours):  # rows of the batch none after holds
             return True  # (its chunks run one by one, zeroed between)
-        memory = memory_of(c)
         return memory in held and all(m in held and m != memory for m in memories)
 
     before = [c for c in calls if c.clock < after]

@@ -143,8 +143,8 @@ class Observer(ClipHooks):
         self.backwards = 0  # the backward() calls watched
         self.began: dict[int, int] = {}  # each iterator's: backward() calls as its pass began
         self.batched: set[int] = set()  # their tensors' storages
-        self.fetchers: dict[int, int] = {}  # each such storage's iterator (the one fetching it)
-        self.datasets: dict[int, int] = {}  # and its dataset's id (iterators' ids are reused)
+        # each such storage's iterator (the one fetching it) and that iterator's dataset
+        self.fetchers: dict[int, tuple[int, int]] = {}
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
@@ -196,6 +196,7 @@ class Observer(ClipHooks):
                 if id(p) not in self.found:
                     self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
             del self.pending[:-PENDING]  # losses no backward() reached: the latest
+            fetched_by, fetched_from = self._fetched(given.get("target"))
             self.pending.append(
                 LossCall(
                     out.grad_fn,
@@ -212,8 +213,8 @@ class Observer(ClipHooks):
                     by_code,
                     elements=out.numel(),
                     backwards=self.backwards,
-                    fetched_by=self._fetcher(given.get("target")),
-                    fetched_from=self._dataset_of(given.get("target")),
+                    fetched_by=fetched_by,
+                    fetched_from=fetched_from,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -224,15 +225,12 @@ class Observer(ClipHooks):
         finally:
             self.busy = False
 
-    def _fetcher(self, target: Any) -> int | None:
-        """Return the iterator that fetched a target's batch (else the last to fetch one)."""
+    def _fetched(self, target: Any) -> tuple[int | None, int | None]:
+        """Return the iterator that fetched a target's batch and its dataset (else the last
+        to fetch one's)."""
         memory = _storage(target)
-        return self.iterator if memory is None else self.fetchers.get(memory, self.iterator)
-
-    def _dataset_of(self, target: Any) -> int | None:
-        """Return the dataset of the loader that fetched a target's batch (else the last's)."""
-        memory = _storage(target)
-        return self.source if memory is None else self.datasets.get(memory, self.source)
+        last = (self.iterator, self.source)
+        return last if memory is None else self.fetchers.get(memory, last)
 
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
@@ -328,8 +326,7 @@ class Observer(ClipHooks):
             fetched = tensors_in([batch], {})
             memories = {t.untyped_storage().data_ptr() for t in fetched}
             self.batched |= memories
-            self.fetchers.update(dict.fromkeys(memories, at[0]))
-            self.datasets.update(dict.fromkeys(memories, at[1]))
+            self.fetchers.update(dict.fromkeys(memories, at))
             self.batch_tensors.extend(fetched)
             self.unread_last[at[0]] = fetched
 
@@ -474,7 +471,8 @@ class Observer(ClipHooks):
         kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
-        update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & _loaders(kept))
+        loaders = _loaders(kept)
+        update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & loaders)
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.unscaled, update.scaled_clip = self.unscaled, self.scaled_clip
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
@@ -582,7 +580,7 @@ class Observer(ClipHooks):
         self.unscaled = self.scaled_clip = False
         self.changed = set()
         self.fetched, self.batched, self.cut = 0, set(), 0
-        self.fetchers, self.datasets = {}, {}
+        self.fetchers = {}
         self.precision = 0.0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
