@@ -425,6 +425,138 @@ def test_attention_and_recurrent_dropout_kept_as_numbers_are_held_still_and_put_
     assert [m.dropout for m in attention] == [0.1] and made[0].gru.dropout == 0.3
 
 
+def margin_scorer() -> nn.Module:
+    """A scorer whose margin the example (x = 0, score 0) misses and its contrast row (x + 1,
+    score 5) meets: a batch of contrast rows alone has a hinge loss of 0, and no gradient."""
+    scorer = nn.Linear(1, 1)
+    with torch.no_grad():
+        scorer.weight.fill_(5.0)
+        scorer.bias.zero_()
+    return scorer
+
+
+def svm_epochs(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: Any,
+    num_epochs: int,
+    late: bool = False,
+    warm: int = 0,
+) -> None:
+    """A linear SVM on +1/-1 labels: the hinge loss, written out. late: zero_grad() after
+    backward(). warm: the loss is weighed 0 for that many epochs first (they train nothing)."""
+    for epoch in range(num_epochs):
+        weight = 0.0 if epoch < warm else 1.0
+        for x, y in loader:
+            if not late:
+                optimizer.zero_grad()
+            hinge = F.relu(1 - y * model(x).squeeze(1)).mean()
+            (weight * hinge).backward()
+            if late:
+                optimizer.zero_grad()
+            optimizer.step()
+
+
+HINGE = {"model": margin_scorer, "example": (torch.tensor([0.0]), torch.tensor(1.0))}
+
+
+def test_a_step_whose_rows_all_meet_the_margin_is_right_to_apply_nothing() -> None:
+    """Such a step leaves every .grad 0 after a backward() that reached its rows, and its rows'
+    own gradients are 0 too: non-leaf-params blamed the loop ("zero_grad() between backward()
+    and step()?") and judged nothing else, a false alarm on correct code (reviews 25-26). The
+    same loop summing its rows' hinge losses still fails mean-vs-sum alone."""
+    report = audit.training_loop(svm_epochs, **HINGE)
+    assert report.ok and not report.error, str(report)
+
+    def summed(model: nn.Module, loader: Iterable[Any], optimizer: Any, num_epochs: int) -> None:
+        for _ in range(num_epochs):
+            for x, y in loader:
+                optimizer.zero_grad()
+                F.relu(1 - y * model(x).squeeze(1)).sum().backward()
+                optimizer.step()
+
+    report = audit.training_loop(summed, **HINGE)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+
+
+@pytest.mark.parametrize(
+    "twin", [partial(svm_epochs, late=True), partial(svm_epochs, warm=1)], ids=["late", "warm"]
+)
+def test_a_zero_step_whose_rows_have_a_gradient_still_fails_non_leaf_params(twin: Any) -> None:
+    """zero_grad() after backward() loses a gradient the rows have; a loss weighed 0 for the
+    first epoch trains nothing there (measured: a real lr leaves the params as they were). Each
+    fails non-leaf-params alone (code review cr15's F4: excusing every flat step gave the
+    weighed loss two wrong names)."""
+    report = audit.training_loop(twin, **HINGE)
+    assert [r.pitfall for r in report.failures] == ["non-leaf-params"], str(report)
+    rows = TensorDataset(torch.tensor([[0.0], [-1.0]]), torch.tensor([1.0, 1.0]))
+    for loop, moves in ((svm_epochs, True), (twin, False)):
+        model = margin_scorer()
+        before = [p.detach().clone() for p in model.parameters()]
+        loop(model, DataLoader(rows, batch_size=2), torch.optim.SGD(model.parameters(), 0.1), 1)
+        same = [torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True)]
+        assert not all(same) if moves else all(same)
+
+
+class PixelHead(nn.Module):
+    """A 1x1 convolution that scores 4 classes at every pixel (a segmentation head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(3, 4, kernel_size=1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.classifier(image)
+
+
+def labelled_map() -> tuple[Tensor, Tensor]:
+    """An image and its label map, whose first row of pixels is void (255: not counted)."""
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 4, (5, 5), generator=generator)
+    target[0] = 255
+    return torch.randn(3, 5, 5, generator=generator), target
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: Any,
+    data_loader: Iterable[Any],
+    zero: bool = True,
+) -> None:
+    model.train()
+    for image, target in data_loader:
+        output = model(image)
+        loss = criterion(output, target)
+        if zero:
+            optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def segmentation(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, zero: bool = True
+) -> None:
+    criterion = nn.CrossEntropyLoss(ignore_index=255)
+    for _ in range(num_epochs):
+        train_one_epoch(model, criterion, optimizer, loader, zero)
+
+
+def test_a_label_map_whose_void_pixels_are_255_is_judged_under_cross_entropy_ignoring_them() -> (
+    None
+):
+    """Cross-entropy told to ignore 255 did not match the audit's guess (cross-entropy), so
+    each row's reference fell back to the loop's own gradient, whose scale is not judged, and
+    the note said "its loss is not cross-entropy" (review 25's A5)."""
+    report = audit.training_loop(segmentation, model=PixelHead, example=labelled_map)
+    assert report.ok and not report.error, str(report)
+    assert "loop's own gradient" not in report.note, report.note
+    unzeroed = partial(segmentation, zero=False)
+    report = audit.training_loop(unzeroed, model=PixelHead, example=labelled_map)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    assert "each from cross-entropy with ignore_index=255" in str(report), str(report)
+
+
 def pairs_pushed_apart(
     model: nn.Module, loader: Iterable[Any], optimizer: Any, num_epochs: int
 ) -> None:
