@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -86,7 +87,21 @@ def guesses(y: Tensor, tokens: bool) -> list[tuple[str, RowLoss]]:
             ("token cross-entropy after a causal shift", _token_loss(1)),
             ("token cross-entropy", _token_loss(0)),
         ]
-    return [("cross-entropy" if not y.is_floating_point() else "MSE", named(loss_of, y))]
+    if y.is_floating_point():
+        return [("MSE", named(loss_of, y))]
+    # a dense map of class labels marks the pixels it does not count with a label of its own
+    # (a segmentation's 255, some codebases' -1), which cross-entropy is told to ignore
+    ignored = [v for v in IGNORED if bool((y == v).any())]
+    return [("cross-entropy", named(loss_of, y))] + [
+        (f"cross-entropy with ignore_index={v}", named(partial(_ignoring, v), y)) for v in ignored
+    ]
+
+
+IGNORED = (255, -1)  # the labels besides -100 (cross-entropy's default) that loops ignore
+
+
+def _ignoring(value: int, y_hat: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(y_hat, y, ignore_index=value)
 
 
 def _token_loss(shift: int) -> RowLoss:
