@@ -297,7 +297,7 @@ def run(
         seen = notes(passed=not failed and not error[0])  # what limits the verdicts
     return Report(
         str(target),
-        target.kind,
+        target.shown or target.kind,
         plain(target.options.shown()),
         tuple(verdicts[id(p)] for p in props),
         time.perf_counter() - start,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from linreg.kinds.guards import FIRST, TimeUp, bounded, time_limit
@@ -34,6 +34,7 @@ class Target:
     name: str = ""
     oracle: bool = False  # torch's own code (DataLoader, optim.SGD, nn.MSELoss), not linreg's
     watch: Any = None  # a training loop's: what its steps are read from (observe.Watch)
+    shown: str = ""  # the kind the user named, where another's properties judge it: lightning
 
     def __post_init__(self) -> None:
         if type(self.options) is Options and self.kind in _DEFAULTS:  # the kind's defaults
@@ -93,7 +94,7 @@ class Kind:
                 f"{name_of(fn)} did not return within {limit:g} s when called once to check it"
             ) from None
         if isinstance(made, Target):
-            return made
+            return made if made.kind == self.name else replace(made, shown=self.name)
         if isinstance(made, tuple):
             made, built = made
         made = bounded(made, self.calls, timeout, limited=not self.times_itself)

@@ -200,3 +200,4 @@ def test_hf_trainer_from_the_command_line(capsys: pytest.CaptureFixture[str]) ->
 
     out = json.loads(capsys.readouterr().out)
     assert [r["pitfall"] for r in out["results"] if r["verdict"] == "fail"] == ["mean-vs-sum"]
+    assert out["kind"] == "hf-trainer"  # the kind asked for, not training-loop's

@@ -113,9 +113,12 @@ def test_lightning_automatic_accumulation_fails_short_last_batch_in_the_audit() 
     assert "divides by the nominal accumulation_steps=2" in report.failures[0].message
 
 
-def test_lightning_without_accumulation_passes() -> None:
+def test_lightning_without_accumulation_passes_in_an_audit_named_as_asked() -> None:
+    """The report names the kind the user asked for (it said "training-loop", the kind whose
+    properties judge a Trainer: review 26)."""
     report = audit.lightning(Classifier, example=sample, max_examples=15)
     assert report.ok, str(report)
+    assert report.kind == "lightning" and str(report).startswith("audit of lightning "), report
 
 
 def test_lightning_manual_optimization_measured_and_audited() -> None:
