@@ -477,6 +477,54 @@ def test_a_step_whose_rows_all_meet_the_margin_is_right_to_apply_nothing() -> No
 
     report = audit.training_loop(summed, **HINGE)
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    # the loss named: each row's reference is the hinge's, 0 on every row of such a step
+    report = audit.training_loop(svm_epochs, loss=hinge_loss, **HINGE)
+    assert report.ok and not report.error, str(report)
+
+
+def hinge_loss(scores: Tensor, labels: Tensor) -> Tensor:
+    return F.relu(1 - labels * scores.squeeze(-1)).mean()
+
+
+def counts_head() -> nn.Module:
+    """A regressor of counts, its output through a ReLU: dead (0) on the contrast row (x + 1),
+    whose count is 0, so that row's gradient is 0 under MSE and the loop's alike."""
+    head = nn.Sequential(nn.Linear(1, 1), nn.ReLU())
+    with torch.no_grad():
+        head[0].weight.fill_(-5.0)
+        head[0].bias.fill_(1.0)
+    return head
+
+
+def scaled_fit(
+    model: nn.Module, loader: Iterable[Any], optimizer: Any, num_epochs: int, unscaled: bool = True
+) -> None:
+    """Mixed precision's loss scaling: scaler.step() unscales before it steps; the twin keeps
+    its old optimizer.step(), which applies the gradients scaled."""
+    scaler = torch.amp.GradScaler("cpu")
+    for _ in range(num_epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            scaler.scale(F.mse_loss(model(x), y)).backward()
+            if unscaled:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+
+
+def test_a_row_with_no_gradient_under_loss_and_loop_confirms_the_loss_by_the_other() -> None:
+    """The one-row run on the dead row applied 0 where backward() left 0: read as a change of
+    .grad after backward() (weight decay by hand?), so MSE was never confirmed, each row's
+    reference was the loop's own and no scale was judged: a scaler's 65536 applied unscaled
+    passed (code review cr16: once non-leaf-params no longer stopped it first)."""
+    counts = {"model": counts_head, "example": (torch.tensor([0.0]), torch.tensor([0.0]))}
+    report = audit.training_loop(scaled_fit, **counts)
+    assert report.ok and not report.error, str(report)
+    assert "loop's own gradient" not in report.note, report.note
+    twin = audit.training_loop(partial(scaled_fit, unscaled=False), **counts)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+    assert "65536 = the scaler's scale" in twin.failures[0].message, twin.failures[0].message
 
 
 @pytest.mark.parametrize(

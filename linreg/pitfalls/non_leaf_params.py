@@ -23,7 +23,6 @@ from linreg.kinds.training_loop import (
     Batching,
     blind_steps,
     describe,
-    flat_loss,
     loss_of,
     observe,
     options_of,
@@ -193,7 +192,7 @@ def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
         )
     for j, g in enumerate(grads):
         if g is None or not bool(g.any()):
-            if g is not None and _right_to_be_flat(target, batching, j):
+            if _right_to_be_flat(target, batching, j):
                 continue
             raise CheckFailed(
                 f"at optimizer.step() {j + 1} of {len(grads)} every parameter's .grad was "
@@ -204,20 +203,22 @@ def every_step_has_a_gradient(target: Target, batching: Batching) -> None:
 
 
 def _right_to_be_flat(target: Target, batching: Batching, j: int) -> bool:
-    """Return True if step j's gradient is 0 because its rows' own is: every backward() of it
-    reached the outputs and left 0 (flat_loss), and the correct gradient of its rows, from the
-    loss the loop called, is 0 too (a hinge loss whose margin they all meet) while some other
-    row's is not. A gradient lost after backward() has a correct gradient that is not 0; a loss
-    the loop weighs 0 (for an epoch) has references that are all 0 where they are the loop's
-    own on each row, which says nothing of the loss."""
+    """Return True if step j applied nothing because its rows have no gradient: the correct
+    gradient of its rows is 0 (a hinge loss whose margin they all meet; the loop may skip
+    their backward()). A gradient lost after backward(), or a loss on a detached output, has
+    a correct gradient that is not 0. Where each row's reference is the loop's own gradient
+    on it, some row's must not be 0: a loss the loop weighs 0 (for an epoch) gives every row
+    a reference of 0, which says nothing of the loss."""
     run = wanted(target, batching)
-    if run.ref is None or j >= len(run.wants) or not flat_loss(run.seen.steps[j]):
+    if run.ref is None or j >= len(run.wants):
         return False
+    if run.seen.steps[j].zeroed:  # it applied what its last backward() left, of rows with no
+        return True  # gradient: those it zeroed before are grad-zeroing's, or short-last-batch's
     want = run.wants[j]
     return (
         want is not None
         and not bool(want.any())
-        and any(bool(g.any()) for g in run.ref.grads.values())
+        and (not run.ref.own or any(bool(g.any()) for g in run.ref.grads.values()))
     )
 
 

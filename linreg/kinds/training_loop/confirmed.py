@@ -25,6 +25,7 @@ from linreg.kinds.training_loop.settings import options_of, reduced
 
 _CACHE: dict[tuple[int, int, str | None], tuple[Target, Reference | None]] = {}
 
+ANY = math.inf  # the factor of a row the guess and the loop both give no gradient on
 NO_LABELS = "its example names no labels (labels, y, ...) to guess its loss by"
 UNREPLAYABLE = "what it calls steps itself and cannot be replayed on one row"
 
@@ -105,11 +106,17 @@ def confirmed(
         mask = (1.0 if seen.trained is None else seen.trained) * (
             1.0 if step.live is None else step.live
         )
+        if not bool((guessed * mask).any()) and not any(bool((g * mask).any()) for g in readings):
+            factors.append(ANY)  # 0 beside 0: any scale (the other kind of row's tells)
+            continue
         found = [factor(g * mask, guessed * mask, tol) for g in readings]
         matching = [f for f in found if f is not None and near(f, 1.0, tol)]
         factors.append(matching[0] if matching else found[0])
         if added is not None and reduced(target) == "mean":  # the guess, and what the step
             beside[call.row_keys[0]] = guessed + (added - readings[0])  # added (its decay)
+    if ANY in factors:  # a kind of row with no gradient, under both: the other's tells
+        told = [f for f in factors if f != ANY]
+        factors = told * 2 if told else [None, None]
     confirmed = _one_known_scale(factors, k, tol) and not changed
     # where the loop changed .grad after backward(), the loss's own gradient plus that change
     # only where backward() gave the gradient as it is (a k the loop divides .grad by after
@@ -158,6 +165,8 @@ def _added(step: Step, before: Tensor, per: int, tol: float) -> Tensor | None:
     if step.applied is None or step.clip_found:
         return None
     applied = step.applied / per
+    if not bool(applied.any()) and not bool(before.any()):  # nothing left, nothing added (a
+        return None  # row that meets a hinge's margin, a dead ReLU's output on its target)
     if factor(applied, before, tol) is not None or clipping(applied, before, tol):
         return None
     return applied

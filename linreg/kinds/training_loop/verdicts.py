@@ -60,10 +60,10 @@ def compare(
         return seen
     first = None
     rows = full_rows(target, batching, seen.steps)
-    full = [
+    full = [  # (a step whose rows have no gradient shows no scale: a hinge's margin met)
         j
         for j, step in enumerate(seen.steps)
-        if step.rows == rows and wants[j] is not None and not step.zeroed
+        if step.rows == rows and (w := wants[j]) is not None and bool(w.any()) and not step.zeroed
     ]
     chosen = wants[full[0]] if relative and full else None
     if chosen is not None:
