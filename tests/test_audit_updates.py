@@ -3463,3 +3463,55 @@ def test_a_schedule_one_short_that_drops_each_epochs_last_batch_is_named_once() 
     assert report.ok, str(report)
     twin = audit.training_loop(functools.partial(zips_a_schedule, short=True), **LOOP)
     assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
+
+
+def tracks_a_probe_batch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, fresh: bool = False
+) -> list[float]:
+    """Correct: before each step, the gradient norm on a probe batch is logged, then .grad is
+    zeroed and the step trains on its own batch. The probe is fixed, taken from a pass over
+    the loader before training, or (fresh) a new iterator's first batch each time."""
+    fixed = next(iter(loader))
+    norms = []
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            probe_inputs, probe_targets = next(iter(loader)) if fresh else fixed
+            F.cross_entropy(model(probe_inputs), probe_targets).backward()
+            norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()))
+            optimizer.zero_grad()
+            F.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+    return norms
+
+
+def leaks_a_probe_batch(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Its twin zeroes before the probe, not after: the probe's gradient joins every step."""
+    fixed = next(iter(loader))
+    for _ in range(num_epochs):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(fixed[0]), fixed[1]).backward()
+            F.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["fixed", "fresh"])
+def test_a_probe_batchs_gradient_zeroed_before_each_step_is_no_row_of_it(fresh: bool) -> None:
+    """The probe's batch, fed and zeroed before each step, was taken for micro-batches the
+    update lost (zero_grad inside an accumulation window): grad-zeroing, a false alarm on
+    correct code. Its pass trains nothing, so it is a throwaway. Zeroed before the probe
+    instead, the probe's gradient joins the step: measured, and a failure."""
+    report = audit.training_loop(functools.partial(tracks_a_probe_batch, fresh=fresh), **LOOP)
+    assert report.ok and not report.error, str(report)
+    twin = audit.training_loop(leaks_a_probe_batch, **LOOP)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+    rows = [(torch.randn(3), torch.tensor(i % 2)) for i in range(4)]
+    loader = DataLoader(rows, batch_size=2)
+    torch.manual_seed(0)
+    model = TwoPart()
+    leaks_a_probe_batch(model, [next(iter(loader))], torch.optim.SGD(model.parameters(), 0.0), 1)
+    applied = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    F.cross_entropy(model(next(iter(loader))[0]), next(iter(loader))[1]).backward()
+    alone = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(applied, 2 * alone)  # the same batch as probe and step: twice

@@ -198,6 +198,42 @@ for epoch in range(2):
         F.cross_entropy(model(x), y).backward()
 """
 
+PROBED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+probe = next(iter(loader))  # a fixed batch whose gradient norm is tracked
+norms = []
+for epoch in range(2):
+    for x, y in loader:
+        F.cross_entropy(model(probe[0]), probe[1]).backward()
+        norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()))
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+"""
+
+PROBED_FRESH = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for x, y in loader:
+        px, py = next(iter(loader))  # a fresh iterator's first batch each time
+        F.cross_entropy(model(px), py).backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+"""
+
+PROBE_LEAKED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+probe = next(iter(loader))
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()  # before the probe, not after: its gradient joins the step
+        F.cross_entropy(model(probe[0]), probe[1]).backward()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+"""
+
 ZIPPED = """
 unlabelled = DataLoader(TensorDataset(torch.randn(48, 6)), batch_size=8, shuffle=True)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -317,6 +353,7 @@ def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_
     for body in (
         SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED,
         TWO_TASKS, PER_EXAMPLE_CLIPPED, VALIDATION_NORMS, ZIPPED, PER_STEP, LISTED_GAN,
+        PROBED, PROBED_FRESH,
     ):  # fmt: skip
         report = watch_script(_watched(tmp_path, body))
         assert report.ok and not report.error, str(report)
@@ -327,7 +364,7 @@ def test_passes_zeroed_before_training_or_on_the_same_rows_again_are_said_in_the
     tmp_path: Path,
 ) -> None:
     # 6 batches an epoch, watched to the first update of the next: 7 updates
-    for body, passes in ((SHARPNESS_AWARE, 7), (ATTACKED, 7 * 3), (PRUNED, 6)):
+    for body, passes in ((SHARPNESS_AWARE, 7), (ATTACKED, 7 * 3), (PRUNED, 6), (PROBED, 7)):
         report = watch_script(_watched(tmp_path, body))
         note = report.note or ""
         assert f"{passes} backward() call(s) had their gradients zeroed by the code" in note, note
@@ -407,6 +444,10 @@ def test_what_looks_like_the_codes_own_still_shows_the_bugs_it_holds(tmp_path: P
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     report = watch_script(_watched(tmp_path, ROUND_ROBIN))  # another loader, every window
     assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    # a probe batch read and zeroed before each step passes (PROBED: it was grad-zeroing's, a
+    # false alarm); zeroed before the probe instead, its gradient joins every step
+    report = watch_script(_watched(tmp_path, PROBE_LEAKED))
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     # the penalty on the params read apart (it could not be told apart: grad-zeroing was not
     # judged, never passed): the zeroed micro-batch is on other data
     report = watch_script(_watched(tmp_path, ZEROED_WITH_PENALTY))

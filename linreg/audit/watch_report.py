@@ -166,8 +166,9 @@ def report_of(
     if v.let_go:
         note += (
             f"; {v.let_go} backward() call(s) had their gradients zeroed by the code before a "
-            "step, before training began or on the same targets again (a scoring pass, SAM's "
-            "first pass, an attack, a closure): not part of an update"
+            "step, before training began, on the same targets again or on a probe's batch (a "
+            "scoring pass, SAM's first pass, an attack, a closure, a gradient norm tracked): "
+            "not part of an update"
         )
     if v.terms:
         note += (

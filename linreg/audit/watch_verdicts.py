@@ -193,6 +193,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             "reach them, so their rows were never applied (an epoch's left-over window "
             "dropped): backward and step when the data ends too",
         )
+    v.let_go += seen.probed  # zeroed by the code, before each update: a probe's batch
     return v
 
 

@@ -130,6 +130,7 @@ def zeroed_in(
     applied: Tensor | None,
     left: Tensor | None,
     held: Mapping[int, tuple[Tensor, int | None, int]],
+    idle: Collection[int] = (),
 ) -> tuple[bool, list[Call]]:
     """Return whether the loop zeroed inside the update, and the calls the update consumed.
 
@@ -145,7 +146,11 @@ def zeroed_in(
     Where every batch fed before such a zeroing is fed again after (the same tensor, a view
     of it, or a copy the loop made of a batch of the data: its rows, of the same draw), that
     pass was a throwaway (a gradient norm logged, then the batch trained on as a copy): the
-    update consumed the calls after the zeroing alone. Else all the calls, as given."""
+    update consumed the calls after the zeroing alone. So did one whose batch a pass that is
+    no stream made (idle: a pass no update consumed a batch of, that ran out or made one
+    batch): a probe's, its gradient read then zeroed before each step, taken once from a pass
+    before training or from a fresh iterator each time (a second loader's pass, a batch of it
+    zeroed inside every window, is a stream). Else all the calls, as given."""
     after = max(
         (before for zeroed, kept, before in resets.values() if zeroed and not kept), default=0
     )
@@ -175,8 +180,15 @@ def zeroed_in(
     def again(c: Call) -> bool:  # the same batch, a view of it or a copy, fed again
         return input_key(c) in keys or any(within(c, k) or within(k, c) or copy(c, k) for k in kept)
 
+    kept_passes = {held[m][1] for m in memories if m is not None and m in held}
+
+    def aside(c: Call) -> bool:  # a probe's batch
+        memory = memory_of(c)  # (a copy, or a row read outside a pass: not told)
+        made = None if memory is None else held.get(memory)
+        return made is not None and made[1] in idle and made[1] not in kept_passes
+
     def lost(c: Call) -> bool:
-        if again(c):
+        if again(c) or aside(c):
             return False
         if c.drawn not in draws:
             return True
@@ -189,7 +201,7 @@ def zeroed_in(
     before = [c for c in calls if c.clock < after]
     if any(lost(c) for c in before):
         return True, calls
-    if before and all(again(c) for c in before):
+    if before and all(again(c) or aside(c) for c in before):
         return False, kept
     return False, calls
 

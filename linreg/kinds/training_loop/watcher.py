@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +22,21 @@ from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
 from linreg.kinds.training_loop.gradient_hooks import GradientHooks, zeroed_in
 from linreg.kinds.training_loop.ledger import Observed, Step, flat, mask
+from linreg.kinds.training_loop.sources import source_of
+
+
+@dataclass(frozen=True)
+class Probed:
+    """An update that set aside a probe's batch (its gradient read, then zeroed before the
+    update's own): what it is read as if the batch was the update's own, and the passes the
+    batches set aside came from."""
+
+    step: int
+    zeroed: bool
+    calls: list[Call]
+    carried: Tensor | None
+    unreached: tuple[int, ...]
+    passes: frozenset[int | None]
 
 
 def zero_lr(opt: torch.optim.Optimizer) -> None:
@@ -71,6 +87,8 @@ class Watcher(ForwardHooks, GradientHooks):
         self.step_versions: list[int] = []
         self.seen = Observed()
         self.calls: list[Call] = []
+        self.streams: set[int | None] = set()  # the passes whose batches updates consumed
+        self.probed: list[Probed] = []  # updates that set a probe's batch aside
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
         self.carried: dict[int, Tensor | None] = {}  # its grad as the update's first began
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
@@ -134,7 +152,22 @@ class Watcher(ForwardHooks, GradientHooks):
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
-        zeroed, consumed = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held)
+        idle = self._idle()
+        zeroed, consumed = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held, idle)
+        if idle and len(consumed) < len(self.calls):  # read as a probe's: kept till finish()
+            strict = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held)
+            if len(strict[1]) != len(consumed):
+                calls = strict[1]
+                self.probed.append(
+                    Probed(
+                        len(self.seen.steps),
+                        strict[0],
+                        calls,
+                        carried if len(calls) == len(self.calls) else None,
+                        self.feeds.unreached(calls),
+                        frozenset(source_of(self.seen, c) for c in self.calls) & idle,
+                    )
+                )
         if len(consumed) < len(self.calls):  # a throwaway pass first: .grad zeroed since
             self.calls, carried = consumed, None
         unreached = self.feeds.unreached(self.calls)
@@ -159,6 +192,7 @@ class Watcher(ForwardHooks, GradientHooks):
             )
         )
         self.feeds.stepped(self.calls)
+        self.streams |= {source_of(self.seen, c) for c in self.calls}
         self.seen.stepped_at.append(time.perf_counter())
         self.seen.whole = (self.known is None or stepped >= self.known) and all(
             id(p) in stepped for p in params if p.grad is not None
@@ -211,6 +245,34 @@ class Watcher(ForwardHooks, GradientHooks):
         step.clip_covered += (*self.clip_covered,)
         self.clip_found, self.clip_covered = [], []
 
+    def _idle(self) -> set[int]:
+        """Return the passes over the data that are no stream: no update consumed a batch of
+        them, and each ran out or made one batch (a probe's)."""
+        seen = self.seen
+        return {
+            number
+            for number in range(1, seen.began + 1)
+            if number not in self.streams
+            and (
+                number in seen.ended
+                or seen.pass_rows.get(number, 0) <= seen.pass_batch.get(number, 1)
+            )
+        }
+
+    def _settle(self) -> None:
+        """Read as they were fed the updates that set a probe's batch aside, unless the whole
+        run shows the probe: the pass of each batch set aside still idle at its end (it made no
+        second batch: a second loader's stream zeroed inside every window does), and more
+        than one update setting one aside."""
+        idle = self._idle()
+        shown = len(self.probed) > 1
+        for probed in self.probed:
+            if shown and probed.passes <= idle:
+                continue
+            step = self.seen.steps[probed.step]
+            step.zeroed, step.calls, step.carried = probed.zeroed, probed.calls, probed.carried
+            step.unreached = probed.unreached
+
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed (Feeds.consumed)."""
         last = self.seen.steps[-1].calls if self.seen.steps else []
@@ -219,6 +281,7 @@ class Watcher(ForwardHooks, GradientHooks):
     def finish(self) -> Observed:
         """Return what was seen, with the rows fed after the last step and whether params moved."""
         self.seen.leftover = self.consumed() if self.latest else []  # rows no step used
+        self._settle()
         self._forget_all_but([])
         # a param no optimizer steps (a backbone left out of a head's optimizer, not frozen):
         # what its .grad holds is never applied, so it is read as applying nothing (a run

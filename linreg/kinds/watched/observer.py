@@ -9,6 +9,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -50,6 +51,8 @@ PENDING = 1024
 LONGEST = 2048
 # the fetched tensors kept to tell a cast target (y.float(), y.to(device)) as a batch's
 KEPT_TENSORS = 64
+# the fetched storages whose origin is remembered before those freed are forgotten
+ORIGINS = 4096
 
 # the losses read whose target is a distribution, never a batch's labels (a teacher's outputs,
 # soft labels): their weight is solved for, as a penalty's, and never judged
@@ -145,6 +148,13 @@ class Observer(ClipHooks):
         self.batched: set[int] = set()  # their tensors' storages
         # each such storage's iterator (the one fetching it) and that iterator's dataset
         self.fetchers: dict[int, tuple[int, int]] = {}
+        # each storage fetched, past its update: the tensor (weakly: no batch kept alive) and
+        # the same (iterator, dataset), so a probe batch fetched once and fed before every
+        # update is told by its own pass; and the iterators whose batches updates applied
+        self.origins: dict[int, tuple[weakref.ref[Tensor], tuple[int, int]]] = {}
+        self.stepping: set[int | None] = set()
+        self.yields: dict[int, int] = {}  # the batches each iterator yielded so far
+        self.exhausted: set[int] = set()  # those that ran out, or yielded their last
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
@@ -230,7 +240,11 @@ class Observer(ClipHooks):
         to fetch one's)."""
         memory = _storage(target)
         last = (self.iterator, self.source)
-        return last if memory is None else self.fetchers.get(memory, last)
+        if memory is None or memory in self.fetchers:
+            return last if memory is None else self.fetchers[memory]
+        origin = self.origins.get(memory)
+        alive = None if origin is None else origin[0]()
+        return last if origin is None or _storage(alive) != memory else origin[1]
 
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
@@ -249,6 +263,8 @@ class Observer(ClipHooks):
         """Note an epoch's end: a DataLoader ran out (now), or a pass whose last batch was
         fetched is over: `at` (iterator, dataset) fetches again, a new pass begins (fresh:
         over any loader; zipped loaders end together), or the watch ends (at=None)."""
+        if now and at is not None:
+            self.exhausted.add(at[0])
         over = [
             (it, data)
             for it, data in self.last_fetched.items()
@@ -318,6 +334,8 @@ class Observer(ClipHooks):
             self.began[at[0]] = self.backwards
         if epoch is not None and yielded >= epoch:
             self.last_fetched[at[0]] = at[1]
+            self.exhausted.add(at[0])
+        self.yields[at[0]] = yielded
         if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
             self.longest = epoch + 1
         self.fetched += 1
@@ -327,6 +345,9 @@ class Observer(ClipHooks):
             memories = {t.untyped_storage().data_ptr() for t in fetched}
             self.batched |= memories
             self.fetchers.update(dict.fromkeys(memories, at))
+            if len(self.origins) > ORIGINS:  # those freed since: their memory is anyone's
+                self.origins = {m: o for m, o in self.origins.items() if o[0]() is not None}
+            self.origins.update({_storage(t) or 0: (weakref.ref(t), at) for t in fetched})
             self.batch_tensors.extend(fetched)
             self.unread_last[at[0]] = fetched
 
@@ -468,7 +489,18 @@ class Observer(ClipHooks):
         self._end_if(self.ending)  # the update before was the last: this step is another's
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
-        kept, let_go = self.micro[self.cut :], self.micro[: self.cut]
+        kept = self.micro[self.cut :]
+        streams = self.stepping | _iterators(kept)
+        # zeroed before the update's own: micro-batches of the passes that train (a probe's
+        # batch, of a pass that trains nothing, read and zeroed before each step, is none)
+        idle = {
+            it
+            for it, n in self.yields.items()
+            if it not in streams and (n <= 1 or it in self.exhausted)
+        }
+        let_go = [mb for mb in self.micro[: self.cut] if not _aside(mb, idle)]
+        self.seen.probed += self.cut - len(let_go)
+        self.stepping = streams
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
         update.dropped, update.crossed = len(let_go), self.straddles
         loaders = _loaders(kept)
@@ -657,6 +689,19 @@ def length(it: _BaseDataLoaderIter) -> int | None:
 
 def _sources(micro: list[MicroBatch]) -> set[int | None]:
     return {mb.source for mb in micro}
+
+
+def _iterators(micro: list[MicroBatch]) -> set[int | None]:
+    """Return the iterators that fetched the targets the micro-batches' losses were called on."""
+    return {c.fetched_by for mb in micro for c in mb.losses}
+
+
+def _aside(mb: MicroBatch, idle: set[int]) -> bool:
+    """Return True if every target a micro-batch's losses read was fetched by an iterator that
+    is no stream (idle: none of its batches an update applied, and it ran out or yielded one
+    batch): a probe's batch, its gradient read, then zeroed before the step."""
+    its = _iterators([mb])
+    return bool(its) and its <= idle
 
 
 def _loaders(micro: list[MicroBatch]) -> set[int | None]:

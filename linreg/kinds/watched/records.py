@@ -451,6 +451,8 @@ class Watched:
     leftover: list[MicroBatch] = field(default_factory=list)
     ended: bool = False  # the watcher ended the code once it had the updates asked for
     skipped: int = 0  # steps a loss scaler skipped (inf or nan): their micro-batches let go
+    # micro-batches of a probe's batch (of a pass that is no stream) zeroed before a step
+    probed: int = 0
     lrs: dict[int, list[Any]] = field(default_factory=dict)  # each optimizer's lrs, as set
     moved: bool = False  # params moved, yet no torch optimizer stepped: an update by hand
     crossed: int = 0  # updates whose micro-batches came from both sides of an epoch's end

@@ -17,6 +17,8 @@ an update applied is read against the micro-batches it consumed (`Update`).
 from __future__ import annotations
 
 import functools
+import itertools
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,11 +63,18 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     loader_next = _BaseDataLoaderIter.__next__
 
     live = [True]  # a wrapper a name kept after the watch passes straight through
+    # each iterator's number, never reused (CPython reuses a freed iterator's id: a probe's
+    # `next(iter(loader))` and the training pass after it would be one)
+    numbers: weakref.WeakKeyDictionary[_BaseDataLoaderIter, int] = weakref.WeakKeyDictionary()
+    counter = itertools.count(1)
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         if not live[0]:
             return loader_next(self)
-        at = (id(self), id(getattr(self, "_dataset", self)))
+        number = numbers.get(self)
+        if number is None:
+            number = numbers[self] = next(counter)
+        at = (number, id(getattr(self, "_dataset", self)))
         fresh = getattr(self, "_num_yielded", 1) == 0  # the first fetch of a new pass
         w.ran_out(at=at, fresh=fresh)  # a pass whose last batch was fetched before: ended
         try:
