@@ -3515,3 +3515,22 @@ def test_a_probe_batchs_gradient_zeroed_before_each_step_is_no_row_of_it(fresh: 
     F.cross_entropy(model(next(iter(loader))[0]), next(iter(loader))[1]).backward()
     alone = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert torch.allclose(applied, 2 * alone)  # the same batch as probe and step: twice
+
+
+def round_robin(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) -> None:
+    """Mistake: two passes over the data, a batch of each a window, zero_grad() inside it: the
+    first pass's batch never reaches a step. At the first update its pass has made one batch
+    and no update consumed it, as a probe's pass: the run shows it is a stream."""
+    for _ in range(num_epochs):
+        streams = [iter(loader), iter(loader)]
+        for _ in range(len(loader) // 2):
+            for stream in streams:
+                inputs, targets = next(stream)
+                optimizer.zero_grad()
+                (F.cross_entropy(model(inputs), targets) / 2).backward()
+            optimizer.step()
+
+
+def test_a_second_pass_zeroed_inside_every_window_is_no_probe() -> None:
+    report = audit.training_loop(round_robin, **LOOP)
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
