@@ -3465,17 +3465,24 @@ def test_a_schedule_one_short_that_drops_each_epochs_last_batch_is_named_once() 
     assert [r.pitfall for r in twin.failures] == ["short-last-batch"], str(twin)
 
 
+HELD_OUT = (
+    torch.randn(6, 3, generator=torch.Generator().manual_seed(5)) * 4,
+    torch.tensor([0, 1, 1, 0, 1, 0]),
+)
+
+
 def tracks_a_probe_batch(
-    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, fresh: bool = False
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int, probe: str = "fixed"
 ) -> list[float]:
     """Correct: before each step, the gradient norm on a probe batch is logged, then .grad is
     zeroed and the step trains on its own batch. The probe is fixed, taken from a pass over
-    the loader before training, or (fresh) a new iterator's first batch each time."""
-    fixed = next(iter(loader))
+    the loader before training, a new iterator's first batch each time (fresh), or a
+    held-out set of the loop's own."""
+    fixed = HELD_OUT if probe == "held-out" else next(iter(loader))
     norms = []
     for _ in range(num_epochs):
         for inputs, targets in loader:
-            probe_inputs, probe_targets = next(iter(loader)) if fresh else fixed
+            probe_inputs, probe_targets = next(iter(loader)) if probe == "fresh" else fixed
             F.cross_entropy(model(probe_inputs), probe_targets).backward()
             norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()))
             optimizer.zero_grad()
@@ -3495,13 +3502,14 @@ def leaks_a_probe_batch(model: nn.Module, loader: Any, optimizer: Any, num_epoch
             optimizer.step()
 
 
-@pytest.mark.parametrize("fresh", [False, True], ids=["fixed", "fresh"])
-def test_a_probe_batchs_gradient_zeroed_before_each_step_is_no_row_of_it(fresh: bool) -> None:
+@pytest.mark.parametrize("probe", ["fixed", "fresh", "held-out"])
+def test_a_probe_batchs_gradient_zeroed_before_each_step_is_no_row_of_it(probe: str) -> None:
     """The probe's batch, fed and zeroed before each step, was taken for micro-batches the
     update lost (zero_grad inside an accumulation window): grad-zeroing, a false alarm on
-    correct code. Its pass trains nothing, so it is a throwaway. Zeroed before the probe
-    instead, the probe's gradient joins the step: measured, and a failure."""
-    report = audit.training_loop(functools.partial(tracks_a_probe_batch, fresh=fresh), **LOOP)
+    correct code; a held-out one's rows made every step unjudgeable (an error). Its pass
+    trains nothing, so it is a throwaway. Zeroed before the probe instead, the probe's
+    gradient joins the step: measured, and a failure."""
+    report = audit.training_loop(functools.partial(tracks_a_probe_batch, probe=probe), **LOOP)
     assert report.ok and not report.error, str(report)
     twin = audit.training_loop(leaks_a_probe_batch, **LOOP)
     assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)

@@ -217,7 +217,7 @@ class Feeds:
                 or in_a_gap(c, source)
                 or any(within(c, a) for a in applied)
                 or (fetched and after_a_trained_draw(i, c, source))
-                or (self.data is not None and foreign(c, self.data))
+                or self.held_out(c)
             )
 
         return [
@@ -225,6 +225,10 @@ class Feeds:
             for i, c in enumerate(calls)
             if c.method != "forward" or id(c) in self.reached or not own(i, c)
         ]
+
+    def held_out(self, call: Call) -> bool:
+        """Return True if call was fed rows of the loop's own: a held-out set's (foreign)."""
+        return self.data is not None and foreign(call, self.data)
 
     def unreached(self, calls: list[Call]) -> tuple[int, ...]:
         """Return the positions of the forwards among calls that no backward() reached."""

@@ -9,7 +9,7 @@ installs them.
 from __future__ import annotations
 
 import operator
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 from torch import Tensor
@@ -131,6 +131,7 @@ def zeroed_in(
     left: Tensor | None,
     held: Mapping[int, tuple[Tensor, int | None, int]],
     idle: Collection[int] = (),
+    held_out: Callable[[Call], bool] = lambda c: False,
 ) -> tuple[bool, list[Call]]:
     """Return whether the loop zeroed inside the update, and the calls the update consumed.
 
@@ -150,7 +151,8 @@ def zeroed_in(
     no stream made (idle: a pass no update consumed a batch of, that ran out or made one
     batch): a probe's, its gradient read then zeroed before each step, taken once from a pass
     before training or from a fresh iterator each time (a second loader's pass, a batch of it
-    zeroed inside every window, is a stream). Else all the calls, as given."""
+    zeroed inside every window, is a stream); and one on rows of the loop's own (held_out: a
+    held-out set's). Else all the calls, as given."""
     after = max(
         (before for zeroed, kept, before in resets.values() if zeroed and not kept), default=0
     )
@@ -185,7 +187,9 @@ def zeroed_in(
     def aside(c: Call) -> bool:  # a probe's batch
         memory = memory_of(c)  # (a copy, or a row read outside a pass: not told)
         made = None if memory is None else held.get(memory)
-        return made is not None and made[1] in idle and made[1] not in kept_passes
+        if made is None:
+            return held_out(c)
+        return made[1] in idle and made[1] not in kept_passes
 
     def lost(c: Call) -> bool:
         if again(c) or aside(c):

@@ -152,10 +152,14 @@ class Watcher(ForwardHooks, GradientHooks):
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
-        idle = self._idle()
-        zeroed, consumed = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held, idle)
+        idle, held_out = self._idle(), self.feeds.held_out
+        zeroed, consumed = zeroed_in(
+            self.calls, self.resets, applied, kept, self.seen.held, idle, held_out
+        )
         if idle and len(consumed) < len(self.calls):  # read as a probe's: kept till finish()
-            strict = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held)
+            strict = zeroed_in(
+                self.calls, self.resets, applied, kept, self.seen.held, (), held_out
+            )
             if len(strict[1]) != len(consumed):
                 calls = strict[1]
                 self.probed.append(
