@@ -486,6 +486,31 @@ def hinge_loss(scores: Tensor, labels: Tensor) -> Tensor:
     return F.relu(1 - labels * scores.squeeze(-1)).mean()
 
 
+def rate_head() -> nn.Module:
+    """A regressor of a non-negative rate, its output through a ReLU, as built (a seed's init
+    leaves the audit's rows below the ReLU's hinge, another's above)."""
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), nn.ReLU())
+
+
+def fit_rates(model: nn.Module, loader: Iterable[Any], optimizer: Any, num_epochs: int) -> None:
+    criterion = nn.MSELoss()
+    for _ in range(num_epochs):
+        for x, y in loader:
+            loss = criterion(model(x).squeeze(-1), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def test_rows_dead_under_a_seeds_init_are_right_to_apply_nothing() -> None:
+    """On seeds whose init leaves both kinds of rows below the ReLU's hinge, MSE and the loop
+    both give every row a gradient of 0: the guess was not confirmed, the loop's own
+    references were all 0, and non-leaf-params failed the correct loop (review 27's a7)."""
+    example = (torch.tensor([0.3, -0.8, 1.1, 0.2]), torch.tensor(2.0))
+    report = audit.training_loop(fit_rates, model=rate_head, example=example)
+    assert report.ok and not report.error, str(report)
+
+
 def counts_head() -> nn.Module:
     """A regressor of counts, its output through a ReLU: dead (0) on the contrast row (x + 1),
     whose count is 0, so that row's gradient is 0 under MSE and the loop's alike."""

@@ -114,9 +114,9 @@ def confirmed(
         factors.append(matching[0] if matching else found[0])
         if added is not None and reduced(target) == "mean":  # the guess, and what the step
             beside[call.row_keys[0]] = guessed + (added - readings[0])  # added (its decay)
-    if ANY in factors:  # a kind of row with no gradient, under both: the other's tells
-        told = [f for f in factors if f != ANY]
-        factors = told * 2 if told else [None, None]
+    if ANY in factors:  # a kind of row with no gradient, under both: the other's tells (on
+        told = [f for f in factors if f != ANY]  # none, the guess and the loop agree: 1)
+        factors = told * 2 if told else [1.0, 1.0]
     confirmed = _one_known_scale(factors, k, tol) and not changed
     # where the loop changed .grad after backward(), the loss's own gradient plus that change
     # only where backward() gave the gradient as it is (a k the loop divides .grad by after
