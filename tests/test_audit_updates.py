@@ -3502,13 +3502,15 @@ def leaks_a_probe_batch(model: nn.Module, loader: Any, optimizer: Any, num_epoch
             optimizer.step()
 
 
-@pytest.mark.parametrize("probe", ["fixed", "fresh", "held-out"])
+@pytest.mark.parametrize("probe", ["fixed", "held-out"])
 def test_a_probe_batchs_gradient_zeroed_before_each_step_is_no_row_of_it(probe: str) -> None:
     """The probe's batch, fed and zeroed before each step, was taken for micro-batches the
     update lost (zero_grad inside an accumulation window): grad-zeroing, a false alarm on
-    correct code; a held-out one's rows made every step unjudgeable (an error). Its pass
-    trains nothing, so it is a throwaway. Zeroed before the probe instead, the probe's
-    gradient joins the step: measured, and a failure."""
+    correct code; a held-out one's rows made every step unjudgeable (an error). The same
+    batch read before every step, its pass training nothing, is a throwaway (a fresh
+    iterator's first batch each step is not told from a second pass zeroed inside each
+    window: the README's limit). Zeroed before the probe instead, the probe's gradient joins
+    the step: measured, and a failure."""
     report = audit.training_loop(functools.partial(tracks_a_probe_batch, probe=probe), **LOOP)
     assert report.ok and not report.error, str(report)
     twin = audit.training_loop(leaks_a_probe_batch, **LOOP)
@@ -3539,6 +3541,22 @@ def round_robin(model: nn.Module, loader: Any, optimizer: Any, num_epochs: int) 
             optimizer.step()
 
 
-def test_a_second_pass_zeroed_inside_every_window_is_no_probe() -> None:
-    report = audit.training_loop(round_robin, **LOOP)
+def round_robin_a_window_an_epoch(
+    model: nn.Module, loader: Any, optimizer: Any, num_epochs: int
+) -> None:
+    """The same mistake, each epoch one window of a batch from each of two fresh passes: the
+    first pass's one batch is read, then zeroed, as a probe's fresh batch would be."""
+    for _ in range(num_epochs):
+        for stream in [iter(loader), iter(loader)]:
+            inputs, targets = next(stream)
+            optimizer.zero_grad()
+            (F.cross_entropy(model(inputs), targets) / 2).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("loop", [round_robin, round_robin_a_window_an_epoch])
+def test_a_second_pass_zeroed_inside_every_window_is_no_probe(loop: Any) -> None:
+    """Code review cr17: the second (a pass that made one batch, or ran out beside the
+    first) was read as a probe's, and passed or got short-last-batch beside grad-zeroing."""
+    report = audit.training_loop(loop, **LOOP)
     assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)

@@ -223,6 +223,57 @@ for epoch in range(2):
         optimizer.step()
 """
 
+DEAD_ROWS = """
+live = torch.linspace(-1.0, 0.0, 4)[:, None]
+dead = torch.full((4, 1), 1.0)  # past the ReLU's hinge: every row's output and gradient 0
+rows = TensorDataset(torch.cat([dead, live, dead, live, dead, dead]), torch.rand(24, 1))
+model = nn.Sequential(nn.Linear(1, 1), nn.ReLU())
+with torch.no_grad():
+    model[0].weight.fill_(-5.0)
+    model[0].bias.fill_(1.0)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for i, (xb, yb) in enumerate(DataLoader(rows, batch_size=4)):
+        (F.mse_loss(model(xb), yb) / 2).backward()  # a window of 2: the first batch all dead
+        if (i + 1) % 2 == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+"""
+
+FRESH_EACH_ZEROED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(12):
+    for micro in range(2):  # a batch from a fresh iterator each micro-batch, zeroed inside
+        x, y = next(iter(loader))
+        optimizer.zero_grad()
+        (F.cross_entropy(model(x), y) / 2).backward()
+    optimizer.step()
+"""
+
+CROSSING_ZEROED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+micro_step = 0
+for epoch in range(3):
+    for x, y in loader:  # windows of 4 counted over the run: they cross each epoch's end
+        optimizer.zero_grad()  # inside every window, not once a window
+        (F.cross_entropy(model(x), y) / 4).backward()
+        micro_step += 1
+        if micro_step % 4 == 0:
+            optimizer.step()
+"""
+
+ZIPPED_ZEROED = """
+second = DataLoader(TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,))), 8, shuffle=True)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    for (x1, y1), (x2, y2) in zip(loader, second):  # a batch of each a window, zeroed inside
+        optimizer.zero_grad()
+        (F.cross_entropy(model(x1), y1) / 2).backward()
+        optimizer.zero_grad()
+        (F.cross_entropy(model(x2), y2) / 2).backward()
+        optimizer.step()
+"""
+
 PROBE_LEAKED = """
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 probe = next(iter(loader))
@@ -353,7 +404,7 @@ def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_
     for body in (
         SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED,
         TWO_TASKS, PER_EXAMPLE_CLIPPED, VALIDATION_NORMS, ZIPPED, PER_STEP, LISTED_GAN,
-        PROBED, PROBED_FRESH,
+        PROBED, PROBED_FRESH, DEAD_ROWS,
     ):  # fmt: skip
         report = watch_script(_watched(tmp_path, body))
         assert report.ok and not report.error, str(report)
@@ -448,6 +499,13 @@ def test_what_looks_like_the_codes_own_still_shows_the_bugs_it_holds(tmp_path: P
     # false alarm); zeroed before the probe instead, its gradient joins every step
     report = watch_script(_watched(tmp_path, PROBE_LEAKED))
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    # every micro-batch from a fresh iterator, or a second loader's beside the first: no
+    # probe's (code review cr17: a false pass, and short-last-batch beside grad-zeroing)
+    # and zeroing inside every window whose windows cross epochs is no left-over window
+    # zeroed at an epoch's start (review 27: short-last-batch)
+    for body in (FRESH_EACH_ZEROED, ZIPPED_ZEROED, CROSSING_ZEROED):
+        report = watch_script(_watched(tmp_path, body))
+        assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
     # the penalty on the params read apart (it could not be told apart: grad-zeroing was not
     # judged, never passed): the zeroed micro-batch is on other data
     report = watch_script(_watched(tmp_path, ZEROED_WITH_PENALTY))

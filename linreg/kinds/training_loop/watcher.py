@@ -9,6 +9,7 @@ forward hooks (forwards.py) record what each forward was fed. hooks.py installs 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.calls import Call
+from linreg.kinds.training_loop.calls import Call, memory_of
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
 from linreg.kinds.training_loop.gradient_hooks import GradientHooks, zeroed_in
@@ -28,8 +29,9 @@ from linreg.kinds.training_loop.sources import source_of
 @dataclass(frozen=True)
 class Probed:
     """An update that set aside a probe's batch (its gradient read, then zeroed before the
-    update's own): what it is read as if the batch was the update's own, and the passes the
-    batches set aside came from."""
+    update's own): what it is read as if the batch was the update's own, the passes the
+    batches set aside came from, and those batches (their memory; a held-out set's, of the
+    loop's own, none)."""
 
     step: int
     zeroed: bool
@@ -37,6 +39,7 @@ class Probed:
     carried: Tensor | None
     unreached: tuple[int, ...]
     passes: frozenset[int | None]
+    batches: frozenset[int]
 
 
 def zero_lr(opt: torch.optim.Optimizer) -> None:
@@ -89,6 +92,7 @@ class Watcher(ForwardHooks, GradientHooks):
         self.calls: list[Call] = []
         self.streams: set[int | None] = set()  # the passes whose batches updates consumed
         self.probed: list[Probed] = []  # updates that set a probe's batch aside
+        self.early: set[int] = set()  # the passes that ran out before the first update
         self.latest: dict[int, Tensor] = {}  # each param's grad after its last backward()
         self.carried: dict[int, Tensor | None] = {}  # its grad as the update's first began
         self.unscaled: dict[int, Tensor] = {}  # each param's grad after GradScaler.unscale_
@@ -153,13 +157,16 @@ class Watcher(ForwardHooks, GradientHooks):
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
         idle, held_out = self._idle(), self.feeds.held_out
+
+        def aside(kept: list[Call]) -> list[Call]:  # the calls set aside as a probe's
+            ids = {id(c) for c in kept}
+            return [c for c in self.calls if id(c) not in ids]
+
         zeroed, consumed = zeroed_in(
             self.calls, self.resets, applied, kept, self.seen.held, idle, held_out
         )
         if idle and len(consumed) < len(self.calls):  # read as a probe's: kept till finish()
-            strict = zeroed_in(
-                self.calls, self.resets, applied, kept, self.seen.held, (), held_out
-            )
+            strict = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held, (), held_out)
             if len(strict[1]) != len(consumed):
                 calls = strict[1]
                 self.probed.append(
@@ -169,7 +176,12 @@ class Watcher(ForwardHooks, GradientHooks):
                         calls,
                         carried if len(calls) == len(self.calls) else None,
                         self.feeds.unreached(calls),
-                        frozenset(source_of(self.seen, c) for c in self.calls) & idle,
+                        frozenset(source_of(self.seen, c) for c in aside(consumed)) & idle,
+                        frozenset(
+                            m
+                            for c in aside(consumed)
+                            if (m := memory_of(c)) is not None and m in self.seen.held
+                        ),
                     )
                 )
         if len(consumed) < len(self.calls):  # a throwaway pass first: .grad zeroed since
@@ -251,27 +263,35 @@ class Watcher(ForwardHooks, GradientHooks):
 
     def _idle(self) -> set[int]:
         """Return the passes over the data that are no stream: no update consumed a batch of
-        them, and each ran out or made one batch (a probe's)."""
+        them, and each made one batch (a probe's) or ran out before the first update (a
+        listed loader's: a pass that runs out beside the training one, zipped, is a stream)."""
         seen = self.seen
+        if not seen.steps:
+            self.early = {
+                number
+                for number, events in seen.pass_events.items()
+                if any(e in seen.pass_ends for e in events)
+            }
         return {
             number
             for number in range(1, seen.began + 1)
             if number not in self.streams
             and (
-                number in seen.ended
+                number in self.early
                 or seen.pass_rows.get(number, 0) <= seen.pass_batch.get(number, 1)
             )
         }
 
     def _settle(self) -> None:
         """Read as they were fed the updates that set a probe's batch aside, unless the whole
-        run shows the probe: the pass of each batch set aside still idle at its end (it made no
-        second batch: a second loader's stream zeroed inside every window does), and more
-        than one update setting one aside."""
+        run shows the probe: each batch set aside is one that more than one update set aside
+        (the same batch, read again before each step: a fresh iterator's first batch each
+        time is not told from a second pass zeroed inside every window), its pass still idle
+        at the end (no second batch made: a stream's is); or rows of the loop's own."""
         idle = self._idle()
-        shown = len(self.probed) > 1
+        times = Counter(m for probed in self.probed for m in probed.batches)
         for probed in self.probed:
-            if shown and probed.passes <= idle:
+            if all(times[m] > 1 for m in probed.batches) and probed.passes <= idle:
                 continue
             step = self.seen.steps[probed.step]
             step.zeroed, step.calls, step.carried = probed.zeroed, probed.calls, probed.carried

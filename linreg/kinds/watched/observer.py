@@ -126,6 +126,8 @@ class Observer(ClipHooks):
         self.straddles = False  # an epoch ended while the open update held micro-batches
         self.held_at_end = 0  # how many it held then (more after: it crosses the end)
         self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
+        # each param's .grad as the last backward() left it (the tensor's id, its version)
+        self.left: dict[int, tuple[int, int]] = {}
         self.fetched = 0  # DataLoader batches since the last update
         self.kept_graph: set[int] = set()  # the inner nodes of graphs retained this update
         self.kept_roots: list[Any] = []  # their roots, held so that their ids stay theirs
@@ -154,7 +156,9 @@ class Observer(ClipHooks):
         self.origins: dict[int, tuple[weakref.ref[Tensor], tuple[int, int]]] = {}
         self.stepping: set[int | None] = set()
         self.yields: dict[int, int] = {}  # the batches each iterator yielded so far
-        self.exhausted: set[int] = set()  # those that ran out, or yielded their last
+        self.dataset_of: dict[int, int] = {}  # each iterator's dataset
+        # the datasets an iterator of more than one batch fed an update from
+        self.long: set[int | None] = set()
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
@@ -263,8 +267,6 @@ class Observer(ClipHooks):
         """Note an epoch's end: a DataLoader ran out (now), or a pass whose last batch was
         fetched is over: `at` (iterator, dataset) fetches again, a new pass begins (fresh:
         over any loader; zipped loaders end together), or the watch ends (at=None)."""
-        if now and at is not None:
-            self.exhausted.add(at[0])
         over = [
             (it, data)
             for it, data in self.last_fetched.items()
@@ -334,8 +336,8 @@ class Observer(ClipHooks):
             self.began[at[0]] = self.backwards
         if epoch is not None and yielded >= epoch:
             self.last_fetched[at[0]] = at[1]
-            self.exhausted.add(at[0])
         self.yields[at[0]] = yielded
+        self.dataset_of[at[0]] = at[1]
         if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
             self.longest = epoch + 1
         self.fetched += 1
@@ -418,6 +420,7 @@ class Observer(ClipHooks):
             for p in leaves_of(c):
                 if p.grad is not None:
                     self.fresh.add(id(p))
+                    self.left[id(p)] = (id(p.grad), p.grad._version)
                     kept = self.raw.get(id(p))
                     if kept is not None and kept.shape == p.grad.shape:
                         kept.copy_(p.grad)
@@ -493,16 +496,34 @@ class Observer(ClipHooks):
         streams = self.stepping | _iterators(kept)
         # zeroed before the update's own: micro-batches of the passes that train (a probe's
         # batch, of a pass that trains nothing, read and zeroed before each step, is none)
-        idle = {
-            it
-            for it, n in self.yields.items()
-            if it not in streams and (n <= 1 or it in self.exhausted)
+        # a probe's iterator: no update applied its batches, and it yielded one (a fixed
+        # batch taken once, or a fresh iterator's first each time); only beside a stream's
+        # batches (an iterator that yielded more, or fed an update before): one-batch
+        # iterators on every side (next(iter(loader)) each micro-batch) are no probe's
+        idle = {it for it, n in self.yields.items() if it not in streams and n <= 1}
+        stream = all(
+            it is not None
+            and (
+                it in self.stepping
+                or self.yields.get(it, 0) > 1
+                or self.dataset_of.get(it) in self.long  # a training loader's next epoch
+            )
+            for it in _iterators(kept)
+        )
+        self.long |= {
+            self.dataset_of.get(it)
+            for it in _iterators(kept)
+            if it is not None and self.yields.get(it, 0) > 1
         }
-        let_go = [mb for mb in self.micro[: self.cut] if not _aside(mb, idle)]
+        let_go = [mb for mb in self.micro[: self.cut] if not (stream and _aside(mb, idle))]
         self.seen.probed += self.cut - len(let_go)
         self.stepping = streams
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
-        update.dropped, update.crossed = len(let_go), self.straddles
+        # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
+        # after that end (the left-over window zeroed at the next epoch's start, not zeroing
+        # inside every window whose windows cross epochs)
+        update.dropped = len(let_go)
+        update.crossed = self.straddles and self.cut <= self.held_at_end
         loaders = _loaders(kept)
         update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & loaders)
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
@@ -577,7 +598,15 @@ class Observer(ClipHooks):
             for key in self.fresh
             if key in self.found and isinstance(p := self.found[key][0], nn.Parameter)
         ]
-        return bool(params) and all(p.grad is None or not bool(p.grad.any()) for p in params)
+        return bool(params) and all(
+            p.grad is None
+            or (
+                not bool(p.grad.any())
+                # as backward() left it, 0 on rows of no gradient (a dead ReLU's): not zeroed
+                and self.left.get(id(p)) != (id(p.grad), p.grad._version)
+            )
+            for p in params
+        )
 
     def terms(self, micro: list[MicroBatch]) -> bool:
         """Return whether the update's micro-batches are terms of one objective rather than
