@@ -126,8 +126,8 @@ class Observer(ClipHooks):
         self.straddles = False  # an epoch ended while the open update held micro-batches
         self.held_at_end = 0  # how many it held then (more after: it crosses the end)
         self.cut = 0  # micro-batches before it: their gradients zeroed by the code, not stepped
-        # each param's .grad as the last backward() left it (the tensor's id, its version)
-        self.left: dict[int, tuple[int, int]] = {}
+        # each param's .grad as the last backward() left it (the tensor's id, whether not 0)
+        self.left: dict[int, tuple[int, bool]] = {}
         self.fetched = 0  # DataLoader batches since the last update
         self.kept_graph: set[int] = set()  # the inner nodes of graphs retained this update
         self.kept_roots: list[Any] = []  # their roots, held so that their ids stay theirs
@@ -157,6 +157,8 @@ class Observer(ClipHooks):
         self.stepping: set[int | None] = set()
         self.yields: dict[int, int] = {}  # the batches each iterator yielded so far
         self.dataset_of: dict[int, int] = {}  # each iterator's dataset
+        # the updates before which each iterator's batches were zeroed
+        self.zeroed_by: collections.Counter[int | None] = collections.Counter()
         # the datasets an iterator of more than one batch fed an update from
         self.long: set[int | None] = set()
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
@@ -420,7 +422,7 @@ class Observer(ClipHooks):
             for p in leaves_of(c):
                 if p.grad is not None:
                     self.fresh.add(id(p))
-                    self.left[id(p)] = (id(p.grad), p.grad._version)
+                    self.left[id(p)] = (id(p.grad), bool(p.grad.any()))
                     kept = self.raw.get(id(p))
                     if kept is not None and kept.shape == p.grad.shape:
                         kept.copy_(p.grad)
@@ -515,7 +517,18 @@ class Observer(ClipHooks):
             for it in _iterators(kept)
             if it is not None and self.yields.get(it, 0) > 1
         }
-        let_go = [mb for mb in self.micro[: self.cut] if not (stream and _aside(mb, idle))]
+        zeroed = self.micro[: self.cut]
+        let_go = [
+            mb
+            for mb in zeroed
+            if not (
+                _aside(mb, idle)
+                # the same one-batch iterator's batch zeroed before an update before (a fixed
+                # probe's, taken once: fresh ones each time come from new iterators)
+                and (stream or all(self.zeroed_by[it] for it in _iterators([mb])))
+            )
+        ]
+        self.zeroed_by.update({it for mb in zeroed for it in _iterators([mb])})
         self.seen.probed += self.cut - len(let_go)
         self.stepping = streams
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
@@ -602,8 +615,9 @@ class Observer(ClipHooks):
             p.grad is None
             or (
                 not bool(p.grad.any())
-                # as backward() left it, 0 on rows of no gradient (a dead ReLU's): not zeroed
-                and self.left.get(id(p)) != (id(p.grad), p.grad._version)
+                # the tensor backward() left all 0 (rows of no gradient, a dead ReLU's): not
+                # zeroed, or zeroed losing nothing (.data.zero_() leaves no version to tell)
+                and self.left.get(id(p)) != (id(p.grad), False)
             )
             for p in params
         )
