@@ -35,6 +35,7 @@ from linreg.kinds.training_loop import (
     loss_of,
     near,
     options_of,
+    skipped_own_shorts,
     summed_means,
     undecided,
     unequal_weights,
@@ -232,6 +233,15 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
             "its rows are never applied (a batch smaller than batch_size skipped after its "
             "forward: step on it too; where it is dropped on purpose, say so: drop_last=True, "
             "--drop-last)"
+        )
+    own = skipped_own_shorts(seen) if not seen.shorts else 0
+    if own:
+        raise CheckFailed(
+            f"on {describe(batching, options)}, a DataLoader the loop made itself made a "
+            f"short last batch and the loop never passed it through the model, in {own} "
+            "epoch(s) it trained on after: its rows are never applied (an epoch of "
+            "len(dataset) // batch_size steps: step on the short batch too; where it is "
+            "dropped on purpose, say so: drop_last=True, --drop-last)"
         )
     # (rows carried over are fed; a short batch fetched ahead, fed later, was fed)
     if seen.skipped_short and 0 < seen.fed < seen.train_rows and unfed_short(seen):

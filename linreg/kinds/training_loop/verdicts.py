@@ -9,6 +9,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from torch import Tensor
+
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Target
 from linreg.kinds.training_loop.batching import Batching, count_of, describe
@@ -225,6 +227,35 @@ def unfed_short(seen: Observed) -> bool:
     casts or augments it feeds new tensors (then its forwards alone tell: ShortFetches)."""
     fed = {memory_of(call) for call in seen.calls}
     return any(({storage_of(t) for t in batch} - {None}).isdisjoint(fed) for batch in seen.shorts)
+
+
+def skipped_own_shorts(seen: Observed) -> int:
+    """Return the epochs whose short last batch a DataLoader the loop made itself (over the
+    audit's dataset) made and the loop fed to no forward, then trained on: a hand-written
+    drop_last (steps_per_epoch = len(dataset) // batch_size). Judged only on a pass whose
+    every other batch was fed as it was made (a loop that casts or augments feeds new
+    tensors: not told) and after which the model ran again (a budget or an early stop that
+    broke off there skipped nothing)."""
+    fed = {memory_of(call) for call in seen.calls} - {None}
+    last_forward = max((call.clock for call in seen.calls), default=0)
+    batches: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
+    for memory, (t, source, clock) in seen.held.items():
+        if source is not None and source > 0:
+            batches.setdefault((source, clock), []).append((memory, t))
+    skipped = 0
+    for source in {s for s, _ in batches}:
+        made = sorted(clock for s, clock in batches if s == source)
+        if source not in seen.ended or len(made) < 2:
+            continue
+        last = batches[(source, made[-1])]
+        rows = max((t.shape[0] for _, t in last if t.ndim), default=0)
+        if not 0 < rows < seen.pass_batch.get(source, 1) or made[-1] >= last_forward:
+            continue
+        if any(m in fed for m, _ in last):
+            continue
+        if all(any(m in fed for m, _ in batches[(source, c)]) for c in made[:-1]):
+            skipped += 1
+    return skipped
 
 
 def _times(s: float | None) -> str:
