@@ -276,6 +276,29 @@ for epoch in range(3):
             optimizer.step()
 """
 
+ANCHOR_ZEROED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+anchor = next(iter(loader))  # a fixed batch meant to weigh half of every window
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        (F.cross_entropy(model(anchor[0]), anchor[1]) / 2).backward()
+        optimizer.zero_grad()  # one too many: the anchor's half is lost each time
+        (F.cross_entropy(model(x), y) / 2).backward()
+        optimizer.step()
+"""
+
+GATED_ZEROED = """
+gate = nn.Linear(6, 3)  # a second head gated off: its gradient is all 0 at every backward()
+optimizer = torch.optim.SGD([*model.parameters(), *gate.parameters()], lr=0.1)
+for epoch in range(2):
+    for i, (x, y) in enumerate(loader):
+        optimizer.zero_grad(set_to_none=False)  # inside the window of 2
+        (F.cross_entropy(model(x) + 0.0 * gate(x), y) / 2).backward()
+        if i % 2 == 1:
+            optimizer.step()
+"""
+
 ZIPPED_ZEROED = """
 second = DataLoader(TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,))), 8, shuffle=True)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -522,7 +545,10 @@ def test_what_looks_like_the_codes_own_still_shows_the_bugs_it_holds(tmp_path: P
     # probe's (code review cr17: a false pass, and short-last-batch beside grad-zeroing)
     # and zeroing inside every window whose windows cross epochs is no left-over window
     # zeroed at an epoch's start (review 27: short-last-batch)
-    for body in (FRESH_EACH_ZEROED, ZIPPED_ZEROED, CROSSING_ZEROED):
+    # a fixed batch whose loss the window was divided for, zeroed before the rest, is no
+    # probe's; a gradient left 0 on some params (a head gated off) hides no zeroing of the
+    # others (code review cr19: both passed)
+    for body in (FRESH_EACH_ZEROED, ZIPPED_ZEROED, CROSSING_ZEROED, ANCHOR_ZEROED, GATED_ZEROED):
         report = watch_script(_watched(tmp_path, body))
         assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
     # the penalty on the params read apart (it could not be told apart: grad-zeroing was not

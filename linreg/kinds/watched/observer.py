@@ -535,7 +535,7 @@ class Observer(ClipHooks):
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
         # after that end (the left-over window zeroed at the next epoch's start, not zeroing
         # inside every window whose windows cross epochs)
-        update.dropped = len(let_go)
+        update.dropped, update.aside = len(let_go), self.cut - len(let_go)
         update.crossed = self.straddles and self.cut <= self.held_at_end
         loaders = _loaders(kept)
         update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & loaders)
@@ -611,15 +611,13 @@ class Observer(ClipHooks):
             for key in self.fresh
             if key in self.found and isinstance(p := self.found[key][0], nn.Parameter)
         ]
-        return bool(params) and all(
-            p.grad is None
-            or (
-                not bool(p.grad.any())
-                # the tensor backward() left all 0 (rows of no gradient, a dead ReLU's): not
-                # zeroed, or zeroed losing nothing (.data.zero_() leaves no version to tell)
-                and self.left.get(id(p)) != (id(p.grad), False)
-            )
-            for p in params
+        if not params or not all(p.grad is None or not bool(p.grad.any()) for p in params):
+            return False
+        # every gradient the tensor the last backward() left all 0 (rows of no gradient, a
+        # dead ReLU's): not zeroed, or zeroed losing nothing (.data.zero_() leaves no version
+        # to tell); one it left not 0, now 0, was zeroed
+        return not all(
+            p.grad is not None and self.left.get(id(p)) == (id(p.grad), False) for p in params
         )
 
     def terms(self, micro: list[MicroBatch]) -> bool:
