@@ -82,23 +82,6 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                     "optimizer.step() after scaler.step(optimizer)?)",
                 )
             continue
-        if u.aside and not u.dropped and not u.blind and not u.terms:
-            own = _read(j, u, summed)  # a probe's batch, or one the loss was divided for
-            parts = len(own.parts) if own is not None else 0
-            rel = own.relative if own is not None else None
-            if (
-                rel
-                and alike(rel)
-                and not near(rel[0], 1)
-                and near(rel[0], parts / (parts + u.aside))
-            ):
-                v.fail(
-                    "grad-zeroing",
-                    f"{at}: .grad was zeroed between its micro-batches, so {u.aside} of them "
-                    "went through backward() and were never applied, while its loss was "
-                    f"divided by all {parts + u.aside} (zero_grad inside the accumulation "
-                    "loop: zero once a window, after the step)",
-                )
         if u.dropped:  # the code zeroed .grad between the update's backward() calls
             own = None if u.blind or u.terms else _read(j, u, summed)
             # a pass before training (the first update's, where later ones drop none or its

@@ -242,6 +242,9 @@ def skipped_own_shorts(seen: Observed) -> int:
     for memory, (t, source, clock) in seen.held.items():
         if source is not None and source > 0:
             batches.setdefault((source, clock), []).append((memory, t))
+    drawn = sum(seen.pass_rows.get(s, 0) for s in {s for s, _ in batches})
+    if seen.fed >= drawn:  # every row drawn was fed (a short batch carried into the next
+        return 0  # epoch's first, concatenated: new tensors)
     skipped = 0
     for source in {s for s, _ in batches}:
         made = sorted(clock for s, clock in batches if s == source)

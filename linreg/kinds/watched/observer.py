@@ -535,7 +535,7 @@ class Observer(ClipHooks):
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
         # after that end (the left-over window zeroed at the next epoch's start, not zeroing
         # inside every window whose windows cross epochs)
-        update.dropped, update.aside = len(let_go), self.cut - len(let_go)
+        update.dropped = len(let_go)
         update.crossed = self.straddles and self.cut <= self.held_at_end
         loaders = _loaders(kept)
         update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & loaders)

@@ -79,7 +79,6 @@ class Open:
     blind: int = 0  # backward() calls that reached no loss the watcher read
     terms: bool = False  # more backward() calls than DataLoader batches, not all on them
     dropped: int = 0  # micro-batches before the code zeroed .grad: let go, not stepped
-    aside: int = 0  # those of them set aside as a probe's batch (not among dropped)
     # the counts (rows or targets) of those whose targets the loaders of the kept ones'
     # fetched, in turn
     dropped_counts: tuple[float, ...] = ()
@@ -115,7 +114,6 @@ class Update:
     tol: float = 1e-4  # the relative tolerance of its params' dtype
     terms: bool = False  # its micro-batches are terms of one objective (a GAN's real and fake)
     dropped: int = 0  # micro-batches the code zeroed before the step (not among counts)
-    aside: int = 0  # micro-batches set aside as a probe's batch (zeroed, not among dropped)
     # the counts (rows or targets) of those whose targets the loaders of the kept ones'
     # fetched, in turn
     dropped_counts: tuple[float, ...] = ()
@@ -208,8 +206,7 @@ def close(update: Open, tol: float) -> Update:
             return Update(
                 counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True,
                 right or value_clipped, tol,
-                terms=update.terms, dropped=update.dropped, aside=update.aside,
-                redone=update.redone,
+                terms=update.terms, dropped=update.dropped, redone=update.redone,
                 dropped_counts=update.dropped_counts, foreign=update.foreign,
                 crossed=update.crossed,
                 calls=max(len(mb.losses) for mb in update.micro),
@@ -278,7 +275,6 @@ def close(update: Open, tol: float) -> Update:
     return Update(
         counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind,
         clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
-        aside=update.aside,
         dropped_counts=update.dropped_counts, redone=update.redone, crossed=update.crossed,
         foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
