@@ -238,25 +238,25 @@ def skipped_own_shorts(seen: Observed) -> int:
     broke off there skipped nothing)."""
     fed = {memory_of(call) for call in seen.calls} - {None}
     last_forward = max((call.clock for call in seen.calls), default=0)
-    batches: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
+    passes: dict[int, dict[int, list[tuple[int, Tensor]]]] = {}  # pass -> clock -> batch
     for memory, (t, source, clock) in seen.held.items():
         if source is not None and source > 0:
-            batches.setdefault((source, clock), []).append((memory, t))
-    drawn = sum(seen.pass_rows.get(s, 0) for s in {s for s, _ in batches})
-    if seen.fed >= drawn:  # every row drawn was fed (a short batch carried into the next
-        return 0  # epoch's first, concatenated: new tensors)
+            passes.setdefault(source, {}).setdefault(clock, []).append((memory, t))
+    if seen.fed >= sum(seen.pass_rows.get(source, 0) for source in passes):
+        return 0  # every row drawn was fed (a short batch carried into the next epoch's
+        # first, concatenated: new tensors)
     skipped = 0
-    for source in {s for s, _ in batches}:
-        made = sorted(clock for s, clock in batches if s == source)
+    for source, batches in passes.items():
+        made = sorted(batches)
         if source not in seen.ended or len(made) < 2:
             continue
-        last = batches[(source, made[-1])]
+        last = batches[made[-1]]
         rows = max((t.shape[0] for _, t in last if t.ndim), default=0)
         if not 0 < rows < seen.pass_batch.get(source, 1) or made[-1] >= last_forward:
             continue
         if any(m in fed for m, _ in last):
             continue
-        if all(any(m in fed for m, _ in batches[(source, c)]) for c in made[:-1]):
+        if all(any(m in fed for m, _ in batches[c]) for c in made[:-1]):
             skipped += 1
     return skipped
 

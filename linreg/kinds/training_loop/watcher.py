@@ -156,19 +156,21 @@ class Watcher(ForwardHooks, GradientHooks):
         unscaled = flat([self.unscaled.get(id(p)) for p in params], params)
         kept = unscaled if self.unscaled else raw
         carried = flat([self.carried.get(id(p)) for p in params], params)
+        if not self.seen.steps:  # the passes that ran out before the first update
+            self.early = {
+                number
+                for number, events in self.seen.pass_events.items()
+                if any(e in self.seen.pass_ends for e in events)
+            }
         idle, held_out = self._idle(), self.feeds.held_out
-
-        def aside(kept: list[Call]) -> list[Call]:  # the calls set aside as a probe's
-            ids = {id(c) for c in kept}
-            return [c for c in self.calls if id(c) not in ids]
-
         zeroed, consumed = zeroed_in(
             self.calls, self.resets, applied, kept, self.seen.held, idle, held_out
         )
         if idle and len(consumed) < len(self.calls):  # read as a probe's: kept till finish()
             strict = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held, (), held_out)
             if len(strict[1]) != len(consumed):
-                calls = strict[1]
+                calls, ids = strict[1], {id(c) for c in consumed}
+                set_aside = [c for c in self.calls if id(c) not in ids]
                 self.probed.append(
                     Probed(
                         len(self.seen.steps),
@@ -176,10 +178,10 @@ class Watcher(ForwardHooks, GradientHooks):
                         calls,
                         carried if len(calls) == len(self.calls) else None,
                         self.feeds.unreached(calls),
-                        frozenset(source_of(self.seen, c) for c in aside(consumed)) & idle,
+                        frozenset(source_of(self.seen, c) for c in set_aside) & idle,
                         frozenset(
                             m
-                            for c in aside(consumed)
+                            for c in set_aside
                             if (m := memory_of(c)) is not None and m in self.seen.held
                         ),
                     )
@@ -266,12 +268,6 @@ class Watcher(ForwardHooks, GradientHooks):
         them, and each made one batch (a probe's) or ran out before the first update (a
         listed loader's: a pass that runs out beside the training one, zipped, is a stream)."""
         seen = self.seen
-        if not seen.steps:
-            self.early = {
-                number
-                for number, events in seen.pass_events.items()
-                if any(e in seen.pass_ends for e in events)
-            }
         return {
             number
             for number in range(1, seen.began + 1)

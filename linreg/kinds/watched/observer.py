@@ -246,8 +246,10 @@ class Observer(ClipHooks):
         to fetch one's)."""
         memory = _storage(target)
         last = (self.iterator, self.source)
-        if memory is None or memory in self.fetchers:
-            return last if memory is None else self.fetchers[memory]
+        if memory is None:
+            return last
+        if memory in self.fetchers:
+            return self.fetchers[memory]
         origin = self.origins.get(memory)
         alive = None if origin is None else origin[0]()
         return last if origin is None or _storage(alive) != memory else origin[1]
@@ -351,7 +353,9 @@ class Observer(ClipHooks):
             self.fetchers.update(dict.fromkeys(memories, at))
             if len(self.origins) > ORIGINS:  # those freed since: their memory is anyone's
                 self.origins = {m: o for m, o in self.origins.items() if o[0]() is not None}
-            self.origins.update({_storage(t) or 0: (weakref.ref(t), at) for t in fetched})
+            self.origins.update(
+                {t.untyped_storage().data_ptr(): (weakref.ref(t), at) for t in fetched}
+            )
             self.batch_tensors.extend(fetched)
             self.unread_last[at[0]] = fetched
 
@@ -494,38 +498,34 @@ class Observer(ClipHooks):
         self._end_if(self.ending)  # the update before was the last: this step is another's
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
-        kept = self.micro[self.cut :]
-        streams = self.stepping | _iterators(kept)
-        # zeroed before the update's own: micro-batches of the passes that train (a probe's
-        # batch, of a pass that trains nothing, read and zeroed before each step, is none)
-        # a probe's iterator: no update applied its batches, and it yielded one (a fixed
-        # batch taken once, or a fresh iterator's first each time); only beside a stream's
-        # batches (an iterator that yielded more, or fed an update before): one-batch
-        # iterators on every side (next(iter(loader)) each micro-batch) are no probe's
+        kept, zeroed = self.micro[self.cut :], self.micro[: self.cut]
+        own = _iterators(kept)
+        streams = self.stepping | own
+        # micro-batches zeroed before the update's own are let go, but a probe's: of an
+        # iterator no update applied a batch of, that yielded one (a fixed batch taken once,
+        # or a fresh iterator's first each time), beside a stream's batches (an iterator that
+        # yielded more, fed an update before, or a later pass over a dataset one that yielded
+        # more fed an update from: one-batch iterators on every side, next(iter(loader)) each
+        # micro-batch, are no probe's), or one whose iterator's batch was zeroed before an
+        # update before (a fixed probe's, taken once: fresh ones come from new iterators)
         idle = {it for it, n in self.yields.items() if it not in streams and n <= 1}
         stream = all(
             it is not None
             and (
                 it in self.stepping
                 or self.yields.get(it, 0) > 1
-                or self.dataset_of.get(it) in self.long  # a training loader's next epoch
+                or self.dataset_of.get(it) in self.long
             )
-            for it in _iterators(kept)
+            for it in own
         )
         self.long |= {
-            self.dataset_of.get(it)
-            for it in _iterators(kept)
-            if it is not None and self.yields.get(it, 0) > 1
+            self.dataset_of.get(it) for it in own if it is not None and self.yields.get(it, 0) > 1
         }
-        zeroed = self.micro[: self.cut]
         let_go = [
             mb
             for mb in zeroed
             if not (
-                _aside(mb, idle)
-                # the same one-batch iterator's batch zeroed before an update before (a fixed
-                # probe's, taken once: fresh ones each time come from new iterators)
-                and (stream or all(self.zeroed_by[it] for it in _iterators([mb])))
+                _aside(mb, idle) and (stream or all(self.zeroed_by[it] for it in _iterators([mb])))
             )
         ]
         self.zeroed_by.update({it for mb in zeroed for it in _iterators([mb])})
@@ -739,8 +739,8 @@ def _iterators(micro: list[MicroBatch]) -> set[int | None]:
 
 def _aside(mb: MicroBatch, idle: set[int]) -> bool:
     """Return True if every target a micro-batch's losses read was fetched by an iterator that
-    is no stream (idle: none of its batches an update applied, and it ran out or yielded one
-    batch): a probe's batch, its gradient read, then zeroed before the step."""
+    is no stream (idle: none of its batches an update applied, and it yielded one batch): a
+    probe's batch, its gradient read, then zeroed before the step."""
     its = _iterators([mb])
     return bool(its) and its <= idle
 
