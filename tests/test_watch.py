@@ -336,6 +336,50 @@ def test_terms_divided_by_the_nominal_window_on_an_epochs_last_fail_short_last_b
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
 
 
+@pytest.mark.parametrize(
+    "loss_of, named",
+    [
+        (
+            lambda p, t, c, y, e, b: (
+                (
+                    F.mse_loss(p, t, reduction="sum") / 2
+                    + 0.3 * F.cross_entropy(c, y, reduction="sum")
+                )
+                / 16
+            ),
+            ["short-last-batch"],
+        ),
+        (
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t, reduction="sum") / (2 * len(p))
+                + 0.3 * F.cross_entropy(c, y, reduction="sum")
+            ),
+            ["mean-vs-sum"],
+        ),
+        (
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t, reduction="sum") / (2 * 16)
+                + F.cross_entropy(c, y, reduction="sum")
+            ),
+            ["short-last-batch", "mean-vs-sum"],
+        ),
+    ],
+    ids=["one nominal divisor", "a term summed at 0.3", "nominal beside a sum at 1"],
+)
+def test_a_summed_term_weighed_by_the_code_shows_the_divisor_the_others_show(
+    loss_of: Callable[..., Tensor], named: list[str]
+) -> None:
+    """Summed terms over batches of 16 (100 rows: a last batch of 4), one weighted 0.3 by
+    the code. Divided together by the nominal 16, the 0.3 term's scale grows with the rows
+    as a sum's would (0.3 * sum / 16 is a sum at 0.01875), but the other term applies the
+    mean on full updates and shows the same divisor on the short one: one nominal divisor,
+    short-last-batch alone (review 29's w7 twin got mean-vs-sum beside it). With nothing
+    else to show a divisor, the 0.3 term summed undivided fails mean-vs-sum; a term summed at
+    1 (its full updates apply the full count) is a sum beside the other's nominal divisor."""
+    report = _two_tasks(loss_of, 100)
+    assert [r.pitfall for r in report.failures] == named, str(report)
+
+
 def test_a_term_whose_scale_is_the_codes_holds_back_the_pass_of_the_others() -> None:
     """mse times the batch's rows (a sum where a mean is meant: its scale not judged, the
     function took the mean) beside a cross-entropy summed and divided by its rows (right):

@@ -65,6 +65,22 @@ class Verdicts:
     # updates of unequal micro-batches whose weights another pitfall named (their means added
     # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here
     taken: set[int] = field(default_factory=set)
+    # updates where a term that applies the mean on its full updates applies it times its
+    # share of their rows (a nominal divisor, short-last-batch); and a term's scale that grows
+    # with the rows on top of a coefficient of the code's, named mean-vs-sum after every term
+    # is read unless such a nominal divisor on the same update explains it (grown_on)
+    nominal_at: set[int] = field(default_factory=set)
+    grown: list[tuple[int, str]] = field(default_factory=list)
+
+    def grown_on(self) -> None:
+        """Name each term's growth with the rows (grown) that no other term's nominal
+        divisor on the same update explains: 0.3 * ce_sum / batch_size beside mse_sum /
+        batch_size is one divisor, the nominal one, not a sum times 0.3 / batch_size."""
+        for j, message in self.grown:
+            if j not in self.nominal_at:
+                self.at = j
+                self.fail("mean-vs-sum", message)
+        self.grown = []
 
     def fail(self, pitfall: str, message: str) -> None:
         self.failed.setdefault(pitfall, message)

@@ -169,6 +169,8 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                     v.changed.add(j)
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
+    v.nominal_at |= {x.j for x in v.shortfalls if x.kind == "nominal"}
+    v.grown_on()
     name_shortfalls(v)
     if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or
         v.judged["mean-vs-sum"] = set()  # one whose scale is the code's: no pass on the
@@ -256,20 +258,26 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             if r.relative and near(r.relative[0], kappa * of(r.count)) and not near(of(r.count), 1)
         ]
         if grows:
-            r = grows[0]
-            v.at = r.j
             how = (
                 "grows with the rows (a loss summed over them, or multiplied by the batch size)"
                 if v.meant == "mean"
                 else "shrinks as the rows grow (a mean over them, times a constant)"
             )
-            v.fail(
-                "mean-vs-sum",
-                f"every full update{of_term} applies {kappa:.4g} times the {v.meant} of its "
-                f"{full:g} counted, and update {r.j + 1} ({r.count:g} counted) applies "
-                f"{kappa * of(r.count):.4g} times its own: a factor that {how} where a "
-                f"{v.meant} was meant",
-            )
+            # a term's on top of a coefficient of the code's (not its full count: a sum at
+            # 1) is named after every term is read: another's nominal divisor may explain it
+            later = bool(term) and not near(kappa, full)
+            for r in grows if later else grows[:1]:
+                said = (
+                    f"every full update{of_term} applies {kappa:.4g} times the {v.meant} of "
+                    f"its {full:g} counted, and update {r.j + 1} ({r.count:g} counted) applies "
+                    f"{kappa * of(r.count):.4g} times its own: a factor that {how} where a "
+                    f"{v.meant} was meant"
+                )
+                if later:
+                    v.grown.append((r.j, said))
+                else:
+                    v.at = r.j
+                    v.fail("mean-vs-sum", said)
             kappa = 1.0
         else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
             shorter = any(  # (a count a full one's to the tolerance tells nothing)
@@ -321,6 +329,8 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                     wrong = False
                 v.judged["short-last-batch"].add(r.j)
                 if wrong:
+                    if nominal:
+                        v.nominal_at.add(r.j)
                     v.fail("short-last-batch", _short(at, s, r, full, v.meant, parts_full))
             if unequal:
                 v.judged["micro-batch-accumulation"].add(r.j)
