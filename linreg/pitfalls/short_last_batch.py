@@ -248,17 +248,18 @@ def short_step_applies_the_mean(target: Target, batching: Batching) -> None:
         short = batching.n % batching.batch_size
         unfed = seen.train_rows - seen.fed
         why = (
-            f"{unfed} fetched rows in all: an epoch's left-over window, fewer than {k} "
-            "batches, or its short batch, never fed: feed and step them too, when the data ends"
+            f"{unfed} fetched rows in all never fed: an epoch's left-over window, fewer than "
+            f"{k} batches, or its short batch: feed and step them too, when the data ends"
             if k > 1
             else "a batch smaller than batch_size skipped before its forward: step on it too; "
             "where it is dropped on purpose, say so: drop_last=True, --drop-last"
             if unfed <= short * batching.num_epochs
-            else f"{unfed} fetched rows in all"
+            else f"{unfed} fetched rows in all never fed"
         )
+        # (counted where the loop trained on after it: the run's last epoch ends there)
         raise CheckFailed(
-            f"on {describe(batching, options)}, the loop fetched each epoch's short last batch "
-            f"({short} row(s)) and never passed it through the model, in "
+            f"on {describe(batching, options)}, the loop fetched an epoch's short last batch "
+            f"({short} row(s)) and never passed it through the model, then trained on, in "
             f"{seen.skipped_short} epoch(s): its rows are never applied ({why})"
         )
 
