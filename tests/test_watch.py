@@ -380,6 +380,54 @@ def test_a_summed_term_weighed_by_the_code_shows_the_divisor_the_others_show(
     assert [r.pitfall for r in report.failures] == named, str(report)
 
 
+def _one_label_per_batch(divided: bool) -> tuple[audit.Report, float]:
+    """A binary classifier over rows sorted in pairs of one label ([0, 0], [1, 1], ...), two
+    batches of 2 a step, each loss divided by 2 or not; returns the watch's report and the
+    first step's gradient over the mean of its 4 rows' (measured with every lr at 0)."""
+    gen = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(8, 3, generator=gen), torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    )
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def train() -> None:
+        for _ in range(2):
+            for i, (x, y) in enumerate(DataLoader(data, batch_size=2)):
+                loss = F.cross_entropy(model(x), y)
+                (loss / 2 if divided else loss).backward()
+                if i % 2 == 1:
+                    optimizer.step()
+                    optimizer.zero_grad()
+
+    with watch() as reports:
+        train()
+    x, y = data[:4]
+    mean = torch.autograd.grad(F.cross_entropy(model(x), y), model.weight)[0]
+    for i, (xb, yb) in enumerate(DataLoader(data, batch_size=2)):  # the first step, measured
+        loss = F.cross_entropy(model(xb), yb)
+        (loss / 2 if divided else loss).backward()
+        if i == 1:
+            break
+    assert model.weight.grad is not None
+    return reports[0], float(model.weight.grad.norm() / mean.norm())
+
+
+@pytest.mark.parametrize("divided", [True, False], ids=["divided", "undivided"])
+def test_batches_of_one_label_each_from_a_loader_are_data_not_a_gans_terms(
+    divided: bool,
+) -> None:
+    """Micro-batches whose targets are all one label each, not the same, were read as terms
+    of one objective (a GAN's real and fake, targets the code makes): weights not judged, so
+    means added up undivided passed wherever the updates judged were such (review 30's s3: a
+    binary classifier at batch size 2). Targets a DataLoader yielded are batches of data."""
+    report, ratio = _one_label_per_batch(divided)
+    assert ratio == pytest.approx(1.0 if divided else 2.0)
+    failed = [r.pitfall for r in report.failures]
+    assert failed == ([] if divided else ["mean-vs-sum"]), str(report)
+    assert "terms of one objective" not in (report.note or ""), str(report)
+
+
 def test_a_term_whose_scale_is_the_codes_holds_back_the_pass_of_the_others() -> None:
     """mse times the batch's rows (a sum where a mean is meant: its scale not judged, the
     function took the mean) beside a cross-entropy summed and divided by its rows (right):

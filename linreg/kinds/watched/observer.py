@@ -631,8 +631,10 @@ class Observer(ClipHooks):
         if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
             return True  # (retain_graph=True): each task's loss on one forward, not a batch
         labels = [c.constant for c in calls]
-        if len(micro) > 1 and None not in labels and len(set(labels)) > 1:
+        made = not all(c.from_batch for c in calls)  # a target the code made (torch.ones(b))
+        if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made:
             return True  # each micro-batch one label for all its rows, not the same: a GAN's
+            # (where every target is a fetched batch's, batches of one label each are data)
         more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
         return more and 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
 
