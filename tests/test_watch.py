@@ -337,7 +337,7 @@ def test_terms_divided_by_the_nominal_window_on_an_epochs_last_fail_short_last_b
 
 
 @pytest.mark.parametrize(
-    "loss_of, named",
+    "loss_of, k, reduction, named, mean_vs_sum",
     [
         (
             lambda p, t, c, y, e, b: (
@@ -347,37 +347,86 @@ def test_terms_divided_by_the_nominal_window_on_an_epochs_last_fail_short_last_b
                 )
                 / 16
             ),
+            1,
+            "mean",
             ["short-last-batch"],
+            "skip",
+        ),
+        (
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t, reduction="sum") / (2 * 16)
+                + 0.3 * F.cross_entropy(c, y, reduction="sum")
+            ),
+            1,
+            "mean",
+            ["short-last-batch"],
+            "skip",
         ),
         (
             lambda p, t, c, y, e, b: (
                 F.mse_loss(p, t, reduction="sum") / (2 * len(p))
                 + 0.3 * F.cross_entropy(c, y, reduction="sum")
             ),
+            1,
+            "mean",
             ["mean-vs-sum"],
+            "fail",
         ),
         (
             lambda p, t, c, y, e, b: (
                 F.mse_loss(p, t, reduction="sum") / (2 * 16)
                 + F.cross_entropy(c, y, reduction="sum")
             ),
+            1,
+            "mean",
             ["short-last-batch", "mean-vs-sum"],
+            "fail",
+        ),
+        (
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t) + 0.3 * F.cross_entropy(c, y, reduction="sum")
+            ),
+            2,
+            "mean",
+            ["short-last-batch", "mean-vs-sum"],
+            "fail",
+        ),
+        (
+            lambda p, t, c, y, e, b: (
+                F.mse_loss(p, t, reduction="sum") * len(p) / 16 + 0.3 * F.cross_entropy(c, y)
+            ),
+            1,
+            "sum",
+            ["short-last-batch", "mean-vs-sum"],
+            "fail",
         ),
     ],
-    ids=["one nominal divisor", "a term summed at 0.3", "nominal beside a sum at 1"],
+    ids=[
+        "one nominal divisor",
+        "nominal beside a sum at 0.3",
+        "a term summed at 0.3",
+        "nominal beside a sum at 1",
+        "a window's nominal count beside a sum at 0.3",
+        "the sum meant",
+    ],
 )
 def test_a_summed_term_weighed_by_the_code_shows_the_divisor_the_others_show(
-    loss_of: Callable[..., Tensor], named: list[str]
+    loss_of: Callable[..., Tensor], k: int, reduction: str, named: list[str], mean_vs_sum: str
 ) -> None:
     """Summed terms over batches of 16 (100 rows: a last batch of 4), one weighted 0.3 by
     the code. Divided together by the nominal 16, the 0.3 term's scale grows with the rows
     as a sum's would (0.3 * sum / 16 is a sum at 0.01875), but the other term applies the
-    mean on full updates and shows the same divisor on the short one: one nominal divisor,
-    short-last-batch alone (review 29's w7 twin got mean-vs-sum beside it). With nothing
-    else to show a divisor, the 0.3 term summed undivided fails mean-vs-sum; a term summed at
-    1 (its full updates apply the full count) is a sum beside the other's nominal divisor."""
-    report = _two_tasks(loss_of, 100)
+    mean on full updates and shows the same divisor, at the same ratio, on the short one:
+    short-last-batch alone (review 29's w7 twin got mean-vs-sum beside it); the 0.3 term's
+    scale is then not judged, never a pass, since a sum at 0.3 beside the other's nominal
+    divisor gives the same numbers (code review cr21). With nothing else to show a divisor,
+    or one at another ratio (a window's nominal count of micro-batches, k = 2, where the
+    sum's share is of rows), the summed term fails mean-vs-sum; so does a term summed at 1
+    (its full updates apply the full count), and, where the sum is meant, a mean."""
+    report = _two_tasks(loss_of, 100, k, reduction=reduction, nominal=k > 1)
     assert [r.pitfall for r in report.failures] == named, str(report)
+    verdict = next(r for r in report.results if r.pitfall == "mean-vs-sum")
+    assert verdict.verdict == mean_vs_sum, str(report)
 
 
 def _one_label_per_batch(divided: bool) -> tuple[audit.Report, float]:

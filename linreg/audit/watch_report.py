@@ -114,8 +114,12 @@ def report_of(
             + ", which no known mistake names: taken as the loss's own constant, each update "
             "read relative to it"
             + (
-                " (no shorter update showed whether it changes with the rows: mean-vs-sum not "
-                "judged)"
+                " (a shorter update showed it grow with the rows as far as another term's "
+                "nominal divisor shrank that one there: the same divisor on both, or a sum "
+                "besides, which give the same numbers: mean-vs-sum not judged)"
+                if c.shared
+                else " (no shorter update showed whether it changes with the rows: mean-vs-sum "
+                "not judged)"
                 if c.unconfirmed
                 else " (a shorter update applies it too)"
             )
@@ -211,6 +215,12 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     if pitfall == "mean-vs-sum" and unsure:
         c = unsure[0]
         of = f"its {c.term} term" if c.term else "every full update"
+        if c.shared:
+            return (
+                f"not judged: {of} applies {c.scale:.4g} times the {v.meant} of its rows, and "
+                "grows with them on a shorter update as far as another term's nominal divisor "
+                "shrinks that one: one divisor on both, or a sum besides (the same numbers)"
+            )
         return (
             f"not judged: {of} applies {c.scale:.4g} times the {v.meant} of its rows, and no "
             "shorter update showed whether that changes with the rows (a constant of the "

@@ -4,9 +4,12 @@ not judged (constants of a loss's own, coefficients of the code's, updates unrea
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from linreg.audit.watch_readings import near
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,20 @@ class Constant:
     scale: float
     full: float  # a full update's count
     unconfirmed: bool  # no shorter update told it from a sum: mean-vs-sum not judged
+    shared: bool = False  # a shorter update showed it growing with the rows as another
+    # term's nominal divisor shrank that one: the divisor, or a sum besides (not judged)
+
+
+class Grown(NamedTuple):
+    """A term's shorter update whose scale grows with the rows on top of the coefficient its
+    full updates keep (Verdicts.grown_on names it, or not)."""
+
+    term: str
+    j: int  # the update
+    ratio: float  # its scale over the full ones': its share of their count
+    kappa: float  # the full ones' scale
+    full: float  # their count
+    message: str
 
 
 class Shortfall(NamedTuple):
@@ -65,21 +82,26 @@ class Verdicts:
     # updates of unequal micro-batches whose weights another pitfall named (their means added
     # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here
     taken: set[int] = field(default_factory=set)
-    # updates where a term that applies the mean on its full updates applies it times its
-    # share of their rows (a nominal divisor, short-last-batch); and a term's scale that grows
+    # per update, the ratios at which a term that applies the mean on its full updates
+    # applies it there (a nominal divisor, short-last-batch); and each term's scale that grows
     # with the rows on top of a coefficient of the code's, named mean-vs-sum after every term
-    # is read unless such a nominal divisor on the same update explains it (grown_on)
-    nominal_at: set[int] = field(default_factory=set)
-    grown: list[tuple[int, str]] = field(default_factory=list)
+    # is read unless such a divisor, at its ratio on the same update, explains it (grown_on)
+    nominal_at: dict[int, list[float]] = field(default_factory=dict)
+    grown: list[Grown] = field(default_factory=list)
 
     def grown_on(self) -> None:
         """Name each term's growth with the rows (grown) that no other term's nominal
-        divisor on the same update explains: 0.3 * ce_sum / batch_size beside mse_sum /
-        batch_size is one divisor, the nominal one, not a sum times 0.3 / batch_size."""
-        for j, message in self.grown:
-            if j not in self.nominal_at:
-                self.at = j
-                self.fail("mean-vs-sum", message)
+        divisor, at the same ratio on the same update, explains: 0.3 * ce_sum / batch_size
+        beside mse_sum / batch_size is one divisor, the nominal one, as likely as a sum times
+        0.3 / batch_size (the same numbers): mean-vs-sum not judged on that term, then."""
+        for term, grown in itertools.groupby(self.grown, key=lambda g: g.term):
+            named = False
+            for g in grown:
+                if not any(near(g.ratio, x) for x in self.nominal_at.get(g.j, [])):
+                    self.at, named = g.j, True
+                    self.fail("mean-vs-sum", g.message)
+            if not named:
+                self.constants.append(Constant(term, g.kappa, g.full, True, shared=True))
         self.grown = []
 
     def fail(self, pitfall: str, message: str) -> None:

@@ -27,7 +27,7 @@ from linreg.audit.watch_readings import (
     read_terms,
     shown,
 )
-from linreg.audit.watch_tally import Constant, Verdicts
+from linreg.audit.watch_tally import Constant, Grown, Verdicts
 from linreg.audit.watch_terms import coefficients, name_shortfalls
 from linreg.kinds.training_loop import NO_KNOWN
 from linreg.kinds.watched import Update, Watched
@@ -169,7 +169,9 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                     v.changed.add(j)
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
-    v.nominal_at |= {x.j for x in v.shortfalls if x.kind == "nominal"}
+    for x in v.shortfalls:
+        if x.kind == "nominal":
+            v.nominal_at.setdefault(x.j, []).append(x.ratio)
     v.grown_on()
     name_shortfalls(v)
     if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or
@@ -264,8 +266,9 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 else "shrinks as the rows grow (a mean over them, times a constant)"
             )
             # a term's on top of a coefficient of the code's (not its full count: a sum at
-            # 1) is named after every term is read: another's nominal divisor may explain it
-            later = bool(term) and not near(kappa, full)
+            # 1), where the mean is meant, is named after every term is read: another's
+            # nominal divisor may explain it
+            later = bool(term) and v.meant == "mean" and not near(kappa, full)
             for r in grows if later else grows[:1]:
                 said = (
                     f"every full update{of_term} applies {kappa:.4g} times the {v.meant} of "
@@ -274,7 +277,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                     f"{v.meant} was meant"
                 )
                 if later:
-                    v.grown.append((r.j, said))
+                    v.grown.append(Grown(term, r.j, of(r.count), kappa, full, said))
                 else:
                     v.at = r.j
                     v.fail("mean-vs-sum", said)
@@ -330,7 +333,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 v.judged["short-last-batch"].add(r.j)
                 if wrong:
                     if nominal:
-                        v.nominal_at.add(r.j)
+                        v.nominal_at.setdefault(r.j, []).append(s)
                     v.fail("short-last-batch", _short(at, s, r, full, v.meant, parts_full))
             if unequal:
                 v.judged["micro-batch-accumulation"].add(r.j)
