@@ -2574,3 +2574,25 @@ def test_updates_with_nothing_to_apply_leave_reasons_that_ask_for_no_more_steps(
     (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
     assert scale.verdict == "skip" and "no update had a gradient to apply" in scale.message
     assert not any("--steps" in r.message for r in report.results), str(report)
+
+
+@pytest.mark.parametrize("steps", [None, 2], ids=["an epoch", "two updates"])
+def test_a_skip_after_a_whole_epoch_says_so_instead_of_asking_for_more_steps(
+    steps: int | None,
+) -> None:
+    """24 rows in batches of 4: no short update in any epoch. Watched to an epoch's end, the
+    skip says a whole epoch was watched (more steps would show nothing new: review 30); ended
+    by --steps mid-epoch, it asks for more."""
+    data = torch.utils.data.TensorDataset(torch.randn(24, 3), torch.randn(24, 1))
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(steps=steps) as reports:
+        for _ in range(3):
+            for x, y in DataLoader(data, batch_size=4):
+                optimizer.zero_grad()
+                F.mse_loss(model(x), y).backward()
+                optimizer.step()
+    short = next(r for r in reports[0].results if r.pitfall == "short-last-batch")
+    assert short.verdict == "skip", str(reports[0])
+    whole, more = "(a whole epoch was watched)", "(the watch ended first: --steps watches more)"
+    assert short.message.endswith(whole if steps is None else more), short.message

@@ -266,7 +266,14 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
         return "not judged: no update's gradients could be read (see the note)"
     if not own and seen.updates and not any(u.applied_any for u in seen.updates):
         return "not judged: no update had a gradient to apply (non-leaf-params says why)"
-    more = (  # (a loss the code never calls, more updates would not show)
-        " (the watch ended first: --steps watches more)" if seen.ended and not own else ""
+    # (a loss the code never calls, more updates would not show; nor would more epochs
+    # an update of fewer rows, or of unequal micro-batches, where a whole one showed none)
+    epochs = pitfall in ("short-last-batch", "micro-batch-accumulation") and seen.whole
+    more = (
+        " (the watch ended first: --steps watches more)"
+        if seen.ended and not own and not epochs
+        else " (a whole epoch was watched)"
+        if seen.ended and epochs
+        else ""
     )
     return f"not judged: {why}{more}"

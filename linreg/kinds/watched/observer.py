@@ -558,8 +558,9 @@ class Observer(ClipHooks):
         if self.steps is not None:
             enough = made >= self.steps
         else:  # an epoch's end, or a run with none in sight (batches drawn at random, a
-            self.seen.capped = made >= self.longest and not self.past_an_epoch(made)  # long one)
-            enough = self.seen.capped or self.past_an_epoch(made)
+            self.seen.whole = self.past_an_epoch(made)  # long one)
+            self.seen.capped = made >= self.longest and not self.seen.whole
+            enough = self.seen.capped or self.seen.whole
         # an update whose optimizer stepped params no loss of it reached may be joined by the
         # next optimizer's step (a frozen backbone's optimizer stepped before the head's): the
         # run ends at the next step instead, once that one has joined it or is another update
