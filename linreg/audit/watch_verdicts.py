@@ -325,7 +325,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 # its own numbers name a scale's cause (its micro-batches' means added up
                 # undivided, a sum, a loss scaler's scale): mean-vs-sum's, however its count
                 # stands to the full one's (a masking collator gives each window its own)
-                why = "" if nominal or not wrong else _why(s, r, v.meant)
+                why = "" if nominal or not wrong else _why(s, r, v.meant, full=False)
                 if why and why != NO_KNOWN and not term:
                     v.judged["mean-vs-sum"].add(r.j)
                     v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the {v.meant}: {why}")
@@ -419,7 +419,10 @@ def _short(
     return f"{at} applied {s:.4g} times the {meant}, unlike a full update: it {NO_KNOWN}"
 
 
-def _why(s: float, r: Reading, meant: str = "mean") -> str:
+def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
+    """Return the known mistake an update's scale s (over the mean, or the sum meant) shows,
+    else NO_KNOWN; full: an update of the most common count (a shorter one's accumulation
+    window is short on its own account: accelerate divides it by the whole count too)."""
     if s >= 1024 and near(math.log2(s), round(math.log2(s))):
         return "it steps with a loss scaler's scaled gradients (call scaler.step, or unscale_)"
     if meant == "sum":
@@ -440,6 +443,18 @@ def _why(s: float, r: Reading, meant: str = "mean") -> str:
             )
         return NO_KNOWN
     k = len(r.parts)  # (micro-batches of several calls each: their means added, or averaged)
+    g = r.divided if full else 1  # accelerate's backward() divides by its accumulation count
+    if g > 1 and near(s, 1 / g) and k < g:
+        return (
+            f"accelerate's backward() divides each loss by gradient_accumulation_steps={g}, "
+            f"yet the update stepped after {k} micro-batch(es): the loop steps outside `with "
+            "accelerator.accumulate(model):`, which skips the steps before a window's last"
+        )
+    if g > 1 and near(s, 1 / g):
+        return (
+            f"it divides each micro-batch's loss by the accumulation count itself, where "
+            f"accelerate's backward() divides it by gradient_accumulation_steps={g} already"
+        )
     if k > 1 and (near(s, k * r.calls) or (k != r.calls and near(s, k))):
         return f"it adds up its {k} micro-batches' mean losses without dividing"
     if near(s, r.count):

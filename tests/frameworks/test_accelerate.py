@@ -83,3 +83,48 @@ def test_accelerate_given_no_count_is_run_at_drawn_counts_and_its_short_window_f
     report = audit.training_loop(train, model=net, example=sample, max_examples=15)
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert report.failures[0].counterexample["accumulation_steps"] >= 2
+
+
+def train_outside_accumulate(
+    model: nn.Module,
+    train_dataloader: Any,
+    optimizer: Any,
+    num_epochs: int,
+    gradient_accumulation_steps: int,
+) -> None:
+    """accelerate's loop with accumulate() left out: backward() still divides by the count."""
+    accelerator = accelerate.Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps, cpu=True
+    )
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    for _ in range(num_epochs):
+        for inputs, targets in train_dataloader:
+            loss = F.cross_entropy(model(inputs), targets)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_accelerate_stepping_outside_accumulate_measured_at_one_over_the_count() -> None:
+    # every batch is stepped, each at 1 / gradient_accumulation_steps of its own mean (the
+    # watch's twin in test_watch_frameworks.py leaves accumulate() out the same way)
+    torch.manual_seed(0)
+    X, y = torch.randn(4, 5), torch.randint(0, 4, (4,))
+    model = net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with applied_gradients(model) as seen:
+        loader = DataLoader(TensorDataset(X, y), batch_size=2)
+        train_outside_accumulate(model, loader, optimizer, 1, 3)
+    correct = [
+        correct_gradient(model, lambda m, w=w: F.cross_entropy(m(X[w]), y[w]))
+        for w in (slice(0, 2), slice(2, 4))
+    ]
+    assert [ratio(a, c) for a, c in zip(seen, correct, strict=True)] == pytest.approx([1 / 3] * 2)
+
+
+def test_accelerate_stepping_outside_accumulate_fails_mean_vs_sum_in_the_audit() -> None:
+    report = audit.training_loop(
+        train_outside_accumulate, model=net, example=sample, accumulation_steps=3, max_examples=15
+    )
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "0.3333 times the gradient" in report.failures[0].message

@@ -49,6 +49,40 @@ def test_watching_a_framework_script_passes_full_windows_and_names_a_short_last_
     assert "applied 0.5 times the mean" in short.failures[0].message
 
 
+@pytest.mark.parametrize(
+    "line, bug, why",
+    [
+        (
+            "with accelerator.accumulate(model):",
+            "if True:  # accumulate() left out",
+            "outside `with accelerator.accumulate(model):`",
+        ),
+        (
+            "accelerator.backward(loss)",
+            "accelerator.backward(loss / args.gradient_accumulation_steps)",
+            "divides it by gradient_accumulation_steps=3 already",
+        ),
+    ],
+    ids=["accumulate() left out", "divided again"],
+)
+def test_watching_accelerate_names_a_loss_divided_by_the_count_with_no_window_or_twice(
+    line: str, bug: str, why: str, tmp_path: Path
+) -> None:
+    """Accelerator.backward divides every loss by gradient_accumulation_steps. Left out of
+    accumulate(), the loop steps every batch at 1 / 3 of its mean (measured in
+    test_accelerate.py); divided by the count again inside it, each window applies 1 / 3. Both
+    passed as a constant of the loss's own (review 30's s2b); they are mean-vs-sum, and the
+    documented loop on the same 12 rows in windows of 3 batches of 2 passes."""
+    pytest.importorskip("accelerate")
+    script = SCRIPTS / "accelerate_accum.py"
+    args = ["--rows", "12", "--gradient-accumulation-steps", "3"]
+    assert watch_script(str(script), args).ok
+    report = watch_script(str(twin_of(tmp_path, script, line, bug)), args)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "applied 0.3333 times the mean" in report.failures[0].message, str(report)
+    assert why in report.failures[0].message, str(report)
+
+
 def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfall(
     tmp_path: Path,
 ) -> None:

@@ -59,6 +59,8 @@ class MicroBatch:
     losses: list[LossCall]
     source: int | None = None  # the dataset of the DataLoader batch fetched last before it
     retained: bool = False  # its backward() ran on a graph an earlier one retained
+    divided: int = 1  # the accumulation count a framework's backward() divided its loss by
+    # (accelerate's Accelerator.backward: loss / gradient_accumulation_steps)
 
     @property
     def count(self) -> float:
@@ -134,6 +136,7 @@ class Update:
     # every loss its backward() calls reached had a target of one row (a micro-batch of one
     # row): its count is that row's elements, which a loss's own constant may equal
     one_row: bool = False
+    divided: int = 1  # the count a framework's backward() divided every micro-batch's loss by
     norm: float = 0.0  # |what it applied|, where it applied what it held before (let through)
     # |what it applied| and |before|, where it applied a factor below 1 of what it held before
     # with no clip_grad_norm_ called: a clip by hand, or a division (watch_readings.by_hand)
@@ -281,7 +284,7 @@ def close(update: Open, tol: float) -> Update:
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
         optimizers=optimizers,
         hand_before=hand_before, one_row=_one_row(update.micro), penalty=(qq, sq, qa, qb),
-        zeroed=zeroed,
+        zeroed=zeroed, divided=_divided(update.micro),
     )  # fmt: skip
 
 
@@ -309,6 +312,13 @@ def _elsewhere(update: Open) -> bool:
     return reached.isdisjoint(map(id, update.params)) and not any(
         g is not None and bool(g.any()) for g in update.applied.values()
     )
+
+
+def _divided(micro: list[MicroBatch]) -> int:
+    """Return the count a framework's backward() divided every micro-batch's loss by (1:
+    none, or not the same for all)."""
+    counts = {mb.divided for mb in micro}
+    return counts.pop() if len(counts) == 1 else 1
 
 
 def _one_row(micro: list[MicroBatch]) -> bool:

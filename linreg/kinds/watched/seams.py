@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -110,7 +111,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             tensor_backward(self, *args, **kwargs)  # type: ignore[no-untyped-call]
 
         if live[0]:
-            w.backward([self], run, _retains(args, kwargs))
+            w.backward([self], run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
         else:
             run()
 
@@ -120,7 +121,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 
         if live[0]:
             roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-            w.backward(roots, run, _retains(args, kwargs))
+            w.backward(roots, run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
         else:
             run()
 
@@ -204,6 +205,18 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.ran_out()
         w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         w.put_back()
+
+
+def _divided_by(caller: Any) -> int:
+    """Return the accumulation count the framework method that called backward() divided its
+    loss by: accelerate's Accelerator.backward (loss / gradient_accumulation_steps, on every
+    call, inside accumulate() or not), else 1."""
+    if caller.f_code.co_name != "backward" or not str(
+        caller.f_globals.get("__name__", "")
+    ).startswith("accelerate."):
+        return 1
+    steps = getattr(caller.f_locals.get("self"), "gradient_accumulation_steps", 1)
+    return steps if isinstance(steps, int) and steps > 1 else 1
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
