@@ -32,7 +32,7 @@ class Reading:
     blind: bool = False  # right only up to a clip by hand that clipped every update of its
     # params: their scale before it never showed (Update.hand_unseen)
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
-    divided: int = 1  # the count a framework's backward() divided each loss by (Update.divided)
+    divided: tuple[str, int] = ("", 1)  # a framework's backward()'s count (Update.divided)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a

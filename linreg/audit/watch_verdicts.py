@@ -290,6 +290,10 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             unconfirmed = not shorter
             v.constants.append(Constant(term, kappa, full, unconfirmed))
             s_full = 1.0
+    # the full ones' scale the code's own division by a framework's count, again (1 / k on k
+    # micro-batches): a shorter update is read with it undone, as what the framework applies
+    g = fulls[0].divided[1] if fulls and not term and v.meant == "mean" else 1
+    again = g > 1 and near(s_full, 1 / g) and len(fulls[0].parts) == g
     for r in readings:
         v.at = r.j
         at = (
@@ -314,11 +318,15 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 if not near(s, 1):
                     v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the {v.meant}: {why}")
             else:  # an update of another size: right, or the full ones' scale is its cause
-                theirs = [s_full, s_full * r.count / full, s_full * len(r.parts) / parts_full]
+                base = s_full
+                if again:
+                    s, base = s / s_full, 1.0
+                    at += ", its own division by the count again undone,"
+                theirs = [base, base * r.count / full, base * len(r.parts) / parts_full]
                 if v.meant == "sum":  # a mean where the sum was meant: of the update's count,
-                    theirs.append(s_full * full / r.count)  # or each micro-batch's own
-                    theirs.append(s_full * full * len(r.parts) / (r.count * parts_full))
-                wrong = not near(s, 1) and (near(s_full, 1) or not any(near(s, t) for t in theirs))
+                    theirs.append(base * full / r.count)  # or each micro-batch's own
+                    theirs.append(base * full * len(r.parts) / (r.count * parts_full))
+                wrong = not near(s, 1) and (near(base, 1) or not any(near(s, t) for t in theirs))
                 nominal = v.meant == "mean" and near(s, r.count / full)
                 if term and wrong and not nominal:
                     continue  # another coefficient of the code's, this update (not judged)
@@ -443,17 +451,23 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
             )
         return NO_KNOWN
     k = len(r.parts)  # (micro-batches of several calls each: their means added, or averaged)
-    g = r.divided if full else 1  # accelerate's backward() divides by its accumulation count
-    if g > 1 and near(s, 1 / g) and k < g:
+    by, g = r.divided if full else ("", 1)  # a framework's backward() divides by its count
+    accelerate = by.startswith("accelerate")
+    if g > 1 and near(s, 1 / g) and k < g and accelerate:
         return (
             f"accelerate's backward() divides each loss by gradient_accumulation_steps={g}, "
             f"yet the update stepped after {k} micro-batch(es): the loop steps outside `with "
             "accelerator.accumulate(model):`, which skips the steps before a window's last"
         )
-    if g > 1 and near(s, 1 / g):
+    if g > 1 and near(s, 1 / g) and k == g:
+        what = (
+            f"{by} divides it by gradient_accumulation_steps={g}"
+            if accelerate
+            else f"{by}={g} divides it"
+        )
         return (
-            f"it divides each micro-batch's loss by the accumulation count itself, where "
-            f"accelerate's backward() divides it by gradient_accumulation_steps={g} already"
+            f"it divides each micro-batch's loss by the accumulation count itself, where {what} "
+            "already"
         )
     if k > 1 and (near(s, k * r.calls) or (k != r.calls and near(s, k))):
         return f"it adds up its {k} micro-batches' mean losses without dividing"

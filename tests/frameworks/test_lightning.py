@@ -106,6 +106,20 @@ def test_lightning_automatic_accumulation_measured(n: int, ratios: list[float]) 
     assert measured(Classifier(), n, 2) == ratios
 
 
+class DividedAgain(Classifier):
+    """Its loss divided by accumulate_grad_batches, which Lightning divides by already."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y) / self.trainer.accumulate_grad_batches
+
+
+def test_lightning_loss_divided_by_the_count_again_measured() -> None:
+    # for tests/frameworks/test_watch_frameworks.py's twin of lightning_accum.py
+    torch.manual_seed(1)
+    assert measured(DividedAgain(), 3, 2) == [0.5, 0.25]
+
+
 def test_lightning_automatic_accumulation_fails_short_last_batch_in_the_audit() -> None:
     report = audit.lightning(Classifier, example=sample, accumulate_grad_batches=2, max_examples=15)
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)

@@ -83,6 +83,26 @@ def test_watching_accelerate_names_a_loss_divided_by_the_count_with_no_window_or
     assert why in report.failures[0].message, str(report)
 
 
+def test_watching_lightning_names_a_loss_divided_by_accumulate_grad_batches_again(
+    tmp_path: Path,
+) -> None:
+    """A training_step that divides its loss by accumulate_grad_batches, which Lightning's
+    automatic optimization divides by already: every full window applies 1 / k of its mean,
+    and the epoch's short last window 1 / k of Lightning's own nominal half (measured in
+    test_lightning.py: [0.5, 0.25]). It passed as a constant of the loss's own, naming only the
+    short window (review 30's s1b); each cause now has its name."""
+    pytest.importorskip("pytorch_lightning")
+    script = SCRIPTS / "lightning_accum.py"
+    line = "return F.cross_entropy(self.net(x), y)"
+    twin = twin_of(tmp_path, script, line, line + " / self.trainer.accumulate_grad_batches")
+    full = watch_script(str(twin), ["--rows", "8"])
+    assert [r.pitfall for r in full.failures] == ["mean-vs-sum"], str(full)
+    assert "where Lightning's accumulate_grad_batches=2 divides it already" in str(full)
+    short = watch_script(str(twin), ["--rows", "10"])
+    assert [r.pitfall for r in short.failures] == ["short-last-batch", "mean-vs-sum"], str(short)
+    assert "its own division by the count again undone, applied 0.5 times" in str(short)
+
+
 def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfall(
     tmp_path: Path,
 ) -> None:

@@ -372,7 +372,12 @@ class Observer(ClipHooks):
 
     # --- backward -------------------------------------------------------------------------
     def backward(
-        self, roots: list[Tensor], run: Callable[[], None], retained: bool = False, divided: int = 1
+        self,
+        roots: list[Tensor],
+        run: Callable[[], None],
+        retained: bool = False,
+        by: str = "",
+        divided: int = 1,
     ) -> None:
         if self.busy:
             run()
@@ -435,7 +440,7 @@ class Observer(ClipHooks):
         for c in matched:  # reached: its graph is let go
             c.node = None
         if reached:
-            self.micro.append(MicroBatch(reached, self.source, shared, divided))
+            self.micro.append(MicroBatch(reached, self.source, shared, by, divided))
             self.all_micro += 1
         else:
             self.blind += 1

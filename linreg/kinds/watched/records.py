@@ -59,8 +59,10 @@ class MicroBatch:
     losses: list[LossCall]
     source: int | None = None  # the dataset of the DataLoader batch fetched last before it
     retained: bool = False  # its backward() ran on a graph an earlier one retained
-    divided: int = 1  # the accumulation count a framework's backward() divided its loss by
-    # (accelerate's Accelerator.backward: loss / gradient_accumulation_steps)
+    # the framework whose backward() divided its loss by its accumulation count, and that
+    # count (accelerate's Accelerator.backward: loss / gradient_accumulation_steps)
+    by: str = ""
+    divided: int = 1
 
     @property
     def count(self) -> float:
@@ -136,7 +138,8 @@ class Update:
     # every loss its backward() calls reached had a target of one row (a micro-batch of one
     # row): its count is that row's elements, which a loss's own constant may equal
     one_row: bool = False
-    divided: int = 1  # the count a framework's backward() divided every micro-batch's loss by
+    divided: tuple[str, int] = ("", 1)  # the framework, and the count it divided every
+    # micro-batch's loss by in its backward()
     norm: float = 0.0  # |what it applied|, where it applied what it held before (let through)
     # |what it applied| and |before|, where it applied a factor below 1 of what it held before
     # with no clip_grad_norm_ called: a clip by hand, or a division (watch_readings.by_hand)
@@ -314,11 +317,11 @@ def _elsewhere(update: Open) -> bool:
     )
 
 
-def _divided(micro: list[MicroBatch]) -> int:
-    """Return the count a framework's backward() divided every micro-batch's loss by (1:
-    none, or not the same for all)."""
-    counts = {mb.divided for mb in micro}
-    return counts.pop() if len(counts) == 1 else 1
+def _divided(micro: list[MicroBatch]) -> tuple[str, int]:
+    """Return the framework whose backward() divided every micro-batch's loss by one count,
+    and that count (("", 1): none, or not the same for all)."""
+    counts = {(mb.by, mb.divided) for mb in micro}
+    return counts.pop() if len(counts) == 1 else ("", 1)
 
 
 def _one_row(micro: list[MicroBatch]) -> bool:

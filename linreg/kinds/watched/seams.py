@@ -111,7 +111,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             tensor_backward(self, *args, **kwargs)  # type: ignore[no-untyped-call]
 
         if live[0]:
-            w.backward([self], run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
+            w.backward([self], run, _retains(args, kwargs), *_divided_by(sys._getframe(1)))
         else:
             run()
 
@@ -121,7 +121,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 
         if live[0]:
             roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-            w.backward(roots, run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
+            w.backward(roots, run, _retains(args, kwargs), *_divided_by(sys._getframe(1)))
         else:
             run()
 
@@ -207,16 +207,29 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.put_back()
 
 
-def _divided_by(caller: Any) -> int:
-    """Return the accumulation count the framework method that called backward() divided its
-    loss by: accelerate's Accelerator.backward (loss / gradient_accumulation_steps, on every
-    call, inside accumulate() or not), else 1."""
-    if caller.f_code.co_name != "backward" or not str(
-        caller.f_globals.get("__name__", "")
-    ).startswith("accelerate."):
-        return 1
-    steps = getattr(caller.f_locals.get("self"), "gradient_accumulation_steps", 1)
-    return steps if isinstance(steps, int) and steps > 1 else 1
+def _divided_by(caller: Any) -> tuple[str, int]:
+    """Return the framework whose backward() method called backward() and the accumulation
+    count it divided the loss by: accelerate's Accelerator.backward (loss /
+    gradient_accumulation_steps, on every call, inside accumulate() or not); Lightning's
+    LightningModule.backward under automatic optimization (its training step's loss divided
+    by accumulate_grad_batches before it); else ("", 1)."""
+    module = str(caller.f_globals.get("__name__", ""))
+    if caller.f_code.co_name != "backward":
+        return "", 1
+    owner = caller.f_locals.get("self")
+    if module.startswith("accelerate."):
+        name, steps = "accelerate's backward()", getattr(owner, "gradient_accumulation_steps", 1)
+    elif module.startswith(("pytorch_lightning.", "lightning.pytorch.")) and getattr(
+        owner, "automatic_optimization", False
+    ):
+        trainer = getattr(owner, "_trainer", None)  # (its trainer property raises without one)
+        name, steps = (
+            "Lightning's accumulate_grad_batches",
+            getattr(trainer, "accumulate_grad_batches", 1),
+        )
+    else:
+        return "", 1
+    return (name, steps) if isinstance(steps, int) and steps > 1 else ("", 1)
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
