@@ -429,48 +429,53 @@ def test_a_summed_term_weighed_by_the_code_shows_the_divisor_the_others_show(
     assert verdict.verdict == mean_vs_sum, str(report)
 
 
-def _one_label_per_batch(divided: bool) -> tuple[audit.Report, float]:
+def _one_label_per_batch(divided: bool, bce: bool) -> tuple[audit.Report, float]:
     """A binary classifier over rows sorted in pairs of one label ([0, 0], [1, 1], ...), two
-    batches of 2 a step, each loss divided by 2 or not; returns the watch's report and the
-    first step's gradient over the mean of its 4 rows' (measured with every lr at 0)."""
+    batches of 2 a step, each loss divided by 2 or not (bce: its logit against the labels as
+    BCE takes them, y.float().unsqueeze(1)); returns the watch's report and the first step's
+    gradient over the mean of its 4 rows' (measured with every lr at 0)."""
     gen = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(
         torch.randn(8, 3, generator=gen), torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
     )
-    model = nn.Linear(3, 2)
+    model = nn.Linear(3, 1 if bce else 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def loss_of(x: Tensor, y: Tensor) -> Tensor:
+        if bce:
+            return F.binary_cross_entropy_with_logits(model(x), y.float().unsqueeze(1))
+        return F.cross_entropy(model(x), y)
 
     def train() -> None:
         for _ in range(2):
             for i, (x, y) in enumerate(DataLoader(data, batch_size=2)):
-                loss = F.cross_entropy(model(x), y)
-                (loss / 2 if divided else loss).backward()
+                (loss_of(x, y) / 2 if divided else loss_of(x, y)).backward()
                 if i % 2 == 1:
                     optimizer.step()
                     optimizer.zero_grad()
 
     with watch() as reports:
         train()
-    x, y = data[:4]
-    mean = torch.autograd.grad(F.cross_entropy(model(x), y), model.weight)[0]
+    mean = torch.autograd.grad(loss_of(*data[:4]), model.weight)[0]
     for i, (xb, yb) in enumerate(DataLoader(data, batch_size=2)):  # the first step, measured
-        loss = F.cross_entropy(model(xb), yb)
-        (loss / 2 if divided else loss).backward()
+        (loss_of(xb, yb) / 2 if divided else loss_of(xb, yb)).backward()
         if i == 1:
             break
     assert model.weight.grad is not None
     return reports[0], float(model.weight.grad.norm() / mean.norm())
 
 
+@pytest.mark.parametrize("bce", [False, True], ids=["cross-entropy", "bce on y.float()[:, None]"])
 @pytest.mark.parametrize("divided", [True, False], ids=["divided", "undivided"])
 def test_batches_of_one_label_each_from_a_loader_are_data_not_a_gans_terms(
-    divided: bool,
+    divided: bool, bce: bool
 ) -> None:
     """Micro-batches whose targets are all one label each, not the same, were read as terms
     of one objective (a GAN's real and fake, targets the code makes): weights not judged, so
     means added up undivided passed wherever the updates judged were such (review 30's s3: a
-    binary classifier at batch size 2). Targets a DataLoader yielded are batches of data."""
-    report, ratio = _one_label_per_batch(divided)
+    binary classifier at batch size 2). Targets a DataLoader yielded are batches of data, cast
+    and reshaped as a binary cross-entropy takes them too (code review cr22)."""
+    report, ratio = _one_label_per_batch(divided, bce)
     assert ratio == pytest.approx(1.0 if divided else 2.0)
     failed = [r.pitfall for r in report.failures]
     assert failed == ([] if divided else ["mean-vs-sum"]), str(report)
@@ -2577,12 +2582,14 @@ def test_updates_with_nothing_to_apply_leave_reasons_that_ask_for_no_more_steps(
 
 
 @pytest.mark.parametrize("steps", [None, 2], ids=["an epoch", "two updates"])
-def test_a_skip_after_a_whole_epoch_says_so_instead_of_asking_for_more_steps(
+def test_a_skip_after_an_epochs_end_says_why_the_watch_ended_there(
     steps: int | None,
 ) -> None:
     """24 rows in batches of 4: no short update in any epoch. Watched to an epoch's end, the
-    skip says a whole epoch was watched (more steps would show nothing new: review 30); ended
-    by --steps mid-epoch, it asks for more."""
+    skip says the watch ended there, as it does by default, where it said only that the watch
+    ended first (review 30), not that a whole epoch was watched: another pass that trained (a
+    small auxiliary loader) may have ended first (code review cr22); ended by --steps
+    mid-epoch, it asks for more."""
     data = torch.utils.data.TensorDataset(torch.randn(24, 3), torch.randn(24, 1))
     model = nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -2594,5 +2601,6 @@ def test_a_skip_after_a_whole_epoch_says_so_instead_of_asking_for_more_steps(
                 optimizer.step()
     short = next(r for r in reports[0].results if r.pitfall == "short-last-batch")
     assert short.verdict == "skip", str(reports[0])
-    whole, more = "(a whole epoch was watched)", "(the watch ended first: --steps watches more)"
+    whole = "(the watch ended after an epoch's end, as it does by default: --steps watches more)"
+    more = "(the watch ended first: --steps watches more)"
     assert short.message.endswith(whole if steps is None else more), short.message

@@ -272,7 +272,7 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     more = (
         " (the watch ended first: --steps watches more)"
         if seen.ended and not own and not epochs
-        else " (a whole epoch was watched)"
+        else " (the watch ended after an epoch's end, as it does by default: --steps watches more)"
         if seen.ended and epochs
         else ""
     )

@@ -773,10 +773,13 @@ def _cast(t: Tensor, fetched: Tensor) -> bool:
     """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
     of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
     on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
-    integer 0 is not the label 0)."""
+    integer 0 is not the label 0), each row reshaped alike too (y.float().unsqueeze(1), as a
+    binary cross-entropy takes labels)."""
     n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
-    if not 0 < n <= rows or t.shape[1:] != fetched.shape[1:]:
+    if not 0 < n <= rows or t.shape[1:].numel() != fetched.shape[1:].numel():
         return False
+    if t.shape[1:] != fetched.shape[1:]:  # each row's elements in another shape
+        t, fetched = t.reshape(n, -1), fetched.reshape(rows, -1)
     with torch.no_grad():
         values = fetched.detach().to(device=t.device, dtype=t.dtype)
         back = t.detach().to(device=fetched.device, dtype=fetched.dtype)

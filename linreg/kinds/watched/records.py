@@ -470,7 +470,7 @@ class Watched:
     moved: bool = False  # params moved, yet no torch optimizer stepped: an update by hand
     crossed: int = 0  # updates whose micro-batches came from both sides of an epoch's end
     capped: bool = False  # ended at the most updates watched by default, no epoch's end seen
-    whole: bool = False  # ended by default after an epoch's end: a whole epoch's updates seen
+    whole: bool = False  # ended by default after an epoch's end (of any pass that trained)
     ran_out: bool = False  # the data ran out (an epoch's end) with micro-batches left unstepped
     # losses on a training pass's batches, computed after its last backward(), that the first
     # backward() after the pass's end (reaching others) did not reach: rows never applied
