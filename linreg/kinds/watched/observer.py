@@ -161,6 +161,8 @@ class Observer(ClipHooks):
         self.zeroed_by: collections.Counter[int | None] = collections.Counter()
         # the datasets an iterator of more than one batch fed an update from
         self.long: set[int | None] = set()
+        self.fed: set[int | None] = set()  # the datasets any update applied a batch of
+        self.done: set[int] = set()  # the iterators whose pass ended
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
@@ -282,13 +284,16 @@ class Observer(ClipHooks):
             over = [(it, data) for it, data in over if it != at[0]]
             now = False
         ended = {it for it, _ in over} | ({at[0]} if now and at is not None else set())
+        self.done |= ended
         self.ahead -= ended
         for it in ended:  # their last batches are not held past their passes (an evaluation
             self.unread_last.pop(it, None)  # pass's each N steps, never read by a loss)
         # an epoch's end is a training pass's: one during which a backward() ran (a validation
         # pass under no_grad, every N steps, mid-epoch, is none, over any dataset)
-        ran = now and (at is None or self._trained_in(at[0]))
-        if ran or any(self._trained_in(it) for it, _ in over):
+        # (once updates began, a pass over data none of them applied, run whole between two
+        # steps, is a probe's: its end is no epoch's)
+        ran = now and (at is None or (self._trained_in(at[0]) and self._feeds(at[0])))
+        if ran or any(self._trained_in(it) and self._feeds(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
             # (a validation pass with grad on, after the last backward(), is another's)
             # (zipped loaders' passes end one by one: each adds its own)
@@ -319,6 +324,11 @@ class Observer(ClipHooks):
         self.ahead.add(it)
         self.last_fetched[it] = data
         return True
+
+    def _feeds(self, it: int) -> bool:
+        """Return whether an iterator's pass may be a training one: before any update, or over
+        a dataset an update applied a batch of."""
+        return not self.seen.updates or self.dataset_of.get(it) in self.fed
 
     def _trained_before(self, it: int | None) -> bool:
         """Return whether a backward() before the one under way ran in an iterator's pass."""
@@ -506,14 +516,22 @@ class Observer(ClipHooks):
         kept, zeroed = self.micro[self.cut :], self.micro[: self.cut]
         own = _iterators(kept)
         streams = self.stepping | own
+        self.fed |= {self.dataset_of.get(it) for it in own if it is not None}
         # micro-batches zeroed before the update's own are let go, but a probe's: of an
         # iterator no update applied a batch of, that yielded one (a fixed batch taken once,
         # or a fresh iterator's first each time), beside a stream's batches (an iterator that
         # yielded more, fed an update before, or a later pass over a dataset one that yielded
         # more fed an update from: one-batch iterators on every side, next(iter(loader)) each
         # micro-batch, are no probe's), or one whose iterator's batch was zeroed before an
-        # update before (a fixed probe's, taken once: fresh ones come from new iterators)
-        idle = {it for it, n in self.yields.items() if it not in streams and n <= 1}
+        # update before (a fixed probe's, taken once: fresh ones come from new iterators);
+        # so is a whole pass over data no update applied, run between two steps (a gradient
+        # probe over a loader of its own)
+        idle = {
+            it
+            for it, n in self.yields.items()
+            if it not in streams
+            and (n <= 1 or (it in self.done and self.dataset_of.get(it) not in self.fed))
+        }
         stream = all(
             it is not None
             and (
@@ -554,7 +572,8 @@ class Observer(ClipHooks):
         self.seen.updates.append(self._closed(update, params, self.carried or {}))
         self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
         # (a flush after the epoch's end, stepping what came before it alone, crosses none)
-        self.seen.crossed += self.straddles and len(self.micro) > self.held_at_end
+        # (kept on both sides: micro-batches zeroed before the end, a probe's, held none)
+        self.seen.crossed += self.straddles and self.cut < self.held_at_end < len(self.micro)
         self.closed = self.carried or {}  # another optimizer of the same update reads it
         stepped = {id(p) for p in params}  # losses on what was stepped, never reached: let go
         self.pending = [c for c in self.pending if stepped.isdisjoint(map(id, c.under))]
