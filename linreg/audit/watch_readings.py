@@ -33,6 +33,7 @@ class Reading:
     # params: their scale before it never showed (Update.hand_unseen)
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
     divided: tuple[str, int] = ("", 1)  # a framework's backward()'s count (Update.divided)
+    epoch: int | None = None  # the batches an epoch of its pass holds (Update.epoch)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
@@ -43,7 +44,11 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
     """Return an update's weights on its micro-batches' mean gradients (_read), and whether each
     micro-batch held one row."""
     reading = _read(j, u, summed)
-    return reading if reading is None else replace(reading, one_row=u.one_row, divided=u.divided)
+    return (
+        reading
+        if reading is None
+        else replace(reading, one_row=u.one_row, divided=u.divided, epoch=u.epoch)
+    )
 
 
 def _read(j: int, u: Update, summed: bool) -> Reading | None:

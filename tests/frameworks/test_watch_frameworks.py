@@ -77,6 +77,10 @@ def test_watching_accelerate_names_a_loss_divided_by_the_count_with_no_window_or
     script = SCRIPTS / "accelerate_accum.py"
     args = ["--rows", "12", "--gradient-accumulation-steps", "3"]
     assert watch_script(str(script), args).ok
+    # an epoch of one batch, fewer than the count, cuts every window short: accelerate's own
+    # nominal count there, not a step outside accumulate() (code review cr23)
+    one = watch_script(str(script), ["--rows", "2", "--gradient-accumulation-steps", "3"])
+    assert "outside" not in str(one), str(one)
     report = watch_script(str(twin_of(tmp_path, script, line, bug)), args)
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "applied 0.3333 times the mean" in report.failures[0].message, str(report)
@@ -88,19 +92,23 @@ def test_watching_lightning_names_a_loss_divided_by_accumulate_grad_batches_agai
 ) -> None:
     """A training_step that divides its loss by accumulate_grad_batches, which Lightning's
     automatic optimization divides by already: every full window applies 1 / k of its mean,
-    and the epoch's short last window 1 / k of Lightning's own nominal half (measured in
-    test_lightning.py: [0.5, 0.25]). It passed as a constant of the loss's own, naming only the
-    short window (review 30's s1b); each cause now has its name."""
+    and the epoch's short last window 1 / k of Lightning's own nominal third (measured in
+    test_lightning.py: [1/3, 1/9] at k = 3). It passed as a constant of the loss's own,
+    naming only the short window (review 30's s1b); each cause now has its name. At k = 2 a
+    halved loss (0.5 * F.mse_loss) applies the same 1 / k and passes (code review cr23), so
+    the division again is named from k = 3."""
     pytest.importorskip("pytorch_lightning")
     script = SCRIPTS / "lightning_accum.py"
     line = "return F.cross_entropy(self.net(x), y)"
     twin = twin_of(tmp_path, script, line, line + " / self.trainer.accumulate_grad_batches")
-    full = watch_script(str(twin), ["--rows", "8"])
+    full = watch_script(str(twin), ["--rows", "12", "--accumulate-grad-batches", "3"])
     assert [r.pitfall for r in full.failures] == ["mean-vs-sum"], str(full)
-    assert "where Lightning's accumulate_grad_batches=2 divides it already" in str(full)
-    short = watch_script(str(twin), ["--rows", "10"])
+    assert "where Lightning's accumulate_grad_batches=3 divides it already" in str(full)
+    short = watch_script(str(twin), ["--rows", "14", "--accumulate-grad-batches", "3"])
     assert [r.pitfall for r in short.failures] == ["short-last-batch", "mean-vs-sum"], str(short)
-    assert "its own division by the count again undone, applied 0.5 times" in str(short)
+    assert "its own division by the count again undone, applied 0.3333 times" in str(short)
+    halved = twin_of(tmp_path, script, line, "return 0.5 * F.cross_entropy(self.net(x), y)")
+    assert watch_script(str(halved), ["--rows", "8"]).ok
 
 
 def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfall(

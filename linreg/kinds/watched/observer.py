@@ -157,6 +157,7 @@ class Observer(ClipHooks):
         self.stepping: set[int | None] = set()
         self.yields: dict[int, int] = {}  # the batches each iterator yielded so far
         self.dataset_of: dict[int, int] = {}  # each iterator's dataset
+        self.epoch_of: dict[int, int] = {}  # each iterator's batches an epoch, where known
         # the updates before which each iterator's batches were zeroed
         self.zeroed_by: collections.Counter[int | None] = collections.Counter()
         # the datasets an iterator of more than one batch fed an update from
@@ -352,6 +353,8 @@ class Observer(ClipHooks):
             self.last_fetched[at[0]] = at[1]
         self.yields[at[0]] = yielded
         self.dataset_of[at[0]] = at[1]
+        if epoch is not None:
+            self.epoch_of[at[0]] = epoch
         if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:
             self.longest = epoch + 1
         self.fetched += 1
@@ -450,7 +453,8 @@ class Observer(ClipHooks):
         for c in matched:  # reached: its graph is let go
             c.node = None
         if reached:
-            self.micro.append(MicroBatch(reached, self.source, shared, by, divided))
+            epoch = None if self.iterator is None else self.epoch_of.get(self.iterator)
+            self.micro.append(MicroBatch(reached, self.source, shared, by, divided, epoch))
             self.all_micro += 1
         else:
             self.blind += 1

@@ -63,6 +63,7 @@ class MicroBatch:
     # count (accelerate's Accelerator.backward: loss / gradient_accumulation_steps)
     by: str = ""
     divided: int = 1
+    epoch: int | None = None  # the batches an epoch of its DataLoader's pass holds, if known
 
     @property
     def count(self) -> float:
@@ -140,6 +141,7 @@ class Update:
     one_row: bool = False
     divided: tuple[str, int] = ("", 1)  # the framework, and the count it divided every
     # micro-batch's loss by in its backward()
+    epoch: int | None = None  # the fewest batches an epoch of its micro-batches' passes holds
     norm: float = 0.0  # |what it applied|, where it applied what it held before (let through)
     # |what it applied| and |before|, where it applied a factor below 1 of what it held before
     # with no clip_grad_norm_ called: a clip by hand, or a division (watch_readings.by_hand)
@@ -288,6 +290,7 @@ def close(update: Open, tol: float) -> Update:
         optimizers=optimizers,
         hand_before=hand_before, one_row=_one_row(update.micro), penalty=(qq, sq, qa, qb),
         zeroed=zeroed, divided=_divided(update.micro),
+        epoch=min((mb.epoch for mb in update.micro if mb.epoch is not None), default=None),
     )  # fmt: skip
 
 

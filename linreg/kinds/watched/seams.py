@@ -217,11 +217,14 @@ def _divided_by(caller: Any) -> tuple[str, int]:
     if caller.f_code.co_name != "backward":
         return "", 1
     owner = caller.f_locals.get("self")
+    lightning = [
+        m.LightningModule
+        for m in (sys.modules.get("pytorch_lightning"), sys.modules.get("lightning.pytorch"))
+        if m is not None and hasattr(m, "LightningModule")
+    ]  # (a module's own backward() override too: the loss reaches it divided)
     if module.startswith("accelerate."):
         name, steps = "accelerate's backward()", getattr(owner, "gradient_accumulation_steps", 1)
-    elif module.startswith(("pytorch_lightning.", "lightning.pytorch.")) and getattr(
-        owner, "automatic_optimization", False
-    ):
+    elif isinstance(owner, tuple(lightning)) and getattr(owner, "automatic_optimization", False):
         trainer = getattr(owner, "_trainer", None)  # (its trainer property raises without one)
         name, steps = (
             "Lightning's accumulate_grad_batches",
