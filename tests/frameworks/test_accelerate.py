@@ -5,6 +5,8 @@ the prepared dataloader, so 3 batches apply [1.0, 0.5] times the correct gradien
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any
 
 import pytest
@@ -33,19 +35,24 @@ def train(
     optimizer: Any,
     num_epochs: int,
     gradient_accumulation_steps: int,
+    inside: bool = True,
 ) -> None:
-    """As accelerate's docs write it: accumulate(), backward(), step, zero_grad."""
+    """As accelerate's docs write it: accumulate(), backward(), step, zero_grad (inside=False:
+    accumulate() left out, each batch stepped; backward() still divides by the count)."""
     accelerator = accelerate.Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps, cpu=True
     )
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     for _ in range(num_epochs):
         for inputs, targets in train_dataloader:
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(model) if inside else contextlib.nullcontext():
                 loss = F.cross_entropy(model(inputs), targets)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
+
+
+train_outside_accumulate = functools.partial(train, inside=False)
 
 
 def test_accelerate_accumulation_measured_short_last_window_half() -> None:
@@ -83,26 +90,6 @@ def test_accelerate_given_no_count_is_run_at_drawn_counts_and_its_short_window_f
     report = audit.training_loop(train, model=net, example=sample, max_examples=15)
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert report.failures[0].counterexample["accumulation_steps"] >= 2
-
-
-def train_outside_accumulate(
-    model: nn.Module,
-    train_dataloader: Any,
-    optimizer: Any,
-    num_epochs: int,
-    gradient_accumulation_steps: int,
-) -> None:
-    """accelerate's loop with accumulate() left out: backward() still divides by the count."""
-    accelerator = accelerate.Accelerator(
-        gradient_accumulation_steps=gradient_accumulation_steps, cpu=True
-    )
-    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
-    for _ in range(num_epochs):
-        for inputs, targets in train_dataloader:
-            loss = F.cross_entropy(model(inputs), targets)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
 
 
 def test_accelerate_stepping_outside_accumulate_measured_at_one_over_the_count() -> None:
