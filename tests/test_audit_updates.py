@@ -3476,14 +3476,19 @@ def tracks_a_probe_batch(
 ) -> list[float]:
     """Correct: before each step, the gradient norm on a probe batch is logged, then .grad is
     zeroed and the step trains on its own batch. The probe is fixed, taken from a pass over
-    the loader before training, a new iterator's first batch each time (fresh), or a
-    held-out set of the loop's own."""
+    the loader before training, a new iterator's first batch each time (fresh), a held-out
+    set of the loop's own, or a whole pass over a held-out loader of 2 batches."""
     fixed = HELD_OUT if probe == "held-out" else next(iter(loader))
+    held_out = DataLoader(torch.utils.data.TensorDataset(*HELD_OUT), batch_size=3)
     norms = []
     for _ in range(num_epochs):
         for inputs, targets in loader:
-            probe_inputs, probe_targets = next(iter(loader)) if probe == "fresh" else fixed
-            F.cross_entropy(model(probe_inputs), probe_targets).backward()
+            if probe == "held-out loader":
+                for probe_inputs, probe_targets in held_out:
+                    F.cross_entropy(model(probe_inputs), probe_targets).backward()
+            else:
+                probe_inputs, probe_targets = next(iter(loader)) if probe == "fresh" else fixed
+                F.cross_entropy(model(probe_inputs), probe_targets).backward()
             norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()))
             optimizer.zero_grad()
             F.cross_entropy(model(inputs), targets).backward()
@@ -3502,11 +3507,13 @@ def leaks_a_probe_batch(model: nn.Module, loader: Any, optimizer: Any, num_epoch
             optimizer.step()
 
 
-@pytest.mark.parametrize("probe", ["fixed", "held-out"])
+@pytest.mark.parametrize("probe", ["fixed", "held-out", "held-out loader"])
 def test_a_probe_batchs_gradient_zeroed_before_each_step_is_no_row_of_it(probe: str) -> None:
     """The probe's batch, fed and zeroed before each step, was taken for micro-batches the
     update lost (zero_grad inside an accumulation window): grad-zeroing, a false alarm on
-    correct code; a held-out one's rows made every step unjudgeable (an error). The same
+    correct code; a held-out one's rows made every step unjudgeable (an error), and so did
+    a held-out loader's pass, whose batches were read as a pass's, not as rows of the loop's
+    own, until held-out rows were set aside whatever made them (review 31's a4). The same
     batch read before every step, its pass training nothing, is a throwaway (a fresh
     iterator's first batch each step is not told from a second pass zeroed inside each
     window: the README's limit). Zeroed before the probe instead, the probe's gradient joins

@@ -184,12 +184,12 @@ def zeroed_in(
 
     kept_passes = {held[m][1] for m in memories if m is not None and m in held}
 
-    def aside(c: Call) -> bool:  # a probe's batch
+    def aside(c: Call) -> bool:  # a probe's batch: rows of the loop's own, whatever made
+        if held_out(c):  # them (a held-out loader's pass too), or an idle pass's
+            return True
         memory = memory_of(c)  # (a copy, or a row read outside a pass: not told)
         made = None if memory is None else held.get(memory)
-        if made is None:
-            return held_out(c)
-        return made[1] in idle and made[1] not in kept_passes
+        return made is not None and made[1] in idle and made[1] not in kept_passes
 
     def lost(c: Call) -> bool:
         if again(c) or aside(c):
