@@ -21,6 +21,8 @@ from linreg.audit.watcher import watch, watch_script
 from linreg.kinds.watched import Enough
 
 HEAD = """
+import itertools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -453,6 +455,27 @@ for epoch in range(2):
 """
 
 
+CYCLED_ZEROED = (  # a second task's 3 batches, its pass over and replayed: no probe's
+    SECOND_STREAM_ZEROED.replace("    stream = iter(other)\n", "")
+    .replace("for epoch in range(2):", "stream = itertools.cycle(other)\nfor epoch in range(2):")
+    .replace("(48", "(24")
+)
+
+
+CURRICULUM_TAIL = """
+hard = DataLoader(TensorDataset(torch.randn(16, 6), torch.randint(0, 3, (16,))), batch_size=8)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+k, seen = 3, 0
+for stage in (loader, hard):  # 6 batches, then 2: the last 2 never stepped
+    for x, y in stage:
+        (F.cross_entropy(model(x), y) / k).backward()
+        seen += 1
+        if seen % k == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+"""
+
+
 def _watched(tmp: Path, body: str) -> str:
     path = tmp / "train.py"
     path.write_text(HEAD + body)
@@ -494,6 +517,10 @@ def test_a_window_zeroed_inside_or_lost_at_an_epochs_start_still_fails(tmp_path:
     report = watch_script(_watched(tmp_path, LEFT_OVER_ZEROED))
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert "an epoch's left-over window dropped" in report.failures[0].message
+    # a second loader's last window, never stepped, though no update applied its batches
+    # (its end was no epoch's for a while: code review cr24)
+    report = watch_script(_watched(tmp_path, CURRICULUM_TAIL))
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
 
 
 def test_a_watched_block_that_reshapes_its_params_ends_without_raising_into_the_code() -> None:
@@ -574,8 +601,10 @@ def test_what_looks_like_the_codes_own_still_shows_the_bugs_it_holds(tmp_path: P
     # a whole pass over a probe loader between two steps is set aside (code review cr22: it
     # ended the watch as an epoch's end and failed short-last-batch as a left-over window),
     # but a second stream's batch zeroed each step, from a pass still going, is no probe's
+    # (nor one whose pass is over and replayed: itertools.cycle, code review cr24)
     for body in (
         FRESH_EACH_ZEROED, ZIPPED_ZEROED, CROSSING_ZEROED, GATED_ZEROED, SECOND_STREAM_ZEROED,
+        CYCLED_ZEROED,
     ):  # fmt: skip
         report = watch_script(_watched(tmp_path, body))
         assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)

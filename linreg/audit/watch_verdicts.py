@@ -257,7 +257,10 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
         grows = [  # (a count a full one's to the tolerance tells nothing)
             r
             for r in shorts
-            if r.relative and near(r.relative[0], kappa * of(r.count)) and not near(of(r.count), 1)
+            if r.relative
+            and near(r.relative[0], kappa * of(r.count))
+            and not near(of(r.count), 1)
+            and not _framework_short(r, kappa)
         ]
         if grows:
             how = (
@@ -410,6 +413,14 @@ def _with_dropped(r: Reading, dropped: Sequence[float], summed: bool) -> Reading
     return replace(r, count=r.count + more, relative=[x * grown for x in r.relative])
 
 
+def _framework_short(r: Reading, kappa: float) -> bool:
+    """Return whether a shorter update applies kappa times its share of a framework's count
+    (accelerate's or Lightning's nominal count on an epoch's short last window, each loss
+    divided by it), which a loss's constant of the code's (a halved loss) keeps too."""
+    g, k = r.divided[1], len(r.parts)
+    return g > 1 and k < g and r.relative is not None and near(r.relative[0], kappa * k / g)
+
+
 def _short(
     at: str, s: float, r: Reading, full: float, meant: str = "mean", parts_full: int = 0
 ) -> str:
@@ -454,8 +465,8 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
     by, g = r.divided if full else ("", 1)  # a framework's backward() divides by its count
     accelerate = by.startswith("accelerate")
     # (an epoch of fewer batches than the count cuts every window short: accelerate's own
-    # nominal count there, not a step outside accumulate(); not named)
-    if g > 1 and near(s, 1 / g) and k < g and accelerate and (r.epoch or g) >= g:
+    # nominal count there, not a step outside accumulate(), where it took them all)
+    if g > 1 and near(s, 1 / g) and k < min(g, r.epoch or g) and accelerate:
         return (
             f"accelerate's backward() divides each loss by gradient_accumulation_steps={g}, "
             f"yet the update stepped after {k} micro-batch(es): the loop steps outside `with "

@@ -87,6 +87,27 @@ def test_watching_accelerate_names_a_loss_divided_by_the_count_with_no_window_or
     assert why in report.failures[0].message, str(report)
 
 
+def test_watching_accelerate_reads_short_epochs_and_a_halved_loss_by_the_count_it_divides(
+    tmp_path: Path,
+) -> None:
+    """Code review cr24: an epoch of 2 batches at k = 3 still shows a step outside
+    accumulate() (1 micro-batch at 1/3, where the documented loop steps 2 at 2/3); a halved
+    loss at k = 2 whose epoch's last window holds one batch (accelerate's own nominal count,
+    0.5 of the 0.5) is short-last-batch alone, not a sum growing with the rows."""
+    pytest.importorskip("accelerate")
+    script = SCRIPTS / "accelerate_accum.py"
+    outside = twin_of(
+        tmp_path, script, "with accelerator.accumulate(model):", "if True:  # accumulate() left out"
+    )
+    report = watch_script(str(outside), ["--rows", "4", "--gradient-accumulation-steps", "3"])
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "outside `with accelerator.accumulate(model):`" in str(report), str(report)
+    line = "loss = F.cross_entropy(model(inputs), targets)"
+    halved = twin_of(tmp_path, script, line, "loss = 0.5 * F.cross_entropy(model(inputs), targets)")
+    report = watch_script(str(halved), ["--rows", "10"])
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+
+
 def test_watching_lightning_names_a_loss_divided_by_accumulate_grad_batches_again(
     tmp_path: Path,
 ) -> None:

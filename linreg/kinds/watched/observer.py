@@ -164,6 +164,7 @@ class Observer(ClipHooks):
         self.long: set[int | None] = set()
         self.fed: set[int | None] = set()  # the datasets any update applied a batch of
         self.done: set[int] = set()  # the iterators whose pass ended
+        self.begun_at: dict[int, int] = {}  # the updates made when each iterator's pass began
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
         # data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
@@ -291,10 +292,8 @@ class Observer(ClipHooks):
             self.unread_last.pop(it, None)  # pass's each N steps, never read by a loss)
         # an epoch's end is a training pass's: one during which a backward() ran (a validation
         # pass under no_grad, every N steps, mid-epoch, is none, over any dataset)
-        # (once updates began, a pass over data none of them applied, run whole between two
-        # steps, is a probe's: its end is no epoch's)
-        ran = now and (at is None or (self._trained_in(at[0]) and self._feeds(at[0])))
-        if ran or any(self._trained_in(it) and self._feeds(it) for it, _ in over):
+        ran = now and (at is None or self._trained_in(at[0]))
+        if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
             # (a validation pass with grad on, after the last backward(), is another's)
             # (zipped loaders' passes end one by one: each adds its own)
@@ -326,11 +325,6 @@ class Observer(ClipHooks):
         self.last_fetched[it] = data
         return True
 
-    def _feeds(self, it: int) -> bool:
-        """Return whether an iterator's pass may be a training one: before any update, or over
-        a dataset an update applied a batch of."""
-        return not self.seen.updates or self.dataset_of.get(it) in self.fed
-
     def _trained_before(self, it: int | None) -> bool:
         """Return whether a backward() before the one under way ran in an iterator's pass."""
         return it is not None and self.backwards - 1 > self.began.get(it, -1)
@@ -349,6 +343,7 @@ class Observer(ClipHooks):
         self.source, self.iterator = at[1], at[0]
         if yielded <= 1:  # a pass's first batch: its backward() calls are counted from here
             self.began[at[0]] = self.backwards
+            self.begun_at[at[0]] = len(self.seen.updates)
         if epoch is not None and yielded >= epoch:
             self.last_fetched[at[0]] = at[1]
         self.yields[at[0]] = yielded
@@ -453,7 +448,10 @@ class Observer(ClipHooks):
         for c in matched:  # reached: its graph is let go
             c.node = None
         if reached:
-            epoch = None if self.iterator is None else self.epoch_of.get(self.iterator)
+            epoch = min(  # the batches an epoch of the passes its losses' targets came from
+                (self.epoch_of[c.fetched_by] for c in reached if c.fetched_by in self.epoch_of),
+                default=None,
+            )
             self.micro.append(MicroBatch(reached, self.source, shared, by, divided, epoch))
             self.all_micro += 1
         else:
@@ -534,7 +532,14 @@ class Observer(ClipHooks):
             it
             for it, n in self.yields.items()
             if it not in streams
-            and (n <= 1 or (it in self.done and self.dataset_of.get(it) not in self.fed))
+            and (
+                n <= 1
+                or (
+                    it in self.done  # (not replayed: itertools.cycle, a listed loader)
+                    and self.begun_at.get(it) == len(self.seen.updates)
+                    and self.dataset_of.get(it) not in self.fed
+                )
+            )
         }
         stream = all(
             it is not None
