@@ -476,6 +476,18 @@ for stage in (loader, hard):  # 6 batches, then 2: the last 2 never stepped
 """
 
 
+PROBED_NOMINAL = (  # 50 rows: a last batch of 2, its summed loss divided by a nominal 8
+    PROBED_PASSES.replace(
+        "F.cross_entropy(model(x), y).backward()",
+        'F.cross_entropy(model(x), y, reduction="sum").div(8).backward()',
+    ).replace(
+        "norms = []",
+        "data = TensorDataset(torch.randn(50, 6), torch.randint(0, 3, (50,)))\n"
+        "loader = DataLoader(data, batch_size=8)\nnorms = []",
+    )
+)
+
+
 def _watched(tmp: Path, body: str) -> str:
     path = tmp / "train.py"
     path.write_text(HEAD + body)
@@ -520,6 +532,10 @@ def test_a_window_zeroed_inside_or_lost_at_an_epochs_start_still_fails(tmp_path:
     # a second loader's last window, never stepped, though no update applied its batches
     # (its end was no epoch's for a while: code review cr24)
     report = watch_script(_watched(tmp_path, CURRICULUM_TAIL))
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    # a probe loader's end, between two steps, ends no watch: the epoch's short last batch,
+    # under a nominal divisor, is still seen (code review cr25: it ended the watch first)
+    report = watch_script(_watched(tmp_path, PROBED_NOMINAL))
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
 
 

@@ -260,7 +260,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             if r.relative
             and near(r.relative[0], kappa * of(r.count))
             and not near(of(r.count), 1)
-            and not _framework_short(r, kappa)
+            and not (_framework_short(r, kappa) and not near(kappa, full / parts_full))
         ]
         if grows:
             how = (
@@ -416,7 +416,8 @@ def _with_dropped(r: Reading, dropped: Sequence[float], summed: bool) -> Reading
 def _framework_short(r: Reading, kappa: float) -> bool:
     """Return whether a shorter update applies kappa times its share of a framework's count
     (accelerate's or Lightning's nominal count on an epoch's short last window, each loss
-    divided by it), which a loss's constant of the code's (a halved loss) keeps too."""
+    divided by it), which a loss's constant of the code's (a halved loss) keeps too; not
+    where that constant is a full micro-batch's rows (a sum at 1: the caller's test)."""
     g, k = r.divided[1], len(r.parts)
     return g > 1 and k < g and r.relative is not None and near(r.relative[0], kappa * k / g)
 

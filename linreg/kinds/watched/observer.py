@@ -98,6 +98,9 @@ class Observer(ClipHooks):
     def __init__(self, steps: int | None) -> None:
         self.steps, self.seen = steps, Watched()
         self.ends: list[int] = []  # the updates made when a DataLoader ran out (an epoch ended)
+        # those of them that end the watch: of a pass over data an update applied (or before
+        # any update); a probe loader's pass between two steps ends no watch (code review cr25)
+        self.ending_ends: list[int] = []
         self.pending: list[LossCall] = []  # losses computed, no backward() has reached yet
         # those pending as a training pass ended, computed after its last backward(): the next
         # backward() that reaches a loss tells whether they were let go (Watched.unreached)
@@ -295,6 +298,8 @@ class Observer(ClipHooks):
         ran = now and (at is None or self._trained_in(at[0]))
         if ran or any(self._trained_in(it) for it, _ in over):
             self.ends.append(len(self.seen.updates))
+            if not self.seen.updates or any(self.dataset_of.get(it) in self.fed for it in ended):
+                self.ending_ends.append(len(self.seen.updates))
             # (a validation pass with grad on, after the last backward(), is another's)
             # (zipped loaders' passes end one by one: each adds its own)
             trained = {it for it in ended if self._trained_in(it)}
@@ -675,7 +680,7 @@ class Observer(ClipHooks):
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
         lists its loader before training runs it out first: its next end counts)."""
-        return any(0 < e < made for e in self.ends)
+        return any(0 < e < made for e in self.ending_ends)
 
     def dropped(self) -> None:
         """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
