@@ -269,11 +269,7 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     # (a loss the code never calls, more updates would not show; nor would more epochs
     # an update of fewer rows, or of unequal micro-batches, where a whole one showed none)
     epochs = pitfall in ("short-last-batch", "micro-batch-accumulation") and seen.whole
-    more = (
-        " (the watch ended first: --steps watches more)"
-        if seen.ended and not own and not epochs
-        else " (the watch ended after an epoch's end, as it does by default: --steps watches more)"
-        if seen.ended and epochs
-        else ""
-    )
+    ended = "after an epoch's end, as it does by default" if epochs else "first"
+    more = f" (the watch ended {ended}: --steps watches more)" if seen.ended and not own else ""
+
     return f"not judged: {why}{more}"

@@ -184,12 +184,14 @@ def zeroed_in(
 
     kept_passes = {held[m][1] for m in memories if m is not None and m in held}
 
-    def aside(c: Call) -> bool:  # a probe's batch: rows of the loop's own, whatever made
-        if held_out(c):  # them (a held-out loader's pass too), or an idle pass's
-            return True
-        memory = memory_of(c)  # (a copy, or a row read outside a pass: not told)
+    def aside(c: Call) -> bool:
+        """A probe's batch: an idle pass's (told by its memory: not a copy, nor a row read
+        outside a pass), or rows of the loop's own, whatever made them (a held-out loader's
+        pass too)."""
+        memory = memory_of(c)
         made = None if memory is None else held.get(memory)
-        return made is not None and made[1] in idle and made[1] not in kept_passes
+        idle_pass = made is not None and made[1] in idle and made[1] not in kept_passes
+        return idle_pass or held_out(c)
 
     def lost(c: Call) -> bool:
         if again(c) or aside(c):

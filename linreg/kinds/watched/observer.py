@@ -97,10 +97,10 @@ class Observer(ClipHooks):
 
     def __init__(self, steps: int | None) -> None:
         self.steps, self.seen = steps, Watched()
-        self.ends: list[int] = []  # the updates made when a DataLoader ran out (an epoch ended)
-        # those of them that end the watch: of a pass over data an update applied (or before
-        # any update); a probe loader's pass between two steps ends no watch (code review cr25)
-        self.ending_ends: list[int] = []
+        # the updates made when a DataLoader's pass over data an update applied (or before any
+        # update) ran out: an epoch's end, which ends the watch (a probe loader's pass between
+        # two steps ends none)
+        self.ends: list[int] = []
         self.pending: list[LossCall] = []  # losses computed, no backward() has reached yet
         # those pending as a training pass ended, computed after its last backward(): the next
         # backward() that reaches a loss tells whether they were let go (Watched.unreached)
@@ -297,9 +297,8 @@ class Observer(ClipHooks):
         # pass under no_grad, every N steps, mid-epoch, is none, over any dataset)
         ran = now and (at is None or self._trained_in(at[0]))
         if ran or any(self._trained_in(it) for it, _ in over):
-            self.ends.append(len(self.seen.updates))
             if not self.seen.updates or any(self.dataset_of.get(it) in self.fed for it in ended):
-                self.ending_ends.append(len(self.seen.updates))
+                self.ends.append(len(self.seen.updates))
             # (a validation pass with grad on, after the last backward(), is another's)
             # (zipped loaders' passes end one by one: each adds its own)
             trained = {it for it in ended if self._trained_in(it)}
@@ -389,8 +388,7 @@ class Observer(ClipHooks):
         roots: list[Tensor],
         run: Callable[[], None],
         retained: bool = False,
-        by: str = "",
-        divided: int = 1,
+        divided: tuple[str, int] = ("", 1),
     ) -> None:
         if self.busy:
             run()
@@ -457,7 +455,7 @@ class Observer(ClipHooks):
                 (self.epoch_of[c.fetched_by] for c in reached if c.fetched_by in self.epoch_of),
                 default=None,
             )
-            self.micro.append(MicroBatch(reached, self.source, shared, by, divided, epoch))
+            self.micro.append(MicroBatch(reached, self.source, shared, divided, epoch))
             self.all_micro += 1
         else:
             self.blind += 1
@@ -675,12 +673,12 @@ class Observer(ClipHooks):
             return True  # each micro-batch one label for all its rows, not the same: a GAN's
             # (where every target is a fetched batch's, batches of one label each are data)
         more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
-        return more and 0 < self.fetched < len(micro) and not all(c.from_batch for c in calls)
+        return more and 0 < self.fetched < len(micro) and made
 
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
         lists its loader before training runs it out first: its next end counts)."""
-        return any(0 < e < made for e in self.ending_ends)
+        return any(0 < e < made for e in self.ends)
 
     def dropped(self) -> None:
         """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
@@ -780,8 +778,9 @@ def _iterators(micro: list[MicroBatch]) -> set[int | None]:
 
 def _aside(mb: MicroBatch, idle: set[int]) -> bool:
     """Return True if every target a micro-batch's losses read was fetched by an iterator that
-    is no stream (idle: none of its batches an update applied, and it yielded one batch): a
-    probe's batch, its gradient read, then zeroed before the step."""
+    is no stream (idle: none of its batches an update applied, and it yielded one batch, or
+    ran a whole pass between two steps): a probe's batch, its gradient read, then zeroed
+    before the step."""
     its = _iterators([mb])
     return bool(its) and its <= idle
 

@@ -61,8 +61,7 @@ class MicroBatch:
     retained: bool = False  # its backward() ran on a graph an earlier one retained
     # the framework whose backward() divided its loss by its accumulation count, and that
     # count (accelerate's Accelerator.backward: loss / gradient_accumulation_steps)
-    by: str = ""
-    divided: int = 1
+    divided: tuple[str, int] = ("", 1)
     epoch: int | None = None  # the batches an epoch of its DataLoader's pass holds, if known
 
     @property
@@ -323,7 +322,7 @@ def _elsewhere(update: Open) -> bool:
 def _divided(micro: list[MicroBatch]) -> tuple[str, int]:
     """Return the framework whose backward() divided every micro-batch's loss by one count,
     and that count (("", 1): none, or not the same for all)."""
-    counts = {(mb.by, mb.divided) for mb in micro}
+    counts = {mb.divided for mb in micro}
     return counts.pop() if len(counts) == 1 else ("", 1)
 
 

@@ -111,7 +111,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             tensor_backward(self, *args, **kwargs)  # type: ignore[no-untyped-call]
 
         if live[0]:
-            w.backward([self], run, _retains(args, kwargs), *_divided_by(sys._getframe(1)))
+            w.backward([self], run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
         else:
             run()
 
@@ -121,7 +121,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 
         if live[0]:
             roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-            w.backward(roots, run, _retains(args, kwargs), *_divided_by(sys._getframe(1)))
+            w.backward(roots, run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
         else:
             run()
 
