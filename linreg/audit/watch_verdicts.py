@@ -146,27 +146,30 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
         if u.terms:  # terms of one objective: their weights are the objective's, not judged
             v.terms += 1
             continue
-        terms = read_terms(j, u, summed) if u.columns else [("", read(j, u, summed))]
-        if not all(col.from_batch for col in u.columns):
-            v.partial.add(j)
-        if not terms:  # no term's targets a fetched batch's: weights not judged
-            v.no_batch.add(j)
-        for term, r in terms:
-            if r is not None:
-                if lost and not term:  # weighed against every row it consumed, those it
-                    # zeroed too (grad-zeroing's alone); the first update's as many as a later
-                    # one zeroes (a pass before training zeroed first is none of its)
-                    r = _with_dropped(
-                        r, u.dropped_counts[-each:] if j == 0 else u.dropped_counts, summed
-                    )
-                r.tol = u.tol
-                r.calls = r.calls if term else u.calls
-                readings[u.optimizers, term].append(r)
-                v.blind_clipped += r.blind
-                if r.penalized:
-                    v.penalized.add(j)
-                if r.changed:
-                    v.changed.add(j)
+        for part in u.parts or (u,):  # two models' losses: each its own objective's
+            terms = read_terms(j, part, summed) if part.columns else [("", read(j, part, summed))]
+            if not all(col.from_batch for col in part.columns):
+                v.partial.add(j)
+            if not terms:  # no term's targets a fetched batch's: weights not judged
+                v.no_batch.add(j)
+            for term, r in terms:
+                if r is not None:
+                    if lost and not term:  # weighed against every row it consumed, those it
+                        # zeroed too (grad-zeroing's alone); the first update's as many as a
+                        # later one zeroes (a pass before training zeroed first is none of its)
+                        r = _with_dropped(
+                            r, u.dropped_counts[-each:] if j == 0 else u.dropped_counts, summed
+                        )
+                    r.tol = u.tol
+                    r.calls = r.calls if term else part.calls
+                    readings[
+                        hash((u.optimizers, part.group)) if u.parts else u.optimizers, term
+                    ].append(r)
+                    v.blind_clipped += r.blind
+                    if r.penalized:
+                        v.penalized.add(j)
+                    if r.changed:
+                        v.changed.add(j)
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
     for x in v.shortfalls:

@@ -420,13 +420,12 @@ class Observer(ClipHooks):
         self.open = None  # the update before is closed: its gradients are let go
         if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
             self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
-        if self.carried is None:  # the update's first backward(): what .grad holds now
-            self.fresh, self.prior = set(), {}
-            self.carried = {
-                id(p): None if p.grad is None else p.grad.detach().clone()
-                for c in matched
-                for p in leaves_of(c)
-            }
+        if self.carried is None:  # the update's first backward()
+            self.fresh, self.prior, self.carried = set(), {}, {}
+        for p in (p for c in matched for p in leaves_of(c)):  # what .grad holds as the
+            if id(p) not in self.carried:  # update's first backward() to reach it begins (a
+                # second model's loss, after the first's: its optimizer's zero_grad forgotten)
+                self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
         self.busy = True
         try:
             run()

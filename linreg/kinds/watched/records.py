@@ -160,6 +160,10 @@ class Update:
     # <Q_k, A>, <Q_k, B>; None where the update applied its rows' mean (right)
     penalty: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     zeroed: int = 0  # params backward() gave a gradient that the code zeroed whole before it
+    # where its losses reached disjoint sets of the params stepped (two models, each its own
+    # loss and optimizer, both stepped after both backward() calls): each set's update, read
+    # on its own losses' rows (close)
+    parts: tuple[Update, ...] = ()
 
     @property
     def fed(self) -> bool:
@@ -191,6 +195,50 @@ def _terms(mb: MicroBatch) -> list[list[LossCall]]:
 
 
 def close(update: Open, tol: float) -> Update:
+    """Return an update's numbers (_close); where its losses reached disjoint sets of the
+    params stepped, each set's too (parts): two models' losses are two objectives, each the
+    mean of its own rows, not one over the rows of both."""
+    whole = _close(update, tol)
+    apart = [] if update.blind or whole.elsewhere else _apart(update)
+    if len(apart) < 2:
+        return whole
+    return replace(
+        whole, parts=tuple(_close(replace(update, params=ps, micro=ms), tol) for ps, ms in apart)
+    )
+
+
+def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch]]]:
+    """Return the update's params and micro-batches split by the params its losses reached:
+    losses that reach a param in common are one objective's (a shared trunk, micro-batches of
+    one model); one set of params per objective, each with its losses alone. One set (no
+    split) where a loss reached no param stepped, or a param no loss reached applied a
+    gradient (a penalty by hand: whose it is is not seen)."""
+    stepped = {id(p): p for p in update.params}
+    calls = [c for mb in update.micro for c in mb.losses]
+    sets: list[set[int]] = []  # the params each objective's losses reached
+    for c in calls:
+        reached = stepped.keys() & c.grads.keys()
+        if not reached:
+            return []
+        joined = [s for s in sets if not s.isdisjoint(reached)]
+        sets = [s for s in sets if s.isdisjoint(reached)] + [reached.union(*joined)]
+    unreached = stepped.keys() - set().union(*sets)
+    if len(sets) < 2 or any(
+        (g := update.applied.get(key)) is not None and bool(g.any()) for key in unreached
+    ):
+        return []
+    out = []
+    for s in sets:
+        micro = [
+            replace(mb, losses=mine)
+            for mb in update.micro
+            if (mine := [c for c in mb.losses if not s.isdisjoint(c.grads)])
+        ]
+        out.append(([p for key, p in stepped.items() if key in s], micro))
+    return out
+
+
+def _close(update: Open, tol: float) -> Update:
     """Return an update's numbers, read param by param (no vector of every param at once is
     built): first whether it applied the mean of its rows (or a clipping of it) to the relative
     tolerance tol, directly; where not, the float64 inner products its weights are solved from."""
