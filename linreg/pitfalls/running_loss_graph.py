@@ -13,7 +13,7 @@ from linreg._book import BATCH_SIZE, NUM_EXAMPLES
 from linreg.kinds.epoch_loss import EPOCHS, run_epoch
 from linreg.kinds.loop import ObjectiveOptions
 from linreg.kinds.runs import params_like
-from linreg.kinds.watched.records import graph
+from linreg.kinds.watched.graphs import graph
 from linreg.pitfalls import _kit
 from linreg.pitfalls._kit import Evidence, Pitfall, Property, Target, Variant
 

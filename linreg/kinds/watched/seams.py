@@ -36,7 +36,8 @@ from torch.optim.optimizer import (
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg.kinds.guards import compile_disabled
-from linreg.kinds.watched.observer import Observer, length
+from linreg.kinds.watched.observer import Observer
+from linreg.kinds.watched.passes import length
 from linreg.kinds.watched.records import Enough, Watched
 
 # the loss functions read (each holds its target in its `target` argument)

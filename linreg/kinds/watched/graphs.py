@@ -1,0 +1,97 @@
+"""How an autograd graph is read: its leaves that require grad, its nodes, whether a
+per-element loss is reduced whole (a sum or a mean of it), and what a loss's mean divides by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import Tensor
+
+from linreg.kinds.watched.records import LossCall
+
+_INDEXED = ("cross_entropy", "nll_loss")  # class-index targets: -100 and class weights count
+
+
+def leaves(node: Any) -> list[Tensor]:
+    """Return the leaf tensors that require grad under an autograd node, in a fixed order."""
+    out: dict[int, Tensor] = {}
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        variable = getattr(n, "variable", None)
+        if isinstance(variable, Tensor):
+            out.setdefault(id(variable), variable)
+        stack += [m for m, _ in n.next_functions]
+    return list(out.values())
+
+
+def leaves_of(call: LossCall) -> list[Tensor]:
+    return call.under
+
+
+def _nodes(roots: list[Any]) -> Iterator[Any]:
+    """Yield every autograd node under the roots, once each."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        yield n
+        stack += [m for m, _ in n.next_functions]
+
+
+def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
+    """Return the ids of every autograd node under the roots; accumulators=False leaves out
+    the leaves' own nodes (AccumulateGrad), which every graph on the same params shares."""
+    return {id(n) for n in _nodes(roots) if accumulators or not hasattr(n, "variable")}
+
+
+# what a per-element loss may pass through on its way to a sum or a mean of all its elements
+_RESHAPES = ("View", "UnsafeView", "ReshapeAlias", "Permute", "Transpose", "T", "Squeeze",
+             "Unsqueeze", "Clone")  # fmt: skip
+_WHOLE = ("SumBackward0", "MeanBackward0", "SumBackward1", "MeanBackward1")
+
+
+def reduced_whole(roots: list[Any], node: Any) -> bool:
+    """Return whether every use of a node's output under the roots is a sum or a mean (over
+    any dims, through reshapes): `l.mean()`, `l.sum() / n`, `l.mean(0)`; not a weight of the
+    code's (`l * w`), which, on an output of one element, looks like a coefficient."""
+    users: dict[int, list[Any]] = {}
+    for n in _nodes(roots):
+        for m, _ in n.next_functions:
+            if m is not None:
+                users.setdefault(id(m), []).append(n)
+
+    def whole(n: Any, depth: int) -> bool:
+        found = users.get(id(n), [])
+        return bool(found) and all(
+            type(u).__name__ in _WHOLE
+            or (
+                type(u).__name__.rstrip("0123456789").removesuffix("Backward") in _RESHAPES
+                and depth < 8
+                and whole(u, depth + 1)
+            )
+            for u in found
+        )
+
+    return whole(node, 0)
+
+
+def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
+    """Return what the loss's mean divides by: class-index targets not ignored (weighted by
+    their class weight), else every element; `given` is the call's arguments by name."""
+    target = given.get("target")
+    if name in _INDEXED and isinstance(target, Tensor) and not target.is_floating_point():
+        kept = target != given.get("ignore_index", -100)
+        weight = given.get("weight")
+        if isinstance(weight, Tensor):
+            return float(weight[target[kept]].sum())
+        return float(kept.sum())
+    return float(per.numel())

@@ -1,0 +1,229 @@
+"""What the watcher reads of each loss the code computes (LossReader, the Observer's): its
+per-element gradients, the count its mean divides by, and whether its target is a fetched
+batch's (a view, rows cast or moved, the samples' tensors stacked) and which loader fetched it.
+The state it reads and writes is the Observer's (observer.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linreg import checks
+from linreg.kinds.training_loop.calls import autocast_now
+from linreg.kinds.training_loop.labels import BROADCASTING, compared
+from linreg.kinds.watched.graphs import count_of, leaves
+from linreg.kinds.watched.records import LossCall, Watched
+
+# losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
+# with grad on computes many: each holds its graph)
+PENDING = 1024
+# the losses read whose target is a distribution, never a batch's labels (a teacher's outputs,
+# soft labels): their weight is solved for, as a penalty's, and never judged
+SOLVED = ("kl_div",)
+
+
+class LossReader:
+    """The Observer's reading of losses; the attributes it reads and writes are the
+    Observer's (set in Observer.__init__)."""
+
+    seen: Watched
+    busy: bool
+    precision: float
+    pending: list[LossCall]
+    found: dict[int, tuple[Tensor, Tensor | None]]
+    backwards: int
+    source: int | None
+    iterator: int | None
+    batched: set[int]
+    fetchers: dict[int, tuple[int, int]]
+    origins: dict[int, tuple[weakref.ref[Tensor], tuple[int, int]]]
+    batch_tensors: collections.deque[Tensor]
+    unread_last: dict[int, list[Tensor]]
+
+    def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
+        """Read a loss the code computed with grad on: repeated per element on the same input,
+        its summed per-element loss differentiated through the code's own graph. What cannot be
+        read (legacy arguments, a graph that allows no second pass: reentrant checkpointing) is
+        left unread, never raised into the code: a backward() that reaches it is not judged."""
+        if self.busy or not isinstance(out, Tensor) or out.grad_fn is None:
+            return
+        self.busy = True
+        try:
+            bound = inspect.signature(fn).bind(*args, **kwargs)
+            given = bound.arguments
+            if out.ndim != 0 and given.get("reduction") != "none":
+                return
+            self.precision = max(self.precision, _precision(given.get("input")))
+            self._read_last(given.get("target"))
+            if name in BROADCASTING:  # label-shape's, where a backward() reaches it
+                compared(name, given.get("input"), given.get("target"), out, self.seen)
+            if given.get("size_average") is not None or given.get("reduce") is not None:
+                return  # the legacy arguments: not read
+            reduction = given.get("reduction", "mean")
+            by_code = reduction == "none"
+            if by_code:  # the code reduces it (l.mean(), l.sum() / n): read as a summed
+                per, reduction = out, "sum"  # loss's, its coefficient the code's (reduced_whole)
+            else:
+                given["reduction"] = "none"
+                both = (given.get("input"), given.get("target"))
+                if name in BROADCASTING and all(isinstance(t, Tensor) for t in both):
+                    # the shapes it broadcasts made equal first: the same elements, and no
+                    # second warning of torch's (the code's own call gave it)
+                    equal = torch.broadcast_tensors(*both)  # type: ignore[no-untyped-call]
+                    per = fn(**{**given, "input": equal[0], "target": equal[1]})
+                else:
+                    per = fn(*bound.args, **bound.kwargs)
+            under = leaves(per.grad_fn)
+            grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
+            for p in under:  # its .grad as the watch found it, put back after
+                if id(p) not in self.found:
+                    self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+            del self.pending[:-PENDING]  # losses no backward() reached: the latest
+            fetched_by, fetched_from = self._fetched(given.get("target"))
+            self.pending.append(
+                LossCall(
+                    out.grad_fn,
+                    {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
+                    count_of(name, per, given),
+                    # a KL term's target is a distribution (a teacher's, soft labels): its
+                    # weight is solved for, never judged, as a penalty's
+                    name not in SOLVED and self._from_batch(given.get("target")),
+                    _view(given.get("target")),
+                    under,
+                    _constant(given.get("target")),
+                    name,
+                    reduction,
+                    by_code,
+                    elements=out.numel(),
+                    backwards=self.backwards,
+                    fetched_by=fetched_by,
+                    fetched_from=fetched_from,
+                )
+            )
+            if by_code:  # the weight each element gets from the backward() that reaches it
+                weighed = functools.partial(_weighed, self.pending[-1], out.detach() != 0)
+                out.register_hook(weighed)  # type: ignore[no-untyped-call]
+        except Exception:
+            return
+        finally:
+            self.busy = False
+
+    def _fetched(self, target: Any) -> tuple[int | None, int | None]:
+        """Return the iterator that fetched a target's batch and its dataset (else the last
+        to fetch one's)."""
+        memory = _storage(target)
+        last = (self.iterator, self.source)
+        if memory is None:
+            return last
+        if memory in self.fetchers:
+            return self.fetchers[memory]
+        origin = self.origins.get(memory)
+        alive = None if origin is None else origin[0]()
+        return last if origin is None or _storage(alive) != memory else origin[1]
+
+    def _from_batch(self, target: Any) -> bool:
+        """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
+        or moved (y.float(), y.to(device): a new storage, the batch's values), or the samples'
+        own tensors stacked (a list of dicts, each sample's boxes: detectron2's)."""
+        if _storage(target) in self.batched:
+            return True
+        return isinstance(target, Tensor) and (
+            any(_cast(target, f) for f in self.batch_tensors)
+            or _stacked(target, self.batch_tensors)
+        )
+
+    def _read_last(self, target: Any) -> None:
+        """Note that a loss read a target of an iterator's last batch fetched (a view of it):
+        that batch was handed on. (Not its values: a batch's few class labels may equal the
+        next one's; a target cast or moved only puts off the end of its pass, _ahead.)"""
+        if not isinstance(target, Tensor) or not self.unread_last:
+            return
+        memory = _storage(target)
+        for it, fetched in list(self.unread_last.items()):
+            if any(_storage(t) == memory for t in fetched):
+                del self.unread_last[it]
+
+
+def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
+    """Note whether a reduction="none" loss's elements were all weighed alike (LossCall.alike)
+    by what the backward() brought them: those whose loss is not 0 (an ignored target's, a
+    padded position's, has no gradient to weigh, whatever a mask gives it)."""
+    g = grad.detach().flatten()[counts.flatten()]
+    if g.numel() > 1 and not torch.allclose(g, g[:1].expand_as(g), rtol=1e-5, atol=0.0):
+        call.alike = False
+
+
+def _precision(predictions: Any) -> float:
+    """Return the tolerance of the predictions a loss was called on, or of the autocast it ran
+    under (0.0: neither), where it is lower than float32's: a forward under torch.autocast
+    computes in bfloat16 or float16 whatever its params' dtype (the labels' dtype is theirs)."""
+    dtypes = []
+    if isinstance(predictions, Tensor) and predictions.is_floating_point():
+        dtypes.append(predictions.dtype)
+    now = autocast_now()
+    if now is not None:
+        dtypes.append(now[1])
+    return max((checks.tolerance(d, steps=True) for d in dtypes), default=0.0)
+
+
+def _storage(t: Any) -> int | None:
+    """Return the address of a tensor's storage (its views share it), None if not a tensor."""
+    return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
+
+
+def _cast(t: Tensor, fetched: Tensor) -> bool:
+    """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
+    of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
+    on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
+    integer 0 is not the label 0), each row reshaped alike too (y.float().unsqueeze(1), as a
+    binary cross-entropy takes labels)."""
+    n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
+    if not 0 < n <= rows or t.shape[1:].numel() != fetched.shape[1:].numel():
+        return False
+    if t.shape[1:] != fetched.shape[1:]:  # each row's elements in another shape
+        t, fetched = t.reshape(n, -1), fetched.reshape(rows, -1)
+    with torch.no_grad():
+        values = fetched.detach().to(device=t.device, dtype=t.dtype)
+        back = t.detach().to(device=fetched.device, dtype=fetched.dtype)
+        starts = {*range(0, rows - n + 1, n), rows - n}
+        return any(
+            torch.equal(values[i : i + n], t) and torch.equal(fetched[i : i + n], back)
+            for i in starts
+        )
+
+
+def _stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:
+    """Return whether each row of t (rows of one or more elements: a label per sample is too
+    easily equal to another's) is one of the fetched tensors, of its shape and dtype, by value:
+    the samples' tensors stacked by the code (torch.stack([d["boxes"] for d in batch]))."""
+    if t.ndim < 2 or not t.shape[0]:
+        return False
+    with torch.no_grad():
+        own = [f for f in fetched if f.shape == t.shape[1:] and f.dtype == t.dtype]
+        return len(own) >= t.shape[0] and all(
+            any(torch.equal(row, f.to(row.device)) for f in own) for row in t.detach()
+        )
+
+
+def _view(t: Any) -> tuple[Any, ...] | None:
+    """Return what tells one tensor's elements from another's: its storage, offset, shape and
+    strides (chunks and slices of one batch share a storage, not a view)."""
+    if not isinstance(t, Tensor):
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
+def _constant(t: Any) -> float | None:
+    """Return the one value of a target of two or more equal elements, else None."""
+    if not isinstance(t, Tensor) or t.numel() < 2 or t.is_sparse:
+        return None
+    flat = t.detach().reshape(-1)
+    return float(flat[0]) if bool((flat == flat[0]).all()) else None

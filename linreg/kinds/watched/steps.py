@@ -1,0 +1,299 @@
+"""What the watcher does when the code's optimizers step (Steps, the Observer's): each step's
+lrs held at 0 and given back, and the update closed (the steps of several optimizers with
+nothing fed between them are one), its micro-batches zeroed before it let go or set aside (a
+probe's), and the code ended once the watch has what it needs. The state it reads and writes
+is the Observer's (observer.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linreg import checks
+from linreg.kinds.training_loop.watcher import zero_lr
+from linreg.kinds.watched.closing import close, unread
+from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Update, Watched
+
+
+class Steps:
+    """The Observer's optimizer-step hooks; the attributes they read and write are the
+    Observer's (set in Observer.__init__)."""
+
+    seen: Watched
+    steps: int | None
+    ends: list[int]
+    pending: list[LossCall]
+    micro: list[MicroBatch]
+    blind: int
+    carried: dict[int, Tensor | None] | None
+    closed: dict[int, Tensor | None]
+    raw: dict[int, Tensor]
+    fresh: set[int]
+    prior: dict[int, Tensor]
+    states: list[tuple[torch.optim.Optimizer, dict[str, Any]]]
+    depth: int
+    ending: bool
+    optimizers: set[int]
+    open: Open | None
+    lr_values: dict[int, list[Any]]
+    first: dict[int, tuple[Tensor, Tensor]]
+    longest: int
+    straddles: bool
+    held_at_end: int
+    cut: int
+    fetched: int
+    all_fetched: int
+    all_micro: int
+    precision: float
+    held: dict[int, list[Any]]
+    stepping: set[int | None]
+    yields: dict[int, int]
+    dataset_of: dict[int, int]
+    zeroed_by: collections.Counter[int | None]
+    long: set[int | None]
+    fed: set[int | None]
+    done: set[int]
+    begun_at: dict[int, int]
+    clip_bounds: dict[int, float]
+    norm_clipped: bool
+    unscaled: bool
+    scaled_clip: bool
+
+    def _anew(self) -> None:  # the Observer's
+        raise NotImplementedError
+
+    def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.depth += 1
+        if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
+            self.states.append((opt, copy.deepcopy(opt.state_dict())))
+            self.seen.lrs[id(opt)] = [g["lr"] for g in opt.param_groups]  # a tensor: the same
+            self.lr_values[id(opt)] = _lr_values(opt)  # object, and its value
+        # the code's lrs, given back after the step: a checkpoint the code saves, or a
+        # scheduler that reads them, sees its own, not the watch's 0
+        self.held[id(opt)] = _lr_values(opt)
+        zero_lr(opt)
+
+    def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Close an update: the steps of several optimizers with nothing fed between them are
+        one (one for the embeddings, one for the rest); a step fed nothing that applies nothing
+        (a flush after an epoch that ended on a full window) is none; one fed nothing that
+        applies a gradient is recorded: the same micro-batches move the params twice."""
+        self.depth = max(self.depth - 1, 0)
+        for group, lr in zip(opt.param_groups, self.held.pop(id(opt), []), strict=False):
+            if isinstance(group["lr"], Tensor) and isinstance(lr, Tensor):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
+        if self.depth:  # the inner step of a wrapper optimizer: its outer step is the update
+            return
+        params = [p for g in opt.param_groups for p in g["params"]]
+        fed = bool(self.micro or self.blind)
+        last = self.open
+        if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
+            last.params += params  # another optimizer of the same update: read it again
+            last.optimizers.append(id(opt))
+            self.seen.updates[-1] = self._closed(last, params, self.closed)
+            self.optimizers.add(id(opt))
+            self._end_if(  # (more may join)
+                self.ending
+                and not self.seen.updates[-1].elsewhere
+                and len(last.optimizers) >= len(self.optimizers)
+            )
+            return
+        self._end_if(self.ending)  # the update before was the last: this step is another's
+        if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
+            return
+        kept, zeroed = self.micro[self.cut :], self.micro[: self.cut]
+        own = _iterators(kept)
+        streams = self.stepping | own
+        self.fed |= {self.dataset_of.get(it) for it in own if it is not None}
+        # micro-batches zeroed before the update's own are let go, but a probe's: of an
+        # iterator no update applied a batch of, that yielded one (a fixed batch taken once,
+        # or a fresh iterator's first each time), beside a stream's batches (an iterator that
+        # yielded more, fed an update before, or a later pass over a dataset one that yielded
+        # more fed an update from: one-batch iterators on every side, next(iter(loader)) each
+        # micro-batch, are no probe's), or one whose iterator's batch was zeroed before an
+        # update before (a fixed probe's, taken once: fresh ones come from new iterators);
+        # so is a whole pass over data no update applied, run between two steps (a gradient
+        # probe over a loader of its own)
+        idle = {
+            it
+            for it, n in self.yields.items()
+            if it not in streams
+            and (
+                n <= 1
+                or (
+                    it in self.done  # (not replayed: itertools.cycle, a listed loader)
+                    and self.begun_at.get(it) == len(self.seen.updates)
+                    and self.dataset_of.get(it) not in self.fed
+                )
+            )
+        }
+        stream = all(
+            it is not None
+            and (
+                it in self.stepping
+                or self.yields.get(it, 0) > 1
+                or self.dataset_of.get(it) in self.long
+            )
+            for it in own
+        )
+        self.long |= {
+            self.dataset_of.get(it) for it in own if it is not None and self.yields.get(it, 0) > 1
+        }
+        let_go = [
+            mb
+            for mb in zeroed
+            if not (
+                _aside(mb, idle) and (stream or all(self.zeroed_by[it] for it in _iterators([mb])))
+            )
+        ]
+        self.zeroed_by.update({it for mb in zeroed for it in _iterators([mb])})
+        self.seen.probed += self.cut - len(let_go)
+        self.stepping = streams
+        update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
+        # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
+        # after that end (the left-over window zeroed at the next epoch's start, not zeroing
+        # inside every window whose windows cross epochs)
+        update.dropped = len(let_go)
+        update.crossed = self.straddles and self.cut <= self.held_at_end
+        loaders = _loaders(kept)
+        update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & loaders)
+        update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
+        update.unscaled, update.scaled_clip = self.unscaled, self.scaled_clip
+        update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
+        update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
+        update.params, update.optimizers = params, [id(opt)]
+        self.optimizers.add(id(opt))
+        self.open = update
+        self.seen.updates.append(self._closed(update, params, self.carried or {}))
+        self.first = {}  # a torch optimizer stepped: what moved before was not an update by hand
+        # (a flush after the epoch's end, stepping what came before it alone, crosses none)
+        # (kept on both sides: micro-batches zeroed before the end, a probe's, held none)
+        self.seen.crossed += self.straddles and self.cut < self.held_at_end < len(self.micro)
+        self.closed = self.carried or {}  # another optimizer of the same update reads it
+        stepped = {id(p) for p in params}  # losses on what was stepped, never reached: let go
+        self.pending = [c for c in self.pending if stepped.isdisjoint(map(id, c.under))]
+        self._anew()
+        made = len(self.seen.updates)
+        if self.steps is not None:
+            enough = made >= self.steps
+        else:  # an epoch's end, or a run with none in sight (batches drawn at random, a
+            self.seen.whole = self.past_an_epoch(made)  # long one)
+            self.seen.capped = made >= self.longest and not self.seen.whole
+            enough = self.seen.capped or self.seen.whole
+        # an update whose optimizer stepped params no loss of it reached may be joined by the
+        # next optimizer's step (a frozen backbone's optimizer stepped before the head's): the
+        # run ends at the next step instead, once that one has joined it or is another update
+        # or (fewer optimizers than the run has stepped) by another's step, each set's updates
+        # read apart
+        self.ending = enough and (
+            self.seen.updates[-1].elsewhere or len(update.optimizers) < len(self.optimizers)
+        )
+        self._end_if(enough and not self.ending)
+
+    def joined_bounds(self) -> list[dict[int, float]]:
+        """Return the clip bounds of the update this step may join (ClipHooks.joined_bounds):
+        the open one's, closed by another optimizer's step since the last backward()."""
+        if self.open is None or self.open.clip_bounds is self.clip_bounds:
+            return []
+        return [self.open.clip_bounds]
+
+    def _end_if(self, enough: bool) -> None:
+        """End the code's run here (Enough) where the watch has what it needs."""
+        if enough:
+            self.seen.ended = True
+            raise Enough
+
+    def _closed(
+        self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]
+    ) -> Update:
+        """Read what the steps applied to params and close the update; one that cannot be
+        read is unread (not judged), never an error raised into the code's step."""
+        try:
+            self._read(update, params, carried)
+            closed = close(update, max(tolerance_of(update.params), self.precision))
+        except Exception:
+            closed = unread(tolerance_of(update.params))
+        return replace(closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip)
+
+    def _read(self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]) -> None:
+        for p in params:
+            key = id(p)
+            update.applied[key] = None if p.grad is None else p.grad.detach().clone()
+            raw = self.raw[key] if key in self.fresh else update.applied[key]
+            update.before[key] = self.prior.get(key, raw)
+            update.carried[key] = carried.get(key)
+
+    def terms(self, micro: list[MicroBatch]) -> bool:
+        """Return whether the update's micro-batches are terms of one objective rather than
+        batches of data: a backward() on a graph an earlier one retained (each task's loss on
+        one forward); micro-batches each of one label for all its rows, not the same label (a
+        GAN's real and fake); or more backward() calls than the DataLoader batches fetched,
+        some on targets no batch held (chunks of a fetched batch are views of it, and stay
+        micro-batches)."""
+        calls = [c for mb in micro for c in mb.losses]
+        if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
+            return True  # (retain_graph=True): each task's loss on one forward, not a batch
+        labels = [c.constant for c in calls]
+        made = not all(c.from_batch for c in calls)  # a target the code made (torch.ones(b))
+        if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made:
+            return True  # each micro-batch one label for all its rows, not the same: a GAN's
+            # (where every target is a fetched batch's, batches of one label each are data)
+        more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
+        return more and 0 < self.fetched < len(micro) and made
+
+    def past_an_epoch(self, made: int) -> bool:
+        """Return True once an update follows an epoch's end that updates preceded (a loop that
+        lists its loader before training runs it out first: its next end counts)."""
+        return any(0 < e < made for e in self.ends)
+
+    def dropped(self) -> None:
+        """Let go of the micro-batches of a step the loss scaler skipped (inf or nan)."""
+        self._anew()
+        self.seen.skipped += 1
+
+
+def tolerance_of(params: list[Tensor]) -> float:
+    """Return an update's relative tolerance: the audit's, for its least precise param."""
+    return max((checks.tolerance(p.dtype, steps=True) for p in params), default=1e-4)
+
+
+def _lr_values(opt: torch.optim.Optimizer) -> list[Any]:
+    """Return each param group's lr as it is now (a tensor lr copied: zero_lr fills it)."""
+    return [g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in opt.param_groups]
+
+
+def _sources(micro: list[MicroBatch]) -> set[int | None]:
+    return {mb.source for mb in micro}
+
+
+def _iterators(micro: list[MicroBatch]) -> set[int | None]:
+    """Return the iterators that fetched the targets the micro-batches' losses were called on."""
+    return {c.fetched_by for mb in micro for c in mb.losses}
+
+
+def _aside(mb: MicroBatch, idle: set[int]) -> bool:
+    """Return True if every target a micro-batch's losses read was fetched by an iterator that
+    is no stream (idle: none of its batches an update applied, and it yielded one batch, or
+    ran a whole pass between two steps): a probe's batch, its gradient read, then zeroed
+    before the step."""
+    its = _iterators([mb])
+    return bool(its) and its <= idle
+
+
+def _loaders(micro: list[MicroBatch]) -> set[int | None]:
+    """Return the datasets whose loaders fetched the targets the micro-batches' losses were
+    called on (a validation loader's pass between a batch and its loss is not the batch's)."""
+    return {c.fetched_from for mb in micro for c in mb.losses}
+
+
+def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:
+    """Return the views of the targets the micro-batches' losses were called on."""
+    return {c.target for mb in micro for c in mb.losses if c.target is not None}
