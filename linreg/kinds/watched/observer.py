@@ -190,7 +190,9 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                 (self.epoch_of[c.fetched_by] for c in reached if c.fetched_by in self.epoch_of),
                 default=None,
             )
-            self.micro.append(MicroBatch(reached, self.source, shared, divided, epoch))
+            self.micro.append(
+                MicroBatch(reached, self.source, shared, divided, epoch, self.all_fetched)
+            )
             self.all_micro += 1
         else:
             self.blind += 1

@@ -57,6 +57,7 @@ class MicroBatch:
     # count (accelerate's Accelerator.backward: loss / gradient_accumulation_steps)
     divided: tuple[str, int] = ("", 1)
     epoch: int | None = None  # the batches an epoch of its DataLoader's pass holds, if known
+    fetches: int = 0  # the DataLoader batches fetched since the start, as its backward() ran
 
     @property
     def count(self) -> float:

@@ -234,18 +234,20 @@ class Steps:
     def terms(self, micro: list[MicroBatch]) -> bool:
         """Return whether the update's micro-batches are terms of one objective rather than
         batches of data: a backward() on a graph an earlier one retained (each task's loss on
-        one forward); micro-batches each of one label for all its rows, not the same label (a
-        GAN's real and fake); or more backward() calls than the DataLoader batches fetched,
-        some on targets no batch held (chunks of a fetched batch are views of it, and stay
-        micro-batches)."""
+        one forward); micro-batches each of one label for all its rows, not the same label,
+        with no batch fetched between them (a GAN's real and fake); or more backward() calls
+        than the DataLoader batches fetched, some on targets no batch held (chunks of a fetched
+        batch are views of it, and stay micro-batches)."""
         calls = [c for mb in micro for c in mb.losses]
         if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
             return True  # (retain_graph=True): each task's loss on one forward, not a batch
         labels = [c.constant for c in calls]
         made = not all(c.from_batch for c in calls)  # a target the code made (torch.ones(b))
-        if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made:
+        one = len({mb.fetches for mb in micro}) == 1  # on one fetched batch (or none)
+        if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made and one:
             return True  # each micro-batch one label for all its rows, not the same: a GAN's
-            # (where every target is a fetched batch's, batches of one label each are data)
+            # (where every target is a fetched batch's, or a batch was fetched between them,
+            # smoothed labels of a batch of one class each, batches of one label are data)
         more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
         return more and 0 < self.fetched < len(micro) and made
 
