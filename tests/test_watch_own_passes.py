@@ -488,6 +488,16 @@ PROBED_NOMINAL = (  # 50 rows: a last batch of 2, its summed loss divided by a n
 )
 
 
+PROBED_OWN_ROWS = PROBED_PASSES.replace(  # the probe over the training set's first 8 rows
+    "probe = DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=4)",
+    "probe = DataLoader(data, batch_size=4, sampler=range(8))",
+)
+PROBED_OWN_NOMINAL = PROBED_NOMINAL.replace(  # (its own data: 50 rows, the last batch of 2)
+    "probe = DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=4)",
+    "probe = DataLoader(data, batch_size=4, sampler=range(8))",
+)
+
+
 def _watched(tmp: Path, body: str) -> str:
     path = tmp / "train.py"
     path.write_text(HEAD + body)
@@ -501,6 +511,7 @@ def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_
         SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED,
         TWO_TASKS, PER_EXAMPLE_CLIPPED, VALIDATION_NORMS, ZIPPED, PER_STEP, LISTED_GAN,
         PROBED, PROBED_FRESH, DEAD_ROWS, PROBED_BY_HAND, PROBED_WEIGHTED, PROBED_PASSES,
+        PROBED_OWN_ROWS,
     ):  # fmt: skip
         report = watch_script(_watched(tmp_path, body))
         assert report.ok and not report.error, str(report)
@@ -535,8 +546,12 @@ def test_a_window_zeroed_inside_or_lost_at_an_epochs_start_still_fails(tmp_path:
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     # a probe loader's end, between two steps, ends no watch: the epoch's short last batch,
     # under a nominal divisor, is still seen (code review cr25: it ended the watch first)
-    report = watch_script(_watched(tmp_path, PROBED_NOMINAL))
-    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    # (a probe loader over the training set's own rows is another loader: stop 53's note, a
+    # false short-last-batch where its pass's end was the training data's)
+    for body in (PROBED_NOMINAL, PROBED_OWN_NOMINAL):
+        report = watch_script(_watched(tmp_path, body))
+        assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+        assert "it divides by a full update's 8 where it took 2" in str(report), str(report)
 
 
 def test_a_watched_block_that_reshapes_its_params_ends_without_raising_into_the_code() -> None:

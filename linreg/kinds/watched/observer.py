@@ -104,7 +104,9 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.zeroed_by: collections.Counter[int | None] = collections.Counter()
         # the datasets an iterator of more than one batch fed an update from
         self.long: set[int | None] = set()
-        self.fed: set[int | None] = set()  # the datasets any update applied a batch of
+        # the loaders (dataset, sampler) any update applied a batch of, and each iterator's
+        self.fed: set[tuple[int, int] | None] = set()
+        self.loader_of: dict[int, tuple[int, int]] = {}
         self.done: set[int] = set()  # the iterators whose pass ended
         self.begun_at: dict[int, int] = {}  # the updates made when each iterator's pass began
         # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the

@@ -40,7 +40,8 @@ class Passes:
     ahead: set[int]
     unread_last: dict[int, list[Tensor]]
     done: set[int]
-    fed: set[int | None]
+    fed: set[tuple[int, int] | None]
+    loader_of: dict[int, tuple[int, int]]
     dataset_of: dict[int, int]
     epoch_of: dict[int, int]
     began: dict[int, int]
@@ -81,7 +82,7 @@ class Passes:
         # pass under no_grad, every N steps, mid-epoch, is none, over any dataset)
         ran = now and (at is None or self._trained_in(at[0]))
         if ran or any(self._trained_in(it) for it, _ in over):
-            if not self.seen.updates or any(self.dataset_of.get(it) in self.fed for it in ended):
+            if not self.seen.updates or any(self.loader_of.get(it) in self.fed for it in ended):
                 self.ends.append(len(self.seen.updates))
             # (a validation pass with grad on, after the last backward(), is another's)
             # (zipped loaders' passes end one by one: each adds its own)
@@ -122,10 +123,12 @@ class Passes:
         start was not seen, at all)."""
         return self.backwards > self.began.get(it, -1)
 
-    def fetch(self, batch: Any, at: tuple[int, int], epoch: int | None, yielded: int) -> None:
+    def fetch(
+        self, batch: Any, at: tuple[int, int], epoch: int | None, yielded: int, sampler: int
+    ) -> None:
         """Count a batch a DataLoader's iterator (`at`: iterator, dataset) yielded, the
-        `yielded`th of an epoch of `epoch` batches (None: not known), and keep its tensors'
-        storages. An epoch of a known length up to LONGEST batches is watched to its end
+        `yielded`th of an epoch of `epoch` batches (None: not known), with its loader's
+        sampler (an id), and keep its tensors' storages. An epoch of a known length up to LONGEST batches is watched to its end
         (updates <= batches); its last batch fetched, the pass ends at the next fetch (a
         fetcher that knows the length never asks past it: Lightning's)."""
         self.source, self.iterator = at[1], at[0]
@@ -136,6 +139,7 @@ class Passes:
             self.last_fetched[at[0]] = at[1]
         self.yields[at[0]] = yielded
         self.dataset_of[at[0]] = at[1]
+        self.loader_of[at[0]] = (at[1], sampler)
         if epoch is not None:
             self.epoch_of[at[0]] = epoch
         if epoch is not None and self.longest < epoch + 1 <= LONGEST + 1:

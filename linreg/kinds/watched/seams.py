@@ -84,7 +84,10 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         except StopIteration:
             w.ran_out(now=True, at=at)
             raise
-        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0))
+        # its loader's own sampler: a probe loader over the training set's first rows is
+        # another loader over the same dataset
+        sampler = id(getattr(self, "_index_sampler", self))
+        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0), sampler)
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward

@@ -57,7 +57,8 @@ class Steps:
     dataset_of: dict[int, int]
     zeroed_by: collections.Counter[int | None]
     long: set[int | None]
-    fed: set[int | None]
+    fed: set[tuple[int, int] | None]
+    loader_of: dict[int, tuple[int, int]]
     done: set[int]
     begun_at: dict[int, int]
     clip_bounds: dict[int, float]
@@ -112,7 +113,7 @@ class Steps:
         kept, zeroed = self.micro[self.cut :], self.micro[: self.cut]
         own = _iterators(kept)
         streams = self.stepping | own
-        self.fed |= {self.dataset_of.get(it) for it in own if it is not None}
+        self.fed |= {self.loader_of.get(it) for it in own if it is not None}
         # micro-batches zeroed before the update's own are let go, but a probe's: of an
         # iterator no update applied a batch of, that yielded one (a fixed batch taken once,
         # or a fresh iterator's first each time), beside a stream's batches (an iterator that
@@ -131,7 +132,7 @@ class Steps:
                 or (
                     it in self.done  # (not replayed: itertools.cycle, a listed loader)
                     and self.begun_at.get(it) == len(self.seen.updates)
-                    and self.dataset_of.get(it) not in self.fed
+                    and self.loader_of.get(it) not in self.fed
                 )
             )
         }
