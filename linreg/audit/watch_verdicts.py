@@ -143,10 +143,11 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             )
         else:
             v.judged["grad-zeroing"].add(j)
-        if u.terms:  # terms of one objective: their weights are the objective's, not judged
-            v.terms += 1
-            continue
-        for part in u.parts or (u,):  # two models' losses: each its own objective's
+        # terms of one objective: their weights are the objective's, not judged (two models'
+        # losses: each its own objective's, each part told on its own)
+        parts = [part for part in u.parts or (u,) if not part.terms]
+        v.terms += len(parts) < len(u.parts or (u,))
+        for part in parts:
             terms = read_terms(j, part, summed) if part.columns else [("", read(j, part, summed))]
             if not all(col.from_batch for col in part.columns):
                 v.partial.add(j)

@@ -6,6 +6,7 @@ params stepped, each set on its own rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -25,25 +26,33 @@ def _terms(mb: MicroBatch) -> list[list[LossCall]]:
     return list(by.values())
 
 
-def close(update: Open, tol: float) -> Update:
-    """Return an update's numbers (_close); where its losses reached disjoint sets of the
-    params stepped, each set's too (parts): two models' losses are two objectives, each the
-    mean of its own rows, not one over the rows of both."""
+def close(
+    update: Open, tol: float, terms: Callable[[list[MicroBatch]], bool] | None = None
+) -> Update:
+    """Return an update's numbers (_close); where its optimizers stepped disjoint sets of
+    params whose losses reached no param of another's, each set's too (parts): two models,
+    each its own optimizer, are two objectives, each the mean of its own rows, not one over
+    the rows of both. terms tells whether a part's micro-batches are terms of one objective
+    (Steps.terms), as the update's are."""
     whole = _close(update, tol)
     apart = [] if update.blind or whole.elsewhere else _apart(update)
     if len(apart) < 2:
         return whole
-    return replace(
-        whole, parts=tuple(_close(replace(update, params=ps, micro=ms), tol) for ps, ms in apart)
+    parts = (
+        replace(update, params=ps, micro=ms, terms=update.terms if terms is None else terms(ms))
+        for ps, ms in apart
     )
+    return replace(whole, parts=tuple(_close(part, tol) for part in parts))
 
 
 def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch]]]:
-    """Return the update's params and micro-batches split by the params its losses reached:
-    losses that reach a param in common are one objective's (a shared trunk, micro-batches of
-    one model); one set of params per objective, each with its losses alone. One set (no
-    split) where a loss reached no param stepped, or a param no loss reached applied a
-    gradient (a penalty by hand: whose it is is not seen)."""
+    """Return the update's params and micro-batches split by the params its losses reached
+    and its optimizers stepped: losses that reach a param in common are one objective's (a
+    shared trunk, micro-batches of one model), and so are those whose params one optimizer
+    steps (heads on a frozen trunk, their losses added or weighed by the code); one set of
+    params per objective, each with its losses alone. One set (no split) where a loss reached
+    no param stepped, or a param no loss reached applied a gradient (a penalty by hand: whose
+    it is is not seen)."""
     stepped = {id(p): p for p in update.params}
     calls = [c for mb in update.micro for c in mb.losses]
     sets: list[set[int]] = []  # the params each objective's losses reached
@@ -53,6 +62,10 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch]]]:
             return []
         joined = [s for s in sets if not s.isdisjoint(reached)]
         sets = [s for s in sets if s.isdisjoint(reached)] + [reached.union(*joined)]
+    for group in update.stepped:  # one optimizer's params: one objective's
+        joined = [s for s in sets if not s.isdisjoint(group)]
+        if len(joined) > 1:
+            sets = [s for s in sets if s.isdisjoint(group)] + [set().union(*joined)]
     unreached = stepped.keys() - set().union(*sets)
     if len(sets) < 2 or any(
         (g := update.applied.get(key)) is not None and bool(g.any()) for key in unreached

@@ -160,10 +160,13 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
             self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
         if self.carried is None:  # the update's first backward()
             self.fresh, self.prior, self.carried = set(), {}, {}
-        for p in (p for c in matched for p in leaves_of(c)):  # what .grad holds as the
-            if id(p) not in self.carried:  # update's first backward() to reach it begins (a
-                # second model's loss, after the first's: its optimizer's zero_grad forgotten)
-                self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
+        # what .grad holds as the update's first backward() to reach it begins (a second
+        # model's loss, after the first's: its optimizer's zero_grad forgotten), whatever that
+        # backward() reached it through (a penalty on every param, beside the first task's loss)
+        for t in roots:
+            for p in leaves(t.grad_fn) if t.grad_fn is not None else ():
+                if id(p) not in self.carried:
+                    self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
         self.busy = True
         try:
             run()

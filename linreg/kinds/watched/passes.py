@@ -128,9 +128,10 @@ class Passes:
     ) -> None:
         """Count a batch a DataLoader's iterator (`at`: iterator, dataset) yielded, the
         `yielded`th of an epoch of `epoch` batches (None: not known), with its loader's
-        sampler (an id), and keep its tensors' storages. An epoch of a known length up to LONGEST batches is watched to its end
-        (updates <= batches); its last batch fetched, the pass ends at the next fetch (a
-        fetcher that knows the length never asks past it: Lightning's)."""
+        sampler (an id), and keep its tensors' storages. An epoch of a known length up to
+        LONGEST batches is watched to its end (updates <= batches); its last batch fetched,
+        the pass ends at the next fetch (a fetcher that knows the length never asks past it:
+        Lightning's)."""
         self.source, self.iterator = at[1], at[0]
         if yielded <= 1:  # a pass's first batch: its backward() calls are counted from here
             self.began[at[0]] = self.backwards

@@ -88,6 +88,7 @@ class Open:
     # clip_grad_value_ clamped it to, where the code clipped so
     norm_clipped: bool = False  # clip_grad_norm_ was called in it
     optimizers: list[int] = field(default_factory=list)  # the ids of those that stepped it
+    stepped: list[set[int]] = field(default_factory=list)  # each one's params (ids), in turn
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
     scaled_clip: bool = False  # torch's clipping changed them before that unscale_
 

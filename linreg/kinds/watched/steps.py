@@ -99,6 +99,7 @@ class Steps:
         if not fed and last is not None and {id(p) for p in params} - {id(p) for p in last.params}:
             last.params += params  # another optimizer of the same update: read it again
             last.optimizers.append(id(opt))
+            last.stepped.append({id(p) for p in params})
             self.seen.updates[-1] = self._closed(last, params, self.closed)
             self.optimizers.add(id(opt))
             self._end_if(  # (more may join)
@@ -171,6 +172,7 @@ class Steps:
         update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
         update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params, update.optimizers = params, [id(opt)]
+        update.stepped = [{id(p) for p in params}]
         self.optimizers.add(id(opt))
         self.open = update
         self.seen.updates.append(self._closed(update, params, self.carried or {}))
@@ -219,7 +221,7 @@ class Steps:
         read is unread (not judged), never an error raised into the code's step."""
         try:
             self._read(update, params, carried)
-            closed = close(update, max(tolerance_of(update.params), self.precision))
+            closed = close(update, max(tolerance_of(update.params), self.precision), self.terms)
         except Exception:
             closed = unread(tolerance_of(update.params))
         return replace(closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip)
