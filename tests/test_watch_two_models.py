@@ -219,3 +219,62 @@ def test_a_penalty_that_reaches_a_head_before_its_own_loss_does_is_no_gradient_l
                 (F.cross_entropy(head(encoder(xb)), yb) / 2 + penalty).backward()
             optimizer.step()
     assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+def _accumulated_members(zeroed_inside: bool, seen: list[torch.Tensor] | None = None) -> None:
+    """Two members accumulating 3 batches of 4 a window, each its own optimizer; zeroed_inside:
+    the second member's optimizer zeroed after every batch (a bug), the first's once a window.
+    seen: the second member's first weight's .grad at each step (lr 0)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(36, 5, generator=gen)
+    data = TensorDataset(x, x.sum(1) + 0.1 * torch.randn(36, generator=gen))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        members = [nn.Linear(5, 1), nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))]
+    lr = 0.0 if seen is not None else 0.05
+    optimizers = [torch.optim.SGD(m.parameters(), lr=lr) for m in members]
+    for i, (xb, yb) in enumerate(DataLoader(data, batch_size=4)):
+        for m in members:
+            (F.mse_loss(m(xb).squeeze(1), yb) / 3).backward()
+        if (i + 1) % 3 == 0:
+            if seen is not None:
+                seen.append(members[1][0].weight.grad.clone())
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad()
+        elif zeroed_inside:
+            optimizers[1].zero_grad()
+
+
+def test_one_members_window_zeroed_inside_is_grad_zeroing_not_a_dropped_left_over() -> None:
+    """The first member's gradients are never zeroed inside a window, so the watch saw no
+    zero_grad; the second member's update applies its last micro-batch alone. Its first
+    micro-batches never applied were named an epoch's left-over window dropped (short-last-
+    batch) where no epoch had ended (code review cr27): that is grad-zeroing's."""
+    with watch(steps=3) as reports:
+        _accumulated_members(zeroed_inside=True)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+    assert "inside the update" in report.failures[0].message
+    with watch(steps=3) as right:
+        _accumulated_members(zeroed_inside=False)
+    assert right[0].ok and not right[0].error, str(right[0])
+    # measured: the second member's first window applies its third batch's gradient alone
+    whole: list[torch.Tensor] = []
+    last: list[torch.Tensor] = []
+    _accumulated_members(zeroed_inside=False, seen=whole)
+    _accumulated_members(zeroed_inside=True, seen=last)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(36, 5, generator=gen)
+    y = x.sum(1) + 0.1 * torch.randn(36, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        nn.Linear(5, 1)  # (the first member, drawn first)
+        second = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def mean_gradient(rows: slice) -> torch.Tensor:
+        loss = F.mse_loss(second(x[rows]).squeeze(1), y[rows])
+        return torch.autograd.grad(loss, second[0].weight)[0]
+
+    torch.testing.assert_close(last[0], mean_gradient(slice(8, 12)) / 3)  # its third alone
+    torch.testing.assert_close(whole[0], mean_gradient(slice(0, 12)))  # the window's mean

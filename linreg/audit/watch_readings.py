@@ -34,6 +34,7 @@ class Reading:
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
     divided: tuple[str, int] = ("", 1)  # a framework's backward()'s count (Update.divided)
     epoch: int | None = None  # the batches an epoch of its pass holds (Update.epoch)
+    crossed: bool = False  # an epoch ended while it was open (Update.crossed)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
@@ -292,9 +293,19 @@ def first_applied(rel: list[float]) -> int | None:
     return dropped if 0 < dropped < len(rel) and alike(rel[dropped:]) else None
 
 
-def never_applied(at: str, dropped: int) -> str:
-    return (
+def never_applied(at: str, dropped: int, crossed: bool) -> tuple[str, str]:
+    """Return the pitfall, and what it says, of an update whose first micro-batches' gradient
+    was zeroed before its step: an epoch's left-over window dropped where an epoch ended while
+    it was open (short-last-batch), else zeroing inside the window (grad-zeroing: one model's
+    optimizer zeroed each micro-batch, the other's not, so the watch saw no zero_grad)."""
+    if crossed:
+        return "short-last-batch", (
+            f"{at}: its first {dropped} micro-batch(es) went through backward() and were never "
+            "applied (their gradient zeroed before any step: an epoch's left-over window "
+            "dropped): step when the data ends too"
+        )
+    return "grad-zeroing", (
         f"{at}: its first {dropped} micro-batch(es) went through backward() and were never "
-        "applied (their gradient zeroed before any step: an epoch's left-over window "
-        "dropped): step when the data ends too"
+        "applied: their gradient was zeroed before the step, inside the update (zero_grad "
+        "inside the accumulation loop: zero once a window, after the step)"
     )

@@ -161,7 +161,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                         r = _with_dropped(
                             r, u.dropped_counts[-each:] if j == 0 else u.dropped_counts, summed
                         )
-                    r.tol = u.tol
+                    r.tol, r.crossed = u.tol, u.crossed
                     r.calls = r.calls if term else part.calls
                     readings[
                         hash((u.optimizers, part.group)) if u.parts else u.optimizers, term
@@ -369,7 +369,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             continue
         dropped = first_applied(rel)
         if dropped is not None:
-            v.fail("short-last-batch", never_applied(at, dropped))
+            v.fail(*never_applied(at, dropped, r.crossed))
             continue
         if unequal and alike(weights):
             each = weights[0]
