@@ -33,6 +33,7 @@ class Reading:
     # params: their scale before it never showed (Update.hand_unseen)
     one_row: bool = False  # each micro-batch one row: its count one row's (Update.one_row)
     divided: tuple[str, int] = ("", 1)  # a framework's backward()'s count (Update.divided)
+    again: bool = False  # the code divided by it too (Update.again)
     epoch: int | None = None  # the batches an epoch of its pass holds (Update.epoch)
     crossed: bool = False  # an epoch ended while it was open (Update.crossed)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
@@ -48,7 +49,7 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
     return (
         reading
         if reading is None
-        else replace(reading, one_row=u.one_row, divided=u.divided, epoch=u.epoch)
+        else replace(reading, one_row=u.one_row, divided=u.divided, epoch=u.epoch, again=u.again)
     )
 
 

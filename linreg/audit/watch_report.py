@@ -111,8 +111,14 @@ def report_of(
         note += (
             f"; {of_term} applies {c.scale:.4g} times the {v.meant} of its rows"
             + (" in every full update" if c.term else "")
-            + ", which no known mistake names: taken as the loss's own constant, each update "
-            "read relative to it"
+            + (
+                f", 1 / the count {c.framework} divides every loss by already: a loss halved "
+                "by the code (0.5 * loss), or divided by the count again as a product, which "
+                "give the same numbers (loss / k is read as the division it is and named)"
+                if c.framework
+                else ", which no known mistake names"
+            )
+            + ": taken as the loss's own constant, each update read relative to it"
             + (
                 " (a shorter update showed it grow with the rows as far as another term's "
                 "nominal divisor shrank that one there: the same divisor on both, or a sum "

@@ -22,6 +22,9 @@ class Constant:
     unconfirmed: bool  # no shorter update told it from a sum: mean-vs-sum not judged
     shared: bool = False  # a shorter update showed it growing with the rows as another
     # term's nominal divisor shrank that one: the divisor, or a sum besides (not judged)
+    # the framework and its count where the scale is 1 / that count (2: a halved loss, or one
+    # divided again by the count written as a product), else ""
+    framework: str = ""
 
 
 class Grown(NamedTuple):

@@ -295,7 +295,15 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 for r in shorts
             )
             unconfirmed = not shorter
-            v.constants.append(Constant(term, kappa, full, unconfirmed))
+            by, g = fulls[0].divided
+            framework = (
+                ""
+                if g < 2 or not near(kappa, 1 / g)
+                else f"gradient_accumulation_steps={g} ({by})"
+                if by.startswith("accelerate")
+                else f"{by}={g}"
+            )
+            v.constants.append(Constant(term, kappa, full, unconfirmed, framework=framework))
             s_full = 1.0
     # the full ones' scale the code's own division by a framework's count, again (1 / k on k
     # micro-batches): a shorter update is read with it undone, as what the framework applies
@@ -477,8 +485,9 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
             f"yet the update stepped after {k} micro-batch(es): the loop steps outside `with "
             "accelerator.accumulate(model):`, which skips the steps before a window's last"
         )
-    # (at 2, 1 / k is a halved loss's too: 0.5 * F.mse_loss, the code's own constant)
-    if g > 2 and near(s, 1 / g) and k == g:
+    # (at 2, 1 / k is a halved loss's too, 0.5 * F.mse_loss, the code's own constant: named
+    # where the code's own division by the count is seen, loss / k before the framework's)
+    if (g > 2 or (g == 2 and r.again)) and near(s, 1 / g) and k == g:
         what = (
             f"{by} divides it by gradient_accumulation_steps={g}"
             if accelerate

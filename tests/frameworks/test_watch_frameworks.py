@@ -129,7 +129,36 @@ def test_watching_lightning_names_a_loss_divided_by_accumulate_grad_batches_agai
     assert [r.pitfall for r in short.failures] == ["short-last-batch", "mean-vs-sum"], str(short)
     assert "its own division by the count again undone, applied 0.3333 times" in str(short)
     halved = twin_of(tmp_path, script, line, "return 0.5 * F.cross_entropy(self.net(x), y)")
-    assert watch_script(str(halved), ["--rows", "8"]).ok
+    report = watch_script(str(halved), ["--rows", "8"])
+    assert report.ok, str(report)
+    assert "1 / the count Lightning's accumulate_grad_batches=2" in (report.note or "")
+
+
+@pytest.mark.parametrize("framework", ["accelerate", "lightning"])
+def test_watching_a_loss_divided_by_the_count_again_at_two_is_named_from_its_division(
+    framework: str, tmp_path: Path
+) -> None:
+    """At k = 2, 1 / k is a halved loss's too (0.5 * loss), so a loss divided by the count
+    again inside accelerate's accumulate() or Lightning's accumulation exited 0 (review 33:
+    measured 0.5 of the mean on every update), its note saying no known mistake names 0.5.
+    The division itself is read now: loss / k below the framework's own division by k is
+    named; 0.5 * loss still passes, its note saying it is 1 / the count."""
+    if framework == "accelerate":
+        pytest.importorskip("accelerate")
+        script, rows = SCRIPTS / "accelerate_accum.py", "12"
+        line = "accelerator.backward(loss)"
+        again = "accelerator.backward(loss / accelerator.gradient_accumulation_steps)"
+        said = "divides it by gradient_accumulation_steps=2 already"
+    else:
+        pytest.importorskip("pytorch_lightning")
+        script, rows = SCRIPTS / "lightning_accum.py", "8"
+        line = "return F.cross_entropy(self.net(x), y)"
+        again = line + " / self.trainer.accumulate_grad_batches"
+        said = "where Lightning's accumulate_grad_batches=2 divides it already"
+    report = watch_script(str(twin_of(tmp_path, script, line, again)), ["--rows", rows])
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "applied 0.5 times the mean" in report.failures[0].message, str(report)
+    assert said in report.failures[0].message, str(report)
 
 
 def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfall(

@@ -181,6 +181,7 @@ def _close(update: Open, tol: float) -> Update:
         optimizers=optimizers,
         hand_before=hand_before, one_row=_one_row(update.micro), penalty=(qq, sq, qa, qb),
         zeroed=zeroed, divided=_divided(update.micro),
+        again=bool(update.micro) and all(mb.again for mb in update.micro),
         epoch=min((mb.epoch for mb in update.micro if mb.epoch is not None), default=None),
     )  # fmt: skip
 

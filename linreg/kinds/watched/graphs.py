@@ -95,3 +95,19 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
             return float(weight[target[kept]].sum())
         return float(kept.sum())
     return float(per.numel())
+
+
+def divisors(node: Any, losses: set[int]) -> tuple[float, ...]:
+    """Return the numbers a loss was divided by on its way to a backward()'s root (`loss / 2 /
+    k`, each a division by a number): from the root's node down to one of the losses' nodes
+    (ids), () where anything else stands between (a sum of losses, a product)."""
+    out = []
+    while node is not None and id(node) not in losses:
+        other = (
+            getattr(node, "_saved_other", None) if type(node).__name__ == "DivBackward0" else None
+        )
+        if not isinstance(other, Tensor) or other.numel() != 1 or other.requires_grad:
+            return ()
+        out.append(float(other))
+        node = node.next_functions[0][0]
+    return tuple(out) if node is not None else ()

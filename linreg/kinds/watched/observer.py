@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from linreg.kinds.watched.clips import ClipHooks
-from linreg.kinds.watched.graphs import graph, leaves, leaves_of, reduced_whole
+from linreg.kinds.watched.graphs import divisors, graph, leaves, leaves_of, reduced_whole
 from linreg.kinds.watched.losses import LossReader
 from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Watched
@@ -150,6 +150,10 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                 for p in leaves(t.grad_fn)
             }
         matched = [c for c in self.pending if id(c.node) in under]
+        read = {id(c.node) for c in matched}  # the code's own division by a framework's count
+        again = divided[1] > 1 and all(  # (loss / k inside accelerate's accumulate())
+            divisors(t.grad_fn, read).count(divided[1]) >= 2 for t in roots
+        )
         if any(c.by_code and c.elements == 1 for c in matched):  # one element: its weight
             nodes = [t.grad_fn for t in roots if t.grad_fn is not None]  # looks like a
             for c in matched:  # coefficient, so what uses it tells (reduced_whole)
@@ -196,7 +200,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                 default=None,
             )
             self.micro.append(
-                MicroBatch(reached, self.source, shared, divided, epoch, self.all_fetched)
+                MicroBatch(reached, self.source, shared, divided, epoch, self.all_fetched, again)
             )
             self.all_micro += 1
         else:

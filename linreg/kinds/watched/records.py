@@ -58,6 +58,9 @@ class MicroBatch:
     divided: tuple[str, int] = ("", 1)
     epoch: int | None = None  # the batches an epoch of its DataLoader's pass holds, if known
     fetches: int = 0  # the DataLoader batches fetched since the start, as its backward() ran
+    # the code divided its loss by the framework's count too, before the framework's own
+    # division (the divisions by it between the loss and backward()'s root: 2 or more)
+    again: bool = False
 
     @property
     def count(self) -> float:
@@ -136,6 +139,7 @@ class Update:
     one_row: bool = False
     divided: tuple[str, int] = ("", 1)  # the framework, and the count it divided every
     # micro-batch's loss by in its backward()
+    again: bool = False  # the code divided every micro-batch's loss by that count too
     epoch: int | None = None  # the fewest batches an epoch of its micro-batches' passes holds
     norm: float = 0.0  # |what it applied|, where it applied what it held before (let through)
     # |what it applied| and |before|, where it applied a factor below 1 of what it held before
