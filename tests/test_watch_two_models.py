@@ -278,3 +278,110 @@ def test_one_members_window_zeroed_inside_is_grad_zeroing_not_a_dropped_left_ove
 
     torch.testing.assert_close(last[0], mean_gradient(slice(8, 12)) / 3)  # its third alone
     torch.testing.assert_close(whole[0], mean_gradient(slice(0, 12)))  # the window's mean
+
+
+def _one_optimizer_members(summed: bool) -> None:
+    """Two members of an ensemble in one optimizer, each its own mean loss and backward() on
+    the same batch (summed: the second's loss a sum)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, generator=gen)
+    data = TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5]))
+    members = nn.ModuleList([nn.Linear(3, 1), nn.Linear(3, 1)])
+    optimizer = torch.optim.Adam(members.parameters(), lr=1e-3)
+    for xb, yb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
+        optimizer.zero_grad()
+        for k, member in enumerate(members):
+            reduction = "sum" if summed and k == 1 else "mean"
+            F.mse_loss(member(xb).squeeze(1), yb, reduction=reduction).backward()
+        optimizer.step()
+
+
+def _two_students(summed: bool) -> None:
+    """Two students distilled from a frozen teacher, each its own optimizer; each student's
+    cross-entropy and its KL term are two backward() calls on one batch, both steps after
+    all four (summed: the second student's cross-entropy a sum)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 10, generator=gen)
+    data = TensorDataset(x, (x[:, :3].sum(1) > 0).long())
+    teacher = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2)).requires_grad_(False)
+    students = [nn.Linear(10, 2), nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 2))]
+    optimizers = [torch.optim.SGD(s.parameters(), lr=0.05, momentum=0.9) for s in students]
+    for xb, yb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        soft = F.softmax(teacher(xb) / 2, 1)
+        for k, student in enumerate(students):
+            reduction = "sum" if summed and k == 1 else "mean"
+            (0.5 * F.cross_entropy(student(xb), yb, reduction=reduction)).backward()
+            F.kl_div(F.log_softmax(student(xb) / 2, 1), soft, reduction="batchmean").backward()
+        for optimizer in optimizers:
+            optimizer.step()
+
+
+def _gan(latents_loader: bool, simultaneous: bool) -> None:
+    """A GAN on 40 real rows: latent codes drawn by torch.randn, or fetched from a DataLoader
+    of their own between D's real and fake backward() (latents_loader); D then G stepped in
+    turn, or both after both backward() calls, G's first and D's zeroed between
+    (simultaneous: G's loss reaches D, whose .grad the code clears before D's own)."""
+    gen = torch.Generator().manual_seed(0)
+    real_rows = DataLoader(TensorDataset(torch.randn(40, 6, generator=gen)), batch_size=8)
+    codes = iter(DataLoader(TensorDataset(torch.randn(40, 4, generator=gen)), batch_size=8))
+    g_net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6))
+    d_net = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    opt_d, opt_g = torch.optim.Adam(d_net.parameters()), torch.optim.Adam(g_net.parameters())
+    bce = F.binary_cross_entropy_with_logits
+    for (real,) in real_rows:
+        b = len(real)
+        if simultaneous:
+            fake = g_net(torch.randn(b, 4, generator=gen))
+            opt_g.zero_grad()
+            bce(d_net(fake), torch.ones(b, 1)).backward()
+            opt_d.zero_grad()
+            (
+                bce(d_net(real), torch.ones(b, 1)) + bce(d_net(fake.detach()), torch.zeros(b, 1))
+            ).backward()
+            opt_g.step()
+            opt_d.step()
+            continue
+        opt_d.zero_grad()
+        bce(d_net(real), torch.ones(b, 1)).backward()
+        z = next(codes)[0][:b] if latents_loader else torch.randn(b, 4, generator=gen)
+        fake = g_net(z)
+        bce(d_net(fake.detach()), torch.zeros(b, 1)).backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        bce(d_net(fake), torch.ones(b, 1)).backward()
+        opt_g.step()
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda: _one_optimizer_members(summed=False),
+        lambda: _two_students(summed=False),
+        lambda: _gan(latents_loader=True, simultaneous=False),
+        lambda: _gan(latents_loader=False, simultaneous=True),
+    ],
+    ids=["ensemble in one optimizer", "two distilled students", "latents loader", "simultaneous"],
+)
+def test_correct_loops_that_step_several_objectives_at_once_pass(run: Callable[[], None]) -> None:
+    """Code review cr28 of c69ee5d: an ensemble in one optimizer, each member its own
+    backward(), was read as one objective again (2 times the mean); two students' terms
+    (cross-entropy and KL, two backward() calls each) were told from the next update's count
+    of fetched batches, once the second optimizer's step read the update again, and failed
+    micro-batch-accumulation; a GAN's latent codes fetched from a loader between D's real and
+    fake backward() made them batches of one stream (mean-vs-sum); and a GAN stepping both
+    after G's backward() and D's, D zeroed between them, found G's leak into D's .grad carried
+    (grad-zeroing, before these commits too)."""
+    with watch(steps=8) as reports:
+        run()
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+def test_a_summed_member_in_one_optimizer_fails_mean_vs_sum() -> None:
+    """(cr28: read as one objective, it was micro-batch-accumulation's, "no known mistake")"""
+    with watch(steps=5) as reports:
+        _one_optimizer_members(summed=True)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "applied 8 times the mean" in str(report), str(report)

@@ -46,39 +46,54 @@ def close(
 
 
 def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch]]]:
-    """Return the update's params and micro-batches split by the params its losses reached
-    and its optimizers stepped: losses that reach a param in common are one objective's (a
-    shared trunk, micro-batches of one model), and so are those whose params one optimizer
-    steps (heads on a frozen trunk, their losses added or weighed by the code); one set of
-    params per objective, each with its losses alone. One set (no split) where a loss reached
-    no param stepped, or a param no loss reached applied a gradient (a penalty by hand: whose
-    it is is not seen)."""
+    """Return the update's params and micro-batches split by the params its losses reached:
+    losses that reach a param in common are one objective's (a shared trunk, micro-batches of
+    one model), and so are losses one backward() reached whose params one optimizer steps
+    (heads on a frozen trunk, their losses added, or weighed, by the code); one set of params
+    per objective, each with its losses alone (two models, each its own backward(), in one
+    optimizer or two). One set (no split) where a loss reached no param stepped, or a param
+    no loss reached applied a gradient (a penalty by hand: whose it is is not seen)."""
     stepped = {id(p): p for p in update.params}
-    calls = [c for mb in update.micro for c in mb.losses]
-    sets: list[set[int]] = []  # the params each objective's losses reached
-    for c in calls:
-        reached = stepped.keys() & c.grads.keys()
-        if not reached:
-            return []
-        joined = [s for s in sets if not s.isdisjoint(reached)]
-        sets = [s for s in sets if s.isdisjoint(reached)] + [reached.union(*joined)]
-    for group in update.stepped:  # one optimizer's params: one objective's
-        joined = [s for s in sets if not s.isdisjoint(group)]
-        if len(joined) > 1:
-            sets = [s for s in sets if s.isdisjoint(group)] + [set().union(*joined)]
-    unreached = stepped.keys() - set().union(*sets)
+    sets: list[tuple[set[int], set[int]]] = []  # per objective: its params, its backward()s
+    for i, mb in enumerate(update.micro):
+        for c in mb.losses:
+            reached = stepped.keys() & c.grads.keys()
+            if not reached:
+                return []
+            joined = [s for s in sets if not s[0].isdisjoint(reached)]
+            sets = [s for s in sets if s[0].isdisjoint(reached)]
+            sets.append(
+                (reached.union(*(p for p, _ in joined)), {i}.union(*(b for _, b in joined)))
+            )
+    for group in update.stepped:  # one backward()'s losses on one optimizer's params
+        while True:
+            touching = [s for s in sets if not s[0].isdisjoint(group)]
+            pair = next(
+                (
+                    (a, b)
+                    for a in touching
+                    for b in touching
+                    if a is not b and not a[1].isdisjoint(b[1])
+                ),
+                None,
+            )
+            if pair is None:
+                break
+            sets = [s for s in sets if s is not pair[0] and s is not pair[1]]
+            sets.append((pair[0][0] | pair[1][0], pair[0][1] | pair[1][1]))
+    unreached = stepped.keys() - set().union(*(p for p, _ in sets))
     if len(sets) < 2 or any(
         (g := update.applied.get(key)) is not None and bool(g.any()) for key in unreached
     ):
         return []
     out = []
-    for s in sets:
+    for params, _ in sets:
         micro = [
             replace(mb, losses=mine)
             for mb in update.micro
-            if (mine := [c for c in mb.losses if not s.isdisjoint(c.grads)])
+            if (mine := [c for c in mb.losses if not params.isdisjoint(c.grads)])
         ]
-        out.append(([p for key, p in stepped.items() if key in s], micro))
+        out.append(([p for key, p in stepped.items() if key in params], micro))
     return out
 
 

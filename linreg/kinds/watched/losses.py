@@ -47,6 +47,7 @@ class LossReader:
     origins: dict[int, tuple[weakref.ref[Tensor], tuple[int, int]]]
     batch_tensors: collections.deque[Tensor]
     unread_last: dict[int, list[Tensor]]
+    yields: dict[int, int]
 
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
         """Read a loss the code computed with grad on: repeated per element on the same input,
@@ -106,6 +107,7 @@ class LossReader:
                     backwards=self.backwards,
                     fetched_by=fetched_by,
                     fetched_from=fetched_from,
+                    fetched_at=0 if fetched_by is None else self.yields.get(fetched_by, 0),
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it

@@ -47,6 +47,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.micro: list[MicroBatch] = []
         self.blind = 0
         self.carried: dict[int, Tensor | None] | None = None
+        self.stale: dict[int, Tensor] = {}  # the params whose .grad carried held a gradient
         self.closed: dict[int, Tensor | None] = {}  # the last closed update's, for its others
         self.raw: dict[int, Tensor] = {}  # buffers: each param's .grad after a backward()
         self.fresh: set[int] = set()  # the params whose raw buffer this update's backward() set
@@ -162,8 +163,13 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.open = None  # the update before is closed: its gradients are let go
         if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
             self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go
+            self.stale = {}
         if self.carried is None:  # the update's first backward()
-            self.fresh, self.prior, self.carried = set(), {}, {}
+            self.fresh, self.prior, self.carried, self.stale = set(), {}, {}, {}
+        for key, p in list(self.stale.items()):  # zeroed since (one model's zero_grad, right
+            if p.grad is None or not bool(p.grad.any()):  # before its own backward()):
+                self.carried[key] = None  # what it held is not carried into the step
+                del self.stale[key]
         # what .grad holds as the update's first backward() to reach it begins (a second
         # model's loss, after the first's: its optimizer's zero_grad forgotten), whatever that
         # backward() reached it through (a penalty on every param, beside the first task's loss)
@@ -171,6 +177,8 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
             for p in leaves(t.grad_fn) if t.grad_fn is not None else ():
                 if id(p) not in self.carried:
                     self.carried[id(p)] = None if p.grad is None else p.grad.detach().clone()
+                    if p.grad is not None and bool(p.grad.any()):
+                        self.stale[id(p)] = p
         self.busy = True
         try:
             run()
@@ -200,7 +208,15 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                 default=None,
             )
             self.micro.append(
-                MicroBatch(reached, self.source, shared, divided, epoch, self.all_fetched, again)
+                MicroBatch(
+                    reached,
+                    self.source,
+                    shared,
+                    divided,
+                    epoch,
+                    (reached[0].fetched_by, reached[0].fetched_at),
+                    again,
+                )
             )
             self.all_micro += 1
         else:

@@ -44,6 +44,7 @@ class LossCall:
     fetched_by: int | None = None  # the DataLoader iterator that fetched its target's batch
     fetched_from: int | None = None  # the dataset of that DataLoader
     # (else the last to fetch one before it: a target cast or stacked from a batch's)
+    fetched_at: int = 0  # the batches that iterator had yielded as the loss was computed
 
 
 @dataclass
@@ -57,7 +58,10 @@ class MicroBatch:
     # count (accelerate's Accelerator.backward: loss / gradient_accumulation_steps)
     divided: tuple[str, int] = ("", 1)
     epoch: int | None = None  # the batches an epoch of its DataLoader's pass holds, if known
-    fetches: int = 0  # the DataLoader batches fetched since the start, as its backward() ran
+    # its first loss's iterator and the batches it had yielded then (LossCall.fetched_at):
+    # batches of one stream each come after a fetch of their own; a GAN's real and fake terms
+    # after one (or after another loader's: latent codes from a loader of their own)
+    drawn: tuple[int | None, int] = (None, 0)
     # the code divided its loss by the framework's count too, before the framework's own
     # division (the divisions by it between the loss and backward()'s root: 2 or more)
     again: bool = False
@@ -80,6 +84,7 @@ class Open:
     micro: list[MicroBatch]
     blind: int = 0  # backward() calls that reached no loss the watcher read
     terms: bool = False  # more backward() calls than DataLoader batches, not all on them
+    fetched: int = 0  # the DataLoader batches fetched since the update before
     dropped: int = 0  # micro-batches before the code zeroed .grad: let go, not stepped
     # the counts (rows or targets) of those whose targets the loaders of the kept ones'
     # fetched, in turn

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -159,7 +160,8 @@ class Steps:
         self.zeroed_by.update({it for mb in zeroed for it in _iterators([mb])})
         self.seen.probed += self.cut - len(let_go)
         self.stepping = streams
-        update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept))
+        update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept, self.fetched))
+        update.fetched = self.fetched
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
         # after that end (the left-over window zeroed at the next epoch's start, not zeroing
         # inside every window whose windows cross epochs)
@@ -221,7 +223,10 @@ class Steps:
         read is unread (not judged), never an error raised into the code's step."""
         try:
             self._read(update, params, carried)
-            closed = close(update, max(tolerance_of(update.params), self.precision), self.terms)
+            # (a part's terms told by the update's own fetches: another optimizer's step of it
+            # reads it again after the next update's count began)
+            terms = functools.partial(self.terms, fetched=update.fetched)
+            closed = close(update, max(tolerance_of(update.params), self.precision), terms)
         except Exception:
             closed = unread(tolerance_of(update.params))
         return replace(closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip)
@@ -234,25 +239,29 @@ class Steps:
             update.before[key] = self.prior.get(key, raw)
             update.carried[key] = carried.get(key)
 
-    def terms(self, micro: list[MicroBatch]) -> bool:
+    def terms(self, micro: list[MicroBatch], fetched: int) -> bool:
         """Return whether the update's micro-batches are terms of one objective rather than
         batches of data: a backward() on a graph an earlier one retained (each task's loss on
         one forward); micro-batches each of one label for all its rows, not the same label,
-        with no batch fetched between them (a GAN's real and fake); or more backward() calls
-        than the DataLoader batches fetched, some on targets no batch held (chunks of a fetched
-        batch are views of it, and stay micro-batches)."""
+        not each after a batch of one stream of its own (a GAN's real and fake); or more
+        backward() calls than the DataLoader batches fetched for the update (fetched), some on
+        targets no batch held (chunks of a fetched batch are views of it, and stay
+        micro-batches)."""
         calls = [c for mb in micro for c in mb.losses]
         if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
             return True  # (retain_graph=True): each task's loss on one forward, not a batch
         labels = [c.constant for c in calls]
         made = not all(c.from_batch for c in calls)  # a target the code made (torch.ones(b))
-        one = len({mb.fetches for mb in micro}) == 1  # on one fetched batch (or none)
-        if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made and one:
+        drawn = {mb.drawn for mb in micro}  # batches of one stream, each its own fetch
+        iterators = {it for it, _ in drawn}
+        stream = len(drawn) == len(micro) and len(iterators) == 1 and None not in iterators
+        if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made and not stream:
             return True  # each micro-batch one label for all its rows, not the same: a GAN's
-            # (where every target is a fetched batch's, or a batch was fetched between them,
-            # smoothed labels of a batch of one class each, batches of one label are data)
+            # (where every target is a fetched batch's, or each micro-batch came after a batch
+            # of one stream, smoothed labels of a batch of one class each, batches of one
+            # label are data)
         more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
-        return more and 0 < self.fetched < len(micro) and made
+        return more and 0 < fetched < len(micro) and made
 
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
