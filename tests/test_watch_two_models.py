@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
+from linreg.kinds.watched.graphs import divisors
 
 
 def _members(
@@ -221,19 +222,23 @@ def test_a_penalty_that_reaches_a_head_before_its_own_loss_does_is_no_gradient_l
     assert reports[0].ok and not reports[0].error, str(reports[0])
 
 
-def _accumulated_members(zeroed_inside: bool, seen: list[torch.Tensor] | None = None) -> None:
-    """Two members accumulating 3 batches of 4 a window, each its own optimizer; zeroed_inside:
-    the second member's optimizer zeroed after every batch (a bug), the first's once a window.
-    seen: the second member's first weight's .grad at each step (lr 0)."""
+def _accumulated_members(
+    zeroed_inside: bool, seen: list[torch.Tensor] | None = None, rows: int = 36
+) -> None:
+    """Two members accumulating 3 batches of 4 a window, each its own optimizer, windows
+    counted over the run (40 rows: they cross the epochs' ends); zeroed_inside: the second
+    member's optimizer zeroed after every batch (a bug), the first's once a window. seen: the
+    second member's first weight's .grad at each step (lr 0)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(36, 5, generator=gen)
-    data = TensorDataset(x, x.sum(1) + 0.1 * torch.randn(36, generator=gen))
+    x = torch.randn(rows, 5, generator=gen)
+    data = TensorDataset(x, x.sum(1) + 0.1 * torch.randn(rows, generator=gen))
     with torch.random.fork_rng():
         torch.manual_seed(0)
         members = [nn.Linear(5, 1), nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))]
     lr = 0.0 if seen is not None else 0.05
     optimizers = [torch.optim.SGD(m.parameters(), lr=lr) for m in members]
-    for i, (xb, yb) in enumerate(DataLoader(data, batch_size=4)):
+    batches = (b for _ in range(1 if rows == 36 else 2) for b in DataLoader(data, batch_size=4))
+    for i, (xb, yb) in enumerate(batches):  # (i counts over the run)
         for m in members:
             (F.mse_loss(m(xb).squeeze(1), yb) / 3).backward()
         if (i + 1) % 3 == 0:
@@ -251,11 +256,12 @@ def test_one_members_window_zeroed_inside_is_grad_zeroing_not_a_dropped_left_ove
     zero_grad; the second member's update applies its last micro-batch alone. Its first
     micro-batches never applied were named an epoch's left-over window dropped (short-last-
     batch) where no epoch had ended (code review cr27): that is grad-zeroing's."""
-    with watch(steps=3) as reports:
-        _accumulated_members(zeroed_inside=True)
-    report = reports[0]
-    assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
-    assert "inside the update" in report.failures[0].message
+    for rows in (36, 40):  # (40: a window crosses the epoch's end, no left-over dropped:
+        with watch(steps=5) as reports:  # code review cr29's N3, a second name)
+            _accumulated_members(zeroed_inside=True, rows=rows)
+        report = reports[0]
+        assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+        assert "inside the update" in report.failures[0].message
     with watch(steps=3) as right:
         _accumulated_members(zeroed_inside=False)
     assert right[0].ok and not right[0].error, str(right[0])
@@ -385,3 +391,14 @@ def test_a_summed_member_in_one_optimizer_fails_mean_vs_sum() -> None:
     report = reports[0]
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "applied 8 times the mean" in str(report), str(report)
+
+
+def test_the_divisions_a_loss_took_are_read_under_a_loss_scalers_product() -> None:
+    """A loss scaler multiplies the loss backward() gets by its scale: the divisions below it
+    (the code's loss / k, the framework's own) were not read, so a loss divided by the count
+    again under Lightning's 16-mixed precision exited 0 at k = 2 (code review cr29's N2)."""
+    x = torch.randn(4, requires_grad=True)
+    loss = F.mse_loss(x, torch.zeros(4))
+    scaled = (loss / 2 / 2) * 1024.0
+    assert divisors(scaled.grad_fn, {id(loss.grad_fn)}) == (2.0, 2.0)
+    assert divisors((0.5 * loss / 2).grad_fn, {id(loss.grad_fn)}) == ()  # a product below

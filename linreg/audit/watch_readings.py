@@ -35,7 +35,7 @@ class Reading:
     divided: tuple[str, int] = ("", 1)  # a framework's backward()'s count (Update.divided)
     again: bool = False  # the code divided by it too (Update.again)
     epoch: int | None = None  # the batches an epoch of its pass holds (Update.epoch)
-    crossed: bool = False  # an epoch ended while it was open (Update.crossed)
+    before_end: int = 0  # its micro-batches fed before an epoch's end (Update.before_end)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
@@ -294,12 +294,13 @@ def first_applied(rel: list[float]) -> int | None:
     return dropped if 0 < dropped < len(rel) and alike(rel[dropped:]) else None
 
 
-def never_applied(at: str, dropped: int, crossed: bool) -> tuple[str, str]:
+def never_applied(at: str, dropped: int, before_end: int) -> tuple[str, str]:
     """Return the pitfall, and what it says, of an update whose first micro-batches' gradient
-    was zeroed before its step: an epoch's left-over window dropped where an epoch ended while
-    it was open (short-last-batch), else zeroing inside the window (grad-zeroing: one model's
-    optimizer zeroed each micro-batch, the other's not, so the watch saw no zero_grad)."""
-    if crossed:
+    was zeroed before its step: an epoch's left-over window dropped where they were all fed
+    before an epoch's end that came while it was open (before_end of them were: short-last-
+    batch), else zeroing inside the window (grad-zeroing: one model's optimizer zeroed each
+    micro-batch, the other's not, so the watch saw no zero_grad)."""
+    if dropped <= before_end:
         return "short-last-batch", (
             f"{at}: its first {dropped} micro-batch(es) went through backward() and were never "
             "applied (their gradient zeroed before any step: an epoch's left-over window "

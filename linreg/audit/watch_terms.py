@@ -47,7 +47,7 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
         weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
         dropped = first_applied(rel)
         if dropped is not None:
-            v.fail(*never_applied(at, dropped, r.crossed))
+            v.fail(*never_applied(at, dropped, r.before_end))
         elif unequal and alike(weights):
             v.fail(
                 "micro-batch-accumulation",

@@ -161,7 +161,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                         r = _with_dropped(
                             r, u.dropped_counts[-each:] if j == 0 else u.dropped_counts, summed
                         )
-                    r.tol, r.crossed = u.tol, u.crossed
+                    r.tol, r.before_end = u.tol, part.before_end
                     r.calls = r.calls if term else part.calls
                     readings[
                         hash((u.optimizers, part.group)) if u.parts else u.optimizers, term
@@ -377,7 +377,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             continue
         dropped = first_applied(rel)
         if dropped is not None:
-            v.fail(*never_applied(at, dropped, r.crossed))
+            v.fail(*never_applied(at, dropped, r.before_end))
             continue
         if unequal and alike(weights):
             each = weights[0]
@@ -496,6 +496,12 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
         return (
             f"it divides each micro-batch's loss by the accumulation count itself, where {what} "
             "already"
+            + (  # (the ½ of a squared error written as a division reads the same)
+                " (a loss halved on purpose as loss / 2 applies the same 0.5: write 0.5 * loss, "
+                "which is read as the loss's own constant)"
+                if g == 2
+                else ""
+            )
         )
     if k > 1 and (near(s, k * r.calls) or (k != r.calls and near(s, k))):
         return f"it adds up its {k} micro-batches' mean losses without dividing"

@@ -29,23 +29,28 @@ def _terms(mb: MicroBatch) -> list[list[LossCall]]:
 def close(
     update: Open, tol: float, terms: Callable[[list[MicroBatch]], bool] | None = None
 ) -> Update:
-    """Return an update's numbers (_close); where its optimizers stepped disjoint sets of
-    params whose losses reached no param of another's, each set's too (parts): two models,
-    each its own optimizer, are two objectives, each the mean of its own rows, not one over
-    the rows of both. terms tells whether a part's micro-batches are terms of one objective
-    (Steps.terms), as the update's are."""
+    """Return an update's numbers (_close); where its losses fall into objectives that reach
+    no param of another's (_apart), each one's too (parts): two models are two objectives,
+    each the mean of its own rows, not one over the rows of both. terms tells whether a
+    part's micro-batches are terms of one objective (Steps.terms), as the update's are."""
     whole = _close(update, tol)
     apart = [] if update.blind or whole.elsewhere else _apart(update)
     if len(apart) < 2:
         return whole
     parts = (
-        replace(update, params=ps, micro=ms, terms=update.terms if terms is None else terms(ms))
-        for ps, ms in apart
+        replace(
+            update,
+            params=ps,
+            micro=ms,
+            terms=update.terms if terms is None else terms(ms),
+            before_end=before,
+        )
+        for ps, ms, before in apart
     )
     return replace(whole, parts=tuple(_close(part, tol) for part in parts))
 
 
-def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch]]]:
+def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
     """Return the update's params and micro-batches split by the params its losses reached:
     losses that reach a param in common are one objective's (a shared trunk, micro-batches of
     one model), and so are losses one backward() reached whose params one optimizer steps
@@ -87,13 +92,14 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch]]]:
     ):
         return []
     out = []
-    for params, _ in sets:
+    for params, backwards in sets:
         micro = [
             replace(mb, losses=mine)
             for mb in update.micro
             if (mine := [c for c in mb.losses if not params.isdisjoint(c.grads)])
         ]
-        out.append(([p for key, p in stepped.items() if key in params], micro))
+        before = sum(i < update.before_end for i in backwards)  # its own, before an epoch's end
+        out.append(([p for key, p in stepped.items() if key in params], micro, before))
     return out
 
 
@@ -123,6 +129,7 @@ def _close(update: Open, tol: float) -> Update:
                 terms=update.terms, dropped=update.dropped, redone=update.redone,
                 dropped_counts=update.dropped_counts, foreign=update.foreign,
                 crossed=update.crossed,
+                before_end=update.before_end,
                 calls=max(len(mb.losses) for mb in update.micro),
                 norm=0.0 if right or value_clipped else through, group=group,
                 optimizers=optimizers,
@@ -190,6 +197,7 @@ def _close(update: Open, tol: float) -> Update:
         counts, gram, sa, sb, aa, bb, ab, carried, applied_any, update.blind,
         clipped=value_clipped, tol=tol, terms=update.terms, dropped=update.dropped,
         dropped_counts=update.dropped_counts, redone=update.redone, crossed=update.crossed,
+        before_end=update.before_end,
         foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,

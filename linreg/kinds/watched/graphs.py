@@ -5,7 +5,7 @@ per-element loss is reduced whole (a sum or a mean of it), and what a loss's mea
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 from torch import Tensor
 
@@ -100,14 +100,22 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
 def divisors(node: Any, losses: set[int]) -> tuple[float, ...]:
     """Return the numbers a loss was divided by on its way to a backward()'s root (`loss / 2 /
     k`, each a division by a number): from the root's node down to one of the losses' nodes
-    (ids), () where anything else stands between (a sum of losses, a product)."""
+    (ids), () where anything else stands between (a sum of losses, a product), but for
+    products by a number at the root (a loss scaler's scale, on the loss as backward() got
+    it)."""
+    while type(node).__name__ == "MulBackward0" and _a_number(getattr(node, "_saved_other", None)):
+        node = node.next_functions[0][0]
     out = []
     while node is not None and id(node) not in losses:
-        other = (
-            getattr(node, "_saved_other", None) if type(node).__name__ == "DivBackward0" else None
-        )
-        if not isinstance(other, Tensor) or other.numel() != 1 or other.requires_grad:
+        division = type(node).__name__ == "DivBackward0"
+        other = getattr(node, "_saved_other", None) if division else None
+        if not _a_number(other):
             return ()
         out.append(float(other))
         node = node.next_functions[0][0]
     return tuple(out) if node is not None else ()
+
+
+def _a_number(t: Any) -> TypeGuard[Tensor]:
+    """Return whether t is a number held as a tensor (an operand autograd saved)."""
+    return isinstance(t, Tensor) and t.numel() == 1 and not t.requires_grad

@@ -92,6 +92,7 @@ class Open:
     redone: bool = True  # those were on the targets of the ones kept (SAM, an attack, a closure)
     foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
+    before_end: int = 0  # then: its micro-batches fed before that end
     clip_bounds: dict[int, float] = field(default_factory=dict)  # param id -> the bound
     # clip_grad_value_ clamped it to, where the code clipped so
     norm_clipped: bool = False  # clip_grad_norm_ was called in it
@@ -128,6 +129,7 @@ class Update:
     redone: bool = True  # those were on the targets of the ones kept
     foreign: bool = False  # those came from another loader than the ones kept
     crossed: bool = False  # an epoch ended while it was open
+    before_end: int = 0  # then: its micro-batches fed before that end
     unreadable: bool = False  # its gradients could not be taken apart (sparse ones): not read
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
     scaled_clip: bool = False  # torch's clipping changed them before that unscale_: the

@@ -167,6 +167,7 @@ class Steps:
         # inside every window whose windows cross epochs)
         update.dropped = len(let_go)
         update.crossed = self.straddles and self.cut <= self.held_at_end
+        update.before_end = self.held_at_end - self.cut if update.crossed else 0
         loaders = _loaders(kept)
         update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & loaders)
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
