@@ -479,11 +479,13 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
     accelerate = by.startswith("accelerate")
     # (an epoch of fewer batches than the count cuts every window short: accelerate's own
     # nominal count there, not a step outside accumulate(), where it took them all)
-    if g > 1 and near(s, 1 / g) and k < min(g, r.epoch or g) and accelerate:
+    outside = g > 1 and k < min(g, r.epoch or g) and accelerate
+    if outside and (near(s, 1 / g) or (r.again and near(s, 1 / g**2))):
         return (
             f"accelerate's backward() divides each loss by gradient_accumulation_steps={g}, "
             f"yet the update stepped after {k} micro-batch(es): the loop steps outside `with "
             "accelerator.accumulate(model):`, which skips the steps before a window's last"
+            + (", and divides each loss by the count again itself" if near(s, 1 / g**2) else "")
         )
     # (at 2, 1 / k is a halved loss's too, 0.5 * F.mse_loss, the code's own constant: named
     # where the code's own division by the count is seen, loss / k before the framework's)

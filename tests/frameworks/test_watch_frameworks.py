@@ -134,6 +134,31 @@ def test_watching_lightning_names_a_loss_divided_by_accumulate_grad_batches_agai
     assert "1 / the count Lightning's accumulate_grad_batches=2" in (report.note or "")
 
 
+def test_watching_accelerate_names_a_loss_divided_again_outside_accumulate_with_both_causes(
+    tmp_path: Path,
+) -> None:
+    """Outside accumulate() and divided by the count again: every batch's step applies
+    1 / k^2 of its mean (1/9 at k = 3), which neither rule named alone, so it exited 0 (code
+    review cr29's P1). The code's own division is read, so both causes are named."""
+    pytest.importorskip("accelerate")
+    script = SCRIPTS / "accelerate_accum.py"
+    outside = twin_of(
+        tmp_path, script, "with accelerator.accumulate(model):", "if True:  # accumulate() left out"
+    )
+    twice = twin_of(
+        tmp_path,
+        outside,
+        "accelerator.backward(loss)",
+        "accelerator.backward(loss / accelerator.gradient_accumulation_steps)",
+    )
+    report = watch_script(str(twice), ["--rows", "12", "--gradient-accumulation-steps", "3"])
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    message = report.failures[0].message
+    assert "applied 0.1111 times the mean" in message, str(report)
+    assert "outside `with accelerator.accumulate(model):`" in message, str(report)
+    assert "divides each loss by the count again itself" in message, str(report)
+
+
 @pytest.mark.parametrize("framework", ["accelerate", "lightning"])
 def test_watching_a_loss_divided_by_the_count_again_at_two_is_named_from_its_division(
     framework: str, tmp_path: Path
