@@ -230,7 +230,14 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
         return (
             f"not judged: {of} applies {c.scale:.4g} times the {v.meant} of its rows, and no "
             "shorter update showed whether that changes with the rows (a constant of the "
-            "loss's own, or a sum): data whose size is no multiple of the batch size would tell"
+            "loss's own, or a sum): "
+            + (
+                "the shorter ones read tell nothing of it (a framework's own count on an "
+                "epoch's short window, which it divides by the full count too, or a count a "
+                "full one's to the tolerance)"
+                if c.short
+                else "data whose size is no multiple of the batch size would tell"
+            )
         )
     if pitfall == "short-last-batch" and v.free and v.partial:
         return (

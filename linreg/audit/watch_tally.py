@@ -25,6 +25,7 @@ class Constant:
     # the framework and its count where the scale is 1 / that count (2: a halved loss, or one
     # divided again by the count written as a product), else ""
     framework: str = ""
+    short: bool = False  # shorter updates were read, and told nothing of it
 
 
 class Grown(NamedTuple):

@@ -303,7 +303,9 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 if by.startswith("accelerate")
                 else f"{by}={g}"
             )
-            v.constants.append(Constant(term, kappa, full, unconfirmed, framework=framework))
+            v.constants.append(
+                Constant(term, kappa, full, unconfirmed, framework=framework, short=bool(shorts))
+            )
             s_full = 1.0
     # the full ones' scale the code's own division by a framework's count, again (1 / k on k
     # micro-batches): a shorter update is read with it undone, as what the framework applies
