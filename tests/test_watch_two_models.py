@@ -402,3 +402,14 @@ def test_the_divisions_a_loss_took_are_read_under_a_loss_scalers_product() -> No
     scaled = (loss / 2 / 2) * 1024.0
     assert divisors(scaled.grad_fn, {id(loss.grad_fn)}) == (2.0, 2.0)
     assert divisors((0.5 * loss / 2).grad_fn, {id(loss.grad_fn)}) == ()  # a product below
+
+
+def test_the_observers_hooks_that_close_an_update_are_steps_not_the_clip_hooks_stubs() -> None:
+    """The Observer is made of mixins (e14b717); ClipHooks holds a stub joined_bounds that
+    Steps' own must override, or a clip joined by another optimizer's step reads no bounds."""
+    from linreg.kinds.watched.clips import ClipHooks
+    from linreg.kinds.watched.observer import Observer
+    from linreg.kinds.watched.steps import Steps
+
+    assert Observer.joined_bounds is Steps.joined_bounds
+    assert Observer.joined_bounds is not ClipHooks.joined_bounds
