@@ -1,7 +1,7 @@
 """How an update is closed (`close`): what its steps applied, read param by param as numbers
 (no gradient is kept): directly, whether it applied its rows' mean (applied.py); where not, the
-inner products its weights are solved from; where its losses reached disjoint sets of the
-params stepped, each set on its own rows.
+inner products its weights are solved from; where its losses fall into objectives that reach
+no param of another's (two models, each its own backward()), each objective on its own rows.
 """
 
 from __future__ import annotations
