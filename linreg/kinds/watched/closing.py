@@ -16,14 +16,42 @@ from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, su
 from linreg.kinds.watched.records import Column, LossCall, MicroBatch, Open, Update
 
 
-def _terms(mb: MicroBatch) -> list[list[LossCall]]:
-    """Return a micro-batch's loss calls, those of one function together: a loss per row or
-    per step added up is one term (its sum); losses of different functions are each a term of
-    their own (a multi-task loss: mse + 0.5 * cross_entropy)."""
+def _terms(mb: MicroBatch, task: Callable[[LossCall], str]) -> list[list[LossCall]]:
+    """Return a micro-batch's loss calls, those of one task together: a loss per row or per
+    step added up is one term (its sum); losses of different tasks are each a term of their
+    own (a multi-task loss: mse + 0.5 * cross_entropy)."""
     by: dict[str, list[LossCall]] = {}
     for c in mb.losses:
-        by.setdefault(c.name, []).append(c)
+        by.setdefault(task(c), []).append(c)
     return list(by.values())
+
+
+def _tasks(update: Open) -> Callable[[LossCall], str]:
+    """Return the task of each loss an update's micro-batches reached: its function's name;
+    where one function's losses came from 2+ datasets whose losses reach different params
+    (each task its own head on a shared trunk, each its own backward()), its dataset too. A
+    task's micro-batches are the mean of its own rows; tasks are added up, each with the
+    code's coefficient (multi-task learning), where batches of one task are one mean."""
+    stepped = {id(p) for p in update.params}
+    reached: dict[str, dict[int | None, set[int]]] = {}
+    for c in (c for mb in update.micro for c in mb.losses):
+        on = reached.setdefault(c.name, {}).setdefault(c.fetched_from, set())
+        on.update(stepped & c.grads.keys())
+    heads = {
+        name: list(data)
+        for name, data in reached.items()
+        if len(data) > 1
+        and None not in data
+        and len({frozenset(params) for params in data.values()}) > 1
+    }
+
+    def task(c: LossCall) -> str:
+        if c.name not in heads:
+            return c.name
+        n = heads[c.name].index(c.fetched_from) + 1
+        return f"{c.name} (dataset {n} of {len(heads[c.name])})"
+
+    return task
 
 
 def close(
@@ -116,8 +144,10 @@ def _close(update: Open, tol: float) -> Update:
         none = torch.zeros(0, dtype=torch.float64)
         empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
         return Update(counts, *empty, tol=tol, elsewhere=True, optimizers=optimizers)
-    calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
-    several = len(calls) > len(update.micro)  # terms weighed each its own way: not one mean
+    task = _tasks(update)
+    calls = [c for mb in update.micro for c in _terms(mb, task)]  # each micro-batch's, per task
+    # terms weighed each its own way, not one mean: a micro-batch's, or the update's tasks
+    several = len(calls) > len(update.micro) or len({task(c[0]) for c in calls}) > 1
     group = hash(tuple(sorted(id(p) for p in update.params)))
     if counts and not update.blind and not several:
         right, through = applied_mean(update, sum(counts), tol)
@@ -183,7 +213,7 @@ def _close(update: Open, tol: float) -> Update:
                 sq[:, at] += s @ q.T
     columns = tuple(
         Column(
-            c[0].name or "loss",
+            task(c[0]) or "loss",
             sum(x.count for x in c),
             all(x.from_batch for x in c),
             "mean" if len(c) == 1 and c[0].reduction == "mean"
