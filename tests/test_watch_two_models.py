@@ -156,11 +156,11 @@ def test_a_distilled_student_beside_its_teacher_is_judged_and_each_sum_named(sum
     assert [r.pitfall for r in report.failures] == (["mean-vs-sum"] if summed else []), str(report)
 
 
-def _frozen_heads(weights: Callable[[int], float], nominal: bool) -> None:
+def _frozen_heads(weights: Callable[[int], float], nominal: bool, apart: bool = False) -> None:
     """Two heads over a frozen encoder, one optimizer: a price regressed and a kind classified,
     their losses added, the kind's weighed by the code (warmed up: weights(step)); nominal:
     both summed and divided by the batch size, the short last batch's too (44 rows, batches of
-    8)."""
+    8); apart: each loss its own backward() (as code that logs each, or saves memory, does)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(44, 6, generator=gen)
     data = TensorDataset(x, x[:, 0] * 2 + 1, (x[:, 1] > 0).long())
@@ -170,9 +170,12 @@ def _frozen_heads(weights: Callable[[int], float], nominal: bool) -> None:
     reduction = "sum" if nominal else "mean"
     for step, (xb, pb, kb) in enumerate(DataLoader(data, batch_size=8)):
         h = encoder(xb)
-        loss = F.smooth_l1_loss(price(h).squeeze(1), pb, reduction=reduction)
-        loss = loss + weights(step) * F.cross_entropy(kind(h), kb, reduction=reduction)
-        (loss / 8 if nominal else loss).backward()
+        losses = [
+            F.smooth_l1_loss(price(h).squeeze(1), pb, reduction=reduction),
+            weights(step) * F.cross_entropy(kind(h), kb, reduction=reduction),
+        ]
+        for loss in losses if apart else [sum(losses)]:
+            (loss / 8 if nominal else loss).backward()
         optimizer.step()
         optimizer.zero_grad()
 
@@ -182,16 +185,19 @@ def _frozen_heads(weights: Callable[[int], float], nominal: bool) -> None:
     [(lambda step: 0.1 * (step + 1), False, []), (lambda step: 0.3, True, ["short-last-batch"])],
     ids=["warmed-up", "nominal"],
 )
+@pytest.mark.parametrize("apart", [False, True], ids=["one-backward", "each-its-own-backward"])
 def test_heads_one_optimizer_steps_are_one_objective_however_their_trunk_is_frozen(
-    weights: Callable[[int], float], nominal: bool, named: list[str]
+    weights: Callable[[int], float], nominal: bool, named: list[str], apart: bool
 ) -> None:
     """Split by the params their losses reached, the two heads were read as two objectives:
     a coefficient warmed up step by step failed mean-vs-sum, and a nominal divisor on both
     terms was named mean-vs-sum beside short-last-batch (code review cr27). One optimizer's
     params are one objective's: as with a trainable encoder, the warm-up is the code's own
-    weight and the nominal divisor short-last-batch alone."""
+    weight and the nominal divisor short-last-batch alone. So where each head's loss is its
+    own backward(): two tasks (a regression and a classification) on one optimizer's params
+    (before, the warm-up failed mean-vs-sum and short-last-batch: cr29's N5)."""
     with watch(steps=6) as reports:
-        _frozen_heads(weights, nominal)
+        _frozen_heads(weights, nominal, apart)
     report = reports[0]
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == named, str(report)

@@ -81,13 +81,17 @@ def close(
 def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
     """Return the update's params and micro-batches split by the params its losses reached:
     losses that reach a param in common are one objective's (a shared trunk, micro-batches of
-    one model), and so are losses one backward() reached whose params one optimizer steps
-    (heads on a frozen trunk, their losses added, or weighed, by the code); one set of params
-    per objective, each with its losses alone (two models, each its own backward(), in one
-    optimizer or two). One set (no split) where a loss reached no param stepped, or a param
-    no loss reached applied a gradient (a penalty by hand: whose it is is not seen)."""
+    one model); so are losses whose params one optimizer steps where one backward() reached
+    them (heads on a frozen trunk, their losses added, or weighed, by the code), or where they
+    are different tasks (_tasks: a head's price regressed, another's kind classified, each its
+    own backward()); one set of params per objective, each with its losses alone (two models,
+    each its own backward(), in one optimizer or two). One set (no split) where a loss reached
+    no param stepped, or a param no loss reached applied a gradient (a penalty by hand: whose
+    it is is not seen)."""
     stepped = {id(p): p for p in update.params}
-    sets: list[tuple[set[int], set[int]]] = []  # per objective: its params, its backward()s
+    task = _tasks(update)
+    # per objective: its params, its backward()s (by position), its tasks
+    sets: list[tuple[set[int], set[int], set[str]]] = []
     for i, mb in enumerate(update.micro):
         for c in mb.losses:
             reached = stepped.keys() & c.grads.keys()
@@ -96,9 +100,13 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
             joined = [s for s in sets if not s[0].isdisjoint(reached)]
             sets = [s for s in sets if s[0].isdisjoint(reached)]
             sets.append(
-                (reached.union(*(p for p, _ in joined)), {i}.union(*(b for _, b in joined)))
+                (
+                    reached.union(*(s[0] for s in joined)),
+                    {i}.union(*(s[1] for s in joined)),
+                    {task(c)}.union(*(s[2] for s in joined)),
+                )
             )
-    for group in update.stepped:  # one backward()'s losses on one optimizer's params
+    for group in update.stepped:  # on one optimizer's params: one backward()'s, or tasks
         while True:
             touching = [s for s in sets if not s[0].isdisjoint(group)]
             pair = next(
@@ -106,21 +114,22 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
                     (a, b)
                     for a in touching
                     for b in touching
-                    if a is not b and not a[1].isdisjoint(b[1])
+                    if a is not b and not (a[1].isdisjoint(b[1]) and not a[2].isdisjoint(b[2]))
                 ),
                 None,
             )
             if pair is None:
                 break
             sets = [s for s in sets if s is not pair[0] and s is not pair[1]]
-            sets.append((pair[0][0] | pair[1][0], pair[0][1] | pair[1][1]))
-    unreached = stepped.keys() - set().union(*(p for p, _ in sets))
+            (pa, ba, ta), (pb, bb, tb) = pair
+            sets.append((pa | pb, ba | bb, ta | tb))
+    unreached = stepped.keys() - set().union(*(s[0] for s in sets))
     if len(sets) < 2 or any(
         (g := update.applied.get(key)) is not None and bool(g.any()) for key in unreached
     ):
         return []
     out = []
-    for params, backwards in sets:
+    for params, backwards, _ in sets:
         micro = [
             replace(mb, losses=mine)
             for mb in update.micro
