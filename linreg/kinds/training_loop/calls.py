@@ -51,6 +51,9 @@ class Call:
     # in the same memory; a model that clamps its input in place does not make one)
     first: Tensor | None = None
     version: int = 0
+    # of its rows, those the loop made to fill a short batch up to a full one's (a pad value,
+    # masked out of its loss: rows.padding): none of the data's, so none counted in its rows
+    padded: int = 0
 
     def settle(self) -> None:
         """Take the version its first tensor has as the forward ends: a model that changes

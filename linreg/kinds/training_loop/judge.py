@@ -44,7 +44,7 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
     keys = step.row_keys
     if not keys or any(key not in ref.grads for key in keys):
         return None
-    weight = [1.0 if ref.weights is None else ref.weights.get(key, 1.0) for key in keys]
+    weight = [ref.weight(key) for key in keys]
     total = torch.stack([ref.grads[key] * w for key, w in zip(keys, weight, strict=True)]).sum(0)
     if step.live is not None:  # the params frozen at the step train nothing there
         total = total * step.live
@@ -54,7 +54,7 @@ def want_of(step: Step, ref: Reference, summed: bool) -> Tensor | None:
 def count_of_step(step: Step, ref: Reference) -> float:
     """Return the rows a step consumed, or the targets they count where they count tokens: its
     mean is its sum over this (one: the two are the same, and show no scale)."""
-    return sum(1.0 if ref.weights is None else ref.weights.get(k, 1.0) for k in step.row_keys)
+    return sum(ref.weight(k) for k in step.row_keys)
 
 
 def judge(
@@ -186,7 +186,7 @@ def means_of_means(step: Step, ref: Reference, v: Judged, tol: float, scale: flo
     if summed is None or not close(v.reading, summed / len(step.calls), tol, scale):
         return ""
     if ref.weights is not None:
-        counts = [sum(ref.weights.get(k, 1.0) for k in call.row_keys) for call in step.calls]
+        counts = [sum(ref.weight(k) for k in call.row_keys) for call in step.calls]
         what = f"whose counts of targets differ ({[round(c) for c in counts]})"
         fix = "divide each one's summed loss by the step's count of targets (num_items_in_batch)"
     else:

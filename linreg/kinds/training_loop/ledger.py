@@ -97,13 +97,14 @@ class Step:
 
     @property
     def rows(self) -> int:
-        """Return the number of rows fed to the model for this step."""
-        return sum(c.rows for c in self.calls)
+        """Return the number of the data's rows fed to the model for this step."""
+        return sum(self.sizes)
 
     @property
     def sizes(self) -> list[int]:
-        """Return the rows of each forward pass (micro-batch) of the step."""
-        return [c.rows for c in self.calls]
+        """Return the data's rows of each forward pass (micro-batch) of the step (not those the
+        loop made to pad a short batch: Call.padded)."""
+        return [c.rows - c.padded for c in self.calls]
 
     @property
     def row_keys(self) -> list[bytes]:

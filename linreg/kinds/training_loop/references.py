@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from linreg.checks import LoopRaised
 from linreg.kinds.base import Target
-from linreg.kinds.training_loop.calls import Call
+from linreg.kinds.training_loop.calls import Call, tensors_in
 from linreg.kinds.training_loop.confirmed import NO_LABELS, confirmed
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
 from linreg.kinds.training_loop.ledger import Observed
@@ -27,7 +27,7 @@ from linreg.kinds.training_loop.row_gradients import (
     row_gradient,
     row_loss_for,
 )
-from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of
+from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, padding, rows_of
 from linreg.kinds.training_loop.settings import options_of
 
 
@@ -46,9 +46,28 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
             "split into rows; audit a model whose rows are independent (the state made inside "
             "its forward, or None)"
         ) from None
-    if ref is None or seen.trained is None:
+    if ref is None:
+        return ref
+    made = _padding(target, seen)
+    if made:
+        ref = replace(ref, padding=made)
+    if seen.trained is None:
         return ref
     return replace(ref, grads={key: g * seen.trained for key, g in ref.grads.items()})
+
+
+def _padding(target: Target, seen: Observed) -> frozenset[bytes]:
+    """Return the rows (by key) the loop made to fill a short batch up to a full one's
+    (rows.padding): it trains on none of them, so a correct update weighs each 0."""
+    data = [
+        t for row in rows_of(options_of(target).example, (0, 1)) for t in tensors_in([row], {})[:1]
+    ]
+    return frozenset(
+        call.row_keys[i]
+        for call in seen.calls
+        if call.drawn in seen.draws
+        for i in padding(call, seen.draws[call.drawn].rows, data)
+    )
 
 
 def _references(target: Target, model: nn.Module, seen: Observed, seed: int) -> Reference | None:

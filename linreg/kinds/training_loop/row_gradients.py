@@ -38,6 +38,16 @@ class Reference:
     # backward() gave that loss's gradient and the step more (weight decay added to .grad):
     # each row's targets are counted by that loss (_counted)
     added: bool = False
+    # rows the loop made to fill a short batch up to a full one's (rows.padding): it trains on
+    # none of them, so each weighs 0
+    padding: frozenset[bytes] = frozenset()
+
+    def weight(self, key: bytes) -> float:
+        """Return what a row weighs in a mean: the targets it counts (1 where not counted), 0
+        for a row of padding."""
+        if key in self.padding:
+            return 0.0
+        return 1.0 if self.weights is None else self.weights.get(key, 1.0)
 
 
 def row_gradient(model: nn.Module, call: Call, i: int, row_loss: RowLoss) -> Tensor:

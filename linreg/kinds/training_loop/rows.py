@@ -204,3 +204,25 @@ def of_the_data(call: Call, data: Sequence[Tensor]) -> bool:
         )
         for r in rows
     )
+
+
+def padding(call: Call, drawn: int, data: Sequence[Tensor]) -> list[int]:
+    """Return the rows (by position) of a forward that the loop made to fill a short batch up
+    to a full one's rows, as fixed-shape code does (XLA's, a compiled model's): as many as it
+    was fed beyond the `drawn` rows of the batch it came after, each one value throughout (a
+    pad value) and none of the data's rows (`data`: the first tensor of the example's row and
+    of its contrast row); [] where they are not so many."""
+    first = first_value(call)
+    if first is None or first.ndim == 0 or first.shape[0] != call.rows or not 0 < drawn < call.rows:
+        return []
+    rows = first.reshape(first.shape[0], -1)
+    made = [
+        i
+        for i in range(call.rows)
+        if bool((rows[i] == rows[i, :1]).all())
+        and not any(
+            d.numel() == rows.shape[1] and torch.equal(rows[i], d.reshape(-1).to(rows.dtype))
+            for d in data
+        )
+    ]
+    return made if len(made) == call.rows - drawn else []

@@ -54,6 +54,8 @@ def _wanted(target: Target, batching: Batching) -> Wanted:
     tol = tolerance(model, seen.calls)
     if ref is None:
         return Wanted(seen, None, [], tol, 0.0)
+    if ref.padding:  # rows the loop made to pad a short batch: none of the data's
+        seen = replace(seen, steps=[_unpadded(s, ref.padding) for s in seen.steps])
     if ref.live is not None and any(_trains_beyond(s.live, ref.live) for s in seen.steps):
         # the loop's own references lack what its one-row run froze: the steps that trained
         # it are judged on the other params alone (a copy: the run is shared as it was seen)
@@ -170,3 +172,13 @@ def unjudged_beside_a_sum(what: str) -> Callable[[Target], str | None]:
         return unreferenced(target)
 
     return unjudged
+
+
+def _unpadded(step: Step, padding: frozenset[bytes]) -> Step:
+    """Return a step whose forwards count the rows the loop made to pad them (Call.padded)
+    apart from the data's."""
+    calls = [
+        replace(c, padded=n) if (n := sum(key in padding for key in c.row_keys)) else c
+        for c in step.calls
+    ]
+    return replace(step, calls=calls)

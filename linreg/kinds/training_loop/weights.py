@@ -48,8 +48,7 @@ def weights_of(step: Step, ref: Reference, summed: bool, reading: Tensor | None)
         return None
     distinct = list(dict.fromkeys(keys))
     copies = [keys.count(key) for key in distinct]
-    counted = [c * (1.0 if ref.weights is None else ref.weights.get(k, 1.0)) for k, c in
-               zip(distinct, copies, strict=True)]  # fmt: skip
+    counted = [c * ref.weight(k) for k, c in zip(distinct, copies, strict=True)]
     total = sum(counted)
     correct = counted if summed else [c / max(total, 1e-12) for c in counted]
     grads = torch.stack([ref.grads[key] for key in distinct], dim=1)  # (params, rows)
