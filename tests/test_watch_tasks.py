@@ -6,7 +6,6 @@ review cr29's P3); each task is now a term of its own, the mean of its own rows.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,64 +15,74 @@ from linreg.audit.watcher import watch
 
 
 def _multitask(
-    bug: str = "", classify: bool = True, rows: int = 50, seen: list[torch.Tensor] | None = None
+    bug: str = "", rows: int = 50, k: int = 1, seen: list[torch.Tensor] | None = None
 ) -> None:
-    """Two tasks of `rows` rows each, batches of 8 (the last of each epoch short), zipped; task
-    a classifies (cross_entropy) or regresses (mse_loss, as task b does). bug: "nominal" (task
-    b's summed loss divided by the batch size, the short batch too), "summed" (task b's loss a
-    sum). seen: the trunk's .grad at each step (lr 0)."""
+    """Two tasks of `rows` rows each, batches of 8 (the last of each epoch short), zipped: task
+    a classifies (cross_entropy), task b regresses (mse_loss); a step every k batches, each
+    loss divided by k. bug: "nominal" (task b's summed loss divided by the batch size, the
+    short batch too), "summed" (task b's loss a sum), "undivided" (neither divided by k).
+    seen: the trunk's .grad at each step, beside the gradient of the two losses added (lr 0)."""
     gen = torch.Generator().manual_seed(0)
     xa, xb = torch.randn(rows, 6, generator=gen), torch.randn(rows, 6, generator=gen)
-    ya = (xa[:, 0] > 0).long() if classify else xa[:, :1] * 2
     loaders = [
         DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
-        for x, y in ((xa, ya), (xb, xb[:, 1:2] * 3))
+        for x, y in ((xa, (xa[:, 0] > 0).long()), (xb, xb[:, 1:2] * 3))
     ]
     with torch.random.fork_rng():
         torch.manual_seed(0)
         trunk = nn.Sequential(nn.Linear(6, 12), nn.Tanh())
-        head_a, head_b = nn.Linear(12, 2 if classify else 1), nn.Linear(12, 1)
+        head_a, head_b = nn.Linear(12, 2), nn.Linear(12, 1)
     params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05 if seen is None else 0.0)
-    loss_a = F.cross_entropy if classify else F.mse_loss
+    div = 1 if bug == "undivided" else k
     for _ in range(2):
-        for (a, target_a), (b, target_b) in zip(*loaders, strict=True):
-            optimizer.zero_grad()
-            loss_a(head_a(trunk(a)), target_a).backward()
+        for i, ((a, target_a), (b, target_b)) in enumerate(zip(*loaders, strict=True)):
+            (F.cross_entropy(head_a(trunk(a)), target_a) / div).backward()
             out = head_b(trunk(b))
             if bug == "nominal":
                 loss_b = F.mse_loss(out, target_b, reduction="sum") / 8
             else:
-                loss_b = F.mse_loss(out, target_b, reduction="sum" if bug else "mean")
-            loss_b.backward()
+                loss_b = F.mse_loss(out, target_b, reduction="sum" if bug == "summed" else "mean")
+            (loss_b / div).backward()
+            if (i + 1) % k:
+                continue
             if seen is not None:
                 seen.append(trunk[0].weight.grad.clone())
-                seen.append(
-                    torch.autograd.grad(
-                        loss_a(head_a(trunk(a)), target_a) + F.mse_loss(head_b(trunk(b)), target_b),
-                        trunk[0].weight,
-                    )[0]
+                both = F.cross_entropy(head_a(trunk(a)), target_a) + F.mse_loss(
+                    head_b(trunk(b)), target_b
                 )
+                seen.append(torch.autograd.grad(both, trunk[0].weight)[0])
             optimizer.step()
+            optimizer.zero_grad()
 
 
-@pytest.mark.parametrize("classify", [True, False], ids=["ce-and-mse", "mse-twice"])
-def test_tasks_each_its_own_backward_on_a_shared_trunk_are_each_the_mean_of_their_rows(
-    classify: bool,
-) -> None:
-    """The correct loop passes, with its tasks of two functions or of one (then told apart by
-    their datasets, whose losses reach different heads); task b's nominal divisor on the
-    epoch's short batch fails short-last-batch, and its sum mean-vs-sum, each naming the term."""
+def test_tasks_each_its_own_backward_on_a_shared_trunk_are_each_the_mean_of_their_rows() -> None:
+    """The correct loop passes; task b's nominal divisor on the epoch's short batch fails
+    short-last-batch, and its sum mean-vs-sum, each naming the term."""
     with watch(steps=14) as reports:
-        _multitask(classify=classify)
+        _multitask()
     assert reports[0].ok and not reports[0].error, str(reports[0])
-    term = "mse_loss term" if classify else "mse_loss (dataset 2 of 2) term"
     for bug, pitfall in (("nominal", "short-last-batch"), ("summed", "mean-vs-sum")):
         with watch(steps=14) as reports:
-            _multitask(bug, classify=classify)
+            _multitask(bug)
         report = reports[0]
         assert [r.pitfall for r in report.failures] == [pitfall], str(report)
-        assert f"its {term}" in report.failures[0].message, str(report)
+        assert "its mse_loss term" in report.failures[0].message, str(report)
+
+
+def test_tasks_accumulated_undivided_each_apply_their_windows_count_and_fail() -> None:
+    """Each task's term on its own is a coefficient of the code's (a task's weight); every
+    task at k times its mean over its k micro-batches is an accumulation window never divided
+    by its count (code review cr30: the old whole-update reading named it, the terms' did
+    not). Divided by k, the same loop passes."""
+    with watch(steps=6) as reports:
+        _multitask(rows=64, k=2)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    with watch(steps=6) as reports:
+        _multitask("undivided", rows=64, k=2)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "as it has micro-batches (2)" in report.failures[0].message, str(report)
 
 
 def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means() -> None:

@@ -92,6 +92,30 @@ class Verdicts:
     # is read unless such a divisor, at its ratio on the same update, explains it (grown_on)
     nominal_at: dict[int, list[float]] = field(default_factory=dict)
     grown: list[Grown] = field(default_factory=list)
+    # per update, each term whose function took the mean itself: its name, its scale over
+    # the mean of its rows (its coefficient) and its micro-batches (undivided)
+    coefficients: dict[int, list[tuple[str, float, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def undivided(self, updates: int) -> None:
+        """Name the first update whose terms, 2 or more, each apply k times the mean of its
+        rows over its k micro-batches (k >= 2): one coefficient of the code's on each task
+        equal to its micro-batches' count is no choice; each term's micro-batches' means
+        added up undivided (an accumulation window never divided by its count) is."""
+        for j, terms in sorted(self.coefficients.items()):
+            if len(terms) > 1 and all(k > 1 and near(s, k) for _, s, k in terms):
+                self.at = j
+                names = ", ".join(t for t, _, _ in terms)
+                counts = " or ".join(map(str, sorted({k for _, _, k in terms})))
+                self.fail(
+                    "mean-vs-sum",
+                    f"update {j + 1} of {updates}: each of its terms ({names}) applies as many "
+                    f"times the mean of its rows as it has micro-batches ({counts}"
+                    "): it adds up its micro-batches' mean losses without dividing (divide "
+                    "each by the window's count of micro-batches)",
+                )
+                return
 
     def grown_on(self) -> None:
         """Name each term's growth with the rows (grown) that no other term's nominal

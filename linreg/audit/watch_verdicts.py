@@ -173,6 +173,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                         v.changed.add(j)
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
+    v.undivided(len(seen.updates))
     for x in v.shortfalls:
         if x.kind == "nominal":
             v.nominal_at.setdefault(x.j, []).append(x.ratio)
@@ -218,6 +219,9 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     a loss made of several (term: its function). A term's scale on its full updates is read as
     a single loss's is, but named only where a known mistake shows (a sum over its rows, or a
     nominal divisor on a shorter update): another may be a coefficient of the code's."""
+    for r in readings if term and v.meant == "mean" else []:  # (Verdicts.undivided)
+        if not r.unread and r.relative and alike(r.relative):
+            v.coefficients[r.j].append((term, r.relative[0], len(r.parts)))
     if term and readings and all(r.native for r in readings):
         coefficients(readings, updates, v, term)
         return

@@ -16,42 +16,15 @@ from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, su
 from linreg.kinds.watched.records import Column, LossCall, MicroBatch, Open, Update
 
 
-def _terms(mb: MicroBatch, task: Callable[[LossCall], str]) -> list[list[LossCall]]:
-    """Return a micro-batch's loss calls, those of one task together: a loss per row or per
-    step added up is one term (its sum); losses of different tasks are each a term of their
-    own (a multi-task loss: mse + 0.5 * cross_entropy)."""
+def _terms(mb: MicroBatch) -> list[list[LossCall]]:
+    """Return a micro-batch's loss calls, those of one function together: a loss per row or
+    per step added up is one term (its sum); losses of different functions are each a term of
+    their own (a multi-task loss: mse + 0.5 * cross_entropy), as they are where each task's
+    loss goes through its own backward() (a head per task on a shared trunk)."""
     by: dict[str, list[LossCall]] = {}
     for c in mb.losses:
-        by.setdefault(task(c), []).append(c)
+        by.setdefault(c.name, []).append(c)
     return list(by.values())
-
-
-def _tasks(update: Open) -> Callable[[LossCall], str]:
-    """Return the task of each loss an update's micro-batches reached: its function's name;
-    where one function's losses came from 2+ datasets whose losses reach different params
-    (each task its own head on a shared trunk, each its own backward()), its dataset too. A
-    task's micro-batches are the mean of its own rows; tasks are added up, each with the
-    code's coefficient (multi-task learning), where batches of one task are one mean."""
-    stepped = {id(p) for p in update.params}
-    reached: dict[str, dict[int | None, set[int]]] = {}
-    for c in (c for mb in update.micro for c in mb.losses):
-        on = reached.setdefault(c.name, {}).setdefault(c.fetched_from, set())
-        on.update(stepped & c.grads.keys())
-    heads = {
-        name: list(data)
-        for name, data in reached.items()
-        if len(data) > 1
-        and None not in data
-        and len({frozenset(params) for params in data.values()}) > 1
-    }
-
-    def task(c: LossCall) -> str:
-        if c.name not in heads:
-            return c.name
-        n = heads[c.name].index(c.fetched_from) + 1
-        return f"{c.name} (dataset {n} of {len(heads[c.name])})"
-
-    return task
 
 
 def close(
@@ -81,16 +54,15 @@ def close(
 def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
     """Return the update's params and micro-batches split by the params its losses reached:
     losses that reach a param in common are one objective's (a shared trunk, micro-batches of
-    one model); so are losses whose params one optimizer steps where one backward() reached
-    them (heads on a frozen trunk, their losses added, or weighed, by the code), or where they
-    are different tasks (_tasks: a head's price regressed, another's kind classified, each its
-    own backward()); one set of params per objective, each with its losses alone (two models,
-    each its own backward(), in one optimizer or two). One set (no split) where a loss reached
-    no param stepped, or a param no loss reached applied a gradient (a penalty by hand: whose
-    it is is not seen)."""
+    one model); so are losses on one optimizer's params that one backward() reached (heads on
+    a frozen trunk, their losses added, or weighed, by the code), or that are of different
+    functions: tasks (a head's price regressed, another's kind classified, each its own
+    backward()); one set of params per objective, each with its losses alone (two models, each
+    its own backward(), in one optimizer or two). One set (no split) where a loss reached no
+    param stepped, or a param no loss reached applied a gradient (a penalty by hand: whose it
+    is is not seen)."""
     stepped = {id(p): p for p in update.params}
-    task = _tasks(update)
-    # per objective: its params, its backward()s (by position), its tasks
+    # per objective: its params, its backward()s (by position), its losses' functions
     sets: list[tuple[set[int], set[int], set[str]]] = []
     for i, mb in enumerate(update.micro):
         for c in mb.losses:
@@ -103,7 +75,7 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
                 (
                     reached.union(*(s[0] for s in joined)),
                     {i}.union(*(s[1] for s in joined)),
-                    {task(c)}.union(*(s[2] for s in joined)),
+                    {c.name}.union(*(s[2] for s in joined)),
                 )
             )
     for group in update.stepped:  # on one optimizer's params: one backward()'s, or tasks
@@ -114,7 +86,7 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
                     (a, b)
                     for a in touching
                     for b in touching
-                    if a is not b and not (a[1].isdisjoint(b[1]) and not a[2].isdisjoint(b[2]))
+                    if a is not b and (not a[1].isdisjoint(b[1]) or a[2].isdisjoint(b[2]))
                 ),
                 None,
             )
@@ -153,10 +125,9 @@ def _close(update: Open, tol: float) -> Update:
         none = torch.zeros(0, dtype=torch.float64)
         empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
         return Update(counts, *empty, tol=tol, elsewhere=True, optimizers=optimizers)
-    task = _tasks(update)
-    calls = [c for mb in update.micro for c in _terms(mb, task)]  # each micro-batch's, per task
-    # terms weighed each its own way, not one mean: a micro-batch's, or the update's tasks
-    several = len(calls) > len(update.micro) or len({task(c[0]) for c in calls}) > 1
+    calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
+    # terms weighed each its own way, not one mean: a micro-batch's, or the update's functions
+    several = len(calls) > len(update.micro) or len({c[0].name for c in calls}) > 1
     group = hash(tuple(sorted(id(p) for p in update.params)))
     if counts and not update.blind and not several:
         right, through = applied_mean(update, sum(counts), tol)
@@ -222,7 +193,7 @@ def _close(update: Open, tol: float) -> Update:
                 sq[:, at] += s @ q.T
     columns = tuple(
         Column(
-            task(c[0]) or "loss",
+            c[0].name or "loss",
             sum(x.count for x in c),
             all(x.from_batch for x in c),
             "mean" if len(c) == 1 and c[0].reduction == "mean"
