@@ -304,7 +304,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 ""
                 if g < 2 or not near(kappa, 1 / g)
                 else f"gradient_accumulation_steps={g} ({by})"
-                if by.startswith("accelerate")
+                if not by.startswith("Lightning")
                 else f"{by}={g}"
             )
             v.constants.append(
@@ -497,9 +497,9 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
     # where the code's own division by the count is seen, loss / k before the framework's)
     if (g > 2 or (g == 2 and r.again)) and near(s, 1 / g) and k == g:
         what = (
-            f"{by} divides it by gradient_accumulation_steps={g}"
-            if accelerate
-            else f"{by}={g} divides it"
+            f"{by}={g} divides it"
+            if by.startswith("Lightning")
+            else f"{by} divides it by gradient_accumulation_steps={g}"
         )
         return (
             f"it divides each micro-batch's loss by the accumulation count itself, where {what} "

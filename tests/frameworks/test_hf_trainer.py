@@ -201,3 +201,36 @@ def test_hf_trainer_from_the_command_line(capsys: pytest.CaptureFixture[str]) ->
     out = json.loads(capsys.readouterr().out)
     assert [r["pitfall"] for r in out["results"] if r["verdict"] == "fail"] == ["mean-vs-sum"]
     assert out["kind"] == "hf-trainer"  # the kind asked for, not training-loop's
+
+
+class DividedAgain(hf.Trainer):  # type: ignore[misc]
+    """A custom compute_loss that divides by the accumulation count, as the Trainer does too."""
+
+    def compute_loss(
+        self, model: nn.Module, inputs: Any, return_outputs: bool = False, **_: Any
+    ) -> Any:
+        loss = F.mse_loss(model(inputs["x"]), inputs["y"]) / self.args.gradient_accumulation_steps
+        return (loss, None) if return_outputs else loss
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_hf_trainer_a_compute_loss_divided_by_the_count_applies_one_kth_of_the_mean(k: int) -> None:
+    """Measured directly: the Trainer divides the loss by the window's count itself (in
+    training_step), so one window of k one-row micro-batches applies 1 / k of their mean."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(k, 3, generator=gen), torch.randn(k, 1, generator=gen)
+    data = [{"x": x[i], "y": y[i]} for i in range(k)]
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    with tempfile.TemporaryDirectory() as out, applied_gradients(model) as seen:
+        args = hf.TrainingArguments(
+            output_dir=out, per_device_train_batch_size=1, gradient_accumulation_steps=k,
+            num_train_epochs=1, max_grad_norm=0.0, use_cpu=True, report_to=[],
+            save_strategy="no", logging_strategy="no", disable_tqdm=True,
+            remove_unused_columns=False, lr_scheduler_type="constant",
+        )  # fmt: skip
+        DividedAgain(model=model, args=args, train_dataset=data).train()
+    (applied,) = seen
+    correct = correct_gradient(model, lambda m: F.mse_loss(m(x), y))
+    assert ratio(applied, correct) == pytest.approx(1 / k)
+    assert cosine(applied, correct) == pytest.approx(1.0)

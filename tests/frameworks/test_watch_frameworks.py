@@ -190,6 +190,28 @@ def test_watching_a_loss_divided_by_the_count_again_at_two_is_named_from_its_div
     assert said in report.failures[0].message, str(report)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_watching_a_trainers_compute_loss_divided_by_the_count_names_the_trainers_division(
+    k: int, tmp_path: Path
+) -> None:
+    """transformers' Trainer divides a loss its model did not scale by num_items_in_batch by
+    the window's count of batches itself, in training_step (its accelerator divides by 1), so
+    a custom compute_loss that divides by gradient_accumulation_steps too applies 1 / k of the
+    mean (measured directly in test_hf_trainer.py): it exited 0, its 1 / k read as the loss's
+    own constant (code review cr29's P2). The Trainer's division is read now, as accelerate's."""
+    pytest.importorskip("transformers")
+    script = SCRIPTS / "hf_trainer_regress.py"
+    args = ["--output-dir", str(tmp_path / "out"), "--gradient-accumulation-steps", str(k)]
+    report = watch_script(str(script), args)
+    assert report.ok and not report.error, str(report)
+    line = '        loss = F.mse_loss(pred, inputs["y"])'
+    again = line + " / self.args.gradient_accumulation_steps"
+    report = watch_script(str(twin_of(tmp_path, script, line, again)), args)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    said = f"transformers' Trainer divides it by gradient_accumulation_steps={k} already"
+    assert said in report.failures[0].message, str(report)
+
+
 def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfall(
     tmp_path: Path,
 ) -> None:

@@ -214,7 +214,9 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 def _divided_by(caller: Any) -> tuple[str, int]:
     """Return the framework whose backward() method called backward() and the accumulation
     count it divided the loss by: accelerate's Accelerator.backward (loss /
-    gradient_accumulation_steps, on every call, inside accumulate() or not); Lightning's
+    gradient_accumulation_steps, on every call, inside accumulate() or not), or, where it
+    divides by 1, transformers' Trainer.training_step that called it (loss / its window's
+    count of batches, where neither the model nor a compute_loss_func scaled it); Lightning's
     LightningModule.backward under automatic optimization (its training step's loss divided
     by accumulate_grad_batches before it); else ("", 1)."""
     module = str(caller.f_globals.get("__name__", ""))
@@ -226,7 +228,11 @@ def _divided_by(caller: Any) -> tuple[str, int]:
         for m in (sys.modules.get("pytorch_lightning"), sys.modules.get("lightning.pytorch"))
         if m is not None and hasattr(m, "LightningModule")
     ]  # (a module's own backward() override too: the loss reaches it divided)
-    if module.startswith("accelerate."):
+    if module.startswith("accelerate.") and _trainer_divides(caller.f_back):
+        trainer = caller.f_back.f_locals.get("self")
+        name = "transformers' Trainer"
+        steps = getattr(trainer, "current_gradient_accumulation_steps", 1)
+    elif module.startswith("accelerate."):
         name, steps = "accelerate's backward()", getattr(owner, "gradient_accumulation_steps", 1)
     elif isinstance(owner, tuple(lightning)) and getattr(owner, "automatic_optimization", False):
         trainer = getattr(owner, "_trainer", None)  # (its trainer property raises without one)
@@ -237,6 +243,17 @@ def _divided_by(caller: Any) -> tuple[str, int]:
     else:
         return "", 1
     return (name, steps) if isinstance(steps, int) and steps > 1 else ("", 1)
+
+
+def _trainer_divides(frame: Any) -> bool:
+    """Return whether a frame is transformers' Trainer.training_step dividing the loss by its
+    window's count of batches before accelerate's backward() (which it sets to divide by 1):
+    where neither the model (by num_items_in_batch) nor a compute_loss_func scaled it."""
+    if frame is None or frame.f_code.co_name != "training_step":
+        return False
+    if not str(frame.f_globals.get("__name__", "")).startswith("transformers."):
+        return False
+    return frame.f_locals.get("loss_is_scaled_for_ga") is False
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
