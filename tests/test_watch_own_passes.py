@@ -492,6 +492,22 @@ PROBED_OWN_ROWS = PROBED_PASSES.replace(  # the probe over the training set's fi
     "probe = DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=4)",
     "probe = DataLoader(data, batch_size=4, sampler=range(8))",
 )
+PROBED_REBUILT = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+norms = []
+for epoch in range(3):
+    # a gradient norm over the training set's first rows, its DataLoader made anew, zeroed
+    for xp, yp in DataLoader(data, batch_size=4, sampler=range(8)):
+        optimizer.zero_grad()
+        F.cross_entropy(model(xp), yp).backward()
+        norms.append(float(model[0].weight.grad.norm()))
+    epoch_loader = DataLoader(data, batch_size=8, shuffle=True)  # made anew each epoch
+    for x, y in epoch_loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    del epoch_loader  # (CPython hands its sampler's memory to the next probe's)
+"""
 PROBED_OWN_NOMINAL = PROBED_NOMINAL.replace(  # (its own data: 50 rows, the last batch of 2)
     "probe = DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=4)",
     "probe = DataLoader(data, batch_size=4, sampler=range(8))",
@@ -511,7 +527,7 @@ def test_moves_and_passes_of_the_codes_own_are_neither_updates_by_hand_nor_left_
         SHARPNESS_AWARE, ATTACKED, PRUNED, MAX_NORM, SKIPS_LARGE, DIVIDED_THEN_CLIPPED,
         TWO_TASKS, PER_EXAMPLE_CLIPPED, VALIDATION_NORMS, ZIPPED, PER_STEP, LISTED_GAN,
         PROBED, PROBED_FRESH, DEAD_ROWS, PROBED_BY_HAND, PROBED_WEIGHTED, PROBED_PASSES,
-        PROBED_OWN_ROWS,
+        PROBED_OWN_ROWS, PROBED_REBUILT,
     ):  # fmt: skip
         report = watch_script(_watched(tmp_path, body))
         assert report.ok and not report.error, str(report)

@@ -203,6 +203,36 @@ def test_heads_one_optimizer_steps_are_one_objective_however_their_trunk_is_froz
     assert [r.pitfall for r in report.failures] == named, str(report)
 
 
+@pytest.mark.parametrize("order", ["kind-color-price", "color-kind-price"])
+def test_three_heads_of_one_optimizer_are_one_objective_whatever_their_backward_order(
+    order: str,
+) -> None:
+    """Two classification heads and a regression head over a frozen encoder, each its own
+    backward(), the kind's weight warmed up: the regression head joins each classification
+    head (different functions), so all three are one objective's terms. Joined pair by pair,
+    the verdict hung on the order of the backward() calls (code review cr31)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 6, generator=gen)
+    data = TensorDataset(x, (x[:, 0] > 0).long(), (x[:, 1] > 0).long(), x[:, 2] * 2 + 1)
+    encoder = nn.Sequential(nn.Linear(6, 12), nn.ReLU()).requires_grad_(False)
+    heads = {"kind": nn.Linear(12, 2), "color": nn.Linear(12, 2), "price": nn.Linear(12, 1)}
+    params = [p for head in heads.values() for p in head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    with watch(steps=7) as reports:
+        for step, (xb, kind, color, price) in enumerate(DataLoader(data, batch_size=8)):
+            h = encoder(xb)
+            losses = {
+                "kind": 0.1 * (step + 1) * F.cross_entropy(heads["kind"](h), kind),
+                "color": F.cross_entropy(heads["color"](h), color),
+                "price": F.mse_loss(heads["price"](h).squeeze(1), price),
+            }
+            for name in order.split("-"):
+                losses[name].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
 def test_a_penalty_that_reaches_a_head_before_its_own_loss_does_is_no_gradient_left_over() -> None:
     """Round-robin multi-task: each task's batch backward() in turn, each loss with an L2
     penalty on every param added by hand. The first task's backward() reaches the second

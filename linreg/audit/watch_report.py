@@ -247,8 +247,9 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "a shorter update"
         )
     if pitfall in ("mean-vs-sum", "short-last-batch") and v.free:
+        free = ", ".join(dict.fromkeys(v.free))  # (each model's cross_entropy: named once)
         return (
-            f"not judged: the weight on each term ({', '.join(v.free)}) is a coefficient of the "
+            f"not judged: the weight on each term ({free}) is a coefficient of the "
             f"code's, each term's function having taken the {v.meant} itself: a multiple of "
             "it cannot be told from a coefficient"
         )

@@ -100,20 +100,28 @@ class Verdicts:
 
     def undivided(self, updates: int) -> None:
         """Name the first update whose terms, 2 or more, each apply k times the mean of its
-        rows over its k micro-batches (k >= 2): one coefficient of the code's on each task
-        equal to its micro-batches' count is no choice; each term's micro-batches' means
-        added up undivided (an accumulation window never divided by its count) is."""
-        for j, terms in sorted(self.coefficients.items()):
-            if len(terms) > 1 and all(k > 1 and near(s, k) for _, s, k in terms):
+        rows over its k micro-batches (k >= 2), where another update's terms each do so over
+        another count of micro-batches (a short window): each term's micro-batches' means
+        added up undivided (an accumulation window never divided by its count). On windows
+        of one count alone, k may be the code's own weight on each term (task weights of 2 at
+        k = 2, a loss summed over 2 views): not named."""
+        counts = {
+            j: terms[0][2]
+            for j, terms in self.coefficients.items()
+            if len(terms) > 1 and len({k for _, _, k in terms}) == 1
+            and all(near(s, k) for _, s, k in terms)
+        }  # fmt: skip
+        for j, k in sorted(counts.items()):
+            if k > 1 and any(other != k for other in counts.values()):
                 self.at = j
-                names = ", ".join(t for t, _, _ in terms)
-                counts = " or ".join(map(str, sorted({k for _, _, k in terms})))
+                names = ", ".join(dict.fromkeys(t for t, _, _ in self.coefficients[j]))
                 self.fail(
                     "mean-vs-sum",
-                    f"update {j + 1} of {updates}: each of its terms ({names}) applies as many "
-                    f"times the mean of its rows as it has micro-batches ({counts}"
-                    "): it adds up its micro-batches' mean losses without dividing (divide "
-                    "each by the window's count of micro-batches)",
+                    f"update {j + 1} of {updates}: each of its terms ({names}) applies {k} "
+                    f"times the mean of its rows over its {k} micro-batches, and the updates of "
+                    "another count of micro-batches as many times as they hold: it adds up its "
+                    "micro-batches' mean losses without dividing (divide each by the window's "
+                    "count of micro-batches)",
                 )
                 return
 

@@ -63,7 +63,7 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
     is is not seen)."""
     stepped = {id(p): p for p in update.params}
     # per objective: its params, its backward()s (by position), its losses' functions
-    sets: list[tuple[set[int], set[int], set[str]]] = []
+    sets: list[Objective] = []
     for i, mb in enumerate(update.micro):
         for c in mb.losses:
             reached = stepped.keys() & c.grads.keys()
@@ -79,22 +79,9 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
                 )
             )
     for group in update.stepped:  # on one optimizer's params: one backward()'s, or tasks
-        while True:
-            touching = [s for s in sets if not s[0].isdisjoint(group)]
-            pair = next(
-                (
-                    (a, b)
-                    for a in touching
-                    for b in touching
-                    if a is not b and (not a[1].isdisjoint(b[1]) or a[2].isdisjoint(b[2]))
-                ),
-                None,
-            )
-            if pair is None:
-                break
-            sets = [s for s in sets if s is not pair[0] and s is not pair[1]]
-            (pa, ba, ta), (pb, bb, tb) = pair
-            sets.append((pa | pb, ba | bb, ta | tb))
+        on = [s for s in sets if not s[0].isdisjoint(group)]
+        joined = _joined(on, lambda a, b: not a[1].isdisjoint(b[1]) or a[2].isdisjoint(b[2]))
+        sets = [s for s in sets if s[0].isdisjoint(group)] + joined
     unreached = stepped.keys() - set().union(*(s[0] for s in sets))
     if len(sets) < 2 or any(
         (g := update.applied.get(key)) is not None and bool(g.any()) for key in unreached
@@ -110,6 +97,33 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
         before = sum(i < update.before_end for i in backwards)  # its own, before an epoch's end
         out.append(([p for key, p in stepped.items() if key in params], micro, before))
     return out
+
+
+Objective = tuple[set[int], set[int], set[str]]  # its params, backward()s, losses' functions
+
+
+def _joined(sets: list[Objective], one: Callable[[Objective, Objective], bool]) -> list[Objective]:
+    """Return the sets joined where one(a, b) holds of any two, as they were (connected
+    components: three heads, two of one function, join through the third whatever their
+    order)."""
+    parent = list(range(len(sets)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(sets):
+        for j in range(i):
+            if one(a, sets[j]):
+                parent[root(i)] = root(j)
+    out: dict[int, Objective] = {}
+    for i, (params, backwards, names) in enumerate(sets):
+        held = out.setdefault(root(i), (set(), set(), set()))
+        held[0].update(params)
+        held[1].update(backwards)
+        held[2].update(names)
+    return list(out.values())
 
 
 def _close(update: Open, tol: float) -> Update:

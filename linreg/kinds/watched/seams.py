@@ -69,6 +69,23 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     # `next(iter(loader))` and the training pass after it would be one)
     numbers: weakref.WeakKeyDictionary[_BaseDataLoaderIter, int] = weakref.WeakKeyDictionary()
     counter = itertools.count(1)
+    # each loader's sampler's number, never reused either (a probe's DataLoader made anew took
+    # a freed training loader's sampler's id now and then: its pass was read as the training's)
+    samplers: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+    pinned: dict[int, tuple[Any, int]] = {}  # those no weak reference names (a range): kept
+
+    def sampler_of(it: _BaseDataLoaderIter) -> int:
+        sampler = getattr(it, "_index_sampler", it)
+        try:
+            number = samplers.get(sampler)
+            if number is None:
+                number = samplers[sampler] = next(counter)
+            return number
+        except TypeError:
+            held = pinned.get(id(sampler))
+            if held is None or held[0] is not sampler:
+                held = pinned[id(sampler)] = (sampler, next(counter))
+            return held[1]
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         if not live[0]:
@@ -86,8 +103,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             raise
         # its loader's own sampler: a probe loader over the training set's first rows is
         # another loader over the same dataset
-        sampler = id(getattr(self, "_index_sampler", self))
-        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0), sampler)
+        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0), sampler_of(self))
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
