@@ -212,6 +212,37 @@ def test_watching_a_trainers_compute_loss_divided_by_the_count_names_the_trainer
     assert said in report.failures[0].message, str(report)
 
 
+@pytest.mark.parametrize(
+    ("local", "accepts", "items", "func", "divides"),
+    [
+        ({"loss_is_scaled_for_ga": False}, True, 8, None, True),  # its own word, where it has one
+        ({"loss_is_scaled_for_ga": True}, False, None, None, False),
+        ({}, False, None, None, True),  # older: a model without loss kwargs, no loss function
+        ({}, True, 8, None, False),  # the model divides by num_items_in_batch
+        ({}, True, None, None, True),  # no count passed: the Trainer divides
+        ({}, False, None, len, False),  # a compute_loss_func scales it
+    ],
+)
+def test_the_trainers_own_division_is_read_from_its_training_step_whatever_its_version(
+    local: dict[str, object], accepts: bool, items: int | None, func: object, divides: bool
+) -> None:
+    """transformers 4.57 has no local loss_is_scaled_for_ga in training_step (code review
+    cr32): its test, of the model's loss kwargs and a compute_loss_func, is read instead."""
+    from types import SimpleNamespace
+
+    from linreg.kinds.watched.seams import _trainer_divides
+
+    trainer = SimpleNamespace(model_accepts_loss_kwargs=accepts, compute_loss_func=func)
+    frame = SimpleNamespace(
+        f_code=SimpleNamespace(co_name="training_step"),
+        f_globals={"__name__": "transformers.trainer"},
+        f_locals={"self": trainer, "num_items_in_batch": items, **local},
+    )
+    assert _trainer_divides(frame) is divides
+    outside = SimpleNamespace(**{**vars(frame), "f_globals": {"__name__": "my_trainer"}})
+    assert not _trainer_divides(outside)
+
+
 def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfall(
     tmp_path: Path,
 ) -> None:

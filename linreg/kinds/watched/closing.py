@@ -55,10 +55,12 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
     """Return the update's params and micro-batches split by the params its losses reached:
     losses that reach a param in common are one objective's (a shared trunk, micro-batches of
     one model); so are losses on one optimizer's params that one backward() reached (heads on
-    a frozen trunk, their losses added, or weighed, by the code), or that are of different
-    functions: tasks (a head's price regressed, another's kind classified, each its own
-    backward()); one set of params per objective, each with its losses alone (two models, each
-    its own backward(), in one optimizer or two). One set (no split) where a loss reached no
+    a frozen trunk, their losses added, or weighed, by the code), and all of one optimizer's
+    where each such set's losses are of functions no other's are: tasks (a head's price
+    regressed, another's kind classified, each its own backward()); one set of params per
+    objective, each with its losses alone (two models, each its own backward(), in one
+    optimizer or two; heads of which two share a function: a linear probe per task, read
+    apart whatever a third holds). One set (no split) where a loss reached no
     param stepped, or a param no loss reached applied a gradient (a penalty by hand: whose it
     is is not seen)."""
     stepped = {id(p): p for p in update.params}
@@ -79,9 +81,14 @@ def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:
                 )
             )
     for group in update.stepped:  # on one optimizer's params: one backward()'s, or tasks
-        on = [s for s in sets if not s[0].isdisjoint(group)]
-        joined = _joined(on, lambda a, b: not a[1].isdisjoint(b[1]) or a[2].isdisjoint(b[2]))
-        sets = [s for s in sets if s[0].isdisjoint(group)] + joined
+        on = _joined(
+            [s for s in sets if not s[0].isdisjoint(group)],
+            lambda a, b: not a[1].isdisjoint(b[1]),
+        )
+        names = [n for s in on for n in s[2]]
+        if len(names) == len(set(names)):  # each its own function: a task each, one objective
+            on = _joined(on, lambda a, b: True)
+        sets = [s for s in sets if s[0].isdisjoint(group)] + on
     unreached = stepped.keys() - set().union(*(s[0] for s in sets))
     if len(sets) < 2 or any(
         (g := update.applied.get(key)) is not None and bool(g.any()) for key in unreached

@@ -247,7 +247,11 @@ def _divided_by(caller: Any) -> tuple[str, int]:
     if module.startswith("accelerate.") and _trainer_divides(caller.f_back):
         trainer = caller.f_back.f_locals.get("self")
         name = "transformers' Trainer"
-        steps = getattr(trainer, "current_gradient_accumulation_steps", 1)
+        steps = getattr(
+            trainer,
+            "current_gradient_accumulation_steps",
+            getattr(getattr(trainer, "args", None), "gradient_accumulation_steps", 1),
+        )
     elif module.startswith("accelerate."):
         name, steps = "accelerate's backward()", getattr(owner, "gradient_accumulation_steps", 1)
     elif isinstance(owner, tuple(lightning)) and getattr(owner, "automatic_optimization", False):
@@ -264,12 +268,20 @@ def _divided_by(caller: Any) -> tuple[str, int]:
 def _trainer_divides(frame: Any) -> bool:
     """Return whether a frame is transformers' Trainer.training_step dividing the loss by its
     window's count of batches before accelerate's backward() (which it sets to divide by 1):
-    where neither the model (by num_items_in_batch) nor a compute_loss_func scaled it."""
+    where neither the model (by num_items_in_batch) nor a compute_loss_func scaled it. Its
+    own local says so (loss_is_scaled_for_ga); a Trainer older than that local tests the
+    same of itself."""
     if frame is None or frame.f_code.co_name != "training_step":
         return False
     if not str(frame.f_globals.get("__name__", "")).startswith("transformers."):
         return False
-    return frame.f_locals.get("loss_is_scaled_for_ga") is False
+    local = frame.f_locals
+    if "loss_is_scaled_for_ga" in local:
+        return local["loss_is_scaled_for_ga"] is False
+    trainer = local.get("self")
+    by_model = getattr(trainer, "model_accepts_loss_kwargs", False)
+    by_model = by_model and local.get("num_items_in_batch") is not None
+    return not by_model and getattr(trainer, "compute_loss_func", None) is None
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
