@@ -6,6 +6,7 @@ review cr29's P3); each task is now a term of its own, the mean of its own rows.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -21,7 +22,8 @@ def _multitask(
     a classifies (cross_entropy), task b regresses (mse_loss); a step every k batches and at
     the epoch's end, each loss divided by its window's batches. bug: "nominal" (task b's
     summed loss divided by the batch size, the short batch too), "summed" (task b's loss a
-    sum), "undivided" (neither divided by its window's batches).
+    sum), "undivided" (neither divided by its window's batches), "nominal-window" (both
+    divided by k, the epoch's short window too).
     seen: the trunk's .grad at each step, beside the gradient of the two losses added (lr 0)."""
     gen = torch.Generator().manual_seed(0)
     xa, xb = torch.randn(rows, 6, generator=gen), torch.randn(rows, 6, generator=gen)
@@ -39,7 +41,7 @@ def _multitask(
     for _ in range(2):
         for i, ((a, target_a), (b, target_b)) in enumerate(zip(*loaders, strict=True)):
             window = min(k, batches - (i - i % k))
-            div = 1 if bug == "undivided" else window
+            div = 1 if bug == "undivided" else k if bug == "nominal-window" else window
             (F.cross_entropy(head_a(trunk(a)), target_a) / div).backward()
             out = head_b(trunk(b))
             if bug == "nominal":
@@ -90,6 +92,14 @@ def test_tasks_accumulated_undivided_each_apply_their_windows_count_and_fail() -
         assert [r.pitfall for r in report.failures] == (["mean-vs-sum"] if rows == 56 else [])
         if rows == 56:
             assert "applies 2 times the mean of its rows over its 2" in str(report), str(report)
+    # divided by k on the short window too: each task's term there applies half its full
+    # windows' coefficient (held-out review 34: not judged, the task's term on half of each
+    # update's micro-batches alone)
+    with watch(steps=8) as reports:
+        _multitask("nominal-window", rows=56, k=2)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "divides by a full update's 2 micro-batches where it took 1" in str(report)
 
 
 def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means() -> None:
@@ -102,10 +112,11 @@ def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means
         torch.testing.assert_close(left, added)
 
 
-def _distilled(summed: bool) -> None:
+def _distilled(summed: bool, retained: bool = False) -> None:
     """A student distilled from a fixed teacher, its cross-entropy on the labels and its KL
-    term on the teacher's softened outputs each its own backward() (two forwards), one step;
-    50 rows in batches of 8 (the last of 2). summed: its cross-entropy a sum (a bug)."""
+    term on the teacher's softened outputs each its own backward() (two forwards; retained:
+    one, its graph kept for the second), one step; 50 rows in batches of 8 (the last of 2).
+    summed: its cross-entropy a sum (a bug)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(50, 10, generator=gen)
     data = TensorDataset(x, (x[:, :3].sum(1) > 0).long())
@@ -119,23 +130,29 @@ def _distilled(summed: bool) -> None:
         for xb, yb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
             optimizer.zero_grad()
             soft = F.softmax(teacher(xb) / 2, 1)
-            ce = F.cross_entropy(student(xb), yb, reduction="sum" if summed else "mean")
-            (0.5 * ce).backward()
-            kl = F.kl_div(F.log_softmax(student(xb) / 2, 1), soft, reduction="batchmean")
+            logits = student(xb)
+            ce = F.cross_entropy(logits, yb, reduction="sum" if summed else "mean")
+            (0.5 * ce).backward(retain_graph=retained)
+            again = logits if retained else student(xb)
+            kl = F.kl_div(F.log_softmax(again / 2, 1), soft, reduction="batchmean")
             (0.5 * 4 * kl).backward()
             optimizer.step()
 
 
-def test_a_distillations_two_backward_calls_are_two_terms_and_its_labels_term_is_judged() -> None:
+@pytest.mark.parametrize("retained", [False, True], ids=["two-forwards", "retained-graph"])
+def test_a_distillations_two_backward_calls_are_two_terms_and_its_labels_term_is_judged(
+    retained: bool,
+) -> None:
     """Two backward() calls after one fetched batch, the second on a target the code made
     (the teacher's): the whole update was read as terms of one objective, its weights never
-    judged, so a summed cross-entropy exited 0 (code review cr28). Losses of two functions
-    are two terms: the KL term's weight is the code's, the cross-entropy's is judged."""
+    judged, so a summed cross-entropy exited 0 (code review cr28), and on one forward's
+    retained graph too (held-out review 34). Losses of two functions are two terms: the KL
+    term's weight is the code's, the cross-entropy's is judged."""
     with watch(steps=14) as reports:
-        _distilled(summed=False)
+        _distilled(summed=False, retained=retained)
     assert reports[0].ok and not reports[0].error, str(reports[0])
     with watch(steps=14) as reports:
-        _distilled(summed=True)
+        _distilled(summed=True, retained=retained)
     report = reports[0]
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "its cross_entropy term" in report.failures[0].message, str(report)

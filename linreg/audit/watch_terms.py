@@ -72,9 +72,12 @@ def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> N
     count is a sum over the rows (mean-vs-sum). A coefficient that changes (ramped, per
     epoch) leaves the full ones unlike, or the shorter one at none of these: not judged."""
     scales: list[tuple[Reading, float]] = []
+    # a term on some micro-batches alone: its share is not theirs, but where it holds one
+    # share of every update's (a task's own backward() beside another's, each window)
+    shares = {len(r.parts) / r.micro for r in readings if r.micro}
     for r in readings:
-        if r.unread or r.relative is None or len(r.parts) != r.micro:
-            continue  # (a term on some micro-batches alone: its share is not theirs)
+        if r.unread or r.relative is None or (len(r.parts) != r.micro and len(shares) > 1):
+            continue
         s = sum(x * c for x, c in zip(r.relative, r.parts, strict=True)) / r.count
         if s > 0 and alike([x / s for x in r.relative]):
             scales.append((r, s))

@@ -242,20 +242,21 @@ class Steps:
 
     def terms(self, micro: list[MicroBatch], fetched: int) -> bool:
         """Return whether the update's micro-batches are terms of one objective rather than
-        batches of data: a backward() on a graph an earlier one retained (each task's loss on
-        one forward); where their losses are of one function (of several, each function's
-        are a term read on its own: closing._terms), micro-batches each of one label for all
+        batches of data, where their losses are of one function (of several, each function's
+        are a term read on its own: closing._terms): a backward() on a graph an earlier one
+        retained (each task's loss on one forward); micro-batches each of one label for all
         its rows, not the same label,
         not each after a batch of one stream of its own (a GAN's real and fake); or more
         backward() calls than the DataLoader batches fetched for the update (fetched), some on
         targets no batch held (chunks of a fetched batch are views of it, and stay
         micro-batches)."""
         calls = [c for mb in micro for c in mb.losses]
-        if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
-            return True  # (retain_graph=True): each task's loss on one forward, not a batch
         if len({c.name for c in calls}) > 1:  # losses of several functions: each a term of
             return False  # its own, read apart (closing._terms; a distillation's KL term on a
-            # target the code made, its weight the code's; its cross-entropy, judged)
+            # target the code made, its weight the code's; its cross-entropy, judged, on one
+            # forward's retained graph too: held-out review 34)
+        if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
+            return True  # (retain_graph=True): each task's loss on one forward, not a batch
         labels = [c.constant for c in calls]
         made = not all(c.from_batch for c in calls)  # a target the code made (torch.ones(b))
         drawn = {mb.drawn for mb in micro}  # batches of one stream, each its own fetch
