@@ -184,6 +184,8 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
             native=own,
             micro=len(u.counts),
             penalized=beside is not None,
+            divided=u.divided,
+            again=u.again,
         )
         out.append((term, reading))
     return out

@@ -98,6 +98,40 @@ class Verdicts:
         default_factory=lambda: defaultdict(list)
     )
 
+    # per update, each term the code divided by a framework's count too (Reading.again): its
+    # name, scale, micro-batches and the framework with its count
+    again: dict[int, list[tuple[str, float, int, tuple[str, int]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def divided_again(self, updates: int) -> None:
+        """Name the first update of k micro-batches whose every term the code divided by the
+        count k a framework's backward() divides it by too (the division seen twice on its way
+        to the root: (ce + kl) / k inside accelerate's accumulate(), from k = 3, Observer's):
+        the terms' scale is the code's coefficient, so it does not tell, but the division
+        itself is seen (a distillation's KL term beside its cross-entropy hid it)."""
+        for j, terms in sorted(self.again.items()):
+            if len(terms) < len(self.coefficients.get(j, [])):
+                continue  # a term of the update not divided again
+            if all(g > 1 and k == g for _, _, k, (_, g) in terms):
+                by, g = terms[0][3]
+                self.at = j
+                what = (
+                    f"{by}={g} divides it"
+                    if by.startswith("Lightning")
+                    else f"{by} divides it by gradient_accumulation_steps={g}"
+                )
+                names = ", ".join(dict.fromkeys(t for t, _, _, _ in terms))
+                self.fail(
+                    "mean-vs-sum",
+                    f"update {j + 1} of {updates} ({g} micro-batches, its "
+                    f"{'terms' if len(terms) > 1 else 'term'} {names}): it "
+                    f"divides each micro-batch's loss by the accumulation count {g} itself, "
+                    f"where {what} already: each term applies 1 / {g} of what the code weighs "
+                    "it by",
+                )
+                return
+
     def undivided(self, updates: int) -> None:
         """Name the first update whose terms, 2 or more, each apply k times the mean of its
         rows over its k micro-batches (k >= 2), where another update's terms each do so over

@@ -174,6 +174,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
     v.undivided(len(seen.updates))
+    v.divided_again(len(seen.updates))
     for x in v.shortfalls:
         if x.kind == "nominal":
             v.nominal_at.setdefault(x.j, []).append(x.ratio)
@@ -222,6 +223,8 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     for r in readings if term and v.meant == "mean" else []:  # (Verdicts.undivided)
         if not r.unread and r.relative and alike(r.relative):
             v.coefficients[r.j].append((term, r.relative[0], len(r.parts)))
+            if r.again:  # (Verdicts.divided_again)
+                v.again[r.j].append((term, r.relative[0], len(r.parts), r.divided))
     if term and readings and all(r.native for r in readings):
         coefficients(readings, updates, v, term)
         return

@@ -15,8 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit import watch_script
+from linreg.audit.watcher import watch
 from tests.test_watch import twin_of
 
 SCRIPTS = Path(__file__).parent.parent / "watch_scripts"
@@ -241,6 +246,49 @@ def test_the_trainers_own_division_is_read_from_its_training_step_whatever_its_v
     assert _trainer_divides(frame) is divides
     outside = SimpleNamespace(**{**vars(frame), "f_globals": {"__name__": "my_trainer"}})
     assert not _trainer_divides(outside)
+
+
+def _distilled_in_accelerate(again: bool) -> None:
+    """A student distilled from a frozen teacher inside accelerate's accumulate(), k = 3, its
+    loss 0.5 * cross-entropy + 0.5 * KL (T = 2); again: the loss divided by the count too."""
+    from accelerate import Accelerator
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(72, 10, generator=gen), torch.randint(0, 4, (72,), generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        teacher = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+        student = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
+    teacher.requires_grad_(False)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=3)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
+    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
+    for xb, yb in loader:
+        with accelerator.accumulate(student):
+            logits = student(xb)
+            soft = F.softmax(teacher(xb) / 2, -1)
+            kl = F.kl_div(F.log_softmax(logits / 2, -1), soft, reduction="batchmean") * 4
+            loss = 0.5 * F.cross_entropy(logits, yb) + 0.5 * kl
+            accelerator.backward(loss / 3 if again else loss)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_watching_a_distillation_divided_by_the_count_again_inside_accumulate_names_it() -> None:
+    """Beside a KL term on the teacher's outputs, the cross-entropy's scale is the code's
+    coefficient, so (ce + kl) / k inside accumulate() exited 0 (held-out review 35: measured
+    1 / k of the mean). The division by k seen twice on the way to the root names it, from
+    k = 3 (at 2, (ce + kl) / 2 is the mean of two terms too)."""
+    pytest.importorskip("accelerate")
+    with watch(steps=6) as reports:
+        _distilled_in_accelerate(again=False)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    with watch(steps=6) as reports:
+        _distilled_in_accelerate(again=True)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "by the accumulation count 3 itself" in report.failures[0].message, str(report)
 
 
 def test_watching_a_fabric_script_passes_and_each_one_line_twin_names_its_pitfall(

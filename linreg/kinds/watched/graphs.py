@@ -97,18 +97,20 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
     return float(per.numel())
 
 
-def divisors(node: Any, losses: set[int]) -> tuple[float, ...]:
+def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[float, ...]:
     """Return the numbers a loss was divided by on its way to a backward()'s root (`loss / 2 /
     k`, each a division by a number): from the root's node down to one of the losses' nodes
     (ids), () where anything else stands between (a sum of losses, a product), but for
     products by a number at the root (a loss scaler's scale, on the loss as backward() got
-    it)."""
+    it); past_sums: those above a sum too (`(ce + kl) / k`: every term divided)."""
     while type(node).__name__ == "MulBackward0" and _a_number(getattr(node, "_saved_other", None)):
         node = node.next_functions[0][0]
-    out = []
+    out: list[float] = []
     while node is not None and id(node) not in losses:
         division = type(node).__name__ == "DivBackward0"
         other = getattr(node, "_saved_other", None) if division else None
+        if past_sums and type(node).__name__ == "AddBackward0":
+            return tuple(out)
         if not _a_number(other):
             return ()
         out.append(float(other))

@@ -155,6 +155,11 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         again = divided[1] > 1 and all(  # (loss / k inside accelerate's accumulate())
             divisors(t.grad_fn, read).count(divided[1]) >= 2 for t in roots
         )
+        # (ce + kl) / k: from k = 3 (at 2, the mean of two terms reads the same)
+        again = again or (
+            divided[1] > 2
+            and all(divisors(t.grad_fn, read, past_sums=True).count(divided[1]) >= 2 for t in roots)
+        )
         if any(c.by_code and c.elements == 1 for c in matched):  # one element: its weight
             nodes = [t.grad_fn for t in roots if t.grad_fn is not None]  # looks like a
             for c in matched:  # coefficient, so what uses it tells (reduced_whole)
