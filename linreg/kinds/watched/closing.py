@@ -111,8 +111,7 @@ Objective = tuple[set[int], set[int], set[str]]  # its params, backward()s, loss
 
 def _joined(sets: list[Objective], one: Callable[[Objective, Objective], bool]) -> list[Objective]:
     """Return the sets joined where one(a, b) holds of any two, as they were (connected
-    components: three heads, two of one function, join through the third whatever their
-    order)."""
+    components: the same whatever the order of the backward() calls that made them)."""
     parent = list(range(len(sets)))
 
     def root(i: int) -> int:
