@@ -296,6 +296,13 @@ def first_applied(rel: list[float]) -> int | None:
     return dropped if 0 < dropped < len(rel) and alike(rel[dropped:]) else None
 
 
+def framework_divides(by: str, g: int) -> str:
+    """Return, in words, that a framework's backward() divides each loss by its count g."""
+    if by.startswith("Lightning"):
+        return f"{by}={g} divides it"
+    return f"{by} divides it by gradient_accumulation_steps={g}"
+
+
 def never_applied(at: str, dropped: int, before_end: int) -> tuple[str, str]:
     """Return the pitfall, and what it says, of an update whose first micro-batches' gradient
     was zeroed before its step: an epoch's left-over window dropped where they were all fed

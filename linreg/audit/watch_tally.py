@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from linreg.audit.watch_readings import near
+from linreg.audit.watch_readings import framework_divides, near
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ class Verdicts:
     )
 
     # per update, each term the code divided by a framework's count too (Reading.again): its
-    # name, scale, micro-batches and the framework with its count
-    again: dict[int, list[tuple[str, float, int, tuple[str, int]]]] = field(
+    # name, micro-batches and the framework with its count
+    again: dict[int, list[tuple[str, int, tuple[str, int]]]] = field(
         default_factory=lambda: defaultdict(list)
     )
 
@@ -113,22 +113,17 @@ class Verdicts:
         for j, terms in sorted(self.again.items()):
             if len(terms) < len(self.coefficients.get(j, [])):
                 continue  # a term of the update not divided again
-            if all(g > 1 and k == g for _, _, k, (_, g) in terms):
-                by, g = terms[0][3]
+            if all(g > 1 and k == g for _, k, (_, g) in terms):
+                by, g = terms[0][2]
                 self.at = j
-                what = (
-                    f"{by}={g} divides it"
-                    if by.startswith("Lightning")
-                    else f"{by} divides it by gradient_accumulation_steps={g}"
-                )
-                names = ", ".join(dict.fromkeys(t for t, _, _, _ in terms))
+                names = ", ".join(dict.fromkeys(t for t, _, _ in terms))
                 self.fail(
                     "mean-vs-sum",
                     f"update {j + 1} of {updates} ({g} micro-batches, its "
                     f"{'terms' if len(terms) > 1 else 'term'} {names}): it "
                     f"divides each micro-batch's loss by the accumulation count {g} itself, "
-                    f"where {what} already: each term applies 1 / {g} of what the code weighs "
-                    "it by",
+                    f"where {framework_divides(by, g)} already: each term applies 1 / {g} of "
+                    "what the code weighs it by",
                 )
                 return
 

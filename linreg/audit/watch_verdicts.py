@@ -20,6 +20,7 @@ from linreg.audit.watch_readings import (
     alike,
     by_hand,
     first_applied,
+    framework_divides,
     near,
     never_applied,
     over_counted,
@@ -224,7 +225,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
         if not r.unread and r.relative and alike(r.relative):
             v.coefficients[r.j].append((term, r.relative[0], len(r.parts)))
             if r.again:  # (Verdicts.divided_again)
-                v.again[r.j].append((term, r.relative[0], len(r.parts), r.divided))
+                v.again[r.j].append((term, len(r.parts), r.divided))
     if term and readings and all(r.native for r in readings):
         coefficients(readings, updates, v, term)
         return
@@ -499,14 +500,9 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
     # (at 2, 1 / k is a halved loss's too, 0.5 * F.mse_loss, the code's own constant: named
     # where the code's own division by the count is seen, loss / k before the framework's)
     if (g > 2 or (g == 2 and r.again)) and near(s, 1 / g) and k == g:
-        what = (
-            f"{by}={g} divides it"
-            if by.startswith("Lightning")
-            else f"{by} divides it by gradient_accumulation_steps={g}"
-        )
         return (
-            f"it divides each micro-batch's loss by the accumulation count itself, where {what} "
-            "already"
+            "it divides each micro-batch's loss by the accumulation count itself, where "
+            f"{framework_divides(by, g)} already"
             + (  # (the ½ of a squared error written as a division reads the same)
                 " (a loss halved on purpose as loss / 2 applies the same 0.5: write 0.5 * loss, "
                 "which is read as the loss's own constant)"

@@ -18,13 +18,12 @@ from linreg.kinds.base import Target
 from linreg.kinds.guards import Aborted, Overran, TimeUp, seeded, silenced, time_limit, user_fn
 from linreg.kinds.training_loop import contract as contracts
 from linreg.kinds.training_loop.batching import Batching, count_of, expected_steps
-from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.training_loop.fetches import ShortFetches
 from linreg.kinds.training_loop.held import held_still
 from linreg.kinds.training_loop.hooks import Watch, watching
 from linreg.kinds.training_loop.known import asks_of, limit_of, trained_of
 from linreg.kinds.training_loop.ledger import Observed, Step, not_finite
-from linreg.kinds.training_loop.rows import Example, rows_of
+from linreg.kinds.training_loop.rows import Example, firsts, rows_of
 from linreg.kinds.training_loop.settings import default_optimizer, options_of
 from linreg.kinds.training_loop.shared import kept
 from linreg.kinds.training_loop.sources import drew
@@ -156,8 +155,7 @@ def _run_at_zero_lr(
 def distinct_rows(example: Example, batching: Batching) -> list[torch.Tensor] | None:
     """Return the first tensor of each distinct row of a run's data (the example's, the
     contrast row's where the run mixes them; None: a row holds none)."""
-    firsts = [tensors_in([row], {})[:1] for row in rows_of(example, sorted(set(batching.rows)))]
-    return [t for first in firsts for t in first] if firsts and all(firsts) else None
+    return firsts(example, sorted(set(batching.rows)))
 
 
 def raised(e: BaseException, fn: Callable[..., Any]) -> LoopRaised:

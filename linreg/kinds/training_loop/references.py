@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from linreg.checks import LoopRaised
 from linreg.kinds.base import Target
-from linreg.kinds.training_loop.calls import Call, tensors_in
+from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.confirmed import NO_LABELS, confirmed
 from linreg.kinds.training_loop.labels import RowLoss, counted, token_labels, with_held_labels
 from linreg.kinds.training_loop.ledger import Observed
@@ -27,7 +27,7 @@ from linreg.kinds.training_loop.row_gradients import (
     row_gradient,
     row_loss_for,
 )
-from linreg.kinds.training_loop.rows import IGNORE_INDEX, labels_of, padding, rows_of
+from linreg.kinds.training_loop.rows import IGNORE_INDEX, firsts, labels_of, padding
 from linreg.kinds.training_loop.settings import options_of
 
 
@@ -59,9 +59,7 @@ def references(target: Target, model: nn.Module, seen: Observed, seed: int) -> R
 def _padding(target: Target, seen: Observed) -> frozenset[bytes]:
     """Return the rows (by key) the loop made to fill a short batch up to a full one's
     (rows.padding): it trains on none of them, so a correct update weighs each 0."""
-    data = [
-        t for row in rows_of(options_of(target).example, (0, 1)) for t in tensors_in([row], {})[:1]
-    ]
+    data = firsts(options_of(target).example, (0, 1)) or []
     return frozenset(
         call.row_keys[i]
         for call in seen.calls

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from linreg.kinds.training_loop.calls import Call, first_value
+from linreg.kinds.training_loop.calls import Call, first_value, tensors_in
 
 INPUT_KEYS = ("input_ids", "x", "inputs", "input", "pixel_values", "features")
 
@@ -196,14 +196,22 @@ def of_the_data(call: Call, data: Sequence[Tensor]) -> bool:
     first = first_value(call)
     if first is None or first.ndim == 0:
         return False
-    rows = first.reshape(first.shape[0], -1)
-    return all(
-        any(
-            d.numel() == r.numel() and torch.equal(r, d.reshape(-1).to(r.device, r.dtype))
-            for d in data
-        )
-        for r in rows
+    return all(_a_data_row(r, data) for r in first.reshape(first.shape[0], -1))
+
+
+def _a_data_row(row: Tensor, data: Sequence[Tensor]) -> bool:
+    """Return True if a flattened row is one of the data's rows, as it is."""
+    return any(
+        d.numel() == row.numel() and torch.equal(row, d.reshape(-1).to(row.device, row.dtype))
+        for d in data
     )
+
+
+def firsts(example: Example, kinds: Iterable[int]) -> list[Tensor] | None:
+    """Return the first tensor of each of the rows (the example: 0, its contrast row: 1), as
+    the data the loop is handed holds them; None where a row holds none."""
+    found = [tensors_in([row], {})[:1] for row in rows_of(example, kinds)]
+    return [t for first in found for t in first] if found and all(found) else None
 
 
 def padding(call: Call, drawn: int, data: Sequence[Tensor]) -> list[int]:
@@ -219,10 +227,6 @@ def padding(call: Call, drawn: int, data: Sequence[Tensor]) -> list[int]:
     made = [
         i
         for i in range(call.rows)
-        if bool((rows[i] == rows[i, :1]).all())
-        and not any(
-            d.numel() == rows.shape[1] and torch.equal(rows[i], d.reshape(-1).to(rows.dtype))
-            for d in data
-        )
+        if bool((rows[i] == rows[i, :1]).all()) and not _a_data_row(rows[i], data)
     ]
     return made if len(made) == call.rows - drawn else []

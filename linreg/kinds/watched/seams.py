@@ -65,35 +65,15 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     loader_next = _BaseDataLoaderIter.__next__
 
     live = [True]  # a wrapper a name kept after the watch passes straight through
-    # each iterator's number, never reused (CPython reuses a freed iterator's id: a probe's
-    # `next(iter(loader))` and the training pass after it would be one)
-    numbers: weakref.WeakKeyDictionary[_BaseDataLoaderIter, int] = weakref.WeakKeyDictionary()
-    counter = itertools.count(1)
-    # each loader's sampler's number, never reused either (a probe's DataLoader made anew took
-    # a freed training loader's sampler's id now and then: its pass was read as the training's)
-    samplers: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-    pinned: dict[int, tuple[Any, int]] = {}  # those no weak reference names (a range): kept
-
-    def sampler_of(it: _BaseDataLoaderIter) -> int:
-        sampler = getattr(it, "_index_sampler", it)
-        try:
-            number = samplers.get(sampler)
-            if number is None:
-                number = samplers[sampler] = next(counter)
-            return number
-        except TypeError:
-            held = pinned.get(id(sampler))
-            if held is None or held[0] is not sampler:
-                held = pinned[id(sampler)] = (sampler, next(counter))
-            return held[1]
+    # each iterator's number, and each loader's sampler's, never reused (CPython reuses a freed
+    # object's id: a probe's `next(iter(loader))` and the training pass after it would be one,
+    # and a probe's DataLoader made anew took a freed training loader's sampler's id)
+    number = _Numbers()
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         if not live[0]:
             return loader_next(self)
-        number = numbers.get(self)
-        if number is None:
-            number = numbers[self] = next(counter)
-        at = (number, id(getattr(self, "_dataset", self)))
+        at = (number(self), id(getattr(self, "_dataset", self)))
         fresh = getattr(self, "_num_yielded", 1) == 0  # the first fetch of a new pass
         w.ran_out(at=at, fresh=fresh)  # a pass whose last batch was fetched before: ended
         try:
@@ -103,7 +83,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             raise
         # its loader's own sampler: a probe loader over the training set's first rows is
         # another loader over the same dataset
-        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0), sampler_of(self))
+        sampler = number(getattr(self, "_index_sampler", self))
+        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0), sampler)
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
@@ -225,6 +206,28 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.ran_out()
         w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         w.put_back()
+
+
+class _Numbers:
+    """A number for each object asked about, never another's while the watch runs: held by a
+    weak reference, or, for an object none can name (a range as a sampler), kept alive."""
+
+    def __init__(self) -> None:
+        self.weak: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self.pinned: dict[int, tuple[Any, int]] = {}
+        self.counter = itertools.count(1)
+
+    def __call__(self, obj: Any) -> int:
+        try:
+            n = self.weak.get(obj)
+            if n is None:
+                n = self.weak[obj] = next(self.counter)
+            return n
+        except TypeError:
+            held = self.pinned.get(id(obj))
+            if held is None or held[0] is not obj:
+                held = self.pinned[id(obj)] = (obj, next(self.counter))
+            return held[1]
 
 
 def _divided_by(caller: Any) -> tuple[str, int]:

@@ -245,11 +245,10 @@ class Steps:
         batches of data, where their losses are of one function (of several, each function's
         are a term read on its own: closing._terms): a backward() on a graph an earlier one
         retained (each task's loss on one forward); micro-batches each of one label for all
-        its rows, not the same label,
-        not each after a batch of one stream of its own (a GAN's real and fake); or more
-        backward() calls than the DataLoader batches fetched for the update (fetched), some on
-        targets no batch held (chunks of a fetched batch are views of it, and stay
-        micro-batches)."""
+        its rows, not the same label, not each after a batch of one stream of its own (a GAN's
+        real and fake); or more backward() calls than the DataLoader batches fetched for the
+        update (fetched), some on targets no batch held (chunks of a fetched batch are views
+        of it, and stay micro-batches)."""
         calls = [c for mb in micro for c in mb.losses]
         if len({c.name for c in calls}) > 1:  # losses of several functions: each a term of
             return False  # its own, read apart (closing._terms; a distillation's KL term on a
