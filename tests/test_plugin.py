@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import pytest
 
 # pytester's in-process runs forget the modules each run imported. torch._dynamo, which the first
 # optimizer a process builds imports, registers torch operator libraries and raises when imported
 # a second time in one process: import it here, before any run, so that no run imports it.
 import torch._dynamo  # noqa: F401
+
+from linreg import audit
 
 pytest_plugins = ["pytester"]
 
@@ -264,3 +269,93 @@ def test_pitfalls_plugin_audits_a_step_budget_loop_on_dict_batches(
         "-v",
     )
     result.assert_outcomes(passed=8)  # every training-loop property
+
+
+SHARED_LOOPS = """
+import torch
+from torch import nn
+
+CALLS = []  # one entry per call of a loop below
+
+
+def net():
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
+
+
+torch.manual_seed(0)
+THE_NET = net()  # a factory that hands out one model: the user's own
+
+
+def the_net():
+    return THE_NET
+
+
+sample = (torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.5]))
+
+
+def fit(model, loader, optimizer, *, num_epochs):
+    CALLS.append("fit")
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(X), y).backward()
+            optimizer.step()
+
+
+def fit_by_hand(model, loader, optimizer, *, num_epochs):
+    CALLS.append("fit_by_hand")
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            ((model(X) - y) ** 2).mean().backward()
+            optimizer.step()
+"""
+
+
+def _shared_loops(pytester: pytest.Pytester) -> Any:
+    """Write SHARED_LOOPS and import it here: the in-process runs then use this module."""
+    pytester.makepyfile(sharedloops=SHARED_LOOPS)
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    pytester.syspathinsert()
+    return importlib.import_module("sharedloops")
+
+
+def test_pitfalls_plugin_items_of_one_audit_run_the_loop_as_often_as_the_audit_does(
+    pytester: pytest.Pytester,
+) -> None:
+    loops = _shared_loops(pytester)
+    result = pytester.runpytest(
+        "--pitfalls-audit",
+        "training-loop=sharedloops:fit,model=sharedloops:net,example=sharedloops:sample,"
+        "max_examples=10",
+        "--pitfalls-audit",
+        "training-loop=sharedloops:fit,model=sharedloops:the_net,example=sharedloops:sample,"
+        "max_examples=10",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=16)
+    by_the_plugin = len(loops.CALLS)
+    del loops.CALLS[:]
+    for model in (loops.net, loops.the_net):
+        report = audit.training_loop(loops.fit, model=model, example=loops.sample, max_examples=10)
+        assert report.ok, str(report)
+    # the items of one spec are one audit: each run made once, read by every property (where
+    # the factory hands out new models; each property running its own would call it more)
+    assert by_the_plugin == len(loops.CALLS), (by_the_plugin, len(loops.CALLS))
+    # the model the factory handed out is put back as it was when the items end
+    dropout = loops.THE_NET[2]
+    assert loops.THE_NET.training and dropout.p == 0.5 and "train" not in vars(loops.THE_NET)
+
+
+def test_pitfalls_plugin_a_property_that_held_on_nothing_it_reads_is_skipped_not_passed(
+    pytester: pytest.Pytester,
+) -> None:
+    _shared_loops(pytester)
+    spec = "training-loop=sharedloops:fit_by_hand,model=sharedloops:net,example=sharedloops:sample"
+    result = pytester.runpytest("--pitfalls-audit", spec, "-p", "no:cacheprovider", "-rs")
+    # a squared error written by hand is no loss the audit reads: label-shape judged nothing
+    # (as the audit's Report says), the other 7 properties pass
+    result.assert_outcomes(passed=7, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*not judged: no backward() reached a loss of values*"])
+

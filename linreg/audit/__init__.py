@@ -25,6 +25,7 @@ from linreg.audit.report import Report, Result
 from linreg.audit.runner import (
     DEFAULT_EXAMPLES,
     not_judged,
+    one_audit,
     ordered,
     properties,
     run,
@@ -45,6 +46,7 @@ __all__ = [
     "TargetError",
     "audit",
     "not_judged",
+    "one_audit",
     "ordered",
     "properties",
     "run",

@@ -3,7 +3,8 @@
 `run_property` gives one property's verdict on a target; `run` every property of the target's
 kind, each after those it requires (`ordered`), a property whose requirement failed first
 skipped (`not_judged`), the runs one property made read by the others that draw them
-(`runs_shared`); `target_for` checks a function and options once, as a kind's target.
+(`runs_shared`); `one_audit` does the same for properties run one by one (the pytest
+plugin's items); `target_for` checks a function and options once, as a kind's target.
 Everything the user's code might change (RNGs, grad mode, torch's thread count) is restored
 after each property, and the models the factory hands out when the audit ends (after each
 property where runs are not shared).
@@ -16,7 +17,7 @@ import functools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import torch
@@ -62,6 +63,7 @@ __all__ = [
     "FEWEST",
     "Budget",
     "not_judged",
+    "one_audit",
     "ordered",
     "properties",
     "run",
@@ -306,6 +308,31 @@ def run(
     )
 
 
+@contextlib.contextmanager
+def one_audit(target: Target) -> Iterator[Callable[..., Result]]:
+    """Run the target's properties one by one, as parts of one audit: yield run_property for
+    this target (its keywords as run_property's), whose properties share their runs and, where
+    all draw one strategy, the examples offered (as in `run`); the models the factory handed
+    out are put back when the block ends."""
+    props = _of_kind(target.kind)
+    offered = Offered() if len({p.examples for p in props}) == 1 else None
+
+    def one(prop: Property, **keywords: Any) -> Result:
+        return _judged(prop, target, run_property(prop, target, offered=offered, **keywords))
+
+    with runs_shared():
+        yield one
+
+
+def _judged(prop: Property, target: Target, result: Result) -> Result:
+    """Return the result, a pass made a skip where the property held on nothing it reads (its
+    unjudged hook, reading what the audit's runs so far showed)."""
+    why = prop.unjudged(target) if prop.unjudged is not None else None
+    if result.verdict == "pass" and why:
+        return Result(prop.pitfall, prop.name, "skip", why)
+    return result
+
+
 def _verdict(
     prop: Property,
     target: Target,
@@ -337,9 +364,7 @@ def _verdict(
                 budget=shared if max_examples is None else None,
                 offered=offered,
             )
-        why = prop.unjudged(target) if prop.unjudged is not None else None
-        if result.verdict == "pass" and why:  # it held, on nothing it reads
-            result = Result(prop.pitfall, prop.name, "skip", why)
+        result = _judged(prop, target, result)
     except LoopRaised as e:
         error = (str(e.args[0]), e.args[1] if len(e.args) > 1 else None)
         result = Result(prop.pitfall, prop.name, "skip", "not judged: the target raised")

@@ -2,7 +2,9 @@
 
 Each use adds one test item per pitfall property of KIND, run against MODULE:NAME through
 `linreg.audit`: it passes, fails with the counterexample, or is skipped (the property does not
-apply, or a property it rests on failed first). The items' names contain "pitfalls", so
+apply, a property it rests on failed first, or it held on nothing it reads). One use's items,
+run in a row, are one audit (`linreg.audit.one_audit`): their properties share its runs, and
+the models it held are put back after the last. The items' names contain "pitfalls", so
 `-k pitfalls` keeps them. Options are the audit function's keywords, e.g.
 `update-step=mypkg.optim:sgd,zeroes_grad=false,under_no_grad=true`. Registered through the
 `pytest11` entry point; needs Hypothesis.
@@ -54,6 +56,25 @@ class Spec:
     keywords: dict[str, Any] = field(default_factory=dict)  # max_examples, seed, shrink
     failed: set[str] = field(default_factory=set)  # pitfalls whose properties failed so far
     error: str = ""  # the target raised: its properties after the first are not judged
+    # while its items run in a row: one audit's scope (its properties share their runs)
+    shared: contextlib.ExitStack | None = None
+    run: Callable[..., Any] | None = None  # run_property on the target, inside that scope
+
+    def run_property(self, prop: Any) -> Any:
+        """Return prop's Result on the target, as a part of one audit with the spec's items
+        run before it in a row (`linreg.audit.one_audit`)."""
+        from linreg import audit
+
+        if self.run is None:
+            self.shared = contextlib.ExitStack()
+            self.run = self.shared.enter_context(audit.one_audit(self.target))
+        return self.run(prop, **self.keywords)
+
+    def end(self) -> None:
+        """End the audit its items share: the models the factory handed out are put back."""
+        shared, self.shared, self.run = self.shared, None, None
+        if shared is not None:
+            shared.close()
 
 
 def parse(text: str) -> Spec:
@@ -135,7 +156,7 @@ class AuditItem(pytest.Item):
         if reason is not None:
             pytest.skip(reason)
         try:
-            result = audit.run_property(self.prop, self.target, **self.spec.keywords)
+            result = self.spec.run_property(self.prop)
         except audit.LoopRaised as e:
             self.spec.error = str(e.args[0])
             raise AuditFailed(f"{self.spec.error}\non: {e.args[1]!r}") from None
@@ -169,6 +190,20 @@ def pytest_collection_modifyitems(
             items.append(
                 AuditItem.from_parent(session, name=name, spec=spec, prop=prop, target=spec.target)
             )
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """An audit's items share their runs while they run in a row: the next item another's,
+    or none, ends it (a spec's items later again start another)."""
+    if isinstance(item, AuditItem) and not (
+        isinstance(nextitem, AuditItem) and nextitem.spec is item.spec
+    ):
+        item.spec.end()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for spec in session.config.stash.get(_SPECS, []):  # (one stopped by -x or Ctrl-C)
+        spec.end()
 
 
 @pytest.fixture
