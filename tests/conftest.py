@@ -4,6 +4,7 @@ first; the catalogue's DDP runs once a session."""
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 from typing import Any
 
@@ -52,10 +53,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header() -> str:
-    import torch
-
+    # the installed version, not torch imported: under xdist the controller runs no test, and
+    # importing torch there (over a second) would hold back the workers' start
+    torch = importlib.metadata.version("torch")
     swap = os.environ.get("LINREG_SWAP")
-    return f"torch {torch.__version__}, hypothesis profile {settings.default._current_profile}" + (
+    return f"torch {torch}, hypothesis profile {settings.default._current_profile}" + (
         f", LINREG_SWAP={swap}" if swap else ""
     )
 

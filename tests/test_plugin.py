@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -359,3 +362,18 @@ def test_pitfalls_plugin_a_property_that_held_on_nothing_it_reads_is_skipped_not
     result.assert_outcomes(passed=7, skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED*not judged: no backward() reached a loss of values*"])
 
+
+def test_pitfalls_plugin_loaded_by_any_pytest_run_imports_no_torch(tmp_path: Path) -> None:
+    # the plugin loads (its entry point) in every pytest run where linreg is installed: its
+    # help lists the kinds, which must not cost that run an import of torch
+    code = (
+        "import sys, pytest\n"
+        "pytest.main(['--help', '-p', 'no:cacheprovider'])\n"
+        "assert 'linreg.testing.plugin' in sys.modules, 'the plugin was not loaded'\n"
+        "sys.exit(3 if 'torch' in sys.modules else 0)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "--pitfalls-audit" in run.stdout and "training-loop" in run.stdout

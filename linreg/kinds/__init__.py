@@ -11,6 +11,7 @@ and the README's table of kinds are made from: adding a kind is adding its modul
 
 from __future__ import annotations
 
+from linreg import _kind_names as names
 from linreg.kinds import epoch_loss, iterator, loop, loss, training_loop, update_step
 from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.frameworks import FRAMEWORKS
@@ -28,6 +29,10 @@ KINDS: dict[str, Kind] = {
         *(f.kind() for f in FRAMEWORKS),
     )
 }
+if tuple(KINDS) != names.NAMES:  # the plugin's help reads the names without the kinds
+    raise ImportError(
+        f"linreg._kind_names.NAMES {names.NAMES} is not the registry's {tuple(KINDS)}"
+    )
 
 # The kinds only linreg's own code is checked as: not audited, not on the command line. Every
 # property's kind is one of these or of KINDS (tests/test_pitfalls_catalogue.py checks it), so

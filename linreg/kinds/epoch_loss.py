@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
+from linreg import _kind_names as names
 from linreg.checks import LoopRaised
 from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.guards import guarded, seeded
@@ -64,7 +65,7 @@ def run_epoch(target: Target, run: dict[str, Any]) -> Any:
 EPOCHS = (Target(late("train.train_epoch"), "epoch-loss", ObjectiveOptions(), "train_epoch"),)
 
 KIND = Kind(
-    name="epoch-loss",
+    name=names.EPOCH_LOSS,
     signature=EPOCH_SIGNATURE,
     summary="one epoch of training that returns the loss it reports for the epoch",
     options=ObjectiveOptions,

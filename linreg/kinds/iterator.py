@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from linreg import _kind_names as names
 from linreg import _validate, checks
 from linreg.kinds.base import Kind, Target, binds, takes_keyword
 from linreg.kinds.guards import guarded
@@ -84,7 +85,7 @@ def iterators(drop_last: bool) -> tuple[Target, ...]:
 
 
 KIND = Kind(
-    name="iterator",
+    name=names.ITERATOR,
     signature=SIGNATURE,
     summary="a mini-batch iterator (the book's data_iter), called once per epoch",
     options=IteratorOptions,

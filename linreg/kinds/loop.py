@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from linreg import _kind_names as names
 from linreg import _validate
 from linreg.checks import CheckFailed
 from linreg.kinds.base import Kind, Target, TargetError, keyword_only
@@ -194,7 +195,7 @@ FULL_BATCH_LOOPS = (
 )
 
 KIND = Kind(
-    name="loop",
+    name=names.LOOP,
     signature=SIGNATURE,
     summary="a training loop of the book's kind on (features, labels) and params [w, b]",
     options=LoopOptions,

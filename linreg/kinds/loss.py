@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from linreg import _kind_names as names
 from linreg import _validate
 from linreg.checks import LoopRaised
 from linreg.kinds.base import Kind, TargetError, binds
@@ -86,7 +87,7 @@ def returns_a_finite_tensor(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 KIND = Kind(
-    name="loss",
+    name=names.LOSS,
     signature=SIGNATURE,
     summary="a loss (the book's squared_loss): scale * (y_hat - y)^2, reduced",
     options=LossOptions,

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from linreg import _kind_names as names
 from linreg import _validate
 from linreg.kinds.base import Kind, Target, binds
 from linreg.kinds.late import late
@@ -84,7 +85,7 @@ STEPS = (
 )
 
 KIND = Kind(
-    name="update-step",
+    name=names.UPDATE_STEP,
     signature=SIGNATURE,
     summary="an update step (the book's sgd): p - lr * grad / B, in place",
     options=UpdateStepOptions,

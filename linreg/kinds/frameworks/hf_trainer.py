@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from linreg import _kind_names as names
 from linreg import _validate
 from linreg.kinds import training_loop
 from linreg.kinds.base import TargetError
@@ -105,7 +106,7 @@ def fit(hf: ModuleType, fn: Callable[..., Any], options: HFTrainerOptions) -> Fi
 
 
 FRAMEWORK = Framework(
-    name="hf-trainer",
+    name=names.HF_TRAINER,
     modules=("transformers",),
     extra="transformers",
     signature="fn() -> a PreTrainedModel, or an nn.Module whose output has a loss",

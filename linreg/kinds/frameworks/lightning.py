@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from linreg import _kind_names as names
 from linreg import _validate
 from linreg.kinds import training_loop
 from linreg.kinds.base import TargetError
@@ -109,7 +110,7 @@ def fit(pl: ModuleType, fn: Callable[..., Any], options: LightningOptions) -> Fi
 
 
 FRAMEWORK = Framework(
-    name="lightning",
+    name=names.LIGHTNING,
     modules=("lightning.pytorch", "pytorch_lightning"),
     extra="lightning",
     signature="fn() -> a LightningModule",

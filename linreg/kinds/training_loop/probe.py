@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from linreg import _kind_names as names
 from linreg.checks import CheckFailed, LoopRaised
 from linreg.kinds.base import Kind, Target, TargetError
 from linreg.kinds.guards import Aborted, seeded
@@ -217,7 +218,7 @@ def framework_target(
 
 
 KIND = Kind(
-    name="training-loop",
+    name=names.TRAINING_LOOP,
     signature=SIGNATURE,
     summary="any PyTorch training loop, as written, judged step by step on copies of one sample",
     options=TrainingLoopOptions,
