@@ -363,17 +363,84 @@ def test_pitfalls_plugin_a_property_that_held_on_nothing_it_reads_is_skipped_not
     result.stdout.fnmatch_lines(["SKIPPED*not judged: no backward() reached a loss of values*"])
 
 
-def test_pitfalls_plugin_loaded_by_any_pytest_run_imports_no_torch(tmp_path: Path) -> None:
-    # the plugin loads (its entry point) in every pytest run where linreg is installed: its
-    # help lists the kinds, which must not cost that run an import of torch
-    code = (
-        "import sys, pytest\n"
-        "pytest.main(['--help', '-p', 'no:cacheprovider'])\n"
+# a finder that refuses torch and Hypothesis: a run that imports either fails on it
+_WITHOUT = """
+import sys
+
+class Refused:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "hypothesis"):
+            raise ImportError(f"{name} refused: this run must not import it")
+
+sys.meta_path.insert(0, Refused())
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["test_plain.py", "-q"]], ids=["help", "a run"])
+def test_pitfalls_plugin_loaded_by_any_pytest_run_imports_neither_torch_nor_hypothesis(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # the plugin loads (its entry point) in every pytest run where linreg is installed, of
+    # any project: its help lists the kinds, and a run that audits nothing collects nothing
+    # of it; neither may cost that run an import of torch, nor need Hypothesis
+    (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert True\n")
+    code = _WITHOUT + (
+        "import pytest\n"
+        f"code = pytest.main({args!r} + ['-p', 'no:cacheprovider', '-p', 'no:hypothesispytest'])\n"
         "assert 'linreg.testing.plugin' in sys.modules, 'the plugin was not loaded'\n"
-        "sys.exit(3 if 'torch' in sys.modules else 0)\n"
+        "sys.exit(int(code))\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "--pitfalls-audit" in run.stdout and "training-loop" in run.stdout
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert ("training-loop" in run.stdout) if args == ["--help"] else ("1 passed" in run.stdout)
+
+
+ATTACKED = """
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def net():
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def sample():
+    return torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1)
+
+
+def fit_on_attacks(model, loader, optimizer, num_epochs):
+    # adversarial training (FGSM): every step trains on rows the loop made from the batch's
+    for _ in range(num_epochs):
+        for x, y in loader:
+            x = x.clone().requires_grad_(True)
+            F.cross_entropy(model(x), y).backward()
+            attacked = (x + 0.1 * x.grad.sign()).detach()
+            optimizer.zero_grad()
+            F.cross_entropy(model(attacked), y).backward()
+            optimizer.step()
+"""
+
+
+def test_pitfalls_plugin_an_audit_that_could_judge_no_step_is_an_error_not_a_pass(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(attacked=ATTACKED)
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
+    pytester.syspathinsert()
+    attacked = importlib.import_module("attacked")
+    spec = "training-loop=attacked:fit_on_attacks,model=attacked:net,example=attacked:sample"
+    result = pytester.runpytest(
+        "--pitfalls-audit", f"{spec},max_examples=10", "-p", "no:cacheprovider"
+    )
+    # as linreg.audit says: no step of any run could be judged, an error (no pass, exit 1)
+    report = audit.training_loop(
+        attacked.fit_on_attacks, model=attacked.net, example=attacked.sample, max_examples=10
+    )
+    assert report.error.startswith("no step of any run could be judged"), str(report)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors") == 1 and "failed" not in outcomes, outcomes
+    result.stdout.fnmatch_lines([f"*{spec}*: no step of any run could be judged*"])

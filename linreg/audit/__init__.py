@@ -24,6 +24,7 @@ from linreg import _validate
 from linreg.audit.report import Report, Result
 from linreg.audit.runner import (
     DEFAULT_EXAMPLES,
+    OneAudit,
     not_judged,
     one_audit,
     ordered,
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_EXAMPLES",
     "KINDS",
     "LoopRaised",
+    "OneAudit",
     "Report",
     "Result",
     "TargetError",

@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_EXAMPLES",
     "FEWEST",
     "Budget",
+    "OneAudit",
     "not_judged",
     "one_audit",
     "ordered",
@@ -293,7 +294,7 @@ def run(
             if result.verdict == "fail":
                 failed.add(prop.pitfall)
             verdicts[id(prop)] = result
-        unjudged = unreferenced_error()  # no step of any run could be judged: no pass
+        unjudged = OneAudit.unjudged()  # no step of any run could be judged: no pass
         if unjudged is not None and not failed and not error[0]:
             error = (unjudged, None)
         seen = notes(passed=not failed and not error[0])  # what limits the verdicts
@@ -308,20 +309,35 @@ def run(
     )
 
 
+class OneAudit:
+    """A target's properties run one by one as parts of one audit (`one_audit`)."""
+
+    def __init__(self, target: Target) -> None:
+        props = _of_kind(target.kind)
+        self.target = target
+        # where all draw one strategy, the examples offered (as in `run`)
+        self.offered = Offered() if len({p.examples for p in props}) == 1 else None
+
+    def run(self, prop: Property, **keywords: Any) -> Result:
+        """Return prop's verdict on the target (run_property's keywords), reading the runs
+        the properties before it made."""
+        result = run_property(prop, self.target, offered=self.offered, **keywords)
+        return _judged(prop, self.target, result)
+
+    @staticmethod
+    def unjudged() -> str | None:
+        """Return the audit's error where no step of the runs made so far could be judged:
+        `run` reports it where no property failed (no pass then)."""
+        return unreferenced_error()
+
+
 @contextlib.contextmanager
-def one_audit(target: Target) -> Iterator[Callable[..., Result]]:
-    """Run the target's properties one by one, as parts of one audit: yield run_property for
-    this target (its keywords as run_property's), whose properties share their runs and, where
-    all draw one strategy, the examples offered (as in `run`); the models the factory handed
-    out are put back when the block ends."""
-    props = _of_kind(target.kind)
-    offered = Offered() if len({p.examples for p in props}) == 1 else None
-
-    def one(prop: Property, **keywords: Any) -> Result:
-        return _judged(prop, target, run_property(prop, target, offered=offered, **keywords))
-
+def one_audit(target: Target) -> Iterator[OneAudit]:
+    """Run the target's properties one by one as parts of one audit (OneAudit.run): they
+    share their runs, as in `run`; the models the factory handed out are put back when the
+    block ends."""
     with runs_shared():
-        yield one
+        yield OneAudit(target)
 
 
 def _judged(prop: Property, target: Target, result: Result) -> Result:

@@ -6,7 +6,8 @@ function becomes a target) and what its properties need to call and observe it
 `base` (Kind, Options, Target), `guards` (exceptions and RNGs), `late` (linreg's own functions,
 swappable), `runs` (runs of linreg's training signature), `twin_rows` (loop examples with a
 closed form). `KINDS` is the registry that linreg.audit, the command line, the pytest plugin
-and the README's table of kinds are made from: adding a kind is adding its module here.
+and the README's table of kinds are made from: adding a kind is adding its module here, and
+its name to linreg._kind_names (the plugin's help reads the names there, without torch).
 """
 
 from __future__ import annotations

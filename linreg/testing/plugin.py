@@ -3,9 +3,10 @@
 Each use adds one test item per pitfall property of KIND, run against MODULE:NAME through
 `linreg.audit`: it passes, fails with the counterexample, or is skipped (the property does not
 apply, a property it rests on failed first, or it held on nothing it reads). One use's items,
-run in a row, are one audit (`linreg.audit.one_audit`): their properties share its runs, and
-the models it held are put back after the last. The items' names contain "pitfalls", so
-`-k pitfalls` keeps them. Options are the audit function's keywords, e.g.
+run in a row, are one audit (`linreg.audit.one_audit`): their properties share its runs, the
+models it held are put back after the last, and where no step of its runs could be judged
+(nothing failed) the last one's teardown fails with the audit's error. The items' names
+contain "pitfalls", so `-k pitfalls` keeps them. Options are the audit function's keywords, e.g.
 `update-step=mypkg.optim:sgd,zeroes_grad=false,under_no_grad=true`. Registered through the
 `pytest11` entry point; needs Hypothesis.
 
@@ -60,23 +61,26 @@ class Spec:
     error: str = ""  # the target raised: its properties after the first are not judged
     # while its items run in a row: one audit's scope (its properties share their runs)
     shared: contextlib.ExitStack | None = None
-    run: Callable[..., Any] | None = None  # run_property on the target, inside that scope
+    audit: Any = None  # a linreg.audit.OneAudit on the target, inside that scope
 
     def run_property(self, prop: Any) -> Any:
         """Return prop's Result on the target, as a part of one audit with the spec's items
         run before it in a row (`linreg.audit.one_audit`)."""
         from linreg import audit
 
-        if self.run is None:
+        if self.audit is None:
             self.shared = contextlib.ExitStack()
-            self.run = self.shared.enter_context(audit.one_audit(self.target))
-        return self.run(prop, **self.keywords)
+            self.audit = self.shared.enter_context(audit.one_audit(self.target))
+        return self.audit.run(prop, **self.keywords)
 
-    def end(self) -> None:
-        """End the audit its items share: the models the factory handed out are put back."""
-        shared, self.shared, self.run = self.shared, None, None
+    def end(self) -> str | None:
+        """End the audit its items share (the models the factory handed out put back); return
+        its error where nothing failed and no step of its runs could be judged."""
+        one, shared, self.audit, self.shared = self.audit, self.shared, None, None
+        unjudged = None if one is None or self.failed or self.error else one.unjudged()
         if shared is not None:
             shared.close()
+        return unjudged
 
 
 def parse(text: str) -> Spec:
@@ -184,9 +188,12 @@ class AuditItem(pytest.Item):
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
+    specs = config.stash.get(_SPECS, [])
+    if not specs:  # a run that audits nothing imports nothing (torch, Hypothesis)
+        return
     from linreg import audit
 
-    for spec in config.stash.get(_SPECS, []):
+    for spec in specs:
         for prop in audit.properties(spec.target.kind):  # a framework: its loop's kind
             name = f"test_pitfalls_audit[{spec.text}][{prop.pitfall}: {prop.name}]"
             items.append(
@@ -196,11 +203,15 @@ def pytest_collection_modifyitems(
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """An audit's items share their runs while they run in a row: the next item another's,
-    or none, ends it (a spec's items later again start another)."""
+    or none, ends it (a spec's items later again start another). Where nothing failed and no
+    step of its runs could be judged, that is the audit's error (linreg.audit's, never a
+    pass), given at the last item's teardown."""
     if isinstance(item, AuditItem) and not (
         isinstance(nextitem, AuditItem) and nextitem.spec is item.spec
     ):
-        item.spec.end()
+        unjudged = item.spec.end()
+        if unjudged is not None:
+            pytest.fail(f"{item.spec.text}: {unjudged}", pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
