@@ -16,6 +16,7 @@ import pytest
 import torch._dynamo  # noqa: F401
 
 from linreg import audit
+from tests import test_audit_one_cause_one_name as adversarial
 
 pytest_plugins = ["pytester"]
 
@@ -397,47 +398,19 @@ def test_pitfalls_plugin_loaded_by_any_pytest_run_imports_neither_torch_nor_hypo
     assert ("training-loop" in run.stdout) if args == ["--help"] else ("1 passed" in run.stdout)
 
 
-ATTACKED = """
-import torch
-from torch import nn
-from torch.nn import functional as F
-
-
-def net():
-    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def sample():
-    return torch.tensor([0.5, -1.0, 2.0]), torch.tensor(1)
-
-
-def fit_on_attacks(model, loader, optimizer, num_epochs):
-    # adversarial training (FGSM): every step trains on rows the loop made from the batch's
-    for _ in range(num_epochs):
-        for x, y in loader:
-            x = x.clone().requires_grad_(True)
-            F.cross_entropy(model(x), y).backward()
-            attacked = (x + 0.1 * x.grad.sign()).detach()
-            optimizer.zero_grad()
-            F.cross_entropy(model(attacked), y).backward()
-            optimizer.step()
-"""
-
-
 def test_pitfalls_plugin_an_audit_that_could_judge_no_step_is_an_error_not_a_pass(
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makepyfile(attacked=ATTACKED)
+    # FGSM adversarial training: every step trains on rows the loop made from the batch's
     pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
-    pytester.syspathinsert()
-    attacked = importlib.import_module("attacked")
-    spec = "training-loop=attacked:fit_on_attacks,model=attacked:net,example=attacked:sample"
+    where = "tests.test_audit_one_cause_one_name"
+    spec = f"training-loop={where}:fgsm,model={where}:Student,example={where}:labelled"
     result = pytester.runpytest(
         "--pitfalls-audit", f"{spec},max_examples=10", "-p", "no:cacheprovider"
     )
     # as linreg.audit says: no step of any run could be judged, an error (no pass, exit 1)
     report = audit.training_loop(
-        attacked.fit_on_attacks, model=attacked.net, example=attacked.sample, max_examples=10
+        adversarial.fgsm, model=adversarial.Student, example=adversarial.labelled, max_examples=10
     )
     assert report.error.startswith("no step of any run could be judged"), str(report)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
