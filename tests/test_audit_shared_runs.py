@@ -9,6 +9,7 @@ scope falls back to running again.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any
 
@@ -152,3 +153,28 @@ def test_each_propertys_verdict_in_an_audit_is_the_one_it_gives_run_alone(
     if loop is summed:
         assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
         assert not all(replayed)  # the failure found in the replay was run again, and shrunk
+
+
+def test_properties_run_one_by_one_as_one_audit_keep_another_threads_audit_waiting() -> None:
+    # the plugin's items of one --pitfalls-audit share one audit's scope between them: an
+    # audit in another thread meanwhile would run inside it (its models held, then put back,
+    # with this audit's), so it waits for the block's end, as it waits for any audit's
+    target = audit.target_for("training-loop", fit, model=dropout_net, example=SAMPLE)
+    first, *rest = audit.properties("training-loop")
+    events: list[str] = []
+    started = threading.Event()
+
+    def another() -> None:
+        started.set()
+        report = audit.training_loop(fit, model=dropout_net, example=SAMPLE, max_examples=3)
+        events.append(f"the other audit ended, ok={report.ok}")
+
+    with audit.one_audit(target) as one:
+        events.append(one.run(first, max_examples=3).verdict)
+        thread = threading.Thread(target=another)
+        thread.start()
+        started.wait(10)
+        thread.join(timeout=1.0)  # its audit of 3 examples a property takes a tenth of that
+        events.append(one.run(rest[0], max_examples=3).verdict)
+    thread.join(timeout=60)
+    assert events == ["pass", "pass", "the other audit ended, ok=True"]

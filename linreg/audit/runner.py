@@ -335,8 +335,8 @@ class OneAudit:
 def one_audit(target: Target) -> Iterator[OneAudit]:
     """Run the target's properties one by one as parts of one audit (OneAudit.run): they
     share their runs, as in `run`; the models the factory handed out are put back when the
-    block ends."""
-    with runs_shared():
+    block ends. The block is one audit at a time too: another thread's waits for its end."""
+    with _AUDITING, runs_shared():
         yield OneAudit(target)
 
 
