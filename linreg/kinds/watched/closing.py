@@ -27,16 +27,14 @@ def _terms(mb: MicroBatch, task: Callable[[LossCall], str]) -> list[list[LossCal
     return list(by.values())
 
 
-def _tasks(update: Open) -> tuple[Callable[[LossCall], str], set[str]]:
-    """Return the task of each loss an update's micro-batches reached, and the functions split
-    into tasks: a loss's task is its function's name; where one function's losses came from
-    2+ datasets each of which reached params of the update's none of the others reached (a
-    head per task on a shared trunk, each task's batch from a DataLoader of its own), its
-    dataset too, numbered as the watch first met it. Each dataset must keep to its own params
-    from update to update: where one reaches others (a mixture of experts fed by two loaders,
-    routed), its function's losses are one mean over the update's rows from then on
-    (Open.one_mean; so too where one mean over both datasets' rows explained an update:
-    _close)."""
+def _tasks(update: Open) -> Callable[[LossCall], str]:
+    """Return the task of each loss an update's micro-batches reached: its function's name;
+    where one function's losses came from 2+ datasets each of which reached params of the
+    update's none of the others reached (a head per task on a shared trunk, each task's batch
+    from a DataLoader of its own), its dataset too, numbered as the watch first met it. Each
+    dataset must keep to its own params from update to update: where one reaches others (a
+    mixture of experts fed by two loaders, routed), its function's losses are one task from
+    then on."""
     stepped = {id(p) for p in update.params}
     reached: dict[str, dict[int | None, set[int]]] = {}
     for c in (c for mb in update.micro for c in mb.losses):
@@ -44,7 +42,7 @@ def _tasks(update: Open) -> tuple[Callable[[LossCall], str], set[str]]:
         on.update(stepped & c.grads.keys())
     heads: set[str] = set()
     for name, data in reached.items():
-        if len(data) < 2 or None in data or name in update.one_mean:
+        if len(data) < 2 or None in data or name in update.routed:
             continue
         own = {
             d: frozenset(on.difference(*(o for e, o in data.items() if e != d)))
@@ -55,7 +53,7 @@ def _tasks(update: Open) -> tuple[Callable[[LossCall], str], set[str]]:
         if any(
             update.tasks.get((name, d), mine) != mine for d, mine in own.items() if d is not None
         ):
-            update.one_mean.add(name)
+            update.routed.add(name)
             continue
         for d, mine in own.items():
             if d is not None:
@@ -70,7 +68,7 @@ def _tasks(update: Open) -> tuple[Callable[[LossCall], str], set[str]]:
             return c.name
         return f"{c.name} (task {numbers[(c.name, c.fetched_from)]})"
 
-    return task, heads
+    return task
 
 
 def close(
@@ -178,13 +176,6 @@ def _joined(sets: list[Objective], one: Callable[[Objective, Objective], bool]) 
     return list(out.values())
 
 
-def _several(micro: list[MicroBatch]) -> bool:
-    """Return whether micro-batches hold terms of several functions, or of one function added
-    up within a micro-batch (a loss per row or per step)."""
-    calls = [c for mb in micro for c in _terms(mb, lambda c: c.name)]
-    return len(calls) > len(micro) or len({c[0].name for c in calls}) > 1
-
-
 def _close(update: Open, tol: float) -> Update:
     """Return an update's numbers, read param by param (no vector of every param at once is
     built): first whether it applied the mean of its rows (or a clipping of it) to the relative
@@ -198,22 +189,14 @@ def _close(update: Open, tol: float) -> Update:
         none = torch.zeros(0, dtype=torch.float64)
         empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
         return Update(counts, *empty, tol=tol, elsewhere=True, optimizers=optimizers)
-    task, split = _tasks(update)
+    task = _tasks(update)
     calls = [c for mb in update.micro for c in _terms(mb, task)]  # each micro-batch's, per task
     # terms weighed each its own way, not one mean: a micro-batch's, or the update's tasks
     several = len(calls) > len(update.micro) or len({task(c[0]) for c in calls}) > 1
     group = hash(tuple(sorted(id(p) for p in update.params)))
-    # tasks of one function: one mean over all their rows, where it explains an update as wide
-    # as any split before (not an epoch's short window, which a nominal divisor may make one
-    # mean by chance), is the objective (a head per source, the rows pooled) from then on
-    k = len(update.micro)
-    widest = split and all(k >= update.widest.get(name, 0) for name in split)
-    for name in split:
-        update.widest[name] = max(k, update.widest.get(name, 0))
-    if counts and not update.blind and (not several or (widest and not _several(update.micro))):
+    if counts and not update.blind and not several:
         right, through = applied_mean(update, sum(counts), tol)
         if right is not None:
-            update.one_mean |= split
             none = torch.zeros(0, dtype=torch.float64)
             return Update(
                 counts, none, none, none, 0.0, 0.0, 0.0, False, True, 0, True,

@@ -101,12 +101,9 @@ class Open:
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
     scaled_clip: bool = False  # torch's clipping changed them before that unscale_
     # the watch's own, shared by its updates: the params each (loss function, dataset) reached
-    # alone, as tasks (closing._tasks); the functions read as one mean over an update's rows
-    # from then on (a dataset reached another's params, or one mean explained an update)
+    # alone, as tasks (closing._tasks); the functions whose datasets did not keep to theirs
     tasks: dict[tuple[str, int], frozenset[int]] = field(default_factory=dict)
-    one_mean: set[str] = field(default_factory=set)
-    widest: dict[str, int] = field(default_factory=dict)  # per function: the most micro-batches
-    # an update split into its tasks held so far
+    routed: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)

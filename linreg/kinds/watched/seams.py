@@ -65,17 +65,15 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     loader_next = _BaseDataLoaderIter.__next__
 
     live = [True]  # a wrapper a name kept after the watch passes straight through
-    # each iterator's number, each dataset's and each loader's sampler's, never reused (CPython
-    # reuses a freed object's id: a probe's `next(iter(loader))` and the training pass after it
-    # would be one, and a probe's DataLoader made anew took a freed training loader's sampler's
-    # id)
+    # each iterator's number, and each loader's sampler's, never reused (CPython reuses a freed
+    # object's id: a probe's `next(iter(loader))` and the training pass after it would be one,
+    # and a probe's DataLoader made anew took a freed training loader's sampler's id)
     number = _Numbers()
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         if not live[0]:
             return loader_next(self)
-        # (its dataset numbered too: a Subset made anew each epoch may take a freed one's id)
-        at = (number(self), number(getattr(self, "_dataset", self)))
+        at = (number(self), id(getattr(self, "_dataset", self)))
         fresh = getattr(self, "_num_yielded", 1) == 0  # the first fetch of a new pass
         w.ran_out(at=at, fresh=fresh)  # a pass whose last batch was fetched before: ended
         try:

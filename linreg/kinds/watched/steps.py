@@ -67,8 +67,7 @@ class Steps:
     unscaled: bool
     scaled_clip: bool
     tasks: dict[tuple[str, int], frozenset[int]]
-    one_mean: set[str]
-    widest: dict[str, int]
+    routed: set[str]
 
     def _anew(self) -> None:  # the Observer's
         raise NotImplementedError
@@ -164,7 +163,7 @@ class Steps:
         self.seen.probed += self.cut - len(let_go)
         self.stepping = streams
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept, self.fetched))
-        update.tasks, update.one_mean, update.widest = self.tasks, self.one_mean, self.widest
+        update.tasks, update.routed = self.tasks, self.routed
         update.fetched = self.fetched
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
         # after that end (the left-over window zeroed at the next epoch's start, not zeroing
