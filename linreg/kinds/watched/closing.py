@@ -16,59 +16,15 @@ from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, su
 from linreg.kinds.watched.records import Column, LossCall, MicroBatch, Open, Update
 
 
-def _terms(mb: MicroBatch, task: Callable[[LossCall], str]) -> list[list[LossCall]]:
-    """Return a micro-batch's loss calls, those of one task together: a loss per row or per
-    step added up is one term (its sum); losses of different tasks are each a term of their
-    own (a multi-task loss: mse + 0.5 * cross_entropy), as they are where each task's loss
-    goes through its own backward() (a head per task on a shared trunk)."""
+def _terms(mb: MicroBatch) -> list[list[LossCall]]:
+    """Return a micro-batch's loss calls, those of one function together: a loss per row or
+    per step added up is one term (its sum); losses of different functions are each a term of
+    their own (a multi-task loss: mse + 0.5 * cross_entropy), as they are where each task's
+    loss goes through its own backward() (a head per task on a shared trunk)."""
     by: dict[str, list[LossCall]] = {}
     for c in mb.losses:
-        by.setdefault(task(c), []).append(c)
+        by.setdefault(c.name, []).append(c)
     return list(by.values())
-
-
-def _tasks(update: Open) -> Callable[[LossCall], str]:
-    """Return the task of each loss an update's micro-batches reached: its function's name;
-    where one function's losses came from 2+ datasets each of which reached params of the
-    update's none of the others reached (a head per task on a shared trunk, each task's batch
-    from a DataLoader of its own), its dataset too, numbered as the watch first met it. Each
-    dataset must keep to its own params from update to update: where one reaches others (a
-    mixture of experts fed by two loaders, routed), its function's losses are one task from
-    then on."""
-    stepped = {id(p) for p in update.params}
-    reached: dict[str, dict[int | None, set[int]]] = {}
-    for c in (c for mb in update.micro for c in mb.losses):
-        on = reached.setdefault(c.name, {}).setdefault(c.fetched_from, set())
-        on.update(stepped & c.grads.keys())
-    heads: set[str] = set()
-    for name, data in reached.items():
-        if len(data) < 2 or None in data or name in update.routed:
-            continue
-        own = {
-            d: frozenset(on.difference(*(o for e, o in data.items() if e != d)))
-            for d, on in data.items()
-        }
-        if not all(own.values()):
-            continue
-        if any(
-            update.tasks.get((name, d), mine) != mine for d, mine in own.items() if d is not None
-        ):
-            update.routed.add(name)
-            continue
-        for d, mine in own.items():
-            if d is not None:
-                update.tasks.setdefault((name, d), mine)
-        heads.add(name)
-    numbers: dict[tuple[str, int], int] = {}  # each function's tasks, as the watch met them
-    for name, d in update.tasks:
-        numbers[(name, d)] = sum(key[0] == name for key in numbers) + 1
-
-    def task(c: LossCall) -> str:
-        if c.name not in heads or c.fetched_from is None:
-            return c.name
-        return f"{c.name} (task {numbers[(c.name, c.fetched_from)]})"
-
-    return task
 
 
 def close(
@@ -189,10 +145,9 @@ def _close(update: Open, tol: float) -> Update:
         none = torch.zeros(0, dtype=torch.float64)
         empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
         return Update(counts, *empty, tol=tol, elsewhere=True, optimizers=optimizers)
-    task = _tasks(update)
-    calls = [c for mb in update.micro for c in _terms(mb, task)]  # each micro-batch's, per task
-    # terms weighed each its own way, not one mean: a micro-batch's, or the update's tasks
-    several = len(calls) > len(update.micro) or len({task(c[0]) for c in calls}) > 1
+    calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
+    # terms weighed each its own way, not one mean: a micro-batch's, or the update's functions
+    several = len(calls) > len(update.micro) or len({c[0].name for c in calls}) > 1
     group = hash(tuple(sorted(id(p) for p in update.params)))
     if counts and not update.blind and not several:
         right, through = applied_mean(update, sum(counts), tol)
@@ -258,7 +213,7 @@ def _close(update: Open, tol: float) -> Update:
                 sq[:, at] += s @ q.T
     columns = tuple(
         Column(
-            task(c[0]) or "loss",
+            c[0].name or "loss",
             sum(x.count for x in c),
             all(x.from_batch for x in c),
             "mean" if len(c) == 1 and c[0].reduction == "mean"

@@ -59,10 +59,6 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.depth = 0  # optimizer steps under way: a wrapper's (accelerate's) holds its inner one
         self.ending = False  # the run ends at the next optimizer step (after)
         self.optimizers: set[int] = set()  # the ids of those that stepped an update
-        # the params each (loss function, dataset) reached alone, and the functions whose
-        # datasets did not keep to theirs (closing._tasks)
-        self.tasks: dict[tuple[str, int], frozenset[int]] = {}
-        self.routed: set[str] = set()
         self.open: Open | None = None  # the last update, read again if another optimizer steps
         self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found

@@ -100,10 +100,6 @@ class Open:
     stepped: list[set[int]] = field(default_factory=list)  # each one's params (ids), in turn
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
     scaled_clip: bool = False  # torch's clipping changed them before that unscale_
-    # the watch's own, shared by its updates: the params each (loss function, dataset) reached
-    # alone, as tasks (closing._tasks); the functions whose datasets did not keep to theirs
-    tasks: dict[tuple[str, int], frozenset[int]] = field(default_factory=dict)
-    routed: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,6 @@ class Steps:
     norm_clipped: bool
     unscaled: bool
     scaled_clip: bool
-    tasks: dict[tuple[str, int], frozenset[int]]
-    routed: set[str]
 
     def _anew(self) -> None:  # the Observer's
         raise NotImplementedError
@@ -163,7 +161,6 @@ class Steps:
         self.seen.probed += self.cut - len(let_go)
         self.stepping = streams
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept, self.fetched))
-        update.tasks, update.routed = self.tasks, self.routed
         update.fetched = self.fetched
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
         # after that end (the left-over window zeroed at the next epoch's start, not zeroing
