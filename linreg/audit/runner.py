@@ -297,7 +297,7 @@ def run(
         unjudged = OneAudit.unjudged()  # no step of any run could be judged: no pass
         if unjudged is not None and not failed and not error[0]:
             error = (unjudged, None)
-        seen = notes(passed=not failed and not error[0])  # what limits the verdicts
+        seen = OneAudit.note(passed=not failed and not error[0])  # what limits the verdicts
     return Report(
         str(target),
         target.shown or target.kind,
@@ -329,6 +329,12 @@ class OneAudit:
         """Return the audit's error where no step of the runs made so far could be judged:
         `run` reports it where no property failed (no pass then)."""
         return unreferenced_error()
+
+    @staticmethod
+    def note(passed: bool) -> str:
+        """Return what the runs made so far showed that limits the verdicts ("" if nothing),
+        as `run`'s Report notes it (passed: no property failed and the target never raised)."""
+        return notes(passed=passed)
 
 
 @contextlib.contextmanager

@@ -4,8 +4,9 @@ Each use adds one test item per pitfall property of KIND, run against MODULE:NAM
 `linreg.audit`: it passes, fails with the counterexample, or is skipped (the property does not
 apply, a property it rests on failed first, or it held on nothing it reads). One use's items,
 run in a row, are one audit (`linreg.audit.one_audit`): their properties share its runs, the
-models it held are put back after the last, and where no step of its runs could be judged
-(nothing failed) the last one's teardown fails with the audit's error. The items' names
+models it held are put back after the last, where no step of its runs could be judged
+(nothing failed) the last one's teardown fails with the audit's error, and the summary says
+what its runs showed that limits the verdicts (the Report's note). The items' names
 contain "pitfalls", so `-k pitfalls` keeps them. Options are the audit function's keywords, e.g.
 `update-step=mypkg.optim:sgd,zeroes_grad=false,under_no_grad=true`. Registered through the
 `pytest11` entry point; needs Hypothesis.
@@ -73,14 +74,16 @@ class Spec:
             self.audit = self.shared.enter_context(audit.one_audit(self.target))
         return self.audit.run(prop, **self.keywords)
 
-    def end(self) -> str | None:
+    def end(self) -> tuple[str | None, str]:
         """End the audit its items share (the models the factory handed out put back); return
-        its error where nothing failed and no step of its runs could be judged."""
+        its error where nothing failed and no step of its runs could be judged, and its note
+        (what its runs showed that limits the verdicts, as linreg.audit's Report says it)."""
         one, shared, self.audit, self.shared = self.audit, self.shared, None, None
         unjudged = None if one is None or self.failed or self.error else one.unjudged()
+        note = "" if one is None else one.note(passed=not self.failed and not self.error)
         if shared is not None:
             shared.close()
-        return unjudged
+        return unjudged, note
 
 
 def parse(text: str) -> Spec:
@@ -209,9 +212,37 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if isinstance(item, AuditItem) and not (
         isinstance(nextitem, AuditItem) and nextitem.spec is item.spec
     ):
-        unjudged = item.spec.end()
+        unjudged, note = item.spec.end()
+        if note:  # (on the teardown's report: under xdist too, the summary reads it)
+            item.user_properties.append((NOTE, f"{item.spec.text}: {note}"))
         if unjudged is not None:
             pytest.fail(f"{item.spec.text}: {unjudged}", pytrace=False)
+
+
+NOTE = "linreg-pitfalls note"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, text in report.user_properties:
+        if name == NOTE and report.when == "teardown":
+            _noted.append(str(text))
+
+
+_noted: list[str] = []  # the notes of the audits this session ran, for the summary
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    del _noted[:]  # (a session run in-process after another: pytester's)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say what each audit's runs showed that limits its verdicts (the Report's note)."""
+    notes = list(dict.fromkeys(_noted))
+    del _noted[:]
+    if notes:
+        terminalreporter.section("linreg-pitfalls audit notes")
+        for text in notes:
+            terminalreporter.write_line(text)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
