@@ -197,6 +197,14 @@ def fit_summed(model, loader, optimizer, *, num_epochs):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(X), y, reduction="sum").backward()
             optimizer.step()
+
+
+def fit_smoothed(model, loader, optimizer, *, num_epochs):
+    for _ in range(num_epochs):
+        for X, y in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(X), y, label_smoothing=0.1).backward()
+            optimizer.step()
 """
 
 
@@ -419,51 +427,26 @@ def test_pitfalls_plugin_an_audit_that_could_judge_no_step_is_an_error_not_a_pas
     result.stdout.fnmatch_lines([f"*{spec}*: no step of any run could be judged*"])
 
 
-SMOOTHED = """
-import torch
-from torch import nn
-from torch.nn import functional as F
-
-
-def net():
-    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-sample = (torch.tensor([0.5, -1.0, 2.0]), 1)
-
-
-def fit_smoothed(model, loader, optimizer, *, num_epochs):
-    for _ in range(num_epochs):
-        for X, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(X), y, label_smoothing=0.1).backward()
-            optimizer.step()
-"""
-
-
 def test_pitfalls_plugin_says_what_limits_the_verdicts_as_the_audits_report_does(
     pytester: pytest.Pytester,
 ) -> None:
     # a label-smoothed cross-entropy is no loss the audit guesses: each row's reference is the
     # loop's own gradient on that row, which the Report's note says; the plugin says it too
-    pytester.makepyfile(smoothed=SMOOTHED)
+    pytester.makepyfile(myloops=LOOPS)
     pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
     pytester.syspathinsert()
-    smoothed = importlib.import_module("smoothed")
-    spec = "training-loop=smoothed:fit_smoothed,model=smoothed:net,example=smoothed:sample"
-    result = pytester.runpytest(
-        "--pitfalls-audit", f"{spec},max_examples=10", "-p", "no:cacheprovider"
-    )
+    loops = importlib.import_module("myloops")
+    spec = "training-loop=myloops:fit_smoothed,model=myloops:net,example=myloops:sample"
+    args = ("--pitfalls-audit", f"{spec},max_examples=10", "-p", "no:cacheprovider")
+    result = pytester.runpytest(*args)
     report = audit.training_loop(
-        smoothed.fit_smoothed, model=smoothed.net, example=smoothed.sample, max_examples=10
+        loops.fit_smoothed, model=loops.net, example=loops.sample, max_examples=10
     )
     assert report.ok and report.note.startswith("each row's reference was"), str(report)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["*linreg-pitfalls audit notes*", f"{spec},*: {report.note}"])
     # on the last item's teardown report: what xdist hands its controller, which then says it
-    runs = pytester.inline_run(
-        "--pitfalls-audit", f"{spec},max_examples=10", "-p", "no:cacheprovider"
-    )
+    runs = pytester.inline_run(*args)
     carried = [
         text
         for rep in runs.getreports("pytest_runtest_logreport")
