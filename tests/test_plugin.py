@@ -324,18 +324,18 @@ def fit_by_hand(model, loader, optimizer, *, num_epochs):
 """
 
 
-def _shared_loops(pytester: pytest.Pytester) -> Any:
-    """Write SHARED_LOOPS and import it here: the in-process runs then use this module."""
-    pytester.makepyfile(sharedloops=SHARED_LOOPS)
+def _imported(pytester: pytest.Pytester, name: str, text: str) -> Any:
+    """Write the module `name` and import it here: the in-process runs then use this one."""
+    pytester.makepyfile(**{name: text})
     pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
     pytester.syspathinsert()
-    return importlib.import_module("sharedloops")
+    return importlib.import_module(name)
 
 
 def test_pitfalls_plugin_items_of_one_audit_run_the_loop_as_often_as_the_audit_does(
     pytester: pytest.Pytester,
 ) -> None:
-    loops = _shared_loops(pytester)
+    loops = _imported(pytester, "sharedloops", SHARED_LOOPS)
     result = pytester.runpytest(
         "--pitfalls-audit",
         "training-loop=sharedloops:fit,model=sharedloops:net,example=sharedloops:sample,"
@@ -363,7 +363,7 @@ def test_pitfalls_plugin_items_of_one_audit_run_the_loop_as_often_as_the_audit_d
 def test_pitfalls_plugin_a_property_that_held_on_nothing_it_reads_is_skipped_not_passed(
     pytester: pytest.Pytester,
 ) -> None:
-    _shared_loops(pytester)
+    _imported(pytester, "sharedloops", SHARED_LOOPS)
     spec = "training-loop=sharedloops:fit_by_hand,model=sharedloops:net,example=sharedloops:sample"
     result = pytester.runpytest("--pitfalls-audit", spec, "-p", "no:cacheprovider", "-rs")
     # a squared error written by hand is no loss the audit reads: label-shape judged nothing
@@ -432,10 +432,7 @@ def test_pitfalls_plugin_says_what_limits_the_verdicts_as_the_audits_report_does
 ) -> None:
     # a label-smoothed cross-entropy is no loss the audit guesses: each row's reference is the
     # loop's own gradient on that row, which the Report's note says; the plugin says it too
-    pytester.makepyfile(myloops=LOOPS)
-    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest.PytestAssertRewriteWarning\n")
-    pytester.syspathinsert()
-    loops = importlib.import_module("myloops")
+    loops = _imported(pytester, "myloops", LOOPS)
     spec = "training-loop=myloops:fit_smoothed,model=myloops:net,example=myloops:sample"
     args = ("--pitfalls-audit", f"{spec},max_examples=10", "-p", "no:cacheprovider")
     result = pytester.runpytest(*args)

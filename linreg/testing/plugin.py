@@ -220,15 +220,13 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 NOTE = "linreg-pitfalls note"
+_noted: list[str] = []  # the notes of the audits this session ran, for the summary
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for name, text in report.user_properties:
         if name == NOTE and report.when == "teardown":
             _noted.append(str(text))
-
-
-_noted: list[str] = []  # the notes of the audits this session ran, for the summary
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
