@@ -78,6 +78,17 @@ def slow_at_5_ms(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def ddp_ranks_from_a_forkserver() -> None:
+    """Fork the DDP ranks of this session's process groups from one forkserver that imports
+    torch once, instead of spawning each rank to import it again (about 10 CPU-s of
+    `pytest -k pitfalls`). test_pitfalls_ddp_ranks_spawned_as_in_a_notebook_* keeps one group on
+    the spawn that a notebook's ranks get."""
+    from linreg.pitfalls import _spawn
+
+    _spawn.serve_from_a_forkserver("tests.ddp_support")
+
+
+@pytest.fixture(scope="session", autouse=True)
 def ddp_results_once_a_session(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Start the catalogue's DDP process group once for all workers, not once in each.
 

@@ -24,6 +24,13 @@ def fails_both_ways(rank: int, world_size: int) -> None:
     torch.distributed.all_reduce(torch.ones(1))
 
 
+def sums_ranks(rank: int, world_size: int) -> tuple[int, int]:
+    """Return this rank and the sum of all ranks, which an all-reduce brought here."""
+    total = torch.tensor([rank])
+    torch.distributed.all_reduce(total)
+    return rank, int(total)
+
+
 def hangs(rank: int, world_size: int, seconds: float) -> None:
     """Sleep past any reasonable timeout: a stand-in for a rank that never finishes."""
     time.sleep(seconds)

@@ -151,6 +151,19 @@ def test_pitfalls_ddp_gradient_on_padded_shards_counts_the_repeated_samples_twic
 
 
 @needs_gloo
+def test_pitfalls_ddp_ranks_spawned_as_in_a_notebook_each_return_their_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the session forks its ranks from a forkserver (tests/conftest.py); a process that never
+    # asked for one, a notebook, spawns them
+    monkeypatch.setattr(_spawn, "_method", "spawn")
+    assert _spawn.spawn(ddp_support.sums_ranks, WORLD) == [
+        (r, sum(range(WORLD))) for r in range(WORLD)
+    ]
+    assert multiprocessing.active_children() == []
+
+
+@needs_gloo
 def test_pitfalls_ddp_dead_and_failing_ranks_are_named_and_none_is_left_running() -> None:
     # rank 1 dies by SIGKILL, rank 0 raises: both are named, the signal first, and rank 0's own
     # traceback is chained to the error the parent raises

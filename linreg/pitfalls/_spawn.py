@@ -6,11 +6,16 @@ first rank that fails ends the others, and the error names it (a signal, an exit
 child's traceback); a group that outlives the timeout is killed. Nothing is left running: a
 rank ends at once on Ctrl-C (even inside a collective, where gloo would wait its 30 s), and
 `end_all()` ends the groups still running when their parent is interrupted.
+
+Each spawned rank imports torch and DDP afresh (about 2.4 s of CPU). A process that starts many
+groups, as a test session does, can call `serve_from_a_forkserver()` once: its ranks are then
+forked from one server process that imported them once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import signal
@@ -109,6 +114,28 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 
 
 _RUNNING: set[ProcessContext] = set()  # groups started and not yet joined
 
+# how `start` makes the ranks when not forking; see serve_from_a_forkserver
+_method = "spawn"
+
+
+def serve_from_a_forkserver(*preload: str) -> None:
+    """Fork every later group's ranks from one forkserver process that imports torch, DDP and
+    `preload` (module names) once, when the first group starts, instead of spawning each rank.
+
+    The server lives until this process exits, and the forkserver's preload list is the whole
+    process's setting: the library never calls this itself (a notebook's ranks are spawned and
+    leave nothing behind); a test session does (tests/conftest.py). Where the platform has no
+    forkserver (Windows), ranks are still spawned.
+    """
+    global _method
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    multiprocessing.set_forkserver_preload(
+        # torch._dynamo: the first optimizer a rank builds imports it (about 1 s)
+        [__name__, "linreg.pitfalls._ddp", "torch.nn.parallel", "torch._dynamo", *preload]
+    )
+    _method = "forkserver"
+
 
 def end_all() -> None:
     """Kill the ranks of every group still running (their joins then report it): the parent
@@ -132,14 +159,16 @@ class Started:
 
 
 def start(fn: Callable[..., Any], world_size: int, *args: Any, fork: bool = False) -> Started:
-    """Start fn(rank, world_size, *args) in world_size processes, spawned, or forked from this
-    one (fork=True: it has imported what the ranks need, and must run no other thread yet)."""
+    """Start fn(rank, world_size, *args) in world_size processes, spawned (or forked from the
+    forkserver, see serve_from_a_forkserver), or forked from this one (fork=True: it has imported
+    what the ranks need, and must run no other thread yet)."""
     if not gloo_available():
         raise DistributedFailure("torch.distributed with the gloo backend is not available")
     folder = tempfile.TemporaryDirectory(prefix="linreg-ddp-")
     # Ctrl-C held back while the ranks start: a child's Python handler, inherited, would
     # raise it inside its own start-up (a traceback from threading's _after_fork); the parent
-    # gets it once they are started, and each rank when _entry lets it through
+    # gets it once they are started, and each rank when _entry lets it through. (A forkserver
+    # started here inherits the mask too, and so do the ranks it forks.)
     held = hasattr(signal, "pthread_sigmask")
     if held:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -150,7 +179,7 @@ def start(fn: Callable[..., Any], world_size: int, *args: Any, fork: bool = Fals
             args=(world_size, folder.name, fn, args),
             nprocs=world_size,
             join=False,
-            start_method="fork" if fork else "spawn",
+            start_method="fork" if fork else _method,
         )
     finally:
         if held:
