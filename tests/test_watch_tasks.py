@@ -14,68 +14,107 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
 
+# task a's loss: a classification (another function than task b's), or a regression too (tasks
+# of one function: each term is its head's, graphs.head)
+TASK_A = ("cross_entropy", "mse_loss")
+
 
 def _multitask(
-    bug: str = "", rows: int = 50, k: int = 1, seen: list[torch.Tensor] | None = None
+    bug: str = "",
+    rows: int = 50,
+    k: int = 1,
+    seen: list[torch.Tensor] | None = None,
+    task_a: str = "cross_entropy",
+    order: str = "a, b",
 ) -> None:
     """Two tasks of `rows` rows each, batches of 8 (the last of each epoch short), zipped: task
-    a classifies (cross_entropy), task b regresses (mse_loss); a step every k batches and at
-    the epoch's end, each loss divided by its window's batches. bug: "nominal" (task b's
-    summed loss divided by the batch size, the short batch too), "summed" (task b's loss a
-    sum), "undivided" (neither divided by its window's batches), "nominal-window" (both
-    divided by k, the epoch's short window too).
+    a classifies (cross_entropy) or regresses (task_a="mse_loss"), task b regresses
+    (mse_loss); a step every k batches and at the epoch's end, each loss divided by its
+    window's batches. order: each task's loss its own backward(), a's first ("a, b") or in
+    "random turns", or the two added in "one backward()". bug:
+    "nominal" (task b's summed loss divided by the batch size, the short batch too), "summed"
+    (task b's loss a sum), "undivided" (neither divided by its window's batches),
+    "nominal-window" (both divided by k, the epoch's short window too).
     seen: the trunk's .grad at each step, beside the gradient of the two losses added (lr 0)."""
     gen = torch.Generator().manual_seed(0)
     xa, xb = torch.randn(rows, 6, generator=gen), torch.randn(rows, 6, generator=gen)
+    ya = (xa[:, 0] > 0).long() if task_a == "cross_entropy" else xa[:, :1] * 2
     loaders = [
         DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
-        for x, y in ((xa, (xa[:, 0] > 0).long()), (xb, xb[:, 1:2] * 3))
+        for x, y in ((xa, ya), (xb, xb[:, 1:2] * 3))
     ]
     with torch.random.fork_rng():
         torch.manual_seed(0)
         trunk = nn.Sequential(nn.Linear(6, 12), nn.Tanh())
-        head_a, head_b = nn.Linear(12, 2), nn.Linear(12, 1)
+        head_a, head_b = nn.Linear(12, 2 if task_a == "cross_entropy" else 1), nn.Linear(12, 1)
     params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05 if seen is None else 0.0)
     batches = len(loaders[0])
+    loss_a = getattr(F, task_a)  # looked up as the code runs, as F.cross_entropy is
     for _ in range(2):
         for i, ((a, target_a), (b, target_b)) in enumerate(zip(*loaders, strict=True)):
             window = min(k, batches - (i - i % k))
             div = 1 if bug == "undivided" else k if bug == "nominal-window" else window
-            (F.cross_entropy(head_a(trunk(a)), target_a) / div).backward()
             out = head_b(trunk(b))
             if bug == "nominal":
                 loss_b = F.mse_loss(out, target_b, reduction="sum") / 8
             else:
                 loss_b = F.mse_loss(out, target_b, reduction="sum" if bug == "summed" else "mean")
-            (loss_b / div).backward()
+            losses = [loss_a(head_a(trunk(a)), target_a) / div, loss_b / div]
+            if order == "one backward()":
+                (losses[0] + losses[1]).backward()
+                losses = []
+            elif order == "random turns" and torch.randint(2, (), generator=gen):
+                losses.reverse()  # task b's turn first
+            for loss in losses:  # each task's loss its own backward()
+                loss.backward()
             if (i + 1) % k and i + 1 < batches:
                 continue
             if seen is not None:
                 seen.append(trunk[0].weight.grad.clone())
-                both = F.cross_entropy(head_a(trunk(a)), target_a) + F.mse_loss(
-                    head_b(trunk(b)), target_b
-                )
+                both = loss_a(head_a(trunk(a)), target_a) + F.mse_loss(head_b(trunk(b)), target_b)
                 seen.append(torch.autograd.grad(both, trunk[0].weight)[0])
             optimizer.step()
             optimizer.zero_grad()
 
 
-def test_tasks_each_its_own_backward_on_a_shared_trunk_are_each_the_mean_of_their_rows() -> None:
+# tasks of two functions, and of one (two regressions, both mse_loss: read as one mean over both
+# tasks' rows, the correct loop failed mean-vs-sum at 2 times the mean until each head's loss
+# was a term), in a fixed order, in random turns and added in one backward(); task b's term as
+# the report names it (a head's number: the order the watch met their losses, b's computed first)
+TASKS = pytest.mark.parametrize(
+    ("task_a", "order", "term_b"),
+    [
+        ("cross_entropy", "a, b", "mse_loss"),
+        ("mse_loss", "a, b", "mse_loss (head 1)"),
+        ("mse_loss", "random turns", "mse_loss (head 1)"),
+        ("mse_loss", "one backward()", "mse_loss (head 1)"),
+    ],
+    ids=["two-functions", "one-function", "one-function-random-turns", "one-function-one-backward"],
+)
+
+
+@TASKS
+def test_tasks_each_its_own_backward_on_a_shared_trunk_are_each_the_mean_of_their_rows(
+    task_a: str, order: str, term_b: str
+) -> None:
     """The correct loop passes; task b's nominal divisor on the epoch's short batch fails
     short-last-batch, and its sum mean-vs-sum, each naming the term."""
     with watch(steps=14) as reports:
-        _multitask()
+        _multitask(task_a=task_a, order=order)
     assert reports[0].ok and not reports[0].error, str(reports[0])
     for bug, pitfall in (("nominal", "short-last-batch"), ("summed", "mean-vs-sum")):
         with watch(steps=14) as reports:
-            _multitask(bug)
+            _multitask(bug, task_a=task_a, order=order)
         report = reports[0]
         assert [r.pitfall for r in report.failures] == [pitfall], str(report)
-        assert "its mse_loss term" in report.failures[0].message, str(report)
+        assert f"its {term_b}" in report.failures[0].message, str(report)
 
 
-def test_tasks_accumulated_undivided_each_apply_their_windows_count_and_fail() -> None:
+@TASKS
+def test_tasks_accumulated_undivided_each_apply_their_windows_count_and_fail(
+    task_a: str, order: str, term_b: str
+) -> None:
     """Each task's term on its own is a coefficient of the code's (a task's weight); every
     task at k times its mean over its k micro-batches, and at 1 on the epoch's window of one
     batch, is an accumulation window never divided by its count (code review cr30: the old
@@ -84,10 +123,10 @@ def test_tasks_accumulated_undivided_each_apply_their_windows_count_and_fail() -
     batches, the same loop passes."""
     for rows in (56, 64):  # 7 batches an epoch: windows of 2, 2, 2, 1; 8: of 2 alone
         with watch(steps=8) as reports:
-            _multitask(rows=rows, k=2)
+            _multitask(rows=rows, k=2, task_a=task_a, order=order)
         assert reports[0].ok and not reports[0].error, str(reports[0])
         with watch(steps=8) as reports:
-            _multitask("undivided", rows=rows, k=2)
+            _multitask("undivided", rows=rows, k=2, task_a=task_a, order=order)
         report = reports[0]
         assert [r.pitfall for r in report.failures] == (["mean-vs-sum"] if rows == 56 else [])
         if rows == 56:
@@ -96,17 +135,20 @@ def test_tasks_accumulated_undivided_each_apply_their_windows_count_and_fail() -
     # windows' coefficient (held-out review 34: not judged, the task's term on half of each
     # update's micro-batches alone)
     with watch(steps=8) as reports:
-        _multitask("nominal-window", rows=56, k=2)
+        _multitask("nominal-window", rows=56, k=2, task_a=task_a, order=order)
     report = reports[0]
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert "divides by a full update's 2 micro-batches where it took 1" in str(report)
 
 
-def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means() -> None:
+@pytest.mark.parametrize("task_a", list(TASK_A))
+def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means(
+    task_a: str,
+) -> None:
     """Measured directly: what the two backward() calls leave in the trunk's .grad is the
     gradient of the tasks' losses added, each the mean of its own rows (the watch's reading)."""
     seen: list[torch.Tensor] = []
-    _multitask(seen=seen, rows=16)
+    _multitask(seen=seen, rows=16, task_a=task_a)
     assert len(seen) == 8
     for left, added in zip(seen[::2], seen[1::2], strict=True):
         torch.testing.assert_close(left, added)
@@ -156,3 +198,65 @@ def test_a_distillations_two_backward_calls_are_two_terms_and_its_labels_term_is
     report = reports[0]
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "its cross_entropy term" in report.failures[0].message, str(report)
+
+
+def _one_head(front: str, bug: str = "") -> None:
+    """One regressor fed by two sources of 40 rows, a batch of 8 of each per update, each from
+    a DataLoader of its own and each its own backward(), then one step: one objective, the
+    mean over the update's rows (each batch's loss weighed by its share of them). front:
+    "stems" (an input layer per source into one head) or "experts" (a top-1 mixture of experts
+    routed by each row into one head: in 8 of the 10 updates the two batches reach no expert
+    in common). bug "undivided": each batch's mean loss added undivided."""
+    gen = torch.Generator().manual_seed(0)
+    # the sources apart along one feature: the router sends most of each one's rows its way
+    sources = [torch.randn(40, 6, generator=gen) + 4 * side * torch.eye(6)[2] for side in (-1, 1)]
+    loaders = [
+        DataLoader(TensorDataset(x, x[:, :1] - x[:, 1:2]), batch_size=8, generator=gen)
+        for x in sources
+    ]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        stems = nn.ModuleList(nn.Linear(6, 12) for _ in range(2))
+        router, experts = nn.Linear(6, 3), nn.ModuleList(nn.Linear(6, 12) for _ in range(3))
+        head = nn.Linear(12, 1)
+
+    def forward(x: torch.Tensor, source: int) -> torch.Tensor:
+        if front == "stems":
+            return head(torch.tanh(stems[source](x)))
+        weight, pick = router(x).softmax(-1).max(-1)
+        hidden = torch.zeros(len(x), 12)
+        for e in pick.unique().tolist():
+            rows = pick == e
+            hidden[rows] = torch.tanh(experts[e](x[rows])) * weight[rows, None]
+        return head(hidden)
+
+    modules = [head, *(stems if front == "stems" else [router, *experts])]
+    optimizer = torch.optim.SGD([p for m in modules for p in m.parameters()], lr=0.05)
+    for _ in range(2):
+        for batches in zip(*loaders, strict=True):
+            total = sum(len(y) for _, y in batches)
+            for source, (x, y) in enumerate(batches):
+                loss = F.mse_loss(forward(x, source), y)
+                (loss if bug == "undivided" else loss * len(y) / total).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("front", ["stems", "experts"])
+def test_two_sources_into_one_head_are_one_mean_and_their_undivided_accumulation_fails(
+    front: str,
+) -> None:
+    """Losses of one function on one head (graphs.head: the params nearest the loss's input)
+    are one objective whatever params before it each source reaches (a stem of its own, or
+    the experts its rows were routed to): the mean over both batches' rows passes, and each
+    batch's mean added undivided fails mean-vs-sum (code review cr30 found a routed mixture's
+    undivided accumulation split into tasks, passing)."""
+    with watch(steps=8) as reports:
+        _one_head(front)
+    verdicts = {r.pitfall: r.verdict for r in reports[0].results}
+    assert reports[0].ok and verdicts["mean-vs-sum"] == "pass", str(reports[0])  # judged
+    with watch(steps=8) as reports:
+        _one_head(front, "undivided")
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "applied 2 times the mean" in report.failures[0].message, str(report)

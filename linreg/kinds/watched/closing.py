@@ -1,11 +1,13 @@
 """How an update is closed (`close`): what its steps applied, read param by param as numbers
 (no gradient is kept): directly, whether it applied its rows' mean (applied.py); where not, the
-inner products its weights are solved from; where its losses fall into objectives that reach
-no param of another's (two models, each its own backward()), each objective on its own rows.
+inner products its weights are solved from, per micro-batch or per term (a loss function's, or
+a head's: on_heads); where its losses fall into objectives that reach no param of another's
+(two models, each its own backward()), each objective on its own rows.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -16,15 +18,41 @@ from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, su
 from linreg.kinds.watched.records import Column, LossCall, MicroBatch, Open, Update
 
 
-def _terms(mb: MicroBatch) -> list[list[LossCall]]:
-    """Return a micro-batch's loss calls, those of one function together: a loss per row or
-    per step added up is one term (its sum); losses of different functions are each a term of
-    their own (a multi-task loss: mse + 0.5 * cross_entropy), as they are where each task's
+def _terms(mb: MicroBatch, split: set[str]) -> list[list[LossCall]]:
+    """Return a micro-batch's loss calls, those of one term together (term_of): a loss per row
+    or per step added up is one term (its sum); losses of different functions are each a term
+    of their own (a multi-task loss: mse + 0.5 * cross_entropy), as they are where each task's
     loss goes through its own backward() (a head per task on a shared trunk)."""
     by: dict[str, list[LossCall]] = {}
     for c in mb.losses:
-        by.setdefault(c.name, []).append(c)
+        by.setdefault(term_of(c, split), []).append(c)
     return list(by.values())
+
+
+def _several(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[str]) -> bool:
+    """Return whether the calls are terms weighed each its own way, not one mean: more than a
+    term a micro-batch, or of several functions (or heads: split)."""
+    return len(calls) > len(micro) or len({term_of(c[0], split) for c in calls}) > 1
+
+
+def on_heads(micro: list[MicroBatch]) -> set[str]:
+    """Return the loss functions whose calls in the micro-batches reached two heads or more
+    (graphs.head: the params nearest their input): tasks of one function, a regression per
+    head on a shared trunk, each the mean of its own rows, not one mean over both tasks' rows.
+    Two sources pooled through stems of their own into one head, or a mixture of experts
+    routed by its rows, end on one head: one objective."""
+    heads: dict[str, set[int]] = {}
+    for mb in micro:
+        for c in mb.losses:
+            if c.head:
+                heads.setdefault(c.name, set()).add(c.head)
+    return {name for name, theirs in heads.items() if len(theirs) > 1}
+
+
+def term_of(c: LossCall, split: set[str]) -> str:
+    """Return the term a loss call is of: its function's, and its head's where the update's
+    calls of that function reached several (on_heads)."""
+    return f"{c.name or 'loss'} (head {c.head})" if c.name in split and c.head else c.name
 
 
 def close(
@@ -145,11 +173,20 @@ def _close(update: Open, tol: float) -> Update:
         none = torch.zeros(0, dtype=torch.float64)
         empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
         return Update(counts, *empty, tol=tol, elsewhere=True, optimizers=optimizers)
-    calls = [c for mb in update.micro for c in _terms(mb)]  # each micro-batch's, per function
-    # terms weighed each its own way, not one mean: a micro-batch's, or the update's functions
-    several = len(calls) > len(update.micro) or len({c[0].name for c in calls}) > 1
+    split = on_heads(update.micro)
+    calls = [c for mb in update.micro for c in _terms(mb, split)]  # each micro-batch's, per term
+    several = _several(update.micro, calls, split)
     group = hash(tuple(sorted(id(p) for p in update.params)))
-    if counts and not update.blind and not several:
+    # tasks of one function on heads of their own are terms, unless the update applied the
+    # mean of all their rows (tasks pooled into one mean on purpose): read as that one mean,
+    # where the tasks' counts differ (where they are equal, so is the average of the tasks'
+    # means: an update of a nominal divisor, read as terms, shows it beside the others)
+    by_function = [c for mb in update.micro for c in _terms(mb, set())]
+    tasks: defaultdict[str, float] = defaultdict(float)  # each term's count
+    for c in calls:
+        tasks[term_of(c[0], split)] += sum(x.count for x in c)
+    pooled = len(set(tasks.values())) > 1 and not _several(update.micro, by_function, set())
+    if counts and not update.blind and (not several or pooled):
         right, through = applied_mean(update, sum(counts), tol)
         if right is not None:
             none = torch.zeros(0, dtype=torch.float64)
@@ -213,7 +250,7 @@ def _close(update: Open, tol: float) -> Update:
                 sq[:, at] += s @ q.T
     columns = tuple(
         Column(
-            c[0].name or "loss",
+            term_of(c[0], split) or "loss",
             sum(x.count for x in c),
             all(x.from_batch for x in c),
             "mean" if len(c) == 1 and c[0].reduction == "mean"

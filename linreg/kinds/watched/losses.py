@@ -19,7 +19,7 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
-from linreg.kinds.watched.graphs import count_of, leaves
+from linreg.kinds.watched.graphs import count_of, head, leaves
 from linreg.kinds.watched.records import LossCall, Watched
 
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
@@ -48,6 +48,7 @@ class LossReader:
     batch_tensors: collections.deque[Tensor]
     unread_last: dict[int, list[Tensor]]
     yields: dict[int, int]
+    heads: dict[frozenset[int], int]
 
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
         """Read a loss the code computed with grad on: repeated per element on the same input,
@@ -89,6 +90,9 @@ class LossReader:
                     self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
             del self.pending[:-PENDING]  # losses no backward() reached: the latest
             fetched_by, fetched_from = self._fetched(given.get("target"))
+            predicted = given.get("input")
+            nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else frozenset()
+            number = self.heads.setdefault(nearest, len(self.heads) + 1) if nearest else 0
             self.pending.append(
                 LossCall(
                     out.grad_fn,
@@ -108,6 +112,7 @@ class LossReader:
                     fetched_by=fetched_by,
                     fetched_from=fetched_from,
                     fetched_at=0 if fetched_by is None else self.yields.get(fetched_by, 0),
+                    head=number,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it

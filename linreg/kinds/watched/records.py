@@ -45,6 +45,9 @@ class LossCall:
     fetched_from: int | None = None  # the dataset of that DataLoader
     # (else the last to fetch one before it: a target cast or stacked from a batch's)
     fetched_at: int = 0  # the batches that iterator had yielded as the loss was computed
+    # the params nearest its input in the graph (graphs.head), numbered as the watch met them
+    # (0: none found): losses of one function on two heads are two tasks (closing.term_of)
+    head: int = 0
 
 
 @dataclass
