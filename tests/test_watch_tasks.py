@@ -141,6 +141,22 @@ def test_tasks_accumulated_undivided_each_apply_their_windows_count_and_fail(
     assert "divides by a full update's 2 micro-batches where it took 1" in str(report)
 
 
+@TASKS
+def test_a_task_summed_and_divided_by_its_windows_batches_fails_on_a_window_of_another_count(
+    task_a: str, order: str, term_b: str
+) -> None:
+    """Task b's loss a sum, divided by its window's batches (2 on the full windows, 1 on the
+    epoch's last, of 2 rows): its full updates apply 8 times its mean, which a weight of the
+    code's could be, and the last one its own count, 2 (code review cr33: not judged, its skip
+    saying the shorter ones told nothing). A sum divided by each window's count: named."""
+    with watch(steps=8) as reports:
+        _multitask("summed", rows=50, k=2, task_a=task_a, order=order)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    message = report.failures[0].message
+    assert f"its {term_b}" in message and "divided by the window's micro-batches" in message
+
+
 @pytest.mark.parametrize("task_a", list(TASK_A))
 def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means(
     task_a: str,

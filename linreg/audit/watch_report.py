@@ -232,7 +232,11 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "shorter update showed whether that changes with the rows (a constant of the "
             "loss's own, or a sum): "
             + (
-                "the shorter ones read tell nothing of it (a framework's own count on an "
+                "the shorter ones read apply neither that multiple nor one grown with their "
+                "rows, but another, which no known mistake names (a sum divided by each "
+                "window's micro-batches reads so)"
+                if c.other
+                else "the shorter ones read tell nothing of it (a framework's own count on an "
                 "epoch's short window, which it divides by the full count too, or a count a "
                 "full one's to the tolerance)"
                 if c.short

@@ -26,6 +26,8 @@ class Constant:
     # divided again by the count written as a product), else ""
     framework: str = ""
     short: bool = False  # shorter updates were read, and told nothing of it
+    other: bool = False  # one of them applied another multiple: neither it nor one grown with
+    # its rows, which no known mistake names (a sum divided by each window's micro-batches)
 
 
 class Grown(NamedTuple):

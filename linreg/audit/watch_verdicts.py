@@ -274,6 +274,18 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             and not near(of(r.count), 1)
             and not (_framework_short(r, kappa) and not near(kappa, full / parts_full))
         ]
+        # each micro-batch's loss a sum, divided by its window's micro-batches: full/k on the
+        # full updates, count/k' on a shorter window of another k' (of the same k, a sum grown)
+        per_window = [
+            r
+            for r in shorts
+            if v.meant == "mean"
+            and r.relative
+            and len(r.parts) != parts_full
+            and near(kappa, full / parts_full)
+            and near(r.relative[0], r.count / len(r.parts))
+            and not near(r.relative[0], kappa)
+        ]
         if grows:
             how = (
                 "grows with the rows (a loss summed over them, or multiplied by the batch size)"
@@ -297,9 +309,29 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                     v.at = r.j
                     v.fail("mean-vs-sum", said)
             kappa = 1.0
+        elif per_window:
+            r = per_window[0]
+            assert r.relative is not None
+            v.at = r.j
+            v.fail(
+                "mean-vs-sum",
+                f"every full update{of_term} applies {kappa:.4g} times the mean of its {full:g} "
+                f"counted over {parts_full} micro-batches, and update {r.j + 1} ({r.count:g} "
+                f"counted over {len(r.parts)}) applies {r.relative[0]:.4g} times its own: each "
+                "micro-batch's loss summed over its rows (reduction='sum') and divided by the "
+                "window's micro-batches, where a mean was meant",
+            )
+            kappa = 1.0
         else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
             shorter = any(  # (a count a full one's to the tolerance tells nothing)
                 r.relative and near(r.relative[0], kappa) and not near(of(r.count), 1)
+                for r in shorts
+            )
+            other = any(  # neither the constant nor grown: another multiple
+                r.relative
+                and not near(r.relative[0], kappa)
+                and not near(of(r.count), 1)
+                and not _framework_short(r, kappa)
                 for r in shorts
             )
             unconfirmed = not shorter
@@ -312,7 +344,15 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 else f"{by}={g}"
             )
             v.constants.append(
-                Constant(term, kappa, full, unconfirmed, framework=framework, short=bool(shorts))
+                Constant(
+                    term,
+                    kappa,
+                    full,
+                    unconfirmed,
+                    framework=framework,
+                    short=bool(shorts),
+                    other=other,
+                )
             )
             s_full = 1.0
     # the full ones' scale the code's own division by a framework's count, again (1 / k on k
