@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -80,12 +81,13 @@ def slow_at_5_ms(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def ddp_ranks_from_a_forkserver() -> None:
     """Fork the DDP ranks of this session's process groups from one forkserver that imports
-    torch once, instead of spawning each rank to import it again (about 10 CPU-s of
-    `pytest -k pitfalls`). test_pitfalls_ddp_ranks_spawned_as_in_a_notebook_* keeps one group on
-    the spawn that a notebook's ranks get."""
-    from linreg.pitfalls import _spawn
-
-    _spawn.serve_from_a_forkserver("tests.ddp_support")
+    torch once, instead of spawning each rank to import it again (about 2.3 CPU-s a group
+    after the first), where the tests collected imported the catalogue (a session that did
+    not starts no group, and pays no import for it). test_pitfalls_ddp_ranks_spawned_as_in_a_
+    notebook_* keeps one group on the spawn that a notebook's ranks get."""
+    spawn = sys.modules.get("linreg.pitfalls._spawn")
+    if spawn is not None:
+        spawn.serve_from_a_forkserver("tests.ddp_support")
 
 
 @pytest.fixture(scope="session", autouse=True)

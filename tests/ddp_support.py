@@ -24,11 +24,12 @@ def fails_both_ways(rank: int, world_size: int) -> None:
     torch.distributed.all_reduce(torch.ones(1))
 
 
-def sums_ranks(rank: int, world_size: int) -> tuple[int, int]:
-    """Return this rank and the sum of all ranks, which an all-reduce brought here."""
+def sums_ranks(rank: int, world_size: int) -> tuple[int, int, int]:
+    """Return this rank, the sum of all ranks, which an all-reduce brought here, and the pid
+    of the process that started this one (its parent)."""
     total = torch.tensor([rank])
     torch.distributed.all_reduce(total)
-    return rank, int(total)
+    return rank, int(total), os.getppid()
 
 
 def hangs(rank: int, world_size: int, seconds: float) -> None:

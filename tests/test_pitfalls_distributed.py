@@ -154,11 +154,11 @@ def test_pitfalls_ddp_gradient_on_padded_shards_counts_the_repeated_samples_twic
 def test_pitfalls_ddp_ranks_spawned_as_in_a_notebook_each_return_their_result(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # the session forks its ranks from a forkserver (tests/conftest.py); a process that never
-    # asked for one, a notebook, spawns them
+    # the session forks its ranks from a forkserver (tests/conftest.py), their parent; a
+    # process that never asked for one, a notebook, spawns them: this process is their parent
     monkeypatch.setattr(_spawn, "_method", "spawn")
     assert _spawn.spawn(ddp_support.sums_ranks, WORLD) == [
-        (r, sum(range(WORLD))) for r in range(WORLD)
+        (r, sum(range(WORLD)), os.getpid()) for r in range(WORLD)
     ]
     assert multiprocessing.active_children() == []
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import pickle
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -60,6 +63,11 @@ def _entry(
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    # end with the process that started it, killed or not: a spawned rank's death signal
+    # (torch's PR_SET_PDEATHSIG) names the forkserver as its parent, which outlives it then
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        threading.Thread(target=_orphaned, args=(parent.sentinel,), daemon=True).start()
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)  # R processes on a small machine: no oversubscription
     torch.distributed.init_process_group(
@@ -79,6 +87,12 @@ def _entry(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _orphaned(sentinel: int) -> None:
+    """Wait until the process that started this rank has ended, then end the rank."""
+    multiprocessing.connection.wait([sentinel])
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _failures(context: ProcessContext, e: Exception) -> DistributedFailure:
@@ -171,6 +185,9 @@ def start(fn: Callable[..., Any], world_size: int, *args: Any, fork: bool = Fals
     # started here inherits the mask too, and so do the ranks it forks.)
     held = hasattr(signal, "pthread_sigmask")
     if held:
+        # (the resource tracker first: starting it unblocks SIGINT, and a forkserver or the
+        # ranks started after that would not inherit the mask)
+        multiprocessing.resource_tracker.ensure_running()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         # torch.multiprocessing.spawn(..., join=False), which is start_processes with "spawn"
