@@ -26,6 +26,9 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
     unequal counts, or the first ones never applied."""
     v.free.append(term)
     _shorter(readings, updates, v, term)
+    counts = Counter(r.count for r in readings if r.relative is not None)
+    full = max(counts, key=lambda c: (counts[c], c), default=0.0)
+    windows = max((len(r.parts) for r in readings if r.count == full), default=1)
     for r in readings:
         v.at = r.j
         at = (
@@ -45,6 +48,15 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
                 v.judged["micro-batch-accumulation"].add(r.j)
             continue
         weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
+        if full and r.count > full and len(r.parts) > windows:  # more micro-batches too
+            v.fail(
+                "short-last-batch",
+                f"{at} took more than a full update's {full:g}, and weighs its micro-batches "
+                f"{shown(weights)} where a correct update weighs them "
+                f"{shown([c / r.count for c in r.parts])}: micro-batches left over from "
+                "before (an epoch's last window, never stepped) were carried into it",
+            )
+            continue
         dropped = first_applied(rel)
         if dropped is not None:
             v.fail(*never_applied(at, dropped, r.before_end))

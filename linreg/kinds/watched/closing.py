@@ -41,12 +41,19 @@ def on_heads(micro: list[MicroBatch]) -> set[str]:
     head on a shared trunk, each the mean of its own rows, not one mean over both tasks' rows.
     Two sources pooled through stems of their own into one head, or a mixture of experts
     routed by its rows, end on one head: one objective."""
-    heads: dict[str, set[int]] = {}
+    reach: dict[str, dict[int, set[int]]] = {}  # per function, per head: the params reached
     for mb in micro:
         for c in mb.losses:
             if c.head:
-                heads.setdefault(c.name, set()).add(c.head)
-    return {name for name, theirs in heads.items() if len(theirs) > 1}
+                reach.setdefault(c.name, {}).setdefault(c.head, set()).update(c.grads)
+    # tasks each reach a param another does not (its head); where two heads' losses reach the
+    # same params, one objective's losses end on each (a contrastive loss's two directions,
+    # each its own matmul, on the same two towers)
+    return {
+        name
+        for name, heads in reach.items()
+        if len(heads) > 1 and len({frozenset(r) for r in heads.values()}) == len(heads)
+    }
 
 
 def term_of(c: LossCall, split: set[str]) -> str:

@@ -48,7 +48,7 @@ class LossReader:
     batch_tensors: collections.deque[Tensor]
     unread_last: dict[int, list[Tensor]]
     yields: dict[int, int]
-    heads: dict[frozenset[int], int]
+    heads: dict[int, set[int]]
 
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
         """Read a loss the code computed with grad on: repeated per element on the same input,
@@ -91,8 +91,7 @@ class LossReader:
             del self.pending[:-PENDING]  # losses no backward() reached: the latest
             fetched_by, fetched_from = self._fetched(given.get("target"))
             predicted = given.get("input")
-            nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else frozenset()
-            number = self.heads.setdefault(nearest, len(self.heads) + 1) if nearest else 0
+            number = self._head(head(predicted.grad_fn) if isinstance(predicted, Tensor) else ())
             self.pending.append(
                 LossCall(
                     out.grad_fn,
@@ -122,6 +121,19 @@ class LossReader:
             return
         finally:
             self.busy = False
+
+    def _head(self, nearest: Iterable[int]) -> int:
+        """Return the number of a loss's head (graphs.head), 0 for none: a head that shares a
+        param with one met before is that one (a tied decoder reached beside a learned first
+        state at the first step alone; a mixture of experts as the last layer, its experts
+        reached as each batch's rows were routed), numbered as the watch first met it."""
+        params = set(nearest)
+        if not params:
+            return 0
+        met = [n for n, theirs in self.heads.items() if not theirs.isdisjoint(params)]
+        number = min(met, default=len(self.heads) + 1)
+        self.heads.setdefault(number, set()).update(params)
+        return number
 
     def _fetched(self, target: Any) -> tuple[int | None, int | None]:
         """Return the iterator that fetched a target's batch and its dataset (else the last

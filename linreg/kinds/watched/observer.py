@@ -81,7 +81,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
         self.iterator: int | None = None  # the iterator that fetched it
-        self.heads: dict[frozenset[int], int] = {}  # each loss's head (graphs.head), numbered
+        self.heads: dict[int, set[int]] = {}  # each loss head's number: its params (_head)
         # each iterator's last batch fetched (its tensors), until a loss reads a target of it:
         # a wrapper that fetches ahead (accelerate's) runs the DataLoader out before it hands
         # the code its last batch, whose pass then ends as a pass whose last batch was fetched
