@@ -303,6 +303,17 @@ def framework_divides(by: str, g: int) -> str:
     return f"{by} divides it by gradient_accumulation_steps={g}"
 
 
+def carried(at: str, r: Reading, weights: list[float], full: float) -> tuple[str, str]:
+    """Return the pitfall, and what it says, of an update that took more micro-batches and
+    rows than a full one, weighed unlike: an epoch's last window, never stepped, carried in."""
+    return "short-last-batch", (
+        f"{at} took more than a full update's {full:g}, and weighs its micro-batches "
+        f"{shown(weights)} where a correct update weighs them "
+        f"{shown([c / r.count for c in r.parts])}: micro-batches left over from "
+        "before (an epoch's last window, never stepped) were carried into it"
+    )
+
+
 def never_applied(at: str, dropped: int, before_end: int) -> tuple[str, str]:
     """Return the pitfall, and what it says, of an update whose first micro-batches' gradient
     was zeroed before its step: an epoch's left-over window dropped where they were all fed

@@ -19,6 +19,7 @@ from linreg.audit.watch_readings import (
     Reading,
     alike,
     by_hand,
+    carried,
     first_applied,
     framework_divides,
     near,
@@ -417,13 +418,7 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
             v.judged["micro-batch-accumulation"].add(r.j)
         weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
         if full and r.count > full and len(r.parts) > windows:  # more micro-batches too
-            v.fail(
-                "short-last-batch",
-                f"{at} took more than a full update's {full:g}, and weighs its micro-batches "
-                f"{shown(weights)} where a correct update weighs them "
-                f"{shown([c / r.count for c in r.parts])}: micro-batches left over from "
-                "before (an epoch's last window, never stepped) were carried into it",
-            )
+            v.fail(*carried(at, r, weights, full))
             continue
         dropped = first_applied(rel)
         if dropped is not None:
