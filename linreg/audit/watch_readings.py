@@ -6,6 +6,7 @@ its loss on purpose). watch_verdicts.py names the patterns."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -301,6 +302,15 @@ def framework_divides(by: str, g: int) -> str:
     if by.startswith("Lightning"):
         return f"{by}={g} divides it"
     return f"{by} divides it by gradient_accumulation_steps={g}"
+
+
+def full_window(readings: list[Reading]) -> tuple[float, int]:
+    """Return a full update's count (the most common among the readings that are a combination
+    of their micro-batches, the larger of a tie) and the most micro-batches one of that count
+    held (its window)."""
+    counts = Counter(r.count for r in readings if r.relative is not None)
+    full = max(counts, key=lambda c: (counts[c], c), default=0.0)
+    return full, max((len(r.parts) for r in readings if r.count == full), default=1)
 
 
 def carried(at: str, r: Reading, weights: list[float], full: float) -> tuple[str, str]:

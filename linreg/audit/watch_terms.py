@@ -12,6 +12,7 @@ from linreg.audit.watch_readings import (
     alike,
     carried,
     first_applied,
+    full_window,
     near,
     never_applied,
     shown,
@@ -27,9 +28,7 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
     unequal counts, or the first ones never applied."""
     v.free.append(term)
     _shorter(readings, updates, v, term)
-    counts = Counter(r.count for r in readings if r.relative is not None)
-    full = max(counts, key=lambda c: (counts[c], c), default=0.0)
-    windows = max((len(r.parts) for r in readings if r.count == full), default=1)
+    full, windows = full_window(readings)
     for r in readings:
         v.at = r.j
         at = (

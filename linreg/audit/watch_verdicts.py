@@ -22,6 +22,7 @@ from linreg.audit.watch_readings import (
     carried,
     first_applied,
     framework_divides,
+    full_window,
     near,
     never_applied,
     over_counted,
@@ -247,12 +248,10 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
                 "loss_type is None, GPT2LMHeadModel; or padding)",
             )
         r.relative = [x / s for x in r.relative]
-    counts = Counter(r.count for r in readings if r.relative is not None)
-    full = max(counts, key=lambda c: (counts[c], c), default=0.0)
+    full, windows = full_window(readings)  # a full update's count, and its micro-batches
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
-    windows = max((len(r.parts) for r in readings if r.count == full), default=1)  # a full's
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
     # (a term's scale is named only where a shorter update shows it growing with the rows: on

@@ -63,8 +63,9 @@ def _entry(
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    # end with the process that started it, killed or not: a spawned rank's death signal
-    # (torch's PR_SET_PDEATHSIG) names the forkserver as its parent, which outlives it then
+    # end with the process that started it, killed or not: torch's death signal
+    # (PR_SET_PDEATHSIG) names a rank's parent, and a rank forked by the forkserver has the
+    # server as its parent, which outlives a killed starter
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
         threading.Thread(target=_orphaned, args=(parent.sentinel,), daemon=True).start()

@@ -35,6 +35,19 @@ def _several(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[st
     return len(calls) > len(micro) or len({term_of(c[0], split) for c in calls}) > 1
 
 
+def _pooled(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[str]) -> bool:
+    """Return whether terms that are tasks of one function on heads of their own (split) are
+    to be read first as one mean of all their rows (tasks pooled into one mean on purpose,
+    where the update applied it): where the tasks' counts differ, and the calls would be one
+    mean but for their heads. (Where the counts are equal, so is the average of the tasks'
+    means: an update of a nominal divisor, read as terms, shows it beside the others.)"""
+    tasks: defaultdict[str, float] = defaultdict(float)  # each term's count
+    for c in calls:
+        tasks[term_of(c[0], split)] += sum(x.count for x in c)
+    by_function = [c for mb in micro for c in _terms(mb, set())]
+    return len(set(tasks.values())) > 1 and not _several(micro, by_function, set())
+
+
 def on_heads(micro: list[MicroBatch]) -> set[str]:
     """Return the loss functions whose calls in the micro-batches reached two heads or more
     (graphs.head: the params nearest their input): tasks of one function, a regression per
@@ -184,15 +197,7 @@ def _close(update: Open, tol: float) -> Update:
     calls = [c for mb in update.micro for c in _terms(mb, split)]  # each micro-batch's, per term
     several = _several(update.micro, calls, split)
     group = hash(tuple(sorted(id(p) for p in update.params)))
-    # tasks of one function on heads of their own are terms, unless the update applied the
-    # mean of all their rows (tasks pooled into one mean on purpose): read as that one mean,
-    # where the tasks' counts differ (where they are equal, so is the average of the tasks'
-    # means: an update of a nominal divisor, read as terms, shows it beside the others)
-    by_function = [c for mb in update.micro for c in _terms(mb, set())]
-    tasks: defaultdict[str, float] = defaultdict(float)  # each term's count
-    for c in calls:
-        tasks[term_of(c[0], split)] += sum(x.count for x in c)
-    pooled = len(set(tasks.values())) > 1 and not _several(update.micro, by_function, set())
+    pooled = bool(split) and _pooled(update.micro, calls, split)
     if counts and not update.blind and (not several or pooled):
         right, through = applied_mean(update, sum(counts), tol)
         if right is not None:

@@ -254,9 +254,8 @@ class Steps:
         split = on_heads(micro)  # one function's losses on several heads: tasks
         if len({term_of(c, split) for c in calls}) > 1:  # losses of several functions (or
             return False  # heads): each a term of its own, read apart (closing._terms; a
-            # distillation's KL term on a
-            # target the code made, its weight the code's; its cross-entropy, judged, on one
-            # forward's retained graph too: held-out review 34)
+            # distillation's KL term on a target the code made, its weight the code's; its
+            # cross-entropy, judged, on one forward's retained graph too: held-out review 34)
         if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
             return True  # (retain_graph=True): each task's loss on one forward, not a batch
         labels = [c.constant for c in calls]
