@@ -6,6 +6,8 @@ review cr29's P3); each task is now a term of its own, the mean of its own rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -26,6 +28,7 @@ def _multitask(
     seen: list[torch.Tensor] | None = None,
     task_a: str = "cross_entropy",
     order: str = "a, b",
+    heads: str = "own",
 ) -> None:
     """Two tasks of `rows` rows each, batches of 8 (the last of each epoch short), zipped: task
     a classifies (cross_entropy) or regresses (task_a="mse_loss"), task b regresses
@@ -36,6 +39,7 @@ def _multitask(
     (task b's loss a sum), "undivided" (neither divided by its window's batches),
     "nominal-window" (both divided by k, the epoch's short window too), "carry" (no step at
     the epoch's end: its left-over window carried into the next epoch's first update).
+    heads: a Linear of its "own" per task, or the "columns" of one Linear (a's first).
     seen: the trunk's .grad at each step, beside the gradient of the two losses added (lr 0)."""
     gen = torch.Generator().manual_seed(0)
     xa, xb = torch.randn(rows, 6, generator=gen), torch.randn(rows, 6, generator=gen)
@@ -47,8 +51,15 @@ def _multitask(
     with torch.random.fork_rng():
         torch.manual_seed(0)
         trunk = nn.Sequential(nn.Linear(6, 12), nn.Tanh())
-        head_a, head_b = nn.Linear(12, 2 if task_a == "cross_entropy" else 1), nn.Linear(12, 1)
-    params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
+        width = 2 if task_a == "cross_entropy" else 1
+        own_a, own_b = nn.Linear(12, width), nn.Linear(12, 1)
+        both = nn.Linear(12, width + 1)
+    heads_of = {
+        "own": ([own_a, own_b], own_a, own_b),
+        "columns": ([both], _columns(both, slice(None, width)), _columns(both, slice(width, None))),
+    }
+    layers, head_a, head_b = heads_of[heads]
+    params = [*trunk.parameters(), *(p for layer in layers for p in layer.parameters())]
     optimizer = torch.optim.SGD(params, lr=0.05 if seen is None else 0.0)
     batches = len(loaders[0])
     loss_a = getattr(F, task_a)  # looked up as the code runs, as F.cross_entropy is
@@ -77,6 +88,11 @@ def _multitask(
                 seen.append(torch.autograd.grad(both, trunk[0].weight)[0])
             optimizer.step()
             optimizer.zero_grad()
+
+
+def _columns(layer: nn.Linear, columns: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A task's head that is some columns of a layer shared with another task."""
+    return lambda hidden: layer(hidden)[:, columns]
 
 
 # tasks of two functions, and of one (two regressions, both mse_loss: read as one mean over both
@@ -158,14 +174,16 @@ def test_a_task_summed_and_divided_by_its_windows_batches_fails_on_a_window_of_a
     assert f"its {term_b}" in message and "divided by the window's micro-batches" in message
 
 
+@pytest.mark.parametrize("heads", ["own", "columns"])
 @pytest.mark.parametrize("task_a", list(TASK_A))
 def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means(
-    task_a: str,
+    task_a: str, heads: str
 ) -> None:
     """Measured directly: what the two backward() calls leave in the trunk's .grad is the
-    gradient of the tasks' losses added, each the mean of its own rows (the watch's reading)."""
+    gradient of the tasks' losses added, each the mean of its own rows (the watch's reading),
+    whether each task's head is a Linear of its own or a column of one."""
     seen: list[torch.Tensor] = []
-    _multitask(seen=seen, rows=16, task_a=task_a)
+    _multitask(seen=seen, rows=16, task_a=task_a, heads=heads)
     assert len(seen) == 8
     for left, added in zip(seen[::2], seen[1::2], strict=True):
         torch.testing.assert_close(left, added)
@@ -310,6 +328,31 @@ def test_tasks_whose_epochs_left_over_window_is_carried_into_the_next_fail_short
     report = reports[0]
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
     assert "were carried into it" in report.failures[0].message, str(report)
+
+
+@pytest.mark.parametrize("order", ["a, b", "random turns", "one backward()"])
+def test_tasks_that_are_columns_of_one_linear_each_from_its_own_loader_are_each_a_term(
+    order: str,
+) -> None:
+    """Two regressions whose heads are the two columns of one Linear(12, 2), each task's batch
+    from a DataLoader of its own: both tasks' losses end on that layer's params, and were read
+    as one objective (code review cr37h: the correct loop failed mean-vs-sum at 2 times the
+    mean, a known false alarm). Each reads a column the other does not, on a dataset of its
+    own: two terms, as heads of their own are, and the same mistakes are named on them."""
+    with watch(steps=14) as reports:
+        _multitask(task_a="mse_loss", order=order, heads="columns")
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    for bug, pitfall in (("nominal", "short-last-batch"), ("summed", "mean-vs-sum")):
+        with watch(steps=14) as reports:
+            _multitask(bug, task_a="mse_loss", order=order, heads="columns")
+        report = reports[0]
+        assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+        assert "its mse_loss (head 1)" in report.failures[0].message, str(report)
+    with watch(steps=8) as reports:
+        _multitask("undivided", rows=56, k=2, task_a="mse_loss", order=order, heads="columns")
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "applies 2 times the mean of its rows over its 2" in str(report), str(report)
 
 
 def _contrastive(bug: str = "") -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, summed
+from linreg.kinds.watched.heads import Piece
 from linreg.kinds.watched.records import Column, LossCall, MicroBatch, Open, Update
 
 
@@ -55,17 +56,21 @@ def on_heads(micro: list[MicroBatch]) -> set[str]:
     Two sources pooled through stems of their own into one head, or a mixture of experts
     routed by its rows, end on one head: one objective."""
     reach: dict[str, dict[int, set[int]]] = {}  # per function, per head: the params reached
+    read: dict[int, set[Piece | None]] = {}  # per head: the pieces of an output read
     for mb in micro:
         for c in mb.losses:
             if c.head:
                 reach.setdefault(c.name, {}).setdefault(c.head, set()).update(c.grads)
-    # tasks each reach a param another does not (its head); where two heads' losses reach the
-    # same params, one objective's losses end on each (a contrastive loss's two directions,
-    # each its own matmul, on the same two towers)
+                read.setdefault(c.head, set()).add(c.piece)
+    # tasks each reach a param another does not (its head), or read columns of one output that
+    # another does not (heads.Head.apart); where two heads' losses reach the same params and
+    # read the same, one objective's losses end on each (a contrastive loss's two
+    # directions, each its own matmul, on the same two towers)
     return {
         name
         for name, heads in reach.items()
-        if len(heads) > 1 and len({frozenset(r) for r in heads.values()}) == len(heads)
+        if len(heads) > 1
+        and len({(frozenset(r), frozenset(read[h])) for h, r in heads.items()}) == len(heads)
     }
 
 

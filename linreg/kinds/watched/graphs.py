@@ -30,27 +30,6 @@ def leaves(node: Any) -> list[Tensor]:
     return list(out.values())
 
 
-def head(node: Any, limit: int = 4096) -> frozenset[int]:
-    """Return the ids of the leaves that require grad nearest a node in its graph (the fewest
-    nodes away: under a loss's input, the last layer's bias or weight, a task's head), or none
-    where none lies within `limit` nodes."""
-    level: list[Any] = [node]
-    seen: set[int] = set()
-    while level and len(seen) < limit:
-        found = frozenset(
-            id(n.variable) for n in level if isinstance(getattr(n, "variable", None), Tensor)
-        )
-        if found:
-            return found
-        below = []
-        for n in level:
-            if n is not None and id(n) not in seen:
-                seen.add(id(n))
-                below += [m for m, _ in n.next_functions if m is not None]
-        level = below
-    return frozenset()
-
-
 def leaves_of(call: LossCall) -> list[Tensor]:
     return call.under
 

@@ -19,7 +19,8 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
-from linreg.kinds.watched.graphs import count_of, head, leaves
+from linreg.kinds.watched.graphs import count_of, leaves
+from linreg.kinds.watched.heads import Head, head, number, piece
 from linreg.kinds.watched.records import LossCall, Watched
 
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
@@ -48,7 +49,7 @@ class LossReader:
     batch_tensors: collections.deque[Tensor]
     unread_last: dict[int, list[Tensor]]
     yields: dict[int, int]
-    heads: dict[int, set[int]]
+    heads: dict[int, Head]
 
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
         """Read a loss the code computed with grad on: repeated per element on the same input,
@@ -91,7 +92,9 @@ class LossReader:
             del self.pending[:-PENDING]  # losses no backward() reached: the latest
             fetched_by, fetched_from = self._fetched(given.get("target"))
             predicted = given.get("input")
-            number = self._head(head(predicted.grad_fn) if isinstance(predicted, Tensor) else ())
+            nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else ()
+            read = piece(predicted)
+            numbered = number(self.heads, set(nearest), read, fetched_from)
             self.pending.append(
                 LossCall(
                     out.grad_fn,
@@ -111,7 +114,8 @@ class LossReader:
                     fetched_by=fetched_by,
                     fetched_from=fetched_from,
                     fetched_at=0 if fetched_by is None else self.yields.get(fetched_by, 0),
-                    head=number,
+                    head=numbered,
+                    piece=read,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -121,19 +125,6 @@ class LossReader:
             return
         finally:
             self.busy = False
-
-    def _head(self, nearest: Iterable[int]) -> int:
-        """Return the number of a loss's head (graphs.head), 0 for none: a head that shares a
-        param with one met before is that one (a tied decoder reached beside a learned first
-        state at the first step alone; a mixture of experts as the last layer, its experts
-        reached as each batch's rows were routed), numbered as the watch first met it."""
-        params = set(nearest)
-        if not params:
-            return 0
-        met = [n for n, theirs in self.heads.items() if not theirs.isdisjoint(params)]
-        number = min(met, default=len(self.heads) + 1)
-        self.heads.setdefault(number, set()).update(params)
-        return number
 
     def _fetched(self, target: Any) -> tuple[int | None, int | None]:
         """Return the iterator that fetched a target's batch and its dataset (else the last

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from linreg.kinds.watched.clips import ClipHooks
 from linreg.kinds.watched.graphs import divisors, graph, leaves, leaves_of, reduced_whole
+from linreg.kinds.watched.heads import Head
 from linreg.kinds.watched.losses import LossReader
 from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Watched
@@ -81,7 +82,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         # or the watch's end (not at another loader's fetch: two loaders zipped)
         self.source: int | None = None  # the dataset of the last batch fetched
         self.iterator: int | None = None  # the iterator that fetched it
-        self.heads: dict[int, set[int]] = {}  # each loss head's number: its params (_head)
+        self.heads: dict[int, Head] = {}  # each loss head's number: its record (heads.number)
         # each iterator's last batch fetched (its tensors), until a loss reads a target of it:
         # a wrapper that fetches ahead (accelerate's) runs the DataLoader out before it hands
         # the code its last batch, whose pass then ends as a pass whose last batch was fetched

@@ -10,6 +10,8 @@ from typing import Any
 
 from torch import Tensor
 
+from linreg.kinds.watched.heads import Piece
+
 
 class Enough(BaseException):
     """Raised from the step hook once the updates asked for were seen: ends the code cleanly.
@@ -48,6 +50,7 @@ class LossCall:
     # the params nearest its input in the graph (graphs.head), numbered as the watch met them
     # (0: none found): losses of one function on two heads are two tasks (closing.term_of)
     head: int = 0
+    piece: Piece | None = None  # the columns of its head's output it read (heads.piece)
 
 
 @dataclass

@@ -1,0 +1,86 @@
+"""A loss's head and the piece of its output it read (linreg.kinds.watched.heads): columns of
+one Linear are two tasks' heads only where each task's batches come from a dataset of their
+own; the columns of one batch's output (a regression of several targets, each target's loss
+added) stay one objective, whose summed loss is named as before."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg.audit.watcher import watch
+from linreg.kinds.watched.heads import piece
+
+_OUT = (4, 5)  # an output of 4 rows and 5 columns
+
+PIECES: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], object]] = [
+    ("columns", lambda out: out[:, 1:3], (1, 5, frozenset({1, 2}))),
+    ("last column", lambda out: out[:, -1:], (1, 5, frozenset({4}))),
+    ("narrowed", lambda out: out.narrow(1, 2, 2), (1, 5, frozenset({2, 3}))),
+    ("selected", lambda out: out[:, 0], (1, 5, frozenset({0}))),
+    ("selected from the end", lambda out: out[..., -2], (1, 5, frozenset({3}))),
+    ("unbound", lambda out: out.unbind(1)[3], (1, -1, frozenset({3}))),
+    ("chunked", lambda out: out.chunk(3, dim=-1)[2], (1, 5, frozenset({4}))),
+    ("split by sizes", lambda out: out.split([2, 3], dim=1)[1], (1, 5, frozenset({2, 3, 4}))),
+    ("selected then reshaped", lambda out: out[:, 2].view(-1, 1), (1, 5, frozenset({2}))),
+    ("rows: the first dim", lambda out: out[:2], None),
+    ("the whole output", lambda out: out, None),
+    ("a slice of a slice", lambda out: out[:, 1:][:, 0], None),
+    ("columns by a list", lambda out: out[:, [0, 1]], None),
+    ("rows by a mask", lambda out: out[out[:, 0] > 0], None),
+]
+
+
+@pytest.mark.parametrize(
+    ("how", "read"), [(p[1], p[2]) for p in PIECES], ids=[p[0] for p in PIECES]
+)
+def test_the_piece_a_loss_read_is_a_fixed_slice_of_its_outputs_columns_or_none(
+    how: Callable[[torch.Tensor], torch.Tensor], read: object
+) -> None:
+    """The dim, the output's size there and the indices, read from autograd's graph; None
+    where the input is not one fixed slice of an output along a dim other than the rows."""
+    out = nn.Linear(3, _OUT[1])(torch.randn(_OUT[0], 3))
+    assert piece(how(out)) == read
+    assert piece(how(out).detach()) is None
+
+
+def _targets(bug: str = "", rows: int = 48) -> None:
+    """A regression of three targets from one DataLoader, batches of 8, the three columns of
+    one Linear's output each the mean of its own target's loss, added (a weighting of the
+    targets); bug "summed": each target's loss a sum over the batch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, 6, generator=gen)
+    data = TensorDataset(x, x[:, :3] * 2 - x[:, 3:])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    reduction = "sum" if bug == "summed" else "mean"
+    for _ in range(2):
+        for xb, yb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
+            out = model(xb)
+            loss = sum(F.mse_loss(out[:, k], yb[:, k], reduction=reduction) for k in range(3))
+            assert isinstance(loss, torch.Tensor)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("rows", [48, 50], ids=["full-batches", "a-short-batch"])
+def test_columns_of_one_batchs_output_stay_one_objective_and_a_summed_loss_fails(
+    rows: int,
+) -> None:
+    """Each target a column of one output, every column's loss on the same batch: one head,
+    as before columns told tasks apart. Read as three tasks instead, a loss summed over every
+    batch of full ones alone could be a weight of the code's, and exited 0."""
+    with watch(steps=12) as reports:
+        _targets(rows=rows)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    with watch(steps=12) as reports:
+        _targets("summed", rows=rows)
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
