@@ -84,3 +84,62 @@ def test_columns_of_one_batchs_output_stay_one_objective_and_a_summed_loss_fails
     with watch(steps=12) as reports:
         _targets("summed", rows=rows)
     assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+
+
+class _CharLM(nn.Module):
+    """A character GRU whose decoder is its embedding (tied, no bias) and whose first state is
+    learned: the first character's logits come from that state alone."""
+
+    def __init__(self, vocab: int = 11, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.cell = nn.GRUCell(width, width)
+        self.first = nn.Parameter(torch.zeros(width))
+        self.decode = nn.Linear(width, vocab, bias=False)
+        self.decode.weight = self.embed.weight
+
+    def losses(self, chars: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+        """The mean over the steps of each step's cross-entropy on the next character."""
+        state = self.first.expand(len(chars), -1)
+        total = torch.zeros(())
+        for step in range(chars.shape[1]):
+            total = total + F.cross_entropy(self.decode(state), following[:, step])
+            state = self.cell(self.embed(chars[:, step]), state)
+        return total / chars.shape[1]
+
+
+def _char_lm(bug: str = "") -> None:
+    """50 sequences of 6 characters in batches of 8 (7 an epoch, the last of 2), windows of 2
+    micro-batches (the epoch's last of 1), each loss divided by its window's; bug "undivided"
+    (never divided) or "nominal" (divided by 2, the short window too)."""
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(0, 11, (50, 7), generator=gen)
+    data = TensorDataset(text[:, :-1], text[:, 1:])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _CharLM()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batches = 7
+    for _ in range(2):
+        for i, (chars, following) in enumerate(DataLoader(data, batch_size=8, generator=gen)):
+            window = min(2, batches - (i - i % 2))
+            div = {"undivided": 1, "nominal": 2}.get(bug, window)
+            (model.losses(chars, following) / div).backward()
+            if (i + 1) % 2 == 0 or i + 1 == batches:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def test_a_tied_decoder_reached_beside_a_learned_first_state_is_one_head() -> None:
+    """The first step's logits reach the tied decoder and the learned first state (both the
+    nearest params), the later steps' the decoder alone: one head, as a head that shares a
+    param with one met before is that one. Read as two heads (code review cr37h), an
+    accumulation window never divided and a nominal divisor on the short window were read as
+    tasks' weights."""
+    with watch(steps=8) as reports:
+        _char_lm()
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    for bug, pitfall in (("undivided", "mean-vs-sum"), ("nominal", "short-last-batch")):
+        with watch(steps=8) as reports:
+            _char_lm(bug)
+        assert [r.pitfall for r in reports[0].failures] == [pitfall], str(reports[0])
