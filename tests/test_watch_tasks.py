@@ -174,6 +174,25 @@ def test_a_task_summed_and_divided_by_its_windows_batches_fails_on_a_window_of_a
     assert f"its {term_b}" in message and "divided by the window's micro-batches" in message
 
 
+@TASKS
+def test_a_tasks_loss_summed_unweighted_fails_on_full_batches_alone(
+    task_a: str, order: str, term_b: str
+) -> None:
+    """48 rows in batches of 8: no short update. Task b's loss a sum, unweighted: every update
+    applies its count, 8, times its mean. A weight of the code's on a sum would have to be 1
+    exactly to give it, which is the sum itself (code review cr30: a task's summed loss exited
+    0 where every window was full)."""
+    with watch(steps=12) as reports:
+        _multitask(rows=48, task_a=task_a, order=order)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    with watch(steps=12) as reports:
+        _multitask("summed", rows=48, task_a=task_a, order=order)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    message = report.failures[0].message
+    assert f"its {term_b} term" in message and "applied 8 times the mean" in message, message
+
+
 @pytest.mark.parametrize("heads", ["own", "columns"])
 @pytest.mark.parametrize("task_a", list(TASK_A))
 def test_the_trunk_of_tasks_each_its_own_backward_applies_the_sum_of_their_means(
