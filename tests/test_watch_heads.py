@@ -49,41 +49,130 @@ def test_the_piece_a_loss_read_is_a_fixed_slice_of_its_outputs_columns_or_none(
     assert piece(how(out).detach()) is None
 
 
-def _targets(bug: str = "", rows: int = 48) -> None:
+def _targets(bug: str = "", rows: int = 48, unlabelled: bool = False) -> None:
     """A regression of three targets from one DataLoader, batches of 8, the three columns of
     one Linear's output each the mean of its own target's loss, added (a weighting of the
-    targets); bug "summed": each target's loss a sum over the batch."""
+    targets); the third target a count, stored as integers and cast per batch. unlabelled:
+    zipped with a loader of unlabelled rows, fetched after the labelled batch and watched
+    under no_grad (its predictions' mean logged). bug "summed": each target's loss a sum."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, 6, generator=gen)
-    data = TensorDataset(x, x[:, :3] * 2 - x[:, 3:])
+    counts = (x[:, 5].abs() * 3).long()
+    data = TensorDataset(x, x[:, :2] * 2 - x[:, 3:5], counts)
+    unlabelled_rows = DataLoader(TensorDataset(torch.randn(rows, 6, generator=gen)), batch_size=8)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     reduction = "sum" if bug == "summed" else "mean"
+    drift = []
     for _ in range(2):
-        for xb, yb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
+        labelled = DataLoader(data, batch_size=8, shuffle=True, generator=gen)
+        fetched = zip(labelled, unlabelled_rows, strict=True) if unlabelled else labelled
+        for batch in fetched:
+            (xb, yb, count), u = batch if unlabelled else (batch, None)
             out = model(xb)
-            loss = sum(F.mse_loss(out[:, k], yb[:, k], reduction=reduction) for k in range(3))
-            assert isinstance(loss, torch.Tensor)
+            loss = F.mse_loss(out[:, 0], yb[:, 0], reduction=reduction)
+            loss = loss + F.mse_loss(out[:, 1], yb[:, 1], reduction=reduction)
+            loss = loss + F.mse_loss(out[:, 2], count.float(), reduction=reduction)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+            if u is not None:
+                with torch.no_grad():
+                    drift.append(float(model(u[0]).mean()))
 
 
-@pytest.mark.parametrize("rows", [48, 50], ids=["full-batches", "a-short-batch"])
+@pytest.mark.parametrize(
+    ("rows", "unlabelled"),
+    [(48, False), (50, False), (48, True)],
+    ids=["full-batches", "a-short-batch", "beside-an-unlabelled-loader"],
+)
 def test_columns_of_one_batchs_output_stay_one_objective_and_a_summed_loss_fails(
-    rows: int,
+    rows: int, unlabelled: bool
 ) -> None:
     """Each target a column of one output, every column's loss on the same batch: one head,
     as before columns told tasks apart. Read as three tasks instead, a loss summed over every
-    batch of full ones alone could be a weight of the code's, and exited 0."""
+    batch of full ones alone could be a weight of the code's, and exited 0. A target cast
+    per batch is its batch's, whichever loader fetched last (code review cr38: the count's
+    column was put on the unlabelled loader's dataset, a task of its own, and the summed loss
+    exited 0; read apart, its 8 targets were named, not the update's 24)."""
     with watch(steps=12) as reports:
-        _targets(rows=rows)
+        _targets(rows=rows, unlabelled=unlabelled)
     assert reports[0].ok and not reports[0].error, str(reports[0])
     with watch(steps=12) as reports:
-        _targets("summed", rows=rows)
+        _targets("summed", rows=rows, unlabelled=unlabelled)
     assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+    assert "(1 micro-batch(es), 24 counted)" in reports[0].failures[0].message  # every target
+
+
+class _TwoColumns(nn.Module):
+    """A trunk and one Linear whose output's columns are two tasks' predictions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(6, 12), nn.Tanh())
+        self.out = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor, task: int | None = None) -> torch.Tensor:
+        out = self.out(self.trunk(x))
+        return out if task is None else out[:, task : task + 1]
+
+
+def _column_tasks(
+    bug: str = "", stored: torch.dtype = torch.float32, validate: bool = False
+) -> None:
+    """Two regressions, each a column of one output, each task's 50 rows from a loader of its
+    own (batches of 8, zipped), each task's loss its own backward(), one step: the sum of the
+    tasks' means. stored: the rows' dtype, each batch cast to float32 (float64 tables, as
+    tabular code casts them). validate: after each epoch, both tasks' losses on a validation
+    loader with grad on (the model in eval mode alone). bug "summed": task b's loss a sum."""
+    gen = torch.Generator().manual_seed(0)
+    tasks = [torch.randn(50, 6, generator=gen, dtype=torch.float64) for _ in range(2)]
+    loaders = [
+        DataLoader(TensorDataset(x.to(stored), x[:, t : t + 1].to(stored) * 2), batch_size=8)
+        for t, x in enumerate(tasks)
+    ]
+    checked = DataLoader(TensorDataset(torch.randn(16, 6), torch.randn(16, 2)), batch_size=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _TwoColumns()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(2):
+        model.train()
+        for (xa, ya), (xb, yb) in zip(*loaders, strict=True):
+            xa, ya, xb, yb = (t.float() for t in (xa, ya, xb, yb))
+            F.mse_loss(model(xa, 0), ya).backward()
+            F.mse_loss(model(xb, 1), yb, reduction="sum" if bug == "summed" else "mean").backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        model.eval()
+        for xv, yv in checked if validate else ():
+            seen = F.mse_loss(model(xv, 0), yv[:, :1]) + F.mse_loss(model(xv, 1), yv[:, 1:])
+            assert seen.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("stored", "validate"),
+    [(torch.float32, False), (torch.float64, False), (torch.float32, True)],
+    ids=["float32", "float64-cast-per-batch", "a-validation-with-grad-on"],
+)
+def test_column_tasks_stay_apart_through_a_cast_and_an_evaluation(
+    stored: torch.dtype, validate: bool
+) -> None:
+    """Column tasks from loaders of their own pass, and task b's summed loss fails naming its
+    head. A target cast per batch (float64 rows to float32, as .to(device) makes a new
+    storage too) is still its loader's; losses no backward() reaches (a validation with grad
+    on) number no head, so they join none (code review cr38: both read the tasks as one
+    objective again, and the correct loop failed mean-vs-sum)."""
+    with watch(steps=14) as reports:
+        _column_tasks(stored=stored, validate=validate)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    with watch(steps=14) as reports:
+        _column_tasks("summed", stored=stored, validate=validate)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "its mse_loss (head 2)" in report.failures[0].message, str(report)
 
 
 class _CharLM(nn.Module):

@@ -41,6 +41,7 @@ class Reading:
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
     # gradient centralization: _as_backward_left_it)
+    plain: bool = False  # a term the code weighed by no number (Column.plain)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -174,6 +175,7 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         relative = [float(a[i]) / w for i, w in zip(at, want, strict=True)]
         own = all(u.columns[i].reduction == ("sum" if summed else "mean") for i in at)
         calls = max(u.columns[i].calls for i in at)
+        plain = all(u.columns[i].plain for i in at)
         reading = Reading(
             j,
             sum(parts),
@@ -187,6 +189,7 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
             penalized=beside is not None,
             divided=u.divided,
             again=u.again,
+            plain=plain,
         )
         out.append((term, reading))
     return out

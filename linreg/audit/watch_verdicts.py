@@ -255,9 +255,16 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
     # (a term's scale is named only where a shorter update shows it growing with the rows: on
-    # its full updates alone, a sum and a coefficient of the code's look the same; but for a
-    # term summed by its function or the code, at 1: its sum over the full count, unweighted)
-    summed_at_one = bool(term) and v.meant == "mean" and near(s_full, full) and not near(full, 1)
+    # its full updates alone, a sum and a coefficient of the code's look the same; but not a
+    # sum the code weighed by no number, which applies the full count: 16 * ce_sum / len(y)
+    # is a weight of 16 on the mean, ce_sum alone the sum)
+    summed_at_one = (
+        bool(term)
+        and v.meant == "mean"
+        and near(s_full, full)
+        and not near(full, 1)
+        and all(r.plain for r in fulls)
+    )
     unnamed = fulls and (
         (term and not summed_at_one) or _why(s_full, fulls[0], v.meant) == NO_KNOWN
     )

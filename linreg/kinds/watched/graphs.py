@@ -118,6 +118,34 @@ def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[floa
     return tuple(out) if node is not None else ()
 
 
+def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
+    """Return the numbers a loss (its node's id) is multiplied or divided by on its way to a
+    backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`): () where none,
+    None where anything else stands between (a product by a tensor, a mask) or it is not
+    reached."""
+    if node is None or depth > 64:
+        return None
+    if id(node) == loss:
+        return ()
+    kind = type(node).__name__
+    numbers: tuple[float, ...] = ()
+    if kind in ("MulBackward0", "DivBackward0"):
+        other = getattr(node, "_saved_other", None)
+        if not _a_number(other) or getattr(node, "_saved_self", None) is not None:
+            return None
+        numbers = (float(other) if kind == "MulBackward0" else 1 / float(other),)
+        below = node.next_functions[:1]
+    elif kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1:
+        below = node.next_functions
+    else:
+        return None
+    for child, _ in below:
+        found = weighed(child, loss, depth + 1)
+        if found is not None:
+            return numbers + found
+    return None
+
+
 def _a_number(t: Any) -> TypeGuard[Tensor]:
     """Return whether t is a number held as a tensor (an operand autograd saved)."""
     return isinstance(t, Tensor) and t.numel() == 1 and not t.requires_grad

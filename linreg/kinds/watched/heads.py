@@ -1,11 +1,12 @@
 """A loss's head: the params nearest its input in its graph (a task's last layer), and the piece
 of that layer's output the loss read, where it read columns of it (tasks that are two columns
 of one Linear). Losses of one function on heads of their own are tasks, each a term
-(closing.on_heads); the watch numbers heads as it meets them (LossReader._head).
+(closing.on_heads); the watch numbers heads as backward() reaches their losses (number).
 """
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +46,15 @@ class Head:
         )
 
 
-def number(heads: dict[int, Head], params: set[int], piece: Piece | None, src: int | None) -> int:
+def number(
+    heads: dict[int, Head], params: AbstractSet[int], piece: Piece | None, src: int | None
+) -> int:
     """Return the number of a loss's head, 0 for none (no params): a head that shares a param
     with one met before is that one (a tied decoder; experts as the last layer, reached as each
-    batch's rows were routed), unless the loss is apart from it (Head.apart); numbered as the
-    watch first met it. The head's record takes the loss's params, piece and source in."""
+    batch's rows were routed), unless the loss is apart from it (Head.apart); numbered in the
+    order backward() first reached them (called for each loss a backward() reaches: one no
+    backward() reaches, an evaluation's with grad on, changes no record). The head's record
+    takes the loss's params, piece and source in."""
     if not params:
         return 0
     met = [
@@ -103,7 +108,10 @@ def piece(t: Any) -> Piece | None:
     below = node.next_functions[0][0]
     if below is None or type(below).__name__ in _PASSED | _SLICES:
         return None  # a slice of a reshape or of another slice: its dims are not the output's
-    found = _of(node, nr, None if reshaped else t.ndim + 1)
+    try:
+        found = _of(node, nr, None if reshaped else t.ndim + 1)
+    except (TypeError, AttributeError, IndexError, ZeroDivisionError):
+        return None  # a slice saved as no number (aten.slice(out, 1, None, 2)): not read
     return found if found is not None and found[0] != 0 else None
 
 

@@ -20,7 +20,7 @@ from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.watched.graphs import count_of, leaves
-from linreg.kinds.watched.heads import Head, head, number, piece
+from linreg.kinds.watched.heads import Head, head, piece
 from linreg.kinds.watched.records import LossCall, Watched
 
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
@@ -92,9 +92,7 @@ class LossReader:
             del self.pending[:-PENDING]  # losses no backward() reached: the latest
             fetched_by, fetched_from = self._fetched(given.get("target"))
             predicted = given.get("input")
-            nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else ()
-            read = piece(predicted)
-            numbered = number(self.heads, set(nearest), read, fetched_from)
+            nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else frozenset()
             self.pending.append(
                 LossCall(
                     out.grad_fn,
@@ -114,8 +112,9 @@ class LossReader:
                     fetched_by=fetched_by,
                     fetched_from=fetched_from,
                     fetched_at=0 if fetched_by is None else self.yields.get(fetched_by, 0),
-                    head=numbered,
-                    piece=read,
+                    nearest=nearest,
+                    piece=piece(predicted),
+                    source=self._source(given.get("target")),
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -139,14 +138,33 @@ class LossReader:
         alive = None if origin is None else origin[0]()
         return last if origin is None or _storage(alive) != memory else origin[1]
 
+    def _source(self, target: Any) -> int | None:
+        """Return the dataset whose fetched batch a target is: a view of its tensors, or its
+        rows cast or moved (y.float(), y.to(device)); None where neither (not the last loader
+        to fetch: two loaders zipped, the other's batch fetched after it)."""
+        memory = _storage(target)
+        if memory is None:
+            return None
+        if memory in self.fetchers:
+            return self.fetchers[memory][1]
+        origin = self.origins.get(memory)
+        if origin is not None and _storage(origin[0]()) == memory:
+            return origin[1][1]
+        for fetched in reversed(self.batch_tensors):
+            by = self.fetchers.get(_storage(fetched) or 0)
+            if by is not None and _cast(target, fetched, rounded=True):
+                return by[1]
+        return None
+
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
-        or moved (y.float(), y.to(device): a new storage, the batch's values), or the samples'
-        own tensors stacked (a list of dicts, each sample's boxes: detectron2's)."""
+        or moved (y.float(), y.to(device): a new storage, the batch's values; float64 rows
+        rounded to float32), or the samples' own tensors stacked (a list of dicts, each
+        sample's boxes: detectron2's)."""
         if _storage(target) in self.batched:
             return True
         return isinstance(target, Tensor) and (
-            any(_cast(target, f) for f in self.batch_tensors)
+            any(_cast(target, f, rounded=True) for f in self.batch_tensors)
             or _stacked(target, self.batch_tensors)
         )
 
@@ -189,12 +207,14 @@ def _storage(t: Any) -> int | None:
     return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
 
 
-def _cast(t: Tensor, fetched: Tensor) -> bool:
+def _cast(t: Tensor, fetched: Tensor, rounded: bool = False) -> bool:
     """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
     of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
     on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
-    integer 0 is not the label 0), each row reshaped alike too (y.float().unsqueeze(1), as a
-    binary cross-entropy takes labels)."""
+    integer 0 is not the label 0; rounded: or floats rounded to t's floats, float64 data cast
+    to float32), each row reshaped alike too (y.float().unsqueeze(1), as a binary
+    cross-entropy takes labels)."""
+    rounded = rounded and t.is_floating_point() and fetched.is_floating_point()
     n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
     if not 0 < n <= rows or t.shape[1:].numel() != fetched.shape[1:].numel():
         return False
@@ -205,7 +225,7 @@ def _cast(t: Tensor, fetched: Tensor) -> bool:
         back = t.detach().to(device=fetched.device, dtype=fetched.dtype)
         starts = {*range(0, rows - n + 1, n), rows - n}
         return any(
-            torch.equal(values[i : i + n], t) and torch.equal(fetched[i : i + n], back)
+            torch.equal(values[i : i + n], t) and (rounded or torch.equal(fetched[i : i + n], back))
             for i in starts
         )
 

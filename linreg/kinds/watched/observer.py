@@ -14,8 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from linreg.kinds.watched.clips import ClipHooks
-from linreg.kinds.watched.graphs import divisors, graph, leaves, leaves_of, reduced_whole
-from linreg.kinds.watched.heads import Head
+from linreg.kinds.watched.graphs import (
+    divisors,
+    graph,
+    leaves,
+    leaves_of,
+    reduced_whole,
+    weighed,
+)
+from linreg.kinds.watched.heads import Head, number
 from linreg.kinds.watched.losses import LossReader
 from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Watched
@@ -153,6 +160,10 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                 for p in leaves(t.grad_fn)
             }
         matched = [c for c in self.pending if id(c.node) in under]
+        for c in matched:  # each loss's head, numbered as the watch met those trained on
+            c.head = number(self.heads, c.nearest, c.piece, c.source)
+            on_way = (weighed(t.grad_fn, id(c.node)) for t in roots)
+            c.weights = next((w for w in on_way if w is not None), None)
         read = {id(c.node) for c in matched}  # the code's own division by a framework's count
         again = divided[1] > 1 and all(  # (loss / k inside accelerate's accumulate())
             divisors(t.grad_fn, read).count(divided[1]) >= 2 for t in roots

@@ -47,10 +47,16 @@ class LossCall:
     fetched_from: int | None = None  # the dataset of that DataLoader
     # (else the last to fetch one before it: a target cast or stacked from a batch's)
     fetched_at: int = 0  # the batches that iterator had yielded as the loss was computed
-    # the params nearest its input in the graph (graphs.head), numbered as the watch met them
-    # (0: none found): losses of one function on two heads are two tasks (closing.term_of)
+    # its head's number (0: none found): losses of one function on two heads are two tasks
+    # (closing.term_of); numbered as a backward() reaches it (heads.number), so a loss none
+    # reaches (an evaluation's with grad on) numbers none
     head: int = 0
+    nearest: frozenset[int] = frozenset()  # the params nearest its input (heads.head)
     piece: Piece | None = None  # the columns of its head's output it read (heads.piece)
+    source: int | None = None  # the dataset whose batch its target is, where found (_source)
+    # the numbers it was multiplied or divided by on its way to the root of the backward() that
+    # reached it, through sums alone (graphs.weighed; None: something else, or unknown)
+    weights: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -195,6 +201,8 @@ class Column:
     reduction: str  # "mean": one call, whose function took the mean itself; "sum": its calls
     # all summed; "": calls of its function added up (a loss per row or per step)
     calls: int = 1
+    plain: bool = False  # every call of it reached its root times no number but 1, through
+    # sums alone (LossCall.weights): the code weighed it by nothing
 
 
 @dataclass
