@@ -41,7 +41,6 @@ class Reading:
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
     # gradient centralization: _as_backward_left_it)
-    plain: bool = False  # a term the code weighed by no number (Column.plain)
 
 
 def read(j: int, u: Update, summed: bool) -> Reading | None:
@@ -152,6 +151,8 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     if u.blind or not u.columns:
         return []
     c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
+    if not bool((c > 0).all()):  # a term of no elements (no positive anchor to regress)
+        return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
     gram = u.gram / torch.outer(c, c)  # of the terms' mean gradients M_i = S_i / count_i
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(u.columns):
         return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
@@ -175,7 +176,6 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         relative = [float(a[i]) / w for i, w in zip(at, want, strict=True)]
         own = all(u.columns[i].reduction == ("sum" if summed else "mean") for i in at)
         calls = max(u.columns[i].calls for i in at)
-        plain = all(u.columns[i].plain for i in at)
         reading = Reading(
             j,
             sum(parts),
@@ -189,7 +189,7 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
             penalized=beside is not None,
             divided=u.divided,
             again=u.again,
-            plain=plain,
+            one_row=u.one_row,
         )
         out.append((term, reading))
     return out

@@ -63,6 +63,9 @@ class Verdicts:
     at: int | None = None  # the update being judged
     unread: set[int] = field(default_factory=set)  # updates whose weights could not be read
     terms: int = 0  # updates whose micro-batches are terms of one objective: weights not judged
+    # terms a number weighed on their way to a backward()'s root in some update, or something
+    # else stood there (Column.plain): a count that is 1 in one update is one's in another
+    weighed: set[str] = field(default_factory=set)
     let_go: int = 0  # backward() calls the code zeroed before a step, on its own account
     skipped: int = 0  # backward() calls of steps the code skipped now and then
     recombined: int = 0  # updates whose .grad the code rebuilt from passes it had zeroed

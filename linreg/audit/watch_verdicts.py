@@ -174,6 +174,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                         v.penalized.add(j)
                     if r.changed:
                         v.changed.add(j)
+    v.weighed = {col.term for u in seen.updates for col in u.columns if not col.plain}
     for (_, term), rs in readings.items():
         _weights(rs, len(seen.updates), v, term)
     v.undivided(len(seen.updates))
@@ -256,14 +257,17 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     # features over the batch): the loss's own constant; every update is read relative to it
     # (a term's scale is named only where a shorter update shows it growing with the rows: on
     # its full updates alone, a sum and a coefficient of the code's look the same; but not a
-    # sum the code weighed by no number, which applies the full count: 16 * ce_sum / len(y)
-    # is a weight of 16 on the mean, ce_sum alone the sum)
+    # sum the code weighed by no number in any update, which applies the full count:
+    # 16 * ce_sum / len(y) is a weight of 16 on the mean, and box_sum / num_pos the mean over
+    # the positives where there is one, ce_sum alone the sum; a row's elements summed, one row
+    # a micro-batch, are a sum over a row's features too: not named)
     summed_at_one = (
         bool(term)
         and v.meant == "mean"
         and near(s_full, full)
         and not near(full, 1)
-        and all(r.plain for r in fulls)
+        and term not in v.weighed
+        and not any(r.one_row for r in fulls)
     )
     unnamed = fulls and (
         (term and not summed_at_one) or _why(s_full, fulls[0], v.meant) == NO_KNOWN

@@ -4,6 +4,7 @@ per-element loss is reduced whole (a sum or a mean of it), and what a loss's mea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, TypeGuard
 
@@ -120,11 +121,14 @@ def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[floa
 
 def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
     """Return the numbers a loss (its node's id) is multiplied or divided by on its way to a
-    backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`): () where none,
-    None where anything else stands between (a product by a tensor, a mask) or it is not
-    reached."""
+    backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of a loss's
+    elements (`l.sum()`): () where none, None where anything else stands between (a product by
+    a tensor, a mask) or it is not reached. A loss scaler's scale at the root (a power of two
+    from 1024: GradScaler's) is none."""
     if node is None or depth > 64:
         return None
+    while not depth and type(node).__name__ == "MulBackward0" and _scaler(node):
+        node = node.next_functions[0][0]
     if id(node) == loss:
         return ()
     kind = type(node).__name__
@@ -135,7 +139,9 @@ def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
             return None
         numbers = (float(other) if kind == "MulBackward0" else 1 / float(other),)
         below = node.next_functions[:1]
-    elif kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1:
+    elif kind == "SumBackward0" or (  # every element summed: the code's own l.sum()
+        kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1
+    ):
         below = node.next_functions
     else:
         return None
@@ -144,6 +150,15 @@ def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
         if found is not None:
             return numbers + found
     return None
+
+
+def _scaler(node: Any) -> bool:
+    """Return whether a product's number is a loss scaler's scale: a power of two from 1024."""
+    other = getattr(node, "_saved_other", None)
+    if not _a_number(other) or getattr(node, "_saved_self", None) is not None:
+        return False
+    scale = float(other)
+    return scale >= 1024 and math.log2(scale).is_integer()
 
 
 def _a_number(t: Any) -> TypeGuard[Tensor]:

@@ -114,7 +114,8 @@ class LossReader:
                     fetched_at=0 if fetched_by is None else self.yields.get(fetched_by, 0),
                     nearest=nearest,
                     piece=piece(predicted),
-                    source=self._source(given.get("target")),
+                    # where no batch holds its target (y - mu) / sd), the last to fetch
+                    source=self._source(given.get("target")) or fetched_from,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it

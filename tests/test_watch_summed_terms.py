@@ -1,0 +1,108 @@
+"""A term of a loss of several summed at 1 (reduction="sum", or the code's own `.sum()`,
+weighed by no number on its way to backward()) applies its full count times its mean in every
+full update: named mean-vs-sum on full batches alone. A sum the code divides by a count of its
+own (positive anchors, rows) is that count's mean, even where the count is 1 in some update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg.audit.watcher import watch
+
+
+def _detector(positives: float) -> None:
+    """A one-stage detector's head over anchors (a row each, class 0 the background): the
+    classes' cross-entropy mean, plus the positive anchors' box regression summed and divided
+    by their number (at least 1: a batch of none regresses nothing), as RetinaNet and SSD
+    normalize it; 96 anchors in batches of 8, a `positives` share of them positive."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 10, generator=gen)
+    kinds = (torch.rand(96, generator=gen) < positives).long()
+    kinds *= torch.randint(1, 3, (96,), generator=gen)
+    anchors = TensorDataset(x, kinds, torch.randn(96, 4, generator=gen))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 3), nn.Linear(16, 4)
+    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    for _ in range(2):
+        for xb, kind, box in DataLoader(anchors, batch_size=8, shuffle=True, generator=gen):
+            h = torch.relu(trunk(xb))
+            positive = kind > 0
+            boxes = F.smooth_l1_loss(regress(h)[positive], box[positive], reduction="sum")
+            loss = F.cross_entropy(classify(h), kind) + boxes / max(1, int(positive.sum()))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize("positives", [0.05, 0.12, 0.3])
+def test_a_sum_divided_by_its_count_of_positives_is_their_mean_where_it_is_one(
+    positives: float,
+) -> None:
+    """Correct: where one anchor is positive, its box loss is divided by 1, a sum at 1 in
+    that update; the count is the code's, another in other updates (code review cr39: named
+    a sum on the updates of one positive). A batch of no positive anchor regresses no
+    element: a term of none, once a traceback (LinAlgError) in place of the report."""
+    with watch(steps=12) as reports:
+        _detector(positives)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+def _two_tasks(form: str, scaled: bool = False) -> None:
+    """A price regressed and a kind classified on one trunk, 48 rows in batches of 8 (full
+    ones alone), the loss the two added. form: the price's squared error "mean", summed and
+    "divided" by the batch's rows, or a bug: "summed" (reduction="sum") or "summed by hand"
+    (reduction="none", then .sum()). scaled: backward() through a GradScaler (CPU autocast's
+    bfloat16 needs none; its scale is a power of two all the same)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 6, generator=gen)
+    data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, price, kind = nn.Linear(6, 12), nn.Linear(12, 1), nn.Linear(12, 2)
+    params = [p for m in (trunk, price, kind) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.02)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+    for _ in range(2):
+        for xb, yb, kb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
+            h = torch.tanh(trunk(xb))
+            if form == "mean":
+                regression = F.mse_loss(price(h), yb)
+            elif form == "divided":
+                regression = F.mse_loss(price(h), yb, reduction="sum") / len(yb)
+            elif form == "summed":
+                regression = F.mse_loss(price(h), yb, reduction="sum")
+            else:
+                regression = F.mse_loss(price(h), yb, reduction="none").sum()
+            loss = regression + F.cross_entropy(kind(h), kb)
+            optimizer.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "through-a-grad-scaler"])
+def test_a_term_summed_unweighted_fails_on_full_batches_by_function_or_by_hand(
+    scaled: bool,
+) -> None:
+    """Every batch full: the price's term summed applies 8 times its mean in every update,
+    by its function's reduction or by the code's own .sum(), through a loss scaler too (code
+    review cr39: the scaler's scale at the root, and the .sum(), read as weights of the
+    code's, and not named); the mean and the sum divided by the rows pass."""
+    for form in ("mean", "divided"):
+        with watch(steps=10) as reports:
+            _two_tasks(form, scaled)
+        assert reports[0].ok and not reports[0].error, f"{form}: {reports[0]}"
+    for form in ("summed", "summed by hand"):
+        with watch(steps=10) as reports:
+            _two_tasks(form, scaled)
+        report = reports[0]
+        assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], f"{form}: {report}"
+        assert "its mse_loss term (1 micro-batch(es), 8 counted) applied 8 times the mean" in (
+            report.failures[0].message
+        )
