@@ -14,14 +14,16 @@ from torch.utils.data import DataLoader, TensorDataset
 from linreg.audit.watcher import watch
 
 
-def _detector(positives: float) -> None:
+def _detector(positives: float | None) -> None:
     """A one-stage detector's head over anchors (a row each, class 0 the background): the
     classes' cross-entropy mean, plus the positive anchors' box regression summed and divided
     by their number (at least 1: a batch of none regresses nothing), as RetinaNet and SSD
-    normalize it; 96 anchors in batches of 8, a `positives` share of them positive."""
+    normalize it; 96 anchors in batches of 8, a `positives` share of them positive (None: one
+    in each batch, the first)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(96, 10, generator=gen)
-    kinds = (torch.rand(96, generator=gen) < positives).long()
+    drawn = torch.rand(96, generator=gen) < (positives or 0.0)
+    kinds = (drawn if positives else torch.arange(96) % 8 == 0).long()
     kinds *= torch.randint(1, 3, (96,), generator=gen)
     anchors = TensorDataset(x, kinds, torch.randn(96, 4, generator=gen))
     with torch.random.fork_rng():
@@ -30,7 +32,8 @@ def _detector(positives: float) -> None:
     params = [p for m in (trunk, classify, regress) for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     for _ in range(2):
-        for xb, kind, box in DataLoader(anchors, batch_size=8, shuffle=True, generator=gen):
+        batches = DataLoader(anchors, batch_size=8, shuffle=bool(positives), generator=gen)
+        for xb, kind, box in batches:
             h = torch.relu(trunk(xb))
             positive = kind > 0
             boxes = F.smooth_l1_loss(regress(h)[positive], box[positive], reduction="sum")
@@ -40,14 +43,15 @@ def _detector(positives: float) -> None:
             optimizer.step()
 
 
-@pytest.mark.parametrize("positives", [0.05, 0.12, 0.3])
+@pytest.mark.parametrize("positives", [0.05, 0.12, 0.3, None])
 def test_a_sum_divided_by_its_count_of_positives_is_their_mean_where_it_is_one(
-    positives: float,
+    positives: float | None,
 ) -> None:
     """Correct: where one anchor is positive, its box loss is divided by 1, a sum at 1 in
     that update; the count is the code's, another in other updates (code review cr39: named
-    a sum on the updates of one positive). A batch of no positive anchor regresses no
-    element: a term of none, once a traceback (LinAlgError) in place of the report."""
+    a sum on the updates of one positive), or 1 in every one (code review cr40: named). A
+    batch of no positive anchor regresses no element: a term of none, once a traceback
+    (LinAlgError) in place of the report."""
     with watch(steps=12) as reports:
         _detector(positives)
     assert reports[0].ok and not reports[0].error, str(reports[0])

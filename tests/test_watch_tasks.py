@@ -72,7 +72,9 @@ def _multitask(
                 loss_b = F.mse_loss(out, target_b, reduction="sum") / 8
             else:
                 loss_b = F.mse_loss(out, target_b, reduction="sum" if bug == "summed" else "mean")
-            losses = [loss_a(head_a(trunk(a)), target_a) / div, loss_b / div]
+            losses = [loss_a(head_a(trunk(a)), target_a), loss_b]
+            if k > 1:  # accumulated: each divided by its window's batches
+                losses = [loss / div for loss in losses]
             if order == "one backward()":
                 (losses[0] + losses[1]).backward()
                 losses = []

@@ -273,7 +273,7 @@ def _close(update: Open, tol: float) -> Update:
             "mean" if len(c) == 1 and c[0].reduction == "mean"
             else "sum" if all(x.reduction == "sum" for x in c) else "",
             len(c),
-            all(x.weights is not None and all(w == 1 for w in x.weights) for x in c),
+            all(x.weights == () for x in c),
         )
         for c in calls
     ) if several else ()  # fmt: skip

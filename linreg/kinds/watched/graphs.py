@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator
 from typing import Any, TypeGuard
 
+import torch
 from torch import Tensor
 
 from linreg.kinds.watched.records import LossCall
@@ -121,10 +122,11 @@ def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[floa
 
 def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
     """Return the numbers a loss (its node's id) is multiplied or divided by on its way to a
-    backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of a loss's
-    elements (`l.sum()`): () where none, None where anything else stands between (a product by
-    a tensor, a mask) or it is not reached. A loss scaler's scale at the root (a power of two
-    from 1024: GradScaler's) is none."""
+    backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of all a
+    loss's elements (`l.sum()`): () where none, None where anything else stands between (a
+    product by a tensor, a mask, a sum over some dims) or it is not reached. A loss scaler's
+    scale at the root (a power of two from 1024: GradScaler's) is none, and so is a Python
+    float 1.0; any other number is one, a count of 1 too."""
     if node is None or depth > 64:
         return None
     while not depth and type(node).__name__ == "MulBackward0" and _scaler(node):
@@ -137,7 +139,11 @@ def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
         other = getattr(node, "_saved_other", None)
         if not _a_number(other) or getattr(node, "_saved_self", None) is not None:
             return None
-        numbers = (float(other) if kind == "MulBackward0" else 1 / float(other),)
+        # a Python float 1.0 (a task's weight of 1, `weights[task] * loss`) weighs nothing;
+        # an int or a tensor of 1 may be a count of the code's that is 1 here (num_pos)
+        literal = other.dtype == torch.float64 and not other.ndim and float(other) == 1
+        value = float(other) if kind == "MulBackward0" else 1 / float(other)
+        numbers = () if literal else (value,)
         below = node.next_functions[:1]
     elif kind == "SumBackward0" or (  # every element summed: the code's own l.sum()
         kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1

@@ -53,7 +53,8 @@ class LossCall:
     head: int = 0
     nearest: frozenset[int] = frozenset()  # the params nearest its input (heads.head)
     piece: Piece | None = None  # the columns of its head's output it read (heads.piece)
-    source: int | None = None  # the dataset whose batch its target is, where found (_source)
+    source: int | None = None  # the dataset whose batch its target is (_source), else the
+    # last loader's to fetch (a target no batch holds: y standardized)
     # the numbers it was multiplied or divided by on its way to the root of the backward() that
     # reached it, through sums alone (graphs.weighed; None: something else, or unknown)
     weights: tuple[float, ...] | None = None
@@ -201,8 +202,8 @@ class Column:
     reduction: str  # "mean": one call, whose function took the mean itself; "sum": its calls
     # all summed; "": calls of its function added up (a loss per row or per step)
     calls: int = 1
-    plain: bool = False  # every call of it reached its root times no number but 1, through
-    # sums alone (LossCall.weights): the code weighed it by nothing
+    plain: bool = False  # every call of it reached its root times no number, through sums
+    # alone (LossCall.weights: a Python 1.0 is none): the code weighed it by nothing
 
 
 @dataclass
