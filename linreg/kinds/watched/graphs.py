@@ -136,8 +136,8 @@ def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
     kind = type(node).__name__
     numbers: tuple[float, ...] = ()
     if kind in ("MulBackward0", "DivBackward0"):
-        other = getattr(node, "_saved_other", None)
-        if not _a_number(other) or getattr(node, "_saved_self", None) is not None:
+        other = _operand(node)
+        if other is None:
             return None
         # a Python float 1.0 (a task's weight of 1, `weights[task] * loss`) weighs nothing;
         # an int or a tensor of 1 may be a count of the code's that is 1 here (num_pos)
@@ -160,11 +160,17 @@ def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
 
 def _scaler(node: Any) -> bool:
     """Return whether a product's number is a loss scaler's scale: a power of two from 1024."""
+    other = _operand(node)
+    return other is not None and float(other) >= 1024 and math.log2(float(other)).is_integer()
+
+
+def _operand(node: Any) -> Tensor | None:
+    """Return the number a product or quotient node took (loss * 2, loss / n), else None (a
+    product by a tensor: its other operand saved too)."""
     other = getattr(node, "_saved_other", None)
     if not _a_number(other) or getattr(node, "_saved_self", None) is not None:
-        return False
-    scale = float(other)
-    return scale >= 1024 and math.log2(scale).is_integer()
+        return None
+    return other
 
 
 def _a_number(t: Any) -> TypeGuard[Tensor]:

@@ -129,31 +129,29 @@ class LossReader:
     def _fetched(self, target: Any) -> tuple[int | None, int | None]:
         """Return the iterator that fetched a target's batch and its dataset (else the last
         to fetch one's)."""
-        memory = _storage(target)
-        last = (self.iterator, self.source)
+        return self._held(_storage(target)) or (self.iterator, self.source)
+
+    def _held(self, memory: int | None) -> tuple[int, int] | None:
+        """Return the iterator and dataset whose fetched batch a storage holds (its tensors',
+        or one the code made of them that is still alive: origins), else None."""
         if memory is None:
-            return last
+            return None
         if memory in self.fetchers:
             return self.fetchers[memory]
         origin = self.origins.get(memory)
         alive = None if origin is None else origin[0]()
-        return last if origin is None or _storage(alive) != memory else origin[1]
+        return None if origin is None or _storage(alive) != memory else origin[1]
 
     def _source(self, target: Any) -> int | None:
         """Return the dataset whose fetched batch a target is: a view of its tensors, or its
         rows cast or moved (y.float(), y.to(device)); None where neither (not the last loader
         to fetch: two loaders zipped, the other's batch fetched after it)."""
-        memory = _storage(target)
-        if memory is None:
-            return None
-        if memory in self.fetchers:
-            return self.fetchers[memory][1]
-        origin = self.origins.get(memory)
-        if origin is not None and _storage(origin[0]()) == memory:
-            return origin[1][1]
+        held = self._held(_storage(target))
+        if held is not None:
+            return held[1]
         for fetched in reversed(self.batch_tensors):
-            by = self.fetchers.get(_storage(fetched) or 0)
-            if by is not None and _cast(target, fetched, rounded=True):
+            by = self._held(_storage(fetched))
+            if by is not None and _cast(target, fetched):
                 return by[1]
         return None
 
@@ -165,7 +163,7 @@ class LossReader:
         if _storage(target) in self.batched:
             return True
         return isinstance(target, Tensor) and (
-            any(_cast(target, f, rounded=True) for f in self.batch_tensors)
+            any(_cast(target, f) for f in self.batch_tensors)
             or _stacked(target, self.batch_tensors)
         )
 
@@ -208,14 +206,14 @@ def _storage(t: Any) -> int | None:
     return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
 
 
-def _cast(t: Tensor, fetched: Tensor, rounded: bool = False) -> bool:
+def _cast(t: Tensor, fetched: Tensor) -> bool:
     """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
     of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
     on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
-    integer 0 is not the label 0; rounded: or floats rounded to t's floats, float64 data cast
-    to float32), each row reshaped alike too (y.float().unsqueeze(1), as a binary
-    cross-entropy takes labels)."""
-    rounded = rounded and t.is_floating_point() and fetched.is_floating_point()
+    integer 0 is not the label 0; floats may be rounded to t's floats, float64 data cast to
+    float32), each row reshaped alike too (y.float().unsqueeze(1), as a binary cross-entropy
+    takes labels)."""
+    rounded = t.is_floating_point() and fetched.is_floating_point()
     n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
     if not 0 < n <= rows or t.shape[1:].numel() != fetched.shape[1:].numel():
         return False
