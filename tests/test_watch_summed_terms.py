@@ -57,12 +57,14 @@ def test_a_sum_divided_by_its_count_of_positives_is_their_mean_where_it_is_one(
     assert reports[0].ok and not reports[0].error, str(reports[0])
 
 
-def _two_tasks(form: str, scaled: bool = False) -> None:
+def _two_tasks(form: str, scale: float | None = None) -> None:
     """A price regressed and a kind classified on one trunk, 48 rows in batches of 8 (full
     ones alone), the loss the two added. form: the price's squared error "mean", summed and
-    "divided" by the batch's rows, or a bug: "summed" (reduction="sum") or "summed by hand"
-    (reduction="none", then .sum()). scaled: backward() through a GradScaler (CPU autocast's
-    bfloat16 needs none; its scale is a power of two all the same)."""
+    "divided" by the batch's rows, its rows' sums "averaged" (.sum(1).mean()), or a bug:
+    "summed" (reduction="sum"), "summed by hand" (reduction="none", then .sum()), "summed over
+    its dims" (.sum(dim=(0, 1))) or "summed by rows" (.sum(1).sum(0)). scale: backward()
+    through a GradScaler of that initial scale (CPU autocast's bfloat16 needs none; its scale
+    is a power of two all the same)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(48, 6, generator=gen)
     data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
@@ -71,7 +73,7 @@ def _two_tasks(form: str, scaled: bool = False) -> None:
         trunk, price, kind = nn.Linear(6, 12), nn.Linear(12, 1), nn.Linear(12, 2)
     params = [p for m in (trunk, price, kind) for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.02)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
     for _ in range(2):
         for xb, yb, kb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
             h = torch.tanh(trunk(xb))
@@ -82,7 +84,15 @@ def _two_tasks(form: str, scaled: bool = False) -> None:
             elif form == "summed":
                 regression = F.mse_loss(price(h), yb, reduction="sum")
             else:
-                regression = F.mse_loss(price(h), yb, reduction="none").sum()
+                elements = F.mse_loss(price(h), yb, reduction="none")  # (8, 1)
+                if form == "averaged":
+                    regression = elements.sum(1).mean()
+                elif form == "summed by hand":
+                    regression = elements.sum()
+                elif form == "summed over its dims":
+                    regression = elements.sum(dim=(0, 1))
+                else:
+                    regression = elements.sum(1).sum(0)
             loss = regression + F.cross_entropy(kind(h), kb)
             optimizer.zero_grad()
             scaler.scale(loss).backward()
@@ -90,21 +100,27 @@ def _two_tasks(form: str, scaled: bool = False) -> None:
             scaler.update()
 
 
-@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "through-a-grad-scaler"])
+@pytest.mark.parametrize(
+    "scale",
+    [None, 2.0**12, 16.0],
+    ids=["plain", "through-a-grad-scaler", "through-a-grad-scaler-at-16"],
+)
 def test_a_term_summed_unweighted_fails_on_full_batches_by_function_or_by_hand(
-    scaled: bool,
+    scale: float | None,
 ) -> None:
     """Every batch full: the price's term summed applies 8 times its mean in every update,
-    by its function's reduction or by the code's own .sum(), through a loss scaler too (code
-    review cr39: the scaler's scale at the root, and the .sum(), read as weights of the
-    code's, and not named); the mean and the sum divided by the rows pass."""
-    for form in ("mean", "divided"):
+    by its function's reduction or by the code's own .sum(), over all its dims at once or its
+    rows' sums summed, through a loss scaler too (code review cr39: the scaler's scale at the
+    root, and the .sum(), read as weights of the code's, and not named; cr40: a .sum(dim=...)
+    and a scale below 1024, read so still); the mean, the sum divided by the rows and the
+    mean of the rows' sums pass."""
+    for form in ("mean", "divided", "averaged"):
         with watch(steps=10) as reports:
-            _two_tasks(form, scaled)
+            _two_tasks(form, scale)
         assert reports[0].ok and not reports[0].error, f"{form}: {reports[0]}"
-    for form in ("summed", "summed by hand"):
+    for form in ("summed", "summed by hand", "summed over its dims", "summed by rows"):
         with watch(steps=10) as reports:
-            _two_tasks(form, scaled)
+            _two_tasks(form, scale)
         report = reports[0]
         assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], f"{form}: {report}"
         assert "its mse_loss term (1 micro-batch(es), 8 counted) applied 8 times the mean" in (

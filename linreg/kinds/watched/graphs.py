@@ -5,7 +5,7 @@ per-element loss is reduced whole (a sum or a mean of it), and what a loss's mea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, TypeGuard
 
 import torch
@@ -120,16 +120,24 @@ def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[floa
     return tuple(out) if node is not None else ()
 
 
-def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
+def weighed(
+    node: Any, loss: int, scales: Collection[int] = (), depth: int = 0, summed: bool = False
+) -> tuple[float, ...] | None:
     """Return the numbers a loss (its node's id) is multiplied or divided by on its way to a
     backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of all a
-    loss's elements (`l.sum()`): () where none, None where anything else stands between (a
-    product by a tensor, a mask, a sum over some dims) or it is not reached. A loss scaler's
-    scale at the root (a power of two from 1024: GradScaler's) is none, and so is a Python
-    float 1.0; any other number is one, a count of 1 too."""
+    loss's elements (`l.sum()`, `l.sum(dim=(0, 1))`, `l.sum(1).sum(0)`): () where none, None
+    where anything else stands between (a product by a tensor, a mask, a mean, a sum over some
+    dims whose sums are not summed in turn) or it is not reached. A loss scaler's scale at the
+    root is none (scales: the ids of GradScaler.scale's products; else _scaler), and so is a
+    Python float 1.0; any other number is one, a count of 1 too. summed: every element of
+    node's output is summed, alike, above it."""
     if node is None or depth > 64:
         return None
-    while not depth and type(node).__name__ == "MulBackward0" and _scaler(node):
+    while (
+        not depth
+        and type(node).__name__ == "MulBackward0"
+        and (id(node) in scales or _scaler(node))
+    ):
         node = node.next_functions[0][0]
     if id(node) == loss:
         return ()
@@ -145,21 +153,31 @@ def weighed(node: Any, loss: int, depth: int = 0) -> tuple[float, ...] | None:
         value = float(other) if kind == "MulBackward0" else 1 / float(other)
         numbers = () if literal else (value,)
         below = node.next_functions[:1]
-    elif kind == "SumBackward0" or (  # every element summed: the code's own l.sum()
-        kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1
-    ):
+    elif kind == "SumBackward0" or (kind == "SumBackward1" and (summed or _whole_sum(node))):
+        below, summed = node.next_functions, True  # every element summed: the code's own sum
+    elif kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1:
         below = node.next_functions
     else:
         return None
     for child, _ in below:
-        found = weighed(child, loss, depth + 1)
+        found = weighed(child, loss, (), depth + 1, summed)
         if found is not None:
             return numbers + found
     return None
 
 
+def _whole_sum(node: Any) -> bool:
+    """Return whether a sum over dims (SumBackward1) summed every element: one is left."""
+    sizes, dims = tuple(node._saved_self_sym_sizes), tuple(node._saved_dim)
+    if not sizes or not dims:  # a number, or dim=(): every dim
+        return True
+    summed = {d % len(sizes) for d in dims}
+    return bool(math.prod(n for d, n in enumerate(sizes) if d not in summed) == 1)
+
+
 def _scaler(node: Any) -> bool:
-    """Return whether a product's number is a loss scaler's scale: a power of two from 1024."""
+    """Return whether a product's number is a loss scaler's scale, one not GradScaler's
+    (DeepSpeed's, a Python number): a power of two from 1024."""
     other = _operand(node)
     return other is not None and float(other) >= 1024 and math.log2(float(other)).is_integer()
 

@@ -7,7 +7,8 @@ the same input to take the gradient of the summed per-element loss through the l
 (dropout masks, BatchNorm and -100 labels as they ran) and the count a mean divides by;
 `Tensor.backward` and `torch.autograd.backward`, which tell which of those losses each
 micro-batch's backward() reached and what .grad held before the update's first; and the global
-optimizer step hooks, which hold every lr at 0 and close each update; `GradScaler.unscale_`
+optimizer step hooks, which hold every lr at 0 and close each update; `GradScaler.scale`
+(its products: a scale, not the code's weight) and `unscale_`,
 `clip_grad_norm_` and `clip_grad_value_` (the gradients before clipping, as the code left
 them; clipped by value, an update is read as it was before) and a
 DataLoader's iterator (an epoch's end). Nothing is copied: what
@@ -88,6 +89,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
+    scale_fn = torch.amp.GradScaler.scale
     unscale, scaler_step = torch.amp.GradScaler.unscale_, torch.amp.GradScaler.step
     scheduler_step = LRScheduler.step
 
@@ -125,6 +127,15 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             w.backward(roots, run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
         else:
             run()
+
+    def scale(scaler: torch.amp.GradScaler, outputs: Any) -> Any:
+        out = scale_fn(scaler, outputs)
+        if live[0] and scaler.is_enabled():  # its products: a scale, not a weight (graphs)
+            scaled = (
+                [out] if isinstance(out, Tensor) else out if isinstance(out, list | tuple) else []
+            )
+            w.scales |= {id(t.grad_fn) for t in scaled if isinstance(t, Tensor) and t.grad_fn}
+        return out
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
         if live[0] and scaler.is_enabled():
@@ -177,6 +188,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         setattr(F, name, loss_of(name, losses[name]))
     Tensor.backward = backward  # type: ignore[method-assign]
     torch.autograd.backward = autograd
+    torch.amp.GradScaler.scale = scale  # type: ignore[method-assign,assignment]
     torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
     torch.amp.GradScaler.step = step  # type: ignore[method-assign,assignment]
     LRScheduler.step = schedule  # type: ignore[method-assign,assignment]
@@ -195,6 +207,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             setattr(F, name, fn)
         Tensor.backward = tensor_backward  # type: ignore[method-assign]
         torch.autograd.backward = autograd_backward
+        torch.amp.GradScaler.scale = scale_fn  # type: ignore[method-assign]
         torch.amp.GradScaler.unscale_ = unscale  # type: ignore[method-assign]
         torch.amp.GradScaler.step = scaler_step  # type: ignore[method-assign]
         LRScheduler.step = scheduler_step  # type: ignore[method-assign]
