@@ -57,14 +57,17 @@ def test_a_sum_divided_by_its_count_of_positives_is_their_mean_where_it_is_one(
     assert reports[0].ok and not reports[0].error, str(reports[0])
 
 
-def _two_tasks(form: str, scale: float | None = None) -> None:
+def _two_tasks(form: str, scale: float | None = None, scaled: str = "the loss") -> None:
     """A price regressed and a kind classified on one trunk, 48 rows in batches of 8 (full
     ones alone), the loss the two added. form: the price's squared error "mean", summed and
-    "divided" by the batch's rows, its rows' sums "averaged" (.sum(1).mean()), or a bug:
-    "summed" (reduction="sum"), "summed by hand" (reduction="none", then .sum()), "summed over
-    its dims" (.sum(dim=(0, 1))) or "summed by rows" (.sum(1).sum(0)). scale: backward()
-    through a GradScaler of that initial scale (CPU autocast's bfloat16 needs none; its scale
-    is a power of two all the same)."""
+    "divided" by the batch's rows, its rows' sums "averaged" (.sum(1).mean()), the mean beside
+    a "penalty" on the trunk's weights (.sum(dim=None)), or a bug: "summed"
+    (reduction="sum"), "summed by hand" (reduction="none", then .sum()), "summed over its dims"
+    (.sum(dim=(0, 1))), "summed, then squeezed" (keepdim=True) or "summed by rows"
+    (.sum(1).sum(0)). scale: backward() through a GradScaler of that initial scale (CPU
+    autocast's bfloat16 needs none; its scale is a power of two all the same); scaled: "the
+    loss", "each term" (the two scaled products added) or "one backward() a term" (both scaled
+    at once, each product's backward() on its own)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(48, 6, generator=gen)
     data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
@@ -83,6 +86,9 @@ def _two_tasks(form: str, scale: float | None = None) -> None:
                 regression = F.mse_loss(price(h), yb, reduction="sum") / len(yb)
             elif form == "summed":
                 regression = F.mse_loss(price(h), yb, reduction="sum")
+            elif form == "penalty":
+                decay = trunk.weight.pow(2).sum(dim=None)
+                regression = F.mse_loss(price(h), yb) + 1e-4 * decay
             else:
                 elements = F.mse_loss(price(h), yb, reduction="none")  # (8, 1)
                 if form == "averaged":
@@ -91,36 +97,61 @@ def _two_tasks(form: str, scale: float | None = None) -> None:
                     regression = elements.sum()
                 elif form == "summed over its dims":
                     regression = elements.sum(dim=(0, 1))
+                elif form == "summed, then squeezed":
+                    regression = elements.sum(dim=(0, 1), keepdim=True).squeeze()
                 else:
                     regression = elements.sum(1).sum(0)
-            loss = regression + F.cross_entropy(kind(h), kb)
+            classification = F.cross_entropy(kind(h), kb)
             optimizer.zero_grad()
-            scaler.scale(loss).backward()
+            if scaled == "the loss":
+                scaler.scale(regression + classification).backward()
+            elif scaled == "each term":
+                (scaler.scale(regression) + scaler.scale(classification)).backward()
+            else:
+                first, second = scaler.scale([classification, regression])
+                first.backward(retain_graph=True)
+                second.backward()
             scaler.step(optimizer)
             scaler.update()
 
 
 @pytest.mark.parametrize(
-    "scale",
-    [None, 2.0**12, 16.0],
-    ids=["plain", "through-a-grad-scaler", "through-a-grad-scaler-at-16"],
+    ("scale", "scaled"),
+    [
+        (None, "the loss"),
+        (2.0**12, "the loss"),
+        (16.0, "the loss"),
+        (16.0, "each term"),
+        (16.0, "one backward() a term"),
+    ],
+    ids=[
+        "plain",
+        "through-a-grad-scaler",
+        "through-a-grad-scaler-at-16",
+        "each-term-through-a-grad-scaler-at-16",
+        "a-backward-a-term-through-a-grad-scaler-at-16",
+    ],
 )
 def test_a_term_summed_unweighted_fails_on_full_batches_by_function_or_by_hand(
-    scale: float | None,
+    scale: float | None, scaled: str
 ) -> None:
     """Every batch full: the price's term summed applies 8 times its mean in every update,
-    by its function's reduction or by the code's own .sum(), over all its dims at once or its
-    rows' sums summed, through a loss scaler too (code review cr39: the scaler's scale at the
-    root, and the .sum(), read as weights of the code's, and not named; cr40: a .sum(dim=...)
-    and a scale below 1024, read so still); the mean, the sum divided by the rows and the
-    mean of the rows' sums pass."""
-    for form in ("mean", "divided", "averaged"):
+    by its function's reduction or by the code's own .sum(), over all its dims at once (a
+    reshape after) or its rows' sums summed, through a loss scaler too, on the loss, on each
+    term, or on both at once with a backward() each (code review cr39: the scaler's scale at
+    the root, and the .sum(), read as weights of the code's, and not named; cr40: a
+    .sum(dim=...) and a scale below 1024, read so still; cr41: a scale on a term, or the
+    second backward()'s); the mean, the sum divided by the rows and the mean of the rows' sums
+    pass, and so does a penalty summed with dim=None beside the mean (cr41: a TypeError
+    raised through the code's backward())."""
+    for form in ("mean", "divided", "averaged", "penalty"):
         with watch(steps=10) as reports:
-            _two_tasks(form, scale)
+            _two_tasks(form, scale, scaled)
         assert reports[0].ok and not reports[0].error, f"{form}: {reports[0]}"
-    for form in ("summed", "summed by hand", "summed over its dims", "summed by rows"):
+    bugs = ("summed", "summed by hand", "summed over its dims", "summed, then squeezed")
+    for form in (*bugs, "summed by rows"):
         with watch(steps=10) as reports:
-            _two_tasks(form, scale)
+            _two_tasks(form, scale, scaled)
         report = reports[0]
         assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], f"{form}: {report}"
         assert "its mse_loss term (1 micro-batch(es), 8 counted) applied 8 times the mean" in (

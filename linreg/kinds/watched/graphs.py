@@ -127,10 +127,11 @@ def weighed(
     backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of all a
     loss's elements (`l.sum()`, `l.sum(dim=(0, 1))`, `l.sum(1).sum(0)`): () where none, None
     where anything else stands between (a product by a tensor, a mask, a mean, a sum over some
-    dims whose sums are not summed in turn) or it is not reached. A loss scaler's scale at the
-    root is none (scales: the ids of GradScaler.scale's products; else _scaler), and so is a
-    Python float 1.0; any other number is one, a count of 1 too. summed: every element of
-    node's output is summed, alike, above it."""
+    dims whose sums are not summed in turn) or it is not reached; reshapes weigh nothing. A
+    loss scaler's scale is none (scales: the ids of GradScaler.scale's products, on the loss
+    or a term of it; else, at the root, _scaler), and so is a Python float 1.0; any other
+    number is one, a count of 1 too. summed: every element of node's output is summed, alike,
+    above it."""
     if node is None or depth > 64:
         return None
     while (
@@ -143,7 +144,9 @@ def weighed(
         return ()
     kind = type(node).__name__
     numbers: tuple[float, ...] = ()
-    if kind in ("MulBackward0", "DivBackward0"):
+    if kind == "MulBackward0" and id(node) in scales:  # a GradScaler's, on a term of the loss
+        below = node.next_functions[:1]
+    elif kind in ("MulBackward0", "DivBackward0"):
         other = _operand(node)
         if other is None:
             return None
@@ -157,10 +160,12 @@ def weighed(
         below, summed = node.next_functions, True  # every element summed: the code's own sum
     elif kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1:
         below = node.next_functions
+    elif kind.rstrip("0123456789").removesuffix("Backward") in _RESHAPES:
+        below = node.next_functions[:1]  # the same elements: l.sum(0, keepdim=True).squeeze()
     else:
         return None
     for child, _ in below:
-        found = weighed(child, loss, (), depth + 1, summed)
+        found = weighed(child, loss, scales, depth + 1, summed)
         if found is not None:
             return numbers + found
     return None
@@ -168,8 +173,8 @@ def weighed(
 
 def _whole_sum(node: Any) -> bool:
     """Return whether a sum over dims (SumBackward1) summed every element: one is left."""
-    sizes, dims = tuple(node._saved_self_sym_sizes), tuple(node._saved_dim)
-    if not sizes or not dims:  # a number, or dim=(): every dim
+    sizes, dims = tuple(node._saved_self_sym_sizes), node._saved_dim
+    if not sizes or not dims:  # a number, or dim=() or None: every dim
         return True
     summed = {d % len(sizes) for d in dims}
     return bool(math.prod(n for d, n in enumerate(sizes) if d not in summed) == 1)

@@ -69,7 +69,8 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.optimizers: set[int] = set()  # the ids of those that stepped an update
         self.open: Open | None = None  # the last update, read again if another optimizer steps
         self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
-        self.scales: set[int] = set()  # GradScaler.scale's products (their nodes) since backward()
+        # GradScaler.scale's products in this update, by id (held: an id stays theirs)
+        self.scales: dict[int, Any] = {}
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
         self.lr_values: dict[int, list[Any]] = {}
         self.first: dict[int, tuple[Tensor, Tensor]] = {}  # the params at the first backward()
@@ -165,7 +166,6 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
             c.head = number(self.heads, c.nearest, c.piece, c.source)
             on_way = (weighed(t.grad_fn, id(c.node), self.scales) for t in roots)
             c.weights = next((w for w in on_way if w is not None), None)
-        self.scales.clear()  # (a node's id is another's once it is freed)
         read = {id(c.node) for c in matched}  # the code's own division by a framework's count
         again = divided[1] > 1 and all(  # (loss / k inside accelerate's accumulate())
             divisors(t.grad_fn, read).count(divided[1]) >= 2 for t in roots
@@ -286,3 +286,4 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.precision = 0.0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
+        self.scales = {}

@@ -134,7 +134,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             scaled = (
                 [out] if isinstance(out, Tensor) else out if isinstance(out, list | tuple) else []
             )
-            w.scales |= {id(t.grad_fn) for t in scaled if isinstance(t, Tensor) and t.grad_fn}
+            made = [t.grad_fn for t in scaled if isinstance(t, Tensor) and t.grad_fn is not None]
+            w.scales |= {id(node): node for node in made}
         return out
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
