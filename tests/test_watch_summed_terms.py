@@ -157,3 +157,46 @@ def test_a_term_summed_unweighted_fails_on_full_batches_by_function_or_by_hand(
         assert "its mse_loss term (1 micro-batch(es), 8 counted) applied 8 times the mean" in (
             report.failures[0].message
         )
+
+
+def _short_batch_of_no_positive(nominal: bool) -> None:
+    """A detector's head as in _detector, over 92 anchors in batches of 8, in order: the last
+    batch holds 4 anchors, none positive (its box term sums no element). Its classification
+    term the mean, or (nominal) summed and divided by the batch size the code was given."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(92, 10, generator=gen)
+    kinds = ((torch.arange(92) % 4 == 0) & (torch.arange(92) < 88)).long()
+    anchors = TensorDataset(x, kinds, torch.randn(92, 4, generator=gen))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 2), nn.Linear(16, 4)
+    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01)
+    batch_size = 8
+    for _ in range(2):
+        for xb, kind, box in DataLoader(anchors, batch_size=batch_size):
+            h = torch.relu(trunk(xb))
+            positive = kind > 0
+            boxes = F.smooth_l1_loss(regress(h)[positive], box[positive], reduction="sum")
+            if nominal:
+                classes = F.cross_entropy(classify(h), kind, reduction="sum") / batch_size
+            else:
+                classes = F.cross_entropy(classify(h), kind)
+            loss = classes + boxes / max(1, int(positive.sum()))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def test_an_update_whose_term_sums_no_element_is_read_on_its_other_terms() -> None:
+    """The short last batch has no positive anchor: its box term is a sum of no element,
+    which applies nothing. The update is read on its classification term (once, the whole
+    update was left unread: a nominal divisor on that short batch went unseen, code review
+    cr40)."""
+    with watch(steps=14) as reports:
+        _short_batch_of_no_positive(nominal=False)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    with watch(steps=14) as reports:
+        _short_batch_of_no_positive(nominal=True)
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)

@@ -141,6 +141,21 @@ def _beside_a_penalty(
     return a[:m]
 
 
+def _without(u: Update, empty: list[int]) -> Update:
+    """Return an update read as terms without the terms at those columns (each of no
+    elements, and no gradient)."""
+    keep = [i for i in range(len(u.columns)) if i not in empty]
+    penalty = None if u.penalty is None else (u.penalty[0], u.penalty[1][keep], *u.penalty[2:])
+    return replace(
+        u,
+        gram=u.gram[keep][:, keep],
+        sa=u.sa[keep],
+        sb=u.sb[keep],
+        columns=tuple(u.columns[i] for i in keep),
+        penalty=penalty,
+    )
+
+
 def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     """Return the readings of an update whose backward() calls reached losses of several
     functions (a multi-task loss, mse + 0.5 * cross_entropy): its weights on each micro-batch's
@@ -150,8 +165,11 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     total = sum(u.counts)
     if u.blind or not u.columns:
         return []
+    empty = [i for i, col in enumerate(u.columns) if col.count == 0 and float(u.gram[i, i]) == 0]
+    if empty and len(empty) < len(u.columns):  # a term of no elements (no positive anchor to
+        return read_terms(j, _without(u, empty), summed)  # regress): it applied nothing
     c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
-    if not bool((c > 0).all()):  # a term of no elements (no positive anchor to regress)
+    if not bool((c > 0).all()):  # (one of no elements that has a gradient: NaN, a mean of none)
         return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
     gram = u.gram / torch.outer(c, c)  # of the terms' mean gradients M_i = S_i / count_i
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(u.columns):
