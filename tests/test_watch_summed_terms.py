@@ -5,6 +5,9 @@ own (positive anchors, rows) is that count's mean, even where the count is 1 in 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -66,8 +69,9 @@ def _two_tasks(form: str, scale: float | None = None, scaled: str = "the loss") 
     (.sum(dim=(0, 1))), "summed, then squeezed" (keepdim=True) or "summed by rows"
     (.sum(1).sum(0)). scale: backward() through a GradScaler of that initial scale (CPU
     autocast's bfloat16 needs none; its scale is a power of two all the same); scaled: "the
-    loss", "each term" (the two scaled products added) or "one backward() a term" (both scaled
-    at once, each product's backward() on its own)."""
+    loss", "the terms stacked" (torch.stack([...]).sum()), "each term" (the two scaled
+    products added, scaled one by one, in a nested list or drawn from a generator) or "one
+    backward() a term" (both scaled at once, each product's backward() on its own)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(48, 6, generator=gen)
     data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
@@ -105,8 +109,15 @@ def _two_tasks(form: str, scale: float | None = None, scaled: str = "the loss") 
             optimizer.zero_grad()
             if scaled == "the loss":
                 scaler.scale(regression + classification).backward()
+            elif scaled == "the terms stacked":
+                scaler.scale(torch.stack([regression, classification]).sum()).backward()
             elif scaled == "each term":
                 (scaler.scale(regression) + scaler.scale(classification)).backward()
+            elif scaled == "each term, in a nested list":
+                (a,), b = scaler.scale([[regression], classification])
+                (a + b).backward()
+            elif scaled == "each term, from a generator":
+                sum(scaler.scale(t for t in (regression, classification))).backward()
             else:
                 first, second = scaler.scale([classification, regression])
                 first.backward(retain_graph=True)
@@ -121,14 +132,20 @@ def _two_tasks(form: str, scale: float | None = None, scaled: str = "the loss") 
         (None, "the loss"),
         (2.0**12, "the loss"),
         (16.0, "the loss"),
+        (None, "the terms stacked"),
         (16.0, "each term"),
+        (16.0, "each term, in a nested list"),
+        (16.0, "each term, from a generator"),
         (16.0, "one backward() a term"),
     ],
     ids=[
         "plain",
         "through-a-grad-scaler",
         "through-a-grad-scaler-at-16",
+        "stacked",
         "each-term-through-a-grad-scaler-at-16",
+        "each-term-in-a-nested-list-through-a-grad-scaler-at-16",
+        "each-term-from-a-generator-through-a-grad-scaler-at-16",
         "a-backward-a-term-through-a-grad-scaler-at-16",
     ],
 )
@@ -141,7 +158,8 @@ def test_a_term_summed_unweighted_fails_on_full_batches_by_function_or_by_hand(
     term, or on both at once with a backward() each (code review cr39: the scaler's scale at
     the root, and the .sum(), read as weights of the code's, and not named; cr40: a
     .sum(dim=...) and a scale below 1024, read so still; cr41: a scale on a term, or the
-    second backward()'s); the mean, the sum divided by the rows and the mean of the rows' sums
+    second backward()'s; cr42: terms stacked, and scales on terms in a nested list or drawn
+    from a generator); the mean, the sum divided by the rows and the mean of the rows' sums
     pass, and so does a penalty summed with dim=None beside the mean (cr41: a TypeError
     raised through the code's backward())."""
     for form in ("mean", "divided", "averaged", "penalty"):
@@ -200,3 +218,60 @@ def test_an_update_whose_term_sums_no_element_is_read_on_its_other_terms() -> No
         _short_batch_of_no_positive(nominal=True)
     report = reports[0]
     assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+
+
+def test_a_division_by_a_count_of_none_is_no_traceback_through_the_codes_backward() -> None:
+    """A detector's box sum divided by its count of positive anchors as a tensor, unclamped,
+    under a GradScaler: a batch of none is 0 / 0, a NaN loss whose step the scaler skips. The
+    division by 0 on the loss's way to backward() raised ZeroDivisionError through the code's
+    backward() (code review cr42); it is no weight the watch can read, and the run goes on."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 10, generator=gen)
+    kinds = (torch.arange(96) % 16 == 0).long()  # every other batch of 8: none positive
+    anchors = TensorDataset(x, kinds, torch.randn(96, 4, generator=gen))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 2), nn.Linear(16, 4)
+    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    with watch(steps=6) as reports:
+        for xb, kind, box in DataLoader(anchors, batch_size=8):
+            h = torch.relu(trunk(xb))
+            positive = kind > 0
+            boxes = F.smooth_l1_loss(regress(h)[positive], box[positive], reduction="sum")
+            loss = F.cross_entropy(classify(h), kind) + boxes / positive.sum()
+            optimizer.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+def test_a_scaled_loss_never_backwarded_keeps_no_graph_alive() -> None:
+    """A validation pass with grad on scales each batch's loss, written by hand, and never
+    calls backward(): the watch holds none of those graphs (code review cr42: it held each
+    scaled product's node, and so every activation below it, until the next update)."""
+    gen = torch.Generator().manual_seed(0)
+    train = TensorDataset(torch.randn(32, 6, generator=gen), torch.randn(32, 1, generator=gen))
+    held_out = TensorDataset(torch.randn(64, 6, generator=gen), torch.randn(64, 1, generator=gen))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    alive: list[weakref.ref[torch.Tensor]] = []
+    with watch(steps=2) as reports:
+        for xb, yb in DataLoader(train, batch_size=8):
+            optimizer.zero_grad()
+            scaler.scale(F.mse_loss(model(xb), yb)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            for xv, yv in DataLoader(held_out, batch_size=16):  # grad left on
+                h = model[1](model[0](xv))
+                alive.append(weakref.ref(h))
+                scaler.scale(((model[2](h) - yv) ** 2).mean())
+                del h
+            gc.collect()
+            assert not [r for r in alive if r() is not None]
+    assert reports[0].ok and not reports[0].error, str(reports[0])

@@ -127,28 +127,29 @@ def weighed(
     backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of all a
     loss's elements (`l.sum()`, `l.sum(dim=(0, 1))`, `l.sum(1).sum(0)`): () where none, None
     where anything else stands between (a product by a tensor, a mask, a mean, a sum over some
-    dims whose sums are not summed in turn) or it is not reached; reshapes weigh nothing. A
-    loss scaler's scale is none (scales: the ids of GradScaler.scale's products, on the loss
-    or a term of it; else, at the root, _scaler), and so is a Python float 1.0; any other
-    number is one, a count of 1 too. summed: every element of node's output is summed, alike,
-    above it."""
+    dims whose sums are not summed in turn) or it is not reached; reshapes weigh nothing, and
+    so do losses stacked or joined where every element is summed (`torch.stack(ls).sum()`).
+    A loss scaler's scale is none (scales: the storages of GradScaler.scale's, on the loss or
+    a term of it; else, at the root, _scaler), and so is a Python float 1.0; any other
+    number is one, a count of 1 too; a division by 0 stands between. summed: every element of
+    node's output is summed, alike, above it."""
     if node is None or depth > 64:
         return None
     while (
         not depth
         and type(node).__name__ == "MulBackward0"
-        and (id(node) in scales or _scaler(node))
+        and (_scaled(node, scales) or _scaler(node))
     ):
         node = node.next_functions[0][0]
     if id(node) == loss:
         return ()
     kind = type(node).__name__
     numbers: tuple[float, ...] = ()
-    if kind == "MulBackward0" and id(node) in scales:  # a GradScaler's, on a term of the loss
+    if kind == "MulBackward0" and _scaled(node, scales):  # a GradScaler's, on a term
         below = node.next_functions[:1]
     elif kind in ("MulBackward0", "DivBackward0"):
         other = _operand(node)
-        if other is None:
+        if other is None or not math.isfinite(float(other)) or float(other) == 0:
             return None
         # a Python float 1.0 (a task's weight of 1, `weights[task] * loss`) weighs nothing;
         # an int or a tensor of 1 may be a count of the code's that is 1 here (num_pos)
@@ -160,6 +161,8 @@ def weighed(
         below, summed = node.next_functions, True  # every element summed: the code's own sum
     elif kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1:
         below = node.next_functions
+    elif kind in ("StackBackward0", "CatBackward0") and summed:
+        below = node.next_functions  # each loss's elements among those summed
     elif kind.rstrip("0123456789").removesuffix("Backward") in _RESHAPES:
         below = node.next_functions[:1]  # the same elements: l.sum(0, keepdim=True).squeeze()
     else:
@@ -178,6 +181,12 @@ def _whole_sum(node: Any) -> bool:
         return True
     summed = {d % len(sizes) for d in dims}
     return bool(math.prod(n for d, n in enumerate(sizes) if d not in summed) == 1)
+
+
+def _scaled(node: Any, scales: Collection[int]) -> bool:
+    """Return whether a product's number is a GradScaler's scale (its storage, noted)."""
+    other = _operand(node)
+    return other is not None and other.untyped_storage().data_ptr() in scales
 
 
 def _scaler(node: Any) -> bool:

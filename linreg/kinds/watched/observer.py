@@ -69,8 +69,9 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.optimizers: set[int] = set()  # the ids of those that stepped an update
         self.open: Open | None = None  # the last update, read again if another optimizer steps
         self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
-        # GradScaler.scale's products in this update, by id (held: an id stays theirs)
-        self.scales: dict[int, Any] = {}
+        # the storages of the scales GradScaler.scale's products in this update were
+        # multiplied by (seams._noted: a scale, not the code's weight)
+        self.scales: set[int] = set()
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
         self.lr_values: dict[int, list[Any]] = {}
         self.first: dict[int, tuple[Tensor, Tensor]] = {}  # the params at the first backward()
@@ -286,4 +287,4 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.precision = 0.0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
-        self.scales = {}
+        self.scales = set()

@@ -131,11 +131,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     def scale(scaler: torch.amp.GradScaler, outputs: Any) -> Any:
         out = scale_fn(scaler, outputs)
         if live[0] and scaler.is_enabled():  # its products: a scale, not a weight (graphs)
-            scaled = (
-                [out] if isinstance(out, Tensor) else out if isinstance(out, list | tuple) else []
-            )
-            made = [t.grad_fn for t in scaled if isinstance(t, Tensor) and t.grad_fn is not None]
-            w.scales |= {id(node): node for node in made}
+            return _noted(out, w.scales)
         return out
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
@@ -299,6 +295,22 @@ def _trainer_divides(frame: Any) -> bool:
     by_model = getattr(trainer, "model_accepts_loss_kwargs", False)
     by_model = by_model and local.get("num_items_in_batch") is not None
     return not by_model and getattr(trainer, "compute_loss_func", None) is None
+
+
+def _noted(out: Any, scales: set[int]) -> Any:
+    """Note the storage of the scale each of a GradScaler's products was multiplied by (its
+    own, or the copy of it a list's products share), in tensors, lists and tuples of them
+    however nested; a generator's (a map) as they are drawn. No graph is held."""
+    if isinstance(out, Tensor):
+        other = getattr(out.grad_fn, "_saved_other", None)
+        if isinstance(other, Tensor) and other.numel() == 1:
+            scales.add(other.untyped_storage().data_ptr())
+    elif isinstance(out, list | tuple):
+        for t in out:
+            _noted(t, scales)
+    elif isinstance(out, Iterator):
+        return (_noted(t, scales) for t in out)
+    return out
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
