@@ -21,6 +21,7 @@ from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.watched.graphs import count_of, leaves
 from linreg.kinds.watched.heads import Head, head, piece
+from linreg.kinds.watched.loss_gradients import gradients
 from linreg.kinds.watched.records import LossCall, Watched
 
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
@@ -85,7 +86,9 @@ class LossReader:
                 else:
                     per = fn(*bound.args, **bound.kwargs)
             under = leaves(per.grad_fn)
-            grads = torch.autograd.grad(per.sum(), under, retain_graph=True, allow_unused=True)
+            # taken as a backward() reaches it (loss_gradients.take); now where the code reduces
+            # it: the hook below reads what that backward() brings its elements
+            grads = gradients(per, under) if by_code else {}
             for p in under:  # its .grad as the watch found it, put back after
                 if id(p) not in self.found:
                     self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
@@ -96,7 +99,7 @@ class LossReader:
             self.pending.append(
                 LossCall(
                     out.grad_fn,
-                    {id(p): g.detach() for p, g in zip(under, grads, strict=True) if g is not None},
+                    grads,
                     count_of(name, per, given),
                     # a KL term's target is a distribution (a teacher's, soft labels): its
                     # weight is solved for, never judged, as a penalty's
@@ -116,6 +119,7 @@ class LossReader:
                     piece=piece(predicted),
                     # where no batch holds its target (y - mu) / sd), the last to fetch
                     source=self._source(given.get("target")) or fetched_from,
+                    per=None if by_code else per,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it

@@ -23,6 +23,7 @@ from linreg.kinds.watched.graphs import (
     weighed,
 )
 from linreg.kinds.watched.heads import Head, number
+from linreg.kinds.watched.loss_gradients import take
 from linreg.kinds.watched.losses import LossReader
 from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Watched
@@ -167,6 +168,14 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
             c.head = number(self.heads, c.nearest, c.piece, c.source)
             on_way = (weighed(t.grad_fn, id(c.node), self.scales) for t in roots)
             c.weights = next((w for w in on_way if w is not None), None)
+        self.busy = True  # their gradients, before this backward() frees the graph
+        try:
+            failed = {id(c) for c in take(matched)}
+        finally:
+            self.busy = False
+        if failed:  # left unread, as a loss whose gradients cannot be taken
+            matched = [c for c in matched if id(c) not in failed]
+            self.pending = [c for c in self.pending if id(c) not in failed]
         read = {id(c.node) for c in matched}  # the code's own division by a framework's count
         again = divided[1] > 1 and all(  # (loss / k inside accelerate's accumulate())
             divisors(t.grad_fn, read).count(divided[1]) >= 2 for t in roots

@@ -58,6 +58,9 @@ class LossCall:
     # the numbers it was multiplied or divided by on its way to the root of the backward() that
     # reached it, through sums alone (graphs.weighed; None: something else, or unknown)
     weights: tuple[float, ...] | None = None
+    # its per-element loss (the watch's own call), until the backward() that reaches it takes
+    # its gradients (loss_gradients.take); then None, grads holding them
+    per: Tensor | None = None
 
 
 @dataclass

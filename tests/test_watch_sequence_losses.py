@@ -1,0 +1,95 @@
+"""A sequence model's loss taken at every time step and added up (a char-RNN's, a decoder's
+teacher-forced steps): each step's loss is read, and one backward() reaches them all. Their
+gradients are read in one pass of autograd a function and head (loss_gradients.take), not a
+pass each through the steps below it, and the verdicts are those of the loss over the whole
+sequence at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg.audit.watcher import watch
+
+VOCAB, HIDDEN, STEPS = 12, 16, 20
+
+
+def _next_token(form: str) -> None:
+    """A GRU cell predicts each next token of 60 sequences of 20, in batches of 8 (the last
+    of 4), Adam. form: each step's cross-entropy divided by the steps ("per step"), the whole
+    sequence's at once ("flat"), each step's beside a squared error on a value head of its
+    own ("two heads"), or a bug: each step's summed over the batch's rows ("summed")."""
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (60, STEPS + 1), generator=gen)
+    data = TensorDataset(tokens[:, :-1], tokens[:, 1:])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        embed, cell = nn.Embedding(VOCAB, 8), nn.GRUCell(8, HIDDEN)
+        logits, value = nn.Linear(HIDDEN, VOCAB), nn.Linear(HIDDEN, 1)
+    params = [p for m in (embed, cell, logits, value) for p in m.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    for _ in range(2):
+        for x, y in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
+            h = torch.zeros(len(x), HIDDEN)
+            states, loss = [], torch.zeros(())
+            for t in range(STEPS):
+                h = cell(embed(x[:, t]), h)
+                states.append(h)
+                if form == "per step":
+                    loss = loss + F.cross_entropy(logits(h), y[:, t]) / STEPS
+                elif form == "summed":
+                    loss = loss + F.cross_entropy(logits(h), y[:, t], reduction="sum") / STEPS
+                elif form == "two heads":
+                    fraction = y[:, t : t + 1].float() / VOCAB
+                    step = F.cross_entropy(logits(h), y[:, t]) + F.mse_loss(value(h), fraction)
+                    loss = loss + step / STEPS
+            if form == "flat":
+                out = logits(torch.stack(states, 1))
+                loss = F.cross_entropy(out.reshape(-1, VOCAB), y.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize("form", ["per step", "two heads"])
+def test_a_loss_per_step_is_read_in_one_pass_a_backward_and_a_head(
+    form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each backward() reaches 20 losses (40: two functions on two heads): their gradients are
+    taken in one pass of autograd each function and head (20 or 40, one a loss, before: the
+    watch of a sequence cost the square of its length)."""
+    passes = []
+    grad = torch.autograd.grad
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes.append(1)
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    with watch(steps=4) as reports:
+        _next_token(form)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    assert len(passes) == 4 * (1 if form == "per step" else 2)
+
+
+def test_a_loss_per_step_is_judged_as_the_whole_sequences_loss() -> None:
+    """The mean of each step's mean is the sequence's mean: it passes as the flat loss does,
+    on full batches and on the short last one; each step's loss summed over the rows fails
+    mean-vs-sum (8 times the mean on a full batch, 4 on the last)."""
+    for form in ("flat", "per step", "two heads"):
+        with watch() as reports:
+            _next_token(form)
+        report = reports[0]
+        assert report.ok and not report.error, f"{form}: {report}"
+        assert "short-last-batch" in {r.pitfall for r in report.results if r.verdict == "pass"}, (
+            str(report)
+        )
+    with watch() as reports:
+        _next_token("summed")
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+    assert "applies 8 times the mean" in reports[0].failures[0].message
