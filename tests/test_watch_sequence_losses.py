@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
+from linreg.kinds.watched.graphs import Leaves, graph, leaves
 
 VOCAB, HIDDEN, STEPS = 12, 16, 20
 
@@ -93,3 +94,25 @@ def test_a_loss_per_step_is_judged_as_the_whole_sequences_loss() -> None:
         _next_token("summed")
     assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
     assert "applies 8 times the mean" in reports[0].failures[0].message
+
+
+def test_the_leaves_under_each_loss_are_the_whole_walks_and_separate_graphs_are_not_held() -> None:
+    """graphs.Leaves gives each loss the leaves a whole walk of its graph gives (graphs.leaves),
+    for losses a step of a sequence on two heads, past the first Leaves.MANY; an evaluation's
+    losses after, each on a graph of its own, leave only the last one's nodes held."""
+    torch.manual_seed(0)
+    embed, cell = nn.Embedding(VOCAB, 4), nn.GRUCell(4, HIDDEN)
+    logits, value, probe = nn.Linear(HIDDEN, VOCAB), nn.Linear(HIDDEN, 1), nn.Linear(3, HIDDEN)
+    kept = Leaves()
+    h = torch.zeros(2, HIDDEN)
+    for _ in range(STEPS):
+        h = cell(embed(torch.randint(0, VOCAB, (2,))), h)
+        tokens = F.cross_entropy(logits(h), torch.randint(0, VOCAB, (2,)), reduction="none")
+        guess = F.mse_loss(value(h), torch.randn(2, 1), reduction="none")
+        for loss in (tokens, guess):
+            assert set(map(id, kept(loss.grad_fn))) == set(map(id, leaves(loss.grad_fn)))
+    assert kept.walks > Leaves.MANY
+    for _ in range(5):
+        loss = F.mse_loss(value(torch.relu(probe(torch.randn(2, 3)))), torch.randn(2, 1))
+        assert set(map(id, kept(loss.grad_fn))) == set(map(id, leaves(loss.grad_fn)))
+    assert set(kept.memo) <= graph([loss.grad_fn])

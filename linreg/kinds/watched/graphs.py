@@ -32,6 +32,55 @@ def leaves(node: Any) -> list[Tensor]:
     return list(out.values())
 
 
+class Leaves:
+    """leaves(), for the losses computed between two backward() calls: the first MANY walked
+    whole; from then on (a loss a time step, each on the steps before it) each node's leaves
+    kept, so that a loss's walk stops at the nodes an earlier one's went through, where a walk
+    each would cost the square of the sequence's length; those of a walk that met none of
+    them kept alone (an evaluation's losses with grad on, each its own graph, are not all
+    held). clear() at each backward()."""
+
+    MANY = 8
+
+    def __init__(self) -> None:
+        self.walks = 0
+        self.memo: dict[int, tuple[Any, tuple[Tensor, ...]]] = {}  # held: ids stay theirs
+
+    def clear(self) -> None:
+        self.walks, self.memo = 0, {}
+
+    def __call__(self, node: Any) -> list[Tensor]:
+        self.walks += 1
+        if self.walks <= self.MANY or node is None:
+            return leaves(node)
+        before, met = len(self.memo), id(node) in self.memo
+        made: dict[int, tuple[Any, tuple[Tensor, ...]]] = {}
+        stack = [(node, False)]
+        while stack:  # after its inputs, each node: its own leaf and theirs, in a fixed order
+            n, inputs_done = stack.pop()
+            if id(n) in self.memo:
+                continue
+            below = [m for m, _ in n.next_functions if m is not None]
+            if not inputs_done:
+                stack.append((n, True))
+                stack += [(m, False) for m in below if id(m) not in self.memo]
+                met = met or any(  # (a param's own node every graph on it shares)
+                    id(m) in self.memo and id(m) not in made and not hasattr(m, "variable")
+                    for m in below
+                )
+                continue
+            out: dict[int, Tensor] = {}
+            variable = getattr(n, "variable", None)
+            if isinstance(variable, Tensor):
+                out[id(variable)] = variable
+            for m in below:
+                out.update((id(t), t) for t in self.memo[id(m)][1])
+            made[id(n)] = self.memo[id(n)] = (n, tuple(out.values()))
+        if before and not met:
+            self.memo = made
+        return list(self.memo[id(node)][1])
+
+
 def leaves_of(call: LossCall) -> list[Tensor]:
     return call.under
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
-from linreg.kinds.watched.graphs import count_of, leaves
+from linreg.kinds.watched.graphs import Leaves, count_of
 from linreg.kinds.watched.heads import Head, head, piece
 from linreg.kinds.watched.loss_gradients import gradients
 from linreg.kinds.watched.records import LossCall, Watched
@@ -51,6 +51,7 @@ class LossReader:
     unread_last: dict[int, list[Tensor]]
     yields: dict[int, int]
     heads: dict[int, Head]
+    leaves: Leaves
 
     def loss(self, name: str, fn: Callable[..., Tensor], args: Any, kwargs: Any, out: Any) -> None:
         """Read a loss the code computed with grad on: repeated per element on the same input,
@@ -85,7 +86,7 @@ class LossReader:
                     per = fn(**{**given, "input": equal[0], "target": equal[1]})
                 else:
                     per = fn(*bound.args, **bound.kwargs)
-            under = leaves(per.grad_fn)
+            under = self.leaves(per.grad_fn)
             # taken as a backward() reaches it (loss_gradients.take); now where the code reduces
             # it: the hook below reads what that backward() brings its elements
             grads = gradients(per, under) if by_code else {}

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from linreg.kinds.watched.clips import ClipHooks
 from linreg.kinds.watched.graphs import (
+    Leaves,
     divisors,
     graph,
     leaves,
@@ -73,6 +74,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         # the storages of the scales GradScaler.scale's products in this update were
         # multiplied by (seams._noted: a scale, not the code's weight)
         self.scales: set[int] = set()
+        self.leaves = Leaves()  # the leaves under each loss computed since the last backward()
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
         self.lr_values: dict[int, list[Any]] = {}
         self.first: dict[int, tuple[Tensor, Tensor]] = {}  # the params at the first backward()
@@ -146,6 +148,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
             run()
             return
         self.backwards += 1
+        self.leaves.clear()  # (the graph is freed: a node's id may be another's)
         if self.first and not self.seen.updates:  # no torch optimizer has stepped yet
             self.before_any += 1
             if self.before_any > MOST and self.moved():
