@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
 from linreg.kinds.watched.graphs import Leaves, graph, leaves
+from linreg.kinds.watched.loss_gradients import deferred
 
 VOCAB, HIDDEN, STEPS = 12, 16, 20
 
@@ -116,3 +117,46 @@ def test_the_leaves_under_each_loss_are_the_whole_walks_and_separate_graphs_are_
         loss = F.mse_loss(value(torch.relu(probe(torch.randn(2, 3)))), torch.randn(2, 1))
         assert set(map(id, kept(loss.grad_fn))) == set(map(id, leaves(loss.grad_fn)))
     assert set(kept.memo) <= graph([loss.grad_fn])
+
+
+def test_a_loss_of_logits_larger_than_its_models_gradients_is_read_at_once() -> None:
+    """Holding a loss's per-element loss till its backward() holds the watch's own call's
+    saved tensors (a cross-entropy's log-probabilities, the logits' size): a vocabulary's
+    logits on a small model would hold more than the gradients taken at once (code review
+    cr44: 1.4 GB -> 2.0 GB); a small output on the same model is deferred."""
+    embed, cell = nn.Embedding(20000, 16), nn.GRUCell(16, 16)
+    params = [*embed.parameters(), *cell.parameters()]
+    assert not deferred(torch.zeros(256, 20000), params)
+    assert deferred(torch.zeros(4, 20), params)
+
+
+def test_a_param_frozen_between_the_loss_and_its_backward_leaves_the_loss_read() -> None:
+    """A GAN's generator loss, the discriminator frozen (requires_grad_(False)) after the loss
+    and before its backward(): the gradients are taken by the params still trained, as the
+    code's own backward() takes them (code review cr44: taking them by every param under the
+    loss raised, and the loss was left unread: its sum over the rows went unnamed)."""
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(60, 4))
+    make, judge = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 4)), nn.Linear(4, 1)
+    make_step = torch.optim.Adam(make.parameters(), 1e-3)
+    judge_step = torch.optim.Adam(judge.parameters(), 1e-3)
+    with watch() as reports:
+        for _ in range(2):
+            for (x,) in DataLoader(data, batch_size=8, shuffle=True):
+                fake = make(torch.randn(len(x), 2))
+                real_loss = F.binary_cross_entropy_with_logits(judge(x), torch.ones(len(x), 1))
+                fake_loss = F.binary_cross_entropy_with_logits(
+                    judge(fake.detach()), torch.zeros(len(x), 1)
+                )
+                judge_step.zero_grad()
+                ((real_loss + fake_loss) / 2).backward()
+                judge_step.step()
+                fooled = F.binary_cross_entropy_with_logits(
+                    judge(fake), torch.ones(len(x), 1), reduction="sum"
+                )
+                judge.requires_grad_(False)
+                make_step.zero_grad()
+                fooled.backward()
+                make_step.step()
+                judge.requires_grad_(True)
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])

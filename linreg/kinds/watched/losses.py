@@ -21,7 +21,7 @@ from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.watched.graphs import Leaves, count_of
 from linreg.kinds.watched.heads import Head, head, piece
-from linreg.kinds.watched.loss_gradients import gradients
+from linreg.kinds.watched.loss_gradients import deferred, gradients
 from linreg.kinds.watched.records import LossCall, Watched
 
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
@@ -86,10 +86,11 @@ class LossReader:
                     per = fn(**{**given, "input": equal[0], "target": equal[1]})
                 else:
                     per = fn(*bound.args, **bound.kwargs)
-            under = self.leaves(per.grad_fn)
-            # taken as a backward() reaches it (loss_gradients.take); now where the code reduces
-            # it: the hook below reads what that backward() brings its elements
-            grads = gradients(per, under) if by_code else {}
+            under = self.leaves(out.grad_fn)  # (the same as under per: the code's nodes, held)
+            # taken as a backward() reaches it (loss_gradients), or now; now where the code
+            # reduces it: the hook below reads what that backward() brings its elements
+            later = not by_code and deferred(given.get("input"), under)
+            grads = {} if later else gradients(per, under)
             for p in under:  # its .grad as the watch found it, put back after
                 if id(p) not in self.found:
                     self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
@@ -120,7 +121,7 @@ class LossReader:
                     piece=piece(predicted),
                     # where no batch holds its target (y - mu) / sd), the last to fetch
                     source=self._source(given.get("target")) or fetched_from,
-                    per=None if by_code else per,
+                    per=per if later else None,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
