@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterable, Iterator
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
+from linreg.kinds.watched.graphs import _scaled
 
 
 def _detector(positives: float | None) -> None:
@@ -275,3 +277,128 @@ def test_a_scaled_loss_never_backwarded_keeps_no_graph_alive() -> None:
             gc.collect()
             assert not [r for r in alive if r() is not None]
     assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+def _ssd(positives: list[int]) -> None:
+    """A detector's two terms, each summed and divided by the batch's positive anchors
+    (max(1, num_pos): SSD's, RetinaNet's normalization), 8 anchors a batch, in order,
+    `positives[i]` of batch i positive (the last batch 4 anchors)."""
+    n = 8 * (len(positives) - 1) + 4
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 10, generator=gen)
+    kinds = torch.zeros(n, dtype=torch.long)
+    for i, count in enumerate(positives):
+        kinds[i * 8 : i * 8 + count] = 1
+    anchors = TensorDataset(x, kinds, torch.randn(n, 4, generator=gen))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 2), nn.Linear(16, 4)
+    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01)
+    for xb, kind, box in DataLoader(anchors, batch_size=8):
+        h = torch.relu(trunk(xb))
+        positive = kind > 0
+        num_pos = max(1, int(positive.sum()))
+        classes = F.cross_entropy(classify(h), kind, reduction="sum") / num_pos
+        boxes = F.smooth_l1_loss(regress(h)[positive], box[positive], reduction="sum") / num_pos
+        optimizer.zero_grad()
+        (classes + boxes).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "positives",
+    [
+        [1, 2, 3, 2, 2, 1, 2, 3, 2, 2, 1, 2, 0],
+        [0, 2, 3, 2, 2, 1, 2, 3, 2, 2, 1, 2, 1],
+        [1, 2, 3, 2, 2, 1, 2, 3, 2, 2, 1, 2, 1],
+    ],
+    ids=["last-batch-none-positive", "first-none", "last-one"],
+)
+def test_terms_divided_by_a_count_of_the_codes_that_changes_are_not_named(
+    positives: list[int],
+) -> None:
+    """Both terms divided by the batch's positive anchors: each full update weighs the
+    classes' term by count / num_pos, its own. A shorter update is not read against the first
+    full one's scale (code review cr43: where its num_pos was 1, a short last batch of none
+    positive, or of one, grew with the rows: mean-vs-sum)."""
+    with watch(steps=16) as reports:
+        _ssd(positives)
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_a_window_whose_one_micro_batch_has_no_label_is_no_shorter_window(weight: float) -> None:
+    """Windows of 2 batches, each divided by 2: a regression's mean beside a classification's
+    mean over its labelled rows (half of each batch; sum / max(1, labelled)), weighed; one
+    batch's labels all ignored (-100). Its window is read with that term's other micro-batch
+    alone: not a shorter window's (code review cr43: short-last-batch, or at a weight of 0.5
+    mean-vs-sum, named on a correct loop)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=gen)
+    labels = (x[:, 1] > 0).long()
+    labels[torch.arange(96) % 2 == 1] = -100
+    labels[24:32] = -100
+    data = TensorDataset(x, x[:, :1] * 2, labels)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, value, kind = nn.Linear(6, 16), nn.Linear(16, 1), nn.Linear(16, 2)
+    params = [p for m in (trunk, value, kind) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01)
+    with watch() as reports:
+        batches = iter(DataLoader(data, batch_size=8))
+        for _ in range(6):
+            for xb, yb, lb in [next(batches) for _ in range(2)]:
+                h = torch.relu(trunk(xb))
+                labelled = max(1, int((lb != -100).sum()))
+                aux = F.cross_entropy(kind(h), lb, reduction="sum") / labelled
+                ((F.mse_loss(value(h), yb) + weight * aux) / 2).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+@pytest.mark.parametrize("shape", ["a generator", "a list of a generator"])
+def test_a_grad_scalers_scale_on_terms_drawn_from_a_generator_is_no_weight(shape: str) -> None:
+    """Each batch's loss, its price term summed (the bug), scaled by a GradScaler at 16 as a
+    generator draws it, across updates, or inside a list (code review cr43: the scale noted in
+    the first update's set alone, and a generator in a list not drawn through the watch)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 6, generator=gen)
+    data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, price, kind = nn.Linear(6, 12), nn.Linear(12, 1), nn.Linear(12, 2)
+    params = [p for m in (trunk, price, kind) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.02)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+
+    def losses(batches: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[torch.Tensor]:
+        for xb, yb, kb in batches:
+            h = torch.tanh(trunk(xb))
+            yield F.mse_loss(price(h), yb, reduction="sum") + F.cross_entropy(kind(h), kb)
+
+    with watch(steps=6) as reports:
+        batches = DataLoader(data, batch_size=8, generator=gen, shuffle=True)
+        if shape == "a generator":
+            scaled: Iterable[torch.Tensor] = scaler.scale(losses(batches))
+        else:
+            (scaled,) = scaler.scale([losses(batches)])
+        for loss in scaled:
+            optimizer.zero_grad()
+            loss.backward()
+            scaler.step(optimizer)
+            scaler.update()
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+
+
+def test_a_storage_noted_for_a_scale_holds_the_scale_only_at_its_value() -> None:
+    """A GradScaler's scale is known by its storage and value: a storage freed and reused by
+    a number of the code's (1/16 where a scale copy of 16 was, seen under jemalloc, code
+    review cr43) is that number, a weight."""
+    x = torch.ones(3, requires_grad=True)
+    weight = torch.tensor(0.0625)
+    node = ((x * 2).sum() * weight).grad_fn
+    address = weight.untyped_storage().data_ptr()
+    assert not _scaled(node, {address: 16.0})
+    assert _scaled(node, {address: 0.0625})

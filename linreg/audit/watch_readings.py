@@ -165,9 +165,13 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     total = sum(u.counts)
     if u.blind or not u.columns:
         return []
-    empty = [i for i, col in enumerate(u.columns) if col.count == 0 and float(u.gram[i, i]) == 0]
-    if empty and len(empty) < len(u.columns):  # a term of no elements (no positive anchor to
-        return read_terms(j, _without(u, empty), summed)  # regress): it applied nothing
+    # a term of no elements in any of the update's micro-batches (no positive anchor to
+    # regress) applied nothing: the update is read without it (not where it has elements in
+    # another: its rows would read as a shorter window's)
+    held = {col.term for i, col in enumerate(u.columns) if col.count or float(u.gram[i, i])}
+    empty = [i for i, col in enumerate(u.columns) if col.term not in held]
+    if empty and len(empty) < len(u.columns):
+        return read_terms(j, _without(u, empty), summed)
     c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
     if not bool((c > 0).all()):  # (one of no elements that has a gradient: NaN, a mean of none)
         return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]

@@ -253,6 +253,12 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
+    if term and any(r.relative and not near(r.relative[0], s_full) for r in fulls):
+        # full updates each of a scale of its own (the classes' sum divided by the positive
+        # anchors' count, as SSD's box sum is: count / num_pos): a coefficient of the code's
+        # that changes from update to update, which no shorter update can be read against
+        v.unread.update(r.j for r in readings if r.unread or r.relative is None)
+        return
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
     # (a term's scale is named only where a shorter update shows it growing with the rows: on

@@ -5,7 +5,7 @@ per-element loss is reduced whole (a sum or a mean of it), and what a loss's mea
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeGuard
 
 import torch
@@ -170,7 +170,11 @@ def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[floa
 
 
 def weighed(
-    node: Any, loss: int, scales: Collection[int] = (), depth: int = 0, summed: bool = False
+    node: Any,
+    loss: int,
+    scales: Mapping[int, float] | None = None,
+    depth: int = 0,
+    summed: bool = False,
 ) -> tuple[float, ...] | None:
     """Return the numbers a loss (its node's id) is multiplied or divided by on its way to a
     backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of all a
@@ -178,9 +182,9 @@ def weighed(
     where anything else stands between (a product by a tensor, a mask, a mean, a sum over some
     dims whose sums are not summed in turn) or it is not reached; reshapes weigh nothing, and
     so do losses stacked or joined where every element is summed (`torch.stack(ls).sum()`).
-    A loss scaler's scale is none (scales: the storages of GradScaler.scale's, on the loss or
-    a term of it; else, at the root, _scaler), and so is a Python float 1.0; any other
-    number is one, a count of 1 too; a division by 0 stands between. summed: every element of
+    A loss scaler's scale is none (scales: the storages and values of GradScaler.scale's, on
+    the loss or a term of it; else, at the root, _scaler), and so is a Python float 1.0; any
+    other number is one, a count of 1 too; a division by 0 stands between. summed: every element of
     node's output is summed, alike, above it."""
     if node is None or depth > 64:
         return None
@@ -232,10 +236,13 @@ def _whole_sum(node: Any) -> bool:
     return bool(math.prod(n for d, n in enumerate(sizes) if d not in summed) == 1)
 
 
-def _scaled(node: Any, scales: Collection[int]) -> bool:
-    """Return whether a product's number is a GradScaler's scale (its storage, noted)."""
+def _scaled(node: Any, scales: Mapping[int, float] | None) -> bool:
+    """Return whether a product's number is a GradScaler's scale (its storage and value,
+    noted: a storage freed and reused holds another number)."""
     other = _operand(node)
-    return other is not None and other.untyped_storage().data_ptr() in scales
+    if other is None or not scales:
+        return False
+    return scales.get(other.untyped_storage().data_ptr()) == float(other)
 
 
 def _scaler(node: Any) -> bool:

@@ -73,7 +73,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.scalers: dict[int, torch.amp.GradScaler] = {}  # the loss scalers that unscaled
         # the storages of the scales GradScaler.scale's products in this update were
         # multiplied by (seams._noted: a scale, not the code's weight)
-        self.scales: set[int] = set()
+        self.scales: dict[int, float] = {}  # (and their values: a storage freed is reused)
         self.leaves = Leaves()  # the leaves under each loss computed since the last backward()
         self.kept: dict[int, tuple[Any, dict[str, Any]]] = {}  # schedulers, scalers: as found
         self.lr_values: dict[int, list[Any]] = {}
@@ -299,4 +299,4 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.precision = 0.0
         self.batch_tensors.clear()
         self.kept_graph, self.kept_roots = set(), []
-        self.scales = set()
+        self.scales.clear()  # (the one dict: a generator's products still note into it)

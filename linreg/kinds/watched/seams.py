@@ -297,17 +297,18 @@ def _trainer_divides(frame: Any) -> bool:
     return not by_model and getattr(trainer, "compute_loss_func", None) is None
 
 
-def _noted(out: Any, scales: set[int]) -> Any:
-    """Note the storage of the scale each of a GradScaler's products was multiplied by (its
-    own, or the copy of it a list's products share), in tensors, lists and tuples of them
-    however nested; a generator's (a map) as they are drawn. No graph is held."""
+def _noted(out: Any, scales: dict[int, float]) -> Any:
+    """Note the storage and value of the scale each of a GradScaler's products was multiplied
+    by (its own, or the copy of it a list's products share), in tensors, lists and tuples of
+    them however nested; a generator's (a map) as they are drawn. No graph is held."""
     if isinstance(out, Tensor):
         other = getattr(out.grad_fn, "_saved_other", None)
         if isinstance(other, Tensor) and other.numel() == 1:
-            scales.add(other.untyped_storage().data_ptr())
+            scales[other.untyped_storage().data_ptr()] = float(other)
     elif isinstance(out, list | tuple):
-        for t in out:
-            _noted(t, scales)
+        drawn = [_noted(t, scales) for t in out]  # (a generator inside: wrapped)
+        if any(a is not b for a, b in zip(drawn, out, strict=True)):
+            return type(out)(drawn)
     elif isinstance(out, Iterator):
         return (_noted(t, scales) for t in out)
     return out
