@@ -402,3 +402,26 @@ def test_a_storage_noted_for_a_scale_holds_the_scale_only_at_its_value() -> None
     address = weight.untyped_storage().data_ptr()
     assert not _scaled(node, {address: 16.0})
     assert _scaled(node, {address: 0.0625})
+
+
+def test_an_update_whose_every_target_is_ignored_has_nothing_to_apply() -> None:
+    """Token classification, a third of the labels ignored (-100) and one batch's all: its
+    loss, the function's mean made 0 where it counts none (nan_to_num), gives a gradient of 0,
+    which is all there is to apply (code review cr43: non-leaf-params named it 'no gradient
+    to apply')."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=gen)
+    labels = (x[:, 0] > 0).long()
+    labels[torch.rand(96, generator=gen) < 0.3] = -100
+    labels[24:32] = -100
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, labels), batch_size=8):
+            loss = torch.nan_to_num(F.cross_entropy(model(xb), yb))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert reports[0].ok and not reports[0].error, str(reports[0])

@@ -134,6 +134,8 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 "it, or a copy), so the model trained never moves",
             )
             continue
+        if not u.applied_any and u.counts and not sum(u.counts):
+            continue  # every target of its losses ignored (-100): nothing to apply, and none
         if not u.applied_any:
             v.fail("non-leaf-params", f"{at} followed a backward() yet had no gradient to apply")
             continue
