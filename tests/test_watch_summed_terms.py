@@ -62,6 +62,22 @@ def test_a_sum_divided_by_its_count_of_positives_is_their_mean_where_it_is_one(
     assert reports[0].ok and not reports[0].error, str(reports[0])
 
 
+def _price_and_kind() -> tuple[
+    torch.Generator, TensorDataset, tuple[nn.Linear, nn.Linear, nn.Linear], torch.optim.SGD
+]:
+    """48 rows of 6 features, each a price (3 times its first) and a kind (its second's
+    sign); a trunk, a price head and a kind head; SGD over them; the generator that drew them,
+    to shuffle the batches with."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 6, generator=gen)
+    data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, price, kind = nn.Linear(6, 12), nn.Linear(12, 1), nn.Linear(12, 2)
+    params = [p for m in (trunk, price, kind) for p in m.parameters()]
+    return gen, data, (trunk, price, kind), torch.optim.SGD(params, lr=0.02)
+
+
 def _two_tasks(form: str, scale: float | None = None, scaled: str = "the loss") -> None:
     """A price regressed and a kind classified on one trunk, 48 rows in batches of 8 (full
     ones alone), the loss the two added. form: the price's squared error "mean", summed and
@@ -74,14 +90,7 @@ def _two_tasks(form: str, scale: float | None = None, scaled: str = "the loss") 
     loss", "the terms stacked" (torch.stack([...]).sum()), "each term" (the two scaled
     products added, scaled one by one, in a nested list or drawn from a generator) or "one
     backward() a term" (both scaled at once, each product's backward() on its own)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(48, 6, generator=gen)
-    data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        trunk, price, kind = nn.Linear(6, 12), nn.Linear(12, 1), nn.Linear(12, 2)
-    params = [p for m in (trunk, price, kind) for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.02)
+    gen, data, (trunk, price, kind), optimizer = _price_and_kind()
     scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
     for _ in range(2):
         for xb, yb, kb in DataLoader(data, batch_size=8, shuffle=True, generator=gen):
@@ -179,6 +188,16 @@ def test_a_term_summed_unweighted_fails_on_full_batches_by_function_or_by_hand(
         )
 
 
+def _anchor_heads() -> tuple[tuple[nn.Linear, nn.Linear, nn.Linear], torch.optim.SGD]:
+    """A detector's trunk over anchors of 10 features, its head of 2 classes (0 the
+    background) and its head of 4 box coordinates, and SGD over them."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 2), nn.Linear(16, 4)
+    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
+    return (trunk, classify, regress), torch.optim.SGD(params, lr=0.01)
+
+
 def _short_batch_of_no_positive(nominal: bool) -> None:
     """A detector's head as in _detector, over 92 anchors in batches of 8, in order: the last
     batch holds 4 anchors, none positive (its box term sums no element). Its classification
@@ -187,11 +206,7 @@ def _short_batch_of_no_positive(nominal: bool) -> None:
     x = torch.randn(92, 10, generator=gen)
     kinds = ((torch.arange(92) % 4 == 0) & (torch.arange(92) < 88)).long()
     anchors = TensorDataset(x, kinds, torch.randn(92, 4, generator=gen))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 2), nn.Linear(16, 4)
-    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01)
+    (trunk, classify, regress), optimizer = _anchor_heads()
     batch_size = 8
     for _ in range(2):
         for xb, kind, box in DataLoader(anchors, batch_size=batch_size):
@@ -231,11 +246,7 @@ def test_a_division_by_a_count_of_none_is_no_traceback_through_the_codes_backwar
     x = torch.randn(96, 10, generator=gen)
     kinds = (torch.arange(96) % 16 == 0).long()  # every other batch of 8: none positive
     anchors = TensorDataset(x, kinds, torch.randn(96, 4, generator=gen))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 2), nn.Linear(16, 4)
-    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01)
+    (trunk, classify, regress), optimizer = _anchor_heads()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     with watch(steps=6) as reports:
         for xb, kind, box in DataLoader(anchors, batch_size=8):
@@ -290,11 +301,7 @@ def _ssd(positives: list[int]) -> None:
     for i, count in enumerate(positives):
         kinds[i * 8 : i * 8 + count] = 1
     anchors = TensorDataset(x, kinds, torch.randn(n, 4, generator=gen))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 2), nn.Linear(16, 4)
-    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01)
+    (trunk, classify, regress), optimizer = _anchor_heads()
     for xb, kind, box in DataLoader(anchors, batch_size=8):
         h = torch.relu(trunk(xb))
         positive = kind > 0
@@ -363,14 +370,7 @@ def test_a_grad_scalers_scale_on_terms_drawn_from_a_generator_is_no_weight(shape
     """Each batch's loss, its price term summed (the bug), scaled by a GradScaler at 16 as a
     generator draws it, across updates, or inside a list (code review cr43: the scale noted in
     the first update's set alone, and a generator in a list not drawn through the watch)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(48, 6, generator=gen)
-    data = TensorDataset(x, x[:, :1] * 3, (x[:, 1] > 0).long())
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        trunk, price, kind = nn.Linear(6, 12), nn.Linear(12, 1), nn.Linear(12, 2)
-    params = [p for m in (trunk, price, kind) for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.02)
+    gen, data, (trunk, price, kind), optimizer = _price_and_kind()
     scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
 
     def losses(batches: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[torch.Tensor]:
