@@ -156,7 +156,9 @@ def _without(u: Update, empty: list[int]) -> Update:
     )
 
 
-def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
+def read_terms(
+    j: int, u: Update, summed: bool, partial: frozenset[str] = frozenset()
+) -> list[tuple[str, Reading]]:
     """Return the readings of an update whose backward() calls reached losses of several
     functions (a multi-task loss, mse + 0.5 * cross_entropy): its weights on each micro-batch's
     terms' mean gradients, one Reading per term (its function) whose targets are a batch's,
@@ -165,13 +167,15 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     total = sum(u.counts)
     if u.blind or not u.columns:
         return []
-    # a term of no elements in any of the update's micro-batches (no positive anchor to
-    # regress) applied nothing: the update is read without it (not where it has elements in
-    # another: its rows would read as a shorter window's)
-    held = {col.term for i, col in enumerate(u.columns) if col.count or float(u.gram[i, i])}
-    empty = [i for i, col in enumerate(u.columns) if col.term not in held]
+    # a term of no elements in a micro-batch (no positive anchor to regress, no label) applied
+    # nothing there: the update is read without it; a term that holds elements in another of
+    # its micro-batches is not read in this update (partial: its rows would read as a shorter
+    # window's), the others are
+    empty = [i for i, col in enumerate(u.columns) if not col.count and not float(u.gram[i, i])]
     if empty and len(empty) < len(u.columns):
-        return read_terms(j, _without(u, empty), summed)
+        kept = {col.term for i, col in enumerate(u.columns) if i not in empty}
+        partial = frozenset(kept & {u.columns[i].term for i in empty})
+        return read_terms(j, _without(u, empty), summed, partial)
     c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
     if not bool((c > 0).all()):  # (one of no elements that has a gradient: NaN, a mean of none)
         return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
@@ -191,7 +195,7 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     out = []
     for term in dict.fromkeys(col.term for col in u.columns):
         at = [i for i, col in enumerate(u.columns) if col.term == term]
-        if not all(u.columns[i].from_batch for i in at):
+        if not all(u.columns[i].from_batch for i in at) or term in partial:
             continue  # a penalty, a GAN's constant label: its weight is the code's to choose
         parts = [float(c[i]) for i in at]
         want = parts if summed else [x / sum(parts) for x in parts]

@@ -134,8 +134,9 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 "it, or a copy), so the model trained never moves",
             )
             continue
-        if not u.applied_any and u.counts and not sum(u.counts):
+        if not u.applied_any and u.counts and not sum(u.counts) and not u.bb:
             continue  # every target of its losses ignored (-100): nothing to apply, and none
+            # left by its backward() (a loss not read, a reconstruction by hand, left some)
         if not u.applied_any:
             v.fail("non-leaf-params", f"{at} followed a backward() yet had no gradient to apply")
             continue
@@ -255,12 +256,16 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
-    if term and any(r.relative and not near(r.relative[0], s_full) for r in fulls):
-        # full updates each of a scale of its own (the classes' sum divided by the positive
-        # anchors' count, as SSD's box sum is: count / num_pos): a coefficient of the code's
-        # that changes from update to update, which no shorter update can be read against
-        v.unread.update(r.j for r in readings if r.unread or r.relative is None)
-        return
+    if term and fulls:  # (fulls: each alike, so its scale is its relative[0])
+        scales = [r.relative[0] for r in fulls if r.relative]
+        s_full = max(scales, key=lambda s: sum(near(s, t) for t in scales))
+        if 3 * sum(near(s_full, t) for t in scales) < 2 * len(scales):
+            # full updates mostly each of a scale of its own (the classes' sum divided by the
+            # positive anchors' count, as SSD's box sum is: count / num_pos): a coefficient of
+            # the code's that changes, read as a function's own mean's is (watch_terms)
+            coefficients(readings, updates, v, term)
+            return
+        fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
     # (a term's scale is named only where a shorter update shows it growing with the rows: on
