@@ -254,8 +254,9 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
         free = ", ".join(dict.fromkeys(v.free))  # (each model's cross_entropy: named once)
         return (
             f"not judged: the weight on each term ({free}) is a coefficient of the "
-            f"code's, each term's function having taken the {v.meant} itself: a multiple of "
-            "it cannot be told from a coefficient"
+            f"code's, each term's function having taken the {v.meant} itself, or the code "
+            "having divided its sum by a count of its own that changes (a batch's positive "
+            "anchors): a multiple of it cannot be told from a coefficient"
         )
     if pitfall == "micro-batch-accumulation" and v.taken:
         return (
