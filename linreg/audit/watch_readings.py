@@ -38,6 +38,7 @@ class Reading:
     epoch: int | None = None  # the batches an epoch of its pass holds (Update.epoch)
     before_end: int = 0  # its micro-batches fed before an epoch's end (Update.before_end)
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
+    per_row: float | None = None  # its term's weights times its rows, one number (Column)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
     # gradient centralization: _as_backward_left_it)
@@ -156,9 +157,7 @@ def _without(u: Update, empty: list[int]) -> Update:
     )
 
 
-def read_terms(
-    j: int, u: Update, summed: bool, partial: frozenset[str] = frozenset()
-) -> list[tuple[str, Reading]]:
+def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     """Return the readings of an update whose backward() calls reached losses of several
     functions (a multi-task loss, mse + 0.5 * cross_entropy): its weights on each micro-batch's
     terms' mean gradients, one Reading per term (its function) whose targets are a batch's,
@@ -168,14 +167,12 @@ def read_terms(
     if u.blind or not u.columns:
         return []
     # a term of no elements in a micro-batch (no positive anchor to regress, no label) applied
-    # nothing there: the update is read without it; a term that holds elements in another of
-    # its micro-batches is not read in this update (partial: its rows would read as a shorter
-    # window's), the others are
+    # nothing there: the update is read without it (a term it leaves in fewer of the update's
+    # micro-batches reads as a shorter window's: a window's mean over the term's micro-batches
+    # weighs one of none alike, as a mean of micro-batch means does)
     empty = [i for i, col in enumerate(u.columns) if not col.count and not float(u.gram[i, i])]
     if empty and len(empty) < len(u.columns):
-        kept = {col.term for i, col in enumerate(u.columns) if i not in empty}
-        partial = frozenset(kept & {u.columns[i].term for i in empty})
-        return read_terms(j, _without(u, empty), summed, partial)
+        return read_terms(j, _without(u, empty), summed)
     c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
     if not bool((c > 0).all()):  # (one of no elements that has a gradient: NaN, a mean of none)
         return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
@@ -195,7 +192,7 @@ def read_terms(
     out = []
     for term in dict.fromkeys(col.term for col in u.columns):
         at = [i for i, col in enumerate(u.columns) if col.term == term]
-        if not all(u.columns[i].from_batch for i in at) or term in partial:
+        if not all(u.columns[i].from_batch for i in at):
             continue  # a penalty, a GAN's constant label: its weight is the code's to choose
         parts = [float(c[i]) for i in at]
         want = parts if summed else [x / sum(parts) for x in parts]
@@ -216,6 +213,7 @@ def read_terms(
             divided=u.divided,
             again=u.again,
             one_row=u.one_row,
+            per_row=rows.pop() if len(rows := {u.columns[i].per_row for i in at}) == 1 else None,
         )
         out.append((term, reading))
     return out

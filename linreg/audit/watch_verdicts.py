@@ -259,10 +259,12 @@ def _weights(readings: list[Reading], updates: int, v: Verdicts, term: str = "")
     if term and fulls:  # (fulls: each alike, so its scale is its relative[0])
         scales = [r.relative[0] for r in fulls if r.relative]
         s_full = max(scales, key=lambda s: sum(near(s, t) for t in scales))
-        if 3 * sum(near(s_full, t) for t in scales) < 2 * len(scales):
+        by_rows = len({r.per_row for r in readings}) == 1 and readings[0].per_row is not None
+        if 3 * sum(near(s_full, t) for t in scales) < 2 * len(scales) and not by_rows:
             # full updates mostly each of a scale of its own (the classes' sum divided by the
             # positive anchors' count, as SSD's box sum is: count / num_pos): a coefficient of
-            # the code's that changes, read as a function's own mean's is (watch_terms)
+            # the code's that changes, read as a function's own mean's is (watch_terms); not a
+            # sum divided by each batch's rows (by_rows), whose rows change the full scales
             coefficients(readings, updates, v, term)
             return
         fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]

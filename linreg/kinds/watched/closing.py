@@ -7,6 +7,7 @@ a head's: on_heads); where its losses fall into objectives that reach no param o
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
@@ -274,6 +275,7 @@ def _close(update: Open, tol: float) -> Update:
             else "sum" if all(x.reduction == "sum" for x in c) else "",
             len(c),
             all(x.weights == () for x in c),
+            _per_row(c),
         )
         for c in calls
     ) if several else ()  # fmt: skip
@@ -292,6 +294,17 @@ def _close(update: Open, tol: float) -> Update:
         again=bool(update.micro) and all(mb.again for mb in update.micro),
         epoch=min((mb.epoch for mb in update.micro if mb.epoch is not None), default=None),
     )  # fmt: skip
+
+
+def _per_row(calls: list[LossCall]) -> float | None:
+    """Return the numbers that weighed each call times its target's rows, where that is one
+    number for all the calls (a sum divided by the batch's rows), else None."""
+    found = {
+        round(math.prod(c.weights) * c.target[2][0], 9)
+        for c in calls
+        if c.weights and c.target is not None and len(c.target[2])
+    }
+    return found.pop() if len(found) == 1 and all(c.weights for c in calls) else None
 
 
 PENALTIES = 4  # the penalties on the params an update is read beside (_penalties)

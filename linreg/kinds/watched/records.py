@@ -207,6 +207,9 @@ class Column:
     calls: int = 1
     plain: bool = False  # every call of it reached its root times no number, through sums
     # alone (LossCall.weights: a Python 1.0 is none): the code weighed it by nothing
+    # the numbers that weighed each call of it times its target's rows, where that is one
+    # number for all (sum / len(y): 1; sum / len(y) / k: 1 / k), else None
+    per_row: float | None = None
 
 
 @dataclass
