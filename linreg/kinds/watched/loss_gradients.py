@@ -74,16 +74,14 @@ def gradients(per: Tensor, under: list[Tensor]) -> dict[int, Tensor]:
 def _together(group: list[LossCall]) -> bool:
     """Take the calls' gradients summed, in one pass; return whether they could be (not
     where a gradient is sparse: an embedding's, which zeros beside it would not sum with)."""
-    params = list({id(p): p for c in group for p in c.under if p.requires_grad}.values())
     sums = [c.per.sum() for c in group if c.per is not None]
     try:
         total = sums[0]
         for s in sums[1:]:
             total = total + s
-        grads = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+        held = gradients(total, list({id(p): p for c in group for p in c.under}.values()))
     except Exception:
         return False
-    held = {id(p): g.detach() for p, g in zip(params, grads, strict=True) if g is not None}
     if any(g.is_sparse for g in held.values()):
         return False
     reached = set(held)
