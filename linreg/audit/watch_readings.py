@@ -65,8 +65,9 @@ def _read(j: int, u: Update, summed: bool) -> Reading | None:
     if u.blind or not u.counts:
         return None
     if u.right:  # it applied its rows' mean (read as the watcher closed it): 1 / count a sum
-        total = sum(u.counts)
-        each = 1 / total if summed else 1.0
+        total = sum(u.counts)  # (its counts another's: that mean times this count over its)
+        by = u.right_total or total
+        each = 1 / by if summed else total / by
         return Reading(j, total, list(u.counts), [each] * len(u.counts), u.clipped)
     c = torch.tensor(u.counts, dtype=torch.float64)
     gram = u.gram / torch.outer(c, c)

@@ -4,6 +4,7 @@ where the run showed nothing a property reads, and a note of what was seen and l
 from __future__ import annotations
 
 from linreg.audit.report import Report, Result
+from linreg.audit.watch_counts import SAID
 from linreg.audit.watch_readings import near
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
@@ -99,6 +100,8 @@ def report_of(
             f"; no epoch ended within {len(seen.updates)} updates, the most watched unless "
             "--steps asks (an epoch's end shows its last, short update: --steps N watches N)"
         )
+    if v.counted:
+        note += f"; each loss it sums itself read as a mean over {SAID[v.counted]}"
     if v.unread:
         note += (
             f"; {len(v.unread)} update(s) applied what their micro-batches' read losses do not "

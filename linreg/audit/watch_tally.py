@@ -88,6 +88,8 @@ class Verdicts:
     partial: set[int] = field(default_factory=set)  # updates with a term no batch's targets
     # fed (a teacher's outputs, a penalty): its weight never judged
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
+    counted: str = ""  # the count a loss the code reduced itself divides by, where not its
+    # targets (watch_counts.meant)
     # updates of unequal micro-batches whose weights another pitfall named (their means added
     # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here
     taken: set[int] = field(default_factory=set)

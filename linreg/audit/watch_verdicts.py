@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
+from linreg.audit.watch_counts import meant
 from linreg.audit.watch_readings import (
     Reading,
     alike,
@@ -61,6 +62,9 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     """Return the verdicts on every update seen: against the mean of each update's rows'
     gradients, or (summed) their sum."""
     v = Verdicts(meant="sum" if summed else "mean")
+    if not summed:  # each loss's count, as its code divided it
+        updates, v.counted = meant(seen.updates)
+        seen = replace(seen, updates=updates)
     # per set of optimizers (a GAN's D and G updates each weigh their own rows, each scale its
     # own) and term ("": one loss)
     readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)

@@ -204,6 +204,10 @@ def _close(update: Open, tol: float) -> Update:
     several = _several(update.micro, calls, split)
     group = hash(tuple(sorted(id(p) for p in update.params)))
     pooled = bool(split) and _pooled(update.micro, calls, split)
+    keys = sorted({k for mb in update.micro for c in mb.losses for k in c.others})
+    others = (
+        () if several else tuple((k, tuple(mb.count_by(k) for mb in update.micro)) for k in keys)
+    )
     if counts and not update.blind and (not several or pooled):
         right, through = applied_mean(update, sum(counts), tol)
         if right is not None:
@@ -217,7 +221,7 @@ def _close(update: Open, tol: float) -> Update:
                 before_end=update.before_end,
                 calls=max(len(mb.losses) for mb in update.micro),
                 norm=0.0 if right or value_clipped else through, group=group,
-                optimizers=optimizers,
+                optimizers=optimizers, others=others, right_total=sum(counts),
             )  # fmt: skip
     m = len(calls) if several else len(update.micro)
     gram = torch.zeros(m, m, dtype=torch.float64)
@@ -293,6 +297,7 @@ def _close(update: Open, tol: float) -> Update:
         zeroed=zeroed, divided=_divided(update.micro),
         again=bool(update.micro) and all(mb.again for mb in update.micro),
         epoch=min((mb.epoch for mb in update.micro if mb.epoch is not None), default=None),
+        others=() if several else others,
     )  # fmt: skip
 
 

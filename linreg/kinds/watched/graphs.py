@@ -135,17 +135,17 @@ def reduced_whole(roots: list[Any], node: Any) -> bool:
     return whole(node, 0)
 
 
-def count_of(name: str, per: Tensor, given: dict[str, Any]) -> float:
-    """Return what the loss's mean divides by: class-index targets not ignored (weighted by
-    their class weight), else every element; `given` is the call's arguments by name."""
+def count_of(name: str, per: Tensor, given: dict[str, Any]) -> tuple[float, float | None]:
+    """Return what the loss's mean divides by: class-index targets not ignored, else every
+    element; and where class weights weigh them, their weights' sum (what torch's own mean
+    divides by), else None. `given` is the call's arguments by name."""
     target = given.get("target")
     if name in _INDEXED and isinstance(target, Tensor) and not target.is_floating_point():
         kept = target != given.get("ignore_index", -100)
         weight = given.get("weight")
-        if isinstance(weight, Tensor):
-            return float(weight[target[kept]].sum())
-        return float(kept.sum())
-    return float(per.numel())
+        weighted = float(weight[target[kept]].sum()) if isinstance(weight, Tensor) else None
+        return float(kept.sum()), weighted
+    return float(per.numel()), None
 
 
 def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[float, ...]:

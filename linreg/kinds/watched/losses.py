@@ -50,6 +50,7 @@ class LossReader:
     batch_tensors: collections.deque[Tensor]
     unread_last: dict[int, list[Tensor]]
     yields: dict[int, int]
+    rows: dict[int, int]
     heads: dict[int, Head]
     leaves: Leaves
 
@@ -95,14 +96,26 @@ class LossReader:
                 if id(p) not in self.found:
                     self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
             del self.pending[:-PENDING]  # losses no backward() reached: the latest
-            fetched_by, fetched_from = self._fetched(given.get("target"))
             predicted = given.get("input")
             nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else frozenset()
+            fetched_by, fetched_from = self._fetched(given.get("target"))
+            # torch's own mean of class-weighted targets divides by their weights' sum; a
+            # loss the code reduces itself, by a count of its own: its targets, their weights'
+            # sum, or its batch's rows (a sum over tokens / the sentences), read as it did
+            targets, weighted = count_of(name, per, given)
+            own = reduction != "mean"
+            count = weighted if weighted is not None and not own else targets
+            others = {}
+            if own and weighted is not None:
+                others["weights"] = weighted
+            rows = self.rows.get(fetched_by) if fetched_by is not None else None
+            if own and rows and per.numel() > rows and per.numel() % rows == 0:
+                others["rows"] = float(rows)
             self.pending.append(
                 LossCall(
                     out.grad_fn,
                     grads,
-                    count_of(name, per, given),
+                    count,
                     # a KL term's target is a distribution (a teacher's, soft labels): its
                     # weight is solved for, never judged, as a penalty's
                     name not in SOLVED and self._from_batch(given.get("target")),
@@ -122,6 +135,7 @@ class LossReader:
                     # where no batch holds its target (y - mu) / sd), the last to fetch
                     source=self._source(given.get("target")) or fetched_from,
                     per=per if later else None,
+                    others={k: n for k, n in others.items() if n != count},
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it

@@ -114,6 +114,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.origins: dict[int, tuple[weakref.ref[Tensor], tuple[int, int]]] = {}
         self.stepping: set[int | None] = set()
         self.yields: dict[int, int] = {}  # the batches each iterator yielded so far
+        self.rows: dict[int, int] = {}  # the rows of each iterator's last batch (passes)
         self.dataset_of: dict[int, int] = {}  # each iterator's dataset
         self.epoch_of: dict[int, int] = {}  # each iterator's batches an epoch, where known
         # the updates before which each iterator's batches were zeroed

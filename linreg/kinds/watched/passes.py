@@ -47,6 +47,7 @@ class Passes:
     began: dict[int, int]
     begun_at: dict[int, int]
     yields: dict[int, int]
+    rows: dict[int, int]
     longest: int
     source: int | None
     iterator: int | None
@@ -159,6 +160,11 @@ class Passes:
             )
             self.batch_tensors.extend(fetched)
             self.unread_last[at[0]] = fetched
+            firsts = {t.shape[0] for t in fetched if t.ndim}  # its samples, where every tensor
+            if len(firsts) == 1:  # of it holds one row each
+                self.rows[at[0]] = firsts.pop()
+            else:
+                self.rows.pop(at[0], None)
 
 
 def length(it: _BaseDataLoaderIter) -> int | None:

@@ -61,6 +61,10 @@ class LossCall:
     # its per-element loss (the watch's own call), until the backward() that reaches it takes
     # its gradients (loss_gradients.take); then None, grads holding them
     per: Tensor | None = None
+    # a loss the code reduces itself (reduction="sum" or "none"): the other counts it may
+    # divide by (its targets' class weights' sum: "weights"; its batch's rows, each several
+    # elements: "rows"), the one it meant read from the run (watch_counts)
+    others: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +89,10 @@ class MicroBatch:
     @property
     def count(self) -> float:
         return sum(c.count for c in self.losses)
+
+    def count_by(self, key: str) -> float:
+        """Return its count where each loss divides by its count `key` (LossCall.others)."""
+        return sum(c.others.get(key, c.count) for c in self.losses)
 
 
 @dataclass
@@ -187,6 +195,10 @@ class Update:
     # loss and optimizer, both stepped after both backward() calls): each set's update, read
     # on its own losses' rows (close)
     parts: tuple[Update, ...] = ()
+    # its micro-batches' counts where their losses divide by another count (LossCall.others),
+    # per key; and, where it applied the mean (right), the count that mean divided by
+    others: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    right_total: float = 0.0
 
     @property
     def fed(self) -> bool:

@@ -1,0 +1,177 @@
+"""A loss the code sums itself (reduction="sum" or "none") and divides by a count of its own is
+the mean over that count: its targets, their class weights' sum (torch's own mean of a
+class-weighted loss), or its batch's rows, each a sum over its elements (fairseq's
+--sentence-avg). The count meant is read from the run; a nominal divisor on a short batch is
+named against it, and a sum divided by nothing still fails mean-vs-sum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg.audit.report import Report
+from linreg.audit.watcher import watch
+
+WEIGHTS = torch.tensor([1.0, 2.0, 0.5])
+
+
+def _passed_with_a_short_update(report: Report) -> None:
+    """Assert the report passed, its short last update judged (a nominal divisor would show)."""
+    assert report.ok and not report.error, str(report)
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["short-last-batch"] == verdicts["mean-vs-sum"] == "pass", str(report)
+
+
+def _class_weighted(divide: str, ignored: bool = False, window: int = 1) -> Report:
+    """A classifier of 3 unbalanced classes, weighted, over 90 rows in shuffled batches of 8
+    (the last one of 2), its loss summed and divided as `divide` says, `window` batches a
+    step (the last window short)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 6, generator=gen), torch.randint(0, 3, (90,), generator=gen)
+    if ignored:
+        y[torch.rand(90, generator=gen) < 0.2] = -100
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
+    sizes = [min(8, 90 - 8 * i) for i in range(len(loader))]
+    with watch() as reports:
+        for i, (xb, yb) in enumerate(loader):
+            out, kept = model(xb), yb != -100
+            summed = F.cross_entropy(out, yb, weight=WEIGHTS, reduction="sum")
+            if divide == "targets":
+                loss = summed / max(1, int(kept.sum()))
+            elif divide == "module":
+                loss = nn.CrossEntropyLoss(weight=WEIGHTS, reduction="sum")(out, yb) / len(yb)
+            elif divide == "each":  # reduction="none", reduced by the code
+                each = F.cross_entropy(out, yb, weight=WEIGHTS, reduction="none")
+                loss = each.sum() / max(1, int(kept.sum()))
+            elif divide == "weights":
+                loss = summed / WEIGHTS[yb[kept]].sum()
+            elif divide == "window":
+                first = i - i % window
+                loss = summed / sum(sizes[first : first + window])
+            elif divide == "nominal":
+                loss = summed / 8
+            else:
+                loss = summed
+            loss.backward()
+            if (i + 1) % window == 0 or i + 1 == len(loader):
+                optimizer.step()
+                optimizer.zero_grad()
+    return reports[0]
+
+
+@pytest.mark.parametrize(
+    ("divide", "ignored", "window"),
+    [
+        ("targets", False, 1),
+        ("module", False, 1),
+        ("each", False, 1),
+        ("weights", False, 1),
+        ("window", False, 2),
+        ("targets", True, 1),
+        ("weights", True, 1),
+    ],
+)
+def test_a_class_weighted_sum_divided_by_its_targets_or_their_weights_passes(
+    divide: str, ignored: bool, window: int
+) -> None:
+    """Correct, each a mean of its own: the weighted losses' mean over the targets (sum /
+    len(y), a window's sum over its rows), or over their weights' sum (torch's own mean, by
+    hand). Code review cr47: the targets' forms failed mean-vs-sum, read against the weights'
+    sum alone (a factor that grows with the rows)."""
+    _passed_with_a_short_update(_class_weighted(divide, ignored, window))
+
+
+@pytest.mark.parametrize(
+    ("divide", "pitfall"), [("nominal", "short-last-batch"), ("sum", "mean-vs-sum")]
+)
+def test_a_class_weighted_sum_divided_by_a_nominal_count_or_by_nothing_is_named(
+    divide: str, pitfall: str
+) -> None:
+    """Its twins: / 8 on every batch, the last one of 2 rows (0.25 times its mean there);
+    the sum divided by nothing (8 times the mean of a full batch)."""
+    report = _class_weighted(divide)
+    assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+
+
+PAD, VOCAB = 0, 20
+
+
+def _sentences(normalize: str, window: int = 1) -> Report:
+    """A word-level language model over 60 sentences of 3 to 11 tokens, padded to each batch's
+    longest (8 a batch: the last of 4), in a fairseq criterion's style: the tokens' losses
+    summed (padding ignored) and divided by the sample size, `window` batches a step."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 12, (60,), generator=gen).tolist()
+    sentences = [torch.randint(1, VOCAB, (n,), generator=gen) for n in lengths]
+
+    def collate(batch: list[torch.Tensor]) -> dict[str, object]:
+        tokens = nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=PAD)
+        return {"net_input": tokens[:, :-1], "target": tokens[:, 1:], "nsentences": len(batch)}
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        embed, rnn, out = (
+            nn.Embedding(VOCAB, 16),
+            nn.GRU(16, 16, batch_first=True),
+            nn.Linear(16, VOCAB),
+        )
+    params = [p for m in (embed, rnn, out) for p in m.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    loader = DataLoader(sentences, batch_size=8, shuffle=True, collate_fn=collate, generator=gen)
+    sizes = [min(8, 60 - 8 * i) for i in range(len(loader))]
+    with watch() as reports:
+        for i, sample in enumerate(loader):
+            hidden, _ = rnn(embed(sample["net_input"]))
+            target = sample["target"]
+            summed = F.cross_entropy(
+                out(hidden).reshape(-1, VOCAB),
+                target.reshape(-1),
+                ignore_index=PAD,
+                reduction="sum",
+            )
+            first = i - i % window
+            size = {
+                "tokens": int((target != PAD).sum()),
+                "sentences": sample["nsentences"],
+                "window": sum(sizes[first : first + window]),
+                "nominal": 8,
+                "nothing": 1,
+            }[normalize]
+            (summed / size).backward()
+            if (i + 1) % window == 0 or i + 1 == len(loader):
+                optimizer.step()
+                optimizer.zero_grad()
+    return reports[0]
+
+
+@pytest.mark.parametrize(("normalize", "window"), [("tokens", 1), ("sentences", 1), ("window", 2)])
+def test_a_sum_over_tokens_divided_by_its_tokens_or_its_sentences_passes(
+    normalize: str, window: int
+) -> None:
+    """Correct, each a mean of its own: over the tokens, or (--sentence-avg) over the
+    sentences of the batch or of an accumulation window, each sentence's tokens summed. Code
+    review cr47: the sentences' form failed mean-vs-sum, its tokens a count that grows with
+    the rows."""
+    report = _sentences(normalize, window)
+    _passed_with_a_short_update(report)
+    if normalize != "tokens":
+        assert "a mean over their batch's rows" in report.note, report.note
+
+
+@pytest.mark.parametrize(
+    ("normalize", "pitfall"), [("nominal", "short-last-batch"), ("nothing", "mean-vs-sum")]
+)
+def test_a_sum_over_tokens_divided_by_a_nominal_count_or_by_nothing_is_named(
+    normalize: str, pitfall: str
+) -> None:
+    """Its twins: the sentences' sum divided by the batch size asked for, 8, on the last batch
+    of 4 too (half its mean there); the tokens' sum divided by nothing."""
+    report = _sentences(normalize)
+    assert [r.pitfall for r in report.failures] == [pitfall], str(report)
