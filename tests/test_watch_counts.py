@@ -6,6 +6,8 @@ named against it, and a sum divided by nothing still fails mean-vs-sum."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -103,23 +105,40 @@ def test_a_class_weighted_sum_divided_by_a_nominal_count_or_by_nothing_is_named(
 PAD, VOCAB = 0, 20
 
 
-def _sentences(normalize: str, window: int = 1) -> Report:
+def _ahead(batches: Iterable[dict[str, object]]) -> Iterator[dict[str, object]]:
+    """Yield the batches, each fetched once the one after it was (a loader that prefetches,
+    as timm's PrefetchLoader and apex's data_prefetcher do)."""
+    it = iter(batches)
+    held = next(it)
+    for batch in it:
+        yield held
+        held = batch
+    yield held
+
+
+def _sentences(
+    normalize: str, window: int = 1, time_major: bool = False, prefetch: bool = False
+) -> Report:
     """A word-level language model over 60 sentences of 3 to 11 tokens, padded to each batch's
     longest (8 a batch: the last of 4), in a fairseq criterion's style: the tokens' losses
-    summed (padding ignored) and divided by the sample size, `window` batches a step."""
+    summed (padding ignored) and divided by the sample size, `window` batches a step; its
+    batches (time steps, sentences) where time_major, as torchtext's were; fetched a batch
+    ahead where prefetch."""
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, 12, (60,), generator=gen).tolist()
     sentences = [torch.randint(1, VOCAB, (n,), generator=gen) for n in lengths]
 
     def collate(batch: list[torch.Tensor]) -> dict[str, object]:
-        tokens = nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=PAD)
+        tokens = nn.utils.rnn.pad_sequence(batch, batch_first=not time_major, padding_value=PAD)
+        if time_major:
+            return {"net_input": tokens[:-1], "target": tokens[1:], "nsentences": len(batch)}
         return {"net_input": tokens[:, :-1], "target": tokens[:, 1:], "nsentences": len(batch)}
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         embed, rnn, out = (
             nn.Embedding(VOCAB, 16),
-            nn.GRU(16, 16, batch_first=True),
+            nn.GRU(16, 16, batch_first=not time_major),
             nn.Linear(16, VOCAB),
         )
     params = [p for m in (embed, rnn, out) for p in m.parameters()]
@@ -127,7 +146,7 @@ def _sentences(normalize: str, window: int = 1) -> Report:
     loader = DataLoader(sentences, batch_size=8, shuffle=True, collate_fn=collate, generator=gen)
     sizes = [min(8, 60 - 8 * i) for i in range(len(loader))]
     with watch() as reports:
-        for i, sample in enumerate(loader):
+        for i, sample in enumerate(_ahead(loader) if prefetch else loader):
             hidden, _ = rnn(embed(sample["net_input"]))
             target = sample["target"]
             summed = F.cross_entropy(
@@ -143,6 +162,7 @@ def _sentences(normalize: str, window: int = 1) -> Report:
                 "window": sum(sizes[first : first + window]),
                 "nominal": 8,
                 "nothing": 1,
+                "first-dim": target.size(0),  # a bug where time-major: its time steps
             }[normalize]
             (summed / size).backward()
             if (i + 1) % window == 0 or i + 1 == len(loader):
@@ -151,18 +171,22 @@ def _sentences(normalize: str, window: int = 1) -> Report:
     return reports[0]
 
 
-@pytest.mark.parametrize(("normalize", "window"), [("tokens", 1), ("sentences", 1), ("window", 2)])
+@pytest.mark.parametrize(
+    ("normalize", "window", "prefetch"),
+    [("tokens", 1, False), ("sentences", 1, False), ("window", 2, False), ("sentences", 1, True)],
+)
 def test_a_sum_over_tokens_divided_by_its_tokens_or_its_sentences_passes(
-    normalize: str, window: int
+    normalize: str, window: int, prefetch: bool
 ) -> None:
     """Correct, each a mean of its own: over the tokens, or (--sentence-avg) over the
-    sentences of the batch or of an accumulation window, each sentence's tokens summed. Code
-    review cr47: the sentences' form failed mean-vs-sum, its tokens a count that grows with
-    the rows."""
-    report = _sentences(normalize, window)
+    sentences of the batch or of an accumulation window, each sentence's tokens summed; from
+    a loader that fetches a batch ahead too. Code review cr47: the sentences' form failed
+    mean-vs-sum, its tokens a count that grows with the rows; cr48: each loss was read with
+    its loader's latest batch's sentences, the next one's where fetched ahead."""
+    report = _sentences(normalize, window, prefetch=prefetch)
     _passed_with_a_short_update(report)
     if normalize != "tokens":
-        assert "a mean over their batch's rows" in report.note, report.note
+        assert "a mean over their batch's samples" in report.note, report.note
 
 
 @pytest.mark.parametrize(
@@ -175,3 +199,26 @@ def test_a_sum_over_tokens_divided_by_a_nominal_count_or_by_nothing_is_named(
     of 4 too (half its mean there); the tokens' sum divided by nothing."""
     report = _sentences(normalize)
     assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+
+
+def test_a_time_major_sum_divided_by_its_time_steps_is_no_mean_over_the_sentences() -> None:
+    """A bug: batches (time steps, sentences), the tokens' sum divided by the first dim,
+    meant as the batch size: its time steps, some batches' as many as their sentences (code
+    review cr48: read as a mean over each batch's first dim, it passed)."""
+    report = _sentences("first-dim", time_major=True)
+    assert "mean-vs-sum" in [r.pitfall for r in report.failures], str(report)
+    assert "samples" not in report.note, report.note
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_class_weighted_means_added_up_in_a_window_read_as_torchs_means(window: int) -> None:
+    """A class-weighted sum divided by its weights' sum in each batch (torch's own mean, by
+    hand), `window` batches a step: right alone, added up undivided over 3 (code review cr48:
+    where no update was right under either count, their targets' was taken, and the
+    undivided window matched no known mistake)."""
+    report = _class_weighted("weights", window=window)
+    if window == 1:
+        _passed_with_a_short_update(report)
+    else:
+        failure = next(r for r in report.failures if r.pitfall == "mean-vs-sum")
+        assert "without dividing" in failure.message, str(report)

@@ -1,38 +1,41 @@
 """The count a loss the code reduced itself divides by, read from the run: where it sums its
-loss (reduction="sum" or "none") and divides by a count of its own, that count may be its
-targets (the default), their class weights' sum (sum / w[y].sum(), torch's own mean), or its
-batch's rows, each several elements (fairseq's --sentence-avg: a sum over tokens / the
-sentences). Each is a mean of its own; the one the code meant is the one under which more of
-its updates applied the mean of their rows than under its targets, in the run as a whole, so a
-nominal divisor on one short batch is named against that mean.
+loss (reduction="sum" or "none") and divides by a count of its own, that count may be what
+torch's own mean divides by (its targets, or their class weights' sum), its class-weighted
+targets' own count (sum / len(y)), or its batch's samples where each holds several elements
+(fairseq's --sentence-avg: a sum over tokens / the sentences). Each is a mean of its own; the
+one the code meant is the one under which more of its updates applied the mean of their rows
+than under torch's count, in the run as a whole, so a nominal divisor on one short batch is
+named against that mean.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from linreg.audit.watch_readings import near, read
+from linreg.audit.watch_readings import near
+from linreg.audit.watch_readings import read as _read
 from linreg.kinds.watched.records import Update
 
 SAID = {  # each other count, as the report says it was read
-    "weights": "their class weights' sum (the code divides its class-weighted sum by it, as "
-    "torch's own mean does)",
-    "rows": "their batch's rows, each a sum over its elements (the code divides by the rows: "
-    "a sentence's tokens summed, averaged over the sentences)",
+    "targets": "their targets, each weighed by its class weight (the code divides its "
+    "class-weighted sum by the targets, where torch's own mean divides by their weights' sum)",
+    "rows": "their batch's samples, each a sum over its elements (the code divides by the "
+    "samples: a sentence's tokens summed, averaged over the sentences)",
 }
 
 
 def meant(updates: list[Update]) -> tuple[list[Update], str]:
-    """Return the updates read with the counts their losses' code divided by: their targets,
-    or the other count (Update.others) under which more updates applied the mean (ties: their
-    targets); and that count's key ("": their targets)."""
+    """Return the updates read with the counts their losses' code divided by: torch's, or the
+    other count (Update.others) under which more updates applied the mean, two thirds of
+    those read at least (else torch's); and that count's key ("": torch's)."""
     keys = sorted({k for u in updates for part in (u, *u.parts) for k, _ in part.others})
     if not keys:
         return updates, ""
-    votes = {k: _rights([_as(u, k) for u in updates]) for k in keys}
-    best = max(keys, key=lambda k: votes[k])
-    if votes[best] <= _rights(updates):
-        return updates, ""
+    tallies = {k: _tally(updates, k) for k in keys}
+    best = max(keys, key=lambda k: tallies[k][0])
+    right, torchs, read = tallies[best]  # (a divisor of the code's may equal it now and then:
+    if right <= torchs or 3 * right < 2 * read:  # a time-major batch's time steps, its samples
+        return updates, ""  # in some batches)
     return [_as(u, best) for u in updates], best
 
 
@@ -45,12 +48,19 @@ def _as(u: Update, key: str) -> Update:
     return replace(u, counts=list(counts), parts=parts)
 
 
-def _rights(updates: list[Update]) -> int:
-    """Return how many updates (or parts of one) applied the mean of their rows' gradients."""
-    right = 0
+def _tally(updates: list[Update], key: str) -> tuple[int, int, int]:
+    """Return, of the updates (or parts of one) whose losses may divide by the count `key`, how
+    many applied the mean of their rows' gradients under it, how many under torch's count, and
+    how many were read as weights on their micro-batches at all."""
+    right = torchs = read = 0
     for j, u in enumerate(updates):
         for part in u.parts or (u,):
-            r = read(j, part, False) if not part.columns else None
-            rel = None if r is None else r.relative
+            if part.columns or key not in dict(part.others):
+                continue
+            mine, theirs = _read(j, _as(part, key), False), _read(j, part, False)
+            rel = None if mine is None else mine.relative
+            read += bool(rel)
             right += bool(rel) and all(near(x, 1) for x in rel or ())
-    return right
+            rel = None if theirs is None else theirs.relative
+            torchs += bool(rel) and all(near(x, 1) for x in rel or ())
+    return right, torchs, read

@@ -51,6 +51,7 @@ class LossReader:
     unread_last: dict[int, list[Tensor]]
     yields: dict[int, int]
     rows: dict[int, int]
+    samples: collections.deque[weakref.ref[Tensor]]
     heads: dict[int, Head]
     leaves: Leaves
 
@@ -99,17 +100,17 @@ class LossReader:
             predicted = given.get("input")
             nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else frozenset()
             fetched_by, fetched_from = self._fetched(given.get("target"))
-            # torch's own mean of class-weighted targets divides by their weights' sum; a
-            # loss the code reduces itself, by a count of its own: its targets, their weights'
-            # sum, or its batch's rows (a sum over tokens / the sentences), read as it did
+            # a mean of class-weighted targets divides by their weights' sum (torch's own); a
+            # loss the code reduces itself, by a count of its own: that, its targets, or its
+            # batch's rows (a sum over tokens / the sentences), read as it did (watch_counts)
             targets, weighted = count_of(name, per, given)
             own = reduction != "mean"
-            count = weighted if weighted is not None and not own else targets
+            count = targets if weighted is None else weighted
             others = {}
             if own and weighted is not None:
-                others["weights"] = weighted
-            rows = self.rows.get(fetched_by) if fetched_by is not None else None
-            if own and rows and per.numel() > rows and per.numel() % rows == 0:
+                others["targets"] = targets
+            rows = self._rows(given.get("target")) if own else None
+            if rows and per.numel() > rows and per.numel() % rows == 0:
                 others["rows"] = float(rows)
             self.pending.append(
                 LossCall(
@@ -162,6 +163,26 @@ class LossReader:
         alive = None if origin is None else origin[0]()
         return None if origin is None or _storage(alive) != memory else origin[1]
 
+    def _rows(self, target: Any) -> int | None:
+        """Return the samples of the fetched batch a target is (a view of its tensors, or one
+        of them flattened, or its samples' first or last elements each, flattened: a token
+        batch shifted, y[:, 1:].reshape(-1)), as its sampler gave their indices; None where
+        not known."""
+        memory = _storage(target)
+        if memory is None or target.is_sparse:
+            return None
+        origin = self.origins.get(memory)
+        if origin is not None and _storage(origin[0]()) == memory:
+            return self.rows.get(memory)
+        with torch.no_grad():
+            flat = target.detach().reshape(-1)
+            for ref in reversed(self.samples):
+                fetched = ref()
+                n = None if fetched is None else self.rows.get(_storage(fetched) or 0)
+                if fetched is not None and n and _within(flat, fetched, n):
+                    return n
+        return None
+
     def _source(self, target: Any) -> int | None:
         """Return the dataset whose fetched batch a target is: a view of its tensors, or its
         rows cast or moved (y.float(), y.to(device)); None where neither (not the last loader
@@ -197,6 +218,20 @@ class LossReader:
         for it, fetched in list(self.unread_last.items()):
             if any(_storage(t) == memory for t in fetched):
                 del self.unread_last[it]
+
+
+def _within(flat: Tensor, fetched: Tensor, samples: int) -> bool:
+    """Return whether flat holds a fetched tensor's elements, flattened: all of them, or the
+    first or last of each of its samples' (its rows, one a sample)."""
+    if fetched.device != flat.device or flat.numel() > fetched.numel():
+        return False
+    if flat.numel() == fetched.numel():
+        return torch.equal(fetched.reshape(-1).to(flat.dtype), flat)
+    if fetched.ndim < 2 or fetched.shape[0] != samples or flat.numel() % samples:
+        return False
+    each, whole = flat.numel() // samples, fetched[0].numel()
+    rows, mine = fetched.reshape(samples, whole).to(flat.dtype), flat.view(samples, each)
+    return any(torch.equal(rows[:, o : o + each], mine) for o in (0, whole - each))
 
 
 def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:

@@ -114,7 +114,12 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.origins: dict[int, tuple[weakref.ref[Tensor], tuple[int, int]]] = {}
         self.stepping: set[int | None] = set()
         self.yields: dict[int, int] = {}  # the batches each iterator yielded so far
-        self.rows: dict[int, int] = {}  # the rows of each iterator's last batch (passes)
+        self.rows: dict[int, int] = {}  # each fetched tensor's storage: its batch's samples
+        # the latest fetched tensors whose batch's samples are known, kept past an update (a
+        # loader that fetches ahead: timm's PrefetchLoader)
+        self.samples: collections.deque[weakref.ref[Tensor]] = collections.deque(
+            maxlen=KEPT_TENSORS
+        )
         self.dataset_of: dict[int, int] = {}  # each iterator's dataset
         self.epoch_of: dict[int, int] = {}  # each iterator's batches an epoch, where known
         # the updates before which each iterator's batches were zeroed

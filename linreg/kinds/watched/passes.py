@@ -48,6 +48,7 @@ class Passes:
     begun_at: dict[int, int]
     yields: dict[int, int]
     rows: dict[int, int]
+    samples: collections.deque[weakref.ref[Tensor]]
     longest: int
     source: int | None
     iterator: int | None
@@ -125,11 +126,18 @@ class Passes:
         return self.backwards > self.began.get(it, -1)
 
     def fetch(
-        self, batch: Any, at: tuple[int, int], epoch: int | None, yielded: int, sampler: int
+        self,
+        batch: Any,
+        at: tuple[int, int],
+        epoch: int | None,
+        yielded: int,
+        sampler: int,
+        samples: int | None = None,
     ) -> None:
         """Count a batch a DataLoader's iterator (`at`: iterator, dataset) yielded, the
         `yielded`th of an epoch of `epoch` batches (None: not known), with its loader's
-        sampler (an id), and keep its tensors' storages. An epoch of a known length up to
+        sampler (an id), and keep its tensors' storages, with the samples it collated (None:
+        not known). An epoch of a known length up to
         LONGEST batches is watched to its end (updates <= batches); its last batch fetched,
         the pass ends at the next fetch (a fetcher that knows the length never asks past it:
         Lightning's)."""
@@ -160,11 +168,11 @@ class Passes:
             )
             self.batch_tensors.extend(fetched)
             self.unread_last[at[0]] = fetched
-            firsts = {t.shape[0] for t in fetched if t.ndim}  # its samples, where every tensor
-            if len(firsts) == 1:  # of it holds one row each
-                self.rows[at[0]] = firsts.pop()
-            else:
-                self.rows.pop(at[0], None)
+            if len(self.rows) > ORIGINS:  # (read through origins: a freed one's is let go)
+                self.rows = {m: n for m, n in self.rows.items() if m in self.origins}
+            if samples:
+                self.rows.update(dict.fromkeys(memories, samples))
+                self.samples.extend(weakref.ref(t) for t in fetched)
 
 
 def length(it: _BaseDataLoaderIter) -> int | None:

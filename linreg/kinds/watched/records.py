@@ -62,8 +62,9 @@ class LossCall:
     # its gradients (loss_gradients.take); then None, grads holding them
     per: Tensor | None = None
     # a loss the code reduces itself (reduction="sum" or "none"): the other counts it may
-    # divide by (its targets' class weights' sum: "weights"; its batch's rows, each several
-    # elements: "rows"), the one it meant read from the run (watch_counts)
+    # divide by (its class-weighted targets' own count: "targets"; its fetched batch's
+    # samples, each several elements: "rows"), the one it meant read from the run
+    # (watch_counts)
     others: dict[str, float] = field(default_factory=dict)
 
 

@@ -17,6 +17,7 @@ an update applied is read against the micro-batches it consumed (`Update`).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import sys
@@ -64,12 +65,22 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     w = Observer(steps)
     losses = {name: getattr(F, name) for name in LOSSES}
     loader_next = _BaseDataLoaderIter.__next__
+    index_next = _BaseDataLoaderIter._next_index
+    # each iterator's batches' samples, as its sampler gave their indices (workers ask ahead)
+    samples: dict[int, collections.deque[int | None]] = collections.defaultdict(collections.deque)
 
     live = [True]  # a wrapper a name kept after the watch passes straight through
     # each iterator's number, and each loader's sampler's, never reused (CPython reuses a freed
     # object's id: a probe's `next(iter(loader))` and the training pass after it would be one,
     # and a probe's DataLoader made anew took a freed training loader's sampler's id)
     number = _Numbers()
+
+    def next_index(self: _BaseDataLoaderIter) -> Any:
+        index = index_next(self)  # type: ignore[no-untyped-call]
+        if live[0]:
+            batched = getattr(self, "_auto_collation", False) and hasattr(index, "__len__")
+            samples[number(self)].append(len(index) if batched else None)
+        return index
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
         if not live[0]:
@@ -85,7 +96,15 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         # its loader's own sampler: a probe loader over the training set's first rows is
         # another loader over the same dataset
         sampler = number(getattr(self, "_index_sampler", self))
-        w.fetch(batch, at, length(self), getattr(self, "_num_yielded", 0), sampler)
+        asked = samples[at[0]]
+        w.fetch(
+            batch,
+            at,
+            length(self),
+            getattr(self, "_num_yielded", 0),
+            sampler,
+            asked.popleft() if asked else None,
+        )
         return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
@@ -190,6 +209,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     torch.amp.GradScaler.step = step  # type: ignore[method-assign,assignment]
     LRScheduler.step = schedule  # type: ignore[method-assign,assignment]
     _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign]
+    _BaseDataLoaderIter._next_index = next_index  # type: ignore[method-assign]
     clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
     clip_grad.clip_grad_value_ = torch.nn.utils.clip_grad_value_ = clip_grad_value_
     try:
@@ -209,6 +229,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         torch.amp.GradScaler.step = scaler_step  # type: ignore[method-assign]
         LRScheduler.step = scheduler_step  # type: ignore[method-assign]
         _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
+        _BaseDataLoaderIter._next_index = index_next  # type: ignore[method-assign]
         clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_norm
         clip_grad.clip_grad_value_ = torch.nn.utils.clip_grad_value_ = clip_value_fn
         torch.set_grad_enabled(grad_mode)
