@@ -170,37 +170,52 @@ def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[floa
 
 
 def weighed(
-    node: Any,
-    loss: int,
-    scales: Mapping[int, float] | None = None,
-    depth: int = 0,
-    summed: bool = False,
-) -> tuple[float, ...] | None:
-    """Return the numbers a loss (its node's id) is multiplied or divided by on its way to a
-    backward()'s root (node), through sums of losses (`la + lb`, `sum(losses)`) or of all a
-    loss's elements (`l.sum()`, `l.sum(dim=(0, 1))`, `l.sum(1).sum(0)`): () where none, None
-    where anything else stands between (a product by a tensor, a mask, a mean, a sum over some
-    dims whose sums are not summed in turn) or it is not reached; reshapes weigh nothing, and
-    so do losses stacked or joined where every element is summed (`torch.stack(ls).sum()`).
-    A loss scaler's scale is none (scales: the storages and values of GradScaler.scale's, on
-    the loss or a term of it; else, at the root, _scaler), and so is a Python float 1.0; any
-    other number is one, a count of 1 too; a division by 0 stands between. summed: every element of
-    node's output is summed, alike, above it."""
-    if node is None or depth > 64:
-        return None
-    while (
-        not depth
-        and type(node).__name__ == "MulBackward0"
-        and (_scaled(node, scales) or _scaler(node))
-    ):
+    node: Any, losses: set[int], scales: Mapping[int, float] | None = None
+) -> dict[int, tuple[float, ...]]:
+    """Return, for each loss (its node's id) a backward()'s root (node) reaches through sums of
+    losses (`la + lb`, `sum(losses)`) or of all a loss's elements (`l.sum()`,
+    `l.sum(dim=(0, 1))`, `l.sum(1).sum(0)`), the numbers it is multiplied or divided by on its
+    way there: () where none; a loss reached only through anything else (a product by a tensor,
+    a mask, a mean, a sum over some dims whose sums are not summed in turn), or not at all, is
+    left out. Reshapes weigh nothing, and so do losses stacked or joined where every element is
+    summed (`torch.stack(ls).sum()`). A loss scaler's scale is none (scales: the storages and
+    values of GradScaler.scale's, on the loss or a term of it; else, at the root, _scaler), and
+    so is a Python float 1.0; any other number is one, a count of 1 too; a division by 0 stands
+    between. One walk for every loss, each node met once (at its least depth, up to 64), the
+    first way to each loss taken."""
+    while type(node).__name__ == "MulBackward0" and (_scaled(node, scales) or _scaler(node)):
         node = node.next_functions[0][0]
-    if id(node) == loss:
-        return ()
+    found: dict[int, tuple[float, ...]] = {}
+    depths: dict[tuple[int, bool], int] = {}
+    walk: list[tuple[Any, int, bool, tuple[float, ...]]] = [(node, 0, False, ())]  # a stack,
+    # children pushed last-first: met in their order
+    while walk:
+        node, depth, summed, numbers = walk.pop()
+        if node is None or depth > 64:
+            continue
+        if id(node) in losses:
+            found.setdefault(id(node), numbers)
+            continue
+        key = (id(node), summed)
+        if depths.get(key, 65) <= depth:
+            continue
+        depths[key] = depth
+        step = _step(node, scales, summed)
+        if step is not None:
+            more, below, below_summed = step
+            walk.extend((c, depth + 1, below_summed, numbers + more) for c, _ in reversed(below))
+    return found
+
+
+def _step(
+    node: Any, scales: Mapping[int, float] | None, summed: bool
+) -> tuple[tuple[float, ...], tuple[Any, ...], bool] | None:
+    """Return what a node weighs a loss below it by, the nodes below it a weight passes to,
+    and whether every element of theirs is summed above; None where it passes none (weighed)."""
     kind = type(node).__name__
-    numbers: tuple[float, ...] = ()
     if kind == "MulBackward0" and _scaled(node, scales):  # a GradScaler's, on a term
-        below = node.next_functions[:1]
-    elif kind in ("MulBackward0", "DivBackward0"):
+        return (), node.next_functions[:1], summed
+    if kind in ("MulBackward0", "DivBackward0"):
         other = _operand(node)
         if other is None or not math.isfinite(float(other)) or float(other) == 0:
             return None
@@ -208,22 +223,15 @@ def weighed(
         # an int or a tensor of 1 may be a count of the code's that is 1 here (num_pos)
         literal = other.dtype == torch.float64 and not other.ndim and float(other) == 1
         value = float(other) if kind == "MulBackward0" else 1 / float(other)
-        numbers = () if literal else (value,)
-        below = node.next_functions[:1]
-    elif kind == "SumBackward0" or (kind == "SumBackward1" and (summed or _whole_sum(node))):
-        below, summed = node.next_functions, True  # every element summed: the code's own sum
-    elif kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1:
-        below = node.next_functions
-    elif kind in ("StackBackward0", "CatBackward0") and summed:
-        below = node.next_functions  # each loss's elements among those summed
-    elif kind.rstrip("0123456789").removesuffix("Backward") in _RESHAPES:
-        below = node.next_functions[:1]  # the same elements: l.sum(0, keepdim=True).squeeze()
-    else:
-        return None
-    for child, _ in below:
-        found = weighed(child, loss, scales, depth + 1, summed)
-        if found is not None:
-            return numbers + found
+        return (() if literal else (value,)), node.next_functions[:1], summed
+    if kind == "SumBackward0" or (kind == "SumBackward1" and (summed or _whole_sum(node))):
+        return (), node.next_functions, True  # every element summed: the code's own sum
+    if kind == "AddBackward0" and getattr(node, "_saved_alpha", 1) == 1:
+        return (), node.next_functions, summed
+    if kind in ("StackBackward0", "CatBackward0") and summed:
+        return (), node.next_functions, summed  # each loss's elements among those summed
+    if kind.rstrip("0123456789").removesuffix("Backward") in _RESHAPES:
+        return (), node.next_functions[:1], summed  # l.sum(0, keepdim=True).squeeze()
     return None
 
 

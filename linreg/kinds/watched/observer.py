@@ -173,10 +173,11 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                 for p in leaves(t.grad_fn)
             }
         matched = [c for c in self.pending if id(c.node) in under]
+        ids = {id(c.node) for c in matched}
+        on_way = [weighed(t.grad_fn, ids, self.scales) for t in roots if matched]
         for c in matched:  # each loss's head, numbered as the watch met those trained on
             c.head = number(self.heads, c.nearest, c.piece, c.source)
-            on_way = (weighed(t.grad_fn, id(c.node), self.scales) for t in roots)
-            c.weights = next((w for w in on_way if w is not None), None)
+            c.weights = next((w[id(c.node)] for w in on_way if id(c.node) in w), None)
         self.busy = True  # their gradients, before this backward() frees the graph
         try:
             failed = {id(c) for c in take(matched)}
