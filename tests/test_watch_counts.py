@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from linreg.audit.report import Report
 from linreg.audit.watcher import watch
@@ -222,3 +222,54 @@ def test_class_weighted_means_added_up_in_a_window_read_as_torchs_means(window: 
     else:
         failure = next(r for r in report.failures if r.pitfall == "mean-vs-sum")
         assert "without dividing" in failure.message, str(report)
+
+
+class _Stream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Rows read as a stream: its sampler gives batch_size indices for the short last batch
+    too."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(zip(self.x, self.y, strict=True))
+
+
+@pytest.mark.parametrize("loader", ["stream", "persistent-cut-short"])
+@pytest.mark.parametrize("nominal", [False, True])
+def test_a_regression_summed_over_its_outputs_is_read_on_the_samples_its_batch_holds(
+    loader: str, nominal: bool
+) -> None:
+    """A regression of 3 outputs, each row's squared errors summed and averaged over the
+    batch's rows (correct), or divided by the batch size asked for, 8 (a bug on the short last
+    batch of 4, named): from an IterableDataset, and from a loader whose persistent worker is reset
+    for each epoch, the first epoch cut short after 3 batches. Code review cr49: each batch was
+    given the samples its sampler asked for, the stream's short one 8, and after the cut the
+    samples of batches asked ahead and never yielded: correct code named, the bug passed."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 5, generator=gen), torch.randn(60, 3, generator=gen)
+    if loader == "stream":
+        batches = DataLoader(_Stream(x, y), batch_size=8)
+    else:
+        batches = DataLoader(
+            TensorDataset(x, y), batch_size=8, num_workers=1, persistent_workers=True
+        )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(steps=20) as reports:
+        for epoch in range(3):
+            for i, (xb, yb) in enumerate(batches):
+                summed = F.mse_loss(model(xb), yb, reduction="sum")
+                (summed / (8 if nominal else len(xb))).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                if loader != "stream" and epoch == 0 and i == 2:
+                    break
+    report = reports[0]
+    if nominal:  # (a stream's samples are not known: the sum read on its elements)
+        named = "mean-vs-sum" if loader == "stream" else "short-last-batch"
+        assert [r.pitfall for r in report.failures] == [named], str(report)
+    else:
+        _passed_with_a_short_update(report)

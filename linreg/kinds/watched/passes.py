@@ -170,7 +170,7 @@ class Passes:
             self.unread_last[at[0]] = fetched
             if len(self.rows) > ORIGINS:  # (read through origins: a freed one's is let go)
                 self.rows = {m: n for m, n in self.rows.items() if m in self.origins}
-            if samples:
+            if samples and any(samples in t.shape for t in fetched):  # (else not this one's)
                 self.rows.update(dict.fromkeys(memories, samples))
                 self.samples.extend(weakref.ref(t) for t in fetched)
 

@@ -35,7 +35,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils.data.dataloader import _BaseDataLoaderIter
+from torch.utils.data.dataloader import _BaseDataLoaderIter, _DatasetKind
 
 from linreg.kinds.guards import compile_disabled
 from linreg.kinds.watched.observer import Observer
@@ -66,8 +66,11 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     losses = {name: getattr(F, name) for name in LOSSES}
     loader_next = _BaseDataLoaderIter.__next__
     index_next = _BaseDataLoaderIter._next_index
-    # each iterator's batches' samples, as its sampler gave their indices (workers ask ahead)
+    # each iterator's batches' samples, as its sampler gave their indices (workers ask ahead),
+    # and the pass of its sampler they are of (a persistent workers' iterator is reset for
+    # each epoch, where what it asked ahead of a pass cut short is never yielded)
     samples: dict[int, collections.deque[int | None]] = collections.defaultdict(collections.deque)
+    passes: dict[int, Any] = {}
 
     live = [True]  # a wrapper a name kept after the watch passes straight through
     # each iterator's number, and each loader's sampler's, never reused (CPython reuses a freed
@@ -78,8 +81,20 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     def next_index(self: _BaseDataLoaderIter) -> Any:
         index = index_next(self)  # type: ignore[no-untyped-call]
         if live[0]:
-            batched = getattr(self, "_auto_collation", False) and hasattr(index, "__len__")
-            samples[number(self)].append(len(index) if batched else None)
+            it, now = number(self), getattr(self, "_sampler_iter", None)
+            if passes.get(it) is not now:  # a new pass: what the last asked ahead is let go
+                samples[it].clear()
+                passes[it] = now
+            # a map-style dataset's batches, yielded in order: an iterable one's sampler gives
+            # batch_size for its short last batch too, and workers out of order yield theirs
+            # as they come
+            counted = (
+                getattr(self, "_auto_collation", False)
+                and getattr(self, "_dataset_kind", None) == _DatasetKind.Map
+                and getattr(self, "_in_order", True)
+                and hasattr(index, "__len__")
+            )
+            samples[it].append(len(index) if counted else None)
         return index
 
     def next_batch(self: _BaseDataLoaderIter) -> Any:
