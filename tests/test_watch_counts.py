@@ -6,7 +6,7 @@ named against it, and a sum divided by nothing still fails mean-vs-sum."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from linreg.audit.report import Report
 from linreg.audit.watcher import watch
+from tests.test_watch import fetched_ahead
 
 WEIGHTS = torch.tensor([1.0, 2.0, 0.5])
 
@@ -105,17 +106,6 @@ def test_a_class_weighted_sum_divided_by_a_nominal_count_or_by_nothing_is_named(
 PAD, VOCAB = 0, 20
 
 
-def _ahead(batches: Iterable[dict[str, object]]) -> Iterator[dict[str, object]]:
-    """Yield the batches, each fetched once the one after it was (a loader that prefetches,
-    as timm's PrefetchLoader and apex's data_prefetcher do)."""
-    it = iter(batches)
-    held = next(it)
-    for batch in it:
-        yield held
-        held = batch
-    yield held
-
-
 def _sentences(
     normalize: str, window: int = 1, time_major: bool = False, prefetch: bool = False
 ) -> Report:
@@ -123,7 +113,7 @@ def _sentences(
     longest (8 a batch: the last of 4), in a fairseq criterion's style: the tokens' losses
     summed (padding ignored) and divided by the sample size, `window` batches a step; its
     batches (time steps, sentences) where time_major, as torchtext's were; fetched a batch
-    ahead where prefetch."""
+    ahead where prefetch (as timm's PrefetchLoader and apex's data_prefetcher fetch too)."""
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, 12, (60,), generator=gen).tolist()
     sentences = [torch.randint(1, VOCAB, (n,), generator=gen) for n in lengths]
@@ -146,7 +136,7 @@ def _sentences(
     loader = DataLoader(sentences, batch_size=8, shuffle=True, collate_fn=collate, generator=gen)
     sizes = [min(8, 60 - 8 * i) for i in range(len(loader))]
     with watch() as reports:
-        for i, sample in enumerate(_ahead(loader) if prefetch else loader):
+        for i, sample in enumerate(fetched_ahead(loader) if prefetch else loader):
             hidden, _ = rnn(embed(sample["net_input"]))
             target = sample["target"]
             summed = F.cross_entropy(
