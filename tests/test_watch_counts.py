@@ -263,3 +263,66 @@ def test_a_regression_summed_over_its_outputs_is_read_on_the_samples_its_batch_h
         assert [r.pitfall for r in report.failures] == [named], str(report)
     else:
         _passed_with_a_short_update(report)
+
+
+def test_a_sum_over_batches_made_ahead_a_sample_each_is_named() -> None:
+    """A bug: a dataset of batches made ahead (bucketed offline), loaded a sample at a time and
+    squeezed, its squared errors summed and divided by nothing. Each sample's sum is its mean
+    over the one sample, a count that tells nothing (code review cr50: read as a mean over the
+    samples, it passed)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 5, generator=gen), torch.randn(60, 3, generator=gen)
+    made = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 60, 8)]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch() as reports:
+        for xb, yb in DataLoader(made, batch_size=1):
+            F.mse_loss(model(xb.squeeze(0)), yb.squeeze(0), reduction="sum").backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+
+
+class _Frames(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Utterances of 8 frames, 3 to 8 of them labelled (the rest -100), one unreadable."""
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(60, 8, 3, generator=gen)
+        self.y = torch.randint(0, 6, (60, 8), generator=gen)
+        for i, n in enumerate(torch.randint(3, 9, (60,), generator=gen).tolist()):
+            self.y[i, n:] = -100
+
+    def __len__(self) -> int:
+        return 60
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == 3:
+            raise OSError("a corrupt utterance")
+        return self.x[i], self.y[i]
+
+
+def test_a_batch_that_failed_to_load_lends_the_next_its_samples_never() -> None:
+    """Correct: each frame's cross-entropy summed and divided by the batch's utterances, a
+    batch that fails to load skipped by the code. Code review cr50: the failed batch's count
+    stayed queued, each later batch read with the one before's, the short last one named."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch() as reports:
+        batches = iter(DataLoader(_Frames(), batch_size=8))
+        while True:
+            try:
+                xb, yb = next(batches)
+            except OSError:
+                continue
+            except StopIteration:
+                break
+            summed = F.cross_entropy(model(xb).reshape(-1, 6), yb.reshape(-1), reduction="sum")
+            (summed / len(xb)).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    _passed_with_a_short_update(reports[0])

@@ -55,8 +55,10 @@ def _tally(updates: list[Update], key: str) -> tuple[int, int, int]:
     right = torchs = read = 0
     for j, u in enumerate(updates):
         for part in u.parts or (u,):
-            if part.columns or key not in dict(part.others):
-                continue
+            counts = dict(part.others).get(key)
+            if part.columns or counts is None or all(n <= 1 for n in counts):
+                continue  # (a sample each: its sum and its mean are one, a count that tells
+                # nothing: batches of one sample, a dataset of batches made ahead)
             mine, theirs = _read(j, _as(part, key), False), _read(j, part, False)
             rel = None if mine is None else mine.relative
             read += bool(rel)

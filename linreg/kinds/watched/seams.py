@@ -108,6 +108,10 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         except StopIteration:
             w.ran_out(now=True, at=at)
             raise
+        except BaseException:  # a sample that failed to load, the code may skip: its count
+            if samples[at[0]]:  # is not the next batch's
+                samples[at[0]].popleft()
+            raise
         # its loader's own sampler: a probe loader over the training set's first rows is
         # another loader over the same dataset
         sampler = number(getattr(self, "_index_sampler", self))
