@@ -6,6 +6,7 @@ named against it, and a sum divided by nothing still fails mean-vs-sum."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -286,9 +287,11 @@ def test_a_sum_over_batches_made_ahead_a_sample_each_is_named() -> None:
 
 
 class _Frames(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Utterances of 8 frames, 3 to 8 of them labelled (the rest -100), one unreadable."""
+    """Utterances of 8 frames, 3 to 8 of them labelled (the rest -100), one unreadable where
+    `broken`."""
 
-    def __init__(self) -> None:
+    def __init__(self, broken: bool = True) -> None:
+        self.broken = broken
         gen = torch.Generator().manual_seed(0)
         self.x = torch.randn(60, 8, 3, generator=gen)
         self.y = torch.randint(0, 6, (60, 8), generator=gen)
@@ -299,7 +302,7 @@ class _Frames(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return 60
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if i == 3:
+        if i == 3 and self.broken:
             raise OSError("a corrupt utterance")
         return self.x[i], self.y[i]
 
@@ -323,6 +326,36 @@ def test_a_batch_that_failed_to_load_lends_the_next_its_samples_never() -> None:
                 break
             summed = F.cross_entropy(model(xb).reshape(-1, 6), yb.reshape(-1), reduction="sum")
             (summed / len(xb)).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    _passed_with_a_short_update(reports[0])
+
+
+@dataclasses.dataclass
+class _Utterances:
+    """A batch as a collate that returns a dataclass gives it."""
+
+    frames: torch.Tensor
+    labels: torch.Tensor
+
+
+def test_a_batch_collated_into_a_dataclass_is_read_on_its_samples() -> None:
+    """Correct: each frame's cross-entropy summed and divided by the batch's utterances, each
+    batch a dataclass (code review cr50: its fields' tensors were not taken as the batch's,
+    and the sum failed mean-vs-sum)."""
+
+    def collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> _Utterances:
+        return _Utterances(*(torch.stack(column) for column in zip(*rows, strict=True)))
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch() as reports:
+        for batch in DataLoader(_Frames(broken=False), batch_size=8, collate_fn=collate):
+            logits = model(batch.frames).reshape(-1, 6)
+            summed = F.cross_entropy(logits, batch.labels.reshape(-1), reduction="sum")
+            (summed / len(batch.frames)).backward()
             optimizer.step()
             optimizer.zero_grad()
     _passed_with_a_short_update(reports[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import weakref
 from typing import Any
 
@@ -157,7 +158,7 @@ class Passes:
         self.fetched += 1
         self.all_fetched += 1
         with contextlib.suppress(Exception):  # a tensor without storage: nothing kept
-            fetched = tensors_in([batch], {})
+            fetched = _tensors(batch)
             memories = {t.untyped_storage().data_ptr() for t in fetched}
             self.batched |= memories
             self.fetchers.update(dict.fromkeys(memories, at))
@@ -173,6 +174,14 @@ class Passes:
             if samples and any(samples in t.shape for t in fetched):  # (else not this one's)
                 self.rows.update(dict.fromkeys(memories, samples))
                 self.samples.extend(weakref.ref(t) for t in fetched)
+
+
+def _tensors(batch: Any) -> list[Tensor]:
+    """Return the tensors a batch holds: in lists, tuples and dicts, and in a dataclass's
+    fields (a collate that returns one)."""
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return [t for f in dataclasses.fields(batch) for t in _tensors(getattr(batch, f.name))]
+    return tensors_in([batch], {})
 
 
 def length(it: _BaseDataLoaderIter) -> int | None:
