@@ -339,20 +339,24 @@ class _Utterances:
     labels: torch.Tensor
 
 
-def test_a_batch_collated_into_a_dataclass_is_read_on_its_samples() -> None:
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_a_batch_collated_into_a_dataclass_is_read_on_its_samples(with_ids: bool) -> None:
     """Correct: each frame's cross-entropy summed and divided by the batch's utterances, each
-    batch a dataclass (code review cr50: its fields' tensors were not taken as the batch's,
-    and the sum failed mean-vs-sum)."""
+    batch a dataclass, alone or beside the utterances' ids (code review cr50: its fields'
+    tensors were not taken as the batch's, and the sum failed mean-vs-sum; cr51: nor inside a
+    tuple)."""
 
-    def collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> _Utterances:
-        return _Utterances(*(torch.stack(column) for column in zip(*rows, strict=True)))
+    def collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> object:
+        batch = _Utterances(*(torch.stack(column) for column in zip(*rows, strict=True)))
+        return (batch, [f"utt{i}" for i in range(len(rows))]) if with_ids else batch
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 6))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with watch() as reports:
-        for batch in DataLoader(_Frames(broken=False), batch_size=8, collate_fn=collate):
+        for fetched in DataLoader(_Frames(broken=False), batch_size=8, collate_fn=collate):
+            batch = fetched[0] if with_ids else fetched
             logits = model(batch.frames).reshape(-1, 6)
             summed = F.cross_entropy(logits, batch.labels.reshape(-1), reduction="sum")
             (summed / len(batch.frames)).backward()

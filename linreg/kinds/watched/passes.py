@@ -10,12 +10,12 @@ import collections
 import contextlib
 import dataclasses
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-from linreg.kinds.training_loop.calls import tensors_in
 from linreg.kinds.watched.records import LossCall, MicroBatch, Watched
 
 # an epoch of known length up to this many batches is watched to its end (its last, short
@@ -177,11 +177,17 @@ class Passes:
 
 
 def _tensors(batch: Any) -> list[Tensor]:
-    """Return the tensors a batch holds: in lists, tuples and dicts, and in a dataclass's
-    fields (a collate that returns one)."""
+    """Return the tensors a batch holds, in order: in lists, tuples and dicts, and in a
+    dataclass's fields (a collate that returns one, or a tuple of one and its metadata)."""
+    if isinstance(batch, Tensor):
+        return [batch]
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return [t for f in dataclasses.fields(batch) for t in _tensors(getattr(batch, f.name))]
-    return tensors_in([batch], {})
+        batch = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
+    elif isinstance(batch, Mapping):
+        batch = list(batch.values())
+    elif not isinstance(batch, (list, tuple)):
+        return []
+    return [t for v in batch for t in _tensors(v)]
 
 
 def length(it: _BaseDataLoaderIter) -> int | None:
