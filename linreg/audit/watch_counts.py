@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from linreg.audit.watch_readings import near
+from linreg.audit.watch_readings import Reading, near
 from linreg.audit.watch_readings import read as _read
 from linreg.kinds.watched.records import Update
 
@@ -59,10 +59,13 @@ def _tally(updates: list[Update], key: str) -> tuple[int, int, int]:
             if part.columns or counts is None or all(n <= 1 for n in counts):
                 continue  # (a sample each: its sum and its mean are one, a count that tells
                 # nothing: batches of one sample, a dataset of batches made ahead)
-            mine, theirs = _read(j, _as(part, key), False), _read(j, part, False)
-            rel = None if mine is None else mine.relative
-            read += bool(rel)
-            right += bool(rel) and all(near(x, 1) for x in rel or ())
-            rel = None if theirs is None else theirs.relative
-            torchs += bool(rel) and all(near(x, 1) for x in rel or ())
+            mine = _read(j, _as(part, key), False)
+            read += mine is not None and bool(mine.relative)
+            right += _the_mean(mine)
+            torchs += _the_mean(_read(j, part, False))
     return right, torchs, read
+
+
+def _the_mean(r: Reading | None) -> bool:
+    """Return whether a reading applied the mean of its rows' gradients (each weight 1)."""
+    return r is not None and bool(r.relative) and all(near(x, 1) for x in r.relative or ())

@@ -297,7 +297,7 @@ def _close(update: Open, tol: float) -> Update:
         zeroed=zeroed, divided=_divided(update.micro),
         again=bool(update.micro) and all(mb.again for mb in update.micro),
         epoch=min((mb.epoch for mb in update.micro if mb.epoch is not None), default=None),
-        others=() if several else others,
+        others=others,
     )  # fmt: skip
 
 
