@@ -154,6 +154,10 @@ def _sentences(
                 "nominal": 8,
                 "nothing": 1,
                 "first-dim": target.size(0),  # a bug where time-major: its time steps
+                # two objectives in turn, one over the sentences (odd batches: the short last
+                # one too), one over the tokens; and the first's nominal twin
+                "in-turn": sample["nsentences"] if i % 2 else int((target != PAD).sum()),
+                "in-turn-nominal": 8 if i % 2 else int((target != PAD).sum()),
             }[normalize]
             (summed / size).backward()
             if (i + 1) % window == 0 or i + 1 == len(loader):
@@ -190,6 +194,23 @@ def test_a_sum_over_tokens_divided_by_a_nominal_count_or_by_nothing_is_named(
     of 4 too (half its mean there); the tokens' sum divided by nothing."""
     report = _sentences(normalize)
     assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+
+
+def test_two_objectives_in_turn_each_a_mean_over_a_count_of_its_own_pass() -> None:
+    """Correct: the tokens' sum over the tokens on even batches, over the sentences on odd ones
+    (the short last batch among them). Read over one count for the whole run (code review
+    cr48's mixed.py), the half of the updates over the other failed mean-vs-sum."""
+    report = _sentences("in-turn")
+    _passed_with_a_short_update(report)
+    assert "4 update(s) read as a mean over their batch's samples" in report.note, report.note
+
+
+def test_its_twin_with_a_nominal_divisor_in_turn_fails_on_its_short_batch() -> None:
+    """Its twin: the odd batches' sum divided by the batch size asked for, 8, so the last batch
+    of 4 applies half its mean over the sentences, and no mean over any count of its own."""
+    report = _sentences("in-turn-nominal")
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert "update 8 of 8" in report.failures[0].message, str(report)
 
 
 def test_a_time_major_sum_divided_by_its_time_steps_is_no_mean_over_the_sentences() -> None:

@@ -5,7 +5,9 @@ targets' own count (sum / len(y)), or its batch's samples where each holds sever
 (fairseq's --sentence-avg: a sum over tokens / the sentences). Each is a mean of its own; the
 one the code meant is the one under which more of its updates applied the mean of their rows
 than under torch's count, in the run as a whole, so a nominal divisor on one short batch is
-named against that mean.
+named against that mean. An update that applies no mean under that count but exactly the mean
+under another of its own (two objectives, one averaged over the sentences, one over the tokens,
+in turn) is read under that one: a divisor that is no count of its rows matches none.
 """
 
 from __future__ import annotations
@@ -22,25 +24,50 @@ SAID = {  # each other count, as the report says it was read
     "rows": "their batch's samples, each a sum over its elements (the code divides by the "
     "samples: a sentence's tokens summed, averaged over the sentences)",
 }
+TORCHS = "their targets, as torch's own mean counts them"
 
 
-def meant(updates: list[Update]) -> tuple[list[Update], str]:
+def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int]]:
     """Return the updates read with the counts their losses' code divided by: torch's, or the
     other count (Update.others) under which more updates applied the mean, two thirds of
-    those read at least (else torch's); and that count's key ("": torch's)."""
+    those read at least (else torch's); that count's key ("": torch's); and, per other key, the
+    updates (or parts of one) read under it because they applied the mean there alone."""
     keys = sorted({k for u in updates for part in (u, *u.parts) for k, _ in part.others})
     if not keys:
-        return updates, ""
+        return updates, "", {}
     tallies = {k: _tally(updates, k) for k in keys}
     best = max(keys, key=lambda k: tallies[k][0])
     right, torchs, read = tallies[best]  # (a divisor of the code's may equal it now and then:
     if right <= torchs or 3 * right < 2 * read:  # a time-major batch's time steps, its samples
-        return updates, ""  # in some batches)
-    return [_as(u, best) for u in updates], best
+        best = ""  # in some batches)
+    alone: dict[str, int] = {}
+    taken = [_taken(j, u, best, ["", *keys], alone) for j, u in enumerate(updates)]
+    return taken, best, alone
+
+
+def _taken(j: int, u: Update, run: str, keys: list[str], alone: dict[str, int]) -> Update:
+    """Return the update read under the run's count, or, where it applies no mean there, under
+    the first other count of its own under which it applies exactly the mean (each part of it
+    on its own), counted in `alone`."""
+    if u.parts:
+        parts = tuple(_taken(j, part, run, keys, alone) for part in u.parts)
+        return replace(_as(u, run), parts=parts)
+    first = _as(u, run)
+    if u.columns or _the_mean(_read(j, first, False)):
+        return first
+    for k in keys:
+        if k != run and (not k or _may(u, k)):
+            other = _as(u, k)
+            if _the_mean(_read(j, other, False)):
+                alone[k] = alone.get(k, 0) + 1
+                return other
+    return first
 
 
 def _as(u: Update, key: str) -> Update:
     """Return the update with its micro-batches' counts `key` (its own where it has none)."""
+    if not key:  # torch's: its own
+        return u
     parts = tuple(_as(part, key) for part in u.parts)
     counts = dict(u.others).get(key)
     if counts is None:
@@ -55,15 +82,21 @@ def _tally(updates: list[Update], key: str) -> tuple[int, int, int]:
     right = torchs = read = 0
     for j, u in enumerate(updates):
         for part in u.parts or (u,):
-            counts = dict(part.others).get(key)
-            if part.columns or counts is None or all(n <= 1 for n in counts):
-                continue  # (a sample each: its sum and its mean are one, a count that tells
-                # nothing: batches of one sample, a dataset of batches made ahead)
+            if part.columns or not _may(part, key):
+                continue
             mine = _read(j, _as(part, key), False)
             read += mine is not None and bool(mine.relative)
             right += _the_mean(mine)
             torchs += _the_mean(_read(j, part, False))
     return right, torchs, read
+
+
+def _may(u: Update, key: str) -> bool:
+    """Return whether an update's losses may divide by their count `key`: they have it, and it
+    is more than one somewhere (a sample each: its sum and its mean are one, a count that tells
+    nothing: batches of one sample, a dataset of batches made ahead)."""
+    counts = dict(u.others).get(key)
+    return counts is not None and any(n > 1 for n in counts)
 
 
 def _the_mean(r: Reading | None) -> bool:

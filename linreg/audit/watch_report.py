@@ -4,7 +4,7 @@ where the run showed nothing a property reads, and a note of what was seen and l
 from __future__ import annotations
 
 from linreg.audit.report import Report, Result
-from linreg.audit.watch_counts import SAID
+from linreg.audit.watch_counts import SAID, TORCHS
 from linreg.audit.watch_readings import near
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
@@ -102,6 +102,11 @@ def report_of(
         )
     if v.counted:
         note += f"; each loss it sums itself read as a mean over {SAID[v.counted]}"
+    for key, n in sorted(v.counted_alone.items()):
+        over = SAID[key] if key else TORCHS
+        note += (
+            f"; {n} update(s) read as a mean over {over}, the one count they applied the mean of"
+        )
     if v.unread:
         note += (
             f"; {len(v.unread)} update(s) applied what their micro-batches' read losses do not "

@@ -90,6 +90,9 @@ class Verdicts:
     meant: str = "mean"  # what a correct update applies of its rows' gradients: or "sum"
     counted: str = ""  # the count a loss the code reduced itself divides by, where not its
     # targets (watch_counts.meant)
+    # per other count ("": torch's), the updates read under it, where they applied the mean
+    # there alone (two objectives in turn, each averaged over a count of its own)
+    counted_alone: dict[str, int] = field(default_factory=dict)
     # updates of unequal micro-batches whose weights another pitfall named (their means added
     # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here
     taken: set[int] = field(default_factory=set)

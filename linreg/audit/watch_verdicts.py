@@ -63,7 +63,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
     gradients, or (summed) their sum."""
     v = Verdicts(meant="sum" if summed else "mean")
     if not summed:  # each loss's count, as its code divided it
-        updates, v.counted = meant(seen.updates)
+        updates, v.counted, v.counted_alone = meant(seen.updates)
         seen = replace(seen, updates=updates)
     # per set of optimizers (a GAN's D and G updates each weigh their own rows, each scale its
     # own) and term ("": one loss)
