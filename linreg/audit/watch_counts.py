@@ -12,6 +12,7 @@ in turn) is read under that one: a divisor that is no count of its rows matches 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 from linreg.audit.watch_readings import Reading, near
@@ -40,28 +41,58 @@ def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int]]:
     right, torchs, read = tallies[best]  # (a divisor of the code's may equal it now and then:
     if right <= torchs or 3 * right < 2 * read:  # a time-major batch's time steps, its samples
         best = ""  # in some batches)
-    alone: dict[str, int] = {}
-    taken = [_taken(j, u, best, ["", *keys], alone) for j, u in enumerate(updates)]
-    return taken, best, alone
+    leaves = [(j, leaf) for j, u in enumerate(updates) for leaf in u.parts or (u,)]
+    means = {id(leaf): _the_mean(_read(j, _as(leaf, best), False)) for j, leaf in leaves}
+    alone = {
+        id(leaf): None if means[id(leaf)] else _alone(j, leaf, best, ["", *keys])
+        for j, leaf in leaves
+    }
+    runs = [_samples(leaf) for _, leaf in leaves if means[id(leaf)]]
+    borne = {k for k in alone.values() if k is not None and _borne(k, leaves, alone, runs)}
+
+    def taken(u: Update) -> Update:
+        if u.parts:
+            return replace(_as(u, best), parts=tuple(taken(part) for part in u.parts))
+        k = alone[id(u)]
+        return _as(u, k if k is not None and k in borne else best)
+
+    counted = Counter(k for k in alone.values() if k is not None and k in borne)
+    return [taken(u) for u in updates], best, dict(counted)
 
 
-def _taken(j: int, u: Update, run: str, keys: list[str], alone: dict[str, int]) -> Update:
-    """Return the update read under the run's count, or, where it applies no mean there, under
-    the first other count of its own under which it applies exactly the mean (each part of it
-    on its own), counted in `alone`."""
-    if u.parts:
-        parts = tuple(_taken(j, part, run, keys, alone) for part in u.parts)
-        return replace(_as(u, run), parts=parts)
-    first = _as(u, run)
-    if u.columns or _the_mean(_read(j, first, False)):
-        return first
+def _alone(j: int, u: Update, run: str, keys: list[str]) -> str | None:
+    """Return the first count of its own (a key: "" torch's) other than the run's under which
+    an update (one part of one) that applies no mean under the run's applies exactly the mean;
+    None where none (read under the run's: a nominal divisor)."""
+    if u.columns:
+        return None
     for k in keys:
-        if k != run and (not k or _may(u, k)):
-            other = _as(u, k)
-            if _the_mean(_read(j, other, False)):
-                alone[k] = alone.get(k, 0) + 1
-                return other
-    return first
+        if k != run and (not k or _may(u, k)) and _the_mean(_read(j, _as(u, k), False)):
+            return k
+    return None
+
+
+def _borne(
+    key: str,
+    leaves: list[tuple[int, Update]],
+    alone: dict[int, str | None],
+    runs: list[float],
+) -> bool:
+    """Return whether the updates that apply the mean under `key` alone are an objective of
+    their own (two in turn, one averaged over the sentences, one over the tokens): one of
+    them has as many samples as one of the updates that apply the mean under the run's count
+    (`runs`: their samples). Where they all have fewer (a short last batch alone), the count
+    is the one a nominal divisor meets there by chance (8 rows of 4 outputs each divided by a
+    full batch's 32), and the update, read under the run's count, is named."""
+    under = [_samples(u) for _, u in leaves if alone[id(u)] == key]
+    return not runs or max(under) >= min(runs)
+
+
+def _samples(u: Update) -> float:
+    """Return an update's samples: its batches' (rows) where known, else its targets, else
+    its counts (torch's)."""
+    others = dict(u.others)
+    return sum(others.get("rows", others.get("targets", u.counts)))
 
 
 def _as(u: Update, key: str) -> Update:
