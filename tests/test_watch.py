@@ -1401,6 +1401,24 @@ def test_a_script_that_raises_is_reported_as_failing_with_its_line(tmp_path: Pat
     assert "broken.py:3" in report.error
 
 
+def test_an_optimizer_that_raises_at_lr_0_is_said_to_be_the_watchs_to_watch(
+    tmp_path: Path,
+) -> None:
+    """LBFGS with a strong-Wolfe line search raises ZeroDivisionError at lr 0 (torch's, from its
+    second step: measured below without the watch); the watch holds every lr at 0, so the
+    error is said to be the watch's, not the script's (the hunt of stop 61 found it blamed on
+    the script alone)."""
+    path = tmp_path / "wolfe.py"
+    path.write_text(CLOSURE_LOGGED.replace("lr=0.8)", "lr=LR, line_search_fn='strong_wolfe')"))
+    namespace = {"LR": 0.0, "__name__": "wolfe"}
+    with pytest.raises(ZeroDivisionError):  # torch's own, watched or not
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+    path.write_text("LR = 0.8\n" + path.read_text())
+    report = watch_script(str(path))
+    assert not report.ok and "ZeroDivisionError" in report.error, str(report)
+    assert "inside LBFGS.step(), which the watch runs with every lr held at 0" in report.error
+
+
 def test_a_loss_written_by_hand_is_not_judged_and_never_passes(tmp_path: Path) -> None:
     path = tmp_path / "by_hand.py"
     path.write_text(

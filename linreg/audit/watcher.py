@@ -54,11 +54,29 @@ def watch_script(
                 error = f"the script exited with status {e.code}"
         except Exception as e:
             spot = checks.where(e, file=None if module else file, outside=("/torch/", "/linreg/"))
-            error = f"the script raised {type(e).__name__}: {e}{spot}"
+            error = f"the script raised {type(e).__name__}: {e}{spot}" + _in_a_step(e)
         finally:
             sys.argv, sys.path[:] = argv, path
     assert seen is not None
     return report_of(seen, script, time.perf_counter() - start, error, reduction)
+
+
+def _in_a_step(e: BaseException) -> str:
+    """Return, where an exception was raised inside a torch optimizer's step(), which one, and
+    that the watch ran it with every lr held at 0 (its own doing, not the code's); else ""."""
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "step" and "/torch/optim/" in code.co_filename.replace(os.sep, "/"):
+            name = type(tb.tb_frame.f_locals.get("self")).__name__
+            return (
+                f", inside {name}.step(), which the watch runs with every lr held at 0 (the "
+                "params do not move): an optimizer that cannot step at lr 0 (LBFGS's "
+                "strong-Wolfe line search divides by the step it tries) is one the watch "
+                "cannot watch"
+            )
+        tb = tb.tb_next
+    return ""
 
 
 @contextmanager
