@@ -659,3 +659,59 @@ def test_what_looks_like_the_codes_own_still_shows_the_bugs_it_holds(tmp_path: P
     # judged, never passed): the zeroed micro-batch is on other data
     report = watch_script(_watched(tmp_path, ZEROED_WITH_PENALTY))
     assert [r.pitfall for r in report.failures] == ["grad-zeroing"], str(report)
+
+
+ADVERSARIAL_HALVES = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+for epoch in range(2):
+    for x, y in loader:
+        x = x.clone().requires_grad_(True)  # FGSM: the input's gradient, then a step along it
+        F.cross_entropy(model(x), y).backward()
+        adversarial = (x + 0.1 * x.grad.sign()).detach()
+        optimizer.zero_grad()
+        clean = ALPHA * F.cross_entropy(model(x.detach()), y)
+        attacked = (1 - ALPHA) * F.cross_entropy(model(adversarial), y)
+        BACKWARD
+        optimizer.step()
+"""
+APART = "clean.backward()\n        attacked.backward()"  # each half's graph freed first
+TOGETHER = "(clean + attacked).backward()"
+
+
+def test_a_batchs_adversarial_half_backwarded_apart_is_a_term_not_a_micro_batch(
+    tmp_path: Path,
+) -> None:
+    """Clean and adversarial losses on one batch's targets, each its own backward(), one step:
+    one objective on the batch's rows, weighed 0.3 : 0.7 as the code chose, read as in one
+    backward() (the same verdicts), never as two micro-batches of a window (stop 61's hunt:
+    micro-batch-accumulation failed it, "[0.3, 0.7] where a correct update weighs them
+    [0.5, 0.5]"). At 0.5 : 0.5 it is the batch's mean and passes."""
+    for alpha in ("0.3", "0.5"):
+        body = ADVERSARIAL_HALVES.replace("ALPHA", alpha)
+        apart = watch_script(_watched(tmp_path, body.replace("BACKWARD", APART)))
+        one = watch_script(_watched(tmp_path, body.replace("BACKWARD", TOGETHER)))
+        assert not apart.failures, str(apart)
+        assert [(r.pitfall, r.verdict) for r in apart.results] == [
+            (r.pitfall, r.verdict) for r in one.results
+        ], f"{apart}\n{one}"
+        assert apart.ok == (alpha == "0.5"), str(apart)
+
+
+def test_a_batch_backwarded_twice_now_and_then_still_fails(tmp_path: Path) -> None:
+    """Its look-alike mistake: a backward() to log the gradient's norm on every third step,
+    never zeroed, so those updates apply twice the batch's mean and the others once."""
+    body = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+step = 0
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        if step % 3 == 0:
+            F.cross_entropy(model(x), y).backward()
+            norm = sum(p.grad.norm() ** 2 for p in model.parameters()) ** 0.5
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        step += 1
+"""
+    report = watch_script(_watched(tmp_path, body))
+    assert report.failures and "applied 2 times the mean" in report.failures[0].message, str(report)

@@ -160,6 +160,7 @@ class Steps:
         self.zeroed_by.update({it for mb in zeroed for it in _iterators([mb])})
         self.seen.probed += self.cut - len(let_go)
         self.stepping = streams
+        kept = objectives(kept)
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept, self.fetched))
         update.fetched = self.fetched
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
@@ -319,3 +320,37 @@ def _loaders(micro: list[MicroBatch]) -> set[int | None]:
 def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:
     """Return the views of the targets the micro-batches' losses were called on."""
     return {c.target for mb in micro for c in mb.losses if c.target is not None}
+
+
+def objectives(micro: list[MicroBatch]) -> list[MicroBatch]:
+    """Return the micro-batches, those that are terms of one objective on the same rows joined
+    into one, as their losses in one backward() are: a batch's targets again, after the same
+    fetch (an adversarial half beside the clean one, each backward()ed apart). Their weights
+    are the objective's (0.3 clean, 0.7 adversarial), not an accumulation window's; chunks of
+    one batch (other rows) and batches of another fetch stay micro-batches."""
+    out: list[MicroBatch] = []
+    for mb in micro:
+        if out and _again(out[-1], mb):
+            last = out[-1]
+            out[-1] = replace(
+                last, losses=[*last.losses, *mb.losses], retained=last.retained or mb.retained
+            )
+        else:
+            out.append(mb)
+    return out
+
+
+def _again(group: MicroBatch, mb: MicroBatch) -> bool:
+    """Return whether every loss of mb is on targets a loss of group was on, after the same
+    fetch (a view alone may be a freed batch's storage the next batch reuses), through params
+    of group's (not another model's: an ensemble's members each fit the batch, each its own
+    update's part)."""
+    seen = {(c.fetched_by, c.fetched_at, c.target) for c in group.losses if c.from_batch}
+    reached = {id(p) for c in group.losses for p in c.under}
+    return bool(mb.losses) and all(
+        c.from_batch
+        and c.target is not None
+        and (c.fetched_by, c.fetched_at, c.target) in seen
+        and not reached.isdisjoint(map(id, c.under))
+        for c in mb.losses
+    )
