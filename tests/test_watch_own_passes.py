@@ -715,3 +715,48 @@ for epoch in range(2):
 """
     report = watch_script(_watched(tmp_path, body))
     assert report.failures and "applied 2 times the mean" in report.failures[0].message, str(report)
+
+
+STAGED_CHUNKS = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+staged_x, staged_y = torch.empty(4, 6), torch.empty(4, dtype=torch.long)  # one chunk's room
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        for x_chunk, y_chunk in zip(x.chunk(2), y.chunk(2)):
+            staged_x.copy_(x_chunk)
+            staged_y.copy_(y_chunk)
+            F.cross_entropy(model(staged_x), staged_y).backward()  # a bug: not / 2
+        optimizer.step()
+"""
+
+SAM_NEVER_ZEROED = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():  # SAM's ascent step, its gradient left in .grad (a bug)
+            moved = [0.05 * p.grad / (p.grad.norm() + 1e-12) for p in model.parameters()]
+            for p, e in zip(model.parameters(), moved):
+                p.add_(e)
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), moved):
+                p.sub_(e)
+        optimizer.step()
+"""
+
+
+def test_chunks_refilled_into_one_buffer_and_sams_second_pass_unzeroed_still_fail(
+    tmp_path: Path,
+) -> None:
+    """Not the same targets again: a buffer the code refills in place with each chunk (the
+    same tensor, at the same address, other rows: its version tells them apart), and SAM's
+    second pass on the batch at params it moved (their versions), its first pass's gradient
+    never zeroed. Code review cr53: 0de330b joined both into one micro-batch, and passed them
+    (the chunks as a window's rows, the same address; SAM as twice the mean, a constant)."""
+    for body in (STAGED_CHUNKS, SAM_NEVER_ZEROED):
+        report = watch_script(_watched(tmp_path, body))
+        assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+        assert "adds up its 2 micro-batches' mean losses" in report.failures[0].message

@@ -137,6 +137,7 @@ class LossReader:
                     source=self._source(given.get("target")) or fetched_from,
                     per=per if later else None,
                     others={k: n for k, n in others.items() if n != count},
+                    same=_same(given.get("target"), under),
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -295,6 +296,16 @@ def _stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:
         return len(own) >= t.shape[0] and all(
             any(torch.equal(row, f.to(row.device)) for f in own) for row in t.detach()
         )
+
+
+def _same(t: Any, under: list[Tensor]) -> tuple[Any, int, int] | None:
+    """Return what tells a target, as it is now, at the params as they are (LossCall.same)."""
+    if not isinstance(t, Tensor):
+        return None
+    try:  # (an inference tensor, made under torch.inference_mode(), keeps no version)
+        return (weakref.ref(t), t._version, sum(p._version for p in under))
+    except RuntimeError:
+        return None
 
 
 def _view(t: Any) -> tuple[Any, ...] | None:

@@ -341,16 +341,23 @@ def objectives(micro: list[MicroBatch]) -> list[MicroBatch]:
 
 
 def _again(group: MicroBatch, mb: MicroBatch) -> bool:
-    """Return whether every loss of mb is on targets a loss of group was on, after the same
-    fetch (a view alone may be a freed batch's storage the next batch reuses), through params
-    of group's (not another model's: an ensemble's members each fit the batch, each its own
-    update's part)."""
-    seen = {(c.fetched_by, c.fetched_at, c.target) for c in group.losses if c.from_batch}
+    """Return whether every loss of mb is on a target a loss of group was on, the same tensor
+    with the same values (its version: a buffer refilled in place is another batch), at the
+    same params (SAM's second pass, at params it moved, is not), through params of group's
+    (not another model's: an ensemble's members each fit the batch, each its own update's
+    part)."""
+    seen = {_alive(c) for c in group.losses if c.from_batch} - {None}
     reached = {id(p) for c in group.losses for p in c.under}
     return bool(mb.losses) and all(
-        c.from_batch
-        and c.target is not None
-        and (c.fetched_by, c.fetched_at, c.target) in seen
-        and not reached.isdisjoint(map(id, c.under))
+        c.from_batch and _alive(c) in seen and not reached.isdisjoint(map(id, c.under))
         for c in mb.losses
     )
+
+
+def _alive(c: LossCall) -> tuple[int, int, int] | None:
+    """Return a loss call's target (its id, while it is alive), its version and its params'."""
+    if c.same is None:
+        return None
+    ref, version, params = c.same
+    target = ref()
+    return None if target is None else (id(target), version, params)
