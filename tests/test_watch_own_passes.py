@@ -697,6 +697,31 @@ def test_a_batchs_adversarial_half_backwarded_apart_is_a_term_not_a_micro_batch(
         assert apart.ok == (alpha == "0.5"), str(apart)
 
 
+ENSEMBLE_ON_AN_INPUT_WITH_GRAD = """
+second = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+optimizer = torch.optim.SGD([*model.parameters(), *second.parameters()], lr=0.05)
+for epoch in range(2):
+    for x, y in loader:
+        optimizer.zero_grad()
+        x = x.clone().requires_grad_(True)  # (an attack or a saliency map reads its gradient)
+        for member in (model, second):  # each member's mean, on the batch: right
+            F.cross_entropy(member(x), y).backward()
+        optimizer.step()
+"""
+
+
+def test_an_ensembles_members_on_one_batch_share_no_param_and_stay_apart(
+    tmp_path: Path,
+) -> None:
+    """Two members, one optimizer, each member's loss on the batch backward()ed apart, the
+    input requiring grad: the input is a leaf both reach, but no stepped param (code review
+    cr54: ec8d7f9 joined them as one objective's terms, and judged nothing)."""
+    report = watch_script(_watched(tmp_path, ENSEMBLE_ON_AN_INPUT_WITH_GRAD))
+    assert report.ok and not report.error, str(report)
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["mean-vs-sum"] == verdicts["grad-zeroing"] == "pass", str(report)
+
+
 def test_a_batch_backwarded_twice_now_and_then_still_fails(tmp_path: Path) -> None:
     """Its look-alike mistake: a backward() to log the gradient's norm on every third step,
     never zeroed, so those updates apply twice the batch's mean and the others once."""
@@ -748,15 +773,39 @@ for epoch in range(2):
 """
 
 
+ONE_LABEL_TENSOR = """
+data = TensorDataset(torch.randn(48, 6), torch.zeros(48, dtype=torch.long))  # unlabelled
+loader = DataLoader(data, batch_size=8, shuffle=True)
+queue = F.normalize(torch.randn(16, 3), dim=1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+positives = torch.zeros(8, dtype=torch.long)  # the positive key is column 0: made once
+for epoch in range(2):
+    for i, (x, _) in enumerate(loader):
+        q = F.normalize(model(x + 0.1 * torch.randn_like(x)), dim=1)
+        with torch.no_grad():
+            k = F.normalize(model(x + 0.1 * torch.randn_like(x)), dim=1)
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / 0.2
+        F.cross_entropy(logits, positives).backward()  # a bug: 2 batches a step, not / 2
+        if i % 2:
+            optimizer.step()
+            optimizer.zero_grad()
+"""
+
+
 def test_chunks_refilled_into_one_buffer_and_sams_second_pass_unzeroed_still_fail(
     tmp_path: Path,
 ) -> None:
     """Not the same targets again: a buffer the code refills in place with each chunk (the
-    same tensor, at the same address, other rows: its version tells them apart), and SAM's
-    second pass on the batch at params it moved (their versions), its first pass's gradient
-    never zeroed. Code review cr53: 0de330b joined both into one micro-batch, and passed them
-    (the chunks as a window's rows, the same address; SAM as twice the mean, a constant)."""
-    for body in (STAGED_CHUNKS, SAM_NEVER_ZEROED):
+    same tensor, at the same address, other rows: its version tells them apart); SAM's
+    second pass on the batch at params it moved, in place or through .data (which keeps
+    their versions: their sums tell), its first pass's gradient never zeroed; one label
+    tensor made once for every batch of a contrastive loss (another fetch). Code reviews
+    cr53 and cr54: 0de330b and ec8d7f9 joined each into one micro-batch, and passed them."""
+    sam_through_data = SAM_NEVER_ZEROED.replace("p.add_(e)", "p.data.add_(e)").replace(
+        "p.sub_(e)", "p.data.sub_(e)"
+    )
+    assert sam_through_data != SAM_NEVER_ZEROED
+    for body in (STAGED_CHUNKS, SAM_NEVER_ZEROED, sam_through_data, ONE_LABEL_TENSOR):
         report = watch_script(_watched(tmp_path, body))
         assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
         assert "adds up its 2 micro-batches' mean losses" in report.failures[0].message

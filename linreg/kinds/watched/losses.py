@@ -298,12 +298,16 @@ def _stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:
         )
 
 
-def _same(t: Any, under: list[Tensor]) -> tuple[Any, int, int] | None:
-    """Return what tells a target, as it is now, at the params as they are (LossCall.same)."""
-    if not isinstance(t, Tensor):
+def _same(t: Any, under: list[Tensor]) -> tuple[Any, int, dict[int, tuple[int, float]]] | None:
+    """Return what tells a target, as it is now, at the leaves under its loss as they are
+    (LossCall.same); None where it cannot be told."""
+    if not isinstance(t, Tensor) or not under:
         return None
     try:  # (an inference tensor, made under torch.inference_mode(), keeps no version)
-        return (weakref.ref(t), t._version, sum(p._version for p in under))
+        with torch.no_grad():
+            sums = torch.stack([p.detach().sum().float().cpu() for p in under]).tolist()
+        leaves = {id(p): (p._version, total) for p, total in zip(under, sums, strict=True)}
+        return (weakref.ref(t), t._version, leaves)
     except RuntimeError:
         return None
 

@@ -68,10 +68,10 @@ class LossCall:
     others: dict[str, float] = field(default_factory=dict)
     # which target, as it was, at which params: the target tensor itself (a weak reference:
     # a view or address alone may be a freed one's, or a buffer the code refills), its
-    # version, and the sum of its params' versions (SAM's perturbation moves them in place)
-    # as it was computed: a backward() on the same again is a term of one objective
-    # (steps.objectives)
-    same: tuple[Any, int, int] | None = None
+    # version, and per leaf under it (id) its version and its elements' sum (SAM's ascent
+    # moves the params, in place or through .data, which keeps the version), as it was
+    # computed: a backward() on the same again is a term of one objective (steps.objectives)
+    same: tuple[Any, int, dict[int, tuple[int, float]]] | None = None
 
 
 @dataclass

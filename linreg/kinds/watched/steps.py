@@ -160,7 +160,7 @@ class Steps:
         self.zeroed_by.update({it for mb in zeroed for it in _iterators([mb])})
         self.seen.probed += self.cut - len(let_go)
         self.stepping = streams
-        kept = objectives(kept)
+        kept = objectives(kept, {id(p) for p in params})
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept, self.fetched))
         update.fetched = self.fetched
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
@@ -322,15 +322,17 @@ def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:
     return {c.target for mb in micro for c in mb.losses if c.target is not None}
 
 
-def objectives(micro: list[MicroBatch]) -> list[MicroBatch]:
+def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
     """Return the micro-batches, those that are terms of one objective on the same rows joined
-    into one, as their losses in one backward() are: a batch's targets again, after the same
-    fetch (an adversarial half beside the clean one, each backward()ed apart). Their weights
-    are the objective's (0.3 clean, 0.7 adversarial), not an accumulation window's; chunks of
-    one batch (other rows) and batches of another fetch stay micro-batches."""
+    into one, as their losses in one backward() are: a batch's target again, the same tensor
+    unchanged after the same fetch, at the same params (an adversarial half beside the clean
+    one, each backward()ed apart). Their weights are the objective's (0.3 clean, 0.7
+    adversarial), not an accumulation window's; chunks of one batch (other rows), a buffer
+    refilled, batches of another fetch, SAM's second pass (at params it moved) and another
+    model's loss (no stepped param shared) stay micro-batches."""
     out: list[MicroBatch] = []
     for mb in micro:
-        if out and _again(out[-1], mb):
+        if out and _again(out[-1], mb, stepped):
             last = out[-1]
             out[-1] = replace(
                 last, losses=[*last.losses, *mb.losses], retained=last.retained or mb.retained
@@ -340,24 +342,33 @@ def objectives(micro: list[MicroBatch]) -> list[MicroBatch]:
     return out
 
 
-def _again(group: MicroBatch, mb: MicroBatch) -> bool:
-    """Return whether every loss of mb is on a target a loss of group was on, the same tensor
-    with the same values (its version: a buffer refilled in place is another batch), at the
-    same params (SAM's second pass, at params it moved, is not), through params of group's
-    (not another model's: an ensemble's members each fit the batch, each its own update's
-    part)."""
-    seen = {_alive(c) for c in group.losses if c.from_batch} - {None}
-    reached = {id(p) for c in group.losses for p in c.under}
+def _again(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
+    """Return whether every loss of mb is on a target a loss of group was on (_target), at
+    the same stepped params, some of them shared (not another model's)."""
     return bool(mb.losses) and all(
-        c.from_batch and _alive(c) in seen and not reached.isdisjoint(map(id, c.under))
+        any(
+            _target(c) is not None and _target(c) == _target(was) and _shared(was, c, stepped)
+            for was in group.losses
+        )
         for c in mb.losses
     )
 
 
-def _alive(c: LossCall) -> tuple[int, int, int] | None:
-    """Return a loss call's target (its id, while it is alive), its version and its params'."""
-    if c.same is None:
+def _target(c: LossCall) -> tuple[int, int, int | None, int] | None:
+    """Return a loss call's target as it was: the tensor (its id, while alive: a view or an
+    address alone may be a freed one's), its version (a buffer refilled in place), and the
+    fetch it came after (a constant the code or dataset hands out for every batch); None
+    where it is no fetched batch's or is gone."""
+    if c.same is None or not c.from_batch:
         return None
-    ref, version, params = c.same
-    target = ref()
-    return None if target is None else (id(target), version, params)
+    target = c.same[0]()
+    return None if target is None else (id(target), c.same[1], c.fetched_by, c.fetched_at)
+
+
+def _shared(a: LossCall, b: LossCall, stepped: set[int]) -> bool:
+    """Return whether two loss calls reached stepped params in common, each as it was for
+    both (its version and its elements' sum: SAM's ascent through .data keeps the version)."""
+    assert a.same is not None and b.same is not None
+    was, now = a.same[2], b.same[2]
+    shared = was.keys() & now.keys() & stepped
+    return bool(shared) and all(was[i] == now[i] for i in shared)
