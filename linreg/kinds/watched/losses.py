@@ -112,14 +112,15 @@ class LossReader:
             rows = self._rows(given.get("target")) if own else None
             if rows and per.numel() > rows and per.numel() % rows == 0:
                 others["rows"] = float(rows)
+            # a KL term's target is a distribution (a teacher's, soft labels): its weight is
+            # solved for, never judged, as a penalty's
+            from_batch = name not in SOLVED and self._from_batch(given.get("target"))
             self.pending.append(
                 LossCall(
                     out.grad_fn,
                     grads,
                     count,
-                    # a KL term's target is a distribution (a teacher's, soft labels): its
-                    # weight is solved for, never judged, as a penalty's
-                    name not in SOLVED and self._from_batch(given.get("target")),
+                    from_batch,
                     _view(given.get("target")),
                     under,
                     _constant(given.get("target")),
@@ -137,7 +138,8 @@ class LossReader:
                     source=self._source(given.get("target")) or fetched_from,
                     per=per if later else None,
                     others={k: n for k, n in others.items() if n != count},
-                    same=_same(given.get("target"), under),
+                    # (steps.objectives reads it on a fetched batch's target alone)
+                    same=_same(given.get("target"), under) if from_batch else None,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it

@@ -345,11 +345,10 @@ def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
 def _again(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
     """Return whether every loss of mb is on a target a loss of group was on (_target), at
     the same stepped params, some of them shared (not another model's)."""
+    targets = [(was, _target(was)) for was in group.losses]
     return bool(mb.losses) and all(
-        any(
-            _target(c) is not None and _target(c) == _target(was) and _shared(was, c, stepped)
-            for was in group.losses
-        )
+        (mine := _target(c)) is not None
+        and any(mine == t and _shared(was, c, stepped) for was, t in targets)
         for c in mb.losses
     )
 
