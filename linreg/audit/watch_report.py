@@ -9,6 +9,7 @@ from linreg.audit.watch_readings import near
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
 from linreg.kinds.watched import Watched
+from linreg.kinds.watched.steps import MOST_CAUGHT
 from linreg.pitfalls.label_shape import PULLED
 
 
@@ -92,9 +93,7 @@ def report_of(
         )
     unreadable = sum(1 for u in seen.updates if u.unreadable)
     blind = sum(1 for u in seen.updates if u.blind) - unreadable
-    note = f"watched {len(seen.updates)} update(s)" + (
-        " (then ended the code)" if seen.ended else ""
-    )
+    note = f"watched {len(seen.updates)} update(s)" + _ended(seen)
     if seen.capped:
         note += (
             f"; no epoch ended within {len(seen.updates)} updates, the most watched unless "
@@ -300,3 +299,21 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     more = f" (the watch ended {ended}: --steps watches more)" if seen.ended and not own else ""
 
     return f"not judged: {why}{more}"
+
+
+def _ended(seen: Watched) -> str:
+    """Return how the watch ended the code ("": it ran to its end)."""
+    if not seen.ended:
+        return ""
+    if not seen.caught:
+        return " (then ended the code)"
+    caught = "an except: that takes every exception, BaseException's too"
+    if seen.caught >= MOST_CAUGHT:
+        return (
+            f" (then the code caught the watch's end, {caught}, more than {MOST_CAUGHT} times: "
+            "it ran on to its own end unread, every lr held at 0)"
+        )
+    return (
+        f" (then ended the code, which caught that end {seen.caught} time(s), {caught}, and "
+        "was ended again at its next call the watch reads)"
+    )

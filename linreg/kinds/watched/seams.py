@@ -97,8 +97,13 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             samples[it].append(len(index) if counted else None)
         return index
 
+    def watched() -> bool:
+        """Whether to read the code's call: the watch is on and has not ended the code (a
+        call after its end raises Enough again: Observer.halted)."""
+        return live[0] and not w.halted()
+
     def next_batch(self: _BaseDataLoaderIter) -> Any:
-        if not live[0]:
+        if not watched():
             return loader_next(self)
         at = (number(self), id(getattr(self, "_dataset", self)))
         fresh = getattr(self, "_num_yielded", 1) == 0  # the first fetch of a new pass
@@ -141,7 +146,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         @functools.wraps(fn)
         def read(*args: Any, **kwargs: Any) -> Tensor:
             out = fn(*args, **kwargs)
-            if live[0]:
+            if watched():
                 w.loss(name, fn, args, kwargs, out)
             return out
 
@@ -151,7 +156,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         def run() -> None:
             tensor_backward(self, *args, **kwargs)  # type: ignore[no-untyped-call]
 
-        if live[0]:
+        if watched():
             w.backward([self], run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
         else:
             run()
@@ -160,7 +165,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         def run() -> None:
             autograd_backward(tensors, *args, **kwargs)
 
-        if live[0]:
+        if watched():
             roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
             w.backward(roots, run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
         else:
@@ -168,16 +173,17 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 
     def scale(scaler: torch.amp.GradScaler, outputs: Any) -> Any:
         out = scale_fn(scaler, outputs)
-        if live[0] and scaler.is_enabled():  # its products: a scale, not a weight (graphs)
+        if watched() and scaler.is_enabled():  # its products: a scale, not a weight (graphs)
             return _noted(out, w.scales)
         return out
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
-        if live[0] and scaler.is_enabled():
+        read = watched() and scaler.is_enabled()
+        if read:
             w.keep(scaler)
             w.unscaling(optimizer, scaler.get_scale)
         unscale(scaler, optimizer)
-        if live[0] and scaler.is_enabled():
+        if read:
             w.unscaled_by(optimizer)
             w.scalers.setdefault(id(scaler), scaler)
 
@@ -185,7 +191,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *a: Any, **k: Any
     ) -> Any:
         out = scaler_step(scaler, optimizer, *a, **k)
-        if live[0] and w.micro and scaler.is_enabled():  # skipped (inf or nan): let go
+        if watched() and w.micro and scaler.is_enabled():  # skipped (inf or nan): let go
             w.dropped()
         return out
 
@@ -194,7 +200,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     @functools.wraps(clip_norm)
     def clip_grad_norm_(parameters: Any, *a: Any, **k: Any) -> Tensor:
         params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-        if not live[0]:
+        if not watched():
             return clip_norm(params, *a, **k)
         clip = w.clip_begins(params)
         norm = clip_norm(params, *a, **k)
@@ -206,7 +212,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     @functools.wraps(clip_value_fn)
     def clip_grad_value_(parameters: Any, clip_value: float, *a: Any, **k: Any) -> None:
         params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-        if not live[0]:
+        if not watched():
             clip_value_fn(params, clip_value, *a, **k)
             return
         clip = w.clip_begins(params, float(clip_value))

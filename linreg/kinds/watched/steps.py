@@ -21,6 +21,9 @@ from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.closing import close, on_heads, term_of, unread
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Update, Watched
 
+# the catches of the watch's end after which code that catches it each time runs on unread
+MOST_CAUGHT = 100
+
 
 class Steps:
     """The Observer's optimizer-step hooks; the attributes they read and write are the
@@ -71,6 +74,7 @@ class Steps:
         raise NotImplementedError
 
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.halted()  # (unread after its end, its lrs held at 0 as before it)
         self.depth += 1
         if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
             self.states.append((opt, copy.deepcopy(opt.state_dict())))
@@ -92,8 +96,8 @@ class Steps:
                 group["lr"].copy_(lr)
             else:
                 group["lr"] = lr
-        if self.depth:  # the inner step of a wrapper optimizer: its outer step is the update
-            return
+        if self.depth or self.seen.ended:  # the inner step of a wrapper optimizer (its outer
+            return  # step is the update), or a step after the watch's end: read no more
         params = [p for g in opt.param_groups for p in g["params"]]
         fed = bool(self.micro or self.blind)
         last = self.open
@@ -217,6 +221,21 @@ class Steps:
         if enough:
             self.seen.ended = True
             raise Enough
+
+    def halted(self) -> bool:
+        """Return whether the watch has ended the code, raising Enough again until it ends.
+
+        Code that goes on after its end caught it (a bare `except:` around each step) is
+        ended again at the next seam it enters, each a catch counted (Watched.caught): what it
+        does after its end (a zero_grad() the catch skipped) is never read. Code that catches
+        it every time (a `try` that holds its fetch and `continue`s) runs on unread after
+        MOST_CAUGHT catches, its lrs still held at 0 (True: read nothing)."""
+        if not self.seen.ended:
+            return False
+        if self.seen.caught >= MOST_CAUGHT:
+            return True
+        self.seen.caught += 1
+        raise Enough
 
     def _closed(
         self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]
