@@ -306,9 +306,15 @@ def _same(t: Any, under: list[Tensor]) -> tuple[Any, int, dict[int, tuple[int, f
     if not isinstance(t, Tensor) or not under:
         return None
     try:  # (an inference tensor, made under torch.inference_mode(), keeps no version)
-        with torch.no_grad():
-            sums = torch.stack([p.detach().sum().float().cpu() for p in under]).tolist()
-        leaves = {id(p): (p._version, total) for p, total in zip(under, sums, strict=True)}
+        with torch.no_grad():  # (one copy to the host a device, not one a param)
+            by_device: dict[torch.device, list[Tensor]] = {}
+            for p in under:
+                by_device.setdefault(p.device, []).append(p)
+            sums: dict[int, float] = {}
+            for on in by_device.values():
+                totals = torch.stack([p.detach().sum().float() for p in on]).cpu().tolist()
+                sums.update(zip(map(id, on), totals, strict=True))
+        leaves = {id(p): (p._version, sums[id(p)]) for p in under}
         return (weakref.ref(t), t._version, leaves)
     except RuntimeError:
         return None
