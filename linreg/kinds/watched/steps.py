@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -349,9 +350,18 @@ def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
     adversarial), not an accumulation window's; chunks of one batch (other rows), a buffer
     refilled, batches of another fetch, SAM's second pass (at params it moved) and another
     model's loss (no stepped param shared) stay micro-batches."""
+    return _joined(_joined(micro, stepped, _again), stepped, _beside)
+
+
+def _joined(
+    micro: list[MicroBatch],
+    stepped: set[int],
+    joins: Callable[[MicroBatch, MicroBatch, set[int]], bool],
+) -> list[MicroBatch]:
+    """Return the micro-batches, each joined into the one before where `joins` says so."""
     out: list[MicroBatch] = []
     for mb in micro:
-        if out and _again(out[-1], mb, stepped):
+        if out and joins(out[-1], mb, stepped):
             last = out[-1]
             out[-1] = replace(
                 last, losses=[*last.losses, *mb.losses], retained=last.retained or mb.retained
@@ -359,6 +369,26 @@ def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
         else:
             out.append(mb)
     return out
+
+
+def _beside(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
+    """Return whether mb is a batch of another dataset beside the group's, each fetched by a
+    DataLoader of its own (zipped loaders: two domains' batches, each loss backward()ed
+    apart, are one objective's terms as in one backward(); a window of such turns stays a
+    window, each turn joined), at the same stepped params, some of them shared."""
+    fetched = {(c.fetched_by, c.fetched_from) for c in mb.losses}
+    if len(fetched) != 1 or not all(c.from_batch and c.same is not None for c in mb.losses):
+        return False
+    ((it, dataset),) = fetched
+    return (
+        it is not None
+        and dataset is not None
+        and all(c.from_batch and c.same is not None for c in group.losses)
+        and it not in {c.fetched_by for c in group.losses}
+        and dataset not in {c.fetched_from for c in group.losses}
+        and None not in {c.fetched_from for c in group.losses}
+        and any(_shared(was, c, stepped) for was in group.losses for c in mb.losses)
+    )
 
 
 def _again(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
