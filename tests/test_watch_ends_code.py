@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from linreg.audit.watcher import watch_script
 from linreg.kinds.watched.steps import MOST_CAUGHT
 
@@ -46,11 +48,11 @@ with open(sys.argv[1], "w") as out:
 """
 
 
-def _run(tmp_path: Path, code: str) -> tuple[str, str | None]:
-    script, steps = tmp_path / "train.py", tmp_path / "steps.txt"
+def _run(tmp_path: Path, code: str, steps: int | None = None) -> tuple[str, str | None]:
+    script, out = tmp_path / "train.py", tmp_path / "steps.txt"
     script.write_text(code)
-    report = watch_script(str(script), [str(steps)])
-    return str(report), steps.read_text() if steps.exists() else None
+    report = watch_script(str(script), [str(out)], steps=steps)
+    return str(report), out.read_text() if out.exists() else None
 
 
 def test_a_loop_that_catches_every_exception_is_ended_again_and_passes(tmp_path: Path) -> None:
@@ -115,5 +117,98 @@ def test_a_loop_that_catches_the_end_every_time_runs_on_to_its_end_unread(
     MOST_CAUGHT catches it runs to its own end, read no more, and the report says so."""
     shown, steps = _run(tmp_path, CATCHES_ALL_FETCHES_TOO)
     assert steps == "500", (shown, steps)
-    assert f"more than {MOST_CAUGHT} times: it ran on to its own end unread" in shown, shown
+    assert f"end more than {MOST_CAUGHT} times" in shown, shown
+    assert "and ran on to its own end unread" in shown, shown
     assert "0 failed" in shown and "watched 8 update(s)" in shown, shown
+
+
+def test_code_that_catches_the_end_and_then_runs_out_is_said_to_run_on(tmp_path: Path) -> None:
+    """Batches listed before training, 3 updates watched: the end, raised at the third
+    step, and each step after it are caught until the list runs out and the script ends on
+    its own, as the note says (not "ended")."""
+    code = SKIPS_A_BAD_BATCH.replace(
+        "for epoch in range(", "batches = list(loader)[:6]\nfor epoch in range("
+    ).replace("    for x, y in loader:\n", "    for x, y in batches:\n")
+    shown, steps = _run(tmp_path, code.replace(f"range({EPOCHS})", "range(1)"), steps=3)
+    assert steps == "2", (shown, steps)  # the third step's end and the 3 after it caught
+    assert "watched 3 update(s) (then the code caught the watch's end 4 time(s)" in shown, shown
+    assert "and ran on to its own end unread" in shown, shown
+
+
+# the run in a try whose finally evaluates and saves, whatever ended it (an interrupt too)
+EVALUATES_IN_FINALLY = """
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+features = torch.randn(200, 3)
+labels = features @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1
+train = DataLoader(TensorDataset(features, labels), batch_size=16, shuffle=True)
+held_out = DataLoader(TensorDataset(features[:64], labels[:64]), batch_size=32)
+model = nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+
+try:
+    for epoch in range(5):
+        for x, y in train:
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+finally:
+    with torch.no_grad():
+        rows = sum(len(y) for _, y in held_out)
+        loss = sum(nn.functional.mse_loss(model(x), y, reduction="sum") for x, y in held_out)
+    torch.save({"model": model.state_dict(), "held-out loss": loss / rows}, sys.argv[1])
+"""
+
+
+def test_a_finally_that_evaluates_and_saves_runs_as_it_would(tmp_path: Path) -> None:
+    """The end unwinds through the code's `finally`: its evaluation fetches its batches and
+    its checkpoint is saved, nothing raised again or read there (review cr62 found the
+    evaluation's first fetch raising again, and no checkpoint)."""
+    script, checkpoint = tmp_path / "train.py", tmp_path / "last.pt"
+    script.write_text(EVALUATES_IN_FINALLY)
+    shown = str(watch_script(str(script), [str(checkpoint)]))
+    saved = torch.load(checkpoint)
+    assert float(saved["held-out loss"]) > 0, saved
+    assert "watched 14 update(s) (then ended the code)\n" in shown, shown
+
+
+# batches fetched ahead on a thread of their own, as a background prefetcher does
+PREFETCHED = SKIPS_A_BAD_BATCH.replace(
+    "steps = 0\n",
+    '''steps = 0
+
+
+def ahead(batches, depth=4):
+    """Yield the batches, fetched on a thread of their own up to depth ahead."""
+    import queue
+    import threading
+
+    fetched = queue.Queue(depth)
+
+    def fetch():
+        for batch in batches:
+            fetched.put(batch)
+        fetched.put(None)
+
+    threading.Thread(target=fetch, daemon=True).start()
+    while (batch := fetched.get(timeout=60)) is not None:  # (its thread dead: raises)
+        yield batch
+
+
+''',
+).replace("    for x, y in loader:\n", "    for x, y in ahead(loader):\n")
+
+
+def test_a_thread_that_fetches_ahead_is_never_ended_by_the_watch(tmp_path: Path) -> None:
+    """The end is raised again on the thread it was first raised on alone: the fetching
+    thread goes on (review cr62: raised there, it died, and the code waited for its batches
+    for ever), while the training thread catches it each step until it runs on unread."""
+    shown, steps = _run(tmp_path, PREFETCHED)
+    # every step the script's but the end's and the MOST_CAUGHT after it: run to its end
+    assert steps == str(EPOCHS * BATCHES - 1 - MOST_CAUGHT), (shown, steps)
+    assert "0 failed" in shown and f"end more than {MOST_CAUGHT} times" in shown, shown

@@ -302,18 +302,24 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
 
 
 def _ended(seen: Watched) -> str:
-    """Return how the watch ended the code ("": it ran to its end)."""
+    """Return how the watch ended the code ("": it ran to its end unended)."""
     if not seen.ended:
         return ""
-    if not seen.caught:
+    if seen.reached and not seen.caught:
         return " (then ended the code)"
     caught = "an except: that takes every exception, BaseException's too"
-    if seen.caught >= MOST_CAUGHT:
+    if seen.reached:
         return (
-            f" (then the code caught the watch's end, {caught}, more than {MOST_CAUGHT} times: "
-            "it ran on to its own end unread, every lr held at 0)"
+            f" (then ended the code, which caught that end {seen.caught} time(s), {caught}, and "
+            "was ended again at its next call the watch reads)"
         )
+    # (each call after the end raised it again: none reached the watch, so each was caught)
+    more = (
+        f" more than {MOST_CAUGHT} times"
+        if seen.caught >= MOST_CAUGHT
+        else f" {seen.caught + 1} time(s)"
+    )
     return (
-        f" (then ended the code, which caught that end {seen.caught} time(s), {caught}, and "
-        "was ended again at its next call the watch reads)"
+        f" (then the code caught the watch's end{more}, {caught}, and ran on to its own end "
+        "unread, every lr held at 0)"
     )

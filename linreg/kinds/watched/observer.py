@@ -46,6 +46,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
 
     def __init__(self, steps: int | None) -> None:
         self.steps, self.seen = steps, Watched()
+        self.ended_on: int | None = None
         # the updates made when a DataLoader's pass over data an update applied (or before any
         # update) ran out: an epoch's end, which ends the watch (a probe loader's pass between
         # two steps ends none)

@@ -239,6 +239,7 @@ class Watched:
     leftover: list[MicroBatch] = field(default_factory=list)
     ended: bool = False  # the watcher ended the code once it had the updates asked for
     caught: int = 0  # the times the code caught that end and went on (Steps.halted)
+    reached: bool = False  # an end reached the watch: the code caught none for good
     skipped: int = 0  # steps a loss scaler skipped (inf or nan): their micro-batches let go
     # micro-batches of a probe's batch (of a pass that is no stream) zeroed before a step
     probed: int = 0

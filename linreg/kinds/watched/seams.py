@@ -240,7 +240,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     try:
         yield w.seen
     except Enough:
-        pass
+        w.seen.reached = True
     finally:
         live[0] = False
         for handle in handles:

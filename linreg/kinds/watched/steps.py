@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -31,6 +33,7 @@ class Steps:
     Observer's (set in Observer.__init__)."""
 
     seen: Watched
+    ended_on: int | None  # the thread the watch ended the code on (_end_if)
     steps: int | None
     ends: list[int]
     pending: list[LossCall]
@@ -220,7 +223,7 @@ class Steps:
     def _end_if(self, enough: bool) -> None:
         """End the code's run here (Enough) where the watch has what it needs."""
         if enough:
-            self.seen.ended = True
+            self.seen.ended, self.ended_on = True, threading.get_ident()
             raise Enough
 
     def halted(self) -> bool:
@@ -230,10 +233,18 @@ class Steps:
         ended again at the next seam it enters, each a catch counted (Watched.caught): what it
         does after its end (a zero_grad() the catch skipped) is never read. Code that catches
         it every time (a `try` that holds its fetch and `continue`s) runs on unread after
-        MOST_CAUGHT catches, its lrs still held at 0 (True: read nothing)."""
+        MOST_CAUGHT catches, its lrs still held at 0 (True: read nothing). Read nothing, and
+        raise nothing, on another thread than the one ended (a thread that prefetches
+        batches would die, and the code wait for its batches forever) nor while the end
+        unwinds (a `finally` or `except BaseException:` that evaluates or saves, then
+        raises again: it runs as it would)."""
         if not self.seen.ended:
             return False
-        if self.seen.caught >= MOST_CAUGHT:
+        if (
+            self.seen.caught >= MOST_CAUGHT
+            or threading.get_ident() != self.ended_on
+            or isinstance(sys.exc_info()[1], Enough)
+        ):
             return True
         self.seen.caught += 1
         raise Enough
