@@ -212,3 +212,20 @@ def test_a_thread_that_fetches_ahead_is_never_ended_by_the_watch(tmp_path: Path)
     # every step the script's but the end's and the MOST_CAUGHT after it: run to its end
     assert steps == str(EPOCHS * BATCHES - 1 - MOST_CAUGHT), (shown, steps)
     assert "0 failed" in shown and f"end more than {MOST_CAUGHT} times" in shown, shown
+
+
+def test_an_update_by_hand_that_catches_its_end_is_ended_again(tmp_path: Path) -> None:
+    """The end of code that updates its params by hand (nothing the watch can read) is raised
+    again as any other is (review cr62: each backward() after it raised it again, caught, for
+    the rest of the run, the note silent)."""
+    code = SKIPS_A_BAD_BATCH.replace(
+        "            optimizer.step()\n            optimizer.zero_grad()\n",
+        "            with torch.no_grad():\n"
+        "                for p in model.parameters():\n"
+        "                    p -= 0.05 * p.grad\n"
+        "                    p.grad = None\n",
+    )
+    shown, steps = _run(tmp_path, code)
+    assert "ERROR the params moved, yet no torch optimizer stepped" in shown, shown
+    assert "(then ended the code, which caught that end 1 time(s)" in shown, shown
+    assert steps is None, (shown, steps)

@@ -27,7 +27,7 @@ from linreg.kinds.watched.heads import Head, number
 from linreg.kinds.watched.loss_gradients import take
 from linreg.kinds.watched.losses import LossReader
 from linreg.kinds.watched.passes import Passes
-from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Watched
+from linreg.kinds.watched.records import LossCall, MicroBatch, Open, Watched
 from linreg.kinds.watched.restore import PutBack
 from linreg.kinds.watched.steps import Steps
 
@@ -159,7 +159,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         if self.first and not self.seen.updates:  # no torch optimizer has stepped yet
             self.before_any += 1
             if self.before_any > MOST and self.moved():
-                raise Enough  # updates made by hand: nothing the watch can read, ended here
+                self._end_if(True)  # updates made by hand: nothing the watch can read, ended
         # its nodes but the leaves' (every graph on the same params shares those)
         under = graph([t.grad_fn for t in roots if t.grad_fn is not None], accumulators=False)
         shared = not under.isdisjoint(self.kept_graph)  # on a graph an earlier one retained
