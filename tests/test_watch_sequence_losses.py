@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from linreg.audit.watcher import watch
 from linreg.kinds.watched.graphs import Leaves, graph, leaves
 from linreg.kinds.watched.loss_gradients import deferred
+from linreg.kinds.watched.losses import _shifted
 
 VOCAB, HIDDEN, STEPS = 12, 16, 20
 
@@ -160,3 +161,66 @@ def test_a_param_frozen_between_the_loss_and_its_backward_leaves_the_loss_read()
                 make_step.step()
                 judge.requires_grad_(True)
     assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+
+
+def _two_offsets(skip: str) -> None:
+    """A GRU language model of two heads, the next token's and the one after's, on 44
+    sequences of 9 tokens in batches of 8 (the last of 4), AdamW: each head's cross-entropy
+    on the batch's own tokens shifted in the loop (ids[:, 1:].reshape(-1): a copy, of no
+    storage the batch's), the second's weighed 0.5; skip "sum": the second summed over its
+    targets (a bug)."""
+    gen = torch.Generator().manual_seed(0)
+    sequences = torch.randint(0, VOCAB, (44, 9), generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        embed, rnn = nn.Embedding(VOCAB, 16), nn.GRU(16, HIDDEN, batch_first=True)
+        heads = nn.ModuleList(nn.Linear(HIDDEN, VOCAB) for _ in range(2))
+    params = [p for m in (embed, rnn, heads) for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    for _ in range(2):
+        for ids in DataLoader(sequences, batch_size=8, shuffle=True, generator=gen):
+            h, _ = rnn(embed(ids))
+            losses = [
+                F.cross_entropy(
+                    head(h[:, :-k]).reshape(-1, VOCAB),
+                    ids[:, k:].reshape(-1),
+                    reduction=skip if k == 2 and skip else "mean",
+                )
+                for k, head in ((1, heads[0]), (2, heads[1]))
+            ]
+            optimizer.zero_grad()
+            (losses[0] + 0.5 * losses[1]).backward()
+            optimizer.step()
+
+
+def test_two_heads_losses_on_the_batchs_tokens_shifted_by_the_loop_are_each_judged() -> None:
+    """A target shifted and flattened by the loop is a copy, yet the batch's tokens
+    (losses._shifted): each head's loss is a term on a fetched batch, judged (before, the
+    two-head LM of code review cr52 was "none on targets of a batch the watch saw fetched",
+    its weights not judged, and the summed twin passed the rest): the short last batch is
+    judged, and the term summed over its targets fails mean-vs-sum."""
+    with watch() as reports:
+        _two_offsets("")
+    report = reports[0]
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert report.ok and verdicts["short-last-batch"] == "pass", str(report)
+    assert "none on targets of a batch" not in report.note, str(report)
+    with watch() as reports:
+        _two_offsets("sum")
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "its cross_entropy (head 2) term applies 28 times the mean" in str(report), report
+
+
+def test_a_target_is_a_batchs_tokens_shifted_only_where_it_holds_two_or_more_of_each() -> None:
+    """losses._shifted: a copy of each sample's tokens past the first (or before the last),
+    flattened or not; never a float target (a GAN's labels of 0 beside binary images whose
+    first pixel is 0) nor one integer a sample (a class label equal to each text's first
+    token)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (8, 9), generator=gen)
+    assert _shifted(ids[:, 1:].reshape(-1), ids) and _shifted(ids[:, :-2].contiguous(), ids)
+    assert not _shifted(torch.randint(0, VOCAB, (8 * 8,), generator=gen), ids)
+    images = torch.zeros(8, 1, 4, 4)
+    assert not _shifted(torch.zeros(8), images) and not _shifted(torch.zeros(8 * 15), images)
+    assert not _shifted(ids[:, 0].clone(), ids)

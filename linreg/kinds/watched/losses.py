@@ -209,6 +209,7 @@ class LossReader:
         return isinstance(target, Tensor) and (
             any(_cast(target, f) for f in self.batch_tensors)
             or _stacked(target, self.batch_tensors)
+            or any(_shifted(target, f) for f in self.batch_tensors)
         )
 
     def _read_last(self, target: Any) -> None:
@@ -235,6 +236,27 @@ def _within(flat: Tensor, fetched: Tensor, samples: int) -> bool:
     each, whole = flat.numel() // samples, fetched[0].numel()
     rows, mine = fetched.reshape(samples, whole).to(flat.dtype), flat.view(samples, each)
     return any(torch.equal(rows[:, o : o + each], mine) for o in (0, whole - each))
+
+
+def _shifted(t: Tensor, fetched: Tensor) -> bool:
+    """Return whether t holds a fetched batch of tokens' samples, each shifted by the code
+    (a copy, flattened or not: y[:, 1:].reshape(-1), labels[..., 1:].contiguous()): integers
+    of the fetched tensor's dtype, the first or last two or more elements of each of its
+    samples (_within). Not a float target, nor one element a sample: a GAN's labels of all
+    0 may equal the first pixel of each of a batch's binary images."""
+    if (
+        t.is_floating_point()
+        or t.dtype in (torch.bool, torch.uint8)
+        or t.dtype != fetched.dtype
+        or fetched.ndim < 2
+        or not 0 < t.numel() < fetched.numel()
+    ):
+        return False
+    samples = fetched.shape[0]
+    if t.numel() % samples or t.numel() // samples < 2:
+        return False
+    with torch.no_grad():
+        return _within(t.detach().reshape(-1), fetched.detach(), samples)
 
 
 def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
