@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from linreg import audit
 from linreg.audit.watcher import watch
 
 # task a's loss: a classification (another function than task b's), or a regression too (tasks
@@ -327,7 +328,7 @@ def test_two_sources_into_one_head_are_one_objective_read_as_in_one_backward(fro
     are one objective whatever params before it each source reaches (a stem of its own, or
     the experts its rows were routed to): the mean over both batches' rows passes. Batches of
     two datasets, each from a DataLoader of its own, backward()ed apart, are read as their
-    losses in one backward() (steps._beside: the same update, the same verdicts). Each
+    losses in one backward() (steps._zipped: the same update, the same verdicts). Each
     source's mean added undivided is then 2 times the mean of the rows whatever the rows (the
     sources' number, not a sum's count): the loss's own constant, never a pass of mean-vs-sum
     (code review cr30 found a routed mixture's undivided batches split into tasks, each
@@ -427,3 +428,60 @@ def test_a_contrastive_losss_two_directions_on_the_same_towers_are_one_objective
     with watch(steps=14) as reports:
         _contrastive("summed")
     assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+
+
+def _rehearsed(window: int, divided: bool, apart: bool = True) -> audit.Report:
+    """A binary classifier over a task's 48 rows in batches of 8, a batch of a rehearsal
+    memory's (40 rows) after every `window` task batches, then the window's losses and one
+    step; labels cast for the loss (y.float(): a new tensor, no storage of a batch's, the
+    memory's batch fetched after the task's, before their losses), each backward()ed apart
+    (apart) or all the window's at once, each divided by the window's batches (divided) or
+    not (a bug where the window holds two task batches)."""
+    gen = torch.Generator().manual_seed(0)
+    x, kept = torch.randn(48, 6, generator=gen), torch.randn(40, 6, generator=gen) - 1
+    task = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8, generator=gen)
+    memory = DataLoader(TensorDataset(kept, (kept[:, 1] > 0).long()), batch_size=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with watch() as reports:
+        replayed = iter(memory)
+        for _ in range(2):
+            batches = []
+            for i, batch in enumerate(task, 1):
+                batches.append(batch)
+                if i % window:
+                    continue
+                batches.append(next(replayed, None) or next(replayed := iter(memory)))
+                losses = [
+                    F.binary_cross_entropy_with_logits(model(xb)[:, 0], yb.float())
+                    for xb, yb in batches
+                ]
+                scaled = [loss / len(losses) if divided else loss for loss in losses]
+                if apart:
+                    for loss in scaled:
+                        loss.backward()
+                else:
+                    sum(scaled).backward()
+                batches.clear()
+                optimizer.step()
+                optimizer.zero_grad()
+    return reports[0]
+
+
+def test_a_turn_of_two_loaders_is_one_objective_and_a_window_beside_one_stays_a_window() -> None:
+    """A task batch beside a memory batch, each backward()ed apart, is read as their losses
+    in one backward(), their targets cast (y.float()) told by their own loaders (review cr63:
+    a cast target was credited to the last loader to fetch, and the turn never joined); a
+    window of two task batches beside one memory batch stays a window of micro-batches, so
+    its missing division fails (review cr63: joined in part, it read as a constant 3)."""
+    for divided in (True, False):
+        apart, together = _rehearsed(1, divided), _rehearsed(1, divided, apart=False)
+        assert not apart.failures, str(apart)
+        verdicts = [(r.pitfall, r.verdict, r.message) for r in apart.results]
+        assert verdicts == [(r.pitfall, r.verdict, r.message) for r in together.results]
+    assert _rehearsed(2, divided=True).ok
+    report = _rehearsed(2, divided=False)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "applied 3 times the mean" in report.failures[0].message, str(report)

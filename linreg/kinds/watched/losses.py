@@ -115,6 +115,7 @@ class LossReader:
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is
             # solved for, never judged, as a penalty's
             from_batch = name not in SOLVED and self._from_batch(given.get("target"))
+            found = self._found(given.get("target"))
             self.pending.append(
                 LossCall(
                     out.grad_fn,
@@ -135,7 +136,8 @@ class LossReader:
                     nearest=nearest,
                     piece=piece(predicted),
                     # where no batch holds its target (y - mu) / sd), the last to fetch
-                    source=self._source(given.get("target")) or fetched_from,
+                    source=(None if found is None else found[1]) or fetched_from,
+                    found=found,
                     per=per if later else None,
                     others={k: n for k, n in others.items() if n != count},
                     # (steps.objectives reads it on a fetched batch's target alone)
@@ -186,17 +188,19 @@ class LossReader:
                     return n
         return None
 
-    def _source(self, target: Any) -> int | None:
-        """Return the dataset whose fetched batch a target is: a view of its tensors, or its
-        rows cast or moved (y.float(), y.to(device)); None where neither (not the last loader
-        to fetch: two loaders zipped, the other's batch fetched after it)."""
+    def _found(self, target: Any) -> tuple[int, int] | None:
+        """Return the iterator and dataset whose fetched batch a target is: a view of its
+        tensors, or its rows cast or moved (y.float(), y.to(device)); None where neither (not
+        the last loader to fetch: two loaders zipped, the other's batch fetched after it)."""
         held = self._held(_storage(target))
         if held is not None:
-            return held[1]
+            return held
+        if not isinstance(target, Tensor):
+            return None
         for fetched in reversed(self.batch_tensors):
             by = self._held(_storage(fetched))
             if by is not None and _cast(target, fetched):
-                return by[1]
+                return by
         return None
 
     def _from_batch(self, target: Any) -> bool:

@@ -46,6 +46,9 @@ class LossCall:
     fetched_by: int | None = None  # the DataLoader iterator that fetched its target's batch
     fetched_from: int | None = None  # the dataset of that DataLoader
     # (else the last to fetch one before it: a target cast or stacked from a batch's)
+    # the iterator and dataset whose batch its target is, found (a view of it, or its rows
+    # cast or moved), else None
+    found: tuple[int, int] | None = None
     fetched_at: int = 0  # the batches that iterator had yielded as the loss was computed
     # its head's number (0: none found): losses of one function on two heads are two tasks
     # (closing.term_of); numbered as a backward() reaches it (heads.number), so a loss none

@@ -12,7 +12,6 @@ import copy
 import functools
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -361,45 +360,51 @@ def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
     adversarial), not an accumulation window's; chunks of one batch (other rows), a buffer
     refilled, batches of another fetch, SAM's second pass (at params it moved) and another
     model's loss (no stepped param shared) stay micro-batches."""
-    return _joined(_joined(micro, stepped, _again), stepped, _beside)
-
-
-def _joined(
-    micro: list[MicroBatch],
-    stepped: set[int],
-    joins: Callable[[MicroBatch, MicroBatch, set[int]], bool],
-) -> list[MicroBatch]:
-    """Return the micro-batches, each joined into the one before where `joins` says so."""
     out: list[MicroBatch] = []
     for mb in micro:
-        if out and joins(out[-1], mb, stepped):
+        if out and _again(out[-1], mb, stepped):
             last = out[-1]
             out[-1] = replace(
                 last, losses=[*last.losses, *mb.losses], retained=last.retained or mb.retained
             )
         else:
             out.append(mb)
-    return out
+    return _zipped(out, stepped)
 
 
-def _beside(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
-    """Return whether mb is a batch of another dataset beside the group's, each fetched by a
-    DataLoader of its own (zipped loaders: two domains' batches, each loss backward()ed
-    apart, are one objective's terms as in one backward(); a window of such turns stays a
-    window, each turn joined), at the same stepped params, some of them shared."""
-    fetched = {(c.fetched_by, c.fetched_from) for c in mb.losses}
-    if len(fetched) != 1 or not all(c.from_batch and c.same is not None for c in mb.losses):
-        return False
-    ((it, dataset),) = fetched
-    return (
-        it is not None
-        and dataset is not None
-        and all(c.from_batch and c.same is not None for c in group.losses)
-        and it not in {c.fetched_by for c in group.losses}
-        and dataset not in {c.fetched_from for c in group.losses}
-        and None not in {c.fetched_from for c in group.losses}
-        and any(_shared(was, c, stepped) for was in group.losses for c in mb.losses)
-    )
+def _zipped(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
+    """Return an update's micro-batches in turns of zipped loaders, each turn joined into one:
+    where they are consecutive turns of one batch each of the same two or more datasets,
+    each its own DataLoader's (two domains, a replay memory beside the task's data, each
+    loss backward()ed apart: one objective's terms, as in one backward(); a window of such
+    turns, a window of joined turns), every loss on its batch's target, at the stepped params
+    the first reached, some of them shared. Else as they are: more batches of one loader than
+    of another (two task batches beside one memory batch) are a window of micro-batches."""
+    found = [{c.found for c in mb.losses} for mb in micro]
+    if any(len(f) != 1 or None in f for f in found):
+        return micro
+    fetches = [f for each in found for f in each if f is not None]
+    width = len({dataset for _, dataset in fetches})
+    if width < 2 or len(micro) % width:
+        return micro
+    turns = [range(at, at + width) for at in range(0, len(micro), width)]
+    if any(len({fetches[i][k] for i in turn}) < width for turn in turns for k in (0, 1)):
+        return micro  # (each turn: every dataset once, each batch its own iterator's)
+    calls = [c for mb in micro for c in mb.losses]
+    if not all(c.same is not None and c.from_batch for c in calls):
+        return micro
+    if not all(
+        any(_shared(a, b, stepped) for a in micro[0].losses for b in mb.losses) for mb in micro
+    ):
+        return micro
+    return [
+        replace(
+            micro[turn[0]],
+            losses=[c for i in turn for c in micro[i].losses],
+            retained=any(micro[i].retained for i in turn),
+        )
+        for turn in turns
+    ]
 
 
 def _again(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
