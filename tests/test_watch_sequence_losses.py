@@ -224,3 +224,5 @@ def test_a_target_is_a_batchs_tokens_shifted_only_where_it_holds_two_or_more_of_
     images = torch.zeros(8, 1, 4, 4)
     assert not _shifted(torch.zeros(8), images) and not _shifted(torch.zeros(8 * 15), images)
     assert not _shifted(ids[:, 0].clone(), ids)
+    masks = torch.zeros(8, 16, 16, dtype=torch.long)  # empty: their corners downsampled match
+    assert not _shifted(masks[:, :4, :4].reshape(-1), masks.reshape(8, -1))

@@ -296,7 +296,11 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     # an update of fewer rows, or of unequal micro-batches, where a whole one showed none)
     epochs = pitfall in ("short-last-batch", "micro-batch-accumulation") and seen.whole
     ended = "after an epoch's end, as it does by default" if epochs else "first"
-    more = f" (the watch ended {ended}: --steps watches more)" if seen.ended and not own else ""
+    more = (
+        f" (the watch ended {ended}: --steps watches more)"
+        if seen.ended and seen.updates and not own
+        else ""
+    )
 
     return f"not judged: {why}{more}"
 
@@ -320,6 +324,6 @@ def _ended(seen: Watched) -> str:
         else f" {seen.caught + 1} time(s)"
     )
     return (
-        f" (then the code caught the watch's end{more}, {caught}, and ran on to its own end "
-        "unread, every lr held at 0)"
+        f" (then the code caught the watch's end{more}, {caught}, and went on unread, every "
+        "lr held at 0)"
     )

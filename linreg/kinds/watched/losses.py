@@ -246,8 +246,9 @@ def _shifted(t: Tensor, fetched: Tensor) -> bool:
     """Return whether t holds a fetched batch of tokens' samples, each shifted by the code
     (a copy, flattened or not: y[:, 1:].reshape(-1), labels[..., 1:].contiguous()): integers
     of the fetched tensor's dtype, the first or last two or more elements of each of its
-    samples (_within). Not a float target, nor one element a sample: a GAN's labels of all
-    0 may equal the first pixel of each of a batch's binary images."""
+    samples (_within), on the target's device (ids.to(device)[:, 1:]: the batch as fetched,
+    moved). Not a float target, nor one element a sample (a GAN's labels of all 0 may equal
+    the first pixel of each of a batch's binary images), nor one value (an empty mask's)."""
     if (
         t.is_floating_point()
         or t.dtype in (torch.bool, torch.uint8)
@@ -260,7 +261,10 @@ def _shifted(t: Tensor, fetched: Tensor) -> bool:
     if t.numel() % samples or t.numel() // samples < 2:
         return False
     with torch.no_grad():
-        return _within(t.detach().reshape(-1), fetched.detach(), samples)
+        flat = t.detach().reshape(-1)
+        if bool((flat == flat[0]).all()):  # one value (an empty mask's): no sample told
+            return False
+        return _within(flat, fetched.detach().to(flat.device), samples)
 
 
 def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:

@@ -241,6 +241,10 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         yield w.seen
     except Enough:
         w.seen.reached = True
+    except (Exception, SystemExit) as e:  # the code's own, raised where it caught the end
+        if not _from_end(e):  # (except: raise RuntimeError(...); except: sys.exit(1))
+            raise
+        w.seen.reached = True
     finally:
         live[0] = False
         for handle in handles:
@@ -366,3 +370,19 @@ def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     keep = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
     make = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
     return bool(keep if keep is not None else make)
+
+
+def _from_end(e: BaseException) -> bool:
+    """Return whether an exception was raised while the code handled the watch's end (an
+    Enough in its chain of contexts and causes): the end, in the code's own words."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [e]
+    while chain:
+        now = chain.pop()
+        if now is None or id(now) in seen:
+            continue
+        if isinstance(now, Enough):
+            return True
+        seen.add(id(now))
+        chain += [now.__context__, now.__cause__]
+    return False

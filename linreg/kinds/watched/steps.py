@@ -77,7 +77,9 @@ class Steps:
         raise NotImplementedError
 
     def before(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.halted()  # (unread after its end, its lrs held at 0 as before it)
+        # (unread after its end, its lrs held at 0 as before it; a step is no cleanup: raised
+        # again inside a handler of the end too, where a retry would train anew)
+        self.halted(stepping=True)
         self.depth += 1
         if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
             self.states.append((opt, copy.deepcopy(opt.state_dict())))
@@ -225,7 +227,7 @@ class Steps:
             self.seen.ended, self.ended_on = True, threading.get_ident()
             raise Enough
 
-    def halted(self) -> bool:
+    def halted(self, stepping: bool = False) -> bool:
         """Return whether the watch has ended the code, raising Enough again until it ends.
 
         Code that goes on after its end caught it (a bare `except:` around each step) is
@@ -236,16 +238,18 @@ class Steps:
         raise nothing, on another thread than the one ended (a thread that prefetches
         batches would die, and the code wait for its batches forever) nor while the end
         unwinds (a `finally` or `except BaseException:` that evaluates or saves, then
-        raises again: it runs as it would)."""
+        raises again: it runs as it would), but at an optimizer step (stepping: a handler
+        that trains again, a retry, is ended there)."""
         if not self.seen.ended:
             return False
+        unwinding = isinstance(sys.exc_info()[1], Enough)  # (the same end: no catch yet)
         if (
             self.seen.caught >= MOST_CAUGHT
             or threading.get_ident() != self.ended_on
-            or isinstance(sys.exc_info()[1], Enough)
+            or (unwinding and not stepping)
         ):
             return True
-        self.seen.caught += 1
+        self.seen.caught += not unwinding
         raise Enough
 
     def _closed(
