@@ -219,10 +219,10 @@ def test_a_target_is_a_batchs_tokens_shifted_only_where_it_holds_two_or_more_of_
     token)."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, VOCAB, (8, 9), generator=gen)
-    assert _shifted(ids[:, 1:].reshape(-1), ids) and _shifted(ids[:, :-2].contiguous(), ids)
-    assert not _shifted(torch.randint(0, VOCAB, (8 * 8,), generator=gen), ids)
+    assert _shifted(ids[:, 1:].reshape(-1), [ids]) and _shifted(ids[:, :-2].contiguous(), [ids])
+    assert not _shifted(torch.randint(0, VOCAB, (8 * 8,), generator=gen), [ids])
     images = torch.zeros(8, 1, 4, 4)
-    assert not _shifted(torch.zeros(8), images) and not _shifted(torch.zeros(8 * 15), images)
-    assert not _shifted(ids[:, 0].clone(), ids)
+    assert not _shifted(torch.zeros(8), [images]) and not _shifted(torch.zeros(8 * 15), [images])
+    assert not _shifted(ids[:, 0].clone(), [ids])
     masks = torch.zeros(8, 16, 16, dtype=torch.long)  # empty: their corners downsampled match
-    assert not _shifted(masks[:, :4, :4].reshape(-1), masks.reshape(8, -1))
+    assert not _shifted(masks[:, :4, :4].reshape(-1), [masks.reshape(8, -1)])

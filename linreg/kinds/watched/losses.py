@@ -213,7 +213,7 @@ class LossReader:
         return isinstance(target, Tensor) and (
             any(_cast(target, f) for f in self.batch_tensors)
             or _stacked(target, self.batch_tensors)
-            or any(_shifted(target, f) for f in self.batch_tensors)
+            or _shifted(target, self.batch_tensors)
         )
 
     def _read_last(self, target: Any) -> None:
@@ -242,29 +242,28 @@ def _within(flat: Tensor, fetched: Tensor, samples: int) -> bool:
     return any(torch.equal(rows[:, o : o + each], mine) for o in (0, whole - each))
 
 
-def _shifted(t: Tensor, fetched: Tensor) -> bool:
+def _shifted(t: Tensor, fetched: Iterable[Tensor]) -> bool:
     """Return whether t holds a fetched batch of tokens' samples, each shifted by the code
     (a copy, flattened or not: y[:, 1:].reshape(-1), labels[..., 1:].contiguous()): integers
-    of the fetched tensor's dtype, the first or last two or more elements of each of its
+    of a fetched tensor's dtype, the first or last two or more elements of each of its
     samples (_within), on the target's device (ids.to(device)[:, 1:]: the batch as fetched,
     moved). Not a float target, nor one element a sample (a GAN's labels of all 0 may equal
     the first pixel of each of a batch's binary images), nor one value (an empty mask's)."""
-    if (
-        t.is_floating_point()
-        or t.dtype in (torch.bool, torch.uint8)
-        or t.dtype != fetched.dtype
-        or fetched.ndim < 2
-        or not 0 < t.numel() < fetched.numel()
-    ):
-        return False
-    samples = fetched.shape[0]
-    if t.numel() % samples or t.numel() // samples < 2:
+    if t.is_floating_point() or t.dtype in (torch.bool, torch.uint8) or not t.numel():
         return False
     with torch.no_grad():
         flat = t.detach().reshape(-1)
         if bool((flat == flat[0]).all()):  # one value (an empty mask's): no sample told
             return False
-        return _within(flat, fetched.detach().to(flat.device), samples)
+        for f in fetched:
+            if f.dtype != t.dtype or f.ndim < 2 or flat.numel() >= f.numel():
+                continue
+            samples = f.shape[0]
+            if flat.numel() % samples or flat.numel() // samples < 2:
+                continue
+            if _within(flat, f.detach().to(flat.device), samples):
+                return True
+    return False
 
 
 def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
