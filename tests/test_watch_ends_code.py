@@ -18,7 +18,8 @@ BATCHES = 13  # 200 rows in batches of 16: 12 full ones and one of 8
 
 # each step inside a try whose bare except logs and skips the batch (a "robust" loop: a bad
 # batch must not kill a long run), zero_grad() after the step, as many scripts write it
-SKIPS_A_BAD_BATCH = f"""
+# a regression's data, model and optimizer, each script's start
+REGRESSION = """
 import sys
 
 import torch
@@ -31,7 +32,11 @@ labels = features @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1
 loader = DataLoader(TensorDataset(features, labels), batch_size=16, shuffle=True)
 model = nn.Linear(3, 1)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-loss_fn = nn.MSELoss()
+"""
+
+SKIPS_A_BAD_BATCH = (
+    REGRESSION
+    + f"""loss_fn = nn.MSELoss()
 
 steps = 0
 for epoch in range({EPOCHS}):
@@ -47,6 +52,7 @@ for epoch in range({EPOCHS}):
 with open(sys.argv[1], "w") as out:
     out.write(str(steps))
 """
+)
 
 
 def _run(tmp_path: Path, code: str, steps: int | None = None) -> tuple[str, str | None]:
@@ -137,24 +143,13 @@ def test_code_that_catches_the_end_and_then_runs_out_is_said_to_run_on(tmp_path:
 
 
 # the run in a try whose finally evaluates and saves, whatever ended it (an interrupt too)
-EVALUATES_IN_FINALLY = """
-import sys
-
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-torch.manual_seed(0)
-features = torch.randn(200, 3)
-labels = features @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1
-train = DataLoader(TensorDataset(features, labels), batch_size=16, shuffle=True)
-held_out = DataLoader(TensorDataset(features[:64], labels[:64]), batch_size=32)
-model = nn.Linear(3, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+EVALUATES_IN_FINALLY = (
+    REGRESSION
+    + """held_out = DataLoader(TensorDataset(features[:64], labels[:64]), batch_size=32)
 
 try:
     for epoch in range(5):
-        for x, y in train:
+        for x, y in loader:
             optimizer.zero_grad()
             nn.functional.mse_loss(model(x), y).backward()
             optimizer.step()
@@ -164,6 +159,7 @@ finally:
         loss = sum(nn.functional.mse_loss(model(x), y, reduction="sum") for x, y in held_out)
     torch.save({"model": model.state_dict(), "held-out loss": loss / rows}, sys.argv[1])
 """
+)
 
 
 def test_a_finally_that_evaluates_and_saves_runs_as_it_would(tmp_path: Path) -> None:
@@ -235,20 +231,9 @@ def test_an_update_by_hand_that_catches_its_end_is_ended_again(tmp_path: Path) -
 
 # training in a function, and a bare except around it that trains again, raises an error
 # of its own, or exits
-HANDLED = """
-import sys
-
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-torch.manual_seed(0)
-features = torch.randn(200, 3)
-labels = features @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1
-loader = DataLoader(TensorDataset(features, labels), batch_size=16, shuffle=True)
-model = nn.Linear(3, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-
+HANDLED = (
+    REGRESSION
+    + """
 
 def train(epochs):
     for epoch in range(epochs):
@@ -265,6 +250,7 @@ HANDLER
 with open(sys.argv[1], "w") as out:
     out.write("trained")
 """
+)
 
 
 @pytest.mark.parametrize(
