@@ -485,3 +485,45 @@ def test_a_turn_of_two_loaders_is_one_objective_and_a_window_beside_one_stays_a_
     report = _rehearsed(2, divided=False)
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "applied 3 times the mean" in report.failures[0].message, str(report)
+
+
+def _two_domains_accumulated(divided: bool) -> audit.Report:
+    """A classifier over two domains' loaders (36 rows each, batches of 8), zipped: each turn's
+    two means backward()ed apart, 2 turns a window, then one step; each mean divided by the
+    window's means (divided), or not (the window then applies 4 times the mean: 2 turns, each
+    the sum of 2 domains' means)."""
+    gen = torch.Generator().manual_seed(0)
+    domains = [torch.randn(36, 5, generator=gen) + shift for shift in (0.0, 1.5)]
+    loaders = [
+        DataLoader(TensorDataset(x, (x[:, 0] > x[:, 1]).long()), batch_size=8, shuffle=True)
+        for x in domains
+    ]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    turns = min(map(len, loaders))
+    with watch() as reports:
+        for _ in range(2):
+            for i, ((xs, ys), (xt, yt)) in enumerate(zip(*loaders, strict=True)):
+                means = 2 * min(2, turns - (i - i % 2))  # the window's means: its last is short
+                for x, y in ((xs, ys), (xt, yt)):
+                    loss = F.cross_entropy(model(x), y)
+                    (loss / means if divided else loss).backward()
+                if i % 2 or i + 1 == turns:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    return reports[0]
+
+
+def test_zipped_domains_accumulated_undivided_name_every_mean_they_add() -> None:
+    """Each turn of two zipped domains is read as one micro-batch of the sum of 2 means (the
+    loss's own constant); a window of 2 turns left undivided applies 4 times the mean, and
+    the failure says that the 4 are 2 micro-batches of 2 means each (stop 62's note: it said
+    "its 2 micro-batches' mean losses", where the update added 4)."""
+    assert _two_domains_accumulated(divided=True).ok
+    report = _two_domains_accumulated(divided=False)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    message = report.failures[0].message
+    assert "applied 4 times the mean" in message, message
+    assert "each of them 2 mean losses added (4 means in all)" in message, message

@@ -578,7 +578,12 @@ def _why(s: float, r: Reading, meant: str = "mean", full: bool = True) -> str:
                 else ""
             )
         )
-    if k > 1 and (near(s, k * r.calls) or (k != r.calls and near(s, k))):
+    if k > 1 and r.calls > 1 and near(s, k * r.calls):  # (heads' or zipped domains' means)
+        return (
+            f"it adds up its {k} micro-batches' losses without dividing, each of them "
+            f"{r.calls} mean losses added ({k * r.calls} means in all)"
+        )
+    if k > 1 and k != r.calls and near(s, k):
         return f"it adds up its {k} micro-batches' mean losses without dividing"
     if near(s, r.count):
         return (
