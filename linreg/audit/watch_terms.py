@@ -1,7 +1,7 @@
 """The weights of one term of a loss made of several (a multi-task loss) whose function
 reduced as meant itself: the scale on it is a coefficient of the code's, so only how each
 update weighs its micro-batches against one another is judged, and a shorter update against
-the full ones where they all keep one coefficient (watch_verdicts.py judges the rest)."""
+the full ones where they all keep one coefficient (watch_weights.py judges the rest)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,288 @@
+"""Each update's weights on its micro-batches' gradients, named as the catalogue names them
+(`weigh`): one scale on every full update (mean-vs-sum, or the loss's own constant, read
+relative to it), another on a shorter one (short-last-batch), micro-batches weighed alike over
+unequal counts (micro-batch-accumulation), a window carried over or never applied."""
+
+from __future__ import annotations
+
+from linreg.audit.watch_readings import (
+    Reading,
+    alike,
+    carried,
+    first_applied,
+    full_window,
+    near,
+    never_applied,
+    over_counted,
+    shown,
+)
+from linreg.audit.watch_scales import framework_short, scale_named, short_named
+from linreg.audit.watch_tally import Constant, Grown, Verdicts
+from linreg.audit.watch_terms import coefficients
+from linreg.kinds.training_loop import NO_KNOWN
+
+__all__ = ["weigh"]
+
+
+def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") -> None:
+    """Name each update's weights as the catalogue names them: one loss's, or one term's of
+    a loss made of several (term: its function). A term's scale on its full updates is read as
+    a single loss's is, but named only where a known mistake shows (a sum over its rows, or a
+    nominal divisor on a shorter update): another may be a coefficient of the code's."""
+    for r in readings if term and v.meant == "mean" else []:  # (Verdicts.undivided)
+        if not r.unread and r.relative and alike(r.relative):
+            v.coefficients[r.j].append((term, r.relative[0], len(r.parts)))
+            if r.again:  # (Verdicts.divided_again)
+                v.again[r.j].append((term, len(r.parts), r.divided))
+    if term and readings and all(r.native for r in readings):
+        coefficients(readings, updates, v, term)
+        return
+    of_term = f", its {term} term" if term else ""
+    over = over_counted(readings) if v.meant == "mean" else []  # a mean's divisor
+    for n, (r, extra) in enumerate(over):  # named once, then read as if divided right
+        assert r.relative is not None
+        s = r.relative[0]
+        if not n:
+            v.at = r.j
+            v.fail(
+                "mean-vs-sum",
+                f"update {r.j + 1} of {updates}{of_term} applied {s:.4g} times the mean of its "
+                f"{r.count:g} counted: it divides by {r.count + extra:g}, {extra} more than its "
+                "loss counts, and every update is over-counted by a whole number: targets "
+                "its loss never counts were counted (each sequence's first label, before the "
+                "causal shift drops it, as transformers' Trainer counts them for a model whose "
+                "loss_type is None, GPT2LMHeadModel; or padding)",
+            )
+        r.relative = [x / s for x in r.relative]
+    full, windows = full_window(readings)  # a full update's count, and its micro-batches
+    fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
+    s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
+    parts_full = len(fulls[0].parts) if fulls else 1
+    if term and fulls:  # (fulls: each alike, so its scale is its relative[0])
+        scales = [r.relative[0] for r in fulls if r.relative]
+        s_full = max(scales, key=lambda s: sum(near(s, t) for t in scales))
+        by_rows = len({r.per_row for r in readings}) == 1 and readings[0].per_row is not None
+        if 3 * sum(near(s_full, t) for t in scales) < 2 * len(scales) and not by_rows:
+            # full updates mostly each of a scale of its own (the classes' sum divided by the
+            # positive anchors' count, as SSD's box sum is: count / num_pos): a coefficient of
+            # the code's that changes, read as a function's own mean's is (watch_terms); not a
+            # sum divided by each batch's rows (by_rows), whose rows change the full scales
+            coefficients(readings, updates, v, term)
+            return
+        fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]
+    # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
+    # features over the batch): the loss's own constant; every update is read relative to it
+    # (a term's scale is named only where a shorter update shows it growing with the rows: on
+    # its full updates alone, a sum and a coefficient of the code's look the same; but not a
+    # sum the code weighed by no number in any update, which applies the full count:
+    # 16 * ce_sum / len(y) is a weight of 16 on the mean, and box_sum / num_pos the mean over
+    # the positives where there is one, ce_sum alone the sum; a row's elements summed, one row
+    # a micro-batch, are a sum over a row's features too: not named)
+    summed_at_one = (
+        bool(term)
+        and v.meant == "mean"
+        and near(s_full, full)
+        and not near(full, 1)
+        and term not in v.weighed
+        and not any(r.one_row for r in fulls)
+    )
+    unnamed = fulls and (
+        (term and not summed_at_one) or scale_named(s_full, fulls[0], v.meant) == NO_KNOWN
+    )
+    kappa = s_full if unnamed and s_full > 0 else 1.0
+    unconfirmed = False
+    if not near(kappa, 1):  # a constant is the same on a shorter update; a sum grows with rows
+        shorts = [r for r in readings if r.count < full and r.relative and alike(r.relative)]
+        # (where the sum was meant, a mean shrinks as the rows grow)
+
+        def of(count: float) -> float:
+            return count / full if v.meant == "mean" else full / count
+
+        grows = [  # (a count a full one's to the tolerance tells nothing)
+            r
+            for r in shorts
+            if r.relative
+            and near(r.relative[0], kappa * of(r.count))
+            and not near(of(r.count), 1)
+            and not (framework_short(r, kappa) and not near(kappa, full / parts_full))
+        ]
+        # each micro-batch's loss a sum, divided by its window's micro-batches: full/k on the
+        # full updates, count/k' on a shorter window of another k' (of the same k, a sum grown)
+        per_window = [
+            r
+            for r in shorts
+            if v.meant == "mean"
+            and r.relative
+            and len(r.parts) != parts_full
+            and near(kappa, full / parts_full)
+            and near(r.relative[0], r.count / len(r.parts))
+            and not near(r.relative[0], kappa)
+        ]
+        if grows:
+            how = (
+                "grows with the rows (a loss summed over them, or multiplied by the batch size)"
+                if v.meant == "mean"
+                else "shrinks as the rows grow (a mean over them, times a constant)"
+            )
+            # a term's on top of a coefficient of the code's (not its full count: a sum at
+            # 1), where the mean is meant, is named after every term is read: another's
+            # nominal divisor may explain it
+            later = bool(term) and v.meant == "mean" and not near(kappa, full)
+            for r in grows if later else grows[:1]:
+                said = (
+                    f"every full update{of_term} applies {kappa:.4g} times the {v.meant} of "
+                    f"its {full:g} counted, and update {r.j + 1} ({r.count:g} counted) applies "
+                    f"{kappa * of(r.count):.4g} times its own: a factor that {how} where a "
+                    f"{v.meant} was meant"
+                )
+                if later:
+                    v.grown.append(Grown(term, r.j, of(r.count), kappa, full, said))
+                else:
+                    v.at = r.j
+                    v.fail("mean-vs-sum", said)
+            kappa = 1.0
+        elif per_window:
+            r = per_window[0]
+            assert r.relative is not None
+            v.at = r.j
+            v.fail(
+                "mean-vs-sum",
+                f"every full update{of_term} applies {kappa:.4g} times the mean of its {full:g} "
+                f"counted over {parts_full} micro-batches, and update {r.j + 1} ({r.count:g} "
+                f"counted over {len(r.parts)}) applies {r.relative[0]:.4g} times its own: each "
+                "micro-batch's loss summed over its rows (reduction='sum') and divided by the "
+                "window's micro-batches, where a mean was meant",
+            )
+            kappa = 1.0
+        else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
+            shorter = any(  # (a count a full one's to the tolerance tells nothing)
+                r.relative and near(r.relative[0], kappa) and not near(of(r.count), 1)
+                for r in shorts
+            )
+            other = any(  # neither the constant nor grown: another multiple
+                r.relative
+                and not near(r.relative[0], kappa)
+                and not near(of(r.count), 1)
+                and not framework_short(r, kappa)
+                for r in shorts
+            )
+            unconfirmed = not shorter
+            by, g = fulls[0].divided
+            framework = (
+                ""
+                if g < 2 or not near(kappa, 1 / g)
+                else f"gradient_accumulation_steps={g} ({by})"
+                if not by.startswith("Lightning")
+                else f"{by}={g}"
+            )
+            v.constants.append(
+                Constant(
+                    term,
+                    kappa,
+                    full,
+                    unconfirmed,
+                    framework=framework,
+                    short=bool(shorts),
+                    other=other,
+                )
+            )
+            s_full = 1.0
+    # the full ones' scale the code's own division by a framework's count, again (1 / k on k
+    # micro-batches): a shorter update is read with it undone, as what the framework applies
+    g = fulls[0].divided[1] if fulls and not term and v.meant == "mean" else 1
+    again = g > 1 and near(s_full, 1 / g) and len(fulls[0].parts) == g
+    for r in readings:
+        v.at = r.j
+        at = (
+            f"update {r.j + 1} of {updates}{of_term} ({len(r.parts)} micro-batch(es), "
+            f"{r.count:g} counted)"
+        )
+        rel = None if r.relative is None else [x / kappa for x in r.relative]
+        if rel is not None and alike(rel) and not term:
+            v.ratios[r.j] = rel[0]
+        if r.unread or rel is None:  # dependent gradients, or no combination of them (a
+            v.unread.add(r.j)  # term the watcher does not read: a penalty, a hand-written loss)
+            continue
+        unequal = len(set(r.parts)) > 1
+        if alike(rel):
+            s = rel[0]
+            if r.count == full:
+                why = scale_named(s, r, v.meant)
+                if term and why == NO_KNOWN and not near(s, 1):
+                    continue  # another coefficient of the code's, this update (not judged)
+                if not unconfirmed:
+                    v.judged["mean-vs-sum"].add(r.j)
+                if not near(s, 1):
+                    v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the {v.meant}: {why}")
+            else:  # an update of another size: right, or the full ones' scale is its cause
+                base = s_full
+                if again:
+                    s, base = s / s_full, 1.0
+                    at += ", its own division by the count again undone,"
+                theirs = [base, base * r.count / full, base * len(r.parts) / parts_full]
+                if v.meant == "sum":  # a mean where the sum was meant: of the update's count,
+                    theirs.append(base * full / r.count)  # or each micro-batch's own
+                    theirs.append(base * full * len(r.parts) / (r.count * parts_full))
+                wrong = not near(s, 1) and (near(base, 1) or not any(near(s, t) for t in theirs))
+                nominal = v.meant == "mean" and near(s, r.count / full)
+                if term and wrong and not nominal:
+                    continue  # another coefficient of the code's, this update (not judged)
+                # its own numbers name a scale's cause (its micro-batches' means added up
+                # undivided, a sum, a loss scaler's scale): mean-vs-sum's, however its count
+                # stands to the full one's (a masking collator gives each window its own)
+                why = "" if nominal or not wrong else scale_named(s, r, v.meant, full=False)
+                if why and why != NO_KNOWN and not term:
+                    v.judged["mean-vs-sum"].add(r.j)
+                    v.fail("mean-vs-sum", f"{at} applied {s:.4g} times the {v.meant}: {why}")
+                    wrong = False
+                v.judged["short-last-batch"].add(r.j)
+                if wrong:
+                    if nominal:
+                        v.nominal_at.setdefault(r.j, []).append(s)
+                    v.fail("short-last-batch", short_named(at, s, r, full, v.meant, parts_full))
+            if unequal:
+                v.judged["micro-batch-accumulation"].add(r.j)
+            continue
+        if r.count != full or not unconfirmed:  # its micro-batches weighed unlike: judged
+            v.judged["mean-vs-sum" if r.count == full else "short-last-batch"].add(r.j)
+        if unequal:
+            v.judged["micro-batch-accumulation"].add(r.j)
+        weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
+        if full and r.count > full and len(r.parts) > windows:  # more micro-batches too
+            v.fail(*carried(at, r, weights, full))
+            continue
+        dropped = first_applied(rel)
+        if dropped is not None:
+            v.fail(*never_applied(at, dropped, r.before_end))
+            continue
+        if unequal and alike(weights):
+            each = weights[0]
+            if v.meant == "sum":
+                v.fail(
+                    "micro-batch-accumulation",
+                    f"{at} weighs its {len(r.parts)} micro-batches alike over counts "
+                    f"{shown(r.parts)} (each {each:.3g} of the update): add up each one's "
+                    "summed loss (reduction='sum'), as the sum of the update's rows was meant",
+                )
+            elif near(each, 1.0):
+                v.judged["micro-batch-accumulation"].discard(r.j)  # its weights named there
+                v.taken.add(r.j)
+                v.fail(
+                    "mean-vs-sum",
+                    f"{at} adds up its {len(r.parts)} micro-batches' mean losses without "
+                    f"dividing, over counts {shown(r.parts)}: divide each one's summed loss by "
+                    "the update's count",
+                )
+            else:
+                v.fail(
+                    "micro-batch-accumulation",
+                    f"{at} takes the mean of its {len(r.parts)} micro-batches' mean losses over "
+                    f"counts {shown(r.parts)} (weights {shown(weights)}): divide each one's "
+                    "summed loss by the update's count",
+                )
+            continue
+        v.fail(
+            "micro-batch-accumulation",
+            f"{at} weighs its micro-batches {shown(weights)} where a correct update weighs "
+            f"them {shown([c / r.count for c in r.parts])}: it {NO_KNOWN}",
+        )
