@@ -328,7 +328,7 @@ def test_two_sources_into_one_head_are_one_objective_read_as_in_one_backward(fro
     are one objective whatever params before it each source reaches (a stem of its own, or
     the experts its rows were routed to): the mean over both batches' rows passes. Batches of
     two datasets, each from a DataLoader of its own, backward()ed apart, are read as their
-    losses in one backward() (steps._zipped: the same update, the same verdicts). Each
+    losses in one backward() (objectives._zipped: the same update, the same verdicts). Each
     source's mean added undivided is then 2 times the mean of the rows whatever the rows (the
     sources' number, not a sum's count): the loss's own constant, never a pass of mean-vs-sum
     (code review cr30 found a routed mixture's undivided batches split into tasks, each

@@ -140,7 +140,7 @@ class LossReader:
                     found=found,
                     per=per if later else None,
                     others={k: n for k, n in others.items() if n != count},
-                    # (steps.objectives reads it on a fetched batch's target alone)
+                    # (objectives.py reads it on a fetched batch's target alone)
                     same=_same(given.get("target"), under) if from_batch else None,
                 )
             )

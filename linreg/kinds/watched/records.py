@@ -73,7 +73,7 @@ class LossCall:
     # a view or address alone may be a freed one's, or a buffer the code refills), its
     # version, and per leaf under it (id) its version and its elements' sum (SAM's ascent
     # moves the params, in place or through .data, which keeps the version), as it was
-    # computed: a backward() on the same again is a term of one objective (steps.objectives)
+    # computed: a backward() on the same again is a term of one objective (objectives.py)
     same: tuple[Any, int, dict[int, tuple[int, float]]] | None = None
 
 

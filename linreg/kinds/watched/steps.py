@@ -21,6 +21,7 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.closing import close, on_heads, term_of, unread
+from linreg.kinds.watched.objectives import objectives
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Update, Watched
 
 # the catches of the watch's end after which code that catches it each time runs on unread
@@ -354,89 +355,3 @@ def _loaders(micro: list[MicroBatch]) -> set[int | None]:
 def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:
     """Return the views of the targets the micro-batches' losses were called on."""
     return {c.target for mb in micro for c in mb.losses if c.target is not None}
-
-
-def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
-    """Return the micro-batches, those that are terms of one objective on the same rows joined
-    into one, as their losses in one backward() are: a batch's target again, the same tensor
-    unchanged after the same fetch, at the same params (an adversarial half beside the clean
-    one, each backward()ed apart). Their weights are the objective's (0.3 clean, 0.7
-    adversarial), not an accumulation window's; chunks of one batch (other rows), a buffer
-    refilled, batches of another fetch, SAM's second pass (at params it moved) and another
-    model's loss (no stepped param shared) stay micro-batches."""
-    out: list[MicroBatch] = []
-    for mb in micro:
-        if out and _again(out[-1], mb, stepped):
-            last = out[-1]
-            out[-1] = replace(
-                last, losses=[*last.losses, *mb.losses], retained=last.retained or mb.retained
-            )
-        else:
-            out.append(mb)
-    return _zipped(out, stepped)
-
-
-def _zipped(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
-    """Return an update's micro-batches in turns of zipped loaders, each turn joined into one:
-    where they are consecutive turns of one batch each of the same two or more datasets,
-    each its own DataLoader's (two domains, a replay memory beside the task's data, each
-    loss backward()ed apart: one objective's terms, as in one backward(); a window of such
-    turns, a window of joined turns), every loss on its batch's target, at the stepped params
-    the first reached, some of them shared. Else as they are: more batches of one loader than
-    of another (two task batches beside one memory batch) are a window of micro-batches."""
-    found = [{c.found for c in mb.losses} for mb in micro]
-    if any(len(f) != 1 or None in f for f in found):
-        return micro
-    fetches = [f for each in found for f in each if f is not None]
-    width = len({dataset for _, dataset in fetches})
-    if width < 2 or len(micro) % width:
-        return micro
-    turns = [range(at, at + width) for at in range(0, len(micro), width)]
-    if any(len({fetches[i][k] for i in turn}) < width for turn in turns for k in (0, 1)):
-        return micro  # (each turn: every dataset once, each batch its own iterator's)
-    calls = [c for mb in micro for c in mb.losses]
-    if not all(c.same is not None and c.from_batch for c in calls):
-        return micro
-    if not all(
-        any(_shared(a, b, stepped) for a in micro[0].losses for b in mb.losses) for mb in micro
-    ):
-        return micro
-    return [
-        replace(
-            micro[turn[0]],
-            losses=[c for i in turn for c in micro[i].losses],
-            retained=any(micro[i].retained for i in turn),
-        )
-        for turn in turns
-    ]
-
-
-def _again(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
-    """Return whether every loss of mb is on a target a loss of group was on (_target), at
-    the same stepped params, some of them shared (not another model's)."""
-    targets = [(was, _target(was)) for was in group.losses]
-    return bool(mb.losses) and all(
-        (mine := _target(c)) is not None
-        and any(mine == t and _shared(was, c, stepped) for was, t in targets)
-        for c in mb.losses
-    )
-
-
-def _target(c: LossCall) -> tuple[int, int, int | None, int] | None:
-    """Return a loss call's target as it was: the tensor (its id, while alive: a view or an
-    address alone may be a freed one's), its version (a buffer refilled in place), and the
-    fetch it came after (a constant the code or dataset hands out for every batch); None
-    where it is no fetched batch's or is gone."""
-    if c.same is None or not c.from_batch:
-        return None
-    target = c.same[0]()
-    return None if target is None else (id(target), c.same[1], c.fetched_by, c.fetched_at)
-
-
-def _shared(a: LossCall, b: LossCall, stepped: set[int]) -> bool:
-    """Return whether two loss calls reached stepped params in common, each as it was for
-    both (its version and its elements' sum: SAM's ascent through .data keeps the version)."""
-    assert a.same is not None and b.same is not None
-    was, now = a.same[2], b.same[2]
-    shared = was.keys() & now.keys() & stepped
-    return bool(shared) and all(was[i] == now[i] for i in shared)
