@@ -142,6 +142,7 @@ class LossReader:
                     others={k: n for k, n in others.items() if n != count},
                     # (objectives.py reads it on a fetched batch's target alone)
                     same=_same(given.get("target"), under) if from_batch else None,
+                    predicted=weakref.ref(predicted) if isinstance(predicted, Tensor) else None,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it

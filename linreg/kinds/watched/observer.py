@@ -26,6 +26,7 @@ from linreg.kinds.watched.graphs import (
 from linreg.kinds.watched.heads import Head, number
 from linreg.kinds.watched.loss_gradients import take
 from linreg.kinds.watched.losses import LossReader
+from linreg.kinds.watched.mixed import mixed
 from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import LossCall, MicroBatch, Open, Watched
 from linreg.kinds.watched.restore import PutBack
@@ -179,12 +180,16 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         for c in matched:  # each loss's head, numbered as the watch met those trained on
             c.head = number(self.heads, c.nearest, c.piece, c.source)
             c.weights = next((w[id(c.node)] for w in on_way if id(c.node) in w), None)
+        # targets mixed on one prediction (mixup's): one loss each (of: the calls it is of)
+        calls, of = mixed(matched)
         self.busy = True  # their gradients, before this backward() frees the graph
         try:
-            failed = {id(c) for c in take(matched)}
+            failed = {id(c) for c in take(calls)}
         finally:
             self.busy = False
         if failed:  # left unread, as a loss whose gradients cannot be taken
+            calls = [c for c in calls if id(c) not in failed]
+            failed |= {id(c) for key in failed for c in of.get(key, ())}
             matched = [c for c in matched if id(c) not in failed]
             self.pending = [c for c in self.pending if id(c) not in failed]
         read = {id(c.node) for c in matched}  # the code's own division by a framework's count
@@ -226,7 +231,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         finally:
             self.busy = False
         # rows the code weighs itself (a mask, a class weight, a focal term) are not read
-        reached = [c for c in matched if c.alike]
+        reached = [c for c in calls if c.alike]
         gone = {id(c) for c in matched}
         if matched:
             self._let_go(gone)
@@ -241,7 +246,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                         kept.copy_(p.grad)
                     else:
                         self.raw[id(p)] = p.grad.detach().clone()
-        for c in matched:  # reached: its graph is let go
+        for c in [*matched, *calls]:  # reached: its graph is let go
             c.node = None
         if reached:
             epoch = min(  # the batches an epoch of the passes its losses' targets came from

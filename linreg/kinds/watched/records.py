@@ -75,6 +75,9 @@ class LossCall:
     # moves the params, in place or through .data, which keeps the version), as it was
     # computed: a backward() on the same again is a term of one objective (objectives.py)
     same: tuple[Any, int, dict[int, tuple[int, float]]] | None = None
+    # the prediction it was called on (a weak reference): calls of one function on one
+    # prediction, each on a target of its own, weighed by numbers, are one loss (mixed.py)
+    predicted: Any = None
 
 
 @dataclass
