@@ -527,3 +527,46 @@ def test_zipped_domains_accumulated_undivided_name_every_mean_they_add() -> None
     message = report.failures[0].message
     assert "applied 4 times the mean" in message, message
     assert "each of them 2 mean losses added (4 means in all)" in message, message
+
+
+def _uncertainty_weighted(bug: str = "") -> audit.Report:
+    """A trunk with a regression head and a classification head, each task's mean weighed by a
+    learnable log-variance in the optimizer (Kendall et al.: exp(-s) * loss + s, the two s
+    reached by no loss the watch reads), 36 rows in batches of 8 (the last of 4), Adam. bug
+    "summed": the regression's squared error summed over the batch's rows, never divided."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(36, 7, generator=gen)
+    value, kind = x[:, :3].sum(1, keepdim=True), (x[:, 3] > 0).long() + (x[:, 4] > 1).long()
+    loader = DataLoader(TensorDataset(x, value, kind), batch_size=8, shuffle=True, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Linear(7, 16), nn.ReLU())
+        regress, classify = nn.Linear(16, 1), nn.Linear(16, 3)
+    log_vars = nn.Parameter(torch.zeros(2))
+    params = [*trunk.parameters(), *regress.parameters(), *classify.parameters(), log_vars]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    with watch() as reports:
+        for _ in range(2):
+            for xb, vb, kb in loader:
+                h = trunk(xb)
+                first = F.mse_loss(regress(h), vb, reduction="sum" if bug == "summed" else "mean")
+                second = F.cross_entropy(classify(h), kb)
+                loss = torch.exp(-log_vars[0]) * first + log_vars[0]
+                loss = loss + torch.exp(-log_vars[1]) * second + log_vars[1]
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return reports[0]
+
+
+def test_losses_weighed_by_learnable_log_variances_are_read_on_the_params_they_reach() -> None:
+    """The log-variances' own gradient (-exp(-s) * loss + 1) is no loss's: read with them, no
+    update could be judged (exit 1 on a correct loop: stop 63's hunt). Read on the params the
+    losses reach, each task is a term whose weight is the code's (exp(-s)), as with the two s
+    a buffer; its sum over the rows, where a mean was meant, fails mean-vs-sum."""
+    report = _uncertainty_weighted()
+    assert report.ok and not report.error, str(report)
+    assert "also moved params that no loss the watch read reached" in report.note, str(report)
+    twin = _uncertainty_weighted("summed")
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+    assert "grows with the rows" in twin.failures[0].message, str(twin)

@@ -187,6 +187,14 @@ def report_of(
             "scoring pass, SAM's first pass, an attack, a closure, a gradient norm tracked): "
             "not part of an update"
         )
+    aside = sum(1 for u in seen.updates if u.aside)
+    if aside:
+        note += (
+            f"; {aside} update(s) also moved params that no loss the watch read reached (a "
+            "learnable weight of the losses, as Kendall's log-variances in exp(-s) * loss + s, "
+            "or a term written by hand on params of its own): those params not judged, the "
+            "rest read as the losses explain them"
+        )
     if v.terms:
         note += (
             f"; {v.terms} update(s) held backward() calls that are terms of one objective "

@@ -88,7 +88,10 @@ def close(
     no param of another's (_apart), each one's too (parts): two models are two objectives,
     each the mean of its own rows, not one over the rows of both. terms tells whether a
     part's micro-batches are terms of one objective (Steps.terms), as the update's are."""
-    whole = _close(update, tol)
+    reached = _reached(update)
+    whole = _close(reached, tol)
+    if len(reached.params) < len(update.params):
+        whole = replace(whole, aside=len(update.params) - len(reached.params))
     apart = [] if update.blind or whole.elsewhere else _apart(update)
     if len(apart) < 2:
         return whole
@@ -103,6 +106,23 @@ def close(
         for ps, ms, before in apart
     )
     return replace(whole, parts=tuple(_close(part, tol) for part in parts))
+
+
+def _reached(update: Open) -> Open:
+    """Return the update read on the params its losses reached, where others applied a
+    gradient beside them: a learnable weight of its losses (Kendall's log-variances, in
+    `exp(-s) * loss + s`), or a param a term written by hand alone reaches. Nothing read says
+    what those should apply; the rest is read as its losses explain it (a term the watch does
+    not read that reaches them too leaves the update unexplained, as before)."""
+    reached = {key for mb in update.micro for c in mb.losses for key in c.grads}
+    aside = {
+        id(p)
+        for p in update.params
+        if id(p) not in reached and (g := update.applied.get(id(p))) is not None and bool(g.any())
+    }
+    if not aside or all(id(p) in aside for p in update.params):
+        return update
+    return replace(update, params=[p for p in update.params if id(p) not in aside])
 
 
 def _apart(update: Open) -> list[tuple[list[Tensor], list[MicroBatch], int]]:

@@ -197,6 +197,9 @@ class Update:
     hand_unseen: str = ""
     group: int = 0  # the params its optimizers stepped (their ids' hash): a clip is theirs
     elsewhere: bool = False  # its optimizers stepped params no loss of it reached (_elsewhere)
+    # params none of its losses reached that applied a gradient beside those they did (a
+    # learnable weight of its losses): set aside, not read (closing._reached)
+    aside: int = 0
     # its optimizers (their ids' hash): each set's updates are read apart (a GAN's D and G)
     optimizers: int = 0
     # the inner products of PENALTIES, the gradients a penalty on the params gives (L2: the
