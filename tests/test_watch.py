@@ -805,6 +805,12 @@ def test_updates_whose_grad_torch_func_set_are_an_error_that_says_no_backward_fe
             optimizer.zero_grad()
     assert "no backward() fed any of them, the code set .grad itself" in reports[0].error
     assert not reports[0].ok
+    # each weighed property's reason says the same, where it said "no update took fewer rows
+    # than a full one" of batches that did (stop 63's hunt)
+    reasons = {r.pitfall: r.message for r in reports[0].results if r.pitfall != "label-shape"}
+    scaler = reasons.pop("clip-before-unscale")
+    assert scaler == "not judged: no loss scaler (GradScaler) unscaled the gradients", scaler
+    assert set(reasons.values()) == {"not judged: no backward() fed any update (see the error)"}
 
 
 def _penalized(reduction: str, penalty: str) -> tuple[audit.Report, list[Tensor]]:
@@ -2442,6 +2448,10 @@ def test_watch_a_penalty_by_hand_on_every_update_is_an_error_not_a_pass(summed: 
     assert "6 update(s) applied what their micro-batches' read losses do not explain" in str(report)
     (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
     assert scale.verdict == "skip" and "6 of the 6 updates" in scale.message, str(report)
+    # no loss scaler ran: that, not the updates left unread, is why clip-before-unscale is not
+    # judged (stop 63's hunt)
+    (clip,) = [r for r in report.results if r.pitfall == "clip-before-unscale"]
+    assert clip.message == "not judged: no loss scaler (GradScaler) unscaled the gradients"
 
 
 @pytest.mark.parametrize("same", [False, True], ids=["a validation set", "the training set"])
@@ -2627,6 +2637,11 @@ def test_updates_with_nothing_to_apply_leave_reasons_that_ask_for_no_more_steps(
                 optimizer.step()
     report = reports[0]
     assert [r.pitfall for r in report.failures] == ["non-leaf-params"], str(report)
+    # its cause named (stop 63's hunt: it said only that there was nothing to apply)
+    assert report.failures[0].message.endswith(
+        "the code zeroed the gradients backward() left before the step (optimizer.zero_grad() "
+        "between loss.backward() and optimizer.step())"
+    ), str(report)
     (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
     assert scale.verdict == "skip" and "no update had a gradient to apply" in scale.message
     assert not any("--steps" in r.message for r in report.results), str(report)

@@ -279,6 +279,10 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "up their mean losses undivided, named mean-vs-sum, whose fix (each one's summed "
             "loss divided by the update's count) weighs them by their counts too"
         )
+    if pitfall == "clip-before-unscale" and not any(u.unscaled for u in seen.updates):
+        return "not judged: no loss scaler (GradScaler) unscaled the gradients"
+    if pitfall != "label-shape" and seen.updates and not any(u.fed for u in seen.updates):
+        return "not judged: no backward() fed any update (see the error)"
     unread = len(v.unread)
     if unread and pitfall != "label-shape":  # its evidence is in updates that were not read
         read = len(seen.updates) - unread

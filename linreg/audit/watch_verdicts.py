@@ -128,7 +128,16 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
             continue  # every target of its losses ignored (-100): nothing to apply, and none
             # left by its backward() (a loss not read, a reconstruction by hand, left some)
         if not u.applied_any:
-            v.fail("non-leaf-params", f"{at} followed a backward() yet had no gradient to apply")
+            v.fail(
+                "non-leaf-params",
+                f"{at} followed a backward() yet had no gradient to apply"
+                + (  # (backward() left a gradient on its params, none of it reached the step)
+                    ": the code zeroed the gradients backward() left before the step "
+                    "(optimizer.zero_grad() between loss.backward() and optimizer.step())"
+                    if u.zeroed
+                    else ""
+                ),
+            )
             continue
         v.judged["non-leaf-params"].add(j)
         if u.carried:
