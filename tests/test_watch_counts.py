@@ -413,3 +413,51 @@ def test_a_batch_collated_into_a_dataclass_is_read_on_its_samples(with_ids: bool
             optimizer.step()
             optimizer.zero_grad()
     _passed_with_a_short_update(reports[0])
+
+
+def _tagged(divided_by: str) -> Report:
+    """A tagger over 20 sentences of 2 to 8 tokens (padded with -100), batches of 4, 2 a
+    window (the epoch's last alone), each batch's token mean divided by the window's tokens
+    it holds ("tokens": right) or by the count 2 ("count": a mean of means, and on the last,
+    lone batch a nominal count)."""
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(2, 9, (20,), generator=gen).tolist()
+    tokens = torch.full((20, 8), 0)
+    tags = torch.full((20, 8), -100)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = torch.randint(1, 30, (n,), generator=gen)
+        tags[i, :n] = tokens[i, :n] % 5
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        embed, out = nn.Embedding(30, 8), nn.Linear(8, 5)
+    optimizer = torch.optim.AdamW([*embed.parameters(), *out.parameters()], lr=3e-4)
+    with watch() as reports:
+        for _ in range(2):
+            batches = list(DataLoader(TensorDataset(tokens, tags), batch_size=4, shuffle=True))
+            for start in range(0, len(batches), 2):
+                window = batches[start : start + 2]
+                counted = sum(int((y != -100).sum()) for _, y in window)
+                for x, y in window:
+                    loss = F.cross_entropy(out(embed(x)).view(-1, 5), y.view(-1))
+                    if divided_by == "count":
+                        (loss / 2).backward()
+                    else:
+                        (loss * int((y != -100).sum()) / counted).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+    return reports[0]
+
+
+def test_a_mean_of_token_means_names_its_short_windows_nominal_count() -> None:
+    """No full window weighs its batches alike (their tokens differ), so none showed the
+    window's micro-batches: the last, lone batch's 0.5 matched no known mistake (stop 63's
+    hunt). It is the count 2 where the window took 1, and the full windows' mean of means
+    fails too."""
+    assert _tagged("tokens").ok
+    report = _tagged("count")
+    failures = {r.pitfall: r.message for r in report.failures}
+    assert set(failures) == {"short-last-batch", "micro-batch-accumulation"}, str(report)
+    assert failures["short-last-batch"].endswith(
+        "applied 0.5 times the mean: it divides by a full update's 2 micro-batches where it "
+        "took 1 (a nominal accumulation count)"
+    ), str(report)

@@ -5,6 +5,8 @@ unequal counts (micro-batch-accumulation), a window carried over or never applie
 
 from __future__ import annotations
 
+from collections import Counter
+
 from linreg.audit.watch_readings import (
     Reading,
     alike,
@@ -239,7 +241,10 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
                 if wrong:
                     if nominal:
                         v.nominal_at.setdefault(r.j, []).append(s)
-                    v.fail("short-last-batch", short_named(at, s, r, full, v.meant, parts_full))
+                    # (no full update weighs its micro-batches alike, as a mean of means over
+                    # unequal counts does: its window, the micro-batches most updates hold)
+                    window = parts_full if fulls else _most_parts(readings)
+                    v.fail("short-last-batch", short_named(at, s, r, full, v.meant, window))
             if unequal:
                 v.judged["micro-batch-accumulation"].add(r.j)
             continue
@@ -286,3 +291,9 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
             f"{at} weighs its micro-batches {shown(weights)} where a correct update weighs "
             f"them {shown([c / r.count for c in r.parts])}: it {NO_KNOWN}",
         )
+
+
+def _most_parts(readings: list[Reading]) -> int:
+    """Return the number of micro-batches most updates hold (the larger of a tie)."""
+    held = Counter(len(r.parts) for r in readings)
+    return max(held, key=lambda k: (held[k], k), default=1)
