@@ -533,7 +533,8 @@ def _uncertainty_weighted(bug: str = "") -> audit.Report:
     """A trunk with a regression head and a classification head, each task's mean weighed by a
     learnable log-variance in the optimizer (Kendall et al.: exp(-s) * loss + s, the two s
     reached by no loss the watch reads), 36 rows in batches of 8 (the last of 4), Adam. bug
-    "summed": the regression's squared error summed over the batch's rows, never divided."""
+    "summed": the regression's squared error summed over the batch's rows, never divided;
+    "stale": the modules zeroed, the log-variances never (their .grad adds up every batch's)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(36, 7, generator=gen)
     value, kind = x[:, :3].sum(1, keepdim=True), (x[:, 3] > 0).long() + (x[:, 4] > 1).long()
@@ -553,7 +554,10 @@ def _uncertainty_weighted(bug: str = "") -> audit.Report:
                 second = F.cross_entropy(classify(h), kb)
                 loss = torch.exp(-log_vars[0]) * first + log_vars[0]
                 loss = loss + torch.exp(-log_vars[1]) * second + log_vars[1]
-                optimizer.zero_grad()
+                for module in (trunk, regress, classify) if bug == "stale" else ():
+                    module.zero_grad()
+                if bug != "stale":
+                    optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
     return reports[0]
@@ -570,3 +574,7 @@ def test_losses_weighed_by_learnable_log_variances_are_read_on_the_params_they_r
     twin = _uncertainty_weighted("summed")
     assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
     assert "grows with the rows" in twin.failures[0].message, str(twin)
+    # a param set aside whose .grad the code never zeroes is still read by grad-zeroing
+    # (code review cr66: set aside with it, the stale log-variances passed)
+    stale = _uncertainty_weighted("stale")
+    assert [r.pitfall for r in stale.failures] == ["grad-zeroing"], str(stale)

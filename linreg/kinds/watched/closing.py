@@ -92,7 +92,7 @@ def close(
     whole = _close(reached, tol)
     if len(reached.params) < len(update.params):
         whole = replace(whole, aside=len(update.params) - len(reached.params))
-    apart = [] if update.blind or whole.elsewhere else _apart(update)
+    apart = [] if update.blind or whole.elsewhere else _apart(reached)
     if len(apart) < 2:
         return whole
     parts = (
@@ -115,10 +115,13 @@ def _reached(update: Open) -> Open:
     what those should apply; the rest is read as its losses explain it (a term the watch does
     not read that reaches them too leaves the update unexplained, as before)."""
     reached = {key for mb in update.micro for c in mb.losses for key in c.grads}
-    aside = {
-        id(p)
+    aside = {  # (not one whose .grad held a gradient before the update's first backward():
+        id(p)  # grad-zeroing reads it, where the code zeroed the model's alone)
         for p in update.params
-        if id(p) not in reached and (g := update.applied.get(id(p))) is not None and bool(g.any())
+        if id(p) not in reached
+        and (g := update.applied.get(id(p))) is not None
+        and bool(g.any())
+        and ((held := update.carried.get(id(p))) is None or not bool(held.any()))
     }
     if not aside or all(id(p) in aside for p in update.params):
         return update
