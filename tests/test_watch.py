@@ -1441,6 +1441,25 @@ def test_a_loss_written_by_hand_is_not_judged_and_never_passes(tmp_path: Path) -
     assert not report.ok and report.error.startswith("no update could be judged")
 
 
+def test_a_loss_by_hand_beside_an_idle_layer_sets_no_param_aside() -> None:
+    """An update none of whose losses is read sets nothing aside as reached by no read loss:
+    its unread backward() may explain every gradient (review of stop 63's change: a WGAN
+    critic's hand-written loss, one of whose params got no gradient, was said to have moved
+    params that no loss reached)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 3, generator=gen), torch.randn(24, generator=gen)
+    used, idle = nn.Linear(3, 1), nn.Linear(3, 1)
+    optimizer = torch.optim.SGD([*used.parameters(), *idle.parameters()], lr=0.1)
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
+            optimizer.zero_grad()
+            ((used(xb)[:, 0] - yb) ** 2).mean().backward()
+            optimizer.step()
+    report = reports[0]
+    assert report.error.startswith("no update could be judged"), str(report)
+    assert "also moved params" not in report.note, report.note
+
+
 def test_a_loop_whose_losses_are_all_unread_ends_after_an_epoch_as_a_read_one_does() -> None:
     """Each target weighed by the code (columns 1, 2 and 3) over a DataLoader of 4 batches, for
     50 epochs: no update can be read, yet the loader fed each one, so its pass's end is an

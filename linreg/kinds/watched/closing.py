@@ -115,6 +115,8 @@ def _reached(update: Open) -> Open:
     what those should apply; the rest is read as its losses explain it (a term the watch does
     not read that reaches them too leaves the update unexplained, as before)."""
     reached = {key for mb in update.micro for c in mb.losses for key in c.grads}
+    if not reached or update.blind:  # (a backward() of no loss read may explain the rest)
+        return update
     aside = {  # (not one whose .grad held a gradient before the update's first backward():
         id(p)  # grad-zeroing reads it, where the code zeroed the model's alone)
         for p in update.params
