@@ -463,71 +463,10 @@ def test_a_mean_of_token_means_names_its_short_windows_nominal_count() -> None:
     ), str(report)
 
 
-def _missing_labels(form: str, k: int = 1) -> Report:
-    """A regressor of 3 targets over 30 rows, a third of the labels missing (NaN), batches of
-    8 (the last of 6), k batches a window, each loss reduction="none" and masked by the code:
-    over the labels it holds ("mask": `(l * mask).sum() / mask.sum()`; "index": `l[mask]
-    .mean()`; "window": each batch's masked sum over the window's labels), or a bug: over
-    every element, the missing ones too ("numel": `/ mask.numel()`), or a mean of the window's
-    batches' masked means ("means")."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(30, 5, generator=gen)
-    y = x[:, :3] * 2 + 0.1 * torch.randn(30, 3, generator=gen)
-    y[torch.rand(30, 3, generator=gen) < 0.3] = float("nan")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 16), nn.SiLU(), nn.Linear(16, 3))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
-    with watch() as reports:
-        for _ in range(2):
-            batches = list(loader)
-            for start in range(0, len(batches), k):
-                window = batches[start : start + k]
-                labels = sum(int((~torch.isnan(yb)).sum()) for _, yb in window)
-                for xb, yb in window:
-                    mask = ~torch.isnan(yb)
-                    per = F.mse_loss(model(xb), torch.nan_to_num(yb), reduction="none")
-                    if form == "index":
-                        per[mask].mean().backward()
-                        continue
-                    divisor = {
-                        "mask": mask.sum(),
-                        "window": labels,
-                        "numel": mask.numel(),
-                        "means": mask.sum() * len(window),
-                    }[form]
-                    ((per * mask).sum() / divisor).backward()
-                optimizer.step()
-                optimizer.zero_grad()
-    return reports[0]
-
-
-@pytest.mark.parametrize(("form", "k"), [("mask", 1), ("index", 1), ("window", 2)])
-def test_a_loss_the_code_masks_is_the_mean_over_the_labels_it_holds(form: str, k: int) -> None:
-    """The elements a mask weighs 0 are none of the loss's: the rest, weighed alike, are read
-    as its mean over them (their gradients taken as the backward() reaches the loss). Stop
-    63's hunt: masked means were not read, and a loop of them was an error (exit 1)."""
-    report = _missing_labels(form, k)
-    assert report.ok and not report.error, str(report)
-    verdicts = {r.pitfall: r.verdict for r in report.results}
-    assert verdicts["mean-vs-sum"] == verdicts["short-last-batch"] == "pass", str(report)
-
-
-def test_a_masked_sum_over_every_element_or_a_mean_of_masked_means_fails() -> None:
-    """Divided by every element, the missing labels' too, each update applies the mean over
-    its labels times their share of the elements; a window's batches' masked means averaged
-    weigh unequal counts of labels alike."""
-    report = _missing_labels("numel")
-    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
-    assert "or elements the code masked out" in report.failures[0].message, str(report)
-    report = _missing_labels("means", k=2)
-    assert "micro-batch-accumulation" in [r.pitfall for r in report.failures], str(report)
-
-
 def test_elements_the_code_weighs_unlike_beside_a_mask_are_still_not_read() -> None:
-    """A weight of the code's own on the elements it keeps (here each label's column weighed
-    1, 2 and 3) is no mask: the loss is not read, and no update is judged (never a pass)."""
+    """A weight of the code's own on a reduction="none" loss's elements (here each label's
+    column weighed 1, 2 and 3, beside a mask of ones) is not read, and no update is judged
+    (never a pass)."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(24, 5, generator=gen), torch.randn(24, 3, generator=gen)
     model = nn.Linear(5, 3)

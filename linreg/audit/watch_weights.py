@@ -53,7 +53,7 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
                 "loss counts, and every update is over-counted by a whole number: targets "
                 "its loss never counts were counted (each sequence's first label, before the "
                 "causal shift drops it, as transformers' Trainer counts them for a model whose "
-                "loss_type is None, GPT2LMHeadModel; or padding, or elements the code masked out)",
+                "loss_type is None, GPT2LMHeadModel; or padding)",
             )
         r.relative = [x / s for x in r.relative]
     full, windows = full_window(readings)  # a full update's count, and its micro-batches

@@ -148,19 +148,6 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> tuple[float, floa
     return float(per.numel()), None
 
 
-def counted(name: str, per: Tensor, given: dict[str, Any]) -> Tensor | None:
-    """Return which of a reduction="none" loss's elements its mean would count (count_of): the
-    class-index targets not ignored, else every element; None where class weights weigh them
-    (no mask of the code's is read beside those)."""
-    target = given.get("target")
-    if name in _INDEXED and isinstance(target, Tensor) and not target.is_floating_point():
-        if isinstance(given.get("weight"), Tensor) or target.shape != per.shape:
-            return None
-        kept: Tensor = target != given.get("ignore_index", -100)
-        return kept.detach()
-    return torch.ones_like(per, dtype=torch.bool)
-
-
 def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[float, ...]:
     """Return the numbers a loss was divided by on its way to a backward()'s root (`loss / 2 /
     k`, each a division by a number): from the root's node down to one of the losses' nodes

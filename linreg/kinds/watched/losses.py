@@ -19,7 +19,7 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
-from linreg.kinds.watched.graphs import Leaves, count_of, counted
+from linreg.kinds.watched.graphs import Leaves, count_of
 from linreg.kinds.watched.heads import Head, head, piece
 from linreg.kinds.watched.loss_gradients import deferred, gradients
 from linreg.kinds.watched.records import LossCall, Watched
@@ -146,13 +146,7 @@ class LossReader:
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
-                weighed = functools.partial(
-                    _weighed,
-                    self.pending[-1],
-                    out.detach() != 0,
-                    counted(name, out, given),
-                    weakref.ref(out),
-                )
+                weighed = functools.partial(_weighed, self.pending[-1], out.detach() != 0)
                 out.register_hook(weighed)  # type: ignore[no-untyped-call]
         except Exception:
             return
@@ -273,53 +267,13 @@ def _shifted(t: Tensor, fetched: Iterable[Tensor]) -> bool:
     return False
 
 
-_TAKING: set[int] = set()  # the loss calls whose kept elements' gradients are being taken
-
-
-def _weighed(
-    call: LossCall,
-    nonzero: Tensor,
-    counts: Tensor | None,
-    output: weakref.ref[Tensor],
-    grad: Tensor,
-) -> None:
+def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
     """Note whether a reduction="none" loss's elements were all weighed alike (LossCall.alike)
     by what the backward() brought them: those whose loss is not 0 (an ignored target's, a
-    padded position's, has no gradient to weigh, whatever a mask gives it). Where the code
-    masked some of the elements its mean counts (`(l * mask).sum() / mask.sum()`, `l[mask]
-    .mean()`: a weight of 0) and weighed the rest alike, the loss is read as theirs alone: its
-    gradients those of their sum, taken now through the graph below it (still whole), its
-    count theirs. Else (weights of the code's own: a focal term, a class weight by hand) it is
-    not read."""
-    if id(call) in _TAKING:  # its own pass, taking the kept elements' gradients
-        return
-    g = grad.detach()
-    w = g.flatten()[nonzero.flatten()]
-    if w.numel() <= 1 or _alike(w):
-        return
-    out = output()
-    kept = None if counts is None else (g != 0) & counts.to(g.device)
-    if out is None or kept is None or not bool(kept.any()) or not _alike(g[kept]):
+    padded position's, has no gradient to weigh, whatever a mask gives it)."""
+    g = grad.detach().flatten()[counts.flatten()]
+    if g.numel() > 1 and not torch.allclose(g, g[:1].expand_as(g), rtol=1e-5, atol=0.0):
         call.alike = False
-        return
-    trained = [p for p in call.under if p.requires_grad]
-    _TAKING.add(id(call))  # (this hook runs again as the pass below begins at its tensor)
-    try:
-        grads = torch.autograd.grad(
-            out, trained, grad_outputs=kept.to(out.dtype), retain_graph=True, allow_unused=True
-        )
-    except Exception:  # (read as before: not read)
-        call.alike = False
-        return
-    finally:
-        _TAKING.discard(id(call))
-    call.grads = {id(p): d.detach() for p, d in zip(trained, grads, strict=True) if d is not None}
-    call.count = float(kept.sum())
-    call.others = {k: n for k, n in call.others.items() if k == "rows" and n != call.count}
-
-
-def _alike(w: Tensor) -> bool:
-    return bool(torch.allclose(w, w[:1].expand_as(w), rtol=1e-5, atol=0.0))
 
 
 def _precision(predictions: Any) -> float:
