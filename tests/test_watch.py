@@ -810,7 +810,9 @@ def test_updates_whose_grad_torch_func_set_are_an_error_that_says_no_backward_fe
     reasons = {r.pitfall: r.message for r in reports[0].results if r.pitfall != "label-shape"}
     scaler = reasons.pop("clip-before-unscale")
     assert scaler == "not judged: no loss scaler (GradScaler) unscaled the gradients", scaler
-    assert set(reasons.values()) == {"not judged: no backward() fed any update (see the error)"}
+    assert set(reasons.values()) == {
+        "not judged: no backward() fed any update (the code set .grad itself)"
+    }
 
 
 def _penalized(reduction: str, penalty: str) -> tuple[audit.Report, list[Tensor]]:
@@ -1460,11 +1462,13 @@ def test_a_loss_by_hand_beside_an_idle_layer_sets_no_param_aside() -> None:
     assert "also moved params" not in report.note, report.note
 
 
-def test_a_loop_whose_losses_are_all_unread_ends_after_an_epoch_as_a_read_one_does() -> None:
+def test_a_loop_whose_losses_are_all_unread_says_why_no_epochs_end_was_counted() -> None:
     """Each target weighed by the code (columns 1, 2 and 3) over a DataLoader of 4 batches, for
-    50 epochs: no update can be read, yet the loader fed each one, so its pass's end is an
-    epoch's end. Stop 63's hunt: the watch ran on to its most updates (64) and said that no
-    epoch had ended."""
+    50 epochs: no update can be read, and an epoch's end is counted on a loader that fed a
+    read update (a probe's pass, a hand-written warm-up's, is none), so the watch runs to its
+    most updates (64). Stop 63's hunt: the note said that no epoch had ended, where 16 had.
+    (Counting the unread updates' loaders too ended loops before their read updates showed
+    a named bug: review cr68.)"""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=gen)
     y = x[:, :3] + 0.1 * torch.randn(30, 3, generator=gen)
@@ -1480,7 +1484,11 @@ def test_a_loop_whose_losses_are_all_unread_ends_after_an_epoch_as_a_read_one_do
                 optimizer.step()
     report = reports[0]
     assert report.error.startswith("no update could be judged"), str(report)
-    assert report.note.startswith("watched 5 update(s) (then ended the code)"), report.note
+    assert report.note.startswith(
+        "watched 64 update(s) (then ended the code); 64 updates, the most watched unless "
+        "--steps asks: an epoch's end is counted on the loaders that fed an update the watch "
+        "read, and none did"
+    ), report.note
     assert "no epoch ended" not in report.note, report.note
 
 
@@ -2665,6 +2673,50 @@ def test_updates_with_nothing_to_apply_leave_reasons_that_ask_for_no_more_steps(
     (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
     assert scale.verdict == "skip" and "no update had a gradient to apply" in scale.message
     assert not any("--steps" in r.message for r in report.results), str(report)
+
+
+def test_a_warm_up_epoch_on_a_loss_by_hand_does_not_end_the_watch_before_a_read_one() -> None:
+    """An epoch of warm-up on an L1 loss written by hand, then a torch loss summed and divided
+    by the nominal batch size (60 rows in batches of 8: the last of 4 is halved). The unread
+    epoch's end is no epoch's end the watch counts, so it reads a whole epoch of the torch
+    loss and names the mistake (review cr68: counted, it ended the watch after one read
+    update, and the bug passed)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=gen)
+    y = x @ torch.randn(5, 1, generator=gen)
+    model = nn.Linear(5, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports:
+        for epoch in range(5):
+            for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True):
+                optimizer.zero_grad()
+                if epoch == 0:
+                    loss = (model(xb) - yb).abs().mean()
+                else:
+                    loss = F.mse_loss(model(xb), yb, reduction="sum") / 8
+                loss.backward()
+                optimizer.step()
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+
+
+def test_a_clip_to_a_norm_of_zero_is_not_blamed_on_zero_grad() -> None:
+    """clip_grad_norm_ at max_norm 0 (a config's "0: off") zeroes every gradient: the update
+    has nothing to apply, and non-leaf-params fails, but not naming zero_grad() between
+    backward() and step(), which this code never calls there (review cr68)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 4, generator=gen), torch.randint(0, 3, (24,), generator=gen)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
+            F.cross_entropy(model(xb), yb).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.0)
+            optimizer.step()
+            optimizer.zero_grad()
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["non-leaf-params"], str(report)
+    assert "zero_grad" not in report.failures[0].message, str(report)
 
 
 @pytest.mark.parametrize("steps", [None, 2], ids=["an epoch", "two updates"])

@@ -94,7 +94,12 @@ def report_of(
     unreadable = sum(1 for u in seen.updates if u.unreadable)
     blind = sum(1 for u in seen.updates if u.blind) - unreadable
     note = f"watched {len(seen.updates)} update(s)" + _ended(seen)
-    if seen.capped:
+    if seen.capped and all(u.blind for u in seen.updates):  # (no loader fed a read update,
+        note += (  # so no pass's end was counted an epoch's: a probe's may be one)
+            f"; {len(seen.updates)} updates, the most watched unless --steps asks: an epoch's "
+            "end is counted on the loaders that fed an update the watch read, and none did"
+        )
+    elif seen.capped:
         note += (
             f"; no epoch ended within {len(seen.updates)} updates, the most watched unless "
             "--steps asks (an epoch's end shows its last, short update: --steps N watches N)"
@@ -282,7 +287,7 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     if pitfall == "clip-before-unscale" and not any(u.unscaled for u in seen.updates):
         return "not judged: no loss scaler (GradScaler) unscaled the gradients"
     if pitfall != "label-shape" and seen.updates and not any(u.fed for u in seen.updates):
-        return "not judged: no backward() fed any update (see the error)"
+        return "not judged: no backward() fed any update (the code set .grad itself)"
     unread = len(v.unread)
     if unread and pitfall != "label-shape":  # its evidence is in updates that were not read
         read = len(seen.updates) - unread

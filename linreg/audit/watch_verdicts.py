@@ -134,7 +134,7 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
                 + (  # (backward() left a gradient on its params, none of it reached the step)
                     ": the code zeroed the gradients backward() left before the step "
                     "(optimizer.zero_grad() between loss.backward() and optimizer.step())"
-                    if u.zeroed
+                    if u.zeroed and not (u.norm_clipped or u.clipped or u.hand)
                     else ""
                 ),
             )

@@ -267,9 +267,6 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
             self.all_micro += 1
         else:
             self.blind += 1
-            # (its batch's loader fed an update, unread: its pass's end is an epoch's end)
-            if self.iterator is not None:
-                self.fed.add(self.loader_of.get(self.iterator))
 
     def _let_go(self, gone: set[int]) -> None:
         """Count the losses on fetched batches, computed since the backward() before, that this
