@@ -2675,6 +2675,27 @@ def test_updates_with_nothing_to_apply_leave_reasons_that_ask_for_no_more_steps(
     assert not any("--steps" in r.message for r in report.results), str(report)
 
 
+def test_updates_that_each_add_a_penalty_by_hand_say_so_not_that_no_loss_was_read() -> None:
+    """Each update: a torch loss backward()ed, then a penalty on the outputs written by hand,
+    backward()ed apart. Nothing can be judged, and the error said that every backward()
+    reached no loss the watcher could read, where half of them did (review cr68)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 4, generator=gen), torch.randn(24, 1, generator=gen)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
+            F.mse_loss(model(xb), yb).backward()
+            (0.01 * model(xb).pow(2).mean()).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    report = reports[0]
+    assert report.error.startswith(
+        "no update could be judged: every update held a backward() that reached no loss the "
+        "watcher could read"
+    ), str(report)
+
+
 def test_a_warm_up_epoch_on_a_loss_by_hand_does_not_end_the_watch_before_a_read_one() -> None:
     """An epoch of warm-up on an L1 loss written by hand, then a torch loss summed and divided
     by the nominal batch size (60 rows in batches of 8: the last of 4 is halved). The unread

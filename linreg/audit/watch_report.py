@@ -82,9 +82,15 @@ def report_of(
         or len(v.unread) == len(seen.updates)
     ):
         # (label-shape reads the loss calls, not the updates: no update judged is still none)
+        some = any(u.counts for u in seen.updates)  # a read loss reached by some backward()
         error = (
-            "no update could be judged: every backward() reached no loss the watcher could read "
-            "(it reads a torch loss function's, F.cross_entropy, nn.MSELoss, ..., and one called "
+            "no update could be judged: "
+            + (
+                "every update held a backward() that reached no loss the watcher could read "
+                if some
+                else "every backward() reached no loss the watcher could read "
+            )
+            + "(it reads a torch loss function's, F.cross_entropy, nn.MSELoss, ..., and one called "
             "with reduction='none' whose elements the code weighs alike: not a loss written by "
             "hand, nor rows the code weighs itself, a mask or weights of its own, nor a graph "
             "that allows no second pass)"
