@@ -290,8 +290,17 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "up their mean losses undivided, named mean-vs-sum, whose fix (each one's summed "
             "loss divided by the update's count) weighs them by their counts too"
         )
+    why = {
+        "label-shape": "the code called no loss of values (F.mse_loss, F.l1_loss, "
+        "F.smooth_l1_loss, F.huber_loss), the losses that broadcast",
+        "short-last-batch": "no update took fewer rows than a full one",
+        "mean-vs-sum": "no full update could be read",
+        "micro-batch-accumulation": "no update held micro-batches of unequal counts",
+        "clip-before-unscale": "no loss scaler (GradScaler) unscaled the gradients",
+    }.get(pitfall, "no update could be read")
+    own = pitfall in ("label-shape", "clip-before-unscale")  # read apart from the gradients
     if pitfall == "clip-before-unscale" and not any(u.unscaled for u in seen.updates):
-        return "not judged: no loss scaler (GradScaler) unscaled the gradients"
+        return f"not judged: {why}"  # (not that other updates were unread)
     if pitfall != "label-shape" and seen.updates and not any(u.fed for u in seen.updates):
         return "not judged: no backward() fed any update (the code set .grad itself)"
     unread = len(v.unread)
@@ -302,15 +311,6 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "micro-batches' read losses do not explain (see the note)"
             + (f", and the {read} read showed nothing for it" if read else "")
         )
-    why = {
-        "label-shape": "the code called no loss of values (F.mse_loss, F.l1_loss, "
-        "F.smooth_l1_loss, F.huber_loss), the losses that broadcast",
-        "short-last-batch": "no update took fewer rows than a full one",
-        "mean-vs-sum": "no full update could be read",
-        "micro-batch-accumulation": "no update held micro-batches of unequal counts",
-        "clip-before-unscale": "no loss scaler (GradScaler) unscaled the gradients",
-    }.get(pitfall, "no update could be read")
-    own = pitfall in ("label-shape", "clip-before-unscale")  # read apart from the gradients
     if not own and seen.updates and all(u.unreadable or u.blind for u in seen.updates):
         return "not judged: no update's gradients could be read (see the note)"
     if not own and seen.updates and not any(u.applied_any for u in seen.updates):
