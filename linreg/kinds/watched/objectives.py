@@ -23,10 +23,7 @@ def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
     out: list[MicroBatch] = []
     for mb in micro:
         if out and _again(out[-1], mb, stepped):
-            last = out[-1]
-            out[-1] = replace(
-                last, losses=[*last.losses, *mb.losses], retained=last.retained or mb.retained
-            )
+            out[-1] = _joined([out[-1], mb])
         else:
             out.append(mb)
     return _zipped(out, stepped)
@@ -57,14 +54,17 @@ def _zipped(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
         any(_shared(a, b, stepped) for a in micro[0].losses for b in mb.losses) for mb in micro
     ):
         return micro
-    return [
-        replace(
-            micro[turn[0]],
-            losses=[c for i in turn for c in micro[i].losses],
-            retained=any(micro[i].retained for i in turn),
-        )
-        for turn in turns
-    ]
+    return [_joined([micro[i] for i in turn]) for turn in turns]
+
+
+def _joined(group: list[MicroBatch]) -> MicroBatch:
+    """Return micro-batches as one: the first's, holding every one's losses, retained where
+    any one's graph was."""
+    return replace(
+        group[0],
+        losses=[c for mb in group for c in mb.losses],
+        retained=any(mb.retained for mb in group),
+    )
 
 
 def _again(group: MicroBatch, mb: MicroBatch, stepped: set[int]) -> bool:
