@@ -48,6 +48,8 @@ def test_ddp_ranks_forked_from_a_forkserver_end_when_their_starter_is_killed(
     ended = subprocess.run(
         [sys.executable, "-c", STARTER, str(pids)],
         cwd=ROOT,
+        # (its rendezvous folder, which a killed starter cannot remove, left in tmp_path)
+        env={**os.environ, "TMPDIR": str(tmp_path)},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,  # (no pipe a survivor could hold open)
         stderr=subprocess.DEVNULL,
