@@ -5,14 +5,16 @@ its loss on purpose). watch_verdicts.py names the patterns."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from linreg.kinds.training_loop.measure import norm_width, one_norm, shows_a_clip
+from linreg.kinds.training_loop.measure import NAMED, norm_width, one_norm, shows_a_clip
 from linreg.kinds.watched import Update, scaled_by
 
 
@@ -306,12 +308,27 @@ def over_counted(readings: list[Reading]) -> list[tuple[Reading, int]]:
     return out if len(out) > 1 and not alike(scales) else []
 
 
+# the relative tolerance ratios are told apart at while a run is judged (judged_to): NAMED,
+# or its updates' loosest (a forward under autocast reads weights to bfloat16's precision)
+_TOLERANCE: contextvars.ContextVar[float] = contextvars.ContextVar("tolerance", default=NAMED)
+
+
+@contextlib.contextmanager
+def judged_to(tol: float) -> Iterator[None]:
+    """Tell ratios apart (near, alike) at tol, where it is looser than NAMED, inside."""
+    token = _TOLERANCE.set(max(NAMED, tol))
+    try:
+        yield
+    finally:
+        _TOLERANCE.reset(token)
+
+
 def alike(xs: list[float]) -> bool:
     return all(near(x, xs[0]) for x in xs)
 
 
 def near(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6)
+    return math.isclose(a, b, rel_tol=_TOLERANCE.get(), abs_tol=1e-6)
 
 
 def shown(xs: list[float]) -> str:

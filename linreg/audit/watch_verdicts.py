@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from linreg.audit.watch_counts import meant
-from linreg.audit.watch_readings import Reading, by_hand, read, read_terms
+from linreg.audit.watch_readings import Reading, by_hand, judged_to, read, read_terms
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_terms import name_shortfalls
 from linreg.audit.watch_weights import weigh
@@ -46,11 +46,26 @@ SUMMED = {  # where the code means the sum (reduction="sum": a loss summed on pu
 
 def judge(seen: Watched, summed: bool = False) -> Verdicts:
     """Return the verdicts on every update seen: against the mean of each update's rows'
-    gradients, or (summed) their sum."""
+    gradients, or (summed) their sum; their weights told apart at the loosest of the updates'
+    tolerances (a forward under autocast in bfloat16 reads them to its precision)."""
+    with judged_to(max((u.tol for u in seen.updates), default=0.0)):
+        return _judge(seen, summed)
+
+
+def _judge(seen: Watched, summed: bool) -> Verdicts:
     v = Verdicts(meant="sum" if summed else "mean")
     if not summed:  # each loss's count, as its code divided it
         updates, v.counted, v.counted_alone = meant(seen.updates)
         seen = replace(seen, updates=updates)
+        if v.counted == "unmasked" or "unmasked" in v.counted_alone:  # read so, and named
+            n = len(updates) if v.counted == "unmasked" else v.counted_alone["unmasked"]
+            v.fail(
+                "mean-vs-sum",
+                f"{n} update(s) applied the mean over every element of their loss, those its "
+                "mask drops (missing labels, padding) too, each a multiple of the mean over "
+                "the elements it keeps ((l * mask).mean(), (l * mask).sum() / mask.numel()): "
+                "divide the masked sum by mask.sum()",
+            )
     # per set of optimizers (a GAN's D and G updates each weigh their own rows, each scale its
     # own) and term ("": one loss)
     readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)

@@ -98,6 +98,17 @@ def _nodes(roots: list[Any]) -> Iterator[Any]:
         stack += [m for m, _ in n.next_functions]
 
 
+def users(roots: list[Any]) -> dict[int, list[Any]]:
+    """Return, for each autograd node under the roots (its id), the nodes that use its output
+    there."""
+    found: dict[int, list[Any]] = {}
+    for n in _nodes(roots):
+        for m, _ in n.next_functions:
+            if m is not None:
+                found.setdefault(id(m), []).append(n)
+    return found
+
+
 def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
     """Return the ids of every autograd node under the roots; accumulators=False leaves out
     the leaves' own nodes (AccumulateGrad), which every graph on the same params shares."""
@@ -114,14 +125,10 @@ def reduced_whole(roots: list[Any], node: Any) -> bool:
     """Return whether every use of a node's output under the roots is a sum or a mean (over
     any dims, through reshapes): `l.mean()`, `l.sum() / n`, `l.mean(0)`; not a weight of the
     code's (`l * w`), which, on an output of one element, looks like a coefficient."""
-    users: dict[int, list[Any]] = {}
-    for n in _nodes(roots):
-        for m, _ in n.next_functions:
-            if m is not None:
-                users.setdefault(id(m), []).append(n)
+    of = users(roots)
 
     def whole(n: Any, depth: int) -> bool:
-        found = users.get(id(n), [])
+        found = of.get(id(n), [])
         return bool(found) and all(
             type(u).__name__ in _WHOLE
             or (
@@ -146,6 +153,18 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> tuple[float, floa
         weighted = float(weight[target[kept]].sum()) if isinstance(weight, Tensor) else None
         return float(kept.sum()), weighted
     return float(per.numel()), None
+
+
+def counted(name: str, per: Tensor, given: dict[str, Any]) -> Tensor | None:
+    """Return which of a reduction="none" loss's elements its mean would count (count_of): the
+    class-index targets not ignored, else every element; None where class weights weigh them."""
+    target = given.get("target")
+    if name in _INDEXED and isinstance(target, Tensor) and not target.is_floating_point():
+        if isinstance(given.get("weight"), Tensor) or target.shape != per.shape:
+            return None
+        kept: Tensor = target != given.get("ignore_index", -100)
+        return kept.detach()
+    return torch.ones_like(per, dtype=torch.bool)
 
 
 def divisors(node: Any, losses: set[int], past_sums: bool = False) -> tuple[float, ...]:

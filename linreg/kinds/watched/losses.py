@@ -19,7 +19,7 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
-from linreg.kinds.watched.graphs import Leaves, count_of
+from linreg.kinds.watched.graphs import Leaves, count_of, counted
 from linreg.kinds.watched.heads import Head, head, piece
 from linreg.kinds.watched.loss_gradients import deferred, gradients
 from linreg.kinds.watched.records import LossCall, Watched
@@ -143,6 +143,9 @@ class LossReader:
                     # (objectives.py reads it on a fetched batch's target alone)
                     same=_same(given.get("target"), under) if from_batch else None,
                     predicted=weakref.ref(predicted) if isinstance(predicted, Tensor) else None,
+                    # (a mask of the code's on it read as a backward() reaches it: masks.py)
+                    output=out if by_code and out.numel() > 1 else None,
+                    counted=counted(name, out, given) if by_code and out.numel() > 1 else None,
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
@@ -270,10 +273,22 @@ def _shifted(t: Tensor, fetched: Iterable[Tensor]) -> bool:
 def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
     """Note whether a reduction="none" loss's elements were all weighed alike (LossCall.alike)
     by what the backward() brought them: those whose loss is not 0 (an ignored target's, a
-    padded position's, has no gradient to weigh, whatever a mask gives it)."""
-    g = grad.detach().flatten()[counts.flatten()]
-    if g.numel() > 1 and not torch.allclose(g, g[:1].expand_as(g), rtol=1e-5, atol=0.0):
+    padded position's, has no gradient to weigh, whatever a mask gives it); where a mask of the
+    code's was read on it (masks.py), those it keeps, and every other one weighed 0."""
+    if call.taking:  # the watch's own pass through it (masks.py)
+        return
+    g = grad.detach()
+    if call.kept is not None:
+        kept = call.kept.to(g.device)
+        if kept.shape != g.shape or bool(g[~kept].any()):
+            call.alike = False
+            return
+        counts = counts & kept
+    w = g.flatten()[counts.flatten()]
+    if w.numel() > 1 and not torch.allclose(w, w[:1].expand_as(w), rtol=1e-5, atol=0.0):
         call.alike = False
+    elif w.numel() and not bool(w.any()):  # a weight of 0 on each (every row's loss clamped
+        call.alike = False  # at a cap, l.clamp(max=1)): nothing to weigh, not read
 
 
 def _precision(predictions: Any) -> float:

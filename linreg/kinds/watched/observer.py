@@ -26,6 +26,7 @@ from linreg.kinds.watched.graphs import (
 from linreg.kinds.watched.heads import Head, number
 from linreg.kinds.watched.loss_gradients import take
 from linreg.kinds.watched.losses import LossReader
+from linreg.kinds.watched.masks import masked
 from linreg.kinds.watched.mixed import mixed
 from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import LossCall, MicroBatch, Open, Watched
@@ -185,6 +186,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.busy = True  # their gradients, before this backward() frees the graph
         try:
             failed = {id(c) for c in take(calls)}
+            masked(calls, [t.grad_fn for t in roots if t.grad_fn is not None])
         finally:
             self.busy = False
         if failed:  # left unread, as a loss whose gradients cannot be taken
@@ -247,7 +249,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
                     else:
                         self.raw[id(p)] = p.grad.detach().clone()
         for c in [*matched, *calls]:  # reached: its graph is let go
-            c.node = None
+            c.node = c.output = None
         if reached:
             epoch = min(  # the batches an epoch of the passes its losses' targets came from
                 (self.epoch_of[c.fetched_by] for c in reached if c.fetched_by in self.epoch_of),

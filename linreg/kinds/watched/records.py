@@ -78,6 +78,14 @@ class LossCall:
     # the prediction it was called on (a weak reference): calls of one function on one
     # prediction, each on a target of its own, weighed by numbers, are one loss (mixed.py)
     predicted: Any = None
+    # (by_code, two or more elements) its output, held till the backward() that reaches it
+    # reads a mask of the code's on it (masks.py); the elements its mean counts (class-index
+    # targets not ignored; None where class weights weigh them); those the mask keeps, once
+    # read; and whether the watch's own pass through it is under way (its hook waits)
+    output: Tensor | None = None
+    counted: Tensor | None = None
+    kept: Tensor | None = None
+    taking: bool = False
 
 
 @dataclass
