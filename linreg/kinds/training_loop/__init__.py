@@ -20,14 +20,16 @@ any work, as is a loop that moves the parameters outside `optimizer.step()`.
 One concept per module: `contract` (what the loop asks for, by name), `settings` (what the
 audit is told), `batching` (a drawn Batching), `rows` (the example and its contrast row),
 `held` (the model held still), `shared` (one audit's runs, shared by its properties), `hooks`
-(the hooks that watch), `watcher` (what each hook does, and the state they share), `forwards`
+(the hooks that watch), `watcher` (what each hook does, and the state they share; a probe's
+batch an update set aside: `set_aside`), `forwards`
 (the forward hooks: what each forward was fed), `calls` (each forward pass: what it was fed),
 `ledger` (what the loop did: its updates and the run), `one_run` (one run at lr 0), `known`
 (what is known of each loop, by its function), `fetches` (the audit loader's batches, as the
 loop fetches them), `probe` (the probe that checks a loop once, and the kind), `outputs` (what
 a model's output holds, a forward that can be judged), `labels` (each row's labels, fed or
 held, and the targets its loss counts), `references` (each row's own gradient), `measure`,
-`judge` and `verdicts` (whether each update applied what it should), `weights` (an update as
+`judge` and `verdicts` (whether each update applied what it should; a short last batch left
+untrained: `shorts`), `weights` (an update as
 weights on its rows' own gradients), `own_loops` (linreg's correct loops).
 """
 
@@ -123,16 +125,14 @@ from linreg.kinds.training_loop.settings import (
     reduced,
 )
 from linreg.kinds.training_loop.shared import runs_shared, sharing, unshared
+from linreg.kinds.training_loop.shorts import dropped_shorts, skipped_own_shorts, unfed_short
 from linreg.kinds.training_loop.verdicts import (
     NO_KNOWN,
     Excuse,
     compare,
     crosses,
-    dropped_shorts,
     full_rows,
-    skipped_own_shorts,
     undecided,
-    unfed_short,
     unreached_why,
     unscaled,
 )

@@ -3,43 +3,27 @@ pre-hook holds its lr at 0 and its post-hook records the update (its gradients r
 stage, and the forwards that fed it). The gradient hooks (gradient_hooks.py) keep each
 parameter's gradient as backward() left it and what .grad held as the update's first
 backward() reached it, what a loss scaler unscaled and what torch's clipping found; the
-forward hooks (forwards.py) record what each forward was fed. hooks.py installs them all.
+forward hooks (forwards.py) record what each forward was fed; a probe's batch an update set
+aside is read in set_aside.py. hooks.py installs them all.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from linreg.kinds.training_loop.calls import Call, memory_of
+from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
-from linreg.kinds.training_loop.gradient_hooks import GradientHooks, zeroed_in
+from linreg.kinds.training_loop.gradient_hooks import GradientHooks
 from linreg.kinds.training_loop.ledger import Observed, Step, flat, mask
+from linreg.kinds.training_loop.set_aside import Probed, SetAside
 from linreg.kinds.training_loop.sources import source_of
-
-
-@dataclass(frozen=True)
-class Probed:
-    """An update that set aside a probe's batch (its gradient read, then zeroed before the
-    update's own): what it is read as if the batch was the update's own, the passes the
-    batches set aside came from, and those batches (their memory; a held-out set's, of the
-    loop's own, none)."""
-
-    step: int
-    zeroed: bool
-    calls: list[Call]
-    carried: Tensor | None
-    unreached: tuple[int, ...]
-    passes: frozenset[int | None]
-    batches: frozenset[int]
 
 
 def zero_lr(opt: torch.optim.Optimizer) -> None:
@@ -51,10 +35,10 @@ def zero_lr(opt: torch.optim.Optimizer) -> None:
             group["lr"] = 0.0
 
 
-class Watcher(ForwardHooks, GradientHooks):
+class Watcher(ForwardHooks, GradientHooks, SetAside):
     """The hooks' shared state: what was fed since the last step, and each step's readings
     (its forward hooks: ForwardHooks, forwards.py; its gradient hooks: GradientHooks,
-    gradient_hooks.py)."""
+    gradient_hooks.py; the probes' batches its updates set aside: SetAside, set_aside.py)."""
 
     def __init__(
         self,
@@ -162,30 +146,7 @@ class Watcher(ForwardHooks, GradientHooks):
                 for number, events in self.seen.pass_events.items()
                 if any(e in self.seen.pass_ends for e in events)
             }
-        idle, held_out = self._idle(), self.feeds.held_out
-        zeroed, consumed = zeroed_in(
-            self.calls, self.resets, applied, kept, self.seen.held, idle, held_out
-        )
-        if idle and len(consumed) < len(self.calls):  # read as a probe's: kept till finish()
-            strict = zeroed_in(self.calls, self.resets, applied, kept, self.seen.held, (), held_out)
-            if len(strict[1]) != len(consumed):
-                calls, ids = strict[1], {id(c) for c in consumed}
-                set_aside = [c for c in self.calls if id(c) not in ids]
-                self.probed.append(
-                    Probed(
-                        len(self.seen.steps),
-                        strict[0],
-                        calls,
-                        carried if len(calls) == len(self.calls) else None,
-                        self.feeds.unreached(calls),
-                        frozenset(source_of(self.seen, c) for c in set_aside) & idle,
-                        frozenset(
-                            m
-                            for c in set_aside
-                            if (m := memory_of(c)) is not None and m in self.seen.held
-                        ),
-                    )
-                )
+        zeroed, consumed = self._set_aside(applied, kept, carried)
         if len(consumed) < len(self.calls):  # a throwaway pass first: .grad zeroed since
             self.calls, carried = consumed, None
         unreached = self.feeds.unreached(self.calls)
@@ -262,36 +223,6 @@ class Watcher(ForwardHooks, GradientHooks):
         step.clip_found += (*self.clip_found,)
         step.clip_covered += (*self.clip_covered,)
         self.clip_found, self.clip_covered = [], []
-
-    def _idle(self) -> set[int]:
-        """Return the passes over the data that are no stream: no update consumed a batch of
-        them, and each made one batch (a probe's) or ran out before the first update (a
-        listed loader's: a pass that runs out beside the training one, zipped, is a stream)."""
-        seen = self.seen
-        return {
-            number
-            for number in range(1, seen.began + 1)
-            if number not in self.streams
-            and (
-                number in self.early
-                or seen.pass_rows.get(number, 0) <= seen.pass_batch.get(number, 1)
-            )
-        }
-
-    def _settle(self) -> None:
-        """Read as they were fed the updates that set a probe's batch aside, unless the whole
-        run shows the probe: each batch set aside is one that more than one update set aside
-        (the same batch, read again before each step: a fresh iterator's first batch each
-        time is not told from a second pass zeroed inside every window), its pass still idle
-        at the end (no second batch made: a stream's is); or rows of the loop's own."""
-        idle = self._idle()
-        times = Counter(m for probed in self.probed for m in probed.batches)
-        for probed in self.probed:
-            if all(times[m] > 1 for m in probed.batches) and probed.passes <= idle:
-                continue
-            step = self.seen.steps[probed.step]
-            step.zeroed, step.calls, step.carried = probed.zeroed, probed.calls, probed.carried
-            step.unreached = probed.unreached
 
     def consumed(self) -> list[Call]:
         """Return the calls since the last update that it consumed (Feeds.consumed)."""
