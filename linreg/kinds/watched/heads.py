@@ -1,7 +1,7 @@
 """A loss's head: the params nearest its input in its graph (a task's last layer), and the piece
 of that layer's output the loss read, where it read columns of it (tasks that are two columns
 of one Linear). Losses of one function on heads of their own are tasks, each a term
-(closing.on_heads); the watch numbers heads as backward() reaches their losses (number).
+(terms.on_heads); the watch numbers heads as backward() reaches their losses (number).
 """
 
 from __future__ import annotations

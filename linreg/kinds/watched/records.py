@@ -51,7 +51,7 @@ class LossCall:
     found: tuple[int, int] | None = None
     fetched_at: int = 0  # the batches that iterator had yielded as the loss was computed
     # its head's number (0: none found): losses of one function on two heads are two tasks
-    # (closing.term_of); numbered as a backward() reaches it (heads.number), so a loss none
+    # (terms.term_of); numbered as a backward() reaches it (heads.number), so a loss none
     # reaches (an evaluation's with grad on) numbers none
     head: int = 0
     nearest: frozenset[int] = frozenset()  # the params nearest its input (heads.head)
@@ -206,7 +206,7 @@ class Update:
     group: int = 0  # the params its optimizers stepped (their ids' hash): a clip is theirs
     elsewhere: bool = False  # its optimizers stepped params no loss of it reached (_elsewhere)
     # params none of its losses reached that applied a gradient beside those they did (a
-    # learnable weight of its losses): set aside, not read (closing._reached)
+    # learnable weight of its losses): set aside, not read (apart.set_aside)
     aside: int = 0
     # its optimizers (their ids' hash): each set's updates are read apart (a GAN's D and G)
     optimizers: int = 0

@@ -20,9 +20,10 @@ from torch import Tensor
 
 from linreg import checks
 from linreg.kinds.training_loop.watcher import zero_lr
-from linreg.kinds.watched.closing import close, on_heads, term_of, unread
+from linreg.kinds.watched.closing import close, unread
 from linreg.kinds.watched.objectives import objectives
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Update, Watched
+from linreg.kinds.watched.terms import on_heads, term_of
 
 # the catches of the watch's end after which code that catches it each time runs on unread
 MOST_CAUGHT = 100
@@ -280,7 +281,7 @@ class Steps:
         """Return whether the update's micro-batches are terms of one objective rather than
         batches of data, where their losses are of one function on one head (of several, or
         on several heads, each function's, or head's, are a term read on its own:
-        closing._terms): a backward() on a graph an earlier one
+        terms.terms_of): a backward() on a graph an earlier one
         retained (each task's loss on one forward); micro-batches each of one label for all
         its rows, not the same label, not each after a batch of one stream of its own (a GAN's
         real and fake); or more backward() calls than the DataLoader batches fetched for the
@@ -289,7 +290,7 @@ class Steps:
         calls = [c for mb in micro for c in mb.losses]
         split = on_heads(micro)  # one function's losses on several heads: tasks
         if len({term_of(c, split) for c in calls}) > 1:  # losses of several functions (or
-            return False  # heads): each a term of its own, read apart (closing._terms; a
+            return False  # heads): each a term of its own, read apart (terms.terms_of; a
             # distillation's KL term on a target the code made, its weight the code's; its
             # cross-entropy, judged, on one forward's retained graph too: held-out review 34)
         if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept

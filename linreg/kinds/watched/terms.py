@@ -1,0 +1,73 @@
+"""An update's losses as terms: a micro-batch's loss calls, those of one term together
+(term_of: a loss function's, or, where one function's losses are on several heads, a head's:
+on_heads); whether they are terms weighed each its own way (of_several), and whether each
+micro-batch's are one pooled mean (is_pooled).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from linreg.kinds.watched.heads import Piece
+from linreg.kinds.watched.records import LossCall, MicroBatch
+
+
+def terms_of(mb: MicroBatch, split: set[str]) -> list[list[LossCall]]:
+    """Return a micro-batch's loss calls, those of one term together (term_of): a loss per row
+    or per step added up is one term (its sum); losses of different functions are each a term
+    of their own (a multi-task loss: mse + 0.5 * cross_entropy), as they are where each task's
+    loss goes through its own backward() (a head per task on a shared trunk)."""
+    by: dict[str, list[LossCall]] = {}
+    for c in mb.losses:
+        by.setdefault(term_of(c, split), []).append(c)
+    return list(by.values())
+
+
+def of_several(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[str]) -> bool:
+    """Return whether the calls are terms weighed each its own way, not one mean: more than a
+    term a micro-batch, or of several functions (or heads: split)."""
+    return len(calls) > len(micro) or len({term_of(c[0], split) for c in calls}) > 1
+
+
+def is_pooled(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[str]) -> bool:
+    """Return whether terms that are tasks of one function on heads of their own (split) are
+    to be read first as one mean of all their rows (tasks pooled into one mean on purpose,
+    where the update applied it): where the tasks' counts differ, and the calls would be one
+    mean but for their heads. (Where the counts are equal, so is the average of the tasks'
+    means: an update of a nominal divisor, read as terms, shows it beside the others.)"""
+    tasks: defaultdict[str, float] = defaultdict(float)  # each term's count
+    for c in calls:
+        tasks[term_of(c[0], split)] += sum(x.count for x in c)
+    by_function = [c for mb in micro for c in terms_of(mb, set())]
+    return len(set(tasks.values())) > 1 and not of_several(micro, by_function, set())
+
+
+def on_heads(micro: list[MicroBatch]) -> set[str]:
+    """Return the loss functions whose calls in the micro-batches reached two heads or more
+    (graphs.head: the params nearest their input): tasks of one function, a regression per
+    head on a shared trunk, each the mean of its own rows, not one mean over both tasks' rows.
+    Two sources pooled through stems of their own into one head, or a mixture of experts
+    routed by its rows, end on one head: one objective."""
+    reach: dict[str, dict[int, set[int]]] = {}  # per function, per head: the params reached
+    read: dict[int, set[Piece | None]] = {}  # per head: the pieces of an output read
+    for mb in micro:
+        for c in mb.losses:
+            if c.head:
+                reach.setdefault(c.name, {}).setdefault(c.head, set()).update(c.grads)
+                read.setdefault(c.head, set()).add(c.piece)
+    # tasks each reach a param another does not (its head), or read columns of one output that
+    # another does not (heads.Head.apart); where two heads' losses reach the same params and
+    # read the same, one objective's losses end on each (a contrastive loss's two
+    # directions, each its own matmul, on the same two towers)
+    return {
+        name
+        for name, heads in reach.items()
+        if len(heads) > 1
+        and len({(frozenset(r), frozenset(read[h])) for h, r in heads.items()}) == len(heads)
+    }
+
+
+def term_of(c: LossCall, split: set[str]) -> str:
+    """Return the term a loss call is of: its function's, and its head's where the update's
+    calls of that function reached several (on_heads)."""
+    return f"{c.name or 'loss'} (head {c.head})" if c.name in split and c.head else c.name
