@@ -1,15 +1,16 @@
 """What the watcher's clip and loss-scaler hooks keep (ClipHooks): each param's gradient as it
 stood before torch's clipping (clip_grad_norm_, clip_grad_value_) or a loss scaler's unscale_
 found it, the bounds it was clamped to, and which clips changed a gradient a scaler still held
-scaled (clip-before-unscale). The state they read and write is the Observer's (observer.py);
-seams.py installs them.
+scaled (clip-before-unscale); and the scale each of GradScaler.scale's products was
+multiplied by (noted: a scale, not the code's weight). The state they read and write is the
+Observer's (observer.py); seams.py installs them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -123,3 +124,20 @@ class ClipHooks:
         if value is not None:
             for p in params:
                 self.clip_bounds[id(p)] = min(value, self.clip_bounds.get(id(p), math.inf))
+
+
+def noted(out: Any, scales: dict[int, float]) -> Any:
+    """Note the storage and value of the scale each of a GradScaler's products was multiplied
+    by (its own, or the copy of it a list's products share), in tensors, lists and tuples of
+    them however nested; a generator's (a map) as they are drawn. No graph is held."""
+    if isinstance(out, Tensor):
+        other = getattr(out.grad_fn, "_saved_other", None)
+        if isinstance(other, Tensor) and other.numel() == 1:
+            scales[other.untyped_storage().data_ptr()] = float(other)
+    elif isinstance(out, list | tuple):
+        drawn = [noted(t, scales) for t in out]  # (a generator inside: wrapped)
+        if any(a is not b for a, b in zip(drawn, out, strict=True)):
+            return type(out)(drawn)
+    elif isinstance(out, Iterator):
+        return (noted(t, scales) for t in out)
+    return out

@@ -1,7 +1,8 @@
 """What the watcher reads of the DataLoaders' passes (Passes, the Observer's): each batch an
 iterator yields and its tensors, and each pass's end (an epoch's end: a loader ran out, or a
-pass whose last batch was fetched is over), put off where a wrapper fetches ahead. The state
-it reads and writes is the Observer's (observer.py).
+pass whose last batch was fetched is over), put off where a wrapper fetches ahead; and a
+number for each loader, sampler and dataset (Numbers). The state it reads and writes is the
+Observer's (observer.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -196,3 +198,25 @@ def length(it: _BaseDataLoaderIter) -> int | None:
         return len(it)
     except Exception:  # an IterableDataset without a length
         return None
+
+
+class Numbers:
+    """A number for each object asked about, never another's while the watch runs: held by a
+    weak reference, or, for an object none can name (a range as a sampler), kept alive."""
+
+    def __init__(self) -> None:
+        self.weak: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self.pinned: dict[int, tuple[Any, int]] = {}
+        self.counter = itertools.count(1)
+
+    def __call__(self, obj: Any) -> int:
+        try:
+            n = self.weak.get(obj)
+            if n is None:
+                n = self.weak[obj] = next(self.counter)
+            return n
+        except TypeError:
+            held = self.pinned.get(id(obj))
+            if held is None or held[0] is not obj:
+                held = self.pinned[id(obj)] = (obj, next(self.counter))
+            return held[1]

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import sys
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,8 +36,10 @@ from torch.optim.optimizer import (
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _DatasetKind
 
 from linreg.kinds.guards import compile_disabled
+from linreg.kinds.watched.clips import noted
+from linreg.kinds.watched.divided import divided_by
 from linreg.kinds.watched.observer import Observer
-from linreg.kinds.watched.passes import length
+from linreg.kinds.watched.passes import Numbers, length
 from linreg.kinds.watched.records import Enough, Watched
 
 # the loss functions read (each holds its target in its `target` argument)
@@ -76,7 +76,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     # each iterator's number, and each loader's sampler's, never reused (CPython reuses a freed
     # object's id: a probe's `next(iter(loader))` and the training pass after it would be one,
     # and a probe's DataLoader made anew took a freed training loader's sampler's id)
-    number = _Numbers()
+    number = Numbers()
 
     def next_index(self: _BaseDataLoaderIter) -> Any:
         index = index_next(self)  # type: ignore[no-untyped-call]
@@ -157,7 +157,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             tensor_backward(self, *args, **kwargs)  # type: ignore[no-untyped-call]
 
         if watched():
-            w.backward([self], run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
+            w.backward([self], run, _retains(args, kwargs), divided_by(sys._getframe(1)))
         else:
             run()
 
@@ -167,14 +167,14 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
 
         if watched():
             roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-            w.backward(roots, run, _retains(args, kwargs), _divided_by(sys._getframe(1)))
+            w.backward(roots, run, _retains(args, kwargs), divided_by(sys._getframe(1)))
         else:
             run()
 
     def scale(scaler: torch.amp.GradScaler, outputs: Any) -> Any:
         out = scale_fn(scaler, outputs)
         if watched() and scaler.is_enabled():  # its products: a scale, not a weight (graphs)
-            return _noted(out, w.scales)
+            return noted(out, w.scales)
         return out
 
     def unscale_(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
@@ -266,102 +266,6 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.ran_out()
         w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         w.put_back()
-
-
-class _Numbers:
-    """A number for each object asked about, never another's while the watch runs: held by a
-    weak reference, or, for an object none can name (a range as a sampler), kept alive."""
-
-    def __init__(self) -> None:
-        self.weak: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        self.pinned: dict[int, tuple[Any, int]] = {}
-        self.counter = itertools.count(1)
-
-    def __call__(self, obj: Any) -> int:
-        try:
-            n = self.weak.get(obj)
-            if n is None:
-                n = self.weak[obj] = next(self.counter)
-            return n
-        except TypeError:
-            held = self.pinned.get(id(obj))
-            if held is None or held[0] is not obj:
-                held = self.pinned[id(obj)] = (obj, next(self.counter))
-            return held[1]
-
-
-def _divided_by(caller: Any) -> tuple[str, int]:
-    """Return the framework whose backward() method called backward() and the accumulation
-    count it divided the loss by: accelerate's Accelerator.backward (loss /
-    gradient_accumulation_steps, on every call, inside accumulate() or not), or, where it
-    divides by 1, transformers' Trainer.training_step that called it (loss / its window's
-    count of batches, where neither the model nor a compute_loss_func scaled it); Lightning's
-    LightningModule.backward under automatic optimization (its training step's loss divided
-    by accumulate_grad_batches before it); else ("", 1)."""
-    module = str(caller.f_globals.get("__name__", ""))
-    if caller.f_code.co_name != "backward":
-        return "", 1
-    owner = caller.f_locals.get("self")
-    lightning = [
-        m.LightningModule
-        for m in (sys.modules.get("pytorch_lightning"), sys.modules.get("lightning.pytorch"))
-        if m is not None and hasattr(m, "LightningModule")
-    ]  # (a module's own backward() override too: the loss reaches it divided)
-    if module.startswith("accelerate.") and _trainer_divides(caller.f_back):
-        trainer = caller.f_back.f_locals.get("self")
-        name = "transformers' Trainer"
-        steps = getattr(
-            trainer,
-            "current_gradient_accumulation_steps",
-            getattr(getattr(trainer, "args", None), "gradient_accumulation_steps", 1),
-        )
-    elif module.startswith("accelerate."):
-        name, steps = "accelerate's backward()", getattr(owner, "gradient_accumulation_steps", 1)
-    elif isinstance(owner, tuple(lightning)) and getattr(owner, "automatic_optimization", False):
-        trainer = getattr(owner, "_trainer", None)  # (its trainer property raises without one)
-        name, steps = (
-            "Lightning's accumulate_grad_batches",
-            getattr(trainer, "accumulate_grad_batches", 1),
-        )
-    else:
-        return "", 1
-    return (name, steps) if isinstance(steps, int) and steps > 1 else ("", 1)
-
-
-def _trainer_divides(frame: Any) -> bool:
-    """Return whether a frame is transformers' Trainer.training_step dividing the loss by its
-    window's count of batches before accelerate's backward() (which it sets to divide by 1):
-    where neither the model (by num_items_in_batch) nor a compute_loss_func scaled it. Its
-    own local says so (loss_is_scaled_for_ga); a Trainer older than that local tests the
-    same of itself."""
-    if frame is None or frame.f_code.co_name != "training_step":
-        return False
-    if not str(frame.f_globals.get("__name__", "")).startswith("transformers."):
-        return False
-    local = frame.f_locals
-    if "loss_is_scaled_for_ga" in local:
-        return local["loss_is_scaled_for_ga"] is False
-    trainer = local.get("self")
-    by_model = getattr(trainer, "model_accepts_loss_kwargs", False)
-    by_model = by_model and local.get("num_items_in_batch") is not None
-    return not by_model and getattr(trainer, "compute_loss_func", None) is None
-
-
-def _noted(out: Any, scales: dict[int, float]) -> Any:
-    """Note the storage and value of the scale each of a GradScaler's products was multiplied
-    by (its own, or the copy of it a list's products share), in tensors, lists and tuples of
-    them however nested; a generator's (a map) as they are drawn. No graph is held."""
-    if isinstance(out, Tensor):
-        other = getattr(out.grad_fn, "_saved_other", None)
-        if isinstance(other, Tensor) and other.numel() == 1:
-            scales[other.untyped_storage().data_ptr()] = float(other)
-    elif isinstance(out, list | tuple):
-        drawn = [_noted(t, scales) for t in out]  # (a generator inside: wrapped)
-        if any(a is not b for a, b in zip(drawn, out, strict=True)):
-            return type(out)(drawn)
-    elif isinstance(out, Iterator):
-        return (_noted(t, scales) for t in out)
-    return out
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
