@@ -1,15 +1,18 @@
 """Which of an update's micro-batches are one objective (`objectives`): terms on the same rows
 (a batch's target again, at the same params: an adversarial half beside the clean one), and
 turns of zipped loaders (a batch of each of two or more datasets, each backward()ed apart),
-each joined into one micro-batch, as their losses in one backward() would be."""
+each joined into one micro-batch, as their losses in one backward() would be; and whether an
+update's micro-batches are terms of one objective rather than batches of data (`are_terms`:
+each task's loss on one retained forward, a GAN's real and fake)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from linreg.kinds.watched.records import LossCall, MicroBatch
+from linreg.kinds.watched.terms import on_heads, term_of
 
-__all__ = ["objectives"]
+__all__ = ["are_terms", "objectives"]
 
 
 def objectives(micro: list[MicroBatch], stepped: set[int]) -> list[MicroBatch]:
@@ -96,3 +99,34 @@ def _shared(a: LossCall, b: LossCall, stepped: set[int]) -> bool:
     was, now = a.same[2], b.same[2]
     shared = was.keys() & now.keys() & stepped
     return bool(shared) and all(was[i] == now[i] for i in shared)
+
+
+def are_terms(micro: list[MicroBatch], fetched: int, more: bool) -> bool:
+    """Return whether the update's micro-batches are terms of one objective rather than
+    batches of data, where their losses are of one function on one head (of several, or
+    on several heads, each function's, or head's, are a term read on its own:
+    terms.terms_of): a backward() on a graph an earlier one
+    retained (each task's loss on one forward); micro-batches each of one label for all
+    its rows, not the same label, not each after a batch of one stream of its own (a GAN's
+    real and fake); or more backward() calls than the DataLoader batches fetched for the
+    update (fetched), some on targets no batch held (chunks of a fetched batch are views
+    of it, and stay micro-batches); more: more backward() calls than batches since the start."""
+    calls = [c for mb in micro for c in mb.losses]
+    split = on_heads(micro)  # one function's losses on several heads: tasks
+    if len({term_of(c, split) for c in calls}) > 1:  # losses of several functions (or
+        return False  # heads): each a term of its own, read apart (terms.terms_of; a
+        # distillation's KL term on a target the code made, its weight the code's; its
+        # cross-entropy, judged, on one forward's retained graph too: held-out review 34)
+    if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
+        return True  # (retain_graph=True): each task's loss on one forward, not a batch
+    labels = [c.constant for c in calls]
+    made = not all(c.from_batch for c in calls)  # a target the code made (torch.ones(b))
+    drawn = {mb.drawn for mb in micro}  # batches of one stream, each its own fetch
+    iterators = {it for it, _ in drawn}
+    stream = len(drawn) == len(micro) and len(iterators) == 1 and None not in iterators
+    if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made and not stream:
+        return True  # each micro-batch one label for all its rows, not the same: a GAN's
+        # (where every target is a fetched batch's, or each micro-batch came after a batch
+        # of one stream, smoothed labels of a batch of one class each, batches of one
+        # label are data)
+    return more and 0 < fetched < len(micro) and made

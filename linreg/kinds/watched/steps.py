@@ -7,7 +7,6 @@ is the Observer's (observer.py).
 
 from __future__ import annotations
 
-import collections
 import copy
 import functools
 import sys
@@ -21,17 +20,18 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.closing import close, unread
-from linreg.kinds.watched.objectives import objectives
+from linreg.kinds.watched.objectives import are_terms, objectives
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Update, Watched
-from linreg.kinds.watched.terms import on_heads, term_of
+from linreg.kinds.watched.zeroed import Zeroed, let_go_from
 
 # the catches of the watch's end after which code that catches it each time runs on unread
 MOST_CAUGHT = 100
 
 
-class Steps:
-    """The Observer's optimizer-step hooks; the attributes they read and write are the
-    Observer's (set in Observer.__init__)."""
+class Steps(Zeroed):
+    """The Observer's optimizer-step hooks (the micro-batches the code zeroed before an
+    update: Zeroed, zeroed.py); the attributes they read and write are the Observer's (set
+    in Observer.__init__)."""
 
     seen: Watched
     ended_on: int | None  # the thread the watch ended the code on (_end_if)
@@ -61,15 +61,6 @@ class Steps:
     all_micro: int
     precision: float
     held: dict[int, list[Any]]
-    stepping: set[int | None]
-    yields: dict[int, int]
-    dataset_of: dict[int, int]
-    zeroed_by: collections.Counter[int | None]
-    long: set[int | None]
-    fed: set[tuple[int, int] | None]
-    loader_of: dict[int, tuple[int, int]]
-    done: set[int]
-    begun_at: dict[int, int]
     clip_bounds: dict[int, float]
     norm_clipped: bool
     unscaled: bool
@@ -124,68 +115,18 @@ class Steps:
         if not fed and not any(p.grad is not None and bool(p.grad.any()) for p in params):
             return
         kept, zeroed = self.micro[self.cut :], self.micro[: self.cut]
-        own = _iterators(kept)
-        streams = self.stepping | own
-        self.fed |= {self.loader_of.get(it) for it in own if it is not None}
-        # micro-batches zeroed before the update's own are let go, but a probe's: of an
-        # iterator no update applied a batch of, that yielded one (a fixed batch taken once,
-        # or a fresh iterator's first each time), beside a stream's batches (an iterator that
-        # yielded more, fed an update before, or a later pass over a dataset one that yielded
-        # more fed an update from: one-batch iterators on every side, next(iter(loader)) each
-        # micro-batch, are no probe's), or one whose iterator's batch was zeroed before an
-        # update before (a fixed probe's, taken once: fresh ones come from new iterators);
-        # so is a whole pass over data no update applied, run between two steps (a gradient
-        # probe over a loader of its own)
-        idle = {
-            it
-            for it, n in self.yields.items()
-            if it not in streams
-            and (
-                n <= 1
-                or (
-                    it in self.done  # (not replayed: itertools.cycle, a listed loader)
-                    and self.begun_at.get(it) == len(self.seen.updates)
-                    and self.loader_of.get(it) not in self.fed
-                )
-            )
-        }
-        stream = all(
-            it is not None
-            and (
-                it in self.stepping
-                or self.yields.get(it, 0) > 1
-                or self.dataset_of.get(it) in self.long
-            )
-            for it in own
-        )
-        self.long |= {
-            self.dataset_of.get(it) for it in own if it is not None and self.yields.get(it, 0) > 1
-        }
-        let_go = [
-            mb
-            for mb in zeroed
-            if not (
-                _aside(mb, idle) and (stream or all(self.zeroed_by[it] for it in _iterators([mb])))
-            )
-        ]
-        self.zeroed_by.update({it for mb in zeroed for it in _iterators([mb])})
-        self.seen.probed += self.cut - len(let_go)
-        self.stepping = streams
+        let_go = self._let_go_zeroed(kept, zeroed)
         kept = objectives(kept, {id(p) for p in params})
         update = Open([], {}, {}, {}, kept, self.blind, self.terms(kept, self.fetched))
         update.fetched = self.fetched
         # crossed: an epoch ended while it was open, and the code zeroed no micro-batch fed
         # after that end (the left-over window zeroed at the next epoch's start, not zeroing
         # inside every window whose windows cross epochs)
-        update.dropped = len(let_go)
+        let_go_from(update, let_go)
         update.crossed = self.straddles and self.cut <= self.held_at_end
         update.before_end = self.held_at_end - self.cut if update.crossed else 0
-        loaders = _loaders(kept)
-        update.dropped_counts = tuple(mb.count for mb in let_go if _loaders([mb]) & loaders)
         update.clip_bounds, update.norm_clipped = self.clip_bounds, self.norm_clipped
         update.unscaled, update.scaled_clip = self.unscaled, self.scaled_clip
-        update.redone = _targets(let_go) <= _targets(kept)  # the same targets again
-        update.foreign = _sources(let_go).isdisjoint(_sources(kept))  # another loader's
         update.params, update.optimizers = params, [id(opt)]
         update.stepped = [{id(p) for p in params}]
         self.optimizers.add(id(opt))
@@ -279,34 +220,8 @@ class Steps:
 
     def terms(self, micro: list[MicroBatch], fetched: int) -> bool:
         """Return whether the update's micro-batches are terms of one objective rather than
-        batches of data, where their losses are of one function on one head (of several, or
-        on several heads, each function's, or head's, are a term read on its own:
-        terms.terms_of): a backward() on a graph an earlier one
-        retained (each task's loss on one forward); micro-batches each of one label for all
-        its rows, not the same label, not each after a batch of one stream of its own (a GAN's
-        real and fake); or more backward() calls than the DataLoader batches fetched for the
-        update (fetched), some on targets no batch held (chunks of a fetched batch are views
-        of it, and stay micro-batches)."""
-        calls = [c for mb in micro for c in mb.losses]
-        split = on_heads(micro)  # one function's losses on several heads: tasks
-        if len({term_of(c, split) for c in calls}) > 1:  # losses of several functions (or
-            return False  # heads): each a term of its own, read apart (terms.terms_of; a
-            # distillation's KL term on a target the code made, its weight the code's; its
-            # cross-entropy, judged, on one forward's retained graph too: held-out review 34)
-        if any(mb.retained for mb in micro):  # a backward() on a graph an earlier one kept
-            return True  # (retain_graph=True): each task's loss on one forward, not a batch
-        labels = [c.constant for c in calls]
-        made = not all(c.from_batch for c in calls)  # a target the code made (torch.ones(b))
-        drawn = {mb.drawn for mb in micro}  # batches of one stream, each its own fetch
-        iterators = {it for it, _ in drawn}
-        stream = len(drawn) == len(micro) and len(iterators) == 1 and None not in iterators
-        if len(micro) > 1 and None not in labels and len(set(labels)) > 1 and made and not stream:
-            return True  # each micro-batch one label for all its rows, not the same: a GAN's
-            # (where every target is a fetched batch's, or each micro-batch came after a batch
-            # of one stream, smoothed labels of a batch of one class each, batches of one
-            # label are data)
-        more = 0 < self.all_fetched < self.all_micro  # than batches, since the start
-        return more and 0 < fetched < len(micro) and made
+        batches of data (objectives.are_terms), fetched: the batches fetched for it."""
+        return are_terms(micro, fetched, 0 < self.all_fetched < self.all_micro)
 
     def past_an_epoch(self, made: int) -> bool:
         """Return True once an update follows an epoch's end that updates preceded (a loop that
@@ -327,32 +242,3 @@ def tolerance_of(params: list[Tensor]) -> float:
 def _lr_values(opt: torch.optim.Optimizer) -> list[Any]:
     """Return each param group's lr as it is now (a tensor lr copied: zero_lr fills it)."""
     return [g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in opt.param_groups]
-
-
-def _sources(micro: list[MicroBatch]) -> set[int | None]:
-    return {mb.source for mb in micro}
-
-
-def _iterators(micro: list[MicroBatch]) -> set[int | None]:
-    """Return the iterators that fetched the targets the micro-batches' losses were called on."""
-    return {c.fetched_by for mb in micro for c in mb.losses}
-
-
-def _aside(mb: MicroBatch, idle: set[int]) -> bool:
-    """Return True if every target a micro-batch's losses read was fetched by an iterator that
-    is no stream (idle: none of its batches an update applied, and it yielded one batch, or
-    ran a whole pass between two steps): a probe's batch, its gradient read, then zeroed
-    before the step."""
-    its = _iterators([mb])
-    return bool(its) and its <= idle
-
-
-def _loaders(micro: list[MicroBatch]) -> set[int | None]:
-    """Return the datasets whose loaders fetched the targets the micro-batches' losses were
-    called on (a validation loader's pass between a batch and its loss is not the batch's)."""
-    return {c.fetched_from for mb in micro for c in mb.losses}
-
-
-def _targets(micro: list[MicroBatch]) -> set[tuple[Any, ...]]:
-    """Return the views of the targets the micro-batches' losses were called on."""
-    return {c.target for mb in micro for c in mb.losses if c.target is not None}
