@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from linreg.audit.watch_readings import Reading, near
+from linreg.audit.watch_ratios import near
+from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_readings import read as _read
 from linreg.kinds.watched.records import Update
 

@@ -5,16 +5,11 @@ its loss on purpose). watch_verdicts.py names the patterns."""
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import math
-from collections import Counter
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from linreg.kinds.training_loop.measure import NAMED, norm_width, one_norm, shows_a_clip
+from linreg.audit.watch_clips import a_clipping, residual, unseen_clip
 from linreg.kinds.watched import Update, scaled_by
 
 
@@ -77,20 +72,20 @@ def _read(j: int, u: Update, summed: bool) -> Reading | None:
     ww, tol2 = float(want @ gram @ want), u.tol**2
     dots, rr, clipped = u.sa / c, u.aa, u.clipped  # (by value: read before it, in close)
     parts, total = list(u.counts), float(c.sum())
-    if _residual(gram, dots, rr, want) > tol2 * max(ww, rr) and _a_clipping(u):
-        if u.hand_unseen and _unseen_clip(gram, u.sb / c, u.bb, u.sa / c, u.aa, want, u.tol):
+    if residual(gram, dots, rr, want) > tol2 * max(ww, rr) and a_clipping(u):
+        if u.hand_unseen and unseen_clip(gram, u.sb / c, u.bb, u.sa / c, u.aa, want, u.tol):
             return Reading(
                 j, total, parts, [1.0] * len(parts), True, blind=u.hand_unseen == "blind"
             )
         dots, rr, clipped = u.sb / c, u.bb, True
     scale = float(want @ dots) / ww if ww > 0 else 0.0  # one scale on the correct update?
-    if ww > 0 and _residual(gram, dots, rr, scale * want) <= tol2 * max(rr, ww):
+    if ww > 0 and residual(gram, dots, rr, scale * want) <= tol2 * max(rr, ww):
         return Reading(j, total, parts, [scale] * len(parts), clipped)
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(parts):
         return Reading(j, total, parts, None, clipped, unread=True)  # weights not unique
     a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     beside = None
-    if _residual(gram, dots, rr, a) > tol2 * max(rr, ww):
+    if residual(gram, dots, rr, a) > tol2 * max(rr, ww):
         beside = _beside_a_penalty(u, c, gram, dots, rr, clipped and not u.clipped)
         if beside is None:
             left = None if clipped else _as_backward_left_it(j, u, summed)
@@ -140,7 +135,7 @@ def _beside_a_penalty(
     if int(torch.linalg.matrix_rank(g, rtol=1e-6)) < len(d):
         return None  # a penalty's gradient among the losses': the weights are not unique
     a: torch.Tensor = torch.linalg.lstsq(g, d.unsqueeze(1), driver="gelsd").solution.squeeze(1)
-    if _residual(g, d, rr, a) > u.tol**2 * max(rr, float(a[:m] @ gram @ a[:m])):
+    if residual(g, d, rr, a) > u.tol**2 * max(rr, float(a[:m] @ gram @ a[:m])):
         return None
     return a[:m]
 
@@ -183,11 +178,11 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(u.columns):
         return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
     dots, rr, clipped = u.sa / c, u.aa, u.clipped
-    if _a_clipping(u):  # (no correct update to try first: the terms' weights are the code's)
+    if a_clipping(u):  # (no correct update to try first: the terms' weights are the code's)
         dots, rr, clipped = u.sb / c, u.bb, True
     a = torch.linalg.lstsq(gram, dots.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     beside = None
-    if _residual(gram, dots, rr, a) > u.tol**2 * max(rr, float(a @ gram @ a)):
+    if residual(gram, dots, rr, a) > u.tol**2 * max(rr, float(a @ gram @ a)):
         beside = _beside_a_penalty(u, c, gram, dots, rr, clipped and not u.clipped)
         if beside is None:
             return [("", Reading(j, total, list(u.counts), None, clipped))]
@@ -220,169 +215,3 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         )
         out.append((term, reading))
     return out
-
-
-def by_hand(updates: Sequence[Update]) -> list[Update]:
-    """Return the updates, each a clip of the norm by hand explains marked so (hand_ok: read
-    before it): the updates of one set of params that applied a factor below 1 of what they
-    held before with no clip_grad_norm_ called all land on one norm, none of theirs let through
-    as it was is longer, and the run shows it is a clip: one let through, or befores of
-    different norms brought to the same (a framework's own clip, DeepSpeed's). A mean's
-    gradient divided again by its rows is no such clip: its norm goes with the rows."""
-    out = list(updates)
-    for group in {u.group for u in updates if u.hand > 0}:
-        mine = [j for j, u in enumerate(updates) if u.group == group]
-        hand = [j for j in mine if updates[j].hand > 0]
-        width = norm_width(max(updates[j].tol for j in hand))
-        through = [updates[j].norm for j in mine if updates[j].norm > 0]
-        befores = [updates[j].hand_before for j in hand]
-        if shows_a_clip(befores, bool(through), width) and one_norm(
-            [updates[j].hand for j in hand], befores, through, width
-        ):
-            # a division of .grad before the clip is unseen: a clip of the correct update is
-            # right where the run let a right update through, or clipped every one (no scale
-            # showed through it; the report says so)
-            let = [  # (over one row or target, a sum is the mean: no scale shows)
-                updates[j] for j in mine if updates[j].norm > 0 and sum(updates[j].counts) != 1
-            ]
-            let_right = any(u.right and not u.clipped for u in let)
-            unseen = "shown" if let_right else "" if let else "blind"
-            for j in hand:
-                out[j] = replace(updates[j], hand_ok=True, hand_unseen=unseen)
-    return out
-
-
-def _unseen_clip(
-    gram: torch.Tensor,
-    b_dots: torch.Tensor,
-    bb: float,
-    a_dots: torch.Tensor,
-    aa: float,
-    want: torch.Tensor,
-    tol: float,
-) -> bool:
-    """Return whether a clip by hand applied a factor below 1 of the correct update (A = s W,
-    0 < s < 1) while what backward() left was not the correct update (B != W): a division of
-    .grad between the two, unseen, made it right before the clip."""
-    ww = float(want @ gram @ want)
-    if ww <= 0:
-        return False
-    tol2 = tol**2
-    if _residual(gram, b_dots, bb, want) <= tol2 * max(ww, bb):
-        return False  # right before the clip as backward() left it: read there
-    s = float(want @ a_dots) / ww
-    return 0 < s < 1 - tol and _residual(gram, a_dots, aa, s * want) <= tol2 * max(aa, ww)
-
-
-def _residual(gram: torch.Tensor, dots: torch.Tensor, rr: float, w: torch.Tensor) -> float:
-    """Return |R - sum w_i M_i|^2 from the inner products: <M_i, M_j>, <M_i, R> and |R|^2."""
-    return float(rr - 2 * (w @ dots) + w @ gram @ w)
-
-
-def _a_clipping(u: Update) -> bool:
-    """Return whether what an update applied (A) is a clipping of what .grad held before it
-    (B): s times B for one s in (0, 1], and not B itself; below 1 only where clip_grad_norm_
-    was called in it (else the factor is the code's own division of .grad, read as applied)."""
-    s, same = scaled_by(u.aa, u.bb, u.ab, u.tol)
-    if s is None or same or not 0 < s <= 1 + u.tol:
-        return False
-    return s >= 1 - u.tol or u.norm_clipped or u.hand_ok
-
-
-def over_counted(readings: list[Reading]) -> list[tuple[Reading, int]]:
-    """Return each update with the whole number its divisor exceeds its count by, where every
-    update applies count / (count + m) of the mean with m a whole number >= 1 and the scales
-    differ (one scale on all is a constant of the loss's own); else []."""
-    uniform = [r for r in readings if r.relative and alike(r.relative)]
-    out = []
-    for r in uniform:
-        assert r.relative is not None
-        s = r.relative[0]
-        extra = r.count * (1 / s - 1) if 0 < s < 1 else 0.0
-        if not (1 - 0.02 <= extra < r.count) or abs(extra - round(extra)) > 0.02:
-            return []
-        if r.count * r.tol > 0.02:  # the dtype cannot tell a whole number from another
-            return []
-        out.append((r, round(extra)))
-    scales = [r.relative[0] for r, _ in out if r.relative]
-    return out if len(out) > 1 and not alike(scales) else []
-
-
-# the relative tolerance ratios are told apart at while a run is judged (judged_to): NAMED,
-# or its updates' loosest (a forward under autocast reads weights to bfloat16's precision)
-_TOLERANCE: contextvars.ContextVar[float] = contextvars.ContextVar("tolerance", default=NAMED)
-
-
-@contextlib.contextmanager
-def judged_to(tol: float) -> Iterator[None]:
-    """Tell ratios apart (near, alike) at tol, where it is looser than NAMED, inside."""
-    token = _TOLERANCE.set(max(NAMED, tol))
-    try:
-        yield
-    finally:
-        _TOLERANCE.reset(token)
-
-
-def alike(xs: list[float]) -> bool:
-    return all(near(x, xs[0]) for x in xs)
-
-
-def near(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=_TOLERANCE.get(), abs_tol=1e-6)
-
-
-def shown(xs: list[float]) -> str:
-    return "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
-
-
-def first_applied(rel: list[float]) -> int | None:
-    """Return how many micro-batches an update applied none of before the rest, all alike
-    (an epoch's left-over window zeroed before any step); None where it is not so."""
-    dropped = next((i for i, x in enumerate(rel) if not near(x, 0)), len(rel))
-    return dropped if 0 < dropped < len(rel) and alike(rel[dropped:]) else None
-
-
-def framework_divides(by: str, g: int) -> str:
-    """Return, in words, that a framework's backward() divides each loss by its count g."""
-    if by.startswith("Lightning"):
-        return f"{by}={g} divides it"
-    return f"{by} divides it by gradient_accumulation_steps={g}"
-
-
-def full_window(readings: list[Reading]) -> tuple[float, int]:
-    """Return a full update's count (the most common among the readings that are a combination
-    of their micro-batches, the larger of a tie) and the most micro-batches one of that count
-    held (its window)."""
-    counts = Counter(r.count for r in readings if r.relative is not None)
-    full = max(counts, key=lambda c: (counts[c], c), default=0.0)
-    return full, max((len(r.parts) for r in readings if r.count == full), default=1)
-
-
-def carried(at: str, r: Reading, weights: list[float], full: float) -> tuple[str, str]:
-    """Return the pitfall, and what it says, of an update that took more micro-batches and
-    rows than a full one, weighed unlike: an epoch's last window, never stepped, carried in."""
-    return "short-last-batch", (
-        f"{at} took more than a full update's {full:g}, and weighs its micro-batches "
-        f"{shown(weights)} where a correct update weighs them "
-        f"{shown([c / r.count for c in r.parts])}: micro-batches left over from "
-        "before (an epoch's last window, never stepped) were carried into it"
-    )
-
-
-def never_applied(at: str, dropped: int, before_end: int) -> tuple[str, str]:
-    """Return the pitfall, and what it says, of an update whose first micro-batches' gradient
-    was zeroed before its step: an epoch's left-over window dropped where they were all fed
-    before an epoch's end that came while it was open (before_end of them were: short-last-
-    batch), else zeroing inside the window (grad-zeroing: one model's optimizer zeroed each
-    micro-batch, the other's not, so the watch saw no zero_grad)."""
-    if dropped <= before_end:
-        return "short-last-batch", (
-            f"{at}: its first {dropped} micro-batch(es) went through backward() and were never "
-            "applied (their gradient zeroed before any step: an epoch's left-over window "
-            "dropped): step when the data ends too"
-        )
-    return "grad-zeroing", (
-        f"{at}: its first {dropped} micro-batch(es) went through backward() and were never "
-        "applied: their gradient was zeroed before the step, inside the update (zero_grad "
-        "inside the accumulation loop: zero once a window, after the step)"
-    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from linreg.audit.report import Report, Result
 from linreg.audit.watch_counts import SAID, TORCHS
-from linreg.audit.watch_readings import near
+from linreg.audit.watch_ratios import near
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
 from linreg.kinds.watched import Watched

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 
-from linreg.audit.watch_readings import Reading, framework_divides, near
+from linreg.audit.watch_ratios import framework_divides, near
+from linreg.audit.watch_readings import Reading
 from linreg.kinds.training_loop import NO_KNOWN
 
 __all__ = ["framework_short", "scale_named", "short_named"]

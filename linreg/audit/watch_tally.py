@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from linreg.audit.watch_readings import framework_divides, near
+from linreg.audit.watch_ratios import framework_divides, near
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from linreg.audit.watch_readings import (
-    Reading,
+from linreg.audit.watch_ratios import (
     alike,
     carried,
     first_applied,
@@ -17,6 +16,7 @@ from linreg.audit.watch_readings import (
     never_applied,
     shown,
 )
+from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_tally import Shortfall, Verdicts
 
 

@@ -15,8 +15,10 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
+from linreg.audit.watch_clips import by_hand
 from linreg.audit.watch_counts import meant
-from linreg.audit.watch_readings import Reading, by_hand, judged_to, read, read_terms
+from linreg.audit.watch_ratios import judged_to
+from linreg.audit.watch_readings import Reading, read, read_terms
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_terms import name_shortfalls
 from linreg.audit.watch_weights import weigh

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from linreg.audit.watch_readings import (
-    Reading,
+from linreg.audit.watch_ratios import (
     alike,
     carried,
     first_applied,
@@ -18,6 +17,7 @@ from linreg.audit.watch_readings import (
     over_counted,
     shown,
 )
+from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_scales import framework_short, scale_named, short_named
 from linreg.audit.watch_tally import Constant, Grown, Verdicts
 from linreg.audit.watch_terms import coefficients
