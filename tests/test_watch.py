@@ -9,6 +9,7 @@ own output).
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import json
@@ -2184,6 +2185,27 @@ def test_watching_puts_back_a_scaler_ended_mid_step_a_scheduler_and_a_tensor_lr(
     assert optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1)
     assert scheduler.last_epoch == 0 and scheduler.get_last_lr() == [pytest.approx(0.1)]
     train()  # the scaler takes an unscale_ again
+
+
+def test_watching_puts_back_an_optimizer_whose_code_added_a_param_group() -> None:
+    """A backbone unfrozen at the second epoch (add_param_group): the optimizer is put back
+    with its one group and its state as found. It could not be (load_state_dict refused the
+    groups' count), and the note said so."""
+    backbone, head = nn.Linear(3, 4), nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    rows = list(zip(torch.randn(16, 3), torch.randint(0, 2, (16,)), strict=True))
+    found = copy.deepcopy(optimizer.state_dict())
+    with audit.watch(steps=4) as reports:
+        for epoch in range(3):
+            if epoch == 1:
+                optimizer.add_param_group({"params": backbone.parameters(), "lr": 0.01})
+            for x, y in DataLoader(rows, batch_size=8):
+                optimizer.zero_grad()
+                F.cross_entropy(head(backbone(x)), y).backward()
+                optimizer.step()
+    assert "could not put back" not in reports[0].note, reports[0].note
+    assert len(optimizer.param_groups) == 1
+    assert optimizer.state_dict() == found
 
 
 def test_the_readme_names_every_loss_function_the_watch_reads() -> None:

@@ -30,13 +30,17 @@ class PutBack:
     first: dict[int, tuple[Tensor, Tensor]]
 
     def put_back(self) -> None:
-        """Put back what the watched steps changed: each optimizer's state and lrs (a tensor
-        lr, filled with 0 in place: the user's own object, with its value), each scheduler's
+        """Put back what the watched steps changed: each optimizer's state, param groups (those
+        the code added dropped) and lrs (a tensor lr, filled with 0 in place: the user's own
+        object, with its value), each scheduler's
         and loss scaler's state (a scaler ended between unscale_ and update() too), each
         param's .grad as it was found; params an update made by hand moved (no optimizer
         stepped), as they were at the first backward()."""
         for opt, state in self.states:
             with self.attempt(f"{type(opt).__name__}'s state and lrs"):
+                # the param groups the code added while watched (add_param_group: a backbone
+                # unfrozen at an epoch) go with the rest of what the run did
+                del opt.param_groups[len(state["param_groups"]) :]
                 opt.load_state_dict(state)
                 for group, lr, value in zip(
                     opt.param_groups, self.seen.lrs[id(opt)], self.lr_values[id(opt)], strict=False
