@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from linreg.audit.watcher import watch
 from linreg.kinds.watched.graphs import Leaves, graph, leaves
 from linreg.kinds.watched.loss_gradients import deferred
-from linreg.kinds.watched.losses import _shifted
+from linreg.kinds.watched.targets import _shifted
 
 VOCAB, HIDDEN, STEPS = 12, 16, 20
 

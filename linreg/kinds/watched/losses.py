@@ -1,16 +1,15 @@
 """What the watcher reads of each loss the code computes (LossReader, the Observer's): its
 per-element gradients, the count its mean divides by, and whether its target is a fetched
-batch's (a view, rows cast or moved, the samples' tensors stacked) and which loader fetched it.
-The state it reads and writes is the Observer's (observer.py).
+batch's and which loader fetched it (targets.py). The state it reads and writes is the
+Observer's (observer.py).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from linreg.kinds.watched.graphs import Leaves, count_of, counted
 from linreg.kinds.watched.heads import Head, head, piece
 from linreg.kinds.watched.loss_gradients import deferred, gradients
 from linreg.kinds.watched.records import LossCall, Watched
+from linreg.kinds.watched.targets import Targets, constant_of, same_of, view_of
 
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation
 # with grad on computes many: each holds its graph)
@@ -32,9 +32,10 @@ PENDING = 1024
 SOLVED = ("kl_div",)
 
 
-class LossReader:
-    """The Observer's reading of losses; the attributes it reads and writes are the
-    Observer's (set in Observer.__init__)."""
+class LossReader(Targets):
+    """The Observer's reading of losses (where each one's target came from: Targets,
+    targets.py); the attributes it reads and writes are the Observer's (set in
+    Observer.__init__)."""
 
     seen: Watched
     busy: bool
@@ -42,16 +43,7 @@ class LossReader:
     pending: list[LossCall]
     found: dict[int, tuple[Tensor, Tensor | None]]
     backwards: int
-    source: int | None
-    iterator: int | None
-    batched: set[int]
-    fetchers: dict[int, tuple[int, int]]
-    origins: dict[int, tuple[weakref.ref[Tensor], tuple[int, int]]]
-    batch_tensors: collections.deque[Tensor]
-    unread_last: dict[int, list[Tensor]]
     yields: dict[int, int]
-    rows: dict[int, int]
-    samples: collections.deque[weakref.ref[Tensor]]
     heads: dict[int, Head]
     leaves: Leaves
 
@@ -122,9 +114,9 @@ class LossReader:
                     grads,
                     count,
                     from_batch,
-                    _view(given.get("target")),
+                    view_of(given.get("target")),
                     under,
-                    _constant(given.get("target")),
+                    constant_of(given.get("target")),
                     name,
                     reduction,
                     by_code,
@@ -141,7 +133,7 @@ class LossReader:
                     per=per if later else None,
                     others={k: n for k, n in others.items() if n != count},
                     # (objectives.py reads it on a fetched batch's target alone)
-                    same=_same(given.get("target"), under) if from_batch else None,
+                    same=same_of(given.get("target"), under) if from_batch else None,
                     predicted=weakref.ref(predicted) if isinstance(predicted, Tensor) else None,
                     # (a mask of the code's on it read as a backward() reaches it: masks.py)
                     output=out if by_code and out.numel() > 1 else None,
@@ -155,119 +147,6 @@ class LossReader:
             return
         finally:
             self.busy = False
-
-    def _fetched(self, target: Any) -> tuple[int | None, int | None]:
-        """Return the iterator that fetched a target's batch and its dataset (else the last
-        to fetch one's)."""
-        return self._held(_storage(target)) or (self.iterator, self.source)
-
-    def _held(self, memory: int | None) -> tuple[int, int] | None:
-        """Return the iterator and dataset whose fetched batch a storage holds (its tensors',
-        or one the code made of them that is still alive: origins), else None."""
-        if memory is None:
-            return None
-        if memory in self.fetchers:
-            return self.fetchers[memory]
-        origin = self.origins.get(memory)
-        alive = None if origin is None else origin[0]()
-        return None if origin is None or _storage(alive) != memory else origin[1]
-
-    def _rows(self, target: Any) -> int | None:
-        """Return the samples of the fetched batch a target is (a view of its tensors, or one
-        of them flattened, or its samples' first or last elements each, flattened: a token
-        batch shifted, y[:, 1:].reshape(-1)), as its sampler gave their indices; None where
-        not known."""
-        memory = _storage(target)
-        if memory is None or target.is_sparse:
-            return None
-        origin = self.origins.get(memory)
-        if origin is not None and _storage(origin[0]()) == memory:
-            return self.rows.get(memory)
-        with torch.no_grad():
-            flat = target.detach().reshape(-1)
-            for ref in reversed(self.samples):
-                fetched = ref()
-                n = None if fetched is None else self.rows.get(_storage(fetched) or 0)
-                if fetched is not None and n and _within(flat, fetched, n):
-                    return n
-        return None
-
-    def _found(self, target: Any) -> tuple[int, int] | None:
-        """Return the iterator and dataset whose fetched batch a target is: a view of its
-        tensors, or its rows cast or moved (y.float(), y.to(device)); None where neither (not
-        the last loader to fetch: two loaders zipped, the other's batch fetched after it)."""
-        held = self._held(_storage(target))
-        if held is not None:
-            return held
-        if not isinstance(target, Tensor):
-            return None
-        for fetched in reversed(self.batch_tensors):
-            by = self._held(_storage(fetched))
-            if by is not None and _cast(target, fetched):
-                return by
-        return None
-
-    def _from_batch(self, target: Any) -> bool:
-        """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
-        or moved (y.float(), y.to(device): a new storage, the batch's values; float64 rows
-        rounded to float32), or the samples' own tensors stacked (a list of dicts, each
-        sample's boxes: detectron2's)."""
-        if _storage(target) in self.batched:
-            return True
-        return isinstance(target, Tensor) and (
-            any(_cast(target, f) for f in self.batch_tensors)
-            or _stacked(target, self.batch_tensors)
-            or _shifted(target, self.batch_tensors)
-        )
-
-    def _read_last(self, target: Any) -> None:
-        """Note that a loss read a target of an iterator's last batch fetched (a view of it):
-        that batch was handed on. (Not its values: a batch's few class labels may equal the
-        next one's; a target cast or moved only puts off the end of its pass, _ahead.)"""
-        if not isinstance(target, Tensor) or not self.unread_last:
-            return
-        memory = _storage(target)
-        for it, fetched in list(self.unread_last.items()):
-            if any(_storage(t) == memory for t in fetched):
-                del self.unread_last[it]
-
-
-def _within(flat: Tensor, fetched: Tensor, samples: int) -> bool:
-    """Return whether flat holds a fetched tensor's elements, flattened: all of them, or the
-    first or last of each of its samples' (its rows, one a sample)."""
-    if fetched.device != flat.device or flat.numel() > fetched.numel():
-        return False
-    if flat.numel() == fetched.numel():
-        return torch.equal(fetched.reshape(-1).to(flat.dtype), flat)
-    if fetched.ndim < 2 or fetched.shape[0] != samples or flat.numel() % samples:
-        return False
-    each, whole = flat.numel() // samples, fetched[0].numel()
-    rows, mine = fetched.reshape(samples, whole).to(flat.dtype), flat.view(samples, each)
-    return any(torch.equal(rows[:, o : o + each], mine) for o in (0, whole - each))
-
-
-def _shifted(t: Tensor, fetched: Iterable[Tensor]) -> bool:
-    """Return whether t holds a fetched batch of tokens' samples, each shifted by the code
-    (a copy, flattened or not: y[:, 1:].reshape(-1), labels[..., 1:].contiguous()): integers
-    of a fetched tensor's dtype, the first or last two or more elements of each of its
-    samples (_within), on the target's device (ids.to(device)[:, 1:]: the batch as fetched,
-    moved). Not a float target, nor one element a sample (a GAN's labels of all 0 may equal
-    the first pixel of each of a batch's binary images), nor one value (an empty mask's)."""
-    if t.is_floating_point() or t.dtype in (torch.bool, torch.uint8) or not t.numel():
-        return False
-    with torch.no_grad():
-        flat = t.detach().reshape(-1)
-        if bool((flat == flat[0]).all()):  # one value (an empty mask's): no sample told
-            return False
-        for f in fetched:
-            if f.dtype != t.dtype or f.ndim < 2 or flat.numel() >= f.numel():
-                continue
-            samples = f.shape[0]
-            if flat.numel() % samples or flat.numel() // samples < 2:
-                continue
-            if _within(flat, f.detach().to(flat.device), samples):
-                return True
-    return False
 
 
 def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
@@ -302,80 +181,3 @@ def _precision(predictions: Any) -> float:
     if now is not None:
         dtypes.append(now[1])
     return max((checks.tolerance(d, steps=True) for d in dtypes), default=0.0)
-
-
-def _storage(t: Any) -> int | None:
-    """Return the address of a tensor's storage (its views share it), None if not a tensor."""
-    return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
-
-
-def _cast(t: Tensor, fetched: Tensor) -> bool:
-    """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
-    of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
-    on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
-    integer 0 is not the label 0; floats may be rounded to t's floats, float64 data cast to
-    float32), each row reshaped alike too (y.float().unsqueeze(1), as a binary cross-entropy
-    takes labels)."""
-    rounded = t.is_floating_point() and fetched.is_floating_point()
-    n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
-    if not 0 < n <= rows or t.shape[1:].numel() != fetched.shape[1:].numel():
-        return False
-    if t.shape[1:] != fetched.shape[1:]:  # each row's elements in another shape
-        t, fetched = t.reshape(n, -1), fetched.reshape(rows, -1)
-    with torch.no_grad():
-        values = fetched.detach().to(device=t.device, dtype=t.dtype)
-        back = t.detach().to(device=fetched.device, dtype=fetched.dtype)
-        starts = {*range(0, rows - n + 1, n), rows - n}
-        return any(
-            torch.equal(values[i : i + n], t) and (rounded or torch.equal(fetched[i : i + n], back))
-            for i in starts
-        )
-
-
-def _stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:
-    """Return whether each row of t (rows of one or more elements: a label per sample is too
-    easily equal to another's) is one of the fetched tensors, of its shape and dtype, by value:
-    the samples' tensors stacked by the code (torch.stack([d["boxes"] for d in batch]))."""
-    if t.ndim < 2 or not t.shape[0]:
-        return False
-    with torch.no_grad():
-        own = [f for f in fetched if f.shape == t.shape[1:] and f.dtype == t.dtype]
-        return len(own) >= t.shape[0] and all(
-            any(torch.equal(row, f.to(row.device)) for f in own) for row in t.detach()
-        )
-
-
-def _same(t: Any, under: list[Tensor]) -> tuple[Any, int, dict[int, tuple[int, float]]] | None:
-    """Return what tells a target, as it is now, at the leaves under its loss as they are
-    (LossCall.same); None where it cannot be told."""
-    if not isinstance(t, Tensor) or not under:
-        return None
-    try:  # (an inference tensor, made under torch.inference_mode(), keeps no version)
-        with torch.no_grad():  # (one copy to the host a device, not one a param)
-            by_device: dict[torch.device, list[Tensor]] = {}
-            for p in under:
-                by_device.setdefault(p.device, []).append(p)
-            sums: dict[int, float] = {}
-            for on in by_device.values():
-                totals = torch.stack([p.detach().sum().float() for p in on]).cpu().tolist()
-                sums.update(zip(map(id, on), totals, strict=True))
-        leaves = {id(p): (p._version, sums[id(p)]) for p in under}
-        return (weakref.ref(t), t._version, leaves)
-    except RuntimeError:
-        return None
-
-
-def _view(t: Any) -> tuple[Any, ...] | None:
-    """Return what tells one tensor's elements from another's: its storage, offset, shape and
-    strides (chunks and slices of one batch share a storage, not a view)."""
-    if not isinstance(t, Tensor):
-        return None
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-
-
-def _constant(t: Any) -> float | None:
-    """Return the one value of a target of two or more equal elements, else None."""
-    if not isinstance(t, Tensor) or t.numel() < 2 or t.is_sparse:
-        return None
-    flat = t.detach().reshape(-1)
-    return float(flat[0]) if bool((flat == flat[0]).all()) else None
