@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
-from linreg.kinds.watched.graphs import _scaled
+from linreg.kinds.watched.ways import _scaled
 
 
 def _detector(positives: float | None) -> None:

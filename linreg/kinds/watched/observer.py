@@ -14,15 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from linreg.kinds.watched.clips import ClipHooks
-from linreg.kinds.watched.graphs import (
-    Leaves,
-    divisors,
-    graph,
-    leaves,
-    leaves_of,
-    reduced_whole,
-    weighed,
-)
+from linreg.kinds.watched.graphs import Leaves, graph, leaves, leaves_of, reduced_whole
 from linreg.kinds.watched.heads import Head, number
 from linreg.kinds.watched.loss_gradients import take
 from linreg.kinds.watched.losses import LossReader
@@ -32,6 +24,7 @@ from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import LossCall, MicroBatch, Open, Watched
 from linreg.kinds.watched.restore import PutBack
 from linreg.kinds.watched.steps import Steps
+from linreg.kinds.watched.ways import divisors, weighed
 
 # with no --steps: the updates watched at most when no epoch ends (get_batch() loops drawing
 # at random, an epoch longer than this): the code is ended there and the note says so
