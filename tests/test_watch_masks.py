@@ -21,6 +21,18 @@ from linreg.audit.watcher import watch
 FORMS = ("product", "index", "select", "fill", "where", "one-line")
 
 
+def _mlp_on(
+    x: torch.Tensor, y: torch.Tensor, outputs: int, gen: torch.Generator
+) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[tuple[torch.Tensor, ...]]]:
+    """A small MLP of `outputs` outputs (seeded), SGD on it, and x, y in shuffled batches of 8."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 16), nn.SiLU(), nn.Linear(16, outputs))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
+    return model, optimizer, loader
+
+
 def _masked(per: torch.Tensor, kept: torch.Tensor, form: str) -> torch.Tensor:
     """The mean of per over the elements kept, as code writes it (form), or one of the twins
     that divide its sum by every element ("numel", "mean")."""
@@ -48,11 +60,7 @@ def _missing_labels(form: str) -> Report:
     x = torch.randn(30, 5, generator=gen)
     y = x @ torch.randn(5, 3, generator=gen)
     y[torch.rand(30, 3, generator=gen) < 0.3] = float("nan")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 16), nn.SiLU(), nn.Linear(16, 3))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, 3, gen)
     with watch() as reports:
         for _ in range(2):
             for xb, yb in loader:
@@ -167,11 +175,7 @@ def _selected(divide: str) -> Report:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=gen)
     y = (x[:, 0] + 0.5 * torch.randn(30, generator=gen) > 0).long()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 16), nn.SiLU(), nn.Linear(16, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, 2, gen)
     with watch() as reports:
         for _ in range(2):
             for xb, yb in loader:
