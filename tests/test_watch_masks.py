@@ -7,6 +7,7 @@ error, exit 1, and its twin over every element went unnamed (stop 63's hunt)."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 
 import pytest
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.report import Report
 from linreg.audit.watcher import watch
+from linreg.kinds.watched import LossCall
 
 FORMS = ("product", "index", "select", "fill", "where", "one-line")
 
@@ -52,20 +54,22 @@ def _masked(per: torch.Tensor, kept: torch.Tensor, form: str) -> torch.Tensor:
     return (per * kept.float()).mean()
 
 
-def _missing_labels(form: str) -> Report:
-    """A regression of 3 outputs whose labels are missing (NaN) at random, 30 rows in
-    shuffled batches of 8 (the last one of 6), its loss per element masked to the observed
-    labels."""
+def _missing_labels(form: str, offset: float = 0.0) -> Report:
+    """A regression of 3 outputs whose labels (about offset) are missing (NaN) at random, 30
+    rows in shuffled batches of 8 (the last one of 6), its loss per element masked to the
+    observed labels (form "raw": the NaN labels left in the loss, a bug)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=gen)
-    y = x @ torch.randn(5, 3, generator=gen)
+    y = x @ torch.randn(5, 3, generator=gen) + offset
     y[torch.rand(30, 3, generator=gen) < 0.3] = float("nan")
     model, optimizer, loader = _mlp_on(x, y, 3, gen)
     with watch() as reports:
         for _ in range(2):
             for xb, yb in loader:
                 observed = ~torch.isnan(yb)
-                if form == "one-line":  # (nothing but the graph holds the loss's output)
+                if form == "raw":  # (the NaN labels' loss is NaN, and so is its gradient)
+                    loss = F.mse_loss(model(xb), yb, reduction="none")[observed].mean()
+                elif form == "one-line":  # (nothing but the graph holds the loss's output)
                     loss = (
                         F.mse_loss(model(xb), yb.nan_to_num(), reduction="none") * observed
                     ).sum() / observed.sum()
@@ -86,10 +90,14 @@ def test_a_mean_over_the_elements_a_mask_keeps_passes_in_each_form(form: str) ->
     assert verdicts["short-last-batch"] == verdicts["mean-vs-sum"] == "pass", str(report)
 
 
+@pytest.mark.parametrize("offset", [0.0, 50.0])
 @pytest.mark.parametrize("form", ["numel", "mean"])
-def test_a_masked_sum_divided_by_every_element_fails_mean_vs_sum(form: str) -> None:
+def test_a_masked_sum_divided_by_every_element_fails_mean_vs_sum(form: str, offset: float) -> None:
     """Its twins divide by the masked elements too. Measured directly: on one batch, their
-    gradient is the masked mean's times the share of the elements the mask keeps."""
+    gradient is the masked mean's times the share of the elements the mask keeps. Review
+    cr69: with labels far from the 0 the missing ones were filled with, every dropped
+    element's loss lay below every kept one's, which was read as a selection by the loss's
+    own values, and the twins passed."""
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 3, generator=gen)
     observed = torch.rand(8, 3, generator=gen) < 0.7
@@ -102,8 +110,57 @@ def test_a_masked_sum_divided_by_every_element_fails_mean_vs_sum(form: str) -> N
         grads.append(model.weight.grad.clone())
     share = float(observed.sum()) / observed.numel()
     torch.testing.assert_close(grads[1], share * grads[0])
-    report = _missing_labels(form)
+    report = _missing_labels(form, offset)
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+
+
+def test_gradients_that_are_not_finite_are_not_judged_and_the_watch_ends_cleanly() -> None:
+    """The NaN labels left in the loss, the observed ones indexed after it: every gradient is
+    NaN. Review cr69: the watch raised torch's LinAlgError from its own reading."""
+    report = _missing_labels("raw")
+    assert not report.failures and report.error == "no update could be judged: see the note"
+    assert "applied gradients that are not finite" in report.note, str(report)
+
+
+def test_a_mask_that_broadcasts_the_loss_is_no_mask_and_its_sum_is_still_named() -> None:
+    """A loss of [B, 1] times a mask of [B] is [B, B]: each row's loss summed B times, a
+    multiple the watch named before masks were read. Review cr69: read as a mask of its
+    elements, the update was left unread."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=gen), torch.randn(40, 1, generator=gen)
+    model = nn.Linear(5, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
+            valid = torch.ones(len(yb))
+            valid[0] = 0.0  # (a row dropped in each batch)
+            loss = (F.mse_loss(model(xb), yb, reduction="none") * valid).sum() / valid.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
+
+
+def test_losses_no_backward_reaches_are_let_go_with_the_watch() -> None:
+    """An evaluation with grad on, its masked losses never backward()ed: each held its output,
+    whose hook held it in turn, a cycle through a tensor's hooks the collector never frees
+    (review cr69: 8.5 GB where 3.0 were held before). None is left once the watch ends."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 5, generator=gen), torch.randn(16, 3, generator=gen)
+    model = nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    mask = torch.rand(16, 3, generator=gen) < 0.7
+    with watch(steps=2):
+        for _ in range(8):  # scored with grad on, never backward()ed
+            per = F.mse_loss(model(x), y, reduction="none")
+            ((per * mask).sum() / mask.sum()).tolist()
+        for xb, yb, mb in DataLoader(TensorDataset(x, y, mask), batch_size=8):
+            per = F.mse_loss(model(xb), yb, reduction="none")
+            optimizer.zero_grad()
+            ((per * mb).sum() / mb.sum()).backward()
+            optimizer.step()
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is LossCall]
 
 
 def _tokens(divide: str, amp: bool = False, two: bool = False) -> Report:
@@ -188,20 +245,17 @@ def _selected(divide: str) -> Report:
     return reports[0]
 
 
-@pytest.mark.parametrize("divide", ["batch", "kept"])
-def test_a_selection_by_the_losses_own_values_over_the_batch_or_the_kept_passes(
-    divide: str,
-) -> None:
-    """Hard-example mining: a mean over the kept, or over the whole batch (the dropped
-    rows' loss 0, as a hinge's): both are the code's to choose."""
+@pytest.mark.parametrize("divide", ["batch", "kept", "nominal"])
+def test_a_mask_the_code_makes_of_its_losses_values_is_not_read_nor_failed(divide: str) -> None:
+    """Hard-example mining: a mean over the kept, or over the whole batch (the dropped rows'
+    loss 0, as a hinge's), is the code's to choose, and no data tells which it meant. Review
+    cr69: read as a selection by the loss's own values where the kept losses all lay above the
+    dropped, missing labels filled with 0 read so too, and their twins over every element
+    passed; a selection by a confidence failed. Not read: no update is judged (never a pass),
+    and nothing fails."""
     report = _selected(divide)
-    assert report.ok and not report.error, str(report)
-    assert {r.pitfall: r.verdict for r in report.results}["mean-vs-sum"] == "pass", str(report)
-
-
-def test_a_selection_divided_by_a_nominal_batch_size_fails_short_last_batch() -> None:
-    report = _selected("nominal")
-    assert [r.pitfall for r in report.failures] == ["short-last-batch"], str(report)
+    assert not report.failures, str(report)
+    assert report.error.startswith("no update could be judged"), str(report)
 
 
 @pytest.mark.parametrize("reduce", ["hinge", "cap", "all-masked"])

@@ -27,9 +27,6 @@ SAID = {  # each other count, as the report says it was read
     "class-weighted sum by the targets, where torch's own mean divides by their weights' sum)",
     "rows": "their batch's samples, each a sum over its elements (the code divides by the "
     "samples: a sentence's tokens summed, averaged over the sentences)",
-    "elements": "every element of the loss, those its mask drops too, where the mask keeps the "
-    "elements of the highest (or lowest) loss (a selection by the loss's own values, averaged "
-    "over the batch, as a hinge's zeros are)",
     "unmasked": UNMASKED,
 }
 TORCHS = "their targets, as torch's own mean counts them"

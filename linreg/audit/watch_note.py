@@ -14,8 +14,9 @@ from linreg.kinds.watched.steps import MOST_CAUGHT
 
 def note_of(seen: Watched, v: Verdicts) -> str:
     """Return the note of a watched run's Report, judged as v."""
-    unreadable = sum(1 for u in seen.updates if u.unreadable)
-    blind = sum(1 for u in seen.updates if u.blind) - unreadable
+    unreadable = sum(1 for u in seen.updates if u.unreadable and not u.nonfinite)
+    nonfinite = sum(1 for u in seen.updates if u.nonfinite)
+    blind = sum(1 for u in seen.updates if u.blind and not u.unreadable)
     note = f"watched {len(seen.updates)} update(s)" + _ended(seen)
     if seen.capped and all(u.blind for u in seen.updates):  # (no loader fed a read update,
         note += (  # so no pass's end was counted an epoch's: a probe's may be one)
@@ -148,6 +149,11 @@ def note_of(seen: Watched, v: Verdicts) -> str:
         note += (
             f"; {unreadable} update(s) applied gradients the watcher cannot take apart (sparse "
             "ones, as nn.Embedding(sparse=True) gives, or of another kind): not judged"
+        )
+    if nonfinite:
+        note += (
+            f"; {nonfinite} update(s) applied gradients that are not finite (NaN or inf: a "
+            "label left NaN, a mean over no element): not judged"
         )
     if blind:
         note += (

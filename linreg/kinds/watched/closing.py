@@ -225,3 +225,14 @@ def unread(tol: float) -> Update:
     return Update(
         [], none.reshape(0, 0), none, none, 0.0, 0.0, 0.0, False, True, 1, tol=tol, unreadable=True
     )
+
+
+def finite(u: Update) -> bool:
+    """Return whether an update's numbers are all finite (not where a gradient was NaN: a
+    label left NaN, a mean of no element)."""
+    tensors = (u.gram, u.sa, u.sb)
+    return (
+        all(bool(torch.isfinite(t).all()) for t in tensors)
+        and all(math.isfinite(x) for x in (u.aa, u.bb, u.ab))
+        and all(finite(part) for part in u.parts)
+    )

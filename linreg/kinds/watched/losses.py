@@ -141,7 +141,10 @@ class LossReader(Targets):
                 )
             )
             if by_code:  # the weight each element gets from the backward() that reaches it
-                weighed = functools.partial(_weighed, self.pending[-1], out.detach() != 0)
+                # (the call weakly: it holds its output, whose hook this is, and a cycle
+                # through a tensor's hooks is one the collector never frees)
+                call = weakref.ref(self.pending[-1])
+                weighed = functools.partial(_weighed, call, out.detach() != 0)
                 out.register_hook(weighed)  # type: ignore[no-untyped-call]
         except Exception:
             return
@@ -149,12 +152,13 @@ class LossReader(Targets):
             self.busy = False
 
 
-def _weighed(call: LossCall, counts: Tensor, grad: Tensor) -> None:
+def _weighed(held: weakref.ref[LossCall], counts: Tensor, grad: Tensor) -> None:
     """Note whether a reduction="none" loss's elements were all weighed alike (LossCall.alike)
     by what the backward() brought them: those whose loss is not 0 (an ignored target's, a
     padded position's, has no gradient to weigh, whatever a mask gives it); where a mask of the
     code's was read on it (masks.py), those it keeps, and every other one weighed 0."""
-    if call.taking:  # the watch's own pass through it (masks.py)
+    call = held()
+    if call is None or call.taking:  # let go, or the watch's own pass through it (masks.py)
         return
     g = grad.detach()
     if call.kept is not None:

@@ -6,14 +6,22 @@ graph still whole; its count theirs), and its elements are judged alike among th
 
 A mask is a tensor that needs no grad, 0 or 1 at each element (a product by it), or the
 condition an index, a select, a fill or a where takes, between which and the loss nothing
-stands but reshapes that keep the elements' order. Zeros a loss makes itself (a hinge's
-relu, a clamp) are no mask: nothing but the graph's own nodes stands there, and the
-elements they zero fail the check of weights alike (losses._weighed), as before.
+stands but reshapes that keep the elements' order (and no broadcast that grows the loss).
+Zeros a loss makes itself (a hinge's relu, a clamp) are no mask: nothing but the graph's own
+nodes stands there, and the elements they zero fail the check of weights alike
+(losses._weighed), as before.
+
+Only a mask the batch's data tells is read (`_of_data`): a fetched tensor of 0s and 1s that
+is the mask (an attention mask, shifted or not), or one whose dropped elements, and those
+alone, are NaN or one value (missing labels, padding, invalid pixels). There a mean over the
+elements kept is meant, and one over every element (`(l * mask).mean()`) is a known mistake.
+A mask the code makes of the model's outputs (hard examples kept by their loss, or by a
+confidence) may mean either: not read, the update not judged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -26,17 +34,22 @@ from linreg.kinds.watched.records import LossCall
 _IN_ORDER = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
              "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
              "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0")  # fmt: skip
+# the masks taken element by element, the loss's shape theirs
+_ELEMENTWISE = ("MulBackward0", "WhereBackward0", "MaskedFillBackward0")
 
 
-def masked(calls: Iterable[LossCall], roots: list[Any]) -> None:
+def masked(calls: Iterable[LossCall], roots: list[Any], fetched: list[Tensor]) -> None:
     """Read each reduction="none" loss of two or more elements that a backward() (its roots'
-    nodes) reaches through a mask alone as the loss of the elements the mask keeps; one whose
-    mask keeps none of its counted elements is left unread (LossCall.alike: no gradient to
-    weigh). The caller holds the watch busy: the passes below are the watch's."""
+    nodes) reaches through a mask alone, one the data tells (fetched: the batches' tensors),
+    as the loss of the elements the mask keeps; one whose mask keeps none of its counted
+    elements, or the data does not tell, is left unread (LossCall.alike). The caller holds
+    the watch busy: the passes below are the watch's."""
+    calls = list(calls)
     read = [c for c in calls if c.by_code and c.elements > 1 and c.output is not None]
     if not read:
         return
     of = users(roots)
+    targets = {c.target[0] for c in calls if c.target is not None}  # (their storages)
     for c in read:
         assert c.output is not None
         mask = _kept(of, c.node, c.output)
@@ -44,7 +57,7 @@ def masked(calls: Iterable[LossCall], roots: list[Any]) -> None:
             continue
         # the elements its mean counts that the mask keeps (a class-index target not ignored);
         # none where class weights weigh them (no mask read beside those)
-        if c.counted is None:
+        if c.counted is None or not _of_data(mask, fetched, targets):
             c.alike = False
             continue
         counted = c.counted.to(mask.device)
@@ -72,9 +85,7 @@ def masked(calls: Iterable[LossCall], roots: list[Any]) -> None:
         c.kept, c.count = mask, float(kept.sum())
         # (a sum over the kept tokens divided by the batch's sentences: its rows still)
         c.others = {k: n for k, n in c.others.items() if k == "rows" and n != c.count}
-        # every element its mean would count, the mask aside: a mean the code may mean where
-        # the mask selects by the loss's own values, else a known mistake (watch_counts)
-        c.others["elements" if _by_value(c.output.detach(), mask, counted) else "unmasked"] = every
+        c.others["unmasked"] = every  # every element, the mask aside: a known mistake's
 
 
 def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> Tensor | None:
@@ -89,9 +100,24 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> Tensor | No
             break
         node = user
     condition = _condition(user, node)
-    if condition is None or condition.numel() != output.numel():
+    if condition is None:
+        return None
+    if type(user).__name__ in _ELEMENTWISE:  # (a mask that broadcasts the loss to more
+        shape = _shape(node)  # elements is no mask of its elements: l of [B, 1] times m [B])
+        if shape is None or _shape(user) != shape:
+            return None
+        condition = torch.broadcast_to(condition, shape)
+    if condition.numel() != output.numel():
         return None
     return condition.reshape(output.shape).to(output.device)
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    """Return the shape of a node's output (the gradient it takes), None where not told."""
+    try:
+        return tuple(node._input_metadata[0].shape)
+    except Exception:
+        return None
 
 
 def _condition(user: Any, node: Any) -> Tensor | None:
@@ -125,12 +151,43 @@ def _condition(user: Any, node: Any) -> Tensor | None:
     return None
 
 
-def _by_value(output: Tensor, mask: Tensor, counted: Tensor) -> bool:
-    """Return whether a mask keeps the counted elements whose loss is above (or below) a
-    value and drops the rest: a selection by the loss's own values (hard examples, `keep =
-    l > l.median()`), which a mean over every element may mean (a hinge's zeros), where a
-    mask of missing labels or padding is a mean over what it keeps."""
-    kept, dropped = output[mask & counted], output[~mask & counted]
-    if not kept.numel() or not dropped.numel():
+def _of_data(mask: Tensor, fetched: list[Tensor], targets: set[int]) -> bool:
+    """Return whether the batch's data tells a mask (its elements in the loss's order): a
+    fetched tensor of 0s and 1s that is the mask (an attention mask; not a loss's target,
+    whose labels a mask of hard examples may equal by chance), or one whose dropped elements,
+    and those alone, are NaN (missing labels) or one value, the kept of two values or more
+    (padding, invalid pixels) - each as fetched, or its samples' first or last element
+    dropped (a shift: attention_mask[:, 1:])."""
+    keep = mask.reshape(-1)
+    if bool(keep.all()) or not bool(keep.any()):
         return False
-    return bool(kept.min() > dropped.max()) or bool(kept.max() < dropped.min())
+    with torch.no_grad():
+        for f in fetched:
+            own = f.untyped_storage().data_ptr() in targets
+            if any(_tells(g, keep, own) for g in _aligned(f, keep)):
+                return True
+    return False
+
+
+def _tells(g: Tensor, keep: Tensor, own: bool) -> bool:
+    """Return whether a fetched tensor's elements tell the mask keep (_of_data); own: the
+    tensor is a loss's target."""
+    if g.is_floating_point() and not bool(torch.isfinite(g).all()):
+        return torch.equal(torch.isnan(g), ~keep)  # missing labels
+    if not own and bool(((g == 0) | (g == 1)).all()) and torch.equal(g != 0, keep):
+        return True  # the mask itself, fetched
+    dropped, kept = g[~keep], g[keep]
+    one = bool((dropped == dropped[0]).all()) and not bool((kept == dropped[0]).any())
+    return one and bool((kept != kept[0]).any())  # padding's value, and data beside it
+
+
+def _aligned(f: Tensor, keep: Tensor) -> Iterator[Tensor]:
+    """Yield a fetched tensor's elements, flattened on the mask's device, as they may stand
+    against a mask's: all of them, or each sample's without its first or last element."""
+    if f.is_sparse or not f.numel():
+        return
+    n = keep.numel()
+    views = [f] + ([f[..., 1:], f[..., :-1]] if f.ndim >= 2 else [])
+    for v in views:
+        if v.numel() == n:
+            yield v.reshape(-1).to(keep.device)

@@ -179,7 +179,8 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.busy = True  # their gradients, before this backward() frees the graph
         try:
             failed = {id(c) for c in take(calls)}
-            masked(calls, [t.grad_fn for t in roots if t.grad_fn is not None])
+            fetched = [*self.batch_tensors, *(t for r in self.samples if (t := r()) is not None)]
+            masked(calls, [t.grad_fn for t in roots if t.grad_fn is not None], fetched)
         finally:
             self.busy = False
         if failed:  # left unread, as a loss whose gradients cannot be taken

@@ -176,6 +176,7 @@ class Update:
     crossed: bool = False  # an epoch ended while it was open
     before_end: int = 0  # then: its micro-batches fed before that end
     unreadable: bool = False  # its gradients could not be taken apart (sparse ones): not read
+    nonfinite: bool = False  # (unreadable) they were not finite (NaN or inf): not read
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
     scaled_clip: bool = False  # torch's clipping changed them before that unscale_: the
     # clip's bound held the still-scaled gradient (clip-before-unscale)

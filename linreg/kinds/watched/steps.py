@@ -19,7 +19,7 @@ from torch import Tensor
 
 from linreg import checks
 from linreg.kinds.training_loop.watcher import zero_lr
-from linreg.kinds.watched.closing import close, unread
+from linreg.kinds.watched.closing import close, finite, unread
 from linreg.kinds.watched.objectives import are_terms, objectives
 from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Update, Watched
 from linreg.kinds.watched.zeroed import Zeroed, let_go_from
@@ -206,6 +206,8 @@ class Steps(Zeroed):
             # reads it again after the next update's count began)
             terms = functools.partial(self.terms, fetched=update.fetched)
             closed = close(update, max(tolerance_of(update.params), self.precision), terms)
+            if not finite(closed):
+                closed = replace(unread(closed.tol), nonfinite=True)
         except Exception:
             closed = unread(tolerance_of(update.params))
         return replace(closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip)
