@@ -235,7 +235,7 @@ def test_the_trainers_own_division_is_read_from_its_training_step_whatever_its_v
     cr32): its test, of the model's loss kwargs and a compute_loss_func, is read instead."""
     from types import SimpleNamespace
 
-    from linreg.kinds.watched.seams import _trainer_divides
+    from linreg.kinds.watched.divided import _trainer_divides
 
     trainer = SimpleNamespace(model_accepts_loss_kwargs=accepts, compute_loss_func=func)
     frame = SimpleNamespace(
