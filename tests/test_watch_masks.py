@@ -48,6 +48,8 @@ def _masked(per: torch.Tensor, kept: torch.Tensor, form: str) -> torch.Tensor:
         return per.masked_fill(~kept, 0.0).sum() / kept.sum()
     if form == "where":
         return torch.where(kept, per, 0.0).sum() / kept.sum()
+    if form == "rows":  # (each row's kept elements summed, a mean over the rows)
+        return (per * kept).sum() / per.shape[0]
     if form == "numel":
         return (per * kept).sum() / kept.numel()
     assert form == "mean"
@@ -88,6 +90,17 @@ def test_a_mean_over_the_elements_a_mask_keeps_passes_in_each_form(form: str) ->
     assert report.ok and not report.error, str(report)
     verdicts = {r.pitfall: r.verdict for r in report.results}
     assert verdicts["short-last-batch"] == verdicts["mean-vs-sum"] == "pass", str(report)
+
+
+def test_a_masked_sum_over_each_row_averaged_over_the_rows_passes() -> None:
+    """Each row's observed labels summed, divided by the batch's rows (a molecule's present
+    tasks summed, averaged over the molecules): a mean over the samples, as a sentence's tokens
+    summed and averaged over the sentences is. Review cr70: its target made anew
+    (nan_to_num), no batch's samples were read, and it failed mean-vs-sum; they are now the
+    samples of the tensor that told the mask."""
+    report = _missing_labels("rows")
+    assert report.ok and not report.error, str(report)
+    assert "a mean over their batch's samples" in report.note, str(report)
 
 
 @pytest.mark.parametrize("offset", [0.0, 50.0])
@@ -254,6 +267,37 @@ def test_a_mask_the_code_makes_of_its_losses_values_is_not_read_nor_failed(divid
     passed; a selection by a confidence failed. Not read: no update is judged (never a pass),
     and nothing fails."""
     report = _selected(divide)
+    assert not report.failures, str(report)
+    assert report.error.startswith("no update could be judged"), str(report)
+
+
+@pytest.mark.parametrize("made_of", ["worst-row", "flag", "classes"])
+def test_a_mask_the_data_tells_only_by_chance_is_not_read(made_of: str) -> None:
+    """Review cr70: a mask the code made of its losses that the data matched by chance was
+    read as the data's, and its mean over every row (the code's choice) failed mean-vs-sum:
+    the one worst-fit row dropped (one dropped element is always "one value"), hard examples
+    equal to a fetched 0/1 flag (one element a sample, no padding's runs), or to the rows of
+    two classes beside a third (class labels, no padding among ids). Each is read nowhere."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 5, generator=gen)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    price, flag = torch.randn(32, generator=gen), torch.randint(0, 2, (32,), generator=gen)
+    model, regressor = nn.Linear(5, 3), nn.Linear(5, 1)
+    optimizer = torch.optim.SGD([*model.parameters(), *regressor.parameters()], lr=0.05)
+    loader = DataLoader(TensorDataset(x, y, price, flag), batch_size=8)
+    with watch() as reports:
+        for xb, yb, pb, fb in loader:
+            if made_of == "worst-row":  # (a regression: its targets each a value of its own)
+                per = F.mse_loss(regressor(xb).squeeze(1), pb, reduction="none")
+                keep = per < per.max()
+            else:  # (made of the loss where the data would tell it: the chance, forced)
+                per = F.cross_entropy(model(xb), yb, reduction="none")
+                told = fb if made_of == "flag" else (yb != 0).long()
+                keep = (per.detach() * 0 + told).bool()
+            optimizer.zero_grad()
+            (per * keep).mean().backward()
+            optimizer.step()
+    report = reports[0]
     assert not report.failures, str(report)
     assert report.error.startswith("no update could be judged"), str(report)
 

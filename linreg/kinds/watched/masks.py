@@ -57,7 +57,8 @@ def masked(calls: Iterable[LossCall], roots: list[Any], fetched: list[Tensor]) -
             continue
         # the elements its mean counts that the mask keeps (a class-index target not ignored);
         # none where class weights weigh them (no mask read beside those)
-        if c.counted is None or not _of_data(mask, fetched, targets):
+        told = None if c.counted is None else _of_data(mask, fetched, targets)
+        if c.counted is None or told is None:
             c.alike = False
             continue
         counted = c.counted.to(mask.device)
@@ -83,8 +84,12 @@ def masked(calls: Iterable[LossCall], roots: list[Any], fetched: list[Tensor]) -
         c.grads = {id(p): g.detach() for p, g in zip(trained, grads, strict=True) if g is not None}
         every = c.count  # the elements its mean would count, the mask aside
         c.kept, c.count = mask, float(kept.sum())
-        # (a sum over the kept tokens divided by the batch's sentences: its rows still)
+        # (a sum over the kept tokens divided by the batch's sentences: its rows still, or
+        # the samples of the tensor that told the mask, where its target was made anew)
         c.others = {k: n for k, n in c.others.items() if k == "rows" and n != c.count}
+        samples = told.shape[0] if told.ndim else 0
+        if "rows" not in c.others and 1 < samples < c.elements and c.elements % samples == 0:
+            c.others["rows"] = float(samples)
         c.others["unmasked"] = every  # every element, the mask aside: a known mistake's
 
 
@@ -151,43 +156,65 @@ def _condition(user: Any, node: Any) -> Tensor | None:
     return None
 
 
-def _of_data(mask: Tensor, fetched: list[Tensor], targets: set[int]) -> bool:
-    """Return whether the batch's data tells a mask (its elements in the loss's order): a
-    fetched tensor of 0s and 1s that is the mask (an attention mask; not a loss's target,
-    whose labels a mask of hard examples may equal by chance), or one whose dropped elements,
-    and those alone, are NaN (missing labels) or one value, the kept of two values or more
-    (padding, invalid pixels) - each as fetched, or its samples' first or last element
-    dropped (a shift: attention_mask[:, 1:])."""
+def _of_data(mask: Tensor, fetched: list[Tensor], targets: set[int]) -> Tensor | None:
+    """Return the fetched tensor (of the update's batches) that tells a mask (its elements in
+    the loss's order), else None: one of 0s and 1s that is the mask and pads (each sample's
+    elements a run of 1s beside a run of 0s: an attention mask; not a loss's target, nor one
+    element a sample, which hard examples may equal by chance: a binary label, a flag), or
+    one whose dropped elements, two or more and those alone, are NaN (missing labels) or one
+    value beside data (padding's value among token ids or a negative fill; 0 among
+    continuous values: invalid pixels, unseen keypoints), each as fetched, or each sample's
+    first or last element dropped (a shift: attention_mask[:, 1:])."""
     keep = mask.reshape(-1)
-    if bool(keep.all()) or not bool(keep.any()):
-        return False
+    if bool(keep.all()) or int((~keep).sum()) < 2:
+        return None
     with torch.no_grad():
         for f in fetched:
             own = f.untyped_storage().data_ptr() in targets
             if any(_tells(g, keep, own) for g in _aligned(f, keep)):
-                return True
-    return False
+                return f
+    return None
 
 
 def _tells(g: Tensor, keep: Tensor, own: bool) -> bool:
-    """Return whether a fetched tensor's elements tell the mask keep (_of_data); own: the
-    tensor is a loss's target."""
-    if g.is_floating_point() and not bool(torch.isfinite(g).all()):
-        return torch.equal(torch.isnan(g), ~keep)  # missing labels
-    if not own and bool(((g == 0) | (g == 1)).all()) and torch.equal(g != 0, keep):
-        return True  # the mask itself, fetched
-    dropped, kept = g[~keep], g[keep]
-    one = bool((dropped == dropped[0]).all()) and not bool((kept == dropped[0]).any())
-    return one and bool((kept != kept[0]).any())  # padding's value, and data beside it
+    """Return whether a fetched tensor (aligned: _aligned) tells the mask keep (_of_data);
+    own: the tensor is a loss's target."""
+    flat = g.reshape(-1).to(keep.device)
+    if flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
+        return torch.equal(torch.isnan(flat), ~keep)  # missing labels
+    if bool(((flat == 0) | (flat == 1)).all()):
+        return not own and torch.equal(flat != 0, keep) and _pads(g)  # the mask, fetched
+    dropped, kept = flat[~keep], flat[keep]
+    value = dropped[0]
+    if not bool((dropped == value).all()) or bool((kept == value).any()):
+        return False
+    if flat.is_floating_point():  # a fill among continuous values
+        return bool(value == 0) and _distinct(kept) > kept.numel() // 2
+    return bool(value < 0) or _distinct(kept) >= 4  # -100, -1; or a pad among ids
+
+
+def _pads(g: Tensor) -> bool:
+    """Return whether each sample of a 0/1 tensor (two or more elements each) is a run of 1s
+    beside a run of 0s (right or left padding), as an attention mask is."""
+    if g.ndim < 2 or g.shape[-1] < 2:
+        return False
+    rows = g.reshape(-1, g.shape[-1]).to(torch.int8)
+    steps = rows[:, 1:] - rows[:, :-1]
+    return bool((steps <= 0).all()) or bool((steps >= 0).all())
 
 
 def _aligned(f: Tensor, keep: Tensor) -> Iterator[Tensor]:
-    """Yield a fetched tensor's elements, flattened on the mask's device, as they may stand
-    against a mask's: all of them, or each sample's without its first or last element."""
+    """Yield a fetched tensor as it may stand against a mask's elements: whole, or each
+    sample's without its first or last element."""
     if f.is_sparse or not f.numel():
         return
     n = keep.numel()
     views = [f] + ([f[..., 1:], f[..., :-1]] if f.ndim >= 2 else [])
     for v in views:
         if v.numel() == n:
-            yield v.reshape(-1).to(keep.device)
+            yield v
+
+
+def _distinct(t: Tensor) -> int:
+    """Return how many distinct values a tensor holds."""
+    return int(torch.unique(t).numel())

@@ -179,6 +179,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.busy = True  # their gradients, before this backward() frees the graph
         try:
             failed = {id(c) for c in take(calls)}
+            # (the update's batches, and the latest fetched: a loader that fetches ahead)
             fetched = [*self.batch_tensors, *(t for r in self.samples if (t := r()) is not None)]
             masked(calls, [t.grad_fn for t in roots if t.grad_fn is not None], fetched)
         finally:
