@@ -271,6 +271,43 @@ def test_a_mask_the_code_makes_of_its_losses_values_is_not_read_nor_failed(divid
     assert report.error.startswith("no update could be judged"), str(report)
 
 
+@pytest.mark.parametrize("told_by", ["flag", "minus-one"])
+@pytest.mark.parametrize("divide", ["kept", "every"])
+def test_a_fetched_flag_or_labels_filled_with_minus_one_tell_a_mask(
+    told_by: str, divide: str
+) -> None:
+    """The batch's own validity flag, masked with as fetched, and multi-label targets whose
+    unknown labels are -1 (`y >= 0`), tell their masks: a mean over the kept passes, one over
+    every element fails mean-vs-sum. (A flag the code's mask only equals is no data's: the
+    test above.)"""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=gen), (torch.rand(40, 3, generator=gen) > 0.5).float()
+    valid = torch.rand(40, generator=gen) > 0.3
+    y[torch.rand(40, 3, generator=gen) < 0.3] = -1.0
+    model = nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports:
+        for xb, yb, vb in DataLoader(TensorDataset(x, y, valid), batch_size=8, shuffle=True):
+            logits, labels = model(xb), yb.clamp(min=0)
+            if told_by == "flag":  # (a row's first label, where the row is valid)
+                per = F.binary_cross_entropy_with_logits(
+                    logits[:, 0], labels[:, 0], reduction="none"
+                )
+                mask = vb
+            else:
+                per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+                mask = yb >= 0
+            loss = (per * mask).sum() / (mask.sum() if divide == "kept" else mask.numel())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    report = reports[0]
+    if divide == "kept":
+        assert report.ok and not report.error, str(report)
+    else:
+        assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+
+
 @pytest.mark.parametrize("made_of", ["worst-row", "flag", "classes"])
 def test_a_mask_the_data_tells_only_by_chance_is_not_read(made_of: str) -> None:
     """Review cr70: a mask the code made of its losses that the data matched by chance was

@@ -11,10 +11,11 @@ Zeros a loss makes itself (a hinge's relu, a clamp) are no mask: nothing but the
 nodes stands there, and the elements they zero fail the check of weights alike
 (losses._weighed), as before.
 
-Only a mask the batch's data tells is read (`_of_data`): a fetched tensor of 0s and 1s that
-is the mask (an attention mask, shifted or not), or one whose dropped elements, and those
-alone, are NaN or one value (missing labels, padding, invalid pixels). There a mean over the
-elements kept is meant, and one over every element (`(l * mask).mean()`) is a known mistake.
+Only a mask the batch's data tells beyond chance is read (`_of_data`): the fetched tensor the
+code masked with (a validity flag), a fetched 0/1 tensor that is the mask and pads (an
+attention mask, shifted or not), or one whose dropped elements, and those alone, are NaN or
+one fill value (missing labels, padding, invalid pixels). There a mean over the elements kept
+is meant, and one over every element (`(l * mask).mean()`) is a known mistake.
 A mask the code makes of the model's outputs (hard examples kept by their loss, or by a
 confidence) may mean either: not read, the update not judged.
 """
@@ -52,12 +53,13 @@ def masked(calls: Iterable[LossCall], roots: list[Any], fetched: list[Tensor]) -
     targets = {c.target[0] for c in calls if c.target is not None}  # (their storages)
     for c in read:
         assert c.output is not None
-        mask = _kept(of, c.node, c.output)
-        if mask is None or bool(mask.all()):
+        found = _kept(of, c.node, c.output)
+        if found is None or bool(found[0].all()):
             continue
+        mask, raw = found
         # the elements its mean counts that the mask keeps (a class-index target not ignored);
         # none where class weights weigh them (no mask read beside those)
-        told = None if c.counted is None else _of_data(mask, fetched, targets)
+        told = None if c.counted is None else _of_data(mask, raw, fetched, targets)
         if c.counted is None or told is None:
             c.alike = False
             continue
@@ -93,9 +95,12 @@ def masked(calls: Iterable[LossCall], roots: list[Any], fetched: list[Tensor]) -
         c.others["unmasked"] = every  # every element, the mask aside: a known mistake's
 
 
-def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> Tensor | None:
+def _kept(
+    users: dict[int, list[Any]], node: Any, output: Tensor
+) -> tuple[Tensor, int | None] | None:
     """Return which of a loss output's elements its one use under the roots keeps, where that
-    use is a mask (in the output's shape); None where it is anything else, or used twice."""
+    use is a mask (in the output's shape), and the storage of the tensor the code masked with;
+    None where that use is anything else, or the output is used twice."""
     while True:
         found = users.get(id(node), [])
         if len(found) != 1:
@@ -104,9 +109,10 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> Tensor | No
         if type(user).__name__ not in _IN_ORDER:
             break
         node = user
-    condition = _condition(user, node)
-    if condition is None:
+    found_mask = _condition(user, node)
+    if found_mask is None:
         return None
+    condition, raw = found_mask
     if type(user).__name__ in _ELEMENTWISE:  # (a mask that broadcasts the loss to more
         shape = _shape(node)  # elements is no mask of its elements: l of [B, 1] times m [B])
         if shape is None or _shape(user) != shape:
@@ -114,7 +120,7 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> Tensor | No
         condition = torch.broadcast_to(condition, shape)
     if condition.numel() != output.numel():
         return None
-    return condition.reshape(output.shape).to(output.device)
+    return condition.reshape(output.shape).to(output.device), raw.untyped_storage().data_ptr()
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -125,9 +131,9 @@ def _shape(node: Any) -> tuple[int, ...] | None:
         return None
 
 
-def _condition(user: Any, node: Any) -> Tensor | None:
+def _condition(user: Any, node: Any) -> tuple[Tensor, Tensor] | None:
     """Return which elements a node keeps of its input `node` (a bool tensor of the input's
-    shape), where it is a mask; else None."""
+    shape), where it is a mask, and the tensor the code masked with; else None."""
     kind = type(user).__name__
     inputs = [m for m, _ in user.next_functions]
     if kind == "MulBackward0" and inputs.count(node) == 1 and None in inputs:
@@ -138,39 +144,49 @@ def _condition(user: Any, node: Any) -> Tensor | None:
         ones = mask != 0
         if not bool((mask[ones] == 1).all()):  # weights of the code's own, not a mask
             return None
-        return ones
+        return ones, mask
     if kind in ("MaskedSelectBackward0", "MaskedFillBackward0"):
         mask = getattr(user, "_saved_mask", None)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             return None
-        return mask if kind == "MaskedSelectBackward0" else ~mask
+        return (mask if kind == "MaskedSelectBackward0" else ~mask), mask
     if kind == "IndexBackward0":
         indices: tuple[Any, ...] = tuple(getattr(user, "_saved_indices", ()))
         index = indices[0] if len(indices) == 1 else None
-        return index if isinstance(index, Tensor) and index.dtype == torch.bool else None
+        if isinstance(index, Tensor) and index.dtype == torch.bool:
+            return index, index
+        return None
     if kind == "WhereBackward0" and inputs.count(node) == 1 and None in inputs:
         condition = getattr(user, "_saved_condition", None)
         if not isinstance(condition, Tensor):
             return None
-        return condition if inputs[0] is node else ~condition
+        return (condition if inputs[0] is node else ~condition), condition
     return None
 
 
-def _of_data(mask: Tensor, fetched: list[Tensor], targets: set[int]) -> Tensor | None:
+def _of_data(
+    mask: Tensor, raw: int | None, fetched: list[Tensor], targets: set[int]
+) -> Tensor | None:
     """Return the fetched tensor (of the update's batches) that tells a mask (its elements in
     the loss's order), else None: one of 0s and 1s that is the mask and pads (each sample's
     elements a run of 1s beside a run of 0s: an attention mask; not a loss's target, nor one
     element a sample, which hard examples may equal by chance: a binary label, a flag), or
     one whose dropped elements, two or more and those alone, are NaN (missing labels) or one
-    value beside data (padding's value among token ids or a negative fill; 0 among
-    continuous values: invalid pixels, unseen keypoints), each as fetched, or each sample's
-    first or last element dropped (a shift: attention_mask[:, 1:])."""
+    value beside data (a negative fill beside two values or more; padding's value among four
+    ids or more; 0 among continuous values: invalid pixels, unseen keypoints), each as
+    fetched, or each sample's
+    first or last element dropped (a shift: attention_mask[:, 1:]); or the fetched tensor the
+    code masked with itself, a view of it (a validity flag, the known labels of a multi-label
+    batch), not a loss's target (raw: its storage)."""
     keep = mask.reshape(-1)
     if bool(keep.all()) or int((~keep).sum()) < 2:
         return None
     with torch.no_grad():
         for f in fetched:
-            own = f.untyped_storage().data_ptr() in targets
+            memory = f.untyped_storage().data_ptr()
+            own = memory in targets
+            if memory == raw and not own:  # the code masked with the batch's own tensor
+                return f
             if any(_tells(g, keep, own) for g in _aligned(f, keep)):
                 return f
     return None
@@ -188,9 +204,11 @@ def _tells(g: Tensor, keep: Tensor, own: bool) -> bool:
     value = dropped[0]
     if not bool((dropped == value).all()) or bool((kept == value).any()):
         return False
-    if flat.is_floating_point():  # a fill among continuous values
+    if bool(value < 0):  # a negative fill: -100, -1 (a label uncertain or missing)
+        return _distinct(kept) >= 2
+    if flat.is_floating_point():  # 0 among continuous values (invalid pixels)
         return bool(value == 0) and _distinct(kept) > kept.numel() // 2
-    return bool(value < 0) or _distinct(kept) >= 4  # -100, -1; or a pad among ids
+    return _distinct(kept) >= 4  # a pad among ids
 
 
 def _pads(g: Tensor) -> bool:
