@@ -20,14 +20,13 @@ from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_readings import read as _read
 from linreg.kinds.watched.records import Update
 
-# a mask of the code's (missing labels, padding) whose dropped elements its divisor counts
-UNMASKED = "every element of the loss, those the code's mask drops too"
 SAID = {  # each other count, as the report says it was read
     "targets": "their targets, each weighed by its class weight (the code divides its "
     "class-weighted sum by the targets, where torch's own mean divides by their weights' sum)",
     "rows": "their batch's samples, each a sum over its elements (the code divides by the "
     "samples: a sentence's tokens summed, averaged over the sentences)",
-    "unmasked": UNMASKED,
+    # (a mask of the code's: missing labels, padding; its divisor counts what it drops)
+    "unmasked": "every element of the loss, those the code's mask drops too",
 }
 TORCHS = "their targets, as torch's own mean counts them"
 

@@ -146,22 +146,30 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> tuple[float, floa
     """Return what the loss's mean divides by: class-index targets not ignored, else every
     element; and where class weights weigh them, their weights' sum (what torch's own mean
     divides by), else None. `given` is the call's arguments by name."""
-    target = given.get("target")
-    if name in _INDEXED and isinstance(target, Tensor) and not target.is_floating_point():
-        kept = target != given.get("ignore_index", -100)
-        weight = given.get("weight")
-        weighted = float(weight[target[kept]].sum()) if isinstance(weight, Tensor) else None
-        return float(kept.sum()), weighted
-    return float(per.numel()), None
+    kept = _not_ignored(name, given)
+    if kept is None:
+        return float(per.numel()), None
+    target, weight = given["target"], given.get("weight")
+    weighted = float(weight[target[kept]].sum()) if isinstance(weight, Tensor) else None
+    return float(kept.sum()), weighted
 
 
 def counted(name: str, per: Tensor, given: dict[str, Any]) -> Tensor | None:
     """Return which of a reduction="none" loss's elements its mean would count (count_of): the
     class-index targets not ignored, else every element; None where class weights weigh them."""
+    kept = _not_ignored(name, given)
+    if kept is None:
+        return torch.ones_like(per, dtype=torch.bool)
+    if isinstance(given.get("weight"), Tensor) or kept.shape != per.shape:
+        return None
+    return kept.detach()
+
+
+def _not_ignored(name: str, given: dict[str, Any]) -> Tensor | None:
+    """Return which class-index targets of a loss's call are not its ignore_index, where its
+    targets are class indices (cross_entropy's, nll_loss's); else None."""
     target = given.get("target")
     if name in _INDEXED and isinstance(target, Tensor) and not target.is_floating_point():
-        if isinstance(given.get("weight"), Tensor) or target.shape != per.shape:
-            return None
         kept: Tensor = target != given.get("ignore_index", -100)
-        return kept.detach()
-    return torch.ones_like(per, dtype=torch.bool)
+        return kept
+    return None

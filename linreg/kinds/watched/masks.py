@@ -22,7 +22,7 @@ confidence) may mean either: not read, the update not judged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -39,28 +39,31 @@ _IN_ORDER = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
 _ELEMENTWISE = ("MulBackward0", "WhereBackward0", "MaskedFillBackward0")
 
 
-def masked(calls: Iterable[LossCall], roots: list[Any], fetched: list[Tensor]) -> None:
+def masked(
+    calls: Iterable[LossCall], roots: list[Any], fetched: Callable[[], list[Tensor]]
+) -> None:
     """Read each reduction="none" loss of two or more elements that a backward() (its roots'
-    nodes) reaches through a mask alone, one the data tells (fetched: the batches' tensors),
-    as the loss of the elements the mask keeps; one whose mask keeps none of its counted
-    elements, or the data does not tell, is left unread (LossCall.alike). The caller holds
-    the watch busy: the passes below are the watch's."""
+    nodes) reaches through a mask alone, one the data tells (fetched: the batches' tensors,
+    asked for once a mask is found), as the loss of the elements the mask keeps; one whose
+    mask keeps none of its counted elements, or the data does not tell, is left unread
+    (LossCall.alike). The caller holds the watch busy: the passes below are the watch's."""
     calls = list(calls)
     read = [c for c in calls if c.by_code and c.elements > 1 and c.output is not None]
     if not read:
         return
     of = users(roots)
     targets = {c.target[0] for c in calls if c.target is not None}  # (their storages)
+    tensors: list[Tensor] | None = None
     for c in read:
         assert c.output is not None
         found = _kept(of, c.node, c.output)
         if found is None or bool(found[0].all()):
             continue
         mask, raw = found
+        tensors = fetched() if tensors is None else tensors
         # the elements its mean counts that the mask keeps (a class-index target not ignored);
         # none where class weights weigh them (no mask read beside those)
-        told = None if c.counted is None else _of_data(mask, raw, fetched, targets)
-        if c.counted is None or told is None:
+        if c.counted is None or (told := _of_data(mask, raw, tensors, targets)) is None:
             c.alike = False
             continue
         counted = c.counted.to(mask.device)
@@ -95,9 +98,7 @@ def masked(calls: Iterable[LossCall], roots: list[Any], fetched: list[Tensor]) -
         c.others["unmasked"] = every  # every element, the mask aside: a known mistake's
 
 
-def _kept(
-    users: dict[int, list[Any]], node: Any, output: Tensor
-) -> tuple[Tensor, int | None] | None:
+def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tensor, int] | None:
     """Return which of a loss output's elements its one use under the roots keeps, where that
     use is a mask (in the output's shape), and the storage of the tensor the code masked with;
     None where that use is anything else, or the output is used twice."""
@@ -164,9 +165,7 @@ def _condition(user: Any, node: Any) -> tuple[Tensor, Tensor] | None:
     return None
 
 
-def _of_data(
-    mask: Tensor, raw: int | None, fetched: list[Tensor], targets: set[int]
-) -> Tensor | None:
+def _of_data(mask: Tensor, raw: int, fetched: list[Tensor], targets: set[int]) -> Tensor | None:
     """Return the fetched tensor (of the update's batches) that tells a mask (its elements in
     the loss's order), else None: one of 0s and 1s that is the mask and pads (each sample's
     elements a run of 1s beside a run of 0s: an attention mask; not a loss's target, nor one
@@ -174,10 +173,9 @@ def _of_data(
     one whose dropped elements, two or more and those alone, are NaN (missing labels) or one
     value beside data (a negative fill beside two values or more; padding's value among four
     ids or more; 0 among continuous values: invalid pixels, unseen keypoints), each as
-    fetched, or each sample's
-    first or last element dropped (a shift: attention_mask[:, 1:]); or the fetched tensor the
-    code masked with itself, a view of it (a validity flag, the known labels of a multi-label
-    batch), not a loss's target (raw: its storage)."""
+    fetched, or each sample's first or last element dropped (a shift: attention_mask[:, 1:]);
+    or the fetched tensor the code masked with itself, a view of it (a validity flag, the
+    known labels of a multi-label batch), not a loss's target (raw: its storage)."""
     keep = mask.reshape(-1)
     if bool(keep.all()) or int((~keep).sum()) < 2:
         return None

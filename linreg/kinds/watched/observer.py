@@ -179,9 +179,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
         self.busy = True  # their gradients, before this backward() frees the graph
         try:
             failed = {id(c) for c in take(calls)}
-            # (the update's batches, and the latest fetched: a loader that fetches ahead)
-            fetched = [*self.batch_tensors, *(t for r in self.samples if (t := r()) is not None)]
-            masked(calls, [t.grad_fn for t in roots if t.grad_fn is not None], fetched)
+            masked(calls, [t.grad_fn for t in roots if t.grad_fn is not None], self._fetched_now)
         finally:
             self.busy = False
         if failed:  # left unread, as a loss whose gradients cannot be taken
@@ -264,6 +262,11 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack):
             self.all_micro += 1
         else:
             self.blind += 1
+
+    def _fetched_now(self) -> list[Tensor]:
+        """Return the tensors of the update's batches, and the latest fetched (a loader that
+        fetches ahead): those that may tell a mask of the code's (masks.py)."""
+        return [*self.batch_tensors, *(t for r in self.samples if (t := r()) is not None)]
 
     def _let_go(self, gone: set[int]) -> None:
         """Count the losses on fetched batches, computed since the backward() before, that this
