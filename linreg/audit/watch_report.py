@@ -134,6 +134,14 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "watch began), whose weight is never judged, so the other terms alone do not pass "
             "a shorter update"
         )
+    if pitfall in ("mean-vs-sum", "short-last-batch") and v.changing:
+        low, high = v.changing
+        return (
+            f"not judged: every full update applied a multiple of its own of the {v.meant} of "
+            f"its rows ({low:.4g} to {high:.4g}), which no known mistake names: a coefficient "
+            "of the code's that changes (a root of the mean, or a sum divided by a count of "
+            "the code's own, a batch's positive labels), which a multiple cannot be told from"
+        )
     if pitfall in ("mean-vs-sum", "short-last-batch") and v.free:
         free = ", ".join(dict.fromkeys(v.free))  # (each model's cross_entropy: named once)
         return (

@@ -80,7 +80,10 @@ class Verdicts:
     no_batch: set[int] = field(default_factory=set)  # updates of several terms, none of whose
     # targets was a fetched batch's (fetched ahead, or made by the code): weights not judged
     free: list[str] = field(default_factory=list)  # terms whose weights are coefficients of the
-    # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there)
+    # code's, update by update: their functions reduced as meant (mean-vs-sum not judged there);
+    # "": the one loss's, whose full updates each applied a multiple of their own (changing:
+    # the least and the most)
+    changing: tuple[float, float] | None = None
     # per such term, the shorter updates judged against its full ones' one coefficient
     shorter: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     # such a term's shorter updates that apply a fixed coefficient per micro-batch, named once

@@ -22,18 +22,19 @@ from linreg.audit.watch_tally import Shortfall, Verdicts
 
 def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) -> None:
     """Name the weights of a term whose function reduced as meant itself (mse_loss's mean,
-    where the mean is meant): the scale on it is the code's coefficient, which may change from
-    update to update (a weight ramped up, a weight per epoch), so only how each update weighs
-    its micro-batches against one another is judged, and only for a known mistake: alike over
-    unequal counts, or the first ones never applied."""
+    where the mean is meant), or of the one loss ("") whose full updates each applied a
+    multiple of their own: the scale on it is the code's coefficient, which may change from
+    update to update (a weight ramped up, a weight per epoch, a root of the mean), so only how
+    each update weighs its micro-batches against one another is judged, and only for a known
+    mistake: alike over unequal counts, or the first ones never applied."""
     v.free.append(term)
     _shorter(readings, updates, v, term)
     full, windows = full_window(readings)
     for r in readings:
         v.at = r.j
         at = (
-            f"update {r.j + 1} of {updates}, its {term} term ({len(r.parts)} micro-batch(es), "
-            f"{r.count:g} counted)"
+            f"update {r.j + 1} of {updates}{f', its {term} term' if term else ''} "
+            f"({len(r.parts)} micro-batch(es), {r.count:g} counted)"
         )
         if r.unread or r.relative is None:
             v.unread.add(r.j)

@@ -58,6 +58,9 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         r.relative = [x / s for x in r.relative]
     full, windows = full_window(readings)  # a full update's count, and its micro-batches
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
+    if not term and _changing(fulls, v):  # one loss whose coefficient changes: the code's
+        coefficients(readings, updates, v, term)
+        return
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
     if term and fulls:  # (fulls: each alike, so its scale is its relative[0])
@@ -291,6 +294,24 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
             f"{at} weighs its micro-batches {shown(weights)} where a correct update weighs "
             f"them {shown([c / r.count for c in r.parts])}: it {NO_KNOWN}",
         )
+
+
+def _changing(fulls: list[Reading], v: Verdicts) -> bool:
+    """Return whether one loss's full updates each apply a multiple of their own, which no
+    known mistake names (most of them unlike the most common one): a coefficient of the code's
+    that changes from update to update (a root of the mean, torch.sqrt(F.mse_loss(...)); a sum
+    divided by a count of its own, a batch's positive labels), which a sum or a nominal divisor
+    cannot be told from; kept in v.changing (the least and the most), else False."""
+    scales = [r.relative[0] for r in fulls if r.relative]
+    if len(scales) < 2:
+        return False
+    most = max(sum(near(s, t) for t in scales) for s in scales)
+    if 3 * most >= 2 * len(scales):
+        return False
+    if any(scale_named(s, r, v.meant) != NO_KNOWN for s, r in zip(scales, fulls, strict=True)):
+        return False
+    v.changing = (min(scales), max(scales))
+    return True
 
 
 def _most_parts(readings: list[Reading]) -> int:

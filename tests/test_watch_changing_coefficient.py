@@ -1,0 +1,114 @@
+"""One loss whose weight on the mean is the code's own and changes from batch to batch: a root
+mean squared error (torch.sqrt of F.mse_loss, the gradient of the mean times 1 / (2 * RMSE)),
+a detector's sum over its anchors divided by the batch's positive labels (RetinaNet's focal
+loss over num_pos). Before, the first full update's scale was taken as the loss's constant and
+every other one failed mean-vs-sum and short-last-batch as "no known mistake": a false alarm
+on correct code. Now no scale is judged there, and the one-bug twins still fail by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg.audit.report import Report
+from linreg.audit.watcher import watch
+
+
+def _rmse(zeroed: bool) -> Report:
+    """A regression trained on the root of its mean squared error, 100 rows in shuffled
+    batches of 16 (an epoch's last holds 4); zeroed=False: the twin never zeroes .grad."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(100, 4, generator=gen)
+    y = x @ torch.randn(4, 1, generator=gen) + 0.1 * torch.randn(100, 1, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    with watch() as reports:
+        for _ in range(3):
+            for xb, yb in loader:
+                loss = torch.sqrt(F.mse_loss(model(xb), yb))
+                if zeroed:
+                    optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return reports[0]
+
+
+def _positives(divided: bool) -> Report:
+    """Multi-label logits whose summed binary cross-entropy is divided by the batch's positive
+    labels (at least 1), 120 rows of 5 labels in shuffled batches of 16; divided=False: the
+    twin steps on the sum itself."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(120, 6, generator=gen)
+    y = (torch.rand(120, 5, generator=gen) < 0.2).float()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    with watch() as reports:
+        for _ in range(3):
+            for xb, yb in loader:
+                summed = F.binary_cross_entropy_with_logits(model(xb), yb, reduction="sum")
+                loss = summed / yb.sum().clamp(min=1.0) if divided else summed
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize("loop", [_rmse, _positives], ids=["rmse", "positives"])
+def test_one_loss_whose_coefficient_changes_each_batch_fails_nothing(
+    loop: Callable[[bool], Report],
+) -> None:
+    """Each full update applies a multiple of its own of the mean: mean-vs-sum and
+    short-last-batch are not judged (said why), and grad-zeroing still is."""
+    report = loop(True)
+    assert not report.error and not report.failures, str(report)
+    verdicts = {r.pitfall: r for r in report.results}
+    for pitfall in ("mean-vs-sum", "short-last-batch"):
+        assert verdicts[pitfall].verdict == "skip", str(report)
+        assert "a coefficient of the code's that changes" in verdicts[pitfall].message
+    assert verdicts["grad-zeroing"].verdict == "pass", str(report)
+
+
+@pytest.mark.parametrize(
+    ("loop", "pitfall", "said"),
+    [
+        (_rmse, "grad-zeroing", ""),
+        (_positives, "mean-vs-sum", "sums the loss over the update's rows or targets"),
+    ],
+    ids=["rmse-unzeroed", "positives-undivided"],
+)
+def test_its_one_bug_twin_fails_by_name(
+    loop: Callable[[bool], Report], pitfall: str, said: str
+) -> None:
+    """The twin that never zeroes .grad fails grad-zeroing; the one that steps on the sum
+    itself (a constant multiple of the mean, its count) fails mean-vs-sum, as before."""
+    report = loop(False)
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == [pitfall], str(report)
+    assert said in report.failures[0].message
+
+
+def test_the_root_of_the_mean_applies_the_means_gradient_over_twice_the_root() -> None:
+    """Measured directly: torch.sqrt(F.mse_loss(...)) applies the mean's gradient times
+    1 / (2 * RMSE), a different multiple on every batch, which no count explains."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(4, 1, requires_grad=True, generator=gen)
+    factors = []
+    for _ in range(3):
+        x, y = torch.randn(16, 4, generator=gen), torch.randn(16, 1, generator=gen)
+        (mean_grad,) = torch.autograd.grad(F.mse_loss(x @ w, y), w)
+        mse = F.mse_loss(x @ w, y)
+        (root_grad,) = torch.autograd.grad(torch.sqrt(mse), w)
+        torch.testing.assert_close(root_grad, mean_grad / (2 * mse.sqrt()))
+        factors.append(float(1 / (2 * mse.detach().sqrt())))
+    assert len({round(f, 4) for f in factors}) == 3
