@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from linreg.audit.watch_constants import constant_of
 from linreg.audit.watch_ratios import (
     alike,
     carried,
@@ -18,8 +19,8 @@ from linreg.audit.watch_ratios import (
     shown,
 )
 from linreg.audit.watch_readings import Reading
-from linreg.audit.watch_scales import framework_short, scale_named, short_named
-from linreg.audit.watch_tally import Constant, Grown, Verdicts
+from linreg.audit.watch_scales import scale_named, short_named
+from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_terms import coefficients
 from linreg.kinds.training_loop import NO_KNOWN
 
@@ -58,7 +59,7 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         r.relative = [x / s for x in r.relative]
     full, windows = full_window(readings)  # a full update's count, and its micro-batches
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
-    if not term and _changing(fulls, v):  # one loss whose coefficient changes: the code's
+    if _changing(readings, fulls, v, term):  # a coefficient of the code's that changes
         coefficients(readings, updates, v, term)
         return
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
@@ -66,14 +67,6 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
     if term and fulls:  # (fulls: each alike, so its scale is its relative[0])
         scales = [r.relative[0] for r in fulls if r.relative]
         s_full = max(scales, key=lambda s: sum(near(s, t) for t in scales))
-        by_rows = len({r.per_row for r in readings}) == 1 and readings[0].per_row is not None
-        if 3 * sum(near(s_full, t) for t in scales) < 2 * len(scales) and not by_rows:
-            # full updates mostly each of a scale of its own (the classes' sum divided by the
-            # positive anchors' count, as SSD's box sum is: count / num_pos): a coefficient of
-            # the code's that changes, read as a function's own mean's is (watch_terms); not a
-            # sum divided by each batch's rows (by_rows), whose rows change the full scales
-            coefficients(readings, updates, v, term)
-            return
         fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
@@ -95,103 +88,9 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         (term and not summed_at_one) or scale_named(s_full, fulls[0], v.meant) == NO_KNOWN
     )
     kappa = s_full if unnamed and s_full > 0 else 1.0
-    unconfirmed = False
-    if not near(kappa, 1):  # a constant is the same on a shorter update; a sum grows with rows
-        shorts = [r for r in readings if r.count < full and r.relative and alike(r.relative)]
-        # (where the sum was meant, a mean shrinks as the rows grow)
-
-        def of(count: float) -> float:
-            return count / full if v.meant == "mean" else full / count
-
-        grows = [  # (a count a full one's to the tolerance tells nothing)
-            r
-            for r in shorts
-            if r.relative
-            and near(r.relative[0], kappa * of(r.count))
-            and not near(of(r.count), 1)
-            and not (framework_short(r, kappa) and not near(kappa, full / parts_full))
-        ]
-        # each micro-batch's loss a sum, divided by its window's micro-batches: full/k on the
-        # full updates, count/k' on a shorter window of another k' (of the same k, a sum grown)
-        per_window = [
-            r
-            for r in shorts
-            if v.meant == "mean"
-            and r.relative
-            and len(r.parts) != parts_full
-            and near(kappa, full / parts_full)
-            and near(r.relative[0], r.count / len(r.parts))
-            and not near(r.relative[0], kappa)
-        ]
-        if grows:
-            how = (
-                "grows with the rows (a loss summed over them, or multiplied by the batch size)"
-                if v.meant == "mean"
-                else "shrinks as the rows grow (a mean over them, times a constant)"
-            )
-            # a term's on top of a coefficient of the code's (not its full count: a sum at
-            # 1), where the mean is meant, is named after every term is read: another's
-            # nominal divisor may explain it
-            later = bool(term) and v.meant == "mean" and not near(kappa, full)
-            for r in grows if later else grows[:1]:
-                said = (
-                    f"every full update{of_term} applies {kappa:.4g} times the {v.meant} of "
-                    f"its {full:g} counted, and update {r.j + 1} ({r.count:g} counted) applies "
-                    f"{kappa * of(r.count):.4g} times its own: a factor that {how} where a "
-                    f"{v.meant} was meant"
-                )
-                if later:
-                    v.grown.append(Grown(term, r.j, of(r.count), kappa, full, said))
-                else:
-                    v.at = r.j
-                    v.fail("mean-vs-sum", said)
-            kappa = 1.0
-        elif per_window:
-            r = per_window[0]
-            assert r.relative is not None
-            v.at = r.j
-            v.fail(
-                "mean-vs-sum",
-                f"every full update{of_term} applies {kappa:.4g} times the mean of its {full:g} "
-                f"counted over {parts_full} micro-batches, and update {r.j + 1} ({r.count:g} "
-                f"counted over {len(r.parts)}) applies {r.relative[0]:.4g} times its own: each "
-                "micro-batch's loss summed over its rows (reduction='sum') and divided by the "
-                "window's micro-batches, where a mean was meant",
-            )
-            kappa = 1.0
-        else:  # no shorter update tells a constant from a sum: mean-vs-sum is not judged
-            shorter = any(  # (a count a full one's to the tolerance tells nothing)
-                r.relative and near(r.relative[0], kappa) and not near(of(r.count), 1)
-                for r in shorts
-            )
-            other = any(  # neither the constant nor grown: another multiple
-                r.relative
-                and not near(r.relative[0], kappa)
-                and not near(of(r.count), 1)
-                and not framework_short(r, kappa)
-                for r in shorts
-            )
-            unconfirmed = not shorter
-            by, g = fulls[0].divided
-            framework = (
-                ""
-                if g < 2 or not near(kappa, 1 / g)
-                else f"gradient_accumulation_steps={g} ({by})"
-                if not by.startswith("Lightning")
-                else f"{by}={g}"
-            )
-            v.constants.append(
-                Constant(
-                    term,
-                    kappa,
-                    full,
-                    unconfirmed,
-                    framework=framework,
-                    short=bool(shorts),
-                    other=other,
-                )
-            )
-            s_full = 1.0
+    kappa, s_full, unconfirmed = constant_of(
+        readings, fulls, (full, parts_full), kappa, s_full, v, term
+    )
     # the full ones' scale the code's own division by a framework's count, again (1 / k on k
     # micro-batches): a shorter update is read with it undone, as what the framework applies
     g = fulls[0].divided[1] if fulls and not term and v.meant == "mean" else 1
@@ -296,18 +195,20 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         )
 
 
-def _changing(fulls: list[Reading], v: Verdicts) -> bool:
-    """Return whether one loss's full updates each apply a multiple of their own, which no
-    known mistake names (most of them unlike the most common one): a coefficient of the code's
-    that changes from update to update (a root of the mean, torch.sqrt(F.mse_loss(...)); a sum
-    divided by a count of its own, a batch's positive labels), which a sum or a nominal divisor
-    cannot be told from; kept in v.changing (the least and the most), else False."""
+def _changing(readings: list[Reading], fulls: list[Reading], v: Verdicts, term: str) -> bool:
+    """Return whether the full updates each apply a multiple of their own (most of them unlike
+    the most common one): a coefficient of the code's that changes from update to update, read
+    as a function's own mean's is (watch_terms). A term's: the classes' sum divided by the
+    positive anchors' count, as SSD's box sum is (count / num_pos); not a sum divided by each
+    batch's rows (per_row), whose rows change the full scales. The one loss's, where no known
+    mistake names any of them: a root of the mean (torch.sqrt(F.mse_loss(...))), a sum divided
+    by a count of the code's own (a batch's positive labels), which a sum or a nominal divisor
+    cannot be told from; kept in v.changing (the least and the most)."""
     scales = [r.relative[0] for r in fulls if r.relative]
-    if len(scales) < 2:
+    if 3 * max((sum(near(s, t) for t in scales) for s in scales), default=0) >= 2 * len(scales):
         return False
-    most = max(sum(near(s, t) for t in scales) for s in scales)
-    if 3 * most >= 2 * len(scales):
-        return False
+    if term:
+        return len({r.per_row for r in readings}) != 1 or readings[0].per_row is None
     if any(scale_named(s, r, v.meant) != NO_KNOWN for s, r in zip(scales, fulls, strict=True)):
         return False
     v.changing = (min(scales), max(scales))
