@@ -3,7 +3,7 @@ stood before torch's clipping (clip_grad_norm_, clip_grad_value_) or a loss scal
 found it, the bounds it was clamped to, and which clips changed a gradient a scaler still held
 scaled (clip-before-unscale); and the scale each of GradScaler.scale's products was
 multiplied by (noted: a scale, not the code's weight). The state they read and write is the
-Observer's (observer.py); seams.py installs them.
+Observer's (observed.py); seams.py installs them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Clip(NamedTuple):
 
 class ClipHooks:
     """The Observer's clip and loss-scaler hooks; the attributes they read and write are the
-    Observer's (set in Observer.__init__)."""
+    Observer's (set in Observed.__init__, observed.py)."""
 
     micro: list[MicroBatch]  # the update's micro-batches so far
     blind: int  # its backward() calls that reached no loss the watcher read

@@ -1,7 +1,7 @@
 """What the watcher reads of each loss the code computes (LossReader, the Observer's): its
 per-element gradients, the count its mean divides by, and whether its target is a fetched
 batch's and which loader fetched it (targets.py). The state it reads and writes is the
-Observer's (observer.py).
+Observer's (observed.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ SOLVED = ("kl_div",)
 class LossReader(Targets):
     """The Observer's reading of losses (where each one's target came from: Targets,
     targets.py); the attributes it reads and writes are the Observer's (set in
-    Observer.__init__)."""
+    Observed.__init__, observed.py)."""
 
     seen: Watched
     busy: bool

@@ -2,7 +2,7 @@
 iterator yields and its tensors, and each pass's end (an epoch's end: a loader ran out, or a
 pass whose last batch was fetched is over), put off where a wrapper fetches ahead; and a
 number for each loader, sampler and dataset (Numbers). The state it reads and writes is the
-Observer's (observer.py).
+Observer's (observed.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ORIGINS = 4096
 
 class Passes:
     """The Observer's reading of DataLoader passes; the attributes it reads and writes are the
-    Observer's (set in Observer.__init__)."""
+    Observer's (set in Observed.__init__, observed.py)."""
 
     seen: Watched
     ends: list[int]

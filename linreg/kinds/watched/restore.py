@@ -1,7 +1,7 @@
 """What the watcher puts back after the watched code (PutBack, the Observer's): each
 optimizer's state and lrs, each scheduler's and loss scaler's state, each param's .grad as it
 was found, and params an update made by hand moved. The state it reads is the Observer's
-(observer.py).
+(observed.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from linreg.kinds.watched.records import Watched
 
 class PutBack:
     """The Observer's putting back; the attributes it reads are the Observer's (set in
-    Observer.__init__)."""
+    Observed.__init__, observed.py)."""
 
     seen: Watched
     states: list[tuple[torch.optim.Optimizer, dict[str, Any]]]

@@ -2,7 +2,7 @@
 lrs held at 0 and given back, and the update closed (the steps of several optimizers with
 nothing fed between them are one), its micro-batches zeroed before it let go or set aside (a
 probe's), and the code ended once the watch has what it needs. The state it reads and writes
-is the Observer's (observer.py).
+is the Observer's (observed.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MOST_CAUGHT = 100
 class Steps(Zeroed):
     """The Observer's optimizer-step hooks (the micro-batches the code zeroed before an
     update: Zeroed, zeroed.py); the attributes they read and write are the Observer's (set
-    in Observer.__init__)."""
+    in Observed.__init__)."""
 
     seen: Watched
     ended_on: int | None  # the thread the watch ended the code on (_end_if)

@@ -1,7 +1,7 @@
 """Where a loss's target came from (Targets, the Observer's LossReader's): a fetched batch's
 tensors, a view of them, its rows cast or moved (y.float(), y.to(device)), the samples' own
 tensors stacked, or a token batch shifted (y[:, 1:]); which loader fetched it, and how many
-samples its batch held. The state it reads and writes is the Observer's (observer.py).
+samples its batch held. The state it reads and writes is the Observer's (observed.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 class Targets:
     """The LossReader's reading of targets; the attributes it reads and writes are the
-    Observer's (set in Observer.__init__)."""
+    Observer's (set in Observed.__init__, observed.py)."""
 
     source: int | None  # the dataset of the last batch fetched
     iterator: int | None  # the iterator that fetched it

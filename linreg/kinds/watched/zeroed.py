@@ -3,7 +3,7 @@
 probe's, set aside (a batch of an iterator no update applied a batch of, that yielded one,
 beside a stream's; or a whole pass over data no update applied, run between two steps: a
 gradient probe over a loader of its own). The state it reads and writes is the Observer's
-(observer.py).
+(observed.py).
 """
 
 from __future__ import annotations
