@@ -18,7 +18,7 @@ from dataclasses import replace
 from linreg.audit.watch_ratios import near
 from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_readings import read as _read
-from linreg.kinds.watched.records import Update
+from linreg.kinds.watched.kept import Update
 
 SAID = {  # each other count, as the report says it was read
     "targets": "their targets, each weighed by its class weight (the code divides its "

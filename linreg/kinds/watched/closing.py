@@ -16,7 +16,8 @@ from torch import Tensor
 
 from linreg.kinds.watched.apart import apart, set_aside
 from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, summed
-from linreg.kinds.watched.records import Column, LossCall, MicroBatch, Open, Update
+from linreg.kinds.watched.kept import Column, Update
+from linreg.kinds.watched.records import LossCall, MicroBatch, Open
 from linreg.kinds.watched.terms import is_pooled, of_several, on_heads, term_of, terms_of
 
 

@@ -20,8 +20,9 @@ from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
 from linreg.kinds.watched.graphs import Leaves, count_of, counted
 from linreg.kinds.watched.heads import Head, head, piece
+from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.loss_gradients import deferred, gradients
-from linreg.kinds.watched.records import LossCall, Watched
+from linreg.kinds.watched.records import LossCall
 from linreg.kinds.watched.targets import Targets, constant_of, same_of, view_of
 
 # losses computed with grad on that no backward() has reached yet, kept at most (an evaluation

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from linreg.kinds.watched.graphs import Leaves
 from linreg.kinds.watched.heads import Head
-from linreg.kinds.watched.records import LossCall, MicroBatch, Open, Watched
+from linreg.kinds.watched.kept import Watched
+from linreg.kinds.watched.records import LossCall, MicroBatch, Open
 
 # with no --steps: the updates watched at most when no epoch ends (get_batch() loops drawing
 # at random, an epoch longer than this): the code is ended there and the note says so

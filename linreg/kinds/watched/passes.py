@@ -18,7 +18,8 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-from linreg.kinds.watched.records import LossCall, MicroBatch, Watched
+from linreg.kinds.watched.kept import Watched
+from linreg.kinds.watched.records import LossCall, MicroBatch
 
 # an epoch of known length up to this many batches is watched to its end (its last, short
 # update is what short-last-batch reads)

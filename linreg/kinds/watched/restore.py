@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linreg.kinds.watched.records import Watched
+from linreg.kinds.watched.kept import Watched
 
 
 class PutBack:

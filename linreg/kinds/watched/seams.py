@@ -38,9 +38,10 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter, _DatasetKind
 from linreg.kinds.guards import compile_disabled
 from linreg.kinds.watched.clips import noted
 from linreg.kinds.watched.divided import divided_by
+from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.observer import Observer
 from linreg.kinds.watched.passes import Numbers, length
-from linreg.kinds.watched.records import Enough, Watched
+from linreg.kinds.watched.records import Enough
 
 # the loss functions read (each holds its target in its `target` argument)
 LOSSES = (

@@ -20,8 +20,9 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.watcher import zero_lr
 from linreg.kinds.watched.closing import close, finite, unread
+from linreg.kinds.watched.kept import Update, Watched
 from linreg.kinds.watched.objectives import are_terms, objectives
-from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open, Update, Watched
+from linreg.kinds.watched.records import Enough, LossCall, MicroBatch, Open
 from linreg.kinds.watched.zeroed import Zeroed, let_go_from
 
 # the catches of the watch's end after which code that catches it each time runs on unread

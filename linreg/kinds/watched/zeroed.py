@@ -11,7 +11,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from linreg.kinds.watched.records import MicroBatch, Open, Watched
+from linreg.kinds.watched.kept import Watched
+from linreg.kinds.watched.records import MicroBatch, Open
 
 
 class Zeroed:
