@@ -17,7 +17,6 @@ an update applied is read against the micro-batches it consumed (`Update`).
 
 from __future__ import annotations
 
-import collections
 import functools
 import sys
 from collections.abc import Callable, Iterator
@@ -33,14 +32,14 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils.data.dataloader import _BaseDataLoaderIter, _DatasetKind
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg.kinds.guards import compile_disabled
 from linreg.kinds.watched.clips import noted
 from linreg.kinds.watched.divided import divided_by
+from linreg.kinds.watched.fetching import fetching
 from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.observer import Observer
-from linreg.kinds.watched.passes import Numbers, length
 from linreg.kinds.watched.records import Enough
 
 # the loss functions read (each holds its target in its `target` argument)
@@ -65,72 +64,12 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     back after, and every lr the hooks held at 0 is as the code had set it."""
     w = Observer(steps)
     losses = {name: getattr(F, name) for name in LOSSES}
-    loader_next = _BaseDataLoaderIter.__next__
-    index_next = _BaseDataLoaderIter._next_index
-    # each iterator's batches' samples, as its sampler gave their indices (workers ask ahead),
-    # and the pass of its sampler they are of (a persistent workers' iterator is reset for
-    # each epoch, where what it asked ahead of a pass cut short is never yielded)
-    samples: dict[int, collections.deque[int | None]] = collections.defaultdict(collections.deque)
-    passes: dict[int, Any] = {}
-
     live = [True]  # a wrapper a name kept after the watch passes straight through
-    # each iterator's number, and each loader's sampler's, never reused (CPython reuses a freed
-    # object's id: a probe's `next(iter(loader))` and the training pass after it would be one,
-    # and a probe's DataLoader made anew took a freed training loader's sampler's id)
-    number = Numbers()
-
-    def next_index(self: _BaseDataLoaderIter) -> Any:
-        index = index_next(self)  # type: ignore[no-untyped-call]
-        if live[0]:
-            it, now = number(self), getattr(self, "_sampler_iter", None)
-            if passes.get(it) is not now:  # a new pass: what the last asked ahead is let go
-                samples[it].clear()
-                passes[it] = now
-            # a map-style dataset's batches, yielded in order: an iterable one's sampler gives
-            # batch_size for its short last batch too, and workers out of order yield theirs
-            # as they come
-            counted = (
-                getattr(self, "_auto_collation", False)
-                and getattr(self, "_dataset_kind", None) == _DatasetKind.Map
-                and getattr(self, "_in_order", True)
-                and hasattr(index, "__len__")
-            )
-            samples[it].append(len(index) if counted else None)
-        return index
 
     def watched() -> bool:
         """Whether to read the code's call: the watch is on and has not ended the code (a
         call after its end raises Enough again: Observer.halted)."""
         return live[0] and not w.halted()
-
-    def next_batch(self: _BaseDataLoaderIter) -> Any:
-        if not watched():
-            return loader_next(self)
-        at = (number(self), id(getattr(self, "_dataset", self)))
-        fresh = getattr(self, "_num_yielded", 1) == 0  # the first fetch of a new pass
-        w.ran_out(at=at, fresh=fresh)  # a pass whose last batch was fetched before: ended
-        try:
-            batch = loader_next(self)
-        except StopIteration:
-            w.ran_out(now=True, at=at)
-            raise
-        except BaseException:  # a sample that failed to load, the code may skip: its count
-            if samples[at[0]]:  # is not the next batch's
-                samples[at[0]].popleft()
-            raise
-        # its loader's own sampler: a probe loader over the training set's first rows is
-        # another loader over the same dataset
-        sampler = number(getattr(self, "_index_sampler", self))
-        asked = samples[at[0]]
-        w.fetch(
-            batch,
-            at,
-            length(self),
-            getattr(self, "_num_yielded", 0),
-            sampler,
-            asked.popleft() if asked else None,
-        )
-        return batch
 
     tensor_backward, autograd_backward = Tensor.backward, torch.autograd.backward
     scale_fn = torch.amp.GradScaler.scale
@@ -220,24 +159,31 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         clip_value_fn(params, clip_value, *a, **k)
         w.clip_ends(params, clip)
 
+    next_batch, next_index = fetching(w, watched, live)
     grad_mode = torch.is_grad_enabled()
     eager = compile_disabled()
     handles = [
         register_optimizer_step_pre_hook(w.before),
         register_optimizer_step_post_hook(w.after),
     ]
-    for name in LOSSES:
-        setattr(F, name, loss_of(name, losses[name]))
-    Tensor.backward = backward  # type: ignore[method-assign]
-    torch.autograd.backward = autograd
-    torch.amp.GradScaler.scale = scale  # type: ignore[method-assign,assignment]
-    torch.amp.GradScaler.unscale_ = unscale_  # type: ignore[method-assign,assignment]
-    torch.amp.GradScaler.step = step  # type: ignore[method-assign,assignment]
-    LRScheduler.step = schedule  # type: ignore[method-assign,assignment]
-    _BaseDataLoaderIter.__next__ = next_batch  # type: ignore[method-assign]
-    _BaseDataLoaderIter._next_index = next_index  # type: ignore[method-assign]
-    clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
-    clip_grad.clip_grad_value_ = torch.nn.utils.clip_grad_value_ = clip_grad_value_
+    seams: list[tuple[Any, str, Any]] = [(F, name, loss_of(name, losses[name])) for name in LOSSES]
+    seams += [
+        (Tensor, "backward", backward),
+        (torch.autograd, "backward", autograd),
+        (torch.amp.GradScaler, "scale", scale),
+        (torch.amp.GradScaler, "unscale_", unscale_),
+        (torch.amp.GradScaler, "step", step),
+        (LRScheduler, "step", schedule),
+        (_BaseDataLoaderIter, "__next__", next_batch),
+        (_BaseDataLoaderIter, "_next_index", next_index),
+        (clip_grad, "clip_grad_norm_", clip_grad_norm_),
+        (torch.nn.utils, "clip_grad_norm_", clip_grad_norm_),
+        (clip_grad, "clip_grad_value_", clip_grad_value_),
+        (torch.nn.utils, "clip_grad_value_", clip_grad_value_),
+    ]
+    found = [(owner, name, getattr(owner, name)) for owner, name, _ in seams]
+    for owner, name, seam in seams:
+        setattr(owner, name, seam)
     try:
         yield w.seen
     except Enough:
@@ -250,18 +196,8 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         live[0] = False
         for handle in handles:
             handle.remove()
-        for name, fn in losses.items():
-            setattr(F, name, fn)
-        Tensor.backward = tensor_backward  # type: ignore[method-assign]
-        torch.autograd.backward = autograd_backward
-        torch.amp.GradScaler.scale = scale_fn  # type: ignore[method-assign]
-        torch.amp.GradScaler.unscale_ = unscale  # type: ignore[method-assign]
-        torch.amp.GradScaler.step = scaler_step  # type: ignore[method-assign]
-        LRScheduler.step = scheduler_step  # type: ignore[method-assign]
-        _BaseDataLoaderIter.__next__ = loader_next  # type: ignore[method-assign]
-        _BaseDataLoaderIter._next_index = index_next  # type: ignore[method-assign]
-        clip_grad.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_ = clip_norm
-        clip_grad.clip_grad_value_ = torch.nn.utils.clip_grad_value_ = clip_value_fn
+        for owner, name, fn in found:
+            setattr(owner, name, fn)
         torch.set_grad_enabled(grad_mode)
         eager()
         w.ran_out()
