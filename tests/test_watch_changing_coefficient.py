@@ -19,10 +19,12 @@ from linreg.audit.report import Report
 from linreg.audit.watcher import watch
 
 
-def _rmse(zeroed: bool) -> Report:
+def _rmse(zeroed: bool, bypassed: bool = False, seed: int = 1) -> Report:
     """A regression trained on the root of its mean squared error, 100 rows in shuffled
-    batches of 16 (an epoch's last holds 4); zeroed=False: the twin never zeroes .grad."""
-    gen = torch.Generator().manual_seed(1)
+    batches of 16 (an epoch's last holds 4); zeroed=False: the twin never zeroes .grad;
+    bypassed: its loss scaled by a GradScaler, the optimizer stepped on the scaled gradients
+    (optimizer.step() where scaler.step(optimizer) was meant)."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(100, 4, generator=gen)
     y = x @ torch.randn(4, 1, generator=gen) + 0.1 * torch.randn(100, 1, generator=gen)
     with torch.random.fork_rng():
@@ -30,24 +32,49 @@ def _rmse(zeroed: bool) -> Report:
         model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    scaler = torch.amp.GradScaler("cpu")
     with watch() as reports:
         for _ in range(3):
             for xb, yb in loader:
                 loss = torch.sqrt(F.mse_loss(model(xb), yb))
                 if zeroed:
                     optimizer.zero_grad()
+                (scaler.scale(loss) if bypassed else loss).backward()
+                optimizer.step()
+    return reports[0]
+
+
+def _seen_so_far() -> Report:
+    """The twin of a plain mean squared error that divides each batch's summed loss by the
+    rows seen so far in the epoch: each update applies 1, 1/2, 1/3, ... of the mean, a
+    coefficient that changes too, but the first one is the mean itself."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(100, 4, generator=gen)
+    y = x @ torch.randn(4, 1, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    with watch() as reports:
+        for _ in range(3):
+            seen = 0
+            for xb, yb in loader:
+                seen += len(xb)
+                loss = F.mse_loss(model(xb), yb, reduction="sum") / seen
+                optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
     return reports[0]
 
 
-def _positives(divided: bool) -> Report:
+def _positives(divided: bool, share: float = 0.2) -> Report:
     """Multi-label logits whose summed binary cross-entropy is divided by the batch's positive
-    labels (at least 1), 120 rows of 5 labels in shuffled batches of 16; divided=False: the
-    twin steps on the sum itself."""
+    labels (at least 1), 120 rows of 5 labels (a share of them positive) in shuffled batches
+    of 16; divided=False: the twin steps on the sum itself."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(120, 6, generator=gen)
-    y = (torch.rand(120, 5, generator=gen) < 0.2).float()
+    y = (torch.rand(120, 5, generator=gen) < share).float()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 5))
@@ -112,3 +139,36 @@ def test_the_root_of_the_mean_applies_the_means_gradient_over_twice_the_root() -
         torch.testing.assert_close(root_grad, mean_grad / (2 * mse.sqrt()))
         factors.append(float(1 / (2 * mse.detach().sqrt())))
     assert len({round(f, 4) for f in factors}) == 3
+
+
+def test_a_batch_of_one_positive_label_applies_the_sum_and_the_run_still_fails_nothing() -> None:
+    """Where a batch holds one positive label (or none: clamped to 1), its loss is the sum
+    over its labels, a known mistake's scale, now and then: a minority of the full updates
+    showing one does not make the run's changing coefficient a sum (review rv65: any one did,
+    and the run failed mean-vs-sum)."""
+    report = _positives(True, share=0.04)
+    assert not report.error and not report.failures, str(report)
+    verdicts = {r.pitfall: r for r in report.results}
+    assert "a coefficient of the code's that changes" in verdicts["mean-vs-sum"].message
+
+
+def test_a_divisor_that_grows_through_the_epoch_is_no_coefficient_of_the_codes() -> None:
+    """The rows seen so far in the epoch: the first update applies the mean itself, so the
+    others' multiples are no coefficient of the code's; failed as before (review rv65: the
+    commit that read changing coefficients passed it)."""
+    report = _seen_so_far()
+    assert not report.error, str(report)
+    assert "mean-vs-sum" in [r.pitfall for r in report.failures], str(report)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_bypassed_loss_scaler_is_named_whatever_the_codes_coefficient(seed: int) -> None:
+    """scaler.scale(loss).backward() then optimizer.step(): the gradients applied are the
+    scale times the root's, a product no power of two shows (review rv65: 1 run in 5 was
+    named, where one update's product fell on a power of two by chance). The watch reads the
+    scaler's product at backward()'s root and that nothing unscaled it: named by that."""
+    report = _rmse(True, bypassed=True, seed=seed)
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "a loss scaler's scaled gradients" in report.failures[0].message
+    assert not _rmse(True, seed=seed).failures

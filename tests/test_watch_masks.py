@@ -56,10 +56,10 @@ def _masked(per: torch.Tensor, kept: torch.Tensor, form: str) -> torch.Tensor:
     return (per * kept.float()).mean()
 
 
-def _missing_labels(form: str, offset: float = 0.0) -> Report:
+def _missing_labels(form: str, offset: float = 0.0, weight: float = 1.0) -> Report:
     """A regression of 3 outputs whose labels (about offset) are missing (NaN) at random, 30
     rows in shuffled batches of 8 (the last one of 6), its loss per element masked to the
-    observed labels (form "raw": the NaN labels left in the loss, a bug)."""
+    observed labels (form "raw": the NaN labels left in the loss, a bug), times a weight."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=gen)
     y = x @ torch.randn(5, 3, generator=gen) + offset
@@ -79,6 +79,7 @@ def _missing_labels(form: str, offset: float = 0.0) -> Report:
                     per = F.mse_loss(model(xb), yb.nan_to_num(), reduction="none")
                     loss = _masked(per, observed, form)
                 optimizer.zero_grad()
+                loss = weight * loss if weight != 1 else loss
                 loss.backward()
                 optimizer.step()
     return reports[0]
@@ -125,6 +126,56 @@ def test_a_masked_sum_divided_by_every_element_fails_mean_vs_sum(form: str, offs
     torch.testing.assert_close(grads[1], share * grads[0])
     report = _missing_labels(form, offset)
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+
+
+@pytest.mark.parametrize("weight", [0.1, 0.5])
+@pytest.mark.parametrize("form", ["product", "numel", "mean"])
+def test_a_masked_mean_times_a_weight_of_the_codes_is_read_as_the_mean_it_weighs(
+    form: str, weight: float
+) -> None:
+    """0.1 * (l * m).sum() / m.sum() passes; its twin over every element, 0.1 * (l * m).mean(),
+    fails mean-vs-sum alone, named as such: its multiple of the mean over every element is the
+    one constant, where the kept share changes the multiple of the masked mean. Before, the
+    twin's updates were read against the masked mean: here, short-last-batch alone, a nominal
+    divisor (an update of 18 kept elements "divided by a full update's 16"), the bug unnamed."""
+    report = _missing_labels(form, weight=weight)
+    assert not report.error, str(report)
+    if form == "product":
+        assert report.ok, str(report)
+        return
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "those its mask drops" in report.failures[0].message
+
+
+def test_a_short_batch_whose_kept_share_is_the_codes_weight_is_not_read_as_every_element() -> None:
+    """0.5 * the masked mean, and an epoch's last batch that keeps half its elements: there,
+    0.5 times the masked mean is the mean over every element, by chance. Review of masked01:
+    that update was read under that count alone (no update applied the mean itself under the
+    mask's, each applying 0.5 of it), and the correct loop failed mean-vs-sum. An
+    update that applies the run's one multiple is read under its count."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 5, generator=gen)
+    y = x @ torch.randn(5, 3, generator=gen)
+    y[:24][torch.rand(24, 3, generator=gen) < 0.3] = float("nan")
+    y[24:].view(-1)[torch.randperm(18, generator=gen)[:9]] = float("nan")  # half of 18 kept
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 16), nn.SiLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # the last batch: rows 24-29
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                observed = ~torch.isnan(yb)
+                per = F.mse_loss(model(xb), yb.nan_to_num(), reduction="none")
+                loss = 0.5 * (per * observed).sum() / observed.sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    report = reports[0]
+    assert report.ok and not report.error, str(report)
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["short-last-batch"] == verdicts["mean-vs-sum"] == "pass", str(report)
 
 
 def test_gradients_that_are_not_finite_are_not_judged_and_the_watch_ends_cleanly() -> None:

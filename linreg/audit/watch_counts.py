@@ -45,7 +45,10 @@ def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int]]:
     if right <= torchs or 3 * right < 2 * read:  # a time-major batch's time steps, its samples
         best = ""  # in some batches)
     leaves = [(j, leaf) for j, u in enumerate(updates) for leaf in u.parts or (u,)]
-    means = {id(leaf): _the_mean(_read(j, _as(leaf, best), False)) for j, leaf in leaves}
+    # the mean, or the one multiple of it most updates apply under the run's count: a constant
+    # of the code's (0.5 * loss), at which a short batch's own count may meet another by chance
+    scale = _common([_read(j, _as(leaf, best), False) for j, leaf in leaves])
+    means = {id(leaf): _the_mean(_read(j, _as(leaf, best), False), scale) for j, leaf in leaves}
     alone = {
         id(leaf): None if means[id(leaf)] else _alone(j, leaf, best, ["", *keys])
         for j, leaf in leaves
@@ -113,16 +116,19 @@ def _tally(updates: list[Update], key: str) -> tuple[int, int, int]:
     """Return, of the updates (or parts of one) whose losses may divide by the count `key`, how
     many applied the mean of their rows' gradients under it, how many under torch's count, and
     how many were read as weights on their micro-batches at all."""
-    right = torchs = read = 0
+    mine: list[Reading | None] = []
+    torchs: list[Reading | None] = []
     for j, u in enumerate(updates):
         for part in u.parts or (u,):
-            if part.columns or not _may(part, key):
-                continue
-            mine = _read(j, _as(part, key), False)
-            read += mine is not None and bool(mine.relative)
-            right += _the_mean(mine)
-            torchs += _the_mean(_read(j, part, False))
-    return right, torchs, read
+            if not part.columns and _may(part, key):
+                mine.append(_read(j, _as(part, key), False))
+                torchs.append(_read(j, part, False))
+    # a mask's: the mean over every element times a constant of the code's (0.1 * (l * m).mean())
+    # keeps one multiple under that count, where the kept elements' share changes under torch's
+    at, theirs = (_common(mine), _common(torchs)) if key == "unmasked" else (1.0, 1.0)
+    read = sum(r is not None and bool(r.relative) for r in mine)
+    right = sum(_the_mean(r, at) for r in mine)
+    return right, sum(_the_mean(r, theirs) for r in torchs), read
 
 
 def _may(u: Update, key: str) -> bool:
@@ -133,6 +139,15 @@ def _may(u: Update, key: str) -> bool:
     return counts is not None and any(n > 1 for n in counts)
 
 
-def _the_mean(r: Reading | None) -> bool:
-    """Return whether a reading applied the mean of its rows' gradients (each weight 1)."""
-    return r is not None and bool(r.relative) and all(near(x, 1) for x in r.relative or ())
+def _the_mean(r: Reading | None, scale: float = 1.0) -> bool:
+    """Return whether a reading applied the mean of its rows' gradients (each weight 1), or
+    that times a scale (each weight the scale)."""
+    return r is not None and bool(r.relative) and all(near(x, scale) for x in r.relative or ())
+
+
+def _common(readings: list[Reading | None]) -> float:
+    """Return the one multiple of the mean two thirds of the readings or more apply (each of
+    their weights that multiple), else 1."""
+    scales = [r.relative[0] for r in readings if r is not None and r.relative]
+    most = max(scales, key=lambda s: sum(_the_mean(r, s) for r in readings), default=1.0)
+    return most if 3 * sum(_the_mean(r, most) for r in readings) >= 2 * len(scales) else 1.0

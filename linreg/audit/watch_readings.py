@@ -37,6 +37,7 @@ class Reading:
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     per_row: float | None = None  # its term's weights times its rows, one number (Column)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
+    bypassed: bool = False  # a loss scaler's scaled gradients stepped on (Update.bypassed)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
     # gradient centralization: _as_backward_left_it)
 
@@ -48,7 +49,14 @@ def read(j: int, u: Update, summed: bool) -> Reading | None:
     return (
         reading
         if reading is None
-        else replace(reading, one_row=u.one_row, divided=u.divided, epoch=u.epoch, again=u.again)
+        else replace(
+            reading,
+            one_row=u.one_row,
+            divided=u.divided,
+            epoch=u.epoch,
+            again=u.again,
+            bypassed=u.bypassed,
+        )
     )
 
 
@@ -211,6 +219,7 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
             divided=u.divided,
             again=u.again,
             one_row=u.one_row,
+            bypassed=u.bypassed,
             per_row=rows.pop() if len(rows := {u.columns[i].per_row for i in at}) == 1 else None,
         )
         out.append((term, reading))

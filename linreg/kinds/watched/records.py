@@ -106,6 +106,7 @@ class MicroBatch:
     # the code divided its loss by the framework's count too, before the framework's own
     # division (the divisions by it between the loss and backward()'s root: 2 or more)
     again: bool = False
+    scaled: bool = False  # its backward()'s root was a GradScaler's product (scaler.scale)
 
     @property
     def count(self) -> float:

@@ -211,7 +211,10 @@ class Steps(Zeroed):
                 closed = replace(unread(closed.tol), nonfinite=True)
         except Exception:
             closed = unread(tolerance_of(update.params))
-        return replace(closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip)
+        bypassed = not update.unscaled and any(mb.scaled for mb in update.micro)
+        return replace(
+            closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip, bypassed=bypassed
+        )
 
     def _read(self, update: Open, params: list[Tensor], carried: dict[int, Tensor | None]) -> None:
         for p in params:

@@ -112,6 +112,11 @@ def _whole_sum(node: Any) -> bool:
     return bool(math.prod(n for d, n in enumerate(sizes) if d not in summed) == 1)
 
 
+def scaler_product(node: Any, scales: Mapping[int, float] | None) -> bool:
+    """Return whether a backward()'s root is GradScaler.scale's product (scaler.scale(loss))."""
+    return type(node).__name__ == "MulBackward0" and _scaled(node, scales)
+
+
 def _scaled(node: Any, scales: Mapping[int, float] | None) -> bool:
     """Return whether a product's number is a GradScaler's scale (its storage and value,
     noted: a storage freed and reused holds another number)."""
