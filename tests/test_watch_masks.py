@@ -178,6 +178,48 @@ def test_a_short_batch_whose_kept_share_is_the_codes_weight_is_not_read_as_every
     assert verdicts["short-last-batch"] == verdicts["mean-vs-sum"] == "pass", str(report)
 
 
+def _whole_samples(by: str) -> Report:
+    """A regression of 3 outputs whose samples are unlabelled whole (every label NaN) at random
+    (by "labels"), or whose hardest half is kept by its loss (by "loss": hard examples), 30 rows
+    in shuffled batches of 8, the kept samples' loss averaged over their elements, indexed by a
+    mask of the samples alone: l[keep].mean(), keep of [B] on l of [B, 3]."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 5, generator=gen)
+    y = x @ torch.randn(5, 3, generator=gen)
+    if by == "labels":
+        y[torch.rand(30, generator=gen) < 0.3] = float("nan")
+    model, optimizer, loader = _mlp_on(x, y, 3, gen)
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                per = F.mse_loss(model(xb), yb.nan_to_num(), reduction="none")
+                row = per.detach().mean(1)
+                keep = ~torch.isnan(yb[:, 0]) if by == "labels" else row >= row.median()
+                loss = per[keep].mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return reports[0]
+
+
+def test_a_mask_of_whole_samples_indexing_a_loss_of_several_elements_each_is_read() -> None:
+    """keep of [B] on a loss of [B, 3]: its samples kept whole, each element as its sample.
+    Before, it was read nowhere: every update that dropped a sample was not judged."""
+    report = _whole_samples("labels")
+    assert report.ok and not report.error, str(report)
+    assert "not judged" not in report.note, str(report)
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["mean-vs-sum"] == verdicts["short-last-batch"] == "pass", str(report)
+
+
+def test_whole_samples_kept_by_their_loss_are_read_nowhere_and_fail_nothing() -> None:
+    """The hardest half of each batch, kept by its loss: a mask of the code's that the data
+    does not tell, which may mean a mean over the kept or over every sample: not judged."""
+    report = _whole_samples("loss")
+    assert not report.failures, str(report)
+    assert "not judged" in report.note, str(report)
+
+
 def test_gradients_that_are_not_finite_are_not_judged_and_the_watch_ends_cleanly() -> None:
     """The NaN labels left in the loss, the observed ones indexed after it: every gradient is
     NaN. Review cr69: the watch raised torch's LinAlgError from its own reading."""

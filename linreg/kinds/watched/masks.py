@@ -1,5 +1,6 @@
 """A mask of the code's on a loss it reduces itself (reduction="none"), read from the graph
-before the backward() that reaches it runs: `(l * mask).sum() / mask.sum()`, `l[mask].mean()`,
+before the backward() that reaches it runs: `(l * mask).sum() / mask.sum()`, `l[mask].mean()`
+(a mask of whole samples too: `l[keep].mean()`, keep of [B] on l of [B, T]),
 `l.masked_select(mask)`, `l.masked_fill(~mask, 0)`, `torch.where(mask, l, 0)`. The loss is
 then the loss of the elements the mask keeps (its gradients theirs, taken now through the
 graph still whole; its count theirs), and its elements are judged alike among those alone.
@@ -119,6 +120,12 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tenso
         if shape is None or _shape(user) != shape:
             return None
         condition = torch.broadcast_to(condition, shape)
+    elif condition.ndim and type(user).__name__ == "IndexBackward0":  # l[keep] of [B] on [B, T]:
+        shape = _shape(node)  # whole samples kept, each element of a sample as it
+        if shape is None or tuple(condition.shape) != shape[: condition.ndim]:
+            return None
+        fill = (1,) * (len(shape) - condition.ndim)
+        condition = torch.broadcast_to(condition.reshape(*condition.shape, *fill), shape)
     if condition.numel() != output.numel():
         return None
     return condition.reshape(output.shape).to(output.device), raw.untyped_storage().data_ptr()
