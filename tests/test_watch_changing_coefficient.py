@@ -172,3 +172,47 @@ def test_a_bypassed_loss_scaler_is_named_whatever_the_codes_coefficient(seed: in
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "a loss scaler's scaled gradients" in report.failures[0].message
     assert not _rmse(True, seed=seed).failures
+
+
+def _warmed_up(nominal: bool) -> Report:
+    """A regression whose loss weight warms up over its first 3 updates (1/3, 2/3, then 1),
+    100 rows in shuffled batches of 16; nominal: the twin sums each batch's loss and divides
+    by the nominal 16, the epoch's last batch of 4 too."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(100, 4, generator=gen)
+    y = x @ torch.randn(4, 1, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    step = 0
+    with watch() as reports:
+        for _ in range(3):
+            for xb, yb in loader:
+                weight = min(1.0, (step + 1) / 3)
+                if nominal:
+                    loss = weight * F.mse_loss(model(xb), yb, reduction="sum") / 16
+                else:
+                    loss = weight * F.mse_loss(model(xb), yb)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+    return reports[0]
+
+
+@pytest.mark.parametrize("nominal", [False, True], ids=["right", "nominal"])
+def test_a_loss_weight_warmed_up_leaves_its_first_updates_unjudged_and_the_rest_judged(
+    nominal: bool,
+) -> None:
+    """The first full updates, before every other, apply 1/3 and 2/3 of the mean: a weight
+    the code ramps, not judged (review rv65: taken for the loss's constant, 1/3, every later
+    update failed mean-vs-sum and short-last-batch). The rest are judged at the weight most
+    of them keep: the twin's nominal divisor on the short last batch still fails."""
+    report = _warmed_up(nominal)
+    assert not report.error, str(report)
+    assert "a weight the code ramps" in report.note, str(report)
+    assert [r.pitfall for r in report.failures] == (["short-last-batch"] if nominal else [])
+    if nominal:
+        assert "divides by a full update's 16" in report.failures[0].message

@@ -42,6 +42,12 @@ def note_of(seen: Watched, v: Verdicts) -> str:
             "rows weighed by the code: a reduction='none' loss times weights of its own), or "
             "had micro-batches whose gradients are dependent: not judged"
         )
+    if v.ramped:
+        note += (
+            f"; {len(v.ramped)} full update(s), before or after every other, applied a "
+            "multiple of the mean of their own that no known mistake names: a weight the code "
+            "ramps (a warm-up of the loss, an epoch's weight), not judged"
+        )
     for c in v.constants:
         of_term = f"its {c.term} term" if c.term else "every full update"
         note += (

@@ -84,6 +84,9 @@ class Verdicts:
     # "": the one loss's, whose full updates each applied a multiple of their own (changing:
     # the least and the most)
     changing: tuple[float, float] | None = None
+    # the one loss's full updates before (or after) the others, each applying a multiple of
+    # its own that no known mistake names: a weight the code ramps (a warm-up), not judged
+    ramped: set[int] = field(default_factory=set)
     # per such term, the shorter updates judged against its full ones' one coefficient
     shorter: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     # such a term's shorter updates that apply a fixed coefficient per micro-batch, named once

@@ -64,9 +64,12 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         return
     s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
-    if term and fulls:  # (fulls: each alike, so its scale is its relative[0])
+    ramped: set[int] = set()  # the one loss's full updates of a weight the code ramps
+    if fulls:  # (fulls: each alike, so its scale is its relative[0]; the most common scale)
         scales = [r.relative[0] for r in fulls if r.relative]
         s_full = max(scales, key=lambda s: sum(near(s, t) for t in scales))
+        if not term:
+            ramped = _ramped(fulls, s_full)
         fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
@@ -112,7 +115,8 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
             s = rel[0]
             if r.count == full:
                 why = scale_named(s, r, v.meant)
-                if term and why == NO_KNOWN and not near(s, 1):
+                if (term or r.j in ramped) and why == NO_KNOWN and not near(s, 1):
+                    v.ramped |= {r.j} & ramped
                     continue  # another coefficient of the code's, this update (not judged)
                 if not unconfirmed:
                     v.judged["mean-vs-sum"].add(r.j)
@@ -218,6 +222,19 @@ def _changing(readings: list[Reading], fulls: list[Reading], v: Verdicts, term: 
         return False
     v.changing = (min(scales), max(scales))
     return True
+
+
+def _ramped(fulls: list[Reading], scale: float) -> set[int]:
+    """Return the full updates of the one loss whose scale is not the most common (scale),
+    where that one holds two thirds of them or more and the others all come before it (a weight
+    the code warms up: 1/3, 2/3, then 1) or after it (a weight of the next epoch's): a schedule
+    of the code's, whose steps no known mistake may name (watch_weights then skips them);
+    else none (others among them: judged, each of its own)."""
+    on = [r.j for r in fulls if r.relative and near(r.relative[0], scale)]
+    off = {r.j for r in fulls if r.relative and not near(r.relative[0], scale)}
+    if not off or 3 * len(on) < 2 * len(fulls):
+        return set()
+    return off if max(off) < min(on) or min(off) > max(on) else set()
 
 
 def _most_parts(readings: list[Reading]) -> int:
