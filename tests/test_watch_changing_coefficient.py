@@ -8,6 +8,7 @@ on correct code. Now no scale is judged there, and the one-bug twins still fail 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +20,19 @@ from linreg.audit.report import Report
 from linreg.audit.watcher import watch
 
 
+def _mlp_on(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, hidden: int = 8, act: Any = nn.Tanh
+) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[tuple[torch.Tensor, ...]]]:
+    """A small MLP from x's features to y's (seeded), SGD on it, and x, y in shuffled batches
+    of 16."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(x.shape[1], hidden), act(), nn.Linear(hidden, y.shape[1]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    return model, optimizer, loader
+
+
 def _rmse(zeroed: bool, bypassed: bool = False, seed: int = 1) -> Report:
     """A regression trained on the root of its mean squared error, 100 rows in shuffled
     batches of 16 (an epoch's last holds 4); zeroed=False: the twin never zeroes .grad;
@@ -27,11 +41,7 @@ def _rmse(zeroed: bool, bypassed: bool = False, seed: int = 1) -> Report:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(100, 4, generator=gen)
     y = x @ torch.randn(4, 1, generator=gen) + 0.1 * torch.randn(100, 1, generator=gen)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, gen)
     scaler = torch.amp.GradScaler("cpu")
     with watch() as reports:
         for _ in range(3):
@@ -51,11 +61,7 @@ def _seen_so_far() -> Report:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(100, 4, generator=gen)
     y = x @ torch.randn(4, 1, generator=gen)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, gen)
     with watch() as reports:
         for _ in range(3):
             seen = 0
@@ -75,11 +81,7 @@ def _positives(divided: bool, share: float = 0.2) -> Report:
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(120, 6, generator=gen)
     y = (torch.rand(120, 5, generator=gen) < share).float()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 5))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, gen, 16, nn.ReLU)
     with watch() as reports:
         for _ in range(3):
             for xb, yb in loader:
@@ -181,11 +183,7 @@ def _warmed_up(nominal: bool) -> Report:
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(100, 4, generator=gen)
     y = x @ torch.randn(4, 1, generator=gen)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, gen)
     step = 0
     with watch() as reports:
         for _ in range(3):
