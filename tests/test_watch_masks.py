@@ -56,14 +56,20 @@ def _masked(per: torch.Tensor, kept: torch.Tensor, form: str) -> torch.Tensor:
     return (per * kept.float()).mean()
 
 
-def _missing_labels(form: str, offset: float = 0.0, weight: float = 1.0) -> Report:
+def _missing_labels(
+    form: str, offset: float = 0.0, weight: float = 1.0, one_each: bool = False
+) -> Report:
     """A regression of 3 outputs whose labels (about offset) are missing (NaN) at random, 30
     rows in shuffled batches of 8 (the last one of 6), its loss per element masked to the
-    observed labels (form "raw": the NaN labels left in the loss, a bug), times a weight."""
+    observed labels (form "raw": the NaN labels left in the loss, a bug), times a weight;
+    one_each: each row misses exactly one of its labels."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=gen)
     y = x @ torch.randn(5, 3, generator=gen) + offset
-    y[torch.rand(30, 3, generator=gen) < 0.3] = float("nan")
+    if one_each:
+        y[torch.arange(30), torch.randint(0, 3, (30,), generator=gen)] = float("nan")
+    else:
+        y[torch.rand(30, 3, generator=gen) < 0.3] = float("nan")
     model, optimizer, loader = _mlp_on(x, y, 3, gen)
     with watch() as reports:
         for _ in range(2):
@@ -133,18 +139,81 @@ def test_a_masked_sum_divided_by_every_element_fails_mean_vs_sum(form: str, offs
 def test_a_masked_mean_times_a_weight_of_the_codes_is_read_as_the_mean_it_weighs(
     form: str, weight: float
 ) -> None:
-    """0.1 * (l * m).sum() / m.sum() passes; its twin over every element, 0.1 * (l * m).mean(),
-    fails mean-vs-sum alone, named as such: its multiple of the mean over every element is the
-    one constant, where the kept share changes the multiple of the masked mean. Before, the
-    twin's updates were read against the masked mean: here, short-last-batch alone, a nominal
-    divisor (an update of 18 kept elements "divided by a full update's 16"), the bug unnamed."""
+    """0.1 * (l * m).sum() / m.sum() passes. Its twin over every element, 0.1 * (l * m).mean(),
+    applies one multiple of the mean over every element, and, every row holding 3 outputs, one
+    of each row's kept outputs summed and averaged over the rows (a mean of its own): the same
+    numbers, so mean-vs-sum is not judged, and said why. Before, the twin's updates were read
+    against the masked mean: here, short-last-batch alone, a nominal divisor (an update of 18
+    kept elements "divided by a full update's 16"), the bug unnamed."""
     report = _missing_labels(form, weight=weight)
-    assert not report.error, str(report)
+    assert not report.error and not report.failures, str(report)
+    verdicts = {r.pitfall: r for r in report.results}
     if form == "product":
-        assert report.ok, str(report)
+        assert verdicts["mean-vs-sum"].verdict == "pass", str(report)
         return
+    assert verdicts["mean-vs-sum"].verdict == "skip", str(report)
+    assert "where every sample has as many elements" in verdicts["mean-vs-sum"].message
+
+
+def test_a_mean_over_every_element_where_each_row_keeps_as_many_is_still_named() -> None:
+    """Each row misses exactly one of its 3 labels: (l * m).mean() applies 2/3 of the masked
+    mean on every update, one multiple, as a weight of the code's would; but it applies the
+    mean over every element itself, and is named (review rv66: read as a weight of 2/3 when
+    weights of the code's were first read, and passed)."""
+    report = _missing_labels("mean", one_each=True)
     assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
     assert "those its mask drops" in report.failures[0].message
+    assert _missing_labels("product", one_each=True).ok
+
+
+def _ragged(weight: float, every: bool) -> Report:
+    """Sequences of 2 to 9 steps, each step's target missing (NaN) past its length and now and
+    then within it, 30 in shuffled batches of 8, each batch as wide as its longest: the masked
+    mean squared error times a weight, or (every) its twin over every element."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(30, 9, 2, generator=gen)
+    y = x.sum(-1)
+    lengths = torch.randint(2, 10, (30,), generator=gen)
+    y[torch.arange(9) >= lengths[:, None]] = float("nan")
+    y[torch.rand(30, 9, generator=gen) < 0.1] = float("nan")
+
+    def trimmed(rows: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, yb = (torch.stack(t) for t in zip(*rows, strict=True))
+        width = int((~torch.isnan(yb)).any(0).nonzero().max()) + 1
+        return xb[:, :width], yb[:, :width]
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen, collate_fn=trimmed
+    )
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                observed = ~torch.isnan(yb)
+                per = F.mse_loss(model(xb).squeeze(-1), yb.nan_to_num(), reduction="none")
+                kept = (per * observed).mean() if every else (per * observed).sum() / observed.sum()
+                loss = weight * kept
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize("every", [False, True], ids=["kept", "every"])
+def test_a_weighted_masked_mean_over_batches_of_their_own_width_is_told_from_every_element(
+    every: bool,
+) -> None:
+    """Batches as wide as their longest sequence: a row's elements change with its batch, so
+    the mean over every element, 0.5 * (l * m).mean(), is told from a sum over each row
+    averaged over the rows, and named; the masked mean times 0.5 passes."""
+    report = _ragged(0.5, every)
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == (["mean-vs-sum"] if every else []), str(report)
+    if every:
+        assert "those its mask drops" in report.failures[0].message
 
 
 def test_a_short_batch_whose_kept_share_is_the_codes_weight_is_not_read_as_every_element() -> None:

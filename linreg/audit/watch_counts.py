@@ -31,19 +31,38 @@ SAID = {  # each other count, as the report says it was read
 TORCHS = "their targets, as torch's own mean counts them"
 
 
-def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int]]:
+def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int], str]:
     """Return the updates read with the counts their losses' code divided by: torch's, or the
     other count (Update.others) under which more updates applied the mean, two thirds of
-    those read at least (else torch's); that count's key ("": torch's); and, per other key, the
-    updates (or parts of one) read under it because they applied the mean there alone."""
+    those read at least (else torch's); that count's key ("": torch's); per other key, the
+    updates (or parts of one) read under it because they applied the mean there alone; and
+    the other count under which they apply one multiple as well, where one of the two is
+    every element's and no update applied the mean itself ("" else): with a weight of the
+    code's, each sample's kept elements summed and averaged over the samples, and the mean
+    over every element, give the same numbers where every sample has as many elements."""
     keys = sorted({k for u in updates for part in (u, *u.parts) for k, _ in part.others})
     if not keys:
-        return updates, "", {}
+        return updates, "", {}, ""
     tallies = {k: _tally(updates, k) for k in keys}
-    best = max(keys, key=lambda k: tallies[k][0])
-    right, torchs, read = tallies[best]  # (a divisor of the code's may equal it now and then:
-    if right <= torchs or 3 * right < 2 * read:  # a time-major batch's time steps, its samples
-        best = ""  # in some batches)
+    common = not any(right or torchs for right, torchs, _ in tallies.values())
+    if common:  # no mean anywhere: a weight of the code's, read on every element's count
+        tallies = {k: _tally(updates, k, common=True) for k in keys}  # alone (a time-major
+    # sum over the time steps keeps one multiple under its samples' count by chance)
+    candidates = [k for k in keys if k == "unmasked"] if common else keys
+    best = max(candidates, key=lambda k: tallies[k][0], default="")
+    either = next(
+        (
+            k
+            for k in keys
+            if common and best and k != best
+            and tallies[k][0] == tallies[best][0] > tallies[best][1]
+        ),
+        "",
+    )  # fmt: skip
+    if best:
+        right, torchs, read = tallies[best]  # (a divisor of the code's may equal it now and
+        if right <= torchs or 3 * right < 2 * read:  # then: a time-major batch's time steps,
+            best = ""  # its samples in some batches)
     leaves = [(j, leaf) for j, u in enumerate(updates) for leaf in u.parts or (u,)]
     # the mean, or the one multiple of it most updates apply under the run's count: a constant
     # of the code's (0.5 * loss), at which a short batch's own count may meet another by chance
@@ -63,7 +82,7 @@ def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int]]:
         return _as(u, k if k is not None and k in borne else best)
 
     counted = Counter(k for k in alone.values() if k is not None and k in borne)
-    return [taken(u) for u in updates], best, dict(counted)
+    return [taken(u) for u in updates], best, dict(counted), either if best else ""
 
 
 def _alone(j: int, u: Update, run: str, keys: list[str]) -> str | None:
@@ -112,10 +131,13 @@ def _as(u: Update, key: str) -> Update:
     return replace(u, counts=list(counts), parts=parts)
 
 
-def _tally(updates: list[Update], key: str) -> tuple[int, int, int]:
+def _tally(updates: list[Update], key: str, common: bool = False) -> tuple[int, int, int]:
     """Return, of the updates (or parts of one) whose losses may divide by the count `key`, how
     many applied the mean of their rows' gradients under it, how many under torch's count, and
-    how many were read as weights on their micro-batches at all."""
+    how many were read as weights on their micro-batches at all. common: the mean times the
+    one multiple most apply under each count (_common), where no update applied the mean
+    itself under any: a weight of the code's (0.5 * (l * m).sum() / m.sum(), or its twin
+    0.5 * (l * m).mean(), whose multiple is one under every element's count alone)."""
     mine: list[Reading | None] = []
     torchs: list[Reading | None] = []
     for j, u in enumerate(updates):
@@ -123,9 +145,7 @@ def _tally(updates: list[Update], key: str) -> tuple[int, int, int]:
             if not part.columns and _may(part, key):
                 mine.append(_read(j, _as(part, key), False))
                 torchs.append(_read(j, part, False))
-    # a mask's: the mean over every element times a constant of the code's (0.1 * (l * m).mean())
-    # keeps one multiple under that count, where the kept elements' share changes under torch's
-    at, theirs = (_common(mine), _common(torchs)) if key == "unmasked" else (1.0, 1.0)
+    at, theirs = (_common(mine), _common(torchs)) if common else (1.0, 1.0)
     read = sum(r is not None and bool(r.relative) for r in mine)
     right = sum(_the_mean(r, at) for r in mine)
     return right, sum(_the_mean(r, theirs) for r in torchs), read

@@ -4,6 +4,7 @@ where the run showed nothing a property reads, and a note of what was seen and l
 from __future__ import annotations
 
 from linreg.audit.report import Report, Result
+from linreg.audit.watch_counts import SAID
 from linreg.audit.watch_note import note_of
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
@@ -133,6 +134,14 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "watch saw fetched (a teacher's outputs, a penalty, or a batch fetched before the "
             "watch began), whose weight is never judged, so the other terms alone do not pass "
             "a shorter update"
+        )
+    if pitfall == "mean-vs-sum" and v.either:
+        counts = sorted((SAID[v.counted], SAID[v.either]))
+        return (
+            f"not judged: every update applied one multiple of the mean over {counts[0]}, and "
+            f"one over {counts[1]}, with a weight of the code's: the same numbers where every "
+            "sample has as many elements, the one a known mistake (the mask's drops counted), "
+            "the other a mean of its own"
         )
     if pitfall in ("mean-vs-sum", "short-last-batch") and v.changing:
         low, high = v.changing

@@ -87,6 +87,9 @@ class Verdicts:
     # the one loss's full updates before (or after) the others, each applying a multiple of
     # its own that no known mistake names: a weight the code ramps (a warm-up), not judged
     ramped: set[int] = field(default_factory=set)
+    # another count than the one read (counted) under which the updates apply one multiple too,
+    # every element's one of the two (watch_counts.meant): mean-vs-sum not judged
+    either: str = ""
     # per such term, the shorter updates judged against its full ones' one coefficient
     shorter: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     # such a term's shorter updates that apply a fixed coefficient per micro-batch, named once

@@ -57,9 +57,10 @@ def judge(seen: Watched, summed: bool = False) -> Verdicts:
 def _judge(seen: Watched, summed: bool) -> Verdicts:
     v = Verdicts(meant="sum" if summed else "mean")
     if not summed:  # each loss's count, as its code divided it
-        updates, v.counted, v.counted_alone = meant(seen.updates)
+        updates, v.counted, v.counted_alone, v.either = meant(seen.updates)
         seen = replace(seen, updates=updates)
-        if v.counted == "unmasked" or "unmasked" in v.counted_alone:  # read so, and named
+        unmasked = v.counted == "unmasked" or "unmasked" in v.counted_alone
+        if unmasked and not v.either:  # read so, and named
             n = len(updates) if v.counted == "unmasked" else v.counted_alone["unmasked"]
             v.fail(
                 "mean-vs-sum",
@@ -203,9 +204,11 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
             v.nominal_at.setdefault(x.j, []).append(x.ratio)
     v.grown_on()
     name_shortfalls(v)
-    if any(c.unconfirmed for c in v.constants) or v.free:  # a term not told from a sum, or
-        v.judged["mean-vs-sum"] = set()  # one whose scale is the code's: no pass on the
-    if v.free:  # others' alone: judged where each such term's full updates judged it
+    # a term not told from a sum, one whose scale is the code's, or a count not told from
+    # every element's: no pass on the others' alone
+    if any(c.unconfirmed for c in v.constants) or v.free or v.either:
+        v.judged["mean-vs-sum"] = set()
+    if v.free:  # judged where each such term's full updates judged it
         shorts = set.intersection(*(v.shorter[term] for term in v.free)) - v.partial
         if any(term not in v.free for _, term in readings):
             shorts &= v.judged["short-last-batch"]

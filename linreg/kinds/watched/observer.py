@@ -21,7 +21,7 @@ from linreg.kinds.watched.passes import Passes
 from linreg.kinds.watched.records import MicroBatch
 from linreg.kinds.watched.restore import PutBack
 from linreg.kinds.watched.steps import Steps
-from linreg.kinds.watched.ways import divisors, scaler_product, weighed
+from linreg.kinds.watched.ways import divisors, scaler_scale, weighed
 
 
 class Observer(Steps, ClipHooks, LossReader, Passes, PutBack, Observed):
@@ -93,7 +93,7 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack, Observed):
             for c in matched:  # coefficient, so what uses it tells (reduced_whole)
                 if c.by_code and c.elements == 1 and not reduced_whole(nodes, c.node):
                     c.alike = False
-        scaled = any(scaler_product(t.grad_fn, self.scales) for t in roots)  # (before run())
+        scaled = max((scaler_scale(t.grad_fn, self.scales) for t in roots), default=0.0)
         self.open = None  # the update before is closed: its gradients are let go
         if len(self.micro) > self.cut and self._reset():  # the code zeroed .grad since the
             self.cut, self.carried = len(self.micro), {}  # last backward(): those are let go

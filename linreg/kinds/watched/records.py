@@ -106,7 +106,7 @@ class MicroBatch:
     # the code divided its loss by the framework's count too, before the framework's own
     # division (the divisions by it between the loss and backward()'s root: 2 or more)
     again: bool = False
-    scaled: bool = False  # its backward()'s root was a GradScaler's product (scaler.scale)
+    scaled: float = 0.0  # its backward()'s root a GradScaler's product: the scale (else 0)
 
     @property
     def count(self) -> float:

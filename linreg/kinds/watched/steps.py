@@ -211,7 +211,7 @@ class Steps(Zeroed):
                 closed = replace(unread(closed.tol), nonfinite=True)
         except Exception:
             closed = unread(tolerance_of(update.params))
-        bypassed = not update.unscaled and any(mb.scaled for mb in update.micro)
+        bypassed = 0.0 if update.unscaled else max((mb.scaled for mb in update.micro), default=0)
         return replace(
             closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip, bypassed=bypassed
         )

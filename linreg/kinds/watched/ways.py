@@ -112,9 +112,13 @@ def _whole_sum(node: Any) -> bool:
     return bool(math.prod(n for d, n in enumerate(sizes) if d not in summed) == 1)
 
 
-def scaler_product(node: Any, scales: Mapping[int, float] | None) -> bool:
-    """Return whether a backward()'s root is GradScaler.scale's product (scaler.scale(loss))."""
-    return type(node).__name__ == "MulBackward0" and _scaled(node, scales)
+def scaler_scale(node: Any, scales: Mapping[int, float] | None) -> float:
+    """Return the scale where a backward()'s root is GradScaler.scale's product
+    (scaler.scale(loss)), else 0."""
+    if type(node).__name__ != "MulBackward0" or not _scaled(node, scales):
+        return 0.0
+    other = _operand(node)
+    return 0.0 if other is None else float(other)
 
 
 def _scaled(node: Any, scales: Mapping[int, float] | None) -> bool:
