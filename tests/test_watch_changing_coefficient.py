@@ -237,3 +237,65 @@ def test_a_loss_weight_warmed_up_over_half_the_watch_is_a_coefficient_that_chang
     run failed mean-vs-sum and short-last-batch against the first update's 0.2)."""
     report = _warmed_up(False, steps=5)
     assert not report.error and not report.failures, str(report)
+
+
+def _scaled(weight: float, init_scale: float, by_hand: bool) -> Report:
+    """weight * F.mse_loss through a GradScaler of init_scale, the optimizer stepped on the
+    gradients as backward() left them (the scaler bypassed) or (by_hand) each .grad divided by
+    the scale first (correct: the code's own unscaling)."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(100, 4, generator=gen)
+    y = x @ torch.randn(4, 1, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, gen)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                scaler.scale(weight * F.mse_loss(model(xb), yb)).backward()
+                for p in model.parameters() if by_hand else ():
+                    assert p.grad is not None
+                    p.grad.div_(scaler.get_scale())
+                optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize(
+    ("weight", "init_scale", "by_hand"),
+    [(10.0, 1.0, True), (4.0, 8.0, True), (1e-3, 65536.0, False), (0.25, 8.0, False)],
+    ids=["hand-10-at-1", "hand-4-at-8", "bypassed-1e-3", "bypassed-0.25-at-8"],
+)
+def test_a_scale_undone_by_hand_passes_and_one_undone_by_nothing_fails_whatever_the_weight(
+    weight: float, init_scale: float, by_hand: bool
+) -> None:
+    """The applied multiple alone cannot tell a weight W undone by hand from W / scale
+    bypassed (review rv67: a cut at the scale's root named 10 * mse undone by hand at scale 1,
+    and passed 1e-3 * mse bypassed, read as a constant 65.5 of the loss's own). What tells them
+    apart is what the step applied: what backward() left (bypassed), or 1 / scale of it (undone
+    by the code)."""
+    report = _scaled(weight, init_scale, by_hand)
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == ([] if by_hand else ["mean-vs-sum"]), str(report)
+    if not by_hand:
+        assert "a loss scaler's scaled gradients" in report.failures[0].message
+
+
+def test_a_loss_weight_decayed_from_one_is_a_coefficient_that_changes() -> None:
+    """1, 0.94, 0.88, ...: it falls from the mean, but not as 1, 1/2, 1/3 (a running mean's):
+    a coefficient of the code's, not judged (review rv67: read as a running mean, it failed
+    mean-vs-sum and short-last-batch)."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(100, 4, generator=gen)
+    y = x @ torch.randn(4, 1, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, gen)
+    step = 0
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                loss = max(0.1, 1 - 0.06 * step) * F.mse_loss(model(xb), yb)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+    report = reports[0]
+    assert not report.error and not report.failures, str(report)

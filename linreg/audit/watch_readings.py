@@ -37,7 +37,7 @@ class Reading:
     micro: int = 0  # the update's micro-batches (a term's reading: those it is in may be fewer)
     per_row: float | None = None  # its term's weights times its rows, one number (Column)
     penalized: bool = False  # read beside a penalty on the params (Update.penalty)
-    bypassed: float = 0.0  # a loss scaler's scale nothing of torch's undid (Update.bypassed)
+    bypassed: float = 0.0  # a loss scaler's scale nothing undid (Update.bypassed)
     changed: bool = False  # read as backward() left .grad: the code projected it after (a
     # gradient centralization: _as_backward_left_it)
 

@@ -43,11 +43,8 @@ def scale_named(s: float, r: Reading, meant: str = "mean", full: bool = True) ->
     """Return the known mistake an update's scale s (over the mean, or the sum meant) shows,
     else NO_KNOWN; full: an update of the most common count (a shorter one's accumulation
     window is short on its own account: accelerate divides it by the whole count too)."""
-    # (a scale nothing of torch's undid, where the update applied nearer it than the mean: the
-    # code's own unscaling by hand, p.grad / scaler.get_scale(), applies its coefficient alone)
-    if (r.bypassed and s * s >= r.bypassed) or (
-        s >= 1024 and near(math.log2(s), round(math.log2(s)))
-    ):
+    # (a scale nothing undid: neither torch's unscale_ nor the code's own division, Update)
+    if r.bypassed or (s >= 1024 and near(math.log2(s), round(math.log2(s)))):
         return "it steps with a loss scaler's scaled gradients (call scaler.step, or unscale_)"
     if meant == "sum":
         if near(s, 1 / r.count):

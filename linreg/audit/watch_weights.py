@@ -5,7 +5,6 @@ unequal counts (micro-batch-accumulation), a window carried over or never applie
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 from linreg.audit.watch_constants import constant_of
@@ -208,23 +207,31 @@ def _changing(readings: list[Reading], fulls: list[Reading], v: Verdicts, term: 
     batch's rows (per_row), whose rows change the full scales. The one loss's, where no known
     mistake names any of them: a root of the mean (torch.sqrt(F.mse_loss(...))), a sum divided
     by a count of the code's own (a batch's positive labels), which a sum or a nominal divisor
-    cannot be told from; kept in v.changing (the least and the most). Not where they fall from
-    the mean, or half of them or more show a known mistake."""
+    cannot be told from; kept in v.changing (the least and the most). Not where they are a
+    running mean's, or half of them or more show a known mistake."""
     scales = [r.relative[0] for r in fulls if r.relative]
     if 3 * max((sum(near(s, t) for t in scales) for s in scales), default=0) >= 2 * len(scales):
         return False
     if term:
         return len({r.per_row for r in readings}) != 1 or readings[0].per_row is None
-    # not where the first applied the mean itself and each after it less than the one before,
-    # or the mean again (a loss divided by the batches or rows seen so far in the epoch: 1, 1/2,
-    # 1/3, ..., then 1), nor where half or more show a known mistake (a sum: a batch of no
-    # positive label, its count over 1, is one now and then)
+    # not where they are 1, 1/2, 1/3, ... from the mean itself, then 1 again (a loss divided by
+    # the batches or rows seen so far in the epoch), nor where half or more show a known mistake
+    # (a sum: a batch of no positive label, its count over 1, is one now and then)
     named = sum(scale_named(s, r, v.meant) != NO_KNOWN for s, r in zip(scales, fulls, strict=True))
-    falling = all(near(b, 1) or b < a for a, b in itertools.pairwise(scales))
-    if (near(scales[0], 1) and falling) or 2 * named >= len(scales):
+    if _seen_so_far(scales) or 2 * named >= len(scales):
         return False
     v.changing = (min(scales), max(scales))
     return True
+
+
+def _seen_so_far(scales: list[float]) -> bool:
+    """Return whether full updates' multiples are 1, 1/2, 1/3, ... from the first, each 1 again
+    beginning another such run: a mean divided by the batches seen so far (a running mean)."""
+    k, grown = 0, True
+    for s in scales:
+        k = 1 if near(s, 1) else k + 1
+        grown = grown and near(s, 1 / k)
+    return grown and bool(scales) and near(scales[0], 1)
 
 
 def _ramped(fulls: list[Reading], scale: float) -> set[int]:

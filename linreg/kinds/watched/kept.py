@@ -45,9 +45,10 @@ class Update:
     unscaled: bool = False  # a loss scaler unscaled its gradients (GradScaler.unscale_)
     scaled_clip: bool = False  # torch's clipping changed them before that unscale_: the
     # clip's bound held the still-scaled gradient (clip-before-unscale)
-    # a GradScaler scaled its micro-batches' losses and nothing of torch's unscaled their
-    # gradients: its scale (the most), else 0; where the update applied as much, the optimizer
-    # stepped on them as they were (optimizer.step() where scaler.step was meant)
+    # a GradScaler scaled its micro-batches' losses (by more than 1) and nothing unscaled their
+    # gradients, neither torch's unscale_ nor the code's own division by the scale: its scale
+    # (the most), else 0: the optimizer stepped on them as they were (optimizer.step() where
+    # scaler.step was meant)
     bypassed: float = 0.0
     # where a backward() reached losses of 2+ functions (a multi-task loss, mse + 0.5 *
     # cross_entropy): the inner products are over each micro-batch's term (its losses of one

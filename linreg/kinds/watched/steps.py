@@ -19,6 +19,7 @@ from torch import Tensor
 
 from linreg import checks
 from linreg.kinds.training_loop.watcher import zero_lr
+from linreg.kinds.watched.applied import scaled_by
 from linreg.kinds.watched.closing import close, finite, unread
 from linreg.kinds.watched.kept import Update, Watched
 from linreg.kinds.watched.objectives import are_terms, objectives
@@ -211,7 +212,12 @@ class Steps(Zeroed):
                 closed = replace(unread(closed.tol), nonfinite=True)
         except Exception:
             closed = unread(tolerance_of(update.params))
+        # (the code's own unscaling, .grad / scaler.get_scale() by hand, applied 1 / scale of
+        # what backward() left: undone, no bypass; a scale of 1 changes nothing)
         bypassed = 0.0 if update.unscaled else max((mb.scaled for mb in update.micro), default=0)
+        by, _ = scaled_by(closed.aa, closed.bb, closed.ab, closed.tol)
+        if bypassed <= 1 or (by is not None and abs(by * bypassed - 1) <= 1e-2):
+            bypassed = 0.0
         return replace(
             closed, unscaled=update.unscaled, scaled_clip=update.scaled_clip, bypassed=bypassed
         )
