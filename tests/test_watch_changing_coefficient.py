@@ -290,3 +290,30 @@ def test_a_loss_weight_decayed_from_one_is_a_coefficient_that_changes() -> None:
     mean-vs-sum and short-last-batch)."""
     report = _weighted(lambda step: max(0.1, 1 - 0.06 * step), seed=9)
     assert not report.error and not report.failures, str(report)
+
+
+@pytest.mark.parametrize("twin", [False, True], ids=["weight-0-first", "zeroed-before-step"])
+def test_a_loss_weighed_by_zero_applies_nothing_and_is_no_non_leaf_param(twin: bool) -> None:
+    """A warm-up from 0 (weight step / 3): the first update's gradients are all 0, as
+    backward() left them, which is no parameter left without a gradient (review rv67: it failed
+    non-leaf-params). Its twin zeroes the gradients between backward() and step() (to None):
+    nothing reaches the step, and non-leaf-params fails."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(100, 4, generator=gen)
+    y = x @ torch.randn(4, 1, generator=gen)
+    model, optimizer, loader = _mlp_on(x, y, gen)
+    step = 0
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                loss = min(1.0, step / 3) * F.mse_loss(model(xb), yb)
+                optimizer.zero_grad()
+                loss.backward()
+                if twin:
+                    optimizer.zero_grad()
+                optimizer.step()
+                step += 1
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == (["non-leaf-params"] if twin else []), str(
+        report
+    )

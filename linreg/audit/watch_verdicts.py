@@ -145,6 +145,8 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
         if not u.applied_any and u.counts and not sum(u.counts) and not u.bb:
             continue  # every target of its losses ignored (-100): nothing to apply, and none
             # left by its backward() (a loss not read, a reconstruction by hand, left some)
+        if u.zeros:  # a gradient reached them, all 0 (a loss weighed by 0): nothing to apply
+            continue
         if not u.applied_any:
             v.fail(
                 "non-leaf-params",

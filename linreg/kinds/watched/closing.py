@@ -98,6 +98,7 @@ def _close(update: Open, tol: float) -> Update:
     aa = bb = ab = 0.0
     carried = applied_any = False
     zeroed = 0
+    found = any(update.applied.get(id(p)) is not None for p in update.params)
     for p in update.params:
         key = id(p)
         got, before, held = update.applied.get(key), update.before.get(key), update.carried.get(key)
@@ -160,7 +161,7 @@ def _close(update: Open, tol: float) -> Update:
         zeroed=zeroed, divided=_divided(update.micro),
         again=bool(update.micro) and all(mb.again for mb in update.micro),
         epoch=min((mb.epoch for mb in update.micro if mb.epoch is not None), default=None),
-        others=others,
+        others=others, zeros=found and not applied_any and not zeroed,
     )  # fmt: skip
 
 

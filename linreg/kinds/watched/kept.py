@@ -49,6 +49,9 @@ class Update:
     # gradients, neither torch's unscale_ nor the code's own division by the scale: its scale
     # (the most), else 0: the optimizer stepped on them as they were (optimizer.step() where
     # scaler.step was meant)
+    # backward() left its params gradients all 0, which the steps found as left (a loss
+    # weighed by 0 in this update: a warm-up from 0), not None (no gradient reached them)
+    zeros: bool = False
     bypassed: float = 0.0
     # where a backward() reached losses of 2+ functions (a multi-task loss, mse + 0.5 *
     # cross_entropy): the inner products are over each micro-batch's term (its losses of one
