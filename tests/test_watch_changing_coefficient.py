@@ -180,10 +180,13 @@ def test_a_bypassed_loss_scaler_is_named_whatever_the_codes_coefficient(seed: in
     assert not _rmse(True, seed=seed).failures
 
 
-def _weighted(weight: Callable[[int], float], nominal: bool = False, seed: int = 6) -> Report:
+def _weighted(
+    weight: Callable[[int], float], nominal: bool = False, seed: int = 6, rezeroed: bool = False
+) -> Report:
     """A regression whose loss weight is weight(step), 100 rows in shuffled batches of 16;
     nominal: the twin sums each batch's loss and divides by the nominal 16, the epoch's last
-    batch of 4 too."""
+    batch of 4 too; rezeroed: the twin zeroes the gradients (to None) between backward() and
+    step()."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(100, 4, generator=gen)
     y = x @ torch.randn(4, 1, generator=gen)
@@ -198,6 +201,8 @@ def _weighted(weight: Callable[[int], float], nominal: bool = False, seed: int =
                     loss = weight(step) * F.mse_loss(model(xb), yb)
                 optimizer.zero_grad()
                 loss.backward()
+                if rezeroed:
+                    optimizer.zero_grad()
                 optimizer.step()
                 step += 1
     return reports[0]
@@ -298,22 +303,7 @@ def test_a_loss_weighed_by_zero_applies_nothing_and_is_no_non_leaf_param(twin: b
     backward() left them, which is no parameter left without a gradient (review rv67: it failed
     non-leaf-params). Its twin zeroes the gradients between backward() and step() (to None):
     nothing reaches the step, and non-leaf-params fails."""
-    gen = torch.Generator().manual_seed(10)
-    x = torch.randn(100, 4, generator=gen)
-    y = x @ torch.randn(4, 1, generator=gen)
-    model, optimizer, loader = _mlp_on(x, y, gen)
-    step = 0
-    with watch() as reports:
-        for _ in range(2):
-            for xb, yb in loader:
-                loss = min(1.0, step / 3) * F.mse_loss(model(xb), yb)
-                optimizer.zero_grad()
-                loss.backward()
-                if twin:
-                    optimizer.zero_grad()
-                optimizer.step()
-                step += 1
-    report = reports[0]
+    report = _weighted(lambda step: min(1.0, step / 3), seed=10, rezeroed=twin)
     assert [r.pitfall for r in report.failures] == (["non-leaf-params"] if twin else []), str(
         report
     )

@@ -43,10 +43,11 @@ def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int], str
     keys = sorted({k for u in updates for part in (u, *u.parts) for k, _ in part.others})
     if not keys:
         return updates, "", {}, ""
-    tallies = {k: _tally(updates, k) for k in keys}
+    read_by = {k: _readings(updates, k) for k in keys}
+    tallies = {k: _tally(*read_by[k]) for k in keys}
     common = not any(right or torchs for right, torchs, _ in tallies.values())
     if common:  # no mean anywhere: a weight of the code's, read on every element's count
-        tallies = {k: _tally(updates, k, common=True) for k in keys}  # alone (a time-major
+        tallies = {k: _tally(*read_by[k], common=True) for k in keys}  # alone (a time-major
     # sum over the time steps keeps one multiple under its samples' count by chance)
     candidates = [k for k in keys if k == "unmasked"] if common else keys
     best = max(candidates, key=lambda k: tallies[k][0], default="")
@@ -66,8 +67,9 @@ def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int], str
     leaves = [(j, leaf) for j, u in enumerate(updates) for leaf in u.parts or (u,)]
     # the mean, or the one multiple of it most updates apply under the run's count: a constant
     # of the code's (0.5 * loss), at which a short batch's own count may meet another by chance
-    scale = _common([_read(j, _as(leaf, best), False) for j, leaf in leaves])
-    means = {id(leaf): _the_mean(_read(j, _as(leaf, best), False), scale) for j, leaf in leaves}
+    under = {id(leaf): _read(j, _as(leaf, best), False) for j, leaf in leaves}
+    scale = _common(list(under.values()))
+    means = {key: _the_mean(r, scale) for key, r in under.items()}
     alone = {
         id(leaf): None if means[id(leaf)] else _alone(j, leaf, best, ["", *keys])
         for j, leaf in leaves
@@ -131,13 +133,9 @@ def _as(u: Update, key: str) -> Update:
     return replace(u, counts=list(counts), parts=parts)
 
 
-def _tally(updates: list[Update], key: str, common: bool = False) -> tuple[int, int, int]:
-    """Return, of the updates (or parts of one) whose losses may divide by the count `key`, how
-    many applied the mean of their rows' gradients under it, how many under torch's count, and
-    how many were read as weights on their micro-batches at all. common: the mean times the
-    one multiple most apply under each count (_common), where no update applied the mean
-    itself under any: a weight of the code's (0.5 * (l * m).sum() / m.sum(), or its twin
-    0.5 * (l * m).mean(), whose multiple is one under every element's count alone)."""
+def _readings(updates: list[Update], key: str) -> tuple[list[Reading | None], list[Reading | None]]:
+    """Return the updates (or parts of one) whose losses may divide by the count `key` read
+    under it, and read under torch's count."""
     mine: list[Reading | None] = []
     torchs: list[Reading | None] = []
     for j, u in enumerate(updates):
@@ -145,6 +143,19 @@ def _tally(updates: list[Update], key: str, common: bool = False) -> tuple[int, 
             if not part.columns and _may(part, key):
                 mine.append(_read(j, _as(part, key), False))
                 torchs.append(_read(j, part, False))
+    return mine, torchs
+
+
+def _tally(
+    mine: list[Reading | None], torchs: list[Reading | None], common: bool = False
+) -> tuple[int, int, int]:
+    """Return, of the updates (or parts of one) read under a count of their own (mine) and
+    under torch's (torchs, _readings), how many applied the mean of their rows' gradients
+    under the first, how many under torch's, and how many were read as weights on their
+    micro-batches at all. common: the mean times the one multiple most apply under each count
+    (_common), where no update applied the mean itself under any: a weight of the code's
+    (0.5 * (l * m).sum() / m.sum(), or its twin 0.5 * (l * m).mean(), whose multiple is one
+    under every element's count alone)."""
     at, theirs = (_common(mine), _common(torchs)) if common else (1.0, 1.0)
     read = sum(r is not None and bool(r.relative) for r in mine)
     right = sum(_the_mean(r, at) for r in mine)

@@ -59,18 +59,14 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         r.relative = [x / s for x in r.relative]
     full, windows = full_window(readings)  # a full update's count, and its micro-batches
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
-    if _changing(readings, fulls, v, term):  # a coefficient of the code's that changes
+    s_full, held = _most_common(fulls)
+    if _changing(readings, fulls, held, v, term):  # a coefficient of the code's that changes
         coefficients(readings, updates, v, term)
         return
-    s_full = fulls[0].relative[0] if fulls and fulls[0].relative else 1.0
     parts_full = len(fulls[0].parts) if fulls else 1
-    ramped: set[int] = set()  # the one loss's full updates of a weight the code ramps
-    if fulls:  # (fulls: each alike, so its scale is its relative[0]; the most common scale)
-        scales = [r.relative[0] for r in fulls if r.relative]
-        s_full = max(scales, key=lambda s: sum(near(s, t) for t in scales))
-        if not term:
-            ramped = _ramped(fulls, s_full)
-        fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]
+    # the one loss's full updates of a weight the code ramps
+    ramped = _ramped(fulls, s_full) if fulls and not term else set()
+    fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
     # (a term's scale is named only where a shorter update shows it growing with the rows: on
@@ -199,7 +195,17 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         )
 
 
-def _changing(readings: list[Reading], fulls: list[Reading], v: Verdicts, term: str) -> bool:
+def _most_common(fulls: list[Reading]) -> tuple[float, int]:
+    """Return the multiple most full updates apply (each alike, so its relative[0]; the first
+    of a tie, 1 where there is none) and how many apply it."""
+    scales = [r.relative[0] for r in fulls if r.relative]
+    held = [sum(near(s, t) for t in scales) for s in scales]
+    return max(zip(scales, held, strict=True), key=lambda x: x[1], default=(1.0, 0))
+
+
+def _changing(
+    readings: list[Reading], fulls: list[Reading], held: int, v: Verdicts, term: str
+) -> bool:
     """Return whether the full updates each apply a multiple of their own (most of them unlike
     the most common one): a coefficient of the code's that changes from update to update, read
     as a function's own mean's is (watch_terms). A term's: the classes' sum divided by the
@@ -208,9 +214,10 @@ def _changing(readings: list[Reading], fulls: list[Reading], v: Verdicts, term: 
     mistake names any of them: a root of the mean (torch.sqrt(F.mse_loss(...))), a sum divided
     by a count of the code's own (a batch's positive labels), which a sum or a nominal divisor
     cannot be told from; kept in v.changing (the least and the most). Not where they are a
-    running mean's, or half of them or more show a known mistake."""
+    running mean's, or half of them or more show a known mistake; held: how many apply the most
+    common one."""
     scales = [r.relative[0] for r in fulls if r.relative]
-    if 3 * max((sum(near(s, t) for t in scales) for s in scales), default=0) >= 2 * len(scales):
+    if 3 * held >= 2 * len(scales):
         return False
     if term:
         return len({r.per_row for r in readings}) != 1 or readings[0].per_row is None
@@ -231,7 +238,7 @@ def _seen_so_far(scales: list[float]) -> bool:
     for s in scales:
         k = 1 if near(s, 1) else k + 1
         grown = grown and near(s, 1 / k)
-    return grown and bool(scales) and near(scales[0], 1)
+    return grown and bool(scales)  # (the first not the mean: 1 / 1 missed)
 
 
 def _ramped(fulls: list[Reading], scale: float) -> set[int]:

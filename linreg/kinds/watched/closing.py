@@ -98,10 +98,11 @@ def _close(update: Open, tol: float) -> Update:
     aa = bb = ab = 0.0
     carried = applied_any = False
     zeroed = 0
-    found = any(update.applied.get(id(p)) is not None for p in update.params)
+    found = False  # a gradient the steps found in any param's .grad (0 or not)
     for p in update.params:
         key = id(p)
         got, before, held = update.applied.get(key), update.before.get(key), update.carried.get(key)
+        found = found or got is not None
         a = flat(got, p)
         applied_any = applied_any or bool(a.any())
         held_any = held is not None and bool(held.any())
