@@ -433,7 +433,10 @@ def _tagged(divided_by: str) -> Report:
     optimizer = torch.optim.AdamW([*embed.parameters(), *out.parameters()], lr=3e-4)
     with watch() as reports:
         for _ in range(2):
-            batches = list(DataLoader(TensorDataset(tokens, tags), batch_size=4, shuffle=True))
+            loader = DataLoader(
+                TensorDataset(tokens, tags), batch_size=4, shuffle=True, generator=gen
+            )
+            batches = list(loader)
             for start in range(0, len(batches), 2):
                 window = batches[start : start + 2]
                 counted = sum(int((y != -100).sum()) for _, y in window)
