@@ -143,6 +143,24 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "sample has as many elements, the one a known mistake (the mask's drops counted), "
             "the other a mean of its own"
         )
+    if (
+        v.within
+        and v.changing
+        and pitfall
+        in (
+            "mean-vs-sum",
+            "short-last-batch",
+            "micro-batch-accumulation",
+        )
+    ):
+        low, high = v.changing
+        return (
+            "not judged: the micro-batches of the full updates each applied a multiple of "
+            f"its own of the {v.meant} of its rows ({low:.4g} to {high:.4g}), changing inside "
+            "a window and from window to window, which no known mistake names: a coefficient "
+            "of the code's per micro-batch (a root of each one's mean, or its sum divided by "
+            "its own positive labels), which a multiple or a weight by counts cannot be told from"
+        )
     if pitfall in ("mean-vs-sum", "short-last-batch") and v.changing:
         low, high = v.changing
         return (

@@ -84,6 +84,7 @@ class Verdicts:
     # "": the one loss's, whose full updates each applied a multiple of their own (changing:
     # the least and the most)
     changing: tuple[float, float] | None = None
+    within: bool = False  # changing: each micro-batch's multiple, not each full update's
     # the one loss's full updates before (or after) the others, each applying a multiple of
     # its own that no known mistake names: a weight the code ramps (a warm-up), not judged
     ramped: set[int] = field(default_factory=set)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from linreg.audit.watch_changing import changing, most_common, ramped, within
 from linreg.audit.watch_constants import constant_of
 from linreg.audit.watch_ratios import (
     alike,
@@ -59,13 +60,15 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
         r.relative = [x / s for x in r.relative]
     full, windows = full_window(readings)  # a full update's count, and its micro-batches
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
-    s_full, held = _most_common(fulls)
-    if _changing(readings, fulls, held, v, term):  # a coefficient of the code's that changes
+    s_full, held = most_common(fulls)
+    if changing(readings, fulls, held, v, term) or within(readings, full, len(fulls), v, term):
+        # a coefficient of the code's that changes, from update to update or micro-batch to
+        # micro-batch
         coefficients(readings, updates, v, term)
         return
     parts_full = len(fulls[0].parts) if fulls else 1
     # the one loss's full updates of a weight the code ramps
-    ramped = _ramped(fulls, s_full) if fulls and not term else set()
+    warm = ramped(fulls, s_full) if fulls and not term else set()
     fulls = [r for r in fulls if r.relative and near(r.relative[0], s_full)]
     # one scale on the full updates that no known mistake names (0.5 * F.mse_loss, a sum over
     # features over the batch): the loss's own constant; every update is read relative to it
@@ -111,8 +114,8 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
             s = rel[0]
             if r.count == full:
                 why = scale_named(s, r, v.meant)
-                if (term or r.j in ramped) and why == NO_KNOWN and not near(s, 1):
-                    v.ramped |= {r.j} & ramped
+                if (term or r.j in warm) and why == NO_KNOWN and not near(s, 1):
+                    v.ramped |= {r.j} & warm
                     continue  # another coefficient of the code's, this update (not judged)
                 if not unconfirmed:
                     v.judged["mean-vs-sum"].add(r.j)
@@ -193,65 +196,6 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
             f"{at} weighs its micro-batches {shown(weights)} where a correct update weighs "
             f"them {shown([c / r.count for c in r.parts])}: it {NO_KNOWN}",
         )
-
-
-def _most_common(fulls: list[Reading]) -> tuple[float, int]:
-    """Return the multiple most full updates apply (each alike, so its relative[0]; the first
-    of a tie, 1 where there is none) and how many apply it."""
-    scales = [r.relative[0] for r in fulls if r.relative]
-    held = [sum(near(s, t) for t in scales) for s in scales]
-    return max(zip(scales, held, strict=True), key=lambda x: x[1], default=(1.0, 0))
-
-
-def _changing(
-    readings: list[Reading], fulls: list[Reading], held: int, v: Verdicts, term: str
-) -> bool:
-    """Return whether the full updates each apply a multiple of their own (most of them unlike
-    the most common one): a coefficient of the code's that changes from update to update, read
-    as a function's own mean's is (watch_terms). A term's: the classes' sum divided by the
-    positive anchors' count, as SSD's box sum is (count / num_pos); not a sum divided by each
-    batch's rows (per_row), whose rows change the full scales. The one loss's, where no known
-    mistake names any of them: a root of the mean (torch.sqrt(F.mse_loss(...))), a sum divided
-    by a count of the code's own (a batch's positive labels), which a sum or a nominal divisor
-    cannot be told from; kept in v.changing (the least and the most). Not where they are a
-    running mean's, or half of them or more show a known mistake; held: how many apply the most
-    common one."""
-    scales = [r.relative[0] for r in fulls if r.relative]
-    if 3 * held >= 2 * len(scales):
-        return False
-    if term:
-        return len({r.per_row for r in readings}) != 1 or readings[0].per_row is None
-    # not where they are 1, 1/2, 1/3, ... from the mean itself, then 1 again (a loss divided by
-    # the batches or rows seen so far in the epoch), nor where half or more show a known mistake
-    # (a sum: a batch of no positive label, its count over 1, is one now and then)
-    named = sum(scale_named(s, r, v.meant) != NO_KNOWN for s, r in zip(scales, fulls, strict=True))
-    if _seen_so_far(scales) or 2 * named >= len(scales):
-        return False
-    v.changing = (min(scales), max(scales))
-    return True
-
-
-def _seen_so_far(scales: list[float]) -> bool:
-    """Return whether full updates' multiples are 1, 1/2, 1/3, ... from the first, each 1 again
-    beginning another such run: a mean divided by the batches seen so far (a running mean)."""
-    k, grown = 0, True
-    for s in scales:
-        k = 1 if near(s, 1) else k + 1
-        grown = grown and near(s, 1 / k)
-    return grown and bool(scales)  # (the first not the mean: 1 / 1 missed)
-
-
-def _ramped(fulls: list[Reading], scale: float) -> set[int]:
-    """Return the full updates of the one loss whose scale is not the most common (scale),
-    where that one holds two thirds of them or more and the others all come before it (a weight
-    the code warms up: 1/3, 2/3, then 1) or after it (a weight of the next epoch's): a schedule
-    of the code's, whose steps no known mistake may name (watch_weights then skips them);
-    else none (others among them: judged, each of its own)."""
-    on = [r.j for r in fulls if r.relative and near(r.relative[0], scale)]
-    off = {r.j for r in fulls if r.relative and not near(r.relative[0], scale)}
-    if not off or 3 * len(on) < 2 * len(fulls):
-        return set()
-    return off if max(off) < min(on) or min(off) > max(on) else set()
 
 
 def _most_parts(readings: list[Reading]) -> int:
