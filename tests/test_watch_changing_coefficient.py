@@ -158,6 +158,43 @@ def test_a_batch_of_one_positive_label_applies_the_sum_and_the_run_still_fails_n
     assert "a coefficient of the code's that changes" in verdicts["mean-vs-sum"].message
 
 
+@pytest.mark.parametrize("share", [0.01, 0.0125])
+def test_positives_so_rare_most_batches_hold_one_or_none_fail_nothing(share: float) -> None:
+    """Where most batches hold one positive label or none (clamped to 1), most full updates
+    apply the sum over their labels, and the others their count over a whole number of
+    their own (80 / 3): a sum divided by the code's own count, not a sum (review rv66's
+    pos_rare, 1% to 1.5% positive: failed mean-vs-sum as "no known mistake"). Undivided, every
+    update applies the sum: named, as before."""
+    report = _positives(True, share=share)
+    assert not report.error and not report.failures, str(report)
+    verdicts = {r.pitfall: r for r in report.results}
+    assert "a coefficient of the code's that changes" in verdicts["mean-vs-sum"].message
+    twin = _positives(False, share=share)
+    assert [r.pitfall for r in twin.failures] == ["mean-vs-sum"], str(twin)
+    assert "sums the loss over the update's rows or targets" in twin.failures[0].message
+
+
+def test_a_sum_weighed_by_half_then_one_is_still_named_a_sum() -> None:
+    """A summed loss whose weight the code ramps (1/2 on the first two updates, then 1)
+    applies its count over 2, then over 1: whole numbers, but all the 2s before the 1s, as no
+    count of the data's falls; the sum is named, not read as a count of the code's own."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(120, 6, generator=gen)
+    y = (torch.rand(120, 5, generator=gen) < 0.3).float()
+    model, optimizer, loader = _mlp_on(x, y, gen, 16, nn.ReLU)
+    step = 0
+    with watch() as reports:
+        for _ in range(3):
+            for xb, yb in loader:
+                summed = F.binary_cross_entropy_with_logits(model(xb), yb, reduction="sum")
+                optimizer.zero_grad()
+                ((0.5 if step < 2 else 1.0) * summed).backward()
+                optimizer.step()
+                step += 1
+    report = reports[0]
+    assert "mean-vs-sum" in [r.pitfall for r in report.failures], str(report)
+
+
 def test_a_divisor_that_grows_through_the_epoch_is_no_coefficient_of_the_codes() -> None:
     """The rows seen so far in the epoch: the first update applies the mean itself, so the
     others' multiples are no coefficient of the code's; failed as before (review rv65: the
