@@ -40,7 +40,8 @@ def _rmse_accumulated(bug: str = "", rows: int = 96, seed: int = 0) -> Report:
     at the epoch's end where rows leave a short window: flushed). The twins: "never-zeroed",
     "zeroed-each" (zero_grad before every backward()), "unflushed" (an epoch's left-over
     window carried into the next), "running" (each micro-batch over its place in the window,
-    1, 2, 3, 4, in place of ACCUM: a schedule of the code's, the same in every window)."""
+    1, 2, 3, 4, in place of ACCUM: a schedule of the code's, the same in every window),
+    "seen-so-far" (each over the micro-batches seen so far in the epoch: 1, 1/2, 1/3, ...)."""
     model, loader = _regression(rows, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     with watch() as reports:
@@ -48,6 +49,8 @@ def _rmse_accumulated(bug: str = "", rows: int = 96, seed: int = 0) -> Report:
             for i, (xb, yb) in enumerate(loader):
                 if bug == "running":
                     loss = F.mse_loss(model(xb), yb) / (i % ACCUM + 1)
+                elif bug == "seen-so-far":
+                    loss = F.mse_loss(model(xb), yb) / (i + 1)
                 else:
                     loss = torch.sqrt(F.mse_loss(model(xb), yb)) / ACCUM
                 if bug == "zeroed-each":
@@ -130,12 +133,14 @@ def test_accumulating_a_coefficient_that_changes_per_micro_batch_fails_nothing(
         ("zeroed-each", "grad-zeroing", "zero_grad inside the accumulation loop"),
         ("unflushed", "short-last-batch", "were carried into it"),
         ("running", "micro-batch-accumulation", "matches no known mistake"),
+        ("seen-so-far", "micro-batch-accumulation", "matches no known mistake"),
     ],
 )
 def test_its_one_bug_twin_fails_by_name(bug: str, pitfall: str, said: str) -> None:
     """The ledger's own mistakes show whatever the scale: a window applied twice, micro-batches
     zeroed before the step, an epoch's left-over carried over (100 rows: 13 batches); and a
-    divisor fixed per place in the window, the same in every window, is no coefficient of the
+    divisor fixed per place in the window, the same in every window, or one that counts the
+    micro-batches seen so far (review rv68's b17: passed at 8b40a51), is no coefficient of the
     data's: it stays judged."""
     report = _rmse_accumulated(bug, rows=100 if bug == "unflushed" else 96)
     assert [f.pitfall for f in report.failures] == [pitfall], str(report)

@@ -82,6 +82,11 @@ def within(readings: list[Reading], full: float, alike_ones: int, v: Verdicts, t
         )
     if 2 * named >= len(unlike):
         return False
+    # (in turn, 1, 1/2, 1/3, ... of the first: a loss over the micro-batches or rows seen so
+    # far in the epoch, or in the run, where the window's count was meant: review rv68's b17)
+    turn = [x for r in readings if r.relative and not r.unread for x in r.relative]
+    if _seen_so_far(turn, turn[0]):
+        return False
     places: dict[int, list[list[float]]] = {}
     for r in unlike:
         places.setdefault(len(r.parts), []).append(r.relative or [])
@@ -109,14 +114,15 @@ def _over_own_count(scales: list[float], fulls: list[Reading]) -> bool:
     return len(more) > 1 and bool(one) and min(more) < max(one) and max(more) > min(one)
 
 
-def _seen_so_far(scales: list[float]) -> bool:
-    """Return whether full updates' multiples are 1, 1/2, 1/3, ... from the first, each 1 again
-    beginning another such run: a mean divided by the batches seen so far (a running mean)."""
+def _seen_so_far(scales: list[float], first: float = 1.0) -> bool:
+    """Return whether multiples in turn are first, first/2, first/3, ..., each `first` again
+    beginning another such run: a loss divided by the batches seen so far (a running mean;
+    first: the mean itself for full updates, a window's count for its micro-batches)."""
     k, grown = 0, True
     for s in scales:
-        k = 1 if near(s, 1) else k + 1
-        grown = grown and near(s, 1 / k)
-    return grown and bool(scales)  # (the first not the mean: 1 / 1 missed)
+        k = 1 if near(s, first) else k + 1
+        grown = grown and near(s, first / k)
+    return grown and bool(scales)  # (the first not `first`: first / 1 missed)
 
 
 def ramped(fulls: list[Reading], scale: float) -> set[int]:
