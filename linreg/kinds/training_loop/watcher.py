@@ -26,13 +26,28 @@ from linreg.kinds.training_loop.set_aside import Probed, SetAside
 from linreg.kinds.training_loop.sources import source_of
 
 
-def zero_lr(opt: torch.optim.Optimizer) -> None:
-    """Hold every param group's lr at 0 (a tensor lr filled in place), whatever a scheduler set."""
+def zero_lr(opt: torch.optim.Optimizer) -> list[tuple[Tensor, Tensor]]:
+    """Hold every param group's lr at 0 (a tensor lr filled in place), whatever a scheduler set.
+    A group with no number for its lr (an optimizer of the code's own whose step size is named
+    otherwise, `eta`; Adafactor's relative step, lr=None) cannot be held so: its params and
+    their values are returned, for hold_still to put back as the step returns."""
+    kept = []
     for group in opt.param_groups:
-        if isinstance(group["lr"], Tensor):
-            group["lr"].fill_(0.0)
-        else:
+        lr = group.get("lr")
+        if isinstance(lr, Tensor):
+            lr.fill_(0.0)
+        elif isinstance(lr, int | float) and not isinstance(lr, bool):
             group["lr"] = 0.0
+        else:
+            kept += [(p, p.detach().clone()) for p in group["params"]]
+    return kept
+
+
+def hold_still(kept: list[tuple[Tensor, Tensor]]) -> None:
+    """Put back the values of params a step moved whose lr could not be held at 0 (zero_lr)."""
+    with torch.no_grad():
+        for p, value in kept:
+            p.copy_(value)
 
 
 class Watcher(ForwardHooks, GradientHooks, SetAside):
@@ -89,6 +104,7 @@ class Watcher(ForwardHooks, GradientHooks, SetAside):
         self.last: Call | None = None  # the forward under way, until its output is seen
         self.handles: list[RemovableHandle] = []  # the hooks on forward outputs
         self.depth = 0  # optimizer steps under way: a wrapper optimizer's holds its inner one's
+        self.still: dict[int, list[tuple[Tensor, Tensor]]] = {}  # zero_lr's, per optimizer
         self.live: dict[tuple[bool, ...], Tensor | None] = {}  # Step.live, by what was frozen
         self.live_now: tuple[bool, ...] | None = None  # the update's backward() calls' (_live)
         self.backward_before = 0  # the clock of the backward() before the latest
@@ -100,7 +116,7 @@ class Watcher(ForwardHooks, GradientHooks, SetAside):
             if not self.depth:
                 self.step_versions = [p._version for p in self.params]
             self.depth += 1
-            zero_lr(opt)
+            self.still[id(opt)] = zero_lr(opt)
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Record the update: its gradients read at each stage, and what fed it.
@@ -117,6 +133,7 @@ class Watcher(ForwardHooks, GradientHooks, SetAside):
                 self.seen.foreign_empty += 1  # over params not the model's, none with a gradient
             return
         self.depth = max(self.depth - 1, 0)
+        hold_still(self.still.pop(id(opt), []))
         if self.depth:  # the inner step of a wrapper optimizer (Lookahead, ZeRO): its outer
             return  # step is the update
         for i, (p, v) in enumerate(zip(self.params, self.step_versions, strict=False)):

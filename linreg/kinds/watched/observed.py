@@ -86,6 +86,7 @@ class Observed:
         self.ahead: set[int] = set()  # iterators whose pass's end waits for its last batch
         self.precision = 0.0  # the update's losses' lowest precision, as a tolerance
         self.held: dict[int, list[Any]] = {}  # each stepping optimizer's lrs, as the code set
+        self.still: dict[int, list[tuple[Tensor, Tensor]]] = {}  # its params zero_lr held
         self.backwards = 0  # the backward() calls watched
         self.began: dict[int, int] = {}  # each iterator's: backward() calls as its pass began
         self.batched: set[int] = set()  # their tensors' storages

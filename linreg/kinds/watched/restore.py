@@ -47,7 +47,8 @@ class PutBack:
                 ):
                     if isinstance(lr, Tensor) and isinstance(value, Tensor):
                         lr.copy_(value)
-                    group["lr"] = lr
+                    if "lr" in group:  # (a group of none: the code's optimizer names it so)
+                        group["lr"] = lr
         for thing, state in self.kept.values():
             with self.attempt(f"{type(thing).__name__}'s state"):
                 thing.load_state_dict(state)

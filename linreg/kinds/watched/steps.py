@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from linreg import checks
-from linreg.kinds.training_loop.watcher import zero_lr
+from linreg.kinds.training_loop.watcher import hold_still, zero_lr
 from linreg.kinds.watched.applied import scaled_by
 from linreg.kinds.watched.closing import close, finite, unread
 from linreg.kinds.watched.kept import Update, Watched
@@ -63,6 +63,7 @@ class Steps(Zeroed):
     all_micro: int
     precision: float
     held: dict[int, list[Any]]
+    still: dict[int, list[tuple[Tensor, Tensor]]]
     clip_bounds: dict[int, float]
     norm_clipped: bool
     unscaled: bool
@@ -78,12 +79,12 @@ class Steps(Zeroed):
         self.depth += 1
         if id(opt) not in self.seen.lrs:  # its state as the watch found it, put back after
             self.states.append((opt, copy.deepcopy(opt.state_dict())))
-            self.seen.lrs[id(opt)] = [g["lr"] for g in opt.param_groups]  # a tensor: the same
+            self.seen.lrs[id(opt)] = [g.get("lr") for g in opt.param_groups]  # a tensor: the same
             self.lr_values[id(opt)] = _lr_values(opt)  # object, and its value
         # the code's lrs, given back after the step: a checkpoint the code saves, or a
         # scheduler that reads them, sees its own, not the watch's 0
         self.held[id(opt)] = _lr_values(opt)
-        zero_lr(opt)
+        self.still[id(opt)] = zero_lr(opt)
 
     def after(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Close an update: the steps of several optimizers with nothing fed between them are
@@ -91,7 +92,10 @@ class Steps(Zeroed):
         (a flush after an epoch that ended on a full window) is none; one fed nothing that
         applies a gradient is recorded: the same micro-batches move the params twice."""
         self.depth = max(self.depth - 1, 0)
+        hold_still(self.still.pop(id(opt), []))
         for group, lr in zip(opt.param_groups, self.held.pop(id(opt), []), strict=False):
+            if "lr" not in group:  # (none to give back: zero_lr held its params instead)
+                continue
             if isinstance(group["lr"], Tensor) and isinstance(lr, Tensor):
                 group["lr"].copy_(lr)
             else:
@@ -253,4 +257,5 @@ def tolerance_of(params: list[Tensor]) -> float:
 
 def _lr_values(opt: torch.optim.Optimizer) -> list[Any]:
     """Return each param group's lr as it is now (a tensor lr copied: zero_lr fills it)."""
-    return [g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in opt.param_groups]
+    lrs = [g.get("lr") for g in opt.param_groups]
+    return [lr.clone() if isinstance(lr, Tensor) else lr for lr in lrs]
