@@ -2537,11 +2537,16 @@ def test_watch_a_validation_loader_run_out_mid_epoch_is_no_epochs_end(
     assert [r.pitfall for r in report.failures] == (["short-last-batch"] if nominal else [])
 
 
+@pytest.mark.parametrize("upcast", [False, True], ids=["loss-inside", "float-loss-outside"])
 @pytest.mark.parametrize("nominal", [False, True], ids=["divided by its rows", "nominal"])
-def test_watch_updates_under_bfloat16_autocast_are_read_to_its_precision(nominal: bool) -> None:
+def test_watch_updates_under_bfloat16_autocast_are_read_to_its_precision(
+    nominal: bool, upcast: bool
+) -> None:
     """A forward under torch.autocast(bfloat16) of float32 params: its gradients differ from
     float32's by up to 2%, past float32's tolerance, so every update was unread and a nominal
-    divisor on the short last batch exited 0; read to bfloat16's tolerance, it fails."""
+    divisor on the short last batch exited 0; read to bfloat16's tolerance, it fails. So too
+    where the loss is taken outside the autocast block on the logits cast up (`.float()`):
+    read to float32's tolerance, every update was unread and the run an error (review fa68)."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(70, 32, generator=gen), torch.randint(0, 5, (70,), generator=gen)
     model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 5))
@@ -2552,9 +2557,13 @@ def test_watch_updates_under_bfloat16_autocast_are_read_to_its_precision(nominal
         for _ in range(2):
             for xb, yb in loader:
                 optimizer.zero_grad()
+                rows = 8 if nominal else len(xb)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    rows = 8 if nominal else len(xb)
-                    loss = F.cross_entropy(model(xb), yb, reduction="sum") / rows
+                    logits = model(xb)
+                    if not upcast:
+                        loss = F.cross_entropy(logits, yb, reduction="sum") / rows
+                if upcast:
+                    loss = F.cross_entropy(logits.float(), yb, reduction="sum") / rows
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()

@@ -178,11 +178,39 @@ def _weighed(held: weakref.ref[LossCall], counts: Tensor, grad: Tensor) -> None:
 def _precision(predictions: Any) -> float:
     """Return the tolerance of the predictions a loss was called on, or of the autocast it ran
     under (0.0: neither), where it is lower than float32's: a forward under torch.autocast
-    computes in bfloat16 or float16 whatever its params' dtype (the labels' dtype is theirs)."""
+    computes in bfloat16 or float16 whatever its params' dtype (the labels' dtype is theirs).
+    Predictions cast up or viewed after such a forward (`logits.float()`, the loss outside
+    the autocast block) are read as the dtype they were computed in (_computed_in)."""
     dtypes = []
     if isinstance(predictions, Tensor) and predictions.is_floating_point():
         dtypes.append(predictions.dtype)
+        dtypes += _computed_in(predictions.grad_fn)
     now = autocast_now()
     if now is not None:
         dtypes.append(now[1])
     return max((checks.tolerance(d, steps=True) for d in dtypes), default=0.0)
+
+
+# the nodes that copy or view their input: what stands between a forward and its predictions
+# cast (`.float()`, `.to(torch.float32)`) and reshaped for the loss
+_CAST_OR_VIEW = ("ToCopyBackward0", "ViewBackward0", "UnsafeViewBackward0",
+                 "ReshapeAliasBackward0", "TransposeBackward0", "PermuteBackward0",
+                 "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "CloneBackward0",
+                 "SliceBackward0", "SelectBackward0")  # fmt: skip
+
+
+def _computed_in(node: Any, most: int = 16) -> list[torch.dtype]:
+    """Return the dtypes of the nodes behind predictions through copies and views alone (at
+    most `most`): the first other node's is the dtype the forward computed them in."""
+    dtypes = []
+    for _ in range(most):
+        if node is None or not node.next_functions:
+            break
+        node = node.next_functions[0][0]
+        try:
+            dtypes += [m.dtype for m in node._input_metadata if m.dtype.is_floating_point]
+        except Exception:  # (a node of no metadata: an extension's)
+            break
+        if type(node).__name__ not in _CAST_OR_VIEW:
+            break
+    return dtypes
