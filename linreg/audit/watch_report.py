@@ -92,7 +92,8 @@ def report_of(
             + "(it reads a torch loss function's, F.cross_entropy, nn.MSELoss, ..., and one called "
             "with reduction='none' whose elements the code weighs alike, or those a mask of "
             "0s and 1s keeps: not a loss written by hand, nor rows the code weighs itself, "
-            "weights of its own, nor a graph that allows no second pass)"
+            "weights of its own, nor a torch loss of pairs, triplets or sequences it does not "
+            "read, F.triplet_margin_loss or F.ctc_loss, nor a graph that allows no second pass)"
             if not v.unread and not any(u.unreadable for u in seen.updates)
             else "no update could be judged: see the note"
         )
