@@ -168,6 +168,8 @@ def _weighed(held: weakref.ref[LossCall], counts: Tensor, grad: Tensor) -> None:
             call.alike = False
             return
         counts = counts & kept
+        if call.per_sample is not None:  # (each sample's mean: weighed alike times its count)
+            g = g * call.per_sample.to(g)
     w = g.flatten()[counts.flatten()]
     if w.numel() > 1 and not torch.allclose(w, w[:1].expand_as(w), rtol=1e-5, atol=0.0):
         call.alike = False

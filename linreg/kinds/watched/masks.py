@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from linreg.kinds.watched.graphs import users
+from linreg.kinds.watched.per_sample import per_sample
 from linreg.kinds.watched.records import LossCall
 
 # what may stand between a per-element loss and its mask, keeping its elements' order
@@ -60,7 +61,7 @@ def masked(
         found = _kept(of, c.node, c.output)
         if found is None or bool(found[0].all()):
             continue
-        mask, raw = found
+        mask, raw, at = found
         tensors = fetched() if tensors is None else tensors
         # the elements its mean counts that the mask keeps (a class-index target not ignored);
         # none where class weights weigh them (no mask read beside those)
@@ -72,13 +73,18 @@ def masked(
         if not bool(kept.any()):  # (no gradient to weigh: not read)
             c.alike = False
             continue
+        # (a mean per sample of its kept elements, then over the samples: per_sample.py)
+        each = per_sample(of, at, kept)
+        weights = kept.to(c.output.dtype)
+        if each is not None:
+            weights = weights / each[0].to(weights)
         trained = [p for p in c.under if p.requires_grad]
         c.taking = True  # (the hook on its output runs as this pass begins there)
         try:
             grads = torch.autograd.grad(
                 c.output,
                 trained,
-                grad_outputs=kept.to(c.output.dtype),
+                grad_outputs=weights,
                 retain_graph=True,
                 allow_unused=True,
             )
@@ -97,12 +103,14 @@ def masked(
         if "rows" not in c.others and 1 < samples < c.elements and c.elements % samples == 0:
             c.others["rows"] = float(samples)
         c.others["unmasked"] = every  # every element, the mask aside: a known mistake's
+        if each is not None:  # its count the samples that kept an element, and no other
+            c.per_sample, c.count, c.others = each[0], float(each[1]), {}
 
 
-def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tensor, int] | None:
+def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tensor, int, Any] | None:
     """Return which of a loss output's elements its one use under the roots keeps, where that
-    use is a mask (in the output's shape), and the storage of the tensor the code masked with;
-    None where that use is anything else, or the output is used twice."""
+    use is a mask (in the output's shape), the storage of the tensor the code masked with, and
+    the mask's node; None where that use is anything else, or the output is used twice."""
     while True:
         found = users.get(id(node), [])
         if len(found) != 1:
@@ -128,7 +136,8 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tenso
         condition = torch.broadcast_to(condition.reshape(*condition.shape, *fill), shape)
     if condition.numel() != output.numel():
         return None
-    return condition.reshape(output.shape).to(output.device), raw.untyped_storage().data_ptr()
+    kept = condition.reshape(output.shape).to(output.device)
+    return kept, raw.untyped_storage().data_ptr(), user
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:

@@ -86,6 +86,9 @@ class LossCall:
     counted: Tensor | None = None
     kept: Tensor | None = None
     taking: bool = False
+    # where the code took each sample's mean of its kept elements (per_sample.py): each
+    # element's sample's count, by which what the backward() brings it is weighed alike
+    per_sample: Tensor | None = None
 
 
 @dataclass
