@@ -1195,7 +1195,9 @@ def test_a_summed_loss_divided_by_the_accumulation_count_fails_mean_vs_sum_on_fu
     x, y = torch.randn(32, 3, generator=gen), torch.randint(0, 2, (32,), generator=gen)
     model = nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+    loader = DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen
+    )
     accumulation_steps = 2
     with pitfalls_watch(check=False) as reports:
         for _ in range(2):
@@ -1478,7 +1480,9 @@ def test_a_loop_whose_losses_are_all_unread_says_why_no_epochs_end_was_counted()
     weights = torch.tensor([1.0, 2.0, 3.0])
     with watch() as reports:
         for _ in range(50):
-            for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True):
+            for xb, yb in DataLoader(
+                TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen
+            ):
                 per = F.mse_loss(model(xb), yb, reduction="none")
                 optimizer.zero_grad()
                 (per * weights).mean().backward()
@@ -1647,7 +1651,9 @@ def _windows_fetched_ahead(pitfalls_watch: Any, zero_inside: bool) -> Any:
     x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 4, (64,), generator=gen)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+    loader = DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen
+    )
     with pitfalls_watch(check=False) as reports:
         for _ in range(2):
             for step, (xb, yb) in enumerate(fetched_ahead(loader)):
@@ -2740,7 +2746,9 @@ def test_a_warm_up_epoch_on_a_loss_by_hand_does_not_end_the_watch_before_a_read_
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     with watch() as reports:
         for epoch in range(5):
-            for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True):
+            for xb, yb in DataLoader(
+                TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen
+            ):
                 optimizer.zero_grad()
                 if epoch == 0:
                     loss = (model(xb) - yb).abs().mean()

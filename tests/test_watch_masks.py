@@ -451,7 +451,9 @@ def test_a_fetched_flag_or_labels_filled_with_minus_one_tell_a_mask(
     model = nn.Linear(5, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     with watch() as reports:
-        for xb, yb, vb in DataLoader(TensorDataset(x, y, valid), batch_size=8, shuffle=True):
+        for xb, yb, vb in DataLoader(
+            TensorDataset(x, y, valid), batch_size=8, shuffle=True, generator=gen
+        ):
             logits, labels = model(xb), yb.clamp(min=0)
             if told_by == "flag":  # (a row's first label, where the row is valid)
                 per = F.binary_cross_entropy_with_logits(

@@ -495,7 +495,9 @@ def _two_domains_accumulated(divided: bool) -> audit.Report:
     gen = torch.Generator().manual_seed(0)
     domains = [torch.randn(36, 5, generator=gen) + shift for shift in (0.0, 1.5)]
     loaders = [
-        DataLoader(TensorDataset(x, (x[:, 0] > x[:, 1]).long()), batch_size=8, shuffle=True)
+        DataLoader(
+            TensorDataset(x, (x[:, 0] > x[:, 1]).long()), batch_size=8, shuffle=True, generator=gen
+        )
         for x in domains
     ]
     with torch.random.fork_rng():
