@@ -37,9 +37,6 @@ def changing(
     running mean's, or half of them or more show a known mistake; held: how many apply the most
     common one."""
     scales = [r.relative[0] for r in fulls if r.relative]
-    if not term and v.meant == "mean" and _over_own_count(scales, fulls):
-        v.changing = (min(scales), max(scales))
-        return True
     if 3 * held >= 2 * len(scales):
         return False
     if term:
@@ -94,24 +91,6 @@ def within(readings: list[Reading], full: float, alike_ones: int, v: Verdicts, t
         return False  # every place in the window at its own multiple, window after window
     v.changing, v.within = (min(each), max(each)), True
     return True
-
-
-def _over_own_count(scales: list[float], fulls: list[Reading]) -> bool:
-    """Return whether every full update applies its count over a whole number k of its own,
-    1 <= k < count, 1 in some and more in two or more others, the two kinds interleaved: a
-    sum divided by a count of the code's that is 1 in most batches (a batch's positive labels,
-    clamped at 1, where positives are rare: RetinaNet's num_pos), the sum itself there; not a
-    sum whose weight the code ramps (1/2, then 1: the k over 1 all before the others), nor a
-    sum alone (k always 1), which stay judged (review rv66's pos_rare: failed as a sum)."""
-    ks = []
-    for s, r in zip(scales, fulls, strict=True):
-        k = r.count / s if s > 0 else 0.0
-        if not 1 - 0.02 <= k < r.count or abs(k - round(k)) > 0.02 or k * r.tol > 0.02:
-            return False
-        ks.append(round(k))
-    more = [j for j, k in enumerate(ks) if k > 1]
-    one = [j for j, k in enumerate(ks) if k == 1]
-    return len(more) > 1 and bool(one) and min(more) < max(one) and max(more) > min(one)
 
 
 def _seen_so_far(scales: list[float], first: float = 1.0) -> bool:

@@ -105,6 +105,9 @@ class LossReader(Targets):
             rows = self._rows(given.get("target")) if own else None
             if rows and per.numel() > rows and per.numel() % rows == 0:
                 others["rows"] = float(rows)
+            positives = _positives(given.get("target")) if own else None
+            if positives is not None:  # (a binary loss's sum over the batch's positive labels)
+                others["positives"] = positives
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is
             # solved for, never judged, as a penalty's
             from_batch = name not in SOLVED and self._from_batch(given.get("target"))
@@ -216,3 +219,15 @@ def _computed_in(node: Any, most: int = 16) -> list[torch.dtype]:
         if type(node).__name__ not in _CAST_OR_VIEW:
             break
     return dtypes
+
+
+def _positives(target: Any) -> float | None:
+    """Return a binary target's count of positive labels, at least 1 (what a detector's or a
+    multi-label loss's sum is divided by: RetinaNet's num_pos clamped at 1), where the target
+    is floating, of two elements or more, each 0 or 1; else None."""
+    if not isinstance(target, Tensor) or not target.is_floating_point() or target.numel() < 2:
+        return None
+    t = target.detach()
+    if not bool(((t == 0) | (t == 1)).all()):
+        return None
+    return max(1.0, float(t.sum()))
