@@ -26,28 +26,31 @@ def _tagger() -> nn.Module:
         return nn.Sequential(nn.Embedding(V, 16), nn.Tanh(), nn.Linear(16, V))
 
 
-def _sentences(seed: int = 0) -> TensorDataset:
+def _sentences(seed: int = 0, empty: bool = False) -> TensorDataset:
     """Token ids, a tag per token and the padding mask (1 on each sentence's 4 to 12 tokens),
-    as a collator hands them over."""
+    as a collator hands them over; empty: one sentence in 8 of none (all padding)."""
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(1, V, (N, T), generator=gen)
     lengths = torch.randint(4, T + 1, (N,), generator=gen)
+    if empty:
+        lengths[::8] = 0
     mask = (torch.arange(T)[None] < lengths[:, None]).float()
     tags = torch.randint(0, V, (N, T), generator=gen)
     return TensorDataset(tokens, tags, mask, lengths)
 
 
-def _per_sentence(mistake: str = "", accumulate: int = 1) -> Report:
+def _per_sentence(mistake: str = "", accumulate: int = 1, empty: bool = False) -> Report:
     """Each sentence's mean tag loss over its tokens, averaged over the batch's sentences, in
     shuffled batches of 16 (the last holds 10). The twins: "summed" (over the sentences),
     "padded" (each sentence over the padded length T: the mean over every element),
     "nominal" (summed, over a batch of 16 whatever it holds), "lengths" (correct: divided by
     the batch's own lengths), "clamped" (correct: the mask's sum clamped at 1), "off-by-one"
-    (divided by each sentence's count plus one: no count of its kept)."""
+    (divided by each sentence's count plus one: no count of its kept), "over-kept" (correct:
+    clamped, summed over the sentences and divided by those that kept a token)."""
     gen = torch.Generator().manual_seed(1)
     model = _tagger()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = DataLoader(_sentences(), batch_size=16, shuffle=True, generator=gen)
+    loader = DataLoader(_sentences(empty=empty), batch_size=16, shuffle=True, generator=gen)
     with watch() as reports:
         for _ in range(2):
             for i, (tokens, tags, mask, lengths) in enumerate(loader):
@@ -59,6 +62,9 @@ def _per_sentence(mistake: str = "", accumulate: int = 1) -> Report:
                     loss = (summed / lengths).mean()
                 elif mistake == "clamped":
                     loss = (summed / mask.sum(1).clamp(min=1)).mean()
+                elif mistake == "over-kept":
+                    kept = (mask.sum(1) > 0).sum()
+                    loss = (summed / mask.sum(1).clamp(min=1)).sum() / kept
                 elif mistake == "off-by-one":
                     loss = (summed / (mask.sum(1) + 1)).mean()
                 else:
@@ -99,6 +105,18 @@ def test_a_mean_of_sentence_means_is_judged_and_passes(how: str) -> None:
     assert not report.error and not report.failures, str(report)
     verdicts = {r.pitfall: r.verdict for r in report.results}
     assert verdicts["mean-vs-sum"] == verdicts["short-last-batch"] == "pass", str(report)
+
+
+@pytest.mark.parametrize("how", ["clamped", "over-kept"])
+def test_sentences_of_no_token_count_in_a_mean_over_the_batch_or_not(how: str) -> None:
+    """One sentence in 8 all padding, its count clamped at 1: `.mean()` counts it among the
+    sentences, a sum over those that kept a token does not; each is a mean of its own, read
+    so, and passes (review rv69's d20, d25: the first failed mean-vs-sum, read over the
+    sentences that kept a token)."""
+    report = _per_sentence(how, empty=True)
+    assert not report.error and not report.failures, str(report)
+    verdicts = {r.pitfall: r.verdict for r in report.results}
+    assert verdicts["mean-vs-sum"] == "pass", str(report)
 
 
 @pytest.mark.parametrize(

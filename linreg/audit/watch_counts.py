@@ -27,6 +27,8 @@ SAID = {  # each other count, as the report says it was read
     "samples: a sentence's tokens summed, averaged over the sentences)",
     # (a mask of the code's: missing labels, padding; its divisor counts what it drops)
     "unmasked": "every element of the loss, those the code's mask drops too",
+    "kept samples": "the samples that kept an element, each its kept elements' mean (those "
+    "the mask drops wholly aside)",
     "positives": "their positive labels, at least 1 (the code divides a binary loss's sum by "
     "the batch's positives: a detector's num_pos)",
 }

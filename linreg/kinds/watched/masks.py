@@ -103,8 +103,9 @@ def masked(
         if "rows" not in c.others and 1 < samples < c.elements and c.elements % samples == 0:
             c.others["rows"] = float(samples)
         c.others["unmasked"] = every  # every element, the mask aside: a known mistake's
-        if each is not None:  # its count the samples that kept an element, and no other
-            c.per_sample, c.count, c.others = each[0], float(each[1]), {}
+        if each is not None:  # its count the samples (or those that kept an element)
+            c.per_sample, c.count = each[0], float(each[2])
+            c.others = {"kept samples": float(each[1])} if each[1] != each[2] else {}
 
 
 def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tensor, int, Any] | None:

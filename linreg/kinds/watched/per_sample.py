@@ -4,8 +4,9 @@ kept tokens summed and divided by its own count of them, `((l * m).sum(1) / m.su
 after the mask (masks.py) as a sum over the sample's other dims whose one use divides it by a
 tensor of the samples' kept counts (clamped at 1 or not, or the batch's own lengths holding
 them); the loss is then the sum over the samples of each one's mean (its gradients taken so,
-its count the samples that kept an element), and its elements are judged alike within a
-sample once each is weighed by its sample's count (losses._weighed)."""
+its count the samples, `.mean()`'s, those that kept none too, or else those that kept one:
+LossCall.others), and its elements are judged alike within a sample once each is weighed by
+its sample's count (losses._weighed)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ _IN_ORDER = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "C
 
 def per_sample(
     users: dict[int, list[Any]], mask_node: Any, kept: Tensor
-) -> tuple[Tensor, int] | None:
+) -> tuple[Tensor, int, int] | None:
     """Return, for each element of the masked loss (kept, in the loss's shape), its sample's
-    count of kept elements, and the samples that kept one, where the masked loss's one use is
-    a sum over every dim but the first whose one use divides it by those counts (a sample of
-    none: any divisor); else None."""
+    count of kept elements, the samples that kept one and all the samples, where the masked
+    loss's one use is a sum over every dim but the first whose one use divides it by those
+    counts (a sample of none: any divisor, the count clamped); else None."""
     node = mask_node
     while True:
         found = users.get(id(node), [])
@@ -56,7 +57,7 @@ def per_sample(
         return None
     each = torch.where(some, counts, torch.ones_like(counts))  # (a row of none weighs 0 anyway)
     per = each.reshape(sizes[0], *([1] * (ndim - 1))).expand(sizes).reshape(kept.shape)
-    return per, int(some.sum())
+    return per, int(some.sum()), int(sizes[0])
 
 
 def _n(sizes: tuple[int, ...]) -> int:
