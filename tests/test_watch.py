@@ -2579,6 +2579,37 @@ def test_watch_updates_under_bfloat16_autocast_are_read_to_its_precision(
     assert verdicts["short-last-batch"] == ("fail" if nominal else "pass"), str(report)
 
 
+@pytest.mark.parametrize("nominal", [False, True], ids=["divided by its rows", "nominal"])
+def test_watch_a_short_batch_within_bfloat16s_precision_of_a_full_one_is_not_judged(
+    nominal: bool,
+) -> None:
+    """Batches of 64, the last of 63, under a bfloat16 forward: a nominal divisor there applies
+    63/64 of the mean, within bfloat16's precision (2%) of it, so the short batch cannot tell
+    it from right; short-last-batch is not judged and says so (review rv69's c06: the nominal
+    divisor passed), on the correct loop too."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(127, 16, generator=gen), torch.randint(0, 5, (127,), generator=gen)
+    model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 5))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=gen)
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in loader:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    logits = model(xb)
+                rows = 64 if nominal else len(xb)
+                loss = F.cross_entropy(logits.float(), yb, reduction="sum") / rows
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    report = reports[0]
+    assert not report.error and not report.failures, str(report)
+    verdict = {r.pitfall: r for r in report.results}["short-last-batch"]
+    assert verdict.verdict == "skip", str(report)
+    assert "took 63 of its 64 counted" in verdict.message
+    assert "within the run's precision" in verdict.message
+
+
 def test_watch_a_checkpoint_saved_while_watched_holds_the_codes_lr_not_zero() -> None:
     """The watch holds every lr at 0 for each step alone: a checkpoint the code saves after
     a step (to resume from later), and a scheduler that reads the lr, see the code's own."""

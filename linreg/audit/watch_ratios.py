@@ -51,6 +51,11 @@ def judged_to(tol: float) -> Iterator[None]:
         _TOLERANCE.reset(token)
 
 
+def tolerance() -> float:
+    """Return the relative tolerance ratios are told apart at now (judged_to's)."""
+    return _TOLERANCE.get()
+
+
 def alike(xs: list[float]) -> bool:
     return all(near(x, xs[0]) for x in xs)
 

@@ -184,6 +184,14 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "up their mean losses undivided, named mean-vs-sum, whose fix (each one's summed "
             "loss divided by the update's count) weighs them by their counts too"
         )
+    if pitfall == "short-last-batch" and v.indistinct:
+        count, full, tol = next(iter(v.indistinct.values()))
+        return (
+            f"not judged: the {len(v.indistinct)} update(s) shorter than a full one took "
+            f"{count:g} of its {full:g} counted, so near that a nominal divisor there applies "
+            f"{count / full:.4g} times the mean, within the run's precision of it (a relative "
+            f"{tol:.2g}" + (": a forward in bfloat16 or float16)" if tol > 1e-3 else ")")
+        )
     why = {
         "label-shape": "the code called no loss of values (F.mse_loss, F.l1_loss, "
         "F.smooth_l1_loss, F.huber_loss), the losses that broadcast",

@@ -85,6 +85,10 @@ class Verdicts:
     # the least and the most)
     changing: tuple[float, float] | None = None
     within: bool = False  # changing: each micro-batch's multiple, not each full update's
+    # shorter updates so near a full one's count that a nominal divisor there is within the
+    # run's precision of the mean (63 of 64 at bfloat16's): their count, the full one's and
+    # the tolerance they were read to; short-last-batch not judged on them
+    indistinct: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     # the one loss's full updates before (or after) the others, each applying a multiple of
     # its own that no known mistake names: a weight the code ramps (a warm-up), not judged
     ramped: set[int] = field(default_factory=set)

@@ -18,6 +18,7 @@ from linreg.audit.watch_ratios import (
     never_applied,
     over_counted,
     shown,
+    tolerance,
 )
 from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_scales import scale_named, short_named
@@ -126,6 +127,9 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
                 if again:
                     s, base = s / s_full, 1.0
                     at += ", its own division by the count again undone,"
+                if near(r.count / full, 1) and near(s, base):  # (63 of 64 at bfloat16's
+                    v.indistinct[r.j] = (r.count, full, tolerance())  # precision: a nominal
+                    continue  # divisor applies the mean too, to it; not judged)
                 theirs = [base, base * r.count / full, base * len(r.parts) / parts_full]
                 if v.meant == "sum":  # a mean where the sum was meant: of the update's count,
                     theirs.append(base * full / r.count)  # or each micro-batch's own
