@@ -109,6 +109,22 @@ def users(roots: list[Any]) -> dict[int, list[Any]]:
     return found
 
 
+def one_use(
+    users: dict[int, list[Any]], node: Any, through: tuple[str, ...]
+) -> tuple[Any, Any] | None:
+    """Follow a node's one use (users: graph's users()) through the nodes named in `through`
+    (reshapes that keep its elements' order): return the last of those (or the node itself)
+    and the first use that is none of them; None where a node on the way has other than one
+    use."""
+    while True:
+        found = users.get(id(node), [])
+        if len(found) != 1:
+            return None
+        if type(found[0]).__name__ not in through:
+            return node, found[0]
+        node = found[0]
+
+
 def graph(roots: list[Any], accumulators: bool = True) -> set[int]:
     """Return the ids of every autograd node under the roots; accumulators=False leaves out
     the leaves' own nodes (AccumulateGrad), which every graph on the same params shares."""

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linreg.kinds.watched.graphs import users
+from linreg.kinds.watched.graphs import one_use, users
 from linreg.kinds.watched.per_sample import per_sample
 from linreg.kinds.watched.records import LossCall
 
@@ -112,14 +112,10 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tenso
     """Return which of a loss output's elements its one use under the roots keeps, where that
     use is a mask (in the output's shape), the storage of the tensor the code masked with, and
     the mask's node; None where that use is anything else, or the output is used twice."""
-    while True:
-        found = users.get(id(node), [])
-        if len(found) != 1:
-            return None
-        user = found[0]
-        if type(user).__name__ not in _IN_ORDER:
-            break
-        node = user
+    walked = one_use(users, node, _IN_ORDER)
+    if walked is None:
+        return None
+    node, user = walked
     found_mask = _condition(user, node)
     if found_mask is None:
         return None

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from linreg.kinds.watched.graphs import one_use
+
 # what may stand between the mask and the sum over a sample's elements, keeping their order
 _IN_ORDER = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "CloneBackward0")
 
@@ -26,14 +28,10 @@ def per_sample(
     count of kept elements, the samples that kept one and all the samples, where the masked
     loss's one use is a sum over every dim but the first whose one use divides it by those
     counts (a sample of none: any divisor, the count clamped); else None."""
-    node = mask_node
-    while True:
-        found = users.get(id(node), [])
-        if len(found) != 1:
-            return None
-        node = found[0]
-        if type(node).__name__ not in _IN_ORDER:
-            break
+    walked = one_use(users, mask_node, _IN_ORDER)
+    if walked is None:
+        return None
+    node = walked[1]
     if type(node).__name__ != "SumBackward1" or getattr(node, "_saved_keepdim", True):
         return None
     sizes = tuple(getattr(node, "_saved_self_sym_sizes", ()))
