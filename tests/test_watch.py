@@ -2610,6 +2610,32 @@ def test_watch_a_short_batch_within_bfloat16s_precision_of_a_full_one_is_not_jud
     assert "within the run's precision" in verdict.message
 
 
+def test_watch_a_window_within_bfloat16s_precision_of_a_full_one_still_judges_its_weights() -> None:
+    """Windows of 4 micro-batches of 16 rows under a bfloat16 forward, each summed and
+    divided by a full window's 64; the epoch's last holds 16 + 16 + 16 + 15: short-last-batch
+    is not judged there (63 of 64), but its micro-batches, of unequal counts, are weighed by
+    their counts, and micro-batch-accumulation says so (review rv70's w05: it said no update
+    held micro-batches of unequal counts)."""
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(191, 16, generator=gen), torch.randint(0, 5, (191,), generator=gen)
+    model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 5))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    with watch(steps=8) as reports:
+        for _ in range(2):
+            for i, (xb, yb) in enumerate(loader):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    logits = model(xb)
+                (F.cross_entropy(logits.float(), yb, reduction="sum") / 64).backward()
+                if (i + 1) % 4 == 0 or i + 1 == len(loader):
+                    optimizer.step()
+                    optimizer.zero_grad()
+    report = reports[0]
+    verdicts = {r.pitfall: r for r in report.results}
+    assert verdicts["short-last-batch"].verdict == "skip", str(report)
+    assert verdicts["micro-batch-accumulation"].verdict == "pass", str(report)
+
+
 def test_watch_a_checkpoint_saved_while_watched_holds_the_codes_lr_not_zero() -> None:
     """The watch holds every lr at 0 for each step alone: a checkpoint the code saves after
     a step (to resume from later), and a scheduler that reads the lr, see the code's own."""
@@ -2833,3 +2859,28 @@ def test_a_skip_after_an_epochs_end_says_why_the_watch_ended_there(
     whole = "(the watch ended after an epoch's end, as it does by default: --steps watches more)"
     more = "(the watch ended first: --steps watches more)"
     assert short.message.endswith(whole if steps is None else more), short.message
+
+
+def test_watch_an_error_of_its_own_while_judging_is_an_error_report_not_a_raise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug of the watch's while judging (a reading that raised: a columns update read as a
+    plain one, review rv70) propagated out of `with watch()` into the user's process; now the
+    Report says so as its error, every property not judged, nothing passed."""
+    from linreg.audit import watch_report
+
+    def broken(seen: Any, summed: bool) -> Any:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(watch_report, "judge", broken)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        for _ in range(2):
+            optimizer.zero_grad()
+            F.mse_loss(model(torch.randn(4, 3)), torch.randn(4, 1)).backward()
+            optimizer.step()
+    report = reports[0]
+    assert report.error and "the watch failed while judging the run" in report.error
+    assert "RuntimeError" in report.error
+    assert all(r.verdict == "skip" for r in report.results), str(report)

@@ -184,6 +184,35 @@ def test_positives_so_rare_most_batches_hold_one_or_none_fail_nothing(share: flo
     assert "sums the loss over the update's rows or targets" in twin.failures[0].message
 
 
+@pytest.mark.parametrize("divided", [True, False], ids=["over-objects", "undivided"])
+def test_a_classification_summed_over_anchors_and_divided_by_its_objects(divided: bool) -> None:
+    """SSD's classification: class-index targets, 0 the background, a few anchors an object
+    (2%), summed and divided by the batch's objects, at least 1 (num_fg): most batches hold
+    one or none, so most updates apply the sum itself; read as the mean over the objects, it
+    passes (review rv70's p19, p30: failed mean-vs-sum at 7ca33f8, which counted a binary
+    target's positives alone). Undivided, it is the sum, named."""
+    gen = torch.Generator().manual_seed(19)
+    x = torch.randn(300, 6, generator=gen)
+    y = torch.where(
+        torch.rand(300, generator=gen) < 0.02, torch.randint(1, 4, (300,), generator=gen), 0
+    )
+    model, optimizer, _ = _mlp_on(x, torch.zeros(300, 4), gen, 16, nn.ReLU)
+    loader = DataLoader(TensorDataset(x, y), batch_size=36, shuffle=True, generator=gen)
+    with watch() as reports:
+        for _ in range(3):
+            for xb, yb in loader:
+                summed = F.cross_entropy(model(xb), yb, reduction="sum")
+                loss = summed / (yb > 0).sum().clamp(min=1) if divided else summed
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    report = reports[0]
+    if divided:
+        _over_positives(report)
+    else:
+        assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+
+
 def test_a_sum_divided_by_its_chunks_now_and_then_is_still_named_a_sum() -> None:
     """Batches holding a long sequence split in two chunks, each chunk's summed loss divided
     by the chunks (2): those updates apply their count over 2, the others the sum itself; no

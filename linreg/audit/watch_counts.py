@@ -30,7 +30,8 @@ SAID = {  # each other count, as the report says it was read
     "kept samples": "the samples that kept an element, each its kept elements' mean (those "
     "the mask drops wholly aside)",
     "positives": "their positive labels, at least 1 (the code divides a binary loss's sum by "
-    "the batch's positives: a detector's num_pos)",
+    "the batch's positives, or a classification's by its targets of a class other than the "
+    "background's 0: a detector's num_pos)",
 }
 TORCHS = "their targets, as torch's own mean counts them"
 
@@ -71,7 +72,10 @@ def meant(updates: list[Update]) -> tuple[list[Update], str, dict[str, int], str
     leaves = [(j, leaf) for j, u in enumerate(updates) for leaf in u.parts or (u,)]
     # the mean, or the one multiple of it most updates apply under the run's count: a constant
     # of the code's (0.5 * loss), at which a short batch's own count may meet another by chance
-    under = {id(leaf): _read(j, _as(leaf, best), False) for j, leaf in leaves}
+    # (an update of several terms, read on its columns, is none of these: watch_terms')
+    under = {
+        id(leaf): None if leaf.columns else _read(j, _as(leaf, best), False) for j, leaf in leaves
+    }
     scale = _common(list(under.values()))
     means = {key: _the_mean(r, scale) for key, r in under.items()}
     alone = {

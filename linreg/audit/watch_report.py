@@ -17,8 +17,24 @@ def report_of(
 ) -> Report:
     """Return the Report of a watched run: a verdict per pitfall, "not judged" where the run
     showed nothing the property reads; each update judged against the mean of its rows'
-    gradients, or their sum (reduction="sum": a loss summed on purpose)."""
+    gradients, or their sum (reduction="sum": a loss summed on purpose). An error of the
+    watch's own while judging is no verdict: every property not judged, the error said."""
     summed = reduction == "sum"
+    try:
+        return _report_of(seen, target, seconds, error, summed)
+    except Exception as e:  # (a bug of linreg's: never raised into the code, never a pass)
+        why = f"the watch failed while judging the run ({type(e).__name__}: {e})"
+        results = tuple(
+            Result(p, s, "skip", f"not judged: {why}")
+            for p, s in (SUMMED if summed else PROPERTIES).items()
+        )
+        said = f"{why}: an error of linreg's own, not of the code; please report it"
+        options = {"reduction": "sum"} if summed else {}
+        return Report(target, "watch", options, results, seconds, error or said)
+
+
+def _report_of(seen: Watched, target: str, seconds: float, error: str, summed: bool) -> Report:
+    """report_of's, where nothing raises."""
     v = judge(seen, summed)
     results = []
     if seen.broadcast:  # read from the loss calls, not the updates' weights

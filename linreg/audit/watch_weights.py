@@ -129,7 +129,9 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
                     at += ", its own division by the count again undone,"
                 if near(r.count / full, 1) and near(s, base):  # (63 of 64 at bfloat16's
                     v.indistinct[r.j] = (r.count, full, tolerance())  # precision: a nominal
-                    continue  # divisor applies the mean too, to it; not judged)
+                    if unequal:  # divisor applies the mean too, to it; not judged) its
+                        v.judged["micro-batch-accumulation"].add(r.j)  # micro-batches alike
+                    continue
                 theirs = [base, base * r.count / full, base * len(r.parts) / parts_full]
                 if v.meant == "sum":  # a mean where the sum was meant: of the update's count,
                     theirs.append(base * full / r.count)  # or each micro-batch's own

@@ -105,8 +105,8 @@ class LossReader(Targets):
             rows = self._rows(given.get("target")) if own else None
             if rows and per.numel() > rows and per.numel() % rows == 0:
                 others["rows"] = float(rows)
-            positives = _positives(given.get("target")) if own else None
-            if positives is not None:  # (a binary loss's sum over the batch's positive labels)
+            positives = _positives(name, given) if own else None
+            if positives is not None:  # (a sum over the batch's positive labels, or objects)
                 others["positives"] = positives
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is
             # solved for, never judged, as a penalty's
@@ -221,13 +221,20 @@ def _computed_in(node: Any, most: int = 16) -> list[torch.dtype]:
     return dtypes
 
 
-def _positives(target: Any) -> float | None:
-    """Return a binary target's count of positive labels, at least 1 (what a detector's or a
+def _positives(name: str, given: dict[str, Any]) -> float | None:
+    """Return a target's count of positive labels, at least 1 (what a detector's or a
     multi-label loss's sum is divided by: RetinaNet's num_pos clamped at 1), where the target
-    is floating, of two elements or more, each 0 or 1; else None."""
-    if not isinstance(target, Tensor) or not target.is_floating_point() or target.numel() < 2:
+    is floating, of two elements or more, each 0 or 1; or its class indices of a class other
+    than 0, the background's (SSD's num_fg: a classification summed over its anchors and
+    divided by the objects among them), its ignore_index aside; else None."""
+    target = given.get("target")
+    if not isinstance(target, Tensor) or target.numel() < 2:
         return None
     t = target.detach()
+    if not t.is_floating_point():
+        if name not in ("cross_entropy", "nll_loss"):
+            return None
+        return max(1.0, float(((t != 0) & (t != given.get("ignore_index", -100))).sum()))
     if not bool(((t == 0) | (t == 1)).all()):
         return None
     return max(1.0, float(t.sum()))
