@@ -1,6 +1,7 @@
 """The model held still: Dropout at p = 0 (attention's and an RNN's between layers too) and
 batch norms in eval mode while the audit runs the loop, so no row's output depends on
-another's; everything put back afterwards.
+another's; everything put back afterwards. And its params held still through each optimizer
+step (zero_lr, hold_still): every lr at 0, or a group's params put back where it has none.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import MethodType
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 # torch has no public base class for its batch norms nor for its dropouts: the private ones
 # are what BatchNorm1d/2d/3d, SyncBatchNorm and the lazy ones, and Dropout, Dropout1d/2d/3d,
@@ -78,3 +80,27 @@ def models_restored() -> Iterator[None]:
 def _release(module: nn.Module, training: bool) -> None:
     module.__dict__.pop("train", None)
     module.train(training)
+
+
+def zero_lr(opt: torch.optim.Optimizer) -> list[tuple[Tensor, Tensor]]:
+    """Hold every param group's lr at 0 (a tensor lr filled in place), whatever a scheduler set.
+    A group with no number for its lr (an optimizer of the code's own whose step size is named
+    otherwise, `eta`; Adafactor's relative step, lr=None) cannot be held so: its params and
+    their values are returned, for hold_still to put back as the step returns."""
+    kept = []
+    for group in opt.param_groups:
+        lr = group.get("lr")
+        if isinstance(lr, Tensor):
+            lr.fill_(0.0)
+        elif isinstance(lr, int | float) and not isinstance(lr, bool):
+            group["lr"] = 0.0
+        else:
+            kept += [(p, p.detach().clone()) for p in group["params"]]
+    return kept
+
+
+def hold_still(kept: list[tuple[Tensor, Tensor]]) -> None:
+    """Put back the values of params a step moved whose lr could not be held at 0 (zero_lr)."""
+    with torch.no_grad():
+        for p, value in kept:
+            p.copy_(value)

@@ -21,33 +21,10 @@ from linreg.kinds.training_loop.calls import Call
 from linreg.kinds.training_loop.feeds import Feeds
 from linreg.kinds.training_loop.forwards import ForwardHooks
 from linreg.kinds.training_loop.gradient_hooks import GradientHooks
+from linreg.kinds.training_loop.held import hold_still, zero_lr
 from linreg.kinds.training_loop.ledger import Observed, Step, flat, mask
 from linreg.kinds.training_loop.set_aside import Probed, SetAside
 from linreg.kinds.training_loop.sources import source_of
-
-
-def zero_lr(opt: torch.optim.Optimizer) -> list[tuple[Tensor, Tensor]]:
-    """Hold every param group's lr at 0 (a tensor lr filled in place), whatever a scheduler set.
-    A group with no number for its lr (an optimizer of the code's own whose step size is named
-    otherwise, `eta`; Adafactor's relative step, lr=None) cannot be held so: its params and
-    their values are returned, for hold_still to put back as the step returns."""
-    kept = []
-    for group in opt.param_groups:
-        lr = group.get("lr")
-        if isinstance(lr, Tensor):
-            lr.fill_(0.0)
-        elif isinstance(lr, int | float) and not isinstance(lr, bool):
-            group["lr"] = 0.0
-        else:
-            kept += [(p, p.detach().clone()) for p in group["params"]]
-    return kept
-
-
-def hold_still(kept: list[tuple[Tensor, Tensor]]) -> None:
-    """Put back the values of params a step moved whose lr could not be held at 0 (zero_lr)."""
-    with torch.no_grad():
-        for p, value in kept:
-            p.copy_(value)
 
 
 class Watcher(ForwardHooks, GradientHooks, SetAside):

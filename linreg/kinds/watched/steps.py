@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from linreg import checks
-from linreg.kinds.training_loop.watcher import hold_still, zero_lr
+from linreg.kinds.training_loop.held import hold_still, zero_lr
 from linreg.kinds.watched.applied import scaled_by
 from linreg.kinds.watched.closing import close, finite, unread
 from linreg.kinds.watched.kept import Update, Watched
