@@ -6,7 +6,7 @@ keep (a loss weight warmed up: `ramped`). watch_weights.py skips what these retu
 
 from __future__ import annotations
 
-from linreg.audit.watch_ratios import alike, first_applied, near
+from linreg.audit.watch_ratios import alike, first_applied, near, weights_of
 from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_scales import scale_named
 from linreg.audit.watch_tally import Verdicts
@@ -71,7 +71,7 @@ def within(readings: list[Reading], full: float, alike_ones: int, v: Verdicts, t
     named = 0
     for r in unlike:
         rel = r.relative or []
-        weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
+        weights = weights_of(r, rel)
         named += (
             not all(x > 0 for x in rel)
             or first_applied(rel) is not None

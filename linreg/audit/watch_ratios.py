@@ -64,6 +64,12 @@ def near(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=_TOLERANCE.get(), abs_tol=1e-6)
 
 
+def weights_of(r: Reading, rel: list[float]) -> list[float]:
+    """Return each micro-batch's weight on the update (its share of the update's count times
+    its ratio in rel): what a correct update gives them, c_i / count, where rel is all 1."""
+    return [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
+
+
 def shown(xs: list[float]) -> str:
     return "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
 

@@ -160,16 +160,8 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
             "sample has as many elements, the one a known mistake (the mask's drops counted), "
             "the other a mean of its own"
         )
-    if (
-        v.within
-        and v.changing
-        and pitfall
-        in (
-            "mean-vs-sum",
-            "short-last-batch",
-            "micro-batch-accumulation",
-        )
-    ):
+    weights = ("mean-vs-sum", "short-last-batch", "micro-batch-accumulation")
+    if v.within and v.changing and pitfall in weights:
         low, high = v.changing
         return (
             "not judged: the micro-batches of the full updates each applied a multiple of "

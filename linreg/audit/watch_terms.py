@@ -15,6 +15,7 @@ from linreg.audit.watch_ratios import (
     near,
     never_applied,
     shown,
+    weights_of,
 )
 from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_tally import Shortfall, Verdicts
@@ -48,7 +49,7 @@ def coefficients(readings: list[Reading], updates: int, v: Verdicts, term: str) 
             if unequal:
                 v.judged["micro-batch-accumulation"].add(r.j)
             continue
-        weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
+        weights = weights_of(r, rel)
         if full and r.count > full and len(r.parts) > windows:  # more micro-batches too
             v.fail(*carried(at, r, weights, full))
             continue

@@ -19,6 +19,7 @@ from linreg.audit.watch_ratios import (
     over_counted,
     shown,
     tolerance,
+    weights_of,
 )
 from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_scales import scale_named, short_named
@@ -163,7 +164,7 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
             v.judged["mean-vs-sum" if r.count == full else "short-last-batch"].add(r.j)
         if unequal:
             v.judged["micro-batch-accumulation"].add(r.j)
-        weights = [x * c / r.count for x, c in zip(rel, r.parts, strict=True)]
+        weights = weights_of(r, rel)
         if full and r.count > full and len(r.parts) > windows:  # more micro-batches too
             v.fail(*carried(at, r, weights, full))
             continue

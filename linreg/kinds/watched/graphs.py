@@ -162,7 +162,7 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> tuple[float, floa
     """Return what the loss's mean divides by: class-index targets not ignored, else every
     element; and where class weights weigh them, their weights' sum (what torch's own mean
     divides by), else None. `given` is the call's arguments by name."""
-    kept = _not_ignored(name, given)
+    kept = not_ignored(name, given)
     if kept is None:
         return float(per.numel()), None
     target, weight = given["target"], given.get("weight")
@@ -173,7 +173,7 @@ def count_of(name: str, per: Tensor, given: dict[str, Any]) -> tuple[float, floa
 def counted(name: str, per: Tensor, given: dict[str, Any]) -> Tensor | None:
     """Return which of a reduction="none" loss's elements its mean would count (count_of): the
     class-index targets not ignored, else every element; None where class weights weigh them."""
-    kept = _not_ignored(name, given)
+    kept = not_ignored(name, given)
     if kept is None:
         return torch.ones_like(per, dtype=torch.bool)
     if isinstance(given.get("weight"), Tensor) or kept.shape != per.shape:
@@ -181,7 +181,7 @@ def counted(name: str, per: Tensor, given: dict[str, Any]) -> Tensor | None:
     return kept.detach()
 
 
-def _not_ignored(name: str, given: dict[str, Any]) -> Tensor | None:
+def not_ignored(name: str, given: dict[str, Any]) -> Tensor | None:
     """Return which class-index targets of a loss's call are not its ignore_index, where its
     targets are class indices (cross_entropy's, nll_loss's); else None."""
     target = given.get("target")

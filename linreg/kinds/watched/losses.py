@@ -18,7 +18,7 @@ from torch import Tensor
 from linreg import checks
 from linreg.kinds.training_loop.calls import autocast_now
 from linreg.kinds.training_loop.labels import BROADCASTING, compared
-from linreg.kinds.watched.graphs import Leaves, count_of, counted
+from linreg.kinds.watched.graphs import Leaves, count_of, counted, not_ignored
 from linreg.kinds.watched.heads import Head, head, piece
 from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.loss_gradients import deferred, gradients
@@ -232,9 +232,8 @@ def _positives(name: str, given: dict[str, Any]) -> float | None:
         return None
     t = target.detach()
     if not t.is_floating_point():
-        if name not in ("cross_entropy", "nll_loss"):
-            return None
-        return max(1.0, float(((t != 0) & (t != given.get("ignore_index", -100))).sum()))
+        kept = not_ignored(name, given)  # (class indices: cross_entropy's, nll_loss's)
+        return None if kept is None else max(1.0, float((kept & (t != 0)).sum()))
     if not bool(((t == 0) | (t == 1)).all()):
         return None
     return max(1.0, float(t.sum()))

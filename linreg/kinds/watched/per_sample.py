@@ -10,6 +10,7 @@ its sample's count (losses._weighed)."""
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ def per_sample(
     sizes = tuple(getattr(node, "_saved_self_sym_sizes", ()))
     ndim = len(sizes)
     dims = {d - 2**64 if d >= 2**63 else d for d in getattr(node, "_saved_dim", ())}
-    if ndim < 2 or {d % ndim for d in dims} != set(range(1, ndim)) or kept.numel() != _n(sizes):
+    if ndim < 2 or {d % ndim for d in dims} != set(range(1, ndim)) or kept.numel() != prod(sizes):
         return None
     found = users.get(id(node), [])
     if len(found) != 1 or type(found[0]).__name__ != "DivBackward0":
@@ -56,10 +57,3 @@ def per_sample(
     each = torch.where(some, counts, torch.ones_like(counts))  # (a row of none weighs 0 anyway)
     per = each.reshape(sizes[0], *([1] * (ndim - 1))).expand(sizes).reshape(kept.shape)
     return per, int(some.sum()), int(sizes[0])
-
-
-def _n(sizes: tuple[int, ...]) -> int:
-    out = 1
-    for s in sizes:
-        out *= int(s)
-    return out
