@@ -1446,11 +1446,13 @@ def test_a_loss_written_by_hand_is_not_judged_and_never_passes(tmp_path: Path) -
     assert not report.ok and report.error.startswith("no update could be judged")
 
 
-def test_a_loss_by_hand_beside_an_idle_layer_sets_no_param_aside() -> None:
-    """An update none of whose losses is read sets nothing aside as reached by no read loss:
-    its unread backward() may explain every gradient (review of stop 63's change: a WGAN
-    critic's hand-written loss, one of whose params got no gradient, was said to have moved
-    params that no loss reached)."""
+@pytest.mark.parametrize("read", [True, False])
+def test_a_loss_by_hand_beside_an_idle_layer_sets_no_param_aside(read: bool) -> None:
+    """An update whose loss is written by hand sets nothing aside as reached by no read loss:
+    read (one whole mean of the batch's rows), it is judged and passes; unread (a masked mean
+    by hand), its backward() may explain every gradient (review of stop 63's
+    change: a WGAN critic's hand-written loss, one of whose params got no gradient, was said
+    to have moved params that no loss reached)."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(24, 3, generator=gen), torch.randn(24, generator=gen)
     used, idle = nn.Linear(3, 1), nn.Linear(3, 1)
@@ -1458,10 +1460,15 @@ def test_a_loss_by_hand_beside_an_idle_layer_sets_no_param_aside() -> None:
     with watch() as reports:
         for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8):
             optimizer.zero_grad()
-            ((used(xb)[:, 0] - yb) ** 2).mean().backward()
+            rows = (used(xb)[:, 0] - yb) ** 2
+            kept = (torch.arange(len(rows)) % 4 != 0).float()  # (its 0s: a mask of the code's)
+            (rows.mean() if read else (rows * kept).sum() / kept.sum()).backward()
             optimizer.step()
     report = reports[0]
-    assert report.error.startswith("no update could be judged"), str(report)
+    if read:
+        assert report.ok and not report.error, str(report)
+    else:
+        assert report.error.startswith("no update could be judged"), str(report)
     assert "also moved params" not in report.note, report.note
 
 
@@ -2791,10 +2798,10 @@ def test_updates_that_each_add_a_penalty_by_hand_say_so_not_that_no_loss_was_rea
 
 
 def test_a_warm_up_epoch_on_a_loss_by_hand_does_not_end_the_watch_before_a_read_one() -> None:
-    """An epoch of warm-up on an L1 loss written by hand, then a torch loss summed and divided
-    by the nominal batch size (60 rows in batches of 8: the last of 4 is halved). The unread
-    epoch's end is no epoch's end the watch counts, so it reads a whole epoch of the torch
-    loss and names the mistake (review cr68: counted, it ended the watch after one read
+    """An epoch of warm-up on an L1 loss whose rows the code weighs, then a torch loss summed
+    and divided by the nominal batch size (60 rows in batches of 8: the last of 4 is halved).
+    The unread epoch's end is no epoch's end the watch counts, so it reads a whole epoch of the
+    torch loss and names the mistake (review cr68: counted, it ended the watch after one read
     update, and the bug passed)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(60, 5, generator=gen)
@@ -2807,8 +2814,9 @@ def test_a_warm_up_epoch_on_a_loss_by_hand_does_not_end_the_watch_before_a_read_
                 TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen
             ):
                 optimizer.zero_grad()
-                if epoch == 0:
-                    loss = (model(xb) - yb).abs().mean()
+                if epoch == 0:  # (not read: the rows weighed by the code)
+                    rows = F.l1_loss(model(xb), yb, reduction="none")
+                    loss = (rows * torch.linspace(0.5, 1.5, len(rows))[:, None]).mean()
                 else:
                     loss = F.mse_loss(model(xb), yb, reduction="sum") / 8
                 loss.backward()

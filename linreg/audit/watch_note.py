@@ -164,7 +164,9 @@ def note_of(seen: Watched, v: Verdicts) -> str:
     if blind:
         note += (
             f"; {blind} reached backward() through no loss the watcher could read (one written "
-            "by hand, one whose rows the code weighs itself, a torch loss it does not read, "
+            "by hand it does not read: two whole sums reached, a mask's 0s, another length "
+            "than the batch's, a penalty beside a torch loss; one whose rows the code weighs "
+            "itself, a torch loss it does not read, "
             "F.triplet_margin_loss or F.ctc_loss, or a graph that allows no second pass): not "
             "judged"
         )

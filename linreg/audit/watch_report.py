@@ -107,7 +107,9 @@ def _report_of(seen: Watched, target: str, seconds: float, error: str, summed: b
             )
             + "(it reads a torch loss function's, F.cross_entropy, nn.MSELoss, ..., and one called "
             "with reduction='none' whose elements the code weighs alike, or those a mask of "
-            "0s and 1s keeps: not a loss written by hand, nor rows the code weighs itself, "
+            "0s and 1s keeps, and one written by hand as one whole sum or mean of the batch's "
+            "rows, none 0, in a run on no torch loss: not a masked one by hand, nor rows the "
+            "code weighs itself, "
             "weights of its own, nor a torch loss of pairs, triplets or sequences it does not "
             "read, F.triplet_margin_loss or F.ctc_loss, nor a graph that allows no second pass)"
             if not v.unread and not any(u.unreadable for u in seen.updates)
@@ -208,6 +210,11 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
         "micro-batch-accumulation": "no update held micro-batches of unequal counts",
         "clip-before-unscale": "no loss scaler (GradScaler) unscaled the gradients",
     }.get(pitfall, "no update could be read")
+    if pitfall == "label-shape" and seen.by_hand:  # (its labels: in the code's own difference)
+        why += (
+            "; the loss written by hand it read has labels it does not see: (y_hat - y) "
+            "broadcasts as the code wrote it"
+        )
     own = pitfall in ("label-shape", "clip-before-unscale")  # read apart from the gradients
     if pitfall == "clip-before-unscale" and not any(u.unscaled for u in seen.updates):
         return f"not judged: {why}"  # (not that other updates were unread)

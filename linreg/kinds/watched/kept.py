@@ -143,6 +143,7 @@ class Watched:
     # losses on a training pass's batches, computed after its last backward(), that the first
     # backward() after the pass's end (reaching others) did not reach: rows never applied
     unreached: int = 0
+    by_hand: int = 0  # backward() calls that reached a loss written by hand, read (by_hand.py)
     strays: int = 0  # losses on fetched batches a backward() skipped within a pass: the code
     # computes losses it never trains on (a log), so those at an epoch's end tell nothing
     unrestored: list[str] = field(default_factory=list)  # what could not be put back, and why

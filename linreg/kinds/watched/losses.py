@@ -61,7 +61,7 @@ class LossReader(Targets):
             given = bound.arguments
             if out.ndim != 0 and given.get("reduction") != "none":
                 return
-            self.precision = max(self.precision, _precision(given.get("input")))
+            self.precision = max(self.precision, precision(given.get("input")))
             self._read_last(given.get("target"))
             if name in BROADCASTING:  # label-shape's, where a backward() reaches it
                 compared(name, given.get("input"), given.get("target"), out, self.seen)
@@ -148,7 +148,7 @@ class LossReader(Targets):
                 # (the call weakly: it holds its output, whose hook this is, and a cycle
                 # through a tensor's hooks is one the collector never frees)
                 call = weakref.ref(self.pending[-1])
-                weighed = functools.partial(_weighed, call, out.detach() != 0)
+                weighed = functools.partial(weighed_alike, call, out.detach() != 0)
                 out.register_hook(weighed)  # type: ignore[no-untyped-call]
         except Exception:
             return
@@ -156,7 +156,7 @@ class LossReader(Targets):
             self.busy = False
 
 
-def _weighed(held: weakref.ref[LossCall], counts: Tensor, grad: Tensor) -> None:
+def weighed_alike(held: weakref.ref[LossCall], counts: Tensor, grad: Tensor) -> None:
     """Note whether a reduction="none" loss's elements were all weighed alike (LossCall.alike)
     by what the backward() brought them: those whose loss is not 0 (an ignored target's, a
     padded position's, has no gradient to weigh, whatever a mask gives it); where a mask of the
@@ -180,7 +180,7 @@ def _weighed(held: weakref.ref[LossCall], counts: Tensor, grad: Tensor) -> None:
         call.alike = False  # at a cap, l.clamp(max=1)): nothing to weigh, not read
 
 
-def _precision(predictions: Any) -> float:
+def precision(predictions: Any) -> float:
     """Return the tolerance of the predictions a loss was called on, or of the autocast it ran
     under (0.0: neither), where it is lower than float32's: a forward under torch.autocast
     computes in bfloat16 or float16 whatever its params' dtype (the labels' dtype is theirs).

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from linreg.kinds.watched.by_hand import Noted
 from linreg.kinds.watched.graphs import Leaves
 from linreg.kinds.watched.heads import Head
 from linreg.kinds.watched.kept import Watched
@@ -34,6 +35,10 @@ class Observed:
         # two steps ends none)
         self.ends: list[int] = []
         self.pending: list[LossCall] = []  # losses computed, no backward() has reached yet
+        # the whole sums and means taken since, each a loss written by hand maybe (by_hand.py)
+        self.hand: list[weakref.ref[Noted]] = []
+        self.calling = 0  # torch loss functions' calls under way (their own sums are theirs)
+        self.read_torch = False  # a backward() reached a torch loss the watcher read
         # those pending as a training pass ended, computed after its last backward(): the next
         # backward() that reaches a loss tells whether they were let go (Watched.unreached)
         self.at_end: list[LossCall] = []

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from linreg.kinds.watched.by_hand import HandReader
 from linreg.kinds.watched.clips import ClipHooks
 from linreg.kinds.watched.graphs import graph, leaves, leaves_of, reduced_whole
 from linreg.kinds.watched.heads import number
@@ -24,7 +25,7 @@ from linreg.kinds.watched.steps import Steps
 from linreg.kinds.watched.ways import divisors, scaler_scale, weighed
 
 
-class Observer(Steps, ClipHooks, LossReader, Passes, PutBack, Observed):
+class Observer(Steps, ClipHooks, LossReader, HandReader, Passes, PutBack, Observed):
     """What the watched code did so far, and what to put back after (the optimizers' steps'
     part: Steps, first, its joined_bounds ClipHooks' own; the clip and loss-scaler hooks':
     ClipHooks; the losses': LossReader; the DataLoaders' passes': Passes; putting back:
@@ -61,6 +62,9 @@ class Observer(Steps, ClipHooks, LossReader, Passes, PutBack, Observed):
                 for p in leaves(t.grad_fn)
             }
         matched = [c for c in self.pending if id(c.node) in under]
+        self.read_torch = self.read_torch or bool(matched)
+        # (none read: a loss written by hand, where one is read; by_hand.py)
+        matched = matched or self.by_hand(under)
         ids = {id(c.node) for c in matched}
         on_way = [weighed(t.grad_fn, ids, self.scales) for t in roots if matched]
         for c in matched:  # each loss's head, numbered as the watch met those trained on

@@ -85,12 +85,27 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     def loss_of(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         @functools.wraps(fn)
         def read(*args: Any, **kwargs: Any) -> Tensor:
-            out = fn(*args, **kwargs)
+            w.calling += 1  # (its own sums and means are no loss written by hand)
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                w.calling -= 1
             if watched():
                 w.loss(name, fn, args, kwargs, out)
             return out
 
         return read
+
+    def whole(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        @functools.wraps(fn)
+        def reduce(*args: Any, **kwargs: Any) -> Tensor:
+            out = fn(*args, **kwargs)
+            whole = isinstance(out, Tensor) and out.ndim == 0 and out.grad_fn is not None
+            if args and whole and watched():  # of every element: a loss written by hand?
+                w.reduced(args[0], out)
+            return out
+
+        return reduce
 
     def backward(self: Tensor, *args: Any, **kwargs: Any) -> None:
         def run() -> None:
@@ -169,6 +184,10 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     seams: list[tuple[Any, str, Any]] = [(F, name, loss_of(name, losses[name])) for name in LOSSES]
     seams += [
         (Tensor, "backward", backward),
+        (Tensor, "sum", whole(Tensor.sum)),
+        (Tensor, "mean", whole(Tensor.mean)),
+        (torch, "sum", whole(torch.sum)),
+        (torch, "mean", whole(torch.mean)),
         (torch.autograd, "backward", autograd),
         (torch.amp.GradScaler, "scale", scale),
         (torch.amp.GradScaler, "unscale_", unscale_),

@@ -1,0 +1,150 @@
+"""A loss written by hand (HandReader, the Observer's): `((pred - y) ** 2).mean()`, d2l's
+`squared_loss(y_hat, y).sum() / n`, `-logp.gather(1, y[:, None]).mean()`, which calls no torch
+loss function. Each whole sum or mean (Tensor.sum, Tensor.mean, torch.sum, torch.mean, over
+every dim) the code takes with grad on, outside a torch loss's own call, is noted with its
+input; where a backward() reaches no loss the watcher read (and none was read, nor waits on a
+batch: a run on torch losses, where such a sum is a penalty) and exactly one such input, one of
+the rows of the batch fetched last (its first dim that batch's samples), each element's loss
+a number not 0, that input is read as a loss with reduction="none" the code reduces itself:
+its elements' gradients, the count its mean divides by (every element; its rows beside where
+each row has several), and whether the backward() weighs them alike. Its target is not seen
+(the difference to the labels is taken by the code): its labels' shape is not judged.
+
+Not read, left as before: two such inputs reached (a penalty of the batch's activations
+beside the loss, a reduction inside the forward), an input of another length than the batch's
+(a token batch flattened), and one holding a loss of 0 (a mask's or a hinge's elements, whose
+mean may count those kept or all: the data does not tell).
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any
+
+from torch import Tensor
+
+from linreg.kinds.watched.graphs import Leaves
+from linreg.kinds.watched.kept import Watched
+from linreg.kinds.watched.losses import precision, weighed_alike
+from linreg.kinds.watched.records import LossCall
+
+# the name a loss written by hand is read under (LossCall.name)
+HAND = "a loss written by hand"
+# the whole reductions noted since the last backward(), kept at most (an evaluation with grad
+# on takes many: each holds its input's graph)
+HELD = 16
+# where each is noted, in the metadata of its sum's node
+KEY = "linreg.watch.by_hand"
+
+
+class Noted:
+    """A whole sum or mean the code took with grad on: its input (held by the sum's own node,
+    so by the graph: an evaluation's, never backward()ed, is freed with it) and what was known
+    then: the samples of the batch fetched last, the loader (iterator, dataset, yields), the
+    tolerance of its dtype, the backward() calls before it."""
+
+    def __init__(self, per: Tensor, out: Tensor, rows: int | None,
+                 at: tuple[int | None, int | None, int], tolerance: float,
+                 backwards: int) -> None:  # fmt: skip
+        self.per: Tensor | None = per
+        self.node = id(per.grad_fn)
+        out.grad_fn.metadata[KEY] = self  # type: ignore[union-attr, index]
+        self.rows, self.at, self.tolerance, self.backwards = rows, at, tolerance, backwards
+
+
+class HandReader:
+    """The Observer's reading of losses written by hand; the attributes it reads and writes are
+    the Observer's (set in Observed.__init__, observed.py)."""
+
+    busy: bool
+    calling: int
+    read_torch: bool
+    pending: list[LossCall]
+    hand: list[weakref.ref[Noted]]
+    backwards: int
+    precision: float
+    found: dict[int, tuple[Tensor, Tensor | None]]
+    leaves: Leaves
+    iterator: int | None
+    source: int | None
+    yields: dict[int, int]
+    rows: dict[int, int]
+    samples: Any  # collections.deque[weakref.ref[Tensor]]
+    seen: Watched
+
+    def reduced(self, per: Any, out: Tensor) -> None:
+        """Note a whole sum or mean (out, of one element) the code took of `per` with grad on,
+        outside a torch loss's call and the watch's own."""
+        if self.busy or self.calling or not isinstance(per, Tensor) or per.grad_fn is None:
+            return
+        if per.ndim == 0 or out.grad_fn is None:
+            return
+        at = (self.iterator, self.source, self.yields.get(self.iterator or 0, 0))
+        noted = Noted(per, out, self._latest_rows(), at, precision(per), self.backwards)
+        self.hand.append(weakref.ref(noted))
+        del self.hand[:-HELD]
+
+    def _latest_rows(self) -> int | None:
+        """Return the samples of the batch fetched last, None where not known."""
+        for ref in reversed(self.samples):
+            t = ref()
+            if t is not None:
+                return self.rows.get(t.untyped_storage().data_ptr())
+        return None
+
+    def by_hand(self, under: set[int]) -> list[LossCall]:
+        """Return, as a loss the code reduces itself, the one reduction noted since the last
+        backward() that a backward() (the ids of its nodes: under) reaches, where it is read
+        (above); else none. Called where that backward() reached no loss the watcher read,
+        before it runs: the hook that weighs its elements waits for it."""
+        alive = [n for r in self.hand if (n := r()) is not None and n.per is not None]
+        self.hand = []
+        reached = {id(n.per): (n, n.per) for n in alive if n.node in under}
+        for n in alive:  # (the code's graph holds none past this backward())
+            n.per = None
+        # a run on torch losses (one read, or one on a batch still to be reached): a sum by
+        # hand beside them is a term of its own, a penalty, as it always was
+        on_batch = any(c.from_batch for c in self.pending)
+        if len(reached) != 1 or self.read_torch or on_batch:
+            return []
+        n, per = next(iter(reached.values()))
+        assert per is not None
+        if not n.rows or per.shape[0] != n.rows or not bool(per.detach().ne(0).all()):
+            return []
+        self.busy = True
+        try:
+            under_it = self.leaves(per.grad_fn)
+        finally:
+            self.busy = False
+        if not under_it:
+            return []
+        for p in under_it:  # its .grad as the watch found it, put back after
+            if id(p) not in self.found:
+                self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+        self.precision = max(self.precision, n.tolerance)
+        fetched_by, fetched_from, fetched_at = n.at
+        call = LossCall(
+            per.grad_fn,
+            {},
+            float(per.numel()),
+            True,
+            None,
+            under_it,
+            name=HAND,
+            reduction="sum",
+            by_code=True,
+            elements=per.numel(),
+            backwards=n.backwards,
+            fetched_by=fetched_by,
+            fetched_from=fetched_from,
+            fetched_at=fetched_at,
+            source=fetched_from,
+            per=per,
+            others={"rows": float(n.rows)} if per.numel() > n.rows else {},
+        )
+        # what the backward() brings each element: read as the code's own reduction's
+        # (the call weakly, as losses.py's: its hook is on a tensor it holds)
+        per.register_hook(functools.partial(weighed_alike, weakref.ref(call), per.detach() != 0))  # type: ignore[no-untyped-call]
+        self.seen.by_hand += 1
+        return [call]

@@ -1,0 +1,175 @@
+"""A loss written by hand, as d2l's chapter writes it (`squared_loss(y_hat, y)` then a sum or a
+mean) and as much real code does (`((pred - y) ** 2).mean()`, a log-softmax gathered at the
+labels): no torch loss function is called. Before, every backward() reached no loss the
+watcher could read and a correct run ended in an error (no update could be judged). Now the
+input of the one whole sum or mean a backward() reaches, of the batch's rows, is read as a
+loss the code reduces itself: the correct reductions pass, the known mistakes fail by name,
+and what cannot be told (a mask's 0s, two such sums, a sum beside a torch loss) stays
+unread, as before."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from linreg.audit.report import Report
+from linreg.audit.watcher import watch
+
+N, BATCH = 60, 8  # 7 full batches and a short one of 4
+
+
+def squared_loss(y_hat: Tensor, y: Tensor) -> Tensor:
+    """d2l's (3.2.6): half the squared error, per row, labels reshaped to the predictions'."""
+    return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+
+
+def _rows() -> TensorDataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 5, generator=gen)
+    return TensorDataset(x, x @ torch.randn(5, 1, generator=gen) + 0.1)
+
+
+def _model() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+def _regression(reduce: Callable[[Tensor, Tensor], Tensor], zero: bool = True) -> Report:
+    """Two epochs of SGD on a loss by hand, reduced as `reduce(per_row, X)` says."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(_rows(), batch_size=BATCH, shuffle=True,
+                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+    with watch() as reports:
+        for _ in range(2):
+            for X, y in loader:
+                if zero:
+                    optimizer.zero_grad()
+                reduce(squared_loss(model(X), y), X).backward()
+                optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize(
+    "reduce, failed",
+    [
+        (lambda l, X: l.mean(), []),  # d2l's train_epoch_ch3, on torch.optim
+        (lambda l, X: l.sum() / len(X), []),
+        (lambda l, X: torch.mean(l), []),
+        (lambda l, X: l.sum(), ["mean-vs-sum"]),
+        (lambda l, X: torch.sum(l) / BATCH, ["short-last-batch"]),  # the nominal batch size
+    ],
+    ids=["mean", "sum-over-rows", "torch-mean", "sum", "nominal"],
+)
+def test_a_loss_by_hand_is_judged_as_its_reduction_says(
+    reduce: Callable[[Tensor, Tensor], Tensor], failed: list[str]
+) -> None:
+    report = _regression(reduce)
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)
+    judged = {r.pitfall for r in report.results if r.examples}
+    assert {"mean-vs-sum", "short-last-batch", "grad-zeroing"} <= judged | set(failed), str(report)
+
+
+def test_a_loss_by_hand_never_zeroed_fails_grad_zeroing() -> None:
+    report = _regression(lambda l, X: l.mean(), zero=False)
+    assert "grad-zeroing" in {r.pitfall for r in report.failures}, str(report)
+
+
+def test_the_sum_by_hand_applies_the_batch_size_times_the_mean_measured_directly() -> None:
+    """The finding on `l.sum()`, measured with autograd alone: a full batch's gradient of the
+    summed loss is BATCH times that of the mean, a short batch's its own rows times."""
+    model, (X, y) = _model(), _rows()[:BATCH]
+    mean = torch.autograd.grad(squared_loss(model(X), y).mean(), list(model.parameters()))
+    total = torch.autograd.grad(squared_loss(model(X), y).sum(), list(model.parameters()))
+    for m, s in zip(mean, total, strict=True):
+        torch.testing.assert_close(s, BATCH * m)
+
+
+def _classifier(summed: bool) -> Report:
+    """A softmax classifier whose loss is the log-probability gathered at each label, by hand."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 6, generator=gen)
+    labels = torch.randint(0, 3, (N,), generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Linear(6, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        for _ in range(2):
+            for xb, yb in DataLoader(TensorDataset(x, labels), batch_size=BATCH):
+                optimizer.zero_grad()
+                picked = -F.log_softmax(model(xb), dim=1).gather(1, yb[:, None])
+                (picked.sum() if summed else picked.mean()).backward()
+                optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize("summed, failed", [(False, []), (True, ["mean-vs-sum"])])
+def test_a_cross_entropy_by_hand_is_judged_as_torch_s_own(summed: bool, failed: list[str]) -> None:
+    report = _classifier(summed)
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)
+
+
+def test_a_window_of_two_losses_by_hand_each_halved_passes_and_undivided_fails() -> None:
+    """Accumulation over windows of 2 micro-batches of a loss by hand: each mean halved
+    passes; left whole, the window applies twice the mean, named."""
+    for divided, failed in ((True, []), (False, ["mean-vs-sum"])):
+        model = _model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        with watch() as reports:
+            for i, (X, y) in enumerate(DataLoader(_rows(), batch_size=6)):
+                loss = squared_loss(model(X), y).mean()
+                (loss / 2 if divided else loss).backward()
+                if i % 2 == 1:
+                    optimizer.step()
+                    optimizer.zero_grad()
+        report = reports[0]
+        assert not report.error, str(report)
+        assert [r.pitfall for r in report.failures] == failed, str(report)
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        # a mask's 0s: the mean of all, or of those kept, is not told by the data
+        lambda l, X: (l * (torch.arange(len(l))[:, None] % 3 != 0)).sum() / len(l),
+        # two whole means of the rows reached: which is the loss, which a penalty on them?
+        lambda l, X: l.mean() + 1e-3 * l.sqrt().mean(),
+    ],
+    ids=["masked", "two-sums"],
+)
+def test_a_loss_by_hand_that_cannot_be_told_stays_unread(
+    reduce: Callable[[Tensor, Tensor], Tensor],
+) -> None:
+    report = _regression(reduce)
+    assert report.error.startswith("no update could be judged"), str(report)
+    assert not report.failures, str(report)
+
+
+def test_a_sum_by_hand_beside_a_torch_loss_is_a_penalty_not_a_loss() -> None:
+    """Each update: a torch loss's mean, then an L2 penalty on the outputs summed by hand,
+    backward()ed apart: the sum is no loss of the batch's (read, it would fail mean-vs-sum as
+    a sum over the rows), so it stays a term the watcher does not read."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports:
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            F.mse_loss(model(X), y).backward()
+            (1e-3 * model(X).pow(2).sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert not reports[0].failures, str(reports[0])
+
+
+def test_the_sums_and_means_are_put_back_and_no_graph_keeps_its_note() -> None:
+    found = (Tensor.sum, Tensor.mean, torch.sum, torch.mean)
+    _regression(lambda l, X: l.mean())
+    assert (Tensor.sum, Tensor.mean, torch.sum, torch.mean) == found
