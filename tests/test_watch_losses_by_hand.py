@@ -173,3 +173,24 @@ def test_the_sums_and_means_are_put_back_and_no_graph_keeps_its_note() -> None:
     found = (Tensor.sum, Tensor.mean, torch.sum, torch.mean)
     _regression(lambda l, X: l.mean())
     assert (Tensor.sum, Tensor.mean, torch.sum, torch.mean) == found
+
+
+@pytest.mark.parametrize("summed, failed", [(False, []), (True, ["mean-vs-sum"])])
+def test_a_loss_by_hand_beside_an_l2_penalty_by_hand_is_judged(
+    summed: bool, failed: list[str]
+) -> None:
+    """Weight decay written into the loss by hand, each param's squares summed: those sums are
+    no loss of the batch's (each of a param's shape, of it alone), so the loss beside them is
+    read, and its sum over the rows still fails."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports:
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            optimizer.zero_grad()
+            rows = squared_loss(model(X), y)
+            penalty = sum(w.pow(2).sum() for w in model.parameters())
+            ((rows.sum() if summed else rows.mean()) + 1e-3 * penalty).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)

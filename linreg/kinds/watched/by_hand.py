@@ -10,10 +10,12 @@ its elements' gradients, the count its mean divides by (every element; its rows 
 each row has several), and whether the backward() weighs them alike. Its target is not seen
 (the difference to the labels is taken by the code): its labels' shape is not judged.
 
-Not read, left as before: two such inputs reached (a penalty of the batch's activations
-beside the loss, a reduction inside the forward), an input of another length than the batch's
-(a token batch flattened), and one holding a loss of 0 (a mask's or a hinge's elements, whose
-mean may count those kept or all: the data does not tell).
+A sum of a penalty on params by hand beside it (`lam * sum(w.pow(2).sum() for w in ...)`:
+an elementwise function of params of its shape alone) is no loss: a term it does not read,
+as beside a torch loss. Not read, left as before: two such inputs reached (a penalty of the
+batch's activations beside the loss, a reduction inside the forward), an input of another
+length than the batch's (a token batch flattened), and one holding a loss of 0 (a mask's or
+a hinge's elements, whose mean may count those kept or all: the data does not tell).
 """
 
 from __future__ import annotations
@@ -100,7 +102,12 @@ class HandReader:
         before it runs: the hook that weighs its elements waits for it."""
         alive = [n for r in self.hand if (n := r()) is not None and n.per is not None]
         self.hand = []
-        reached = {id(n.per): (n, n.per) for n in alive if n.node in under}
+        # (a penalty on a param by hand, `lam * w.pow(2).sum()`, beside it: not the loss)
+        reached = {
+            id(n.per): (n, n.per)
+            for n in alive
+            if n.per is not None and n.node in under and not _of_a_param(n.per)
+        }
         for n in alive:  # (the code's graph holds none past this backward())
             n.per = None
         # a run on torch losses (one read, or one on a batch still to be reached): a sum by
@@ -148,3 +155,24 @@ class HandReader:
         per.register_hook(functools.partial(weighed_alike, weakref.ref(call), per.detach() != 0))  # type: ignore[no-untyped-call]
         self.seen.by_hand += 1
         return [call]
+
+
+def _of_a_param(per: Tensor, most: int = 6) -> bool:
+    """Return whether a tensor is an elementwise function of params of its own shape alone
+    (`w.pow(2)`, `w.abs()`, `w * w`: a penalty's, whose sum is no loss of the batch): the
+    graph below it, of at most `most` nodes, ends at those params alone."""
+    stack: list[Any] = [per.grad_fn]
+    seen = ends = 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > most:
+            return False
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            if variable.shape != per.shape:
+                return False
+            ends += 1
+            continue
+        stack += [m for m, _ in node.next_functions if m is not None]
+    return ends > 0
