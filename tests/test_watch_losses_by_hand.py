@@ -194,3 +194,36 @@ def test_a_loss_by_hand_beside_an_l2_penalty_by_hand_is_judged(
     report = reports[0]
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == failed, str(report)
+
+
+@pytest.mark.parametrize("name", ["gaussian_nll_loss", "multilabel_soft_margin_loss"])
+@pytest.mark.parametrize("reduction, failed", [("mean", []), ("sum", ["mean-vs-sum"])])
+def test_a_torch_loss_that_reduces_in_python_is_read_as_one_by_hand(
+    name: str, reduction: str, failed: list[str]
+) -> None:
+    """torch's losses written in Python that the watcher does not wrap (F.gaussian_nll_loss,
+    F.multilabel_soft_margin_loss) take their own whole mean or sum: read as a loss by hand,
+    judged as their reduction says (before: not read)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 5, generator=gen)
+    y = x @ torch.randn(5, 3, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Linear(5, 6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=BATCH):
+            out = model(xb)
+            if name == "gaussian_nll_loss":
+                var = F.softplus(out[:, 3:]) + 1e-3
+                loss = F.gaussian_nll_loss(out[:, :3], yb, var, reduction=reduction)
+            else:
+                loss = F.multilabel_soft_margin_loss(
+                    out[:, :3], (yb > 0).float(), reduction=reduction
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)
