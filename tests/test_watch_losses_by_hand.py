@@ -227,3 +227,45 @@ def test_a_torch_loss_that_reduces_in_python_is_read_as_one_by_hand(
     report = reports[0]
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == failed, str(report)
+
+
+def _masked_regression(reduce: Callable[[Tensor, Tensor], Tensor]) -> Report:
+    """Four targets a row, some missing (the batch's 0/1 flag of those known, the first always
+    known), the squared error masked by hand and reduced as `reduce(masked, flags)` says."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(N, 6, generator=gen), torch.randn(N, 4, generator=gen)
+    known = (torch.rand(N, 4, generator=gen) > 0.3).float()
+    known[:, 0] = 1.0
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with watch() as reports:
+        for xb, yb, mb in DataLoader(TensorDataset(x, y, known), batch_size=BATCH):
+            loss = reduce((model(xb) - yb) ** 2 * mb, mb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return reports[0]
+
+
+@pytest.mark.parametrize(
+    "reduce, failed, said",
+    [
+        (lambda l, m: l.sum() / m.sum(), [], ""),  # the mean over the known targets
+        # over every element, the missing too
+        (lambda l, m: l.mean(), ["mean-vs-sum"], "the mean over every element"),
+        (lambda l, m: l.sum(), ["mean-vs-sum"], "sums the loss"),
+    ],
+    ids=["over-kept", "over-every-element", "sum"],
+)
+def test_a_mask_of_the_batch_s_on_a_loss_by_hand_is_read_as_on_a_torch_loss(
+    reduce: Callable[[Tensor, Tensor], Tensor], failed: list[str], said: str
+) -> None:
+    """The batch's own flag of known targets multiplies the loss by hand: as on a torch loss
+    with reduction="none" (masks.py), the mean over the kept elements passes and the one over
+    every element is the known mistake (fa68's s33 ended in an error before)."""
+    report = _masked_regression(reduce)
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)
+    assert all(said in r.message for r in report.failures), str(report)

@@ -14,21 +14,28 @@ A sum of a penalty on params by hand beside it (`lam * sum(w.pow(2).sum() for w 
 an elementwise function of params of its shape alone) is no loss: a term it does not read,
 as beside a torch loss. Not read, left as before: two such inputs reached (a penalty of the
 batch's activations beside the loss, a reduction inside the forward), an input of another
-length than the batch's (a token batch flattened), and one holding a loss of 0 (a mask's or
-a hinge's elements, whose mean may count those kept or all: the data does not tell).
+length than the batch's (a token batch flattened), and one holding a loss of 0 (a hinge's
+elements, a mask's the code made: whose mean may count those kept or all, the data does not
+tell). A mask the batch's data tells (masks.py's reading: the batch's own flag of known
+targets, padding), multiplied, indexed, filled or taken by torch.where, is read as on a torch
+loss: its count the kept elements, every element the known mistake's (`(l * m).mean()`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from linreg.kinds.watched.graphs import Leaves
 from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.losses import precision, weighed_alike
+from linreg.kinds.watched.masks import mask_of, of_data, output_shape
 from linreg.kinds.watched.records import LossCall
 
 # the name a loss written by hand is read under (LossCall.name)
@@ -73,6 +80,7 @@ class HandReader:
     yields: dict[int, int]
     rows: dict[int, int]
     samples: Any  # collections.deque[weakref.ref[Tensor]]
+    _fetched_now: Callable[[], list[Tensor]]
     seen: Watched
 
     def reduced(self, per: Any, out: Tensor) -> None:
@@ -117,7 +125,14 @@ class HandReader:
             return []
         n, per = next(iter(reached.values()))
         assert per is not None
-        if not n.rows or per.shape[0] != n.rows or not bool(per.detach().ne(0).all()):
+        # every element a loss of the batch's rows, or those a mask the data tells keeps
+        count, every, first = float(per.numel()), per.numel(), per.shape[0]
+        if not bool(per.detach().ne(0).all()) or _masks(per):
+            read = _masked(per, self._fetched_now())
+            if read is None:
+                return []
+            count, every, first = read
+        if not n.rows or first != n.rows:
             return []
         self.busy = True
         try:
@@ -134,7 +149,7 @@ class HandReader:
         call = LossCall(
             per.grad_fn,
             {},
-            float(per.numel()),
+            count,
             True,
             None,
             under_it,
@@ -148,8 +163,10 @@ class HandReader:
             fetched_at=fetched_at,
             source=fetched_from,
             per=per,
-            others={"rows": float(n.rows)} if per.numel() > n.rows else {},
+            others={"rows": float(n.rows)} if every > n.rows else {},
         )
+        if count != per.numel():  # (every element, the mask aside: a known mistake's count)
+            call.others["unmasked"] = float(every)
         # what the backward() brings each element: read as the code's own reduction's
         # (the call weakly, as losses.py's: its hook is on a tensor it holds)
         per.register_hook(functools.partial(weighed_alike, weakref.ref(call), per.detach() != 0))  # type: ignore[no-untyped-call]
@@ -176,3 +193,34 @@ def _of_a_param(per: Tensor, most: int = 6) -> bool:
             continue
         stack += [m for m, _ in node.next_functions if m is not None]
     return ends > 0
+
+
+def _masks(per: Tensor) -> bool:
+    """Return whether a tensor is the elements a mask selected (`l[mask]`)."""
+    return type(per.grad_fn).__name__ == "IndexBackward0"
+
+
+def _masked(per: Tensor, fetched: list[Tensor]) -> tuple[float, int, int] | None:
+    """Return, where a tensor is a loss masked by the code (`l * mask`, `l[mask]`,
+    `l.masked_fill(~mask, 0)`, `torch.where(mask, l, 0)`: masks.py's, the mask the batch's
+    data tells), the elements the mask keeps, those of the loss before it, and its first dim
+    (its rows); None where it is not, or a kept element's loss is 0."""
+    node = per.grad_fn
+    below = [m for m, _ in node.next_functions if m is not None] if node is not None else []
+    shape = output_shape(below[0]) if len(below) == 1 else None
+    found = mask_of(node, below[0]) if shape else None
+    if found is None or shape is None:
+        return None
+    keep, raw = found
+    if _masks(per):  # (the kept elements alone, each in the loss's shape)
+        if tuple(keep.shape) != shape or per.numel() != int(keep.sum()):
+            return None
+        alive = bool(per.detach().ne(0).all())
+    else:  # (elementwise: every element, 0 where dropped; not one grown to more elements)
+        if tuple(per.shape) != shape:
+            return None
+        keep = torch.broadcast_to(keep, shape).to(per.device)
+        alive = bool(per.detach()[keep].ne(0).all())
+    if not alive or of_data(keep, raw.untyped_storage().data_ptr(), fetched, set()) is None:
+        return None
+    return float(keep.sum()), math.prod(shape), shape[0]

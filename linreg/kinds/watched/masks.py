@@ -12,7 +12,7 @@ Zeros a loss makes itself (a hinge's relu, a clamp) are no mask: nothing but the
 nodes stands there, and the elements they zero fail the check of weights alike
 (losses._weighed), as before.
 
-Only a mask the batch's data tells beyond chance is read (`_of_data`): the fetched tensor the
+Only a mask the batch's data tells beyond chance is read (`of_data`): the fetched tensor the
 code masked with (a validity flag), a fetched 0/1 tensor that is the mask and pads (an
 attention mask, shifted or not), or one whose dropped elements, and those alone, are NaN or
 one fill value (missing labels, padding, invalid pixels). There a mean over the elements kept
@@ -65,7 +65,7 @@ def masked(
         tensors = fetched() if tensors is None else tensors
         # the elements its mean counts that the mask keeps (a class-index target not ignored);
         # none where class weights weigh them (no mask read beside those)
-        if c.counted is None or (told := _of_data(mask, raw, tensors, targets)) is None:
+        if c.counted is None or (told := of_data(mask, raw, tensors, targets)) is None:
             c.alike = False
             continue
         counted = c.counted.to(mask.device)
@@ -116,17 +116,17 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tenso
     if walked is None:
         return None
     node, user = walked
-    found_mask = _condition(user, node)
+    found_mask = mask_of(user, node)
     if found_mask is None:
         return None
     condition, raw = found_mask
     if type(user).__name__ in _ELEMENTWISE:  # (a mask that broadcasts the loss to more
-        shape = _shape(node)  # elements is no mask of its elements: l of [B, 1] times m [B])
-        if shape is None or _shape(user) != shape:
+        shape = output_shape(node)  # elements is no mask of its elements: l of [B, 1] times m [B])
+        if shape is None or output_shape(user) != shape:
             return None
         condition = torch.broadcast_to(condition, shape)
     elif condition.ndim and type(user).__name__ == "IndexBackward0":  # l[keep] of [B] on [B, T]:
-        shape = _shape(node)  # whole samples kept, each element of a sample as it
+        shape = output_shape(node)  # whole samples kept, each element of a sample as it
         if shape is None or tuple(condition.shape) != shape[: condition.ndim]:
             return None
         fill = (1,) * (len(shape) - condition.ndim)
@@ -137,7 +137,7 @@ def _kept(users: dict[int, list[Any]], node: Any, output: Tensor) -> tuple[Tenso
     return kept, raw.untyped_storage().data_ptr(), user
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
+def output_shape(node: Any) -> tuple[int, ...] | None:
     """Return the shape of a node's output (the gradient it takes), None where not told."""
     try:
         return tuple(node._input_metadata[0].shape)
@@ -145,7 +145,7 @@ def _shape(node: Any) -> tuple[int, ...] | None:
         return None
 
 
-def _condition(user: Any, node: Any) -> tuple[Tensor, Tensor] | None:
+def mask_of(user: Any, node: Any) -> tuple[Tensor, Tensor] | None:
     """Return which elements a node keeps of its input `node` (a bool tensor of the input's
     shape), where it is a mask, and the tensor the code masked with; else None."""
     kind = type(user).__name__
@@ -178,7 +178,7 @@ def _condition(user: Any, node: Any) -> tuple[Tensor, Tensor] | None:
     return None
 
 
-def _of_data(mask: Tensor, raw: int, fetched: list[Tensor], targets: set[int]) -> Tensor | None:
+def of_data(mask: Tensor, raw: int, fetched: list[Tensor], targets: set[int]) -> Tensor | None:
     """Return the fetched tensor (of the update's batches) that tells a mask (its elements in
     the loss's order), else None: one of 0s and 1s that is the mask and pads (each sample's
     elements a run of 1s beside a run of 0s: an attention mask; not a loss's target, nor one
@@ -204,7 +204,7 @@ def _of_data(mask: Tensor, raw: int, fetched: list[Tensor], targets: set[int]) -
 
 
 def _tells(g: Tensor, keep: Tensor, own: bool) -> bool:
-    """Return whether a fetched tensor (aligned: _aligned) tells the mask keep (_of_data);
+    """Return whether a fetched tensor (aligned: _aligned) tells the mask keep (of_data);
     own: the tensor is a loss's target."""
     flat = g.reshape(-1).to(keep.device)
     if flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
