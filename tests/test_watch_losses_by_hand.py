@@ -269,3 +269,38 @@ def test_a_mask_of_the_batch_s_on_a_loss_by_hand_is_read_as_on_a_torch_loss(
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == failed, str(report)
     assert all(said in r.message for r in report.failures), str(report)
+
+
+@pytest.mark.parametrize(
+    "reduce, failed",
+    [
+        (lambda nll, x: nll.mean(), []),  # the mean over the batch's tokens
+        (lambda nll, x: nll.sum() / len(x), []),  # the mean over its sequences
+        (lambda nll, x: nll.sum(), ["mean-vs-sum"]),
+        (lambda nll, x: nll.sum() / (16 * 9), ["short-last-batch"]),  # a full batch's tokens
+    ],
+    ids=["tokens", "sequences", "sum", "nominal"],
+)
+def test_a_language_model_s_loss_by_hand_over_its_tokens_flattened_is_read(
+    reduce: Callable[[Tensor, Tensor], Tensor], failed: list[str]
+) -> None:
+    """Next-token log-probabilities picked by hand from the logits flattened to (B * T, V):
+    the input of the sum is the batch's sequences times their tokens, one fewer than each
+    sequence holds (shifted), so it is read; 70 sequences in batches of 16 (the last 6)."""
+    vocabulary, steps = 11, 9
+    ids = torch.randint(0, vocabulary, (70, steps + 1), generator=torch.Generator().manual_seed(0))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        embed, head = nn.Embedding(vocabulary, 16), nn.Linear(16, vocabulary)
+    optimizer = torch.optim.SGD([*embed.parameters(), *head.parameters()], lr=0.1)
+    with watch() as reports:
+        for (x,) in DataLoader(TensorDataset(ids), batch_size=16):
+            logits = head(torch.tanh(embed(x[:, :-1]))).reshape(-1, vocabulary)
+            logp = F.log_softmax(logits, dim=-1)
+            nll = -logp[torch.arange(len(logp)), x[:, 1:].reshape(-1)]
+            optimizer.zero_grad()
+            reduce(nll, x).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)

@@ -14,7 +14,8 @@ A sum of a penalty on params by hand beside it (`lam * sum(w.pow(2).sum() for w 
 an elementwise function of params of its shape alone) is no loss: a term it does not read,
 as beside a torch loss. Not read, left as before: two such inputs reached (a penalty of the
 batch's activations beside the loss, a reduction inside the forward), an input of another
-length than the batch's (a token batch flattened), and one holding a loss of 0 (a hinge's
+length than the batch's (but a token batch flattened, its samples times their tokens, or one
+fewer each), and one holding a loss of 0 (a hinge's
 elements, a mask's the code made: whose mean may count those kept or all, the data does not
 tell). A mask the batch's data tells (masks.py's reading: the batch's own flag of known
 targets, padding), multiplied, indexed, filled or taken by torch.where, is read as on a torch
@@ -132,7 +133,7 @@ class HandReader:
             if read is None:
                 return []
             count, every, first = read
-        if not n.rows or first != n.rows:
+        if not n.rows or (first != n.rows and not _flattened(first, n.rows, self._fetched_now())):
             return []
         self.busy = True
         try:
@@ -224,3 +225,15 @@ def _masked(per: Tensor, fetched: list[Tensor]) -> tuple[float, int, int] | None
     if not alive or of_data(keep, raw.untyped_storage().data_ptr(), fetched, set()) is None:
         return None
     return float(keep.sum()), math.prod(shape), shape[0]
+
+
+def _flattened(first: int, rows: int, fetched: list[Tensor]) -> bool:
+    """Return whether a first dim is a batch's samples times their elements, as a fetched
+    tensor of the batch holds them (a token batch flattened, `logits.view(-1, V)`), or one
+    fewer each (shifted for the next token)."""
+    if first <= rows or first % rows:
+        return False
+    each = first // rows
+    return any(
+        f.ndim >= 2 and f.shape[0] == rows and f[0].numel() in (each, each + 1) for f in fetched
+    )
