@@ -92,8 +92,10 @@ def test_the_sum_by_hand_applies_the_batch_size_times_the_mean_measured_directly
         torch.testing.assert_close(s, BATCH * m)
 
 
-def _classifier(summed: bool) -> Report:
-    """A softmax classifier whose loss is the log-probability gathered at each label, by hand."""
+def _classifier(summed: bool, form: str) -> Report:
+    """A softmax classifier whose loss is the log-probability at each label, by hand: gathered
+    and negated ("gathered"), or the likelihood's sum or mean negated after ("negated after"),
+    or picked by integer indices and negated after ("indexed")."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N, 6, generator=gen)
     labels = torch.randint(0, 3, (N,), generator=gen)
@@ -105,15 +107,31 @@ def _classifier(summed: bool) -> Report:
         for _ in range(2):
             for xb, yb in DataLoader(TensorDataset(x, labels), batch_size=BATCH):
                 optimizer.zero_grad()
-                picked = -F.log_softmax(model(xb), dim=1).gather(1, yb[:, None])
-                (picked.sum() if summed else picked.mean()).backward()
+                logp = F.log_softmax(model(xb), dim=1)
+                if form == "gathered":
+                    picked = -logp.gather(1, yb[:, None])
+                    loss = picked.sum() if summed else picked.mean()
+                else:
+                    ll = (
+                        logp.gather(1, yb[:, None])
+                        if form == "negated after"
+                        else (logp[torch.arange(len(yb)), yb])
+                    )
+                    loss = -ll.sum() if summed else -ll.mean()
+                loss.backward()
                 optimizer.step()
     return reports[0]
 
 
+@pytest.mark.parametrize("form", ["gathered", "negated after", "indexed"])
 @pytest.mark.parametrize("summed, failed", [(False, []), (True, ["mean-vs-sum"])])
-def test_a_cross_entropy_by_hand_is_judged_as_torch_s_own(summed: bool, failed: list[str]) -> None:
-    report = _classifier(summed)
+def test_a_cross_entropy_by_hand_is_judged_as_torch_s_own(
+    summed: bool, failed: list[str], form: str
+) -> None:
+    """Negated after its mean (`-ll.mean()`), the likelihood is what the sum took: its sign
+    is read from what the backward() brings it (review rv71: -1 times the mean, named no
+    known mistake, failed every correct such loop)."""
+    report = _classifier(summed, form)
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == failed, str(report)
 

@@ -164,6 +164,7 @@ class HandReader:
             fetched_at=fetched_at,
             source=fetched_from,
             per=per,
+            signed=True,
             others={"rows": float(n.rows)} if every > n.rows else {},
         )
         if count != per.numel():  # (every element, the mask aside: a known mistake's count)
@@ -197,8 +198,12 @@ def _of_a_param(per: Tensor, most: int = 6) -> bool:
 
 
 def _masks(per: Tensor) -> bool:
-    """Return whether a tensor is the elements a mask selected (`l[mask]`)."""
-    return type(per.grad_fn).__name__ == "IndexBackward0"
+    """Return whether a tensor is the elements a mask selected (`l[mask]`; not those integer
+    indices picked, `logp[range(n), y]`)."""
+    if type(per.grad_fn).__name__ != "IndexBackward0":
+        return False
+    indices = tuple(getattr(per.grad_fn, "_saved_indices", ()))
+    return len(indices) == 1 and isinstance(indices[0], Tensor) and indices[0].dtype == torch.bool
 
 
 def _masked(per: Tensor, fetched: list[Tensor]) -> tuple[float, int, int] | None:

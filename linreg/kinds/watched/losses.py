@@ -174,6 +174,9 @@ def weighed_alike(held: weakref.ref[LossCall], counts: Tensor, grad: Tensor) -> 
         if call.per_sample is not None:  # (each sample's mean: weighed alike times its count)
             g = g * call.per_sample.to(g)
     w = g.flatten()[counts.flatten()]
+    if call.signed and w.numel() and bool((w < 0).all()):  # (its loss the negation: -ll)
+        call.grads = {k: -v for k, v in call.grads.items()}
+        w = -w
     if w.numel() > 1 and not torch.allclose(w, w[:1].expand_as(w), rtol=1e-5, atol=0.0):
         call.alike = False
     elif w.numel() and not bool(w.any()):  # a weight of 0 on each (every row's loss clamped

@@ -89,6 +89,9 @@ class LossCall:
     # where the code took each sample's mean of its kept elements (per_sample.py): each
     # element's sample's count, by which what the backward() brings it is weighed alike
     per_sample: Tensor | None = None
+    # a loss written by hand (by_hand.py): its sign the code's, read from what the backward()
+    # brings its elements (`-logp.gather(1, y).mean()` negates the likelihood after its mean)
+    signed: bool = False
 
 
 @dataclass
