@@ -322,3 +322,41 @@ def test_a_language_model_s_loss_by_hand_over_its_tokens_flattened_is_read(
     report = reports[0]
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == failed, str(report)
+
+
+@pytest.mark.parametrize("inside, failed", [(False, []), (True, ["grad-zeroing"])])
+def test_zero_grad_inside_a_window_of_losses_by_hand_fails(inside: bool, failed: list[str]) -> None:
+    """Windows of 3 micro-batches, each loss by hand divided by 3; zero_grad at each batch
+    (inside the window) drops two of them: named as on a torch loss (review rv71: the targets
+    unseen, the dropped passes were taken as the same targets again, SAM's, and it passed)."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports:
+        for i, (X, y) in enumerate(DataLoader(_rows(), batch_size=5)):
+            if inside:
+                optimizer.zero_grad()
+            (squared_loss(model(X), y).mean() / 3).backward()
+            if i % 3 == 2:
+                optimizer.step()
+                optimizer.zero_grad()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)
+
+
+def test_a_pass_by_hand_zeroed_then_redone_on_the_same_batch_is_no_mistake() -> None:
+    """A scoring pass on each batch (its gradient norm read, then zeroed), then the training
+    pass on the same batch: the zeroed pass was on the update's own batch again, let go."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    norms: list[float] = []
+    with watch() as reports:
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            squared_loss(model(X), y).mean().backward()
+            norms.append(float(torch.stack([p.grad.norm() for p in model.parameters()]).norm()))
+            optimizer.zero_grad()
+            squared_loss(model(X), y).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    report = reports[0]
+    assert not report.error and report.ok, str(report)

@@ -152,7 +152,9 @@ class HandReader:
             {},
             count,
             True,
-            None,
+            # its targets, unseen, told by the batch they came with (the iterator's yields
+            # then): in a view's shape (storage, offset, shape, stride), its rows first
+            (-1, fetched_by, (n.rows,), (fetched_at,)),
             under_it,
             name=HAND,
             reduction="sum",
