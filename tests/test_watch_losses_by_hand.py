@@ -9,6 +9,7 @@ unread, as before."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -360,3 +361,111 @@ def test_a_pass_by_hand_zeroed_then_redone_on_the_same_batch_is_no_mistake() -> 
             optimizer.zero_grad()
     report = reports[0]
     assert not report.error and report.ok, str(report)
+
+
+@pytest.mark.parametrize("broadcast, failed", [(False, []), (True, ["label-shape"])])
+def test_a_difference_by_hand_of_predictions_and_labels_of_another_shape_fails_label_shape(
+    broadcast: bool, failed: list[str]
+) -> None:
+    """Predictions (B, 1) against labels (B,): the difference by hand broadcasts to (B, B),
+    every prediction against every label, as F.mse_loss's would (review rv71: it exited 0)."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            labels = y.squeeze(1) if broadcast else y
+            optimizer.zero_grad()
+            ((model(X) - labels) ** 2).mean().backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)
+    label_shape = next(r for r in report.results if r.pitfall == "label-shape")
+    assert label_shape.verdict != "skip", str(report)  # judged either way
+
+
+def test_the_measurement_the_broadcast_by_hand_pulls_each_prediction_to_the_labels_mean() -> None:
+    """The finding above, measured directly: with labels (B,), the gradient a prediction gets
+    from ((p - y) ** 2).mean() is 2 (p_i - mean(y)) / B, not 2 (p_i - y_i) / B."""
+    p = torch.randn(BATCH, 1, requires_grad=True)
+    y = torch.randn(BATCH)
+    (grad,) = torch.autograd.grad(((p - y) ** 2).mean(), p)
+    torch.testing.assert_close(grad, 2 * (p.detach() - y.mean()) / BATCH)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_model_scripted_with_torch_mean_in_its_forward_runs_under_the_watch() -> None:
+    """torch.mean is the watch's seam while it runs: TorchScript compiles a forward that calls
+    it as its own builtin (review rv71: the script raised TypeError inside torch.jit.script)."""
+
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv1d(2, 4, 3, padding=1), nn.Linear(4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(torch.mean(torch.relu(self.conv(x)), dim=2))
+
+    from torch.jit import _builtins
+
+    table = _builtins._get_builtin_table()  # type: ignore[no-untyped-call]
+    before = dict(table)
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(40, 2, 6, generator=gen), torch.randn(40, 1, generator=gen))
+    with watch() as reports:
+        model = torch.jit.script(Pooled())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        for X, y in DataLoader(data, batch_size=BATCH):
+            optimizer.zero_grad()
+            F.mse_loss(model(X), y).backward()
+            optimizer.step()
+    assert reports[0].ok and not reports[0].error, str(reports[0])
+    assert table == before, "TorchScript's builtins are as the watch found them"
+
+
+def test_two_heads_by_hand_each_backward_ed_apart_are_both_read() -> None:
+    """Two heads' losses by hand computed first, then each backward()ed in turn: the second's
+    mean, noted before the first backward(), waits for its own (review rv71's c36)."""
+    model = _model()
+    other = nn.Linear(5, 1)
+    optimizer = torch.optim.SGD([*model.parameters(), *other.parameters()], lr=0.05)
+    with watch() as reports:
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            optimizer.zero_grad()
+            first = squared_loss(model(X), y).mean()
+            second = squared_loss(other(X), y).mean()
+            first.backward()
+            second.backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error and report.ok, str(report)
+
+
+def test_torch_mean_given_its_input_by_keyword_is_read() -> None:
+    report = _regression(lambda l, X: torch.mean(input=l))
+    assert not report.error and report.ok, str(report)
+
+
+def test_a_mean_over_the_rows_first_then_summed_over_as_many_outputs_is_no_loss_of_rows() -> None:
+    """((pred - y) ** 2).mean(0).sum() with 8 outputs on batches of 8: the sum's input is the
+    8 outputs' means, no batch's rows, so it is left unread, never judged a sum over the rows
+    (review rv71's c51: it failed mean-vs-sum, "8 times the mean"); it is the mean over the
+    rows of each row's summed error, as sum(1).mean() is (measured here)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(N, 5, generator=gen), torch.randn(N, BATCH, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Linear(5, BATCH)
+    sums = [((model(x[:BATCH]) - y[:BATCH]) ** 2).mean(0).sum(),
+            ((model(x[:BATCH]) - y[:BATCH]) ** 2).sum(1).mean()]  # fmt: skip
+    first, second = (torch.autograd.grad(v, list(model.parameters())) for v in sums)
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch() as reports:
+        for X, Y in DataLoader(TensorDataset(x, y), batch_size=BATCH):
+            optimizer.zero_grad()
+            ((model(X) - Y) ** 2).mean(0).sum().backward()
+            optimizer.step()
+    assert not reports[0].failures, str(reports[0])

@@ -212,8 +212,8 @@ def _unjudged(pitfall: str, seen: Watched, v: Verdicts) -> str:
     }.get(pitfall, "no update could be read")
     if pitfall == "label-shape" and seen.by_hand:  # (its labels: in the code's own difference)
         why += (
-            "; the loss written by hand it read has labels it does not see: (y_hat - y) "
-            "broadcasts as the code wrote it"
+            "; the loss written by hand it read is no difference of predictions and labels "
+            "it could see"
         )
     own = pitfall in ("label-shape", "clip-before-unscale")  # read apart from the gradients
     if pitfall == "clip-before-unscale" and not any(u.unscaled for u in seen.updates):

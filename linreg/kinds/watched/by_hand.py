@@ -8,7 +8,8 @@ the rows of the batch fetched last (its first dim that batch's samples), each el
 a number not 0, that input is read as a loss with reduction="none" the code reduces itself:
 its elements' gradients, the count its mean divides by (every element; its rows beside where
 each row has several), and whether the backward() weighs them alike. Its target is not seen
-(the difference to the labels is taken by the code): its labels' shape is not judged.
+(the difference to the labels is taken by the code); where it is a difference of predictions
+and labels, label-shape reads the shapes it took (hand_graph.compared).
 
 A sum of a penalty on params by hand beside it (`lam * sum(w.pow(2).sum() for w in ...)`:
 an elementwise function of params of its shape alone) is no loss: a term it does not read,
@@ -30,13 +31,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from linreg.kinds.watched.graphs import Leaves
+from linreg.kinds.watched.hand_graph import compared, flattened, masked, masks, of_a_param, on_rows
 from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.losses import precision, weighed_alike
-from linreg.kinds.watched.masks import mask_of, of_data, output_shape
 from linreg.kinds.watched.records import LossCall
 
 # the name a loss written by hand is read under (LossCall.name)
@@ -110,15 +110,18 @@ class HandReader:
         (above); else none. Called where that backward() reached no loss the watcher read,
         before it runs: the hook that weighs its elements waits for it."""
         alive = [n for r in self.hand if (n := r()) is not None and n.per is not None]
-        self.hand = []
+        # (those it does not reach wait for a later backward(): a second head's, backward()ed
+        # apart; each held by its graph alone, let go with it)
+        self.hand = [weakref.ref(n) for n in alive if n.node not in under]
         # (a penalty on a param by hand, `lam * w.pow(2).sum()`, beside it: not the loss)
         reached = {
             id(n.per): (n, n.per)
             for n in alive
-            if n.per is not None and n.node in under and not _of_a_param(n.per)
+            if n.per is not None and n.node in under and not of_a_param(n.per)
         }
-        for n in alive:  # (the code's graph holds none past this backward())
-            n.per = None
+        for n in alive:  # (the graph this backward() frees holds none of them past it)
+            if n.node in under:
+                n.per = None
         # a run on torch losses (one read, or one on a batch still to be reached): a sum by
         # hand beside them is a term of its own, a penalty, as it always was
         on_batch = any(c.from_batch for c in self.pending)
@@ -128,12 +131,14 @@ class HandReader:
         assert per is not None
         # every element a loss of the batch's rows, or those a mask the data tells keeps
         count, every, first = float(per.numel()), per.numel(), per.shape[0]
-        if not bool(per.detach().ne(0).all()) or _masks(per):
-            read = _masked(per, self._fetched_now())
+        if not bool(per.detach().ne(0).all()) or masks(per):
+            read = masked(per, self._fetched_now())
             if read is None:
                 return []
             count, every, first = read
-        if not n.rows or (first != n.rows and not _flattened(first, n.rows, self._fetched_now())):
+        if not n.rows or not on_rows(per):
+            return []
+        if first != n.rows and not flattened(first, n.rows, self._fetched_now()):
             return []
         self.busy = True
         try:
@@ -175,72 +180,21 @@ class HandReader:
         # (the call weakly, as losses.py's: its hook is on a tensor it holds)
         per.register_hook(functools.partial(weighed_alike, weakref.ref(call), per.detach() != 0))  # type: ignore[no-untyped-call]
         self.seen.by_hand += 1
+        self._compared(per)
         return [call]
 
-
-def _of_a_param(per: Tensor, most: int = 6) -> bool:
-    """Return whether a tensor is an elementwise function of params of its own shape alone
-    (`w.pow(2)`, `w.abs()`, `w * w`: a penalty's, whose sum is no loss of the batch): the
-    graph below it, of at most `most` nodes, ends at those params alone."""
-    stack: list[Any] = [per.grad_fn]
-    seen = ends = 0
-    while stack:
-        node = stack.pop()
-        seen += 1
-        if seen > most:
-            return False
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, Tensor):
-            if variable.shape != per.shape:
-                return False
-            ends += 1
-            continue
-        stack += [m for m, _ in node.next_functions if m is not None]
-    return ends > 0
-
-
-def _masks(per: Tensor) -> bool:
-    """Return whether a tensor is the elements a mask selected (`l[mask]`; not those integer
-    indices picked, `logp[range(n), y]`)."""
-    if type(per.grad_fn).__name__ != "IndexBackward0":
-        return False
-    indices = tuple(getattr(per.grad_fn, "_saved_indices", ()))
-    return len(indices) == 1 and isinstance(indices[0], Tensor) and indices[0].dtype == torch.bool
-
-
-def _masked(per: Tensor, fetched: list[Tensor]) -> tuple[float, int, int] | None:
-    """Return, where a tensor is a loss masked by the code (`l * mask`, `l[mask]`,
-    `l.masked_fill(~mask, 0)`, `torch.where(mask, l, 0)`: masks.py's, the mask the batch's
-    data tells), the elements the mask keeps, those of the loss before it, and its first dim
-    (its rows); None where it is not, or a kept element's loss is 0."""
-    node = per.grad_fn
-    below = [m for m, _ in node.next_functions if m is not None] if node is not None else []
-    shape = output_shape(below[0]) if len(below) == 1 else None
-    found = mask_of(node, below[0]) if shape else None
-    if found is None or shape is None:
-        return None
-    keep, raw = found
-    if _masks(per):  # (the kept elements alone, each in the loss's shape)
-        if tuple(keep.shape) != shape or per.numel() != int(keep.sum()):
-            return None
-        alive = bool(per.detach().ne(0).all())
-    else:  # (elementwise: every element, 0 where dropped; not one grown to more elements)
-        if tuple(per.shape) != shape:
-            return None
-        keep = torch.broadcast_to(keep, shape).to(per.device)
-        alive = bool(per.detach()[keep].ne(0).all())
-    if not alive or of_data(keep, raw.untyped_storage().data_ptr(), fetched, set()) is None:
-        return None
-    return float(keep.sum()), math.prod(shape), shape[0]
-
-
-def _flattened(first: int, rows: int, fetched: list[Tensor]) -> bool:
-    """Return whether a first dim is a batch's samples times their elements, as a fetched
-    tensor of the batch holds them (a token batch flattened, `logits.view(-1, V)`), or one
-    fewer each (shifted for the next token)."""
-    if first <= rows or first % rows:
-        return False
-    each = first // rows
-    return any(
-        f.ndim >= 2 and f.shape[0] == rows and f[0].numel() in (each, each + 1) for f in fetched
-    )
+    def _compared(self, per: Tensor) -> None:
+        """Count a loss by hand that is a difference of predictions and labels as a loss of
+        values (label-shape's), and keep the first whose predictions (B, 1) or (B,) the labels
+        broadcast to (B, B): every prediction against every label."""
+        found = compared(per)
+        if found is None:
+            return
+        self.seen.values += 1
+        shape, own = found
+        rows = math.prod(shape)
+        if len(own) == 2 and own[0] == own[1] == rows > 1 and not self.seen.broadcast:
+            self.seen.broadcast = (
+                f"a loss written by hand compared predictions of shape {shape} with labels "
+                f"that broadcast them to {own}, every prediction against every label"
+            )

@@ -41,6 +41,7 @@ from linreg.kinds.watched.fetching import fetching
 from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.observer import Observer
 from linreg.kinds.watched.records import Enough
+from linreg.kinds.watched.reductions import SEAMS, scriptable, whole
 
 # the loss functions read (each holds its target in its `target` argument)
 LOSSES = (
@@ -95,17 +96,6 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             return out
 
         return read
-
-    def whole(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        @functools.wraps(fn)
-        def reduce(*args: Any, **kwargs: Any) -> Tensor:
-            out = fn(*args, **kwargs)
-            whole = isinstance(out, Tensor) and out.ndim == 0 and out.grad_fn is not None
-            if args and whole and watched():  # of every element: a loss written by hand?
-                w.reduced(args[0], out)
-            return out
-
-        return reduce
 
     def backward(self: Tensor, *args: Any, **kwargs: Any) -> None:
         def run() -> None:
@@ -184,10 +174,6 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     seams: list[tuple[Any, str, Any]] = [(F, name, loss_of(name, losses[name])) for name in LOSSES]
     seams += [
         (Tensor, "backward", backward),
-        (Tensor, "sum", whole(Tensor.sum)),
-        (Tensor, "mean", whole(Tensor.mean)),
-        (torch, "sum", whole(torch.sum)),
-        (torch, "mean", whole(torch.mean)),
         (torch.autograd, "backward", autograd),
         (torch.amp.GradScaler, "scale", scale),
         (torch.amp.GradScaler, "unscale_", unscale_),
@@ -200,7 +186,11 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         (clip_grad, "clip_grad_value_", clip_grad_value_),
         (torch.nn.utils, "clip_grad_value_", clip_grad_value_),
     ]
+    # the whole sums and means: a loss written by hand's (reductions.py)
+    sums = [(owner, name, whole(getattr(owner, name), watched, w.reduced)) for owner, name in SEAMS]
+    seams += sums
     found = [(owner, name, getattr(owner, name)) for owner, name, _ in seams]
+    forget = scriptable(sums, {(id(owner), name): fn for owner, name, fn in found})
     for owner, name, seam in seams:
         setattr(owner, name, seam)
     try:
@@ -217,6 +207,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
             handle.remove()
         for owner, name, fn in found:
             setattr(owner, name, fn)
+        forget()
         torch.set_grad_enabled(grad_mode)
         eager()
         w.ran_out()
