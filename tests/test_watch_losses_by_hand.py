@@ -9,7 +9,9 @@ unread, as before."""
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -469,3 +471,24 @@ def test_a_mean_over_the_rows_first_then_summed_over_as_many_outputs_is_no_loss_
             ((model(X) - Y) ** 2).mean(0).sum().backward()
             optimizer.step()
     assert not reports[0].failures, str(reports[0])
+
+
+def test_losses_by_hand_the_code_keeps_hold_none_of_the_watch_s_after_it() -> None:
+    """Validation losses with grad on, by hand, kept by the code past the watch: the inputs of
+    their means the watch noted are let go as it ends (the code's graphs hold no tensor of
+    the watch's after it)."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    kept, refs = [], []
+    with watch(steps=2):
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            optimizer.zero_grad()
+            squared_loss(model(X), y).mean().backward()
+            optimizer.step()
+            for xv, yv in DataLoader(_rows(), batch_size=20):
+                rows = squared_loss(model(xv), yv)
+                refs.append(weakref.ref(rows))
+                kept.append(rows.mean())
+                del rows
+    gc.collect()
+    assert kept and not [r for r in refs if r() is not None]

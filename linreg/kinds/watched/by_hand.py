@@ -94,7 +94,16 @@ class HandReader:
         at = (self.iterator, self.source, self.yields.get(self.iterator or 0, 0))
         noted = Noted(per, out, self._latest_rows(), at, precision(per), self.backwards)
         self.hand.append(weakref.ref(noted))
-        del self.hand[:-HELD]
+        if len(self.hand) > HELD:
+            self.let_go_hand(self.hand[:-HELD])
+
+    def let_go_hand(self, noted: list[weakref.ref[Noted]] | None = None) -> None:
+        """Let go of the inputs the reductions noted (all, as the watch ends: a graph the code
+        keeps holds none of the watch's after it), and forget them."""
+        for r in self.hand if noted is None else noted:
+            if (n := r()) is not None:
+                n.per = None
+        self.hand = [] if noted is None else self.hand[len(noted) :]
 
     def _latest_rows(self) -> int | None:
         """Return the samples of the batch fetched last, None where not known."""

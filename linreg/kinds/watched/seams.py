@@ -213,6 +213,7 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
         w.ran_out()
         w.seen.leftover, w.seen.ran_out = w.micro, w.straddles
         w.put_back()
+        w.let_go_hand()
 
 
 def _retains(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
