@@ -532,3 +532,45 @@ def test_an_update_whose_every_target_is_ignored_has_nothing_to_apply() -> None:
             loss.backward()
             optimizer.step()
     assert reports[0].ok and not reports[0].error, str(reports[0])
+
+
+@pytest.mark.parametrize(
+    "divisor, failed",
+    [
+        ("positives", []),  # RetinaNet's: the sum over the batch's positives, at least 1
+        ("none", ["mean-vs-sum"]),  # the sum undivided
+        ("nominal", ["short-last-batch"]),  # the batch size the code was given
+    ],
+)
+def test_a_binary_term_summed_over_rare_positives_beside_a_regression_mean(
+    divisor: str, failed: list[str]
+) -> None:
+    """A binary classification summed and divided by the batch's positives (clamped at 1)
+    beside a regression's mean, one backward() of both: the classification term is read as the
+    mean over the positives, as a lone such loss is, where batches of 2 or 3 positives tell
+    it from the sum (review rv69's a10: every full update failed mean-vs-sum, 48 times the
+    mean); the sum undivided and a nominal divisor still fail. 9 batches of 24 in order, the
+    last of 12, holding 0, 1, 2, 1, 0, 3, 1, 0 and 1 positives."""
+    positives = [0, 1, 2, 1, 0, 3, 1, 0, 1]
+    n = 24 * 8 + 12
+    gen = torch.Generator().manual_seed(0)
+    x, boxes = torch.randn(n, 10, generator=gen), torch.randn(n, 2, generator=gen)
+    labels = torch.zeros(n)
+    for i, count in enumerate(positives):
+        labels[i * 24 : i * 24 + count] = 1.0
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 1), nn.Linear(16, 2)
+    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    with watch() as reports:
+        for xb, yb, bb in DataLoader(TensorDataset(x, labels, boxes), batch_size=24):
+            h = torch.relu(trunk(xb))
+            summed = F.binary_cross_entropy_with_logits(classify(h)[:, 0], yb, reduction="sum")
+            by = {"positives": yb.sum().clamp(min=1), "none": 1.0, "nominal": 24.0}[divisor]
+            optimizer.zero_grad()
+            (summed / by + F.smooth_l1_loss(regress(h), bb)).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)

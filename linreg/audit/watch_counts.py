@@ -16,8 +16,9 @@ from collections import Counter
 from dataclasses import replace
 
 from linreg.audit.watch_ratios import near
-from linreg.audit.watch_readings import Reading
+from linreg.audit.watch_readings import Reading, read_terms
 from linreg.audit.watch_readings import read as _read
+from linreg.audit.watch_tally import Verdicts
 from linreg.kinds.watched.kept import Update
 
 SAID = {  # each other count, as the report says it was read
@@ -190,3 +191,41 @@ def _common(readings: list[Reading | None]) -> float:
     scales = [r.relative[0] for r in readings if r is not None and r.relative]
     most = max(scales, key=lambda s: sum(_the_mean(r, s) for r in readings), default=1.0)
     return most if 3 * sum(_the_mean(r, most) for r in readings) >= 2 * len(scales) else 1.0
+
+
+def terms_meant(
+    readings: dict[tuple[int, str], list[Reading]],
+    alternatives: dict[tuple[int, str], dict[str, list[Reading]]],
+    v: Verdicts,
+) -> None:
+    """Read each term of several under the other count its calls may divide by (a detector's
+    classification summed over the batch's positives, beside a box regression's mean), where
+    under it two thirds of the term's readings or more apply the mean, and more than under
+    torch's count (meant's rule, a term at a time), one of them at a count of 2 or more (where
+    the count is 1, its mean is its sum: a sum undivided reads the same), and none applies its
+    own count times the mean (that sum's); note it (Verdicts.terms_counted)."""
+    for key, by in alternatives.items():
+        torchs = sum(_applies_mean(r) for r in readings[key])
+        for other, rs in sorted(by.items()):
+            right = sum(_applies_mean(r) for r in rs)
+            read_ = sum(r.relative is not None for r in rs)
+            told = any(r.count >= 2 and _applies_mean(r) for r in rs)
+            summed = any(
+                r.count >= 2 and r.relative and all(near(x, r.count) for x in r.relative)
+                for r in rs
+            )
+            if right > torchs and 3 * right >= 2 * read_ and told and not summed:
+                readings[key] = rs
+                v.terms_counted[key[1]] = other
+                break
+
+
+def _applies_mean(r: Reading) -> bool:
+    return r.relative is not None and all(near(x, 1.0) for x in r.relative)
+
+
+def under_others(j: int, u: Update, summed: bool) -> dict[str, dict[str, Reading]]:
+    """Return an update's terms' readings under each other count its terms' calls may divide
+    by (Column.others), by count and term (terms_meant chooses)."""
+    keys = sorted({k for col in u.columns for k, _ in col.others})
+    return {k: dict(read_terms(j, u, summed, k)) for k in keys}

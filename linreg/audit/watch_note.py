@@ -30,6 +30,8 @@ def note_of(seen: Watched, v: Verdicts) -> str:
         )
     if v.counted:
         note += f"; each loss it sums itself read as a mean over {SAID[v.counted]}"
+    for term, key in sorted(v.terms_counted.items()):
+        note += f"; its {term} term read as a mean over {SAID[key]}"
     for key, n in sorted(v.counted_alone.items()):
         over = SAID[key] if key else TORCHS
         note += (

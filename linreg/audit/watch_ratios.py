@@ -11,7 +11,8 @@ import contextlib
 import contextvars
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from linreg.audit.watch_readings import Reading
 from linreg.kinds.training_loop.measure import NAMED
@@ -125,3 +126,16 @@ def never_applied(at: str, dropped: int, before_end: int) -> tuple[str, str]:
         "applied: their gradient was zeroed before the step, inside the update (zero_grad "
         "inside the accumulation loop: zero once a window, after the step)"
     )
+
+
+def with_dropped(r: Reading, dropped: Sequence[float], summed: bool) -> Reading:
+    """Return an update's reading against the mean of every row it consumed, the counts of
+    its micro-batches zeroed before the step (dropped, of its own loader) included: a window's
+    loss / k whose first micro-batches were zeroed applies its last one at the window's
+    weight, right beside grad-zeroing (where it was read against that micro-batch's own mean,
+    a scale of k)."""
+    more = sum(dropped)
+    if summed or r.relative is None or not more:
+        return r
+    grown = (r.count + more) / r.count
+    return replace(r, count=r.count + more, relative=[x * grown for x in r.relative])

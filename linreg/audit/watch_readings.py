@@ -163,11 +163,12 @@ def _without(u: Update, empty: list[int]) -> Update:
     )
 
 
-def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
+def read_terms(j: int, u: Update, summed: bool, under: str = "") -> list[tuple[str, Reading]]:
     """Return the readings of an update whose backward() calls reached losses of several
     functions (a multi-task loss, mse + 0.5 * cross_entropy): its weights on each micro-batch's
     terms' mean gradients, one Reading per term (its function) whose targets are a batch's,
-    relative to the mean (or sum) of that term's own rows. Where the terms do not explain the
+    relative to the mean (or sum) of that term's own rows (or, under another count its calls
+    may divide by, `under`, its mean over those: Column.others). Where the terms do not explain the
     update, or their gradients are dependent, one unexplained Reading (weights not judged)."""
     total = sum(u.counts)
     if u.blind or not u.columns:
@@ -201,8 +202,11 @@ def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
         if not all(u.columns[i].from_batch for i in at):
             continue  # a penalty, a GAN's constant label: its weight is the code's to choose
         parts = [float(c[i]) for i in at]
-        want = parts if summed else [x / sum(parts) for x in parts]
-        relative = [float(a[i]) / w for i, w in zip(at, want, strict=True)]
+        other = [dict(u.columns[i].others).get(under) for i in at]
+        if under and all(k is not None for k in other):
+            parts = [float(k or 0.0) for k in other]
+        # (the weight on each call's summed gradient, a[i] / c[i], against the mean's or sum's)
+        relative = [float(a[i]) / float(c[i]) * (1.0 if summed else sum(parts)) for i in at]
         own = all(u.columns[i].reduction == ("sum" if summed else "mean") for i in at)
         calls = max(u.columns[i].calls for i in at)
         reading = Reading(

@@ -107,6 +107,8 @@ class Verdicts:
     # per other count ("": torch's), the updates read under it, where they applied the mean
     # there alone (two objectives in turn, each averaged over a count of its own)
     counted_alone: dict[str, int] = field(default_factory=dict)
+    # the terms of several read under another count their calls divide by (terms_meant)
+    terms_counted: dict[str, str] = field(default_factory=dict)
     # updates of unequal micro-batches whose weights another pitfall named (their means added
     # up undivided: mean-vs-sum, whose fix divides by the update's count): not judged here
     taken: set[int] = field(default_factory=set)

@@ -12,12 +12,11 @@ held and what a step was fed; the weights of each loss or term, in watch_weights
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import replace
 
 from linreg.audit.watch_clips import by_hand
-from linreg.audit.watch_counts import meant
-from linreg.audit.watch_ratios import judged_to
+from linreg.audit.watch_counts import meant, terms_meant, under_others
+from linreg.audit.watch_ratios import judged_to, with_dropped
 from linreg.audit.watch_readings import Reading, read, read_terms
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_terms import name_shortfalls
@@ -72,6 +71,10 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
     # per set of optimizers (a GAN's D and G updates each weigh their own rows, each scale its
     # own) and term ("": one loss)
     readings: dict[tuple[int, str], list[Reading]] = defaultdict(list)
+    # each term's readings under another count its calls may divide by, aligned with those
+    alternatives: dict[tuple[int, str], dict[str, list[Reading]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     # micro-batches on other data zeroed unstepped, in the updates after the first: in at most
     # half of them (rare), steps the code skipped on purpose (zero_grad inside every window
     # drops some in each); each: as many as a later update zeroes
@@ -174,6 +177,7 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
         v.terms += len(parts) < len(u.parts or (u,))
         for part in parts:
             terms = read_terms(j, part, summed) if part.columns else [("", read(j, part, summed))]
+            others = under_others(j, part, summed)
             if not all(col.from_batch for col in part.columns):
                 v.partial.add(j)
             if not terms:  # no term's targets a fetched batch's: weights not judged
@@ -183,20 +187,24 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
                     if lost and not term:  # weighed against every row it consumed, those it
                         # zeroed too (grad-zeroing's alone); the first update's as many as a
                         # later one zeroes (a pass before training zeroed first is none of its)
-                        r = _with_dropped(
+                        r = with_dropped(
                             r, u.dropped_counts[-each:] if j == 0 else u.dropped_counts, summed
                         )
                     r.tol, r.before_end = u.tol, part.before_end
                     r.calls = r.calls if term else part.calls
-                    readings[
-                        hash((u.optimizers, part.group)) if u.parts else u.optimizers, term
-                    ].append(r)
+                    key = (hash((u.optimizers, part.group)) if u.parts else u.optimizers, term)
+                    readings[key].append(r)
+                    for k, read_so in others.items():  # (a term under another count: aligned)
+                        alt = read_so.get(term) or r
+                        alt.tol, alt.before_end, alt.calls = r.tol, r.before_end, r.calls
+                        alternatives[key][k].append(alt)
                     v.blind_clipped += r.blind
                     if r.penalized:
                         v.penalized.add(j)
                     if r.changed:
                         v.changed.add(j)
     v.weighed = {col.term for u in seen.updates for col in u.columns if not col.plain}
+    terms_meant(readings, alternatives, v)
     for (_, term), rs in readings.items():
         weigh(rs, len(seen.updates), v, term)
     v.undivided(len(seen.updates))
@@ -241,16 +249,3 @@ def _read(j: int, u: Update, summed: bool) -> Reading | None:
     if not u.columns:
         return read(j, u, summed)
     return next((r for _, r in read_terms(j, u, summed)), None)
-
-
-def _with_dropped(r: Reading, dropped: Sequence[float], summed: bool) -> Reading:
-    """Return an update's reading against the mean of every row it consumed, the counts of
-    its micro-batches zeroed before the step (dropped, of its own loader) included: a window's
-    loss / k whose first micro-batches were zeroed applies its last one at the window's
-    weight, right beside grad-zeroing (where it was read against that micro-batch's own mean,
-    a scale of k)."""
-    more = sum(dropped)
-    if summed or r.relative is None or not more:
-        return r
-    grown = (r.count + more) / r.count
-    return replace(r, count=r.count + more, relative=[x * grown for x in r.relative])

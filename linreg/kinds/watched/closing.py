@@ -145,6 +145,10 @@ def _close(update: Open, tol: float) -> Update:
             len(c),
             all(x.weights == () for x in c),
             _per_row(c),
+            tuple(sorted(
+                (k, sum(x.others[k] for x in c))
+                for k in set.intersection(*(set(x.others) for x in c))
+            )),
         )
         for c in calls
     ) if several else ()  # fmt: skip

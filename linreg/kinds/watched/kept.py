@@ -120,6 +120,9 @@ class Column:
     # the numbers that weighed each call of it times its target's rows, where that is one
     # number for all (sum / len(y): 1; sum / len(y) / k: 1 / k), else None
     per_row: float | None = None
+    # the other counts each call of it may divide by (LossCall.others), summed, where every
+    # call has them: a term may be read under one (watch_counts.terms_meant)
+    others: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
