@@ -574,3 +574,33 @@ def test_a_binary_term_summed_over_rare_positives_beside_a_regression_mean(
     report = reports[0]
     assert not report.error, str(report)
     assert [r.pitfall for r in report.failures] == failed, str(report)
+
+
+@pytest.mark.parametrize("over_every_element, failed", [(False, []), (True, ["mean-vs-sum"])])
+def test_a_masked_term_over_every_element_beside_another_still_fails(
+    over_every_element: bool, failed: list[str]
+) -> None:
+    """A regression masked by the batch's known targets beside a classification's mean: the
+    mean over every element, those the mask drops too, is a known mistake's count, never one
+    a term is read under (de03c13 read it so, and the mistake passed)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 6, generator=gen), torch.randn(100, 4, generator=gen)
+    known = (torch.rand(100, 4, generator=gen) > 0.3).float()
+    known[:, 0] = 1.0
+    classes = torch.randint(0, 3, (100,), generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        body, reg, cls = nn.Linear(6, 16), nn.Linear(16, 4), nn.Linear(16, 3)
+    optimizer = torch.optim.SGD([*body.parameters(), *reg.parameters(), *cls.parameters()], lr=0.05)
+    data = TensorDataset(x, y, known, classes)
+    with watch() as reports:
+        for xb, yb, mb, cb in DataLoader(data, batch_size=16):
+            h = torch.relu(body(xb))
+            l = F.mse_loss(reg(h), yb, reduction="none") * mb
+            masked = l.mean() if over_every_element else l.sum() / mb.sum()
+            optimizer.zero_grad()
+            (masked + F.cross_entropy(cls(h), cb)).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)

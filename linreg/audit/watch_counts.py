@@ -207,6 +207,8 @@ def terms_meant(
     for key, by in alternatives.items():
         torchs = sum(_applies_mean(r) for r in readings[key])
         for other, rs in sorted(by.items()):
+            if other == "unmasked":  # (every element, a mask's drops too: a known mistake's)
+                continue
             right = sum(_applies_mean(r) for r in rs)
             read_ = sum(r.relative is not None for r in rs)
             told = any(r.count >= 2 and _applies_mean(r) for r in rs)
