@@ -492,3 +492,46 @@ def test_losses_by_hand_the_code_keeps_hold_none_of_the_watch_s_after_it() -> No
                 del rows
     gc.collect()
     assert kept and not [r for r in refs if r() is not None]
+
+
+def _embeddings(loss_of: Callable[[Tensor, Tensor], Tensor], width: int) -> Report:
+    """A projector of `width` features trained by a loss of the whole batch, by hand: 48
+    samples in batches of 16 (so a width of 16 is the batch's size, by chance)."""
+    gen = torch.Generator().manual_seed(0)
+    x, relevance = torch.randn(48, 6, generator=gen), torch.rand(48, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        projector = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, width))
+    optimizer = torch.optim.SGD(projector.parameters(), lr=0.01)
+    with watch() as reports:
+        for X, r in DataLoader(TensorDataset(x, relevance), batch_size=16):
+            optimizer.zero_grad()
+            loss_of(projector(X), r).backward()
+            optimizer.step()
+    return reports[0]
+
+
+def _cross_correlation(z: Tensor, r: Tensor) -> Tensor:
+    """Barlow Twins' objective on two views (here one and its noise-free twin): the views'
+    cross-correlation matrix, features by features, pulled toward the identity."""
+    a, b = (z - z.mean(0)) / (z.std(0) + 1e-4), (z.flip(1) - z.mean(0).flip(0)) / 1.5
+    c = a.T @ b / len(z)
+    return ((c - torch.eye(c.shape[0])) ** 2).sum()
+
+
+def _list_net(z: Tensor, r: Tensor) -> Tensor:
+    """ListNet's: the batch as one ranked list, its scores' softmax over the list against the
+    relevances'."""
+    return -(torch.softmax(r, 0) * torch.log_softmax(z[:, 0], 0)).sum()
+
+
+@pytest.mark.parametrize("loss_of", [_cross_correlation, _list_net], ids=["barlow", "listnet"])
+def test_a_loss_of_the_whole_batch_by_hand_is_no_loss_of_its_rows(
+    loss_of: Callable[[Tensor, Tensor], Tensor],
+) -> None:
+    """A features-by-features matrix (its first dim the batch's size by chance) and a softmax
+    over the batch's rows: their sums are no rows' losses, so no update is judged a sum over
+    rows (review rv72's c32 and c33 failed mean-vs-sum, correct as written: their gradients
+    do not grow with the batch)."""
+    report = _embeddings(loss_of, 16)
+    assert not report.failures, str(report)

@@ -145,7 +145,7 @@ class HandReader:
             if read is None:
                 return []
             count, every, first = read
-        if not n.rows or not on_rows(per):
+        if not n.rows or not on_rows(per, n.rows):
             return []
         if first != n.rows and not flattened(first, n.rows, self._fetched_now()):
             return []

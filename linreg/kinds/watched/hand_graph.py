@@ -92,9 +92,10 @@ _ELEMENTWISE = ("PowBackward0", "AbsBackward0", "MulBackward0", "DivBackward0", 
                 "SqueezeBackward0", "SqueezeBackward1")  # fmt: skip
 
 
-def on_rows(per: Tensor) -> bool:
-    """Return whether a tensor's first dim may be its batch's samples: not the output of a
-    reduction over it (`l.mean(0)`, whose dim 0 is the outputs'), nor a transpose."""
+def on_rows(per: Tensor, rows: int) -> bool:
+    """Return whether a tensor's first dim may be its batch's samples, each element a loss of
+    its own row's: not the output of a reduction over them (`l.mean(0)`, whose dim 0 is the
+    outputs'), nor a transpose, nor a tensor whose graph mixes the rows (mixes_rows)."""
     node = per.grad_fn
     kind = type(node).__name__
     if kind in ("TBackward0", "TransposeBackward0", "PermuteBackward0"):
@@ -102,8 +103,44 @@ def on_rows(per: Tensor) -> bool:
     if kind in _PARTIAL:
         sizes = tuple(getattr(node, "_saved_self_sym_sizes", ()))
         dims = tuple(getattr(node, "_saved_dim", ()) or ())
-        return bool(sizes) and all(d % len(sizes) != 0 for d in dims)
-    return True
+        if not sizes or any(d % len(sizes) == 0 for d in dims):
+            return False
+    return not mixes_rows(node, rows)
+
+
+_SOFTMAX = ("SoftmaxBackward0", "LogSoftmaxBackward0")
+_TRANSPOSES = ("TBackward0", "TransposeBackward0", "PermuteBackward0")
+
+
+def mixes_rows(node: Any, rows: int, most: int = 256) -> bool:
+    """Return whether the graph below a node (its first `most` nodes) mixes a batch's rows
+    into one another's elements: a softmax over dim 0 of `rows` (ListNet's list, the batch),
+    or a product whose first operand is a transposed activation, contracting over the rows
+    (Barlow Twins' z1.T @ z2: a features-by-features matrix, whose first dim may equal the
+    batch's by chance). A Linear's product (by a param transposed, the second operand), a
+    similarity of rows (z1 @ z2.T) and a normalization over the batch (BatchNorm's) keep each
+    row's own element a row's."""
+    stack: list[Any] = [node]
+    seen: set[int] = set()
+    while stack and len(seen) < most:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        kind = type(n).__name__
+        if kind in _SOFTMAX and getattr(n, "_saved_dim", None) == 0:
+            shape = output_shape(n)
+            if shape and shape[0] == rows:
+                return True
+        if kind in ("MmBackward0", "BmmBackward0") and n.next_functions:
+            first = n.next_functions[0][0]
+            below = (
+                first.next_functions[0][0] if first is not None and first.next_functions else None
+            )
+            if type(first).__name__ in _TRANSPOSES and not hasattr(below, "variable"):
+                return True
+        stack += [m for m, _ in n.next_functions]
+    return False
 
 
 def compared(per: Tensor, most: int = 8) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
