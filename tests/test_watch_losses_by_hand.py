@@ -535,3 +535,32 @@ def test_a_loss_of_the_whole_batch_by_hand_is_no_loss_of_its_rows(
     do not grow with the batch)."""
     report = _embeddings(loss_of, 16)
     assert not report.failures, str(report)
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_a_torch_metric_logged_with_grad_beside_a_loss_by_hand(kept: bool) -> None:
+    """F.l1_loss on the predictions, for the log, before the loss by hand's backward(): let go
+    at once (`.item()`), it can never be backward()ed, so the loss by hand is read (review
+    rv72's c37 was left unread); kept alive, it may be a torch loss still to be backward()ed,
+    beside which a sum by hand is a penalty: not read, as before."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    logged: list[Tensor] = []
+    errors: list[float] = []
+    with watch() as reports:
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            prediction = model(X)
+            metric = F.l1_loss(prediction, y)
+            if kept:
+                logged.append(metric)
+            else:
+                errors.append(metric.item())
+            del metric
+            optimizer.zero_grad()
+            squared_loss(prediction, y).mean().backward()
+            optimizer.step()
+    report = reports[0]
+    if kept:
+        assert report.error.startswith("no update could be judged"), str(report)
+    else:
+        assert report.ok and not report.error, str(report)

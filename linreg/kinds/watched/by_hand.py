@@ -131,9 +131,12 @@ class HandReader:
         for n in alive:  # (the graph this backward() frees holds none of them past it)
             if n.node in under:
                 n.per = None
-        # a run on torch losses (one read, or one on a batch still to be reached): a sum by
-        # hand beside them is a term of its own, a penalty, as it always was
-        on_batch = any(c.from_batch for c in self.pending)
+        # a run on torch losses (one read, or one on a batch still to be reached, its output
+        # alive: not a metric logged with grad and let go): a sum by hand beside them is a
+        # term of its own, a penalty, as it always was
+        on_batch = any(
+            c.from_batch and (c.out is None or c.out() is not None) for c in self.pending
+        )
         if len(reached) != 1 or self.read_torch or on_batch:
             return []
         n, per = next(iter(reached.values()))

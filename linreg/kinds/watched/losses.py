@@ -139,6 +139,7 @@ class LossReader(Targets):
                     # (objectives.py reads it on a fetched batch's target alone)
                     same=same_of(given.get("target"), under) if from_batch else None,
                     predicted=weakref.ref(predicted) if isinstance(predicted, Tensor) else None,
+                    out=weakref.ref(out),
                     # (a mask of the code's on it read as a backward() reaches it: masks.py)
                     output=out if by_code and out.numel() > 1 else None,
                     counted=counted(name, out, given) if by_code and out.numel() > 1 else None,

@@ -92,6 +92,9 @@ class LossCall:
     # a loss written by hand (by_hand.py): its sign the code's, read from what the backward()
     # brings its elements (`-logp.gather(1, y).mean()` negates the likelihood after its mean)
     signed: bool = False
+    # its output (weakly): one let go unreached (a metric logged with grad, `.item()`) can no
+    # longer be backward()ed
+    out: Any = None
 
 
 @dataclass
