@@ -564,3 +564,26 @@ def test_a_torch_metric_logged_with_grad_beside_a_loss_by_hand(kept: bool) -> No
         assert report.error.startswith("no update could be judged"), str(report)
     else:
         assert report.ok and not report.error, str(report)
+
+
+@pytest.mark.parametrize("summed, failed", [(False, []), (True, ["mean-vs-sum"])])
+def test_a_forward_that_transposes_its_activations_keeps_each_row_its_own(
+    summed: bool, failed: list[str]
+) -> None:
+    """A forward written on columns (h = relu(W @ X.T), then h.T @ U): its product by a
+    transposed activation contracts over the hidden units, not the rows, so the loss by hand
+    is read (review rv73's b11 and b12 were left unread by a664ffd)."""
+    gen = torch.Generator().manual_seed(0)
+    weight = nn.Parameter(0.3 * torch.randn(12, 5, generator=gen))
+    out = nn.Parameter(0.3 * torch.randn(12, 1, generator=gen))
+    optimizer = torch.optim.SGD([weight, out], lr=0.05)
+    with watch() as reports:
+        for X, y in DataLoader(_rows(), batch_size=BATCH):
+            h = torch.relu(weight @ X.T)
+            rows = squared_loss(h.T @ out, y)
+            optimizer.zero_grad()
+            (rows.sum() if summed else rows.mean()).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == failed, str(report)

@@ -115,8 +115,8 @@ _TRANSPOSES = ("TBackward0", "TransposeBackward0", "PermuteBackward0")
 def mixes_rows(node: Any, rows: int, most: int = 256) -> bool:
     """Return whether the graph below a node (its first `most` nodes) mixes a batch's rows
     into one another's elements: a softmax over dim 0 of `rows` (ListNet's list, the batch),
-    or a product whose first operand is a transposed activation, contracting over the rows
-    (Barlow Twins' z1.T @ z2: a features-by-features matrix, whose first dim may equal the
+    or a product whose first operand is a transposed activation contracting over as many as
+    the rows (Barlow Twins' z1.T @ z2: a features-by-features matrix, whose first dim may equal the
     batch's by chance). A Linear's product (by a param transposed, the second operand), a
     similarity of rows (z1 @ z2.T) and a normalization over the batch (BatchNorm's) keep each
     row's own element a row's."""
@@ -137,7 +137,13 @@ def mixes_rows(node: Any, rows: int, most: int = 256) -> bool:
             below = (
                 first.next_functions[0][0] if first is not None and first.next_functions else None
             )
-            if type(first).__name__ in _TRANSPOSES and not hasattr(below, "variable"):
+            shape = output_shape(first) if first is not None else None
+            if (
+                type(first).__name__ in _TRANSPOSES
+                and not hasattr(below, "variable")
+                and shape
+                and shape[-1] == rows  # (contracting over them: (h.T @ U) of h [H, B] is not)
+            ):
                 return True
         stack += [m for m, _ in n.next_functions]
     return False
