@@ -2361,10 +2361,11 @@ def test_watch_predictions_against_labels_of_another_shape_fail_label_shape(
     assert [r.pitfall for r in reports[0].failures] == ([] if squeezed else ["label-shape"])
 
 
-def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_nothing() -> None:
-    """The training loss written by hand (not read), an MAE logged with grad on predictions
-    (n, 1) against labels (n,): no backward() reaches the metric, so it is neither a verdict
-    of label-shape nor something judged: the watch says it could judge no update."""
+def test_watch_a_metric_logged_with_grad_beside_a_loss_by_hand_is_no_verdict() -> None:
+    """The training loss written by hand, an MAE logged with grad on predictions (n, 1)
+    against labels (n,): no backward() reaches the metric, so it is no verdict of label-shape;
+    the loss's backward() frees the graph the metric shares, so the metric is no torch loss
+    still to come, and the loss by hand is read and judged."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(37, 4, generator=gen)
     y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
@@ -2380,8 +2381,7 @@ def test_watch_a_metric_logged_with_grad_beside_a_loss_it_cannot_read_judges_not
             ((prediction.squeeze(-1) - yb) ** 2).mean().backward()
             optimizer.step()
     report = reports[0]
-    assert report.error.startswith("no update could be judged"), str(report)
-    assert not report.failures, str(report)
+    assert report.ok and not report.error, str(report)
 
 
 @pytest.mark.parametrize(

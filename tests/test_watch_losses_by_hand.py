@@ -537,12 +537,13 @@ def test_a_loss_of_the_whole_batch_by_hand_is_no_loss_of_its_rows(
     assert not report.failures, str(report)
 
 
-@pytest.mark.parametrize("kept", [False, True])
-def test_a_torch_metric_logged_with_grad_beside_a_loss_by_hand(kept: bool) -> None:
+@pytest.mark.parametrize("kept, retained", [(False, False), (True, False), (True, True)])
+def test_a_torch_metric_logged_with_grad_beside_a_loss_by_hand(kept: bool, retained: bool) -> None:
     """F.l1_loss on the predictions, for the log, before the loss by hand's backward(): let go
-    at once (`.item()`), it can never be backward()ed, so the loss by hand is read (review
-    rv72's c37 was left unread); kept alive, it may be a torch loss still to be backward()ed,
-    beside which a sum by hand is a penalty: not read, as before."""
+    at once (`.item()`), or kept while that backward() frees the graph they share, it can never
+    be backward()ed, so the loss by hand is read (review rv72's c37 and rv73's c06 were left
+    unread); kept past a backward() that retains the graph, it may be a torch loss still to
+    be backward()ed, beside which a sum by hand is a penalty: not read, as before."""
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     logged: list[Tensor] = []
@@ -557,10 +558,10 @@ def test_a_torch_metric_logged_with_grad_beside_a_loss_by_hand(kept: bool) -> No
                 errors.append(metric.item())
             del metric
             optimizer.zero_grad()
-            squared_loss(prediction, y).mean().backward()
+            squared_loss(prediction, y).mean().backward(retain_graph=retained)
             optimizer.step()
     report = reports[0]
-    if kept:
+    if retained:
         assert report.error.startswith("no update could be judged"), str(report)
     else:
         assert report.ok and not report.error, str(report)

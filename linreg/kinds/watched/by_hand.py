@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
-from linreg.kinds.watched.graphs import Leaves
+from linreg.kinds.watched.graphs import Leaves, graph
 from linreg.kinds.watched.hand_graph import compared, flattened, masked, masks, of_a_param, on_rows
 from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.losses import precision, weighed_alike
@@ -113,11 +113,12 @@ class HandReader:
                 return self.rows.get(t.untyped_storage().data_ptr())
         return None
 
-    def by_hand(self, under: set[int]) -> list[LossCall]:
+    def by_hand(self, under: set[int], retained: bool = False) -> list[LossCall]:
         """Return, as a loss the code reduces itself, the one reduction noted since the last
-        backward() that a backward() (the ids of its nodes: under) reaches, where it is read
-        (above); else none. Called where that backward() reached no loss the watcher read,
-        before it runs: the hook that weighs its elements waits for it."""
+        backward() that a backward() (the ids of its nodes: under; retained: it keeps its
+        graph) reaches, where it is read (above); else none. Called where that backward()
+        reached no loss the watcher read, before it runs: the hook that weighs its elements
+        waits for it."""
         alive = [n for r in self.hand if (n := r()) is not None and n.per is not None]
         # (those it does not reach wait for a later backward(): a second head's, backward()ed
         # apart; each held by its graph alone, let go with it)
@@ -131,11 +132,15 @@ class HandReader:
         for n in alive:  # (the graph this backward() frees holds none of them past it)
             if n.node in under:
                 n.per = None
-        # a run on torch losses (one read, or one on a batch still to be reached, its output
-        # alive: not a metric logged with grad and let go): a sum by hand beside them is a
-        # term of its own, a penalty, as it always was
+        # a run on torch losses (one read, or one on a batch still to be reached: its output
+        # alive, and its graph not one this backward() frees, which no later backward() could
+        # pass again; not a metric logged with grad): a sum by hand beside them is a term of
+        # its own, a penalty, as it always was
         on_batch = any(
-            c.from_batch and (c.out is None or c.out() is not None) for c in self.pending
+            c.from_batch
+            and (c.out is None or c.out() is not None)
+            and (retained or graph([c.node], accumulators=False).isdisjoint(under))
+            for c in self.pending
         )
         if len(reached) != 1 or self.read_torch or on_batch:
             return []

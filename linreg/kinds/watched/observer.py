@@ -64,7 +64,7 @@ class Observer(Steps, ClipHooks, LossReader, HandReader, Passes, PutBack, Observ
         matched = [c for c in self.pending if id(c.node) in under]
         self.read_torch = self.read_torch or bool(matched)
         # (none read: a loss written by hand, where one is read; by_hand.py)
-        matched = matched or self.by_hand(under)
+        matched = matched or self.by_hand(under, retained)
         ids = {id(c.node) for c in matched}
         on_way = [weighed(t.grad_fn, ids, self.scales) for t in roots if matched]
         for c in matched:  # each loss's head, numbered as the watch met those trained on
