@@ -74,7 +74,7 @@ class HandReader:
     hand: list[weakref.ref[Noted]]
     backwards: int
     precision: float
-    found: dict[int, tuple[Tensor, Tensor | None]]
+    keep_grads: Callable[[list[Tensor]], None]  # (PutBack's)
     leaves: Leaves
     iterator: int | None
     source: int | None
@@ -164,9 +164,7 @@ class HandReader:
             self.busy = False
         if not under_it:
             return []
-        for p in under_it:  # its .grad as the watch found it, put back after
-            if id(p) not in self.found:
-                self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+        self.keep_grads(under_it)  # its .grad as the watch found it, put back after
         self.precision = max(self.precision, n.tolerance)
         fetched_by, fetched_from, fetched_at = n.at
         call = LossCall(

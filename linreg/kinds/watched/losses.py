@@ -42,7 +42,7 @@ class LossReader(Targets):
     busy: bool
     precision: float
     pending: list[LossCall]
-    found: dict[int, tuple[Tensor, Tensor | None]]
+    keep_grads: Callable[[list[Tensor]], None]  # (PutBack's)
     backwards: int
     yields: dict[int, int]
     heads: dict[int, Head]
@@ -86,9 +86,7 @@ class LossReader(Targets):
             # reduces it: the hook below reads what that backward() brings its elements
             later = not by_code and deferred(given.get("input"), under)
             grads = {} if later else gradients(per, under)
-            for p in under:  # its .grad as the watch found it, put back after
-                if id(p) not in self.found:
-                    self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+            self.keep_grads(under)  # its .grad as the watch found it, put back after
             del self.pending[:-PENDING]  # losses no backward() reached: the latest
             predicted = given.get("input")
             nearest = head(predicted.grad_fn) if isinstance(predicted, Tensor) else frozenset()

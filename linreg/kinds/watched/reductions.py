@@ -35,12 +35,10 @@ def whole(
     return reduce
 
 
-def scriptable(
-    seams: list[tuple[Any, str, Any]], found: dict[tuple[int, str], Any]
-) -> Callable[[], None]:
-    """Register each seam that replaces one of torch's functions TorchScript knows as a builtin
-    (torch.sum, torch.mean; found: each as it was) as that builtin too; return what forgets
-    them. Where TorchScript's table cannot be read, nothing is registered."""
+def scriptable(seams: list[tuple[Any, Any]]) -> Callable[[], None]:
+    """Register each seam (seam, the function it wraps) that replaces one of torch's functions
+    TorchScript knows as a builtin (torch.sum, torch.mean) as that builtin too; return what
+    forgets them. Where TorchScript's table cannot be read, nothing is registered."""
     try:
         from torch.jit import _builtins
 
@@ -48,8 +46,8 @@ def scriptable(
     except Exception:  # (another torch's: a script of them raises, as it would)
         return lambda: None
     added = []
-    for owner, name, seam in seams:
-        op = table.get(id(found.get((id(owner), name))))
+    for seam, fn in seams:
+        op = table.get(id(fn))
         if op is not None:
             table[id(seam)] = op
             added.append(id(seam))

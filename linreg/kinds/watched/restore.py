@@ -82,6 +82,13 @@ class PutBack:
             return False
         return self.seen.moved
 
+    def keep_grads(self, params: list[Tensor]) -> None:
+        """Keep each param's .grad as the watch found it (the first time a loss it reads
+        reaches it), to put back after."""
+        for p in params:
+            if id(p) not in self.found:
+                self.found[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+
     def keep(self, thing: Any) -> None:
         """Keep a scheduler's or scaler's state as the watch found it, to put back after."""
         if id(thing) not in self.kept:

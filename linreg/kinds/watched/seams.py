@@ -188,9 +188,9 @@ def watching(steps: int | None = None) -> Iterator[Watched]:
     ]
     # the whole sums and means: a loss written by hand's (reductions.py)
     sums = [(owner, name, whole(getattr(owner, name), watched, w.reduced)) for owner, name in SEAMS]
+    forget = scriptable([(seam, getattr(owner, name)) for owner, name, seam in sums])
     seams += sums
     found = [(owner, name, getattr(owner, name)) for owner, name, _ in seams]
-    forget = scriptable(sums, {(id(owner), name): fn for owner, name, fn in found})
     for owner, name, seam in seams:
         setattr(owner, name, seam)
     try:
