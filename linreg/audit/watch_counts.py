@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import replace
 
 from linreg.audit.watch_ratios import near
-from linreg.audit.watch_readings import Reading, read_terms
+from linreg.audit.watch_readings import Reading
 from linreg.audit.watch_readings import read as _read
 from linreg.audit.watch_tally import Verdicts
 from linreg.kinds.watched.kept import Update
@@ -205,29 +205,15 @@ def terms_meant(
     the count is 1, its mean is its sum: a sum undivided reads the same), and none applies its
     own count times the mean (that sum's); note it (Verdicts.terms_counted)."""
     for key, by in alternatives.items():
-        torchs = sum(_applies_mean(r) for r in readings[key])
+        torchs = sum(_the_mean(r) for r in readings[key])
         for other, rs in sorted(by.items()):
             if other == "unmasked":  # (every element, a mask's drops too: a known mistake's)
                 continue
-            right = sum(_applies_mean(r) for r in rs)
+            right = sum(_the_mean(r) for r in rs)
             read_ = sum(r.relative is not None for r in rs)
-            told = any(r.count >= 2 and _applies_mean(r) for r in rs)
-            summed = any(
-                r.count >= 2 and r.relative and all(near(x, r.count) for x in r.relative)
-                for r in rs
-            )
+            told = any(r.count >= 2 and _the_mean(r) for r in rs)
+            summed = any(r.count >= 2 and _the_mean(r, r.count) for r in rs)
             if right > torchs and 3 * right >= 2 * read_ and told and not summed:
                 readings[key] = rs
                 v.terms_counted[key[1]] = other
                 break
-
-
-def _applies_mean(r: Reading) -> bool:
-    return r.relative is not None and all(near(x, 1.0) for x in r.relative)
-
-
-def under_others(j: int, u: Update, summed: bool) -> dict[str, dict[str, Reading]]:
-    """Return an update's terms' readings under each other count its terms' calls may divide
-    by (Column.others), by count and term (terms_meant chooses)."""
-    keys = sorted({k for col in u.columns for k, _ in col.others})
-    return {k: dict(read_terms(j, u, summed, k)) for k in keys}

@@ -163,29 +163,38 @@ def _without(u: Update, empty: list[int]) -> Update:
     )
 
 
-def read_terms(j: int, u: Update, summed: bool, under: str = "") -> list[tuple[str, Reading]]:
+def read_terms(j: int, u: Update, summed: bool) -> list[tuple[str, Reading]]:
     """Return the readings of an update whose backward() calls reached losses of several
     functions (a multi-task loss, mse + 0.5 * cross_entropy): its weights on each micro-batch's
     terms' mean gradients, one Reading per term (its function) whose targets are a batch's,
-    relative to the mean (or sum) of that term's own rows (or, under another count its calls
-    may divide by, `under`, its mean over those: Column.others). Where the terms do not explain the
+    relative to the mean (or sum) of that term's own rows. Where the terms do not explain the
     update, or their gradients are dependent, one unexplained Reading (weights not judged)."""
+    return read_terms_under(j, u, summed)[0]
+
+
+Under = dict[str, dict[str, "Reading"]]
+
+
+def read_terms_under(j: int, u: Update, summed: bool) -> tuple[list[tuple[str, Reading]], Under]:
+    """Return read_terms' readings, and each term's reading under each other count all its
+    calls may divide by (Column.others: by count, then term), from the same solve: the same
+    weights on its calls' summed gradients, relative to its mean over that count."""
     total = sum(u.counts)
     if u.blind or not u.columns:
-        return []
+        return [], {}
     # a term of no elements in a micro-batch (no positive anchor to regress, no label) applied
     # nothing there: the update is read without it (a term it leaves in fewer of the update's
     # micro-batches reads as a shorter window's: a window's mean over the term's micro-batches
     # weighs one of none alike, as a mean of micro-batch means does)
     empty = [i for i, col in enumerate(u.columns) if not col.count and not float(u.gram[i, i])]
     if empty and len(empty) < len(u.columns):
-        return read_terms(j, _without(u, empty), summed)
+        return read_terms_under(j, _without(u, empty), summed)
     c = torch.tensor([col.count for col in u.columns], dtype=torch.float64)
     if not bool((c > 0).all()):  # (one of no elements that has a gradient: NaN, a mean of none)
-        return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
+        return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))], {}
     gram = u.gram / torch.outer(c, c)  # of the terms' mean gradients M_i = S_i / count_i
     if int(torch.linalg.matrix_rank(gram, rtol=1e-6)) < len(u.columns):
-        return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))]
+        return [("", Reading(j, total, list(u.counts), None, u.clipped, unread=True))], {}
     dots, rr, clipped = u.sa / c, u.aa, u.clipped
     if a_clipping(u):  # (no correct update to try first: the terms' weights are the code's)
         dots, rr, clipped = u.sb / c, u.bb, True
@@ -194,19 +203,18 @@ def read_terms(j: int, u: Update, summed: bool, under: str = "") -> list[tuple[s
     if residual(gram, dots, rr, a) > u.tol**2 * max(rr, float(a @ gram @ a)):
         beside = _beside_a_penalty(u, c, gram, dots, rr, clipped and not u.clipped)
         if beside is None:
-            return [("", Reading(j, total, list(u.counts), None, clipped))]
+            return [("", Reading(j, total, list(u.counts), None, clipped))], {}
         a = beside
     out = []
+    under: Under = {}
     for term in dict.fromkeys(col.term for col in u.columns):
         at = [i for i, col in enumerate(u.columns) if col.term == term]
         if not all(u.columns[i].from_batch for i in at):
             continue  # a penalty, a GAN's constant label: its weight is the code's to choose
         parts = [float(c[i]) for i in at]
-        other = [dict(u.columns[i].others).get(under) for i in at]
-        if under and all(k is not None for k in other):
-            parts = [float(k or 0.0) for k in other]
         # (the weight on each call's summed gradient, a[i] / c[i], against the mean's or sum's)
-        relative = [float(a[i]) / float(c[i]) * (1.0 if summed else sum(parts)) for i in at]
+        weights = [float(a[i]) / float(c[i]) for i in at]
+        relative = [w * (1.0 if summed else sum(parts)) for w in weights]
         own = all(u.columns[i].reduction == ("sum" if summed else "mean") for i in at)
         calls = max(u.columns[i].calls for i in at)
         reading = Reading(
@@ -227,4 +235,13 @@ def read_terms(j: int, u: Update, summed: bool, under: str = "") -> list[tuple[s
             per_row=rows.pop() if len(rows := {u.columns[i].per_row for i in at}) == 1 else None,
         )
         out.append((term, reading))
-    return out
+        others = [dict(u.columns[i].others) for i in at]
+        for key in set.intersection(*(set(o) for o in others)):
+            counts = [o[key] for o in others]
+            under.setdefault(key, {})[term] = replace(
+                reading,
+                count=sum(counts),
+                parts=counts,
+                relative=[w * (1.0 if summed else sum(counts)) for w in weights],
+            )
+    return out, under

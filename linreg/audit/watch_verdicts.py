@@ -12,12 +12,13 @@ held and what a step was fed; the weights of each loss or term, in watch_weights
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 
 from linreg.audit.watch_clips import by_hand
-from linreg.audit.watch_counts import meant, terms_meant, under_others
+from linreg.audit.watch_counts import meant, terms_meant
 from linreg.audit.watch_ratios import judged_to, with_dropped
-from linreg.audit.watch_readings import Reading, read, read_terms
+from linreg.audit.watch_readings import Reading, Under, read, read_terms, read_terms_under
 from linreg.audit.watch_tally import Verdicts
 from linreg.audit.watch_terms import name_shortfalls
 from linreg.audit.watch_weights import weigh
@@ -176,8 +177,12 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
         parts = [part for part in u.parts or (u,) if not part.terms]
         v.terms += len(parts) < len(u.parts or (u,))
         for part in parts:
-            terms = read_terms(j, part, summed) if part.columns else [("", read(j, part, summed))]
-            others = under_others(j, part, summed)
+            terms: Sequence[tuple[str, Reading | None]]
+            others: Under = {}  # (each term under another count: watch_counts.terms_meant)
+            if part.columns:
+                terms, others = read_terms_under(j, part, summed)
+            else:
+                terms = [("", read(j, part, summed))]
             if not all(col.from_batch for col in part.columns):
                 v.partial.add(j)
             if not terms:  # no term's targets a fetched batch's: weights not judged
