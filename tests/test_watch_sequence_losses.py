@@ -15,9 +15,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
+from linreg.kinds.watched.batch_values import shifted
 from linreg.kinds.watched.graphs import Leaves, graph, leaves
 from linreg.kinds.watched.loss_gradients import deferred
-from linreg.kinds.watched.targets import _shifted
 
 VOCAB, HIDDEN, STEPS = 12, 16, 20
 
@@ -195,7 +195,7 @@ def _two_offsets(skip: str) -> None:
 
 def test_two_heads_losses_on_the_batchs_tokens_shifted_by_the_loop_are_each_judged() -> None:
     """A target shifted and flattened by the loop is a copy, yet the batch's tokens
-    (losses._shifted): each head's loss is a term on a fetched batch, judged (before, the
+    (batch_values.shifted): each head's loss is a term on a fetched batch, judged (before, the
     two-head LM of code review cr52 was "none on targets of a batch the watch saw fetched",
     its weights not judged, and the summed twin passed the rest): the short last batch is
     judged, and the term summed over its targets fails mean-vs-sum."""
@@ -213,16 +213,16 @@ def test_two_heads_losses_on_the_batchs_tokens_shifted_by_the_loop_are_each_judg
 
 
 def test_a_target_is_a_batchs_tokens_shifted_only_where_it_holds_two_or_more_of_each() -> None:
-    """losses._shifted: a copy of each sample's tokens past the first (or before the last),
+    """batch_values.shifted: a copy of each sample's tokens past the first (or before the last),
     flattened or not; never a float target (a GAN's labels of 0 beside binary images whose
     first pixel is 0) nor one integer a sample (a class label equal to each text's first
     token)."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, VOCAB, (8, 9), generator=gen)
-    assert _shifted(ids[:, 1:].reshape(-1), [ids]) and _shifted(ids[:, :-2].contiguous(), [ids])
-    assert not _shifted(torch.randint(0, VOCAB, (8 * 8,), generator=gen), [ids])
+    assert shifted(ids[:, 1:].reshape(-1), [ids]) and shifted(ids[:, :-2].contiguous(), [ids])
+    assert not shifted(torch.randint(0, VOCAB, (8 * 8,), generator=gen), [ids])
     images = torch.zeros(8, 1, 4, 4)
-    assert not _shifted(torch.zeros(8), [images]) and not _shifted(torch.zeros(8 * 15), [images])
-    assert not _shifted(ids[:, 0].clone(), [ids])
+    assert not shifted(torch.zeros(8), [images]) and not shifted(torch.zeros(8 * 15), [images])
+    assert not shifted(ids[:, 0].clone(), [ids])
     masks = torch.zeros(8, 16, 16, dtype=torch.long)  # empty: their corners downsampled match
-    assert not _shifted(masks[:, :4, :4].reshape(-1), [masks.reshape(8, -1)])
+    assert not shifted(masks[:, :4, :4].reshape(-1), [masks.reshape(8, -1)])

@@ -30,6 +30,9 @@ SAID = {  # each other count, as the report says it was read
     "unmasked": "every element of the loss, those the code's mask drops too",
     "kept samples": "the samples that kept an element, each its kept elements' mean (those "
     "the mask drops wholly aside)",
+    "picked": "their batch's samples, each a sum over the rows a mask picked of it (the code "
+    "divides by the samples, or by a fixed count: a detector's boxes at its positive anchors, "
+    "summed per image)",
     "positives": "their positive labels, at least 1 (the code divides a binary loss's sum by "
     "the batch's positives, or a classification's by its targets of a class other than the "
     "background's 0: a detector's num_pos)",
@@ -193,6 +196,19 @@ def _common(readings: list[Reading | None]) -> float:
     return most if 3 * sum(_the_mean(r, most) for r in readings) >= 2 * len(scales) else 1.0
 
 
+def _kept_over_samples(rs: list[Reading], torchs: list[Reading]) -> bool:
+    """Return whether a term on rows a mask picked of a batch, read under the batch's samples
+    (its images), applies one multiple of their mean in two thirds of its readings or more,
+    none its count times the mean (a sum over the samples), where under torch's count no one
+    multiple holds: each sample's sum times a constant of the code's (a detector's boxes
+    summed at the positive anchors, divided by a fixed count), its count of targets changing
+    from batch to batch. A sum grown on a shorter batch is named as a constant's is
+    (watch_constants.py)."""
+    kept = _common(list(rs))
+    summed = any(r.count >= 2 and _the_mean(r, r.count) for r in rs)
+    return not near(kept, 1) and not summed and near(_common(list(torchs)), 1)
+
+
 def terms_meant(
     readings: dict[tuple[int, str], list[Reading]],
     alternatives: dict[tuple[int, str], dict[str, list[Reading]]],
@@ -214,6 +230,10 @@ def terms_meant(
             told = any(r.count >= 2 and _the_mean(r) for r in rs)
             summed = any(r.count >= 2 and _the_mean(r, r.count) for r in rs)
             if right > torchs and 3 * right >= 2 * read_ and told and not summed:
+                readings[key] = rs
+                v.terms_counted[key[1]] = other
+                break
+            if other == "picked" and not right + torchs and _kept_over_samples(rs, readings[key]):
                 readings[key] = rs
                 v.terms_counted[key[1]] = other
                 break

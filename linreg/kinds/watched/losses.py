@@ -104,8 +104,13 @@ class LossReader(Targets):
             if rows and per.numel() > rows and per.numel() % rows == 0:
                 others["rows"] = float(rows)
             positives = _positives(name, given) if own else None
+            picked = self._picked_counts(given.get("target")) if own else None
+            if picked is not None:  # rows a mask picked (a detector's boxes at its positive
+                samples, positives = picked  # anchors): a sum over them / the batch's
+                if samples is not None and samples > 1:  # images, or / its positives
+                    others["picked"] = float(samples)
             if positives is not None:  # (a sum over the batch's positive labels, or objects)
-                others["positives"] = positives
+                others["positives"] = float(max(1, positives))
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is
             # solved for, never judged, as a penalty's
             from_batch = name not in SOLVED and self._from_batch(given.get("target"))

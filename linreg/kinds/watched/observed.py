@@ -120,8 +120,8 @@ class Observed:
         self.loader_of: dict[int, tuple[int, int]] = {}
         self.done: set[int] = set()  # the iterators whose pass ended
         self.begun_at: dict[int, int] = {}  # the updates made when each iterator's pass began
-        # the tensors themselves, the latest fetched (cast targets: _cast): a pass over the
-        # data before training keeps no more than these alive
+        # the tensors themselves, the latest fetched (cast targets: batch_values.cast): a pass
+        # over the data before training keeps no more than these alive
         self.batch_tensors: collections.deque[Tensor] = collections.deque(maxlen=KEPT_TENSORS)
         self.clip_bounds: dict[int, float] = {}  # param id -> clip_grad_value_'s bound, in
         # this update (the least, clipped twice)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import collections
 import weakref
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from linreg.kinds.watched.batch_values import cast, picked, shifted, stacked, within
 
 
 class Targets:
@@ -61,7 +62,7 @@ class Targets:
             for ref in reversed(self.samples):
                 fetched = ref()
                 n = None if fetched is None else self.rows.get(_storage(fetched) or 0)
-                if fetched is not None and n and _within(flat, fetched, n):
+                if fetched is not None and n and within(flat, fetched, n):
                     return n
         return None
 
@@ -76,7 +77,7 @@ class Targets:
             return None
         for fetched in reversed(self.batch_tensors):
             by = self._held(_storage(fetched))
-            if by is not None and _cast(target, fetched):
+            if by is not None and cast(target, fetched):
                 return by
         return None
 
@@ -88,10 +89,20 @@ class Targets:
         if _storage(target) in self.batched:
             return True
         return isinstance(target, Tensor) and (
-            any(_cast(target, f) for f in self.batch_tensors)
-            or _stacked(target, self.batch_tensors)
-            or _shifted(target, self.batch_tensors)
+            any(cast(target, f) for f in self.batch_tensors)
+            or stacked(target, self.batch_tensors)
+            or shifted(target, self.batch_tensors)
+            or picked(target, self.batch_tensors) is not None
         )
+
+    def _picked_counts(self, target: Any) -> tuple[int | None, int] | None:
+        """Return, where a target is rows a mask picked of a fetched tensor (b[m]:
+        batch_values.picked), the samples of that tensor's batch (None where not known) and
+        the rows picked."""
+        if not isinstance(target, Tensor) or _storage(target) in self.batched:
+            return None
+        f = picked(target, self.batch_tensors)
+        return None if f is None else (self.rows.get(_storage(f) or 0), target.shape[0])
 
     def _read_last(self, target: Any) -> None:
         """Note that a loss read a target of an iterator's last batch fetched (a view of it):
@@ -105,83 +116,9 @@ class Targets:
                 del self.unread_last[it]
 
 
-def _within(flat: Tensor, fetched: Tensor, samples: int) -> bool:
-    """Return whether flat holds a fetched tensor's elements, flattened: all of them, or the
-    first or last of each of its samples' (its rows, one a sample)."""
-    if fetched.device != flat.device or flat.numel() > fetched.numel():
-        return False
-    if flat.numel() == fetched.numel():
-        return torch.equal(fetched.reshape(-1).to(flat.dtype), flat)
-    if fetched.ndim < 2 or fetched.shape[0] != samples or flat.numel() % samples:
-        return False
-    each, whole = flat.numel() // samples, fetched[0].numel()
-    rows, mine = fetched.reshape(samples, whole).to(flat.dtype), flat.view(samples, each)
-    return any(torch.equal(rows[:, o : o + each], mine) for o in (0, whole - each))
-
-
-def _shifted(t: Tensor, fetched: Iterable[Tensor]) -> bool:
-    """Return whether t holds a fetched batch of tokens' samples, each shifted by the code
-    (a copy, flattened or not: y[:, 1:].reshape(-1), labels[..., 1:].contiguous()): integers
-    of a fetched tensor's dtype, the first or last two or more elements of each of its
-    samples (_within), on the target's device (ids.to(device)[:, 1:]: the batch as fetched,
-    moved). Not a float target, nor one element a sample (a GAN's labels of all 0 may equal
-    the first pixel of each of a batch's binary images), nor one value (an empty mask's)."""
-    if t.is_floating_point() or t.dtype in (torch.bool, torch.uint8) or not t.numel():
-        return False
-    with torch.no_grad():
-        flat = t.detach().reshape(-1)
-        if bool((flat == flat[0]).all()):  # one value (an empty mask's): no sample told
-            return False
-        for f in fetched:
-            if f.dtype != t.dtype or f.ndim < 2 or flat.numel() >= f.numel():
-                continue
-            samples = f.shape[0]
-            if flat.numel() % samples or flat.numel() // samples < 2:
-                continue
-            if _within(flat, f.detach().to(flat.device), samples):
-                return True
-    return False
-
-
 def _storage(t: Any) -> int | None:
     """Return the address of a tensor's storage (its views share it), None if not a tensor."""
     return t.untyped_storage().data_ptr() if isinstance(t, Tensor) else None
-
-
-def _cast(t: Tensor, fetched: Tensor) -> bool:
-    """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
-    of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
-    on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
-    integer 0 is not the label 0; floats may be rounded to t's floats, float64 data cast to
-    float32), each row reshaped alike too (y.float().unsqueeze(1), as a binary cross-entropy
-    takes labels)."""
-    rounded = t.is_floating_point() and fetched.is_floating_point()
-    n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
-    if not 0 < n <= rows or t.shape[1:].numel() != fetched.shape[1:].numel():
-        return False
-    if t.shape[1:] != fetched.shape[1:]:  # each row's elements in another shape
-        t, fetched = t.reshape(n, -1), fetched.reshape(rows, -1)
-    with torch.no_grad():
-        values = fetched.detach().to(device=t.device, dtype=t.dtype)
-        back = t.detach().to(device=fetched.device, dtype=fetched.dtype)
-        starts = {*range(0, rows - n + 1, n), rows - n}
-        return any(
-            torch.equal(values[i : i + n], t) and (rounded or torch.equal(fetched[i : i + n], back))
-            for i in starts
-        )
-
-
-def _stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:
-    """Return whether each row of t (rows of one or more elements: a label per sample is too
-    easily equal to another's) is one of the fetched tensors, of its shape and dtype, by value:
-    the samples' tensors stacked by the code (torch.stack([d["boxes"] for d in batch]))."""
-    if t.ndim < 2 or not t.shape[0]:
-        return False
-    with torch.no_grad():
-        own = [f for f in fetched if f.shape == t.shape[1:] and f.dtype == t.dtype]
-        return len(own) >= t.shape[0] and all(
-            any(torch.equal(row, f.to(row.device)) for f in own) for row in t.detach()
-        )
 
 
 def same_of(t: Any, under: list[Tensor]) -> tuple[Any, int, dict[int, tuple[int, float]]] | None:

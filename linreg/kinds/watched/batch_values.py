@@ -1,0 +1,111 @@
+"""Whether a tensor holds a fetched batch's values (targets.py's readings of a loss's target):
+its rows cast or moved (y.float(), y.to(device)), its samples' own tensors stacked, a token
+batch shifted (y[:, 1:]), or rows a mask picked of it (b[m])."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def within(flat: Tensor, fetched: Tensor, samples: int) -> bool:
+    """Return whether flat holds a fetched tensor's elements, flattened: all of them, or the
+    first or last of each of its samples' (its rows, one a sample)."""
+    if fetched.device != flat.device or flat.numel() > fetched.numel():
+        return False
+    if flat.numel() == fetched.numel():
+        return torch.equal(fetched.reshape(-1).to(flat.dtype), flat)
+    if fetched.ndim < 2 or fetched.shape[0] != samples or flat.numel() % samples:
+        return False
+    each, whole = flat.numel() // samples, fetched[0].numel()
+    rows, mine = fetched.reshape(samples, whole).to(flat.dtype), flat.view(samples, each)
+    return any(torch.equal(rows[:, o : o + each], mine) for o in (0, whole - each))
+
+
+def shifted(t: Tensor, fetched: Iterable[Tensor]) -> bool:
+    """Return whether t holds a fetched batch of tokens' samples, each shifted by the code
+    (a copy, flattened or not: y[:, 1:].reshape(-1), labels[..., 1:].contiguous()): integers
+    of a fetched tensor's dtype, the first or last two or more elements of each of its
+    samples (within), on the target's device (ids.to(device)[:, 1:]: the batch as fetched,
+    moved). Not a float target, nor one element a sample (a GAN's labels of all 0 may equal
+    the first pixel of each of a batch's binary images), nor one value (an empty mask's)."""
+    if t.is_floating_point() or t.dtype in (torch.bool, torch.uint8) or not t.numel():
+        return False
+    with torch.no_grad():
+        flat = t.detach().reshape(-1)
+        if bool((flat == flat[0]).all()):  # one value (an empty mask's): no sample told
+            return False
+        for f in fetched:
+            if f.dtype != t.dtype or f.ndim < 2 or flat.numel() >= f.numel():
+                continue
+            samples = f.shape[0]
+            if flat.numel() % samples or flat.numel() // samples < 2:
+                continue
+            if within(flat, f.detach().to(flat.device), samples):
+                return True
+    return False
+
+
+def cast(t: Tensor, fetched: Tensor) -> bool:
+    """Return whether t holds rows of a fetched tensor, cast or moved: the fetched rows at one
+    of the offsets a split into chunks of len(t) rows starts at, equal to t in t's dtype and
+    on its device, and t equal to them in theirs (a cast that loses nothing: 0.37 cast to an
+    integer 0 is not the label 0; floats may be rounded to t's floats, float64 data cast to
+    float32), each row reshaped alike too (y.float().unsqueeze(1), as a binary cross-entropy
+    takes labels)."""
+    rounded = t.is_floating_point() and fetched.is_floating_point()
+    n, rows = (t.shape[0], fetched.shape[0]) if t.ndim and fetched.ndim else (0, 0)
+    if not 0 < n <= rows or t.shape[1:].numel() != fetched.shape[1:].numel():
+        return False
+    if t.shape[1:] != fetched.shape[1:]:  # each row's elements in another shape
+        t, fetched = t.reshape(n, -1), fetched.reshape(rows, -1)
+    with torch.no_grad():
+        values = fetched.detach().to(device=t.device, dtype=t.dtype)
+        back = t.detach().to(device=fetched.device, dtype=fetched.dtype)
+        starts = {*range(0, rows - n + 1, n), rows - n}
+        return any(
+            torch.equal(values[i : i + n], t) and (rounded or torch.equal(fetched[i : i + n], back))
+            for i in starts
+        )
+
+
+def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
+    """Return whether t holds some of a fetched tensor's rows, in their order: those a mask
+    over its leading dimensions kept (b[m], a detector's boxes at its positive anchors, m =
+    labels > 0), each row of two elements or more (a label per sample, a few classes, is too
+    easily one of another's), each found at one place (rows equal to another, a background's
+    zeros, are not told apart: not read). Return that fetched tensor, else None."""
+    if t.ndim < 2 or not t.shape[0] or t.shape[1:].numel() < 2:
+        return None
+    each = t.shape[1:]
+    with torch.no_grad():
+        mine = t.detach().reshape(t.shape[0], -1)
+        for f in fetched:
+            if f.dtype != t.dtype or f.ndim <= t.ndim - 1 or f.shape[f.ndim - len(each) :] != each:
+                continue
+            rows = f.detach().to(t.device).reshape(-1, mine.shape[1])
+            if not t.shape[0] < rows.shape[0]:
+                continue  # (as many: a view, a cast or a copy: cast's)
+            key = torch.randn(mine.shape[1], dtype=torch.float64, device=t.device)
+            theirs, wanted = rows.double() @ key, mine.double() @ key
+            order = torch.argsort(theirs)
+            at = torch.searchsorted(theirs[order], wanted).clamp(max=rows.shape[0] - 1)
+            where = order[at]
+            if bool((where[1:] > where[:-1]).all()) and torch.equal(rows[where], mine):
+                return f
+    return None
+
+
+def stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:
+    """Return whether each row of t (rows of one or more elements: a label per sample is too
+    easily equal to another's) is one of the fetched tensors, of its shape and dtype, by value:
+    the samples' tensors stacked by the code (torch.stack([d["boxes"] for d in batch]))."""
+    if t.ndim < 2 or not t.shape[0]:
+        return False
+    with torch.no_grad():
+        own = [f for f in fetched if f.shape == t.shape[1:] and f.dtype == t.dtype]
+        return len(own) >= t.shape[0] and all(
+            any(torch.equal(row, f.to(row.device)) for f in own) for row in t.detach()
+        )
