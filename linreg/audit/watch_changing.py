@@ -52,10 +52,11 @@ def changing(
 
 
 def within(readings: list[Reading], full: float, alike_ones: int, v: Verdicts, term: str) -> bool:
-    """Return whether the one loss's full updates weigh their micro-batches each at a multiple
-    of its own, which no known mistake names: a coefficient of the code's that changes from
-    micro-batch to micro-batch (a root of each one's mean, or its sum divided by its own
-    positive labels, each divided by the window's micro-batches), read as changing()'s is.
+    """Return whether a loss's (or a term's: a detector's classes beside its boxes) full
+    updates weigh their micro-batches each at a multiple of its own, which no known mistake
+    names: a coefficient of the code's that changes from micro-batch to micro-batch (a root of
+    each one's mean, or its sum divided by its own positive labels, each divided by the
+    window's micro-batches), read as changing()'s is.
     Where fewer than a third of the full updates weigh theirs alike (alike_ones), no one
     multiple holds two thirds of their micro-batches, fewer than half show a known mistake (a
     mean of means over unequal counts, the first ones never applied) and the multiples at one
@@ -63,7 +64,7 @@ def within(readings: list[Reading], full: float, alike_ones: int, v: Verdicts, t
     in the window, 1/1, 1/2, ... inside it, stays judged); kept in v.changing, v.within."""
     whole = [r for r in readings if r.count == full and not r.unread and r.relative]
     unlike = [r for r in whole if r.relative and len(r.parts) > 1 and not alike(r.relative)]
-    if term or len(unlike) < 2 or 3 * alike_ones >= len(whole):
+    if len(unlike) < 2 or 3 * alike_ones >= len(whole):
         return False
     each = [x for r in unlike if r.relative for x in r.relative]
     if 3 * max(sum(near(x, y) for y in each) for x in each) >= 2 * len(each):
