@@ -156,7 +156,10 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
                     # (no full update weighs its micro-batches alike, as a mean of means over
                     # unequal counts does: its window, the micro-batches most updates hold)
                     window = parts_full if fulls else _most_parts(readings)
-                    v.fail("short-last-batch", short_named(at, s, r, full, v.meant, window))
+                    if nominal and r.before_end and len(r.parts) > window:  # (longer: an
+                        v.fail(*carried(at, r, weights_of(r, rel), full))  # epoch's left-over
+                    else:  # window in it, never stepped, each micro-batch at 1 / the window's)
+                        v.fail("short-last-batch", short_named(at, s, r, full, v.meant, window))
             if unequal:
                 v.judged["micro-batch-accumulation"].add(r.j)
             continue
