@@ -95,11 +95,12 @@ def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> N
     if len(fulls) < 2 or not alike([s for _, s in fulls]):
         return
     coefficient, parts = fulls[0][1], max(len(r.parts) for r, _ in fulls)
+    of_term = f", its {term} term" if term else ""
     for r, s in scales:
         if r.count >= full:
             continue
-        at = f"update {r.j + 1} of {updates}, its {term} term ({len(r.parts)} micro-batch(es), "
-        at += f"{r.count:g} counted)"
+        at = f"update {r.j + 1} of {updates}{of_term} "
+        at += f"({len(r.parts)} micro-batch(es), {r.count:g} counted)"
         share, by_rows = len(r.parts) / parts, r.count / full
         fixed = near(s, coefficient * share) and not near(share, 1)  # each micro-batch alike
         if near(s, coefficient):
@@ -117,7 +118,7 @@ def _shorter(readings: list[Reading], updates: int, v: Verdicts, term: str) -> N
             v.at = r.j
             v.fail(
                 "mean-vs-sum",
-                f"every full update, its {term} term applies {coefficient:.4g} times the mean "
+                f"every full update{of_term} applies {coefficient:.4g} times the mean "
                 f"of its {full:g} counted, and {at} applies {s:.4g} times its own: a factor "
                 "that grows with the rows (a loss summed over them, or multiplied by the batch "
                 "size) where a mean was meant",
