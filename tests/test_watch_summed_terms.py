@@ -534,6 +534,24 @@ def test_an_update_whose_every_target_is_ignored_has_nothing_to_apply() -> None:
     assert reports[0].ok and not reports[0].error, str(reports[0])
 
 
+def _anchors(
+    positives: list[int], last: int = 24
+) -> tuple[TensorDataset, tuple[nn.Linear, nn.Linear, nn.Linear], torch.optim.Optimizer]:
+    """Batches of 24 anchors in order (the last of `last`), the first `positives[i]` of batch i
+    positive, each with a box of 2; a trunk, a classifier and a regressor under one SGD."""
+    n = 24 * (len(positives) - 1) + last
+    gen = torch.Generator().manual_seed(0)
+    x, boxes = torch.randn(n, 10, generator=gen), torch.randn(n, 2, generator=gen)
+    labels = torch.zeros(n)
+    for i, count in enumerate(positives):
+        labels[i * 24 : i * 24 + count] = 1.0
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        heads = nn.Linear(10, 16), nn.Linear(16, 1), nn.Linear(16, 2)
+    params = [p for m in heads for p in m.parameters()]
+    return TensorDataset(x, labels, boxes), heads, torch.optim.SGD(params, lr=0.05)
+
+
 @pytest.mark.parametrize(
     "divisor, failed",
     [
@@ -551,20 +569,9 @@ def test_a_binary_term_summed_over_rare_positives_beside_a_regression_mean(
     it from the sum (review rv69's a10: every full update failed mean-vs-sum, 48 times the
     mean); the sum undivided and a nominal divisor still fail. 9 batches of 24 in order, the
     last of 12, holding 0, 1, 2, 1, 0, 3, 1, 0 and 1 positives."""
-    positives = [0, 1, 2, 1, 0, 3, 1, 0, 1]
-    n = 24 * 8 + 12
-    gen = torch.Generator().manual_seed(0)
-    x, boxes = torch.randn(n, 10, generator=gen), torch.randn(n, 2, generator=gen)
-    labels = torch.zeros(n)
-    for i, count in enumerate(positives):
-        labels[i * 24 : i * 24 + count] = 1.0
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 1), nn.Linear(16, 2)
-    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.05)
+    data, (trunk, classify, regress), optimizer = _anchors([0, 1, 2, 1, 0, 3, 1, 0, 1], 12)
     with watch() as reports:
-        for xb, yb, bb in DataLoader(TensorDataset(x, labels, boxes), batch_size=24):
+        for xb, yb, bb in DataLoader(data, batch_size=24):
             h = torch.relu(trunk(xb))
             summed = F.binary_cross_entropy_with_logits(classify(h)[:, 0], yb, reduction="sum")
             by = {"positives": yb.sum().clamp(min=1), "none": 1.0, "nominal": 24.0}[divisor]
@@ -620,19 +627,8 @@ def test_a_binary_term_over_positives_accumulated_per_micro_batch_is_not_judged_
     (test_watch_changing_within_windows.py): review rv73's a07b failed micro-batch-accumulation
     as "no known mistake", its weights read over every anchor. 8 batches of 24 in order
     holding 3, 1, 2, 4, 1, 1, 5 and 2 positives. Its twin never zeroed still fails by name."""
-    positives = [3, 1, 2, 4, 1, 1, 5, 2]
-    n = 24 * len(positives)
-    gen = torch.Generator().manual_seed(0)
-    x, boxes = torch.randn(n, 10, generator=gen), torch.randn(n, 2, generator=gen)
-    labels = torch.zeros(n)
-    for i, count in enumerate(positives):
-        labels[i * 24 : i * 24 + count] = 1.0
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        trunk, classify, regress = nn.Linear(10, 16), nn.Linear(16, 1), nn.Linear(16, 2)
-    params = [p for m in (trunk, classify, regress) for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.05)
-    batches = iter(DataLoader(TensorDataset(x, labels, boxes), batch_size=24))
+    data, (trunk, classify, regress), optimizer = _anchors([3, 1, 2, 4, 1, 1, 5, 2])
+    batches = iter(DataLoader(data, batch_size=24))
     with watch() as reports:
         for window in zip(batches, batches, strict=True):
             in_window = sum(yb.sum() for _, yb, _ in window).clamp(min=1)
