@@ -94,3 +94,48 @@ def test_rows_a_mask_picked_of_a_fetched_tensor_are_found_in_order_alone() -> No
     zeros[~mask] = 0.0
     zeros[mask.nonzero()[0].tolist()] = 0.0  # a picked row equal to the background's
     assert picked(zeros[mask], [zeros]) is None
+
+
+@pytest.mark.parametrize("function", ["l1_loss", "cross_entropy"])
+@pytest.mark.parametrize("divided", [True, False])
+def test_one_function_on_two_loaders_batches_reduced_unlike_is_a_term_each(
+    function: str, divided: bool
+) -> None:
+    """Semi-supervised (FixMatch's normalization): a labelled batch's mean, plus, on a second
+    loader's batch, the loss at its confident stored pseudo-labels summed and divided by that
+    batch's rows. One function's calls on two datasets' batches, reduced unlike, are a term
+    each: the second read over its batch's samples, passes (review rv74's c44 and c60, a
+    false alarm and an error: both calls one term, its count the confident rows' changing);
+    left undivided, it fails mean-vs-sum (their twins: not judged before)."""
+    gen = torch.Generator().manual_seed(0)
+    n, classes = 203, 5
+    x, u = torch.randn(n, 10, generator=gen), torch.randn(n, 10, generator=gen)
+    if function == "l1_loss":
+        labels, pseudo = torch.rand(n, 4, generator=gen), torch.rand(n, 4, generator=gen)
+    else:
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        pseudo = torch.softmax(2 * torch.randn(n, classes, generator=gen), -1)
+    confidence = torch.rand(n, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, pseudo.shape[1]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    labelled = DataLoader(TensorDataset(x, labels), batch_size=24, shuffle=True, generator=gen)
+    unlabelled = DataLoader(
+        TensorDataset(u, pseudo, confidence), batch_size=24, shuffle=True, generator=gen
+    )
+    with watch() as reports:
+        for (xb, yb), (ub, pb, cb) in zip(labelled, unlabelled, strict=True):
+            loss = getattr(F, function)  # (looked up as the code calls it: watched)
+            keep = cb > 0.5
+            summed = loss(model(ub)[keep], pb[keep], reduction="sum")
+            unsupervised = summed / (len(ub) * pb.shape[1]) if divided else summed
+            optimizer.zero_grad()
+            (loss(model(xb), yb) + unsupervised).backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    assert [r.pitfall for r in report.failures] == ([] if divided else ["mean-vs-sum"]), report
+    if not divided:
+        # (the datasets numbered as the update met their calls: the unlabelled one's first)
+        assert f"its {function} (dataset 1) term" in report.failures[0].message, str(report)

@@ -18,7 +18,7 @@ from linreg.kinds.watched.apart import apart, set_aside
 from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, summed
 from linreg.kinds.watched.kept import Column, Update
 from linreg.kinds.watched.records import LossCall, MicroBatch, Open
-from linreg.kinds.watched.terms import is_pooled, of_several, on_heads, term_of, terms_of
+from linreg.kinds.watched.terms import is_pooled, of_several, splits, term_of, terms_of
 
 
 def close(
@@ -62,11 +62,12 @@ def _close(update: Open, tol: float) -> Update:
         none = torch.zeros(0, dtype=torch.float64)
         empty = (none, none, none, 0.0, 0.0, 0.0, False, False, update.blind)
         return Update(counts, *empty, tol=tol, elsewhere=True, optimizers=optimizers)
-    split = on_heads(update.micro)
+    split = splits(update.micro)
     calls = [c for mb in update.micro for c in terms_of(mb, split)]  # each micro-batch's, per term
     several = of_several(update.micro, calls, split)
     group = hash(tuple(sorted(id(p) for p in update.params)))
-    pooled = bool(split) and is_pooled(update.micro, calls, split)
+    by_head = any(not by for by in split.values())  # (tasks on heads of their own)
+    pooled = by_head and is_pooled(update.micro, calls, split)
     keys = sorted({k for mb in update.micro for c in mb.losses for k in c.others})
     others = (
         () if several else tuple((k, tuple(mb.count_by(k) for mb in update.micro)) for k in keys)

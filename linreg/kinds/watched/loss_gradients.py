@@ -5,7 +5,9 @@ gradients would (`deferred`: a small model's, not a vocabulary's logits); else a
 
 What an update is read in is each term's gradients summed over its calls in a micro-batch
 (closing.py: a loss per time step added up is one term), never one call's alone. So the calls
-of one function on one head that one backward() reaches are taken in one pass, as their sum:
+of one function on one head (on one dataset's batch, reduced alike: a term of its own where
+another dataset's are reduced otherwise, terms.on_sources) that one backward() reaches are
+taken in one pass, as their sum:
 one at a time, each a pass through the graph below it, which the later ones share, a sequence
 model's loss per time step cost the square of the sequence's length. The sum is held by the
 first call to reach each param; the others hold zeros (a view of one), so each call keeps the
@@ -40,10 +42,10 @@ def take(calls: Iterable[LossCall]) -> list[LossCall]:
     """Take the gradients of the calls still holding their per-element loss (LossCall.per),
     those of one function and head together, then let it go; return those whose gradients
     could not be taken (to be left unread)."""
-    groups: dict[tuple[str, int], list[LossCall]] = {}
-    for c in calls:
+    groups: dict[tuple[str, int, int | None, str], list[LossCall]] = {}
+    for c in calls:  # (and of one dataset's batch, reduced alike: terms.on_sources)
         if c.per is not None:
-            groups.setdefault((c.name, c.head), []).append(c)
+            groups.setdefault((c.name, c.head, c.source, c.reduction), []).append(c)
     failed = []
     for group in groups.values():
         if len(group) == 1 or not _together(group):

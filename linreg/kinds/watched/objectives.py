@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from linreg.kinds.watched.records import LossCall, MicroBatch
-from linreg.kinds.watched.terms import on_heads, term_of
+from linreg.kinds.watched.terms import splits, term_of
 
 __all__ = ["are_terms", "objectives"]
 
@@ -112,7 +112,7 @@ def are_terms(micro: list[MicroBatch], fetched: int, more: bool) -> bool:
     update (fetched), some on targets no batch held (chunks of a fetched batch are views
     of it, and stay micro-batches); more: more backward() calls than batches since the start."""
     calls = [c for mb in micro for c in mb.losses]
-    split = on_heads(micro)  # one function's losses on several heads: tasks
+    split = splits(micro)  # one function's losses on several heads: tasks (or datasets)
     if len({term_of(c, split) for c in calls}) > 1:  # losses of several functions (or
         return False  # heads): each a term of its own, read apart (terms.terms_of; a
         # distillation's KL term on a target the code made, its weight the code's; its

@@ -68,7 +68,8 @@ class Targets:
 
     def _found(self, target: Any) -> tuple[int, int] | None:
         """Return the iterator and dataset whose fetched batch a target is: a view of its
-        tensors, or its rows cast or moved (y.float(), y.to(device)); None where neither (not
+        tensors, its rows cast or moved (y.float(), y.to(device)), or rows a mask picked of
+        it (b[m]); None where none (not
         the last loader to fetch: two loaders zipped, the other's batch fetched after it)."""
         held = self._held(_storage(target))
         if held is not None:
@@ -77,7 +78,7 @@ class Targets:
             return None
         for fetched in reversed(self.batch_tensors):
             by = self._held(_storage(fetched))
-            if by is not None and cast(target, fetched):
+            if by is not None and (cast(target, fetched) or picked(target, [fetched]) is fetched):
                 return by
         return None
 

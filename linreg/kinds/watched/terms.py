@@ -1,18 +1,23 @@
 """An update's losses as terms: a micro-batch's loss calls, those of one term together
 (term_of: a loss function's, or, where one function's losses are on several heads, a head's:
-on_heads); whether they are terms weighed each its own way (of_several), and whether each
-micro-batch's are one pooled mean (is_pooled).
+on_heads; or, where they are on two datasets' batches reduced each its own way, a dataset's:
+on_sources; both splits); whether they are terms weighed each its own way (of_several), and
+whether each micro-batch's are one pooled mean (is_pooled).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 from linreg.kinds.watched.heads import Piece
 from linreg.kinds.watched.records import LossCall, MicroBatch
 
+# per function split into terms: {} where by head (on_heads), else each dataset's number
+Split = Mapping[str, Mapping[int | None, int]]
 
-def terms_of(mb: MicroBatch, split: set[str]) -> list[list[LossCall]]:
+
+def terms_of(mb: MicroBatch, split: Split) -> list[list[LossCall]]:
     """Return a micro-batch's loss calls, those of one term together (term_of): a loss per row
     or per step added up is one term (its sum); losses of different functions are each a term
     of their own (a multi-task loss: mse + 0.5 * cross_entropy), as they are where each task's
@@ -23,13 +28,13 @@ def terms_of(mb: MicroBatch, split: set[str]) -> list[list[LossCall]]:
     return list(by.values())
 
 
-def of_several(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[str]) -> bool:
+def of_several(micro: list[MicroBatch], calls: list[list[LossCall]], split: Split) -> bool:
     """Return whether the calls are terms weighed each its own way, not one mean: more than a
     term a micro-batch, or of several functions (or heads: split)."""
     return len(calls) > len(micro) or len({term_of(c[0], split) for c in calls}) > 1
 
 
-def is_pooled(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[str]) -> bool:
+def is_pooled(micro: list[MicroBatch], calls: list[list[LossCall]], split: Split) -> bool:
     """Return whether terms that are tasks of one function on heads of their own (split) are
     to be read first as one mean of all their rows (tasks pooled into one mean on purpose,
     where the update applied it): where the tasks' counts differ, and the calls would be one
@@ -38,8 +43,8 @@ def is_pooled(micro: list[MicroBatch], calls: list[list[LossCall]], split: set[s
     tasks: defaultdict[str, float] = defaultdict(float)  # each term's count
     for c in calls:
         tasks[term_of(c[0], split)] += sum(x.count for x in c)
-    by_function = [c for mb in micro for c in terms_of(mb, set())]
-    return len(set(tasks.values())) > 1 and not of_several(micro, by_function, set())
+    by_function = [c for mb in micro for c in terms_of(mb, {})]
+    return len(set(tasks.values())) > 1 and not of_several(micro, by_function, {})
 
 
 def on_heads(micro: list[MicroBatch]) -> set[str]:
@@ -67,7 +72,34 @@ def on_heads(micro: list[MicroBatch]) -> set[str]:
     }
 
 
-def term_of(c: LossCall, split: set[str]) -> str:
+def on_sources(micro: list[MicroBatch]) -> dict[str, dict[int | None, int]]:
+    """Return the loss functions whose calls in the micro-batches are on the batches of two
+    datasets or more, reduced each its own way (a labelled batch's mean beside an unlabelled
+    batch's confident pseudo-labels summed and divided by that batch's rows: FixMatch's), each
+    with its datasets numbered in the order met: an objective each, each a term; where each
+    dataset's are reduced alike (two domains' means added), one objective, as before."""
+    found: dict[str, dict[int | None, set[str]]] = {}
+    for mb in micro:
+        for c in mb.losses:
+            found.setdefault(c.name, {}).setdefault(c.source, set()).add(c.reduction)
+    return {
+        name: {source: n for n, source in enumerate(by, 1)}
+        for name, by in found.items()
+        if len(by) > 1 and None not in by and len({frozenset(r) for r in by.values()}) > 1
+    }
+
+
+def splits(micro: list[MicroBatch]) -> dict[str, dict[int | None, int]]:
+    """Return the functions whose calls are terms apart: by head (on_heads: {}), else by
+    dataset (on_sources: each one's number)."""
+    return {**on_sources(micro), **{name: {} for name in on_heads(micro)}}
+
+
+def term_of(c: LossCall, split: Split) -> str:
     """Return the term a loss call is of: its function's, and its head's where the update's
-    calls of that function reached several (on_heads)."""
-    return f"{c.name or 'loss'} (head {c.head})" if c.name in split and c.head else c.name
+    calls of that function reached several (on_heads), or its dataset's where they are on
+    several datasets' batches reduced unlike (on_sources)."""
+    by = split.get(c.name)
+    if by:
+        return f"{c.name or 'loss'} (dataset {by.get(c.source, 0)})"
+    return f"{c.name or 'loss'} (head {c.head})" if by is not None and c.head else c.name
