@@ -80,13 +80,15 @@ def test_rows_a_mask_picked_of_a_fetched_tensor_are_found_in_order_alone() -> No
     """The rows a mask picked, in their order, are the fetched tensor's; rows that are not
     (a teacher's boxes, the picked rows out of order), rows of one element each (labels: too
     easily one of another's) and rows equal to another of the batch (a background's zeros: not
-    told apart) are not."""
+    told apart) are not. Telling them draws nothing from torch's global generator."""
     gen = torch.Generator().manual_seed(0)
     boxes = torch.randn(4, 8, 4, generator=gen)
     mask = torch.rand(4, 8, generator=gen) < 0.3
     chosen = boxes[mask]
     assert len(chosen) >= 2
+    state = torch.random.get_rng_state()
     assert picked(chosen, [torch.zeros(3), boxes]) is boxes
+    assert torch.equal(torch.random.get_rng_state(), state)  # (the code's stream, untouched)
     assert picked(chosen.flip(0), [boxes]) is None
     assert picked(torch.randn(chosen.shape, generator=gen), [boxes]) is None
     assert picked(boxes[..., 0][mask].unsqueeze(1), [boxes[..., 0].unsqueeze(-1)]) is None

@@ -75,8 +75,9 @@ def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
     """Return whether t holds some of a fetched tensor's rows, in their order: those a mask
     over its leading dimensions kept (b[m], a detector's boxes at its positive anchors, m =
     labels > 0), each row of two elements or more (a label per sample, a few classes, is too
-    easily one of another's), each found at one place (rows equal to another, a background's
-    zeros, are not told apart: not read). Return that fetched tensor, else None."""
+    easily one of another's), each at the first place its values hold (rows equal to another,
+    a background's zeros, are not told apart: where that breaks their order, not read). Return
+    that fetched tensor, else None. The code's random stream is left as it was."""
     if t.ndim < 2 or not t.shape[0] or t.shape[1:].numel() < 2:
         return None
     each = t.shape[1:]
@@ -88,7 +89,9 @@ def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
             rows = f.detach().to(t.device).reshape(-1, mine.shape[1])
             if not t.shape[0] < rows.shape[0]:
                 continue  # (as many: a view, a cast or a copy: cast's)
-            key = torch.randn(mine.shape[1], dtype=torch.float64, device=t.device)
+            # (a generator of its own: the code's random stream is the code's)
+            drawn = torch.Generator().manual_seed(0)
+            key = torch.randn(mine.shape[1], dtype=torch.float64, generator=drawn).to(t.device)
             theirs, wanted = rows.double() @ key, mine.double() @ key
             order = torch.argsort(theirs)
             at = torch.searchsorted(theirs[order], wanted).clamp(max=rows.shape[0] - 1)
