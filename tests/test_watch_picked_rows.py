@@ -39,7 +39,13 @@ def _detector(boxes_by: str) -> list[str]:
                 predicted = regress(h).view(-1, ANCHORS, 4)
                 positive = yb.bool()
                 summed = F.smooth_l1_loss(predicted[positive], bb[positive], reduction="sum")
+                looped = sum(  # (a loss per image added up: each image's own positives)
+                    F.smooth_l1_loss(p[k], b[k], reduction="sum")
+                    for p, b, k in zip(predicted, bb, positive, strict=True)
+                    if k.any()
+                )
                 box = {
+                    "looped per image": looped / len(xb),
                     "mean": F.smooth_l1_loss(predicted[positive], bb[positive]),
                     "per positive": summed / positive.sum().clamp(min=1),
                     "per image": summed / len(xb),
@@ -55,12 +61,14 @@ def _detector(boxes_by: str) -> list[str]:
     return [r.pitfall for r in report.failures]
 
 
-@pytest.mark.parametrize("boxes_by", ["mean", "per positive", "per image"])
+@pytest.mark.parametrize("boxes_by", ["mean", "per positive", "per image", "looped per image"])
 def test_a_box_term_at_the_positive_anchors_passes_averaged_as_detectors_do(
     boxes_by: str,
 ) -> None:
     """Correct: the positives' elements' mean, their sum over the positives (RetinaNet's
-    num_pos), or over the batch's images (each image's boxes summed)."""
+    num_pos), or over the batch's images (each image's boxes summed; or a loss per image
+    added up, each call on the batch's rows: their images counted once, not once a call, as
+    a fresh review found them, a false alarm)."""
     assert _detector(boxes_by) == []
 
 
@@ -79,8 +87,9 @@ def test_a_box_term_divided_by_a_nominal_batch_fails_short_last_batch_alone() ->
 def test_rows_a_mask_picked_of_a_fetched_tensor_are_found_in_order_alone() -> None:
     """The rows a mask picked, in their order, are the fetched tensor's; rows that are not
     (a teacher's boxes, the picked rows out of order), rows of one element each (labels: too
-    easily one of another's) and rows equal to another of the batch (a background's zeros: not
-    told apart) are not. Telling them draws nothing from torch's global generator."""
+    easily one of another's) and a row equal to another of the batch that breaks their order
+    (a background's zeros) are not; rows equal to one another (an object's anchors) are taken
+    in turn. Telling them draws nothing from torch's global generator."""
     gen = torch.Generator().manual_seed(0)
     boxes = torch.randn(4, 8, 4, generator=gen)
     mask = torch.rand(4, 8, generator=gen) < 0.3
@@ -92,10 +101,14 @@ def test_rows_a_mask_picked_of_a_fetched_tensor_are_found_in_order_alone() -> No
     assert picked(chosen.flip(0), [boxes]) is None
     assert picked(torch.randn(chosen.shape, generator=gen), [boxes]) is None
     assert picked(boxes[..., 0][mask].unsqueeze(1), [boxes[..., 0].unsqueeze(-1)]) is None
+    shared = boxes.clone()  # the anchors of one object, its box each: taken in turn
+    first, *_, last = mask.nonzero().tolist()
+    shared[tuple(last)] = shared[tuple(first)]
+    assert picked(shared[mask], [shared]) is shared
     zeros = boxes.clone()
     zeros[~mask] = 0.0
-    zeros[mask.nonzero()[0].tolist()] = 0.0  # a picked row equal to the background's
-    assert picked(zeros[mask], [zeros]) is None
+    zeros[tuple(last)] = 0.0  # a picked row equal to a background's before the others picked
+    assert not mask[0, 0] and picked(zeros[mask], [zeros]) is None
 
 
 @pytest.mark.parametrize("function", ["l1_loss", "cross_entropy"])

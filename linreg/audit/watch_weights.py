@@ -156,9 +156,11 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
                     # (no full update weighs its micro-batches alike, as a mean of means over
                     # unequal counts does: its window, the micro-batches most updates hold)
                     window = parts_full if fulls else _most_parts(readings)
-                    if nominal and r.before_end and len(r.parts) > window:  # (longer: an
-                        v.fail(*carried(at, r, weights_of(r, rel), full))  # epoch's left-over
-                    else:  # window in it, never stepped, each micro-batch at 1 / the window's)
+                    if nominal and r.before_end and r.count > full and len(r.parts) > window:
+                        # (longer: an epoch's left-over window in it, never stepped, each
+                        # micro-batch at 1 / the window's)
+                        v.fail(*carried(at, r, weights_of(r, rel), full))
+                    else:
                         v.fail("short-last-batch", short_named(at, s, r, full, v.meant, window))
             if unequal:
                 v.judged["micro-batch-accumulation"].add(r.j)

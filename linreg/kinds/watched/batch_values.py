@@ -74,31 +74,75 @@ def cast(t: Tensor, fetched: Tensor) -> bool:
 def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
     """Return whether t holds some of a fetched tensor's rows, in their order: those a mask
     over its leading dimensions kept (b[m], a detector's boxes at its positive anchors, m =
-    labels > 0), each row of two elements or more (a label per sample, a few classes, is too
-    easily one of another's), each at the first place its values hold (rows equal to another,
-    a background's zeros, are not told apart: where that breaks their order, not read). Return
-    that fetched tensor, else None. The code's random stream is left as it was."""
-    if t.ndim < 2 or not t.shape[0] or t.shape[1:].numel() < 2:
+    labels > 0), each of two elements or more (a label per sample, a few classes, is too
+    easily one of another's). Rows equal to one another (the anchors of one object, its box
+    each) are taken in turn, the first picked at the first place its values hold; where that
+    breaks their order (a background's zeros among them), not read; one row alone, only
+    where its values are nowhere else. Return that fetched tensor (the newest), else None;
+    None too past PICKED_MOST elements, or where telling fails (never an error in the code's
+    step). The code's random stream is left as it was."""
+    if t.ndim < 2 or not t.shape[0] or t.shape[1:].numel() < 2 or t.is_complex():
         return None
+    try:
+        return _picked(t, fetched)
+    except Exception:
+        return None
+
+
+PICKED_MOST = 1 << 22  # the most elements of a fetched tensor whose rows picked are told
+
+
+def _picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
     each = t.shape[1:]
     with torch.no_grad():
         mine = t.detach().reshape(t.shape[0], -1)
-        for f in fetched:
+        wanted = _hashed(mine)
+        turn = _turns(wanted)
+        for f in reversed(list(fetched)):
             if f.dtype != t.dtype or f.ndim <= t.ndim - 1 or f.shape[f.ndim - len(each) :] != each:
+                continue
+            if f.numel() > PICKED_MOST:
                 continue
             rows = f.detach().to(t.device).reshape(-1, mine.shape[1])
             if not t.shape[0] < rows.shape[0]:
                 continue  # (as many: a view, a cast or a copy: cast's)
-            # (a generator of its own: the code's random stream is the code's)
-            drawn = torch.Generator().manual_seed(0)
-            key = torch.randn(mine.shape[1], dtype=torch.float64, generator=drawn).to(t.device)
-            theirs, wanted = rows.double() @ key, mine.double() @ key
-            order = torch.argsort(theirs)
-            at = torch.searchsorted(theirs[order], wanted).clamp(max=rows.shape[0] - 1)
+            theirs = _hashed(rows)
+            order = torch.argsort(theirs, stable=True)
+            ordered = theirs[order]
+            first = torch.searchsorted(ordered, wanted)
+            at = (first + turn).clamp(max=rows.shape[0] - 1)
             where = order[at]
-            if bool((where[1:] > where[:-1]).all()) and torch.equal(rows[where], mine):
+            alone = t.shape[0] > 1 or int(
+                torch.searchsorted(ordered, wanted, right=True)[0]
+            ) == 1 + int(first[0])
+            if alone and bool((where[1:] > where[:-1]).all()) and torch.equal(rows[where], mine):
                 return f
     return None
+
+
+def _turns(hashes: Tensor) -> Tensor:
+    """Return each hash's turn among those equal to it before it (0 for the first)."""
+    by = torch.argsort(hashes, stable=True)
+    ordered = hashes[by]
+    n = torch.arange(len(ordered), device=hashes.device)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    first = torch.cummax(torch.where(starts, n, torch.zeros_like(n)), 0).values
+    turn = torch.empty_like(n)
+    turn[by] = n - first
+    return turn
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _hashed(rows: Tensor) -> Tensor:
+    """Return a hash of each row's bits, exact (integers, wrapping: the same bits hash alike
+    whatever the layout), by a fixed key of a generator of its own."""
+    bits = rows.contiguous().view(_BITS[rows.element_size()]).to(torch.int64)
+    drawn = torch.Generator().manual_seed(0)
+    key = torch.randint(1, 1 << 62, (bits.shape[1],), generator=drawn).to(rows.device)
+    return (bits * key).sum(1)
 
 
 def stacked(t: Tensor, fetched: Iterable[Tensor]) -> bool:

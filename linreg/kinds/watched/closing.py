@@ -17,7 +17,7 @@ from torch import Tensor
 from linreg.kinds.watched.apart import apart, set_aside
 from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, summed
 from linreg.kinds.watched.kept import Column, Update
-from linreg.kinds.watched.records import LossCall, MicroBatch, Open
+from linreg.kinds.watched.records import LossCall, MicroBatch, Open, counted_by
 from linreg.kinds.watched.terms import is_pooled, of_several, splits, term_of, terms_of
 
 
@@ -147,7 +147,7 @@ def _close(update: Open, tol: float) -> Update:
             all(x.weights == () for x in c),
             _per_row(c),
             tuple(sorted(
-                (k, sum(x.others[k] for x in c))
+                (k, counted_by(k, c))
                 for k in set.intersection(*(set(x.others) for x in c))
             )),
         )

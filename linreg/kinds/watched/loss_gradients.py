@@ -40,7 +40,8 @@ def deferred(predicted: Any, under: list[Tensor]) -> bool:
 
 def take(calls: Iterable[LossCall]) -> list[LossCall]:
     """Take the gradients of the calls still holding their per-element loss (LossCall.per),
-    those of one function and head together, then let it go; return those whose gradients
+    those of one function and head (one dataset's batch, reduced alike) together, then let it
+    go; return those whose gradients
     could not be taken (to be left unread)."""
     groups: dict[tuple[str, int, int | None, str], list[LossCall]] = {}
     for c in calls:  # (and of one dataset's batch, reduced alike: terms.on_sources)

@@ -106,9 +106,10 @@ class LossReader(Targets):
             positives = _positives(name, given) if own else None
             picked = self._picked_counts(given.get("target")) if own else None
             if picked is not None:  # rows a mask picked (a detector's boxes at its positive
-                samples, positives = picked  # anchors): a sum over them / the batch's
-                if samples is not None and samples > 1:  # images, or / its positives
+                samples, rows = picked  # anchors): a sum over them / the batch's images,
+                if samples is not None and samples > 1:  # or / its positives
                     others["picked"] = float(samples)
+                positives = rows if positives is None else positives
             if positives is not None:  # (a sum over the batch's positive labels, or objects)
                 others["positives"] = float(max(1, positives))
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is

@@ -97,6 +97,9 @@ class LossCall:
     out: Any = None
 
 
+PER_BATCH = frozenset({"picked"})  # counts of the batch's samples: one batch's, not a call's
+
+
 @dataclass
 class MicroBatch:
     """One backward(): the losses it reached."""
@@ -122,8 +125,17 @@ class MicroBatch:
         return sum(c.count for c in self.losses)
 
     def count_by(self, key: str) -> float:
-        """Return its count where each loss divides by its count `key` (LossCall.others)."""
-        return sum(c.others.get(key, c.count) for c in self.losses)
+        """Return its count where each loss divides by its count `key` (LossCall.others): the
+        batch's samples once where that count is theirs ("picked": each call on their rows
+        holds all of them, a loss per image added up too)."""
+        return counted_by(key, self.losses)
+
+
+def counted_by(key: str, calls: list[LossCall]) -> float:
+    """Return the calls' count where each divides by its count `key`: added up, but the
+    batch's samples ("picked") once (PER_BATCH)."""
+    counts = [c.others.get(key, c.count) for c in calls]
+    return max(counts, default=0.0) if key in PER_BATCH else sum(counts)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Where a loss's target came from (Targets, the Observer's LossReader's): a fetched batch's
 tensors, a view of them, its rows cast or moved (y.float(), y.to(device)), the samples' own
-tensors stacked, or a token batch shifted (y[:, 1:]); which loader fetched it, and how many
+tensors stacked, a token batch shifted (y[:, 1:]), or rows a mask picked (b[m]; the values
+told by batch_values.py); which loader fetched it, and how many
 samples its batch held. The state it reads and writes is the Observer's (observed.py).
 """
 
@@ -85,8 +86,8 @@ class Targets:
     def _from_batch(self, target: Any) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
         or moved (y.float(), y.to(device): a new storage, the batch's values; float64 rows
-        rounded to float32), or the samples' own tensors stacked (a list of dicts, each
-        sample's boxes: detectron2's)."""
+        rounded to float32), the samples' own tensors stacked (a list of dicts, each
+        sample's boxes: detectron2's), a token batch shifted, or rows a mask picked."""
         if _storage(target) in self.batched:
             return True
         return isinstance(target, Tensor) and (
