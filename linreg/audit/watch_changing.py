@@ -51,7 +51,7 @@ def changing(
     return True
 
 
-def within(readings: list[Reading], full: float, alike_ones: int, v: Verdicts, term: str) -> bool:
+def within(readings: list[Reading], full: float, alike_ones: int, v: Verdicts) -> bool:
     """Return whether a loss's (or a term's: a detector's classes beside its boxes) full
     updates weigh their micro-batches each at a multiple of its own, which no known mistake
     names: a coefficient of the code's that changes from micro-batch to micro-batch (a root of

@@ -229,11 +229,9 @@ def terms_meant(
             read_ = sum(r.relative is not None for r in rs)
             told = any(r.count >= 2 and _the_mean(r) for r in rs)
             summed = any(r.count >= 2 and _the_mean(r, r.count) for r in rs)
-            if right > torchs and 3 * right >= 2 * read_ and told and not summed:
-                readings[key] = rs
-                v.terms_counted[key[1]] = other
-                break
-            if other == "picked" and not right + torchs and _kept_over_samples(rs, readings[key]):
+            mean = right > torchs and 3 * right >= 2 * read_ and told and not summed
+            kept = other == "picked" and not right + torchs  # (a constant over the images)
+            if mean or (kept and _kept_over_samples(rs, readings[key])):
                 readings[key] = rs
                 v.terms_counted[key[1]] = other
                 break

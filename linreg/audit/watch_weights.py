@@ -63,7 +63,7 @@ def weigh(readings: list[Reading], updates: int, v: Verdicts, term: str = "") ->
     full, windows = full_window(readings)  # a full update's count, and its micro-batches
     fulls = [r for r in readings if r.count == full and r.relative and alike(r.relative)]
     s_full, held = most_common(fulls)
-    if changing(readings, fulls, held, v, term) or within(readings, full, len(fulls), v, term):
+    if changing(readings, fulls, held, v, term) or within(readings, full, len(fulls), v):
         # a coefficient of the code's that changes, from update to update or micro-batch to
         # micro-batch
         coefficients(readings, updates, v, term)

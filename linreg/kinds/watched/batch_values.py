@@ -96,8 +96,7 @@ def _picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
     each = t.shape[1:]
     with torch.no_grad():
         mine = t.detach().reshape(t.shape[0], -1)
-        wanted = _hashed(mine)
-        turn = _turns(wanted)
+        told: tuple[Tensor, Tensor, Tensor] | None = None  # its key, hashes, turns: once
         for f in reversed(list(fetched)):
             if f.dtype != t.dtype or f.ndim <= t.ndim - 1 or f.shape[f.ndim - len(each) :] != each:
                 continue
@@ -106,7 +105,14 @@ def _picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
             rows = f.detach().to(t.device).reshape(-1, mine.shape[1])
             if not t.shape[0] < rows.shape[0]:
                 continue  # (as many: a view, a cast or a copy: cast's)
-            theirs = _hashed(rows)
+            if told is None:
+                drawn = torch.Generator().manual_seed(0)  # (the code's stream is the code's)
+                key = torch.randint(1, 1 << 62, (mine.shape[1],), generator=drawn)
+                key = key.to(t.device)
+                wanted = _hashed(mine, key)
+                told = key, wanted, _turns(wanted)
+            key, wanted, turn = told
+            theirs = _hashed(rows, key)
             order = torch.argsort(theirs, stable=True)
             ordered = theirs[order]
             first = torch.searchsorted(ordered, wanted)
@@ -136,12 +142,10 @@ def _turns(hashes: Tensor) -> Tensor:
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _hashed(rows: Tensor) -> Tensor:
-    """Return a hash of each row's bits, exact (integers, wrapping: the same bits hash alike
-    whatever the layout), by a fixed key of a generator of its own."""
+def _hashed(rows: Tensor, key: Tensor) -> Tensor:
+    """Return a hash of each row's bits by a key, exact (integers, wrapping: the same bits hash
+    alike whatever the layout)."""
     bits = rows.contiguous().view(_BITS[rows.element_size()]).to(torch.int64)
-    drawn = torch.Generator().manual_seed(0)
-    key = torch.randint(1, 1 << 62, (bits.shape[1],), generator=drawn).to(rows.device)
     return (bits * key).sum(1)
 
 

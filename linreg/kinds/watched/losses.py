@@ -104,18 +104,20 @@ class LossReader(Targets):
             if rows and per.numel() > rows and per.numel() % rows == 0:
                 others["rows"] = float(rows)
             positives = _positives(name, given) if own else None
-            picked = self._picked_counts(given.get("target")) if own else None
-            if picked is not None:  # rows a mask picked (a detector's boxes at its positive
-                samples, rows = picked  # anchors): a sum over them / the batch's images,
-                if samples is not None and samples > 1:  # or / its positives
+            chosen = self._picked_from(given.get("target"))
+            if own and chosen is not None:  # rows a mask picked (a detector's boxes at its
+                # positive anchors): a sum over them / the batch's images, or / its positives
+                samples = self.rows.get(chosen.untyped_storage().data_ptr())
+                if samples is not None and samples > 1:
                     others["picked"] = float(samples)
-                positives = rows if positives is None else positives
+                if positives is None:
+                    positives = given["target"].shape[0]
             if positives is not None:  # (a sum over the batch's positive labels, or objects)
                 others["positives"] = float(max(1, positives))
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is
             # solved for, never judged, as a penalty's
-            from_batch = name not in SOLVED and self._from_batch(given.get("target"))
-            found = self._found(given.get("target"))
+            from_batch = name not in SOLVED and self._from_batch(given.get("target"), chosen)
+            found = self._found(given.get("target"), chosen)
             self.pending.append(
                 LossCall(
                     out.grad_fn,

@@ -67,11 +67,11 @@ class Targets:
                     return n
         return None
 
-    def _found(self, target: Any) -> tuple[int, int] | None:
+    def _found(self, target: Any, chosen: Tensor | None = None) -> tuple[int, int] | None:
         """Return the iterator and dataset whose fetched batch a target is: a view of its
         tensors, its rows cast or moved (y.float(), y.to(device)), or rows a mask picked of
-        it (b[m]); None where none (not
-        the last loader to fetch: two loaders zipped, the other's batch fetched after it)."""
+        it (b[m]: chosen, _picked_from's); None where none (not the last loader to fetch: two
+        loaders zipped, the other's batch fetched after it)."""
         held = self._held(_storage(target))
         if held is not None:
             return held
@@ -79,32 +79,32 @@ class Targets:
             return None
         for fetched in reversed(self.batch_tensors):
             by = self._held(_storage(fetched))
-            if by is not None and (cast(target, fetched) or picked(target, [fetched]) is fetched):
+            if by is not None and (cast(target, fetched) or fetched is chosen):
                 return by
         return None
 
-    def _from_batch(self, target: Any) -> bool:
+    def _from_batch(self, target: Any, chosen: Tensor | None = None) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
         or moved (y.float(), y.to(device): a new storage, the batch's values; float64 rows
         rounded to float32), the samples' own tensors stacked (a list of dicts, each
-        sample's boxes: detectron2's), a token batch shifted, or rows a mask picked."""
+        sample's boxes: detectron2's), a token batch shifted, or rows a mask picked (chosen,
+        _picked_from's)."""
         if _storage(target) in self.batched:
             return True
         return isinstance(target, Tensor) and (
             any(cast(target, f) for f in self.batch_tensors)
             or stacked(target, self.batch_tensors)
             or shifted(target, self.batch_tensors)
-            or picked(target, self.batch_tensors) is not None
+            or chosen is not None
         )
 
-    def _picked_counts(self, target: Any) -> tuple[int | None, int] | None:
-        """Return, where a target is rows a mask picked of a fetched tensor (b[m]:
-        batch_values.picked), the samples of that tensor's batch (None where not known) and
-        the rows picked."""
+    def _picked_from(self, target: Any) -> Tensor | None:
+        """Return the fetched tensor (the newest) whose rows a mask picked a target holds (b[m]:
+        batch_values.picked), told once a loss; None where none, or the target is a view of
+        a fetched tensor."""
         if not isinstance(target, Tensor) or _storage(target) in self.batched:
             return None
-        f = picked(target, self.batch_tensors)
-        return None if f is None else (self.rows.get(_storage(f) or 0), target.shape[0])
+        return picked(target, self.batch_tensors)
 
     def _read_last(self, target: Any) -> None:
         """Note that a loss read a target of an iterator's last batch fetched (a view of it):
