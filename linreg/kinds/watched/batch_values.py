@@ -78,9 +78,11 @@ def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
     easily one of another's). Rows equal to one another (the anchors of one object, its box
     each) are taken in turn, the first picked at the first place its values hold; where that
     breaks their order (a background's zeros among them), not read; one row alone, only
-    where its values are nowhere else. Return that fetched tensor (the newest), else None;
-    None too past PICKED_MOST elements, or where telling fails (never an error in the code's
-    step). The code's random stream is left as it was."""
+    where its values are nowhere else. Floats are compared in t's dtype, as a cast rounds
+    them (float64 boxes collated from numpy's arrays, cast by the code, then picked). Return
+    that fetched tensor (the newest), else None; None too past PICKED_MOST elements, or where
+    telling fails (never an error in the code's step). The code's random stream is left as
+    it was."""
     if t.ndim < 2 or not t.shape[0] or t.shape[1:].numel() < 2 or t.is_complex():
         return None
     try:
@@ -98,11 +100,12 @@ def _picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
         mine = t.detach().reshape(t.shape[0], -1)
         told: tuple[Tensor, Tensor, Tensor] | None = None  # its key, hashes, turns: once
         for f in reversed(list(fetched)):
-            if f.dtype != t.dtype or f.ndim <= t.ndim - 1 or f.shape[f.ndim - len(each) :] != each:
+            rounded = f.is_floating_point() and t.is_floating_point()  # (cast's rounding)
+            if (f.dtype != t.dtype and not rounded) or f.numel() > PICKED_MOST:
                 continue
-            if f.numel() > PICKED_MOST:
+            if f.ndim <= t.ndim - 1 or f.shape[f.ndim - len(each) :] != each:
                 continue
-            rows = f.detach().to(t.device).reshape(-1, mine.shape[1])
+            rows = f.detach().to(t.device, t.dtype).reshape(-1, mine.shape[1])
             if not t.shape[0] < rows.shape[0]:
                 continue  # (as many: a view, a cast or a copy: cast's)
             if told is None:
