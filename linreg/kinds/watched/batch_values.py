@@ -74,7 +74,8 @@ def cast(t: Tensor, fetched: Tensor) -> bool:
 def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
     """Return whether t holds some of a fetched tensor's rows, in their order: those a mask
     over its leading dimensions kept (b[m], a detector's boxes at its positive anchors, m =
-    labels > 0), each of two elements or more (a label per sample, a few classes, is too
+    labels > 0; masked_select's, flattened, with its mask across each row of the last
+    dimension), each of two elements or more (a label per sample, a few classes, is too
     easily one of another's). Rows equal to one another (the anchors of one object, its box
     each) are taken in turn, the first picked at the first place its values hold; where that
     breaks their order (a background's zeros among them), not read; one row alone, only
@@ -83,12 +84,24 @@ def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
     that fetched tensor (the newest), else None; None too past PICKED_MOST elements, or where
     telling fails (never an error in the code's step). The code's random stream is left as
     it was."""
+    if t.ndim == 1:  # masked_select's, the mask over each row's elements: rows flattened
+        return next((f for f in reversed(list(fetched)) if _flat_rows(t, f) is not None), None)
     if t.ndim < 2 or not t.shape[0] or t.shape[1:].numel() < 2 or t.is_complex():
         return None
     try:
         return _picked(t, fetched)
     except Exception:
         return None
+
+
+def _flat_rows(t: Tensor, f: Tensor) -> Tensor | None:
+    """Return t's elements as rows of a fetched tensor's last dimension where they are rows a
+    mask picked of it (masked_select over a mask expanded across each row), else None."""
+    width = f.shape[-1] if f.ndim >= 2 else 0
+    if width < 2 or t.numel() % width or t.numel() < width:
+        return None
+    rows = t.reshape(-1, width)
+    return rows if picked(rows, [f]) is f else None
 
 
 PICKED_MOST = 1 << 22  # the most elements of a fetched tensor whose rows picked are told

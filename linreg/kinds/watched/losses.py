@@ -111,7 +111,8 @@ class LossReader(Targets):
                 if samples is not None and samples > 1:
                     others["picked"] = float(samples)
                 if positives is None:
-                    positives = given["target"].shape[0]
+                    target = given["target"]  # (its rows: masked_select's flattened)
+                    positives = target.shape[0] // (1 if target.ndim > 1 else chosen.shape[-1])
             if positives is not None:  # (a sum over the batch's positive labels, or objects)
                 others["positives"] = float(max(1, positives))
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is
