@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.watcher import watch
-from linreg.kinds.watched.batch_values import picked
+from linreg.kinds.watched.batch_values import Picked, picked
 
 IMAGES, ANCHORS, BATCH = 203, 8, 32  # 7 batches an epoch, the last of 11 images
 
@@ -110,10 +110,16 @@ def test_a_box_term_divided_by_a_nominal_batch_fails_short_last_batch_alone() ->
     assert _detector("nominal") == ["short-last-batch"]
 
 
+def _rows(found: Picked | None, fetched: torch.Tensor) -> int | None:
+    """Return the rows picked where they were picked of that fetched tensor, else None."""
+    return found.rows if found is not None and found.fetched is fetched else None
+
+
 def test_rows_a_mask_picked_of_a_fetched_tensor_are_found_in_order_alone() -> None:
-    """The rows a mask picked, in their order, are the fetched tensor's; rows that are not
-    (a teacher's boxes, the picked rows out of order), rows of one element each (labels: too
-    easily one of another's) and a row equal to another of the batch that breaks their order
+    """The rows a mask picked, in their order, are the fetched tensor's, flattened by
+    masked_select too; rows that are not (a teacher's boxes, the picked rows out of order),
+    labels of one element each (too easily one of another's; values, most distinct, are
+    told) and a row equal to another of the batch that breaks their order
     (a background's zeros) are not; rows equal to one another (an object's anchors) are taken
     in turn. Telling them draws nothing from torch's global generator."""
     gen = torch.Generator().manual_seed(0)
@@ -122,15 +128,23 @@ def test_rows_a_mask_picked_of_a_fetched_tensor_are_found_in_order_alone() -> No
     chosen = boxes[mask]
     assert len(chosen) >= 2
     state = torch.random.get_rng_state()
-    assert picked(chosen, [torch.zeros(3), boxes]) is boxes
+    assert _rows(picked(chosen, [torch.zeros(3), boxes]), boxes) == len(chosen)
     assert torch.equal(torch.random.get_rng_state(), state)  # (the code's stream, untouched)
     assert picked(chosen.flip(0), [boxes]) is None
     assert picked(torch.randn(chosen.shape, generator=gen), [boxes]) is None
-    assert picked(boxes[..., 0][mask].unsqueeze(1), [boxes[..., 0].unsqueeze(-1)]) is None
+    labels = torch.randint(0, 3, (4, 8), generator=gen)  # a label an anchor: none told
+    assert picked(labels[mask].unsqueeze(1), [labels.unsqueeze(-1)]) is None
+    assert picked(labels[mask], [labels]) is None
+    values = boxes[..., 0]  # a value an anchor (a depth a pixel): told, one row each
+    column = values.unsqueeze(-1)
+    assert _rows(picked(values[mask].unsqueeze(1), [column]), column) == len(chosen)
+    assert _rows(picked(values[mask], [values]), values) == len(chosen)
+    flat = mask.unsqueeze(-1).expand_as(boxes)  # masked_select's: each box's values
+    assert _rows(picked(boxes.masked_select(flat), [boxes]), boxes) == len(chosen)
     shared = boxes.clone()  # the anchors of one object, its box each: taken in turn
     first, *_, last = mask.nonzero().tolist()
     shared[tuple(last)] = shared[tuple(first)]
-    assert picked(shared[mask], [shared]) is shared
+    assert _rows(picked(shared[mask], [shared]), shared) == len(chosen)
     zeros = boxes.clone()
     zeros[~mask] = 0.0
     zeros[tuple(last)] = 0.0  # a picked row equal to a background's before the others picked
@@ -180,3 +194,41 @@ def test_one_function_on_two_loaders_batches_reduced_unlike_is_a_term_each(
     if not divided:
         # (the datasets numbered as the update met their calls: the unlabelled one's first)
         assert f"its {function} (dataset 1) term" in report.failures[0].message, str(report)
+
+
+def _depth(reduced_by: str) -> list[str]:
+    """Train a depth regressor on pixels of which some hold no measure (0: invalid), its L1
+    loss on the valid pixels (`pred[valid]`, `depth[valid]`: one value a row) reduced as
+    `reduced_by` says; return the pitfalls the watch failed."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(90, 3, 8, 8, generator=gen)  # 6 batches, the last of 10 images
+    depth = images.mean(1, keepdim=True).abs() * 3 + 0.5
+    depth[torch.rand(depth.shape, generator=gen) < 0.3] = 0.0
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    data = DataLoader(TensorDataset(images, depth), batch_size=16, shuffle=True, generator=gen)
+    with watch() as reports:
+        for x, d in data:
+            predicted, valid = net(x), d > 0
+            summed = F.l1_loss(predicted[valid], d[valid], reduction="sum")
+            loss = {"per image": summed / len(x), "sum": summed}[reduced_by]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    report = reports[0]
+    assert not report.error, str(report)
+    return [r.pitfall for r in report.failures]
+
+
+def test_a_loss_on_the_valid_pixels_summed_per_image_passes_as_its_masked_twin_does() -> None:
+    """The valid pixels' loss summed and divided by the batch's images (each image's sum, as
+    `(l * valid).sum() / len(x)` passes): their values, picked one a row, are the batch's.
+    Before, not told the batch's, it failed both mean-vs-sum and short-last-batch ("matches
+    no known mistake"): a false alarm, named twice."""
+    assert _depth("per image") == []
+
+
+def test_a_loss_on_the_valid_pixels_summed_undivided_fails_mean_vs_sum() -> None:
+    assert _depth("sum") == ["mean-vs-sum"]

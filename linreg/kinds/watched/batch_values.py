@@ -5,6 +5,7 @@ batch shifted (y[:, 1:]), or rows a mask picked of it (b[m])."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -71,37 +72,54 @@ def cast(t: Tensor, fetched: Tensor) -> bool:
         )
 
 
-def picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
+class Picked(NamedTuple):
+    """The fetched tensor whose rows a mask picked a target holds, and how many it picked."""
+
+    fetched: Tensor
+    rows: int
+
+
+def picked(t: Tensor, fetched: Iterable[Tensor]) -> Picked | None:
     """Return whether t holds some of a fetched tensor's rows, in their order: those a mask
     over its leading dimensions kept (b[m], a detector's boxes at its positive anchors, m =
     labels > 0; masked_select's, flattened, with its mask across each row of the last
-    dimension), each of two elements or more (a label per sample, a few classes, is too
-    easily one of another's). Rows equal to one another (the anchors of one object, its box
-    each) are taken in turn, the first picked at the first place its values hold; where that
-    breaks their order (a background's zeros among them), not read; one row alone, only
-    where its values are nowhere else. Floats are compared in t's dtype, as a cast rounds
-    them (float64 boxes collated from numpy's arrays, cast by the code, then picked). Return
-    that fetched tensor (the newest), else None; None too past PICKED_MOST elements, or where
+    dimension), or its elements a mask kept (depth[valid]), where one element a row is not a
+    label's (a few classes, too easily one of another's): floats, most of them distinct.
+    Rows equal to one another (the anchors of one object, its box each) are taken in turn,
+    the first picked at the first place its values hold; where that breaks their order (a
+    background's zeros among them), not read; one row alone, only where its values are
+    nowhere else. Floats are compared in t's dtype, as a cast rounds them (float64 boxes
+    collated from numpy's arrays, cast by the code, then picked). Return that fetched tensor
+    (the newest) and the rows picked, else None; None too past PICKED_MOST elements, or where
     telling fails (never an error in the code's step). The code's random stream is left as
     it was."""
-    if t.ndim == 1:  # masked_select's, the mask over each row's elements: rows flattened
-        return next((f for f in reversed(list(fetched)) if _flat_rows(t, f) is not None), None)
-    if t.ndim < 2 or not t.shape[0] or t.shape[1:].numel() < 2 or t.is_complex():
+    if not t.ndim or not t.shape[0] or t.is_complex():
         return None
     try:
-        return _picked(t, fetched)
+        if t.ndim == 1:  # masked_select's rows flattened, or elements a mask kept
+            return next(filter(None, (_flat(t, f) for f in reversed(list(fetched)))), None)
+        if t.shape[1:].numel() < 2 and not _valued(t):
+            return None
+        found = _picked(t, fetched)
+        return None if found is None else Picked(found, t.shape[0])
     except Exception:
         return None
 
 
-def _flat_rows(t: Tensor, f: Tensor) -> Tensor | None:
-    """Return t's elements as rows of a fetched tensor's last dimension where they are rows a
-    mask picked of it (masked_select over a mask expanded across each row), else None."""
+def _flat(t: Tensor, f: Tensor) -> Picked | None:
+    """Return t's elements as rows of a fetched tensor's last dimension a mask picked
+    (masked_select over a mask across each row), or as its elements a mask kept; else None."""
     width = f.shape[-1] if f.ndim >= 2 else 0
-    if width < 2 or t.numel() % width or t.numel() < width:
-        return None
-    rows = t.reshape(-1, width)
-    return rows if picked(rows, [f]) is f else None
+    if width >= 2 and not t.numel() % width and _picked(t.reshape(-1, width), [f]) is f:
+        return Picked(f, t.numel() // width)
+    if _valued(t) and _picked(t.reshape(-1, 1), [f.reshape(-1, 1)]) is not None:
+        return Picked(f, t.numel())
+    return None
+
+
+def _valued(t: Tensor) -> bool:
+    """Return whether t's elements are values, not labels: floats, most of them distinct."""
+    return t.is_floating_point() and 2 * len(torch.unique(t.detach())) > t.numel()
 
 
 PICKED_MOST = 1 << 22  # the most elements of a fetched tensor whose rows picked are told

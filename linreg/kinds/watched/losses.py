@@ -107,12 +107,11 @@ class LossReader(Targets):
             chosen = self._picked_from(given.get("target"))
             if own and chosen is not None:  # rows a mask picked (a detector's boxes at its
                 # positive anchors): a sum over them / the batch's images, or / its positives
-                samples = self.rows.get(chosen.untyped_storage().data_ptr())
+                samples = self.rows.get(chosen.fetched.untyped_storage().data_ptr())
                 if samples is not None and samples > 1:
                     others["picked"] = float(samples)
                 if positives is None:
-                    target = given["target"]  # (its rows: masked_select's flattened)
-                    positives = target.shape[0] // (1 if target.ndim > 1 else chosen.shape[-1])
+                    positives = chosen.rows
             if positives is not None:  # (a sum over the batch's positive labels, or objects)
                 others["positives"] = float(max(1, positives))
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linreg.kinds.watched.batch_values import cast, picked, shifted, stacked, within
+from linreg.kinds.watched.batch_values import Picked, cast, picked, shifted, stacked, within
 
 
 class Targets:
@@ -67,7 +67,7 @@ class Targets:
                     return n
         return None
 
-    def _found(self, target: Any, chosen: Tensor | None = None) -> tuple[int, int] | None:
+    def _found(self, target: Any, chosen: Picked | None = None) -> tuple[int, int] | None:
         """Return the iterator and dataset whose fetched batch a target is: a view of its
         tensors, its rows cast or moved (y.float(), y.to(device)), or rows a mask picked of
         it (b[m]: chosen, _picked_from's); None where none (not the last loader to fetch: two
@@ -77,13 +77,14 @@ class Targets:
             return held
         if not isinstance(target, Tensor):
             return None
+        mask_of = None if chosen is None else chosen.fetched
         for fetched in reversed(self.batch_tensors):
             by = self._held(_storage(fetched))
-            if by is not None and (cast(target, fetched) or fetched is chosen):
+            if by is not None and (fetched is mask_of or cast(target, fetched)):
                 return by
         return None
 
-    def _from_batch(self, target: Any, chosen: Tensor | None = None) -> bool:
+    def _from_batch(self, target: Any, chosen: Picked | None = None) -> bool:
         """Return whether a target is a fetched batch's: a view of its tensors, rows of one cast
         or moved (y.float(), y.to(device): a new storage, the batch's values; float64 rows
         rounded to float32), the samples' own tensors stacked (a list of dicts, each
@@ -98,10 +99,10 @@ class Targets:
             or chosen is not None
         )
 
-    def _picked_from(self, target: Any) -> Tensor | None:
+    def _picked_from(self, target: Any) -> Picked | None:
         """Return the fetched tensor (the newest) whose rows a mask picked a target holds (b[m]:
-        batch_values.picked), told once a loss; None where none, or the target is a view of
-        a fetched tensor."""
+        batch_values.picked), and the rows, told once a loss; None where none, or the target
+        is a view of a fetched tensor."""
         if not isinstance(target, Tensor) or _storage(target) in self.batched:
             return None
         return picked(target, self.batch_tensors)
