@@ -97,7 +97,8 @@ def picked(t: Tensor, fetched: Iterable[Tensor]) -> Picked | None:
         return None
     try:
         if t.ndim == 1:  # masked_select's rows flattened, or elements a mask kept
-            return next(filter(None, (_flat(t, f) for f in reversed(list(fetched)))), None)
+            valued = _valued(t)
+            return next(filter(None, (_flat(t, f, valued) for f in reversed(list(fetched)))), None)
         if t.shape[1:].numel() < 2 and not _valued(t):
             return None
         found = _picked(t, fetched)
@@ -106,13 +107,14 @@ def picked(t: Tensor, fetched: Iterable[Tensor]) -> Picked | None:
         return None
 
 
-def _flat(t: Tensor, f: Tensor) -> Picked | None:
+def _flat(t: Tensor, f: Tensor, valued: bool) -> Picked | None:
     """Return t's elements as rows of a fetched tensor's last dimension a mask picked
-    (masked_select over a mask across each row), or as its elements a mask kept; else None."""
+    (masked_select over a mask across each row), or as its elements a mask kept where they
+    are values (_valued); else None."""
     width = f.shape[-1] if f.ndim >= 2 else 0
     if width >= 2 and not t.numel() % width and _picked(t.reshape(-1, width), [f]) is f:
         return Picked(f, t.numel() // width)
-    if _valued(t) and _picked(t.reshape(-1, 1), [f.reshape(-1, 1)]) is not None:
+    if valued and _picked(t.reshape(-1, 1), [f.reshape(-1, 1)]) is not None:
         return Picked(f, t.numel())
     return None
 
@@ -139,6 +141,8 @@ def _picked(t: Tensor, fetched: Iterable[Tensor]) -> Tensor | None:
             rows = f.detach().to(t.device, t.dtype).reshape(-1, mine.shape[1])
             if not t.shape[0] < rows.shape[0]:
                 continue  # (as many: a view, a cast or a copy: cast's)
+            if not bool((rows == mine[0]).all(1).any()):
+                continue  # (its first row nowhere: told by one pass, not a sort)
             if told is None:
                 drawn = torch.Generator().manual_seed(0)  # (the code's stream is the code's)
                 key = torch.randint(1, 1 << 62, (mine.shape[1],), generator=drawn)
