@@ -26,7 +26,8 @@ def _next_token(form: str) -> None:
     """A GRU cell predicts each next token of 60 sequences of 20, in batches of 8 (the last
     of 4), Adam. form: each step's cross-entropy divided by the steps ("per step"), the whole
     sequence's at once ("flat"), each step's beside a squared error on a value head of its
-    own ("two heads"), or a bug: each step's summed over the batch's rows ("summed")."""
+    own ("two heads"), or a bug: each step's summed over the batch's rows ("summed"), each
+    step's mean added up, never divided by the steps ("added")."""
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB, (60, STEPS + 1), generator=gen)
     data = TensorDataset(tokens[:, :-1], tokens[:, 1:])
@@ -45,6 +46,8 @@ def _next_token(form: str) -> None:
                 states.append(h)
                 if form == "per step":
                     loss = loss + F.cross_entropy(logits(h), y[:, t]) / STEPS
+                elif form == "added":
+                    loss = loss + F.cross_entropy(logits(h), y[:, t])
                 elif form == "summed":
                     loss = loss + F.cross_entropy(logits(h), y[:, t], reduction="sum") / STEPS
                 elif form == "two heads":
@@ -96,6 +99,39 @@ def test_a_loss_per_step_is_judged_as_the_whole_sequences_loss() -> None:
         _next_token("summed")
     assert [r.pitfall for r in reports[0].failures] == ["mean-vs-sum"], str(reports[0])
     assert "applies 8 times the mean" in reports[0].failures[0].message
+
+
+def test_each_steps_mean_added_up_undivided_fails_mean_vs_sum_naming_the_steps() -> None:
+    """A decoder's 20 steps' means added up and never divided by the steps (the old
+    seq2seq tutorials' `loss += criterion(...)`, on batches): 20 times the mean over the
+    sequence's targets on every update, the short last batch's too. Before, that one
+    constant was taken as the loss's own, and every property passed (review rv75's b07)."""
+    with watch() as reports:
+        _next_token("added")
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ["mean-vs-sum"], str(report)
+    assert "adds up its 20 mean losses, one a step" in report.failures[0].message
+
+
+def test_one_batchs_labels_twice_two_views_means_added_are_the_losss_own_constant() -> None:
+    """Two augmented views of each image, each view's mean on the same labels, added: not
+    steps of a sequence (one target twice), so the 2 stays the loss's own constant."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 6, generator=gen), torch.randint(0, 3, (60,), generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch() as reports:
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=gen):
+            noisy = xb + 0.1 * torch.randn(xb.shape, generator=gen)
+            loss = F.cross_entropy(model(xb), yb) + F.cross_entropy(model(noisy), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    report = reports[0]
+    assert report.ok and not report.error, str(report)
+    assert "2 times the mean of its rows" in report.note, str(report)
 
 
 def test_the_leaves_under_each_loss_are_the_whole_walks_and_separate_graphs_are_not_held() -> None:

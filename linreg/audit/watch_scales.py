@@ -101,6 +101,11 @@ def scale_named(s: float, r: Reading, meant: str = "mean", full: bool = True) ->
             "it sums the loss over the update's rows or targets (reduction='sum', or a mean "
             "loss per row or step added up) where a mean was meant"
         )
+    if k == 1 and r.steps and r.calls > 1 and near(s, r.calls):
+        return (
+            f"it adds up its {r.calls} mean losses, one a step of the batch's targets (loss += "
+            "criterion(out, y[:, t])), without dividing by the steps, where a mean was meant"
+        )
     if k > 1 and not r.one_row and r.count > k and near(s, r.count / k):
         return (
             f"it sums each micro-batch's loss over its rows or targets (reduction='sum') and "
