@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from linreg import audit
+from linreg.audit.watch_report import UNJUDGED
 from linreg.audit.watcher import watch, watch_script
 from linreg.cli import main
 
@@ -2507,7 +2508,7 @@ def test_watch_a_penalty_by_hand_on_every_update_is_an_error_not_a_pass(summed: 
             (loss + 0.5 * hidden.pow(2).mean()).backward()
             optimizer.step()
     report = reports[0]
-    assert not report.ok and report.error == "no update could be judged: see the note", str(report)
+    assert not report.ok and report.error == UNJUDGED + "see the note", str(report)
     assert "6 update(s) applied what their micro-batches' read losses do not explain" in str(report)
     (scale,) = [r for r in report.results if r.pitfall == "mean-vs-sum"]
     assert scale.verdict == "skip" and "6 of the 6 updates" in scale.message, str(report)
@@ -2792,8 +2793,7 @@ def test_updates_that_each_add_a_penalty_by_hand_say_so_not_that_no_loss_was_rea
             optimizer.zero_grad()
     report = reports[0]
     assert report.error.startswith(
-        "no update could be judged: every update held a backward() that reached no loss the "
-        "watcher could read"
+        UNJUDGED + "every update held a backward() that reached no loss the watcher could read"
     ), str(report)
 
 

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.audit.report import Report
+from linreg.audit.watch_report import UNJUDGED
 from linreg.audit.watcher import watch
 from linreg.kinds.watched import LossCall
 
@@ -293,7 +294,7 @@ def test_gradients_that_are_not_finite_are_not_judged_and_the_watch_ends_cleanly
     """The NaN labels left in the loss, the observed ones indexed after it: every gradient is
     NaN. Review cr69: the watch raised torch's LinAlgError from its own reading."""
     report = _missing_labels("raw")
-    assert not report.failures and report.error == "no update could be judged: see the note"
+    assert not report.failures and report.error == UNJUDGED + "see the note"
     assert "applied gradients that are not finite" in report.note, str(report)
 
 

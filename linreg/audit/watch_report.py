@@ -11,6 +11,13 @@ from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
 from linreg.kinds.watched import Watched
 from linreg.pitfalls.label_shape import PULLED
 
+# where no update's weights were judged (what .grad alone tells may still be: a gradient left
+# in it, none to apply)
+UNJUDGED = (
+    "no update could be judged on its weights (grad-zeroing and non-leaf-params, read from "
+    ".grad alone, are judged apart): "
+)
+
 
 def report_of(
     seen: Watched, target: str, seconds: float, error: str = "", reduction: str = "mean"
@@ -99,7 +106,7 @@ def _report_of(seen: Watched, target: str, seconds: float, error: str, summed: b
         # (label-shape reads the loss calls, not the updates: no update judged is still none)
         some = any(u.counts for u in seen.updates)  # a read loss reached by some backward()
         error = (
-            "no update could be judged: "
+            UNJUDGED
             + (
                 "every update held a backward() that reached no loss the watcher could read "
                 if some
@@ -113,7 +120,7 @@ def _report_of(seen: Watched, target: str, seconds: float, error: str, summed: b
             "weights of its own, nor a torch loss of pairs, triplets or sequences it does not "
             "read, F.triplet_margin_loss or F.ctc_loss, nor a graph that allows no second pass)"
             if not v.unread and not any(u.unreadable for u in seen.updates)
-            else "no update could be judged: see the note"
+            else UNJUDGED + "see the note"
         )
     note = note_of(seen, v)
     options = {"reduction": "sum"} if summed else {}

@@ -38,6 +38,11 @@ PROPERTIES = {
     "clip-before-unscale": "a loss scaler unscales the gradients backward() left: nothing clips "
     "them before",
 }
+# an update whose params' .grad held a gradient as its first backward() began
+CARRIED = (
+    "found a gradient in .grad before its first backward(): the update before left it there "
+    "(no zero_grad), and this one applies both"
+)
 SUMMED = {  # where the code means the sum (reduction="sum": a loss summed on purpose)
     **PROPERTIES,
     "short-last-batch": "a short update applies the sum of its rows as a full one does; no "
@@ -136,7 +141,9 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
             )
         elif u.unscaled:
             v.judged["clip-before-unscale"].add(j)
-        if u.blind:  # a backward() reached no loss the watcher read: nothing here is judged
+        if u.blind:  # a backward() reached no loss the watcher read: its weights are not
+            if u.carried:  # judged, but what .grad held before its first backward() is
+                v.fail("grad-zeroing", f"{at} {CARRIED}")
             continue
         if u.elsewhere:
             v.fail(
@@ -165,11 +172,7 @@ def _judge(seen: Watched, summed: bool) -> Verdicts:
             continue
         v.judged["non-leaf-params"].add(j)
         if u.carried:
-            v.fail(
-                "grad-zeroing",
-                f"{at} found a gradient in .grad before its first backward(): the update before "
-                "left it there (no zero_grad), and this one applies both",
-            )
+            v.fail("grad-zeroing", f"{at} {CARRIED}")
         else:
             v.judged["grad-zeroing"].add(j)
         # terms of one objective: their weights are the objective's, not judged (two models'
