@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -173,6 +173,35 @@ def test_a_loss_by_hand_that_cannot_be_told_stays_unread(
     report = _regression(reduce)
     assert report.error.startswith("no update could be judged"), str(report)
     assert not report.failures, str(report)
+
+
+def test_a_loss_by_hand_on_batches_of_the_codes_own_iterator_says_why_it_is_unread() -> None:
+    """d2l's data_iter (a generator of index batches, no DataLoader) feeding its squared_loss's
+    mean on torch.optim: the batch's rows are never seen fetched, so the loss is not read, and
+    the error says why (review rv75's c64: the error listed what is read, not this)."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 2, generator=gen)
+    labels = features @ torch.tensor([2.0, -3.4]) + 4.2
+    w = torch.zeros(2, 1, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    trainer = torch.optim.SGD([w, b], lr=0.03)
+
+    def data_iter(batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        indices = torch.randperm(len(features), generator=gen)
+        for i in range(0, len(features), batch_size):
+            at = indices[i : i + batch_size]
+            yield features[at], labels[at]
+
+    with watch() as reports:
+        for X, y in data_iter(10):
+            trainer.zero_grad()
+            ((X @ w + b - y.reshape(-1, 1)) ** 2 / 2).mean().backward()
+            trainer.step()
+    report = reports[0]
+    assert report.error.startswith("no update could be judged"), str(report)
+    assert "5 backward() call(s) reached a loss written by hand on rows no DataLoader" in (
+        report.error
+    )
 
 
 def test_a_sum_by_hand_beside_a_torch_loss_is_a_penalty_not_a_loss() -> None:

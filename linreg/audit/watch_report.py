@@ -11,12 +11,9 @@ from linreg.audit.watch_verdicts import PROPERTIES, SUMMED, judge
 from linreg.kinds.watched import Watched
 from linreg.pitfalls.label_shape import PULLED
 
-# where no update's weights were judged (what .grad alone tells may still be: a gradient left
-# in it, none to apply)
-UNJUDGED = (
-    "no update could be judged on its weights (grad-zeroing and non-leaf-params, read from "
-    ".grad alone, are judged apart): "
-)
+# where no update's weights were judged (what .grad alone tells may be, apart: a gradient
+# left in it, grad-zeroing's; none to apply, non-leaf-params')
+UNJUDGED = "no update could be judged on its weights: "
 
 
 def report_of(
@@ -119,6 +116,13 @@ def _report_of(seen: Watched, target: str, seconds: float, error: str, summed: b
             "code weighs itself, "
             "weights of its own, nor a torch loss of pairs, triplets or sequences it does not "
             "read, F.triplet_margin_loss or F.ctc_loss, nor a graph that allows no second pass)"
+            + (
+                f"; {seen.unbatched} backward() call(s) reached a loss written by hand on rows "
+                "no DataLoader fetched (a generator of the code's own, d2l's data_iter, or "
+                "slices X[i : i + n]): such a loss is read on a DataLoader's batches"
+                if seen.unbatched
+                else ""
+            )
             if not v.unread and not any(u.unreadable for u in seen.updates)
             else UNJUDGED + "see the note"
         )

@@ -153,7 +153,10 @@ class HandReader:
             if read is None:
                 return []
             count, every, first = read
-        if not n.rows or not on_rows(per, n.rows):
+        if not n.rows:  # (no DataLoader's batch fetched: d2l's data_iter, X[i : i + n])
+            self.seen.unbatched += not self.samples
+            return []
+        if not on_rows(per, n.rows):
             return []
         if first != n.rows and not flattened(first, n.rows, self._fetched_now()):
             return []

@@ -150,6 +150,9 @@ class Watched:
     # backward() after the pass's end (reaching others) did not reach: rows never applied
     unreached: int = 0
     by_hand: int = 0  # backward() calls that reached a loss written by hand, read (by_hand.py)
+    # those that reached one on rows no DataLoader fetched (a generator of the code's own,
+    # slices of a tensor): not read, its batch unseen
+    unbatched: int = 0
     strays: int = 0  # losses on fetched batches a backward() skipped within a pass: the code
     # computes losses it never trains on (a log), so those at an epoch's end tell nothing
     unrestored: list[str] = field(default_factory=list)  # what could not be put back, and why
