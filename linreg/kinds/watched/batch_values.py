@@ -93,7 +93,7 @@ def picked(t: Tensor, fetched: Iterable[Tensor]) -> Picked | None:
     (the newest) and the rows picked, else None; None too past PICKED_MOST elements, or where
     telling fails (never an error in the code's step). The code's random stream is left as
     it was."""
-    if not t.ndim or not t.shape[0] or t.is_complex():
+    if not t.ndim or not t.shape[0] or t.is_complex() or t.numel() > PICKED_MOST:
         return None
     try:
         if t.ndim == 1:  # masked_select's rows flattened, or elements a mask kept
