@@ -12,10 +12,17 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from linreg.audit.report import Report
 from linreg.audit.watcher import watch
 from linreg.kinds.watched.batch_values import Picked, picked
 
 IMAGES, ANCHORS, BATCH = 203, 8, 32  # 7 batches an epoch, the last of 11 images
+
+
+def _failures(reports: list[Report]) -> list[str]:
+    """Return the pitfalls a watched run failed, where it judged (no error)."""
+    assert not reports[0].error, str(reports[0])
+    return [r.pitfall for r in reports[0].failures]
 
 
 def _detector(boxes_by: str, stored: torch.dtype = torch.float32) -> list[str]:
@@ -64,9 +71,7 @@ def _detector(boxes_by: str, stored: torch.dtype = torch.float32) -> list[str]:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-    report = reports[0]
-    assert not report.error, str(report)
-    return [r.pitfall for r in report.failures]
+    return _failures(reports)
 
 
 @pytest.mark.parametrize("boxes_by", ["mean", "per positive", "per image", "looped per image"])
@@ -217,9 +222,7 @@ def _depth(reduced_by: str) -> list[str]:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    report = reports[0]
-    assert not report.error, str(report)
-    return [r.pitfall for r in report.failures]
+    return _failures(reports)
 
 
 def test_a_loss_on_the_valid_pixels_summed_per_image_passes_as_its_masked_twin_does() -> None:
