@@ -220,14 +220,18 @@ def _divided(micro: list[MicroBatch]) -> tuple[str, int]:
 def _steps(micro: list[MicroBatch]) -> bool:
     """Return whether each micro-batch's losses are two or more calls of one function on its
     fetched batch, each on another piece of one target tensor (a loss per step of a sequence,
-    `loss += criterion(out_t, y[:, t])`): not one target twice (two views of the images on
-    their labels) nor targets of their own (a contrastive loss's arange)."""
+    `loss += criterion(out_t, y[:, t])`, each step's prediction a tensor of its own): not one
+    target twice (two views of the images on their labels), nor targets of their own (a
+    contrastive loss's arange), nor columns of one output (a loss per target column)."""
     return bool(micro) and all(
         len(mb.losses) > 1
         and len({c.name for c in mb.losses}) == 1
         and all(c.from_batch and c.target is not None and c.target[0] != -1 for c in mb.losses)
         and len({c.target[0] for c in mb.losses if c.target}) == 1
         and len({c.target for c in mb.losses}) == len(mb.losses)
+        # (each step's prediction its own: columns of one output, out[:, k] on y[:, k], are
+        # targets of one objective, each target's loss added)
+        and len({c.predicted_at for c in mb.losses}) == len(mb.losses)
         for mb in micro
     )
 

@@ -145,6 +145,11 @@ class LossReader(Targets):
                     # (objectives.py reads it on a fetched batch's target alone)
                     same=same_of(given.get("target"), under) if from_batch else None,
                     predicted=weakref.ref(predicted) if isinstance(predicted, Tensor) else None,
+                    predicted_at=(
+                        predicted.untyped_storage().data_ptr()
+                        if isinstance(predicted, Tensor)
+                        else 0
+                    ),
                     out=weakref.ref(out),
                     # (a mask of the code's on it read as a backward() reaches it: masks.py)
                     output=out if by_code and out.numel() > 1 else None,
