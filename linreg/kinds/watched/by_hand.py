@@ -38,6 +38,7 @@ from linreg.kinds.watched.hand_graph import compared, flattened, masked, masks, 
 from linreg.kinds.watched.kept import Watched
 from linreg.kinds.watched.losses import precision, weighed_alike
 from linreg.kinds.watched.records import LossCall
+from linreg.kinds.watched.targets import same_of
 
 # the name a loss written by hand is read under (LossCall.name)
 HAND = "a loss written by hand"
@@ -54,13 +55,16 @@ class Noted:
     then: the samples of the batch fetched last, the loader (iterator, dataset, yields), the
     tolerance of its dtype, the backward() calls before it."""
 
-    def __init__(self, per: Tensor, out: Tensor, rows: int | None,
+    def __init__(self, per: Tensor, out: Tensor, fetched: Tensor | None,
                  at: tuple[int | None, int | None, int], tolerance: float,
-                 backwards: int) -> None:  # fmt: skip
+                 backwards: int, rows: int | None) -> None:  # fmt: skip
         self.per: Tensor | None = per
         self.node = id(per.grad_fn)
         out.grad_fn.metadata[KEY] = self  # type: ignore[union-attr, index]
         self.rows, self.at, self.tolerance, self.backwards = rows, at, tolerance, backwards
+        # that batch's tensor (weakly): backward() calls on it again, at the same params (a
+        # WGAN critic's real, fake and penalty terms, each its own), are one objective's
+        self.fetched = None if fetched is None else weakref.ref(fetched)
 
 
 class HandReader:
@@ -92,7 +96,9 @@ class HandReader:
         if per.ndim == 0 or out.grad_fn is None:
             return
         at = (self.iterator, self.source, self.yields.get(self.iterator or 0, 0))
-        noted = Noted(per, out, self._latest_rows(), at, precision(per), self.backwards)
+        fetched = self._latest()
+        rows = None if fetched is None else self.rows.get(fetched.untyped_storage().data_ptr())
+        noted = Noted(per, out, fetched, at, precision(per), self.backwards, rows)
         self.hand.append(weakref.ref(noted))
         if len(self.hand) > HELD:
             self.let_go_hand(self.hand[:-HELD])
@@ -105,12 +111,12 @@ class HandReader:
                 n.per = None
         self.hand = [] if noted is None else self.hand[len(noted) :]
 
-    def _latest_rows(self) -> int | None:
-        """Return the samples of the batch fetched last, None where not known."""
+    def _latest(self) -> Tensor | None:
+        """Return a tensor of the batch fetched last, None where none is known."""
         for ref in reversed(self.samples):
-            t = ref()
+            t: Tensor | None = ref()
             if t is not None:
-                return self.rows.get(t.untyped_storage().data_ptr())
+                return t
         return None
 
     def by_hand(self, under: set[int], retained: bool = False) -> list[LossCall]:
@@ -168,6 +174,7 @@ class HandReader:
         if not under_it:
             return []
         self.keep_grads(under_it)  # its .grad as the watch found it, put back after
+        fetched = None if n.fetched is None else n.fetched()
         self.precision = max(self.precision, n.tolerance)
         fetched_by, fetched_from, fetched_at = n.at
         call = LossCall(
@@ -191,6 +198,8 @@ class HandReader:
             per=per,
             signed=True,
             others={"rows": float(n.rows)} if every > n.rows else {},
+            # (its batch, as objectives.py reads a target: the same again is one objective's)
+            same=None if fetched is None else same_of(fetched, under_it),
         )
         if count != per.numel():  # (every element, the mask aside: a known mistake's count)
             call.others["unmasked"] = float(every)
