@@ -113,15 +113,17 @@ def test_each_steps_mean_added_up_undivided_fails_mean_vs_sum_naming_the_steps()
     assert "adds up its 20 mean losses, one a step" in report.failures[0].message
 
 
-@pytest.mark.parametrize("added", ["two views", "columns"])
+@pytest.mark.parametrize("added", ["two views", "columns", "deep supervision"])
 def test_means_added_on_one_target_or_on_columns_of_one_output_stay_the_losss_constant(
     added: str,
 ) -> None:
     """Two augmented views of each input, each view's mean on the same labels, added: one
     target twice; or each of 2 label columns' mean on its column of one head's output
-    (`out[:, k]` on `y[:, k]`), added: one prediction's pieces. Neither is a sequence's steps,
-    so the 2 stays the loss's own constant (review rv76's c31 and c38: named steps, a false
-    alarm, before each step's prediction had to be a tensor of its own)."""
+    (`out[:, k]` on `y[:, k]`), added: one prediction's pieces; or one head's outputs at two
+    depths (deep supervision) on the target and the target reshaped: the same elements.
+    None is a sequence's steps, so the 2 stays the loss's own constant (review rv76's c31,
+    c38 and c88: named steps, false alarms, before each step needed a prediction of its own
+    and other elements of the target)."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(60, 6, generator=gen), torch.randn(60, 2, generator=gen)
     with torch.random.fork_rng():
@@ -133,9 +135,13 @@ def test_means_added_on_one_target_or_on_columns_of_one_output_stay_the_losss_co
             if added == "two views":
                 noisy = xb + 0.1 * torch.randn(xb.shape, generator=gen)
                 loss = F.mse_loss(model(xb), yb) + F.mse_loss(model(noisy), yb)
-            else:
+            elif added == "columns":
                 out = model(xb)
                 loss = sum(F.mse_loss(out[:, k], yb[:, k]) for k in range(2))
+            else:  # one head on two depths' features, the target once reshaped
+                hidden = torch.relu(model[0](xb))
+                shallow, deep = model[2](hidden), model[2](torch.relu(hidden))
+                loss = F.mse_loss(shallow, yb) + F.mse_loss(deep.view(-1), yb.view(-1))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -228,7 +228,8 @@ def _steps(micro: list[MicroBatch]) -> bool:
         and len({c.name for c in mb.losses}) == 1
         and all(c.from_batch and c.target is not None and c.target[0] != -1 for c in mb.losses)
         and len({c.target[0] for c in mb.losses if c.target}) == 1
-        and len({c.target for c in mb.losses}) == len(mb.losses)
+        # (other elements each: not one target reshaped, y beside y.unsqueeze(1))
+        and len({c.target[1] for c in mb.losses if c.target}) == len(mb.losses)
         # (each step's prediction its own: columns of one output, out[:, k] on y[:, k], are
         # targets of one objective, each target's loss added)
         and len({c.predicted_at for c in mb.losses}) == len(mb.losses)
