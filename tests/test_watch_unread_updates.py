@@ -4,7 +4,8 @@ backward() began is read all the same: a gradient the update before left there (
 optimizer's zero_grad forgotten) fails grad-zeroing, as on an update whose loss is read.
 Before, such an update was passed over whole, and a WGAN-GP critic never zeroed passed every
 property judged on its generator's updates (review rv75's b40; its b11 and b27, a triplet
-network and REINFORCE never zeroed, were "not judged")."""
+network and REINFORCE never zeroed, were "not judged"). A critic's terms written by hand, each
+backward()ed apart on one batch, are one objective's, not a window's micro-batches."""
 
 from __future__ import annotations
 
@@ -48,21 +49,28 @@ def test_an_unread_loss_never_zeroed_fails_grad_zeroing_and_zeroed_is_not_judged
     assert _triplets(zeroed) == ([] if zeroed else ["grad-zeroing"])
 
 
-def _wgan_gp(critic_zeroed: bool) -> tuple[list[str], list[float]]:
-    """A WGAN-GP: the critic steps on every batch, on its scores and a gradient penalty (the
-    critic's input gradient, by autograd.grad with create_graph), the generator on every
-    second batch on a loss the watch reads (its scores' mean against a constant: a mean of
-    squares); return the pitfalls the watch failed, and the norm of what the critic's .grad
-    held as each of its backward() calls began (measured directly: 0 where none)."""
+def _gan() -> tuple[torch.Generator, DataLoader[tuple[torch.Tensor, ...]], nn.Module, nn.Module]:
+    """Return a generator of random numbers, batches of 16 of 96 points near (2, 2), a
+    critic and a generator of points from 3 numbers."""
     gen = torch.Generator().manual_seed(0)
     real = torch.randn(96, 2, generator=gen) + 2.0
     with torch.random.fork_rng():
         torch.manual_seed(0)
         critic = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
         generator = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2))
+    data = DataLoader(TensorDataset(real), batch_size=16, shuffle=True, generator=gen)
+    return gen, data, critic, generator
+
+
+def _wgan_gp(critic_zeroed: bool) -> tuple[list[str], list[float]]:
+    """A WGAN-GP: the critic steps on every batch, on its scores and a gradient penalty (the
+    critic's input gradient, by autograd.grad with create_graph), the generator on every
+    second batch on a loss the watch reads (its scores' mean against a constant: a mean of
+    squares); return the pitfalls the watch failed, and the norm of what the critic's .grad
+    held as each of its backward() calls began (measured directly: 0 where none)."""
+    gen, data, critic, generator = _gan()
     opt_c = torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.5, 0.9))
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    data = DataLoader(TensorDataset(real), batch_size=16, shuffle=True, generator=gen)
     held = []
     with watch() as reports:
         for i, (x,) in enumerate(data):
@@ -94,3 +102,31 @@ def test_a_critic_on_a_gradient_penalty_never_zeroed_fails_grad_zeroing(
     failed, held = _wgan_gp(critic_zeroed)
     assert (max(held) > 0) != critic_zeroed
     assert failed == ([] if critic_zeroed else ["grad-zeroing"])
+
+
+@pytest.mark.parametrize("zeroed", [True, False])
+def test_a_critics_terms_by_hand_each_backwarded_on_one_batch_are_one_objective(
+    zeroed: bool,
+) -> None:
+    """A WGAN-GP critic as widely copied: its real scores' mean backward()ed with -1, the
+    fake's with +1, the gradient penalty apart, all on one fetched batch at the same params:
+    one objective's terms, not three micro-batches of an accumulation window (weighed
+    [1, 1, 0.1], they failed micro-batch-accumulation: a false alarm, review rv76's c08).
+    Its weights are the code's, not judged; never zeroed, it fails grad-zeroing."""
+    gen, data, critic, generator = _gan()
+    opt_c = torch.optim.Adam(critic.parameters(), lr=1e-4)
+    one, minus_one = torch.tensor(1.0), torch.tensor(-1.0)
+    with watch() as reports:
+        for (real,) in data:
+            if zeroed:
+                critic.zero_grad()
+            critic(real).mean().backward(minus_one)
+            fake = generator(torch.randn(len(real), 3, generator=gen)).detach()
+            critic(fake).mean().backward(one)
+            mix = torch.rand(len(real), 1, generator=gen)
+            between = (mix * real + (1 - mix) * fake).requires_grad_(True)
+            (slope,) = torch.autograd.grad(critic(between).sum(), between, create_graph=True)
+            (0.1 * ((slope.norm(2, dim=1) - 1) ** 2).mean()).backward()
+            opt_c.step()
+    report = reports[0]
+    assert [r.pitfall for r in report.failures] == ([] if zeroed else ["grad-zeroing"]), str(report)
