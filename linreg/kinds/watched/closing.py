@@ -18,7 +18,7 @@ from linreg.kinds.watched.apart import apart, set_aside
 from linreg.kinds.watched.applied import applied_mean, clamped, flat, scaled, summed
 from linreg.kinds.watched.kept import Column, Update
 from linreg.kinds.watched.records import LossCall, MicroBatch, Open, counted_by
-from linreg.kinds.watched.terms import is_pooled, of_several, splits, term_of, terms_of
+from linreg.kinds.watched.terms import is_pooled, of_several, splits, steps, term_of, terms_of
 
 
 def close(
@@ -84,7 +84,7 @@ def _close(update: Open, tol: float) -> Update:
                 crossed=update.crossed,
                 before_end=update.before_end,
                 calls=max(len(mb.losses) for mb in update.micro),
-                steps=_steps(update.micro),
+                steps=steps(update.micro),
                 norm=0.0 if right or value_clipped else through, group=group,
                 optimizers=optimizers, others=others, right_total=sum(counts),
             )  # fmt: skip
@@ -162,7 +162,7 @@ def _close(update: Open, tol: float) -> Update:
         before_end=update.before_end,
         foreign=update.foreign, columns=columns,
         calls=max((len(mb.losses) for mb in update.micro), default=1),
-        steps=_steps(update.micro),
+        steps=steps(update.micro),
         norm_clipped=update.norm_clipped, group=group, norm=norm, hand=hand,
         optimizers=optimizers,
         hand_before=hand_before, one_row=_one_row(update.micro), penalty=(qq, sq, qa, qb),
@@ -215,26 +215,6 @@ def _divided(micro: list[MicroBatch]) -> tuple[str, int]:
     and that count (("", 1): none, or not the same for all)."""
     counts = {mb.divided for mb in micro}
     return counts.pop() if len(counts) == 1 else ("", 1)
-
-
-def _steps(micro: list[MicroBatch]) -> bool:
-    """Return whether each micro-batch's losses are two or more calls of one function on its
-    fetched batch, each on another piece of one target tensor (a loss per step of a sequence,
-    `loss += criterion(out_t, y[:, t])`, each step's prediction a tensor of its own): not one
-    target twice (two views of the images on their labels), nor targets of their own (a
-    contrastive loss's arange), nor columns of one output (a loss per target column)."""
-    return bool(micro) and all(
-        len(mb.losses) > 1
-        and len({c.name for c in mb.losses}) == 1
-        and all(c.from_batch and c.target is not None and c.target[0] != -1 for c in mb.losses)
-        and len({c.target[0] for c in mb.losses if c.target}) == 1
-        # (other elements each: not one target reshaped, y beside y.unsqueeze(1))
-        and len({c.target[1] for c in mb.losses if c.target}) == len(mb.losses)
-        # (each step's prediction its own: columns of one output, out[:, k] on y[:, k], are
-        # targets of one objective, each target's loss added)
-        and len({c.predicted_at for c in mb.losses}) == len(mb.losses)
-        for mb in micro
-    )
 
 
 def _one_row(micro: list[MicroBatch]) -> bool:

@@ -2,7 +2,8 @@
 (term_of: a loss function's, or, where one function's losses are on several heads, a head's:
 on_heads; or, where they are on two datasets' batches reduced each its own way, a dataset's:
 on_sources; both splits); whether they are terms weighed each its own way (of_several), and
-whether each micro-batch's are one pooled mean (is_pooled).
+whether each micro-batch's are one pooled mean (is_pooled); whether each micro-batch's calls
+are a sequence's steps, each on other elements of one target (steps).
 """
 
 from __future__ import annotations
@@ -103,3 +104,23 @@ def term_of(c: LossCall, split: Split) -> str:
     if by:
         return f"{c.name or 'loss'} (dataset {by.get(c.source, 0)})"
     return f"{c.name or 'loss'} (head {c.head})" if by is not None and c.head else c.name
+
+
+def steps(micro: list[MicroBatch]) -> bool:
+    """Return whether each micro-batch's losses are two or more calls of one function on its
+    fetched batch, each on another piece of one target tensor (a loss per step of a sequence,
+    `loss += criterion(out_t, y[:, t])`, each step's prediction a tensor of its own): not one
+    target twice (two views of the images on their labels), nor targets of their own (a
+    contrastive loss's arange), nor columns of one output (a loss per target column)."""
+    return bool(micro) and all(
+        len(mb.losses) > 1
+        and len({c.name for c in mb.losses}) == 1
+        and all(c.from_batch and c.target is not None and c.target[0] != -1 for c in mb.losses)
+        and len({c.target[0] for c in mb.losses if c.target}) == 1
+        # (other elements each: not one target reshaped, y beside y.unsqueeze(1))
+        and len({c.target[1] for c in mb.losses if c.target}) == len(mb.losses)
+        # (each step's prediction its own: columns of one output, out[:, k] on y[:, k], are
+        # targets of one objective, each target's loss added)
+        and len({c.predicted_at for c in mb.losses}) == len(mb.losses)
+        for mb in micro
+    )
