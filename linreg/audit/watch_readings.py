@@ -25,7 +25,7 @@ class Reading:
     unread: bool = False  # its micro-batches' gradients are dependent: no weights are unique
     tol: float = 1e-4  # the relative tolerance of its params' dtype
     calls: int = 1  # the most loss calls of its term a micro-batch held (heads' means added)
-    steps: bool = False  # those calls each a step's of one target tensor (Update.steps)
+    steps: bool = False  # those calls a sequence's steps (Update.steps, terms.steps)
     native: bool = False  # one term of several, whose function reduced as meant itself (took
     # the mean, or the sum where the sum is meant): its weight is a coefficient of the code's
     blind: bool = False  # right only up to a clip by hand that clipped every update of its

@@ -59,8 +59,9 @@ class Update:
     columns: tuple[Column, ...] = ()
     calls: int = 1  # the most loss calls a micro-batch's backward() reached (one term: heads'
     # means added, ce(out) + ce(aux), each a micro-batch's)
-    # every micro-batch's calls (two or more, of one function) each on another piece of one
-    # fetched target tensor: a loss per step of a sequence, loss += ce(out_t, y[:, t])
+    # every micro-batch's calls (two or more, of one function) each on other elements of one
+    # fetched target tensor and a prediction of its own: a loss per step of a sequence,
+    # loss += ce(out_t, y[:, t]) (terms.steps)
     steps: bool = False
     norm_clipped: bool = False  # clip_grad_norm_ was called in it: a factor below 1 can clip
     # every loss its backward() calls reached had a target of one row (a micro-batch of one

@@ -117,6 +117,9 @@ class LossReader(Targets):
             # a KL term's target is a distribution (a teacher's, soft labels): its weight is
             # solved for, never judged, as a penalty's
             from_batch = name not in SOLVED and self._from_batch(given.get("target"), chosen)
+            # the tensor its prediction is of: a view's base (columns of one output share it)
+            base = predicted if isinstance(predicted, Tensor) else None
+            base = base if base is None or base._base is None else base._base
             found = self._found(given.get("target"), chosen)
             self.pending.append(
                 LossCall(
@@ -145,11 +148,10 @@ class LossReader(Targets):
                     # (objectives.py reads it on a fetched batch's target alone)
                     same=same_of(given.get("target"), under) if from_batch else None,
                     predicted=weakref.ref(predicted) if isinstance(predicted, Tensor) else None,
-                    predicted_at=(
-                        predicted.untyped_storage().data_ptr()
-                        if isinstance(predicted, Tensor)
-                        else 0
-                    ),
+                    of=None if base is None else weakref.ref(base),
+                    # (told while both are alive: an address alone may be a freed one's)
+                    shared=base is not None
+                    and any(c.of is not None and c.of() is base for c in self.pending),
                     out=weakref.ref(out),
                     # (a mask of the code's on it read as a backward() reaches it: masks.py)
                     output=out if by_code and out.numel() > 1 else None,

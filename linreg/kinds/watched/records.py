@@ -78,8 +78,10 @@ class LossCall:
     # the prediction it was called on (a weak reference): calls of one function on one
     # prediction, each on a target of its own, weighed by numbers, are one loss (mixed.py)
     predicted: Any = None
-    # its prediction's storage, as it was called: columns of one output (out[:, k]) share it
-    predicted_at: int = 0
+    # the tensor its prediction is of (a view's base, weakly), and whether a loss before it,
+    # no backward() between, was on a prediction of the same: columns of one output (out[:, k])
+    of: Any = None
+    shared: bool = False
     # (by_code, two or more elements) its output, held till the backward() that reaches it
     # reads a mask of the code's on it (masks.py); the elements its mean counts (class-index
     # targets not ignored; None where class weights weigh them); those the mask keeps, once

@@ -121,6 +121,6 @@ def steps(micro: list[MicroBatch]) -> bool:
         and len({c.target[1] for c in mb.losses if c.target}) == len(mb.losses)
         # (each step's prediction its own: columns of one output, out[:, k] on y[:, k], are
         # targets of one objective, each target's loss added)
-        and len({c.predicted_at for c in mb.losses}) == len(mb.losses)
+        and not any(c.shared for c in mb.losses)
         for mb in micro
     )
